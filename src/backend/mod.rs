@@ -1,0 +1,137 @@
+//! Backend adapters: the only code that speaks Podman's or Caddy's wire protocols.
+//!
+//! Each adapter converts wire types to the plain data types below at its edge, so that `plan` and
+//! `reconcile` never see bollard or JSON. Adapters make no decisions: they observe and they carry out
+//! one mutation per call. Ownership marks (container labels, route `@id`s) are applied by the caller;
+//! adapters only ever list and touch objects that carry them.
+
+pub mod caddy;
+pub mod podman;
+
+use std::collections::BTreeMap;
+use std::future::Future;
+
+/// Label keys that mark a container as codeb's. A container without [`LABEL_PROJECT`] is never touched.
+pub const LABEL_PROJECT: &str = "codeb.project";
+pub const LABEL_ENVIRONMENT: &str = "codeb.environment";
+pub const LABEL_SLOT: &str = "codeb.slot";
+pub const LABEL_RELEASE: &str = "codeb.release";
+
+/// Prefix of every Caddy route `@id` that codeb owns. Routes without it are never touched.
+pub const ROUTE_ID_PREFIX: &str = "codeb-";
+
+/// A container as codeb wants it created.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerSpec {
+    /// `{project}-{environment}-{slot}`.
+    pub name: String,
+    pub image: String,
+    /// Replaces the image's CMD when set.
+    pub command: Option<Vec<String>>,
+    pub env: BTreeMap<String, String>,
+    /// Includes the ownership labels above.
+    pub labels: BTreeMap<String, String>,
+    /// The TCP port the app listens on inside the container.
+    pub container_port: u16,
+    /// Host address the port is published on (loopback by default).
+    pub host_ip: String,
+    pub host_port: u16,
+    /// The network the container joins (`codeb-main`).
+    pub network: String,
+}
+
+/// A codeb-owned container as Podman reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObservedContainer {
+    pub id: String,
+    /// Without the leading `/`.
+    pub name: String,
+    pub image: String,
+    pub labels: BTreeMap<String, String>,
+    /// True only when Podman says `running`. Transient states (`stopped`, `created`, `exited`,
+    /// `configured`) are all "not running".
+    pub running: bool,
+    /// Podman's state word, for display.
+    pub state: String,
+    /// The host port the container port is published on, if any.
+    pub host_port: Option<u16>,
+}
+
+/// The container runtime of one host (Podman's Docker-compatible API).
+///
+/// Every call is one request (or a short fixed sequence) and is idempotent where the wire allows:
+/// removing a missing container or stopping a stopped one succeeds.
+pub trait Runtime: Send + Sync {
+    /// Cheap liveness check; an error names the endpoint and how to start the service.
+    fn ping(&self) -> impl Future<Output = Result<(), podman::Error>> + Send;
+    /// Every container carrying the [`LABEL_PROJECT`] label, running or not. One list call.
+    fn list_owned(&self) -> impl Future<Output = Result<Vec<ObservedContainer>, podman::Error>> + Send;
+    /// Creates the bridge network when it does not exist. Returns true when it created it.
+    fn ensure_network(&self, name: &str) -> impl Future<Output = Result<bool, podman::Error>> + Send;
+    /// Pulls the image only when it is not present locally.
+    fn ensure_image(&self, image: &str) -> impl Future<Output = Result<(), podman::Error>> + Send;
+    /// Creates (does not start) the container; returns its id. Runs with an init process and a
+    /// restart policy.
+    fn create(&self, spec: &ContainerSpec) -> impl Future<Output = Result<String, podman::Error>> + Send;
+    fn start(&self, id: &str) -> impl Future<Output = Result<(), podman::Error>> + Send;
+    fn stop(&self, id: &str) -> impl Future<Output = Result<(), podman::Error>> + Send;
+    /// Force-removes the container; a missing container is not an error.
+    fn remove(&self, id: &str) -> impl Future<Output = Result<(), podman::Error>> + Send;
+    /// The last `lines` lines of stdout+stderr.
+    fn logs_tail(&self, id: &str, lines: usize) -> impl Future<Output = Result<Vec<String>, podman::Error>> + Send;
+}
+
+/// How codeb's Caddy server terminates connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TlsMode {
+    /// ACME certificates (Caddy's automatic HTTPS).
+    Auto,
+    /// Caddy's internal CA (`tls internal`, no trust store changes).
+    Internal,
+    /// Plain HTTP; automatic HTTPS disabled.
+    Off,
+}
+
+/// codeb's own HTTP server in Caddy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerSpec {
+    /// The key under `apps.http.servers` (`codeb`).
+    pub name: String,
+    pub listen: Vec<String>,
+    pub tls: TlsMode,
+}
+
+/// One codeb route: requests for `hosts` go to `upstream`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    /// Unique, starts with [`ROUTE_ID_PREFIX`].
+    pub id: String,
+    pub hosts: Vec<String>,
+    /// A `host:port` dial address.
+    pub upstream: String,
+}
+
+/// What codeb owns in one Caddy, as observed.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ObservedProxy {
+    /// codeb's server, when it exists. `None` also after a Caddy restart with `persist: false`.
+    pub server: Option<ServerSpec>,
+    /// Every route in codeb's server whose `@id` starts with [`ROUTE_ID_PREFIX`], in order. A route
+    /// whose shape is not the one codeb writes is still listed (with what could be read) so that the
+    /// diff replaces it.
+    pub routes: Vec<Route>,
+}
+
+/// One Caddy, driven only through its admin API.
+pub trait Proxy: Send + Sync {
+    fn observe(&self, server: &str) -> impl Future<Output = Result<ObservedProxy, caddy::Error>> + Send;
+    /// Creates codeb's server (with no routes) when missing, or replaces its listen/TLS settings
+    /// while keeping its routes.
+    fn ensure_server(&self, spec: &ServerSpec) -> impl Future<Output = Result<(), caddy::Error>> + Send;
+    /// Appends a route to codeb's server.
+    fn add_route(&self, server: &str, route: &Route) -> impl Future<Output = Result<(), caddy::Error>> + Send;
+    /// Replaces the route with the same `@id`.
+    fn replace_route(&self, route: &Route) -> impl Future<Output = Result<(), caddy::Error>> + Send;
+    /// Deletes the route with this `@id`; a missing one is not an error.
+    fn delete_route(&self, id: &str) -> impl Future<Output = Result<(), caddy::Error>> + Send;
+}

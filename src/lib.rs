@@ -1,0 +1,6 @@
+//! codeb: a reconciling operator that deploys web apps blue/green to plain Podman hosts behind Caddy.
+//!
+//! The flow is one direction: `spec` (manifests) → `backend` observes the hosts → `plan` (pure) →
+//! `reconcile` executes the plan and journals it in the `store` → `cli` reports.
+
+pub mod backend;
