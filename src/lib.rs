@@ -4,3 +4,4 @@
 //! `reconcile` executes the plan and journals it in the `store` → `cli` reports.
 
 pub mod backend;
+pub mod spec;

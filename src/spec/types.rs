@@ -1,0 +1,186 @@
+//! The manifest types (apiVersion `codeb.kr/v1`), exactly as users write them.
+//!
+//! These types are the schema: `crds-schema/*.json` is generated from them with schemars, and every
+//! doc comment here is the documentation editors show. Defaults are applied by serde, so a loaded
+//! manifest is complete. No I/O and no cross-document checks here (see `validate`).
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// The only apiVersion codeb reads.
+pub const API_VERSION: &str = "codeb.kr/v1";
+
+/// `metadata` of every kind.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Metadata {
+    /// A DNS-1123 label: lowercase letters, digits and `-`, starting with a letter, ending with a
+    /// letter or digit, at most 63 characters.
+    pub name: String,
+}
+
+/// `kind: Host`: a server codeb manages.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HostSpec {
+    /// Where the host is reached: an IPv4 or IPv6 address (DNS records point here).
+    pub address: String,
+    /// Podman's Docker-compatible API: `unix:///path/podman.sock` or `tcp://host:port`.
+    pub podman: String,
+    /// Caddy on this host.
+    pub caddy: CaddySpec,
+    /// The address container ports are published on, and health checks dial.
+    #[serde(default = "default_publish_address")]
+    pub publish_address: String,
+}
+
+/// How codeb drives the Caddy of a Host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CaddySpec {
+    /// Caddy's admin API, `http://127.0.0.1:2019`.
+    pub admin: String,
+    /// Where codeb's Caddy server listens.
+    #[serde(default = "default_listen")]
+    pub listen: Vec<String>,
+    /// `auto` (ACME), `internal` (Caddy's own CA) or `off` (plain HTTP).
+    #[serde(default)]
+    pub tls: Tls,
+}
+
+/// TLS mode of codeb's Caddy server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Tls {
+    #[default]
+    Auto,
+    Internal,
+    Off,
+}
+
+/// `kind: Zone`: a DNS domain. Its records are managed from a later version on.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ZoneSpec {}
+
+/// `kind: Project`: an app deployed blue/green to one Host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ProjectSpec {
+    /// The `metadata.name` of a Host.
+    pub host: String,
+    /// The `metadata.name` of a Zone.
+    pub zone: String,
+    /// Environment name (a DNS-1123 label) → its release. `production` and `staging` use the port
+    /// ranges 4000-4499 and 4500-4999; other names use 5000-5499.
+    pub environments: BTreeMap<String, EnvironmentSpec>,
+}
+
+/// One environment of a Project: what runs there and how it is rolled out.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct EnvironmentSpec {
+    /// The container image, e.g. `ghcr.io/acme/myapp:1.4.2`. Pulled only when not present locally.
+    pub image: String,
+    /// The port the app listens on inside the container (1-65535).
+    pub port: u16,
+    /// Replaces the image's command.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<Vec<String>>,
+    /// Environment variables. Values are never printed by codeb.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
+    /// How a new slot is probed before it may serve.
+    #[serde(default)]
+    pub health_check: HealthCheck,
+    /// `manual`: a healthy release waits for `codeb promote`; `auto`: it is promoted at once.
+    #[serde(default)]
+    pub promotion: Promotion,
+    /// How long the previous slot is kept for rollback, e.g. `1h`, `30m`.
+    #[serde(default = "default_grace", with = "humantime_serde")]
+    #[schemars(with = "String")]
+    pub grace_period: Duration,
+    /// Default: `{project}.{zone}` for production, `{project}-{environment}.{zone}` otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hostname: Option<String>,
+}
+
+/// The HTTP health check of a slot: it passes on a 2xx or 3xx answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HealthCheck {
+    /// The path probed, starting with `/`.
+    #[serde(default = "default_health_path")]
+    pub path: String,
+    /// How long a new slot may take to become healthy before it is `failed`, e.g. `60s`.
+    #[serde(default = "default_health_timeout", with = "humantime_serde")]
+    #[schemars(with = "String")]
+    pub timeout: Duration,
+}
+
+impl Default for HealthCheck {
+    fn default() -> Self {
+        Self { path: default_health_path(), timeout: default_health_timeout() }
+    }
+}
+
+/// Promotion mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Promotion {
+    #[default]
+    Manual,
+    Auto,
+}
+
+fn default_publish_address() -> String {
+    "127.0.0.1".to_string()
+}
+fn default_listen() -> Vec<String> {
+    vec![":80".to_string(), ":443".to_string()]
+}
+fn default_grace() -> Duration {
+    Duration::from_secs(3600)
+}
+fn default_health_path() -> String {
+    "/".to_string()
+}
+fn default_health_timeout() -> Duration {
+    Duration::from_secs(60)
+}
+
+/// Where a document came from, for error messages: `file:line:column`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Origin {
+    /// The path as given on the command line (or `<stdin>`).
+    pub file: String,
+    pub line: usize,
+    pub column: usize,
+}
+
+impl std::fmt::Display for Origin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}:{}", self.file, self.line, self.column)
+    }
+}
+
+/// A loaded document of one kind, with its name and where it was written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Named<T> {
+    pub name: String,
+    /// Where the document's `metadata.name` value is.
+    pub origin: Origin,
+    pub spec: T,
+}
+
+/// Every document of an applied set, validated: names are unique per kind and every reference
+/// resolves. Keys are `metadata.name`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Manifests {
+    pub hosts: BTreeMap<String, Named<HostSpec>>,
+    pub zones: BTreeMap<String, Named<ZoneSpec>>,
+    pub projects: BTreeMap<String, Named<ProjectSpec>>,
+}
