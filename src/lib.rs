@@ -4,4 +4,8 @@
 //! `reconcile` executes the plan and journals it in the `store` → `cli` reports.
 
 pub mod backend;
+pub mod model;
+pub mod plan;
+pub mod reconcile;
 pub mod spec;
+pub mod store;

@@ -6,6 +6,7 @@
 //! adapters only ever list and touch objects that carry them.
 
 pub mod caddy;
+pub mod fake;
 pub mod podman;
 
 use std::collections::BTreeMap;
@@ -65,20 +66,32 @@ pub trait Runtime: Send + Sync {
     /// Cheap liveness check; an error names the endpoint and how to start the service.
     fn ping(&self) -> impl Future<Output = Result<(), podman::Error>> + Send;
     /// Every container carrying the [`LABEL_PROJECT`] label, running or not. One list call.
-    fn list_owned(&self) -> impl Future<Output = Result<Vec<ObservedContainer>, podman::Error>> + Send;
+    fn list_owned(
+        &self,
+    ) -> impl Future<Output = Result<Vec<ObservedContainer>, podman::Error>> + Send;
     /// Creates the bridge network when it does not exist. Returns true when it created it.
-    fn ensure_network(&self, name: &str) -> impl Future<Output = Result<bool, podman::Error>> + Send;
+    fn ensure_network(
+        &self,
+        name: &str,
+    ) -> impl Future<Output = Result<bool, podman::Error>> + Send;
     /// Pulls the image only when it is not present locally.
     fn ensure_image(&self, image: &str) -> impl Future<Output = Result<(), podman::Error>> + Send;
     /// Creates (does not start) the container; returns its id. Runs with an init process and a
     /// restart policy.
-    fn create(&self, spec: &ContainerSpec) -> impl Future<Output = Result<String, podman::Error>> + Send;
+    fn create(
+        &self,
+        spec: &ContainerSpec,
+    ) -> impl Future<Output = Result<String, podman::Error>> + Send;
     fn start(&self, id: &str) -> impl Future<Output = Result<(), podman::Error>> + Send;
     fn stop(&self, id: &str) -> impl Future<Output = Result<(), podman::Error>> + Send;
     /// Force-removes the container; a missing container is not an error.
     fn remove(&self, id: &str) -> impl Future<Output = Result<(), podman::Error>> + Send;
     /// The last `lines` lines of stdout+stderr.
-    fn logs_tail(&self, id: &str, lines: usize) -> impl Future<Output = Result<Vec<String>, podman::Error>> + Send;
+    fn logs_tail(
+        &self,
+        id: &str,
+        lines: usize,
+    ) -> impl Future<Output = Result<Vec<String>, podman::Error>> + Send;
 }
 
 /// How codeb's Caddy server terminates connections.
@@ -124,14 +137,25 @@ pub struct ObservedProxy {
 
 /// One Caddy, driven only through its admin API.
 pub trait Proxy: Send + Sync {
-    fn observe(&self, server: &str) -> impl Future<Output = Result<ObservedProxy, caddy::Error>> + Send;
+    fn observe(
+        &self,
+        server: &str,
+    ) -> impl Future<Output = Result<ObservedProxy, caddy::Error>> + Send;
     /// Creates codeb's server (with no routes) when missing, or replaces its listen/TLS settings
     /// while keeping its routes.
-    fn ensure_server(&self, spec: &ServerSpec) -> impl Future<Output = Result<(), caddy::Error>> + Send;
+    fn ensure_server(
+        &self,
+        spec: &ServerSpec,
+    ) -> impl Future<Output = Result<(), caddy::Error>> + Send;
     /// Appends a route to codeb's server.
-    fn add_route(&self, server: &str, route: &Route) -> impl Future<Output = Result<(), caddy::Error>> + Send;
+    fn add_route(
+        &self,
+        server: &str,
+        route: &Route,
+    ) -> impl Future<Output = Result<(), caddy::Error>> + Send;
     /// Replaces the route with the same `@id`.
-    fn replace_route(&self, route: &Route) -> impl Future<Output = Result<(), caddy::Error>> + Send;
+    fn replace_route(&self, route: &Route)
+        -> impl Future<Output = Result<(), caddy::Error>> + Send;
     /// Deletes the route with this `@id`; a missing one is not an error.
     fn delete_route(&self, id: &str) -> impl Future<Output = Result<(), caddy::Error>> + Send;
 }

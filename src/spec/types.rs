@@ -123,7 +123,10 @@ pub struct HealthCheck {
 
 impl Default for HealthCheck {
     fn default() -> Self {
-        Self { path: default_health_path(), timeout: default_health_timeout() }
+        Self {
+            path: default_health_path(),
+            timeout: default_health_timeout(),
+        }
     }
 }
 

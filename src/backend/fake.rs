@@ -1,0 +1,224 @@
+//! In-memory fakes of Podman and Caddy, for unit tests and benchmarks only.
+//!
+//! One [`World`] is one host: its containers and codeb's Caddy server. Every mutating call is
+//! counted, so a test can prove that a converged system gets none. A container is "healthy" when it
+//! runs and its image name does not contain `unhealthy`.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use super::{
+    caddy, podman, ContainerSpec, ObservedContainer, ObservedProxy, Proxy, Route, Runtime,
+    ServerSpec, LABEL_PROJECT,
+};
+
+#[derive(Debug, Default)]
+pub struct State {
+    pub containers: BTreeMap<String, (ObservedContainer, ContainerSpec)>,
+    pub server: Option<ServerSpec>,
+    /// Every route of codeb's server, including foreign ones (only `codeb-` ones are observed).
+    pub routes: Vec<Route>,
+    pub mutations: usize,
+    pub reads: usize,
+    pub next_id: u64,
+    pub podman_down: bool,
+    pub caddy_down: bool,
+}
+
+/// A fake host; clones share state.
+#[derive(Debug, Clone, Default)]
+pub struct World(pub Arc<Mutex<State>>);
+
+impl World {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.0.lock().expect("fake world lock")
+    }
+
+    pub fn mutations(&self) -> usize {
+        self.state().mutations
+    }
+
+    /// The container publishing `port`, if it runs and is healthy.
+    pub fn healthy_on(&self, port: u16) -> bool {
+        self.state().containers.values().any(|(c, spec)| {
+            c.running && spec.host_port == port && !spec.image.contains("unhealthy")
+        })
+    }
+
+    fn podman<T>(
+        &self,
+        mutate: bool,
+        f: impl FnOnce(&mut State) -> Result<T, podman::Error>,
+    ) -> Result<T, podman::Error> {
+        let mut s = self.state();
+        if s.podman_down {
+            return Err(podman::Error::fake_unreachable());
+        }
+        if mutate {
+            s.mutations += 1;
+        } else {
+            s.reads += 1;
+        }
+        f(&mut s)
+    }
+
+    fn caddy<T>(&self, mutate: bool, f: impl FnOnce(&mut State) -> T) -> Result<T, caddy::Error> {
+        let mut s = self.state();
+        if s.caddy_down {
+            return Err(caddy::Error::fake_unreachable());
+        }
+        if mutate {
+            s.mutations += 1;
+        } else {
+            s.reads += 1;
+        }
+        Ok(f(&mut s))
+    }
+}
+
+impl Runtime for World {
+    async fn ping(&self) -> Result<(), podman::Error> {
+        self.podman(false, |_| Ok(()))
+    }
+
+    async fn list_owned(&self) -> Result<Vec<ObservedContainer>, podman::Error> {
+        self.podman(false, |s| {
+            Ok(s.containers
+                .values()
+                .filter(|(c, _)| c.labels.contains_key(LABEL_PROJECT))
+                .map(|(c, _)| c.clone())
+                .collect())
+        })
+    }
+
+    async fn ensure_network(&self, _name: &str) -> Result<bool, podman::Error> {
+        self.podman(false, |_| Ok(false))
+    }
+
+    async fn ensure_image(&self, _image: &str) -> Result<(), podman::Error> {
+        self.podman(false, |_| Ok(()))
+    }
+
+    async fn create(&self, spec: &ContainerSpec) -> Result<String, podman::Error> {
+        self.podman(true, |s| {
+            if s.containers.values().any(|(c, _)| c.name == spec.name) {
+                return Err(podman::Error::fake_conflict(&spec.name));
+            }
+            s.next_id += 1;
+            let id = format!("fake{:08}", s.next_id);
+            let c = ObservedContainer {
+                id: id.clone(),
+                name: spec.name.clone(),
+                image: spec.image.clone(),
+                labels: spec.labels.clone(),
+                running: false,
+                state: "created".into(),
+                host_port: Some(spec.host_port),
+            };
+            s.containers.insert(id.clone(), (c, spec.clone()));
+            Ok(id)
+        })
+    }
+
+    async fn start(&self, id: &str) -> Result<(), podman::Error> {
+        self.podman(true, |s| {
+            let (c, _) = find(s, id)?;
+            c.running = true;
+            c.state = "running".into();
+            Ok(())
+        })
+    }
+
+    async fn stop(&self, id: &str) -> Result<(), podman::Error> {
+        self.podman(true, |s| {
+            if let Ok((c, _)) = find(s, id) {
+                c.running = false;
+                c.state = "exited".into();
+            }
+            Ok(())
+        })
+    }
+
+    async fn remove(&self, id: &str) -> Result<(), podman::Error> {
+        self.podman(true, |s| {
+            let key = s
+                .containers
+                .iter()
+                .find(|(k, (c, _))| k.as_str() == id || c.name == id)
+                .map(|(k, _)| k.clone());
+            if let Some(k) = key {
+                s.containers.remove(&k);
+            }
+            Ok(())
+        })
+    }
+
+    async fn logs_tail(&self, _id: &str, _lines: usize) -> Result<Vec<String>, podman::Error> {
+        self.podman(false, |_| Ok(vec!["fake log line".to_string()]))
+    }
+}
+
+fn find<'a>(
+    s: &'a mut State,
+    id: &str,
+) -> Result<&'a mut (ObservedContainer, ContainerSpec), podman::Error> {
+    s.containers
+        .values_mut()
+        .find(|(c, _)| c.id == id || c.name == id)
+        .ok_or_else(|| podman::Error::fake_not_found(id))
+}
+
+impl Proxy for World {
+    async fn observe(&self, _server: &str) -> Result<ObservedProxy, caddy::Error> {
+        self.caddy(false, |s| ObservedProxy {
+            server: s.server.clone(),
+            routes: s
+                .routes
+                .iter()
+                .filter(|r| r.id.starts_with(super::ROUTE_ID_PREFIX))
+                .cloned()
+                .collect(),
+        })
+    }
+
+    async fn ensure_server(&self, spec: &ServerSpec) -> Result<(), caddy::Error> {
+        self.caddy(true, |s| s.server = Some(spec.clone()))
+    }
+
+    async fn add_route(&self, _server: &str, route: &Route) -> Result<(), caddy::Error> {
+        self.caddy(true, |s| s.routes.push(route.clone()))
+    }
+
+    async fn replace_route(&self, route: &Route) -> Result<(), caddy::Error> {
+        self.caddy(true, |s| {
+            if let Some(r) = s.routes.iter_mut().find(|r| r.id == route.id) {
+                *r = route.clone();
+            }
+        })
+    }
+
+    async fn delete_route(&self, id: &str) -> Result<(), caddy::Error> {
+        self.caddy(true, |s| s.routes.retain(|r| r.id != id))
+    }
+}
+
+/// Probes fake worlds: a URL is healthy when a healthy container publishes its port.
+#[derive(Debug, Clone, Default)]
+pub struct FakeProber(pub Vec<World>);
+
+impl crate::reconcile::Prober for FakeProber {
+    async fn probe(&self, url: &str) -> Result<(), String> {
+        let port = url
+            .rsplit_once(':')
+            .and_then(|(_, rest)| rest.split('/').next())
+            .and_then(|p| p.parse::<u16>().ok());
+        match port {
+            Some(p) if self.0.iter().any(|w| w.healthy_on(p)) => Ok(()),
+            _ => Err("connection refused".into()),
+        }
+    }
+}

@@ -1,0 +1,373 @@
+//! The domain model shared by `plan`, `store` and `reconcile`: slots, their states, releases,
+//! desired environments and what is recorded about them.
+//!
+//! Plain data only: no I/O, no clock, no backend types.
+
+pub mod desired;
+pub mod ports;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+/// One of the two slots of an environment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Slot {
+    Blue,
+    Green,
+}
+
+impl Slot {
+    pub const ALL: [Slot; 2] = [Slot::Blue, Slot::Green];
+
+    pub fn other(self) -> Slot {
+        match self {
+            Slot::Blue => Slot::Green,
+            Slot::Green => Slot::Blue,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Slot::Blue => "blue",
+            Slot::Green => "green",
+        }
+    }
+
+    /// Blue is the base port, green the base + 1.
+    pub fn port(self, base: u16) -> u16 {
+        match self {
+            Slot::Blue => base,
+            Slot::Green => base + 1,
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Slot> {
+        match s {
+            "blue" => Some(Slot::Blue),
+            "green" => Some(Slot::Green),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Slot {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The life cycle of a slot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SlotState {
+    /// Nothing runs here.
+    #[default]
+    Empty,
+    /// A release is being created, started and health-checked.
+    Deploying,
+    /// Healthy and on its preview URL, not serving the hostname.
+    Deployed,
+    /// Serving the hostname.
+    Active,
+    /// The previous active slot, kept running for rollback until its grace period ends.
+    Grace,
+    /// Never became healthy; its container is stopped and kept for inspection.
+    Failed,
+}
+
+impl SlotState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SlotState::Empty => "empty",
+            SlotState::Deploying => "deploying",
+            SlotState::Deployed => "deployed",
+            SlotState::Active => "active",
+            SlotState::Grace => "grace",
+            SlotState::Failed => "failed",
+        }
+    }
+
+    /// States whose container is expected to be running.
+    pub fn wants_running(self) -> bool {
+        matches!(
+            self,
+            SlotState::Deploying | SlotState::Deployed | SlotState::Active | SlotState::Grace
+        )
+    }
+}
+
+impl fmt::Display for SlotState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A project environment: the unit of planning, locking and reconciling.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct EnvKey {
+    pub project: String,
+    pub env: String,
+}
+
+impl EnvKey {
+    pub fn new(project: impl Into<String>, env: impl Into<String>) -> Self {
+        Self {
+            project: project.into(),
+            env: env.into(),
+        }
+    }
+
+    /// `{project}-{environment}-{slot}`.
+    pub fn container_name(&self, slot: Slot) -> String {
+        format!("{}-{}-{}", self.project, self.env, slot)
+    }
+
+    /// The `@id` of the route serving the hostname. `_` cannot occur in a DNS-1123 label, so ids of
+    /// different keys never collide.
+    pub fn route_id(&self) -> String {
+        format!(
+            "{}{}_{}",
+            crate::backend::ROUTE_ID_PREFIX,
+            self.project,
+            self.env
+        )
+    }
+
+    /// The `@id` of a slot's preview route.
+    pub fn preview_route_id(&self, slot: Slot) -> String {
+        format!("{}_{}", self.route_id(), slot)
+    }
+
+    /// The store key.
+    pub fn store_key(&self) -> String {
+        format!("{}/{}", self.project, self.env)
+    }
+}
+
+impl fmt::Display for EnvKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.project, self.env)
+    }
+}
+
+/// What runs in a slot. A change of any field is a new release.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Release {
+    pub image: String,
+    pub command: Option<Vec<String>>,
+    /// Secret-bearing: never printed, only hashed and handed to the runtime.
+    pub env: BTreeMap<String, String>,
+    pub port: u16,
+}
+
+impl Release {
+    /// A short, stable hash of every field (the container label `codeb.release`).
+    pub fn hash(&self) -> String {
+        let mut h = Sha256::new();
+        h.update(self.image.as_bytes());
+        h.update([0]);
+        if let Some(cmd) = &self.command {
+            for arg in cmd {
+                h.update(arg.as_bytes());
+                h.update([1]);
+            }
+        }
+        h.update([0]);
+        for (k, v) in &self.env {
+            h.update(k.as_bytes());
+            h.update([2]);
+            h.update(v.as_bytes());
+            h.update([3]);
+        }
+        h.update(self.port.to_be_bytes());
+        let digest = h.finalize();
+        digest.iter().take(8).map(|b| format!("{b:02x}")).collect()
+    }
+}
+
+/// Promotion mode of an environment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Promotion {
+    Manual,
+    Auto,
+}
+
+/// A Host as codeb needs it to act, recorded so that `delete` works without manifests.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostRef {
+    pub name: String,
+    pub address: String,
+    pub podman: String,
+    pub caddy_admin: String,
+    pub listen: Vec<String>,
+    pub tls: crate::spec::Tls,
+    pub publish_address: String,
+}
+
+/// One project environment as the manifests want it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DesiredEnv {
+    pub key: EnvKey,
+    pub host: String,
+    pub hostname: String,
+    pub release: Release,
+    pub health_path: String,
+    pub health_timeout: Duration,
+    pub promotion: Promotion,
+    pub grace_period: Duration,
+}
+
+impl DesiredEnv {
+    /// The preview hostname of a slot: `{slot}.{hostname}`.
+    pub fn preview_hostname(&self, slot: Slot) -> String {
+        preview_hostname(&self.hostname, slot)
+    }
+}
+
+pub fn preview_hostname(hostname: &str, slot: Slot) -> String {
+    format!("{slot}.{hostname}")
+}
+
+/// Everything the manifests want, keyed for the planner.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Desired {
+    pub hosts: BTreeMap<String, HostRef>,
+    pub envs: BTreeMap<EnvKey, DesiredEnv>,
+}
+
+/// What is recorded about one slot.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct SlotRecord {
+    pub state: SlotState,
+    /// The release in this slot (absent when empty).
+    pub release: Option<Release>,
+    /// When the slot entered its state (unix ms): grace periods count from here.
+    pub since_ms: u64,
+    /// The health path and timeout the release was deployed with.
+    #[serde(default)]
+    pub health_path: String,
+    #[serde(default)]
+    pub health_timeout_ms: u64,
+    /// The last health-check result, for `describe`.
+    #[serde(default)]
+    pub last_health: Option<String>,
+    /// The last lines of a failed slot's log.
+    #[serde(default)]
+    pub log_tail: Vec<String>,
+}
+
+impl SlotRecord {
+    pub fn hash(&self) -> Option<String> {
+        self.release.as_ref().map(Release::hash)
+    }
+}
+
+/// What is recorded about one project environment.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EnvRecord {
+    pub key: EnvKey,
+    pub host: String,
+    pub hostname: String,
+    /// Blue's port; green's is `base_port + 1`. Allocated once, kept for life.
+    pub base_port: u16,
+    /// The slot the hostname routes to.
+    pub active: Option<Slot>,
+    /// Set by a rollback: the release rolled away from, which apply must not promote again until
+    /// the manifests name another release.
+    pub held: Option<String>,
+    pub grace_period_ms: u64,
+    pub blue: SlotRecord,
+    pub green: SlotRecord,
+    /// Bumped by every write; a plan's steps carry the generation they were computed from.
+    pub generation: u64,
+}
+
+impl EnvRecord {
+    pub fn new(key: EnvKey, host: String, hostname: String, base_port: u16) -> Self {
+        Self {
+            key,
+            host,
+            hostname,
+            base_port,
+            active: None,
+            held: None,
+            grace_period_ms: 3_600_000,
+            blue: SlotRecord::default(),
+            green: SlotRecord::default(),
+            generation: 0,
+        }
+    }
+
+    pub fn slot(&self, slot: Slot) -> &SlotRecord {
+        match slot {
+            Slot::Blue => &self.blue,
+            Slot::Green => &self.green,
+        }
+    }
+
+    pub fn slot_mut(&mut self, slot: Slot) -> &mut SlotRecord {
+        match slot {
+            Slot::Blue => &mut self.blue,
+            Slot::Green => &mut self.green,
+        }
+    }
+}
+
+/// Everything recorded in the store, as the planner sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Recorded {
+    pub hosts: BTreeMap<String, HostRef>,
+    pub envs: BTreeMap<EnvKey, EnvRecord>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn release(image: &str) -> Release {
+        Release {
+            image: image.into(),
+            command: None,
+            env: BTreeMap::new(),
+            port: 8080,
+        }
+    }
+
+    #[test]
+    fn release_hash_changes_with_every_field() {
+        let base = release("app:v1");
+        let mut env = base.clone();
+        env.env.insert("A".into(), "1".into());
+        let mut cmd = base.clone();
+        cmd.command = Some(vec!["x".into()]);
+        let mut port = base.clone();
+        port.port = 8081;
+        let hashes = [
+            base.hash(),
+            release("app:v2").hash(),
+            env.hash(),
+            cmd.hash(),
+            port.hash(),
+        ];
+        let unique: std::collections::BTreeSet<_> = hashes.iter().collect();
+        assert_eq!(unique.len(), hashes.len());
+        assert_eq!(base.hash(), release("app:v1").hash());
+    }
+
+    #[test]
+    fn route_ids_of_different_keys_never_collide() {
+        let a = EnvKey::new("a-b", "c");
+        let b = EnvKey::new("a", "b-c");
+        assert_ne!(a.route_id(), b.route_id());
+        assert_ne!(
+            a.preview_route_id(Slot::Blue),
+            b.preview_route_id(Slot::Blue)
+        );
+    }
+}

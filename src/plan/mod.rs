@@ -1,0 +1,359 @@
+//! The planner: a pure function from what the manifests want, what runs on the hosts and what the
+//! store recorded, to the ordered steps that converge them.
+//!
+//! No I/O, no clock (`now_ms` is passed in), no randomness. `codeb diff`, `apply --dry-run`,
+//! `apply`, `promote`, `rollback` and `delete` all go through the functions here; the executor
+//! carries the steps out without making choices.
+//!
+//! Order of a host's steps: Caddy server, then per environment container work, the traffic switch,
+//! the routes, and last the removal of retired slots, so that no route ever points at a container
+//! that was removed first.
+
+mod display;
+mod env;
+mod switch;
+
+use std::collections::BTreeMap;
+
+use crate::backend::{ContainerSpec, ObservedContainer, ObservedProxy, Route, ServerSpec};
+use crate::model::{Desired, EnvKey, EnvRecord, HostRef, Recorded, Release, Slot};
+
+pub use env::{container_spec, plan_env, route_diff, routes, switch as switch_record};
+pub use switch::{plan_promote, plan_rollback, SwitchError};
+
+/// The name of codeb's HTTP server in every Caddy.
+pub const SERVER_NAME: &str = "codeb";
+/// The Podman network every codeb container joins.
+pub const NETWORK: &str = "codeb-main";
+
+/// What one host looked like when it was observed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HostObservation {
+    Reachable {
+        containers: Vec<ObservedContainer>,
+        proxy: ObservedProxy,
+    },
+    /// A backend could not be read; the message names the Host, the endpoint and how to start it.
+    Unreachable { error: String },
+}
+
+/// Every host's observation, keyed by Host name.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Observed {
+    pub hosts: BTreeMap<String, HostObservation>,
+}
+
+/// One step: an action on one host, usually for one environment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Step {
+    pub host: String,
+    /// The environment the step belongs to; when a step fails, the executor skips the remaining
+    /// steps of the same key.
+    pub key: Option<EnvKey>,
+    /// The generation of the key's record the plan was computed from (`None`: no record yet). The
+    /// executor refuses to write a record whose generation moved since.
+    pub generation: Option<u64>,
+    pub action: Action,
+}
+
+/// What a step does. Each is idempotent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Create codeb's Caddy server, or correct its listen/TLS settings.
+    EnsureServer(ServerSpec),
+    /// Create or update the environment's record (port allocation, hostname, grace period).
+    Register(Box<EnvRecord>),
+    /// Record the slot as deploying this release, remove `replace`, create and start the container.
+    Deploy {
+        slot: Slot,
+        release: Box<Release>,
+        container: Box<ContainerSpec>,
+        replace: Option<String>,
+        health_path: String,
+        health_timeout_ms: u64,
+    },
+    /// Recreate a container that went missing or drifted, keeping the slot's state.
+    Recreate {
+        slot: Slot,
+        container: Box<ContainerSpec>,
+        replace: Option<String>,
+    },
+    Start {
+        slot: Slot,
+        container: String,
+    },
+    /// Stop a failed slot's container (kept for inspection).
+    Stop {
+        slot: Slot,
+        container: String,
+    },
+    /// Probe the slot until it answers 2xx/3xx or the timeout passes; it becomes `deployed`, or
+    /// `failed` with its container stopped and its log tail recorded.
+    AwaitHealthy {
+        slot: Slot,
+        url: String,
+        timeout_ms: u64,
+        container: String,
+        hash: String,
+    },
+    /// Move the hostname to `to` after one passing probe of `url`; `from` goes to grace.
+    Switch {
+        to: Slot,
+        from: Option<Slot>,
+        hold: Option<String>,
+        url: String,
+    },
+    AddRoute(Route),
+    ReplaceRoute(Route),
+    DeleteRoute {
+        id: String,
+    },
+    /// Remove a slot's container and record the slot empty (grace period over, or stale).
+    Retire {
+        slot: Slot,
+        container: Option<String>,
+    },
+    /// Remove a container codeb owns that no slot accounts for.
+    RemoveContainer {
+        id: String,
+        name: String,
+    },
+    /// Delete the environment's record (after `delete` or `--prune` removed everything).
+    Forget,
+}
+
+/// Something the plan wants the user to know; some mean "not converged".
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Note {
+    /// A healthy release waits for `codeb promote` (manual promotion). Converged.
+    AwaitingPromotion {
+        key: EnvKey,
+        slot: Slot,
+        preview: String,
+    },
+    /// The desired release failed its health check; it is not retried until it changes.
+    Failed {
+        key: EnvKey,
+        slot: Slot,
+        hash: String,
+    },
+    /// A rollback holds: the desired release is the one rolled away from. Converged.
+    Held { key: EnvKey, hash: String },
+    /// A host's backend could not be observed; its environments were not planned.
+    Unreachable { host: String, error: String },
+    /// No free port pair is left in the environment's range.
+    NoPorts { key: EnvKey },
+    /// The environment is recorded on another host; moving is not supported.
+    HostMoved {
+        key: EnvKey,
+        from: String,
+        to: String,
+    },
+}
+
+impl Note {
+    /// True for notes that mean the desired state was not reached (apply exits 1).
+    pub fn is_problem(&self) -> bool {
+        !matches!(self, Note::AwaitingPromotion { .. } | Note::Held { .. })
+    }
+}
+
+/// The ordered steps, and what the user should know.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Plan {
+    pub steps: Vec<Step>,
+    pub notes: Vec<Note>,
+}
+
+impl Plan {
+    pub fn is_empty(&self) -> bool {
+        self.steps.is_empty()
+    }
+
+    pub fn has_problems(&self) -> bool {
+        self.notes.iter().any(Note::is_problem)
+    }
+}
+
+/// Plans convergence of every desired environment, and of the recorded ones in `prune`.
+///
+/// # Guarantees
+/// - Touches only containers carrying codeb's labels for a key that is desired or recorded, and
+///   only routes whose `@id` belongs to such a key.
+/// - Never switches traffic to a slot that has not passed its health check (`Switch` carries the
+///   probe the executor runs first, and only `deployed` or `grace` slots are switched to).
+/// - Planning again after executing the plan against a world that behaved yields no steps.
+pub fn plan(
+    desired: &Desired,
+    observed: &Observed,
+    recorded: &Recorded,
+    prune: &[EnvKey],
+    now_ms: u64,
+) -> Plan {
+    let mut plan = Plan::default();
+    let mut taken = taken_ports(recorded, observed);
+    for (host_name, host) in &desired.hosts {
+        let Some(obs) = reachable(host_name, observed, &mut plan) else {
+            continue;
+        };
+        let (containers, proxy) = obs;
+        let server = server_spec(host);
+        if proxy.server.as_ref() != Some(&server) {
+            plan.steps.push(Step {
+                host: host_name.clone(),
+                key: None,
+                generation: None,
+                action: Action::EnsureServer(server),
+            });
+        }
+        for d in desired.envs.values().filter(|d| &d.host == host_name) {
+            let rec = recorded.envs.get(&d.key);
+            if let Some(rec) = rec {
+                if rec.host != d.host {
+                    plan.notes.push(Note::HostMoved {
+                        key: d.key.clone(),
+                        from: rec.host.clone(),
+                        to: d.host.clone(),
+                    });
+                    continue;
+                }
+            }
+            plan_env(
+                d, host, rec, containers, proxy, &mut taken, now_ms, &mut plan,
+            );
+        }
+    }
+    for key in prune {
+        if let Some(rec) = recorded.envs.get(key) {
+            let host = desired
+                .hosts
+                .get(&rec.host)
+                .or_else(|| recorded.hosts.get(&rec.host));
+            if let Some((containers, proxy)) =
+                host.and_then(|_| reachable(&rec.host, observed, &mut plan))
+            {
+                plan_removal(rec, containers, proxy, &mut plan);
+            }
+        }
+    }
+    plan
+}
+
+/// Plans the removal of environments: their routes, then their containers, then their records.
+pub fn plan_delete(keys: &[EnvKey], observed: &Observed, recorded: &Recorded) -> Plan {
+    let mut plan = Plan::default();
+    for key in keys {
+        if let Some(rec) = recorded.envs.get(key) {
+            if let Some((containers, proxy)) = reachable(&rec.host, observed, &mut plan) {
+                plan_removal(rec, containers, proxy, &mut plan);
+            }
+        }
+    }
+    plan
+}
+
+fn plan_removal(
+    rec: &EnvRecord,
+    containers: &[ObservedContainer],
+    proxy: &ObservedProxy,
+    plan: &mut Plan,
+) {
+    let step = |action| Step {
+        host: rec.host.clone(),
+        key: Some(rec.key.clone()),
+        generation: Some(rec.generation),
+        action,
+    };
+    let ids = route_ids(&rec.key);
+    for route in proxy.routes.iter().filter(|r| ids.contains(&r.id)) {
+        plan.steps.push(step(Action::DeleteRoute {
+            id: route.id.clone(),
+        }));
+    }
+    for c in containers.iter().filter(|c| belongs_to(c, &rec.key)) {
+        plan.steps.push(step(Action::RemoveContainer {
+            id: c.id.clone(),
+            name: c.name.clone(),
+        }));
+    }
+    plan.steps.push(step(Action::Forget));
+}
+
+fn reachable<'a>(
+    host: &str,
+    observed: &'a Observed,
+    plan: &mut Plan,
+) -> Option<(&'a [ObservedContainer], &'a ObservedProxy)> {
+    match observed.hosts.get(host) {
+        Some(HostObservation::Reachable { containers, proxy }) => Some((containers, proxy)),
+        Some(HostObservation::Unreachable { error }) => {
+            if !plan
+                .notes
+                .iter()
+                .any(|n| matches!(n, Note::Unreachable { host: h, .. } if h == host))
+            {
+                plan.notes.push(Note::Unreachable {
+                    host: host.to_string(),
+                    error: error.clone(),
+                });
+            }
+            None
+        }
+        None => {
+            plan.notes.push(Note::Unreachable {
+                host: host.to_string(),
+                error: "not observed".into(),
+            });
+            None
+        }
+    }
+}
+
+/// The Caddy server codeb wants on a host.
+pub fn server_spec(host: &HostRef) -> ServerSpec {
+    use crate::backend::TlsMode;
+    use crate::spec::Tls;
+    ServerSpec {
+        name: SERVER_NAME.to_string(),
+        listen: host.listen.clone(),
+        tls: match host.tls {
+            Tls::Auto => TlsMode::Auto,
+            Tls::Internal => TlsMode::Internal,
+            Tls::Off => TlsMode::Off,
+        },
+    }
+}
+
+/// Every route id a key can own.
+pub fn route_ids(key: &EnvKey) -> [String; 3] {
+    [
+        key.route_id(),
+        key.preview_route_id(Slot::Blue),
+        key.preview_route_id(Slot::Green),
+    ]
+}
+
+/// True when the container carries the ownership labels of this key.
+pub fn belongs_to(c: &ObservedContainer, key: &EnvKey) -> bool {
+    use crate::backend::{LABEL_ENVIRONMENT, LABEL_PROJECT};
+    c.labels.get(LABEL_PROJECT) == Some(&key.project)
+        && c.labels.get(LABEL_ENVIRONMENT) == Some(&key.env)
+}
+
+/// Ports no new allocation may take: every recorded pair and every port a codeb container publishes.
+fn taken_ports(recorded: &Recorded, observed: &Observed) -> std::collections::BTreeSet<u16> {
+    let mut taken: std::collections::BTreeSet<u16> = recorded
+        .envs
+        .values()
+        .flat_map(|r| [r.base_port, r.base_port + 1])
+        .collect();
+    for obs in observed.hosts.values() {
+        if let HostObservation::Reachable { containers, .. } = obs {
+            taken.extend(containers.iter().filter_map(|c| c.host_port));
+        }
+    }
+    taken
+}
+
+#[cfg(test)]
+mod tests;

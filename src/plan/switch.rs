@@ -1,0 +1,80 @@
+//! Planning `codeb promote` and `codeb rollback`: a traffic switch and the routes it implies.
+
+use super::env::{health_url, route_diff, switch};
+use super::{Action, Plan, Step};
+use crate::backend::ObservedProxy;
+use crate::model::{EnvRecord, HostRef, Slot, SlotState};
+
+/// Why a switch cannot be planned. None is worth a retry without a change.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SwitchError {
+    #[error(
+        "{key}: nothing to promote (no slot is deployed and waiting); apply a new release first"
+    )]
+    NothingToPromote { key: String },
+    #[error("{key}: nothing to roll back to (no slot is in its grace period)")]
+    NothingToRollBack { key: String },
+}
+
+/// Promote: switch the hostname to the deployed slot. A promote clears a rollback hold.
+pub fn plan_promote(
+    rec: &EnvRecord,
+    host: &HostRef,
+    proxy: &ObservedProxy,
+    now_ms: u64,
+) -> Result<Plan, SwitchError> {
+    let to = Slot::ALL
+        .into_iter()
+        .find(|s| Some(*s) != rec.active && rec.slot(*s).state == SlotState::Deployed)
+        .ok_or_else(|| SwitchError::NothingToPromote {
+            key: rec.key.to_string(),
+        })?;
+    Ok(plan_switch(rec, host, proxy, to, None, now_ms))
+}
+
+/// Rollback: switch the hostname back to the grace slot, without starting anything. The slot rolled
+/// away from goes to grace, and its release is held: apply does not promote it again.
+pub fn plan_rollback(
+    rec: &EnvRecord,
+    host: &HostRef,
+    proxy: &ObservedProxy,
+    now_ms: u64,
+) -> Result<Plan, SwitchError> {
+    let to = Slot::ALL
+        .into_iter()
+        .find(|s| Some(*s) != rec.active && rec.slot(*s).state == SlotState::Grace)
+        .ok_or_else(|| SwitchError::NothingToRollBack {
+            key: rec.key.to_string(),
+        })?;
+    let hold = rec.active.and_then(|a| rec.slot(a).hash());
+    Ok(plan_switch(rec, host, proxy, to, hold, now_ms))
+}
+
+fn plan_switch(
+    rec: &EnvRecord,
+    host: &HostRef,
+    proxy: &ObservedProxy,
+    to: Slot,
+    hold: Option<String>,
+    now_ms: u64,
+) -> Plan {
+    let step = |action| Step {
+        host: rec.host.clone(),
+        key: Some(rec.key.clone()),
+        generation: Some(rec.generation),
+        action,
+    };
+    let url = health_url(host, rec, to, &rec.slot(to).health_path);
+    let mut plan = Plan::default();
+    plan.steps.push(step(Action::Switch {
+        to,
+        from: rec.active,
+        hold: hold.clone(),
+        url,
+    }));
+    let mut proj = rec.clone();
+    switch(&mut proj, to, hold, now_ms);
+    plan.steps
+        .extend(route_diff(&proj, host, proxy).into_iter().map(step));
+    plan
+}

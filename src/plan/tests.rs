@@ -1,0 +1,460 @@
+//! Planner tests against the in-memory fake world: every scenario executes plans until convergence
+//! and then checks that planning again yields nothing.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use super::*;
+use crate::backend::fake::{FakeProber, World};
+use crate::backend::{Route, LABEL_PROJECT};
+use crate::model::{DesiredEnv, EnvKey, HostRef, Promotion, Release, Slot, SlotState};
+use crate::reconcile::{self, Backends, HostBackends, Target};
+use crate::store::Store;
+
+pub(crate) fn host() -> HostRef {
+    HostRef {
+        name: "app".into(),
+        address: "127.0.0.1".into(),
+        podman: "unix:///fake".into(),
+        caddy_admin: "http://127.0.0.1:1".into(),
+        listen: vec!["127.0.0.1:18080".into()],
+        tls: crate::spec::Tls::Off,
+        publish_address: "127.0.0.1".into(),
+    }
+}
+
+/// `env("myapp")` is a production environment on host `app` running `app:v1`, auto-promoted.
+pub(crate) fn env(project: &str) -> DesiredEnv {
+    DesiredEnv {
+        key: EnvKey::new(project, "production"),
+        host: "app".into(),
+        hostname: format!("{project}.example.test"),
+        release: Release {
+            image: "app:v1".into(),
+            command: None,
+            env: BTreeMap::from([("DATABASE_URL".into(), "postgres://secret".into())]),
+            port: 8080,
+        },
+        health_path: "/health".into(),
+        health_timeout: Duration::from_secs(5),
+        promotion: Promotion::Auto,
+        grace_period: Duration::from_secs(3600),
+    }
+}
+
+trait EnvExt {
+    fn image(self, image: &str) -> Self;
+    fn manual(self) -> Self;
+    fn grace(self, d: Duration) -> Self;
+}
+
+impl EnvExt for DesiredEnv {
+    fn image(mut self, image: &str) -> Self {
+        self.release.image = image.into();
+        self
+    }
+    fn manual(mut self) -> Self {
+        self.promotion = Promotion::Manual;
+        self
+    }
+    fn grace(mut self, d: Duration) -> Self {
+        self.grace_period = d;
+        self
+    }
+}
+
+pub(crate) fn desired(envs: impl IntoIterator<Item = DesiredEnv>) -> Desired {
+    Desired {
+        hosts: BTreeMap::from([("app".into(), host())]),
+        envs: envs.into_iter().map(|e| (e.key.clone(), e)).collect(),
+    }
+}
+
+struct Fixture {
+    world: World,
+    store: Store,
+    backends: Backends<World, World>,
+    prober: FakeProber,
+    _dir: tempfile::TempDir,
+}
+
+impl Fixture {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let world = World::new();
+        Fixture {
+            store: Store::open(dir.path()).unwrap(),
+            backends: Backends {
+                hosts: BTreeMap::from([(
+                    "app".into(),
+                    HostBackends {
+                        runtime: world.clone(),
+                        proxy: world.clone(),
+                    },
+                )]),
+            },
+            prober: FakeProber(vec![world.clone()]),
+            world,
+            _dir: dir,
+        }
+    }
+
+    async fn apply(&self, d: &Desired) -> reconcile::Outcome {
+        reconcile::converge(
+            Target {
+                desired: d,
+                remove: vec![],
+                dry_run: false,
+            },
+            &self.store,
+            &self.backends,
+            &self.prober,
+        )
+        .await
+        .unwrap()
+    }
+
+    /// Plans against the current fake world and store, as a second apply would.
+    async fn replan(&self, d: &Desired) -> Plan {
+        let observed = reconcile::observe(&self.backends).await;
+        plan(
+            d,
+            &observed,
+            &self.store.load().unwrap(),
+            &[],
+            reconcile::now_ms(),
+        )
+    }
+
+    fn record(&self, project: &str) -> crate::model::EnvRecord {
+        self.store
+            .env(&EnvKey::new(project, "production"))
+            .unwrap()
+            .unwrap()
+    }
+
+    fn route_upstream(&self, id: &str) -> Option<String> {
+        self.world
+            .state()
+            .routes
+            .iter()
+            .find(|r| r.id == id)
+            .map(|r| r.upstream.clone())
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_first_release_is_promoted_when_healthy_even_with_manual_promotion() {
+    let f = Fixture::new();
+    let d = desired([env("myapp").manual()]);
+    let out = f.apply(&d).await;
+    assert!(out.converged(), "{:?}", out.failures);
+    let rec = f.record("myapp");
+    assert_eq!(rec.active, Some(Slot::Blue));
+    assert_eq!(rec.blue.state, SlotState::Active);
+    assert_eq!(
+        f.route_upstream(&rec.key.route_id()),
+        Some(format!("127.0.0.1:{}", rec.base_port))
+    );
+    assert!(f.replan(&d).await.is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_converged_system_gets_no_mutating_call() {
+    let f = Fixture::new();
+    let d = desired([env("a"), env("b"), env("c").manual()]);
+    assert!(f.apply(&d).await.converged());
+    let before = f.world.mutations();
+    let out = f.apply(&d).await;
+    assert!(out.converged());
+    assert!(out.executed.is_empty(), "{:?}", out.executed);
+    assert_eq!(f.world.mutations(), before);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_new_release_goes_to_the_idle_slot_and_waits_for_manual_promotion() {
+    let f = Fixture::new();
+    f.apply(&desired([env("myapp").manual()])).await;
+    let d2 = desired([env("myapp").manual().image("app:v2")]);
+    let out = f.apply(&d2).await;
+    assert!(out.converged());
+    let rec = f.record("myapp");
+    assert_eq!(
+        rec.active,
+        Some(Slot::Blue),
+        "manual promotion must not switch"
+    );
+    assert_eq!(rec.green.state, SlotState::Deployed);
+    assert!(out.notes.iter().any(|n| matches!(
+        n,
+        Note::AwaitingPromotion {
+            slot: Slot::Green,
+            ..
+        }
+    )));
+    // Its preview route exists; the hostname still goes to blue.
+    assert_eq!(
+        f.route_upstream(&rec.key.preview_route_id(Slot::Green)),
+        Some(format!("127.0.0.1:{}", rec.base_port + 1))
+    );
+    assert_eq!(
+        f.route_upstream(&rec.key.route_id()),
+        Some(format!("127.0.0.1:{}", rec.base_port))
+    );
+    assert!(f.replan(&d2).await.is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn promote_switches_and_the_previous_slot_enters_grace() {
+    let f = Fixture::new();
+    f.apply(&desired([env("myapp").manual()])).await;
+    let d2 = desired([env("myapp").manual().image("app:v2")]);
+    f.apply(&d2).await;
+    let rec = f.record("myapp");
+    let observed = reconcile::observe(&f.backends).await;
+    let HostObservation::Reachable { proxy, .. } = &observed.hosts["app"] else {
+        panic!()
+    };
+    let p = plan_promote(&rec, &host(), proxy, reconcile::now_ms()).unwrap();
+    let report = reconcile::execute(&p, &f.store, &f.backends, &f.prober)
+        .await
+        .unwrap();
+    assert!(report.failures.is_empty());
+    let rec = f.record("myapp");
+    assert_eq!(rec.active, Some(Slot::Green));
+    assert_eq!(rec.blue.state, SlotState::Grace);
+    assert_eq!(
+        f.route_upstream(&rec.key.route_id()),
+        Some(format!("127.0.0.1:{}", rec.base_port + 1))
+    );
+    assert!(f.replan(&d2).await.is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn auto_promotion_keeps_the_previous_slot_until_its_grace_period_ends() {
+    let f = Fixture::new();
+    f.apply(&desired([env("myapp").grace(Duration::from_secs(3600))]))
+        .await;
+    f.apply(&desired([env("myapp")
+        .image("app:v2")
+        .grace(Duration::from_secs(3600))]))
+        .await;
+    let rec = f.record("myapp");
+    assert_eq!(rec.active, Some(Slot::Green));
+    assert_eq!(rec.blue.state, SlotState::Grace);
+    assert_eq!(f.world.state().containers.len(), 2);
+    // With a zero grace period the next apply retires blue, after its preview route is gone.
+    let d0 = desired([env("myapp").image("app:v2").grace(Duration::ZERO)]);
+    let out = f.apply(&d0).await;
+    let route_at = out
+        .executed
+        .iter()
+        .position(|s| s.contains("delete route"))
+        .unwrap();
+    let retire_at = out
+        .executed
+        .iter()
+        .position(|s| s.contains("retire blue"))
+        .unwrap();
+    assert!(route_at < retire_at, "{:?}", out.executed);
+    assert_eq!(f.record("myapp").blue.state, SlotState::Empty);
+    assert_eq!(f.world.state().containers.len(), 1);
+    assert!(f.replan(&d0).await.is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_unhealthy_release_fails_and_the_active_slot_keeps_serving() {
+    let f = Fixture::new();
+    f.apply(&desired([env("myapp")])).await;
+    let bad = desired([env("myapp").image("app:unhealthy")]);
+    let out = f.apply(&bad).await;
+    assert!(!out.converged());
+    let rec = f.record("myapp");
+    assert_eq!(rec.active, Some(Slot::Blue));
+    assert_eq!(rec.green.state, SlotState::Failed);
+    assert!(!rec.green.log_tail.is_empty());
+    assert_eq!(
+        f.route_upstream(&rec.key.route_id()),
+        Some(format!("127.0.0.1:{}", rec.base_port))
+    );
+    // Kept, stopped, and not redeployed by the next apply.
+    let again = f.apply(&bad).await;
+    assert!(again.executed.is_empty(), "{:?}", again.executed);
+    assert!(again.notes.iter().any(|n| matches!(n, Note::Failed { .. })));
+    let state = f.world.state();
+    assert!(state
+        .containers
+        .values()
+        .any(|(c, _)| c.name == "myapp-production-green" && !c.running));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_rollback_holds_until_the_manifests_name_another_release() {
+    let f = Fixture::new();
+    f.apply(&desired([env("myapp")])).await;
+    let d2 = desired([env("myapp").image("app:v2")]);
+    f.apply(&d2).await;
+    let rec = f.record("myapp");
+    let observed = reconcile::observe(&f.backends).await;
+    let HostObservation::Reachable { proxy, .. } = &observed.hosts["app"] else {
+        panic!()
+    };
+    let before = f.world.state().containers.len();
+    let p = plan_rollback(&rec, &host(), proxy, reconcile::now_ms()).unwrap();
+    assert!(p.steps.iter().all(|s| !matches!(
+        s.action,
+        Action::Deploy { .. } | Action::Recreate { .. } | Action::Start { .. }
+    )));
+    reconcile::execute(&p, &f.store, &f.backends, &f.prober)
+        .await
+        .unwrap();
+    assert_eq!(f.record("myapp").active, Some(Slot::Blue));
+    assert_eq!(f.world.state().containers.len(), before);
+    // The same manifests again: nothing moves.
+    let out = f.apply(&d2).await;
+    assert!(out.executed.is_empty(), "{:?}", out.executed);
+    assert_eq!(f.record("myapp").active, Some(Slot::Blue));
+    // A new release goes out as usual.
+    f.apply(&desired([env("myapp").image("app:v3")])).await;
+    let rec = f.record("myapp");
+    assert_eq!(rec.active, Some(Slot::Green));
+    assert_eq!(rec.green.release.unwrap().image, "app:v3");
+}
+
+#[tokio::test(start_paused = true)]
+async fn drift_is_repaired_and_foreign_objects_are_never_touched() {
+    let f = Fixture::new();
+    {
+        let mut s = f.world.state();
+        s.routes.push(Route {
+            id: "theirs".into(),
+            hosts: vec!["x.test".into()],
+            upstream: "127.0.0.1:9".into(),
+        });
+    }
+    let foreign = crate::backend::ContainerSpec {
+        name: "not-ours".into(),
+        image: "x".into(),
+        command: None,
+        env: BTreeMap::new(),
+        labels: BTreeMap::new(),
+        container_port: 1,
+        host_ip: "127.0.0.1".into(),
+        host_port: 9,
+        network: "other".into(),
+    };
+    use crate::backend::Runtime;
+    f.world.create(&foreign).await.unwrap();
+    let d = desired([env("myapp")]);
+    f.apply(&d).await;
+    let rec = f.record("myapp");
+    // Remove the active container and the hostname route by hand, and "restart Caddy".
+    {
+        let mut s = f.world.state();
+        s.containers
+            .retain(|_, (c, _)| c.name != "myapp-production-blue");
+        s.server = None;
+        s.routes.retain(|r| r.id != rec.key.route_id());
+    }
+    let out = f.apply(&d).await;
+    assert!(out.converged());
+    let s = f.world.state();
+    assert!(s
+        .containers
+        .values()
+        .any(|(c, _)| c.name == "myapp-production-blue" && c.running));
+    assert!(s.server.is_some());
+    assert!(s.routes.iter().any(|r| r.id == rec.key.route_id()));
+    assert!(s.routes.iter().any(|r| r.id == "theirs"));
+    assert!(s
+        .containers
+        .values()
+        .any(|(c, _)| c.name == "not-ours" && !c.labels.contains_key(LABEL_PROJECT)));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_deleted_project_loses_its_containers_routes_and_record() {
+    let f = Fixture::new();
+    let d = desired([env("a"), env("b")]);
+    f.apply(&d).await;
+    let observed = reconcile::observe(&f.backends).await;
+    let p = plan_delete(
+        &[EnvKey::new("a", "production")],
+        &observed,
+        &f.store.load().unwrap(),
+    );
+    reconcile::execute(&p, &f.store, &f.backends, &f.prober)
+        .await
+        .unwrap();
+    let s = f.world.state();
+    assert!(s
+        .containers
+        .values()
+        .all(|(c, _)| !c.name.starts_with("a-")));
+    assert!(s.routes.iter().all(|r| !r.id.starts_with("codeb-a_")));
+    assert!(s.routes.iter().any(|r| r.id.starts_with("codeb-b_")));
+    drop(s);
+    assert!(f
+        .store
+        .env(&EnvKey::new("a", "production"))
+        .unwrap()
+        .is_none());
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_unreachable_host_is_reported_and_nothing_is_planned_for_it() {
+    let f = Fixture::new();
+    f.world.state().podman_down = true;
+    let out = f.apply(&desired([env("myapp")])).await;
+    assert!(!out.converged());
+    assert!(out
+        .notes
+        .iter()
+        .any(|n| matches!(n, Note::Unreachable { .. })));
+    assert_eq!(f.world.mutations(), 0);
+}
+
+#[test]
+fn two_new_environments_never_share_a_port_pair() {
+    let d = desired([env("ab"), env("ba")]); // same character sum: same preferred base
+    let observed = Observed {
+        hosts: BTreeMap::from([(
+            "app".into(),
+            HostObservation::Reachable {
+                containers: vec![],
+                proxy: Default::default(),
+            },
+        )]),
+    };
+    let p = plan(&d, &observed, &Default::default(), &[], 0);
+    let bases: Vec<u16> = p
+        .steps
+        .iter()
+        .filter_map(|s| {
+            if let Action::Register(r) = &s.action {
+                Some(r.base_port)
+            } else {
+                None
+            }
+        })
+        .collect();
+    assert_eq!(bases.len(), 2);
+    assert!(bases[0].abs_diff(bases[1]) >= 2, "{bases:?}");
+}
+
+#[test]
+fn the_printed_plan_never_shows_an_env_value() {
+    let d = desired([env("myapp")]);
+    let observed = Observed {
+        hosts: BTreeMap::from([(
+            "app".into(),
+            HostObservation::Reachable {
+                containers: vec![],
+                proxy: Default::default(),
+            },
+        )]),
+    };
+    let text = plan(&d, &observed, &Default::default(), &[], 0).to_string();
+    assert!(text.contains("deploy app:v1 into blue"), "{text}");
+    assert!(!text.contains("postgres://secret"), "{text}");
+}

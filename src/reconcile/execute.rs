@@ -1,0 +1,287 @@
+//! The executor: carries out a plan's steps in order, journaling intent before and outcome after.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use super::{now_ms, Backends, Error, HostBackends, Prober, Result};
+use crate::backend::{Proxy, Runtime};
+use crate::model::{EnvKey, SlotRecord, SlotState};
+use crate::plan::{self, Action, Plan, Step, SERVER_NAME};
+use crate::store::{JournalEntry, Phase, Store};
+
+/// How often a deploying slot is probed. Podman takes 145-416 ms from create to first answer here,
+/// so 50 ms keeps the probe's share of a deploy small without busy-looping.
+const PROBE_INTERVAL: Duration = Duration::from_millis(50);
+/// Lines of a failed slot's log kept for `describe`.
+const LOG_TAIL: usize = 20;
+
+/// A step that failed.
+#[derive(Debug)]
+pub struct StepFailure {
+    pub step: String,
+    pub key: Option<EnvKey>,
+    pub error: Error,
+}
+
+/// What an execution did.
+#[derive(Debug, Default)]
+pub struct Report {
+    pub executed: Vec<String>,
+    pub failures: Vec<StepFailure>,
+    pub skipped: usize,
+}
+
+/// Executes `plan` step by step.
+///
+/// # Guarantees
+/// - Each step's intent is in the journal before it runs, and its outcome after.
+/// - A step of a key whose earlier step failed is skipped; other keys carry on.
+///
+/// # Errors
+/// Only store failures abort the whole execution; backend and health failures are in the report.
+pub async fn execute<R: Runtime, P: Proxy, H: Prober>(
+    plan: &Plan,
+    store: &Store,
+    backends: &Backends<R, P>,
+    prober: &H,
+) -> Result<Report> {
+    let mut report = Report::default();
+    let mut failed: BTreeSet<EnvKey> = BTreeSet::new();
+    // The generation each key's record is expected at: the plan's, then whatever our writes made it.
+    let mut gens: BTreeMap<EnvKey, Option<u64>> = BTreeMap::new();
+    for step in &plan.steps {
+        if step.key.as_ref().is_some_and(|k| failed.contains(k)) {
+            report.skipped += 1;
+            continue;
+        }
+        let text = step.to_string();
+        let intent = store.journal(entry(step, Phase::Intent, &text, None, None))?;
+        let result = run(step, store, backends, prober, &mut gens).await;
+        match result {
+            Ok(()) => {
+                store.journal(entry(step, Phase::Done, &text, Some(intent), None))?;
+                tracing::info!(step = %text, "done");
+                report.executed.push(text);
+            }
+            Err(Error::Store(e)) if !matches!(e, crate::store::Error::Conflict { .. }) => {
+                return Err(Error::Store(e));
+            }
+            Err(error) => {
+                store.journal(entry(
+                    step,
+                    Phase::Failed,
+                    &text,
+                    Some(intent),
+                    Some(error.to_string()),
+                ))?;
+                tracing::warn!(step = %text, error = %error, "failed");
+                if let Some(k) = &step.key {
+                    failed.insert(k.clone());
+                }
+                report.failures.push(StepFailure {
+                    step: text,
+                    key: step.key.clone(),
+                    error,
+                });
+            }
+        }
+    }
+    Ok(report)
+}
+
+fn entry(
+    step: &Step,
+    phase: Phase,
+    text: &str,
+    intent: Option<u64>,
+    message: Option<String>,
+) -> JournalEntry {
+    JournalEntry {
+        seq: 0,
+        at_ms: now_ms(),
+        host: step.host.clone(),
+        key: step.key.clone(),
+        phase,
+        step: text.to_string(),
+        intent,
+        message,
+    }
+}
+
+async fn run<R: Runtime, P: Proxy, H: Prober>(
+    step: &Step,
+    store: &Store,
+    backends: &Backends<R, P>,
+    prober: &H,
+    gens: &mut BTreeMap<EnvKey, Option<u64>>,
+) -> Result<()> {
+    let b = backends
+        .hosts
+        .get(&step.host)
+        .ok_or_else(|| Error::UnknownHost {
+            host: step.host.clone(),
+        })?;
+    let host = step.host.as_str();
+    let podman = |source| Error::Podman {
+        host: host.to_string(),
+        source,
+    };
+    let caddy = |source| Error::Caddy {
+        host: host.to_string(),
+        source,
+    };
+    let key = step.key.clone();
+    // Read-modify-write of the key's record, guarded by the expected generation.
+    let mut update = |f: &dyn Fn(&mut crate::model::EnvRecord)| -> Result<()> {
+        let key = key.clone().expect("record steps carry a key");
+        let expected = *gens.entry(key.clone()).or_insert(step.generation);
+        let mut rec = store
+            .env(&key)?
+            .ok_or_else(|| Error::MissingRecord { key: key.clone() })?;
+        f(&mut rec);
+        let written = store.put_env(rec, expected)?;
+        gens.insert(key, Some(written.generation));
+        Ok(())
+    };
+    match &step.action {
+        Action::EnsureServer(spec) => b.proxy.ensure_server(spec).await.map_err(caddy),
+        Action::Register(rec) => {
+            let key = rec.key.clone();
+            let expected = *gens.entry(key.clone()).or_insert(step.generation);
+            let written = store.put_env((**rec).clone(), expected)?;
+            gens.insert(key, Some(written.generation));
+            Ok(())
+        }
+        Action::Deploy {
+            slot,
+            release,
+            container,
+            replace,
+            health_path,
+            health_timeout_ms,
+        } => {
+            let now = now_ms();
+            update(&|rec| {
+                *rec.slot_mut(*slot) = SlotRecord {
+                    state: SlotState::Deploying,
+                    release: Some((**release).clone()),
+                    since_ms: now,
+                    health_path: health_path.clone(),
+                    health_timeout_ms: *health_timeout_ms,
+                    last_health: None,
+                    log_tail: Vec::new(),
+                }
+            })?;
+            run_container(b, container, replace.as_deref())
+                .await
+                .map_err(podman)
+        }
+        Action::Recreate {
+            container, replace, ..
+        } => run_container(b, container, replace.as_deref())
+            .await
+            .map_err(podman),
+        Action::Start { container, .. } => b.runtime.start(container).await.map_err(podman),
+        Action::Stop { container, .. } => b.runtime.stop(container).await.map_err(podman),
+        Action::AwaitHealthy {
+            slot,
+            url,
+            timeout_ms,
+            container,
+            hash,
+        } => {
+            let timeout = Duration::from_millis(*timeout_ms);
+            let deadline = tokio::time::Instant::now() + timeout;
+            let mut last;
+            loop {
+                match prober.probe(url).await {
+                    Ok(()) => {
+                        let at = now_ms();
+                        return update(&|rec| {
+                            let s = rec.slot_mut(*slot);
+                            if s.state == SlotState::Deploying
+                                && s.hash().as_deref() == Some(hash.as_str())
+                            {
+                                s.state = SlotState::Deployed;
+                                s.since_ms = at;
+                            }
+                            s.last_health = Some(format!("passed: GET {url}"));
+                        });
+                    }
+                    Err(e) => last = e,
+                }
+                if tokio::time::Instant::now() >= deadline {
+                    break;
+                }
+                tokio::time::sleep(PROBE_INTERVAL).await;
+            }
+            // Keep the container for inspection, stopped, with its log tail recorded.
+            let _ = b.runtime.stop(container).await;
+            let tail = b
+                .runtime
+                .logs_tail(container, LOG_TAIL)
+                .await
+                .unwrap_or_default();
+            let at = now_ms();
+            let timeout_text = humantime::format_duration(timeout).to_string();
+            update(&|rec| {
+                let s = rec.slot_mut(*slot);
+                if s.hash().as_deref() == Some(hash.as_str()) {
+                    s.state = SlotState::Failed;
+                    s.since_ms = at;
+                    s.log_tail = tail.clone();
+                    s.last_health =
+                        Some(format!("failed: GET {url}: {last} (after {timeout_text})"));
+                }
+            })?;
+            Err(Error::Unhealthy {
+                slot: *slot,
+                url: url.clone(),
+                timeout: timeout_text,
+                last,
+            })
+        }
+        Action::Switch { to, hold, url, .. } => {
+            // Health-gated: the slot answers now, or traffic does not move.
+            if let Err(last) = prober.probe(url).await {
+                return Err(Error::NotHealthy {
+                    slot: *to,
+                    url: url.clone(),
+                    last,
+                });
+            }
+            let now = now_ms();
+            update(&|rec| plan::switch_record(rec, *to, hold.clone(), now))
+        }
+        Action::AddRoute(route) => b.proxy.add_route(SERVER_NAME, route).await.map_err(caddy),
+        Action::ReplaceRoute(route) => b.proxy.replace_route(route).await.map_err(caddy),
+        Action::DeleteRoute { id } => b.proxy.delete_route(id).await.map_err(caddy),
+        Action::Retire { slot, container } => {
+            if let Some(c) = container {
+                b.runtime.remove(c).await.map_err(podman)?;
+            }
+            update(&|rec| *rec.slot_mut(*slot) = SlotRecord::default())
+        }
+        Action::RemoveContainer { id, .. } => b.runtime.remove(id).await.map_err(podman),
+        Action::Forget => {
+            let key = step.key.clone().expect("forget carries a key");
+            let expected = *gens.entry(key.clone()).or_insert(step.generation);
+            store.delete_env(&key, expected)?;
+            Ok(())
+        }
+    }
+}
+
+async fn run_container<R: Runtime, P: Proxy>(
+    b: &HostBackends<R, P>,
+    spec: &crate::backend::ContainerSpec,
+    replace: Option<&str>,
+) -> Result<(), crate::backend::podman::Error> {
+    if let Some(old) = replace {
+        b.runtime.remove(old).await?;
+    }
+    b.runtime.ensure_network(&spec.network).await?;
+    b.runtime.ensure_image(&spec.image).await?;
+    let id = b.runtime.create(spec).await?;
+    b.runtime.start(&id).await
+}

@@ -1,0 +1,149 @@
+//! Reconcile: observe the hosts, plan, execute, repeat until nothing is left to do.
+//!
+//! The executor carries out a plan's steps in order and makes no choices: it journals each step's
+//! intent, performs it, and journals the outcome. When a step fails, the remaining steps of the same
+//! environment are skipped (others carry on) and the failure is reported.
+
+mod execute;
+mod observe;
+mod probe;
+
+use std::collections::BTreeMap;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+pub use execute::{execute, Report, StepFailure};
+pub use observe::observe;
+pub use probe::{HttpProber, Prober};
+
+use crate::backend::{Proxy, Runtime};
+use crate::model::{Desired, EnvKey, HostRef};
+use crate::plan::{self, Note, Plan};
+use crate::store::Store;
+
+/// Reconcile errors. `Store` conflicts are worth a re-plan; backend errors are reported per step
+/// in [`Report`] rather than here.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Store(#[from] crate::store::Error),
+    #[error("host {host}: {source}")]
+    Podman {
+        host: String,
+        source: crate::backend::podman::Error,
+    },
+    #[error("host {host}: {source}")]
+    Caddy {
+        host: String,
+        source: crate::backend::caddy::Error,
+    },
+    #[error("{slot} never answered 2xx/3xx on {url} within {timeout}: {last}")]
+    Unhealthy {
+        slot: crate::model::Slot,
+        url: String,
+        timeout: String,
+        last: String,
+    },
+    #[error("refusing to switch traffic to {slot}: {url} does not answer 2xx/3xx ({last})")]
+    NotHealthy {
+        slot: crate::model::Slot,
+        url: String,
+        last: String,
+    },
+    #[error("no record for {key}; plan again")]
+    MissingRecord { key: EnvKey },
+    #[error("host {host} is not connected")]
+    UnknownHost { host: String },
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// The backends of one host.
+pub struct HostBackends<R, P> {
+    pub runtime: R,
+    pub proxy: P,
+}
+
+/// Every connected host, by name.
+pub struct Backends<R, P> {
+    pub hosts: BTreeMap<String, HostBackends<R, P>>,
+}
+
+/// Milliseconds since the Unix epoch: the only clock the planner sees, read here at the edge.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// What an apply ended with.
+#[derive(Debug, Default)]
+pub struct Outcome {
+    /// Every step executed, in order, as printed.
+    pub executed: Vec<String>,
+    pub failures: Vec<StepFailure>,
+    /// The notes of the last plan.
+    pub notes: Vec<Note>,
+    /// The first plan (what `--dry-run` shows).
+    pub first_plan: Plan,
+}
+
+impl Outcome {
+    /// Converged: no step failed and the last plan has no problem.
+    pub fn converged(&self) -> bool {
+        self.failures.is_empty() && !self.notes.iter().any(Note::is_problem)
+    }
+}
+
+/// How many observe → plan → execute rounds an apply may take. A deploy takes three (deploy and
+/// probe, switch and routes, nothing left); drift repair adds at most one.
+const MAX_ROUNDS: usize = 8;
+
+/// What to converge: the desired state, and environments to remove.
+pub struct Target<'a> {
+    pub desired: &'a Desired,
+    /// Recorded environments to delete (pruned or deleted).
+    pub remove: Vec<EnvKey>,
+    pub dry_run: bool,
+}
+
+/// Converges the hosts to `target`: observe → plan → execute until a plan has no step.
+///
+/// # Guarantees
+/// - A converged system gets no mutating call: the first plan is empty, so nothing executes.
+/// - `dry_run` observes and plans once, and changes nothing.
+pub async fn converge<R: Runtime, P: Proxy, H: Prober>(
+    target: Target<'_>,
+    store: &Store,
+    backends: &Backends<R, P>,
+    prober: &H,
+) -> Result<Outcome> {
+    let mut outcome = Outcome::default();
+    let hosts: Vec<HostRef> = target.desired.hosts.values().cloned().collect();
+    store.put_hosts(&hosts)?;
+    for round in 0..MAX_ROUNDS {
+        let recorded = store.load()?;
+        let observed = observe(backends).await;
+        let plan = plan::plan(
+            target.desired,
+            &observed,
+            &recorded,
+            &target.remove,
+            now_ms(),
+        );
+        if round == 0 {
+            outcome.first_plan = plan.clone();
+        }
+        outcome.notes = plan.notes.clone();
+        if target.dry_run || plan.is_empty() {
+            break;
+        }
+        let report = execute(&plan, store, backends, prober).await?;
+        outcome.executed.extend(report.executed);
+        if !report.failures.is_empty() {
+            outcome.failures = report.failures;
+            break;
+        }
+    }
+    Ok(outcome)
+}

@@ -1,0 +1,47 @@
+//! Health probes: one HTTP GET that passes on 2xx or 3xx.
+
+use std::future::Future;
+use std::time::Duration;
+
+/// Probes a slot's health URL once.
+pub trait Prober: Send + Sync {
+    /// `Ok` on a 2xx/3xx answer; `Err` says what came back instead (never a body).
+    fn probe(&self, url: &str) -> impl Future<Output = Result<(), String>> + Send;
+}
+
+/// The real prober. Redirects are not followed: a 3xx already passes.
+pub struct HttpProber {
+    client: reqwest::Client,
+}
+
+impl HttpProber {
+    pub fn new() -> Self {
+        let client = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .connect_timeout(Duration::from_secs(1))
+            .timeout(Duration::from_secs(2))
+            // A fresh connection per probe: a pooled one could reach a container that is gone.
+            .pool_max_idle_per_host(0)
+            .build()
+            .expect("the HTTP client builds");
+        Self { client }
+    }
+}
+
+impl Default for HttpProber {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Prober for HttpProber {
+    async fn probe(&self, url: &str) -> Result<(), String> {
+        match self.client.get(url).send().await {
+            Ok(r) if r.status().is_success() || r.status().is_redirection() => Ok(()),
+            Ok(r) => Err(format!("HTTP {}", r.status().as_u16())),
+            Err(e) if e.is_connect() => Err("connection refused".into()),
+            Err(e) if e.is_timeout() => Err("timed out".into()),
+            Err(e) => Err(e.without_url().to_string()),
+        }
+    }
+}

@@ -1,0 +1,270 @@
+//! The embedded store (redb): environment records, recorded hosts and the journal.
+//!
+//! One process owns a store at a time (an exclusive lock file beside the database). Every record
+//! write is guarded by the generation the caller last read, so that a plan computed from an older
+//! state cannot move the system backwards. The journal records each step's intent before it runs
+//! and its outcome after, so a process killed at any point leaves a trail of what was in flight.
+//!
+//! No backend calls and no planning here.
+
+mod journal;
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+
+pub use journal::{JournalEntry, Phase};
+
+use crate::model::{EnvKey, EnvRecord, HostRef, Recorded};
+
+const ENVS: TableDefinition<&str, &[u8]> = TableDefinition::new("envs");
+const HOSTS: TableDefinition<&str, &[u8]> = TableDefinition::new("hosts");
+const JOURNAL: TableDefinition<u64, &[u8]> = TableDefinition::new("journal");
+
+/// Store errors. Only `Conflict` is worth a retry (re-plan from the fresh state); the others need a
+/// person.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot create the state directory {path}")]
+    CreateDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("the store in {path} is in use by another codeb process (is `codeb watch` running?)")]
+    Locked { path: PathBuf },
+    #[error("cannot open the store {path}")]
+    Open {
+        path: PathBuf,
+        source: Box<redb::DatabaseError>,
+    },
+    #[error("store I/O failed")]
+    Storage(#[from] Box<redb::Error>),
+    #[error("record {key} changed since it was planned (generation {expected:?}, now {found:?}); plan again")]
+    Conflict {
+        key: String,
+        expected: Option<u64>,
+        found: Option<u64>,
+    },
+    #[error("record {key} is unreadable")]
+    Corrupt {
+        key: String,
+        source: serde_json::Error,
+    },
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+fn storage(e: impl Into<redb::Error>) -> Error {
+    Error::Storage(Box::new(e.into()))
+}
+
+/// The store of one state directory.
+pub struct Store {
+    db: Database,
+    _lock: File,
+}
+
+impl Store {
+    /// Opens (creating if needed) the store in `dir`.
+    ///
+    /// # Errors
+    /// `Locked` when another process holds the store.
+    pub fn open(dir: &Path) -> Result<Store> {
+        std::fs::create_dir_all(dir).map_err(|source| Error::CreateDir {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+        let lock_path = dir.join("codeb.lock");
+        let lock = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|source| Error::CreateDir {
+                path: dir.to_path_buf(),
+                source,
+            })?;
+        if lock.try_lock().is_err() {
+            return Err(Error::Locked {
+                path: dir.to_path_buf(),
+            });
+        }
+        let path = dir.join("codeb.redb");
+        let db = Database::create(&path).map_err(|source| Error::Open {
+            path: path.clone(),
+            source: Box::new(source),
+        })?;
+        let txn = db.begin_write().map_err(storage)?;
+        txn.open_table(ENVS).map_err(storage)?;
+        txn.open_table(HOSTS).map_err(storage)?;
+        txn.open_table(JOURNAL).map_err(storage)?;
+        txn.commit().map_err(storage)?;
+        Ok(Store { db, _lock: lock })
+    }
+
+    /// Everything recorded, as the planner reads it.
+    pub fn load(&self) -> Result<Recorded> {
+        let txn = self.db.begin_read().map_err(storage)?;
+        let mut out = Recorded::default();
+        for item in txn
+            .open_table(ENVS)
+            .map_err(storage)?
+            .iter()
+            .map_err(storage)?
+        {
+            let (k, v) = item.map_err(storage)?;
+            let rec: EnvRecord = decode(k.value(), v.value())?;
+            out.envs.insert(rec.key.clone(), rec);
+        }
+        for item in txn
+            .open_table(HOSTS)
+            .map_err(storage)?
+            .iter()
+            .map_err(storage)?
+        {
+            let (k, v) = item.map_err(storage)?;
+            let host: HostRef = decode(k.value(), v.value())?;
+            out.hosts.insert(host.name.clone(), host);
+        }
+        Ok(out)
+    }
+
+    pub fn env(&self, key: &EnvKey) -> Result<Option<EnvRecord>> {
+        let txn = self.db.begin_read().map_err(storage)?;
+        let table = txn.open_table(ENVS).map_err(storage)?;
+        let sk = key.store_key();
+        let v = table.get(sk.as_str()).map_err(storage)?;
+        v.map(|v| decode(&sk, v.value())).transpose()
+    }
+
+    /// Writes `rec` if the stored generation is `expected` (`None`: no record yet), and returns it
+    /// with its new generation.
+    ///
+    /// # Errors
+    /// `Conflict` when the record moved since `expected` was read.
+    pub fn put_env(&self, mut rec: EnvRecord, expected: Option<u64>) -> Result<EnvRecord> {
+        let sk = rec.key.store_key();
+        let txn = self.db.begin_write().map_err(storage)?;
+        {
+            let mut table = txn.open_table(ENVS).map_err(storage)?;
+            let found = match table.get(sk.as_str()).map_err(storage)? {
+                Some(v) => Some(decode::<EnvRecord>(&sk, v.value())?.generation),
+                None => None,
+            };
+            if found != expected {
+                return Err(Error::Conflict {
+                    key: sk,
+                    expected,
+                    found,
+                });
+            }
+            rec.generation = found.map_or(1, |g| g + 1);
+            let bytes = serde_json::to_vec(&rec).expect("records serialize");
+            table
+                .insert(sk.as_str(), bytes.as_slice())
+                .map_err(storage)?;
+        }
+        txn.commit().map_err(storage)?;
+        Ok(rec)
+    }
+
+    /// Deletes a record if its generation is `expected`.
+    pub fn delete_env(&self, key: &EnvKey, expected: Option<u64>) -> Result<()> {
+        let sk = key.store_key();
+        let txn = self.db.begin_write().map_err(storage)?;
+        {
+            let mut table = txn.open_table(ENVS).map_err(storage)?;
+            let found = match table.get(sk.as_str()).map_err(storage)? {
+                Some(v) => Some(decode::<EnvRecord>(&sk, v.value())?.generation),
+                None => None,
+            };
+            if found.is_some() && found != expected {
+                return Err(Error::Conflict {
+                    key: sk,
+                    expected,
+                    found,
+                });
+            }
+            table.remove(sk.as_str()).map_err(storage)?;
+        }
+        txn.commit().map_err(storage)
+    }
+
+    /// Records the hosts the manifests name (so that `delete` works without manifests). Writes only
+    /// what changed.
+    pub fn put_hosts<'a>(&self, hosts: impl IntoIterator<Item = &'a HostRef>) -> Result<()> {
+        let current = self.load()?.hosts;
+        let changed: Vec<&HostRef> = hosts
+            .into_iter()
+            .filter(|h| current.get(&h.name) != Some(*h))
+            .collect();
+        if changed.is_empty() {
+            return Ok(());
+        }
+        let txn = self.db.begin_write().map_err(storage)?;
+        {
+            let mut table = txn.open_table(HOSTS).map_err(storage)?;
+            for h in changed {
+                let bytes = serde_json::to_vec(h).expect("hosts serialize");
+                table
+                    .insert(h.name.as_str(), bytes.as_slice())
+                    .map_err(storage)?;
+            }
+        }
+        txn.commit().map_err(storage)
+    }
+
+    /// Appends to the journal; returns the entry's sequence number.
+    pub fn journal(&self, mut entry: JournalEntry) -> Result<u64> {
+        let txn = self.db.begin_write().map_err(storage)?;
+        let seq;
+        {
+            let mut table = txn.open_table(JOURNAL).map_err(storage)?;
+            seq = table
+                .last()
+                .map_err(storage)?
+                .map_or(1, |(k, _)| k.value() + 1);
+            entry.seq = seq;
+            let bytes = serde_json::to_vec(&entry).expect("journal entries serialize");
+            table.insert(seq, bytes.as_slice()).map_err(storage)?;
+        }
+        txn.commit().map_err(storage)?;
+        Ok(seq)
+    }
+
+    /// The journal, oldest first, optionally only one project's entries.
+    pub fn journal_entries(&self, project: Option<&str>) -> Result<Vec<JournalEntry>> {
+        let txn = self.db.begin_read().map_err(storage)?;
+        let table = txn.open_table(JOURNAL).map_err(storage)?;
+        let mut out = Vec::new();
+        for item in table.iter().map_err(storage)? {
+            let (k, v) = item.map_err(storage)?;
+            let e: JournalEntry = decode(&k.value().to_string(), v.value())?;
+            if project.is_none_or(|p| e.key.as_ref().is_some_and(|k| k.project == p)) {
+                out.push(e);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Intents with no outcome: steps that were in flight when a process stopped.
+    pub fn interrupted(&self) -> Result<Vec<JournalEntry>> {
+        let all = self.journal_entries(None)?;
+        let done: std::collections::BTreeSet<u64> = all.iter().filter_map(|e| e.intent).collect();
+        Ok(all
+            .into_iter()
+            .filter(|e| e.phase == Phase::Intent && !done.contains(&e.seq))
+            .collect())
+    }
+}
+
+fn decode<T: serde::de::DeserializeOwned>(key: &str, bytes: &[u8]) -> Result<T> {
+    serde_json::from_slice(bytes).map_err(|source| Error::Corrupt {
+        key: key.to_string(),
+        source,
+    })
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,83 @@
+use super::*;
+use crate::model::{EnvKey, EnvRecord};
+
+fn record(project: &str) -> EnvRecord {
+    EnvRecord::new(
+        EnvKey::new(project, "production"),
+        "app".into(),
+        format!("{project}.example"),
+        4051,
+    )
+}
+
+#[test]
+fn a_write_with_a_stale_generation_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let first = store.put_env(record("a"), None).unwrap();
+    assert_eq!(first.generation, 1);
+    let second = store.put_env(first.clone(), Some(1)).unwrap();
+    assert_eq!(second.generation, 2);
+    let err = store.put_env(first, Some(1)).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::Conflict {
+                expected: Some(1),
+                found: Some(2),
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(matches!(
+        store.put_env(record("a"), None),
+        Err(Error::Conflict { .. })
+    ));
+}
+
+#[test]
+fn records_survive_reopening_the_store() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = Store::open(dir.path()).unwrap();
+        store.put_env(record("a"), None).unwrap();
+    }
+    let store = Store::open(dir.path()).unwrap();
+    let loaded = store.load().unwrap();
+    assert_eq!(loaded.envs.len(), 1);
+    assert_eq!(loaded.envs[&EnvKey::new("a", "production")].base_port, 4051);
+}
+
+#[test]
+fn a_second_process_cannot_open_a_held_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let _held = Store::open(dir.path()).unwrap();
+    assert!(matches!(Store::open(dir.path()), Err(Error::Locked { .. })));
+}
+
+#[test]
+fn an_intent_without_outcome_is_reported_as_interrupted() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let entry = |phase, intent| JournalEntry {
+        seq: 0,
+        at_ms: 1,
+        host: "app".into(),
+        key: Some(EnvKey::new("a", "production")),
+        phase,
+        step: "deploy".into(),
+        intent,
+        message: None,
+    };
+    let done = store.journal(entry(Phase::Intent, None)).unwrap();
+    store.journal(entry(Phase::Done, Some(done))).unwrap();
+    let open = store.journal(entry(Phase::Intent, None)).unwrap();
+    let interrupted = store.interrupted().unwrap();
+    assert_eq!(
+        interrupted.iter().map(|e| e.seq).collect::<Vec<_>>(),
+        vec![open]
+    );
+    assert_eq!(store.journal_entries(Some("a")).unwrap().len(), 3);
+    assert!(store.journal_entries(Some("b")).unwrap().is_empty());
+}
