@@ -4,6 +4,7 @@
 //! `reconcile` executes the plan and journals it in the `store` → `cli` reports.
 
 pub mod backend;
+pub mod cli;
 pub mod model;
 pub mod plan;
 pub mod reconcile;

@@ -1,0 +1,183 @@
+//! The command line: parse, load, call `reconcile`, print, and map the result to an exit code.
+//!
+//! Exit codes (also in `--help` and the README): 0 converged (for `diff`: no changes); 1 could not
+//! converge (a failed health check, a backend unreachable; for `diff`: there are changes); 2 invalid
+//! input or usage, nothing applied; 3 (`diff` only) the hosts could not be observed.
+
+mod commands;
+mod connect;
+mod output;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+const EXIT_CODES: &str = "Exit codes:
+  0  converged (diff: nothing to change)
+  1  could not converge: a failed health check, a backend unreachable (diff: there are changes)
+  2  invalid input or usage; nothing was applied
+  3  diff only: the hosts could not be observed";
+
+/// Deploys web apps blue/green to Podman hosts behind Caddy, from declarative manifests.
+#[derive(Debug, Parser)]
+#[command(name = "codeb", version, after_help = EXIT_CODES)]
+pub struct Cli {
+    /// Where codeb keeps its store (records and journal).
+    #[arg(long, global = true, env = "CODEB_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// More logging (-v info, -vv debug, -vvv trace).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    /// Log line format (logs go to stderr).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Validate manifests, then converge the hosts to them.
+    Apply {
+        #[command(flatten)]
+        files: Files,
+        /// Print the plan; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Remove recorded project environments the manifests no longer contain.
+        #[arg(long)]
+        prune: bool,
+        /// With --prune, allow removing every project.
+        #[arg(long, requires = "prune")]
+        allow_empty: bool,
+    },
+    /// Show what apply would change (exit 0: nothing, 1: changes, 2+: error).
+    Diff {
+        #[command(flatten)]
+        files: Files,
+    },
+    /// List projects, slots or hosts from the store.
+    Get {
+        #[arg(value_enum)]
+        what: GetWhat,
+        #[arg(short, long, value_enum, default_value_t = Format::Table)]
+        output: Format,
+    },
+    /// Show a project's slots, history, health results and failed log tails.
+    Describe {
+        #[arg(value_enum)]
+        what: DescribeWhat,
+        name: String,
+    },
+    /// Switch an environment's hostname to its deployed slot.
+    Promote {
+        project: String,
+        #[arg(long, default_value = "production")]
+        env: String,
+    },
+    /// Switch an environment's hostname back to its grace slot, starting nothing.
+    Rollback {
+        project: String,
+        #[arg(long, default_value = "production")]
+        env: String,
+    },
+    /// Remove a project's containers, routes and records.
+    Delete {
+        /// `project`, followed by its name; or use -f.
+        #[arg(value_enum)]
+        what: Option<DescribeWhat>,
+        name: Option<String>,
+        /// Delete the projects these manifests declare.
+        #[arg(short = 'f', long = "filename", value_name = "PATH")]
+        paths: Vec<PathBuf>,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct Files {
+    /// Manifest files, directories (recursively, *.yaml/*.yml) or `-` for stdin.
+    #[arg(short = 'f', long = "filename", value_name = "PATH", required = true)]
+    pub paths: Vec<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum GetWhat {
+    Projects,
+    Slots,
+    Hosts,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum DescribeWhat {
+    Project,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum Format {
+    Table,
+    Json,
+    Yaml,
+}
+
+/// An error with the exit code it maps to.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct Failure {
+    pub code: u8,
+    pub message: String,
+}
+
+impl Failure {
+    pub fn invalid(message: impl Into<String>) -> Self {
+        Failure { code: 2, message: message.into() }
+    }
+    pub fn unconverged(message: impl Into<String>) -> Self {
+        Failure { code: 1, message: message.into() }
+    }
+}
+
+/// The whole program: parse, run, print the error chain, exit.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.verbose, cli.log_format);
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("tokio runtime");
+    match runtime.block_on(commands::run(cli)) {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            let code = e.downcast_ref::<Failure>().map_or(1, |f| f.code);
+            eprintln!("error: {e:#}");
+            ExitCode::from(code)
+        }
+    }
+}
+
+fn init_logging(verbose: u8, format: LogFormat) {
+    let level = match verbose {
+        0 => "warn",
+        1 => "info",
+        2 => "debug",
+        _ => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("CODEB_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("codeb={level}")));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+/// The default state directory: `$XDG_STATE_HOME/codeb`, else `~/.local/state/codeb`.
+pub fn default_state_dir() -> PathBuf {
+    if let Some(x) = std::env::var_os("XDG_STATE_HOME") {
+        return PathBuf::from(x).join("codeb");
+    }
+    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."));
+    home.join(".local/state/codeb")
+}
