@@ -56,10 +56,12 @@ pub async fn execute<R: Runtime, P: Proxy, H: Prober>(
         }
         let text = step.to_string();
         let intent = store.journal(entry(step, Phase::Intent, &text, None, None))?;
+        super::fault::journal_written();
         let result = run(step, store, backends, prober, &mut gens).await;
         match result {
             Ok(()) => {
                 store.journal(entry(step, Phase::Done, &text, Some(intent), None))?;
+                super::fault::journal_written();
                 tracing::info!(step = %text, "done");
                 report.executed.push(text);
             }

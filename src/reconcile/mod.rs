@@ -5,6 +5,7 @@
 //! environment are skipped (others carry on) and the failure is reported.
 
 mod execute;
+mod fault;
 mod observe;
 mod probe;
 

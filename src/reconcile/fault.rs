@@ -1,0 +1,26 @@
+//! Fault injection for the crash tests: with `CODEB_FAULT_KILL_AFTER=N`, the process sends itself
+//! SIGKILL right after its N-th journal write, so a test can stop a rollout at every step boundary
+//! (after an intent is recorded and before the action, and after an outcome). Unset, it costs one
+//! relaxed atomic increment per step.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
+
+static WRITES: AtomicU64 = AtomicU64::new(0);
+
+fn limit() -> Option<u64> {
+    static LIMIT: OnceLock<Option<u64>> = OnceLock::new();
+    *LIMIT.get_or_init(|| std::env::var("CODEB_FAULT_KILL_AFTER").ok().and_then(|v| v.parse().ok()))
+}
+
+/// Called after every journal write.
+pub fn journal_written() {
+    let n = WRITES.fetch_add(1, Ordering::Relaxed) + 1;
+    if limit() == Some(n) {
+        // A real SIGKILL (not abort or exit): no destructor, no flush, exactly like `kill -9`.
+        let _ = std::process::Command::new("kill").args(["-KILL", &std::process::id().to_string()]).status();
+        loop {
+            std::thread::park();
+        }
+    }
+}

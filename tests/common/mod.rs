@@ -1,0 +1,221 @@
+//! Shared helpers for the end-to-end tests against the real stack started by `deploy/stack.sh`.
+//!
+//! The tests share one Podman and one Caddy, so each takes [`lock`] and uses project names of its
+//! own. A missing stack is a loud failure, never a skip.
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+static LOCK: Mutex<()> = Mutex::new(());
+
+/// Serializes the tests of one binary: they share ports, Caddy's server and Podman.
+pub fn lock() -> MutexGuard<'static, ()> {
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+pub fn env(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| {
+        panic!("{name} is not set: start the stack with `deploy/stack.sh up && deploy/stack.sh images` and run `eval \"$(deploy/stack.sh env)\"` (deploy/test.sh does all of it)")
+    })
+}
+
+/// The stack's endpoints.
+pub struct Stack {
+    pub podman: String,
+    pub caddy_admin: String,
+    /// Where codeb's Caddy server listens (`127.0.0.1:18080`).
+    pub http: String,
+}
+
+impl Stack {
+    pub fn get() -> Stack {
+        Stack { podman: env("CODEB_TEST_PODMAN"), caddy_admin: env("CODEB_TEST_CADDY_ADMIN"), http: env("CODEB_TEST_HTTP") }
+    }
+
+    /// A Host and a Zone document for this stack.
+    pub fn host_yaml(&self) -> String {
+        format!(
+            "apiVersion: codeb.kr/v1\nkind: Host\nmetadata:\n  name: local\nspec:\n  address: 127.0.0.1\n  podman: {}\n  caddy:\n    admin: {}\n    listen: [\"{}\"]\n    tls: off\n---\napiVersion: codeb.kr/v1\nkind: Zone\nmetadata:\n  name: codeb.test\n",
+            self.podman, self.caddy_admin, self.http
+        )
+    }
+}
+
+/// One production environment of a project, as YAML.
+pub struct ProjectYaml<'a> {
+    pub name: &'a str,
+    pub image: &'a str,
+    pub promotion: &'a str,
+    pub grace: &'a str,
+    pub timeout: &'a str,
+    pub env: &'a [(&'a str, &'a str)],
+}
+
+impl<'a> ProjectYaml<'a> {
+    pub fn new(name: &'a str, image: &'a str) -> Self {
+        ProjectYaml { name, image, promotion: "auto", grace: "1h", timeout: "15s", env: &[] }
+    }
+
+    pub fn render(&self) -> String {
+        let mut env = String::new();
+        if !self.env.is_empty() {
+            env.push_str("      env:\n");
+            for (k, v) in self.env {
+                env.push_str(&format!("        {k}: \"{v}\"\n"));
+            }
+        }
+        format!(
+            "---\napiVersion: codeb.kr/v1\nkind: Project\nmetadata:\n  name: {}\nspec:\n  host: local\n  zone: codeb.test\n  environments:\n    production:\n      image: {}\n      port: 8080\n      healthCheck:\n        path: /health\n        timeout: {}\n      promotion: {}\n      gracePeriod: {}\n{env}",
+            self.name, self.image, self.timeout, self.promotion, self.grace
+        )
+    }
+}
+
+/// A state directory and a manifest directory for one test.
+pub struct Sandbox {
+    pub dir: tempfile::TempDir,
+    pub stack: Stack,
+}
+
+impl Sandbox {
+    pub fn new() -> Sandbox {
+        Sandbox { dir: tempfile::tempdir().unwrap(), stack: Stack::get() }
+    }
+
+    pub fn state(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+
+    /// Writes the manifests (host, zone and these projects) to `manifests/all.yaml`.
+    pub fn write(&self, projects: &[ProjectYaml]) -> PathBuf {
+        let dir = self.dir.path().join("manifests");
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut text = self.stack.host_yaml();
+        for p in projects {
+            text.push_str(&p.render());
+        }
+        std::fs::write(dir.join("all.yaml"), text).unwrap();
+        dir
+    }
+
+    pub fn codeb(&self, args: &[&str]) -> Output {
+        codeb(&self.state(), args)
+    }
+
+    pub fn apply(&self, manifests: &Path) -> Output {
+        self.codeb(&["apply", "-f", manifests.to_str().unwrap()])
+    }
+
+    /// `get slots -o json` as JSON.
+    pub fn slots(&self) -> serde_json::Value {
+        let out = self.codeb(&["get", "slots", "-o", "json"]);
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
+    /// The state of one slot of `project`'s production environment.
+    pub fn slot_state(&self, project: &str, slot: &str) -> String {
+        let slots = self.slots();
+        slots
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["project"] == project && s["slot"] == slot)
+            .map(|s| s["state"].as_str().unwrap().to_string())
+            .unwrap_or_default()
+    }
+
+    /// GET through codeb's Caddy server with this Host header.
+    pub fn get(&self, host: &str, path: &str) -> (u16, String) {
+        http_get(&self.stack.http, host, path)
+    }
+}
+
+pub fn codeb(state: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_codeb")).arg("--state-dir").arg(state).args(args).output().expect("codeb runs")
+}
+
+pub fn text(out: &Output) -> String {
+    format!("exit {:?}\n--- stdout\n{}--- stderr\n{}", out.status.code(), String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+}
+
+/// A plain HTTP/1.1 GET with `Connection: close`; (0, error) when the connection fails.
+pub fn http_get(addr: &str, host: &str, path: &str) -> (u16, String) {
+    let attempt = || -> std::io::Result<(u16, String)> {
+        let mut s = TcpStream::connect(addr)?;
+        s.set_read_timeout(Some(Duration::from_secs(5)))?;
+        write!(s, "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n")?;
+        let mut buf = String::new();
+        s.read_to_string(&mut buf)?;
+        let status = buf.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+        let body = buf.split_once("\r\n\r\n").map(|(_, b)| b.trim().to_string()).unwrap_or_default();
+        Ok((status, body))
+    };
+    attempt().unwrap_or_else(|e| (0, e.to_string()))
+}
+
+/// Polls `f` until it returns true or `within` passes.
+pub fn eventually(within: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + within;
+    loop {
+        if f() {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Caddy's whole config, as JSON text.
+pub fn caddy_config(admin: &str) -> String {
+    let addr = admin.trim_start_matches("http://");
+    let (status, body) = http_get(addr, addr, "/config/");
+    assert_eq!(status, 200, "{body}");
+    body
+}
+
+/// Sends a request to Caddy's admin API.
+pub fn caddy_admin(admin: &str, method: &str, path: &str, body: &str) -> u16 {
+    let addr = admin.trim_start_matches("http://");
+    let mut s = TcpStream::connect(addr).unwrap();
+    write!(s, "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len()).unwrap();
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).unwrap();
+    buf.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0)
+}
+
+/// The podman CLI against the stack's store (CONTAINERS_CONF etc. come from `deploy/stack.sh env`).
+pub fn podman(args: &[&str]) -> Output {
+    Command::new("podman").args(args).output().expect("podman runs")
+}
+
+/// `name → id` of every container whose name starts with `prefix`.
+pub fn containers(prefix: &str) -> Vec<(String, String, String)> {
+    let out = podman(&["ps", "-a", "--format", "{{.Names}} {{.ID}} {{.State}}"]);
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| {
+            let mut it = l.split_whitespace();
+            Some((it.next()?.to_string(), it.next()?.to_string(), it.next()?.to_string()))
+        })
+        .filter(|(n, _, _)| n.starts_with(prefix))
+        .collect()
+}
+
+/// A project name no other run uses.
+pub fn unique(prefix: &str) -> String {
+    let n = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() % 1_000_000;
+    format!("{prefix}-{n}-{}", std::process::id() % 1000)
+}
+
+/// Removes a project's containers and routes through codeb itself at the end of a test.
+pub fn cleanup(sb: &Sandbox, project: &str) {
+    let _ = sb.codeb(&["delete", "project", project]);
+}

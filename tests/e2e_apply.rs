@@ -1,0 +1,196 @@
+//! End to end against the real Podman and Caddy: deploy, idempotence, promote/rollback, failed
+//! releases, drift repair, bad input and unreachable backends.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+
+#[test]
+fn apply_deploys_a_project_that_serves_through_caddy_and_a_second_apply_changes_nothing() {
+    let _l = lock();
+    let sb = Sandbox::new();
+    let name = unique("idem");
+    let dir = sb.write(&[ProjectYaml::new(&name, "localhost/codeb-test-app:v1")]);
+    let out = sb.apply(&dir);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(sb.get(&format!("{name}.codeb.test"), "/"), (200, "v1".to_string()));
+    assert_eq!(sb.get(&format!("blue.{name}.codeb.test"), "/"), (200, "v1".to_string()));
+    assert_eq!(sb.slot_state(&name, "blue"), "active");
+
+    let ids_before = containers(&name);
+    let caddy_before = caddy_config(&sb.stack.caddy_admin);
+    let again = sb.apply(&dir);
+    assert_eq!(again.status.code(), Some(0), "{}", text(&again));
+    assert!(String::from_utf8_lossy(&again.stdout).contains("nothing to do"), "{}", text(&again));
+    assert_eq!(containers(&name), ids_before);
+    assert_eq!(caddy_config(&sb.stack.caddy_admin), caddy_before);
+
+    let diff = sb.codeb(&["diff", "-f", dir.to_str().unwrap()]);
+    assert_eq!(diff.status.code(), Some(0), "{}", text(&diff));
+    cleanup(&sb, &name);
+    assert!(containers(&name).is_empty());
+    assert_eq!(sb.get(&format!("{name}.codeb.test"), "/").0, 200, "Caddy answers an empty 200 for unknown hosts");
+}
+
+#[test]
+fn manual_promotion_waits_then_promote_and_rollback_switch_and_the_rollback_holds() {
+    let _l = lock();
+    let sb = Sandbox::new();
+    let name = unique("promo");
+    let host = format!("{name}.codeb.test");
+    let mut p = ProjectYaml::new(&name, "localhost/codeb-test-app:v1");
+    p.promotion = "manual";
+    assert_eq!(sb.apply(&sb.write(&[p])).status.code(), Some(0));
+    assert_eq!(sb.get(&host, "/").1, "v1", "the first release is promoted whatever the mode");
+
+    let mut p2 = ProjectYaml::new(&name, "localhost/codeb-test-app:v2");
+    p2.promotion = "manual";
+    let dir = sb.write(&[p2]);
+    let out = sb.apply(&dir);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("codeb promote"), "{}", text(&out));
+    assert_eq!(sb.get(&host, "/").1, "v1");
+    assert_eq!(sb.get(&format!("green.{host}"), "/").1, "v2", "the new release is on its preview URL");
+    assert_eq!(sb.slot_state(&name, "green"), "deployed");
+
+    let diff = sb.codeb(&["diff", "-f", dir.to_str().unwrap()]);
+    assert_eq!(diff.status.code(), Some(0), "awaiting promotion is converged: {}", text(&diff));
+
+    let promote = sb.codeb(&["promote", &name]);
+    assert_eq!(promote.status.code(), Some(0), "{}", text(&promote));
+    assert_eq!(sb.get(&host, "/").1, "v2");
+    assert_eq!(sb.slot_state(&name, "blue"), "grace");
+
+    let rollback = sb.codeb(&["rollback", &name]);
+    assert_eq!(rollback.status.code(), Some(0), "{}", text(&rollback));
+    assert_eq!(sb.get(&host, "/").1, "v1");
+    assert_eq!(sb.slot_state(&name, "green"), "grace");
+
+    let again = sb.apply(&dir);
+    assert_eq!(again.status.code(), Some(0), "{}", text(&again));
+    assert_eq!(sb.get(&host, "/").1, "v1", "a rollback holds against re-applying the same manifests");
+
+    let none = sb.codeb(&["promote", &name, "--env", "staging"]);
+    assert_eq!(none.status.code(), Some(2), "{}", text(&none));
+    cleanup(&sb, &name);
+}
+
+#[test]
+fn a_release_that_never_gets_healthy_fails_and_the_active_slot_keeps_serving() {
+    let _l = lock();
+    let sb = Sandbox::new();
+    let name = unique("bad");
+    let host = format!("{name}.codeb.test");
+    assert_eq!(sb.apply(&sb.write(&[ProjectYaml::new(&name, "localhost/codeb-test-app:v1")])).status.code(), Some(0));
+    let mut bad = ProjectYaml::new(&name, "localhost/codeb-test-unhealthy:v1");
+    bad.timeout = "2s";
+    let dir = sb.write(&[bad]);
+    let out = sb.apply(&dir);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert_eq!(sb.get(&host, "/").1, "v1");
+    assert_eq!(sb.slot_state(&name, "green"), "failed");
+    let kept = containers(&format!("{name}-production-green"));
+    assert_eq!(kept.len(), 1, "the failed container is kept for inspection");
+    assert_ne!(kept[0].2, "running");
+    let describe = sb.codeb(&["describe", "project", &name]);
+    let d = String::from_utf8_lossy(&describe.stdout);
+    assert!(d.contains("failed"), "{d}");
+    assert!(d.contains("unhealthy app starting"), "the log tail is shown: {d}");
+    // Not redeployed in a loop: the same manifests exit 1 again without touching anything.
+    let again = sb.apply(&dir);
+    assert_eq!(again.status.code(), Some(1));
+    assert_eq!(containers(&format!("{name}-production-green")), kept);
+    cleanup(&sb, &name);
+}
+
+#[test]
+fn drift_is_repaired_by_the_next_apply() {
+    let _l = lock();
+    let sb = Sandbox::new();
+    let name = unique("drift");
+    let host = format!("{name}.codeb.test");
+    let dir = sb.write(&[ProjectYaml::new(&name, "localhost/codeb-test-app:v1")]);
+    assert_eq!(sb.apply(&dir).status.code(), Some(0));
+
+    // A container removed by hand.
+    let c = format!("{name}-production-blue");
+    assert!(podman(&["rm", "-f", &c]).status.success());
+    assert_eq!(sb.apply(&dir).status.code(), Some(0));
+    assert!(eventually(Duration::from_secs(10), || sb.get(&host, "/").1 == "v1"));
+
+    // A container stopped by hand.
+    assert!(podman(&["stop", "-t", "1", &c]).status.success());
+    assert_eq!(sb.apply(&dir).status.code(), Some(0));
+    assert!(eventually(Duration::from_secs(10), || sb.get(&host, "/").1 == "v1"));
+
+    // A route deleted from Caddy.
+    let route = format!("codeb-{name}_production");
+    assert_eq!(caddy_admin(&sb.stack.caddy_admin, "DELETE", &format!("/id/{route}"), ""), 200);
+    assert_ne!(sb.get(&host, "/").1, "v1");
+    assert_eq!(sb.apply(&dir).status.code(), Some(0));
+    assert_eq!(sb.get(&host, "/").1, "v1");
+
+    // Caddy restarted and lost its config.
+    let restart = std::process::Command::new("bash").arg(format!("{}/deploy/stack.sh", env!("CARGO_MANIFEST_DIR"))).arg("restart-caddy").output().unwrap();
+    assert!(restart.status.success(), "{}", text(&restart));
+    assert_ne!(sb.get(&host, "/").1, "v1");
+    let out = sb.apply(&dir);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(sb.get(&host, "/").1, "v1");
+    cleanup(&sb, &name);
+}
+
+#[test]
+fn invalid_manifests_exit_2_and_change_nothing() {
+    let _l = lock();
+    let sb = Sandbox::new();
+    let name = unique("typo");
+    let dir = sb.write(&[ProjectYaml::new(&name, "localhost/codeb-test-app:v1")]);
+    let file = dir.join("all.yaml");
+    let good = std::fs::read_to_string(&file).unwrap();
+    std::fs::write(&file, good.replace("      port: 8080", "      prot: 8080")).unwrap();
+    let out = sb.apply(&dir);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("all.yaml:") && err.contains("prot") && err.contains("port"), "{err}");
+    assert!(containers(&name).is_empty(), "nothing was applied");
+}
+
+#[test]
+fn an_unreachable_podman_names_the_host_and_endpoint_and_exits_1() {
+    let _l = lock();
+    let sb = Sandbox::new();
+    let name = unique("down");
+    let dir = sb.write(&[ProjectYaml::new(&name, "localhost/codeb-test-app:v1")]);
+    let file = dir.join("all.yaml");
+    let text_ = std::fs::read_to_string(&file).unwrap().replace(&sb.stack.podman, "unix:///nonexistent/podman.sock");
+    std::fs::write(&file, text_).unwrap();
+    let out = sb.apply(&dir);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let all = text(&out);
+    assert!(all.contains("local") && all.contains("/nonexistent/podman.sock"), "{all}");
+}
+
+#[test]
+fn env_values_never_appear_in_output() {
+    let _l = lock();
+    let sb = Sandbox::new();
+    let name = unique("secret");
+    let mut p = ProjectYaml::new(&name, "localhost/codeb-test-app:v1");
+    p.env = &[("DATABASE_URL", "postgres://u:hunter2-secret@db/x")];
+    let dir = sb.write(&[p]);
+    let outs = [
+        sb.codeb(&["apply", "--dry-run", "-f", dir.to_str().unwrap()]),
+        sb.apply(&dir),
+        sb.codeb(&["get", "slots", "-o", "yaml"]),
+        sb.codeb(&["describe", "project", &name]),
+        sb.codeb(&["-vv", "diff", "-f", dir.to_str().unwrap()]),
+    ];
+    for out in &outs {
+        assert!(!text(out).contains("hunter2"), "{}", text(out));
+    }
+    assert!(text(&outs[3]).contains("DATABASE_URL"), "env keys are shown, values hidden");
+    cleanup(&sb, &name);
+}
