@@ -2,9 +2,9 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use super::{belongs_to, route_ids, Action, Note, Plan, Step, NETWORK};
+use super::{Action, Note, Plan, Step, NETWORK};
 use crate::backend::{
-    ContainerSpec, ObservedContainer, ObservedProxy, Route, LABEL_ENVIRONMENT, LABEL_PROJECT,
+    ContainerSpec, ObservedContainer, Route, LABEL_ENVIRONMENT, LABEL_PROJECT,
     LABEL_RELEASE, LABEL_SLOT,
 };
 use crate::model::{
@@ -18,8 +18,8 @@ pub fn plan_env(
     d: &DesiredEnv,
     host: &HostRef,
     rec: Option<&EnvRecord>,
-    containers: &[ObservedContainer],
-    proxy: &ObservedProxy,
+    containers: &[&ObservedContainer],
+    routes: &[&Route],
     taken: &mut BTreeSet<u16>,
     now_ms: u64,
     plan: &mut Plan,
@@ -52,10 +52,7 @@ pub fn plan_env(
             .push(step(Action::Register(Box::new(proj.clone()))));
     }
 
-    let mine: Vec<&ObservedContainer> = containers
-        .iter()
-        .filter(|c| belongs_to(c, &d.key))
-        .collect();
+    let mine = containers;
     let by_slot: BTreeMap<Slot, &ObservedContainer> = Slot::ALL
         .iter()
         .filter_map(|s| {
@@ -243,7 +240,7 @@ pub fn plan_env(
 
     // 3. Routes, from the projected record.
     plan.steps
-        .extend(route_diff(&proj, host, proxy).into_iter().map(step));
+        .extend(route_diff(&proj, host, routes).into_iter().map(step));
 
     // 4. Retire last: routes away from a slot are gone before its container is.
     for slot in retire {
@@ -257,15 +254,11 @@ fn grace_over(sr: &SlotRecord, grace_ms: u64, now_ms: u64) -> bool {
 }
 
 /// The route writes that bring the observed routes of `rec`'s key to what `rec` calls for.
-pub fn route_diff(rec: &EnvRecord, host: &HostRef, proxy: &ObservedProxy) -> Vec<Action> {
+///
+/// `observed` holds the key's routes only (see [`super::route_key`]).
+pub fn route_diff(rec: &EnvRecord, host: &HostRef, observed: &[&Route]) -> Vec<Action> {
     let wanted = routes(rec, host);
-    let ids = route_ids(&rec.key);
-    let observed: BTreeMap<&str, &Route> = proxy
-        .routes
-        .iter()
-        .filter(|r| ids.contains(&r.id))
-        .map(|r| (r.id.as_str(), r))
-        .collect();
+    let observed: BTreeMap<&str, &Route> = observed.iter().map(|r| (r.id.as_str(), *r)).collect();
     let mut out = Vec::new();
     for route in &wanted {
         match observed.get(route.id.as_str()) {

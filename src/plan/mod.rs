@@ -206,6 +206,7 @@ pub fn plan(
                 action: Action::EnsureServer(server),
             });
         }
+        let (containers_by_key, routes_by_key) = index(containers, proxy);
         for d in desired.envs.values().filter(|d| &d.host == host_name) {
             let rec = recorded.envs.get(&d.key);
             if let Some(rec) = rec {
@@ -218,9 +219,9 @@ pub fn plan(
                     continue;
                 }
             }
-            plan_env(
-                d, host, rec, containers, proxy, &mut taken, now_ms, &mut plan,
-            );
+            let cs = containers_by_key.get(&d.key).map(Vec::as_slice).unwrap_or_default();
+            let rs = routes_by_key.get(&d.key).map(Vec::as_slice).unwrap_or_default();
+            plan_env(d, host, rec, cs, rs, &mut taken, now_ms, &mut plan);
         }
     }
     for key in prune {
@@ -306,6 +307,39 @@ fn reachable<'a>(
             });
             None
         }
+    }
+}
+
+type ByKey<'a, T> = std::collections::HashMap<EnvKey, Vec<&'a T>>;
+
+/// Groups a host's containers and routes by the key that owns them, once per plan, so that planning
+/// stays linear in the number of environments.
+fn index<'a>(containers: &'a [ObservedContainer], proxy: &'a ObservedProxy) -> (ByKey<'a, ObservedContainer>, ByKey<'a, Route>) {
+    use crate::backend::{LABEL_ENVIRONMENT, LABEL_PROJECT};
+    let mut cs: ByKey<'a, ObservedContainer> = Default::default();
+    for c in containers {
+        if let (Some(p), Some(e)) = (c.labels.get(LABEL_PROJECT), c.labels.get(LABEL_ENVIRONMENT)) {
+            cs.entry(EnvKey::new(p.clone(), e.clone())).or_default().push(c);
+        }
+    }
+    let mut rs: ByKey<'a, Route> = Default::default();
+    for r in &proxy.routes {
+        if let Some(k) = route_key(&r.id) {
+            rs.entry(k).or_default().push(r);
+        }
+    }
+    (cs, rs)
+}
+
+/// The key a route id belongs to: `codeb-{project}_{env}` or `codeb-{project}_{env}_{slot}`.
+/// Names cannot contain `_`, so the split is unambiguous.
+pub fn route_key(id: &str) -> Option<EnvKey> {
+    let rest = id.strip_prefix(crate::backend::ROUTE_ID_PREFIX)?;
+    let parts: Vec<&str> = rest.split('_').collect();
+    match parts.as_slice() {
+        [p, e] => Some(EnvKey::new(*p, *e)),
+        [p, e, s] if Slot::parse(s).is_some() => Some(EnvKey::new(*p, *e)),
+        _ => None,
     }
 }
 

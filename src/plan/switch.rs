@@ -72,9 +72,11 @@ fn plan_switch(
         hold: hold.clone(),
         url,
     }));
+    let ids = super::route_ids(&rec.key);
+    let observed: Vec<&crate::backend::Route> = proxy.routes.iter().filter(|r| ids.contains(&r.id)).collect();
     let mut proj = rec.clone();
     switch(&mut proj, to, hold, now_ms);
     plan.steps
-        .extend(route_diff(&proj, host, proxy).into_iter().map(step));
+        .extend(route_diff(&proj, host, &observed).into_iter().map(step));
     plan
 }
