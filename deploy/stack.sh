@@ -449,7 +449,10 @@ cmd_up() {
     fi
     to_start+=("$name")
   done
-  ((${#to_start[@]} > 0)) || return 0
+  if ((${#to_start[@]} == 0)); then
+    say "stack is up, nothing to do (state dir $STACK_DIR)"
+    return 0
+  fi
   # All conflicts first, so a refused start leaves nothing half started.
   for name in "${to_start[@]}"; do check_port_free "$name"; done
   for name in "${to_start[@]}"; do
