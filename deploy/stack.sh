@@ -154,8 +154,9 @@ ensure_packages() {
   fi
   # --no-install-recommends: podman recommends crun-adjacent and rootless helpers (buildah,
   # dbus-user-session, ...) that this rootful, runc-only stack does not use.
-  DEBIAN_FRONTEND=noninteractive apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
+  DEBIAN_FRONTEND=noninteractive apt-get update -qq || die "apt-get update failed (see above)"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" ||
+    die "apt-get install ${missing[*]} failed (see above)"
   rm -f /usr/sbin/policy-rc.d
 }
 
