@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # The local stack that codeb's integration tests run against: a Podman API service, Caddy (admin API
 # only) and PowerDNS (gsqlite3 + HTTP API), each a plain process whose config, data, log and pid file
-# live under one state directory. Nothing under /etc is changed, so several stacks (one per state dir)
-# never share a store, a lock or a config with each other or with the machine's own services.
+# live under one state directory. Nothing under /etc is changed, and stacks (one per state dir) share
+# no store, lock or config with each other or with the machine's own Podman. Two things rootful
+# Podman 4.3 shares machine-wide whatever the config: netavark's IPAM db and aardvark-dns under
+# /run/containers/networks (on purpose: network namespaces are shared), and the default network's
+# bridge name podman0; give each stack its own CODEB_STACK_SUBNET if two must run side by side.
 #
 # Usage: deploy/stack.sh up | down [--purge] | env | status | restart-caddy | images
 #
@@ -66,7 +69,7 @@ readonly PDNS_DNS_PORT=${SETTINGS[PDNS_DNS_PORT]}
 readonly PDNS_API_PORT=${SETTINGS[PDNS_API_PORT]}
 readonly PODMAN_SUBNET=${SETTINGS[SUBNET]}
 readonly PODMAN_SUBNET_POOL=${SETTINGS[SUBNET_POOL]}
-# How long `up` waits for a started service to answer. Cold start measured at ~1 s; 20 s is the bound
+# How long `up` waits for a started service to answer. Cold start measured at 0.2-0.3 s; 20 s is the bound
 # that turns "slow" into "failed" instead of hanging a CI run.
 readonly START_TIMEOUT_S=20
 # How long `down` waits after SIGTERM before SIGKILL.
@@ -137,7 +140,7 @@ ensure_packages() {
   installed=$(dpkg-query -W -f='${db:Status-Abbrev} ${Package}\n' "${PACKAGES[@]}" 2>/dev/null |
     awk '$1 == "ii" { print $2 }' || true)
   for p in "${PACKAGES[@]}"; do
-    grep -qxF "$p" <<<"$installed" || missing+=("$p")
+    [[ $'\n'$installed$'\n' == *$'\n'$p$'\n'* ]] || missing+=("$p")
   done
   ((${#missing[@]} == 0)) && return 0
 
@@ -297,8 +300,9 @@ config_hash() {
 # ---------------------------------------------------------------------------------------------------
 # Processes
 
-# Prints the pid of the service if it is alive and is ours. The command line must mention the state
-# dir, so a recycled pid is never mistaken for the service. A zombie (PID 1 here does not reap
+# Prints the pid of the service if it is alive and is ours. The command line must name a file in the
+# state dir (with the slash, so /tmp/s does not match /tmp/s2), so a recycled pid is never mistaken
+# for the service. A zombie (PID 1 here does not reap
 # orphans) has an empty command line and so counts as stopped.
 service_pid() {
   local pidfile="$RUN_DIR/$1.pid" pid cmdline
@@ -306,7 +310,7 @@ service_pid() {
   pid=$(<"$pidfile")
   [[ $pid =~ ^[0-9]+$ ]] || return 1
   cmdline=$(tr '\0' ' ' 2>/dev/null <"/proc/$pid/cmdline") || return 1
-  [[ $cmdline == *"$STACK_DIR"* ]] || return 1
+  [[ $cmdline == *"$STACK_DIR/"* ]] || return 1
   printf '%s' "$pid"
 }
 
