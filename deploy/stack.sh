@@ -357,15 +357,17 @@ start_service() {
 }
 
 stop_service() {
-  local name=$1 pid deadline
+  local name=$1 pid deadline killed=0
   if pid=$(service_pid "$name"); then
     say "stopping $name (pid $pid)"
     kill -TERM "$pid" 2>/dev/null || true
     deadline=$(($(now_us) + STOP_TIMEOUT_S * 1000000))
     while service_pid "$name" >/dev/null; do
       if (($(now_us) > deadline)); then
+        ((killed == 0)) || die "$name (pid $pid) survived SIGKILL for 5 s"
         say "$name did not exit ${STOP_TIMEOUT_S}s after SIGTERM; sending SIGKILL"
         kill -KILL "$pid" 2>/dev/null || true
+        killed=1
         deadline=$(($(now_us) + 5000000))
       fi
       sleep 0.05
@@ -415,7 +417,8 @@ wait_healthy() {
 check_port_free() {
   local name=$1
   [[ $name == podman ]] && return 0 # the socket is inside our own state dir
-  if probe "$name" || curl -s -o /dev/null --max-time 1 "$(service_url "$name")"; then
+  # Any HTTP answer at all (curl exits 0) means the port is taken.
+  if curl -s -o /dev/null --max-time 1 "$(service_url "$name")"; then
     die "$name: $(service_url "$name") is already served by a process that is not this stack's" \
       "(state dir $STACK_DIR). Stop it, or run 'down' in the stack dir that owns it."
   fi
