@@ -1,0 +1,678 @@
+#!/usr/bin/env bash
+# The local stack that codeb's integration tests run against: a Podman API service, Caddy (admin API
+# only) and PowerDNS (gsqlite3 + HTTP API), each a plain process whose config, data, log and pid file
+# live under one state directory. Nothing under /etc is changed, and stacks (one per state dir) share
+# no store, lock or config with each other or with the machine's own Podman. Two things rootful
+# Podman 4.3 shares machine-wide whatever the config: netavark's IPAM db and aardvark-dns under
+# /run/containers/networks (on purpose: network namespaces are shared), and the default network's
+# bridge name podman0; give each stack its own CODEB_STACK_SUBNET if two must run side by side.
+#
+# Usage: deploy/stack.sh up | down [--purge] | env | status | restart-caddy | images
+#
+#   up             install missing Debian packages, start whatever is not running and healthy, then
+#                  wait (bounded) until all three answer. A second `up` is a no-op in well under 1 s.
+#   down           stop the three services; containers they started keep running. `--purge` also
+#                  removes every container, image and network of this stack and the state directory.
+#   env            print `export` lines for the tests: eval "$(deploy/stack.sh env)"
+#   status         print each service and whether it answers; exit 1 if one does not.
+#   restart-caddy  kill Caddy and start it again from the base config (which has no routes), so tests
+#                  can prove that codeb notices and pushes its routes again.
+#   images         build the test images into this stack's Podman store (no registry is reachable).
+#
+# State dir: $CODEB_STACK_DIR, default <repo root>/.codeb-stack. Ports (defaults): Caddy admin 12019,
+# codeb's HTTP server 18080, PowerDNS DNS 15353 and API 18081; override with CODEB_STACK_CADDY_ADMIN_PORT,
+# CODEB_STACK_HTTP_PORT, CODEB_STACK_PDNS_DNS_PORT, CODEB_STACK_PDNS_API_PORT (and the Podman subnets
+# with CODEB_STACK_SUBNET, CODEB_STACK_SUBNET_POOL) on the first `up`; the state dir remembers them.
+# Exit status: 0 success, 1 failure, 2 bad usage. Progress goes to stderr, so `env` can be evaluated.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+readonly ROOT
+STACK_DIR="${CODEB_STACK_DIR:-$ROOT/.codeb-stack}"
+# Pid files and health checks compare against this path, so it must be absolute and unique.
+[[ $STACK_DIR == /* ]] || STACK_DIR="$PWD/$STACK_DIR"
+readonly STACK_DIR="${STACK_DIR%/}"
+
+# Addresses and subnets. Only loopback may be targeted on the test machines. CODEB_STACK_HTTP_PORT is
+# where codeb's own Caddy server will listen; this script never creates that server. Each can be
+# overridden from the environment (CODEB_STACK_<KEY>); whatever a command writes into the configs is
+# kept in $SETTINGS_FILE, so later commands (env, status, down) agree with it without the override.
+# The Podman subnets are away from Podman's own defaults (10.88.0.0/16, pools from 10.89.0.0/24) so
+# this stack does not meet a stock Podman on the machine; SUBNET is the default bridge network's,
+# SUBNET_POOL is where networks that codeb creates get their /24s.
+readonly SETTINGS_FILE="$STACK_DIR/settings.env"
+declare -A SETTINGS=([CADDY_ADMIN_PORT]=12019 [HTTP_PORT]=18080 [PDNS_DNS_PORT]=15353
+  [PDNS_API_PORT]=18081 [SUBNET]=10.89.50.0/24 [SUBNET_POOL]=10.89.56.0/21)
+load_settings() {
+  local key value env
+  if [[ -f $SETTINGS_FILE ]]; then
+    while IFS='=' read -r key value; do
+      [[ -n ${SETTINGS[$key]+set} ]] && SETTINGS[$key]=$value
+    done <"$SETTINGS_FILE"
+  fi
+  for key in "${!SETTINGS[@]}"; do
+    env="CODEB_STACK_$key"
+    [[ -z ${!env-} ]] || SETTINGS[$key]=${!env}
+    case $key in
+    *PORT) [[ ${SETTINGS[$key]} =~ ^[0-9]{4,5}$ ]] ;;
+    *) [[ ${SETTINGS[$key]} =~ ^[0-9]{1,3}(\.[0-9]{1,3}){3}/[0-9]{1,2}$ ]] ;;
+    esac || {
+      printf 'stack: ERROR: bad %s: %q\n' "$env" "${SETTINGS[$key]}" >&2
+      exit 2
+    }
+  done
+}
+load_settings
+readonly CADDY_ADMIN_ADDR="127.0.0.1:${SETTINGS[CADDY_ADMIN_PORT]}"
+readonly CODEB_HTTP_ADDR="127.0.0.1:${SETTINGS[HTTP_PORT]}"
+readonly PDNS_DNS_PORT=${SETTINGS[PDNS_DNS_PORT]}
+readonly PDNS_API_PORT=${SETTINGS[PDNS_API_PORT]}
+readonly PODMAN_SUBNET=${SETTINGS[SUBNET]}
+readonly PODMAN_SUBNET_POOL=${SETTINGS[SUBNET_POOL]}
+# How long `up` waits for a started service to answer. Cold start measured at 0.2-0.3 s; 20 s is the bound
+# that turns "slow" into "failed" instead of hanging a CI run.
+readonly START_TIMEOUT_S=20
+# How long `down` waits after SIGTERM before SIGKILL.
+readonly STOP_TIMEOUT_S=10
+
+# runc is listed explicitly: otherwise apt satisfies podman's `crun | runc` with crun, which cannot
+# start containers on these machines.
+readonly PACKAGES=(podman runc netavark aardvark-dns catatonit iptables busybox-static caddy
+  pdns-server pdns-backend-sqlite3 sqlite3 dnsutils curl hey wrk)
+readonly SERVICES=(podman caddy pdns)
+PDNS_API_KEY="" # read from $PDNS_KEY_FILE by ensure_api_key
+
+readonly PODMAN_DIR="$STACK_DIR/podman"
+readonly PODMAN_SOCK="$PODMAN_DIR/podman.sock"
+readonly CONTAINERS_CONF_FILE="$PODMAN_DIR/containers.conf"
+readonly STORAGE_CONF_FILE="$PODMAN_DIR/storage.conf"
+readonly CADDY_DIR="$STACK_DIR/caddy"
+readonly CADDY_CONFIG="$CADDY_DIR/base.json"
+readonly PDNS_DIR="$STACK_DIR/pdns"
+readonly PDNS_DB="$PDNS_DIR/pdns.sqlite3"
+readonly PDNS_KEY_FILE="$PDNS_DIR/api-key"
+readonly PDNS_SCHEMA=/usr/share/pdns-backend-sqlite3/schema/schema.sqlite3.sql
+readonly LOG_DIR="$STACK_DIR/logs"
+readonly RUN_DIR="$STACK_DIR/run"
+# Marks a directory as a stack dir: `down --purge` refuses to delete a directory without it.
+readonly MARKER="$STACK_DIR/.codeb-stack-dir"
+
+# Podman, pdns and iptables live in sbin directories, which a non-login shell (CI) may lack; netavark
+# runs iptables through PATH.
+export PATH="$PATH:/usr/local/sbin:/usr/sbin:/sbin"
+
+say() { printf 'stack: %s\n' "$*" >&2; }
+die() {
+  printf '\nstack: ERROR: %s\n' "$*" >&2
+  exit 1
+}
+usage() {
+  # The header comment above is the manual.
+  sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | grep '^#' | sed 's/^# \{0,1\}//' >&2
+  exit 2
+}
+no_args() { (($# == 0)) || usage; }
+
+# Microseconds since the epoch, for deadlines and timings without spawning `date`.
+now_us() { printf '%s' "${EPOCHREALTIME/./}"; }
+
+cleanup_actions=()
+cleanup() {
+  local action
+  for action in "${cleanup_actions[@]}"; do eval "$action" || true; done
+}
+trap cleanup EXIT
+
+# One command at a time per stack dir: two concurrent `up`s would otherwise both start a service.
+# The lock fd (9) must not leak into the services (see start_service), or they would hold it forever.
+take_lock() {
+  mkdir -p "$STACK_DIR"
+  exec 9>"$STACK_DIR/.lock"
+  flock -w 120 9 || die "another stack.sh holds $STACK_DIR/.lock for more than 120 s"
+}
+
+# ---------------------------------------------------------------------------------------------------
+# Packages
+
+ensure_packages() {
+  local installed missing=() p
+  # dpkg-query exits 1 when a package is unknown to dpkg (never installed); that is not an error here.
+  installed=$(dpkg-query -W -f='${db:Status-Abbrev} ${Package}\n' "${PACKAGES[@]}" 2>/dev/null |
+    awk '$1 == "ii" { print $2 }' || true)
+  for p in "${PACKAGES[@]}"; do
+    [[ $'\n'$installed$'\n' == *$'\n'$p$'\n'* ]] || missing+=("$p")
+  done
+  ((${#missing[@]} == 0)) && return 0
+
+  [[ $EUID -eq 0 ]] || die "missing packages (${missing[*]}) and not root: cannot install them"
+  say "installing missing packages: ${missing[*]}"
+  # Post-install scripts of caddy and pdns-server would start the system-wide services on the ports
+  # and paths of a stock install. A policy-rc.d that exits 101 ("action forbidden") stops that; it is
+  # removed afterwards, even on failure. An existing one (as in container images) is left alone.
+  if [[ ! -e /usr/sbin/policy-rc.d ]]; then
+    printf '#!/bin/sh\n# temporary, written by codeb deploy/stack.sh during apt-get\nexit 101\n' \
+      >/usr/sbin/policy-rc.d
+    chmod 755 /usr/sbin/policy-rc.d
+    cleanup_actions+=("rm -f /usr/sbin/policy-rc.d")
+  fi
+  # --no-install-recommends: podman recommends crun-adjacent and rootless helpers (buildah,
+  # dbus-user-session, ...) that this rootful, runc-only stack does not use.
+  DEBIAN_FRONTEND=noninteractive apt-get update -qq || die "apt-get update failed (see above)"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" ||
+    die "apt-get install ${missing[*]} failed (see above)"
+  rm -f /usr/sbin/policy-rc.d
+}
+
+# ---------------------------------------------------------------------------------------------------
+# Configuration (rewritten only when its content changes)
+
+write_file() { # path mode content
+  local path=$1 mode=$2 content=$3
+  if [[ -f $path && "$(<"$path")" == "$content" ]]; then return 0; fi
+  (
+    umask 077
+    printf '%s\n' "$content" >"$path.tmp"
+  )
+  chmod "$mode" "$path.tmp"
+  mv -f "$path.tmp" "$path"
+}
+
+ensure_api_key() {
+  if [[ ! -s $PDNS_KEY_FILE ]]; then
+    mkdir -p "$PDNS_DIR"
+    (
+      umask 077
+      od -An -N24 -tx1 /dev/urandom | tr -d ' \n' >"$PDNS_KEY_FILE.tmp"
+    )
+    mv -f "$PDNS_KEY_FILE.tmp" "$PDNS_KEY_FILE"
+  fi
+  PDNS_API_KEY=$(<"$PDNS_KEY_FILE")
+}
+
+write_configs() {
+  # The paths go into TOML and JSON strings unescaped.
+  [[ $STACK_DIR != *[\"\\\'[:space:]]* ]] ||
+    die "state dir '$STACK_DIR' contains quotes, backslashes or spaces; choose another CODEB_STACK_DIR"
+  # Unix socket paths are limited to 107 bytes.
+  ((${#PODMAN_SOCK} < 100)) || die "socket path $PODMAN_SOCK is too long; choose a shorter CODEB_STACK_DIR"
+
+  mkdir -p "$PODMAN_DIR" "$CADDY_DIR"/{data,config,home} "$PDNS_DIR/run" "$LOG_DIR" "$RUN_DIR" \
+    "$STACK_DIR/tmp"
+  touch "$MARKER"
+  ensure_api_key
+  local key settings=""
+  for key in "${!SETTINGS[@]}"; do settings+="$key=${SETTINGS[$key]}"$'\n'; done
+  write_file "$SETTINGS_FILE" 644 "$(sort <<<"${settings%$'\n'}")"
+
+  # Measured: containers start only with runc, cgroupfs and lowered ulimits. Every path Podman would
+  # otherwise share machine-wide (events log, tmp, volumes, locks in /dev/shm, network configs in
+  # /etc/containers/networks) points into the state dir. k8s-file logs: journald needs systemd.
+  write_file "$CONTAINERS_CONF_FILE" 644 "$(
+    cat <<EOF
+# Written by deploy/stack.sh; edits are overwritten.
+[containers]
+default_ulimits = ["nofile=1024:1024", "nproc=1024:1024"]
+log_driver = "k8s-file"
+
+[engine]
+runtime = "runc"
+cgroup_manager = "cgroupfs"
+events_logger = "file"
+events_logfile_path = "$PODMAN_DIR/events/events.log"
+tmp_dir = "$PODMAN_DIR/tmp"
+volume_path = "$PODMAN_DIR/volumes"
+lock_type = "file"
+
+[network]
+network_backend = "netavark"
+network_config_dir = "$PODMAN_DIR/networks"
+default_subnet = "$PODMAN_SUBNET"
+default_subnet_pools = [{"base" = "$PODMAN_SUBNET_POOL", "size" = 24}]
+EOF
+  )"
+  write_file "$STORAGE_CONF_FILE" 644 "$(
+    cat <<EOF
+# Written by deploy/stack.sh; edits are overwritten.
+[storage]
+driver = "overlay"
+graphroot = "$PODMAN_DIR/storage"
+runroot = "$PODMAN_DIR/run"
+EOF
+  )"
+
+  # No apps: codeb creates its own server. persist=false: after a restart Caddy has only this file,
+  # which is what restart-caddy relies on. Storage (certificates, locks) under the state dir.
+  write_file "$CADDY_CONFIG" 644 "$(
+    cat <<EOF
+{
+  "admin": {"listen": "$CADDY_ADMIN_ADDR", "config": {"persist": false}},
+  "storage": {"module": "file_system", "root": "$CADDY_DIR/data"}
+}
+EOF
+  )"
+
+  # --config-dir makes pdns read only this file, never /etc/powerdns. It holds the API key: mode 600.
+  write_file "$PDNS_DIR/pdns.conf" 600 "$(
+    cat <<EOF
+# Written by deploy/stack.sh; edits are overwritten.
+launch=gsqlite3
+gsqlite3-database=$PDNS_DB
+local-address=127.0.0.1
+local-port=$PDNS_DNS_PORT
+socket-dir=$PDNS_DIR/run
+daemon=no
+guardian=no
+disable-syslog=yes
+security-poll-suffix=
+api=yes
+api-key=$PDNS_API_KEY
+webserver=yes
+webserver-address=127.0.0.1
+webserver-port=$PDNS_API_PORT
+webserver-allow-from=127.0.0.1,::1
+default-soa-content=ns1.codeb.test. hostmaster.@ 0 10800 3600 604800 3600
+EOF
+  )"
+  if [[ ! -s $PDNS_DB ]]; then
+    # Built aside and renamed, so an interrupted run never leaves a half-created database.
+    rm -f "$PDNS_DB.tmp"
+    sqlite3 "$PDNS_DB.tmp" <"$PDNS_SCHEMA"
+    mv -f "$PDNS_DB.tmp" "$PDNS_DB"
+  fi
+}
+
+config_files() {
+  case $1 in
+  podman) echo "$CONTAINERS_CONF_FILE $STORAGE_CONF_FILE" ;;
+  caddy) echo "$CADDY_CONFIG" ;;
+  pdns) echo "$PDNS_DIR/pdns.conf" ;;
+  esac
+}
+
+# A hash of the config a service was started with is kept beside its pid, so `up` restarts a service
+# whose config this script now writes differently (an edited port, say) instead of keeping it stale.
+config_hash() {
+  local files
+  read -ra files <<<"$(config_files "$1")"
+  cat "${files[@]}" | sha256sum | cut -c1-64
+}
+
+# ---------------------------------------------------------------------------------------------------
+# Processes
+
+# Prints the pid of the service if it is alive and is ours. The command line must name a file in the
+# state dir (with the slash, so /tmp/s does not match /tmp/s2), so a recycled pid is never mistaken
+# for the service. A zombie (PID 1 here does not reap
+# orphans) has an empty command line and so counts as stopped.
+service_pid() {
+  local pidfile="$RUN_DIR/$1.pid" pid cmdline
+  [[ -s $pidfile ]] || return 1
+  pid=$(<"$pidfile")
+  [[ $pid =~ ^[0-9]+$ ]] || return 1
+  cmdline=$(tr '\0' ' ' 2>/dev/null <"/proc/$pid/cmdline") || return 1
+  [[ $cmdline == *"$STACK_DIR/"* ]] || return 1
+  printf '%s' "$pid"
+}
+
+probe() { # name: succeeds when the service answers its API
+  case $1 in
+  podman)
+    [[ -S $PODMAN_SOCK ]] &&
+      [[ "$(curl -sf --max-time 2 --unix-socket "$PODMAN_SOCK" http://d/_ping 2>/dev/null)" == OK ]]
+    ;;
+  caddy) curl -sf -o /dev/null --max-time 2 "http://$CADDY_ADMIN_ADDR/config/" ;;
+  pdns)
+    curl -sf -o /dev/null --max-time 2 -H "X-API-Key: $PDNS_API_KEY" \
+      "http://127.0.0.1:$PDNS_API_PORT/api/v1/servers/localhost"
+    ;;
+  esac
+}
+
+start_service() {
+  local name=$1 log="$LOG_DIR/$1.log" pid
+  printf '==== %s: stack.sh starting %s ====\n' "$(date -Is)" "$name" >>"$log"
+  # setsid: the service gets its own session, so it survives this script and the terminal or CI step
+  # that ran it, and no signal sent to our process group reaches it. Run as a background job of a
+  # non-interactive shell, setsid is not a group leader, so it execs without forking and $! is the
+  # service's own pid. stdin/stdout/stderr are detached from ours (a caller reading our output through
+  # a pipe would otherwise wait for the service to exit), and the lock fd 9 is closed.
+  case $name in
+  podman)
+    rm -f "$PODMAN_SOCK"
+    CONTAINERS_CONF="$CONTAINERS_CONF_FILE" CONTAINERS_STORAGE_CONF="$STORAGE_CONF_FILE" \
+      setsid podman system service --time=0 "unix://$PODMAN_SOCK" </dev/null >>"$log" 2>&1 9>&- &
+    ;;
+  caddy)
+    # Caddy keeps certificates and autosaves under XDG dirs / HOME when not told otherwise.
+    XDG_DATA_HOME="$CADDY_DIR/data" XDG_CONFIG_HOME="$CADDY_DIR/config" HOME="$CADDY_DIR/home" \
+      setsid caddy run --config "$CADDY_CONFIG" </dev/null >>"$log" 2>&1 9>&- &
+    ;;
+  pdns)
+    setsid pdns_server --config-dir="$PDNS_DIR" </dev/null >>"$log" 2>&1 9>&- &
+    ;;
+  esac
+  pid=$!
+  printf '%s\n' "$pid" >"$RUN_DIR/$name.pid"
+  config_hash "$name" >"$RUN_DIR/$name.config-hash"
+}
+
+stop_service() {
+  local name=$1 pid deadline killed=0
+  if pid=$(service_pid "$name"); then
+    say "stopping $name (pid $pid)"
+    kill -TERM "$pid" 2>/dev/null || true
+    deadline=$(($(now_us) + STOP_TIMEOUT_S * 1000000))
+    while service_pid "$name" >/dev/null; do
+      if (($(now_us) > deadline)); then
+        ((killed == 0)) || die "$name (pid $pid) survived SIGKILL for 5 s"
+        say "$name did not exit ${STOP_TIMEOUT_S}s after SIGTERM; sending SIGKILL"
+        kill -KILL "$pid" 2>/dev/null || true
+        killed=1
+        deadline=$(($(now_us) + 5000000))
+      fi
+      sleep 0.05
+    done
+  fi
+  rm -f "$RUN_DIR/$name.pid" "$RUN_DIR/$name.config-hash"
+}
+
+fail_service() { # name reason: print the log tail loudly; the caller exits
+  local name=$1 reason=$2 log="$LOG_DIR/$1.log"
+  {
+    printf '\n################################################################################\n'
+    printf '### stack: %s FAILED: %s\n' "$name" "$reason"
+    printf '### last 30 lines of %s:\n' "$log"
+    tail -n 30 "$log" 2>/dev/null | sed 's/^/    /'
+    printf '################################################################################\n'
+  } >&2
+}
+
+# Polls every pending service until all answer, one exits, or the deadline passes.
+wait_healthy() {
+  local pending=("$@") still name failed=0 deadline
+  deadline=$(($(now_us) + START_TIMEOUT_S * 1000000))
+  while ((${#pending[@]} > 0)); do
+    still=()
+    for name in "${pending[@]}"; do
+      if probe "$name"; then
+        say "$name is up"
+      elif ! service_pid "$name" >/dev/null; then
+        fail_service "$name" "the process exited during start-up"
+        failed=1
+      elif (($(now_us) > deadline)); then
+        fail_service "$name" "no answer within ${START_TIMEOUT_S}s"
+        failed=1
+      else
+        still+=("$name")
+      fi
+    done
+    pending=("${still[@]+"${still[@]}"}")
+    ((${#pending[@]} == 0)) || sleep 0.05
+  done
+  ((failed == 0)) || die "the stack is not up (logs in $LOG_DIR)"
+}
+
+# Something other than our process answering on our port (another stack, a system-wide service)
+# would make the tests talk to the wrong server: refuse instead.
+check_port_free() {
+  local name=$1
+  [[ $name == podman ]] && return 0 # the socket is inside our own state dir
+  # Any HTTP answer at all (curl exits 0) means the port is taken.
+  if curl -s -o /dev/null --max-time 1 "$(service_url "$name")"; then
+    die "$name: $(service_url "$name") is already served by a process that is not this stack's" \
+      "(state dir $STACK_DIR). Stop it, or run 'down' in the stack dir that owns it."
+  fi
+}
+
+service_url() {
+  case $1 in
+  podman) echo "unix://$PODMAN_SOCK" ;;
+  caddy) echo "http://$CADDY_ADMIN_ADDR" ;;
+  pdns) echo "http://127.0.0.1:$PDNS_API_PORT" ;;
+  esac
+}
+
+# ---------------------------------------------------------------------------------------------------
+# Subcommands
+
+cmd_up() {
+  local name to_start=() recorded
+  [[ $EUID -eq 0 ]] || die "up needs root (rootful Podman, apt)"
+  take_lock
+  ensure_packages
+  write_configs
+  for name in "${SERVICES[@]}"; do
+    if service_pid "$name" >/dev/null; then
+      recorded=$(cat "$RUN_DIR/$name.config-hash" 2>/dev/null || true)
+      if [[ $recorded != "$(config_hash "$name")" ]]; then
+        say "$name: its config changed since it started; restarting it"
+        stop_service "$name"
+      elif probe "$name"; then
+        continue
+      else
+        # We hold the lock, so no other `up` is starting it: it is hung, or failed a previous start.
+        say "$name is running but does not answer; restarting it"
+        stop_service "$name"
+      fi
+    fi
+    to_start+=("$name")
+  done
+  if ((${#to_start[@]} == 0)); then
+    say "stack is up, nothing to do (state dir $STACK_DIR)"
+    return 0
+  fi
+  # All conflicts first, so a refused start leaves nothing half started.
+  for name in "${to_start[@]}"; do check_port_free "$name"; done
+  for name in "${to_start[@]}"; do
+    say "starting $name"
+    start_service "$name"
+  done
+  wait_healthy "${to_start[@]}"
+  say "stack is up (state dir $STACK_DIR)"
+}
+
+cmd_down() {
+  local purge=0 name
+  case ${1-} in
+  "") ;;
+  --purge) purge=1 ;;
+  *) usage ;;
+  esac
+  [[ -d $STACK_DIR ]] || {
+    say "no stack at $STACK_DIR"
+    return 0
+  }
+  take_lock
+  for name in "${SERVICES[@]}"; do stop_service "$name"; done
+  ((purge)) || return 0
+
+  [[ -e $MARKER ]] || die "$STACK_DIR has no $MARKER; refusing to delete it"
+  # Containers hold overlay mounts, network namespaces and iptables rules outside the state dir:
+  # let Podman tear all of that down before the directory goes.
+  if [[ -f $CONTAINERS_CONF_FILE && -d $PODMAN_DIR/storage ]]; then
+    say "removing this stack's containers, images and networks"
+    podman_cli system reset --force >>"$LOG_DIR/podman.log" 2>&1 ||
+      die "podman system reset failed; see $LOG_DIR/podman.log"
+  fi
+  local mnt
+  # Any mount left under the dir (it should be none) would make rm -rf delete through it.
+  while read -r mnt; do
+    umount -l "$mnt" || die "cannot unmount $mnt"
+  done < <(awk -v d="$STACK_DIR/" 'index($5, d) == 1 { print $5 }' /proc/self/mountinfo | sort -r)
+  exec 9>&-
+  rm -rf "$STACK_DIR"
+  say "purged $STACK_DIR"
+}
+
+cmd_env() {
+  take_lock
+  write_configs
+  local var
+  for var in \
+    "CODEB_STACK_DIR=$STACK_DIR" \
+    "CODEB_TEST_PODMAN=unix://$PODMAN_SOCK" \
+    "CODEB_TEST_CADDY_ADMIN=http://$CADDY_ADMIN_ADDR" \
+    "CODEB_TEST_HTTP=$CODEB_HTTP_ADDR" \
+    "CODEB_TEST_PDNS_API=http://127.0.0.1:$PDNS_API_PORT" \
+    "CODEB_TEST_PDNS_DNS=127.0.0.1:$PDNS_DNS_PORT" \
+    "PDNS_API_KEY=$PDNS_API_KEY" \
+    "CONTAINERS_CONF=$CONTAINERS_CONF_FILE" \
+    "CONTAINERS_STORAGE_CONF=$STORAGE_CONF_FILE"; do
+    printf 'export %s=%q\n' "${var%%=*}" "${var#*=}"
+  done
+}
+
+cmd_status() {
+  local name pid all=0
+  [[ -s $PDNS_KEY_FILE ]] && PDNS_API_KEY=$(<"$PDNS_KEY_FILE")
+  for name in "${SERVICES[@]}"; do
+    if pid=$(service_pid "$name"); then
+      if probe "$name"; then
+        printf '%-7s healthy    pid %-8s %s\n' "$name" "$pid" "$(service_url "$name")"
+      else
+        printf '%-7s UNHEALTHY  pid %-8s %s (log: %s)\n' "$name" "$pid" "$(service_url "$name")" \
+          "$LOG_DIR/$name.log"
+        all=1
+      fi
+    else
+      printf '%-7s STOPPED    %-12s %s\n' "$name" "" "$(service_url "$name")"
+      all=1
+    fi
+  done
+  return "$all"
+}
+
+cmd_restart_caddy() {
+  take_lock
+  write_configs
+  stop_service caddy
+  check_port_free caddy
+  start_service caddy
+  wait_healthy caddy
+}
+
+# ---------------------------------------------------------------------------------------------------
+# Test images
+
+# The CLI works on the store directly (not through the service), with the same configs.
+podman_cli() {
+  CONTAINERS_CONF="$CONTAINERS_CONF_FILE" CONTAINERS_STORAGE_CONF="$STORAGE_CONF_FILE" podman "$@"
+}
+
+# A minimal rootfs: the static busybox and a symlink per applet in /bin, /etc/passwd for tools that
+# look up uid 0, and an empty /tmp. Its content is deterministic, so its tarball hash names the build
+# inputs. `busybox --install -s` makes all the links in one process (a loop of `ln` took ~0.3 s per
+# image); they point at busybox's real path on this host (/usr/bin/busybox on a merged-/usr system),
+# so the binary goes to that same path in the image.
+make_rootfs() { # dir
+  local root=$1 busybox
+  busybox=$(readlink -f /bin/busybox)
+  mkdir -p "$root"/{bin,etc,tmp,www/cgi-bin,app} "$root$(dirname "$busybox")"
+  chmod 1777 "$root/tmp"
+  cp "$busybox" "$root$busybox"
+  "$busybox" --install -s "$root/bin"
+  printf 'root:x:0:0:root:/:/bin/sh\n' >"$root/etc/passwd"
+  printf 'root:x:0:\n' >"$root/etc/group"
+}
+
+# Imports <dir> as <ref> unless <ref> already exists with the same inputs (tarball + image config),
+# recorded in the label codeb.test.inputs.
+import_image() { # ref dir change...
+  local ref=$1 dir=$2 tarball have want old_id new_id
+  shift 2
+  local changes=("$@")
+  tarball="$dir.tar"
+  # Fixed order, owners and times: the same inputs give the same bytes, hence the same hash.
+  tar --sort=name --mtime=@0 --owner=0 --group=0 --numeric-owner -C "$dir" -cf "$tarball" .
+  want=$({
+    cat "$tarball"
+    printf '%s\n' "${changes[@]}"
+  } | sha256sum | cut -c1-64)
+  have=$(podman_cli image inspect --format '{{index .Labels "codeb.test.inputs"}}' "$ref" 2>/dev/null || true)
+  if [[ $have == "$want" ]]; then
+    say "image $ref is up to date"
+    return 0
+  fi
+  old_id=$(podman_cli image inspect --format '{{.Id}}' "$ref" 2>/dev/null || true)
+  local args=() c
+  for c in "${changes[@]}" "LABEL codeb.test.inputs=$want"; do args+=(--change "$c"); done
+  new_id=$(podman_cli import --quiet "${args[@]}" "$tarball" "$ref")
+  new_id=${new_id#sha256:}
+  say "built image $ref (${new_id:0:12})"
+  # The replaced image is now untagged; drop it unless a container still uses it.
+  if [[ -n $old_id && $old_id != "$new_id" ]]; then
+    podman_cli rmi "$old_id" >/dev/null 2>&1 || say "kept the old $ref (${old_id:0:12}): still in use"
+  fi
+}
+
+cmd_images() {
+  take_lock
+  ensure_packages
+  write_configs
+  local work version dir
+  work=$(mktemp -d "$STACK_DIR/tmp/images.XXXXXX")
+  cleanup_actions+=("rm -rf '$work'")
+
+  # The app: busybox httpd on :8080 serving its version on /, "ok" on /health, and two CGIs. Bodies
+  # carry no trailing newline, so tests can compare them exactly. httpd runs in the foreground as the
+  # main process: busybox as PID 1 ignores SIGTERM, so run it with --init (HostConfig.Init) for a
+  # prompt stop.
+  for version in v1 v2 v3; do
+    dir="$work/app-$version"
+    make_rootfs "$dir"
+    printf '%s' "$version" >"$dir/www/index.html"
+    printf 'ok' >"$dir/www/health"
+    cat >"$dir/www/cgi-bin/slow" <<'EOF'
+#!/bin/sh
+# A request that takes 2 s: lets tests prove that a switch or a stop drains in-flight requests.
+sleep 2
+printf 'Content-Type: text/plain\r\n\r\n'
+printf 'slow-%s' "$(cat /www/index.html)"
+EOF
+    cat >"$dir/www/cgi-bin/version" <<'EOF'
+#!/bin/sh
+printf 'Content-Type: text/plain\r\n\r\n'
+cat /www/index.html
+EOF
+    cat >"$dir/app/run" <<'EOF'
+#!/bin/sh
+echo "codeb-test-app $(cat /www/index.html) listening on :8080"
+exec httpd -f -p 8080 -h /www
+EOF
+    chmod 755 "$dir/www/cgi-bin/slow" "$dir/www/cgi-bin/version" "$dir/app/run"
+    import_image "localhost/codeb-test-app:$version" "$dir" \
+      'CMD ["/app/run"]' 'EXPOSE 8080' 'ENV PATH=/bin' "LABEL codeb.test.version=$version"
+  done
+
+  # The unhealthy app: it runs and listens, so it fails fast and cleanly (an immediate 404 on
+  # /health rather than a refused or hanging connection), and it logs a recognizable line on stdout
+  # and one on stderr for tests of log tails.
+  dir="$work/unhealthy"
+  make_rootfs "$dir"
+  printf 'unhealthy' >"$dir/www/index.html"
+  cat >"$dir/app/run" <<'EOF'
+#!/bin/sh
+echo "unhealthy app starting"
+echo "unhealthy app: /health answers 404 on purpose" >&2
+exec httpd -f -p 8080 -h /www
+EOF
+  chmod 755 "$dir/app/run"
+  import_image localhost/codeb-test-unhealthy:v1 "$dir" \
+    'CMD ["/app/run"]' 'EXPOSE 8080' 'ENV PATH=/bin' 'LABEL codeb.test.version=v1'
+}
+
+main() {
+  local cmd=${1-}
+  [[ $# -gt 0 ]] && shift
+  case $cmd in
+  up) no_args "$@" && cmd_up ;;
+  down) cmd_down "$@" ;;
+  env) no_args "$@" && cmd_env ;;
+  status) no_args "$@" && cmd_status ;;
+  restart-caddy) no_args "$@" && cmd_restart_caddy ;;
+  images) no_args "$@" && cmd_images ;;
+  *) usage ;;
+  esac
+}
+
+main "$@"

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# The project's test command; CI runs it through .ci/run. It brings the local stack up (Podman, Caddy,
+# PowerDNS: see deploy/stack.sh), builds the test images, exports the stack's addresses, then checks
+# formatting and lints and runs every test. Integration tests read the CODEB_TEST_* variables; when
+# the stack cannot start, this script stops here with the service's log tail, so no test is skipped
+# silently. The stack is left running: the next run's `up` is then a no-op.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# rustup installs cargo under ~/.cargo/bin, which a non-login CI shell may not have on PATH.
+if ! command -v cargo >/dev/null && [[ -x ${CARGO_HOME:-$HOME/.cargo}/bin/cargo ]]; then
+  export PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"
+fi
+
+step() { printf '\n==> %s\n' "$*" >&2; }
+
+step "stack up"
+./deploy/stack.sh up
+step "test images"
+./deploy/stack.sh images
+# Assigned first, then evaluated: `eval "$(...)"` would ignore a failing `env`.
+stack_env=$(./deploy/stack.sh env)
+eval "$stack_env"
+
+step "cargo fmt --check"
+cargo fmt --check
+step "cargo clippy --all-targets -- -D warnings"
+cargo clippy --all-targets -- -D warnings
+step "cargo test --all-targets"
+cargo test --all-targets
