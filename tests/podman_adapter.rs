@@ -315,6 +315,7 @@ async fn an_unreachable_endpoint_is_reported_with_its_path() {
         podman.ping().await.unwrap_err(),
         podman.list_owned().await.unwrap_err(),
     ] {
+        eprintln!("{err}");
         assert!(matches!(err, Error::Unreachable { .. }), "{err}");
         assert!(err.is_retryable());
         let text = err.to_string();
@@ -331,6 +332,7 @@ async fn an_unreachable_endpoint_is_reported_with_its_path() {
         podman.ping().await.unwrap_err(),
         podman.list_owned().await.unwrap_err(),
     ] {
+        eprintln!("{err}");
         assert!(matches!(err, Error::Unreachable { .. }), "{err}");
         assert!(err.to_string().contains("dead.sock"), "{err}");
     }
@@ -339,10 +341,10 @@ async fn an_unreachable_endpoint_is_reported_with_its_path() {
     assert!(matches!(err, Error::InvalidEndpoint { .. }), "{err}");
 }
 
-/// Podman reports state `stopped` for tens of milliseconds while a container's process is being
-/// cleaned up; bollard's typed list fails on it (`unknown variant `stopped``, 163 of 1504 lists in a
-/// probe). `list_owned` must read every state and call only `running` running. The app here exits
-/// every 0.2 s and its restart policy brings it back, so the list crosses those transitions.
+/// Podman reports state `stopped` while an exited container awaits cleanup or its restart;
+/// bollard's typed list fails on it (`unknown variant `stopped``: 163 of 1504 lists in a probe).
+/// `list_owned` must read every state and call only `running` running. The app here exits every
+/// 0.2 s and its restart policy brings it back, so the list crosses those transitions.
 #[tokio::test]
 async fn listing_never_fails_while_a_container_exits_and_restarts() {
     let endpoint = endpoint();

@@ -1,14 +1,15 @@
 //! Podman adapter: drives one host's Podman through its Docker-compatible API (bollard).
 //!
-//! Responsible for turning [`Runtime`] calls into single API requests and Podman's answers into the
-//! plain types of [`super`], and for classifying every failure once, here, into [`Error`] (which says
-//! whether a retry is worth it). It makes no decisions: it never removes a container it was not asked
-//! to remove, never retries on its own, and lists only containers carrying [`LABEL_PROJECT`].
+//! Responsible for turning [`Runtime`] calls into single API requests and Podman's answers into
+//! the plain types of [`super`], and for classifying every failure once, here, into [`Error`]
+//! (which says whether a retry is worth it). It makes no decisions: it never touches a container
+//! it was not asked to, never retries on its own, and lists only containers carrying
+//! [`LABEL_PROJECT`].
 //!
 //! Podman 4.3 quirks this module absorbs (measured, see `/work/shared/ENVIRONMENT.md`):
-//! - the container list can report state `stopped` for a few milliseconds while a container is being
-//!   cleaned up; bollard's typed list rejects the whole answer (`unknown variant`), so the list is
-//!   read with a lenient decoder of our own (see [`Podman::list_owned`]);
+//! - the container list reports state `stopped` while an exited container awaits cleanup or its
+//!   restart; bollard's typed list rejects the whole answer (`unknown variant `stopped``), so the
+//!   list is read with a lenient decoder of our own (see [`Podman::list_owned`]);
 //! - conflicts answer 500, not 409 (`that name is already in use`, `network already exists`), and
 //!   creating on a missing network answers 500 `network not found`;
 //! - a pull that fails still answers 200; the error arrives inside the progress stream.
@@ -34,17 +35,17 @@ use tracing::debug;
 
 use super::{ContainerSpec, ObservedContainer, Runtime, LABEL_PROJECT};
 
-/// The API version spoken to Podman. Podman 4.3 reports `ApiVersion 1.41`; pinning it means we never
-/// call `negotiate_version`, which costs 0.4–0.65 s per call here, and we never ask Podman for
+/// The API version spoken to Podman. Podman 4.3 reports `ApiVersion 1.41`; pinning it means we
+/// never call `negotiate_version` (0.34–0.65 s per call here) and never ask Podman for the
 /// semantics of a newer Docker API than it implements.
 const API_VERSION: ClientVersion = ClientVersion {
     major_version: 1,
     minor_version: 41,
 };
 
-/// Upper bound for one request until its response headers arrive. Every call measured here takes
-/// under 0.5 s (create 12–78 ms, start 120–230 ms, stop with an init process < 0.5 s); 30 s only
-/// trips on a wedged service.
+/// Upper bound for one request until its response headers arrive. Every call measured here
+/// takes under 0.5 s (create 8–78 ms, start 120–280 ms, stop with an init process < 0.5 s);
+/// 30 s only trips on a wedged service.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Upper bound for a whole image pull, including its progress stream (which [`REQUEST_TIMEOUT`]
@@ -68,13 +69,16 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// The endpoint string is neither `unix:///absolute/path` nor `tcp://host:port`.
-    #[error("invalid Podman endpoint `{endpoint}`: {reason} (expected `unix:///path/to/podman.sock` or `tcp://host:port`)")]
+    #[error(
+        "invalid Podman endpoint `{endpoint}`: {reason} \
+         (expected `unix:///path/to/podman.sock` or `tcp://host:port`)"
+    )]
     InvalidEndpoint { endpoint: String, reason: String },
 
     /// No connection could be made, or it broke before an answer.
     #[error(
-        "Podman is unreachable at {endpoint} ({reason}): is `podman system service --time=0 {endpoint}` running? \
-         (deploy/stack.sh up starts one)"
+        "Podman is unreachable at {endpoint} ({reason}): \
+         is `podman system service --time=0 {endpoint}` running? (deploy/stack.sh up starts one)"
     )]
     Unreachable { endpoint: String, reason: String },
 
@@ -90,11 +94,12 @@ pub enum Error {
     #[error("{op}: not found: {message}")]
     NotFound { op: String, message: String },
 
-    /// Podman refused the operation. `status` is the HTTP status.
-    #[error("{op}: Podman answered {status}: {message}")]
+    /// Podman refused the operation. `status` is the HTTP status; `None` when the failure came
+    /// without one (inside a 200 stream, or a request that could not be built).
+    #[error("{op}: {message}{}", status.map(|s| format!(" (HTTP {s})")).unwrap_or_default())]
     Api {
         op: String,
-        status: u16,
+        status: Option<u16>,
         message: String,
     },
 
@@ -117,7 +122,7 @@ impl Error {
             | Error::Decode { .. } => true,
             Error::Api {
                 status, message, ..
-            } => *status >= 500 && !is_conflict(message),
+            } => status.is_some_and(|s| s >= 500) && !is_conflict(message),
             Error::InvalidEndpoint { .. } | Error::NotFound { .. } => false,
         }
     }
@@ -185,8 +190,8 @@ impl std::fmt::Debug for Podman {
 impl Podman {
     /// A client for `unix:///path/to/podman.sock` or `tcp://host:port`.
     ///
-    /// Makes no request: a service that is down shows up as [`Error::Unreachable`] on the first call
-    /// (use [`Runtime::ping`] to check).
+    /// Makes no request: a service that is down shows up as [`Error::Unreachable`] on the first
+    /// call (use [`Runtime::ping`] to check).
     ///
     /// # Errors
     /// [`Error::InvalidEndpoint`] for any other form.
@@ -222,7 +227,7 @@ impl Podman {
     }
 
     fn docker(&self) -> Result<Docker> {
-        // The lock guards a clone of an `Arc`-based handle: held for nanoseconds, never across await.
+        // Held only to clone an `Arc`-based handle, never across an `.await`.
         let mut slot = self.docker.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(docker) = slot.as_ref() {
             return Ok(docker.clone());
@@ -242,6 +247,33 @@ impl Podman {
     fn err(&self, op: &str, err: BollardError) -> Error {
         from_bollard(&self.endpoint, op, err)
     }
+
+    /// Podman answers both of these with 500: a name conflict (the caller removes the old
+    /// container first) and a missing network (the caller runs `ensure_network` first).
+    fn create_error(&self, op: &str, name: &str, err: BollardError) -> Error {
+        match err {
+            BollardError::DockerResponseServerError {
+                status_code,
+                message,
+            } if message.contains("already in use") => Error::Api {
+                op: op.to_owned(),
+                status: Some(status_code),
+                message: format!(
+                    "a container named `{name}` already exists; remove it before creating it \
+                     again ({message})"
+                ),
+            },
+            BollardError::DockerResponseServerError { message, .. }
+                if message.contains("network not found") =>
+            {
+                Error::NotFound {
+                    op: op.to_owned(),
+                    message,
+                }
+            }
+            other => self.err(op, other),
+        }
+    }
 }
 
 impl Runtime for Podman {
@@ -255,11 +287,12 @@ impl Runtime for Podman {
 
     /// One `GET /containers/json?all=true&filters={"label":["codeb.project"]}`.
     ///
-    /// Read with reqwest and a lenient decoder instead of bollard's `list_containers`: bollard decodes
-    /// `State` into a closed enum, and Podman 4.3 reports `stopped` (not in it) for a few
-    /// milliseconds while a container is being cleaned up, which fails the whole list (measured:
-    /// 1–3 of 100 lists while a container exited). Any state word is accepted here; only
-    /// `running` counts as running.
+    /// Read with reqwest and a lenient decoder instead of bollard's `list_containers`: bollard
+    /// decodes `State` into a closed enum, and Podman 4.3 reports `stopped` (not in it) while an
+    /// exited container awaits cleanup or its restart, which fails the whole list. Measured:
+    /// bollard's list failed 163 times in 1504 calls while five containers exited, and a container
+    /// cycling under its restart policy was `stopped` in 4–49 % of the lists taken meanwhile. Any
+    /// state word is accepted here; only `running` counts as running.
     async fn list_owned(&self) -> Result<Vec<ObservedContainer>> {
         const OP: &str = "list containers";
         let filters = format!(r#"{{"label":["{LABEL_PROJECT}"]}}"#);
@@ -364,24 +397,13 @@ impl Runtime for Podman {
             .name(&spec.name)
             .build();
         let body = create_body(spec);
-        let created = self.docker()?.create_container(Some(options), body).await.map_err(|e| match e {
-            BollardError::DockerResponseServerError { status_code, message } if message.contains("already in use") => {
-                Error::Api {
-                    op: op.clone(),
-                    status: status_code,
-                    message: format!(
-                        "a container named `{}` already exists; remove it before creating it again ({message})",
-                        spec.name
-                    ),
-                }
-            }
-            // Podman answers 500 (not 404) when the network is missing.
-            BollardError::DockerResponseServerError { message, .. } if message.contains("network not found") => {
-                Error::NotFound { op: op.clone(), message }
-            }
-            other => self.err(&op, other),
-        })?;
-        debug!(name = %spec.name, id = %created.id, elapsed_ms = started.elapsed().as_millis() as u64, "created");
+        let created = self
+            .docker()?
+            .create_container(Some(options), body)
+            .await
+            .map_err(|e| self.create_error(&op, &spec.name, e))?;
+        let elapsed_ms = started.elapsed().as_millis() as u64;
+        debug!(name = %spec.name, id = %created.id, elapsed_ms, "created");
         Ok(created.id)
     }
 
@@ -421,8 +443,8 @@ impl Runtime for Podman {
         Ok(())
     }
 
-    /// Force-removes the container with its anonymous volumes (codeb never gives containers named
-    /// volumes, so nothing else would ever clean those up); a missing container is not an error.
+    /// Force-removes the container and its anonymous volumes (an image's `VOLUME`s would otherwise
+    /// pile up, one set per release); a missing container is not an error.
     async fn remove(&self, id: &str) -> Result<()> {
         let started = Instant::now();
         let options = RemoveContainerOptionsBuilder::default()
@@ -445,7 +467,7 @@ impl Runtime for Podman {
     }
 
     async fn logs_tail(&self, id: &str, lines: usize) -> Result<Vec<String>> {
-        // Docker's `tail=0` means "no lines" but some servers read it as "all": do not ask.
+        // Nothing to ask for (Podman would answer an empty body to `tail=0`).
         if lines == 0 {
             return Ok(Vec::new());
         }
@@ -505,8 +527,8 @@ fn create_body(spec: &ContainerSpec) -> ContainerCreateBody {
         exposed_ports: Some(vec![port.clone()]),
         host_config: Some(HostConfig {
             port_bindings: Some(HashMap::from([(port, Some(vec![binding]))])),
-            // An init as PID 1 forwards SIGTERM: busybox as PID 1 ignores it and every stop took the
-            // full timeout (5.6 s); with an init 0.33–0.47 s.
+            // An init as PID 1 forwards SIGTERM: busybox as PID 1 ignores it and every stop
+            // took the full timeout (5.6 s); with an init 0.33–0.47 s.
             init: Some(true),
             restart_policy: Some(RestartPolicy {
                 name: Some(RestartPolicyNameEnum::UNLESS_STOPPED),
@@ -651,7 +673,7 @@ fn percent_encode(value: &str) -> String {
     out
 }
 
-/// Podman's error body is `{"cause": …, "message": …, "response": status}`; fall back to the text.
+/// Podman's error body is `{"cause": …, "message": …, "response": status}`; else the text.
 fn server_message(body: &[u8]) -> String {
     #[derive(Deserialize)]
     struct Body {
@@ -672,7 +694,7 @@ fn from_status(op: &str, status: u16, message: String) -> Error {
     } else {
         Error::Api {
             op: op.to_owned(),
-            status,
+            status: Some(status),
             message,
         }
     }
@@ -686,12 +708,11 @@ fn from_bollard(endpoint: &str, op: &str, err: BollardError) -> Error {
         reason,
     };
     match err {
-        BollardError::SocketNotFoundError(path) => {
-            unreachable(format!("socket {path} does not exist"))
-        }
+        // bollard checks that the socket file exists before it builds a unix client.
+        BollardError::SocketNotFoundError(_) => unreachable(SOCKET_MISSING.to_owned()),
         BollardError::HyperLegacyError { .. }
         | BollardError::HyperResponseError { .. }
-        | BollardError::IOError { .. } => unreachable(error_chain(&err)),
+        | BollardError::IOError { .. } => unreachable(transport_reason(&err)),
         BollardError::RequestTimeoutError => Error::Timeout {
             op: op.to_owned(),
             endpoint: endpoint.to_owned(),
@@ -711,12 +732,12 @@ fn from_bollard(endpoint: &str, op: &str, err: BollardError) -> Error {
         },
         BollardError::DockerStreamError { error } => Error::Api {
             op: op.to_owned(),
-            status: 200,
+            status: None,
             message: error,
         },
         other => Error::Api {
             op: op.to_owned(),
-            status: 0,
+            status: None,
             message: error_chain(&other),
         },
     }
@@ -739,8 +760,27 @@ fn from_reqwest(endpoint: &str, op: &str, err: &reqwest::Error) -> Error {
         // Connect failures, and connections reset before the whole answer arrived.
         Error::Unreachable {
             endpoint: endpoint.to_owned(),
-            reason: error_chain(err),
+            reason: transport_reason(err),
         }
+    }
+}
+
+const SOCKET_MISSING: &str = "the socket does not exist";
+
+/// Why a connection failed, in a few words: the innermost cause. The outer layers of bollard's and
+/// reqwest's errors only repeat the URL (already in the message) and "client error (Connect)".
+fn transport_reason(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut root = err;
+    while let Some(next) = root.source() {
+        root = next;
+    }
+    match root
+        .downcast_ref::<std::io::Error>()
+        .map(std::io::Error::kind)
+    {
+        Some(std::io::ErrorKind::NotFound) => SOCKET_MISSING.to_owned(),
+        Some(std::io::ErrorKind::ConnectionRefused) => "connection refused".to_owned(),
+        _ => root.to_string(),
     }
 }
 
@@ -904,6 +944,7 @@ mod tests {
             BollardError::IOError { err: io },
         );
         assert!(matches!(err, Error::Unreachable { .. }), "{err}");
+        assert!(err.to_string().contains("(connection refused)"), "{err}");
         assert!(err.is_retryable());
     }
 
@@ -980,7 +1021,12 @@ mod tests {
 
     #[test]
     fn podman_error_bodies_yield_their_message() {
-        let body = br#"{"cause":"no such container","message":"no container with name or ID \"x\" found: no such container","response":404}"#;
+        let body = concat!(
+            r#"{"cause":"no such container","#,
+            r#""message":"no container with name or ID \"x\" found: no such container","#,
+            r#""response":404}"#
+        )
+        .as_bytes();
         assert_eq!(
             server_message(body),
             r#"no container with name or ID "x" found: no such container"#
@@ -992,7 +1038,10 @@ mod tests {
         ));
         assert!(matches!(
             from_status("list containers", 500, String::new()),
-            Error::Api { status: 500, .. }
+            Error::Api {
+                status: Some(500),
+                ..
+            }
         ));
     }
 
