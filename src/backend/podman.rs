@@ -1112,17 +1112,18 @@ mod tests {
     }
 }
 
+/// Errors the in-memory fake (`backend::fake`) returns, shaped like the real ones.
 impl Error {
     #[doc(hidden)]
     pub fn fake_unreachable() -> Self {
-        Error::NotImplemented
+        Error::Unreachable { endpoint: "unix:///fake/podman.sock".into(), reason: "fake host is down".into() }
     }
     #[doc(hidden)]
-    pub fn fake_conflict(_name: &str) -> Self {
-        Error::NotImplemented
+    pub fn fake_conflict(name: &str) -> Self {
+        Error::Api { op: "create".into(), status: Some(500), message: format!("the container name \"{name}\" is already in use") }
     }
     #[doc(hidden)]
-    pub fn fake_not_found(_id: &str) -> Self {
-        Error::NotImplemented
+    pub fn fake_not_found(id: &str) -> Self {
+        Error::NotFound { op: "inspect".into(), message: format!("no container {id}") }
     }
 }
