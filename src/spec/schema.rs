@@ -1,0 +1,1 @@
+//! JSON Schemas of the manifest documents, generated from `types` (see `crds-schema/`).
