@@ -34,7 +34,13 @@ pub(crate) fn yaml_error(file: &str, err: &YamlError, tree: Option<&Tree>) -> Er
         _ => Vec::new(),
     };
     let subject = subject(inner, &hits);
-    let message = message(inner, tree, subject.map(|h| &h.path));
+    let found = subject.map(|h| match h.node.value {
+        Node::Scalar(_) => "a string",
+        Node::Null => "nothing",
+        Node::Seq(_) => "a list",
+        Node::Map(_) => "a mapping",
+    });
+    let message = message(inner, tree, subject.map(|h| &h.path), found);
     // A value error reported at the value's key is moved to the value.
     let location = match subject {
         Some(hit) if hit.is_key && is_value_error(inner) => Some(hit.node.referenced),
@@ -74,11 +80,22 @@ fn subject<'a>(err: &YamlError, hits: &'a [Hit<'a>]) -> Option<&'a Hit<'a>> {
     }
 }
 
-fn message(err: &YamlError, tree: Option<&Tree>, path: Option<&Path>) -> String {
+/// `found` is the YAML type of the value the error is about, when known.
+fn message(
+    err: &YamlError,
+    tree: Option<&Tree>,
+    path: Option<&Path>,
+    found: Option<&str>,
+) -> String {
     let path = path.cloned();
     let text = match (tree, &path) {
-        (Some(tree), Some(path)) if !is_secret(path) => tree.scalar(path),
+        (Some(tree), Some(path)) => tree.scalar(path),
         _ => None,
+    };
+    // Unknown trees (a syntax error in the document) are not echoed from either.
+    let secret = match (tree, &path) {
+        (Some(tree), Some(path)) => tree.is_secret(path),
+        _ => true,
     };
     match err {
         YamlError::SerdeUnknownField {
@@ -120,8 +137,14 @@ fn message(err: &YamlError, tree: Option<&Tree>, path: Option<&Path>) -> String 
             format!("input refused: larger than {} MiB", MAX_FILE_BYTES >> 20)
         }
         YamlError::InvalidUtf8Input => "not valid UTF-8 text".to_string(),
+        // The parser's own nesting limit (flow collections).
+        YamlError::ExternalMessage { msg, .. } if msg.contains("recursion limit exceeded") => {
+            limits::describe_breach(&serde_saphyr::budget::BudgetBreach::Depth {
+                depth: limits::MAX_DEPTH + 1,
+            })
+        }
         YamlError::ExternalMessage { msg, .. } => format!("invalid YAML: {}", sanitize(msg)),
-        _ if is_value_error(err) => value_message(err, path.as_ref(), text),
+        _ if is_value_error(err) => value_message(err, path.as_ref(), text, found, secret),
         _ => plain(err),
     }
 }
@@ -145,15 +168,13 @@ fn is_value_error(err: &YamlError) -> bool {
     )
 }
 
-/// Anything under an `env` key is a secret: its value is never echoed.
-fn is_secret(path: &Path) -> bool {
-    let keys = path.keys();
-    keys.iter()
-        .position(|k| *k == Some("env"))
-        .is_some_and(|i| i + 1 < keys.len())
-}
-
-fn value_message(err: &YamlError, path: Option<&Path>, text: Option<&str>) -> String {
+fn value_message(
+    err: &YamlError,
+    path: Option<&Path>,
+    text: Option<&str>,
+    found: Option<&str>,
+    secret: bool,
+) -> String {
     let Some(path) = path.filter(|p| !p.0.is_empty()) else {
         if matches!(
             err,
@@ -165,10 +186,10 @@ fn value_message(err: &YamlError, path: Option<&Path>, text: Option<&str>) -> St
             return "a manifest must be a mapping with `apiVersion`, `kind`, `metadata` and `spec`"
                 .to_string();
         }
-        return format!("invalid value: {}", expectation(err));
+        return format!("invalid value: {}", expectation(err, found));
     };
     let keys = path.keys();
-    if is_secret(path) {
+    if path.is_under_env() {
         let variable = keys
             .iter()
             .position(|k| *k == Some("env"))
@@ -188,8 +209,8 @@ fn value_message(err: &YamlError, path: Option<&Path>, text: Option<&str>) -> St
             }
             Some(t) => format!("invalid port `{}`: expected an integer 1-65535", quote(t)),
             None => format!(
-                "invalid port: expected an integer 1-65535, {}",
-                expectation(err)
+                "invalid port: expected an integer 1-65535, found {}",
+                found.unwrap_or("another type")
             ),
         },
         ("gracePeriod" | "timeout", Some(t)) => {
@@ -202,6 +223,13 @@ fn value_message(err: &YamlError, path: Option<&Path>, text: Option<&str>) -> St
                 quote(t)
             )
         }
+        _ if secret => match err {
+            YamlError::Message { .. } => format!("invalid `{path}` (the value is not shown)"),
+            _ => format!(
+                "invalid `{path}`: {} (the value is not shown)",
+                expectation(err, found)
+            ),
+        },
         _ => match err {
             YamlError::SerdeUnknownVariant {
                 variant, expected, ..
@@ -211,13 +239,15 @@ fn value_message(err: &YamlError, path: Option<&Path>, text: Option<&str>) -> St
                 one_of(expected),
                 did_you_mean(variant, expected)
             ),
-            _ => format!("invalid `{path}`: {}", expectation(err)),
+            _ => format!("invalid `{path}`: {}", expectation(err, found)),
         },
     }
 }
 
-/// "expected X, found Y" for a value error, naming types only, never the value.
-fn expectation(err: &YamlError) -> String {
+/// "expected X, found Y" for a value error, naming types only, never the value. `found` is the
+/// YAML type of the value, for errors that do not say it.
+fn expectation(err: &YamlError, found: Option<&str>) -> String {
+    let found = found.map(|f| format!(", found {f}")).unwrap_or_default();
     match err {
         YamlError::SerdeInvalidType {
             unexpected,
@@ -235,8 +265,10 @@ fn expectation(err: &YamlError) -> String {
         YamlError::SerdeUnknownVariant { expected, .. } => {
             format!("expected one of {}", one_of(expected))
         }
-        YamlError::InvalidScalar { ty, .. } => format!("expected {}", scalar_type(ty)),
-        YamlError::Unexpected { expected, .. } => format!("expected {}", event_type(expected)),
+        YamlError::InvalidScalar { ty, .. } => format!("expected {}{found}", scalar_type(ty)),
+        YamlError::Unexpected { expected, .. } => {
+            format!("expected {}{found}", event_type(expected))
+        }
         YamlError::NullIntoString { .. } => "expected a string, found nothing".to_string(),
         YamlError::TaggedScalarCannotDeserializeIntoString { .. } => {
             "expected a string, found a tagged value".to_string()

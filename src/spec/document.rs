@@ -17,7 +17,8 @@ use serde::de::{Deserialize, Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde_saphyr::{Location, Spanned};
 
 use super::error::{did_you_mean, one_of, quote};
-use super::tree::Tree;
+use super::limits::MAX_PROBLEMS_PER_DOCUMENT;
+use super::tree::{Path, Seg, Tree};
 use super::types::{HostSpec, Origin, ProjectSpec, ZoneSpec, API_VERSION};
 
 /// The kinds of document codeb reads.
@@ -106,6 +107,27 @@ impl Document {
     pub(crate) fn key_origin(&self, path: &[&str]) -> Origin {
         origin(&self.file, self.tree.key_location(path))
     }
+
+    /// `value`, the value at `path`, quoted for a message; or a placeholder when it may be a
+    /// secret (an alias of an `env` value).
+    pub(crate) fn show(&self, path: &[&str], value: &str) -> String {
+        let path = Path(path.iter().map(|s| Seg::Key(s.to_string())).collect());
+        if self.tree.is_secret(&path) {
+            "(value not shown)".to_string()
+        } else {
+            format!("`{}`", quote(value))
+        }
+    }
+}
+
+/// A value of the visitor quoted for a message, unless it is an alias: an alias could repeat a
+/// secret defined earlier.
+fn show_scalar(v: &Spanned<String>) -> String {
+    if v.referenced == v.defined {
+        format!("`{}`", quote(&v.value))
+    } else {
+        "(an alias, not shown)".to_string()
+    }
 }
 
 /// An [`Origin`] in `file` at a serde-saphyr location.
@@ -120,8 +142,15 @@ pub(crate) fn origin(file: &str, location: Location) -> Origin {
 const TOP_LEVEL_KEYS: [&str; 4] = ["apiVersion", "kind", "metadata", "spec"];
 
 impl RawDocument {
-    fn problem(&mut self, location: Location, message: String) {
-        self.problems.push(Problem { location, message });
+    /// Records a problem; past [`MAX_PROBLEMS_PER_DOCUMENT`] they are dropped, so a document of
+    /// 100,000 unknown keys costs no more than one of 20.
+    fn problem(&mut self, location: Location, message: impl FnOnce() -> String) {
+        if self.problems.len() < MAX_PROBLEMS_PER_DOCUMENT {
+            self.problems.push(Problem {
+                location,
+                message: message(),
+            });
+        }
     }
 
     /// Checks that every required key was there. `start` is where the document's mapping starts.
@@ -136,30 +165,27 @@ impl RawDocument {
         let start = doc.referenced;
         let mut raw = doc.value;
         if !raw.api_version_seen {
-            raw.problem(
-                start,
-                format!("missing `apiVersion`; expected `apiVersion: {API_VERSION}`"),
-            );
+            raw.problem(start, || {
+                format!("missing `apiVersion`; expected `apiVersion: {API_VERSION}`")
+            });
         }
         if !raw.kind_seen {
-            raw.problem(
-                start,
+            raw.problem(start, || {
                 format!(
                     "missing `kind`; expected one of {}",
                     Kind::names().join(", ")
-                ),
-            );
+                )
+            });
         }
         if raw.name.is_none() {
-            raw.problem(
-                start,
-                "missing `metadata`; expected `metadata: {name: ...}`".to_string(),
-            );
+            raw.problem(start, || {
+                "missing `metadata`; expected `metadata: {name: ...}`".to_string()
+            });
         }
         if let (Some(kind), None, false) = (raw.kind, &raw.spec, raw.spec_seen) {
             match kind {
                 Kind::Zone => raw.spec = Some(Spec::Zone(ZoneSpec::default())),
-                _ => raw.problem(start, format!("missing `spec` of the {kind}")),
+                _ => raw.problem(start, || format!("missing `spec` of the {kind}")),
             }
         }
         match raw {
@@ -215,13 +241,12 @@ impl<'de> Visitor<'de> for DocumentVisitor {
                     let v: Spanned<String> = map.next_value()?;
                     if v.value != API_VERSION {
                         readable = false;
-                        doc.problem(
-                            v.referenced,
+                        doc.problem(v.referenced, || {
                             format!(
-                                "unsupported apiVersion `{}`; expected `{API_VERSION}`",
-                                quote(&v.value)
-                            ),
-                        );
+                                "unsupported apiVersion {}; expected `{API_VERSION}`",
+                                show_scalar(&v)
+                            )
+                        });
                     }
                 }
                 "kind" => {
@@ -230,15 +255,14 @@ impl<'de> Visitor<'de> for DocumentVisitor {
                     doc.kind = Kind::parse(&v.value);
                     if doc.kind.is_none() {
                         readable = false;
-                        doc.problem(
-                            v.referenced,
+                        doc.problem(v.referenced, || {
                             format!(
-                                "unknown kind `{}`; expected one of {}{}",
-                                quote(&v.value),
+                                "unknown kind {}; expected one of {}{}",
+                                show_scalar(&v),
                                 Kind::names().join(", "),
                                 did_you_mean(&v.value, &Kind::names())
-                            ),
-                        );
+                            )
+                        });
                     }
                 }
                 "metadata" => {
@@ -258,10 +282,9 @@ impl<'de> Visitor<'de> for DocumentVisitor {
                         }
                         (None, true) => {
                             map.next_value::<IgnoredAny>()?;
-                            doc.problem(
-                                key.referenced,
-                                "`kind` must come before `spec`".to_string(),
-                            );
+                            doc.problem(key.referenced, || {
+                                "`kind` must come before `spec`".to_string()
+                            });
                         }
                         (_, false) => {
                             map.next_value::<IgnoredAny>()?;
@@ -270,15 +293,14 @@ impl<'de> Visitor<'de> for DocumentVisitor {
                 }
                 other => {
                     map.next_value::<IgnoredAny>()?;
-                    doc.problem(
-                        key.referenced,
+                    doc.problem(key.referenced, || {
                         format!(
                             "unknown field `{}`; expected one of {}{}",
                             quote(other),
                             one_of(&TOP_LEVEL_KEYS),
                             did_you_mean(other, &TOP_LEVEL_KEYS)
-                        ),
-                    );
+                        )
+                    });
                 }
             }
         }

@@ -44,6 +44,25 @@ impl Path {
         Path(self.0[..self.0.len().saturating_sub(1)].to_vec())
     }
 
+    /// Whether the path is inside an `env` mapping, where values are secrets.
+    pub(crate) fn is_under_env(&self) -> bool {
+        let keys = self.keys();
+        keys.iter()
+            .position(|k| *k == Some("env"))
+            .is_some_and(|i| i + 1 < keys.len())
+    }
+
+    /// The path as the strings [`Tree::value_location`] takes.
+    pub(crate) fn to_strings(&self) -> Vec<String> {
+        self.0
+            .iter()
+            .map(|s| match s {
+                Seg::Key(k) => k.clone(),
+                Seg::Index(i) => i.to_string(),
+            })
+            .collect()
+    }
+
     /// The keys of the path, `None` for indexes.
     pub(crate) fn keys(&self) -> Vec<Option<&str>> {
         self.0
@@ -122,20 +141,38 @@ impl Tree {
         }
     }
 
-    /// The text of the scalar at `path`.
-    pub(crate) fn scalar(&self, path: &Path) -> Option<&str> {
-        let mut node = &self.root.value;
-        for seg in &path.0 {
-            node = match (node, seg) {
-                (Node::Map(entries), Seg::Key(k)) => {
-                    &entries.iter().find(|(key, _)| &key.value == k)?.1.value
-                }
-                (Node::Seq(items), Seg::Index(i)) => &items.get(*i)?.value,
-                _ => return None,
-            };
+    /// Whether the value at `path` may be secret: it is inside an `env` mapping, or it is an
+    /// alias (or merged value) of a value defined inside one.
+    pub(crate) fn is_secret(&self, path: &Path) -> bool {
+        if path.is_under_env() {
+            return true;
         }
-        match node {
-            Node::Scalar(s) => Some(s),
+        let strings = path.to_strings();
+        let strs: Vec<&str> = strings.iter().map(String::as_str).collect();
+        match self.get(&strs) {
+            Some((_, node)) if node.defined != node.referenced => self
+                .find(node.defined.line(), node.defined.column())
+                .iter()
+                .any(|hit| hit.path.is_under_env()),
+            _ => false,
+        }
+    }
+
+    /// The text of the scalar at `path`, unless it [may be secret](Tree::is_secret).
+    pub(crate) fn scalar(&self, path: &Path) -> Option<&str> {
+        if self.is_secret(path) {
+            return None;
+        }
+        let strings = path.to_strings();
+        let strs: Vec<&str> = strings.iter().map(String::as_str).collect();
+        match self.get(&strs) {
+            Some((
+                _,
+                Spanned {
+                    value: Node::Scalar(s),
+                    ..
+                },
+            )) => Some(s),
             _ => None,
         }
     }

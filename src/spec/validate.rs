@@ -36,9 +36,9 @@ pub(crate) fn validate(documents: Vec<Document>, complete: bool) -> Result<Manif
             errors.push(Error::new(
                 doc.name_origin.clone(),
                 format!(
-                    "duplicate {} `{}`: already defined at {first}",
+                    "duplicate {} {}: already defined at {first}",
                     doc.kind,
-                    quote(&doc.name)
+                    doc.show(&["metadata", "name"], &doc.name)
                 ),
             ));
             continue;
@@ -81,74 +81,74 @@ fn check_name(doc: &Document, errors: &mut Vec<Error>) {
         Kind::Zone if !is_dns_name(name) => errors.push(Error::new(
             doc.name_origin.clone(),
             format!(
-                "invalid Zone name `{}`: expected a DNS domain name (labels of lowercase letters, digits and `-`, separated by `.`, at most 253 characters)",
-                quote(name)
+                "invalid Zone name {}: expected a DNS domain name (labels of lowercase letters, digits and `-`, separated by `.`, at most 253 characters)",
+                doc.show(&["metadata", "name"], name)
             ),
         )),
         Kind::Host | Kind::Project if !is_dns_label(name) => errors.push(Error::new(
             doc.name_origin.clone(),
-            format!("invalid name `{}`: expected a DNS-1123 label ({LABEL_RULE})", quote(name)),
+            format!(
+                "invalid name {}: expected a DNS-1123 label ({LABEL_RULE})",
+                doc.show(&["metadata", "name"], name)
+            ),
         )),
         _ => {}
     }
 }
 
 fn check_host(doc: &Document, host: &HostSpec, errors: &mut Vec<Error>) {
-    let mut fail =
-        |path: &[&str], message: String| errors.push(Error::new(doc.value_origin(path), message));
+    // "invalid {what} {value}: {expected}", at the value.
+    let mut invalid = |path: &[&str], what: &str, value: &str, expected: &str| {
+        let message = format!("invalid {what} {}: {expected}", doc.show(path, value));
+        errors.push(Error::new(doc.value_origin(path), message));
+    };
     if host.address.parse::<IpAddr>().is_err() {
-        fail(
+        invalid(
             &["spec", "address"],
-            format!(
-                "invalid address `{}`: expected an IPv4 or IPv6 address, e.g. `203.0.113.10`",
-                quote(&host.address)
-            ),
+            "address",
+            &host.address,
+            "expected an IPv4 or IPv6 address, e.g. `203.0.113.10`",
         );
     }
     if host.publish_address.parse::<IpAddr>().is_err() {
-        fail(
+        invalid(
             &["spec", "publishAddress"],
-            format!(
-                "invalid publishAddress `{}`: expected an IP address, e.g. `127.0.0.1`",
-                quote(&host.publish_address)
-            ),
+            "publishAddress",
+            &host.publish_address,
+            "expected an IP address, e.g. `127.0.0.1`",
         );
     }
     if !is_podman_endpoint(&host.podman) {
-        fail(
+        invalid(
             &["spec", "podman"],
-            format!(
-                "invalid podman endpoint `{}`: expected `unix:///path/to/podman.sock` or `tcp://host:port`",
-                quote(&host.podman)
-            ),
+            "podman endpoint",
+            &host.podman,
+            "expected `unix:///path/to/podman.sock` or `tcp://host:port`",
         );
     }
     if !is_http_url(&host.caddy.admin) {
-        fail(
+        invalid(
             &["spec", "caddy", "admin"],
-            format!(
-                "invalid caddy admin `{}`: expected an `http://` URL, e.g. `http://127.0.0.1:2019`",
-                quote(&host.caddy.admin)
-            ),
-        );
-    }
-    if host.caddy.listen.is_empty() {
-        fail(
-            &["spec", "caddy", "listen"],
-            "`listen` is empty: expected at least one `host:port`".to_string(),
+            "caddy admin",
+            &host.caddy.admin,
+            "expected an `http://` URL, e.g. `http://127.0.0.1:2019`",
         );
     }
     for (i, listen) in host.caddy.listen.iter().enumerate() {
         if !is_listen_address(listen) {
-            let index = i.to_string();
-            fail(
-                &["spec", "caddy", "listen", &index],
-                format!(
-                    "invalid listen address `{}`: expected `host:port` or `:port`, e.g. `:443`",
-                    quote(listen)
-                ),
+            invalid(
+                &["spec", "caddy", "listen", &i.to_string()],
+                "listen address",
+                listen,
+                "expected `host:port` or `:port`, e.g. `:443`",
             );
         }
+    }
+    if host.caddy.listen.is_empty() {
+        errors.push(Error::new(
+            doc.value_origin(&["spec", "caddy", "listen"]),
+            "`listen` is empty: expected at least one `host:port`".to_string(),
+        ));
     }
 }
 
@@ -160,74 +160,82 @@ fn check_project(doc: &Document, project: &ProjectSpec, errors: &mut Vec<Error>)
         ));
     }
     for (name, env) in &project.environments {
-        let at = |field: &[&str]| {
+        let path = |field: &[&'static str]| {
             let mut path = vec!["spec", "environments", name.as_str()];
             path.extend_from_slice(field);
-            doc.value_origin(&path)
+            path
         };
+        // "invalid {what} {value}: {expected}", at the value.
+        let mut invalid = |field: &[&'static str], what: &str, value: &str, expected: &str| {
+            let path = path(field);
+            let message = format!("invalid {what} {}: {expected}", doc.show(&path, value));
+            errors.push(Error::new(doc.value_origin(&path), message));
+        };
+        if env.image.is_empty() || env.image.chars().any(char::is_whitespace) {
+            invalid(
+                &["image"],
+                "image",
+                &env.image,
+                "expected an image reference without spaces, e.g. `ghcr.io/acme/app:1.4.2`",
+            );
+        }
+        if !env.health_check.path.starts_with('/')
+            || env.health_check.path.chars().any(char::is_whitespace)
+        {
+            invalid(
+                &["healthCheck", "path"],
+                "health check path",
+                &env.health_check.path,
+                "expected a path starting with `/`, without spaces",
+            );
+        }
+        if let Some(hostname) = &env.hostname {
+            if !is_dns_name(hostname) {
+                invalid(
+                    &["hostname"],
+                    "hostname",
+                    hostname,
+                    "expected a DNS name (labels of lowercase letters, digits and `-` of at most \
+                     63 characters, separated by `.`, at most 253 characters)",
+                );
+            }
+        }
         let mut fail = |origin: Origin, message: String| errors.push(Error::new(origin, message));
         if !is_dns_label(name) {
             fail(
-                doc.key_origin(&["spec", "environments", name]),
+                doc.key_origin(&path(&[])),
                 format!(
                     "invalid environment name `{}`: expected a DNS-1123 label ({LABEL_RULE})",
                     quote(name)
                 ),
             );
         }
-        if env.image.is_empty() || env.image.chars().any(char::is_whitespace) {
-            fail(
-                at(&["image"]),
-                format!(
-                    "invalid image `{}`: expected an image reference without spaces, e.g. `ghcr.io/acme/app:1.4.2`",
-                    quote(&env.image)
-                ),
-            );
-        }
         if env.port == 0 {
             fail(
-                at(&["port"]),
+                doc.value_origin(&path(&["port"])),
                 "invalid port 0: expected an integer 1-65535".to_string(),
             );
         }
         if env.command.as_ref().is_some_and(Vec::is_empty) {
             fail(
-                at(&["command"]),
+                doc.value_origin(&path(&["command"])),
                 "`command` is empty: omit it to run the image's command".to_string(),
+            );
+        }
+        if env.health_check.timeout.is_zero() {
+            fail(
+                doc.value_origin(&path(&["healthCheck", "timeout"])),
+                "invalid health check timeout 0s: expected more than 0, e.g. `60s`".to_string(),
             );
         }
         for key in env.env.keys() {
             if !is_env_name(key) {
                 fail(
                     doc.key_origin(&["spec", "environments", name, "env", key]),
-                    format!("invalid env variable name `{}`: expected letters, digits and `_`, not starting with a digit", quote(key)),
-                );
-            }
-        }
-        if !env.health_check.path.starts_with('/')
-            || env.health_check.path.chars().any(char::is_whitespace)
-        {
-            fail(
-                at(&["healthCheck", "path"]),
-                format!(
-                    "invalid health check path `{}`: expected a path starting with `/`",
-                    quote(&env.health_check.path)
-                ),
-            );
-        }
-        if env.health_check.timeout.is_zero() {
-            fail(
-                at(&["healthCheck", "timeout"]),
-                "invalid health check timeout 0: expected more than 0, e.g. `60s`".to_string(),
-            );
-        }
-        if let Some(hostname) = &env.hostname {
-            if !is_dns_name(hostname) {
-                fail(
-                    at(&["hostname"]),
                     format!(
-                        "invalid hostname `{}`: expected a DNS name (labels of lowercase letters, digits and `-` of at most 63 characters, separated by `.`, at most 253 characters)",
-                        quote(hostname)
+                        "invalid env variable name `{}`: expected letters, digits and `_`, not \
+                         starting with a digit",
+                        quote(key)
                     ),
                 );
             }
@@ -267,8 +275,8 @@ fn check_references(documents: &[Document], manifests: &Manifests, errors: &mut 
             errors.push(Error::new(
                 doc.value_origin(&["spec", field]),
                 format!(
-                    "unknown {field} `{}`: no {kind} with this name ({known}){}",
-                    quote(name),
+                    "unknown {field} {}: no {kind} with this name ({known}){}",
+                    doc.show(&["spec", field], name),
                     did_you_mean(name, &names)
                 ),
             ));
@@ -285,15 +293,23 @@ fn check_hostnames(documents: &[Document], errors: &mut Vec<Error>) {
         };
         for (env_name, env) in &project.environments {
             let hostname = project.hostname(&doc.name, env_name).unwrap_or_default();
-            let origin = match env.hostname {
-                Some(_) => doc.value_origin(&["spec", "environments", env_name, "hostname"]),
-                None => doc.key_origin(&["spec", "environments", env_name]),
+            let (origin, shown) = match env.hostname {
+                Some(_) => {
+                    let path = ["spec", "environments", env_name, "hostname"];
+                    (doc.value_origin(&path), doc.show(&path, &hostname))
+                }
+                None => (
+                    doc.key_origin(&["spec", "environments", env_name]),
+                    format!("`{}`", quote(&hostname)),
+                ),
             };
-            if env.hostname.is_none() && !is_dns_name(&hostname) {
+            // Invalid names are reported by themselves; with valid ones, only the length can fail.
+            let names_valid = is_dns_label(&doc.name) && is_dns_label(env_name);
+            if env.hostname.is_none() && names_valid && !is_dns_name(&hostname) {
                 errors.push(Error::new(
                     origin.clone(),
                     format!(
-                        "the default hostname `{}` is not a valid DNS name (a label longer than 63 characters?); set `hostname`",
+                        "the default hostname `{}` is too long for DNS (a label over 63 or a name over 253 characters); set `hostname`",
                         quote(&hostname)
                     ),
                 ));
@@ -303,8 +319,7 @@ fn check_hostnames(documents: &[Document], errors: &mut Vec<Error>) {
                 errors.push(Error::new(
                     origin,
                     format!(
-                        "hostname `{}` of {} is already used by {first} at {first_origin}; each hostname routes to one environment",
-                        quote(&hostname),
+                        "hostname {shown} of {} is already used by {first} at {first_origin}; each hostname routes to one environment",
                         quote(&owner)
                     ),
                 ));
