@@ -247,3 +247,29 @@ fn a_secret_env_value_never_appears_in_an_error() {
     }
     assert_eq!(failed, texts.len());
 }
+
+#[test]
+fn a_symlink_loop_in_a_directory_is_read_once() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("base.yaml"), HOST_AND_ZONE).unwrap();
+    std::os::unix::fs::symlink(dir.path(), dir.path().join("loop")).unwrap();
+    let m = load_paths(&[dir.path().to_path_buf()]).unwrap();
+    assert_eq!(m.hosts.len(), 1);
+}
+
+#[test]
+fn a_file_named_twice_is_read_once() {
+    let path = PathBuf::from("manifests/examples/stack.yaml");
+    let m = load_paths(&[path.clone(), PathBuf::from("manifests/examples"), path]).unwrap();
+    assert_eq!(m.projects.len(), 2);
+}
+
+#[test]
+fn a_missing_field_is_reported_at_the_mapping_it_is_missing_from() {
+    let text = "apiVersion: codeb.kr/v1\nkind: Project\nmetadata: {name: a}\nspec:\n  host: h\n  \
+                environments: {}\n";
+    assert_eq!(
+        load_str("t.yaml", text).unwrap_err().to_string(),
+        "t.yaml:5:3: missing field `zone` in `spec`"
+    );
+}

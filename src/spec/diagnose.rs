@@ -40,12 +40,26 @@ pub(crate) fn yaml_error(file: &str, err: &YamlError, tree: Option<&Tree>) -> Er
         Node::Seq(_) => "a list",
         Node::Map(_) => "a mapping",
     });
-    let message = message(inner, tree, subject.map(|h| &h.path), found);
-    // A value error reported at the value's key is moved to the value.
-    let location = match subject {
-        Some(hit) if hit.is_key && is_value_error(inner) => Some(hit.node.referenced),
-        _ => err.location(),
-    };
+    let mut path = subject.map(|h| h.path.clone());
+    let mut location = err.location();
+    match (subject, tree) {
+        // A value error reported at the value's key is moved to the value.
+        (Some(hit), _) if hit.is_key && is_value_error(inner) => {
+            location = Some(hit.node.referenced);
+        }
+        // A missing field is reported at the last key of its mapping: move it to the mapping.
+        (Some(hit), Some(tree))
+            if hit.is_key && matches!(inner, YamlError::SerdeMissingField { .. }) =>
+        {
+            let parent = hit.path.parent();
+            let strings = parent.to_strings();
+            let strs: Vec<&str> = strings.iter().map(String::as_str).collect();
+            location = Some(tree.value_location(&strs));
+            path = Some(parent);
+        }
+        _ => {}
+    }
+    let message = message(inner, tree, path.as_ref(), found);
     match location {
         Some(location) if location.line() > 0 => Error::new(origin(file, location), message),
         _ => Error::file(file, message),
@@ -61,7 +75,8 @@ fn subject<'a>(err: &YamlError, hits: &'a [Hit<'a>]) -> Option<&'a Hit<'a>> {
         }
         YamlError::SerdeMissingField { .. } => hits
             .iter()
-            .find(|h| !h.is_key && matches!(h.node.value, Node::Map(_))),
+            .find(|h| !h.is_key && matches!(h.node.value, Node::Map(_)))
+            .or_else(|| hits.iter().rev().find(|h| h.is_key)),
         // Raised by a visitor through serde's `de::Error`: serde-saphyr places these at the key
         // of the value being read.
         YamlError::SerdeInvalidType { .. }
@@ -186,7 +201,11 @@ fn value_message(
             return "a manifest must be a mapping with `apiVersion`, `kind`, `metadata` and `spec`"
                 .to_string();
         }
-        return format!("invalid value: {}", expectation(err, found));
+        return match err {
+            // A custom message may quote the value, and without a path it may be an env value.
+            YamlError::Message { .. } if secret => "invalid value (not shown)".to_string(),
+            _ => format!("invalid value: {}", expectation(err, found)),
+        };
     };
     let keys = path.keys();
     if path.is_under_env() {
@@ -201,7 +220,8 @@ fn value_message(
         );
     }
     let field = path.last_key().unwrap_or_default();
-    let in_environment = keys.len() == 4 && keys[..2] == [Some("spec"), Some("environments")];
+    // `environments.<name>.port`, in a document or in a bare ProjectSpec.
+    let in_environment = keys.len() >= 3 && keys[keys.len() - 3] == Some("environments");
     match (field, text) {
         ("port", text) if in_environment => match text {
             Some(t) if t.parse::<i64>().is_ok() => {
@@ -322,4 +342,65 @@ fn event_type(expected: &str) -> &str {
 /// serde-saphyr's user-facing message, without location or snippet, control characters escaped.
 fn plain(err: &YamlError) -> String {
     sanitize(&UserMessageFormatter.format_message(err))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spec::types::ProjectSpec;
+
+    /// Reads `yaml` as a ProjectSpec (it must fail) and phrases the error.
+    fn error(yaml: &str) -> String {
+        let err = serde_saphyr::from_str::<ProjectSpec>(yaml).unwrap_err();
+        let tree: Option<Tree> = serde_saphyr::from_str(yaml).ok();
+        yaml_error("p.yaml", &err, tree.as_ref()).to_string()
+    }
+
+    const HEAD: &str = "host: h\nzone: z\nenvironments:\n  production:\n    image: a\n";
+
+    #[test]
+    fn serde_values_are_reduced_to_their_type() {
+        assert_eq!(category("string \"hunter2\""), "a string");
+        assert_eq!(category("integer `5`"), "an integer");
+        assert_eq!(category("sequence"), "a list");
+        assert_eq!(category("map"), "a mapping");
+    }
+
+    #[test]
+    fn a_port_error_names_the_range() {
+        assert_eq!(
+            error(&format!("{HEAD}    port: 70000\n")),
+            "p.yaml:6:11: invalid port 70000: expected an integer 1-65535"
+        );
+        assert_eq!(
+            error(&format!("{HEAD}    port: [1]\n")),
+            "p.yaml:6:11: invalid port: expected an integer 1-65535, found a list"
+        );
+    }
+
+    #[test]
+    fn an_env_value_of_the_wrong_type_is_described_by_its_type_only() {
+        let message = error(&format!(
+            "{HEAD}    port: 1\n    env:\n      KEY: {{s: hunter2}}\n"
+        ));
+        assert!(message.starts_with("p.yaml:8:12: invalid value of env variable `KEY`"));
+        assert!(!message.contains("hunter2"));
+    }
+
+    #[test]
+    fn an_unknown_enum_value_gets_a_suggestion() {
+        assert_eq!(
+            error(&format!("{HEAD}    port: 1\n    promotion: atuo\n")),
+            "p.yaml:7:16: invalid `environments.production.promotion` value `atuo`; expected one \
+             of `manual`, `auto` (did you mean `auto`?)"
+        );
+    }
+
+    #[test]
+    fn a_missing_field_names_the_mapping_it_is_missing_from() {
+        assert_eq!(
+            error(&format!("{HEAD}    command: [a]\n")),
+            "p.yaml:5:5: missing field `port` in `environments.production`"
+        );
+    }
 }

@@ -330,6 +330,33 @@ mod tests {
         })
     }
 
+    /// Why [`Problem`]s exist: an error a visitor raises itself has no location.
+    #[test]
+    fn serde_saphyr_gives_errors_raised_by_a_visitor_no_location() {
+        struct Refuses;
+        impl<'de> Deserialize<'de> for Refuses {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let _ = IgnoredAny::deserialize(d)?;
+                Err(serde::de::Error::custom("no"))
+            }
+        }
+        let err = serde_saphyr::from_str::<Refuses>("a: 1\nb: 2\n")
+            .err()
+            .unwrap();
+        assert_eq!(err.location(), None);
+    }
+
+    #[test]
+    fn an_aliased_kind_is_not_echoed() {
+        let problems =
+            read("x: &k Secret\nkind: *k\napiVersion: codeb.kr/v1\nmetadata: {name: a}\n")
+                .unwrap_err();
+        assert!(problems
+            .iter()
+            .any(|p| p.starts_with("2:7: unknown kind (an alias, not shown)")));
+        assert!(problems.iter().all(|p| !p.contains("Secret")));
+    }
+
     #[test]
     fn a_zone_may_omit_its_spec() {
         let doc =
