@@ -4,7 +4,7 @@
 //! An [`Error`] is a user's mistake in a manifest (or an unreadable input), never a bug or a
 //! transient failure: none is worth a retry until the files change. Messages never contain the
 //! value of an `env` entry; values that are echoed (names, kinds, ports, durations) are quoted,
-//! stripped of control characters and shortened by [`quote`].
+//! stripped of control characters and shortened by `quote`.
 
 use std::fmt;
 
