@@ -2,7 +2,22 @@
 //!
 //! Nothing here talks to a host. A set of manifests either loads completely and validly, or yields
 //! errors that name file, line and column; never a partial set.
+//!
+//! `load` reads the inputs under `limits`; `document` reads each YAML document into its typed
+//! spec and `tree` into located nodes; `diagnose` phrases YAML and type errors; `validate` checks
+//! the set; `schema` derives the JSON Schemas in `crds-schema/` from `types`.
 
+mod diagnose;
+mod document;
+pub mod error;
+pub mod limits;
+mod load;
+pub mod schema;
+mod tree;
 pub mod types;
+mod validate;
 
+pub use document::Kind;
+pub use error::{Error, Errors};
+pub use load::{load_paths, load_str, STDIN_LABEL};
 pub use types::*;

@@ -18,7 +18,7 @@ pub const API_VERSION: &str = "codeb.kr/v1";
 #[serde(deny_unknown_fields)]
 pub struct Metadata {
     /// A DNS-1123 label: lowercase letters, digits and `-`, starting with a letter, ending with a
-    /// letter or digit, at most 63 characters.
+    /// letter or digit, at most 63 characters. A Zone's name is its DNS domain, e.g. `codeb.test`.
     pub name: String,
 }
 
@@ -121,6 +121,20 @@ pub struct HealthCheck {
     pub timeout: Duration,
 }
 
+impl ProjectSpec {
+    /// The hostname `environment` is served at: its `hostname`, or by default
+    /// `{project}.{zone}` for `production` and `{project}-{environment}.{zone}` otherwise.
+    /// `None` when the project has no such environment.
+    pub fn hostname(&self, project: &str, environment: &str) -> Option<String> {
+        let env = self.environments.get(environment)?;
+        Some(match (&env.hostname, environment) {
+            (Some(hostname), _) => hostname.clone(),
+            (None, "production") => format!("{project}.{}", self.zone),
+            (None, _) => format!("{project}-{environment}.{}", self.zone),
+        })
+    }
+}
+
 impl Default for HealthCheck {
     fn default() -> Self {
         Self {
@@ -186,4 +200,12 @@ pub struct Manifests {
     pub hosts: BTreeMap<String, Named<HostSpec>>,
     pub zones: BTreeMap<String, Named<ZoneSpec>>,
     pub projects: BTreeMap<String, Named<ProjectSpec>>,
+}
+
+impl Manifests {
+    /// The hostname environment `env` of Project `project` is served at (see
+    /// [`ProjectSpec::hostname`]). `None` when there is no such project or environment.
+    pub fn hostname(&self, project: &str, env: &str) -> Option<String> {
+        self.projects.get(project)?.spec.hostname(project, env)
+    }
 }

@@ -1,0 +1,411 @@
+//! One manifest document (`apiVersion`, `kind`, `metadata`, `spec`), read in a single pass.
+//!
+//! An internally tagged enum would make serde buffer the document and lose every error location.
+//! Instead a map visitor reads the keys in order and, on reaching `spec`, already knows the kind
+//! and deserializes the spec straight into `HostSpec`, `ZoneSpec` or `ProjectSpec`, so
+//! serde-saphyr's locations of unknown fields and wrong values stay exact. That requires `kind`
+//! to come before `spec`.
+//!
+//! Mistakes this visitor finds itself (wrong apiVersion, unknown kind, unknown top-level key)
+//! are not raised with `de::Error::custom`, which serde-saphyr reports without a location; they
+//! are kept as [`Problem`]s with the `Spanned` location of the offending key or value, and the
+//! rest of the document is still read. No I/O, no cross-document checks.
+
+use std::fmt;
+
+use serde::de::{Deserialize, Deserializer, IgnoredAny, MapAccess, Visitor};
+use serde_saphyr::{Location, Spanned};
+
+use super::error::{did_you_mean, one_of, quote};
+use super::limits::MAX_PROBLEMS_PER_DOCUMENT;
+use super::tree::{Path, Seg, Tree};
+use super::types::{HostSpec, Origin, ProjectSpec, ZoneSpec, API_VERSION};
+
+/// The kinds of document codeb reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Kind {
+    Host,
+    Zone,
+    Project,
+}
+
+impl Kind {
+    pub const ALL: [Kind; 3] = [Kind::Host, Kind::Zone, Kind::Project];
+
+    /// The `kind:` value, e.g. `Host`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Host => "Host",
+            Kind::Zone => "Zone",
+            Kind::Project => "Project",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Kind> {
+        Kind::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+
+    fn names() -> [&'static str; 3] {
+        Kind::ALL.map(Kind::as_str)
+    }
+}
+
+impl fmt::Display for Kind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The spec of a document, typed by its kind.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Spec {
+    Host(HostSpec),
+    Zone(ZoneSpec),
+    Project(ProjectSpec),
+}
+
+/// A mistake the document visitor found, with the location of the offending key or value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Problem {
+    pub location: Location,
+    pub message: String,
+}
+
+/// What the visitor read from one document. [`RawDocument::finish`] turns it into a
+/// [`Document`] or the list of its problems.
+#[derive(Debug, Default)]
+pub(crate) struct RawDocument {
+    api_version_seen: bool,
+    kind_seen: bool,
+    kind: Option<Kind>,
+    name: Option<Spanned<String>>,
+    spec: Option<Spec>,
+    spec_seen: bool,
+    problems: Vec<Problem>,
+}
+
+/// A document that was read completely: its kind, name and typed spec, with its located node
+/// tree for the origins of its fields.
+#[derive(Debug, Clone)]
+pub(crate) struct Document {
+    pub kind: Kind,
+    pub name: String,
+    /// Where `metadata.name`'s value is.
+    pub name_origin: Origin,
+    pub spec: Spec,
+    pub file: String,
+    pub tree: Tree,
+}
+
+impl Document {
+    /// Where the value at `path` (e.g. `["spec", "host"]`) is, or its nearest ancestor.
+    pub(crate) fn value_origin(&self, path: &[&str]) -> Origin {
+        origin(&self.file, self.tree.value_location(path))
+    }
+
+    /// Where the key at the end of `path` is.
+    pub(crate) fn key_origin(&self, path: &[&str]) -> Origin {
+        origin(&self.file, self.tree.key_location(path))
+    }
+
+    /// `value`, the value at `path`, quoted for a message; or a placeholder when it may be a
+    /// secret (an alias of an `env` value).
+    pub(crate) fn show(&self, path: &[&str], value: &str) -> String {
+        let path = Path(path.iter().map(|s| Seg::Key(s.to_string())).collect());
+        if self.tree.is_secret(&path) {
+            "(value not shown)".to_string()
+        } else {
+            format!("`{}`", quote(value))
+        }
+    }
+}
+
+/// A value of the visitor quoted for a message, unless it is an alias: an alias could repeat a
+/// secret defined earlier.
+fn show_scalar(v: &Spanned<String>) -> String {
+    if v.referenced == v.defined {
+        format!("`{}`", quote(&v.value))
+    } else {
+        "(an alias, not shown)".to_string()
+    }
+}
+
+/// An [`Origin`] in `file` at a serde-saphyr location.
+pub(crate) fn origin(file: &str, location: Location) -> Origin {
+    Origin {
+        file: file.to_string(),
+        line: location.line() as usize,
+        column: location.column() as usize,
+    }
+}
+
+const TOP_LEVEL_KEYS: [&str; 4] = ["apiVersion", "kind", "metadata", "spec"];
+
+impl RawDocument {
+    /// Records a problem; past [`MAX_PROBLEMS_PER_DOCUMENT`] they are dropped, so a document of
+    /// 100,000 unknown keys costs no more than one of 20.
+    fn problem(&mut self, location: Location, message: impl FnOnce() -> String) {
+        if self.problems.len() < MAX_PROBLEMS_PER_DOCUMENT {
+            self.problems.push(Problem {
+                location,
+                message: message(),
+            });
+        }
+    }
+
+    /// Checks that every required key was there. `start` is where the document's mapping starts.
+    ///
+    /// # Errors
+    /// Every problem of the document, in the order they were found.
+    pub(crate) fn finish(
+        doc: Spanned<RawDocument>,
+        file: &str,
+        tree: Tree,
+    ) -> Result<Document, Vec<Problem>> {
+        let start = doc.referenced;
+        let mut raw = doc.value;
+        if !raw.api_version_seen {
+            raw.problem(start, || {
+                format!("missing `apiVersion`; expected `apiVersion: {API_VERSION}`")
+            });
+        }
+        if !raw.kind_seen {
+            raw.problem(start, || {
+                format!(
+                    "missing `kind`; expected one of {}",
+                    Kind::names().join(", ")
+                )
+            });
+        }
+        if raw.name.is_none() {
+            raw.problem(start, || {
+                "missing `metadata`; expected `metadata: {name: ...}`".to_string()
+            });
+        }
+        if let (Some(kind), None, false) = (raw.kind, &raw.spec, raw.spec_seen) {
+            match kind {
+                Kind::Zone => raw.spec = Some(Spec::Zone(ZoneSpec::default())),
+                _ => raw.problem(start, || format!("missing `spec` of the {kind}")),
+            }
+        }
+        match raw {
+            RawDocument {
+                problems,
+                kind: Some(kind),
+                name: Some(name),
+                spec: Some(spec),
+                ..
+            } if problems.is_empty() => Ok(Document {
+                kind,
+                name_origin: origin(file, name.referenced),
+                name: name.value,
+                spec,
+                file: file.to_string(),
+                tree,
+            }),
+            raw => Err(raw.problems),
+        }
+    }
+}
+
+/// `metadata`, with the location of the name.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMetadata {
+    name: Spanned<String>,
+}
+
+impl<'de> Deserialize<'de> for RawDocument {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_map(DocumentVisitor)
+    }
+}
+
+struct DocumentVisitor;
+
+impl<'de> Visitor<'de> for DocumentVisitor {
+    type Value = RawDocument;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a manifest: a mapping with apiVersion, kind, metadata and spec")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<RawDocument, A::Error> {
+        let mut doc = RawDocument::default();
+        // The spec is only read when the document is one codeb understands.
+        let mut readable = true;
+        while let Some(key) = map.next_key::<Spanned<String>>()? {
+            match key.value.as_str() {
+                "apiVersion" => {
+                    doc.api_version_seen = true;
+                    let v: Spanned<String> = map.next_value()?;
+                    if v.value != API_VERSION {
+                        readable = false;
+                        doc.problem(v.referenced, || {
+                            format!(
+                                "unsupported apiVersion {}; expected `{API_VERSION}`",
+                                show_scalar(&v)
+                            )
+                        });
+                    }
+                }
+                "kind" => {
+                    doc.kind_seen = true;
+                    let v: Spanned<String> = map.next_value()?;
+                    doc.kind = Kind::parse(&v.value);
+                    if doc.kind.is_none() {
+                        readable = false;
+                        doc.problem(v.referenced, || {
+                            format!(
+                                "unknown kind {}; expected one of {}{}",
+                                show_scalar(&v),
+                                Kind::names().join(", "),
+                                did_you_mean(&v.value, &Kind::names())
+                            )
+                        });
+                    }
+                }
+                "metadata" => {
+                    let m: RawMetadata = map.next_value()?;
+                    doc.name = Some(m.name);
+                }
+                "spec" => {
+                    doc.spec_seen = true;
+                    match (doc.kind, readable) {
+                        (Some(Kind::Host), true) => doc.spec = Some(Spec::Host(map.next_value()?)),
+                        (Some(Kind::Zone), true) => {
+                            let spec: Option<ZoneSpec> = map.next_value()?;
+                            doc.spec = Some(Spec::Zone(spec.unwrap_or_default()));
+                        }
+                        (Some(Kind::Project), true) => {
+                            doc.spec = Some(Spec::Project(map.next_value()?))
+                        }
+                        (None, true) => {
+                            map.next_value::<IgnoredAny>()?;
+                            doc.problem(key.referenced, || {
+                                "`kind` must come before `spec`".to_string()
+                            });
+                        }
+                        (_, false) => {
+                            map.next_value::<IgnoredAny>()?;
+                        }
+                    }
+                }
+                other => {
+                    map.next_value::<IgnoredAny>()?;
+                    doc.problem(key.referenced, || {
+                        format!(
+                            "unknown field `{}`; expected one of {}{}",
+                            quote(other),
+                            one_of(&TOP_LEVEL_KEYS),
+                            did_you_mean(other, &TOP_LEVEL_KEYS)
+                        )
+                    });
+                }
+            }
+        }
+        Ok(doc)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn read(yaml: &str) -> Result<Document, Vec<String>> {
+        let doc: Spanned<RawDocument> = serde_saphyr::from_str(yaml).unwrap();
+        let tree: Tree = serde_saphyr::from_str(yaml).unwrap();
+        RawDocument::finish(doc, "f.yaml", tree).map_err(|problems| {
+            problems
+                .into_iter()
+                .map(|p| {
+                    format!(
+                        "{}:{}: {}",
+                        p.location.line(),
+                        p.location.column(),
+                        p.message
+                    )
+                })
+                .collect()
+        })
+    }
+
+    /// Why [`Problem`]s exist: an error a visitor raises itself has no location.
+    #[test]
+    fn serde_saphyr_gives_errors_raised_by_a_visitor_no_location() {
+        struct Refuses;
+        impl<'de> Deserialize<'de> for Refuses {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let _ = IgnoredAny::deserialize(d)?;
+                Err(serde::de::Error::custom("no"))
+            }
+        }
+        let err = serde_saphyr::from_str::<Refuses>("a: 1\nb: 2\n")
+            .err()
+            .unwrap();
+        assert_eq!(err.location(), None);
+    }
+
+    #[test]
+    fn an_aliased_kind_is_not_echoed() {
+        let problems =
+            read("x: &k Secret\nkind: *k\napiVersion: codeb.kr/v1\nmetadata: {name: a}\n")
+                .unwrap_err();
+        assert!(problems
+            .iter()
+            .any(|p| p.starts_with("2:7: unknown kind (an alias, not shown)")));
+        assert!(problems.iter().all(|p| !p.contains("Secret")));
+    }
+
+    #[test]
+    fn a_zone_may_omit_its_spec() {
+        let doc =
+            read("apiVersion: codeb.kr/v1\nkind: Zone\nmetadata: {name: codeb.test}\n").unwrap();
+        assert_eq!(doc.spec, Spec::Zone(ZoneSpec {}));
+        assert_eq!((doc.name_origin.line, doc.name_origin.column), (3, 18));
+    }
+
+    #[test]
+    fn a_spec_before_its_kind_is_reported_at_the_spec() {
+        let problems = read("apiVersion: codeb.kr/v1\nspec: {}\nkind: Zone\nmetadata: {name: z}\n")
+            .unwrap_err();
+        assert_eq!(problems, ["2:1: `kind` must come before `spec`"]);
+    }
+
+    #[test]
+    fn wrong_api_version_and_unknown_kind_are_both_reported() {
+        let problems =
+            read("apiVersion: v1\nkind: Projet\nmetadata: {name: a}\nspec: {x: 1}\n").unwrap_err();
+        assert_eq!(
+            problems,
+            [
+                "1:13: unsupported apiVersion `v1`; expected `codeb.kr/v1`",
+                "2:7: unknown kind `Projet`; expected one of Host, Zone, Project (did you mean `Project`?)",
+            ]
+        );
+    }
+
+    #[test]
+    fn missing_keys_are_reported_at_the_start_of_the_document() {
+        let problems = read("kind: Host\n").unwrap_err();
+        assert_eq!(
+            problems,
+            [
+                "1:1: missing `apiVersion`; expected `apiVersion: codeb.kr/v1`",
+                "1:1: missing `metadata`; expected `metadata: {name: ...}`",
+                "1:1: missing `spec` of the Host",
+            ]
+        );
+    }
+
+    #[test]
+    fn an_unknown_top_level_key_gets_a_suggestion() {
+        let problems =
+            read("apiVersion: codeb.kr/v1\nkind: Zone\nmetadata: {name: z}\nspecs: {}\n")
+                .unwrap_err();
+        assert_eq!(
+            problems,
+            ["4:1: unknown field `specs`; expected one of `apiVersion`, `kind`, `metadata`, `spec` (did you mean `spec`?)"]
+        );
+    }
+}

@@ -1,0 +1,472 @@
+//! Semantic and cross-document checks of a loaded set of documents, producing [`Manifests`].
+//!
+//! Each check reports at the origin of the offending value (found through the document's node
+//! tree): names are DNS labels, no kind+name is defined twice, a Project's Host and Zone exist,
+//! addresses, endpoints, ports, paths, durations, images, env names and hostnames are well-formed,
+//! and every hostname is served by one environment only. No I/O; `env` values are never read.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+use super::document::{Document, Kind, Spec};
+use super::error::{did_you_mean, quote, Error};
+use super::types::{HostSpec, Manifests, Named, Origin, ProjectSpec};
+
+const LABEL_RULE: &str =
+    "lowercase letters, digits and `-`, starting with a letter, ending with a letter or digit, at most 63 characters";
+
+/// Checks every document and the set as a whole. References to Hosts and Zones are only checked
+/// when `complete`: after a load error the referenced document may be the one that failed.
+///
+/// # Errors
+/// Every mistake found, each at the origin of the offending value.
+pub(crate) fn validate(documents: Vec<Document>, complete: bool) -> Result<Manifests, Vec<Error>> {
+    let mut errors = Vec::new();
+    let mut manifests = Manifests::default();
+    let mut origins: BTreeMap<(Kind, String), Origin> = BTreeMap::new();
+    let mut checked = Vec::new();
+    for doc in documents {
+        check_name(&doc, &mut errors);
+        match &doc.spec {
+            Spec::Host(host) => check_host(&doc, host, &mut errors),
+            Spec::Zone(_) => {}
+            Spec::Project(project) => check_project(&doc, project, &mut errors),
+        }
+        if let Some(first) = origins.get(&(doc.kind, doc.name.clone())) {
+            errors.push(Error::new(
+                doc.name_origin.clone(),
+                format!(
+                    "duplicate {} {}: already defined at {first}",
+                    doc.kind,
+                    doc.show(&["metadata", "name"], &doc.name)
+                ),
+            ));
+            continue;
+        }
+        origins.insert((doc.kind, doc.name.clone()), doc.name_origin.clone());
+        let (name, origin) = (doc.name.clone(), doc.name_origin.clone());
+        match doc.spec.clone() {
+            Spec::Host(spec) => {
+                manifests
+                    .hosts
+                    .insert(name.clone(), Named { name, origin, spec });
+            }
+            Spec::Zone(spec) => {
+                manifests
+                    .zones
+                    .insert(name.clone(), Named { name, origin, spec });
+            }
+            Spec::Project(spec) => {
+                manifests
+                    .projects
+                    .insert(name.clone(), Named { name, origin, spec });
+            }
+        }
+        checked.push(doc);
+    }
+    if complete {
+        check_references(&checked, &manifests, &mut errors);
+    }
+    check_hostnames(&checked, &mut errors);
+    if errors.is_empty() {
+        Ok(manifests)
+    } else {
+        Err(errors)
+    }
+}
+
+fn check_name(doc: &Document, errors: &mut Vec<Error>) {
+    let name = &doc.name;
+    match doc.kind {
+        Kind::Zone if !is_dns_name(name) => errors.push(Error::new(
+            doc.name_origin.clone(),
+            format!(
+                "invalid Zone name {}: expected a DNS domain name (labels of lowercase letters, digits and `-`, separated by `.`, at most 253 characters)",
+                doc.show(&["metadata", "name"], name)
+            ),
+        )),
+        Kind::Host | Kind::Project if !is_dns_label(name) => errors.push(Error::new(
+            doc.name_origin.clone(),
+            format!(
+                "invalid name {}: expected a DNS-1123 label ({LABEL_RULE})",
+                doc.show(&["metadata", "name"], name)
+            ),
+        )),
+        _ => {}
+    }
+}
+
+fn check_host(doc: &Document, host: &HostSpec, errors: &mut Vec<Error>) {
+    // "invalid {what} {value}: {expected}", at the value.
+    let mut invalid = |path: &[&str], what: &str, value: &str, expected: &str| {
+        let message = format!("invalid {what} {}: {expected}", doc.show(path, value));
+        errors.push(Error::new(doc.value_origin(path), message));
+    };
+    if host.address.parse::<IpAddr>().is_err() {
+        invalid(
+            &["spec", "address"],
+            "address",
+            &host.address,
+            "expected an IPv4 or IPv6 address, e.g. `203.0.113.10`",
+        );
+    }
+    if host.publish_address.parse::<IpAddr>().is_err() {
+        invalid(
+            &["spec", "publishAddress"],
+            "publishAddress",
+            &host.publish_address,
+            "expected an IP address, e.g. `127.0.0.1`",
+        );
+    }
+    if !is_podman_endpoint(&host.podman) {
+        invalid(
+            &["spec", "podman"],
+            "podman endpoint",
+            &host.podman,
+            "expected `unix:///path/to/podman.sock` or `tcp://host:port`",
+        );
+    }
+    if !is_http_url(&host.caddy.admin) {
+        invalid(
+            &["spec", "caddy", "admin"],
+            "caddy admin",
+            &host.caddy.admin,
+            "expected an `http://` URL, e.g. `http://127.0.0.1:2019`",
+        );
+    }
+    for (i, listen) in host.caddy.listen.iter().enumerate() {
+        if !is_listen_address(listen) {
+            invalid(
+                &["spec", "caddy", "listen", &i.to_string()],
+                "listen address",
+                listen,
+                "expected `host:port` or `:port`, e.g. `:443`",
+            );
+        }
+    }
+    if host.caddy.listen.is_empty() {
+        errors.push(Error::new(
+            doc.value_origin(&["spec", "caddy", "listen"]),
+            "`listen` is empty: expected at least one `host:port`".to_string(),
+        ));
+    }
+}
+
+fn check_project(doc: &Document, project: &ProjectSpec, errors: &mut Vec<Error>) {
+    if project.environments.is_empty() {
+        errors.push(Error::new(
+            doc.value_origin(&["spec", "environments"]),
+            "a Project needs at least one environment, e.g. `production`".to_string(),
+        ));
+    }
+    for (name, env) in &project.environments {
+        let path = |field: &[&'static str]| {
+            let mut path = vec!["spec", "environments", name.as_str()];
+            path.extend_from_slice(field);
+            path
+        };
+        // "invalid {what} {value}: {expected}", at the value.
+        let mut invalid = |field: &[&'static str], what: &str, value: &str, expected: &str| {
+            let path = path(field);
+            let message = format!("invalid {what} {}: {expected}", doc.show(&path, value));
+            errors.push(Error::new(doc.value_origin(&path), message));
+        };
+        if env.image.is_empty() || env.image.chars().any(char::is_whitespace) {
+            invalid(
+                &["image"],
+                "image",
+                &env.image,
+                "expected an image reference without spaces, e.g. `ghcr.io/acme/app:1.4.2`",
+            );
+        }
+        if !env.health_check.path.starts_with('/')
+            || env.health_check.path.chars().any(char::is_whitespace)
+        {
+            invalid(
+                &["healthCheck", "path"],
+                "health check path",
+                &env.health_check.path,
+                "expected a path starting with `/`, without spaces",
+            );
+        }
+        if let Some(hostname) = &env.hostname {
+            if !is_dns_name(hostname) {
+                invalid(
+                    &["hostname"],
+                    "hostname",
+                    hostname,
+                    "expected a DNS name (labels of lowercase letters, digits and `-` of at most \
+                     63 characters, separated by `.`, at most 253 characters)",
+                );
+            }
+        }
+        let mut fail = |origin: Origin, message: String| errors.push(Error::new(origin, message));
+        if !is_dns_label(name) {
+            fail(
+                doc.key_origin(&path(&[])),
+                format!(
+                    "invalid environment name `{}`: expected a DNS-1123 label ({LABEL_RULE})",
+                    quote(name)
+                ),
+            );
+        }
+        if env.port == 0 {
+            fail(
+                doc.value_origin(&path(&["port"])),
+                "invalid port 0: expected an integer 1-65535".to_string(),
+            );
+        }
+        if env.command.as_ref().is_some_and(Vec::is_empty) {
+            fail(
+                doc.value_origin(&path(&["command"])),
+                "`command` is empty: omit it to run the image's command".to_string(),
+            );
+        }
+        if env.health_check.timeout.is_zero() {
+            fail(
+                doc.value_origin(&path(&["healthCheck", "timeout"])),
+                "invalid health check timeout 0s: expected more than 0, e.g. `60s`".to_string(),
+            );
+        }
+        for key in env.env.keys() {
+            if !is_env_name(key) {
+                fail(
+                    doc.key_origin(&["spec", "environments", name, "env", key]),
+                    format!(
+                        "invalid env variable name `{}`: expected letters, digits and `_`, not \
+                         starting with a digit",
+                        quote(key)
+                    ),
+                );
+            }
+        }
+    }
+}
+
+fn check_references(documents: &[Document], manifests: &Manifests, errors: &mut Vec<Error>) {
+    for doc in documents {
+        let Spec::Project(project) = &doc.spec else {
+            continue;
+        };
+        let refs = [
+            (
+                "host",
+                "Host",
+                &project.host,
+                manifests.hosts.keys().collect::<Vec<_>>(),
+            ),
+            (
+                "zone",
+                "Zone",
+                &project.zone,
+                manifests.zones.keys().collect::<Vec<_>>(),
+            ),
+        ];
+        for (field, kind, name, defined) in refs {
+            if defined.contains(&name) {
+                continue;
+            }
+            let names: Vec<&str> = defined.iter().map(|s| s.as_str()).collect();
+            let known = if names.is_empty() {
+                format!("no {kind} is defined")
+            } else {
+                format!("defined: {}", names.join(", "))
+            };
+            errors.push(Error::new(
+                doc.value_origin(&["spec", field]),
+                format!(
+                    "unknown {field} {}: no {kind} with this name ({known}){}",
+                    doc.show(&["spec", field], name),
+                    did_you_mean(name, &names)
+                ),
+            ));
+        }
+    }
+}
+
+/// Every hostname, explicit or default, is served by one environment only.
+fn check_hostnames(documents: &[Document], errors: &mut Vec<Error>) {
+    let mut used: BTreeMap<String, (String, Origin)> = BTreeMap::new();
+    for doc in documents {
+        let Spec::Project(project) = &doc.spec else {
+            continue;
+        };
+        for (env_name, env) in &project.environments {
+            let hostname = project.hostname(&doc.name, env_name).unwrap_or_default();
+            let (origin, shown) = match env.hostname {
+                Some(_) => {
+                    let path = ["spec", "environments", env_name, "hostname"];
+                    (doc.value_origin(&path), doc.show(&path, &hostname))
+                }
+                None => (
+                    doc.key_origin(&["spec", "environments", env_name]),
+                    format!("`{}`", quote(&hostname)),
+                ),
+            };
+            // Invalid names are reported by themselves; with valid ones, only the length can fail.
+            let names_valid = is_dns_label(&doc.name) && is_dns_label(env_name);
+            if env.hostname.is_none() && names_valid && !is_dns_name(&hostname) {
+                errors.push(Error::new(
+                    origin.clone(),
+                    format!(
+                        "the default hostname `{}` is too long for DNS (a label over 63 or a name over 253 characters); set `hostname`",
+                        quote(&hostname)
+                    ),
+                ));
+            }
+            let owner = format!("{}/{}", doc.name, env_name);
+            if let Some((first, first_origin)) = used.get(&hostname) {
+                errors.push(Error::new(
+                    origin,
+                    format!(
+                        "hostname {shown} of {} is already used by {first} at {first_origin}; each hostname routes to one environment",
+                        quote(&owner)
+                    ),
+                ));
+            } else {
+                used.insert(hostname, (owner, origin));
+            }
+        }
+    }
+}
+
+/// A DNS-1123 label that starts with a letter (`metadata.name`, environment names).
+pub(crate) fn is_dns_label(s: &str) -> bool {
+    s.len() <= 63
+        && s.starts_with(|c: char| c.is_ascii_lowercase())
+        && s.ends_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
+        && s.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+}
+
+/// A lowercase DNS name: labels of letters, digits and `-` (not at either end) of 1-63
+/// characters, separated by `.`, at most 253 characters in all.
+pub(crate) fn is_dns_name(s: &str) -> bool {
+    s.len() <= 253
+        && s.split('.').all(|label| {
+            (1..=63).contains(&label.len())
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        })
+}
+
+fn is_env_name(s: &str) -> bool {
+    s.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
+        && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+fn is_podman_endpoint(s: &str) -> bool {
+    if let Some(path) = s.strip_prefix("unix://") {
+        return path.starts_with('/') && path.len() > 1 && !path.contains(char::is_whitespace);
+    }
+    s.strip_prefix("tcp://").is_some_and(is_host_port)
+}
+
+fn is_http_url(s: &str) -> bool {
+    s.strip_prefix("http://").is_some_and(|rest| {
+        let authority = rest.split('/').next().unwrap_or_default();
+        !authority.is_empty()
+            && !rest.contains(char::is_whitespace)
+            && (is_host_port(authority) || is_host(authority))
+    })
+}
+
+fn is_listen_address(s: &str) -> bool {
+    match s.strip_prefix(':') {
+        Some(port) => is_port(port),
+        None => is_host_port(s),
+    }
+}
+
+/// `host:port` or `[v6]:port`.
+fn is_host_port(s: &str) -> bool {
+    match s.rsplit_once(':') {
+        Some((host, port)) => is_host(host) && is_port(port),
+        None => false,
+    }
+}
+
+fn is_host(host: &str) -> bool {
+    let host = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    host.parse::<IpAddr>().is_ok() || is_dns_name(&host.to_ascii_lowercase())
+}
+
+fn is_port(s: &str) -> bool {
+    s.parse::<u16>().is_ok_and(|p| p > 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dns_labels_start_with_a_letter_and_are_short() {
+        assert!(is_dns_label("hello-2"));
+        assert!(!is_dns_label("2hello"));
+        assert!(!is_dns_label("hello-"));
+        assert!(!is_dns_label("Hello"));
+        assert!(!is_dns_label(""));
+        assert!(!is_dns_label(&"a".repeat(64)));
+        assert!(is_dns_label(&"a".repeat(63)));
+    }
+
+    #[test]
+    fn dns_names_have_short_labels_and_a_bounded_length() {
+        assert!(is_dns_name("codeb.test"));
+        assert!(is_dns_name("hello-staging.codeb.test"));
+        assert!(!is_dns_name("a..b"));
+        assert!(!is_dns_name("-a.b"));
+        assert!(!is_dns_name(&format!("{}.test", "a".repeat(64))));
+        assert!(!is_dns_name(
+            &[
+                "a".repeat(63),
+                "a".repeat(63),
+                "a".repeat(63),
+                "a".repeat(63)
+            ]
+            .join(".")
+        ));
+    }
+
+    #[test]
+    fn env_names_are_shell_identifiers() {
+        assert!(is_env_name("DATABASE_URL"));
+        assert!(is_env_name("_x1"));
+        assert!(!is_env_name("1X"));
+        assert!(!is_env_name("A-B"));
+        assert!(!is_env_name(""));
+    }
+
+    #[test]
+    fn podman_endpoints_are_unix_sockets_or_tcp() {
+        assert!(is_podman_endpoint("unix:///run/podman/podman.sock"));
+        assert!(is_podman_endpoint("tcp://10.0.0.2:8888"));
+        assert!(!is_podman_endpoint("unix://relative.sock"));
+        assert!(!is_podman_endpoint("http://10.0.0.2:8888"));
+        assert!(!is_podman_endpoint("tcp://10.0.0.2"));
+    }
+
+    #[test]
+    fn caddy_admin_is_an_http_url() {
+        assert!(is_http_url("http://127.0.0.1:2019"));
+        assert!(is_http_url("http://localhost:2019/"));
+        assert!(!is_http_url("https://127.0.0.1:2019"));
+        assert!(!is_http_url("127.0.0.1:2019"));
+        assert!(!is_http_url("http://"));
+    }
+
+    #[test]
+    fn listen_addresses_have_a_port() {
+        assert!(is_listen_address(":443"));
+        assert!(is_listen_address("127.0.0.1:18080"));
+        assert!(is_listen_address("[::1]:80"));
+        assert!(!is_listen_address("127.0.0.1"));
+        assert!(!is_listen_address(":0"));
+    }
+}

@@ -1,0 +1,197 @@
+//! Each file in `manifests/invalid/` holds one kind of mistake: loading it yields exactly one
+//! error, at the exact `file:line:column`, saying what is wrong and what is expected.
+
+use std::path::PathBuf;
+
+use codeb::spec::{load_paths, Errors};
+
+fn load(name: &str) -> Errors {
+    let path = PathBuf::from("manifests/invalid").join(name);
+    load_paths(&[path]).expect_err("an invalid manifest must not load")
+}
+
+/// Asserts the one error of `name` is at `line:column` and its message is `message`.
+fn assert_one_error(name: &str, line: usize, column: usize, message: &str) {
+    let errors = load(name);
+    assert_eq!(
+        errors.len(),
+        1,
+        "{name}: expected one error, got:\n{errors}"
+    );
+    assert_eq!(
+        errors.to_string(),
+        format!("manifests/invalid/{name}:{line}:{column}: {message}")
+    );
+}
+
+#[test]
+fn a_syntax_error_is_reported_where_the_parser_stopped() {
+    assert_one_error(
+        "syntax-error.yaml",
+        13,
+        16,
+        "invalid YAML: unclosed bracket '['",
+    );
+}
+
+#[test]
+fn an_unknown_field_lists_the_fields_and_suggests_the_closest() {
+    assert_one_error(
+        "unknown-field.yaml",
+        12,
+        7,
+        "unknown field `prot` in `spec.environments.production`; expected one of `image`, `port`, \
+         `command`, `env`, `healthCheck`, `promotion`, `gracePeriod`, `hostname` (did you mean `port`?)",
+    );
+}
+
+#[test]
+fn a_value_of_the_wrong_type_names_both_types() {
+    assert_one_error(
+        "wrong-type.yaml",
+        13,
+        16,
+        "invalid `spec.environments.production.command`: expected a list, found a string",
+    );
+}
+
+#[test]
+fn an_invalid_name_says_what_a_name_may_contain() {
+    assert_one_error(
+        "invalid-name.yaml",
+        20,
+        9,
+        "invalid name `My_App`: expected a DNS-1123 label (lowercase letters, digits and `-`, \
+         starting with a letter, ending with a letter or digit, at most 63 characters)",
+    );
+}
+
+#[test]
+fn an_unknown_kind_suggests_the_closest_kind() {
+    assert_one_error(
+        "unknown-kind.yaml",
+        3,
+        7,
+        "unknown kind `Projet`; expected one of Host, Zone, Project (did you mean `Project`?)",
+    );
+}
+
+#[test]
+fn a_wrong_api_version_names_the_supported_one() {
+    assert_one_error(
+        "wrong-api-version.yaml",
+        2,
+        13,
+        "unsupported apiVersion `v1`; expected `codeb.kr/v1`",
+    );
+}
+
+#[test]
+fn a_duplicate_name_names_both_places() {
+    assert_one_error(
+        "duplicate-name.yaml",
+        32,
+        9,
+        "duplicate Project `hello`: already defined at manifests/invalid/duplicate-name.yaml:20:9",
+    );
+}
+
+#[test]
+fn a_missing_host_reference_lists_the_defined_hosts() {
+    assert_one_error(
+        "missing-host.yaml",
+        22,
+        9,
+        "unknown host `locl`: no Host with this name (defined: local) (did you mean `local`?)",
+    );
+}
+
+#[test]
+fn a_port_out_of_range_says_the_range() {
+    assert_one_error(
+        "bad-port.yaml",
+        12,
+        13,
+        "invalid port 99999: expected an integer 1-65535",
+    );
+}
+
+#[test]
+fn a_duration_without_unit_shows_the_expected_format() {
+    assert_one_error(
+        "bad-duration.yaml",
+        13,
+        20,
+        "invalid duration `90` for `spec.environments.production.gracePeriod` (time unit needed, \
+         for example 90sec or 90ms); expected a number with a unit, like `30s`, `5m` or `1h`",
+    );
+}
+
+#[test]
+fn a_spec_before_its_kind_is_reported_at_the_spec() {
+    assert_one_error(
+        "kind-after-spec.yaml",
+        5,
+        1,
+        "`kind` must come before `spec`",
+    );
+}
+
+#[test]
+fn an_env_value_of_the_wrong_type_is_not_shown() {
+    assert_one_error(
+        "secret-env.yaml",
+        15,
+        20,
+        "invalid value of env variable `API_TOKEN` in `spec.environments.production.env`: \
+         expected a string (the value is not shown)",
+    );
+}
+
+#[test]
+fn a_hostname_used_twice_names_the_first_user() {
+    assert_one_error(
+        "hostname-taken.yaml",
+        40,
+        17,
+        "hostname `hello.codeb.test` of shop/production is already used by hello/production at \
+         manifests/invalid/hostname-taken.yaml:25:5; each hostname routes to one environment",
+    );
+}
+
+#[test]
+fn every_invalid_file_is_covered_by_a_test() {
+    let mut files: Vec<String> = std::fs::read_dir("manifests/invalid")
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".yaml"))
+        .collect();
+    files.sort();
+    let source = include_str!("spec_invalid.rs");
+    for file in files {
+        assert!(
+            source.contains(&format!("\"{file}\"")),
+            "{file} has no test"
+        );
+    }
+}
+
+#[test]
+fn the_whole_directory_reports_every_file_in_order() {
+    let errors = load_paths(&[PathBuf::from("manifests/invalid")]).unwrap_err();
+    let files: Vec<&str> = errors.iter().map(|e| e.origin().file.as_str()).collect();
+    let mut sorted = files.clone();
+    sorted.sort();
+    assert_eq!(files, sorted);
+    for name in [
+        "bad-duration.yaml",
+        "syntax-error.yaml",
+        "wrong-type.yaml",
+        "secret-env.yaml",
+    ] {
+        assert!(
+            files.iter().any(|f| f.ends_with(name)),
+            "no error from {name}:\n{errors}"
+        );
+    }
+}

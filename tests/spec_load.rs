@@ -1,0 +1,275 @@
+//! Loading manifests: the examples, directories, multi-document streams, collecting every error,
+//! and never showing an `env` value.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use codeb::spec::{load_paths, load_str, Promotion, Tls};
+
+#[test]
+fn the_example_stack_loads_with_its_defaults() {
+    let m = load_paths(&[PathBuf::from("manifests/examples")]).unwrap();
+    assert_eq!(m.hosts.keys().collect::<Vec<_>>(), ["local"]);
+    assert_eq!(m.zones.keys().collect::<Vec<_>>(), ["codeb.test"]);
+    assert_eq!(m.projects.keys().collect::<Vec<_>>(), ["hello", "shop"]);
+    let local = &m.hosts["local"];
+    assert_eq!(local.spec.caddy.tls, Tls::Off);
+    assert_eq!(local.spec.publish_address, "127.0.0.1");
+    assert_eq!(
+        local.origin.to_string(),
+        "manifests/examples/stack.yaml:8:9"
+    );
+    let hello = &m.projects["hello"].spec.environments["staging"];
+    assert_eq!(hello.promotion, Promotion::Auto);
+    assert_eq!(hello.health_check.path, "/health");
+    assert_eq!(hello.health_check.timeout, Duration::from_secs(60));
+    assert_eq!(hello.grace_period, Duration::from_secs(3600));
+    assert_eq!(
+        m.projects["shop"].spec.environments["production"].promotion,
+        Promotion::Manual
+    );
+}
+
+#[test]
+fn default_hostnames_follow_project_environment_and_zone() {
+    let m = load_paths(&[PathBuf::from("manifests/examples/stack.yaml")]).unwrap();
+    assert_eq!(
+        m.hostname("hello", "production").unwrap(),
+        "hello.codeb.test"
+    );
+    assert_eq!(
+        m.hostname("hello", "staging").unwrap(),
+        "hello-staging.codeb.test"
+    );
+    assert_eq!(m.hostname("shop", "staging"), None);
+    assert_eq!(m.hostname("nope", "production"), None);
+}
+
+const HOST_AND_ZONE: &str = "\
+apiVersion: codeb.kr/v1
+kind: Host
+metadata: {name: local}
+spec: {address: 127.0.0.1, podman: 'unix:///run/p.sock', caddy: {admin: 'http://127.0.0.1:2019'}}
+---
+apiVersion: codeb.kr/v1
+kind: Zone
+metadata: {name: codeb.test}
+";
+
+fn project(name: &str, environment: &str) -> String {
+    format!(
+        "apiVersion: codeb.kr/v1\nkind: Project\nmetadata: {{name: {name}}}\nspec:\n  host: local\n  \
+         zone: codeb.test\n  environments:\n    {environment}\n"
+    )
+}
+
+#[test]
+fn an_explicit_hostname_replaces_the_default() {
+    let text = format!(
+        "{HOST_AND_ZONE}---\n{}",
+        project(
+            "web",
+            "production: {image: a, port: 80, hostname: www.example.com}"
+        )
+    );
+    let m = load_str("t.yaml", &text).unwrap();
+    assert_eq!(m.hostname("web", "production").unwrap(), "www.example.com");
+}
+
+#[test]
+fn a_directory_is_read_recursively_in_name_order_and_only_yaml() {
+    let dir = tempfile::tempdir().unwrap();
+    let write = |path: &str, text: &str| {
+        let path = dir.path().join(path);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, text).unwrap();
+    };
+    write("a-base.yaml", HOST_AND_ZONE);
+    write(
+        "b/one.yml",
+        &project("one", "production: {image: a, port: 80}"),
+    );
+    write(
+        "b/two.yaml",
+        &project("two", "production: {image: a, port: 80}"),
+    );
+    write("c.txt", "not yaml");
+    write(".hidden/x.yaml", "broken: [");
+    let m = load_paths(&[dir.path().to_path_buf()]).unwrap();
+    assert_eq!(m.projects.keys().collect::<Vec<_>>(), ["one", "two"]);
+    assert!(m.projects["one"].origin.file.ends_with("b/one.yml"));
+}
+
+#[test]
+fn a_directory_without_manifests_is_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let errors = load_paths(&[dir.path().to_path_buf()]).unwrap_err();
+    assert!(errors
+        .to_string()
+        .ends_with(": no `*.yaml` or `*.yml` file in this directory"));
+}
+
+#[test]
+fn a_missing_file_is_an_error_naming_it() {
+    let errors = load_paths(&[PathBuf::from("manifests/nope.yaml")]).unwrap_err();
+    assert!(errors
+        .to_string()
+        .starts_with("manifests/nope.yaml: cannot read: "));
+}
+
+#[test]
+fn every_document_of_every_file_is_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = dir.path().join("a.yaml");
+    let b = dir.path().join("b.yaml");
+    std::fs::write(
+        &a,
+        format!(
+            "{}---\n{}",
+            project("one", "production: {image: a, prot: 80}"),
+            project("two", "production: {image: a, port: 99999}")
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        &b,
+        "apiVersion: codeb.kr/v1\nkind: Zone\nmetadata: {name: Bad_Zone}\n",
+    )
+    .unwrap();
+    let errors = load_paths(&[a.clone(), b.clone()]).unwrap_err();
+    let lines: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
+    assert_eq!(lines.len(), 3, "{errors}");
+    assert!(lines[0].starts_with(&format!("{}:8:28: unknown field `prot`", a.display())));
+    assert!(lines[1].starts_with(&format!("{}:17:34: invalid port 99999", a.display())));
+    assert!(lines[2].starts_with(&format!(
+        "{}:3:18: invalid Zone name `Bad_Zone`",
+        b.display()
+    )));
+}
+
+#[test]
+fn semantic_errors_are_all_reported_at_their_values() {
+    let text = format!(
+        "{HOST_AND_ZONE}---\n{}",
+        project(
+            "web",
+            "Prod: {image: 'a b', port: 0, command: [], env: {1A: x}, \
+             healthCheck: {path: health, timeout: 0s}, hostname: -x.y}"
+        )
+    );
+    let errors = load_str("t.yaml", &text).unwrap_err();
+    let messages: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
+    let expected = [
+        "t.yaml:17:5: invalid environment name `Prod`",
+        "t.yaml:17:19: invalid image `a b`",
+        "t.yaml:17:32: invalid port 0",
+        "t.yaml:17:44: `command` is empty",
+        "t.yaml:17:54: invalid env variable name `1A`",
+        "t.yaml:17:82: invalid health check path `health`",
+        "t.yaml:17:99: invalid health check timeout 0s",
+        "t.yaml:17:114: invalid hostname `-x.y`",
+    ];
+    assert_eq!(messages.len(), expected.len(), "{errors}");
+    for (message, expected) in messages.iter().zip(expected) {
+        assert!(
+            message.starts_with(expected),
+            "{message}\ndoes not start with\n{expected}"
+        );
+    }
+}
+
+#[test]
+fn references_are_not_checked_when_a_document_failed_to_load() {
+    // The Host failed to load, so "no Host `local`" would be noise.
+    let text = format!(
+        "apiVersion: codeb.kr/v1\nkind: Host\nmetadata: {{name: local}}\nspec: {{adress: x}}\n---\n{}",
+        project("web", "production: {image: a, port: 80}")
+    );
+    let errors = load_str("t.yaml", &text).unwrap_err();
+    assert_eq!(errors.len(), 1, "{errors}");
+    assert!(errors.to_string().contains("unknown field `adress`"));
+}
+
+#[test]
+fn a_secret_env_value_never_appears_in_an_error() {
+    let secret = "hunter2-s3cr3t";
+    // Each case is the whole environment; every one is a mistake.
+    let environments = [
+        format!("{{image: a, port: 80, env: {{A: [{secret}]}}}}"),
+        format!("{{image: a, port: 80, env: {{A: {{k: {secret}}}}}}}"),
+        format!("{{image: a, port: 80, env: {{A: !!binary {secret}}}}}"),
+        format!("{{image: a, port: 80, env: {{A: !!int {secret}}}}}"),
+        format!("{{image: a, port: 80, env: {{A: ~}}, B: {secret}}}"),
+        format!("{{image: a, port: 80, env: {{A: {secret}, A: {secret}-2}}}}"),
+        format!("{{image: a, port: 80, env: {{A: \"{secret}}}}}"),
+        format!("{{image: a, port: 80, env: {{A: {secret}: x}}}}"),
+        format!("{{image: a, port: 80, env: {{bad-name: {secret}}}}}"),
+        format!("{{image: a, port: 80, env: {{A: {secret}}}, prot: 1}}"),
+        // Aliases of an env value used elsewhere are not shown either.
+        format!("{{image: a, port: 80, env: {{A: &s {secret}}}, promotion: *s}}"),
+        format!("{{image: a, port: 80, env: {{A: &s {secret}}}, gracePeriod: *s}}"),
+        format!("{{image: a, port: 80, env: {{A: &s {secret}_x}}, hostname: *s}}"),
+        format!("{{port: 80, env: {{A: &s '{secret} x'}}, image: *s}}"),
+        format!("{{image: a, port: 80, env: {{A: &s {secret}}}, healthCheck: {{path: *s}}}}"),
+        format!("{{image: a, env: {{A: &s {secret}}}, port: *s}}"),
+        format!("{{image: a, port: 80, env: {{A: &s {secret}}}, command: *s}}"),
+        format!("{{image: a, port: 80, env: {{A: &s {secret}}}, command: [*s], promotion: *s}}"),
+    ];
+    let mut texts: Vec<String> = environments
+        .iter()
+        .map(|environment| {
+            format!(
+                "{HOST_AND_ZONE}---\n{}",
+                project("web", &format!("production: {environment}"))
+            )
+        })
+        .collect();
+    // Block style: a neighbouring line is wrong, the secret is on the line before.
+    texts.push(format!(
+        "{HOST_AND_ZONE}---\n{}      env:\n        A: {secret}\n      port: [80]\n",
+        project("web", "production:\n      image: a")
+    ));
+    texts.push(format!(
+        "{HOST_AND_ZONE}---\n{}      env:\n        A: {secret}\n      kind: x\n\tbroken\n",
+        project("web", "production:\n      image: a\n      port: 80")
+    ));
+    let mut failed = 0;
+    for text in &texts {
+        if let Err(errors) = load_str("t.yaml", text) {
+            failed += 1;
+            for error in &errors {
+                assert!(
+                    !error.to_string().contains("s3cr3t"),
+                    "a secret was shown: {error}\nfor:\n{text}"
+                );
+            }
+        }
+    }
+    assert_eq!(failed, texts.len());
+}
+
+#[test]
+fn a_symlink_loop_in_a_directory_is_read_once() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("base.yaml"), HOST_AND_ZONE).unwrap();
+    std::os::unix::fs::symlink(dir.path(), dir.path().join("loop")).unwrap();
+    let m = load_paths(&[dir.path().to_path_buf()]).unwrap();
+    assert_eq!(m.hosts.len(), 1);
+}
+
+#[test]
+fn a_file_named_twice_is_read_once() {
+    let path = PathBuf::from("manifests/examples/stack.yaml");
+    let m = load_paths(&[path.clone(), PathBuf::from("manifests/examples"), path]).unwrap();
+    assert_eq!(m.projects.len(), 2);
+}
+
+#[test]
+fn a_missing_field_is_reported_at_the_mapping_it_is_missing_from() {
+    let text = "apiVersion: codeb.kr/v1\nkind: Project\nmetadata: {name: a}\nspec:\n  host: h\n  \
+                environments: {}\n";
+    assert_eq!(
+        load_str("t.yaml", text).unwrap_err().to_string(),
+        "t.yaml:5:3: missing field `zone` in `spec`"
+    );
+}
