@@ -8,8 +8,13 @@ use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, Criterion};
 
-use codeb::backend::{ObservedContainer, ObservedProxy, LABEL_ENVIRONMENT, LABEL_PROJECT, LABEL_RELEASE, LABEL_SLOT};
-use codeb::model::{Desired, DesiredEnv, EnvKey, EnvRecord, HostRef, Promotion, Recorded, Release, Slot, SlotRecord, SlotState};
+use codeb::backend::{
+    ObservedContainer, ObservedProxy, LABEL_ENVIRONMENT, LABEL_PROJECT, LABEL_RELEASE, LABEL_SLOT,
+};
+use codeb::model::{
+    Desired, DesiredEnv, EnvKey, EnvRecord, HostRef, Promotion, Recorded, Release, Slot,
+    SlotRecord, SlotState,
+};
 use codeb::plan::{plan, routes, server_spec, HostObservation, Observed};
 
 const PROJECTS: usize = 10_000;
@@ -27,16 +32,30 @@ fn host() -> HostRef {
 }
 
 fn release(image: &str) -> Release {
-    Release { image: image.into(), command: None, env: BTreeMap::from([("LOG_LEVEL".into(), "info".into())]), port: 8080 }
+    Release {
+        image: image.into(),
+        command: None,
+        env: BTreeMap::from([("LOG_LEVEL".into(), "info".into())]),
+        port: 8080,
+    }
 }
 
 /// A converged world of `n` projects: blue active everywhere, its container running, its routes in place.
 fn world(n: usize) -> (Desired, Observed, Recorded) {
     let h = host();
-    let mut desired = Desired { hosts: BTreeMap::from([("app".into(), h.clone())]), envs: BTreeMap::new() };
-    let mut recorded = Recorded { hosts: desired.hosts.clone(), envs: BTreeMap::new() };
+    let mut desired = Desired {
+        hosts: BTreeMap::from([("app".into(), h.clone())]),
+        envs: BTreeMap::new(),
+    };
+    let mut recorded = Recorded {
+        hosts: desired.hosts.clone(),
+        envs: BTreeMap::new(),
+    };
     let mut containers = Vec::new();
-    let mut proxy = ObservedProxy { server: Some(server_spec(&h)), routes: Vec::new() };
+    let mut proxy = ObservedProxy {
+        server: Some(server_spec(&h)),
+        routes: Vec::new(),
+    };
     for i in 0..n {
         let key = EnvKey::new(format!("p{i}"), "production");
         let rel = release("app:v1");
@@ -56,9 +75,18 @@ fn world(n: usize) -> (Desired, Observed, Recorded) {
         // Ports are recorded per key; the benchmark gives every key its own pair (wrapping is fine
         // for planning, which compares and does not bind).
         let base = 10_000 + (i as u16 % 20_000) * 2;
-        let mut rec = EnvRecord::new(key.clone(), "app".into(), format!("p{i}.example.test"), base);
+        let mut rec = EnvRecord::new(
+            key.clone(),
+            "app".into(),
+            format!("p{i}.example.test"),
+            base,
+        );
         rec.active = Some(Slot::Blue);
-        rec.blue = SlotRecord { state: SlotState::Active, release: Some(rel.clone()), ..SlotRecord::default() };
+        rec.blue = SlotRecord {
+            state: SlotState::Active,
+            release: Some(rel.clone()),
+            ..SlotRecord::default()
+        };
         proxy.routes.extend(routes(&rec, &h));
         containers.push(ObservedContainer {
             id: format!("id{i}"),
@@ -76,21 +104,37 @@ fn world(n: usize) -> (Desired, Observed, Recorded) {
         });
         recorded.envs.insert(key, rec);
     }
-    let observed = Observed { hosts: BTreeMap::from([("app".into(), HostObservation::Reachable { containers, proxy })]) };
+    let observed = Observed {
+        hosts: BTreeMap::from([(
+            "app".into(),
+            HostObservation::Reachable { containers, proxy },
+        )]),
+    };
     (desired, observed, recorded)
 }
 
 fn bench(c: &mut Criterion) {
     let (desired, observed, recorded) = world(PROJECTS);
-    assert!(plan(&desired, &observed, &recorded, &[], 0).is_empty(), "the benchmark world is converged");
-    c.bench_function("plan 10k projects, converged", |b| b.iter(|| plan(&desired, &observed, &recorded, &[], 0)));
+    assert!(
+        plan(&desired, &observed, &recorded, &[], 0).is_empty(),
+        "the benchmark world is converged"
+    );
+    c.bench_function("plan 10k projects, converged", |b| {
+        b.iter(|| plan(&desired, &observed, &recorded, &[], 0))
+    });
 
     let mut v2 = desired.clone();
     for d in v2.envs.values_mut() {
         d.release.image = "app:v2".into();
     }
-    assert_eq!(plan(&v2, &observed, &recorded, &[], 0).steps.len(), PROJECTS * 3, "deploy, probe and preview route each");
-    c.bench_function("plan 10k projects, new release everywhere", |b| b.iter(|| plan(&v2, &observed, &recorded, &[], 0)));
+    assert_eq!(
+        plan(&v2, &observed, &recorded, &[], 0).steps.len(),
+        PROJECTS * 3,
+        "deploy, probe and preview route each"
+    );
+    c.bench_function("plan 10k projects, new release everywhere", |b| {
+        b.iter(|| plan(&v2, &observed, &recorded, &[], 0))
+    });
 }
 
 criterion_group! {

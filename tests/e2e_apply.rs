@@ -15,15 +15,25 @@ fn apply_deploys_a_project_that_serves_through_caddy_and_a_second_apply_changes_
     let dir = sb.write(&[ProjectYaml::new(&name, "localhost/codeb-test-app:v1")]);
     let out = sb.apply(&dir);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-    assert_eq!(sb.get(&format!("{name}.codeb.test"), "/"), (200, "v1".to_string()));
-    assert_eq!(sb.get(&format!("blue.{name}.codeb.test"), "/"), (200, "v1".to_string()));
+    assert_eq!(
+        sb.get(&format!("{name}.codeb.test"), "/"),
+        (200, "v1".to_string())
+    );
+    assert_eq!(
+        sb.get(&format!("blue.{name}.codeb.test"), "/"),
+        (200, "v1".to_string())
+    );
     assert_eq!(sb.slot_state(&name, "blue"), "active");
 
     let ids_before = containers(&name);
     let caddy_before = caddy_config(&sb.stack.caddy_admin);
     let again = sb.apply(&dir);
     assert_eq!(again.status.code(), Some(0), "{}", text(&again));
-    assert!(String::from_utf8_lossy(&again.stdout).contains("nothing to do"), "{}", text(&again));
+    assert!(
+        String::from_utf8_lossy(&again.stdout).contains("nothing to do"),
+        "{}",
+        text(&again)
+    );
     assert_eq!(containers(&name), ids_before);
     assert_eq!(caddy_config(&sb.stack.caddy_admin), caddy_before);
 
@@ -31,7 +41,11 @@ fn apply_deploys_a_project_that_serves_through_caddy_and_a_second_apply_changes_
     assert_eq!(diff.status.code(), Some(0), "{}", text(&diff));
     cleanup(&sb, &name);
     assert!(containers(&name).is_empty());
-    assert_eq!(sb.get(&format!("{name}.codeb.test"), "/").0, 200, "Caddy answers an empty 200 for unknown hosts");
+    assert_eq!(
+        sb.get(&format!("{name}.codeb.test"), "/").0,
+        200,
+        "Caddy answers an empty 200 for unknown hosts"
+    );
 }
 
 #[test]
@@ -43,20 +57,37 @@ fn manual_promotion_waits_then_promote_and_rollback_switch_and_the_rollback_hold
     let mut p = ProjectYaml::new(&name, "localhost/codeb-test-app:v1");
     p.promotion = "manual";
     assert_eq!(sb.apply(&sb.write(&[p])).status.code(), Some(0));
-    assert_eq!(sb.get(&host, "/").1, "v1", "the first release is promoted whatever the mode");
+    assert_eq!(
+        sb.get(&host, "/").1,
+        "v1",
+        "the first release is promoted whatever the mode"
+    );
 
     let mut p2 = ProjectYaml::new(&name, "localhost/codeb-test-app:v2");
     p2.promotion = "manual";
     let dir = sb.write(&[p2]);
     let out = sb.apply(&dir);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-    assert!(String::from_utf8_lossy(&out.stdout).contains("codeb promote"), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("codeb promote"),
+        "{}",
+        text(&out)
+    );
     assert_eq!(sb.get(&host, "/").1, "v1");
-    assert_eq!(sb.get(&format!("green.{host}"), "/").1, "v2", "the new release is on its preview URL");
+    assert_eq!(
+        sb.get(&format!("green.{host}"), "/").1,
+        "v2",
+        "the new release is on its preview URL"
+    );
     assert_eq!(sb.slot_state(&name, "green"), "deployed");
 
     let diff = sb.codeb(&["diff", "-f", dir.to_str().unwrap()]);
-    assert_eq!(diff.status.code(), Some(0), "awaiting promotion is converged: {}", text(&diff));
+    assert_eq!(
+        diff.status.code(),
+        Some(0),
+        "awaiting promotion is converged: {}",
+        text(&diff)
+    );
 
     let promote = sb.codeb(&["promote", &name]);
     assert_eq!(promote.status.code(), Some(0), "{}", text(&promote));
@@ -70,7 +101,11 @@ fn manual_promotion_waits_then_promote_and_rollback_switch_and_the_rollback_hold
 
     let again = sb.apply(&dir);
     assert_eq!(again.status.code(), Some(0), "{}", text(&again));
-    assert_eq!(sb.get(&host, "/").1, "v1", "a rollback holds against re-applying the same manifests");
+    assert_eq!(
+        sb.get(&host, "/").1,
+        "v1",
+        "a rollback holds against re-applying the same manifests"
+    );
 
     let none = sb.codeb(&["promote", &name, "--env", "staging"]);
     assert_eq!(none.status.code(), Some(2), "{}", text(&none));
@@ -83,7 +118,12 @@ fn a_release_that_never_gets_healthy_fails_and_the_active_slot_keeps_serving() {
     let sb = Sandbox::new();
     let name = unique("bad");
     let host = format!("{name}.codeb.test");
-    assert_eq!(sb.apply(&sb.write(&[ProjectYaml::new(&name, "localhost/codeb-test-app:v1")])).status.code(), Some(0));
+    assert_eq!(
+        sb.apply(&sb.write(&[ProjectYaml::new(&name, "localhost/codeb-test-app:v1")]))
+            .status
+            .code(),
+        Some(0)
+    );
     let mut bad = ProjectYaml::new(&name, "localhost/codeb-test-unhealthy:v1");
     bad.timeout = "2s";
     let dir = sb.write(&[bad]);
@@ -97,7 +137,10 @@ fn a_release_that_never_gets_healthy_fails_and_the_active_slot_keeps_serving() {
     let describe = sb.codeb(&["describe", "project", &name]);
     let d = String::from_utf8_lossy(&describe.stdout);
     assert!(d.contains("failed"), "{d}");
-    assert!(d.contains("unhealthy app starting"), "the log tail is shown: {d}");
+    assert!(
+        d.contains("unhealthy app starting"),
+        "the log tail is shown: {d}"
+    );
     // Not redeployed in a loop: the same manifests exit 1 again without touching anything.
     let again = sb.apply(&dir);
     assert_eq!(again.status.code(), Some(1));
@@ -127,13 +170,20 @@ fn drift_is_repaired_by_the_next_apply() {
 
     // A route deleted from Caddy.
     let route = format!("codeb-{name}_production");
-    assert_eq!(caddy_admin(&sb.stack.caddy_admin, "DELETE", &format!("/id/{route}"), ""), 200);
+    assert_eq!(
+        caddy_admin(&sb.stack.caddy_admin, "DELETE", &format!("/id/{route}"), ""),
+        200
+    );
     assert_ne!(sb.get(&host, "/").1, "v1");
     assert_eq!(sb.apply(&dir).status.code(), Some(0));
     assert_eq!(sb.get(&host, "/").1, "v1");
 
     // Caddy restarted and lost its config.
-    let restart = std::process::Command::new("bash").arg(format!("{}/deploy/stack.sh", env!("CARGO_MANIFEST_DIR"))).arg("restart-caddy").output().unwrap();
+    let restart = std::process::Command::new("bash")
+        .arg(format!("{}/deploy/stack.sh", env!("CARGO_MANIFEST_DIR")))
+        .arg("restart-caddy")
+        .output()
+        .unwrap();
     assert!(restart.status.success(), "{}", text(&restart));
     assert_ne!(sb.get(&host, "/").1, "v1");
     let out = sb.apply(&dir);
@@ -154,7 +204,10 @@ fn invalid_manifests_exit_2_and_change_nothing() {
     let out = sb.apply(&dir);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("all.yaml:") && err.contains("prot") && err.contains("port"), "{err}");
+    assert!(
+        err.contains("all.yaml:") && err.contains("prot") && err.contains("port"),
+        "{err}"
+    );
     assert!(containers(&name).is_empty(), "nothing was applied");
 }
 
@@ -165,12 +218,17 @@ fn an_unreachable_podman_names_the_host_and_endpoint_and_exits_1() {
     let name = unique("down");
     let dir = sb.write(&[ProjectYaml::new(&name, "localhost/codeb-test-app:v1")]);
     let file = dir.join("all.yaml");
-    let text_ = std::fs::read_to_string(&file).unwrap().replace(&sb.stack.podman, "unix:///nonexistent/podman.sock");
+    let text_ = std::fs::read_to_string(&file)
+        .unwrap()
+        .replace(&sb.stack.podman, "unix:///nonexistent/podman.sock");
     std::fs::write(&file, text_).unwrap();
     let out = sb.apply(&dir);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     let all = text(&out);
-    assert!(all.contains("local") && all.contains("/nonexistent/podman.sock"), "{all}");
+    assert!(
+        all.contains("local") && all.contains("/nonexistent/podman.sock"),
+        "{all}"
+    );
 }
 
 #[test]
@@ -191,6 +249,9 @@ fn env_values_never_appear_in_output() {
     for out in &outs {
         assert!(!text(out).contains("hunter2"), "{}", text(out));
     }
-    assert!(text(&outs[3]).contains("DATABASE_URL"), "env keys are shown, values hidden");
+    assert!(
+        text(&outs[3]).contains("DATABASE_URL"),
+        "env keys are shown, values hidden"
+    );
     cleanup(&sb, &name);
 }

@@ -15,17 +15,30 @@ fn assert_converged(sb: &Sandbox, name: &str, context: &str) {
     let host = format!("{name}.codeb.test");
     assert_eq!(sb.get(&host, "/").1, "v2", "{context}");
     let slots = sb.slots();
-    let mine: Vec<&serde_json::Value> = slots.as_array().unwrap().iter().filter(|s| s["project"] == name).collect();
+    let mine: Vec<&serde_json::Value> = slots
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["project"] == name)
+        .collect();
     let active: Vec<_> = mine.iter().filter(|s| s["state"] == "active").collect();
     assert_eq!(active.len(), 1, "{context}: {mine:?}");
-    let live: Vec<String> = mine.iter().filter(|s| s["state"] != "empty").map(|s| s["container"].as_str().unwrap().to_string()).collect();
+    let live: Vec<String> = mine
+        .iter()
+        .filter(|s| s["state"] != "empty")
+        .map(|s| s["container"].as_str().unwrap().to_string())
+        .collect();
     for (cname, _, state) in containers(&format!("{name}-")) {
         assert!(live.contains(&cname), "{context}: stray container {cname}");
         assert_eq!(state, "running", "{context}: {cname}");
     }
     let config = caddy_config(&sb.stack.caddy_admin);
     let routes = config.matches(&format!("\"codeb-{name}_")).count();
-    assert_eq!(routes, live.len() + 1, "{context}: one hostname route and one preview route per live slot\n{config}");
+    assert_eq!(
+        routes,
+        live.len() + 1,
+        "{context}: one hostname route and one preview route per live slot\n{config}"
+    );
 }
 
 /// Rolls v1 → v2 with a SIGKILL after journal write `n`, then applies again and checks.
@@ -33,7 +46,12 @@ fn assert_converged(sb: &Sandbox, name: &str, context: &str) {
 fn rollout_killed_after(n: u64) -> bool {
     let sb = Sandbox::new();
     let name = unique(&format!("crash{n}"));
-    assert_eq!(sb.apply(&sb.write(&[ProjectYaml::new(&name, "localhost/codeb-test-app:v1")])).status.code(), Some(0));
+    assert_eq!(
+        sb.apply(&sb.write(&[ProjectYaml::new(&name, "localhost/codeb-test-app:v1")]))
+            .status
+            .code(),
+        Some(0)
+    );
     let dir = sb.write(&[ProjectYaml::new(&name, "localhost/codeb-test-app:v2")]);
     let first = Command::new(env!("CARGO_BIN_EXE_codeb"))
         .arg("--state-dir")
@@ -43,7 +61,12 @@ fn rollout_killed_after(n: u64) -> bool {
         .output()
         .unwrap();
     let out = sb.apply(&dir);
-    assert_eq!(out.status.code(), Some(0), "recovery after kill at journal write {n}: {}", text(&out));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "recovery after kill at journal write {n}: {}",
+        text(&out)
+    );
     assert_converged(&sb, &name, &format!("killed after journal write {n}"));
     cleanup(&sb, &name);
     first.status.code().is_none()
@@ -61,7 +84,10 @@ fn a_rollout_killed_at_every_step_boundary_converges_on_the_next_apply() {
         }
         killed += 1;
     }
-    assert!(killed >= 8, "a rollout has at least four steps, so at least eight kill points ({killed})");
+    assert!(
+        killed >= 8,
+        "a rollout has at least four steps, so at least eight kill points ({killed})"
+    );
 }
 
 #[test]
@@ -70,16 +96,31 @@ fn a_rollout_killed_at_timed_points_inside_steps_converges_on_the_next_apply() {
     for delay_ms in [150u64, 400, 700, 1000] {
         let sb = Sandbox::new();
         let name = unique(&format!("crasht{delay_ms}"));
-        assert_eq!(sb.apply(&sb.write(&[ProjectYaml::new(&name, "localhost/codeb-test-app:v1")])).status.code(), Some(0));
+        assert_eq!(
+            sb.apply(&sb.write(&[ProjectYaml::new(&name, "localhost/codeb-test-app:v1")]))
+                .status
+                .code(),
+            Some(0)
+        );
         let dir = sb.write(&[ProjectYaml::new(&name, "localhost/codeb-test-app:v2")]);
-        let mut child = Command::new(env!("CARGO_BIN_EXE_codeb")).arg("--state-dir").arg(sb.state()).args(["apply", "-f", dir.to_str().unwrap()]).spawn().unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_codeb"))
+            .arg("--state-dir")
+            .arg(sb.state())
+            .args(["apply", "-f", dir.to_str().unwrap()])
+            .spawn()
+            .unwrap();
         // Not a sleep standing in for a condition: the point is to stop the process at an
         // arbitrary moment of its rollout.
         std::thread::sleep(Duration::from_millis(delay_ms));
         let _ = child.kill(); // SIGKILL
         let _ = child.wait();
         let out = sb.apply(&dir);
-        assert_eq!(out.status.code(), Some(0), "recovery after kill at {delay_ms} ms: {}", text(&out));
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "recovery after kill at {delay_ms} ms: {}",
+            text(&out)
+        );
         assert_converged(&sb, &name, &format!("killed at {delay_ms} ms"));
         cleanup(&sb, &name);
     }

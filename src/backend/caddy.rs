@@ -1259,17 +1259,32 @@ mod tests {
     }
 }
 
+/// Errors the in-memory fake (`backend::fake`) returns, shaped like the real ones.
 impl Error {
     #[doc(hidden)]
     pub fn fake_unreachable() -> Self {
-        Error::NotImplemented
+        Error::Timeout {
+            admin: "http://fake".into(),
+            op: "observe".into(),
+            timeout: Duration::from_secs(10),
+        }
     }
     #[doc(hidden)]
-    pub fn fake_conflict(_name: &str) -> Self {
-        Error::NotImplemented
+    pub fn fake_conflict(name: &str) -> Self {
+        Error::Api {
+            admin: "http://fake".into(),
+            op: "add".into(),
+            status: 409,
+            body: format!("{name} exists"),
+        }
     }
     #[doc(hidden)]
-    pub fn fake_not_found(_id: &str) -> Self {
-        Error::NotImplemented
+    pub fn fake_not_found(id: &str) -> Self {
+        Error::Api {
+            admin: "http://fake".into(),
+            op: "get".into(),
+            status: 404,
+            body: format!("unknown object ID {id}"),
+        }
     }
 }

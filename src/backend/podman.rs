@@ -1116,14 +1116,24 @@ mod tests {
 impl Error {
     #[doc(hidden)]
     pub fn fake_unreachable() -> Self {
-        Error::Unreachable { endpoint: "unix:///fake/podman.sock".into(), reason: "fake host is down".into() }
+        Error::Unreachable {
+            endpoint: "unix:///fake/podman.sock".into(),
+            reason: "fake host is down".into(),
+        }
     }
     #[doc(hidden)]
     pub fn fake_conflict(name: &str) -> Self {
-        Error::Api { op: "create".into(), status: Some(500), message: format!("the container name \"{name}\" is already in use") }
+        Error::Api {
+            op: "create".into(),
+            status: Some(500),
+            message: format!("the container name \"{name}\" is already in use"),
+        }
     }
     #[doc(hidden)]
     pub fn fake_not_found(id: &str) -> Self {
-        Error::NotFound { op: "inspect".into(), message: format!("no container {id}") }
+        Error::NotFound {
+            op: "inspect".into(),
+            message: format!("no container {id}"),
+        }
     }
 }

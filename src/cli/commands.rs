@@ -15,12 +15,24 @@ use crate::store::Store;
 
 pub async fn run(cli: Cli) -> anyhow::Result<u8> {
     let state_dir = cli.state_dir.clone().unwrap_or_else(default_state_dir);
-    let open = || Store::open(&state_dir).with_context(|| format!("opening the store in {}", state_dir.display()));
+    let open = || {
+        Store::open(&state_dir)
+            .with_context(|| format!("opening the store in {}", state_dir.display()))
+    };
     match cli.command {
-        Command::Apply { files, dry_run, prune, allow_empty } => {
+        Command::Apply {
+            files,
+            dry_run,
+            prune,
+            allow_empty,
+        } => {
             let d = load(&files)?;
             let store = open()?;
-            let remove = if prune { prunable(&d, &store, allow_empty)? } else { vec![] };
+            let remove = if prune {
+                prunable(&d, &store, allow_empty)?
+            } else {
+                vec![]
+            };
             apply(&d, &store, remove, dry_run).await
         }
         Command::Diff { files } => {
@@ -30,12 +42,18 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
             let observed = reconcile::observe(&backends).await;
             let p = plan::plan(&d, &observed, &store.load()?, &[], reconcile::now_ms());
             print!("{p}");
-            if p.notes.iter().any(|n| matches!(n, Note::Unreachable { .. })) {
+            if p.notes
+                .iter()
+                .any(|n| matches!(n, Note::Unreachable { .. }))
+            {
                 return Ok(3);
             }
             Ok(if p.is_empty() { 0 } else { 1 })
         }
-        Command::Get { what, output: format } => {
+        Command::Get {
+            what,
+            output: format,
+        } => {
             let store = open()?;
             output::get(&store.load()?, what, format)?;
             Ok(0)
@@ -45,27 +63,58 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
             output::describe(&store, &name)?;
             Ok(0)
         }
-        Command::Promote { project, env } => switch(&open()?, EnvKey::new(project, env), false).await,
-        Command::Rollback { project, env } => switch(&open()?, EnvKey::new(project, env), true).await,
+        Command::Promote { project, env } => {
+            switch(&open()?, EnvKey::new(project, env), false).await
+        }
+        Command::Rollback { project, env } => {
+            switch(&open()?, EnvKey::new(project, env), true).await
+        }
         Command::Delete { what, name, paths } => {
             let store = open()?;
             let recorded = store.load()?;
             let projects: BTreeSet<String> = match (what, name, paths.is_empty()) {
                 (Some(_), Some(name), true) => BTreeSet::from([name]),
-                (None, None, false) => load(&Files { paths })?.envs.keys().map(|k| k.project.clone()).collect(),
-                _ => return Err(Failure::invalid("use `codeb delete project NAME` or `codeb delete -f PATH…`").into()),
+                (None, None, false) => load(&Files { paths })?
+                    .envs
+                    .keys()
+                    .map(|k| k.project.clone())
+                    .collect(),
+                _ => {
+                    return Err(Failure::invalid(
+                        "use `codeb delete project NAME` or `codeb delete -f PATH…`",
+                    )
+                    .into())
+                }
             };
-            let keys: Vec<EnvKey> = recorded.envs.keys().filter(|k| projects.contains(&k.project)).cloned().collect();
+            let keys: Vec<EnvKey> = recorded
+                .envs
+                .keys()
+                .filter(|k| projects.contains(&k.project))
+                .cloned()
+                .collect();
             if keys.is_empty() {
                 let names: Vec<_> = projects.into_iter().collect();
-                return Err(Failure::invalid(format!("no recorded project named {}", names.join(", "))).into());
+                return Err(Failure::invalid(format!(
+                    "no recorded project named {}",
+                    names.join(", ")
+                ))
+                .into());
             }
-            let hosts: BTreeSet<&String> = keys.iter().filter_map(|k| recorded.envs.get(k)).map(|r| &r.host).collect();
+            let hosts: BTreeSet<&String> = keys
+                .iter()
+                .filter_map(|k| recorded.envs.get(k))
+                .map(|r| &r.host)
+                .collect();
             let backends = connect(recorded.hosts.values().filter(|h| hosts.contains(&h.name)))?;
             let observed = reconcile::observe(&backends).await;
             let p = plan::plan_delete(&keys, &observed, &recorded);
             let report = reconcile::execute(&p, &store, &backends, &HttpProber::new()).await?;
-            print_outcome(&Outcome { executed: report.executed, failures: report.failures, notes: p.notes, ..Outcome::default() })
+            print_outcome(&Outcome {
+                executed: report.executed,
+                failures: report.failures,
+                notes: p.notes,
+                ..Outcome::default()
+            })
         }
     }
 }
@@ -78,7 +127,12 @@ fn load(files: &Files) -> anyhow::Result<Desired> {
 
 fn prunable(d: &Desired, store: &Store, allow_empty: bool) -> anyhow::Result<Vec<EnvKey>> {
     let recorded = store.load()?;
-    let remove: Vec<EnvKey> = recorded.envs.keys().filter(|k| !d.envs.contains_key(*k)).cloned().collect();
+    let remove: Vec<EnvKey> = recorded
+        .envs
+        .keys()
+        .filter(|k| !d.envs.contains_key(*k))
+        .cloned()
+        .collect();
     if d.envs.is_empty() && !remove.is_empty() && !allow_empty {
         return Err(Failure::invalid(format!(
             "--prune would remove every project ({} environments) because the manifests declare none; add --allow-empty if that is meant",
@@ -89,15 +143,41 @@ fn prunable(d: &Desired, store: &Store, allow_empty: bool) -> anyhow::Result<Vec
     Ok(remove)
 }
 
-async fn apply(d: &Desired, store: &Store, remove: Vec<EnvKey>, dry_run: bool) -> anyhow::Result<u8> {
+async fn apply(
+    d: &Desired,
+    store: &Store,
+    remove: Vec<EnvKey>,
+    dry_run: bool,
+) -> anyhow::Result<u8> {
     let backends = connect(d.hosts.values())?;
-    let outcome = reconcile::converge(Target { desired: d, remove, dry_run }, store, &backends, &HttpProber::new()).await?;
+    let outcome = reconcile::converge(
+        Target {
+            desired: d,
+            remove,
+            dry_run,
+        },
+        store,
+        &backends,
+        &HttpProber::new(),
+    )
+    .await?;
     if dry_run {
         print!("{}", outcome.first_plan);
         if outcome.first_plan.is_empty() {
             println!("nothing to do");
         }
-        return Ok(if outcome.first_plan.notes.iter().any(|n| matches!(n, Note::Unreachable { .. })) { 1 } else { 0 });
+        return Ok(
+            if outcome
+                .first_plan
+                .notes
+                .iter()
+                .any(|n| matches!(n, Note::Unreachable { .. }))
+            {
+                1
+            } else {
+                0
+            },
+        );
     }
     print_outcome(&outcome)
 }
@@ -128,18 +208,36 @@ fn print_outcome(outcome: &Outcome) -> anyhow::Result<u8> {
 
 async fn switch(store: &Store, key: EnvKey, rollback: bool) -> anyhow::Result<u8> {
     let recorded = store.load()?;
-    let rec = recorded.envs.get(&key).ok_or_else(|| Failure::invalid(format!("no recorded environment {key} (see `codeb get projects`)")))?;
-    let host = recorded.hosts.get(&rec.host).ok_or_else(|| Failure::unconverged(format!("host {} of {key} is not recorded", rec.host)))?;
+    let rec = recorded.envs.get(&key).ok_or_else(|| {
+        Failure::invalid(format!(
+            "no recorded environment {key} (see `codeb get projects`)"
+        ))
+    })?;
+    let host = recorded.hosts.get(&rec.host).ok_or_else(|| {
+        Failure::unconverged(format!("host {} of {key} is not recorded", rec.host))
+    })?;
     let backends = connect([host])?;
     let observed = reconcile::observe(&backends).await;
     let proxy = match observed.hosts.get(&host.name) {
         Some(HostObservation::Reachable { proxy, .. }) => proxy,
-        Some(HostObservation::Unreachable { error }) => return Err(Failure::unconverged(format!("host {}: {error}", host.name)).into()),
-        None => return Err(Failure::unconverged(format!("host {} was not observed", host.name)).into()),
+        Some(HostObservation::Unreachable { error }) => {
+            return Err(Failure::unconverged(format!("host {}: {error}", host.name)).into())
+        }
+        None => {
+            return Err(Failure::unconverged(format!("host {} was not observed", host.name)).into())
+        }
     };
     let now = reconcile::now_ms();
-    let p = if rollback { plan::plan_rollback(rec, host, proxy, now) } else { plan::plan_promote(rec, host, proxy, now) };
+    let p = if rollback {
+        plan::plan_rollback(rec, host, proxy, now)
+    } else {
+        plan::plan_promote(rec, host, proxy, now)
+    };
     let p = p.map_err(|e| Failure::unconverged(e.to_string()))?;
     let report = reconcile::execute(&p, store, &backends, &HttpProber::new()).await?;
-    print_outcome(&Outcome { executed: report.executed, failures: report.failures, ..Outcome::default() })
+    print_outcome(&Outcome {
+        executed: report.executed,
+        failures: report.failures,
+        ..Outcome::default()
+    })
 }

@@ -14,8 +14,10 @@ pub type Real = Backends<Podman, Caddy>;
 pub fn connect<'a>(hosts: impl IntoIterator<Item = &'a HostRef>) -> anyhow::Result<Real> {
     let mut out = BTreeMap::new();
     for h in hosts {
-        let runtime = Podman::connect(&h.podman).map_err(|e| super::Failure::invalid(format!("host {}: {e}", h.name)))?;
-        let proxy = Caddy::new(&h.caddy_admin).map_err(|e| super::Failure::invalid(format!("host {}: {e}", h.name)))?;
+        let runtime = Podman::connect(&h.podman)
+            .map_err(|e| super::Failure::invalid(format!("host {}: {e}", h.name)))?;
+        let proxy = Caddy::new(&h.caddy_admin)
+            .map_err(|e| super::Failure::invalid(format!("host {}: {e}", h.name)))?;
         out.insert(h.name.clone(), HostBackends { runtime, proxy });
     }
     Ok(Backends { hosts: out })

@@ -98,7 +98,11 @@ fn slot_rows(r: &Recorded) -> Vec<SlotRow> {
                 release: s.hash(),
                 port: slot.port(e.base_port),
                 container: e.key.container_name(slot),
-                preview_url: format!("{}://{}", scheme(r.hosts.get(&e.host)), preview_hostname(&e.hostname, slot)),
+                preview_url: format!(
+                    "{}://{}",
+                    scheme(r.hosts.get(&e.host)),
+                    preview_hostname(&e.hostname, slot)
+                ),
             });
         }
     }
@@ -122,27 +126,66 @@ fn host_rows(r: &Recorded) -> Vec<HostRow> {
 
 pub fn get(r: &Recorded, what: GetWhat, format: Format) -> anyhow::Result<()> {
     match what {
-        GetWhat::Projects => emit(&project_rows(r), format, &["PROJECT", "ENV", "URL", "ACTIVE", "HOST", "PORTS"], |p| {
-            vec![p.project.clone(), p.environment.clone(), p.url.clone(), p.active_slot.map_or("-".into(), |s| s.to_string()), p.host.clone(), p.ports.clone()]
-        }),
-        GetWhat::Slots => emit(&slot_rows(r), format, &["PROJECT", "ENV", "SLOT", "STATE", "IMAGE", "PORT", "PREVIEW"], |s| {
-            vec![
-                s.project.clone(),
-                s.environment.clone(),
-                s.slot.to_string(),
-                s.state.clone(),
-                s.image.clone().unwrap_or_else(|| "-".into()),
-                s.port.to_string(),
-                s.preview_url.clone(),
-            ]
-        }),
-        GetWhat::Hosts => emit(&host_rows(r), format, &["NAME", "ADDRESS", "PODMAN", "CADDY", "LISTEN", "TLS", "SWITCH"], |h| {
-            vec![h.name.clone(), h.address.clone(), h.podman.clone(), h.caddy_admin.clone(), h.listen.clone(), h.tls.clone(), h.switch.clone()]
-        }),
+        GetWhat::Projects => emit(
+            &project_rows(r),
+            format,
+            &["PROJECT", "ENV", "URL", "ACTIVE", "HOST", "PORTS"],
+            |p| {
+                vec![
+                    p.project.clone(),
+                    p.environment.clone(),
+                    p.url.clone(),
+                    p.active_slot.map_or("-".into(), |s| s.to_string()),
+                    p.host.clone(),
+                    p.ports.clone(),
+                ]
+            },
+        ),
+        GetWhat::Slots => emit(
+            &slot_rows(r),
+            format,
+            &[
+                "PROJECT", "ENV", "SLOT", "STATE", "IMAGE", "PORT", "PREVIEW",
+            ],
+            |s| {
+                vec![
+                    s.project.clone(),
+                    s.environment.clone(),
+                    s.slot.to_string(),
+                    s.state.clone(),
+                    s.image.clone().unwrap_or_else(|| "-".into()),
+                    s.port.to_string(),
+                    s.preview_url.clone(),
+                ]
+            },
+        ),
+        GetWhat::Hosts => emit(
+            &host_rows(r),
+            format,
+            &[
+                "NAME", "ADDRESS", "PODMAN", "CADDY", "LISTEN", "TLS", "SWITCH",
+            ],
+            |h| {
+                vec![
+                    h.name.clone(),
+                    h.address.clone(),
+                    h.podman.clone(),
+                    h.caddy_admin.clone(),
+                    h.listen.clone(),
+                    h.tls.clone(),
+                    h.switch.clone(),
+                ]
+            },
+        ),
     }
 }
 
-fn emit<T: Serialize>(rows: &[T], format: Format, header: &[&str], cells: impl Fn(&T) -> Vec<String>) -> anyhow::Result<()> {
+fn emit<T: Serialize>(
+    rows: &[T],
+    format: Format,
+    header: &[&str],
+    cells: impl Fn(&T) -> Vec<String>,
+) -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();
     match format {
         Format::Json => writeln!(out, "{}", serde_json::to_string_pretty(rows)?)?,
@@ -155,8 +198,20 @@ fn emit<T: Serialize>(rows: &[T], format: Format, header: &[&str], cells: impl F
                     *w = (*w).max(c.chars().count());
                 }
             }
-            let line = |cols: Vec<String>| cols.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect::<Vec<_>>().join("  ").trim_end().to_string();
-            writeln!(out, "{}", line(header.iter().map(|h| h.to_string()).collect()))?;
+            let line = |cols: Vec<String>| {
+                cols.iter()
+                    .zip(&widths)
+                    .map(|(c, w)| format!("{c:<w$}"))
+                    .collect::<Vec<_>>()
+                    .join("  ")
+                    .trim_end()
+                    .to_string()
+            };
+            writeln!(
+                out,
+                "{}",
+                line(header.iter().map(|h| h.to_string()).collect())
+            )?;
             for row in body {
                 writeln!(out, "{}", line(row))?;
             }
@@ -167,21 +222,49 @@ fn emit<T: Serialize>(rows: &[T], format: Format, header: &[&str], cells: impl F
 
 pub fn describe(store: &Store, project: &str) -> anyhow::Result<()> {
     let r = store.load()?;
-    let envs: Vec<&EnvRecord> = r.envs.values().filter(|e| e.key.project == project).collect();
+    let envs: Vec<&EnvRecord> = r
+        .envs
+        .values()
+        .filter(|e| e.key.project == project)
+        .collect();
     if envs.is_empty() {
-        return Err(super::Failure::invalid(format!("no recorded project named {project} (see `codeb get projects`)")).into());
+        return Err(super::Failure::invalid(format!(
+            "no recorded project named {project} (see `codeb get projects`)"
+        ))
+        .into());
     }
     let mut out = std::io::stdout().lock();
     writeln!(out, "Project: {project}")?;
     for e in envs {
         writeln!(out, "\nEnvironment: {}", e.key.env)?;
         writeln!(out, "  Host:      {}", e.host)?;
-        writeln!(out, "  URL:       {}://{}", scheme(r.hosts.get(&e.host)), e.hostname)?;
-        writeln!(out, "  Ports:     blue {}, green {}", e.base_port, e.base_port + 1)?;
-        writeln!(out, "  Active:    {}", e.active.map_or("none".into(), |s| s.to_string()))?;
-        writeln!(out, "  Grace:     {}", humantime::format_duration(std::time::Duration::from_millis(e.grace_period_ms)))?;
+        writeln!(
+            out,
+            "  URL:       {}://{}",
+            scheme(r.hosts.get(&e.host)),
+            e.hostname
+        )?;
+        writeln!(
+            out,
+            "  Ports:     blue {}, green {}",
+            e.base_port,
+            e.base_port + 1
+        )?;
+        writeln!(
+            out,
+            "  Active:    {}",
+            e.active.map_or("none".into(), |s| s.to_string())
+        )?;
+        writeln!(
+            out,
+            "  Grace:     {}",
+            humantime::format_duration(std::time::Duration::from_millis(e.grace_period_ms))
+        )?;
         if let Some(h) = &e.held {
-            writeln!(out, "  Held:      release {h} was rolled back; apply does not promote it again")?;
+            writeln!(
+                out,
+                "  Held:      release {h} was rolled back; apply does not promote it again"
+            )?;
         }
         for slot in Slot::ALL {
             let s = e.slot(slot);
@@ -210,16 +293,34 @@ pub fn describe(store: &Store, project: &str) -> anyhow::Result<()> {
     }
     writeln!(out, "\nHistory:")?;
     let entries = store.journal_entries(Some(project))?;
-    for e in entries.iter().filter(|e| e.phase != Phase::Intent).rev().take(30).collect::<Vec<_>>().into_iter().rev() {
-        let at = humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_millis(e.at_ms));
-        let mark = if e.phase == Phase::Failed { "✗" } else { "✓" };
+    for e in entries
+        .iter()
+        .filter(|e| e.phase != Phase::Intent)
+        .rev()
+        .take(30)
+        .collect::<Vec<_>>()
+        .into_iter()
+        .rev()
+    {
+        let at = humantime::format_rfc3339_seconds(
+            std::time::UNIX_EPOCH + std::time::Duration::from_millis(e.at_ms),
+        );
+        let mark = if e.phase == Phase::Failed {
+            "✗"
+        } else {
+            "✓"
+        };
         write!(out, "  {at} {mark} {}", e.step)?;
         if let Some(m) = &e.message {
             write!(out, ": {m}")?;
         }
         writeln!(out)?;
     }
-    for e in store.interrupted()?.iter().filter(|e| e.key.as_ref().is_some_and(|k| k.project == project)) {
+    for e in store
+        .interrupted()?
+        .iter()
+        .filter(|e| e.key.as_ref().is_some_and(|k| k.project == project))
+    {
         writeln!(out, "  interrupted: {}", e.step)?;
     }
     Ok(())

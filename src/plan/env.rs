@@ -4,8 +4,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use super::{Action, Note, Plan, Step, NETWORK};
 use crate::backend::{
-    ContainerSpec, ObservedContainer, Route, LABEL_ENVIRONMENT, LABEL_PROJECT,
-    LABEL_RELEASE, LABEL_SLOT,
+    ContainerSpec, ObservedContainer, Route, LABEL_ENVIRONMENT, LABEL_PROJECT, LABEL_RELEASE,
+    LABEL_SLOT,
 };
 use crate::model::{
     ports, DesiredEnv, EnvRecord, HostRef, Promotion, Release, Slot, SlotRecord, SlotState,

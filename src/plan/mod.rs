@@ -219,8 +219,14 @@ pub fn plan(
                     continue;
                 }
             }
-            let cs = containers_by_key.get(&d.key).map(Vec::as_slice).unwrap_or_default();
-            let rs = routes_by_key.get(&d.key).map(Vec::as_slice).unwrap_or_default();
+            let cs = containers_by_key
+                .get(&d.key)
+                .map(Vec::as_slice)
+                .unwrap_or_default();
+            let rs = routes_by_key
+                .get(&d.key)
+                .map(Vec::as_slice)
+                .unwrap_or_default();
             plan_env(d, host, rec, cs, rs, &mut taken, now_ms, &mut plan);
         }
     }
@@ -314,12 +320,17 @@ type ByKey<'a, T> = std::collections::HashMap<EnvKey, Vec<&'a T>>;
 
 /// Groups a host's containers and routes by the key that owns them, once per plan, so that planning
 /// stays linear in the number of environments.
-fn index<'a>(containers: &'a [ObservedContainer], proxy: &'a ObservedProxy) -> (ByKey<'a, ObservedContainer>, ByKey<'a, Route>) {
+fn index<'a>(
+    containers: &'a [ObservedContainer],
+    proxy: &'a ObservedProxy,
+) -> (ByKey<'a, ObservedContainer>, ByKey<'a, Route>) {
     use crate::backend::{LABEL_ENVIRONMENT, LABEL_PROJECT};
     let mut cs: ByKey<'a, ObservedContainer> = Default::default();
     for c in containers {
         if let (Some(p), Some(e)) = (c.labels.get(LABEL_PROJECT), c.labels.get(LABEL_ENVIRONMENT)) {
-            cs.entry(EnvKey::new(p.clone(), e.clone())).or_default().push(c);
+            cs.entry(EnvKey::new(p.clone(), e.clone()))
+                .or_default()
+                .push(c);
         }
     }
     let mut rs: ByKey<'a, Route> = Default::default();

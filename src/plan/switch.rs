@@ -73,7 +73,11 @@ fn plan_switch(
         url,
     }));
     let ids = super::route_ids(&rec.key);
-    let observed: Vec<&crate::backend::Route> = proxy.routes.iter().filter(|r| ids.contains(&r.id)).collect();
+    let observed: Vec<&crate::backend::Route> = proxy
+        .routes
+        .iter()
+        .filter(|r| ids.contains(&r.id))
+        .collect();
     let mut proj = rec.clone();
     switch(&mut proj, to, hold, now_ms);
     plan.steps

@@ -10,7 +10,11 @@ static WRITES: AtomicU64 = AtomicU64::new(0);
 
 fn limit() -> Option<u64> {
     static LIMIT: OnceLock<Option<u64>> = OnceLock::new();
-    *LIMIT.get_or_init(|| std::env::var("CODEB_FAULT_KILL_AFTER").ok().and_then(|v| v.parse().ok()))
+    *LIMIT.get_or_init(|| {
+        std::env::var("CODEB_FAULT_KILL_AFTER")
+            .ok()
+            .and_then(|v| v.parse().ok())
+    })
 }
 
 /// Called after every journal write.
@@ -18,7 +22,9 @@ pub fn journal_written() {
     let n = WRITES.fetch_add(1, Ordering::Relaxed) + 1;
     if limit() == Some(n) {
         // A real SIGKILL (not abort or exit): no destructor, no flush, exactly like `kill -9`.
-        let _ = std::process::Command::new("kill").args(["-KILL", &std::process::id().to_string()]).status();
+        let _ = std::process::Command::new("kill")
+            .args(["-KILL", &std::process::id().to_string()])
+            .status();
         loop {
             std::thread::park();
         }

@@ -34,7 +34,11 @@ pub struct Stack {
 
 impl Stack {
     pub fn get() -> Stack {
-        Stack { podman: env("CODEB_TEST_PODMAN"), caddy_admin: env("CODEB_TEST_CADDY_ADMIN"), http: env("CODEB_TEST_HTTP") }
+        Stack {
+            podman: env("CODEB_TEST_PODMAN"),
+            caddy_admin: env("CODEB_TEST_CADDY_ADMIN"),
+            http: env("CODEB_TEST_HTTP"),
+        }
     }
 
     /// A Host and a Zone document for this stack.
@@ -58,7 +62,14 @@ pub struct ProjectYaml<'a> {
 
 impl<'a> ProjectYaml<'a> {
     pub fn new(name: &'a str, image: &'a str) -> Self {
-        ProjectYaml { name, image, promotion: "auto", grace: "1h", timeout: "15s", env: &[] }
+        ProjectYaml {
+            name,
+            image,
+            promotion: "auto",
+            grace: "1h",
+            timeout: "15s",
+            env: &[],
+        }
     }
 
     pub fn render(&self) -> String {
@@ -84,7 +95,10 @@ pub struct Sandbox {
 
 impl Sandbox {
     pub fn new() -> Sandbox {
-        Sandbox { dir: tempfile::tempdir().unwrap(), stack: Stack::get() }
+        Sandbox {
+            dir: tempfile::tempdir().unwrap(),
+            stack: Stack::get(),
+        }
     }
 
     pub fn state(&self) -> PathBuf {
@@ -137,11 +151,21 @@ impl Sandbox {
 }
 
 pub fn codeb(state: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_codeb")).arg("--state-dir").arg(state).args(args).output().expect("codeb runs")
+    Command::new(env!("CARGO_BIN_EXE_codeb"))
+        .arg("--state-dir")
+        .arg(state)
+        .args(args)
+        .output()
+        .expect("codeb runs")
 }
 
 pub fn text(out: &Output) -> String {
-    format!("exit {:?}\n--- stdout\n{}--- stderr\n{}", out.status.code(), String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+    format!(
+        "exit {:?}\n--- stdout\n{}--- stderr\n{}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
 }
 
 /// A plain HTTP/1.1 GET with `Connection: close`; (0, error) when the connection fails.
@@ -149,11 +173,21 @@ pub fn http_get(addr: &str, host: &str, path: &str) -> (u16, String) {
     let attempt = || -> std::io::Result<(u16, String)> {
         let mut s = TcpStream::connect(addr)?;
         s.set_read_timeout(Some(Duration::from_secs(5)))?;
-        write!(s, "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n")?;
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+        )?;
         let mut buf = String::new();
         s.read_to_string(&mut buf)?;
-        let status = buf.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-        let body = buf.split_once("\r\n\r\n").map(|(_, b)| b.trim().to_string()).unwrap_or_default();
+        let status = buf
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+        let body = buf
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.trim().to_string())
+            .unwrap_or_default();
         Ok((status, body))
     };
     attempt().unwrap_or_else(|e| (0, e.to_string()))
@@ -188,12 +222,18 @@ pub fn caddy_admin(admin: &str, method: &str, path: &str, body: &str) -> u16 {
     write!(s, "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len()).unwrap();
     let mut buf = String::new();
     s.read_to_string(&mut buf).unwrap();
-    buf.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0)
+    buf.split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0)
 }
 
 /// The podman CLI against the stack's store (CONTAINERS_CONF etc. come from `deploy/stack.sh env`).
 pub fn podman(args: &[&str]) -> Output {
-    Command::new("podman").args(args).output().expect("podman runs")
+    Command::new("podman")
+        .args(args)
+        .output()
+        .expect("podman runs")
 }
 
 /// `name → id` of every container whose name starts with `prefix`.
@@ -203,7 +243,11 @@ pub fn containers(prefix: &str) -> Vec<(String, String, String)> {
         .lines()
         .filter_map(|l| {
             let mut it = l.split_whitespace();
-            Some((it.next()?.to_string(), it.next()?.to_string(), it.next()?.to_string()))
+            Some((
+                it.next()?.to_string(),
+                it.next()?.to_string(),
+                it.next()?.to_string(),
+            ))
         })
         .filter(|(n, _, _)| n.starts_with(prefix))
         .collect()
@@ -211,7 +255,11 @@ pub fn containers(prefix: &str) -> Vec<(String, String, String)> {
 
 /// A project name no other run uses.
 pub fn unique(prefix: &str) -> String {
-    let n = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() % 1_000_000;
+    let n = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis()
+        % 1_000_000;
     format!("{prefix}-{n}-{}", std::process::id() % 1000)
 }
 
