@@ -6,7 +6,7 @@
 //! ENVIRONMENT.md), so nothing here writes what is already there.
 //!
 //! It must not decide anything (which routes should exist is the planner's business), must not
-//! retry (the reconciler does, using [`Error::is_retryable`]), and must never read back, change or
+//! retry (the reconciler does, using [`Error::is_retryable`]), and must never return, change or
 //! delete a route whose `@id` does not start with [`ROUTE_ID_PREFIX`]: ids without it are refused
 //! before any request is made.
 //!
@@ -242,7 +242,8 @@ impl Caddy {
         }
         let started = Instant::now();
         let transport = |source: reqwest::Error| {
-            if source.is_timeout() {
+            // A connect timeout is a dead or absent Caddy, not a slow answer.
+            if source.is_timeout() && !source.is_connect() {
                 Error::Timeout {
                     admin: self.admin.clone(),
                     op: op.clone(),
@@ -358,8 +359,9 @@ impl super::Proxy for Caddy {
     /// it is left alone: a server without TLS does not use it.
     ///
     /// # Guarantees
-    /// A mode change takes up to four reloads; a request arriving between them may fail its TLS
-    /// handshake. Nothing outside the keys listed above is written.
+    /// One reload per key that differs: a TLS mode change takes two to four, and a request
+    /// arriving between them may fail its TLS handshake. Nothing outside the keys listed above is
+    /// written.
     async fn ensure_server(&self, spec: &ServerSpec) -> Result<()> {
         check_server_name(&spec.name)?;
         let (status, apps, body) = self.get_json("/config/apps").await?;
@@ -471,15 +473,19 @@ fn check_server_name(server: &str) -> Result<()> {
 /// or delete a foreign route, whatever the caller passes.
 fn check_route_id(id: &str) -> Result<()> {
     check_path_segment("route id", id)?;
-    if id.len() > ROUTE_ID_PREFIX.len() && id.starts_with(ROUTE_ID_PREFIX) {
-        Ok(())
+    let reason = if !(id.len() > ROUTE_ID_PREFIX.len() && id.starts_with(ROUTE_ID_PREFIX)) {
+        format!("codeb only touches routes whose @id starts with {ROUTE_ID_PREFIX:?}")
+    } else if id == TLS_POLICY_ID {
+        // `/id/…` reaches any object: this id names codeb's issuer policy, not a route.
+        format!("{TLS_POLICY_ID:?} is reserved for codeb's TLS issuer policy")
     } else {
-        Err(Error::InvalidName {
-            what: "route id",
-            name: id.to_string(),
-            reason: format!("codeb only touches routes whose @id starts with {ROUTE_ID_PREFIX:?}"),
-        })
-    }
+        return Ok(());
+    };
+    Err(Error::InvalidName {
+        what: "route id",
+        name: id.to_string(),
+        reason,
+    })
 }
 
 /// Caddy's `{"error": "…"}` message, else the body itself (cut to a readable length).
@@ -1246,6 +1252,7 @@ mod tests {
         for bad in [
             "shop",
             "codeb-",
+            TLS_POLICY_ID,
             "codeb-a/../x",
             "codeb-a b",
             "codeb-a?x",
