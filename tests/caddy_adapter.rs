@@ -117,7 +117,11 @@ impl Admin {
             .pointer_mut("/http/servers")
             .and_then(Value::as_object_mut)
         {
-            servers.retain(|name, _| !name.starts_with(TEST_SERVER_PREFIX));
+            // `codeb` is the server the end-to-end tests (other binaries, run before or after this
+            // one, never at the same time) leave behind.
+            servers.retain(|name, _| {
+                !name.starts_with(TEST_SERVER_PREFIX) && name != codeb::plan::SERVER_NAME
+            });
         }
         if let Some(policies) = apps
             .pointer_mut("/tls/automation/policies")

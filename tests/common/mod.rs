@@ -236,21 +236,27 @@ pub fn podman(args: &[&str]) -> Output {
         .expect("podman runs")
 }
 
-/// `name → id` of every container whose name starts with `prefix`.
+/// `(name, id, state)` of every container whose name starts with `prefix`; state is Podman's word
+/// (`running`, `exited`, ...).
 pub fn containers(prefix: &str) -> Vec<(String, String, String)> {
-    let out = podman(&["ps", "-a", "--format", "{{.Names}} {{.ID}} {{.State}}"]);
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| {
-            let mut it = l.split_whitespace();
-            Some((
-                it.next()?.to_string(),
-                it.next()?.to_string(),
-                it.next()?.to_string(),
-            ))
+    let out = podman(&["ps", "-a", "--format", "json"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let mut found: Vec<(String, String, String)> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            (
+                c["Names"][0].as_str().unwrap_or_default().to_string(),
+                c["Id"].as_str().unwrap_or_default().to_string(),
+                c["State"].as_str().unwrap_or_default().to_string(),
+            )
         })
         .filter(|(n, _, _)| n.starts_with(prefix))
-        .collect()
+        .collect();
+    found.sort();
+    found
 }
 
 /// A project name no other run uses.
