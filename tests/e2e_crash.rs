@@ -107,6 +107,7 @@ fn a_rollout_killed_at_timed_points_inside_steps_converges_on_the_next_apply() {
             .arg("--state-dir")
             .arg(sb.state())
             .args(["apply", "-f", dir.to_str().unwrap()])
+            .stdout(std::process::Stdio::null())
             .spawn()
             .unwrap();
         // Not a sleep standing in for a condition: the point is to stop the process at an
