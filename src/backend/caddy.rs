@@ -1265,33 +1265,3 @@ mod tests {
         assert!(check_server_name("..").is_err());
     }
 }
-
-/// Errors the in-memory fake (`backend::fake`) returns, shaped like the real ones.
-impl Error {
-    #[doc(hidden)]
-    pub fn fake_unreachable() -> Self {
-        Error::Timeout {
-            admin: "http://fake".into(),
-            op: "observe".into(),
-            timeout: Duration::from_secs(10),
-        }
-    }
-    #[doc(hidden)]
-    pub fn fake_conflict(name: &str) -> Self {
-        Error::Api {
-            admin: "http://fake".into(),
-            op: "add".into(),
-            status: 409,
-            body: format!("{name} exists"),
-        }
-    }
-    #[doc(hidden)]
-    pub fn fake_not_found(id: &str) -> Self {
-        Error::Api {
-            admin: "http://fake".into(),
-            op: "get".into(),
-            status: 404,
-            body: format!("unknown object ID {id}"),
-        }
-    }
-}

@@ -56,7 +56,7 @@ impl World {
     ) -> Result<T, podman::Error> {
         let mut s = self.state();
         if s.podman_down {
-            return Err(podman::Error::fake_unreachable());
+            return Err(podman_down());
         }
         if mutate {
             s.mutations += 1;
@@ -69,7 +69,7 @@ impl World {
     fn caddy<T>(&self, mutate: bool, f: impl FnOnce(&mut State) -> T) -> Result<T, caddy::Error> {
         let mut s = self.state();
         if s.caddy_down {
-            return Err(caddy::Error::fake_unreachable());
+            return Err(caddy_down());
         }
         if mutate {
             s.mutations += 1;
@@ -106,7 +106,7 @@ impl Runtime for World {
     async fn create(&self, spec: &ContainerSpec) -> Result<String, podman::Error> {
         self.podman(true, |s| {
             if s.containers.values().any(|(c, _)| c.name == spec.name) {
-                return Err(podman::Error::fake_conflict(&spec.name));
+                return Err(name_in_use(&spec.name));
             }
             s.next_id += 1;
             let id = format!("fake{:08}", s.next_id);
@@ -162,6 +162,37 @@ impl Runtime for World {
     }
 }
 
+// Errors shaped like the real adapters' for the same situations.
+fn podman_down() -> podman::Error {
+    podman::Error::Unreachable {
+        endpoint: "unix:///fake/podman.sock".into(),
+        reason: "the fake host is down".into(),
+    }
+}
+
+fn name_in_use(name: &str) -> podman::Error {
+    podman::Error::Api {
+        op: "create".into(),
+        status: Some(500),
+        message: format!("the container name \"{name}\" is already in use"),
+    }
+}
+
+fn no_such_container(id: &str) -> podman::Error {
+    podman::Error::NotFound {
+        op: "inspect".into(),
+        message: format!("no container {id}"),
+    }
+}
+
+fn caddy_down() -> caddy::Error {
+    caddy::Error::Timeout {
+        admin: "http://fake".into(),
+        op: "observe".into(),
+        timeout: std::time::Duration::from_secs(10),
+    }
+}
+
 fn find<'a>(
     s: &'a mut State,
     id: &str,
@@ -169,7 +200,7 @@ fn find<'a>(
     s.containers
         .values_mut()
         .find(|(c, _)| c.id == id || c.name == id)
-        .ok_or_else(|| podman::Error::fake_not_found(id))
+        .ok_or_else(|| no_such_container(id))
 }
 
 impl Proxy for World {

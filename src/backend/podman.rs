@@ -1111,29 +1111,3 @@ mod tests {
         );
     }
 }
-
-/// Errors the in-memory fake (`backend::fake`) returns, shaped like the real ones.
-impl Error {
-    #[doc(hidden)]
-    pub fn fake_unreachable() -> Self {
-        Error::Unreachable {
-            endpoint: "unix:///fake/podman.sock".into(),
-            reason: "fake host is down".into(),
-        }
-    }
-    #[doc(hidden)]
-    pub fn fake_conflict(name: &str) -> Self {
-        Error::Api {
-            op: "create".into(),
-            status: Some(500),
-            message: format!("the container name \"{name}\" is already in use"),
-        }
-    }
-    #[doc(hidden)]
-    pub fn fake_not_found(id: &str) -> Self {
-        Error::NotFound {
-            op: "inspect".into(),
-            message: format!("no container {id}"),
-        }
-    }
-}
