@@ -32,12 +32,12 @@ fn host() -> HostRef {
 }
 
 fn release(image: &str) -> Release {
-    Release {
-        image: image.into(),
-        command: None,
-        env: BTreeMap::from([("LOG_LEVEL".into(), "info".into())]),
-        port: 8080,
-    }
+    Release::new(
+        image,
+        None,
+        BTreeMap::from([("LOG_LEVEL".into(), "info".into())]),
+        8080,
+    )
 }
 
 /// A converged world of `n` projects: blue active everywhere, its container running, its routes in place.
@@ -96,7 +96,7 @@ fn world(n: usize) -> (Desired, Observed, Recorded) {
                 (LABEL_PROJECT.to_string(), key.project.clone()),
                 (LABEL_ENVIRONMENT.to_string(), key.env.clone()),
                 (LABEL_SLOT.to_string(), "blue".to_string()),
-                (LABEL_RELEASE.to_string(), rel.hash()),
+                (LABEL_RELEASE.to_string(), rel.hash().to_string()),
             ]),
             running: true,
             state: "running".into(),
@@ -125,7 +125,7 @@ fn bench(c: &mut Criterion) {
 
     let mut v2 = desired.clone();
     for d in v2.envs.values_mut() {
-        d.release.image = "app:v2".into();
+        d.release = release("app:v2");
     }
     assert_eq!(
         plan(&v2, &observed, &recorded, &[], 0).steps.len(),

@@ -95,7 +95,7 @@ fn slot_rows(r: &Recorded) -> Vec<SlotRow> {
                 slot,
                 state: s.state.to_string(),
                 image: s.release.as_ref().map(|r| r.image.clone()),
-                release: s.hash(),
+                release: s.hash().map(str::to_string),
                 port: slot.port(e.base_port),
                 container: e.key.container_name(slot),
                 preview_url: format!(

@@ -40,12 +40,12 @@ pub fn desired(m: &Manifests) -> Desired {
                     key,
                     host: p.spec.host.clone(),
                     hostname: hostname(project, env, &p.spec.zone, e.hostname.as_deref()),
-                    release: Release {
-                        image: e.image.clone(),
-                        command: e.command.clone(),
-                        env: e.env.clone(),
-                        port: e.port,
-                    },
+                    release: Release::new(
+                        e.image.clone(),
+                        e.command.clone(),
+                        e.env.clone(),
+                        e.port,
+                    ),
                     health_path: e.health_check.path.clone(),
                     health_timeout: e.health_check.timeout,
                     promotion: match e.promotion {

@@ -156,37 +156,79 @@ impl fmt::Display for EnvKey {
 }
 
 /// What runs in a slot. A change of any field is a new release.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+///
+/// The hash is computed once per value (planning 10,000 environments compares it several times
+/// each); build a new `Release` rather than editing the fields of one whose hash was read.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Release {
     pub image: String,
     pub command: Option<Vec<String>>,
     /// Secret-bearing: never printed, only hashed and handed to the runtime.
     pub env: BTreeMap<String, String>,
     pub port: u16,
+    #[serde(skip)]
+    hash: std::sync::OnceLock<String>,
 }
 
+impl PartialEq for Release {
+    fn eq(&self, other: &Self) -> bool {
+        self.image == other.image
+            && self.command == other.command
+            && self.env == other.env
+            && self.port == other.port
+    }
+}
+
+impl Eq for Release {}
+
 impl Release {
+    pub fn new(
+        image: impl Into<String>,
+        command: Option<Vec<String>>,
+        env: BTreeMap<String, String>,
+        port: u16,
+    ) -> Self {
+        Release {
+            image: image.into(),
+            command,
+            env,
+            port,
+            hash: Default::default(),
+        }
+    }
+
     /// A short, stable hash of every field (the container label `codeb.release`).
-    pub fn hash(&self) -> String {
-        let mut h = Sha256::new();
-        h.update(self.image.as_bytes());
-        h.update([0]);
-        if let Some(cmd) = &self.command {
-            for arg in cmd {
-                h.update(arg.as_bytes());
-                h.update([1]);
+    pub fn hash(&self) -> &str {
+        self.hash.get_or_init(|| {
+            let mut h = Sha256::new();
+            h.update(self.image.as_bytes());
+            h.update([0]);
+            if let Some(cmd) = &self.command {
+                for arg in cmd {
+                    h.update(arg.as_bytes());
+                    h.update([1]);
+                }
             }
-        }
-        h.update([0]);
-        for (k, v) in &self.env {
-            h.update(k.as_bytes());
-            h.update([2]);
-            h.update(v.as_bytes());
-            h.update([3]);
-        }
-        h.update(self.port.to_be_bytes());
-        let digest = h.finalize();
-        digest.iter().take(8).map(|b| format!("{b:02x}")).collect()
+            h.update([0]);
+            for (k, v) in &self.env {
+                h.update(k.as_bytes());
+                h.update([2]);
+                h.update(v.as_bytes());
+                h.update([3]);
+            }
+            h.update(self.port.to_be_bytes());
+            const HEX: &[u8; 16] = b"0123456789abcdef";
+            h.finalize()
+                .iter()
+                .take(8)
+                .flat_map(|b| {
+                    [
+                        HEX[(b >> 4) as usize] as char,
+                        HEX[(b & 15) as usize] as char,
+                    ]
+                })
+                .collect()
+        })
     }
 }
 
@@ -263,7 +305,7 @@ pub struct SlotRecord {
 }
 
 impl SlotRecord {
-    pub fn hash(&self) -> Option<String> {
+    pub fn hash(&self) -> Option<&str> {
         self.release.as_ref().map(Release::hash)
     }
 }
@@ -331,12 +373,7 @@ mod tests {
     use super::*;
 
     fn release(image: &str) -> Release {
-        Release {
-            image: image.into(),
-            command: None,
-            env: BTreeMap::new(),
-            port: 8080,
-        }
+        Release::new(image, None, BTreeMap::new(), 8080)
     }
 
     #[test]
@@ -348,13 +385,8 @@ mod tests {
         cmd.command = Some(vec!["x".into()]);
         let mut port = base.clone();
         port.port = 8081;
-        let hashes = [
-            base.hash(),
-            release("app:v2").hash(),
-            env.hash(),
-            cmd.hash(),
-            port.hash(),
-        ];
+        let v2 = release("app:v2");
+        let hashes = [base.hash(), v2.hash(), env.hash(), cmd.hash(), port.hash()];
         let unique: std::collections::BTreeSet<_> = hashes.iter().collect();
         assert_eq!(unique.len(), hashes.len());
         assert_eq!(base.hash(), release("app:v1").hash());

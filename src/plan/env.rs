@@ -1,6 +1,7 @@
 //! Planning one project environment: container hygiene, the release decision, routes, retirement.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::borrow::Cow;
+use std::collections::BTreeMap;
 
 use super::{Action, Note, Plan, Step, NETWORK};
 use crate::backend::{
@@ -12,7 +13,11 @@ use crate::model::{
 };
 
 /// Plans one environment. `rec` is what the store holds (`None` for a new environment);
-/// `taken` collects allocated ports so that two new environments never get the same pair.
+/// `containers` and `routes` are the observed ones of this key; `taken` collects allocated ports so
+/// that two new environments never get the same pair.
+///
+/// The converged path (the common one: every resync of every environment) allocates nothing but
+/// the expected routes: the record is borrowed until something changes it.
 #[allow(clippy::too_many_arguments)]
 pub fn plan_env(
     d: &DesiredEnv,
@@ -20,7 +25,7 @@ pub fn plan_env(
     rec: Option<&EnvRecord>,
     containers: &[&ObservedContainer],
     routes: &[&Route],
-    taken: &mut BTreeSet<u16>,
+    taken: &mut super::LazyPorts<'_>,
     now_ms: u64,
     plan: &mut Plan,
 ) {
@@ -34,38 +39,47 @@ pub fn plan_env(
     let grace_ms = d.grace_period.as_millis() as u64;
 
     // The record as it will be once this plan has run: later decisions build on it.
-    let mut proj = match rec {
-        Some(r) => r.clone(),
+    let mut proj: Cow<'_, EnvRecord> = match rec {
+        Some(r) => Cow::Borrowed(r),
         None => {
+            let taken = taken.get();
             let Some(base) = ports::allocate(&d.key.project, &d.key.env, taken) else {
                 plan.notes.push(Note::NoPorts { key: d.key.clone() });
                 return;
             };
-            taken.extend([base, base + 1]);
-            EnvRecord::new(d.key.clone(), d.host.clone(), d.hostname.clone(), base)
+            taken.insert(base);
+            taken.insert(base + 1);
+            Cow::Owned(EnvRecord::new(
+                d.key.clone(),
+                d.host.clone(),
+                d.hostname.clone(),
+                base,
+            ))
         }
     };
     if rec.is_none() || proj.hostname != d.hostname || proj.grace_period_ms != grace_ms {
-        proj.hostname = d.hostname.clone();
-        proj.grace_period_ms = grace_ms;
-        plan.steps
-            .push(step(Action::Register(Box::new(proj.clone()))));
+        let p = proj.to_mut();
+        p.hostname = d.hostname.clone();
+        p.grace_period_ms = grace_ms;
+        plan.steps.push(step(Action::Register(Box::new(p.clone()))));
     }
 
-    let mine = containers;
-    let by_slot: BTreeMap<Slot, &ObservedContainer> = Slot::ALL
-        .iter()
-        .filter_map(|s| {
-            mine.iter()
-                .find(|c| c.name == d.key.container_name(*s))
-                .map(|c| (*s, *c))
-        })
-        .collect();
+    let slot_of = |c: &ObservedContainer| {
+        Slot::ALL
+            .into_iter()
+            .find(|s| is_container_of(&c.name, &d.key, *s))
+    };
+    let by_slot = |slot: Slot| {
+        containers
+            .iter()
+            .copied()
+            .find(|c| slot_of(c) == Some(slot))
+    };
 
     // Containers with our labels that no slot accounts for (a renamed or duplicated container).
-    for c in mine
+    for c in containers
         .iter()
-        .filter(|c| !by_slot.values().any(|o| o.id == c.id))
+        .filter(|c| slot_of(c).is_none_or(|s| by_slot(s).map(|o| &o.id) != Some(&c.id)))
     {
         plan.steps.push(step(Action::RemoveContainer {
             id: c.id.clone(),
@@ -76,8 +90,8 @@ pub fn plan_env(
     // 1. Hygiene: each settled slot's container is present, runs the recorded release, and runs or
     //    not as its state says. Deploying slots are handled by the release decision below.
     for slot in Slot::ALL {
-        let sr = proj.slot(slot).clone();
-        let c = by_slot.get(&slot).copied();
+        let sr = proj.slot(slot);
+        let c = by_slot(slot);
         match sr.state {
             SlotState::Empty => {
                 if let Some(c) = c {
@@ -99,11 +113,11 @@ pub fn plan_env(
                 let Some(release) = sr.release.as_ref() else {
                     continue;
                 };
-                if sr.state == SlotState::Grace && grace_over(&sr, proj.grace_period_ms, now_ms) {
+                if sr.state == SlotState::Grace && grace_over(sr, proj.grace_period_ms, now_ms) {
                     continue; // retired below; no point in repairing it first
                 }
                 match c {
-                    Some(c) if c.labels.get(LABEL_RELEASE) == Some(&release.hash()) => {
+                    Some(c) if runs(c, release.hash()) => {
                         if !c.running {
                             plan.steps.push(step(Action::Start {
                                 slot,
@@ -128,32 +142,30 @@ pub fn plan_env(
     // 2. The release decision.
     let hash = d.release.hash();
     let active = proj.active;
-    let active_has_it =
-        active.is_some_and(|a| proj.slot(a).hash().as_deref() == Some(hash.as_str()));
-    if proj.held.as_deref() == Some(hash.as_str()) {
+    let active_has_it = active.is_some_and(|a| proj.slot(a).hash() == Some(hash));
+    if proj.held.as_deref() == Some(hash) {
         plan.notes.push(Note::Held {
             key: d.key.clone(),
-            hash: hash.clone(),
+            hash: hash.to_string(),
         });
     } else if !active_has_it {
         let candidate = Slot::ALL
             .into_iter()
             .filter(|s| Some(*s) != active)
             .find(|s| {
-                proj.slot(*s).hash().as_deref() == Some(hash.as_str())
-                    && proj.slot(*s).state != SlotState::Empty
+                proj.slot(*s).hash() == Some(hash) && proj.slot(*s).state != SlotState::Empty
             });
         match candidate.map(|s| (s, proj.slot(s).state)) {
             Some((s, SlotState::Deployed | SlotState::Grace | SlotState::Active)) => {
                 if d.promotion == Promotion::Auto || active.is_none() {
-                    let url = health_url(host, &proj, s, &proj.slot(s).health_path.clone());
+                    let url = health_url(host, &proj, s, &proj.slot(s).health_path);
                     plan.steps.push(step(Action::Switch {
                         to: s,
                         from: active,
                         hold: None,
                         url,
                     }));
-                    switch(&mut proj, s, None, now_ms);
+                    switch(proj.to_mut(), s, None, now_ms);
                 } else {
                     plan.notes.push(Note::AwaitingPromotion {
                         key: d.key.clone(),
@@ -165,16 +177,12 @@ pub fn plan_env(
             Some((s, SlotState::Failed)) => plan.notes.push(Note::Failed {
                 key: d.key.clone(),
                 slot: s,
-                hash: hash.clone(),
+                hash: hash.to_string(),
             }),
             Some((s, _deploying)) => {
-                // Resume a deploy that was interrupted (or is being probed): make sure the container
-                // exists and runs, then probe it.
-                let c = by_slot
-                    .get(&s)
-                    .copied()
-                    .filter(|c| c.labels.get(LABEL_RELEASE) == Some(&hash));
-                let name = match c {
+                // Resume a deploy that was interrupted: make sure the container exists and runs,
+                // then probe it.
+                let container = match by_slot(s).filter(|c| runs(c, hash)) {
                     Some(c) => {
                         if !c.running {
                             plan.steps.push(step(Action::Start {
@@ -187,17 +195,13 @@ pub fn plan_env(
                     None => {
                         let spec = container_spec(d, host, &proj, s, &d.release);
                         let name = spec.name.clone();
-                        plan.steps.push(step(deploy(
-                            d,
-                            s,
-                            spec,
-                            by_slot.get(&s).map(|c| c.id.clone()),
-                        )));
+                        plan.steps
+                            .push(step(deploy(d, s, spec, by_slot(s).map(|c| c.id.clone()))));
                         name
                     }
                 };
                 plan.steps
-                    .push(step(await_healthy(d, host, &proj, s, name, &hash)));
+                    .push(step(await_healthy(d, host, &proj, s, container, hash)));
             }
             None => {
                 let target = active.map(Slot::other).unwrap_or(Slot::Blue);
@@ -207,11 +211,11 @@ pub fn plan_env(
                     d,
                     target,
                     spec,
-                    by_slot.get(&target).map(|c| c.id.clone()),
+                    by_slot(target).map(|c| c.id.clone()),
                 )));
                 plan.steps
-                    .push(step(await_healthy(d, host, &proj, target, name, &hash)));
-                *proj.slot_mut(target) = SlotRecord {
+                    .push(step(await_healthy(d, host, &proj, target, name, hash)));
+                *proj.to_mut().slot_mut(target) = SlotRecord {
                     state: SlotState::Deploying,
                     release: Some(d.release.clone()),
                     since_ms: now_ms,
@@ -222,20 +226,18 @@ pub fn plan_env(
     }
 
     // A deploying slot that is neither resumed nor the new target (the manifests moved on while it
-    // was deploying, and the other slot took the new release) is retired.
-    let mut retire: Vec<Slot> = Vec::new();
-    for slot in Slot::ALL {
-        let sr = proj.slot(slot);
-        let stale_deploy =
-            sr.state == SlotState::Deploying && sr.hash().as_deref() != Some(hash.as_str());
-        if stale_deploy
-            || (sr.state == SlotState::Grace && grace_over(sr, proj.grace_period_ms, now_ms))
-        {
-            retire.push(slot);
-        }
-    }
+    // was deploying, and the other slot took the new release) is retired, as is a grace slot whose
+    // period is over.
+    let retire: Vec<Slot> = Slot::ALL
+        .into_iter()
+        .filter(|s| {
+            let sr = proj.slot(*s);
+            (sr.state == SlotState::Deploying && sr.hash() != Some(hash))
+                || (sr.state == SlotState::Grace && grace_over(sr, proj.grace_period_ms, now_ms))
+        })
+        .collect();
     for slot in &retire {
-        *proj.slot_mut(*slot) = SlotRecord::default();
+        *proj.to_mut().slot_mut(*slot) = SlotRecord::default();
     }
 
     // 3. Routes, from the projected record.
@@ -244,9 +246,23 @@ pub fn plan_env(
 
     // 4. Retire last: routes away from a slot are gone before its container is.
     for slot in retire {
-        let container = by_slot.get(&slot).map(|c| c.id.clone());
+        let container = by_slot(slot).map(|c| c.id.clone());
         plan.steps.push(step(Action::Retire { slot, container }));
     }
+}
+
+/// True when `name` is `{project}-{env}-{slot}`, compared without allocating.
+fn is_container_of(name: &str, key: &crate::model::EnvKey, slot: Slot) -> bool {
+    name.strip_prefix(key.project.as_str())
+        .and_then(|r| r.strip_prefix('-'))
+        .and_then(|r| r.strip_prefix(key.env.as_str()))
+        .and_then(|r| r.strip_prefix('-'))
+        == Some(slot.as_str())
+}
+
+/// True when the container carries this release.
+fn runs(c: &ObservedContainer, hash: &str) -> bool {
+    c.labels.get(LABEL_RELEASE).map(String::as_str) == Some(hash)
 }
 
 fn grace_over(sr: &SlotRecord, grace_ms: u64, now_ms: u64) -> bool {
@@ -255,25 +271,122 @@ fn grace_over(sr: &SlotRecord, grace_ms: u64, now_ms: u64) -> bool {
 
 /// The route writes that bring the observed routes of `rec`'s key to what `rec` calls for.
 ///
-/// `observed` holds the key's routes only (see [`super::route_key`]).
+/// `observed` holds the key's routes only (see [`super::route_key`]). Observed routes are compared
+/// with the wanted ones in place; a `Route` is built only for a write (planning a converged
+/// environment allocates nothing here).
 pub fn route_diff(rec: &EnvRecord, host: &HostRef, observed: &[&Route]) -> Vec<Action> {
-    let wanted = routes(rec, host);
-    let observed: BTreeMap<&str, &Route> = observed.iter().map(|r| (r.id.as_str(), *r)).collect();
+    let wanted = wanted_routes(rec, host);
     let mut out = Vec::new();
-    for route in &wanted {
-        match observed.get(route.id.as_str()) {
-            None => out.push(Action::AddRoute(route.clone())),
-            Some(o) if *o != route => out.push(Action::ReplaceRoute(route.clone())),
+    for w in &wanted {
+        match observed.iter().find(|o| w.is_id(&o.id)) {
+            None => out.push(Action::AddRoute(w.build())),
+            Some(o) if !w.matches(o) => out.push(Action::ReplaceRoute(w.build())),
             Some(_) => {}
         }
     }
-    for id in observed
-        .keys()
-        .filter(|id| !wanted.iter().any(|w| w.id == **id))
+    for o in observed
+        .iter()
+        .filter(|o| !wanted.iter().any(|w| w.is_id(&o.id)))
     {
-        out.push(Action::DeleteRoute { id: id.to_string() });
+        out.push(Action::DeleteRoute { id: o.id.clone() });
     }
     out
+}
+
+/// A route an environment calls for, described by borrowed parts.
+struct Wanted<'a> {
+    rec: &'a EnvRecord,
+    host: &'a HostRef,
+    /// `None`: the hostname route; `Some(slot)`: that slot's preview route.
+    preview: Option<Slot>,
+    /// The slot the route dials.
+    target: Slot,
+}
+
+impl Wanted<'_> {
+    /// `codeb-{project}_{env}` or `codeb-{project}_{env}_{slot}`, compared without allocating.
+    fn is_id(&self, id: &str) -> bool {
+        let rest = id
+            .strip_prefix(crate::backend::ROUTE_ID_PREFIX)
+            .and_then(|r| r.strip_prefix(self.rec.key.project.as_str()))
+            .and_then(|r| r.strip_prefix('_'))
+            .and_then(|r| r.strip_prefix(self.rec.key.env.as_str()));
+        match (rest, self.preview) {
+            (Some(""), None) => true,
+            (Some(r), Some(slot)) => r.strip_prefix('_') == Some(slot.as_str()),
+            _ => false,
+        }
+    }
+
+    fn is_host(&self, h: &str) -> bool {
+        match self.preview {
+            None => h == self.rec.hostname,
+            Some(slot) => {
+                h.strip_prefix(slot.as_str())
+                    .and_then(|r| r.strip_prefix('.'))
+                    == Some(self.rec.hostname.as_str())
+            }
+        }
+    }
+
+    fn is_upstream(&self, u: &str) -> bool {
+        u.rsplit_once(':').is_some_and(|(addr, port)| {
+            addr == self.host.publish_address
+                && port.parse() == Ok(self.target.port(self.rec.base_port))
+        })
+    }
+
+    fn matches(&self, r: &Route) -> bool {
+        self.is_id(&r.id)
+            && r.hosts.len() == 1
+            && self.is_host(&r.hosts[0])
+            && self.is_upstream(&r.upstream)
+    }
+
+    fn build(&self) -> Route {
+        let (id, hostname) = match self.preview {
+            None => (self.rec.key.route_id(), self.rec.hostname.clone()),
+            Some(slot) => (
+                self.rec.key.preview_route_id(slot),
+                crate::model::preview_hostname(&self.rec.hostname, slot),
+            ),
+        };
+        Route {
+            id,
+            hosts: vec![hostname],
+            upstream: upstream(self.host, self.rec, self.target),
+        }
+    }
+}
+
+/// The hostname route (when a slot is active) and a preview route per slot that runs a release.
+fn wanted_routes<'a>(rec: &'a EnvRecord, host: &'a HostRef) -> Vec<Wanted<'a>> {
+    let mut out = Vec::with_capacity(3);
+    if let Some(a) = rec.active {
+        out.push(Wanted {
+            rec,
+            host,
+            preview: None,
+            target: a,
+        });
+    }
+    for slot in Slot::ALL {
+        if rec.slot(slot).state.wants_running() {
+            out.push(Wanted {
+                rec,
+                host,
+                preview: Some(slot),
+                target: slot,
+            });
+        }
+    }
+    out
+}
+
+/// The routes an environment's record calls for: its hostname to the active slot, and a preview
+/// hostname for each slot that has a release running.
+pub fn routes(rec: &EnvRecord, host: &HostRef) -> Vec<Route> {
+    wanted_routes(rec, host).iter().map(Wanted::build).collect()
 }
 
 /// Applies a switch to a projected record: `to` serves, the previous active slot enters grace.
@@ -288,29 +401,6 @@ pub fn switch(rec: &mut EnvRecord, to: Slot, hold: Option<String>, now_ms: u64) 
     s.since_ms = now_ms;
     rec.active = Some(to);
     rec.held = hold;
-}
-
-/// The routes an environment's record calls for: its hostname to the active slot, and a preview
-/// hostname for each slot that has a release running.
-pub fn routes(rec: &EnvRecord, host: &HostRef) -> Vec<Route> {
-    let mut out = Vec::new();
-    if let Some(a) = rec.active {
-        out.push(Route {
-            id: rec.key.route_id(),
-            hosts: vec![rec.hostname.clone()],
-            upstream: upstream(host, rec, a),
-        });
-    }
-    for slot in Slot::ALL {
-        if rec.slot(slot).state.wants_running() {
-            out.push(Route {
-                id: rec.key.preview_route_id(slot),
-                hosts: vec![crate::model::preview_hostname(&rec.hostname, slot)],
-                upstream: upstream(host, rec, slot),
-            });
-        }
-    }
-    out
 }
 
 fn upstream(host: &HostRef, rec: &EnvRecord, slot: Slot) -> String {
@@ -362,7 +452,7 @@ pub fn container_spec(
         (LABEL_PROJECT.to_string(), d.key.project.clone()),
         (LABEL_ENVIRONMENT.to_string(), d.key.env.clone()),
         (LABEL_SLOT.to_string(), slot.to_string()),
-        (LABEL_RELEASE.to_string(), release.hash()),
+        (LABEL_RELEASE.to_string(), release.hash().to_string()),
     ]);
     ContainerSpec {
         name: d.key.container_name(slot),

@@ -46,7 +46,10 @@ pub fn plan_rollback(
         .ok_or_else(|| SwitchError::NothingToRollBack {
             key: rec.key.to_string(),
         })?;
-    let hold = rec.active.and_then(|a| rec.slot(a).hash());
+    let hold = rec
+        .active
+        .and_then(|a| rec.slot(a).hash())
+        .map(str::to_string);
     Ok(plan_switch(rec, host, proxy, to, hold, now_ms))
 }
 

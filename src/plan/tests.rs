@@ -29,12 +29,12 @@ pub(crate) fn env(project: &str) -> DesiredEnv {
         key: EnvKey::new(project, "production"),
         host: "app".into(),
         hostname: format!("{project}.example.test"),
-        release: Release {
-            image: "app:v1".into(),
-            command: None,
-            env: BTreeMap::from([("DATABASE_URL".into(), "postgres://secret".into())]),
-            port: 8080,
-        },
+        release: Release::new(
+            "app:v1",
+            None,
+            BTreeMap::from([("DATABASE_URL".into(), "postgres://secret".into())]),
+            8080,
+        ),
         health_path: "/health".into(),
         health_timeout: Duration::from_secs(5),
         promotion: Promotion::Auto,
@@ -50,7 +50,12 @@ trait EnvExt {
 
 impl EnvExt for DesiredEnv {
     fn image(mut self, image: &str) -> Self {
-        self.release.image = image.into();
+        self.release = Release::new(
+            image,
+            self.release.command.clone(),
+            self.release.env.clone(),
+            self.release.port,
+        );
         self
     }
     fn manual(mut self) -> Self {
