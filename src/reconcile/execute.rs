@@ -202,7 +202,7 @@ async fn run<R: Runtime, P: Proxy, H: Prober>(
                         return update(&|rec| {
                             let s = rec.slot_mut(*slot);
                             if s.state == SlotState::Deploying
-                                && s.hash().as_deref() == Some(hash.as_str())
+                                && s.hash() == Some(hash.as_str())
                             {
                                 s.state = SlotState::Deployed;
                                 s.since_ms = at;
@@ -228,7 +228,7 @@ async fn run<R: Runtime, P: Proxy, H: Prober>(
             let timeout_text = humantime::format_duration(timeout).to_string();
             update(&|rec| {
                 let s = rec.slot_mut(*slot);
-                if s.hash().as_deref() == Some(hash.as_str()) {
+                if s.hash() == Some(hash.as_str()) {
                     s.state = SlotState::Failed;
                     s.since_ms = at;
                     s.log_tail = tail.clone();
