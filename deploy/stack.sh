@@ -458,6 +458,7 @@ cmd_up() {
     to_start+=("$name")
   done
   if ((${#to_start[@]} == 0)); then
+    ensure_codeb_network
     say "stack is up, nothing to do (state dir $STACK_DIR)"
     return 0
   fi
@@ -468,7 +469,21 @@ cmd_up() {
     start_service "$name"
   done
   wait_healthy "${to_start[@]}"
+  ensure_codeb_network
   say "stack is up (state dir $STACK_DIR)"
+}
+
+# codeb creates its network `codeb-main` when missing, and Podman would name its bridge podman1 in
+# every stack: two stacks running at once would share one bridge, and one stack's teardown could
+# remove it under the other. So the stack creates the network with a bridge named after its HTTP
+# port; codeb finds it and uses it. Podman 4.3's CLI has no --interface-name, but its
+# Docker-compatible API maps this option to the bridge name.
+ensure_codeb_network() {
+  podman_cli network exists codeb-main && return 0
+  curl -fsS --unix-socket "$PODMAN_SOCK" -H 'Content-Type: application/json' \
+    -d "{\"Name\":\"codeb-main\",\"Driver\":\"bridge\",\"Options\":{\"com.docker.network.bridge.name\":\"cb${SETTINGS[HTTP_PORT]}\"}}" \
+    http://d/v1.41/networks/create >/dev/null || die "cannot create the network codeb-main"
+  say "created network codeb-main (bridge cb${SETTINGS[HTTP_PORT]})"
 }
 
 cmd_down() {
