@@ -273,3 +273,58 @@ fn a_missing_field_is_reported_at_the_mapping_it_is_missing_from() {
         "t.yaml:5:3: missing field `zone` in `spec`"
     );
 }
+
+#[test]
+fn a_zone_with_powerdns_gets_its_defaults_and_one_without_is_unmanaged() {
+    let text = "\
+apiVersion: codeb.kr/v1
+kind: Zone
+metadata: {name: codeb.kr}
+spec:
+  powerdns: {api: 'http://127.0.0.1:8081', apiKeyEnv: PDNS_API_KEY}
+---
+apiVersion: codeb.kr/v1
+kind: Zone
+metadata: {name: codeb.test}
+";
+    let m = load_str("z.yaml", text).unwrap();
+    let kr = &m.zones["codeb.kr"].spec;
+    let pdns = kr.powerdns.as_ref().unwrap();
+    assert_eq!(pdns.server_id, "localhost");
+    assert_eq!(pdns.api_key_env, "PDNS_API_KEY");
+    assert_eq!(kr.ttl, 300);
+    assert_eq!(m.zones["codeb.test"].spec.powerdns, None);
+}
+
+#[test]
+fn an_api_key_written_in_a_manifest_is_refused_without_echoing_it() {
+    let text = "\
+apiVersion: codeb.kr/v1
+kind: Zone
+metadata: {name: codeb.kr}
+spec:
+  powerdns: {api: 'http://127.0.0.1:8081', apiKey: hunter2-pdns-key, apiKeyEnv: PDNS_API_KEY}
+";
+    let errors = load_str("z.yaml", text).unwrap_err().to_string();
+    assert!(errors.contains("unknown field `apiKey`"), "{errors}");
+    assert!(!errors.contains("hunter2"), "{errors}");
+}
+
+#[test]
+fn a_hostname_that_is_another_environments_preview_hostname_is_refused() {
+    let text = format!(
+        "{HOST_AND_ZONE}---\n{}---\n{}",
+        project("web", "production: {image: a, port: 80}"),
+        project(
+            "other",
+            "production: {image: a, port: 80, hostname: green.web.codeb.test}"
+        )
+    );
+    let errors = load_str("t.yaml", &text).unwrap_err().to_string();
+    assert!(
+        errors.contains(
+            "hostname `green.web.codeb.test` of other/production is the green preview hostname of web/production"
+        ),
+        "{errors}"
+    );
+}

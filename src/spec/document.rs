@@ -361,7 +361,7 @@ mod tests {
     fn a_zone_may_omit_its_spec() {
         let doc =
             read("apiVersion: codeb.kr/v1\nkind: Zone\nmetadata: {name: codeb.test}\n").unwrap();
-        assert_eq!(doc.spec, Spec::Zone(ZoneSpec {}));
+        assert_eq!(doc.spec, Spec::Zone(ZoneSpec::default()));
         assert_eq!((doc.name_origin.line, doc.name_origin.column), (3, 18));
     }
 

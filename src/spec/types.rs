@@ -61,10 +61,43 @@ pub enum Tls {
     Off,
 }
 
-/// `kind: Zone`: a DNS domain. Its records are managed from a later version on.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+/// `kind: Zone`: a DNS domain. With `powerdns`, codeb writes an A (or AAAA) record for every
+/// hostname and preview hostname in it, and only ever touches records it marked as its own; without
+/// it, the domain's records are not codeb's business.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct ZoneSpec {}
+pub struct ZoneSpec {
+    /// The PowerDNS authoritative server holding this zone. The zone is created (Native, with
+    /// PowerDNS's default SOA) when it does not exist; an existing zone is used as it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub powerdns: Option<PowerDnsSpec>,
+    /// The TTL in seconds of the records codeb writes (1-2147483647).
+    #[serde(default = "default_ttl")]
+    pub ttl: u32,
+}
+
+impl Default for ZoneSpec {
+    fn default() -> Self {
+        Self {
+            powerdns: None,
+            ttl: default_ttl(),
+        }
+    }
+}
+
+/// How codeb reaches the PowerDNS HTTP API of a Zone.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PowerDnsSpec {
+    /// The API's base URL, without a path: `http://127.0.0.1:8081`.
+    pub api: String,
+    /// The server id in `/api/v1/servers/{serverId}`.
+    #[serde(default = "default_server_id")]
+    pub server_id: String,
+    /// The name of the environment variable that holds the API key, e.g. `PDNS_API_KEY`. The key
+    /// itself is never written in a manifest, and codeb never prints or stores it.
+    pub api_key_env: String,
+}
 
 /// `kind: Project`: an app deployed blue/green to one Host.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -164,6 +197,12 @@ fn default_grace() -> Duration {
 }
 fn default_health_path() -> String {
     "/".to_string()
+}
+fn default_ttl() -> u32 {
+    300
+}
+fn default_server_id() -> String {
+    "localhost".to_string()
 }
 fn default_health_timeout() -> Duration {
     Duration::from_secs(60)

@@ -10,7 +10,7 @@ use std::net::IpAddr;
 
 use super::document::{Document, Kind, Spec};
 use super::error::{did_you_mean, quote, Error};
-use super::types::{HostSpec, Manifests, Named, Origin, ProjectSpec};
+use super::types::{HostSpec, Manifests, Named, Origin, ProjectSpec, ZoneSpec};
 
 const LABEL_RULE: &str =
     "lowercase letters, digits and `-`, starting with a letter, ending with a letter or digit, at most 63 characters";
@@ -29,7 +29,7 @@ pub(crate) fn validate(documents: Vec<Document>, complete: bool) -> Result<Manif
         check_name(&doc, &mut errors);
         match &doc.spec {
             Spec::Host(host) => check_host(&doc, host, &mut errors),
-            Spec::Zone(_) => {}
+            Spec::Zone(zone) => check_zone(&doc, zone, &mut errors),
             Spec::Project(project) => check_project(&doc, project, &mut errors),
         }
         if let Some(first) = origins.get(&(doc.kind, doc.name.clone())) {
@@ -149,6 +149,50 @@ fn check_host(doc: &Document, host: &HostSpec, errors: &mut Vec<Error>) {
             doc.value_origin(&["spec", "caddy", "listen"]),
             "`listen` is empty: expected at least one `host:port`".to_string(),
         ));
+    }
+}
+
+fn check_zone(doc: &Document, zone: &ZoneSpec, errors: &mut Vec<Error>) {
+    let mut invalid = |path: &[&str], what: &str, value: &str, expected: &str| {
+        let message = format!("invalid {what} {}: {expected}", doc.show(path, value));
+        errors.push(Error::new(doc.value_origin(path), message));
+    };
+    // RFC 2181 §8: a TTL is 31 bits; 0 would make every resolver ask again for every lookup.
+    if zone.ttl == 0 || zone.ttl > i32::MAX as u32 {
+        invalid(
+            &["spec", "ttl"],
+            "ttl",
+            &zone.ttl.to_string(),
+            "expected seconds from 1 to 2147483647, e.g. `300`",
+        );
+    }
+    let Some(pdns) = &zone.powerdns else {
+        return;
+    };
+    if !is_base_url(&pdns.api) {
+        invalid(
+            &["spec", "powerdns", "api"],
+            "PowerDNS api",
+            &pdns.api,
+            "expected an `http://` URL without a path, e.g. `http://127.0.0.1:8081`",
+        );
+    }
+    if !is_server_id(&pdns.server_id) {
+        invalid(
+            &["spec", "powerdns", "serverId"],
+            "PowerDNS serverId",
+            &pdns.server_id,
+            "expected letters, digits, `.`, `_` or `-`, e.g. `localhost`",
+        );
+    }
+    if !is_env_name(&pdns.api_key_env) {
+        invalid(
+            &["spec", "powerdns", "apiKeyEnv"],
+            "apiKeyEnv",
+            &pdns.api_key_env,
+            "expected the NAME of an environment variable (letters, digits and `_`, not starting \
+             with a digit), e.g. `PDNS_API_KEY`; the key itself never goes in a manifest",
+        );
     }
 }
 
@@ -328,6 +372,32 @@ fn check_hostnames(documents: &[Document], errors: &mut Vec<Error>) {
             }
         }
     }
+    check_preview_collisions(&used, errors);
+}
+
+/// A hostname must not be another environment's preview hostname (`{slot}.{hostname}`): both
+/// would want the same Caddy host and the same DNS record.
+fn check_preview_collisions(used: &BTreeMap<String, (String, Origin)>, errors: &mut Vec<Error>) {
+    for (hostname, (owner, origin)) in used {
+        for slot in ["blue", "green"] {
+            let Some(base) = hostname
+                .strip_prefix(slot)
+                .and_then(|r| r.strip_prefix('.'))
+            else {
+                continue;
+            };
+            if let Some((other, other_origin)) = used.get(base).filter(|(o, _)| o != owner) {
+                errors.push(Error::new(
+                    origin.clone(),
+                    format!(
+                        "hostname `{}` of {} is the {slot} preview hostname of {other} at {other_origin}; each hostname routes to one environment",
+                        quote(hostname),
+                        quote(owner)
+                    ),
+                ));
+            }
+        }
+    }
 }
 
 /// A DNS-1123 label that starts with a letter (`metadata.name`, environment names).
@@ -372,6 +442,21 @@ fn is_http_url(s: &str) -> bool {
             && !rest.contains(char::is_whitespace)
             && (is_host_port(authority) || is_host(authority))
     })
+}
+
+/// An `http://` URL with a host and nothing after it but an optional `/`.
+fn is_base_url(s: &str) -> bool {
+    is_http_url(s)
+        && s.strip_prefix("http://")
+            .and_then(|rest| rest.split_once('/'))
+            .is_none_or(|(_, path)| path.is_empty())
+}
+
+fn is_server_id(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 255
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
 }
 
 fn is_listen_address(s: &str) -> bool {
@@ -459,6 +544,24 @@ mod tests {
         assert!(!is_http_url("https://127.0.0.1:2019"));
         assert!(!is_http_url("127.0.0.1:2019"));
         assert!(!is_http_url("http://"));
+    }
+
+    #[test]
+    fn powerdns_api_is_an_http_url_without_a_path() {
+        assert!(is_base_url("http://127.0.0.1:8081"));
+        assert!(is_base_url("http://pdns.internal:8081/"));
+        assert!(!is_base_url("http://127.0.0.1:8081/api/v1"));
+        assert!(!is_base_url("https://127.0.0.1:8081"));
+        assert!(!is_base_url("127.0.0.1:8081"));
+    }
+
+    #[test]
+    fn server_ids_are_plain_tokens() {
+        assert!(is_server_id("localhost"));
+        assert!(is_server_id("pdns-1.example"));
+        assert!(!is_server_id(""));
+        assert!(!is_server_id("a/b"));
+        assert!(!is_server_id("a b"));
     }
 
     #[test]
