@@ -46,10 +46,12 @@ fn world(n: usize) -> (Desired, Observed, Recorded) {
     let mut desired = Desired {
         hosts: BTreeMap::from([("app".into(), h.clone())]),
         envs: BTreeMap::new(),
+        zones: BTreeMap::new(),
     };
     let mut recorded = Recorded {
         hosts: desired.hosts.clone(),
         envs: BTreeMap::new(),
+        zones: BTreeMap::new(),
     };
     let mut containers = Vec::new();
     let mut proxy = ObservedProxy {
@@ -109,6 +111,7 @@ fn world(n: usize) -> (Desired, Observed, Recorded) {
             "app".into(),
             HostObservation::Reachable { containers, proxy },
         )]),
+        zones: BTreeMap::new(),
     };
     (desired, observed, recorded)
 }

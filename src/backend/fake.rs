@@ -1,4 +1,4 @@
-//! In-memory fakes of Podman and Caddy, for unit tests and benchmarks only.
+//! In-memory fakes of Podman, Caddy and PowerDNS, for unit tests and benchmarks only.
 //!
 //! One [`World`] is one host: its containers and codeb's Caddy server. Every mutating call is
 //! counted, so a test can prove that a converged system gets none. A container is "healthy" when it
@@ -8,8 +8,8 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
 use super::{
-    caddy, podman, ContainerSpec, ObservedContainer, ObservedProxy, Proxy, Route, Runtime,
-    ServerSpec, LABEL_PROJECT,
+    caddy, podman, powerdns, ContainerSpec, ObservedContainer, ObservedProxy, Proxy, Route,
+    Runtime, ServerSpec, LABEL_PROJECT,
 };
 
 #[derive(Debug, Default)]
@@ -251,5 +251,121 @@ impl crate::reconcile::Prober for FakeProber {
             Some(p) if self.0.iter().any(|w| w.healthy_on(p)) => Ok(()),
             _ => Err("connection refused".into()),
         }
+    }
+}
+
+/// The zones of a fake PowerDNS.
+#[derive(Debug, Default)]
+pub struct DnsState {
+    /// Zone name (no trailing dot) → its rrsets, foreign ones included.
+    pub zones: BTreeMap<String, Vec<super::Rrset>>,
+    /// Per zone: bumped by every patch, like PowerDNS's SOA serial.
+    pub serials: BTreeMap<String, u32>,
+    pub patches: usize,
+    pub creates: usize,
+    pub reads: usize,
+    /// Every call fails as an unreachable server would.
+    pub down: bool,
+}
+
+/// A fake PowerDNS; clones share state.
+#[derive(Debug, Clone, Default)]
+pub struct FakeDns(pub Arc<Mutex<DnsState>>);
+
+impl FakeDns {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn state(&self) -> std::sync::MutexGuard<'_, DnsState> {
+        self.0.lock().expect("fake dns lock")
+    }
+
+    /// Writes (creations and patches) so far.
+    pub fn writes(&self) -> usize {
+        let s = self.state();
+        s.patches + s.creates
+    }
+
+    fn call<T>(
+        &self,
+        f: impl FnOnce(&mut DnsState) -> Result<T, powerdns::Error>,
+    ) -> Result<T, powerdns::Error> {
+        let mut s = self.state();
+        if s.down {
+            return Err(powerdns::Error::Timeout {
+                api: "http://fake-pdns".into(),
+                op: "GET zones".into(),
+                timeout: std::time::Duration::from_secs(10),
+            });
+        }
+        f(&mut s)
+    }
+}
+
+impl super::Dns for FakeDns {
+    fn endpoint(&self) -> &str {
+        "http://fake-pdns"
+    }
+
+    async fn zone(&self, zone: &str) -> Result<Option<super::ObservedZone>, powerdns::Error> {
+        self.call(|s| {
+            s.reads += 1;
+            Ok(s.zones.get(zone).map(|rrsets| super::ObservedZone {
+                rrsets: rrsets.clone(),
+            }))
+        })
+    }
+
+    async fn create_zone(&self, zone: &str) -> Result<(), powerdns::Error> {
+        self.call(|s| {
+            s.creates += 1;
+            s.zones.entry(zone.to_string()).or_default();
+            s.serials.entry(zone.to_string()).or_insert(1);
+            Ok(())
+        })
+    }
+
+    /// Applies the changes as PowerDNS does (all or nothing), refusing a CNAME beside another type.
+    async fn patch(
+        &self,
+        zone: &str,
+        changes: &[super::RrsetChange],
+    ) -> Result<(), powerdns::Error> {
+        self.call(|s| {
+            let mut rrsets = s
+                .zones
+                .get(zone)
+                .cloned()
+                .ok_or_else(|| powerdns::Error::Api {
+                    api: "http://fake-pdns".into(),
+                    op: format!("PATCH zones/{zone}."),
+                    status: 404,
+                    body: "Not Found".into(),
+                })?;
+            for change in changes {
+                rrsets.retain(|r| !(r.name == change.name() && r.rtype == change.rtype()));
+                if let super::RrsetChange::Replace(r) = change {
+                    let clash = rrsets
+                        .iter()
+                        .any(|o| o.name == r.name && (o.rtype == "CNAME") != (r.rtype == "CNAME"));
+                    if clash {
+                        return Err(powerdns::Error::Rejected {
+                            api: "http://fake-pdns".into(),
+                            op: format!("PATCH zones/{zone}."),
+                            message: format!(
+                                "RRset {} IN {}: Conflicts with pre-existing RRset",
+                                r.name, r.rtype
+                            ),
+                        });
+                    }
+                    rrsets.push(r.clone());
+                }
+            }
+            s.patches += 1;
+            *s.serials.entry(zone.to_string()).or_insert(1) += 1;
+            s.zones.insert(zone.to_string(), rrsets);
+            Ok(())
+        })
     }
 }

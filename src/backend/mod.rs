@@ -1,13 +1,15 @@
-//! Backend adapters: the only code that speaks Podman's or Caddy's wire protocols.
+//! Backend adapters: the only code that speaks Podman's, Caddy's or PowerDNS's wire protocols.
 //!
 //! Each adapter converts wire types to the plain data types below at its edge, so that `plan` and
 //! `reconcile` never see bollard or JSON. Adapters make no decisions: they observe and they carry out
-//! one mutation per call. Ownership marks (container labels, route `@id`s) are applied by the caller;
-//! adapters only ever list and touch objects that carry them.
+//! one mutation per call. Ownership marks (container labels, route `@id`s, rrset comments) are
+//! applied by the caller; adapters only ever list and touch objects that carry them (PowerDNS
+//! answers a zone whole, so its adapter reports every rrset and says which carry codeb's mark).
 
 pub mod caddy;
 pub mod fake;
 pub mod podman;
+pub mod powerdns;
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -158,4 +160,77 @@ pub trait Proxy: Send + Sync {
         -> impl Future<Output = Result<(), caddy::Error>> + Send;
     /// Deletes the route with this `@id`; a missing one is not an error.
     fn delete_route(&self, id: &str) -> impl Future<Output = Result<(), caddy::Error>> + Send;
+}
+
+/// The `account` of the comment that marks an rrset as codeb's. An rrset without a comment of
+/// this account is foreign: codeb never changes or deletes it.
+pub const DNS_ACCOUNT: &str = "codeb";
+
+/// One rrset (all records of one name and type) of a zone.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rrset {
+    /// Canonical, with the trailing dot: `hello.codeb.kr.`.
+    pub name: String,
+    /// `A`, `AAAA`, `CNAME`, `TXT`, ...
+    pub rtype: String,
+    pub ttl: u32,
+    /// The contents of the enabled records (a disabled record counts as absent), as PowerDNS
+    /// writes them (`127.0.0.1`, `2001:db8::1`, `"v=spf1 -all"`).
+    pub records: Vec<String>,
+    /// The content of the comment with account [`DNS_ACCOUNT`], when there is one: the rrset is
+    /// codeb's. `None`: foreign.
+    pub mark: Option<String>,
+}
+
+/// A zone as observed: every rrset in it, codeb's and foreign.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ObservedZone {
+    pub rrsets: Vec<Rrset>,
+}
+
+/// One change of a zone, all of which go in one write.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RrsetChange {
+    /// Creates or replaces the rrset `name`/`rtype` with these records, TTL and mark.
+    Replace(Rrset),
+    /// Deletes the rrset; a missing one is not an error.
+    Delete { name: String, rtype: String },
+}
+
+impl RrsetChange {
+    pub fn name(&self) -> &str {
+        match self {
+            RrsetChange::Replace(r) => &r.name,
+            RrsetChange::Delete { name, .. } => name,
+        }
+    }
+
+    pub fn rtype(&self) -> &str {
+        match self {
+            RrsetChange::Replace(r) => &r.rtype,
+            RrsetChange::Delete { rtype, .. } => rtype,
+        }
+    }
+}
+
+/// The authoritative DNS server of one Zone (PowerDNS's HTTP API).
+///
+/// Zone names are given without the trailing dot. Every call is one request.
+pub trait Dns: Send + Sync {
+    /// Where the API is, for messages (never with the key).
+    fn endpoint(&self) -> &str;
+    /// The zone with all its rrsets, or `None` when it does not exist. One `GET`.
+    fn zone(
+        &self,
+        zone: &str,
+    ) -> impl Future<Output = Result<Option<ObservedZone>, powerdns::Error>> + Send;
+    /// Creates the zone (Native, with the server's default SOA). One `POST`.
+    fn create_zone(&self, zone: &str) -> impl Future<Output = Result<(), powerdns::Error>> + Send;
+    /// Applies every change in one `PATCH` (PowerDNS applies it as one transaction, and bumps the
+    /// SOA serial once). Never called with no change: even an empty `PATCH` bumps the serial.
+    fn patch(
+        &self,
+        zone: &str,
+        changes: &[RrsetChange],
+    ) -> impl Future<Output = Result<(), powerdns::Error>> + Send;
 }

@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 
 use anyhow::Context;
 
-use super::connect::connect;
+use super::connect::{connect, connect_zones};
 use super::output;
 use super::{default_state_dir, Cli, Command, Failure, Files};
 use crate::model::{desired::desired, Desired, EnvKey};
@@ -38,14 +38,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Diff { files } => {
             let d = load(&files)?;
             let store = open()?;
-            let backends = connect(d.hosts.values())?;
+            let mut backends = connect(d.hosts.values())?;
+            backends.zones = connect_zones(d.zones.values())?;
             let observed = reconcile::observe(&backends).await;
             let p = plan::plan(&d, &observed, &store.load()?, &[], reconcile::now_ms());
             print!("{p}");
-            if p.notes
-                .iter()
-                .any(|n| matches!(n, Note::Unreachable { .. }))
-            {
+            if p.notes.iter().any(Note::is_unobserved) {
                 return Ok(3);
             }
             Ok(if p.is_empty() { 0 } else { 1 })
@@ -105,7 +103,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
                 .filter_map(|k| recorded.envs.get(k))
                 .map(|r| &r.host)
                 .collect();
-            let backends = connect(recorded.hosts.values().filter(|h| hosts.contains(&h.name)))?;
+            let mut backends =
+                connect(recorded.hosts.values().filter(|h| hosts.contains(&h.name)))?;
+            let hostnames = keys
+                .iter()
+                .filter_map(|k| recorded.envs.get(k))
+                .map(|r| r.hostname.as_str());
+            backends.zones =
+                connect_zones(plan::dns::zones_for(hostnames, &recorded.zones).values())?;
             let observed = reconcile::observe(&backends).await;
             let p = plan::plan_delete(&keys, &observed, &recorded);
             let report = reconcile::execute(&p, &store, &backends, &HttpProber::new()).await?;
@@ -149,7 +154,8 @@ async fn apply(
     remove: Vec<EnvKey>,
     dry_run: bool,
 ) -> anyhow::Result<u8> {
-    let backends = connect(d.hosts.values())?;
+    let mut backends = connect(d.hosts.values())?;
+    backends.zones = connect_zones(apply_zones(d, store, &remove)?.values())?;
     let outcome = reconcile::converge(
         Target {
             desired: d,
@@ -167,12 +173,7 @@ async fn apply(
             println!("nothing to do");
         }
         return Ok(
-            if outcome
-                .first_plan
-                .notes
-                .iter()
-                .any(|n| matches!(n, Note::Unreachable { .. }))
-            {
+            if outcome.first_plan.notes.iter().any(Note::is_unobserved) {
                 1
             } else {
                 0
@@ -180,6 +181,27 @@ async fn apply(
         );
     }
     print_outcome(&outcome)
+}
+
+/// The zones an apply writes: every declared managed Zone, and recorded ones no longer declared
+/// that hold a pruned environment's names (its records go too).
+fn apply_zones(
+    d: &Desired,
+    store: &Store,
+    remove: &[EnvKey],
+) -> anyhow::Result<std::collections::BTreeMap<String, crate::model::dns::ZoneRef>> {
+    let mut zones = d.zones.clone();
+    if !remove.is_empty() {
+        let recorded = store.load()?;
+        let hostnames = remove
+            .iter()
+            .filter_map(|k| recorded.envs.get(k))
+            .map(|r| r.hostname.as_str());
+        for (name, z) in plan::dns::zones_for(hostnames, &recorded.zones) {
+            zones.entry(name).or_insert(z);
+        }
+    }
+    Ok(zones)
 }
 
 fn print_outcome(outcome: &Outcome) -> anyhow::Result<u8> {

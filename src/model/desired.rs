@@ -1,5 +1,6 @@
 //! From validated manifests to the desired state the planner reads.
 
+use super::dns::{PowerDnsRef, ZoneRef};
 use super::{Desired, DesiredEnv, EnvKey, HostRef, Promotion, Release};
 use crate::spec::{self, Manifests};
 
@@ -10,6 +11,18 @@ pub fn hostname(project: &str, env: &str, zone: &str, explicit: Option<&str>) ->
         Some(h) => h.to_string(),
         None if env == "production" => format!("{project}.{zone}"),
         None => format!("{project}-{env}.{zone}"),
+    }
+}
+
+pub fn zone_ref(name: &str, z: &spec::ZoneSpec) -> ZoneRef {
+    ZoneRef {
+        name: name.to_string(),
+        powerdns: z.powerdns.as_ref().map(|p| PowerDnsRef {
+            api: p.api.clone(),
+            server_id: p.server_id.clone(),
+            api_key_env: p.api_key_env.clone(),
+        }),
+        ttl: z.ttl,
     }
 }
 
@@ -30,6 +43,9 @@ pub fn desired(m: &Manifests) -> Desired {
     let mut out = Desired::default();
     for (name, h) in &m.hosts {
         out.hosts.insert(name.clone(), host_ref(name, &h.spec));
+    }
+    for (name, z) in &m.zones {
+        out.zones.insert(name.clone(), zone_ref(name, &z.spec));
     }
     for (project, p) in &m.projects {
         for (env, e) in &p.spec.environments {

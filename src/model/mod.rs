@@ -4,6 +4,7 @@
 //! Plain data only: no I/O, no clock, no backend types.
 
 pub mod desired;
+pub mod dns;
 pub mod ports;
 
 use std::collections::BTreeMap;
@@ -281,6 +282,8 @@ pub fn preview_hostname(hostname: &str, slot: Slot) -> String {
 pub struct Desired {
     pub hosts: BTreeMap<String, HostRef>,
     pub envs: BTreeMap<EnvKey, DesiredEnv>,
+    /// Every declared Zone, managed or not, by domain.
+    pub zones: BTreeMap<String, dns::ZoneRef>,
 }
 
 /// What is recorded about one slot.
@@ -366,6 +369,8 @@ impl EnvRecord {
 pub struct Recorded {
     pub hosts: BTreeMap<String, HostRef>,
     pub envs: BTreeMap<EnvKey, EnvRecord>,
+    /// The Zones of the last apply, so that `delete` finds a project's records without manifests.
+    pub zones: BTreeMap<String, dns::ZoneRef>,
 }
 
 #[cfg(test)]

@@ -4,108 +4,183 @@
 
 use std::fmt;
 
-use super::{Action, Note, Plan, Step};
-use crate::backend::TlsMode;
+use super::{Action, DnsChange, Note, Plan, Step};
+use crate::backend::{Rrset, RrsetChange, TlsMode};
+use crate::model::dns::OWNER_PREFIX;
 
 impl fmt::Display for Step {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match &self.key {
-            Some(k) => write!(f, "{k}: ")?,
-            None => write!(f, "host {}: ", self.host)?,
+        if let Some(zone) = self.action.zone() {
+            write!(f, "zone {zone}: ")?;
+        }
+        match (&self.key, self.action.zone()) {
+            (_, Some(_)) => {}
+            (Some(k), None) => write!(f, "{k}: ")?,
+            (None, None) => write!(f, "host {}: ", self.host)?,
         }
         match &self.action {
-            Action::EnsureServer(s) => {
-                let tls = match s.tls {
-                    TlsMode::Auto => "auto",
-                    TlsMode::Internal => "internal",
-                    TlsMode::Off => "off",
-                };
+            Action::EnsureZone { api, .. } => {
                 write!(
                     f,
-                    "ensure Caddy server `{}` listening on {} (tls {tls})",
-                    s.name,
-                    s.listen.join(", ")
+                    "create the zone (Native, default SOA) in PowerDNS at {api}"
                 )
             }
-            Action::Register(r) => write!(
-                f,
-                "register (hostname {}, ports {}/{})",
-                r.hostname,
-                r.base_port,
-                r.base_port + 1
-            ),
-            Action::Deploy {
-                slot,
-                release,
-                container,
-                replace,
-                ..
-            } => {
+            Action::DnsPatch { changes, .. } => {
+                let n = changes.len();
                 write!(
                     f,
-                    "deploy {} into {slot} (release {}) on port {}",
-                    release.image,
-                    release.hash(),
-                    container.host_port
+                    "write {n} rrset{} in one PATCH",
+                    if n == 1 { "" } else { "s" }
                 )?;
-                if replace.is_some() {
-                    write!(f, ", replacing its container")?;
+                for c in changes {
+                    write!(f, "\n      {}", DnsLine(c))?;
                 }
                 Ok(())
             }
-            Action::Recreate {
-                slot, container, ..
-            } => write!(
+            action => fmt_host_action(action, f),
+        }
+    }
+}
+
+/// One rrset change on a line: `+ A hello.codeb.kr 127.0.0.1 ttl 300 (hello/production)`.
+struct DnsLine<'a>(&'a DnsChange);
+
+impl fmt::Display for DnsLine<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let owner = |r: &Rrset| {
+            r.mark
+                .as_deref()
+                .and_then(|m| m.strip_prefix(OWNER_PREFIX))
+                .unwrap_or("unmarked")
+                .to_string()
+        };
+        let shown = |r: &Rrset| format!("{} ttl {}", r.records.join(" "), r.ttl);
+        match (&self.0.change, &self.0.was) {
+            (RrsetChange::Replace(r), None) => write!(
                 f,
-                "recreate {slot}'s missing or drifted container {}",
-                container.name
+                "+ {} {} {} ({})",
+                r.rtype,
+                r.name.trim_end_matches('.'),
+                shown(r),
+                owner(r)
             ),
-            Action::Start { slot, .. } => write!(f, "start {slot}'s stopped container"),
-            Action::Stop { slot, .. } => {
-                write!(f, "stop failed {slot}'s container (kept for inspection)")
-            }
-            Action::AwaitHealthy {
-                slot,
-                url,
-                timeout_ms,
-                ..
-            } => {
-                write!(
-                    f,
-                    "wait until {slot} is healthy (GET {url}, timeout {})",
-                    humantime::format_duration(std::time::Duration::from_millis(*timeout_ms))
-                )
-            }
-            Action::Switch { to, from, hold, .. } => {
-                let verb = if hold.is_some() {
-                    "roll back"
-                } else {
-                    "promote"
-                };
-                write!(f, "{verb}: switch traffic to {to}")?;
-                if let Some(from) = from {
-                    write!(f, " ({from} goes to grace)")?;
+            (RrsetChange::Replace(r), Some(was)) => write!(
+                f,
+                "~ {} {} {} ({}), was {} ({})",
+                r.rtype,
+                r.name.trim_end_matches('.'),
+                shown(r),
+                owner(r),
+                shown(was),
+                owner(was)
+            ),
+            (RrsetChange::Delete { name, rtype }, was) => {
+                write!(f, "- {rtype} {}", name.trim_end_matches('.'))?;
+                if let Some(was) = was {
+                    write!(f, " {} ({})", shown(was), owner(was))?;
                 }
                 Ok(())
             }
-            Action::AddRoute(r) => write!(
+        }
+    }
+}
+
+fn fmt_host_action(action: &Action, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+    match action {
+        Action::EnsureServer(s) => {
+            let tls = match s.tls {
+                TlsMode::Auto => "auto",
+                TlsMode::Internal => "internal",
+                TlsMode::Off => "off",
+            };
+            write!(
                 f,
-                "add route {} {} → {}",
-                r.id,
-                r.hosts.join(","),
-                r.upstream
-            ),
-            Action::ReplaceRoute(r) => write!(
+                "ensure Caddy server `{}` listening on {} (tls {tls})",
+                s.name,
+                s.listen.join(", ")
+            )
+        }
+        Action::Register(r) => write!(
+            f,
+            "register (hostname {}, ports {}/{})",
+            r.hostname,
+            r.base_port,
+            r.base_port + 1
+        ),
+        Action::Deploy {
+            slot,
+            release,
+            container,
+            replace,
+            ..
+        } => {
+            write!(
                 f,
-                "update route {} {} → {}",
-                r.id,
-                r.hosts.join(","),
-                r.upstream
-            ),
-            Action::DeleteRoute { id } => write!(f, "delete route {id}"),
-            Action::Retire { slot, .. } => write!(f, "retire {slot} (remove its container)"),
-            Action::RemoveContainer { name, .. } => write!(f, "remove container {name}"),
-            Action::Forget => write!(f, "forget its record"),
+                "deploy {} into {slot} (release {}) on port {}",
+                release.image,
+                release.hash(),
+                container.host_port
+            )?;
+            if replace.is_some() {
+                write!(f, ", replacing its container")?;
+            }
+            Ok(())
+        }
+        Action::Recreate {
+            slot, container, ..
+        } => write!(
+            f,
+            "recreate {slot}'s missing or drifted container {}",
+            container.name
+        ),
+        Action::Start { slot, .. } => write!(f, "start {slot}'s stopped container"),
+        Action::Stop { slot, .. } => {
+            write!(f, "stop failed {slot}'s container (kept for inspection)")
+        }
+        Action::AwaitHealthy {
+            slot,
+            url,
+            timeout_ms,
+            ..
+        } => {
+            write!(
+                f,
+                "wait until {slot} is healthy (GET {url}, timeout {})",
+                humantime::format_duration(std::time::Duration::from_millis(*timeout_ms))
+            )
+        }
+        Action::Switch { to, from, hold, .. } => {
+            let verb = if hold.is_some() {
+                "roll back"
+            } else {
+                "promote"
+            };
+            write!(f, "{verb}: switch traffic to {to}")?;
+            if let Some(from) = from {
+                write!(f, " ({from} goes to grace)")?;
+            }
+            Ok(())
+        }
+        Action::AddRoute(r) => write!(
+            f,
+            "add route {} {} → {}",
+            r.id,
+            r.hosts.join(","),
+            r.upstream
+        ),
+        Action::ReplaceRoute(r) => write!(
+            f,
+            "update route {} {} → {}",
+            r.id,
+            r.hosts.join(","),
+            r.upstream
+        ),
+        Action::DeleteRoute { id } => write!(f, "delete route {id}"),
+        Action::Retire { slot, .. } => write!(f, "retire {slot} (remove its container)"),
+        Action::RemoveContainer { name, .. } => write!(f, "remove container {name}"),
+        Action::Forget => write!(f, "forget its record"),
+        Action::EnsureZone { .. } | Action::DnsPatch { .. } => {
+            unreachable!("zone steps are written by Step's Display")
         }
     }
 }
@@ -122,6 +197,9 @@ impl fmt::Display for Note {
             Note::Held { key, hash } => write!(f, "{key}: release {hash} was rolled back; it is not promoted again until the manifests name another release"),
             Note::Unreachable { host, error } => write!(f, "host {host}: {error}"),
             Note::NoPorts { key } => write!(f, "{key}: no free port pair left in its range"),
+            Note::ZoneUnreachable { zone, error } => write!(f, "zone {zone}: {error}; its DNS records were not planned"),
+            Note::DnsConflict { key, zone, name, holder } => write!(f, "{key}: {name} already holds {holder} in Zone {zone}; codeb leaves it as it is and writes none of {key}'s DNS records (choose another hostname, or remove that record)"),
+            Note::NoZone { key, hostname } => write!(f, "{key}: {hostname} is in no declared Zone; codeb writes no DNS record for it"),
             Note::HostMoved { key, from, to } => write!(f, "{key}: recorded on host {from}, manifests say {to}; moving is not supported (delete the project first)"),
         }
     }

@@ -7,9 +7,12 @@
 //!
 //! Order of a host's steps: Caddy server, then per environment container work, the traffic switch,
 //! the routes, and last the removal of retired slots, so that no route ever points at a container
-//! that was removed first.
+//! that was removed first. DNS steps (see [`dns`]: one write per zone) come before all host steps:
+//! they are independent of them, and a deleted project's names stop resolving before its routes
+//! and containers go.
 
 mod display;
+pub mod dns;
 mod env;
 mod switch;
 
@@ -19,6 +22,7 @@ use crate::backend::{ContainerSpec, ObservedContainer, ObservedProxy, Route, Ser
 use crate::model::ports::PortSet;
 use crate::model::{Desired, EnvKey, EnvRecord, HostRef, Recorded, Release, Slot};
 
+pub use dns::{DnsChange, ZoneObservation};
 pub use env::{container_spec, plan_env, route_diff, routes, switch as switch_record};
 pub use switch::{plan_promote, plan_rollback, SwitchError};
 
@@ -38,15 +42,17 @@ pub enum HostObservation {
     Unreachable { error: String },
 }
 
-/// Every host's observation, keyed by Host name.
+/// Every host's and managed zone's observation, keyed by Host name and zone.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Observed {
     pub hosts: BTreeMap<String, HostObservation>,
+    pub zones: BTreeMap<String, ZoneObservation>,
 }
 
-/// One step: an action on one host, usually for one environment.
+/// One step: an action on one host, usually for one environment, or on one DNS zone.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Step {
+    /// Empty for a zone's step (see [`Action::zone`]).
     pub host: String,
     /// The environment the step belongs to; when a step fails, the executor skips the remaining
     /// steps of the same key.
@@ -121,6 +127,26 @@ pub enum Action {
     },
     /// Delete the environment's record (after `delete` or `--prune` removed everything).
     Forget,
+    /// Create a managed zone that does not exist (Native, with the server's default SOA).
+    EnsureZone {
+        zone: String,
+        api: String,
+    },
+    /// Every change of one zone's codeb rrsets, written at once (one PATCH, one serial bump).
+    DnsPatch {
+        zone: String,
+        changes: Vec<DnsChange>,
+    },
+}
+
+impl Action {
+    /// The zone a DNS step acts on; `None` for a host's step.
+    pub fn zone(&self) -> Option<&str> {
+        match self {
+            Action::EnsureZone { zone, .. } | Action::DnsPatch { zone, .. } => Some(zone),
+            _ => None,
+        }
+    }
 }
 
 /// Something the plan wants the user to know; some mean "not converged".
@@ -150,12 +176,36 @@ pub enum Note {
         from: String,
         to: String,
     },
+    /// A managed zone could not be observed; its DNS was not planned. The message names the
+    /// endpoint.
+    ZoneUnreachable { zone: String, error: String },
+    /// A name the environment needs holds a record codeb does not own (or one another
+    /// environment's): none of the environment's records are written, the holder is untouched.
+    DnsConflict {
+        key: EnvKey,
+        zone: String,
+        name: String,
+        holder: String,
+    },
+    /// The hostname is in no declared Zone: codeb writes no DNS record for it. Converged.
+    NoZone { key: EnvKey, hostname: String },
 }
 
 impl Note {
     /// True for notes that mean the desired state was not reached (apply exits 1).
     pub fn is_problem(&self) -> bool {
-        !matches!(self, Note::AwaitingPromotion { .. } | Note::Held { .. })
+        !matches!(
+            self,
+            Note::AwaitingPromotion { .. } | Note::Held { .. } | Note::NoZone { .. }
+        )
+    }
+
+    /// True for notes that mean a backend could not be observed (`diff` exits 3).
+    pub fn is_unobserved(&self) -> bool {
+        matches!(
+            self,
+            Note::Unreachable { .. } | Note::ZoneUnreachable { .. }
+        )
     }
 }
 
@@ -181,6 +231,8 @@ impl Plan {
 /// # Guarantees
 /// - Touches only containers carrying codeb's labels for a key that is desired or recorded, and
 ///   only routes whose `@id` belongs to such a key.
+/// - Changes or deletes only rrsets carrying codeb's mark, with at most one write per zone, and
+///   none for a converged zone.
 /// - Never switches traffic to a slot that has not passed its health check (`Switch` carries the
 ///   probe the executor runs first, and only `deployed` or `grace` slots are switched to).
 /// - Planning again after executing the plan against a world that behaved yields no steps.
@@ -192,6 +244,7 @@ pub fn plan(
     now_ms: u64,
 ) -> Plan {
     let mut plan = Plan::default();
+    dns::plan_apply(desired, observed, recorded, prune, &mut plan);
     let mut taken = LazyPorts {
         set: None,
         recorded,
@@ -252,9 +305,11 @@ pub fn plan(
     plan
 }
 
-/// Plans the removal of environments: their routes, then their containers, then their records.
+/// Plans the removal of environments: their DNS records, their routes, then their containers, then
+/// their records.
 pub fn plan_delete(keys: &[EnvKey], observed: &Observed, recorded: &Recorded) -> Plan {
     let mut plan = Plan::default();
+    dns::plan_delete(keys, observed, recorded, &mut plan);
     for key in keys {
         if let Some(rec) = recorded.envs.get(key) {
             if let Some((containers, proxy)) = reachable(&rec.host, observed, &mut plan) {

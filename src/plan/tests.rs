@@ -72,6 +72,7 @@ pub(crate) fn desired(envs: impl IntoIterator<Item = DesiredEnv>) -> Desired {
     Desired {
         hosts: BTreeMap::from([("app".into(), host())]),
         envs: envs.into_iter().map(|e| (e.key.clone(), e)).collect(),
+        ..Default::default()
     }
 }
 
@@ -89,15 +90,13 @@ impl Fixture {
         let world = World::new();
         Fixture {
             store: Store::open(dir.path()).unwrap(),
-            backends: Backends {
-                hosts: BTreeMap::from([(
-                    "app".into(),
-                    HostBackends {
-                        runtime: world.clone(),
-                        proxy: world.clone(),
-                    },
-                )]),
-            },
+            backends: Backends::hosts(BTreeMap::from([(
+                "app".into(),
+                HostBackends {
+                    runtime: world.clone(),
+                    proxy: world.clone(),
+                },
+            )])),
             prober: FakeProber(vec![world.clone()]),
             world,
             _dir: dir,
@@ -430,6 +429,7 @@ fn two_new_environments_never_share_a_port_pair() {
                 proxy: Default::default(),
             },
         )]),
+        ..Default::default()
     };
     let p = plan(&d, &observed, &Default::default(), &[], 0);
     let bases: Vec<u16> = p
@@ -458,6 +458,7 @@ fn the_printed_plan_never_shows_an_env_value() {
                 proxy: Default::default(),
             },
         )]),
+        ..Default::default()
     };
     let text = plan(&d, &observed, &Default::default(), &[], 0).to_string();
     assert!(text.contains("deploy app:v1 into blue"), "{text}");

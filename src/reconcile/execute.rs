@@ -4,7 +4,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use super::{now_ms, Backends, Error, HostBackends, Prober, Result};
-use crate::backend::{Proxy, Runtime};
+use crate::backend::{Dns, Proxy, Runtime};
 use crate::model::{EnvKey, SlotRecord, SlotState};
 use crate::plan::{self, Action, Plan, Step, SERVER_NAME};
 use crate::store::{JournalEntry, Phase, Store};
@@ -39,10 +39,10 @@ pub struct Report {
 ///
 /// # Errors
 /// Only store failures abort the whole execution; backend and health failures are in the report.
-pub async fn execute<R: Runtime, P: Proxy, H: Prober>(
+pub async fn execute<R: Runtime, P: Proxy, D: Dns, H: Prober>(
     plan: &Plan,
     store: &Store,
-    backends: &Backends<R, P>,
+    backends: &Backends<R, P, D>,
     prober: &H,
 ) -> Result<Report> {
     let mut report = Report::default();
@@ -110,13 +110,16 @@ fn entry(
     }
 }
 
-async fn run<R: Runtime, P: Proxy, H: Prober>(
+async fn run<R: Runtime, P: Proxy, D: Dns, H: Prober>(
     step: &Step,
     store: &Store,
-    backends: &Backends<R, P>,
+    backends: &Backends<R, P, D>,
     prober: &H,
     gens: &mut BTreeMap<EnvKey, Option<u64>>,
 ) -> Result<()> {
+    if step.action.zone().is_some() {
+        return run_dns(&step.action, backends).await;
+    }
     let b = backends
         .hosts
         .get(&step.host)
@@ -269,6 +272,32 @@ async fn run<R: Runtime, P: Proxy, H: Prober>(
             store.delete_env(&key, expected)?;
             Ok(())
         }
+        Action::EnsureZone { .. } | Action::DnsPatch { .. } => unreachable!("run_dns runs these"),
+    }
+}
+
+/// A zone's step: create the zone, or re-read it and write every change in one PATCH.
+async fn run_dns<R, P, D: Dns>(action: &Action, backends: &Backends<R, P, D>) -> Result<()> {
+    let zone = action.zone().expect("a zone step");
+    let dns = backends.zones.get(zone).ok_or_else(|| Error::UnknownZone {
+        zone: zone.to_string(),
+    })?;
+    let err = |source| Error::Dns {
+        zone: zone.to_string(),
+        source,
+    };
+    match action {
+        Action::EnsureZone { .. } => dns.create_zone(zone).await.map_err(err),
+        Action::DnsPatch { changes, .. } => {
+            let current = dns.zone(zone).await.map_err(err)?;
+            plan::dns::recheck(changes, current.as_ref()).map_err(|reason| Error::DnsChanged {
+                zone: zone.to_string(),
+                reason,
+            })?;
+            let changes: Vec<_> = changes.iter().map(|c| c.change.clone()).collect();
+            dns.patch(zone, &changes).await.map_err(err)
+        }
+        _ => unreachable!("not a zone step"),
     }
 }
 

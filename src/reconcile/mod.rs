@@ -1,8 +1,10 @@
-//! Reconcile: observe the hosts, plan, execute, repeat until nothing is left to do.
+//! Reconcile: observe the hosts and zones, plan, execute, repeat until nothing is left to do.
 //!
 //! The executor carries out a plan's steps in order and makes no choices: it journals each step's
 //! intent, performs it, and journals the outcome. When a step fails, the remaining steps of the same
-//! environment are skipped (others carry on) and the failure is reported.
+//! environment are skipped (others carry on) and the failure is reported. A zone whose write failed
+//! is left out of the remaining rounds of the apply, so that DNS never holds back container and
+//! Caddy work.
 
 mod execute;
 mod fault;
@@ -16,7 +18,8 @@ pub use execute::{execute, Report, StepFailure};
 pub use observe::observe;
 pub use probe::{HttpProber, Prober};
 
-use crate::backend::{Proxy, Runtime};
+use crate::backend::powerdns::PowerDns;
+use crate::backend::{Dns, Proxy, Runtime};
 use crate::model::{Desired, EnvKey, HostRef};
 use crate::plan::{self, Note, Plan};
 use crate::store::Store;
@@ -50,6 +53,18 @@ pub enum Error {
         url: String,
         last: String,
     },
+    #[error("zone {zone}: {source}")]
+    Dns {
+        zone: String,
+        source: crate::backend::powerdns::Error,
+    },
+    /// The zone changed between observation and write in a way that makes the write unsafe.
+    #[error(
+        "zone {zone} changed since it was planned ({reason}); nothing was written, plan again"
+    )]
+    DnsChanged { zone: String, reason: String },
+    #[error("zone {zone} is not connected")]
+    UnknownZone { zone: String },
     #[error("no record for {key}; plan again")]
     MissingRecord { key: EnvKey },
     #[error("host {host} is not connected")]
@@ -64,9 +79,32 @@ pub struct HostBackends<R, P> {
     pub proxy: P,
 }
 
-/// Every connected host, by name.
-pub struct Backends<R, P> {
+/// Every connected host, by name, and every connected managed zone, by domain.
+pub struct Backends<R, P, D = PowerDns> {
     pub hosts: BTreeMap<String, HostBackends<R, P>>,
+    pub zones: BTreeMap<String, D>,
+}
+
+impl<R, P, D> Backends<R, P, D> {
+    /// Hosts only: no zone is observed, planned or written.
+    pub fn hosts(hosts: BTreeMap<String, HostBackends<R, P>>) -> Self {
+        Backends {
+            hosts,
+            zones: BTreeMap::new(),
+        }
+    }
+}
+
+impl Error {
+    /// The zone of a DNS step's failure.
+    pub fn zone(&self) -> Option<&str> {
+        match self {
+            Error::Dns { zone, .. }
+            | Error::DnsChanged { zone, .. }
+            | Error::UnknownZone { zone } => Some(zone),
+            _ => None,
+        }
+    }
 }
 
 /// Milliseconds since the Unix epoch: the only clock the planner sees, read here at the edge.
@@ -113,18 +151,29 @@ pub struct Target<'a> {
 /// # Guarantees
 /// - A converged system gets no mutating call: the first plan is empty, so nothing executes.
 /// - `dry_run` observes and plans once, and changes nothing.
-pub async fn converge<R: Runtime, P: Proxy, H: Prober>(
+pub async fn converge<R: Runtime, P: Proxy, D: Dns, H: Prober>(
     target: Target<'_>,
     store: &Store,
-    backends: &Backends<R, P>,
+    backends: &Backends<R, P, D>,
     prober: &H,
 ) -> Result<Outcome> {
     let mut outcome = Outcome::default();
     let hosts: Vec<HostRef> = target.desired.hosts.values().cloned().collect();
     store.put_hosts(&hosts)?;
+    store.put_zones(target.desired.zones.values())?;
+    // Zones whose write failed in this apply, with why: not planned again until the next apply.
+    let mut failed_zones: BTreeMap<String, String> = BTreeMap::new();
     for round in 0..MAX_ROUNDS {
         let recorded = store.load()?;
-        let observed = observe(backends).await;
+        let mut observed = observe(backends).await;
+        for (zone, error) in &failed_zones {
+            observed.zones.insert(
+                zone.clone(),
+                plan::ZoneObservation::Unreachable {
+                    error: error.clone(),
+                },
+            );
+        }
         let plan = plan::plan(
             target.desired,
             &observed,
@@ -141,8 +190,19 @@ pub async fn converge<R: Runtime, P: Proxy, H: Prober>(
         }
         let report = execute(&plan, store, backends, prober).await?;
         outcome.executed.extend(report.executed);
-        if !report.failures.is_empty() {
-            outcome.failures = report.failures;
+        // A failed zone write does not stop the rounds that finish other work (a deploy needs
+        // three); any other failure does, as before.
+        let hosts_failed = report.failures.iter().any(|f| f.error.zone().is_none());
+        for f in &report.failures {
+            if let Some(zone) = f.error.zone() {
+                failed_zones.insert(
+                    zone.to_string(),
+                    format!("its write failed earlier in this apply: {}", f.error),
+                );
+            }
+        }
+        outcome.failures.extend(report.failures);
+        if hosts_failed {
             break;
         }
     }

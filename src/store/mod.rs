@@ -16,11 +16,14 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
 pub use journal::{JournalEntry, Phase};
 
+use crate::model::dns::ZoneRef;
 use crate::model::{EnvKey, EnvRecord, HostRef, Recorded};
 
 const ENVS: TableDefinition<&str, &[u8]> = TableDefinition::new("envs");
 const HOSTS: TableDefinition<&str, &[u8]> = TableDefinition::new("hosts");
 const JOURNAL: TableDefinition<u64, &[u8]> = TableDefinition::new("journal");
+/// Zones by domain. Holds the name of the API key's environment variable, never the key.
+const ZONES: TableDefinition<&str, &[u8]> = TableDefinition::new("zones");
 
 /// Store errors. Only `Conflict` is worth a retry (re-plan from the fresh state); the others need a
 /// person.
@@ -99,6 +102,7 @@ impl Store {
         txn.open_table(ENVS).map_err(storage)?;
         txn.open_table(HOSTS).map_err(storage)?;
         txn.open_table(JOURNAL).map_err(storage)?;
+        txn.open_table(ZONES).map_err(storage)?;
         txn.commit().map_err(storage)?;
         Ok(Store { db, _lock: lock })
     }
@@ -126,6 +130,16 @@ impl Store {
             let (k, v) = item.map_err(storage)?;
             let host: HostRef = decode(k.value(), v.value())?;
             out.hosts.insert(host.name.clone(), host);
+        }
+        for item in txn
+            .open_table(ZONES)
+            .map_err(storage)?
+            .iter()
+            .map_err(storage)?
+        {
+            let (k, v) = item.map_err(storage)?;
+            let zone: ZoneRef = decode(k.value(), v.value())?;
+            out.zones.insert(zone.name.clone(), zone);
         }
         Ok(out)
     }
@@ -209,6 +223,30 @@ impl Store {
                 let bytes = serde_json::to_vec(h).expect("hosts serialize");
                 table
                     .insert(h.name.as_str(), bytes.as_slice())
+                    .map_err(storage)?;
+            }
+        }
+        txn.commit().map_err(storage)
+    }
+
+    /// Records the Zones the manifests declare (so that `delete` removes DNS records without
+    /// manifests). Writes only what changed; a Zone no longer declared stays recorded, as hosts do.
+    pub fn put_zones<'a>(&self, zones: impl IntoIterator<Item = &'a ZoneRef>) -> Result<()> {
+        let current = self.load()?.zones;
+        let changed: Vec<&ZoneRef> = zones
+            .into_iter()
+            .filter(|z| current.get(&z.name) != Some(*z))
+            .collect();
+        if changed.is_empty() {
+            return Ok(());
+        }
+        let txn = self.db.begin_write().map_err(storage)?;
+        {
+            let mut table = txn.open_table(ZONES).map_err(storage)?;
+            for z in changed {
+                let bytes = serde_json::to_vec(z).expect("zones serialize");
+                table
+                    .insert(z.name.as_str(), bytes.as_slice())
                     .map_err(storage)?;
             }
         }

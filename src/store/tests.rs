@@ -81,3 +81,24 @@ fn an_intent_without_outcome_is_reported_as_interrupted() {
     assert_eq!(store.journal_entries(Some("a")).unwrap().len(), 3);
     assert!(store.journal_entries(Some("b")).unwrap().is_empty());
 }
+
+#[test]
+fn zones_are_recorded_with_the_key_variable_name_and_written_only_when_changed() {
+    use crate::model::dns::{PowerDnsRef, ZoneRef};
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let zone = ZoneRef {
+        name: "codeb.kr".into(),
+        powerdns: Some(PowerDnsRef {
+            api: "http://127.0.0.1:8081".into(),
+            server_id: "localhost".into(),
+            api_key_env: "PDNS_API_KEY".into(),
+        }),
+        ttl: 300,
+    };
+    store.put_zones([&zone]).unwrap();
+    store.put_zones([&zone]).unwrap();
+    drop(store);
+    let store = Store::open(dir.path()).unwrap();
+    assert_eq!(store.load().unwrap().zones["codeb.kr"], zone);
+}
