@@ -266,6 +266,9 @@ pub struct DnsState {
     pub reads: usize,
     /// Every call fails as an unreachable server would.
     pub down: bool,
+    /// Patches fail as a refused change would (after being counted as an attempt).
+    pub refuse_patches: bool,
+    pub patch_attempts: usize,
 }
 
 /// A fake PowerDNS; clones share state.
@@ -333,6 +336,14 @@ impl super::Dns for FakeDns {
         changes: &[super::RrsetChange],
     ) -> Result<(), powerdns::Error> {
         self.call(|s| {
+            s.patch_attempts += 1;
+            if s.refuse_patches {
+                return Err(powerdns::Error::Rejected {
+                    api: "http://fake-pdns".into(),
+                    op: format!("PATCH zones/{zone}."),
+                    message: "refused by the fake".into(),
+                });
+            }
             let mut rrsets = s
                 .zones
                 .get(zone)

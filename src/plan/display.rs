@@ -27,11 +27,8 @@ impl fmt::Display for Step {
             }
             Action::DnsPatch { changes, .. } => {
                 let n = changes.len();
-                write!(
-                    f,
-                    "write {n} rrset{} in one PATCH",
-                    if n == 1 { "" } else { "s" }
-                )?;
+                let s = if n == 1 { "" } else { "s" };
+                write!(f, "change {n} rrset{s} in one PATCH")?;
                 for c in changes {
                     write!(f, "\n      {}", DnsLine(c))?;
                 }

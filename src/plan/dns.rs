@@ -12,7 +12,8 @@
 //! # Ownership
 //! Only rrsets carrying codeb's mark are ever changed or deleted. A name that holds any foreign
 //! rrset (of any type) is a conflict for the environment wanting it: none of that environment's
-//! records are written and a problem note says which record is in the way. codeb's rrsets are
+//! records are written and a problem note says which record is in the way; so is codeb's rrset of
+//! an environment this run neither wants nor removes. codeb's rrsets are
 //! deleted when their environment is removed (deleted or pruned) or no longer calls for them (its
 //! hostname or address family changed); rrsets marked for environments this run knows nothing
 //! about (another state directory, a project removed without `--prune`) are left alone.
@@ -193,8 +194,8 @@ fn plan_zones(input: &Input<'_>, observed: &BTreeMap<String, ZoneObservation>, p
     }
     // Conflicts first, across every zone: an environment in conflict anywhere gets no write
     // anywhere, so its records never end up half written.
-    let conflicted = conflicts(&zones, plan);
     let known: FxHashSet<&EnvKey> = input.wanted.iter().map(|w| w.key).collect();
+    let conflicted = conflicts(&zones, &known, &input.removed, plan);
     for z in &zones {
         if z.create {
             plan.steps.push(step(Action::EnsureZone {
@@ -275,21 +276,41 @@ fn by_name(rrsets: &[Rrset]) -> FxHashMap<&str, Vec<&Rrset>> {
     out
 }
 
-/// Notes every wanted name that holds a foreign rrset, or that another environment wants too;
-/// returns the environments in conflict.
-fn conflicts<'a>(zones: &[ZonePlan<'a>], plan: &mut Plan) -> FxHashSet<&'a EnvKey> {
+/// Notes every wanted name that holds a foreign rrset, or codeb's rrset of an environment this run
+/// neither wants nor removes (another state directory's, or a project dropped from the manifests
+/// without `--prune`: taking it over would make two owners fight over it), or that another
+/// environment wants too; returns the environments in conflict.
+fn conflicts<'a>(
+    zones: &[ZonePlan<'a>],
+    known: &FxHashSet<&EnvKey>,
+    removed: &BTreeSet<&EnvKey>,
+    plan: &mut Plan,
+) -> FxHashSet<&'a EnvKey> {
+    let held = |r: &Rrset| match r.mark.as_deref() {
+        None => Some(format!(
+            "a foreign {} record ({})",
+            r.rtype,
+            r.records.join(" ")
+        )),
+        Some(m) => parse_owner(m)
+            .filter(|o| !known.contains(o) && !removed.contains(o))
+            .map(|o| {
+                format!(
+                    "codeb's {} record for {o}, which these manifests do not declare",
+                    r.rtype
+                )
+            }),
+    };
     let mut out = FxHashSet::default();
     let mut claimed: FxHashMap<&str, &EnvKey> = FxHashMap::default();
     for z in zones {
         let index = by_name(z.rrsets);
         for w in &z.wants {
             let holder = match claimed.get(w.name.as_str()) {
-                Some(other) if *other != w.key => Some(format!("codeb's record for {other}")),
-                _ => index.get(w.name.as_str()).and_then(|rs| {
-                    rs.iter()
-                        .find(|r| r.mark.is_none())
-                        .map(|r| format!("a foreign {} record ({})", r.rtype, r.records.join(" ")))
-                }),
+                Some(other) if *other != w.key => Some(format!("the name {other} wants too")),
+                _ => index
+                    .get(w.name.as_str())
+                    .and_then(|rs| rs.iter().find_map(|r| held(r))),
             };
             claimed.entry(w.name.as_str()).or_insert(w.key);
             if let Some(holder) = holder {
@@ -346,16 +367,24 @@ fn diff(
             });
         }
     }
+    let replaced: FxHashSet<(&str, &str)> = out
+        .iter()
+        .map(|c| (c.change.name(), c.change.rtype()))
+        .collect();
+    let mut deletes = Vec::new();
     for r in z.rrsets {
-        if wanted.contains(&(r.name.as_str(), r.rtype.as_str())) {
-            continue;
-        }
+        let id = (r.name.as_str(), r.rtype.as_str());
         let Some(owner) = r.mark.as_deref().and_then(parse_owner) else {
             continue; // foreign, or codeb's without a readable owner: not ours to delete
         };
-        let stale = known.contains(&owner) && !conflicted.contains(&owner);
+        if replaced.contains(&id) {
+            continue; // overwritten by this same write
+        }
+        // A removed environment's rrset goes even at a name a conflicted environment wants; a
+        // wanted rrset of a known environment stays; any other of a known environment is stale.
+        let stale = !wanted.contains(&id) && known.contains(&owner) && !conflicted.contains(&owner);
         if removed.contains(&owner) || stale {
-            out.push(DnsChange {
+            deletes.push(DnsChange {
                 change: RrsetChange::Delete {
                     name: r.name.clone(),
                     rtype: r.rtype.clone(),
@@ -364,13 +393,14 @@ fn diff(
             });
         }
     }
+    out.extend(deletes);
     out
 }
 
-/// Checks, right before a zone's write, that the write still touches codeb's rrsets only: every
-/// name it changes holds no foreign rrset. PowerDNS has no conditional write, so this re-read
-/// narrows the window in which a record created by hand since the plan could be overwritten to
-/// one round trip.
+/// Checks, right before a zone's write, that the write still touches codeb's rrsets only: no name
+/// it writes holds a foreign rrset, and no rrset it deletes became foreign. PowerDNS has no
+/// conditional write, so this re-read narrows the window in which a record created by hand since
+/// the plan could be overwritten to one round trip.
 ///
 /// # Errors
 /// What changed, for the message.
@@ -380,11 +410,14 @@ pub fn recheck(changes: &[DnsChange], zone: Option<&ObservedZone>) -> Result<(),
     };
     let index = by_name(&zone.rrsets);
     for c in changes {
-        let name = c.change.name();
-        if let Some(foreign) = index
-            .get(name)
-            .and_then(|rs| rs.iter().find(|r| r.mark.is_none()))
-        {
+        let (name, rtype) = (c.change.name(), c.change.rtype());
+        let foreign = index.get(name).and_then(|rs| {
+            rs.iter().find(|r| {
+                r.mark.is_none()
+                    && (matches!(c.change, RrsetChange::Replace(_)) || r.rtype == rtype)
+            })
+        });
+        if let Some(foreign) = foreign {
             return Err(format!(
                 "{} now holds a foreign {} record",
                 name.trim_end_matches('.'),
@@ -394,3 +427,6 @@ pub fn recheck(changes: &[DnsChange], zone: Option<&ObservedZone>) -> Result<(),
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests;

@@ -480,4 +480,4 @@ impl LazyPorts<'_> {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
