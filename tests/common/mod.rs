@@ -44,7 +44,21 @@ impl Stack {
     /// A Host and a Zone document for this stack.
     pub fn host_yaml(&self) -> String {
         format!(
-            "apiVersion: codeb.kr/v1\nkind: Host\nmetadata:\n  name: local\nspec:\n  address: 127.0.0.1\n  podman: {}\n  caddy:\n    admin: {}\n    listen: [\"{}\"]\n    tls: off\n---\napiVersion: codeb.kr/v1\nkind: Zone\nmetadata:\n  name: codeb.test\n",
+            "{}---\napiVersion: codeb.kr/v1\nkind: Zone\nmetadata:\n  name: codeb.test\n",
+            self.host_doc("127.0.0.1")
+        )
+    }
+
+    /// The Host document alone, with this `address` (what DNS records point at).
+    ///
+    /// Containers publish on `CODEB_TEST_PUBLISH_ADDRESS` (default `127.0.0.1`): stacks of other
+    /// engineers on the same machine publish on 127.0.0.1 from the same port ranges, so a stack
+    /// of one's own can take another loopback address (say `127.0.89.110`) and never collide.
+    pub fn host_doc(&self, address: &str) -> String {
+        let publish =
+            std::env::var("CODEB_TEST_PUBLISH_ADDRESS").unwrap_or_else(|_| "127.0.0.1".into());
+        format!(
+            "apiVersion: codeb.kr/v1\nkind: Host\nmetadata:\n  name: local\nspec:\n  address: \"{address}\"\n  podman: {}\n  caddy:\n    admin: {}\n    listen: [\"{}\"]\n    tls: off\n  publishAddress: \"{publish}\"\n",
             self.podman, self.caddy_admin, self.http
         )
     }
@@ -53,6 +67,10 @@ impl Stack {
 /// One production environment of a project, as YAML.
 pub struct ProjectYaml<'a> {
     pub name: &'a str,
+    /// The Zone (`codeb.test` unless set).
+    pub zone: &'a str,
+    /// An explicit hostname (default: `{name}.{zone}`).
+    pub hostname: Option<&'a str>,
     pub image: &'a str,
     pub promotion: &'a str,
     pub grace: &'a str,
@@ -64,6 +82,8 @@ impl<'a> ProjectYaml<'a> {
     pub fn new(name: &'a str, image: &'a str) -> Self {
         ProjectYaml {
             name,
+            zone: "codeb.test",
+            hostname: None,
             image,
             promotion: "auto",
             grace: "1h",
@@ -80,9 +100,13 @@ impl<'a> ProjectYaml<'a> {
                 env.push_str(&format!("        {k}: \"{v}\"\n"));
             }
         }
+        let hostname = self
+            .hostname
+            .map(|h| format!("      hostname: {h}\n"))
+            .unwrap_or_default();
         format!(
-            "---\napiVersion: codeb.kr/v1\nkind: Project\nmetadata:\n  name: {}\nspec:\n  host: local\n  zone: codeb.test\n  environments:\n    production:\n      image: {}\n      port: 8080\n      healthCheck:\n        path: /health\n        timeout: {}\n      promotion: {}\n      gracePeriod: {}\n{env}",
-            self.name, self.image, self.timeout, self.promotion, self.grace
+            "---\napiVersion: codeb.kr/v1\nkind: Project\nmetadata:\n  name: {}\nspec:\n  host: local\n  zone: {}\n  environments:\n    production:\n      image: {}\n      port: 8080\n      healthCheck:\n        path: /health\n        timeout: {}\n      promotion: {}\n      gracePeriod: {}\n{hostname}{env}",
+            self.name, self.zone, self.image, self.timeout, self.promotion, self.grace
         )
     }
 }
@@ -117,8 +141,31 @@ impl Sandbox {
         dir
     }
 
+    /// Writes `head` (Host and Zone documents) and these projects to `manifests/all.yaml`.
+    pub fn write_docs(&self, head: &str, projects: &[ProjectYaml]) -> PathBuf {
+        let dir = self.dir.path().join("manifests");
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut text = head.to_string();
+        for p in projects {
+            text.push_str(&p.render());
+        }
+        std::fs::write(dir.join("all.yaml"), text).unwrap();
+        dir
+    }
+
     pub fn codeb(&self, args: &[&str]) -> Output {
         codeb(&self.state(), args)
+    }
+
+    /// codeb with these extra environment variables.
+    pub fn codeb_env(&self, args: &[&str], vars: &[(&str, &str)]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_codeb"))
+            .arg("--state-dir")
+            .arg(self.state())
+            .args(args)
+            .envs(vars.iter().copied())
+            .output()
+            .expect("codeb runs")
     }
 
     pub fn apply(&self, manifests: &Path) -> Output {
@@ -272,4 +319,169 @@ pub fn unique(prefix: &str) -> String {
 /// Removes a project's containers and routes through codeb itself at the end of a test.
 pub fn cleanup(sb: &Sandbox, project: &str) {
     let _ = sb.codeb(&["delete", "project", project]);
+}
+
+/// The stack's PowerDNS: its HTTP API (with the key from `PDNS_API_KEY`) and its DNS port.
+pub struct Pdns {
+    /// `http://127.0.0.1:PORT`.
+    pub api: String,
+    /// `127.0.0.1:PORT`, for dig.
+    pub dns: String,
+    pub key: String,
+}
+
+impl Pdns {
+    pub fn get() -> Pdns {
+        Pdns {
+            api: env("CODEB_TEST_PDNS_API"),
+            dns: env("CODEB_TEST_PDNS_DNS"),
+            key: env("PDNS_API_KEY"),
+        }
+    }
+
+    /// One API request under `/api/v1/servers/localhost/`; (status, body).
+    pub fn request(&self, method: &str, path: &str, body: &str) -> (u16, String) {
+        let addr = self.api.trim_start_matches("http://");
+        let mut s = TcpStream::connect(addr).expect("PowerDNS's API answers");
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        write!(
+            s,
+            "{method} /api/v1/servers/localhost/{path} HTTP/1.1\r\nHost: {addr}\r\nX-API-Key: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            self.key,
+            body.len()
+        )
+        .unwrap();
+        let mut buf = String::new();
+        s.read_to_string(&mut buf).unwrap();
+        let status = buf
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+        let body = buf
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_string())
+            .unwrap_or_default();
+        (status, body)
+    }
+
+    /// Creates `zone` (Native) with these rrsets (PowerDNS JSON, names canonical).
+    pub fn create_zone(&self, zone: &str, rrsets: serde_json::Value) {
+        let body = serde_json::json!({
+            "name": format!("{zone}."),
+            "kind": "Native",
+            "nameservers": [format!("ns1.{zone}.")],
+            "rrsets": rrsets,
+        });
+        let (status, text) = self.request("POST", "zones", &body.to_string());
+        assert_eq!(status, 201, "{text}");
+    }
+
+    pub fn delete_zone(&self, zone: &str) {
+        let _ = self.request("DELETE", &format!("zones/{zone}."), "");
+    }
+
+    /// The zone as the API answers it; `None` when it does not exist.
+    pub fn zone(&self, zone: &str) -> Option<serde_json::Value> {
+        let (status, body) = self.request("GET", &format!("zones/{zone}."), "");
+        match status {
+            200 => Some(serde_json::from_str(&body).unwrap()),
+            404 => None,
+            _ => panic!("GET zone {zone}: {status} {body}"),
+        }
+    }
+
+    /// The zone's rrsets, sorted by name and type.
+    pub fn rrsets(&self, zone: &str) -> Vec<serde_json::Value> {
+        let z = self.zone(zone).expect("the zone exists");
+        let mut v = z["rrsets"].as_array().unwrap().clone();
+        v.sort_by_key(|r| (r["name"].to_string(), r["type"].to_string()));
+        v
+    }
+
+    /// The rrsets without codeb's comment, exactly as the API answers them (comments and their
+    /// timestamps included), as JSON text: equal text means untouched. The SOA is left out: every
+    /// write to the zone bumps its serial.
+    pub fn foreign(&self, zone: &str) -> String {
+        let v: Vec<serde_json::Value> = self
+            .rrsets(zone)
+            .into_iter()
+            .filter(|r| r["type"] != "SOA" && !is_codeb(r))
+            .collect();
+        serde_json::to_string_pretty(&v).unwrap()
+    }
+
+    /// codeb's rrsets: (name, type, contents, comment).
+    pub fn codeb_rrsets(&self, zone: &str) -> Vec<(String, String, Vec<String>, String)> {
+        self.rrsets(zone)
+            .into_iter()
+            .filter(is_codeb)
+            .map(|r| {
+                let comment = r["comments"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .find(|c| c["account"] == "codeb")
+                    .map(|c| c["content"].as_str().unwrap().to_string())
+                    .unwrap();
+                (
+                    r["name"].as_str().unwrap().to_string(),
+                    r["type"].as_str().unwrap().to_string(),
+                    r["records"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .map(|x| x["content"].as_str().unwrap().to_string())
+                        .collect(),
+                    comment,
+                )
+            })
+            .collect()
+    }
+
+    /// The zone's SOA serial.
+    pub fn serial(&self, zone: &str) -> u64 {
+        self.zone(zone).expect("the zone exists")["serial"]
+            .as_u64()
+            .unwrap()
+    }
+
+    /// A PATCH of the zone, as a person editing it by hand would send.
+    pub fn patch(&self, zone: &str, rrsets: serde_json::Value) {
+        let body = serde_json::json!({ "rrsets": rrsets });
+        let (status, text) = self.request("PATCH", &format!("zones/{zone}."), &body.to_string());
+        assert_eq!(status, 204, "{text}");
+    }
+
+    /// `dig @127.0.0.1 -p PORT +short NAME TYPE`, one answer per line.
+    pub fn dig(&self, name: &str, rtype: &str) -> String {
+        let (host, port) = self.dns.rsplit_once(':').unwrap();
+        let out = Command::new("dig")
+            .args([
+                &format!("@{host}"),
+                "-p",
+                port,
+                "+short",
+                "+time=2",
+                "+tries=1",
+            ])
+            .args([name, rtype])
+            .output()
+            .expect("dig runs (apt install dnsutils; deploy/stack.sh up installs it)");
+        assert!(out.status.success(), "{}", text(&out));
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+}
+
+fn is_codeb(r: &serde_json::Value) -> bool {
+    r["comments"]
+        .as_array()
+        .is_some_and(|cs| cs.iter().any(|c| c["account"] == "codeb"))
+}
+
+/// A Zone document managed through the stack's PowerDNS, the key read from `key_env`.
+pub fn managed_zone(zone: &str, api: &str, key_env: &str) -> String {
+    format!(
+        "---\napiVersion: codeb.kr/v1\nkind: Zone\nmetadata:\n  name: {zone}\nspec:\n  powerdns:\n    api: {api}\n    apiKeyEnv: {key_env}\n  ttl: 300\n"
+    )
 }
