@@ -24,7 +24,8 @@ rm -rf "$rendered" && mkdir -p "$rendered"
 for f in manifests/examples/*.yaml; do
   sed -e "s#unix:///run/codeb-stack/podman.sock#$CODEB_TEST_PODMAN#" \
     -e "s#http://127.0.0.1:12019#$CODEB_TEST_CADDY_ADMIN#" \
-    -e "s#127.0.0.1:18080#$CODEB_TEST_HTTP#" "$f" >"$rendered/$(basename "$f")"
+    -e "s#127.0.0.1:18080#$CODEB_TEST_HTTP#" \
+    -e "s#http://127.0.0.1:18081#$CODEB_TEST_PDNS_API#" "$f" >"$rendered/$(basename "$f")"
 done
 
 "$codeb" apply -f "$rendered"
@@ -39,5 +40,8 @@ for p in json.load(sys.stdin):
     host = p["url"].split("://", 1)[1]
     print(f"  curl -H \"Host: {host}\" http://{http}/")
 ' "$CODEB_TEST_HTTP"
+echo
+echo "Names resolve through the stack's PowerDNS:"
+echo "  dig @${CODEB_TEST_PDNS_DNS%:*} -p ${CODEB_TEST_PDNS_DNS##*:} +short hello.codeb.test"
 echo
 echo "State: CODEB_STATE_DIR=$CODEB_STATE_DIR $codeb get slots"
