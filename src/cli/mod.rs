@@ -1,8 +1,9 @@
 //! The command line: parse, load, call `reconcile`, print, and map the result to an exit code.
 //!
 //! Exit codes (also in `--help` and the README): 0 converged (for `diff`: no changes); 1 could not
-//! converge (a failed health check, a backend unreachable; for `diff`: there are changes); 2 invalid
-//! input or usage, nothing applied; 3 (`diff` only) the hosts could not be observed.
+//! converge (a failed health check, a backend unreachable, a DNS name held by a record codeb does not
+//! own; for `diff`: there are changes); 2 invalid input or usage (including a Zone's unset API key
+//! variable), nothing applied; 3 (`diff` only) a host or zone could not be observed.
 
 mod commands;
 mod connect;
@@ -15,9 +16,10 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 const EXIT_CODES: &str = "Exit codes:
   0  converged (diff: nothing to change)
-  1  could not converge: a failed health check, a backend unreachable (diff: there are changes)
+  1  could not converge: a failed health check, a backend unreachable, a DNS name held by a
+     record codeb does not own (diff: there are changes)
   2  invalid input or usage; nothing was applied
-  3  diff only: the hosts could not be observed";
+  3  diff only: a host or a zone could not be observed";
 
 /// Deploys web apps blue/green to Podman hosts behind Caddy, from declarative manifests.
 #[derive(Debug, Parser)]
