@@ -10,13 +10,14 @@
 //! a Zone without `powerdns` is not managed, and a name in no declared Zone gets no record.
 //!
 //! # Ownership
-//! Only rrsets carrying codeb's mark are ever changed or deleted. A name that holds any foreign
-//! rrset (of any type) is a conflict for the environment wanting it: none of that environment's
-//! records are written and a problem note says which record is in the way; so is codeb's rrset of
-//! an environment this run neither wants nor removes. codeb's rrsets are
-//! deleted when their environment is removed (deleted or pruned) or no longer calls for them (its
-//! hostname or address family changed); rrsets marked for environments this run knows nothing
-//! about (another state directory, a project removed without `--prune`) are left alone.
+//! Only rrsets carrying codeb's mark are ever changed or deleted. A name an environment needs is a
+//! conflict when it holds a foreign rrset of any type, or codeb's rrset of an environment this run
+//! neither wants nor removes (another state directory's, or a project dropped from the manifests
+//! without `--prune`: taking it over would make two owners fight over it). Then none of that
+//! environment's records are written, and a problem note names the record in the way. codeb's
+//! rrsets are deleted when their environment is removed (deleted or pruned) or no longer calls for
+//! them (its hostname or address family changed); rrsets marked for environments this run knows
+//! nothing about are left alone.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
@@ -144,6 +145,33 @@ pub fn zones_for<'a>(
         }
     }
     out
+}
+
+/// Drops the `Forget` step of each removed environment whose DNS records could not be planned
+/// (a zone holding its names was not observed): forgetting it would orphan those records, which a
+/// later `delete` or `--prune` removes once the zone answers. Its containers and routes still go.
+pub fn keep_unplanned_records(
+    plan: &mut Plan,
+    zones: &BTreeMap<String, ZoneRef>,
+    recorded: &Recorded,
+    observed: &Observed,
+) {
+    let unplanned = |key: &EnvKey| {
+        let Some(rec) = recorded.envs.get(key) else {
+            return false;
+        };
+        names(&rec.hostname).iter().any(|name| {
+            zone_of(name, zones).is_some_and(|z| {
+                z.is_managed()
+                    && !matches!(
+                        observed.zones.get(&z.name),
+                        Some(ZoneObservation::Present(_) | ZoneObservation::Missing)
+                    )
+            })
+        })
+    };
+    plan.steps
+        .retain(|s| !(matches!(s.action, Action::Forget) && s.key.as_ref().is_some_and(unplanned)));
 }
 
 /// A hostname and its two preview hostnames.

@@ -302,6 +302,11 @@ pub fn plan(
             }
         }
     }
+    if !prune.is_empty() {
+        let mut zones = recorded.zones.clone();
+        zones.extend(desired.zones.clone());
+        dns::keep_unplanned_records(&mut plan, &zones, recorded, observed);
+    }
     plan
 }
 
@@ -317,6 +322,7 @@ pub fn plan_delete(keys: &[EnvKey], observed: &Observed, recorded: &Recorded) ->
             }
         }
     }
+    dns::keep_unplanned_records(&mut plan, &recorded.zones, recorded, observed);
     plan
 }
 

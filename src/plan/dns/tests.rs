@@ -115,6 +115,16 @@ impl Fixture {
             .unwrap()
     }
 
+    /// `codeb delete` of these environments: plan from a fresh observation, execute.
+    async fn delete(&self, keys: &[EnvKey]) -> Plan {
+        let observed = reconcile::observe(&self.backends).await;
+        let p = crate::plan::plan_delete(keys, &observed, &self.store.load().unwrap());
+        reconcile::execute(&p, &self.store, &self.backends, &self.prober)
+            .await
+            .unwrap();
+        p
+    }
+
     async fn apply(&self, d: &Desired) -> Outcome {
         self.converge(d, vec![]).await
     }
@@ -382,6 +392,31 @@ async fn delete_removes_the_records_of_the_deleted_environments_only() {
         f.content("blue.b.example.test", "A"),
         Some(vec!["127.0.0.1".into()])
     );
+    assert_eq!(f.foreign_now(), sorted(foreign()));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_delete_while_powerdns_is_down_keeps_the_record_until_its_dns_records_are_gone() {
+    let f = Fixture::new();
+    assert!(f.apply(&desired(&["a"])).await.converged());
+    let keys = [EnvKey::new("a", "production")];
+    f.dns.state().down = true;
+    let p = f.delete(&keys).await;
+    assert!(
+        p.notes
+            .iter()
+            .any(|n| matches!(n, Note::ZoneUnreachable { .. })),
+        "{p}"
+    );
+    assert!(f.world.state().containers.is_empty(), "containers still go");
+    assert!(
+        f.store.env(&keys[0]).unwrap().is_some(),
+        "the record is kept"
+    );
+    f.dns.state().down = false;
+    f.delete(&keys).await;
+    assert_eq!(f.content("a.example.test", "A"), None);
+    assert!(f.store.env(&keys[0]).unwrap().is_none());
     assert_eq!(f.foreign_now(), sorted(foreign()));
 }
 
