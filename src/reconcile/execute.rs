@@ -49,8 +49,13 @@ pub async fn execute<R: Runtime, P: Proxy, D: Dns, H: Prober>(
     let mut failed: BTreeSet<EnvKey> = BTreeSet::new();
     // The generation each key's record is expected at: the plan's, then whatever our writes made it.
     let mut gens: BTreeMap<EnvKey, Option<u64>> = BTreeMap::new();
+    // Environments whose DNS records a failed zone write was to delete: their store record is kept
+    // (their `Forget` skipped), so that a later delete or prune still finds those records.
+    let mut dns_left: BTreeSet<EnvKey> = BTreeSet::new();
     for step in &plan.steps {
-        if step.key.as_ref().is_some_and(|k| failed.contains(k)) {
+        let forget_blocked = matches!(step.action, Action::Forget)
+            && step.key.as_ref().is_some_and(|k| dns_left.contains(k));
+        if forget_blocked || step.key.as_ref().is_some_and(|k| failed.contains(k)) {
             report.skipped += 1;
             continue;
         }
@@ -80,6 +85,7 @@ pub async fn execute<R: Runtime, P: Proxy, D: Dns, H: Prober>(
                 if let Some(k) = &step.key {
                     failed.insert(k.clone());
                 }
+                dns_left.extend(deleted_owners(&step.action));
                 report.failures.push(StepFailure {
                     step: text,
                     key: step.key.clone(),
@@ -89,6 +95,19 @@ pub async fn execute<R: Runtime, P: Proxy, D: Dns, H: Prober>(
         }
     }
     Ok(report)
+}
+
+/// The environments whose rrsets a zone step deletes.
+fn deleted_owners(action: &Action) -> Vec<EnvKey> {
+    let Action::DnsPatch { changes, .. } = action else {
+        return Vec::new();
+    };
+    changes
+        .iter()
+        .filter(|c| matches!(c.change, crate::backend::RrsetChange::Delete { .. }))
+        .filter_map(|c| c.was.as_ref()?.mark.as_deref())
+        .filter_map(crate::model::dns::parse_owner)
+        .collect()
 }
 
 fn entry(

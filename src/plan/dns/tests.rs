@@ -421,6 +421,20 @@ async fn a_delete_while_powerdns_is_down_keeps_the_record_until_its_dns_records_
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_delete_whose_zone_write_fails_keeps_the_record_too() {
+    let f = Fixture::new();
+    assert!(f.apply(&desired(&["a"])).await.converged());
+    let keys = [EnvKey::new("a", "production")];
+    f.dns.state().refuse_patches = true;
+    f.delete(&keys).await;
+    assert!(f.store.env(&keys[0]).unwrap().is_some());
+    f.dns.state().refuse_patches = false;
+    f.delete(&keys).await;
+    assert_eq!(f.content("green.a.example.test", "A"), None);
+    assert!(f.store.env(&keys[0]).unwrap().is_none());
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_new_hostname_or_address_family_replaces_the_old_records_in_the_same_patch() {
     let f = Fixture::new();
     assert!(f.apply(&desired(&["a"])).await.converged());
