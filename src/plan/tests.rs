@@ -463,3 +463,50 @@ fn the_printed_plan_never_shows_an_env_value() {
     assert!(text.contains("deploy app:v1 into blue"), "{text}");
     assert!(!text.contains("postgres://secret"), "{text}");
 }
+
+/// Plans a rollback or a promote of `myapp` against the fixture's current state.
+async fn switch_with(f: &Fixture, rollback: bool) -> Result<Plan, SwitchError> {
+    let rec = f.record("myapp");
+    let observed = reconcile::observe(&f.backends).await;
+    let HostObservation::Reachable { proxy, .. } = &observed.hosts["app"] else {
+        panic!()
+    };
+    let now = reconcile::now_ms();
+    if rollback {
+        plan_rollback(&rec, &host(), proxy, now)
+    } else {
+        plan_promote(&rec, &host(), proxy, now)
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn promote_after_a_rollback_rolls_forward_but_never_to_an_older_release() {
+    let f = Fixture::new();
+    f.apply(&desired([env("myapp").manual()])).await;
+    let d2 = desired([env("myapp").manual().image("app:v2")]);
+    f.apply(&d2).await;
+    let p = switch_with(&f, false).await.unwrap();
+    reconcile::execute(&p, &f.store, &f.backends, &f.prober)
+        .await
+        .unwrap();
+    assert_eq!(f.record("myapp").active, Some(Slot::Green));
+    // v1 is in grace now: promoting it would be a rollback, so promote refuses.
+    assert!(matches!(
+        switch_with(&f, false).await,
+        Err(SwitchError::NothingToPromote { .. })
+    ));
+    let p = switch_with(&f, true).await.unwrap();
+    reconcile::execute(&p, &f.store, &f.backends, &f.prober)
+        .await
+        .unwrap();
+    assert_eq!(f.record("myapp").active, Some(Slot::Blue));
+    // After the rollback, promote rolls forward to v2 again and clears the hold.
+    let p = switch_with(&f, false).await.unwrap();
+    reconcile::execute(&p, &f.store, &f.backends, &f.prober)
+        .await
+        .unwrap();
+    let rec = f.record("myapp");
+    assert_eq!(rec.active, Some(Slot::Green));
+    assert_eq!(rec.held, None);
+    assert!(f.replan(&d2).await.is_empty());
+}

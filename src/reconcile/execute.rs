@@ -201,9 +201,7 @@ async fn run<R: Runtime, P: Proxy, H: Prober>(
                         let at = now_ms();
                         return update(&|rec| {
                             let s = rec.slot_mut(*slot);
-                            if s.state == SlotState::Deploying
-                                && s.hash() == Some(hash.as_str())
-                            {
+                            if s.state == SlotState::Deploying && s.hash() == Some(hash.as_str()) {
                                 s.state = SlotState::Deployed;
                                 s.since_ms = at;
                             }
