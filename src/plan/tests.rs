@@ -76,7 +76,7 @@ pub(crate) fn desired(envs: impl IntoIterator<Item = DesiredEnv>) -> Desired {
     }
 }
 
-struct Fixture {
+pub(super) struct Fixture {
     world: World,
     store: Store,
     backends: Backends<World, World>,
@@ -463,4 +463,183 @@ fn the_printed_plan_never_shows_an_env_value() {
     let text = plan(&d, &observed, &Default::default(), &[], 0).to_string();
     assert!(text.contains("deploy app:v1 into blue"), "{text}");
     assert!(!text.contains("postgres://secret"), "{text}");
+}
+
+/// Plans a rollback or a promote of `project` against the fixture's current state.
+pub(super) async fn switch_with(
+    f: &Fixture,
+    project: &str,
+    rollback: bool,
+) -> Result<Plan, SwitchError> {
+    let rec = f.record(project);
+    let observed = reconcile::observe(&f.backends).await;
+    let HostObservation::Reachable { proxy, .. } = &observed.hosts["app"] else {
+        panic!()
+    };
+    let now = reconcile::now_ms();
+    if rollback {
+        plan_rollback(&rec, &host(), proxy, now)
+    } else {
+        plan_promote(&rec, &host(), proxy, now)
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn promote_after_a_rollback_rolls_forward_but_never_to_an_older_release() {
+    let f = Fixture::new();
+    f.apply(&desired([env("myapp").manual()])).await;
+    let d2 = desired([env("myapp").manual().image("app:v2")]);
+    f.apply(&d2).await;
+    let p = switch_with(&f, "myapp", false).await.unwrap();
+    reconcile::execute(&p, &f.store, &f.backends, &f.prober)
+        .await
+        .unwrap();
+    assert_eq!(f.record("myapp").active, Some(Slot::Green));
+    // v1 is in grace now: promoting it would be a rollback, so promote refuses.
+    assert!(matches!(
+        switch_with(&f, "myapp", false).await,
+        Err(SwitchError::NothingToPromote { .. })
+    ));
+    let p = switch_with(&f, "myapp", true).await.unwrap();
+    reconcile::execute(&p, &f.store, &f.backends, &f.prober)
+        .await
+        .unwrap();
+    assert_eq!(f.record("myapp").active, Some(Slot::Blue));
+    // After the rollback, promote rolls forward to v2 again and clears the hold.
+    let p = switch_with(&f, "myapp", false).await.unwrap();
+    reconcile::execute(&p, &f.store, &f.backends, &f.prober)
+        .await
+        .unwrap();
+    let rec = f.record("myapp");
+    assert_eq!(rec.active, Some(Slot::Green));
+    assert_eq!(rec.held, None);
+    assert!(f.replan(&d2).await.is_empty());
+}
+
+mod properties {
+    //! Random sequences of user actions and drift against the fake world: the invariants hold after
+    //! every one of them.
+    use super::*;
+    use proptest::prelude::*;
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        /// Apply `app:v{n}` (n == 0: a release that never gets healthy).
+        Apply {
+            n: u8,
+            manual: bool,
+            zero_grace: bool,
+        },
+        Promote,
+        Rollback,
+        RemoveContainer(bool),
+        DeleteRoutes,
+        RestartCaddy,
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            4 => (0u8..4, any::<bool>(), any::<bool>()).prop_map(|(n, manual, zero_grace)| Op::Apply { n, manual, zero_grace }),
+            2 => Just(Op::Promote),
+            2 => Just(Op::Rollback),
+            1 => any::<bool>().prop_map(Op::RemoveContainer),
+            1 => Just(Op::DeleteRoutes),
+            1 => Just(Op::RestartCaddy),
+        ]
+    }
+
+    fn desired_for(n: u8, manual: bool, zero_grace: bool) -> Desired {
+        let image = if n == 0 {
+            "app:unhealthy".to_string()
+        } else {
+            format!("app:v{n}")
+        };
+        let mut e = env("p").image(&image).grace(if zero_grace {
+            Duration::ZERO
+        } else {
+            Duration::from_secs(3600)
+        });
+        e.health_timeout = Duration::from_millis(300);
+        if manual {
+            e = e.manual();
+        }
+        desired([e])
+    }
+
+    /// At most one active slot, the record's `active` is it, and the hostname route (if any) dials
+    /// the active slot, which runs a healthy container.
+    fn check(f: &Fixture, context: &str) {
+        let Some(rec) = f.store.env(&EnvKey::new("p", "production")).unwrap() else {
+            return;
+        };
+        let actives: Vec<Slot> = Slot::ALL
+            .into_iter()
+            .filter(|s| rec.slot(*s).state == SlotState::Active)
+            .collect();
+        assert!(actives.len() <= 1, "{context}: two active slots: {rec:?}");
+        assert_eq!(actives.first().copied(), rec.active, "{context}: {rec:?}");
+        if let Some(up) = f.route_upstream(&rec.key.route_id()) {
+            let a = rec
+                .active
+                .expect("a hostname route exists only for an active slot");
+            let port = a.port(rec.base_port);
+            assert_eq!(
+                up,
+                format!("127.0.0.1:{port}"),
+                "{context}: the hostname routes to the active slot"
+            );
+            assert!(
+                f.world.healthy_on(port),
+                "{context}: the hostname routes to a slot that is not healthy"
+            );
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+        #[test]
+        fn the_hostname_only_ever_routes_to_one_healthy_active_slot(ops in proptest::collection::vec(op(), 1..12)) {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().start_paused(true).build().unwrap();
+            rt.block_on(async {
+                let f = Fixture::new();
+                let mut last = desired_for(1, false, false);
+                f.apply(&last).await;
+                for (i, op) in ops.iter().enumerate() {
+                    let context = format!("after op {i} {op:?} of {ops:?}");
+                    match op {
+                        Op::Apply { n, manual, zero_grace } => {
+                            last = desired_for(*n, *manual, *zero_grace);
+                            let out = f.apply(&last).await;
+                            let again = f.replan(&last).await;
+                            assert!(again.is_empty(), "{context}: not converged: {again}\n{:?}", out.failures);
+                        }
+                        Op::Promote | Op::Rollback => {
+                            if let Ok(p) = switch_with(&f, "p", matches!(op, Op::Rollback)).await {
+                                reconcile::execute(&p, &f.store, &f.backends, &f.prober).await.unwrap();
+                            }
+                        }
+                        Op::RemoveContainer(blue) => {
+                            let name = format!("p-production-{}", if *blue { "blue" } else { "green" });
+                            f.world.state().containers.retain(|_, (c, _)| c.name != name);
+                            // Drift: the route may now dial nothing; the next apply repairs it.
+                            f.apply(&last).await;
+                        }
+                        Op::DeleteRoutes => {
+                            f.world.state().routes.clear();
+                            f.apply(&last).await;
+                        }
+                        Op::RestartCaddy => {
+                            {
+                                let mut s = f.world.state();
+                                s.routes.clear();
+                                s.server = None;
+                            }
+                            f.apply(&last).await;
+                        }
+                    }
+                    check(&f, &context);
+                }
+            });
+        }
+    }
 }

@@ -150,6 +150,8 @@ pub struct Target<'a> {
 ///
 /// # Guarantees
 /// - A converged system gets no mutating call: the first plan is empty, so nothing executes.
+/// - A failed step does not stop the apply while later rounds make progress; every failure is in
+///   the outcome, which is then not converged.
 /// - `dry_run` observes and plans once, and changes nothing.
 pub async fn converge<R: Runtime, P: Proxy, D: Dns, H: Prober>(
     target: Target<'_>,
@@ -189,20 +191,29 @@ pub async fn converge<R: Runtime, P: Proxy, D: Dns, H: Prober>(
             break;
         }
         let report = execute(&plan, store, backends, prober).await?;
+        let progressed = !report.executed.is_empty();
         outcome.executed.extend(report.executed);
-        // A failed zone write does not stop the rounds that finish other work (a deploy needs
-        // three); any other failure does, as before.
-        let hosts_failed = report.failures.iter().any(|f| f.error.zone().is_none());
+        // A zone whose write failed is not planned again in this apply (it would fail the same
+        // way); the rounds go on for the rest.
         for f in &report.failures {
             if let Some(zone) = f.error.zone() {
+                let error = f.error.to_string();
+                let reason = error
+                    .trim_start_matches(&format!("zone {zone}: "))
+                    .to_string();
                 failed_zones.insert(
                     zone.to_string(),
-                    format!("its write failed earlier in this apply: {}", f.error),
+                    format!("its write failed earlier in this apply: {reason}"),
                 );
             }
         }
+        let failed = !report.failures.is_empty();
         outcome.failures.extend(report.failures);
-        if hosts_failed {
+        // After a failure, plan again: a failed health check leaves work that follows from it (the
+        // failed slot's preview route goes), and the planner never redeploys a failed release, so
+        // this cannot loop hot. A round that failed without any step succeeding stops the apply (a
+        // backend that refuses every write would fail the same way again).
+        if failed && !progressed {
             break;
         }
     }
