@@ -1,7 +1,9 @@
 //! `plan` for 10,000 projects against in-memory state (target: under 20 ms).
 //!
 //! Two worlds: converged (the plan is empty: what every no-op apply and every resync computes) and
-//! a new release everywhere (every environment gets deploy, probe and route steps).
+//! a new release everywhere (every environment gets deploy, probe and route steps). Then the same
+//! converged world with its zone managed through PowerDNS (30,000 codeb rrsets observed), and with
+//! all of them missing (one PATCH of 30,000 changes).
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -11,11 +13,13 @@ use criterion::{criterion_group, criterion_main, Criterion};
 use codeb::backend::{
     ObservedContainer, ObservedProxy, LABEL_ENVIRONMENT, LABEL_PROJECT, LABEL_RELEASE, LABEL_SLOT,
 };
+use codeb::backend::{ObservedZone, RrsetChange};
+use codeb::model::dns::{PowerDnsRef, ZoneRef};
 use codeb::model::{
     Desired, DesiredEnv, EnvKey, EnvRecord, HostRef, Promotion, Recorded, Release, Slot,
     SlotRecord, SlotState,
 };
-use codeb::plan::{plan, routes, server_spec, HostObservation, Observed};
+use codeb::plan::{plan, routes, server_spec, Action, HostObservation, Observed, ZoneObservation};
 
 const PROJECTS: usize = 10_000;
 
@@ -137,6 +141,54 @@ fn bench(c: &mut Criterion) {
     );
     c.bench_function("plan 10k projects, new release everywhere", |b| {
         b.iter(|| plan(&v2, &observed, &recorded, &[], 0))
+    });
+
+    // The zone `example.test` managed: first empty (every record missing), then holding exactly
+    // the records the plan wrote.
+    let mut dns = desired.clone();
+    dns.zones.insert(
+        "example.test".into(),
+        ZoneRef {
+            name: "example.test".into(),
+            powerdns: Some(PowerDnsRef {
+                api: "http://127.0.0.1:8081".into(),
+                server_id: "localhost".into(),
+                api_key_env: "PDNS_API_KEY".into(),
+            }),
+            ttl: 300,
+        },
+    );
+    let mut empty = observed.clone();
+    empty.zones.insert(
+        "example.test".into(),
+        ZoneObservation::Present(ObservedZone::default()),
+    );
+    let first = plan(&dns, &empty, &recorded, &[], 0);
+    let [step] = first.steps.as_slice() else {
+        panic!("one step for the whole zone: {}", first.steps.len());
+    };
+    let Action::DnsPatch { changes, .. } = &step.action else {
+        panic!("a PATCH");
+    };
+    assert_eq!(changes.len(), PROJECTS * 3);
+    c.bench_function("plan 10k projects with DNS, 30k records missing", |b| {
+        b.iter(|| plan(&dns, &empty, &recorded, &[], 0))
+    });
+    let rrsets = changes
+        .iter()
+        .filter_map(|c| match &c.change {
+            RrsetChange::Replace(r) => Some(r.clone()),
+            RrsetChange::Delete { .. } => None,
+        })
+        .collect();
+    let mut full = observed.clone();
+    full.zones.insert(
+        "example.test".into(),
+        ZoneObservation::Present(ObservedZone { rrsets }),
+    );
+    assert!(plan(&dns, &full, &recorded, &[], 0).is_empty());
+    c.bench_function("plan 10k projects with DNS, converged", |b| {
+        b.iter(|| plan(&dns, &full, &recorded, &[], 0))
     });
 }
 

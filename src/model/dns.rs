@@ -46,9 +46,14 @@ pub fn owner_mark(key: &EnvKey) -> String {
 
 /// The environment an ownership comment names, when it is one codeb wrote.
 pub fn parse_owner(mark: &str) -> Option<EnvKey> {
+    owner_of(mark).map(|(project, env)| EnvKey::new(project, env))
+}
+
+/// [`parse_owner`] without allocating: `(project, environment)`.
+pub fn owner_of(mark: &str) -> Option<(&str, &str)> {
     let (project, env) = mark.strip_prefix(OWNER_PREFIX)?.split_once('/')?;
     let valid = |s: &str| !s.is_empty() && !s.contains(['/', ' ']);
-    (valid(project) && valid(env)).then(|| EnvKey::new(project, env))
+    (valid(project) && valid(env)).then_some((project, env))
 }
 
 /// True when `name` is `zone` or a name under it (both without trailing dots).
