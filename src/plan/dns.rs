@@ -416,7 +416,7 @@ fn conflicts<'a>(
             let Some(c) = n.claim else { continue };
             let claimant = z.wants[c].key;
             for &i in &n.rivals {
-                found.push((i, format!("the name {claimant} wants too")));
+                found.push((i, format!("the record codeb writes for {claimant}")));
             }
             if let Some(r) = n.rrsets().find(|r| owners.holds(r, claimant)) {
                 found.push((c, describe(r)));
