@@ -16,8 +16,8 @@ pub use execute::{execute, Report, StepFailure};
 pub use observe::observe;
 pub use probe::{HttpProber, Prober};
 
-use crate::backend::{Proxy, Runtime};
-use crate::model::{Desired, EnvKey, HostRef};
+use crate::backend::{Kernel, Proxy, Runtime};
+use crate::model::{Desired, EnvKey, HostRef, SwitchMode};
 use crate::plan::{self, Note, Plan};
 use crate::store::Store;
 
@@ -36,6 +36,11 @@ pub enum Error {
     Caddy {
         host: String,
         source: crate::backend::caddy::Error,
+    },
+    #[error("host {host}: {source}")]
+    Kernel {
+        host: String,
+        source: crate::backend::netfilter::Error,
     },
     #[error("{slot} never answered 2xx/3xx on {url} within {timeout}: {last}")]
     Unhealthy {
@@ -59,14 +64,16 @@ pub enum Error {
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// The backends of one host.
-pub struct HostBackends<R, P> {
+pub struct HostBackends<R, P, K> {
     pub runtime: R,
     pub proxy: P,
+    /// The kernel's NAT rules, where the host's service addresses live.
+    pub kernel: K,
 }
 
 /// Every connected host, by name.
-pub struct Backends<R, P> {
-    pub hosts: BTreeMap<String, HostBackends<R, P>>,
+pub struct Backends<R, P, K> {
+    pub hosts: BTreeMap<String, HostBackends<R, P, K>>,
 }
 
 /// Milliseconds since the Unix epoch: the only clock the planner sees, read here at the edge.
@@ -113,10 +120,10 @@ pub struct Target<'a> {
 /// # Guarantees
 /// - A converged system gets no mutating call: the first plan is empty, so nothing executes.
 /// - `dry_run` observes and plans once, and changes nothing.
-pub async fn converge<R: Runtime, P: Proxy, H: Prober>(
+pub async fn converge<R: Runtime, P: Proxy, K: Kernel, H: Prober>(
     target: Target<'_>,
     store: &Store,
-    backends: &Backends<R, P>,
+    backends: &Backends<R, P, K>,
     prober: &H,
 ) -> Result<Outcome> {
     let mut outcome = Outcome::default();
@@ -125,6 +132,7 @@ pub async fn converge<R: Runtime, P: Proxy, H: Prober>(
     for round in 0..MAX_ROUNDS {
         let recorded = store.load()?;
         let observed = observe(backends).await;
+        record_switch_modes(store, &observed)?;
         let plan = plan::plan(
             target.desired,
             &observed,
@@ -147,4 +155,21 @@ pub async fn converge<R: Runtime, P: Proxy, H: Prober>(
         }
     }
     Ok(outcome)
+}
+
+/// Records how each observed host switches traffic, for `get hosts` (written only on a change).
+pub fn record_switch_modes(store: &Store, observed: &plan::Observed) -> Result<()> {
+    let modes: BTreeMap<String, (SwitchMode, Option<String>)> = observed
+        .hosts
+        .iter()
+        .filter_map(|(name, obs)| {
+            let kernel = obs.view()?.kernel;
+            Some((
+                name.clone(),
+                (kernel.mode(), kernel.reason().map(str::to_string)),
+            ))
+        })
+        .collect();
+    store.put_switch_modes(&modes)?;
+    Ok(())
 }
