@@ -17,8 +17,9 @@
 //!   container).
 //!
 //! No other chain or rule is ever written, flushed or deleted: every line this module sends names
-//! one of the chains above, and the only rule outside them is the jump, deleted only by
-//! [`Netfilter::unhook`].
+//! one of the chains above, and the only rule outside them is the jump. The jump and the dispatch
+//! chain stay when the last environment goes (another state directory may share the gateway);
+//! `deploy/stack.sh down --purge` removes them with the stack's network.
 //!
 //! # Why these choices (measured on Debian 12, iptables 1.8.9 nf_tables)
 //! - A switch replaces a service chain whole: declaring a chain in a `--noflush` restore flushes
@@ -147,20 +148,6 @@ impl Netfilter {
             "iptables-restore"
         );
         Ok(())
-    }
-
-    /// Removes a gateway's jump and dispatch chain. For tear-down (tests, a machine given up):
-    /// it fails, changing nothing, while a service chain still hangs off the dispatch chain.
-    pub async fn unhook(&self, gateway: Ipv4Addr) -> Result<()> {
-        let observed = self.observe(gateway).await?;
-        if observed.services.values().any(|s| s.chain) {
-            return Err(Error::Command {
-                command: "unhook".into(),
-                status: "refused".into(),
-                stderr: format!("service chains remain under {}", dispatch_chain(gateway)),
-            });
-        }
-        self.restore(&render_unhook(gateway, &observed)).await
     }
 }
 
@@ -364,19 +351,6 @@ pub fn render_service(write: &ServiceWrite) -> String {
             lines.push(format!(":{chain} - [0:0]"));
             lines.push(format!("-X {chain}"));
         }
-    }
-    script(lines)
-}
-
-fn render_unhook(gateway: Ipv4Addr, observed: &ObservedServices) -> String {
-    let mut lines = Vec::new();
-    for _ in 0..observed.hooks {
-        lines.push(format!("-D OUTPUT {}", hook_rule(gateway)));
-    }
-    if observed.chain {
-        let chain = dispatch_chain(gateway);
-        lines.push(format!(":{chain} - [0:0]"));
-        lines.push(format!("-X {chain}"));
     }
     script(lines)
 }
