@@ -13,8 +13,8 @@
 #            with fresh connections (bash's /dev/tcp, ~0.5 ms apart);
 #   write    the data-path change alone as codeb logs it: the iptables-restore (kernel mode) or
 #            the Caddy admin PATCH (caddy-admin mode).
-# caddy-admin mode is forced with CODEB_SWITCH=caddy-admin. Exit status: 0, or 1 when any request
-# failed in kernel mode.
+# caddy-admin mode is forced with CODEB_SWITCH=caddy-admin. BENCH_KEEP=1 keeps the work directory
+# (hey's output, codeb's JSON logs). Exit status: 0, or 1 when any request failed in kernel mode.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -35,7 +35,7 @@ hey_pid=""
 # shellcheck disable=SC2317 # called by the EXIT trap
 cleanup() {
   [[ -z $hey_pid ]] || kill "$hey_pid" 2>/dev/null || true
-  rm -rf "$work"
+  if [[ -n ${BENCH_KEEP-} ]]; then echo "kept $work" >&2; else rm -rf "$work"; fi
 }
 trap cleanup EXIT
 
@@ -82,26 +82,38 @@ spec:
 EOF
 }
 
-# One GET on a fresh connection; prints the body. Bash builtins only: no process per request.
+# One GET on a fresh connection into the global `body` (empty on a connection error, which is
+# counted in `poll_errors`). Bash builtins only: no process per request.
+body=""
+poll_errors=0
 get() { # host
-  local body="" line
-  exec 3<>"/dev/tcp/127.0.0.1/$http_port" || return 1
+  local line=""
+  body=""
+  if ! exec 3<>"/dev/tcp/127.0.0.1/$http_port" 2>/dev/null; then
+    poll_errors=$((poll_errors + 1))
+    return
+  fi
   printf 'GET / HTTP/1.1\r\nHost: %s\r\nConnection: close\r\n\r\n' "$1" >&3
-  while IFS= read -r -u 3 line || [[ -n $line ]]; do body=$line; done
+  while IFS= read -r -u 3 line 2>/dev/null || [[ -n $line ]]; do
+    body=$line
+    line=""
+  done
+  [[ $body == v* ]] || poll_errors=$((poll_errors + 1))
   exec 3>&-
-  printf '%s' "$body"
 }
 
-# Polls until the hostname answers `want`; prints the time it did (µs), or "timeout".
+# Polls until the hostname answers `want`; prints the time it did (µs) or "timeout", and the
+# number of fresh connections that failed meanwhile.
 poll_until() { # host want
   local deadline=$(($(now_us) + POLL_TIMEOUT_US))
   while (($(now_us) < deadline)); do
-    if [[ $(get "$1") == "$2" ]]; then
-      now_us
+    get "$1"
+    if [[ $body == "$2" ]]; then
+      printf '%s %s\n' "$(now_us)" "$poll_errors"
       return
     fi
   done
-  printf timeout
+  printf 'timeout %s\n' "$poll_errors"
 }
 
 # p50, p99 and max of the numbers on stdin (one per line, in ms).
@@ -124,7 +136,7 @@ hey_summary() { # file
 }
 
 run_mode() { # mode
-  local mode=$1 name state dir host verb want i t0 seen out log
+  local mode=$1 name state dir host verb want i t0 seen errors out log
   name="bench-${mode%%-*}-$$"
   state="$work/$mode/state"
   dir="$work/$mode"
@@ -142,18 +154,19 @@ run_mode() { # mode
   hey -z 3600s -c "$WORKERS" -host "$host" "http://$CODEB_TEST_HTTP/" >"$dir/hey.txt" 2>&1 &
   hey_pid=$!
   sleep 1
-  : >"$dir/command.ms" && : >"$dir/switch.ms" && : >"$dir/failed"
+  : >"$dir/command.ms" && : >"$dir/switch.ms" && : >"$dir/failed" && : >"$dir/poll-errors"
   for ((i = 0; i < CYCLES * 2; i++)); do
     if ((i == 0)); then verb=promote; else verb=rollback; fi
     if ((i % 2 == 0)); then want=v2; else want=v1; fi
     poll_until "$host" "$want" >"$dir/seen" &
     t0=$(now_us)
     if ! out=$(CODEB_LOG=codeb=debug "$codeb" --log-format json --state-dir "$state" "$verb" "$name" 2>>"$log"); then
-      printf 'switch %d: %s\n' "$i" "$out" >>"$dir/failed"
+      printf 'switch %d (%s): %s %s\n' "$i" "$verb" "$out" "$(grep -v '^{' "$log" | tail -1)" >>"$dir/failed"
     fi
     awk -v a="$t0" -v b="$(now_us)" 'BEGIN { printf "%.3f\n", (b - a) / 1000 }' >>"$dir/command.ms"
     wait $!
-    seen=$(<"$dir/seen")
+    read -r seen errors <"$dir/seen"
+    echo "$errors" >>"$dir/poll-errors"
     if [[ $seen == timeout ]]; then
       printf 'switch %d: %s not seen within %d ms\n' "$i" "$want" $((POLL_TIMEOUT_US / 1000)) >>"$dir/failed"
     else
@@ -174,6 +187,8 @@ run_mode() { # mode
   printf '  command:  %s\n' "$(stats <"$dir/command.ms")"
   printf '  switch:   %s\n' "$(stats <"$dir/switch.ms")"
   printf '  write:    %s\n' "$write"
+  printf '  fresh connections of the switch-time poller that failed: %s\n' \
+    "$(awk '{ n += $1 } END { print n + 0 }' "$dir/poll-errors")"
   if [[ -s $dir/failed ]]; then
     printf '  FAILED switches:\n'
     sed 's/^/    /' "$dir/failed"

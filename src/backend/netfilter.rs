@@ -308,11 +308,13 @@ fn dnat_rule(target: &ServiceTarget) -> String {
 ///
 /// The jump goes first in `OUTPUT`: netavark's own jump there sends every local destination
 /// through its hostport rules, and a port published on all addresses would otherwise catch a
-/// service address too.
+/// service address too. The dispatch chain is created with `-N`, which fails (changing nothing)
+/// if another codeb sharing the gateway created it meanwhile, where declaring it would flush that
+/// codeb's dispatch rules.
 pub fn render_hook(write: &HookWrite) -> Option<String> {
     let mut lines = Vec::new();
     if !write.chain {
-        lines.push(format!(":{} - [0:0]", dispatch_chain(write.gateway)));
+        lines.push(format!("-N {}", dispatch_chain(write.gateway)));
     }
     if write.hooks == 0 {
         lines.push(format!("-I OUTPUT 1 {}", hook_rule(write.gateway)));
@@ -613,7 +615,7 @@ COMMIT
         assert_eq!(
             fresh,
             "*nat\n\
-             :CODEB-0a599001 - [0:0]\n\
+             -N CODEB-0a599001\n\
              -I OUTPUT 1 -d 10.89.144.1/32 -p tcp -m comment --comment \"codeb service addresses\" -j CODEB-0a599001\n\
              COMMIT\n"
         );
