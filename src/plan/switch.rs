@@ -23,16 +23,29 @@ pub enum SwitchError {
     NotRunning { key: String, slot: Slot },
 }
 
-/// Promote: switch the hostname to the deployed slot. A promote clears a rollback hold.
+/// Promote: switch the hostname to the deployed slot; after a rollback, to the slot rolled away
+/// from (its release is the held one), which rolls forward again. A promote clears a rollback hold.
+/// A grace slot holding an older release is never promoted: that would be a rollback in disguise.
 pub fn plan_promote(
     rec: &EnvRecord,
     host: &HostRef,
     view: HostView<'_>,
     now_ms: u64,
 ) -> Result<Plan, SwitchError> {
-    let to = Slot::ALL
+    let idle = |s: &Slot| Some(*s) != rec.active;
+    let deployed = Slot::ALL
         .into_iter()
-        .find(|s| Some(*s) != rec.active && rec.slot(*s).state == SlotState::Deployed)
+        .filter(idle)
+        .find(|s| rec.slot(*s).state == SlotState::Deployed);
+    let rolled_back = || {
+        Slot::ALL.into_iter().filter(idle).find(|s| {
+            rec.slot(*s).state == SlotState::Grace
+                && rec.held.is_some()
+                && rec.slot(*s).hash() == rec.held.as_deref()
+        })
+    };
+    let to = deployed
+        .or_else(rolled_back)
         .ok_or_else(|| SwitchError::NothingToPromote {
             key: rec.key.to_string(),
         })?;

@@ -75,7 +75,7 @@ pub(crate) fn desired(envs: impl IntoIterator<Item = DesiredEnv>) -> Desired {
     }
 }
 
-struct Fixture {
+pub(super) struct Fixture {
     world: World,
     store: Store,
     backends: Backends<World, World, World>,
@@ -544,6 +544,23 @@ fn nat_target(f: &Fixture, project: &str) -> Result<std::net::SocketAddrV4, Stri
     }
 }
 
+/// Plans a rollback or a promote of `project` against the fixture's current state.
+pub(super) async fn switch_with(
+    f: &Fixture,
+    project: &str,
+    rollback: bool,
+) -> Result<Plan, SwitchError> {
+    let rec = f.record(project);
+    let observed = reconcile::observe(&f.backends).await;
+    let view = observed.hosts["app"].view().unwrap();
+    let now = reconcile::now_ms();
+    if rollback {
+        plan_rollback(&rec, &host(), view, now)
+    } else {
+        plan_promote(&rec, &host(), view, now)
+    }
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_zero_grace_period_retires_the_old_slot_only_after_its_requests_finish() {
     let f = Fixture::new();
@@ -686,7 +703,180 @@ async fn a_promote_to_a_slot_whose_container_is_gone_is_refused_in_kernel_mode()
     ));
 }
 
+#[tokio::test(start_paused = true)]
+async fn promote_after_a_rollback_rolls_forward_but_never_to_an_older_release() {
+    let f = Fixture::new();
+    f.apply(&desired([env("myapp").manual()])).await;
+    let d2 = desired([env("myapp").manual().image("app:v2")]);
+    f.apply(&d2).await;
+    let p = switch_with(&f, "myapp", false).await.unwrap();
+    reconcile::execute(&p, &f.store, &f.backends, &f.prober)
+        .await
+        .unwrap();
+    assert_eq!(f.record("myapp").active, Some(Slot::Green));
+    // v1 is in grace now: promoting it would be a rollback, so promote refuses.
+    assert!(matches!(
+        switch_with(&f, "myapp", false).await,
+        Err(SwitchError::NothingToPromote { .. })
+    ));
+    let p = switch_with(&f, "myapp", true).await.unwrap();
+    reconcile::execute(&p, &f.store, &f.backends, &f.prober)
+        .await
+        .unwrap();
+    assert_eq!(f.record("myapp").active, Some(Slot::Blue));
+    // After the rollback, promote rolls forward to v2 again and clears the hold.
+    let p = switch_with(&f, "myapp", false).await.unwrap();
+    reconcile::execute(&p, &f.store, &f.backends, &f.prober)
+        .await
+        .unwrap();
+    let rec = f.record("myapp");
+    assert_eq!(rec.active, Some(Slot::Green));
+    assert_eq!(rec.held, None);
+    assert!(f.replan(&d2).await.is_empty());
+}
+
 mod properties {
+    //! Random sequences of user actions and drift against the fake world: the invariants hold after
+    //! every one of them.
+    use super::*;
+    use proptest::prelude::*;
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        /// Apply `app:v{n}` (n == 0: a release that never gets healthy).
+        Apply {
+            n: u8,
+            manual: bool,
+            zero_grace: bool,
+        },
+        Promote,
+        Rollback,
+        RemoveContainer(bool),
+        DeleteRoutes,
+        RestartCaddy,
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            4 => (0u8..4, any::<bool>(), any::<bool>()).prop_map(|(n, manual, zero_grace)| Op::Apply { n, manual, zero_grace }),
+            2 => Just(Op::Promote),
+            2 => Just(Op::Rollback),
+            1 => any::<bool>().prop_map(Op::RemoveContainer),
+            1 => Just(Op::DeleteRoutes),
+            1 => Just(Op::RestartCaddy),
+        ]
+    }
+
+    fn desired_for(n: u8, manual: bool, zero_grace: bool) -> Desired {
+        let image = if n == 0 {
+            "app:unhealthy".to_string()
+        } else {
+            format!("app:v{n}")
+        };
+        let mut e = env("p").image(&image).grace(if zero_grace {
+            Duration::ZERO
+        } else {
+            Duration::from_secs(3600)
+        });
+        e.health_timeout = Duration::from_millis(300);
+        if manual {
+            e = e.manual();
+        }
+        desired([e])
+    }
+
+    /// At most one active slot, the record's `active` is it, and the hostname route (if any) leads
+    /// to the active slot, which runs a healthy container.
+    fn check(f: &Fixture, context: &str) {
+        let Some(rec) = f.store.env(&EnvKey::new("p", "production")).unwrap() else {
+            return;
+        };
+        let actives: Vec<Slot> = Slot::ALL
+            .into_iter()
+            .filter(|s| rec.slot(*s).state == SlotState::Active)
+            .collect();
+        assert!(actives.len() <= 1, "{context}: two active slots: {rec:?}");
+        assert_eq!(actives.first().copied(), rec.active, "{context}: {rec:?}");
+        if let Some(up) = f.route_upstream(&rec.key.route_id()) {
+            let a = rec
+                .active
+                .expect("a hostname route exists only for an active slot");
+            // Kernel mode: the route dials the service address, whose one NAT rule leads to the
+            // active slot's container.
+            assert_eq!(
+                up,
+                format!("{FAKE_GATEWAY}:{}", rec.base_port),
+                "{context}: the hostname route dials the service address"
+            );
+            let to = nat_target(f, "p").unwrap_or_else(|e| panic!("{context}: {e}"));
+            let s = f.world.state();
+            let (c, spec) = s
+                .containers
+                .values()
+                .find(|(c, _)| c.running && c.ip == Some(*to.ip()))
+                .unwrap_or_else(|| panic!("{context}: the service address leads nowhere"));
+            assert_eq!(
+                c.name,
+                rec.key.container_name(a),
+                "{context}: the hostname routes to the active slot"
+            );
+            assert!(
+                !spec.image.contains("unhealthy"),
+                "{context}: the hostname routes to a slot that is not healthy"
+            );
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+        #[test]
+        fn the_hostname_only_ever_routes_to_one_healthy_active_slot(ops in proptest::collection::vec(op(), 1..12)) {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().start_paused(true).build().unwrap();
+            rt.block_on(async {
+                let f = Fixture::new();
+                let mut last = desired_for(1, false, false);
+                f.apply(&last).await;
+                for (i, op) in ops.iter().enumerate() {
+                    let context = format!("after op {i} {op:?} of {ops:?}");
+                    match op {
+                        Op::Apply { n, manual, zero_grace } => {
+                            last = desired_for(*n, *manual, *zero_grace);
+                            let out = f.apply(&last).await;
+                            let again = f.replan(&last).await;
+                            assert!(again.is_empty(), "{context}: not converged: {again}\n{:?}", out.failures);
+                        }
+                        Op::Promote | Op::Rollback => {
+                            if let Ok(p) = switch_with(&f, "p", matches!(op, Op::Rollback)).await {
+                                reconcile::execute(&p, &f.store, &f.backends, &f.prober).await.unwrap();
+                            }
+                        }
+                        Op::RemoveContainer(blue) => {
+                            let name = format!("p-production-{}", if *blue { "blue" } else { "green" });
+                            f.world.state().containers.retain(|_, (c, _)| c.name != name);
+                            // Drift: the route may now dial nothing; the next apply repairs it.
+                            f.apply(&last).await;
+                        }
+                        Op::DeleteRoutes => {
+                            f.world.state().routes.clear();
+                            f.apply(&last).await;
+                        }
+                        Op::RestartCaddy => {
+                            {
+                                let mut s = f.world.state();
+                                s.routes.clear();
+                                s.server = None;
+                            }
+                            f.apply(&last).await;
+                        }
+                    }
+                    check(&f, &context);
+                }
+            });
+        }
+    }
+}
+
+mod kernel_properties {
     use proptest::prelude::*;
 
     use super::*;
@@ -713,7 +903,7 @@ mod properties {
     }
 
     proptest! {
-        #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+        #![proptest_config(ProptestConfig { cases: 32, ..ProptestConfig::default() })]
 
         /// After every apply, and after every promote or rollback that succeeds, the service
         /// address leads to exactly one target, the active slot's container, and the hostname is

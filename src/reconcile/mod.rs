@@ -119,6 +119,8 @@ pub struct Target<'a> {
 ///
 /// # Guarantees
 /// - A converged system gets no mutating call: the first plan is empty, so nothing executes.
+/// - A failed step does not stop the apply while later rounds make progress; every failure is in
+///   the outcome, which is then not converged.
 /// - `dry_run` observes and plans once, and changes nothing.
 pub async fn converge<R: Runtime, P: Proxy, K: Kernel, H: Prober>(
     target: Target<'_>,
@@ -148,9 +150,15 @@ pub async fn converge<R: Runtime, P: Proxy, K: Kernel, H: Prober>(
             break;
         }
         let report = execute(&plan, store, backends, prober).await?;
+        let progressed = !report.executed.is_empty();
         outcome.executed.extend(report.executed);
-        if !report.failures.is_empty() {
-            outcome.failures = report.failures;
+        let failed = !report.failures.is_empty();
+        outcome.failures.extend(report.failures);
+        // After a failure, plan again: a failed health check leaves work that follows from it (the
+        // failed slot's preview route goes), and the planner never redeploys a failed release, so
+        // this cannot loop hot. A round that failed without any step succeeding stops the apply (a
+        // backend that refuses every write would fail the same way again).
+        if failed && !progressed {
             break;
         }
     }
