@@ -2,8 +2,7 @@
 # Promote/rollback under load, in both switch modes: CYCLES (default 100) cycles of two switches
 # each while `hey -c 8` (HTTP/1.1 keep-alive) runs through Caddy against the project's hostname.
 #
-# Usage: benches/switch.sh [CYCLES]   (needs the stack's environment, like the tests:
-#          deploy/stack.sh up && deploy/stack.sh images && eval "$(deploy/stack.sh env)")
+# Usage: benches/switch.sh [CYCLES]   (brings the local stack up through benches/lib.sh)
 #
 # Per mode it reports: requests served, hey's non-2xx and errors, hey's p50/p99 latency for the
 # run (every request of the run is between two switches at most 0.1 s apart) and for a baseline
@@ -15,78 +14,35 @@
 #            the Caddy admin PATCH (caddy-admin mode).
 # caddy-admin mode is forced with CODEB_SWITCH=caddy-admin. BENCH_KEEP=1 keeps the work directory
 # (hey's output, codeb's JSON logs). Exit status: 0, or 1 when any request failed in kernel mode.
-set -euo pipefail
-cd "$(dirname "$0")/.."
+source "$(dirname "$0")/lib.sh"
 
 CYCLES=${1:-100}
 [[ $CYCLES =~ ^[0-9]+$ ]] || {
   echo "usage: benches/switch.sh [CYCLES]" >&2
   exit 2
 }
-: "${CODEB_TEST_HTTP:?run eval \"\$(deploy/stack.sh env)\" first}"
-: "${CODEB_TEST_PODMAN:?} ${CODEB_TEST_CADDY_ADMIN:?}"
 readonly WORKERS=8
 # Every loop below is bounded: a switch that is not seen within this long counts as failed.
 readonly POLL_TIMEOUT_US=5000000
 readonly PAUSE=0.1
 
-work=$(mktemp -d)
 hey_pid=""
 # shellcheck disable=SC2317 # called by the EXIT trap
 cleanup() {
   [[ -z $hey_pid ]] || kill "$hey_pid" 2>/dev/null || true
-  if [[ -n ${BENCH_KEEP-} ]]; then echo "kept $work" >&2; else rm -rf "$work"; fi
+  if [[ -n ${BENCH_KEEP-} ]]; then echo "kept $WORK" >&2; else rm -rf "$WORK"; fi
 }
 trap cleanup EXIT
 
-cargo build --release --quiet
-codeb=$PWD/target/release/codeb
 http_port=${CODEB_TEST_HTTP##*:}
 
 now_us() { printf '%s' "${EPOCHREALTIME/./}"; }
-
-manifests() { # name image
-  cat <<EOF
-apiVersion: codeb.kr/v1
-kind: Host
-metadata:
-  name: local
-spec:
-  address: 127.0.0.1
-  podman: $CODEB_TEST_PODMAN
-  caddy:
-    admin: $CODEB_TEST_CADDY_ADMIN
-    listen: ["$CODEB_TEST_HTTP"]
-    tls: off
----
-apiVersion: codeb.kr/v1
-kind: Zone
-metadata:
-  name: codeb.test
----
-apiVersion: codeb.kr/v1
-kind: Project
-metadata:
-  name: $1
-spec:
-  host: local
-  zone: codeb.test
-  environments:
-    production:
-      image: $2
-      port: 8080
-      healthCheck:
-        path: /health
-      promotion: manual
-      gracePeriod: 1h
-EOF
-}
 
 # One GET on a fresh connection into the global `body` (empty on a connection error, which is
 # counted in `poll_errors`). Bash builtins only: no process per request.
 body=""
 poll_errors=0
-get() { # host
+fresh_get() { # host
   local line=""
   body=""
   if ! exec 3<>"/dev/tcp/127.0.0.1/$http_port" 2>/dev/null; then
@@ -107,7 +63,7 @@ get() { # host
 poll_until() { # host want
   local deadline=$(($(now_us) + POLL_TIMEOUT_US))
   while (($(now_us) < deadline)); do
-    get "$1"
+    fresh_get "$1"
     if [[ $body == "$2" ]]; then
       printf '%s %s\n' "$(now_us)" "$poll_errors"
       return
@@ -135,70 +91,89 @@ hey_summary() { # file
       total, bad, errors, p50, p99 }' "$1"
 }
 
+# Runs `count` switches of the project, alternating its slots, recording per switch into
+# $dir/$phase.{command,switch,write,poll-errors,failed}. The first switch of a project is a promote,
+# every later one a rollback to the grace slot. Reads and advances the global `switches`.
+switches=0
+run_switches() { # count phase
+  local count=$1 phase=$2 verb want i t0 seen errors out
+  : >"$dir/$phase.command" && : >"$dir/$phase.switch" && : >"$dir/$phase.failed"
+  : >"$dir/$phase.poll-errors" && : >"$dir/$phase.log"
+  for ((i = 0; i < count; i++, switches++)); do
+    if ((switches == 0)); then verb=promote; else verb=rollback; fi
+    if ((switches % 2 == 0)); then want=v2; else want=v1; fi
+    poll_until "$host" "$want" >"$dir/seen" &
+    t0=$(now_us)
+    if ! out=$(CODEB_LOG=codeb=debug "$CODEB" --log-format json --state-dir "$state" "$verb" "$name" 2>>"$dir/$phase.log"); then
+      printf 'switch %d (%s): %s %s\n' "$switches" "$verb" "$out" "$(grep -v '^{' "$dir/$phase.log" | tail -1)" >>"$dir/$phase.failed"
+    fi
+    awk -v a="$t0" -v b="$(now_us)" 'BEGIN { printf "%.3f\n", (b - a) / 1000 }' >>"$dir/$phase.command"
+    wait $!
+    read -r seen errors <"$dir/seen"
+    echo "$errors" >>"$dir/$phase.poll-errors"
+    if [[ $seen == timeout ]]; then
+      printf 'switch %d: %s not seen within %d ms\n' "$switches" "$want" $((POLL_TIMEOUT_US / 1000)) >>"$dir/$phase.failed"
+    else
+      awk -v a="$t0" -v b="$seen" 'BEGIN { printf "%.3f\n", (b - a) / 1000 }' >>"$dir/$phase.switch"
+    fi
+    sleep "$PAUSE"
+  done
+}
+
+report_switches() { # phase
+  local phase=$1 pattern='"service address set"'
+  [[ $mode == kernel ]] || pattern='"method":"PATCH"'
+  printf '    command:  %s\n' "$(stats <"$dir/$phase.command")"
+  printf '    switch:   %s\n' "$(stats <"$dir/$phase.switch")"
+  printf '    write:    %s\n' "$(grep -F "$pattern" "$dir/$phase.log" | grep -o '"elapsed_ms":[0-9.]*' | cut -d: -f2 | stats)"
+  printf '    fresh connections of the switch-time poller that failed: %s\n' \
+    "$(awk '{ n += $1 } END { print n + 0 }' "$dir/$phase.poll-errors")"
+  if [[ -s $dir/$phase.failed ]]; then
+    printf '    FAILED switches:\n'
+    sed 's/^/      /' "$dir/$phase.failed"
+  fi
+}
+
 run_mode() { # mode
-  local mode=$1 name state dir host verb want i t0 seen errors out log
+  mode=$1
   name="bench-${mode%%-*}-$$"
-  state="$work/$mode/state"
-  dir="$work/$mode"
+  state="$WORK/$mode/state"
+  dir="$WORK/$mode"
   host="$name.codeb.test"
-  log="$dir/codeb.log"
+  switches=0
   mkdir -p "$dir"
   if [[ $mode == caddy-admin ]]; then export CODEB_SWITCH=caddy-admin; else unset CODEB_SWITCH; fi
-  manifests "$name" localhost/codeb-test-app:v1 >"$dir/m.yaml"
-  "$codeb" --state-dir "$state" apply -f "$dir/m.yaml" >/dev/null
-  manifests "$name" localhost/codeb-test-app:v2 >"$dir/m.yaml"
-  "$codeb" --state-dir "$state" apply -f "$dir/m.yaml" >/dev/null
-  "$codeb" --state-dir "$state" get hosts | sed "s/^/[$mode] /"
+  { host_yaml; project_yaml "$name" localhost/codeb-test-app:v1 manual; } >"$dir/m.yaml"
+  "$CODEB" --state-dir "$state" apply -f "$dir/m.yaml" >/dev/null
+  { host_yaml; project_yaml "$name" localhost/codeb-test-app:v2 manual; } >"$dir/m.yaml"
+  "$CODEB" --state-dir "$state" apply -f "$dir/m.yaml" >/dev/null
+  "$CODEB" --state-dir "$state" get hosts | sed "s/^/[$mode] /"
 
+  # Without load: the mechanism, not the CPU the load generator leaves to it.
+  run_switches 20 idle
   hey -z 10s -c "$WORKERS" -host "$host" "http://$CODEB_TEST_HTTP/" >"$dir/baseline.txt" 2>&1
   hey -z 3600s -c "$WORKERS" -host "$host" "http://$CODEB_TEST_HTTP/" >"$dir/hey.txt" 2>&1 &
   hey_pid=$!
   sleep 1
-  : >"$dir/command.ms" && : >"$dir/switch.ms" && : >"$dir/failed" && : >"$dir/poll-errors"
-  for ((i = 0; i < CYCLES * 2; i++)); do
-    if ((i == 0)); then verb=promote; else verb=rollback; fi
-    if ((i % 2 == 0)); then want=v2; else want=v1; fi
-    poll_until "$host" "$want" >"$dir/seen" &
-    t0=$(now_us)
-    if ! out=$(CODEB_LOG=codeb=debug "$codeb" --log-format json --state-dir "$state" "$verb" "$name" 2>>"$log"); then
-      printf 'switch %d (%s): %s %s\n' "$i" "$verb" "$out" "$(grep -v '^{' "$log" | tail -1)" >>"$dir/failed"
-    fi
-    awk -v a="$t0" -v b="$(now_us)" 'BEGIN { printf "%.3f\n", (b - a) / 1000 }' >>"$dir/command.ms"
-    wait $!
-    read -r seen errors <"$dir/seen"
-    echo "$errors" >>"$dir/poll-errors"
-    if [[ $seen == timeout ]]; then
-      printf 'switch %d: %s not seen within %d ms\n' "$i" "$want" $((POLL_TIMEOUT_US / 1000)) >>"$dir/failed"
-    else
-      awk -v a="$t0" -v b="$seen" 'BEGIN { printf "%.3f\n", (b - a) / 1000 }' >>"$dir/switch.ms"
-    fi
-    sleep "$PAUSE"
-  done
+  run_switches $((CYCLES * 2)) load
   kill -INT "$hey_pid"
   wait "$hey_pid" || true
   hey_pid=""
 
-  local write pattern='"service address set"'
-  [[ $mode == kernel ]] || pattern='"method":"PATCH"'
-  write=$(grep -F "$pattern" "$log" | grep -o '"elapsed_ms":[0-9.]*' | cut -d: -f2 | stats)
   printf '\n== %s: %d promote/rollback cycles (%d switches) under hey -c %d\n' "$mode" "$CYCLES" $((CYCLES * 2)) "$WORKERS"
   printf '  load during switches: %s\n' "$(hey_summary "$dir/hey.txt")"
   printf '  baseline, no switch:  %s\n' "$(hey_summary "$dir/baseline.txt")"
-  printf '  command:  %s\n' "$(stats <"$dir/command.ms")"
-  printf '  switch:   %s\n' "$(stats <"$dir/switch.ms")"
-  printf '  write:    %s\n' "$write"
-  printf '  fresh connections of the switch-time poller that failed: %s\n' \
-    "$(awk '{ n += $1 } END { print n + 0 }' "$dir/poll-errors")"
-  if [[ -s $dir/failed ]]; then
-    printf '  FAILED switches:\n'
-    sed 's/^/    /' "$dir/failed"
-  fi
+  printf '  under load:\n'
+  report_switches load
+  printf '  idle (20 switches, no load):\n'
+  report_switches idle
   grep -A20 '^Error distribution' "$dir/hey.txt" | sed 's/^/  /' || true
-  "$codeb" --state-dir "$state" delete project "$name" >/dev/null
+  "$CODEB" --state-dir "$state" delete project "$name" >/dev/null
   unset CODEB_SWITCH
   [[ $mode != kernel ]] || hey_summary "$dir/hey.txt" | grep -q ' 0 non-2xx, 0 errors'
 }
 
+mode="" name="" state="" dir="" host=""
 status=0
 run_mode kernel || status=1
 run_mode caddy-admin
