@@ -5,7 +5,7 @@
 //! In caddy-admin mode it is the record's change and the hostname route's new upstream.
 
 use super::env::{health_url, route_diff, switch};
-use super::service::{service_address, service_diff, slot_target};
+use super::service::{hook_diff, service_address, service_diff, slot_target};
 use super::{Action, HostView, Plan, Step};
 use crate::backend::ObservedContainer;
 use crate::model::{EnvRecord, HostRef, Slot, SlotState};
@@ -89,6 +89,15 @@ fn plan_switch(
     };
     let url = health_url(host, rec, to, &rec.slot(to).health_path);
     let mut plan = Plan::default();
+    // A hook lost since the last apply (a firewall reload) is restored first, or the rule written
+    // below would lead nowhere.
+    if let Some(hook) = hook_diff(view.kernel) {
+        plan.steps.push(Step {
+            key: None,
+            generation: None,
+            ..step(Action::HookServices(hook))
+        });
+    }
     plan.steps.push(step(Action::Switch {
         to,
         from: rec.active,

@@ -983,3 +983,20 @@ mod kernel_properties {
         }
     }
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_promote_restores_a_lost_hook_before_it_writes_the_rule() {
+    let f = Fixture::new();
+    f.apply(&desired([env("myapp").manual()])).await;
+    f.apply(&desired([env("myapp").manual().image("app:v2")]))
+        .await;
+    {
+        // As after a firewall reload that dropped codeb's chains.
+        let mut s = f.world.state();
+        s.nat = Default::default();
+    }
+    let report = f.switch("myapp", false).await;
+    assert!(report.failures.is_empty(), "{:?}", report.failures);
+    assert!(report.executed[0].contains("hook"), "{:?}", report.executed);
+    assert_eq!(f.serving("myapp").as_deref(), Some("app:v2"));
+}
