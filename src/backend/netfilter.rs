@@ -98,6 +98,8 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 #[derive(Debug)]
 pub struct Netfilter {
     tools: std::result::Result<Tools, String>,
+    /// The host's containers run on this machine, so its conntrack tells their open connections.
+    local: bool,
 }
 
 #[derive(Debug)]
@@ -115,14 +117,16 @@ impl Netfilter {
             (Some(save), Some(restore)) => Ok(Tools { save, restore }),
             _ => Err("iptables-save and iptables-restore are not installed".to_string()),
         };
-        Netfilter { tools }
+        Netfilter { tools, local: true }
     }
 
     /// A netfilter that codeb must not manage (a remote host, or switching through Caddy was
-    /// asked for); every call answers [`Error::Unsupported`] with `reason`.
-    pub fn unsupported(reason: impl Into<String>) -> Netfilter {
+    /// asked for); every call answers [`Error::Unsupported`] with `reason`. `local`: the host's
+    /// containers still run on this machine, so draining may count their connections here.
+    pub fn unsupported(reason: impl Into<String>, local: bool) -> Netfilter {
         Netfilter {
             tools: Err(reason.into()),
+            local,
         }
     }
 
@@ -182,10 +186,12 @@ impl Kernel for Netfilter {
         self.restore(&render_service(write)).await
     }
 
-    /// Counts conntrack entries whose reply comes from `target` and that are not closing. Reading
-    /// conntrack needs the same privilege as the rules; without it the answer is `None`.
+    /// Counts conntrack entries whose reply comes from `target` and that are not closing. `None`
+    /// for a host on another machine, and without the privilege to read conntrack.
     async fn open_connections(&self, target: SocketAddrV4) -> Option<usize> {
-        self.tools().ok()?;
+        if !self.local {
+            return None;
+        }
         let text = tokio::fs::read_to_string(CONNTRACK).await.ok()?;
         Some(count_open(&text, target))
     }
@@ -685,7 +691,7 @@ ipv4     2 udp      17 20 src=10.89.144.2 dst=10.89.144.1 sport=8080 dport=53 sr
 
     #[tokio::test]
     async fn an_unsupported_netfilter_observes_nothing_and_writes_nothing() {
-        let n = Netfilter::unsupported("asked for caddy-admin");
+        let n = Netfilter::unsupported("Podman is on another machine", false);
         assert!(matches!(
             n.observe(GW).await,
             Err(Error::Unsupported { .. })

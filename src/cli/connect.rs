@@ -25,7 +25,7 @@ pub fn connect<'a>(hosts: impl IntoIterator<Item = &'a HostRef>) -> anyhow::Resu
             .map_err(|e| super::Failure::invalid(format!("host {}: {e}", h.name)))?;
         let kernel = match local_kernel(h) {
             Ok(()) => Netfilter::new(),
-            Err(reason) => Netfilter::unsupported(reason),
+            Err((reason, local)) => Netfilter::unsupported(reason, local),
         };
         out.insert(
             h.name.clone(),
@@ -41,15 +41,20 @@ pub fn connect<'a>(hosts: impl IntoIterator<Item = &'a HostRef>) -> anyhow::Resu
 
 /// codeb can manage a host's NAT rules only from that host: the Podman it drives is on this
 /// machine (a unix socket) and so is the Caddy that dials service addresses (a loopback admin
-/// address). Privilege and the network's gateway are checked when observing.
-fn local_kernel(h: &HostRef) -> Result<(), String> {
+/// address). Privilege and the network's gateway are checked when observing. The error says why
+/// not, and whether the host's containers are on this machine all the same.
+fn local_kernel(h: &HostRef) -> Result<(), (String, bool)> {
+    let local_podman = h.podman.starts_with("unix://");
     if std::env::var(SWITCH_ENV).is_ok_and(|v| v == "caddy-admin") {
-        return Err(format!("{SWITCH_ENV}=caddy-admin"));
+        return Err((format!("{SWITCH_ENV}=caddy-admin"), local_podman));
     }
-    if !h.podman.starts_with("unix://") {
-        return Err(format!(
-            "Podman at {} is not on this machine (only a unix socket is)",
-            h.podman
+    if !local_podman {
+        return Err((
+            format!(
+                "Podman at {} is not on this machine (only a unix socket is)",
+                h.podman
+            ),
+            false,
         ));
     }
     let admin_host = h
@@ -67,9 +72,12 @@ fn local_kernel(h: &HostRef) -> Result<(), String> {
         {
             Ok(())
         }
-        _ => Err(format!(
-            "Caddy's admin API at {} is not on this machine's loopback",
-            h.caddy_admin
+        _ => Err((
+            format!(
+                "Caddy's admin API at {} is not on this machine's loopback",
+                h.caddy_admin
+            ),
+            true,
         )),
     }
 }
