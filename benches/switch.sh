@@ -91,30 +91,42 @@ hey_summary() { # file
       total, bad, errors, p50, p99 }' "$1"
 }
 
-# Runs `count` switches of the project, alternating its slots, recording per switch into
-# $dir/$phase.{command,switch,write,poll-errors,failed}. The first switch of a project is a promote,
-# every later one a rollback to the grace slot. Reads and advances the global `switches`.
-switches=0
+# Runs `count` switches of the project, each to the slot that does not serve, recording per switch
+# into $dir/$phase.{command,switch,write,poll-errors,failed}. The project's first switch is a
+# promote, every later one a rollback to the grace slot. A switch that codeb refuses (its health
+# probe failed) changes nothing and is reported; the next one tries again. Globals: `promoted`,
+# `serving` (the version the hostname serves).
+promoted=0
+serving=v1
 run_switches() { # count phase
-  local count=$1 phase=$2 verb want i t0 seen errors out
+  local count=$1 phase=$2 verb want i t0 seen errors out ok
   : >"$dir/$phase.command" && : >"$dir/$phase.switch" && : >"$dir/$phase.failed"
   : >"$dir/$phase.poll-errors" && : >"$dir/$phase.log"
-  for ((i = 0; i < count; i++, switches++)); do
-    if ((switches == 0)); then verb=promote; else verb=rollback; fi
-    if ((switches % 2 == 0)); then want=v2; else want=v1; fi
+  for ((i = 0; i < count; i++)); do
+    if ((promoted)); then verb=rollback; else verb=promote; fi
+    if [[ $serving == v1 ]]; then want=v2; else want=v1; fi
     poll_until "$host" "$want" >"$dir/seen" &
     t0=$(now_us)
+    ok=1
     if ! out=$(CODEB_LOG=codeb=debug "$CODEB" --log-format json --state-dir "$state" "$verb" "$name" 2>>"$dir/$phase.log"); then
-      printf 'switch %d (%s): %s %s\n' "$switches" "$verb" "$out" "$(grep -v '^{' "$dir/$phase.log" | tail -1)" >>"$dir/$phase.failed"
+      ok=0
+      printf 'switch %d (%s): %s %s\n' "$i" "$verb" "$out" "$(grep -v '^{' "$dir/$phase.log" | tail -1)" >>"$dir/$phase.failed"
     fi
     awk -v a="$t0" -v b="$(now_us)" 'BEGIN { printf "%.3f\n", (b - a) / 1000 }' >>"$dir/$phase.command"
-    wait $!
-    read -r seen errors <"$dir/seen"
+    ((ok)) || kill $! 2>/dev/null || true
+    wait $! || true
+    read -r seen errors <"$dir/seen" || seen=refused errors=0
     echo "$errors" >>"$dir/$phase.poll-errors"
-    if [[ $seen == timeout ]]; then
-      printf 'switch %d: %s not seen within %d ms\n' "$switches" "$want" $((POLL_TIMEOUT_US / 1000)) >>"$dir/$phase.failed"
+    if ((!ok)); then
+      : # refused: the old slot still serves, so the poller could only time out
+    elif [[ $seen == timeout ]]; then
+      printf 'switch %d: %s not seen within %d ms\n' "$i" "$want" $((POLL_TIMEOUT_US / 1000)) >>"$dir/$phase.failed"
     else
       awk -v a="$t0" -v b="$seen" 'BEGIN { printf "%.3f\n", (b - a) / 1000 }' >>"$dir/$phase.switch"
+    fi
+    if ((ok)); then
+      promoted=1
+      serving=$want
     fi
     sleep "$PAUSE"
   done
@@ -140,7 +152,8 @@ run_mode() { # mode
   state="$WORK/$mode/state"
   dir="$WORK/$mode"
   host="$name.codeb.test"
-  switches=0
+  promoted=0
+  serving=v1
   mkdir -p "$dir"
   if [[ $mode == caddy-admin ]]; then export CODEB_SWITCH=caddy-admin; else unset CODEB_SWITCH; fi
   { host_yaml; project_yaml "$name" localhost/codeb-test-app:v1 manual; } >"$dir/m.yaml"
