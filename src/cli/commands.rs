@@ -53,7 +53,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
             output: format,
         } => {
             let store = open()?;
-            output::get(&store.load()?, what, format)?;
+            output::get(&store.load()?, &store.switch_modes()?, what, format)?;
             Ok(0)
         }
         Command::Describe { name, .. } => {
@@ -240,8 +240,9 @@ async fn switch(store: &Store, key: EnvKey, rollback: bool) -> anyhow::Result<u8
     })?;
     let backends = connect([host])?;
     let observed = reconcile::observe(&backends).await;
-    let proxy = match observed.hosts.get(&host.name) {
-        Some(HostObservation::Reachable { proxy, .. }) => proxy,
+    reconcile::record_switch_modes(store, &observed)?;
+    let view = match observed.hosts.get(&host.name) {
+        Some(obs @ HostObservation::Reachable { .. }) => obs.view().expect("reachable"),
         Some(HostObservation::Unreachable { error }) => {
             return Err(Failure::unconverged(format!("host {}: {error}", host.name)).into())
         }
@@ -251,9 +252,9 @@ async fn switch(store: &Store, key: EnvKey, rollback: bool) -> anyhow::Result<u8
     };
     let now = reconcile::now_ms();
     let p = if rollback {
-        plan::plan_rollback(rec, host, proxy, now)
+        plan::plan_rollback(rec, host, view, now)
     } else {
-        plan::plan_promote(rec, host, proxy, now)
+        plan::plan_promote(rec, host, view, now)
     };
     let p = p.map_err(|e| Failure::unconverged(e.to_string()))?;
     let report = reconcile::execute(&p, store, &backends, &HttpProber::new()).await?;

@@ -11,31 +11,147 @@ use crate::model::dns::OWNER_PREFIX;
 impl fmt::Display for Step {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if let Some(zone) = self.action.zone() {
-            write!(f, "zone {zone}: ")?;
+            return fmt_zone_step(zone, &self.action, f);
         }
-        match (&self.key, self.action.zone()) {
-            (_, Some(_)) => {}
-            (Some(k), None) => write!(f, "{k}: ")?,
-            (None, None) => write!(f, "host {}: ", self.host)?,
+        match &self.key {
+            Some(k) => write!(f, "{k}: ")?,
+            None => write!(f, "host {}: ", self.host)?,
         }
         match &self.action {
-            Action::EnsureZone { api, .. } => {
+            Action::EnsureServer(s) => {
+                let tls = match s.tls {
+                    TlsMode::Auto => "auto",
+                    TlsMode::Internal => "internal",
+                    TlsMode::Off => "off",
+                };
                 write!(
                     f,
-                    "create the zone (Native, default SOA) in PowerDNS at {api}"
+                    "ensure Caddy server `{}` listening on {} (tls {tls})",
+                    s.name,
+                    s.listen.join(", ")
                 )
             }
-            Action::DnsPatch { changes, .. } => {
-                let n = changes.len();
-                let s = if n == 1 { "" } else { "s" };
-                write!(f, "change {n} rrset{s} in one PATCH")?;
-                for c in changes {
-                    write!(f, "\n      {}", DnsLine(c))?;
+            Action::Register(r) => write!(
+                f,
+                "register (hostname {}, ports {}/{})",
+                r.hostname,
+                r.base_port,
+                r.base_port + 1
+            ),
+            Action::Deploy {
+                slot,
+                release,
+                container,
+                replace,
+                ..
+            } => {
+                write!(
+                    f,
+                    "deploy {} into {slot} (release {}) on port {}",
+                    release.image,
+                    release.hash(),
+                    container.host_port
+                )?;
+                if replace.is_some() {
+                    write!(f, ", replacing its container")?;
                 }
                 Ok(())
             }
-            action => fmt_host_action(action, f),
+            Action::Recreate {
+                slot, container, ..
+            } => write!(
+                f,
+                "recreate {slot}'s missing or drifted container {}",
+                container.name
+            ),
+            Action::Start { slot, .. } => write!(f, "start {slot}'s stopped container"),
+            Action::Stop { slot, .. } => {
+                write!(f, "stop failed {slot}'s container (kept for inspection)")
+            }
+            Action::AwaitHealthy {
+                slot,
+                url,
+                timeout_ms,
+                ..
+            } => {
+                write!(
+                    f,
+                    "wait until {slot} is healthy (GET {url}, timeout {})",
+                    humantime::format_duration(std::time::Duration::from_millis(*timeout_ms))
+                )
+            }
+            Action::Switch { to, from, hold, .. } => {
+                let verb = if hold.is_some() {
+                    "roll back"
+                } else {
+                    "promote"
+                };
+                write!(f, "{verb}: switch traffic to {to}")?;
+                if let Some(from) = from {
+                    write!(f, " ({from} goes to grace)")?;
+                }
+                Ok(())
+            }
+            Action::HookServices(h) => write!(
+                f,
+                "hook codeb's service addresses on {} into the kernel's nat OUTPUT",
+                h.gateway
+            ),
+            Action::SetService(w) => match &w.target {
+                Some(t) => write!(f, "service address {}:{} → {}", w.gateway, w.port, t.to),
+                None => write!(f, "remove service address {}:{}", w.gateway, w.port),
+            },
+            Action::AddRoute(r) => write!(
+                f,
+                "add route {} {} → {}",
+                r.id,
+                r.hosts.join(","),
+                r.upstream
+            ),
+            Action::ReplaceRoute(r) => write!(
+                f,
+                "update route {} {} → {}",
+                r.id,
+                r.hosts.join(","),
+                r.upstream
+            ),
+            Action::DeleteRoute { id } => write!(f, "delete route {id}"),
+            Action::Retire { slot, drain, .. } => {
+                write!(f, "retire {slot} (remove its container")?;
+                if drain.is_some() {
+                    write!(f, " once its requests in flight finish")?;
+                }
+                write!(f, ")")
+            }
+            Action::RemoveContainer { name, .. } => write!(f, "remove container {name}"),
+            Action::Forget => write!(f, "forget its record"),
+            Action::EnsureZone { .. } | Action::DnsPatch { .. } => {
+                unreachable!("zone steps are written by fmt_zone_step")
+            }
         }
+    }
+}
+
+/// A zone's step: `zone codeb.kr: change 3 rrsets in one PATCH`, then one line per change.
+fn fmt_zone_step(zone: &str, action: &Action, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+    write!(f, "zone {zone}: ")?;
+    match action {
+        Action::EnsureZone { api, .. } => {
+            write!(
+                f,
+                "create the zone (Native, default SOA) in PowerDNS at {api}"
+            )
+        }
+        Action::DnsPatch { changes, .. } => {
+            let n = changes.len();
+            let s = if n == 1 { "" } else { "s" };
+            write!(f, "change {n} rrset{s} in one PATCH")?;
+            for c in changes {
+                write!(f, "\n      {}", DnsLine(c))?;
+            }
+            Ok(())
+        }
+        _ => unreachable!("not a zone step"),
     }
 }
 
@@ -78,106 +194,6 @@ impl fmt::Display for DnsLine<'_> {
                 }
                 Ok(())
             }
-        }
-    }
-}
-
-fn fmt_host_action(action: &Action, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-    match action {
-        Action::EnsureServer(s) => {
-            let tls = match s.tls {
-                TlsMode::Auto => "auto",
-                TlsMode::Internal => "internal",
-                TlsMode::Off => "off",
-            };
-            write!(
-                f,
-                "ensure Caddy server `{}` listening on {} (tls {tls})",
-                s.name,
-                s.listen.join(", ")
-            )
-        }
-        Action::Register(r) => write!(
-            f,
-            "register (hostname {}, ports {}/{})",
-            r.hostname,
-            r.base_port,
-            r.base_port + 1
-        ),
-        Action::Deploy {
-            slot,
-            release,
-            container,
-            replace,
-            ..
-        } => {
-            write!(
-                f,
-                "deploy {} into {slot} (release {}) on port {}",
-                release.image,
-                release.hash(),
-                container.host_port
-            )?;
-            if replace.is_some() {
-                write!(f, ", replacing its container")?;
-            }
-            Ok(())
-        }
-        Action::Recreate {
-            slot, container, ..
-        } => write!(
-            f,
-            "recreate {slot}'s missing or drifted container {}",
-            container.name
-        ),
-        Action::Start { slot, .. } => write!(f, "start {slot}'s stopped container"),
-        Action::Stop { slot, .. } => {
-            write!(f, "stop failed {slot}'s container (kept for inspection)")
-        }
-        Action::AwaitHealthy {
-            slot,
-            url,
-            timeout_ms,
-            ..
-        } => {
-            write!(
-                f,
-                "wait until {slot} is healthy (GET {url}, timeout {})",
-                humantime::format_duration(std::time::Duration::from_millis(*timeout_ms))
-            )
-        }
-        Action::Switch { to, from, hold, .. } => {
-            let verb = if hold.is_some() {
-                "roll back"
-            } else {
-                "promote"
-            };
-            write!(f, "{verb}: switch traffic to {to}")?;
-            if let Some(from) = from {
-                write!(f, " ({from} goes to grace)")?;
-            }
-            Ok(())
-        }
-        Action::AddRoute(r) => write!(
-            f,
-            "add route {} {} → {}",
-            r.id,
-            r.hosts.join(","),
-            r.upstream
-        ),
-        Action::ReplaceRoute(r) => write!(
-            f,
-            "update route {} {} → {}",
-            r.id,
-            r.hosts.join(","),
-            r.upstream
-        ),
-        Action::DeleteRoute { id } => write!(f, "delete route {id}"),
-        Action::Retire { slot, .. } => write!(f, "retire {slot} (remove its container)"),
-        Action::RemoveContainer { name, .. } => write!(f, "remove container {name}"),
-        Action::Forget => write!(f, "forget its record"),
-        Action::EnsureZone { .. } | Action::DnsPatch { .. } => {
-            unreachable!("zone steps are written by Step's Display")
         }
     }
 }

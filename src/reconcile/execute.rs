@@ -4,9 +4,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use super::{now_ms, Backends, Error, HostBackends, Prober, Result};
-use crate::backend::{Dns, Proxy, Runtime};
+use crate::backend::{Dns, Kernel, Proxy, Runtime};
 use crate::model::{EnvKey, SlotRecord, SlotState};
-use crate::plan::{self, Action, Plan, Step, SERVER_NAME};
+use crate::plan::{self, Action, Drain, Plan, Step, SERVER_NAME};
 use crate::store::{JournalEntry, Phase, Store};
 
 /// How often a deploying slot is probed. Podman takes 145-416 ms from create to first answer here,
@@ -14,6 +14,9 @@ use crate::store::{JournalEntry, Phase, Store};
 const PROBE_INTERVAL: Duration = Duration::from_millis(50);
 /// Lines of a failed slot's log kept for `describe`.
 const LOG_TAIL: usize = 20;
+/// How often a draining slot's open connections are counted: reading conntrack is cheap, and a
+/// request that ends is noticed within this delay.
+const DRAIN_POLL: Duration = Duration::from_millis(100);
 
 /// A step that failed.
 #[derive(Debug)]
@@ -39,10 +42,10 @@ pub struct Report {
 ///
 /// # Errors
 /// Only store failures abort the whole execution; backend and health failures are in the report.
-pub async fn execute<R: Runtime, P: Proxy, D: Dns, H: Prober>(
+pub async fn execute<R: Runtime, P: Proxy, K: Kernel, D: Dns, H: Prober>(
     plan: &Plan,
     store: &Store,
-    backends: &Backends<R, P, D>,
+    backends: &Backends<R, P, K, D>,
     prober: &H,
 ) -> Result<Report> {
     let mut report = Report::default();
@@ -129,10 +132,10 @@ fn entry(
     }
 }
 
-async fn run<R: Runtime, P: Proxy, D: Dns, H: Prober>(
+async fn run<R: Runtime, P: Proxy, K: Kernel, D: Dns, H: Prober>(
     step: &Step,
     store: &Store,
-    backends: &Backends<R, P, D>,
+    backends: &Backends<R, P, K, D>,
     prober: &H,
     gens: &mut BTreeMap<EnvKey, Option<u64>>,
 ) -> Result<()> {
@@ -151,6 +154,10 @@ async fn run<R: Runtime, P: Proxy, D: Dns, H: Prober>(
         source,
     };
     let caddy = |source| Error::Caddy {
+        host: host.to_string(),
+        source,
+    };
+    let kernel = |source| Error::Kernel {
         host: host.to_string(),
         source,
     };
@@ -183,7 +190,11 @@ async fn run<R: Runtime, P: Proxy, D: Dns, H: Prober>(
             replace,
             health_path,
             health_timeout_ms,
+            drain: owed,
         } => {
+            if let Some(d) = owed {
+                drain(&b.kernel, d).await;
+            }
             let now = now_ms();
             update(&|rec| {
                 *rec.slot_mut(*slot) = SlotRecord {
@@ -275,10 +286,29 @@ async fn run<R: Runtime, P: Proxy, D: Dns, H: Prober>(
             let now = now_ms();
             update(&|rec| plan::switch_record(rec, *to, hold.clone(), now))
         }
+        Action::HookServices(write) => b.kernel.hook(write).await.map_err(kernel),
+        Action::SetService(write) => {
+            let started = std::time::Instant::now();
+            b.kernel.set_service(write).await.map_err(kernel)?;
+            tracing::info!(
+                service = %format!("{}:{}", write.gateway, write.port),
+                target = ?write.target.as_ref().map(|t| t.to),
+                elapsed_ms = started.elapsed().as_secs_f64() * 1000.0,
+                "service address set"
+            );
+            Ok(())
+        }
         Action::AddRoute(route) => b.proxy.add_route(SERVER_NAME, route).await.map_err(caddy),
         Action::ReplaceRoute(route) => b.proxy.replace_route(route).await.map_err(caddy),
         Action::DeleteRoute { id } => b.proxy.delete_route(id).await.map_err(caddy),
-        Action::Retire { slot, container } => {
+        Action::Retire {
+            slot,
+            container,
+            drain: owed,
+        } => {
+            if let Some(d) = owed {
+                drain(&b.kernel, d).await;
+            }
             if let Some(c) = container {
                 b.runtime.remove(c).await.map_err(podman)?;
             }
@@ -296,7 +326,7 @@ async fn run<R: Runtime, P: Proxy, D: Dns, H: Prober>(
 }
 
 /// A zone's step: create the zone, or re-read it and write every change in one PATCH.
-async fn run_dns<R, P, D: Dns>(action: &Action, backends: &Backends<R, P, D>) -> Result<()> {
+async fn run_dns<R, P, K, D: Dns>(action: &Action, backends: &Backends<R, P, K, D>) -> Result<()> {
     let zone = action.zone().expect("a zone step");
     let dns = backends.zones.get(zone).ok_or_else(|| Error::UnknownZone {
         zone: zone.to_string(),
@@ -320,8 +350,33 @@ async fn run_dns<R, P, D: Dns>(action: &Action, backends: &Backends<R, P, D>) ->
     }
 }
 
-async fn run_container<R: Runtime, P: Proxy>(
-    b: &HostBackends<R, P>,
+/// Waits until the drain's deadline, or until the kernel shows no connection open to its target.
+///
+/// Bounded by the deadline the planner set ([`plan::DRAIN_MS`] after the slot stopped serving).
+/// A kernel that cannot count (no privilege) makes it wait the whole period; a slot without a
+/// target (its container is not running) has nothing in flight.
+async fn drain<K: Kernel>(kernel: &K, d: &Drain) {
+    let Some(target) = d.target else {
+        return;
+    };
+    let started = tokio::time::Instant::now();
+    let deadline = started + Duration::from_millis(d.until_ms.saturating_sub(now_ms()));
+    loop {
+        let now = tokio::time::Instant::now();
+        if now >= deadline || kernel.open_connections(target).await == Some(0) {
+            break;
+        }
+        tokio::time::sleep(DRAIN_POLL.min(deadline - now)).await;
+    }
+    tracing::info!(
+        %target,
+        waited_ms = started.elapsed().as_millis() as u64,
+        "drained"
+    );
+}
+
+async fn run_container<R: Runtime, P: Proxy, K>(
+    b: &HostBackends<R, P, K>,
     spec: &crate::backend::ContainerSpec,
     replace: Option<&str>,
 ) -> Result<(), crate::backend::podman::Error> {

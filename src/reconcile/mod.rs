@@ -19,8 +19,8 @@ pub use observe::observe;
 pub use probe::{HttpProber, Prober};
 
 use crate::backend::powerdns::PowerDns;
-use crate::backend::{Dns, Proxy, Runtime};
-use crate::model::{Desired, EnvKey, HostRef};
+use crate::backend::{Dns, Kernel, Proxy, Runtime};
+use crate::model::{Desired, EnvKey, HostRef, SwitchMode};
 use crate::plan::{self, Note, Plan};
 use crate::store::Store;
 
@@ -39,6 +39,11 @@ pub enum Error {
     Caddy {
         host: String,
         source: crate::backend::caddy::Error,
+    },
+    #[error("host {host}: {source}")]
+    Kernel {
+        host: String,
+        source: crate::backend::netfilter::Error,
     },
     #[error("{slot} never answered 2xx/3xx on {url} within {timeout}: {last}")]
     Unhealthy {
@@ -74,20 +79,22 @@ pub enum Error {
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// The backends of one host.
-pub struct HostBackends<R, P> {
+pub struct HostBackends<R, P, K> {
     pub runtime: R,
     pub proxy: P,
+    /// The kernel's NAT rules, where the host's service addresses live.
+    pub kernel: K,
 }
 
 /// Every connected host, by name, and every connected managed zone, by domain.
-pub struct Backends<R, P, D = PowerDns> {
-    pub hosts: BTreeMap<String, HostBackends<R, P>>,
+pub struct Backends<R, P, K, D = PowerDns> {
+    pub hosts: BTreeMap<String, HostBackends<R, P, K>>,
     pub zones: BTreeMap<String, D>,
 }
 
-impl<R, P, D> Backends<R, P, D> {
+impl<R, P, K, D> Backends<R, P, K, D> {
     /// Hosts only: no zone is observed, planned or written.
-    pub fn hosts(hosts: BTreeMap<String, HostBackends<R, P>>) -> Self {
+    pub fn hosts(hosts: BTreeMap<String, HostBackends<R, P, K>>) -> Self {
         Backends {
             hosts,
             zones: BTreeMap::new(),
@@ -153,10 +160,10 @@ pub struct Target<'a> {
 /// - A failed step does not stop the apply while later rounds make progress; every failure is in
 ///   the outcome, which is then not converged.
 /// - `dry_run` observes and plans once, and changes nothing.
-pub async fn converge<R: Runtime, P: Proxy, D: Dns, H: Prober>(
+pub async fn converge<R: Runtime, P: Proxy, K: Kernel, D: Dns, H: Prober>(
     target: Target<'_>,
     store: &Store,
-    backends: &Backends<R, P, D>,
+    backends: &Backends<R, P, K, D>,
     prober: &H,
 ) -> Result<Outcome> {
     let mut outcome = Outcome::default();
@@ -168,6 +175,7 @@ pub async fn converge<R: Runtime, P: Proxy, D: Dns, H: Prober>(
     for round in 0..MAX_ROUNDS {
         let recorded = store.load()?;
         let mut observed = observe(backends).await;
+        record_switch_modes(store, &observed)?;
         for (zone, error) in &failed_zones {
             observed.zones.insert(
                 zone.clone(),
@@ -218,4 +226,21 @@ pub async fn converge<R: Runtime, P: Proxy, D: Dns, H: Prober>(
         }
     }
     Ok(outcome)
+}
+
+/// Records how each observed host switches traffic, for `get hosts` (written only on a change).
+pub fn record_switch_modes(store: &Store, observed: &plan::Observed) -> Result<()> {
+    let modes: BTreeMap<String, (SwitchMode, Option<String>)> = observed
+        .hosts
+        .iter()
+        .filter_map(|(name, obs)| {
+            let kernel = obs.view()?.kernel;
+            Some((
+                name.clone(),
+                (kernel.mode(), kernel.reason().map(str::to_string)),
+            ))
+        })
+        .collect();
+    store.put_switch_modes(&modes)?;
+    Ok(())
 }

@@ -69,7 +69,7 @@ struct Fixture {
     world: World,
     dns: FakeDns,
     store: Store,
-    backends: Backends<World, World, FakeDns>,
+    backends: Backends<World, World, World, FakeDns>,
     prober: FakeProber,
     _dir: tempfile::TempDir,
 }
@@ -91,6 +91,7 @@ impl Fixture {
             HostBackends {
                 runtime: world.clone(),
                 proxy: world.clone(),
+                kernel: world.clone(),
             },
         )]));
         backends.zones.insert(ZONE.into(), dns.clone());
@@ -610,6 +611,9 @@ fn a_dry_run_plan_shows_dns_changes_and_never_a_key() {
             HostObservation::Reachable {
                 containers: vec![],
                 proxy: Default::default(),
+                kernel: crate::plan::KernelObservation::Unavailable {
+                    reason: "test".into(),
+                },
             },
         )]),
         zones: BTreeMap::from([(ZONE.into(), ZoneObservation::Missing)]),
