@@ -45,12 +45,24 @@ pub async fn execute<R: Runtime, P: Proxy, H: Prober>(
     backends: &Backends<R, P>,
     prober: &H,
 ) -> Result<Report> {
+    execute_until(plan, store, backends, prober, &|| false).await
+}
+
+/// As [`execute`], but starts no further step once `stop` returns true (the daemon is shutting
+/// down): the step in flight finishes and is journaled, the rest count as skipped.
+pub async fn execute_until<R: Runtime, P: Proxy, H: Prober>(
+    plan: &Plan,
+    store: &Store,
+    backends: &Backends<R, P>,
+    prober: &H,
+    stop: &(dyn Fn() -> bool + Send + Sync),
+) -> Result<Report> {
     let mut report = Report::default();
     let mut failed: BTreeSet<EnvKey> = BTreeSet::new();
     // The generation each key's record is expected at: the plan's, then whatever our writes made it.
     let mut gens: BTreeMap<EnvKey, Option<u64>> = BTreeMap::new();
     for step in &plan.steps {
-        if step.key.as_ref().is_some_and(|k| failed.contains(k)) {
+        if stop() || step.key.as_ref().is_some_and(|k| failed.contains(k)) {
             report.skipped += 1;
             continue;
         }
@@ -201,9 +213,7 @@ async fn run<R: Runtime, P: Proxy, H: Prober>(
                         let at = now_ms();
                         return update(&|rec| {
                             let s = rec.slot_mut(*slot);
-                            if s.state == SlotState::Deploying
-                                && s.hash() == Some(hash.as_str())
-                            {
+                            if s.state == SlotState::Deploying && s.hash() == Some(hash.as_str()) {
                                 s.state = SlotState::Deployed;
                                 s.since_ms = at;
                             }

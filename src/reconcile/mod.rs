@@ -3,16 +3,22 @@
 //! The executor carries out a plan's steps in order and makes no choices: it journals each step's
 //! intent, performs it, and journals the outcome. When a step fails, the remaining steps of the same
 //! environment are skipped (others carry on) and the failure is reported.
+//!
+//! `converge` is what `codeb apply` runs once; `controller` is the loop of `codeb watch`, which
+//! reconciles one environment at a time from a `queue`, with a per-key `backoff`.
 
+pub mod backoff;
+pub mod controller;
 mod execute;
 mod fault;
 mod observe;
 mod probe;
+pub mod queue;
 
 use std::collections::BTreeMap;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-pub use execute::{execute, Report, StepFailure};
+pub use execute::{execute, execute_until, Report, StepFailure};
 pub use observe::observe;
 pub use probe::{HttpProber, Prober};
 
