@@ -1,5 +1,6 @@
 //! What `get` and `describe` print: tables for people, JSON and YAML for machines. Reads the store
-//! only; never prints an environment variable's value.
+//! only; never prints an environment variable's value. Writes to the output it is given (stdout, or
+//! the answer `codeb watch` sends back to a client).
 
 use std::io::Write;
 
@@ -124,9 +125,10 @@ fn host_rows(r: &Recorded) -> Vec<HostRow> {
         .collect()
 }
 
-pub fn get(r: &Recorded, what: GetWhat, format: Format) -> anyhow::Result<()> {
+pub fn get(r: &Recorded, what: GetWhat, format: Format, out: &mut dyn Write) -> anyhow::Result<()> {
     match what {
         GetWhat::Projects => emit(
+            out,
             &project_rows(r),
             format,
             &["PROJECT", "ENV", "URL", "ACTIVE", "HOST", "PORTS"],
@@ -142,6 +144,7 @@ pub fn get(r: &Recorded, what: GetWhat, format: Format) -> anyhow::Result<()> {
             },
         ),
         GetWhat::Slots => emit(
+            out,
             &slot_rows(r),
             format,
             &[
@@ -160,6 +163,7 @@ pub fn get(r: &Recorded, what: GetWhat, format: Format) -> anyhow::Result<()> {
             },
         ),
         GetWhat::Hosts => emit(
+            out,
             &host_rows(r),
             format,
             &[
@@ -181,12 +185,12 @@ pub fn get(r: &Recorded, what: GetWhat, format: Format) -> anyhow::Result<()> {
 }
 
 fn emit<T: Serialize>(
+    out: &mut dyn Write,
     rows: &[T],
     format: Format,
     header: &[&str],
     cells: impl Fn(&T) -> Vec<String>,
 ) -> anyhow::Result<()> {
-    let mut out = std::io::stdout().lock();
     match format {
         Format::Json => writeln!(out, "{}", serde_json::to_string_pretty(rows)?)?,
         Format::Yaml => write!(out, "{}", serde_saphyr::to_string(&rows)?)?,
@@ -220,7 +224,7 @@ fn emit<T: Serialize>(
     Ok(())
 }
 
-pub fn describe(store: &Store, project: &str) -> anyhow::Result<()> {
+pub fn describe(store: &Store, project: &str, out: &mut dyn Write) -> anyhow::Result<()> {
     let r = store.load()?;
     let envs: Vec<&EnvRecord> = r
         .envs
@@ -233,7 +237,6 @@ pub fn describe(store: &Store, project: &str) -> anyhow::Result<()> {
         ))
         .into());
     }
-    let mut out = std::io::stdout().lock();
     writeln!(out, "Project: {project}")?;
     for e in envs {
         writeln!(out, "\nEnvironment: {}", e.key.env)?;
