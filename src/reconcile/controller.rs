@@ -389,10 +389,7 @@ where
     ///
     /// Starts by sweeping every host: a start is an apply of the manifests as they are.
     pub async fn run(mut self, shutdown: CancellationToken) {
-        let now = Instant::now();
-        for host in self.hosts.keys() {
-            self.queue.schedule(Work::Host(host.clone()), now);
-        }
+        self.sweep_all(Instant::now());
         let mut hard_stop: Option<Instant> = None;
         loop {
             if hard_stop.is_none() {
@@ -435,11 +432,7 @@ where
         let now = Instant::now();
         match msg {
             Msg::Trigger { work, after } => self.queue.schedule(work, now + after),
-            Msg::Resync => {
-                for host in self.hosts.keys() {
-                    self.queue.schedule(Work::Host(host.clone()), now);
-                }
-            }
+            Msg::Resync => self.sweep_all(now),
             Msg::Desired(new) => self.on_desired(new, now),
             Msg::Claim { works, reply } => match self.queue.claim(works.clone()) {
                 Claim::Granted => self.grant(works, reply),
@@ -452,6 +445,21 @@ where
                     self.finish(&w);
                 }
             }
+        }
+    }
+
+    /// Schedules a sweep of every host of the manifests, and with `prune` of every host that
+    /// still has recorded environments (a host only recorded, without prune, has nothing to do,
+    /// and may be gone for good).
+    fn sweep_all(&mut self, now: Instant) {
+        let hosts: Vec<String> = self
+            .hosts
+            .keys()
+            .filter(|h| self.config.prune || self.desired.hosts.contains_key(*h))
+            .cloned()
+            .collect();
+        for host in hosts {
+            self.queue.schedule(Work::Host(host), now);
         }
     }
 

@@ -148,8 +148,10 @@ pub async fn run(state_dir: PathBuf, args: WatchArgs) -> anyhow::Result<u8> {
         Ok(d) => Arc::new(d),
         Err(e) => return Err(Failure::invalid(e).into()),
     };
-    for step in store.interrupted()? {
-        warn!(step = %step.step, key = ?step.key.map(|k| k.to_string()), "a step was in flight when codeb last stopped; the first reconcile resumes from the records");
+    // The journal keeps every interruption ever; the latest tell what was in flight at the stop.
+    let interrupted = store.interrupted()?;
+    for step in interrupted.iter().rev().take(5) {
+        warn!(step = %step.step, at_ms = step.at_ms, "a step was in flight when codeb stopped; the reconciles resume from the records");
     }
     let connect: Connect<Podman, Caddy> = Box::new(|host| {
         let mut backends = super::connect::connect([host]).map_err(|e| format!("{e:#}"))?;
