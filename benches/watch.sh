@@ -120,8 +120,8 @@ until_serves() { # host body
   local deadline=$(($(date +%s) + 30))
   until [[ $(body "$1") == "$2" ]]; do
     (($(date +%s) < deadline)) || {
-      echo "timeout waiting for $1 to serve $2" >&2
-      tail -20 "$WORK/watch.log" >&2
+      cp "$WORK/watch.log" /tmp/codeb-bench-failed.log
+      echo "timeout waiting for $1 to serve $2 (daemon log: /tmp/codeb-bench-failed.log)" >&2
       return 1
     }
   done
@@ -132,15 +132,17 @@ JQ_TIME='(.timestamp | capture("(?<s>[^.]+)\\.(?<f>[0-9]+)Z") | (.s + "Z" | from
 
 bench_save() {
   mkdir -p "$WORK/m"
-  local name=bsave host v=v1 next total notice create start health own
+  local name=bsave host v=v1 next total notice create start removed health own
   name=bsave$$
   host=$name.codeb.test
   save "$WORK/m/all.yaml" "$(host_yaml; project_yaml "$name" localhost/codeb-test-app:v1 production)"
   start_watch --resync 30s
   until_serves "$host" v1
-  echo "save -> serving (ms): total, notice (inotify + 200 ms debounce + load), podman create+start, health-check wait, codeb's own (total - podman - health)"
+  echo "save -> serving (ms): total; notice (inotify + 200 ms debounce + load); Podman: create+start of the new container, removal of the grace slot's old one; health-check wait; codeb's own = total - Podman - health (includes notice)"
   for i in $(seq 1 "$ITER"); do
-    next=$([[ $v == v1 ]] && echo v2 || echo v1)
+    # Three releases in turn: the next one is never the one in the grace slot (which would be a
+    # switch back, with no container to start).
+    case $v in v1) next=v2 ;; v2) next=v3 ;; *) next=v1 ;; esac
     sleep 1 # let the previous rollout's events settle; not part of any measurement
     local t0 t1
     t0=$(now)
@@ -157,12 +159,18 @@ bench_save() {
     t_healthy=$(jq -s '[.[] | select(.m == "done" and (.step | test(": wait until ")))][0].t' <<<"$lines")
     create=$(jq -s '[.[] | select(.m == "created")][0].ms' <<<"$lines")
     start=$(jq -s '[.[] | select(.m == "started")][0].ms' <<<"$lines")
+    # The grace slot's old container, removed to make room (a stop of its app, then the removal).
+    removed=$(jq -s '[.[] | select(.m == "removed")][0].ms // 0' <<<"$lines")
+    if [[ $create == null || $start == null || $t_deploy == null || $t_healthy == null || $t_reload == null ]]; then
+      echo "save $i: incomplete log, skipped" >&2
+      continue
+    fi
     total=$(ms "$t0" "$t1")
     notice=$(ms "$t0" "$t_reload")
     health=$(ms "$t_deploy" "$t_healthy")
-    own=$((total - create - start - health))
-    printf 'save %2d: total %4d  notice %4d  podman %4d  health %4d  codeb-own %4d\n' \
-      "$i" "$total" "$notice" $((create + start)) "$health" "$own"
+    own=$((total - create - start - removed - health))
+    printf 'save %2d: total %4d  notice %4d  podman create+start %4d  remove-old %4d  health %4d  codeb-own %4d\n' \
+      "$i" "$total" "$notice" $((create + start)) "$removed" "$health" "$own"
   done
   finish
 }
@@ -204,14 +212,19 @@ bench_scale() {
   save "$WORK/m/all.yaml" "$text"
   local t0 t1
   t0=$(now)
-  CODEB_LOG=codeb=info "$BIN" --state-dir "$WORK/state" --log-format json watch -f "$WORK/m" \
-    >"$WORK/watch.log" 2>&1 &
-  WATCH_PID=$!
+  start_watch
   for i in $(seq 1 "$PROJECTS"); do
     until_serves "bscale$i-bench.codeb.test" v1
   done
   t1=$(now)
-  echo "scale: $PROJECTS projects deployed from an empty host in $(ms "$t0" "$t1") ms"
+  echo "scale: $PROJECTS projects deployed from an empty host in $(ms "$t0" "$t1") ms; Podman's share, summed over the deploys:"
+  jq -s '[.[] | select(.fields.message == "created" or .fields.message == "started") | {m: .fields.message, ms: .fields.elapsed_ms}]
+    | group_by(.m)[] | "  \(.[0].m): \(length) calls, \(map(.ms) | add) ms in all, \(map(.ms) | sort | .[length / 2 | floor]) ms median, \(map(.ms) | max) ms max"' \
+    -r "$WORK/watch.log"
+  jq -s '[.[] | select(.fields.message == "reconciled" and .fields.result == "converged" and .fields.actions > 0) | .fields.duration_ms] | sort
+    | "  environment reconciles that deployed: \(length), \(.[length / 2 | floor]) ms median, \(max) ms max"' -r "$WORK/watch.log"
+  jq -s '[.[] | select(.fields.result == "error") | .fields.error] | "  reconciles that failed (retried on backoff): \(length)", (.[:5][] | "    \(.[:300])")' \
+    -r "$WORK/watch.log"
   sleep 5 # let the last reconciles and the first sweep finish before measuring idle
   local clk rss hwm a b
   clk=$(getconf CLK_TCK)
