@@ -8,14 +8,20 @@ use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, Criterion};
 
+use std::net::{Ipv4Addr, SocketAddrV4};
+
 use codeb::backend::{
-    ObservedContainer, ObservedProxy, LABEL_ENVIRONMENT, LABEL_PROJECT, LABEL_RELEASE, LABEL_SLOT,
+    ObservedContainer, ObservedProxy, ObservedService, ObservedServices, ServiceRule,
+    ServiceTarget, LABEL_ENVIRONMENT, LABEL_PROJECT, LABEL_RELEASE, LABEL_SLOT,
 };
 use codeb::model::{
     Desired, DesiredEnv, EnvKey, EnvRecord, HostRef, Promotion, Recorded, Release, Slot,
     SlotRecord, SlotState,
 };
-use codeb::plan::{plan, routes, server_spec, HostObservation, Observed};
+use codeb::plan::{plan, routes, server_spec, HostObservation, KernelObservation, Observed};
+
+/// Kernel mode: every environment's service address on this gateway.
+const GATEWAY: Ipv4Addr = Ipv4Addr::new(10, 99, 0, 1);
 
 const PROJECTS: usize = 10_000;
 
@@ -40,7 +46,8 @@ fn release(image: &str) -> Release {
     )
 }
 
-/// A converged world of `n` projects: blue active everywhere, its container running, its routes in place.
+/// A converged world of `n` projects: blue active everywhere, its container running, its routes
+/// and its service address's NAT rule in place.
 fn world(n: usize) -> (Desired, Observed, Recorded) {
     let h = host();
     let mut desired = Desired {
@@ -55,6 +62,11 @@ fn world(n: usize) -> (Desired, Observed, Recorded) {
     let mut proxy = ObservedProxy {
         server: Some(server_spec(&h)),
         routes: Vec::new(),
+    };
+    let mut services = ObservedServices {
+        chain: true,
+        hooks: 1,
+        ..Default::default()
     };
     for i in 0..n {
         let key = EnvKey::new(format!("p{i}"), "production");
@@ -87,7 +99,21 @@ fn world(n: usize) -> (Desired, Observed, Recorded) {
             release: Some(rel.clone()),
             ..SlotRecord::default()
         };
-        proxy.routes.extend(routes(&rec, &h));
+        let ip = Ipv4Addr::from(u32::from(GATEWAY) + 1 + i as u32);
+        proxy
+            .routes
+            .extend(routes(&rec, &h, Some(SocketAddrV4::new(GATEWAY, base))));
+        services.services.insert(
+            base,
+            ObservedService {
+                dispatch: 1,
+                chain: true,
+                rules: vec![ServiceRule::Dnat(ServiceTarget {
+                    to: SocketAddrV4::new(ip, 8080),
+                    label: key.to_string(),
+                })],
+            },
+        );
         containers.push(ObservedContainer {
             id: format!("id{i}"),
             name: key.container_name(Slot::Blue),
@@ -101,13 +127,21 @@ fn world(n: usize) -> (Desired, Observed, Recorded) {
             running: true,
             state: "running".into(),
             host_port: Some(base),
+            ip: Some(ip),
         });
         recorded.envs.insert(key, rec);
     }
     let observed = Observed {
         hosts: BTreeMap::from([(
             "app".into(),
-            HostObservation::Reachable { containers, proxy },
+            HostObservation::Reachable {
+                containers,
+                proxy,
+                kernel: KernelObservation::Managed {
+                    gateway: GATEWAY,
+                    services,
+                },
+            },
         )]),
     };
     (desired, observed, recorded)

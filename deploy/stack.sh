@@ -486,6 +486,36 @@ ensure_codeb_network() {
   say "created network codeb-main (bridge cb${SETTINGS[HTTP_PORT]})"
 }
 
+# codeb's NAT chains for this stack's network (named after its gateway, see src/backend/netfilter.rs)
+# and their jump from nat OUTPUT outlive the projects that used them; they go with the network.
+# Only chains named CODEB-<this gateway in hex> and jumps to them are touched.
+remove_codeb_chains() {
+  local gw hex save line chains=() lines=()
+  gw=$(podman_cli network inspect codeb-main --format '{{range .Subnets}}{{.Gateway}}{{end}}' 2>/dev/null) ||
+    return 0
+  [[ $gw =~ ^[0-9]+(\.[0-9]+){3}$ ]] || return 0
+  command -v iptables-save >/dev/null || return 0
+  # shellcheck disable=SC2086 # the dots split the address into its four bytes
+  hex=$(IFS=. && printf '%02x' $gw)
+  save=$(iptables-save -t nat 2>/dev/null) || return 0
+  while IFS= read -r line; do
+    case $line in
+    ":CODEB-$hex "* | ":CODEB-$hex-"*) chains+=("${line%% *}") ;;
+    "-A OUTPUT "*"-j CODEB-$hex") lines+=("-D ${line#-A }") ;;
+    esac
+  done <<<"$save"
+  ((${#chains[@]} + ${#lines[@]} > 0)) || return 0
+  # One transaction: the jumps go, every chain is flushed (a chain with rules cannot be deleted),
+  # then deleted, service chains before the dispatch chain (reverse order: its name is a prefix).
+  for line in "${chains[@]}"; do lines+=("$line - [0:0]"); done
+  while IFS= read -r line; do lines+=("-X ${line#:}"); done < <(printf '%s\n' "${chains[@]}" | sort -r)
+  if printf '*nat\n%s\nCOMMIT\n' "$(printf '%s\n' "${lines[@]}")" | iptables-restore -w 5 --noflush; then
+    say "removed codeb's NAT chains for $gw (CODEB-$hex)"
+  else
+    say "could not remove codeb's NAT chains for $gw (CODEB-$hex)"
+  fi
+}
+
 cmd_down() {
   local purge=0 name
   case ${1-} in
@@ -505,6 +535,7 @@ cmd_down() {
   # Containers hold overlay mounts, network namespaces and iptables rules outside the state dir:
   # let Podman tear all of that down before the directory goes.
   if [[ -f $CONTAINERS_CONF_FILE && -d $PODMAN_DIR/storage ]]; then
+    remove_codeb_chains
     say "removing this stack's containers, images and networks"
     podman_cli system reset --force >>"$LOG_DIR/podman.log" 2>&1 ||
       die "podman system reset failed; see $LOG_DIR/podman.log"

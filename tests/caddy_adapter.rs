@@ -216,6 +216,7 @@ fn route(id: &str, hosts: &[&str], upstream: SocketAddr) -> Route {
         id: id.to_string(),
         hosts: hosts.iter().map(|h| h.to_string()).collect(),
         upstream: upstream.to_string(),
+        keep_alive: true,
     }
 }
 

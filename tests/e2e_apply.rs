@@ -255,3 +255,57 @@ fn env_values_never_appear_in_output() {
     );
     cleanup(&sb, &name);
 }
+
+#[test]
+fn prune_removes_dropped_projects_refuses_to_empty_everything_and_delete_f_removes_a_file_s_projects(
+) {
+    let _l = lock();
+    let sb = Sandbox::new();
+    let (a, b) = (unique("prunea"), unique("pruneb"));
+    let dir = sb.write(&[
+        ProjectYaml::new(&a, "localhost/codeb-test-app:v1"),
+        ProjectYaml::new(&b, "localhost/codeb-test-app:v1"),
+    ]);
+    assert_eq!(sb.apply(&dir).status.code(), Some(0));
+    assert_eq!(containers(&format!("{b}-")).len(), 1);
+
+    // Without --prune, dropping b from the manifests leaves it alone.
+    let only_a = sb.write(&[ProjectYaml::new(&a, "localhost/codeb-test-app:v1")]);
+    assert_eq!(sb.apply(&only_a).status.code(), Some(0));
+    assert_eq!(sb.get(&format!("{b}.codeb.test"), "/").1, "v1");
+    // With --prune it goes: containers, routes and records.
+    let out = sb.codeb(&["apply", "--prune", "-f", only_a.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(containers(&format!("{b}-")).is_empty());
+    assert_ne!(sb.get(&format!("{b}.codeb.test"), "/").1, "v1");
+    assert!(!sb
+        .slots()
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|s| s["project"] == b.as_str()));
+
+    // Manifests with no project at all: --prune refuses unless --allow-empty.
+    let none = sb.write(&[]);
+    let refused = sb.codeb(&["apply", "--prune", "-f", none.to_str().unwrap()]);
+    assert_eq!(refused.status.code(), Some(2), "{}", text(&refused));
+    assert!(
+        text(&refused).contains("--allow-empty"),
+        "{}",
+        text(&refused)
+    );
+    assert_eq!(containers(&format!("{a}-")).len(), 1, "nothing was removed");
+
+    // delete -f removes the projects a file declares.
+    let file = sb.write(&[ProjectYaml::new(&a, "localhost/codeb-test-app:v1")]);
+    let del = sb.codeb(&["delete", "-f", file.to_str().unwrap()]);
+    assert_eq!(del.status.code(), Some(0), "{}", text(&del));
+    assert!(containers(&format!("{a}-")).is_empty());
+    let again = sb.codeb(&["delete", "project", &a]);
+    assert_eq!(
+        again.status.code(),
+        Some(2),
+        "deleting what is not recorded is a usage error: {}",
+        text(&again)
+    );
+}

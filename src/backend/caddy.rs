@@ -517,14 +517,23 @@ fn is_unknown_id(status: StatusCode, body: &str) -> bool {
 
 /// The one JSON shape of a codeb route, used by every write and by [`route_from_json`] to tell a
 /// route codeb wrote from one changed by hand.
+///
+/// A route without keep-alive gets `transport.keep_alive.enabled: false`: Caddy then opens one
+/// upstream connection per request, so a request after a kernel switch never rides a connection
+/// the kernel mapped to the old slot (conntrack keeps a connection's target for its lifetime, and
+/// under steady load Caddy's pooled connections never go idle long enough to close).
 pub fn route_json(route: &Route) -> Value {
+    let mut proxy = json!({
+        "handler": "reverse_proxy",
+        "upstreams": [{ "dial": route.upstream }],
+    });
+    if !route.keep_alive {
+        proxy["transport"] = json!({ "protocol": "http", "keep_alive": { "enabled": false } });
+    }
     json!({
         "@id": route.id,
         "match": [{ "host": route.hosts }],
-        "handle": [{
-            "handler": "reverse_proxy",
-            "upstreams": [{ "dial": route.upstream }],
-        }],
+        "handle": [proxy],
         "terminal": true,
     })
 }
@@ -549,19 +558,24 @@ fn route_from_json(value: &Value) -> Option<Route> {
         .flatten()
         .filter_map(|h| h.as_str().map(str::to_string))
         .collect();
-    let upstream = value
+    let proxy = value
         .get("handle")
         .and_then(Value::as_array)
         .into_iter()
         .flatten()
-        .find(|h| h.get("handler").and_then(Value::as_str) == Some("reverse_proxy"))
+        .find(|h| h.get("handler").and_then(Value::as_str) == Some("reverse_proxy"));
+    let upstream = proxy
         .and_then(|h| h.get("upstreams")?.get(0)?.get("dial")?.as_str())
         .unwrap_or_default()
         .to_string();
+    let keep_alive = proxy
+        .and_then(|h| h.pointer("/transport/keep_alive/enabled")?.as_bool())
+        .unwrap_or(true);
     let mut route = Route {
         id: id.to_string(),
         hosts,
         upstream,
+        keep_alive,
     };
     if route_json(&route) != *value {
         route.upstream.clear();
@@ -811,6 +825,7 @@ mod tests {
             id: id.to_string(),
             hosts: hosts.iter().map(|h| h.to_string()).collect(),
             upstream: upstream.to_string(),
+            keep_alive: true,
         }
     }
 
@@ -847,6 +862,18 @@ mod tests {
                 "terminal": true,
             })
         );
+    }
+
+    #[test]
+    fn a_route_without_keep_alive_reads_back_as_such() {
+        let mut original = route("codeb-shop_prod", &["shop.example"], "10.89.144.1:4051");
+        original.keep_alive = false;
+        let json = route_json(&original);
+        assert_eq!(
+            json["handle"][0]["transport"],
+            json!({ "protocol": "http", "keep_alive": { "enabled": false } })
+        );
+        assert_eq!(route_from_json(&json), Some(original));
     }
 
     #[test]

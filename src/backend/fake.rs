@@ -1,16 +1,21 @@
-//! In-memory fakes of Podman and Caddy, for unit tests and benchmarks only.
+//! In-memory fakes of Podman, Caddy and the kernel's NAT rules, for unit tests and benchmarks only.
 //!
-//! One [`World`] is one host: its containers and codeb's Caddy server. Every mutating call is
-//! counted, so a test can prove that a converged system gets none. A container is "healthy" when it
-//! runs and its image name does not contain `unhealthy`.
+//! One [`World`] is one host: its containers, codeb's Caddy server and codeb's service addresses.
+//! Every mutating call is counted, so a test can prove that a converged system gets none. A
+//! container is "healthy" when it runs and its image name does not contain `unhealthy`.
 
 use std::collections::BTreeMap;
+use std::net::{Ipv4Addr, SocketAddrV4};
 use std::sync::{Arc, Mutex};
 
 use super::{
-    caddy, podman, ContainerSpec, ObservedContainer, ObservedProxy, Proxy, Route, Runtime,
-    ServerSpec, LABEL_PROJECT,
+    caddy, netfilter, podman, ContainerSpec, HookWrite, Kernel, ObservedContainer, ObservedProxy,
+    ObservedService, ObservedServices, Proxy, Route, Runtime, ServerSpec, ServiceRule,
+    ServiceWrite, LABEL_PROJECT,
 };
+
+/// The gateway of the fake host's network: service addresses are `FAKE_GATEWAY:base_port`.
+pub const FAKE_GATEWAY: Ipv4Addr = Ipv4Addr::new(10, 99, 0, 1);
 
 #[derive(Debug, Default)]
 pub struct State {
@@ -23,6 +28,15 @@ pub struct State {
     pub next_id: u64,
     pub podman_down: bool,
     pub caddy_down: bool,
+    /// codeb's NAT rules on [`FAKE_GATEWAY`].
+    pub nat: ObservedServices,
+    /// Set: the kernel cannot be managed (as without root); codeb falls back to Caddy.
+    pub kernel_unsupported: Option<String>,
+    /// Config changes of Caddy (each one a reload) and of the NAT rules, counted apart.
+    pub route_writes: usize,
+    pub kernel_writes: usize,
+    /// Connections still open to a target, for drain tests (none unless set).
+    pub open: BTreeMap<SocketAddrV4, usize>,
 }
 
 /// A fake host; clones share state.
@@ -40,6 +54,36 @@ impl World {
 
     pub fn mutations(&self) -> usize {
         self.state().mutations
+    }
+
+    /// The image that answers a request for `hostname` through the fake Caddy: its route's
+    /// upstream, through the NAT rules when it is a service address, to a running container.
+    pub fn serving(&self, hostname: &str) -> Option<String> {
+        let s = self.state();
+        let route = s
+            .routes
+            .iter()
+            .find(|r| r.hosts.iter().any(|h| h == hostname))?;
+        let dial: SocketAddrV4 = route.upstream.parse().ok()?;
+        let container = if *dial.ip() == FAKE_GATEWAY {
+            let service = s.nat.services.get(&dial.port())?;
+            if service.dispatch == 0 || !s.nat.chain || s.nat.hooks == 0 {
+                return None;
+            }
+            let Some(ServiceRule::Dnat(t)) = service.rules.first() else {
+                return None;
+            };
+            s.containers
+                .values()
+                .find(|(c, spec)| c.ip == Some(*t.to.ip()) && spec.container_port == t.to.port())
+        } else {
+            s.containers
+                .values()
+                .find(|(c, spec)| c.running && spec.host_port == dial.port())
+        };
+        container
+            .filter(|(c, _)| c.running)
+            .map(|(_, spec)| spec.image.clone())
     }
 
     /// The container publishing `port`, if it runs and is healthy.
@@ -95,6 +139,10 @@ impl Runtime for World {
         })
     }
 
+    async fn network_gateway(&self, _name: &str) -> Result<Option<Ipv4Addr>, podman::Error> {
+        self.podman(false, |_| Ok(Some(FAKE_GATEWAY)))
+    }
+
     async fn ensure_network(&self, _name: &str) -> Result<bool, podman::Error> {
         self.podman(false, |_| Ok(false))
     }
@@ -118,6 +166,7 @@ impl Runtime for World {
                 running: false,
                 state: "created".into(),
                 host_port: Some(spec.host_port),
+                ip: None,
             };
             s.containers.insert(id.clone(), (c, spec.clone()));
             Ok(id)
@@ -127,6 +176,9 @@ impl Runtime for World {
     async fn start(&self, id: &str) -> Result<(), podman::Error> {
         self.podman(true, |s| {
             let (c, _) = find(s, id)?;
+            // Podman keeps a container's address for its lifetime and reports it while it runs.
+            let n = c.id.trim_start_matches("fake").parse::<u32>().unwrap_or(0);
+            c.ip = Some(Ipv4Addr::from(u32::from(FAKE_GATEWAY) + 1 + n));
             c.running = true;
             c.state = "running".into();
             Ok(())
@@ -138,6 +190,7 @@ impl Runtime for World {
             if let Ok((c, _)) = find(s, id) {
                 c.running = false;
                 c.state = "exited".into();
+                c.ip = None;
             }
             Ok(())
         })
@@ -221,11 +274,15 @@ impl Proxy for World {
     }
 
     async fn add_route(&self, _server: &str, route: &Route) -> Result<(), caddy::Error> {
-        self.caddy(true, |s| s.routes.push(route.clone()))
+        self.caddy(true, |s| {
+            s.route_writes += 1;
+            s.routes.push(route.clone())
+        })
     }
 
     async fn replace_route(&self, route: &Route) -> Result<(), caddy::Error> {
         self.caddy(true, |s| {
+            s.route_writes += 1;
             if let Some(r) = s.routes.iter_mut().find(|r| r.id == route.id) {
                 *r = route.clone();
             }
@@ -233,7 +290,90 @@ impl Proxy for World {
     }
 
     async fn delete_route(&self, id: &str) -> Result<(), caddy::Error> {
-        self.caddy(true, |s| s.routes.retain(|r| r.id != id))
+        self.caddy(true, |s| {
+            s.route_writes += 1;
+            s.routes.retain(|r| r.id != id)
+        })
+    }
+}
+
+impl World {
+    fn kernel<T>(
+        &self,
+        mutate: bool,
+        f: impl FnOnce(&mut State) -> Result<T, netfilter::Error>,
+    ) -> Result<T, netfilter::Error> {
+        let mut s = self.state();
+        if let Some(reason) = s.kernel_unsupported.clone() {
+            return Err(netfilter::Error::Unsupported { reason });
+        }
+        if mutate {
+            s.mutations += 1;
+            s.kernel_writes += 1;
+        } else {
+            s.reads += 1;
+        }
+        f(&mut s)
+    }
+}
+
+impl Kernel for World {
+    async fn observe(&self, gateway: Ipv4Addr) -> Result<ObservedServices, netfilter::Error> {
+        self.kernel(false, |s| {
+            Ok(if gateway == FAKE_GATEWAY {
+                s.nat.clone()
+            } else {
+                ObservedServices::default()
+            })
+        })
+    }
+
+    async fn hook(&self, _write: &HookWrite) -> Result<(), netfilter::Error> {
+        self.kernel(true, |s| {
+            s.nat.chain = true;
+            s.nat.hooks = 1;
+            Ok(())
+        })
+    }
+
+    /// Like `iptables-restore`: all or nothing, and a dispatch rule needs the dispatch chain.
+    async fn set_service(&self, write: &ServiceWrite) -> Result<(), netfilter::Error> {
+        self.kernel(true, |s| {
+            match &write.target {
+                Some(t) => {
+                    if !s.nat.chain {
+                        return Err(no_chain(write));
+                    }
+                    s.nat.services.insert(
+                        write.port,
+                        ObservedService {
+                            dispatch: 1,
+                            chain: true,
+                            rules: vec![ServiceRule::Dnat(t.clone())],
+                        },
+                    );
+                }
+                None => {
+                    s.nat.services.remove(&write.port);
+                }
+            }
+            Ok(())
+        })
+    }
+
+    async fn open_connections(&self, target: SocketAddrV4) -> Option<usize> {
+        Some(self.state().open.get(&target).copied().unwrap_or(0))
+    }
+}
+
+fn no_chain(write: &ServiceWrite) -> netfilter::Error {
+    netfilter::Error::Command {
+        command: "iptables-restore -w 5 --noflush".into(),
+        status: "exit status: 1".into(),
+        stderr: format!(
+            "iptables-restore: line 3 failed: Chain '{}' does not exist",
+            netfilter::dispatch_chain(write.gateway)
+        ),
     }
 }
 

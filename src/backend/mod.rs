@@ -1,16 +1,19 @@
-//! Backend adapters: the only code that speaks Podman's or Caddy's wire protocols.
+//! Backend adapters: the only code that speaks Podman's or Caddy's wire protocols, or the
+//! kernel's NAT rules.
 //!
 //! Each adapter converts wire types to the plain data types below at its edge, so that `plan` and
-//! `reconcile` never see bollard or JSON. Adapters make no decisions: they observe and they carry out
-//! one mutation per call. Ownership marks (container labels, route `@id`s) are applied by the caller;
-//! adapters only ever list and touch objects that carry them.
+//! `reconcile` never see bollard, JSON or iptables text. Adapters make no decisions: they observe and
+//! they carry out one mutation per call. Ownership marks (container labels, route `@id`s, chain
+//! names) are applied by the caller; adapters only ever list and touch objects that carry them.
 
 pub mod caddy;
 pub mod fake;
+pub mod netfilter;
 pub mod podman;
 
 use std::collections::BTreeMap;
 use std::future::Future;
+use std::net::{Ipv4Addr, SocketAddrV4};
 
 /// Label keys that mark a container as codeb's. A container without [`LABEL_PROJECT`] is never touched.
 pub const LABEL_PROJECT: &str = "codeb.project";
@@ -56,6 +59,9 @@ pub struct ObservedContainer {
     pub state: String,
     /// The host port the container port is published on, if any.
     pub host_port: Option<u16>,
+    /// The container's IPv4 address on its network (codeb's containers join exactly one), read
+    /// from the same list call. Absent while the container is not running.
+    pub ip: Option<Ipv4Addr>,
 }
 
 /// The container runtime of one host (Podman's Docker-compatible API).
@@ -69,6 +75,12 @@ pub trait Runtime: Send + Sync {
     fn list_owned(
         &self,
     ) -> impl Future<Output = Result<Vec<ObservedContainer>, podman::Error>> + Send;
+    /// The IPv4 gateway of a network: its bridge's address on the Podman host. `None` when the
+    /// network does not exist (or has no IPv4 subnet).
+    fn network_gateway(
+        &self,
+        name: &str,
+    ) -> impl Future<Output = Result<Option<Ipv4Addr>, podman::Error>> + Send;
     /// Creates the bridge network when it does not exist. Returns true when it created it.
     fn ensure_network(
         &self,
@@ -122,6 +134,10 @@ pub struct Route {
     pub hosts: Vec<String>,
     /// A `host:port` dial address.
     pub upstream: String,
+    /// Whether Caddy may keep idle connections to the upstream open and reuse them (its default).
+    /// Off for a service address: the kernel maps a connection to a slot when it opens, so a
+    /// reused connection would keep reaching the old slot after a switch.
+    pub keep_alive: bool,
 }
 
 /// What codeb owns in one Caddy, as observed.
@@ -158,4 +174,96 @@ pub trait Proxy: Send + Sync {
         -> impl Future<Output = Result<(), caddy::Error>> + Send;
     /// Deletes the route with this `@id`; a missing one is not an error.
     fn delete_route(&self, id: &str) -> impl Future<Output = Result<(), caddy::Error>> + Send;
+}
+
+/// codeb's NAT rules for the service addresses on one gateway, as observed.
+///
+/// A service address is `gateway:port`: the gateway is the address of codeb's Podman network on
+/// the host, the port is the environment's base port. Its rules map it to one container's
+/// `ip:port` (see [`netfilter`] for the chains).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ObservedServices {
+    /// codeb's dispatch chain for this gateway exists.
+    pub chain: bool,
+    /// Rules of nat `OUTPUT` jumping to the dispatch chain (1 once hooked).
+    pub hooks: usize,
+    /// Each service port that has a dispatch rule or a chain.
+    pub services: BTreeMap<u16, ObservedService>,
+}
+
+/// One service address's rules.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ObservedService {
+    /// Dispatch rules sending the port to the service's chain (1 when in place).
+    pub dispatch: usize,
+    /// The service's own chain exists.
+    pub chain: bool,
+    /// The rules of the service's chain, in order: exactly one `Dnat` when converged.
+    pub rules: Vec<ServiceRule>,
+}
+
+/// A rule of a service's chain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ServiceRule {
+    /// The one shape codeb writes.
+    Dnat(ServiceTarget),
+    /// Anything else (a rule changed by hand), as iptables printed it.
+    Other(String),
+}
+
+/// Where a service address leads: a container's address and port.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceTarget {
+    pub to: SocketAddrV4,
+    /// `project/environment`, kept in the rule's comment for people reading `iptables-save`.
+    pub label: String,
+}
+
+/// One atomic change to a service address: its chain is replaced whole (or removed), and its
+/// dispatch rule is brought to exactly one (or none).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceWrite {
+    pub gateway: Ipv4Addr,
+    pub port: u16,
+    /// `None` removes the service address.
+    pub target: Option<ServiceTarget>,
+    /// Dispatch rules observed for the port (the write adds or deletes to reach 1, or 0).
+    pub dispatch: usize,
+}
+
+/// Creates a gateway's dispatch chain and its jump from nat `OUTPUT`, whichever is missing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HookWrite {
+    pub gateway: Ipv4Addr,
+    /// The dispatch chain exists already.
+    pub chain: bool,
+    /// Jumps observed in nat `OUTPUT`.
+    pub hooks: usize,
+}
+
+/// The kernel's part of the data path on one host: NAT rules that map each environment's service
+/// address to its active slot. Caddy dials the service address, so a switch changes one rule and
+/// never Caddy's config.
+pub trait Kernel: Send + Sync {
+    /// codeb's rules for the service addresses on `gateway`.
+    ///
+    /// # Errors
+    /// [`netfilter::Error::Unsupported`] when this host's rules cannot be managed from here (no
+    /// privilege, no iptables, a gateway that is not an address of this machine): the caller then
+    /// switches through Caddy's admin API instead.
+    fn observe(
+        &self,
+        gateway: Ipv4Addr,
+    ) -> impl Future<Output = Result<ObservedServices, netfilter::Error>> + Send;
+    /// Applies a [`HookWrite`] in one transaction.
+    fn hook(&self, write: &HookWrite) -> impl Future<Output = Result<(), netfilter::Error>> + Send;
+    /// Applies a [`ServiceWrite`] in one transaction: at no instant does the service address
+    /// lead nowhere or to two targets.
+    fn set_service(
+        &self,
+        write: &ServiceWrite,
+    ) -> impl Future<Output = Result<(), netfilter::Error>> + Send;
+    /// How many connections to `target` are open (established or opening), for draining a slot
+    /// before it is removed. `None` when the kernel does not tell.
+    fn open_connections(&self, target: SocketAddrV4) -> impl Future<Output = Option<usize>> + Send;
 }

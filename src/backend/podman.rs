@@ -377,6 +377,22 @@ impl Runtime for Podman {
             .collect())
     }
 
+    /// One `GET /networks/{name}`: the gateway of its first IPv4 subnet.
+    async fn network_gateway(&self, name: &str) -> Result<Option<std::net::Ipv4Addr>> {
+        match self.docker()?.inspect_network(name, None).await {
+            Ok(network) => Ok(network
+                .ipam
+                .and_then(|ipam| ipam.config)
+                .unwrap_or_default()
+                .iter()
+                .find_map(|c| c.gateway.as_deref()?.parse().ok())),
+            Err(BollardError::DockerResponseServerError {
+                status_code: 404, ..
+            }) => Ok(None),
+            Err(e) => Err(self.err(&format!("inspect network {name}"), e)),
+        }
+    }
+
     async fn ensure_network(&self, name: &str) -> Result<bool> {
         let docker = self.docker()?;
         match docker.inspect_network(name, None).await {
@@ -611,6 +627,21 @@ struct ListedContainer {
     state: Option<String>,
     #[serde(rename = "Ports", default)]
     ports: Option<Vec<ListedPort>>,
+    #[serde(rename = "NetworkSettings", default)]
+    network_settings: Option<ListedNetworkSettings>,
+}
+
+/// `NetworkSettings.Networks` of a list entry: the container's address on each network.
+#[derive(Debug, Deserialize)]
+struct ListedNetworkSettings {
+    #[serde(rename = "Networks", default)]
+    networks: Option<BTreeMap<String, ListedEndpoint>>,
+}
+
+#[derive(Debug, Deserialize)]
+struct ListedEndpoint {
+    #[serde(rename = "IPAddress", default)]
+    ip_address: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -636,10 +667,20 @@ impl ListedContainer {
             labels: self.labels.unwrap_or_default(),
             running: is_running(&state),
             host_port: published_port(self.ports.as_deref().unwrap_or_default()),
+            ip: self.network_settings.and_then(first_ip),
             state,
             id: self.id,
         }
     }
+}
+
+/// The IPv4 address on the first network (by name) that gives one: codeb's containers join
+/// exactly one network, and a stopped container reports an empty address.
+fn first_ip(settings: ListedNetworkSettings) -> Option<std::net::Ipv4Addr> {
+    settings
+        .networks?
+        .into_values()
+        .find_map(|e| e.ip_address?.parse().ok())
 }
 
 /// Only Podman's `running` is running; `created`, `configured`, `stopped`, `stopping`, `exited`,
@@ -905,6 +946,23 @@ mod tests {
         );
         assert!(observed[1].running);
         assert_eq!(observed[1].host_port, None);
+    }
+
+    #[test]
+    fn the_address_on_the_network_comes_from_the_list_and_an_empty_one_is_none() {
+        let observed = listed(
+            r#"[{"Id":"a","State":"running","NetworkSettings":{"Networks":{"codeb-main":
+                  {"Gateway":"10.89.144.1","IPAddress":"10.89.144.3","IPPrefixLen":24}}}},
+                {"Id":"b","State":"exited","NetworkSettings":{"Networks":{"codeb-main":
+                  {"IPAddress":""}}}},
+                {"Id":"c","State":"running","NetworkSettings":null}]"#,
+        );
+        assert_eq!(
+            observed[0].ip,
+            Some(std::net::Ipv4Addr::new(10, 89, 144, 3))
+        );
+        assert_eq!(observed[1].ip, None);
+        assert_eq!(observed[2].ip, None);
     }
 
     #[test]

@@ -195,7 +195,7 @@ pub async fn execute(
             output: format,
         } => {
             let store = ctx.store()?;
-            output::get(&store.load()?, what, format, out)?;
+            output::get(&store.load()?, &store.switch_modes()?, what, format, out)?;
             Ok(0)
         }
         Command::Describe { name, .. } => {
@@ -386,8 +386,9 @@ async fn switch(
     })?;
     let backends = connect([host])?;
     let observed = reconcile::observe(&backends).await;
-    let proxy = match observed.hosts.get(&host.name) {
-        Some(HostObservation::Reachable { proxy, .. }) => proxy,
+    reconcile::record_switch_modes(store, &observed)?;
+    let view = match observed.hosts.get(&host.name) {
+        Some(obs @ HostObservation::Reachable { .. }) => obs.view().expect("reachable"),
         Some(HostObservation::Unreachable { error }) => {
             return Err(Failure::unconverged(format!("host {}: {error}", host.name)).into())
         }
@@ -397,9 +398,9 @@ async fn switch(
     };
     let now = reconcile::now_ms();
     let p = if rollback {
-        plan::plan_rollback(rec, host, proxy, now)
+        plan::plan_rollback(rec, host, view, now)
     } else {
-        plan::plan_promote(rec, host, proxy, now)
+        plan::plan_promote(rec, host, view, now)
     };
     let p = p.map_err(|e| Failure::unconverged(e.to_string()))?;
     let report = reconcile::execute(&p, store, &backends, &HttpProber::new()).await?;

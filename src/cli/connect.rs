@@ -3,11 +3,16 @@
 use std::collections::BTreeMap;
 
 use crate::backend::caddy::Caddy;
+use crate::backend::netfilter::Netfilter;
 use crate::backend::podman::Podman;
 use crate::model::HostRef;
 use crate::reconcile::{Backends, HostBackends};
 
-pub type Real = Backends<Podman, Caddy>;
+pub type Real = Backends<Podman, Caddy, Netfilter>;
+
+/// Set to `caddy-admin` to switch traffic through Caddy's admin API even where codeb could manage
+/// the kernel's NAT rules (to compare the two, or on a machine whose firewall someone else owns).
+pub const SWITCH_ENV: &str = "CODEB_SWITCH";
 
 /// Clients for each host. Connecting makes no request; an endpoint that is malformed is invalid
 /// input (exit 2), caught earlier by validation.
@@ -18,7 +23,86 @@ pub fn connect<'a>(hosts: impl IntoIterator<Item = &'a HostRef>) -> anyhow::Resu
             .map_err(|e| super::Failure::invalid(format!("host {}: {e}", h.name)))?;
         let proxy = Caddy::new(&h.caddy_admin)
             .map_err(|e| super::Failure::invalid(format!("host {}: {e}", h.name)))?;
-        out.insert(h.name.clone(), HostBackends { runtime, proxy });
+        let kernel = match local_kernel(h) {
+            Ok(()) => Netfilter::new(),
+            Err((reason, local)) => Netfilter::unsupported(reason, local),
+        };
+        out.insert(
+            h.name.clone(),
+            HostBackends {
+                runtime,
+                proxy,
+                kernel,
+            },
+        );
     }
     Ok(Backends { hosts: out })
+}
+
+/// codeb can manage a host's NAT rules only from that host: the Podman it drives is on this
+/// machine (a unix socket) and so is the Caddy that dials service addresses (a loopback admin
+/// address). Privilege and the network's gateway are checked when observing. The error says why
+/// not, and whether the host's containers are on this machine all the same.
+fn local_kernel(h: &HostRef) -> Result<(), (String, bool)> {
+    let local_podman = h.podman.starts_with("unix://");
+    if std::env::var(SWITCH_ENV).is_ok_and(|v| v == "caddy-admin") {
+        return Err((format!("{SWITCH_ENV}=caddy-admin"), local_podman));
+    }
+    if !local_podman {
+        return Err((
+            format!(
+                "Podman at {} is not on this machine (only a unix socket is)",
+                h.podman
+            ),
+            false,
+        ));
+    }
+    let admin_host = h
+        .caddy_admin
+        .split("://")
+        .nth(1)
+        .and_then(|rest| rest.rsplit_once(':'))
+        .map(|(host, _)| host.trim_matches(['[', ']']));
+    match admin_host {
+        Some("localhost" | "::1") => Ok(()),
+        Some(ip)
+            if ip
+                .parse::<std::net::Ipv4Addr>()
+                .is_ok_and(|a| a.is_loopback()) =>
+        {
+            Ok(())
+        }
+        _ => Err((
+            format!(
+                "Caddy's admin API at {} is not on this machine's loopback",
+                h.caddy_admin
+            ),
+            true,
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn host(podman: &str, admin: &str) -> HostRef {
+        HostRef {
+            name: "h".into(),
+            address: "127.0.0.1".into(),
+            podman: podman.into(),
+            caddy_admin: admin.into(),
+            listen: vec![],
+            tls: crate::spec::Tls::Off,
+            publish_address: "127.0.0.1".into(),
+        }
+    }
+
+    #[test]
+    fn only_a_local_podman_and_caddy_get_kernel_switching() {
+        assert!(local_kernel(&host("unix:///run/podman.sock", "http://127.0.0.1:2019")).is_ok());
+        assert!(local_kernel(&host("unix:///run/podman.sock", "http://localhost:2019")).is_ok());
+        assert!(local_kernel(&host("tcp://10.0.0.5:8888", "http://127.0.0.1:2019")).is_err());
+        assert!(local_kernel(&host("unix:///run/podman.sock", "http://10.0.0.5:2019")).is_err());
+    }
 }

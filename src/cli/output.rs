@@ -9,7 +9,7 @@ use serde::Serialize;
 use super::{Format, GetWhat};
 use crate::model::{preview_hostname, EnvRecord, HostRef, Recorded, Slot};
 use crate::spec::Tls;
-use crate::store::{Phase, Store};
+use crate::store::{Phase, Store, SwitchModes};
 
 /// An error and its causes on one line, each cause once.
 pub fn chain(e: &dyn std::error::Error) -> String {
@@ -60,8 +60,13 @@ struct HostRow {
     caddy_admin: String,
     listen: String,
     tls: String,
-    /// How promote and rollback move traffic on this host.
+    /// How promote and rollback move traffic on this host, as last observed: `kernel` (a NAT rule
+    /// behind a stable service address; Caddy's config does not change) or `caddy-admin` (the
+    /// hostname route changes: a Caddy reload). `-` before the first observation.
     switch: String,
+    /// Why the host falls back to `caddy-admin`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    switch_reason: Option<String>,
 }
 
 fn scheme(host: Option<&HostRef>) -> &'static str {
@@ -110,7 +115,7 @@ fn slot_rows(r: &Recorded) -> Vec<SlotRow> {
     out
 }
 
-fn host_rows(r: &Recorded) -> Vec<HostRow> {
+fn host_rows(r: &Recorded, modes: &SwitchModes) -> Vec<HostRow> {
     r.hosts
         .values()
         .map(|h| HostRow {
@@ -120,12 +125,21 @@ fn host_rows(r: &Recorded) -> Vec<HostRow> {
             caddy_admin: h.caddy_admin.clone(),
             listen: h.listen.join(","),
             tls: format!("{:?}", h.tls).to_lowercase(),
-            switch: "caddy-admin".into(),
+            switch: modes
+                .get(&h.name)
+                .map_or("-".into(), |(m, _)| m.to_string()),
+            switch_reason: modes.get(&h.name).and_then(|(_, r)| r.clone()),
         })
         .collect()
 }
 
-pub fn get(r: &Recorded, what: GetWhat, format: Format, out: &mut dyn Write) -> anyhow::Result<()> {
+pub fn get(
+    r: &Recorded,
+    modes: &SwitchModes,
+    what: GetWhat,
+    format: Format,
+    out: &mut dyn Write,
+) -> anyhow::Result<()> {
     match what {
         GetWhat::Projects => emit(
             out,
@@ -164,7 +178,7 @@ pub fn get(r: &Recorded, what: GetWhat, format: Format, out: &mut dyn Write) -> 
         ),
         GetWhat::Hosts => emit(
             out,
-            &host_rows(r),
+            &host_rows(r, modes),
             format,
             &[
                 "NAME", "ADDRESS", "PODMAN", "CADDY", "LISTEN", "TLS", "SWITCH",

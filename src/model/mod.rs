@@ -240,6 +240,33 @@ pub enum Promotion {
     Auto,
 }
 
+/// How promote and rollback move traffic on a host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SwitchMode {
+    /// The kernel maps each environment's stable service address to its active slot; Caddy's
+    /// config does not change on promote or rollback.
+    Kernel,
+    /// The hostname route is pointed at the active slot through Caddy's admin API: every switch is
+    /// a graceful reload of Caddy, which closes idle client keep-alive connections.
+    CaddyAdmin,
+}
+
+impl SwitchMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SwitchMode::Kernel => "kernel",
+            SwitchMode::CaddyAdmin => "caddy-admin",
+        }
+    }
+}
+
+impl fmt::Display for SwitchMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// A Host as codeb needs it to act, recorded so that `delete` works without manifests.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HostRef {

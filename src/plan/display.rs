@@ -88,6 +88,15 @@ impl fmt::Display for Step {
                 }
                 Ok(())
             }
+            Action::HookServices(h) => write!(
+                f,
+                "hook codeb's service addresses on {} into the kernel's nat OUTPUT",
+                h.gateway
+            ),
+            Action::SetService(w) => match &w.target {
+                Some(t) => write!(f, "service address {}:{} → {}", w.gateway, w.port, t.to),
+                None => write!(f, "remove service address {}:{}", w.gateway, w.port),
+            },
             Action::AddRoute(r) => write!(
                 f,
                 "add route {} {} → {}",
@@ -103,7 +112,13 @@ impl fmt::Display for Step {
                 r.upstream
             ),
             Action::DeleteRoute { id } => write!(f, "delete route {id}"),
-            Action::Retire { slot, .. } => write!(f, "retire {slot} (remove its container)"),
+            Action::Retire { slot, drain, .. } => {
+                write!(f, "retire {slot} (remove its container")?;
+                if drain.is_some() {
+                    write!(f, " once its requests in flight finish")?;
+                }
+                write!(f, ")")
+            }
             Action::RemoveContainer { name, .. } => write!(f, "remove container {name}"),
             Action::Forget => write!(f, "forget its record"),
         }

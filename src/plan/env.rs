@@ -1,9 +1,12 @@
-//! Planning one project environment: container hygiene, the release decision, routes, retirement.
+//! Planning one project environment: container hygiene, the release decision, the service
+//! address, routes, retirement.
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
+use std::net::SocketAddrV4;
 
-use super::{Action, Note, Plan, Step, NETWORK};
+use super::service::{service_address, service_diff, slot_target};
+use super::{Action, Drain, KernelObservation, Note, Plan, Step, NETWORK};
 use crate::backend::{
     ContainerSpec, ObservedContainer, Route, LABEL_ENVIRONMENT, LABEL_PROJECT, LABEL_RELEASE,
     LABEL_SLOT,
@@ -11,6 +14,12 @@ use crate::backend::{
 use crate::model::{
     ports, DesiredEnv, EnvRecord, HostRef, Promotion, Release, Slot, SlotRecord, SlotState,
 };
+
+/// How long a slot that stopped serving is kept at least, for the requests in flight on it to
+/// finish, when its grace period is shorter (a zero grace period retires it in the same plan as
+/// the switch). The executor stops waiting earlier once the kernel shows no connection open to the
+/// slot. Thirty seconds covers ordinary request timeouts; longer requests are cut.
+pub const DRAIN_MS: u64 = 30_000;
 
 /// Plans one environment. `rec` is what the store holds (`None` for a new environment);
 /// `containers` and `routes` are the observed ones of this key; `taken` collects allocated ports so
@@ -22,6 +31,7 @@ use crate::model::{
 pub fn plan_env(
     d: &DesiredEnv,
     host: &HostRef,
+    kernel: &KernelObservation,
     rec: Option<&EnvRecord>,
     containers: &[&ObservedContainer],
     routes: &[&Route],
@@ -87,6 +97,10 @@ pub fn plan_env(
         }));
     }
 
+    // Slots whose container this plan creates, starts or replaces: their address is not known
+    // until the next observation.
+    let mut pending: Vec<Slot> = Vec::new();
+
     // 1. Hygiene: each settled slot's container is present, runs the recorded release, and runs or
     //    not as its state says. Deploying slots are handled by the release decision below.
     for slot in Slot::ALL {
@@ -119,6 +133,7 @@ pub fn plan_env(
                 match c {
                     Some(c) if runs(c, release.hash()) => {
                         if !c.running {
+                            pending.push(slot);
                             plan.steps.push(step(Action::Start {
                                 slot,
                                 container: c.id.clone(),
@@ -126,6 +141,7 @@ pub fn plan_env(
                         }
                     }
                     _ => {
+                        pending.push(slot);
                         let spec = container_spec(d, host, &proj, slot, release);
                         plan.steps.push(step(Action::Recreate {
                             slot,
@@ -182,6 +198,7 @@ pub fn plan_env(
             Some((s, _deploying)) => {
                 // Resume a deploy that was interrupted: make sure the container exists and runs,
                 // then probe it.
+                pending.push(s);
                 let container = match by_slot(s).filter(|c| runs(c, hash)) {
                     Some(c) => {
                         if !c.running {
@@ -195,8 +212,8 @@ pub fn plan_env(
                     None => {
                         let spec = container_spec(d, host, &proj, s, &d.release);
                         let name = spec.name.clone();
-                        plan.steps
-                            .push(step(deploy(d, s, spec, by_slot(s).map(|c| c.id.clone()))));
+                        let replace = by_slot(s).map(|c| c.id.clone());
+                        plan.steps.push(step(deploy(d, s, spec, replace, None)));
                         name
                     }
                 };
@@ -205,13 +222,18 @@ pub fn plan_env(
             }
             None => {
                 let target = active.map(Slot::other).unwrap_or(Slot::Blue);
+                pending.push(target);
                 let spec = container_spec(d, host, &proj, target, &d.release);
                 let name = spec.name.clone();
+                // The idle slot may be the one rolled away from moments ago: its requests finish
+                // before its container is replaced.
+                let drain = drain(&proj, target, by_slot(target), now_ms);
                 plan.steps.push(step(deploy(
                     d,
                     target,
                     spec,
                     by_slot(target).map(|c| c.id.clone()),
+                    drain,
                 )));
                 plan.steps
                     .push(step(await_healthy(d, host, &proj, target, name, hash)));
@@ -236,19 +258,58 @@ pub fn plan_env(
                 || (sr.state == SlotState::Grace && grace_over(sr, proj.grace_period_ms, now_ms))
         })
         .collect();
+    let drains: Vec<Option<Drain>> = retire
+        .iter()
+        .map(|s| drain(&proj, *s, by_slot(*s), now_ms))
+        .collect();
     for slot in &retire {
         *proj.to_mut().slot_mut(*slot) = SlotRecord::default();
     }
 
-    // 3. Routes, from the projected record.
-    plan.steps
-        .extend(route_diff(&proj, host, routes).into_iter().map(step));
-
-    // 4. Retire last: routes away from a slot are gone before its container is.
-    for slot in retire {
-        let container = by_slot(slot).map(|c| c.id.clone());
-        plan.steps.push(step(Action::Retire { slot, container }));
+    // 3. The service address, from the projected record, before the routes: a new hostname route
+    //    dials an address that already leads to the active slot.
+    let target_of = |s: Slot| {
+        (!pending.contains(&s))
+            .then(|| slot_target(&proj, s, by_slot(s)))
+            .flatten()
+    };
+    if let Some(write) = service_diff(&proj, kernel, target_of) {
+        plan.steps.push(step(Action::SetService(write)));
     }
+
+    // 4. Routes, from the projected record.
+    let service = service_address(kernel, &proj);
+    plan.steps.extend(
+        route_diff(&proj, host, service, routes)
+            .into_iter()
+            .map(step),
+    );
+
+    // 5. Retire last: routes and rules away from a slot are gone before its container is.
+    for (slot, drain) in retire.into_iter().zip(drains) {
+        let container = by_slot(slot).map(|c| c.id.clone());
+        plan.steps.push(step(Action::Retire {
+            slot,
+            container,
+            drain,
+        }));
+    }
+}
+
+/// The drain owed to a slot that served the hostname until `since_ms` (it is in grace), while
+/// [`DRAIN_MS`] has not passed since.
+fn drain(
+    rec: &EnvRecord,
+    slot: Slot,
+    container: Option<&ObservedContainer>,
+    now_ms: u64,
+) -> Option<Drain> {
+    let sr = rec.slot(slot);
+    let until_ms = sr.since_ms.saturating_add(DRAIN_MS);
+    (sr.state == SlotState::Grace && until_ms > now_ms).then(|| Drain {
+        until_ms,
+        target: slot_target(rec, slot, container),
+    })
 }
 
 /// True when `name` is `{project}-{env}-{slot}`, compared without allocating.
@@ -271,11 +332,18 @@ fn grace_over(sr: &SlotRecord, grace_ms: u64, now_ms: u64) -> bool {
 
 /// The route writes that bring the observed routes of `rec`'s key to what `rec` calls for.
 ///
-/// `observed` holds the key's routes only (see [`super::route_key`]). Observed routes are compared
-/// with the wanted ones in place; a `Route` is built only for a write (planning a converged
-/// environment allocates nothing here).
-pub fn route_diff(rec: &EnvRecord, host: &HostRef, observed: &[&Route]) -> Vec<Action> {
-    let wanted = wanted_routes(rec, host);
+/// `observed` holds the key's routes only (see [`super::route_key`]). With a `service` address
+/// (kernel mode) the hostname route dials it without keep-alive and never changes on a switch;
+/// without, it dials the active slot's published port. Observed routes are compared with the
+/// wanted ones in place; a `Route` is built only for a write (planning a converged environment
+/// allocates nothing here).
+pub fn route_diff(
+    rec: &EnvRecord,
+    host: &HostRef,
+    service: Option<SocketAddrV4>,
+    observed: &[&Route],
+) -> Vec<Action> {
+    let wanted = wanted_routes(rec, host, service);
     let mut out = Vec::new();
     for w in &wanted {
         match observed.iter().find(|o| w.is_id(&o.id)) {
@@ -301,6 +369,8 @@ struct Wanted<'a> {
     preview: Option<Slot>,
     /// The slot the route dials.
     target: Slot,
+    /// The service address the hostname route dials instead, in kernel mode.
+    service: Option<SocketAddrV4>,
 }
 
 impl Wanted<'_> {
@@ -330,10 +400,18 @@ impl Wanted<'_> {
     }
 
     fn is_upstream(&self, u: &str) -> bool {
+        if let Some(service) = self.service {
+            return u.parse() == Ok(service);
+        }
         u.rsplit_once(':').is_some_and(|(addr, port)| {
             addr == self.host.publish_address
                 && port.parse() == Ok(self.target.port(self.rec.base_port))
         })
+    }
+
+    /// Keep-alive is off exactly where the kernel picks the slot per connection.
+    fn keep_alive(&self) -> bool {
+        self.service.is_none()
     }
 
     fn matches(&self, r: &Route) -> bool {
@@ -341,6 +419,7 @@ impl Wanted<'_> {
             && r.hosts.len() == 1
             && self.is_host(&r.hosts[0])
             && self.is_upstream(&r.upstream)
+            && r.keep_alive == self.keep_alive()
     }
 
     fn build(&self) -> Route {
@@ -354,13 +433,23 @@ impl Wanted<'_> {
         Route {
             id,
             hosts: vec![hostname],
-            upstream: upstream(self.host, self.rec, self.target),
+            upstream: match self.service {
+                Some(service) => service.to_string(),
+                None => upstream(self.host, self.rec, self.target),
+            },
+            keep_alive: self.keep_alive(),
         }
     }
 }
 
 /// The hostname route (when a slot is active) and a preview route per slot that runs a release.
-fn wanted_routes<'a>(rec: &'a EnvRecord, host: &'a HostRef) -> Vec<Wanted<'a>> {
+/// Preview routes dial their slot's published port in both modes: they change only when the slot
+/// does (a deploy), which reloads Caddy anyway.
+fn wanted_routes<'a>(
+    rec: &'a EnvRecord,
+    host: &'a HostRef,
+    service: Option<SocketAddrV4>,
+) -> Vec<Wanted<'a>> {
     let mut out = Vec::with_capacity(3);
     if let Some(a) = rec.active {
         out.push(Wanted {
@@ -368,6 +457,7 @@ fn wanted_routes<'a>(rec: &'a EnvRecord, host: &'a HostRef) -> Vec<Wanted<'a>> {
             host,
             preview: None,
             target: a,
+            service,
         });
     }
     for slot in Slot::ALL {
@@ -377,16 +467,21 @@ fn wanted_routes<'a>(rec: &'a EnvRecord, host: &'a HostRef) -> Vec<Wanted<'a>> {
                 host,
                 preview: Some(slot),
                 target: slot,
+                service: None,
             });
         }
     }
     out
 }
 
-/// The routes an environment's record calls for: its hostname to the active slot, and a preview
-/// hostname for each slot that has a release running.
-pub fn routes(rec: &EnvRecord, host: &HostRef) -> Vec<Route> {
-    wanted_routes(rec, host).iter().map(Wanted::build).collect()
+/// The routes an environment's record calls for: its hostname to the active slot (through its
+/// `service` address in kernel mode), and a preview hostname for each slot that has a release
+/// running.
+pub fn routes(rec: &EnvRecord, host: &HostRef, service: Option<SocketAddrV4>) -> Vec<Route> {
+    wanted_routes(rec, host, service)
+        .iter()
+        .map(Wanted::build)
+        .collect()
 }
 
 /// Applies a switch to a projected record: `to` serves, the previous active slot enters grace.
@@ -412,7 +507,13 @@ pub(crate) fn health_url(host: &HostRef, rec: &EnvRecord, slot: Slot, path: &str
     format!("http://{}{}", upstream(host, rec, slot), path)
 }
 
-fn deploy(d: &DesiredEnv, slot: Slot, spec: ContainerSpec, replace: Option<String>) -> Action {
+fn deploy(
+    d: &DesiredEnv,
+    slot: Slot,
+    spec: ContainerSpec,
+    replace: Option<String>,
+    drain: Option<Drain>,
+) -> Action {
     Action::Deploy {
         slot,
         release: Box::new(d.release.clone()),
@@ -420,6 +521,7 @@ fn deploy(d: &DesiredEnv, slot: Slot, spec: ContainerSpec, replace: Option<Strin
         replace,
         health_path: d.health_path.clone(),
         health_timeout_ms: d.health_timeout.as_millis() as u64,
+        drain,
     }
 }
 

@@ -5,21 +5,28 @@
 //! `apply`, `promote`, `rollback` and `delete` all go through the functions here; the executor
 //! carries the steps out without making choices.
 //!
-//! Order of a host's steps: Caddy server, then per environment container work, the traffic switch,
-//! the routes, and last the removal of retired slots, so that no route ever points at a container
-//! that was removed first.
+//! Order of a host's steps: Caddy server and the kernel's hook, then per environment container
+//! work, the traffic switch (the record, then the service address's NAT rule), the routes, and last
+//! the removal of retired slots, so that no route or rule ever points at a container that was
+//! removed first.
 
 mod display;
 mod env;
+mod service;
 mod switch;
 
 use std::collections::BTreeMap;
+use std::net::{Ipv4Addr, SocketAddrV4};
 
-use crate::backend::{ContainerSpec, ObservedContainer, ObservedProxy, Route, ServerSpec};
+use crate::backend::{
+    ContainerSpec, HookWrite, ObservedContainer, ObservedProxy, ObservedServices, Route,
+    ServerSpec, ServiceWrite,
+};
 use crate::model::ports::PortSet;
-use crate::model::{Desired, EnvKey, EnvRecord, HostRef, Recorded, Release, Slot};
+use crate::model::{Desired, EnvKey, EnvRecord, HostRef, Recorded, Release, Slot, SwitchMode};
 
-pub use env::{container_spec, plan_env, route_diff, routes, switch as switch_record};
+pub use env::{container_spec, plan_env, route_diff, routes, switch as switch_record, DRAIN_MS};
+pub use service::{service_address, service_diff};
 pub use switch::{plan_promote, plan_rollback, SwitchError};
 
 /// The name of codeb's HTTP server in every Caddy.
@@ -33,9 +40,67 @@ pub enum HostObservation {
     Reachable {
         containers: Vec<ObservedContainer>,
         proxy: ObservedProxy,
+        kernel: KernelObservation,
     },
     /// A backend could not be read; the message names the Host, the endpoint and how to start it.
     Unreachable { error: String },
+}
+
+impl HostObservation {
+    /// The observation's parts, when the host was reachable.
+    pub fn view(&self) -> Option<HostView<'_>> {
+        match self {
+            HostObservation::Reachable {
+                containers,
+                proxy,
+                kernel,
+            } => Some(HostView {
+                containers,
+                proxy,
+                kernel,
+            }),
+            HostObservation::Unreachable { .. } => None,
+        }
+    }
+}
+
+/// A reachable host's observation, borrowed.
+#[derive(Debug, Clone, Copy)]
+pub struct HostView<'a> {
+    pub containers: &'a [ObservedContainer],
+    pub proxy: &'a ObservedProxy,
+    pub kernel: &'a KernelObservation,
+}
+
+/// Whether codeb manages the kernel's NAT rules on a host, and what they are.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KernelObservation {
+    /// Service addresses live on `gateway` (codeb's network's address on the host): each
+    /// environment's is `gateway:base_port`, and promote and rollback change its NAT rule only.
+    Managed {
+        gateway: Ipv4Addr,
+        services: ObservedServices,
+    },
+    /// The rules cannot be managed (no privilege, no iptables, rootless or remote Podman, or no
+    /// network yet): hostname routes dial the active slot, and a switch is a Caddy config change.
+    Unavailable { reason: String },
+}
+
+impl KernelObservation {
+    pub fn mode(&self) -> SwitchMode {
+        match self {
+            KernelObservation::Managed { .. } => SwitchMode::Kernel,
+            KernelObservation::Unavailable { .. } => SwitchMode::CaddyAdmin,
+        }
+    }
+
+    /// The reason for the fallback, when there is one.
+    pub fn reason(&self) -> Option<&str> {
+        match self {
+            KernelObservation::Managed { .. } => None,
+            KernelObservation::Unavailable { reason } => Some(reason),
+        }
+    }
 }
 
 /// Every host's observation, keyed by Host name.
@@ -72,6 +137,8 @@ pub enum Action {
         replace: Option<String>,
         health_path: String,
         health_timeout_ms: u64,
+        /// Set when `replace` is a slot that served traffic moments ago.
+        drain: Option<Drain>,
     },
     /// Recreate a container that went missing or drifted, keeping the slot's state.
     Recreate {
@@ -97,22 +164,30 @@ pub enum Action {
         container: String,
         hash: String,
     },
-    /// Move the hostname to `to` after one passing probe of `url`; `from` goes to grace.
+    /// Create codeb's dispatch chain for a gateway and its jump from nat OUTPUT.
+    HookServices(HookWrite),
+    /// Record that the hostname moves to `to` after one passing probe of `url`; `from` goes to
+    /// grace. The traffic follows with the `SetService` or route step after it.
     Switch {
         to: Slot,
         from: Option<Slot>,
         hold: Option<String>,
         url: String,
     },
+    /// Point the environment's service address at its active slot's container in one atomic
+    /// kernel transaction (or remove it): the switch itself in kernel mode.
+    SetService(ServiceWrite),
     AddRoute(Route),
     ReplaceRoute(Route),
     DeleteRoute {
         id: String,
     },
-    /// Remove a slot's container and record the slot empty (grace period over, or stale).
+    /// Remove a slot's container and record the slot empty (grace period over, or stale), after
+    /// `drain` when it served traffic moments ago.
     Retire {
         slot: Slot,
         container: Option<String>,
+        drain: Option<Drain>,
     },
     /// Remove a container codeb owns that no slot accounts for.
     RemoveContainer {
@@ -121,6 +196,15 @@ pub enum Action {
     },
     /// Delete the environment's record (after `delete` or `--prune` removed everything).
     Forget,
+}
+
+/// Waiting before a container that served traffic moments ago is removed, so that requests in
+/// flight finish: until `until_ms`, or earlier once the kernel shows no connection open to
+/// `target` (its address and port).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Drain {
+    pub until_ms: u64,
+    pub target: Option<SocketAddrV4>,
 }
 
 /// Something the plan wants the user to know; some mean "not converged".
@@ -197,22 +281,31 @@ pub fn plan(
         recorded,
         observed,
     };
-    // Per host: its observation indexed by key, and codeb's Caddy server.
-    let mut hosts: BTreeMap<&str, (&HostRef, Index<'_>)> = BTreeMap::new();
+    // Per host: its observation indexed by key, codeb's Caddy server and the kernel's hook.
+    let mut hosts: BTreeMap<&str, (&HostRef, Index<'_>, &KernelObservation)> = BTreeMap::new();
     for (host_name, host) in &desired.hosts {
-        let Some((containers, proxy)) = reachable(host_name, observed, &mut plan) else {
+        let Some(view) = reachable(host_name, observed, &mut plan) else {
             continue;
         };
+        let host_step = |action| Step {
+            host: host_name.clone(),
+            key: None,
+            generation: None,
+            action,
+        };
         let server = server_spec(host);
-        if proxy.server.as_ref() != Some(&server) {
-            plan.steps.push(Step {
-                host: host_name.clone(),
-                key: None,
-                generation: None,
-                action: Action::EnsureServer(server),
-            });
+        if view.proxy.server.as_ref() != Some(&server) {
+            plan.steps.push(host_step(Action::EnsureServer(server)));
         }
-        hosts.insert(host_name.as_str(), (host, index(containers, proxy)));
+        if desired.envs.values().any(|d| d.host == *host_name) {
+            if let Some(hook) = service::hook_diff(view.kernel) {
+                plan.steps.push(host_step(Action::HookServices(hook)));
+            }
+        }
+        hosts.insert(
+            host_name.as_str(),
+            (host, index(view.containers, view.proxy), view.kernel),
+        );
     }
     // One pass over the desired environments, merge-joined with the records (both maps are ordered
     // by key), so that planning stays linear and touches each record once.
@@ -220,7 +313,7 @@ pub fn plan(
     for (key, d) in &desired.envs {
         while records.next_if(|(k, _)| *k < key).is_some() {}
         let rec = records.peek().filter(|(k, _)| *k == key).map(|(_, r)| *r);
-        let Some((host, (containers, routes))) = hosts.get(d.host.as_str()) else {
+        let Some((host, (containers, routes), kernel)) = hosts.get(d.host.as_str()) else {
             continue; // unreachable: noted above
         };
         if let Some(rec) = rec.filter(|r| r.host != d.host) {
@@ -234,7 +327,7 @@ pub fn plan(
         let k = (key.project.as_str(), key.env.as_str());
         let cs = containers.get(&k).map(Vec::as_slice).unwrap_or_default();
         let rs = routes.get(&k).map(Vec::as_slice).unwrap_or_default();
-        plan_env(d, host, rec, cs, rs, &mut taken, now_ms, &mut plan);
+        plan_env(d, host, kernel, rec, cs, rs, &mut taken, now_ms, &mut plan);
     }
     for key in prune {
         if let Some(rec) = recorded.envs.get(key) {
@@ -242,35 +335,34 @@ pub fn plan(
                 .hosts
                 .get(&rec.host)
                 .or_else(|| recorded.hosts.get(&rec.host));
-            if let Some((containers, proxy)) =
-                host.and_then(|_| reachable(&rec.host, observed, &mut plan))
-            {
-                plan_removal(rec, containers, proxy, &mut plan);
+            if let Some(view) = host.and_then(|_| reachable(&rec.host, observed, &mut plan)) {
+                plan_removal(rec, view, &mut plan);
             }
         }
     }
     plan
 }
 
-/// Plans the removal of environments: their routes, then their containers, then their records.
+/// Plans the removal of environments: their routes, their service addresses, then their
+/// containers, then their records.
 pub fn plan_delete(keys: &[EnvKey], observed: &Observed, recorded: &Recorded) -> Plan {
     let mut plan = Plan::default();
     for key in keys {
         if let Some(rec) = recorded.envs.get(key) {
-            if let Some((containers, proxy)) = reachable(&rec.host, observed, &mut plan) {
-                plan_removal(rec, containers, proxy, &mut plan);
+            if let Some(view) = reachable(&rec.host, observed, &mut plan) {
+                plan_removal(rec, view, &mut plan);
             }
         }
     }
     plan
 }
 
-fn plan_removal(
-    rec: &EnvRecord,
-    containers: &[ObservedContainer],
-    proxy: &ObservedProxy,
-    plan: &mut Plan,
-) {
+fn plan_removal(rec: &EnvRecord, view: HostView<'_>, plan: &mut Plan) {
+    let HostView {
+        containers,
+        proxy,
+        kernel,
+    } = view;
     let step = |action| Step {
         host: rec.host.clone(),
         key: Some(rec.key.clone()),
@@ -283,6 +375,9 @@ fn plan_removal(
             id: route.id.clone(),
         }));
     }
+    if let Some(write) = service::removal(rec, kernel) {
+        plan.steps.push(step(Action::SetService(write)));
+    }
     for c in containers.iter().filter(|c| belongs_to(c, &rec.key)) {
         plan.steps.push(step(Action::RemoveContainer {
             id: c.id.clone(),
@@ -292,13 +387,9 @@ fn plan_removal(
     plan.steps.push(step(Action::Forget));
 }
 
-fn reachable<'a>(
-    host: &str,
-    observed: &'a Observed,
-    plan: &mut Plan,
-) -> Option<(&'a [ObservedContainer], &'a ObservedProxy)> {
+fn reachable<'a>(host: &str, observed: &'a Observed, plan: &mut Plan) -> Option<HostView<'a>> {
     match observed.hosts.get(host) {
-        Some(HostObservation::Reachable { containers, proxy }) => Some((containers, proxy)),
+        Some(obs @ HostObservation::Reachable { .. }) => obs.view(),
         Some(HostObservation::Unreachable { error }) => {
             if !plan
                 .notes

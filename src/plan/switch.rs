@@ -1,8 +1,13 @@
-//! Planning `codeb promote` and `codeb rollback`: a traffic switch and the routes it implies.
+//! Planning `codeb promote` and `codeb rollback`: a traffic switch and the rule or routes it implies.
+//!
+//! In kernel mode a switch is the record's change and one NAT rule: the routes are already what
+//! the projected record calls for (they dial the service address), so Caddy's config is untouched.
+//! In caddy-admin mode it is the record's change and the hostname route's new upstream.
 
 use super::env::{health_url, route_diff, switch};
-use super::{Action, Plan, Step};
-use crate::backend::ObservedProxy;
+use super::service::{hook_diff, service_address, service_diff, slot_target};
+use super::{Action, HostView, Plan, Step};
+use crate::backend::ObservedContainer;
 use crate::model::{EnvRecord, HostRef, Slot, SlotState};
 
 /// Why a switch cannot be planned. None is worth a retry without a change.
@@ -14,22 +19,37 @@ pub enum SwitchError {
     NothingToPromote { key: String },
     #[error("{key}: nothing to roll back to (no slot is in its grace period)")]
     NothingToRollBack { key: String },
+    #[error("{key}: {slot}'s container is not running; `codeb apply` repairs it first")]
+    NotRunning { key: String, slot: Slot },
 }
 
-/// Promote: switch the hostname to the deployed slot. A promote clears a rollback hold.
+/// Promote: switch the hostname to the deployed slot; after a rollback, to the slot rolled away
+/// from (its release is the held one), which rolls forward again. A promote clears a rollback hold.
+/// A grace slot holding an older release is never promoted: that would be a rollback in disguise.
 pub fn plan_promote(
     rec: &EnvRecord,
     host: &HostRef,
-    proxy: &ObservedProxy,
+    view: HostView<'_>,
     now_ms: u64,
 ) -> Result<Plan, SwitchError> {
-    let to = Slot::ALL
+    let idle = |s: &Slot| Some(*s) != rec.active;
+    let deployed = Slot::ALL
         .into_iter()
-        .find(|s| Some(*s) != rec.active && rec.slot(*s).state == SlotState::Deployed)
+        .filter(idle)
+        .find(|s| rec.slot(*s).state == SlotState::Deployed);
+    let rolled_back = || {
+        Slot::ALL.into_iter().filter(idle).find(|s| {
+            rec.slot(*s).state == SlotState::Grace
+                && rec.held.is_some()
+                && rec.slot(*s).hash() == rec.held.as_deref()
+        })
+    };
+    let to = deployed
+        .or_else(rolled_back)
         .ok_or_else(|| SwitchError::NothingToPromote {
             key: rec.key.to_string(),
         })?;
-    Ok(plan_switch(rec, host, proxy, to, None, now_ms))
+    plan_switch(rec, host, view, to, None, now_ms)
 }
 
 /// Rollback: switch the hostname back to the grace slot, without starting anything. The slot rolled
@@ -37,7 +57,7 @@ pub fn plan_promote(
 pub fn plan_rollback(
     rec: &EnvRecord,
     host: &HostRef,
-    proxy: &ObservedProxy,
+    view: HostView<'_>,
     now_ms: u64,
 ) -> Result<Plan, SwitchError> {
     let to = Slot::ALL
@@ -50,17 +70,17 @@ pub fn plan_rollback(
         .active
         .and_then(|a| rec.slot(a).hash())
         .map(str::to_string);
-    Ok(plan_switch(rec, host, proxy, to, hold, now_ms))
+    plan_switch(rec, host, view, to, hold, now_ms)
 }
 
 fn plan_switch(
     rec: &EnvRecord,
     host: &HostRef,
-    proxy: &ObservedProxy,
+    view: HostView<'_>,
     to: Slot,
     hold: Option<String>,
     now_ms: u64,
-) -> Plan {
+) -> Result<Plan, SwitchError> {
     let step = |action| Step {
         host: rec.host.clone(),
         key: Some(rec.key.clone()),
@@ -69,6 +89,15 @@ fn plan_switch(
     };
     let url = health_url(host, rec, to, &rec.slot(to).health_path);
     let mut plan = Plan::default();
+    // A hook lost since the last apply (a firewall reload) is restored first, or the rule written
+    // below would lead nowhere.
+    if let Some(hook) = hook_diff(view.kernel) {
+        plan.steps.push(Step {
+            key: None,
+            generation: None,
+            ..step(Action::HookServices(hook))
+        });
+    }
     plan.steps.push(step(Action::Switch {
         to,
         from: rec.active,
@@ -76,14 +105,36 @@ fn plan_switch(
         url,
     }));
     let ids = super::route_ids(&rec.key);
-    let observed: Vec<&crate::backend::Route> = proxy
+    let observed: Vec<&crate::backend::Route> = view
+        .proxy
         .routes
         .iter()
         .filter(|r| ids.contains(&r.id))
         .collect();
     let mut proj = rec.clone();
     switch(&mut proj, to, hold, now_ms);
-    plan.steps
-        .extend(route_diff(&proj, host, &observed).into_iter().map(step));
-    plan
+    let container = |slot: Slot| -> Option<&ObservedContainer> {
+        let name = rec.key.container_name(slot);
+        view.containers
+            .iter()
+            .find(|c| c.name == name && super::belongs_to(c, &rec.key))
+    };
+    let target_of = |slot| slot_target(&proj, slot, container(slot));
+    // In kernel mode the record must not say `to` serves while the rule cannot lead there.
+    if service_address(view.kernel, &proj).is_some() && target_of(to).is_none() {
+        return Err(SwitchError::NotRunning {
+            key: rec.key.to_string(),
+            slot: to,
+        });
+    }
+    if let Some(write) = service_diff(&proj, view.kernel, target_of) {
+        plan.steps.push(step(Action::SetService(write)));
+    }
+    let service = service_address(view.kernel, &proj);
+    plan.steps.extend(
+        route_diff(&proj, host, service, &observed)
+            .into_iter()
+            .map(step),
+    );
+    Ok(plan)
 }

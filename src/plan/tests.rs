@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use super::*;
-use crate::backend::fake::{FakeProber, World};
+use crate::backend::fake::{FakeProber, World, FAKE_GATEWAY};
 use crate::backend::{Route, LABEL_PROJECT};
 use crate::model::{DesiredEnv, EnvKey, HostRef, Promotion, Release, Slot, SlotState};
 use crate::reconcile::{self, Backends, HostBackends, Target};
@@ -75,10 +75,10 @@ pub(crate) fn desired(envs: impl IntoIterator<Item = DesiredEnv>) -> Desired {
     }
 }
 
-struct Fixture {
+pub(super) struct Fixture {
     world: World,
     store: Store,
-    backends: Backends<World, World>,
+    backends: Backends<World, World, World>,
     prober: FakeProber,
     _dir: tempfile::TempDir,
 }
@@ -95,6 +95,7 @@ impl Fixture {
                     HostBackends {
                         runtime: world.clone(),
                         proxy: world.clone(),
+                        kernel: world.clone(),
                     },
                 )]),
             },
@@ -138,6 +139,28 @@ impl Fixture {
             .unwrap()
     }
 
+    /// Plans `codeb promote` (or `rollback`) against the current world and executes it.
+    async fn switch(&self, project: &str, rollback: bool) -> reconcile::Report {
+        let rec = self.record(project);
+        let observed = reconcile::observe(&self.backends).await;
+        let view = observed.hosts["app"].view().unwrap();
+        let now = reconcile::now_ms();
+        let p = if rollback {
+            plan_rollback(&rec, &host(), view, now)
+        } else {
+            plan_promote(&rec, &host(), view, now)
+        }
+        .unwrap();
+        reconcile::execute(&p, &self.store, &self.backends, &self.prober)
+            .await
+            .unwrap()
+    }
+
+    /// The image answering `project`'s hostname through the fake Caddy and kernel.
+    fn serving(&self, project: &str) -> Option<String> {
+        self.world.serving(&format!("{project}.example.test"))
+    }
+
     fn route_upstream(&self, id: &str) -> Option<String> {
         self.world
             .state()
@@ -159,8 +182,10 @@ async fn the_first_release_is_promoted_when_healthy_even_with_manual_promotion()
     assert_eq!(rec.blue.state, SlotState::Active);
     assert_eq!(
         f.route_upstream(&rec.key.route_id()),
-        Some(format!("127.0.0.1:{}", rec.base_port))
+        Some(format!("{FAKE_GATEWAY}:{}", rec.base_port)),
+        "the hostname route dials the environment's service address"
     );
+    assert_eq!(f.serving("myapp").as_deref(), Some("app:v1"));
     assert!(f.replan(&d).await.is_empty());
 }
 
@@ -202,10 +227,7 @@ async fn a_new_release_goes_to_the_idle_slot_and_waits_for_manual_promotion() {
         f.route_upstream(&rec.key.preview_route_id(Slot::Green)),
         Some(format!("127.0.0.1:{}", rec.base_port + 1))
     );
-    assert_eq!(
-        f.route_upstream(&rec.key.route_id()),
-        Some(format!("127.0.0.1:{}", rec.base_port))
-    );
+    assert_eq!(f.serving("myapp").as_deref(), Some("app:v1"));
     assert!(f.replan(&d2).await.is_empty());
 }
 
@@ -215,22 +237,64 @@ async fn promote_switches_and_the_previous_slot_enters_grace() {
     f.apply(&desired([env("myapp").manual()])).await;
     let d2 = desired([env("myapp").manual().image("app:v2")]);
     f.apply(&d2).await;
-    let rec = f.record("myapp");
-    let observed = reconcile::observe(&f.backends).await;
-    let HostObservation::Reachable { proxy, .. } = &observed.hosts["app"] else {
-        panic!()
-    };
-    let p = plan_promote(&rec, &host(), proxy, reconcile::now_ms()).unwrap();
-    let report = reconcile::execute(&p, &f.store, &f.backends, &f.prober)
-        .await
-        .unwrap();
+    let report = f.switch("myapp", false).await;
     assert!(report.failures.is_empty());
     let rec = f.record("myapp");
     assert_eq!(rec.active, Some(Slot::Green));
     assert_eq!(rec.blue.state, SlotState::Grace);
+    assert_eq!(f.serving("myapp").as_deref(), Some("app:v2"));
+    assert!(f.replan(&d2).await.is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn promote_and_rollback_write_one_rule_and_never_a_route() {
+    let f = Fixture::new();
+    f.apply(&desired([env("myapp").manual()])).await;
+    f.apply(&desired([env("myapp").manual().image("app:v2")]))
+        .await;
+    let routes_before = f.world.state().routes.clone();
+    for (rollback, image) in [(false, "app:v2"), (true, "app:v1"), (true, "app:v2")] {
+        let (r0, k0) = {
+            let s = f.world.state();
+            (s.route_writes, s.kernel_writes)
+        };
+        let report = f.switch("myapp", rollback).await;
+        assert!(report.failures.is_empty(), "{:?}", report.failures);
+        let s = f.world.state();
+        assert_eq!(s.route_writes, r0, "{:?}", report.executed);
+        assert_eq!(s.kernel_writes, k0 + 1, "{:?}", report.executed);
+        drop(s);
+        assert_eq!(f.serving("myapp").as_deref(), Some(image));
+    }
+    assert_eq!(f.world.state().routes, routes_before);
+}
+
+#[tokio::test(start_paused = true)]
+async fn without_kernel_management_promote_moves_the_hostname_route() {
+    let f = Fixture::new();
+    f.world.state().kernel_unsupported = Some("not root".into());
+    f.apply(&desired([env("myapp").manual()])).await;
+    let d2 = desired([env("myapp").manual().image("app:v2")]);
+    f.apply(&d2).await;
+    let rec = f.record("myapp");
+    assert_eq!(
+        f.route_upstream(&rec.key.route_id()),
+        Some(format!("127.0.0.1:{}", rec.base_port))
+    );
+    let report = f.switch("myapp", false).await;
+    assert!(report.failures.is_empty());
     assert_eq!(
         f.route_upstream(&rec.key.route_id()),
         Some(format!("127.0.0.1:{}", rec.base_port + 1))
+    );
+    assert_eq!(f.serving("myapp").as_deref(), Some("app:v2"));
+    assert_eq!(f.world.state().kernel_writes, 0);
+    assert_eq!(
+        f.store.switch_modes().unwrap()["app"],
+        (
+            crate::model::SwitchMode::CaddyAdmin,
+            Some("not root".into())
+        )
     );
     assert!(f.replan(&d2).await.is_empty());
 }
@@ -278,10 +342,7 @@ async fn an_unhealthy_release_fails_and_the_active_slot_keeps_serving() {
     assert_eq!(rec.active, Some(Slot::Blue));
     assert_eq!(rec.green.state, SlotState::Failed);
     assert!(!rec.green.log_tail.is_empty());
-    assert_eq!(
-        f.route_upstream(&rec.key.route_id()),
-        Some(format!("127.0.0.1:{}", rec.base_port))
-    );
+    assert_eq!(f.serving("myapp").as_deref(), Some("app:v1"));
     // Kept, stopped, and not redeployed by the next apply.
     let again = f.apply(&bad).await;
     assert!(again.executed.is_empty(), "{:?}", again.executed);
@@ -301,11 +362,9 @@ async fn a_rollback_holds_until_the_manifests_name_another_release() {
     f.apply(&d2).await;
     let rec = f.record("myapp");
     let observed = reconcile::observe(&f.backends).await;
-    let HostObservation::Reachable { proxy, .. } = &observed.hosts["app"] else {
-        panic!()
-    };
+    let view = observed.hosts["app"].view().unwrap();
     let before = f.world.state().containers.len();
-    let p = plan_rollback(&rec, &host(), proxy, reconcile::now_ms()).unwrap();
+    let p = plan_rollback(&rec, &host(), view, reconcile::now_ms()).unwrap();
     assert!(p.steps.iter().all(|s| !matches!(
         s.action,
         Action::Deploy { .. } | Action::Recreate { .. } | Action::Start { .. }
@@ -335,6 +394,7 @@ async fn drift_is_repaired_and_foreign_objects_are_never_touched() {
             id: "theirs".into(),
             hosts: vec!["x.test".into()],
             upstream: "127.0.0.1:9".into(),
+            keep_alive: true,
         });
     }
     let foreign = crate::backend::ContainerSpec {
@@ -428,6 +488,9 @@ fn two_new_environments_never_share_a_port_pair() {
             HostObservation::Reachable {
                 containers: vec![],
                 proxy: Default::default(),
+                kernel: KernelObservation::Unavailable {
+                    reason: "test".into(),
+                },
             },
         )]),
     };
@@ -456,10 +519,484 @@ fn the_printed_plan_never_shows_an_env_value() {
             HostObservation::Reachable {
                 containers: vec![],
                 proxy: Default::default(),
+                kernel: KernelObservation::Unavailable {
+                    reason: "test".into(),
+                },
             },
         )]),
     };
     let text = plan(&d, &observed, &Default::default(), &[], 0).to_string();
     assert!(text.contains("deploy app:v1 into blue"), "{text}");
     assert!(!text.contains("postgres://secret"), "{text}");
+}
+
+/// The NAT rule of `project`'s service address: its one target, or a description of the fault.
+fn nat_target(f: &Fixture, project: &str) -> Result<std::net::SocketAddrV4, String> {
+    let base = f.record(project).base_port;
+    let s = f.world.state();
+    let service = s.nat.services.get(&base).ok_or("no service address")?;
+    match service.rules.as_slice() {
+        [crate::backend::ServiceRule::Dnat(t)] if service.dispatch == 1 => Ok(t.to),
+        other => Err(format!(
+            "{} dispatch rules, rules {other:?}",
+            service.dispatch
+        )),
+    }
+}
+
+/// Plans a rollback or a promote of `project` against the fixture's current state.
+pub(super) async fn switch_with(
+    f: &Fixture,
+    project: &str,
+    rollback: bool,
+) -> Result<Plan, SwitchError> {
+    let rec = f.record(project);
+    let observed = reconcile::observe(&f.backends).await;
+    let view = observed.hosts["app"].view().unwrap();
+    let now = reconcile::now_ms();
+    if rollback {
+        plan_rollback(&rec, &host(), view, now)
+    } else {
+        plan_promote(&rec, &host(), view, now)
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_zero_grace_period_retires_the_old_slot_only_after_its_requests_finish() {
+    let f = Fixture::new();
+    let d0 = |image: &str| desired([env("myapp").image(image).grace(Duration::ZERO)]);
+    f.apply(&d0("app:v1")).await;
+    let blue = nat_target(&f, "myapp").unwrap();
+    // A request stays open on blue for the whole drain period.
+    f.world.state().open.insert(blue, 1);
+    let started = tokio::time::Instant::now();
+    let out = f.apply(&d0("app:v2")).await;
+    assert!(out.converged(), "{:?}", out.failures);
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(DRAIN_MS - 1_000),
+        "retired after {waited:?}"
+    );
+    let retire = out.executed.iter().position(|s| s.contains("retire blue"));
+    let switch = out
+        .executed
+        .iter()
+        .position(|s| s.contains("service address"));
+    assert!(switch < retire && retire.is_some(), "{:?}", out.executed);
+    assert!(out.executed[retire.unwrap()].contains("in flight"));
+    assert_eq!(f.serving("myapp").as_deref(), Some("app:v2"));
+
+    // With nothing open, the same retire happens at once.
+    let green = nat_target(&f, "myapp").unwrap();
+    f.world.state().open.insert(green, 0);
+    let started = tokio::time::Instant::now();
+    f.apply(&d0("app:v3")).await;
+    assert!(started.elapsed() < Duration::from_secs(1));
+    assert_eq!(f.serving("myapp").as_deref(), Some("app:v3"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn nat_rules_changed_or_removed_by_hand_are_repaired_by_the_next_apply() {
+    let f = Fixture::new();
+    let d = desired([env("a"), env("b")]);
+    f.apply(&d).await;
+    let a = nat_target(&f, "a").unwrap();
+    let (base_a, base_b) = (f.record("a").base_port, f.record("b").base_port);
+    {
+        let mut s = f.world.state();
+        // a: a second target added by hand; b: its chain removed; the hook gone.
+        let sa = s.nat.services.get_mut(&base_a).unwrap();
+        let mut extra = sa.rules[0].clone();
+        if let crate::backend::ServiceRule::Dnat(t) = &mut extra {
+            t.to.set_port(9);
+        }
+        sa.rules.push(extra);
+        s.nat.services.remove(&base_b);
+        s.nat.hooks = 0;
+    }
+    assert!(f.world.serving("a.example.test").is_none());
+    let out = f.apply(&d).await;
+    assert!(out.converged(), "{:?}", out.failures);
+    assert_eq!(nat_target(&f, "a"), Ok(a));
+    assert!(nat_target(&f, "b").is_ok());
+    assert_eq!(f.serving("a").as_deref(), Some("app:v1"));
+    assert_eq!(f.serving("b").as_deref(), Some("app:v1"));
+    assert!(f.replan(&d).await.is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_switch_recorded_but_not_applied_is_finished_by_the_next_apply() {
+    let f = Fixture::new();
+    f.apply(&desired([env("myapp").manual()])).await;
+    let d2 = desired([env("myapp").manual().image("app:v2")]);
+    f.apply(&d2).await;
+    // As after a kill between the record's write and the kernel's: execute the Switch step only.
+    let rec = f.record("myapp");
+    let observed = reconcile::observe(&f.backends).await;
+    let view = observed.hosts["app"].view().unwrap();
+    let mut p = plan_promote(&rec, &host(), view, reconcile::now_ms()).unwrap();
+    p.steps.truncate(1);
+    reconcile::execute(&p, &f.store, &f.backends, &f.prober)
+        .await
+        .unwrap();
+    assert_eq!(f.serving("myapp").as_deref(), Some("app:v1"));
+    let repair = f.replan(&d2).await;
+    assert!(
+        repair
+            .steps
+            .iter()
+            .all(|s| matches!(s.action, Action::SetService(_))),
+        "{repair}"
+    );
+    assert_eq!(repair.steps.len(), 1, "{repair}");
+    f.apply(&d2).await;
+    assert_eq!(f.serving("myapp").as_deref(), Some("app:v2"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn deleting_a_project_removes_its_service_address_and_no_other() {
+    let f = Fixture::new();
+    f.apply(&desired([env("a"), env("b")])).await;
+    let base_a = f.record("a").base_port;
+    let b = nat_target(&f, "b").unwrap();
+    let observed = reconcile::observe(&f.backends).await;
+    let p = plan_delete(
+        &[EnvKey::new("a", "production")],
+        &observed,
+        &f.store.load().unwrap(),
+    );
+    let route = p
+        .steps
+        .iter()
+        .position(|s| matches!(s.action, Action::DeleteRoute { .. }));
+    let rule = p
+        .steps
+        .iter()
+        .position(|s| matches!(&s.action, Action::SetService(w) if w.target.is_none()));
+    assert!(route < rule && route.is_some(), "{p}");
+    reconcile::execute(&p, &f.store, &f.backends, &f.prober)
+        .await
+        .unwrap();
+    assert!(!f.world.state().nat.services.contains_key(&base_a));
+    assert_eq!(nat_target(&f, "b"), Ok(b));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_promote_to_a_slot_whose_container_is_gone_is_refused_in_kernel_mode() {
+    let f = Fixture::new();
+    f.apply(&desired([env("myapp").manual()])).await;
+    f.apply(&desired([env("myapp").manual().image("app:v2")]))
+        .await;
+    f.world
+        .state()
+        .containers
+        .retain(|_, (c, _)| c.name != "myapp-production-green");
+    let rec = f.record("myapp");
+    let observed = reconcile::observe(&f.backends).await;
+    let view = observed.hosts["app"].view().unwrap();
+    assert!(matches!(
+        plan_promote(&rec, &host(), view, 0),
+        Err(SwitchError::NotRunning {
+            slot: Slot::Green,
+            ..
+        })
+    ));
+}
+
+#[tokio::test(start_paused = true)]
+async fn promote_after_a_rollback_rolls_forward_but_never_to_an_older_release() {
+    let f = Fixture::new();
+    f.apply(&desired([env("myapp").manual()])).await;
+    let d2 = desired([env("myapp").manual().image("app:v2")]);
+    f.apply(&d2).await;
+    let p = switch_with(&f, "myapp", false).await.unwrap();
+    reconcile::execute(&p, &f.store, &f.backends, &f.prober)
+        .await
+        .unwrap();
+    assert_eq!(f.record("myapp").active, Some(Slot::Green));
+    // v1 is in grace now: promoting it would be a rollback, so promote refuses.
+    assert!(matches!(
+        switch_with(&f, "myapp", false).await,
+        Err(SwitchError::NothingToPromote { .. })
+    ));
+    let p = switch_with(&f, "myapp", true).await.unwrap();
+    reconcile::execute(&p, &f.store, &f.backends, &f.prober)
+        .await
+        .unwrap();
+    assert_eq!(f.record("myapp").active, Some(Slot::Blue));
+    // After the rollback, promote rolls forward to v2 again and clears the hold.
+    let p = switch_with(&f, "myapp", false).await.unwrap();
+    reconcile::execute(&p, &f.store, &f.backends, &f.prober)
+        .await
+        .unwrap();
+    let rec = f.record("myapp");
+    assert_eq!(rec.active, Some(Slot::Green));
+    assert_eq!(rec.held, None);
+    assert!(f.replan(&d2).await.is_empty());
+}
+
+mod properties {
+    //! Random sequences of user actions and drift against the fake world: the invariants hold after
+    //! every one of them.
+    use super::*;
+    use proptest::prelude::*;
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        /// Apply `app:v{n}` (n == 0: a release that never gets healthy).
+        Apply {
+            n: u8,
+            manual: bool,
+            zero_grace: bool,
+        },
+        Promote,
+        Rollback,
+        RemoveContainer(bool),
+        DeleteRoutes,
+        RestartCaddy,
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            4 => (0u8..4, any::<bool>(), any::<bool>()).prop_map(|(n, manual, zero_grace)| Op::Apply { n, manual, zero_grace }),
+            2 => Just(Op::Promote),
+            2 => Just(Op::Rollback),
+            1 => any::<bool>().prop_map(Op::RemoveContainer),
+            1 => Just(Op::DeleteRoutes),
+            1 => Just(Op::RestartCaddy),
+        ]
+    }
+
+    fn desired_for(n: u8, manual: bool, zero_grace: bool) -> Desired {
+        let image = if n == 0 {
+            "app:unhealthy".to_string()
+        } else {
+            format!("app:v{n}")
+        };
+        let mut e = env("p").image(&image).grace(if zero_grace {
+            Duration::ZERO
+        } else {
+            Duration::from_secs(3600)
+        });
+        e.health_timeout = Duration::from_millis(300);
+        if manual {
+            e = e.manual();
+        }
+        desired([e])
+    }
+
+    /// At most one active slot, the record's `active` is it, and the hostname route (if any) leads
+    /// to the active slot, which runs a healthy container.
+    fn check(f: &Fixture, context: &str) {
+        let Some(rec) = f.store.env(&EnvKey::new("p", "production")).unwrap() else {
+            return;
+        };
+        let actives: Vec<Slot> = Slot::ALL
+            .into_iter()
+            .filter(|s| rec.slot(*s).state == SlotState::Active)
+            .collect();
+        assert!(actives.len() <= 1, "{context}: two active slots: {rec:?}");
+        assert_eq!(actives.first().copied(), rec.active, "{context}: {rec:?}");
+        if let Some(up) = f.route_upstream(&rec.key.route_id()) {
+            let a = rec
+                .active
+                .expect("a hostname route exists only for an active slot");
+            // Kernel mode: the route dials the service address, whose one NAT rule leads to the
+            // active slot's container.
+            assert_eq!(
+                up,
+                format!("{FAKE_GATEWAY}:{}", rec.base_port),
+                "{context}: the hostname route dials the service address"
+            );
+            let to = nat_target(f, "p").unwrap_or_else(|e| panic!("{context}: {e}"));
+            let s = f.world.state();
+            let (c, spec) = s
+                .containers
+                .values()
+                .find(|(c, _)| c.running && c.ip == Some(*to.ip()))
+                .unwrap_or_else(|| panic!("{context}: the service address leads nowhere"));
+            assert_eq!(
+                c.name,
+                rec.key.container_name(a),
+                "{context}: the hostname routes to the active slot"
+            );
+            assert!(
+                !spec.image.contains("unhealthy"),
+                "{context}: the hostname routes to a slot that is not healthy"
+            );
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+        #[test]
+        fn the_hostname_only_ever_routes_to_one_healthy_active_slot(ops in proptest::collection::vec(op(), 1..12)) {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().start_paused(true).build().unwrap();
+            rt.block_on(async {
+                let f = Fixture::new();
+                let mut last = desired_for(1, false, false);
+                f.apply(&last).await;
+                for (i, op) in ops.iter().enumerate() {
+                    let context = format!("after op {i} {op:?} of {ops:?}");
+                    match op {
+                        Op::Apply { n, manual, zero_grace } => {
+                            last = desired_for(*n, *manual, *zero_grace);
+                            let out = f.apply(&last).await;
+                            let again = f.replan(&last).await;
+                            assert!(again.is_empty(), "{context}: not converged: {again}\n{:?}", out.failures);
+                        }
+                        Op::Promote | Op::Rollback => {
+                            if let Ok(p) = switch_with(&f, "p", matches!(op, Op::Rollback)).await {
+                                reconcile::execute(&p, &f.store, &f.backends, &f.prober).await.unwrap();
+                            }
+                        }
+                        Op::RemoveContainer(blue) => {
+                            let name = format!("p-production-{}", if *blue { "blue" } else { "green" });
+                            f.world.state().containers.retain(|_, (c, _)| c.name != name);
+                            // Drift: the route may now dial nothing; the next apply repairs it.
+                            f.apply(&last).await;
+                        }
+                        Op::DeleteRoutes => {
+                            f.world.state().routes.clear();
+                            f.apply(&last).await;
+                        }
+                        Op::RestartCaddy => {
+                            {
+                                let mut s = f.world.state();
+                                s.routes.clear();
+                                s.server = None;
+                            }
+                            f.apply(&last).await;
+                        }
+                    }
+                    check(&f, &context);
+                }
+            });
+        }
+    }
+}
+
+mod kernel_properties {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Apply(u8),
+        Promote,
+        Rollback,
+        /// Drift: the service chain flushed by hand.
+        FlushRule,
+        /// Drift: the active container removed by hand.
+        KillActive,
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            (1u8..4).prop_map(Op::Apply),
+            Just(Op::Promote),
+            Just(Op::Rollback),
+            Just(Op::FlushRule),
+            Just(Op::KillActive),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 32, ..ProptestConfig::default() })]
+
+        /// After every apply, and after every promote or rollback that succeeds, the service
+        /// address leads to exactly one target, the active slot's container, and the hostname is
+        /// served by the active slot's release.
+        #[test]
+        fn the_service_address_always_leads_to_the_active_slot_and_only_there(
+            ops in proptest::collection::vec(op(), 1..12)
+        ) {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .start_paused(true)
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                let f = Fixture::new();
+                f.apply(&desired([env("p").manual()])).await;
+                for op in ops {
+                    let check = match op {
+                        Op::Apply(v) => {
+                            let image = format!("app:v{v}");
+                            f.apply(&desired([env("p").manual().image(&image)])).await;
+                            true
+                        }
+                        Op::Promote | Op::Rollback => {
+                            let rec = f.record("p");
+                            let observed = reconcile::observe(&f.backends).await;
+                            let view = observed.hosts["app"].view().unwrap();
+                            let now = reconcile::now_ms();
+                            let p = if matches!(op, Op::Rollback) {
+                                plan_rollback(&rec, &host(), view, now)
+                            } else {
+                                plan_promote(&rec, &host(), view, now)
+                            };
+                            match p {
+                                Ok(p) => {
+                                    let r = reconcile::execute(&p, &f.store, &f.backends, &f.prober)
+                                        .await
+                                        .unwrap();
+                                    r.failures.is_empty()
+                                }
+                                Err(_) => false,
+                            }
+                        }
+                        Op::FlushRule => {
+                            let base = f.record("p").base_port;
+                            if let Some(s) = f.world.state().nat.services.get_mut(&base) {
+                                s.rules.clear();
+                            }
+                            false
+                        }
+                        Op::KillActive => {
+                            let active = f.record("p").active.unwrap();
+                            let name = EnvKey::new("p", "production").container_name(active);
+                            f.world.state().containers.retain(|_, (c, _)| c.name != name);
+                            false
+                        }
+                    };
+                    if !check {
+                        continue;
+                    }
+                    let rec = f.record("p");
+                    let active = rec.active.expect("an active slot");
+                    let want = rec.slot(active).release.as_ref().unwrap().image.clone();
+                    let to = nat_target(&f, "p").map_err(TestCaseError::fail)?;
+                    let s = f.world.state();
+                    let c = s
+                        .containers
+                        .values()
+                        .find(|(c, _)| c.ip == Some(*to.ip()))
+                        .map(|(c, _)| c.name.clone());
+                    drop(s);
+                    prop_assert_eq!(c, Some(rec.key.container_name(active)));
+                    prop_assert_eq!(f.serving("p"), Some(want));
+                }
+                Ok(())
+            })?;
+        }
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_promote_restores_a_lost_hook_before_it_writes_the_rule() {
+    let f = Fixture::new();
+    f.apply(&desired([env("myapp").manual()])).await;
+    f.apply(&desired([env("myapp").manual().image("app:v2")]))
+        .await;
+    {
+        // As after a firewall reload that dropped codeb's chains.
+        let mut s = f.world.state();
+        s.nat = Default::default();
+    }
+    let report = f.switch("myapp", false).await;
+    assert!(report.failures.is_empty(), "{:?}", report.failures);
+    assert!(report.executed[0].contains("hook"), "{:?}", report.executed);
+    assert_eq!(f.serving("myapp").as_deref(), Some("app:v2"));
 }

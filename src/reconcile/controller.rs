@@ -35,7 +35,7 @@ use tracing::{info, warn};
 use super::backoff::Backoffs;
 use super::queue::{Claim, Queue, Ticket};
 use super::{execute_until, observe, Backends, HostBackends, Prober, MAX_ROUNDS};
-use crate::backend::{Proxy, Runtime};
+use crate::backend::{Kernel, Proxy, Runtime};
 use crate::model::{Desired, EnvKey, EnvRecord, HostRef, Recorded, Slot, SlotState};
 use crate::plan::{self, HostObservation, Plan, Step};
 use crate::store::Store;
@@ -117,7 +117,7 @@ pub fn error_policy(work: &Work, _error: &Error, backoffs: &mut Backoffs<Work>) 
 pub type Clock = Arc<dyn Fn() -> u64 + Send + Sync>;
 
 /// Turns a host's endpoints into clients.
-pub type Connect<R, P> = Box<dyn Fn(&HostRef) -> Result<HostBackends<R, P>, String> + Send>;
+pub type Connect<R, P, K> = Box<dyn Fn(&HostRef) -> Result<HostBackends<R, P, K>, String> + Send>;
 
 /// How the loop runs.
 pub struct Config {
@@ -277,7 +277,7 @@ struct Shared<H> {
     stop: CancellationToken,
 }
 
-type HostMap<R, P> = Arc<BTreeMap<String, Arc<Backends<R, P>>>>;
+type HostMap<R, P, K> = Arc<BTreeMap<String, Arc<Backends<R, P, K>>>>;
 
 struct Finished {
     work: Work,
@@ -287,12 +287,12 @@ struct Finished {
 }
 
 /// The loop. Build it with [`Controller::new`], take a [`Handle`], then [`Controller::run`] it.
-pub struct Controller<R, P, H> {
+pub struct Controller<R, P, K, H> {
     shared: Arc<Shared<H>>,
     config: Config,
-    connect: Connect<R, P>,
+    connect: Connect<R, P, K>,
     endpoints: BTreeMap<String, HostRef>,
-    hosts: HostMap<R, P>,
+    hosts: HostMap<R, P, K>,
     desired: Arc<Desired>,
     queue: Queue<Work>,
     backoffs: Backoffs<Work>,
@@ -303,10 +303,11 @@ pub struct Controller<R, P, H> {
     rx: mpsc::UnboundedReceiver<Msg>,
 }
 
-impl<R, P, H> Controller<R, P, H>
+impl<R, P, K, H> Controller<R, P, K, H>
 where
     R: Runtime + 'static,
     P: Proxy + 'static,
+    K: Kernel + 'static,
     H: Prober + 'static,
 {
     /// A loop over `desired`, connected to its hosts and to the hosts of recorded environments
@@ -315,7 +316,7 @@ where
         desired: Arc<Desired>,
         store: Arc<Store>,
         prober: H,
-        connect: Connect<R, P>,
+        connect: Connect<R, P, K>,
         config: Config,
     ) -> Result<Self, super::Error> {
         let (tx, rx) = mpsc::unbounded_channel();
@@ -628,10 +629,10 @@ fn next_grace_end(rec: &EnvRecord, now_ms: u64) -> Option<Duration> {
         .map(|ms| Duration::from_millis(ms + 1))
 }
 
-fn backends_of<'a, R, P>(
-    hosts: &'a HostMap<R, P>,
+fn backends_of<'a, R, P, K>(
+    hosts: &'a HostMap<R, P, K>,
     host: &str,
-) -> Result<&'a Arc<Backends<R, P>>, Error> {
+) -> Result<&'a Arc<Backends<R, P, K>>, Error> {
     hosts.get(host).ok_or_else(|| Error::NotConnected {
         host: host.to_string(),
         error: "no clients for its endpoints (see the log at start or reload)".into(),
@@ -654,11 +655,11 @@ fn unreachable(host: &str, observed: &plan::Observed) -> Option<Error> {
 
 /// One environment: observe its host, plan the environment alone, execute; again until a plan is
 /// empty. Host-wide work found on the way is handed to the host's sweep.
-async fn reconcile_env<R: Runtime, P: Proxy, H: Prober>(
+async fn reconcile_env<R: Runtime, P: Proxy, K: Kernel, H: Prober>(
     sh: &Shared<H>,
     key: &EnvKey,
     desired: &Desired,
-    hosts: &HostMap<R, P>,
+    hosts: &HostMap<R, P, K>,
     executed: &mut Vec<String>,
 ) -> Result<Action, Error> {
     let store = &sh.store;
@@ -750,11 +751,11 @@ async fn reconcile_env<R: Runtime, P: Proxy, H: Prober>(
 /// A host's sweep: one observation and one plan of every environment on the host. Does the
 /// host-wide steps itself, and schedules each environment that has steps of its own (now) or a
 /// grace period running (when it ends).
-async fn sweep<R: Runtime, P: Proxy, H: Prober>(
+async fn sweep<R: Runtime, P: Proxy, K: Kernel, H: Prober>(
     sh: &Shared<H>,
     host: &str,
     desired: &Desired,
-    hosts: &HostMap<R, P>,
+    hosts: &HostMap<R, P, K>,
     executed: &mut Vec<String>,
 ) -> Result<Action, Error> {
     let store = &sh.store;

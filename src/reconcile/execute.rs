@@ -4,9 +4,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use super::{now_ms, Backends, Error, HostBackends, Prober, Result};
-use crate::backend::{Proxy, Runtime};
+use crate::backend::{Kernel, Proxy, Runtime};
 use crate::model::{EnvKey, SlotRecord, SlotState};
-use crate::plan::{self, Action, Plan, Step, SERVER_NAME};
+use crate::plan::{self, Action, Drain, Plan, Step, SERVER_NAME};
 use crate::store::{JournalEntry, Phase, Store};
 
 /// How often a deploying slot is probed. Podman takes 145-416 ms from create to first answer here,
@@ -14,6 +14,9 @@ use crate::store::{JournalEntry, Phase, Store};
 const PROBE_INTERVAL: Duration = Duration::from_millis(50);
 /// Lines of a failed slot's log kept for `describe`.
 const LOG_TAIL: usize = 20;
+/// How often a draining slot's open connections are counted: reading conntrack is cheap, and a
+/// request that ends is noticed within this delay.
+const DRAIN_POLL: Duration = Duration::from_millis(100);
 
 /// A step that failed.
 #[derive(Debug)]
@@ -39,10 +42,10 @@ pub struct Report {
 ///
 /// # Errors
 /// Only store failures abort the whole execution; backend and health failures are in the report.
-pub async fn execute<R: Runtime, P: Proxy, H: Prober>(
+pub async fn execute<R: Runtime, P: Proxy, K: Kernel, H: Prober>(
     plan: &Plan,
     store: &Store,
-    backends: &Backends<R, P>,
+    backends: &Backends<R, P, K>,
     prober: &H,
 ) -> Result<Report> {
     execute_until(plan, store, backends, prober, &|| false).await
@@ -50,10 +53,10 @@ pub async fn execute<R: Runtime, P: Proxy, H: Prober>(
 
 /// As [`execute`], but starts no further step once `stop` returns true (the daemon is shutting
 /// down): the step in flight finishes and is journaled, the rest count as skipped.
-pub async fn execute_until<R: Runtime, P: Proxy, H: Prober>(
+pub async fn execute_until<R: Runtime, P: Proxy, K: Kernel, H: Prober>(
     plan: &Plan,
     store: &Store,
-    backends: &Backends<R, P>,
+    backends: &Backends<R, P, K>,
     prober: &H,
     stop: &(dyn Fn() -> bool + Send + Sync),
 ) -> Result<Report> {
@@ -122,10 +125,10 @@ fn entry(
     }
 }
 
-async fn run<R: Runtime, P: Proxy, H: Prober>(
+async fn run<R: Runtime, P: Proxy, K: Kernel, H: Prober>(
     step: &Step,
     store: &Store,
-    backends: &Backends<R, P>,
+    backends: &Backends<R, P, K>,
     prober: &H,
     gens: &mut BTreeMap<EnvKey, Option<u64>>,
 ) -> Result<()> {
@@ -141,6 +144,10 @@ async fn run<R: Runtime, P: Proxy, H: Prober>(
         source,
     };
     let caddy = |source| Error::Caddy {
+        host: host.to_string(),
+        source,
+    };
+    let kernel = |source| Error::Kernel {
         host: host.to_string(),
         source,
     };
@@ -173,7 +180,11 @@ async fn run<R: Runtime, P: Proxy, H: Prober>(
             replace,
             health_path,
             health_timeout_ms,
+            drain: owed,
         } => {
+            if let Some(d) = owed {
+                drain(&b.kernel, d).await;
+            }
             let now = now_ms();
             update(&|rec| {
                 *rec.slot_mut(*slot) = SlotRecord {
@@ -265,10 +276,29 @@ async fn run<R: Runtime, P: Proxy, H: Prober>(
             let now = now_ms();
             update(&|rec| plan::switch_record(rec, *to, hold.clone(), now))
         }
+        Action::HookServices(write) => b.kernel.hook(write).await.map_err(kernel),
+        Action::SetService(write) => {
+            let started = std::time::Instant::now();
+            b.kernel.set_service(write).await.map_err(kernel)?;
+            tracing::info!(
+                service = %format!("{}:{}", write.gateway, write.port),
+                target = ?write.target.as_ref().map(|t| t.to),
+                elapsed_ms = started.elapsed().as_secs_f64() * 1000.0,
+                "service address set"
+            );
+            Ok(())
+        }
         Action::AddRoute(route) => b.proxy.add_route(SERVER_NAME, route).await.map_err(caddy),
         Action::ReplaceRoute(route) => b.proxy.replace_route(route).await.map_err(caddy),
         Action::DeleteRoute { id } => b.proxy.delete_route(id).await.map_err(caddy),
-        Action::Retire { slot, container } => {
+        Action::Retire {
+            slot,
+            container,
+            drain: owed,
+        } => {
+            if let Some(d) = owed {
+                drain(&b.kernel, d).await;
+            }
             if let Some(c) = container {
                 b.runtime.remove(c).await.map_err(podman)?;
             }
@@ -284,8 +314,33 @@ async fn run<R: Runtime, P: Proxy, H: Prober>(
     }
 }
 
-async fn run_container<R: Runtime, P: Proxy>(
-    b: &HostBackends<R, P>,
+/// Waits until the drain's deadline, or until the kernel shows no connection open to its target.
+///
+/// Bounded by the deadline the planner set ([`plan::DRAIN_MS`] after the slot stopped serving).
+/// A kernel that cannot count (no privilege) makes it wait the whole period; a slot without a
+/// target (its container is not running) has nothing in flight.
+async fn drain<K: Kernel>(kernel: &K, d: &Drain) {
+    let Some(target) = d.target else {
+        return;
+    };
+    let started = tokio::time::Instant::now();
+    let deadline = started + Duration::from_millis(d.until_ms.saturating_sub(now_ms()));
+    loop {
+        let now = tokio::time::Instant::now();
+        if now >= deadline || kernel.open_connections(target).await == Some(0) {
+            break;
+        }
+        tokio::time::sleep(DRAIN_POLL.min(deadline - now)).await;
+    }
+    tracing::info!(
+        %target,
+        waited_ms = started.elapsed().as_millis() as u64,
+        "drained"
+    );
+}
+
+async fn run_container<R: Runtime, P: Proxy, K>(
+    b: &HostBackends<R, P, K>,
     spec: &crate::backend::ContainerSpec,
     replace: Option<&str>,
 ) -> Result<(), crate::backend::podman::Error> {

@@ -22,8 +22,8 @@ pub use execute::{execute, execute_until, Report, StepFailure};
 pub use observe::observe;
 pub use probe::{HttpProber, Prober};
 
-use crate::backend::{Proxy, Runtime};
-use crate::model::{Desired, EnvKey, HostRef};
+use crate::backend::{Kernel, Proxy, Runtime};
+use crate::model::{Desired, EnvKey, HostRef, SwitchMode};
 use crate::plan::{self, Note, Plan};
 use crate::store::Store;
 
@@ -42,6 +42,11 @@ pub enum Error {
     Caddy {
         host: String,
         source: crate::backend::caddy::Error,
+    },
+    #[error("host {host}: {source}")]
+    Kernel {
+        host: String,
+        source: crate::backend::netfilter::Error,
     },
     #[error("{slot} never answered 2xx/3xx on {url} within {timeout}: {last}")]
     Unhealthy {
@@ -65,14 +70,16 @@ pub enum Error {
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// The backends of one host.
-pub struct HostBackends<R, P> {
+pub struct HostBackends<R, P, K> {
     pub runtime: R,
     pub proxy: P,
+    /// The kernel's NAT rules, where the host's service addresses live.
+    pub kernel: K,
 }
 
 /// Every connected host, by name.
-pub struct Backends<R, P> {
-    pub hosts: BTreeMap<String, HostBackends<R, P>>,
+pub struct Backends<R, P, K> {
+    pub hosts: BTreeMap<String, HostBackends<R, P, K>>,
 }
 
 /// Milliseconds since the Unix epoch: the only clock the planner sees, read here at the edge.
@@ -118,11 +125,13 @@ pub struct Target<'a> {
 ///
 /// # Guarantees
 /// - A converged system gets no mutating call: the first plan is empty, so nothing executes.
+/// - A failed step does not stop the apply while later rounds make progress; every failure is in
+///   the outcome, which is then not converged.
 /// - `dry_run` observes and plans once, and changes nothing.
-pub async fn converge<R: Runtime, P: Proxy, H: Prober>(
+pub async fn converge<R: Runtime, P: Proxy, K: Kernel, H: Prober>(
     target: Target<'_>,
     store: &Store,
-    backends: &Backends<R, P>,
+    backends: &Backends<R, P, K>,
     prober: &H,
 ) -> Result<Outcome> {
     let mut outcome = Outcome::default();
@@ -131,6 +140,7 @@ pub async fn converge<R: Runtime, P: Proxy, H: Prober>(
     for round in 0..MAX_ROUNDS {
         let recorded = store.load()?;
         let observed = observe(backends).await;
+        record_switch_modes(store, &observed)?;
         let plan = plan::plan(
             target.desired,
             &observed,
@@ -146,11 +156,34 @@ pub async fn converge<R: Runtime, P: Proxy, H: Prober>(
             break;
         }
         let report = execute(&plan, store, backends, prober).await?;
+        let progressed = !report.executed.is_empty();
         outcome.executed.extend(report.executed);
-        if !report.failures.is_empty() {
-            outcome.failures = report.failures;
+        let failed = !report.failures.is_empty();
+        outcome.failures.extend(report.failures);
+        // After a failure, plan again: a failed health check leaves work that follows from it (the
+        // failed slot's preview route goes), and the planner never redeploys a failed release, so
+        // this cannot loop hot. A round that failed without any step succeeding stops the apply (a
+        // backend that refuses every write would fail the same way again).
+        if failed && !progressed {
             break;
         }
     }
     Ok(outcome)
+}
+
+/// Records how each observed host switches traffic, for `get hosts` (written only on a change).
+pub fn record_switch_modes(store: &Store, observed: &plan::Observed) -> Result<()> {
+    let modes: BTreeMap<String, (SwitchMode, Option<String>)> = observed
+        .hosts
+        .iter()
+        .filter_map(|(name, obs)| {
+            let kernel = obs.view()?.kernel;
+            Some((
+                name.clone(),
+                (kernel.mode(), kernel.reason().map(str::to_string)),
+            ))
+        })
+        .collect();
+    store.put_switch_modes(&modes)?;
+    Ok(())
 }

@@ -1,4 +1,5 @@
-//! The embedded store (redb): environment records, recorded hosts and the journal.
+//! The embedded store (redb): environment records, recorded hosts, how each host was last seen
+//! to switch traffic, and the journal.
 //!
 //! One process owns a store at a time (an exclusive lock file beside the database). Every record
 //! write is guarded by the generation the caller last read, so that a plan computed from an older
@@ -9,6 +10,7 @@
 
 mod journal;
 
+use std::collections::BTreeMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
@@ -16,11 +18,16 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
 pub use journal::{JournalEntry, Phase};
 
-use crate::model::{EnvKey, EnvRecord, HostRef, Recorded};
+use crate::model::{EnvKey, EnvRecord, HostRef, Recorded, SwitchMode};
 
 const ENVS: TableDefinition<&str, &[u8]> = TableDefinition::new("envs");
 const HOSTS: TableDefinition<&str, &[u8]> = TableDefinition::new("hosts");
 const JOURNAL: TableDefinition<u64, &[u8]> = TableDefinition::new("journal");
+/// Per host: the switch mode of its last observation, and why it fell back to Caddy.
+const SWITCH_MODES: TableDefinition<&str, &[u8]> = TableDefinition::new("switch_modes");
+
+/// A host's switch mode as recorded, with the reason for a fallback.
+pub type SwitchModes = BTreeMap<String, (SwitchMode, Option<String>)>;
 
 /// Store errors. Only `Conflict` is worth a retry (re-plan from the fresh state); the others need a
 /// person.
@@ -99,6 +106,7 @@ impl Store {
         txn.open_table(ENVS).map_err(storage)?;
         txn.open_table(HOSTS).map_err(storage)?;
         txn.open_table(JOURNAL).map_err(storage)?;
+        txn.open_table(SWITCH_MODES).map_err(storage)?;
         txn.commit().map_err(storage)?;
         Ok(Store { db, _lock: lock })
     }
@@ -226,6 +234,46 @@ impl Store {
                 let bytes = serde_json::to_vec(h).expect("hosts serialize");
                 table
                     .insert(h.name.as_str(), bytes.as_slice())
+                    .map_err(storage)?;
+            }
+        }
+        txn.commit().map_err(storage)
+    }
+
+    /// How each host was last seen to switch traffic (an observation, not an intent: `get hosts`
+    /// shows it without connecting to the hosts).
+    pub fn switch_modes(&self) -> Result<SwitchModes> {
+        let txn = self.db.begin_read().map_err(storage)?;
+        let mut out = SwitchModes::new();
+        for item in txn
+            .open_table(SWITCH_MODES)
+            .map_err(storage)?
+            .iter()
+            .map_err(storage)?
+        {
+            let (k, v) = item.map_err(storage)?;
+            out.insert(k.value().to_string(), decode(k.value(), v.value())?);
+        }
+        Ok(out)
+    }
+
+    /// Records the switch modes that changed; writes nothing when none did.
+    pub fn put_switch_modes(&self, modes: &SwitchModes) -> Result<()> {
+        let current = self.switch_modes()?;
+        let changed: Vec<_> = modes
+            .iter()
+            .filter(|(name, mode)| current.get(*name) != Some(*mode))
+            .collect();
+        if changed.is_empty() {
+            return Ok(());
+        }
+        let txn = self.db.begin_write().map_err(storage)?;
+        {
+            let mut table = txn.open_table(SWITCH_MODES).map_err(storage)?;
+            for (name, mode) in changed {
+                let bytes = serde_json::to_vec(mode).expect("modes serialize");
+                table
+                    .insert(name.as_str(), bytes.as_slice())
                     .map_err(storage)?;
             }
         }

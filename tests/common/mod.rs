@@ -4,6 +4,8 @@
 //! own. A missing stack is a loud failure, never a skip.
 #![allow(dead_code)]
 
+pub mod load;
+
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};

@@ -28,6 +28,7 @@ use super::commands::{self, Ctx, Input};
 use super::remote::{self, Request, Response};
 use super::{Cli, Command, Failure, WatchArgs};
 use crate::backend::caddy::Caddy;
+use crate::backend::netfilter::Netfilter;
 use crate::backend::podman::Podman;
 use crate::model::{Desired, EnvKey};
 use crate::reconcile::controller::{Config, Connect, Controller, Handle};
@@ -153,7 +154,7 @@ pub async fn run(state_dir: PathBuf, args: WatchArgs) -> anyhow::Result<u8> {
     for step in interrupted.iter().rev().take(5) {
         warn!(step = %step.step, at_ms = step.at_ms, "a step was in flight when codeb stopped; the reconciles resume from the records");
     }
-    let connect: Connect<Podman, Caddy> = Box::new(|host| {
+    let connect: Connect<Podman, Caddy, Netfilter> = Box::new(|host| {
         let mut backends = super::connect::connect([host]).map_err(|e| format!("{e:#}"))?;
         backends
             .hosts

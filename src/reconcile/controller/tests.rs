@@ -61,10 +61,11 @@ fn start(d: Arc<Desired>, prune: bool) -> Harness {
     let store = Arc::new(Store::open(dir.path()).unwrap());
     let world = World::new();
     let w = world.clone();
-    let connect: Connect<World, World> = Box::new(move |_| {
+    let connect: Connect<World, World, World> = Box::new(move |_| {
         Ok(HostBackends {
             runtime: w.clone(),
             proxy: w.clone(),
+            kernel: w.clone(),
         })
     });
     // The planner's clock follows tokio's, so a paused test moves grace periods too.
@@ -93,16 +94,9 @@ fn start(d: Arc<Desired>, prune: bool) -> Harness {
 }
 
 impl Harness {
-    /// The image serving `project`'s hostname, if a route leads to a running container.
+    /// The image serving `project`'s hostname, if its route leads to a running container.
     fn live(&self, project: &str) -> Option<String> {
-        let s = self.world.state();
-        let hostname = format!("{project}.example.test");
-        let route = s.routes.iter().find(|r| r.hosts == [hostname.clone()])?;
-        let port: u16 = route.upstream.rsplit_once(':')?.1.parse().ok()?;
-        s.containers
-            .values()
-            .find(|(c, spec)| c.running && spec.host_port == port)
-            .map(|(_, spec)| spec.image.clone())
+        self.world.serving(&format!("{project}.example.test"))
     }
 
     fn containers(&self) -> usize {
@@ -383,6 +377,7 @@ fn containers_codeb_stops_or_removes_are_expected_and_others_are_not() {
             step(plan::Action::Retire {
                 slot: Slot::Green,
                 container: Some("c2".into()),
+                drain: None,
             }),
             step(plan::Action::Start {
                 slot: Slot::Blue,

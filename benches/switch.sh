@@ -1,0 +1,193 @@
+#!/usr/bin/env bash
+# Promote/rollback under load, in both switch modes: CYCLES (default 100) cycles of two switches
+# each while `hey -c 8` (HTTP/1.1 keep-alive) runs through Caddy against the project's hostname.
+#
+# Usage: benches/switch.sh [CYCLES]   (brings the local stack up through benches/lib.sh)
+#
+# Per mode it reports: requests served, hey's non-2xx and errors, hey's p50/p99 latency for the
+# run (every request of the run is between two switches at most 0.1 s apart) and for a baseline
+# run without switches, and per switch:
+#   command  wall time of `codeb promote|rollback` (release build);
+#   switch   from the command's start until a new connection gets the new slot's answer, polled
+#            with fresh connections (bash's /dev/tcp, ~0.5 ms apart);
+#   write    the data-path change alone as codeb logs it: the iptables-restore (kernel mode) or
+#            the Caddy admin PATCH (caddy-admin mode).
+# caddy-admin mode is forced with CODEB_SWITCH=caddy-admin. BENCH_KEEP=1 keeps the work directory
+# (hey's output, codeb's JSON logs). Exit status: 0, or 1 when any request failed in kernel mode.
+source "$(dirname "$0")/lib.sh"
+
+CYCLES=${1:-100}
+[[ $CYCLES =~ ^[0-9]+$ ]] || {
+  echo "usage: benches/switch.sh [CYCLES]" >&2
+  exit 2
+}
+readonly WORKERS=8
+# Every loop below is bounded: a switch that is not seen within this long counts as failed.
+readonly POLL_TIMEOUT_US=5000000
+readonly PAUSE=0.1
+
+hey_pid=""
+# shellcheck disable=SC2317 # called by the EXIT trap
+cleanup() {
+  [[ -z $hey_pid ]] || kill "$hey_pid" 2>/dev/null || true
+  if [[ -n ${BENCH_KEEP-} ]]; then echo "kept $WORK" >&2; else rm -rf "$WORK"; fi
+}
+trap cleanup EXIT
+
+http_port=${CODEB_TEST_HTTP##*:}
+
+now_us() { printf '%s' "${EPOCHREALTIME/./}"; }
+
+# One GET on a fresh connection into the global `body` (empty on a connection error, which is
+# counted in `poll_errors`). Bash builtins only: no process per request.
+body=""
+poll_errors=0
+fresh_get() { # host
+  local line=""
+  body=""
+  if ! exec 3<>"/dev/tcp/127.0.0.1/$http_port" 2>/dev/null; then
+    poll_errors=$((poll_errors + 1))
+    return
+  fi
+  printf 'GET / HTTP/1.1\r\nHost: %s\r\nConnection: close\r\n\r\n' "$1" >&3
+  while IFS= read -r -u 3 line 2>/dev/null || [[ -n $line ]]; do
+    body=$line
+    line=""
+  done
+  [[ $body == v* ]] || poll_errors=$((poll_errors + 1))
+  exec 3>&-
+}
+
+# Polls until the hostname answers `want`; prints the time it did (µs) or "timeout", and the
+# number of fresh connections that failed meanwhile.
+poll_until() { # host want
+  local deadline=$(($(now_us) + POLL_TIMEOUT_US))
+  while (($(now_us) < deadline)); do
+    fresh_get "$1"
+    if [[ $body == "$2" ]]; then
+      printf '%s %s\n' "$(now_us)" "$poll_errors"
+      return
+    fi
+  done
+  printf 'timeout %s\n' "$poll_errors"
+}
+
+# p50, p99 and max of the numbers on stdin (one per line, in ms).
+stats() {
+  sort -n | awk '{ v[NR] = $1 } END {
+    if (NR == 0) { print "n/a"; exit }
+    printf "p50 %.2f ms  p99 %.2f ms  max %.2f ms  (n=%d)", v[int((NR - 1) * 0.5) + 1],
+      v[int((NR - 1) * 0.99) + 1], v[NR], NR }'
+}
+
+# hey's summary: requests, non-2xx, errors, p50, p99.
+hey_summary() { # file
+  awk '
+    /^Error distribution:/ { in_err = 1; next }
+    !in_err && /^  \[[0-9]+\]/ { code = substr($1, 2, 3); n = $2; total += n; if (code !~ /^2/) bad += n }
+    in_err && /^  \[[0-9]+\]/ { errors += substr($1, 2, length($1) - 2) }
+    / 50% in / { p50 = $3 * 1000 } / 99% in / { p99 = $3 * 1000 }
+    END { printf "%d requests served, %d non-2xx, %d errors, p50 %.2f ms, p99 %.2f ms",
+      total, bad, errors, p50, p99 }' "$1"
+}
+
+# Runs `count` switches of the project, each to the slot that does not serve, recording per switch
+# into $dir/$phase.{command,switch,write,poll-errors,failed}. The project's first switch is a
+# promote, every later one a rollback to the grace slot. A switch that codeb refuses (its health
+# probe failed) changes nothing and is reported; the next one tries again. Globals: `promoted`,
+# `serving` (the version the hostname serves).
+promoted=0
+serving=v1
+run_switches() { # count phase
+  local count=$1 phase=$2 verb want i t0 seen errors out ok
+  : >"$dir/$phase.command" && : >"$dir/$phase.switch" && : >"$dir/$phase.failed"
+  : >"$dir/$phase.poll-errors" && : >"$dir/$phase.log"
+  for ((i = 0; i < count; i++)); do
+    if ((promoted)); then verb=rollback; else verb=promote; fi
+    if [[ $serving == v1 ]]; then want=v2; else want=v1; fi
+    poll_until "$host" "$want" >"$dir/seen" &
+    t0=$(now_us)
+    ok=1
+    if ! out=$(CODEB_LOG=codeb=debug "$CODEB" --log-format json --state-dir "$state" "$verb" "$name" 2>>"$dir/$phase.log"); then
+      ok=0
+      printf 'switch %d (%s): %s %s\n' "$i" "$verb" "$out" "$(grep -v '^{' "$dir/$phase.log" | tail -1)" >>"$dir/$phase.failed"
+    fi
+    awk -v a="$t0" -v b="$(now_us)" 'BEGIN { printf "%.3f\n", (b - a) / 1000 }' >>"$dir/$phase.command"
+    ((ok)) || kill $! 2>/dev/null || true
+    wait $! || true
+    read -r seen errors <"$dir/seen" || seen=refused errors=0
+    echo "$errors" >>"$dir/$phase.poll-errors"
+    if ((!ok)); then
+      : # refused: the old slot still serves, so the poller could only time out
+    elif [[ $seen == timeout ]]; then
+      printf 'switch %d: %s not seen within %d ms\n' "$i" "$want" $((POLL_TIMEOUT_US / 1000)) >>"$dir/$phase.failed"
+    else
+      awk -v a="$t0" -v b="$seen" 'BEGIN { printf "%.3f\n", (b - a) / 1000 }' >>"$dir/$phase.switch"
+    fi
+    if ((ok)); then
+      promoted=1
+      serving=$want
+    fi
+    sleep "$PAUSE"
+  done
+}
+
+report_switches() { # phase
+  local phase=$1 pattern='"service address set"'
+  [[ $mode == kernel ]] || pattern='"method":"PATCH"'
+  printf '    command:  %s\n' "$(stats <"$dir/$phase.command")"
+  printf '    switch:   %s\n' "$(stats <"$dir/$phase.switch")"
+  printf '    write:    %s\n' "$(grep -F "$pattern" "$dir/$phase.log" | grep -o '"elapsed_ms":[0-9.]*' | cut -d: -f2 | stats)"
+  printf '    fresh connections of the switch-time poller that failed: %s\n' \
+    "$(awk '{ n += $1 } END { print n + 0 }' "$dir/$phase.poll-errors")"
+  if [[ -s $dir/$phase.failed ]]; then
+    printf '    FAILED switches:\n'
+    sed 's/^/      /' "$dir/$phase.failed"
+  fi
+}
+
+run_mode() { # mode
+  mode=$1
+  name="bench-${mode%%-*}-$$"
+  state="$WORK/$mode/state"
+  dir="$WORK/$mode"
+  host="$name.codeb.test"
+  promoted=0
+  serving=v1
+  mkdir -p "$dir"
+  if [[ $mode == caddy-admin ]]; then export CODEB_SWITCH=caddy-admin; else unset CODEB_SWITCH; fi
+  { host_yaml; project_yaml "$name" localhost/codeb-test-app:v1 manual; } >"$dir/m.yaml"
+  "$CODEB" --state-dir "$state" apply -f "$dir/m.yaml" >/dev/null
+  { host_yaml; project_yaml "$name" localhost/codeb-test-app:v2 manual; } >"$dir/m.yaml"
+  "$CODEB" --state-dir "$state" apply -f "$dir/m.yaml" >/dev/null
+  "$CODEB" --state-dir "$state" get hosts | sed "s/^/[$mode] /"
+
+  # Without load: the mechanism, not the CPU the load generator leaves to it.
+  run_switches 20 idle
+  hey -z 10s -c "$WORKERS" -host "$host" "http://$CODEB_TEST_HTTP/" >"$dir/baseline.txt" 2>&1
+  hey -z 3600s -c "$WORKERS" -host "$host" "http://$CODEB_TEST_HTTP/" >"$dir/hey.txt" 2>&1 &
+  hey_pid=$!
+  sleep 1
+  run_switches $((CYCLES * 2)) load
+  kill -INT "$hey_pid"
+  wait "$hey_pid" || true
+  hey_pid=""
+
+  printf '\n== %s: %d promote/rollback cycles (%d switches) under hey -c %d\n' "$mode" "$CYCLES" $((CYCLES * 2)) "$WORKERS"
+  printf '  load during switches: %s\n' "$(hey_summary "$dir/hey.txt")"
+  printf '  baseline, no switch:  %s\n' "$(hey_summary "$dir/baseline.txt")"
+  printf '  under load:\n'
+  report_switches load
+  printf '  idle (20 switches, no load):\n'
+  report_switches idle
+  grep -A20 '^Error distribution' "$dir/hey.txt" | sed 's/^/  /' || true
+  "$CODEB" --state-dir "$state" delete project "$name" >/dev/null
+  unset CODEB_SWITCH
+  [[ $mode != kernel ]] || hey_summary "$dir/hey.txt" | grep -q ' 0 non-2xx, 0 errors'
+}
+
+mode="" name="" state="" dir="" host=""
+status=0
+run_mode kernel || status=1
+run_mode caddy-admin
+exit "$status"

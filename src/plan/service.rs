@@ -1,0 +1,252 @@
+//! Planning the kernel's traffic switch: each environment's service address leads to its active
+//! slot's container, and nowhere once the environment is gone.
+//!
+//! Pure: what the NAT rules should hold is computed from the (projected) record and the observed
+//! containers, compared in place with the observed rules, and a write is planned only when they
+//! differ, so a converged host gets no kernel write and the converged path allocates nothing.
+
+use std::net::SocketAddrV4;
+
+use super::KernelObservation;
+use crate::backend::{
+    HookWrite, ObservedContainer, ServiceRule, ServiceTarget, ServiceWrite, LABEL_RELEASE,
+};
+use crate::model::{EnvKey, EnvRecord, Slot};
+
+/// The environment's service address on a host whose rules codeb manages: the gateway of codeb's
+/// network and the environment's base port. Stable for the environment's life: Caddy's hostname
+/// route dials it, and only the NAT rule behind it changes on promote and rollback. `None` on a
+/// host that switches through Caddy.
+pub fn service_address(kernel: &KernelObservation, rec: &EnvRecord) -> Option<SocketAddrV4> {
+    match kernel {
+        KernelObservation::Managed { gateway, .. } => {
+            Some(SocketAddrV4::new(*gateway, rec.base_port))
+        }
+        KernelObservation::Unavailable { .. } => None,
+    }
+}
+
+/// The hook a managed host lacks: its dispatch chain, or exactly one jump to it.
+pub fn hook_diff(kernel: &KernelObservation) -> Option<HookWrite> {
+    let KernelObservation::Managed { gateway, services } = kernel else {
+        return None;
+    };
+    (!services.chain || services.hooks != 1).then_some(HookWrite {
+        gateway: *gateway,
+        chain: services.chain,
+        hooks: services.hooks,
+    })
+}
+
+/// The write that makes the service address of `rec` lead to its active slot's container, when
+/// the observed rules lead anywhere else (or nowhere, or to two targets, or were changed by hand).
+///
+/// `target_of(slot)` is the slot's container address and port, `None` while it is unknown (the
+/// container is created, started or replaced by this plan): the write then waits for the next
+/// round, and the rule keeps its previous target meanwhile. Without an active slot the service
+/// address is removed.
+pub fn service_diff(
+    rec: &EnvRecord,
+    kernel: &KernelObservation,
+    target_of: impl Fn(Slot) -> Option<SocketAddrV4>,
+) -> Option<ServiceWrite> {
+    let KernelObservation::Managed { gateway, services } = kernel else {
+        return None;
+    };
+    let Some(active) = rec.active else {
+        return removal(rec, kernel);
+    };
+    let to = target_of(active)?;
+    let observed = services.services.get(&rec.base_port);
+    let converged = observed.is_some_and(|o| {
+        o.dispatch == 1
+            && matches!(o.rules.as_slice(), [ServiceRule::Dnat(t)] if t.to == to && is_label(&t.label, &rec.key))
+    });
+    (!converged).then(|| ServiceWrite {
+        gateway: *gateway,
+        port: rec.base_port,
+        target: Some(ServiceTarget {
+            to,
+            label: rec.key.to_string(),
+        }),
+        dispatch: observed.map_or(0, |o| o.dispatch),
+    })
+}
+
+/// The write that removes the service address of `rec`, if anything of it is left.
+pub fn removal(rec: &EnvRecord, kernel: &KernelObservation) -> Option<ServiceWrite> {
+    let KernelObservation::Managed { gateway, services } = kernel else {
+        return None;
+    };
+    let o = services.services.get(&rec.base_port)?;
+    (o.chain || o.dispatch > 0).then_some(ServiceWrite {
+        gateway: *gateway,
+        port: rec.base_port,
+        target: None,
+        dispatch: o.dispatch,
+    })
+}
+
+/// Where a slot's traffic goes: its container's address and the release's port, when the
+/// container runs the slot's recorded release and reports an address.
+pub fn slot_target(
+    rec: &EnvRecord,
+    slot: Slot,
+    container: Option<&ObservedContainer>,
+) -> Option<SocketAddrV4> {
+    let release = rec.slot(slot).release.as_ref()?;
+    let c = container?;
+    let runs = c.labels.get(LABEL_RELEASE).map(String::as_str) == Some(release.hash());
+    (c.running && runs)
+        .then_some(c.ip)
+        .flatten()
+        .map(|ip| SocketAddrV4::new(ip, release.port))
+}
+
+/// `project/env`, compared without allocating.
+fn is_label(label: &str, key: &EnvKey) -> bool {
+    label
+        .strip_prefix(key.project.as_str())
+        .and_then(|r| r.strip_prefix('/'))
+        == Some(key.env.as_str())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::net::Ipv4Addr;
+
+    use super::*;
+    use crate::backend::{ObservedService, ObservedServices};
+    use crate::model::{Release, SlotState};
+
+    const GW: Ipv4Addr = Ipv4Addr::new(10, 89, 144, 1);
+
+    fn blue() -> SocketAddrV4 {
+        SocketAddrV4::new(Ipv4Addr::new(10, 89, 144, 2), 8080)
+    }
+
+    fn green() -> SocketAddrV4 {
+        SocketAddrV4::new(Ipv4Addr::new(10, 89, 144, 3), 8080)
+    }
+
+    fn record(active: Option<Slot>) -> EnvRecord {
+        let mut rec = EnvRecord::new(
+            EnvKey::new("shop", "production"),
+            "app".into(),
+            "shop.test".into(),
+            4051,
+        );
+        for slot in Slot::ALL {
+            let s = rec.slot_mut(slot);
+            s.state = SlotState::Deployed;
+            s.release = Some(Release::new("app:v1", None, BTreeMap::new(), 8080));
+        }
+        rec.active = active;
+        rec
+    }
+
+    fn managed(rules: Vec<ServiceRule>, dispatch: usize) -> KernelObservation {
+        let mut services = ObservedServices {
+            chain: true,
+            hooks: 1,
+            ..Default::default()
+        };
+        services.services.insert(
+            4051,
+            ObservedService {
+                dispatch,
+                chain: true,
+                rules,
+            },
+        );
+        KernelObservation::Managed {
+            gateway: GW,
+            services,
+        }
+    }
+
+    fn dnat(to: SocketAddrV4, label: &str) -> ServiceRule {
+        ServiceRule::Dnat(ServiceTarget {
+            to,
+            label: label.into(),
+        })
+    }
+
+    fn targets(slot: Slot) -> Option<SocketAddrV4> {
+        Some(match slot {
+            Slot::Blue => blue(),
+            Slot::Green => green(),
+        })
+    }
+
+    #[test]
+    fn a_converged_service_address_gets_no_write() {
+        let k = managed(vec![dnat(blue(), "shop/production")], 1);
+        assert_eq!(service_diff(&record(Some(Slot::Blue)), &k, targets), None);
+        assert_eq!(hook_diff(&k), None);
+    }
+
+    #[test]
+    fn a_switch_writes_the_new_target_and_never_two() {
+        let k = managed(vec![dnat(blue(), "shop/production")], 1);
+        let w = service_diff(&record(Some(Slot::Green)), &k, targets).unwrap();
+        assert_eq!(w.target.unwrap().to, green());
+        assert_eq!(w.dispatch, 1);
+        // Two rules (changed by hand) are replaced by one, as is a foreign-looking rule.
+        let two = managed(
+            vec![
+                dnat(green(), "shop/production"),
+                dnat(blue(), "shop/production"),
+            ],
+            1,
+        );
+        assert!(service_diff(&record(Some(Slot::Green)), &two, targets).is_some());
+        let other = managed(vec![ServiceRule::Other("-j ACCEPT".into())], 1);
+        assert!(service_diff(&record(Some(Slot::Blue)), &other, targets).is_some());
+    }
+
+    #[test]
+    fn an_unknown_target_waits_and_a_missing_address_is_created_with_its_dispatch_rule() {
+        let k = managed(vec![dnat(blue(), "shop/production")], 1);
+        assert_eq!(service_diff(&record(Some(Slot::Green)), &k, |_| None), None);
+        let empty = KernelObservation::Managed {
+            gateway: GW,
+            services: ObservedServices::default(),
+        };
+        let w = service_diff(&record(Some(Slot::Blue)), &empty, targets).unwrap();
+        assert_eq!(w.dispatch, 0);
+        assert_eq!(
+            hook_diff(&empty).map(|h| (h.chain, h.hooks)),
+            Some((false, 0))
+        );
+    }
+
+    #[test]
+    fn a_host_without_kernel_management_gets_no_service_address() {
+        let k = KernelObservation::Unavailable {
+            reason: "not root".into(),
+        };
+        let rec = record(Some(Slot::Blue));
+        assert_eq!(service_address(&k, &rec), None);
+        assert_eq!(service_diff(&rec, &k, targets), None);
+        assert_eq!(removal(&rec, &k), None);
+        assert_eq!(hook_diff(&k), None);
+    }
+
+    #[test]
+    fn removal_takes_the_dispatch_rules_and_the_chain() {
+        let k = managed(vec![dnat(blue(), "shop/production")], 2);
+        let w = removal(&record(Some(Slot::Blue)), &k).unwrap();
+        assert_eq!((&w.target, w.dispatch), (&None, 2));
+        assert_eq!(service_diff(&record(None), &k, targets), Some(w));
+    }
+
+    #[test]
+    fn labels_compare_without_allocating() {
+        let key = EnvKey::new("a-b", "c");
+        assert!(is_label("a-b/c", &key));
+        assert!(!is_label("a/b-c", &key));
+        assert!(!is_label("a-b/c/d", &key));
+    }
+}
