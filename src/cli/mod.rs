@@ -4,13 +4,19 @@
 //! converge (a failed health check, a backend unreachable, a DNS name held by a record codeb does not
 //! own; for `diff`: there are changes); 2 invalid input or usage (including a Zone's unset API key
 //! variable), nothing applied; 3 (`diff` only) a host or zone could not be observed.
+//!
+//! While `codeb watch` runs it holds the store; every other command then sends itself to the daemon
+//! (`remote`) and prints the daemon's answer with the daemon's exit code.
 
 mod commands;
 mod connect;
 mod output;
+pub mod remote;
+mod watch;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
@@ -19,7 +25,9 @@ const EXIT_CODES: &str = "Exit codes:
   1  could not converge: a failed health check, a backend unreachable, a DNS name held by a
      record codeb does not own (diff: there are changes)
   2  invalid input or usage; nothing was applied
-  3  diff only: a host or a zone could not be observed";
+  3  diff only: a host or a zone could not be observed
+While `codeb watch` runs, other commands are answered by it, with the same exit codes.
+`codeb watch` exits 0 after SIGTERM or SIGINT, 2 when the manifests are invalid at start.";
 
 /// Deploys web apps blue/green to Podman hosts behind Caddy, from declarative manifests.
 #[derive(Debug, Parser)]
@@ -90,6 +98,9 @@ pub enum Command {
         #[arg(long, default_value = "production")]
         env: String,
     },
+    /// Keep the hosts converged to a directory of manifests until SIGTERM: apply at start, then
+    /// on every saved change, container event and resync.
+    Watch(WatchArgs),
     /// Remove a project's containers, routes and records.
     Delete {
         /// `project`, followed by its name; or use -f.
@@ -100,6 +111,26 @@ pub enum Command {
         #[arg(short = 'f', long = "filename", value_name = "PATH")]
         paths: Vec<PathBuf>,
     },
+}
+
+#[derive(Debug, Args)]
+pub struct WatchArgs {
+    /// Manifest directories (watched recursively, *.yaml/*.yml) or files.
+    #[arg(short = 'f', long = "filename", value_name = "PATH", required = true)]
+    pub paths: Vec<PathBuf>,
+    /// How often every host is swept and the manifests read again, for drift that no event
+    /// reports (Caddy restarted, a route edited by hand).
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    pub resync: Duration,
+    /// Remove recorded project environments that the manifests no longer declare.
+    #[arg(long)]
+    pub prune: bool,
+    /// With --prune, allow manifests that declare no environment at all to remove every project.
+    #[arg(long, requires = "prune")]
+    pub allow_empty: bool,
+    /// Reconciles at once, all hosts together.
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub concurrency: u16,
 }
 
 #[derive(Debug, Args)]
@@ -151,10 +182,20 @@ impl Failure {
     }
 }
 
+/// The exit code an error maps to: a [`Failure`]'s own, else 1.
+pub fn exit_code(e: &anyhow::Error) -> u8 {
+    e.downcast_ref::<Failure>().map_or(1, |f| f.code)
+}
+
 /// The whole program: parse, run, print the error chain, exit.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.verbose, cli.log_format);
+    // A daemon's log is its only output: one line per reconcile at the default level.
+    let verbose = match cli.command {
+        Command::Watch(_) => cli.verbose.max(1),
+        _ => cli.verbose,
+    };
+    init_logging(verbose, cli.log_format);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -163,9 +204,8 @@ pub fn main() -> ExitCode {
     match runtime.block_on(commands::run(cli)) {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
-            let code = e.downcast_ref::<Failure>().map_or(1, |f| f.code);
             eprintln!("error: {e:#}");
-            ExitCode::from(code)
+            ExitCode::from(exit_code(&e))
         }
     }
 }
@@ -179,8 +219,11 @@ fn init_logging(verbose: u8, format: LogFormat) {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_env("CODEB_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("codeb={level}")));
+    // Colours only on a terminal: a daemon's log goes to a file or the journal.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(ansi)
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),

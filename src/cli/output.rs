@@ -1,5 +1,6 @@
 //! What `get` and `describe` print: tables for people, JSON and YAML for machines. Reads the store
-//! only; never prints an environment variable's value.
+//! only; never prints an environment variable's value. Writes to the output it is given (stdout, or
+//! the answer `codeb watch` sends back to a client).
 
 use std::io::Write;
 
@@ -132,9 +133,16 @@ fn host_rows(r: &Recorded, modes: &SwitchModes) -> Vec<HostRow> {
         .collect()
 }
 
-pub fn get(r: &Recorded, modes: &SwitchModes, what: GetWhat, format: Format) -> anyhow::Result<()> {
+pub fn get(
+    r: &Recorded,
+    modes: &SwitchModes,
+    what: GetWhat,
+    format: Format,
+    out: &mut dyn Write,
+) -> anyhow::Result<()> {
     match what {
         GetWhat::Projects => emit(
+            out,
             &project_rows(r),
             format,
             &["PROJECT", "ENV", "URL", "ACTIVE", "HOST", "PORTS"],
@@ -150,6 +158,7 @@ pub fn get(r: &Recorded, modes: &SwitchModes, what: GetWhat, format: Format) -> 
             },
         ),
         GetWhat::Slots => emit(
+            out,
             &slot_rows(r),
             format,
             &[
@@ -168,6 +177,7 @@ pub fn get(r: &Recorded, modes: &SwitchModes, what: GetWhat, format: Format) -> 
             },
         ),
         GetWhat::Hosts => emit(
+            out,
             &host_rows(r, modes),
             format,
             &[
@@ -189,12 +199,12 @@ pub fn get(r: &Recorded, modes: &SwitchModes, what: GetWhat, format: Format) -> 
 }
 
 fn emit<T: Serialize>(
+    out: &mut dyn Write,
     rows: &[T],
     format: Format,
     header: &[&str],
     cells: impl Fn(&T) -> Vec<String>,
 ) -> anyhow::Result<()> {
-    let mut out = std::io::stdout().lock();
     match format {
         Format::Json => writeln!(out, "{}", serde_json::to_string_pretty(rows)?)?,
         Format::Yaml => write!(out, "{}", serde_saphyr::to_string(&rows)?)?,
@@ -228,7 +238,7 @@ fn emit<T: Serialize>(
     Ok(())
 }
 
-pub fn describe(store: &Store, project: &str) -> anyhow::Result<()> {
+pub fn describe(store: &Store, project: &str, out: &mut dyn Write) -> anyhow::Result<()> {
     let r = store.load()?;
     let envs: Vec<&EnvRecord> = r
         .envs
@@ -241,7 +251,6 @@ pub fn describe(store: &Store, project: &str) -> anyhow::Result<()> {
         ))
         .into());
     }
-    let mut out = std::io::stdout().lock();
     writeln!(out, "Project: {project}")?;
     for e in envs {
         writeln!(out, "\nEnvironment: {}", e.key.env)?;

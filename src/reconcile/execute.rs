@@ -48,6 +48,18 @@ pub async fn execute<R: Runtime, P: Proxy, K: Kernel, D: Dns, H: Prober>(
     backends: &Backends<R, P, K, D>,
     prober: &H,
 ) -> Result<Report> {
+    execute_until(plan, store, backends, prober, &|| false).await
+}
+
+/// As [`execute`], but starts no further step once `stop` returns true (the daemon is shutting
+/// down): the step in flight finishes and is journaled, the rest count as skipped.
+pub async fn execute_until<R: Runtime, P: Proxy, K: Kernel, D: Dns, H: Prober>(
+    plan: &Plan,
+    store: &Store,
+    backends: &Backends<R, P, K, D>,
+    prober: &H,
+    stop: &(dyn Fn() -> bool + Send + Sync),
+) -> Result<Report> {
     let mut report = Report::default();
     let mut failed: BTreeSet<EnvKey> = BTreeSet::new();
     // The generation each key's record is expected at: the plan's, then whatever our writes made it.
@@ -58,7 +70,7 @@ pub async fn execute<R: Runtime, P: Proxy, K: Kernel, D: Dns, H: Prober>(
     for step in &plan.steps {
         let forget_blocked = matches!(step.action, Action::Forget)
             && step.key.as_ref().is_some_and(|k| dns_left.contains(k));
-        if forget_blocked || step.key.as_ref().is_some_and(|k| failed.contains(k)) {
+        if stop() || forget_blocked || step.key.as_ref().is_some_and(|k| failed.contains(k)) {
             report.skipped += 1;
             continue;
         }

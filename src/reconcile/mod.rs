@@ -5,16 +5,22 @@
 //! environment are skipped (others carry on) and the failure is reported. A zone whose write failed
 //! is left out of the remaining rounds of the apply, so that DNS never holds back container and
 //! Caddy work.
+//!
+//! `converge` is what `codeb apply` runs once; `controller` is the loop of `codeb watch`, which
+//! reconciles one environment at a time from a `queue`, with a per-key `backoff`.
 
+pub mod backoff;
+pub mod controller;
 mod execute;
 mod fault;
 mod observe;
 mod probe;
+pub mod queue;
 
 use std::collections::BTreeMap;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-pub use execute::{execute, Report, StepFailure};
+pub use execute::{execute, execute_until, Report, StepFailure};
 pub use observe::observe;
 pub use probe::{HttpProber, Prober};
 

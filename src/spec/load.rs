@@ -31,14 +31,25 @@ pub const STDIN_LABEL: &str = "<stdin>";
 /// per document: serde stops at the first in a document), and validation errors. References
 /// between documents are only checked when every document loaded.
 pub fn load_paths(paths: &[PathBuf]) -> Result<Manifests, Errors> {
+    load_paths_with_stdin(paths, None)
+}
+
+/// As [`load_paths`], with `-` read from `stdin` when given instead of the process's standard
+/// input (`codeb watch` answers for a client whose standard input it cannot read).
+///
+/// # Errors
+/// As [`load_paths`].
+pub fn load_paths_with_stdin(paths: &[PathBuf], stdin: Option<&str>) -> Result<Manifests, Errors> {
     let mut loader = Loader::default();
     for path in paths {
         if loader.full() {
             break;
         }
         if path.as_os_str() == "-" {
-            let stdin = std::io::stdin();
-            loader.add_reader(STDIN_LABEL, stdin.lock(), None);
+            match stdin {
+                Some(text) => loader.add_reader(STDIN_LABEL, Cursor::new(text.as_bytes()), None),
+                None => loader.add_reader(STDIN_LABEL, std::io::stdin().lock(), None),
+            }
         } else {
             loader.add_path(path);
         }

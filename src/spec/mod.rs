@@ -19,5 +19,5 @@ mod validate;
 
 pub use document::Kind;
 pub use error::{Error, Errors};
-pub use load::{load_paths, load_str, STDIN_LABEL};
+pub use load::{load_paths, load_paths_with_stdin, load_str, STDIN_LABEL};
 pub use types::*;

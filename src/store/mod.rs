@@ -152,6 +152,23 @@ impl Store {
         Ok(out)
     }
 
+    /// The recorded hosts only (a reconcile of one environment needs them, not every record).
+    pub fn hosts(&self) -> Result<std::collections::BTreeMap<String, HostRef>> {
+        let txn = self.db.begin_read().map_err(storage)?;
+        let mut out = std::collections::BTreeMap::new();
+        for item in txn
+            .open_table(HOSTS)
+            .map_err(storage)?
+            .iter()
+            .map_err(storage)?
+        {
+            let (k, v) = item.map_err(storage)?;
+            let host: HostRef = decode(k.value(), v.value())?;
+            out.insert(host.name.clone(), host);
+        }
+        Ok(out)
+    }
+
     pub fn env(&self, key: &EnvKey) -> Result<Option<EnvRecord>> {
         let txn = self.db.begin_read().map_err(storage)?;
         let table = txn.open_table(ENVS).map_err(storage)?;

@@ -487,3 +487,100 @@ pub fn managed_zone(zone: &str, api: &str, key_env: &str) -> String {
         "---\napiVersion: codeb.kr/v1\nkind: Zone\nmetadata:\n  name: {zone}\nspec:\n  powerdns:\n    api: {api}\n    apiKeyEnv: {key_env}\n  ttl: 300\n"
     )
 }
+
+impl Sandbox {
+    /// Replaces `manifests/all.yaml` the way editors save: a temporary file renamed over it.
+    pub fn save(&self, projects: &[ProjectYaml]) -> PathBuf {
+        let mut text = self.stack.host_yaml();
+        for p in projects {
+            text.push_str(&p.render());
+        }
+        self.save_text(&text)
+    }
+
+    /// Saves `text` as `manifests/all.yaml` (temporary file, then rename).
+    pub fn save_text(&self, text: &str) -> PathBuf {
+        let dir = self.dir.path().join("manifests");
+        std::fs::create_dir_all(&dir).unwrap();
+        let tmp = dir.join(".all.yaml.swp");
+        std::fs::write(&tmp, text).unwrap();
+        std::fs::rename(&tmp, dir.join("all.yaml")).unwrap();
+        dir
+    }
+
+    /// Starts `codeb watch -f manifests ARGS…` on this sandbox's state directory, logging to a file.
+    pub fn watch(&self, manifests: &Path, args: &[&str]) -> WatchProcess {
+        let log = self.dir.path().join(format!(
+            "watch-{}.log",
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos()
+        ));
+        let child = Command::new(env!("CARGO_BIN_EXE_codeb"))
+            .arg("--state-dir")
+            .arg(self.state())
+            .args(["watch", "-f", manifests.to_str().unwrap()])
+            .args(args)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("codeb watch starts");
+        WatchProcess { child, log }
+    }
+}
+
+/// A running `codeb watch`. Dropping it kills (SIGKILL) and reaps it, so no test leaves one behind,
+/// whatever path it takes out.
+pub struct WatchProcess {
+    pub child: std::process::Child,
+    pub log: PathBuf,
+}
+
+impl WatchProcess {
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// How many log lines contain `needle`.
+    pub fn count(&self, needle: &str) -> usize {
+        self.log().lines().filter(|l| l.contains(needle)).count()
+    }
+
+    /// Waits until a log line contains `needle`.
+    pub fn wait_log(&self, within: Duration, needle: &str) -> bool {
+        eventually(within, || self.log().contains(needle))
+    }
+
+    /// Waits until `n` more host sweeps than now have been logged (each resync makes one).
+    pub fn wait_sweeps(&self, n: usize, within: Duration) -> bool {
+        let start = self.count("swept");
+        eventually(within, || self.count("swept") >= start + n)
+    }
+
+    /// Sends SIGTERM and waits for the exit; `None` when it did not exit within `within`.
+    pub fn terminate(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
+        let sent = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(sent.success());
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return Some(status);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for WatchProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -1,0 +1,840 @@
+//! The reconcile loop of `codeb watch`: one task that owns the [`Queue`], takes triggers as
+//! messages, runs reconciles as tasks, and turns their results into the next schedule.
+//!
+//! The unit of work is one project environment ([`Work::Env`]), plus one sweep per host
+//! ([`Work::Host`]). A reconcile is level-triggered: it is never told why it runs (a saved file, a
+//! container event, a resync, a timer); it observes the host, plans from the full state and
+//! executes. Its result is a value ([`Action`]: run again after a delay, schedule other work, or
+//! wait for a change); its error goes through one [`error_policy`] to a per-key backoff.
+//!
+//! Why hosts are work of their own: two things on a host are shared by its environments, codeb's
+//! Caddy server and the port allocation of new environments (the planner allocates from every
+//! recorded and observed port). Two environments planned at once could both create the server or
+//! take the same ports. So only the host's sweep does host-wide steps (steps with no key, and the
+//! registration of a new environment), and a host is one key of the queue, so never two sweeps of
+//! it run at once. An environment reconcile that finds host-wide work first hands over to its
+//! host's sweep instead of doing it. The sweep is also what a resync runs: one observation and one
+//! plan of the whole host, which schedules only the environments that have something to do, so a
+//! resync of a converged host costs one container list and one Caddy read, whatever the number of
+//! projects.
+//!
+//! Must not: hold a lock across an `.await`, run two reconciles of one key at once, or make a
+//! decision the planner should make.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fmt;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use super::backoff::Backoffs;
+use super::queue::{Claim, Queue, Ticket};
+use super::{execute_until, observe, Backends, HostBackends, Prober, MAX_ROUNDS};
+use crate::backend::{Kernel, Proxy, Runtime};
+use crate::model::{Desired, EnvKey, EnvRecord, HostRef, Recorded, Slot, SlotState};
+use crate::plan::{self, HostObservation, Plan, Step};
+use crate::store::Store;
+
+/// One unit of work: a host's sweep or one project environment.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Work {
+    Host(String),
+    Env(EnvKey),
+}
+
+impl fmt::Display for Work {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Work::Host(h) => write!(f, "host {h}"),
+            Work::Env(k) => write!(f, "{k}"),
+        }
+    }
+}
+
+/// What a reconcile decided about the future: a value, never a side effect.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Action {
+    /// Run this work again after this delay (a grace period ends then); `None`: only on a change.
+    pub requeue_after: Option<Duration>,
+    /// Other work this run found needed, and in how long.
+    pub schedule: Vec<(Work, Duration)>,
+    /// One word for the log line: `converged`, `handed-to-host`, `blocked`, `swept`, ...
+    pub result: &'static str,
+    /// Problems that no retry fixes (a failed release, no free ports): logged, not retried.
+    pub problems: Vec<String>,
+}
+
+impl Action {
+    fn new(result: &'static str) -> Self {
+        Action {
+            result,
+            ..Action::default()
+        }
+    }
+}
+
+/// Why a reconcile failed. Every variant is retried on the key's backoff schedule (see
+/// [`error_policy`]); none stops the loop.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The store failed. A conflict means the record moved under the plan; a re-plan fixes it.
+    #[error(transparent)]
+    Reconcile(#[from] super::Error),
+    /// The host's Podman or Caddy could not be observed.
+    #[error("host {host} is unreachable: {error}")]
+    Unreachable { host: String, error: String },
+    /// The host's endpoints could not be turned into clients (a bad endpoint string).
+    #[error("host {host} is not connected: {error}")]
+    NotConnected { host: String, error: String },
+    /// A step failed; the executor skipped the key's remaining steps.
+    #[error("{step}: {error}")]
+    StepFailed { step: String, error: String },
+    /// Plans kept having steps (something else keeps changing the host).
+    #[error("still not converged after {rounds} rounds")]
+    NotConverged { rounds: usize },
+    /// The reconcile task panicked (a bug); the key is retried like any failure.
+    #[error("the reconcile panicked")]
+    Panicked,
+}
+
+/// The one place where a failed reconcile becomes a retry decision: every error waits for the
+/// key's next backoff delay (0.8 s doubling to 15 s, plus up to 100 % jitter), and a success resets
+/// it. There is no "give up": a host that is down is tried again within 30 s forever, and recovers
+/// within one step of the schedule after it comes back. A release that fails its health check is
+/// an error once; the retry then finds it `failed`, which the planner leaves alone until the
+/// manifests name another release, so the retry makes no write and the key settles.
+pub fn error_policy(work: &Work, _error: &Error, backoffs: &mut Backoffs<Work>) -> Duration {
+    backoffs.next(work.clone())
+}
+
+/// The planner's clock, in milliseconds since the Unix epoch. Injected so that tests move it with
+/// tokio's paused time.
+pub type Clock = Arc<dyn Fn() -> u64 + Send + Sync>;
+
+/// Turns a host's endpoints into clients.
+pub type Connect<R, P, K> = Box<dyn Fn(&HostRef) -> Result<HostBackends<R, P, K>, String> + Send>;
+
+/// How the loop runs.
+pub struct Config {
+    /// Reconciles at once, all hosts together. Most of a reconcile's time is spent waiting on a
+    /// health check, so this bounds load on the hosts rather than on codeb.
+    pub concurrency: usize,
+    /// Remove recorded environments that the manifests no longer declare.
+    pub prune: bool,
+    pub clock: Clock,
+    /// How long a stop waits for reconciles in flight (each finishes its current step) before it
+    /// abandons them. The journal shows an abandoned step as interrupted; the next start resumes.
+    pub shutdown_grace: Duration,
+}
+
+impl Config {
+    pub fn new(concurrency: usize, prune: bool) -> Self {
+        Config {
+            concurrency,
+            prune,
+            clock: Arc::new(super::now_ms),
+            shutdown_grace: Duration::from_secs(8),
+        }
+    }
+}
+
+/// How long an expected exit is remembered: events arrive up to ~250 ms late, and a stop takes
+/// at most Podman's stop timeout (5 s) plus the request.
+const EXPECTED_FOR: Duration = Duration::from_secs(15);
+
+/// Containers that codeb itself is stopping or removing, so that their `die` and `remove` events do
+/// not requeue work that codeb is doing or has done (no storms from its own actions).
+#[derive(Debug, Clone, Default)]
+pub struct Expected(Arc<Mutex<HashMap<(String, String), Instant>>>);
+
+impl Expected {
+    /// Notes that codeb is about to stop or remove `container` (an id or a name) on `host`.
+    pub fn expect(&self, host: &str, container: &str) {
+        let now = Instant::now();
+        let mut map = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        map.retain(|_, until| *until > now);
+        map.insert(
+            (host.to_string(), container.to_string()),
+            now + EXPECTED_FOR,
+        );
+    }
+
+    /// True when an event of this container on `host` was caused by codeb itself.
+    pub fn caused_by_codeb(&self, host: &str, id: &str, name: &str) -> bool {
+        let now = Instant::now();
+        let map = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        [id, name].iter().any(|c| {
+            !c.is_empty()
+                && map
+                    .get(&(host.to_string(), c.to_string()))
+                    .is_some_and(|until| *until > now)
+        })
+    }
+
+    /// The containers `plan` stops or removes, by id. Not the container of a health check that
+    /// may fail (the executor then stops it): it is named, not identified, and a name would also
+    /// hide the events of the next container of that slot. Its `die` costs one reconcile that
+    /// writes nothing.
+    fn expect_plan(&self, plan: &Plan) {
+        use crate::plan::Action as A;
+        for step in &plan.steps {
+            let container = match &step.action {
+                A::Retire {
+                    container: Some(c), ..
+                }
+                | A::RemoveContainer { id: c, .. }
+                | A::Stop { container: c, .. }
+                | A::Deploy {
+                    replace: Some(c), ..
+                }
+                | A::Recreate {
+                    replace: Some(c), ..
+                } => c,
+                _ => continue,
+            };
+            self.expect(&step.host, container);
+        }
+    }
+}
+
+/// Messages to the loop.
+enum Msg {
+    Desired(Arc<Desired>),
+    Trigger {
+        work: Work,
+        after: Duration,
+    },
+    Resync,
+    Claim {
+        works: Vec<Work>,
+        reply: oneshot::Sender<ClaimGuard>,
+    },
+    Release(Vec<Work>),
+}
+
+/// The way into a running loop. Cheap to clone.
+#[derive(Clone)]
+pub struct Handle {
+    tx: mpsc::UnboundedSender<Msg>,
+    expected: Expected,
+}
+
+impl Handle {
+    /// A new valid desired state (the manifests changed): environments whose desired state changed
+    /// run now, with their backoff reset.
+    pub fn set_desired(&self, desired: Arc<Desired>) {
+        let _ = self.tx.send(Msg::Desired(desired));
+    }
+
+    /// Schedules `work` after `after` (earliest deadline wins).
+    pub fn trigger(&self, work: Work, after: Duration) {
+        let _ = self.tx.send(Msg::Trigger { work, after });
+    }
+
+    /// Sweeps every host now.
+    pub fn resync(&self) {
+        let _ = self.tx.send(Msg::Resync);
+    }
+
+    /// Takes `works` for a command, waiting while any of them runs. `None` when the loop stopped.
+    pub async fn claim(&self, works: Vec<Work>) -> Option<ClaimGuard> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.send(Msg::Claim { works, reply }).ok()?;
+        rx.await.ok()
+    }
+
+    /// The registry the event pump consults.
+    pub fn expected(&self) -> &Expected {
+        &self.expected
+    }
+}
+
+/// Holds claimed work; dropping it gives the work back to the loop.
+pub struct ClaimGuard {
+    works: Vec<Work>,
+    tx: mpsc::UnboundedSender<Msg>,
+}
+
+impl Drop for ClaimGuard {
+    fn drop(&mut self) {
+        let _ = self.tx.send(Msg::Release(std::mem::take(&mut self.works)));
+    }
+}
+
+/// What every reconcile task shares.
+struct Shared<H> {
+    store: Arc<Store>,
+    prober: H,
+    clock: Clock,
+    prune: bool,
+    expected: Expected,
+    /// Set when the loop stops: executions start no further step.
+    stop: CancellationToken,
+}
+
+type HostMap<R, P, K> = Arc<BTreeMap<String, Arc<Backends<R, P, K>>>>;
+
+struct Finished {
+    work: Work,
+    result: Result<Action, Error>,
+    executed: Vec<String>,
+    elapsed: Duration,
+}
+
+/// The loop. Build it with [`Controller::new`], take a [`Handle`], then [`Controller::run`] it.
+pub struct Controller<R, P, K, H> {
+    shared: Arc<Shared<H>>,
+    config: Config,
+    connect: Connect<R, P, K>,
+    endpoints: BTreeMap<String, HostRef>,
+    hosts: HostMap<R, P, K>,
+    desired: Arc<Desired>,
+    queue: Queue<Work>,
+    backoffs: Backoffs<Work>,
+    waiting: HashMap<Ticket, (Vec<Work>, oneshot::Sender<ClaimGuard>)>,
+    tasks: JoinSet<Finished>,
+    in_flight: HashMap<tokio::task::Id, Work>,
+    tx: mpsc::UnboundedSender<Msg>,
+    rx: mpsc::UnboundedReceiver<Msg>,
+}
+
+impl<R, P, K, H> Controller<R, P, K, H>
+where
+    R: Runtime + 'static,
+    P: Proxy + 'static,
+    K: Kernel + 'static,
+    H: Prober + 'static,
+{
+    /// A loop over `desired`, connected to its hosts and to the hosts of recorded environments
+    /// (which a prune still needs to reach).
+    pub fn new(
+        desired: Arc<Desired>,
+        store: Arc<Store>,
+        prober: H,
+        connect: Connect<R, P, K>,
+        config: Config,
+    ) -> Result<Self, super::Error> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let recorded_hosts = store.hosts()?;
+        let mut c = Controller {
+            shared: Arc::new(Shared {
+                store,
+                prober,
+                clock: config.clock.clone(),
+                prune: config.prune,
+                expected: Expected::default(),
+                stop: CancellationToken::new(),
+            }),
+            queue: Queue::new(config.concurrency),
+            config,
+            connect,
+            endpoints: BTreeMap::new(),
+            hosts: Arc::new(BTreeMap::new()),
+            desired: desired.clone(),
+            backoffs: Backoffs::default(),
+            waiting: HashMap::new(),
+            tasks: JoinSet::new(),
+            in_flight: HashMap::new(),
+            tx,
+            rx,
+        };
+        let mut endpoints = recorded_hosts;
+        endpoints.extend(desired.hosts.clone());
+        c.connect_hosts(&endpoints);
+        Ok(c)
+    }
+
+    pub fn handle(&self) -> Handle {
+        Handle {
+            tx: self.tx.clone(),
+            expected: self.shared.expected.clone(),
+        }
+    }
+
+    /// (Re)connects every host whose endpoints are new or changed.
+    fn connect_hosts(&mut self, hosts: &BTreeMap<String, HostRef>) -> Vec<String> {
+        let mut map = (*self.hosts).clone();
+        let mut changed = Vec::new();
+        for (name, h) in hosts {
+            if self.endpoints.get(name) == Some(h) && map.contains_key(name) {
+                continue;
+            }
+            self.endpoints.insert(name.clone(), h.clone());
+            match (self.connect)(h) {
+                Ok(b) => {
+                    map.insert(
+                        name.clone(),
+                        // DNS is not reconciled by the watch loop yet: `codeb apply` writes zones.
+                        Arc::new(Backends {
+                            hosts: BTreeMap::from([(name.clone(), b)]),
+                            zones: Default::default(),
+                        }),
+                    );
+                }
+                Err(error) => {
+                    warn!(host = %name, %error, "cannot connect");
+                    map.remove(name);
+                }
+            }
+            changed.push(name.clone());
+        }
+        self.hosts = Arc::new(map);
+        changed
+    }
+
+    /// Runs until `shutdown`, then stops taking work, lets each reconcile in flight finish its
+    /// current step (at most [`Config::shutdown_grace`]) and returns.
+    ///
+    /// Starts by sweeping every host: a start is an apply of the manifests as they are.
+    pub async fn run(mut self, shutdown: CancellationToken) {
+        self.sweep_all(Instant::now());
+        let mut hard_stop: Option<Instant> = None;
+        loop {
+            if hard_stop.is_none() {
+                let now = Instant::now();
+                while let Some(work) = self.queue.pop(now) {
+                    self.spawn(work);
+                }
+            }
+            let wake = self.queue.next_deadline();
+            tokio::select! {
+                _ = shutdown.cancelled(), if hard_stop.is_none() => {
+                    hard_stop = Some(Instant::now() + self.config.shutdown_grace);
+                    self.shared.stop.cancel();
+                    for ticket in self.queue.drain_waiting() {
+                        self.waiting.remove(&ticket);
+                    }
+                    info!(in_flight = self.tasks.len(), "stopping: no new work; in-flight steps finish");
+                }
+                Some(msg) = self.rx.recv(), if hard_stop.is_none() => self.on_message(msg),
+                Some(done) = self.tasks.join_next_with_id(), if !self.tasks.is_empty() => {
+                    self.on_finished(done);
+                }
+                _ = sleep_until(wake), if wake.is_some() && hard_stop.is_none() => {}
+                _ = sleep_until(hard_stop), if hard_stop.is_some() => {
+                    warn!(
+                        abandoned = self.tasks.len(),
+                        "stop grace over: abandoning reconciles in flight; the journal shows their step as interrupted and the next start resumes it"
+                    );
+                    self.tasks.abort_all();
+                    break;
+                }
+            }
+            if hard_stop.is_some() && self.tasks.is_empty() {
+                break;
+            }
+        }
+    }
+
+    fn on_message(&mut self, msg: Msg) {
+        let now = Instant::now();
+        match msg {
+            Msg::Trigger { work, after } => self.queue.schedule(work, now + after),
+            Msg::Resync => self.sweep_all(now),
+            Msg::Desired(new) => self.on_desired(new, now),
+            Msg::Claim { works, reply } => match self.queue.claim(works.clone()) {
+                Claim::Granted => self.grant(works, reply),
+                Claim::Waiting(ticket) => {
+                    self.waiting.insert(ticket, (works, reply));
+                }
+            },
+            Msg::Release(works) => {
+                for w in works {
+                    self.finish(&w);
+                }
+            }
+        }
+    }
+
+    /// Schedules a sweep of every host of the manifests, and with `prune` of every host that
+    /// still has recorded environments (a host only recorded, without prune, has nothing to do,
+    /// and may be gone for good).
+    fn sweep_all(&mut self, now: Instant) {
+        let hosts: Vec<String> = self
+            .hosts
+            .keys()
+            .filter(|h| self.config.prune || self.desired.hosts.contains_key(*h))
+            .cloned()
+            .collect();
+        for host in hosts {
+            self.queue.schedule(Work::Host(host), now);
+        }
+    }
+
+    fn grant(&self, works: Vec<Work>, reply: oneshot::Sender<ClaimGuard>) {
+        // A claimant that went away gets the guard dropped here, which releases the work.
+        let _ = reply.send(ClaimGuard {
+            works,
+            tx: self.tx.clone(),
+        });
+    }
+
+    fn finish(&mut self, work: &Work) {
+        for ticket in self.queue.finish(work) {
+            if let Some((works, reply)) = self.waiting.remove(&ticket) {
+                self.grant(works, reply);
+            }
+        }
+    }
+
+    /// Environments whose desired state changed run now, with their failures forgotten: a new
+    /// spec deserves a fresh start. Hosts whose endpoints changed are reconnected and swept.
+    fn on_desired(&mut self, new: Arc<Desired>, now: Instant) {
+        let old = std::mem::replace(&mut self.desired, new.clone());
+        for host in self.connect_hosts(&new.hosts) {
+            self.queue.schedule(Work::Host(host), now);
+        }
+        let keys: BTreeSet<&EnvKey> = old.envs.keys().chain(new.envs.keys()).collect();
+        for key in keys {
+            if old.envs.get(key) == new.envs.get(key) {
+                continue;
+            }
+            let work = Work::Env(key.clone());
+            self.backoffs.reset(&work);
+            if new.envs.contains_key(key) || self.config.prune {
+                self.queue.schedule(work, now);
+            } else {
+                info!(%key, "no longer declared; left as it is (codeb watch --prune removes it)");
+            }
+        }
+    }
+
+    fn spawn(&mut self, work: Work) {
+        let shared = self.shared.clone();
+        let desired = self.desired.clone();
+        let hosts = self.hosts.clone();
+        let w = work.clone();
+        let handle = self.tasks.spawn(async move {
+            let started = Instant::now();
+            let mut executed = Vec::new();
+            let result = match &w {
+                Work::Host(h) => sweep(&shared, h, &desired, &hosts, &mut executed).await,
+                Work::Env(k) => reconcile_env(&shared, k, &desired, &hosts, &mut executed).await,
+            };
+            Finished {
+                work: w,
+                result,
+                executed,
+                elapsed: started.elapsed(),
+            }
+        });
+        self.in_flight.insert(handle.id(), work);
+    }
+
+    fn on_finished(&mut self, done: Result<(tokio::task::Id, Finished), tokio::task::JoinError>) {
+        let finished = match done {
+            Ok((id, f)) => {
+                self.in_flight.remove(&id);
+                f
+            }
+            Err(e) => {
+                let Some(work) = self.in_flight.remove(&e.id()) else {
+                    return;
+                };
+                if e.is_cancelled() {
+                    self.finish(&work);
+                    return;
+                }
+                Finished {
+                    work,
+                    result: Err(Error::Panicked),
+                    executed: Vec::new(),
+                    elapsed: Duration::ZERO,
+                }
+            }
+        };
+        let Finished {
+            work,
+            result,
+            executed,
+            elapsed,
+        } = finished;
+        self.finish(&work);
+        let now = Instant::now();
+        let duration_ms = elapsed.as_millis() as u64;
+        let actions = executed.len();
+        let steps = executed.join("; ");
+        match result {
+            Ok(action) => {
+                self.backoffs.reset(&work);
+                for (w, after) in &action.schedule {
+                    self.queue.schedule(w.clone(), now + *after);
+                }
+                if let Some(after) = action.requeue_after {
+                    self.queue.schedule(work.clone(), now + after);
+                }
+                let next_ms = action.requeue_after.map(|d| d.as_millis() as u64);
+                if action.problems.is_empty() {
+                    info!(work = %work, result = action.result, duration_ms, actions, steps, next_ms, scheduled = action.schedule.len(), "reconciled");
+                } else {
+                    let problems = action.problems.join("; ");
+                    warn!(work = %work, result = action.result, duration_ms, actions, steps, problems, "reconciled");
+                }
+            }
+            Err(error) => {
+                let retry = error_policy(&work, &error, &mut self.backoffs);
+                self.queue.schedule(work.clone(), now + retry);
+                let retry_ms = retry.as_millis() as u64;
+                warn!(work = %work, result = "error", duration_ms, actions, steps, %error, retry_ms, "reconciled");
+            }
+        }
+    }
+}
+
+/// An error and its causes on one line, each cause once.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let t = c.to_string();
+        if !s.contains(&t) {
+            s.push_str(": ");
+            s.push_str(&t);
+        }
+        cur = c.source();
+    }
+    s
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// True for a step that belongs to the host rather than to one environment: a step with no key
+/// (codeb's Caddy server), or the registration of a new environment (it allocates ports).
+fn host_wide(step: &Step) -> bool {
+    step.key.is_none()
+        || (matches!(step.action, plan::Action::Register(_)) && step.generation.is_none())
+}
+
+/// When the next grace period of `rec` ends, if one runs: the slot is retired then, not at the
+/// next resync. One millisecond late, so the planner's `since + grace <= now` holds.
+fn next_grace_end(rec: &EnvRecord, now_ms: u64) -> Option<Duration> {
+    Slot::ALL
+        .into_iter()
+        .map(|s| rec.slot(s))
+        .filter(|s| s.state == SlotState::Grace)
+        .map(|s| {
+            s.since_ms
+                .saturating_add(rec.grace_period_ms)
+                .saturating_sub(now_ms)
+        })
+        .min()
+        .map(|ms| Duration::from_millis(ms + 1))
+}
+
+fn backends_of<'a, R, P, K>(
+    hosts: &'a HostMap<R, P, K>,
+    host: &str,
+) -> Result<&'a Arc<Backends<R, P, K>>, Error> {
+    hosts.get(host).ok_or_else(|| Error::NotConnected {
+        host: host.to_string(),
+        error: "no clients for its endpoints (see the log at start or reload)".into(),
+    })
+}
+
+fn unreachable(host: &str, observed: &plan::Observed) -> Option<Error> {
+    match observed.hosts.get(host) {
+        Some(HostObservation::Reachable { .. }) => None,
+        Some(HostObservation::Unreachable { error }) => Some(Error::Unreachable {
+            host: host.to_string(),
+            error: error.clone(),
+        }),
+        None => Some(Error::Unreachable {
+            host: host.to_string(),
+            error: "not observed".into(),
+        }),
+    }
+}
+
+/// One environment: observe its host, plan the environment alone, execute; again until a plan is
+/// empty. Host-wide work found on the way is handed to the host's sweep.
+async fn reconcile_env<R: Runtime, P: Proxy, K: Kernel, H: Prober>(
+    sh: &Shared<H>,
+    key: &EnvKey,
+    desired: &Desired,
+    hosts: &HostMap<R, P, K>,
+    executed: &mut Vec<String>,
+) -> Result<Action, Error> {
+    let store = &sh.store;
+    let wanted = desired.envs.get(key);
+    let Some(rec) = store.env(key).map_err(super::Error::from)? else {
+        return Ok(match wanted {
+            // Registration allocates ports: the host's sweep does it, then schedules this key.
+            Some(d) => Action {
+                schedule: vec![(Work::Host(d.host.clone()), Duration::ZERO)],
+                ..Action::new("handed-to-host")
+            },
+            None => Action::new("unknown"),
+        });
+    };
+    let prune = wanted.is_none() && sh.prune;
+    if wanted.is_none() && !prune {
+        return Ok(Action::new("not-declared"));
+    }
+    let host = wanted.map_or(rec.host.clone(), |d| d.host.clone());
+    let backends = backends_of(hosts, &host)?;
+    // The environment alone, on its host.
+    let mut one = Desired::default();
+    if let Some(h) = desired.hosts.get(&host) {
+        one.hosts.insert(host.clone(), h.clone());
+    }
+    if let Some(d) = wanted {
+        one.envs.insert(key.clone(), d.clone());
+    }
+    let remove: Vec<EnvKey> = if prune { vec![key.clone()] } else { vec![] };
+    for _round in 0..MAX_ROUNDS {
+        let recorded = Recorded {
+            zones: Default::default(),
+            hosts: store.hosts().map_err(super::Error::from)?,
+            envs: store
+                .env(key)
+                .map_err(super::Error::from)?
+                .map(|r| (key.clone(), r))
+                .into_iter()
+                .collect(),
+        };
+        let observed = observe(backends).await;
+        if let Some(e) = unreachable(&host, &observed) {
+            return Err(e);
+        }
+        let now = (sh.clock)();
+        let plan = plan::plan(&one, &observed, &recorded, &remove, now);
+        if plan.steps.iter().any(host_wide) {
+            return Ok(Action {
+                schedule: vec![(Work::Host(host), Duration::ZERO)],
+                ..Action::new("handed-to-host")
+            });
+        }
+        if plan.is_empty() {
+            let problems: Vec<String> = plan
+                .notes
+                .iter()
+                .filter(|n| n.is_problem())
+                .map(|n| n.to_string())
+                .collect();
+            let requeue_after = recorded.envs.get(key).and_then(|r| next_grace_end(r, now));
+            return Ok(Action {
+                requeue_after,
+                problems,
+                ..Action::new(if prune { "pruned" } else { "converged" })
+            });
+        }
+        if sh.stop.is_cancelled() {
+            return Ok(Action::new("stopped"));
+        }
+        sh.expected.expect_plan(&plan);
+        let stop = sh.stop.clone();
+        let report = execute_until(&plan, store, backends, &sh.prober, &move || {
+            stop.is_cancelled()
+        })
+        .await?;
+        executed.extend(report.executed);
+        if let Some(f) = report.failures.into_iter().next() {
+            return Err(Error::StepFailed {
+                step: f.step,
+                error: chain(&f.error),
+            });
+        }
+        if sh.stop.is_cancelled() {
+            return Ok(Action::new("stopped"));
+        }
+    }
+    Err(Error::NotConverged { rounds: MAX_ROUNDS })
+}
+
+/// A host's sweep: one observation and one plan of every environment on the host. Does the
+/// host-wide steps itself, and schedules each environment that has steps of its own (now) or a
+/// grace period running (when it ends).
+async fn sweep<R: Runtime, P: Proxy, K: Kernel, H: Prober>(
+    sh: &Shared<H>,
+    host: &str,
+    desired: &Desired,
+    hosts: &HostMap<R, P, K>,
+    executed: &mut Vec<String>,
+) -> Result<Action, Error> {
+    let store = &sh.store;
+    let backends = backends_of(hosts, host)?;
+    let mut mine = Desired::default();
+    if let Some(h) = desired.hosts.get(host) {
+        store
+            .put_hosts([h])
+            .map_err(|e| Error::Reconcile(e.into()))?;
+        mine.hosts.insert(host.to_string(), h.clone());
+    }
+    mine.envs = desired
+        .envs
+        .iter()
+        .filter(|(_, d)| d.host == host)
+        .map(|(k, d)| (k.clone(), d.clone()))
+        .collect();
+    let observed = observe(backends).await;
+    if let Some(e) = unreachable(host, &observed) {
+        return Err(e);
+    }
+    let recorded = store.load().map_err(super::Error::from)?;
+    let remove: Vec<EnvKey> = if sh.prune {
+        recorded
+            .envs
+            .values()
+            .filter(|r| r.host == host && !desired.envs.contains_key(&r.key))
+            .map(|r| r.key.clone())
+            .collect()
+    } else {
+        vec![]
+    };
+    let now = (sh.clock)();
+    let plan = plan::plan(&mine, &observed, &recorded, &remove, now);
+    let host_steps = Plan {
+        steps: plan
+            .steps
+            .iter()
+            .filter(|s| host_wide(s))
+            .cloned()
+            .collect(),
+        notes: vec![],
+    };
+    if !host_steps.is_empty() {
+        let stop = sh.stop.clone();
+        let report = execute_until(&host_steps, store, backends, &sh.prober, &move || {
+            stop.is_cancelled()
+        })
+        .await?;
+        executed.extend(report.executed);
+        if let Some(f) = report.failures.into_iter().next() {
+            return Err(Error::StepFailed {
+                step: f.step,
+                error: chain(&f.error),
+            });
+        }
+    }
+    let busy: BTreeSet<&EnvKey> = plan.steps.iter().filter_map(|s| s.key.as_ref()).collect();
+    let mut schedule: Vec<(Work, Duration)> = busy
+        .iter()
+        .map(|k| (Work::Env((*k).clone()), Duration::ZERO))
+        .collect();
+    for (key, rec) in recorded
+        .envs
+        .iter()
+        .filter(|(k, _)| !busy.contains(k) && mine.envs.contains_key(*k))
+    {
+        if let Some(after) = next_grace_end(rec, now) {
+            schedule.push((Work::Env(key.clone()), after));
+        }
+    }
+    Ok(Action {
+        schedule,
+        ..Action::new("swept")
+    })
+}
+
+#[cfg(test)]
+mod tests;

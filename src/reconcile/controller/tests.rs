@@ -1,0 +1,402 @@
+//! The loop against the in-memory fake host, with tokio's clock paused: time only moves when every
+//! task waits, so backoffs, grace timers and shutdown deadlines are checked to the millisecond
+//! without sleeping.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::*;
+use crate::backend::fake::{FakeProber, World};
+use crate::model::{DesiredEnv, Promotion, Release};
+
+fn host() -> HostRef {
+    HostRef {
+        name: "app".into(),
+        address: "127.0.0.1".into(),
+        podman: "unix:///fake".into(),
+        caddy_admin: "http://127.0.0.1:1".into(),
+        listen: vec!["127.0.0.1:18080".into()],
+        tls: crate::spec::Tls::Off,
+        publish_address: "127.0.0.1".into(),
+    }
+}
+
+fn env(project: &str, image: &str) -> DesiredEnv {
+    DesiredEnv {
+        key: EnvKey::new(project, "production"),
+        host: "app".into(),
+        hostname: format!("{project}.example.test"),
+        release: Release::new(image, None, BTreeMap::new(), 8080),
+        health_path: "/health".into(),
+        health_timeout: Duration::from_secs(2),
+        promotion: Promotion::Auto,
+        grace_period: Duration::from_secs(3600),
+    }
+}
+
+fn desired(envs: impl IntoIterator<Item = DesiredEnv>) -> Arc<Desired> {
+    Arc::new(Desired {
+        zones: Default::default(),
+        hosts: BTreeMap::from([("app".into(), host())]),
+        envs: envs.into_iter().map(|e| (e.key.clone(), e)).collect(),
+    })
+}
+
+struct Harness {
+    world: World,
+    /// The planner's clock (tokio's, from the wall time at start).
+    clock: Clock,
+    store: Arc<Store>,
+    handle: Handle,
+    shutdown: CancellationToken,
+    join: tokio::task::JoinHandle<()>,
+    _dir: tempfile::TempDir,
+}
+
+fn start(d: Arc<Desired>, prune: bool) -> Harness {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(Store::open(dir.path()).unwrap());
+    let world = World::new();
+    let w = world.clone();
+    let connect: Connect<World, World, World> = Box::new(move |_| {
+        Ok(HostBackends {
+            runtime: w.clone(),
+            proxy: w.clone(),
+            kernel: w.clone(),
+        })
+    });
+    // The planner's clock follows tokio's, so a paused test moves grace periods too.
+    let (wall, base) = (super::super::now_ms(), Instant::now());
+    let clock: Clock = Arc::new(move || wall + base.elapsed().as_millis() as u64);
+    let config = Config {
+        concurrency: 4,
+        prune,
+        clock: clock.clone(),
+        shutdown_grace: Duration::from_secs(8),
+    };
+    let prober = FakeProber(vec![world.clone()]);
+    let c = Controller::new(d, store.clone(), prober, connect, config).unwrap();
+    let handle = c.handle();
+    let shutdown = CancellationToken::new();
+    let join = tokio::spawn(c.run(shutdown.clone()));
+    Harness {
+        world,
+        clock,
+        store,
+        handle,
+        shutdown,
+        join,
+        _dir: dir,
+    }
+}
+
+impl Harness {
+    /// The image serving `project`'s hostname, if its route leads to a running container.
+    fn live(&self, project: &str) -> Option<String> {
+        self.world.serving(&format!("{project}.example.test"))
+    }
+
+    fn containers(&self) -> usize {
+        self.world.state().containers.len()
+    }
+
+    fn state(&self, project: &str, slot: Slot) -> SlotState {
+        self.store
+            .env(&EnvKey::new(project, "production"))
+            .unwrap()
+            .map_or(SlotState::Empty, |r| r.slot(slot).state)
+    }
+
+    /// Waits (in paused time: advancing it) until `f` holds; panics after `within`.
+    async fn until(&self, within: Duration, what: &str, f: impl Fn(&Self) -> bool) -> Duration {
+        let started = Instant::now();
+        while !f(self) {
+            assert!(started.elapsed() < within, "not within {within:?}: {what}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        started.elapsed()
+    }
+
+    /// Lets the loop run for `d` of (paused) time.
+    async fn idle(&self, d: Duration) {
+        tokio::time::sleep(d).await;
+    }
+
+    async fn stop(self) {
+        self.shutdown.cancel();
+        self.join.await.unwrap();
+    }
+}
+
+const SEC: Duration = Duration::from_secs(1);
+
+#[tokio::test(start_paused = true)]
+async fn the_start_deploys_everything_and_a_converged_host_gets_no_write_on_resync() {
+    let h = start(desired([env("a", "app:v1"), env("b", "app:v1")]), false);
+    h.until(10 * SEC, "both serve", |h| {
+        h.live("a").as_deref() == Some("app:v1") && h.live("b").as_deref() == Some("app:v1")
+    })
+    .await;
+    h.idle(SEC).await;
+    let writes = h.world.mutations();
+    for _ in 0..5 {
+        h.handle.resync();
+        h.idle(SEC).await;
+    }
+    assert_eq!(
+        h.world.mutations(),
+        writes,
+        "resyncs of a converged host write nothing"
+    );
+    h.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn new_environments_swept_together_get_distinct_ports() {
+    let envs = (0..6).map(|i| env(&format!("p{i}"), "app:v1"));
+    let h = start(desired(envs), false);
+    h.until(10 * SEC, "all serve", |h| {
+        (0..6).all(|i| h.live(&format!("p{i}")).is_some())
+    })
+    .await;
+    let recorded = h.store.load().unwrap();
+    let ports: BTreeSet<u16> = recorded.envs.values().map(|r| r.base_port).collect();
+    assert_eq!(ports.len(), 6, "{ports:?}");
+    h.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_removed_container_comes_back_after_its_event_without_a_resync() {
+    let h = start(desired([env("a", "app:v1")]), false);
+    h.until(10 * SEC, "serves", |h| h.live("a").is_some()).await;
+    let id = {
+        let mut s = h.world.state();
+        let id = s.containers.keys().next().unwrap().clone();
+        s.containers.remove(&id);
+        id
+    };
+    assert!(h.live("a").is_none());
+    h.handle.trigger(
+        Work::Env(EnvKey::new("a", "production")),
+        Duration::from_millis(200),
+    );
+    let took = h.until(SEC, "back", |h| h.live("a").is_some()).await;
+    assert!(took <= Duration::from_millis(300), "{took:?}");
+    assert!(!h.world.state().containers.contains_key(&id));
+    h.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_changed_manifest_goes_live_and_the_grace_period_ends_on_its_timer() {
+    let mut e = env("a", "app:v1");
+    e.grace_period = Duration::from_secs(5);
+    let h = start(desired([e.clone()]), false);
+    h.until(10 * SEC, "v1", |h| h.live("a").as_deref() == Some("app:v1"))
+        .await;
+    let mut v2 = e;
+    v2.release = Release::new("app:v2", None, BTreeMap::new(), 8080);
+    h.handle.set_desired(desired([v2]));
+    h.until(SEC, "v2", |h| h.live("a").as_deref() == Some("app:v2"))
+        .await;
+    assert_eq!(h.state("a", Slot::Blue), SlotState::Grace);
+    assert_eq!(h.containers(), 2);
+    // The executor stamps the slot with the wall clock, the planner here reads tokio's paused one:
+    // compare on the planner's clock, which is what the timer is computed on.
+    let ends = h
+        .store
+        .env(&EnvKey::new("a", "production"))
+        .unwrap()
+        .unwrap()
+        .blue
+        .since_ms
+        + 5000;
+    // No resync and no event: only the timer the reconcile returned.
+    h.until(10 * SEC, "grace over", |h| {
+        h.state("a", Slot::Blue) == SlotState::Empty
+    })
+    .await;
+    let retired = (h.clock)();
+    assert!(
+        retired >= ends && retired <= ends + 50,
+        "retired {} ms after the grace period ended",
+        retired as i64 - ends as i64
+    );
+    assert_eq!(h.containers(), 1);
+    h.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_release_that_fails_its_health_check_is_not_redeployed_until_it_changes() {
+    let h = start(desired([env("a", "app:v1")]), false);
+    h.until(10 * SEC, "v1", |h| h.live("a").is_some()).await;
+    h.handle.set_desired(desired([env("a", "app:unhealthy")]));
+    h.until(10 * SEC, "failed", |h| {
+        h.state("a", Slot::Green) == SlotState::Failed
+    })
+    .await;
+    h.idle(SEC).await;
+    let writes = h.world.mutations();
+    for _ in 0..10 {
+        h.handle.resync();
+        h.handle
+            .trigger(Work::Env(EnvKey::new("a", "production")), Duration::ZERO);
+        h.idle(5 * SEC).await;
+    }
+    assert_eq!(h.world.mutations(), writes, "no redeploy, no write");
+    assert_eq!(h.live("a").as_deref(), Some("app:v1"));
+    // A new release is deployed at once.
+    h.handle.set_desired(desired([env("a", "app:v2")]));
+    h.until(SEC, "v2", |h| h.live("a").as_deref() == Some("app:v2"))
+        .await;
+    h.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_host_that_is_down_is_retried_with_growing_backoff_and_recovers_within_one_step() {
+    let h = start(desired([env("a", "app:v1")]), false);
+    h.until(10 * SEC, "v1", |h| h.live("a").is_some()).await;
+    h.world.state().podman_down = true;
+    h.world.state().routes.clear();
+    // Count sweeps by Caddy reads (observe reads Caddy even while Podman is down).
+    let reads = h.world.state().reads;
+    h.handle.resync();
+    h.idle(60 * SEC).await;
+    let attempts = h.world.state().reads - reads;
+    // 0.8 s doubling (with up to 100 % jitter) to 15-30 s: 60 s hold between 4 and 8 attempts.
+    assert!((4..=8).contains(&attempts), "{attempts} attempts in 60 s");
+    h.world.state().podman_down = false;
+    let took = h
+        .until(31 * SEC, "recovered", |h| h.live("a").is_some())
+        .await;
+    assert!(took <= 30 * SEC, "{took:?}");
+    h.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_claim_waits_for_the_running_reconcile_and_holds_the_key_until_dropped() {
+    let h = start(desired([env("a", "app:v1")]), false);
+    h.until(10 * SEC, "v1", |h| h.live("a").is_some()).await;
+    let key = Work::Env(EnvKey::new("a", "production"));
+    let guard = h.handle.claim(vec![key.clone()]).await.expect("granted");
+    // While claimed, a trigger does not run the key.
+    h.world.state().routes.clear();
+    h.handle.trigger(key.clone(), Duration::ZERO);
+    h.idle(2 * SEC).await;
+    assert!(h.live("a").is_none(), "the claimed key did not run");
+    drop(guard);
+    h.handle.trigger(key, Duration::ZERO);
+    h.until(SEC, "repaired after the claim", |h| h.live("a").is_some())
+        .await;
+    h.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn prune_removes_environments_that_disappear_and_without_it_they_stay() {
+    for prune in [false, true] {
+        let h = start(desired([env("a", "app:v1"), env("b", "app:v1")]), prune);
+        h.until(10 * SEC, "both", |h| {
+            h.live("a").is_some() && h.live("b").is_some()
+        })
+        .await;
+        h.handle.set_desired(desired([env("a", "app:v1")]));
+        h.idle(5 * SEC).await;
+        h.handle.resync();
+        h.idle(5 * SEC).await;
+        let b = h.store.env(&EnvKey::new("b", "production")).unwrap();
+        if prune {
+            assert!(b.is_none());
+            assert!(h.live("b").is_none());
+            assert_eq!(h.containers(), 1);
+        } else {
+            assert!(b.is_some());
+            assert!(h.live("b").is_some());
+        }
+        assert!(h.live("a").is_some());
+        h.stop().await;
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn stop_lets_the_step_in_flight_finish_and_abandons_a_long_one_after_the_grace() {
+    let mut slow = env("a", "app:unhealthy");
+    slow.health_timeout = Duration::from_secs(120);
+    let h = start(desired([slow]), false);
+    h.until(5 * SEC, "deploying", |h| {
+        h.state("a", Slot::Blue) == SlotState::Deploying
+    })
+    .await;
+    let stopped = Instant::now();
+    h.shutdown.cancel();
+    h.join.await.unwrap();
+    let took = stopped.elapsed();
+    assert!(
+        took >= Duration::from_secs(8) && took < Duration::from_secs(9),
+        "{took:?}"
+    );
+    // The probe was in flight: its intent has no outcome, and the slot stays deploying, which is
+    // what the next start resumes from.
+    assert_eq!(h.store.interrupted().unwrap().len(), 1);
+    assert_eq!(
+        h.store
+            .env(&EnvKey::new("a", "production"))
+            .unwrap()
+            .unwrap()
+            .blue
+            .state,
+        SlotState::Deploying
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn stop_with_nothing_in_flight_returns_at_once() {
+    let h = start(desired([env("a", "app:v1")]), false);
+    h.until(10 * SEC, "v1", |h| h.live("a").is_some()).await;
+    let stopped = Instant::now();
+    h.stop().await;
+    assert!(stopped.elapsed() < Duration::from_millis(10));
+}
+
+#[test]
+fn containers_codeb_stops_or_removes_are_expected_and_others_are_not() {
+    let key = EnvKey::new("a", "production");
+    let step = |action| Step {
+        host: "app".into(),
+        key: Some(key.clone()),
+        generation: Some(1),
+        action,
+    };
+    let plan = Plan {
+        steps: vec![
+            step(plan::Action::RemoveContainer {
+                id: "c1".into(),
+                name: "a-production-blue".into(),
+            }),
+            step(plan::Action::Retire {
+                slot: Slot::Green,
+                container: Some("c2".into()),
+                drain: None,
+            }),
+            step(plan::Action::Start {
+                slot: Slot::Blue,
+                container: "c3".into(),
+            }),
+        ],
+        notes: vec![],
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let e = Expected::default();
+        e.expect_plan(&plan);
+        assert!(e.caused_by_codeb("app", "c1", ""));
+        assert!(e.caused_by_codeb("app", "zzz", "c2"));
+        assert!(!e.caused_by_codeb("app", "c3", "a-production-blue"));
+        assert!(!e.caused_by_codeb("other", "c1", ""));
+    });
+}

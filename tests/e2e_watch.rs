@@ -1,0 +1,349 @@
+//! `codeb watch` end to end against the real Podman and Caddy: saved changes go live, drift is
+//! repaired by events and resyncs, a broken save changes nothing, SIGTERM is prompt and leaves the
+//! apps serving, and the CLI keeps working beside the daemon through its socket.
+//!
+//! Every wait is a bounded poll. Each daemon runs as a child that is killed when its guard drops.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+
+const START: Duration = Duration::from_secs(20);
+
+fn serves(sb: &Sandbox, host: &str, body: &str) -> bool {
+    sb.get(host, "/").1 == body
+}
+
+#[test]
+fn a_saved_image_change_goes_live_and_a_broken_save_removes_nothing() {
+    let _l = lock();
+    let sb = Sandbox::new();
+    let name = unique("wsave");
+    let host = format!("{name}.codeb.test");
+    let dir = sb.save(&[ProjectYaml::new(&name, "localhost/codeb-test-app:v1")]);
+    // A resync far away: only the file watcher can see the save in time.
+    let w = sb.watch(&dir, &["--resync", "10m"]);
+    assert!(
+        eventually(START, || serves(&sb, &host, "v1")),
+        "{}",
+        w.log()
+    );
+    sb.save(&[ProjectYaml::new(&name, "localhost/codeb-test-app:v2")]);
+    assert!(
+        eventually(Duration::from_secs(10), || serves(&sb, &host, "v2")),
+        "{}",
+        w.log()
+    );
+    drop(w);
+
+    // With resyncs every 2 s, a typo saved over the good manifests: reported with file and
+    // line, nothing removed, however many resyncs read it again.
+    let w = sb.watch(&dir, &["--resync", "2s"]);
+    assert!(w.wait_sweeps(1, START), "{}", w.log());
+    let before = containers(&name);
+    let good = std::fs::read_to_string(dir.join("all.yaml")).unwrap();
+    sb.save_text(&good.replace("      port: 8080", "      prot: 8080"));
+    assert!(
+        w.wait_log(Duration::from_secs(10), "all.yaml:"),
+        "{}",
+        w.log()
+    );
+    let log = w.log();
+    let line = log.lines().find(|l| l.contains("all.yaml:")).unwrap();
+    assert!(line.contains("prot") && line.contains("invalid"), "{line}");
+    assert!(w.wait_sweeps(2, Duration::from_secs(10)), "{}", w.log());
+    assert!(serves(&sb, &host, "v2"));
+    assert_eq!(containers(&name), before, "nothing was touched");
+    // Half a file (a save caught mid-write) is no different.
+    sb.save_text(&good[..good.len() / 2]);
+    assert!(w.wait_sweeps(2, Duration::from_secs(10)));
+    assert!(serves(&sb, &host, "v2"));
+    assert_eq!(containers(&name), before);
+    // A valid save is taken again.
+    sb.save(&[ProjectYaml::new(&name, "localhost/codeb-test-app:v3")]);
+    assert!(
+        eventually(Duration::from_secs(15), || serves(&sb, &host, "v3")),
+        "{}",
+        w.log()
+    );
+    drop(w);
+    cleanup(&sb, &name);
+}
+
+#[test]
+fn an_active_container_removed_by_hand_comes_back_on_its_event() {
+    let _l = lock();
+    let sb = Sandbox::new();
+    let name = unique("wkill");
+    let host = format!("{name}.codeb.test");
+    let dir = sb.save(&[ProjectYaml::new(&name, "localhost/codeb-test-app:v1")]);
+    // A resync far away: only the Podman event can bring it back in time.
+    let w = sb.watch(&dir, &["--resync", "10m"]);
+    assert!(
+        eventually(START, || serves(&sb, &host, "v1")),
+        "{}",
+        w.log()
+    );
+    assert!(w.wait_log(START, "watching container events"));
+    for _ in 0..2 {
+        let removed = Instant::now();
+        let rm = podman(&["rm", "-f", &format!("{name}-production-blue")]);
+        assert!(rm.status.success(), "{}", text(&rm));
+        assert!(
+            eventually(Duration::from_secs(10), || serves(&sb, &host, "v1")),
+            "{}",
+            w.log()
+        );
+        assert!(
+            removed.elapsed() < Duration::from_secs(3),
+            "{:?}\n{}",
+            removed.elapsed(),
+            w.log()
+        );
+    }
+    assert!(w.log().contains("container event"), "{}", w.log());
+    drop(w);
+    cleanup(&sb, &name);
+}
+
+#[test]
+fn a_route_deleted_from_caddy_or_lost_in_a_restart_comes_back_within_one_resync() {
+    let _l = lock();
+    let sb = Sandbox::new();
+    let name = unique("wroute");
+    let host = format!("{name}.codeb.test");
+    let dir = sb.save(&[ProjectYaml::new(&name, "localhost/codeb-test-app:v1")]);
+    let w = sb.watch(&dir, &["--resync", "2s"]);
+    assert!(
+        eventually(START, || serves(&sb, &host, "v1")),
+        "{}",
+        w.log()
+    );
+
+    let route = format!("codeb-{name}_production");
+    assert_eq!(
+        caddy_admin(&sb.stack.caddy_admin, "DELETE", &format!("/id/{route}"), ""),
+        200
+    );
+    let deleted = Instant::now();
+    assert!(!serves(&sb, &host, "v1"));
+    assert!(
+        eventually(Duration::from_secs(5), || serves(&sb, &host, "v1")),
+        "{}",
+        w.log()
+    );
+    // One resync (2 s), plus the sweep and the route write, with slack for a loaded machine.
+    assert!(
+        deleted.elapsed() < Duration::from_millis(3500),
+        "{:?}",
+        deleted.elapsed()
+    );
+
+    let restart = std::process::Command::new("bash")
+        .arg(format!("{}/deploy/stack.sh", env!("CARGO_MANIFEST_DIR")))
+        .arg("restart-caddy")
+        .output()
+        .unwrap();
+    assert!(restart.status.success(), "{}", text(&restart));
+    let restarted = Instant::now();
+    assert!(
+        eventually(Duration::from_secs(5), || serves(&sb, &host, "v1")),
+        "{}",
+        w.log()
+    );
+    assert!(
+        restarted.elapsed() < Duration::from_millis(3500),
+        "{:?}",
+        restarted.elapsed()
+    );
+    drop(w);
+    cleanup(&sb, &name);
+}
+
+#[test]
+fn sigterm_exits_0_promptly_and_leaves_the_apps_serving_and_a_restart_changes_nothing() {
+    let _l = lock();
+    let sb = Sandbox::new();
+    let name = unique("wterm");
+    let host = format!("{name}.codeb.test");
+    let dir = sb.save(&[ProjectYaml::new(&name, "localhost/codeb-test-app:v1")]);
+    let mut w = sb.watch(&dir, &["--resync", "2s", "--log-format", "json"]);
+    assert!(
+        eventually(START, || serves(&sb, &host, "v1")),
+        "{}",
+        w.log()
+    );
+    assert!(w.wait_sweeps(1, Duration::from_secs(5)));
+    let before = containers(&name);
+
+    let asked = Instant::now();
+    let status = w
+        .terminate(Duration::from_secs(10))
+        .expect("exits within 10 s");
+    assert_eq!(status.code(), Some(0), "{}", w.log());
+    assert!(
+        asked.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        asked.elapsed()
+    );
+    assert!(serves(&sb, &host, "v1"));
+    assert!(
+        !sb.state().join("codeb.sock").exists(),
+        "the socket is removed"
+    );
+    // One JSON object per line, one line per reconcile with its key, result, duration and actions.
+    let log = w.log();
+    let reconciles: Vec<serde_json::Value> = log
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).expect(l))
+        .filter(|v| v["fields"]["message"] == "reconciled")
+        .collect();
+    let deploy = reconciles
+        .iter()
+        .find(|v| v["fields"]["work"] == format!("{name}/production"))
+        .expect("a reconcile of the project");
+    for field in ["result", "duration_ms", "actions"] {
+        assert!(!deploy["fields"][field].is_null(), "{field}: {deploy}");
+    }
+
+    // A restart picks up where it stopped: here, nothing to do.
+    let w = sb.watch(&dir, &["--resync", "2s"]);
+    assert!(w.wait_sweeps(2, START), "{}", w.log());
+    assert_eq!(containers(&name), before);
+    assert!(serves(&sb, &host, "v1"));
+    drop(w);
+    cleanup(&sb, &name);
+}
+
+#[test]
+fn the_cli_works_through_the_daemon_and_a_promote_or_rollback_is_not_undone() {
+    let _l = lock();
+    let sb = Sandbox::new();
+    let name = unique("wcli");
+    let host = format!("{name}.codeb.test");
+    let manual = |image| {
+        let mut p = ProjectYaml::new(&name, image);
+        p.promotion = "manual";
+        p
+    };
+    let dir = sb.save(&[manual("localhost/codeb-test-app:v1")]);
+    let w = sb.watch(&dir, &["--resync", "2s"]);
+    assert!(
+        eventually(START, || serves(&sb, &host, "v1")),
+        "{}",
+        w.log()
+    );
+    assert!(sb.state().join("codeb.sock").exists());
+
+    sb.save(&[manual("localhost/codeb-test-app:v2")]);
+    assert!(
+        eventually(Duration::from_secs(15), || sb.slot_state(&name, "green")
+            == "deployed"),
+        "{}",
+        w.log()
+    );
+    assert!(serves(&sb, &host, "v1"), "manual promotion waits");
+    let slots = sb.slots();
+    assert!(slots
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|s| s["project"] == name));
+
+    let diff = sb.codeb(&["diff", "-f", dir.to_str().unwrap()]);
+    assert_eq!(diff.status.code(), Some(0), "{}", text(&diff));
+
+    let promote = sb.codeb(&["promote", &name]);
+    assert_eq!(promote.status.code(), Some(0), "{}", text(&promote));
+    assert!(serves(&sb, &host, "v2"), "at once");
+    assert!(w.wait_sweeps(2, Duration::from_secs(10)));
+    assert_eq!(
+        sb.get(&host, "/"),
+        (200, "v2".into()),
+        "not undone by the loop\n{}",
+        w.log()
+    );
+
+    let rollback = sb.codeb(&["rollback", &name]);
+    assert_eq!(rollback.status.code(), Some(0), "{}", text(&rollback));
+    assert!(serves(&sb, &host, "v1"));
+    assert!(w.wait_sweeps(2, Duration::from_secs(10)));
+    assert_eq!(
+        sb.get(&host, "/"),
+        (200, "v1".into()),
+        "the rollback holds against the loop\n{}",
+        w.log()
+    );
+
+    // The same exit codes as without the daemon.
+    let none = sb.codeb(&["promote", &name, "--env", "staging"]);
+    assert_eq!(none.status.code(), Some(2), "{}", text(&none));
+    let describe = sb.codeb(&["describe", "project", &name]);
+    assert_eq!(describe.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&describe.stdout).contains("Held:"));
+    let delete = sb.codeb(&["delete", "project", &name]);
+    assert_eq!(delete.status.code(), Some(2), "{}", text(&delete));
+    assert!(
+        String::from_utf8_lossy(&delete.stderr).contains("keeps in force"),
+        "{}",
+        text(&delete)
+    );
+
+    // apply -f through the daemon, from a relative path: applied once, outside the watched dir.
+    let other = unique("wother");
+    let extra = sb.dir.path().join("extra");
+    std::fs::create_dir_all(&extra).unwrap();
+    std::fs::write(
+        extra.join("other.yaml"),
+        format!(
+            "{}{}",
+            sb.stack.host_yaml(),
+            ProjectYaml::new(&other, "localhost/codeb-test-app:v3").render()
+        ),
+    )
+    .unwrap();
+    let apply = std::process::Command::new(env!("CARGO_BIN_EXE_codeb"))
+        .current_dir(sb.dir.path())
+        .arg("--state-dir")
+        .arg(sb.state())
+        .args(["apply", "-f", "extra"])
+        .output()
+        .unwrap();
+    assert_eq!(apply.status.code(), Some(0), "{}", text(&apply));
+    assert!(
+        String::from_utf8_lossy(&apply.stdout).contains("leaves them as applied"),
+        "{}",
+        text(&apply)
+    );
+    assert!(serves(&sb, &format!("{other}.codeb.test"), "v3"));
+    assert!(w.wait_sweeps(2, Duration::from_secs(10)));
+    assert!(serves(&sb, &format!("{other}.codeb.test"), "v3"));
+    let delete = sb.codeb(&["delete", "project", &other]);
+    assert_eq!(delete.status.code(), Some(0), "{}", text(&delete));
+    drop(w);
+    cleanup(&sb, &name);
+}
+
+#[test]
+fn watch_refuses_invalid_manifests_at_start_with_exit_2_and_applies_nothing() {
+    let _l = lock();
+    let sb = Sandbox::new();
+    let name = unique("wbad");
+    let dir = sb.save(&[ProjectYaml::new(&name, "localhost/codeb-test-app:v1")]);
+    let good = std::fs::read_to_string(dir.join("all.yaml")).unwrap();
+    sb.save_text(&good.replace("      port: 8080", "      prot: 8080"));
+    let mut w = sb.watch(&dir, &[]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(s) = w.child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "still running");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(status.code(), Some(2));
+    assert!(w.log().contains("all.yaml:"), "{}", w.log());
+    assert!(containers(&name).is_empty());
+}
