@@ -57,14 +57,26 @@ impl Admin {
         }
     }
 
+    /// A GET, repeated (at most 20 times) when the connection breaks: Caddy replaces its admin
+    /// server after every config change, and a request landing in that window is reset.
     async fn get(&self, path: &str) -> (u16, String) {
-        let response = self
-            .client
-            .get(format!("{}{path}", self.base))
-            .send()
-            .await
-            .unwrap();
-        (response.status().as_u16(), response.text().await.unwrap())
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let sent = self.client.get(format!("{}{path}", self.base)).send().await;
+            let read = match sent {
+                Ok(response) => {
+                    let status = response.status().as_u16();
+                    response.text().await.map(|body| (status, body))
+                }
+                Err(e) => Err(e),
+            };
+            match read {
+                Ok(answer) => return answer,
+                Err(e) if attempt >= 20 => panic!("GET {path}: {e}"),
+                Err(_) => tokio::time::sleep(std::time::Duration::from_millis(20)).await,
+            }
+        }
     }
 
     async fn get_json(&self, path: &str) -> Value {
@@ -73,14 +85,29 @@ impl Admin {
         serde_json::from_str(&body).unwrap()
     }
 
+    /// Sends a request, again (at most 20 times) when Caddy's admin server was being replaced: any
+    /// transport error for an idempotent request, a connect error (nothing reached Caddy) otherwise.
+    async fn send(
+        &self,
+        make: impl Fn() -> reqwest::RequestBuilder,
+        idempotent: bool,
+    ) -> reqwest::Response {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match make().send().await {
+                Ok(response) => return response,
+                Err(e) if attempt < 20 && (idempotent || e.is_connect()) => {
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await
+                }
+                Err(e) => panic!("admin request: {e}"),
+            }
+        }
+    }
+
     async fn post(&self, path: &str, body: &Value) {
-        let response = self
-            .client
-            .post(format!("{}{path}", self.base))
-            .json(body)
-            .send()
-            .await
-            .unwrap();
+        let url = format!("{}{path}", self.base);
+        let response = self.send(|| self.client.post(&url).json(body), false).await;
         let status = response.status();
         assert!(
             status.is_success(),
@@ -90,12 +117,8 @@ impl Admin {
     }
 
     async fn delete(&self, path: &str) {
-        let response = self
-            .client
-            .delete(format!("{}{path}", self.base))
-            .send()
-            .await
-            .unwrap();
+        let url = format!("{}{path}", self.base);
+        let response = self.send(|| self.client.delete(&url), true).await;
         let status = response.status();
         assert!(
             status.is_success(),

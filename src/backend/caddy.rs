@@ -36,6 +36,7 @@
 //!   not guarded with `If-Match`; instead no write here ever carries data that was read (routes are
 //!   never rewritten when the server's settings change).
 
+use backon::{ExponentialBuilder, Retryable};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
@@ -236,10 +237,6 @@ impl Caddy {
             name: path.to_string(),
             reason: e.to_string(),
         })?;
-        let mut request = self.client.request(method.clone(), url);
-        if let Some(body) = body {
-            request = request.json(body);
-        }
         let started = Instant::now();
         let transport = |source: reqwest::Error| {
             // A connect timeout is a dead or absent Caddy, not a slow answer.
@@ -257,7 +254,29 @@ impl Caddy {
                 }
             }
         };
-        let response = request.send().await.map_err(transport)?;
+        // Caddy replaces its admin server after every config change, and a connection that lands in
+        // that window is refused or reset. A connect-level failure never reached Caddy, so even a
+        // POST is safe to send again; a GET is safe to repeat whatever broke. A write that may have
+        // reached Caddy is not repeated: the next observe and plan decide. A dead Caddy is reported
+        // after ~0.3 s.
+        let send = || {
+            let mut request = self.client.request(method.clone(), url.clone());
+            if let Some(body) = body {
+                request = request.json(body);
+            }
+            request.send()
+        };
+        let response = send
+            .retry(
+                ExponentialBuilder::default()
+                    .with_min_delay(Duration::from_millis(10))
+                    .with_max_delay(Duration::from_millis(160))
+                    .with_max_times(5)
+                    .with_jitter(),
+            )
+            .when(|e: &reqwest::Error| e.is_connect() || method == Method::GET)
+            .await
+            .map_err(transport)?;
         let status = response.status();
         let text = response.text().await.map_err(transport)?;
         tracing::debug!(

@@ -256,18 +256,36 @@ pub fn eventually(within: Duration, mut f: impl FnMut() -> bool) -> bool {
     }
 }
 
-/// Caddy's whole config, as JSON text.
+/// Caddy's whole config, as JSON text. Caddy replaces its admin server after every config change;
+/// a read landing in that window is reset, so it is repeated (at most 20 times).
 pub fn caddy_config(admin: &str) -> String {
     let addr = admin.trim_start_matches("http://");
-    let (status, body) = http_get(addr, addr, "/config/");
+    let mut answer = http_get(addr, addr, "/config/");
+    for _ in 0..20 {
+        if answer.0 != 0 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+        answer = http_get(addr, addr, "/config/");
+    }
+    let (status, body) = answer;
     assert_eq!(status, 200, "{body}");
     body
 }
 
-/// Sends a request to Caddy's admin API.
+/// Sends a request to Caddy's admin API; the connection is tried again (at most 20 times) while the
+/// admin server is being replaced after a config change.
 pub fn caddy_admin(admin: &str, method: &str, path: &str, body: &str) -> u16 {
     let addr = admin.trim_start_matches("http://");
-    let mut s = TcpStream::connect(addr).unwrap();
+    let mut attempt = 0;
+    let mut s = loop {
+        attempt += 1;
+        match TcpStream::connect(addr) {
+            Ok(s) => break s,
+            Err(e) if attempt >= 20 => panic!("Caddy's admin API at {addr}: {e}"),
+            Err(_) => std::thread::sleep(Duration::from_millis(20)),
+        }
+    };
     write!(s, "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len()).unwrap();
     let mut buf = String::new();
     s.read_to_string(&mut buf).unwrap();
