@@ -104,7 +104,8 @@ pub enum Error {
 
 /// The one place where a failed reconcile becomes a retry decision: every error waits for the
 /// key's next backoff delay (0.8 s doubling to 15 s, plus up to 100 % jitter), and a success resets
-/// it. There is no "give up": a host that is down is tried again within 30 s forever, and recovers
+/// it. Resyncs respect the delay; a saved change of the key resets it, and a container event of
+/// the key runs it at once. There is no "give up": a host that is down is tried again within 30 s forever, and recovers
 /// within one step of the schedule after it comes back. A release that fails its health check is
 /// an error once; the retry then finds it `failed`, which the planner leaves alone until the
 /// manifests name another release, so the retry makes no write and the key settles.
@@ -296,6 +297,8 @@ pub struct Controller<R, P, K, H> {
     desired: Arc<Desired>,
     queue: Queue<Work>,
     backoffs: Backoffs<Work>,
+    /// When each failing key's backoff ends: sweeps (resyncs) do not run it before then.
+    retry_at: HashMap<Work, Instant>,
     waiting: HashMap<Ticket, (Vec<Work>, oneshot::Sender<ClaimGuard>)>,
     tasks: JoinSet<Finished>,
     in_flight: HashMap<tokio::task::Id, Work>,
@@ -337,6 +340,7 @@ where
             hosts: Arc::new(BTreeMap::new()),
             desired: desired.clone(),
             backoffs: Backoffs::default(),
+            retry_at: HashMap::new(),
             waiting: HashMap::new(),
             tasks: JoinSet::new(),
             in_flight: HashMap::new(),
@@ -462,8 +466,17 @@ where
             .cloned()
             .collect();
         for host in hosts {
-            self.queue.schedule(Work::Host(host), now);
+            self.schedule_resync(Work::Host(host), now);
         }
+    }
+
+    /// Schedules work that a resync found: not before its backoff ends, so that a key that keeps
+    /// failing is retried on its schedule, not at every resync. A saved change (which resets the
+    /// backoff) and a container event (a change on the host) do not wait: as in kube-runtime, a
+    /// change is always worth a look.
+    fn schedule_resync(&mut self, work: Work, at: Instant) {
+        let at = self.retry_at.get(&work).map_or(at, |retry| at.max(*retry));
+        self.queue.schedule(work, at);
     }
 
     fn grant(&self, works: Vec<Work>, reply: oneshot::Sender<ClaimGuard>) {
@@ -496,6 +509,7 @@ where
             }
             let work = Work::Env(key.clone());
             self.backoffs.reset(&work);
+            self.retry_at.remove(&work);
             if new.envs.contains_key(key) || self.config.prune {
                 self.queue.schedule(work, now);
             } else {
@@ -562,8 +576,9 @@ where
         match result {
             Ok(action) => {
                 self.backoffs.reset(&work);
+                self.retry_at.remove(&work);
                 for (w, after) in &action.schedule {
-                    self.queue.schedule(w.clone(), now + *after);
+                    self.schedule_resync(w.clone(), now + *after);
                 }
                 if let Some(after) = action.requeue_after {
                     self.queue.schedule(work.clone(), now + after);
@@ -578,6 +593,7 @@ where
             }
             Err(error) => {
                 let retry = error_policy(&work, &error, &mut self.backoffs);
+                self.retry_at.insert(work.clone(), now + retry);
                 self.queue.schedule(work.clone(), now + retry);
                 let retry_ms = retry.as_millis() as u64;
                 warn!(work = %work, result = "error", duration_ms, actions, steps, %error, retry_ms, "reconciled");

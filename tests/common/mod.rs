@@ -219,9 +219,15 @@ pub fn text(out: &Output) -> String {
 
 /// A plain HTTP/1.1 GET with `Connection: close`; (0, error) when the connection fails.
 pub fn http_get(addr: &str, host: &str, path: &str) -> (u16, String) {
+    http_get_within(addr, host, path, Duration::from_secs(5))
+}
+
+/// As [`http_get`], giving up on an answer after `timeout`: a poll that must notice recovery
+/// promptly should not sit in one request that went out while the upstream was gone.
+pub fn http_get_within(addr: &str, host: &str, path: &str, timeout: Duration) -> (u16, String) {
     let attempt = || -> std::io::Result<(u16, String)> {
         let mut s = TcpStream::connect(addr)?;
-        s.set_read_timeout(Some(Duration::from_secs(5)))?;
+        s.set_read_timeout(Some(timeout))?;
         write!(
             s,
             "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"

@@ -23,10 +23,15 @@ use crate::model::{Desired, EnvKey, HostRef};
 use crate::reconcile::backoff;
 use crate::reconcile::controller::{Handle, Work};
 
-/// How long after an event its environment runs. `podman rm -f` sends `die` and then `remove`
-/// 0.3-0.6 s later (measured); a short delay lets a burst of events make one reconcile while the
-/// reconcile still starts well within a second.
-const EVENT_DELAY: Duration = Duration::from_millis(100);
+/// How long after a `remove` event its environment runs: enough to make one reconcile of a burst.
+const REMOVE_DELAY: Duration = Duration::from_millis(100);
+
+/// How long after a `die` event its environment runs. `podman rm -f` sends `die`, then `remove`
+/// 0.3-0.6 s later (measured); a reconcile in between finds the container stopped and starts it
+/// while Podman removes it, a race that once left a `conmon` holding the published port after the
+/// container was gone. Waiting lets the `remove` (earliest deadline wins) run the reconcile on a
+/// settled host; a container that only stopped is started 0.75 s later, within the second.
+const DIE_DELAY: Duration = Duration::from_millis(750);
 
 /// A stream that stayed open this long was healthy: its next reconnect starts the backoff afresh.
 const HEALTHY_STREAM: Duration = Duration::from_secs(60);
@@ -108,7 +113,8 @@ async fn pump(host: HostRef, handle: Handle, shutdown: CancellationToken) {
                             Some(Ok(event)) => {
                                 if let Some(key) = trigger_of(&host.name, &event, &handle) {
                                     info!(host = %host.name, container = %event.name, action = %event.action, key = %key, "container event");
-                                    handle.trigger(Work::Env(key), EVENT_DELAY);
+                                    let delay = if event.action == "die" { DIE_DELAY } else { REMOVE_DELAY };
+                                    handle.trigger(Work::Env(key), delay);
                                 }
                             }
                             Some(Err(e)) => {

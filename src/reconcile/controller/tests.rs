@@ -277,6 +277,54 @@ async fn a_host_that_is_down_is_retried_with_growing_backoff_and_recovers_within
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_key_that_keeps_failing_is_retried_on_its_backoff_not_at_every_resync() {
+    use crate::backend::{ContainerSpec, ObservedContainer};
+    let h = start(desired([env("a", "app:v1")]), false);
+    // A container codeb does not own holds the name: every create of a's container fails.
+    let foreign = ObservedContainer {
+        id: "foreign".into(),
+        name: "a-production-blue".into(),
+        image: "other".into(),
+        labels: BTreeMap::new(),
+        running: true,
+        state: "running".into(),
+        host_port: None,
+        ip: None,
+    };
+    let spec = ContainerSpec {
+        name: foreign.name.clone(),
+        image: foreign.image.clone(),
+        command: None,
+        env: BTreeMap::new(),
+        labels: BTreeMap::new(),
+        container_port: 80,
+        host_ip: "127.0.0.1".into(),
+        host_port: 1,
+        network: "other".into(),
+    };
+    h.world
+        .state()
+        .containers
+        .insert("foreign".into(), (foreign, spec));
+    h.idle(SEC).await;
+    // Each attempt is one failed create: one counted write.
+    let before = h.world.mutations();
+    for _ in 0..60 {
+        h.handle.resync();
+        h.idle(SEC).await;
+    }
+    let attempts = h.world.mutations() - before;
+    // 60 resyncs, but the backoff (1.6 s, 3.2 s, ... up to 15-30 s) allows at most 8 attempts.
+    assert!((3..=8).contains(&attempts), "{attempts} attempts");
+    h.world.state().containers.remove("foreign");
+    let took = h
+        .until(31 * SEC, "recovered", |h| h.live("a").is_some())
+        .await;
+    assert!(took <= 30 * SEC);
+    h.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_claim_waits_for_the_running_reconcile_and_holds_the_key_until_dropped() {
     let h = start(desired([env("a", "app:v1")]), false);
     h.until(10 * SEC, "v1", |h| h.live("a").is_some()).await;
