@@ -191,7 +191,7 @@ impl Caddy {
         if !base.username().is_empty() || base.password().is_some() {
             return Err(invalid("credentials in the URL are not supported"));
         }
-        let client = reqwest::Client::builder()
+        let client = crate::backend::http_client()
             .connect_timeout(CONNECT_TIMEOUT)
             .timeout(REQUEST_TIMEOUT)
             // The admin API is on the Caddy's own host; an HTTP(S)_PROXY meant for the internet

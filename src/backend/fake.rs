@@ -26,6 +26,8 @@ pub struct State {
     pub routes: Vec<Route>,
     pub mutations: usize,
     pub reads: usize,
+    /// Reads of Caddy alone: one per observation of the host, whatever else is down.
+    pub caddy_reads: usize,
     pub next_id: u64,
     pub podman_down: bool,
     pub caddy_down: bool,
@@ -120,6 +122,7 @@ impl World {
             s.mutations += 1;
         } else {
             s.reads += 1;
+            s.caddy_reads += 1;
         }
         Ok(f(&mut s))
     }
@@ -319,13 +322,22 @@ impl World {
 }
 
 impl Kernel for World {
-    async fn observe(&self, gateway: Ipv4Addr) -> Result<ObservedServices, netfilter::Error> {
-        self.kernel(false, |s| {
-            Ok(if gateway == FAKE_GATEWAY {
-                s.nat.clone()
-            } else {
-                ObservedServices::default()
-            })
+    type Table = ObservedServices;
+
+    async fn read(&self) -> Result<ObservedServices, netfilter::Error> {
+        self.kernel(false, |s| Ok(s.nat.clone()))
+    }
+
+    fn services(
+        &self,
+        table: Result<ObservedServices, netfilter::Error>,
+        gateway: Ipv4Addr,
+    ) -> Result<ObservedServices, netfilter::Error> {
+        let table = table?;
+        Ok(if gateway == FAKE_GATEWAY {
+            table
+        } else {
+            ObservedServices::default()
         })
     }
 

@@ -24,6 +24,16 @@ pub const LABEL_ENVIRONMENT: &str = "codeb.environment";
 pub const LABEL_SLOT: &str = "codeb.slot";
 pub const LABEL_RELEASE: &str = "codeb.release";
 
+/// The start of every HTTP client codeb builds. Every endpoint it speaks to is plain `http://`
+/// (Podman's API, Caddy's admin API and PowerDNS's API refuse other schemes at their edge, and
+/// health probes dial a slot's published port), so the client trusts no certificate: by default
+/// reqwest's rustls verifier reads the machine's whole certificate store for every client built
+/// (about 140 files here), which was a third of the wall time of `codeb promote`. An `https://` URL
+/// fails closed.
+pub fn http_client() -> reqwest::ClientBuilder {
+    reqwest::Client::builder().tls_certs_only(Vec::new())
+}
+
 /// Prefix of every Caddy route `@id` that codeb owns. Routes without it are never touched.
 pub const ROUTE_ID_PREFIX: &str = "codeb-";
 
@@ -248,6 +258,8 @@ pub struct HookWrite {
 /// address to its active slot. Caddy dials the service address, so a switch changes one rule and
 /// never Caddy's config.
 pub trait Kernel: Send + Sync {
+    /// What one read of the rules holds, before it is parsed for a gateway.
+    type Table: Send;
     /// codeb's rules for the service addresses on `gateway`.
     ///
     /// # Errors
@@ -257,7 +269,23 @@ pub trait Kernel: Send + Sync {
     fn observe(
         &self,
         gateway: Ipv4Addr,
-    ) -> impl Future<Output = Result<ObservedServices, netfilter::Error>> + Send;
+    ) -> impl Future<Output = Result<ObservedServices, netfilter::Error>> + Send {
+        async move { self.services(self.read().await, gateway) }
+    }
+    /// The NAT rules as they are now, read before the gateway is known (the read and the lookup
+    /// of codeb's network then run side by side; see [`Kernel::services`]).
+    ///
+    /// # Errors
+    /// As [`Kernel::observe`], but only those that do not depend on the gateway.
+    fn read(&self) -> impl Future<Output = Result<Self::Table, netfilter::Error>> + Send;
+    /// codeb's rules for the service addresses on `gateway`, from a [`Kernel::read`]. A gateway
+    /// that is not an address of this machine is [`netfilter::Error::Unsupported`] whatever the
+    /// read gave.
+    fn services(
+        &self,
+        table: Result<Self::Table, netfilter::Error>,
+        gateway: Ipv4Addr,
+    ) -> Result<ObservedServices, netfilter::Error>;
     /// Applies a [`HookWrite`] in one transaction.
     fn hook(&self, write: &HookWrite) -> impl Future<Output = Result<(), netfilter::Error>> + Send;
     /// Applies a [`ServiceWrite`] in one transaction: at no instant does the service address

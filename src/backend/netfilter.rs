@@ -162,18 +162,22 @@ impl Default for Netfilter {
     }
 }
 
+/// `observe` is one `iptables-save -t nat`, parsed for this gateway's chains only. It fails with
+/// [`Error::Unsupported`] without iptables, without privilege, or when `gateway` is not an address
+/// of this machine (a rootless or remote Podman: its containers are not reachable from here, so
+/// neither are service addresses).
 impl Kernel for Netfilter {
-    /// One `iptables-save -t nat`, parsed for this gateway's chains only.
-    ///
-    /// # Errors
-    /// [`Error::Unsupported`] without iptables, without privilege, or when `gateway` is not an
-    /// address of this machine (a rootless or remote Podman: its containers are not reachable from
-    /// here, so neither are service addresses).
-    async fn observe(&self, gateway: Ipv4Addr) -> Result<ObservedServices> {
+    type Table = String;
+
+    /// One `iptables-save -t nat`.
+    async fn read(&self) -> Result<String> {
         let tools = self.tools()?;
+        run(&tools.save, &["-t", "nat"], None).await
+    }
+
+    fn services(&self, table: Result<String>, gateway: Ipv4Addr) -> Result<ObservedServices> {
         is_local(gateway)?;
-        let text = run(&tools.save, &["-t", "nat"], None).await?;
-        Ok(parse(&text, gateway))
+        Ok(parse(&table?, gateway))
     }
 
     async fn hook(&self, write: &HookWrite) -> Result<()> {

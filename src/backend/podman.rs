@@ -198,7 +198,7 @@ impl Podman {
     pub fn connect(endpoint: &str) -> Result<Podman> {
         let target = parse_endpoint(endpoint)?;
         // Proxies from the environment must never see Podman's API.
-        let builder = reqwest::Client::builder()
+        let builder = crate::backend::http_client()
             .timeout(REQUEST_TIMEOUT)
             .no_proxy();
         let (builder, base_url) = match &target {

@@ -177,7 +177,7 @@ impl PowerDns {
             env: key_env.to_string(),
         })?;
         key.set_sensitive(true);
-        let client = reqwest::Client::builder()
+        let client = crate::backend::http_client()
             .connect_timeout(CONNECT_TIMEOUT)
             .timeout(REQUEST_TIMEOUT)
             // The API is on the operator's network; a proxy meant for the internet must not see

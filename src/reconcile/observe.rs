@@ -55,10 +55,14 @@ fn chain(e: &dyn std::error::Error) -> String {
 async fn observe_host<R: Runtime, P: Proxy, K: Kernel>(
     b: &HostBackends<R, P, K>,
 ) -> HostObservation {
-    let (containers, proxy, gateway) = tokio::join!(
+    // The NAT rules are read beside the container list, Caddy's config and the network's gateway,
+    // and parsed for the gateway after: a switch's observation takes as long as the slowest read,
+    // not the sum of two.
+    let (containers, proxy, gateway, table) = tokio::join!(
         b.runtime.list_owned(),
         b.proxy.observe(SERVER_NAME),
-        b.runtime.network_gateway(NETWORK)
+        b.runtime.network_gateway(NETWORK),
+        b.kernel.read(),
     );
     let unreachable = |error| HostObservation::Unreachable { error };
     let (containers, proxy, gateway) = match (containers, proxy, gateway) {
@@ -70,7 +74,7 @@ async fn observe_host<R: Runtime, P: Proxy, K: Kernel>(
         None => KernelObservation::Unavailable {
             reason: format!("the network {NETWORK} does not exist yet"),
         },
-        Some(gateway) => match b.kernel.observe(gateway).await {
+        Some(gateway) => match b.kernel.services(table, gateway) {
             Ok(services) => KernelObservation::Managed { gateway, services },
             Err(netfilter::Error::Unsupported { reason }) => {
                 KernelObservation::Unavailable { reason }

@@ -16,7 +16,7 @@ pub struct HttpProber {
 
 impl HttpProber {
     pub fn new() -> Self {
-        let client = reqwest::Client::builder()
+        let client = crate::backend::http_client()
             .redirect(reqwest::redirect::Policy::none())
             .connect_timeout(Duration::from_secs(1))
             .timeout(Duration::from_secs(2))

@@ -105,13 +105,24 @@ impl Store {
             path: path.clone(),
             source: Box::new(source),
         })?;
-        let txn = db.begin_write().map_err(storage)?;
-        txn.open_table(ENVS).map_err(storage)?;
-        txn.open_table(HOSTS).map_err(storage)?;
-        txn.open_table(JOURNAL).map_err(storage)?;
-        txn.open_table(ZONES).map_err(storage)?;
-        txn.open_table(SWITCH_MODES).map_err(storage)?;
-        txn.commit().map_err(storage)?;
+        // Tables are created once; every later open only reads (a write would cost a commit, and
+        // its fsync, on every command).
+        let exist = db.begin_read().is_ok_and(|txn| {
+            txn.open_table(ENVS).is_ok()
+                && txn.open_table(HOSTS).is_ok()
+                && txn.open_table(JOURNAL).is_ok()
+                && txn.open_table(ZONES).is_ok()
+                && txn.open_table(SWITCH_MODES).is_ok()
+        });
+        if !exist {
+            let txn = db.begin_write().map_err(storage)?;
+            txn.open_table(ENVS).map_err(storage)?;
+            txn.open_table(HOSTS).map_err(storage)?;
+            txn.open_table(JOURNAL).map_err(storage)?;
+            txn.open_table(ZONES).map_err(storage)?;
+            txn.open_table(SWITCH_MODES).map_err(storage)?;
+            txn.commit().map_err(storage)?;
+        }
         Ok(Store { db, _lock: lock })
     }
 

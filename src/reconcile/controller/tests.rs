@@ -262,10 +262,10 @@ async fn a_host_that_is_down_is_retried_with_growing_backoff_and_recovers_within
     h.world.state().podman_down = true;
     h.world.state().routes.clear();
     // Count sweeps by Caddy reads (observe reads Caddy even while Podman is down).
-    let reads = h.world.state().reads;
+    let reads = h.world.state().caddy_reads;
     h.handle.resync();
     h.idle(60 * SEC).await;
-    let attempts = h.world.state().reads - reads;
+    let attempts = h.world.state().caddy_reads - reads;
     // 0.8 s doubling (with up to 100 % jitter) to 15-30 s: 60 s hold between 4 and 8 attempts.
     assert!((4..=8).contains(&attempts), "{attempts} attempts in 60 s");
     h.world.state().podman_down = false;
