@@ -146,6 +146,10 @@ async fn a_service_address_is_created_switched_atomically_read_back_and_removed(
     let mut writes = Vec::new();
     for i in 0..200 {
         let to = if i % 2 == 0 { b } else { a };
+        // Half of the writes go through an iptables-restore started ahead (as a promote does).
+        if i % 2 == 1 {
+            nf.prepare();
+        }
         let t = Instant::now();
         nf.set_service(&ServiceWrite {
             gateway: gw,
@@ -227,4 +231,52 @@ async fn a_failing_transaction_changes_nothing() {
     assert!(err.is_retryable(), "{err}");
     let observed = nf.observe(gw).await.unwrap();
     assert!(observed.services.is_empty(), "{observed:?}");
+}
+
+#[tokio::test]
+async fn a_prepared_restore_that_is_never_given_a_script_changes_nothing() {
+    let gw = Ipv4Addr::new(127, 97, (std::process::id() >> 8) as u8, 1);
+    let _cleanup = Cleanup(gw);
+    let nf = Netfilter::new();
+    nf.hook(&HookWrite {
+        gateway: gw,
+        chain: false,
+        hooks: 0,
+    })
+    .await
+    .unwrap();
+    let before = nf.observe(gw).await.unwrap();
+    assert!(before.chain && before.hooks == 1, "{before:?}");
+    // Prepared, then dropped before any write: the waiting iptables-restore is killed unread.
+    let prepared = Netfilter::new();
+    prepared.prepare();
+    drop(prepared);
+    // Prepared twice, used once: the second prepare keeps the first process; the write after
+    // the used one starts its own.
+    let nf2 = Netfilter::new();
+    nf2.prepare();
+    nf2.prepare();
+    let (a, _) = listener();
+    for _ in 0..2 {
+        nf2.set_service(&ServiceWrite {
+            gateway: gw,
+            port: 4997,
+            target: Some(target(a)),
+            dispatch: nf
+                .observe(gw)
+                .await
+                .unwrap()
+                .services
+                .get(&4997)
+                .map_or(0, |s| s.dispatch),
+        })
+        .await
+        .unwrap();
+    }
+    let after = nf.observe(gw).await.unwrap();
+    assert_eq!(
+        after.services[&4997].rules,
+        vec![ServiceRule::Dnat(target(a))]
+    );
+    assert_eq!((after.chain, after.hooks), (before.chain, before.hooks));
 }

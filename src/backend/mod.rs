@@ -286,6 +286,9 @@ pub trait Kernel: Send + Sync {
         table: Result<Self::Table, netfilter::Error>,
         gateway: Ipv4Addr,
     ) -> Result<ObservedServices, netfilter::Error>;
+    /// A write is about to follow (a promote or rollback): get ready for it, so that it takes
+    /// effect sooner. Changes nothing.
+    fn prepare(&self) {}
     /// Applies a [`HookWrite`] in one transaction.
     fn hook(&self, write: &HookWrite) -> impl Future<Output = Result<(), netfilter::Error>> + Send;
     /// Applies a [`ServiceWrite`] in one transaction: at no instant does the service address

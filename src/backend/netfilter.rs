@@ -40,11 +40,12 @@
 //!   host, and nothing arriving from outside can reach a service address by accident.
 
 use std::net::{Ipv4Addr, SocketAddrV4};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use tokio::io::AsyncWriteExt;
+use tokio::process::Child;
 
 use super::{
     HookWrite, Kernel, ObservedService, ObservedServices, ServiceRule, ServiceTarget, ServiceWrite,
@@ -101,6 +102,10 @@ pub struct Netfilter {
     tools: std::result::Result<Tools, String>,
     /// The host's containers run on this machine, so its conntrack tells their open connections.
     local: bool,
+    /// An `iptables-restore` being started by [`Kernel::prepare`] (on a blocking thread: starting
+    /// a process blocks the thread that does it until the new program is loaded), then waiting
+    /// for its script.
+    warm: std::sync::Mutex<Option<tokio::task::JoinHandle<Result<Child>>>>,
 }
 
 #[derive(Debug)]
@@ -118,7 +123,11 @@ impl Netfilter {
             (Some(save), Some(restore)) => Ok(Tools { save, restore }),
             _ => Err("iptables-save and iptables-restore are not installed".to_string()),
         };
-        Netfilter { tools, local: true }
+        Netfilter {
+            tools,
+            local: true,
+            warm: Default::default(),
+        }
     }
 
     /// A netfilter that codeb must not manage (a remote host, or switching through Caddy was
@@ -128,6 +137,7 @@ impl Netfilter {
         Netfilter {
             tools: Err(reason.into()),
             local,
+            warm: Default::default(),
         }
     }
 
@@ -137,16 +147,25 @@ impl Netfilter {
         })
     }
 
-    /// Runs one restore script as one transaction.
+    /// Runs one restore script as one transaction, in the `iptables-restore` that
+    /// [`Kernel::prepare`] started when there is one.
     async fn restore(&self, script: &str) -> Result<()> {
         let tools = self.tools()?;
         let started = Instant::now();
-        run(
-            &tools.restore,
-            &["-w", LOCK_WAIT_SECS, "--noflush"],
-            Some(script),
-        )
-        .await?;
+        let warm = self
+            .warm
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        let warm = match warm {
+            Some(started) => started.await.ok().and_then(Result::ok),
+            None => None,
+        };
+        let child = match warm {
+            Some(child) => child,
+            None => spawn(&tools.restore, RESTORE_ARGS, true)?,
+        };
+        finish(child, &tools.restore, RESTORE_ARGS, Some(script)).await?;
         tracing::debug!(
             elapsed_ms = started.elapsed().as_secs_f64() * 1000.0,
             script,
@@ -168,6 +187,24 @@ impl Default for Netfilter {
 /// neither are service addresses).
 impl Kernel for Netfilter {
     type Table = String;
+
+    /// Starts `iptables-restore` now, so that the write that follows does not wait for a process
+    /// to start and load its libraries (a few milliseconds of a switch). Dropped unused, it is
+    /// killed before it read anything, and changed nothing.
+    fn prepare(&self) {
+        let Ok(tools) = self.tools() else { return };
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let mut warm = self
+            .warm
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if warm.is_none() {
+            let restore = tools.restore.clone();
+            *warm = Some(runtime.spawn_blocking(move || spawn(&restore, RESTORE_ARGS, true)));
+        }
+    }
 
     /// One `iptables-save -t nat`.
     async fn read(&self) -> Result<String> {
@@ -224,26 +261,45 @@ fn is_local(gateway: Ipv4Addr) -> Result<()> {
         })
 }
 
+/// `iptables-restore`'s arguments: wait for the xtables lock (legacy back end), keep every other
+/// chain and rule.
+const RESTORE_ARGS: &[&str] = &["-w", LOCK_WAIT_SECS, "--noflush"];
+
 /// Runs a tool with an optional stdin; returns its stdout.
-async fn run(tool: &PathBuf, args: &[&str], stdin: Option<&str>) -> Result<String> {
-    let command = format!("{} {}", tool.display(), args.join(" "));
-    let mut child = tokio::process::Command::new(tool)
+async fn run(tool: &Path, args: &[&str], stdin: Option<&str>) -> Result<String> {
+    let child = spawn(tool, args, stdin.is_some())?;
+    finish(child, tool, args, stdin).await
+}
+
+fn command_line(tool: &Path, args: &[&str]) -> String {
+    format!("{} {}", tool.display(), args.join(" "))
+}
+
+/// Starts a tool, its stdin piped when it will be given one; killed if dropped unfinished.
+fn spawn(tool: &Path, args: &[&str], stdin: bool) -> Result<Child> {
+    tokio::process::Command::new(tool)
         .args(args)
-        .stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
+        .stdin(if stdin { Stdio::piped() } else { Stdio::null() })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true)
         .spawn()
         .map_err(|e| Error::Unsupported {
-            reason: format!("cannot run {command}: {e}"),
-        })?;
-    if let (Some(text), Some(mut pipe)) = (stdin, child.stdin.take()) {
+            reason: format!("cannot run {}: {e}", command_line(tool, args)),
+        })
+}
+
+/// Gives a started tool its stdin, waits for it, and returns its stdout.
+async fn finish(
+    mut child: Child,
+    tool: &Path,
+    args: &[&str],
+    stdin: Option<&str>,
+) -> Result<String> {
+    let command = command_line(tool, args);
+    if let Some(mut pipe) = child.stdin.take() {
         // A broken pipe means the tool exited early; its status and stderr say why.
-        let _ = pipe.write_all(text.as_bytes()).await;
+        let _ = pipe.write_all(stdin.unwrap_or_default().as_bytes()).await;
     }
     let output = tokio::time::timeout(COMMAND_TIMEOUT, child.wait_with_output())
         .await

@@ -16,6 +16,7 @@ use super::connect::{connect, connect_zones};
 use super::output;
 use super::remote::{self, Request};
 use super::{default_state_dir, Cli, Command, Failure, Files};
+use crate::backend::Kernel as _;
 use crate::model::{desired::desired, Desired, EnvKey};
 use crate::plan::{self, HostObservation, Note};
 use crate::reconcile::controller::{ClaimGuard, Work};
@@ -407,6 +408,9 @@ async fn switch(
         Failure::unconverged(format!("host {} of {key} is not recorded", rec.host))
     })?;
     let backends = connect([host])?;
+    for b in backends.hosts.values() {
+        b.kernel.prepare();
+    }
     let observed = reconcile::observe(&backends).await;
     reconcile::record_switch_modes(store, &observed)?;
     let view = match observed.hosts.get(&host.name) {
