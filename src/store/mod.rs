@@ -129,55 +129,17 @@ impl Store {
     /// Everything recorded, as the planner reads it.
     pub fn load(&self) -> Result<Recorded> {
         let txn = self.db.begin_read().map_err(storage)?;
-        let mut out = Recorded::default();
-        for item in txn
-            .open_table(ENVS)
-            .map_err(storage)?
-            .iter()
-            .map_err(storage)?
-        {
-            let (k, v) = item.map_err(storage)?;
-            let rec: EnvRecord = decode(k.value(), v.value())?;
-            out.envs.insert(rec.key.clone(), rec);
-        }
-        for item in txn
-            .open_table(HOSTS)
-            .map_err(storage)?
-            .iter()
-            .map_err(storage)?
-        {
-            let (k, v) = item.map_err(storage)?;
-            let host: HostRef = decode(k.value(), v.value())?;
-            out.hosts.insert(host.name.clone(), host);
-        }
-        for item in txn
-            .open_table(ZONES)
-            .map_err(storage)?
-            .iter()
-            .map_err(storage)?
-        {
-            let (k, v) = item.map_err(storage)?;
-            let zone: ZoneRef = decode(k.value(), v.value())?;
-            out.zones.insert(zone.name.clone(), zone);
-        }
-        Ok(out)
+        let envs: BTreeMap<String, EnvRecord> = read_all(&txn, ENVS)?;
+        Ok(Recorded {
+            envs: envs.into_values().map(|r| (r.key.clone(), r)).collect(),
+            hosts: read_all(&txn, HOSTS)?,
+            zones: read_all(&txn, ZONES)?,
+        })
     }
 
     /// The recorded hosts only (a reconcile of one environment needs them, not every record).
-    pub fn hosts(&self) -> Result<std::collections::BTreeMap<String, HostRef>> {
-        let txn = self.db.begin_read().map_err(storage)?;
-        let mut out = std::collections::BTreeMap::new();
-        for item in txn
-            .open_table(HOSTS)
-            .map_err(storage)?
-            .iter()
-            .map_err(storage)?
-        {
-            let (k, v) = item.map_err(storage)?;
-            let host: HostRef = decode(k.value(), v.value())?;
-            out.insert(host.name.clone(), host);
-        }
-        Ok(out)
+    pub fn hosts(&self) -> Result<BTreeMap<String, HostRef>> {
+        read_all(&self.db.begin_read().map_err(storage)?, HOSTS)
     }
 
     pub fn env(&self, key: &EnvKey) -> Result<Option<EnvRecord>> {
@@ -244,86 +206,50 @@ impl Store {
     /// Records the hosts the manifests name (so that `delete` works without manifests). Writes only
     /// what changed.
     pub fn put_hosts<'a>(&self, hosts: impl IntoIterator<Item = &'a HostRef>) -> Result<()> {
-        let current = self.load()?.hosts;
-        let changed: Vec<&HostRef> = hosts
-            .into_iter()
-            .filter(|h| current.get(&h.name) != Some(*h))
-            .collect();
-        if changed.is_empty() {
-            return Ok(());
-        }
-        let txn = self.db.begin_write().map_err(storage)?;
-        {
-            let mut table = txn.open_table(HOSTS).map_err(storage)?;
-            for h in changed {
-                let bytes = serde_json::to_vec(h).expect("hosts serialize");
-                table
-                    .insert(h.name.as_str(), bytes.as_slice())
-                    .map_err(storage)?;
-            }
-        }
-        txn.commit().map_err(storage)
+        self.put_changed(HOSTS, hosts.into_iter().map(|h| (h.name.as_str(), h)))
     }
 
     /// Records the Zones the manifests declare (so that `delete` removes DNS records without
     /// manifests). Writes only what changed; a Zone no longer declared stays recorded, as hosts do.
     pub fn put_zones<'a>(&self, zones: impl IntoIterator<Item = &'a ZoneRef>) -> Result<()> {
-        let current = self.load()?.zones;
-        let changed: Vec<&ZoneRef> = zones
-            .into_iter()
-            .filter(|z| current.get(&z.name) != Some(*z))
-            .collect();
-        if changed.is_empty() {
-            return Ok(());
-        }
-        let txn = self.db.begin_write().map_err(storage)?;
-        {
-            let mut table = txn.open_table(ZONES).map_err(storage)?;
-            for z in changed {
-                let bytes = serde_json::to_vec(z).expect("zones serialize");
-                table
-                    .insert(z.name.as_str(), bytes.as_slice())
-                    .map_err(storage)?;
-            }
-        }
-        txn.commit().map_err(storage)
+        self.put_changed(ZONES, zones.into_iter().map(|z| (z.name.as_str(), z)))
     }
 
     /// How each host was last seen to switch traffic (an observation, not an intent: `get hosts`
     /// shows it without connecting to the hosts).
     pub fn switch_modes(&self) -> Result<SwitchModes> {
-        let txn = self.db.begin_read().map_err(storage)?;
-        let mut out = SwitchModes::new();
-        for item in txn
-            .open_table(SWITCH_MODES)
-            .map_err(storage)?
-            .iter()
-            .map_err(storage)?
-        {
-            let (k, v) = item.map_err(storage)?;
-            out.insert(k.value().to_string(), decode(k.value(), v.value())?);
-        }
-        Ok(out)
+        read_all(&self.db.begin_read().map_err(storage)?, SWITCH_MODES)
     }
 
     /// Records the switch modes that changed; writes nothing when none did.
     pub fn put_switch_modes(&self, modes: &SwitchModes) -> Result<()> {
-        let current = self.switch_modes()?;
-        let changed: Vec<_> = modes
-            .iter()
-            .filter(|(name, mode)| current.get(*name) != Some(*mode))
+        self.put_changed(SWITCH_MODES, modes.iter().map(|(n, m)| (n.as_str(), m)))
+    }
+
+    /// Writes the `(name, value)` pairs whose stored value differs, in one transaction; none when
+    /// nothing changed (no commit, no fsync).
+    fn put_changed<'a, T>(
+        &self,
+        def: TableDefinition<&str, &[u8]>,
+        items: impl IntoIterator<Item = (&'a str, &'a T)>,
+    ) -> Result<()>
+    where
+        T: serde::Serialize + serde::de::DeserializeOwned + PartialEq + 'a,
+    {
+        let current: BTreeMap<String, T> = read_all(&self.db.begin_read().map_err(storage)?, def)?;
+        let changed: Vec<(&str, &T)> = items
+            .into_iter()
+            .filter(|(name, v)| current.get(*name) != Some(*v))
             .collect();
         if changed.is_empty() {
             return Ok(());
         }
         let txn = self.db.begin_write().map_err(storage)?;
         {
-            let mut table = txn.open_table(SWITCH_MODES).map_err(storage)?;
-            for (name, mode) in changed {
-                let bytes = serde_json::to_vec(mode).expect("modes serialize");
-                table
-                    .insert(name.as_str(), bytes.as_slice())
-                    .map_err(storage)?;
+            let mut table = txn.open_table(def).map_err(storage)?;
+            for (name, v) in changed {
+                let bytes = serde_json::to_vec(v).expect("records serialize");
+                table.insert(name, bytes.as_slice()).map_err(storage)?;
             }
         }
         txn.commit().map_err(storage)
@@ -371,6 +297,24 @@ impl Store {
             .filter(|e| e.phase == Phase::Intent && !done.contains(&e.seq))
             .collect())
     }
+}
+
+/// Every entry of a table keyed by name, decoded.
+fn read_all<T: serde::de::DeserializeOwned>(
+    txn: &redb::ReadTransaction,
+    def: TableDefinition<&str, &[u8]>,
+) -> Result<BTreeMap<String, T>> {
+    let mut out = BTreeMap::new();
+    for item in txn
+        .open_table(def)
+        .map_err(storage)?
+        .iter()
+        .map_err(storage)?
+    {
+        let (k, v) = item.map_err(storage)?;
+        out.insert(k.value().to_string(), decode(k.value(), v.value())?);
+    }
+    Ok(out)
 }
 
 fn decode<T: serde::de::DeserializeOwned>(key: &str, bytes: &[u8]) -> Result<T> {
