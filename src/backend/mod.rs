@@ -200,8 +200,9 @@ pub struct ObservedServices {
     pub chain: bool,
     /// Rules of nat `OUTPUT` jumping to the dispatch chain (1 once hooked).
     pub hooks: usize,
-    /// Each service port that has a dispatch rule or a chain.
-    pub services: BTreeMap<u16, ObservedService>,
+    /// Each service port that has a dispatch rule or a chain. Hashed: the planner looks up one
+    /// port per environment, and a tree of 10,000 ports was a tenth of planning a converged host.
+    pub services: rustc_hash::FxHashMap<u16, ObservedService>,
 }
 
 /// One service address's rules.
