@@ -9,9 +9,17 @@ use crate::model::{EnvKey, SlotRecord, SlotState};
 use crate::plan::{self, Action, Drain, Plan, Step, SERVER_NAME};
 use crate::store::{JournalEntry, Phase, Store};
 
-/// How often a deploying slot is probed. Podman takes 145-416 ms from create to first answer here,
-/// so 50 ms keeps the probe's share of a deploy small without busy-looping.
-const PROBE_INTERVAL: Duration = Duration::from_millis(50);
+/// How often a deploying slot is probed: every 10 ms during its first two seconds (Podman takes
+/// 145-416 ms from create to first answer here, and every millisecond between the answer and the
+/// probe that sees it is deploy time), every 100 ms after (a slow starter is not worth a busy loop).
+/// A probe is one GET on loopback.
+fn probe_interval(since_start: Duration) -> Duration {
+    if since_start < Duration::from_secs(2) {
+        Duration::from_millis(10)
+    } else {
+        Duration::from_millis(100)
+    }
+}
 /// Lines of a failed slot's log kept for `describe`.
 const LOG_TAIL: usize = 20;
 /// How often a draining slot's open connections are counted: reading conntrack is cheap, and a
@@ -60,6 +68,19 @@ pub async fn execute_until<R: Runtime, P: Proxy, K: Kernel, D: Dns, H: Prober>(
     prober: &H,
     stop: &(dyn Fn() -> bool + Send + Sync),
 ) -> Result<Report> {
+    // A kernel write later in the plan, or in the next round after a deploy (the switch itself,
+    // in kernel mode), does not wait for its tool to start: it starts now, while the steps before
+    // it run.
+    for step in &plan.steps {
+        if matches!(
+            step.action,
+            Action::SetService(_) | Action::HookServices(_) | Action::Deploy { .. }
+        ) {
+            if let Some(b) = backends.hosts.get(&step.host) {
+                b.kernel.prepare();
+            }
+        }
+    }
     let mut report = Report::default();
     let mut failed: BTreeSet<EnvKey> = BTreeSet::new();
     // The generation each key's record is expected at: the plan's, then whatever our writes made it.
@@ -238,7 +259,8 @@ async fn run<R: Runtime, P: Proxy, K: Kernel, D: Dns, H: Prober>(
             hash,
         } => {
             let timeout = Duration::from_millis(*timeout_ms);
-            let deadline = tokio::time::Instant::now() + timeout;
+            let started = tokio::time::Instant::now();
+            let deadline = started + timeout;
             let mut last;
             loop {
                 match prober.probe(url).await {
@@ -258,7 +280,7 @@ async fn run<R: Runtime, P: Proxy, K: Kernel, D: Dns, H: Prober>(
                 if tokio::time::Instant::now() >= deadline {
                     break;
                 }
-                tokio::time::sleep(PROBE_INTERVAL).await;
+                tokio::time::sleep(probe_interval(started.elapsed())).await;
             }
             // Keep the container for inspection, stopped, with its log tail recorded.
             let _ = b.runtime.stop(container).await;
