@@ -13,6 +13,11 @@
 #          busybox container each, and its CPU while idle and converged over CODEB_BENCH_IDLE_S
 #          (default 60) seconds, read from /proc/PID/stat, at the default resync (30 s).
 #
+# CODEB_BENCH_DNS=1 makes the Zone `codeb.test` managed through the stack's PowerDNS (created when
+# missing, deleted at the end if this run created it), so that every project also gets its three
+# records and every resync also reads the zone: `scale` then reports the time until every name
+# resolves, and RSS and idle CPU include DNS.
+#
 # Uses the release build. Prints one line per measurement; times in milliseconds. Every project it
 # creates is deleted at the end, and every codeb process it starts is stopped.
 set -euo pipefail
@@ -22,6 +27,7 @@ what=${1:-all}
 ITER=${CODEB_BENCH_ITER:-10}
 PROJECTS=${CODEB_BENCH_PROJECTS:-100}
 IDLE_S=${CODEB_BENCH_IDLE_S:-60}
+DNS=${CODEB_BENCH_DNS:-0}
 
 stack_env=$(deploy/stack.sh env)
 eval "$stack_env"
@@ -29,6 +35,11 @@ cargo build --release --quiet
 BIN=$PWD/target/release/codeb
 WORK=$(mktemp -d /tmp/codeb-bench.XXXXXX)
 WATCH_PID=""
+PDNS_API="$CODEB_TEST_PDNS_API/api/v1/servers/localhost"
+ZONE_CREATED=0
+if ((DNS)) && ! curl -sf -o /dev/null -H "X-API-Key: $PDNS_API_KEY" "$PDNS_API/zones/codeb.test."; then
+  ZONE_CREATED=1 # codeb creates it; this script deletes it at the end
+fi
 
 cleanup() {
   if [[ -n $WATCH_PID ]]; then
@@ -37,6 +48,9 @@ cleanup() {
   fi
   if [[ -d $WORK/m ]]; then
     "$BIN" --state-dir "$WORK/state" delete -f "$WORK/m" >/dev/null 2>&1 || true
+  fi
+  if ((ZONE_CREATED)); then
+    curl -sf -o /dev/null -X DELETE -H "X-API-Key: $PDNS_API_KEY" "$PDNS_API/zones/codeb.test." || true
   fi
   rm -rf "$WORK"
 }
@@ -64,7 +78,13 @@ kind: Zone
 metadata:
   name: codeb.test
 EOF
+  if ((DNS)); then
+    printf 'spec:\n  powerdns: {api: "%s", apiKeyEnv: PDNS_API_KEY}\n' "$CODEB_TEST_PDNS_API"
+  fi
 }
+
+# The A record of a name, through PowerDNS's DNS port.
+resolve() { dig +short +time=1 +tries=1 @127.0.0.1 -p "${CODEB_TEST_PDNS_DNS#*:}" "$1" A; }
 
 project_yaml() { # name image env
   cat <<EOF
@@ -218,6 +238,17 @@ bench_scale() {
   done
   t1=$(now)
   echo "scale: $PROJECTS projects deployed from an empty host in $(ms "$t0" "$t1") ms; Podman's share, summed over the deploys:"
+  if ((DNS)); then
+    for i in $(seq 1 "$PROJECTS"); do
+      until [[ $(resolve "green.bscale$i-bench.codeb.test") == 127.0.0.1 ]]; do
+        (($(date +%s) - ${t0%.*} < 60)) || {
+          echo "scale: bscale$i's records never appeared" >&2
+          return 1
+        }
+      done
+    done
+    echo "scale: every name of the $PROJECTS projects resolved $(ms "$t0" "$(now)") ms after the start; zone writes: $(jq -s '[.[] | select(.fields.message == "done" and (.fields.step | test("^zone ")))] | length' "$WORK/watch.log")"
+  fi
   jq -s '[.[] | select(.fields.message == "created" or .fields.message == "started") | {m: .fields.message, ms: .fields.elapsed_ms}]
     | group_by(.m)[] | "  \(.[0].m): \(length) calls, \(map(.ms) | add) ms in all, \(map(.ms) | sort | .[length / 2 | floor]) ms median, \(map(.ms) | max) ms max"' \
     -r "$WORK/watch.log"
@@ -235,7 +266,7 @@ bench_scale() {
   hwm=$(awk '/^VmHWM/ {print $2}' "/proc/$WATCH_PID/status")
   echo "scale: RSS $((rss / 1024)) MiB now, peak $((hwm / 1024)) MiB (VmHWM), managing $PROJECTS projects"
   echo "scale: idle CPU over ${IDLE_S}s at resync 30s: $((b - a)) ticks of 1/${clk} s = $(echo "scale=3; ($b - $a) * 100 / $clk / $IDLE_S" | bc)% of one core"
-  echo "scale: sweeps logged: $(grep -c '"result":"swept"' "$WORK/watch.log"), writes while idle: $(jq -c --argjson t "$t1" "select($JQ_TIME > \$t + 5 and .fields.message == \"done\")" "$WORK/watch.log" | wc -l)"
+  echo "scale: sweeps logged: $(grep -c '"result":"swept"' "$WORK/watch.log"), zone reconciles: $(grep -c '"work":"zone ' "$WORK/watch.log" || true), writes while idle: $(jq -c --argjson t "$t1" "select($JQ_TIME > \$t + 5 and .fields.message == \"done\")" "$WORK/watch.log" | wc -l)"
   finish
 }
 

@@ -525,3 +525,36 @@ fn powerdns_stopped_holds_back_no_deploy_and_its_zone_recovers_once_it_is_back()
     cleanup(&sb, &b);
     pdns.delete_zone(&zone);
 }
+
+#[test]
+fn watch_refuses_a_managed_zone_whose_key_variable_is_unset_with_exit_2() {
+    let _l = lock();
+    let (sb, pdns) = (Sandbox::new(), Pdns::get());
+    let name = unique("wnokey");
+    let zone = format!("{}.test", unique("wnokey"));
+    let head = format!(
+        "{}{}",
+        sb.stack.host_doc("127.0.0.1"),
+        managed_zone(&zone, &pdns.api, "CODEB_TEST_NO_SUCH_KEY")
+    );
+    let mut p = ProjectYaml::new(&name, "localhost/codeb-test-app:v1");
+    p.zone = &zone;
+    let dir = save_docs(&sb, &head, &[p]);
+    let mut w = sb.watch(&dir, &[]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(s) = w.child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "still running");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(status.code(), Some(2), "{}", w.log());
+    let log = w.log();
+    assert!(
+        log.contains(&format!("Zone {zone}")) && log.contains("CODEB_TEST_NO_SUCH_KEY"),
+        "{log}"
+    );
+    assert!(containers(&name).is_empty(), "nothing was applied");
+    assert!(pdns.zone(&zone).is_none());
+}
