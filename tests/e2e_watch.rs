@@ -130,6 +130,9 @@ fn a_route_deleted_from_caddy_or_lost_in_a_restart_comes_back_within_one_resync(
         w.log()
     );
 
+    // The deploy's last round (which would put a route deleted before it back at once) is over
+    // by the next sweep.
+    assert!(w.wait_sweeps(1, Duration::from_secs(10)), "{}", w.log());
     let route = format!("codeb-{name}_production");
     assert_eq!(
         caddy_admin(&sb.stack.caddy_admin, "DELETE", &format!("/id/{route}"), ""),
