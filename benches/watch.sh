@@ -13,6 +13,11 @@
 #          busybox container each, and its CPU while idle and converged over CODEB_BENCH_IDLE_S
 #          (default 60) seconds, read from /proc/PID/stat, at the default resync (30 s).
 #
+# CODEB_BENCH_DNS=1 makes the Zone `codeb.test` managed through the stack's PowerDNS (created when
+# missing, deleted at the end if this run created it), so that every project also gets its three
+# records and every resync also reads the zone: `scale` then reports the time until every name
+# resolves, and RSS and idle CPU include DNS.
+#
 # Uses the release build. Prints one line per measurement; times in milliseconds. Every project it
 # creates is deleted at the end, and every codeb process it starts is stopped.
 set -euo pipefail
@@ -22,6 +27,7 @@ what=${1:-all}
 ITER=${CODEB_BENCH_ITER:-10}
 PROJECTS=${CODEB_BENCH_PROJECTS:-100}
 IDLE_S=${CODEB_BENCH_IDLE_S:-60}
+DNS=${CODEB_BENCH_DNS:-0}
 
 stack_env=$(deploy/stack.sh env)
 eval "$stack_env"
@@ -29,6 +35,11 @@ cargo build --release --quiet
 BIN=$PWD/target/release/codeb
 WORK=$(mktemp -d /tmp/codeb-bench.XXXXXX)
 WATCH_PID=""
+PDNS_API="$CODEB_TEST_PDNS_API/api/v1/servers/localhost"
+ZONE_CREATED=0
+if ((DNS)) && ! curl -sf -o /dev/null -H "X-API-Key: $PDNS_API_KEY" "$PDNS_API/zones/codeb.test."; then
+  ZONE_CREATED=1 # codeb creates it; this script deletes it at the end
+fi
 
 cleanup() {
   if [[ -n $WATCH_PID ]]; then
@@ -37,6 +48,9 @@ cleanup() {
   fi
   if [[ -d $WORK/m ]]; then
     "$BIN" --state-dir "$WORK/state" delete -f "$WORK/m" >/dev/null 2>&1 || true
+  fi
+  if ((ZONE_CREATED)); then
+    curl -sf -o /dev/null -X DELETE -H "X-API-Key: $PDNS_API_KEY" "$PDNS_API/zones/codeb.test." || true
   fi
   rm -rf "$WORK"
 }
@@ -64,7 +78,13 @@ kind: Zone
 metadata:
   name: codeb.test
 EOF
+  if ((DNS)); then
+    printf 'spec:\n  powerdns: {api: "%s", apiKeyEnv: PDNS_API_KEY}\n' "$CODEB_TEST_PDNS_API"
+  fi
 }
+
+# The A record of a name, through PowerDNS's DNS port.
+resolve() { dig +short +time=1 +tries=1 @127.0.0.1 -p "${CODEB_TEST_PDNS_DNS#*:}" "$1" A; }
 
 project_yaml() { # name image env
   cat <<EOF
@@ -113,11 +133,15 @@ finish() {
   rm -rf "$WORK/m" "$WORK/state"
 }
 
-body() { curl -s -m 2 -H "Host: $1" "http://$CODEB_TEST_HTTP/" || true; }
+# A request sent while the app is gone hangs in Caddy's dial (the service address leads to a
+# container IP that answers no ARP) until curl gives up, so curl's timeout bounds how late a
+# recovery is noticed: with 2 s, every kill measured 2.1-2.4 s, the timeout and not codeb. A
+# request to the busybox app through Caddy takes a few ms, so 0.2 s loses no answer.
+body() { curl -s -m 0.2 -H "Host: $1" "http://$CODEB_TEST_HTTP/" || true; }
 
-# Polls (no sleep: ~5 ms per curl) until host serves body; fails after 30 s.
-until_serves() { # host body
-  local deadline=$(($(date +%s) + 30))
+# Polls (no sleep: ~5 ms per curl) until host serves body; fails after 30 s (or timeout_s).
+until_serves() { # host body [timeout_s]
+  local deadline=$(($(date +%s) + ${3:-30}))
   until [[ $(body "$1") == "$2" ]]; do
     (($(date +%s) < deadline)) || {
       cp "$WORK/watch.log" /tmp/codeb-bench-failed.log
@@ -214,10 +238,26 @@ bench_scale() {
   t0=$(now)
   start_watch
   for i in $(seq 1 "$PROJECTS"); do
-    until_serves "bscale$i-bench.codeb.test" v1
+    # Not 30 s each: a reconcile that fails (a Caddy admin call reset under load) is retried after
+    # its backoff, behind every key scheduled earlier, i.e. after the rest of the initial deploys.
+    until_serves "bscale$i-bench.codeb.test" v1 300
   done
   t1=$(now)
   echo "scale: $PROJECTS projects deployed from an empty host in $(ms "$t0" "$t1") ms; Podman's share, summed over the deploys:"
+  if ((DNS)); then
+    local t_zone
+    for i in $(seq 1 "$PROJECTS"); do
+      for n in "" blue. green.; do
+        [[ $(resolve "${n}bscale$i-bench.codeb.test") == 127.0.0.1 ]] || {
+          echo "scale: ${n}bscale$i-bench.codeb.test does not resolve" >&2
+          return 1
+        }
+      done
+    done
+    # The zone's reconcile runs at start beside the hosts' and writes every record at once.
+    t_zone=$(jq -s "[.[] | select(.fields.message == \"done\" and (.fields.step | test(\"^zone codeb.test: change\"))) | $JQ_TIME] | max" "$WORK/watch.log")
+    echo "scale: all $((PROJECTS * 3)) names resolve; the zone's last write was done $(ms "$t0" "$t_zone") ms after the start, zone writes: $(jq -s '[.[] | select(.fields.message == "done" and (.fields.step | test("^zone ")))] | length' "$WORK/watch.log")"
+  fi
   jq -s '[.[] | select(.fields.message == "created" or .fields.message == "started") | {m: .fields.message, ms: .fields.elapsed_ms}]
     | group_by(.m)[] | "  \(.[0].m): \(length) calls, \(map(.ms) | add) ms in all, \(map(.ms) | sort | .[length / 2 | floor]) ms median, \(map(.ms) | max) ms max"' \
     -r "$WORK/watch.log"
@@ -235,7 +275,7 @@ bench_scale() {
   hwm=$(awk '/^VmHWM/ {print $2}' "/proc/$WATCH_PID/status")
   echo "scale: RSS $((rss / 1024)) MiB now, peak $((hwm / 1024)) MiB (VmHWM), managing $PROJECTS projects"
   echo "scale: idle CPU over ${IDLE_S}s at resync 30s: $((b - a)) ticks of 1/${clk} s = $(echo "scale=3; ($b - $a) * 100 / $clk / $IDLE_S" | bc)% of one core"
-  echo "scale: sweeps logged: $(grep -c '"result":"swept"' "$WORK/watch.log"), writes while idle: $(jq -c --argjson t "$t1" "select($JQ_TIME > \$t + 5 and .fields.message == \"done\")" "$WORK/watch.log" | wc -l)"
+  echo "scale: sweeps logged: $(grep -c '"result":"swept"' "$WORK/watch.log"), zone reconciles: $(grep -c '"work":"zone ' "$WORK/watch.log" || true), writes while idle: $(jq -c --argjson t "$t1" "select($JQ_TIME > \$t + 5 and .fields.message == \"done\")" "$WORK/watch.log" | wc -l)"
   finish
 }
 

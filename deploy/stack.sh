@@ -7,7 +7,7 @@
 # /run/containers/networks (on purpose: network namespaces are shared), and the default network's
 # bridge name podman0; give each stack its own CODEB_STACK_SUBNET if two must run side by side.
 #
-# Usage: deploy/stack.sh up | down [--purge] | env | status | restart-caddy | images
+# Usage: deploy/stack.sh up | down [--purge] | env | status | restart-caddy | stop SERVICE | images
 #
 #   up             install missing Debian packages, start whatever is not running and healthy, then
 #                  wait (bounded) until all three answer. A second `up` is a no-op in well under 1 s.
@@ -17,6 +17,8 @@
 #   status         print each service and whether it answers; exit 1 if one does not.
 #   restart-caddy  kill Caddy and start it again from the base config (which has no routes), so tests
 #                  can prove that codeb notices and pushes its routes again.
+#   stop SERVICE   stop one service (podman, caddy or pdns) and leave the others running, so tests can
+#                  prove that codeb carries on without it and recovers; `up` starts it again.
 #   images         build the test images into this stack's Podman store (no registry is reachable).
 #
 # State dir: $CODEB_STACK_DIR, default <repo root>/.codeb-stack. Ports (defaults): Caddy admin 12019,
@@ -597,6 +599,13 @@ cmd_restart_caddy() {
   wait_healthy caddy
 }
 
+cmd_stop() { # service
+  local name=$1
+  [[ " ${SERVICES[*]} " == *" $name "* ]] || usage
+  take_lock
+  stop_service "$name"
+}
+
 # ---------------------------------------------------------------------------------------------------
 # Test images
 
@@ -716,6 +725,10 @@ main() {
   env) no_args "$@" && cmd_env ;;
   status) no_args "$@" && cmd_status ;;
   restart-caddy) no_args "$@" && cmd_restart_caddy ;;
+  stop)
+    (($# == 1)) || usage
+    cmd_stop "$1"
+    ;;
   images) no_args "$@" && cmd_images ;;
   *) usage ;;
   esac

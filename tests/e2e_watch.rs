@@ -1,5 +1,6 @@
-//! `codeb watch` end to end against the real Podman and Caddy: saved changes go live, drift is
-//! repaired by events and resyncs, a broken save changes nothing, SIGTERM is prompt and leaves the
+//! `codeb watch` end to end against the real Podman, Caddy and PowerDNS: saved changes go live,
+//! drift is repaired by events and resyncs (DNS records too), a broken save changes nothing,
+//! PowerDNS stopped holds back no deploy and its zone recovers, SIGTERM is prompt and leaves the
 //! apps serving, and the CLI keeps working beside the daemon through its socket.
 //!
 //! Every wait is a bounded poll. Each daemon runs as a child that is killed when its guard drops.
@@ -9,6 +10,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::*;
+use serde_json::json;
 
 const START: Duration = Duration::from_secs(20);
 
@@ -128,6 +130,9 @@ fn a_route_deleted_from_caddy_or_lost_in_a_restart_comes_back_within_one_resync(
         w.log()
     );
 
+    // The deploy's last round (which would put a route deleted before it back at once) is over
+    // by the next sweep.
+    assert!(w.wait_sweeps(1, Duration::from_secs(10)), "{}", w.log());
     let route = format!("codeb-{name}_production");
     assert_eq!(
         caddy_admin(&sb.stack.caddy_admin, "DELETE", &format!("/id/{route}"), ""),
@@ -333,4 +338,226 @@ fn watch_refuses_invalid_manifests_at_start_with_exit_2_and_applies_nothing() {
     assert_eq!(status.code(), Some(2));
     assert!(w.log().contains("all.yaml:"), "{}", w.log());
     assert!(containers(&name).is_empty());
+}
+
+/// A zone of this test's own, seeded with a foreign A record, and the manifests' head (Host and
+/// managed Zone) for it.
+fn dns_sandbox(sb: &Sandbox, pdns: &Pdns, prefix: &str) -> (String, String) {
+    let zone = format!("{}.test", unique(prefix));
+    pdns.create_zone(
+        &zone,
+        json!([{
+            "name": format!("www.{zone}."), "type": "A", "ttl": 3600,
+            "records": [{"content": "192.0.2.10", "disabled": false}],
+        }]),
+    );
+    let head = format!(
+        "{}{}",
+        sb.stack.host_doc("127.0.0.1"),
+        managed_zone(&zone, &pdns.api, "PDNS_API_KEY")
+    );
+    (zone, head)
+}
+
+/// Saves `head` and these projects as the watched manifests.
+fn save_docs(sb: &Sandbox, head: &str, projects: &[ProjectYaml]) -> std::path::PathBuf {
+    let mut text = head.to_string();
+    for p in projects {
+        text.push_str(&p.render());
+    }
+    sb.save_text(&text)
+}
+
+/// `hostname` and both its preview names resolve to the Host's address through PowerDNS.
+fn resolves(pdns: &Pdns, hostname: &str) -> bool {
+    ["", "blue.", "green."]
+        .iter()
+        .all(|p| pdns.dig(&format!("{p}{hostname}"), "A") == "127.0.0.1")
+}
+
+/// None of `hostname`'s names has an A record.
+fn gone(pdns: &Pdns, hostname: &str) -> bool {
+    ["", "blue.", "green."]
+        .iter()
+        .all(|p| pdns.dig(&format!("{p}{hostname}"), "A").is_empty())
+}
+
+#[test]
+fn watched_dns_records_appear_come_back_within_one_resync_and_follow_a_saved_hostname() {
+    let _l = lock();
+    let (sb, pdns) = (Sandbox::new(), Pdns::get());
+    let (zone, head) = dns_sandbox(&sb, &pdns, "wzone");
+    let foreign = pdns.foreign(&zone);
+    let name = unique("wdns");
+    let host = format!("{name}.{zone}");
+    let moved = format!("moved-{name}.{zone}");
+    let project = |hostname| {
+        let mut p = ProjectYaml::new(&name, "localhost/codeb-test-app:v1");
+        p.zone = &zone;
+        p.hostname = hostname;
+        p
+    };
+    let dir = save_docs(&sb, &head, &[project(None)]);
+    let w = sb.watch(&dir, &["--resync", "2s"]);
+    assert!(
+        eventually(START, || resolves(&pdns, &host) && serves(&sb, &host, "v1")),
+        "{}",
+        w.log()
+    );
+    assert_eq!(pdns.foreign(&zone), foreign);
+
+    // Edited by hand: one record deleted, another pointed elsewhere. Nothing but the resync (every
+    // 2 s) can notice: PowerDNS sends no event.
+    pdns.patch(
+        &zone,
+        json!([
+            {"name": format!("{host}."), "type": "A", "changetype": "DELETE"},
+            {"name": format!("blue.{host}."), "type": "A", "ttl": 60, "changetype": "REPLACE",
+             "records": [{"content": "10.9.9.9", "disabled": false}]},
+        ]),
+    );
+    assert!(!resolves(&pdns, &host));
+    assert!(
+        eventually(Duration::from_secs(10), || resolves(&pdns, &host)),
+        "{}",
+        w.log()
+    );
+    assert_eq!(pdns.foreign(&zone), foreign);
+
+    // A saved hostname change: the records move with it, in the same write.
+    save_docs(&sb, &head, &[project(Some(moved.as_str()))]);
+    assert!(
+        eventually(Duration::from_secs(15), || resolves(&pdns, &moved)
+            && gone(&pdns, &host)
+            && serves(&sb, &moved, "v1")),
+        "{}",
+        w.log()
+    );
+    assert_eq!(pdns.foreign(&zone), foreign);
+    assert!(!w.log().contains(&pdns.key), "the key is never logged");
+    drop(w);
+    cleanup(&sb, &name);
+    assert!(
+        pdns.codeb_rrsets(&zone).is_empty(),
+        "delete took the records"
+    );
+    pdns.delete_zone(&zone);
+}
+
+/// Starts PowerDNS again when dropped, so a failing test leaves the stack whole.
+struct StartAgain;
+
+impl Drop for StartAgain {
+    fn drop(&mut self) {
+        let _ = stack(&["up"]);
+    }
+}
+
+fn stack(args: &[&str]) -> std::process::Output {
+    std::process::Command::new("bash")
+        .arg(format!("{}/deploy/stack.sh", env!("CARGO_MANIFEST_DIR")))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn powerdns_stopped_holds_back_no_deploy_and_its_zone_recovers_once_it_is_back() {
+    let _l = lock();
+    let (sb, pdns) = (Sandbox::new(), Pdns::get());
+    let (zone, head) = dns_sandbox(&sb, &pdns, "wdown");
+    let (a, b) = (unique("wdowna"), unique("wdownb"));
+    let project = |name, image| {
+        let mut p = ProjectYaml::new(name, image);
+        p.zone = &zone;
+        p
+    };
+    let dir = save_docs(&sb, &head, &[project(&a, "localhost/codeb-test-app:v1")]);
+    let w = sb.watch(&dir, &["--resync", "2s"]);
+    let host_a = format!("{a}.{zone}");
+    let host_b = format!("{b}.{zone}");
+    assert!(
+        eventually(START, || resolves(&pdns, &host_a)
+            && serves(&sb, &host_a, "v1")),
+        "{}",
+        w.log()
+    );
+
+    let _start_again = StartAgain;
+    let stop = stack(&["stop", "pdns"]);
+    assert!(stop.status.success(), "{}", text(&stop));
+    // A new image for `a` and a new project `b`, saved while PowerDNS is down: both go live.
+    save_docs(
+        &sb,
+        &head,
+        &[
+            project(&a, "localhost/codeb-test-app:v2"),
+            project(&b, "localhost/codeb-test-app:v1"),
+        ],
+    );
+    assert!(
+        eventually(Duration::from_secs(20), || serves(&sb, &host_a, "v2")
+            && serves(&sb, &host_b, "v1")),
+        "{}",
+        w.log()
+    );
+    assert!(
+        w.wait_log(
+            Duration::from_secs(10),
+            &format!(
+                "zone {zone} is unreachable: cannot reach PowerDNS's API at {}",
+                pdns.api
+            )
+        ),
+        "{}",
+        w.log()
+    );
+
+    let up = stack(&["up"]);
+    assert!(up.status.success(), "{}", text(&up));
+    // Within one backoff step (at most 30 s) of PowerDNS answering again.
+    assert!(
+        eventually(Duration::from_secs(35), || resolves(&pdns, &host_b)),
+        "{}",
+        w.log()
+    );
+    assert!(resolves(&pdns, &host_a));
+    assert!(!w.log().contains(&pdns.key), "the key is never logged");
+    drop(w);
+    cleanup(&sb, &a);
+    cleanup(&sb, &b);
+    pdns.delete_zone(&zone);
+}
+
+#[test]
+fn watch_refuses_a_managed_zone_whose_key_variable_is_unset_with_exit_2() {
+    let _l = lock();
+    let (sb, pdns) = (Sandbox::new(), Pdns::get());
+    let name = unique("wnokey");
+    let zone = format!("{}.test", unique("wnokey"));
+    let head = format!(
+        "{}{}",
+        sb.stack.host_doc("127.0.0.1"),
+        managed_zone(&zone, &pdns.api, "CODEB_TEST_NO_SUCH_KEY")
+    );
+    let mut p = ProjectYaml::new(&name, "localhost/codeb-test-app:v1");
+    p.zone = &zone;
+    let dir = save_docs(&sb, &head, &[p]);
+    let mut w = sb.watch(&dir, &[]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(s) = w.child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "still running");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(status.code(), Some(2), "{}", w.log());
+    let log = w.log();
+    assert!(
+        log.contains(&format!("Zone {zone}")) && log.contains("CODEB_TEST_NO_SUCH_KEY"),
+        "{log}"
+    );
+    assert!(containers(&name).is_empty(), "nothing was applied");
+    assert!(pdns.zone(&zone).is_none());
 }

@@ -417,6 +417,8 @@ pub struct DnsState {
     pub patches: usize,
     pub creates: usize,
     pub reads: usize,
+    /// Every call, failed ones included (how often a down server was tried).
+    pub calls: usize,
     /// Every call fails as an unreachable server would.
     pub down: bool,
     /// Patches fail as a refused change would (after being counted as an attempt).
@@ -448,6 +450,7 @@ impl FakeDns {
         f: impl FnOnce(&mut DnsState) -> Result<T, powerdns::Error>,
     ) -> Result<T, powerdns::Error> {
         let mut s = self.state();
+        s.calls += 1;
         if s.down {
             return Err(powerdns::Error::Timeout {
                 api: "http://fake-pdns".into(),

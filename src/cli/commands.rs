@@ -5,7 +5,7 @@
 //! ([`Ctx`] says which store to use). A command that would act on environments takes them from the
 //! daemon's queue first, so that it never runs beside a reconcile of the same environment.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -17,6 +17,7 @@ use super::output;
 use super::remote::{self, Request};
 use super::{default_state_dir, Cli, Command, Failure, Files};
 use crate::backend::Kernel as _;
+use crate::model::dns::ZoneRef;
 use crate::model::{desired::desired, Desired, EnvKey};
 use crate::plan::{self, HostObservation, Note};
 use crate::reconcile::controller::{ClaimGuard, Work};
@@ -161,14 +162,16 @@ pub async fn execute(
             } else {
                 vec![]
             };
+            let zones = apply_zones(&d, &store, &remove)?;
             let _claim = if dry_run {
                 None
             } else {
                 let hosts = d.hosts.keys().cloned().map(Work::Host);
                 let envs = d.envs.keys().chain(&remove).cloned().map(Work::Env);
-                ctx.claim(hosts.chain(envs).collect()).await?
+                let zones = managed(&zones).map(Work::Zone);
+                ctx.claim(hosts.chain(envs).chain(zones).collect()).await?
             };
-            let code = apply(&d, &store, remove, dry_run, out).await?;
+            let code = apply(&d, &store, &zones, remove, dry_run, out).await?;
             if let Ctx::Daemon(daemon) = ctx {
                 for note in daemon.apply_notes(&d) {
                     writeln!(out, "· {note}")?;
@@ -252,8 +255,14 @@ pub async fn execute(
             if let Ctx::Daemon(daemon) = ctx {
                 daemon.check_delete(&keys)?;
             }
-            let _claim = ctx
-                .claim(keys.iter().cloned().map(Work::Env).collect())
+            let hostnames = keys
+                .iter()
+                .filter_map(|k| recorded.envs.get(k))
+                .map(|r| r.hostname.as_str());
+            let zones = plan::dns::zones_for(hostnames, &recorded.zones);
+            let works = keys.iter().cloned().map(Work::Env);
+            let claim = ctx
+                .claim(works.chain(managed(&zones).map(Work::Zone)).collect())
                 .await?;
             let hosts: BTreeSet<&String> = keys
                 .iter()
@@ -262,17 +271,21 @@ pub async fn execute(
                 .collect();
             let mut backends =
                 connect(recorded.hosts.values().filter(|h| hosts.contains(&h.name)))?;
-            let hostnames = keys
-                .iter()
-                .filter_map(|k| recorded.envs.get(k))
-                .map(|r| r.hostname.as_str());
-            backends.zones =
-                connect_zones(plan::dns::zones_for(hostnames, &recorded.zones).values())?;
+            backends.zones = connect_zones(zones.values())?;
             let observed = reconcile::observe(&backends).await;
             // Planned from the records as they are now that the keys are held.
             let recorded = store.load()?;
             let p = plan::plan_delete(&keys, &observed, &recorded);
             let report = reconcile::execute(&p, &store, &backends, &HttpProber::new()).await?;
+            drop(claim);
+            // A name the deleted environments held may be wanted by another one: its zone looks.
+            if let Ctx::Daemon(daemon) = ctx {
+                for zone in managed(&zones) {
+                    daemon
+                        .controller
+                        .trigger(Work::Zone(zone), std::time::Duration::ZERO);
+                }
+            }
             print_outcome(
                 &Outcome {
                     executed: report.executed,
@@ -314,12 +327,13 @@ fn prunable(d: &Desired, store: &Store, allow_empty: bool) -> anyhow::Result<Vec
 async fn apply(
     d: &Desired,
     store: &Store,
+    zones: &BTreeMap<String, ZoneRef>,
     remove: Vec<EnvKey>,
     dry_run: bool,
     out: &mut Vec<u8>,
 ) -> anyhow::Result<u8> {
     let mut backends = connect(d.hosts.values())?;
-    backends.zones = connect_zones(apply_zones(d, store, &remove)?.values())?;
+    backends.zones = connect_zones(zones.values())?;
     let outcome = reconcile::converge(
         Target {
             desired: d,
@@ -353,7 +367,7 @@ fn apply_zones(
     d: &Desired,
     store: &Store,
     remove: &[EnvKey],
-) -> anyhow::Result<std::collections::BTreeMap<String, crate::model::dns::ZoneRef>> {
+) -> anyhow::Result<BTreeMap<String, ZoneRef>> {
     let mut zones = d.zones.clone();
     if !remove.is_empty() {
         let recorded = store.load()?;
@@ -366,6 +380,14 @@ fn apply_zones(
         }
     }
     Ok(zones)
+}
+
+/// The names of the managed zones among `zones`.
+fn managed(zones: &BTreeMap<String, ZoneRef>) -> impl Iterator<Item = String> + '_ {
+    zones
+        .values()
+        .filter(|z| z.is_managed())
+        .map(|z| z.name.clone())
 }
 
 fn print_outcome(outcome: &Outcome, out: &mut Vec<u8>) -> anyhow::Result<u8> {

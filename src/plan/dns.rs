@@ -27,7 +27,7 @@ use rustc_hash::{FxHashMap, FxHashSet};
 use super::{Action, Note, Observed, Plan, Step};
 use crate::backend::{ObservedZone, Rrset, RrsetChange};
 use crate::model::dns::{canonical, owner_mark, owner_of, zone_of, ZoneRef, OWNER_PREFIX};
-use crate::model::{preview_hostname, Desired, EnvKey, Recorded, Slot};
+use crate::model::{preview_hostname, Desired, DesiredEnv, EnvKey, Recorded, Slot};
 
 /// What one zone looked like.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -140,6 +140,92 @@ pub fn plan_apply(
         ensure: desired.zones.keys().map(String::as_str).collect(),
     };
     plan_zones(&input, &observed.zones, plan);
+}
+
+/// The steps and notes of one managed zone, exactly as [`plan_apply`] plans them for the whole
+/// manifests: what `codeb watch` runs per zone. Every desired environment counts, not only those
+/// with a name in the zone: one whose hostname moved elsewhere has a stale record here, and one
+/// that is not known at all would leave its records alone.
+///
+/// # Assumptions
+/// `observed` holds `zone` and the other zones of [`zone_scope`]: conflicts are found across the
+/// zones observed, so an environment in conflict in one of them gets no write in this one either.
+/// Notes about other zones are left to those zones' plans.
+pub fn plan_zone(
+    zone: &str,
+    desired: &Desired,
+    observed: &Observed,
+    recorded: &Recorded,
+    prune: &[EnvKey],
+) -> Plan {
+    let mut plan = Plan::default();
+    plan_apply(desired, observed, recorded, prune, &mut plan);
+    plan.steps.retain(|s| s.action.zone() == Some(zone));
+    plan.notes.retain(|n| match n {
+        Note::DnsConflict { zone: z, .. } | Note::ZoneUnreachable { zone: z, .. } => z == zone,
+        _ => false,
+    });
+    plan
+}
+
+/// The managed zones whose observation [`plan_zone`] needs for `zone`: the zone itself, and the
+/// zones holding any name of an environment that has a name in it or owns an rrset `observed` in
+/// it (whether that environment is in conflict is decided across all its zones). Usually `zone`
+/// alone: another zone joins only when one environment's names span two Zones.
+pub fn zone_scope(
+    zone: &str,
+    desired: &Desired,
+    observed: Option<&ObservedZone>,
+) -> BTreeSet<String> {
+    let owners: FxHashSet<Owner<'_>> = observed
+        .into_iter()
+        .flat_map(|z| &z.rrsets)
+        .filter_map(|r| r.mark.as_deref().and_then(owner_of))
+        .collect();
+    let mut out = BTreeSet::from([zone.to_string()]);
+    for d in desired.envs.values() {
+        let theirs = zones_for([d.hostname.as_str()], &desired.zones);
+        if theirs.contains_key(zone) || owners.contains(&owner(&d.key)) {
+            out.extend(theirs.into_keys());
+        }
+    }
+    out
+}
+
+/// The managed zones of `new` whose plan may differ from their plan under `old`: all of them when
+/// a Zone or a Host address changed; otherwise those holding an old or a new name of an
+/// environment that appeared, went, or changed its host or hostname. A new image changes no zone.
+pub fn zones_changed(old: &Desired, new: &Desired) -> BTreeSet<String> {
+    let addresses = |d: &Desired| -> BTreeMap<String, String> {
+        d.hosts
+            .iter()
+            .map(|(name, h)| (name.clone(), h.address.clone()))
+            .collect()
+    };
+    if old.zones != new.zones || addresses(old) != addresses(new) {
+        return new
+            .zones
+            .values()
+            .filter(|z| z.is_managed())
+            .map(|z| z.name.clone())
+            .collect();
+    }
+    fn dns(e: Option<&DesiredEnv>) -> Option<(&str, &str)> {
+        e.map(|e| (e.host.as_str(), e.hostname.as_str()))
+    }
+    let mut out = BTreeSet::new();
+    for key in old.envs.keys().chain(new.envs.keys()) {
+        let (was, now) = (old.envs.get(key), new.envs.get(key));
+        if dns(was) == dns(now) {
+            continue;
+        }
+        let hostnames = [was, now]
+            .into_iter()
+            .flatten()
+            .map(|e| e.hostname.as_str());
+        out.extend(zones_for(hostnames, &new.zones).into_keys());
+    }
+    out
 }
 
 /// The DNS steps of `codeb delete`: the records of `keys`, in the recorded Zones. No zone is

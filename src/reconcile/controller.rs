@@ -2,9 +2,9 @@
 //! messages, runs reconciles as tasks, and turns their results into the next schedule.
 //!
 //! The unit of work is one project environment ([`Work::Env`]), plus one sweep per host
-//! ([`Work::Host`]). A reconcile is level-triggered: it is never told why it runs (a saved file, a
-//! container event, a resync, a timer); it observes the host, plans from the full state and
-//! executes. Its result is a value ([`Action`]: run again after a delay, schedule other work, or
+//! ([`Work::Host`]) and one reconcile per managed DNS zone ([`Work::Zone`]). A reconcile is
+//! level-triggered: it is never told why it runs (a saved file, a container event, a resync, a
+//! timer); it observes its host or zone, plans from the full state and executes. Its result is a value ([`Action`]: run again after a delay, schedule other work, or
 //! wait for a change); its error goes through one [`error_policy`] to a per-key backoff.
 //!
 //! Why hosts are work of their own: two things on a host are shared by its environments, codeb's
@@ -18,6 +18,15 @@
 //! resync of a converged host costs one container list and one Caddy read, whatever the number of
 //! projects.
 //!
+//! Why zones are work of their own: a zone holds the records of every environment whose names
+//! fall in it, and all of a zone's changes go in one write. So only a zone's reconcile writes the
+//! zone (never two at once), planning it with every desired environment; it runs at start, at
+//! every resync (a record edited by hand produces no event) and when a saved change can affect
+//! it. PowerDNS being down then fails that key alone, which backs off like any other, and holds
+//! back no container or Caddy work. A pruned environment's reconcile removes its containers and
+//! routes, hands its records to the zone's reconcile, and forgets the environment only once no
+//! zone holds a record of it (the zone's reconcile runs it again when it removed them).
+//!
 //! Must not: hold a lock across an `.await`, run two reconciles of one key at once, or make a
 //! decision the planner should make.
 
@@ -26,6 +35,7 @@ use std::fmt;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use futures_util::future::join_all;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
@@ -35,16 +45,18 @@ use tracing::{info, warn};
 use super::backoff::Backoffs;
 use super::queue::{Claim, Queue, Ticket};
 use super::{execute_until, observe, Backends, HostBackends, Prober, MAX_ROUNDS};
-use crate::backend::{Kernel, Proxy, Runtime};
+use crate::backend::{Dns, Kernel, Proxy, Runtime};
+use crate::model::dns::ZoneRef;
 use crate::model::{Desired, EnvKey, EnvRecord, HostRef, Recorded, Slot, SlotState};
-use crate::plan::{self, HostObservation, Plan, Step};
+use crate::plan::{self, HostObservation, Note, Plan, Step, ZoneObservation};
 use crate::store::Store;
 
-/// One unit of work: a host's sweep or one project environment.
+/// One unit of work: a host's sweep, one project environment, or one managed DNS zone.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Work {
     Host(String),
     Env(EnvKey),
+    Zone(String),
 }
 
 impl fmt::Display for Work {
@@ -52,6 +64,7 @@ impl fmt::Display for Work {
         match self {
             Work::Host(h) => write!(f, "host {h}"),
             Work::Env(k) => write!(f, "{k}"),
+            Work::Zone(z) => write!(f, "zone {z}"),
         }
     }
 }
@@ -91,6 +104,13 @@ pub enum Error {
     /// The host's endpoints could not be turned into clients (a bad endpoint string).
     #[error("host {host} is not connected: {error}")]
     NotConnected { host: String, error: String },
+    /// A managed zone could not be read (PowerDNS down, or the key refused); the message names
+    /// the endpoint, never the key.
+    #[error("zone {zone} is unreachable: {error}")]
+    ZoneUnreachable { zone: String, error: String },
+    /// The zone's client could not be made (its key variable unset, a bad endpoint).
+    #[error("zone {zone} is not connected: {error}")]
+    ZoneNotConnected { zone: String, error: String },
     /// A step failed; the executor skipped the key's remaining steps.
     #[error("{step}: {error}")]
     StepFailed { step: String, error: String },
@@ -105,8 +125,9 @@ pub enum Error {
 /// The one place where a failed reconcile becomes a retry decision: every error waits for the
 /// key's next backoff delay (0.8 s doubling to 15 s, plus up to 100 % jitter), and a success resets
 /// it. Resyncs respect the delay; a saved change of the key resets it, and a container event of
-/// the key runs it at once. There is no "give up": a host that is down is tried again within 30 s forever, and recovers
-/// within one step of the schedule after it comes back. A release that fails its health check is
+/// the key runs it at once. There is no "give up": a host or a PowerDNS that is down is tried
+/// again within 30 s forever, and recovers within one step of the schedule after it comes back;
+/// only its own keys wait (a zone's failure holds back no container or Caddy work). A release that fails its health check is
 /// an error once; the retry then finds it `failed`, which the planner leaves alone until the
 /// manifests name another release, so the retry makes no write and the key settles.
 pub fn error_policy(work: &Work, _error: &Error, backoffs: &mut Backoffs<Work>) -> Duration {
@@ -119,6 +140,16 @@ pub type Clock = Arc<dyn Fn() -> u64 + Send + Sync>;
 
 /// Turns a host's endpoints into clients.
 pub type Connect<R, P, K> = Box<dyn Fn(&HostRef) -> Result<HostBackends<R, P, K>, String> + Send>;
+
+/// Turns a managed Zone into its PowerDNS client (reading the key from the variable it names). The
+/// error names the Zone and the variable, never the key.
+pub type ConnectZone<D> = Box<dyn Fn(&ZoneRef) -> Result<D, String> + Send>;
+
+/// How the loop makes its clients, for hosts and for zones.
+pub struct Connectors<R, P, K, D> {
+    pub host: Connect<R, P, K>,
+    pub zone: ConnectZone<D>,
+}
 
 /// How the loop runs.
 pub struct Config {
@@ -237,7 +268,7 @@ impl Handle {
         let _ = self.tx.send(Msg::Trigger { work, after });
     }
 
-    /// Sweeps every host now.
+    /// Sweeps every host and reconciles every managed zone now.
     pub fn resync(&self) {
         let _ = self.tx.send(Msg::Resync);
     }
@@ -278,7 +309,8 @@ struct Shared<H> {
     stop: CancellationToken,
 }
 
-type HostMap<R, P, K> = Arc<BTreeMap<String, Arc<Backends<R, P, K>>>>;
+/// Per host, its clients alone (no zone); per managed zone, its client alone (no host).
+type Clients<R, P, K, D> = Arc<BTreeMap<String, Arc<Backends<R, P, K, D>>>>;
 
 struct Finished {
     work: Work,
@@ -288,12 +320,14 @@ struct Finished {
 }
 
 /// The loop. Build it with [`Controller::new`], take a [`Handle`], then [`Controller::run`] it.
-pub struct Controller<R, P, K, H> {
+pub struct Controller<R, P, K, D, H> {
     shared: Arc<Shared<H>>,
     config: Config,
-    connect: Connect<R, P, K>,
+    connect: Connectors<R, P, K, D>,
     endpoints: BTreeMap<String, HostRef>,
-    hosts: HostMap<R, P, K>,
+    hosts: Clients<R, P, K, D>,
+    zone_endpoints: BTreeMap<String, ZoneRef>,
+    zones: Clients<R, P, K, D>,
     desired: Arc<Desired>,
     queue: Queue<Work>,
     backoffs: Backoffs<Work>,
@@ -306,24 +340,26 @@ pub struct Controller<R, P, K, H> {
     rx: mpsc::UnboundedReceiver<Msg>,
 }
 
-impl<R, P, K, H> Controller<R, P, K, H>
+impl<R, P, K, D, H> Controller<R, P, K, D, H>
 where
     R: Runtime + 'static,
     P: Proxy + 'static,
     K: Kernel + 'static,
+    D: Dns + 'static,
     H: Prober + 'static,
 {
-    /// A loop over `desired`, connected to its hosts and to the hosts of recorded environments
+    /// A loop over `desired`, connected to its hosts and managed zones, and to the recorded ones
     /// (which a prune still needs to reach).
     pub fn new(
         desired: Arc<Desired>,
         store: Arc<Store>,
         prober: H,
-        connect: Connect<R, P, K>,
+        connect: Connectors<R, P, K, D>,
         config: Config,
     ) -> Result<Self, super::Error> {
         let (tx, rx) = mpsc::unbounded_channel();
         let recorded_hosts = store.hosts()?;
+        let recorded_zones = store.load()?.zones;
         let mut c = Controller {
             shared: Arc::new(Shared {
                 store,
@@ -338,6 +374,8 @@ where
             connect,
             endpoints: BTreeMap::new(),
             hosts: Arc::new(BTreeMap::new()),
+            zone_endpoints: BTreeMap::new(),
+            zones: Arc::new(BTreeMap::new()),
             desired: desired.clone(),
             backoffs: Backoffs::default(),
             retry_at: HashMap::new(),
@@ -350,6 +388,9 @@ where
         let mut endpoints = recorded_hosts;
         endpoints.extend(desired.hosts.clone());
         c.connect_hosts(&endpoints);
+        let mut zones = recorded_zones;
+        zones.extend(desired.zones.clone());
+        c.connect_zones(&zones);
         Ok(c)
     }
 
@@ -369,15 +410,11 @@ where
                 continue;
             }
             self.endpoints.insert(name.clone(), h.clone());
-            match (self.connect)(h) {
+            match (self.connect.host)(h) {
                 Ok(b) => {
                     map.insert(
                         name.clone(),
-                        // DNS is not reconciled by the watch loop yet: `codeb apply` writes zones.
-                        Arc::new(Backends {
-                            hosts: BTreeMap::from([(name.clone(), b)]),
-                            zones: Default::default(),
-                        }),
+                        Arc::new(Backends::hosts(BTreeMap::from([(name.clone(), b)]))),
                     );
                 }
                 Err(error) => {
@@ -391,10 +428,41 @@ where
         changed
     }
 
+    /// (Re)connects every managed zone whose Zone is new or changed.
+    fn connect_zones(&mut self, zones: &BTreeMap<String, ZoneRef>) -> Vec<String> {
+        let mut map = (*self.zones).clone();
+        let mut changed = Vec::new();
+        for (name, z) in zones.iter().filter(|(_, z)| z.is_managed()) {
+            if self.zone_endpoints.get(name) == Some(z) && map.contains_key(name) {
+                continue;
+            }
+            self.zone_endpoints.insert(name.clone(), z.clone());
+            match (self.connect.zone)(z) {
+                Ok(dns) => {
+                    map.insert(
+                        name.clone(),
+                        Arc::new(Backends {
+                            hosts: BTreeMap::new(),
+                            zones: BTreeMap::from([(name.clone(), dns)]),
+                        }),
+                    );
+                }
+                Err(error) => {
+                    warn!(zone = %name, %error, "cannot connect");
+                    map.remove(name);
+                }
+            }
+            changed.push(name.clone());
+        }
+        self.zones = Arc::new(map);
+        changed
+    }
+
     /// Runs until `shutdown`, then stops taking work, lets each reconcile in flight finish its
     /// current step (at most [`Config::shutdown_grace`]) and returns.
     ///
-    /// Starts by sweeping every host: a start is an apply of the manifests as they are.
+    /// Starts by sweeping every host and reconciling every managed zone: a start is an apply of
+    /// the manifests as they are.
     pub async fn run(mut self, shutdown: CancellationToken) {
         self.sweep_all(Instant::now());
         let mut hard_stop: Option<Instant> = None;
@@ -457,7 +525,8 @@ where
 
     /// Schedules a sweep of every host of the manifests, and with `prune` of every host that
     /// still has recorded environments (a host only recorded, without prune, has nothing to do,
-    /// and may be gone for good).
+    /// and may be gone for good); and a reconcile of every managed zone of the manifests (a zone
+    /// only recorded is written only for a pruned environment, which hands it over).
     fn sweep_all(&mut self, now: Instant) {
         let hosts: Vec<String> = self
             .hosts
@@ -467,6 +536,9 @@ where
             .collect();
         for host in hosts {
             self.schedule_resync(Work::Host(host), now);
+        }
+        for zone in managed_zones(&self.desired) {
+            self.schedule_resync(Work::Zone(zone), now);
         }
     }
 
@@ -496,11 +568,21 @@ where
     }
 
     /// Environments whose desired state changed run now, with their failures forgotten: a new
-    /// spec deserves a fresh start. Hosts whose endpoints changed are reconnected and swept.
+    /// spec deserves a fresh start. Hosts whose endpoints changed are reconnected and swept; zones
+    /// the change can affect (a Zone, a hostname or a Host address changed, an environment came or
+    /// went) are reconnected if their Zone changed, and run now, afresh too.
     fn on_desired(&mut self, new: Arc<Desired>, now: Instant) {
         let old = std::mem::replace(&mut self.desired, new.clone());
         for host in self.connect_hosts(&new.hosts) {
             self.queue.schedule(Work::Host(host), now);
+        }
+        let mut zones = plan::dns::zones_changed(&old, &new);
+        zones.extend(self.connect_zones(&new.zones));
+        for zone in zones.into_iter().filter(|z| new.zones.contains_key(z)) {
+            let work = Work::Zone(zone);
+            self.backoffs.reset(&work);
+            self.retry_at.remove(&work);
+            self.queue.schedule(work, now);
         }
         let keys: BTreeSet<&EnvKey> = old.envs.keys().chain(new.envs.keys()).collect();
         for key in keys {
@@ -522,13 +604,16 @@ where
         let shared = self.shared.clone();
         let desired = self.desired.clone();
         let hosts = self.hosts.clone();
+        let zones = self.zones.clone();
         let w = work.clone();
         let handle = self.tasks.spawn(async move {
             let started = Instant::now();
             let mut executed = Vec::new();
+            let (d, ex) = (&desired, &mut executed);
             let result = match &w {
-                Work::Host(h) => sweep(&shared, h, &desired, &hosts, &mut executed).await,
-                Work::Env(k) => reconcile_env(&shared, k, &desired, &hosts, &mut executed).await,
+                Work::Host(h) => sweep(&shared, h, d, &hosts, ex).await,
+                Work::Env(k) => reconcile_env(&shared, k, d, &hosts, &zones, ex).await,
+                Work::Zone(z) => reconcile_zone(&shared, z, d, &zones, ex).await,
             };
             Finished {
                 work: w,
@@ -647,10 +732,10 @@ fn next_grace_end(rec: &EnvRecord, now_ms: u64) -> Option<Duration> {
         .map(|ms| Duration::from_millis(ms + 1))
 }
 
-fn backends_of<'a, R, P, K>(
-    hosts: &'a HostMap<R, P, K>,
+fn backends_of<'a, R, P, K, D>(
+    hosts: &'a Clients<R, P, K, D>,
     host: &str,
-) -> Result<&'a Arc<Backends<R, P, K>>, Error> {
+) -> Result<&'a Arc<Backends<R, P, K, D>>, Error> {
     hosts.get(host).ok_or_else(|| Error::NotConnected {
         host: host.to_string(),
         error: "no clients for its endpoints (see the log at start or reload)".into(),
@@ -673,11 +758,16 @@ fn unreachable(host: &str, observed: &plan::Observed) -> Option<Error> {
 
 /// One environment: observe its host, plan the environment alone, execute; again until a plan is
 /// empty. Host-wide work found on the way is handed to the host's sweep.
-async fn reconcile_env<R: Runtime, P: Proxy, K: Kernel, H: Prober>(
+///
+/// A pruned environment also observes the zones holding its names. Their records are the zone's
+/// reconcile's to remove (handed over); its record is forgotten only once they are gone, so that
+/// no record of it is orphaned. A zone that cannot be read keeps it, and fails this key.
+async fn reconcile_env<R: Runtime, P: Proxy, K: Kernel, D: Dns, H: Prober>(
     sh: &Shared<H>,
     key: &EnvKey,
     desired: &Desired,
-    hosts: &HostMap<R, P, K>,
+    hosts: &Clients<R, P, K, D>,
+    zones: &Clients<R, P, K, D>,
     executed: &mut Vec<String>,
 ) -> Result<Action, Error> {
     let store = &sh.store;
@@ -707,30 +797,64 @@ async fn reconcile_env<R: Runtime, P: Proxy, K: Kernel, H: Prober>(
         one.envs.insert(key.clone(), d.clone());
     }
     let remove: Vec<EnvKey> = if prune { vec![key.clone()] } else { vec![] };
+    // Zones matter to a removal only: a desired environment's records are its zones' work.
+    let recorded_zones = if prune {
+        store.load().map_err(super::Error::from)?.zones
+    } else {
+        BTreeMap::new()
+    };
+    let its_zones: Vec<String> = plan::dns::zones_for([rec.hostname.as_str()], &recorded_zones)
+        .into_keys()
+        .collect();
+    let mut recorded = Recorded {
+        zones: recorded_zones,
+        ..Recorded::default()
+    };
     for _round in 0..MAX_ROUNDS {
-        let recorded = Recorded {
-            zones: Default::default(),
-            hosts: store.hosts().map_err(super::Error::from)?,
-            envs: store
-                .env(key)
-                .map_err(super::Error::from)?
-                .map(|r| (key.clone(), r))
-                .into_iter()
-                .collect(),
-        };
-        let observed = observe(backends).await;
+        recorded.hosts = store.hosts().map_err(super::Error::from)?;
+        recorded.envs = store
+            .env(key)
+            .map_err(super::Error::from)?
+            .map(|r| (key.clone(), r))
+            .into_iter()
+            .collect();
+        let mut observed = observe(backends).await;
         if let Some(e) = unreachable(&host, &observed) {
             return Err(e);
         }
+        observe_zones(&its_zones, zones, &mut observed).await;
         let now = (sh.clock)();
-        let plan = plan::plan(&one, &observed, &recorded, &remove, now);
+        let mut plan = plan::plan(&one, &observed, &recorded, &remove, now);
         if plan.steps.iter().any(host_wide) {
             return Ok(Action {
                 schedule: vec![(Work::Host(host), Duration::ZERO)],
                 ..Action::new("handed-to-host")
             });
         }
+        // Only a zone's reconcile writes the zone; the record stays until it has.
+        let dns: BTreeSet<String> = plan
+            .steps
+            .iter()
+            .filter_map(|s| s.action.zone())
+            .map(str::to_string)
+            .collect();
+        if !dns.is_empty() {
+            plan.steps
+                .retain(|s| s.action.zone().is_none() && !matches!(s.action, plan::Action::Forget));
+        }
         if plan.is_empty() {
+            if !dns.is_empty() {
+                return Ok(Action {
+                    schedule: dns
+                        .into_iter()
+                        .map(|z| (Work::Zone(z), Duration::ZERO))
+                        .collect(),
+                    ..Action::new("handed-to-zone")
+                });
+            }
+            if let Some(e) = plan.notes.iter().find_map(zone_unreachable) {
+                return Err(e); // the record is kept until its zone can be read
+            }
             let problems: Vec<String> = plan
                 .notes
                 .iter()
@@ -767,14 +891,157 @@ async fn reconcile_env<R: Runtime, P: Proxy, K: Kernel, H: Prober>(
     Err(Error::NotConverged { rounds: MAX_ROUNDS })
 }
 
+/// One managed zone: observe it (and the zones its conflicts depend on, see
+/// [`plan::dns::zone_scope`]), plan it with every desired environment, write it in one PATCH;
+/// again until a plan is empty. Pruned environments whose records it removed are scheduled, so
+/// that they are forgotten.
+///
+/// # Errors
+/// The zone cannot be read or written: the key backs off, and nothing else waits for it.
+async fn reconcile_zone<R: Runtime, P: Proxy, K: Kernel, D: Dns, H: Prober>(
+    sh: &Shared<H>,
+    zone: &str,
+    desired: &Desired,
+    zones: &Clients<R, P, K, D>,
+    executed: &mut Vec<String>,
+) -> Result<Action, Error> {
+    let store = &sh.store;
+    let mut recorded = store.load().map_err(super::Error::from)?;
+    match desired.zones.get(zone) {
+        // Recorded as apply records it: the variable's name, never the key.
+        Some(z) if z.is_managed() => {
+            if recorded.zones.get(zone) != Some(z) {
+                store
+                    .put_zones([z])
+                    .map_err(|e| Error::Reconcile(e.into()))?;
+            }
+        }
+        // A Zone no longer declared is still written for the environments a prune removes.
+        None if sh.prune && recorded.zones.get(zone).is_some_and(ZoneRef::is_managed) => {}
+        _ => return Ok(Action::new("not-declared")),
+    }
+    let Some(backends) = zones.get(zone) else {
+        return Err(Error::ZoneNotConnected {
+            zone: zone.to_string(),
+            error: "no client for it (see the log at start or reload)".into(),
+        });
+    };
+    let mut forget: BTreeSet<EnvKey> = BTreeSet::new();
+    for round in 0..MAX_ROUNDS {
+        if round > 0 {
+            recorded = store.load().map_err(super::Error::from)?;
+        }
+        let prune: Vec<EnvKey> = if sh.prune {
+            recorded
+                .envs
+                .keys()
+                .filter(|k| !desired.envs.contains_key(*k))
+                .cloned()
+                .collect()
+        } else {
+            vec![]
+        };
+        let mut observed = observe(backends.as_ref()).await;
+        let scope = match observed.zones.get(zone) {
+            Some(ZoneObservation::Present(z)) => plan::dns::zone_scope(zone, desired, Some(z)),
+            Some(ZoneObservation::Missing) => plan::dns::zone_scope(zone, desired, None),
+            Some(ZoneObservation::Unreachable { error }) => {
+                return Err(Error::ZoneUnreachable {
+                    zone: zone.to_string(),
+                    error: error.clone(),
+                })
+            }
+            None => unreachable!("observe reads every zone of its backends"),
+        };
+        let others: Vec<String> = scope.into_iter().filter(|z| z != zone).collect();
+        observe_zones(&others, zones, &mut observed).await;
+        let plan = plan::dns::plan_zone(zone, desired, &observed, &recorded, &prune);
+        if plan.is_empty() {
+            return Ok(Action {
+                schedule: forget
+                    .into_iter()
+                    .map(|k| (Work::Env(k), Duration::ZERO))
+                    .collect(),
+                problems: plan.notes.iter().map(|n| n.to_string()).collect(),
+                ..Action::new("converged")
+            });
+        }
+        if sh.stop.is_cancelled() {
+            return Ok(Action::new("stopped"));
+        }
+        forget.extend(
+            plan.steps
+                .iter()
+                .flat_map(|s| super::execute::deleted_owners(&s.action))
+                .filter(|k| prune.contains(k)),
+        );
+        let stop = sh.stop.clone();
+        let report = execute_until(&plan, store, backends, &sh.prober, &move || {
+            stop.is_cancelled()
+        })
+        .await?;
+        executed.extend(report.executed);
+        if let Some(f) = report.failures.into_iter().next() {
+            return Err(Error::StepFailed {
+                step: f.step,
+                error: chain(&f.error),
+            });
+        }
+    }
+    Err(Error::NotConverged { rounds: MAX_ROUNDS })
+}
+
+/// Reads these zones, each through its own client, into `observed`; a zone without a client is
+/// unreachable.
+async fn observe_zones<R: Runtime, P: Proxy, K: Kernel, D: Dns>(
+    names: &[String],
+    zones: &Clients<R, P, K, D>,
+    observed: &mut plan::Observed,
+) {
+    let reads = names.iter().map(|name| async move {
+        match zones.get(name) {
+            Some(b) => observe(b.as_ref()).await.zones,
+            None => BTreeMap::from([(
+                name.clone(),
+                ZoneObservation::Unreachable {
+                    error: "not connected (see the log at start or reload)".into(),
+                },
+            )]),
+        }
+    });
+    for read in join_all(reads).await {
+        observed.zones.extend(read);
+    }
+}
+
+fn zone_unreachable(note: &Note) -> Option<Error> {
+    match note {
+        Note::ZoneUnreachable { zone, error } => Some(Error::ZoneUnreachable {
+            zone: zone.clone(),
+            error: error.clone(),
+        }),
+        _ => None,
+    }
+}
+
+/// The managed Zones of the manifests.
+fn managed_zones(desired: &Desired) -> Vec<String> {
+    desired
+        .zones
+        .values()
+        .filter(|z| z.is_managed())
+        .map(|z| z.name.clone())
+        .collect()
+}
+
 /// A host's sweep: one observation and one plan of every environment on the host. Does the
-/// host-wide steps itself, and schedules each environment that has steps of its own (now) or a
-/// grace period running (when it ends).
-async fn sweep<R: Runtime, P: Proxy, K: Kernel, H: Prober>(
+/// host-wide steps itself, and schedules each environment that has steps of its own or is being
+/// pruned (now), or has a grace period running (when it ends).
+async fn sweep<R: Runtime, P: Proxy, K: Kernel, D: Dns, H: Prober>(
     sh: &Shared<H>,
     host: &str,
     desired: &Desired,
-    hosts: &HostMap<R, P, K>,
+    hosts: &Clients<R, P, K, D>,
     executed: &mut Vec<String>,
 ) -> Result<Action, Error> {
     let store = &sh.store;
@@ -832,7 +1099,14 @@ async fn sweep<R: Runtime, P: Proxy, K: Kernel, H: Prober>(
             });
         }
     }
-    let busy: BTreeSet<&EnvKey> = plan.steps.iter().filter_map(|s| s.key.as_ref()).collect();
+    // Every pruned environment still recorded: one whose containers are gone may still wait for
+    // its records to leave a zone (the sweep observes no zone, so its plan does not show that).
+    let busy: BTreeSet<&EnvKey> = plan
+        .steps
+        .iter()
+        .filter_map(|s| s.key.as_ref())
+        .chain(&remove)
+        .collect();
     let mut schedule: Vec<(Work, Duration)> = busy
         .iter()
         .map(|k| (Work::Env((*k).clone()), Duration::ZERO))

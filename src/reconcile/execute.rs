@@ -134,7 +134,7 @@ pub async fn execute_until<R: Runtime, P: Proxy, K: Kernel, D: Dns, H: Prober>(
 }
 
 /// The environments whose rrsets a zone step deletes.
-fn deleted_owners(action: &Action) -> Vec<EnvKey> {
+pub(super) fn deleted_owners(action: &Action) -> Vec<EnvKey> {
     let Action::DnsPatch { changes, .. } = action else {
         return Vec::new();
     };

@@ -30,8 +30,9 @@ use super::{Cli, Command, Failure, WatchArgs};
 use crate::backend::caddy::Caddy;
 use crate::backend::netfilter::Netfilter;
 use crate::backend::podman::Podman;
+use crate::backend::powerdns::PowerDns;
 use crate::model::{Desired, EnvKey};
-use crate::reconcile::controller::{Config, Connect, Controller, Handle};
+use crate::reconcile::controller::{Config, Connectors, Controller, Handle};
 use crate::reconcile::HttpProber;
 use crate::store::Store;
 
@@ -154,13 +155,24 @@ pub async fn run(state_dir: PathBuf, args: WatchArgs) -> anyhow::Result<u8> {
     for step in interrupted.iter().rev().take(5) {
         warn!(step = %step.step, at_ms = step.at_ms, "a step was in flight when codeb stopped; the reconciles resume from the records");
     }
-    let connect: Connect<Podman, Caddy, Netfilter> = Box::new(|host| {
-        let mut backends = super::connect::connect([host]).map_err(|e| format!("{e:#}"))?;
-        backends
-            .hosts
-            .remove(&host.name)
-            .ok_or_else(|| "no backends".to_string())
-    });
+    // A Zone whose key variable is unset is invalid input, as for apply: exit 2, nothing applied.
+    // A Zone added later without its key fails its own work only (logged, retried).
+    super::connect::connect_zones(desired.zones.values())?;
+    let connect: Connectors<Podman, Caddy, Netfilter, PowerDns> = Connectors {
+        host: Box::new(|host| {
+            let mut backends = super::connect::connect([host]).map_err(|e| format!("{e:#}"))?;
+            backends
+                .hosts
+                .remove(&host.name)
+                .ok_or_else(|| "no backends".to_string())
+        }),
+        zone: Box::new(|zone| {
+            let mut zones = super::connect::connect_zones([zone]).map_err(|e| format!("{e:#}"))?;
+            zones
+                .remove(&zone.name)
+                .ok_or_else(|| "not managed".to_string())
+        }),
+    };
     let config = Config::new(args.concurrency.into(), args.prune);
     let controller = Controller::new(
         desired.clone(),

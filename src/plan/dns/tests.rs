@@ -625,6 +625,135 @@ fn a_dry_run_plan_shows_dns_changes_and_never_a_key() {
     assert!(!text.contains("PDNS_API_KEY"), "{text}");
 }
 
+/// Two managed zones, `example.test` and `other.test`, both observed as holding `rrsets`.
+fn two_zones(d: &mut Desired, example: Vec<Rrset>, other: Vec<Rrset>) -> Observed {
+    d.zones.insert("other.test".into(), managed("other.test"));
+    let present = |rrsets| ZoneObservation::Present(ObservedZone { rrsets });
+    Observed {
+        zones: BTreeMap::from([
+            (ZONE.into(), present(example)),
+            ("other.test".into(), present(other)),
+        ]),
+        ..Default::default()
+    }
+}
+
+#[test]
+fn a_zone_s_plan_is_the_apply_plan_restricted_to_that_zone() {
+    let mut d = desired(&["a", "b"]);
+    d.envs
+        .get_mut(&EnvKey::new("b", "production"))
+        .unwrap()
+        .hostname = "b.other.test".into();
+    let observed = two_zones(&mut d, foreign(), vec![]);
+    let mut whole = Plan::default();
+    plan_apply(&d, &observed, &Recorded::default(), &[], &mut whole);
+    assert_eq!(dns_steps(&whole).len(), 2, "{whole}");
+    for zone in [ZONE, "other.test"] {
+        let one = plan_zone(zone, &d, &observed, &Recorded::default(), &[]);
+        let expected: Vec<&Step> = whole
+            .steps
+            .iter()
+            .filter(|s| s.action.zone() == Some(zone))
+            .collect();
+        assert_eq!(one.steps.iter().collect::<Vec<_>>(), expected, "{zone}");
+    }
+}
+
+#[test]
+fn a_zone_s_plan_deletes_the_stale_record_of_a_hostname_that_moved_to_another_zone() {
+    let mut d = desired(&["a"]);
+    d.envs.values_mut().next().unwrap().hostname = "a.other.test".into();
+    let mark = "managed by codeb: a/production";
+    let old = vec![rrset("a.example.test", "A", "127.0.0.1", Some(mark))];
+    let observed = two_zones(&mut d, old.clone(), vec![]);
+    let p = plan_zone(ZONE, &d, &observed, &Recorded::default(), &[]);
+    let Some(Action::DnsPatch { changes, .. }) = p.steps.first().map(|s| &s.action) else {
+        panic!("{p}");
+    };
+    assert_eq!(changes.len(), 1, "{p}");
+    assert!(
+        matches!(changes[0].change, RrsetChange::Delete { .. }),
+        "{p}"
+    );
+    // The environment owns a record here, so the zone its names are in now joins the scope.
+    let scope = zone_scope(
+        ZONE,
+        &d,
+        Some(&ObservedZone {
+            rrsets: old.clone(),
+        }),
+    );
+    assert_eq!(
+        scope.iter().map(String::as_str).collect::<Vec<_>>(),
+        ["example.test", "other.test"]
+    );
+    // In conflict in its new zone, its old record stays, as `apply` leaves it.
+    let taken = vec![rrset("a.other.test", "CNAME", "elsewhere.test.", None)];
+    let observed = two_zones(&mut d, old, taken);
+    let p = plan_zone(ZONE, &d, &observed, &Recorded::default(), &[]);
+    assert!(p.steps.is_empty(), "{p}");
+    assert!(
+        p.notes.is_empty(),
+        "the conflict is other.test's to report: {p}"
+    );
+}
+
+#[test]
+fn a_zone_s_scope_is_the_zone_alone_unless_an_environment_spans_two_zones() {
+    let mut d = desired(&["a", "b"]);
+    d.zones.insert("other.test".into(), managed("other.test"));
+    let scope = |d: &Desired| zone_scope(ZONE, d, Some(&ObservedZone::default()));
+    assert_eq!(scope(&d), BTreeSet::from([ZONE.to_string()]));
+    // A Zone declared at a preview name takes that name out of the hostname's zone.
+    d.zones
+        .insert("blue.a.example.test".into(), managed("blue.a.example.test"));
+    assert_eq!(
+        scope(&d),
+        BTreeSet::from([ZONE.to_string(), "blue.a.example.test".to_string()])
+    );
+}
+
+#[test]
+fn only_the_zones_a_saved_change_can_affect_are_changed() {
+    let mut old = desired(&["a", "b"]);
+    old.zones.insert("other.test".into(), managed("other.test"));
+    let names = |z: BTreeSet<String>| z.into_iter().collect::<Vec<_>>();
+    // A new image: no zone.
+    let mut new = old.clone();
+    new.envs.values_mut().next().unwrap().release =
+        crate::model::Release::new("app:v2", None, BTreeMap::new(), 8080);
+    assert!(zones_changed(&old, &new).is_empty());
+    // A hostname moving from one zone to another: both.
+    let mut new = old.clone();
+    new.envs.values_mut().next().unwrap().hostname = "a.other.test".into();
+    assert_eq!(
+        names(zones_changed(&old, &new)),
+        ["example.test", "other.test"]
+    );
+    // A project added or removed: its zone.
+    let mut new = old.clone();
+    new.envs.remove(&EnvKey::new("b", "production"));
+    assert_eq!(names(zones_changed(&old, &new)), ["example.test"]);
+    assert_eq!(names(zones_changed(&new, &old)), ["example.test"]);
+    // A Host address or a Zone changed: every managed zone.
+    let mut new = old.clone();
+    new.hosts.get_mut("app").unwrap().address = "::1".into();
+    assert_eq!(
+        names(zones_changed(&old, &new)),
+        ["example.test", "other.test"]
+    );
+    let mut new = old.clone();
+    new.zones.get_mut("other.test").unwrap().ttl = 60;
+    assert_eq!(
+        names(zones_changed(&old, &new)),
+        ["example.test", "other.test"]
+    );
+    // Unmanaged zones are never named.
+    new.zones.get_mut("other.test").unwrap().powerdns = None;
+    assert_eq!(names(zones_changed(&old, &new)), ["example.test"]);
+}
+
 // ---------------------------------------------------------------------------------------------
 // Property: whatever the zone holds and whatever the manifests want, the plan writes each zone at
 // most once, never names a name that holds a foreign rrset, never touches a foreign rrset or one
@@ -677,7 +806,7 @@ fn apply_changes(rrsets: &mut Vec<Rrset>, changes: &[DnsChange]) {
     }
 }
 
-fn plan_zone(d: &Desired, rrsets: &[Rrset], prune: &[EnvKey]) -> Plan {
+fn plan_example_zone(d: &Desired, rrsets: &[Rrset], prune: &[EnvKey]) -> Plan {
     let observed = Observed {
         zones: BTreeMap::from([(
             ZONE.into(),
@@ -713,7 +842,7 @@ proptest! {
         let d = desired(&names.iter().map(String::as_str).collect::<Vec<_>>());
         let prune: Vec<EnvKey> = pruned.iter().map(|i| EnvKey::new(format!("p{i}"), "production")).collect();
 
-        let p = plan_zone(&d, &start, &prune);
+        let p = plan_example_zone(&d, &start, &prune);
         let patches: Vec<&Vec<DnsChange>> = p.steps.iter().filter_map(|s| match &s.action {
             Action::DnsPatch { changes, .. } => Some(changes),
             _ => None,
@@ -759,7 +888,7 @@ proptest! {
             prop_assert_eq!(recheck(changes, Some(&zone)), Ok(()));
         }
         // Converged in one write.
-        let again = plan_zone(&d, &after, &prune);
+        let again = plan_example_zone(&d, &after, &prune);
         prop_assert!(again.steps.is_empty(), "not converged after one write: {again}");
     }
 }

@@ -10,7 +10,8 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::*;
-use crate::backend::fake::{FakeProber, World};
+use crate::backend::fake::{FakeDns, FakeProber, World};
+use crate::model::dns::ZoneRef;
 use crate::model::{DesiredEnv, Promotion, Release};
 
 fn host() -> HostRef {
@@ -46,8 +47,40 @@ fn desired(envs: impl IntoIterator<Item = DesiredEnv>) -> Arc<Desired> {
     })
 }
 
+const ZONE: &str = "example.test";
+
+/// As [`desired`], with the Zone `example.test` managed through the fake PowerDNS.
+fn zoned(envs: impl IntoIterator<Item = DesiredEnv>) -> Arc<Desired> {
+    use crate::model::dns::PowerDnsRef;
+    let mut d = (*desired(envs)).clone();
+    d.zones.insert(
+        ZONE.into(),
+        ZoneRef {
+            name: ZONE.into(),
+            powerdns: Some(PowerDnsRef {
+                api: "http://fake-pdns".into(),
+                server_id: "localhost".into(),
+                api_key_env: "PDNS_API_KEY".into(),
+            }),
+            ttl: 300,
+        },
+    );
+    Arc::new(d)
+}
+
+fn rrset(name: &str, rtype: &str, content: &str, mark: Option<String>) -> crate::backend::Rrset {
+    crate::backend::Rrset {
+        name: format!("{name}."),
+        rtype: rtype.into(),
+        ttl: 300,
+        records: vec![content.into()],
+        mark,
+    }
+}
+
 struct Harness {
     world: World,
+    dns: FakeDns,
     /// The planner's clock (tokio's, from the wall time at start).
     clock: Clock,
     store: Arc<Store>,
@@ -61,14 +94,18 @@ fn start(d: Arc<Desired>, prune: bool) -> Harness {
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(Store::open(dir.path()).unwrap());
     let world = World::new();
-    let w = world.clone();
-    let connect: Connect<World, World, World> = Box::new(move |_| {
-        Ok(HostBackends {
-            runtime: w.clone(),
-            proxy: w.clone(),
-            kernel: w.clone(),
-        })
-    });
+    let dns = FakeDns::new();
+    let (w, z) = (world.clone(), dns.clone());
+    let connect: Connectors<World, World, World, FakeDns> = Connectors {
+        host: Box::new(move |_| {
+            Ok(HostBackends {
+                runtime: w.clone(),
+                proxy: w.clone(),
+                kernel: w.clone(),
+            })
+        }),
+        zone: Box::new(move |_| Ok(z.clone())),
+    };
     // The planner's clock follows tokio's, so a paused test moves grace periods too.
     let (wall, base) = (super::super::now_ms(), Instant::now());
     let clock: Clock = Arc::new(move || wall + base.elapsed().as_millis() as u64);
@@ -85,6 +122,7 @@ fn start(d: Arc<Desired>, prune: bool) -> Harness {
     let join = tokio::spawn(c.run(shutdown.clone()));
     Harness {
         world,
+        dns,
         clock,
         store,
         handle,
@@ -98,6 +136,24 @@ impl Harness {
     /// The image serving `project`'s hostname, if its route leads to a running container.
     fn live(&self, project: &str) -> Option<String> {
         self.world.serving(&format!("{project}.example.test"))
+    }
+
+    /// The contents of `name`'s A rrset in the fake zone.
+    fn a(&self, name: &str) -> Option<String> {
+        let canonical = format!("{name}.");
+        let s = self.dns.state();
+        s.zones
+            .get(ZONE)?
+            .iter()
+            .find(|r| r.name == canonical && r.rtype == "A")
+            .map(|r| r.records.join(","))
+    }
+
+    /// The names of `project`'s records (hostname and previews) that point at the host.
+    fn resolves(&self, project: &str) -> bool {
+        ["", "blue.", "green."]
+            .iter()
+            .all(|p| self.a(&format!("{p}{project}.{ZONE}")).as_deref() == Some("127.0.0.1"))
     }
 
     fn containers(&self) -> usize {
@@ -406,6 +462,175 @@ async fn stop_with_nothing_in_flight_returns_at_once() {
     let stopped = Instant::now();
     h.stop().await;
     assert!(stopped.elapsed() < Duration::from_millis(10));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_managed_zone_gets_every_record_at_start_and_a_converged_zone_no_write_on_resync() {
+    let h = start(zoned([env("a", "app:v1"), env("b", "app:v1")]), false);
+    h.until(10 * SEC, "records and apps", |h| {
+        h.resolves("a") && h.resolves("b") && h.live("a").is_some() && h.live("b").is_some()
+    })
+    .await;
+    h.idle(SEC).await;
+    // The missing zone was created, then written once.
+    let (creates, patches) = {
+        let s = h.dns.state();
+        (s.creates, s.patches)
+    };
+    assert_eq!((creates, patches), (1, 1));
+    let zone = h.store.load().unwrap().zones[ZONE].clone();
+    assert_eq!(
+        zone.powerdns.unwrap().api_key_env,
+        "PDNS_API_KEY",
+        "recorded by the variable's name"
+    );
+    let (writes, reads) = (h.dns.writes(), h.dns.state().reads);
+    for _ in 0..5 {
+        h.handle.resync();
+        h.idle(SEC).await;
+    }
+    assert_eq!(h.dns.writes(), writes, "a converged zone gets no write");
+    assert_eq!(h.dns.state().reads, reads + 5, "one read per resync");
+    // A saved change that touches no name (a new image) does not even read the zone.
+    h.handle
+        .set_desired(zoned([env("a", "app:v2"), env("b", "app:v1")]));
+    h.until(SEC, "v2", |h| h.live("a").as_deref() == Some("app:v2"))
+        .await;
+    assert_eq!(h.dns.state().reads, reads + 5);
+    h.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_record_changed_or_deleted_by_hand_comes_back_at_the_next_resync() {
+    let h = start(zoned([env("a", "app:v1"), env("b", "app:v1")]), false);
+    h.until(10 * SEC, "records", |h| h.resolves("a") && h.resolves("b"))
+        .await;
+    {
+        let mut s = h.dns.state();
+        let rrsets = s.zones.get_mut(ZONE).unwrap();
+        rrsets.retain(|r| r.name != "a.example.test.");
+        let b = rrsets
+            .iter_mut()
+            .find(|r| r.name == "blue.b.example.test.")
+            .unwrap();
+        b.records = vec!["10.9.9.9".into()];
+    }
+    assert!(!h.resolves("a") && !h.resolves("b"));
+    let patches = h.dns.state().patches;
+    h.handle.resync();
+    h.until(SEC, "repaired", |h| h.resolves("a") && h.resolves("b"))
+        .await;
+    assert_eq!(h.dns.state().patches, patches + 1, "both in one write");
+    h.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_saved_hostname_change_moves_the_records_without_a_resync() {
+    let h = start(zoned([env("a", "app:v1")]), false);
+    h.until(10 * SEC, "records", |h| h.resolves("a")).await;
+    let mut moved = env("a", "app:v1");
+    moved.hostname = format!("a2.{ZONE}");
+    h.handle.set_desired(zoned([moved]));
+    h.until(SEC, "moved", |h| {
+        h.resolves("a2")
+            && ["", "blue.", "green."]
+                .iter()
+                .all(|p| h.a(&format!("{p}a.{ZONE}")).is_none())
+    })
+    .await;
+    h.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn powerdns_down_holds_back_no_app_and_the_zone_recovers_within_one_backoff_step() {
+    let h = start(zoned([env("a", "app:v1")]), false);
+    h.dns.state().down = true;
+    h.until(10 * SEC, "serves while PowerDNS is down", |h| {
+        h.live("a").is_some()
+    })
+    .await;
+    let calls = h.dns.state().calls;
+    for _ in 0..60 {
+        h.handle.resync();
+        h.idle(SEC).await;
+    }
+    // 60 resyncs, but the zone's backoff (0.8 s doubling to 15-30 s) allows 4 to 8 attempts.
+    let attempts = h.dns.state().calls - calls;
+    assert!((4..=8).contains(&attempts), "{attempts} attempts in 60 s");
+    assert!(!h.resolves("a"));
+    h.dns.state().down = false;
+    let took = h.until(31 * SEC, "recovered", |h| h.resolves("a")).await;
+    assert!(took <= 30 * SEC, "{took:?}");
+    assert_eq!(h.live("a").as_deref(), Some("app:v1"));
+    h.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_name_held_by_a_foreign_record_gets_no_write_and_the_others_do() {
+    let h = start(zoned([]), false);
+    let foreign = rrset("blue.b.example.test", "TXT", "\"by hand\"", None);
+    h.dns
+        .state()
+        .zones
+        .insert(ZONE.into(), vec![foreign.clone()]);
+    h.handle
+        .set_desired(zoned([env("a", "app:v1"), env("b", "app:v1")]));
+    h.until(10 * SEC, "a resolves, both serve", |h| {
+        h.resolves("a") && h.live("a").is_some() && h.live("b").is_some()
+    })
+    .await;
+    assert_eq!(h.a(&format!("b.{ZONE}")), None, "no write for b at all");
+    assert!(h.dns.state().zones[ZONE].contains(&foreign));
+    // The conflict is a problem, not a failure: no retries, no writes.
+    let (writes, calls) = (h.dns.writes(), h.dns.state().calls);
+    h.idle(60 * SEC).await;
+    assert_eq!(h.dns.writes(), writes);
+    assert_eq!(h.dns.state().calls, calls);
+    h.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_pruned_environment_takes_its_records_along_even_when_powerdns_was_down() {
+    let h = start(zoned([env("a", "app:v1"), env("b", "app:v1")]), true);
+    h.until(10 * SEC, "records", |h| h.resolves("a") && h.resolves("b"))
+        .await;
+    let b = EnvKey::new("b", "production");
+    // Pruned while PowerDNS answers: records, containers and record go.
+    h.handle.set_desired(zoned([env("a", "app:v1")]));
+    h.until(SEC, "b gone", |h| {
+        h.store.env(&b).unwrap().is_none() && h.a(&format!("b.{ZONE}")).is_none()
+    })
+    .await;
+    assert!(h.live("b").is_none());
+    assert!(h.resolves("a"));
+
+    // Back, then pruned while PowerDNS is down: the apps go at once, the record waits.
+    h.handle
+        .set_desired(zoned([env("a", "app:v1"), env("b", "app:v1")]));
+    h.until(10 * SEC, "b back", |h| {
+        h.resolves("b") && h.live("b").is_some()
+    })
+    .await;
+    h.dns.state().down = true;
+    h.handle.set_desired(zoned([env("a", "app:v1")]));
+    h.until(5 * SEC, "b's containers gone", |h| h.containers() == 1)
+        .await;
+    h.idle(10 * SEC).await;
+    assert!(
+        h.store.env(&b).unwrap().is_some(),
+        "kept: its records remain"
+    );
+    assert!(h.a(&format!("b.{ZONE}")).is_some());
+    h.dns.state().down = false;
+    h.until(31 * SEC, "records and record gone", |h| {
+        h.store.env(&b).unwrap().is_none()
+            && ["", "blue.", "green."]
+                .iter()
+                .all(|p| h.a(&format!("{p}b.{ZONE}")).is_none())
+    })
+    .await;
+    assert!(h.resolves("a"));
+    h.stop().await;
 }
 
 #[test]
