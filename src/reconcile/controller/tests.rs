@@ -634,6 +634,23 @@ async fn a_pruned_environment_takes_its_records_along_even_when_powerdns_was_dow
 }
 
 #[test]
+fn a_zone_step_is_never_the_hosts_work() {
+    let step = |key: Option<EnvKey>, action| Step {
+        host: String::new(),
+        key,
+        generation: None,
+        action,
+    };
+    let patch = crate::plan::Action::DnsPatch {
+        zone: ZONE.into(),
+        changes: Vec::new(),
+    };
+    assert!(!super::host_wide(&step(None, patch)));
+    let server = crate::plan::Action::EnsureServer(crate::plan::server_spec(&host()));
+    assert!(super::host_wide(&step(None, server)));
+}
+
+#[test]
 fn containers_codeb_stops_or_removes_are_expected_and_others_are_not() {
     let key = EnvKey::new("a", "production");
     let step = |action| Step {
