@@ -709,11 +709,14 @@ async fn sleep_until(at: Option<Instant>) {
     }
 }
 
-/// True for a step that belongs to the host rather than to one environment: a step with no key
-/// (codeb's Caddy server), or the registration of a new environment (it allocates ports).
+/// True for a step that belongs to the host rather than to one environment: a step of the host
+/// with no key (codeb's Caddy server), or the registration of a new environment (it allocates
+/// ports). A zone's step has no key either, but it is its zone's work, not the host's: handing it
+/// to the sweep, which observes no zone, would hand it straight back.
 fn host_wide(step: &Step) -> bool {
-    step.key.is_none()
-        || (matches!(step.action, plan::Action::Register(_)) && step.generation.is_none())
+    step.action.zone().is_none()
+        && (step.key.is_none()
+            || (matches!(step.action, plan::Action::Register(_)) && step.generation.is_none()))
 }
 
 /// When the next grace period of `rec` ends, if one runs: the slot is retired then, not at the
