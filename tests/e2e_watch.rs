@@ -561,3 +561,46 @@ fn watch_refuses_a_managed_zone_whose_key_variable_is_unset_with_exit_2() {
     assert!(containers(&name).is_empty(), "nothing was applied");
     assert!(pdns.zone(&zone).is_none());
 }
+
+#[test]
+fn watch_prune_removes_a_dropped_project_s_records_and_then_forgets_it() {
+    let _l = lock();
+    let (sb, pdns) = (Sandbox::new(), Pdns::get());
+    let (zone, head) = dns_sandbox(&sb, &pdns, "wprune");
+    let foreign = pdns.foreign(&zone);
+    let (keep, drop_) = (unique("wkeep"), unique("wdrop"));
+    let project = |name| {
+        let mut p = ProjectYaml::new(name, "localhost/codeb-test-app:v1");
+        p.zone = &zone;
+        p
+    };
+    let dir = save_docs(&sb, &head, &[project(&keep), project(&drop_)]);
+    let w = sb.watch(&dir, &["--resync", "2s", "--prune"]);
+    let (host_keep, host_drop) = (format!("{keep}.{zone}"), format!("{drop_}.{zone}"));
+    assert!(
+        eventually(START, || resolves(&pdns, &host_keep)
+            && resolves(&pdns, &host_drop)
+            && serves(&sb, &host_drop, "v1")),
+        "{}",
+        w.log()
+    );
+    let recorded = |name: &str| {
+        let out = sb.codeb(&["get", "projects", "-o", "json"]);
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+        String::from_utf8_lossy(&out.stdout).contains(&format!("\"{name}\""))
+    };
+    assert!(recorded(&drop_) && recorded(&keep));
+    save_docs(&sb, &head, &[project(&keep)]);
+    assert!(
+        eventually(Duration::from_secs(15), || gone(&pdns, &host_drop)
+            && containers(&drop_).is_empty()
+            && !recorded(&drop_)),
+        "{}",
+        w.log()
+    );
+    assert!(resolves(&pdns, &host_keep) && serves(&sb, &host_keep, "v1"));
+    assert_eq!(pdns.foreign(&zone), foreign);
+    drop(w);
+    cleanup(&sb, &keep);
+    pdns.delete_zone(&zone);
+}

@@ -801,9 +801,12 @@ async fn reconcile_env<R: Runtime, P: Proxy, K: Kernel, D: Dns, H: Prober>(
         one.envs.insert(key.clone(), d.clone());
     }
     let remove: Vec<EnvKey> = if prune { vec![key.clone()] } else { vec![] };
-    // Zones matter to a removal only: a desired environment's records are its zones' work.
+    // Zones matter to a removal only: a desired environment's records are its zones' work. As in
+    // apply, a declared Zone overrides its record (one no longer managed is left alone).
     let recorded_zones = if prune {
-        store.load().map_err(super::Error::from)?.zones
+        let mut zones = store.load().map_err(super::Error::from)?.zones;
+        zones.extend(desired.zones.clone());
+        zones
     } else {
         BTreeMap::new()
     };

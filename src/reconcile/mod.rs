@@ -7,7 +7,8 @@
 //! Caddy work.
 //!
 //! `converge` is what `codeb apply` runs once; `controller` is the loop of `codeb watch`, which
-//! reconciles one environment at a time from a `queue`, with a per-key `backoff`.
+//! reconciles one environment, host sweep or DNS zone at a time per key from a `queue`, with a
+//! per-key `backoff`.
 
 pub mod backoff;
 pub mod controller;

@@ -633,6 +633,41 @@ async fn a_pruned_environment_takes_its_records_along_even_when_powerdns_was_dow
     h.stop().await;
 }
 
+#[tokio::test(start_paused = true)]
+async fn a_pruned_environment_whose_zone_is_busy_waits_for_it_without_spinning() {
+    let h = start(zoned([env("a", "app:v1"), env("b", "app:v1")]), true);
+    h.until(10 * SEC, "records", |h| h.resolves("a") && h.resolves("b"))
+        .await;
+    // A command holds the zone: b's reconcile finds its records there and hands them over, and
+    // nothing runs again until the zone is free (a loop would keep paused time from moving).
+    let zone = h
+        .handle
+        .claim(vec![Work::Zone(ZONE.into())])
+        .await
+        .expect("granted");
+    h.handle.set_desired(zoned([env("a", "app:v1")]));
+    h.until(5 * SEC, "b's containers gone", |h| h.containers() == 1)
+        .await;
+    let b = EnvKey::new("b", "production");
+    let reads = h.dns.state().reads;
+    h.idle(10 * SEC).await;
+    assert!(
+        h.store.env(&b).unwrap().is_some(),
+        "kept while its records remain"
+    );
+    assert!(
+        h.dns.state().reads <= reads + 1,
+        "no loop between b and its host"
+    );
+    drop(zone);
+    h.handle.trigger(Work::Zone(ZONE.into()), Duration::ZERO);
+    h.until(SEC, "records and record gone", |h| {
+        h.store.env(&b).unwrap().is_none() && h.a(&format!("b.{ZONE}")).is_none()
+    })
+    .await;
+    h.stop().await;
+}
+
 #[test]
 fn a_zone_step_is_never_the_hosts_work() {
     let step = |key: Option<EnvKey>, action| Step {
