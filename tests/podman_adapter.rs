@@ -198,6 +198,24 @@ async fn a_container_lives_through_create_start_list_stop_and_remove() {
     let observed = find(&listed, &name).expect("the new container is listed");
     assert_eq!(observed.id, id);
     assert!(observed.running, "{observed:?}");
+    // Listing one environment reports its container alone, as the full list does.
+    let env = podman
+        .list_env(&codeb::model::EnvKey::new(name.clone(), "test"))
+        .await
+        .unwrap();
+    assert_eq!(env, vec![observed.clone()]);
+    let other = podman
+        .list_env(&codeb::model::EnvKey::new(name.clone(), "staging"))
+        .await
+        .unwrap();
+    assert!(other.is_empty(), "{other:?}");
+    // The network's gateway is an address of its subnet.
+    let gw = podman.network_gateway(NETWORK).await.unwrap();
+    assert!(gw.is_some(), "{NETWORK} has a gateway");
+    assert_eq!(
+        podman.network_gateway("codeb-no-such-net").await.unwrap(),
+        None
+    );
     assert_eq!(observed.state, "running");
     assert_eq!(observed.host_port, Some(port));
     assert_eq!(observed.image, IMAGE);

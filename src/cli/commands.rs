@@ -433,7 +433,10 @@ async fn switch(
     for b in backends.hosts.values() {
         b.kernel.prepare();
     }
-    let observed = reconcile::observe(&backends).await;
+    let observed = match backends.hosts.get(&host.name) {
+        Some(b) => reconcile::observe_env(&host.name, b, &key).await,
+        None => reconcile::observe(&backends).await,
+    };
     reconcile::record_switch_modes(store, &observed)?;
     let view = match observed.hosts.get(&host.name) {
         Some(obs @ HostObservation::Reachable { .. }) => obs.view().expect("reachable"),

@@ -22,7 +22,7 @@ use std::collections::BTreeMap;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 pub use execute::{execute, execute_until, Report, StepFailure};
-pub use observe::observe;
+pub use observe::{observe, observe_env};
 pub use probe::{HttpProber, Prober};
 
 use crate::backend::powerdns::PowerDns;

@@ -15,10 +15,9 @@ use crate::plan::{
 pub async fn observe<R: Runtime, P: Proxy, K: Kernel, D: Dns>(
     backends: &Backends<R, P, K, D>,
 ) -> Observed {
-    let reads = backends
-        .hosts
-        .iter()
-        .map(|(name, b)| async move { (name.clone(), observe_host(b).await) });
+    let reads = backends.hosts.iter().map(|(name, b)| async move {
+        (name.clone(), observe_host(b, b.runtime.list_owned()).await)
+    });
     let zone_reads = backends
         .zones
         .iter()
@@ -52,14 +51,35 @@ fn chain(e: &dyn std::error::Error) -> String {
     s
 }
 
+/// One host, for a command that acts on one environment only (`promote`, `rollback`): as
+/// [`observe`], but Podman lists that environment's containers alone, so the observation does not
+/// grow with the other projects on the host. Only that environment may be planned from it.
+pub async fn observe_env<R: Runtime, P: Proxy, K: Kernel>(
+    host: &str,
+    b: &HostBackends<R, P, K>,
+    key: &crate::model::EnvKey,
+) -> Observed {
+    Observed {
+        hosts: [(
+            host.to_string(),
+            observe_host(b, b.runtime.list_env(key)).await,
+        )]
+        .into(),
+        zones: Default::default(),
+    }
+}
+
 async fn observe_host<R: Runtime, P: Proxy, K: Kernel>(
     b: &HostBackends<R, P, K>,
+    list: impl std::future::Future<
+        Output = Result<Vec<crate::backend::ObservedContainer>, crate::backend::podman::Error>,
+    >,
 ) -> HostObservation {
     // The NAT rules are read beside the container list, Caddy's config and the network's gateway,
     // and parsed for the gateway after: a switch's observation takes as long as the slowest read,
     // not the sum of two.
     let (containers, proxy, gateway, table) = tokio::join!(
-        b.runtime.list_owned(),
+        list,
         b.proxy.observe(SERVER_NAME),
         b.runtime.network_gateway(NETWORK),
         b.kernel.read(),
