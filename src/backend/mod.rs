@@ -34,6 +34,22 @@ pub fn http_client() -> reqwest::ClientBuilder {
     reqwest::Client::builder().tls_certs_only(Vec::new())
 }
 
+/// An error and its causes on one line, each cause once (a cause whose text is already in the
+/// line, as "connection refused" often is, is not repeated).
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let t = c.to_string();
+        if !s.contains(&t) {
+            s.push_str(": ");
+            s.push_str(&t);
+        }
+        cur = c.source();
+    }
+    s
+}
+
 /// Prefix of every Caddy route `@id` that codeb owns. Routes without it are never touched.
 pub const ROUTE_ID_PREFIX: &str = "codeb-";
 

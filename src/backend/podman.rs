@@ -210,7 +210,7 @@ impl Podman {
         };
         let http = builder.build().map_err(|e| Error::InvalidEndpoint {
             endpoint: endpoint.to_owned(),
-            reason: format!("cannot build an HTTP client: {}", error_chain(&e)),
+            reason: format!("cannot build an HTTP client: {}", super::error_chain(&e)),
         })?;
         Ok(Podman {
             endpoint: endpoint.to_owned(),
@@ -882,7 +882,7 @@ fn from_bollard(endpoint: &str, op: &str, err: BollardError) -> Error {
         other => Error::Api {
             op: op.to_owned(),
             status: None,
-            message: error_chain(&other),
+            message: super::error_chain(&other),
         },
     }
 }
@@ -898,7 +898,7 @@ fn from_reqwest(endpoint: &str, op: &str, err: &reqwest::Error) -> Error {
     } else if err.is_decode() {
         Error::Decode {
             op: op.to_owned(),
-            message: error_chain(err),
+            message: super::error_chain(err),
         }
     } else {
         // Connect failures, and connections reset before the whole answer arrived.
@@ -929,20 +929,6 @@ fn transport_reason(err: &(dyn std::error::Error + 'static)) -> String {
 }
 
 /// `outer: inner: innermost`, skipping a layer that only repeats the one below it.
-fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        let part = cause.to_string();
-        if !text.ends_with(&part) {
-            text.push_str(": ");
-            text.push_str(&part);
-        }
-        source = cause.source();
-    }
-    text
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

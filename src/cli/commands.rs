@@ -395,7 +395,12 @@ fn print_outcome(outcome: &Outcome, out: &mut Vec<u8>) -> anyhow::Result<u8> {
         writeln!(out, "✓ {step}")?;
     }
     for f in &outcome.failures {
-        writeln!(out, "✗ {}: {}", f.step, output::chain(&f.error))?;
+        writeln!(
+            out,
+            "✗ {}: {}",
+            f.step,
+            crate::backend::error_chain(&f.error)
+        )?;
     }
     for note in &outcome.notes {
         let mark = if note.is_problem() { "!" } else { "·" };

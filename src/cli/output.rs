@@ -11,21 +11,6 @@ use crate::model::{preview_hostname, EnvRecord, HostRef, Recorded, Slot};
 use crate::spec::Tls;
 use crate::store::{Phase, Store, SwitchModes};
 
-/// An error and its causes on one line, each cause once.
-pub fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        let t = c.to_string();
-        if !s.contains(&t) {
-            s.push_str(": ");
-            s.push_str(&t);
-        }
-        cur = c.source();
-    }
-    s
-}
-
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
 struct ProjectRow {

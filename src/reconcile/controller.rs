@@ -687,21 +687,6 @@ where
     }
 }
 
-/// An error and its causes on one line, each cause once.
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        let t = c.to_string();
-        if !s.contains(&t) {
-            s.push_str(": ");
-            s.push_str(&t);
-        }
-        cur = c.source();
-    }
-    s
-}
-
 async fn sleep_until(at: Option<Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at).await,
@@ -879,23 +864,35 @@ async fn reconcile_env<R: Runtime, P: Proxy, K: Kernel, D: Dns, H: Prober>(
             return Ok(Action::new("stopped"));
         }
         sh.expected.expect_plan(&plan);
-        let stop = sh.stop.clone();
-        let report = execute_until(&plan, store, backends, &sh.prober, &move || {
-            stop.is_cancelled()
-        })
-        .await?;
-        executed.extend(report.executed);
-        if let Some(f) = report.failures.into_iter().next() {
-            return Err(Error::StepFailed {
-                step: f.step,
-                error: chain(&f.error),
-            });
-        }
+        run(sh, &plan, backends, executed).await?;
         if sh.stop.is_cancelled() {
             return Ok(Action::new("stopped"));
         }
     }
     Err(Error::NotConverged { rounds: MAX_ROUNDS })
+}
+
+/// Executes `plan` until the daemon stops, adding what ran to `executed`; the first failed step is
+/// the reconcile's error (the executor skipped that key's remaining steps).
+async fn run<R: Runtime, P: Proxy, K: Kernel, D: Dns, H: Prober>(
+    sh: &Shared<H>,
+    plan: &Plan,
+    backends: &Backends<R, P, K, D>,
+    executed: &mut Vec<String>,
+) -> Result<(), Error> {
+    let stop = sh.stop.clone();
+    let report = execute_until(plan, &sh.store, backends, &sh.prober, &move || {
+        stop.is_cancelled()
+    })
+    .await?;
+    executed.extend(report.executed);
+    match report.failures.into_iter().next() {
+        Some(f) => Err(Error::StepFailed {
+            step: f.step,
+            error: crate::backend::error_chain(&f.error),
+        }),
+        None => Ok(()),
+    }
 }
 
 /// One managed zone: observe it (and the zones its conflicts depend on, see
@@ -982,18 +979,7 @@ async fn reconcile_zone<R: Runtime, P: Proxy, K: Kernel, D: Dns, H: Prober>(
                 .flat_map(|s| super::execute::deleted_owners(&s.action))
                 .filter(|k| prune.contains(k)),
         );
-        let stop = sh.stop.clone();
-        let report = execute_until(&plan, store, backends, &sh.prober, &move || {
-            stop.is_cancelled()
-        })
-        .await?;
-        executed.extend(report.executed);
-        if let Some(f) = report.failures.into_iter().next() {
-            return Err(Error::StepFailed {
-                step: f.step,
-                error: chain(&f.error),
-            });
-        }
+        run(sh, &plan, backends, executed).await?;
     }
     Err(Error::NotConverged { rounds: MAX_ROUNDS })
 }
@@ -1093,18 +1079,7 @@ async fn sweep<R: Runtime, P: Proxy, K: Kernel, D: Dns, H: Prober>(
         notes: vec![],
     };
     if !host_steps.is_empty() {
-        let stop = sh.stop.clone();
-        let report = execute_until(&host_steps, store, backends, &sh.prober, &move || {
-            stop.is_cancelled()
-        })
-        .await?;
-        executed.extend(report.executed);
-        if let Some(f) = report.failures.into_iter().next() {
-            return Err(Error::StepFailed {
-                step: f.step,
-                error: chain(&f.error),
-            });
-        }
+        run(sh, &host_steps, backends, executed).await?;
     }
     // Every pruned environment still recorded: one whose containers are gone may still wait for
     // its records to leave a zone (the sweep observes no zone, so its plan does not show that).

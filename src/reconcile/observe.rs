@@ -33,22 +33,10 @@ async fn observe_zone<D: Dns>(zone: &str, dns: &D) -> ZoneObservation {
     match dns.zone(zone).await {
         Ok(Some(z)) => ZoneObservation::Present(z),
         Ok(None) => ZoneObservation::Missing,
-        Err(e) => ZoneObservation::Unreachable { error: chain(&e) },
+        Err(e) => ZoneObservation::Unreachable {
+            error: crate::backend::error_chain(&e),
+        },
     }
-}
-
-/// An error and its causes on one line ("connection refused" is in the source).
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        let t = c.to_string();
-        if !s.contains(&t) {
-            s = format!("{s}: {t}");
-        }
-        cur = c.source();
-    }
-    s
 }
 
 /// One host, for a command that acts on one environment only (`promote`, `rollback`): as
