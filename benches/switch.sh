@@ -10,7 +10,7 @@
 #   command  wall time of `codeb promote|rollback` (release build);
 #   switch   from the command's start until a new connection gets the new slot's answer, polled
 #            with fresh connections (bash's /dev/tcp, ~0.5 ms apart);
-#   write    the data-path change alone as codeb logs it: the iptables-restore (kernel mode) or
+#   write    the data-path change alone as codeb logs it: the nf_tables transaction (kernel mode) or
 #            the Caddy admin PATCH (caddy-admin mode).
 # caddy-admin mode is forced with CODEB_SWITCH=caddy-admin. BENCH_KEEP=1 keeps the work directory
 # (hey's output, codeb's JSON logs). Exit status: 0, or 1 when any request failed in kernel mode.

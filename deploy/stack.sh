@@ -79,7 +79,7 @@ readonly STOP_TIMEOUT_S=10
 
 # runc is listed explicitly: otherwise apt satisfies podman's `crun | runc` with crun, which cannot
 # start containers on these machines.
-readonly PACKAGES=(podman runc netavark aardvark-dns catatonit iptables busybox-static caddy
+readonly PACKAGES=(podman runc netavark aardvark-dns catatonit iptables nftables busybox-static caddy
   pdns-server pdns-backend-sqlite3 sqlite3 dnsutils curl hey wrk)
 readonly SERVICES=(podman caddy pdns)
 PDNS_API_KEY="" # read from $PDNS_KEY_FILE by ensure_api_key
@@ -489,29 +489,34 @@ ensure_codeb_network() {
 }
 
 # codeb's NAT chains for this stack's network (named after its gateway, see src/backend/netfilter.rs)
-# and their jump from nat OUTPUT outlive the projects that used them; they go with the network.
-# Only chains named CODEB-<this gateway in hex> and jumps to them are touched.
+# and their rule in the base chain of codeb's nf_tables table `ip codeb` outlive the projects that
+# used them; they go with the network. Only chains named CODEB-<this gateway in hex> and the rules
+# jumping to them are touched; the table and its base chain stay (another stack may share them).
 remove_codeb_chains() {
-  local gw hex save line chains=() lines=()
+  local gw hex line chains=() lines=()
   gw=$(podman_cli network inspect codeb-main --format '{{range .Subnets}}{{.Gateway}}{{end}}' 2>/dev/null) ||
     return 0
   [[ $gw =~ ^[0-9]+(\.[0-9]+){3}$ ]] || return 0
-  command -v iptables-save >/dev/null || return 0
+  command -v nft >/dev/null || return 0
   # shellcheck disable=SC2086 # the dots split the address into its four bytes
   hex=$(IFS=. && printf '%02x' $gw)
-  save=$(iptables-save -t nat 2>/dev/null) || return 0
   while IFS= read -r line; do
     case $line in
-    ":CODEB-$hex "* | ":CODEB-$hex-"*) chains+=("${line%% *}") ;;
-    "-A OUTPUT "*"-j CODEB-$hex") lines+=("-D ${line#-A }") ;;
+    *"jump CODEB-$hex "*"# handle "*) lines+=("delete rule ip codeb output handle ${line##* }") ;;
     esac
-  done <<<"$save"
+  done < <(nft -a list chain ip codeb output 2>/dev/null)
+  while IFS= read -r line; do
+    line=${line#"${line%%[![:space:]]*}"}
+    case $line in
+    "chain CODEB-$hex {" | "chain CODEB-$hex-"*) line=${line#chain } && chains+=("${line%% *}") ;;
+    esac
+  done < <(nft list table ip codeb 2>/dev/null)
   ((${#chains[@]} + ${#lines[@]} > 0)) || return 0
   # One transaction: the jumps go, every chain is flushed (a chain with rules cannot be deleted),
   # then deleted, service chains before the dispatch chain (reverse order: its name is a prefix).
-  for line in "${chains[@]}"; do lines+=("$line - [0:0]"); done
-  while IFS= read -r line; do lines+=("-X ${line#:}"); done < <(printf '%s\n' "${chains[@]}" | sort -r)
-  if printf '*nat\n%s\nCOMMIT\n' "$(printf '%s\n' "${lines[@]}")" | iptables-restore -w 5 --noflush; then
+  for line in "${chains[@]}"; do lines+=("flush chain ip codeb $line"); done
+  while IFS= read -r line; do lines+=("delete chain ip codeb $line"); done < <(printf '%s\n' "${chains[@]}" | sort -r)
+  if printf '%s\n' "${lines[@]}" | nft -f -; then
     say "removed codeb's NAT chains for $gw (CODEB-$hex)"
   else
     say "could not remove codeb's NAT chains for $gw (CODEB-$hex)"

@@ -2,7 +2,7 @@
 //!
 //! A strict HTTP/1.1 keep-alive load (see `common::load`: no retries, every closed or reset
 //! connection counts) runs through Caddy for the whole of each test. These tests need what CI has:
-//! root and iptables, so that codeb switches through the kernel; a host that falls back to Caddy's
+//! root and nf_tables, so that codeb switches through the kernel; a host that falls back to Caddy's
 //! admin API fails them loudly instead of skipping.
 
 mod common;
@@ -45,7 +45,7 @@ fn assert_kernel_mode(sb: &Sandbox) {
     let hosts: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(
         hosts[0]["switch"], "kernel",
-        "these tests need root and iptables (codeb fell back to Caddy's admin API): {hosts}"
+        "these tests need root and nf_tables (codeb fell back to Caddy's admin API): {hosts}"
     );
 }
 
@@ -71,12 +71,12 @@ fn service_address(admin: &str, name: &str) -> (Ipv4Addr, u16) {
     (ip.parse().unwrap(), port.parse().unwrap())
 }
 
-/// The nat table as `iptables-save` prints it (reading only).
+/// codeb's table as `nft list` prints it (reading only; `deploy/stack.sh up` installs nftables).
 fn nat_rules() -> String {
-    let out = Command::new("iptables-save")
-        .args(["-t", "nat"])
+    let out = Command::new("nft")
+        .args(["list", "table", "ip", "codeb"])
         .output()
-        .expect("iptables-save runs");
+        .expect("nft runs");
     assert!(out.status.success(), "{}", text(&out));
     String::from_utf8(out.stdout).unwrap()
 }
@@ -87,11 +87,13 @@ fn service_chain((gw, port): (Ipv4Addr, u16)) -> String {
 
 /// The DNAT targets of a service chain.
 fn nat_targets(service: (Ipv4Addr, u16)) -> Vec<String> {
-    let chain = service_chain(service);
+    let head = format!("chain {} {{", service_chain(service));
     nat_rules()
         .lines()
-        .filter(|l| l.starts_with(&format!("-A {chain} ")))
-        .map(|l| l.rsplit(' ').next().unwrap().to_string())
+        .skip_while(|l| l.trim() != head)
+        .take_while(|l| l.trim() != "}")
+        .filter_map(|l| l.split("dnat to ").nth(1))
+        .map(|t| t.split(' ').next().unwrap().to_string())
         .collect()
 }
 
@@ -207,7 +209,7 @@ fn promote_and_rollback_under_keep_alive_load_fail_no_request_and_never_change_c
 
     // `delete` removes the project's rules, and only them.
     let chain = service_chain(service);
-    assert!(nat_rules().contains(&format!(":{chain} ")));
+    assert!(nat_rules().contains(&format!("chain {chain} {{")));
     cleanup(&sb, &name);
     let after = nat_rules();
     assert!(!after.contains(&chain), "{after}");

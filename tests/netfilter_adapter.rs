@@ -1,9 +1,10 @@
 //! The netfilter adapter against this machine's kernel.
 //!
-//! Needs root and iptables (CI has both; `deploy/stack.sh up` installs iptables). The gateway is a
-//! loopback address unique to the run and the targets are two listeners on 127.0.0.1, so no
-//! traffic leaves loopback and no other codeb's chains are touched. Everything is removed at the
-//! end, also when an assertion fails (see [`Cleanup`]).
+//! Needs root (CI has it). The gateway is a loopback address unique to the run and the targets are
+//! two listeners on 127.0.0.1, so no traffic leaves loopback and no other codeb's chains are
+//! touched. Everything is removed at the end, also when an assertion fails (see [`Cleanup`]), with
+//! the `nft` command (`deploy/stack.sh up` installs nftables), which also checks what codeb wrote
+//! from the outside.
 
 use std::net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -21,42 +22,73 @@ fn gateway() -> Ipv4Addr {
     Ipv4Addr::new(127, 99, (pid >> 8) as u8, (pid as u8).max(1))
 }
 
-/// Removes the run's chains whatever happens.
+/// Runs `nft` with a script on stdin; panics when it fails.
+fn nft(script: &str) -> String {
+    use std::io::Write;
+    let mut child = std::process::Command::new("nft")
+        .args(["-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("nft runs (deploy/stack.sh up installs nftables)");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(script.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "nft -f - <<< {script:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// `nft -a list ...`: with each rule's handle.
+fn list(what: &str) -> String {
+    let out = std::process::Command::new("nft")
+        .args(["-a", "list"])
+        .args(what.split(' '))
+        .output()
+        .expect("nft runs");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The handles of the base chain's rules that jump to `chain`, as `nft -a` prints them.
+fn jumps_to(chain: &str) -> Vec<String> {
+    list("chain ip codeb output")
+        .lines()
+        .filter(|l| l.contains(&format!("jump {chain} ")))
+        .filter_map(|l| l.rsplit("# handle ").next().map(str::to_string))
+        .collect()
+}
+
+/// Removes the run's chains and its rule in the base chain whatever happens, with `nft`.
 struct Cleanup(Ipv4Addr);
 
 impl Drop for Cleanup {
     fn drop(&mut self) {
         let chain = netfilter::dispatch_chain(self.0);
-        let save = std::process::Command::new("iptables-save")
-            .args(["-t", "nat"])
-            .output()
-            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-            .unwrap_or_default();
-        let mut lines = Vec::new();
-        let mut chains = Vec::new();
-        for l in save.lines() {
-            if l.starts_with("-A OUTPUT ") && l.ends_with(&format!("-j {chain}")) {
-                lines.push(format!("-D {}", &l[3..]));
-            }
-            if let Some(decl) = l.strip_prefix(':') {
-                let name = decl.split(' ').next().unwrap_or_default();
-                if name == chain || name.starts_with(&format!("{chain}-")) {
-                    chains.push(name.to_string());
-                }
-            }
+        let mut lines: Vec<String> = jumps_to(&chain)
+            .iter()
+            .map(|h| format!("delete rule ip codeb output handle {h}"))
+            .collect();
+        let mut chains: Vec<String> = list("table ip codeb")
+            .lines()
+            .filter_map(|l| l.trim().strip_prefix("chain ")?.split(' ').next())
+            .filter(|n| *n == chain || n.starts_with(&format!("{chain}-")))
+            .map(str::to_string)
+            .collect();
+        // Service chains (longer names) go before the dispatch chain that jumps to them.
+        chains.sort_by_key(|c| std::cmp::Reverse(c.len()));
+        lines.extend(chains.iter().map(|c| format!("flush chain ip codeb {c}")));
+        lines.extend(chains.iter().map(|c| format!("delete chain ip codeb {c}")));
+        if !lines.is_empty() {
+            nft(&lines.join("\n"));
         }
-        chains.sort();
-        lines.extend(chains.iter().map(|c| format!(":{c} - [0:0]")));
-        lines.extend(chains.iter().rev().map(|c| format!("-X {c}")));
-        let script = format!("*nat\n{}\nCOMMIT\n", lines.join("\n"));
-        let mut child = std::process::Command::new("iptables-restore")
-            .arg("--noflush")
-            .stdin(std::process::Stdio::piped())
-            .spawn()
-            .expect("iptables-restore runs");
-        use std::io::Write;
-        let _ = child.stdin.take().unwrap().write_all(script.as_bytes());
-        let _ = child.wait();
     }
 }
 
@@ -94,7 +126,7 @@ async fn a_service_address_is_created_switched_atomically_read_back_and_removed(
     let (a, hits_a) = listener();
     let (b, hits_b) = listener();
 
-    let fresh = nf.observe(gw).await.expect("root and iptables");
+    let fresh = nf.observe(gw).await.expect("root and nf_tables");
     assert!(!fresh.chain && fresh.hooks == 0 && fresh.services.is_empty());
     nf.hook(&HookWrite {
         gateway: gw,
@@ -146,10 +178,6 @@ async fn a_service_address_is_created_switched_atomically_read_back_and_removed(
     let mut writes = Vec::new();
     for i in 0..200 {
         let to = if i % 2 == 0 { b } else { a };
-        // Half of the writes go through an iptables-restore started ahead (as a promote does).
-        if i % 2 == 1 {
-            nf.prepare();
-        }
         let t = Instant::now();
         nf.set_service(&ServiceWrite {
             gateway: gw,
@@ -234,10 +262,13 @@ async fn a_failing_transaction_changes_nothing() {
 }
 
 #[tokio::test]
-async fn a_prepared_restore_that_is_never_given_a_script_changes_nothing() {
+async fn nft_reads_codebs_rules_as_written_and_drift_is_observed_and_repaired() {
     let gw = Ipv4Addr::new(127, 97, (std::process::id() >> 8) as u8, 1);
     let _cleanup = Cleanup(gw);
     let nf = Netfilter::new();
+    let (a, _) = listener();
+    let (b, _) = listener();
+    let port = 4997;
     nf.hook(&HookWrite {
         gateway: gw,
         chain: false,
@@ -245,38 +276,89 @@ async fn a_prepared_restore_that_is_never_given_a_script_changes_nothing() {
     })
     .await
     .unwrap();
-    let before = nf.observe(gw).await.unwrap();
-    assert!(before.chain && before.hooks == 1, "{before:?}");
-    // Prepared, then dropped before any write: the waiting iptables-restore is killed unread.
-    let prepared = Netfilter::new();
-    prepared.prepare();
-    drop(prepared);
-    // Prepared twice, used once: the second prepare keeps the first process; the write after
-    // the used one starts its own.
-    let nf2 = Netfilter::new();
-    nf2.prepare();
-    nf2.prepare();
-    let (a, _) = listener();
-    for _ in 0..2 {
-        nf2.set_service(&ServiceWrite {
-            gateway: gw,
-            port: 4997,
-            target: Some(target(a)),
-            dispatch: nf
-                .observe(gw)
-                .await
-                .unwrap()
-                .services
-                .get(&4997)
-                .map_or(0, |s| s.dispatch),
-        })
-        .await
-        .unwrap();
-    }
-    let after = nf.observe(gw).await.unwrap();
-    assert_eq!(
-        after.services[&4997].rules,
-        vec![ServiceRule::Dnat(target(a))]
+    nf.set_service(&ServiceWrite {
+        gateway: gw,
+        port,
+        target: Some(target(a)),
+        dispatch: 0,
+    })
+    .await
+    .unwrap();
+
+    // The table as a person reads it with nft: the base chain before iptables' nat (-100), the
+    // gateway's jump, the dispatch rule and the DNAT with its comment.
+    let dispatch = netfilter::dispatch_chain(gw);
+    let service = netfilter::service_chain(gw, port);
+    let base = list("chain ip codeb output");
+    assert!(
+        base.contains("type nat hook output priority -101; policy accept;"),
+        "{base}"
     );
-    assert_eq!((after.chain, after.hooks), (before.chain, before.hooks));
+    assert!(
+        base.contains(&format!(
+            "ip daddr {gw} meta l4proto tcp jump {dispatch} comment \"codeb service addresses\""
+        )),
+        "{base}"
+    );
+    let chains = list("table ip codeb");
+    assert!(
+        chains.contains(&format!("tcp dport {port} jump {service}")),
+        "{chains}"
+    );
+    assert!(
+        chains.contains(&format!("dnat to {a} comment \"codeb adapter/test\"")),
+        "{chains}"
+    );
+
+    // A rule changed by hand (same DNAT, no comment, then a second rule) is not codeb's shape.
+    nft(&format!(
+        "flush chain ip codeb {service}\nadd rule ip codeb {service} meta l4proto tcp dnat to {b}\nadd rule ip codeb {service} meta l4proto tcp dnat to {a}"
+    ));
+    let drifted = nf.observe(gw).await.unwrap();
+    let rules = &drifted.services[&port].rules;
+    assert_eq!(rules.len(), 2, "{rules:?}");
+    assert!(
+        rules.iter().all(|r| matches!(r, ServiceRule::Other(_))),
+        "{rules:?}"
+    );
+    // A doubled dispatch rule and a lost jump are counted as such.
+    nft(&format!(
+        "add rule ip codeb {dispatch} meta l4proto tcp tcp dport {port} jump {service}"
+    ));
+    for h in jumps_to(&dispatch) {
+        nft(&format!("delete rule ip codeb output handle {h}"));
+    }
+    let drifted = nf.observe(gw).await.unwrap();
+    assert_eq!(
+        (drifted.hooks, drifted.services[&port].dispatch),
+        (0, 2),
+        "{drifted:?}"
+    );
+
+    // The writes a plan makes of that observation repair it.
+    nf.hook(&HookWrite {
+        gateway: gw,
+        chain: drifted.chain,
+        hooks: drifted.hooks,
+    })
+    .await
+    .unwrap();
+    nf.set_service(&ServiceWrite {
+        gateway: gw,
+        port,
+        target: Some(target(a)),
+        dispatch: drifted.services[&port].dispatch,
+    })
+    .await
+    .unwrap();
+    let repaired = nf.observe(gw).await.unwrap();
+    assert_eq!(repaired.hooks, 1);
+    assert_eq!(
+        repaired.services[&port],
+        ObservedService {
+            dispatch: 1,
+            chain: true,
+            rules: vec![ServiceRule::Dnat(target(a))],
+        }
+    );
 }

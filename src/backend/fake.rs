@@ -349,7 +349,7 @@ impl Kernel for World {
         })
     }
 
-    /// Like `iptables-restore`: all or nothing, and a dispatch rule needs the dispatch chain.
+    /// Like an nf_tables transaction: all or nothing, and a dispatch rule needs the dispatch chain.
     async fn set_service(&self, write: &ServiceWrite) -> Result<(), netfilter::Error> {
         self.kernel(true, |s| {
             match &write.target {
@@ -380,13 +380,13 @@ impl Kernel for World {
 }
 
 fn no_chain(write: &ServiceWrite) -> netfilter::Error {
-    netfilter::Error::Command {
-        command: "iptables-restore -w 5 --noflush".into(),
-        status: "exit status: 1".into(),
-        stderr: format!(
-            "iptables-restore: line 3 failed: Chain '{}' does not exist",
+    netfilter::Error::Refused {
+        what: format!(
+            "the change of {} at `add rule to {}`",
+            netfilter::service_chain(write.gateway, write.port),
             netfilter::dispatch_chain(write.gateway)
         ),
+        source: std::io::Error::from_raw_os_error(2),
     }
 }
 

@@ -2,7 +2,7 @@
 //! the kernel's NAT rules.
 //!
 //! Each adapter converts wire types to the plain data types below at its edge, so that `plan` and
-//! `reconcile` never see bollard, JSON or iptables text. Adapters make no decisions: they observe and
+//! `reconcile` never see bollard, JSON or netlink bytes. Adapters make no decisions: they observe and
 //! they carry out one mutation per call. Ownership marks (container labels, route `@id`s, chain
 //! names, rrset comments) are applied by the caller; adapters only ever list and touch objects that
 //! carry them (PowerDNS answers a zone whole, so its adapter reports every rrset and says which
@@ -253,7 +253,7 @@ pub struct ObservedService {
 pub enum ServiceRule {
     /// The one shape codeb writes.
     Dnat(ServiceTarget),
-    /// Anything else (a rule changed by hand), as iptables printed it.
+    /// Anything else (a rule changed by hand), described for a person.
     Other(String),
 }
 
@@ -261,7 +261,7 @@ pub enum ServiceRule {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServiceTarget {
     pub to: SocketAddrV4,
-    /// `project/environment`, kept in the rule's comment for people reading `iptables-save`.
+    /// `project/environment`, kept in the rule's comment for people reading `nft list ruleset`.
     pub label: String,
 }
 
@@ -297,7 +297,7 @@ pub trait Kernel: Send + Sync {
     ///
     /// # Errors
     /// [`netfilter::Error::Unsupported`] when this host's rules cannot be managed from here (no
-    /// privilege, no iptables, a gateway that is not an address of this machine): the caller then
+    /// privilege, no nf_tables, a gateway that is not an address of this machine): the caller then
     /// switches through Caddy's admin API instead.
     fn observe(
         &self,
@@ -319,9 +319,6 @@ pub trait Kernel: Send + Sync {
         table: Result<Self::Table, netfilter::Error>,
         gateway: Ipv4Addr,
     ) -> Result<ObservedServices, netfilter::Error>;
-    /// A write is about to follow (a promote or rollback): get ready for it, so that it takes
-    /// effect sooner. Changes nothing.
-    fn prepare(&self) {}
     /// Applies a [`HookWrite`] in one transaction.
     fn hook(&self, write: &HookWrite) -> impl Future<Output = Result<(), netfilter::Error>> + Send;
     /// Applies a [`ServiceWrite`] in one transaction: at no instant does the service address

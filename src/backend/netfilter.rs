@@ -1,33 +1,36 @@
-//! The netfilter adapter: codeb's NAT rules in this machine's kernel, read with `iptables-save`
-//! and changed with `iptables-restore --noflush`, one atomic transaction per change.
+//! The netfilter adapter: codeb's NAT rules in this machine's kernel, in an nf_tables table of
+//! codeb's own, read and changed over netlink from this process, one atomic transaction per change.
 //!
-//! Responsible for naming codeb's chains, rendering each change as one restore script, and reading
-//! codeb's chains back from `iptables-save` into [`ObservedServices`]. It decides nothing (which
-//! address leads where is the planner's business) and never retries.
+//! Responsible for naming codeb's chains, turning each change into one transaction, and reading
+//! codeb's table back into [`ObservedServices`]. It decides nothing (which address leads where is
+//! the planner's business) and never retries. The bytes on the wire are [`wire`]'s, the socket is
+//! `netlink`'s.
 //!
-//! # What codeb owns (nat table)
+//! # What codeb owns: the table `ip codeb`
 //! For a gateway `G` (the address of codeb's Podman network on this host, `10.89.144.1`, written
-//! in hex: `0a599001`):
-//! - in `OUTPUT`, one jump, inserted first: `-d G/32 -p tcp -m comment --comment "codeb service
-//!   addresses" -j CODEB-0a599001`;
-//! - the dispatch chain `CODEB-0a599001`: per service port `P`, `-p tcp -m tcp --dport P -j
+//! in hex: `0a599001`), as `nft list table ip codeb` prints it:
+//! - the base chain `output` (`type nat hook output priority -101`), with one rule per gateway:
+//!   `ip daddr G meta l4proto tcp jump CODEB-0a599001 comment "codeb service addresses"`;
+//! - the dispatch chain `CODEB-0a599001`: per service port `P`, `meta l4proto tcp tcp dport P jump
 //!   CODEB-0a599001-P`;
-//! - a service chain `CODEB-0a599001-P` per environment, holding exactly one rule: `-p tcp -m
-//!   comment --comment "codeb project/env" -j DNAT --to-destination IP:PORT` (the active slot's
-//!   container).
+//! - a service chain `CODEB-0a599001-P` per environment, holding exactly one rule: `dnat to IP:PORT
+//!   comment "codeb project/env"` (the active slot's container).
 //!
-//! No other chain or rule is ever written, flushed or deleted: every line this module sends names
-//! one of the chains above, and the only rule outside them is the jump. The jump and the dispatch
-//! chain stay when the last environment goes (another state directory may share the gateway);
-//! `deploy/stack.sh down --purge` removes them with the stack's network.
+//! Nothing outside this table is ever written, flushed or deleted: rules of Podman (netavark's
+//! iptables chains), of the distribution or of the user live in other tables. The base chain and
+//! a gateway's dispatch chain stay when the last environment goes (another state directory may
+//! share the gateway); `deploy/stack.sh down --purge` removes them with the stack's network.
 //!
-//! # Why these choices (measured on Debian 12, iptables 1.8.9 nf_tables)
-//! - A switch replaces a service chain whole: declaring a chain in a `--noflush` restore flushes
-//!   it, and the restore commits as one transaction. A connection opened at any instant reaches
-//!   the old target or the new one, never none and never both; one that is already open keeps its
-//!   target (conntrack) until it closes. A restore took 3.4 ms on an idle machine and 12-15 ms
-//!   (p50) with both CPUs saturated by a load generator; a failing line leaves everything as it
-//!   was.
+//! # Why these choices (measured on Debian 12, kernel 6.x, beside iptables 1.8.9 nf_tables)
+//! - A table of codeb's own, spoken to over netlink: a switch is one batch that flushes the
+//!   service chain and adds its new rule, which the kernel commits whole or not at all. A
+//!   connection opened at any instant reaches the old target or the new one, never none and never
+//!   both; one that is already open keeps its target (conntrack) until it closes. No process is
+//!   started: `iptables-save` and `iptables-restore` cost 4-10 ms each just to start on this VM,
+//!   and `iptables-restore` waited for the kernel to release the replaced rules before it exited.
+//! - Priority -101, one before the iptables `nat` chains (-100): the kernel runs a hook's NAT
+//!   chains in priority order and stops at the first that maps the connection, so netavark's
+//!   hostport rules (a port published on all addresses) never catch a service address.
 //! - The service address is the network's gateway, an address of this host on codeb's bridge:
 //!   Caddy's connection to it leaves with that address as its source, so after the DNAT the
 //!   container answers straight back. A loopback service address would need `route_localnet` and
@@ -36,61 +39,79 @@
 //!   network has its own bridge and address. State directories that share one Podman host share
 //!   the gateway, and their environments have distinct base ports (the allocation sees every
 //!   codeb container's published port).
-//! - Only locally generated connections are translated (`OUTPUT`): the data path is Caddy on this
+//! - Only locally generated connections are translated (`output`): the data path is Caddy on this
 //!   host, and nothing arriving from outside can reach a service address by accident.
 
+mod netlink;
+pub mod wire;
+
+use std::io;
 use std::net::{Ipv4Addr, SocketAddrV4};
-use std::path::{Path, PathBuf};
-use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex, PoisonError};
 
-use tokio::io::AsyncWriteExt;
-use tokio::process::Child;
-
+use self::wire::{ChainDef, Expr, ListedRule, Op};
 use super::{
     HookWrite, Kernel, ObservedService, ObservedServices, ServiceRule, ServiceTarget, ServiceWrite,
 };
 
-/// Prefix of every chain codeb owns.
+/// codeb's table, in the `ip` family.
+pub const TABLE: &str = "codeb";
+/// codeb's base chain at nat `output`.
+pub const BASE_CHAIN: &str = "output";
+/// One before `NF_IP_PRI_NAT_DST` (-100), where iptables' nat `OUTPUT` runs.
+pub const PRIORITY: i32 = -101;
+/// Prefix of every other chain codeb owns.
 pub const CHAIN_PREFIX: &str = "CODEB-";
-/// The comment on the jump from nat `OUTPUT`, which also marks it as codeb's.
+/// The comment of a gateway's rule in the base chain.
 const HOOK_COMMENT: &str = "codeb service addresses";
 /// The comment prefix of a service rule (followed by `project/env`).
 const RULE_COMMENT_PREFIX: &str = "codeb ";
-/// Both commands answer in a few milliseconds; ten seconds is a wedged kernel or lock holder.
-const COMMAND_TIMEOUT: Duration = Duration::from_secs(10);
-/// Seconds `iptables-restore` waits for the xtables lock while another writer (netavark starting
-/// a container) holds it, instead of failing at once.
-const LOCK_WAIT_SECS: &str = "5";
 /// Where conntrack lists the connections of this network namespace.
 const CONNTRACK: &str = "/proc/net/nf_conntrack";
 
 /// Errors of the netfilter adapter.
 ///
 /// [`Error::Unsupported`] is not worth a retry: codeb switches through Caddy's admin API on such a
-/// host. [`Error::Command`] and [`Error::Timeout`] are (a lock held too long, a chain created by a
-/// concurrent codeb between observe and write): a fresh observe and plan will succeed.
+/// host. [`Error::Refused`] is (a chain created or deleted by a concurrent codeb between observe
+/// and write): a fresh observe and plan will succeed.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// The rules of this host cannot be managed from this process.
     #[error("the kernel's NAT rules cannot be managed here: {reason}")]
     Unsupported { reason: String },
-    /// iptables ran and refused.
-    #[error("{command} failed ({status}): {stderr}")]
-    Command {
-        command: String,
-        status: String,
-        stderr: String,
+    /// The kernel refused a read or a change (a change is then not applied at all).
+    #[error("nf_tables refused {what}")]
+    Refused {
+        what: String,
+        #[source]
+        source: io::Error,
     },
-    /// iptables did not finish in time (it was killed).
-    #[error("{command} did not finish within {timeout:?}")]
-    Timeout { command: String, timeout: Duration },
 }
 
 impl Error {
     /// True when the same call may succeed later without any change to codeb's inputs.
     pub fn is_retryable(&self) -> bool {
         !matches!(self, Error::Unsupported { .. })
+    }
+
+    /// A missing privilege or a kernel without nf_tables is [`Error::Unsupported`]; anything else
+    /// is the kernel refusing `what`.
+    fn from_io(what: impl Into<String>, e: io::Error) -> Error {
+        const EPERM: i32 = 1;
+        const EACCES: i32 = 13;
+        const EPROTONOSUPPORT: i32 = 93;
+        const EOPNOTSUPP: i32 = 95;
+        const EAFNOSUPPORT: i32 = 97;
+        let what = what.into();
+        match e.raw_os_error() {
+            Some(EPERM | EACCES) => Error::Unsupported {
+                reason: format!("{what} needs root (CAP_NET_ADMIN): {e}"),
+            },
+            Some(EPROTONOSUPPORT | EOPNOTSUPP | EAFNOSUPPORT) => Error::Unsupported {
+                reason: format!("this kernel has no nf_tables ({what}: {e})"),
+            },
+            _ => Error::Refused { what, source: e },
+        }
     }
 }
 
@@ -99,34 +120,31 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 /// This machine's netfilter, or the reason it cannot be managed.
 #[derive(Debug)]
 pub struct Netfilter {
-    tools: std::result::Result<Tools, String>,
+    unsupported: Option<String>,
     /// The host's containers run on this machine, so its conntrack tells their open connections.
     local: bool,
-    /// An `iptables-restore` being started by [`Kernel::prepare`] (on a blocking thread: starting
-    /// a process blocks the thread that does it until the new program is loaded), then waiting
-    /// for its script.
-    warm: std::sync::Mutex<Option<tokio::task::JoinHandle<Result<Child>>>>,
+    /// The socket of the last call that succeeded, kept for the next one. Closing a netlink
+    /// socket after a transaction that deleted rules waits for the kernel to free them (an RCU
+    /// grace period, 13 ms here, after the new rules were already live): kept open, that wait
+    /// happens when the process exits, not in a switch.
+    socket: Arc<Mutex<Option<netlink::Socket>>>,
 }
 
-#[derive(Debug)]
-struct Tools {
-    save: PathBuf,
-    restore: PathBuf,
+/// codeb's table as one read found it: its chains, and its rules in each chain's order.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Ruleset {
+    pub chains: Vec<ChainDef>,
+    pub rules: Vec<ListedRule>,
 }
 
 impl Netfilter {
-    /// Finds `iptables-save` and `iptables-restore` on `PATH` or in the sbin directories (which a
-    /// non-login shell may lack). Runs nothing; missing tools make every call
-    /// [`Error::Unsupported`].
+    /// This machine's netfilter. Opens nothing yet: a missing privilege shows at the first read
+    /// as [`Error::Unsupported`].
     pub fn new() -> Netfilter {
-        let tools = match (find_tool("iptables-save"), find_tool("iptables-restore")) {
-            (Some(save), Some(restore)) => Ok(Tools { save, restore }),
-            _ => Err("iptables-save and iptables-restore are not installed".to_string()),
-        };
         Netfilter {
-            tools,
+            unsupported: None,
             local: true,
-            warm: Default::default(),
+            socket: Default::default(),
         }
     }
 
@@ -135,41 +153,73 @@ impl Netfilter {
     /// containers still run on this machine, so draining may count their connections here.
     pub fn unsupported(reason: impl Into<String>, local: bool) -> Netfilter {
         Netfilter {
-            tools: Err(reason.into()),
+            unsupported: Some(reason.into()),
             local,
-            warm: Default::default(),
+            socket: Default::default(),
         }
     }
 
-    fn tools(&self) -> Result<&Tools> {
-        self.tools.as_ref().map_err(|reason| Error::Unsupported {
-            reason: reason.clone(),
+    fn supported(&self) -> Result<()> {
+        match &self.unsupported {
+            Some(reason) => Err(Error::Unsupported {
+                reason: reason.clone(),
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// Runs `f` on a blocking thread (a netlink call blocks for well under a millisecond, but it
+    /// blocks) with the kept socket, or a new one. A socket whose call failed is closed: answers
+    /// it did not read must not meet the next call.
+    async fn with_socket<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut netlink::Socket) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        self.supported()?;
+        let kept = self.socket.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut kept = kept.lock().unwrap_or_else(PoisonError::into_inner);
+            let mut socket = match kept.take() {
+                Some(s) => s,
+                None => netlink::Socket::open()
+                    .map_err(|e| Error::from_io("a netlink socket to nf_tables", e))?,
+            };
+            let result = f(&mut socket);
+            if result.is_ok() {
+                *kept = Some(socket);
+            }
+            result
+        })
+        .await
+        .unwrap_or_else(|e| {
+            Err(Error::Refused {
+                what: "a netlink call".into(),
+                source: io::Error::other(e.to_string()),
+            })
         })
     }
 
-    /// Runs one restore script as one transaction, in the `iptables-restore` that
-    /// [`Kernel::prepare`] started when there is one.
-    async fn restore(&self, script: &str) -> Result<()> {
-        let tools = self.tools()?;
-        let started = Instant::now();
-        let warm = self
-            .warm
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .take();
-        let warm = match warm {
-            Some(started) => started.await.ok().and_then(Result::ok),
-            None => None,
-        };
-        let child = match warm {
-            Some(child) => child,
-            None => spawn(&tools.restore, RESTORE_ARGS, true)?,
-        };
-        finish(child, &tools.restore, RESTORE_ARGS, Some(script)).await?;
+    /// Commits `ops` as one transaction; `what` names it in an error.
+    async fn commit(&self, what: String, ops: Vec<Op>) -> Result<()> {
+        let started = std::time::Instant::now();
+        let count = ops.len();
+        let described = what.clone();
+        self.with_socket(move |s| {
+            s.transact(TABLE, &ops).map_err(|refused| {
+                let op = refused.op.and_then(|i| ops.get(i));
+                let what = match op {
+                    Some(op) => format!("{what} at `{}`", describe(op)),
+                    None => what,
+                };
+                Error::from_io(what, refused.error)
+            })
+        })
+        .await?;
         tracing::debug!(
             elapsed_ms = started.elapsed().as_secs_f64() * 1000.0,
-            script,
-            "iptables-restore"
+            ops = count,
+            what = described,
+            "nf_tables transaction"
         );
         Ok(())
     }
@@ -181,51 +231,63 @@ impl Default for Netfilter {
     }
 }
 
-/// `observe` is one `iptables-save -t nat`, parsed for this gateway's chains only. It fails with
-/// [`Error::Unsupported`] without iptables, without privilege, or when `gateway` is not an address
-/// of this machine (a rootless or remote Podman: its containers are not reachable from here, so
-/// neither are service addresses).
+/// `observe` is two netlink dumps (codeb's chains, codeb's rules), parsed for this gateway's
+/// chains only. It fails with [`Error::Unsupported`] without privilege, without nf_tables, or when
+/// `gateway` is not an address of this machine (a rootless or remote Podman: its containers are
+/// not reachable from here, so neither are service addresses).
 impl Kernel for Netfilter {
-    type Table = String;
+    type Table = Ruleset;
 
-    /// Starts `iptables-restore` now, so that the write that follows does not wait for a process
-    /// to start and load its libraries (a few milliseconds of a switch). Dropped unused, it is
-    /// killed before it read anything, and changed nothing.
-    fn prepare(&self) {
-        let Ok(tools) = self.tools() else { return };
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            return;
-        };
-        let mut warm = self
-            .warm
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if warm.is_none() {
-            let restore = tools.restore.clone();
-            *warm = Some(runtime.spawn_blocking(move || spawn(&restore, RESTORE_ARGS, true)));
-        }
+    async fn read(&self) -> Result<Ruleset> {
+        self.with_socket(|s| {
+            let chains = s
+                .chains(TABLE)
+                .map_err(|e| Error::from_io("the list of chains", e))?;
+            let rules = s
+                .rules(TABLE)
+                .map_err(|e| Error::from_io(format!("the rules of table ip {TABLE}"), e))?;
+            Ok(Ruleset { chains, rules })
+        })
+        .await
     }
 
-    /// One `iptables-save -t nat`.
-    async fn read(&self) -> Result<String> {
-        let tools = self.tools()?;
-        run(&tools.save, &["-t", "nat"], None).await
-    }
-
-    fn services(&self, table: Result<String>, gateway: Ipv4Addr) -> Result<ObservedServices> {
+    fn services(&self, table: Result<Ruleset>, gateway: Ipv4Addr) -> Result<ObservedServices> {
         is_local(gateway)?;
         Ok(parse(&table?, gateway))
     }
 
     async fn hook(&self, write: &HookWrite) -> Result<()> {
-        match render_hook(write) {
-            Some(script) => self.restore(&script).await,
-            None => Ok(()),
+        let extra = if write.hooks > 1 {
+            let rules = self.read().await?.rules;
+            let hook = hook_rule(write.gateway);
+            handles(&rules, BASE_CHAIN, |r| r.exprs == hook)
+        } else {
+            Vec::new()
+        };
+        let ops = hook_ops(write, &extra);
+        if ops.is_empty() {
+            return Ok(());
         }
+        let what = format!("the hook of {}", dispatch_chain(write.gateway));
+        self.commit(what, ops).await
     }
 
     async fn set_service(&self, write: &ServiceWrite) -> Result<()> {
-        self.restore(&render_service(write)).await
+        // Rules are deleted by handle: only a write that deletes dispatch rules reads them first.
+        let keep = usize::from(write.target.is_some());
+        let extra = if write.dispatch > keep {
+            let rules = self.read().await?.rules;
+            let (dispatch, rule) = (
+                dispatch_chain(write.gateway),
+                dispatch_rule(write.gateway, write.port),
+            );
+            let found = handles(&rules, &dispatch, |r| r.exprs == rule);
+            found.into_iter().skip(keep).collect()
+        } else {
+            Vec::new()
+        };
+        let what = format!("the change of {}", service_chain(write.gateway, write.port));
+        self.commit(what, service_ops(write, &extra)).await
     }
 
     /// Counts conntrack entries whose reply comes from `target` and that are not closing. `None`
@@ -239,13 +301,13 @@ impl Kernel for Netfilter {
     }
 }
 
-/// The first `name` on `PATH`, then in the sbin directories.
-fn find_tool(name: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain(["/usr/sbin", "/sbin", "/usr/local/sbin"].map(PathBuf::from))
-        .map(|dir| dir.join(name))
-        .find(|p| p.is_file())
+/// The handles of the rules of `chain` that `pick` selects, in the chain's order.
+fn handles(rules: &[ListedRule], chain: &str, pick: impl Fn(&ListedRule) -> bool) -> Vec<u64> {
+    rules
+        .iter()
+        .filter(|r| r.chain == chain && pick(r))
+        .map(|r| r.handle)
+        .collect()
 }
 
 /// A service address must be an address of this machine: binding a socket to it (no port, no
@@ -261,207 +323,220 @@ fn is_local(gateway: Ipv4Addr) -> Result<()> {
         })
 }
 
-/// `iptables-restore`'s arguments: wait for the xtables lock (legacy back end), keep every other
-/// chain and rule.
-const RESTORE_ARGS: &[&str] = &["-w", LOCK_WAIT_SECS, "--noflush"];
-
-/// Runs a tool with an optional stdin; returns its stdout.
-async fn run(tool: &Path, args: &[&str], stdin: Option<&str>) -> Result<String> {
-    let child = spawn(tool, args, stdin.is_some())?;
-    finish(child, tool, args, stdin).await
-}
-
-fn command_line(tool: &Path, args: &[&str]) -> String {
-    format!("{} {}", tool.display(), args.join(" "))
-}
-
-/// Starts a tool, its stdin piped when it will be given one; killed if dropped unfinished.
-fn spawn(tool: &Path, args: &[&str], stdin: bool) -> Result<Child> {
-    tokio::process::Command::new(tool)
-        .args(args)
-        .stdin(if stdin { Stdio::piped() } else { Stdio::null() })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .map_err(|e| Error::Unsupported {
-            reason: format!("cannot run {}: {e}", command_line(tool, args)),
-        })
-}
-
-/// Gives a started tool its stdin, waits for it, and returns its stdout.
-async fn finish(
-    mut child: Child,
-    tool: &Path,
-    args: &[&str],
-    stdin: Option<&str>,
-) -> Result<String> {
-    let command = command_line(tool, args);
-    if let Some(mut pipe) = child.stdin.take() {
-        // A broken pipe means the tool exited early; its status and stderr say why.
-        let _ = pipe.write_all(stdin.unwrap_or_default().as_bytes()).await;
-    }
-    let output = tokio::time::timeout(COMMAND_TIMEOUT, child.wait_with_output())
-        .await
-        .map_err(|_| Error::Timeout {
-            command: command.clone(),
-            timeout: COMMAND_TIMEOUT,
-        })?
-        .map_err(|e| Error::Command {
-            command: command.clone(),
-            status: "not run".into(),
-            stderr: e.to_string(),
-        })?;
-    let stderr = String::from_utf8_lossy(&output.stderr).trim().to_string();
-    if !output.status.success() {
-        return Err(if is_privilege_error(&stderr) {
-            Error::Unsupported {
-                reason: format!("{command} needs root: {stderr}"),
-            }
-        } else {
-            Error::Command {
-                command,
-                status: output.status.to_string(),
-                stderr,
-            }
-        });
-    }
-    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
-}
-
-/// iptables' words for a missing privilege (nf_tables and legacy back ends).
-fn is_privilege_error(stderr: &str) -> bool {
-    [
-        "Permission denied",
-        "must be root",
-        "Operation not permitted",
-    ]
-    .iter()
-    .any(|w| stderr.contains(w))
-}
-
 /// `CODEB-0a599001` for 10.89.144.1.
 pub fn dispatch_chain(gateway: Ipv4Addr) -> String {
     format!("{CHAIN_PREFIX}{:08x}", u32::from(gateway))
 }
 
-/// `CODEB-0a599001-4051`: at most 23 characters, within iptables' 28.
+/// `CODEB-0a599001-4051`.
 pub fn service_chain(gateway: Ipv4Addr, port: u16) -> String {
     format!("{}-{port}", dispatch_chain(gateway))
 }
 
-fn hook_rule(gateway: Ipv4Addr) -> String {
-    format!(
-        "-d {gateway}/32 -p tcp -m comment --comment \"{HOOK_COMMENT}\" -j {}",
-        dispatch_chain(gateway)
-    )
+fn base_chain() -> ChainDef {
+    ChainDef {
+        name: BASE_CHAIN.into(),
+        hook: Some((wire::HOOK_LOCAL_OUT, PRIORITY)),
+    }
 }
 
-fn dispatch_rule(gateway: Ipv4Addr, port: u16) -> String {
-    format!(
-        "-p tcp -m tcp --dport {port} -j {}",
-        service_chain(gateway, port)
-    )
+/// `meta l4proto tcp`.
+fn tcp() -> [Expr; 2] {
+    [
+        Expr::Meta {
+            dreg: wire::REG_1,
+            key: wire::META_L4PROTO,
+        },
+        Expr::Cmp {
+            sreg: wire::REG_1,
+            op: wire::CMP_EQ,
+            data: vec![6],
+        },
+    ]
 }
 
-fn dnat_rule(target: &ServiceTarget) -> String {
-    format!(
-        "-p tcp -m comment --comment \"{RULE_COMMENT_PREFIX}{}\" -j DNAT --to-destination {}",
-        target.label, target.to
-    )
+/// `ip daddr G meta l4proto tcp jump CODEB-<G>`.
+fn hook_rule(gateway: Ipv4Addr) -> Vec<Expr> {
+    let mut e = vec![
+        Expr::Payload {
+            dreg: wire::REG_1,
+            base: wire::BASE_NETWORK,
+            offset: 16,
+            len: 4,
+        },
+        Expr::Cmp {
+            sreg: wire::REG_1,
+            op: wire::CMP_EQ,
+            data: gateway.octets().to_vec(),
+        },
+    ];
+    e.extend(tcp());
+    e.push(Expr::Jump {
+        chain: dispatch_chain(gateway),
+    });
+    e
 }
 
-/// The restore script of a [`HookWrite`]; `None` when nothing is missing.
-///
-/// The jump goes first in `OUTPUT`: netavark's own jump there sends every local destination
-/// through its hostport rules, and a port published on all addresses would otherwise catch a
-/// service address too. The dispatch chain is created with `-N`, which fails (changing nothing)
-/// if another codeb sharing the gateway created it meanwhile, where declaring it would flush that
-/// codeb's dispatch rules.
-pub fn render_hook(write: &HookWrite) -> Option<String> {
-    let mut lines = Vec::new();
+/// `meta l4proto tcp tcp dport P jump CODEB-<G>-P`.
+fn dispatch_rule(gateway: Ipv4Addr, port: u16) -> Vec<Expr> {
+    let mut e = tcp().to_vec();
+    e.push(Expr::Payload {
+        dreg: wire::REG_1,
+        base: wire::BASE_TRANSPORT,
+        offset: 2,
+        len: 2,
+    });
+    e.push(Expr::Cmp {
+        sreg: wire::REG_1,
+        op: wire::CMP_EQ,
+        data: port.to_be_bytes().to_vec(),
+    });
+    e.push(Expr::Jump {
+        chain: service_chain(gateway, port),
+    });
+    e
+}
+
+/// `dnat to IP:PORT`.
+fn dnat_rule(to: SocketAddrV4) -> Vec<Expr> {
+    vec![
+        Expr::Value {
+            dreg: wire::REG_1,
+            data: to.ip().octets().to_vec(),
+        },
+        Expr::Value {
+            dreg: wire::REG_2,
+            data: to.port().to_be_bytes().to_vec(),
+        },
+        Expr::Dnat {
+            addr: wire::REG_1,
+            proto: wire::REG_2,
+            flags: wire::NAT_FLAGS,
+        },
+    ]
+}
+
+/// The transaction of a [`HookWrite`]: the table, the base chain and the dispatch chain where
+/// missing, the gateway's rule first in the base chain when it has none, and duplicates (their
+/// `extra` handles) deleted. Empty when nothing is missing.
+pub fn hook_ops(write: &HookWrite, extra: &[u64]) -> Vec<Op> {
+    let mut ops = Vec::new();
+    if write.hooks == 0 || !write.chain {
+        // Creating what exists changes nothing, so a base chain or a table lost with it comes back.
+        ops.push(Op::AddTable);
+        ops.push(Op::AddChain(base_chain()));
+    }
     if !write.chain {
-        lines.push(format!("-N {}", dispatch_chain(write.gateway)));
+        ops.push(Op::AddChain(ChainDef {
+            name: dispatch_chain(write.gateway),
+            hook: None,
+        }));
     }
     if write.hooks == 0 {
-        lines.push(format!("-I OUTPUT 1 {}", hook_rule(write.gateway)));
+        ops.push(Op::AddRule {
+            chain: BASE_CHAIN.into(),
+            exprs: hook_rule(write.gateway),
+            comment: Some(HOOK_COMMENT.into()),
+            first: true,
+        });
     }
-    for _ in 1..write.hooks {
-        lines.push(format!("-D OUTPUT {}", hook_rule(write.gateway)));
+    for handle in extra.iter().skip(1) {
+        ops.push(Op::DelRule {
+            chain: BASE_CHAIN.into(),
+            handle: *handle,
+        });
     }
-    (!lines.is_empty()).then(|| script(lines))
+    ops
 }
 
-/// The restore script of a [`ServiceWrite`].
+/// The transaction of a [`ServiceWrite`]; `extra` are the handles of the dispatch rules to delete
+/// (beyond the one kept, or all of them when the service goes).
 ///
-/// With a target: the service chain is declared (created, or flushed if it exists) and given its
-/// one rule, and the dispatch rule is brought to exactly one, all in one transaction. Without: the
-/// dispatch rules go, then the chain (flushed first: a chain with rules cannot be deleted).
-pub fn render_service(write: &ServiceWrite) -> String {
+/// With a target: the service chain is created if missing, flushed and given its one rule, and
+/// the dispatch rule is added when there is none, all in one transaction. Without: the dispatch
+/// rules go, then the chain (created first when missing, so that the transaction does not depend
+/// on it being there).
+pub fn service_ops(write: &ServiceWrite, extra: &[u64]) -> Vec<Op> {
     let (gw, port) = (write.gateway, write.port);
     let dispatch = dispatch_chain(gw);
     let chain = service_chain(gw, port);
-    let mut lines = Vec::new();
+    let mut ops = Vec::new();
+    let deletes = extra.iter().map(|h| Op::DelRule {
+        chain: dispatch.clone(),
+        handle: *h,
+    });
+    let declare = [
+        Op::AddChain(ChainDef {
+            name: chain.clone(),
+            hook: None,
+        }),
+        Op::Flush(chain.clone()),
+    ];
     match &write.target {
         Some(target) => {
-            lines.push(format!(":{chain} - [0:0]"));
-            lines.push(format!("-A {chain} {}", dnat_rule(target)));
+            ops.extend(declare);
+            ops.push(Op::AddRule {
+                chain: chain.clone(),
+                exprs: dnat_rule(target.to),
+                comment: Some(format!("{RULE_COMMENT_PREFIX}{}", target.label)),
+                first: false,
+            });
             if write.dispatch == 0 {
-                lines.push(format!("-A {dispatch} {}", dispatch_rule(gw, port)));
+                ops.push(Op::AddRule {
+                    chain: dispatch.clone(),
+                    exprs: dispatch_rule(gw, port),
+                    comment: None,
+                    first: false,
+                });
             }
-            for _ in 1..write.dispatch {
-                lines.push(format!("-D {dispatch} {}", dispatch_rule(gw, port)));
-            }
+            ops.extend(deletes);
         }
         None => {
-            for _ in 0..write.dispatch {
-                lines.push(format!("-D {dispatch} {}", dispatch_rule(gw, port)));
-            }
-            lines.push(format!(":{chain} - [0:0]"));
-            lines.push(format!("-X {chain}"));
+            ops.extend(deletes);
+            ops.extend(declare);
+            ops.push(Op::DelChain(chain));
         }
     }
-    script(lines)
+    ops
 }
 
-fn script(lines: Vec<String>) -> String {
-    let mut s = String::from("*nat\n");
-    for l in lines {
-        s.push_str(&l);
-        s.push('\n');
+/// An op as a person reads it, for errors.
+fn describe(op: &Op) -> String {
+    match op {
+        Op::AddTable => format!("add table ip {TABLE}"),
+        Op::AddChain(c) => format!("add chain {}", c.name),
+        Op::DelChain(c) => format!("delete chain {c}"),
+        Op::AddRule { chain, .. } => format!("add rule to {chain}"),
+        Op::DelRule { chain, handle } => format!("delete rule {handle} of {chain}"),
+        Op::Flush(c) => format!("flush chain {c}"),
     }
-    s.push_str("COMMIT\n");
-    s
 }
 
-/// codeb's rules for `gateway` in the output of `iptables-save -t nat`. Chains and rules of other
-/// gateways, of netavark and of anyone else are skipped.
-pub fn parse(save: &str, gateway: Ipv4Addr) -> ObservedServices {
+/// codeb's rules for `gateway` in a read of codeb's table. Chains and rules of other gateways are
+/// skipped.
+pub fn parse(set: &Ruleset, gateway: Ipv4Addr) -> ObservedServices {
     let dispatch = dispatch_chain(gateway);
     let hook = hook_rule(gateway);
     let mut out = ObservedServices::default();
-    for line in save.lines() {
-        if let Some(decl) = line.strip_prefix(':') {
-            let name = decl.split_whitespace().next().unwrap_or_default();
-            if name == dispatch {
-                out.chain = true;
-            } else if let Some(port) = service_port(name, &dispatch) {
-                out.services.entry(port).or_default().chain = true;
+    let hooked = set.chains.iter().any(|c| *c == base_chain());
+    for c in &set.chains {
+        if c.name == dispatch {
+            out.chain = true;
+        } else if let Some(port) = service_port(&c.name, &dispatch) {
+            out.services.entry(port).or_default().chain = true;
+        }
+    }
+    for rule in &set.rules {
+        if rule.chain == BASE_CHAIN {
+            // A rule in a chain that is not hooked as codeb's base chain leads nowhere.
+            out.hooks += usize::from(hooked && rule.exprs == hook);
+        } else if rule.chain == dispatch {
+            if let Some(port) = dispatch_port(&rule.exprs, gateway) {
+                out.services.entry(port).or_default().dispatch += 1;
             }
-        } else if let Some(rule) = line.strip_prefix("-A ") {
-            let Some((chain, rest)) = rule.split_once(' ') else {
-                continue;
-            };
-            if chain == "OUTPUT" {
-                out.hooks += usize::from(rest == hook);
-            } else if chain == dispatch {
-                if let Some(port) = dispatch_port(rest, gateway) {
-                    out.services.entry(port).or_default().dispatch += 1;
-                }
-            } else if let Some(port) = service_port(chain, &dispatch) {
-                let service: &mut ObservedService = out.services.entry(port).or_default();
-                service.rules.push(service_rule(rest));
-            }
+        } else if let Some(port) = service_port(&rule.chain, &dispatch) {
+            let service: &mut ObservedService = out.services.entry(port).or_default();
+            service.rules.push(service_rule(rule));
         }
     }
     out
@@ -475,32 +550,43 @@ fn service_port(name: &str, dispatch: &str) -> Option<u16> {
 }
 
 /// The port of a dispatch rule exactly as [`dispatch_rule`] writes it.
-fn dispatch_port(rule: &str, gateway: Ipv4Addr) -> Option<u16> {
-    let rest = rule.strip_prefix("-p tcp -m tcp --dport ")?;
-    let (port, _) = rest.split_once(' ')?;
-    let port: u16 = port.parse().ok()?;
-    (rule == dispatch_rule(gateway, port)).then_some(port)
+fn dispatch_port(exprs: &[Expr], gateway: Ipv4Addr) -> Option<u16> {
+    let Some(Expr::Cmp { data, .. }) = exprs.get(3) else {
+        return None;
+    };
+    let port = u16::from_be_bytes(data.as_slice().try_into().ok()?);
+    (exprs == dispatch_rule(gateway, port)).then_some(port)
 }
 
-/// A service chain's rule: codeb's DNAT shape, or anything else as printed.
-fn service_rule(rule: &str) -> ServiceRule {
+/// A service chain's rule: codeb's DNAT shape with its comment, or anything else described.
+fn service_rule(rule: &ListedRule) -> ServiceRule {
     let parsed = (|| {
-        let rest = rule.strip_prefix("-p tcp -m comment --comment \"")?;
-        let (comment, rest) = rest.split_once('"')?;
-        let label = comment.strip_prefix(RULE_COMMENT_PREFIX)?;
-        let to: SocketAddrV4 = rest
-            .strip_prefix(" -j DNAT --to-destination ")?
-            .parse()
-            .ok()?;
-        let target = ServiceTarget {
+        let (Some(Expr::Value { data: ip, .. }), Some(Expr::Value { data: port, .. })) =
+            (rule.exprs.first(), rule.exprs.get(1))
+        else {
+            return None;
+        };
+        let ip: [u8; 4] = ip.as_slice().try_into().ok()?;
+        let port: [u8; 2] = port.as_slice().try_into().ok()?;
+        let to = SocketAddrV4::new(Ipv4Addr::from(ip), u16::from_be_bytes(port));
+        let label = rule.comment.as_deref()?.strip_prefix(RULE_COMMENT_PREFIX)?;
+        (rule.exprs == dnat_rule(to)).then(|| ServiceTarget {
             to,
             label: label.to_string(),
-        };
-        (dnat_rule(&target) == rule).then_some(target)
+        })
     })();
     match parsed {
         Some(t) => ServiceRule::Dnat(t),
-        None => ServiceRule::Other(rule.to_string()),
+        None => ServiceRule::Other(describe_rule(rule)),
+    }
+}
+
+/// A rule as a person reads it: its expressions and comment.
+fn describe_rule(rule: &ListedRule) -> String {
+    let exprs: Vec<String> = rule.exprs.iter().map(|e| format!("{e:?}")).collect();
+    match &rule.comment {
+        Some(c) => format!("{} comment {c:?}", exprs.join(" ")),
+        None => exprs.join(" "),
     }
 }
 
@@ -541,43 +627,69 @@ mod tests {
         }
     }
 
-    /// `iptables-save -t nat` as printed here with netavark's rules, another gateway's codeb
-    /// chains, and two services of ours (one changed by hand).
-    const SAVE: &str = r#"# Generated by iptables-save v1.8.9 (nf_tables) on Thu Nov 26 18:41:00 2026
-*nat
-:PREROUTING ACCEPT [0:0]
-:OUTPUT ACCEPT [0:0]
-:CODEB-0a599001 - [0:0]
-:CODEB-0a599001-4051 - [0:0]
-:CODEB-0a599001-4060 - [0:0]
-:CODEB-0a593801 - [0:0]
-:CODEB-0a593801-4051 - [0:0]
-:NETAVARK-HOSTPORT-DNAT - [0:0]
--A OUTPUT -d 10.89.144.1/32 -p tcp -m comment --comment "codeb service addresses" -j CODEB-0a599001
--A OUTPUT -d 10.89.56.1/32 -p tcp -m comment --comment "codeb service addresses" -j CODEB-0a593801
--A OUTPUT -m addrtype --dst-type LOCAL -j NETAVARK-HOSTPORT-DNAT
--A CODEB-0a599001 -p tcp -m tcp --dport 4051 -j CODEB-0a599001-4051
--A CODEB-0a599001 -p tcp -m tcp --dport 4060 -j CODEB-0a599001-4060
--A CODEB-0a599001 -p tcp -m tcp --dport 4060 -j CODEB-0a599001-4060
--A CODEB-0a599001-4051 -p tcp -m comment --comment "codeb shop/production" -j DNAT --to-destination 10.89.144.2:8080
--A CODEB-0a599001-4060 -p tcp -j DNAT --to-destination 10.89.144.9:8080
--A CODEB-0a593801 -p tcp -m tcp --dport 4051 -j CODEB-0a593801-4051
--A CODEB-0a593801-4051 -p tcp -m comment --comment "codeb other/production" -j DNAT --to-destination 10.89.56.7:8080
--A NETAVARK-HOSTPORT-DNAT -p tcp -m tcp --dport 4051 -m comment --comment "dnat name: codeb-main id: 72ae" -j NETAVARK-DN-85DE7B8076B99
-COMMIT
-"#;
+    fn rule(chain: &str, handle: u64, exprs: Vec<Expr>, comment: Option<&str>) -> ListedRule {
+        ListedRule {
+            chain: chain.into(),
+            handle,
+            exprs,
+            comment: comment.map(str::to_string),
+        }
+    }
+
+    fn chain(name: &str) -> ChainDef {
+        ChainDef {
+            name: name.into(),
+            hook: None,
+        }
+    }
+
+    /// codeb's table with two gateways: ours with two services (one changed by hand, its dispatch
+    /// rule doubled), another gateway's with one.
+    fn table() -> Ruleset {
+        let other = Ipv4Addr::new(10, 89, 56, 1);
+        let svc = "CODEB-0a599001-4051";
+        Ruleset {
+            chains: vec![
+                base_chain(),
+                chain("CODEB-0a599001"),
+                chain(svc),
+                chain("CODEB-0a599001-4060"),
+                chain("CODEB-0a593801"),
+                chain("CODEB-0a593801-4051"),
+            ],
+            rules: vec![
+                rule("output", 1, hook_rule(GW), Some(HOOK_COMMENT)),
+                rule("output", 2, hook_rule(other), Some(HOOK_COMMENT)),
+                rule("CODEB-0a599001", 3, dispatch_rule(GW, 4051), None),
+                rule("CODEB-0a599001", 4, dispatch_rule(GW, 4060), None),
+                rule("CODEB-0a599001", 6, dispatch_rule(GW, 4060), None),
+                rule(
+                    svc,
+                    5,
+                    dnat_rule(target(2, "").to),
+                    Some("codeb shop/production"),
+                ),
+                rule("CODEB-0a599001-4060", 7, dnat_rule(target(9, "").to), None),
+                rule("CODEB-0a593801", 8, dispatch_rule(other, 4051), None),
+                rule(
+                    "CODEB-0a593801-4051",
+                    9,
+                    dnat_rule(SocketAddrV4::new(Ipv4Addr::new(10, 89, 56, 7), 8080)),
+                    Some("codeb other/production"),
+                ),
+            ],
+        }
+    }
 
     #[test]
-    fn chain_names_carry_the_gateway_and_the_port_and_fit_iptables_limit() {
+    fn chain_names_carry_the_gateway_and_the_port() {
         assert_eq!(dispatch_chain(GW), "CODEB-0a599001");
         assert_eq!(service_chain(GW, 4051), "CODEB-0a599001-4051");
-        let longest = service_chain(Ipv4Addr::new(255, 255, 255, 255), u16::MAX);
-        assert!(longest.len() <= 28, "{longest}");
     }
 
     #[test]
     fn only_this_gateways_chains_are_read() {
-        let observed = parse(SAVE, GW);
+        let observed = parse(&table(), GW);
         assert!(observed.chain);
         assert_eq!(observed.hooks, 1);
         assert_eq!(observed.services.len(), 2);
@@ -593,141 +705,142 @@ COMMIT
 
     #[test]
     fn a_rule_changed_by_hand_and_a_duplicate_dispatch_rule_are_seen_as_such() {
-        let observed = parse(SAVE, GW);
+        let observed = parse(&table(), GW);
         let s = &observed.services[&4060];
         assert_eq!(s.dispatch, 2);
-        assert_eq!(
-            s.rules,
-            vec![ServiceRule::Other(
-                "-p tcp -j DNAT --to-destination 10.89.144.9:8080".into()
-            )]
-        );
+        assert!(matches!(&s.rules[..], [ServiceRule::Other(d)] if d.contains("Dnat")));
+    }
+
+    #[test]
+    fn a_gateway_rule_in_an_output_chain_that_is_not_hooked_counts_for_nothing() {
+        let mut t = table();
+        t.chains[0] = chain("output");
+        assert_eq!(parse(&t, GW).hooks, 0);
     }
 
     #[test]
     fn nothing_of_a_gateway_without_rules_is_observed() {
-        let observed = parse(SAVE, Ipv4Addr::new(10, 1, 2, 3));
+        let observed = parse(&table(), Ipv4Addr::new(10, 1, 2, 3));
         assert_eq!(observed, ObservedServices::default());
     }
 
     #[test]
     fn a_switch_replaces_the_service_chain_in_one_transaction() {
-        let script = render_service(&ServiceWrite {
+        let write = ServiceWrite {
             gateway: GW,
             port: 4051,
             target: Some(target(3, "shop/production")),
             dispatch: 1,
-        });
+        };
+        let svc = "CODEB-0a599001-4051";
         assert_eq!(
-            script,
-            "*nat\n\
-             :CODEB-0a599001-4051 - [0:0]\n\
-             -A CODEB-0a599001-4051 -p tcp -m comment --comment \"codeb shop/production\" -j DNAT --to-destination 10.89.144.3:8080\n\
-             COMMIT\n"
+            service_ops(&write, &[]),
+            vec![
+                Op::AddChain(chain(svc)),
+                Op::Flush(svc.into()),
+                Op::AddRule {
+                    chain: svc.into(),
+                    exprs: dnat_rule(target(3, "").to),
+                    comment: Some("codeb shop/production".into()),
+                    first: false,
+                },
+            ]
         );
     }
 
     #[test]
     fn a_new_service_gets_its_dispatch_rule_and_duplicates_are_deleted() {
-        let new = render_service(&ServiceWrite {
+        let write = |dispatch| ServiceWrite {
             gateway: GW,
             port: 4051,
             target: Some(target(3, "a/b")),
-            dispatch: 0,
-        });
-        assert!(
-            new.contains("\n-A CODEB-0a599001 -p tcp -m tcp --dport 4051 -j CODEB-0a599001-4051\n")
-        );
-        let dup = render_service(&ServiceWrite {
-            gateway: GW,
-            port: 4051,
-            target: Some(target(3, "a/b")),
-            dispatch: 3,
-        });
-        assert_eq!(dup.matches("\n-D CODEB-0a599001 ").count(), 2);
+            dispatch,
+        };
+        assert!(service_ops(&write(0), &[]).contains(&Op::AddRule {
+            chain: "CODEB-0a599001".into(),
+            exprs: dispatch_rule(GW, 4051),
+            comment: None,
+            first: false,
+        }));
+        let dup = service_ops(&write(3), &[8, 9]);
+        let deleted = dup
+            .iter()
+            .filter(|o| matches!(o, Op::DelRule { .. }))
+            .count();
+        assert_eq!(deleted, 2);
     }
 
     #[test]
     fn removing_a_service_deletes_its_dispatch_rules_then_its_chain() {
-        let script = render_service(&ServiceWrite {
+        let write = ServiceWrite {
             gateway: GW,
             port: 4051,
             target: None,
             dispatch: 1,
-        });
-        assert_eq!(
-            script,
-            "*nat\n\
-             -D CODEB-0a599001 -p tcp -m tcp --dport 4051 -j CODEB-0a599001-4051\n\
-             :CODEB-0a599001-4051 - [0:0]\n\
-             -X CODEB-0a599001-4051\n\
-             COMMIT\n"
-        );
-    }
-
-    #[test]
-    fn the_hook_is_written_only_where_missing_and_goes_first_in_output() {
-        let none = HookWrite {
-            gateway: GW,
-            chain: true,
-            hooks: 1,
         };
-        assert_eq!(render_hook(&none), None);
-        let fresh = render_hook(&HookWrite {
-            gateway: GW,
-            chain: false,
-            hooks: 0,
-        })
-        .unwrap();
+        let svc = "CODEB-0a599001-4051";
         assert_eq!(
-            fresh,
-            "*nat\n\
-             -N CODEB-0a599001\n\
-             -I OUTPUT 1 -d 10.89.144.1/32 -p tcp -m comment --comment \"codeb service addresses\" -j CODEB-0a599001\n\
-             COMMIT\n"
+            service_ops(&write, &[3]),
+            vec![
+                Op::DelRule {
+                    chain: "CODEB-0a599001".into(),
+                    handle: 3
+                },
+                Op::AddChain(chain(svc)),
+                Op::Flush(svc.into()),
+                Op::DelChain(svc.into()),
+            ]
         );
     }
 
     #[test]
-    fn every_written_line_names_a_codeb_chain_or_is_the_hook() {
-        let scripts = [
-            render_service(&ServiceWrite {
-                gateway: GW,
-                port: 1,
-                target: Some(target(3, "a/b")),
-                dispatch: 2,
-            }),
-            render_service(&ServiceWrite {
-                gateway: GW,
-                port: 1,
-                target: None,
-                dispatch: 2,
-            }),
-            render_hook(&HookWrite {
-                gateway: GW,
-                chain: false,
-                hooks: 3,
-            })
-            .unwrap(),
-        ];
-        for line in scripts.iter().flat_map(|s| s.lines()) {
-            let ok = matches!(line, "*nat" | "COMMIT")
-                || line
-                    .split_whitespace()
-                    .nth(1)
-                    .is_some_and(|c| c.starts_with(CHAIN_PREFIX))
-                || line.starts_with(":CODEB-")
-                || line.ends_with(&format!("-j {}", dispatch_chain(GW)));
-            assert!(ok, "{line}");
-        }
+    fn the_hook_is_written_only_where_missing_and_goes_first_in_the_base_chain() {
+        let write = |chain, hooks| HookWrite {
+            gateway: GW,
+            chain,
+            hooks,
+        };
+        assert_eq!(hook_ops(&write(true, 1), &[]), vec![]);
+        assert_eq!(
+            hook_ops(&write(false, 0), &[]),
+            vec![
+                Op::AddTable,
+                Op::AddChain(base_chain()),
+                Op::AddChain(chain("CODEB-0a599001")),
+                Op::AddRule {
+                    chain: "output".into(),
+                    exprs: hook_rule(GW),
+                    comment: Some(HOOK_COMMENT.into()),
+                    first: true,
+                },
+            ]
+        );
+        assert_eq!(
+            hook_ops(&write(true, 2), &[4, 7]),
+            vec![Op::DelRule {
+                chain: "output".into(),
+                handle: 7
+            }]
+        );
     }
 
     #[test]
     fn what_is_written_reads_back_as_the_same_target() {
         let t = target(7, "shop/production");
-        let rule = dnat_rule(&t);
-        assert_eq!(service_rule(&rule), ServiceRule::Dnat(t));
+        let written = rule(
+            "CODEB-0a599001-4051",
+            1,
+            dnat_rule(t.to),
+            Some("codeb shop/production"),
+        );
+        assert_eq!(service_rule(&written), ServiceRule::Dnat(t));
         assert_eq!(dispatch_port(&dispatch_rule(GW, 4051), GW), Some(4051));
+        // Without codeb's comment, the same DNAT is not codeb's shape.
+        let bare = ListedRule {
+            comment: None,
+            ..written
+        };
+        assert!(matches!(service_rule(&bare), ServiceRule::Other(_)));
     }
 
     #[test]
@@ -743,11 +856,12 @@ ipv4     2 udp      17 20 src=10.89.144.2 dst=10.89.144.1 sport=8080 dport=53 sr
     }
 
     #[test]
-    fn a_missing_privilege_is_unsupported_not_a_failure() {
-        assert!(is_privilege_error(
-            "iptables-save v1.8.9 (nf_tables): Could not fetch rule set generation id: Permission denied (you must be root)"
-        ));
-        assert!(!Error::Unsupported { reason: "x".into() }.is_retryable());
+    fn a_missing_privilege_or_nf_tables_is_unsupported_not_a_failure() {
+        let eperm = Error::from_io("x", io::Error::from_raw_os_error(1));
+        assert!(matches!(eperm, Error::Unsupported { .. }), "{eperm}");
+        assert!(!eperm.is_retryable());
+        let enoent = Error::from_io("x", io::Error::from_raw_os_error(2));
+        assert!(enoent.is_retryable(), "{enoent}");
     }
 
     #[tokio::test]

@@ -16,7 +16,6 @@ use super::connect::{connect, connect_zones};
 use super::output;
 use super::remote::{self, Request};
 use super::{default_state_dir, Cli, Command, Failure, Files};
-use crate::backend::Kernel as _;
 use crate::model::dns::ZoneRef;
 use crate::model::{desired::desired, Desired, EnvKey};
 use crate::plan::{self, HostObservation, Note};
@@ -435,9 +434,6 @@ async fn switch(
         Failure::unconverged(format!("host {} of {key} is not recorded", rec.host))
     })?;
     let backends = connect([host])?;
-    for b in backends.hosts.values() {
-        b.kernel.prepare();
-    }
     let observed = match backends.hosts.get(&host.name) {
         Some(b) => reconcile::observe_env(&host.name, b, &key).await,
         None => reconcile::observe(&backends).await,

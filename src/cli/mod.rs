@@ -196,11 +196,18 @@ pub fn main() -> ExitCode {
         _ => cli.verbose,
     };
     init_logging(verbose, cli.log_format);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
+    // One-shot commands wait on I/O, one thing after another: one thread, no workers to start
+    // (a promote's whole path is ~9 ms here). The daemon serves commands while it reconciles.
+    let runtime = match cli.command {
+        Command::Watch(_) => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build(),
+        _ => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build(),
+    }
+    .expect("tokio runtime");
     match runtime.block_on(commands::run(cli)) {
         Ok(code) => ExitCode::from(code),
         Err(e) => {

@@ -87,7 +87,7 @@ pub enum KernelObservation {
         gateway: Ipv4Addr,
         services: ObservedServices,
     },
-    /// The rules cannot be managed (no privilege, no iptables, rootless or remote Podman, or no
+    /// The rules cannot be managed (no privilege, no nf_tables, rootless or remote Podman, or no
     /// network yet): hostname routes dial the active slot, and a switch is a Caddy config change.
     Unavailable { reason: String },
 }

@@ -68,19 +68,6 @@ pub async fn execute_until<R: Runtime, P: Proxy, K: Kernel, D: Dns, H: Prober>(
     prober: &H,
     stop: &(dyn Fn() -> bool + Send + Sync),
 ) -> Result<Report> {
-    // A kernel write later in the plan, or in the next round after a deploy (the switch itself,
-    // in kernel mode), does not wait for its tool to start: it starts now, while the steps before
-    // it run.
-    for step in &plan.steps {
-        if matches!(
-            step.action,
-            Action::SetService(_) | Action::HookServices(_) | Action::Deploy { .. }
-        ) {
-            if let Some(b) = backends.hosts.get(&step.host) {
-                b.kernel.prepare();
-            }
-        }
-    }
     let mut report = Report::default();
     let mut failed: BTreeSet<EnvKey> = BTreeSet::new();
     // The generation each key's record is expected at: the plan's, then whatever our writes made it.

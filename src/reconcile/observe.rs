@@ -11,7 +11,7 @@ use crate::plan::{
 };
 
 /// Per host: one list call to Podman, one inspect of codeb's network, one read of Caddy and one
-/// `iptables-save`; per zone, one read; whatever the number of projects.
+/// read of codeb's nf_tables table; per zone, one read; whatever the number of projects.
 pub async fn observe<R: Runtime, P: Proxy, K: Kernel, D: Dns>(
     backends: &Backends<R, P, K, D>,
 ) -> Observed {

@@ -1,0 +1,179 @@
+//! The netlink socket to nf_tables: one dump or one transaction per call, answered in-process.
+//!
+//! Responsible for sending what [`super::wire`] encodes and collecting the kernel's answers: the
+//! messages of a dump until its end, or one acknowledgement per op of a transaction (the kernel
+//! commits a batch whole or not at all). Calls block for well under a millisecond; the adapter runs
+//! them on a blocking thread. Every request has sequence numbers of its own, and answers to others
+//! are skipped; the adapter closes a socket whose call failed.
+
+use std::io::{self, Read};
+use std::time::Duration;
+
+use super::wire::{self, ChainDef, ListedRule, Op, Reply, Writer, NLMSG_DONE, NLMSG_ERROR};
+
+/// `AF_NETLINK`, `NETLINK_NETFILTER`.
+const AF_NETLINK: i32 = 16;
+const NETLINK_NETFILTER: i32 = 12;
+/// The kernel answers in microseconds; a receive that waits this long means it never will.
+const RECEIVE_TIMEOUT: Duration = Duration::from_secs(5);
+/// The kernel never puts more than 32 KiB in one dump datagram.
+const BUFFER: usize = 64 * 1024;
+
+/// A netlink socket to nfnetlink.
+#[derive(Debug)]
+pub struct Socket {
+    inner: socket2::Socket,
+    seq: u32,
+}
+
+/// What the kernel refused, and at which op of a transaction.
+#[derive(Debug)]
+pub struct Refused {
+    /// The index of the op the kernel refused, when it was one of a transaction's.
+    pub op: Option<usize>,
+    pub error: io::Error,
+}
+
+impl From<io::Error> for Refused {
+    fn from(error: io::Error) -> Self {
+        Refused { op: None, error }
+    }
+}
+
+impl Socket {
+    /// Opens a socket (the kernel binds it on the first send).
+    pub fn open() -> io::Result<Socket> {
+        let inner = socket2::Socket::new(
+            socket2::Domain::from(AF_NETLINK),
+            socket2::Type::RAW,
+            Some(socket2::Protocol::from(NETLINK_NETFILTER)),
+        )?;
+        inner.set_read_timeout(Some(RECEIVE_TIMEOUT))?;
+        Ok(Socket { inner, seq: 1 })
+    }
+
+    fn next_seq(&mut self, n: u32) -> u32 {
+        let s = self.seq;
+        self.seq += n;
+        s
+    }
+
+    fn send(&self, buf: &[u8]) -> io::Result<()> {
+        let sent = self.inner.send(buf)?;
+        if sent != buf.len() {
+            return Err(io::Error::other(format!(
+                "netlink took {sent} of {} bytes",
+                buf.len()
+            )));
+        }
+        Ok(())
+    }
+
+    /// Receives one datagram and hands its messages to `each` until it returns `false`.
+    fn receive(&self, buf: &mut [u8], mut each: impl FnMut(&Reply) -> bool) -> io::Result<bool> {
+        let n = loop {
+            match (&self.inner).read(buf) {
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                other => break other?,
+            }
+        };
+        for reply in wire::replies(&buf[..n]) {
+            if !each(&reply) {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    /// Runs a dump and returns what `parse` keeps of its messages.
+    fn dump<T>(
+        &mut self,
+        request: impl FnOnce(&mut Writer, u32),
+        mut parse: impl FnMut(&Reply) -> Option<T>,
+    ) -> io::Result<Vec<T>> {
+        let seq = self.next_seq(1);
+        let mut w = Writer::default();
+        request(&mut w, seq);
+        self.send(&w.buf)?;
+        let mut buf = vec![0u8; BUFFER];
+        let mut out = Vec::new();
+        let mut result = Ok(());
+        while self.receive(&mut buf, |r| {
+            if r.seq != seq {
+                return true;
+            }
+            match r.kind {
+                NLMSG_DONE => false,
+                NLMSG_ERROR => {
+                    let code = wire::error_code(r.body);
+                    if code != 0 {
+                        result = Err(io::Error::from_raw_os_error(code));
+                    }
+                    false
+                }
+                _ => {
+                    out.extend(parse(r));
+                    true
+                }
+            }
+        })? {}
+        result.map(|()| out)
+    }
+
+    /// Every chain of `table`.
+    pub fn chains(&mut self, table: &str) -> io::Result<Vec<ChainDef>> {
+        self.dump(
+            |w, seq| w.dump_chains(seq),
+            |r| {
+                (wire::is_chain(r.kind) && wire::table_of(r.body).as_deref() == Some(table))
+                    .then(|| wire::chain(r.body))
+                    .flatten()
+            },
+        )
+    }
+
+    /// Every rule of `table`, in each chain's order.
+    pub fn rules(&mut self, table: &str) -> io::Result<Vec<ListedRule>> {
+        self.dump(
+            |w, seq| w.dump_rules(seq, table),
+            |r| wire::is_rule(r.kind).then(|| wire::rule(r.body)).flatten(),
+        )
+    }
+
+    /// Commits `ops` on `table` as one transaction: all of them, or (on the first refusal) none.
+    ///
+    /// # Errors
+    /// The op the kernel refused first, with its errno.
+    pub fn transact(&mut self, table: &str, ops: &[Op]) -> Result<(), Refused> {
+        if ops.is_empty() {
+            return Ok(());
+        }
+        let first = self.next_seq(ops.len() as u32 + 2);
+        let mut w = Writer::default();
+        let acked = w.batch(first, table, ops);
+        self.send(&w.buf)?;
+        let mut waiting = acked.len();
+        let mut refused = None;
+        let mut buf = vec![0u8; BUFFER];
+        while waiting > 0 && refused.is_none() {
+            self.receive(&mut buf, |r| {
+                let Some(index) = acked.iter().position(|s| *s == r.seq) else {
+                    return true;
+                };
+                if r.kind == NLMSG_ERROR {
+                    let code = wire::error_code(r.body);
+                    if code != 0 {
+                        refused = Some(Refused {
+                            op: Some(index),
+                            error: io::Error::from_raw_os_error(code),
+                        });
+                        return false;
+                    }
+                    waiting -= 1;
+                }
+                true
+            })?;
+        }
+        refused.map_or(Ok(()), Err)
+    }
+}
