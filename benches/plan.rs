@@ -13,8 +13,8 @@ use criterion::{criterion_group, criterion_main, Criterion};
 use std::net::{Ipv4Addr, SocketAddrV4};
 
 use codeb::backend::{
-    ObservedContainer, ObservedProxy, ObservedService, ObservedServices, ServiceRule,
-    ServiceTarget, LABEL_ENVIRONMENT, LABEL_PROJECT, LABEL_RELEASE, LABEL_SLOT,
+    ObservedContainer, ObservedLoopback, ObservedProxy, ObservedService, ObservedServices,
+    ServiceRule, ServiceTarget, LABEL_ENVIRONMENT, LABEL_PROJECT, LABEL_RELEASE, LABEL_SLOT,
 };
 use codeb::backend::{ObservedZone, RrsetChange};
 use codeb::model::dns::{PowerDnsRef, ZoneRef};
@@ -23,7 +23,7 @@ use codeb::model::{
     SlotRecord, SlotState,
 };
 use codeb::plan::{
-    plan, routes, server_spec, Action, HostObservation, KernelObservation, Observed,
+    plan, routes, server_spec, Action, HostObservation, KernelObservation, Observed, Published,
     ZoneObservation,
 };
 
@@ -77,6 +77,8 @@ fn world(n: usize) -> (Desired, Observed, Recorded) {
         hooks: 1,
         ..Default::default()
     };
+    // codeb publishes slot ports on loopback: each active slot's port has its rule too.
+    let mut published = services.clone();
     for i in 0..n {
         let key = EnvKey::new(format!("p{i}"), "production");
         let rel = release("app:v1");
@@ -123,6 +125,17 @@ fn world(n: usize) -> (Desired, Observed, Recorded) {
                 })],
             },
         );
+        published.services.insert(
+            base,
+            ObservedService {
+                dispatch: 1,
+                chain: true,
+                rules: vec![ServiceRule::Dnat(ServiceTarget {
+                    to: SocketAddrV4::new(ip, 8080),
+                    label: format!("{key}/blue"),
+                })],
+            },
+        );
         containers.push(ObservedContainer {
             id: format!("id{i}"),
             name: key.container_name(Slot::Blue),
@@ -135,7 +148,7 @@ fn world(n: usize) -> (Desired, Observed, Recorded) {
             ]),
             running: true,
             state: "running".into(),
-            host_port: Some(base),
+            host_port: None,
             ip: Some(ip),
         });
         recorded.envs.insert(key, rec);
@@ -149,6 +162,16 @@ fn world(n: usize) -> (Desired, Observed, Recorded) {
                 kernel: KernelObservation::Managed {
                     gateway: GATEWAY,
                     services,
+                    publish: Some(Box::new(Published {
+                        address: Ipv4Addr::LOCALHOST,
+                        bridge: "podman1".into(),
+                        services: published,
+                        loopback: ObservedLoopback {
+                            masquerade: 1,
+                            guard: 1,
+                            route_localnet: true,
+                        },
+                    })),
                 },
             },
         )]),

@@ -12,8 +12,13 @@ use common::*;
 /// Checks the invariants after a recovery apply: v2 serves, one active slot whose container runs,
 /// every container belongs to a non-empty slot, every codeb route of the project dials a running slot.
 fn assert_converged(sb: &Sandbox, name: &str, context: &str) {
+    assert_serves(sb, name, "v2", context);
+}
+
+/// As [`assert_converged`], with `version` serving.
+fn assert_serves(sb: &Sandbox, name: &str, version: &str, context: &str) {
     let host = format!("{name}.codeb.test");
-    assert_eq!(sb.get(&host, "/").1, "v2", "{context}");
+    assert_eq!(sb.get(&host, "/").1, version, "{context}");
     let slots = sb.slots();
     let mine: Vec<&serde_json::Value> = slots
         .as_array()
@@ -87,6 +92,71 @@ fn a_rollout_killed_at_every_step_boundary_converges_on_the_next_apply() {
     assert!(
         killed >= 8,
         "a rollout has at least four steps, so at least eight kill points ({killed})"
+    );
+}
+
+/// Rolls v1 → v2 → v3, the last one into the slot whose container still runs v1 (grace): where
+/// codeb publishes slot ports, the deploy renames that container aside and removes it after the
+/// switch. SIGKILL after journal write `n` of the v3 rollout, then apply again and check: no
+/// container set aside is left, v3 serves, and each slot's port leads to its own release.
+fn replacement_killed_after(n: u64) -> bool {
+    let sb = Sandbox::new();
+    let name = unique(&format!("aside{n}"));
+    for v in ["v1", "v2"] {
+        let dir = sb.write(&[ProjectYaml::new(
+            &name,
+            &format!("localhost/codeb-test-app:{v}"),
+        )]);
+        assert_eq!(sb.apply(&dir).status.code(), Some(0));
+    }
+    let dir = sb.write(&[ProjectYaml::new(&name, "localhost/codeb-test-app:v3")]);
+    let first = Command::new(env!("CARGO_BIN_EXE_codeb"))
+        .arg("--state-dir")
+        .arg(sb.state())
+        .args(["apply", "-f", dir.to_str().unwrap()])
+        .env("CODEB_FAULT_KILL_AFTER", n.to_string())
+        .output()
+        .unwrap();
+    let out = sb.apply(&dir);
+    let context = format!("killed after journal write {n} of the replacement");
+    assert_eq!(out.status.code(), Some(0), "{context}: {}", text(&out));
+    assert_serves(&sb, &name, "v3", &context);
+    // Each live slot's published port answers with that slot's release.
+    for slot in sb.slots().as_array().unwrap() {
+        if slot["project"] != name.as_str() || slot["state"] == "empty" {
+            continue;
+        }
+        let port = slot["port"].as_u64().unwrap();
+        let image = slot["image"].as_str().unwrap();
+        let (status, body) = common::load::fresh_get(
+            &format!("127.0.0.1:{port}"),
+            &format!("127.0.0.1:{port}"),
+            "/",
+        )
+        .unwrap_or_else(|e| panic!("{context}: slot port {port}: {e}"));
+        assert_eq!(status, 200, "{context}: slot port {port}");
+        assert!(
+            image.ends_with(&format!(":{body}")),
+            "{context}: {image} on {port} answered {body}"
+        );
+    }
+    cleanup(&sb, &name);
+    first.status.code().is_none()
+}
+
+#[test]
+fn a_release_deployed_beside_the_one_it_replaces_killed_at_every_step_converges() {
+    let _l = lock();
+    let mut killed = 0;
+    for n in 1..=40u64 {
+        if !replacement_killed_after(n) {
+            break;
+        }
+        killed += 1;
+    }
+    assert!(
+        killed >= 8,
+        "a replacement has at least four steps, so at least eight kill points ({killed})"
     );
 }
 

@@ -177,6 +177,7 @@ async fn a_container_lives_through_create_start_list_stop_and_remove() {
         container_port: 8080,
         host_ip: "127.0.0.1".to_owned(),
         host_port: port,
+        publish: true,
         network: NETWORK.to_owned(),
     };
 
@@ -302,6 +303,7 @@ async fn creating_on_a_missing_network_is_not_found() {
         container_port: 8080,
         host_ip: "127.0.0.1".to_owned(),
         host_port: free_port(),
+        publish: true,
         network: unique("codeb-test-missing-net"),
     };
     let err = podman.create(&spec).await.expect_err("no such network");
@@ -382,6 +384,7 @@ async fn listing_never_fails_while_a_container_exits_and_restarts() {
         container_port: 8080,
         host_ip: "127.0.0.1".to_owned(),
         host_port: free_port(),
+        publish: true,
         network: NETWORK.to_owned(),
     };
     let id = podman.create(&spec).await.unwrap();

@@ -10,13 +10,15 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 use std::sync::{Arc, Mutex};
 
 use super::{
-    caddy, netfilter, podman, powerdns, ContainerSpec, HookWrite, Kernel, ObservedContainer,
-    ObservedProxy, ObservedService, ObservedServices, Proxy, Route, Runtime, ServerSpec,
-    ServiceRule, ServiceWrite, LABEL_PROJECT,
+    caddy, netfilter, podman, powerdns, ContainerSpec, HookWrite, Kernel, LoopbackWrite,
+    NetworkInfo, ObservedContainer, ObservedLoopback, ObservedProxy, ObservedService,
+    ObservedServices, Proxy, Route, Runtime, ServerSpec, ServiceRule, ServiceWrite, LABEL_PROJECT,
 };
 
 /// The gateway of the fake host's network: service addresses are `FAKE_GATEWAY:base_port`.
 pub const FAKE_GATEWAY: Ipv4Addr = Ipv4Addr::new(10, 99, 0, 1);
+/// The fake network's bridge.
+pub const FAKE_BRIDGE: &str = "fake0";
 
 #[derive(Debug, Default)]
 pub struct State {
@@ -33,6 +35,9 @@ pub struct State {
     pub caddy_down: bool,
     /// codeb's NAT rules on [`FAKE_GATEWAY`].
     pub nat: ObservedServices,
+    /// codeb's NAT rules on the loopback address slots are published on (any `127.x`).
+    pub published: ObservedServices,
+    pub loopback: ObservedLoopback,
     /// Set: the kernel cannot be managed (as without root); codeb falls back to Caddy.
     pub kernel_unsupported: Option<String>,
     /// Config changes of Caddy (each one a reload) and of the NAT rules, counted apart.
@@ -68,32 +73,18 @@ impl World {
             .iter()
             .find(|r| r.hosts.iter().any(|h| h == hostname))?;
         let dial: SocketAddrV4 = route.upstream.parse().ok()?;
-        let container = if *dial.ip() == FAKE_GATEWAY {
-            let service = s.nat.services.get(&dial.port())?;
-            if service.dispatch == 0 || !s.nat.chain || s.nat.hooks == 0 {
-                return None;
-            }
-            let Some(ServiceRule::Dnat(t)) = service.rules.first() else {
-                return None;
-            };
-            s.containers
-                .values()
-                .find(|(c, spec)| c.ip == Some(*t.to.ip()) && spec.container_port == t.to.port())
-        } else {
-            s.containers
-                .values()
-                .find(|(c, spec)| c.running && spec.host_port == dial.port())
-        };
-        container
-            .filter(|(c, _)| c.running)
-            .map(|(_, spec)| spec.image.clone())
+        s.behind(dial).map(|(_, spec)| spec.image.clone())
     }
 
-    /// The container publishing `port`, if it runs and is healthy.
-    pub fn healthy_on(&self, port: u16) -> bool {
-        self.state().containers.values().any(|(c, spec)| {
-            c.running && spec.host_port == port && !spec.image.contains("unhealthy")
-        })
+    /// True when `url`'s address and port lead to a running container that is healthy.
+    pub fn healthy_at(&self, url: &str) -> bool {
+        let dial = url
+            .strip_prefix("http://")
+            .and_then(|r| r.split('/').next())
+            .and_then(|a| a.parse::<SocketAddrV4>().ok());
+        let s = self.state();
+        dial.and_then(|d| s.behind(d))
+            .is_some_and(|(_, spec)| !spec.image.contains("unhealthy"))
     }
 
     fn podman<T>(
@@ -128,6 +119,41 @@ impl World {
     }
 }
 
+impl State {
+    /// The running container a connection to `dial` reaches: through codeb's rules for a
+    /// service address or a kernel-published slot port, through Podman's publication, or
+    /// straight to a container's own address.
+    fn behind(&self, dial: SocketAddrV4) -> Option<&(ObservedContainer, ContainerSpec)> {
+        let through = |rules: &ObservedServices| {
+            let service = rules.services.get(&dial.port())?;
+            if service.dispatch == 0 || !rules.chain || rules.hooks == 0 {
+                return None;
+            }
+            let Some(ServiceRule::Dnat(t)) = service.rules.first() else {
+                return None;
+            };
+            Some(t.to)
+        };
+        let to = if *dial.ip() == FAKE_GATEWAY {
+            through(&self.nat)?
+        } else if dial.ip().is_loopback() {
+            match through(&self.published) {
+                Some(to) => to,
+                None => {
+                    return self.containers.values().find(|(c, spec)| {
+                        c.running && spec.publish && spec.host_port == dial.port()
+                    })
+                }
+            }
+        } else {
+            dial
+        };
+        self.containers.values().find(|(c, spec)| {
+            c.running && c.ip == Some(*to.ip()) && spec.container_port == to.port()
+        })
+    }
+}
+
 impl Runtime for World {
     async fn ping(&self) -> Result<(), podman::Error> {
         self.podman(false, |_| Ok(()))
@@ -143,8 +169,13 @@ impl Runtime for World {
         })
     }
 
-    async fn network_gateway(&self, _name: &str) -> Result<Option<Ipv4Addr>, podman::Error> {
-        self.podman(false, |_| Ok(Some(FAKE_GATEWAY)))
+    async fn network_gateway(&self, _name: &str) -> Result<Option<NetworkInfo>, podman::Error> {
+        self.podman(false, |_| {
+            Ok(Some(NetworkInfo {
+                gateway: FAKE_GATEWAY,
+                bridge: FAKE_BRIDGE.into(),
+            }))
+        })
     }
 
     async fn ensure_network(&self, _name: &str) -> Result<bool, podman::Error> {
@@ -169,7 +200,7 @@ impl Runtime for World {
                 labels: spec.labels.clone(),
                 running: false,
                 state: "created".into(),
-                host_port: Some(spec.host_port),
+                host_port: spec.publish.then_some(spec.host_port),
                 ip: None,
             };
             s.containers.insert(id.clone(), (c, spec.clone()));
@@ -212,6 +243,22 @@ impl Runtime for World {
             }
             Ok(())
         })
+    }
+
+    async fn rename(&self, id: &str, name: &str) -> Result<(), podman::Error> {
+        self.podman(true, |s| {
+            if s.containers.values().any(|(c, _)| c.name == name) {
+                return Err(name_in_use(name));
+            }
+            let (c, spec) = find(s, id)?;
+            c.name = name.to_string();
+            spec.name = name.to_string();
+            Ok(())
+        })
+    }
+
+    async fn address(&self, id: &str) -> Result<Option<Ipv4Addr>, podman::Error> {
+        self.podman(false, |s| Ok(find(s, id)?.0.ip))
     }
 
     async fn logs_tail(&self, _id: &str, _lines: usize) -> Result<Vec<String>, podman::Error> {
@@ -321,30 +368,68 @@ impl World {
     }
 }
 
-impl Kernel for World {
-    type Table = ObservedServices;
+/// One read of the fake kernel: the rules on [`FAKE_GATEWAY`], on the loopback address, and the
+/// loopback plumbing.
+pub type FakeTable = (ObservedServices, ObservedServices, ObservedLoopback);
 
-    async fn read(&self) -> Result<ObservedServices, netfilter::Error> {
-        self.kernel(false, |s| Ok(s.nat.clone()))
+impl State {
+    /// The rules on `address`: the gateway's, or the loopback publication's.
+    fn rules_on(&mut self, address: Ipv4Addr) -> &mut ObservedServices {
+        if address.is_loopback() {
+            &mut self.published
+        } else {
+            &mut self.nat
+        }
+    }
+}
+
+impl Kernel for World {
+    type Table = FakeTable;
+
+    async fn read(&self) -> Result<FakeTable, netfilter::Error> {
+        self.kernel(false, |s| {
+            Ok((s.nat.clone(), s.published.clone(), s.loopback.clone()))
+        })
     }
 
     fn services(
         &self,
-        table: Result<ObservedServices, netfilter::Error>,
+        table: &FakeTable,
         gateway: Ipv4Addr,
     ) -> Result<ObservedServices, netfilter::Error> {
-        let table = table?;
         Ok(if gateway == FAKE_GATEWAY {
-            table
+            table.0.clone()
+        } else if gateway.is_loopback() {
+            table.1.clone()
         } else {
             ObservedServices::default()
         })
     }
 
-    async fn hook(&self, _write: &HookWrite) -> Result<(), netfilter::Error> {
+    fn loopback(&self, table: &FakeTable, bridge: &str) -> ObservedLoopback {
+        if bridge == FAKE_BRIDGE {
+            table.2.clone()
+        } else {
+            ObservedLoopback::default()
+        }
+    }
+
+    async fn set_loopback(&self, _write: &LoopbackWrite) -> Result<(), netfilter::Error> {
         self.kernel(true, |s| {
-            s.nat.chain = true;
-            s.nat.hooks = 1;
+            s.loopback = ObservedLoopback {
+                masquerade: 1,
+                guard: 1,
+                route_localnet: true,
+            };
+            Ok(())
+        })
+    }
+
+    async fn hook(&self, write: &HookWrite) -> Result<(), netfilter::Error> {
+        self.kernel(true, |s| {
+            let rules = s.rules_on(write.gateway);
+            rules.chain = true;
+            rules.hooks = 1;
             Ok(())
         })
     }
@@ -352,12 +437,13 @@ impl Kernel for World {
     /// Like an nf_tables transaction: all or nothing, and a dispatch rule needs the dispatch chain.
     async fn set_service(&self, write: &ServiceWrite) -> Result<(), netfilter::Error> {
         self.kernel(true, |s| {
+            let rules = s.rules_on(write.gateway);
             match &write.target {
                 Some(t) => {
-                    if !s.nat.chain {
+                    if !rules.chain {
                         return Err(no_chain(write));
                     }
-                    s.nat.services.insert(
+                    rules.services.insert(
                         write.port,
                         ObservedService {
                             dispatch: 1,
@@ -367,7 +453,7 @@ impl Kernel for World {
                     );
                 }
                 None => {
-                    s.nat.services.remove(&write.port);
+                    rules.services.remove(&write.port);
                 }
             }
             Ok(())
@@ -390,19 +476,17 @@ fn no_chain(write: &ServiceWrite) -> netfilter::Error {
     }
 }
 
-/// Probes fake worlds: a URL is healthy when a healthy container publishes its port.
+/// Probes fake worlds: a URL is healthy when what its address and port lead to is a healthy
+/// running container.
 #[derive(Debug, Clone, Default)]
 pub struct FakeProber(pub Vec<World>);
 
 impl crate::reconcile::Prober for FakeProber {
     async fn probe(&self, url: &str) -> Result<(), String> {
-        let port = url
-            .rsplit_once(':')
-            .and_then(|(_, rest)| rest.split('/').next())
-            .and_then(|p| p.parse::<u16>().ok());
-        match port {
-            Some(p) if self.0.iter().any(|w| w.healthy_on(p)) => Ok(()),
-            _ => Err("connection refused".into()),
+        if self.0.iter().any(|w| w.healthy_at(url)) {
+            Ok(())
+        } else {
+            Err("connection refused".into())
         }
     }
 }

@@ -23,6 +23,9 @@ pub const LABEL_PROJECT: &str = "codeb.project";
 pub const LABEL_ENVIRONMENT: &str = "codeb.environment";
 pub const LABEL_SLOT: &str = "codeb.slot";
 pub const LABEL_RELEASE: &str = "codeb.release";
+/// The slot's host port, on every container: where codeb's kernel rules publish a container that
+/// Podman does not, so that port allocation sees it (see [`ContainerSpec::publish`]).
+pub const LABEL_PORT: &str = "codeb.port";
 
 /// The start of every HTTP client codeb builds. Every endpoint it speaks to is plain `http://`
 /// (Podman's API, Caddy's admin API and PowerDNS's API refuse other schemes at their edge, and
@@ -69,6 +72,10 @@ pub struct ContainerSpec {
     /// Host address the port is published on (loopback by default).
     pub host_ip: String,
     pub host_port: u16,
+    /// Podman publishes `host_ip:host_port` itself. When false the container publishes nothing
+    /// and codeb's kernel rules map the slot port to it: a new release can then start beside the
+    /// container it replaces, which holds no port.
+    pub publish: bool,
     /// The network the container joins (`codeb-main`).
     pub network: String,
 }
@@ -120,12 +127,12 @@ pub trait Runtime: Send + Sync {
                 .collect())
         }
     }
-    /// The IPv4 gateway of a network: its bridge's address on the Podman host. `None` when the
-    /// network does not exist (or has no IPv4 subnet).
+    /// The IPv4 gateway of a network (its bridge's address on the Podman host) and the bridge's
+    /// interface name. `None` when the network does not exist (or has no IPv4 subnet).
     fn network_gateway(
         &self,
         name: &str,
-    ) -> impl Future<Output = Result<Option<Ipv4Addr>, podman::Error>> + Send;
+    ) -> impl Future<Output = Result<Option<NetworkInfo>, podman::Error>> + Send;
     /// Creates the bridge network when it does not exist. Returns true when it created it.
     fn ensure_network(
         &self,
@@ -141,6 +148,17 @@ pub trait Runtime: Send + Sync {
     ) -> impl Future<Output = Result<String, podman::Error>> + Send;
     fn start(&self, id: &str) -> impl Future<Output = Result<(), podman::Error>> + Send;
     fn stop(&self, id: &str) -> impl Future<Output = Result<(), podman::Error>> + Send;
+    /// Renames a container (it keeps running, with its labels).
+    fn rename(
+        &self,
+        id: &str,
+        name: &str,
+    ) -> impl Future<Output = Result<(), podman::Error>> + Send;
+    /// The container's IPv4 address on its network; `None` while it does not run.
+    fn address(
+        &self,
+        id: &str,
+    ) -> impl Future<Output = Result<Option<Ipv4Addr>, podman::Error>> + Send;
     /// Force-removes the container; a missing container is not an error.
     fn remove(&self, id: &str) -> impl Future<Output = Result<(), podman::Error>> + Send;
     /// The last `lines` lines of stdout+stderr.
@@ -219,6 +237,37 @@ pub trait Proxy: Send + Sync {
         -> impl Future<Output = Result<(), caddy::Error>> + Send;
     /// Deletes the route with this `@id`; a missing one is not an error.
     fn delete_route(&self, id: &str) -> impl Future<Output = Result<(), caddy::Error>> + Send;
+}
+
+/// codeb's network on a host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetworkInfo {
+    /// The bridge's address on the host: where service addresses live.
+    pub gateway: Ipv4Addr,
+    /// The bridge's interface name (`podman1`, `cb18080`); empty when Podman does not say.
+    pub bridge: String,
+}
+
+/// What a loopback address needs so that its NAT rules can lead to containers on a bridge: a
+/// connection from `127.0.0.1` leaves through the bridge only with `route_localnet` set on it, and
+/// the container answers it only once it is masqueraded to the bridge's address; the guard drops
+/// anything arriving from the bridge for a loopback address that codeb did not translate (with
+/// `route_localnet` on, a container could otherwise reach the host's loopback services).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ObservedLoopback {
+    /// codeb's masquerade rules for the bridge (1 when in place).
+    pub masquerade: usize,
+    /// codeb's guard rules for the bridge (1 when in place).
+    pub guard: usize,
+    pub route_localnet: bool,
+}
+
+/// Brings a bridge's loopback plumbing to one masquerade rule, one guard rule and
+/// `route_localnet` on, from what was observed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoopbackWrite {
+    pub bridge: String,
+    pub observed: ObservedLoopback,
 }
 
 /// codeb's NAT rules for the service addresses on one gateway, as observed.
@@ -303,7 +352,7 @@ pub trait Kernel: Send + Sync {
         &self,
         gateway: Ipv4Addr,
     ) -> impl Future<Output = Result<ObservedServices, netfilter::Error>> + Send {
-        async move { self.services(self.read().await, gateway) }
+        async move { self.services(&self.read().await?, gateway) }
     }
     /// The NAT rules as they are now, read before the gateway is known (the read and the lookup
     /// of codeb's network then run side by side; see [`Kernel::services`]).
@@ -311,14 +360,21 @@ pub trait Kernel: Send + Sync {
     /// # Errors
     /// As [`Kernel::observe`], but only those that do not depend on the gateway.
     fn read(&self) -> impl Future<Output = Result<Self::Table, netfilter::Error>> + Send;
-    /// codeb's rules for the service addresses on `gateway`, from a [`Kernel::read`]. A gateway
-    /// that is not an address of this machine is [`netfilter::Error::Unsupported`] whatever the
-    /// read gave.
+    /// codeb's rules for the addresses on `gateway` (a service gateway, or the loopback address
+    /// slots are published on), from a [`Kernel::read`]. An address that is not one of this
+    /// machine is [`netfilter::Error::Unsupported`].
     fn services(
         &self,
-        table: Result<Self::Table, netfilter::Error>,
+        table: &Self::Table,
         gateway: Ipv4Addr,
     ) -> Result<ObservedServices, netfilter::Error>;
+    /// codeb's loopback plumbing for `bridge`, from a [`Kernel::read`] and the bridge's settings.
+    fn loopback(&self, table: &Self::Table, bridge: &str) -> ObservedLoopback;
+    /// Applies a [`LoopbackWrite`]: the rules in one transaction, then `route_localnet`.
+    fn set_loopback(
+        &self,
+        write: &LoopbackWrite,
+    ) -> impl Future<Output = Result<(), netfilter::Error>> + Send;
     /// Applies a [`HookWrite`] in one transaction.
     fn hook(&self, write: &HookWrite) -> impl Future<Output = Result<(), netfilter::Error>> + Send;
     /// Applies a [`ServiceWrite`] in one transaction: at no instant does the service address

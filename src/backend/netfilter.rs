@@ -49,9 +49,10 @@ use std::io;
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::sync::{Arc, Mutex, PoisonError};
 
-use self::wire::{ChainDef, Expr, ListedRule, Op};
+use self::wire::{ChainDef, Expr, Hook, ListedRule, Op};
 use super::{
-    HookWrite, Kernel, ObservedService, ObservedServices, ServiceRule, ServiceTarget, ServiceWrite,
+    HookWrite, Kernel, LoopbackWrite, ObservedLoopback, ObservedService, ObservedServices,
+    ServiceRule, ServiceTarget, ServiceWrite,
 };
 
 /// codeb's table, in the `ip` family.
@@ -60,6 +61,9 @@ pub const TABLE: &str = "codeb";
 pub const BASE_CHAIN: &str = "output";
 /// One before `NF_IP_PRI_NAT_DST` (-100), where iptables' nat `OUTPUT` runs.
 pub const PRIORITY: i32 = -101;
+/// codeb's nat chain at `postrouting` and filter chain at `input`, for loopback publication.
+pub const MASQUERADE_CHAIN: &str = "postrouting";
+pub const GUARD_CHAIN: &str = "input";
 /// Prefix of every other chain codeb owns.
 pub const CHAIN_PREFIX: &str = "CODEB-";
 /// The comment of a gateway's rule in the base chain.
@@ -251,9 +255,64 @@ impl Kernel for Netfilter {
         .await
     }
 
-    fn services(&self, table: Result<Ruleset>, gateway: Ipv4Addr) -> Result<ObservedServices> {
+    fn services(&self, table: &Ruleset, gateway: Ipv4Addr) -> Result<ObservedServices> {
         is_local(gateway)?;
-        Ok(parse(&table?, gateway))
+        Ok(parse(table, gateway))
+    }
+
+    fn loopback(&self, table: &Ruleset, bridge: &str) -> ObservedLoopback {
+        let count = |chain: &ChainDef, exprs: Vec<Expr>| {
+            let hooked = table.chains.contains(chain);
+            let n = table
+                .rules
+                .iter()
+                .filter(|r| r.chain == chain.name && r.exprs == exprs)
+                .count();
+            if hooked {
+                n
+            } else {
+                0
+            }
+        };
+        let route_localnet = route_localnet_path(bridge)
+            .and_then(|p| std::fs::read_to_string(p).ok())
+            .is_some_and(|v| v.trim() == "1");
+        ObservedLoopback {
+            masquerade: count(&masquerade_chain(), masquerade_rule(bridge)),
+            guard: count(&guard_chain(), guard_rule(bridge)),
+            route_localnet,
+        }
+    }
+
+    async fn set_loopback(&self, write: &LoopbackWrite) -> Result<()> {
+        let o = &write.observed;
+        let extra = if o.masquerade > 1 || o.guard > 1 {
+            let rules = self.read().await?.rules;
+            let (m, g) = (masquerade_rule(&write.bridge), guard_rule(&write.bridge));
+            let mut extra: Vec<(String, u64)> = Vec::new();
+            for (chain, exprs) in [(MASQUERADE_CHAIN, m), (GUARD_CHAIN, g)] {
+                let found = handles(&rules, chain, |r| r.exprs == exprs);
+                extra.extend(found.into_iter().skip(1).map(|h| (chain.to_string(), h)));
+            }
+            extra
+        } else {
+            Vec::new()
+        };
+        let ops = loopback_ops(write, &extra);
+        if !ops.is_empty() {
+            let what = format!("the loopback rules of {}", write.bridge);
+            self.commit(what, ops).await?;
+        }
+        if !o.route_localnet {
+            self.supported()?;
+            let path = route_localnet_path(&write.bridge).ok_or_else(|| Error::Unsupported {
+                reason: format!("{:?} is not an interface name", write.bridge),
+            })?;
+            tokio::fs::write(&path, "1")
+                .await
+                .map_err(|e| Error::from_io(format!("{}", path.display()), e))?;
+        }
+        Ok(())
     }
 
     async fn hook(&self, write: &HookWrite) -> Result<()> {
@@ -334,10 +393,148 @@ pub fn service_chain(gateway: Ipv4Addr, port: u16) -> String {
 }
 
 fn base_chain() -> ChainDef {
+    base(BASE_CHAIN, wire::HOOK_LOCAL_OUT, PRIORITY, "nat")
+}
+
+fn base(name: &str, num: u32, priority: i32, kind: &str) -> ChainDef {
     ChainDef {
-        name: BASE_CHAIN.into(),
-        hook: Some((wire::HOOK_LOCAL_OUT, PRIORITY)),
+        name: name.into(),
+        hook: Some(Hook {
+            num,
+            priority,
+            kind: kind.into(),
+        }),
     }
+}
+
+/// The nat chain at `postrouting` holding the masquerade rules, one before iptables' (100).
+fn masquerade_chain() -> ChainDef {
+    base(MASQUERADE_CHAIN, wire::HOOK_POST_ROUTING, 99, "nat")
+}
+
+/// The filter chain at `input` holding the guard rules.
+fn guard_chain() -> ChainDef {
+    base(GUARD_CHAIN, wire::HOOK_LOCAL_IN, 0, "filter")
+}
+
+/// `meta iifname`/`oifname` compared with `bridge`, as nft writes it: the name in 16 bytes.
+fn interface_is(key: u32, bridge: &str) -> [Expr; 2] {
+    let mut name = bridge.as_bytes().to_vec();
+    name.resize(16, 0);
+    [
+        Expr::Meta {
+            dreg: wire::REG_1,
+            key,
+        },
+        Expr::Cmp {
+            sreg: wire::REG_1,
+            op: wire::CMP_EQ,
+            data: name,
+        },
+    ]
+}
+
+/// `ip saddr|daddr 127.0.0.0/8` (`offset` 12 or 16 of the IPv4 header).
+fn loopback_net(offset: u32) -> [Expr; 3] {
+    [
+        Expr::Payload {
+            dreg: wire::REG_1,
+            base: wire::BASE_NETWORK,
+            offset,
+            len: 4,
+        },
+        Expr::Bitwise {
+            sreg: wire::REG_1,
+            dreg: wire::REG_1,
+            mask: vec![255, 0, 0, 0],
+            xor: vec![0; 4],
+        },
+        Expr::Cmp {
+            sreg: wire::REG_1,
+            op: wire::CMP_EQ,
+            data: vec![127, 0, 0, 0],
+        },
+    ]
+}
+
+/// `oifname BRIDGE ip saddr 127.0.0.0/8 masquerade`: a connection from loopback that a DNAT sent
+/// to a container leaves with the bridge's address, so that the container can answer it.
+fn masquerade_rule(bridge: &str) -> Vec<Expr> {
+    let mut e = interface_is(wire::META_OIFNAME, bridge).to_vec();
+    e.extend(loopback_net(12));
+    e.push(Expr::Masquerade);
+    e
+}
+
+/// `iifname BRIDGE ip daddr 127.0.0.0/8 ct status & dnat == 0 drop`: with `route_localnet` on
+/// the bridge, a container could send packets to the host's loopback services; only the answers
+/// of connections codeb translated may come in that way.
+fn guard_rule(bridge: &str) -> Vec<Expr> {
+    let mut e = interface_is(wire::META_IIFNAME, bridge).to_vec();
+    e.extend(loopback_net(16));
+    e.extend([
+        Expr::Ct {
+            dreg: wire::REG_1,
+            key: wire::CT_STATUS,
+        },
+        Expr::Bitwise {
+            sreg: wire::REG_1,
+            dreg: wire::REG_1,
+            mask: wire::IPS_DST_NAT.to_ne_bytes().to_vec(),
+            xor: vec![0; 4],
+        },
+        Expr::Cmp {
+            sreg: wire::REG_1,
+            op: wire::CMP_EQ,
+            data: vec![0; 4],
+        },
+        Expr::Drop,
+    ]);
+    e
+}
+
+/// The transaction of a [`LoopbackWrite`]'s rules: the chains where missing, each rule added when
+/// there is none, and duplicates (their `extra` handles, by chain) deleted.
+pub fn loopback_ops(write: &LoopbackWrite, extra: &[(String, u64)]) -> Vec<Op> {
+    let o = &write.observed;
+    let mut ops = Vec::new();
+    if o.masquerade == 0 || o.guard == 0 {
+        ops.push(Op::AddTable);
+    }
+    if o.masquerade == 0 {
+        ops.push(Op::AddChain(masquerade_chain()));
+        ops.push(Op::AddRule {
+            chain: MASQUERADE_CHAIN.into(),
+            exprs: masquerade_rule(&write.bridge),
+            comment: Some(format!("codeb loopback {}", write.bridge)),
+            first: false,
+        });
+    }
+    if o.guard == 0 {
+        ops.push(Op::AddChain(guard_chain()));
+        ops.push(Op::AddRule {
+            chain: GUARD_CHAIN.into(),
+            exprs: guard_rule(&write.bridge),
+            comment: Some(format!("codeb loopback guard {}", write.bridge)),
+            first: false,
+        });
+    }
+    ops.extend(extra.iter().map(|(chain, handle)| Op::DelRule {
+        chain: chain.clone(),
+        handle: *handle,
+    }));
+    ops
+}
+
+/// `/proc/sys/net/ipv4/conf/BRIDGE/route_localnet`, for a name the kernel could have given an
+/// interface (no path separator, at most 15 bytes).
+fn route_localnet_path(bridge: &str) -> Option<std::path::PathBuf> {
+    let ok = !bridge.is_empty()
+        && bridge.len() < 16
+        && !bridge.contains('/')
+        && bridge != "."
+        && bridge != "..";
+    ok.then(|| format!("/proc/sys/net/ipv4/conf/{bridge}/route_localnet").into())
 }
 
 /// `meta l4proto tcp`.

@@ -35,6 +35,7 @@ pub fn connect<'a>(hosts: impl IntoIterator<Item = &'a HostRef>) -> anyhow::Resu
                 runtime,
                 proxy,
                 kernel,
+                publish: h.publish_address.parse().ok(),
             },
         );
     }

@@ -43,6 +43,7 @@ impl fmt::Display for Step {
                 release,
                 container,
                 replace,
+                aside,
                 ..
             } => {
                 write!(
@@ -52,8 +53,12 @@ impl fmt::Display for Step {
                     release.hash(),
                     container.host_port
                 )?;
-                if replace.is_some() {
-                    write!(f, ", replacing its container")?;
+                match (replace, aside) {
+                    (Some(_), Some(name)) => {
+                        write!(f, ", beside its container (renamed {name}, removed after)")?
+                    }
+                    (Some(_), None) => write!(f, ", replacing its container")?,
+                    _ => {}
                 }
                 Ok(())
             }
@@ -72,13 +77,19 @@ impl fmt::Display for Step {
                 slot,
                 url,
                 timeout_ms,
+                direct,
                 ..
             } => {
-                write!(
-                    f,
-                    "wait until {slot} is healthy (GET {url}, timeout {})",
-                    humantime::format_duration(std::time::Duration::from_millis(*timeout_ms))
-                )
+                let timeout =
+                    humantime::format_duration(std::time::Duration::from_millis(*timeout_ms));
+                match direct {
+                    None => write!(f, "wait until {slot} is healthy (GET {url}, timeout {timeout})"),
+                    Some(d) => write!(
+                        f,
+                        "wait until {slot} is healthy (GET its container's address, port {}{}, timeout {timeout})",
+                        d.port, d.path
+                    ),
+                }
             }
             Action::Switch { to, from, hold, .. } => {
                 let verb = if hold.is_some() {
@@ -94,13 +105,26 @@ impl fmt::Display for Step {
             }
             Action::HookServices(h) => write!(
                 f,
-                "hook codeb's service addresses on {} into the kernel's nat OUTPUT",
+                "hook codeb's addresses on {} into the kernel's nat output",
                 h.gateway
             ),
-            Action::SetService(w) => match &w.target {
-                Some(t) => write!(f, "service address {}:{} → {}", w.gateway, w.port, t.to),
-                None => write!(f, "remove service address {}:{}", w.gateway, w.port),
-            },
+            Action::Loopback(w) => write!(
+                f,
+                "let loopback connections reach containers on {} (masquerade, guard, route_localnet)",
+                w.bridge
+            ),
+            Action::SetService(w) => {
+                // A loopback address is a slot's published port; any other a service address.
+                let what = if w.gateway.is_loopback() {
+                    "published port"
+                } else {
+                    "service address"
+                };
+                match &w.target {
+                    Some(t) => write!(f, "{what} {}:{} → {}", w.gateway, w.port, t.to),
+                    None => write!(f, "remove {what} {}:{}", w.gateway, w.port),
+                }
+            }
             Action::AddRoute(r) => write!(
                 f,
                 "add route {} {} → {}",

@@ -5,11 +5,11 @@ use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::net::SocketAddrV4;
 
-use super::service::{service_address, service_diff, slot_target};
-use super::{Action, Drain, KernelObservation, Note, Plan, Step, NETWORK};
+use super::service::{publication_diff, service_address, service_diff, slot_target, SlotPort};
+use super::{Action, DirectProbe, Drain, KernelObservation, Note, Plan, Step, NETWORK};
 use crate::backend::{
-    ContainerSpec, ObservedContainer, Route, LABEL_ENVIRONMENT, LABEL_PROJECT, LABEL_RELEASE,
-    LABEL_SLOT,
+    ContainerSpec, ObservedContainer, Route, LABEL_ENVIRONMENT, LABEL_PORT, LABEL_PROJECT,
+    LABEL_RELEASE, LABEL_SLOT,
 };
 use crate::model::{
     ports, DesiredEnv, EnvRecord, HostRef, Promotion, Release, Slot, SlotRecord, SlotState,
@@ -74,6 +74,9 @@ pub fn plan_env(
         plan.steps.push(step(Action::Register(Box::new(p.clone()))));
     }
 
+    // Where codeb's kernel rules publish slot ports, containers publish none: a new release starts
+    // beside the container it replaces, which is set aside and removed after the switch.
+    let published = kernel.published(host);
     let slot_of = |c: &ObservedContainer| {
         Slot::ALL
             .into_iter()
@@ -86,16 +89,30 @@ pub fn plan_env(
             .find(|c| slot_of(c) == Some(slot))
     };
 
-    // Containers with our labels that no slot accounts for (a renamed or duplicated container).
+    // Containers with our labels that no slot accounts for (a renamed or duplicated container,
+    // or one a deploy set aside). One that publishes a port goes first (a container of this plan
+    // may need the port); one that publishes none goes last, after the switch it must not delay.
+    let mut set_aside: Vec<Step> = Vec::new();
     for c in containers
         .iter()
         .filter(|c| slot_of(c).is_none_or(|s| by_slot(s).map(|o| &o.id) != Some(&c.id)))
     {
-        plan.steps.push(step(Action::RemoveContainer {
+        let remove = step(Action::RemoveContainer {
             id: c.id.clone(),
             name: c.name.clone(),
-        }));
+        });
+        if c.host_port.is_some() {
+            plan.steps.push(remove);
+        } else {
+            set_aside.push(remove);
+        }
     }
+    // A container that Podman does not publish is reachable on its slot port only through codeb's
+    // kernel rules: without them it is recreated with Podman publishing it.
+    let base_port = proj.base_port;
+    let reachable = |c: &ObservedContainer, slot: Slot| {
+        published.is_some() || c.host_port == Some(slot.port(base_port))
+    };
 
     // Slots whose container this plan creates, starts or replaces: their address is not known
     // until the next observation.
@@ -131,7 +148,7 @@ pub fn plan_env(
                     continue; // retired below; no point in repairing it first
                 }
                 match c {
-                    Some(c) if runs(c, release.hash()) => {
+                    Some(c) if runs(c, release.hash()) && reachable(c, slot) => {
                         if !c.running {
                             pending.push(slot);
                             plan.steps.push(step(Action::Start {
@@ -142,7 +159,8 @@ pub fn plan_env(
                     }
                     _ => {
                         pending.push(slot);
-                        let spec = container_spec(d, host, &proj, slot, release);
+                        let spec =
+                            container_spec(d, host, &proj, slot, release, published.is_none());
                         plan.steps.push(step(Action::Recreate {
                             slot,
                             container: Box::new(spec),
@@ -174,14 +192,27 @@ pub fn plan_env(
         match candidate.map(|s| (s, proj.slot(s).state)) {
             Some((s, SlotState::Deployed | SlotState::Grace | SlotState::Active)) => {
                 if d.promotion == Promotion::Auto || active.is_none() {
-                    let url = health_url(host, &proj, s, &proj.slot(s).health_path);
-                    plan.steps.push(step(Action::Switch {
-                        to: s,
-                        from: active,
-                        hold: None,
-                        url,
-                    }));
-                    switch(proj.to_mut(), s, None, now_ms);
+                    let path = proj.slot(s).health_path.clone();
+                    let target = (!pending.contains(&s))
+                        .then(|| slot_target(&proj, s, by_slot(s)))
+                        .flatten();
+                    // Where codeb publishes the slot's port, its rule may still lead to the
+                    // container the deploy set aside: the switch probes the container itself,
+                    // once its address is known (the next round, if not yet).
+                    let url = match (published, target) {
+                        (None, _) => Some(health_url(host, &proj, s, &path)),
+                        (Some(_), Some(to)) => Some(direct_url(to, &path)),
+                        (Some(_), None) => None,
+                    };
+                    if let Some(url) = url {
+                        plan.steps.push(step(Action::Switch {
+                            to: s,
+                            from: active,
+                            hold: None,
+                            url,
+                        }));
+                        switch(proj.to_mut(), s, None, now_ms);
+                    }
                 } else {
                     plan.notes.push(Note::AwaitingPromotion {
                         key: d.key.clone(),
@@ -210,33 +241,37 @@ pub fn plan_env(
                         c.id.clone()
                     }
                     None => {
-                        let spec = container_spec(d, host, &proj, s, &d.release);
+                        let spec =
+                            container_spec(d, host, &proj, s, &d.release, published.is_none());
                         let name = spec.name.clone();
                         let replace = by_slot(s).map(|c| c.id.clone());
-                        plan.steps.push(step(deploy(d, s, spec, replace, None)));
+                        let aside = aside_name(published.is_some(), &name, replace.as_deref());
+                        plan.steps
+                            .push(step(deploy(d, s, spec, replace, aside, None)));
                         name
                     }
                 };
-                plan.steps
-                    .push(step(await_healthy(d, host, &proj, s, container, hash)));
+                let direct = published.is_some();
+                plan.steps.push(step(await_healthy(
+                    d, host, &proj, s, container, hash, direct,
+                )));
             }
             None => {
                 let target = active.map(Slot::other).unwrap_or(Slot::Blue);
                 pending.push(target);
-                let spec = container_spec(d, host, &proj, target, &d.release);
+                let spec = container_spec(d, host, &proj, target, &d.release, published.is_none());
                 let name = spec.name.clone();
                 // The idle slot may be the one rolled away from moments ago: its requests finish
                 // before its container is replaced.
                 let drain = drain(&proj, target, by_slot(target), now_ms);
-                plan.steps.push(step(deploy(
-                    d,
-                    target,
-                    spec,
-                    by_slot(target).map(|c| c.id.clone()),
-                    drain,
-                )));
+                let replace = by_slot(target).map(|c| c.id.clone());
+                let aside = aside_name(published.is_some(), &name, replace.as_deref());
                 plan.steps
-                    .push(step(await_healthy(d, host, &proj, target, name, hash)));
+                    .push(step(deploy(d, target, spec, replace, aside, drain)));
+                let direct = published.is_some();
+                plan.steps.push(step(await_healthy(
+                    d, host, &proj, target, name, hash, direct,
+                )));
                 *proj.to_mut().slot_mut(target) = SlotRecord {
                     state: SlotState::Deploying,
                     release: Some(d.release.clone()),
@@ -276,6 +311,22 @@ pub fn plan_env(
     if let Some(write) = service_diff(&proj, kernel, target_of) {
         plan.steps.push(step(Action::SetService(write)));
     }
+    // Each slot's published port, where codeb's rules publish it: to the slot's container while
+    // it should run, nowhere once the slot is empty or failed (before a retired container goes).
+    if let Some(p) = published {
+        for slot in Slot::ALL {
+            let want = if pending.contains(&slot) {
+                SlotPort::Pending
+            } else if proj.slot(slot).state.wants_running() {
+                slot_target(&proj, slot, by_slot(slot)).map_or(SlotPort::Nowhere, SlotPort::To)
+            } else {
+                SlotPort::Nowhere
+            };
+            if let Some(write) = publication_diff(&proj, p, slot, want) {
+                plan.steps.push(step(Action::SetService(write)));
+            }
+        }
+    }
 
     // 4. Routes, from the projected record.
     let service = service_address(kernel, &proj);
@@ -294,6 +345,21 @@ pub fn plan_env(
             drain,
         }));
     }
+    plan.steps.extend(set_aside);
+}
+
+/// The name a deploy renames the container it replaces to, where that container holds no port
+/// the new one needs: `{name}-replaced-{its id, 12 characters}`. Unaccounted for by any slot, it is
+/// removed once the switch is done.
+fn aside_name(kernel_published: bool, name: &str, replace: Option<&str>) -> Option<String> {
+    let id = replace.filter(|_| kernel_published)?;
+    Some(format!("{name}-replaced-{}", &id[..id.len().min(12)]))
+}
+
+/// `http://{container address:port}{path}`: a probe of the container itself.
+pub(crate) fn direct_url(to: SocketAddrV4, path: &str) -> String {
+    let path = if path.is_empty() { "/" } else { path };
+    format!("http://{to}{path}")
 }
 
 /// The drain owed to a slot that served the hostname until `since_ms` (it is in grace), while
@@ -512,6 +578,7 @@ fn deploy(
     slot: Slot,
     spec: ContainerSpec,
     replace: Option<String>,
+    aside: Option<String>,
     drain: Option<Drain>,
 ) -> Action {
     Action::Deploy {
@@ -519,12 +586,15 @@ fn deploy(
         release: Box::new(d.release.clone()),
         container: Box::new(spec),
         replace,
+        aside,
         health_path: d.health_path.clone(),
         health_timeout_ms: d.health_timeout.as_millis() as u64,
         drain,
     }
 }
 
+/// `direct`: probe the container's own address (see [`Action::AwaitHealthy`]).
+#[allow(clippy::too_many_arguments)]
 fn await_healthy(
     d: &DesiredEnv,
     host: &HostRef,
@@ -532,6 +602,7 @@ fn await_healthy(
     slot: Slot,
     container: String,
     hash: &str,
+    direct: bool,
 ) -> Action {
     Action::AwaitHealthy {
         slot,
@@ -539,22 +610,29 @@ fn await_healthy(
         timeout_ms: d.health_timeout.as_millis() as u64,
         container,
         hash: hash.to_string(),
+        direct: direct.then(|| DirectProbe {
+            port: d.release.port,
+            path: d.health_path.clone(),
+        }),
     }
 }
 
-/// The container a slot runs: named and labelled so that codeb finds it again and owns it.
+/// The container a slot runs: named and labelled so that codeb finds it again and owns it;
+/// `publish`: Podman publishes the slot port (else codeb's kernel rules do).
 pub fn container_spec(
     d: &DesiredEnv,
     host: &HostRef,
     rec: &EnvRecord,
     slot: Slot,
     release: &Release,
+    publish: bool,
 ) -> ContainerSpec {
     let labels = BTreeMap::from([
         (LABEL_PROJECT.to_string(), d.key.project.clone()),
         (LABEL_ENVIRONMENT.to_string(), d.key.env.clone()),
         (LABEL_SLOT.to_string(), slot.to_string()),
         (LABEL_RELEASE.to_string(), release.hash().to_string()),
+        (LABEL_PORT.to_string(), slot.port(rec.base_port).to_string()),
     ]);
     ContainerSpec {
         name: d.key.container_name(slot),
@@ -565,6 +643,7 @@ pub fn container_spec(
         container_port: release.port,
         host_ip: host.publish_address.clone(),
         host_port: slot.port(rec.base_port),
+        publish,
         network: NETWORK.to_string(),
     }
 }

@@ -24,8 +24,8 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 use smallvec::SmallVec;
 
 use crate::backend::{
-    ContainerSpec, HookWrite, ObservedContainer, ObservedProxy, ObservedServices, Route,
-    ServerSpec, ServiceWrite,
+    ContainerSpec, HookWrite, LoopbackWrite, ObservedContainer, ObservedLoopback, ObservedProxy,
+    ObservedServices, Route, ServerSpec, ServiceWrite,
 };
 use crate::model::ports::PortSet;
 use crate::model::{Desired, EnvKey, EnvRecord, HostRef, Recorded, Release, Slot, SwitchMode};
@@ -86,13 +86,40 @@ pub enum KernelObservation {
     Managed {
         gateway: Ipv4Addr,
         services: ObservedServices,
+        /// Set where the host publishes slot ports on a loopback address: codeb's rules publish
+        /// them, not Podman.
+        publish: Option<Box<Published>>,
     },
     /// The rules cannot be managed (no privilege, no nf_tables, rootless or remote Podman, or no
     /// network yet): hostname routes dial the active slot, and a switch is a Caddy config change.
     Unavailable { reason: String },
 }
 
+/// Slot ports published by codeb's kernel rules: `address:slot_port` leads to the slot's
+/// container, like a service address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Published {
+    /// The host's `publishAddress` (a loopback address).
+    pub address: Ipv4Addr,
+    /// codeb's network's bridge, which connections from loopback leave through.
+    pub bridge: String,
+    /// codeb's rules on `address`.
+    pub services: ObservedServices,
+    pub loopback: ObservedLoopback,
+}
+
 impl KernelObservation {
+    /// codeb's kernel publication of slot ports, when it applies to `host` (its publish address
+    /// is the observed one).
+    pub fn published(&self, host: &HostRef) -> Option<&Published> {
+        match self {
+            KernelObservation::Managed {
+                publish: Some(p), ..
+            } if host.publish_address.parse() == Ok(p.address) => Some(p),
+            _ => None,
+        }
+    }
+
     pub fn mode(&self) -> SwitchMode {
         match self {
             KernelObservation::Managed { .. } => SwitchMode::Kernel,
@@ -137,12 +164,17 @@ pub enum Action {
     EnsureServer(ServerSpec),
     /// Create or update the environment's record (port allocation, hostname, grace period).
     Register(Box<EnvRecord>),
-    /// Record the slot as deploying this release, remove `replace`, create and start the container.
+    /// Record the slot as deploying this release, remove `replace` (or, with `aside`, rename it
+    /// to that name and leave it running: its removal comes after the switch), create and start
+    /// the container.
     Deploy {
         slot: Slot,
         release: Box<Release>,
         container: Box<ContainerSpec>,
         replace: Option<String>,
+        /// Where `replace` goes instead of being removed first: set where codeb's kernel rules
+        /// publish slot ports, so that the new container holds no port the old one has.
+        aside: Option<String>,
         health_path: String,
         health_timeout_ms: u64,
         /// Set when `replace` is a slot that served traffic moments ago.
@@ -171,9 +203,15 @@ pub enum Action {
         timeout_ms: u64,
         container: String,
         hash: String,
+        /// Probe the container's own address instead of `url`: where the slot's port is
+        /// published by codeb's rules, which lead to the new container only from the next round.
+        direct: Option<DirectProbe>,
     },
-    /// Create codeb's dispatch chain for a gateway and its jump from nat OUTPUT.
+    /// Create codeb's dispatch chain for an address (a gateway, or the loopback address slots are
+    /// published on) and its rule in codeb's base chain.
     HookServices(HookWrite),
+    /// Set up what a loopback address needs to lead to containers on codeb's bridge.
+    Loopback(LoopbackWrite),
     /// Record that the hostname moves to `to` after one passing probe of `url`; `from` goes to
     /// grace. The traffic follows with the `SetService` or route step after it.
     Switch {
@@ -224,6 +262,14 @@ impl Action {
             _ => None,
         }
     }
+}
+
+/// A health probe of a container's own address, found when the probe runs: `http://{its
+/// address}:{port}{path}`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DirectProbe {
+    pub port: u16,
+    pub path: String,
 }
 
 /// Waiting before a container that served traffic moments ago is removed, so that requests in
@@ -356,6 +402,14 @@ pub fn plan(
             if let Some(hook) = service::hook_diff(view.kernel) {
                 plan.steps.push(host_step(Action::HookServices(hook)));
             }
+            if let Some(p) = view.kernel.published(host) {
+                if let Some(write) = service::loopback_diff(p) {
+                    plan.steps.push(host_step(Action::Loopback(write)));
+                }
+                if let Some(hook) = service::publish_hook_diff(p) {
+                    plan.steps.push(host_step(Action::HookServices(hook)));
+                }
+            }
         }
         hosts.insert(
             host_name.as_str(),
@@ -442,6 +496,14 @@ fn plan_removal(rec: &EnvRecord, view: HostView<'_>, plan: &mut Plan) {
     }
     if let Some(write) = service::removal(rec, kernel) {
         plan.steps.push(step(Action::SetService(write)));
+    }
+    if let KernelObservation::Managed {
+        publish: Some(p), ..
+    } = kernel
+    {
+        for write in service::publication_removals(rec, p) {
+            plan.steps.push(step(Action::SetService(write)));
+        }
     }
     for c in containers.iter().filter(|c| belongs_to(c, &rec.key)) {
         plan.steps.push(step(Action::RemoveContainer {

@@ -7,9 +7,10 @@
 
 use std::net::SocketAddrV4;
 
-use super::KernelObservation;
+use super::{KernelObservation, Published};
 use crate::backend::{
-    HookWrite, ObservedContainer, ServiceRule, ServiceTarget, ServiceWrite, LABEL_RELEASE,
+    HookWrite, LoopbackWrite, ObservedContainer, ServiceRule, ServiceTarget, ServiceWrite,
+    LABEL_RELEASE,
 };
 use crate::model::{EnvKey, EnvRecord, Slot};
 
@@ -28,7 +29,10 @@ pub fn service_address(kernel: &KernelObservation, rec: &EnvRecord) -> Option<So
 
 /// The hook a managed host lacks: its dispatch chain, or exactly one jump to it.
 pub fn hook_diff(kernel: &KernelObservation) -> Option<HookWrite> {
-    let KernelObservation::Managed { gateway, services } = kernel else {
+    let KernelObservation::Managed {
+        gateway, services, ..
+    } = kernel
+    else {
         return None;
     };
     (!services.chain || services.hooks != 1).then_some(HookWrite {
@@ -50,7 +54,10 @@ pub fn service_diff(
     kernel: &KernelObservation,
     target_of: impl Fn(Slot) -> Option<SocketAddrV4>,
 ) -> Option<ServiceWrite> {
-    let KernelObservation::Managed { gateway, services } = kernel else {
+    let KernelObservation::Managed {
+        gateway, services, ..
+    } = kernel
+    else {
         return None;
     };
     let Some(active) = rec.active else {
@@ -75,7 +82,10 @@ pub fn service_diff(
 
 /// The write that removes the service address of `rec`, if anything of it is left.
 pub fn removal(rec: &EnvRecord, kernel: &KernelObservation) -> Option<ServiceWrite> {
-    let KernelObservation::Managed { gateway, services } = kernel else {
+    let KernelObservation::Managed {
+        gateway, services, ..
+    } = kernel
+    else {
         return None;
     };
     let o = services.services.get(&rec.base_port)?;
@@ -101,6 +111,91 @@ pub fn slot_target(
         .then_some(c.ip)
         .flatten()
         .map(|ip| SocketAddrV4::new(ip, release.port))
+}
+
+/// The hook the loopback address of a host's kernel-published slot ports lacks.
+pub fn publish_hook_diff(p: &Published) -> Option<HookWrite> {
+    (!p.services.chain || p.services.hooks != 1).then_some(HookWrite {
+        gateway: p.address,
+        chain: p.services.chain,
+        hooks: p.services.hooks,
+    })
+}
+
+/// The loopback plumbing a host's kernel-published slot ports lack.
+pub fn loopback_diff(p: &Published) -> Option<LoopbackWrite> {
+    let l = &p.loopback;
+    let converged = l.masquerade == 1 && l.guard == 1 && l.route_localnet;
+    (!converged).then(|| LoopbackWrite {
+        bridge: p.bridge.clone(),
+        observed: l.clone(),
+    })
+}
+
+/// What a slot's published port should lead to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SlotPort {
+    /// The slot's container.
+    To(SocketAddrV4),
+    /// Nothing: the slot has no container that should be reachable.
+    Nowhere,
+    /// Not known yet (its container is created, started or replaced by this plan): no write, the
+    /// rule keeps its target until the next round.
+    Pending,
+}
+
+/// The write that makes `slot`'s published port (`address:slot_port`) lead where `want` says,
+/// when the observed rules do not already.
+pub fn publication_diff(
+    rec: &EnvRecord,
+    p: &Published,
+    slot: Slot,
+    want: SlotPort,
+) -> Option<ServiceWrite> {
+    let port = slot.port(rec.base_port);
+    let observed = p.services.services.get(&port);
+    let write = |target| ServiceWrite {
+        gateway: p.address,
+        port,
+        target,
+        dispatch: observed.map_or(0, |o| o.dispatch),
+    };
+    match want {
+        SlotPort::Pending => None,
+        SlotPort::Nowhere => observed
+            .is_some_and(|o| o.chain || o.dispatch > 0)
+            .then(|| write(None)),
+        SlotPort::To(to) => {
+            let converged = observed.is_some_and(|o| {
+                o.dispatch == 1
+                    && matches!(o.rules.as_slice(), [ServiceRule::Dnat(t)] if t.to == to && is_slot_label(&t.label, &rec.key, slot))
+            });
+            (!converged).then(|| {
+                write(Some(ServiceTarget {
+                    to,
+                    label: format!("{}/{slot}", rec.key),
+                }))
+            })
+        }
+    }
+}
+
+/// The writes that remove both slots' published ports of `rec`, if anything of them is left.
+pub fn publication_removals(rec: &EnvRecord, p: &Published) -> Vec<ServiceWrite> {
+    Slot::ALL
+        .into_iter()
+        .filter_map(|slot| publication_diff(rec, p, slot, SlotPort::Nowhere))
+        .collect()
+}
+
+/// `project/env/slot`, compared without allocating.
+fn is_slot_label(label: &str, key: &EnvKey, slot: Slot) -> bool {
+    label
+        .strip_prefix(key.project.as_str())
+        .and_then(|r| r.strip_prefix('/'))
+        .and_then(|r| r.strip_prefix(key.env.as_str()))
+        .and_then(|r| r.strip_prefix('/'))
+        == Some(slot.as_str())
 }
 
 /// `project/env`, compared without allocating.
@@ -163,6 +258,7 @@ mod tests {
         KernelObservation::Managed {
             gateway: GW,
             services,
+            publish: None,
         }
     }
 
@@ -213,6 +309,7 @@ mod tests {
         let empty = KernelObservation::Managed {
             gateway: GW,
             services: ObservedServices::default(),
+            publish: None,
         };
         let w = service_diff(&record(Some(Slot::Blue)), &empty, targets).unwrap();
         assert_eq!(w.dispatch, 0);

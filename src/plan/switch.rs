@@ -87,7 +87,7 @@ fn plan_switch(
         generation: Some(rec.generation),
         action,
     };
-    let url = health_url(host, rec, to, &rec.slot(to).health_path);
+    let path = &rec.slot(to).health_path;
     let mut plan = Plan::default();
     // A hook lost since the last apply (a firewall reload) is restored first, or the rule written
     // below would lead nowhere.
@@ -98,6 +98,20 @@ fn plan_switch(
             ..step(Action::HookServices(hook))
         });
     }
+    let container = |slot: Slot| -> Option<&ObservedContainer> {
+        let name = rec.key.container_name(slot);
+        view.containers
+            .iter()
+            .find(|c| c.name == name && super::belongs_to(c, &rec.key))
+    };
+    // Where codeb publishes slot ports, the probe goes to the container the rule will lead to.
+    let url = match (
+        view.kernel.published(host),
+        slot_target(rec, to, container(to)),
+    ) {
+        (Some(_), Some(target)) => super::env::direct_url(target, path),
+        _ => health_url(host, rec, to, path),
+    };
     plan.steps.push(step(Action::Switch {
         to,
         from: rec.active,
@@ -113,12 +127,6 @@ fn plan_switch(
         .collect();
     let mut proj = rec.clone();
     switch(&mut proj, to, hold, now_ms);
-    let container = |slot: Slot| -> Option<&ObservedContainer> {
-        let name = rec.key.container_name(slot);
-        view.containers
-            .iter()
-            .find(|c| c.name == name && super::belongs_to(c, &rec.key))
-    };
     let target_of = |slot| slot_target(&proj, slot, container(slot));
     // In kernel mode the record must not say `to` serves while the rule cannot lead there.
     if service_address(view.kernel, &proj).is_some() && target_of(to).is_none() {

@@ -96,6 +96,7 @@ impl Fixture {
                     runtime: world.clone(),
                     proxy: world.clone(),
                     kernel: world.clone(),
+                    publish: Some(std::net::Ipv4Addr::LOCALHOST),
                 },
             )])),
             prober: FakeProber(vec![world.clone()]),
@@ -405,6 +406,7 @@ async fn drift_is_repaired_and_foreign_objects_are_never_touched() {
         container_port: 1,
         host_ip: "127.0.0.1".into(),
         host_port: 9,
+        publish: true,
         network: "other".into(),
     };
     use crate::backend::Runtime;

@@ -208,6 +208,7 @@ async fn run<R: Runtime, P: Proxy, K: Kernel, D: Dns, H: Prober>(
             release,
             container,
             replace,
+            aside,
             health_path,
             health_timeout_ms,
             drain: owed,
@@ -227,9 +228,17 @@ async fn run<R: Runtime, P: Proxy, K: Kernel, D: Dns, H: Prober>(
                     log_tail: Vec::new(),
                 }
             })?;
-            run_container(b, container, replace.as_deref())
-                .await
-                .map_err(podman)
+            match (replace, aside) {
+                // The old container keeps running under another name until the plan after the
+                // switch removes it: the new one does not wait for its removal.
+                (Some(old), Some(name)) => {
+                    b.runtime.rename(old, name).await.map_err(podman)?;
+                    run_container(b, container, None).await.map_err(podman)
+                }
+                _ => run_container(b, container, replace.as_deref())
+                    .await
+                    .map_err(podman),
+            }
         }
         Action::Recreate {
             container, replace, ..
@@ -244,25 +253,45 @@ async fn run<R: Runtime, P: Proxy, K: Kernel, D: Dns, H: Prober>(
             timeout_ms,
             container,
             hash,
+            direct,
         } => {
             let timeout = Duration::from_millis(*timeout_ms);
             let started = tokio::time::Instant::now();
             let deadline = started + timeout;
             let mut last;
+            // A direct probe's URL, once the container reports its address (stable for its life).
+            let mut resolved: Option<String> = None;
             loop {
-                match prober.probe(url).await {
-                    Ok(()) => {
-                        let at = now_ms();
-                        return update(&|rec| {
-                            let s = rec.slot_mut(*slot);
-                            if s.state == SlotState::Deploying && s.hash() == Some(hash.as_str()) {
-                                s.state = SlotState::Deployed;
-                                s.since_ms = at;
-                            }
-                            s.last_health = Some(format!("passed: GET {url}"));
-                        });
+                let probed = match direct {
+                    None => Some(url.clone()),
+                    Some(d) => {
+                        if resolved.is_none() {
+                            resolved =
+                                b.runtime.address(container).await.ok().flatten().map(|ip| {
+                                    format!("http://{ip}:{}{}", d.port, or_root(&d.path))
+                                });
+                        }
+                        resolved.clone()
                     }
-                    Err(e) => last = e,
+                };
+                match &probed {
+                    Some(probed) => match prober.probe(probed).await {
+                        Ok(()) => {
+                            let at = now_ms();
+                            return update(&|rec| {
+                                let s = rec.slot_mut(*slot);
+                                if s.state == SlotState::Deploying
+                                    && s.hash() == Some(hash.as_str())
+                                {
+                                    s.state = SlotState::Deployed;
+                                    s.since_ms = at;
+                                }
+                                s.last_health = Some(format!("passed: GET {probed}"));
+                            });
+                        }
+                        Err(e) => last = e,
+                    },
+                    None => last = "the container has no address yet (not running)".to_string(),
                 }
                 if tokio::time::Instant::now() >= deadline {
                     break;
@@ -308,6 +337,7 @@ async fn run<R: Runtime, P: Proxy, K: Kernel, D: Dns, H: Prober>(
             update(&|rec| plan::switch_record(rec, *to, hold.clone(), now))
         }
         Action::HookServices(write) => b.kernel.hook(write).await.map_err(kernel),
+        Action::Loopback(write) => b.kernel.set_loopback(write).await.map_err(kernel),
         Action::SetService(write) => {
             let started = std::time::Instant::now();
             b.kernel.set_service(write).await.map_err(kernel)?;
@@ -394,6 +424,15 @@ async fn drain<K: Kernel>(kernel: &K, d: &Drain) {
         waited_ms = started.elapsed().as_millis() as u64,
         "drained"
     );
+}
+
+/// A health path, `/` when empty.
+fn or_root(path: &str) -> &str {
+    if path.is_empty() {
+        "/"
+    } else {
+        path
+    }
 }
 
 async fn run_container<R: Runtime, P: Proxy, K>(

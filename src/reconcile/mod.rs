@@ -91,6 +91,9 @@ pub struct HostBackends<R, P, K> {
     pub proxy: P,
     /// The kernel's NAT rules, where the host's service addresses live.
     pub kernel: K,
+    /// The host's `publishAddress`, when it is an IPv4 address: where codeb's kernel rules
+    /// publish slot ports (a loopback address), or where Podman publishes them.
+    pub publish: Option<std::net::Ipv4Addr>,
 }
 
 /// Every connected host, by name, and every connected managed zone, by domain.

@@ -7,7 +7,7 @@ use super::{Backends, HostBackends};
 use crate::backend::netfilter;
 use crate::backend::{Dns, Kernel, Proxy, Runtime};
 use crate::plan::{
-    HostObservation, KernelObservation, Observed, ZoneObservation, NETWORK, SERVER_NAME,
+    HostObservation, KernelObservation, Observed, Published, ZoneObservation, NETWORK, SERVER_NAME,
 };
 
 /// Per host: one list call to Podman, one inspect of codeb's network, one read of Caddy and one
@@ -57,6 +57,24 @@ pub async fn observe_env<R: Runtime, P: Proxy, K: Kernel>(
     }
 }
 
+/// codeb's publication of slot ports on the host's loopback publish address, when there is one
+/// and the bridge is known.
+fn published<R, P, K: Kernel>(
+    b: &HostBackends<R, P, K>,
+    table: &K::Table,
+    net: &crate::backend::NetworkInfo,
+) -> Option<Published> {
+    let address = b
+        .publish
+        .filter(|a| a.is_loopback() && !net.bridge.is_empty())?;
+    Some(Published {
+        address,
+        bridge: net.bridge.clone(),
+        services: b.kernel.services(table, address).ok()?,
+        loopback: b.kernel.loopback(table, &net.bridge),
+    })
+}
+
 async fn observe_host<R: Runtime, P: Proxy, K: Kernel>(
     b: &HostBackends<R, P, K>,
     list: impl std::future::Future<
@@ -78,17 +96,25 @@ async fn observe_host<R: Runtime, P: Proxy, K: Kernel>(
         (Err(e), _, _) | (_, _, Err(e)) => return unreachable(format!("Podman: {e}")),
         (_, Err(e), _) => return unreachable(format!("Caddy: {e}")),
     };
-    let kernel = match gateway {
-        None => KernelObservation::Unavailable {
+    let kernel = match (gateway, table) {
+        (None, _) => KernelObservation::Unavailable {
             reason: format!("the network {NETWORK} does not exist yet"),
         },
-        Some(gateway) => match b.kernel.services(table, gateway) {
-            Ok(services) => KernelObservation::Managed { gateway, services },
+        (Some(_), Err(netfilter::Error::Unsupported { reason })) => {
+            KernelObservation::Unavailable { reason }
+        }
+        // A kernel that cannot be read now is not a reason to fall back to Caddy: that would
+        // rewrite every hostname route, and back again on the next observation.
+        (Some(_), Err(e)) => return unreachable(format!("kernel NAT rules: {e}")),
+        (Some(net), Ok(table)) => match b.kernel.services(&table, net.gateway) {
+            Ok(services) => KernelObservation::Managed {
+                gateway: net.gateway,
+                services,
+                publish: published(b, &table, &net).map(Box::new),
+            },
             Err(netfilter::Error::Unsupported { reason }) => {
                 KernelObservation::Unavailable { reason }
             }
-            // A kernel that cannot be read now is not a reason to fall back to Caddy: that
-            // would rewrite every hostname route, and back again on the next observation.
             Err(e) => return unreachable(format!("kernel NAT rules: {e}")),
         },
     };

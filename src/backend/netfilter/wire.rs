@@ -53,17 +53,25 @@ const DATA_VERDICT: u16 = 2;
 const VERDICT_CODE: u16 = 1;
 const VERDICT_CHAIN: u16 = 2;
 
-/// `NF_INET_LOCAL_OUT`: the hook of locally generated packets.
+/// `NF_INET_LOCAL_IN`, `NF_INET_LOCAL_OUT`, `NF_INET_POST_ROUTING`.
+pub const HOOK_LOCAL_IN: u32 = 1;
 pub const HOOK_LOCAL_OUT: u32 = 3;
-/// `NF_ACCEPT`, a base chain's policy.
+pub const HOOK_POST_ROUTING: u32 = 4;
+/// `NF_ACCEPT`, a base chain's policy; `NF_DROP`, a verdict.
 const NF_ACCEPT: u32 = 1;
+const NF_DROP: u32 = 0;
 /// `NFT_JUMP`.
 pub const VERDICT_JUMP: i32 = -3;
 /// `NFT_PAYLOAD_NETWORK_HEADER`, `NFT_PAYLOAD_TRANSPORT_HEADER`.
 pub const BASE_NETWORK: u32 = 1;
 pub const BASE_TRANSPORT: u32 = 2;
-/// `NFT_META_L4PROTO`.
+/// `NFT_META_IIFNAME`, `NFT_META_OIFNAME`, `NFT_META_L4PROTO`.
+pub const META_IIFNAME: u32 = 6;
+pub const META_OIFNAME: u32 = 7;
 pub const META_L4PROTO: u32 = 16;
+/// `NFT_CT_STATUS`, and its `IPS_DST_NAT` bit (host byte order, as the kernel loads it).
+pub const CT_STATUS: u32 = 2;
+pub const IPS_DST_NAT: u32 = 1 << 5;
 /// `NFT_CMP_EQ`.
 pub const CMP_EQ: u32 = 0;
 /// `NFT_NAT_DNAT`.
@@ -96,6 +104,19 @@ pub enum Expr {
     Value { dreg: u32, data: Vec<u8> },
     /// Sets the verdict: a jump to a chain.
     Jump { chain: String },
+    /// Sets the verdict: drop the packet.
+    Drop,
+    /// `dreg = (sreg & mask) ^ xor`.
+    Bitwise {
+        sreg: u32,
+        dreg: u32,
+        mask: Vec<u8>,
+        xor: Vec<u8>,
+    },
+    /// Loads a conntrack field into a register.
+    Ct { dreg: u32, key: u32 },
+    /// Source NAT to the address of the interface the packet leaves through.
+    Masquerade,
     /// Destination NAT to the IPv4 address in `addr` and the port in `proto` (registers).
     Dnat { addr: u32, proto: u32, flags: u32 },
     /// Any other expression, or one of the above with attributes codeb does not write: the name
@@ -117,8 +138,17 @@ pub struct ListedRule {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ChainDef {
     pub name: String,
-    /// `(hook number, priority)`: the chain is of type `nat` at that hook.
-    pub hook: Option<(u32, i32)>,
+    pub hook: Option<Hook>,
+}
+
+/// Where a base chain is attached.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hook {
+    /// `NF_INET_*`.
+    pub num: u32,
+    pub priority: i32,
+    /// `nat` or `filter`.
+    pub kind: String,
 }
 
 /// One change of a transaction.
@@ -314,13 +344,13 @@ impl Writer {
                 let m = self.begin(nft_type(MSG_NEWCHAIN), ack | NLM_F_CREATE, seq, f, 0);
                 self.str(CHAIN_TABLE, table);
                 self.str(CHAIN_NAME, &def.name);
-                if let Some((hook, priority)) = def.hook {
+                if let Some(hook) = &def.hook {
                     self.nest(CHAIN_HOOK, |w| {
-                        w.u32(HOOK_HOOKNUM, hook);
-                        w.u32(HOOK_PRIORITY, priority as u32);
+                        w.u32(HOOK_HOOKNUM, hook.num);
+                        w.u32(HOOK_PRIORITY, hook.priority as u32);
                     });
                     self.u32(CHAIN_POLICY, NF_ACCEPT);
-                    self.str(CHAIN_TYPE, "nat");
+                    self.str(CHAIN_TYPE, &hook.kind);
                 }
                 self.end(m);
             }
@@ -405,6 +435,30 @@ impl Writer {
                     })
                 });
             }),
+            Expr::Drop => data(self, "immediate", &|w| {
+                w.u32(1, REG_VERDICT);
+                w.nest(2, |w| {
+                    w.nest(DATA_VERDICT, |w| w.u32(VERDICT_CODE, NF_DROP))
+                });
+            }),
+            Expr::Bitwise {
+                sreg,
+                dreg,
+                mask,
+                xor,
+            } => data(self, "bitwise", &|w| {
+                w.u32(1, *sreg); // NFTA_BITWISE_SREG
+                w.u32(2, *dreg); // NFTA_BITWISE_DREG
+                w.u32(3, mask.len() as u32); // NFTA_BITWISE_LEN
+                w.nest(4, |w| w.attr(DATA_VALUE, mask)); // NFTA_BITWISE_MASK
+                w.nest(5, |w| w.attr(DATA_VALUE, xor)); // NFTA_BITWISE_XOR
+            }),
+            Expr::Ct { dreg, key } => data(self, "ct", &|w| {
+                w.u32(1, *dreg); // NFTA_CT_DREG
+                w.u32(2, *key); // NFTA_CT_KEY
+            }),
+            // No attributes: masquerade to the outgoing interface's address, any port.
+            Expr::Masquerade => self.str(EXPR_NAME, "masq"),
             Expr::Dnat { addr, proto, flags } => data(self, "nat", &|w| {
                 w.u32(1, NAT_DNAT); // NFTA_NAT_TYPE
                 w.u32(2, u32::from(FAMILY_IPV4)); // NFTA_NAT_FAMILY
@@ -480,10 +534,11 @@ pub fn chain(body: &[u8]) -> Option<ChainDef> {
     let a = attrs(body.get(4..)?);
     let hook = get(&a, CHAIN_HOOK).and_then(|h| {
         let h = attrs(h);
-        Some((
-            be32(get(&h, HOOK_HOOKNUM)?)?,
-            be32(get(&h, HOOK_PRIORITY)?)? as i32,
-        ))
+        Some(Hook {
+            num: be32(get(&h, HOOK_HOOKNUM)?)?,
+            priority: be32(get(&h, HOOK_PRIORITY)?)? as i32,
+            kind: string(get(&a, CHAIN_TYPE)?),
+        })
     });
     Some(ChainDef {
         name: string(get(&a, CHAIN_NAME)?),
@@ -555,12 +610,30 @@ fn expr(e: &[u8]) -> Expr {
                                 chain: string(chain),
                             })
                         }
+                        (Some(NF_DROP), None) if v.len() == 1 => Some(Expr::Drop),
                         _ => None,
                     }
                 }
                 _ => None,
             }
         }
+        // Kernels since 5.x also list the operation (6), which is 0 (`NFT_BITWISE_BOOL`) here.
+        "bitwise" if keys == [1, 2, 3, 4, 5] || (keys == [1, 2, 3, 4, 5, 6] && u(6) == Some(0)) => {
+            match (value(get(&d, 4)), value(get(&d, 5))) {
+                (Some(mask), Some(xor)) if u(3) == Some(mask.len() as u32) => Some(Expr::Bitwise {
+                    sreg: u(1).unwrap_or_default(),
+                    dreg: u(2).unwrap_or_default(),
+                    mask,
+                    xor,
+                }),
+                _ => None,
+            }
+        }
+        "ct" if keys == [1, 2] => Some(Expr::Ct {
+            dreg: u(1).unwrap_or_default(),
+            key: u(2).unwrap_or_default(),
+        }),
+        "masq" if keys.is_empty() => Some(Expr::Masquerade),
         "nat" if keys == [1, 2, 3, 4, 5, 6, 7] => {
             let same = u(3) == u(4) && u(5) == u(6);
             (same && u(1) == Some(NAT_DNAT) && u(2) == Some(u32::from(FAMILY_IPV4))).then(|| {
@@ -635,6 +708,18 @@ mod tests {
             Expr::Jump {
                 chain: "g-0a599001".into(),
             },
+            Expr::Bitwise {
+                sreg: REG_1,
+                dreg: REG_1,
+                mask: vec![255, 0, 0, 0],
+                xor: vec![0; 4],
+            },
+            Expr::Ct {
+                dreg: REG_1,
+                key: CT_STATUS,
+            },
+            Expr::Masquerade,
+            Expr::Drop,
         ];
         let mut w = Writer::default();
         w.op(
@@ -671,7 +756,11 @@ mod tests {
         let mut w = Writer::default();
         let def = ChainDef {
             name: "output".into(),
-            hook: Some((HOOK_LOCAL_OUT, -101)),
+            hook: Some(Hook {
+                num: HOOK_LOCAL_OUT,
+                priority: -101,
+                kind: "nat".into(),
+            }),
         };
         w.op(1, "codeb", &Op::AddChain(def.clone()));
         assert_eq!(chain(body(&w)), Some(def));

@@ -92,6 +92,7 @@ impl Fixture {
                 runtime: world.clone(),
                 proxy: world.clone(),
                 kernel: world.clone(),
+                publish: Some(std::net::Ipv4Addr::LOCALHOST),
             },
         )]));
         backends.zones.insert(ZONE.into(), dns.clone());
@@ -485,13 +486,13 @@ async fn an_unreachable_powerdns_holds_back_no_container_work() {
             .active,
         Some(crate::model::Slot::Blue)
     );
-    assert!(f.world.healthy_on(
-        f.store
-            .env(&EnvKey::new("a", "production"))
-            .unwrap()
-            .unwrap()
-            .base_port
-    ));
+    let port = f
+        .store
+        .env(&EnvKey::new("a", "production"))
+        .unwrap()
+        .unwrap()
+        .base_port;
+    assert!(f.world.healthy_at(&format!("http://127.0.0.1:{port}/")));
 }
 
 #[tokio::test(start_paused = true)]

@@ -102,6 +102,7 @@ fn start(d: Arc<Desired>, prune: bool) -> Harness {
                 runtime: w.clone(),
                 proxy: w.clone(),
                 kernel: w.clone(),
+                publish: Some(std::net::Ipv4Addr::LOCALHOST),
             })
         }),
         zone: Box::new(move |_| Ok(z.clone())),
@@ -356,6 +357,7 @@ async fn a_key_that_keeps_failing_is_retried_on_its_backoff_not_at_every_resync(
         container_port: 80,
         host_ip: "127.0.0.1".into(),
         host_port: 1,
+        publish: true,
         network: "other".into(),
     };
     h.world
