@@ -505,12 +505,35 @@ remove_codeb_chains() {
     *"jump CODEB-$hex "*"# handle "*) lines+=("delete rule ip codeb output handle ${line##* }") ;;
     esac
   done < <(nft -a list chain ip codeb output 2>/dev/null)
+  # The bridge's loopback rules (masquerade, guard), named by its interface.
+  local bridge="cb${SETTINGS[HTTP_PORT]}" chain
+  for chain in postrouting input; do
+    while IFS= read -r line; do
+      case $line in
+      *"ifname \"$bridge\" "*"# handle "*) lines+=("delete rule ip codeb $chain handle ${line##* }") ;;
+      esac
+    done < <(nft -a list chain ip codeb "$chain" 2>/dev/null)
+  done
+  # Chains of this gateway, and slot ports published on 127.0.0.1 (CODEB-7f000001-PORT) whose
+  # DNAT leads into this network (its /24), with their dispatch rules.
+  local prefix=${gw%.*}. current="" published=()
   while IFS= read -r line; do
     line=${line#"${line%%[![:space:]]*}"}
     case $line in
     "chain CODEB-$hex {" | "chain CODEB-$hex-"*) line=${line#chain } && chains+=("${line%% *}") ;;
+    "chain CODEB-7f000001-"*) line=${line#chain } && current=${line%% *} ;;
+    "dnat to $prefix"*) [[ -z $current ]] || published+=("$current") ;;
+    "}") current="" ;;
     esac
   done < <(nft list table ip codeb 2>/dev/null)
+  for chain in "${published[@]}"; do
+    chains+=("$chain")
+    while IFS= read -r line; do
+      case $line in
+      *"jump $chain # handle "*) lines+=("delete rule ip codeb CODEB-7f000001 handle ${line##* }") ;;
+      esac
+    done < <(nft -a list chain ip codeb CODEB-7f000001 2>/dev/null)
+  done
   ((${#chains[@]} + ${#lines[@]} > 0)) || return 0
   # One transaction: the jumps go, every chain is flushed (a chain with rules cannot be deleted),
   # then deleted, service chains before the dispatch chain (reverse order: its name is a prefix).

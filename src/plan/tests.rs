@@ -1003,3 +1003,83 @@ async fn a_promote_restores_a_lost_hook_before_it_writes_the_rule() {
     assert!(report.executed[0].contains("hook"), "{:?}", report.executed);
     assert_eq!(f.serving("myapp").as_deref(), Some("app:v2"));
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_release_starts_beside_the_container_it_replaces_which_goes_after_the_switch() {
+    let f = Fixture::new();
+    for image in ["app:v1", "app:v2"] {
+        assert!(f
+            .apply(&desired([env("myapp").image(image)]))
+            .await
+            .converged());
+    }
+    // Blue is in grace with v1; v3 goes into blue.
+    let old_blue = f
+        .world
+        .state()
+        .containers
+        .values()
+        .find(|(c, _)| c.name == "myapp-production-blue")
+        .map(|(c, _)| c.id.clone())
+        .unwrap();
+    let d = desired([env("myapp").image("app:v3")]);
+    let out = f.apply(&d).await;
+    assert!(out.converged(), "{:?}", out.failures);
+    let at = |what: &str| {
+        out.executed
+            .iter()
+            .position(|s| s.contains(what))
+            .unwrap_or_else(|| panic!("no step {what:?}: {:#?}", out.executed))
+    };
+    // Renamed, not removed, before the new container starts; removed only after the switch.
+    assert!(out.executed[at("deploy app:v3")].contains("beside its container"));
+    assert!(at("deploy app:v3") < at("promote: switch traffic to blue"));
+    assert!(at("published port 127.0.0.1") < at("remove container myapp-production-blue-replaced"));
+    assert!(at("promote: switch traffic to blue") < at("remove container"));
+    assert!(!f.world.state().containers.contains_key(&old_blue));
+    // Podman publishes nothing; the slot ports lead to each slot's own release.
+    let rec = f.record("myapp");
+    assert!(f
+        .world
+        .state()
+        .containers
+        .values()
+        .all(|(c, spec)| !spec.publish && c.host_port.is_none()));
+    assert_eq!(f.serving("myapp").as_deref(), Some("app:v3"));
+    for (slot, image) in [(Slot::Blue, "app:v3"), (Slot::Green, "app:v2")] {
+        let url = format!("http://127.0.0.1:{}/health", slot.port(rec.base_port));
+        assert!(f.world.healthy_at(&url), "{slot} on {url}");
+        let s = f.world.state();
+        let rule = &s.published.services[&slot.port(rec.base_port)];
+        let crate::backend::ServiceRule::Dnat(t) = &rule.rules[0] else {
+            panic!("{rule:?}")
+        };
+        let behind = s
+            .containers
+            .values()
+            .find(|(c, _)| c.ip == Some(*t.to.ip()));
+        assert_eq!(behind.map(|(_, spec)| spec.image.as_str()), Some(image));
+    }
+    assert!(f.replan(&d).await.is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_release_beside_a_healthy_old_container_is_judged_by_its_own_health() {
+    let f = Fixture::new();
+    for image in ["app:v1", "app:v2"] {
+        assert!(f
+            .apply(&desired([env("myapp").image(image)]))
+            .await
+            .converged());
+    }
+    // Blue's slot port still leads to the healthy v1 container while the unhealthy release
+    // starts beside it: the probe must go to the new container, which never answers.
+    let out = f
+        .apply(&desired([env("myapp").image("app:unhealthy-v3")]))
+        .await;
+    assert!(!out.converged());
+    let rec = f.record("myapp");
+    assert_eq!(rec.blue.state, SlotState::Failed);
+    assert_eq!(rec.active, Some(Slot::Green));
+    assert_eq!(f.serving("myapp").as_deref(), Some("app:v2"));
+}
