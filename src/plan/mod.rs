@@ -28,7 +28,9 @@ use crate::backend::{
     ObservedServices, Route, ServerSpec, ServiceWrite,
 };
 use crate::model::ports::PortSet;
-use crate::model::{Desired, EnvKey, EnvRecord, HostRef, Recorded, Release, Slot, SwitchMode};
+use crate::model::{
+    Desired, DesiredEnv, EnvKey, EnvRecord, HostRef, Recorded, Release, Slot, SwitchMode,
+};
 
 pub use dns::{DnsChange, ZoneObservation};
 pub use env::{container_spec, plan_env, route_diff, routes, switch as switch_record, DRAIN_MS};
@@ -375,6 +377,28 @@ pub fn plan(
     prune: &[EnvKey],
     now_ms: u64,
 ) -> Plan {
+    let threads = planning_threads();
+    plan_on(
+        desired,
+        observed,
+        recorded,
+        prune,
+        now_ms,
+        threads,
+        PARALLEL_MIN,
+    )
+}
+
+/// [`plan`] on at most `threads` threads, when there are at least `min_parallel` environments.
+fn plan_on(
+    desired: &Desired,
+    observed: &Observed,
+    recorded: &Recorded,
+    prune: &[EnvKey],
+    now_ms: u64,
+    threads: usize,
+    min_parallel: usize,
+) -> Plan {
     let mut plan = Plan::default();
     dns::plan_apply(desired, observed, recorded, prune, &mut plan);
     let mut taken = LazyPorts {
@@ -416,30 +440,91 @@ pub fn plan(
             (host, index(view.containers, view.proxy), view.kernel),
         );
     }
-    // One pass over the desired environments, merge-joined with the records (both maps are ordered
-    // by key), so that planning stays linear and touches each record once.
-    let mut records = recorded.envs.iter().peekable();
-    for (key, d) in &desired.envs {
-        while records.next_if(|(k, _)| *k < key).is_some() {}
-        let rec = records.peek().filter(|(k, _)| *k == key).map(|(_, r)| *r);
-        let Some((host, (containers, routes), kernel)) = hosts.get(d.host.as_str()) else {
-            continue; // unreachable: noted above
+    // One environment's plan, from its record (`None`: new) and its host's observation.
+    let plan_one =
+        |d: &DesiredEnv, rec: Option<&EnvRecord>, taken: &mut LazyPorts<'_>, out: &mut Plan| {
+            let Some((host, (containers, routes), kernel)) = hosts.get(d.host.as_str()) else {
+                return; // unreachable: noted above
+            };
+            if let Some(rec) = rec.filter(|r| r.host != d.host) {
+                out.notes.push(Note::HostMoved {
+                    key: d.key.clone(),
+                    from: rec.host.clone(),
+                    to: d.host.clone(),
+                });
+                return;
+            }
+            let k = (d.key.project.as_str(), d.key.env.as_str());
+            let cs = containers
+                .get(&k)
+                .map(SmallVec::as_slice)
+                .unwrap_or_default();
+            let rs = routes.get(&k).map(SmallVec::as_slice).unwrap_or_default();
+            plan_env(d, host, kernel, rec, cs, rs, taken, now_ms, out);
         };
-        if let Some(rec) = rec.filter(|r| r.host != d.host) {
-            plan.notes.push(Note::HostMoved {
-                key: d.key.clone(),
-                from: rec.host.clone(),
-                to: d.host.clone(),
-            });
-            continue;
+    // The environments from `from` on (to the end, or up to `to`), merge-joined with their records
+    // (both maps are ordered by key), so that planning stays linear and touches each record once.
+    // `only_recorded`: stop at the first environment without a record (it needs ports allocated,
+    // which only a plan made on one thread may do); returns false then.
+    let plan_range = |from: Option<&EnvKey>,
+                      to: Option<&EnvKey>,
+                      only_recorded: bool,
+                      taken: &mut LazyPorts<'_>,
+                      out: &mut Plan|
+     -> bool {
+        use std::ops::Bound::{Excluded, Included, Unbounded};
+        let lo = from.map_or(Unbounded, Included);
+        let hi = to.map_or(Unbounded, Excluded);
+        let mut records = recorded.envs.range::<EnvKey, _>((lo, Unbounded)).peekable();
+        for (key, d) in desired.envs.range::<EnvKey, _>((lo, hi)) {
+            while records.next_if(|(k, _)| *k < key).is_some() {}
+            let rec = records.peek().filter(|(k, _)| *k == key).map(|(_, r)| *r);
+            if only_recorded && rec.is_none() {
+                return false;
+            }
+            plan_one(d, rec, taken, out);
         }
-        let k = (key.project.as_str(), key.env.as_str());
-        let cs = containers
-            .get(&k)
-            .map(SmallVec::as_slice)
-            .unwrap_or_default();
-        let rs = routes.get(&k).map(SmallVec::as_slice).unwrap_or_default();
-        plan_env(d, host, kernel, rec, cs, rs, &mut taken, now_ms, &mut plan);
+        true
+    };
+    // An environment's plan reads only its own record and observations, except the ports a new
+    // one is allocated. So a large plan is split over threads, each planning a contiguous run of
+    // environments into a plan of its own; concatenated in order they are the plan one thread
+    // makes. A plan with a new environment is made on one thread.
+    let mut done = false;
+    if threads > 1 && desired.envs.len() >= min_parallel.max(threads) {
+        let chunk = desired.envs.len().div_ceil(threads);
+        let bounds: Vec<&EnvKey> = desired.envs.keys().step_by(chunk).collect();
+        let parts: Vec<Option<Plan>> = std::thread::scope(|scope| {
+            let plan_range = &plan_range;
+            let handles: Vec<_> = (0..bounds.len())
+                .map(|i| {
+                    let (from, to) = (bounds[i], bounds.get(i + 1).copied());
+                    scope.spawn(move || {
+                        let mut taken = LazyPorts {
+                            set: None,
+                            recorded,
+                            observed,
+                        };
+                        let mut out = Plan::default();
+                        plan_range(Some(from), to, true, &mut taken, &mut out).then_some(out)
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().expect("a planning thread panicked"))
+                .collect()
+        });
+        if parts.iter().all(Option::is_some) {
+            for part in parts.into_iter().flatten() {
+                plan.steps.extend(part.steps);
+                plan.notes.extend(part.notes);
+            }
+            done = true;
+        }
+    }
+    if !done {
+        plan_range(None, None, false, &mut taken, &mut plan);
     }
     for key in prune {
         if let Some(rec) = recorded.envs.get(key) {
@@ -619,6 +704,20 @@ pub fn belongs_to(c: &ObservedContainer, key: &EnvKey) -> bool {
 
 /// Ports no new allocation may take: every recorded pair and every port a codeb container
 /// publishes. Computed on the first allocation only: a plan with no new environment never needs it.
+/// Below this many environments a plan is made on one thread: starting threads would cost more
+/// than they save.
+const PARALLEL_MIN: usize = 1024;
+
+/// Threads for a large plan: the machine's cores, at most 4 (the plan is memory-bound beyond).
+fn planning_threads() -> usize {
+    static THREADS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *THREADS.get_or_init(|| {
+        std::thread::available_parallelism()
+            .map(|n| n.get().min(4))
+            .unwrap_or(1)
+    })
+}
+
 pub struct LazyPorts<'a> {
     set: Option<PortSet>,
     recorded: &'a Recorded,
@@ -636,7 +735,12 @@ impl LazyPorts<'_> {
                 .collect();
             for obs in observed.hosts.values() {
                 if let HostObservation::Reachable { containers, .. } = obs {
-                    taken.extend(containers.iter().filter_map(|c| c.host_port));
+                    // Podman's published port, or the slot port codeb publishes (its label):
+                    // another state directory sharing the host may own either.
+                    taken.extend(containers.iter().filter_map(|c| {
+                        c.host_port
+                            .or_else(|| c.labels.get(crate::backend::LABEL_PORT)?.parse().ok())
+                    }));
                 }
             }
             taken

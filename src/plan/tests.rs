@@ -1083,3 +1083,35 @@ async fn a_release_beside_a_healthy_old_container_is_judged_by_its_own_health() 
     assert_eq!(rec.active, Some(Slot::Green));
     assert_eq!(f.serving("myapp").as_deref(), Some("app:v2"));
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_plan_made_on_threads_is_the_plan_one_thread_makes() {
+    let f = Fixture::new();
+    let n = 60;
+    let names: Vec<String> = (0..n).map(|i| format!("p{i:04}")).collect();
+    let d = desired(names.iter().map(|p| env(p)));
+    assert!(f.apply(&d).await.converged());
+    // Every third gets a new release, every fifth a new hostname, one loses its container.
+    let changed = desired(names.iter().enumerate().map(|(i, p)| {
+        let mut e = env(p);
+        if i % 3 == 0 {
+            e = e.image("app:v2");
+        }
+        if i % 5 == 0 {
+            e.hostname = format!("{p}.moved.test");
+        }
+        e
+    }));
+    f.world
+        .state()
+        .containers
+        .retain(|_, (c, _)| c.name != "p0007-production-blue");
+    let observed = reconcile::observe(&f.backends).await;
+    let recorded = f.store.load().unwrap();
+    let one = super::plan_on(&changed, &observed, &recorded, &[], 1, 1, 0);
+    for threads in [2, 3, 4] {
+        let many = super::plan_on(&changed, &observed, &recorded, &[], 1, threads, 0);
+        assert_eq!(one, many, "{threads} threads");
+    }
+    assert!(one.steps.len() > n, "{}", one.steps.len());
+}
