@@ -77,26 +77,29 @@ pub fn plan_env(
     // Where codeb's kernel rules publish slot ports, containers publish none: a new release starts
     // beside the container it replaces, which is set aside and removed after the switch.
     let published = kernel.published(host);
-    let slot_of = |c: &ObservedContainer| {
-        Slot::ALL
-            .into_iter()
-            .find(|s| is_container_of(&c.name, &d.key, *s))
-    };
-    let by_slot = |slot: Slot| {
-        containers
-            .iter()
-            .copied()
-            .find(|c| slot_of(c) == Some(slot))
-    };
+    // Each slot's container: the first one named `{project}-{env}-{slot}`. Found once: the
+    // plan asks for it a dozen times, and each name comparison is a cache miss on a large host.
+    let mut slot_containers: [Option<&ObservedContainer>; 2] = [None, None];
+    for c in containers {
+        for (i, slot) in Slot::ALL.into_iter().enumerate() {
+            if slot_containers[i].is_none() && is_container_of(&c.name, &d.key, slot) {
+                slot_containers[i] = Some(c);
+                break;
+            }
+        }
+    }
+    let by_slot = |slot: Slot| slot_containers[usize::from(slot == Slot::Green)];
 
     // Containers with our labels that no slot accounts for (a renamed or duplicated container,
     // or one a deploy set aside). One that publishes a port goes first (a container of this plan
     // may need the port); one that publishes none goes last, after the switch it must not delay.
     let mut set_aside: Vec<Step> = Vec::new();
-    for c in containers
-        .iter()
-        .filter(|c| slot_of(c).is_none_or(|s| by_slot(s).map(|o| &o.id) != Some(&c.id)))
-    {
+    for c in containers.iter().filter(|c| {
+        !slot_containers
+            .iter()
+            .flatten()
+            .any(|o| std::ptr::eq(*o, **c))
+    }) {
         let remove = step(Action::RemoveContainer {
             id: c.id.clone(),
             name: c.name.clone(),
@@ -515,8 +518,9 @@ fn wanted_routes<'a>(
     rec: &'a EnvRecord,
     host: &'a HostRef,
     service: Option<SocketAddrV4>,
-) -> Vec<Wanted<'a>> {
-    let mut out = Vec::with_capacity(3);
+) -> smallvec::SmallVec<[Wanted<'a>; 3]> {
+    // At most three, kept inline: planning a converged host allocates nothing per environment.
+    let mut out = smallvec::SmallVec::new();
     if let Some(a) = rec.active {
         out.push(Wanted {
             rec,
