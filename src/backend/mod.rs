@@ -279,7 +279,7 @@ pub struct LoopbackWrite {
 pub struct ObservedServices {
     /// codeb's dispatch chain for this gateway exists.
     pub chain: bool,
-    /// Rules of nat `OUTPUT` jumping to the dispatch chain (1 once hooked).
+    /// Rules of codeb's base chain jumping to the dispatch chain (1 once hooked).
     pub hooks: usize,
     /// Each service port that has a dispatch rule or a chain. Hashed: the planner looks up one
     /// port per environment, and a tree of 10,000 ports was a tenth of planning a converged host.
@@ -326,19 +326,21 @@ pub struct ServiceWrite {
     pub dispatch: usize,
 }
 
-/// Creates a gateway's dispatch chain and its jump from nat `OUTPUT`, whichever is missing.
+/// Creates an address's dispatch chain and its rule in codeb's base chain at nat `output`,
+/// whichever is missing (the address is a gateway, or the loopback address slot ports are
+/// published on).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HookWrite {
     pub gateway: Ipv4Addr,
     /// The dispatch chain exists already.
     pub chain: bool,
-    /// Jumps observed in nat `OUTPUT`.
+    /// Rules observed jumping to the dispatch chain from codeb's base chain.
     pub hooks: usize,
 }
 
 /// The kernel's part of the data path on one host: NAT rules that map each environment's service
-/// address to its active slot. Caddy dials the service address, so a switch changes one rule and
-/// never Caddy's config.
+/// address to its active slot, and each slot's published port to its container. Caddy dials the
+/// service address, so a switch changes one rule and never Caddy's config.
 pub trait Kernel: Send + Sync {
     /// What one read of the rules holds, before it is parsed for a gateway.
     type Table: Send;

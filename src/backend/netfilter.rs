@@ -16,6 +16,16 @@
 //! - a service chain `CODEB-0a599001-P` per environment, holding exactly one rule: `dnat to IP:PORT
 //!   comment "codeb project/env"` (the active slot's container).
 //!
+//! Slot ports published on a loopback address `L` (`127.0.0.1`, `7f000001`) have the same three
+//! parts: `ip daddr L ... jump CODEB-7f000001`, a dispatch rule per slot port, and a chain per slot
+//! port with one `dnat to IP:PORT comment "codeb project/env/slot"`. For those to reach a container
+//! on codeb's bridge `B`, the table also holds:
+//! - the base chain `postrouting` (`type nat hook postrouting priority srcnat - 1`), one rule per
+//!   bridge: `oifname B ip saddr 127.0.0.0/8 masquerade`;
+//! - the base chain `input` (`type filter hook input priority filter`), one rule per bridge:
+//!   `iifname B ip daddr 127.0.0.0/8 ct status ! dnat drop` (with `route_localnet`, which codeb
+//!   turns on for `B` alone, a container could otherwise reach the host's loopback services).
+//!
 //! Nothing outside this table is ever written, flushed or deleted: rules of Podman (netavark's
 //! iptables chains), of the distribution or of the user live in other tables. The base chain and
 //! a gateway's dispatch chain stay when the last environment goes (another state directory may

@@ -89,6 +89,17 @@ pub fn plan_env(
         }
     }
     let by_slot = |slot: Slot| slot_containers[usize::from(slot == Slot::Green)];
+    // The release each slot's container carries (its label), looked up once as well.
+    let slot_releases = slot_containers.map(|c| c.and_then(|c| c.labels.get(LABEL_RELEASE)));
+    let runs_in = |slot: Slot, hash: &str| {
+        slot_releases[usize::from(slot == Slot::Green)].map(String::as_str) == Some(hash)
+    };
+    // As [`slot_target`], from the lookups above.
+    let target_in = |rec: &EnvRecord, slot: Slot| -> Option<SocketAddrV4> {
+        let release = rec.slot(slot).release.as_ref()?;
+        let c = by_slot(slot).filter(|c| c.running && runs_in(slot, release.hash()))?;
+        c.ip.map(|ip| SocketAddrV4::new(ip, release.port))
+    };
 
     // Containers with our labels that no slot accounts for (a renamed or duplicated container,
     // or one a deploy set aside). One that publishes a port goes first (a container of this plan
@@ -151,7 +162,7 @@ pub fn plan_env(
                     continue; // retired below; no point in repairing it first
                 }
                 match c {
-                    Some(c) if runs(c, release.hash()) && reachable(c, slot) => {
+                    Some(c) if runs_in(slot, release.hash()) && reachable(c, slot) => {
                         if !c.running {
                             pending.push(slot);
                             plan.steps.push(step(Action::Start {
@@ -197,7 +208,7 @@ pub fn plan_env(
                 if d.promotion == Promotion::Auto || active.is_none() {
                     let path = proj.slot(s).health_path.clone();
                     let target = (!pending.contains(&s))
-                        .then(|| slot_target(&proj, s, by_slot(s)))
+                        .then(|| target_in(&proj, s))
                         .flatten();
                     // Where codeb publishes the slot's port, its rule may still lead to the
                     // container the deploy set aside: the switch probes the container itself,
@@ -233,7 +244,7 @@ pub fn plan_env(
                 // Resume a deploy that was interrupted: make sure the container exists and runs,
                 // then probe it.
                 pending.push(s);
-                let container = match by_slot(s).filter(|c| runs(c, hash)) {
+                let container = match by_slot(s).filter(|_| runs_in(s, hash)) {
                     Some(c) => {
                         if !c.running {
                             plan.steps.push(step(Action::Start {
@@ -308,7 +319,7 @@ pub fn plan_env(
     //    dials an address that already leads to the active slot.
     let target_of = |s: Slot| {
         (!pending.contains(&s))
-            .then(|| slot_target(&proj, s, by_slot(s)))
+            .then(|| target_in(&proj, s))
             .flatten()
     };
     if let Some(write) = service_diff(&proj, kernel, target_of) {
@@ -321,7 +332,7 @@ pub fn plan_env(
             let want = if pending.contains(&slot) {
                 SlotPort::Pending
             } else if proj.slot(slot).state.wants_running() {
-                slot_target(&proj, slot, by_slot(slot)).map_or(SlotPort::Nowhere, SlotPort::To)
+                target_in(&proj, slot).map_or(SlotPort::Nowhere, SlotPort::To)
             } else {
                 SlotPort::Nowhere
             };
@@ -388,11 +399,6 @@ fn is_container_of(name: &str, key: &crate::model::EnvKey, slot: Slot) -> bool {
         .and_then(|r| r.strip_prefix(key.env.as_str()))
         .and_then(|r| r.strip_prefix('-'))
         == Some(slot.as_str())
-}
-
-/// True when the container carries this release.
-fn runs(c: &ObservedContainer, hash: &str) -> bool {
-    c.labels.get(LABEL_RELEASE).map(String::as_str) == Some(hash)
 }
 
 fn grace_over(sr: &SlotRecord, grace_ms: u64, now_ms: u64) -> bool {

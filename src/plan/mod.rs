@@ -477,8 +477,16 @@ fn plan_on(
         let hi = to.map_or(Unbounded, Excluded);
         let mut records = recorded.envs.range::<EnvKey, _>((lo, Unbounded)).peekable();
         for (key, d) in desired.envs.range::<EnvKey, _>((lo, hi)) {
-            while records.next_if(|(k, _)| *k < key).is_some() {}
-            let rec = records.peek().filter(|(k, _)| *k == key).map(|(_, r)| *r);
+            // One comparison per record passed or met (each is two strings on cold data).
+            let rec = loop {
+                match records.peek().map(|(k, r)| ((*k).cmp(key), *r)) {
+                    Some((std::cmp::Ordering::Less, _)) => {
+                        records.next();
+                    }
+                    Some((std::cmp::Ordering::Equal, r)) => break Some(r),
+                    _ => break None,
+                }
+            };
             if only_recorded && rec.is_none() {
                 return false;
             }
