@@ -652,8 +652,10 @@ fn index<'a>(containers: &'a [ObservedContainer], proxy: &'a ObservedProxy) -> I
             cs.entry((p.as_str(), e.as_str())).or_default().push(c);
         }
     }
+    // Sized for the most keys the routes can have (an environment has one to three): a map
+    // that grows rehashes every key it holds.
     let mut rs: ByKey<'a, Route, 3> =
-        ByKey::with_capacity_and_hasher(proxy.routes.len().div_ceil(3), Default::default());
+        ByKey::with_capacity_and_hasher(proxy.routes.len(), Default::default());
     for r in &proxy.routes {
         if let Some(k) = route_key_str(&r.id) {
             rs.entry(k).or_default().push(r);
