@@ -58,6 +58,15 @@ fn rollout_killed_after(n: u64) -> bool {
         Some(0)
     );
     let dir = sb.write(&[ProjectYaml::new(&name, "localhost/codeb-test-app:v2")]);
+    let killed = apply_killed_after(&sb, &dir, n);
+    assert_converged(&sb, &name, &format!("killed after journal write {n}"));
+    cleanup(&sb, &name);
+    killed
+}
+
+/// Applies `dir` with a SIGKILL after journal write `n`, then again to completion (exit 0).
+/// Returns whether the first apply was killed.
+fn apply_killed_after(sb: &Sandbox, dir: &std::path::Path, n: u64) -> bool {
     let first = Command::new(env!("CARGO_BIN_EXE_codeb"))
         .arg("--state-dir")
         .arg(sb.state())
@@ -65,15 +74,13 @@ fn rollout_killed_after(n: u64) -> bool {
         .env("CODEB_FAULT_KILL_AFTER", n.to_string())
         .output()
         .unwrap();
-    let out = sb.apply(&dir);
+    let out = sb.apply(dir);
     assert_eq!(
         out.status.code(),
         Some(0),
         "recovery after kill at journal write {n}: {}",
         text(&out)
     );
-    assert_converged(&sb, &name, &format!("killed after journal write {n}"));
-    cleanup(&sb, &name);
     first.status.code().is_none()
 }
 
@@ -110,16 +117,8 @@ fn replacement_killed_after(n: u64) -> bool {
         assert_eq!(sb.apply(&dir).status.code(), Some(0));
     }
     let dir = sb.write(&[ProjectYaml::new(&name, "localhost/codeb-test-app:v3")]);
-    let first = Command::new(env!("CARGO_BIN_EXE_codeb"))
-        .arg("--state-dir")
-        .arg(sb.state())
-        .args(["apply", "-f", dir.to_str().unwrap()])
-        .env("CODEB_FAULT_KILL_AFTER", n.to_string())
-        .output()
-        .unwrap();
-    let out = sb.apply(&dir);
+    let killed = apply_killed_after(&sb, &dir, n);
     let context = format!("killed after journal write {n} of the replacement");
-    assert_eq!(out.status.code(), Some(0), "{context}: {}", text(&out));
     assert_serves(&sb, &name, "v3", &context);
     // Each live slot's published port answers with that slot's release.
     for slot in sb.slots().as_array().unwrap() {
@@ -141,7 +140,7 @@ fn replacement_killed_after(n: u64) -> bool {
         );
     }
     cleanup(&sb, &name);
-    first.status.code().is_none()
+    killed
 }
 
 #[test]
