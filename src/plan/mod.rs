@@ -437,7 +437,11 @@ fn plan_on(
         }
         hosts.insert(
             host_name.as_str(),
-            (host, index(view.containers, view.proxy), view.kernel),
+            (
+                host,
+                index(view.containers, view.proxy, threads, min_parallel),
+                view.kernel,
+            ),
         );
     }
     // One environment's plan, from its record (`None`: new) and its host's observation.
@@ -455,12 +459,8 @@ fn plan_on(
                 return;
             }
             let k = (d.key.project.as_str(), d.key.env.as_str());
-            let cs = containers
-                .get(&k)
-                .map(SmallVec::as_slice)
-                .unwrap_or_default();
-            let rs = routes.get(&k).map(SmallVec::as_slice).unwrap_or_default();
-            plan_env(d, host, kernel, rec, cs, rs, taken, now_ms, out);
+            let (cs, rs) = (gather(containers, &k), gather(routes, &k));
+            plan_env(d, host, kernel, rec, &cs, &rs, taken, now_ms, out);
         };
     // The environments from `from` on (to the end, or up to `to`), merge-joined with their records
     // (both maps are ordered by key), so that planning stays linear and touches each record once.
@@ -641,27 +641,83 @@ type ByKey<'a, T, const N: usize> = rustc_hash::FxHashMap<(&'a str, &'a str), Sm
 
 /// Groups a host's containers and routes by the (project, environment) that owns them, once per
 /// plan and without allocating keys, so that planning stays linear in the number of environments.
-type Index<'a> = (ByKey<'a, ObservedContainer, 2>, ByKey<'a, Route, 3>);
+/// A large host's lists are indexed in parts, on threads, one map per part: an environment's
+/// containers and routes are what the parts hold for its key, in part order (the lists' order).
+type Index<'a> = (
+    Vec<ByKey<'a, ObservedContainer, 2>>,
+    Vec<ByKey<'a, Route, 3>>,
+);
 
-fn index<'a>(containers: &'a [ObservedContainer], proxy: &'a ObservedProxy) -> Index<'a> {
+/// What the parts of an index hold for `key`, in their order.
+fn gather<'a, T, const N: usize>(
+    parts: &[ByKey<'a, T, N>],
+    key: &(&str, &str),
+) -> SmallVec<[&'a T; N]> {
+    let mut out = SmallVec::new();
+    for part in parts {
+        if let Some(found) = part.get(key) {
+            out.extend(found.iter().copied());
+        }
+    }
+    out
+}
+
+fn index<'a>(
+    containers: &'a [ObservedContainer],
+    proxy: &'a ObservedProxy,
+    threads: usize,
+    min_parallel: usize,
+) -> Index<'a> {
     use crate::backend::{LABEL_ENVIRONMENT, LABEL_PROJECT};
-    let mut cs: ByKey<'a, ObservedContainer, 2> =
-        ByKey::with_capacity_and_hasher(containers.len(), Default::default());
-    for c in containers {
-        if let (Some(p), Some(e)) = (c.labels.get(LABEL_PROJECT), c.labels.get(LABEL_ENVIRONMENT)) {
-            cs.entry((p.as_str(), e.as_str())).or_default().push(c);
+    let index_containers = |part: &'a [ObservedContainer]| {
+        let mut cs: ByKey<'a, ObservedContainer, 2> =
+            ByKey::with_capacity_and_hasher(part.len(), Default::default());
+        for c in part {
+            if let (Some(p), Some(e)) =
+                (c.labels.get(LABEL_PROJECT), c.labels.get(LABEL_ENVIRONMENT))
+            {
+                cs.entry((p.as_str(), e.as_str())).or_default().push(c);
+            }
         }
-    }
-    // Sized for the most keys the routes can have (an environment has one to three): a map
-    // that grows rehashes every key it holds.
-    let mut rs: ByKey<'a, Route, 3> =
-        ByKey::with_capacity_and_hasher(proxy.routes.len(), Default::default());
-    for r in &proxy.routes {
-        if let Some(k) = route_key_str(&r.id) {
-            rs.entry(k).or_default().push(r);
+        cs
+    };
+    let index_routes = |part: &'a [Route]| {
+        // Sized for the most keys the routes can have (an environment has one to three): a map
+        // that grows rehashes every key it holds.
+        let mut rs: ByKey<'a, Route, 3> =
+            ByKey::with_capacity_and_hasher(part.len(), Default::default());
+        for r in part {
+            if let Some(k) = route_key_str(&r.id) {
+                rs.entry(k).or_default().push(r);
+            }
         }
+        rs
+    };
+    // Indexing is a third of planning a large converged host, and each entry is a cache miss on
+    // its labels or id: the parts are indexed side by side.
+    if threads <= 1 || proxy.routes.len() + containers.len() < min_parallel {
+        return (
+            vec![index_containers(containers)],
+            vec![index_routes(&proxy.routes)],
+        );
     }
-    (cs, rs)
+    let (c_chunk, r_chunk) = (
+        containers.len().div_ceil(threads).max(1),
+        proxy.routes.len().div_ceil(threads).max(1),
+    );
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..threads)
+            .map(|i| {
+                let cs = containers.chunks(c_chunk).nth(i).unwrap_or_default();
+                let rs = proxy.routes.chunks(r_chunk).nth(i).unwrap_or_default();
+                scope.spawn(move || (index_containers(cs), index_routes(rs)))
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("an index thread panicked"))
+            .unzip()
+    })
 }
 
 fn route_key_str(id: &str) -> Option<(&str, &str)> {
