@@ -5,12 +5,12 @@
 //! containers, compared in place with the observed rules, and a write is planned only when they
 //! differ, so a converged host gets no kernel write and the converged path allocates nothing.
 
-use std::net::SocketAddrV4;
+use std::net::{Ipv4Addr, SocketAddrV4};
 
 use super::{KernelObservation, Published};
 use crate::backend::{
-    HookWrite, LoopbackWrite, ObservedContainer, ServiceRule, ServiceTarget, ServiceWrite,
-    LABEL_RELEASE,
+    HookWrite, LoopbackWrite, ObservedContainer, ObservedServices, ServiceRule, ServiceTarget,
+    ServiceWrite, LABEL_RELEASE,
 };
 use crate::model::{EnvKey, EnvRecord, Slot};
 
@@ -35,11 +35,49 @@ pub fn hook_diff(kernel: &KernelObservation) -> Option<HookWrite> {
     else {
         return None;
     };
-    (!services.chain || services.hooks != 1).then_some(HookWrite {
-        gateway: *gateway,
-        chain: services.chain,
-        hooks: services.hooks,
+    hook_of(services, *gateway)
+}
+
+/// The hook `address`'s rules lack: their dispatch chain, or exactly one jump to it.
+fn hook_of(rules: &ObservedServices, address: Ipv4Addr) -> Option<HookWrite> {
+    (!rules.chain || rules.hooks != 1).then_some(HookWrite {
+        gateway: address,
+        chain: rules.chain,
+        hooks: rules.hooks,
     })
+}
+
+/// The write that makes `address:port` lead to `want`'s target, or nowhere with `None`, when the
+/// observed `rules` do not already: exactly one dispatch rule and one DNAT rule to the target,
+/// whose label `label_is` accepts. `label` names a target written anew.
+fn address_diff(
+    rules: &ObservedServices,
+    address: Ipv4Addr,
+    port: u16,
+    want: Option<SocketAddrV4>,
+    label_is: impl Fn(&str) -> bool,
+    label: impl FnOnce() -> String,
+) -> Option<ServiceWrite> {
+    let observed = rules.services.get(&port);
+    let dispatch = observed.map_or(0, |o| o.dispatch);
+    let write = |target| ServiceWrite {
+        gateway: address,
+        port,
+        target,
+        dispatch,
+    };
+    match want {
+        None => observed
+            .is_some_and(|o| o.chain || o.dispatch > 0)
+            .then(|| write(None)),
+        Some(to) => {
+            let converged = observed.is_some_and(|o| {
+                o.dispatch == 1
+                    && matches!(o.rules.as_slice(), [ServiceRule::Dnat(t)] if t.to == to && label_is(&t.label))
+            });
+            (!converged).then(|| write(Some(ServiceTarget { to, label: label() })))
+        }
+    }
 }
 
 /// The write that makes the service address of `rec` lead to its active slot's container, when
@@ -64,20 +102,14 @@ pub fn service_diff(
         return removal(rec, kernel);
     };
     let to = target_of(active)?;
-    let observed = services.services.get(&rec.base_port);
-    let converged = observed.is_some_and(|o| {
-        o.dispatch == 1
-            && matches!(o.rules.as_slice(), [ServiceRule::Dnat(t)] if t.to == to && is_label(&t.label, &rec.key))
-    });
-    (!converged).then(|| ServiceWrite {
-        gateway: *gateway,
-        port: rec.base_port,
-        target: Some(ServiceTarget {
-            to,
-            label: rec.key.to_string(),
-        }),
-        dispatch: observed.map_or(0, |o| o.dispatch),
-    })
+    address_diff(
+        services,
+        *gateway,
+        rec.base_port,
+        Some(to),
+        |l| is_label(l, &rec.key),
+        || rec.key.to_string(),
+    )
 }
 
 /// The write that removes the service address of `rec`, if anything of it is left.
@@ -88,13 +120,14 @@ pub fn removal(rec: &EnvRecord, kernel: &KernelObservation) -> Option<ServiceWri
     else {
         return None;
     };
-    let o = services.services.get(&rec.base_port)?;
-    (o.chain || o.dispatch > 0).then_some(ServiceWrite {
-        gateway: *gateway,
-        port: rec.base_port,
-        target: None,
-        dispatch: o.dispatch,
-    })
+    address_diff(
+        services,
+        *gateway,
+        rec.base_port,
+        None,
+        |_| true,
+        String::new,
+    )
 }
 
 /// Where a slot's traffic goes: its container's address and the release's port, when the
@@ -115,11 +148,7 @@ pub fn slot_target(
 
 /// The hook the loopback address of a host's kernel-published slot ports lacks.
 pub fn publish_hook_diff(p: &Published) -> Option<HookWrite> {
-    (!p.services.chain || p.services.hooks != 1).then_some(HookWrite {
-        gateway: p.address,
-        chain: p.services.chain,
-        hooks: p.services.hooks,
-    })
+    hook_of(&p.services, p.address)
 }
 
 /// The loopback plumbing a host's kernel-published slot ports lack.
@@ -152,32 +181,19 @@ pub fn publication_diff(
     slot: Slot,
     want: SlotPort,
 ) -> Option<ServiceWrite> {
-    let port = slot.port(rec.base_port);
-    let observed = p.services.services.get(&port);
-    let write = |target| ServiceWrite {
-        gateway: p.address,
-        port,
-        target,
-        dispatch: observed.map_or(0, |o| o.dispatch),
+    let want = match want {
+        SlotPort::Pending => return None,
+        SlotPort::Nowhere => None,
+        SlotPort::To(to) => Some(to),
     };
-    match want {
-        SlotPort::Pending => None,
-        SlotPort::Nowhere => observed
-            .is_some_and(|o| o.chain || o.dispatch > 0)
-            .then(|| write(None)),
-        SlotPort::To(to) => {
-            let converged = observed.is_some_and(|o| {
-                o.dispatch == 1
-                    && matches!(o.rules.as_slice(), [ServiceRule::Dnat(t)] if t.to == to && is_slot_label(&t.label, &rec.key, slot))
-            });
-            (!converged).then(|| {
-                write(Some(ServiceTarget {
-                    to,
-                    label: format!("{}/{slot}", rec.key),
-                }))
-            })
-        }
-    }
+    address_diff(
+        &p.services,
+        p.address,
+        slot.port(rec.base_port),
+        want,
+        |l| is_slot_label(l, &rec.key, slot),
+        || format!("{}/{slot}", rec.key),
+    )
 }
 
 /// The writes that remove both slots' published ports of `rec`, if anything of them is left.
