@@ -114,28 +114,17 @@ fn world(n: usize) -> (Desired, Observed, Recorded) {
         proxy
             .routes
             .extend(routes(&rec, &h, Some(SocketAddrV4::new(GATEWAY, base))));
-        services.services.insert(
-            base,
-            ObservedService {
-                dispatch: 1,
-                chain: true,
-                rules: vec![ServiceRule::Dnat(ServiceTarget {
-                    to: SocketAddrV4::new(ip, 8080),
-                    label: key.to_string(),
-                })],
-            },
-        );
-        published.services.insert(
-            base,
-            ObservedService {
-                dispatch: 1,
-                chain: true,
-                rules: vec![ServiceRule::Dnat(ServiceTarget {
-                    to: SocketAddrV4::new(ip, 8080),
-                    label: format!("{key}/blue"),
-                })],
-            },
-        );
+        // One DNAT rule to the blue container, as codeb writes it.
+        let rule = |label: String| ObservedService {
+            dispatch: 1,
+            chain: true,
+            rules: vec![ServiceRule::Dnat(ServiceTarget {
+                to: SocketAddrV4::new(ip, 8080),
+                label,
+            })],
+        };
+        services.services.insert(base, rule(key.to_string()));
+        published.services.insert(base, rule(format!("{key}/blue")));
         containers.push(ObservedContainer {
             id: format!("id{i}"),
             name: key.container_name(Slot::Blue),

@@ -120,6 +120,16 @@ impl Fixture {
         .unwrap()
     }
 
+    /// `myapp` with v1 applied, then v2: green serves v2, blue keeps v1 in its grace period.
+    async fn v1_active_v2_in_grace(&self) {
+        for image in ["app:v1", "app:v2"] {
+            assert!(self
+                .apply(&desired([env("myapp").image(image)]))
+                .await
+                .converged());
+        }
+    }
+
     /// Plans against the current fake world and store, as a second apply would.
     async fn replan(&self, d: &Desired) -> Plan {
         let observed = reconcile::observe(&self.backends).await;
@@ -1007,12 +1017,7 @@ async fn a_promote_restores_a_lost_hook_before_it_writes_the_rule() {
 #[tokio::test(start_paused = true)]
 async fn a_release_starts_beside_the_container_it_replaces_which_goes_after_the_switch() {
     let f = Fixture::new();
-    for image in ["app:v1", "app:v2"] {
-        assert!(f
-            .apply(&desired([env("myapp").image(image)]))
-            .await
-            .converged());
-    }
+    f.v1_active_v2_in_grace().await;
     // Blue is in grace with v1; v3 goes into blue.
     let old_blue = f
         .world
@@ -1066,12 +1071,7 @@ async fn a_release_starts_beside_the_container_it_replaces_which_goes_after_the_
 #[tokio::test(start_paused = true)]
 async fn a_release_beside_a_healthy_old_container_is_judged_by_its_own_health() {
     let f = Fixture::new();
-    for image in ["app:v1", "app:v2"] {
-        assert!(f
-            .apply(&desired([env("myapp").image(image)]))
-            .await
-            .converged());
-    }
+    f.v1_active_v2_in_grace().await;
     // Blue's slot port still leads to the healthy v1 container while the unhealthy release
     // starts beside it: the probe must go to the new container, which never answers.
     let out = f
