@@ -1,18 +1,15 @@
-//! The command line: parse, load, call `reconcile`, print, and map the result to an exit code.
+//! The command line: a client of the `service` layer and a renderer of its views. It parses argv
+//! into a typed `service::Request`, runs it on the store in this process or, when `codeb watch` or
+//! `codeb serve` holds the store, sends it over the daemon's socket; then it renders the typed
+//! answer and maps it to an exit code.
 //!
 //! Exit codes (also in `--help` and the README): 0 converged (for `diff`: no changes); 1 could not
 //! converge (a failed health check, a backend unreachable, a DNS name held by a record codeb does not
 //! own; for `diff`: there are changes); 2 invalid input or usage (including a Zone's unset API key
 //! variable), nothing applied; 3 (`diff` only) a host or zone could not be observed.
-//!
-//! While `codeb watch` runs it holds the store; every other command then sends itself to the daemon
-//! (`remote`) and prints the daemon's answer with the daemon's exit code.
 
 mod commands;
-mod connect;
 mod output;
-pub mod remote;
-mod watch;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -67,11 +64,15 @@ pub enum Command {
         /// With --prune, allow removing every project.
         #[arg(long, requires = "prune")]
         allow_empty: bool,
+        #[command(flatten)]
+        output: Output,
     },
     /// Show what apply would change (exit 0: nothing, 1: changes, 2+: error).
     Diff {
         #[command(flatten)]
         files: Files,
+        #[command(flatten)]
+        output: Output,
     },
     /// List projects, slots or hosts from the store.
     Get {
@@ -85,22 +86,55 @@ pub enum Command {
         #[arg(value_enum)]
         what: DescribeWhat,
         name: String,
+        #[command(flatten)]
+        output: Output,
     },
     /// Switch an environment's hostname to its deployed slot.
     Promote {
         project: String,
         #[arg(long, default_value = "production")]
         env: String,
+        #[command(flatten)]
+        output: Output,
     },
     /// Switch an environment's hostname back to its grace slot, starting nothing.
     Rollback {
         project: String,
         #[arg(long, default_value = "production")]
         env: String,
+        #[command(flatten)]
+        output: Output,
     },
     /// Keep the hosts converged to a directory of manifests until SIGTERM: apply at start, then
     /// on every saved change, container event and resync.
     Watch(WatchArgs),
+    /// Roll an image out to one environment through the blue/green path (a release override:
+    /// recorded with who set it; a manifest naming another image supersedes it).
+    #[command(
+        after_help = "Example:\n  codeb deploy myapp --env staging --image ghcr.io/acme/myapp:sha-abc"
+    )]
+    Deploy {
+        project: String,
+        #[arg(long, default_value = "production")]
+        env: String,
+        #[arg(long)]
+        image: String,
+        #[command(flatten)]
+        output: Output,
+    },
+    /// Print a slot's recent log lines (the active slot's by default).
+    Logs {
+        project: String,
+        #[arg(long, default_value = "production")]
+        env: String,
+        #[arg(long, value_enum)]
+        slot: Option<SlotArg>,
+        /// How many lines (at most 1000).
+        #[arg(long, default_value_t = 100)]
+        lines: usize,
+        #[command(flatten)]
+        output: Output,
+    },
     /// Remove a project's containers, routes and records.
     Delete {
         /// `project`, followed by its name; or use -f.
@@ -110,7 +144,23 @@ pub enum Command {
         /// Delete the projects these manifests declare.
         #[arg(short = 'f', long = "filename", value_name = "PATH")]
         paths: Vec<PathBuf>,
+        #[command(flatten)]
+        output: Output,
     },
+}
+
+/// How a result is printed.
+#[derive(Debug, Args)]
+pub struct Output {
+    /// text (or a table) for people; json or yaml: the result's data.
+    #[arg(short, long, value_enum, default_value_t = Format::Table)]
+    pub output: Format,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum SlotArg {
+    Blue,
+    Green,
 }
 
 #[derive(Debug, Args)]
@@ -157,6 +207,15 @@ pub enum Format {
     Table,
     Json,
     Yaml,
+}
+
+impl From<crate::service::Error> for Failure {
+    fn from(e: crate::service::Error) -> Self {
+        Failure {
+            code: e.exit_code(),
+            message: e.message,
+        }
+    }
 }
 
 /// An error with the exit code it maps to.

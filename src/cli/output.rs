@@ -1,134 +1,57 @@
-//! What `get` and `describe` print: tables for people, JSON and YAML for machines. Reads the store
-//! only; never prints an environment variable's value. Writes to the output it is given (stdout, or
-//! the answer `codeb watch` sends back to a client).
+//! Rendering the service's typed results: tables and text for people, JSON and YAML for machines.
+//! The views hold no environment variable's value, so nothing here can print one.
 
 use std::io::Write;
 
 use serde::Serialize;
 
-use super::{Format, GetWhat};
-use crate::model::{preview_hostname, EnvRecord, HostRef, Recorded, Slot};
-use crate::spec::Tls;
-use crate::store::{Phase, Store, SwitchModes};
+use super::Format;
+use crate::service::view::{OutcomeView, PlanView, ProjectView};
+use crate::service::Response;
 
-#[derive(Debug, Serialize)]
-#[serde(rename_all = "camelCase")]
-struct ProjectRow {
-    project: String,
-    environment: String,
-    url: String,
-    active_slot: Option<Slot>,
-    host: String,
-    ports: String,
-}
-
-#[derive(Debug, Serialize)]
-#[serde(rename_all = "camelCase")]
-struct SlotRow {
-    project: String,
-    environment: String,
-    slot: Slot,
-    state: String,
-    image: Option<String>,
-    release: Option<String>,
-    port: u16,
-    container: String,
-    preview_url: String,
-}
-
-#[derive(Debug, Serialize)]
-#[serde(rename_all = "camelCase")]
-struct HostRow {
-    name: String,
-    address: String,
-    podman: String,
-    caddy_admin: String,
-    listen: String,
-    tls: String,
-    /// How promote and rollback move traffic on this host, as last observed: `kernel` (a NAT rule
-    /// behind a stable service address; Caddy's config does not change) or `caddy-admin` (the
-    /// hostname route changes: a Caddy reload). `-` before the first observation.
-    switch: String,
-    /// Why the host falls back to `caddy-admin`.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    switch_reason: Option<String>,
-}
-
-fn scheme(host: Option<&HostRef>) -> &'static str {
-    match host.map(|h| h.tls) {
-        Some(Tls::Off) => "http",
-        _ => "https",
+/// Renders any result in `format`: JSON and YAML are the view itself; a table or text otherwise.
+pub fn render(response: &Response, format: Format, out: &mut dyn Write) -> anyhow::Result<()> {
+    if format != Format::Table {
+        return match response {
+            Response::Apply(v) => data(out, v, format),
+            Response::Diff(v) => data(out, v, format),
+            Response::Projects(v) => data(out, v, format),
+            Response::Slots(v) => data(out, v, format),
+            Response::Hosts(v) => data(out, v, format),
+            Response::Project(v) => data(out, v, format),
+            Response::Outcome(v) => data(out, v, format),
+            Response::Logs(v) => data(out, v, format),
+        };
     }
-}
-
-fn project_rows(r: &Recorded) -> Vec<ProjectRow> {
-    r.envs
-        .values()
-        .map(|e| ProjectRow {
-            project: e.key.project.clone(),
-            environment: e.key.env.clone(),
-            url: format!("{}://{}", scheme(r.hosts.get(&e.host)), e.hostname),
-            active_slot: e.active,
-            host: e.host.clone(),
-            ports: format!("{}/{}", e.base_port, e.base_port + 1),
-        })
-        .collect()
-}
-
-fn slot_rows(r: &Recorded) -> Vec<SlotRow> {
-    let mut out = Vec::new();
-    for e in r.envs.values() {
-        for slot in Slot::ALL {
-            let s = e.slot(slot);
-            out.push(SlotRow {
-                project: e.key.project.clone(),
-                environment: e.key.env.clone(),
-                slot,
-                state: s.state.to_string(),
-                image: s.release.as_ref().map(|r| r.image.clone()),
-                release: s.hash().map(str::to_string),
-                port: slot.port(e.base_port),
-                container: e.key.container_name(slot),
-                preview_url: format!(
-                    "{}://{}",
-                    scheme(r.hosts.get(&e.host)),
-                    preview_hostname(&e.hostname, slot)
-                ),
-            });
+    match response {
+        Response::Apply(a) => match &a.outcome {
+            None => {
+                plan(&a.plan, out)?;
+                if a.plan.steps.is_empty() {
+                    writeln!(out, "nothing to do")?;
+                }
+                Ok(())
+            }
+            Some(o) => {
+                outcome(o, out)?;
+                for note in &a.daemon_notes {
+                    writeln!(out, "· {note}")?;
+                }
+                Ok(())
+            }
+        },
+        Response::Diff(p) => plan(p, out),
+        Response::Outcome(o) => outcome(o, out),
+        Response::Project(p) => describe(p, out),
+        Response::Logs(l) => {
+            for line in &l.lines {
+                writeln!(out, "{line}")?;
+            }
+            Ok(())
         }
-    }
-    out
-}
-
-fn host_rows(r: &Recorded, modes: &SwitchModes) -> Vec<HostRow> {
-    r.hosts
-        .values()
-        .map(|h| HostRow {
-            name: h.name.clone(),
-            address: h.address.clone(),
-            podman: h.podman.clone(),
-            caddy_admin: h.caddy_admin.clone(),
-            listen: h.listen.join(","),
-            tls: format!("{:?}", h.tls).to_lowercase(),
-            switch: modes
-                .get(&h.name)
-                .map_or("-".into(), |(m, _)| m.to_string()),
-            switch_reason: modes.get(&h.name).and_then(|(_, r)| r.clone()),
-        })
-        .collect()
-}
-
-pub fn get(
-    r: &Recorded,
-    modes: &SwitchModes,
-    what: GetWhat,
-    format: Format,
-    out: &mut dyn Write,
-) -> anyhow::Result<()> {
-    match what {
-        GetWhat::Projects => emit(
+        Response::Projects(rows) => emit(
             out,
-            &project_rows(r),
+            rows,
             format,
             &["PROJECT", "ENV", "URL", "ACTIVE", "HOST", "PORTS"],
             |p| {
@@ -142,9 +65,9 @@ pub fn get(
                 ]
             },
         ),
-        GetWhat::Slots => emit(
+        Response::Slots(rows) => emit(
             out,
-            &slot_rows(r),
+            rows,
             format,
             &[
                 "PROJECT", "ENV", "SLOT", "STATE", "IMAGE", "PORT", "PREVIEW",
@@ -161,9 +84,9 @@ pub fn get(
                 ]
             },
         ),
-        GetWhat::Hosts => emit(
+        Response::Hosts(rows) => emit(
             out,
-            &host_rows(r, modes),
+            rows,
             format,
             &[
                 "NAME", "ADDRESS", "PODMAN", "CADDY", "LISTEN", "TLS", "SWITCH",
@@ -181,6 +104,48 @@ pub fn get(
             },
         ),
     }
+}
+
+fn data<T: Serialize>(out: &mut dyn Write, v: &T, format: Format) -> anyhow::Result<()> {
+    match format {
+        Format::Yaml => write!(out, "{}", serde_saphyr::to_string(v)?)?,
+        _ => writeln!(out, "{}", serde_json::to_string_pretty(v)?)?,
+    }
+    Ok(())
+}
+
+fn plan(p: &PlanView, out: &mut dyn Write) -> anyhow::Result<()> {
+    for step in &p.steps {
+        writeln!(out, "  {step}")?;
+    }
+    for note in &p.notes {
+        let mark = if note.problem { "!" } else { "·" };
+        writeln!(out, "{mark} {}", note.text)?;
+    }
+    Ok(())
+}
+
+fn outcome(o: &OutcomeView, out: &mut dyn Write) -> anyhow::Result<()> {
+    for step in &o.executed {
+        writeln!(out, "✓ {step}")?;
+    }
+    for f in &o.failures {
+        writeln!(out, "✗ {}: {}", f.step, f.error)?;
+    }
+    for note in &o.notes {
+        let mark = if note.problem { "!" } else { "·" };
+        writeln!(out, "{mark} {}", note.text)?;
+    }
+    if o.converged {
+        if o.executed.is_empty() {
+            writeln!(out, "converged: nothing to do")?;
+        } else {
+            writeln!(out, "converged")?;
+        }
+    } else {
+        writeln!(out, "not converged")?;
+    }
+    Ok(())
 }
 
 fn emit<T: Serialize>(
@@ -223,29 +188,12 @@ fn emit<T: Serialize>(
     Ok(())
 }
 
-pub fn describe(store: &Store, project: &str, out: &mut dyn Write) -> anyhow::Result<()> {
-    let r = store.load()?;
-    let envs: Vec<&EnvRecord> = r
-        .envs
-        .values()
-        .filter(|e| e.key.project == project)
-        .collect();
-    if envs.is_empty() {
-        return Err(super::Failure::invalid(format!(
-            "no recorded project named {project} (see `codeb get projects`)"
-        ))
-        .into());
-    }
-    writeln!(out, "Project: {project}")?;
-    for e in envs {
-        writeln!(out, "\nEnvironment: {}", e.key.env)?;
+fn describe(p: &ProjectView, out: &mut dyn Write) -> anyhow::Result<()> {
+    writeln!(out, "Project: {}", p.project)?;
+    for e in &p.environments {
+        writeln!(out, "\nEnvironment: {}", e.environment)?;
         writeln!(out, "  Host:      {}", e.host)?;
-        writeln!(
-            out,
-            "  URL:       {}://{}",
-            scheme(r.hosts.get(&e.host)),
-            e.hostname
-        )?;
+        writeln!(out, "  URL:       {}", e.url)?;
         writeln!(
             out,
             "  Ports:     blue {}, green {}",
@@ -268,19 +216,31 @@ pub fn describe(store: &Store, project: &str, out: &mut dyn Write) -> anyhow::Re
                 "  Held:      release {h} was rolled back; apply does not promote it again"
             )?;
         }
-        for slot in Slot::ALL {
-            let s = e.slot(slot);
-            writeln!(out, "  Slot {slot}:")?;
+        if let Some(o) = &e.release_override {
+            writeln!(
+                out,
+                "  Override:  image {} set by {} at {} (the manifests name {}; a manifest naming another image supersedes it)",
+                o.image,
+                o.by,
+                rfc3339(o.at_ms),
+                o.manifest_image
+            )?;
+        }
+        for s in &e.slots {
+            writeln!(out, "  Slot {}:", s.slot)?;
             writeln!(out, "    State:   {}", s.state)?;
-            if let Some(rel) = &s.release {
-                writeln!(out, "    Image:   {}", rel.image)?;
-                writeln!(out, "    Release: {}", rel.hash())?;
-                let mut keys: Vec<&String> = rel.env.keys().collect();
-                keys.sort();
-                if !keys.is_empty() {
-                    let names: Vec<&str> = keys.iter().map(|k| k.as_str()).collect();
-                    writeln!(out, "    Env:     {} (values hidden)", names.join(", "))?;
-                }
+            if let Some(image) = &s.image {
+                writeln!(out, "    Image:   {image}")?;
+            }
+            if let Some(release) = &s.release {
+                writeln!(out, "    Release: {release}")?;
+            }
+            if !s.env_names.is_empty() {
+                writeln!(
+                    out,
+                    "    Env:     {} (values hidden)",
+                    s.env_names.join(", ")
+                )?;
             }
             if let Some(h) = &s.last_health {
                 writeln!(out, "    Health:  {h}")?;
@@ -288,42 +248,28 @@ pub fn describe(store: &Store, project: &str, out: &mut dyn Write) -> anyhow::Re
             if !s.log_tail.is_empty() {
                 writeln!(out, "    Log tail:")?;
                 for l in &s.log_tail {
-                    writeln!(out, "      {l}")?;
+                    writeln!(out, "      {}", crate::service::sanitize(l))?;
                 }
             }
         }
     }
     writeln!(out, "\nHistory:")?;
-    let entries = store.journal_entries(Some(project))?;
-    for e in entries
-        .iter()
-        .filter(|e| e.phase != Phase::Intent)
-        .rev()
-        .take(30)
-        .collect::<Vec<_>>()
-        .into_iter()
-        .rev()
-    {
-        let at = humantime::format_rfc3339_seconds(
-            std::time::UNIX_EPOCH + std::time::Duration::from_millis(e.at_ms),
-        );
-        let mark = if e.phase == Phase::Failed {
-            "✗"
-        } else {
-            "✓"
-        };
-        write!(out, "  {at} {mark} {}", e.step)?;
-        if let Some(m) = &e.message {
+    for h in &p.history {
+        let mark = if h.ok { "✓" } else { "✗" };
+        write!(out, "  {} {mark} {}", rfc3339(h.at_ms), h.step)?;
+        if let Some(m) = &h.message {
             write!(out, ": {m}")?;
         }
         writeln!(out)?;
     }
-    for e in store
-        .interrupted()?
-        .iter()
-        .filter(|e| e.key.as_ref().is_some_and(|k| k.project == project))
-    {
-        writeln!(out, "  interrupted: {}", e.step)?;
+    for step in &p.interrupted {
+        writeln!(out, "  interrupted: {step}")?;
     }
     Ok(())
+}
+
+fn rfc3339(at_ms: u64) -> humantime::Rfc3339Timestamp {
+    humantime::format_rfc3339_seconds(
+        std::time::UNIX_EPOCH + std::time::Duration::from_millis(at_ms),
+    )
 }

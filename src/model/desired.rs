@@ -1,7 +1,9 @@
 //! From validated manifests to the desired state the planner reads.
 
 use super::dns::{PowerDnsRef, ZoneRef};
-use super::{Desired, DesiredEnv, EnvKey, HostRef, Promotion, Release};
+use std::collections::BTreeMap;
+
+use super::{Desired, DesiredEnv, EnvKey, HostRef, Override, Promotion, Release};
 use crate::spec::{self, Manifests};
 
 /// The hostname of an environment: as written, or `{project}.{zone}` for production and
@@ -74,4 +76,81 @@ pub fn desired(m: &Manifests) -> Desired {
         }
     }
     out
+}
+
+/// The environment with the override's image, when the override still holds: the manifests name
+/// the image it replaced. `None` when it does not hold (the manifests moved on: they win).
+pub fn overridden(env: &DesiredEnv, over: &Override) -> Option<DesiredEnv> {
+    if env.release.image != over.manifest_image {
+        return None;
+    }
+    let r = &env.release;
+    Some(DesiredEnv {
+        release: Release::new(over.image.clone(), r.command.clone(), r.env.clone(), r.port),
+        ..env.clone()
+    })
+}
+
+/// The desired state with the release overrides that still hold laid over (see [`overridden`]).
+/// Also returns the keys whose override no longer holds (superseded by the manifests).
+pub fn overlay(d: &Desired, overrides: &BTreeMap<EnvKey, Override>) -> (Desired, Vec<EnvKey>) {
+    let mut out = d.clone();
+    let mut superseded = Vec::new();
+    for (key, over) in overrides {
+        let Some(env) = out.envs.get_mut(key) else {
+            continue;
+        };
+        match overridden(env, over) {
+            Some(new) => *env = new,
+            None => superseded.push(key.clone()),
+        }
+    }
+    (out, superseded)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn env(image: &str) -> DesiredEnv {
+        DesiredEnv {
+            key: EnvKey::new("app", "production"),
+            host: "h".into(),
+            hostname: "app.example".into(),
+            release: Release::new(image, None, BTreeMap::new(), 8080),
+            health_path: "/".into(),
+            health_timeout: Duration::from_secs(5),
+            promotion: Promotion::Auto,
+            grace_period: Duration::from_secs(60),
+        }
+    }
+
+    fn over(image: &str, manifest_image: &str) -> Override {
+        Override {
+            image: image.into(),
+            manifest_image: manifest_image.into(),
+            by: "cli (uid 0)".into(),
+            at_ms: 1,
+        }
+    }
+
+    #[test]
+    fn an_override_holds_while_the_manifests_name_the_image_it_replaced() {
+        let mut d = Desired::default();
+        let e = env("app:v1");
+        d.envs.insert(e.key.clone(), e.clone());
+        let overrides = BTreeMap::from([(e.key.clone(), over("app:sha-abc", "app:v1"))]);
+        let (out, superseded) = overlay(&d, &overrides);
+        assert_eq!(out.envs[&e.key].release.image, "app:sha-abc");
+        assert!(superseded.is_empty());
+
+        let moved = BTreeMap::from([(e.key.clone(), over("app:sha-abc", "app:v0"))]);
+        let (out, superseded) = overlay(&d, &moved);
+        assert_eq!(
+            out.envs[&e.key].release.image, "app:v1",
+            "the manifests win"
+        );
+        assert_eq!(superseded, vec![e.key]);
+    }
 }

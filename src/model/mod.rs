@@ -280,8 +280,10 @@ pub struct HostRef {
     pub publish_address: String,
 }
 
-/// One project environment as the manifests want it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// One project environment as the manifests want it. Recorded as declared (see
+/// `store::Store::put_declared`), so that a `deploy` of a new image can roll it out without the
+/// manifests at hand.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DesiredEnv {
     pub key: EnvKey,
     pub host: String,
@@ -302,6 +304,20 @@ impl DesiredEnv {
 
 pub fn preview_hostname(hostname: &str, slot: Slot) -> String {
     format!("{slot}.{hostname}")
+}
+
+/// An image set by `deploy` for one environment instead of the manifests' (recorded in the
+/// store; laid over the manifests by [`desired::overlay`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Override {
+    pub image: String,
+    /// The image the manifests named when it was set: while they still name it, the override
+    /// holds; once they name another, the manifests win.
+    pub manifest_image: String,
+    /// Who set it (`cli (uid 0)`, `key 3f9a… (ci)`).
+    pub by: String,
+    pub at_ms: u64,
 }
 
 /// Everything the manifests want, keyed for the planner.

@@ -11,6 +11,7 @@
 //! per-key `backoff`.
 
 pub mod backoff;
+pub mod connect;
 pub mod controller;
 mod execute;
 mod fault;

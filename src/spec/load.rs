@@ -41,18 +41,56 @@ pub fn load_paths(paths: &[PathBuf]) -> Result<Manifests, Errors> {
 /// As [`load_paths`].
 pub fn load_paths_with_stdin(paths: &[PathBuf], stdin: Option<&str>) -> Result<Manifests, Errors> {
     let mut loader = Loader::default();
-    for path in paths {
+    loader.add_inputs(paths, stdin);
+    loader.finish()
+}
+
+/// One manifest input as read: its label in messages (a path, `<stdin>`) and its text. A client
+/// reads its files into sources and sends them (to `codeb watch`/`serve`, over the socket or
+/// HTTP), so that the daemon never opens a path a client names; the daemon loads them with
+/// [`load_sources`], under the same limits, and its errors name the client's files.
+#[derive(
+    Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, schemars::JsonSchema,
+)]
+pub struct Source {
+    /// The file's path as the client named it, or `<stdin>`; used in error messages only.
+    pub name: String,
+    pub text: String,
+}
+
+/// Reads `paths` as [`load_paths_with_stdin`] does (directories recursively, `-` from `stdin`
+/// or standard input), under the same limits, without parsing.
+///
+/// # Errors
+/// Unreadable or oversized inputs, an empty directory.
+pub fn read_sources(paths: &[PathBuf], stdin: Option<&str>) -> Result<Vec<Source>, Errors> {
+    let mut loader = Loader {
+        collect: Some(Vec::new()),
+        ..Loader::default()
+    };
+    loader.add_inputs(paths, stdin);
+    if loader.errors.is_empty() {
+        return Ok(loader.collect.unwrap_or_default());
+    }
+    Err(loader.finish().expect_err("a loader with errors fails"))
+}
+
+/// Loads and validates sources a client read (see [`Source`]), under the loader's limits: each
+/// is bounded like a file, all of them together like the files of one load.
+///
+/// # Errors
+/// As [`load_paths`].
+pub fn load_sources(sources: &[Source]) -> Result<Manifests, Errors> {
+    let mut loader = Loader::default();
+    for s in sources {
         if loader.full() {
             break;
         }
-        if path.as_os_str() == "-" {
-            match stdin {
-                Some(text) => loader.add_reader(STDIN_LABEL, Cursor::new(text.as_bytes()), None),
-                None => loader.add_reader(STDIN_LABEL, std::io::stdin().lock(), None),
-            }
-        } else {
-            loader.add_path(path);
-        }
+        let len = s.text.len() as u64;
+        loader.add_reader(&s.name, Cursor::new(s.text.as_bytes()), Some(len));
+    }
+    if sources.is_empty() {
+        loader.push(Error::file("<request>", "no manifest was sent"));
     }
     loader.finish()
 }
@@ -90,6 +128,8 @@ struct Loader {
     ranks: HashMap<String, usize>,
     /// Files already read (canonical paths), so a file named twice is read once.
     seen: HashSet<PathBuf>,
+    /// When set, texts are collected here instead of parsed ([`read_sources`]).
+    collect: Option<Vec<Source>>,
 }
 
 impl Loader {
@@ -106,6 +146,22 @@ impl Loader {
             self.truncated = true;
         } else {
             self.errors.push(error);
+        }
+    }
+
+    fn add_inputs(&mut self, paths: &[PathBuf], stdin: Option<&str>) {
+        for path in paths {
+            if self.full() {
+                break;
+            }
+            if path.as_os_str() == "-" {
+                match stdin {
+                    Some(text) => self.add_reader(STDIN_LABEL, Cursor::new(text.as_bytes()), None),
+                    None => self.add_reader(STDIN_LABEL, std::io::stdin().lock(), None),
+                }
+            } else {
+                self.add_path(path);
+            }
         }
     }
 
@@ -206,6 +262,13 @@ impl Loader {
     fn add_text(&mut self, label: &str, text: &str) {
         let rank = self.ranks.len();
         self.ranks.entry(label.to_string()).or_insert(rank);
+        if let Some(sources) = &mut self.collect {
+            sources.push(Source {
+                name: label.to_string(),
+                text: text.to_string(),
+            });
+            return;
+        }
         let text = text.strip_prefix('\u{feff}').unwrap_or(text);
         let mut docs = documents::<Spanned<RawDocument>>(text, MAX_DOCUMENTS_PER_FILE + 1);
         if docs.len() > MAX_DOCUMENTS_PER_FILE {

@@ -19,5 +19,7 @@ mod validate;
 
 pub use document::Kind;
 pub use error::{Error, Errors};
-pub use load::{load_paths, load_paths_with_stdin, load_str, STDIN_LABEL};
+pub use load::{
+    load_paths, load_paths_with_stdin, load_sources, load_str, read_sources, Source, STDIN_LABEL,
+};
 pub use types::*;

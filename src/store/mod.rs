@@ -8,6 +8,7 @@
 //!
 //! No backend calls and no planning here.
 
+mod declared;
 mod journal;
 
 use std::collections::BTreeMap;
@@ -16,6 +17,7 @@ use std::path::{Path, PathBuf};
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
+pub use crate::model::Override;
 pub use journal::{JournalEntry, Phase};
 
 use crate::model::dns::ZoneRef;
@@ -28,6 +30,11 @@ const JOURNAL: TableDefinition<u64, &[u8]> = TableDefinition::new("journal");
 const ZONES: TableDefinition<&str, &[u8]> = TableDefinition::new("zones");
 /// Per host: the switch mode of its last observation, and why it fell back to Caddy.
 const SWITCH_MODES: TableDefinition<&str, &[u8]> = TableDefinition::new("switch_modes");
+
+/// The last declared spec of each environment, by store key (see `declared`).
+const DECLARED: TableDefinition<&str, &[u8]> = TableDefinition::new("declared");
+/// Release overrides set by `deploy`, by store key.
+const OVERRIDES: TableDefinition<&str, &[u8]> = TableDefinition::new("overrides");
 
 /// A host's switch mode as recorded, with the reason for a fallback.
 pub type SwitchModes = BTreeMap<String, (SwitchMode, Option<String>)>;
@@ -113,6 +120,8 @@ impl Store {
                 && txn.open_table(JOURNAL).is_ok()
                 && txn.open_table(ZONES).is_ok()
                 && txn.open_table(SWITCH_MODES).is_ok()
+                && txn.open_table(DECLARED).is_ok()
+                && txn.open_table(OVERRIDES).is_ok()
         });
         if !exist {
             let txn = db.begin_write().map_err(storage)?;
@@ -121,6 +130,8 @@ impl Store {
             txn.open_table(JOURNAL).map_err(storage)?;
             txn.open_table(ZONES).map_err(storage)?;
             txn.open_table(SWITCH_MODES).map_err(storage)?;
+            txn.open_table(DECLARED).map_err(storage)?;
+            txn.open_table(OVERRIDES).map_err(storage)?;
             txn.commit().map_err(storage)?;
         }
         Ok(Store { db, _lock: lock })

@@ -1,16 +1,23 @@
-//! Connecting to the hosts and zones named in manifests or in the store.
+//! Connecting to the hosts and zones named in manifests or in the store: clients for each,
+//! making no request.
 
 use std::collections::BTreeMap;
 
+use super::{Backends, HostBackends};
 use crate::backend::caddy::Caddy;
 use crate::backend::netfilter::Netfilter;
 use crate::backend::podman::Podman;
 use crate::backend::powerdns::PowerDns;
 use crate::model::dns::ZoneRef;
 use crate::model::HostRef;
-use crate::reconcile::{Backends, HostBackends};
 
 pub type Real = Backends<Podman, Caddy, Netfilter, PowerDns>;
+
+/// An endpoint that cannot become a client, or a Zone whose key variable is unset: invalid input
+/// (exit 2, HTTP 400). The message names the Host or Zone and the variable, never a key.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Invalid(pub String);
 
 /// Set to `caddy-admin` to switch traffic through Caddy's admin API even where codeb could manage
 /// the kernel's NAT rules (to compare the two, or on a machine whose firewall someone else owns).
@@ -18,13 +25,13 @@ pub const SWITCH_ENV: &str = "CODEB_SWITCH";
 
 /// Clients for each host. Connecting makes no request; an endpoint that is malformed is invalid
 /// input (exit 2), caught earlier by validation.
-pub fn connect<'a>(hosts: impl IntoIterator<Item = &'a HostRef>) -> anyhow::Result<Real> {
+pub fn connect<'a>(hosts: impl IntoIterator<Item = &'a HostRef>) -> Result<Real, Invalid> {
     let mut out = BTreeMap::new();
     for h in hosts {
-        let runtime = Podman::connect(&h.podman)
-            .map_err(|e| super::Failure::invalid(format!("host {}: {e}", h.name)))?;
-        let proxy = Caddy::new(&h.caddy_admin)
-            .map_err(|e| super::Failure::invalid(format!("host {}: {e}", h.name)))?;
+        let runtime =
+            Podman::connect(&h.podman).map_err(|e| Invalid(format!("host {}: {e}", h.name)))?;
+        let proxy =
+            Caddy::new(&h.caddy_admin).map_err(|e| Invalid(format!("host {}: {e}", h.name)))?;
         let kernel = match local_kernel(h) {
             Ok(()) => Netfilter::new(),
             Err((reason, local)) => Netfilter::unsupported(reason, local),
@@ -49,24 +56,24 @@ pub fn connect<'a>(hosts: impl IntoIterator<Item = &'a HostRef>) -> anyhow::Resu
 /// Exit 2 when a variable is unset or empty, naming the Zone and the variable (never a value).
 pub fn connect_zones<'a>(
     zones: impl IntoIterator<Item = &'a ZoneRef>,
-) -> anyhow::Result<BTreeMap<String, PowerDns>> {
+) -> Result<BTreeMap<String, PowerDns>, Invalid> {
     let mut out = BTreeMap::new();
     for z in zones {
         let Some(p) = &z.powerdns else { continue };
         let key = match std::env::var(&p.api_key_env) {
             Ok(k) if !k.is_empty() => k,
-            Ok(_) => return Err(missing_key(z, &p.api_key_env, "is empty").into()),
-            Err(_) => return Err(missing_key(z, &p.api_key_env, "is not set").into()),
+            Ok(_) => return Err(missing_key(z, &p.api_key_env, "is empty")),
+            Err(_) => return Err(missing_key(z, &p.api_key_env, "is not set")),
         };
         let client = PowerDns::new(&p.api, &p.server_id, &p.api_key_env, &key)
-            .map_err(|e| super::Failure::invalid(format!("Zone {}: {e}", z.name)))?;
+            .map_err(|e| Invalid(format!("Zone {}: {e}", z.name)))?;
         out.insert(z.name.clone(), client);
     }
     Ok(out)
 }
 
-fn missing_key(zone: &ZoneRef, var: &str, what: &str) -> super::Failure {
-    super::Failure::invalid(format!(
+fn missing_key(zone: &ZoneRef, var: &str, what: &str) -> Invalid {
+    Invalid(format!(
         "Zone {}: the environment variable {var} (its spec.powerdns.apiKeyEnv) {what}; export it \
          with the PowerDNS API key",
         zone.name

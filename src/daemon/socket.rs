@@ -1,16 +1,15 @@
-//! The CLI beside the daemon: `codeb watch` holds the store, so another command that finds it held
-//! sends its whole command line to the daemon over a unix socket in the state directory, and prints
-//! the answer with the daemon's exit code. The daemon runs the very same command functions, so the
-//! answers and exit codes are the same as without it.
+//! The daemon's unix socket: `codeb watch`/`serve` holds the store, so a CLI command that finds it
+//! held sends its typed [`Request`] (a `service` request) to the daemon over a unix socket in the
+//! state directory, and renders the typed answer as it would have rendered its own. The daemon
+//! runs the very same service, so answers and exit codes are the same as without it.
 //!
-//! Protocol: one JSON [`Request`] line from the client, one JSON [`Response`] line back, then the
+//! Protocol: one JSON [`Request`] line from the client, one JSON [`Answer`] line back, then the
 //! connection closes. The socket is created mode 0600: only the user that runs the daemon (who can
-//! read the store anyway) may ask it.
+//! read the store anyway) may ask it; the daemon names the caller by the peer's uid.
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
 
-use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::task::JoinSet;
@@ -24,24 +23,10 @@ pub const SOCKET: &str = "codeb.sock";
 /// this only stops a runaway client.
 const MAX_REQUEST: u64 = 64 << 20;
 
-/// A command to run in the daemon.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Request {
-    /// The command line after the program name, as typed.
-    pub argv: Vec<String>,
-    /// The client's working directory: relative paths are resolved against it.
-    pub cwd: PathBuf,
-    /// The client's standard input, when a path is `-`.
-    pub stdin: Option<String>,
-}
+pub use crate::service::Request;
 
-/// What the command printed, and its exit code.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Response {
-    pub stdout: String,
-    pub stderr: String,
-    pub code: u8,
-}
+/// The daemon's answer to one request.
+pub type Answer = Result<crate::service::Response, crate::service::Error>;
 
 /// Client errors. `NoDaemon` means nothing answers on the socket: the store is held by another
 /// kind of codeb process (an `apply` in progress), and the caller reports that instead.
@@ -68,7 +53,7 @@ pub enum Error {
 ///
 /// # Errors
 /// `NoDaemon` when nothing listens on the socket; the others when the exchange broke.
-pub async fn forward(state_dir: &Path, req: &Request) -> Result<Response, Error> {
+pub async fn forward(state_dir: &Path, req: &Request) -> Result<Answer, Error> {
     let path = state_dir.join(SOCKET);
     let stream = UnixStream::connect(&path)
         .await
@@ -113,10 +98,11 @@ pub fn bind(state_dir: &Path) -> std::io::Result<UnixListener> {
 }
 
 /// Answers each connection with `answer` until `shutdown`, then waits for the answers in flight.
+/// `answer` gets the request and the peer's uid.
 pub async fn serve<F, Fut>(listener: UnixListener, answer: F, shutdown: CancellationToken)
 where
-    F: Fn(Request) -> Fut + Clone + Send + 'static,
-    Fut: Future<Output = Response> + Send + 'static,
+    F: Fn(Request, u32) -> Fut + Clone + Send + 'static,
+    Fut: Future<Output = Answer> + Send + 'static,
 {
     let mut in_flight = JoinSet::new();
     loop {
@@ -140,9 +126,11 @@ where
 
 async fn one<F, Fut>(stream: UnixStream, answer: F)
 where
-    F: Fn(Request) -> Fut,
-    Fut: Future<Output = Response>,
+    F: Fn(Request, u32) -> Fut,
+    Fut: Future<Output = Answer>,
 {
+    // The socket is 0600, so the peer is the daemon's user; its uid names it in the audit.
+    let uid = stream.peer_cred().map(|c| c.uid()).unwrap_or(u32::MAX);
     let (read, mut write) = stream.into_split();
     let mut line = String::new();
     let read = BufReader::new(read.take(MAX_REQUEST))
@@ -153,14 +141,12 @@ where
         .and_then(|_| serde_json::from_str::<Request>(&line).map_err(|e| e.to_string()))
     {
         Ok(req) => {
-            debug!(argv = ?req.argv, "client request");
-            answer(req).await
+            debug!(op = req.op(), uid, "client request");
+            answer(req, uid).await
         }
-        Err(e) => Response {
-            stdout: String::new(),
-            stderr: format!("error: codeb watch could not read the request: {e}\n"),
-            code: 2,
-        },
+        Err(e) => Err(crate::service::Error::invalid(format!(
+            "codeb could not read the request (is the client another version of codeb?): {e}"
+        ))),
     };
     let mut out = serde_json::to_vec(&response).expect("responses serialize");
     out.push(b'\n');
@@ -172,14 +158,13 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::service::{view::PlanView, Response};
 
     #[tokio::test]
     async fn a_request_is_answered_over_the_socket_and_a_missing_daemon_is_told_apart() {
         let dir = tempfile::tempdir().unwrap();
-        let req = Request {
-            argv: vec!["get".into(), "slots".into()],
-            cwd: "/x".into(),
-            stdin: Some("a: b\n".into()),
+        let req = Request::Describe {
+            project: "app".into(),
         };
         assert!(matches!(
             forward(dir.path(), &req).await,
@@ -189,23 +174,25 @@ mod tests {
         let shutdown = CancellationToken::new();
         let server = tokio::spawn(serve(
             listener,
-            |req: Request| async move {
-                Response {
-                    stdout: req.argv.join(" "),
-                    stderr: req.stdin.unwrap_or_default(),
-                    code: 3,
-                }
+            |req: Request, uid: u32| async move {
+                Ok(Response::Diff(PlanView {
+                    steps: vec![format!("{} by {uid}", req.op())],
+                    notes: vec![],
+                }))
             },
             shutdown.clone(),
         ));
         let answer = forward(dir.path(), &req).await.unwrap();
+        let me = std::fs::metadata("/proc/self").map(|m| {
+            use std::os::unix::fs::MetadataExt;
+            m.uid()
+        });
         assert_eq!(
             answer,
-            Response {
-                stdout: "get slots".into(),
-                stderr: "a: b\n".into(),
-                code: 3
-            }
+            Ok(Response::Diff(PlanView {
+                steps: vec![format!("describe by {}", me.unwrap())],
+                notes: vec![],
+            }))
         );
         use std::os::unix::fs::PermissionsExt;
         let mode = std::fs::metadata(dir.path().join(SOCKET))

@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use crate::model::{desired::desired, Desired};
-use crate::reconcile::controller::Handle;
+use crate::service::Daemon;
 use crate::store::Store;
 
 /// A save settles when no change came for this long. Editors write a file in two or three events
@@ -70,10 +70,10 @@ pub struct Watch {
 }
 
 /// Reloads on every settled change and at every resync; hands a changed valid set to the loop
-/// and asks it for a resync on each tick.
+/// (with the release overrides that hold laid over) and asks it for a resync on each tick.
 pub async fn watch(
     w: Watch,
-    handle: Handle,
+    daemon: Arc<Daemon>,
     current: watch::Sender<Arc<Desired>>,
     shutdown: CancellationToken,
 ) {
@@ -94,15 +94,15 @@ pub async fn watch(
             _ = shutdown.cancelled() => return,
             changed = settle(&mut rx, QUIET, MAX_WAIT), if watching => {
                 if changed {
-                    reload(&w, &handle, &current, &mut reported).await;
+                    reload(&w, &daemon, &current, &mut reported).await;
                 } else {
                     // The watcher is gone; resyncs still read the files.
                     watching = false;
                 }
             }
             _ = resync.tick() => {
-                reload(&w, &handle, &current, &mut reported).await;
-                handle.resync();
+                reload(&w, &daemon, &current, &mut reported).await;
+                daemon.controller.resync();
             }
         }
     }
@@ -110,7 +110,7 @@ pub async fn watch(
 
 async fn reload(
     w: &Watch,
-    handle: &Handle,
+    daemon: &Daemon,
     current: &watch::Sender<Arc<Desired>>,
     reported: &mut Option<String>,
 ) {
@@ -139,9 +139,14 @@ async fn reload(
                     .len()
             };
             info!(environments = d.envs.len(), changed, "manifests changed");
-            let d = Arc::new(d);
-            current.send_replace(d.clone());
-            handle.set_desired(d);
+            if let Err(e) = w.guard.store.put_declared(d.envs.values()) {
+                error!(error = %e, "the changed manifests could not be recorded; the last ones stay in force");
+                return;
+            }
+            current.send_replace(Arc::new(d));
+            if let Err(e) = daemon.publish(&w.guard.store) {
+                error!(error = %e, "the changed manifests could not be handed to the loop");
+            }
         }
     }
 }

@@ -1,0 +1,213 @@
+//! The daemon of `codeb watch` and `codeb serve`: it owns the store, the reconcile loop, the
+//! triggers that feed it and the listeners that answer requests.
+//!
+//! ```text
+//!  files (notify, debounced) ─┐
+//!  resync timer ──────────────┼─ manifests: reload; keep the last valid ─┐
+//!  Podman events (per host) ──┼──────────────────────────────────────────┼─> controller queue
+//!  unix socket (the CLI) ─────┼─ service requests: claims ───────────────┘     (reconcile::controller)
+//!  HTTP (codeb serve) ────────┘
+//! ```
+//!
+//! Everything that decides lives in `reconcile::controller` (and the planner); every request is
+//! answered by `service`. This module only turns the outside world into messages for them: a valid
+//! manifest set, a container event, a resync, a request. SIGTERM or SIGINT stops it: no new work,
+//! the steps and requests in flight finish and are journaled, exit 0.
+
+mod events;
+mod files;
+pub mod socket;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::backend::caddy::Caddy;
+use crate::backend::netfilter::Netfilter;
+use crate::backend::podman::Podman;
+use crate::backend::powerdns::PowerDns;
+use crate::reconcile::controller::{Connectors, Controller};
+use crate::reconcile::HttpProber;
+use crate::service::{self, Ctx, Daemon, Error};
+use crate::store::Store;
+
+/// The shortest resync accepted: each one reads every manifest and sweeps every host.
+const MIN_RESYNC: Duration = Duration::from_millis(500);
+
+/// How long the daemon waits for requests in flight after the loop stopped, within the 10 s a
+/// stop may take (the loop itself gets 8 s).
+const SOCKET_GRACE: Duration = Duration::from_millis(1500);
+
+/// How the daemon runs.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub state_dir: PathBuf,
+    /// Manifest directories or files, watched.
+    pub paths: Vec<PathBuf>,
+    pub resync: Duration,
+    pub prune: bool,
+    pub allow_empty: bool,
+    /// Reconciles at once.
+    pub concurrency: usize,
+}
+
+/// Runs the daemon until SIGTERM or SIGINT.
+///
+/// # Errors
+/// `Invalid` (exit 2) when the manifests are invalid at start (nothing is applied: there is no last
+/// valid state to keep), `Failed` (exit 1) when the store is held or the socket cannot be bound.
+pub async fn run(args: Config) -> Result<(), Error> {
+    let state_dir = args.state_dir.clone();
+    if args.paths.iter().any(|p| p.as_os_str() == "-") {
+        return Err(Error::invalid(
+            "codeb watch reads files and directories, not standard input",
+        ));
+    }
+    if args.resync < MIN_RESYNC {
+        return Err(Error::invalid(format!(
+            "--resync must be at least {}",
+            humantime::format_duration(MIN_RESYNC)
+        )));
+    }
+    let store = Arc::new(Store::open(&state_dir).map_err(|e| {
+        Error::failed(format!(
+            "opening the store in {}: {}",
+            state_dir.display(),
+            crate::backend::error_chain(&e)
+        ))
+    })?);
+    let guard = files::Guard {
+        store: store.clone(),
+        prune: args.prune,
+        allow_empty: args.allow_empty,
+    };
+    let loaded = match files::load(&args.paths, &guard).await {
+        Ok(d) => Arc::new(d),
+        Err(e) => return Err(Error::invalid(e)),
+    };
+    store.put_declared(loaded.envs.values())?;
+    let (effective, _) = crate::model::desired::overlay(&loaded, &store.overrides()?);
+    let desired = Arc::new(effective);
+    // The journal keeps every interruption ever; the latest tell what was in flight at the stop.
+    let interrupted = store.interrupted()?;
+    for step in interrupted.iter().rev().take(5) {
+        warn!(step = %step.step, at_ms = step.at_ms, "a step was in flight when codeb stopped; the reconciles resume from the records");
+    }
+    // A Zone whose key variable is unset is invalid input, as for apply: exit 2, nothing applied.
+    // A Zone added later without its key fails its own work only (logged, retried).
+    crate::reconcile::connect::connect_zones(desired.zones.values())
+        .map_err(|e| Error::invalid(e.to_string()))?;
+    let connect: Connectors<Podman, Caddy, Netfilter, PowerDns> = Connectors {
+        host: Box::new(|host| {
+            let mut backends =
+                crate::reconcile::connect::connect([host]).map_err(|e| e.to_string())?;
+            backends
+                .hosts
+                .remove(&host.name)
+                .ok_or_else(|| "no backends".to_string())
+        }),
+        zone: Box::new(|zone| {
+            let mut zones =
+                crate::reconcile::connect::connect_zones([zone]).map_err(|e| e.to_string())?;
+            zones
+                .remove(&zone.name)
+                .ok_or_else(|| "not managed".to_string())
+        }),
+    };
+    let config = crate::reconcile::controller::Config::new(args.concurrency, args.prune);
+    let controller = Controller::new(
+        desired.clone(),
+        store.clone(),
+        HttpProber::new(),
+        connect,
+        config,
+    )
+    .map_err(|e| Error::failed(crate::backend::error_chain(&e)))?;
+    let handle = controller.handle();
+    let shutdown = CancellationToken::new();
+    let (watched_tx, watched) = watch::channel(loaded.clone());
+
+    let listener = socket::bind(&state_dir).map_err(|e| {
+        Error::failed(format!(
+            "binding {}: {e}",
+            state_dir.join(socket::SOCKET).display()
+        ))
+    })?;
+    let daemon = Arc::new(Daemon {
+        controller: handle.clone(),
+        watched: watched.clone(),
+        paths: args.paths.clone(),
+        prune: args.prune,
+    });
+    let ctx = Ctx {
+        store: store.clone(),
+        daemon: Some(daemon.clone()),
+        actor: String::new(),
+    };
+    let server = tokio::spawn(socket::serve(
+        listener,
+        move |req, uid| {
+            let ctx = Ctx {
+                actor: format!("cli (uid {uid})"),
+                ..ctx.clone()
+            };
+            async move { service::handle(&ctx, req).await }
+        },
+        shutdown.clone(),
+    ));
+    let manifests = tokio::spawn(files::watch(
+        files::Watch {
+            paths: args.paths.clone(),
+            resync: args.resync,
+            guard,
+        },
+        daemon.clone(),
+        watched_tx,
+        shutdown.clone(),
+    ));
+    let pumps = tokio::spawn(events::run(handle.clone(), watched, shutdown.clone()));
+    tokio::spawn(signals(shutdown.clone()));
+    info!(
+        paths = %args.paths.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(","),
+        resync_s = args.resync.as_secs_f64(),
+        prune = args.prune,
+        environments = desired.envs.len(),
+        hosts = desired.hosts.len(),
+        "codeb watch started"
+    );
+
+    controller.run(shutdown.clone()).await;
+    let _ = tokio::time::timeout(SOCKET_GRACE, server).await;
+    manifests.abort();
+    pumps.abort();
+    let _ = std::fs::remove_file(state_dir.join(socket::SOCKET));
+    info!("codeb watch stopped");
+    Ok(())
+}
+
+async fn signals(shutdown: CancellationToken) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        warn!("cannot install signal handlers; stop codeb watch with SIGKILL");
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => info!("SIGTERM: stopping"),
+        _ = int.recv() => info!("SIGINT: stopping"),
+    }
+    shutdown.cancel();
+    // A second signal means "now": the journal covers a stop at any point.
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    warn!("second signal: exiting at once");
+    std::process::exit(1);
+}

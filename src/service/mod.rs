@@ -1,0 +1,810 @@
+//! The use cases of codeb, once for every front end: the CLI (in its own process or through the
+//! daemon's socket), the HTTP API, and MCP next. Each takes a typed [`Request`] and returns a
+//! typed [`Response`] (views in [`view`]) or an [`Error`] whose kind maps to an exit code or an
+//! HTTP status. Nothing here prints, parses argv or speaks HTTP.
+//!
+//! A use case runs on a [`Ctx`]: the store, and, inside `codeb watch`/`serve`, the [`Daemon`]
+//! whose loop keeps the hosts converged. A use case that acts on environments claims them from
+//! the loop's queue first, so that the loop and a request never run one environment at once.
+//!
+//! Must not: read a file a request names (manifests arrive as [`Source`] texts), print, or make a
+//! decision the planner makes.
+
+pub mod error;
+pub mod view;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+pub use error::{Code, Error, Result};
+use view::{ApplyView, LogsView, OutcomeView, PlanView, ProjectView};
+
+use crate::backend::Runtime;
+use crate::model::desired::{desired, overlay, overridden};
+use crate::model::dns::ZoneRef;
+use crate::model::{Desired, EnvKey, Override, Slot};
+use crate::plan::{self, HostObservation, Note};
+use crate::reconcile::connect::{connect, connect_zones};
+use crate::reconcile::controller::{ClaimGuard, Handle, Work};
+use crate::reconcile::{self, HttpProber, Outcome, Target};
+use crate::spec::Source;
+use crate::store::Store;
+
+/// What `get` lists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum GetWhat {
+    Projects,
+    Slots,
+    Hosts,
+}
+
+/// Every use case, as data: what the socket, the HTTP API and MCP carry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "kebab-case")]
+pub enum Request {
+    /// Converge the hosts to these manifests.
+    Apply {
+        manifests: Vec<Source>,
+        #[serde(default)]
+        dry_run: bool,
+        /// Remove recorded environments the manifests no longer contain.
+        #[serde(default)]
+        prune: bool,
+        /// With `prune`, allow removing every environment.
+        #[serde(default)]
+        allow_empty: bool,
+    },
+    /// What apply would change.
+    Diff {
+        manifests: Vec<Source>,
+    },
+    Get {
+        what: GetWhat,
+    },
+    Describe {
+        project: String,
+    },
+    Promote {
+        project: String,
+        environment: String,
+    },
+    Rollback {
+        project: String,
+        environment: String,
+    },
+    /// Remove projects: by name, or those the manifests declare.
+    Delete {
+        #[serde(default)]
+        projects: Vec<String>,
+        #[serde(default)]
+        manifests: Vec<Source>,
+    },
+    /// Roll `image` out to one environment through the blue/green path, as a release override.
+    Deploy {
+        project: String,
+        environment: String,
+        image: String,
+    },
+    /// A slot's log tail (the active slot's when none is named).
+    Logs {
+        project: String,
+        environment: String,
+        #[serde(default)]
+        slot: Option<Slot>,
+        #[serde(default = "default_lines")]
+        lines: usize,
+    },
+}
+
+fn default_lines() -> usize {
+    100
+}
+
+/// The most log lines one request returns.
+pub const MAX_LOG_LINES: usize = 1000;
+/// The longest image reference accepted (registries allow 255 for the name plus a tag or digest).
+const MAX_IMAGE_LEN: usize = 512;
+
+impl Request {
+    /// The project the request acts on, when it names one (for authorization and the audit).
+    pub fn project(&self) -> Option<&str> {
+        match self {
+            Request::Describe { project }
+            | Request::Promote { project, .. }
+            | Request::Rollback { project, .. }
+            | Request::Deploy { project, .. }
+            | Request::Logs { project, .. } => Some(project),
+            _ => None,
+        }
+    }
+
+    /// The environment the request acts on, when it names one.
+    pub fn environment(&self) -> Option<&str> {
+        match self {
+            Request::Promote { environment, .. }
+            | Request::Rollback { environment, .. }
+            | Request::Deploy { environment, .. }
+            | Request::Logs { environment, .. } => Some(environment),
+            _ => None,
+        }
+    }
+
+    /// The request's name in logs and the audit (`apply`, `promote`, ...).
+    pub fn op(&self) -> &'static str {
+        match self {
+            Request::Apply { dry_run: true, .. } => "apply --dry-run",
+            Request::Apply { .. } => "apply",
+            Request::Diff { .. } => "diff",
+            Request::Get { .. } => "get",
+            Request::Describe { .. } => "describe",
+            Request::Promote { .. } => "promote",
+            Request::Rollback { .. } => "rollback",
+            Request::Delete { .. } => "delete",
+            Request::Deploy { .. } => "deploy",
+            Request::Logs { .. } => "logs",
+        }
+    }
+}
+
+/// Every use case's result.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", content = "result", rename_all = "kebab-case")]
+pub enum Response {
+    Apply(ApplyView),
+    Diff(PlanView),
+    Projects(Vec<view::ProjectRow>),
+    Slots(Vec<view::SlotRow>),
+    Hosts(Vec<view::HostRow>),
+    Project(ProjectView),
+    /// Promote, rollback, delete and deploy: what was executed.
+    Outcome(OutcomeView),
+    Logs(LogsView),
+}
+
+impl Response {
+    /// The CLI's exit code for this result (see `cli`'s table).
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Response::Apply(a) => match &a.outcome {
+                None => u8::from(a.plan.unobserved()),
+                Some(o) => u8::from(!o.converged),
+            },
+            Response::Diff(p) if p.unobserved() => 3,
+            Response::Diff(p) => u8::from(!p.steps.is_empty()),
+            Response::Outcome(o) => u8::from(!o.converged),
+            _ => 0,
+        }
+    }
+
+    /// True when the request reached what it asked for (the API's `ok`).
+    pub fn ok(&self) -> bool {
+        match self {
+            Response::Diff(p) => !p.unobserved(),
+            other => other.exit_code() == 0,
+        }
+    }
+}
+
+/// The daemon's part of a context: the loop that keeps the hosts converged, and the manifests it
+/// keeps in force.
+pub struct Daemon {
+    pub controller: Handle,
+    /// The manifests in force as loaded (the last valid ones), without overrides.
+    pub watched: watch::Receiver<Arc<Desired>>,
+    pub paths: Vec<PathBuf>,
+    pub prune: bool,
+}
+
+impl Daemon {
+    fn dir(&self) -> String {
+        let names: Vec<String> = self.paths.iter().map(|p| p.display().to_string()).collect();
+        names.join(", ")
+    }
+
+    /// Hands the loop the watched manifests with the overrides that hold laid over.
+    pub fn publish(&self, store: &Store) -> Result<()> {
+        let loaded = self.watched.borrow().clone();
+        let (effective, _) = overlay(&loaded, &store.overrides()?);
+        self.controller.set_desired(Arc::new(effective));
+        Ok(())
+    }
+
+    /// What a person applying `d` through the daemon should know: the watched manifests stay in
+    /// force, so what they declare differently is set back at the next resync.
+    fn apply_notes(&self, d: &Desired) -> Vec<String> {
+        let watched = self.watched.borrow().clone();
+        let mut differ = Vec::new();
+        let mut extra = Vec::new();
+        for (key, env) in &d.envs {
+            match watched.envs.get(key) {
+                Some(w) if w == env => {}
+                Some(_) => differ.push(key.to_string()),
+                None => extra.push(key.to_string()),
+            }
+        }
+        let mut notes = Vec::new();
+        if !differ.is_empty() {
+            notes.push(format!(
+                "codeb watch keeps {} in force: {} will be set back to it at the next resync",
+                self.dir(),
+                differ.join(", ")
+            ));
+        }
+        if !extra.is_empty() {
+            let fate = if self.prune {
+                "codeb watch --prune removes them at the next resync"
+            } else {
+                "codeb watch leaves them as applied"
+            };
+            notes.push(format!(
+                "{} {} not in {}: {fate}",
+                extra.join(", "),
+                if extra.len() == 1 { "is" } else { "are" },
+                self.dir()
+            ));
+        }
+        notes
+    }
+
+    /// A delete through the daemon of an environment that the watched manifests declare would be
+    /// undone at once; refused with what to do instead.
+    fn check_delete(&self, keys: &[EnvKey]) -> Result<()> {
+        let watched = self.watched.borrow().clone();
+        let declared: Vec<String> = keys
+            .iter()
+            .filter(|k| watched.envs.contains_key(*k))
+            .map(|k| k.to_string())
+            .collect();
+        if declared.is_empty() {
+            return Ok(());
+        }
+        Err(Error::invalid(format!(
+            "{} {} declared in {}, which codeb watch keeps in force: remove it from there (with `codeb watch --prune` the removal follows), or stop codeb watch first",
+            declared.join(", "),
+            if declared.len() == 1 { "is" } else { "are" },
+            self.dir()
+        )))
+    }
+}
+
+/// What a use case runs on.
+#[derive(Clone)]
+pub struct Ctx {
+    pub store: Arc<Store>,
+    /// Set inside `codeb watch`/`serve`.
+    pub daemon: Option<Arc<Daemon>>,
+    /// Who asks, as the audit and overrides name them (`cli (uid 0)`, `key 3f9a… (ci)`).
+    pub actor: String,
+}
+
+impl Ctx {
+    /// In the daemon, waits until no reconcile runs on `works` and holds them off until the guard
+    /// drops. Outside it nothing else runs: no claim.
+    async fn claim(&self, works: Vec<Work>) -> Result<Option<ClaimGuard>> {
+        match &self.daemon {
+            None => Ok(None),
+            Some(d) => d
+                .controller
+                .claim(works)
+                .await
+                .map(Some)
+                .ok_or_else(|| Error::busy("codeb is stopping; nothing was done")),
+        }
+    }
+}
+
+/// Runs one request.
+pub async fn handle(ctx: &Ctx, req: Request) -> Result<Response> {
+    match req {
+        Request::Apply {
+            manifests,
+            dry_run,
+            prune,
+            allow_empty,
+        } => apply(ctx, &manifests, dry_run, prune, allow_empty)
+            .await
+            .map(Response::Apply),
+        Request::Diff { manifests } => diff(ctx, &manifests).await.map(Response::Diff),
+        Request::Get { what } => get(ctx, what),
+        Request::Describe { project } => describe(ctx, &project).map(Response::Project),
+        Request::Promote {
+            project,
+            environment,
+        } => switch(ctx, EnvKey::new(project, environment), false)
+            .await
+            .map(Response::Outcome),
+        Request::Rollback {
+            project,
+            environment,
+        } => switch(ctx, EnvKey::new(project, environment), true)
+            .await
+            .map(Response::Outcome),
+        Request::Delete {
+            projects,
+            manifests,
+        } => delete(ctx, projects, &manifests)
+            .await
+            .map(Response::Outcome),
+        Request::Deploy {
+            project,
+            environment,
+            image,
+        } => deploy(ctx, EnvKey::new(project, environment), &image)
+            .await
+            .map(Response::Outcome),
+        Request::Logs {
+            project,
+            environment,
+            slot,
+            lines,
+        } => logs(ctx, EnvKey::new(project, environment), slot, lines)
+            .await
+            .map(Response::Logs),
+    }
+}
+
+/// Loads and validates manifests; any error is `Invalid` with nothing applied.
+fn load(sources: &[Source]) -> Result<Desired> {
+    let m = crate::spec::load_sources(sources).map_err(|e| Error::invalid(e.to_string()))?;
+    Ok(desired(&m))
+}
+
+/// The manifests' desired state with the overrides that hold laid over; overrides the manifests
+/// superseded are forgotten (unless `dry`: a dry run writes nothing).
+fn effective(store: &Store, declared: &Desired, dry: bool) -> Result<Desired> {
+    let (d, superseded) = overlay(declared, &store.overrides()?);
+    if !dry {
+        for key in superseded {
+            store.set_override(&key, None)?;
+        }
+    }
+    Ok(d)
+}
+
+fn connect_or_invalid<'a>(
+    hosts: impl IntoIterator<Item = &'a crate::model::HostRef>,
+    zones: impl IntoIterator<Item = &'a ZoneRef>,
+) -> Result<crate::reconcile::connect::Real> {
+    let mut backends = connect(hosts).map_err(|e| Error::invalid(e.to_string()))?;
+    backends.zones = connect_zones(zones).map_err(|e| Error::invalid(e.to_string()))?;
+    Ok(backends)
+}
+
+async fn apply(
+    ctx: &Ctx,
+    sources: &[Source],
+    dry_run: bool,
+    prune: bool,
+    allow_empty: bool,
+) -> Result<ApplyView> {
+    let declared = load(sources)?;
+    let store = &ctx.store;
+    let remove = if prune {
+        prunable(&declared, store, allow_empty)?
+    } else {
+        vec![]
+    };
+    let zones = apply_zones(&declared, store, &remove)?;
+    let _claim = if dry_run {
+        None
+    } else {
+        let hosts = declared.hosts.keys().cloned().map(Work::Host);
+        let envs = declared.envs.keys().chain(&remove).cloned().map(Work::Env);
+        let zones = managed(&zones).map(Work::Zone);
+        ctx.claim(hosts.chain(envs).chain(zones).collect()).await?
+    };
+    let d = effective(store, &declared, dry_run)?;
+    let backends = connect_or_invalid(d.hosts.values(), zones.values())?;
+    if !dry_run {
+        store.put_declared(declared.envs.values())?;
+    }
+    let outcome = reconcile::converge(
+        Target {
+            desired: &d,
+            remove: remove.clone(),
+            dry_run,
+        },
+        store,
+        &backends,
+        &HttpProber::new(),
+    )
+    .await?;
+    if !dry_run && !remove.is_empty() {
+        let gone: Vec<EnvKey> = remove
+            .into_iter()
+            .filter(|k| store.env(k).is_ok_and(|r| r.is_none()))
+            .collect();
+        store.forget_declared(&gone)?;
+    }
+    let daemon_notes = ctx
+        .daemon
+        .as_ref()
+        .map(|daemon| daemon.apply_notes(&declared))
+        .unwrap_or_default();
+    Ok(ApplyView {
+        dry_run,
+        plan: PlanView::from(&outcome.first_plan),
+        outcome: (!dry_run).then(|| OutcomeView::from(&outcome)),
+        daemon_notes,
+    })
+}
+
+async fn diff(ctx: &Ctx, sources: &[Source]) -> Result<PlanView> {
+    let declared = load(sources)?;
+    let d = effective(&ctx.store, &declared, true)?;
+    let backends = connect_or_invalid(d.hosts.values(), d.zones.values())?;
+    let observed = reconcile::observe(&backends).await;
+    let p = plan::plan(&d, &observed, &ctx.store.load()?, &[], reconcile::now_ms());
+    Ok(PlanView::from(&p))
+}
+
+fn get(ctx: &Ctx, what: GetWhat) -> Result<Response> {
+    let r = ctx.store.load()?;
+    Ok(match what {
+        GetWhat::Projects => Response::Projects(view::project_rows(&r)),
+        GetWhat::Slots => Response::Slots(view::slot_rows(&r)),
+        GetWhat::Hosts => Response::Hosts(view::host_rows(&r, &ctx.store.switch_modes()?)),
+    })
+}
+
+fn describe(ctx: &Ctx, project: &str) -> Result<ProjectView> {
+    let store = &ctx.store;
+    let r = store.load()?;
+    let overrides = store.overrides()?;
+    let environments: Vec<view::EnvView> = r
+        .envs
+        .values()
+        .filter(|e| e.key.project == project)
+        .map(|e| view::EnvView::new(e, r.hosts.get(&e.host), overrides.get(&e.key)))
+        .collect();
+    if environments.is_empty() {
+        return Err(no_project(project));
+    }
+    let entries = store.journal_entries(Some(project))?;
+    let done: Vec<view::HistoryLine> = entries
+        .iter()
+        .filter(|e| e.phase != crate::store::Phase::Intent)
+        .map(|e| view::HistoryLine {
+            at_ms: e.at_ms,
+            ok: e.phase != crate::store::Phase::Failed,
+            step: e.step.clone(),
+            message: e.message.clone(),
+        })
+        .collect();
+    let history = done[done.len().saturating_sub(30)..].to_vec();
+    let interrupted = store
+        .interrupted()?
+        .into_iter()
+        .filter(|e| e.key.as_ref().is_some_and(|k| k.project == project))
+        .map(|e| e.step)
+        .collect();
+    Ok(ProjectView {
+        project: project.to_string(),
+        environments,
+        history,
+        interrupted,
+    })
+}
+
+fn no_project(project: &str) -> Error {
+    Error::not_found(format!(
+        "no recorded project named {project} (see `codeb get projects`)"
+    ))
+}
+
+fn prunable(d: &Desired, store: &Store, allow_empty: bool) -> Result<Vec<EnvKey>> {
+    let recorded = store.load()?;
+    let remove: Vec<EnvKey> = recorded
+        .envs
+        .keys()
+        .filter(|k| !d.envs.contains_key(*k))
+        .cloned()
+        .collect();
+    if d.envs.is_empty() && !remove.is_empty() && !allow_empty {
+        return Err(Error::invalid(format!(
+            "--prune would remove every project ({} environments) because the manifests declare none; add --allow-empty if that is meant",
+            remove.len()
+        )));
+    }
+    Ok(remove)
+}
+
+/// The zones an apply writes: every declared managed Zone, and recorded ones no longer declared
+/// that hold a pruned environment's names (its records go too).
+fn apply_zones(d: &Desired, store: &Store, remove: &[EnvKey]) -> Result<BTreeMap<String, ZoneRef>> {
+    let mut zones = d.zones.clone();
+    if !remove.is_empty() {
+        let recorded = store.load()?;
+        let hostnames = remove
+            .iter()
+            .filter_map(|k| recorded.envs.get(k))
+            .map(|r| r.hostname.as_str());
+        for (name, z) in plan::dns::zones_for(hostnames, &recorded.zones) {
+            zones.entry(name).or_insert(z);
+        }
+    }
+    Ok(zones)
+}
+
+/// The names of the managed zones among `zones`.
+fn managed(zones: &BTreeMap<String, ZoneRef>) -> impl Iterator<Item = String> + '_ {
+    zones
+        .values()
+        .filter(|z| z.is_managed())
+        .map(|z| z.name.clone())
+}
+
+fn outcome(report: reconcile::Report, notes: Vec<Note>) -> OutcomeView {
+    OutcomeView::from(&Outcome {
+        executed: report.executed,
+        failures: report.failures,
+        notes,
+        ..Outcome::default()
+    })
+}
+
+async fn delete(ctx: &Ctx, names: Vec<String>, sources: &[Source]) -> Result<OutcomeView> {
+    let store = &ctx.store;
+    let projects: BTreeSet<String> = match (names.is_empty(), sources.is_empty()) {
+        (false, true) => names.into_iter().collect(),
+        (true, false) => load(sources)?
+            .envs
+            .keys()
+            .map(|k| k.project.clone())
+            .collect(),
+        _ => {
+            return Err(Error::invalid(
+                "use `codeb delete project NAME` or `codeb delete -f PATH…`",
+            ))
+        }
+    };
+    let recorded = store.load()?;
+    let keys: Vec<EnvKey> = recorded
+        .envs
+        .keys()
+        .filter(|k| projects.contains(&k.project))
+        .cloned()
+        .collect();
+    if keys.is_empty() {
+        let names: Vec<_> = projects.into_iter().collect();
+        return Err(Error::not_found(format!(
+            "no recorded project named {}",
+            names.join(", ")
+        )));
+    }
+    if let Some(daemon) = &ctx.daemon {
+        daemon.check_delete(&keys)?;
+    }
+    let hostnames = keys
+        .iter()
+        .filter_map(|k| recorded.envs.get(k))
+        .map(|r| r.hostname.as_str());
+    let zones = plan::dns::zones_for(hostnames, &recorded.zones);
+    let works = keys.iter().cloned().map(Work::Env);
+    let claim = ctx
+        .claim(works.chain(managed(&zones).map(Work::Zone)).collect())
+        .await?;
+    let hosts: BTreeSet<&String> = keys
+        .iter()
+        .filter_map(|k| recorded.envs.get(k))
+        .map(|r| &r.host)
+        .collect();
+    let backends = connect_or_invalid(
+        recorded.hosts.values().filter(|h| hosts.contains(&h.name)),
+        zones.values(),
+    )?;
+    let observed = reconcile::observe(&backends).await;
+    // Planned from the records as they are now that the keys are held.
+    let recorded = store.load()?;
+    let p = plan::plan_delete(&keys, &observed, &recorded);
+    let report = reconcile::execute(&p, store, &backends, &HttpProber::new()).await?;
+    let gone: Vec<EnvKey> = keys
+        .iter()
+        .filter(|k| store.env(k).is_ok_and(|r| r.is_none()))
+        .cloned()
+        .collect();
+    store.forget_declared(&gone)?;
+    drop(claim);
+    // A name the deleted environments held may be wanted by another one: its zone looks.
+    if let Some(daemon) = &ctx.daemon {
+        for zone in managed(&zones) {
+            daemon.controller.trigger(Work::Zone(zone), Duration::ZERO);
+        }
+    }
+    Ok(outcome(report, p.notes))
+}
+
+/// The host of a recorded environment, observed for that environment alone.
+async fn observe_recorded(
+    ctx: &Ctx,
+    key: &EnvKey,
+) -> Result<(
+    crate::model::EnvRecord,
+    crate::model::HostRef,
+    crate::reconcile::connect::Real,
+    plan::Observed,
+)> {
+    let recorded = ctx.store.load()?;
+    let rec = recorded.envs.get(key).cloned().ok_or_else(|| {
+        Error::not_found(format!(
+            "no recorded environment {key} (see `codeb get projects`)"
+        ))
+    })?;
+    let host = recorded
+        .hosts
+        .get(&rec.host)
+        .cloned()
+        .ok_or_else(|| Error::failed(format!("host {} of {key} is not recorded", rec.host)))?;
+    let backends = connect_or_invalid([&host], [])?;
+    let observed = match backends.hosts.get(&host.name) {
+        Some(b) => reconcile::observe_env(&host.name, b, key).await,
+        None => reconcile::observe(&backends).await,
+    };
+    Ok((rec, host, backends, observed))
+}
+
+async fn switch(ctx: &Ctx, key: EnvKey, rollback: bool) -> Result<OutcomeView> {
+    let _claim = ctx.claim(vec![Work::Env(key.clone())]).await?;
+    let store = &ctx.store;
+    let (rec, host, backends, observed) = observe_recorded(ctx, &key).await?;
+    reconcile::record_switch_modes(store, &observed)?;
+    let view = match observed.hosts.get(&host.name) {
+        Some(obs @ HostObservation::Reachable { .. }) => obs.view().expect("reachable"),
+        Some(HostObservation::Unreachable { error }) => {
+            return Err(Error::unavailable(format!("host {}: {error}", host.name)))
+        }
+        None => {
+            return Err(Error::unavailable(format!(
+                "host {} was not observed",
+                host.name
+            )))
+        }
+    };
+    let now = reconcile::now_ms();
+    let p = if rollback {
+        plan::plan_rollback(&rec, &host, view, now)
+    } else {
+        plan::plan_promote(&rec, &host, view, now)
+    };
+    let p = p.map_err(|e| Error::new(Code::Failed, e.to_string()))?;
+    let report = reconcile::execute(&p, store, &backends, &HttpProber::new()).await?;
+    Ok(outcome(report, vec![]))
+}
+
+/// Checks an image reference a request sends: bounded, printable, no whitespace.
+fn check_image(image: &str) -> Result<()> {
+    if image.is_empty() {
+        return Err(Error::invalid("image: must not be empty"));
+    }
+    if image.len() > MAX_IMAGE_LEN {
+        return Err(Error::invalid(format!(
+            "image: longer than {MAX_IMAGE_LEN} characters"
+        )));
+    }
+    if image
+        .chars()
+        .any(|c| c.is_whitespace() || c.is_control() || !c.is_ascii())
+    {
+        return Err(Error::invalid(
+            "image: must be a printable ASCII reference without spaces (e.g. registry/app:tag)",
+        ));
+    }
+    Ok(())
+}
+
+async fn deploy(ctx: &Ctx, key: EnvKey, image: &str) -> Result<OutcomeView> {
+    check_image(image)?;
+    let store = &ctx.store;
+    // The watched manifests are what the daemon keeps in force; otherwise the last declared spec.
+    let watched = ctx
+        .daemon
+        .as_ref()
+        .and_then(|d| d.watched.borrow().envs.get(&key).cloned());
+    let declared = match watched {
+        Some(env) => env,
+        None => store.declared(&key)?.ok_or_else(|| {
+            Error::not_found(format!(
+                "no declared environment {key}: apply its manifests first (see `codeb get projects`)"
+            ))
+        })?,
+    };
+    let recorded = store.load()?;
+    let host =
+        recorded.hosts.get(&declared.host).cloned().ok_or_else(|| {
+            Error::failed(format!("host {} of {key} is not recorded", declared.host))
+        })?;
+    let zones = plan::dns::zones_for([declared.hostname.as_str()], &recorded.zones);
+    let works = [Work::Host(host.name.clone()), Work::Env(key.clone())]
+        .into_iter()
+        .chain(managed(&zones).map(Work::Zone))
+        .collect();
+    let claim = ctx.claim(works).await?;
+    // The manifests' own image: no override is needed, and any is dropped.
+    let over = (declared.release.image != image).then(|| Override {
+        image: image.to_string(),
+        manifest_image: declared.release.image.clone(),
+        by: ctx.actor.clone(),
+        at_ms: reconcile::now_ms(),
+    });
+    store.set_override(&key, over.as_ref())?;
+    let env = match &over {
+        Some(o) => overridden(&declared, o).expect("made from this declaration"),
+        None => declared,
+    };
+    let d = Desired {
+        hosts: BTreeMap::from([(host.name.clone(), host)]),
+        envs: BTreeMap::from([(key.clone(), env)]),
+        zones: zones.clone(),
+    };
+    let backends = connect_or_invalid(d.hosts.values(), zones.values())?;
+    let result = reconcile::converge(
+        Target {
+            desired: &d,
+            remove: vec![],
+            dry_run: false,
+        },
+        store,
+        &backends,
+        &HttpProber::new(),
+    )
+    .await;
+    // The loop keeps the override in force from now on, whatever the rollout's outcome.
+    if let Some(daemon) = &ctx.daemon {
+        daemon.publish(store)?;
+    }
+    drop(claim);
+    Ok(OutcomeView::from(&result?))
+}
+
+/// Replaces control characters (escape sequences, carriage returns) in application output, so a
+/// log line cannot drive a terminal or forge lines.
+pub fn sanitize(line: &str) -> String {
+    line.chars()
+        .map(|c| {
+            if c.is_control() && c != '\t' {
+                '\u{fffd}'
+            } else {
+                c
+            }
+        })
+        .collect()
+}
+
+async fn logs(ctx: &Ctx, key: EnvKey, slot: Option<Slot>, lines: usize) -> Result<LogsView> {
+    if lines == 0 || lines > MAX_LOG_LINES {
+        return Err(Error::invalid(format!(
+            "lines: must be between 1 and {MAX_LOG_LINES}"
+        )));
+    }
+    let (rec, host, backends, observed) = observe_recorded(ctx, &key).await?;
+    let slot = slot.or(rec.active).ok_or_else(|| {
+        Error::not_found(format!(
+            "{key} has no active slot; name one (blue or green)"
+        ))
+    })?;
+    let name = key.container_name(slot);
+    let container = observed
+        .hosts
+        .get(&host.name)
+        .and_then(|o| o.view())
+        .and_then(|v| v.containers.iter().find(|c| c.name == name).cloned())
+        .ok_or_else(|| Error::not_found(format!("{key}: no container in slot {slot}")))?;
+    let runtime = &backends.hosts[&host.name].runtime;
+    let tail = runtime
+        .logs_tail(&container.id, lines)
+        .await
+        .map_err(|e| Error::unavailable(format!("host {}: {e}", host.name)))?;
+    Ok(LogsView {
+        project: key.project.clone(),
+        environment: key.env.clone(),
+        slot,
+        container: name,
+        lines: tail.iter().map(|l| sanitize(l)).collect(),
+    })
+}

@@ -1,0 +1,344 @@
+//! The typed results of the use cases: what every front end shows, as data. The CLI renders them
+//! as tables and text, the API answers them as JSON, and the OpenAPI document describes them from
+//! these very types.
+//!
+//! Views never hold an environment variable's value: only its name.
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use crate::model::{preview_hostname, EnvRecord, HostRef, Recorded, Slot};
+use crate::plan::{Note, Plan};
+use crate::reconcile::Outcome;
+use crate::spec::Tls;
+use crate::store::{Override, SwitchModes};
+
+/// One note of a plan: what a person should know.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NoteView {
+    pub text: String,
+    /// The desired state was not reached because of it.
+    pub problem: bool,
+    /// A host or a zone could not be observed.
+    #[serde(default)]
+    pub unobserved: bool,
+}
+
+impl From<&Note> for NoteView {
+    fn from(n: &Note) -> Self {
+        NoteView {
+            text: n.to_string(),
+            problem: n.is_problem(),
+            unobserved: n.is_unobserved(),
+        }
+    }
+}
+
+/// A plan as `codeb diff` prints it: steps in order, then notes.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PlanView {
+    pub steps: Vec<String>,
+    pub notes: Vec<NoteView>,
+}
+
+impl From<&Plan> for PlanView {
+    fn from(p: &Plan) -> Self {
+        PlanView {
+            steps: p.steps.iter().map(|s| s.to_string()).collect(),
+            notes: p.notes.iter().map(NoteView::from).collect(),
+        }
+    }
+}
+
+impl PlanView {
+    pub fn unobserved(&self) -> bool {
+        self.notes.iter().any(|n| n.unobserved)
+    }
+}
+
+/// A step that failed, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct FailureView {
+    pub step: String,
+    pub error: String,
+}
+
+/// What an execution did: every step executed, every failure, the last plan's notes.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct OutcomeView {
+    pub executed: Vec<String>,
+    pub failures: Vec<FailureView>,
+    pub notes: Vec<NoteView>,
+    /// No step failed and no note is a problem.
+    pub converged: bool,
+}
+
+impl From<&Outcome> for OutcomeView {
+    fn from(o: &Outcome) -> Self {
+        OutcomeView {
+            executed: o.executed.clone(),
+            failures: o
+                .failures
+                .iter()
+                .map(|f| FailureView {
+                    step: f.step.clone(),
+                    error: crate::backend::error_chain(&f.error),
+                })
+                .collect(),
+            notes: o.notes.iter().map(NoteView::from).collect(),
+            converged: o.converged(),
+        }
+    }
+}
+
+/// The result of `apply`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ApplyView {
+    pub dry_run: bool,
+    /// The first plan: all a dry run does.
+    pub plan: PlanView,
+    /// What was executed; absent for a dry run.
+    pub outcome: Option<OutcomeView>,
+    /// What the daemon adds: the manifests it keeps in force set some of this back.
+    pub daemon_notes: Vec<String>,
+}
+
+/// One row of `get projects`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ProjectRow {
+    pub project: String,
+    pub environment: String,
+    pub url: String,
+    #[schema(value_type = Option<String>)]
+    pub active_slot: Option<Slot>,
+    pub host: String,
+    pub ports: String,
+}
+
+/// One row of `get slots`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SlotRow {
+    pub project: String,
+    pub environment: String,
+    #[schema(value_type = String)]
+    pub slot: Slot,
+    pub state: String,
+    pub image: Option<String>,
+    pub release: Option<String>,
+    pub port: u16,
+    pub container: String,
+    pub preview_url: String,
+}
+
+/// One row of `get hosts`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct HostRow {
+    pub name: String,
+    pub address: String,
+    pub podman: String,
+    pub caddy_admin: String,
+    pub listen: String,
+    pub tls: String,
+    /// How promote and rollback move traffic on this host, as last observed: `kernel` (a NAT rule
+    /// behind a stable service address; Caddy's config does not change) or `caddy-admin` (the
+    /// hostname route changes: a Caddy reload). `-` before the first observation.
+    pub switch: String,
+    /// Why the host falls back to `caddy-admin`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub switch_reason: Option<String>,
+}
+
+fn scheme(host: Option<&HostRef>) -> &'static str {
+    match host.map(|h| h.tls) {
+        Some(Tls::Off) => "http",
+        _ => "https",
+    }
+}
+
+pub fn project_rows(r: &Recorded) -> Vec<ProjectRow> {
+    r.envs
+        .values()
+        .map(|e| ProjectRow {
+            project: e.key.project.clone(),
+            environment: e.key.env.clone(),
+            url: format!("{}://{}", scheme(r.hosts.get(&e.host)), e.hostname),
+            active_slot: e.active,
+            host: e.host.clone(),
+            ports: format!("{}/{}", e.base_port, e.base_port + 1),
+        })
+        .collect()
+}
+
+pub fn slot_rows(r: &Recorded) -> Vec<SlotRow> {
+    let mut out = Vec::new();
+    for e in r.envs.values() {
+        for slot in Slot::ALL {
+            let s = e.slot(slot);
+            out.push(SlotRow {
+                project: e.key.project.clone(),
+                environment: e.key.env.clone(),
+                slot,
+                state: s.state.to_string(),
+                image: s.release.as_ref().map(|r| r.image.clone()),
+                release: s.hash().map(str::to_string),
+                port: slot.port(e.base_port),
+                container: e.key.container_name(slot),
+                preview_url: format!(
+                    "{}://{}",
+                    scheme(r.hosts.get(&e.host)),
+                    preview_hostname(&e.hostname, slot)
+                ),
+            });
+        }
+    }
+    out
+}
+
+pub fn host_rows(r: &Recorded, modes: &SwitchModes) -> Vec<HostRow> {
+    r.hosts
+        .values()
+        .map(|h| HostRow {
+            name: h.name.clone(),
+            address: h.address.clone(),
+            podman: h.podman.clone(),
+            caddy_admin: h.caddy_admin.clone(),
+            listen: h.listen.join(","),
+            tls: format!("{:?}", h.tls).to_lowercase(),
+            switch: modes
+                .get(&h.name)
+                .map_or("-".into(), |(m, _)| m.to_string()),
+            switch_reason: modes.get(&h.name).and_then(|(_, r)| r.clone()),
+        })
+        .collect()
+}
+
+/// One slot in `describe`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SlotView {
+    #[schema(value_type = String)]
+    pub slot: Slot,
+    pub state: String,
+    pub image: Option<String>,
+    pub release: Option<String>,
+    /// The names of the release's environment variables; never their values.
+    pub env_names: Vec<String>,
+    pub last_health: Option<String>,
+    pub log_tail: Vec<String>,
+}
+
+/// An image set through `deploy` instead of the manifests, and who set it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct OverrideView {
+    pub image: String,
+    /// The manifests' image it overrides; a manifest naming another image supersedes it.
+    pub manifest_image: String,
+    pub by: String,
+    pub at_ms: u64,
+}
+
+impl From<&Override> for OverrideView {
+    fn from(o: &Override) -> Self {
+        OverrideView {
+            image: o.image.clone(),
+            manifest_image: o.manifest_image.clone(),
+            by: o.by.clone(),
+            at_ms: o.at_ms,
+        }
+    }
+}
+
+/// One environment in `describe`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EnvView {
+    pub environment: String,
+    pub host: String,
+    pub url: String,
+    pub base_port: u16,
+    #[schema(value_type = Option<String>)]
+    pub active: Option<Slot>,
+    pub grace_period_ms: u64,
+    /// A release rolled away from, which apply does not promote again.
+    pub held: Option<String>,
+    /// Where the image comes from when it is not the manifests'.
+    pub release_override: Option<OverrideView>,
+    pub slots: Vec<SlotView>,
+}
+
+impl EnvView {
+    pub fn new(e: &EnvRecord, host: Option<&HostRef>, over: Option<&Override>) -> Self {
+        EnvView {
+            environment: e.key.env.clone(),
+            host: e.host.clone(),
+            url: format!("{}://{}", scheme(host), e.hostname),
+            base_port: e.base_port,
+            active: e.active,
+            grace_period_ms: e.grace_period_ms,
+            held: e.held.clone(),
+            release_override: over.map(OverrideView::from),
+            slots: Slot::ALL
+                .into_iter()
+                .map(|slot| {
+                    let s = e.slot(slot);
+                    SlotView {
+                        slot,
+                        state: s.state.to_string(),
+                        image: s.release.as_ref().map(|r| r.image.clone()),
+                        release: s.hash().map(str::to_string),
+                        env_names: s
+                            .release
+                            .as_ref()
+                            .map(|r| r.env.keys().cloned().collect())
+                            .unwrap_or_default(),
+                        last_health: s.last_health.clone(),
+                        log_tail: s.log_tail.clone(),
+                    }
+                })
+                .collect(),
+        }
+    }
+}
+
+/// One line of a project's history: a step's outcome from the journal.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct HistoryLine {
+    pub at_ms: u64,
+    pub ok: bool,
+    pub step: String,
+    pub message: Option<String>,
+}
+
+/// `describe project NAME`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ProjectView {
+    pub project: String,
+    pub environments: Vec<EnvView>,
+    /// The last 30 outcomes, oldest first.
+    pub history: Vec<HistoryLine>,
+    /// Steps that were in flight when a codeb process stopped.
+    pub interrupted: Vec<String>,
+}
+
+/// A slot's log tail.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct LogsView {
+    pub project: String,
+    pub environment: String,
+    #[schema(value_type = String)]
+    pub slot: Slot,
+    pub container: String,
+    /// Application output: untrusted text, control characters replaced.
+    pub lines: Vec<String>,
+}
