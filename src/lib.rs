@@ -3,6 +3,7 @@
 //! The flow is one direction: `spec` (manifests) → `backend` observes the hosts → `plan` (pure) →
 //! `reconcile` executes the plan and journals it in the `store` → `cli` reports.
 
+pub mod auth;
 pub mod backend;
 pub mod cli;
 pub mod model;
