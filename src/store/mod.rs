@@ -9,7 +9,9 @@
 //! No backend calls and no planning here.
 
 mod declared;
+mod audit;
 mod journal;
+mod keys;
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -18,7 +20,9 @@ use std::path::{Path, PathBuf};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
 pub use crate::model::Override;
+pub use audit::AuditFilter;
 pub use journal::{JournalEntry, Phase};
+pub use keys::{KeyError, LAST_USED_RESOLUTION_MS};
 
 use crate::model::dns::ZoneRef;
 use crate::model::{EnvKey, EnvRecord, HostRef, Recorded, SwitchMode};
@@ -30,6 +34,12 @@ const JOURNAL: TableDefinition<u64, &[u8]> = TableDefinition::new("journal");
 const ZONES: TableDefinition<&str, &[u8]> = TableDefinition::new("zones");
 /// Per host: the switch mode of its last observation, and why it fell back to Caddy.
 const SWITCH_MODES: TableDefinition<&str, &[u8]> = TableDefinition::new("switch_modes");
+/// API keys by id: their record and HMAC tag, never the key.
+const KEYS: TableDefinition<&str, &[u8]> = TableDefinition::new("keys");
+/// The HMAC secret keys are tagged with (created with the first key; never shown).
+const AUTH_SECRET: TableDefinition<&str, &[u8]> = TableDefinition::new("auth_secret");
+/// The audit log by sequence number.
+const AUDIT: TableDefinition<u64, &[u8]> = TableDefinition::new("audit");
 
 /// The last declared spec of each environment, by store key (see `declared`).
 const DECLARED: TableDefinition<&str, &[u8]> = TableDefinition::new("declared");
@@ -122,6 +132,9 @@ impl Store {
                 && txn.open_table(SWITCH_MODES).is_ok()
                 && txn.open_table(DECLARED).is_ok()
                 && txn.open_table(OVERRIDES).is_ok()
+                && txn.open_table(KEYS).is_ok()
+                && txn.open_table(AUTH_SECRET).is_ok()
+                && txn.open_table(AUDIT).is_ok()
         });
         if !exist {
             let txn = db.begin_write().map_err(storage)?;
@@ -132,6 +145,9 @@ impl Store {
             txn.open_table(SWITCH_MODES).map_err(storage)?;
             txn.open_table(DECLARED).map_err(storage)?;
             txn.open_table(OVERRIDES).map_err(storage)?;
+            txn.open_table(KEYS).map_err(storage)?;
+            txn.open_table(AUTH_SECRET).map_err(storage)?;
+            txn.open_table(AUDIT).map_err(storage)?;
             txn.commit().map_err(storage)?;
         }
         Ok(Store { db, _lock: lock })
