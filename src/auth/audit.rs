@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use super::keys::Rejection;
 use super::roles::{Caller, Denied, Permission, Role};
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct AuditEntry {
     /// Assigned by the store.
@@ -38,7 +38,7 @@ pub struct AuditEntry {
 }
 
 /// How a request ended.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(tag = "kind", rename_all = "camelCase")]
 pub enum Outcome {
     Ok,

@@ -34,7 +34,7 @@ const TOKEN_LEN: usize = (ID_BYTES + SECRET_BYTES) * 2;
 const MAX_KEY_LEN: usize = KEY_PREFIX.len() + Role::Developer.as_str().len() + 1 + TOKEN_LEN;
 
 /// What the store keeps of a key, and what `key list` shows: never the key or its hash.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct KeyRecord {
     pub id: String,

@@ -19,7 +19,7 @@ use super::keys::KeyRecord;
 
 /// What a key (or a local user) is entitled to. The role in a key's text is a label for people;
 /// the authority is the role in the stored [`KeyRecord`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
     Admin,
@@ -50,7 +50,7 @@ impl Role {
 
 /// One thing a front end may be asked to do. Routes and MCP tools each name the one permission
 /// they need.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum Permission {
     /// See projects, environments, releases, hosts, plans (`get`, `diff`, `status`). Never env

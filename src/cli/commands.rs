@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use super::{default_state_dir, output, Cli, Command, Failure, Format};
+use crate::auth::Caller;
 use crate::daemon::{self, socket};
 use crate::service::{self, Ctx, GetWhat, Request};
 use crate::spec::Source;
@@ -44,12 +45,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
 async fn call(state_dir: &Path, request: Request) -> anyhow::Result<socket::Answer> {
     match Store::open(state_dir) {
         Ok(store) => {
-            let ctx = Ctx {
-                store: Arc::new(store),
-                daemon: None,
-                actor: format!("cli (uid {})", uid()),
-            };
-            Ok(service::handle(&ctx, request).await)
+            let ctx = Ctx::local(Arc::new(store), Caller::cli(uid()));
+            Ok(service::call(&ctx, request).await)
         }
         Err(held @ crate::store::Error::Locked { .. }) => {
             match socket::forward(state_dir, &request).await {
@@ -168,6 +165,45 @@ fn request(command: Command) -> anyhow::Result<(Request, Format)> {
                 project,
                 environment: env,
                 image,
+            },
+            output.output,
+        ),
+        Command::Key(super::KeyCommand::Create {
+            role,
+            name,
+            projects,
+            expires,
+            output,
+        }) => (
+            Request::KeyCreate {
+                role: match role {
+                    super::RoleArg::Admin => crate::auth::Role::Admin,
+                    super::RoleArg::Developer => crate::auth::Role::Developer,
+                    super::RoleArg::Viewer => crate::auth::Role::Viewer,
+                },
+                name,
+                projects,
+                expires_in_ms: expires.map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+            },
+            output.output,
+        ),
+        Command::Key(super::KeyCommand::List { output }) => (Request::KeyList, output.output),
+        Command::Key(super::KeyCommand::Revoke { id, output }) => {
+            (Request::KeyRevoke { id }, output.output)
+        }
+        Command::Audit {
+            project,
+            since,
+            limit,
+            output,
+        } => (
+            Request::Audit {
+                project,
+                since_ms: since.map(|d| {
+                    crate::reconcile::now_ms()
+                        .saturating_sub(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+                }),
+                limit: Some(limit),
             },
             output.output,
         ),

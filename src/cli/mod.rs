@@ -122,6 +122,23 @@ pub enum Command {
         #[command(flatten)]
         output: Output,
     },
+    /// Create, list and revoke API keys for `codeb serve`.
+    #[command(subcommand)]
+    Key(KeyCommand),
+    /// Show the audit log: every change and every refused request, newest last.
+    #[command(after_help = "Examples:\n  codeb audit --since 1h\n  codeb audit --project myapp -o json")]
+    Audit {
+        #[arg(long)]
+        project: Option<String>,
+        /// Only entries newer than this (e.g. 1h, 7d).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        since: Option<Duration>,
+        /// At most this many entries (the newest).
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        #[command(flatten)]
+        output: Output,
+    },
     /// Print a slot's recent log lines (the active slot's by default).
     Logs {
         project: String,
@@ -147,6 +164,44 @@ pub enum Command {
         #[command(flatten)]
         output: Output,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeyCommand {
+    /// Create a key and print it, once: `codeb_{role}_{token}`.
+    #[command(after_help = "Examples:\n  codeb key create --role developer --name ci --project myapp --expires 90d\n  codeb key create --role admin --name ops")]
+    Create {
+        #[arg(long, value_enum)]
+        role: RoleArg,
+        #[arg(long)]
+        name: Option<String>,
+        /// Limit a developer or viewer key to this project (repeat for several).
+        #[arg(long = "project")]
+        projects: Vec<String>,
+        /// Expire the key after this long (e.g. 90d).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        expires: Option<Duration>,
+        #[command(flatten)]
+        output: Output,
+    },
+    /// List keys (never their text).
+    List {
+        #[command(flatten)]
+        output: Output,
+    },
+    /// Revoke a key by its id (see `codeb key list`).
+    Revoke {
+        id: String,
+        #[command(flatten)]
+        output: Output,
+    },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum RoleArg {
+    Admin,
+    Developer,
+    Viewer,
 }
 
 /// How a result is printed.

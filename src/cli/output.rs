@@ -21,6 +21,14 @@ pub fn render(response: &Response, format: Format, out: &mut dyn Write) -> anyho
             Response::Project(v) => data(out, v, format),
             Response::Outcome(v) => data(out, v, format),
             Response::Logs(v) => data(out, v, format),
+            Response::KeyCreated { key, record } => data(
+                out,
+                &serde_json::json!({"key": key, "record": record}),
+                format,
+            ),
+            Response::Keys(v) => data(out, v, format),
+            Response::KeyRevoked(v) => data(out, v, format),
+            Response::Audit(v) => data(out, v, format),
         };
     }
     match response {
@@ -49,6 +57,63 @@ pub fn render(response: &Response, format: Format, out: &mut dyn Write) -> anyho
             }
             Ok(())
         }
+        Response::KeyCreated { key, record } => {
+            writeln!(out, "{key}")?;
+            writeln!(
+                out,
+                "· key {} ({}) created; this is the only time its text is shown: store it now",
+                record.id, record.role
+            )?;
+            Ok(())
+        }
+        Response::Keys(keys) => emit(
+            out,
+            keys,
+            format,
+            &["ID", "NAME", "ROLE", "PROJECTS", "CREATED", "LAST USED", "EXPIRES", "REVOKED"],
+            |k| {
+                let at = |t: Option<u64>| t.map_or("-".into(), |t| rfc3339(t).to_string());
+                vec![
+                    k.id.clone(),
+                    k.name.clone().unwrap_or_else(|| "-".into()),
+                    k.role.to_string(),
+                    k.projects.as_ref().map_or("*".into(), |ps| {
+                        ps.iter().cloned().collect::<Vec<_>>().join(",")
+                    }),
+                    rfc3339(k.created_ms).to_string(),
+                    at(k.last_used_ms),
+                    at(k.expires_ms),
+                    at(k.revoked_ms),
+                ]
+            },
+        ),
+        Response::KeyRevoked(k) => {
+            writeln!(out, "key {} revoked", k.id)?;
+            Ok(())
+        }
+        Response::Audit(entries) => emit(
+            out,
+            entries,
+            format,
+            &["TIME", "ACTOR", "ROLE", "SOURCE", "ACTION", "TARGET", "OUTCOME", "STEPS"],
+            |e| {
+                let target = match (&e.project, &e.environment) {
+                    (Some(p), Some(env)) => format!("{p}/{env}"),
+                    (Some(p), None) => p.clone(),
+                    _ => "-".into(),
+                };
+                vec![
+                    rfc3339(e.at_ms).to_string(),
+                    e.actor.clone(),
+                    e.role.map_or("-".into(), |r| r.to_string()),
+                    e.source.clone().unwrap_or_else(|| "-".into()),
+                    e.action.clone(),
+                    target,
+                    e.outcome.to_string(),
+                    e.steps.len().to_string(),
+                ]
+            },
+        ),
         Response::Projects(rows) => emit(
             out,
             rows,

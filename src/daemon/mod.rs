@@ -32,6 +32,7 @@ use crate::backend::podman::Podman;
 use crate::backend::powerdns::PowerDns;
 use crate::reconcile::controller::{Connectors, Controller};
 use crate::reconcile::HttpProber;
+use crate::auth::Caller;
 use crate::service::{self, Ctx, Daemon, Error};
 use crate::store::Store;
 
@@ -144,18 +145,17 @@ pub async fn run(args: Config) -> Result<(), Error> {
         prune: args.prune,
     });
     let ctx = Ctx {
-        store: store.clone(),
         daemon: Some(daemon.clone()),
-        actor: String::new(),
+        ..Ctx::local(store.clone(), Caller::internal())
     };
     let server = tokio::spawn(socket::serve(
         listener,
         move |req, uid| {
             let ctx = Ctx {
-                actor: format!("cli (uid {uid})"),
+                caller: Caller::cli(uid),
                 ..ctx.clone()
             };
-            async move { service::handle(&ctx, req).await }
+            async move { service::call(&ctx, req).await }
         },
         shutdown.clone(),
     ));

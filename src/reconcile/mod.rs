@@ -179,8 +179,11 @@ pub async fn converge<R: Runtime, P: Proxy, K: Kernel, D: Dns, H: Prober>(
 ) -> Result<Outcome> {
     let mut outcome = Outcome::default();
     let hosts: Vec<HostRef> = target.desired.hosts.values().cloned().collect();
-    store.put_hosts(&hosts)?;
-    store.put_zones(target.desired.zones.values())?;
+    // A dry run writes nothing, not even what the manifests name.
+    if !target.dry_run {
+        store.put_hosts(&hosts)?;
+        store.put_zones(target.desired.zones.values())?;
+    }
     // Zones whose write failed in this apply, with why: not planned again until the next apply.
     let mut failed_zones: BTreeMap<String, String> = BTreeMap::new();
     for round in 0..MAX_ROUNDS {

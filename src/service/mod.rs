@@ -24,6 +24,7 @@ use tokio::sync::watch;
 pub use error::{Code, Error, Result};
 use view::{ApplyView, LogsView, OutcomeView, PlanView, ProjectView};
 
+use crate::auth::{self, AuditEntry, AuditRetention, Caller, KeyRecord, Permission, Role};
 use crate::backend::Runtime;
 use crate::model::desired::{desired, overlay, overridden};
 use crate::model::dns::ZoneRef;
@@ -100,6 +101,29 @@ pub enum Request {
         #[serde(default = "default_lines")]
         lines: usize,
     },
+    /// Create an API key; its text is in the answer, and nowhere else ever.
+    KeyCreate {
+        role: Role,
+        #[serde(default)]
+        name: Option<String>,
+        /// The projects a developer or viewer key is limited to; none: every project.
+        #[serde(default)]
+        projects: Vec<String>,
+        /// Milliseconds until it expires; none: never.
+        #[serde(default)]
+        expires_in_ms: Option<u64>,
+    },
+    KeyList,
+    KeyRevoke { id: String },
+    /// Audit entries, newest last, within what the caller may see.
+    Audit {
+        #[serde(default)]
+        project: Option<String>,
+        #[serde(default)]
+        since_ms: Option<u64>,
+        #[serde(default)]
+        limit: Option<usize>,
+    },
 }
 
 fn default_lines() -> usize {
@@ -148,6 +172,49 @@ impl Request {
             Request::Delete { .. } => "delete",
             Request::Deploy { .. } => "deploy",
             Request::Logs { .. } => "logs",
+            Request::KeyCreate { .. } => "key create",
+            Request::KeyList => "key list",
+            Request::KeyRevoke { .. } => "key revoke",
+            Request::Audit { .. } => "audit",
+        }
+    }
+
+    /// The permissions the request needs (each checked against [`Request::project`], or, for
+    /// requests that carry manifests or name several projects, against each of them).
+    pub fn permissions(&self) -> Vec<Permission> {
+        match self {
+            Request::Apply {
+                dry_run: true,
+                ..
+            }
+            | Request::Diff { .. }
+            | Request::Get { .. }
+            | Request::Describe { .. } => vec![Permission::Read],
+            Request::Apply { prune: true, .. } => vec![Permission::Apply, Permission::Prune],
+            Request::Apply { .. } => vec![Permission::Apply],
+            Request::Promote { .. } => vec![Permission::Promote],
+            Request::Rollback { .. } => vec![Permission::Rollback],
+            Request::Delete { .. } => vec![Permission::Delete],
+            Request::Deploy { .. } => vec![Permission::Deploy],
+            Request::Logs { .. } => vec![Permission::Logs],
+            Request::KeyCreate { .. } | Request::KeyList | Request::KeyRevoke { .. } => {
+                vec![Permission::KeysManage]
+            }
+            Request::Audit { .. } => vec![Permission::AuditRead],
+        }
+    }
+
+    /// Whether the request changes something (it is then audited, whatever its outcome).
+    pub fn changes(&self) -> bool {
+        match self {
+            Request::Apply { dry_run, .. } => !dry_run,
+            Request::Promote { .. }
+            | Request::Rollback { .. }
+            | Request::Delete { .. }
+            | Request::Deploy { .. }
+            | Request::KeyCreate { .. }
+            | Request::KeyRevoke { .. } => true,
+            _ => false,
         }
     }
 }
@@ -165,6 +232,11 @@ pub enum Response {
     /// Promote, rollback, delete and deploy: what was executed.
     Outcome(OutcomeView),
     Logs(LogsView),
+    /// The new key's text (shown this once) and its record.
+    KeyCreated { key: String, record: KeyRecord },
+    Keys(Vec<KeyRecord>),
+    KeyRevoked(KeyRecord),
+    Audit(Vec<AuditEntry>),
 }
 
 impl Response {
@@ -279,11 +351,51 @@ pub struct Ctx {
     pub store: Arc<Store>,
     /// Set inside `codeb watch`/`serve`.
     pub daemon: Option<Arc<Daemon>>,
-    /// Who asks, as the audit and overrides name them (`cli (uid 0)`, `key 3f9a… (ci)`).
-    pub actor: String,
+    /// Who asks: what they may do, and how the audit and overrides name them.
+    pub caller: Caller,
+    pub retention: AuditRetention,
 }
 
 impl Ctx {
+    /// A context for `caller` on `store`, outside any daemon.
+    pub fn local(store: Arc<Store>, caller: Caller) -> Ctx {
+        Ctx {
+            store,
+            daemon: None,
+            caller,
+            retention: AuditRetention::default(),
+        }
+    }
+
+    /// Checks `permissions` for `project` (`None`: none named), recording a refusal.
+    fn authorize(&self, req: &Request, project: Option<&str>) -> Result<()> {
+        for p in req.permissions() {
+            if let Err(denied) = auth::authorize(&self.caller, p, project) {
+                let mut entry = self.entry(req);
+                entry.project = project.map(str::to_string).or(entry.project);
+                entry.outcome = auth::Outcome::from(&denied);
+                self.record(entry);
+                return Err(Error::new(Code::Forbidden, denied.to_string()));
+            }
+        }
+        Ok(())
+    }
+
+    fn entry(&self, req: &Request) -> AuditEntry {
+        let mut entry = AuditEntry::new(reconcile::now_ms(), &self.caller, req.op());
+        entry.project = req.project().map(str::to_string);
+        entry.environment = req.environment().map(str::to_string);
+        entry
+    }
+
+    /// Appends to the audit log; a store that fails to record is logged, and the request's own
+    /// result stands (it already happened).
+    fn record(&self, entry: AuditEntry) {
+        if let Err(e) = self.store.audit(entry, &self.retention) {
+            tracing::error!(error = %crate::backend::error_chain(&e), "cannot record an audit entry");
+        }
+    }
+
     /// In the daemon, waits until no reconcile runs on `works` and holds them off until the guard
     /// drops. Outside it nothing else runs: no claim.
     async fn claim(&self, works: Vec<Work>) -> Result<Option<ClaimGuard>> {
@@ -299,8 +411,78 @@ impl Ctx {
     }
 }
 
-/// Runs one request.
-pub async fn handle(ctx: &Ctx, req: Request) -> Result<Response> {
+/// Runs one request for `ctx.caller`: authorized first (a refusal is audited and nothing runs),
+/// then run, then audited when it changes something, whatever its outcome.
+///
+/// # Errors
+/// `Forbidden` when the caller lacks a permission; the use case's own errors otherwise.
+pub async fn call(ctx: &Ctx, req: Request) -> Result<Response> {
+    ctx.authorize(&req, req.project())?;
+    // Requests that name several projects, or carry manifests, are checked against each.
+    for project in targets(&req)? {
+        ctx.authorize(&req, Some(&project))?;
+    }
+    let changes = req.changes();
+    let entry = ctx.entry(&req);
+    let result = run(ctx, req).await;
+    if changes {
+        let mut entry = entry;
+        match &result {
+            Ok(r) => {
+                entry.steps = steps(r);
+                if r.exit_code() != 0 {
+                    entry.outcome = auth::Outcome::Failed {
+                        message: "not converged".into(),
+                    };
+                }
+                if let Response::KeyCreated { record, .. } | Response::KeyRevoked(record) = r {
+                    entry.steps = vec![format!("key {} ({})", record.id, record.role)];
+                }
+            }
+            Err(e) => {
+                entry.outcome = auth::Outcome::Failed {
+                    message: e.message.clone(),
+                }
+            }
+        }
+        ctx.record(entry);
+    }
+    result
+}
+
+/// The projects a request names beyond [`Request::project`]: those of its manifests, or the
+/// ones it deletes. Manifests that do not load are left to the use case (its error is theirs).
+fn targets(req: &Request) -> Result<Vec<String>> {
+    let projects = |sources: &[Source]| -> Vec<String> {
+        crate::spec::load_sources(sources)
+            .map(|m| m.projects.keys().cloned().collect())
+            .unwrap_or_default()
+    };
+    Ok(match req {
+        Request::Apply { manifests, .. } | Request::Diff { manifests } => projects(manifests),
+        Request::Delete {
+            projects: names,
+            manifests,
+        } => names.iter().cloned().chain(projects(manifests)).collect(),
+        Request::Audit {
+            project: Some(p), ..
+        } => vec![p.clone()],
+        _ => vec![],
+    })
+}
+
+/// The executed steps a result reports, for the audit.
+fn steps(r: &Response) -> Vec<String> {
+    match r {
+        Response::Apply(ApplyView {
+            outcome: Some(o), ..
+        })
+        | Response::Outcome(o) => o.executed.clone(),
+        _ => vec![],
+    }
+}
+
+async fn run(ctx: &Ctx, req: Request) -> Result<Response> {
     match req {
         Request::Apply {
             manifests,
@@ -346,6 +528,61 @@ pub async fn handle(ctx: &Ctx, req: Request) -> Result<Response> {
         } => logs(ctx, EnvKey::new(project, environment), slot, lines)
             .await
             .map(Response::Logs),
+        Request::KeyCreate {
+            role,
+            name,
+            projects,
+            expires_in_ms,
+        } => {
+            let spec = auth::NewKey {
+                role,
+                name,
+                projects: (!projects.is_empty()).then(|| projects.into_iter().collect()),
+                expires_in: expires_in_ms.map(Duration::from_millis),
+            };
+            let (record, issued) = ctx
+                .store
+                .create_key(&spec, reconcile::now_ms())
+                .map_err(key_error)?;
+            Ok(Response::KeyCreated {
+                key: issued.expose().to_string(),
+                record,
+            })
+        }
+        Request::KeyList => Ok(Response::Keys(ctx.store.keys()?)),
+        Request::KeyRevoke { id } => ctx
+            .store
+            .revoke_key(&id, reconcile::now_ms())
+            .map(Response::KeyRevoked)
+            .map_err(key_error),
+        Request::Audit {
+            project,
+            since_ms,
+            limit,
+        } => {
+            let scope = auth::audit_scope(&ctx.caller)
+                .map_err(|d| Error::new(Code::Forbidden, d.to_string()))?;
+            let filter = crate::store::AuditFilter {
+                project,
+                since_ms,
+                limit: Some(limit.unwrap_or(100).min(MAX_AUDIT_ENTRIES)),
+                scope,
+            };
+            Ok(Response::Audit(ctx.store.audit_entries(&filter)?))
+        }
+    }
+}
+
+/// The most audit entries one request returns.
+pub const MAX_AUDIT_ENTRIES: usize = 10_000;
+
+fn key_error(e: crate::store::KeyError) -> Error {
+    match e {
+        crate::store::KeyError::NotFound { .. } => Error::not_found(e.to_string()),
+        crate::store::KeyError::Store(_) | crate::store::KeyError::Random(_) => {
+            Error::failed(crate::backend::error_chain(&e))
+        }
+        other => Error::invalid(other.to_string()),
     }
 }
 
@@ -445,7 +682,9 @@ async fn diff(ctx: &Ctx, sources: &[Source]) -> Result<PlanView> {
 }
 
 fn get(ctx: &Ctx, what: GetWhat) -> Result<Response> {
-    let r = ctx.store.load()?;
+    let mut r = ctx.store.load()?;
+    // A key limited to some projects lists only those.
+    r.envs.retain(|k, _| ctx.caller.may_see(&k.project));
     Ok(match what {
         GetWhat::Projects => Response::Projects(view::project_rows(&r)),
         GetWhat::Slots => Response::Slots(view::slot_rows(&r)),
@@ -729,7 +968,7 @@ async fn deploy(ctx: &Ctx, key: EnvKey, image: &str) -> Result<OutcomeView> {
     let over = (declared.release.image != image).then(|| Override {
         image: image.to_string(),
         manifest_image: declared.release.image.clone(),
-        by: ctx.actor.clone(),
+        by: ctx.caller.label(),
         at_ms: reconcile::now_ms(),
     });
     store.set_override(&key, over.as_ref())?;
