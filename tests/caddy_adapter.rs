@@ -13,7 +13,9 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use codeb::backend::caddy::{Caddy, Error};
-use codeb::backend::{ObservedProxy, Proxy, Route, ServerSpec, TlsMode};
+use codeb::backend::Proxy;
+use codeb::model::observed::ObservedProxy;
+use codeb::model::writes::{Route, ServerSpec, TlsMode};
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;

@@ -12,9 +12,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use codeb::backend::netfilter::{self, Netfilter};
-use codeb::backend::{
-    HookWrite, Kernel, ObservedService, ServiceRule, ServiceTarget, ServiceWrite,
-};
+use codeb::backend::Kernel;
+use codeb::model::observed::{ObservedService, ServiceRule};
+use codeb::model::writes::{HookWrite, ServiceTarget, ServiceWrite};
 
 /// A loopback gateway no other run uses: 127.99.x.y from the process id.
 fn gateway() -> Ipv4Addr {

@@ -13,10 +13,10 @@ use std::process::Command;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use codeb::backend::podman::{Error, Podman};
-use codeb::backend::{
-    ContainerSpec, ObservedContainer, Runtime, LABEL_ENVIRONMENT, LABEL_PROJECT, LABEL_RELEASE,
-    LABEL_SLOT,
-};
+use codeb::backend::Runtime;
+use codeb::model::observed::ObservedContainer;
+use codeb::model::ownership::{LABEL_ENVIRONMENT, LABEL_PROJECT, LABEL_RELEASE, LABEL_SLOT};
+use codeb::model::writes::ContainerSpec;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const IMAGE: &str = "localhost/codeb-test-app:v1";

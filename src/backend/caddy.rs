@@ -43,7 +43,9 @@ use std::time::{Duration, Instant};
 use reqwest::{Method, StatusCode, Url};
 use serde_json::{json, Map, Value};
 
-use super::{ObservedProxy, Route, ServerSpec, TlsMode, ROUTE_ID_PREFIX};
+use crate::model::observed::ObservedProxy;
+use crate::model::ownership::ROUTE_ID_PREFIX;
+use crate::model::writes::{Route, ServerSpec, TlsMode};
 
 /// `@id` of the TLS automation policy that makes Caddy's internal CA issue codeb's certificates.
 ///

@@ -9,10 +9,14 @@ use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::sync::{Arc, Mutex};
 
-use super::{
-    caddy, netfilter, podman, powerdns, ContainerSpec, HookWrite, Kernel, LoopbackWrite,
+use super::{caddy, netfilter, podman, powerdns, Kernel, Proxy, Runtime};
+use crate::model::observed::{
     NetworkInfo, ObservedContainer, ObservedLoopback, ObservedProxy, ObservedService,
-    ObservedServices, Proxy, Route, Runtime, ServerSpec, ServiceRule, ServiceWrite, LABEL_PROJECT,
+    ObservedServices, ObservedZone, ServiceRule,
+};
+use crate::model::ownership::{LABEL_PROJECT, ROUTE_ID_PREFIX};
+use crate::model::writes::{
+    ContainerSpec, HookWrite, LoopbackWrite, Route, Rrset, RrsetChange, ServerSpec, ServiceWrite,
 };
 
 /// The gateway of the fake host's network: service addresses are `FAKE_GATEWAY:base_port`.
@@ -314,7 +318,7 @@ impl Proxy for World {
             routes: s
                 .routes
                 .iter()
-                .filter(|r| r.id.starts_with(super::ROUTE_ID_PREFIX))
+                .filter(|r| r.id.starts_with(ROUTE_ID_PREFIX))
                 .cloned()
                 .collect(),
         })
@@ -495,7 +499,7 @@ impl crate::reconcile::Prober for FakeProber {
 #[derive(Debug, Default)]
 pub struct DnsState {
     /// Zone name (no trailing dot) → its rrsets, foreign ones included.
-    pub zones: BTreeMap<String, Vec<super::Rrset>>,
+    pub zones: BTreeMap<String, Vec<Rrset>>,
     /// Per zone: bumped by every patch, like PowerDNS's SOA serial.
     pub serials: BTreeMap<String, u32>,
     pub patches: usize,
@@ -551,10 +555,10 @@ impl super::Dns for FakeDns {
         "http://fake-pdns"
     }
 
-    async fn zone(&self, zone: &str) -> Result<Option<super::ObservedZone>, powerdns::Error> {
+    async fn zone(&self, zone: &str) -> Result<Option<ObservedZone>, powerdns::Error> {
         self.call(|s| {
             s.reads += 1;
-            Ok(s.zones.get(zone).map(|rrsets| super::ObservedZone {
+            Ok(s.zones.get(zone).map(|rrsets| ObservedZone {
                 rrsets: rrsets.clone(),
             }))
         })
@@ -570,11 +574,7 @@ impl super::Dns for FakeDns {
     }
 
     /// Applies the changes as PowerDNS does (all or nothing), refusing a CNAME beside another type.
-    async fn patch(
-        &self,
-        zone: &str,
-        changes: &[super::RrsetChange],
-    ) -> Result<(), powerdns::Error> {
+    async fn patch(&self, zone: &str, changes: &[RrsetChange]) -> Result<(), powerdns::Error> {
         self.call(|s| {
             s.patch_attempts += 1;
             if s.refuse_patches {
@@ -596,7 +596,7 @@ impl super::Dns for FakeDns {
                 })?;
             for change in changes {
                 rrsets.retain(|r| !(r.name == change.name() && r.rtype == change.rtype()));
-                if let super::RrsetChange::Replace(r) = change {
+                if let RrsetChange::Replace(r) = change {
                     let clash = rrsets
                         .iter()
                         .any(|o| o.name == r.name && (o.rtype == "CNAME") != (r.rtype == "CNAME"));

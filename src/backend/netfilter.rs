@@ -60,10 +60,9 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use self::wire::{ChainDef, Expr, Hook, ListedRule, Op};
-use super::{
-    HookWrite, Kernel, LoopbackWrite, ObservedLoopback, ObservedService, ObservedServices,
-    ServiceRule, ServiceTarget, ServiceWrite,
-};
+use super::Kernel;
+use crate::model::observed::{ObservedLoopback, ObservedService, ObservedServices, ServiceRule};
+use crate::model::writes::{HookWrite, LoopbackWrite, ServiceTarget, ServiceWrite};
 
 /// codeb's table, in the `ip` family.
 pub const TABLE: &str = "codeb";

@@ -33,7 +33,10 @@ use futures_util::StreamExt;
 use serde::Deserialize;
 use tracing::debug;
 
-use super::{ContainerSpec, ObservedContainer, Runtime, LABEL_PROJECT};
+use super::Runtime;
+use crate::model::observed::{NetworkInfo, ObservedContainer};
+use crate::model::ownership::{LABEL_ENVIRONMENT, LABEL_PROJECT};
+use crate::model::writes::ContainerSpec;
 
 /// The API version spoken to Podman. Podman 4.3 reports `ApiVersion 1.41`; pinning it means we
 /// never call `negotiate_version` (0.34–0.65 s per call here) and never ask Podman for the
@@ -440,19 +443,19 @@ impl Runtime for Podman {
         let labels = serde_json::json!({
             "label": [
                 format!("{LABEL_PROJECT}={}", key.project),
-                format!("{}={}", super::LABEL_ENVIRONMENT, key.env),
+                format!("{}={}", LABEL_ENVIRONMENT, key.env),
             ]
         });
         self.list(&labels.to_string()).await
     }
     /// One `GET /networks/{name}`: the gateway of its first IPv4 subnet, and its bridge.
-    async fn network_gateway(&self, name: &str) -> Result<Option<super::NetworkInfo>> {
+    async fn network_gateway(&self, name: &str) -> Result<Option<NetworkInfo>> {
         Ok(self.network(name).await?.and_then(|n| {
             let gateway = n
                 .subnets
                 .iter()
                 .find_map(|s| s.gateway.as_deref()?.parse().ok())?;
-            Some(super::NetworkInfo {
+            Some(NetworkInfo {
                 gateway,
                 bridge: n.network_interface,
             })

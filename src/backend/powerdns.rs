@@ -26,7 +26,9 @@ use reqwest::{Method, StatusCode, Url};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::{ObservedZone, Rrset, RrsetChange, DNS_ACCOUNT};
+use crate::model::observed::ObservedZone;
+use crate::model::ownership::DNS_ACCOUNT;
+use crate::model::writes::{Rrset, RrsetChange};
 
 /// The API is a local HTTP server answering in milliseconds; two seconds to connect is a dead one.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);

@@ -25,8 +25,9 @@ use std::net::IpAddr;
 use rustc_hash::{FxHashMap, FxHashSet};
 
 use super::{Action, Note, Observed, Plan, Step};
-use crate::backend::{ObservedZone, Rrset, RrsetChange};
 use crate::model::dns::{canonical, owner_mark, owner_of, zone_of, ZoneRef, OWNER_PREFIX};
+use crate::model::observed::ObservedZone;
+use crate::model::writes::{Rrset, RrsetChange};
 use crate::model::{preview_hostname, Desired, DesiredEnv, EnvKey, Recorded, Slot};
 
 /// What one zone looked like.

@@ -127,7 +127,7 @@ pub(super) fn deleted_owners(action: &Action) -> Vec<EnvKey> {
     };
     changes
         .iter()
-        .filter(|c| matches!(c.change, crate::backend::RrsetChange::Delete { .. }))
+        .filter(|c| matches!(c.change, crate::model::writes::RrsetChange::Delete { .. }))
         .filter_map(|c| c.was.as_ref()?.mark.as_deref())
         .filter_map(crate::model::dns::parse_owner)
         .collect()
@@ -437,7 +437,7 @@ fn or_root(path: &str) -> &str {
 
 async fn run_container<R: Runtime, P: Proxy, K>(
     b: &HostBackends<R, P, K>,
-    spec: &crate::backend::ContainerSpec,
+    spec: &crate::model::writes::ContainerSpec,
     replace: Option<&str>,
 ) -> Result<(), crate::backend::podman::Error> {
     if let Some(old) = replace {

@@ -62,7 +62,7 @@ pub async fn observe_env<R: Runtime, P: Proxy, K: Kernel>(
 fn published<R, P, K: Kernel>(
     b: &HostBackends<R, P, K>,
     table: &K::Table,
-    net: &crate::backend::NetworkInfo,
+    net: &crate::model::observed::NetworkInfo,
 ) -> Option<Published> {
     let address = b
         .publish
@@ -78,7 +78,10 @@ fn published<R, P, K: Kernel>(
 async fn observe_host<R: Runtime, P: Proxy, K: Kernel>(
     b: &HostBackends<R, P, K>,
     list: impl std::future::Future<
-        Output = Result<Vec<crate::backend::ObservedContainer>, crate::backend::podman::Error>,
+        Output = Result<
+            Vec<crate::model::observed::ObservedContainer>,
+            crate::backend::podman::Error,
+        >,
     >,
 ) -> HostObservation {
     // The NAT rules are read beside the container list, Caddy's config and the network's gateway,

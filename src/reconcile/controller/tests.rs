@@ -68,8 +68,13 @@ fn zoned(envs: impl IntoIterator<Item = DesiredEnv>) -> Arc<Desired> {
     Arc::new(d)
 }
 
-fn rrset(name: &str, rtype: &str, content: &str, mark: Option<String>) -> crate::backend::Rrset {
-    crate::backend::Rrset {
+fn rrset(
+    name: &str,
+    rtype: &str,
+    content: &str,
+    mark: Option<String>,
+) -> crate::model::writes::Rrset {
+    crate::model::writes::Rrset {
         name: format!("{name}."),
         rtype: rtype.into(),
         ttl: 300,
@@ -335,7 +340,8 @@ async fn a_host_that_is_down_is_retried_with_growing_backoff_and_recovers_within
 
 #[tokio::test(start_paused = true)]
 async fn a_key_that_keeps_failing_is_retried_on_its_backoff_not_at_every_resync() {
-    use crate::backend::{ContainerSpec, ObservedContainer};
+    use crate::model::observed::ObservedContainer;
+    use crate::model::writes::ContainerSpec;
     let h = start(desired([env("a", "app:v1")]), false);
     // A container codeb does not own holds the name: every create of a's container fails.
     let foreign = ObservedContainer {
