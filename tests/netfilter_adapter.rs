@@ -256,7 +256,7 @@ async fn a_failing_transaction_changes_nothing() {
         })
         .await
         .unwrap_err();
-    assert!(err.is_retryable(), "{err}");
+    assert!(err.retryable(), "{err}");
     let observed = nf.observe(gw).await.unwrap();
     assert!(observed.services.is_empty(), "{observed:?}");
 }

@@ -95,23 +95,23 @@ impl World {
         &self,
         mutate: bool,
         f: impl FnOnce(&mut State) -> Result<T, podman::Error>,
-    ) -> Result<T, podman::Error> {
+    ) -> super::Result<T> {
         let mut s = self.state();
         if s.podman_down {
-            return Err(podman_down());
+            return Err(podman_down().into());
         }
         if mutate {
             s.mutations += 1;
         } else {
             s.reads += 1;
         }
-        f(&mut s)
+        Ok(f(&mut s)?)
     }
 
-    fn caddy<T>(&self, mutate: bool, f: impl FnOnce(&mut State) -> T) -> Result<T, caddy::Error> {
+    fn caddy<T>(&self, mutate: bool, f: impl FnOnce(&mut State) -> T) -> super::Result<T> {
         let mut s = self.state();
         if s.caddy_down {
-            return Err(caddy_down());
+            return Err(caddy_down().into());
         }
         if mutate {
             s.mutations += 1;
@@ -159,11 +159,11 @@ impl State {
 }
 
 impl Runtime for World {
-    async fn ping(&self) -> Result<(), podman::Error> {
+    async fn ping(&self) -> super::Result<()> {
         self.podman(false, |_| Ok(()))
     }
 
-    async fn list_owned(&self) -> Result<Vec<ObservedContainer>, podman::Error> {
+    async fn list_owned(&self) -> super::Result<Vec<ObservedContainer>> {
         self.podman(false, |s| {
             Ok(s.containers
                 .values()
@@ -173,7 +173,7 @@ impl Runtime for World {
         })
     }
 
-    async fn network_gateway(&self, _name: &str) -> Result<Option<NetworkInfo>, podman::Error> {
+    async fn network_gateway(&self, _name: &str) -> super::Result<Option<NetworkInfo>> {
         self.podman(false, |_| {
             Ok(Some(NetworkInfo {
                 gateway: FAKE_GATEWAY,
@@ -182,15 +182,15 @@ impl Runtime for World {
         })
     }
 
-    async fn ensure_network(&self, _name: &str) -> Result<bool, podman::Error> {
+    async fn ensure_network(&self, _name: &str) -> super::Result<bool> {
         self.podman(false, |_| Ok(false))
     }
 
-    async fn ensure_image(&self, _image: &str) -> Result<(), podman::Error> {
+    async fn ensure_image(&self, _image: &str) -> super::Result<()> {
         self.podman(false, |_| Ok(()))
     }
 
-    async fn create(&self, spec: &ContainerSpec) -> Result<String, podman::Error> {
+    async fn create(&self, spec: &ContainerSpec) -> super::Result<String> {
         self.podman(true, |s| {
             if s.containers.values().any(|(c, _)| c.name == spec.name) {
                 return Err(name_in_use(&spec.name));
@@ -212,7 +212,7 @@ impl Runtime for World {
         })
     }
 
-    async fn start(&self, id: &str) -> Result<(), podman::Error> {
+    async fn start(&self, id: &str) -> super::Result<()> {
         self.podman(true, |s| {
             let (c, _) = find(s, id)?;
             // Podman keeps a container's address for its lifetime and reports it while it runs.
@@ -224,7 +224,7 @@ impl Runtime for World {
         })
     }
 
-    async fn stop(&self, id: &str) -> Result<(), podman::Error> {
+    async fn stop(&self, id: &str) -> super::Result<()> {
         self.podman(true, |s| {
             if let Ok((c, _)) = find(s, id) {
                 c.running = false;
@@ -235,7 +235,7 @@ impl Runtime for World {
         })
     }
 
-    async fn remove(&self, id: &str) -> Result<(), podman::Error> {
+    async fn remove(&self, id: &str) -> super::Result<()> {
         self.podman(true, |s| {
             let key = s
                 .containers
@@ -249,7 +249,7 @@ impl Runtime for World {
         })
     }
 
-    async fn rename(&self, id: &str, name: &str) -> Result<(), podman::Error> {
+    async fn rename(&self, id: &str, name: &str) -> super::Result<()> {
         self.podman(true, |s| {
             if s.containers.values().any(|(c, _)| c.name == name) {
                 return Err(name_in_use(name));
@@ -261,11 +261,11 @@ impl Runtime for World {
         })
     }
 
-    async fn address(&self, id: &str) -> Result<Option<Ipv4Addr>, podman::Error> {
+    async fn address(&self, id: &str) -> super::Result<Option<Ipv4Addr>> {
         self.podman(false, |s| Ok(find(s, id)?.0.ip))
     }
 
-    async fn logs_tail(&self, _id: &str, _lines: usize) -> Result<Vec<String>, podman::Error> {
+    async fn logs_tail(&self, _id: &str, _lines: usize) -> super::Result<Vec<String>> {
         self.podman(false, |_| Ok(vec!["fake log line".to_string()]))
     }
 }
@@ -312,7 +312,7 @@ fn find<'a>(
 }
 
 impl Proxy for World {
-    async fn observe(&self, _server: &str) -> Result<ObservedProxy, caddy::Error> {
+    async fn observe(&self, _server: &str) -> super::Result<ObservedProxy> {
         self.caddy(false, |s| ObservedProxy {
             server: s.server.clone(),
             routes: s
@@ -324,18 +324,18 @@ impl Proxy for World {
         })
     }
 
-    async fn ensure_server(&self, spec: &ServerSpec) -> Result<(), caddy::Error> {
+    async fn ensure_server(&self, spec: &ServerSpec) -> super::Result<()> {
         self.caddy(true, |s| s.server = Some(spec.clone()))
     }
 
-    async fn add_route(&self, _server: &str, route: &Route) -> Result<(), caddy::Error> {
+    async fn add_route(&self, _server: &str, route: &Route) -> super::Result<()> {
         self.caddy(true, |s| {
             s.route_writes += 1;
             s.routes.push(route.clone())
         })
     }
 
-    async fn replace_route(&self, route: &Route) -> Result<(), caddy::Error> {
+    async fn replace_route(&self, route: &Route) -> super::Result<()> {
         self.caddy(true, |s| {
             s.route_writes += 1;
             if let Some(r) = s.routes.iter_mut().find(|r| r.id == route.id) {
@@ -344,7 +344,7 @@ impl Proxy for World {
         })
     }
 
-    async fn delete_route(&self, id: &str) -> Result<(), caddy::Error> {
+    async fn delete_route(&self, id: &str) -> super::Result<()> {
         self.caddy(true, |s| {
             s.route_writes += 1;
             s.routes.retain(|r| r.id != id)
@@ -357,10 +357,10 @@ impl World {
         &self,
         mutate: bool,
         f: impl FnOnce(&mut State) -> Result<T, netfilter::Error>,
-    ) -> Result<T, netfilter::Error> {
+    ) -> super::Result<T> {
         let mut s = self.state();
         if let Some(reason) = s.kernel_unsupported.clone() {
-            return Err(netfilter::Error::Unsupported { reason });
+            return Err(netfilter::Error::Unsupported { reason }.into());
         }
         if mutate {
             s.mutations += 1;
@@ -368,7 +368,7 @@ impl World {
         } else {
             s.reads += 1;
         }
-        f(&mut s)
+        Ok(f(&mut s)?)
     }
 }
 
@@ -390,17 +390,13 @@ impl State {
 impl Kernel for World {
     type Table = FakeTable;
 
-    async fn read(&self) -> Result<FakeTable, netfilter::Error> {
+    async fn read(&self) -> super::Result<FakeTable> {
         self.kernel(false, |s| {
             Ok((s.nat.clone(), s.published.clone(), s.loopback.clone()))
         })
     }
 
-    fn services(
-        &self,
-        table: &FakeTable,
-        gateway: Ipv4Addr,
-    ) -> Result<ObservedServices, netfilter::Error> {
+    fn services(&self, table: &FakeTable, gateway: Ipv4Addr) -> super::Result<ObservedServices> {
         Ok(if gateway == FAKE_GATEWAY {
             table.0.clone()
         } else if gateway.is_loopback() {
@@ -418,7 +414,7 @@ impl Kernel for World {
         }
     }
 
-    async fn set_loopback(&self, _write: &LoopbackWrite) -> Result<(), netfilter::Error> {
+    async fn set_loopback(&self, _write: &LoopbackWrite) -> super::Result<()> {
         self.kernel(true, |s| {
             s.loopback = ObservedLoopback {
                 masquerade: 1,
@@ -429,7 +425,7 @@ impl Kernel for World {
         })
     }
 
-    async fn hook(&self, write: &HookWrite) -> Result<(), netfilter::Error> {
+    async fn hook(&self, write: &HookWrite) -> super::Result<()> {
         self.kernel(true, |s| {
             let rules = s.rules_on(write.gateway);
             rules.chain = true;
@@ -439,7 +435,7 @@ impl Kernel for World {
     }
 
     /// Like an nf_tables transaction: all or nothing, and a dispatch rule needs the dispatch chain.
-    async fn set_service(&self, write: &ServiceWrite) -> Result<(), netfilter::Error> {
+    async fn set_service(&self, write: &ServiceWrite) -> super::Result<()> {
         self.kernel(true, |s| {
             let rules = s.rules_on(write.gateway);
             match &write.target {
@@ -536,7 +532,7 @@ impl FakeDns {
     fn call<T>(
         &self,
         f: impl FnOnce(&mut DnsState) -> Result<T, powerdns::Error>,
-    ) -> Result<T, powerdns::Error> {
+    ) -> super::Result<T> {
         let mut s = self.state();
         s.calls += 1;
         if s.down {
@@ -544,9 +540,10 @@ impl FakeDns {
                 api: "http://fake-pdns".into(),
                 op: "GET zones".into(),
                 timeout: std::time::Duration::from_secs(10),
-            });
+            }
+            .into());
         }
-        f(&mut s)
+        Ok(f(&mut s)?)
     }
 }
 
@@ -555,7 +552,7 @@ impl super::Dns for FakeDns {
         "http://fake-pdns"
     }
 
-    async fn zone(&self, zone: &str) -> Result<Option<ObservedZone>, powerdns::Error> {
+    async fn zone(&self, zone: &str) -> super::Result<Option<ObservedZone>> {
         self.call(|s| {
             s.reads += 1;
             Ok(s.zones.get(zone).map(|rrsets| ObservedZone {
@@ -564,7 +561,7 @@ impl super::Dns for FakeDns {
         })
     }
 
-    async fn create_zone(&self, zone: &str) -> Result<(), powerdns::Error> {
+    async fn create_zone(&self, zone: &str) -> super::Result<()> {
         self.call(|s| {
             s.creates += 1;
             s.zones.entry(zone.to_string()).or_default();
@@ -574,7 +571,7 @@ impl super::Dns for FakeDns {
     }
 
     /// Applies the changes as PowerDNS does (all or nothing), refusing a CNAME beside another type.
-    async fn patch(&self, zone: &str, changes: &[RrsetChange]) -> Result<(), powerdns::Error> {
+    async fn patch(&self, zone: &str, changes: &[RrsetChange]) -> super::Result<()> {
         self.call(|s| {
             s.patch_attempts += 1;
             if s.refuse_patches {

@@ -10,6 +10,7 @@
 //! carry codeb's mark).
 
 pub mod caddy;
+mod error;
 pub mod fake;
 pub mod netfilter;
 pub mod podman;
@@ -24,6 +25,8 @@ use crate::model::observed::{
 use crate::model::writes::{
     ContainerSpec, HookWrite, LoopbackWrite, Route, RrsetChange, ServerSpec, ServiceWrite,
 };
+
+pub use error::{Backend, Error, ErrorKind, Result};
 
 /// Kept at their old path for `cli/watch/events.rs` alone, which is being moved on another branch
 /// and must compile unchanged meanwhile; everything else names them in [`crate::model::ownership`].
@@ -61,18 +64,16 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
 /// removing a missing container or stopping a stopped one succeeds.
 pub trait Runtime: Send + Sync {
     /// Cheap liveness check; an error names the endpoint and how to start the service.
-    fn ping(&self) -> impl Future<Output = Result<(), podman::Error>> + Send;
+    fn ping(&self) -> impl Future<Output = Result<(), Error>> + Send;
     /// Every container carrying the [`LABEL_PROJECT`] label, running or not. One list call.
-    fn list_owned(
-        &self,
-    ) -> impl Future<Output = Result<Vec<ObservedContainer>, podman::Error>> + Send;
+    fn list_owned(&self) -> impl Future<Output = Result<Vec<ObservedContainer>, Error>> + Send;
     /// The containers of one project environment only (its [`LABEL_PROJECT`] and
     /// [`LABEL_ENVIRONMENT`]), for a command that acts on it alone: Podman's list costs about
     /// 1 ms per container it reports, so on a host of 35 containers this is 5 ms instead of 35.
     fn list_env(
         &self,
         key: &crate::model::EnvKey,
-    ) -> impl Future<Output = Result<Vec<ObservedContainer>, podman::Error>> + Send {
+    ) -> impl Future<Output = Result<Vec<ObservedContainer>, Error>> + Send {
         async move {
             Ok(self
                 .list_owned()
@@ -87,66 +88,46 @@ pub trait Runtime: Send + Sync {
     fn network_gateway(
         &self,
         name: &str,
-    ) -> impl Future<Output = Result<Option<NetworkInfo>, podman::Error>> + Send;
+    ) -> impl Future<Output = Result<Option<NetworkInfo>, Error>> + Send;
     /// Creates the bridge network when it does not exist. Returns true when it created it.
-    fn ensure_network(
-        &self,
-        name: &str,
-    ) -> impl Future<Output = Result<bool, podman::Error>> + Send;
+    fn ensure_network(&self, name: &str) -> impl Future<Output = Result<bool, Error>> + Send;
     /// Pulls the image only when it is not present locally.
-    fn ensure_image(&self, image: &str) -> impl Future<Output = Result<(), podman::Error>> + Send;
+    fn ensure_image(&self, image: &str) -> impl Future<Output = Result<(), Error>> + Send;
     /// Creates (does not start) the container; returns its id. Runs with an init process and a
     /// restart policy.
-    fn create(
-        &self,
-        spec: &ContainerSpec,
-    ) -> impl Future<Output = Result<String, podman::Error>> + Send;
-    fn start(&self, id: &str) -> impl Future<Output = Result<(), podman::Error>> + Send;
-    fn stop(&self, id: &str) -> impl Future<Output = Result<(), podman::Error>> + Send;
+    fn create(&self, spec: &ContainerSpec) -> impl Future<Output = Result<String, Error>> + Send;
+    fn start(&self, id: &str) -> impl Future<Output = Result<(), Error>> + Send;
+    fn stop(&self, id: &str) -> impl Future<Output = Result<(), Error>> + Send;
     /// Renames a container (it keeps running, with its labels).
-    fn rename(
-        &self,
-        id: &str,
-        name: &str,
-    ) -> impl Future<Output = Result<(), podman::Error>> + Send;
+    fn rename(&self, id: &str, name: &str) -> impl Future<Output = Result<(), Error>> + Send;
     /// The container's IPv4 address on its network; `None` while it does not run.
-    fn address(
-        &self,
-        id: &str,
-    ) -> impl Future<Output = Result<Option<Ipv4Addr>, podman::Error>> + Send;
+    fn address(&self, id: &str) -> impl Future<Output = Result<Option<Ipv4Addr>, Error>> + Send;
     /// Force-removes the container; a missing container is not an error.
-    fn remove(&self, id: &str) -> impl Future<Output = Result<(), podman::Error>> + Send;
+    fn remove(&self, id: &str) -> impl Future<Output = Result<(), Error>> + Send;
     /// The last `lines` lines of stdout+stderr.
     fn logs_tail(
         &self,
         id: &str,
         lines: usize,
-    ) -> impl Future<Output = Result<Vec<String>, podman::Error>> + Send;
+    ) -> impl Future<Output = Result<Vec<String>, Error>> + Send;
 }
 
 /// One Caddy, driven only through its admin API.
 pub trait Proxy: Send + Sync {
-    fn observe(
-        &self,
-        server: &str,
-    ) -> impl Future<Output = Result<ObservedProxy, caddy::Error>> + Send;
+    fn observe(&self, server: &str) -> impl Future<Output = Result<ObservedProxy, Error>> + Send;
     /// Creates codeb's server (with no routes) when missing, or replaces its listen/TLS settings
     /// while keeping its routes.
-    fn ensure_server(
-        &self,
-        spec: &ServerSpec,
-    ) -> impl Future<Output = Result<(), caddy::Error>> + Send;
+    fn ensure_server(&self, spec: &ServerSpec) -> impl Future<Output = Result<(), Error>> + Send;
     /// Appends a route to codeb's server.
     fn add_route(
         &self,
         server: &str,
         route: &Route,
-    ) -> impl Future<Output = Result<(), caddy::Error>> + Send;
+    ) -> impl Future<Output = Result<(), Error>> + Send;
     /// Replaces the route with the same `@id`.
-    fn replace_route(&self, route: &Route)
-        -> impl Future<Output = Result<(), caddy::Error>> + Send;
+    fn replace_route(&self, route: &Route) -> impl Future<Output = Result<(), Error>> + Send;
     /// Deletes the route with this `@id`; a missing one is not an error.
-    fn delete_route(&self, id: &str) -> impl Future<Output = Result<(), caddy::Error>> + Send;
+    fn delete_route(&self, id: &str) -> impl Future<Output = Result<(), Error>> + Send;
 }
 
 /// The kernel's part of the data path on one host: NAT rules that map each environment's service
@@ -158,13 +139,13 @@ pub trait Kernel: Send + Sync {
     /// codeb's rules for the service addresses on `gateway`.
     ///
     /// # Errors
-    /// [`netfilter::Error::Unsupported`] when this host's rules cannot be managed from here (no
+    /// [`ErrorKind::Unsupported`] when this host's rules cannot be managed from here (no
     /// privilege, no nf_tables, a gateway that is not an address of this machine): the caller then
     /// switches through Caddy's admin API instead.
     fn observe(
         &self,
         gateway: Ipv4Addr,
-    ) -> impl Future<Output = Result<ObservedServices, netfilter::Error>> + Send {
+    ) -> impl Future<Output = Result<ObservedServices, Error>> + Send {
         async move { self.services(&self.read().await?, gateway) }
     }
     /// The NAT rules as they are now, read before the gateway is known (the read and the lookup
@@ -172,30 +153,21 @@ pub trait Kernel: Send + Sync {
     ///
     /// # Errors
     /// As [`Kernel::observe`], but only those that do not depend on the gateway.
-    fn read(&self) -> impl Future<Output = Result<Self::Table, netfilter::Error>> + Send;
+    fn read(&self) -> impl Future<Output = Result<Self::Table, Error>> + Send;
     /// codeb's rules for the addresses on `gateway` (a service gateway, or the loopback address
     /// slots are published on), from a [`Kernel::read`]. An address that is not one of this
-    /// machine is [`netfilter::Error::Unsupported`].
-    fn services(
-        &self,
-        table: &Self::Table,
-        gateway: Ipv4Addr,
-    ) -> Result<ObservedServices, netfilter::Error>;
+    /// machine is [`ErrorKind::Unsupported`].
+    fn services(&self, table: &Self::Table, gateway: Ipv4Addr) -> Result<ObservedServices, Error>;
     /// codeb's loopback plumbing for `bridge`, from a [`Kernel::read`] and the bridge's settings.
     fn loopback(&self, table: &Self::Table, bridge: &str) -> ObservedLoopback;
     /// Applies a [`LoopbackWrite`]: the rules in one transaction, then `route_localnet`.
-    fn set_loopback(
-        &self,
-        write: &LoopbackWrite,
-    ) -> impl Future<Output = Result<(), netfilter::Error>> + Send;
+    fn set_loopback(&self, write: &LoopbackWrite)
+        -> impl Future<Output = Result<(), Error>> + Send;
     /// Applies a [`HookWrite`] in one transaction.
-    fn hook(&self, write: &HookWrite) -> impl Future<Output = Result<(), netfilter::Error>> + Send;
+    fn hook(&self, write: &HookWrite) -> impl Future<Output = Result<(), Error>> + Send;
     /// Applies a [`ServiceWrite`] in one transaction: at no instant does the service address
     /// lead nowhere or to two targets.
-    fn set_service(
-        &self,
-        write: &ServiceWrite,
-    ) -> impl Future<Output = Result<(), netfilter::Error>> + Send;
+    fn set_service(&self, write: &ServiceWrite) -> impl Future<Output = Result<(), Error>> + Send;
     /// How many connections to `target` are open (established or opening), for draining a slot
     /// before it is removed. `None` when the kernel does not tell.
     fn open_connections(&self, target: SocketAddrV4) -> impl Future<Output = Option<usize>> + Send;
@@ -208,17 +180,14 @@ pub trait Dns: Send + Sync {
     /// Where the API is, for messages (never with the key).
     fn endpoint(&self) -> &str;
     /// The zone with all its rrsets, or `None` when it does not exist. One `GET`.
-    fn zone(
-        &self,
-        zone: &str,
-    ) -> impl Future<Output = Result<Option<ObservedZone>, powerdns::Error>> + Send;
+    fn zone(&self, zone: &str) -> impl Future<Output = Result<Option<ObservedZone>, Error>> + Send;
     /// Creates the zone (Native, with the server's default SOA). One `POST`.
-    fn create_zone(&self, zone: &str) -> impl Future<Output = Result<(), powerdns::Error>> + Send;
+    fn create_zone(&self, zone: &str) -> impl Future<Output = Result<(), Error>> + Send;
     /// Applies every change in one `PATCH` (PowerDNS applies it as one transaction, and bumps the
     /// SOA serial once). Never called with no change: even an empty `PATCH` bumps the serial.
     fn patch(
         &self,
         zone: &str,
         changes: &[RrsetChange],
-    ) -> impl Future<Output = Result<(), powerdns::Error>> + Send;
+    ) -> impl Future<Output = Result<(), Error>> + Send;
 }
