@@ -505,6 +505,8 @@ pub struct DnsState {
     pub calls: usize,
     /// Every call fails as an unreachable server would.
     pub down: bool,
+    /// Every call fails as a server refusing the API key would (not retryable).
+    pub refuse_key: bool,
     /// Patches fail as a refused change would (after being counted as an attempt).
     pub refuse_patches: bool,
     pub patch_attempts: usize,
@@ -540,6 +542,15 @@ impl FakeDns {
                 api: "http://fake-pdns".into(),
                 op: "GET zones".into(),
                 timeout: std::time::Duration::from_secs(10),
+            }
+            .into());
+        }
+        if s.refuse_key {
+            return Err(powerdns::Error::Unauthorized {
+                api: "http://fake-pdns".into(),
+                env: "PDNS_API_KEY".into(),
+                op: "GET zones".into(),
+                status: 401,
             }
             .into());
         }

@@ -203,6 +203,7 @@ pub async fn converge<R: Runtime, P: Proxy, K: Kernel, D: Dns, H: Prober>(
                 zone.clone(),
                 plan::ZoneObservation::Unreachable {
                     error: error.clone(),
+                    retryable: false,
                 },
             );
         }

@@ -34,6 +34,7 @@ async fn observe_zone<D: Dns>(zone: &str, dns: &D) -> ZoneObservation {
         Ok(None) => ZoneObservation::Missing,
         Err(e) => ZoneObservation::Unreachable {
             error: crate::backend::error_chain(&e),
+            retryable: e.retryable(),
         },
     }
 }

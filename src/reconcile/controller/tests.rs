@@ -13,6 +13,7 @@ use super::*;
 use crate::backend::fake::{FakeDns, FakeProber, World};
 use crate::model::dns::ZoneRef;
 use crate::model::{DesiredEnv, Promotion, Release};
+use crate::reconcile::backoff::{MAX_DELAY, MIN_DELAY};
 
 fn host() -> HostRef {
     HostRef {
@@ -339,7 +340,8 @@ async fn a_host_that_is_down_is_retried_with_growing_backoff_and_recovers_within
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_key_that_keeps_failing_is_retried_on_its_backoff_not_at_every_resync() {
+async fn a_key_blocked_by_a_foreign_container_is_retried_at_the_longest_delay_not_at_every_resync()
+{
     use crate::model::observed::ObservedContainer;
     use crate::model::writes::ContainerSpec;
     let h = start(desired([env("a", "app:v1")]), false);
@@ -378,8 +380,9 @@ async fn a_key_that_keeps_failing_is_retried_on_its_backoff_not_at_every_resync(
         h.idle(SEC).await;
     }
     let attempts = h.world.mutations() - before;
-    // 60 resyncs, but the backoff (1.6 s, 3.2 s, ... up to 15-30 s) allows at most 8 attempts.
-    assert!((3..=8).contains(&attempts), "{attempts} attempts");
+    // 60 resyncs, but a name in use is not retryable: the longest delay (15-30 s) at once allows
+    // 2 to 4 attempts (a retryable failure would make 4 to 8, see the host that is down).
+    assert!((2..=4).contains(&attempts), "{attempts} attempts");
     h.world.state().containers.remove("foreign");
     let took = h
         .until(31 * SEC, "recovered", |h| h.live("a").is_some())
@@ -574,6 +577,28 @@ async fn powerdns_down_holds_back_no_app_and_the_zone_recovers_within_one_backof
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_refused_api_key_is_retried_at_the_longest_delay_and_holds_back_no_app() {
+    let h = start(zoned([env("a", "app:v1")]), false);
+    h.dns.state().refuse_key = true;
+    h.until(10 * SEC, "serves while the key is refused", |h| {
+        h.live("a").is_some()
+    })
+    .await;
+    let calls = h.dns.state().calls;
+    for _ in 0..60 {
+        h.handle.resync();
+        h.idle(SEC).await;
+    }
+    // PowerDNS down makes 4 to 8 attempts in 60 s; a refused key waits 15-30 s from the start.
+    let attempts = h.dns.state().calls - calls;
+    assert!((2..=4).contains(&attempts), "{attempts} attempts in 60 s");
+    h.dns.state().refuse_key = false;
+    let took = h.until(31 * SEC, "recovered", |h| h.resolves("a")).await;
+    assert!(took <= 30 * SEC, "{took:?}");
+    h.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_name_held_by_a_foreign_record_gets_no_write_and_the_others_do() {
     let h = start(zoned([]), false);
     let foreign = rrset("blue.b.example.test", "TXT", "\"by hand\"", None);
@@ -674,6 +699,64 @@ async fn a_pruned_environment_whose_zone_is_busy_waits_for_it_without_spinning()
     })
     .await;
     h.stop().await;
+}
+
+#[test]
+fn error_policy_waits_the_longest_delay_at_once_for_what_retrying_cannot_fix() {
+    use crate::backend::podman;
+    let mut backoffs = Backoffs::default();
+    let (env_a, env_b) = (
+        Work::Env(EnvKey::new("a", "production")),
+        Work::Env(EnvKey::new("b", "production")),
+    );
+    let host = || "app".to_string();
+    let backend = |e: podman::Error| {
+        Error::Reconcile(crate::reconcile::Error::Backend {
+            host: host(),
+            source: e.into(),
+        })
+    };
+    let down = backend(podman::Error::Unreachable {
+        endpoint: "unix:///run/podman.sock".into(),
+        reason: "connection refused".into(),
+    });
+    let name_in_use = backend(podman::Error::Api {
+        op: "create container a-production-blue".into(),
+        status: Some(500),
+        message: "the container name \"a-production-blue\" is already in use".into(),
+    });
+    let short = MIN_DELAY..=MIN_DELAY * 2;
+    let longest = MAX_DELAY..=MAX_DELAY * 2;
+
+    // A backend that is down: the schedule starts short and grows.
+    let first = error_policy(&env_a, &down, &mut backoffs);
+    assert!(short.contains(&first), "{first:?}");
+    // A name held by a foreign container: the longest delay at once, and it stays there, even
+    // for a failure that would be retryable, until a success resets the key.
+    for error in [&name_in_use, &down] {
+        let d = error_policy(&env_a, error, &mut backoffs);
+        assert!(longest.contains(&d), "{error}: {d:?}");
+    }
+    // Another key is not affected.
+    let other = error_policy(&env_b, &down, &mut backoffs);
+    assert!(short.contains(&other), "{other:?}");
+    backoffs.reset(&env_a);
+    let again = error_policy(&env_a, &down, &mut backoffs);
+    assert!(short.contains(&again), "{again:?}");
+
+    // What each kind of failure answers.
+    let not_connected = Error::NotConnected {
+        host: host(),
+        error: "invalid Podman endpoint".into(),
+    };
+    let step = |retryable| Error::StepFailed {
+        step: "create".into(),
+        error: "refused".into(),
+        retryable,
+    };
+    assert!(down.retryable() && step(true).retryable());
+    assert!(!name_in_use.retryable() && !not_connected.retryable() && !step(false).retryable());
+    assert!(!Error::Panicked.retryable());
 }
 
 #[test]
