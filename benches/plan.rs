@@ -12,12 +12,13 @@ use criterion::{criterion_group, criterion_main, Criterion};
 
 use std::net::{Ipv4Addr, SocketAddrV4};
 
-use codeb::backend::{
-    ObservedContainer, ObservedLoopback, ObservedProxy, ObservedService, ObservedServices,
-    ServiceRule, ServiceTarget, LABEL_ENVIRONMENT, LABEL_PROJECT, LABEL_RELEASE, LABEL_SLOT,
-};
-use codeb::backend::{ObservedZone, RrsetChange};
 use codeb::model::dns::{PowerDnsRef, ZoneRef};
+use codeb::model::observed::{
+    ObservedContainer, ObservedLoopback, ObservedProxy, ObservedService, ObservedServices,
+    ObservedZone, ServiceRule,
+};
+use codeb::model::ownership::{LABEL_ENVIRONMENT, LABEL_PROJECT, LABEL_RELEASE, LABEL_SLOT};
+use codeb::model::writes::{RrsetChange, ServiceTarget};
 use codeb::model::{
     Desired, DesiredEnv, EnvKey, EnvRecord, HostRef, Promotion, Recorded, Release, Slot,
     SlotRecord, SlotState,

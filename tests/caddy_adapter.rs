@@ -13,7 +13,9 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use codeb::backend::caddy::{Caddy, Error};
-use codeb::backend::{ObservedProxy, Proxy, Route, ServerSpec, TlsMode};
+use codeb::backend::Proxy;
+use codeb::model::observed::ObservedProxy;
+use codeb::model::writes::{Route, ServerSpec, TlsMode};
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
@@ -434,13 +436,16 @@ async fn codeb_routes_reach_their_backends_and_foreign_routes_stay_untouched() {
     // Replacing a route that is gone is a retryable error (re-observe, then add it).
     let error = caddy.replace_route(&two).await.unwrap_err();
     assert!(
-        matches!(&error, Error::Api { status: 404, .. }),
+        matches!(error.downcast_ref(), Some(Error::Api { status: 404, .. })),
         "{error:?}"
     );
-    assert!(error.is_retryable());
+    assert!(error.retryable());
     // Foreign ids are refused before any request.
     let error = caddy.delete_route(&foreign_id).await.unwrap_err();
-    assert!(matches!(&error, Error::InvalidName { .. }), "{error:?}");
+    assert!(
+        matches!(error.downcast_ref(), Some(Error::InvalidName { .. })),
+        "{error:?}"
+    );
 
     // Moving the listener keeps every route, codeb's and foreign.
     let new_port = free_port();
@@ -633,10 +638,10 @@ async fn an_unreachable_admin_api_is_a_retryable_error_naming_the_url() {
     ];
     for error in errors {
         assert!(
-            matches!(&error, Error::Unreachable { admin, .. } if admin == "http://127.0.0.1:1"),
+            matches!(error.downcast_ref(), Some(Error::Unreachable { admin, .. }) if admin == "http://127.0.0.1:1"),
             "{error:?}"
         );
-        assert!(error.is_retryable());
+        assert!(error.retryable());
         let message = error.to_string();
         assert!(
             message.contains("http://127.0.0.1:1") && message.contains("deploy/stack.sh up"),

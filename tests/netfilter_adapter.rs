@@ -12,9 +12,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use codeb::backend::netfilter::{self, Netfilter};
-use codeb::backend::{
-    HookWrite, Kernel, ObservedService, ServiceRule, ServiceTarget, ServiceWrite,
-};
+use codeb::backend::Kernel;
+use codeb::model::observed::{ObservedService, ServiceRule};
+use codeb::model::writes::{HookWrite, ServiceTarget, ServiceWrite};
 
 /// A loopback gateway no other run uses: 127.99.x.y from the process id.
 fn gateway() -> Ipv4Addr {
@@ -256,7 +256,7 @@ async fn a_failing_transaction_changes_nothing() {
         })
         .await
         .unwrap_err();
-    assert!(err.is_retryable(), "{err}");
+    assert!(err.retryable(), "{err}");
     let observed = nf.observe(gw).await.unwrap();
     assert!(observed.services.is_empty(), "{observed:?}");
 }

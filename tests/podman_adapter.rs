@@ -13,10 +13,10 @@ use std::process::Command;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use codeb::backend::podman::{Error, Podman};
-use codeb::backend::{
-    ContainerSpec, ObservedContainer, Runtime, LABEL_ENVIRONMENT, LABEL_PROJECT, LABEL_RELEASE,
-    LABEL_SLOT,
-};
+use codeb::backend::Runtime;
+use codeb::model::observed::ObservedContainer;
+use codeb::model::ownership::{LABEL_ENVIRONMENT, LABEL_PROJECT, LABEL_RELEASE, LABEL_SLOT};
+use codeb::model::writes::ContainerSpec;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const IMAGE: &str = "localhost/codeb-test-app:v1";
@@ -229,9 +229,12 @@ async fn a_container_lives_through_create_start_list_stop_and_remove() {
         .create(&spec)
         .await
         .expect_err("a second container with the same name");
-    assert!(matches!(again, Error::Api { .. }), "{again}");
+    assert!(
+        matches!(again.downcast_ref(), Some(Error::Api { .. })),
+        "{again}"
+    );
     assert!(again.to_string().contains("already exists"), "{again}");
-    assert!(!again.is_retryable());
+    assert!(!again.retryable());
 
     podman_cli(&endpoint, &["create", "--name", &foreign, IMAGE]);
     let listed = podman.list_owned().await.unwrap();
@@ -307,8 +310,11 @@ async fn creating_on_a_missing_network_is_not_found() {
         network: unique("codeb-test-missing-net"),
     };
     let err = podman.create(&spec).await.expect_err("no such network");
-    assert!(matches!(err, Error::NotFound { .. }), "{err}");
-    assert!(!err.is_retryable());
+    assert!(
+        matches!(err.downcast_ref(), Some(Error::NotFound { .. })),
+        "{err}"
+    );
+    assert!(!err.retryable());
 }
 
 #[tokio::test]
@@ -319,7 +325,10 @@ async fn a_missing_image_that_cannot_be_pulled_is_a_pull_error() {
         .ensure_image("127.0.0.1:1/codeb-test-missing:v0")
         .await
         .expect_err("no registry");
-    assert!(matches!(err, Error::Pull { .. }), "{err}");
+    assert!(
+        matches!(err.downcast_ref(), Some(Error::Pull { .. })),
+        "{err}"
+    );
     assert!(
         err.to_string()
             .contains("127.0.0.1:1/codeb-test-missing:v0"),
@@ -336,8 +345,11 @@ async fn an_unreachable_endpoint_is_reported_with_its_path() {
         podman.list_owned().await.unwrap_err(),
     ] {
         eprintln!("{err}");
-        assert!(matches!(err, Error::Unreachable { .. }), "{err}");
-        assert!(err.is_retryable());
+        assert!(
+            matches!(err.downcast_ref(), Some(Error::Unreachable { .. })),
+            "{err}"
+        );
+        assert!(err.retryable());
         let text = err.to_string();
         assert!(text.contains("/nonexistent.sock"), "{text}");
         assert!(text.contains("podman system service"), "{text}");
@@ -353,7 +365,10 @@ async fn an_unreachable_endpoint_is_reported_with_its_path() {
         podman.list_owned().await.unwrap_err(),
     ] {
         eprintln!("{err}");
-        assert!(matches!(err, Error::Unreachable { .. }), "{err}");
+        assert!(
+            matches!(err.downcast_ref(), Some(Error::Unreachable { .. })),
+            "{err}"
+        );
         assert!(err.to_string().contains("dead.sock"), "{err}");
     }
 

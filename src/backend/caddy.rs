@@ -43,7 +43,9 @@ use std::time::{Duration, Instant};
 use reqwest::{Method, StatusCode, Url};
 use serde_json::{json, Map, Value};
 
-use super::{ObservedProxy, Route, ServerSpec, TlsMode, ROUTE_ID_PREFIX};
+use crate::model::observed::ObservedProxy;
+use crate::model::ownership::ROUTE_ID_PREFIX;
+use crate::model::writes::{Route, ServerSpec, TlsMode};
 
 /// `@id` of the TLS automation policy that makes Caddy's internal CA issue codeb's certificates.
 ///
@@ -149,6 +151,14 @@ impl Error {
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// At the trait's edge: the same text and causes, with [`Error::is_retryable`]'s answer.
+impl From<Error> for super::Error {
+    fn from(e: Error) -> Self {
+        let kind = super::ErrorKind::from_retryable(e.is_retryable());
+        super::Error::new(super::Backend::Caddy, kind, e)
+    }
+}
 
 /// One Caddy, driven through its admin API.
 #[derive(Debug)]
@@ -351,7 +361,7 @@ impl super::Proxy for Caddy {
     ///
     /// # Errors
     /// [`Error::Malformed`] when the server is not a JSON object; transport and API errors.
-    async fn observe(&self, server: &str) -> Result<ObservedProxy> {
+    async fn observe(&self, server: &str) -> super::Result<ObservedProxy> {
         check_server_name(server)?;
         let path = server_path(server);
         let (status, value, body) = self.get_json(&path).await?;
@@ -359,10 +369,10 @@ impl super::Proxy for Caddy {
             return Ok(ObservedProxy::default());
         }
         if !status.is_success() {
-            return Err(self.api_error(&format!("GET {path}"), status, &body));
+            return Err(self.api_error(&format!("GET {path}"), status, &body).into());
         }
-        observed_from_json(server, &value)
-            .map_err(|detail| self.malformed(&format!("GET {path}"), detail))
+        Ok(observed_from_json(server, &value)
+            .map_err(|detail| self.malformed(&format!("GET {path}"), detail))?)
     }
 
     /// One `GET` of `/config/apps`, then only the writes that differ (none when the server is
@@ -381,11 +391,11 @@ impl super::Proxy for Caddy {
     /// One reload per key that differs: a TLS mode change takes two to four, and a request
     /// arriving between them may fail its TLS handshake. Nothing outside the keys listed above is
     /// written.
-    async fn ensure_server(&self, spec: &ServerSpec) -> Result<()> {
+    async fn ensure_server(&self, spec: &ServerSpec) -> super::Result<()> {
         check_server_name(&spec.name)?;
         let (status, apps, body) = self.get_json("/config/apps").await?;
         if !status.is_success() {
-            return Err(self.api_error("GET /config/apps", status, &body));
+            return Err(self.api_error("GET /config/apps", status, &body).into());
         }
         let writes = server_writes(&apps, spec)
             .map_err(|detail| self.malformed("GET /config/apps", detail))?;
@@ -402,37 +412,41 @@ impl super::Proxy for Caddy {
     /// [`Error::Api`]) and no route with this id exists anywhere in this Caddy: Caddy accepts a
     /// duplicate `@id` silently and `/id/…` then means the last one, so the caller's diff must add
     /// only ids it did not observe.
-    async fn add_route(&self, server: &str, route: &Route) -> Result<()> {
+    async fn add_route(&self, server: &str, route: &Route) -> super::Result<()> {
         check_server_name(server)?;
         check_route_id(&route.id)?;
         let path = format!("{}/routes", server_path(server));
-        self.write(&Write::new(Method::POST, path, Some(route_json(route))))
-            .await
+        Ok(self
+            .write(&Write::new(Method::POST, path, Some(route_json(route))))
+            .await?)
     }
 
     /// One `PATCH /id/{id}` with the whole route.
     ///
     /// # Errors
     /// A missing id is a retryable [`Error::Api`] with status 404.
-    async fn replace_route(&self, route: &Route) -> Result<()> {
+    async fn replace_route(&self, route: &Route) -> super::Result<()> {
         check_route_id(&route.id)?;
-        self.write(&Write::new(
-            Method::PATCH,
-            id_path(&route.id),
-            Some(route_json(route)),
-        ))
-        .await
+        Ok(self
+            .write(&Write::new(
+                Method::PATCH,
+                id_path(&route.id),
+                Some(route_json(route)),
+            ))
+            .await?)
     }
 
     /// One `DELETE /id/{id}`; an unknown id is success.
-    async fn delete_route(&self, id: &str) -> Result<()> {
+    async fn delete_route(&self, id: &str) -> super::Result<()> {
         check_route_id(id)?;
         let path = id_path(id);
         let (status, body) = self.call(Method::DELETE, &path, None).await?;
         if status.is_success() || is_unknown_id(status, &body) {
             Ok(())
         } else {
-            Err(self.api_error(&format!("DELETE {path}"), status, &body))
+            Err(self
+                .api_error(&format!("DELETE {path}"), status, &body)
+                .into())
         }
     }
 }

@@ -9,10 +9,14 @@ use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::sync::{Arc, Mutex};
 
-use super::{
-    caddy, netfilter, podman, powerdns, ContainerSpec, HookWrite, Kernel, LoopbackWrite,
+use super::{caddy, netfilter, podman, powerdns, Kernel, Proxy, Runtime};
+use crate::model::observed::{
     NetworkInfo, ObservedContainer, ObservedLoopback, ObservedProxy, ObservedService,
-    ObservedServices, Proxy, Route, Runtime, ServerSpec, ServiceRule, ServiceWrite, LABEL_PROJECT,
+    ObservedServices, ObservedZone, ServiceRule,
+};
+use crate::model::ownership::{LABEL_PROJECT, ROUTE_ID_PREFIX};
+use crate::model::writes::{
+    ContainerSpec, HookWrite, LoopbackWrite, Route, Rrset, RrsetChange, ServerSpec, ServiceWrite,
 };
 
 /// The gateway of the fake host's network: service addresses are `FAKE_GATEWAY:base_port`.
@@ -91,23 +95,23 @@ impl World {
         &self,
         mutate: bool,
         f: impl FnOnce(&mut State) -> Result<T, podman::Error>,
-    ) -> Result<T, podman::Error> {
+    ) -> super::Result<T> {
         let mut s = self.state();
         if s.podman_down {
-            return Err(podman_down());
+            return Err(podman_down().into());
         }
         if mutate {
             s.mutations += 1;
         } else {
             s.reads += 1;
         }
-        f(&mut s)
+        Ok(f(&mut s)?)
     }
 
-    fn caddy<T>(&self, mutate: bool, f: impl FnOnce(&mut State) -> T) -> Result<T, caddy::Error> {
+    fn caddy<T>(&self, mutate: bool, f: impl FnOnce(&mut State) -> T) -> super::Result<T> {
         let mut s = self.state();
         if s.caddy_down {
-            return Err(caddy_down());
+            return Err(caddy_down().into());
         }
         if mutate {
             s.mutations += 1;
@@ -155,11 +159,11 @@ impl State {
 }
 
 impl Runtime for World {
-    async fn ping(&self) -> Result<(), podman::Error> {
+    async fn ping(&self) -> super::Result<()> {
         self.podman(false, |_| Ok(()))
     }
 
-    async fn list_owned(&self) -> Result<Vec<ObservedContainer>, podman::Error> {
+    async fn list_owned(&self) -> super::Result<Vec<ObservedContainer>> {
         self.podman(false, |s| {
             Ok(s.containers
                 .values()
@@ -169,7 +173,7 @@ impl Runtime for World {
         })
     }
 
-    async fn network_gateway(&self, _name: &str) -> Result<Option<NetworkInfo>, podman::Error> {
+    async fn network_gateway(&self, _name: &str) -> super::Result<Option<NetworkInfo>> {
         self.podman(false, |_| {
             Ok(Some(NetworkInfo {
                 gateway: FAKE_GATEWAY,
@@ -178,15 +182,15 @@ impl Runtime for World {
         })
     }
 
-    async fn ensure_network(&self, _name: &str) -> Result<bool, podman::Error> {
+    async fn ensure_network(&self, _name: &str) -> super::Result<bool> {
         self.podman(false, |_| Ok(false))
     }
 
-    async fn ensure_image(&self, _image: &str) -> Result<(), podman::Error> {
+    async fn ensure_image(&self, _image: &str) -> super::Result<()> {
         self.podman(false, |_| Ok(()))
     }
 
-    async fn create(&self, spec: &ContainerSpec) -> Result<String, podman::Error> {
+    async fn create(&self, spec: &ContainerSpec) -> super::Result<String> {
         self.podman(true, |s| {
             if s.containers.values().any(|(c, _)| c.name == spec.name) {
                 return Err(name_in_use(&spec.name));
@@ -208,7 +212,7 @@ impl Runtime for World {
         })
     }
 
-    async fn start(&self, id: &str) -> Result<(), podman::Error> {
+    async fn start(&self, id: &str) -> super::Result<()> {
         self.podman(true, |s| {
             let (c, _) = find(s, id)?;
             // Podman keeps a container's address for its lifetime and reports it while it runs.
@@ -220,7 +224,7 @@ impl Runtime for World {
         })
     }
 
-    async fn stop(&self, id: &str) -> Result<(), podman::Error> {
+    async fn stop(&self, id: &str) -> super::Result<()> {
         self.podman(true, |s| {
             if let Ok((c, _)) = find(s, id) {
                 c.running = false;
@@ -231,7 +235,7 @@ impl Runtime for World {
         })
     }
 
-    async fn remove(&self, id: &str) -> Result<(), podman::Error> {
+    async fn remove(&self, id: &str) -> super::Result<()> {
         self.podman(true, |s| {
             let key = s
                 .containers
@@ -245,7 +249,7 @@ impl Runtime for World {
         })
     }
 
-    async fn rename(&self, id: &str, name: &str) -> Result<(), podman::Error> {
+    async fn rename(&self, id: &str, name: &str) -> super::Result<()> {
         self.podman(true, |s| {
             if s.containers.values().any(|(c, _)| c.name == name) {
                 return Err(name_in_use(name));
@@ -257,11 +261,11 @@ impl Runtime for World {
         })
     }
 
-    async fn address(&self, id: &str) -> Result<Option<Ipv4Addr>, podman::Error> {
+    async fn address(&self, id: &str) -> super::Result<Option<Ipv4Addr>> {
         self.podman(false, |s| Ok(find(s, id)?.0.ip))
     }
 
-    async fn logs_tail(&self, _id: &str, _lines: usize) -> Result<Vec<String>, podman::Error> {
+    async fn logs_tail(&self, _id: &str, _lines: usize) -> super::Result<Vec<String>> {
         self.podman(false, |_| Ok(vec!["fake log line".to_string()]))
     }
 }
@@ -308,30 +312,30 @@ fn find<'a>(
 }
 
 impl Proxy for World {
-    async fn observe(&self, _server: &str) -> Result<ObservedProxy, caddy::Error> {
+    async fn observe(&self, _server: &str) -> super::Result<ObservedProxy> {
         self.caddy(false, |s| ObservedProxy {
             server: s.server.clone(),
             routes: s
                 .routes
                 .iter()
-                .filter(|r| r.id.starts_with(super::ROUTE_ID_PREFIX))
+                .filter(|r| r.id.starts_with(ROUTE_ID_PREFIX))
                 .cloned()
                 .collect(),
         })
     }
 
-    async fn ensure_server(&self, spec: &ServerSpec) -> Result<(), caddy::Error> {
+    async fn ensure_server(&self, spec: &ServerSpec) -> super::Result<()> {
         self.caddy(true, |s| s.server = Some(spec.clone()))
     }
 
-    async fn add_route(&self, _server: &str, route: &Route) -> Result<(), caddy::Error> {
+    async fn add_route(&self, _server: &str, route: &Route) -> super::Result<()> {
         self.caddy(true, |s| {
             s.route_writes += 1;
             s.routes.push(route.clone())
         })
     }
 
-    async fn replace_route(&self, route: &Route) -> Result<(), caddy::Error> {
+    async fn replace_route(&self, route: &Route) -> super::Result<()> {
         self.caddy(true, |s| {
             s.route_writes += 1;
             if let Some(r) = s.routes.iter_mut().find(|r| r.id == route.id) {
@@ -340,7 +344,7 @@ impl Proxy for World {
         })
     }
 
-    async fn delete_route(&self, id: &str) -> Result<(), caddy::Error> {
+    async fn delete_route(&self, id: &str) -> super::Result<()> {
         self.caddy(true, |s| {
             s.route_writes += 1;
             s.routes.retain(|r| r.id != id)
@@ -353,10 +357,10 @@ impl World {
         &self,
         mutate: bool,
         f: impl FnOnce(&mut State) -> Result<T, netfilter::Error>,
-    ) -> Result<T, netfilter::Error> {
+    ) -> super::Result<T> {
         let mut s = self.state();
         if let Some(reason) = s.kernel_unsupported.clone() {
-            return Err(netfilter::Error::Unsupported { reason });
+            return Err(netfilter::Error::Unsupported { reason }.into());
         }
         if mutate {
             s.mutations += 1;
@@ -364,7 +368,7 @@ impl World {
         } else {
             s.reads += 1;
         }
-        f(&mut s)
+        Ok(f(&mut s)?)
     }
 }
 
@@ -386,17 +390,13 @@ impl State {
 impl Kernel for World {
     type Table = FakeTable;
 
-    async fn read(&self) -> Result<FakeTable, netfilter::Error> {
+    async fn read(&self) -> super::Result<FakeTable> {
         self.kernel(false, |s| {
             Ok((s.nat.clone(), s.published.clone(), s.loopback.clone()))
         })
     }
 
-    fn services(
-        &self,
-        table: &FakeTable,
-        gateway: Ipv4Addr,
-    ) -> Result<ObservedServices, netfilter::Error> {
+    fn services(&self, table: &FakeTable, gateway: Ipv4Addr) -> super::Result<ObservedServices> {
         Ok(if gateway == FAKE_GATEWAY {
             table.0.clone()
         } else if gateway.is_loopback() {
@@ -414,7 +414,7 @@ impl Kernel for World {
         }
     }
 
-    async fn set_loopback(&self, _write: &LoopbackWrite) -> Result<(), netfilter::Error> {
+    async fn set_loopback(&self, _write: &LoopbackWrite) -> super::Result<()> {
         self.kernel(true, |s| {
             s.loopback = ObservedLoopback {
                 masquerade: 1,
@@ -425,7 +425,7 @@ impl Kernel for World {
         })
     }
 
-    async fn hook(&self, write: &HookWrite) -> Result<(), netfilter::Error> {
+    async fn hook(&self, write: &HookWrite) -> super::Result<()> {
         self.kernel(true, |s| {
             let rules = s.rules_on(write.gateway);
             rules.chain = true;
@@ -435,7 +435,7 @@ impl Kernel for World {
     }
 
     /// Like an nf_tables transaction: all or nothing, and a dispatch rule needs the dispatch chain.
-    async fn set_service(&self, write: &ServiceWrite) -> Result<(), netfilter::Error> {
+    async fn set_service(&self, write: &ServiceWrite) -> super::Result<()> {
         self.kernel(true, |s| {
             let rules = s.rules_on(write.gateway);
             match &write.target {
@@ -495,7 +495,7 @@ impl crate::reconcile::Prober for FakeProber {
 #[derive(Debug, Default)]
 pub struct DnsState {
     /// Zone name (no trailing dot) → its rrsets, foreign ones included.
-    pub zones: BTreeMap<String, Vec<super::Rrset>>,
+    pub zones: BTreeMap<String, Vec<Rrset>>,
     /// Per zone: bumped by every patch, like PowerDNS's SOA serial.
     pub serials: BTreeMap<String, u32>,
     pub patches: usize,
@@ -505,6 +505,8 @@ pub struct DnsState {
     pub calls: usize,
     /// Every call fails as an unreachable server would.
     pub down: bool,
+    /// Every call fails as a server refusing the API key would (not retryable).
+    pub refuse_key: bool,
     /// Patches fail as a refused change would (after being counted as an attempt).
     pub refuse_patches: bool,
     pub patch_attempts: usize,
@@ -532,7 +534,7 @@ impl FakeDns {
     fn call<T>(
         &self,
         f: impl FnOnce(&mut DnsState) -> Result<T, powerdns::Error>,
-    ) -> Result<T, powerdns::Error> {
+    ) -> super::Result<T> {
         let mut s = self.state();
         s.calls += 1;
         if s.down {
@@ -540,9 +542,19 @@ impl FakeDns {
                 api: "http://fake-pdns".into(),
                 op: "GET zones".into(),
                 timeout: std::time::Duration::from_secs(10),
-            });
+            }
+            .into());
         }
-        f(&mut s)
+        if s.refuse_key {
+            return Err(powerdns::Error::Unauthorized {
+                api: "http://fake-pdns".into(),
+                env: "PDNS_API_KEY".into(),
+                op: "GET zones".into(),
+                status: 401,
+            }
+            .into());
+        }
+        Ok(f(&mut s)?)
     }
 }
 
@@ -551,16 +563,16 @@ impl super::Dns for FakeDns {
         "http://fake-pdns"
     }
 
-    async fn zone(&self, zone: &str) -> Result<Option<super::ObservedZone>, powerdns::Error> {
+    async fn zone(&self, zone: &str) -> super::Result<Option<ObservedZone>> {
         self.call(|s| {
             s.reads += 1;
-            Ok(s.zones.get(zone).map(|rrsets| super::ObservedZone {
+            Ok(s.zones.get(zone).map(|rrsets| ObservedZone {
                 rrsets: rrsets.clone(),
             }))
         })
     }
 
-    async fn create_zone(&self, zone: &str) -> Result<(), powerdns::Error> {
+    async fn create_zone(&self, zone: &str) -> super::Result<()> {
         self.call(|s| {
             s.creates += 1;
             s.zones.entry(zone.to_string()).or_default();
@@ -570,11 +582,7 @@ impl super::Dns for FakeDns {
     }
 
     /// Applies the changes as PowerDNS does (all or nothing), refusing a CNAME beside another type.
-    async fn patch(
-        &self,
-        zone: &str,
-        changes: &[super::RrsetChange],
-    ) -> Result<(), powerdns::Error> {
+    async fn patch(&self, zone: &str, changes: &[RrsetChange]) -> super::Result<()> {
         self.call(|s| {
             s.patch_attempts += 1;
             if s.refuse_patches {
@@ -596,7 +604,7 @@ impl super::Dns for FakeDns {
                 })?;
             for change in changes {
                 rrsets.retain(|r| !(r.name == change.name() && r.rtype == change.rtype()));
-                if let super::RrsetChange::Replace(r) = change {
+                if let RrsetChange::Replace(r) = change {
                     let clash = rrsets
                         .iter()
                         .any(|o| o.name == r.name && (o.rtype == "CNAME") != (r.rtype == "CNAME"));

@@ -60,10 +60,9 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use self::wire::{ChainDef, Expr, Hook, ListedRule, Op};
-use super::{
-    HookWrite, Kernel, LoopbackWrite, ObservedLoopback, ObservedService, ObservedServices,
-    ServiceRule, ServiceTarget, ServiceWrite,
-};
+use super::Kernel;
+use crate::model::observed::{ObservedLoopback, ObservedService, ObservedServices, ServiceRule};
+use crate::model::writes::{HookWrite, LoopbackWrite, ServiceTarget, ServiceWrite};
 
 /// codeb's table, in the `ip` family.
 pub const TABLE: &str = "codeb";
@@ -130,6 +129,20 @@ impl Error {
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// At the trait's edge: the same text and causes; [`Error::Unsupported`] keeps its reason, for
+/// the caller that switches through Caddy instead.
+impl From<Error> for super::Error {
+    fn from(e: Error) -> Self {
+        let kind = match &e {
+            Error::Unsupported { reason } => super::ErrorKind::Unsupported {
+                reason: reason.clone(),
+            },
+            Error::Refused { .. } => super::ErrorKind::from_retryable(e.is_retryable()),
+        };
+        super::Error::new(super::Backend::Kernel, kind, e)
+    }
+}
 
 /// This machine's netfilter, or the reason it cannot be managed.
 #[derive(Debug)]
@@ -252,20 +265,21 @@ impl Default for Netfilter {
 impl Kernel for Netfilter {
     type Table = Ruleset;
 
-    async fn read(&self) -> Result<Ruleset> {
-        self.with_socket(|s| {
-            let chains = s
-                .chains(TABLE)
-                .map_err(|e| Error::from_io("the list of chains", e))?;
-            let rules = s
-                .rules(TABLE)
-                .map_err(|e| Error::from_io(format!("the rules of table ip {TABLE}"), e))?;
-            Ok(Ruleset { chains, rules })
-        })
-        .await
+    async fn read(&self) -> super::Result<Ruleset> {
+        Ok(self
+            .with_socket(|s| {
+                let chains = s
+                    .chains(TABLE)
+                    .map_err(|e| Error::from_io("the list of chains", e))?;
+                let rules = s
+                    .rules(TABLE)
+                    .map_err(|e| Error::from_io(format!("the rules of table ip {TABLE}"), e))?;
+                Ok(Ruleset { chains, rules })
+            })
+            .await?)
     }
 
-    fn services(&self, table: &Ruleset, gateway: Ipv4Addr) -> Result<ObservedServices> {
+    fn services(&self, table: &Ruleset, gateway: Ipv4Addr) -> super::Result<ObservedServices> {
         is_local(gateway)?;
         Ok(parse(table, gateway))
     }
@@ -294,7 +308,7 @@ impl Kernel for Netfilter {
         }
     }
 
-    async fn set_loopback(&self, write: &LoopbackWrite) -> Result<()> {
+    async fn set_loopback(&self, write: &LoopbackWrite) -> super::Result<()> {
         let o = &write.observed;
         let extra = if o.masquerade > 1 || o.guard > 1 {
             let rules = self.read().await?.rules;
@@ -325,7 +339,7 @@ impl Kernel for Netfilter {
         Ok(())
     }
 
-    async fn hook(&self, write: &HookWrite) -> Result<()> {
+    async fn hook(&self, write: &HookWrite) -> super::Result<()> {
         let extra = if write.hooks > 1 {
             let rules = self.read().await?.rules;
             let hook = hook_rule(write.gateway);
@@ -338,10 +352,10 @@ impl Kernel for Netfilter {
             return Ok(());
         }
         let what = format!("the hook of {}", dispatch_chain(write.gateway));
-        self.commit(what, ops).await
+        Ok(self.commit(what, ops).await?)
     }
 
-    async fn set_service(&self, write: &ServiceWrite) -> Result<()> {
+    async fn set_service(&self, write: &ServiceWrite) -> super::Result<()> {
         // Rules are deleted by handle: only a write that deletes dispatch rules reads them first.
         let keep = usize::from(write.target.is_some());
         let extra = if write.dispatch > keep {
@@ -356,7 +370,7 @@ impl Kernel for Netfilter {
             Vec::new()
         };
         let what = format!("the change of {}", service_chain(write.gateway, write.port));
-        self.commit(what, service_ops(write, &extra)).await
+        Ok(self.commit(what, service_ops(write, &extra)).await?)
     }
 
     /// Counts conntrack entries whose reply comes from `target` and that are not closing. `None`
@@ -1074,10 +1088,15 @@ ipv4     2 udp      17 20 src=10.89.144.2 dst=10.89.144.1 sport=8080 dport=53 sr
     #[tokio::test]
     async fn an_unsupported_netfilter_observes_nothing_and_writes_nothing() {
         let n = Netfilter::unsupported("Podman is on another machine", false);
-        assert!(matches!(
-            n.observe(GW).await,
-            Err(Error::Unsupported { .. })
-        ));
+        let unsupported = n.observe(GW).await.unwrap_err();
+        assert_eq!(
+            unsupported.kind(),
+            &crate::backend::ErrorKind::Unsupported {
+                reason: "Podman is on another machine".into()
+            },
+            "the trait's error keeps the reason"
+        );
+        assert!(!unsupported.retryable());
         assert_eq!(n.open_connections(SocketAddrV4::new(GW, 1)).await, None);
     }
 

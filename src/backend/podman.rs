@@ -33,7 +33,10 @@ use futures_util::StreamExt;
 use serde::Deserialize;
 use tracing::debug;
 
-use super::{ContainerSpec, ObservedContainer, Runtime, LABEL_PROJECT};
+use super::Runtime;
+use crate::model::observed::{NetworkInfo, ObservedContainer};
+use crate::model::ownership::{LABEL_ENVIRONMENT, LABEL_PROJECT};
+use crate::model::writes::ContainerSpec;
 
 /// The API version spoken to Podman. Podman 4.3 reports `ApiVersion 1.41`; pinning it means we
 /// never call `negotiate_version` (0.34–0.65 s per call here) and never ask Podman for the
@@ -58,6 +61,14 @@ const STOP_TIMEOUT_SECS: i32 = 5;
 
 /// Result of this adapter.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// At the trait's edge: the same text and causes, with [`Error::is_retryable`]'s answer.
+impl From<Error> for super::Error {
+    fn from(e: Error) -> Self {
+        let kind = super::ErrorKind::from_retryable(e.is_retryable());
+        super::Error::new(super::Backend::Podman, kind, e)
+    }
+}
 
 /// Errors of the Podman adapter.
 ///
@@ -414,7 +425,7 @@ impl Podman {
 }
 
 impl Runtime for Podman {
-    async fn ping(&self) -> Result<()> {
+    async fn ping(&self) -> super::Result<()> {
         self.docker()?
             .ping()
             .await
@@ -430,36 +441,37 @@ impl Runtime for Podman {
     /// bollard's list failed 163 times in 1504 calls while five containers exited, and a container
     /// cycling under its restart policy was `stopped` in 4–49 % of the lists taken meanwhile. Any
     /// state word is accepted here; only `running` counts as running.
-    async fn list_owned(&self) -> Result<Vec<ObservedContainer>> {
-        self.list(&format!(r#"{{"label":["{LABEL_PROJECT}"]}}"#))
-            .await
+    async fn list_owned(&self) -> super::Result<Vec<ObservedContainer>> {
+        Ok(self
+            .list(&format!(r#"{{"label":["{LABEL_PROJECT}"]}}"#))
+            .await?)
     }
 
     /// Filtered by Podman: it reports (and pays for) the environment's containers only.
-    async fn list_env(&self, key: &crate::model::EnvKey) -> Result<Vec<ObservedContainer>> {
+    async fn list_env(&self, key: &crate::model::EnvKey) -> super::Result<Vec<ObservedContainer>> {
         let labels = serde_json::json!({
             "label": [
                 format!("{LABEL_PROJECT}={}", key.project),
-                format!("{}={}", super::LABEL_ENVIRONMENT, key.env),
+                format!("{}={}", LABEL_ENVIRONMENT, key.env),
             ]
         });
-        self.list(&labels.to_string()).await
+        Ok(self.list(&labels.to_string()).await?)
     }
     /// One `GET /networks/{name}`: the gateway of its first IPv4 subnet, and its bridge.
-    async fn network_gateway(&self, name: &str) -> Result<Option<super::NetworkInfo>> {
+    async fn network_gateway(&self, name: &str) -> super::Result<Option<NetworkInfo>> {
         Ok(self.network(name).await?.and_then(|n| {
             let gateway = n
                 .subnets
                 .iter()
                 .find_map(|s| s.gateway.as_deref()?.parse().ok())?;
-            Some(super::NetworkInfo {
+            Some(NetworkInfo {
                 gateway,
                 bridge: n.network_interface,
             })
         }))
     }
 
-    async fn ensure_network(&self, name: &str) -> Result<bool> {
+    async fn ensure_network(&self, name: &str) -> super::Result<bool> {
         let docker = self.docker()?;
         if self.network(name).await?.is_some() {
             return Ok(false);
@@ -477,18 +489,18 @@ impl Runtime for Podman {
             {
                 Ok(false)
             }
-            Err(e) => Err(self.err(&format!("create network {name}"), e)),
+            Err(e) => Err(self.err(&format!("create network {name}"), e).into()),
         }
     }
 
-    async fn ensure_image(&self, image: &str) -> Result<()> {
+    async fn ensure_image(&self, image: &str) -> super::Result<()> {
         let docker = self.docker()?;
         match docker.inspect_image(image).await {
             Ok(_) => return Ok(()),
             Err(BollardError::DockerResponseServerError {
                 status_code: 404, ..
             }) => {}
-            Err(e) => return Err(self.err(&format!("inspect image {image}"), e)),
+            Err(e) => return Err(self.err(&format!("inspect image {image}"), e).into()),
         }
         debug!(image, "image missing, pulling");
         let options = CreateImageOptionsBuilder::default()
@@ -517,7 +529,7 @@ impl Runtime for Podman {
             })?
     }
 
-    async fn create(&self, spec: &ContainerSpec) -> Result<String> {
+    async fn create(&self, spec: &ContainerSpec) -> super::Result<String> {
         let op = format!("create container {}", spec.name);
         let started = Instant::now();
         let options = CreateContainerOptionsBuilder::default()
@@ -535,7 +547,7 @@ impl Runtime for Podman {
     }
 
     /// Starting a running container is not an error (Podman answers 304, which bollard accepts).
-    async fn start(&self, id: &str) -> Result<()> {
+    async fn start(&self, id: &str) -> super::Result<()> {
         let started = Instant::now();
         self.docker()?
             .start_container(id, None)
@@ -550,7 +562,7 @@ impl Runtime for Podman {
     }
 
     /// Stopping a stopped (304) or missing (404) container is not an error.
-    async fn stop(&self, id: &str) -> Result<()> {
+    async fn stop(&self, id: &str) -> super::Result<()> {
         let started = Instant::now();
         let options = StopContainerOptionsBuilder::default()
             .t(STOP_TIMEOUT_SECS)
@@ -560,7 +572,7 @@ impl Runtime for Podman {
             | Err(BollardError::DockerResponseServerError {
                 status_code: 404, ..
             }) => {}
-            Err(e) => return Err(self.err(&format!("stop container {id}"), e)),
+            Err(e) => return Err(self.err(&format!("stop container {id}"), e).into()),
         }
         debug!(
             id,
@@ -572,7 +584,7 @@ impl Runtime for Podman {
 
     /// Force-removes the container and its anonymous volumes (an image's `VOLUME`s would otherwise
     /// pile up, one set per release); a missing container is not an error.
-    async fn remove(&self, id: &str) -> Result<()> {
+    async fn remove(&self, id: &str) -> super::Result<()> {
         let started = Instant::now();
         let options = RemoveContainerOptionsBuilder::default()
             .force(true)
@@ -583,7 +595,7 @@ impl Runtime for Podman {
             | Err(BollardError::DockerResponseServerError {
                 status_code: 404, ..
             }) => {}
-            Err(e) => return Err(self.err(&format!("remove container {id}"), e)),
+            Err(e) => return Err(self.err(&format!("remove container {id}"), e).into()),
         }
         debug!(
             id,
@@ -595,7 +607,7 @@ impl Runtime for Podman {
 
     /// One `POST /containers/{id}/rename` (2-5 ms here, against 250-400 ms to remove a running
     /// container).
-    async fn rename(&self, id: &str, name: &str) -> Result<()> {
+    async fn rename(&self, id: &str, name: &str) -> super::Result<()> {
         let started = Instant::now();
         let options = bollard::query_parameters::RenameContainerOptionsBuilder::default()
             .name(name)
@@ -616,7 +628,7 @@ impl Runtime for Podman {
     /// From a list filtered by name (a regular expression to Podman, anchored here) or id: the
     /// list's entries parse whatever the state, where bollard's inspect fails on Podman's
     /// transient `stopped`.
-    async fn address(&self, id: &str) -> Result<Option<std::net::Ipv4Addr>> {
+    async fn address(&self, id: &str) -> super::Result<Option<std::net::Ipv4Addr>> {
         let filters = if id.len() == 64 && id.bytes().all(|b| b.is_ascii_hexdigit()) {
             serde_json::json!({ "id": [id] })
         } else {
@@ -629,7 +641,7 @@ impl Runtime for Podman {
             .and_then(|c| c.ip))
     }
 
-    async fn logs_tail(&self, id: &str, lines: usize) -> Result<Vec<String>> {
+    async fn logs_tail(&self, id: &str, lines: usize) -> super::Result<Vec<String>> {
         // Nothing to ask for (Podman would answer an empty body to `tail=0`).
         if lines == 0 {
             return Ok(Vec::new());
@@ -647,7 +659,7 @@ impl Runtime for Podman {
             while let Some(frame) = frames.next().await {
                 assembler.push(frame.map_err(|e| self.err(&op, e))?);
             }
-            Ok(assembler.finish())
+            Ok::<_, Error>(assembler.finish())
         };
         // bollard's timeout ends at the response headers; the body of a non-follow log is short.
         let mut all: Vec<String> =

@@ -26,7 +26,9 @@ use reqwest::{Method, StatusCode, Url};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::{ObservedZone, Rrset, RrsetChange, DNS_ACCOUNT};
+use crate::model::observed::ObservedZone;
+use crate::model::ownership::DNS_ACCOUNT;
+use crate::model::writes::{Rrset, RrsetChange};
 
 /// The API is a local HTTP server answering in milliseconds; two seconds to connect is a dead one.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -114,6 +116,14 @@ impl Error {
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// At the trait's edge: the same text and causes, with [`Error::is_retryable`]'s answer.
+impl From<Error> for super::Error {
+    fn from(e: Error) -> Self {
+        let kind = super::ErrorKind::from_retryable(e.is_retryable());
+        super::Error::new(super::Backend::PowerDns, kind, e)
+    }
+}
 
 /// One PowerDNS server (one `serverId` of one API), as used for one Zone.
 pub struct PowerDns {
@@ -302,7 +312,7 @@ impl super::Dns for PowerDns {
     }
 
     /// One `GET` of the zone (and, only when it answers 404, one of the server).
-    async fn zone(&self, zone: &str) -> Result<Option<ObservedZone>> {
+    async fn zone(&self, zone: &str) -> super::Result<Option<ObservedZone>> {
         let path = zone_path(zone);
         let (status, body) = self.call(Method::GET, &path, None).await?;
         if status == StatusCode::NOT_FOUND {
@@ -310,7 +320,7 @@ impl super::Dns for PowerDns {
             return Ok(None);
         }
         if !status.is_success() {
-            return Err(self.error(&format!("GET {path}"), status, &body));
+            return Err(self.error(&format!("GET {path}"), status, &body).into());
         }
         let wire: WireZone = serde_json::from_str(&body).map_err(|e| Error::Malformed {
             api: self.api.clone(),
@@ -324,7 +334,7 @@ impl super::Dns for PowerDns {
 
     /// One `POST`: a Native zone with no nameservers of codeb's choosing, so its SOA comes from
     /// the server's `default-soa-content`. An existing zone (409) is success.
-    async fn create_zone(&self, zone: &str) -> Result<()> {
+    async fn create_zone(&self, zone: &str) -> super::Result<()> {
         let body = json!({"name": format!("{zone}."), "kind": "Native", "nameservers": []});
         let (status, text) = self.call(Method::POST, "zones", Some(&body)).await?;
         match status {
@@ -332,20 +342,21 @@ impl super::Dns for PowerDns {
             StatusCode::NOT_FOUND => Err(Error::NoServer {
                 api: self.api.clone(),
                 server_id: self.server_id.clone(),
-            }),
-            s => Err(self.error("POST zones", s, &text)),
+            }
+            .into()),
+            s => Err(self.error("POST zones", s, &text).into()),
         }
     }
 
     /// One `PATCH` with every change.
-    async fn patch(&self, zone: &str, changes: &[RrsetChange]) -> Result<()> {
+    async fn patch(&self, zone: &str, changes: &[RrsetChange]) -> super::Result<()> {
         let path = zone_path(zone);
         let body = json!({"rrsets": changes.iter().map(change_json).collect::<Vec<_>>()});
         let (status, text) = self.call(Method::PATCH, &path, Some(&body)).await?;
         if status.is_success() {
             Ok(())
         } else {
-            Err(self.error(&format!("PATCH {path}"), status, &text))
+            Err(self.error(&format!("PATCH {path}"), status, &text).into())
         }
     }
 }

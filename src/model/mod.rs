@@ -1,11 +1,17 @@
-//! The domain model shared by `plan`, `store` and `reconcile`: slots, their states, releases,
-//! desired environments and what is recorded about them.
+//! The domain model shared by `plan`, `store`, `reconcile` and the backend adapters: slots, their
+//! states, releases, desired environments and what is recorded about them; what the backends
+//! report ([`observed`]) and are asked to write ([`writes`]); and the marks that say what is
+//! codeb's ([`ownership`]).
 //!
-//! Plain data only: no I/O, no clock, no backend types.
+//! Plain data only: no I/O, no clock, no backend types. Nothing here imports `backend`: the
+//! adapters convert to these types, never the other way round.
 
 pub mod desired;
 pub mod dns;
+pub mod observed;
+pub mod ownership;
 pub mod ports;
+pub mod writes;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -133,7 +139,7 @@ impl EnvKey {
     pub fn route_id(&self) -> String {
         format!(
             "{}{}_{}",
-            crate::backend::ROUTE_ID_PREFIX,
+            ownership::ROUTE_ID_PREFIX,
             self.project,
             self.env
         )

@@ -5,8 +5,8 @@
 use std::fmt;
 
 use super::{Action, DnsChange, Note, Plan, Step};
-use crate::backend::{Rrset, RrsetChange, TlsMode};
 use crate::model::dns::OWNER_PREFIX;
+use crate::model::writes::{Rrset, RrsetChange, TlsMode};
 
 impl fmt::Display for Step {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

@@ -25,8 +25,9 @@ use std::net::IpAddr;
 use rustc_hash::{FxHashMap, FxHashSet};
 
 use super::{Action, Note, Observed, Plan, Step};
-use crate::backend::{ObservedZone, Rrset, RrsetChange};
 use crate::model::dns::{canonical, owner_mark, owner_of, zone_of, ZoneRef, OWNER_PREFIX};
+use crate::model::observed::ObservedZone;
+use crate::model::writes::{Rrset, RrsetChange};
 use crate::model::{preview_hostname, Desired, DesiredEnv, EnvKey, Recorded, Slot};
 
 /// What one zone looked like.
@@ -35,9 +36,12 @@ pub enum ZoneObservation {
     Present(ObservedZone),
     /// The server answered, and has no such zone.
     Missing,
-    /// The server could not be read; the message names the endpoint.
+    /// The server could not be read; the message names the endpoint. `retryable`: reading it
+    /// again may succeed with nothing else changed (see `backend::Error::retryable`); false for a
+    /// refused key, for instance.
     Unreachable {
         error: String,
+        retryable: bool,
     },
 }
 
@@ -390,7 +394,7 @@ fn plan_zones(input: &Input<'_>, observed: &BTreeMap<String, ZoneObservation>, p
             Some(ZoneObservation::Present(z)) => (false, &z.rrsets),
             Some(ZoneObservation::Missing) if ensure => (true, &[]),
             Some(ZoneObservation::Missing) => continue, // nothing there to delete
-            Some(ZoneObservation::Unreachable { error }) => {
+            Some(ZoneObservation::Unreachable { error, .. }) => {
                 plan.notes.push(unreachable(zone, error));
                 continue;
             }

@@ -7,10 +7,11 @@ use std::net::SocketAddrV4;
 
 use super::service::{publication_diff, service_address, service_diff, slot_target, SlotPort};
 use super::{Action, DirectProbe, Drain, KernelObservation, Note, Plan, Step, NETWORK};
-use crate::backend::{
-    ContainerSpec, ObservedContainer, Route, LABEL_ENVIRONMENT, LABEL_PORT, LABEL_PROJECT,
-    LABEL_RELEASE, LABEL_SLOT,
+use crate::model::observed::ObservedContainer;
+use crate::model::ownership::{
+    LABEL_ENVIRONMENT, LABEL_PORT, LABEL_PROJECT, LABEL_RELEASE, LABEL_SLOT, ROUTE_ID_PREFIX,
 };
+use crate::model::writes::{ContainerSpec, Route};
 use crate::model::{
     ports, DesiredEnv, EnvRecord, HostRef, Promotion, Release, Slot, SlotRecord, SlotState,
 };
@@ -452,7 +453,7 @@ impl Wanted<'_> {
     /// `codeb-{project}_{env}` or `codeb-{project}_{env}_{slot}`, compared without allocating.
     fn is_id(&self, id: &str) -> bool {
         let rest = id
-            .strip_prefix(crate::backend::ROUTE_ID_PREFIX)
+            .strip_prefix(ROUTE_ID_PREFIX)
             .and_then(|r| r.strip_prefix(self.rec.key.project.as_str()))
             .and_then(|r| r.strip_prefix('_'))
             .and_then(|r| r.strip_prefix(self.rec.key.env.as_str()));

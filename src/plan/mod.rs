@@ -23,11 +23,16 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 
 use smallvec::SmallVec;
 
-use crate::backend::{
-    ContainerSpec, HookWrite, LoopbackWrite, ObservedContainer, ObservedLoopback, ObservedProxy,
-    ObservedServices, Route, ServerSpec, ServiceWrite,
+use crate::model::observed::{
+    ObservedContainer, ObservedLoopback, ObservedProxy, ObservedServices,
+};
+use crate::model::ownership::{
+    belongs_to, LABEL_ENVIRONMENT, LABEL_PORT, LABEL_PROJECT, ROUTE_ID_PREFIX,
 };
 use crate::model::ports::PortSet;
+use crate::model::writes::{
+    ContainerSpec, HookWrite, LoopbackWrite, Route, ServerSpec, ServiceWrite, TlsMode,
+};
 use crate::model::{
     Desired, DesiredEnv, EnvKey, EnvRecord, HostRef, Recorded, Release, Slot, SwitchMode,
 };
@@ -668,7 +673,6 @@ fn index<'a>(
     threads: usize,
     min_parallel: usize,
 ) -> Index<'a> {
-    use crate::backend::{LABEL_ENVIRONMENT, LABEL_PROJECT};
     let index_containers = |part: &'a [ObservedContainer]| {
         let mut cs: ByKey<'a, ObservedContainer, 2> =
             ByKey::with_capacity_and_hasher(part.len(), Default::default());
@@ -721,7 +725,7 @@ fn index<'a>(
 }
 
 fn route_key_str(id: &str) -> Option<(&str, &str)> {
-    let rest = id.strip_prefix(crate::backend::ROUTE_ID_PREFIX)?;
+    let rest = id.strip_prefix(ROUTE_ID_PREFIX)?;
     let mut parts = rest.split('_');
     let (p, e) = (parts.next()?, parts.next()?);
     match (parts.next(), parts.next()) {
@@ -739,7 +743,6 @@ pub fn route_key(id: &str) -> Option<EnvKey> {
 
 /// The Caddy server codeb wants on a host.
 pub fn server_spec(host: &HostRef) -> ServerSpec {
-    use crate::backend::TlsMode;
     use crate::spec::Tls;
     ServerSpec {
         name: SERVER_NAME.to_string(),
@@ -759,13 +762,6 @@ pub fn route_ids(key: &EnvKey) -> [String; 3] {
         key.preview_route_id(Slot::Blue),
         key.preview_route_id(Slot::Green),
     ]
-}
-
-/// True when the container carries the ownership labels of this key.
-pub fn belongs_to(c: &ObservedContainer, key: &EnvKey) -> bool {
-    use crate::backend::{LABEL_ENVIRONMENT, LABEL_PROJECT};
-    c.labels.get(LABEL_PROJECT) == Some(&key.project)
-        && c.labels.get(LABEL_ENVIRONMENT) == Some(&key.env)
 }
 
 /// Ports no new allocation may take: every recorded pair and every port a codeb container
@@ -805,7 +801,7 @@ impl LazyPorts<'_> {
                     // another state directory sharing the host may own either.
                     taken.extend(containers.iter().filter_map(|c| {
                         c.host_port
-                            .or_else(|| c.labels.get(crate::backend::LABEL_PORT)?.parse().ok())
+                            .or_else(|| c.labels.get(LABEL_PORT)?.parse().ok())
                     }));
                 }
             }

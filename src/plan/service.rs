@@ -8,10 +8,9 @@
 use std::net::{Ipv4Addr, SocketAddrV4};
 
 use super::{KernelObservation, Published};
-use crate::backend::{
-    HookWrite, LoopbackWrite, ObservedContainer, ObservedServices, ServiceRule, ServiceTarget,
-    ServiceWrite, LABEL_RELEASE,
-};
+use crate::model::observed::{ObservedContainer, ObservedServices, ServiceRule};
+use crate::model::ownership::LABEL_RELEASE;
+use crate::model::writes::{HookWrite, LoopbackWrite, ServiceTarget, ServiceWrite};
 use crate::model::{EnvKey, EnvRecord, Slot};
 
 /// The environment's service address on a host whose rules codeb manages: the gateway of codeb's
@@ -228,7 +227,7 @@ mod tests {
     use std::net::Ipv4Addr;
 
     use super::*;
-    use crate::backend::{ObservedService, ObservedServices};
+    use crate::model::observed::{ObservedService, ObservedServices};
     use crate::model::{Release, SlotState};
 
     const GW: Ipv4Addr = Ipv4Addr::new(10, 89, 144, 1);

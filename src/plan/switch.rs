@@ -7,7 +7,8 @@
 use super::env::{health_url, route_diff, switch};
 use super::service::{hook_diff, service_address, service_diff, slot_target};
 use super::{Action, HostView, Plan, Step};
-use crate::backend::ObservedContainer;
+use crate::model::observed::ObservedContainer;
+use crate::model::ownership::belongs_to;
 use crate::model::{EnvRecord, HostRef, Slot, SlotState};
 
 /// Why a switch cannot be planned. None is worth a retry without a change.
@@ -102,7 +103,7 @@ fn plan_switch(
         let name = rec.key.container_name(slot);
         view.containers
             .iter()
-            .find(|c| c.name == name && super::belongs_to(c, &rec.key))
+            .find(|c| c.name == name && belongs_to(c, &rec.key))
     };
     // Where codeb publishes slot ports, the probe goes to the container the rule will lead to.
     let url = match (
@@ -119,7 +120,7 @@ fn plan_switch(
         url,
     }));
     let ids = super::route_ids(&rec.key);
-    let observed: Vec<&crate::backend::Route> = view
+    let observed: Vec<&crate::model::writes::Route> = view
         .proxy
         .routes
         .iter()

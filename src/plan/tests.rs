@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use super::*;
 use crate::backend::fake::{FakeProber, World, FAKE_GATEWAY};
-use crate::backend::{Route, LABEL_PROJECT};
+use crate::model::ownership::LABEL_PROJECT;
+use crate::model::writes::Route;
 use crate::model::{DesiredEnv, EnvKey, HostRef, Promotion, Release, Slot, SlotState};
 use crate::reconcile::{self, Backends, HostBackends, Target};
 use crate::store::Store;
@@ -407,7 +408,7 @@ async fn drift_is_repaired_and_foreign_objects_are_never_touched() {
             keep_alive: true,
         });
     }
-    let foreign = crate::backend::ContainerSpec {
+    let foreign = crate::model::writes::ContainerSpec {
         name: "not-ours".into(),
         image: "x".into(),
         command: None,
@@ -549,7 +550,7 @@ fn nat_target(f: &Fixture, project: &str) -> Result<std::net::SocketAddrV4, Stri
     let s = f.world.state();
     let service = s.nat.services.get(&base).ok_or("no service address")?;
     match service.rules.as_slice() {
-        [crate::backend::ServiceRule::Dnat(t)] if service.dispatch == 1 => Ok(t.to),
+        [crate::model::observed::ServiceRule::Dnat(t)] if service.dispatch == 1 => Ok(t.to),
         other => Err(format!(
             "{} dispatch rules, rules {other:?}",
             service.dispatch
@@ -620,7 +621,7 @@ async fn nat_rules_changed_or_removed_by_hand_are_repaired_by_the_next_apply() {
         // a: a second target added by hand; b: its chain removed; the hook gone.
         let sa = s.nat.services.get_mut(&base_a).unwrap();
         let mut extra = sa.rules[0].clone();
-        if let crate::backend::ServiceRule::Dnat(t) = &mut extra {
+        if let crate::model::observed::ServiceRule::Dnat(t) = &mut extra {
             t.to.set_port(9);
         }
         sa.rules.push(extra);
@@ -1056,7 +1057,7 @@ async fn a_release_starts_beside_the_container_it_replaces_which_goes_after_the_
         assert!(f.world.healthy_at(&url), "{slot} on {url}");
         let s = f.world.state();
         let rule = &s.published.services[&slot.port(rec.base_port)];
-        let crate::backend::ServiceRule::Dnat(t) = &rule.rules[0] else {
+        let crate::model::observed::ServiceRule::Dnat(t) = &rule.rules[0] else {
             panic!("{rule:?}")
         };
         let behind = s

@@ -51,6 +51,18 @@ impl<K: Hash + Eq> Backoffs<K> {
             .unwrap_or(MAX_DELAY * 2)
     }
 
+    /// The delay before `key`'s next attempt after a failure that retrying cannot fix by itself:
+    /// the longest of the schedule at once ([`MAX_DELAY`] plus up to 100 % jitter). Later
+    /// failures of `key` keep that delay until a [`Backoffs::reset`].
+    pub fn longest(&mut self, key: K) -> Duration {
+        let delays = self
+            .keys
+            .entry(key)
+            .insert_entry(builder().with_min_delay(MAX_DELAY).build())
+            .into_mut();
+        delays.next().unwrap_or(MAX_DELAY * 2)
+    }
+
     /// Forgets `key`'s failures: its next failure waits [`MIN_DELAY`] again.
     pub fn reset(&mut self, key: &K) {
         self.keys.remove(key);
@@ -84,6 +96,18 @@ mod tests {
             floor = (floor * 2).min(MAX_DELAY);
         }
         assert!(delays.iter().all(|d| *d <= Duration::from_secs(30)));
+        b.reset(&"k");
+        let again = b.next("k");
+        assert!(again >= MIN_DELAY && again <= MIN_DELAY * 2, "{again:?}");
+    }
+
+    #[test]
+    fn the_longest_delay_comes_at_once_and_stays_until_a_reset() {
+        let mut b = Backoffs::default();
+        b.next("k");
+        for d in [b.longest("k"), b.next("k"), b.next("k")] {
+            assert!(d >= MAX_DELAY && d <= MAX_DELAY * 2, "{d:?}");
+        }
         b.reset(&"k");
         let again = b.next("k");
         assert!(again >= MIN_DELAY && again <= MIN_DELAY * 2, "{again:?}");

@@ -91,14 +91,19 @@ impl Action {
     }
 }
 
-/// Why a reconcile failed. Every variant is retried on the key's backoff schedule (see
-/// [`error_policy`]); none stops the loop.
+/// Why a reconcile failed. Every variant is retried (see [`error_policy`]); none stops the loop.
+///
+/// Worth a quick retry ([`Error::retryable`]): [`Error::Unreachable`], [`Error::NotConverged`],
+/// and the others when what failed says so (a store conflict, a backend that was down or timed
+/// out). Not worth one until something changes: a host or zone that is not connected, a backend
+/// that refused (a wrong key, a 4xx, a name held by a foreign container), a panic.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// The store failed. A conflict means the record moved under the plan; a re-plan fixes it.
     #[error(transparent)]
     Reconcile(#[from] super::Error),
-    /// The host's Podman or Caddy could not be observed.
+    /// The host's Podman or Caddy could not be observed. Always retryable: the observation keeps
+    /// only its text (almost always a service that is down or slow).
     #[error("host {host} is unreachable: {error}")]
     Unreachable { host: String, error: String },
     /// The host's endpoints could not be turned into clients (a bad endpoint string).
@@ -107,13 +112,21 @@ pub enum Error {
     /// A managed zone could not be read (PowerDNS down, or the key refused); the message names
     /// the endpoint, never the key.
     #[error("zone {zone} is unreachable: {error}")]
-    ZoneUnreachable { zone: String, error: String },
+    ZoneUnreachable {
+        zone: String,
+        error: String,
+        retryable: bool,
+    },
     /// The zone's client could not be made (its key variable unset, a bad endpoint).
     #[error("zone {zone} is not connected: {error}")]
     ZoneNotConnected { zone: String, error: String },
     /// A step failed; the executor skipped the key's remaining steps.
     #[error("{step}: {error}")]
-    StepFailed { step: String, error: String },
+    StepFailed {
+        step: String,
+        error: String,
+        retryable: bool,
+    },
     /// Plans kept having steps (something else keeps changing the host).
     #[error("still not converged after {rounds} rounds")]
     NotConverged { rounds: usize },
@@ -122,16 +135,45 @@ pub enum Error {
     Panicked,
 }
 
-/// The one place where a failed reconcile becomes a retry decision: every error waits for the
-/// key's next backoff delay (0.8 s doubling to 15 s, plus up to 100 % jitter), and a success resets
-/// it. Resyncs respect the delay; a saved change of the key resets it, and a container event of
-/// the key runs it at once. There is no "give up": a host or a PowerDNS that is down is tried
-/// again within 30 s forever, and recovers within one step of the schedule after it comes back;
-/// only its own keys wait (a zone's failure holds back no container or Caddy work). A release that fails its health check is
-/// an error once; the retry then finds it `failed`, which the planner leaves alone until the
-/// manifests name another release, so the retry makes no write and the key settles.
-pub fn error_policy(work: &Work, _error: &Error, backoffs: &mut Backoffs<Work>) -> Duration {
-    backoffs.next(work.clone())
+impl Error {
+    /// True when the same reconcile may succeed soon with nothing else changed; see the enum's
+    /// documentation.
+    pub fn retryable(&self) -> bool {
+        match self {
+            Error::Reconcile(e) => e.retryable(),
+            Error::Unreachable { .. } | Error::NotConverged { .. } => true,
+            Error::ZoneUnreachable { retryable, .. } | Error::StepFailed { retryable, .. } => {
+                *retryable
+            }
+            Error::NotConnected { .. } | Error::ZoneNotConnected { .. } | Error::Panicked => false,
+        }
+    }
+}
+
+/// The one place where a failed reconcile becomes a retry decision, from what the error says.
+///
+/// A retryable error ([`Error::retryable`]: a backend down or slow, a store conflict) waits for
+/// the key's next backoff delay (0.8 s doubling to 15 s, plus up to 100 % jitter). One that
+/// retrying cannot fix by itself (a refused key, a 4xx, a name held by a foreign container, a host
+/// that is not connected) waits the longest delay (15-30 s) at once, and the key stays there
+/// until it succeeds: retrying it every second or two would only load the backend and the log.
+/// It is still retried, since what blocks it is often fixed outside codeb (the foreign container
+/// removed, the key corrected on the server), and is then repaired within 30 s. A success resets
+/// the schedule.
+///
+/// Resyncs respect the delay; a saved change of the key resets it, and a container event of the
+/// key runs it at once. There is no "give up": a host or a PowerDNS that is down is tried again
+/// within 30 s forever, and recovers within one step of the schedule after it comes back; only
+/// its own keys wait (a zone's failure holds back no container or Caddy work). A release that
+/// fails its health check is an error once; the retry then finds it `failed`, which the planner
+/// leaves alone until the manifests name another release, so the retry makes no write and the
+/// key settles.
+pub fn error_policy(work: &Work, error: &Error, backoffs: &mut Backoffs<Work>) -> Duration {
+    if error.retryable() {
+        backoffs.next(work.clone())
+    } else {
+        backoffs.longest(work.clone())
+    }
 }
 
 /// The planner's clock, in milliseconds since the Unix epoch. Injected so that tests move it with
@@ -890,6 +932,7 @@ async fn run<R: Runtime, P: Proxy, K: Kernel, D: Dns, H: Prober>(
         Some(f) => Err(Error::StepFailed {
             step: f.step,
             error: crate::backend::error_chain(&f.error),
+            retryable: f.error.retryable(),
         }),
         None => Ok(()),
     }
@@ -949,10 +992,11 @@ async fn reconcile_zone<R: Runtime, P: Proxy, K: Kernel, D: Dns, H: Prober>(
         let scope = match observed.zones.get(zone) {
             Some(ZoneObservation::Present(z)) => plan::dns::zone_scope(zone, desired, Some(z)),
             Some(ZoneObservation::Missing) => plan::dns::zone_scope(zone, desired, None),
-            Some(ZoneObservation::Unreachable { error }) => {
+            Some(ZoneObservation::Unreachable { error, retryable }) => {
                 return Err(Error::ZoneUnreachable {
                     zone: zone.to_string(),
                     error: error.clone(),
+                    retryable: *retryable,
                 })
             }
             None => unreachable!("observe reads every zone of its backends"),
@@ -998,6 +1042,7 @@ async fn observe_zones<R: Runtime, P: Proxy, K: Kernel, D: Dns>(
                 name.clone(),
                 ZoneObservation::Unreachable {
                     error: "not connected (see the log at start or reload)".into(),
+                    retryable: false,
                 },
             )]),
         }
@@ -1009,9 +1054,12 @@ async fn observe_zones<R: Runtime, P: Proxy, K: Kernel, D: Dns>(
 
 fn zone_unreachable(note: &Note) -> Option<Error> {
     match note {
+        // The note keeps no retry answer: the zone's own reconcile has it, and this key only
+        // waits for that one.
         Note::ZoneUnreachable { zone, error } => Some(Error::ZoneUnreachable {
             zone: zone.clone(),
             error: error.clone(),
+            retryable: true,
         }),
         _ => None,
     }

@@ -127,7 +127,7 @@ pub(super) fn deleted_owners(action: &Action) -> Vec<EnvKey> {
     };
     changes
         .iter()
-        .filter(|c| matches!(c.change, crate::backend::RrsetChange::Delete { .. }))
+        .filter(|c| matches!(c.change, crate::model::writes::RrsetChange::Delete { .. }))
         .filter_map(|c| c.was.as_ref()?.mark.as_deref())
         .filter_map(crate::model::dns::parse_owner)
         .collect()
@@ -169,15 +169,7 @@ async fn run<R: Runtime, P: Proxy, K: Kernel, D: Dns, H: Prober>(
             host: step.host.clone(),
         })?;
     let host = step.host.as_str();
-    let podman = |source| Error::Podman {
-        host: host.to_string(),
-        source,
-    };
-    let caddy = |source| Error::Caddy {
-        host: host.to_string(),
-        source,
-    };
-    let kernel = |source| Error::Kernel {
+    let backend = |source| Error::Backend {
         host: host.to_string(),
         source,
     };
@@ -195,7 +187,7 @@ async fn run<R: Runtime, P: Proxy, K: Kernel, D: Dns, H: Prober>(
         Ok(())
     };
     match &step.action {
-        Action::EnsureServer(spec) => b.proxy.ensure_server(spec).await.map_err(caddy),
+        Action::EnsureServer(spec) => b.proxy.ensure_server(spec).await.map_err(backend),
         Action::Register(rec) => {
             let key = rec.key.clone();
             let expected = *gens.entry(key.clone()).or_insert(step.generation);
@@ -232,21 +224,21 @@ async fn run<R: Runtime, P: Proxy, K: Kernel, D: Dns, H: Prober>(
                 // The old container keeps running under another name until the plan after the
                 // switch removes it: the new one does not wait for its removal.
                 (Some(old), Some(name)) => {
-                    b.runtime.rename(old, name).await.map_err(podman)?;
-                    run_container(b, container, None).await.map_err(podman)
+                    b.runtime.rename(old, name).await.map_err(backend)?;
+                    run_container(b, container, None).await.map_err(backend)
                 }
                 _ => run_container(b, container, replace.as_deref())
                     .await
-                    .map_err(podman),
+                    .map_err(backend),
             }
         }
         Action::Recreate {
             container, replace, ..
         } => run_container(b, container, replace.as_deref())
             .await
-            .map_err(podman),
-        Action::Start { container, .. } => b.runtime.start(container).await.map_err(podman),
-        Action::Stop { container, .. } => b.runtime.stop(container).await.map_err(podman),
+            .map_err(backend),
+        Action::Start { container, .. } => b.runtime.start(container).await.map_err(backend),
+        Action::Stop { container, .. } => b.runtime.stop(container).await.map_err(backend),
         Action::AwaitHealthy {
             slot,
             url,
@@ -336,11 +328,11 @@ async fn run<R: Runtime, P: Proxy, K: Kernel, D: Dns, H: Prober>(
             let now = now_ms();
             update(&|rec| plan::switch_record(rec, *to, hold.clone(), now))
         }
-        Action::HookServices(write) => b.kernel.hook(write).await.map_err(kernel),
-        Action::Loopback(write) => b.kernel.set_loopback(write).await.map_err(kernel),
+        Action::HookServices(write) => b.kernel.hook(write).await.map_err(backend),
+        Action::Loopback(write) => b.kernel.set_loopback(write).await.map_err(backend),
         Action::SetService(write) => {
             let started = std::time::Instant::now();
-            b.kernel.set_service(write).await.map_err(kernel)?;
+            b.kernel.set_service(write).await.map_err(backend)?;
             tracing::info!(
                 service = %format!("{}:{}", write.gateway, write.port),
                 target = ?write.target.as_ref().map(|t| t.to),
@@ -349,9 +341,9 @@ async fn run<R: Runtime, P: Proxy, K: Kernel, D: Dns, H: Prober>(
             );
             Ok(())
         }
-        Action::AddRoute(route) => b.proxy.add_route(SERVER_NAME, route).await.map_err(caddy),
-        Action::ReplaceRoute(route) => b.proxy.replace_route(route).await.map_err(caddy),
-        Action::DeleteRoute { id } => b.proxy.delete_route(id).await.map_err(caddy),
+        Action::AddRoute(route) => b.proxy.add_route(SERVER_NAME, route).await.map_err(backend),
+        Action::ReplaceRoute(route) => b.proxy.replace_route(route).await.map_err(backend),
+        Action::DeleteRoute { id } => b.proxy.delete_route(id).await.map_err(backend),
         Action::Retire {
             slot,
             container,
@@ -361,11 +353,11 @@ async fn run<R: Runtime, P: Proxy, K: Kernel, D: Dns, H: Prober>(
                 drain(&b.kernel, d).await;
             }
             if let Some(c) = container {
-                b.runtime.remove(c).await.map_err(podman)?;
+                b.runtime.remove(c).await.map_err(backend)?;
             }
             update(&|rec| *rec.slot_mut(*slot) = SlotRecord::default())
         }
-        Action::RemoveContainer { id, .. } => b.runtime.remove(id).await.map_err(podman),
+        Action::RemoveContainer { id, .. } => b.runtime.remove(id).await.map_err(backend),
         Action::Forget => {
             let key = step.key.clone().expect("forget carries a key");
             let expected = *gens.entry(key.clone()).or_insert(step.generation);
@@ -437,9 +429,9 @@ fn or_root(path: &str) -> &str {
 
 async fn run_container<R: Runtime, P: Proxy, K>(
     b: &HostBackends<R, P, K>,
-    spec: &crate::backend::ContainerSpec,
+    spec: &crate::model::writes::ContainerSpec,
     replace: Option<&str>,
-) -> Result<(), crate::backend::podman::Error> {
+) -> crate::backend::Result<()> {
     if let Some(old) = replace {
         b.runtime.remove(old).await?;
     }

@@ -32,26 +32,22 @@ use crate::model::{Desired, EnvKey, HostRef, SwitchMode};
 use crate::plan::{self, Note, Plan};
 use crate::store::Store;
 
-/// Reconcile errors. `Store` conflicts are worth a re-plan; backend errors are reported per step
-/// in [`Report`] rather than here.
+/// Reconcile errors. Backend errors are reported per step in [`Report`] rather than returned.
+///
+/// Worth a retry (see [`Error::retryable`]): a store `Conflict`, [`Error::DnsChanged`] and
+/// [`Error::MissingRecord`] (a re-plan from the fresh state fixes them), a backend error its
+/// backend calls retryable, and a slot that is not healthy (yet). Not worth one until something
+/// changes: any other store error, a backend error that is not retryable, a host or zone that
+/// is not connected.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error(transparent)]
     Store(#[from] crate::store::Error),
+    /// One of the host's backends (Podman, Caddy or the kernel's NAT rules) failed.
     #[error("host {host}: {source}")]
-    Podman {
+    Backend {
         host: String,
-        source: crate::backend::podman::Error,
-    },
-    #[error("host {host}: {source}")]
-    Caddy {
-        host: String,
-        source: crate::backend::caddy::Error,
-    },
-    #[error("host {host}: {source}")]
-    Kernel {
-        host: String,
-        source: crate::backend::netfilter::Error,
+        source: crate::backend::Error,
     },
     #[error("{slot} never answered 2xx/3xx on {url} within {timeout}: {last}")]
     Unhealthy {
@@ -69,7 +65,7 @@ pub enum Error {
     #[error("zone {zone}: {source}")]
     Dns {
         zone: String,
-        source: crate::backend::powerdns::Error,
+        source: crate::backend::Error,
     },
     /// The zone changed between observation and write in a way that makes the write unsafe.
     #[error(
@@ -85,6 +81,22 @@ pub enum Error {
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    /// True when the same reconcile may succeed later with nothing else changed; see the enum's
+    /// documentation for the reasons per variant.
+    pub fn retryable(&self) -> bool {
+        match self {
+            Error::Store(e) => matches!(e, crate::store::Error::Conflict { .. }),
+            Error::Backend { source, .. } | Error::Dns { source, .. } => source.retryable(),
+            Error::Unhealthy { .. }
+            | Error::NotHealthy { .. }
+            | Error::DnsChanged { .. }
+            | Error::MissingRecord { .. } => true,
+            Error::UnknownZone { .. } | Error::UnknownHost { .. } => false,
+        }
+    }
+}
 
 /// The backends of one host.
 pub struct HostBackends<R, P, K> {
@@ -195,6 +207,7 @@ pub async fn converge<R: Runtime, P: Proxy, K: Kernel, D: Dns, H: Prober>(
                 zone.clone(),
                 plan::ZoneObservation::Unreachable {
                     error: error.clone(),
+                    retryable: false,
                 },
             );
         }

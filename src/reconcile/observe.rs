@@ -4,8 +4,7 @@
 use futures_util::future::join_all;
 
 use super::{Backends, HostBackends};
-use crate::backend::netfilter;
-use crate::backend::{Dns, Kernel, Proxy, Runtime};
+use crate::backend::{Dns, ErrorKind, Kernel, Proxy, Runtime};
 use crate::plan::{
     HostObservation, KernelObservation, Observed, Published, ZoneObservation, NETWORK, SERVER_NAME,
 };
@@ -35,6 +34,7 @@ async fn observe_zone<D: Dns>(zone: &str, dns: &D) -> ZoneObservation {
         Ok(None) => ZoneObservation::Missing,
         Err(e) => ZoneObservation::Unreachable {
             error: crate::backend::error_chain(&e),
+            retryable: e.retryable(),
         },
     }
 }
@@ -62,7 +62,7 @@ pub async fn observe_env<R: Runtime, P: Proxy, K: Kernel>(
 fn published<R, P, K: Kernel>(
     b: &HostBackends<R, P, K>,
     table: &K::Table,
-    net: &crate::backend::NetworkInfo,
+    net: &crate::model::observed::NetworkInfo,
 ) -> Option<Published> {
     let address = b
         .publish
@@ -78,7 +78,7 @@ fn published<R, P, K: Kernel>(
 async fn observe_host<R: Runtime, P: Proxy, K: Kernel>(
     b: &HostBackends<R, P, K>,
     list: impl std::future::Future<
-        Output = Result<Vec<crate::backend::ObservedContainer>, crate::backend::podman::Error>,
+        Output = crate::backend::Result<Vec<crate::model::observed::ObservedContainer>>,
     >,
 ) -> HostObservation {
     // The NAT rules are read beside the container list, Caddy's config and the network's gateway,
@@ -97,25 +97,29 @@ async fn observe_host<R: Runtime, P: Proxy, K: Kernel>(
         (_, Err(e), _) => return unreachable(format!("Caddy: {e}")),
     };
     let kernel = match (gateway, table) {
-        (None, _) => KernelObservation::Unavailable {
+        (None, _) => Ok(KernelObservation::Unavailable {
             reason: format!("the network {NETWORK} does not exist yet"),
-        },
-        (Some(_), Err(netfilter::Error::Unsupported { reason })) => {
-            KernelObservation::Unavailable { reason }
+        }),
+        (Some(_), Err(e)) => Err(e),
+        (Some(net), Ok(table)) => {
+            b.kernel
+                .services(&table, net.gateway)
+                .map(|services| KernelObservation::Managed {
+                    gateway: net.gateway,
+                    services,
+                    publish: published(b, &table, &net).map(Box::new),
+                })
         }
-        // A kernel that cannot be read now is not a reason to fall back to Caddy: that would
-        // rewrite every hostname route, and back again on the next observation.
-        (Some(_), Err(e)) => return unreachable(format!("kernel NAT rules: {e}")),
-        (Some(net), Ok(table)) => match b.kernel.services(&table, net.gateway) {
-            Ok(services) => KernelObservation::Managed {
-                gateway: net.gateway,
-                services,
-                publish: published(b, &table, &net).map(Box::new),
+    };
+    let kernel = match kernel {
+        Ok(kernel) => kernel,
+        Err(e) => match e.kind() {
+            ErrorKind::Unsupported { reason } => KernelObservation::Unavailable {
+                reason: reason.clone(),
             },
-            Err(netfilter::Error::Unsupported { reason }) => {
-                KernelObservation::Unavailable { reason }
-            }
-            Err(e) => return unreachable(format!("kernel NAT rules: {e}")),
+            // A kernel that cannot be read now is not a reason to fall back to Caddy: that would
+            // rewrite every hostname route, and back again on the next observation.
+            _ => return unreachable(format!("kernel NAT rules: {e}")),
         },
     };
     HostObservation::Reachable {

@@ -13,6 +13,7 @@ use super::*;
 use crate::backend::fake::{FakeDns, FakeProber, World};
 use crate::model::dns::ZoneRef;
 use crate::model::{DesiredEnv, Promotion, Release};
+use crate::reconcile::backoff::{MAX_DELAY, MIN_DELAY};
 
 fn host() -> HostRef {
     HostRef {
@@ -68,8 +69,13 @@ fn zoned(envs: impl IntoIterator<Item = DesiredEnv>) -> Arc<Desired> {
     Arc::new(d)
 }
 
-fn rrset(name: &str, rtype: &str, content: &str, mark: Option<String>) -> crate::backend::Rrset {
-    crate::backend::Rrset {
+fn rrset(
+    name: &str,
+    rtype: &str,
+    content: &str,
+    mark: Option<String>,
+) -> crate::model::writes::Rrset {
+    crate::model::writes::Rrset {
         name: format!("{name}."),
         rtype: rtype.into(),
         ttl: 300,
@@ -334,8 +340,10 @@ async fn a_host_that_is_down_is_retried_with_growing_backoff_and_recovers_within
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_key_that_keeps_failing_is_retried_on_its_backoff_not_at_every_resync() {
-    use crate::backend::{ContainerSpec, ObservedContainer};
+async fn a_key_blocked_by_a_foreign_container_is_retried_at_the_longest_delay_not_at_every_resync()
+{
+    use crate::model::observed::ObservedContainer;
+    use crate::model::writes::ContainerSpec;
     let h = start(desired([env("a", "app:v1")]), false);
     // A container codeb does not own holds the name: every create of a's container fails.
     let foreign = ObservedContainer {
@@ -372,8 +380,9 @@ async fn a_key_that_keeps_failing_is_retried_on_its_backoff_not_at_every_resync(
         h.idle(SEC).await;
     }
     let attempts = h.world.mutations() - before;
-    // 60 resyncs, but the backoff (1.6 s, 3.2 s, ... up to 15-30 s) allows at most 8 attempts.
-    assert!((3..=8).contains(&attempts), "{attempts} attempts");
+    // 60 resyncs, but a name in use is not retryable: the longest delay (15-30 s) at once allows
+    // 2 to 4 attempts (a retryable failure would make 4 to 8, see the host that is down).
+    assert!((2..=4).contains(&attempts), "{attempts} attempts");
     h.world.state().containers.remove("foreign");
     let took = h
         .until(31 * SEC, "recovered", |h| h.live("a").is_some())
@@ -543,11 +552,16 @@ async fn a_saved_hostname_change_moves_the_records_without_a_resync() {
     h.stop().await;
 }
 
-#[tokio::test(start_paused = true)]
-async fn powerdns_down_holds_back_no_app_and_the_zone_recovers_within_one_backoff_step() {
+/// A managed zone whose PowerDNS fails every call (`fail` turns the failure on and off): the app
+/// is served meanwhile, 60 resyncs in 60 s make `attempts` calls, and the zone recovers within
+/// 30 s of the fix.
+async fn zone_fails_and_recovers(
+    fail: fn(&mut crate::backend::fake::DnsState, bool),
+    attempts: std::ops::RangeInclusive<usize>,
+) {
     let h = start(zoned([env("a", "app:v1")]), false);
-    h.dns.state().down = true;
-    h.until(10 * SEC, "serves while PowerDNS is down", |h| {
+    fail(&mut h.dns.state(), true);
+    h.until(10 * SEC, "serves while PowerDNS fails", |h| {
         h.live("a").is_some()
     })
     .await;
@@ -556,15 +570,26 @@ async fn powerdns_down_holds_back_no_app_and_the_zone_recovers_within_one_backof
         h.handle.resync();
         h.idle(SEC).await;
     }
-    // 60 resyncs, but the zone's backoff (0.8 s doubling to 15-30 s) allows 4 to 8 attempts.
-    let attempts = h.dns.state().calls - calls;
-    assert!((4..=8).contains(&attempts), "{attempts} attempts in 60 s");
+    let made = h.dns.state().calls - calls;
+    assert!(attempts.contains(&made), "{made} attempts in 60 s");
     assert!(!h.resolves("a"));
-    h.dns.state().down = false;
+    fail(&mut h.dns.state(), false);
     let took = h.until(31 * SEC, "recovered", |h| h.resolves("a")).await;
     assert!(took <= 30 * SEC, "{took:?}");
     assert_eq!(h.live("a").as_deref(), Some("app:v1"));
     h.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn powerdns_down_holds_back_no_app_and_the_zone_recovers_within_one_backoff_step() {
+    // The zone's backoff (0.8 s doubling to 15-30 s) allows 4 to 8 attempts in 60 s.
+    zone_fails_and_recovers(|s, on| s.down = on, 4..=8).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_refused_api_key_is_retried_at_the_longest_delay_and_holds_back_no_app() {
+    // Not retryable: the longest delay (15-30 s) from the first failure allows 2 to 4.
+    zone_fails_and_recovers(|s, on| s.refuse_key = on, 2..=4).await;
 }
 
 #[tokio::test(start_paused = true)]
@@ -668,6 +693,64 @@ async fn a_pruned_environment_whose_zone_is_busy_waits_for_it_without_spinning()
     })
     .await;
     h.stop().await;
+}
+
+#[test]
+fn error_policy_waits_the_longest_delay_at_once_for_what_retrying_cannot_fix() {
+    use crate::backend::podman;
+    let mut backoffs = Backoffs::default();
+    let (env_a, env_b) = (
+        Work::Env(EnvKey::new("a", "production")),
+        Work::Env(EnvKey::new("b", "production")),
+    );
+    let host = || "app".to_string();
+    let backend = |e: podman::Error| {
+        Error::Reconcile(crate::reconcile::Error::Backend {
+            host: host(),
+            source: e.into(),
+        })
+    };
+    let down = backend(podman::Error::Unreachable {
+        endpoint: "unix:///run/podman.sock".into(),
+        reason: "connection refused".into(),
+    });
+    let name_in_use = backend(podman::Error::Api {
+        op: "create container a-production-blue".into(),
+        status: Some(500),
+        message: "the container name \"a-production-blue\" is already in use".into(),
+    });
+    let short = MIN_DELAY..=MIN_DELAY * 2;
+    let longest = MAX_DELAY..=MAX_DELAY * 2;
+
+    // A backend that is down: the schedule starts short and grows.
+    let first = error_policy(&env_a, &down, &mut backoffs);
+    assert!(short.contains(&first), "{first:?}");
+    // A name held by a foreign container: the longest delay at once, and it stays there, even
+    // for a failure that would be retryable, until a success resets the key.
+    for error in [&name_in_use, &down] {
+        let d = error_policy(&env_a, error, &mut backoffs);
+        assert!(longest.contains(&d), "{error}: {d:?}");
+    }
+    // Another key is not affected.
+    let other = error_policy(&env_b, &down, &mut backoffs);
+    assert!(short.contains(&other), "{other:?}");
+    backoffs.reset(&env_a);
+    let again = error_policy(&env_a, &down, &mut backoffs);
+    assert!(short.contains(&again), "{again:?}");
+
+    // What each kind of failure answers.
+    let not_connected = Error::NotConnected {
+        host: host(),
+        error: "invalid Podman endpoint".into(),
+    };
+    let step = |retryable| Error::StepFailed {
+        step: "create".into(),
+        error: "refused".into(),
+        retryable,
+    };
+    assert!(down.retryable() && step(true).retryable());
+    assert!(!name_in_use.retryable() && !not_connected.retryable() && !step(false).retryable());
+    assert!(!Error::Panicked.retryable());
 }
 
 #[test]
