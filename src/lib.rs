@@ -5,10 +5,12 @@
 //! every front end shares; `daemon` owns the store, the loop and the listeners; `cli` is a client
 //! and a renderer of the service's views.
 
+pub mod api;
 pub mod auth;
 pub mod backend;
 pub mod cli;
 pub mod daemon;
+pub mod metrics;
 pub mod model;
 pub mod plan;
 pub mod reconcile;

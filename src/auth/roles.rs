@@ -50,7 +50,19 @@ impl Role {
 
 /// One thing a front end may be asked to do. Routes and MCP tools each name the one permission
 /// they need.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Serialize,
+    Deserialize,
+    utoipa::ToSchema,
+)]
 #[serde(rename_all = "kebab-case")]
 pub enum Permission {
     /// See projects, environments, releases, hosts, plans (`get`, `diff`, `status`). Never env

@@ -20,21 +20,37 @@ use crate::store::Store;
 /// Runs the command line: here, or, when a daemon holds the store, in the daemon.
 pub async fn run(cli: Cli) -> anyhow::Result<u8> {
     let state_dir = cli.state_dir.clone().unwrap_or_else(default_state_dir);
-    if let Command::Watch(args) = cli.command {
-        daemon::run(daemon::Config {
-            state_dir,
-            paths: args.paths,
-            resync: args.resync,
-            prune: args.prune,
-            allow_empty: args.allow_empty,
-            concurrency: args.concurrency.into(),
-        })
-        .await
-        .map_err(Failure::from)?;
-        return Ok(0);
-    }
-    let (request, format) = request(cli.command)?;
-    let response = call(&state_dir, request).await?.map_err(Failure::from)?;
+    let (args, listen, rate) = match cli.command {
+        Command::Watch(args) => (args, None, crate::api::RateLimit::default()),
+        Command::Serve(s) => (
+            s.watch,
+            Some(s.listen),
+            crate::api::RateLimit {
+                per_second: s.rate_limit,
+                burst: s.rate_burst,
+            },
+        ),
+        command => return client(&state_dir, command).await,
+    };
+    daemon::run(daemon::Config {
+        state_dir,
+        paths: args.paths,
+        resync: args.resync,
+        prune: args.prune,
+        allow_empty: args.allow_empty,
+        concurrency: args.concurrency.into(),
+        listen,
+        rate,
+    })
+    .await
+    .map_err(Failure::from)?;
+    Ok(0)
+}
+
+/// Runs a one-shot command: a request, its answer, its rendering.
+async fn client(state_dir: &Path, command: Command) -> anyhow::Result<u8> {
+    let (request, format) = request(command)?;
+    let response = call(state_dir, request).await?.map_err(Failure::from)?;
     let mut out = Vec::new();
     output::render(&response, format, &mut out)?;
     std::io::stdout().write_all(&out)?;
@@ -74,7 +90,7 @@ fn uid() -> u32 {
 /// The request a command makes, and how its answer is printed.
 fn request(command: Command) -> anyhow::Result<(Request, Format)> {
     Ok(match command {
-        Command::Watch(_) => unreachable!("the daemon is run, not requested"),
+        Command::Watch(_) | Command::Serve(_) => unreachable!("the daemon is run, not requested"),
         Command::Apply {
             files,
             dry_run,

@@ -108,6 +108,11 @@ pub enum Command {
     /// Keep the hosts converged to a directory of manifests until SIGTERM: apply at start, then
     /// on every saved change, container event and resync.
     Watch(WatchArgs),
+    /// `codeb watch` plus the HTTP API (API keys, roles, audit) on a loopback address.
+    #[command(
+        after_help = "Examples:\n  codeb serve -f /etc/codeb/manifests\n  codeb serve -f manifests/ --listen 127.0.0.1:9100 --rate-limit 100\n\nThen: codeb key create --role developer --name ci\n  curl -H 'X-API-Key: codeb_developer_…' http://127.0.0.1:9100/api/v1/projects"
+    )]
+    Serve(ServeArgs),
     /// Roll an image out to one environment through the blue/green path (a release override:
     /// recorded with who set it; a manifest naming another image supersedes it).
     #[command(
@@ -126,7 +131,9 @@ pub enum Command {
     #[command(subcommand)]
     Key(KeyCommand),
     /// Show the audit log: every change and every refused request, newest last.
-    #[command(after_help = "Examples:\n  codeb audit --since 1h\n  codeb audit --project myapp -o json")]
+    #[command(
+        after_help = "Examples:\n  codeb audit --since 1h\n  codeb audit --project myapp -o json"
+    )]
     Audit {
         #[arg(long)]
         project: Option<String>,
@@ -169,7 +176,9 @@ pub enum Command {
 #[derive(Debug, Subcommand)]
 pub enum KeyCommand {
     /// Create a key and print it, once: `codeb_{role}_{token}`.
-    #[command(after_help = "Examples:\n  codeb key create --role developer --name ci --project myapp --expires 90d\n  codeb key create --role admin --name ops")]
+    #[command(
+        after_help = "Examples:\n  codeb key create --role developer --name ci --project myapp --expires 90d\n  codeb key create --role admin --name ops"
+    )]
     Create {
         #[arg(long, value_enum)]
         role: RoleArg,
@@ -236,6 +245,21 @@ pub struct WatchArgs {
     /// Reconciles at once, all hosts together.
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=256))]
     pub concurrency: u16,
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub watch: WatchArgs,
+    /// Where the HTTP API listens: a loopback address (publish it through Caddy for TLS).
+    #[arg(long, default_value = "127.0.0.1:9100")]
+    pub listen: std::net::SocketAddr,
+    /// Requests a second per API key (0: no limit).
+    #[arg(long, default_value_t = 50)]
+    pub rate_limit: u32,
+    /// Requests a key may make at once beyond the rate.
+    #[arg(long, default_value_t = 100)]
+    pub rate_burst: u32,
 }
 
 #[derive(Debug, Args)]
@@ -306,14 +330,14 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     // A daemon's log is its only output: one line per reconcile at the default level.
     let verbose = match cli.command {
-        Command::Watch(_) => cli.verbose.max(1),
+        Command::Watch(_) | Command::Serve(_) => cli.verbose.max(1),
         _ => cli.verbose,
     };
     init_logging(verbose, cli.log_format);
     // One-shot commands wait on I/O, one thing after another: one thread, no workers to start
     // (a promote's whole path is ~9 ms here). The daemon serves commands while it reconciles.
     let runtime = match cli.command {
-        Command::Watch(_) => tokio::runtime::Builder::new_multi_thread()
+        Command::Watch(_) | Command::Serve(_) => tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
             .build(),

@@ -70,7 +70,16 @@ pub fn render(response: &Response, format: Format, out: &mut dyn Write) -> anyho
             out,
             keys,
             format,
-            &["ID", "NAME", "ROLE", "PROJECTS", "CREATED", "LAST USED", "EXPIRES", "REVOKED"],
+            &[
+                "ID",
+                "NAME",
+                "ROLE",
+                "PROJECTS",
+                "CREATED",
+                "LAST USED",
+                "EXPIRES",
+                "REVOKED",
+            ],
             |k| {
                 let at = |t: Option<u64>| t.map_or("-".into(), |t| rfc3339(t).to_string());
                 vec![
@@ -95,7 +104,9 @@ pub fn render(response: &Response, format: Format, out: &mut dyn Write) -> anyho
             out,
             entries,
             format,
-            &["TIME", "ACTOR", "ROLE", "SOURCE", "ACTION", "TARGET", "OUTCOME", "STEPS"],
+            &[
+                "TIME", "ACTOR", "ROLE", "SOURCE", "ACTION", "TARGET", "OUTCOME", "STEPS",
+            ],
             |e| {
                 let target = match (&e.project, &e.environment) {
                     (Some(p), Some(env)) => format!("{p}/{env}"),

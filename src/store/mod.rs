@@ -8,8 +8,8 @@
 //!
 //! No backend calls and no planning here.
 
-mod declared;
 mod audit;
+mod declared;
 mod journal;
 mod keys;
 

@@ -1,0 +1,699 @@
+//! The routes: each turns an HTTP request into a `service::Request` and its typed answer into
+//! JSON. The route table ([`ROUTES`], [`TOOLS`]) names the permission each needs; the tests walk
+//! it, and the OpenAPI document is generated from the handlers below.
+
+use std::time::Instant;
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use utoipa::{IntoParams, OpenApi, ToSchema};
+
+use super::auth::{route, Authed};
+use super::error::{ApiError, ErrorBody};
+use super::{Api, HealthView, TargetHealth, BODY_LIMIT, BODY_TIMEOUT};
+use crate::auth::{AuditEntry, KeyRecord, Permission};
+use crate::model::Slot;
+use crate::service::view::{
+    ApplyView, EnvView, FailureView, HostRow, LogsView, NoteView, OutcomeView, OverrideView,
+    PlanView, ProjectRow, ProjectView, SlotRow, SlotView,
+};
+use crate::service::{self, Ctx, GetWhat, Request as Req, Response as Res, MAX_LOG_LINES};
+use crate::spec::Source;
+
+/// One route and the permission it needs (`None`: no key needed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Route {
+    pub method: &'static str,
+    pub path: &'static str,
+    pub permission: Option<Permission>,
+}
+
+const fn r(method: &'static str, path: &'static str, permission: Option<Permission>) -> Route {
+    Route {
+        method,
+        path,
+        permission,
+    }
+}
+
+/// Every route, as the router serves it and the OpenAPI document lists it.
+pub const ROUTES: &[Route] = &[
+    r("GET", "/health", None),
+    r("GET", "/metrics", Some(Permission::Read)),
+    r("GET", "/api/v1/openapi.json", None),
+    r("GET", "/api/v1/projects", Some(Permission::Read)),
+    r("GET", "/api/v1/projects/{project}", Some(Permission::Read)),
+    r(
+        "DELETE",
+        "/api/v1/projects/{project}",
+        Some(Permission::Delete),
+    ),
+    r("GET", "/api/v1/slots", Some(Permission::Read)),
+    r("GET", "/api/v1/hosts", Some(Permission::Read)),
+    r(
+        "POST",
+        "/api/v1/projects/{project}/environments/{environment}/deploy",
+        Some(Permission::Deploy),
+    ),
+    r(
+        "POST",
+        "/api/v1/projects/{project}/environments/{environment}/promote",
+        Some(Permission::Promote),
+    ),
+    r(
+        "POST",
+        "/api/v1/projects/{project}/environments/{environment}/rollback",
+        Some(Permission::Rollback),
+    ),
+    r(
+        "GET",
+        "/api/v1/projects/{project}/environments/{environment}/logs",
+        Some(Permission::Logs),
+    ),
+    r("POST", "/api/v1/plan", Some(Permission::Read)),
+    r("POST", "/api/v1/apply", Some(Permission::Apply)),
+    r("GET", "/api/v1/audit", Some(Permission::AuditRead)),
+    r("POST", "/api/tool", None),
+];
+
+/// The tools of `POST /api/tool` and the permission each needs.
+pub const TOOLS: &[(&str, Permission)] = &[
+    ("health_check", Permission::Read),
+    ("status", Permission::Read),
+    ("slots", Permission::Read),
+    ("deploy", Permission::Deploy),
+    ("promote", Permission::Promote),
+    ("rollback", Permission::Rollback),
+    ("logs", Permission::Logs),
+];
+
+/// The router, with the body limit, the body timeout and request metrics.
+pub fn router(api: Api) -> Router {
+    Router::new()
+        .route("/health", get(health))
+        .route("/metrics", get(metrics))
+        .route("/api/v1/openapi.json", get(openapi_json))
+        .route("/api/v1/projects", get(projects))
+        .route(
+            "/api/v1/projects/{project}",
+            get(project).delete(delete_project),
+        )
+        .route("/api/v1/slots", get(slots))
+        .route("/api/v1/hosts", get(hosts))
+        .route(
+            "/api/v1/projects/{project}/environments/{environment}/deploy",
+            post(deploy),
+        )
+        .route(
+            "/api/v1/projects/{project}/environments/{environment}/promote",
+            post(promote),
+        )
+        .route(
+            "/api/v1/projects/{project}/environments/{environment}/rollback",
+            post(rollback),
+        )
+        .route(
+            "/api/v1/projects/{project}/environments/{environment}/logs",
+            get(logs),
+        )
+        .route("/api/v1/plan", post(plan))
+        .route("/api/v1/apply", post(apply))
+        .route("/api/v1/audit", get(audit))
+        .route("/api/tool", post(tool))
+        .route_layer(axum::middleware::from_fn(count))
+        .fallback(not_found)
+        .layer(axum::extract::DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(
+            BODY_TIMEOUT,
+        ))
+        .with_state(api)
+}
+
+/// Counts every answered request by route pattern and status.
+async fn count(req: Request, next: Next) -> Response {
+    let (parts, body) = req.into_parts();
+    let route = route(&parts);
+    let start = Instant::now();
+    let response = next.run(Request::from_parts(parts, body)).await;
+    let m = crate::metrics::metrics();
+    m.api_requests
+        .get_or_create(&crate::metrics::ApiLabels {
+            route: route.clone(),
+            status: response.status().as_u16(),
+        })
+        .inc();
+    m.api_seconds
+        .get_or_create(&crate::metrics::RouteLabels { route })
+        .observe(start.elapsed().as_secs_f64());
+    response
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(404, "not-found", "no such route (see /api/v1/openapi.json)")
+}
+
+impl Api {
+    /// Runs a request as `caller`.
+    async fn call(&self, caller: crate::auth::Caller, req: Req) -> Result<Res, ApiError> {
+        let ctx = Ctx {
+            caller,
+            ..self.ctx.clone()
+        };
+        Ok(service::call(&ctx, req).await?)
+    }
+}
+
+/// A result as JSON: a not converged outcome is still 200 (the request ran); its `converged`
+/// says how it ended.
+fn answer(res: Res) -> Response {
+    match res {
+        Res::Apply(v) => Json(v).into_response(),
+        Res::Diff(v) => Json(v).into_response(),
+        Res::Projects(v) => Json(v).into_response(),
+        Res::Slots(v) => Json(v).into_response(),
+        Res::Hosts(v) => Json(v).into_response(),
+        Res::Project(v) => Json(v).into_response(),
+        Res::Outcome(v) => Json(v).into_response(),
+        Res::Logs(v) => Json(v).into_response(),
+        Res::Audit(v) => Json(v).into_response(),
+        Res::Keys(v) => Json(v).into_response(),
+        Res::KeyRevoked(v) => Json(v).into_response(),
+        // Keys are made with the CLI only; never answered over HTTP.
+        Res::KeyCreated { .. } => ApiError::new(500, "failed", "unexpected result").into_response(),
+    }
+}
+
+/// A JSON body, with every failure a JSON error: 413 over the limit, 408 too slow, 400 malformed.
+fn json_body<T: serde::de::DeserializeOwned>(
+    body: Result<Bytes, BytesRejection>,
+) -> Result<T, ApiError> {
+    let bytes = body_bytes(body)?;
+    serde_json::from_slice(&bytes).map_err(|e| {
+        ApiError::bad_request(format!("the body is not valid JSON for this request: {e}"))
+    })
+}
+
+fn body_bytes(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
+    body.map_err(|e| match e.status() {
+        StatusCode::PAYLOAD_TOO_LARGE => ApiError::new(
+            413,
+            "too-large",
+            format!("the body is larger than {} MiB", BODY_LIMIT >> 20),
+        ),
+        StatusCode::REQUEST_TIMEOUT => {
+            ApiError::new(408, "timeout", "the body was not sent in time")
+        }
+        _ => {
+            // A body read that timed out surfaces as a failed read.
+            let text = e.body_text();
+            if text.contains("timed out") || text.contains("timeout") {
+                ApiError::new(408, "timeout", "the body was not sent in time")
+            } else {
+                ApiError::bad_request(format!("cannot read the body: {text}"))
+            }
+        }
+    })
+}
+
+#[utoipa::path(get, path = "/health", tag = "daemon",
+    responses((status = 200, body = HealthView), (status = 503, body = HealthView)))]
+async fn health(State(api): State<Api>) -> Response {
+    let view = (api.health)();
+    let status = if view.ok {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, Json(view)).into_response()
+}
+
+#[utoipa::path(get, path = "/metrics", tag = "daemon", security(("key" = []), ("bearer" = [])),
+    responses((status = 200, description = "Prometheus text format", content_type = "text/plain"),
+              (status = 401, body = ApiError)))]
+async fn metrics(State(api): State<Api>, Authed(caller): Authed) -> Result<Response, ApiError> {
+    crate::auth::authorize(&caller, Permission::Read, None)
+        .map_err(|d| ApiError::new(403, "forbidden", d.to_string()))?;
+    let _ = api;
+    Ok((
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        crate::metrics::metrics().encode(),
+    )
+        .into_response())
+}
+
+#[utoipa::path(get, path = "/api/v1/openapi.json", tag = "daemon",
+    responses((status = 200, description = "This document (OpenAPI 3.1)")))]
+async fn openapi_json() -> Json<utoipa::openapi::OpenApi> {
+    Json(openapi())
+}
+
+#[utoipa::path(get, path = "/api/v1/projects", tag = "projects", security(("key" = []), ("bearer" = [])),
+    responses((status = 200, body = Vec<ProjectRow>), (status = 401, body = ApiError)))]
+async fn projects(State(api): State<Api>, Authed(c): Authed) -> Result<Response, ApiError> {
+    Ok(answer(
+        api.call(
+            c,
+            Req::Get {
+                what: GetWhat::Projects,
+            },
+        )
+        .await?,
+    ))
+}
+
+#[utoipa::path(get, path = "/api/v1/projects/{project}", tag = "projects", security(("key" = []), ("bearer" = [])),
+    params(("project" = String, Path)),
+    responses((status = 200, body = ProjectView), (status = 404, body = ApiError)))]
+async fn project(
+    State(api): State<Api>,
+    Authed(c): Authed,
+    Path(project): Path<String>,
+) -> Result<Response, ApiError> {
+    Ok(answer(api.call(c, Req::Describe { project }).await?))
+}
+
+#[utoipa::path(delete, path = "/api/v1/projects/{project}", tag = "projects", security(("key" = []), ("bearer" = [])),
+    params(("project" = String, Path)),
+    responses((status = 200, body = OutcomeView), (status = 403, body = ApiError), (status = 404, body = ApiError)))]
+async fn delete_project(
+    State(api): State<Api>,
+    Authed(c): Authed,
+    Path(project): Path<String>,
+) -> Result<Response, ApiError> {
+    let req = Req::Delete {
+        projects: vec![project],
+        manifests: vec![],
+    };
+    Ok(answer(api.call(c, req).await?))
+}
+
+#[utoipa::path(get, path = "/api/v1/slots", tag = "projects", security(("key" = []), ("bearer" = [])),
+    responses((status = 200, body = Vec<SlotRow>), (status = 401, body = ApiError)))]
+async fn slots(State(api): State<Api>, Authed(c): Authed) -> Result<Response, ApiError> {
+    Ok(answer(
+        api.call(
+            c,
+            Req::Get {
+                what: GetWhat::Slots,
+            },
+        )
+        .await?,
+    ))
+}
+
+#[utoipa::path(get, path = "/api/v1/hosts", tag = "hosts", security(("key" = []), ("bearer" = [])),
+    responses((status = 200, body = Vec<HostRow>), (status = 401, body = ApiError)))]
+async fn hosts(State(api): State<Api>, Authed(c): Authed) -> Result<Response, ApiError> {
+    Ok(answer(
+        api.call(
+            c,
+            Req::Get {
+                what: GetWhat::Hosts,
+            },
+        )
+        .await?,
+    ))
+}
+
+/// `POST .../deploy`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DeployBody {
+    /// The image to roll out, e.g. `ghcr.io/acme/app:sha-abc`.
+    pub image: String,
+}
+
+#[utoipa::path(post, path = "/api/v1/projects/{project}/environments/{environment}/deploy", tag = "environments",
+    security(("key" = []), ("bearer" = [])),
+    params(("project" = String, Path), ("environment" = String, Path)), request_body = DeployBody,
+    responses((status = 200, body = OutcomeView), (status = 400, body = ApiError), (status = 403, body = ApiError),
+              (status = 404, body = ApiError), (status = 409, body = ApiError)))]
+async fn deploy(
+    State(api): State<Api>,
+    Authed(c): Authed,
+    Path((project, environment)): Path<(String, String)>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let DeployBody { image } = json_body(body)?;
+    let req = Req::Deploy {
+        project,
+        environment,
+        image,
+    };
+    Ok(answer(api.call(c, req).await?))
+}
+
+#[utoipa::path(post, path = "/api/v1/projects/{project}/environments/{environment}/promote", tag = "environments",
+    security(("key" = []), ("bearer" = [])),
+    params(("project" = String, Path), ("environment" = String, Path)),
+    responses((status = 200, body = OutcomeView), (status = 403, body = ApiError), (status = 404, body = ApiError)))]
+async fn promote(
+    State(api): State<Api>,
+    Authed(c): Authed,
+    Path((project, environment)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    let req = Req::Promote {
+        project,
+        environment,
+    };
+    Ok(answer(api.call(c, req).await?))
+}
+
+#[utoipa::path(post, path = "/api/v1/projects/{project}/environments/{environment}/rollback", tag = "environments",
+    security(("key" = []), ("bearer" = [])),
+    params(("project" = String, Path), ("environment" = String, Path)),
+    responses((status = 200, body = OutcomeView), (status = 403, body = ApiError), (status = 404, body = ApiError)))]
+async fn rollback(
+    State(api): State<Api>,
+    Authed(c): Authed,
+    Path((project, environment)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    let req = Req::Rollback {
+        project,
+        environment,
+    };
+    Ok(answer(api.call(c, req).await?))
+}
+
+/// `GET .../logs` parameters.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct LogsQuery {
+    /// `blue` or `green`; the active slot when absent.
+    #[param(value_type = Option<String>)]
+    pub slot: Option<Slot>,
+    /// How many lines, 1 to 1000 (default 100).
+    pub lines: Option<usize>,
+}
+
+#[utoipa::path(get, path = "/api/v1/projects/{project}/environments/{environment}/logs", tag = "environments",
+    security(("key" = []), ("bearer" = [])),
+    params(("project" = String, Path), ("environment" = String, Path), LogsQuery),
+    responses((status = 200, body = LogsView), (status = 403, body = ApiError), (status = 404, body = ApiError)))]
+async fn logs(
+    State(api): State<Api>,
+    Authed(c): Authed,
+    Path((project, environment)): Path<(String, String)>,
+    query: Result<Query<LogsQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(q) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let req = Req::Logs {
+        project,
+        environment,
+        slot: q.slot,
+        lines: q.lines.unwrap_or(100),
+    };
+    Ok(answer(api.call(c, req).await?))
+}
+
+/// Posted manifests: `application/json` `{"manifests": [{"name", "text"}]}`, or the YAML text
+/// itself (any other content type), named `<request>` in errors.
+fn posted(
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Vec<Source>, ApiError> {
+    let json = headers
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if json {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Posted {
+            manifests: Vec<Source>,
+        }
+        return Ok(json_body::<Posted>(body)?.manifests);
+    }
+    let bytes = body_bytes(body)?;
+    let text = String::from_utf8(bytes.to_vec())
+        .map_err(|_| ApiError::bad_request("the manifests are not UTF-8 text"))?;
+    Ok(vec![Source {
+        name: "<request>".into(),
+        text,
+    }])
+}
+
+/// `POST /api/v1/apply` parameters.
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ApplyQuery {
+    /// Plan only; change nothing.
+    #[serde(default)]
+    pub dry_run: bool,
+    /// Remove recorded environments the manifests no longer contain (needs `prune`).
+    #[serde(default)]
+    pub prune: bool,
+    /// With `prune`, allow removing every environment.
+    #[serde(default)]
+    pub allow_empty: bool,
+}
+
+#[utoipa::path(post, path = "/api/v1/plan", tag = "manifests", security(("key" = []), ("bearer" = [])),
+    request_body(content = String, description = "YAML manifests, or JSON {\"manifests\": [{\"name\", \"text\"}]}", content_type = "application/yaml"),
+    responses((status = 200, body = PlanView), (status = 400, body = ApiError), (status = 413, body = ApiError)))]
+async fn plan(
+    State(api): State<Api>,
+    Authed(c): Authed,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let manifests = posted(&headers, body)?;
+    Ok(answer(api.call(c, Req::Diff { manifests }).await?))
+}
+
+#[utoipa::path(post, path = "/api/v1/apply", tag = "manifests", security(("key" = []), ("bearer" = [])),
+    params(ApplyQuery),
+    request_body(content = String, description = "YAML manifests, or JSON {\"manifests\": [{\"name\", \"text\"}]}", content_type = "application/yaml"),
+    responses((status = 200, body = ApplyView), (status = 400, body = ApiError), (status = 403, body = ApiError),
+              (status = 409, body = ApiError), (status = 413, body = ApiError)))]
+async fn apply(
+    State(api): State<Api>,
+    Authed(c): Authed,
+    headers: HeaderMap,
+    query: Result<Query<ApplyQuery>, axum::extract::rejection::QueryRejection>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let Query(q) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let manifests = posted(&headers, body)?;
+    let req = Req::Apply {
+        manifests,
+        dry_run: q.dry_run,
+        prune: q.prune,
+        allow_empty: q.allow_empty,
+    };
+    Ok(answer(api.call(c, req).await?))
+}
+
+/// `GET /api/v1/audit` parameters.
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AuditQuery {
+    pub project: Option<String>,
+    /// Only entries at or after this time (milliseconds since the Unix epoch).
+    pub since_ms: Option<u64>,
+    /// At most this many, the newest (default 100).
+    pub limit: Option<usize>,
+}
+
+#[utoipa::path(get, path = "/api/v1/audit", tag = "audit", security(("key" = []), ("bearer" = [])),
+    params(AuditQuery),
+    responses((status = 200, body = Vec<AuditEntry>), (status = 403, body = ApiError)))]
+async fn audit(
+    State(api): State<Api>,
+    Authed(c): Authed,
+    query: Result<Query<AuditQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(q) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let req = Req::Audit {
+        project: q.project,
+        since_ms: q.since_ms,
+        limit: q.limit,
+    };
+    Ok(answer(api.call(c, req).await?))
+}
+
+/// `POST /api/tool`: the original platform's interface.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ToolBody {
+    /// `health_check`, `status`, `slots`, `deploy`, `promote`, `rollback` or `logs`.
+    pub tool: String,
+    pub project: Option<String>,
+    /// Default `production`.
+    pub environment: Option<String>,
+    /// For `deploy`.
+    pub image: Option<String>,
+    /// For `logs`: `blue` or `green` (default: the active slot).
+    #[schema(value_type = Option<String>)]
+    pub slot: Option<Slot>,
+    /// For `logs`: 1 to 1000 (default 100).
+    pub lines: Option<usize>,
+}
+
+/// `POST /api/tool`'s answer: `ok`, then the tool's result.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ToolAnswer {
+    pub ok: bool,
+    #[serde(flatten)]
+    #[schema(value_type = Object)]
+    pub result: Value,
+}
+
+#[utoipa::path(post, path = "/api/tool", tag = "tool", security(("key" = []), ("bearer" = [])),
+    request_body = ToolBody,
+    responses((status = 200, body = ToolAnswer), (status = 400, body = ApiError), (status = 401, body = ApiError),
+              (status = 403, body = ApiError), (status = 404, body = ApiError), (status = 409, body = ApiError)))]
+async fn tool(
+    State(api): State<Api>,
+    Authed(c): Authed,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let body: ToolBody = json_body(body)?;
+    let known = || TOOLS.iter().map(|(t, _)| *t).collect::<Vec<_>>().join(", ");
+    let environment = body
+        .environment
+        .clone()
+        .unwrap_or_else(|| "production".into());
+    let project = || {
+        body.project.clone().ok_or_else(|| {
+            ApiError::bad_request(format!("tool {}: `project` is required", body.tool))
+        })
+    };
+    let (ok, result) = match body.tool.as_str() {
+        "health_check" => {
+            crate::auth::authorize(&c, Permission::Read, None)
+                .map_err(|d| ApiError::new(403, "forbidden", d.to_string()))?;
+            let h = (api.health)();
+            (h.ok, serde_json::to_value(&h).expect("views serialize"))
+        }
+        "status" | "slots" => {
+            let what = if body.tool == "status" {
+                GetWhat::Projects
+            } else {
+                GetWhat::Slots
+            };
+            let res = api.call(c, Req::Get { what }).await?;
+            let (key, mut rows) = match res {
+                Res::Projects(rows) => ("projects", serde_json::to_value(rows)),
+                Res::Slots(rows) => ("slots", serde_json::to_value(rows)),
+                _ => unreachable!("get answers rows"),
+            };
+            if let (Some(p), Ok(Value::Array(items))) = (&body.project, &mut rows) {
+                items.retain(|i| i["project"] == p.as_str());
+            }
+            (true, json!({ key: rows.expect("views serialize") }))
+        }
+        "deploy" => {
+            let image = body
+                .image
+                .clone()
+                .ok_or_else(|| ApiError::bad_request("tool deploy: `image` is required"))?;
+            let req = Req::Deploy {
+                project: project()?,
+                environment,
+                image,
+            };
+            outcome(api.call(c, req).await?)
+        }
+        "promote" => outcome(
+            api.call(
+                c,
+                Req::Promote {
+                    project: project()?,
+                    environment,
+                },
+            )
+            .await?,
+        ),
+        "rollback" => outcome(
+            api.call(
+                c,
+                Req::Rollback {
+                    project: project()?,
+                    environment,
+                },
+            )
+            .await?,
+        ),
+        "logs" => {
+            let req = Req::Logs {
+                project: project()?,
+                environment,
+                slot: body.slot,
+                lines: body.lines.unwrap_or(100).min(MAX_LOG_LINES),
+            };
+            match api.call(c, req).await? {
+                Res::Logs(l) => (true, serde_json::to_value(l).expect("views serialize")),
+                _ => unreachable!("logs answers logs"),
+            }
+        }
+        other => {
+            return Err(ApiError::bad_request(format!(
+                "unknown tool {:?}; the tools are: {}",
+                other.chars().take(64).collect::<String>(),
+                known()
+            )))
+        }
+    };
+    Ok(Json(ToolAnswer { ok, result }).into_response())
+}
+
+fn outcome(res: Res) -> (bool, Value) {
+    let ok = res.ok();
+    match res {
+        Res::Outcome(o) => (ok, serde_json::to_value(o).expect("views serialize")),
+        _ => unreachable!("a switch or deploy answers an outcome"),
+    }
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "codeb", description = "The control plane of codeb: deploy, promote and roll back web apps on Podman hosts."),
+    paths(health, metrics, openapi_json, projects, project, delete_project, slots, hosts, deploy, promote,
+          rollback, logs, plan, apply, audit, tool),
+    components(schemas(ApiError, ErrorBody, HealthView, TargetHealth, ProjectRow, SlotRow, HostRow, ProjectView,
+                       EnvView, SlotView, OverrideView, OutcomeView, FailureView, NoteView, PlanView, ApplyView,
+                       LogsView, AuditEntry, KeyRecord, DeployBody, ToolBody, ToolAnswer)),
+    modifiers(&Security),
+)]
+struct Doc;
+
+struct Security;
+
+impl utoipa::Modify for Security {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{
+            ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme,
+        };
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "key",
+            SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::new("X-API-Key"))),
+        );
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}
+
+/// The OpenAPI 3.1 document of every route.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    let mut doc = Doc::openapi();
+    doc.info.version = env!("CARGO_PKG_VERSION").to_string();
+    doc
+}
