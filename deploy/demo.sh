@@ -45,3 +45,26 @@ echo "Names resolve through the stack's PowerDNS:"
 echo "  dig @${CODEB_TEST_PDNS_DNS%:*} -p ${CODEB_TEST_PDNS_DNS##*:} +short hello.codeb.test"
 echo
 echo "State: CODEB_STATE_DIR=$CODEB_STATE_DIR $codeb get slots"
+
+# The control plane: codeb serve keeps the examples converged and answers HTTP with API keys.
+listen=127.0.0.1:19100
+pkill -TERM -f "codeb serve -f $rendered" 2>/dev/null || true
+setsid "$codeb" serve -f "$rendered" --listen "$listen" >"$CODEB_STACK_DIR/serve.log" 2>&1 </dev/null &
+for _ in $(seq 100); do
+  curl -sf "http://$listen/health" >/dev/null && break
+  sleep 0.1
+done
+curl -sf "http://$listen/health" >/dev/null || {
+  echo "codeb serve did not answer on $listen; its log:" >&2
+  tail -20 "$CODEB_STACK_DIR/serve.log" >&2
+  exit 1
+}
+key=$("$codeb" key create --role developer --name demo --project shop --expires 1d | head -n 1)
+echo
+echo "codeb serve answers on http://$listen (log: $CODEB_STACK_DIR/serve.log); a developer key for shop:"
+echo "  KEY=$key"
+echo "Deploy v2 of shop through the API, then promote it:"
+echo "  curl -s -H \"X-API-Key: \$KEY\" -d '{\"tool\":\"deploy\",\"project\":\"shop\",\"image\":\"localhost/codeb-test-app:v2\"}' http://$listen/api/tool"
+echo "  curl -s -H \"X-API-Key: \$KEY\" -X POST http://$listen/api/v1/projects/shop/environments/production/promote"
+echo "  curl -s -H \"Host: shop.codeb.test\" http://$CODEB_TEST_HTTP/"
+echo "Stop it with: pkill -TERM -f 'codeb serve -f $rendered'"
