@@ -45,6 +45,20 @@ impl AuditFilter {
     }
 }
 
+/// Appends to a table keyed by sequence number the bytes `encode` makes for the next number,
+/// and returns that number (the journal appends the same way).
+pub(super) fn append(
+    table: &mut redb::Table<u64, &[u8]>,
+    encode: impl FnOnce(u64) -> Vec<u8>,
+) -> Result<u64> {
+    let seq = table
+        .last()
+        .map_err(storage)?
+        .map_or(1, |(k, _)| k.value() + 1);
+    table.insert(seq, encode(seq).as_slice()).map_err(storage)?;
+    Ok(seq)
+}
+
 /// Only the time of an entry, to decide whether it is too old without decoding the rest.
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -63,13 +77,10 @@ impl Store {
         let seq;
         {
             let mut table = txn.open_table(AUDIT).map_err(storage)?;
-            seq = table
-                .last()
-                .map_err(storage)?
-                .map_or(1, |(k, _)| k.value() + 1);
-            entry.seq = seq;
-            let bytes = serde_json::to_vec(&entry).expect("audit entries serialize");
-            table.insert(seq, bytes.as_slice()).map_err(storage)?;
+            seq = append(&mut table, |seq| {
+                entry.seq = seq;
+                serde_json::to_vec(&entry).expect("audit entries serialize")
+            })?;
             loop {
                 let over_count = table.len().map_err(storage)? > retention.max_entries;
                 let too_old = match table.first().map_err(storage)? {
@@ -142,17 +153,31 @@ mod tests {
         entries.iter().map(|e| e.seq).collect()
     }
 
-    #[test]
-    fn entries_read_back_in_order_with_their_sequence_numbers() {
+    fn temp_store() -> (tempfile::TempDir, Store) {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
+        (dir, store)
+    }
+
+    /// The sequence numbers of every entry, oldest first.
+    fn all_seqs(store: &Store) -> Vec<u64> {
+        seqs(
+            &store
+                .audit_entries(&AuditFilter::new(AuditScope::All))
+                .unwrap(),
+        )
+    }
+
+    #[test]
+    fn entries_read_back_in_order_with_their_sequence_numbers() {
+        let (_dir, store) = temp_store();
         let keep = AuditRetention::default();
         assert_eq!(store.audit(entry(1, Some("shop")), &keep).unwrap(), 1);
         assert_eq!(store.audit(entry(2, None), &keep).unwrap(), 2);
+        assert_eq!(all_seqs(&store), [1, 2]);
         let all = store
             .audit_entries(&AuditFilter::new(AuditScope::All))
             .unwrap();
-        assert_eq!(seqs(&all), [1, 2]);
         assert_eq!(
             all[0],
             AuditEntry {
@@ -164,8 +189,7 @@ mod tests {
 
     #[test]
     fn the_log_keeps_at_most_its_count_dropping_the_oldest() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
+        let (_dir, store) = temp_store();
         let keep = AuditRetention {
             max_entries: 3,
             ..AuditRetention::default()
@@ -173,16 +197,12 @@ mod tests {
         for at in 1..=5 {
             store.audit(entry(at, Some("shop")), &keep).unwrap();
         }
-        let all = store
-            .audit_entries(&AuditFilter::new(AuditScope::All))
-            .unwrap();
-        assert_eq!(seqs(&all), [3, 4, 5]);
+        assert_eq!(all_seqs(&store), [3, 4, 5]);
     }
 
     #[test]
     fn the_log_drops_entries_older_than_its_age() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
+        let (_dir, store) = temp_store();
         let keep = AuditRetention {
             max_entries: 100,
             max_age: Duration::from_secs(90 * 24 * 3600),
@@ -190,21 +210,14 @@ mod tests {
         store.audit(entry(0, None), &keep).unwrap();
         store.audit(entry(DAY_MS, None), &keep).unwrap();
         store.audit(entry(90 * DAY_MS, None), &keep).unwrap();
-        let all = store
-            .audit_entries(&AuditFilter::new(AuditScope::All))
-            .unwrap();
-        assert_eq!(seqs(&all), [1, 2, 3], "exactly 90 days old is kept");
+        assert_eq!(all_seqs(&store), [1, 2, 3], "exactly 90 days old is kept");
         store.audit(entry(91 * DAY_MS + 1, None), &keep).unwrap();
-        let all = store
-            .audit_entries(&AuditFilter::new(AuditScope::All))
-            .unwrap();
-        assert_eq!(seqs(&all), [3, 4]);
+        assert_eq!(all_seqs(&store), [3, 4]);
     }
 
     #[test]
     fn filters_select_by_project_time_scope_and_limit() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
+        let (_dir, store) = temp_store();
         let keep = AuditRetention::default();
         for (at, project) in [
             (1, Some("shop")),
@@ -245,8 +258,7 @@ mod tests {
 
     #[test]
     fn a_denied_request_is_recorded_with_its_caller_and_permission() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
+        let (_dir, store) = temp_store();
         let caller = developer(&["shop"]);
         let denied = authorize(&caller, Permission::Deploy, Some("blog")).unwrap_err();
         let mut e = AuditEntry::new(7, &caller, "POST /projects/blog/deploy");
