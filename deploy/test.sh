@@ -22,6 +22,14 @@ step "test images"
 stack_env=$(./deploy/stack.sh env)
 eval "$stack_env"
 
+step "test tools"
+# The API tests validate codeb's OpenAPI document with the reference validator.
+if ! python3 -c 'import openapi_spec_validator' 2>/dev/null; then
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q python3-openapi-spec-validator >/dev/null ||
+    python3 -m pip install --quiet openapi-spec-validator
+  python3 -c 'import openapi_spec_validator'
+fi
+
 step "cargo fmt --check"
 cargo fmt --check
 step "cargo clippy --all-targets -- -D warnings"

@@ -285,17 +285,10 @@ impl Store {
     /// Appends to the journal; returns the entry's sequence number.
     pub fn journal(&self, mut entry: JournalEntry) -> Result<u64> {
         let txn = self.db.begin_write().map_err(storage)?;
-        let seq;
-        {
-            let mut table = txn.open_table(JOURNAL).map_err(storage)?;
-            seq = table
-                .last()
-                .map_err(storage)?
-                .map_or(1, |(k, _)| k.value() + 1);
+        let seq = audit::append(&mut txn.open_table(JOURNAL).map_err(storage)?, |seq| {
             entry.seq = seq;
-            let bytes = serde_json::to_vec(&entry).expect("journal entries serialize");
-            table.insert(seq, bytes.as_slice()).map_err(storage)?;
-        }
+            serde_json::to_vec(&entry).expect("journal entries serialize")
+        })?;
         txn.commit().map_err(storage)?;
         Ok(seq)
     }
