@@ -3,6 +3,7 @@
 # each while `hey -c 8` (HTTP/1.1 keep-alive) runs through Caddy against the project's hostname.
 #
 # Usage: benches/switch.sh [CYCLES]   (brings the local stack up through benches/lib.sh)
+#        BENCH_MODES="api" benches/switch.sh 20   (some modes only: kernel, caddy-admin, api)
 #
 # Per mode it reports: requests served, hey's non-2xx and errors, hey's p50/p99 latency for the
 # run (every request of the run is between two switches at most 0.1 s apart) and for a baseline
@@ -12,7 +13,9 @@
 #            with fresh connections (bash's /dev/tcp, ~0.5 ms apart);
 #   write    the data-path change alone as codeb logs it: the nf_tables transaction (kernel mode) or
 #            the Caddy admin PATCH (caddy-admin mode).
-# caddy-admin mode is forced with CODEB_SWITCH=caddy-admin. BENCH_KEEP=1 keeps the work directory
+# caddy-admin mode is forced with CODEB_SWITCH=caddy-admin. The api mode is the kernel mode with each
+# switch requested from a warm `codeb serve` over HTTP (curl, POST .../promote|rollback): `command` is
+# then curl's wall time, `switch` the time from the request until new connections get the new slot. BENCH_KEEP=1 keeps the work directory
 # (hey's output, codeb's JSON logs). Exit status: 0, or 1 when any request failed in kernel mode.
 source "$(dirname "$0")/lib.sh"
 
@@ -27,9 +30,11 @@ readonly POLL_TIMEOUT_US=5000000
 readonly PAUSE=0.1
 
 hey_pid=""
+serve_pid=""
 # shellcheck disable=SC2317 # called by the EXIT trap
 cleanup() {
   [[ -z $hey_pid ]] || kill "$hey_pid" 2>/dev/null || true
+  [[ -z $serve_pid ]] || kill -TERM "$serve_pid" 2>/dev/null || true
   if [[ -n ${BENCH_KEEP-} ]]; then echo "kept $WORK" >&2; else rm -rf "$WORK"; fi
 }
 trap cleanup EXIT
@@ -108,7 +113,14 @@ run_switches() { # count phase
     poll_until "$host" "$want" >"$dir/seen" &
     t0=$(now_us)
     ok=1
-    if ! out=$(CODEB_LOG=codeb=debug "$CODEB" --log-format json --state-dir "$state" "$verb" "$name" 2>>"$dir/$phase.log"); then
+    if [[ $mode == api ]]; then
+      out=$(curl -s --max-time 10 -X POST -H "X-API-Key: $key" \
+        "http://$listen/api/v1/projects/$name/environments/production/$verb" 2>&1) || true
+      [[ $out == *'"converged":true'* ]] || {
+        ok=0
+        printf 'switch %d (%s): %s\n' "$i" "$verb" "$out" >>"$dir/$phase.failed"
+      }
+    elif ! out=$(CODEB_LOG=codeb=debug "$CODEB" --log-format json --state-dir "$state" "$verb" "$name" 2>>"$dir/$phase.log"); then
       ok=0
       printf 'switch %d (%s): %s %s\n' "$i" "$verb" "$out" "$(grep -v '^{' "$dir/$phase.log" | tail -1)" >>"$dir/$phase.failed"
     fi
@@ -134,10 +146,12 @@ run_switches() { # count phase
 
 report_switches() { # phase
   local phase=$1 pattern='"service address set"'
-  [[ $mode == kernel ]] || pattern='"method":"PATCH"'
+  [[ $mode != caddy-admin ]] || pattern='"method":"PATCH"'
   printf '    command:  %s\n' "$(stats <"$dir/$phase.command")"
   printf '    switch:   %s\n' "$(stats <"$dir/$phase.switch")"
-  printf '    write:    %s\n' "$(grep -F "$pattern" "$dir/$phase.log" | grep -o '"elapsed_ms":[0-9.]*' | cut -d: -f2 | stats)"
+  # In api mode the writes are in the daemon's log, idle and load together.
+  [[ $mode == api ]] ||
+    printf '    write:    %s\n' "$(grep -F "$pattern" "$dir/$phase.log" | grep -o '"elapsed_ms":[0-9.]*' | cut -d: -f2 | stats)"
   printf '    fresh connections of the switch-time poller that failed: %s\n' \
     "$(awk '{ n += $1 } END { print n + 0 }' "$dir/$phase.poll-errors")"
   if [[ -s $dir/$phase.failed ]]; then
@@ -161,6 +175,16 @@ run_mode() { # mode
   { host_yaml; project_yaml "$name" localhost/codeb-test-app:v2 manual; } >"$dir/m.yaml"
   "$CODEB" --state-dir "$state" apply -f "$dir/m.yaml" >/dev/null
   "$CODEB" --state-dir "$state" get hosts | sed "s/^/[$mode] /"
+  if [[ $mode == api ]]; then
+    CODEB_LOG=codeb=debug "$CODEB" --log-format json --state-dir "$state" serve -f "$dir/m.yaml" \
+      --listen "$listen" --rate-limit 0 2>"$dir/serve.log" &
+    serve_pid=$!
+    for _ in $(seq 100); do
+      curl -sf "http://$listen/health" >/dev/null && break
+      sleep 0.1
+    done
+    key=$("$CODEB" --state-dir "$state" key create --role developer --name bench | head -n 1)
+  fi
 
   # Without load: the mechanism, not the CPU the load generator leaves to it.
   run_switches 20 idle
@@ -181,13 +205,20 @@ run_mode() { # mode
   printf '  idle (20 switches, no load):\n'
   report_switches idle
   grep -A20 '^Error distribution' "$dir/hey.txt" | sed 's/^/  /' || true
+  if [[ -n $serve_pid ]]; then
+    kill -TERM "$serve_pid"
+    wait "$serve_pid" || true
+    serve_pid=""
+  fi
   "$CODEB" --state-dir "$state" delete project "$name" >/dev/null
   unset CODEB_SWITCH
-  [[ $mode != kernel ]] || hey_summary "$dir/hey.txt" | grep -q ' 0 non-2xx, 0 errors'
+  [[ $mode == caddy-admin ]] || hey_summary "$dir/hey.txt" | grep -q ' 0 non-2xx, 0 errors'
 }
 
-mode="" name="" state="" dir="" host=""
+mode="" name="" state="" dir="" host="" key=""
+readonly listen=127.0.0.1:19102
 status=0
-run_mode kernel || status=1
-run_mode caddy-admin
+for m in ${BENCH_MODES:-kernel caddy-admin api}; do
+  if [[ $m == caddy-admin ]]; then run_mode "$m"; else run_mode "$m" || status=1; fi
+done
 exit "$status"
