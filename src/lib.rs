@@ -9,6 +9,7 @@ pub mod auth;
 pub mod backend;
 pub mod cli;
 pub mod daemon;
+pub mod metrics;
 pub mod model;
 pub mod plan;
 pub mod reconcile;

@@ -119,11 +119,7 @@ impl Metrics {
             "Backend calls that failed, by backend",
             m.backend_errors.clone(),
         );
-        registry.register(
-            "switches",
-            "Traffic switches made",
-            m.switches.clone(),
-        );
+        registry.register("switches", "Traffic switches made", m.switches.clone());
         registry.register("deploys", "Releases deployed", m.deploys.clone());
         registry.register(
             "health_check_failures",
