@@ -163,6 +163,11 @@ impl Harness {
             .all(|p| self.a(&format!("{p}{project}.{ZONE}")).as_deref() == Some("127.0.0.1"))
     }
 
+    /// What the loop last recorded of the host `app`.
+    fn host_health(&self) -> crate::reconcile::health::Seen {
+        self.handle.health().snapshot().hosts["app"].clone()
+    }
+
     fn containers(&self) -> usize {
         self.world.state().containers.len()
     }
@@ -336,6 +341,58 @@ async fn a_host_that_is_down_is_retried_with_growing_backoff_and_recovers_within
         .until(31 * SEC, "recovered", |h| h.live("a").is_some())
         .await;
     assert!(took <= 30 * SEC, "{took:?}");
+    h.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_host_whose_podman_is_down_shows_since_when_and_why_and_recovers_to_observed() {
+    use crate::metrics::{metrics, ReconcileLabels};
+    let host_errors = || {
+        metrics()
+            .reconciles
+            .get_or_create(&ReconcileLabels {
+                kind: "host",
+                result: "error",
+            })
+            .get()
+    };
+    let h = start(desired([env("a", "app:v1")]), false);
+    h.until(10 * SEC, "v1", |h| h.live("a").is_some()).await;
+    let seen = h.host_health();
+    assert!(
+        seen.last_ok_ms.is_some() && seen.failing_since_ms.is_none(),
+        "{seen:?}"
+    );
+    let errors = host_errors();
+    h.world.state().podman_down = true;
+    let down_at = (h.clock)();
+    h.handle.resync();
+    h.until(SEC, "failing", |h| {
+        h.host_health().failing_since_ms.is_some()
+    })
+    .await;
+    let first = h.host_health();
+    let since = first.failing_since_ms.unwrap();
+    assert!(
+        since >= down_at && since < down_at + 100,
+        "{since} vs {down_at}"
+    );
+    assert!(first.last_ok_ms.unwrap() <= down_at);
+    let error = first.last_error.unwrap();
+    assert!(error.contains("unix:///fake/podman.sock"), "{error}");
+    // Retried on its backoff: still failing since the first failure.
+    h.idle(60 * SEC).await;
+    let later = h.host_health();
+    assert_eq!(later.failing_since_ms, Some(since));
+    assert!(later.failing_longer_than((h.clock)(), 59_000));
+    assert!(host_errors() > errors, "counted as failed host reconciles");
+    h.world.state().podman_down = false;
+    h.until(31 * SEC, "observed again", |h| {
+        h.host_health().failing_since_ms.is_none()
+    })
+    .await;
+    let back = h.host_health();
+    assert!(back.last_ok_ms.unwrap() > since && back.last_error.is_none());
     h.stop().await;
 }
 
@@ -573,9 +630,24 @@ async fn zone_fails_and_recovers(
     let made = h.dns.state().calls - calls;
     assert!(attempts.contains(&made), "{made} attempts in 60 s");
     assert!(!h.resolves("a"));
+    let zone = |h: &Harness| h.handle.health().snapshot().zones[ZONE].clone();
+    let failing = zone(&h);
+    assert_eq!(failing.last_ok_ms, None, "never read since the start");
+    assert!(
+        failing.failing_longer_than((h.clock)(), 59_000),
+        "{failing:?}"
+    );
+    let error = failing.last_error.unwrap();
+    assert!(
+        error.contains("http://fake-pdns"),
+        "names the endpoint: {error}"
+    );
     fail(&mut h.dns.state(), false);
     let took = h.until(31 * SEC, "recovered", |h| h.resolves("a")).await;
     assert!(took <= 30 * SEC, "{took:?}");
+    let recovered = zone(&h);
+    assert!(recovered.last_ok_ms.is_some() && recovered.failing_since_ms.is_none());
+    assert_eq!(recovered.last_error, None);
     assert_eq!(h.live("a").as_deref(), Some("app:v1"));
     h.stop().await;
 }
