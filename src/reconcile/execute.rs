@@ -512,9 +512,8 @@ mod tests {
     use super::*;
     use crate::backend::fake::{FakeProber, World};
     use crate::metrics::{metrics, BackendLabels};
-    use crate::model::observed::ObservedContainer;
-    use crate::model::writes::ContainerSpec;
     use crate::plan::tests::{desired, env};
+    use crate::reconcile::fixtures::{fake_host, hold_name};
     use crate::reconcile::{converge, Outcome, Target};
 
     /// What the tests read of the process-wide metrics. Other tests count into them at the same
@@ -524,7 +523,7 @@ mod tests {
         deploys: u64,
         switches: u64,
         health_check_failures: u64,
-        /// Per backend: calls timed, and errors.
+        /// Per backend of [`BACKENDS`]: calls timed, and errors.
         calls: [(u64, u64); 3],
     }
 
@@ -553,35 +552,47 @@ mod tests {
         }
     }
 
-    /// Applies `myapp` running `image` to the fake host `app`, as `codeb apply` would.
-    async fn apply(world: &World, store: &Store, image: &str) -> Outcome {
-        let mut e = env("myapp");
-        e.release = crate::model::Release::new(image, None, BTreeMap::new(), 8080);
-        let backends: Backends<World, World, World> = Backends::hosts(BTreeMap::from([(
-            "app".to_string(),
-            HostBackends {
-                runtime: world.clone(),
-                proxy: world.clone(),
-                kernel: world.clone(),
-                publish: Some(std::net::Ipv4Addr::LOCALHOST),
-            },
-        )]));
-        let target = Target {
-            desired: &desired([e]),
-            remove: vec![],
-            dry_run: false,
-        };
-        let prober = FakeProber(vec![world.clone()]);
-        converge(target, store, &backends, &prober).await.unwrap()
+    /// The fake host `app`, and a store.
+    struct Fake {
+        world: World,
+        store: Store,
+        _dir: tempfile::TempDir,
+    }
+
+    impl Fake {
+        fn new() -> Self {
+            let dir = tempfile::tempdir().unwrap();
+            Fake {
+                world: World::new(),
+                store: Store::open(dir.path()).unwrap(),
+                _dir: dir,
+            }
+        }
+
+        /// Applies `myapp` running `image`, as `codeb apply` would.
+        async fn apply(&self, image: &str) -> Outcome {
+            let mut e = env("myapp");
+            e.release = crate::model::Release::new(image, None, BTreeMap::new(), 8080);
+            let backends: Backends<World, World, World> = Backends::hosts(BTreeMap::from([(
+                "app".to_string(),
+                fake_host(&self.world),
+            )]));
+            let target = Target {
+                desired: &desired([e]),
+                remove: vec![],
+                dry_run: false,
+            };
+            let prober = FakeProber(vec![self.world.clone()]);
+            converge(target, &self.store, &backends, &prober)
+                .await
+                .unwrap()
+        }
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_deploy_and_its_switch_are_counted_with_the_time_of_each_backend_call() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
-        let world = World::new();
         let before = counts();
-        let out = apply(&world, &store, "app:v1").await;
+        let out = Fake::new().apply("app:v1").await;
         assert!(out.converged(), "{:?}", out.failures);
         let after = counts();
         assert!(after.deploys > before.deploys);
@@ -596,45 +607,15 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_failed_health_check_and_a_refused_backend_call_are_counted() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
-        let world = World::new();
         let before = counts();
-        assert!(!apply(&world, &store, "app:unhealthy").await.converged());
+        assert!(!Fake::new().apply("app:unhealthy").await.converged());
         assert!(counts().health_check_failures > before.health_check_failures);
 
-        // A container codeb does not own holds the next slot's name: Podman refuses the create.
-        let (dir, world) = (tempfile::tempdir().unwrap(), World::new());
-        let store = Store::open(dir.path()).unwrap();
-        let name = "myapp-production-blue".to_string();
-        let foreign = ObservedContainer {
-            id: "foreign".into(),
-            name: name.clone(),
-            image: "other".into(),
-            labels: BTreeMap::new(),
-            running: true,
-            state: "running".into(),
-            host_port: None,
-            ip: None,
-        };
-        let spec = ContainerSpec {
-            name,
-            image: "other".into(),
-            command: None,
-            env: BTreeMap::new(),
-            labels: BTreeMap::new(),
-            container_port: 80,
-            host_ip: "127.0.0.1".into(),
-            host_port: 1,
-            publish: true,
-            network: "other".into(),
-        };
-        world
-            .state()
-            .containers
-            .insert("foreign".into(), (foreign, spec));
+        // A container codeb does not own holds the first slot's name: Podman refuses the create.
+        let fake = Fake::new();
+        hold_name(&fake.world, "myapp-production-blue");
         let before = counts();
-        let out = apply(&world, &store, "app:v1").await;
+        let out = fake.apply("app:v1").await;
         assert!(
             matches!(
                 out.failures.first().map(|f| &f.error),

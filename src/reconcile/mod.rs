@@ -16,6 +16,8 @@ pub mod connect;
 pub mod controller;
 mod execute;
 mod fault;
+#[cfg(test)]
+mod fixtures;
 pub mod health;
 mod observe;
 mod probe;

@@ -103,14 +103,7 @@ fn start(d: Arc<Desired>, prune: bool) -> Harness {
     let dns = FakeDns::new();
     let (w, z) = (world.clone(), dns.clone());
     let connect: Connectors<World, World, World, FakeDns> = Connectors {
-        host: Box::new(move |_| {
-            Ok(HostBackends {
-                runtime: w.clone(),
-                proxy: w.clone(),
-                kernel: w.clone(),
-                publish: Some(std::net::Ipv4Addr::LOCALHOST),
-            })
-        }),
+        host: Box::new(move |_| Ok(crate::reconcile::fixtures::fake_host(&w))),
         zone: Box::new(move |_| Ok(z.clone())),
     };
     // The planner's clock follows tokio's, so a paused test moves grace periods too.
@@ -399,36 +392,9 @@ async fn a_host_whose_podman_is_down_shows_since_when_and_why_and_recovers_to_ob
 #[tokio::test(start_paused = true)]
 async fn a_key_blocked_by_a_foreign_container_is_retried_at_the_longest_delay_not_at_every_resync()
 {
-    use crate::model::observed::ObservedContainer;
-    use crate::model::writes::ContainerSpec;
     let h = start(desired([env("a", "app:v1")]), false);
     // A container codeb does not own holds the name: every create of a's container fails.
-    let foreign = ObservedContainer {
-        id: "foreign".into(),
-        name: "a-production-blue".into(),
-        image: "other".into(),
-        labels: BTreeMap::new(),
-        running: true,
-        state: "running".into(),
-        host_port: None,
-        ip: None,
-    };
-    let spec = ContainerSpec {
-        name: foreign.name.clone(),
-        image: foreign.image.clone(),
-        command: None,
-        env: BTreeMap::new(),
-        labels: BTreeMap::new(),
-        container_port: 80,
-        host_ip: "127.0.0.1".into(),
-        host_port: 1,
-        publish: true,
-        network: "other".into(),
-    };
-    h.world
-        .state()
-        .containers
-        .insert("foreign".into(), (foreign, spec));
+    crate::reconcile::fixtures::hold_name(&h.world, "a-production-blue");
     h.idle(SEC).await;
     // Each attempt is one failed create: one counted write.
     let before = h.world.mutations();
