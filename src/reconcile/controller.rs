@@ -43,6 +43,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::backoff::Backoffs;
+use super::health::{Health, Subject};
 use super::queue::{Claim, Queue, Ticket};
 use super::{execute_until, observe, Backends, HostBackends, Prober, MAX_ROUNDS};
 use crate::backend::{Dns, Kernel, Proxy, Runtime};
@@ -57,6 +58,17 @@ pub enum Work {
     Host(String),
     Env(EnvKey),
     Zone(String),
+}
+
+impl Work {
+    /// `host`, `env` or `zone`: the label of its metrics.
+    fn kind(&self) -> &'static str {
+        match self {
+            Work::Host(_) => "host",
+            Work::Env(_) => "env",
+            Work::Zone(_) => "zone",
+        }
+    }
 }
 
 impl fmt::Display for Work {
@@ -136,6 +148,17 @@ pub enum Error {
 }
 
 impl Error {
+    /// Why an observation failed, without the host or zone (the health registry is keyed by it).
+    fn reason(&self) -> String {
+        match self {
+            Error::Unreachable { error, .. }
+            | Error::NotConnected { error, .. }
+            | Error::ZoneUnreachable { error, .. }
+            | Error::ZoneNotConnected { error, .. } => error.clone(),
+            other => other.to_string(),
+        }
+    }
+
     /// True when the same reconcile may succeed soon with nothing else changed; see the enum's
     /// documentation.
     pub fn retryable(&self) -> bool {
@@ -296,6 +319,7 @@ enum Msg {
 pub struct Handle {
     tx: mpsc::UnboundedSender<Msg>,
     expected: Expected,
+    health: Health,
 }
 
 impl Handle {
@@ -326,6 +350,12 @@ impl Handle {
     pub fn expected(&self) -> &Expected {
         &self.expected
     }
+
+    /// Per host and managed zone, when the loop last observed it and since when it fails to;
+    /// times on the loop's clock ([`Config::clock`]).
+    pub fn health(&self) -> Health {
+        self.health.clone()
+    }
 }
 
 /// Holds claimed work; dropping it gives the work back to the loop.
@@ -347,8 +377,21 @@ struct Shared<H> {
     clock: Clock,
     prune: bool,
     expected: Expected,
+    /// What each reconcile observed of its host or zone.
+    health: Health,
     /// Set when the loop stops: executions start no further step.
     stop: CancellationToken,
+}
+
+impl<H> Shared<H> {
+    /// Records whether `subject` could be observed now: `error` is why not.
+    fn saw(&self, subject: Subject, error: Option<&Error>) {
+        self.health.record(
+            subject,
+            (self.clock)(),
+            error.map_or(Ok(()), |e| Err(e.reason())),
+        );
+    }
 }
 
 /// Per host, its clients alone (no zone); per managed zone, its client alone (no host).
@@ -409,6 +452,7 @@ where
                 clock: config.clock.clone(),
                 prune: config.prune,
                 expected: Expected::default(),
+                health: Health::default(),
                 stop: CancellationToken::new(),
             }),
             queue: Queue::new(config.concurrency),
@@ -440,6 +484,7 @@ where
         Handle {
             tx: self.tx.clone(),
             expected: self.shared.expected.clone(),
+            health: self.shared.health.clone(),
         }
     }
 
@@ -515,6 +560,10 @@ where
                     self.spawn(work);
                 }
             }
+            // Every change of the queue happens in one turn of this loop, so it is counted here.
+            crate::metrics::metrics()
+                .queue_depth
+                .set(self.queue.pending() as i64);
             let wake = self.queue.next_deadline();
             tokio::select! {
                 _ = shutdown.cancelled(), if hard_stop.is_none() => {
@@ -570,18 +619,21 @@ where
     /// and may be gone for good); and a reconcile of every managed zone of the manifests (a zone
     /// only recorded is written only for a pruned environment, which hands it over).
     fn sweep_all(&mut self, now: Instant) {
-        let hosts: Vec<String> = self
-            .hosts
-            .keys()
-            .filter(|h| self.config.prune || self.desired.hosts.contains_key(*h))
-            .cloned()
-            .collect();
-        for host in hosts {
+        for host in self.swept_hosts() {
             self.schedule_resync(Work::Host(host), now);
         }
         for zone in managed_zones(&self.desired) {
             self.schedule_resync(Work::Zone(zone), now);
         }
+    }
+
+    /// The hosts a resync sweeps (see [`Controller::sweep_all`]).
+    fn swept_hosts(&self) -> BTreeSet<String> {
+        self.hosts
+            .keys()
+            .filter(|h| self.config.prune || self.desired.hosts.contains_key(*h))
+            .cloned()
+            .collect()
     }
 
     /// Schedules work that a resync found: not before its backoff ends, so that a key that keeps
@@ -618,6 +670,10 @@ where
         for host in self.connect_hosts(&new.hosts) {
             self.queue.schedule(Work::Host(host), now);
         }
+        let zones: BTreeSet<String> = managed_zones(&new).into_iter().collect();
+        self.shared
+            .health
+            .forget_except(&self.swept_hosts(), &zones);
         let mut zones = plan::dns::zones_changed(&old, &new);
         zones.extend(self.connect_zones(&new.zones));
         for zone in zones.into_iter().filter(|z| new.zones.contains_key(z)) {
@@ -696,6 +752,7 @@ where
             elapsed,
         } = finished;
         self.finish(&work);
+        count(&work, result.is_ok(), elapsed);
         let now = Instant::now();
         let duration_ms = elapsed.as_millis() as u64;
         let actions = executed.len();
@@ -727,6 +784,20 @@ where
             }
         }
     }
+}
+
+/// Counts a finished reconcile into the process's metrics.
+fn count(work: &Work, ok: bool, elapsed: Duration) {
+    use crate::metrics::{metrics, KindLabels, ReconcileLabels};
+    let m = metrics();
+    let kind = work.kind();
+    let result = if ok { "ok" } else { "error" };
+    m.reconciles
+        .get_or_create(&ReconcileLabels { kind, result })
+        .inc();
+    m.reconcile_seconds
+        .get_or_create(&KindLabels { kind })
+        .observe(elapsed.as_secs_f64());
 }
 
 async fn sleep_until(at: Option<Instant>) {
@@ -763,14 +834,32 @@ fn next_grace_end(rec: &EnvRecord, now_ms: u64) -> Option<Duration> {
         .map(|ms| Duration::from_millis(ms + 1))
 }
 
-fn backends_of<'a, R, P, K, D>(
+/// The clients of `host`; a host without them is recorded as failing.
+fn backends_of<'a, R, P, K, D, H>(
+    sh: &Shared<H>,
     hosts: &'a Clients<R, P, K, D>,
     host: &str,
 ) -> Result<&'a Arc<Backends<R, P, K, D>>, Error> {
-    hosts.get(host).ok_or_else(|| Error::NotConnected {
-        host: host.to_string(),
-        error: "no clients for its endpoints (see the log at start or reload)".into(),
+    hosts.get(host).ok_or_else(|| {
+        let e = Error::NotConnected {
+            host: host.to_string(),
+            error: "no clients for its endpoints (see the log at start or reload)".into(),
+        };
+        sh.saw(Subject::Host(host.to_string()), Some(&e));
+        e
     })
+}
+
+/// Observes `host` through its clients, and records whether it could.
+async fn observe_host<R: Runtime, P: Proxy, K: Kernel, D: Dns, H>(
+    sh: &Shared<H>,
+    host: &str,
+    backends: &Backends<R, P, K, D>,
+) -> Result<plan::Observed, Error> {
+    let observed = observe(backends).await;
+    let error = unreachable(host, &observed);
+    sh.saw(Subject::Host(host.to_string()), error.as_ref());
+    error.map_or(Ok(observed), Err)
 }
 
 fn unreachable(host: &str, observed: &plan::Observed) -> Option<Error> {
@@ -818,7 +907,7 @@ async fn reconcile_env<R: Runtime, P: Proxy, K: Kernel, D: Dns, H: Prober>(
         return Ok(Action::new("not-declared"));
     }
     let host = wanted.map_or(rec.host.clone(), |d| d.host.clone());
-    let backends = backends_of(hosts, &host)?;
+    let backends = backends_of(sh, hosts, &host)?;
     // The environment alone, on its host.
     let mut one = Desired::default();
     if let Some(h) = desired.hosts.get(&host) {
@@ -852,10 +941,7 @@ async fn reconcile_env<R: Runtime, P: Proxy, K: Kernel, D: Dns, H: Prober>(
             .map(|r| (key.clone(), r))
             .into_iter()
             .collect();
-        let mut observed = observe(backends).await;
-        if let Some(e) = unreachable(&host, &observed) {
-            return Err(e);
-        }
+        let mut observed = observe_host(sh, &host, backends).await?;
         observe_zones(&its_zones, zones, &mut observed).await;
         let now = (sh.clock)();
         let mut plan = plan::plan(&one, &observed, &recorded, &remove, now);
@@ -968,10 +1054,12 @@ async fn reconcile_zone<R: Runtime, P: Proxy, K: Kernel, D: Dns, H: Prober>(
         _ => return Ok(Action::new("not-declared")),
     }
     let Some(backends) = zones.get(zone) else {
-        return Err(Error::ZoneNotConnected {
+        let e = Error::ZoneNotConnected {
             zone: zone.to_string(),
             error: "no client for it (see the log at start or reload)".into(),
-        });
+        };
+        sh.saw(Subject::Zone(zone.to_string()), Some(&e));
+        return Err(e);
     };
     let mut forget: BTreeSet<EnvKey> = BTreeSet::new();
     for round in 0..MAX_ROUNDS {
@@ -989,11 +1077,11 @@ async fn reconcile_zone<R: Runtime, P: Proxy, K: Kernel, D: Dns, H: Prober>(
             vec![]
         };
         let mut observed = observe(backends.as_ref()).await;
-        let scope = match observed.zones.get(zone) {
-            Some(ZoneObservation::Present(z)) => plan::dns::zone_scope(zone, desired, Some(z)),
-            Some(ZoneObservation::Missing) => plan::dns::zone_scope(zone, desired, None),
+        let read = match observed.zones.get(zone) {
+            Some(ZoneObservation::Present(z)) => Ok(Some(z)),
+            Some(ZoneObservation::Missing) => Ok(None),
             Some(ZoneObservation::Unreachable { error, retryable }) => {
-                return Err(Error::ZoneUnreachable {
+                Err(Error::ZoneUnreachable {
                     zone: zone.to_string(),
                     error: error.clone(),
                     retryable: *retryable,
@@ -1001,6 +1089,8 @@ async fn reconcile_zone<R: Runtime, P: Proxy, K: Kernel, D: Dns, H: Prober>(
             }
             None => unreachable!("observe reads every zone of its backends"),
         };
+        sh.saw(Subject::Zone(zone.to_string()), read.as_ref().err());
+        let scope = plan::dns::zone_scope(zone, desired, read?);
         let others: Vec<String> = scope.into_iter().filter(|z| z != zone).collect();
         observe_zones(&others, zones, &mut observed).await;
         let plan = plan::dns::plan_zone(zone, desired, &observed, &recorded, &prune);
@@ -1086,7 +1176,7 @@ async fn sweep<R: Runtime, P: Proxy, K: Kernel, D: Dns, H: Prober>(
     executed: &mut Vec<String>,
 ) -> Result<Action, Error> {
     let store = &sh.store;
-    let backends = backends_of(hosts, host)?;
+    let backends = backends_of(sh, hosts, host)?;
     let mut mine = Desired::default();
     if let Some(h) = desired.hosts.get(host) {
         store
@@ -1100,10 +1190,7 @@ async fn sweep<R: Runtime, P: Proxy, K: Kernel, D: Dns, H: Prober>(
         .filter(|(_, d)| d.host == host)
         .map(|(k, d)| (k.clone(), d.clone()))
         .collect();
-    let observed = observe(backends).await;
-    if let Some(e) = unreachable(host, &observed) {
-        return Err(e);
-    }
+    let observed = observe_host(sh, host, backends).await?;
     let recorded = store.load().map_err(super::Error::from)?;
     let remove: Vec<EnvKey> = if sh.prune {
         recorded

@@ -85,7 +85,12 @@ pub async fn execute_until<R: Runtime, P: Proxy, K: Kernel, D: Dns, H: Prober>(
         let text = step.to_string();
         let intent = store.journal(entry(step, Phase::Intent, &text, None, None))?;
         super::fault::journal_written();
+        // Outside the step's backend time: a drain waits on connections (up to `DRAIN_MS`), not
+        // on a backend, and would put every deploy in the histogram's top bucket.
+        drain_owed(step, backends).await;
+        let started = tokio::time::Instant::now();
         let result = run(step, store, backends, prober, &mut gens).await;
+        count(&step.action, started.elapsed(), &result);
         match result {
             Ok(()) => {
                 store.journal(entry(step, Phase::Done, &text, Some(intent), None))?;
@@ -203,11 +208,8 @@ async fn run<R: Runtime, P: Proxy, K: Kernel, D: Dns, H: Prober>(
             aside,
             health_path,
             health_timeout_ms,
-            drain: owed,
+            ..
         } => {
-            if let Some(d) = owed {
-                drain(&b.kernel, d).await;
-            }
             let now = now_ms();
             update(&|rec| {
                 *rec.slot_mut(*slot) = SlotRecord {
@@ -345,13 +347,8 @@ async fn run<R: Runtime, P: Proxy, K: Kernel, D: Dns, H: Prober>(
         Action::ReplaceRoute(route) => b.proxy.replace_route(route).await.map_err(backend),
         Action::DeleteRoute { id } => b.proxy.delete_route(id).await.map_err(backend),
         Action::Retire {
-            slot,
-            container,
-            drain: owed,
+            slot, container, ..
         } => {
-            if let Some(d) = owed {
-                drain(&b.kernel, d).await;
-            }
             if let Some(c) = container {
                 b.runtime.remove(c).await.map_err(backend)?;
             }
@@ -390,6 +387,73 @@ async fn run_dns<R, P, K, D: Dns>(action: &Action, backends: &Backends<R, P, K, 
             dns.patch(zone, &changes).await.map_err(err)
         }
         _ => unreachable!("not a zone step"),
+    }
+}
+
+/// Drains the slot a `Deploy` replaces or a `Retire` removes, when it served traffic moments ago.
+/// An unknown host is left to the step, which fails on it.
+async fn drain_owed<R, P, K: Kernel, D>(step: &Step, backends: &Backends<R, P, K, D>) {
+    let (Action::Deploy { drain: Some(d), .. } | Action::Retire { drain: Some(d), .. }) =
+        &step.action
+    else {
+        return;
+    };
+    if let Some(b) = backends.hosts.get(&step.host) {
+        drain(&b.kernel, d).await;
+    }
+}
+
+/// The backend a step talks to, for its metrics; `None` for a step that touches only the store,
+/// or the app: a health probe's time is the app's (up to its timeout, minutes), not a backend's.
+fn backend_of(action: &Action) -> Option<&'static str> {
+    match action {
+        Action::Register(_)
+        | Action::Forget
+        | Action::AwaitHealthy { .. }
+        | Action::Switch { .. }
+        | Action::Retire {
+            container: None, ..
+        } => None,
+        Action::Deploy { .. }
+        | Action::Recreate { .. }
+        | Action::Start { .. }
+        | Action::Stop { .. }
+        | Action::Retire { .. }
+        | Action::RemoveContainer { .. } => Some("podman"),
+        Action::EnsureServer(_)
+        | Action::AddRoute(_)
+        | Action::ReplaceRoute(_)
+        | Action::DeleteRoute { .. } => Some("caddy"),
+        Action::HookServices(_) | Action::Loopback(_) | Action::SetService(_) => Some("kernel"),
+        Action::EnsureZone { .. } | Action::DnsPatch { .. } => Some("powerdns"),
+    }
+}
+
+/// Counts one executed step into the process's metrics: its backend's time, and its backend's
+/// error when the backend failed (a store conflict or a stale plan is not the backend's error);
+/// a deploy or a switch that succeeded; a health check that failed.
+fn count(action: &Action, elapsed: Duration, result: &Result<()>) {
+    let m = crate::metrics::metrics();
+    if let Some(backend) = backend_of(action) {
+        let labels = crate::metrics::BackendLabels { backend };
+        m.backend_seconds
+            .get_or_create(&labels)
+            .observe(elapsed.as_secs_f64());
+        if matches!(result, Err(Error::Backend { .. } | Error::Dns { .. })) {
+            m.backend_errors.get_or_create(&labels).inc();
+        }
+    }
+    match (action, result) {
+        (Action::Deploy { .. }, Ok(())) => {
+            m.deploys.inc();
+        }
+        (Action::Switch { .. }, Ok(())) => {
+            m.switches.inc();
+        }
+        (_, Err(Error::Unhealthy { .. } | Error::NotHealthy { .. })) => {
+            m.health_check_failures.inc();
+        }
+        _ => {}
     }
 }
 
@@ -439,4 +503,127 @@ async fn run_container<R: Runtime, P: Proxy, K>(
     b.runtime.ensure_image(&spec.image).await?;
     let id = b.runtime.create(spec).await?;
     b.runtime.start(&id).await
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::backend::fake::{FakeProber, World};
+    use crate::metrics::{metrics, BackendLabels};
+    use crate::plan::tests::{desired, env};
+    use crate::reconcile::fixtures::{fake_host, hold_name};
+    use crate::reconcile::{converge, Outcome, Target};
+
+    /// What the tests read of the process-wide metrics. Other tests count into them at the same
+    /// time, so a test asserts increases only.
+    #[derive(Debug, Clone, Copy)]
+    struct Counts {
+        deploys: u64,
+        switches: u64,
+        health_check_failures: u64,
+        /// Per backend of [`BACKENDS`]: calls timed, and errors.
+        calls: [(u64, u64); 3],
+    }
+
+    const BACKENDS: [&str; 3] = ["podman", "caddy", "kernel"];
+
+    fn counts() -> Counts {
+        let m = metrics();
+        // A histogram's count is read from the exported text (its accessor is for the crate's
+        // own tests).
+        let text = m.encode();
+        let calls = BACKENDS.map(|backend| {
+            let sample =
+                format!("codeb_backend_call_duration_seconds_count{{backend=\"{backend}\"}} ");
+            let timed = text
+                .lines()
+                .find_map(|l| l.strip_prefix(&sample))
+                .map_or(0, |n| n.parse().unwrap());
+            let errors = m.backend_errors.get_or_create(&BackendLabels { backend });
+            (timed, errors.get())
+        });
+        Counts {
+            deploys: m.deploys.get(),
+            switches: m.switches.get(),
+            health_check_failures: m.health_check_failures.get(),
+            calls,
+        }
+    }
+
+    /// The fake host `app`, and a store.
+    struct Fake {
+        world: World,
+        store: Store,
+        _dir: tempfile::TempDir,
+    }
+
+    impl Fake {
+        fn new() -> Self {
+            let dir = tempfile::tempdir().unwrap();
+            Fake {
+                world: World::new(),
+                store: Store::open(dir.path()).unwrap(),
+                _dir: dir,
+            }
+        }
+
+        /// Applies `myapp` running `image`, as `codeb apply` would.
+        async fn apply(&self, image: &str) -> Outcome {
+            let mut e = env("myapp");
+            e.release = crate::model::Release::new(image, None, BTreeMap::new(), 8080);
+            let backends: Backends<World, World, World> = Backends::hosts(BTreeMap::from([(
+                "app".to_string(),
+                fake_host(&self.world),
+            )]));
+            let target = Target {
+                desired: &desired([e]),
+                remove: vec![],
+                dry_run: false,
+            };
+            let prober = FakeProber(vec![self.world.clone()]);
+            converge(target, &self.store, &backends, &prober)
+                .await
+                .unwrap()
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_deploy_and_its_switch_are_counted_with_the_time_of_each_backend_call() {
+        let before = counts();
+        let out = Fake::new().apply("app:v1").await;
+        assert!(out.converged(), "{:?}", out.failures);
+        let after = counts();
+        assert!(after.deploys > before.deploys);
+        assert!(after.switches > before.switches);
+        for (i, backend) in BACKENDS.iter().enumerate() {
+            assert!(
+                after.calls[i].0 > before.calls[i].0,
+                "{backend} calls timed"
+            );
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failed_health_check_and_a_refused_backend_call_are_counted() {
+        let before = counts();
+        assert!(!Fake::new().apply("app:unhealthy").await.converged());
+        assert!(counts().health_check_failures > before.health_check_failures);
+
+        // A container codeb does not own holds the first slot's name: Podman refuses the create.
+        let fake = Fake::new();
+        hold_name(&fake.world, "myapp-production-blue");
+        let before = counts();
+        let out = fake.apply("app:v1").await;
+        assert!(
+            matches!(
+                out.failures.first().map(|f| &f.error),
+                Some(Error::Backend { .. })
+            ),
+            "{:?}",
+            out.failures
+        );
+        assert!(counts().calls[0].1 > before.calls[0].1, "a Podman error");
+    }
 }

@@ -8,13 +8,17 @@
 //!
 //! `converge` is what `codeb apply` runs once; `controller` is the loop of `codeb watch`, which
 //! reconciles one environment, host sweep or DNS zone at a time per key from a `queue`, with a
-//! per-key `backoff`.
+//! per-key `backoff`, and records in `health` what it could observe of each host and zone. Both
+//! count into the process's metrics (`crate::metrics`).
 
 pub mod backoff;
 pub mod connect;
 pub mod controller;
 mod execute;
 mod fault;
+#[cfg(test)]
+mod fixtures;
+pub mod health;
 mod observe;
 mod probe;
 pub mod queue;

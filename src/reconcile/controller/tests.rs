@@ -103,14 +103,7 @@ fn start(d: Arc<Desired>, prune: bool) -> Harness {
     let dns = FakeDns::new();
     let (w, z) = (world.clone(), dns.clone());
     let connect: Connectors<World, World, World, FakeDns> = Connectors {
-        host: Box::new(move |_| {
-            Ok(HostBackends {
-                runtime: w.clone(),
-                proxy: w.clone(),
-                kernel: w.clone(),
-                publish: Some(std::net::Ipv4Addr::LOCALHOST),
-            })
-        }),
+        host: Box::new(move |_| Ok(crate::reconcile::fixtures::fake_host(&w))),
         zone: Box::new(move |_| Ok(z.clone())),
     };
     // The planner's clock follows tokio's, so a paused test moves grace periods too.
@@ -161,6 +154,11 @@ impl Harness {
         ["", "blue.", "green."]
             .iter()
             .all(|p| self.a(&format!("{p}{project}.{ZONE}")).as_deref() == Some("127.0.0.1"))
+    }
+
+    /// What the loop last recorded of the host `app`.
+    fn host_health(&self) -> crate::reconcile::health::Seen {
+        self.handle.health().snapshot().hosts["app"].clone()
     }
 
     fn containers(&self) -> usize {
@@ -340,38 +338,63 @@ async fn a_host_that_is_down_is_retried_with_growing_backoff_and_recovers_within
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_host_whose_podman_is_down_shows_since_when_and_why_and_recovers_to_observed() {
+    use crate::metrics::{metrics, ReconcileLabels};
+    let host_errors = || {
+        metrics()
+            .reconciles
+            .get_or_create(&ReconcileLabels {
+                kind: "host",
+                result: "error",
+            })
+            .get()
+    };
+    let h = start(desired([env("a", "app:v1")]), false);
+    h.until(10 * SEC, "v1", |h| h.live("a").is_some()).await;
+    let seen = h.host_health();
+    assert!(
+        seen.last_ok_ms.is_some() && seen.failing_since_ms.is_none(),
+        "{seen:?}"
+    );
+    let errors = host_errors();
+    h.world.state().podman_down = true;
+    let down_at = (h.clock)();
+    h.handle.resync();
+    h.until(SEC, "failing", |h| {
+        h.host_health().failing_since_ms.is_some()
+    })
+    .await;
+    let first = h.host_health();
+    let since = first.failing_since_ms.unwrap();
+    assert!(
+        since >= down_at && since < down_at + 100,
+        "{since} vs {down_at}"
+    );
+    assert!(first.last_ok_ms.unwrap() <= down_at);
+    let error = first.last_error.unwrap();
+    assert!(error.contains("unix:///fake/podman.sock"), "{error}");
+    // Retried on its backoff: still failing since the first failure.
+    h.idle(60 * SEC).await;
+    let later = h.host_health();
+    assert_eq!(later.failing_since_ms, Some(since));
+    assert!(later.failing_longer_than((h.clock)(), 59_000));
+    assert!(host_errors() > errors, "counted as failed host reconciles");
+    h.world.state().podman_down = false;
+    h.until(31 * SEC, "observed again", |h| {
+        h.host_health().failing_since_ms.is_none()
+    })
+    .await;
+    let back = h.host_health();
+    assert!(back.last_ok_ms.unwrap() > since && back.last_error.is_none());
+    h.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_key_blocked_by_a_foreign_container_is_retried_at_the_longest_delay_not_at_every_resync()
 {
-    use crate::model::observed::ObservedContainer;
-    use crate::model::writes::ContainerSpec;
     let h = start(desired([env("a", "app:v1")]), false);
     // A container codeb does not own holds the name: every create of a's container fails.
-    let foreign = ObservedContainer {
-        id: "foreign".into(),
-        name: "a-production-blue".into(),
-        image: "other".into(),
-        labels: BTreeMap::new(),
-        running: true,
-        state: "running".into(),
-        host_port: None,
-        ip: None,
-    };
-    let spec = ContainerSpec {
-        name: foreign.name.clone(),
-        image: foreign.image.clone(),
-        command: None,
-        env: BTreeMap::new(),
-        labels: BTreeMap::new(),
-        container_port: 80,
-        host_ip: "127.0.0.1".into(),
-        host_port: 1,
-        publish: true,
-        network: "other".into(),
-    };
-    h.world
-        .state()
-        .containers
-        .insert("foreign".into(), (foreign, spec));
+    crate::reconcile::fixtures::hold_name(&h.world, "a-production-blue");
     h.idle(SEC).await;
     // Each attempt is one failed create: one counted write.
     let before = h.world.mutations();
@@ -573,9 +596,24 @@ async fn zone_fails_and_recovers(
     let made = h.dns.state().calls - calls;
     assert!(attempts.contains(&made), "{made} attempts in 60 s");
     assert!(!h.resolves("a"));
+    let zone = |h: &Harness| h.handle.health().snapshot().zones[ZONE].clone();
+    let failing = zone(&h);
+    assert_eq!(failing.last_ok_ms, None, "never read since the start");
+    assert!(
+        failing.failing_longer_than((h.clock)(), 59_000),
+        "{failing:?}"
+    );
+    let error = failing.last_error.unwrap();
+    assert!(
+        error.contains("http://fake-pdns"),
+        "names the endpoint: {error}"
+    );
     fail(&mut h.dns.state(), false);
     let took = h.until(31 * SEC, "recovered", |h| h.resolves("a")).await;
     assert!(took <= 30 * SEC, "{took:?}");
+    let recovered = zone(&h);
+    assert!(recovered.last_ok_ms.is_some() && recovered.failing_since_ms.is_none());
+    assert_eq!(recovered.last_error, None);
     assert_eq!(h.live("a").as_deref(), Some("app:v1"));
     h.stop().await;
 }
