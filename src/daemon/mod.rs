@@ -231,17 +231,45 @@ async fn forget_quiet_clients(limits: crate::api::auth::SharedLimits, shutdown: 
 }
 
 /// What `GET /health` reports: per host and zone of the manifests in force, whether the loop
-/// observed it lately; not ok once one has failed for longer than two resyncs.
+/// observed it within the last resync; not ok once one has failed for longer than two resyncs.
 fn health_source(
     handle: crate::reconcile::controller::Handle,
     watched: watch::Receiver<Arc<crate::model::Desired>>,
     resync: Duration,
 ) -> crate::api::HealthSource {
-    let _ = (handle, watched, resync);
-    Arc::new(|| crate::api::HealthView {
-        ok: true,
-        version: env!("CARGO_PKG_VERSION").to_string(),
-        targets: vec![],
+    let health = handle.health();
+    let resync_ms = u64::try_from(resync.as_millis()).unwrap_or(u64::MAX);
+    Arc::new(move || {
+        let now = crate::reconcile::now_ms();
+        let snapshot = health.snapshot();
+        let desired = watched.borrow().clone();
+        let target = |kind: &str, name: &str, seen: Option<&crate::reconcile::health::Seen>| {
+            crate::api::TargetHealth {
+                kind: kind.to_string(),
+                name: name.to_string(),
+                // A resync's sweep may finish a little after the resync itself: one extra second.
+                observed: seen
+                    .and_then(|s| s.last_ok_ms)
+                    .is_some_and(|t| now.saturating_sub(t) <= resync_ms + 1000),
+                last_ok_ms: seen.and_then(|s| s.last_ok_ms),
+                failing_since_ms: seen.and_then(|s| s.failing_since_ms),
+                error: seen.and_then(|s| s.last_error.clone()),
+            }
+        };
+        let hosts = desired
+            .hosts
+            .keys()
+            .map(|h| target("host", h, snapshot.hosts.get(h)));
+        let zones = desired
+            .zones
+            .values()
+            .filter(|z| z.is_managed())
+            .map(|z| target("zone", &z.name, snapshot.zones.get(&z.name)));
+        crate::api::HealthView {
+            ok: !snapshot.any_failing_longer_than(now, resync_ms.saturating_mul(2)),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            targets: hosts.chain(zones).collect(),
+        }
     })
 }
 
