@@ -20,8 +20,8 @@ use crate::store::Store;
 /// Runs the command line: here, or, when a daemon holds the store, in the daemon.
 pub async fn run(cli: Cli) -> anyhow::Result<u8> {
     let state_dir = cli.state_dir.clone().unwrap_or_else(default_state_dir);
-    let (args, listen, rate) = match cli.command {
-        Command::Watch(args) => (args, None, crate::api::RateLimit::default()),
+    let (args, listen, rate, publish) = match cli.command {
+        Command::Watch(args) => (args, None, crate::api::RateLimit::default(), None),
         Command::Serve(s) => (
             s.watch,
             Some(s.listen),
@@ -29,6 +29,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
                 per_second: s.rate_limit,
                 burst: s.rate_burst,
             },
+            s.publish.map(|hostname| daemon::publish::Publish {
+                hostname,
+                host: s.publish_on,
+            }),
         ),
         command => return client(&state_dir, command).await,
     };
@@ -41,6 +45,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
         concurrency: args.concurrency.into(),
         listen,
         rate,
+        publish,
     })
     .await
     .map_err(Failure::from)?;

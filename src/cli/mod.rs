@@ -260,6 +260,12 @@ pub struct ServeArgs {
     /// Requests a key may make at once beyond the rate.
     #[arg(long, default_value_t = 100)]
     pub rate_burst: u32,
+    /// Publish the API through a Host's Caddy on this hostname (Caddy's TLS, the Host's settings).
+    #[arg(long, value_name = "HOSTNAME")]
+    pub publish: Option<String>,
+    /// The Host whose Caddy publishes the API (default: the manifests' only Host).
+    #[arg(long, value_name = "HOST", requires = "publish")]
+    pub publish_on: Option<String>,
 }
 
 #[derive(Debug, Args)]

@@ -16,6 +16,7 @@
 
 mod events;
 mod files;
+pub mod publish;
 pub mod socket;
 
 use std::path::PathBuf;
@@ -57,6 +58,8 @@ pub struct Config {
     /// Where `codeb serve` answers HTTP (loopback only); `None` for `codeb watch`.
     pub listen: Option<std::net::SocketAddr>,
     pub rate: crate::api::RateLimit,
+    /// Publish the API through a Host's Caddy on this hostname (`codeb serve --publish`).
+    pub publish: Option<publish::Publish>,
 }
 
 /// Runs the daemon until SIGTERM or SIGINT.
@@ -103,6 +106,13 @@ pub async fn run(args: Config) -> Result<(), Error> {
     let loaded = match files::load(&args.paths, &guard).await {
         Ok(d) => Arc::new(d),
         Err(e) => return Err(Error::invalid(e)),
+    };
+    let published_on = match (&args.publish, args.listen) {
+        (Some(p), Some(_)) => Some(publish::check(p, &loaded)?),
+        (Some(_), None) => {
+            return Err(Error::invalid("--publish needs the HTTP API (codeb serve)"))
+        }
+        _ => None,
     };
     store.put_declared(loaded.envs.values())?;
     let (effective, _) = crate::model::desired::overlay(&loaded, &store.overrides()?);
@@ -168,6 +178,17 @@ pub async fn run(args: Config) -> Result<(), Error> {
         tokio::spawn(forget_quiet_clients(api.limits.clone(), shutdown.clone()));
         if let Ok(addr) = listener.local_addr() {
             info!(%addr, "codeb serve answers HTTP");
+            if let (Some(p), Some(host)) = (args.publish.clone(), published_on.clone()) {
+                tokio::spawn(publish::keep(
+                    p,
+                    host,
+                    addr,
+                    handle.clone(),
+                    watched.clone(),
+                    args.resync,
+                    shutdown.clone(),
+                ));
+            }
         }
         tokio::spawn(crate::api::serve(
             listener,
@@ -175,6 +196,9 @@ pub async fn run(args: Config) -> Result<(), Error> {
             shutdown.clone(),
         ))
     });
+    if published_on.is_none() {
+        tokio::spawn(publish::unpublish(handle.clone(), loaded.clone()));
+    }
     let server = tokio::spawn(socket::serve(
         listener,
         move |req, uid| {

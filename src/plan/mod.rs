@@ -12,6 +12,7 @@
 //! independent of them, and a deleted project's names stop resolving before its routes and
 //! containers go.
 
+pub mod api;
 mod display;
 pub mod dns;
 mod env;
