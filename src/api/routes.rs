@@ -238,10 +238,9 @@ async fn health(State(api): State<Api>) -> Response {
 #[utoipa::path(get, path = "/metrics", tag = "daemon", security(("key" = []), ("bearer" = [])),
     responses((status = 200, description = "Prometheus text format", content_type = "text/plain"),
               (status = 401, body = ApiError)))]
-async fn metrics(State(api): State<Api>, Authed(caller): Authed) -> Result<Response, ApiError> {
+async fn metrics(Authed(caller): Authed) -> Result<Response, ApiError> {
     crate::auth::authorize(&caller, Permission::Read, None)
         .map_err(|d| ApiError::new(403, "forbidden", d.to_string()))?;
-    let _ = api;
     Ok((
         [(
             axum::http::header::CONTENT_TYPE,

@@ -420,9 +420,12 @@ impl Ctx {
 /// `Forbidden` when the caller lacks a permission; the use case's own errors otherwise.
 pub async fn call(ctx: &Ctx, req: Request) -> Result<Response> {
     ctx.authorize(&req, req.project())?;
-    // Requests that name several projects, or carry manifests, are checked against each.
-    for project in targets(&req)? {
-        ctx.authorize(&req, Some(&project))?;
+    // Requests that name several projects, or carry manifests, are checked against each, for a
+    // caller limited to some projects (no other caller can be refused a project).
+    if ctx.caller.projects.is_some() {
+        for project in targets(&req) {
+            ctx.authorize(&req, Some(&project))?;
+        }
     }
     let changes = req.changes();
     let entry = ctx.entry(&req);
@@ -454,13 +457,13 @@ pub async fn call(ctx: &Ctx, req: Request) -> Result<Response> {
 
 /// The projects a request names beyond [`Request::project`]: those of its manifests, or the
 /// ones it deletes. Manifests that do not load are left to the use case (its error is theirs).
-fn targets(req: &Request) -> Result<Vec<String>> {
+fn targets(req: &Request) -> Vec<String> {
     let projects = |sources: &[Source]| -> Vec<String> {
         crate::spec::load_sources(sources)
             .map(|m| m.projects.keys().cloned().collect())
             .unwrap_or_default()
     };
-    Ok(match req {
+    match req {
         Request::Apply { manifests, .. } | Request::Diff { manifests } => projects(manifests),
         Request::Delete {
             projects: names,
@@ -470,7 +473,7 @@ fn targets(req: &Request) -> Result<Vec<String>> {
             project: Some(p), ..
         } => vec![p.clone()],
         _ => vec![],
-    })
+    }
 }
 
 /// The executed steps a result reports, for the audit.
