@@ -82,6 +82,18 @@ impl Client {
         key: Option<&str>,
         body: Option<(&str, String)>,
     ) -> Answer {
+        self.try_send(method, path, key, body)
+            .unwrap_or_else(|e| panic!("{path}: {e}"))
+    }
+
+    /// As [`Client::send`]; `Err` when no answer came (the connection failed or was closed).
+    fn try_send(
+        &self,
+        method: &str,
+        path: &str,
+        key: Option<&str>,
+        body: Option<(&str, String)>,
+    ) -> Result<Answer, String> {
         let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
         let mut req = self.http.request(method, format!("{}{path}", self.base));
         if let Some(key) = key {
@@ -90,13 +102,13 @@ impl Client {
         if let Some((content_type, body)) = body {
             req = req.header("Content-Type", content_type).body(body);
         }
-        let res = req.send().unwrap_or_else(|e| panic!("{path}: {e:?}"));
+        let res = req.send().map_err(|e| format!("{e:?}"))?;
         let answer = Answer {
             status: res.status().as_u16(),
-            body: res.text().unwrap(),
+            body: res.text().map_err(|e| format!("{e:?}"))?,
         };
         self.seen.lock().unwrap().push(answer.body.clone());
-        answer
+        Ok(answer)
     }
 
     fn get(&self, path: &str, key: Option<&str>) -> Answer {
@@ -1147,6 +1159,33 @@ fn two_deploys_of_one_environment_at_once_both_answer_and_leave_one_active_slot(
         environment(&api, &key, &name)["releaseOverride"]["image"],
         last.2
     );
+    // One after the other: the steps each deploy logs do not interleave. The first rollout
+    // (deploy into the idle slot … switch traffic) is over before the second one's starts.
+    let log = serve.log();
+    let steps: Vec<&str> = log
+        .lines()
+        .filter_map(|l| l.split_once(&format!("done step={name}/production: ")))
+        .map(|(_, step)| step)
+        .filter(|step| !step.contains(APP_V1))
+        .collect();
+    let starts: Vec<usize> = steps
+        .iter()
+        .enumerate()
+        .filter(|(_, step)| step.starts_with("deploy localhost/codeb-test-app:v"))
+        .map(|(i, _)| i)
+        .collect();
+    if let [first, second] = starts[..] {
+        assert!(
+            steps[first..second]
+                .iter()
+                .any(|step| step.starts_with("promote: switch traffic")),
+            "two rollouts of {name}/production at once:\n{}",
+            steps.join("\n")
+        );
+    } else {
+        assert_eq!(starts.len(), 1, "{}", steps.join("\n"));
+        assert!(answers.iter().any(|(a, _, _)| a.status == 409));
+    }
     // Still so after the loop's resyncs.
     assert!(serve.wait_sweeps(2, Duration::from_secs(10)));
     assert!(serves(&sb, &host, version), "{}", serve.log());
@@ -1171,12 +1210,16 @@ fn sigterm_lets_an_in_flight_deploy_answer_and_exits_0() {
     );
     let key = sb.key(&["--role", "developer", "--name", "ci"]);
     let api = Client::new(&serve);
-    let (answer, status, stopped_in) = std::thread::scope(|s| {
+    let (answer, status, stopped_in, answered_in) = std::thread::scope(|s| {
         let deploy = s.spawn(|| {
-            api.tool(
-                &key,
-                json!({"tool": "deploy", "project": name, "image": UNHEALTHY}),
-            )
+            let body = json!({"tool": "deploy", "project": name, "image": UNHEALTHY});
+            let answer = api.try_send(
+                "POST",
+                "/api/tool",
+                Some(&key),
+                Some(("application/json", body.to_string())),
+            );
+            (answer, Instant::now())
         });
         // The unhealthy release is starting: its health check runs for up to 4 s.
         assert!(
@@ -1189,18 +1232,24 @@ fn sigterm_lets_an_in_flight_deploy_answer_and_exits_0() {
         let sent = Instant::now();
         let status = serve.terminate(Duration::from_secs(10));
         let stopped_in = sent.elapsed();
-        (deploy.join().unwrap(), status, stopped_in)
+        let (answer, at) = deploy.join().unwrap();
+        (
+            answer,
+            status,
+            stopped_in,
+            at.saturating_duration_since(sent),
+        )
     });
-    let status =
-        status.unwrap_or_else(|| panic!("serve did not exit within 10 s\n{}", serve.log()));
-    assert_eq!(status.code(), Some(0), "{}", serve.log());
+    let log = serve.log();
+    let status = status.unwrap_or_else(|| panic!("serve did not exit within 10 s\n{log}"));
+    assert_eq!(status.code(), Some(0), "{log}");
     assert!(stopped_in < Duration::from_secs(10));
-    assert_eq!(
-        answer.status,
-        200,
-        "the request in flight got its answer: {answer:?}\n{}",
-        serve.log()
-    );
+    let answer = answer.unwrap_or_else(|e| {
+        panic!(
+            "the deploy in flight got no answer: serve exited {stopped_in:?} after SIGTERM, the request failed {answered_in:?} after it: {e}\n{log}"
+        )
+    });
+    assert_eq!(answer.status, 200, "{answer:?}\n{log}");
     let json = answer.json();
     assert_eq!(json["converged"], false, "{answer:?}");
     assert!(
