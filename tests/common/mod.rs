@@ -608,3 +608,122 @@ impl Drop for WatchProcess {
         let _ = self.child.wait();
     }
 }
+
+/// A running `codeb serve` on a loopback port of its own. Dropping it kills and reaps it (the
+/// [`WatchProcess`] inside); its log is the daemon's stderr.
+pub struct ServeProcess {
+    pub daemon: WatchProcess,
+    /// `127.0.0.1:PORT`, where its HTTP API answers.
+    pub addr: String,
+}
+
+impl std::ops::Deref for ServeProcess {
+    type Target = WatchProcess;
+    fn deref(&self) -> &WatchProcess {
+        &self.daemon
+    }
+}
+
+impl std::ops::DerefMut for ServeProcess {
+    fn deref_mut(&mut self) -> &mut WatchProcess {
+        &mut self.daemon
+    }
+}
+
+impl ServeProcess {
+    /// `http://127.0.0.1:PORT{path}`.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// The daemon's resident memory (VmRSS), in KiB.
+    pub fn rss_kib(&self) -> u64 {
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", self.daemon.child.id())).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmRSS in /proc/PID/status")
+    }
+}
+
+/// A loopback port nobody listens on now (the kernel's pick for port 0). Another process could
+/// take it before codeb binds it; [`Sandbox::serve`] then fails loudly with the daemon's log.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl Sandbox {
+    /// Starts `codeb serve -f manifests --listen 127.0.0.1:PORT ARGS…` on this sandbox's state
+    /// directory and waits (at most 20 s) until `GET /health` answers 200.
+    pub fn serve(&self, manifests: &Path, args: &[&str]) -> ServeProcess {
+        let addr = format!("127.0.0.1:{}", free_port());
+        let log = self.dir.path().join(format!(
+            "serve-{}.log",
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos()
+        ));
+        let child = Command::new(env!("CARGO_BIN_EXE_codeb"))
+            .arg("--state-dir")
+            .arg(self.state())
+            .args([
+                "serve",
+                "-f",
+                manifests.to_str().unwrap(),
+                "--listen",
+                &addr,
+            ])
+            .args(args)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("codeb serve starts");
+        let mut serve = ServeProcess {
+            daemon: WatchProcess { child, log },
+            addr,
+        };
+        let up = eventually(Duration::from_secs(20), || {
+            if let Some(status) = serve.daemon.child.try_wait().unwrap() {
+                panic!("codeb serve exited with {status}\n{}", serve.log());
+            }
+            http_get_within(&serve.addr, &serve.addr, "/health", Duration::from_secs(1)).0 == 200
+        });
+        assert!(up, "GET /health never answered 200\n{}", serve.log());
+        serve
+    }
+
+    /// `codeb key create ARGS…`: the key, from the first line of its output.
+    pub fn key(&self, args: &[&str]) -> String {
+        let out = self.codeb(&[&["key", "create"], args].concat());
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+        let key = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .trim()
+            .to_string();
+        assert!(key.starts_with("codeb_"), "{}", text(&out));
+        key
+    }
+
+    /// The id of the key named `name`, from `codeb key list -o json`.
+    pub fn key_id(&self, name: &str) -> String {
+        let out = self.codeb(&["key", "list", "-o", "json"]);
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+        let keys: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        keys.as_array()
+            .unwrap()
+            .iter()
+            .find(|k| k["name"] == name)
+            .and_then(|k| k["id"].as_str())
+            .unwrap_or_else(|| panic!("no key named {name}: {keys}"))
+            .to_string()
+    }
+}
