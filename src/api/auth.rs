@@ -98,6 +98,7 @@ impl FromRequestParts<Api> for Authed {
             .extensions
             .get::<ConnectInfo<SocketAddr>>()
             .map(|c| c.0);
+        let (ip, source) = client(&parts.headers, peer, api.trust_forwarded);
         let now = crate::reconcile::now_ms();
         let verified = match presented(&parts.headers) {
             None => Err(Rejection::Malformed),
@@ -118,23 +119,42 @@ impl FromRequestParts<Api> for Authed {
                 if let Err(e) = api.ctx.store.touch_key(&record.id, now) {
                     tracing::warn!(error = %e, "cannot record a key's last use");
                 }
-                Ok(Authed(Caller::from_key(
-                    &record,
-                    peer.map(|p| p.to_string()),
-                )))
+                Ok(Authed(Caller::from_key(&record, source)))
             }
             Err(why) => {
-                let ip = peer.map_or(IpAddr::from([0, 0, 0, 0]), |p| p.ip());
                 if api.limits.failures.check_key(&ip).is_err() {
                     return Err(ApiError::rate_limited());
                 }
-                let entry = AuditEntry::rejected(now, peer.map(|p| p.to_string()), action, &why);
+                let entry = AuditEntry::rejected(now, source, action, &why);
                 if let Err(e) = api.ctx.store.audit(entry, &api.ctx.retention) {
                     tracing::error!(error = %e, "cannot record an audit entry");
                 }
                 Err(ApiError::unauthorized())
             }
         }
+    }
+}
+
+/// The client's address, for the limits and the audit: the peer's; or, when the API is published
+/// through Caddy (which sets `X-Forwarded-For` itself and ignores a client's own), the last
+/// address Caddy appended, for a request that came from loopback.
+fn client(
+    headers: &HeaderMap,
+    peer: Option<SocketAddr>,
+    trust_forwarded: bool,
+) -> (IpAddr, Option<String>) {
+    let unknown = IpAddr::from([0, 0, 0, 0]);
+    let forwarded = || {
+        let value = headers.get("x-forwarded-for")?.to_str().ok()?;
+        value.rsplit(',').next()?.trim().parse::<IpAddr>().ok()
+    };
+    match peer {
+        Some(p) if trust_forwarded && p.ip().is_loopback() => match forwarded() {
+            Some(ip) => (ip, Some(format!("{ip} (via {p})"))),
+            None => (p.ip(), Some(p.to_string())),
+        },
+        Some(p) => (p.ip(), Some(p.to_string())),
+        None => (unknown, None),
     }
 }
 
@@ -148,3 +168,44 @@ pub fn route(parts: &Parts) -> String {
 
 /// Shared by the state: one set of limiters per daemon.
 pub type SharedLimits = Arc<Limits>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(xff: Option<&str>) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        if let Some(v) = xff {
+            h.insert("x-forwarded-for", v.parse().unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn a_forwarded_address_counts_only_when_published_and_from_loopback() {
+        let local: SocketAddr = "127.0.0.1:5000".parse().unwrap();
+        let remote: SocketAddr = "192.0.2.7:5000".parse().unwrap();
+        let xff = headers(Some("203.0.113.9, 198.51.100.4"));
+        // Caddy appends the client it saw last.
+        let (ip, source) = client(&xff, Some(local), true);
+        assert_eq!(ip, "198.51.100.4".parse::<IpAddr>().unwrap());
+        assert_eq!(source.unwrap(), "198.51.100.4 (via 127.0.0.1:5000)");
+        // Not published: the header is anyone's to forge.
+        assert_eq!(client(&xff, Some(local), false).0, local.ip());
+        // Not from loopback: not Caddy.
+        assert_eq!(client(&xff, Some(remote), true).0, remote.ip());
+        assert_eq!(client(&headers(None), Some(local), true).0, local.ip());
+    }
+
+    #[test]
+    fn a_key_is_taken_from_either_header_and_nothing_else() {
+        let mut h = HeaderMap::new();
+        assert_eq!(presented(&h), None);
+        h.insert("authorization", "Bearer abc".parse().unwrap());
+        assert_eq!(presented(&h), Some("abc"));
+        h.insert("authorization", "Basic abc".parse().unwrap());
+        assert_eq!(presented(&h), None);
+        h.insert("x-api-key", "xyz".parse().unwrap());
+        assert_eq!(presented(&h), Some("xyz"));
+    }
+}

@@ -78,10 +78,19 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         let mut response = (status, Json(&self)).into_response();
+        let headers = response.headers_mut();
         if self.status == 429 {
-            response.headers_mut().insert(
+            headers.insert(
                 axum::http::header::RETRY_AFTER,
                 axum::http::HeaderValue::from_static("1"),
+            );
+        }
+        // The body was left unread: the connection cannot carry another request, and a client
+        // that pools connections must be told.
+        if matches!(self.status, 408 | 413) {
+            headers.insert(
+                axum::http::header::CONNECTION,
+                axum::http::HeaderValue::from_static("close"),
             );
         }
         response

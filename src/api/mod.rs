@@ -74,14 +74,18 @@ pub struct Api {
     pub ctx: Ctx,
     pub limits: auth::SharedLimits,
     pub health: HealthSource,
+    /// The API is published through Caddy (`--publish`): a request from loopback carries the
+    /// client's address in `X-Forwarded-For`, which Caddy sets.
+    pub trust_forwarded: bool,
 }
 
 impl Api {
-    pub fn new(ctx: Ctx, rate: RateLimit, health: HealthSource) -> Api {
+    pub fn new(ctx: Ctx, rate: RateLimit, health: HealthSource, trust_forwarded: bool) -> Api {
         Api {
             ctx,
             limits: Arc::new(auth::Limits::new(rate)),
             health,
+            trust_forwarded,
         }
     }
 }

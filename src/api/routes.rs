@@ -130,6 +130,7 @@ pub fn router(api: Api) -> Router {
         .route("/api/tool", post(tool))
         .route_layer(axum::middleware::from_fn(count))
         .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::extract::DefaultBodyLimit::max(BODY_LIMIT))
         .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(
             BODY_TIMEOUT,
@@ -160,14 +161,31 @@ async fn not_found() -> ApiError {
     ApiError::new(404, "not-found", "no such route (see /api/v1/openapi.json)")
 }
 
+async fn method_not_allowed(method: axum::http::Method) -> ApiError {
+    ApiError::new(
+        405,
+        "method-not-allowed",
+        format!("{method} is not a method of this route (see /api/v1/openapi.json)"),
+    )
+}
+
 impl Api {
-    /// Runs a request as `caller`.
-    async fn call(&self, caller: crate::auth::Caller, req: Req) -> Result<Res, ApiError> {
-        let ctx = Ctx {
+    fn ctx(&self, caller: crate::auth::Caller) -> Ctx {
+        Ctx {
             caller,
             ..self.ctx.clone()
-        };
-        Ok(service::call(&ctx, req).await?)
+        }
+    }
+
+    /// Runs a request as `caller`.
+    async fn call(&self, caller: crate::auth::Caller, req: Req) -> Result<Res, ApiError> {
+        Ok(service::call(&self.ctx(caller), req).await?)
+    }
+
+    /// Refuses `caller` a request it may not make, before its body is read (see
+    /// `service::authorize`).
+    fn authorize(&self, caller: &crate::auth::Caller, req: &Req) -> Result<(), ApiError> {
+        Ok(service::authorize(&self.ctx(caller.clone()), req)?)
     }
 }
 
@@ -344,12 +362,16 @@ async fn deploy(
     Path((project, environment)): Path<(String, String)>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let DeployBody { image } = json_body(body)?;
-    let req = Req::Deploy {
+    let mut req = Req::Deploy {
         project,
         environment,
-        image,
+        image: String::new(),
     };
+    api.authorize(&c, &req)?;
+    let DeployBody { image: new } = json_body(body)?;
+    if let Req::Deploy { image, .. } = &mut req {
+        *image = new;
+    }
     Ok(answer(api.call(c, req).await?))
 }
 
@@ -469,6 +491,7 @@ async fn plan(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
+    api.authorize(&c, &Req::Diff { manifests: vec![] })?;
     let manifests = posted(&headers, body)?;
     Ok(answer(api.call(c, Req::Diff { manifests }).await?))
 }
@@ -486,13 +509,16 @@ async fn apply(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let Query(q) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
-    let manifests = posted(&headers, body)?;
-    let req = Req::Apply {
-        manifests,
+    let mut req = Req::Apply {
+        manifests: vec![],
         dry_run: q.dry_run,
         prune: q.prune,
         allow_empty: q.allow_empty,
     };
+    api.authorize(&c, &req)?;
+    if let Req::Apply { manifests, .. } = &mut req {
+        *manifests = posted(&headers, body)?;
+    }
     Ok(answer(api.call(c, req).await?))
 }
 

@@ -40,9 +40,10 @@ use crate::store::Store;
 /// The shortest resync accepted: each one reads every manifest and sweeps every host.
 const MIN_RESYNC: Duration = Duration::from_millis(500);
 
-/// How long the daemon waits for requests in flight after the loop stopped, within the 10 s a
-/// stop may take (the loop itself gets 8 s).
-const SOCKET_GRACE: Duration = Duration::from_millis(1500);
+/// How long the daemon waits for requests in flight (the socket's and the API's) after the loop
+/// stopped, within the 10 s a stop may take: a request's own steps are not the loop's, so a deploy
+/// waiting on a health check gets this long to finish and answer.
+const REQUEST_GRACE: Duration = Duration::from_secs(9);
 
 /// How the daemon runs.
 #[derive(Debug, Clone)]
@@ -115,8 +116,7 @@ pub async fn run(args: Config) -> Result<(), Error> {
         _ => None,
     };
     store.put_declared(loaded.envs.values())?;
-    let (effective, _) = crate::model::desired::overlay(&loaded, &store.overrides()?);
-    let desired = Arc::new(effective);
+    let desired = Arc::new(service::effective(&store, &loaded, false)?);
     // The journal keeps every interruption ever; the latest tell what was in flight at the stop.
     let interrupted = store.interrupted()?;
     for step in interrupted.iter().rev().take(5) {
@@ -174,7 +174,7 @@ pub async fn run(args: Config) -> Result<(), Error> {
     };
     let api = http.map(|listener| {
         let health = health_source(handle.clone(), watched.clone(), args.resync);
-        let api = crate::api::Api::new(ctx.clone(), args.rate, health);
+        let api = crate::api::Api::new(ctx.clone(), args.rate, health, args.publish.is_some());
         tokio::spawn(forget_quiet_clients(api.limits.clone(), shutdown.clone()));
         if let Ok(addr) = listener.local_addr() {
             info!(%addr, "codeb serve answers HTTP");
@@ -231,10 +231,12 @@ pub async fn run(args: Config) -> Result<(), Error> {
         "codeb watch started"
     );
 
+    let stopped = tokio::time::Instant::now();
     controller.run(shutdown.clone()).await;
-    let _ = tokio::time::timeout(SOCKET_GRACE, server).await;
+    let deadline = stopped + REQUEST_GRACE;
+    let _ = tokio::time::timeout_at(deadline, server).await;
     if let Some(api) = api {
-        let _ = tokio::time::timeout(SOCKET_GRACE, api).await;
+        let _ = tokio::time::timeout_at(deadline, api).await;
     }
     manifests.abort();
     pumps.abort();

@@ -281,11 +281,13 @@ impl Daemon {
         names.join(", ")
     }
 
-    /// Hands the loop the watched manifests with the overrides that hold laid over.
+    /// Hands the loop the watched manifests with the overrides that hold laid over, and forgets
+    /// the overrides they superseded (so that one cannot come back if the manifests return to the
+    /// image it replaced).
     pub fn publish(&self, store: &Store) -> Result<()> {
         let loaded = self.watched.borrow().clone();
-        let (effective, _) = overlay(&loaded, &store.overrides()?);
-        self.controller.set_desired(Arc::new(effective));
+        self.controller
+            .set_desired(Arc::new(effective(store, &loaded, false)?));
         Ok(())
     }
 
@@ -411,6 +413,17 @@ impl Ctx {
                 .ok_or_else(|| Error::busy("codeb is stopping; nothing was done")),
         }
     }
+}
+
+/// Checks whether `ctx.caller` may make `req` (its permissions, for the project it names),
+/// recording a refusal in the audit log. `call` does it too; a front end calls it first when it
+/// must read more of a request (a body) before it can build it whole, so that a caller without
+/// the permission is told so rather than about its body.
+///
+/// # Errors
+/// `Forbidden`, naming the permission.
+pub fn authorize(ctx: &Ctx, req: &Request) -> Result<()> {
+    ctx.authorize(req, req.project())
 }
 
 /// Runs one request for `ctx.caller`: authorized first (a refusal is audited and nothing runs),
@@ -599,7 +612,7 @@ fn load(sources: &[Source]) -> Result<Desired> {
 
 /// The manifests' desired state with the overrides that hold laid over; overrides the manifests
 /// superseded are forgotten (unless `dry`: a dry run writes nothing).
-fn effective(store: &Store, declared: &Desired, dry: bool) -> Result<Desired> {
+pub fn effective(store: &Store, declared: &Desired, dry: bool) -> Result<Desired> {
     let (d, superseded) = overlay(declared, &store.overrides()?);
     if !dry {
         for key in superseded {
