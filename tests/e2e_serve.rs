@@ -1414,3 +1414,69 @@ fn a_413_answer_tells_a_keep_alive_client_that_the_connection_closes() {
         "the 413 closes the connection without `Connection: close`:\n{head}"
     );
 }
+
+/// `--publish HOSTNAME`: the API answers through the Host's Caddy on that hostname, a route removed
+/// by hand comes back at the next resync, and a daemon started without `--publish` removes it.
+#[test]
+fn the_api_published_through_caddy_answers_on_its_hostname_and_goes_when_no_longer_published() {
+    let _l = lock();
+    let sb = Sandbox::new();
+    let name = unique("spub");
+    let api_host = format!("{name}-api.codeb.test");
+    let dir = sb.save(&[ProjectYaml::new(&name, "localhost/codeb-test-app:v1")]);
+    let through_caddy =
+        || http_get_within(&sb.stack.http, &api_host, "/health", Duration::from_secs(1));
+    let answers = |(status, body): (u16, String)| status == 200 && body.contains("\"version\"");
+    let serve = sb.serve(&dir, &["--publish", &api_host, "--resync", "1s"]);
+    assert!(
+        eventually(Duration::from_secs(20), || answers(through_caddy())),
+        "{}",
+        serve.log()
+    );
+    // Drift: the route deleted by hand comes back within a resync or two.
+    assert_eq!(
+        caddy_admin(&sb.stack.caddy_admin, "DELETE", "/id/codeb-api", ""),
+        200
+    );
+    assert!(
+        eventually(Duration::from_secs(10), || answers(through_caddy())),
+        "{}",
+        serve.log()
+    );
+    drop(serve);
+    // Without --publish, the route an earlier daemon left goes.
+    let serve = sb.serve(&dir, &[]);
+    assert!(
+        eventually(Duration::from_secs(10), || !caddy_config(
+            &sb.stack.caddy_admin
+        )
+        .contains("codeb-api")),
+        "{}",
+        serve.log()
+    );
+    drop(serve);
+    cleanup(&sb, &name);
+}
+
+#[test]
+fn publish_refuses_a_hostname_an_environment_serves_with_exit_2() {
+    let sb = Sandbox::new();
+    let name = unique("spubx");
+    let dir = sb.save(&[ProjectYaml::new(&name, "localhost/codeb-test-app:v1")]);
+    let taken = format!("{name}.codeb.test");
+    let out = sb.codeb(&[
+        "serve",
+        "-f",
+        dir.to_str().unwrap(),
+        "--listen",
+        &format!("127.0.0.1:{}", free_port()),
+        "--publish",
+        &taken,
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("already serves that hostname"),
+        "{}",
+        text(&out)
+    );
+}
