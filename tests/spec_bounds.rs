@@ -12,16 +12,10 @@ use std::time::Duration;
 use codeb::spec::limits::{MAX_DIRECTORY_ENTRIES, MAX_DOCUMENTS, MAX_FILES};
 use codeb::spec::{load_paths, load_sources, Errors, Manifests, Source};
 
-const HOST_AND_ZONE: &str = "\
-apiVersion: codeb.kr/v1
-kind: Host
-metadata: {name: local}
-spec: {address: 127.0.0.1, podman: 'unix:///run/p.sock', caddy: {admin: 'http://127.0.0.1:2019'}}
----
-apiVersion: codeb.kr/v1
-kind: Zone
-metadata: {name: codeb.test}
-";
+/// A valid manifest set (a Host, a Zone and two Projects).
+fn valid() -> String {
+    std::fs::read_to_string("manifests/examples/stack.yaml").unwrap()
+}
 
 /// Loads `paths` on a thread; panics if it takes more than 10 s (a hang).
 fn load_within(paths: &[PathBuf]) -> Result<Manifests, Errors> {
@@ -44,7 +38,7 @@ fn mkfifo(path: &Path) {
 #[test]
 fn a_fifo_named_yaml_in_a_directory_is_refused_without_hanging() {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("base.yaml"), HOST_AND_ZONE).unwrap();
+    std::fs::write(dir.path().join("base.yaml"), valid()).unwrap();
     mkfifo(&dir.path().join("x.yaml"));
     let errors = refused(&[dir.path().to_path_buf()]);
     assert_eq!(
@@ -80,7 +74,7 @@ fn a_fifo_a_socket_or_a_device_named_on_the_command_line_is_refused() {
 #[test]
 fn a_socket_in_a_directory_is_refused_and_other_special_files_are_ignored() {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("base.yaml"), HOST_AND_ZONE).unwrap();
+    std::fs::write(dir.path().join("base.yaml"), valid()).unwrap();
     let _listener = UnixListener::bind(dir.path().join("api.yml")).unwrap();
     mkfifo(&dir.path().join("notes.fifo"));
     let errors = refused(&[dir.path().to_path_buf()]);
@@ -91,7 +85,7 @@ fn a_socket_in_a_directory_is_refused_and_other_special_files_are_ignored() {
 #[test]
 fn a_symlink_to_the_root_inside_a_manifest_directory_is_refused_not_walked() {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("base.yaml"), HOST_AND_ZONE).unwrap();
+    std::fs::write(dir.path().join("base.yaml"), valid()).unwrap();
     std::os::unix::fs::symlink("/", dir.path().join("root")).unwrap();
     let errors = refused(&[dir.path().to_path_buf()]);
     assert_eq!(
@@ -108,9 +102,9 @@ fn a_symlink_to_the_root_inside_a_manifest_directory_is_refused_not_walked() {
 fn a_symlink_named_yaml_that_leads_outside_is_refused_and_one_not_named_yaml_is_ignored() {
     let outside = tempfile::tempdir().unwrap();
     let target = outside.path().join("other.yaml");
-    std::fs::write(&target, HOST_AND_ZONE).unwrap();
+    std::fs::write(&target, valid()).unwrap();
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("base.yaml"), HOST_AND_ZONE).unwrap();
+    std::fs::write(dir.path().join("base.yaml"), valid()).unwrap();
     std::os::unix::fs::symlink("/etc/hostname", dir.path().join("README")).unwrap();
     load_within(&[dir.path().to_path_buf()]).expect("a link that is not a manifest is ignored");
     std::os::unix::fs::symlink(&target, dir.path().join("other.yaml")).unwrap();
@@ -130,7 +124,7 @@ fn symlinks_that_resolve_inside_the_directory_are_followed_as_a_config_map_volum
     let dir = tempfile::tempdir().unwrap();
     let version = dir.path().join("..2024_01_01");
     std::fs::create_dir(&version).unwrap();
-    std::fs::write(version.join("stack.yaml"), HOST_AND_ZONE).unwrap();
+    std::fs::write(version.join("stack.yaml"), valid()).unwrap();
     std::os::unix::fs::symlink("..2024_01_01", dir.path().join("..data")).unwrap();
     std::os::unix::fs::symlink("..data/stack.yaml", dir.path().join("stack.yaml")).unwrap();
     let m = load_within(&[dir.path().to_path_buf()]).unwrap();
@@ -144,7 +138,7 @@ fn symlinks_that_resolve_inside_the_directory_are_followed_as_a_config_map_volum
 fn a_symlink_named_on_the_command_line_is_followed() {
     let outside = tempfile::tempdir().unwrap();
     let target = outside.path().join("v3.yaml");
-    std::fs::write(&target, HOST_AND_ZONE).unwrap();
+    std::fs::write(&target, valid()).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let link = dir.path().join("current.yaml");
     std::os::unix::fs::symlink(&target, &link).unwrap();
@@ -172,7 +166,7 @@ fn more_files_than_the_limit_are_refused_before_they_are_read() {
 #[test]
 fn a_directory_of_more_entries_than_the_limit_is_refused() {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("base.yaml"), HOST_AND_ZONE).unwrap();
+    std::fs::write(dir.path().join("base.yaml"), valid()).unwrap();
     let junk = dir.path().join("target");
     std::fs::create_dir(&junk).unwrap();
     for i in 0..MAX_DIRECTORY_ENTRIES {

@@ -774,6 +774,11 @@ metadata: {name: codeb.test}
         )
     }
 
+    /// The manifests of the stack's Host and Zone and `projects`; they must load.
+    fn manifests(projects: &[String]) -> Manifests {
+        load_str("t.yaml", &format!("{HOST_AND_ZONE}{}", projects.concat())).unwrap()
+    }
+
     fn errors(projects: &[String]) -> String {
         load_str("t.yaml", &format!("{HOST_AND_ZONE}{}", projects.concat()))
             .expect_err("must be refused")
@@ -803,18 +808,14 @@ metadata: {name: codeb.test}
             "a".repeat(60),
             "a".repeat(58),
         ];
-        let longest = format!("{}.codeb.test", labels.join("."));
-        assert_eq!(longest.len(), 252);
-        let fits = &longest[5..];
-        let ok = format!(
-            "{HOST_AND_ZONE}{}",
-            project("a", "production", &format!(", hostname: {fits}"))
-        );
-        load_str("t.yaml", &ok).unwrap();
+        let too_long = format!("{}.codeb.test", labels.join("."));
+        assert_eq!(too_long.len(), 252);
+        let fits = &too_long[5..];
+        manifests(&[project("a", "production", &format!(", hostname: {fits}"))]);
         let text = errors(&[project(
             "a",
             "production",
-            &format!(", hostname: {longest}"),
+            &format!(", hostname: {too_long}"),
         )]);
         assert!(text.starts_with("t.yaml:17:48: hostname `aaaa"), "{text}");
         assert!(
@@ -854,8 +855,7 @@ metadata: {name: codeb.test}
             "t.yaml:17:61: invalid health check timeout `100y`: expected at most `1h` (a new \
              slot is waited for this long while its environment is held; e.g. `60s`)"
         );
-        let ok = project("a", "production", ", healthCheck: {timeout: 1h}");
-        load_str("t.yaml", &format!("{HOST_AND_ZONE}{ok}")).unwrap();
+        manifests(&[project("a", "production", ", healthCheck: {timeout: 1h}")]);
     }
 
     #[test]
@@ -886,8 +886,7 @@ metadata: {name: codeb.test}
             "t.yaml:17:51: invalid grace period `31d`: expected at most `30d` (the previous slot \
              is kept this long for a rollback; e.g. `1h`)"
         );
-        let ok = project("a", "production", ", gracePeriod: 30d");
-        load_str("t.yaml", &format!("{HOST_AND_ZONE}{ok}")).unwrap();
+        manifests(&[project("a", "production", ", gracePeriod: 30d")]);
     }
 
     fn recorded<'a>(project: &'a str, environment: &'a str, hostname: &'a str) -> RecordedEnv<'a> {
@@ -899,16 +898,15 @@ metadata: {name: codeb.test}
         }
     }
 
-    fn manifests(projects: &[String]) -> Manifests {
-        load_str("t.yaml", &format!("{HOST_AND_ZONE}{}", projects.concat())).unwrap()
+    /// The errors of [`check_recorded`] for `m` against one recorded environment.
+    fn held_by(m: &Manifests, recorded: RecordedEnv) -> String {
+        check_recorded(m, [recorded]).unwrap_err().to_string()
     }
 
     #[test]
     fn a_recorded_environment_of_another_key_holding_the_container_names_is_named() {
         let m = manifests(&[project("a-b", "c", "")]);
-        let text = check_recorded(&m, [recorded("a", "b-c", "www.codeb.test")])
-            .unwrap_err()
-            .to_string();
+        let text = held_by(&m, recorded("a", "b-c", "www.codeb.test"));
         assert_eq!(
             text,
             "t.yaml:17:5: project `a-b` environment `c` needs the container names `a-b-c-blue` \
@@ -922,9 +920,7 @@ metadata: {name: codeb.test}
     #[test]
     fn a_hostname_recorded_for_another_environment_is_refused_naming_the_holder() {
         let m = manifests(&[project("b", "production", ", hostname: www.codeb.test")]);
-        let text = check_recorded(&m, [recorded("a", "production", "www.codeb.test")])
-            .unwrap_err()
-            .to_string();
+        let text = held_by(&m, recorded("a", "production", "www.codeb.test"));
         assert!(
             text.starts_with(
                 "t.yaml:17:48: the hostname `www.codeb.test` of project `b` environment \
@@ -936,16 +932,12 @@ metadata: {name: codeb.test}
         // Either side's preview hostname counts, and a default hostname is reported at the
         // environment's name.
         let m = manifests(&[project("blue", "production", "")]);
-        let text = check_recorded(&m, [recorded("a", "production", "codeb.test")])
-            .unwrap_err()
-            .to_string();
+        let text = held_by(&m, recorded("a", "production", "codeb.test"));
         assert!(
             text.contains("t.yaml:17:5: the hostname `blue.codeb.test` of project `blue` environment `production` is the blue preview hostname of project `a`"),
             "{text}"
         );
-        let text = check_recorded(&m, [recorded("a", "production", "green.blue.codeb.test")])
-            .unwrap_err()
-            .to_string();
+        let text = held_by(&m, recorded("a", "production", "green.blue.codeb.test"));
         assert!(
             text.contains("the green preview hostname `green.blue.codeb.test` of project `blue` environment `production` is the hostname of project `a`"),
             "{text}"
