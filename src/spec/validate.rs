@@ -3,7 +3,10 @@
 //! Each check reports at the origin of the offending value (found through the document's node
 //! tree): names are DNS labels, no kind+name is defined twice, a Project's Host and Zone exist,
 //! addresses, endpoints, ports, paths, durations, images, env names and hostnames are well-formed,
-//! and every hostname is served by one environment only. No I/O; `env` values are never read.
+//! durations are within their maximums (see `limits`), every hostname is served by one
+//! environment only and leaves room for its preview hostnames, and no two environments need one
+//! container name. [`check_recorded`] checks the same names against the environments earlier
+//! applies recorded (the service passes them in). No I/O; `env` values are never read.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
