@@ -610,6 +610,23 @@ fn load(sources: &[Source]) -> Result<Desired> {
     Ok(desired(&m))
 }
 
+/// As [`load`], and refused (`Invalid`, nothing applied) when a manifest environment needs a
+/// container name or a hostname that the store records for an environment the manifests do not
+/// declare: each error names the manifest's file:line:column and the holder (see
+/// [`crate::spec::check_recorded`]).
+fn load_unheld(store: &Store, sources: &[Source]) -> Result<Desired> {
+    let m = crate::spec::load_sources(sources).map_err(|e| Error::invalid(e.to_string()))?;
+    let recorded = store.load()?;
+    let held = recorded.envs.values().map(|r| crate::spec::RecordedEnv {
+        project: &r.key.project,
+        environment: &r.key.env,
+        hostname: &r.hostname,
+        host: &r.host,
+    });
+    crate::spec::check_recorded(&m, held).map_err(|e| Error::invalid(e.to_string()))?;
+    Ok(desired(&m))
+}
+
 /// The manifests' desired state with the overrides that hold laid over; overrides the manifests
 /// superseded are forgotten (unless `dry`: a dry run writes nothing).
 pub fn effective(store: &Store, declared: &Desired, dry: bool) -> Result<Desired> {
@@ -638,8 +655,8 @@ async fn apply(
     prune: bool,
     allow_empty: bool,
 ) -> Result<ApplyView> {
-    let declared = load(sources)?;
     let store = &ctx.store;
+    let declared = load_unheld(store, sources)?;
     let remove = if prune {
         prunable(&declared, store, allow_empty)?
     } else {

@@ -108,6 +108,14 @@ impl Document {
         origin(&self.file, self.tree.key_location(path))
     }
 
+    /// The text written at `path`, quoted for a message (`timeout: 100y` shows `` `100y` ``), or
+    /// `fallback` quoted when it is not a scalar there; a placeholder when it may be a secret.
+    pub(crate) fn show_written(&self, path: &[&str], fallback: &str) -> String {
+        let tree_path = Path(path.iter().map(|s| Seg::Key(s.to_string())).collect());
+        let written = self.tree.scalar(&tree_path).unwrap_or(fallback).to_string();
+        self.show(path, &written)
+    }
+
     /// `value`, the value at `path`, quoted for a message; or a placeholder when it may be a
     /// secret (an alias of an `env` value).
     pub(crate) fn show(&self, path: &[&str], value: &str) -> String {

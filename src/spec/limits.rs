@@ -1,5 +1,6 @@
 //! Limits on manifest input, so hostile or broken files are refused quickly and in bounded
-//! memory: sizes, YAML nesting, events, aliases, and the number of documents and errors.
+//! memory: sizes, YAML nesting, events, aliases, the number of files, directory entries,
+//! documents and errors; and the largest durations a manifest may set.
 //!
 //! A real manifest set is a few KiB: a Project with 20 environments of 50 variables each is about
 //! 5,000 YAML events and 7 levels deep; every limit here is ten times that or more. serde-saphyr
@@ -7,6 +8,8 @@
 //! document at the event limit costs about 0.1 s. Measured by `tests/spec_hostile.rs` (release;
 //! debug builds are about 10 times slower): an alias bomb is refused in 20 ms, 10,000-deep
 //! nesting in 0.3 ms, a 5 MiB file in 0.1 ms (by its size, unread).
+
+use std::time::Duration;
 
 use serde_saphyr::budget::BudgetBreach;
 use serde_saphyr::{Budget, Options};
@@ -18,6 +21,26 @@ pub const MAX_FILE_BYTES: u64 = 4 * 1024 * 1024;
 pub const MAX_TOTAL_BYTES: u64 = 32 * 1024 * 1024;
 /// Documents in one file.
 pub const MAX_DOCUMENTS_PER_FILE: usize = 1_000;
+/// Manifest files (or sources a client sent) in one load. A file per Project for a host full of
+/// projects is a few hundred; without a bound, a directory of many small files (or a request of
+/// many empty sources, which the byte limits do not count) costs an open and a parse each.
+pub const MAX_FILES: usize = 1_000;
+/// Documents in all inputs of one load together: each becomes a typed spec and a node tree kept
+/// until validation ends, so the per-file limit times [`MAX_FILES`] (a million) is too many. A
+/// thousand Projects with their Hosts and Zones is about 1,000 documents.
+pub const MAX_DOCUMENTS: usize = 10_000;
+/// Directory entries examined while looking for manifests below the directories given (every
+/// entry counts, manifest or not). A manifest directory holds tens of files; `-f .` in a
+/// checkout with a build directory holds hundreds of thousands, and walking them is slow and not
+/// meant.
+pub const MAX_DIRECTORY_ENTRIES: usize = 10_000;
+/// The longest health check timeout. codeb waits this long for a new slot before it is `failed`,
+/// and the environment is held (claimed from the loop, the store in use for a CLI apply) while
+/// it waits; a new slot that needs more than an hour to answer is broken.
+pub const MAX_HEALTH_TIMEOUT: Duration = Duration::from_secs(3600);
+/// The longest grace period: how long the previous slot is kept for a rollback. Longer keeps a
+/// container and a port pair for no purpose; a month is more than any rollback window.
+pub const MAX_GRACE_PERIOD: Duration = Duration::from_secs(30 * 24 * 3600);
 /// Problems kept per document (unknown top-level keys and the like); the rest are dropped.
 pub const MAX_PROBLEMS_PER_DOCUMENT: usize = 20;
 /// Errors reported; loading stops once this many were found.

@@ -4,18 +4,39 @@
 //! document into its typed spec (exact error locations), the second into a located node
 //! [`Tree`] kept as the side table of origins for validation and error messages. A mistake in one
 //! document does not stop the others; a syntax error ends its file. Inputs are bounded by
-//! [`limits`] before and while they are read. The only I/O is reading the inputs.
+//! [`limits`] before and while they are read: each file's size, all inputs' bytes, the number of
+//! files, of directory entries examined and of documents. The only I/O is reading the inputs.
+//!
+//! What is opened, so that a load can neither hang nor roam outside what it was given:
+//! - Only regular files. A FIFO, socket or device is refused by its type before it is opened (a
+//!   FIFO without a writer would block `open` forever), and files are opened with `O_NONBLOCK`
+//!   and their type checked again on the open file, so one swapped in meanwhile cannot block
+//!   either. A stream is read through `-` (stdin), bounded like a file.
+//! - A path named on the command line is followed if it is a symlink (`-f current.yaml`).
+//! - Inside a directory given, a symlink is followed only when it resolves inside that directory
+//!   (a Kubernetes ConfigMap volume's `x.yaml -> ..data/x.yaml` works); one that leads outside is
+//!   an error if it is named `*.yaml`/`*.yml` or points at a directory, and ignored otherwise, as
+//!   any other file that is not a manifest. A link to `/` is therefore refused, not walked.
+//!   Files found in a directory are opened with `O_NOFOLLOW` (a symlink followed is opened at its
+//!   resolved path), so an entry replaced by a symlink after the walk is not followed either.
+//!   This guards against mistakes and hostile manifest sets, not against someone who can write
+//!   the directory while it is read (they could write the manifests).
 
 use std::collections::{HashMap, HashSet};
+use std::fs::FileType;
 use std::io::{Cursor, Read};
+use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use serde_saphyr::Spanned;
 
 use super::diagnose::yaml_error;
 use super::document::{origin, Document, RawDocument};
-use super::error::{Error, Errors};
-use super::limits::{self, MAX_DOCUMENTS_PER_FILE, MAX_ERRORS, MAX_FILE_BYTES, MAX_TOTAL_BYTES};
+use super::error::{quote, Error, Errors};
+use super::limits::{
+    self, MAX_DIRECTORY_ENTRIES, MAX_DOCUMENTS, MAX_DOCUMENTS_PER_FILE, MAX_ERRORS, MAX_FILES,
+    MAX_FILE_BYTES, MAX_TOTAL_BYTES,
+};
 use super::tree::{Node, Tree};
 use super::types::{Manifests, Origin};
 use super::validate::validate;
@@ -24,7 +45,8 @@ use super::validate::validate;
 pub const STDIN_LABEL: &str = "<stdin>";
 
 /// Loads and validates every manifest in `paths`: a file, a directory (every `*.yaml` and `*.yml`
-/// below it, recursively, in sorted order, skipping names starting with `.`) or `-` for stdin.
+/// below it, recursively, in sorted order, skipping names starting with `.`, following symlinks
+/// only inside it) or `-` for stdin. Only regular files are read (see the module's doc).
 ///
 /// # Errors
 /// Every mistake found, in input order: unreadable or oversized inputs, YAML and type errors (one
@@ -83,7 +105,7 @@ pub fn read_sources(paths: &[PathBuf], stdin: Option<&str>) -> Result<Vec<Source
 pub fn load_sources(sources: &[Source]) -> Result<Manifests, Errors> {
     let mut loader = Loader::default();
     for s in sources {
-        if loader.full() {
+        if loader.stopped() || !loader.admit(&s.name) {
             break;
         }
         let len = s.text.len() as u64;
@@ -110,6 +132,32 @@ pub fn load_str(file_label: &str, text: &str) -> Result<Manifests, Errors> {
     loader.finish()
 }
 
+fn all_too_large() -> String {
+    format!(
+        "input refused: all inputs together are larger than {} MiB",
+        MAX_TOTAL_BYTES >> 20
+    )
+}
+
+/// Why a file of this type is not read.
+fn not_regular(file_type: FileType) -> String {
+    let what = if file_type.is_fifo() {
+        "a FIFO"
+    } else if file_type.is_socket() {
+        "a socket"
+    } else if file_type.is_block_device() || file_type.is_char_device() {
+        "a device"
+    } else if file_type.is_dir() {
+        "a directory"
+    } else {
+        "not a regular file"
+    };
+    format!(
+        "not read: {what}; manifests are read from regular files only (a FIFO, socket or device \
+         can block or never end); pipe a stream to `-f -`"
+    )
+}
+
 fn too_large(len: u64) -> String {
     format!(
         "input refused: {:.1} MiB is larger than the limit of {} MiB per file",
@@ -130,11 +178,40 @@ struct Loader {
     seen: HashSet<PathBuf>,
     /// When set, texts are collected here instead of parsed ([`read_sources`]).
     collect: Option<Vec<Source>>,
+    /// Inputs admitted so far (files, stdin, sources), against [`MAX_FILES`].
+    inputs: usize,
+    /// Documents read so far, against [`MAX_DOCUMENTS`].
+    document_count: usize,
+    /// A limit on all inputs together was reached: nothing more is read.
+    refused: bool,
 }
 
 impl Loader {
     fn full(&self) -> bool {
         self.errors.len() >= MAX_ERRORS
+    }
+
+    /// Whether reading stops: too many errors, or a limit on all inputs together was reached.
+    fn stopped(&self) -> bool {
+        self.full() || self.refused
+    }
+
+    /// Counts one more input; past [`MAX_FILES`] it is refused, and so is everything after it.
+    fn admit(&mut self, label: &str) -> bool {
+        self.inputs += 1;
+        if self.inputs > MAX_FILES {
+            self.refuse(
+                label,
+                format!("input refused: more than {MAX_FILES} files in one load"),
+            );
+        }
+        !self.refused
+    }
+
+    /// Reports a limit on all inputs together and stops reading.
+    fn refuse(&mut self, label: &str, message: String) {
+        self.push(Error::file(label, message));
+        self.refused = true;
     }
 
     fn push(&mut self, error: Error) {
@@ -151,10 +228,14 @@ impl Loader {
 
     fn add_inputs(&mut self, paths: &[PathBuf], stdin: Option<&str>) {
         for path in paths {
-            if self.full() {
+            if self.stopped() {
                 break;
             }
             if path.as_os_str() == "-" {
+                if !self.admit(STDIN_LABEL) {
+                    break;
+                }
+                // At most MAX_FILE_BYTES + 1 bytes are read: stdin is bounded like a file.
                 match stdin {
                     Some(text) => self.add_reader(STDIN_LABEL, Cursor::new(text.as_bytes()), None),
                     None => self.add_reader(STDIN_LABEL, std::io::stdin().lock(), None),
@@ -165,51 +246,66 @@ impl Loader {
         }
     }
 
+    /// A path named on the command line: followed if it is a symlink.
     fn add_path(&mut self, path: &Path) {
         let label = path.display().to_string();
         match std::fs::metadata(path) {
             Err(e) => self.push(Error::file(&label, format!("cannot read: {e}"))),
-            Ok(meta) if meta.is_dir() => {
-                let mut files = Vec::new();
-                let mut dirs = HashSet::new();
-                if let Err(e) = yaml_files(path, &mut files, &mut dirs) {
-                    self.push(Error::file(&e.0, format!("cannot read directory: {}", e.1)));
-                }
-                if files.is_empty() {
-                    self.push(Error::file(
-                        &label,
-                        "no `*.yaml` or `*.yml` file in this directory",
-                    ));
-                }
-                for file in files {
-                    if self.full() {
-                        break;
-                    }
-                    self.add_file(&file);
-                }
-            }
-            Ok(_) => self.add_file(path),
+            Ok(meta) if meta.is_dir() => self.add_dir(path),
+            Ok(meta) if meta.is_file() => self.add_file(path, &label, false),
+            Ok(meta) => self.push(Error::file(&label, not_regular(meta.file_type()))),
         }
     }
 
-    fn add_file(&mut self, path: &Path) {
-        let label = path.display().to_string();
+    fn add_dir(&mut self, dir: &Path) {
+        let walk = Walk::run(dir);
+        let found_none = walk.files.is_empty() && walk.errors.is_empty();
+        // Past a limit, nothing more is read: the load fails anyway.
+        self.refused |= walk.over_a_limit();
+        for e in walk.errors {
+            self.push(e);
+        }
+        if found_none {
+            self.push(Error::file(
+                &dir.display().to_string(),
+                "no `*.yaml` or `*.yml` file in this directory",
+            ));
+        }
+        for found in walk.files {
+            if self.stopped() {
+                break;
+            }
+            self.add_file(&found.open, &found.path.display().to_string(), true);
+        }
+    }
+
+    /// Opens `path` (never blocking, and without following a final symlink when `nofollow`)
+    /// and reads it if it is a regular file. `label` names it in messages.
+    fn add_file(&mut self, path: &Path, label: &str, nofollow: bool) {
         if let Ok(canonical) = path.canonicalize() {
             if !self.seen.insert(canonical) {
                 return;
             }
         }
-        match std::fs::File::open(path) {
-            Err(e) => self.push(Error::file(&label, format!("cannot read: {e}"))),
-            Ok(file) => {
-                // Refuse by size before reading, when the file says its size.
-                let len = file
-                    .metadata()
-                    .ok()
-                    .filter(|m| m.is_file())
-                    .map(|m| m.len());
-                self.add_reader(&label, file, len);
+        if !self.admit(label) {
+            return;
+        }
+        let mut flags = libc::O_NONBLOCK;
+        if nofollow {
+            flags |= libc::O_NOFOLLOW;
+        }
+        let opened = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(flags)
+            .open(path);
+        match opened.and_then(|f| f.metadata().map(|m| (f, m))) {
+            Err(e) => self.push(Error::file(label, format!("cannot read: {e}"))),
+            // Checked again on the open file: the path may have been replaced since.
+            Ok((_, meta)) if !meta.is_file() => {
+                self.push(Error::file(label, not_regular(meta.file_type())))
             }
+            // Refused by size before reading.
+            Ok((file, meta)) => self.add_reader(label, file, Some(meta.len())),
         }
     }
 
@@ -219,13 +315,7 @@ impl Loader {
             return self.push(Error::file(label, too_large(len)));
         }
         if self.total_bytes + len.unwrap_or(0) > MAX_TOTAL_BYTES {
-            return self.push(Error::file(
-                label,
-                format!(
-                    "input refused: all inputs together are larger than {} MiB",
-                    MAX_TOTAL_BYTES >> 20
-                ),
-            ));
+            return self.refuse(label, all_too_large());
         }
         let mut bytes = Vec::new();
         if let Err(e) = reader.take(MAX_FILE_BYTES + 1).read_to_end(&mut bytes) {
@@ -238,6 +328,10 @@ impl Loader {
             ));
         }
         self.total_bytes += bytes.len() as u64;
+        // An input of unknown size (stdin, a file that grew) is counted once read.
+        if self.total_bytes > MAX_TOTAL_BYTES {
+            return self.refuse(label, all_too_large());
+        }
         match String::from_utf8(bytes) {
             Ok(text) => self.add_text(label, &text),
             Err(e) => {
@@ -270,14 +364,25 @@ impl Loader {
             return;
         }
         let text = text.strip_prefix('\u{feff}').unwrap_or(text);
-        let mut docs = documents::<Spanned<RawDocument>>(text, MAX_DOCUMENTS_PER_FILE + 1);
+        let room = MAX_DOCUMENTS.saturating_sub(self.document_count);
+        let mut docs =
+            documents::<Spanned<RawDocument>>(text, room.min(MAX_DOCUMENTS_PER_FILE) + 1);
         if docs.len() > MAX_DOCUMENTS_PER_FILE {
             docs.truncate(MAX_DOCUMENTS_PER_FILE);
             self.push(Error::file(
                 label,
                 format!("input refused: more than {MAX_DOCUMENTS_PER_FILE} documents in one file"),
             ));
+        } else if docs.len() > room {
+            docs.truncate(room);
+            self.refuse(
+                label,
+                format!(
+                    "input refused: more than {MAX_DOCUMENTS} documents in all inputs together"
+                ),
+            );
         }
+        self.document_count += docs.len();
         // The second pass, for the origins of fields; documents align with the first pass, as
         // both skip the same empty documents and recover from the same errors.
         let trees = documents::<Tree>(text, docs.len());
@@ -350,34 +455,176 @@ fn documents<T: serde::de::DeserializeOwned>(
         .collect()
 }
 
-/// The `*.yaml` and `*.yml` files below `dir`, depth first in name order. Entries whose name
-/// starts with `.` are skipped; a directory reached twice (a symlink loop) is read once.
-fn yaml_files(
-    dir: &Path,
-    out: &mut Vec<PathBuf>,
-    seen: &mut HashSet<PathBuf>,
-) -> Result<(), (String, std::io::Error)> {
-    let fail = |e| (dir.display().to_string(), e);
-    if !seen.insert(dir.canonicalize().map_err(fail)?) {
-        return Ok(());
+/// A manifest file found below a directory.
+struct Found {
+    /// Its path below the directory given, as messages name it.
+    path: PathBuf,
+    /// What is opened: the path, or, for a symlink, the file it resolves to inside the directory.
+    open: PathBuf,
+}
+
+/// The walk of one directory given on the command line: its `*.yaml` and `*.yml` files, depth
+/// first in name order, under [`MAX_DIRECTORY_ENTRIES`] and [`MAX_FILES`], following symlinks only
+/// inside it (see the module's doc). Iterative, so a deep tree cannot exhaust the stack.
+struct Walk {
+    /// The directory given, resolved: symlinks must resolve below it.
+    root: PathBuf,
+    /// Its path as given, for messages.
+    shown: String,
+    files: Vec<Found>,
+    errors: Vec<Error>,
+    /// Directories read (resolved), so a directory reached twice (a symlink loop) is read once.
+    seen: HashSet<PathBuf>,
+    entries: usize,
+}
+
+/// An entry waiting to be looked at: its path below the directory given, and, for a symlink
+/// followed to a directory, the directory it resolves to.
+enum Pending {
+    Entry(std::fs::DirEntry),
+    Dir { path: PathBuf, resolved: PathBuf },
+}
+
+impl Walk {
+    fn run(dir: &Path) -> Walk {
+        let mut walk = Walk {
+            root: PathBuf::new(),
+            shown: dir.display().to_string(),
+            files: Vec::new(),
+            errors: Vec::new(),
+            seen: HashSet::new(),
+            entries: 0,
+        };
+        match dir.canonicalize() {
+            Err(e) => walk.fail(dir, format!("cannot read directory: {e}")),
+            Ok(root) => {
+                walk.root = root.clone();
+                let mut stack = vec![Pending::Dir {
+                    path: dir.to_path_buf(),
+                    resolved: root,
+                }];
+                while let Some(next) = stack.pop() {
+                    if walk.over_a_limit() {
+                        break;
+                    }
+                    match next {
+                        Pending::Dir { path, resolved } => walk.read(&path, resolved, &mut stack),
+                        Pending::Entry(entry) => walk.look_at(&entry, &mut stack),
+                    }
+                }
+            }
+        }
+        walk
     }
-    let mut entries: Vec<_> = std::fs::read_dir(dir)
-        .map_err(fail)?
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(fail)?;
-    entries.sort_by_key(|e| e.file_name());
-    for entry in entries {
+
+    fn over_a_limit(&self) -> bool {
+        self.entries > MAX_DIRECTORY_ENTRIES || self.files.len() > MAX_FILES
+    }
+
+    fn fail(&mut self, path: &Path, message: String) {
+        self.errors
+            .push(Error::file(&path.display().to_string(), message));
+    }
+
+    /// Reads the directory at `path` and queues its entries, first name on top.
+    fn read(&mut self, path: &Path, resolved: PathBuf, stack: &mut Vec<Pending>) {
+        if !self.seen.insert(resolved) {
+            return;
+        }
+        let reader = match std::fs::read_dir(path) {
+            Ok(reader) => reader,
+            Err(e) => return self.fail(path, format!("cannot read directory: {e}")),
+        };
+        let mut entries = Vec::new();
+        for entry in reader {
+            self.entries += 1;
+            if self.entries > MAX_DIRECTORY_ENTRIES {
+                let message = format!(
+                    "input refused: more than {MAX_DIRECTORY_ENTRIES} entries in this directory \
+                     and those below it; expected a directory of manifests"
+                );
+                self.errors.push(Error::file(&self.shown, message));
+                return;
+            }
+            match entry {
+                Ok(entry) => entries.push(entry),
+                Err(e) => return self.fail(path, format!("cannot read directory: {e}")),
+            }
+        }
+        entries.sort_by_key(|e| std::cmp::Reverse(e.file_name()));
+        stack.extend(entries.into_iter().map(Pending::Entry));
+    }
+
+    fn look_at(&mut self, entry: &std::fs::DirEntry, stack: &mut Vec<Pending>) {
         let name = entry.file_name();
         let name = name.to_string_lossy();
         if name.starts_with('.') {
-            continue;
+            return;
         }
         let path = entry.path();
-        if path.is_dir() {
-            yaml_files(&path, out, seen)?;
-        } else if name.ends_with(".yaml") || name.ends_with(".yml") {
-            out.push(path);
+        let yaml = name.ends_with(".yaml") || name.ends_with(".yml");
+        let file_type = match entry.file_type() {
+            Ok(t) => t,
+            Err(e) => return self.fail(&path, format!("cannot read: {e}")),
+        };
+        if file_type.is_symlink() {
+            self.follow(path, yaml, stack);
+        } else if file_type.is_dir() {
+            match path.canonicalize() {
+                Ok(resolved) => stack.push(Pending::Dir { path, resolved }),
+                Err(e) => self.fail(&path, format!("cannot read directory: {e}")),
+            }
+        } else if yaml && file_type.is_file() {
+            self.found(path.clone(), path);
+        } else if yaml {
+            self.fail(&path, not_regular(file_type));
         }
     }
-    Ok(())
+
+    /// A symlink below the directory: followed when it resolves inside it.
+    fn follow(&mut self, path: PathBuf, yaml: bool, stack: &mut Vec<Pending>) {
+        let resolved = path
+            .canonicalize()
+            .and_then(|r| std::fs::metadata(&r).map(|m| (r, m)));
+        let (resolved, meta) = match resolved {
+            Ok(found) => found,
+            // A broken link is only a mistake where a manifest was meant.
+            Err(e) => {
+                if yaml {
+                    self.fail(&path, format!("cannot read: {e}"));
+                }
+                return;
+            }
+        };
+        if !meta.is_dir() && !yaml {
+            return;
+        }
+        if !resolved.starts_with(&self.root) {
+            let message = format!(
+                "not read: a symlink to `{}`, outside `{}`; symlinks in a manifest directory are \
+                 followed only inside it (name a file outside on the command line)",
+                quote(&resolved.display().to_string()),
+                quote(&self.shown)
+            );
+            return self.fail(&path, message);
+        }
+        if meta.is_dir() {
+            stack.push(Pending::Dir { path, resolved });
+        } else if meta.is_file() {
+            self.found(path, resolved);
+        } else {
+            self.fail(&path, not_regular(meta.file_type()));
+        }
+    }
+
+    fn found(&mut self, path: PathBuf, open: PathBuf) {
+        self.files.push(Found { path, open });
+        if self.files.len() > MAX_FILES {
+            let message = format!(
+                "input refused: more than {MAX_FILES} manifest files in this directory and those \
+                 below it"
+            );
+            self.errors.push(Error::file(&self.shown, message));
+        }
+    }
 }

@@ -24,3 +24,4 @@ pub use load::{
 };
 pub use types::*;
 pub(crate) use validate::is_dns_name;
+pub use validate::{check_recorded, RecordedEnv};

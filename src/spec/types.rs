@@ -132,11 +132,13 @@ pub struct EnvironmentSpec {
     /// `manual`: a healthy release waits for `codeb promote`; `auto`: it is promoted at once.
     #[serde(default)]
     pub promotion: Promotion,
-    /// How long the previous slot is kept for rollback, e.g. `1h`, `30m`.
+    /// How long the previous slot is kept for rollback, e.g. `1h`, `30m`; at most `30d`.
     #[serde(default = "default_grace", with = "humantime_serde")]
     #[schemars(with = "String")]
     pub grace_period: Duration,
     /// Default: `{project}.{zone}` for production, `{project}-{environment}.{zone}` otherwise.
+    /// At most 247 characters, so that its preview hostnames (`blue.`, `green.` before it) are
+    /// DNS names; unique across every applied environment.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hostname: Option<String>,
 }
@@ -148,7 +150,8 @@ pub struct HealthCheck {
     /// The path probed, starting with `/`.
     #[serde(default = "default_health_path")]
     pub path: String,
-    /// How long a new slot may take to become healthy before it is `failed`, e.g. `60s`.
+    /// How long a new slot may take to become healthy before it is `failed`, e.g. `60s`; at
+    /// most `1h`.
     #[serde(default = "default_health_timeout", with = "humantime_serde")]
     #[schemars(with = "String")]
     pub timeout: Duration,
@@ -239,6 +242,18 @@ pub struct Manifests {
     pub hosts: BTreeMap<String, Named<HostSpec>>,
     pub zones: BTreeMap<String, Named<ZoneSpec>>,
     pub projects: BTreeMap<String, Named<ProjectSpec>>,
+    /// Where each environment was written, by `(project, environment)`: for the checks against
+    /// what the store records (see [`check_recorded`](super::check_recorded)).
+    pub env_origins: BTreeMap<(String, String), EnvOrigins>,
+}
+
+/// Where one environment of a Project was written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EnvOrigins {
+    /// The environment's name (its key under `environments`).
+    pub name: Origin,
+    /// Its `hostname` value, or its name when the hostname is the default.
+    pub hostname: Origin,
 }
 
 impl Manifests {

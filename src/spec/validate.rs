@@ -3,14 +3,23 @@
 //! Each check reports at the origin of the offending value (found through the document's node
 //! tree): names are DNS labels, no kind+name is defined twice, a Project's Host and Zone exist,
 //! addresses, endpoints, ports, paths, durations, images, env names and hostnames are well-formed,
-//! and every hostname is served by one environment only. No I/O; `env` values are never read.
+//! durations are within their maximums (see `limits`), every hostname is served by one
+//! environment only and leaves room for its preview hostnames, and no two environments need one
+//! container name. [`check_recorded`] checks the same names against the environments earlier
+//! applies recorded (the service passes them in). No I/O; `env` values are never read.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
+use std::time::Duration;
 
 use super::document::{Document, Kind, Spec};
-use super::error::{did_you_mean, quote, Error};
-use super::types::{HostSpec, Manifests, Named, Origin, ProjectSpec, ZoneSpec};
+use super::error::{did_you_mean, quote, Error, Errors};
+use super::limits::{MAX_GRACE_PERIOD, MAX_HEALTH_TIMEOUT};
+use super::types::{EnvOrigins, HostSpec, Manifests, Named, Origin, ProjectSpec, ZoneSpec};
+
+/// The longest hostname whose preview hostnames (`blue.` and `green.` before it) are still DNS
+/// names of at most 253 characters.
+const MAX_PREVIEWED_HOSTNAME: usize = 253 - "green.".len();
 
 const LABEL_RULE: &str =
     "lowercase letters, digits and `-`, starting with a letter, ending with a letter or digit, at most 63 characters";
@@ -57,6 +66,12 @@ pub(crate) fn validate(documents: Vec<Document>, complete: bool) -> Result<Manif
                     .insert(name.clone(), Named { name, origin, spec });
             }
             Spec::Project(spec) => {
+                for env_name in spec.environments.keys() {
+                    manifests.env_origins.insert(
+                        (name.clone(), env_name.clone()),
+                        env_origins(&doc, env_name),
+                    );
+                }
                 manifests
                     .projects
                     .insert(name.clone(), Named { name, origin, spec });
@@ -68,11 +83,28 @@ pub(crate) fn validate(documents: Vec<Document>, complete: bool) -> Result<Manif
         check_references(&checked, &manifests, &mut errors);
     }
     check_hostnames(&checked, &mut errors);
+    check_container_names(&checked, &mut errors);
     if errors.is_empty() {
         Ok(manifests)
     } else {
         Err(errors)
     }
+}
+
+fn env_origins(doc: &Document, env_name: &str) -> EnvOrigins {
+    let name = doc.key_origin(&["spec", "environments", env_name]);
+    let explicit = match &doc.spec {
+        Spec::Project(p) => p
+            .environments
+            .get(env_name)
+            .and_then(|e| e.hostname.as_ref()),
+        _ => None,
+    };
+    let hostname = match explicit {
+        Some(_) => doc.value_origin(&["spec", "environments", env_name, "hostname"]),
+        None => name.clone(),
+    };
+    EnvOrigins { name, hostname }
 }
 
 fn check_name(doc: &Document, errors: &mut Vec<Error>) {
@@ -272,6 +304,24 @@ fn check_project(doc: &Document, project: &ProjectSpec, errors: &mut Vec<Error>)
                 "invalid health check timeout 0s: expected more than 0, e.g. `60s`".to_string(),
             );
         }
+        check_maximum(
+            doc,
+            &path(&["healthCheck", "timeout"]),
+            env.health_check.timeout,
+            (MAX_HEALTH_TIMEOUT, "`1h`"),
+            "health check timeout",
+            "a new slot is waited for this long while its environment is held; e.g. `60s`",
+            &mut fail,
+        );
+        check_maximum(
+            doc,
+            &path(&["gracePeriod"]),
+            env.grace_period,
+            (MAX_GRACE_PERIOD, "`30d`"),
+            "grace period",
+            "the previous slot is kept this long for a rollback; e.g. `1h`",
+            &mut fail,
+        );
         for key in env.env.keys() {
             if !is_env_name(key) {
                 fail(
@@ -285,6 +335,28 @@ fn check_project(doc: &Document, project: &ProjectSpec, errors: &mut Vec<Error>)
             }
         }
     }
+}
+
+/// A duration at `path` is at most `max` (its value and how it is written). Durations are
+/// kept and compared as milliseconds in a `u64`; the maximums keep every conversion far from
+/// wrapping (`18446744073709552s` is 384 ms once wrapped).
+fn check_maximum(
+    doc: &Document,
+    path: &[&str],
+    value: Duration,
+    (max, max_text): (Duration, &str),
+    what: &str,
+    why: &str,
+    fail: &mut impl FnMut(Origin, String),
+) {
+    if value <= max {
+        return;
+    }
+    let shown = doc.show_written(path, &humantime::format_duration(value).to_string());
+    fail(
+        doc.value_origin(path),
+        format!("invalid {what} {shown}: expected at most {max_text} ({why})"),
+    );
 }
 
 fn check_references(documents: &[Document], manifests: &Manifests, errors: &mut Vec<Error>) {
@@ -358,6 +430,26 @@ fn check_hostnames(documents: &[Document], errors: &mut Vec<Error>) {
                     ),
                 ));
             }
+            // A valid name may still be too long once `green.` is put before it: PowerDNS then
+            // refuses the zone's one PATCH, for every project in the zone.
+            if is_dns_name(&hostname) && !is_dns_name(&format!("green.{hostname}")) {
+                let (what, hint) = match env.hostname {
+                    Some(_) => (format!("hostname {shown}"), ""),
+                    None => (
+                        format!("the default hostname {shown}"),
+                        "; set a shorter `hostname`",
+                    ),
+                };
+                errors.push(Error::new(
+                    origin.clone(),
+                    format!(
+                        "{what} is too long for its preview hostnames: `green.` before its {} \
+                         characters is over DNS's 253; expected at most {MAX_PREVIEWED_HOSTNAME} \
+                         characters{hint}",
+                        hostname.len()
+                    ),
+                ));
+            }
             let owner = format!("{}/{}", doc.name, env_name);
             if let Some((first, first_origin)) = used.get(&hostname) {
                 errors.push(Error::new(
@@ -397,6 +489,181 @@ fn check_preview_collisions(used: &BTreeMap<String, (String, Origin)>, errors: &
                 ));
             }
         }
+    }
+}
+
+/// Two environments never need one container name. Names are `{project}-{environment}-{slot}`
+/// (kept: a new scheme would rename every existing container), and `-` may occur in both parts,
+/// so project `a` environment `b-c` and project `a-b` environment `c` would both need
+/// `a-b-c-blue`, and the second would fail at every apply. The slot suffixes differ, so two
+/// names are equal exactly when their `{project}-{environment}` stems are.
+fn check_container_names(documents: &[Document], errors: &mut Vec<Error>) {
+    let mut used: BTreeMap<String, (String, Origin)> = BTreeMap::new();
+    for doc in documents {
+        let Spec::Project(project) = &doc.spec else {
+            continue;
+        };
+        for env_name in project.environments.keys() {
+            let stem = container_stem(&doc.name, env_name);
+            let origin = doc.key_origin(&["spec", "environments", env_name]);
+            if let Some((first, first_origin)) = used.get(&stem) {
+                errors.push(Error::new(
+                    origin,
+                    format!(
+                        "{} needs the container names {}, as {first} at {first_origin} does; \
+                         {CONTAINER_NAME_RULE}: rename one of the projects or environments",
+                        env_owner(&doc.name, env_name),
+                        container_names(&stem),
+                    ),
+                ));
+            } else {
+                used.insert(stem, (env_owner(&doc.name, env_name), origin));
+            }
+        }
+    }
+}
+
+const CONTAINER_NAME_RULE: &str = "container names are `{project}-{environment}-{slot}`";
+
+/// What the container names of an environment start with.
+fn container_stem(project: &str, environment: &str) -> String {
+    format!("{project}-{environment}")
+}
+
+/// `` `a-b-c-blue` and `a-b-c-green` ``.
+fn container_names(stem: &str) -> String {
+    let stem = quote(stem);
+    format!("`{stem}-blue` and `{stem}-green`")
+}
+
+/// `` project `a` environment `b-c` ``.
+fn env_owner(project: &str, environment: &str) -> String {
+    format!(
+        "project `{}` environment `{}`",
+        quote(project),
+        quote(environment)
+    )
+}
+
+/// An environment the store records (an earlier apply's), as [`check_recorded`] sees it.
+#[derive(Debug, Clone, Copy)]
+pub struct RecordedEnv<'a> {
+    pub project: &'a str,
+    pub environment: &'a str,
+    pub hostname: &'a str,
+    /// The Host it runs on, named in messages.
+    pub host: &'a str,
+}
+
+/// Checks `manifests` against the environments earlier applies recorded that these manifests do
+/// not declare (a declared one is about to take its declared values, which validation checked
+/// against the rest of the set): none of theirs may need the container names of a manifest
+/// environment, or share a hostname with it (a preview hostname counts). Both would hold what
+/// the new environment needs, and its every apply would fail or steal the other's traffic.
+///
+/// # Errors
+/// One error per conflict, at the manifest environment's name (container names) or hostname,
+/// naming the recorded environment that holds it and how to free it; sorted by origin.
+pub fn check_recorded<'a>(
+    manifests: &Manifests,
+    recorded: impl IntoIterator<Item = RecordedEnv<'a>>,
+) -> Result<(), Errors> {
+    // Every name a manifest environment needs: its container stem, its hostname and previews.
+    let mut stems: BTreeMap<String, (&str, &str)> = BTreeMap::new();
+    let mut names: BTreeMap<String, (&str, &str, Option<&str>)> = BTreeMap::new();
+    for (project, named) in &manifests.projects {
+        for env_name in named.spec.environments.keys() {
+            let key = (project.as_str(), env_name.as_str());
+            stems.insert(container_stem(project, env_name), key);
+            let hostname = named.spec.hostname(project, env_name).unwrap_or_default();
+            for slot in ["blue", "green"] {
+                names.insert(format!("{slot}.{hostname}"), (key.0, key.1, Some(slot)));
+            }
+            names.insert(hostname, (key.0, key.1, None));
+        }
+    }
+    let declared = |project: &str, env: &str| {
+        manifests
+            .projects
+            .get(project)
+            .is_some_and(|p| p.spec.environments.contains_key(env))
+    };
+    let origins = |project: &str, env: &str| {
+        manifests
+            .env_origins
+            .get(&(project.to_string(), env.to_string()))
+            .cloned()
+    };
+    let free = |r: &RecordedEnv| {
+        format!(
+            "free it first (`codeb delete project {}`, or an apply with `--prune` whose manifests \
+             no longer declare it)",
+            quote(r.project)
+        )
+    };
+    let mut errors = Vec::new();
+    for r in recorded {
+        if declared(r.project, r.environment) {
+            continue;
+        }
+        let holder = format!(
+            "{} (recorded on Host `{}` by an earlier apply)",
+            env_owner(r.project, r.environment),
+            quote(r.host)
+        );
+        let stem = container_stem(r.project, r.environment);
+        if let Some(&(project, env)) = stems.get(&stem) {
+            if let Some(o) = origins(project, env) {
+                errors.push(Error::new(
+                    o.name,
+                    format!(
+                        "{} needs the container names {}, which {holder} holds; \
+                         {CONTAINER_NAME_RULE}: rename this project or environment, or {}",
+                        env_owner(project, env),
+                        container_names(&stem),
+                        free(&r)
+                    ),
+                ));
+            }
+        }
+        // The recorded environment's names against the manifests': equal hostnames, or one the
+        // preview hostname of the other (two previews are equal only when the hostnames are).
+        let theirs = [
+            (r.hostname.to_string(), None),
+            (format!("blue.{}", r.hostname), Some("blue")),
+            (format!("green.{}", r.hostname), Some("green")),
+        ];
+        for (name, their_slot) in theirs {
+            let Some(&(project, env, our_slot)) = names.get(&name) else {
+                continue;
+            };
+            let Some(o) = origins(project, env) else {
+                continue;
+            };
+            let ours = match our_slot {
+                None => format!("hostname `{}`", quote(&name)),
+                Some(slot) => format!("{slot} preview hostname `{}`", quote(&name)),
+            };
+            let what = match (our_slot, their_slot) {
+                (Some(_), Some(_)) => continue,
+                (_, None) => "the hostname".to_string(),
+                (None, Some(slot)) => format!("the {slot} preview hostname"),
+            };
+            errors.push(Error::new(
+                o.hostname,
+                format!(
+                    "the {ours} of {} is {what} of {holder}; each hostname routes to one \
+                     environment: choose another hostname, or {}",
+                    env_owner(project, env),
+                    free(&r)
+                ),
+            ));
+        }
+    }
+    errors.sort_by(|a, b| a.origin().cmp(b.origin()));
+    match Errors::from_vec(errors) {
+        None => Ok(()),
+        Some(errors) => Err(errors),
     }
 }
 
@@ -489,6 +756,205 @@ fn is_port(s: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::spec::load_str;
+
+    const HOST_AND_ZONE: &str = "\
+apiVersion: codeb.kr/v1
+kind: Host
+metadata: {name: local}
+spec: {address: 127.0.0.1, podman: 'unix:///run/p.sock', caddy: {admin: 'http://127.0.0.1:2019'}}
+---
+apiVersion: codeb.kr/v1
+kind: Zone
+metadata: {name: codeb.test}
+";
+
+    /// A Project document with one environment, `fields` inside its flow mapping.
+    fn project(name: &str, env: &str, fields: &str) -> String {
+        format!(
+            "---\napiVersion: codeb.kr/v1\nkind: Project\nmetadata: {{name: {name}}}\nspec:\n  \
+             host: local\n  zone: codeb.test\n  environments:\n    {env}: {{image: a, port: 80{fields}}}\n"
+        )
+    }
+
+    /// The manifests of the stack's Host and Zone and `projects`; they must load.
+    fn manifests(projects: &[String]) -> Manifests {
+        load_str("t.yaml", &format!("{HOST_AND_ZONE}{}", projects.concat())).unwrap()
+    }
+
+    fn errors(projects: &[String]) -> String {
+        load_str("t.yaml", &format!("{HOST_AND_ZONE}{}", projects.concat()))
+            .expect_err("must be refused")
+            .to_string()
+    }
+
+    #[test]
+    fn two_projects_that_need_one_container_name_are_refused_naming_both() {
+        // Their default hostnames are equal too (and reported); another hostname leaves the
+        // container names alone.
+        let other = ", hostname: www.codeb.test";
+        let text = errors(&[project("a", "b-c", ""), project("a-b", "c", other)]);
+        assert_eq!(
+            text,
+            "t.yaml:26:5: project `a-b` environment `c` needs the container names `a-b-c-blue` \
+             and `a-b-c-green`, as project `a` environment `b-c` at t.yaml:17:5 does; container \
+             names are `{project}-{environment}-{slot}`: rename one of the projects or environments"
+        );
+    }
+
+    #[test]
+    fn a_hostname_whose_preview_hostnames_exceed_253_characters_is_refused() {
+        // 247 characters is the longest: `green.` makes 253.
+        let labels = [
+            "a".repeat(60),
+            "a".repeat(60),
+            "a".repeat(60),
+            "a".repeat(58),
+        ];
+        let too_long = format!("{}.codeb.test", labels.join("."));
+        assert_eq!(too_long.len(), 252);
+        let fits = &too_long[5..];
+        manifests(&[project("a", "production", &format!(", hostname: {fits}"))]);
+        let text = errors(&[project(
+            "a",
+            "production",
+            &format!(", hostname: {too_long}"),
+        )]);
+        assert!(text.starts_with("t.yaml:17:48: hostname `aaaa"), "{text}");
+        assert!(
+            text.ends_with(
+                "is too long for its preview hostnames: `green.` before its 252 characters is \
+                 over DNS's 253; expected at most 247 characters"
+            ),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_default_hostname_whose_preview_hostnames_are_too_long_asks_for_a_hostname() {
+        // `{project}-{env}.codeb.test` of 250 characters: each label is valid.
+        // `p-{60 e}` (62) + `.` + 177 + `.codeb.test` (11): 251 characters, each label valid.
+        let env = "e".repeat(60);
+        let zone_pad = format!("{}.{}.{}", "z".repeat(60), "z".repeat(60), "z".repeat(55));
+        let text = load_str(
+            "t.yaml",
+            &format!(
+                "{}{}",
+                HOST_AND_ZONE.replace("codeb.test", &format!("{zone_pad}.codeb.test")),
+                project("p", &env, "").replace("codeb.test", &format!("{zone_pad}.codeb.test"))
+            ),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(text.contains("the default hostname `p-eee"), "{text}");
+        assert!(text.ends_with("; set a shorter `hostname`"), "{text}");
+    }
+
+    #[test]
+    fn a_health_timeout_over_an_hour_is_refused_as_it_was_written() {
+        let text = errors(&[project("a", "production", ", healthCheck: {timeout: 100y}")]);
+        assert_eq!(
+            text,
+            "t.yaml:17:61: invalid health check timeout `100y`: expected at most `1h` (a new \
+             slot is waited for this long while its environment is held; e.g. `60s`)"
+        );
+        manifests(&[project("a", "production", ", healthCheck: {timeout: 1h}")]);
+    }
+
+    #[test]
+    fn a_duration_that_would_wrap_as_milliseconds_is_refused() {
+        // 18446744073709552 s is 18446744073709552000 ms: 384 ms once cast to a u64.
+        let text = errors(&[project(
+            "a",
+            "production",
+            ", healthCheck: {timeout: 18446744073709552s}, gracePeriod: 18446744073709552s",
+        )]);
+        assert!(
+            text.contains("t.yaml:17:61: invalid health check timeout `18446744073709552s`"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "t.yaml:17:95: invalid grace period `18446744073709552s`: expected at most `30d`"
+            ),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_grace_period_over_30_days_is_refused() {
+        let text = errors(&[project("a", "production", ", gracePeriod: 31d")]);
+        assert_eq!(
+            text,
+            "t.yaml:17:51: invalid grace period `31d`: expected at most `30d` (the previous slot \
+             is kept this long for a rollback; e.g. `1h`)"
+        );
+        manifests(&[project("a", "production", ", gracePeriod: 30d")]);
+    }
+
+    fn recorded<'a>(project: &'a str, environment: &'a str, hostname: &'a str) -> RecordedEnv<'a> {
+        RecordedEnv {
+            project,
+            environment,
+            hostname,
+            host: "local",
+        }
+    }
+
+    /// The errors of [`check_recorded`] for `m` against one recorded environment.
+    fn held_by(m: &Manifests, recorded: RecordedEnv) -> String {
+        check_recorded(m, [recorded]).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn a_recorded_environment_of_another_key_holding_the_container_names_is_named() {
+        let m = manifests(&[project("a-b", "c", "")]);
+        let text = held_by(&m, recorded("a", "b-c", "www.codeb.test"));
+        assert_eq!(
+            text,
+            "t.yaml:17:5: project `a-b` environment `c` needs the container names `a-b-c-blue` \
+             and `a-b-c-green`, which project `a` environment `b-c` (recorded on Host `local` by \
+             an earlier apply) holds; container names are `{project}-{environment}-{slot}`: \
+             rename this project or environment, or free it first (`codeb delete project a`, or \
+             an apply with `--prune` whose manifests no longer declare it)"
+        );
+    }
+
+    #[test]
+    fn a_hostname_recorded_for_another_environment_is_refused_naming_the_holder() {
+        let m = manifests(&[project("b", "production", ", hostname: www.codeb.test")]);
+        let text = held_by(&m, recorded("a", "production", "www.codeb.test"));
+        assert!(
+            text.starts_with(
+                "t.yaml:17:48: the hostname `www.codeb.test` of project `b` environment \
+                 `production` is the hostname of project `a` environment `production` (recorded \
+                 on Host `local` by an earlier apply); each hostname routes to one environment"
+            ),
+            "{text}"
+        );
+        // Either side's preview hostname counts, and a default hostname is reported at the
+        // environment's name.
+        let m = manifests(&[project("blue", "production", "")]);
+        let text = held_by(&m, recorded("a", "production", "codeb.test"));
+        assert!(
+            text.contains("t.yaml:17:5: the hostname `blue.codeb.test` of project `blue` environment `production` is the blue preview hostname of project `a`"),
+            "{text}"
+        );
+        let text = held_by(&m, recorded("a", "production", "green.blue.codeb.test"));
+        assert!(
+            text.contains("the green preview hostname `green.blue.codeb.test` of project `blue` environment `production` is the hostname of project `a`"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn recorded_environments_the_manifests_declare_or_that_share_nothing_pass() {
+        let m = manifests(&[project("a", "production", ", hostname: www.codeb.test")]);
+        // The declared key itself (its hostname is about to change).
+        check_recorded(&m, [recorded("a", "production", "old.codeb.test")]).unwrap();
+        check_recorded(&m, [recorded("a", "staging", "a-staging.codeb.test")]).unwrap();
+        check_recorded(&m, [recorded("b", "production", "b.codeb.test")]).unwrap();
+    }
 
     #[test]
     fn dns_labels_start_with_a_letter_and_are_short() {
