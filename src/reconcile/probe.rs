@@ -1,4 +1,11 @@
-//! Health probes: one HTTP GET that passes on 2xx or 3xx.
+//! Health probes: one HTTP GET, straight to the slot's published port, that passes on 2xx or 3xx.
+//!
+//! The answer must come from the container itself: the client ignores proxy variables
+//! (`HTTP_PROXY`, `http_proxy`, `ALL_PROXY`: see [`crate::backend::http_client`]) and follows no
+//! redirect. A 3xx still passes, because it is the app's own answer on a direct connection (an app
+//! that sends `/health` to `/health/` or a login page is up, as the manifest reference promises);
+//! following it could lead off the container, to whatever the `Location` names. Before proxies
+//! were ignored, a proxy answering 302 to everything made an app answering 404 pass.
 
 use std::future::Future;
 use std::time::Duration;
@@ -9,7 +16,7 @@ pub trait Prober: Send + Sync {
     fn probe(&self, url: &str) -> impl Future<Output = Result<(), String>> + Send;
 }
 
-/// The real prober. Redirects are not followed: a 3xx already passes.
+/// The real prober: no proxy, no redirect followed (a 3xx passes as it is).
 pub struct HttpProber {
     client: reqwest::Client,
 }
