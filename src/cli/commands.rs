@@ -109,6 +109,8 @@ fn request(command: Command) -> anyhow::Result<(Request, Format)> {
             dry_run,
             prune,
             allow_empty,
+            confirm,
+            prune_projects,
             output,
         } => (
             Request::Apply {
@@ -116,6 +118,8 @@ fn request(command: Command) -> anyhow::Result<(Request, Format)> {
                 dry_run,
                 prune,
                 allow_empty,
+                confirm,
+                prune_projects,
             },
             output.output,
         ),

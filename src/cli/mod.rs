@@ -64,6 +64,13 @@ pub enum Command {
         /// With --prune, allow removing every project.
         #[arg(long, requires = "prune")]
         allow_empty: bool,
+        /// With --prune: the number of environments it removes, needed when they belong to more
+        /// than one project (the refusal and --dry-run show it).
+        #[arg(long, value_name = "N", requires = "prune")]
+        confirm: Option<usize>,
+        /// With --prune: only this project's environments may be removed (repeat for several).
+        #[arg(long = "prune-project", value_name = "NAME", requires = "prune")]
+        prune_projects: Vec<String>,
         #[command(flatten)]
         output: Output,
     },
