@@ -10,7 +10,10 @@
 //!   so codeb does not trust its content, and does not silently take the directory over.
 //! - readable or searchable by group or others (0755 and 0644 are what codeb created before):
 //!   tightened to 0700/0600, with a warning. The owner is this user and nobody else can have
-//!   written, so nothing is lost by closing it, and refusing would break every upgrade.
+//!   written, so nothing is lost by closing it, and refusing would break every upgrade. A
+//!   directory is tightened only while it holds nothing but codeb's files: `--state-dir /` or
+//!   `--state-dir ~` run as their owner must not close a shared directory, so such a one is
+//!   refused with the advice to give codeb a directory of its own.
 //!
 //! No records here: only the file system.
 
@@ -24,6 +27,8 @@ use super::{Error, Result};
 pub const DIR_MODE: u32 = 0o700;
 /// The mode of each file in it.
 pub const FILE_MODE: u32 = 0o600;
+/// What codeb keeps in a state directory: a directory holding only these may be tightened.
+const OWN_FILES: [&str; 3] = ["codeb.redb", "codeb.lock", "codeb.sock"];
 
 /// What to do with an existing directory or file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -78,6 +83,12 @@ pub fn prepare(dir: &Path) -> Result<()> {
                 return Err(create(e));
             }
             match judge(dir, &meta, DIR_MODE)? {
+                Verdict::Tighten if !holds_only_codeb_files(dir).map_err(create)? => {
+                    Err(Error::Shared {
+                        path: dir.to_path_buf(),
+                        mode: meta.mode() & 0o7777,
+                    })
+                }
                 Verdict::Tighten => {
                     std::fs::set_permissions(dir, Permissions::from_mode(DIR_MODE))
                         .map_err(create)?;
@@ -113,6 +124,19 @@ pub fn open_private(path: &Path) -> Result<File> {
         warn_tightened(path, meta.mode(), FILE_MODE);
     }
     Ok(file)
+}
+
+/// Whether `dir` holds nothing but what codeb puts in a state directory.
+fn holds_only_codeb_files(dir: &Path) -> std::io::Result<bool> {
+    for entry in std::fs::read_dir(dir)? {
+        if !OWN_FILES
+            .iter()
+            .any(|own| entry.as_ref().is_ok_and(|e| e.file_name() == *own))
+        {
+            return Ok(false);
+        }
+    }
+    Ok(true)
 }
 
 /// The verdict on `path`, its refusals as errors.
@@ -211,5 +235,18 @@ mod tests {
         assert!(matches!(e, Error::Writable { .. }), "{e}");
         assert!(e.to_string().contains("chmod 700"), "{e}");
         assert_eq!(mode(&dir), 0o777, "a refused directory is left as it is");
+    }
+
+    #[test]
+    fn a_readable_dir_holding_other_files_is_refused_not_tightened() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("home");
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::write(dir.join(".profile"), "").unwrap();
+        std::fs::set_permissions(&dir, Permissions::from_mode(0o755)).unwrap();
+        let e = prepare(&dir).unwrap_err();
+        assert!(matches!(e, Error::Shared { .. }), "{e}");
+        assert!(e.to_string().contains("--state-dir"), "{e}");
+        assert_eq!(mode(&dir), 0o755);
     }
 }

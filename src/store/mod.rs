@@ -69,6 +69,9 @@ pub enum Error {
         mode: u32,
         private: u32,
     },
+    /// An existing state directory readable by others that holds other files than codeb's.
+    #[error("{path} is readable by group or others (mode {mode:04o}) and holds other files than codeb's: codeb keeps secrets in its state directory and closes it to its owner, which it will not do to a shared directory; give codeb a directory of its own (--state-dir or CODEB_STATE_DIR), or `chmod 700 {path}`")]
+    Shared { path: PathBuf, mode: u32 },
     #[error("the store in {path} is in use by another codeb process (is `codeb watch` running?)")]
     Locked { path: PathBuf },
     #[error("cannot open the store {path}")]
@@ -94,10 +97,13 @@ pub enum Error {
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
-    /// True when the state directory itself is refused (`Foreign`, `Writable`): a person must fix
+    /// True when the state directory itself is refused (`Foreign`, `Writable`, `Shared`): a person must fix
     /// it, as they must fix invalid input (the CLI's exit 2).
     pub fn is_refused_dir(&self) -> bool {
-        matches!(self, Error::Foreign { .. } | Error::Writable { .. })
+        matches!(
+            self,
+            Error::Foreign { .. } | Error::Writable { .. } | Error::Shared { .. }
+        )
     }
 }
 
@@ -120,7 +126,8 @@ impl Store {
     ///
     /// # Errors
     /// `Locked` when another process holds the store; `Foreign` or `Writable` when `dir` or a
-    /// file in it belongs to another user or may be written by others.
+    /// file in it belongs to another user or may be written by others; `Shared` when `dir` is
+    /// readable by others and holds more than codeb's files (it is not tightened).
     pub fn open(dir: &Path) -> Result<Store> {
         dir::prepare(dir)?;
         let lock = dir::open_private(&dir.join("codeb.lock"))?;
