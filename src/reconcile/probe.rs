@@ -52,3 +52,50 @@ impl Prober for HttpProber {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+    use std::net::TcpListener;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    /// A server on 127.0.0.1 answering `answer` to every request; counts its connections.
+    fn server(answer: String) -> (String, Arc<AtomicUsize>) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let seen = Arc::new(AtomicUsize::new(0));
+        let count = seen.clone();
+        std::thread::spawn(move || {
+            for mut s in listener.incoming().flatten() {
+                count.fetch_add(1, Ordering::SeqCst);
+                let mut buf = [0u8; 4096];
+                let _ = s.read(&mut buf);
+                let _ = s.write_all(answer.as_bytes());
+            }
+        });
+        (addr, seen)
+    }
+
+    #[tokio::test]
+    async fn a_redirect_passes_as_the_slot_s_own_answer_and_is_never_followed() {
+        let (elsewhere, followed) =
+            server("HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n".into());
+        let (slot, _) = server(format!(
+            "HTTP/1.1 302 Found\r\nLocation: http://{elsewhere}/\r\nContent-Length: 0\r\n\r\n"
+        ));
+        let prober = HttpProber::new();
+        assert_eq!(prober.probe(&format!("http://{slot}/health")).await, Ok(()));
+        assert_eq!(followed.load(Ordering::SeqCst), 0);
+    }
+
+    #[tokio::test]
+    async fn a_404_fails() {
+        let (slot, _) = server("HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n".into());
+        let answer = HttpProber::new()
+            .probe(&format!("http://{slot}/health"))
+            .await;
+        assert_eq!(answer, Err("HTTP 404".into()));
+    }
+}
