@@ -250,11 +250,6 @@ fn one_file(sb: &Sandbox, file: &str, projects: &[ProjectYaml]) -> PathBuf {
     path
 }
 
-/// One request through Caddy answers `body` (bounded at 1 s).
-fn serves(sb: &Sandbox, host: &str, body: &str) -> bool {
-    http_get_within(&sb.stack.http, host, "/", Duration::from_secs(1)).1 == body
-}
-
 #[test]
 fn finding_2_a_prune_through_the_daemon_or_of_several_projects_needs_more_than_a_slip() {
     let _l = lock();

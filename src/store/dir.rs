@@ -174,32 +174,34 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_private_dir_or_file_of_this_user_is_kept() {
-        assert_eq!(verdict(0o40700, 1000, 1000, DIR_MODE), Verdict::Keep);
-        assert_eq!(verdict(0o100600, 1000, 1000, FILE_MODE), Verdict::Keep);
-        assert_eq!(verdict(0o100400, 1000, 1000, FILE_MODE), Verdict::Keep);
-    }
-
-    #[test]
-    fn a_readable_dir_or_file_is_tightened() {
-        assert_eq!(verdict(0o40755, 0, 0, DIR_MODE), Verdict::Tighten);
-        assert_eq!(verdict(0o40750, 0, 0, DIR_MODE), Verdict::Tighten);
-        assert_eq!(verdict(0o100644, 0, 0, FILE_MODE), Verdict::Tighten);
-        assert_eq!(verdict(0o100700, 0, 0, FILE_MODE), Verdict::Tighten);
-    }
-
-    #[test]
-    fn a_group_or_world_writable_one_is_refused_even_when_it_is_ours() {
-        assert_eq!(verdict(0o40777, 0, 0, DIR_MODE), Verdict::Writable);
-        assert_eq!(verdict(0o41777, 0, 0, DIR_MODE), Verdict::Writable);
-        assert_eq!(verdict(0o40770, 0, 0, DIR_MODE), Verdict::Writable);
-        assert_eq!(verdict(0o100602, 0, 0, FILE_MODE), Verdict::Writable);
-    }
-
-    #[test]
-    fn one_owned_by_another_user_is_refused_whatever_its_mode() {
-        assert_eq!(verdict(0o40700, 1000, 0, DIR_MODE), Verdict::Foreign);
-        assert_eq!(verdict(0o40700, 0, 1000, DIR_MODE), Verdict::Foreign);
+    fn ours_and_private_is_kept_readable_is_tightened_writable_or_foreign_is_refused() {
+        use Verdict::*;
+        // (mode, owner, process uid, the mode it should have, verdict)
+        let cases = [
+            (0o40700, 1000, 1000, DIR_MODE, Keep),
+            (0o100600, 1000, 1000, FILE_MODE, Keep),
+            (0o100400, 1000, 1000, FILE_MODE, Keep),
+            // What codeb created before: readable by all, written by nobody else.
+            (0o40755, 0, 0, DIR_MODE, Tighten),
+            (0o40750, 0, 0, DIR_MODE, Tighten),
+            (0o100644, 0, 0, FILE_MODE, Tighten),
+            (0o100700, 0, 0, FILE_MODE, Tighten),
+            // Writable by others, even when ours, sticky bit or not.
+            (0o40777, 0, 0, DIR_MODE, Writable),
+            (0o41777, 0, 0, DIR_MODE, Writable),
+            (0o40770, 0, 0, DIR_MODE, Writable),
+            (0o100602, 0, 0, FILE_MODE, Writable),
+            // Another user's, whatever its mode.
+            (0o40700, 1000, 0, DIR_MODE, Foreign),
+            (0o40700, 0, 1000, DIR_MODE, Foreign),
+        ];
+        for (mode, owner, uid, private, expected) in cases {
+            assert_eq!(
+                verdict(mode, owner, uid, private),
+                expected,
+                "mode {mode:o}, owner {owner}, uid {uid}"
+            );
+        }
     }
 
     fn mode(p: &Path) -> u32 {
