@@ -14,13 +14,6 @@ use serde_json::json;
 
 const START: Duration = Duration::from_secs(20);
 
-/// One request through Caddy answers `body`. Bounded at 1 s: a request sent while the app was
-/// gone can hang in the dial (an address with no container answers no ARP) and would hide the
-/// recovery from the poll.
-fn serves(sb: &Sandbox, host: &str, body: &str) -> bool {
-    http_get_within(&sb.stack.http, host, "/", Duration::from_secs(1)).1 == body
-}
-
 #[test]
 fn a_saved_image_change_goes_live_and_a_broken_save_removes_nothing() {
     let _l = lock();

@@ -480,6 +480,11 @@ pub struct ApplyQuery {
     /// With `prune`, allow removing every environment.
     #[serde(default)]
     pub allow_empty: bool,
+    /// With `prune`, the number of environments it removes: needed when they belong to more than
+    /// one project (a refusal names it).
+    pub confirm: Option<usize>,
+    /// With `prune`, the only projects whose environments may be removed, comma-separated.
+    pub prune_projects: Option<String>,
 }
 
 #[utoipa::path(post, path = "/api/v1/plan", tag = "manifests", security(("key" = []), ("bearer" = [])),
@@ -514,6 +519,14 @@ async fn apply(
         dry_run: q.dry_run,
         prune: q.prune,
         allow_empty: q.allow_empty,
+        confirm: q.confirm,
+        prune_projects: q
+            .prune_projects
+            .iter()
+            .flat_map(|p| p.split(','))
+            .filter(|p| !p.is_empty())
+            .map(str::to_string)
+            .collect(),
     };
     api.authorize(&c, &req)?;
     if let Req::Apply { manifests, .. } = &mut req {

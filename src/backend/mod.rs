@@ -38,8 +38,14 @@ pub use crate::model::ownership::{LABEL_ENVIRONMENT, LABEL_PROJECT};
 /// reqwest's rustls verifier reads the machine's whole certificate store for every client built
 /// (about 140 files here), which was a third of the wall time of `codeb promote`. An `https://` URL
 /// fails closed.
+///
+/// No client goes through a proxy: `HTTP_PROXY`, `http_proxy` and `ALL_PROXY` are ignored. A
+/// proxy would see PowerDNS's API key and Caddy's admin API, and could answer a health probe in
+/// the slot's place (a proxy answering 302 to everything promoted an app that answered 404).
 pub fn http_client() -> reqwest::ClientBuilder {
-    reqwest::Client::builder().tls_certs_only(Vec::new())
+    reqwest::Client::builder()
+        .tls_certs_only(Vec::new())
+        .no_proxy()
 }
 
 /// An error and its causes on one line, each cause once (a cause whose text is already in the

@@ -208,10 +208,8 @@ impl Podman {
     /// [`Error::InvalidEndpoint`] for any other form.
     pub fn connect(endpoint: &str) -> Result<Podman> {
         let target = parse_endpoint(endpoint)?;
-        // Proxies from the environment must never see Podman's API.
-        let builder = crate::backend::http_client()
-            .timeout(REQUEST_TIMEOUT)
-            .no_proxy();
+        // Proxies from the environment never see Podman's API (`http_client` sets no proxy).
+        let builder = crate::backend::http_client().timeout(REQUEST_TIMEOUT);
         let (builder, base_url) = match &target {
             Target::Unix(path) => (
                 builder.unix_socket(path.clone()),

@@ -10,7 +10,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use super::{default_state_dir, output, Cli, Command, Failure, Format};
+use super::{default_state_dir, output, Cli, Command, Failure, Format, NO_STATE_DIR};
 use crate::auth::Caller;
 use crate::daemon::{self, socket};
 use crate::service::{self, Ctx, GetWhat, Request};
@@ -19,7 +19,11 @@ use crate::store::Store;
 
 /// Runs the command line: here, or, when a daemon holds the store, in the daemon.
 pub async fn run(cli: Cli) -> anyhow::Result<u8> {
-    let state_dir = cli.state_dir.clone().unwrap_or_else(default_state_dir);
+    let state_dir = cli
+        .state_dir
+        .clone()
+        .or_else(default_state_dir)
+        .ok_or_else(|| Failure::invalid(NO_STATE_DIR))?;
     let (args, listen, rate, publish) = match cli.command {
         Command::Watch(args) => (args, None, crate::api::RateLimit::default(), None),
         Command::Serve(s) => (
@@ -79,6 +83,11 @@ async fn call(state_dir: &Path, request: Request) -> anyhow::Result<socket::Answ
                 Err(other) => Err(other.into()),
             }
         }
+        Err(e) if e.is_refused_dir() => Err(Failure::invalid(format!(
+            "opening the store in {}: {e}",
+            state_dir.display()
+        ))
+        .into()),
         Err(e) => {
             Err(anyhow::Error::new(e)
                 .context(format!("opening the store in {}", state_dir.display())))
@@ -86,10 +95,9 @@ async fn call(state_dir: &Path, request: Request) -> anyhow::Result<socket::Answ
     }
 }
 
-/// This process's user id (the owner of `/proc/self`), for the audit: `cli (uid N)`.
+/// This process's user id, for the audit: `cli (uid N)`.
 fn uid() -> u32 {
-    use std::os::unix::fs::MetadataExt;
-    std::fs::metadata("/proc/self").map_or(u32::MAX, |m| m.uid())
+    crate::store::dir::process_uid().unwrap_or(u32::MAX)
 }
 
 /// The request a command makes, and how its answer is printed.
@@ -101,6 +109,8 @@ fn request(command: Command) -> anyhow::Result<(Request, Format)> {
             dry_run,
             prune,
             allow_empty,
+            confirm,
+            prune_projects,
             output,
         } => (
             Request::Apply {
@@ -108,6 +118,8 @@ fn request(command: Command) -> anyhow::Result<(Request, Format)> {
                 dry_run,
                 prune,
                 allow_empty,
+                confirm,
+                prune_projects,
             },
             output.output,
         ),

@@ -6,7 +6,7 @@
 //! Exit codes (also in `--help` and the README): 0 converged (for `diff`: no changes); 1 could not
 //! converge (a failed health check, a backend unreachable, a DNS name held by a record codeb does not
 //! own; for `diff`: there are changes); 2 invalid input or usage (including a Zone's unset API key
-//! variable), nothing applied; 3 (`diff` only) a host or zone could not be observed.
+//! variable, an unconfirmed prune, a refused or missing state directory), nothing applied; 3 (`diff` only) a host or zone could not be observed.
 
 mod commands;
 mod output;
@@ -21,7 +21,7 @@ const EXIT_CODES: &str = "Exit codes:
   0  converged (diff: nothing to change)
   1  could not converge: a failed health check, a backend unreachable, a DNS name held by a
      record codeb does not own (diff: there are changes)
-  2  invalid input or usage; nothing was applied
+  2  invalid input or usage (an unconfirmed prune, a refused state directory); nothing was applied
   3  diff only: a host or a zone could not be observed
 While `codeb watch` runs, other commands are answered by it, with the same exit codes.
 `codeb watch` exits 0 after SIGTERM or SIGINT, 2 when the manifests are invalid at start.";
@@ -64,6 +64,13 @@ pub enum Command {
         /// With --prune, allow removing every project.
         #[arg(long, requires = "prune")]
         allow_empty: bool,
+        /// With --prune: the number of environments it removes, needed when they belong to more
+        /// than one project (the refusal and --dry-run show it).
+        #[arg(long, value_name = "N", requires = "prune")]
+        confirm: Option<usize>,
+        /// With --prune: only this project's environments may be removed (repeat for several).
+        #[arg(long = "prune-project", value_name = "NAME", requires = "prune")]
+        prune_projects: Vec<String>,
         #[command(flatten)]
         output: Output,
     },
@@ -382,13 +389,46 @@ fn init_logging(verbose: u8, format: LogFormat) {
     }
 }
 
-/// The default state directory: `$XDG_STATE_HOME/codeb`, else `~/.local/state/codeb`.
-pub fn default_state_dir() -> PathBuf {
-    if let Some(x) = std::env::var_os("XDG_STATE_HOME") {
-        return PathBuf::from(x).join("codeb");
+/// The default state directory: `$XDG_STATE_HOME/codeb`, else `$HOME/.local/state/codeb`; `None`
+/// when neither is set to an absolute path. Never the working directory: a store created there by
+/// accident (a service with no `HOME`) would hold secrets wherever the process happened to run.
+pub fn default_state_dir() -> Option<PathBuf> {
+    state_dir_from(std::env::var_os("XDG_STATE_HOME"), std::env::var_os("HOME"))
+}
+
+fn state_dir_from(
+    xdg_state_home: Option<std::ffi::OsString>,
+    home: Option<std::ffi::OsString>,
+) -> Option<PathBuf> {
+    // The XDG spec: a relative path in these variables is invalid and is ignored.
+    let absolute = |v: Option<std::ffi::OsString>| v.map(PathBuf::from).filter(|p| p.is_absolute());
+    absolute(xdg_state_home)
+        .map(|x| x.join("codeb"))
+        .or_else(|| absolute(home).map(|h| h.join(".local/state/codeb")))
+}
+
+/// The refusal when no state directory is named and none can be derived.
+pub const NO_STATE_DIR: &str = "no state directory: set --state-dir or CODEB_STATE_DIR (the systemd units use /var/lib/codeb), or XDG_STATE_HOME or HOME (then $XDG_STATE_HOME/codeb or $HOME/.local/state/codeb); codeb never keeps its store in the working directory";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_state_dir_is_xdg_state_home_then_home_and_never_the_working_directory() {
+        let s =
+            |x: Option<&str>, h: Option<&str>| state_dir_from(x.map(Into::into), h.map(Into::into));
+        assert_eq!(s(Some("/x"), Some("/h")), Some(PathBuf::from("/x/codeb")));
+        assert_eq!(
+            s(None, Some("/h")),
+            Some(PathBuf::from("/h/.local/state/codeb"))
+        );
+        assert_eq!(
+            s(Some("rel"), Some("/h")),
+            Some(PathBuf::from("/h/.local/state/codeb"))
+        );
+        assert_eq!(s(None, None), None);
+        assert_eq!(s(Some(""), Some("")), None);
+        assert_eq!(s(None, Some(".")), None);
     }
-    let home = std::env::var_os("HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("."));
-    home.join(".local/state/codeb")
 }

@@ -93,11 +93,16 @@ pub async fn run(args: Config) -> Result<(), Error> {
         }
     };
     let store = Arc::new(Store::open(&state_dir).map_err(|e| {
-        Error::failed(format!(
+        let message = format!(
             "opening the store in {}: {}",
             state_dir.display(),
             crate::backend::error_chain(&e)
-        ))
+        );
+        if e.is_refused_dir() {
+            Error::invalid(message)
+        } else {
+            Error::failed(message)
+        }
     })?);
     let guard = files::Guard {
         store: store.clone(),

@@ -1,4 +1,11 @@
-//! Health probes: one HTTP GET that passes on 2xx or 3xx.
+//! Health probes: one HTTP GET, straight to the slot's published port, that passes on 2xx or 3xx.
+//!
+//! The answer must come from the container itself: the client ignores proxy variables
+//! (`HTTP_PROXY`, `http_proxy`, `ALL_PROXY`: see [`crate::backend::http_client`]) and follows no
+//! redirect. A 3xx still passes, because it is the app's own answer on a direct connection (an app
+//! that sends `/health` to `/health/` or a login page is up, as the manifest reference promises);
+//! following it could lead off the container, to whatever the `Location` names. Before proxies
+//! were ignored, a proxy answering 302 to everything made an app answering 404 pass.
 
 use std::future::Future;
 use std::time::Duration;
@@ -9,7 +16,7 @@ pub trait Prober: Send + Sync {
     fn probe(&self, url: &str) -> impl Future<Output = Result<(), String>> + Send;
 }
 
-/// The real prober. Redirects are not followed: a 3xx already passes.
+/// The real prober: no proxy, no redirect followed (a 3xx passes as it is).
 pub struct HttpProber {
     client: reqwest::Client,
 }
@@ -43,5 +50,52 @@ impl Prober for HttpProber {
             Err(e) if e.is_timeout() => Err("timed out".into()),
             Err(e) => Err(e.without_url().to_string()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+    use std::net::TcpListener;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    /// A server on 127.0.0.1 answering `answer` to every request; counts its connections.
+    fn server(answer: String) -> (String, Arc<AtomicUsize>) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let seen = Arc::new(AtomicUsize::new(0));
+        let count = seen.clone();
+        std::thread::spawn(move || {
+            for mut s in listener.incoming().flatten() {
+                count.fetch_add(1, Ordering::SeqCst);
+                let mut buf = [0u8; 4096];
+                let _ = s.read(&mut buf);
+                let _ = s.write_all(answer.as_bytes());
+            }
+        });
+        (addr, seen)
+    }
+
+    #[tokio::test]
+    async fn a_redirect_passes_as_the_slot_s_own_answer_and_is_never_followed() {
+        let (elsewhere, followed) =
+            server("HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n".into());
+        let (slot, _) = server(format!(
+            "HTTP/1.1 302 Found\r\nLocation: http://{elsewhere}/\r\nContent-Length: 0\r\n\r\n"
+        ));
+        let prober = HttpProber::new();
+        assert_eq!(prober.probe(&format!("http://{slot}/health")).await, Ok(()));
+        assert_eq!(followed.load(Ordering::SeqCst), 0);
+    }
+
+    #[tokio::test]
+    async fn a_404_fails() {
+        let (slot, _) = server("HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n".into());
+        let answer = HttpProber::new()
+            .probe(&format!("http://{slot}/health"))
+            .await;
+        assert_eq!(answer, Err("HTTP 404".into()));
     }
 }

@@ -60,6 +60,13 @@ pub enum Request {
         /// With `prune`, allow removing every environment.
         #[serde(default)]
         allow_empty: bool,
+        /// With `prune`, the number of environments it removes: needed when they belong to more
+        /// than one project (see [`Prune`]).
+        #[serde(default)]
+        confirm: Option<usize>,
+        /// With `prune`, only these projects' environments may be removed (none named: any).
+        #[serde(default)]
+        prune_projects: Vec<String>,
     },
     /// What apply would change.
     Diff {
@@ -328,15 +335,20 @@ impl Daemon {
         notes
     }
 
+    /// The environments among `keys` that the watched manifests declare: the daemon keeps them
+    /// in force, so removing one through it would be undone at the next resync.
+    fn in_force(&self, keys: &[EnvKey]) -> Vec<String> {
+        let watched = self.watched.borrow().clone();
+        keys.iter()
+            .filter(|k| watched.envs.contains_key(*k))
+            .map(|k| k.to_string())
+            .collect()
+    }
+
     /// A delete through the daemon of an environment that the watched manifests declare would be
     /// undone at once; refused with what to do instead.
     fn check_delete(&self, keys: &[EnvKey]) -> Result<()> {
-        let watched = self.watched.borrow().clone();
-        let declared: Vec<String> = keys
-            .iter()
-            .filter(|k| watched.envs.contains_key(*k))
-            .map(|k| k.to_string())
-            .collect();
+        let declared = self.in_force(keys);
         if declared.is_empty() {
             return Ok(());
         }
@@ -344,6 +356,25 @@ impl Daemon {
             "{} {} declared in {}, which codeb watch keeps in force: remove it from there (with `codeb watch --prune` the removal follows), or stop codeb watch first",
             declared.join(", "),
             if declared.len() == 1 { "is" } else { "are" },
+            self.dir()
+        )))
+    }
+
+    /// A prune through the daemon of environments the watched manifests declare is an outage: they
+    /// go (containers, routes, records, grace slots) and the loop deploys them again a moment
+    /// later. Refused, nothing applied, with what to do instead.
+    fn check_prune(&self, remove: &[EnvKey]) -> Result<()> {
+        let declared = self.in_force(remove);
+        if declared.is_empty() {
+            return Ok(());
+        }
+        Err(Error::invalid(format!(
+            "--prune would remove {}, declared in {}, which codeb watch keeps in force (it would deploy {} again at once); nothing was applied. To remove {}, delete {} from {} (with `codeb watch --prune` the removal follows); to prune other projects only, name them with --prune-project NAME",
+            declared.join(", "),
+            self.dir(),
+            if declared.len() == 1 { "it" } else { "them" },
+            if declared.len() == 1 { "it" } else { "them" },
+            if declared.len() == 1 { "its manifest" } else { "their manifests" },
             self.dir()
         )))
     }
@@ -507,9 +538,18 @@ async fn run(ctx: &Ctx, req: Request) -> Result<Response> {
             dry_run,
             prune,
             allow_empty,
-        } => apply(ctx, &manifests, dry_run, prune, allow_empty)
-            .await
-            .map(Response::Apply),
+            confirm,
+            prune_projects,
+        } => {
+            let prune = prune.then(|| Prune {
+                allow_empty,
+                confirm,
+                projects: prune_projects.into_iter().collect(),
+            });
+            apply(ctx, &manifests, dry_run, prune.as_ref())
+                .await
+                .map(Response::Apply)
+        }
         Request::Diff { manifests } => diff(ctx, &manifests).await.map(Response::Diff),
         Request::Get { what } => get(ctx, what),
         Request::Describe { project } => describe(ctx, &project).map(Response::Project),
@@ -652,15 +692,24 @@ async fn apply(
     ctx: &Ctx,
     sources: &[Source],
     dry_run: bool,
-    prune: bool,
-    allow_empty: bool,
+    prune: Option<&Prune>,
 ) -> Result<ApplyView> {
     let store = &ctx.store;
     let declared = load_unheld(store, sources)?;
-    let remove = if prune {
-        prunable(&declared, store, allow_empty)?
-    } else {
-        vec![]
+    let remove = match prune {
+        Some(p) => {
+            let remove = p.prunable(&declared, &store.load()?)?;
+            // A dry run changes nothing: its plan shows what would go, unconfirmed. What the
+            // daemon keeps in force is refused first: no confirmation makes that prune right.
+            if !dry_run {
+                if let Some(daemon) = &ctx.daemon {
+                    daemon.check_prune(&remove)?;
+                }
+                p.check_confirmed(&remove)?;
+            }
+            remove
+        }
+        None => vec![],
     };
     let zones = apply_zones(&declared, store, &remove)?;
     let _claim = if dry_run {
@@ -772,21 +821,76 @@ fn no_project(project: &str) -> Error {
     ))
 }
 
-fn prunable(d: &Desired, store: &Store, allow_empty: bool) -> Result<Vec<EnvKey>> {
-    let recorded = store.load()?;
-    let remove: Vec<EnvKey> = recorded
-        .envs
-        .keys()
-        .filter(|k| !d.envs.contains_key(*k))
-        .cloned()
-        .collect();
-    if d.envs.is_empty() && !remove.is_empty() && !allow_empty {
-        return Err(Error::invalid(format!(
-            "--prune would remove every project ({} environments) because the manifests declare none; add --allow-empty if that is meant",
-            remove.len()
-        )));
+/// How an apply asks to prune, and what confirms it.
+///
+/// A prune removes every recorded environment the manifests do not declare, so a manifest file
+/// given alone (`apply -f one.yaml --prune`) removes every other project. So that this never
+/// happens by a slip:
+/// - manifests that declare nothing remove nothing without `allow_empty`;
+/// - a prune that removes environments of more than one project needs `confirm` equal to the
+///   number it removes (a count seen in the refusal or in `--dry-run`, so a confirmation given
+///   for one state does not pass for a bigger one), or a selector: `projects` names the only
+///   projects whose environments may go (then nothing else can be removed by surprise);
+/// - a `confirm` that is given must match, whatever the number of projects.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct Prune {
+    allow_empty: bool,
+    confirm: Option<usize>,
+    projects: BTreeSet<String>,
+}
+
+impl Prune {
+    /// The recorded environments the prune removes: those `d` does not declare, within the
+    /// selected projects.
+    ///
+    /// # Errors
+    /// `Invalid` when `d` declares nothing and would remove something without `allow_empty`.
+    fn prunable(&self, d: &Desired, recorded: &crate::model::Recorded) -> Result<Vec<EnvKey>> {
+        let remove: Vec<EnvKey> = recorded
+            .envs
+            .keys()
+            .filter(|k| !d.envs.contains_key(*k))
+            .filter(|k| self.projects.is_empty() || self.projects.contains(&k.project))
+            .cloned()
+            .collect();
+        if d.envs.is_empty() && !remove.is_empty() && !self.allow_empty {
+            return Err(Error::invalid(format!(
+                "--prune would remove every project ({} environments) because the manifests declare none; add --allow-empty if that is meant",
+                remove.len()
+            )));
+        }
+        Ok(remove)
     }
-    Ok(remove)
+
+    /// Whether removing `remove` is confirmed (see [`Prune`]).
+    ///
+    /// # Errors
+    /// `Invalid`, naming the count and the projects and how to confirm, when it is not.
+    fn check_confirmed(&self, remove: &[EnvKey]) -> Result<()> {
+        let projects: BTreeSet<&str> = remove.iter().map(|k| k.project.as_str()).collect();
+        let n = remove.len();
+        let what = || {
+            format!(
+                "--prune would remove {n} environment{} of {} project{} ({})",
+                if n == 1 { "" } else { "s" },
+                projects.len(),
+                if projects.len() == 1 { "" } else { "s" },
+                projects.iter().copied().collect::<Vec<_>>().join(", ")
+            )
+        };
+        match self.confirm {
+            Some(c) if c == n => Ok(()),
+            Some(c) => Err(Error::invalid(format!(
+                "{}, not the {c} that --confirm={c} confirms; nothing was applied. Check the list (`--dry-run` shows it), then confirm with --confirm={n}",
+                what()
+            ))),
+            None if projects.len() <= 1 || !self.projects.is_empty() => Ok(()),
+            None => Err(Error::invalid(format!(
+                "{}; nothing was applied. If that is meant, add --confirm={n}; to prune some projects only, name each with --prune-project NAME",
+                what()
+            ))),
+        }
+    }
 }
 
 /// The zones an apply writes: every declared managed Zone, and recorded ones no longer declared
@@ -1081,4 +1185,122 @@ async fn logs(ctx: &Ctx, key: EnvKey, slot: Option<Slot>, lines: usize) -> Resul
         container: name,
         lines: tail.iter().map(|l| sanitize(l)).collect(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{EnvRecord, Recorded};
+
+    /// Manifests declaring these projects' production environments.
+    fn declaring(projects: &[&str]) -> Desired {
+        Desired {
+            envs: projects
+                .iter()
+                .map(|p| (EnvKey::new(*p, "production"), crate::plan::tests::env(p)))
+                .collect(),
+            ..Desired::default()
+        }
+    }
+
+    /// A store recording these `(project, environment)`s.
+    fn recording(keys: &[(&str, &str)]) -> Recorded {
+        Recorded {
+            envs: keys
+                .iter()
+                .map(|(p, e)| {
+                    let key = EnvKey::new(*p, *e);
+                    let rec = EnvRecord::new(key.clone(), "app".into(), format!("{p}.test"), 20000);
+                    (key, rec)
+                })
+                .collect(),
+            ..Recorded::default()
+        }
+    }
+
+    fn confirm(n: usize) -> Prune {
+        Prune {
+            confirm: Some(n),
+            ..Prune::default()
+        }
+    }
+
+    #[test]
+    fn a_prune_of_one_project_needs_no_confirmation() {
+        let r = recording(&[("a", "production"), ("b", "production"), ("b", "staging")]);
+        let remove = Prune::default().prunable(&declaring(&["a"]), &r).unwrap();
+        assert_eq!(remove.len(), 2);
+        Prune::default().check_confirmed(&remove).unwrap();
+    }
+
+    #[test]
+    fn a_prune_of_two_projects_is_refused_with_the_count_until_confirmed_with_it() {
+        let r = recording(&[
+            ("a", "production"),
+            ("b", "production"),
+            ("c", "production"),
+        ]);
+        let remove = Prune::default().prunable(&declaring(&["a"]), &r).unwrap();
+        let refused = Prune::default().check_confirmed(&remove).unwrap_err();
+        assert_eq!(refused.code, Code::Invalid);
+        let m = refused.message;
+        assert!(
+            m.contains("2 environments of 2 projects (b, c)") && m.contains("--confirm=2"),
+            "{m}"
+        );
+        assert!(m.contains("--prune-project"), "{m}");
+        confirm(2).check_confirmed(&remove).unwrap();
+        let stale = confirm(1).check_confirmed(&remove).unwrap_err().message;
+        assert!(
+            stale.contains("not the 1") && stale.contains("--confirm=2"),
+            "{stale}"
+        );
+        // A count given must match even for one project.
+        assert!(confirm(3).check_confirmed(&remove[..1]).is_err());
+    }
+
+    #[test]
+    fn a_project_selector_prunes_only_the_named_projects_without_a_count() {
+        let r = recording(&[
+            ("a", "production"),
+            ("b", "production"),
+            ("c", "production"),
+        ]);
+        let only_b = Prune {
+            projects: BTreeSet::from(["b".to_string()]),
+            ..Prune::default()
+        };
+        let remove = only_b.prunable(&declaring(&["a"]), &r).unwrap();
+        assert_eq!(remove, vec![EnvKey::new("b", "production")]);
+        only_b.check_confirmed(&remove).unwrap();
+        let b_and_c = Prune {
+            projects: BTreeSet::from(["b".to_string(), "c".to_string()]),
+            ..Prune::default()
+        };
+        let remove = b_and_c.prunable(&declaring(&["a"]), &r).unwrap();
+        assert_eq!(remove.len(), 2);
+        b_and_c.check_confirmed(&remove).unwrap();
+    }
+
+    #[test]
+    fn manifests_declaring_nothing_still_need_allow_empty_and_then_the_count() {
+        let r = recording(&[("a", "production"), ("b", "production")]);
+        let m = Prune::default()
+            .prunable(&declaring(&[]), &r)
+            .unwrap_err()
+            .message;
+        assert!(m.contains("--allow-empty"), "{m}");
+        let empty = Prune {
+            allow_empty: true,
+            ..Prune::default()
+        };
+        let remove = empty.prunable(&declaring(&[]), &r).unwrap();
+        assert!(empty.check_confirmed(&remove).is_err());
+        let confirmed = Prune {
+            allow_empty: true,
+            confirm: Some(2),
+            ..Prune::default()
+        };
+        confirmed.check_confirmed(&remove).unwrap();
+    }
 }

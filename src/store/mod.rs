@@ -10,6 +10,7 @@
 
 mod audit;
 mod declared;
+pub mod dir;
 mod journal;
 mod keys;
 
@@ -58,6 +59,19 @@ pub enum Error {
         path: PathBuf,
         source: std::io::Error,
     },
+    /// An existing state directory or file whose owner is not this process's user.
+    #[error("{path} belongs to uid {owner}, not to this process's user (uid {uid}): codeb keeps secrets there and uses only its own; run codeb as uid {owner}, or, if it is meant to be this user's, `chown -R {uid} {path}`")]
+    Foreign { path: PathBuf, owner: u32, uid: u32 },
+    /// An existing state directory or file that group or others may write.
+    #[error("{path} is writable by group or others (mode {mode:04o}): whoever can write there can replace codeb's store, so codeb does not use it; check its content, then run `chmod {private:o} {path}`")]
+    Writable {
+        path: PathBuf,
+        mode: u32,
+        private: u32,
+    },
+    /// An existing state directory readable by others that holds other files than codeb's.
+    #[error("{path} is readable by group or others (mode {mode:04o}) and holds other files than codeb's: codeb keeps secrets in its state directory and closes it to its owner, which it will not do to a shared directory; give codeb a directory of its own (--state-dir or CODEB_STATE_DIR), or `chmod 700 {path}`")]
+    Shared { path: PathBuf, mode: u32 },
     #[error("the store in {path} is in use by another codeb process (is `codeb watch` running?)")]
     Locked { path: PathBuf },
     #[error("cannot open the store {path}")]
@@ -82,6 +96,17 @@ pub enum Error {
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+impl Error {
+    /// True when the state directory itself is refused (`Foreign`, `Writable`, `Shared`): a person must fix
+    /// it, as they must fix invalid input (the CLI's exit 2).
+    pub fn is_refused_dir(&self) -> bool {
+        matches!(
+            self,
+            Error::Foreign { .. } | Error::Writable { .. } | Error::Shared { .. }
+        )
+    }
+}
+
 fn storage(e: impl Into<redb::Error>) -> Error {
     Error::Storage(Box::new(e.into()))
 }
@@ -95,33 +120,32 @@ pub struct Store {
 impl Store {
     /// Opens (creating if needed) the store in `dir`.
     ///
+    /// # Guarantees
+    /// `dir` is 0700 and its files 0600, owned by this process's user: created so, or tightened
+    /// from a wider mode that only let others read (see [`dir`]).
+    ///
     /// # Errors
-    /// `Locked` when another process holds the store.
+    /// `Locked` when another process holds the store; `Foreign` or `Writable` when `dir` or a
+    /// file in it belongs to another user or may be written by others; `Shared` when `dir` is
+    /// readable by others and holds more than codeb's files (it is not tightened).
     pub fn open(dir: &Path) -> Result<Store> {
-        std::fs::create_dir_all(dir).map_err(|source| Error::CreateDir {
-            path: dir.to_path_buf(),
-            source,
-        })?;
-        let lock_path = dir.join("codeb.lock");
-        let lock = File::options()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
-            .map_err(|source| Error::CreateDir {
-                path: dir.to_path_buf(),
-                source,
-            })?;
+        dir::prepare(dir)?;
+        let lock = dir::open_private(&dir.join("codeb.lock"))?;
         if lock.try_lock().is_err() {
             return Err(Error::Locked {
                 path: dir.to_path_buf(),
             });
         }
         let path = dir.join("codeb.redb");
-        let db = Database::create(&path).map_err(|source| Error::Open {
+        let open_error = |source| Error::Open {
             path: path.clone(),
             source: Box::new(source),
-        })?;
+        };
+        // redb would create the file with the umask's mode: it gets the file opened 0600 instead.
+        let file = dir::open_private(&path)?;
+        let db = redb::backends::FileBackend::new(file)
+            .and_then(|backend| Database::builder().create_with_backend(backend))
+            .map_err(open_error)?;
         // Tables are created once; every later open only reads (a write would cost a commit, and
         // its fsync, on every command).
         let exist = db.begin_read().is_ok_and(|txn| {

@@ -248,6 +248,13 @@ pub fn http_get_within(addr: &str, host: &str, path: &str, timeout: Duration) ->
     attempt().unwrap_or_else(|e| (0, e.to_string()))
 }
 
+/// One request through Caddy answers `body`. Bounded at 1 s: a request sent while the app was
+/// gone can hang in the dial (an address with no container answers no ARP) and would hide the
+/// recovery from the poll.
+pub fn serves(sb: &Sandbox, host: &str, body: &str) -> bool {
+    http_get_within(&sb.stack.http, host, "/", Duration::from_secs(1)).1 == body
+}
+
 /// Polls `f` until it returns true or `within` passes.
 pub fn eventually(within: Duration, mut f: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + within;
