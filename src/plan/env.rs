@@ -47,7 +47,7 @@ pub fn plan_env(
         generation,
         action,
     };
-    let grace_ms = d.grace_period.as_millis() as u64;
+    let grace_ms = millis(d.grace_period);
 
     // The record as it will be once this plan has run: later decisions build on it.
     let mut proj: Cow<'_, EnvRecord> = match rec {
@@ -599,7 +599,7 @@ fn deploy(
         replace,
         aside,
         health_path: d.health_path.clone(),
-        health_timeout_ms: d.health_timeout.as_millis() as u64,
+        health_timeout_ms: millis(d.health_timeout),
         drain,
     }
 }
@@ -618,7 +618,7 @@ fn await_healthy(
     Action::AwaitHealthy {
         slot,
         url: health_url(host, rec, slot, &d.health_path),
-        timeout_ms: d.health_timeout.as_millis() as u64,
+        timeout_ms: millis(d.health_timeout),
         container,
         hash: hash.to_string(),
         direct: direct.then(|| DirectProbe {
@@ -657,4 +657,11 @@ pub fn container_spec(
         publish,
         network: NETWORK.to_string(),
     }
+}
+
+/// A duration in milliseconds, saturating: manifests bound their durations (1 h, 30 d), but a spec
+/// recorded by an older codeb may hold anything, and a cast would wrap (18446744073709552 s became
+/// 384 ms).
+fn millis(d: std::time::Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
