@@ -6,6 +6,7 @@
 #
 # With CODEB_BENCH_PROJECTS (default 100) projects of one tiny container each, served by one
 # `codeb serve` (rate limit off):
+#   one     2,000 GET /api/v1/projects from one client, idle: the cost of one request.
 #   read    `hey -c 16 -z 10s` on GET /api/v1/projects and on POST /api/tool {"tool":"status"},
 #           each while a loop deploys a new image of one project through the API (auto promotion,
 #           v2 and v3 in turn): p50, p99, requests/s, non-2xx and errors.
@@ -71,16 +72,6 @@ deploy_loop() {
   done
 }
 
-hey_summary() { # file
-  awk '
-    /^Error distribution:/ { in_err = 1; next }
-    !in_err && /^  \[[0-9]+\]/ { code = substr($1, 2, 3); n = $2; total += n; if (code !~ /^2/) bad += n }
-    in_err && /^  \[[0-9]+\]/ { errors += substr($1, 2, length($1) - 2) }
-    /Requests\/sec:/ { rps = $2 }
-    / 50% in / { p50 = $3 * 1000 } / 99% in / { p99 = $3 * 1000 }
-    END { printf "%d requests, %.0f/s, %d non-2xx, %d errors, p50 %.2f ms, p99 %.2f ms",
-      total, rps, bad, errors, p50, p99 }' "$1"
-}
 
 read_bench() { # label hey-args...
   local label=$1
@@ -100,6 +91,20 @@ read_bench() { # label hey-args...
   grep -A10 '^Error distribution' "$WORK/hey.txt" || true
 }
 
+hey_summary() { # file
+  awk '
+    /^Error distribution:/ { in_err = 1; next }
+    !in_err && /^  \[[0-9]+\]/ { code = substr($1, 2, 3); n = $2; total += n; if (code !~ /^2/) bad += n }
+    in_err && /^  \[[0-9]+\]/ { errors += substr($1, 2, length($1) - 2) }
+    /Requests\/sec:/ { rps = $2 }
+    / 50% in / { p50 = $3 * 1000 } / 99% in / { p99 = $3 * 1000 }
+    END { printf "%d requests, %.0f/s, %d non-2xx, %d errors, p50 %.2f ms, p99 %.2f ms",
+      total, rps, bad, errors, p50, p99 }' "$1"
+}
+
+# One client, no deploy: the cost of one request.
+hey -n 2000 -c 1 -H "X-API-Key: $KEY" "http://$LISTEN/api/v1/projects" >"$WORK/hey1.txt" 2>&1
+printf 'GET /api/v1/projects, one client, idle: %s\n' "$(hey_summary "$WORK/hey1.txt")"
 read_bench "GET /api/v1/projects" "http://$LISTEN/api/v1/projects"
 read_bench "POST /api/tool status" -m POST -T application/json -d '{"tool":"status"}' "http://$LISTEN/api/tool"
 

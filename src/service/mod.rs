@@ -766,12 +766,20 @@ async fn diff(ctx: &Ctx, sources: &[Source]) -> Result<PlanView> {
 }
 
 fn get(ctx: &Ctx, what: GetWhat) -> Result<Response> {
-    let mut r = ctx.store.load()?;
+    let r = ctx.store.recorded()?;
     // A key limited to some projects lists only those.
-    r.envs.retain(|k, _| ctx.caller.may_see(&k.project));
+    let mine = |project: &str| ctx.caller.may_see(project);
     Ok(match what {
-        GetWhat::Projects => Response::Projects(view::project_rows(&r)),
-        GetWhat::Slots => Response::Slots(view::slot_rows(&r)),
+        GetWhat::Projects => {
+            let mut rows = view::project_rows(&r);
+            rows.retain(|row| mine(&row.project));
+            Response::Projects(rows)
+        }
+        GetWhat::Slots => {
+            let mut rows = view::slot_rows(&r);
+            rows.retain(|row| mine(&row.project));
+            Response::Slots(rows)
+        }
         GetWhat::Hosts => Response::Hosts(view::host_rows(&r, &ctx.store.switch_modes()?)),
     })
 }

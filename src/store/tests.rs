@@ -102,3 +102,34 @@ fn zones_are_recorded_with_the_key_variable_name_and_written_only_when_changed()
     let store = Store::open(dir.path()).unwrap();
     assert_eq!(store.load().unwrap().zones["codeb.kr"], zone);
 }
+
+#[test]
+fn the_records_are_decoded_once_per_change_and_a_read_after_a_write_sees_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let empty = store.recorded().unwrap();
+    assert!(empty.envs.is_empty());
+    assert!(
+        std::sync::Arc::ptr_eq(&empty, &store.recorded().unwrap()),
+        "nothing changed: the same decoded records"
+    );
+    let a = store.put_env(record("a"), None).unwrap();
+    let after = store.recorded().unwrap();
+    assert_eq!(after.envs.len(), 1, "a write is seen by the next read");
+    store.delete_env(&a.key, Some(a.generation)).unwrap();
+    assert!(store.recorded().unwrap().envs.is_empty());
+    // Writes of other tables (the journal, overrides) keep the decoded records.
+    let before = store.recorded().unwrap();
+    store
+        .set_override(
+            &EnvKey::new("a", "production"),
+            Some(&crate::model::Override {
+                image: "x".into(),
+                manifest_image: "y".into(),
+                by: "t".into(),
+                at_ms: 1,
+            }),
+        )
+        .unwrap();
+    assert!(std::sync::Arc::ptr_eq(&before, &store.recorded().unwrap()));
+}
