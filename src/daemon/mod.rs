@@ -172,6 +172,7 @@ pub async fn run(args: Config) -> Result<(), Error> {
         watched: watched.clone(),
         paths: args.paths.clone(),
         prune: args.prune,
+        clients: Default::default(),
     });
     let ctx = Ctx {
         daemon: Some(daemon.clone()),

@@ -22,16 +22,23 @@ pub struct HttpProber {
 }
 
 impl HttpProber {
+    /// The process's prober: one client, built once (a daemon answering a promote then builds
+    /// none); it pools no connection, so sharing it shares nothing between probes.
     pub fn new() -> Self {
-        let client = crate::backend::http_client()
+        static CLIENT: std::sync::OnceLock<reqwest::Client> = std::sync::OnceLock::new();
+        let client = CLIENT.get_or_init(Self::client).clone();
+        Self { client }
+    }
+
+    fn client() -> reqwest::Client {
+        crate::backend::http_client()
             .redirect(reqwest::redirect::Policy::none())
             .connect_timeout(Duration::from_secs(1))
             .timeout(Duration::from_secs(2))
             // A fresh connection per probe: a pooled one could reach a container that is gone.
             .pool_max_idle_per_host(0)
             .build()
-            .expect("the HTTP client builds");
-        Self { client }
+            .expect("the HTTP client builds")
     }
 }
 

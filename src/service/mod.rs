@@ -280,6 +280,11 @@ pub struct Daemon {
     pub watched: watch::Receiver<Arc<Desired>>,
     pub paths: Vec<PathBuf>,
     pub prune: bool,
+    /// Clients of each host, kept across requests (a promote through the API then opens no
+    /// socket and builds no client: its whole path was 23 ms with fresh ones, most of it setup).
+    pub clients: std::sync::Mutex<
+        BTreeMap<String, (crate::model::HostRef, Arc<crate::reconcile::connect::Real>)>,
+    >,
 }
 
 impl Daemon {
@@ -392,6 +397,29 @@ pub struct Ctx {
 }
 
 impl Ctx {
+    /// The clients of one host: the daemon's kept ones (made anew when the host's endpoints
+    /// changed), or fresh ones outside a daemon.
+    fn host_clients(
+        &self,
+        host: &crate::model::HostRef,
+    ) -> Result<Arc<crate::reconcile::connect::Real>> {
+        let Some(daemon) = &self.daemon else {
+            return Ok(Arc::new(connect_or_invalid([host], [])?));
+        };
+        let mut kept = daemon
+            .clients
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some((endpoints, clients)) = kept.get(&host.name) {
+            if endpoints == host {
+                return Ok(clients.clone());
+            }
+        }
+        let clients = Arc::new(connect_or_invalid([host], [])?);
+        kept.insert(host.name.clone(), (host.clone(), clients.clone()));
+        Ok(clients)
+    }
+
     /// A context for `caller` on `store`, outside any daemon.
     pub fn local(store: Arc<Store>, caller: Caller) -> Ctx {
         Ctx {
@@ -463,6 +491,7 @@ pub fn authorize(ctx: &Ctx, req: &Request) -> Result<()> {
 /// # Errors
 /// `Forbidden` when the caller lacks a permission; the use case's own errors otherwise.
 pub async fn call(ctx: &Ctx, req: Request) -> Result<Response> {
+    tracing::debug!(op = req.op(), caller = %ctx.caller.label(), "request");
     ctx.authorize(&req, req.project())?;
     // Requests that name several projects, or carry manifests, are checked against each, for a
     // caller limited to some projects (no other caller can be refused a project).
@@ -1013,10 +1042,10 @@ async fn observe_recorded(
 ) -> Result<(
     crate::model::EnvRecord,
     crate::model::HostRef,
-    crate::reconcile::connect::Real,
+    Arc<crate::reconcile::connect::Real>,
     plan::Observed,
 )> {
-    let recorded = ctx.store.load()?;
+    let recorded = ctx.store.recorded()?;
     let rec = recorded.envs.get(key).cloned().ok_or_else(|| {
         Error::not_found(format!(
             "no recorded environment {key} (see `codeb get projects`)"
@@ -1027,7 +1056,7 @@ async fn observe_recorded(
         .get(&rec.host)
         .cloned()
         .ok_or_else(|| Error::failed(format!("host {} of {key} is not recorded", rec.host)))?;
-    let backends = connect_or_invalid([&host], [])?;
+    let backends = ctx.host_clients(&host)?;
     let observed = match backends.hosts.get(&host.name) {
         Some(b) => reconcile::observe_env(&host.name, b, key).await,
         None => reconcile::observe(&backends).await,
