@@ -10,7 +10,9 @@ mod common;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::kernel::{container_ip, nat_rules, nat_targets, service_address, service_chain};
+use common::kernel::{
+    assert_kernel_mode, container_ip, nat_rules, nat_targets, service_address, service_chain,
+};
 use common::load::{fresh_get, ms, InFlight, Load};
 use common::*;
 
@@ -37,16 +39,6 @@ fn two_releases(sb: &Sandbox, name: &str, grace: &str) -> std::path::PathBuf {
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     assert_eq!(sb.slot_state(name, "green"), "deployed");
     dir
-}
-
-/// Fails loudly unless the host switches through the kernel.
-fn assert_kernel_mode(sb: &Sandbox) {
-    let out = sb.codeb(&["get", "hosts", "-o", "json"]);
-    let hosts: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(
-        hosts[0]["switch"], "kernel",
-        "these tests need root and nf_tables (codeb fell back to Caddy's admin API): {hosts}"
-    );
 }
 
 /// The recorded active slot and the version it serves.

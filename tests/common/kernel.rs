@@ -5,7 +5,17 @@ use std::net::Ipv4Addr;
 use std::process::Command;
 
 use super::load::fresh_get;
-use super::{podman, text};
+use super::{podman, text, Sandbox};
+
+/// Fails loudly unless the host switches through the kernel.
+pub fn assert_kernel_mode(sb: &Sandbox) {
+    let out = sb.codeb(&["get", "hosts", "-o", "json"]);
+    let hosts: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        hosts[0]["switch"], "kernel",
+        "these tests need root and nf_tables (codeb fell back to Caddy's admin API): {hosts}"
+    );
+}
 
 /// The service address the project's hostname route dials, from Caddy's config.
 pub fn service_address(admin: &str, name: &str) -> (Ipv4Addr, u16) {
