@@ -29,12 +29,14 @@ use crate::reconcile::controller::{Expected, Handle, Work};
 /// How long after a `remove` event its environment runs: enough to make one reconcile of a burst.
 const REMOVE_DELAY: Duration = Duration::from_millis(100);
 
-/// How long after a `start` event its environment runs. The container already runs when Podman
-/// sends `start` (its address included), so only a burst needs gathering: a restart-policy
-/// restart sends `die`, `restart`, `init` and `start` within 60-130 ms (measured), and this start
-/// (earliest deadline wins) overtakes the `die`'s [`DIE_DELAY`]. Not `restart`: `podman restart`
-/// sends it before it stops the container, and a reconcile then would find it stopping.
-const START_DELAY: Duration = Duration::from_millis(100);
+/// How long after a `start` event its environment runs: at once. The container runs when Podman
+/// sends `start`, with its address, and `start` ends the burst: a restart-policy restart sends
+/// `die`, `restart`, `init`, `start` within 60-130 ms (measured), so this trigger (earliest
+/// deadline wins) overtakes the `die`'s [`DIE_DELAY`]. Every millisecond counts here: until the
+/// rules follow a new address, requests fail, and Podman already sends events ~250 ms late. Not
+/// `restart`: `podman restart` sends it before it stops the container, and a reconcile then would
+/// find it stopping and start it itself.
+const START_DELAY: Duration = Duration::ZERO;
 
 /// How long after a `die` event its environment runs. `podman rm -f` sends `die`, then `remove`
 /// 0.3-0.6 s later (measured); a reconcile in between finds the container stopped and starts it
