@@ -297,7 +297,7 @@ fn finding_9_a_restarted_container_gets_its_traffic_back_within_two_seconds() {
     let log = w.log();
     let events: Vec<&str> = log
         .lines()
-        .filter(|l| l.contains("container event"))
+        .filter(|l| l.contains("container event") || l.contains("service address set"))
         .collect();
     eprintln!("{report}codeb watch saw:\n{}", events.join("\n"));
     for (what, client, s) in &verdicts {
@@ -319,7 +319,7 @@ fn finding_9_a_restarted_container_gets_its_traffic_back_within_two_seconds() {
             .all(|e| e.ip_before != e.ip_after),
         "{report}"
     );
-    assert!(events.iter().any(|l| l.contains("start")), "{log}");
+    assert!(events.iter().any(|l| l.contains("action=start")), "{log}");
     drop(w);
     cleanup(&sb, &name);
 }
