@@ -39,10 +39,16 @@ fn now_ns() -> u128 {
 /// One request: when it went out (ns since the epoch) and whether it was answered with `want`.
 type Sample = (u128, bool);
 
-/// A client polling `addr` with fresh connections until stopped.
+/// A client polling `addr` with fresh connections until stopped (or dropped).
 struct Poller {
     stop: Arc<AtomicBool>,
-    thread: JoinHandle<Vec<Sample>>,
+    thread: Option<JoinHandle<Vec<Sample>>>,
+}
+
+impl Drop for Poller {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
 }
 
 impl Poller {
@@ -66,12 +72,16 @@ impl Poller {
             }
             samples
         });
-        Poller { stop, thread }
+        Poller {
+            stop,
+            thread: Some(thread),
+        }
     }
 
-    fn stop(self) -> Vec<Sample> {
+    fn stop(mut self) -> Vec<Sample> {
         self.stop.store(true, Ordering::Relaxed);
-        self.thread.join().expect("poller thread")
+        let thread = self.thread.take().expect("stopped once");
+        thread.join().expect("poller thread")
     }
 }
 
@@ -206,6 +216,17 @@ fn rules_follow(service: (std::net::Ipv4Addr, u16), slot_port: u16, ip: &str) ->
     })
 }
 
+/// Deletes the project through codeb when dropped, so that a failed assertion leaves nothing
+/// behind either. Declare it before the daemon: the daemon is dropped (killed) first, and cannot
+/// deploy the project again.
+struct Cleanup<'a>(&'a Sandbox, &'a str);
+
+impl Drop for Cleanup<'_> {
+    fn drop(&mut self) {
+        cleanup(self.0, self.1);
+    }
+}
+
 /// The published port of `name`'s blue slot.
 fn port_of(sb: &Sandbox, name: &str) -> u16 {
     let slots = sb.slots();
@@ -224,6 +245,7 @@ fn finding_9_a_restarted_container_gets_its_traffic_back_within_two_seconds() {
     let sb = Sandbox::new();
     let name = unique("restart");
     let host = format!("{name}.codeb.test");
+    let _cleanup = Cleanup(&sb, &name);
     let dir = sb.save(&[ProjectYaml::new(&name, "localhost/codeb-test-app:v1")]);
     // A resync far away: only the Podman events can repair the rules in time.
     let w = sb.watch(&dir, &["--resync", "10m"]);
@@ -320,6 +342,4 @@ fn finding_9_a_restarted_container_gets_its_traffic_back_within_two_seconds() {
         "{report}"
     );
     assert!(events.iter().any(|l| l.contains("action=start")), "{log}");
-    drop(w);
-    cleanup(&sb, &name);
 }
