@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use common::kernel::{container_ip, nat_targets, service_address};
+use common::kernel::{container_ip, inspect, nat_targets, service_address};
 use common::*;
 
 const START: Duration = Duration::from_secs(20);
@@ -150,14 +150,10 @@ fn seen(samples: &[Sample], episode: &Episode, until: u128) -> Seen {
 
 /// `(StartedAt in ns, restart count, running)` of a container, as Podman reports it.
 fn started(name: &str) -> (u128, u64, bool) {
-    let out = podman(&[
-        "inspect",
-        "--format",
-        "{{.State.StartedAt.UnixNano}} {{.RestartCount}} {{.State.Running}}",
+    let line = inspect(
         name,
-    ]);
-    assert!(out.status.success(), "{}", text(&out));
-    let line = String::from_utf8(out.stdout).unwrap();
+        "{{.State.StartedAt.UnixNano}} {{.RestartCount}} {{.State.Running}}",
+    );
     let mut f = line.split_whitespace();
     (
         f.next().unwrap().parse().unwrap(),

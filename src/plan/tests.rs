@@ -558,6 +558,17 @@ fn nat_target(f: &Fixture, project: &str) -> Result<std::net::SocketAddrV4, Stri
     }
 }
 
+/// `plan` writes `n` kernel rules (service addresses or published ports) and does nothing else.
+fn assert_rule_writes_only(plan: &Plan, n: usize) {
+    assert!(
+        plan.steps
+            .iter()
+            .all(|s| matches!(s.action, Action::SetService(_))),
+        "{plan}"
+    );
+    assert_eq!(plan.steps.len(), n, "{plan}");
+}
+
 /// Plans a rollback or a promote of `project` against the fixture's current state.
 pub(super) async fn switch_with(
     f: &Fixture,
@@ -654,15 +665,7 @@ async fn a_switch_recorded_but_not_applied_is_finished_by_the_next_apply() {
         .await
         .unwrap();
     assert_eq!(f.serving("myapp").as_deref(), Some("app:v1"));
-    let repair = f.replan(&d2).await;
-    assert!(
-        repair
-            .steps
-            .iter()
-            .all(|s| matches!(s.action, Action::SetService(_))),
-        "{repair}"
-    );
-    assert_eq!(repair.steps.len(), 1, "{repair}");
+    assert_rule_writes_only(&f.replan(&d2).await, 1);
     f.apply(&d2).await;
     assert_eq!(f.serving("myapp").as_deref(), Some("app:v2"));
 }
@@ -1084,17 +1087,9 @@ async fn a_restarted_container_on_a_new_address_gets_its_rules_repointed_and_not
         None,
         "the rule leads to the old address"
     );
-    let repair = f.replan(&d).await;
     // The service address and both published ports, and nothing else: no start, no deploy, no
     // route (a Caddy reload).
-    assert!(
-        repair
-            .steps
-            .iter()
-            .all(|s| matches!(s.action, Action::SetService(_))),
-        "{repair}"
-    );
-    assert_eq!(repair.steps.len(), 3, "{repair}");
+    assert_rule_writes_only(&f.replan(&d).await, 3);
     let routes = f.world.state().route_writes;
     let out = f.apply(&d).await;
     assert!(out.converged(), "{:?}", out.failures);

@@ -69,12 +69,15 @@ pub fn nat_targets(service: (Ipv4Addr, u16)) -> Vec<String> {
 
 /// A slot container's address on codeb-main.
 pub fn container_ip(name: &str) -> String {
-    let out = podman(&[
-        "inspect",
-        "--format",
-        "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}",
+    inspect(
         name,
-    ]);
+        "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}",
+    )
+}
+
+/// `podman inspect --format FORMAT NAME`, trimmed.
+pub fn inspect(name: &str, format: &str) -> String {
+    let out = podman(&["inspect", "--format", format, name]);
     assert!(out.status.success(), "{}", text(&out));
     String::from_utf8(out.stdout).unwrap().trim().to_string()
 }
