@@ -80,6 +80,18 @@ impl World {
         s.behind(dial).map(|(_, spec)| spec.image.clone())
     }
 
+    /// Restarts the container named `name` as `podman restart` (or a stop and a start) does:
+    /// Podman 4.3 gives it a new address, which no rule leads to yet.
+    pub fn restart(&self, name: &str) {
+        let mut s = self.state();
+        s.next_id += 1;
+        let ip = Ipv4Addr::from(u32::from(FAKE_GATEWAY) + 1 + s.next_id as u32);
+        let (c, _) = find(&mut s, name).expect("a container to restart");
+        c.ip = Some(ip);
+        c.running = true;
+        c.state = "running".into();
+    }
+
     /// True when `url`'s address and port lead to a running container that is healthy.
     pub fn healthy_at(&self, url: &str) -> bool {
         let dial = url
@@ -215,7 +227,8 @@ impl Runtime for World {
     async fn start(&self, id: &str) -> super::Result<()> {
         self.podman(true, |s| {
             let (c, _) = find(s, id)?;
-            // Podman keeps a container's address for its lifetime and reports it while it runs.
+            // An address drawn from the container's id; `restart` draws a new one, as Podman's
+            // stop and start do (ids and draws share one counter, so no two containers meet).
             let n = c.id.trim_start_matches("fake").parse::<u32>().unwrap_or(0);
             c.ip = Some(Ipv4Addr::from(u32::from(FAKE_GATEWAY) + 1 + n));
             c.running = true;

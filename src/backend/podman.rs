@@ -285,20 +285,21 @@ impl Podman {
     }
 }
 
-/// A container event codeb reacts to (`die` or `remove`), as Podman reports it.
+/// A container event codeb reacts to (`die`, `remove` or `start`), as Podman reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ContainerEvent {
     pub id: String,
     pub name: String,
-    /// `die` or `remove`.
+    /// `die`, `remove` or `start`.
     pub action: String,
     /// The container's labels (Podman puts them among the event's attributes).
     pub labels: BTreeMap<String, String>,
 }
 
 impl Podman {
-    /// Every `die` and `remove` event of a container, as it happens (Podman delivers them up to
-    /// ~250 ms late).
+    /// Every `die`, `remove` and `start` event of a container, as it happens (Podman delivers
+    /// them up to ~250 ms late). A restart by the restart policy is `die`, `restart`, `init`,
+    /// `start`; `podman restart` is `restart`, `die`, `cleanup`, `init`, `start` (measured).
     ///
     /// The stream ends when the connection does (Podman restarted, or an event bollard cannot
     /// decode); the caller reconnects, and should re-observe, since events in between are lost.
@@ -313,7 +314,7 @@ impl Podman {
             ("type".to_owned(), vec!["container".to_owned()]),
             (
                 "event".to_owned(),
-                vec!["died".to_owned(), "remove".to_owned()],
+                vec!["died".to_owned(), "remove".to_owned(), "start".to_owned()],
             ),
         ]);
         let options = EventsOptionsBuilder::default().filters(&filters).build();

@@ -558,6 +558,17 @@ fn nat_target(f: &Fixture, project: &str) -> Result<std::net::SocketAddrV4, Stri
     }
 }
 
+/// `plan` writes `n` kernel rules (service addresses or published ports) and does nothing else.
+fn assert_rule_writes_only(plan: &Plan, n: usize) {
+    assert!(
+        plan.steps
+            .iter()
+            .all(|s| matches!(s.action, Action::SetService(_))),
+        "{plan}"
+    );
+    assert_eq!(plan.steps.len(), n, "{plan}");
+}
+
 /// Plans a rollback or a promote of `project` against the fixture's current state.
 pub(super) async fn switch_with(
     f: &Fixture,
@@ -654,15 +665,7 @@ async fn a_switch_recorded_but_not_applied_is_finished_by_the_next_apply() {
         .await
         .unwrap();
     assert_eq!(f.serving("myapp").as_deref(), Some("app:v1"));
-    let repair = f.replan(&d2).await;
-    assert!(
-        repair
-            .steps
-            .iter()
-            .all(|s| matches!(s.action, Action::SetService(_))),
-        "{repair}"
-    );
-    assert_eq!(repair.steps.len(), 1, "{repair}");
+    assert_rule_writes_only(&f.replan(&d2).await, 1);
     f.apply(&d2).await;
     assert_eq!(f.serving("myapp").as_deref(), Some("app:v2"));
 }
@@ -1065,6 +1068,39 @@ async fn a_release_starts_beside_the_container_it_replaces_which_goes_after_the_
             .values()
             .find(|(c, _)| c.ip == Some(*t.to.ip()));
         assert_eq!(behind.map(|(_, spec)| spec.image.as_str()), Some(image));
+    }
+    assert!(f.replan(&d).await.is_empty());
+}
+
+/// Finding 9 of issue 13: Podman gives a restarted container a new address.
+#[tokio::test(start_paused = true)]
+async fn a_restarted_container_on_a_new_address_gets_its_rules_repointed_and_nothing_else() {
+    let f = Fixture::new();
+    f.v1_active_v2_in_grace().await;
+    let d = desired([env("myapp").image("app:v2")]);
+    let before = nat_target(&f, "myapp").unwrap();
+    // Both slots restart (green active with v2, blue in its grace period with v1).
+    f.world.restart("myapp-production-green");
+    f.world.restart("myapp-production-blue");
+    assert_eq!(
+        f.serving("myapp"),
+        None,
+        "the rule leads to the old address"
+    );
+    // The service address and both published ports, and nothing else: no start, no deploy, no
+    // route (a Caddy reload).
+    assert_rule_writes_only(&f.replan(&d).await, 3);
+    let routes = f.world.state().route_writes;
+    let out = f.apply(&d).await;
+    assert!(out.converged(), "{:?}", out.failures);
+    assert_eq!(f.world.state().route_writes, routes);
+    let after = nat_target(&f, "myapp").unwrap();
+    assert_ne!(after.ip(), before.ip());
+    assert_eq!(f.serving("myapp").as_deref(), Some("app:v2"));
+    let rec = f.record("myapp");
+    for slot in Slot::ALL {
+        let url = format!("http://127.0.0.1:{}/health", slot.port(rec.base_port));
+        assert!(f.world.healthy_at(&url), "{slot} on {url}");
     }
     assert!(f.replan(&d).await.is_empty());
 }

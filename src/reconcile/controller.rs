@@ -240,61 +240,113 @@ impl Config {
     }
 }
 
-/// How long an expected exit is remembered: events arrive up to ~250 ms late, and a stop takes
+/// How long an expectation is remembered: events arrive up to ~250 ms late, and a stop takes
 /// at most Podman's stop timeout (5 s) plus the request.
 const EXPECTED_FOR: Duration = Duration::from_secs(15);
 
-/// Containers that codeb itself is stopping or removing, so that their `die` and `remove` events do
-/// not requeue work that codeb is doing or has done (no storms from its own actions).
+/// Containers that codeb itself is stopping, removing or starting, so that their `die`, `remove`
+/// and `start` events do not requeue work that codeb is doing or has done (no storms from its own
+/// actions), while a start that Podman's restart policy (or a hand) made still triggers.
+///
+/// Exits and starts are kept apart: an exit codeb expects must not hide the start that Podman's
+/// restart policy makes moments later, and a start codeb makes must not hide the crash that
+/// follows it. An expected exit holds for [`EXPECTED_FOR`] (a stop sends `die`, then `remove` may
+/// follow); an expected start is used up by the one `start` event it causes.
 #[derive(Debug, Clone, Default)]
-pub struct Expected(Arc<Mutex<HashMap<(String, String), Instant>>>);
+pub struct Expected(Arc<Mutex<Expectations>>);
+
+/// Per (host, container id or name): until when an event of it is codeb's own.
+#[derive(Debug, Default)]
+struct Expectations {
+    exits: HashMap<(String, String), Instant>,
+    starts: HashMap<(String, String), Instant>,
+}
 
 impl Expected {
     /// Notes that codeb is about to stop or remove `container` (an id or a name) on `host`.
     pub fn expect(&self, host: &str, container: &str) {
+        self.note(host, container, |e| &mut e.exits);
+    }
+
+    /// Notes that codeb is about to start `container` (an id, or the name of a container it is
+    /// about to create) on `host`: the next `start` event of it is codeb's own.
+    pub fn expect_start(&self, host: &str, container: &str) {
+        self.note(host, container, |e| &mut e.starts);
+    }
+
+    fn note(
+        &self,
+        host: &str,
+        container: &str,
+        map: impl FnOnce(&mut Expectations) -> &mut HashMap<(String, String), Instant>,
+    ) {
         let now = Instant::now();
-        let mut map = self.0.lock().unwrap_or_else(PoisonError::into_inner);
-        map.retain(|_, until| *until > now);
-        map.insert(
+        let mut e = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        e.exits.retain(|_, until| *until > now);
+        e.starts.retain(|_, until| *until > now);
+        map(&mut e).insert(
             (host.to_string(), container.to_string()),
             now + EXPECTED_FOR,
         );
     }
 
-    /// True when an event of this container on `host` was caused by codeb itself.
+    /// True when a `die` or `remove` event of this container on `host` was caused by codeb.
     pub fn caused_by_codeb(&self, host: &str, id: &str, name: &str) -> bool {
         let now = Instant::now();
-        let map = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let e = self.0.lock().unwrap_or_else(PoisonError::into_inner);
         [id, name].iter().any(|c| {
             !c.is_empty()
-                && map
+                && e.exits
                     .get(&(host.to_string(), c.to_string()))
                     .is_some_and(|until| *until > now)
         })
     }
 
-    /// The containers `plan` stops or removes, by id. Not the container of a health check that
-    /// may fail (the executor then stops it): it is named, not identified, and a name would also
-    /// hide the events of the next container of that slot. Its `die` costs one reconcile that
-    /// writes nothing.
+    /// True when a `start` event of this container on `host` was caused by codeb; that
+    /// expectation is then used up, so the container's next start (a restart after a crash) is
+    /// not codeb's.
+    pub fn started_by_codeb(&self, host: &str, id: &str, name: &str) -> bool {
+        let now = Instant::now();
+        let mut e = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut found = false;
+        for c in [id, name] {
+            if c.is_empty() {
+                continue;
+            }
+            if let Some(until) = e.starts.remove(&(host.to_string(), c.to_string())) {
+                found |= until > now;
+            }
+        }
+        found
+    }
+
+    /// The containers `plan` stops or removes, by id, and those it starts, by id or (a container
+    /// it creates) by name. Not the container of a health check that may fail (the executor then
+    /// stops it): it is named, not identified, and a name would also hide the events of the next
+    /// container of that slot. Its `die` costs one reconcile that writes nothing.
     fn expect_plan(&self, plan: &Plan) {
         use crate::plan::Action as A;
         for step in &plan.steps {
-            let container = match &step.action {
+            match &step.action {
+                A::Start { container, .. } => self.expect_start(&step.host, container),
+                A::Deploy {
+                    container, replace, ..
+                }
+                | A::Recreate {
+                    container, replace, ..
+                } => {
+                    self.expect_start(&step.host, &container.name);
+                    if let Some(c) = replace {
+                        self.expect(&step.host, c);
+                    }
+                }
                 A::Retire {
                     container: Some(c), ..
                 }
                 | A::RemoveContainer { id: c, .. }
-                | A::Stop { container: c, .. }
-                | A::Deploy {
-                    replace: Some(c), ..
-                }
-                | A::Recreate {
-                    replace: Some(c), ..
-                } => c,
-                _ => continue,
-            };
-            self.expect(&step.host, container);
+                | A::Stop { container: c, .. } => self.expect(&step.host, c),
+                _ => {}
+            }
         }
     }
 }

@@ -4,10 +4,11 @@
 //! own. A missing stack is a loud failure, never a skip.
 #![allow(dead_code)]
 
+pub mod kernel;
 pub mod load;
 
 use std::io::{Read, Write};
-use std::net::TcpStream;
+use std::net::{TcpStream, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::{Mutex, MutexGuard};
@@ -222,11 +223,18 @@ pub fn http_get(addr: &str, host: &str, path: &str) -> (u16, String) {
     http_get_within(addr, host, path, Duration::from_secs(5))
 }
 
-/// As [`http_get`], giving up on an answer after `timeout`: a poll that must notice recovery
-/// promptly should not sit in one request that went out while the upstream was gone.
+/// As [`http_get`], giving up on the connection and on an answer after `timeout` each: a poll
+/// that must notice recovery promptly should not sit in one request that went out while the
+/// upstream was gone (a connection DNATed to an address nobody holds waits for SYN retries).
 pub fn http_get_within(addr: &str, host: &str, path: &str, timeout: Duration) -> (u16, String) {
     let attempt = || -> std::io::Result<(u16, String)> {
-        let mut s = TcpStream::connect(addr)?;
+        let to = addr.to_socket_addrs()?.next().ok_or_else(|| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!("no address {addr}"),
+            )
+        })?;
+        let mut s = TcpStream::connect_timeout(&to, timeout)?;
         s.set_read_timeout(Some(timeout))?;
         write!(
             s,

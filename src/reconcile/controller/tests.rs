@@ -809,7 +809,7 @@ fn a_zone_step_is_never_the_hosts_work() {
 }
 
 #[test]
-fn containers_codeb_stops_or_removes_are_expected_and_others_are_not() {
+fn containers_codeb_stops_removes_or_starts_are_expected_and_others_are_not() {
     let key = EnvKey::new("a", "production");
     let step = |action| Step {
         host: "app".into(),
@@ -846,5 +846,9 @@ fn containers_codeb_stops_or_removes_are_expected_and_others_are_not() {
         assert!(e.caused_by_codeb("app", "zzz", "c2"));
         assert!(!e.caused_by_codeb("app", "c3", "a-production-blue"));
         assert!(!e.caused_by_codeb("other", "c1", ""));
+        // The start of c3 is codeb's own once; its next start (a restart after a crash) is not.
+        assert!(!e.started_by_codeb("app", "c1", ""));
+        assert!(e.started_by_codeb("app", "c3", "a-production-blue"));
+        assert!(!e.started_by_codeb("app", "c3", "a-production-blue"));
     });
 }
