@@ -33,6 +33,10 @@ pub struct Cli {
     /// Where codeb keeps its store (records and journal).
     #[arg(long, global = true, env = "CODEB_STATE_DIR")]
     pub state_dir: Option<PathBuf>,
+    /// codeb's own configuration: the key variables and endpoints manifests may name (default:
+    /// config.yaml in the state directory if it exists, else PDNS_*/CODEB_* and loopback only).
+    #[arg(long, global = true, env = crate::config::ENV, value_name = "FILE")]
+    pub config: Option<PathBuf>,
     /// More logging (-v info, -vv debug, -vvv trace).
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,

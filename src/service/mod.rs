@@ -389,16 +389,19 @@ pub struct Ctx {
     /// Who asks: what they may do, and how the audit and overrides name them.
     pub caller: Caller,
     pub retention: AuditRetention,
+    /// The operator's configuration: the endpoints and key variables manifests may name.
+    pub config: Arc<crate::config::Config>,
 }
 
 impl Ctx {
-    /// A context for `caller` on `store`, outside any daemon.
-    pub fn local(store: Arc<Store>, caller: Caller) -> Ctx {
+    /// A context for `caller` on `store`, outside any daemon, under `config`.
+    pub fn local(store: Arc<Store>, caller: Caller, config: Arc<crate::config::Config>) -> Ctx {
         Ctx {
             store,
             daemon: None,
             caller,
             retention: AuditRetention::default(),
+            config,
         }
     }
 
@@ -644,17 +647,27 @@ fn key_error(e: crate::store::KeyError) -> Error {
     }
 }
 
-/// Loads and validates manifests; any error is `Invalid` with nothing applied.
-fn load(sources: &[Source]) -> Result<Desired> {
+/// Loads and validates manifests, and checks their Hosts and Zones against the operator's
+/// configuration; any error is `Invalid` with nothing applied.
+fn load(ctx: &Ctx, sources: &[Source]) -> Result<Desired> {
     let m = crate::spec::load_sources(sources).map_err(|e| Error::invalid(e.to_string()))?;
-    Ok(desired(&m))
+    allowed(&ctx.config, desired(&m))
+}
+
+/// `d`, when the operator's configuration allows every endpoint and key variable it names.
+fn allowed(config: &crate::config::Config, d: Desired) -> Result<Desired> {
+    config
+        .check_desired(&d)
+        .map_err(|e| Error::invalid(e.to_string()))?;
+    Ok(d)
 }
 
 /// As [`load`], and refused (`Invalid`, nothing applied) when a manifest environment needs a
 /// container name or a hostname that the store records for an environment the manifests do not
 /// declare: each error names the manifest's file:line:column and the holder (see
 /// [`crate::spec::check_recorded`]).
-fn load_unheld(store: &Store, sources: &[Source]) -> Result<Desired> {
+fn load_unheld(ctx: &Ctx, sources: &[Source]) -> Result<Desired> {
+    let store = &ctx.store;
     let m = crate::spec::load_sources(sources).map_err(|e| Error::invalid(e.to_string()))?;
     let recorded = store.load()?;
     let held = recorded.envs.values().map(|r| crate::spec::RecordedEnv {
@@ -664,7 +677,7 @@ fn load_unheld(store: &Store, sources: &[Source]) -> Result<Desired> {
         host: &r.host,
     });
     crate::spec::check_recorded(&m, held).map_err(|e| Error::invalid(e.to_string()))?;
-    Ok(desired(&m))
+    allowed(&ctx.config, desired(&m))
 }
 
 /// The manifests' desired state with the overrides that hold laid over; overrides the manifests
@@ -679,12 +692,16 @@ pub fn effective(store: &Store, declared: &Desired, dry: bool) -> Result<Desired
     Ok(d)
 }
 
+/// Clients for these hosts and zones, as far as the operator's configuration allows them
+/// (`Invalid` otherwise, before any connection is made or key variable read).
 fn connect_or_invalid<'a>(
+    ctx: &Ctx,
     hosts: impl IntoIterator<Item = &'a crate::model::HostRef>,
     zones: impl IntoIterator<Item = &'a ZoneRef>,
 ) -> Result<crate::reconcile::connect::Real> {
-    let mut backends = connect(hosts).map_err(|e| Error::invalid(e.to_string()))?;
-    backends.zones = connect_zones(zones).map_err(|e| Error::invalid(e.to_string()))?;
+    let mut backends = connect(hosts, &ctx.config).map_err(|e| Error::invalid(e.to_string()))?;
+    backends.zones =
+        connect_zones(zones, &ctx.config).map_err(|e| Error::invalid(e.to_string()))?;
     Ok(backends)
 }
 
@@ -695,7 +712,7 @@ async fn apply(
     prune: Option<&Prune>,
 ) -> Result<ApplyView> {
     let store = &ctx.store;
-    let declared = load_unheld(store, sources)?;
+    let declared = load_unheld(ctx, sources)?;
     let remove = match prune {
         Some(p) => {
             let remove = p.prunable(&declared, &store.load()?)?;
@@ -721,7 +738,7 @@ async fn apply(
         ctx.claim(hosts.chain(envs).chain(zones).collect()).await?
     };
     let d = effective(store, &declared, dry_run)?;
-    let backends = connect_or_invalid(d.hosts.values(), zones.values())?;
+    let backends = connect_or_invalid(ctx, d.hosts.values(), zones.values())?;
     if !dry_run {
         store.put_declared(declared.envs.values())?;
     }
@@ -757,9 +774,9 @@ async fn apply(
 }
 
 async fn diff(ctx: &Ctx, sources: &[Source]) -> Result<PlanView> {
-    let declared = load(sources)?;
+    let declared = load(ctx, sources)?;
     let d = effective(&ctx.store, &declared, true)?;
-    let backends = connect_or_invalid(d.hosts.values(), d.zones.values())?;
+    let backends = connect_or_invalid(ctx, d.hosts.values(), d.zones.values())?;
     let observed = reconcile::observe(&backends).await;
     let p = plan::plan(&d, &observed, &ctx.store.load()?, &[], reconcile::now_ms());
     Ok(PlanView::from(&p))
@@ -931,7 +948,7 @@ async fn delete(ctx: &Ctx, names: Vec<String>, sources: &[Source]) -> Result<Out
     let store = &ctx.store;
     let projects: BTreeSet<String> = match (names.is_empty(), sources.is_empty()) {
         (false, true) => names.into_iter().collect(),
-        (true, false) => load(sources)?
+        (true, false) => load(ctx, sources)?
             .envs
             .keys()
             .map(|k| k.project.clone())
@@ -974,6 +991,7 @@ async fn delete(ctx: &Ctx, names: Vec<String>, sources: &[Source]) -> Result<Out
         .map(|r| &r.host)
         .collect();
     let backends = connect_or_invalid(
+        ctx,
         recorded.hosts.values().filter(|h| hosts.contains(&h.name)),
         zones.values(),
     )?;
@@ -1019,7 +1037,7 @@ async fn observe_recorded(
         .get(&rec.host)
         .cloned()
         .ok_or_else(|| Error::failed(format!("host {} of {key} is not recorded", rec.host)))?;
-    let backends = connect_or_invalid([&host], [])?;
+    let backends = connect_or_invalid(ctx, [&host], [])?;
     let observed = match backends.hosts.get(&host.name) {
         Some(b) => reconcile::observe_env(&host.name, b, key).await,
         None => reconcile::observe(&backends).await,
@@ -1120,7 +1138,7 @@ async fn deploy(ctx: &Ctx, key: EnvKey, image: &str) -> Result<OutcomeView> {
         envs: BTreeMap::from([(key.clone(), env)]),
         zones: zones.clone(),
     };
-    let backends = connect_or_invalid(d.hosts.values(), zones.values())?;
+    let backends = connect_or_invalid(ctx, d.hosts.values(), zones.values())?;
     let result = reconcile::converge(
         Target {
             desired: &d,
