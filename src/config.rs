@@ -545,12 +545,9 @@ mod tests {
     fn host(podman: &str, admin: &str) -> HostRef {
         HostRef {
             name: "web".into(),
-            address: "127.0.0.1".into(),
             podman: podman.into(),
             caddy_admin: admin.into(),
-            listen: vec![],
-            tls: crate::spec::Tls::Off,
-            publish_address: "127.0.0.1".into(),
+            ..crate::plan::tests::host()
         }
     }
 
@@ -691,34 +688,27 @@ mod tests {
             !c.allows_key_variable("PDNS_API_KEY"),
             "a list given replaces the default"
         );
-        assert!(c
-            .check_zone(&zone("http://10.0.0.2:8081", "DNS_KEY"))
-            .is_ok());
-        assert!(c
-            .check_zone(&zone("http://10.0.0.2:8081/", "DNS_KEY"))
-            .is_ok());
-        assert!(c
-            .check_zone(&zone("http://10.0.0.2:8082", "DNS_KEY"))
-            .is_err());
-        assert!(c
-            .check_zone(&zone("http://10.0.0.3:8081", "DNS_KEY"))
-            .is_err());
-        assert!(
-            c.check_zone(&zone("http://127.0.0.1:8081", "DNS_KEY"))
-                .is_err(),
-            "loopback is not listed"
-        );
-        assert!(c
-            .check_host(&host("tcp://10.0.0.5:8888", "http://127.0.0.1:2019"))
-            .is_ok());
-        assert!(c
-            .check_host(&host("tcp://10.0.0.5:8889", "http://127.0.0.1:2019"))
-            .is_err());
-        assert!(
-            c.check_host(&host("tcp://127.0.0.1:8888", "http://127.0.0.1:2019"))
-                .is_err(),
-            "podman's list replaces its default; caddyAdmin keeps its own"
-        );
+        // (PowerDNS API, allowed?)
+        for (api, ok) in [
+            ("http://10.0.0.2:8081", true),
+            ("http://10.0.0.2:8081/", true),
+            ("http://10.0.0.2:8082", false),
+            ("http://10.0.0.3:8081", false),
+            // Loopback is not listed: a list given replaces its default.
+            ("http://127.0.0.1:8081", false),
+        ] {
+            assert_eq!(c.check_zone(&zone(api, "DNS_KEY")).is_ok(), ok, "{api}");
+        }
+        // (Podman endpoint, allowed?): caddyAdmin, not listed, keeps its default (loopback).
+        for (podman, ok) in [
+            ("tcp://10.0.0.5:8888", true),
+            ("tcp://10.0.0.5:8889", false),
+            ("tcp://127.0.0.1:8888", false),
+            ("unix:///run/podman/podman.sock", true),
+        ] {
+            let h = host(podman, "http://127.0.0.1:2019");
+            assert_eq!(c.check_host(&h).is_ok(), ok, "{podman}");
+        }
         let err = c
             .check_zone(&zone("http://10.0.0.3:8081", "DNS_KEY"))
             .unwrap_err()

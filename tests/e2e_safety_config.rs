@@ -36,12 +36,16 @@ fn zone_manifests(sb: &Sandbox, zone: &str, api: &str, key_env: &str, name: &str
     dir.to_str().unwrap().to_string()
 }
 
-/// A listener on a loopback port of the test's own, non-blocking, to count connections.
-fn listener() -> (TcpListener, u16) {
+/// What a pull request's author would write: a Zone whose API is a listener of the test's own
+/// (on loopback, non-blocking, to count connections) and whose key variable is `GITHUB_TOKEN`.
+/// Returns the listener, the zone and the manifest directory.
+fn github_token_zone(sb: &Sandbox, prefix: &str) -> (TcpListener, String, String) {
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     l.set_nonblocking(true).unwrap();
-    let port = l.local_addr().unwrap().port();
-    (l, port)
+    let api = format!("http://127.0.0.1:{}", l.local_addr().unwrap().port());
+    let zone = format!("{}.test", unique(&format!("z{prefix}")));
+    let dir = zone_manifests(sb, &zone, &api, "GITHUB_TOKEN", &unique(prefix));
+    (l, zone, dir)
 }
 
 /// Answers every request on `l` with a 500 until `stop`; returns the requests' heads.
@@ -80,15 +84,7 @@ fn connected(l: &TcpListener) -> bool {
 fn finding_8_diff_never_reads_a_ci_token_a_zone_names_nor_contacts_its_api() {
     let _l = lock();
     let sb = Sandbox::new();
-    let (l, port) = listener();
-    let zone = format!("{}.test", unique("zgh"));
-    let dir = zone_manifests(
-        &sb,
-        &zone,
-        &format!("http://127.0.0.1:{port}"),
-        "GITHUB_TOKEN",
-        &unique("gh"),
-    );
+    let (l, zone, dir) = github_token_zone(&sb, "gh");
 
     let out = sb.codeb_env(&["diff", "-f", &dir], &[("GITHUB_TOKEN", CANARY)]);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
@@ -117,15 +113,7 @@ fn finding_8_diff_never_reads_a_ci_token_a_zone_names_nor_contacts_its_api() {
 fn finding_8_an_operator_config_is_what_lets_a_key_variable_through() {
     let _l = lock();
     let sb = Sandbox::new();
-    let (l, port) = listener();
-    let zone = format!("{}.test", unique("zok"));
-    let dir = zone_manifests(
-        &sb,
-        &zone,
-        &format!("http://127.0.0.1:{port}"),
-        "GITHUB_TOKEN",
-        &unique("ok"),
-    );
+    let (l, _zone, dir) = github_token_zone(&sb, "ok");
     let config = sb.dir.path().join("operator.yaml");
     std::fs::write(&config, "keyVariables: [PDNS_API_KEY, GITHUB_TOKEN]\n").unwrap();
 

@@ -150,13 +150,9 @@ mod tests {
 
     fn host(podman: &str, admin: &str) -> HostRef {
         HostRef {
-            name: "h".into(),
-            address: "127.0.0.1".into(),
             podman: podman.into(),
             caddy_admin: admin.into(),
-            listen: vec![],
-            tls: crate::spec::Tls::Off,
-            publish_address: "127.0.0.1".into(),
+            ..crate::plan::tests::host()
         }
     }
 
