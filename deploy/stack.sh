@@ -80,7 +80,7 @@ readonly STOP_TIMEOUT_S=10
 # runc is listed explicitly: otherwise apt satisfies podman's `crun | runc` with crun, which cannot
 # start containers on these machines.
 readonly PACKAGES=(podman runc netavark aardvark-dns catatonit iptables nftables busybox-static caddy
-  pdns-server pdns-backend-sqlite3 sqlite3 dnsutils curl hey wrk)
+  pdns-server pdns-backend-sqlite3 sqlite3 dnsutils curl hey wrk strace)
 readonly SERVICES=(podman caddy pdns)
 PDNS_API_KEY="" # read from $PDNS_KEY_FILE by ensure_api_key
 

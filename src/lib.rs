@@ -9,6 +9,7 @@ pub mod api;
 pub mod auth;
 pub mod backend;
 pub mod cli;
+pub mod config;
 pub mod daemon;
 pub mod metrics;
 pub mod model;

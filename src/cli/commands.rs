@@ -38,9 +38,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
                 host: s.publish_on,
             }),
         ),
-        command => return client(&state_dir, command).await,
+        command => return client(&state_dir, cli.config.as_deref(), command).await,
     };
+    let operator = operator_config(cli.config.as_deref(), &state_dir)?;
     daemon::run(daemon::Config {
+        operator,
         state_dir,
         paths: args.paths,
         resync: args.resync,
@@ -56,21 +58,40 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
     Ok(0)
 }
 
+/// The operator's configuration (`--config`, `CODEB_CONFIG`, or the state directory's); one
+/// that cannot be used is invalid input (exit 2).
+fn operator_config(
+    explicit: Option<&Path>,
+    state_dir: &Path,
+) -> anyhow::Result<Arc<crate::config::Config>> {
+    crate::config::Config::load(explicit, state_dir)
+        .map(Arc::new)
+        .map_err(|e| Failure::invalid(crate::backend::error_chain(&e)).into())
+}
+
 /// Runs a one-shot command: a request, its answer, its rendering.
-async fn client(state_dir: &Path, command: Command) -> anyhow::Result<u8> {
+async fn client(state_dir: &Path, config: Option<&Path>, command: Command) -> anyhow::Result<u8> {
     let (request, format) = request(command)?;
-    let response = call(state_dir, request).await?.map_err(Failure::from)?;
+    let response = call(state_dir, config, request)
+        .await?
+        .map_err(Failure::from)?;
     let mut out = Vec::new();
     output::render(&response, format, &mut out)?;
     std::io::stdout().write_all(&out)?;
     Ok(response.exit_code())
 }
 
-/// Runs `request` on the store of `state_dir`, or in the daemon that holds it.
-async fn call(state_dir: &Path, request: Request) -> anyhow::Result<socket::Answer> {
+/// Runs `request` on the store of `state_dir` under the operator's configuration, or in the
+/// daemon that holds it (under the daemon's configuration: it is the one that connects).
+async fn call(
+    state_dir: &Path,
+    config: Option<&Path>,
+    request: Request,
+) -> anyhow::Result<socket::Answer> {
     match Store::open(state_dir) {
         Ok(store) => {
-            let ctx = Ctx::local(Arc::new(store), Caller::cli(uid()));
+            let config = operator_config(config, state_dir)?;
+            let ctx = Ctx::local(Arc::new(store), Caller::cli(uid()), config);
             Ok(service::call(&ctx, request).await)
         }
         Err(held @ crate::store::Error::Locked { .. }) => {

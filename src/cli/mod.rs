@@ -6,7 +6,8 @@
 //! Exit codes (also in `--help` and the README): 0 converged (for `diff`: no changes); 1 could not
 //! converge (a failed health check, a backend unreachable, a DNS name held by a record codeb does not
 //! own; for `diff`: there are changes); 2 invalid input or usage (including a Zone's unset API key
-//! variable, an unconfirmed prune, a refused or missing state directory), nothing applied; 3 (`diff` only) a host or zone could not be observed.
+//! variable, a key variable or endpoint codeb's configuration does not allow, an unconfirmed prune,
+//! a refused or missing state directory), nothing applied; 3 (`diff` only) a host or zone could not be observed.
 
 mod commands;
 mod output;
@@ -21,7 +22,8 @@ const EXIT_CODES: &str = "Exit codes:
   0  converged (diff: nothing to change)
   1  could not converge: a failed health check, a backend unreachable, a DNS name held by a
      record codeb does not own (diff: there are changes)
-  2  invalid input or usage (an unconfirmed prune, a refused state directory); nothing was applied
+  2  invalid input or usage (an unconfirmed prune, a refused state directory, a key variable or
+     endpoint codeb's configuration does not allow); nothing was applied
   3  diff only: a host or a zone could not be observed
 While `codeb watch` runs, other commands are answered by it, with the same exit codes.
 `codeb watch` exits 0 after SIGTERM or SIGINT, 2 when the manifests are invalid at start.";
@@ -33,6 +35,10 @@ pub struct Cli {
     /// Where codeb keeps its store (records and journal).
     #[arg(long, global = true, env = "CODEB_STATE_DIR")]
     pub state_dir: Option<PathBuf>,
+    /// codeb's own configuration: the key variables and endpoints manifests may name (default:
+    /// config.yaml in the state directory if it exists, else PDNS_*/CODEB_* and loopback only).
+    #[arg(long, global = true, env = crate::config::ENV, value_name = "FILE")]
+    pub config: Option<PathBuf>,
     /// More logging (-v info, -vv debug, -vvv trace).
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,

@@ -31,10 +31,14 @@ pub struct Guard {
     pub store: Arc<Store>,
     pub prune: bool,
     pub allow_empty: bool,
+    /// The operator's configuration: manifests naming an endpoint or a key variable it does not
+    /// allow are invalid, and the last valid ones stay in force.
+    pub operator: Arc<crate::config::Config>,
 }
 
 impl Guard {
     fn check(&self, d: &Desired) -> Result<(), String> {
+        self.operator.check_desired(d).map_err(|e| e.to_string())?;
         if !self.prune || self.allow_empty || !d.envs.is_empty() {
             return Ok(());
         }

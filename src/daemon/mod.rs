@@ -48,6 +48,8 @@ const REQUEST_GRACE: Duration = Duration::from_secs(9);
 /// How the daemon runs.
 #[derive(Debug, Clone)]
 pub struct Config {
+    /// The operator's configuration: the endpoints and key variables manifests may name.
+    pub operator: Arc<crate::config::Config>,
     pub state_dir: PathBuf,
     /// Manifest directories or files, watched.
     pub paths: Vec<PathBuf>,
@@ -104,10 +106,14 @@ pub async fn run(args: Config) -> Result<(), Error> {
             Error::failed(message)
         }
     })?);
+    // The guard is the one gate of the daemon's manifests: the Hosts that the event pumps and
+    // `--publish` connect to come from manifests it passed, so the operator's configuration
+    // allowed their endpoints (the loop's connectors and the service check again).
     let guard = files::Guard {
         store: store.clone(),
         prune: args.prune,
         allow_empty: args.allow_empty,
+        operator: args.operator.clone(),
     };
     let loaded = match files::load(&args.paths, &guard).await {
         Ok(d) => Arc::new(d),
@@ -127,22 +133,25 @@ pub async fn run(args: Config) -> Result<(), Error> {
     for step in interrupted.iter().rev().take(5) {
         warn!(step = %step.step, at_ms = step.at_ms, "a step was in flight when codeb stopped; the reconciles resume from the records");
     }
-    // A Zone whose key variable is unset is invalid input, as for apply: exit 2, nothing applied.
-    // A Zone added later without its key fails its own work only (logged, retried).
-    crate::reconcile::connect::connect_zones(desired.zones.values())
+    // A Zone whose key variable is unset, or a Zone or Host the operator's configuration does not
+    // allow, is invalid input, as for apply: exit 2, nothing applied. One added later fails its
+    // own work only (logged, retried), and is never connected to.
+    let operator = args.operator.clone();
+    crate::reconcile::connect::connect_zones(desired.zones.values(), &operator)
         .map_err(|e| Error::invalid(e.to_string()))?;
+    let (for_hosts, for_zones) = (operator.clone(), operator.clone());
     let connect: Connectors<Podman, Caddy, Netfilter, PowerDns> = Connectors {
-        host: Box::new(|host| {
-            let mut backends =
-                crate::reconcile::connect::connect([host]).map_err(|e| e.to_string())?;
+        host: Box::new(move |host| {
+            let mut backends = crate::reconcile::connect::connect([host], &for_hosts)
+                .map_err(|e| e.to_string())?;
             backends
                 .hosts
                 .remove(&host.name)
                 .ok_or_else(|| "no backends".to_string())
         }),
-        zone: Box::new(|zone| {
-            let mut zones =
-                crate::reconcile::connect::connect_zones([zone]).map_err(|e| e.to_string())?;
+        zone: Box::new(move |zone| {
+            let mut zones = crate::reconcile::connect::connect_zones([zone], &for_zones)
+                .map_err(|e| e.to_string())?;
             zones
                 .remove(&zone.name)
                 .ok_or_else(|| "not managed".to_string())
@@ -176,7 +185,7 @@ pub async fn run(args: Config) -> Result<(), Error> {
     });
     let ctx = Ctx {
         daemon: Some(daemon.clone()),
-        ..Ctx::local(store.clone(), Caller::internal())
+        ..Ctx::local(store.clone(), Caller::internal(), operator.clone())
     };
     let api = http.map(|listener| {
         let health = health_source(handle.clone(), watched.clone(), args.resync);

@@ -1,5 +1,7 @@
 //! Connecting to the hosts and zones named in manifests or in the store: clients for each,
-//! making no request.
+//! making no request. The one place clients are built from what a manifest names, so the one
+//! place the operator's configuration ([`crate::config`]) is enforced: an endpoint or a key
+//! variable it does not allow is refused before a client exists or a variable is read.
 
 use std::collections::BTreeMap;
 
@@ -8,13 +10,15 @@ use crate::backend::caddy::Caddy;
 use crate::backend::netfilter::Netfilter;
 use crate::backend::podman::Podman;
 use crate::backend::powerdns::PowerDns;
+use crate::config::Config;
 use crate::model::dns::ZoneRef;
 use crate::model::HostRef;
 
 pub type Real = Backends<Podman, Caddy, Netfilter, PowerDns>;
 
-/// An endpoint that cannot become a client, or a Zone whose key variable is unset: invalid input
-/// (exit 2, HTTP 400). The message names the Host or Zone and the variable, never a key.
+/// An endpoint that cannot become a client or that the configuration does not allow, or a Zone
+/// whose key variable is unset or not allowed: invalid input (exit 2, HTTP 400). The message
+/// names the Host or Zone and the variable or endpoint, never a key.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
 pub struct Invalid(pub String);
@@ -23,9 +27,19 @@ pub struct Invalid(pub String);
 /// the kernel's NAT rules (to compare the two, or on a machine whose firewall someone else owns).
 pub const SWITCH_ENV: &str = "CODEB_SWITCH";
 
-/// Clients for each host. Connecting makes no request; an endpoint that is malformed is invalid
-/// input (exit 2), caught earlier by validation.
-pub fn connect<'a>(hosts: impl IntoIterator<Item = &'a HostRef>) -> Result<Real, Invalid> {
+/// Clients for each host. Connecting makes no request.
+///
+/// # Errors
+/// Exit 2 when `config` does not allow a Host's Podman or Caddy endpoint (checked for every host
+/// before any client is built), or an endpoint is malformed (caught earlier by validation).
+pub fn connect<'a>(
+    hosts: impl IntoIterator<Item = &'a HostRef>,
+    config: &Config,
+) -> Result<Real, Invalid> {
+    let hosts: Vec<&HostRef> = hosts.into_iter().collect();
+    for h in &hosts {
+        config.check_host(h).map_err(|e| Invalid(e.to_string()))?;
+    }
     let mut out = BTreeMap::new();
     for h in hosts {
         let runtime =
@@ -53,10 +67,17 @@ pub fn connect<'a>(hosts: impl IntoIterator<Item = &'a HostRef>) -> Result<Real,
 /// from the variable the Zone names. Makes no request.
 ///
 /// # Errors
-/// Exit 2 when a variable is unset or empty, naming the Zone and the variable (never a value).
+/// Exit 2 when `config` does not allow a Zone's key variable or PowerDNS API (checked for every
+/// zone before any variable is read), or a variable is unset or empty; the message names the Zone
+/// and the variable or endpoint (never a value).
 pub fn connect_zones<'a>(
     zones: impl IntoIterator<Item = &'a ZoneRef>,
+    config: &Config,
 ) -> Result<BTreeMap<String, PowerDns>, Invalid> {
+    let zones: Vec<&ZoneRef> = zones.into_iter().collect();
+    for z in &zones {
+        config.check_zone(z).map_err(|e| Invalid(e.to_string()))?;
+    }
     let mut out = BTreeMap::new();
     for z in zones {
         let Some(p) = &z.powerdns else { continue };
@@ -129,14 +150,45 @@ mod tests {
 
     fn host(podman: &str, admin: &str) -> HostRef {
         HostRef {
-            name: "h".into(),
-            address: "127.0.0.1".into(),
             podman: podman.into(),
             caddy_admin: admin.into(),
-            listen: vec![],
-            tls: crate::spec::Tls::Off,
-            publish_address: "127.0.0.1".into(),
+            ..crate::plan::tests::host()
         }
+    }
+
+    #[test]
+    fn a_zone_or_host_the_configuration_refuses_gets_no_client_and_its_variable_is_not_read() {
+        let config = Config::defaults("/s/config.yaml");
+        let zone = ZoneRef {
+            name: "codeb.test".into(),
+            powerdns: Some(crate::model::dns::PowerDnsRef {
+                api: "http://127.0.0.1:8081".into(),
+                server_id: "localhost".into(),
+                api_key_env: "CODEB_TEST_UNSET_GITHUB_TOKEN_LIKE".into(),
+            }),
+            ttl: 300,
+        };
+        // Allowed, so the variable is read: unset.
+        let err = connect_zones([&zone], &config).unwrap_err().to_string();
+        assert!(err.contains("is not set"), "{err}");
+        // Refused before it is read: the message is the configuration's.
+        let mut foreign = zone.clone();
+        foreign.powerdns.as_mut().unwrap().api_key_env = "GITHUB_TOKEN".into();
+        let err = connect_zones([&zone, &foreign], &config)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("apiKeyEnv names GITHUB_TOKEN"), "{err}");
+        let err = connect(
+            [
+                &host("unix:///run/podman.sock", "http://127.0.0.1:2019"),
+                &host("tcp://10.0.0.5:8888", "http://127.0.0.1:2019"),
+            ],
+            &config,
+        )
+        .err()
+        .unwrap()
+        .to_string();
+        assert!(err.contains("tcp://10.0.0.5:8888 is plaintext"), "{err}");
     }
 
     #[test]

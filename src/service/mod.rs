@@ -394,6 +394,8 @@ pub struct Ctx {
     /// Who asks: what they may do, and how the audit and overrides name them.
     pub caller: Caller,
     pub retention: AuditRetention,
+    /// The operator's configuration: the endpoints and key variables manifests may name.
+    pub config: Arc<crate::config::Config>,
 }
 
 impl Ctx {
@@ -404,7 +406,7 @@ impl Ctx {
         host: &crate::model::HostRef,
     ) -> Result<Arc<crate::reconcile::connect::Real>> {
         let Some(daemon) = &self.daemon else {
-            return Ok(Arc::new(connect_or_invalid([host], [])?));
+            return Ok(Arc::new(connect_or_invalid(self, [host], [])?));
         };
         let mut kept = daemon
             .clients
@@ -415,18 +417,19 @@ impl Ctx {
                 return Ok(clients.clone());
             }
         }
-        let clients = Arc::new(connect_or_invalid([host], [])?);
+        let clients = Arc::new(connect_or_invalid(self, [host], [])?);
         kept.insert(host.name.clone(), (host.clone(), clients.clone()));
         Ok(clients)
     }
 
-    /// A context for `caller` on `store`, outside any daemon.
-    pub fn local(store: Arc<Store>, caller: Caller) -> Ctx {
+    /// A context for `caller` on `store`, outside any daemon, under `config`.
+    pub fn local(store: Arc<Store>, caller: Caller, config: Arc<crate::config::Config>) -> Ctx {
         Ctx {
             store,
             daemon: None,
             caller,
             retention: AuditRetention::default(),
+            config,
         }
     }
 
@@ -673,17 +676,27 @@ fn key_error(e: crate::store::KeyError) -> Error {
     }
 }
 
-/// Loads and validates manifests; any error is `Invalid` with nothing applied.
-fn load(sources: &[Source]) -> Result<Desired> {
+/// Loads and validates manifests, and checks their Hosts and Zones against the operator's
+/// configuration; any error is `Invalid` with nothing applied.
+fn load(ctx: &Ctx, sources: &[Source]) -> Result<Desired> {
     let m = crate::spec::load_sources(sources).map_err(|e| Error::invalid(e.to_string()))?;
-    Ok(desired(&m))
+    allowed(&ctx.config, desired(&m))
+}
+
+/// `d`, when the operator's configuration allows every endpoint and key variable it names.
+fn allowed(config: &crate::config::Config, d: Desired) -> Result<Desired> {
+    config
+        .check_desired(&d)
+        .map_err(|e| Error::invalid(e.to_string()))?;
+    Ok(d)
 }
 
 /// As [`load`], and refused (`Invalid`, nothing applied) when a manifest environment needs a
 /// container name or a hostname that the store records for an environment the manifests do not
 /// declare: each error names the manifest's file:line:column and the holder (see
 /// [`crate::spec::check_recorded`]).
-fn load_unheld(store: &Store, sources: &[Source]) -> Result<Desired> {
+fn load_unheld(ctx: &Ctx, sources: &[Source]) -> Result<Desired> {
+    let store = &ctx.store;
     let m = crate::spec::load_sources(sources).map_err(|e| Error::invalid(e.to_string()))?;
     let recorded = store.load()?;
     let held = recorded.envs.values().map(|r| crate::spec::RecordedEnv {
@@ -693,7 +706,7 @@ fn load_unheld(store: &Store, sources: &[Source]) -> Result<Desired> {
         host: &r.host,
     });
     crate::spec::check_recorded(&m, held).map_err(|e| Error::invalid(e.to_string()))?;
-    Ok(desired(&m))
+    allowed(&ctx.config, desired(&m))
 }
 
 /// The manifests' desired state with the overrides that hold laid over; overrides the manifests
@@ -708,12 +721,16 @@ pub fn effective(store: &Store, declared: &Desired, dry: bool) -> Result<Desired
     Ok(d)
 }
 
+/// Clients for these hosts and zones, as far as the operator's configuration allows them
+/// (`Invalid` otherwise, before any connection is made or key variable read).
 fn connect_or_invalid<'a>(
+    ctx: &Ctx,
     hosts: impl IntoIterator<Item = &'a crate::model::HostRef>,
     zones: impl IntoIterator<Item = &'a ZoneRef>,
 ) -> Result<crate::reconcile::connect::Real> {
-    let mut backends = connect(hosts).map_err(|e| Error::invalid(e.to_string()))?;
-    backends.zones = connect_zones(zones).map_err(|e| Error::invalid(e.to_string()))?;
+    let mut backends = connect(hosts, &ctx.config).map_err(|e| Error::invalid(e.to_string()))?;
+    backends.zones =
+        connect_zones(zones, &ctx.config).map_err(|e| Error::invalid(e.to_string()))?;
     Ok(backends)
 }
 
@@ -724,7 +741,7 @@ async fn apply(
     prune: Option<&Prune>,
 ) -> Result<ApplyView> {
     let store = &ctx.store;
-    let declared = load_unheld(store, sources)?;
+    let declared = load_unheld(ctx, sources)?;
     let remove = match prune {
         Some(p) => {
             let remove = p.prunable(&declared, &store.load()?)?;
@@ -750,7 +767,7 @@ async fn apply(
         ctx.claim(hosts.chain(envs).chain(zones).collect()).await?
     };
     let d = effective(store, &declared, dry_run)?;
-    let backends = connect_or_invalid(d.hosts.values(), zones.values())?;
+    let backends = connect_or_invalid(ctx, d.hosts.values(), zones.values())?;
     if !dry_run {
         store.put_declared(declared.envs.values())?;
     }
@@ -786,9 +803,9 @@ async fn apply(
 }
 
 async fn diff(ctx: &Ctx, sources: &[Source]) -> Result<PlanView> {
-    let declared = load(sources)?;
+    let declared = load(ctx, sources)?;
     let d = effective(&ctx.store, &declared, true)?;
-    let backends = connect_or_invalid(d.hosts.values(), d.zones.values())?;
+    let backends = connect_or_invalid(ctx, d.hosts.values(), d.zones.values())?;
     let observed = reconcile::observe(&backends).await;
     let p = plan::plan(&d, &observed, &ctx.store.load()?, &[], reconcile::now_ms());
     Ok(PlanView::from(&p))
@@ -968,7 +985,7 @@ async fn delete(ctx: &Ctx, names: Vec<String>, sources: &[Source]) -> Result<Out
     let store = &ctx.store;
     let projects: BTreeSet<String> = match (names.is_empty(), sources.is_empty()) {
         (false, true) => names.into_iter().collect(),
-        (true, false) => load(sources)?
+        (true, false) => load(ctx, sources)?
             .envs
             .keys()
             .map(|k| k.project.clone())
@@ -1011,6 +1028,7 @@ async fn delete(ctx: &Ctx, names: Vec<String>, sources: &[Source]) -> Result<Out
         .map(|r| &r.host)
         .collect();
     let backends = connect_or_invalid(
+        ctx,
         recorded.hosts.values().filter(|h| hosts.contains(&h.name)),
         zones.values(),
     )?;
@@ -1157,7 +1175,7 @@ async fn deploy(ctx: &Ctx, key: EnvKey, image: &str) -> Result<OutcomeView> {
         envs: BTreeMap::from([(key.clone(), env)]),
         zones: zones.clone(),
     };
-    let backends = connect_or_invalid(d.hosts.values(), zones.values())?;
+    let backends = connect_or_invalid(ctx, d.hosts.values(), zones.values())?;
     let result = reconcile::converge(
         Target {
             desired: &d,

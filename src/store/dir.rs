@@ -28,7 +28,12 @@ pub const DIR_MODE: u32 = 0o700;
 /// The mode of each file in it.
 pub const FILE_MODE: u32 = 0o600;
 /// What codeb keeps in a state directory: a directory holding only these may be tightened.
-const OWN_FILES: [&str; 3] = ["codeb.redb", "codeb.lock", "codeb.sock"];
+const OWN_FILES: [&str; 4] = [
+    "codeb.redb",
+    "codeb.lock",
+    "codeb.sock",
+    crate::config::FILE_NAME,
+];
 
 /// What to do with an existing directory or file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
