@@ -12,6 +12,7 @@ mod document;
 pub mod error;
 pub mod limits;
 mod load;
+pub mod resources;
 pub mod schema;
 mod tree;
 pub mod types;
