@@ -4,8 +4,9 @@
 //! tree): names are DNS labels, no kind+name is defined twice, a Project's Host and Zone exist,
 //! addresses, endpoints, ports, paths, durations, images, env names and hostnames are well-formed,
 //! durations are within their maximums (see `limits`), every hostname is served by one
-//! environment only and leaves room for its preview hostnames, and no two environments need one
-//! container name. [`check_recorded`] checks the same names against the environments earlier
+//! environment only and leaves room for its preview hostnames, no two environments need one
+//! container name, a Host's `containers` policy is well-formed, and every environment's image and
+//! `resources` are within its Host's allow-list and maximums. [`check_recorded`] checks the same names against the environments earlier
 //! applies recorded (the service passes them in). No I/O; `env` values are never read.
 
 use std::collections::BTreeMap;
