@@ -47,6 +47,15 @@ fn write(sb: &Sandbox, projects: &[String]) -> PathBuf {
     dir
 }
 
+/// Applies the test app as `plain` (the Host's defaults) and as `sized` (with `resources`).
+fn apply_two(sb: &Sandbox, plain: &str, sized: &str, resources: &str) {
+    let image = "localhost/codeb-test-app:v1";
+    let plain = ProjectYaml::new(plain, image).render();
+    let sized = with_resources(&ProjectYaml::new(sized, image), resources);
+    let out = sb.apply(&write(sb, &[plain, sized]));
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+}
+
 /// `podman inspect` of the running blue container of `project`.
 fn inspect(project: &str) -> serde_json::Value {
     let name = format!("{project}-production-blue");
@@ -74,20 +83,8 @@ const CAP_NET_RAW: u32 = 13;
 fn finding_10_a_deployed_container_has_no_new_privileges_no_net_raw_and_its_limits() {
     let _l = lock();
     let sb = Sandbox::new();
-    let plain = unique("conf-plain");
-    let sized = unique("conf-sized");
-    let dir = write(
-        &sb,
-        &[
-            ProjectYaml::new(&plain, "localhost/codeb-test-app:v1").render(),
-            with_resources(
-                &ProjectYaml::new(&sized, "localhost/codeb-test-app:v1"),
-                "{memory: 384Mi, cpus: 0.25, pids: 64}",
-            ),
-        ],
-    );
-    let out = sb.apply(&dir);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let (plain, sized) = (unique("conf-plain"), unique("conf-sized"));
+    apply_two(&sb, &plain, &sized, "{memory: 384Mi, cpus: 0.25, pids: 64}");
     // The busybox httpd images still run and serve with the capabilities dropped.
     assert_eq!(
         sb.get(&format!("{plain}.codeb.test"), "/"),
@@ -175,20 +172,8 @@ fn read_number(path: PathBuf) -> u64 {
 fn finding_10_a_fork_bomb_stops_at_the_pids_limit_and_caddy_keeps_serving_another_project() {
     let _l = lock();
     let sb = Sandbox::new();
-    let calm = unique("conf-calm");
-    let bomb = unique("conf-bomb");
-    let dir = write(
-        &sb,
-        &[
-            ProjectYaml::new(&calm, "localhost/codeb-test-app:v1").render(),
-            with_resources(
-                &ProjectYaml::new(&bomb, "localhost/codeb-test-app:v1"),
-                "{pids: 64, cpus: 0.5}",
-            ),
-        ],
-    );
-    let out = sb.apply(&dir);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let (calm, bomb) = (unique("conf-calm"), unique("conf-bomb"));
+    apply_two(&sb, &calm, &bomb, "{pids: 64, cpus: 0.5}");
     let name = format!("{bomb}-production-blue");
     let cgroup = pids_cgroup(&name);
     assert_eq!(read_number(cgroup.join("pids.max")), 64);
