@@ -42,6 +42,7 @@ fn host() -> HostRef {
         listen: vec![":80".into()],
         tls: codeb::spec::Tls::Off,
         publish_address: "127.0.0.1".into(),
+        image_allow: vec![],
     }
 }
 

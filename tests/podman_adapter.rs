@@ -179,6 +179,7 @@ async fn a_container_lives_through_create_start_list_stop_and_remove() {
         host_port: port,
         publish: true,
         network: NETWORK.to_owned(),
+        confinement: Default::default(),
     };
 
     let t = Instant::now();
@@ -308,6 +309,7 @@ async fn creating_on_a_missing_network_is_not_found() {
         host_port: free_port(),
         publish: true,
         network: unique("codeb-test-missing-net"),
+        confinement: Default::default(),
     };
     let err = podman.create(&spec).await.expect_err("no such network");
     assert!(
@@ -401,6 +403,7 @@ async fn listing_never_fails_while_a_container_exits_and_restarts() {
         host_port: free_port(),
         publish: true,
         network: NETWORK.to_owned(),
+        confinement: Default::default(),
     };
     let id = podman.create(&spec).await.unwrap();
     podman.start(&id).await.unwrap();

@@ -682,7 +682,12 @@ impl Runtime for Podman {
 /// stopped. `on-failure` would leave a cleanly exited app down until the next reconcile. Podman
 /// honours restart policies without systemd, but nothing restarts containers after a reboot: codeb
 /// converges on start-up for that.
+///
+/// The confinement is written in full (`CapDrop: [ALL]` and the kept list, limits, and
+/// `no-new-privileges`): nothing is left to Podman's defaults, which keep `NET_RAW` in 4.3 and
+/// set no limit.
 fn create_body(spec: &ContainerSpec) -> ContainerCreateBody {
+    let c = &spec.confinement;
     let port = format!("{}/tcp", spec.container_port);
     let binding = PortBinding {
         host_ip: Some(spec.host_ip.clone()),
@@ -702,8 +707,22 @@ fn create_body(spec: &ContainerSpec) -> ContainerCreateBody {
                 .collect(),
         ),
         exposed_ports: Some(vec![port.clone()]),
+        user: c.user.clone(),
         host_config: Some(HostConfig {
             port_bindings,
+            memory: Some(saturating_i64(c.memory_bytes)),
+            // Swap is not added to the limit: a leak stops at `memory`, not at twice it.
+            memory_swap: Some(saturating_i64(c.memory_bytes)),
+            nano_cpus: Some(i64::from(c.millicpus) * 1_000_000),
+            pids_limit: Some(i64::from(c.pids)),
+            // Every capability but the kept ones: an explicit list instead of Podman's defaults,
+            // which change between versions (4.3 keeps NET_RAW).
+            cap_drop: Some(vec!["ALL".to_string()]),
+            cap_add: Some(c.capabilities.clone()),
+            security_opt: c
+                .no_new_privileges
+                .then(|| vec!["no-new-privileges".to_string()]),
+            readonly_rootfs: Some(c.read_only_root_fs),
             // An init as PID 1 forwards SIGTERM: busybox as PID 1 ignores it and every stop
             // took the full timeout (5.6 s); with an init 0.33–0.47 s.
             init: Some(true),
@@ -722,6 +741,10 @@ fn create_body(spec: &ContainerSpec) -> ContainerCreateBody {
         }),
         ..Default::default()
     }
+}
+
+fn saturating_i64(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
 }
 
 /// One entry of `GET /containers/json`, with every field optional and `State` any string.
@@ -1280,7 +1303,7 @@ mod tests {
     }
 
     #[test]
-    fn the_create_body_publishes_the_port_with_an_init_and_a_restart_policy() {
+    fn the_create_body_publishes_the_port_with_an_init_a_restart_policy_and_the_confinement() {
         let spec = ContainerSpec {
             name: "web-prod-blue".into(),
             image: "localhost/app:v1".into(),
@@ -1292,6 +1315,7 @@ mod tests {
             host_port: 18080,
             publish: true,
             network: "codeb-main".into(),
+            confinement: Default::default(),
         };
         let unpublished = ContainerSpec {
             publish: false,
@@ -1316,6 +1340,20 @@ mod tests {
             "unless-stopped"
         );
         assert_eq!(body["HostConfig"]["NetworkMode"], "codeb-main");
+        assert_eq!(body["HostConfig"]["Memory"], 1_i64 << 30);
+        assert_eq!(body["HostConfig"]["MemorySwap"], 1_i64 << 30);
+        assert_eq!(body["HostConfig"]["NanoCpus"], 1_000_000_000_i64);
+        assert_eq!(body["HostConfig"]["PidsLimit"], 512);
+        assert_eq!(body["HostConfig"]["CapDrop"], serde_json::json!(["ALL"]));
+        let kept = body["HostConfig"]["CapAdd"].as_array().unwrap();
+        assert!(kept.contains(&"NET_BIND_SERVICE".into()), "{kept:?}");
+        assert!(!kept.contains(&"NET_RAW".into()), "{kept:?}");
+        assert_eq!(
+            body["HostConfig"]["SecurityOpt"],
+            serde_json::json!(["no-new-privileges"])
+        );
+        assert_eq!(body["HostConfig"]["ReadonlyRootfs"], false);
+        assert!(body.get("User").is_none(), "the image's user by default");
         assert!(body["NetworkingConfig"]["EndpointsConfig"]["codeb-main"].is_object());
         assert!(
             body.get("Cmd").is_none(),

@@ -163,6 +163,7 @@ mod tests {
                     listen: vec![],
                     tls: crate::spec::Tls::Off,
                     publish_address: "127.0.0.1".into(),
+                    image_allow: vec![],
                 },
             );
         }

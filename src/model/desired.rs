@@ -3,7 +3,7 @@
 use super::dns::{PowerDnsRef, ZoneRef};
 use std::collections::BTreeMap;
 
-use super::{Desired, DesiredEnv, EnvKey, HostRef, Override, Promotion, Release};
+use super::{Confinement, Desired, DesiredEnv, EnvKey, HostRef, Override, Promotion, Release};
 use crate::spec::{self, Manifests};
 
 /// The hostname of an environment: as written, or `{project}.{zone}` for production and
@@ -37,6 +37,7 @@ pub fn host_ref(name: &str, h: &spec::HostSpec) -> HostRef {
         listen: h.caddy.listen.clone(),
         tls: h.caddy.tls,
         publish_address: h.publish_address.clone(),
+        image_allow: h.containers.images.allow.clone(),
     }
 }
 
@@ -50,6 +51,11 @@ pub fn desired(m: &Manifests) -> Desired {
         out.zones.insert(name.clone(), zone_ref(name, &z.spec));
     }
     for (project, p) in &m.projects {
+        let policy = m
+            .hosts
+            .get(&p.spec.host)
+            .map(|h| (*h.spec.containers).clone())
+            .unwrap_or_default();
         for (env, e) in &p.spec.environments {
             let key = EnvKey::new(project.clone(), env.clone());
             out.envs.insert(
@@ -63,7 +69,8 @@ pub fn desired(m: &Manifests) -> Desired {
                         e.command.clone(),
                         e.env.clone(),
                         e.port,
-                    ),
+                    )
+                    .with_confinement(Confinement::new(&policy, policy.limits(&e.resources))),
                     health_path: e.health_check.path.clone(),
                     health_timeout: e.health_check.timeout,
                     promotion: match e.promotion {
@@ -86,7 +93,8 @@ pub fn overridden(env: &DesiredEnv, over: &Override) -> Option<DesiredEnv> {
     }
     let r = &env.release;
     Some(DesiredEnv {
-        release: Release::new(over.image.clone(), r.command.clone(), r.env.clone(), r.port),
+        release: Release::new(over.image.clone(), r.command.clone(), r.env.clone(), r.port)
+            .with_confinement(r.confinement.clone()),
         ..env.clone()
     })
 }
@@ -132,6 +140,51 @@ mod tests {
             manifest_image: manifest_image.into(),
             by: "cli (uid 0)".into(),
             at_ms: 1,
+        }
+    }
+
+    #[test]
+    fn a_release_is_confined_by_its_hosts_policy_and_its_environments_resources() {
+        let host = "apiVersion: codeb.kr/v1\nkind: Host\nmetadata: {name: h}\nspec: {address: \
+                    127.0.0.1, podman: 'unix:///p.sock', caddy: {admin: 'http://127.0.0.1:2019'}\
+                    CONTAINERS}\n---\napiVersion: codeb.kr/v1\nkind: Zone\nmetadata: {name: z.test}\n\
+                    ---\napiVersion: codeb.kr/v1\nkind: Project\nmetadata: {name: p}\nspec: {host: \
+                    h, zone: z.test, environments: {production: {image: a, port: 80RESOURCES}}}\n";
+        let release = |containers: &str, resources: &str| {
+            let text = host
+                .replace("CONTAINERS", containers)
+                .replace("RESOURCES", resources);
+            let m = crate::spec::load_str("t.yaml", &text).unwrap();
+            desired(&m).envs[&EnvKey::new("p", "production")]
+                .release
+                .clone()
+        };
+        let plain = release("", "");
+        assert_eq!(plain.confinement, Confinement::default());
+        let confined = release(
+            ", containers: {resources: {pids: 128}, maxResources: {memory: 2Gi}, \
+             capabilities: {add: [NET_RAW]}, readOnlyRootFs: true, user: '1000:1000'}",
+            ", resources: {memory: 2Gi, cpus: 0.5}",
+        );
+        let c = &confined.confinement;
+        assert_eq!((c.memory_bytes, c.millicpus, c.pids), (2 << 30, 500, 128));
+        assert!(c.capabilities.contains(&"NET_RAW".to_string()));
+        assert!(c.read_only_root_fs && c.no_new_privileges);
+        assert_eq!(c.user.as_deref(), Some("1000:1000"));
+        assert_ne!(
+            plain.hash(),
+            confined.hash(),
+            "a change of limits is a new release"
+        );
+        let over = over("b", "a");
+        let overridden = overridden(&desired_env(confined.clone()), &over).unwrap();
+        assert_eq!(overridden.release.confinement, confined.confinement);
+    }
+
+    fn desired_env(release: Release) -> DesiredEnv {
+        DesiredEnv {
+            release,
+            ..env("a")
         }
     }
 

@@ -6,6 +6,7 @@
 //! Plain data only: no I/O, no clock, no backend types. Nothing here imports `backend`: the
 //! adapters convert to these types, never the other way round.
 
+pub mod confinement;
 pub mod desired;
 pub mod dns;
 pub mod observed;
@@ -19,6 +20,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+
+pub use confinement::Confinement;
 
 /// One of the two slots of an environment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -173,6 +176,10 @@ pub struct Release {
     /// Secret-bearing: never printed, only hashed and handed to the runtime.
     pub env: BTreeMap<String, String>,
     pub port: u16,
+    /// Limits and privileges of its container; absent in records of a codeb that knew none
+    /// (they read as the defaults).
+    #[serde(default)]
+    pub confinement: Confinement,
     #[serde(skip)]
     hash: std::sync::OnceLock<String>,
 }
@@ -183,6 +190,7 @@ impl PartialEq for Release {
             && self.command == other.command
             && self.env == other.env
             && self.port == other.port
+            && self.confinement == other.confinement
     }
 }
 
@@ -200,7 +208,17 @@ impl Release {
             command,
             env,
             port,
+            confinement: Confinement::default(),
             hash: Default::default(),
+        }
+    }
+
+    /// The release with these limits and privileges.
+    pub fn with_confinement(self, confinement: Confinement) -> Self {
+        Release {
+            confinement,
+            hash: Default::default(),
+            ..self
         }
     }
 
@@ -224,6 +242,7 @@ impl Release {
                 h.update([3]);
             }
             h.update(self.port.to_be_bytes());
+            self.confinement.hash_into(&mut h);
             const HEX: &[u8; 16] = b"0123456789abcdef";
             h.finalize()
                 .iter()
@@ -284,6 +303,10 @@ pub struct HostRef {
     pub listen: Vec<String>,
     pub tls: crate::spec::Tls,
     pub publish_address: String,
+    /// The Host's image allow-list (`spec.containers.images.allow`; empty: any image), so that
+    /// `deploy` of an image refuses what an apply would.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub image_allow: Vec<String>,
 }
 
 /// One project environment as the manifests want it. Recorded as declared (see
@@ -440,10 +463,42 @@ mod tests {
         let mut port = base.clone();
         port.port = 8081;
         let v2 = release("app:v2");
-        let hashes = [base.hash(), v2.hash(), env.hash(), cmd.hash(), port.hash()];
+        let limited = base.clone().with_confinement(Confinement {
+            pids: 64,
+            ..Confinement::default()
+        });
+        let hashes = [
+            base.hash(),
+            v2.hash(),
+            env.hash(),
+            cmd.hash(),
+            port.hash(),
+            limited.hash(),
+        ];
         let unique: std::collections::BTreeSet<_> = hashes.iter().collect();
         assert_eq!(unique.len(), hashes.len());
         assert_eq!(base.hash(), release("app:v1").hash());
+    }
+
+    #[test]
+    fn a_release_with_the_default_confinement_keeps_the_hash_it_had_before_confinement() {
+        // The hash codeb computed for this release before releases carried a confinement: an
+        // upgrade must not redeploy environments whose Host and Project set no limit.
+        let r = Release::new(
+            "localhost/app:v1",
+            Some(vec!["httpd".into()]),
+            BTreeMap::from([("A".into(), "1".into())]),
+            8080,
+        );
+        assert_eq!(r.hash(), "effba14e66784977");
+        let old: Release = serde_json::from_str(
+            r#"{"image":"localhost/app:v1","command":["httpd"],"env":{"A":"1"},"port":8080}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            old, r,
+            "a recorded release without a confinement reads as the defaults"
+        );
     }
 
     #[test]

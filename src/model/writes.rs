@@ -11,6 +11,7 @@
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddrV4};
 
+use super::confinement::Confinement;
 use super::observed::ObservedLoopback;
 #[cfg(doc)]
 use super::ownership::{DNS_ACCOUNT, ROUTE_ID_PREFIX};
@@ -37,6 +38,8 @@ pub struct ContainerSpec {
     pub publish: bool,
     /// The network the container joins (`codeb-main`).
     pub network: String,
+    /// Its limits and privileges (the release's).
+    pub confinement: Confinement,
 }
 
 /// How codeb's Caddy server terminates connections.

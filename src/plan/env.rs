@@ -656,6 +656,7 @@ pub fn container_spec(
         host_port: slot.port(rec.base_port),
         publish,
         network: NETWORK.to_string(),
+        confinement: release.confinement.clone(),
     }
 }
 

@@ -21,6 +21,7 @@ pub(crate) fn host() -> HostRef {
         listen: vec!["127.0.0.1:18080".into()],
         tls: crate::spec::Tls::Off,
         publish_address: "127.0.0.1".into(),
+        image_allow: vec![],
     }
 }
 
@@ -419,6 +420,7 @@ async fn drift_is_repaired_and_foreign_objects_are_never_touched() {
         host_port: 9,
         publish: true,
         network: "other".into(),
+        confinement: Default::default(),
     };
     use crate::backend::Runtime;
     f.world.create(&foreign).await.unwrap();

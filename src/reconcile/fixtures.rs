@@ -41,6 +41,7 @@ pub fn hold_name(world: &World, name: &str) {
         host_port: 1,
         publish: true,
         network: "other".into(),
+        confinement: Default::default(),
     };
     world
         .state()

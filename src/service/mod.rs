@@ -1131,6 +1131,22 @@ fn check_image(image: &str) -> Result<()> {
     Ok(())
 }
 
+/// Refuses an image the Host's allow-list does not hold, as an apply would.
+fn check_image_allowed(host: &crate::model::HostRef, image: &str) -> Result<()> {
+    let policy = crate::spec::ImagePolicy {
+        allow: host.image_allow.clone(),
+    };
+    if policy.allows(image) {
+        return Ok(());
+    }
+    Err(Error::invalid(format!(
+        "image: Host {} allows only images starting with {} (its `containers.images.allow`), \
+         written with their registry",
+        host.name,
+        host.image_allow.join(", ")
+    )))
+}
+
 async fn deploy(ctx: &Ctx, key: EnvKey, image: &str) -> Result<OutcomeView> {
     check_image(image)?;
     let store = &ctx.store;
@@ -1152,6 +1168,7 @@ async fn deploy(ctx: &Ctx, key: EnvKey, image: &str) -> Result<OutcomeView> {
         recorded.hosts.get(&declared.host).cloned().ok_or_else(|| {
             Error::failed(format!("host {} of {key} is not recorded", declared.host))
         })?;
+    check_image_allowed(&host, image)?;
     let zones = plan::dns::zones_for([declared.hostname.as_str()], &recorded.zones);
     let works = [Work::Host(host.name.clone()), Work::Env(key.clone())]
         .into_iter()

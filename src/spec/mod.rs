@@ -5,13 +5,16 @@
 //!
 //! `load` reads the inputs under `limits`; `document` reads each YAML document into its typed
 //! spec and `tree` into located nodes; `diagnose` phrases YAML and type errors; `validate` checks
-//! the set; `schema` derives the JSON Schemas in `crds-schema/` from `types`.
+//! the set; `resources` says what a Host's `containers` and an environment's `resources` mean
+//! (for validation and the model alike); `schema` derives the JSON Schemas in `crds-schema/`
+//! from `types`.
 
 mod diagnose;
 mod document;
 pub mod error;
 pub mod limits;
 mod load;
+pub mod resources;
 pub mod schema;
 mod tree;
 pub mod types;

@@ -35,6 +35,187 @@ pub struct HostSpec {
     /// The address container ports are published on, and health checks dial.
     #[serde(default = "default_publish_address")]
     pub publish_address: String,
+    /// How the containers of this Host's projects are confined: limits, privileges and the images
+    /// they may run. Omitted: codeb's defaults (see [`ContainerPolicy`]).
+    // Boxed: most of a Host's size, which would size every document.
+    #[serde(default, skip_serializing_if = "is_default_policy")]
+    pub containers: Box<ContainerPolicy>,
+}
+
+/// `spec.containers` of a Host, set by its admin: what every container of every project on it
+/// gets. The defaults confine a tenant: no new privileges, capabilities dropped to
+/// [`KEPT_CAPABILITIES`] (no `NET_RAW`), at most 1 GiB of memory, 1 CPU and 512 processes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ContainerPolicy {
+    /// What an environment gets when its `resources` leave a field out. Each field left out
+    /// here is codeb's default: `memory: 1Gi`, `cpus: 1`, `pids: 512`.
+    #[serde(default, skip_serializing_if = "Resources::is_empty")]
+    pub resources: Resources,
+    /// The most an environment's `resources` may ask for. Each field left out here is the
+    /// Host's `resources` value: an environment may then ask for less, never more.
+    #[serde(default, skip_serializing_if = "Resources::is_empty")]
+    pub max_resources: Resources,
+    /// Set `no-new-privileges`: setuid binaries and file capabilities grant nothing (default
+    /// `true`).
+    #[serde(default = "yes", skip_serializing_if = "is_true")]
+    pub no_new_privileges: bool,
+    /// Mount the image's root filesystem read-only (default `false`: many images write to it).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub read_only_root_fs: bool,
+    /// Run the app as this user instead of the image's: `uid`, `uid:gid` or a name the image
+    /// knows, e.g. `1000:1000`. Default: the image's user (often root, with only the kept
+    /// capabilities).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// Changes to the capabilities kept. Every other capability is dropped.
+    #[serde(default, skip_serializing_if = "Capabilities::is_empty")]
+    pub capabilities: Capabilities,
+    /// The images the Host's projects may run.
+    #[serde(default, skip_serializing_if = "ImagePolicy::is_empty")]
+    pub images: ImagePolicy,
+}
+
+impl ContainerPolicy {
+    pub fn is_default(&self) -> bool {
+        self == &Self::default()
+    }
+}
+
+impl Default for ContainerPolicy {
+    fn default() -> Self {
+        Self {
+            resources: Resources::default(),
+            max_resources: Resources::default(),
+            no_new_privileges: true,
+            read_only_root_fs: false,
+            user: None,
+            capabilities: Capabilities::default(),
+            images: ImagePolicy::default(),
+        }
+    }
+}
+
+/// Resource limits of a container. Every field is optional; see where it is used for what an
+/// omitted one means.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Resources {
+    /// Memory, in bytes or with a binary suffix: `512Mi`, `1Gi` (`Ki`, `Mi`, `Gi`, `Ti`); at
+    /// least `6Mi`. Swap is not added to it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<Quantity>,
+    /// CPUs, e.g. `0.5`, `1`, `2`; in hundredths, at least `0.01`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpus: Option<Quantity>,
+    /// Processes and threads the container may hold at once (1-4194304): a fork bomb stops here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pids: Option<u32>,
+}
+
+impl Resources {
+    pub fn is_empty(&self) -> bool {
+        self == &Self::default()
+    }
+}
+
+/// A number as written, `1.5` or `512Mi`: read from a YAML number or string, checked by
+/// validation (which reports it where it was written).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, JsonSchema)]
+#[schemars(with = "QuantitySchema")]
+pub struct Quantity(pub String);
+
+/// The schema of a [`Quantity`]: a number or a string.
+#[derive(JsonSchema)]
+#[serde(untagged)]
+#[allow(dead_code)]
+enum QuantitySchema {
+    Number(f64),
+    Text(String),
+}
+
+impl<'de> Deserialize<'de> for Quantity {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = Quantity;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a number or a string such as `512Mi`")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Quantity, E> {
+                Ok(Quantity(v.to_string()))
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Quantity, E> {
+                Ok(Quantity(v.to_string()))
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Quantity, E> {
+                Ok(Quantity(v.to_string()))
+            }
+            fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<Quantity, E> {
+                Ok(Quantity(v.to_string()))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+impl std::fmt::Display for Quantity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// The capabilities a container keeps when its Host changes nothing: what a web app may need
+/// to start as root and drop to a user of its own (`CHOWN`, `DAC_OVERRIDE`, `FOWNER`, `SETGID`,
+/// `SETUID`), bind a port under 1024 (`NET_BIND_SERVICE`) and signal its own processes
+/// (`KILL`). Podman's defaults also keep `FSETID`, `SETFCAP`, `SETPCAP`, `SYS_CHROOT`,
+/// `MKNOD`, `AUDIT_WRITE` and `NET_RAW`; raw sockets (`NET_RAW`) let a container forge packets
+/// to its neighbours and the host.
+pub const KEPT_CAPABILITIES: [&str; 7] = [
+    "CHOWN",
+    "DAC_OVERRIDE",
+    "FOWNER",
+    "KILL",
+    "NET_BIND_SERVICE",
+    "SETGID",
+    "SETUID",
+];
+
+/// Changes to [`KEPT_CAPABILITIES`]: the kept set is those plus `add`, minus `drop`.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Capabilities {
+    /// Capabilities kept besides the defaults, e.g. `[NET_RAW]` for an app that pings.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub add: Vec<String>,
+    /// Default capabilities dropped too, e.g. `[CHOWN]`, or `[ALL]` to keep none (then only
+    /// `add` is kept).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub drop: Vec<String>,
+}
+
+impl Capabilities {
+    pub fn is_empty(&self) -> bool {
+        self.add.is_empty() && self.drop.is_empty()
+    }
+}
+
+/// Which images a Host runs.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ImagePolicy {
+    /// Prefixes of the image references allowed, e.g. `ghcr.io/acme/` (a registry namespace:
+    /// end it with `/`) or `localhost/acme-` (a name prefix). When set, an image must be written
+    /// with its registry (`docker.io/library/nginx`, not `nginx`: a short name could resolve to
+    /// any image on the host) and start with one of them. Empty (the default): any image.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow: Vec<String>,
+}
+
+impl ImagePolicy {
+    pub fn is_empty(&self) -> bool {
+        self.allow.is_empty()
+    }
 }
 
 /// How codeb drives the Caddy of a Host.
@@ -141,6 +322,10 @@ pub struct EnvironmentSpec {
     /// DNS names; unique across every applied environment.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hostname: Option<String>,
+    /// Memory, CPUs and processes for each slot's container. A field left out is the Host's
+    /// `containers.resources` value; none may be over its `containers.maxResources`.
+    #[serde(default, skip_serializing_if = "Resources::is_empty")]
+    pub resources: Resources,
 }
 
 /// The HTTP health check of a slot: it passes on a 2xx or 3xx answer.
@@ -189,6 +374,18 @@ pub enum Promotion {
     Auto,
 }
 
+fn is_default_policy(p: &ContainerPolicy) -> bool {
+    p.is_default()
+}
+fn yes() -> bool {
+    true
+}
+fn is_true(b: &bool) -> bool {
+    *b
+}
+fn is_false(b: &bool) -> bool {
+    !*b
+}
 fn default_publish_address() -> String {
     "127.0.0.1".to_string()
 }

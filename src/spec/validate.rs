@@ -4,8 +4,9 @@
 //! tree): names are DNS labels, no kind+name is defined twice, a Project's Host and Zone exist,
 //! addresses, endpoints, ports, paths, durations, images, env names and hostnames are well-formed,
 //! durations are within their maximums (see `limits`), every hostname is served by one
-//! environment only and leaves room for its preview hostnames, and no two environments need one
-//! container name. [`check_recorded`] checks the same names against the environments earlier
+//! environment only and leaves room for its preview hostnames, no two environments need one
+//! container name, a Host's `containers` policy is well-formed, and every environment's image and
+//! `resources` are within its Host's allow-list and maximums. [`check_recorded`] checks the same names against the environments earlier
 //! applies recorded (the service passes them in). No I/O; `env` values are never read.
 
 use std::collections::BTreeMap;
@@ -15,7 +16,14 @@ use std::time::Duration;
 use super::document::{Document, Kind, Spec};
 use super::error::{did_you_mean, quote, Error, Errors};
 use super::limits::{MAX_GRACE_PERIOD, MAX_HEALTH_TIMEOUT};
-use super::types::{EnvOrigins, HostSpec, Manifests, Named, Origin, ProjectSpec, ZoneSpec};
+use super::resources::{
+    capability, has_registry, parse_cpus, parse_memory, show_cpus, show_memory, Limits, MAX_PIDS,
+    MIN_MEMORY_BYTES,
+};
+use super::types::{
+    ContainerPolicy, EnvOrigins, HostSpec, Manifests, Named, Origin, ProjectSpec, Resources,
+    ZoneSpec,
+};
 
 /// The longest hostname whose preview hostnames (`blue.` and `green.` before it) are still DNS
 /// names of at most 253 characters.
@@ -81,6 +89,7 @@ pub(crate) fn validate(documents: Vec<Document>, complete: bool) -> Result<Manif
     }
     if complete {
         check_references(&checked, &manifests, &mut errors);
+        check_confinement(&checked, &manifests, &mut errors);
     }
     check_hostnames(&checked, &mut errors);
     check_container_names(&checked, &mut errors);
@@ -182,6 +191,144 @@ fn check_host(doc: &Document, host: &HostSpec, errors: &mut Vec<Error>) {
             "`listen` is empty: expected at least one `host:port`".to_string(),
         ));
     }
+    check_container_policy(doc, &host.containers, errors);
+}
+
+/// A Host's `containers`: quantities parse and are in range, its defaults are within its
+/// maximums, capabilities are Linux's, the user is a user, allowed images name their registry.
+fn check_container_policy(doc: &Document, policy: &ContainerPolicy, errors: &mut Vec<Error>) {
+    let base = ["spec", "containers"];
+    check_resources(
+        doc,
+        &[&base[..], &["resources"]].concat(),
+        &policy.resources,
+        errors,
+    );
+    let max_path = [&base[..], &["maxResources"]].concat();
+    check_resources(doc, &max_path, &policy.max_resources, errors);
+    let (defaults, max) = (policy.default_limits(), policy.max_limits());
+    for (field, default, maximum) in limit_fields(defaults, max) {
+        if default.0 > maximum.0 {
+            let path = [&max_path[..], &[field]].concat();
+            errors.push(Error::new(
+                doc.value_origin(&path),
+                format!(
+                    "invalid maxResources {field} `{}`: below the Host's default `{}` (its \
+                     `containers.resources`, or codeb's default); expected at least that",
+                    maximum.1, default.1
+                ),
+            ));
+        }
+    }
+    for (list, names) in [
+        ("add", &policy.capabilities.add),
+        ("drop", &policy.capabilities.drop),
+    ] {
+        for (i, name) in names.iter().enumerate() {
+            let all = list == "drop" && name.eq_ignore_ascii_case("ALL");
+            if !all && capability(name).is_none() {
+                let index = i.to_string();
+                let path = [&base[..], &["capabilities", list, &index]].concat();
+                let message = format!(
+                    "invalid capability {}: expected a Linux capability, e.g. `NET_BIND_SERVICE` \
+                     (`CAP_` may be left out){}",
+                    doc.show(&path, name),
+                    if list == "drop" { ", or `ALL`" } else { "" }
+                );
+                errors.push(Error::new(doc.value_origin(&path), message));
+            }
+        }
+    }
+    if let Some(user) = &policy.user {
+        if !is_user(user) {
+            let path = [&base[..], &["user"]].concat();
+            let message = format!(
+                "invalid user {}: expected `uid`, `uid:gid` or a user name, e.g. `1000:1000`",
+                doc.show(&path, user)
+            );
+            errors.push(Error::new(doc.value_origin(&path), message));
+        }
+    }
+    for (i, prefix) in policy.images.allow.iter().enumerate() {
+        if !has_registry(prefix) || prefix.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            let index = i.to_string();
+            let path = [&base[..], &["images", "allow", &index]].concat();
+            let message = format!(
+                "invalid allowed image prefix {}: expected a registry and more, without spaces, \
+                 e.g. `ghcr.io/acme/` or `localhost/acme-`",
+                doc.show(&path, prefix)
+            );
+            errors.push(Error::new(doc.value_origin(&path), message));
+        }
+    }
+}
+
+/// A limit as a number to compare and as a person writes it.
+type Shown = (u64, String);
+
+/// `(field, a's, b's)` of each limit, for comparisons.
+fn limit_fields(a: Limits, b: Limits) -> [(&'static str, Shown, Shown); 3] {
+    let memory = |l: Limits| (l.memory_bytes, show_memory(l.memory_bytes));
+    let cpus = |l: Limits| (u64::from(l.millicpus), show_cpus(l.millicpus));
+    let pids = |l: Limits| (u64::from(l.pids), l.pids.to_string());
+    [
+        ("memory", memory(a), memory(b)),
+        ("cpus", cpus(a), cpus(b)),
+        ("pids", pids(a), pids(b)),
+    ]
+}
+
+/// One `resources` mapping at `path`: each quantity parses and is in range.
+fn check_resources(doc: &Document, path: &[&str], r: &Resources, errors: &mut Vec<Error>) {
+    let mut invalid = |field: &str, value: &str, expected: &str| {
+        let path = [path, &[field]].concat();
+        let message = format!("invalid {field} {}: {expected}", doc.show(&path, value));
+        errors.push(Error::new(doc.value_origin(&path), message));
+    };
+    if let Some(memory) = &r.memory {
+        match parse_memory(&memory.0) {
+            Err(expected) => invalid("memory", &memory.0, expected),
+            Ok(bytes) if bytes < MIN_MEMORY_BYTES => invalid(
+                "memory",
+                &memory.0,
+                "expected at least `6Mi` (Podman's minimum)",
+            ),
+            Ok(_) => {}
+        }
+    }
+    if let Some(cpus) = &r.cpus {
+        match parse_cpus(&cpus.0) {
+            Err(expected) => invalid("cpus", &cpus.0, expected),
+            Ok(0) => invalid("cpus", &cpus.0, "expected at least `0.01`"),
+            Ok(_) => {}
+        }
+    }
+    if let Some(pids) = r.pids {
+        if pids == 0 || pids > MAX_PIDS {
+            invalid(
+                "pids",
+                &pids.to_string(),
+                "expected 1-4194304 processes, e.g. `256`",
+            );
+        }
+    }
+}
+
+/// `uid`, `uid:gid`, or a POSIX-ish user (and group) name.
+fn is_user(s: &str) -> bool {
+    let part = |p: &str| {
+        !p.is_empty()
+            && p.len() <= 32
+            && (p.chars().all(|c| c.is_ascii_digit())
+                || (p.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
+                    && p.chars().all(|c| {
+                        c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '_' | '-')
+                    })))
+    };
+    match s.split_once(':') {
+        Some((user, group)) => part(user) && part(group),
+        None => part(s),
+    }
 }
 
 fn check_zone(doc: &Document, zone: &ZoneSpec, errors: &mut Vec<Error>) {
@@ -241,6 +388,7 @@ fn check_project(doc: &Document, project: &ProjectSpec, errors: &mut Vec<Error>)
             path.extend_from_slice(field);
             path
         };
+        check_resources(doc, &path(&["resources"]), &env.resources, errors);
         // "invalid {what} {value}: {expected}", at the value.
         let mut invalid = |field: &[&'static str], what: &str, value: &str, expected: &str| {
             let path = path(field);
@@ -398,6 +546,113 @@ fn check_references(documents: &[Document], manifests: &Manifests, errors: &mut 
             ));
         }
     }
+}
+
+/// Every environment's image is one its Host allows, and its `resources` are within the Host's
+/// maximums. Each refusal names the Host's setting and where it was written.
+fn check_confinement(documents: &[Document], manifests: &Manifests, errors: &mut Vec<Error>) {
+    let host_docs: BTreeMap<&str, &Document> = documents
+        .iter()
+        .filter(|d| d.kind == Kind::Host)
+        .map(|d| (d.name.as_str(), d))
+        .collect();
+    for doc in documents {
+        let Spec::Project(project) = &doc.spec else {
+            continue;
+        };
+        let (Some(host), Some(host_doc)) = (
+            manifests.hosts.get(&project.host),
+            host_docs.get(project.host.as_str()),
+        ) else {
+            continue;
+        };
+        let policy = &host.spec.containers;
+        for (env_name, env) in &project.environments {
+            let path = |field: &[&'static str]| {
+                let mut path = vec!["spec", "environments", env_name.as_str()];
+                path.extend_from_slice(field);
+                path
+            };
+            if !policy.images.allows(&env.image) {
+                let image_path = path(&["image"]);
+                let allowed: Vec<String> = policy
+                    .images
+                    .allow
+                    .iter()
+                    .map(|p| format!("`{}`", quote(p)))
+                    .collect();
+                let why = if has_registry(&env.image) {
+                    "is not one Host".to_string()
+                } else {
+                    "does not name its registry (a short name may resolve to any image on the \
+                     host), and Host"
+                        .to_string()
+                };
+                errors.push(Error::new(
+                    doc.value_origin(&image_path),
+                    format!(
+                        "image {} {why} `{}` allows: expected an image starting with {} (the \
+                         Host's `containers.images.allow` at {})",
+                        doc.show(&image_path, &env.image),
+                        quote(&project.host),
+                        allowed.join(" or "),
+                        host_doc.value_origin(&["spec", "containers", "images", "allow"])
+                    ),
+                ));
+            }
+            let asked = policy.limits(&env.resources);
+            let max = policy.max_limits();
+            let written = [
+                env.resources.memory.is_some(),
+                env.resources.cpus.is_some(),
+                env.resources.pids.is_some(),
+            ];
+            for ((field, value, maximum), written) in
+                limit_fields(asked, max).into_iter().zip(written)
+            {
+                if !written || value.0 <= maximum.0 {
+                    continue;
+                }
+                let value_path = path(&["resources", field]);
+                errors.push(Error::new(
+                    doc.value_origin(&value_path),
+                    format!(
+                        "invalid {field} {}: over the most Host `{}` allows, `{}` ({}); expected \
+                         at most that, or the Host's admin raises `containers.maxResources.{field}`",
+                        doc.show_written(&value_path, &value.1),
+                        quote(&project.host),
+                        maximum.1,
+                        max_origin(host_doc, policy, field)
+                    ),
+                ));
+            }
+        }
+    }
+}
+
+/// Where a Host's maximum for `field` comes from, for a message.
+fn max_origin(host: &Document, policy: &ContainerPolicy, field: &str) -> String {
+    let set = |r: &Resources| match field {
+        "memory" => r.memory.is_some(),
+        "cpus" => r.cpus.is_some(),
+        _ => r.pids.is_some(),
+    };
+    for (key, r) in [
+        ("maxResources", &policy.max_resources),
+        ("resources", &policy.resources),
+    ] {
+        if set(r) {
+            let path = ["spec", "containers", key, field];
+            return format!(
+                "its `containers.{key}.{field}` at {}",
+                host.value_origin(&path)
+            );
+        }
+    }
+    format!(
+        "codeb's default, as the Host at {} sets no `containers.maxResources.{field}`",
+        host.name_origin
+    )
 }
 
 /// Every hostname, explicit or default, is served by one environment only.
@@ -890,6 +1145,121 @@ metadata: {name: codeb.test}
              is kept this long for a rollback; e.g. `1h`)"
         );
         manifests(&[project("a", "production", ", gracePeriod: 30d")]);
+    }
+
+    /// The stack's Host with `containers` (a flow mapping's inside) and its Zone.
+    fn confined_host(containers: &str) -> String {
+        HOST_AND_ZONE.replace(
+            "caddy: {admin: 'http://127.0.0.1:2019'}}",
+            &format!("caddy: {{admin: 'http://127.0.0.1:2019'}}, containers: {{{containers}}}}}"),
+        )
+    }
+
+    fn confined_errors(containers: &str, projects: &[String]) -> String {
+        load_str(
+            "t.yaml",
+            &format!("{}{}", confined_host(containers), projects.concat()),
+        )
+        .expect_err("must be refused")
+        .to_string()
+    }
+
+    const ALLOW: &str = "images: {allow: ['ghcr.io/acme/', 'localhost/codeb-test-']}";
+
+    #[test]
+    fn an_image_outside_the_hosts_allow_list_is_refused_where_it_is_written() {
+        let ok = load_str(
+            "t.yaml",
+            &format!(
+                "{}{}",
+                confined_host(ALLOW),
+                project("a", "production", "").replace("image: a", "image: ghcr.io/acme/a:1")
+            ),
+        );
+        assert!(ok.is_ok(), "{ok:?}");
+        let theirs = project("a", "production", "").replace("image: a", "image: localhost/b:v1");
+        assert_eq!(
+            confined_errors(ALLOW, &[theirs]),
+            "t.yaml:17:25: image `localhost/b:v1` is not one Host `local` allows: expected an \
+             image starting with `ghcr.io/acme/` or `localhost/codeb-test-` (the Host's \
+             `containers.images.allow` at t.yaml:4:128)"
+        );
+        let short = project("a", "production", "").replace("image: a", "image: codeb-test-x");
+        assert!(
+            confined_errors(ALLOW, &[short]).contains("does not name its registry"),
+            "a short name may resolve to another tenant's local image"
+        );
+    }
+
+    #[test]
+    fn resources_over_the_hosts_maximum_are_refused_naming_the_maximum() {
+        let host = "resources: {memory: 256Mi, pids: 128}, maxResources: {memory: 512Mi}";
+        let text = confined_errors(
+            host,
+            &[project(
+                "a",
+                "production",
+                ", resources: {memory: 1Gi, cpus: 2, pids: 64}",
+            )],
+        );
+        assert_eq!(
+            text,
+            "t.yaml:17:58: invalid memory `1Gi`: over the most Host `local` allows, `512Mi` (its \
+             `containers.maxResources.memory` at t.yaml:4:174); expected at most that, or the \
+             Host's admin raises `containers.maxResources.memory`\n\
+             t.yaml:17:69: invalid cpus `2`: over the most Host `local` allows, `1` (codeb's \
+             default, as the Host at t.yaml:3:18 sets no `containers.maxResources.cpus`); \
+             expected at most that, or the Host's admin raises `containers.maxResources.cpus`"
+        );
+        // Within the maximums (pids under the Host's default is fine).
+        load_str(
+            "t.yaml",
+            &format!(
+                "{}{}",
+                confined_host(host),
+                project("a", "production", ", resources: {memory: 512Mi, pids: 64}")
+            ),
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn a_hosts_container_policy_is_checked_field_by_field() {
+        let text = confined_errors(
+            "resources: {memory: 512M, cpus: 0.125, pids: 0}, maxResources: {pids: 8}, \
+             capabilities: {add: [NET_RAWR], drop: [ALL]}, user: 'root user', \
+             images: {allow: [acme/]}",
+            &[],
+        );
+        for expected in [
+            "invalid memory `512M`: expected bytes or a whole number with a binary suffix",
+            "invalid cpus `0.125`: expected a number of CPUs with at most two decimals",
+            "invalid pids `0`: expected 1-4194304 processes",
+            "invalid capability `NET_RAWR`: expected a Linux capability",
+            "invalid user `root user`",
+            "invalid allowed image prefix `acme/`",
+        ] {
+            assert!(text.contains(expected), "{expected}\n{text}");
+        }
+        let text = confined_errors("resources: {pids: 64}, maxResources: {pids: 8}", &[]);
+        assert!(
+            text.contains("invalid maxResources pids `8`: below the Host's default `64`"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_project_environments_resources_are_checked_where_written() {
+        let text = errors(&[project(
+            "a",
+            "production",
+            ", resources: {memory: 1Mi, cpus: abc}",
+        )]);
+        assert!(
+            text.contains("t.yaml:17:58: invalid memory `1Mi`: expected at least `6Mi`"),
+            "{text}"
+        );
+        assert!(text.contains("invalid cpus `abc`"), "{text}");
     }
 
     fn recorded<'a>(project: &'a str, environment: &'a str, hostname: &'a str) -> RecordedEnv<'a> {

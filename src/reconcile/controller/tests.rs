@@ -24,6 +24,7 @@ fn host() -> HostRef {
         listen: vec!["127.0.0.1:18080".into()],
         tls: crate::spec::Tls::Off,
         publish_address: "127.0.0.1".into(),
+        image_allow: vec![],
     }
 }
 
