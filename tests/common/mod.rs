@@ -549,8 +549,15 @@ impl Sandbox {
 
     /// Starts `codeb watch -f manifests ARGS…` on this sandbox's state directory, logging to a file.
     pub fn watch(&self, manifests: &Path, args: &[&str]) -> WatchProcess {
+        self.daemon(&["watch", "-f", manifests.to_str().unwrap()], args)
+    }
+
+    /// Starts `codeb COMMAND… ARGS…` as a daemon on this sandbox's state directory, its log in a
+    /// file of its own.
+    fn daemon(&self, command: &[&str], args: &[&str]) -> WatchProcess {
         let log = self.dir.path().join(format!(
-            "watch-{}.log",
+            "{}-{}.log",
+            command[0],
             std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .unwrap()
@@ -559,12 +566,12 @@ impl Sandbox {
         let child = Command::new(env!("CARGO_BIN_EXE_codeb"))
             .arg("--state-dir")
             .arg(self.state())
-            .args(["watch", "-f", manifests.to_str().unwrap()])
+            .args(command)
             .args(args)
             .stdout(std::process::Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
-            .expect("codeb watch starts");
+            .unwrap_or_else(|e| panic!("codeb {} starts: {e}", command[0]));
         WatchProcess { child, log }
     }
 }
@@ -678,32 +685,17 @@ impl Sandbox {
     /// directory and waits (at most 20 s) until `GET /health` answers 200.
     pub fn serve(&self, manifests: &Path, args: &[&str]) -> ServeProcess {
         let addr = format!("127.0.0.1:{}", free_port());
-        let log = self.dir.path().join(format!(
-            "serve-{}.log",
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos()
-        ));
-        let child = Command::new(env!("CARGO_BIN_EXE_codeb"))
-            .arg("--state-dir")
-            .arg(self.state())
-            .args([
+        let daemon = self.daemon(
+            &[
                 "serve",
                 "-f",
                 manifests.to_str().unwrap(),
                 "--listen",
                 &addr,
-            ])
-            .args(args)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .expect("codeb serve starts");
-        let mut serve = ServeProcess {
-            daemon: WatchProcess { child, log },
-            addr,
-        };
+            ],
+            args,
+        );
+        let mut serve = ServeProcess { daemon, addr };
         let up = eventually(Duration::from_secs(20), || {
             if let Some(status) = serve.daemon.child.try_wait().unwrap() {
                 panic!("codeb serve exited with {status}\n{}", serve.log());
