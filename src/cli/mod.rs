@@ -160,6 +160,9 @@ pub enum Command {
         output: Output,
     },
     /// Print a slot's recent log lines (the active slot's by default).
+    #[command(
+        after_help = "Examples:\n  codeb logs myapp\n  codeb logs myapp --env staging --slot green --lines 20 -o json"
+    )]
     Logs {
         project: String,
         #[arg(long, default_value = "production")]
