@@ -237,6 +237,10 @@ impl fmt::Display for Note {
             Note::ZoneUnreachable { zone, error } => write!(f, "zone {zone}: {error}; its DNS records were not planned"),
             Note::DnsConflict { key, zone, name, holder } => write!(f, "{key}: {name} already holds {holder} in Zone {zone}; codeb leaves it as it is and writes none of {key}'s DNS records (choose another hostname, or remove that record)"),
             Note::NoZone { key, hostname } => write!(f, "{key}: {hostname} is in no declared Zone; codeb writes no DNS record for it"),
+            Note::Unrecorded { keys } => {
+                let names: Vec<String> = keys.iter().map(|k| k.to_string()).collect();
+                write!(f, "{} {} not recorded in this state directory: removed as found on the hosts by codeb's marks (their DNS records, if any, are left)", names.join(", "), if keys.len() == 1 { "was" } else { "were" })
+            }
             Note::HostMoved { key, from, to } => write!(f, "{key}: recorded on host {from}, manifests say {to}; moving is not supported (delete the project first)"),
         }
     }

@@ -329,6 +329,9 @@ pub enum Note {
     },
     /// The hostname is in no declared Zone: codeb writes no DNS record for it. Converged.
     NoZone { key: EnvKey, hostname: String },
+    /// `delete` removed environments the store did not record, found by codeb's marks on the
+    /// hosts; their DNS records (if any) are left, since no record says in which zone.
+    Unrecorded { keys: Vec<EnvKey> },
 }
 
 impl Note {
@@ -336,7 +339,10 @@ impl Note {
     pub fn is_problem(&self) -> bool {
         !matches!(
             self,
-            Note::AwaitingPromotion { .. } | Note::Held { .. } | Note::NoZone { .. }
+            Note::AwaitingPromotion { .. }
+                | Note::Held { .. }
+                | Note::NoZone { .. }
+                | Note::Unrecorded { .. }
         )
     }
 
@@ -573,6 +579,79 @@ pub fn plan_delete(keys: &[EnvKey], observed: &Observed, recorded: &Recorded) ->
     }
     dns::keep_unplanned_records(&mut plan, &recorded.zones, recorded, observed);
     plan
+}
+
+/// Environments of `projects` that the observed hosts hold by codeb's marks but the store does not
+/// record (its state directory was lost or is a fresh one): a record made from what was observed
+/// (the host, the hostname of the environment's route, the base port from a container's or a
+/// rule's), enough for [`plan_delete`] to remove them.
+pub fn orphans(
+    projects: &std::collections::BTreeSet<String>,
+    observed: &Observed,
+    recorded: &Recorded,
+) -> Vec<EnvRecord> {
+    let mut found: BTreeMap<EnvKey, EnvRecord> = BTreeMap::new();
+    for (host, obs) in &observed.hosts {
+        let Some(view) = obs.view() else { continue };
+        let mut note = |key: EnvKey, hostname: Option<&str>, base: Option<u16>| {
+            if !projects.contains(&key.project) || recorded.envs.contains_key(&key) {
+                return;
+            }
+            let rec = found
+                .entry(key.clone())
+                .or_insert_with(|| EnvRecord::new(key, host.clone(), String::new(), 0));
+            if let Some(h) = hostname {
+                rec.hostname = h.to_string();
+            }
+            if let Some(b) = base.filter(|_| rec.base_port == 0) {
+                rec.base_port = b;
+            }
+        };
+        for c in view.containers {
+            let (Some(p), Some(e)) = (c.labels.get(LABEL_PROJECT), c.labels.get(LABEL_ENVIRONMENT))
+            else {
+                continue;
+            };
+            let slot = c.labels.get(crate::model::ownership::LABEL_SLOT);
+            let port: Option<u16> = c.labels.get(LABEL_PORT).and_then(|p| p.parse().ok());
+            let base = match (slot.and_then(|s| Slot::parse(s)), port) {
+                (Some(Slot::Green), Some(p)) => p.checked_sub(1),
+                (Some(Slot::Blue), Some(p)) => Some(p),
+                _ => None,
+            };
+            note(EnvKey::new(p.clone(), e.clone()), None, base);
+        }
+        for r in &view.proxy.routes {
+            if let Some(key) = route_key(&r.id) {
+                let hostname = (r.id == key.route_id()).then(|| r.hosts.first()).flatten();
+                note(key, hostname.map(String::as_str), None);
+            }
+        }
+        if let KernelObservation::Managed {
+            services, publish, ..
+        } = view.kernel
+        {
+            let published = publish.iter().flat_map(|p| p.services.services.iter());
+            for (port, service) in services.services.iter().chain(published) {
+                for rule in &service.rules {
+                    let crate::model::observed::ServiceRule::Dnat(t) = rule else {
+                        continue;
+                    };
+                    // `project/env` for a service address, `project/env/slot` for a slot port.
+                    let mut parts = t.label.split('/');
+                    let (Some(p), Some(e)) = (parts.next(), parts.next()) else {
+                        continue;
+                    };
+                    let base = match parts.next().and_then(Slot::parse) {
+                        Some(Slot::Green) => port.checked_sub(1),
+                        _ => Some(*port),
+                    };
+                    note(EnvKey::new(p, e), None, base);
+                }
+            }
+        }
+    }
+    found.into_values().collect()
 }
 
 fn plan_removal(rec: &EnvRecord, view: HostView<'_>, plan: &mut Plan) {

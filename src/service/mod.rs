@@ -983,19 +983,19 @@ fn outcome(report: reconcile::Report, notes: Vec<Note>) -> OutcomeView {
 
 async fn delete(ctx: &Ctx, names: Vec<String>, sources: &[Source]) -> Result<OutcomeView> {
     let store = &ctx.store;
-    let projects: BTreeSet<String> = match (names.is_empty(), sources.is_empty()) {
-        (false, true) => names.into_iter().collect(),
-        (true, false) => load(ctx, sources)?
-            .envs
-            .keys()
-            .map(|k| k.project.clone())
-            .collect(),
-        _ => {
-            return Err(Error::invalid(
-                "use `codeb delete project NAME` or `codeb delete -f PATH…`",
-            ))
-        }
-    };
+    let (projects, declared): (BTreeSet<String>, Option<Desired>) =
+        match (names.is_empty(), sources.is_empty()) {
+            (false, true) => (names.into_iter().collect(), None),
+            (true, false) => {
+                let d = load(ctx, sources)?;
+                (d.envs.keys().map(|k| k.project.clone()).collect(), Some(d))
+            }
+            _ => {
+                return Err(Error::invalid(
+                    "use `codeb delete project NAME` or `codeb delete -f PATH…`",
+                ))
+            }
+        };
     let recorded = store.load()?;
     let keys: Vec<EnvKey> = recorded
         .envs
@@ -1004,11 +1004,7 @@ async fn delete(ctx: &Ctx, names: Vec<String>, sources: &[Source]) -> Result<Out
         .cloned()
         .collect();
     if keys.is_empty() {
-        let names: Vec<_> = projects.into_iter().collect();
-        return Err(Error::not_found(format!(
-            "no recorded project named {}",
-            names.join(", ")
-        )));
+        return delete_unrecorded(ctx, &projects, declared.as_ref()).await;
     }
     if let Some(daemon) = &ctx.daemon {
         daemon.check_delete(&keys)?;
@@ -1051,6 +1047,60 @@ async fn delete(ctx: &Ctx, names: Vec<String>, sources: &[Source]) -> Result<Out
         }
     }
     Ok(outcome(report, p.notes))
+}
+
+/// Deletes what the hosts hold of `projects` by codeb's marks when the store records none of
+/// them (its state directory was lost, or is a fresh one): the recorded hosts, and those of the
+/// manifests given, are observed, and the environments found there are removed as if recorded
+/// (`plan::orphans`). Their DNS records are not: without a record, codeb does not know their
+/// zones.
+async fn delete_unrecorded(
+    ctx: &Ctx,
+    projects: &BTreeSet<String>,
+    declared: Option<&Desired>,
+) -> Result<OutcomeView> {
+    let store = &ctx.store;
+    let mut recorded = store.load()?;
+    let mut hosts = recorded.hosts.clone();
+    if let Some(d) = declared {
+        hosts.extend(d.hosts.clone());
+    }
+    let names: Vec<&str> = projects.iter().map(String::as_str).collect();
+    if hosts.is_empty() {
+        return Err(Error::not_found(format!(
+            "no recorded project named {}, and no recorded host to look for it on (delete -f with its manifests names them)",
+            names.join(", ")
+        )));
+    }
+    let backends = connect_or_invalid(ctx, hosts.values(), [])?;
+    let observed = reconcile::observe(&backends).await;
+    let found = plan::orphans(projects, &observed, &recorded);
+    if found.is_empty() {
+        let on: Vec<&str> = hosts.keys().map(String::as_str).collect();
+        return Err(Error::not_found(format!(
+            "no recorded project named {}, and nothing of it carries codeb's marks on {}",
+            names.join(", "),
+            on.join(", ")
+        )));
+    }
+    let keys: Vec<EnvKey> = found.iter().map(|r| r.key.clone()).collect();
+    if let Some(daemon) = &ctx.daemon {
+        daemon.check_delete(&keys)?;
+    }
+    let _claim = ctx
+        .claim(keys.iter().cloned().map(Work::Env).collect())
+        .await?;
+    recorded.hosts.extend(hosts);
+    // No record says which zones hold their names: no DNS step is planned.
+    recorded.zones.clear();
+    for rec in found {
+        recorded.envs.insert(rec.key.clone(), rec);
+    }
+    let p = plan::plan_delete(&keys, &observed, &recorded);
+    let report = reconcile::execute(&p, store, &backends, &HttpProber::new()).await?;
+    let mut notes = p.notes;
+    notes.push(plan::Note::Unrecorded { keys });
+    Ok(outcome(report, notes))
 }
 
 /// The host of a recorded environment, observed for that environment alone.
