@@ -221,6 +221,16 @@ fn the_cli_works_through_the_daemon_and_a_promote_or_rollback_is_not_undone() {
         w.log()
     );
     assert!(sb.state().join("codeb.sock").exists());
+    // The daemon's sweeps record how the host switches traffic: `get hosts` through it shows it.
+    assert!(
+        eventually(Duration::from_secs(10), || {
+            let out = sb.codeb(&["get", "hosts", "-o", "json"]);
+            let hosts: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+            hosts[0]["switch"] == "kernel" || hosts[0]["switch"] == "caddy-admin"
+        }),
+        "{}",
+        w.log()
+    );
 
     sb.save(&[manual("localhost/codeb-test-app:v2")]);
     assert!(

@@ -1243,6 +1243,8 @@ async fn sweep<R: Runtime, P: Proxy, K: Kernel, D: Dns, H: Prober>(
         .map(|(k, d)| (k.clone(), d.clone()))
         .collect();
     let observed = observe_host(sh, host, backends).await?;
+    // How the host switches traffic, for `get hosts` (written only when it changed).
+    super::record_switch_modes(store, &observed)?;
     let recorded = store.load().map_err(super::Error::from)?;
     let remove: Vec<EnvKey> = if sh.prune {
         recorded
