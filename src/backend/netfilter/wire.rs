@@ -810,4 +810,51 @@ mod tests {
         assert_eq!(error_code(&0i32.to_ne_bytes()), 0);
         assert_eq!(error_code(&[]), 71);
     }
+
+    mod hostile {
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(3000))]
+
+            /// The kernel's replies are read by codeb as root: whatever bytes arrive (a bug, a
+            /// future kernel, a hostile netlink peer), decoding never panics and never reads past
+            /// the buffer, and every message it yields lies inside the datagram.
+            #[test]
+            fn random_bytes_never_panic_the_reply_parser(bytes in proptest::collection::vec(any::<u8>(), 0..2048)) {
+                let replies = replies(&bytes);
+                for r in &replies {
+                    prop_assert!(r.body.len() <= bytes.len());
+                    let _ = error_code(r.body);
+                    let _ = table_of(r.body);
+                    let _ = chain(r.body);
+                    let _ = rule(r.body);
+                }
+                let _ = chain(&bytes);
+                let _ = rule(&bytes);
+                let _ = table_of(&bytes);
+            }
+
+            /// A well-formed header around random attributes: the attribute walk and the
+            /// expression decoder meet arbitrary lengths and kinds without panicking.
+            #[test]
+            fn random_attributes_in_a_valid_message_never_panic(
+                kind in any::<u16>(),
+                attrs in proptest::collection::vec(any::<u8>(), 0..1024),
+            ) {
+                let len = 16 + 4 + attrs.len();
+                let mut msg = Vec::with_capacity(len);
+                msg.extend_from_slice(&(len as u32).to_ne_bytes());
+                msg.extend_from_slice(&kind.to_ne_bytes());
+                msg.extend_from_slice(&[0; 10]);
+                msg.extend_from_slice(&[2, 0, 0, 0]);
+                msg.extend_from_slice(&attrs);
+                for r in replies(&msg) {
+                    let _ = chain(r.body);
+                    let _ = rule(r.body);
+                }
+            }
+        }
+    }
 }
