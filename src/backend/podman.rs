@@ -31,7 +31,7 @@ use bollard::query_parameters::{
 use bollard::{ClientVersion, Docker};
 use futures_util::StreamExt;
 use serde::Deserialize;
-use tracing::debug;
+use tracing::{debug, warn};
 
 use super::Runtime;
 use crate::model::observed::{NetworkInfo, ObservedContainer};
@@ -55,9 +55,15 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// does not cover: bollard times out only until the response headers).
 const PULL_TIMEOUT: Duration = Duration::from_secs(600);
 
-/// Seconds Podman waits after SIGTERM before SIGKILL. With `Init = true` a busybox app stops in
-/// 0.33–0.47 s; without an init a PID 1 that ignores SIGTERM always used the full timeout.
-const STOP_TIMEOUT_SECS: i32 = 5;
+/// Seconds Podman waits after the stop signal (SIGTERM unless the image's `STOPSIGNAL` says
+/// otherwise) before SIGKILL, on every stop and every removal. 10 s is the default of Docker and
+/// Podman, so an app written for them drains within it (closes its connections, finishes its
+/// requests, writes its last log line); written at creation too (`StopTimeout`), so a stop by
+/// hand (`podman stop`) grants the same. A fixed constant, not part of the release: changing it
+/// redeploys nothing. With `Init = true` a busybox app that does not trap SIGTERM stops in
+/// 0.33–0.47 s; an app that ignores it costs the full 10 s on each removal. Well inside
+/// [`REQUEST_TIMEOUT`], which bounds the stop request as a whole.
+pub const STOP_TIMEOUT_SECS: i32 = 10;
 
 /// Result of this adapter.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -581,15 +587,49 @@ impl Runtime for Podman {
         Ok(())
     }
 
-    /// Force-removes the container and its anonymous volumes (an image's `VOLUME`s would otherwise
-    /// pile up, one set per release); a missing container is not an error.
+    /// Stops the container gracefully (as `stop`: the stop signal, then up to
+    /// [`STOP_TIMEOUT_SECS`] before SIGKILL), then removes it and its anonymous volumes (an
+    /// image's `VOLUME`s would otherwise pile up, one set per release); a missing container is not
+    /// an error.
+    ///
+    /// # Guarantees
+    /// The app gets its stop signal and grace period before it goes: a forced removal (SIGKILL at
+    /// once) happens only when the stop failed or the stopped container still refused removal,
+    /// so that a broken stop cannot leave a retired slot behind for ever.
     async fn remove(&self, id: &str) -> super::Result<()> {
         let started = Instant::now();
-        let options = RemoveContainerOptionsBuilder::default()
-            .force(true)
-            .v(true)
-            .build();
-        match self.docker()?.remove_container(id, Some(options)).await {
+        let stopped = self.stop(id).await;
+        if let Err(e) = &stopped {
+            warn!(id, error = %e, "graceful stop failed: removing by force");
+        }
+        let removal = |force| {
+            RemoveContainerOptionsBuilder::default()
+                .force(force)
+                .v(true)
+                .build()
+        };
+        let docker = self.docker()?;
+        let mut result = docker
+            .remove_container(id, Some(removal(stopped.is_err())))
+            .await;
+        if stopped.is_ok()
+            && !matches!(
+                result,
+                Ok(())
+                    | Err(BollardError::DockerResponseServerError {
+                        status_code: 404,
+                        ..
+                    })
+            )
+        {
+            // Stopped, yet not removable (e.g. restarted in between): the last resort.
+            warn!(
+                id,
+                "removal of the stopped container failed: removing by force"
+            );
+            result = docker.remove_container(id, Some(removal(true))).await;
+        }
+        match result {
             Ok(())
             | Err(BollardError::DockerResponseServerError {
                 status_code: 404, ..
@@ -708,6 +748,8 @@ fn create_body(spec: &ContainerSpec) -> ContainerCreateBody {
         ),
         exposed_ports: Some(vec![port.clone()]),
         user: c.user.clone(),
+        // Recorded on the container, so a stop by hand grants the app the same grace.
+        stop_timeout: Some(i64::from(STOP_TIMEOUT_SECS)),
         host_config: Some(HostConfig {
             port_bindings,
             memory: Some(saturating_i64(c.memory_bytes)),
@@ -1335,6 +1377,7 @@ mod tests {
             "127.0.0.1"
         );
         assert_eq!(body["HostConfig"]["Init"], true);
+        assert_eq!(body["StopTimeout"], 10, "SIGTERM, then 10 s before SIGKILL");
         assert_eq!(
             body["HostConfig"]["RestartPolicy"]["Name"],
             "unless-stopped"
