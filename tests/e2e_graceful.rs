@@ -16,8 +16,10 @@ use common::kernel::assert_kernel_mode;
 use common::load::{fresh_get, InFlight};
 use common::*;
 
-/// The app's command: httpd in the background, and a SIGTERM trap that drains for 2 s.
+/// The app's command: httpd in the background, and a SIGTERM trap that drains for 2 s; and a
+/// grace period other than the default, to see it reach the container.
 const TRAPPING: &str = r#"      command: ["/bin/sh", "-c", "trap 'echo got-TERM; sleep 2; echo drained; exit 0' TERM; httpd -f -p 8080 -h /www & wait"]
+      stopTimeout: 20s
 "#;
 
 /// The exit codes of the `died` events of containers named `name` since `since` (Unix seconds).
@@ -67,8 +69,8 @@ fn delete_stops_the_app_with_sigterm_and_its_request_in_flight_finishes() {
     let inspect = podman(&["inspect", "--format", "{{.Config.StopTimeout}}", &container]);
     assert_eq!(
         String::from_utf8_lossy(&inspect.stdout).trim(),
-        "10",
-        "created with its grace period: {}",
+        "20",
+        "created with its grace period (`stopTimeout`): {}",
         text(&inspect)
     );
 
@@ -97,7 +99,7 @@ fn delete_stops_the_app_with_sigterm_and_its_request_in_flight_finishes() {
         "the app received SIGTERM and exited on its own after its drain"
     );
     // The delete waited for the app's 2 s drain instead of killing it, and stayed far below the
-    // 10 s after which SIGKILL would have come.
+    // 20 s after which SIGKILL would have come.
     eprintln!("delete took {took:?}");
     assert!(
         (Duration::from_millis(1500)..Duration::from_secs(9)).contains(&took),

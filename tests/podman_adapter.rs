@@ -180,6 +180,7 @@ async fn a_container_lives_through_create_start_list_stop_and_remove() {
         publish: true,
         network: NETWORK.to_owned(),
         confinement: Default::default(),
+        stop_timeout_secs: 10,
     };
 
     let t = Instant::now();
@@ -310,6 +311,7 @@ async fn creating_on_a_missing_network_is_not_found() {
         publish: true,
         network: unique("codeb-test-missing-net"),
         confinement: Default::default(),
+        stop_timeout_secs: 10,
     };
     let err = podman.create(&spec).await.expect_err("no such network");
     assert!(
@@ -404,6 +406,7 @@ async fn listing_never_fails_while_a_container_exits_and_restarts() {
         publish: true,
         network: NETWORK.to_owned(),
         confinement: Default::default(),
+        stop_timeout_secs: 10,
     };
     let id = podman.create(&spec).await.unwrap();
     podman.start(&id).await.unwrap();
