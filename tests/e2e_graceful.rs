@@ -106,3 +106,41 @@ fn delete_stops_the_app_with_sigterm_and_its_request_in_flight_finishes() {
         "{took:?}"
     );
 }
+
+#[test]
+fn a_retired_slot_is_stopped_with_sigterm_after_the_switch() {
+    let _l = lock();
+    let sb = Sandbox::new();
+    let name = unique("retire");
+    let host = format!("{name}.codeb.test");
+    let http = sb.stack.http.clone();
+    let manifest = |image| {
+        let mut p = ProjectYaml::new(&name, image);
+        // Retired in the same plan as the switch.
+        p.grace = "0s";
+        format!("{}{}{TRAPPING}", sb.stack.host_yaml(), p.render())
+    };
+    let out = sb.apply(&sb.save_text(&manifest("localhost/codeb-test-app:v1")));
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let since = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        - 1;
+    let out = sb.apply(&sb.save_text(&manifest("localhost/codeb-test-app:v2")));
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("retire blue"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(fresh_get(&http, &host, "/").unwrap(), (200, "v2".into()));
+    let blue = format!("{name}-production-blue");
+    assert!(containers(&blue).is_empty(), "{:?}", containers(&name));
+    assert_eq!(
+        exit_codes(&blue, since),
+        vec!["0".to_string()],
+        "the retired app received SIGTERM and exited on its own after its drain"
+    );
+    cleanup(&sb, &name);
+}
