@@ -169,7 +169,7 @@ impl fmt::Display for EnvKey {
 ///
 /// The hash is computed once per value (planning 10,000 environments compares it several times
 /// each); build a new `Release` rather than editing the fields of one whose hash was read.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Release {
     pub image: String,
     pub command: Option<Vec<String>>,
@@ -204,6 +204,14 @@ impl PartialEq for Release {
 }
 
 impl Eq for Release {}
+
+/// Empty, with the default confinement and stop timeout (a derived default would give a stop
+/// timeout of 0, and another hash).
+impl Default for Release {
+    fn default() -> Self {
+        Release::new(String::new(), None, BTreeMap::new(), 0)
+    }
+}
 
 impl Release {
     pub fn new(
