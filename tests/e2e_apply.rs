@@ -145,6 +145,14 @@ fn a_release_that_never_gets_healthy_fails_and_the_active_slot_keeps_serving() {
     let again = sb.apply(&dir);
     assert_eq!(again.status.code(), Some(1));
     assert_eq!(containers(&format!("{name}-production-green")), kept);
+    // Not in sync, though nothing is left to do: `diff` and a dry run say so (exit 1), so a CI
+    // gate on them does not pass a failed release.
+    let diff = sb.codeb(&["diff", "-f", dir.to_str().unwrap()]);
+    assert_eq!(diff.status.code(), Some(1), "{}", text(&diff));
+    assert!(text(&diff).contains("failed"), "{}", text(&diff));
+    let dry = sb.codeb(&["apply", "--dry-run", "-f", dir.to_str().unwrap()]);
+    assert_eq!(dry.status.code(), Some(1), "{}", text(&dry));
+    assert!(text(&dry).contains("not converged"), "{}", text(&dry));
     cleanup(&sb, &name);
 }
 

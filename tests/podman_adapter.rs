@@ -180,6 +180,7 @@ async fn a_container_lives_through_create_start_list_stop_and_remove() {
         publish: true,
         network: NETWORK.to_owned(),
         confinement: Default::default(),
+        stop_timeout_secs: 10,
     };
 
     let t = Instant::now();
@@ -310,6 +311,7 @@ async fn creating_on_a_missing_network_is_not_found() {
         publish: true,
         network: unique("codeb-test-missing-net"),
         confinement: Default::default(),
+        stop_timeout_secs: 10,
     };
     let err = podman.create(&spec).await.expect_err("no such network");
     assert!(
@@ -404,6 +406,7 @@ async fn listing_never_fails_while_a_container_exits_and_restarts() {
         publish: true,
         network: NETWORK.to_owned(),
         confinement: Default::default(),
+        stop_timeout_secs: 10,
     };
     let id = podman.create(&spec).await.unwrap();
     podman.start(&id).await.unwrap();
@@ -434,4 +437,106 @@ async fn listing_never_fails_while_a_container_exits_and_restarts() {
         "restart policy unless-stopped restarts an exited app: {seen:?}"
     );
     podman.remove(&id).await.unwrap();
+}
+
+/// The `died` exit codes of the container named `name` since `since` (Unix seconds).
+fn died_exit_codes(endpoint: &str, name: &str, since: u64) -> Vec<String> {
+    let until = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 1;
+    let out = podman_cli(
+        endpoint,
+        &[
+            "events",
+            "--since",
+            &since.to_string(),
+            "--until",
+            &until.to_string(),
+            "--filter",
+            &format!("container={name}"),
+            "--filter",
+            "event=died",
+            "--format",
+            "{{.ContainerExitCode}}",
+        ],
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| l.trim().to_string())
+        .filter(|l| !l.is_empty())
+        .collect()
+}
+
+/// A container created by a codeb before graceful stops records `StopTimeout` 0, which Podman
+/// takes as "SIGKILL at once"; removing it must still grant SIGTERM and 10 s.
+#[tokio::test]
+async fn removing_a_container_that_records_no_grace_period_still_sends_sigterm_and_waits() {
+    let endpoint = endpoint();
+    let podman = Podman::connect(&endpoint).unwrap();
+    let name = unique("codeb-test-term");
+    let _cleanup = Cleanup {
+        endpoint: endpoint.clone(),
+        names: vec![name.clone()],
+    };
+    podman.ensure_network(NETWORK).await.unwrap();
+    let spec = ContainerSpec {
+        name: name.clone(),
+        image: IMAGE.to_owned(),
+        command: Some(
+            [
+                "/bin/sh",
+                "-c",
+                "trap 'echo got-TERM; sleep 2; exit 0' TERM; echo ready; sleep 600 & wait",
+            ]
+            .map(String::from)
+            .to_vec(),
+        ),
+        env: BTreeMap::new(),
+        labels: BTreeMap::new(),
+        container_port: 8080,
+        host_ip: "127.0.0.1".to_owned(),
+        host_port: free_port(),
+        publish: false,
+        network: NETWORK.to_owned(),
+        confinement: Default::default(),
+        stop_timeout_secs: 0,
+    };
+    let id = podman.create(&spec).await.unwrap();
+    podman.start(&id).await.unwrap();
+    let started = Instant::now();
+    // The trap is set once `ready` is printed.
+    while !podman
+        .logs_tail(&id, 10)
+        .await
+        .unwrap()
+        .iter()
+        .any(|l| l.contains("ready"))
+    {
+        assert!(started.elapsed() < READY_WITHIN, "never ready");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let since = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        - 1;
+    let t = Instant::now();
+    podman.remove(&id).await.unwrap();
+    let took = t.elapsed();
+    assert!(
+        (Duration::from_millis(1500)..Duration::from_secs(9)).contains(&took),
+        "the removal waited for the trap's 2 s, not for SIGKILL: {took:?}"
+    );
+    assert_eq!(
+        died_exit_codes(&endpoint, &name, since),
+        vec!["0".to_string()],
+        "the app ran its SIGTERM trap and exited on its own"
+    );
+    let exists = Command::new("podman")
+        .args(["--url", &endpoint, "container", "exists", &name])
+        .status()
+        .unwrap();
+    assert_eq!(exists.code(), Some(1), "removed");
 }

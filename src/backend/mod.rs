@@ -103,12 +103,15 @@ pub trait Runtime: Send + Sync {
     /// restart policy.
     fn create(&self, spec: &ContainerSpec) -> impl Future<Output = Result<String, Error>> + Send;
     fn start(&self, id: &str) -> impl Future<Output = Result<(), Error>> + Send;
+    /// Stops the container gracefully: its stop signal (SIGTERM by default), then a grace period
+    /// before SIGKILL. A stopped or missing container is not an error.
     fn stop(&self, id: &str) -> impl Future<Output = Result<(), Error>> + Send;
     /// Renames a container (it keeps running, with its labels).
     fn rename(&self, id: &str, name: &str) -> impl Future<Output = Result<(), Error>> + Send;
     /// The container's IPv4 address on its network; `None` while it does not run.
     fn address(&self, id: &str) -> impl Future<Output = Result<Option<Ipv4Addr>, Error>> + Send;
-    /// Force-removes the container; a missing container is not an error.
+    /// Stops the container gracefully (as [`Runtime::stop`]), then removes it; forces the removal
+    /// only when the stop failed. A missing container is not an error.
     fn remove(&self, id: &str) -> impl Future<Output = Result<(), Error>> + Send;
     /// The last `lines` lines of stdout+stderr.
     fn logs_tail(

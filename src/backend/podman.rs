@@ -31,7 +31,7 @@ use bollard::query_parameters::{
 use bollard::{ClientVersion, Docker};
 use futures_util::StreamExt;
 use serde::Deserialize;
-use tracing::debug;
+use tracing::{debug, warn};
 
 use super::Runtime;
 use crate::model::observed::{NetworkInfo, ObservedContainer};
@@ -55,9 +55,18 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// does not cover: bollard times out only until the response headers).
 const PULL_TIMEOUT: Duration = Duration::from_secs(600);
 
-/// Seconds Podman waits after SIGTERM before SIGKILL. With `Init = true` a busybox app stops in
-/// 0.33–0.47 s; without an init a PID 1 that ignores SIGTERM always used the full timeout.
-const STOP_TIMEOUT_SECS: i32 = 5;
+/// Seconds Podman waits after the stop signal (SIGTERM unless the image's `STOPSIGNAL` says
+/// otherwise) before SIGKILL, for a container that records no grace period of its own (created by
+/// a codeb before graceful stops: Podman recorded 0, so its removal was an immediate SIGKILL).
+/// Every other container carries its release's `stopTimeout` (`StopTimeout`, default 10 s, the
+/// default of Docker and Podman) and gets it on every stop and removal, by codeb or by hand. With
+/// `Init = true` a busybox app that does not trap SIGTERM stops in 0.33–0.47 s; an app that
+/// ignores it costs the full period on each removal.
+pub const STOP_TIMEOUT_SECS: u32 = 10;
+
+/// Added to a stop's grace period to bound its request: Podman answers once the container is
+/// down, which after SIGKILL takes well under a second here.
+const STOP_MARGIN: Duration = Duration::from_secs(20);
 
 /// Result of this adapter.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -388,6 +397,46 @@ impl Podman {
     }
 
     /// One list call with these (JSON) filters, decoded leniently.
+    /// The grace period a container records (`Config.StopTimeout` of one `GET
+    /// /containers/{id}/json`); `None` when it records 0 or is missing.
+    async fn recorded_stop_timeout(&self, id: &str) -> Result<Option<u32>> {
+        let op = format!("inspect container {id}");
+        let url = format!(
+            "{}/v{}.{}/containers/{}/json",
+            self.base_url,
+            API_VERSION.major_version,
+            API_VERSION.minor_version,
+            percent_encode(id)
+        );
+        let response = self
+            .http
+            .get(url)
+            .send()
+            .await
+            .map_err(|e| from_reqwest(&self.endpoint, &op, &e))?;
+        let status = response.status();
+        let body = response
+            .bytes()
+            .await
+            .map_err(|e| from_reqwest(&self.endpoint, &op, &e))?;
+        if status.as_u16() == 404 {
+            return Ok(None);
+        }
+        if !status.is_success() {
+            return Err(from_status(&op, status.as_u16(), server_message(&body)));
+        }
+        let inspected: InspectedContainer =
+            serde_json::from_slice(&body).map_err(|e| Error::Decode {
+                op,
+                message: e.to_string(),
+            })?;
+        Ok(inspected
+            .config
+            .and_then(|c| c.stop_timeout)
+            .and_then(|t| u32::try_from(t).ok())
+            .filter(|&t| t > 0))
+    }
+
     async fn list(&self, filters: &str) -> Result<Vec<ObservedContainer>> {
         const OP: &str = "list containers";
         let url = format!(
@@ -560,13 +609,26 @@ impl Runtime for Podman {
         Ok(())
     }
 
-    /// Stopping a stopped (304) or missing (404) container is not an error.
+    /// Sends the stop signal and grants the container's own grace period (its `StopTimeout`, or
+    /// [`STOP_TIMEOUT_SECS`] when it records none) before SIGKILL. Stopping a stopped (304) or
+    /// missing (404) container is not an error.
     async fn stop(&self, id: &str) -> super::Result<()> {
         let started = Instant::now();
+        let grace = self
+            .recorded_stop_timeout(id)
+            .await?
+            .unwrap_or(STOP_TIMEOUT_SECS);
         let options = StopContainerOptionsBuilder::default()
-            .t(STOP_TIMEOUT_SECS)
+            .t(i32::try_from(grace).unwrap_or(i32::MAX))
             .build();
-        match self.docker()?.stop_container(id, Some(options)).await {
+        let docker = self.docker()?;
+        let bound = Duration::from_secs(u64::from(grace)) + STOP_MARGIN;
+        let docker = if bound > REQUEST_TIMEOUT {
+            docker.with_timeout(bound)
+        } else {
+            docker
+        };
+        match docker.stop_container(id, Some(options)).await {
             Ok(())
             | Err(BollardError::DockerResponseServerError {
                 status_code: 404, ..
@@ -581,15 +643,49 @@ impl Runtime for Podman {
         Ok(())
     }
 
-    /// Force-removes the container and its anonymous volumes (an image's `VOLUME`s would otherwise
-    /// pile up, one set per release); a missing container is not an error.
+    /// Stops the container gracefully (as `stop`: the stop signal, then up to its grace period
+    /// before SIGKILL), then removes it and its anonymous volumes (an
+    /// image's `VOLUME`s would otherwise pile up, one set per release); a missing container is not
+    /// an error.
+    ///
+    /// # Guarantees
+    /// The app gets its stop signal and grace period before it goes: a forced removal (SIGKILL at
+    /// once) happens only when the stop failed or the stopped container still refused removal,
+    /// so that a broken stop cannot leave a retired slot behind for ever.
     async fn remove(&self, id: &str) -> super::Result<()> {
         let started = Instant::now();
-        let options = RemoveContainerOptionsBuilder::default()
-            .force(true)
-            .v(true)
-            .build();
-        match self.docker()?.remove_container(id, Some(options)).await {
+        let stopped = self.stop(id).await;
+        if let Err(e) = &stopped {
+            warn!(id, error = %e, "graceful stop failed: removing by force");
+        }
+        let removal = |force| {
+            RemoveContainerOptionsBuilder::default()
+                .force(force)
+                .v(true)
+                .build()
+        };
+        let docker = self.docker()?;
+        let mut result = docker
+            .remove_container(id, Some(removal(stopped.is_err())))
+            .await;
+        if stopped.is_ok()
+            && !matches!(
+                result,
+                Ok(())
+                    | Err(BollardError::DockerResponseServerError {
+                        status_code: 404,
+                        ..
+                    })
+            )
+        {
+            // Stopped, yet not removable (e.g. restarted in between): the last resort.
+            warn!(
+                id,
+                "removal of the stopped container failed: removing by force"
+            );
+            result = docker.remove_container(id, Some(removal(true))).await;
+        }
+        match result {
             Ok(())
             | Err(BollardError::DockerResponseServerError {
                 status_code: 404, ..
@@ -708,6 +804,8 @@ fn create_body(spec: &ContainerSpec) -> ContainerCreateBody {
         ),
         exposed_ports: Some(vec![port.clone()]),
         user: c.user.clone(),
+        // Recorded on the container: every stop and removal (by codeb or by hand) grants it.
+        stop_timeout: Some(i64::from(spec.stop_timeout_secs)),
         host_config: Some(HostConfig {
             port_bindings,
             memory: Some(saturating_i64(c.memory_bytes)),
@@ -745,6 +843,19 @@ fn create_body(spec: &ContainerSpec) -> ContainerCreateBody {
 
 fn saturating_i64(n: u64) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+/// What codeb reads of `GET /containers/{id}/json`.
+#[derive(Debug, Deserialize)]
+struct InspectedContainer {
+    #[serde(rename = "Config", default)]
+    config: Option<InspectedConfig>,
+}
+
+#[derive(Debug, Deserialize)]
+struct InspectedConfig {
+    #[serde(rename = "StopTimeout", default)]
+    stop_timeout: Option<i64>,
 }
 
 /// One entry of `GET /containers/json`, with every field optional and `State` any string.
@@ -1316,6 +1427,7 @@ mod tests {
             publish: true,
             network: "codeb-main".into(),
             confinement: Default::default(),
+            stop_timeout_secs: 10,
         };
         let unpublished = ContainerSpec {
             publish: false,
@@ -1335,6 +1447,7 @@ mod tests {
             "127.0.0.1"
         );
         assert_eq!(body["HostConfig"]["Init"], true);
+        assert_eq!(body["StopTimeout"], 10, "SIGTERM, then 10 s before SIGKILL");
         assert_eq!(
             body["HostConfig"]["RestartPolicy"]["Name"],
             "unless-stopped"

@@ -19,6 +19,16 @@ use crate::store::Store;
 
 /// Runs the command line: here, or, when a daemon holds the store, in the daemon.
 pub async fn run(cli: Cli) -> anyhow::Result<u8> {
+    // Commands about codeb itself need no store.
+    match &cli.command {
+        Command::Version { output } => return version(output.output),
+        Command::Completion { shell } => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(*shell, &mut cmd, "codeb", &mut std::io::stdout());
+            return Ok(0);
+        }
+        _ => {}
+    }
     let state_dir = cli
         .state_dir
         .clone()
@@ -55,6 +65,33 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
     })
     .await
     .map_err(Failure::from)?;
+    Ok(0)
+}
+
+/// This build of codeb (the daemon's own version is not asked for yet).
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct VersionView {
+    version: &'static str,
+    commit: &'static str,
+    commit_date: &'static str,
+}
+
+fn version(format: Format) -> anyhow::Result<u8> {
+    let v = VersionView {
+        version: env!("CARGO_PKG_VERSION"),
+        commit: env!("CODEB_GIT_COMMIT"),
+        commit_date: env!("CODEB_GIT_DATE"),
+    };
+    let text = match format {
+        Format::Table => format!(
+            "codeb {} (commit {}, {})\n",
+            v.version, v.commit, v.commit_date
+        ),
+        Format::Json => format!("{}\n", serde_json::to_string_pretty(&v)?),
+        Format::Yaml => serde_saphyr::to_string(&v)?,
+    };
+    std::io::stdout().write_all(text.as_bytes())?;
     Ok(0)
 }
 
@@ -125,6 +162,9 @@ fn uid() -> u32 {
 fn request(command: Command) -> anyhow::Result<(Request, Format)> {
     Ok(match command {
         Command::Watch(_) | Command::Serve(_) => unreachable!("the daemon is run, not requested"),
+        Command::Version { .. } | Command::Completion { .. } => {
+            unreachable!("answered by `run` without a store")
+        }
         Command::Apply {
             files,
             dry_run,

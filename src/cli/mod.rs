@@ -5,7 +5,8 @@
 //!
 //! Exit codes (also in `--help` and the README): 0 converged (for `diff`: no changes); 1 could not
 //! converge (a failed health check, a backend unreachable, a DNS name held by a record codeb does not
-//! own; for `diff`: there are changes); 2 invalid input or usage (including a Zone's unset API key
+//! own; for `diff`: there are changes or problems; for `apply --dry-run`: the plan carries a
+//! problem); 2 invalid input or usage (including a Zone's unset API key
 //! variable, a key variable or endpoint codeb's configuration does not allow, an unconfirmed prune,
 //! a refused or missing state directory), nothing applied; 3 (`diff` only) a host or zone could not be observed.
 
@@ -19,9 +20,10 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 const EXIT_CODES: &str = "Exit codes:
-  0  converged (diff: nothing to change)
+  0  converged (diff: nothing to change and no problem)
   1  could not converge: a failed health check, a backend unreachable, a DNS name held by a
-     record codeb does not own (diff: there are changes)
+     record codeb does not own (diff: there are changes or problems; apply --dry-run: the plan
+     carries a problem)
   2  invalid input or usage (an unconfirmed prune, a refused state directory, a key variable or
      endpoint codeb's configuration does not allow); nothing was applied
   3  diff only: a host or a zone could not be observed
@@ -80,7 +82,7 @@ pub enum Command {
         #[command(flatten)]
         output: Output,
     },
-    /// Show what apply would change (exit 0: nothing, 1: changes, 2+: error).
+    /// Show what apply would change (exit 0: in sync, 1: changes or problems, 2+: error).
     Diff {
         #[command(flatten)]
         files: Files,
@@ -174,6 +176,20 @@ pub enum Command {
         lines: usize,
         #[command(flatten)]
         output: Output,
+    },
+    /// Print codeb's version, the git commit it is built from and that commit's date.
+    #[command(after_help = "Examples:\n  codeb version\n  codeb version -o json")]
+    Version {
+        #[command(flatten)]
+        output: Output,
+    },
+    /// Print a shell completion script.
+    #[command(
+        after_help = "Examples:\n  source <(codeb completion bash)\n  codeb completion zsh > \"${fpath[1]}/_codeb\"\n  codeb completion fish > ~/.config/fish/completions/codeb.fish"
+    )]
+    Completion {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
     },
     /// Remove a project's containers, routes and records.
     Delete {

@@ -36,7 +36,14 @@ pub fn render(response: &Response, format: Format, out: &mut dyn Write) -> anyho
             None => {
                 plan(&a.plan, out)?;
                 if a.plan.steps.is_empty() {
-                    writeln!(out, "nothing to do")?;
+                    if a.plan.has_problems() {
+                        writeln!(
+                            out,
+                            "nothing to do, yet not converged (see the notes marked !)"
+                        )?;
+                    } else {
+                        writeln!(out, "nothing to do")?;
+                    }
                 }
                 Ok(())
             }

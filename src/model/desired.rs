@@ -70,7 +70,9 @@ pub fn desired(m: &Manifests) -> Desired {
                         e.env.clone(),
                         e.port,
                     )
-                    .with_confinement(Confinement::new(&policy, policy.limits(&e.resources))),
+                    .with_confinement(Confinement::new(&policy, policy.limits(&e.resources)))
+                    // Validated: whole seconds, at most 5 minutes.
+                    .with_stop_timeout(e.stop_timeout.as_secs() as u32),
                     health_path: e.health_check.path.clone(),
                     health_timeout: e.health_check.timeout,
                     promotion: match e.promotion {
@@ -94,7 +96,8 @@ pub fn overridden(env: &DesiredEnv, over: &Override) -> Option<DesiredEnv> {
     let r = &env.release;
     Some(DesiredEnv {
         release: Release::new(over.image.clone(), r.command.clone(), r.env.clone(), r.port)
-            .with_confinement(r.confinement.clone()),
+            .with_confinement(r.confinement.clone())
+            .with_stop_timeout(r.stop_timeout_secs),
         ..env.clone()
     })
 }

@@ -169,7 +169,7 @@ impl fmt::Display for EnvKey {
 ///
 /// The hash is computed once per value (planning 10,000 environments compares it several times
 /// each); build a new `Release` rather than editing the fields of one whose hash was read.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Release {
     pub image: String,
     pub command: Option<Vec<String>>,
@@ -180,8 +180,16 @@ pub struct Release {
     /// (they read as the defaults).
     #[serde(default)]
     pub confinement: Confinement,
+    /// Seconds between the stop signal and SIGKILL (the manifest's `stopTimeout`); absent in
+    /// records of a codeb that knew none (they read as the default, 10).
+    #[serde(default = "default_stop_timeout_secs")]
+    pub stop_timeout_secs: u32,
     #[serde(skip)]
     hash: std::sync::OnceLock<String>,
+}
+
+fn default_stop_timeout_secs() -> u32 {
+    crate::spec::limits::DEFAULT_STOP_TIMEOUT.as_secs() as u32
 }
 
 impl PartialEq for Release {
@@ -191,10 +199,19 @@ impl PartialEq for Release {
             && self.env == other.env
             && self.port == other.port
             && self.confinement == other.confinement
+            && self.stop_timeout_secs == other.stop_timeout_secs
     }
 }
 
 impl Eq for Release {}
+
+/// Empty, with the default confinement and stop timeout (a derived default would give a stop
+/// timeout of 0, and another hash).
+impl Default for Release {
+    fn default() -> Self {
+        Release::new(String::new(), None, BTreeMap::new(), 0)
+    }
+}
 
 impl Release {
     pub fn new(
@@ -209,7 +226,17 @@ impl Release {
             env,
             port,
             confinement: Confinement::default(),
+            stop_timeout_secs: default_stop_timeout_secs(),
             hash: Default::default(),
+        }
+    }
+
+    /// The release with this grace period between the stop signal and SIGKILL.
+    pub fn with_stop_timeout(self, stop_timeout_secs: u32) -> Self {
+        Release {
+            stop_timeout_secs,
+            hash: Default::default(),
+            ..self
         }
     }
 
@@ -243,6 +270,12 @@ impl Release {
             }
             h.update(self.port.to_be_bytes());
             self.confinement.hash_into(&mut h);
+            // Nothing for the default: a release hashes as it did before codeb knew stop
+            // timeouts, so upgrading codeb redeploys nothing.
+            if self.stop_timeout_secs != default_stop_timeout_secs() {
+                h.update([7]);
+                h.update(self.stop_timeout_secs.to_be_bytes());
+            }
             const HEX: &[u8; 16] = b"0123456789abcdef";
             h.finalize()
                 .iter()
@@ -467,6 +500,7 @@ mod tests {
             pids: 64,
             ..Confinement::default()
         });
+        let patient = base.clone().with_stop_timeout(30);
         let hashes = [
             base.hash(),
             v2.hash(),
@@ -474,6 +508,7 @@ mod tests {
             cmd.hash(),
             port.hash(),
             limited.hash(),
+            patient.hash(),
         ];
         let unique: std::collections::BTreeSet<_> = hashes.iter().collect();
         assert_eq!(unique.len(), hashes.len());
@@ -491,6 +526,11 @@ mod tests {
             8080,
         );
         assert_eq!(r.hash(), "effba14e66784977");
+        assert_eq!(
+            r.clone().with_stop_timeout(10).hash(),
+            "effba14e66784977",
+            "the default stop timeout (10 s) keeps the hash too"
+        );
         let old: Release = serde_json::from_str(
             r#"{"image":"localhost/app:v1","command":["httpd"],"env":{"A":"1"},"port":8080}"#,
         )

@@ -40,6 +40,9 @@ pub struct ContainerSpec {
     pub network: String,
     /// Its limits and privileges (the release's).
     pub confinement: Confinement,
+    /// Seconds between its stop signal and SIGKILL (the release's), recorded on the container:
+    /// every stop and removal grants it.
+    pub stop_timeout_secs: u32,
 }
 
 /// How codeb's Caddy server terminates connections.

@@ -657,6 +657,7 @@ pub fn container_spec(
         publish,
         network: NETWORK.to_string(),
         confinement: release.confinement.clone(),
+        stop_timeout_secs: release.stop_timeout_secs,
     }
 }
 

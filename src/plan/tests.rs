@@ -421,6 +421,7 @@ async fn drift_is_repaired_and_foreign_objects_are_never_touched() {
         publish: true,
         network: "other".into(),
         confinement: Default::default(),
+        stop_timeout_secs: 10,
     };
     use crate::backend::Runtime;
     f.world.create(&foreign).await.unwrap();

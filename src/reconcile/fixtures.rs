@@ -42,6 +42,7 @@ pub fn hold_name(world: &World, name: &str) {
         publish: true,
         network: "other".into(),
         confinement: Default::default(),
+        stop_timeout_secs: 10,
     };
     world
         .state()

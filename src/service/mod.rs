@@ -250,14 +250,20 @@ pub enum Response {
 
 impl Response {
     /// The CLI's exit code for this result (see `cli`'s table).
+    ///
+    /// `diff` exits 0 only when converged: a plan with steps, or with a problem note and no step
+    /// (an environment moved to another host, a release that failed and is not retried, a DNS
+    /// name held by a foreign record), is not in sync, so a CI gate on `diff` must not pass it.
+    /// `apply --dry-run` exits as the apply would end before it runs anything: 1 when the plan
+    /// already carries a problem, 0 otherwise (steps are what a dry run is for).
     pub fn exit_code(&self) -> u8 {
         match self {
             Response::Apply(a) => match &a.outcome {
-                None => u8::from(a.plan.unobserved()),
+                None => u8::from(a.plan.has_problems()),
                 Some(o) => u8::from(!o.converged),
             },
             Response::Diff(p) if p.unobserved() => 3,
-            Response::Diff(p) => u8::from(!p.steps.is_empty()),
+            Response::Diff(p) => u8::from(!p.steps.is_empty() || p.has_problems()),
             Response::Outcome(o) => u8::from(!o.converged),
             _ => 0,
         }
@@ -1338,6 +1344,52 @@ mod tests {
                 .collect(),
             ..Recorded::default()
         }
+    }
+
+    fn plan_view(steps: &[&str], notes: &[(bool, bool)]) -> PlanView {
+        PlanView {
+            steps: steps.iter().map(|s| s.to_string()).collect(),
+            notes: notes
+                .iter()
+                .map(|&(problem, unobserved)| view::NoteView {
+                    text: "a note".into(),
+                    problem,
+                    unobserved,
+                })
+                .collect(),
+        }
+    }
+
+    fn dry_run(plan: PlanView) -> Response {
+        Response::Apply(ApplyView {
+            dry_run: true,
+            plan,
+            outcome: None,
+            daemon_notes: Vec::new(),
+        })
+    }
+
+    #[test]
+    fn diff_exits_1_for_a_plan_with_only_a_problem_note_and_0_only_when_converged() {
+        let diff = |steps: &[&str], notes: &[(bool, bool)]| {
+            Response::Diff(plan_view(steps, notes)).exit_code()
+        };
+        assert_eq!(diff(&[], &[]), 0, "converged");
+        assert_eq!(diff(&[], &[(false, false)]), 0, "an informative note only");
+        assert_eq!(diff(&[], &[(true, false)]), 1, "a problem and no step");
+        assert_eq!(diff(&["deploy web"], &[]), 1, "steps");
+        assert_eq!(diff(&["deploy web"], &[(true, true)]), 3, "unobserved");
+    }
+
+    #[test]
+    fn a_dry_run_exits_1_when_its_plan_carries_a_problem_and_0_for_steps_alone() {
+        assert_eq!(dry_run(plan_view(&["deploy web"], &[])).exit_code(), 0);
+        assert_eq!(dry_run(plan_view(&[], &[(false, false)])).exit_code(), 0);
+        assert_eq!(dry_run(plan_view(&[], &[(true, false)])).exit_code(), 1);
+        assert_eq!(
+            dry_run(plan_view(&["deploy web"], &[(true, true)])).exit_code(),
+            1
+        );
     }
 
     fn confirm(n: usize) -> Prune {

@@ -56,6 +56,11 @@ impl PlanView {
     pub fn unobserved(&self) -> bool {
         self.notes.iter().any(|n| n.unobserved)
     }
+
+    /// A note says the desired state is not reached (an unobserved backend is one too).
+    pub fn has_problems(&self) -> bool {
+        self.notes.iter().any(|n| n.problem)
+    }
 }
 
 /// A step that failed, and why.

@@ -41,6 +41,13 @@ pub const MAX_HEALTH_TIMEOUT: Duration = Duration::from_secs(3600);
 /// The longest grace period: how long the previous slot is kept for a rollback. Longer keeps a
 /// container and a port pair for no purpose; a month is more than any rollback window.
 pub const MAX_GRACE_PERIOD: Duration = Duration::from_secs(30 * 24 * 3600);
+/// How long an app is given between its stop signal (SIGTERM) and SIGKILL when no `stopTimeout`
+/// is set: Docker's and Podman's default, so an app written for them drains within it.
+pub const DEFAULT_STOP_TIMEOUT: Duration = Duration::from_secs(10);
+/// The longest `stopTimeout`. Every removal (a retire, a replaced release, `delete`) waits up to
+/// this long for the app, and holds its environment meanwhile; an app that needs more than five
+/// minutes to drain is better drained by its own endpoint before the delete.
+pub const MAX_STOP_TIMEOUT: Duration = Duration::from_secs(300);
 /// Problems kept per document (unknown top-level keys and the like); the rest are dropped.
 pub const MAX_PROBLEMS_PER_DOCUMENT: usize = 20;
 /// Errors reported; loading stops once this many were found.

@@ -317,6 +317,12 @@ pub struct EnvironmentSpec {
     #[serde(default = "default_grace", with = "humantime_serde")]
     #[schemars(with = "String")]
     pub grace_period: Duration,
+    /// How long the app is given to finish after its stop signal (SIGTERM unless the image's
+    /// `STOPSIGNAL` says otherwise) before SIGKILL, whenever codeb stops or removes one of its
+    /// containers; whole seconds, `1s` to `5m`, default `10s`. A change is a new release.
+    #[serde(default = "default_stop_timeout", with = "humantime_serde")]
+    #[schemars(with = "String")]
+    pub stop_timeout: Duration,
     /// Default: `{project}.{zone}` for production, `{project}-{environment}.{zone}` otherwise.
     /// At most 247 characters, so that its preview hostnames (`blue.`, `green.` before it) are
     /// DNS names; unique across every applied environment.
@@ -391,6 +397,9 @@ fn default_publish_address() -> String {
 }
 fn default_listen() -> Vec<String> {
     vec![":80".to_string(), ":443".to_string()]
+}
+fn default_stop_timeout() -> Duration {
+    super::limits::DEFAULT_STOP_TIMEOUT
 }
 fn default_grace() -> Duration {
     Duration::from_secs(3600)

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use super::document::{Document, Kind, Spec};
 use super::error::{did_you_mean, quote, Error, Errors};
-use super::limits::{MAX_GRACE_PERIOD, MAX_HEALTH_TIMEOUT};
+use super::limits::{MAX_GRACE_PERIOD, MAX_HEALTH_TIMEOUT, MAX_STOP_TIMEOUT};
 use super::resources::{
     capability, has_registry, parse_cpus, parse_memory, show_cpus, show_memory, Limits, MAX_PIDS,
     MIN_MEMORY_BYTES,
@@ -468,6 +468,26 @@ fn check_project(doc: &Document, project: &ProjectSpec, errors: &mut Vec<Error>)
             (MAX_GRACE_PERIOD, "`30d`"),
             "grace period",
             "the previous slot is kept this long for a rollback; e.g. `1h`",
+            &mut fail,
+        );
+        if env.stop_timeout.is_zero() || env.stop_timeout.subsec_nanos() != 0 {
+            let written = humantime::format_duration(env.stop_timeout).to_string();
+            fail(
+                doc.value_origin(&path(&["stopTimeout"])),
+                format!(
+                    "invalid stop timeout {}: expected whole seconds from `1s` to `5m`, e.g. \
+                     `30s` (Podman counts the grace period before SIGKILL in seconds)",
+                    doc.show_written(&path(&["stopTimeout"]), &written)
+                ),
+            );
+        }
+        check_maximum(
+            doc,
+            &path(&["stopTimeout"]),
+            env.stop_timeout,
+            (MAX_STOP_TIMEOUT, "`5m`"),
+            "stop timeout",
+            "every removal of a container waits this long for the app before SIGKILL; e.g. `30s`",
             &mut fail,
         );
         for key in env.env.keys() {
@@ -1145,6 +1165,32 @@ metadata: {name: codeb.test}
              is kept this long for a rollback; e.g. `1h`)"
         );
         manifests(&[project("a", "production", ", gracePeriod: 30d")]);
+    }
+
+    #[test]
+    fn a_stop_timeout_is_whole_seconds_from_1s_to_5m_with_its_place() {
+        let text = errors(&[project("a", "production", ", stopTimeout: 6m")]);
+        assert_eq!(
+            text,
+            "t.yaml:17:51: invalid stop timeout `6m`: expected at most `5m` (every removal of a \
+             container waits this long for the app before SIGKILL; e.g. `30s`)"
+        );
+        for bad in ["0s", "1500ms"] {
+            let text = errors(&[project("a", "production", &format!(", stopTimeout: {bad}"))]);
+            assert_eq!(
+                text,
+                format!(
+                    "t.yaml:17:51: invalid stop timeout `{bad}`: expected whole seconds from `1s` \
+                     to `5m`, e.g. `30s` (Podman counts the grace period before SIGKILL in seconds)"
+                )
+            );
+        }
+        let m = manifests(&[project("a", "production", ", stopTimeout: 5m")]);
+        let env = &m.projects["a"].spec.environments["production"];
+        assert_eq!(env.stop_timeout, Duration::from_secs(300));
+        let m = manifests(&[project("a", "production", "")]);
+        let env = &m.projects["a"].spec.environments["production"];
+        assert_eq!(env.stop_timeout, Duration::from_secs(10), "the default");
     }
 
     /// The stack's Host with `containers` (a flow mapping's inside) and its Zone.

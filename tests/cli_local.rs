@@ -1,0 +1,76 @@
+//! Commands about codeb itself, which need no store, no daemon and no stack: `version` and
+//! `completion`.
+
+use std::process::{Command, Output};
+
+fn codeb(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_codeb"))
+        .args(args)
+        // No state directory anywhere: these commands must not need one.
+        .env_remove("CODEB_STATE_DIR")
+        .env_remove("XDG_STATE_HOME")
+        .env_remove("HOME")
+        .output()
+        .expect("codeb runs")
+}
+
+fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn version_names_the_release_the_commit_and_its_date_without_a_state_directory() {
+    let out = codeb(&["version", "-o", "json"]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["version"], env!("CARGO_PKG_VERSION"));
+    let commit = v["commit"].as_str().unwrap();
+    assert!(
+        commit == "unknown"
+            || (commit.len() == 12 && commit.bytes().all(|b| b.is_ascii_hexdigit())),
+        "{v}"
+    );
+    assert!(v["commitDate"].is_string(), "{v}");
+    let text = codeb(&["version"]);
+    assert_eq!(text.status.code(), Some(0), "{text:?}");
+    assert_eq!(
+        stdout(&text),
+        format!(
+            "codeb {} (commit {commit}, {})\n",
+            env!("CARGO_PKG_VERSION"),
+            v["commitDate"].as_str().unwrap()
+        )
+    );
+}
+
+#[test]
+fn bash_sources_the_bash_completion_script_and_registers_it_for_codeb() {
+    let script = codeb(&["completion", "bash"]);
+    assert_eq!(script.status.code(), Some(0), "{script:?}");
+    let out = Command::new("bash")
+        .arg("-c")
+        .arg(r#"source <("$0" completion bash) && complete -p codeb"#)
+        .arg(env!("CARGO_BIN_EXE_codeb"))
+        .env_remove("CODEB_STATE_DIR")
+        .output()
+        .expect("bash runs");
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert!(stdout(&out).contains("-F _codeb codeb"), "{out:?}");
+    // Subcommands and their flags are completed.
+    let text = stdout(&script);
+    for word in ["promote", "rollback", "completion", "--dry-run"] {
+        assert!(text.contains(word), "{word} missing");
+    }
+}
+
+#[test]
+fn zsh_and_fish_scripts_are_printed_and_an_unknown_shell_is_a_usage_error() {
+    let zsh = codeb(&["completion", "zsh"]);
+    assert_eq!(zsh.status.code(), Some(0), "{zsh:?}");
+    assert!(stdout(&zsh).starts_with("#compdef codeb"), "{zsh:?}");
+    let fish = codeb(&["completion", "fish"]);
+    assert_eq!(fish.status.code(), Some(0), "{fish:?}");
+    assert!(stdout(&fish).contains("complete -c codeb"), "{fish:?}");
+    let tcsh = codeb(&["completion", "tcsh"]);
+    assert_eq!(tcsh.status.code(), Some(2), "{tcsh:?}");
+}
