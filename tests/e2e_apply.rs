@@ -317,3 +317,60 @@ fn prune_removes_dropped_projects_refuses_to_empty_everything_and_delete_f_remov
         text(&again)
     );
 }
+
+/// Everything a store records, as codeb reads it back: slots, hosts, the project's history.
+fn recorded(sb: &Sandbox, name: &str) -> Vec<String> {
+    [
+        vec!["get", "slots", "-o", "json"],
+        vec!["get", "hosts", "-o", "json"],
+        vec!["describe", "project", name, "-o", "json"],
+    ]
+    .iter()
+    .map(|args| {
+        let out = sb.codeb(args);
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+        String::from_utf8(out.stdout).unwrap()
+    })
+    .collect()
+}
+
+/// A dry run and a diff record nothing: not the hosts or zones they name, not how a host switches,
+/// not a journal line. (Compared as codeb reads the store back, not byte for byte: redb rewrites
+/// its allocator state in the file whenever a database opened for writing closes, so even a
+/// `get` changes the file's bytes; measured with md5sum.)
+#[test]
+fn a_dry_run_and_a_diff_record_nothing() {
+    let _l = lock();
+    let sb = Sandbox::new();
+    let name = unique("dry");
+    let dir = sb.write(&[ProjectYaml::new(&name, "localhost/codeb-test-app:v1")]);
+    let out = sb.apply(&dir);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let before = recorded(&sb, &name);
+    // A new release, and a Host of another name: an apply would record both.
+    let changed = sb.write_docs(
+        &format!(
+            "{}---\n{}",
+            sb.stack.host_yaml(),
+            sb.stack
+                .host_doc("127.0.0.1")
+                .replace("name: local", "name: spare")
+        ),
+        &[ProjectYaml::new(&name, "localhost/codeb-test-app:v2")],
+    );
+    let dry = sb.codeb(&["apply", "--dry-run", "-f", changed.to_str().unwrap()]);
+    assert_eq!(dry.status.code(), Some(0), "{}", text(&dry));
+    assert!(
+        String::from_utf8_lossy(&dry.stdout).contains("deploy"),
+        "{}",
+        text(&dry)
+    );
+    let diff = sb.codeb(&["diff", "-f", changed.to_str().unwrap()]);
+    assert_eq!(diff.status.code(), Some(1), "{}", text(&diff));
+    assert_eq!(
+        recorded(&sb, &name),
+        before,
+        "a dry run or a diff recorded something"
+    );
+    cleanup(&sb, &name);
+}

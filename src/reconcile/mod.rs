@@ -205,7 +205,9 @@ pub async fn converge<R: Runtime, P: Proxy, K: Kernel, D: Dns, H: Prober>(
     for round in 0..MAX_ROUNDS {
         let recorded = store.load()?;
         let mut observed = observe(backends).await;
-        record_switch_modes(store, &observed)?;
+        if !target.dry_run {
+            record_switch_modes(store, &observed)?;
+        }
         for (zone, error) in &failed_zones {
             observed.zones.insert(
                 zone.clone(),
