@@ -24,9 +24,11 @@ eval "$stack_env"
 
 step "test tools"
 # The API tests validate codeb's OpenAPI document with the reference validator.
+# It is installed for the `python3` on PATH: pip first (a pyenv python does not see Debian's
+# packages), then Debian's package for the system python.
 if ! python3 -c 'import openapi_spec_validator' 2>/dev/null; then
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -q python3-openapi-spec-validator >/dev/null ||
-    python3 -m pip install --quiet openapi-spec-validator
+  python3 -m pip install --quiet openapi-spec-validator ||
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q python3-openapi-spec-validator >/dev/null
   python3 -c 'import openapi_spec_validator'
 fi
 

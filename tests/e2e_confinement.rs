@@ -214,7 +214,9 @@ fn finding_10_a_fork_bomb_stops_at_the_pids_limit_and_caddy_keeps_serving_anothe
          requests, slowest {slowest:?}"
     );
     assert!(peak <= 64, "pids.current reached {peak}");
-    assert!(peak >= 60, "the bomb ran into the limit: {peak}");
+    // The limit refused forks: the bomb ran into it. (How many processes a sample every 200 ms
+    // catches alive depends on the machine: 64 in most runs, 2 in one where the bomb's processes
+    // kept dying between samples while 143 forks were refused.)
     assert!(refused > 0, "the limit refused forks");
     assert!(
         slowest < Duration::from_secs(1),
