@@ -23,6 +23,19 @@ const TRAPPING: &str = r#"      command: ["/bin/sh", "-c", "trap 'echo got-TERM;
 "#;
 
 /// The exit codes of the `died` events of containers named `name` since `since` (Unix seconds).
+/// As [`exit_codes`], polled until one arrives (at most 10 s): Podman writes its events up to
+/// ~250 ms late, more on a fresh stack.
+fn exit_codes_soon(name: &str, since: u64) -> Vec<String> {
+    let start = std::time::Instant::now();
+    loop {
+        let codes = exit_codes(name, since);
+        if !codes.is_empty() || start.elapsed() > std::time::Duration::from_secs(10) {
+            return codes;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}
+
 fn exit_codes(name: &str, since: u64) -> Vec<String> {
     let until = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -94,7 +107,7 @@ fn delete_stops_the_app_with_sigterm_and_its_request_in_flight_finishes() {
     );
     assert!(containers(&container).is_empty(), "{:?}", containers(&name));
     assert_eq!(
-        exit_codes(&container, since),
+        exit_codes_soon(&container, since),
         vec!["0".to_string()],
         "the app received SIGTERM and exited on its own after its drain"
     );
@@ -138,7 +151,7 @@ fn a_retired_slot_is_stopped_with_sigterm_after_the_switch() {
     let blue = format!("{name}-production-blue");
     assert!(containers(&blue).is_empty(), "{:?}", containers(&name));
     assert_eq!(
-        exit_codes(&blue, since),
+        exit_codes_soon(&blue, since),
         vec!["0".to_string()],
         "the retired app received SIGTERM and exited on its own after its drain"
     );

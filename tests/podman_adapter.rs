@@ -529,8 +529,17 @@ async fn removing_a_container_that_records_no_grace_period_still_sends_sigterm_a
         (Duration::from_millis(1500)..Duration::from_secs(9)).contains(&took),
         "the removal waited for the trap's 2 s, not for SIGKILL: {took:?}"
     );
+    // Podman writes its events up to ~250 ms late (more on a fresh stack's first events): poll.
+    let mut codes = Vec::new();
+    let polled = Instant::now();
+    while codes.is_empty() && polled.elapsed() < Duration::from_secs(10) {
+        codes = died_exit_codes(&endpoint, &name, since);
+        if codes.is_empty() {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
     assert_eq!(
-        died_exit_codes(&endpoint, &name, since),
+        codes,
         vec!["0".to_string()],
         "the app ran its SIGTERM trap and exited on its own"
     );
