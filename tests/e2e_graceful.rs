@@ -22,7 +22,6 @@ const TRAPPING: &str = r#"      command: ["/bin/sh", "-c", "trap 'echo got-TERM;
       stopTimeout: 20s
 "#;
 
-/// The exit codes of the `died` events of containers named `name` since `since` (Unix seconds).
 /// As [`exit_codes`], polled until one arrives (at most 10 s): Podman writes its events up to
 /// ~250 ms late, more on a fresh stack.
 fn exit_codes_soon(name: &str, since: u64) -> Vec<String> {
@@ -36,6 +35,7 @@ fn exit_codes_soon(name: &str, since: u64) -> Vec<String> {
     }
 }
 
+/// The exit codes of the `died` events of containers named `name` since `since` (Unix seconds).
 fn exit_codes(name: &str, since: u64) -> Vec<String> {
     let until = SystemTime::now()
         .duration_since(UNIX_EPOCH)
