@@ -371,6 +371,15 @@ impl Podman {
             self.base_url,
             percent_encode(name)
         );
+        self.get_json(op, url).await
+    }
+
+    /// One GET decoded as `T`; `None` when Podman answers 404.
+    async fn get_json<T: serde::de::DeserializeOwned>(
+        &self,
+        op: String,
+        url: String,
+    ) -> Result<Option<T>> {
         let response = self
             .http
             .get(url)
@@ -396,7 +405,6 @@ impl Podman {
             })
     }
 
-    /// One list call with these (JSON) filters, decoded leniently.
     /// The grace period a container records (`Config.StopTimeout` of one `GET
     /// /containers/{id}/json`); `None` when it records 0 or is missing.
     async fn recorded_stop_timeout(&self, id: &str) -> Result<Option<u32>> {
@@ -408,28 +416,9 @@ impl Podman {
             API_VERSION.minor_version,
             percent_encode(id)
         );
-        let response = self
-            .http
-            .get(url)
-            .send()
-            .await
-            .map_err(|e| from_reqwest(&self.endpoint, &op, &e))?;
-        let status = response.status();
-        let body = response
-            .bytes()
-            .await
-            .map_err(|e| from_reqwest(&self.endpoint, &op, &e))?;
-        if status.as_u16() == 404 {
+        let Some(inspected) = self.get_json::<InspectedContainer>(op, url).await? else {
             return Ok(None);
-        }
-        if !status.is_success() {
-            return Err(from_status(&op, status.as_u16(), server_message(&body)));
-        }
-        let inspected: InspectedContainer =
-            serde_json::from_slice(&body).map_err(|e| Error::Decode {
-                op,
-                message: e.to_string(),
-            })?;
+        };
         Ok(inspected
             .config
             .and_then(|c| c.stop_timeout)
@@ -437,6 +426,7 @@ impl Podman {
             .filter(|&t| t > 0))
     }
 
+    /// One list call with these (JSON) filters, decoded leniently.
     async fn list(&self, filters: &str) -> Result<Vec<ObservedContainer>> {
         const OP: &str = "list containers";
         let url = format!(
