@@ -149,6 +149,7 @@ async fn pump(
             Err(error) => debug!(host = %host.name, %error, "no event stream"),
             Ok(events) => {
                 info!(host = %host.name, "watching container events");
+                let _open = StreamOpen::new(&handle, &host.name);
                 handle.trigger(Work::Host(host.name.clone()), Duration::ZERO);
                 let mut events = std::pin::pin!(events);
                 loop {
@@ -156,6 +157,7 @@ async fn pump(
                         _ = shutdown.cancelled() => return,
                         item = events.next() => match item {
                             Some(Ok(event)) => {
+                                handle.host_events().event(&host.name);
                                 let desired = watched.borrow().clone();
                                 if let Some((key, delay)) = trigger_of(&host.name, &event, handle.expected(), &desired) {
                                     info!(host = %host.name, container = %event.name, action = %event.action, key = %key, "container event");
@@ -183,6 +185,29 @@ async fn pump(
             _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep(delay) => {}
         }
+    }
+}
+
+/// Marks a host's event stream open in the controller's [`HostEvents`] while it lives: closed when
+/// the stream ends, and when the pump is dropped (aborted when the host leaves the manifests).
+struct StreamOpen {
+    handle: Handle,
+    host: String,
+}
+
+impl StreamOpen {
+    fn new(handle: &Handle, host: &str) -> Self {
+        handle.host_events().opened(host);
+        StreamOpen {
+            handle: handle.clone(),
+            host: host.to_string(),
+        }
+    }
+}
+
+impl Drop for StreamOpen {
+    fn drop(&mut self) {
+        self.handle.host_events().closed(&self.host);
     }
 }
 

@@ -182,6 +182,7 @@ pub async fn run(args: Config) -> Result<(), Error> {
         paths: args.paths.clone(),
         prune: args.prune,
         clients: Default::default(),
+        warm: Default::default(),
     });
     let ctx = Ctx {
         daemon: Some(daemon.clone()),

@@ -298,7 +298,10 @@ async fn run_records<H: Prober>(
     }
     w.journal(entry(step, Phase::Done, text, Some(intent), None))?;
     let ahead = match next {
-        Some((j, n)) => Some((j, w.journal(entry(n, Phase::Intent, &n.to_string(), None, None))?)),
+        Some((j, n)) => Some((
+            j,
+            w.journal(entry(n, Phase::Intent, &n.to_string(), None, None))?,
+        )),
         None => None,
     };
     journal.commit(w)?;
@@ -330,7 +333,9 @@ fn write_records(
         .env(&key)?
         .ok_or_else(|| Error::MissingRecord { key: key.clone() })?;
     match &step.action {
-        Action::Switch { to, hold, .. } => plan::switch_record(&mut rec, *to, hold.clone(), now_ms()),
+        Action::Switch { to, hold, .. } => {
+            plan::switch_record(&mut rec, *to, hold.clone(), now_ms())
+        }
         Action::Retire { slot, .. } => *rec.slot_mut(*slot) = SlotRecord::default(),
         _ => unreachable!("not a record-only step"),
     }
@@ -823,10 +828,7 @@ mod tests {
         let all = assert_each_intent_closed_once(&fake.store);
         let since = fake.store.journaled_since(seq).unwrap();
         assert_eq!(since, all[all.len() - since.len()..].to_vec());
-        assert!(
-            since.iter().any(|e| e.phase == Phase::Failed),
-            "{since:#?}"
-        );
+        assert!(since.iter().any(|e| e.phase == Phase::Failed), "{since:#?}");
     }
 
     #[tokio::test(start_paused = true)]

@@ -27,7 +27,7 @@ use std::collections::BTreeMap;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 pub use execute::{execute, execute_until, Report, StepFailure};
-pub use observe::{observe, observe_env};
+pub use observe::{observe, observe_env, observe_env_parts, observe_env_warm, HostParts};
 pub use probe::{HttpProber, Prober};
 
 use crate::backend::powerdns::PowerDns;

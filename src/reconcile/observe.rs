@@ -47,12 +47,42 @@ pub async fn observe_env<R: Runtime, P: Proxy, K: Kernel>(
     b: &HostBackends<R, P, K>,
     key: &crate::model::EnvKey,
 ) -> Observed {
+    observe_env_parts(host, b, key).await.0
+}
+
+/// What an observation of one host read from Podman and Caddy, the parts that a later observation
+/// may reuse while nothing changed them (see `service::warm`); the kernel's rules are read anew.
+#[derive(Debug, Clone)]
+pub struct HostParts {
+    pub containers: Vec<crate::model::observed::ObservedContainer>,
+    pub proxy: crate::model::observed::ObservedProxy,
+    pub network: Option<crate::model::observed::NetworkInfo>,
+}
+
+/// As [`observe_env`], with the parts read (`None` when the host was unreachable).
+pub async fn observe_env_parts<R: Runtime, P: Proxy, K: Kernel>(
+    host: &str,
+    b: &HostBackends<R, P, K>,
+    key: &crate::model::EnvKey,
+) -> (Observed, Option<HostParts>) {
+    let (observation, parts) = observe_host_parts(b, b.runtime.list_env(key)).await;
+    (one_host(host, observation), parts)
+}
+
+/// As [`observe_env`], from `parts` an earlier observation read and the kernel's rules as they are
+/// now: one read of codeb's nf_tables table.
+pub async fn observe_env_warm<R: Runtime, P: Proxy, K: Kernel>(
+    host: &str,
+    b: &HostBackends<R, P, K>,
+    parts: HostParts,
+) -> Observed {
+    let table = b.kernel.read().await;
+    one_host(host, assemble(b, parts, table))
+}
+
+fn one_host(host: &str, observation: HostObservation) -> Observed {
     Observed {
-        hosts: [(
-            host.to_string(),
-            observe_host(b, b.runtime.list_env(key)).await,
-        )]
-        .into(),
+        hosts: [(host.to_string(), observation)].into(),
         zones: Default::default(),
     }
 }
@@ -81,6 +111,15 @@ async fn observe_host<R: Runtime, P: Proxy, K: Kernel>(
         Output = crate::backend::Result<Vec<crate::model::observed::ObservedContainer>>,
     >,
 ) -> HostObservation {
+    observe_host_parts(b, list).await.0
+}
+
+async fn observe_host_parts<R: Runtime, P: Proxy, K: Kernel>(
+    b: &HostBackends<R, P, K>,
+    list: impl std::future::Future<
+        Output = crate::backend::Result<Vec<crate::model::observed::ObservedContainer>>,
+    >,
+) -> (HostObservation, Option<HostParts>) {
     // The NAT rules are read beside the container list, Caddy's config and the network's gateway,
     // and parsed for the gateway after: a switch's observation takes as long as the slowest read,
     // not the sum of two.
@@ -90,12 +129,31 @@ async fn observe_host<R: Runtime, P: Proxy, K: Kernel>(
         b.runtime.network_gateway(NETWORK),
         b.kernel.read(),
     );
-    let unreachable = |error| HostObservation::Unreachable { error };
-    let (containers, proxy, gateway) = match (containers, proxy, gateway) {
-        (Ok(c), Ok(p), Ok(g)) => (c, p, g),
+    let unreachable = |error| (HostObservation::Unreachable { error }, None);
+    let parts = match (containers, proxy, gateway) {
+        (Ok(containers), Ok(proxy), Ok(network)) => HostParts {
+            containers,
+            proxy,
+            network,
+        },
         (Err(e), _, _) | (_, _, Err(e)) => return unreachable(format!("Podman: {e}")),
         (_, Err(e), _) => return unreachable(format!("Caddy: {e}")),
     };
+    (assemble(b, parts.clone(), table), Some(parts))
+}
+
+/// A host's observation from what Podman and Caddy answered and codeb's nf_tables table.
+fn assemble<R: Runtime, P: Proxy, K: Kernel>(
+    b: &HostBackends<R, P, K>,
+    parts: HostParts,
+    table: crate::backend::Result<K::Table>,
+) -> HostObservation {
+    let HostParts {
+        containers,
+        proxy,
+        network: gateway,
+    } = parts;
+    let unreachable = |error| HostObservation::Unreachable { error };
     let kernel = match (gateway, table) {
         (None, _) => Ok(KernelObservation::Unavailable {
             reason: format!("the network {NETWORK} does not exist yet"),

@@ -12,6 +12,7 @@
 
 pub mod error;
 pub mod view;
+pub mod warm;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
@@ -291,6 +292,8 @@ pub struct Daemon {
     pub clients: std::sync::Mutex<
         BTreeMap<String, (crate::model::HostRef, Arc<crate::reconcile::connect::Real>)>,
     >,
+    /// What the last switch of each environment observed (see [`warm`]).
+    pub warm: warm::Warm,
 }
 
 impl Daemon {
@@ -1109,15 +1112,14 @@ async fn delete_unrecorded(
     Ok(outcome(report, notes))
 }
 
-/// The host of a recorded environment, observed for that environment alone.
-async fn observe_recorded(
+/// A recorded environment, its host and the host's clients.
+fn recorded_env(
     ctx: &Ctx,
     key: &EnvKey,
 ) -> Result<(
     crate::model::EnvRecord,
     crate::model::HostRef,
     Arc<crate::reconcile::connect::Real>,
-    plan::Observed,
 )> {
     let recorded = ctx.store.recorded()?;
     let rec = recorded.envs.get(key).cloned().ok_or_else(|| {
@@ -1131,6 +1133,20 @@ async fn observe_recorded(
         .cloned()
         .ok_or_else(|| Error::failed(format!("host {} of {key} is not recorded", rec.host)))?;
     let backends = ctx.host_clients(&host)?;
+    Ok((rec, host, backends))
+}
+
+/// The host of a recorded environment, observed for that environment alone.
+async fn observe_recorded(
+    ctx: &Ctx,
+    key: &EnvKey,
+) -> Result<(
+    crate::model::EnvRecord,
+    crate::model::HostRef,
+    Arc<crate::reconcile::connect::Real>,
+    plan::Observed,
+)> {
+    let (rec, host, backends) = recorded_env(ctx, key)?;
     let observed = match backends.hosts.get(&host.name) {
         Some(b) => reconcile::observe_env(&host.name, b, key).await,
         None => reconcile::observe(&backends).await,
@@ -1141,7 +1157,30 @@ async fn observe_recorded(
 async fn switch(ctx: &Ctx, key: EnvKey, rollback: bool) -> Result<OutcomeView> {
     let _claim = ctx.claim(vec![Work::Env(key.clone())]).await?;
     let store = &ctx.store;
-    let (rec, host, backends, observed) = observe_recorded(ctx, &key).await?;
+    let (rec, host, backends) = recorded_env(ctx, &key)?;
+    // Read before observing: an event during the observation makes it stale.
+    let epoch = ctx
+        .daemon
+        .as_ref()
+        .and_then(|d| d.controller.host_events().epoch(&host.name));
+    let kept = match &ctx.daemon {
+        Some(d) => d.warm.get(&key, &host.name, epoch, store)?,
+        None => None,
+    };
+    let (observed, parts) = match (backends.hosts.get(&host.name), kept) {
+        (Some(b), Some((parts, at))) => {
+            count_observation("warm");
+            let observed = reconcile::observe_env_warm(&host.name, b, parts.clone()).await;
+            (observed, Some((parts, at)))
+        }
+        (Some(b), None) => {
+            count_observation("fresh");
+            let at = std::time::Instant::now();
+            let (observed, parts) = reconcile::observe_env_parts(&host.name, b, &key).await;
+            (observed, parts.map(|p| (p, at)))
+        }
+        (None, _) => (reconcile::observe(&backends).await, None),
+    };
     reconcile::record_switch_modes(store, &observed)?;
     let view = match observed.hosts.get(&host.name) {
         Some(obs @ HostObservation::Reachable { .. }) => obs.view().expect("reachable"),
@@ -1163,7 +1202,32 @@ async fn switch(ctx: &Ctx, key: EnvKey, rollback: bool) -> Result<OutcomeView> {
     };
     let p = p.map_err(|e| Error::new(Code::Failed, e.to_string()))?;
     let report = reconcile::execute(&p, store, &backends, &HttpProber::new()).await?;
+    // Kept for the next switch when this one changed only records and kernel rules: Podman's
+    // containers and Caddy's routes are then as observed.
+    let only_rules = p.steps.iter().all(|s| {
+        matches!(
+            s.action,
+            plan::Action::Switch { .. } | plan::Action::SetService(_)
+        )
+    });
+    if let (Some(d), Some(epoch), Some((parts, at)), true, true) = (
+        &ctx.daemon,
+        epoch,
+        parts,
+        only_rules,
+        report.failures.is_empty(),
+    ) {
+        d.warm
+            .put(key, &host.name, at, epoch, store.journal_seq()?, parts);
+    }
     Ok(outcome(report, vec![]))
+}
+
+fn count_observation(observation: &'static str) {
+    crate::metrics::metrics()
+        .switch_observations
+        .get_or_create(&crate::metrics::ObservationLabels { observation })
+        .inc();
 }
 
 /// Checks an image reference a request sends: bounded, printable, no whitespace.
