@@ -207,6 +207,19 @@ fn manual<'a>(name: &'a str, image: &'a str) -> ProjectYaml<'a> {
     p
 }
 
+/// A `codeb serve` of `name` (manual promotion, v1) with `--resync resync`, once v1 serves.
+fn serving_v1(sb: &Sandbox, name: &str, resync: &str) -> ServeProcess {
+    let dir = sb.save(&[manual(name, APP_V1)]);
+    let serve = sb.serve(&dir, &["--resync", resync]);
+    let host = format!("{name}.codeb.test");
+    assert!(
+        eventually(START, || serves(sb, &host, "v1")),
+        "{}",
+        serve.log()
+    );
+    serve
+}
+
 #[test]
 fn the_tool_interface_deploys_promotes_rolls_back_and_tails_logs_through_caddy() {
     let _l = lock();
@@ -214,13 +227,7 @@ fn the_tool_interface_deploys_promotes_rolls_back_and_tails_logs_through_caddy()
     let name = unique("stool");
     let _cleanup = Cleanup(&sb, vec![name.clone()]);
     let host = format!("{name}.codeb.test");
-    let dir = sb.save(&[manual(&name, APP_V1)]);
-    let serve = sb.serve(&dir, &["--resync", "2s"]);
-    assert!(
-        eventually(START, || serves(&sb, &host, "v1")),
-        "{}",
-        serve.log()
-    );
+    let serve = serving_v1(&sb, &name, "2s");
     let api = Client::new(&serve);
     let health = api.get("/health", None);
     assert_eq!(health.status, 200, "no key needed: {health:?}");
@@ -353,14 +360,7 @@ fn switches_plan_from_the_last_switchs_observation_until_podman_reports_a_change
     let sb = Sandbox::new();
     let name = unique("swarm");
     let _cleanup = Cleanup(&sb, vec![name.clone()]);
-    let host = format!("{name}.codeb.test");
-    let dir = sb.save(&[manual(&name, APP_V1)]);
-    let serve = sb.serve(&dir, &["--resync", "1h"]);
-    assert!(
-        eventually(START, || serves(&sb, &host, "v1")),
-        "{}",
-        serve.log()
-    );
+    let serve = serving_v1(&sb, &name, "1h");
     let api = Client::new(&serve);
     let key = sb.key(&["--role", "developer", "--name", "switcher"]);
     let deploy = api.tool(
@@ -439,16 +439,10 @@ fn a_manifest_change_of_the_image_supersedes_a_release_override_set_through_the_
     let sb = Sandbox::new();
     let name = unique("ssuper");
     let _cleanup = Cleanup(&sb, vec![name.clone()]);
-    let dir = sb.save(&[manual(&name, APP_V1)]);
-    let serve = sb.serve(&dir, &["--resync", "2s"]);
+    let serve = serving_v1(&sb, &name, "2s");
     let api = Client::new(&serve);
     let key = sb.key(&["--role", "developer", "--name", "ci-bot"]);
     let host = format!("{name}.codeb.test");
-    assert!(
-        eventually(START, || serves(&sb, &host, "v1")),
-        "{}",
-        serve.log()
-    );
     let deploy = api.tool(
         &key,
         json!({"tool": "deploy", "project": name, "image": APP_V2}),

@@ -1113,14 +1113,13 @@ async fn delete_unrecorded(
 }
 
 /// A recorded environment, its host and the host's clients.
-fn recorded_env(
-    ctx: &Ctx,
-    key: &EnvKey,
-) -> Result<(
+type RecordedEnv = (
     crate::model::EnvRecord,
     crate::model::HostRef,
     Arc<crate::reconcile::connect::Real>,
-)> {
+);
+
+fn recorded_env(ctx: &Ctx, key: &EnvKey) -> Result<RecordedEnv> {
     let recorded = ctx.store.recorded()?;
     let rec = recorded.envs.get(key).cloned().ok_or_else(|| {
         Error::not_found(format!(
@@ -1137,21 +1136,13 @@ fn recorded_env(
 }
 
 /// The host of a recorded environment, observed for that environment alone.
-async fn observe_recorded(
-    ctx: &Ctx,
-    key: &EnvKey,
-) -> Result<(
-    crate::model::EnvRecord,
-    crate::model::HostRef,
-    Arc<crate::reconcile::connect::Real>,
-    plan::Observed,
-)> {
+async fn observe_recorded(ctx: &Ctx, key: &EnvKey) -> Result<(RecordedEnv, plan::Observed)> {
     let (rec, host, backends) = recorded_env(ctx, key)?;
     let observed = match backends.hosts.get(&host.name) {
         Some(b) => reconcile::observe_env(&host.name, b, key).await,
         None => reconcile::observe(&backends).await,
     };
-    Ok((rec, host, backends, observed))
+    Ok(((rec, host, backends), observed))
 }
 
 async fn switch(ctx: &Ctx, key: EnvKey, rollback: bool) -> Result<OutcomeView> {
@@ -1352,7 +1343,7 @@ async fn logs(ctx: &Ctx, key: EnvKey, slot: Option<Slot>, lines: usize) -> Resul
             "lines: must be between 1 and {MAX_LOG_LINES}"
         )));
     }
-    let (rec, host, backends, observed) = observe_recorded(ctx, &key).await?;
+    let ((rec, host, backends), observed) = observe_recorded(ctx, &key).await?;
     let slot = slot.or(rec.active).ok_or_else(|| {
         Error::not_found(format!(
             "{key} has no active slot; name one (blue or green)"
