@@ -442,7 +442,6 @@ fn a_manifest_change_of_the_image_supersedes_a_release_override_set_through_the_
     let serve = serving_v1(&sb, &name, "2s");
     let api = Client::new(&serve);
     let key = sb.key(&["--role", "developer", "--name", "ci-bot"]);
-    let host = format!("{name}.codeb.test");
     let deploy = api.tool(
         &key,
         json!({"tool": "deploy", "project": name, "image": APP_V2}),
