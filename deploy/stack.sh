@@ -633,12 +633,15 @@ cmd_down() {
   say "purged $STACK_DIR"
 }
 
+# CODEB_INSTANCE: every state directory that tests and benches make is the one owner of this stack's
+# host (codeb marks a host with its owner and refuses a host another owner marked).
 cmd_env() {
   take_lock
   write_configs
   local var
   for var in \
     "CODEB_STACK_DIR=$STACK_DIR" \
+    "CODEB_INSTANCE=codeb-stack" \
     "CODEB_TEST_PODMAN=unix://$PODMAN_SOCK" \
     "CODEB_TEST_CADDY_ADMIN=http://$CADDY_ADMIN_ADDR" \
     "CODEB_TEST_HTTP=$CODEB_HTTP_ADDR" \

@@ -424,6 +424,7 @@ fn switches_plan_from_the_last_switchs_observation_until_podman_reports_a_change
         serve.log()
     );
     switch_once(&api, &key, &sb, &name, rollback);
+    rollback = !rollback;
     assert_eq!(
         switch_observations(&api, &key, "warm"),
         warm,
@@ -431,6 +432,38 @@ fn switches_plan_from_the_last_switchs_observation_until_podman_reports_a_change
         serve.log()
     );
     assert_eq!(switch_observations(&api, &key, "fresh"), fresh + 1);
+
+    // Another codeb takes the host over (its owner mark is a Podman volume, whose events move the
+    // host's epoch too): the daemon's switches observe afresh and are refused, naming the owner.
+    let intruder = Sandbox::new();
+    let as_intruder = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_codeb"))
+            .arg("--state-dir")
+            .arg(intruder.state())
+            .args(args)
+            .env("CODEB_INSTANCE", "intruder")
+            .output()
+            .unwrap()
+    };
+    let manifests = intruder.write(&[manual(&name, APP_V1)]);
+    // Refused (the host is this daemon's), but it records the Host it names.
+    let out = as_intruder(&["apply", "-f", manifests.to_str().unwrap()]);
+    assert_ne!(out.status.code(), Some(0), "{}", text(&out));
+    let out = as_intruder(&["host", "adopt", "local"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let refused = eventually(START, || {
+        let tool = if rollback { "rollback" } else { "promote" };
+        let answer = api.tool(&key, json!({"tool": tool, "project": name}));
+        if answer.status == 200 {
+            rollback = !rollback;
+        }
+        answer.status == 503 && answer.body.contains("owned by another codeb, intruder")
+    });
+    assert!(refused, "{}", serve.log());
+    // Adopted back through the daemon's socket; switches work again.
+    let out = sb.codeb(&["host", "adopt", "local"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    switch_once(&api, &key, &sb, &name, rollback);
 }
 
 #[test]

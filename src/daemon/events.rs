@@ -94,6 +94,10 @@ fn trigger_of(
     expected: &Expected,
     desired: &Desired,
 ) -> Option<(EnvKey, Duration)> {
+    if event.volume || event.action == "create" {
+        // Only the host's event epoch moves (a warm observation's owner mark or containers).
+        return None;
+    }
     let key = EnvKey::new(
         event.labels.get(LABEL_PROJECT)?,
         event.labels.get(LABEL_ENVIRONMENT)?,
@@ -228,6 +232,7 @@ mod tests {
                 (LABEL_PROJECT.to_string(), "myapp".to_string()),
                 (LABEL_ENVIRONMENT.to_string(), "production".to_string()),
             ]),
+            volume: false,
         }
     }
 
@@ -279,6 +284,16 @@ mod tests {
         let e = Expected::default();
         e.expect_start("app", "c1");
         assert!(trigger_of("app", &event("die"), &e, &d).is_some());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_volume_event_or_a_creation_triggers_nothing() {
+        let d = desired([env("myapp")]);
+        let e = Expected::default();
+        let mut volume = event("remove");
+        volume.volume = true;
+        assert_eq!(trigger_of("app", &volume, &e, &d), None);
+        assert_eq!(trigger_of("app", &event("create"), &e, &d), None);
     }
 
     #[tokio::test(start_paused = true)]

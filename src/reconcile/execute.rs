@@ -411,6 +411,10 @@ async fn run<R: Runtime, P: Proxy, K: Kernel, D: Dns, H: Prober>(
         Ok(())
     };
     match &step.action {
+        Action::MarkHost => match &b.owner {
+            Some(owner) => b.runtime.mark_owner(owner).await.map_err(backend),
+            None => Ok(()),
+        },
         Action::EnsureServer(spec) => b.proxy.ensure_server(spec).await.map_err(backend),
         Action::Deploy {
             slot,
@@ -617,6 +621,7 @@ fn backend_of(action: &Action) -> Option<&'static str> {
         | Action::Stop { .. }
         | Action::Retire { .. }
         | Action::RemoveContainer { .. } => Some("podman"),
+        Action::MarkHost => Some("podman"),
         Action::EnsureServer(_)
         | Action::AddRoute(_)
         | Action::ReplaceRoute(_)

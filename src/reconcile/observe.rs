@@ -57,6 +57,7 @@ pub struct HostParts {
     pub containers: Vec<crate::model::observed::ObservedContainer>,
     pub proxy: crate::model::observed::ObservedProxy,
     pub network: Option<crate::model::observed::NetworkInfo>,
+    pub owner: crate::model::observed::OwnerMark,
 }
 
 /// As [`observe_env`], with the parts read (`None` when the host was unreachable).
@@ -123,23 +124,50 @@ async fn observe_host_parts<R: Runtime, P: Proxy, K: Kernel>(
     // The NAT rules are read beside the container list, Caddy's config and the network's gateway,
     // and parsed for the gateway after: a switch's observation takes as long as the slowest read,
     // not the sum of two.
-    let (containers, proxy, gateway, table) = tokio::join!(
+    let (containers, proxy, gateway, table, owner) = tokio::join!(
         list,
         b.proxy.observe(SERVER_NAME),
         b.runtime.network_gateway(NETWORK),
         b.kernel.read(),
+        owner_mark(b),
     );
     let unreachable = |error| (HostObservation::Unreachable { error }, None);
+    let owner = match owner {
+        Ok(owner) => owner,
+        Err(error) => return unreachable(error),
+    };
     let parts = match (containers, proxy, gateway) {
         (Ok(containers), Ok(proxy), Ok(network)) => HostParts {
             containers,
             proxy,
             network,
+            owner,
         },
         (Err(e), _, _) | (_, _, Err(e)) => return unreachable(format!("Podman: {e}")),
         (_, Err(e), _) => return unreachable(format!("Caddy: {e}")),
     };
     (assemble(b, parts.clone(), table), Some(parts))
+}
+
+/// The host's owner mark as this codeb sees it; `Err` (the host is unreachable for this codeb)
+/// when another codeb's mark is on it, or Podman could not be asked.
+async fn owner_mark<R: Runtime, P: Proxy, K: Kernel>(
+    b: &HostBackends<R, P, K>,
+) -> Result<crate::model::observed::OwnerMark, String> {
+    use crate::model::observed::OwnerMark;
+    let Some(mine) = &b.owner else {
+        return Ok(OwnerMark::Unchecked);
+    };
+    match b.runtime.owner().await {
+        Ok(None) => Ok(OwnerMark::Absent),
+        Ok(Some(found)) if found.id == mine.id => Ok(OwnerMark::Mine),
+        Ok(Some(found)) => Err(format!(
+            "owned by another codeb, {found} (the labels of the Podman volume {}): this codeb \
+             changes nothing there; `codeb host adopt HOST` takes the host over",
+            crate::model::ownership::OWNER_VOLUME
+        )),
+        Err(e) => Err(format!("Podman: {e}")),
+    }
 }
 
 /// A host's observation from what Podman and Caddy answered and codeb's nf_tables table.
@@ -152,6 +180,7 @@ fn assemble<R: Runtime, P: Proxy, K: Kernel>(
         containers,
         proxy,
         network: gateway,
+        owner,
     } = parts;
     let unreachable = |error| HostObservation::Unreachable { error };
     let kernel = match (gateway, table) {
@@ -184,5 +213,6 @@ fn assemble<R: Runtime, P: Proxy, K: Kernel>(
         containers,
         proxy,
         kernel,
+        owner,
     }
 }

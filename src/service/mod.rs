@@ -125,6 +125,10 @@ pub enum Request {
     KeyRevoke {
         id: String,
     },
+    /// Take a host over from the codeb whose owner mark it carries (or mark an unmarked one).
+    HostAdopt {
+        host: String,
+    },
     /// Audit entries, newest last, within what the caller may see.
     Audit {
         #[serde(default)]
@@ -185,6 +189,7 @@ impl Request {
             Request::KeyCreate { .. } => "key create",
             Request::KeyList => "key list",
             Request::KeyRevoke { .. } => "key revoke",
+            Request::HostAdopt { .. } => "host adopt",
             Request::Audit { .. } => "audit",
         }
     }
@@ -207,6 +212,7 @@ impl Request {
             Request::KeyCreate { .. } | Request::KeyList | Request::KeyRevoke { .. } => {
                 vec![Permission::KeysManage]
             }
+            Request::HostAdopt { .. } => vec![Permission::HostsWrite],
             Request::Audit { .. } => vec![Permission::AuditRead],
         }
     }
@@ -220,7 +226,8 @@ impl Request {
             | Request::Delete { .. }
             | Request::Deploy { .. }
             | Request::KeyCreate { .. }
-            | Request::KeyRevoke { .. } => true,
+            | Request::KeyRevoke { .. }
+            | Request::HostAdopt { .. } => true,
             _ => false,
         }
     }
@@ -612,6 +619,7 @@ async fn run(ctx: &Ctx, req: Request) -> Result<Response> {
         } => delete(ctx, projects, &manifests)
             .await
             .map(Response::Outcome),
+        Request::HostAdopt { host } => adopt(ctx, &host).await.map(Response::Outcome),
         Request::Deploy {
             project,
             environment,
@@ -737,7 +745,10 @@ fn connect_or_invalid<'a>(
     hosts: impl IntoIterator<Item = &'a crate::model::HostRef>,
     zones: impl IntoIterator<Item = &'a ZoneRef>,
 ) -> Result<crate::reconcile::connect::Real> {
-    let mut backends = connect(hosts, &ctx.config).map_err(|e| Error::invalid(e.to_string()))?;
+    let owner =
+        crate::reconcile::connect::owner(&ctx.store).map_err(|e| Error::invalid(e.to_string()))?;
+    let mut backends =
+        connect(hosts, &ctx.config, &owner).map_err(|e| Error::invalid(e.to_string()))?;
     backends.zones =
         connect_zones(zones, &ctx.config).map_err(|e| Error::invalid(e.to_string()))?;
     Ok(backends)
@@ -1110,6 +1121,54 @@ async fn delete_unrecorded(
     let mut notes = p.notes;
     notes.push(plan::Note::Unrecorded { keys });
     Ok(outcome(report, notes))
+}
+
+/// Marks `name` (a recorded Host, or one the daemon's manifests declare) as this codeb's, whoever
+/// marked it before: the way out of "owned by another codeb" for an operator who means it.
+async fn adopt(ctx: &Ctx, name: &str) -> Result<OutcomeView> {
+    let _claim = ctx.claim(vec![Work::Host(name.to_string())]).await?;
+    let declared = ctx
+        .daemon
+        .as_ref()
+        .and_then(|d| d.watched.borrow().hosts.get(name).cloned());
+    let host = match declared {
+        Some(h) => h,
+        None => ctx.store.hosts()?.remove(name).ok_or_else(|| {
+            Error::not_found(format!(
+                "no Host {name} is recorded or declared (see `codeb get hosts`)"
+            ))
+        })?,
+    };
+    let owner =
+        crate::reconcile::connect::owner(&ctx.store).map_err(|e| Error::invalid(e.to_string()))?;
+    let backends = connect_or_invalid(ctx, [&host], [])?;
+    let b = backends
+        .hosts
+        .get(name)
+        .ok_or_else(|| Error::failed(format!("host {name}: no client")))?;
+    let unavailable = |e: crate::backend::Error| {
+        Error::unavailable(format!("host {name}: {}", crate::backend::error_chain(&e)))
+    };
+    let before = b.runtime.owner().await.map_err(unavailable)?;
+    let mut view = OutcomeView {
+        executed: vec![],
+        failures: vec![],
+        notes: vec![],
+        converged: true,
+    };
+    if before.as_ref().is_some_and(|o| o.id == owner.id) {
+        return Ok(view);
+    }
+    b.runtime.mark_owner(&owner).await.map_err(unavailable)?;
+    if let Some(d) = &ctx.daemon {
+        d.controller
+            .trigger(Work::Host(name.to_string()), Duration::ZERO);
+    }
+    let was = before.map_or_else(|| "no owner".to_string(), |o| format!("owned by {o}"));
+    view.executed.push(format!(
+        "host {name}: mark the host as owned by {owner} (was {was})"
+    ));
+    Ok(view)
 }
 
 /// A recorded environment, its host and the host's clients.

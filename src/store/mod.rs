@@ -41,6 +41,11 @@ const KEYS: TableDefinition<&str, &[u8]> = TableDefinition::new("keys");
 const AUTH_SECRET: TableDefinition<&str, &[u8]> = TableDefinition::new("auth_secret");
 /// The audit log by sequence number.
 const AUDIT: TableDefinition<u64, &[u8]> = TableDefinition::new("audit");
+/// Facts about the store itself: [`OWNER_ID`].
+const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+/// The store's random id, created with it: what its host owner marks carry (see
+/// `reconcile::connect::owner`).
+const OWNER_ID: &str = "owner-id";
 
 /// The last declared spec of each environment, by store key (see `declared`).
 const DECLARED: TableDefinition<&str, &[u8]> = TableDefinition::new("declared");
@@ -116,6 +121,7 @@ pub struct Store {
     db: Database,
     _lock: File,
     recorded: Cache,
+    dir: PathBuf,
 }
 
 /// The last [`Recorded`] read, decoded, with the write version it was read at. The daemon answers
@@ -171,6 +177,9 @@ impl Store {
                 && txn.open_table(KEYS).is_ok()
                 && txn.open_table(AUTH_SECRET).is_ok()
                 && txn.open_table(AUDIT).is_ok()
+                && txn
+                    .open_table(META)
+                    .is_ok_and(|t| t.get(OWNER_ID).is_ok_and(|v| v.is_some()))
         });
         if !exist {
             let txn = db.begin_write().map_err(storage)?;
@@ -184,13 +193,39 @@ impl Store {
             txn.open_table(KEYS).map_err(storage)?;
             txn.open_table(AUTH_SECRET).map_err(storage)?;
             txn.open_table(AUDIT).map_err(storage)?;
+            {
+                let mut meta = txn.open_table(META).map_err(storage)?;
+                if meta.get(OWNER_ID).map_err(storage)?.is_none() {
+                    let mut id = [0u8; 16];
+                    getrandom::fill(&mut id).expect("the OS gives random bytes");
+                    let hex: String = id.iter().map(|b| format!("{b:02x}")).collect();
+                    meta.insert(OWNER_ID, hex.as_bytes()).map_err(storage)?;
+                }
+            }
             txn.commit().map_err(storage)?;
         }
         Ok(Store {
             db,
             _lock: lock,
             recorded: Cache::default(),
+            dir: dir.to_path_buf(),
         })
+    }
+
+    /// The state directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The store's random id (see [`OWNER_ID`]).
+    pub fn owner_id(&self) -> Result<String> {
+        let txn = self.db.begin_read().map_err(storage)?;
+        let meta = txn.open_table(META).map_err(storage)?;
+        let id = meta
+            .get(OWNER_ID)
+            .map_err(storage)?
+            .map(|v| String::from_utf8_lossy(v.value()).into_owned());
+        Ok(id.unwrap_or_default())
     }
 
     /// Everything recorded, as the planner reads it.
