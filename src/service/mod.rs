@@ -1274,6 +1274,7 @@ async fn switch(ctx: &Ctx, key: EnvKey, rollback: bool) -> Result<OutcomeView> {
 }
 
 fn count_observation(observation: &'static str) {
+    tracing::debug!(observation, "switch observed its host");
     crate::metrics::metrics()
         .switch_observations
         .get_or_create(&crate::metrics::ObservationLabels { observation })
