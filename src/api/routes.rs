@@ -204,6 +204,7 @@ fn answer(res: Res) -> Response {
         Res::Audit(v) => Json(v).into_response(),
         Res::Keys(v) => Json(v).into_response(),
         Res::KeyRevoked(v) => Json(v).into_response(),
+        Res::Planned(v) => Json(v).into_response(),
         // Keys are made with the CLI only; never answered over HTTP.
         Res::KeyCreated { .. } => ApiError::new(500, "failed", "unexpected result").into_response(),
     }
