@@ -128,6 +128,7 @@ pub fn router(api: Api) -> Router {
         .route("/api/v1/apply", post(apply))
         .route("/api/v1/audit", get(audit))
         .route("/api/tool", post(tool))
+        .route("/mcp", axum::routing::any(crate::mcp::http::handle))
         .route_layer(axum::middleware::from_fn(count))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)

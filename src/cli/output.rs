@@ -209,25 +209,7 @@ fn plan(p: &PlanView, out: &mut dyn Write) -> anyhow::Result<()> {
 }
 
 fn outcome(o: &OutcomeView, out: &mut dyn Write) -> anyhow::Result<()> {
-    for step in &o.executed {
-        writeln!(out, "✓ {step}")?;
-    }
-    for f in &o.failures {
-        writeln!(out, "✗ {}: {}", f.step, f.error)?;
-    }
-    for note in &o.notes {
-        let mark = if note.problem { "!" } else { "·" };
-        writeln!(out, "{mark} {}", note.text)?;
-    }
-    if o.converged {
-        if o.executed.is_empty() {
-            writeln!(out, "converged: nothing to do")?;
-        } else {
-            writeln!(out, "converged")?;
-        }
-    } else {
-        writeln!(out, "not converged")?;
-    }
+    write!(out, "{o}")?;
     Ok(())
 }
 

@@ -511,6 +511,9 @@ pub struct Ctx {
     pub retention: AuditRetention,
     /// The operator's configuration: the endpoints and key variables manifests may name.
     pub config: Arc<crate::config::Config>,
+    /// How the audit names the action, when the front end names it itself (MCP: `mcp:deploy`,
+    /// the tool); otherwise the request's [`Request::op`].
+    pub action: Option<String>,
 }
 
 impl Ctx {
@@ -545,6 +548,7 @@ impl Ctx {
             caller,
             retention: AuditRetention::default(),
             config,
+            action: None,
         }
     }
 
@@ -563,7 +567,8 @@ impl Ctx {
     }
 
     fn entry(&self, req: &Request) -> AuditEntry {
-        let mut entry = AuditEntry::new(reconcile::now_ms(), &self.caller, req.op());
+        let action = self.action.as_deref().unwrap_or(req.op());
+        let mut entry = AuditEntry::new(reconcile::now_ms(), &self.caller, action);
         entry.project = req.project().map(str::to_string);
         entry.environment = req.environment().map(str::to_string);
         entry
@@ -590,6 +595,16 @@ impl Ctx {
                 .ok_or_else(|| Error::busy("codeb is stopping; nothing was done")),
         }
     }
+}
+
+/// Records in the audit log that a front end refused `req` for `ctx.caller` before it reached a
+/// use case (an MCP confirmation that was not made for it, say), with `reason`.
+pub fn record_refusal(ctx: &Ctx, req: &Request, reason: &str) {
+    let mut entry = ctx.entry(req);
+    entry.outcome = auth::Outcome::Failed {
+        message: format!("refused: {reason}"),
+    };
+    ctx.record(entry);
 }
 
 /// Checks whether `ctx.caller` may make `req` (its permissions, for the project it names),

@@ -125,6 +125,28 @@ impl From<&Outcome> for OutcomeView {
     }
 }
 
+/// As the CLI prints it: `✓` per executed step, `✗` per failure, the notes, then whether it
+/// converged.
+impl std::fmt::Display for OutcomeView {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for step in &self.executed {
+            writeln!(f, "✓ {step}")?;
+        }
+        for failure in &self.failures {
+            writeln!(f, "✗ {}: {}", failure.step, failure.error)?;
+        }
+        for note in &self.notes {
+            let mark = if note.problem { "!" } else { "·" };
+            writeln!(f, "{mark} {}", note.text)?;
+        }
+        match (self.converged, self.executed.is_empty()) {
+            (true, true) => writeln!(f, "converged: nothing to do"),
+            (true, false) => writeln!(f, "converged"),
+            (false, _) => writeln!(f, "not converged"),
+        }
+    }
+}
+
 /// The result of `apply`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
