@@ -78,16 +78,22 @@ impl Mcp {
             reqwest::header::HeaderName::from_static("x-api-key"),
             reqwest::header::HeaderValue::from_str(key).unwrap(),
         );
-        let config =
-            StreamableHttpClientTransportConfig::with_uri(serve.url("/mcp")).custom_headers(headers);
-        Mcp::connect(|| async move { ().serve(StreamableHttpClientTransport::from_config(config)).await })
+        let config = StreamableHttpClientTransportConfig::with_uri(serve.url("/mcp"))
+            .custom_headers(headers);
+        Mcp::connect(|| async move {
+            ().serve(StreamableHttpClientTransport::from_config(config))
+                .await
+        })
     }
 
     /// Over HTTP with the key as `Authorization: Bearer`.
     fn bearer(serve: &ServeProcess, key: &str) -> Mcp {
         let config =
             StreamableHttpClientTransportConfig::with_uri(serve.url("/mcp")).auth_header(key);
-        Mcp::connect(|| async move { ().serve(StreamableHttpClientTransport::from_config(config)).await })
+        Mcp::connect(|| async move {
+            ().serve(StreamableHttpClientTransport::from_config(config))
+                .await
+        })
     }
 
     /// Over stdio to `codeb mcp ARGS…` as a child process, with these environment variables.
@@ -237,7 +243,8 @@ fn slot_with(mcp: &Mcp, project: &str, image: &str) -> Option<(String, String)> 
         .find(|r| r["project"] == project)
         .cloned()?;
     ["blue", "green"].into_iter().find_map(|s| {
-        (row[s]["image"] == image).then(|| (s.to_string(), row[s]["state"].as_str().unwrap().to_string()))
+        (row[s]["image"] == image)
+            .then(|| (s.to_string(), row[s]["state"].as_str().unwrap().to_string()))
     })
 }
 
@@ -267,7 +274,10 @@ fn the_whole_flow(sb: &Sandbox, mcp: &Mcp, name: &str, between: impl Fn()) {
     let args = json!({"project": name, "image": APP_V2});
     let plan = mcp.call("deploy", args.clone());
     assert!(!plan.error, "{plan:?}");
-    assert!(plan.text.contains(APP_V2), "the plan names the image: {plan:?}");
+    assert!(
+        plan.text.contains(APP_V2),
+        "the plan names the image: {plan:?}"
+    );
     assert!(plan.text.contains("Nothing was done"), "{plan:?}");
     // The plan did nothing.
     assert_eq!(slot_with(mcp, name, APP_V2), None, "planned only");
@@ -282,14 +292,20 @@ fn the_whole_flow(sb: &Sandbox, mcp: &Mcp, name: &str, between: impl Fn()) {
         Some("deployed".to_string())
     );
     let preview = preview_of(mcp, name, APP_V2);
-    assert!(serves(sb, &preview, "v2"), "the preview {preview} serves v2");
+    assert!(
+        serves(sb, &preview, "v2"),
+        "the preview {preview} serves v2"
+    );
     assert!(serves(sb, &host, "v1"), "manual promotion waits");
 
     let (_, promoted) = mcp.plan_then_confirm("promote", json!({"project": name}));
     assert!(!promoted.error, "{promoted:?}");
     assert!(serves(sb, &host, "v2"), "live after the promote");
 
-    let (plan, rolled) = mcp.plan_then_confirm("rollback", json!({"project": name, "environment": "production"}));
+    let (plan, rolled) = mcp.plan_then_confirm(
+        "rollback",
+        json!({"project": name, "environment": "production"}),
+    );
     assert!(plan.text.contains("Plan ("), "{plan:?}");
     assert!(!rolled.error, "{rolled:?}");
     assert!(serves(sb, &host, "v1"), "back to v1 after the rollback");
@@ -313,28 +329,45 @@ fn over_http_a_deploy_is_planned_then_confirmed_previewed_promoted_and_rolled_ba
     let mcp = Mcp::http(&serve, &key);
     let info = mcp.client().peer_info().expect("initialized");
     assert_eq!(info.server_info.as_ref().unwrap().name, "codeb");
-    assert!(info.instructions.as_deref().unwrap_or("").contains("plan_id"));
+    assert!(info
+        .instructions
+        .as_deref()
+        .unwrap_or("")
+        .contains("plan_id"));
 
     let tools = mcp.tools();
     let names: Vec<&str> = tools.iter().map(|t| t.name.as_ref()).collect();
     assert_eq!(names, TOOLS.iter().map(|t| t.name).collect::<Vec<_>>());
     assert!(tools.len() <= 15);
-    let bytes = serde_json::to_vec(&json!({ "tools": tools })).unwrap().len();
+    let bytes = serde_json::to_vec(&json!({ "tools": tools }))
+        .unwrap()
+        .len();
     assert!(bytes < 12 * 1024, "tools/list is {bytes} bytes");
     for t in &tools {
         let a = t.annotations.as_ref().unwrap();
-        assert!(a.read_only_hint.is_some() && a.destructive_hint.is_some() && a.idempotent_hint.is_some());
+        assert!(
+            a.read_only_hint.is_some()
+                && a.destructive_hint.is_some()
+                && a.idempotent_hint.is_some()
+        );
     }
 
     // A plan id outlives resyncs of a converged loop (which writes nothing).
     the_whole_flow(&sb, &mcp, &name, || {
-        assert!(serve.wait_sweeps(2, Duration::from_secs(10)), "{}", serve.log());
+        assert!(
+            serve.wait_sweeps(2, Duration::from_secs(10)),
+            "{}",
+            serve.log()
+        );
     });
 
     // The logs of the active slot, marked as untrusted output.
     let logs = mcp.call("logs", json!({"project": name, "lines": 5}));
     assert!(!logs.error, "{logs:?}");
-    assert!(logs.text.contains("untrusted application output"), "{logs:?}");
+    assert!(
+        logs.text.contains("untrusted application output"),
+        "{logs:?}"
+    );
     assert!(logs.text.contains("codeb-test-app v1"), "{logs:?}");
 
     // Every change is in the audit, with the tool's name and the key.
@@ -366,13 +399,24 @@ fn over_stdio_codeb_mcp_runs_the_whole_flow_through_the_daemon_socket_and_throug
     // No daemon: codeb mcp says so and never reaches for the hosts itself.
     let out = sb.codeb(&["mcp"]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
-    assert!(text(&out).contains("no codeb serve or codeb watch answers"), "{}", text(&out));
+    assert!(
+        text(&out).contains("no codeb serve or codeb watch answers"),
+        "{}",
+        text(&out)
+    );
 
     let dir = sb.save(&[manual(&name, APP_V1)]);
     let serve = sb.serve(&dir, &["--resync", "2s"]);
-    assert!(eventually(START, || serves(&sb, &format!("{name}.codeb.test"), "v1")));
+    assert!(eventually(START, || serves(
+        &sb,
+        &format!("{name}.codeb.test"),
+        "v1"
+    )));
     let mode = std::fs::metadata(sb.state().join("codeb-mcp.sock")).unwrap();
-    assert_eq!(std::os::unix::fs::PermissionsExt::mode(&mode.permissions()) & 0o777, 0o600);
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&mode.permissions()) & 0o777,
+        0o600
+    );
 
     let local = Mcp::stdio(&sb, &[], &[]);
     assert_eq!(local.tools().len(), TOOLS.len());
@@ -384,7 +428,10 @@ fn over_stdio_codeb_mcp_runs_the_whole_flow_through_the_daemon_socket_and_throug
         .rev()
         .find(|e| e["action"] == "mcp:deploy")
         .unwrap_or_else(|| panic!("{entries:?}"));
-    assert!(deploy["actor"].as_str().unwrap().starts_with("cli (uid"), "{deploy}");
+    assert!(
+        deploy["actor"].as_str().unwrap().starts_with("cli (uid"),
+        "{deploy}"
+    );
     drop(local);
 
     // --server URL with the key from CODEB_API_KEY: the same tools, the same refusals.
@@ -395,14 +442,29 @@ fn over_stdio_codeb_mcp_runs_the_whole_flow_through_the_daemon_socket_and_throug
     let list = remote.call("list_projects", json!({}));
     assert!(!list.error && list.text.contains(&name), "{list:?}");
     let refused = remote.call("deploy", json!({"project": name, "image": APP_V3}));
-    assert!(refused.error && refused.text.starts_with("forbidden:"), "{refused:?}");
+    assert!(
+        refused.error && refused.text.starts_with("forbidden:"),
+        "{refused:?}"
+    );
     drop(remote);
     // A bad key through --server: every call is an error, no tool runs.
-    let bad = sb.codeb_env(&["mcp", "--server", &url], &[("CODEB_API_KEY", "codeb_admin_0")]);
-    assert_eq!(bad.status.code(), Some(0), "stdin was empty: {}", text(&bad));
+    let bad = sb.codeb_env(
+        &["mcp", "--server", &url],
+        &[("CODEB_API_KEY", "codeb_admin_0")],
+    );
+    assert_eq!(
+        bad.status.code(),
+        Some(0),
+        "stdin was empty: {}",
+        text(&bad)
+    );
     let missing = sb.codeb_env(&["mcp", "--server", &url], &[]);
     assert_eq!(missing.status.code(), Some(2), "{}", text(&missing));
-    assert!(text(&missing).contains("CODEB_API_KEY"), "{}", text(&missing));
+    assert!(
+        text(&missing).contains("CODEB_API_KEY"),
+        "{}",
+        text(&missing)
+    );
     drop(serve);
 }
 
@@ -432,7 +494,11 @@ fn every_tool_answers_each_role_as_the_permission_table_says_and_refusals_are_au
     let _cleanup = Cleanup(&sb, vec![name.clone()]);
     let dir = sb.save(&[manual(&name, APP_V1)]);
     let serve = sb.serve(&dir, &["--resync", "2s"]);
-    assert!(eventually(START, || serves(&sb, &format!("{name}.codeb.test"), "v1")));
+    assert!(eventually(START, || serves(
+        &sb,
+        &format!("{name}.codeb.test"),
+        "v1"
+    )));
     // A slot to promote and roll back between, so that their plans exist.
     let key = sb.key(&["--role", "developer", "--name", "setup"]);
     let setup = Mcp::bearer(&serve, &key);
@@ -452,19 +518,38 @@ fn every_tool_answers_each_role_as_the_permission_table_says_and_refusals_are_au
                 assert!(!answer.error, "{role} × {}: {answer:?}", tool.name);
             }
             if !allowed {
-                assert!(answer.text.contains(&format!("needs the {} role", tool.least_role())), "{answer:?}");
+                assert!(
+                    answer
+                        .text
+                        .contains(&format!("needs the {} role", tool.least_role())),
+                    "{answer:?}"
+                );
             }
         }
     }
     // A key limited to another project is refused this one's changes and reads.
-    let other = sb.key(&["--role", "developer", "--name", "elsewhere", "--project", "not-this-one"]);
+    let other = sb.key(&[
+        "--role",
+        "developer",
+        "--name",
+        "elsewhere",
+        "--project",
+        "not-this-one",
+    ]);
     let mcp = Mcp::bearer(&serve, &other);
     for tool in ["describe_project", "deploy", "promote", "logs"] {
         let answer = mcp.call(tool, valid_args(tool, &sb, &name));
-        assert!(answer.error && answer.text.starts_with("forbidden:"), "{tool}: {answer:?}");
+        assert!(
+            answer.error && answer.text.starts_with("forbidden:"),
+            "{tool}: {answer:?}"
+        );
     }
     let list = mcp.call("list_projects", json!({}));
-    assert_eq!(list.json(), json!([]), "a limited key lists only its projects");
+    assert_eq!(
+        list.json(),
+        json!([]),
+        "a limited key lists only its projects"
+    );
 
     // A destructive call with a viewer key, with a made-up plan id too: refused and audited.
     let viewer = sb.key(&["--role", "viewer", "--name", "peek"]);
@@ -472,14 +557,19 @@ fn every_tool_answers_each_role_as_the_permission_table_says_and_refusals_are_au
     let mcp = Mcp::http(&serve, &viewer);
     let fake = format!("{}.{}", "a".repeat(32), "b".repeat(32));
     let answer = mcp.call("rollback", json!({"project": name, "plan_id": fake}));
-    assert!(answer.error && answer.text.starts_with("forbidden:"), "{answer:?}");
+    assert!(
+        answer.error && answer.text.starts_with("forbidden:"),
+        "{answer:?}"
+    );
     let entries = audit(&sb);
     let denied: Vec<&Value> = entries
         .iter()
         .filter(|e| e["keyId"] == viewer_id.as_str() && e["outcome"]["kind"] == "denied")
         .collect();
     assert!(
-        denied.iter().any(|e| e["action"] == "mcp:rollback" && e["outcome"]["permission"] == "rollback"),
+        denied
+            .iter()
+            .any(|e| e["action"] == "mcp:rollback" && e["outcome"]["permission"] == "rollback"),
         "{denied:?}"
     );
     // Nothing a refused or planned call did: v1 active, v2 still only deployed.
@@ -488,7 +578,8 @@ fn every_tool_answers_each_role_as_the_permission_table_says_and_refusals_are_au
 }
 
 #[test]
-fn a_stale_plan_id_an_id_for_another_environment_and_a_forged_one_are_refused_and_ids_survive_a_restart() {
+fn a_stale_plan_id_an_id_for_another_environment_and_a_forged_one_are_refused_and_ids_survive_a_restart(
+) {
     let _l = lock();
     let sb = Sandbox::new();
     let a = unique("mstale");
@@ -496,8 +587,15 @@ fn a_stale_plan_id_an_id_for_another_environment_and_a_forged_one_are_refused_an
     let _cleanup = Cleanup(&sb, vec![a.clone(), b.clone()]);
     let dir = sb.save(&[manual(&a, APP_V1), manual(&b, APP_V1)]);
     let mut serve = sb.serve(&dir, &["--resync", "2s"]);
-    assert!(eventually(START, || serves(&sb, &format!("{a}.codeb.test"), "v1")
-        && serves(&sb, &format!("{b}.codeb.test"), "v1")));
+    assert!(eventually(START, || serves(
+        &sb,
+        &format!("{a}.codeb.test"),
+        "v1"
+    ) && serves(
+        &sb,
+        &format!("{b}.codeb.test"),
+        "v1"
+    )));
     let key = sb.key(&["--role", "developer", "--name", "agent"]);
     let id = sb.key_id("agent");
     let mcp = Mcp::http(&serve, &key);
@@ -512,40 +610,80 @@ fn a_stale_plan_id_an_id_for_another_environment_and_a_forged_one_are_refused_an
         json!({"project": a, "image": APP_V2, "plan_id": stale.plan_id()}),
     );
     assert!(refused.error, "{refused:?}");
-    assert!(refused.text.starts_with("conflict:") && refused.text.contains("plan again"), "{refused:?}");
+    assert!(
+        refused.text.starts_with("conflict:") && refused.text.contains("plan again"),
+        "{refused:?}"
+    );
     assert_eq!(slot_with(&mcp, &a, APP_V2), None, "v2 was not deployed");
 
     // The id of one environment's plan does not pass for another's, nor for another image.
     let plan_a = mcp.call("promote", json!({"project": a}));
     assert!(!plan_a.error, "{plan_a:?}");
-    let other_env = mcp.call("promote", json!({"project": b, "plan_id": plan_a.plan_id()}));
-    assert!(other_env.error && other_env.text.contains("not made for promote"), "{other_env:?}");
-    let other_tool = mcp.call("rollback", json!({"project": a, "plan_id": plan_a.plan_id()}));
-    assert!(other_tool.error && other_tool.text.contains("not made for rollback"), "{other_tool:?}");
+    let other_env = mcp.call(
+        "promote",
+        json!({"project": b, "plan_id": plan_a.plan_id()}),
+    );
+    assert!(
+        other_env.error && other_env.text.contains("not made for promote"),
+        "{other_env:?}"
+    );
+    let other_tool = mcp.call(
+        "rollback",
+        json!({"project": a, "plan_id": plan_a.plan_id()}),
+    );
+    assert!(
+        other_tool.error && other_tool.text.contains("not made for rollback"),
+        "{other_tool:?}"
+    );
     let malformed = mcp.call("promote", json!({"project": a, "plan_id": "yes"}));
-    assert!(malformed.error && malformed.text.contains("malformed"), "{malformed:?}");
+    assert!(
+        malformed.error && malformed.text.contains("malformed"),
+        "{malformed:?}"
+    );
     assert!(serves(&sb, &format!("{b}.codeb.test"), "v1"), "b untouched");
     let entries = audit(&sb);
     let failed: Vec<&Value> = entries
         .iter()
         .filter(|e| e["keyId"] == id.as_str() && e["outcome"]["kind"] == "failed")
         .collect();
-    assert!(failed.iter().any(|e| e["action"] == "mcp:deploy"
-        && e["outcome"]["message"].as_str().unwrap().contains("plan again")), "{failed:?}");
-    assert!(failed.iter().any(|e| e["action"] == "mcp:promote" && e["project"] == b.as_str()), "{failed:?}");
-    assert!(failed.iter().any(|e| e["action"] == "mcp:rollback"), "{failed:?}");
+    assert!(
+        failed.iter().any(|e| e["action"] == "mcp:deploy"
+            && e["outcome"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("plan again")),
+        "{failed:?}"
+    );
+    assert!(
+        failed
+            .iter()
+            .any(|e| e["action"] == "mcp:promote" && e["project"] == b.as_str()),
+        "{failed:?}"
+    );
+    assert!(
+        failed.iter().any(|e| e["action"] == "mcp:rollback"),
+        "{failed:?}"
+    );
 
     // The id signed before a restart of the daemon is good after it.
     drop(mcp);
-    assert!(serve.terminate(Duration::from_secs(15)).is_some_and(|s| s.success()));
+    assert!(serve
+        .terminate(Duration::from_secs(15))
+        .is_some_and(|s| s.success()));
     drop(serve);
     let serve = sb.serve(&dir, &["--resync", "2s"]);
     let mcp = Mcp::http(&serve, &key);
-    let promoted = mcp.call("promote", json!({"project": a, "plan_id": plan_a.plan_id()}));
+    let promoted = mcp.call(
+        "promote",
+        json!({"project": a, "plan_id": plan_a.plan_id()}),
+    );
     assert!(!promoted.error, "{promoted:?}");
     assert!(serves(&sb, &format!("{a}.codeb.test"), "v3"), "v3 promoted");
     // Used once: the state changed, so the same id is refused now.
-    let again = mcp.call("promote", json!({"project": a, "plan_id": plan_a.plan_id()}));
+    let again = mcp.call(
+        "promote",
+        json!({"project": a, "plan_id": plan_a.plan_id()}),
+    );
     assert!(again.error, "{again:?}");
     drop(serve);
 }
@@ -569,7 +707,11 @@ fn a_canary_secret_in_a_manifest_appears_in_no_mcp_answer_nor_audit_entry() {
     p.env = &watched_env;
     let dir = sb.save(&[p]);
     let serve = sb.serve(&dir, &["--resync", "2s"]);
-    assert!(eventually(START, || serves(&sb, &format!("{name}.codeb.test"), "v1")));
+    assert!(eventually(START, || serves(
+        &sb,
+        &format!("{name}.codeb.test"),
+        "v1"
+    )));
     let admin = Mcp::http(&serve, &sb.key(&["--role", "admin", "--name", "ops"]));
     let dev = Mcp::http(&serve, &sb.key(&["--role", "developer", "--name", "dev"]));
 
@@ -592,7 +734,10 @@ fn a_canary_secret_in_a_manifest_appears_in_no_mcp_answer_nor_audit_entry() {
         }
     }
     let describe = dev.call("describe_project", json!({"project": name}));
-    assert!(describe.text.contains("SECRET_CANARY"), "the variable's name is shown: {describe:?}");
+    assert!(
+        describe.text.contains("SECRET_CANARY"),
+        "the variable's name is shown: {describe:?}"
+    );
 
     // Manifests carrying a secret: a plan, an apply of another project, and errors in its line.
     let mut q = manual(&name, APP_V2);
@@ -605,8 +750,14 @@ fn a_canary_secret_in_a_manifest_appears_in_no_mcp_answer_nor_audit_entry() {
     let (_, applied) = admin.plan_then_confirm("apply", json!({"manifests": manifests(&sb, &[r])}));
     assert!(!applied.error, "{applied:?}");
     for bad in [
-        changed.replace(&format!("SECRET_CANARY: \"{posted_canary}\""), &format!("SECRET_CANARY: [\"{posted_canary}\"]")),
-        changed.replace(&format!("SECRET_CANARY: \"{posted_canary}\""), &format!("SECRET_CANARY: \"{posted_canary}")),
+        changed.replace(
+            &format!("SECRET_CANARY: \"{posted_canary}\""),
+            &format!("SECRET_CANARY: [\"{posted_canary}\"]"),
+        ),
+        changed.replace(
+            &format!("SECRET_CANARY: \"{posted_canary}\""),
+            &format!("SECRET_CANARY: \"{posted_canary}"),
+        ),
         format!("{changed}\n  oops: \"{posted_canary}\"\n"),
     ] {
         assert!(bad.contains(&posted_canary));
@@ -616,7 +767,10 @@ fn a_canary_secret_in_a_manifest_appears_in_no_mcp_answer_nor_audit_entry() {
         }
     }
     // A canary as a plan id, and as an argument that does not fit.
-    let a = dev.call("promote", json!({"project": name, "plan_id": posted_canary}));
+    let a = dev.call(
+        "promote",
+        json!({"project": name, "plan_id": posted_canary}),
+    );
     assert!(a.error, "{a:?}");
     let a = dev.call("logs", json!({"project": name, "lines": posted_canary}));
     assert!(a.error, "{a:?}");
@@ -627,17 +781,26 @@ fn a_canary_secret_in_a_manifest_appears_in_no_mcp_answer_nor_audit_entry() {
         // The one place a canary may come back is the "invalid arguments" echo of a value the
         // caller sent itself in a wrong place; never a value of a manifest's env.
         assert!(
-            !seen.lines().any(|l| l.contains(secret.as_str()) && !l.starts_with("invalid arguments")),
+            !seen
+                .lines()
+                .any(|l| l.contains(secret.as_str()) && !l.starts_with("invalid arguments")),
             "an MCP answer holds {secret} ({in_answers}×):\n{seen}"
         );
         let entries = serde_json::to_string(&audit(&sb)).unwrap();
-        assert!(!entries.contains(secret.as_str()), "the audit holds {secret}");
-        assert!(!serve.log().contains(secret.as_str()), "serve's log holds {secret}");
+        assert!(
+            !entries.contains(secret.as_str()),
+            "the audit holds {secret}"
+        );
+        assert!(
+            !serve.log().contains(secret.as_str()),
+            "serve's log holds {secret}"
+        );
     }
 }
 
 #[test]
-fn bad_input_is_answered_with_tool_or_protocol_errors_and_bad_names_bodies_and_key_floods_are_refused() {
+fn bad_input_is_answered_with_tool_or_protocol_errors_and_bad_names_bodies_and_key_floods_are_refused(
+) {
     let _l = lock();
     let sb = Sandbox::new();
     let dir = sb.save(&[]);
@@ -646,13 +809,24 @@ fn bad_input_is_answered_with_tool_or_protocol_errors_and_bad_names_bodies_and_k
     let mcp = Mcp::http(&serve, &key);
 
     let unknown = mcp.try_call("rm_rf", json!({}));
-    assert!(unknown.as_ref().is_err_and(|e| e.contains("unknown tool")), "{unknown:?}");
+    assert!(
+        unknown.as_ref().is_err_and(|e| e.contains("unknown tool")),
+        "{unknown:?}"
+    );
     for (tool, args, says) in [
         ("describe_project", json!({"project": 5}), "invalid type"),
         ("deploy", json!({"project": "x"}), "missing field `image`"),
         ("deploy", json!({}), "missing field"),
-        ("logs", json!({"project": "x", "lines": "many"}), "invalid type"),
-        ("logs", json!({"project": "x", "slot": "purple"}), "unknown variant"),
+        (
+            "logs",
+            json!({"project": "x", "lines": "many"}),
+            "invalid type",
+        ),
+        (
+            "logs",
+            json!({"project": "x", "slot": "purple"}),
+            "unknown variant",
+        ),
         ("list_projects", json!({"all": true}), "unknown field"),
         ("plan", json!({"project": "x"}), "either manifests"),
         ("audit", json!({"limit": 100000}), "limit"),
@@ -661,7 +835,10 @@ fn bad_input_is_answered_with_tool_or_protocol_errors_and_bad_names_bodies_and_k
         assert!(a.error && a.text.contains(says), "{tool}: {a:?}");
     }
     let missing = mcp.call("describe_project", json!({"project": "no-such-project"}));
-    assert!(missing.error && missing.text.starts_with("not-found:"), "{missing:?}");
+    assert!(
+        missing.error && missing.text.starts_with("not-found:"),
+        "{missing:?}"
+    );
 
     let http = reqwest::blocking::Client::builder()
         .timeout(Duration::from_secs(30))
@@ -685,23 +862,43 @@ fn bad_input_is_answered_with_tool_or_protocol_errors_and_bad_names_bodies_and_k
     assert!(body.contains("\"protocolVersion\""), "{body}");
     // No key, a bad key: 401 before any tool runs.
     assert_eq!(post(&[], init.to_string()).0, 401);
-    assert_eq!(post(&[("X-API-Key", "codeb_admin_nope")], init.to_string()).0, 401);
+    assert_eq!(
+        post(&[("X-API-Key", "codeb_admin_nope")], init.to_string()).0,
+        401
+    );
     // A body over 4 MiB: 413.
     let big = json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {
         "name": "plan", "arguments": {"manifests": "#".repeat(5 << 20)}}});
     assert_eq!(post(&[("X-API-Key", &key)], big.to_string()).0, 413);
     // DNS rebinding: a foreign Host or Origin is refused before the key is looked at.
-    let (status, body) = post(&[("X-API-Key", &key), ("Host", "evil.example")], init.to_string());
+    let (status, body) = post(
+        &[("X-API-Key", &key), ("Host", "evil.example")],
+        init.to_string(),
+    );
     assert_eq!(status, 403, "{body}");
-    let (status, body) = post(&[("X-API-Key", &key), ("Origin", "http://evil.example")], init.to_string());
+    let (status, body) = post(
+        &[("X-API-Key", &key), ("Origin", "http://evil.example")],
+        init.to_string(),
+    );
     assert_eq!(status, 403, "{body}");
-    let (status, _) = post(&[("X-API-Key", &key), ("Origin", "http://localhost:5173")], init.to_string());
+    let (status, _) = post(
+        &[("X-API-Key", &key), ("Origin", "http://localhost:5173")],
+        init.to_string(),
+    );
     assert_eq!(status, 200, "a loopback origin passes");
     // Stateless: no stream to open, no session to end.
-    let get = http.get(serve.url("/mcp")).header("X-API-Key", &key).header("Accept", "text/event-stream").send().unwrap();
+    let get = http
+        .get(serve.url("/mcp"))
+        .header("X-API-Key", &key)
+        .header("Accept", "text/event-stream")
+        .send()
+        .unwrap();
     assert_eq!(get.status().as_u16(), 405);
     // No OAuth metadata advertised.
-    let meta = http.get(serve.url("/.well-known/oauth-protected-resource")).send().unwrap();
+    let meta = http
+        .get(serve.url("/.well-known/oauth-protected-resource"))
+        .send()
+        .unwrap();
     assert_eq!(meta.status().as_u16(), 404);
 
     // A flood of bad keys: rate-limited, no growth, and a valid key is still served.
@@ -719,6 +916,9 @@ fn bad_input_is_answered_with_tool_or_protocol_errors_and_bad_names_bodies_and_k
     assert!(count(429) >= 450, "mostly 429: {} of 600", count(429));
     assert_eq!(post(&[("X-API-Key", &key)], init.to_string()).0, 200);
     let after = serve.rss_kib();
-    assert!(after < before + 10 * 1024, "RSS grew from {before} KiB to {after} KiB");
+    assert!(
+        after < before + 10 * 1024,
+        "RSS grew from {before} KiB to {after} KiB"
+    );
     assert!(!mcp.call("list_projects", json!({})).error);
 }

@@ -86,12 +86,7 @@ pub struct Api {
 impl Api {
     /// The API of `ctx`'s daemon; `published` is the hostname of `--publish`, under which `/mcp`
     /// answers too (besides loopback names).
-    pub fn new(
-        ctx: Ctx,
-        rate: RateLimit,
-        health: HealthSource,
-        published: Option<&str>,
-    ) -> Api {
+    pub fn new(ctx: Ctx, rate: RateLimit, health: HealthSource, published: Option<&str>) -> Api {
         let allowed = crate::mcp::http::Allowed::new(published);
         let mcp = crate::mcp::http::Endpoint {
             service: crate::mcp::http::service(ctx.clone(), health.clone(), &allowed),

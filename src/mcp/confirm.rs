@@ -95,7 +95,9 @@ pub fn verify(
 ) -> Result<String, Refused> {
     let (fingerprint, signature) = plan_id.split_once('.').ok_or(Refused::Malformed)?;
     let well_formed = |s: &str, len: usize| {
-        s.len() == len && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        s.len() == len
+            && s.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
     };
     if !well_formed(fingerprint, 32) || !well_formed(signature, 2 * SIGNATURE_BYTES) {
         return Err(Refused::Malformed);

@@ -93,7 +93,8 @@ pub async fn serve(
         let stop = shutdown.child_token();
         tokio::spawn(async move {
             let (read, write) = stream.into_split();
-            let transport = AsyncRwTransport::new_server(read, write).with_max_line_length(BODY_LIMIT);
+            let transport =
+                AsyncRwTransport::new_server(read, write).with_max_line_length(BODY_LIMIT);
             match server.serve_with_ct(transport, stop).await {
                 Ok(running) => {
                     let _ = running.waiting().await;
@@ -143,9 +144,7 @@ pub async fn stdio_to_socket(state_dir: &Path) -> Result<(), Error> {
 /// `Stdio`; `Client`.
 pub async fn stdio_to_http(url: &str, key: &str) -> Result<(), Error> {
     let url = endpoint(url);
-    let client = reqwest::Client::builder()
-        .build()
-        .map_err(Error::Client)?;
+    let client = reqwest::Client::builder().build().map_err(Error::Client)?;
     let (tx, mut rx) = mpsc::channel::<Value>(64);
     let writer = tokio::spawn(async move {
         let mut stdout = tokio::io::stdout();
@@ -304,7 +303,10 @@ mod tests {
     fn a_server_url_names_its_mcp_endpoint_with_or_without_the_path() {
         assert_eq!(endpoint("https://api.example"), "https://api.example/mcp");
         assert_eq!(endpoint("https://api.example/"), "https://api.example/mcp");
-        assert_eq!(endpoint("http://127.0.0.1:9100/mcp"), "http://127.0.0.1:9100/mcp");
+        assert_eq!(
+            endpoint("http://127.0.0.1:9100/mcp"),
+            "http://127.0.0.1:9100/mcp"
+        );
     }
 
     #[test]

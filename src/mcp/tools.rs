@@ -318,7 +318,9 @@ fn error_text(spec: &ToolSpec, e: &service::Error) -> String {
             format!(" ({} needs the {} role)", spec.name, spec.least_role())
         }
         Code::Busy => " (retry in 2 s)".to_string(),
-        Code::Unavailable => " (a backend is unreachable; retry later, or see the health tool)".into(),
+        Code::Unavailable => {
+            " (a backend is unreachable; retry later, or see the health tool)".into()
+        }
         _ => String::new(),
     };
     let code = serde_json::to_value(e.code)
@@ -474,7 +476,14 @@ async fn list_projects(ctx: &Ctx) -> Result<CallToolResult, Fail> {
     else {
         return Err(Fail::Service(service::Error::failed("unexpected answer")));
     };
-    let slots = match run(ctx, Request::Get { what: GetWhat::Slots }).await? {
+    let slots = match run(
+        ctx,
+        Request::Get {
+            what: GetWhat::Slots,
+        },
+    )
+    .await?
+    {
         Response::Slots(s) => s,
         other => return Err(unexpected(other)),
     };
@@ -484,7 +493,9 @@ async fn list_projects(ctx: &Ctx) -> Result<CallToolResult, Fail> {
             let slot = |s: Slot| {
                 slots
                     .iter()
-                    .find(|x| x.project == r.project && x.environment == r.environment && x.slot == s)
+                    .find(|x| {
+                        x.project == r.project && x.environment == r.environment && x.slot == s
+                    })
                     .map(|x| SlotBrief {
                         state: x.state.clone(),
                         image: x.image.clone(),
@@ -515,7 +526,14 @@ async fn describe_project(ctx: &Ctx, a: ProjectArgs) -> Result<CallToolResult, F
         Response::Project(p) => p,
         other => return Err(unexpected(other)),
     };
-    let slots = match run(ctx, Request::Get { what: GetWhat::Slots }).await? {
+    let slots = match run(
+        ctx,
+        Request::Get {
+            what: GetWhat::Slots,
+        },
+    )
+    .await?
+    {
         Response::Slots(s) => s,
         other => return Err(unexpected(other)),
     };
@@ -536,7 +554,9 @@ async fn describe_project(ctx: &Ctx, a: ProjectArgs) -> Result<CallToolResult, F
                     let preview = slots
                         .iter()
                         .find(|x| {
-                            x.project == p.project && x.environment == e.environment && x.slot == s.slot
+                            x.project == p.project
+                                && x.environment == e.environment
+                                && x.slot == s.slot
                         })
                         .map(|x| x.preview_url.clone());
                     let mut v = json!({
@@ -549,8 +569,11 @@ async fn describe_project(ctx: &Ctx, a: ProjectArgs) -> Result<CallToolResult, F
                         "envNames": s.env_names,
                     });
                     if logs && !s.log_tail.is_empty() {
-                        v["logTailUntrusted"] =
-                            json!(s.log_tail.iter().map(|l| service::sanitize(l)).collect::<Vec<_>>());
+                        v["logTailUntrusted"] = json!(s
+                            .log_tail
+                            .iter()
+                            .map(|l| service::sanitize(l))
+                            .collect::<Vec<_>>());
                     }
                     v
                 })
@@ -609,7 +632,14 @@ async fn logs(ctx: &Ctx, a: LogsArgs) -> Result<CallToolResult, Fail> {
 async fn plan(ctx: &Ctx, a: PlanArgs) -> Result<CallToolResult, Fail> {
     match (a.manifests, a.project, a.image) {
         (Some(m), None, None) => {
-            let p = match run(ctx, Request::Diff { manifests: posted(m) }).await? {
+            let p = match run(
+                ctx,
+                Request::Diff {
+                    manifests: posted(m),
+                },
+            )
+            .await?
+            {
                 Response::Diff(p) => p,
                 other => return Err(unexpected(other)),
             };
@@ -666,7 +696,14 @@ async fn audit(ctx: &Ctx, a: AuditArgs) -> Result<CallToolResult, Fail> {
 }
 
 async fn health_of(ctx: &Ctx, health: Option<&HealthSource>) -> Result<CallToolResult, Fail> {
-    let hosts = match run(ctx, Request::Get { what: GetWhat::Hosts }).await? {
+    let hosts = match run(
+        ctx,
+        Request::Get {
+            what: GetWhat::Hosts,
+        },
+    )
+    .await?
+    {
         Response::Hosts(h) => h,
         other => return Err(unexpected(other)),
     };
@@ -721,8 +758,7 @@ async fn two_step(
         .map_err(|e| Fail::Service(service::Error::failed(e.to_string())))?;
         return Ok(text(plan_text(&planned.plan, Some((spec.name, &id)))));
     };
-    let fingerprint = match confirm::verify(&ctx.store, spec.name, &change, &ctx.caller, &plan_id)
-    {
+    let fingerprint = match confirm::verify(&ctx.store, spec.name, &change, &ctx.caller, &plan_id) {
         Ok(fp) => fp,
         Err(refused) => {
             let reason = format!("{refused}; call {} without plan_id to plan it", spec.name);
@@ -768,7 +804,9 @@ mod tests {
     fn the_tool_list_is_at_most_15_tools_and_under_12_kib_of_json() {
         let tools = list();
         assert!(tools.len() <= 15, "{} tools", tools.len());
-        let bytes = serde_json::to_vec(&json!({ "tools": tools })).unwrap().len();
+        let bytes = serde_json::to_vec(&json!({ "tools": tools }))
+            .unwrap()
+            .len();
         assert!(bytes < 12 * 1024, "tools/list is {bytes} bytes");
     }
 
@@ -779,12 +817,18 @@ mod tests {
             let spec = find(&t.name).unwrap();
             let read = spec.effect == Effect::Read;
             assert_eq!(a.read_only_hint, Some(read), "{}", t.name);
-            assert!(a.destructive_hint.is_some() && a.idempotent_hint.is_some(), "{}", t.name);
+            assert!(
+                a.destructive_hint.is_some() && a.idempotent_hint.is_some(),
+                "{}",
+                t.name
+            );
             // A tool that only reads needs no changing permission, and a changing one does.
-            let changing = spec
-                .permissions
-                .iter()
-                .any(|p| !matches!(p, Permission::Read | Permission::Logs | Permission::AuditRead));
+            let changing = spec.permissions.iter().any(|p| {
+                !matches!(
+                    p,
+                    Permission::Read | Permission::Logs | Permission::AuditRead
+                )
+            });
             assert_eq!(changing, !read, "{}", t.name);
             let words = t.description.as_deref().unwrap().split_whitespace().count();
             assert!(words <= 45, "{}: {words} words", t.name);
@@ -799,16 +843,27 @@ mod tests {
                 .get("properties")
                 .and_then(|p| p.get("plan_id"))
                 .is_some();
-            assert_eq!(has, find(&t.name).unwrap().effect != Effect::Read, "{}", t.name);
+            assert_eq!(
+                has,
+                find(&t.name).unwrap().effect != Effect::Read,
+                "{}",
+                t.name
+            );
         }
     }
 
     #[test]
     fn a_service_refusal_names_the_role_a_tool_needs_and_busy_says_when_to_retry() {
         let spec = find("deploy").unwrap();
-        let denied = service::Error::new(Code::Forbidden, "deploy is not allowed: the viewer role does not have it");
+        let denied = service::Error::new(
+            Code::Forbidden,
+            "deploy is not allowed: the viewer role does not have it",
+        );
         let t = error_text(spec, &denied);
-        assert!(t.starts_with("forbidden: ") && t.contains("the developer role"), "{t}");
+        assert!(
+            t.starts_with("forbidden: ") && t.contains("the developer role"),
+            "{t}"
+        );
         let prune = find("prune").unwrap();
         assert!(error_text(prune, &denied).contains("the admin role"));
         let busy = error_text(spec, &service::Error::busy("codeb is stopping"));

@@ -135,11 +135,16 @@ pub enum Request {
     },
     /// The plan `change` would carry out now, and the fingerprint of the state it was computed
     /// from (see [`PlannedView`]). Changes nothing; needs only `read`.
-    Plan { change: Change },
+    Plan {
+        change: Change,
+    },
     /// Carries out `change` only if, under the claim of what it acts on, the state's fingerprint
     /// is still `fingerprint` (the one its plan was shown with): a plan confirmed by someone is
     /// never carried out on a state they did not see. Otherwise `Conflict`, nothing done.
-    Guarded { change: Change, fingerprint: String },
+    Guarded {
+        change: Change,
+        fingerprint: String,
+    },
 }
 
 /// A change that can be planned first and carried out later, unchanged: what MCP's two-step
@@ -1585,12 +1590,7 @@ async fn deploy_plan(ctx: &Ctx, d: &Desired) -> Result<PlanView> {
 
 /// Deploys `image` to `key`; with `expect`, only if the state under the claim still has that
 /// fingerprint.
-async fn deploy(
-    ctx: &Ctx,
-    key: EnvKey,
-    image: &str,
-    expect: Option<&str>,
-) -> Result<OutcomeView> {
+async fn deploy(ctx: &Ctx, key: EnvKey, image: &str, expect: Option<&str>) -> Result<OutcomeView> {
     let store = &ctx.store;
     let t = deploy_target(ctx, &key, image)?;
     let claim = ctx.claim(t.works.clone()).await?;
