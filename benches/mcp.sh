@@ -11,7 +11,8 @@
 #   list   tools/list: bytes of the JSON-RPC answer and of its `tools`, tokens ≈ bytes / 4.
 #   call   2,000 calls each from one client, idle (`hey -n 2000 -c 1`): tools/call list_projects
 #          (every project: the answer's bytes too), tools/call describe_project, and
-#          GET /api/v1/projects for comparison: p50, p99, requests/s, non-2xx.
+#          GET /api/v1/projects and /api/v1/projects/NAME for comparison: p50, p99, requests/s,
+#          non-2xx.
 #   load   tools/call list_projects under `hey -c 16 -z 10s`: p50, p99, requests/s, non-2xx.
 #   steps  deploy's two steps through MCP for one project (v2, v3, v2, ...; automatic promotion):
 #          the plan call and the confirmed call's wall time, CODEB_BENCH_STEPS (default 5) rounds.
@@ -107,8 +108,10 @@ bytes=$(wc -c <"$WORK/projects.json")
 echo "list_projects answer with $PROJECTS projects: $bytes bytes (≈ $((bytes / 4)) tokens)"
 hey_mcp "tools/call list_projects, one client, idle" "-n 2000 -c 1" "$list_body"
 hey_mcp "tools/call describe_project, one client, idle" "-n 2000 -c 1" "$(call_json describe_project '{"project":"bmcp1"}')"
-hey -n 2000 -c 1 -H "X-API-Key: $VIEWER" "http://$LISTEN/api/v1/projects" >"$WORK/hey.txt" 2>&1
-printf 'GET /api/v1/projects, one client, idle: %s\n' "$(hey_summary "$WORK/hey.txt")"
+for path in /api/v1/projects /api/v1/projects/bmcp1; do
+  hey -n 2000 -c 1 -H "X-API-Key: $VIEWER" "http://$LISTEN$path" >"$WORK/hey.txt" 2>&1
+  printf 'GET %s, one client, idle: %s\n' "$path" "$(hey_summary "$WORK/hey.txt")"
+done
 
 # load: 16 clients for 10 s.
 hey_mcp "tools/call list_projects under hey -c 16 -z 10s" "-z 10s -c 16" "$list_body"
