@@ -3,8 +3,8 @@
 //!
 //! The table names each tool's permissions; `service` enforces them (the same decision as the HTTP
 //! API's), and the tests check every tool × role against [`crate::auth::allows`]. Few tools, short
-//! descriptions: the whole `tools/list` answer is about 6 KB (`benches/mcp.sh`), within an agent's
-//! context next to its work; under 12 KB is a test.
+//! descriptions: the whole `tools/list` answer is 5,978 bytes, about 1,500 tokens
+//! (`benches/mcp.sh`), within an agent's context next to its work; under 12 KB is a test.
 //!
 //! Results are compact JSON or the CLI's text; never an env value (views hold names only), a key
 //! or a backend credential (hosts are shown by name, address and switch mode).
