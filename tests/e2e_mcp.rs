@@ -465,7 +465,59 @@ fn over_stdio_codeb_mcp_runs_the_whole_flow_through_the_daemon_socket_and_throug
         "{}",
         text(&missing)
     );
-    drop(serve);
+    let mut serve = serve;
+    let status = serve.terminate(Duration::from_secs(15));
+    assert!(status.is_some_and(|s| s.success()), "{}", serve.log());
+    assert!(
+        !sb.state().join("codeb-mcp.sock").exists(),
+        "the MCP socket is removed"
+    );
+}
+
+#[test]
+fn through_caddy_mcp_answers_on_the_published_hostname_and_refuses_other_names() {
+    let _l = lock();
+    let sb = Sandbox::new();
+    let name = unique("mpub");
+    let _cleanup = Cleanup(&sb, vec![name.clone()]);
+    let api_host = format!("{name}-api.codeb.test");
+    let dir = sb.save(&[ProjectYaml::new(&name, APP_V1)]);
+    let serve = sb.serve(&dir, &["--publish", &api_host, "--resync", "1s"]);
+    let key = sb.key(&["--role", "viewer", "--name", "remote-agent"]);
+    let http = reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let list = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/list"});
+    let post = |addr: &str, host: &str, origin: Option<&str>| {
+        let mut req = http
+            .post(format!("http://{addr}/mcp"))
+            .header("Host", host)
+            .header("X-API-Key", &key)
+            .header("Content-Type", "application/json")
+            .header("Accept", "application/json, text/event-stream");
+        if let Some(o) = origin {
+            req = req.header("Origin", o);
+        }
+        match req.body(list.to_string()).send() {
+            Ok(r) => (r.status().as_u16(), r.text().unwrap_or_default()),
+            Err(e) => (0, e.to_string()),
+        }
+    };
+    // Through Caddy, on the published hostname (the route appears within a resync).
+    let caddy = sb.stack.http.clone();
+    assert!(
+        eventually(START, || post(&caddy, &api_host, None).0 == 200),
+        "{}",
+        serve.log()
+    );
+    let (_, body) = post(&caddy, &api_host, Some(&format!("https://{api_host}")));
+    assert!(body.contains("\"list_projects\""), "{body}");
+    // The daemon itself refuses a name that is neither loopback nor published.
+    let (status, body) = post(&serve.addr, "other.codeb.test", None);
+    assert_eq!(status, 403, "{body}");
+    let (status, body) = post(&serve.addr, &api_host, Some("https://evil.example"));
+    assert_eq!(status, 403, "{body}");
 }
 
 /// Arguments that pass each tool's schema, naming `project` (changing tools without plan_id:
@@ -506,8 +558,10 @@ fn every_tool_answers_each_role_as_the_permission_table_says_and_refusals_are_au
     assert!(!done.error, "{done:?}");
     drop(setup);
 
+    let mut refused = Vec::new();
     for role in Role::ALL {
         let key = sb.key(&["--role", role.as_str(), "--name", &format!("r-{role}")]);
+        let key_id = sb.key_id(&format!("r-{role}"));
         let mcp = Mcp::bearer(&serve, &key);
         for tool in TOOLS {
             let answer = mcp.call(tool.name, valid_args(tool.name, &sb, &name));
@@ -518,6 +572,7 @@ fn every_tool_answers_each_role_as_the_permission_table_says_and_refusals_are_au
                 assert!(!answer.error, "{role} × {}: {answer:?}", tool.name);
             }
             if !allowed {
+                refused.push((key_id.clone(), format!("mcp:{}", tool.name)));
                 assert!(
                     answer
                         .text
@@ -527,6 +582,17 @@ fn every_tool_answers_each_role_as_the_permission_table_says_and_refusals_are_au
             }
         }
     }
+    // Every refusal is in the audit log, with the tool's name and the key.
+    let entries = audit(&sb);
+    for (key_id, action) in &refused {
+        assert!(
+            entries.iter().any(|e| e["keyId"] == key_id.as_str()
+                && e["action"] == action.as_str()
+                && e["outcome"]["kind"] == "denied"),
+            "{action} refused to {key_id} is not audited"
+        );
+    }
+    assert!(!refused.is_empty());
     // A key limited to another project is refused this one's changes and reads.
     let other = sb.key(&[
         "--role",
@@ -830,6 +896,11 @@ fn bad_input_is_answered_with_tool_or_protocol_errors_and_bad_names_bodies_and_k
         ("list_projects", json!({"all": true}), "unknown field"),
         ("plan", json!({"project": "x"}), "either manifests"),
         ("audit", json!({"limit": 100000}), "limit"),
+        (
+            "logs",
+            json!({"project": "x", "lines": 1001}),
+            "between 1 and 1000",
+        ),
     ] {
         let a = mcp.call(tool, args);
         assert!(a.error && a.text.contains(says), "{tool}: {a:?}");
@@ -866,10 +937,13 @@ fn bad_input_is_answered_with_tool_or_protocol_errors_and_bad_names_bodies_and_k
         post(&[("X-API-Key", "codeb_admin_nope")], init.to_string()).0,
         401
     );
-    // A body over 4 MiB: 413.
-    let big = json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {
-        "name": "plan", "arguments": {"manifests": "#".repeat(5 << 20)}}});
-    assert_eq!(post(&[("X-API-Key", &key)], big.to_string()).0, 413);
+    // A body over 4 MiB: 413 as the API answers it, and the connection closes (sent from a
+    // socket that reads the answer as soon as it comes, as e2e_serve does).
+    let (head, body, mut stream) = over_the_limit_on(&serve, "/mcp", &key, "application/json");
+    assert!(head.starts_with("http/1.1 413"), "{head}{body}");
+    assert!(head.contains("connection: close"), "{head}");
+    assert!(body.contains("too-large"), "{body}");
+    assert!(read_answer(&mut stream).is_none(), "the connection closes");
     // DNS rebinding: a foreign Host or Origin is refused before the key is looked at.
     let (status, body) = post(
         &[("X-API-Key", &key), ("Host", "evil.example")],

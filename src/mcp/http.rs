@@ -8,7 +8,8 @@
 //!    an Origin, when sent, one of those too. 403 otherwise, before any key is looked at;
 //! 2. the API's key check and rate limits (`api::auth::Authed`): the same keys, the same 401 for
 //!    every bad key (audited, failures limited per address, 429), the same per-key rate;
-//! 3. the body limit, 4 MiB as the API's (413), and the API's body timeout.
+//! 3. the body limit, 4 MiB as the API's (413, answered as the API answers it, with
+//!    `Connection: close`), and the API's body timeout.
 //!
 //! The authenticated caller travels to the tools in the request's extensions. No OAuth metadata
 //! is advertised: clients that find some ignore the static key header people configure.
@@ -137,10 +138,21 @@ pub async fn handle(
     mut req: Request,
 ) -> Response {
     req.extensions_mut().insert(caller);
-    match api.mcp.service.clone().oneshot(req).await {
-        Ok(res) => res.map(axum::body::Body::new).into_response(),
+    let res = match api.mcp.service.clone().oneshot(req).await {
+        Ok(res) => res,
         Err(never) => match never {},
+    };
+    if res.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+        // The API's own 413: JSON, and `Connection: close`, since the rest of the body is left
+        // unread and a client that pools connections must not send its next request into it.
+        return ApiError::new(
+            413,
+            "too-large",
+            format!("the body is larger than {} MiB", BODY_LIMIT >> 20),
+        )
+        .into_response();
     }
+    res.map(axum::body::Body::new).into_response()
 }
 
 #[cfg(test)]
