@@ -447,16 +447,32 @@ fn over_stdio_codeb_mcp_runs_the_whole_flow_through_the_daemon_socket_and_throug
         "{refused:?}"
     );
     drop(remote);
-    // A bad key through --server: every call is an error, no tool runs.
-    let bad = sb.codeb_env(
-        &["mcp", "--server", &url],
-        &[("CODEB_API_KEY", "codeb_admin_0")],
-    );
-    assert_eq!(
-        bad.status.code(),
-        Some(0),
-        "stdin was empty: {}",
-        text(&bad)
+    // A bad key through --server: the agent's request gets a JSON-RPC error naming the 401; no
+    // tool runs. The end of stdin ends codeb mcp, exit 0.
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_codeb"))
+        .args(["mcp", "--server", &url])
+        .env("CODEB_API_KEY", "codeb_admin_0")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let call = json!({"jsonrpc": "2.0", "id": 7, "method": "tools/call",
+        "params": {"name": "list_projects", "arguments": {}}});
+    std::io::Write::write_all(
+        &mut child.stdin.take().unwrap(),
+        format!("{call}\n").as_bytes(),
+    )
+    .unwrap();
+    let bad = child.wait_with_output().unwrap();
+    assert_eq!(bad.status.code(), Some(0), "{}", text(&bad));
+    let answer: Value =
+        serde_json::from_slice(&bad.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(&bad)));
+    assert_eq!(answer["id"], 7, "{answer}");
+    let message = answer["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("401") && message.contains("API key"),
+        "{answer}"
     );
     let missing = sb.codeb_env(&["mcp", "--server", &url], &[]);
     assert_eq!(missing.status.code(), Some(2), "{}", text(&missing));

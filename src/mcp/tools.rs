@@ -204,87 +204,75 @@ pub async fn call(
     health: Option<&HealthSource>,
     args: JsonObject,
 ) -> CallToolResult {
-    let result = match spec.name {
-        "list_projects" => match parse::<NoArgs>(spec, args) {
-            Ok(_) => list_projects(ctx).await,
-            Err(f) => Err(f),
-        },
-        "describe_project" => match parse(spec, args) {
-            Ok(a) => describe_project(ctx, a).await,
-            Err(f) => Err(f),
-        },
-        "logs" => match parse(spec, args) {
-            Ok(a) => logs(ctx, a).await,
-            Err(f) => Err(f),
-        },
-        "plan" => match parse(spec, args) {
-            Ok(a) => plan(ctx, a).await,
-            Err(f) => Err(f),
-        },
-        "audit" => match parse(spec, args) {
-            Ok(a) => audit(ctx, a).await,
-            Err(f) => Err(f),
-        },
-        "health" => match parse::<NoArgs>(spec, args) {
-            Ok(_) => health_of(ctx, health).await,
-            Err(f) => Err(f),
-        },
-        "deploy" => match parse::<DeployArgs>(spec, args) {
-            Ok(a) => {
-                let change = Change::Deploy {
-                    project: a.project,
-                    environment: a.environment.unwrap_or_else(production),
-                    image: a.image,
-                };
-                two_step(spec, ctx, change, a.plan_id).await
-            }
-            Err(f) => Err(f),
-        },
-        "promote" | "rollback" => match parse::<SwitchArgs>(spec, args) {
-            Ok(a) => {
-                let (project, environment) = (a.project, a.environment.unwrap_or_else(production));
-                let change = if spec.name == "promote" {
-                    Change::Promote {
-                        project,
-                        environment,
-                    }
-                } else {
-                    Change::Rollback {
-                        project,
-                        environment,
-                    }
-                };
-                two_step(spec, ctx, change, a.plan_id).await
-            }
-            Err(f) => Err(f),
-        },
-        "apply" => match parse::<ApplyArgs>(spec, args) {
-            Ok(a) => {
-                let change = Change::Apply {
-                    manifests: posted(a.manifests),
-                    prune: false,
-                    prune_projects: vec![],
-                };
-                two_step(spec, ctx, change, a.plan_id).await
-            }
-            Err(f) => Err(f),
-        },
-        "prune" => match parse::<PruneArgs>(spec, args) {
-            Ok(a) => {
-                let change = Change::Apply {
-                    manifests: posted(a.manifests),
-                    prune: true,
-                    prune_projects: a.projects,
-                };
-                two_step(spec, ctx, change, a.plan_id).await
-            }
-            Err(f) => Err(f),
-        },
-        other => unreachable!("tool {other} is in the table but has no call"),
-    };
-    match result {
+    match dispatch(spec, ctx, health, args).await {
         Ok(done) => done,
         Err(f) => f.into_result(spec),
+    }
+}
+
+async fn dispatch(
+    spec: &'static ToolSpec,
+    ctx: &Ctx,
+    health: Option<&HealthSource>,
+    args: JsonObject,
+) -> Result<CallToolResult, Fail> {
+    match spec.name {
+        "list_projects" => {
+            parse::<NoArgs>(args)?;
+            list_projects(ctx).await
+        }
+        "describe_project" => describe_project(ctx, parse(args)?).await,
+        "logs" => logs(ctx, parse(args)?).await,
+        "plan" => plan(ctx, parse(args)?).await,
+        "audit" => audit(ctx, parse(args)?).await,
+        "health" => {
+            parse::<NoArgs>(args)?;
+            health_of(ctx, health).await
+        }
+        "deploy" => {
+            let a: DeployArgs = parse(args)?;
+            let change = Change::Deploy {
+                project: a.project,
+                environment: a.environment.unwrap_or_else(production),
+                image: a.image,
+            };
+            two_step(spec, ctx, change, a.plan_id).await
+        }
+        "promote" | "rollback" => {
+            let a: SwitchArgs = parse(args)?;
+            let (project, environment) = (a.project, a.environment.unwrap_or_else(production));
+            let change = if spec.name == "promote" {
+                Change::Promote {
+                    project,
+                    environment,
+                }
+            } else {
+                Change::Rollback {
+                    project,
+                    environment,
+                }
+            };
+            two_step(spec, ctx, change, a.plan_id).await
+        }
+        "apply" => {
+            let a: ApplyArgs = parse(args)?;
+            let change = Change::Apply {
+                manifests: posted(a.manifests),
+                prune: false,
+                prune_projects: vec![],
+            };
+            two_step(spec, ctx, change, a.plan_id).await
+        }
+        "prune" => {
+            let a: PruneArgs = parse(args)?;
+            let change = Change::Apply {
+                manifests: posted(a.manifests),
+                prune: true,
+                prune_projects: a.projects,
+            };
+            two_step(spec, ctx, change, a.plan_id).await
+        }
+        other => unreachable!("tool {other} is in the table but has no call"),
     }
 }
 
@@ -334,7 +322,7 @@ fn error_text(spec: &ToolSpec, e: &service::Error) -> String {
     format!("{code}: {}{hint}", e.message)
 }
 
-fn parse<T: DeserializeOwned>(_spec: &ToolSpec, args: JsonObject) -> Result<T, Fail> {
+fn parse<T: DeserializeOwned>(args: JsonObject) -> Result<T, Fail> {
     serde_json::from_value(Value::Object(args)).map_err(|e| Fail::Args(e.to_string()))
 }
 
