@@ -1722,6 +1722,70 @@ mod tests {
     }
 
     #[test]
+    fn a_fingerprint_changes_with_the_plan_a_record_write_or_an_override_and_only_then() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let key = EnvKey::new("shop", "production");
+        let keys = std::slice::from_ref(&key);
+        let plan = plan_view(&["deploy web"], &[]);
+        let none = fingerprint(&plan, &store, keys).unwrap();
+        assert_eq!(none.len(), 32);
+        assert_eq!(fingerprint(&plan, &store, keys).unwrap(), none, "stable");
+        assert_ne!(
+            fingerprint(&plan_view(&["deploy api"], &[]), &store, keys).unwrap(),
+            none,
+            "another plan"
+        );
+        assert_ne!(
+            fingerprint(&plan_view(&["deploy web"], &[(true, false)]), &store, keys).unwrap(),
+            none,
+            "a note more"
+        );
+        let rec = EnvRecord::new(key.clone(), "app".into(), "shop.test".into(), 20000);
+        let rec = store.put_env(rec, None).unwrap();
+        let first = fingerprint(&plan, &store, keys).unwrap();
+        assert_ne!(first, none, "recorded");
+        store.put_env(rec.clone(), Some(rec.generation)).unwrap();
+        let second = fingerprint(&plan, &store, keys).unwrap();
+        assert_ne!(second, first, "written again, even unchanged");
+        let over = Override {
+            image: "app:v3".into(),
+            manifest_image: "app:v1".into(),
+            by: "key 0123456789ab".into(),
+            at_ms: 1,
+        };
+        store.set_override(&key, Some(&over)).unwrap();
+        assert_ne!(
+            fingerprint(&plan, &store, keys).unwrap(),
+            second,
+            "an override"
+        );
+        let stale = check_fingerprint(&second, &plan, &store, keys).unwrap_err();
+        assert_eq!(stale.code, Code::Conflict);
+        assert!(
+            stale.message.contains("shop/production changed")
+                && stale.message.contains("plan again"),
+            "{}",
+            stale.message
+        );
+    }
+
+    #[test]
+    fn a_planned_prune_names_the_projects_it_may_remove() {
+        let refused = change_prune(true, vec![]).unwrap_err();
+        assert_eq!(refused.code, Code::Invalid);
+        assert!(
+            refused.message.contains("prune_projects"),
+            "{}",
+            refused.message
+        );
+        assert_eq!(change_prune(false, vec![]).unwrap(), None);
+        let p = change_prune(true, vec!["b".into()]).unwrap().unwrap();
+        assert_eq!(p.projects, BTreeSet::from(["b".to_string()]));
+        assert_eq!((p.allow_empty, p.confirm), (false, None));
+    }
+
+    #[test]
     fn diff_exits_1_for_a_plan_with_only_a_problem_note_and_0_only_when_converged() {
         let diff = |steps: &[&str], notes: &[(bool, bool)]| {
             Response::Diff(plan_view(steps, notes)).exit_code()
