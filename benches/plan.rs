@@ -164,6 +164,7 @@ fn world(n: usize) -> (Desired, Observed, Recorded) {
                         },
                     })),
                 },
+                owner: Default::default(),
             },
         )]),
         zones: BTreeMap::new(),

@@ -9,13 +9,14 @@
 # run (every request of the run is between two switches at most 0.1 s apart) and for a baseline
 # run without switches, and per switch:
 #   command  wall time of `codeb promote|rollback` (release build);
-#   switch   from the command's start until a new connection gets the new slot's answer, polled
-#            with fresh connections (bash's /dev/tcp, ~0.5 ms apart);
+#   switch   from the command's start until the sending of the first request that the new slot
+#            answered, polled with fresh connections (bash's /dev/tcp, ~1-2 ms apart);
+#   answered the same until that request's answer came;
 #   write    the data-path change alone as codeb logs it: the nf_tables transaction (kernel mode) or
 #            the Caddy admin PATCH (caddy-admin mode).
 # caddy-admin mode is forced with CODEB_SWITCH=caddy-admin. The api mode is the kernel mode with each
-# switch requested from a warm `codeb serve` over HTTP (curl, POST .../promote|rollback): `command` is
-# then curl's wall time, `switch` the time from the request until new connections get the new slot. BENCH_KEEP=1 keeps the work directory
+# switch requested from a warm `codeb serve` over HTTP (POST .../promote|rollback on a connection opened
+# before the clock starts): `command` is then the time until the answer. BENCH_KEEP=1 keeps the work directory
 # (hey's output, codeb's JSON logs). Exit status: 0, or 1 when any request failed in kernel mode.
 source "$(dirname "$0")/lib.sh"
 
@@ -63,18 +64,21 @@ fresh_get() { # host
   exec 3>&-
 }
 
-# Polls until the hostname answers `want`; prints the time it did (µs) or "timeout", and the
-# number of fresh connections that failed meanwhile.
+# Polls until the hostname answers `want`; prints when the first request that got it was sent
+# and when its answer came (µs), or "timeout timeout", and the number of fresh connections that
+# failed meanwhile. The previous request got the old slot, so the rule changed between the two
+# sendings: the sending time is an upper bound of the switch, at most one poll (~1-2 ms) late.
 poll_until() { # host want
-  local deadline=$(($(now_us) + POLL_TIMEOUT_US))
+  local deadline=$(($(now_us) + POLL_TIMEOUT_US)) sent
   while (($(now_us) < deadline)); do
+    sent=$(now_us)
     fresh_get "$1"
     if [[ $body == "$2" ]]; then
-      printf '%s %s\n' "$(now_us)" "$poll_errors"
+      printf '%s %s %s\n' "$sent" "$(now_us)" "$poll_errors"
       return
     fi
   done
-  printf 'timeout %s\n' "$poll_errors"
+  printf 'timeout timeout %s\n' "$poll_errors"
 }
 
 # p50, p99 and max of the numbers on stdin (one per line, in ms).
@@ -104,18 +108,24 @@ hey_summary() { # file
 promoted=0
 serving=v1
 run_switches() { # count phase
-  local count=$1 phase=$2 verb want i t0 seen errors out ok
+  local count=$1 phase=$2 verb want i t0 seen answered errors out ok
   : >"$dir/$phase.command" && : >"$dir/$phase.switch" && : >"$dir/$phase.failed"
+  : >"$dir/$phase.answered"
   : >"$dir/$phase.poll-errors" && : >"$dir/$phase.log"
   for ((i = 0; i < count; i++)); do
     if ((promoted)); then verb=rollback; else verb=promote; fi
     if [[ $serving == v1 ]]; then want=v2; else want=v1; fi
     poll_until "$host" "$want" >"$dir/seen" &
+    # The API's connection is open before the clock starts (a client's process start and
+    # connect are not the daemon's time).
+    [[ $mode != api ]] || exec 4<>"/dev/tcp/${listen%:*}/${listen##*:}"
     t0=$(now_us)
     ok=1
     if [[ $mode == api ]]; then
-      out=$(curl -s --max-time 10 -X POST -H "X-API-Key: $key" \
-        "http://$listen/api/v1/projects/$name/environments/production/$verb" 2>&1) || true
+      printf 'POST /api/v1/projects/%s/environments/production/%s HTTP/1.1\r\nHost: %s\r\nX-API-Key: %s\r\nContent-Length: 0\r\nConnection: close\r\n\r\n' \
+        "$name" "$verb" "$listen" "$key" >&4
+      out=$(timeout 10 cat <&4) || true
+      exec 4>&-
       [[ $out == *'"converged":true'* ]] || {
         ok=0
         printf 'switch %d (%s): %s\n' "$i" "$verb" "$out" >>"$dir/$phase.failed"
@@ -127,7 +137,7 @@ run_switches() { # count phase
     awk -v a="$t0" -v b="$(now_us)" 'BEGIN { printf "%.3f\n", (b - a) / 1000 }' >>"$dir/$phase.command"
     ((ok)) || kill $! 2>/dev/null || true
     wait $! || true
-    read -r seen errors <"$dir/seen" || seen=refused errors=0
+    read -r seen answered errors <"$dir/seen" || seen=refused answered=refused errors=0
     echo "$errors" >>"$dir/$phase.poll-errors"
     if ((!ok)); then
       : # refused: the old slot still serves, so the poller could only time out
@@ -135,6 +145,7 @@ run_switches() { # count phase
       printf 'switch %d: %s not seen within %d ms\n' "$i" "$want" $((POLL_TIMEOUT_US / 1000)) >>"$dir/$phase.failed"
     else
       awk -v a="$t0" -v b="$seen" 'BEGIN { printf "%.3f\n", (b - a) / 1000 }' >>"$dir/$phase.switch"
+      awk -v a="$t0" -v b="$answered" 'BEGIN { printf "%.3f\n", (b - a) / 1000 }' >>"$dir/$phase.answered"
     fi
     if ((ok)); then
       promoted=1
@@ -149,6 +160,7 @@ report_switches() { # phase
   [[ $mode != caddy-admin ]] || pattern='"method":"PATCH"'
   printf '    command:  %s\n' "$(stats <"$dir/$phase.command")"
   printf '    switch:   %s\n' "$(stats <"$dir/$phase.switch")"
+  printf '    answered: %s\n' "$(stats <"$dir/$phase.answered")"
   # In api mode the writes are in the daemon's log, idle and load together.
   [[ $mode == api ]] ||
     printf '    write:    %s\n' "$(grep -F "$pattern" "$dir/$phase.log" | grep -o '"elapsed_ms":[0-9.]*' | cut -d: -f2 | stats)"

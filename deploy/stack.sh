@@ -7,7 +7,7 @@
 # /run/containers/networks (on purpose: network namespaces are shared), and the default network's
 # bridge name podman0; give each stack its own CODEB_STACK_SUBNET if two must run side by side.
 #
-# Usage: deploy/stack.sh up | down [--purge] | env | status | restart-caddy | stop SERVICE | images
+# Usage: deploy/stack.sh up | down [--purge] | env | status | restart-caddy | stop SERVICE | images | reap
 #
 #   up             install missing Debian packages, start whatever is not running and healthy, then
 #                  wait (bounded) until all three answer. A second `up` is a no-op in well under 1 s.
@@ -20,6 +20,8 @@
 #   stop SERVICE   stop one service (podman, caddy or pdns) and leave the others running, so tests can
 #                  prove that codeb carries on without it and recovers; `up` starts it again.
 #   images         build the test images into this stack's Podman store (no registry is reachable).
+#   reap           (run by `up` for other stacks) if this stack's Podman is not running, remove its
+#                  containers and their networking, which would catch the next stack's traffic.
 #
 # State dir: $CODEB_STACK_DIR, default <repo root>/.codeb-stack. Ports (defaults): Caddy admin 12019,
 # codeb's HTTP server 18080, PowerDNS DNS 15353 and API 18081; override with CODEB_STACK_CADDY_ADMIN_PORT,
@@ -443,6 +445,8 @@ cmd_up() {
   take_lock
   ensure_packages
   write_configs
+  register_stack
+  reap_dead_stacks
   for name in "${SERVICES[@]}"; do
     if service_pid "$name" >/dev/null; then
       recorded=$(cat "$RUN_DIR/$name.config-hash" 2>/dev/null || true)
@@ -546,6 +550,54 @@ remove_codeb_chains() {
   fi
 }
 
+# Stacks on this machine, one file each (named by a hash of the state dir, holding its path), so
+# that `up` can clean up after a stack that died.
+readonly REGISTRY_DIR=/var/lib/codeb-stacks
+
+registry_entry() { printf '%s/%s' "$REGISTRY_DIR" "$(printf '%s' "$STACK_DIR" | sha256sum | cut -c1-16)"; }
+
+register_stack() {
+  local entry
+  mkdir -p "$REGISTRY_DIR"
+  entry=$(registry_entry)
+  [[ -f $entry && "$(<"$entry")" == "$STACK_DIR" ]] || printf '%s\n' "$STACK_DIR" >"$entry"
+}
+
+# A stack whose Podman service is gone (its session ended and its processes were killed, or it was
+# only stopped) leaves its containers' networking in the kernel, outside its state dir: their bridge,
+# netavark's port forwarding and codeb's NAT rules for the slot ports. A new stack on the same ports
+# then has its first health probes caught by those rules and refused (seen in a CI run that followed
+# a session whose stack was still up). So `up` first removes the containers of every registered
+# stack that is not running, through that stack's own Podman (which tears their networks down), with
+# codeb's NAT chains for its network; their images and state dirs stay.
+reap_dead_stacks() {
+  local entry dir
+  [[ -d $REGISTRY_DIR ]] || return 0
+  for entry in "$REGISTRY_DIR"/*; do
+    [[ -f $entry ]] || continue
+    dir=$(<"$entry")
+    [[ $dir != "$STACK_DIR" ]] || continue
+    if [[ ! -e $dir/.codeb-stack-dir ]]; then
+      rm -f "$entry"
+      continue
+    fi
+    CODEB_STACK_DIR=$dir "${BASH_SOURCE[0]}" reap || say "could not clean up after the stack at $dir"
+  done
+}
+
+# Internal (see reap_dead_stacks): when this stack's Podman service is not running, remove its
+# containers and their network state.
+cmd_reap() {
+  take_lock
+  service_pid podman >/dev/null && return 0
+  [[ -f $CONTAINERS_CONF_FILE && -d $PODMAN_DIR/storage ]] || return 0
+  [[ -n $(podman_cli ps -aq 2>/dev/null) ]] || podman_cli network exists codeb-main || return 0
+  say "the stack at $STACK_DIR is not running: removing its containers and their networks"
+  remove_codeb_chains
+  podman_cli rm -af -t 0 >>"$LOG_DIR/podman.log" 2>&1 || say "podman rm failed; see $LOG_DIR/podman.log"
+  podman_cli network rm -f codeb-main >>"$LOG_DIR/podman.log" 2>&1 || true
+}
+
 cmd_down() {
   local purge=0 name
   case ${1-} in
@@ -577,15 +629,19 @@ cmd_down() {
   done < <(awk -v d="$STACK_DIR/" 'index($5, d) == 1 { print $5 }' /proc/self/mountinfo | sort -r)
   exec 9>&-
   rm -rf "$STACK_DIR"
+  rm -f "$(registry_entry)"
   say "purged $STACK_DIR"
 }
 
+# CODEB_INSTANCE: every state directory that tests and benches make is the one owner of this stack's
+# host (codeb marks a host with its owner and refuses a host another owner marked).
 cmd_env() {
   take_lock
   write_configs
   local var
   for var in \
     "CODEB_STACK_DIR=$STACK_DIR" \
+    "CODEB_INSTANCE=codeb-stack" \
     "CODEB_TEST_PODMAN=unix://$PODMAN_SOCK" \
     "CODEB_TEST_CADDY_ADMIN=http://$CADDY_ADMIN_ADDR" \
     "CODEB_TEST_HTTP=$CODEB_HTTP_ADDR" \
@@ -750,6 +806,7 @@ main() {
   case $cmd in
   up) no_args "$@" && cmd_up ;;
   down) cmd_down "$@" ;;
+  reap) no_args "$@" && cmd_reap ;;
   env) no_args "$@" && cmd_env ;;
   status) no_args "$@" && cmd_status ;;
   restart-caddy) no_args "$@" && cmd_restart_caddy ;;

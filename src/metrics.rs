@@ -35,6 +35,12 @@ pub struct BackendLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ObservationLabels {
+    /// `warm` (reused, only the kernel's rules read) or `fresh`.
+    pub observation: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ApiLabels {
     /// The route's pattern (`/api/v1/projects/{project}`), never the request's path.
     pub route: String,
@@ -57,6 +63,7 @@ pub struct Metrics {
     pub backend_seconds: Histograms<BackendLabels>,
     pub backend_errors: Family<BackendLabels, Counter>,
     pub switches: Counter,
+    pub switch_observations: Family<ObservationLabels, Counter>,
     pub deploys: Counter,
     pub health_check_failures: Counter,
     pub api_requests: Family<ApiLabels, Counter>,
@@ -84,6 +91,7 @@ impl Metrics {
             backend_seconds: Family::new_with_constructor(fast),
             backend_errors: Family::default(),
             switches: Counter::default(),
+            switch_observations: Family::default(),
             deploys: Counter::default(),
             health_check_failures: Counter::default(),
             api_requests: Family::default(),
@@ -120,6 +128,11 @@ impl Metrics {
             m.backend_errors.clone(),
         );
         registry.register("switches", "Traffic switches made", m.switches.clone());
+        registry.register(
+            "switch_observations",
+            "How promotes and rollbacks observed their host: warm (kept from the last switch, only the kernel's rules read) or fresh",
+            m.switch_observations.clone(),
+        );
         registry.register("deploys", "Releases deployed", m.deploys.clone());
         registry.register(
             "health_check_failures",

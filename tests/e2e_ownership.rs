@@ -51,3 +51,82 @@ fn finding_1_delete_works_from_observed_state_when_the_store_has_no_record() {
     let out = owner.codeb(&["delete", "project", &name]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
 }
+
+/// `codeb` on `sb`'s state directory as the codeb instance `instance`.
+fn as_instance(sb: &Sandbox, instance: &str, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_codeb"))
+        .arg("--state-dir")
+        .arg(sb.state())
+        .args(args)
+        .env("CODEB_INSTANCE", instance)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn finding_1_a_second_owner_is_refused_the_host_until_it_adopts_it() {
+    let _l = lock();
+    let (owner, intruder) = (Sandbox::new(), Sandbox::new());
+    let me = std::env::var("CODEB_INSTANCE").expect("deploy/stack.sh env sets CODEB_INSTANCE");
+    let name = unique("owned");
+    let host = format!("{name}.codeb.test");
+    let dir = owner.write(&[ProjectYaml::new(&name, "localhost/codeb-test-app:v1")]);
+    let out = owner.apply(&dir);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let ids = containers(&name);
+    let config = caddy_config(&owner.stack.caddy_admin);
+
+    // Another codeb instance (its own state directory, as after a reinstall or beside the
+    // daemon) is refused the host, told whose it is; it changes nothing there.
+    let v2 = intruder.write(&[ProjectYaml::new(&name, "localhost/codeb-test-app:v2")]);
+    for verb in ["diff", "apply"] {
+        let out = as_instance(&intruder, "intruder", &[verb, "-f", v2.to_str().unwrap()]);
+        assert_ne!(out.status.code(), Some(0), "{verb}: {}", text(&out));
+        assert!(
+            text(&out).contains(&format!("owned by another codeb, {me}")),
+            "{verb}: {}",
+            text(&out)
+        );
+    }
+    assert_eq!(containers(&name), ids, "nothing changed on the host");
+    assert_eq!(caddy_config(&owner.stack.caddy_admin), config);
+    assert_eq!(owner.get(&host, "/"), (200, "v1".to_string()));
+
+    // Taking it over is explicit, and then the first owner is the one refused.
+    let out = as_instance(&intruder, "intruder", &["host", "adopt", "local"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(
+        text(&out).contains(&format!("was owned by {me}")),
+        "{}",
+        text(&out)
+    );
+    let out = owner.apply(&dir);
+    assert_ne!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(
+        text(&out).contains("owned by another codeb, intruder"),
+        "{}",
+        text(&out)
+    );
+    // Adopted back; applies converge again.
+    let out = owner.codeb(&["host", "adopt", "local"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let out = owner.apply(&dir);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let out = owner.codeb(&["delete", "project", &name]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+}
+
+#[test]
+fn a_malformed_codeb_instance_is_invalid_input_and_changes_nothing() {
+    let _l = lock();
+    let sb = Sandbox::new();
+    let name = unique("badinst");
+    let dir = sb.write(&[ProjectYaml::new(&name, "localhost/codeb-test-app:v1")]);
+    for bad in ["two words", "x\u{1b}[31m", &"a".repeat(65)] {
+        let out = as_instance(&sb, bad, &["apply", "-f", dir.to_str().unwrap()]);
+        assert_eq!(out.status.code(), Some(2), "{bad:?}: {}", text(&out));
+        assert!(text(&out).contains("CODEB_INSTANCE"), "{}", text(&out));
+        assert!(!text(&out).contains('\u{1b}'), "{}", text(&out));
+    }
+    assert!(containers(&name).is_empty());
+}

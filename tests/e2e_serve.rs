@@ -207,6 +207,19 @@ fn manual<'a>(name: &'a str, image: &'a str) -> ProjectYaml<'a> {
     p
 }
 
+/// A `codeb serve` of `name` (manual promotion, v1) with `--resync resync`, once v1 serves.
+fn serving_v1(sb: &Sandbox, name: &str, resync: &str) -> ServeProcess {
+    let dir = sb.save(&[manual(name, APP_V1)]);
+    let serve = sb.serve(&dir, &["--resync", resync]);
+    let host = format!("{name}.codeb.test");
+    assert!(
+        eventually(START, || serves(sb, &host, "v1")),
+        "{}",
+        serve.log()
+    );
+    serve
+}
+
 #[test]
 fn the_tool_interface_deploys_promotes_rolls_back_and_tails_logs_through_caddy() {
     let _l = lock();
@@ -214,13 +227,7 @@ fn the_tool_interface_deploys_promotes_rolls_back_and_tails_logs_through_caddy()
     let name = unique("stool");
     let _cleanup = Cleanup(&sb, vec![name.clone()]);
     let host = format!("{name}.codeb.test");
-    let dir = sb.save(&[manual(&name, APP_V1)]);
-    let serve = sb.serve(&dir, &["--resync", "2s"]);
-    assert!(
-        eventually(START, || serves(&sb, &host, "v1")),
-        "{}",
-        serve.log()
-    );
+    let serve = serving_v1(&sb, &name, "2s");
     let api = Client::new(&serve);
     let health = api.get("/health", None);
     assert_eq!(health.status, 200, "no key needed: {health:?}");
@@ -323,22 +330,151 @@ fn the_tool_interface_deploys_promotes_rolls_back_and_tails_logs_through_caddy()
     assert_eq!(rest.status, 400, "{rest:?}");
 }
 
+/// The daemon's count of switches that observed their host `observation` (`warm` or `fresh`).
+fn switch_observations(api: &Client, key: &str, observation: &str) -> u64 {
+    let metrics = api.get("/metrics", Some(key));
+    assert_eq!(metrics.status, 200, "{metrics:?}");
+    let sample = format!("codeb_switch_observations_total{{observation=\"{observation}\"}} ");
+    metrics
+        .body
+        .lines()
+        .find_map(|l| l.strip_prefix(&sample))
+        .map_or(0, |n| n.trim().parse().unwrap())
+}
+
+/// Promotes or rolls back `name` through the API; returns the image now served.
+fn switch_once(api: &Client, key: &str, sb: &Sandbox, name: &str, rollback: bool) -> &'static str {
+    let tool = if rollback { "rollback" } else { "promote" };
+    let answer = api.tool(key, json!({"tool": tool, "project": name}));
+    assert_eq!(answer.status, 200, "{answer:?}");
+    assert_eq!(answer.json()["ok"], true, "{answer:?}");
+    let host = format!("{name}.codeb.test");
+    let body = if rollback { "v1" } else { "v2" };
+    assert!(serves(sb, &host, body), "{tool} serves {body} at once");
+    body
+}
+
+#[test]
+fn switches_plan_from_the_last_switchs_observation_until_podman_reports_a_change() {
+    let _l = lock();
+    let sb = Sandbox::new();
+    let name = unique("swarm");
+    let _cleanup = Cleanup(&sb, vec![name.clone()]);
+    let serve = serving_v1(&sb, &name, "1h");
+    let api = Client::new(&serve);
+    let key = sb.key(&["--role", "developer", "--name", "switcher"]);
+    let deploy = api.tool(
+        &key,
+        json!({"tool": "deploy", "project": name, "image": APP_V2}),
+    );
+    assert_eq!(deploy.json()["converged"], true, "{deploy:?}");
+
+    // The first switch observes afresh. Podman reports the deploy's container events up to a
+    // few hundred ms late, and each makes the next switch fresh too: switch until one is warm.
+    let fresh = switch_observations(&api, &key, "fresh");
+    let warm = switch_observations(&api, &key, "warm");
+    let mut rollback = false;
+    let became_warm = eventually(Duration::from_secs(15), || {
+        switch_once(&api, &key, &sb, &name, rollback);
+        rollback = !rollback;
+        switch_observations(&api, &key, "warm") > warm
+    });
+    assert!(
+        became_warm,
+        "no switch reused an observation\n{}",
+        serve.log()
+    );
+    assert!(switch_observations(&api, &key, "fresh") > fresh);
+    // Warm switches move traffic as fresh ones do, both ways.
+    for _ in 0..4 {
+        switch_once(&api, &key, &sb, &name, rollback);
+        rollback = !rollback;
+    }
+
+    // A change Podman reports: the grace slot's container is stopped by hand. Its `die` event
+    // reaches the daemon (which starts it again: the grace slot is kept running), and the next
+    // switch observes afresh.
+    let slots = slots_of(&api, &key, &name);
+    let grace = slots
+        .iter()
+        .find(|s| s["state"] == "grace")
+        .unwrap_or_else(|| panic!("a grace slot: {slots:?}"));
+    let container = format!("{name}-production-{}", grace["slot"].as_str().unwrap());
+    let warm = switch_observations(&api, &key, "warm");
+    let fresh = switch_observations(&api, &key, "fresh");
+    let started = |c: &str| {
+        let out = common::podman(&[
+            "inspect",
+            "-f",
+            "{{.State.Running}} {{.State.StartedAt}}",
+            c,
+        ]);
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    let before = started(&container);
+    // The daemon may start it again before `podman stop` returns; either way it stopped.
+    let _ = common::podman(&["stop", "-t", "0", &container]);
+    let restarted = eventually(START, || {
+        let now = started(&container);
+        now.starts_with("true") && now != before
+    });
+    assert!(
+        restarted,
+        "the daemon starts the grace slot again\n{}",
+        serve.log()
+    );
+    switch_once(&api, &key, &sb, &name, rollback);
+    rollback = !rollback;
+    assert_eq!(
+        switch_observations(&api, &key, "warm"),
+        warm,
+        "{}",
+        serve.log()
+    );
+    assert_eq!(switch_observations(&api, &key, "fresh"), fresh + 1);
+
+    // Another codeb takes the host over (its owner mark is a Podman volume, whose events move the
+    // host's epoch too): the daemon's switches observe afresh and are refused, naming the owner.
+    let intruder = Sandbox::new();
+    let as_intruder = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_codeb"))
+            .arg("--state-dir")
+            .arg(intruder.state())
+            .args(args)
+            .env("CODEB_INSTANCE", "intruder")
+            .output()
+            .unwrap()
+    };
+    let manifests = intruder.write(&[manual(&name, APP_V1)]);
+    // Refused (the host is this daemon's), but it records the Host it names.
+    let out = as_intruder(&["apply", "-f", manifests.to_str().unwrap()]);
+    assert_ne!(out.status.code(), Some(0), "{}", text(&out));
+    let out = as_intruder(&["host", "adopt", "local"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let refused = eventually(START, || {
+        let tool = if rollback { "rollback" } else { "promote" };
+        let answer = api.tool(&key, json!({"tool": tool, "project": name}));
+        if answer.status == 200 {
+            rollback = !rollback;
+        }
+        answer.status == 503 && answer.body.contains("owned by another codeb, intruder")
+    });
+    assert!(refused, "{}", serve.log());
+    // Adopted back through the daemon's socket; switches work again.
+    let out = sb.codeb(&["host", "adopt", "local"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    switch_once(&api, &key, &sb, &name, rollback);
+}
+
 #[test]
 fn a_manifest_change_of_the_image_supersedes_a_release_override_set_through_the_api() {
     let _l = lock();
     let sb = Sandbox::new();
     let name = unique("ssuper");
     let _cleanup = Cleanup(&sb, vec![name.clone()]);
-    let dir = sb.save(&[manual(&name, APP_V1)]);
-    let serve = sb.serve(&dir, &["--resync", "2s"]);
+    let serve = serving_v1(&sb, &name, "2s");
     let api = Client::new(&serve);
     let key = sb.key(&["--role", "developer", "--name", "ci-bot"]);
-    let host = format!("{name}.codeb.test");
-    assert!(
-        eventually(START, || serves(&sb, &host, "v1")),
-        "{}",
-        serve.log()
-    );
     let deploy = api.tool(
         &key,
         json!({"tool": "deploy", "project": name, "image": APP_V2}),

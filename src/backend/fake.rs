@@ -49,6 +49,8 @@ pub struct State {
     pub kernel_writes: usize,
     /// Connections still open to a target, for drain tests (none unless set).
     pub open: BTreeMap<SocketAddrV4, usize>,
+    /// The host's owner mark.
+    pub owner: Option<crate::model::observed::Owner>,
 }
 
 /// A fake host; clones share state.
@@ -191,6 +193,24 @@ impl Runtime for World {
                 gateway: FAKE_GATEWAY,
                 bridge: FAKE_BRIDGE.into(),
             }))
+        })
+    }
+
+    async fn owner(&self) -> super::Result<Option<crate::model::observed::Owner>> {
+        self.podman(false, |s| Ok(s.owner.clone()))
+    }
+
+    async fn mark_owner(&self, owner: &crate::model::observed::Owner) -> super::Result<()> {
+        self.podman(true, |s| {
+            s.owner = Some(owner.clone());
+            Ok(())
+        })
+    }
+
+    async fn unmark_owner(&self) -> super::Result<()> {
+        self.podman(true, |s| {
+            s.owner = None;
+            Ok(())
         })
     }
 

@@ -20,7 +20,8 @@ use std::future::Future;
 use std::net::{Ipv4Addr, SocketAddrV4};
 
 use crate::model::observed::{
-    NetworkInfo, ObservedContainer, ObservedLoopback, ObservedProxy, ObservedServices, ObservedZone,
+    NetworkInfo, ObservedContainer, ObservedLoopback, ObservedProxy, ObservedServices,
+    ObservedZone, Owner,
 };
 use crate::model::writes::{
     ContainerSpec, HookWrite, LoopbackWrite, Route, RrsetChange, ServerSpec, ServiceWrite,
@@ -97,6 +98,13 @@ pub trait Runtime: Send + Sync {
     ) -> impl Future<Output = Result<Option<NetworkInfo>, Error>> + Send;
     /// Creates the bridge network when it does not exist. Returns true when it created it.
     fn ensure_network(&self, name: &str) -> impl Future<Output = Result<bool, Error>> + Send;
+    /// The owner mark the host carries (see [`crate::model::ownership::OWNER_VOLUME`]), if any. A
+    /// mark without codeb's labels reads as an owner with an empty id: another's.
+    fn owner(&self) -> impl Future<Output = Result<Option<Owner>, Error>> + Send;
+    /// Marks the host as `owner`'s, replacing any mark.
+    fn mark_owner(&self, owner: &Owner) -> impl Future<Output = Result<(), Error>> + Send;
+    /// Removes the host's mark (none: nothing to do).
+    fn unmark_owner(&self) -> impl Future<Output = Result<(), Error>> + Send;
     /// Pulls the image only when it is not present locally.
     fn ensure_image(&self, image: &str) -> impl Future<Output = Result<(), Error>> + Send;
     /// Creates (does not start) the container; returns its id. Runs with an init process and a

@@ -22,11 +22,11 @@ use std::time::{Duration, Instant};
 use bollard::errors::Error as BollardError;
 use bollard::models::{
     ContainerCreateBody, EndpointSettings, HostConfig, NetworkCreateRequest, NetworkingConfig,
-    PortBinding, RestartPolicy, RestartPolicyNameEnum,
+    PortBinding, RestartPolicy, RestartPolicyNameEnum, VolumeCreateRequest,
 };
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, CreateImageOptionsBuilder, LogsOptionsBuilder,
-    RemoveContainerOptionsBuilder, StopContainerOptionsBuilder,
+    RemoveContainerOptionsBuilder, RemoveVolumeOptionsBuilder, StopContainerOptionsBuilder,
 };
 use bollard::{ClientVersion, Docker};
 use futures_util::StreamExt;
@@ -34,8 +34,10 @@ use serde::Deserialize;
 use tracing::{debug, warn};
 
 use super::Runtime;
-use crate::model::observed::{NetworkInfo, ObservedContainer};
-use crate::model::ownership::{LABEL_ENVIRONMENT, LABEL_PROJECT};
+use crate::model::observed::{NetworkInfo, ObservedContainer, Owner};
+use crate::model::ownership::{
+    LABEL_ENVIRONMENT, LABEL_OWNER_ID, LABEL_OWNER_NAME, LABEL_PROJECT, OWNER_VOLUME,
+};
 use crate::model::writes::ContainerSpec;
 
 /// The API version spoken to Podman. Podman 4.3 reports `ApiVersion 1.41`; pinning it means we
@@ -303,6 +305,8 @@ pub struct ContainerEvent {
     pub action: String,
     /// The container's labels (Podman puts them among the event's attributes).
     pub labels: BTreeMap<String, String>,
+    /// An event of a volume (the owner mark's), not of a container.
+    pub volume: bool,
 }
 
 impl Podman {
@@ -319,11 +323,17 @@ impl Podman {
         &self,
     ) -> Result<impl futures_util::Stream<Item = Result<ContainerEvent>> + Send + 'static> {
         use bollard::query_parameters::EventsOptionsBuilder;
+        // Volume events too: the owner mark is a volume (its `create` and `remove`).
         let filters = HashMap::from([
-            ("type".to_owned(), vec!["container".to_owned()]),
+            (
+                "type".to_owned(),
+                vec!["container".to_owned(), "volume".to_owned()],
+            ),
             (
                 "event".to_owned(),
-                vec!["died".to_owned(), "remove".to_owned(), "start".to_owned()],
+                ["died", "remove", "start", "create"]
+                    .map(str::to_owned)
+                    .to_vec(),
             ),
         ]);
         let options = EventsOptionsBuilder::default().filters(&filters).build();
@@ -334,11 +344,16 @@ impl Podman {
             let mut labels: BTreeMap<String, String> =
                 actor.attributes.unwrap_or_default().into_iter().collect();
             let name = labels.remove("name").unwrap_or_default();
+            let volume = matches!(
+                message.typ,
+                Some(bollard::models::EventMessageTypeEnum::VOLUME)
+            );
             Ok(ContainerEvent {
                 id: actor.id.unwrap_or_default(),
                 name,
                 action: message.action.unwrap_or_default(),
                 labels,
+                volume,
             })
         }))
     }
@@ -372,6 +387,23 @@ impl Podman {
             percent_encode(name)
         );
         self.get_json(op, url).await
+    }
+
+    /// A volume's labels, or `None` when it does not exist.
+    async fn volume_labels(&self, name: &str) -> Result<Option<BTreeMap<String, String>>> {
+        #[derive(Deserialize)]
+        struct Volume {
+            #[serde(rename = "Labels", default)]
+            labels: Option<BTreeMap<String, String>>,
+        }
+        let op = format!("inspect volume {name}");
+        let url = format!(
+            "{}/v4.0.0/libpod/volumes/{}/json",
+            self.base_url,
+            percent_encode(name)
+        );
+        let volume: Option<Volume> = self.get_json(op, url).await?;
+        Ok(volume.map(|v| v.labels.unwrap_or_default()))
     }
 
     /// One GET decoded as `T`; `None` when Podman answers 404.
@@ -528,6 +560,46 @@ impl Runtime for Podman {
                 Ok(false)
             }
             Err(e) => Err(self.err(&format!("create network {name}"), e).into()),
+        }
+    }
+
+    async fn owner(&self) -> super::Result<Option<Owner>> {
+        Ok(self.volume_labels(OWNER_VOLUME).await?.map(|mut labels| {
+            let id = labels.remove(LABEL_OWNER_ID).unwrap_or_default();
+            let name = labels.remove(LABEL_OWNER_NAME).unwrap_or_default();
+            Owner { id, name }
+        }))
+    }
+
+    async fn mark_owner(&self, owner: &Owner) -> super::Result<()> {
+        self.unmark_owner().await?;
+        let request = VolumeCreateRequest {
+            name: Some(OWNER_VOLUME.to_owned()),
+            labels: Some(HashMap::from([
+                (LABEL_OWNER_ID.to_owned(), owner.id.clone()),
+                (LABEL_OWNER_NAME.to_owned(), owner.name.clone()),
+            ])),
+            ..Default::default()
+        };
+        self.docker()?
+            .create_volume(request)
+            .await
+            .map(drop)
+            .map_err(|e| self.err(&format!("create volume {OWNER_VOLUME}"), e).into())
+    }
+
+    async fn unmark_owner(&self) -> super::Result<()> {
+        let options = RemoveVolumeOptionsBuilder::default().force(true).build();
+        match self
+            .docker()?
+            .remove_volume(OWNER_VOLUME, Some(options))
+            .await
+        {
+            Ok(())
+            | Err(BollardError::DockerResponseServerError {
+                status_code: 404, ..
+            }) => Ok(()),
+            Err(e) => Err(self.err(&format!("remove volume {OWNER_VOLUME}"), e).into()),
         }
     }
 

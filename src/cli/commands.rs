@@ -306,6 +306,9 @@ fn request(command: Command) -> anyhow::Result<(Request, Format)> {
             output.output,
         ),
         Command::Key(super::KeyCommand::List { output }) => (Request::KeyList, output.output),
+        Command::Host(super::HostCommand::Adopt { host, output }) => {
+            (Request::HostAdopt { host }, output.output)
+        }
         Command::Key(super::KeyCommand::Revoke { id, output }) => {
             (Request::KeyRevoke { id }, output.output)
         }

@@ -155,6 +155,9 @@ pub enum Command {
     /// Create, list and revoke API keys for `codeb serve`.
     #[command(subcommand)]
     Key(KeyCommand),
+    /// Manage hosts: take one over from another codeb.
+    #[command(subcommand)]
+    Host(HostCommand),
     /// Show the audit log: every change and every refused request, newest last.
     #[command(
         after_help = "Examples:\n  codeb audit --since 1h\n  codeb audit --project myapp -o json"
@@ -210,6 +213,21 @@ pub enum Command {
         /// Delete the projects these manifests declare.
         #[arg(short = 'f', long = "filename", value_name = "PATH")]
         paths: Vec<PathBuf>,
+        #[command(flatten)]
+        output: Output,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum HostCommand {
+    /// Mark a Host as owned by this codeb, replacing another codeb's mark (that codeb is then
+    /// refused the host). Needs the hosts-write permission; audited.
+    #[command(
+        after_help = "Examples:\n  codeb get hosts            # a host owned by another codeb says so\n  codeb host adopt local"
+    )]
+    Adopt {
+        /// The Host's name (recorded, or declared in the daemon's manifests).
+        host: String,
         #[command(flatten)]
         output: Output,
     },

@@ -94,6 +94,10 @@ fn trigger_of(
     expected: &Expected,
     desired: &Desired,
 ) -> Option<(EnvKey, Duration)> {
+    if event.volume || event.action == "create" {
+        // Only the host's event epoch moves (a warm observation's owner mark or containers).
+        return None;
+    }
     let key = EnvKey::new(
         event.labels.get(LABEL_PROJECT)?,
         event.labels.get(LABEL_ENVIRONMENT)?,
@@ -149,6 +153,7 @@ async fn pump(
             Err(error) => debug!(host = %host.name, %error, "no event stream"),
             Ok(events) => {
                 info!(host = %host.name, "watching container events");
+                let _open = StreamOpen::new(&handle, &host.name);
                 handle.trigger(Work::Host(host.name.clone()), Duration::ZERO);
                 let mut events = std::pin::pin!(events);
                 loop {
@@ -156,6 +161,7 @@ async fn pump(
                         _ = shutdown.cancelled() => return,
                         item = events.next() => match item {
                             Some(Ok(event)) => {
+                                handle.host_events().event(&host.name);
                                 let desired = watched.borrow().clone();
                                 if let Some((key, delay)) = trigger_of(&host.name, &event, handle.expected(), &desired) {
                                     info!(host = %host.name, container = %event.name, action = %event.action, key = %key, "container event");
@@ -186,6 +192,29 @@ async fn pump(
     }
 }
 
+/// Marks a host's event stream open in the controller's [`HostEvents`] while it lives: closed when
+/// the stream ends, and when the pump is dropped (aborted when the host leaves the manifests).
+struct StreamOpen {
+    handle: Handle,
+    host: String,
+}
+
+impl StreamOpen {
+    fn new(handle: &Handle, host: &str) -> Self {
+        handle.host_events().opened(host);
+        StreamOpen {
+            handle: handle.clone(),
+            host: host.to_string(),
+        }
+    }
+}
+
+impl Drop for StreamOpen {
+    fn drop(&mut self) {
+        self.handle.host_events().closed(&self.host);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
@@ -203,6 +232,7 @@ mod tests {
                 (LABEL_PROJECT.to_string(), "myapp".to_string()),
                 (LABEL_ENVIRONMENT.to_string(), "production".to_string()),
             ]),
+            volume: false,
         }
     }
 
@@ -254,6 +284,16 @@ mod tests {
         let e = Expected::default();
         e.expect_start("app", "c1");
         assert!(trigger_of("app", &event("die"), &e, &d).is_some());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_volume_event_or_a_creation_triggers_nothing() {
+        let d = desired([env("myapp")]);
+        let e = Expected::default();
+        let mut volume = event("remove");
+        volume.volume = true;
+        assert_eq!(trigger_of("app", &volume, &e, &d), None);
+        assert_eq!(trigger_of("app", &event("create"), &e, &d), None);
     }
 
     #[tokio::test(start_paused = true)]

@@ -141,9 +141,11 @@ pub async fn run(args: Config) -> Result<(), Error> {
     crate::reconcile::connect::connect_zones(desired.zones.values(), &operator)
         .map_err(|e| Error::invalid(e.to_string()))?;
     let (for_hosts, for_zones) = (operator.clone(), operator.clone());
+    let owner =
+        crate::reconcile::connect::owner(&store).map_err(|e| Error::invalid(e.to_string()))?;
     let connect: Connectors<Podman, Caddy, Netfilter, PowerDns> = Connectors {
         host: Box::new(move |host| {
-            let mut backends = crate::reconcile::connect::connect([host], &for_hosts)
+            let mut backends = crate::reconcile::connect::connect([host], &for_hosts, &owner)
                 .map_err(|e| e.to_string())?;
             backends
                 .hosts
@@ -183,6 +185,7 @@ pub async fn run(args: Config) -> Result<(), Error> {
         paths: args.paths.clone(),
         prune: args.prune,
         clients: Default::default(),
+        warm: Default::default(),
     });
     let ctx = Ctx {
         daemon: Some(daemon.clone()),

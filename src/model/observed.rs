@@ -45,6 +45,37 @@ pub struct ObservedProxy {
     pub routes: Vec<Route>,
 }
 
+/// The codeb instance that owns a host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Owner {
+    /// What tells owners apart: the state directory's random id, or `CODEB_INSTANCE`.
+    pub id: String,
+    /// For people: `CODEB_INSTANCE`, or the machine's name and the state directory.
+    pub name: String,
+}
+
+impl std::fmt::Display for Owner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.name == self.id {
+            write!(f, "{}", self.name)
+        } else {
+            write!(f, "{} (id {})", self.name, self.id)
+        }
+    }
+}
+
+/// What an observation found of a host's owner mark (see [`crate::model::ownership::OWNER_VOLUME`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OwnerMark {
+    /// Not looked at (no owner given: the fakes of unit tests).
+    #[default]
+    Unchecked,
+    /// The host carries this codeb's mark.
+    Mine,
+    /// The host carries no mark: the plan marks it before anything else.
+    Absent,
+}
+
 /// codeb's network on a host.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NetworkInfo {

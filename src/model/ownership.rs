@@ -15,6 +15,12 @@ use super::EnvKey;
 
 /// Label keys that mark a container as codeb's. A container without [`LABEL_PROJECT`] is never touched.
 pub const LABEL_PROJECT: &str = "codeb.project";
+/// The Podman volume whose labels say which codeb owns a host ([`LABEL_OWNER_ID`],
+/// [`LABEL_OWNER_NAME`]). A volume: Podman keeps it across restarts, lists it with its labels in
+/// one call, reports its creation and removal as events, and it holds no data.
+pub const OWNER_VOLUME: &str = "codeb-owner";
+pub const LABEL_OWNER_ID: &str = "codeb.owner.id";
+pub const LABEL_OWNER_NAME: &str = "codeb.owner.name";
 pub const LABEL_ENVIRONMENT: &str = "codeb.environment";
 pub const LABEL_SLOT: &str = "codeb.slot";
 pub const LABEL_RELEASE: &str = "codeb.release";

@@ -18,6 +18,7 @@ impl fmt::Display for Step {
             None => write!(f, "host {}: ", self.host)?,
         }
         match &self.action {
+            Action::MarkHost => write!(f, "mark the host as owned by this codeb"),
             Action::EnsureServer(s) => {
                 let tls = match s.tls {
                     TlsMode::Auto => "auto",

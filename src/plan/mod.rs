@@ -55,6 +55,9 @@ pub enum HostObservation {
         containers: Vec<ObservedContainer>,
         proxy: ObservedProxy,
         kernel: KernelObservation,
+        /// Whether the host carries this codeb's owner mark (a host marked by another codeb is
+        /// observed as unreachable: nothing is planned there).
+        owner: crate::model::observed::OwnerMark,
     },
     /// A backend could not be read; the message names the Host, the endpoint and how to start it.
     Unreachable { error: String },
@@ -68,10 +71,12 @@ impl HostObservation {
                 containers,
                 proxy,
                 kernel,
+                owner,
             } => Some(HostView {
                 containers,
                 proxy,
                 kernel,
+                owner: *owner,
             }),
             HostObservation::Unreachable { .. } => None,
         }
@@ -84,6 +89,7 @@ pub struct HostView<'a> {
     pub containers: &'a [ObservedContainer],
     pub proxy: &'a ObservedProxy,
     pub kernel: &'a KernelObservation,
+    pub owner: crate::model::observed::OwnerMark,
 }
 
 /// Whether codeb manages the kernel's NAT rules on a host, and what they are.
@@ -168,6 +174,9 @@ pub struct Step {
 /// What a step does. Each is idempotent.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
+    /// Mark the host as this codeb's (see [`crate::model::ownership::OWNER_VOLUME`]): before
+    /// anything else changes on a host that carries no mark.
+    MarkHost,
     /// Create codeb's Caddy server, or correct its listen/TLS settings.
     EnsureServer(ServerSpec),
     /// Create or update the environment's record (port allocation, hostname, grace period).
@@ -430,6 +439,9 @@ fn plan_on(
             generation: None,
             action,
         };
+        if view.owner == crate::model::observed::OwnerMark::Absent {
+            plan.steps.push(host_step(Action::MarkHost));
+        }
         let server = server_spec(host);
         if view.proxy.server.as_ref() != Some(&server) {
             plan.steps.push(host_step(Action::EnsureServer(server)));
@@ -659,6 +671,7 @@ fn plan_removal(rec: &EnvRecord, view: HostView<'_>, plan: &mut Plan) {
         containers,
         proxy,
         kernel,
+        ..
     } = view;
     let step = |action| Step {
         host: rec.host.clone(),

@@ -99,6 +99,7 @@ impl Fixture {
                     proxy: world.clone(),
                     kernel: world.clone(),
                     publish: Some(std::net::Ipv4Addr::LOCALHOST),
+                    owner: None,
                 },
             )])),
             prober: FakeProber(vec![world.clone()]),
@@ -495,6 +496,50 @@ async fn an_unreachable_host_is_reported_and_nothing_is_planned_for_it() {
 }
 
 #[test]
+fn a_host_without_an_owner_mark_is_marked_before_anything_else_and_a_marked_one_is_not() {
+    use crate::model::observed::OwnerMark;
+    let d = desired([env("myapp")]);
+    let observed = |owner| Observed {
+        hosts: BTreeMap::from([(
+            "app".into(),
+            HostObservation::Reachable {
+                containers: vec![],
+                proxy: Default::default(),
+                kernel: KernelObservation::Unavailable {
+                    reason: "test".into(),
+                },
+                owner,
+            },
+        )]),
+        ..Default::default()
+    };
+    let p = plan(
+        &d,
+        &observed(OwnerMark::Absent),
+        &Default::default(),
+        &[],
+        0,
+    );
+    let first_host_step = p.steps.iter().position(|s| s.host == "app").unwrap();
+    assert_eq!(p.steps[first_host_step].action, Action::MarkHost, "{p}");
+    assert_eq!(
+        p.steps
+            .iter()
+            .filter(|s| s.action == Action::MarkHost)
+            .count(),
+        1
+    );
+    assert!(p.steps.len() > 1, "the rest of the plan follows: {p}");
+    for owner in [OwnerMark::Mine, OwnerMark::Unchecked] {
+        let p = plan(&d, &observed(owner), &Default::default(), &[], 0);
+        assert!(
+            p.steps.iter().all(|s| s.action != Action::MarkHost),
+            "{owner:?}: {p}"
+        );
+    }
+}
+
+#[test]
 fn two_new_environments_never_share_a_port_pair() {
     let d = desired([env("ab"), env("ba")]); // same character sum: same preferred base
     let observed = Observed {
@@ -506,6 +551,7 @@ fn two_new_environments_never_share_a_port_pair() {
                 kernel: KernelObservation::Unavailable {
                     reason: "test".into(),
                 },
+                owner: Default::default(),
             },
         )]),
         ..Default::default()
@@ -538,6 +584,7 @@ fn the_printed_plan_never_shows_an_env_value() {
                 kernel: KernelObservation::Unavailable {
                     reason: "test".into(),
                 },
+                owner: Default::default(),
             },
         )]),
         ..Default::default()

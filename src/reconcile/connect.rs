@@ -12,6 +12,7 @@ use crate::backend::podman::Podman;
 use crate::backend::powerdns::PowerDns;
 use crate::config::Config;
 use crate::model::dns::ZoneRef;
+use crate::model::observed::Owner;
 use crate::model::HostRef;
 
 pub type Real = Backends<Podman, Caddy, Netfilter, PowerDns>;
@@ -27,6 +28,45 @@ pub struct Invalid(pub String);
 /// the kernel's NAT rules (to compare the two, or on a machine whose firewall someone else owns).
 pub const SWITCH_ENV: &str = "CODEB_SWITCH";
 
+/// Names the codeb instance that owns the hosts this process acts on, for several state
+/// directories that are one owner (every test and bench of one local stack). Unset, the owner is
+/// the state directory's own random id.
+pub const INSTANCE_ENV: &str = "CODEB_INSTANCE";
+
+/// The owner this process marks hosts with and expects on them: `CODEB_INSTANCE` (1-64 letters,
+/// digits, `.`, `_` or `-`; empty counts as unset), or the store's id, named after the machine and
+/// the state directory.
+///
+/// # Errors
+/// A malformed `CODEB_INSTANCE` (invalid input); a store that cannot be read.
+pub fn owner(store: &crate::store::Store) -> Result<Owner, Invalid> {
+    if let Some(value) = std::env::var_os(INSTANCE_ENV).filter(|v| !v.is_empty()) {
+        let value = value.to_string_lossy();
+        let ok = (1..=64).contains(&value.len())
+            && value
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+        if !ok {
+            return Err(Invalid(format!(
+                "{INSTANCE_ENV}: must be 1-64 letters, digits, '.', '_' or '-' (got {:?})",
+                crate::service::sanitize(&value)
+            )));
+        }
+        return Ok(Owner {
+            id: value.to_string(),
+            name: value.to_string(),
+        });
+    }
+    let id = store
+        .owner_id()
+        .map_err(|e| Invalid(format!("cannot read the store's id: {e}")))?;
+    let machine = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    Ok(Owner {
+        id,
+        name: format!("{}:{}", machine.trim(), store.dir().display()),
+    })
+}
+
 /// Clients for each host. Connecting makes no request.
 ///
 /// # Errors
@@ -35,6 +75,7 @@ pub const SWITCH_ENV: &str = "CODEB_SWITCH";
 pub fn connect<'a>(
     hosts: impl IntoIterator<Item = &'a HostRef>,
     config: &Config,
+    owner: &Owner,
 ) -> Result<Real, Invalid> {
     let hosts: Vec<&HostRef> = hosts.into_iter().collect();
     for h in &hosts {
@@ -57,6 +98,7 @@ pub fn connect<'a>(
                 proxy,
                 kernel,
                 publish: h.publish_address.parse().ok(),
+                owner: Some(owner.clone()),
             },
         );
     }
@@ -184,6 +226,10 @@ mod tests {
                 &host("tcp://10.0.0.5:8888", "http://127.0.0.1:2019"),
             ],
             &config,
+            &Owner {
+                id: "test".into(),
+                name: "test".into(),
+            },
         )
         .err()
         .unwrap()

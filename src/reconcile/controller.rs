@@ -372,6 +372,54 @@ pub struct Handle {
     tx: mpsc::UnboundedSender<Msg>,
     expected: Expected,
     health: Health,
+    events: HostEvents,
+}
+
+/// Per host: whether its container event stream is open, and an epoch bumped by every event the
+/// stream delivers and by every open and close. While the stream stays open and the epoch stays
+/// the same, no container of the host changed since the epoch was read (but for events Podman
+/// has not sent yet: it sends them ~250 ms late), which is what a warm observation relies on.
+#[derive(Clone, Default)]
+pub struct HostEvents(Arc<std::sync::Mutex<HashMap<String, (bool, u64)>>>);
+
+impl HostEvents {
+    fn bump(&self, host: &str, open: Option<bool>) {
+        let mut hosts = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let entry = hosts.entry(host.to_string()).or_insert((false, 0));
+        if let Some(open) = open {
+            entry.0 = open;
+        }
+        entry.1 += 1;
+    }
+
+    /// The host's stream opened.
+    pub fn opened(&self, host: &str) {
+        self.bump(host, Some(true));
+    }
+
+    /// The host's stream ended (or its pump stopped).
+    pub fn closed(&self, host: &str) {
+        self.bump(host, Some(false));
+    }
+
+    /// The host's stream delivered an event.
+    pub fn event(&self, host: &str) {
+        self.bump(host, None);
+    }
+
+    /// The host's epoch while its stream is open; `None` while it is not.
+    pub fn epoch(&self, host: &str) -> Option<u64> {
+        let hosts = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        hosts
+            .get(host)
+            .and_then(|&(open, epoch)| open.then_some(epoch))
+    }
 }
 
 impl Handle {
@@ -403,6 +451,11 @@ impl Handle {
         &self.expected
     }
 
+    /// The hosts' event streams, as the daemon's event pumps report them.
+    pub fn host_events(&self) -> &HostEvents {
+        &self.events
+    }
+
     /// Per host and managed zone, when the loop last observed it and since when it fails to;
     /// times on the loop's clock ([`Config::clock`]).
     pub fn health(&self) -> Health {
@@ -429,6 +482,7 @@ struct Shared<H> {
     clock: Clock,
     prune: bool,
     expected: Expected,
+    events: HostEvents,
     /// What each reconcile observed of its host or zone.
     health: Health,
     /// Set when the loop stops: executions start no further step.
@@ -504,6 +558,7 @@ where
                 clock: config.clock.clone(),
                 prune: config.prune,
                 expected: Expected::default(),
+                events: HostEvents::default(),
                 health: Health::default(),
                 stop: CancellationToken::new(),
             }),
@@ -537,6 +592,7 @@ where
             tx: self.tx.clone(),
             expected: self.shared.expected.clone(),
             health: self.shared.health.clone(),
+            events: self.shared.events.clone(),
         }
     }
 

@@ -45,7 +45,8 @@ pub struct Report {
 /// Executes `plan` step by step.
 ///
 /// # Guarantees
-/// - Each step's intent is in the journal before it runs, and its outcome after.
+/// - Each step's intent is committed to the journal before the step acts, and its outcome after
+///   (see [`Journal`] for how they share commits).
 /// - A step of a key whose earlier step failed is skipped; other keys carry on.
 ///
 /// # Errors
@@ -75,26 +76,38 @@ pub async fn execute_until<R: Runtime, P: Proxy, K: Kernel, D: Dns, H: Prober>(
     // Environments whose DNS records a failed zone write was to delete: their store record is kept
     // (their `Forget` skipped), so that a later delete or prune still finds those records.
     let mut dns_left: BTreeSet<EnvKey> = BTreeSet::new();
-    for step in &plan.steps {
-        let forget_blocked = matches!(step.action, Action::Forget)
-            && step.key.as_ref().is_some_and(|k| dns_left.contains(k));
-        if stop() || forget_blocked || step.key.as_ref().is_some_and(|k| failed.contains(k)) {
+    let mut journal = Journal::new(store);
+    for (i, step) in plan.steps.iter().enumerate() {
+        if stop() || blocked(step, &failed, &dns_left) {
+            journal.skip(plan, i);
             report.skipped += 1;
             continue;
         }
         let text = step.to_string();
-        let intent = store.journal(entry(step, Phase::Intent, &text, None, None))?;
-        super::fault::journal_written();
-        // Outside the step's backend time: a drain waits on connections (up to `DRAIN_MS`), not
-        // on a backend, and would put every deploy in the histogram's top bucket.
-        drain_owed(step, backends).await;
+        let next = plan
+            .steps
+            .get(i + 1)
+            .filter(|n| !blocked(n, &failed, &dns_left))
+            .map(|n| (i + 1, n));
         let started = tokio::time::Instant::now();
-        let result = run(step, store, backends, prober, &mut gens).await;
-        count(&step.action, started.elapsed(), &result);
+        let result = if records_only(&step.action) {
+            run_records(step, &text, i, next, &mut journal, prober, &mut gens).await
+        } else {
+            let intent = journal.intent(i, step, &text)?;
+            // Outside the step's backend time: a drain waits on connections (up to `DRAIN_MS`),
+            // not on a backend, and would put every deploy in the histogram's top bucket.
+            drain_owed(step, backends).await;
+            let started = tokio::time::Instant::now();
+            let result = run(step, store, backends, prober, &mut gens).await;
+            journal.outcome(step, &text, intent, &result);
+            count(&step.action, started.elapsed(), &result);
+            result
+        };
+        if records_only(&step.action) {
+            count(&step.action, started.elapsed(), &result);
+        }
         match result {
             Ok(()) => {
-                store.journal(entry(step, Phase::Done, &text, Some(intent), None))?;
-                super::fault::journal_written();
                 tracing::info!(step = %text, "done");
                 report.executed.push(text);
             }
@@ -102,13 +115,6 @@ pub async fn execute_until<R: Runtime, P: Proxy, K: Kernel, D: Dns, H: Prober>(
                 return Err(Error::Store(e));
             }
             Err(error) => {
-                store.journal(entry(
-                    step,
-                    Phase::Failed,
-                    &text,
-                    Some(intent),
-                    Some(error.to_string()),
-                ))?;
                 tracing::warn!(step = %text, error = %error, "failed");
                 if let Some(k) = &step.key {
                     failed.insert(k.clone());
@@ -122,7 +128,220 @@ pub async fn execute_until<R: Runtime, P: Proxy, K: Kernel, D: Dns, H: Prober>(
             }
         }
     }
+    journal.flush()?;
     Ok(report)
+}
+
+/// Whether `step` is skipped: an earlier step of its key failed, or it forgets an environment
+/// whose DNS records a failed zone write was to delete.
+fn blocked(step: &Step, failed: &BTreeSet<EnvKey>, dns_left: &BTreeSet<EnvKey>) -> bool {
+    let key = step.key.as_ref();
+    key.is_some_and(|k| failed.contains(k))
+        || (matches!(step.action, Action::Forget) && key.is_some_and(|k| dns_left.contains(k)))
+}
+
+/// Whether a step acts on the store only (after a read-only health probe, for a switch): its
+/// intent, its records and its outcome can then be one commit.
+fn records_only(action: &Action) -> bool {
+    matches!(
+        action,
+        Action::Register(_)
+            | Action::Switch { .. }
+            | Action::Forget
+            | Action::Retire {
+                container: None,
+                drain: None,
+                ..
+            }
+    )
+}
+
+/// The executor's side of the journal, which costs one commit (one fsync) per step instead of two.
+///
+/// A step's intent is committed before the step acts; its outcome is owed, and is committed with
+/// the next commit: the next step's intent, or the end of the execution. A process killed after a
+/// step acted and before its outcome was committed leaves the step as interrupted, which the next
+/// reconcile re-plans from what it observes, exactly as for a step killed while it acted. A step
+/// that only writes records commits its intent, its records, its outcome and the next step's
+/// intent in one transaction: a promote's kernel write comes one commit after its health probe.
+struct Journal<'s> {
+    store: &'s Store,
+    /// Outcomes not yet committed.
+    owed: Vec<JournalEntry>,
+    /// A step whose intent a record-only step committed ahead: its index and the intent's seq.
+    ahead: Option<(usize, u64)>,
+}
+
+impl<'s> Journal<'s> {
+    fn new(store: &'s Store) -> Self {
+        Journal {
+            store,
+            owed: Vec::new(),
+            ahead: None,
+        }
+    }
+
+    /// A transaction that starts with the owed outcomes (they stay owed until it commits).
+    fn begin(&self) -> Result<crate::store::Writer<'s>> {
+        let mut w = self.store.write()?;
+        for e in &self.owed {
+            w.journal(e.clone())?;
+        }
+        Ok(w)
+    }
+
+    fn commit(&mut self, w: crate::store::Writer<'_>) -> Result<()> {
+        w.commit()?;
+        self.owed.clear();
+        super::fault::journal_written();
+        Ok(())
+    }
+
+    /// The seq of step `i`'s intent, committed ahead or now.
+    fn intent(&mut self, i: usize, step: &Step, text: &str) -> Result<u64> {
+        if let Some(seq) = self.take_ahead(i) {
+            return Ok(seq);
+        }
+        let mut w = self.begin()?;
+        let seq = w.journal(entry(step, Phase::Intent, text, None, None))?;
+        self.commit(w)?;
+        Ok(seq)
+    }
+
+    /// The seq of step `i`'s intent if it was committed ahead.
+    fn take_ahead(&mut self, i: usize) -> Option<u64> {
+        match self.ahead {
+            Some((j, seq)) if j == i => {
+                self.ahead = None;
+                Some(seq)
+            }
+            _ => None,
+        }
+    }
+
+    /// Step `i` does not run: an intent committed ahead for it gets an outcome saying so.
+    fn skip(&mut self, plan: &Plan, i: usize) {
+        if let Some(seq) = self.take_ahead(i) {
+            let step = &plan.steps[i];
+            let message = "not started: codeb stopped first".to_string();
+            let text = step.to_string();
+            self.owed
+                .push(entry(step, Phase::Failed, &text, Some(seq), Some(message)));
+        }
+    }
+
+    fn outcome(&mut self, step: &Step, text: &str, intent: u64, result: &Result<()>) {
+        self.owed.push(match result {
+            Ok(()) => entry(step, Phase::Done, text, Some(intent), None),
+            Err(e) => entry(step, Phase::Failed, text, Some(intent), Some(e.to_string())),
+        });
+    }
+
+    /// Commits the owed outcomes, if any.
+    fn flush(&mut self) -> Result<()> {
+        if self.owed.is_empty() {
+            return Ok(());
+        }
+        let w = self.begin()?;
+        self.commit(w)
+    }
+}
+
+/// Runs a step that only writes records (see [`records_only`]): a switch's health probe first,
+/// then one commit of its intent, its records, its outcome and the intent of `next`.
+async fn run_records<H: Prober>(
+    step: &Step,
+    text: &str,
+    i: usize,
+    next: Option<(usize, &Step)>,
+    journal: &mut Journal<'_>,
+    prober: &H,
+    gens: &mut BTreeMap<EnvKey, Option<u64>>,
+) -> Result<()> {
+    let fail = |journal: &mut Journal<'_>, error: Error| -> Result<()> {
+        let intent = journal.intent(i, step, text)?;
+        let result = Err(error);
+        journal.outcome(step, text, intent, &result);
+        result
+    };
+    if let Action::Switch { to, url, .. } = &step.action {
+        // Health-gated: the slot answers now, or traffic does not move.
+        if let Err(last) = prober.probe(url).await {
+            let error = Error::NotHealthy {
+                slot: *to,
+                url: url.clone(),
+                last,
+            };
+            return fail(journal, error);
+        }
+    }
+    let mut w = journal.begin()?;
+    let ahead = journal.take_ahead(i);
+    let intent = match ahead {
+        Some(seq) => seq,
+        None => w.journal(entry(step, Phase::Intent, text, None, None))?,
+    };
+    let mut written = gens.clone();
+    if let Err(error) = write_records(step, &mut w, &mut written) {
+        // Nothing of the transaction is written, not even the intent (unless it was committed
+        // ahead): the intent goes on its own, then the failure.
+        drop(w);
+        if let Some(seq) = ahead {
+            journal.ahead = Some((i, seq));
+        }
+        return match error {
+            Error::Store(e) if !matches!(e, crate::store::Error::Conflict { .. }) => {
+                Err(Error::Store(e))
+            }
+            error => fail(journal, error),
+        };
+    }
+    w.journal(entry(step, Phase::Done, text, Some(intent), None))?;
+    let ahead = match next {
+        Some((j, n)) => Some((
+            j,
+            w.journal(entry(n, Phase::Intent, &n.to_string(), None, None))?,
+        )),
+        None => None,
+    };
+    journal.commit(w)?;
+    journal.ahead = ahead;
+    *gens = written;
+    Ok(())
+}
+
+/// The records a record-only step writes, into `w`, with `gens` advanced to the generations
+/// written.
+fn write_records(
+    step: &Step,
+    w: &mut crate::store::Writer<'_>,
+    gens: &mut BTreeMap<EnvKey, Option<u64>>,
+) -> Result<()> {
+    if let Action::Register(rec) = &step.action {
+        let key = rec.key.clone();
+        let expected = *gens.entry(key.clone()).or_insert(step.generation);
+        let written = w.put_env((**rec).clone(), expected)?;
+        gens.insert(key, Some(written.generation));
+        return Ok(());
+    }
+    let key = step.key.clone().expect("record steps carry a key");
+    let expected = *gens.entry(key.clone()).or_insert(step.generation);
+    if matches!(step.action, Action::Forget) {
+        return Ok(w.delete_env(&key, expected)?);
+    }
+    let mut rec = w
+        .env(&key)?
+        .ok_or_else(|| Error::MissingRecord { key: key.clone() })?;
+    match &step.action {
+        Action::Switch { to, hold, .. } => {
+            plan::switch_record(&mut rec, *to, hold.clone(), now_ms())
+        }
+        Action::Retire { slot, .. } => *rec.slot_mut(*slot) = SlotRecord::default(),
+        _ => unreachable!("not a record-only step"),
+    }
+    let written = w.put_env(rec, expected)?;
+    gens.insert(key, Some(written.generation));
+    Ok(())
 }
 
 /// The environments whose rrsets a zone step deletes.
@@ -192,14 +411,11 @@ async fn run<R: Runtime, P: Proxy, K: Kernel, D: Dns, H: Prober>(
         Ok(())
     };
     match &step.action {
+        Action::MarkHost => match &b.owner {
+            Some(owner) => b.runtime.mark_owner(owner).await.map_err(backend),
+            None => Ok(()),
+        },
         Action::EnsureServer(spec) => b.proxy.ensure_server(spec).await.map_err(backend),
-        Action::Register(rec) => {
-            let key = rec.key.clone();
-            let expected = *gens.entry(key.clone()).or_insert(step.generation);
-            let written = store.put_env((**rec).clone(), expected)?;
-            gens.insert(key, Some(written.generation));
-            Ok(())
-        }
         Action::Deploy {
             slot,
             release,
@@ -318,18 +534,6 @@ async fn run<R: Runtime, P: Proxy, K: Kernel, D: Dns, H: Prober>(
                 last,
             })
         }
-        Action::Switch { to, hold, url, .. } => {
-            // Health-gated: the slot answers now, or traffic does not move.
-            if let Err(last) = prober.probe(url).await {
-                return Err(Error::NotHealthy {
-                    slot: *to,
-                    url: url.clone(),
-                    last,
-                });
-            }
-            let now = now_ms();
-            update(&|rec| plan::switch_record(rec, *to, hold.clone(), now))
-        }
         Action::HookServices(write) => b.kernel.hook(write).await.map_err(backend),
         Action::Loopback(write) => b.kernel.set_loopback(write).await.map_err(backend),
         Action::SetService(write) => {
@@ -355,13 +559,10 @@ async fn run<R: Runtime, P: Proxy, K: Kernel, D: Dns, H: Prober>(
             update(&|rec| *rec.slot_mut(*slot) = SlotRecord::default())
         }
         Action::RemoveContainer { id, .. } => b.runtime.remove(id).await.map_err(backend),
-        Action::Forget => {
-            let key = step.key.clone().expect("forget carries a key");
-            let expected = *gens.entry(key.clone()).or_insert(step.generation);
-            store.delete_env(&key, expected)?;
-            Ok(())
-        }
         Action::EnsureZone { .. } | Action::DnsPatch { .. } => unreachable!("run_dns runs these"),
+        Action::Register(_) | Action::Switch { .. } | Action::Forget => {
+            unreachable!("run_records runs these")
+        }
     }
 }
 
@@ -420,6 +621,7 @@ fn backend_of(action: &Action) -> Option<&'static str> {
         | Action::Stop { .. }
         | Action::Retire { .. }
         | Action::RemoveContainer { .. } => Some("podman"),
+        Action::MarkHost => Some("podman"),
         Action::EnsureServer(_)
         | Action::AddRoute(_)
         | Action::ReplaceRoute(_)
@@ -603,6 +805,35 @@ mod tests {
                 "{backend} calls timed"
             );
         }
+    }
+
+    /// Every intent has exactly one outcome, after it, and nothing is left interrupted, whether
+    /// the steps succeed or one fails (outcomes share commits with the next intent).
+    fn assert_each_intent_closed_once(store: &Store) -> Vec<JournalEntry> {
+        let all = store.journal_entries(None).unwrap();
+        for e in all.iter().filter(|e| e.phase == Phase::Intent) {
+            let outcomes: Vec<_> = all.iter().filter(|o| o.intent == Some(e.seq)).collect();
+            assert_eq!(outcomes.len(), 1, "{e:?}: {outcomes:?}");
+            assert!(outcomes[0].seq > e.seq, "{e:?} closed before it");
+        }
+        assert!(store.interrupted().unwrap().is_empty());
+        all
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn each_intent_is_followed_by_one_outcome_when_steps_succeed_and_when_they_fail() {
+        let fake = Fake::new();
+        assert!(fake.apply("app:v1").await.converged());
+        let all = assert_each_intent_closed_once(&fake.store);
+        assert!(all.iter().any(|e| e.step.contains("switch")), "{all:#?}");
+        let seq = fake.store.journal_seq().unwrap();
+        assert_eq!(seq, all.last().unwrap().seq);
+
+        assert!(!fake.apply("app:unhealthy").await.converged());
+        let all = assert_each_intent_closed_once(&fake.store);
+        let since = fake.store.journaled_since(seq).unwrap();
+        assert_eq!(since, all[all.len() - since.len()..].to_vec());
+        assert!(since.iter().any(|e| e.phase == Phase::Failed), "{since:#?}");
     }
 
     #[tokio::test(start_paused = true)]

@@ -1,7 +1,7 @@
 //! Fault injection for the crash tests: with `CODEB_FAULT_KILL_AFTER=N`, the process sends itself
-//! SIGKILL right after its N-th journal write, so a test can stop a rollout at every step boundary
-//! (after an intent is recorded and before the action, and after an outcome). Unset, it costs one
-//! relaxed atomic increment per step.
+//! SIGKILL right after its N-th journal commit, so a test can stop a rollout at every step boundary
+//! (after an intent is committed and before the action; an outcome is committed with the next
+//! intent, or at the end). Unset, it costs one relaxed atomic increment per commit.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
@@ -17,7 +17,7 @@ fn limit() -> Option<u64> {
     })
 }
 
-/// Called after every journal write.
+/// Called after every journal commit.
 pub fn journal_written() {
     let n = WRITES.fetch_add(1, Ordering::Relaxed) + 1;
     if limit() == Some(n) {

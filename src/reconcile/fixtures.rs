@@ -14,6 +14,7 @@ pub fn fake_host(world: &World) -> HostBackends<World, World, World> {
         proxy: world.clone(),
         kernel: world.clone(),
         publish: Some(std::net::Ipv4Addr::LOCALHOST),
+        owner: None,
     }
 }
 

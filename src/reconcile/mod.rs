@@ -27,7 +27,7 @@ use std::collections::BTreeMap;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 pub use execute::{execute, execute_until, Report, StepFailure};
-pub use observe::{observe, observe_env};
+pub use observe::{observe, observe_env, observe_env_parts, observe_env_warm, HostParts};
 pub use probe::{HttpProber, Prober};
 
 use crate::backend::powerdns::PowerDns;
@@ -111,6 +111,8 @@ pub struct HostBackends<R, P, K> {
     /// The host's `publishAddress`, when it is an IPv4 address: where codeb's kernel rules
     /// publish slot ports (a loopback address), or where Podman publishes them.
     pub publish: Option<std::net::Ipv4Addr>,
+    /// The owner this codeb marks the host with and expects on it; `None`: not checked (fakes).
+    pub owner: Option<crate::model::observed::Owner>,
 }
 
 /// Every connected host, by name, and every connected managed zone, by domain.

@@ -47,12 +47,43 @@ pub async fn observe_env<R: Runtime, P: Proxy, K: Kernel>(
     b: &HostBackends<R, P, K>,
     key: &crate::model::EnvKey,
 ) -> Observed {
+    observe_env_parts(host, b, key).await.0
+}
+
+/// What an observation of one host read from Podman and Caddy, the parts that a later observation
+/// may reuse while nothing changed them (see `service::warm`); the kernel's rules are read anew.
+#[derive(Debug, Clone)]
+pub struct HostParts {
+    pub containers: Vec<crate::model::observed::ObservedContainer>,
+    pub proxy: crate::model::observed::ObservedProxy,
+    pub network: Option<crate::model::observed::NetworkInfo>,
+    pub owner: crate::model::observed::OwnerMark,
+}
+
+/// As [`observe_env`], with the parts read (`None` when the host was unreachable).
+pub async fn observe_env_parts<R: Runtime, P: Proxy, K: Kernel>(
+    host: &str,
+    b: &HostBackends<R, P, K>,
+    key: &crate::model::EnvKey,
+) -> (Observed, Option<HostParts>) {
+    let (observation, parts) = observe_host_parts(b, b.runtime.list_env(key)).await;
+    (one_host(host, observation), parts)
+}
+
+/// As [`observe_env`], from `parts` an earlier observation read and the kernel's rules as they are
+/// now: one read of codeb's nf_tables table.
+pub async fn observe_env_warm<R: Runtime, P: Proxy, K: Kernel>(
+    host: &str,
+    b: &HostBackends<R, P, K>,
+    parts: HostParts,
+) -> Observed {
+    let table = b.kernel.read().await;
+    one_host(host, assemble(b, parts, table))
+}
+
+fn one_host(host: &str, observation: HostObservation) -> Observed {
     Observed {
-        hosts: [(
-            host.to_string(),
-            observe_host(b, b.runtime.list_env(key)).await,
-        )]
-        .into(),
+        hosts: [(host.to_string(), observation)].into(),
         zones: Default::default(),
     }
 }
@@ -81,21 +112,77 @@ async fn observe_host<R: Runtime, P: Proxy, K: Kernel>(
         Output = crate::backend::Result<Vec<crate::model::observed::ObservedContainer>>,
     >,
 ) -> HostObservation {
+    observe_host_parts(b, list).await.0
+}
+
+async fn observe_host_parts<R: Runtime, P: Proxy, K: Kernel>(
+    b: &HostBackends<R, P, K>,
+    list: impl std::future::Future<
+        Output = crate::backend::Result<Vec<crate::model::observed::ObservedContainer>>,
+    >,
+) -> (HostObservation, Option<HostParts>) {
     // The NAT rules are read beside the container list, Caddy's config and the network's gateway,
     // and parsed for the gateway after: a switch's observation takes as long as the slowest read,
     // not the sum of two.
-    let (containers, proxy, gateway, table) = tokio::join!(
+    let (containers, proxy, gateway, table, owner) = tokio::join!(
         list,
         b.proxy.observe(SERVER_NAME),
         b.runtime.network_gateway(NETWORK),
         b.kernel.read(),
+        owner_mark(b),
     );
-    let unreachable = |error| HostObservation::Unreachable { error };
-    let (containers, proxy, gateway) = match (containers, proxy, gateway) {
-        (Ok(c), Ok(p), Ok(g)) => (c, p, g),
+    let unreachable = |error| (HostObservation::Unreachable { error }, None);
+    let owner = match owner {
+        Ok(owner) => owner,
+        Err(error) => return unreachable(error),
+    };
+    let parts = match (containers, proxy, gateway) {
+        (Ok(containers), Ok(proxy), Ok(network)) => HostParts {
+            containers,
+            proxy,
+            network,
+            owner,
+        },
         (Err(e), _, _) | (_, _, Err(e)) => return unreachable(format!("Podman: {e}")),
         (_, Err(e), _) => return unreachable(format!("Caddy: {e}")),
     };
+    (assemble(b, parts.clone(), table), Some(parts))
+}
+
+/// The host's owner mark as this codeb sees it; `Err` (the host is unreachable for this codeb)
+/// when another codeb's mark is on it, or Podman could not be asked.
+async fn owner_mark<R: Runtime, P: Proxy, K: Kernel>(
+    b: &HostBackends<R, P, K>,
+) -> Result<crate::model::observed::OwnerMark, String> {
+    use crate::model::observed::OwnerMark;
+    let Some(mine) = &b.owner else {
+        return Ok(OwnerMark::Unchecked);
+    };
+    match b.runtime.owner().await {
+        Ok(None) => Ok(OwnerMark::Absent),
+        Ok(Some(found)) if found.id == mine.id => Ok(OwnerMark::Mine),
+        Ok(Some(found)) => Err(format!(
+            "owned by another codeb, {found} (the labels of the Podman volume {}): this codeb \
+             changes nothing there; `codeb host adopt HOST` takes the host over",
+            crate::model::ownership::OWNER_VOLUME
+        )),
+        Err(e) => Err(format!("Podman: {e}")),
+    }
+}
+
+/// A host's observation from what Podman and Caddy answered and codeb's nf_tables table.
+fn assemble<R: Runtime, P: Proxy, K: Kernel>(
+    b: &HostBackends<R, P, K>,
+    parts: HostParts,
+    table: crate::backend::Result<K::Table>,
+) -> HostObservation {
+    let HostParts {
+        containers,
+        proxy,
+        network: gateway,
+        owner,
+    } = parts;
+    let unreachable = |error| HostObservation::Unreachable { error };
     let kernel = match (gateway, table) {
         (None, _) => Ok(KernelObservation::Unavailable {
             reason: format!("the network {NETWORK} does not exist yet"),
@@ -126,5 +213,6 @@ async fn observe_host<R: Runtime, P: Proxy, K: Kernel>(
         containers,
         proxy,
         kernel,
+        owner,
     }
 }

@@ -12,6 +12,7 @@
 
 pub mod error;
 pub mod view;
+pub mod warm;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
@@ -123,6 +124,10 @@ pub enum Request {
     KeyList,
     KeyRevoke {
         id: String,
+    },
+    /// Take a host over from the codeb whose owner mark it carries (or mark an unmarked one).
+    HostAdopt {
+        host: String,
     },
     /// Audit entries, newest last, within what the caller may see.
     Audit {
@@ -281,6 +286,7 @@ impl Request {
             Request::KeyCreate { .. } => "key create",
             Request::KeyList => "key list",
             Request::KeyRevoke { .. } => "key revoke",
+            Request::HostAdopt { .. } => "host adopt",
             Request::Audit { .. } => "audit",
             Request::Plan { change } => match change {
                 Change::Deploy { .. } => "plan deploy",
@@ -314,6 +320,7 @@ impl Request {
             Request::KeyCreate { .. } | Request::KeyList | Request::KeyRevoke { .. } => {
                 vec![Permission::KeysManage]
             }
+            Request::HostAdopt { .. } => vec![Permission::HostsWrite],
             Request::Audit { .. } => vec![Permission::AuditRead],
             Request::Plan { .. } => vec![Permission::Read],
             Request::Guarded { change, .. } => change.request().permissions(),
@@ -330,6 +337,7 @@ impl Request {
             | Request::Deploy { .. }
             | Request::KeyCreate { .. }
             | Request::KeyRevoke { .. }
+            | Request::HostAdopt { .. }
             | Request::Guarded { .. } => true,
             _ => false,
         }
@@ -405,6 +413,8 @@ pub struct Daemon {
     pub clients: std::sync::Mutex<
         BTreeMap<String, (crate::model::HostRef, Arc<crate::reconcile::connect::Real>)>,
     >,
+    /// What the last switch of each environment observed (see [`warm`]).
+    pub warm: warm::Warm,
 }
 
 impl Daemon {
@@ -744,6 +754,7 @@ async fn run(ctx: &Ctx, req: Request) -> Result<Response> {
         } => delete(ctx, projects, &manifests)
             .await
             .map(Response::Outcome),
+        Request::HostAdopt { host } => adopt(ctx, &host).await.map(Response::Outcome),
         Request::Deploy {
             project,
             environment,
@@ -999,7 +1010,10 @@ fn connect_or_invalid<'a>(
     hosts: impl IntoIterator<Item = &'a crate::model::HostRef>,
     zones: impl IntoIterator<Item = &'a ZoneRef>,
 ) -> Result<crate::reconcile::connect::Real> {
-    let mut backends = connect(hosts, &ctx.config).map_err(|e| Error::invalid(e.to_string()))?;
+    let owner =
+        crate::reconcile::connect::owner(&ctx.store).map_err(|e| Error::invalid(e.to_string()))?;
+    let mut backends =
+        connect(hosts, &ctx.config, &owner).map_err(|e| Error::invalid(e.to_string()))?;
     backends.zones =
         connect_zones(zones, &ctx.config).map_err(|e| Error::invalid(e.to_string()))?;
     Ok(backends)
@@ -1390,16 +1404,62 @@ async fn delete_unrecorded(
     Ok(outcome(report, notes))
 }
 
-/// The host of a recorded environment, observed for that environment alone.
-async fn observe_recorded(
-    ctx: &Ctx,
-    key: &EnvKey,
-) -> Result<(
+/// Marks `name` (a recorded Host, or one the daemon's manifests declare) as this codeb's, whoever
+/// marked it before: the way out of "owned by another codeb" for an operator who means it.
+async fn adopt(ctx: &Ctx, name: &str) -> Result<OutcomeView> {
+    let _claim = ctx.claim(vec![Work::Host(name.to_string())]).await?;
+    let declared = ctx
+        .daemon
+        .as_ref()
+        .and_then(|d| d.watched.borrow().hosts.get(name).cloned());
+    let host = match declared {
+        Some(h) => h,
+        None => ctx.store.hosts()?.remove(name).ok_or_else(|| {
+            Error::not_found(format!(
+                "no Host {name} is recorded or declared (see `codeb get hosts`)"
+            ))
+        })?,
+    };
+    let owner =
+        crate::reconcile::connect::owner(&ctx.store).map_err(|e| Error::invalid(e.to_string()))?;
+    let backends = connect_or_invalid(ctx, [&host], [])?;
+    let b = backends
+        .hosts
+        .get(name)
+        .ok_or_else(|| Error::failed(format!("host {name}: no client")))?;
+    let unavailable = |e: crate::backend::Error| {
+        Error::unavailable(format!("host {name}: {}", crate::backend::error_chain(&e)))
+    };
+    let before = b.runtime.owner().await.map_err(unavailable)?;
+    let mut view = OutcomeView {
+        executed: vec![],
+        failures: vec![],
+        notes: vec![],
+        converged: true,
+    };
+    if before.as_ref().is_some_and(|o| o.id == owner.id) {
+        return Ok(view);
+    }
+    b.runtime.mark_owner(&owner).await.map_err(unavailable)?;
+    if let Some(d) = &ctx.daemon {
+        d.controller
+            .trigger(Work::Host(name.to_string()), Duration::ZERO);
+    }
+    let was = before.map_or_else(|| "no owner".to_string(), |o| format!("owned by {o}"));
+    view.executed.push(format!(
+        "host {name}: mark the host as owned by {owner} (was {was})"
+    ));
+    Ok(view)
+}
+
+/// A recorded environment, its host and the host's clients.
+type RecordedEnv = (
     crate::model::EnvRecord,
     crate::model::HostRef,
     Arc<crate::reconcile::connect::Real>,
-    plan::Observed,
-)> {
+);
+
+fn recorded_env(ctx: &Ctx, key: &EnvKey) -> Result<RecordedEnv> {
     let recorded = ctx.store.recorded()?;
     let rec = recorded.envs.get(key).cloned().ok_or_else(|| {
         Error::not_found(format!(
@@ -1412,16 +1472,22 @@ async fn observe_recorded(
         .cloned()
         .ok_or_else(|| Error::failed(format!("host {} of {key} is not recorded", rec.host)))?;
     let backends = ctx.host_clients(&host)?;
+    Ok((rec, host, backends))
+}
+
+/// The host of a recorded environment, observed for that environment alone.
+async fn observe_recorded(ctx: &Ctx, key: &EnvKey) -> Result<(RecordedEnv, plan::Observed)> {
+    let (rec, host, backends) = recorded_env(ctx, key)?;
     let observed = match backends.hosts.get(&host.name) {
         Some(b) => reconcile::observe_env(&host.name, b, key).await,
         None => reconcile::observe(&backends).await,
     };
-    Ok((rec, host, backends, observed))
+    Ok(((rec, host, backends), observed))
 }
 
 /// The plan of a promote (or a rollback) of `key`, without the claim: nothing is run or recorded.
 async fn plan_switch(ctx: &Ctx, key: EnvKey, rollback: bool) -> Result<PlannedView> {
-    let (rec, host, _, observed) = observe_recorded(ctx, &key).await?;
+    let ((rec, host, _), observed) = observe_recorded(ctx, &key).await?;
     let p = switch_plan(&rec, &host, &observed, rollback)?;
     planned(ctx, PlanView::from(&p), vec![key])
 }
@@ -1436,13 +1502,59 @@ async fn switch(
 ) -> Result<OutcomeView> {
     let _claim = ctx.claim(vec![Work::Env(key.clone())]).await?;
     let store = &ctx.store;
-    let (rec, host, backends, observed) = observe_recorded(ctx, &key).await?;
+    let (rec, host, backends) = recorded_env(ctx, &key)?;
+    // Read before observing: an event during the observation makes it stale.
+    let epoch = ctx
+        .daemon
+        .as_ref()
+        .and_then(|d| d.controller.host_events().epoch(&host.name));
+    let kept = match &ctx.daemon {
+        Some(d) => d.warm.get(&key, &host.name, epoch, store)?,
+        None => None,
+    };
+    let (observed, parts) = match (backends.hosts.get(&host.name), kept) {
+        (Some(b), Some((parts, at))) => {
+            count_observation("warm");
+            let observed = reconcile::observe_env_warm(&host.name, b, parts.clone()).await;
+            (observed, Some((parts, at)))
+        }
+        (Some(b), None) => {
+            count_observation("fresh");
+            let at = std::time::Instant::now();
+            let (observed, parts) = reconcile::observe_env_parts(&host.name, b, &key).await;
+            (observed, parts.map(|p| (p, at)))
+        }
+        (None, _) => (reconcile::observe(&backends).await, None),
+    };
     reconcile::record_switch_modes(store, &observed)?;
     let p = switch_plan(&rec, &host, &observed, rollback)?;
     if let Some(expected) = expect {
-        check_fingerprint(expected, &PlanView::from(&p), store, &[key])?;
+        check_fingerprint(
+            expected,
+            &PlanView::from(&p),
+            store,
+            std::slice::from_ref(&key),
+        )?;
     }
     let report = reconcile::execute(&p, store, &backends, &HttpProber::new()).await?;
+    // Kept for the next switch when this one changed only records and kernel rules: Podman's
+    // containers and Caddy's routes are then as observed.
+    let only_rules = p.steps.iter().all(|s| {
+        matches!(
+            s.action,
+            plan::Action::Switch { .. } | plan::Action::SetService(_)
+        )
+    });
+    if let (Some(d), Some(epoch), Some((parts, at)), true, true) = (
+        &ctx.daemon,
+        epoch,
+        parts,
+        only_rules,
+        report.failures.is_empty(),
+    ) {
+        d.warm
+            .put(key, &host.name, at, epoch, store.journal_seq()?, parts);
+    }
     Ok(outcome(report, vec![]))
 }
 
@@ -1472,6 +1584,13 @@ fn switch_plan(
         plan::plan_promote(rec, host, view, now)
     };
     p.map_err(|e| Error::new(Code::Failed, e.to_string()))
+}
+
+fn count_observation(observation: &'static str) {
+    crate::metrics::metrics()
+        .switch_observations
+        .get_or_create(&crate::metrics::ObservationLabels { observation })
+        .inc();
 }
 
 /// Checks an image reference a request sends: bounded, printable, no whitespace.
@@ -1640,7 +1759,7 @@ async fn logs(ctx: &Ctx, key: EnvKey, slot: Option<Slot>, lines: usize) -> Resul
             "lines: must be between 1 and {MAX_LOG_LINES}"
         )));
     }
-    let (rec, host, backends, observed) = observe_recorded(ctx, &key).await?;
+    let ((rec, host, backends), observed) = observe_recorded(ctx, &key).await?;
     let slot = slot.or(rec.active).ok_or_else(|| {
         Error::not_found(format!(
             "{key} has no active slot; name one (blue or green)"

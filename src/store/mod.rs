@@ -41,6 +41,11 @@ const KEYS: TableDefinition<&str, &[u8]> = TableDefinition::new("keys");
 const AUTH_SECRET: TableDefinition<&str, &[u8]> = TableDefinition::new("auth_secret");
 /// The audit log by sequence number.
 const AUDIT: TableDefinition<u64, &[u8]> = TableDefinition::new("audit");
+/// Facts about the store itself: [`OWNER_ID`].
+const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+/// The store's random id, created with it: what its host owner marks carry (see
+/// `reconcile::connect::owner`).
+const OWNER_ID: &str = "owner-id";
 
 /// The last declared spec of each environment, by store key (see `declared`).
 const DECLARED: TableDefinition<&str, &[u8]> = TableDefinition::new("declared");
@@ -116,6 +121,7 @@ pub struct Store {
     db: Database,
     _lock: File,
     recorded: Cache,
+    dir: PathBuf,
 }
 
 /// The last [`Recorded`] read, decoded, with the write version it was read at. The daemon answers
@@ -171,6 +177,9 @@ impl Store {
                 && txn.open_table(KEYS).is_ok()
                 && txn.open_table(AUTH_SECRET).is_ok()
                 && txn.open_table(AUDIT).is_ok()
+                && txn
+                    .open_table(META)
+                    .is_ok_and(|t| t.get(OWNER_ID).is_ok_and(|v| v.is_some()))
         });
         if !exist {
             let txn = db.begin_write().map_err(storage)?;
@@ -184,13 +193,39 @@ impl Store {
             txn.open_table(KEYS).map_err(storage)?;
             txn.open_table(AUTH_SECRET).map_err(storage)?;
             txn.open_table(AUDIT).map_err(storage)?;
+            {
+                let mut meta = txn.open_table(META).map_err(storage)?;
+                if meta.get(OWNER_ID).map_err(storage)?.is_none() {
+                    let mut id = [0u8; 16];
+                    getrandom::fill(&mut id).expect("the OS gives random bytes");
+                    let hex: String = id.iter().map(|b| format!("{b:02x}")).collect();
+                    meta.insert(OWNER_ID, hex.as_bytes()).map_err(storage)?;
+                }
+            }
             txn.commit().map_err(storage)?;
         }
         Ok(Store {
             db,
             _lock: lock,
             recorded: Cache::default(),
+            dir: dir.to_path_buf(),
         })
+    }
+
+    /// The state directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The store's random id (see [`OWNER_ID`]).
+    pub fn owner_id(&self) -> Result<String> {
+        let txn = self.db.begin_read().map_err(storage)?;
+        let meta = txn.open_table(META).map_err(storage)?;
+        let id = meta
+            .get(OWNER_ID)
+            .map_err(storage)?
+            .map(|v| String::from_utf8_lossy(v.value()).into_owned());
+        Ok(id.unwrap_or_default())
     }
 
     /// Everything recorded, as the planner reads it.
@@ -262,52 +297,28 @@ impl Store {
     ///
     /// # Errors
     /// `Conflict` when the record moved since `expected` was read.
-    pub fn put_env(&self, mut rec: EnvRecord, expected: Option<u64>) -> Result<EnvRecord> {
-        let sk = rec.key.store_key();
-        let txn = self.db.begin_write().map_err(storage)?;
-        {
-            let mut table = txn.open_table(ENVS).map_err(storage)?;
-            let found = match table.get(sk.as_str()).map_err(storage)? {
-                Some(v) => Some(decode::<EnvRecord>(&sk, v.value())?.generation),
-                None => None,
-            };
-            if found != expected {
-                return Err(Error::Conflict {
-                    key: sk,
-                    expected,
-                    found,
-                });
-            }
-            rec.generation = found.map_or(1, |g| g + 1);
-            let bytes = serde_json::to_vec(&rec).expect("records serialize");
-            table
-                .insert(sk.as_str(), bytes.as_slice())
-                .map_err(storage)?;
-        }
-        self.commit_records(txn)?;
+    pub fn put_env(&self, rec: EnvRecord, expected: Option<u64>) -> Result<EnvRecord> {
+        let mut w = self.write()?;
+        let rec = w.put_env(rec, expected)?;
+        w.commit()?;
         Ok(rec)
     }
 
     /// Deletes a record if its generation is `expected`.
     pub fn delete_env(&self, key: &EnvKey, expected: Option<u64>) -> Result<()> {
-        let sk = key.store_key();
-        let txn = self.db.begin_write().map_err(storage)?;
-        {
-            let mut table = txn.open_table(ENVS).map_err(storage)?;
-            let found = match table.get(sk.as_str()).map_err(storage)? {
-                Some(v) => Some(decode::<EnvRecord>(&sk, v.value())?.generation),
-                None => None,
-            };
-            if found.is_some() && found != expected {
-                return Err(Error::Conflict {
-                    key: sk,
-                    expected,
-                    found,
-                });
-            }
-            table.remove(sk.as_str()).map_err(storage)?;
-        }
-        self.commit_records(txn)
+        let mut w = self.write()?;
+        w.delete_env(key, expected)?;
+        w.commit()
+    }
+
+    /// A transaction of record writes and journal entries that commits (one fsync) when
+    /// [`Writer::commit`] is called, and changes nothing when dropped without it.
+    pub fn write(&self) -> Result<Writer<'_>> {
+        Ok(Writer {
+            store: self,
+            txn: self.db.begin_write().map_err(storage)?,
+            records: false,
+        })
     }
 
     /// Records the hosts the manifests name (so that `delete` works without manifests). Writes only
@@ -363,14 +374,32 @@ impl Store {
     }
 
     /// Appends to the journal; returns the entry's sequence number.
-    pub fn journal(&self, mut entry: JournalEntry) -> Result<u64> {
-        let txn = self.db.begin_write().map_err(storage)?;
-        let seq = audit::append(&mut txn.open_table(JOURNAL).map_err(storage)?, |seq| {
-            entry.seq = seq;
-            serde_json::to_vec(&entry).expect("journal entries serialize")
-        })?;
-        txn.commit().map_err(storage)?;
+    pub fn journal(&self, entry: JournalEntry) -> Result<u64> {
+        let mut w = self.write()?;
+        let seq = w.journal(entry)?;
+        w.commit()?;
         Ok(seq)
+    }
+
+    /// The sequence number of the journal's last entry (0 when empty): what a later
+    /// [`Store::journaled_since`] compares against.
+    pub fn journal_seq(&self) -> Result<u64> {
+        let txn = self.db.begin_read().map_err(storage)?;
+        let table = txn.open_table(JOURNAL).map_err(storage)?;
+        let last = table.last().map_err(storage)?.map_or(0, |(k, _)| k.value());
+        Ok(last)
+    }
+
+    /// The journal entries after `seq`, oldest first.
+    pub fn journaled_since(&self, seq: u64) -> Result<Vec<JournalEntry>> {
+        let txn = self.db.begin_read().map_err(storage)?;
+        let table = txn.open_table(JOURNAL).map_err(storage)?;
+        let mut out = Vec::new();
+        for item in table.range(seq.saturating_add(1)..).map_err(storage)? {
+            let (k, v) = item.map_err(storage)?;
+            out.push(decode(&k.value().to_string(), v.value())?);
+        }
+        Ok(out)
     }
 
     /// The journal, oldest first, optionally only one project's entries.
@@ -396,6 +425,87 @@ impl Store {
             .into_iter()
             .filter(|e| e.phase == Phase::Intent && !done.contains(&e.seq))
             .collect())
+    }
+}
+
+/// One write transaction of the store (see [`Store::write`]).
+pub struct Writer<'s> {
+    store: &'s Store,
+    txn: redb::WriteTransaction,
+    /// Whether a record changed, so that the commit invalidates [`Store::recorded`].
+    records: bool,
+}
+
+impl Writer<'_> {
+    /// As [`Store::env`], as this transaction sees it.
+    pub fn env(&self, key: &EnvKey) -> Result<Option<EnvRecord>> {
+        let table = self.txn.open_table(ENVS).map_err(storage)?;
+        let sk = key.store_key();
+        let v = table.get(sk.as_str()).map_err(storage)?;
+        v.map(|v| decode(&sk, v.value())).transpose()
+    }
+
+    /// As [`Store::put_env`], inside this transaction.
+    pub fn put_env(&mut self, mut rec: EnvRecord, expected: Option<u64>) -> Result<EnvRecord> {
+        let sk = rec.key.store_key();
+        let mut table = self.txn.open_table(ENVS).map_err(storage)?;
+        let found = generation(&table, &sk)?;
+        if found != expected {
+            return Err(Error::Conflict {
+                key: sk,
+                expected,
+                found,
+            });
+        }
+        rec.generation = found.map_or(1, |g| g + 1);
+        let bytes = serde_json::to_vec(&rec).expect("records serialize");
+        table
+            .insert(sk.as_str(), bytes.as_slice())
+            .map_err(storage)?;
+        self.records = true;
+        Ok(rec)
+    }
+
+    /// As [`Store::delete_env`], inside this transaction.
+    pub fn delete_env(&mut self, key: &EnvKey, expected: Option<u64>) -> Result<()> {
+        let sk = key.store_key();
+        let mut table = self.txn.open_table(ENVS).map_err(storage)?;
+        let found = generation(&table, &sk)?;
+        if found.is_some() && found != expected {
+            return Err(Error::Conflict {
+                key: sk,
+                expected,
+                found,
+            });
+        }
+        table.remove(sk.as_str()).map_err(storage)?;
+        self.records = true;
+        Ok(())
+    }
+
+    /// As [`Store::journal`], inside this transaction; returns the entry's sequence number.
+    pub fn journal(&mut self, mut entry: JournalEntry) -> Result<u64> {
+        audit::append(&mut self.txn.open_table(JOURNAL).map_err(storage)?, |seq| {
+            entry.seq = seq;
+            serde_json::to_vec(&entry).expect("journal entries serialize")
+        })
+    }
+
+    /// Commits everything written, at once.
+    pub fn commit(self) -> Result<()> {
+        if self.records {
+            self.store.commit_records(self.txn)
+        } else {
+            self.txn.commit().map_err(storage)
+        }
+    }
+}
+
+/// The generation of the record stored under `sk`, if any.
+fn generation(table: &redb::Table<&str, &[u8]>, sk: &str) -> Result<Option<u64>> {
+    match table.get(sk).map_err(storage)? {
+        Some(v) => Ok(Some(decode::<EnvRecord>(sk, v.value())?.generation)),
+        None => Ok(None),
     }
 }
 

@@ -93,6 +93,7 @@ impl Fixture {
                 proxy: world.clone(),
                 kernel: world.clone(),
                 publish: Some(std::net::Ipv4Addr::LOCALHOST),
+                owner: None,
             },
         )]));
         backends.zones.insert(ZONE.into(), dns.clone());
@@ -615,6 +616,7 @@ fn a_dry_run_plan_shows_dns_changes_and_never_a_key() {
                 kernel: crate::plan::KernelObservation::Unavailable {
                     reason: "test".into(),
                 },
+                owner: Default::default(),
             },
         )]),
         zones: BTreeMap::from([(ZONE.into(), ZoneObservation::Missing)]),
