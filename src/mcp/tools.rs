@@ -617,7 +617,7 @@ async fn logs(ctx: &Ctx, a: LogsArgs) -> Result<CallToolResult, Fail> {
         l.slot
     );
     for line in &l.lines {
-        out.push_str(&service::sanitize(line));
+        out.push_str(&bounded(&service::sanitize(line)));
         out.push('\n');
     }
     out.push_str(">>>application-output\n");
@@ -655,6 +655,18 @@ async fn plan(ctx: &Ctx, a: PlanArgs) -> Result<CallToolResult, Fail> {
         _ => Err(Fail::Args(
             "give either manifests, or project and image (and optionally environment)".into(),
         )),
+    }
+}
+
+/// The longest log line an agent gets, in characters: a line of an app that logs a whole
+/// request body must not fill the agent's context (1,000 such lines are still 2 MB).
+const MAX_LINE_CHARS: usize = 2000;
+
+/// `line`, cut at [`MAX_LINE_CHARS`] with a note of how much was left out.
+fn bounded(line: &str) -> std::borrow::Cow<'_, str> {
+    match line.char_indices().nth(MAX_LINE_CHARS) {
+        None => line.into(),
+        Some((at, _)) => format!("{}… ({} more bytes)", &line[..at], line.len() - at).into(),
     }
 }
 
@@ -879,6 +891,20 @@ mod tests {
                 "{t}"
             );
         }
+    }
+
+    #[test]
+    fn a_long_log_line_is_cut_with_what_was_left_out_and_a_short_one_is_kept() {
+        assert_eq!(bounded("short"), "short");
+        let exact = "é".repeat(MAX_LINE_CHARS);
+        assert_eq!(bounded(&exact), exact.as_str());
+        let long = format!("{exact}tail");
+        let cut = bounded(&long);
+        assert!(
+            cut.starts_with(&exact) && cut.ends_with("… (4 more bytes)"),
+            "{}",
+            &cut[cut.len() - 30..]
+        );
     }
 
     #[tokio::test]
