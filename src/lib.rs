@@ -11,6 +11,7 @@ pub mod backend;
 pub mod cli;
 pub mod config;
 pub mod daemon;
+pub mod mcp;
 pub mod metrics;
 pub mod model;
 pub mod plan;

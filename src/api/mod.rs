@@ -6,6 +6,8 @@
 //! - `POST /api/tool` with `{"tool": NAME, ...}`: the original platform's interface.
 //! - `/api/v1/...`: REST over the same services, described by `GET /api/v1/openapi.json`
 //!   (generated from these handlers and the view types: no hand-written copy).
+//! - `/mcp`: MCP's streamable HTTP transport (`crate::mcp::http`), behind the same key check,
+//!   limits and audit.
 //!
 //! Bounded: bodies at most 4 MiB (413), headers within 10 s and bodies within 30 s of the request
 //! (a client that trickles is cut off and holds no task long), at most 256 connections at once,
@@ -77,15 +79,25 @@ pub struct Api {
     /// The API is published through Caddy (`--publish`): a request from loopback carries the
     /// client's address in `X-Forwarded-For`, which Caddy sets.
     pub trust_forwarded: bool,
+    /// `/mcp` (see `crate::mcp::http`).
+    pub mcp: crate::mcp::http::Endpoint,
 }
 
 impl Api {
-    pub fn new(ctx: Ctx, rate: RateLimit, health: HealthSource, trust_forwarded: bool) -> Api {
+    /// The API of `ctx`'s daemon; `published` is the hostname of `--publish`, under which `/mcp`
+    /// answers too (besides loopback names).
+    pub fn new(ctx: Ctx, rate: RateLimit, health: HealthSource, published: Option<&str>) -> Api {
+        let allowed = crate::mcp::http::Allowed::new(published);
+        let mcp = crate::mcp::http::Endpoint {
+            service: crate::mcp::http::service(ctx.clone(), health.clone(), &allowed),
+            allowed,
+        };
         Api {
             ctx,
             limits: Arc::new(auth::Limits::new(rate)),
             health,
-            trust_forwarded,
+            trust_forwarded: published.is_some(),
+            mcp,
         }
     }
 }

@@ -128,6 +128,7 @@ pub fn router(api: Api) -> Router {
         .route("/api/v1/apply", post(apply))
         .route("/api/v1/audit", get(audit))
         .route("/api/tool", post(tool))
+        .route("/mcp", axum::routing::any(crate::mcp::http::handle))
         .route_layer(axum::middleware::from_fn(count))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
@@ -204,6 +205,7 @@ fn answer(res: Res) -> Response {
         Res::Audit(v) => Json(v).into_response(),
         Res::Keys(v) => Json(v).into_response(),
         Res::KeyRevoked(v) => Json(v).into_response(),
+        Res::Planned(v) => Json(v).into_response(),
         // Keys are made with the CLI only; never answered over HTTP.
         Res::KeyCreated { .. } => ApiError::new(500, "failed", "unexpected result").into_response(),
     }

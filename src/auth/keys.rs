@@ -188,6 +188,25 @@ impl HmacSecret {
         KeyTag(self.mac(key).finalize().into_bytes().into())
     }
 
+    /// HMAC-SHA256 of `parts`, each length-prefixed (so that no two lists of parts sign alike).
+    pub(crate) fn sign(&self, parts: &[&[u8]]) -> [u8; 32] {
+        self.mac_parts(parts).finalize().into_bytes().into()
+    }
+
+    /// Whether `tag` starts `parts`' HMAC (at least 16 bytes), compared in constant time.
+    pub(crate) fn verify_signed(&self, parts: &[&[u8]], tag: &[u8]) -> bool {
+        tag.len() >= 16 && self.mac_parts(parts).verify_truncated_left(tag).is_ok()
+    }
+
+    fn mac_parts(&self, parts: &[&[u8]]) -> Hmac<Sha256> {
+        let mut mac = Hmac::<Sha256>::new_from_slice(&self.0).expect("HMAC takes any key length");
+        for part in parts {
+            mac.update(&(part.len() as u64).to_be_bytes());
+            mac.update(part);
+        }
+        mac
+    }
+
     /// Whether `key` hashes to `tag`, compared in constant time.
     pub(crate) fn verify(&self, key: &str, tag: &KeyTag) -> bool {
         self.mac(key).verify_slice(&tag.0).is_ok()

@@ -29,11 +29,32 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
         }
         _ => {}
     }
+    if let Command::Mcp {
+        server: Some(url), ..
+    } = &cli.command
+    {
+        let key = std::env::var(API_KEY_VAR).map_err(|_| {
+            Failure::invalid(format!(
+                "codeb mcp --server needs an API key in {API_KEY_VAR} (see codeb key create)"
+            ))
+        })?;
+        crate::mcp::socket::stdio_to_http(url, key.trim()).await?;
+        return Ok(0);
+    }
     let state_dir = cli
         .state_dir
         .clone()
         .or_else(default_state_dir)
         .ok_or_else(|| Failure::invalid(NO_STATE_DIR))?;
+    if let Command::Mcp { server: None } = &cli.command {
+        return match crate::mcp::socket::stdio_to_socket(&state_dir).await {
+            Ok(()) => Ok(0),
+            Err(e @ crate::mcp::socket::Error::NoDaemon { .. }) => {
+                Err(Failure::unconverged(e.to_string()).into())
+            }
+            Err(e) => Err(e.into()),
+        };
+    }
     let (args, listen, rate, publish) = match cli.command {
         Command::Watch(args) => (args, None, crate::api::RateLimit::default(), None),
         Command::Serve(s) => (
@@ -67,6 +88,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
     .map_err(Failure::from)?;
     Ok(0)
 }
+
+/// Where `codeb mcp --server` finds its API key (never on the command line, where `ps` shows it).
+const API_KEY_VAR: &str = "CODEB_API_KEY";
 
 /// This build of codeb (the daemon's own version is not asked for yet).
 #[derive(serde::Serialize)]
@@ -162,8 +186,8 @@ fn uid() -> u32 {
 fn request(command: Command) -> anyhow::Result<(Request, Format)> {
     Ok(match command {
         Command::Watch(_) | Command::Serve(_) => unreachable!("the daemon is run, not requested"),
-        Command::Version { .. } | Command::Completion { .. } => {
-            unreachable!("answered by `run` without a store")
+        Command::Version { .. } | Command::Completion { .. } | Command::Mcp { .. } => {
+            unreachable!("answered by `run` without a request")
         }
         Command::Apply {
             files,

@@ -142,6 +142,16 @@ pub enum Command {
         #[command(flatten)]
         output: Output,
     },
+    /// Serve MCP on stdin/stdout for an AI agent (Claude Code: `claude mcp add codeb -- codeb mcp`),
+    /// through the running codeb serve or watch: its socket, or --server URL.
+    #[command(
+        after_help = "Examples:\n  codeb mcp                                   # through the local daemon's socket (as this user)\n  CODEB_API_KEY=codeb_developer_… codeb mcp --server https://api.example.com\n\nThe key for --server is read from CODEB_API_KEY, never from the command line.\nExit 0 when stdin ends; 1 when no daemon answers on the state directory's socket; 2 for --server without CODEB_API_KEY."
+    )]
+    Mcp {
+        /// A codeb serve to talk to (its base URL, or its /mcp), with the key in CODEB_API_KEY.
+        #[arg(long, value_name = "URL")]
+        server: Option<String>,
+    },
     /// Create, list and revoke API keys for `codeb serve`.
     #[command(subcommand)]
     Key(KeyCommand),

@@ -29,6 +29,7 @@ pub fn render(response: &Response, format: Format, out: &mut dyn Write) -> anyho
             Response::Keys(v) => data(out, v, format),
             Response::KeyRevoked(v) => data(out, v, format),
             Response::Audit(v) => data(out, v, format),
+            Response::Planned(v) => data(out, v, format),
         };
     }
     match response {
@@ -56,6 +57,11 @@ pub fn render(response: &Response, format: Format, out: &mut dyn Write) -> anyho
             }
         },
         Response::Diff(p) => plan(p, out),
+        Response::Planned(p) => {
+            plan(&p.plan, out)?;
+            writeln!(out, "fingerprint {}", p.fingerprint)?;
+            Ok(())
+        }
         Response::Outcome(o) => outcome(o, out),
         Response::Project(p) => describe(p, out),
         Response::Logs(l) => {
@@ -198,36 +204,12 @@ fn data<T: Serialize>(out: &mut dyn Write, v: &T, format: Format) -> anyhow::Res
 }
 
 fn plan(p: &PlanView, out: &mut dyn Write) -> anyhow::Result<()> {
-    for step in &p.steps {
-        writeln!(out, "  {step}")?;
-    }
-    for note in &p.notes {
-        let mark = if note.problem { "!" } else { "·" };
-        writeln!(out, "{mark} {}", note.text)?;
-    }
+    write!(out, "{p}")?;
     Ok(())
 }
 
 fn outcome(o: &OutcomeView, out: &mut dyn Write) -> anyhow::Result<()> {
-    for step in &o.executed {
-        writeln!(out, "✓ {step}")?;
-    }
-    for f in &o.failures {
-        writeln!(out, "✗ {}: {}", f.step, f.error)?;
-    }
-    for note in &o.notes {
-        let mark = if note.problem { "!" } else { "·" };
-        writeln!(out, "{mark} {}", note.text)?;
-    }
-    if o.converged {
-        if o.executed.is_empty() {
-            writeln!(out, "converged: nothing to do")?;
-        } else {
-            writeln!(out, "converged")?;
-        }
-    } else {
-        writeln!(out, "not converged")?;
-    }
+    write!(out, "{o}")?;
     Ok(())
 }
 

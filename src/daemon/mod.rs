@@ -6,6 +6,7 @@
 //!  resync timer ──────────────┼─ manifests: reload; keep the last valid ─┐
 //!  Podman events (per host) ──┼──────────────────────────────────────────┼─> controller queue
 //!  unix socket (the CLI) ─────┼─ service requests: claims ───────────────┘     (reconcile::controller)
+//!  MCP socket (codeb mcp) ────┤
 //!  HTTP (codeb serve) ────────┘
 //! ```
 //!
@@ -190,9 +191,22 @@ pub async fn run(args: Config) -> Result<(), Error> {
         daemon: Some(daemon.clone()),
         ..Ctx::local(store.clone(), Caller::internal(), operator.clone())
     };
+    let health = health_source(handle.clone(), watched.clone(), args.resync);
+    let mcp_listener = crate::mcp::socket::bind(&state_dir).map_err(|e| {
+        Error::failed(format!(
+            "binding {}: {e}",
+            state_dir.join(crate::mcp::socket::SOCKET).display()
+        ))
+    })?;
+    let mcp = tokio::spawn(crate::mcp::socket::serve(
+        mcp_listener,
+        ctx.clone(),
+        health.clone(),
+        shutdown.clone(),
+    ));
     let api = http.map(|listener| {
-        let health = health_source(handle.clone(), watched.clone(), args.resync);
-        let api = crate::api::Api::new(ctx.clone(), args.rate, health, args.publish.is_some());
+        let published = args.publish.as_ref().map(|p| p.hostname.as_str());
+        let api = crate::api::Api::new(ctx.clone(), args.rate, health.clone(), published);
         tokio::spawn(forget_quiet_clients(api.limits.clone(), shutdown.clone()));
         if let Ok(addr) = listener.local_addr() {
             info!(%addr, "codeb serve answers HTTP");
@@ -256,9 +270,11 @@ pub async fn run(args: Config) -> Result<(), Error> {
     if let Some(api) = api {
         let _ = tokio::time::timeout_at(deadline, api).await;
     }
+    let _ = tokio::time::timeout_at(deadline, mcp).await;
     manifests.abort();
     pumps.abort();
     let _ = std::fs::remove_file(state_dir.join(socket::SOCKET));
+    let _ = std::fs::remove_file(state_dir.join(crate::mcp::socket::SOCKET));
     info!("codeb watch stopped");
     Ok(())
 }

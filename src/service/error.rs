@@ -21,6 +21,9 @@ pub enum Code {
     Forbidden,
     /// The environment is claimed by another request, or the loop is stopping. Exit 1, HTTP 409.
     Busy,
+    /// A change confirmed with a plan's fingerprint found the state changed since that plan:
+    /// nothing was done; plan again. Exit 1, HTTP 409.
+    Conflict,
     /// A host or zone could not be reached. Exit 1, HTTP 503.
     Unavailable,
     /// Anything else that stopped the request (the store failed). Exit 1, HTTP 500.
@@ -62,12 +65,15 @@ impl Error {
     pub fn busy(message: impl Into<String>) -> Self {
         Self::new(Code::Busy, message)
     }
+    pub fn conflict(message: impl Into<String>) -> Self {
+        Self::new(Code::Conflict, message)
+    }
 
     /// The CLI's exit code (see `cli`'s table): 2 for a mistake in the input, 1 otherwise.
     pub fn exit_code(&self) -> u8 {
         match self.code {
             Code::Invalid | Code::NotFound | Code::Unauthorized | Code::Forbidden => 2,
-            Code::Busy | Code::Unavailable | Code::Failed => 1,
+            Code::Busy | Code::Conflict | Code::Unavailable | Code::Failed => 1,
         }
     }
 
@@ -78,7 +84,7 @@ impl Error {
             Code::Unauthorized => 401,
             Code::Forbidden => 403,
             Code::NotFound => 404,
-            Code::Busy => 409,
+            Code::Busy | Code::Conflict => 409,
             Code::Failed => 500,
             Code::Unavailable => 503,
         }

@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 pub use error::{Code, Error, Result};
-use view::{ApplyView, LogsView, OutcomeView, PlanView, ProjectView};
+use view::{ApplyView, LogsView, OutcomeView, PlanView, PlannedView, ProjectView};
 
 use crate::auth::{self, AuditEntry, AuditRetention, Caller, KeyRecord, Permission, Role};
 use crate::backend::Runtime;
@@ -138,6 +138,91 @@ pub enum Request {
         #[serde(default)]
         limit: Option<usize>,
     },
+    /// The plan `change` would carry out now, and the fingerprint of the state it was computed
+    /// from (see [`PlannedView`]). Changes nothing; needs only `read`.
+    Plan {
+        change: Change,
+    },
+    /// Carries out `change` only if, under the claim of what it acts on, the state's fingerprint
+    /// is still `fingerprint` (the one its plan was shown with): a plan confirmed by someone is
+    /// never carried out on a state they did not see. Otherwise `Conflict`, nothing done.
+    Guarded {
+        change: Change,
+        fingerprint: String,
+    },
+}
+
+/// A change that can be planned first and carried out later, unchanged: what MCP's two-step
+/// tools plan and then confirm ([`Request::Plan`], [`Request::Guarded`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "change", rename_all = "kebab-case")]
+pub enum Change {
+    Deploy {
+        project: String,
+        environment: String,
+        image: String,
+    },
+    Promote {
+        project: String,
+        environment: String,
+    },
+    Rollback {
+        project: String,
+        environment: String,
+    },
+    /// Apply manifests; with `prune`, remove the recorded environments of `prune_projects`
+    /// (at least one: a confirmed plan names what it removes) that they do not declare.
+    Apply {
+        manifests: Vec<Source>,
+        #[serde(default)]
+        prune: bool,
+        #[serde(default)]
+        prune_projects: Vec<String>,
+    },
+}
+
+impl Change {
+    /// The request that makes this change unguarded: its permissions, project and name are the
+    /// change's.
+    pub fn request(&self) -> Request {
+        match self.clone() {
+            Change::Deploy {
+                project,
+                environment,
+                image,
+            } => Request::Deploy {
+                project,
+                environment,
+                image,
+            },
+            Change::Promote {
+                project,
+                environment,
+            } => Request::Promote {
+                project,
+                environment,
+            },
+            Change::Rollback {
+                project,
+                environment,
+            } => Request::Rollback {
+                project,
+                environment,
+            },
+            Change::Apply {
+                manifests,
+                prune,
+                prune_projects,
+            } => Request::Apply {
+                manifests,
+                dry_run: false,
+                prune,
+                allow_empty: false,
+                confirm: None,
+                prune_projects,
+            },
+        }
+    }
 }
 
 fn default_lines() -> usize {
@@ -153,6 +238,12 @@ impl Request {
     /// The project the request acts on, when it names one (for authorization and the audit).
     pub fn project(&self) -> Option<&str> {
         match self {
+            Request::Plan { change } | Request::Guarded { change, .. } => match change {
+                Change::Deploy { project, .. }
+                | Change::Promote { project, .. }
+                | Change::Rollback { project, .. } => Some(project),
+                Change::Apply { .. } => None,
+            },
             Request::Describe { project }
             | Request::Promote { project, .. }
             | Request::Rollback { project, .. }
@@ -165,6 +256,12 @@ impl Request {
     /// The environment the request acts on, when it names one.
     pub fn environment(&self) -> Option<&str> {
         match self {
+            Request::Plan { change } | Request::Guarded { change, .. } => match change {
+                Change::Deploy { environment, .. }
+                | Change::Promote { environment, .. }
+                | Change::Rollback { environment, .. } => Some(environment),
+                Change::Apply { .. } => None,
+            },
             Request::Promote { environment, .. }
             | Request::Rollback { environment, .. }
             | Request::Deploy { environment, .. }
@@ -191,6 +288,17 @@ impl Request {
             Request::KeyRevoke { .. } => "key revoke",
             Request::HostAdopt { .. } => "host adopt",
             Request::Audit { .. } => "audit",
+            Request::Plan { change } => match change {
+                Change::Deploy { .. } => "plan deploy",
+                Change::Promote { .. } => "plan promote",
+                Change::Rollback { .. } => "plan rollback",
+                Change::Apply { prune: true, .. } => "plan apply --prune",
+                Change::Apply { .. } => "plan apply",
+            },
+            Request::Guarded { change, .. } => match change {
+                Change::Apply { prune: true, .. } => "apply --prune",
+                other => other.request().op(),
+            },
         }
     }
 
@@ -214,6 +322,8 @@ impl Request {
             }
             Request::HostAdopt { .. } => vec![Permission::HostsWrite],
             Request::Audit { .. } => vec![Permission::AuditRead],
+            Request::Plan { .. } => vec![Permission::Read],
+            Request::Guarded { change, .. } => change.request().permissions(),
         }
     }
 
@@ -227,7 +337,8 @@ impl Request {
             | Request::Deploy { .. }
             | Request::KeyCreate { .. }
             | Request::KeyRevoke { .. }
-            | Request::HostAdopt { .. } => true,
+            | Request::HostAdopt { .. }
+            | Request::Guarded { .. } => true,
             _ => false,
         }
     }
@@ -254,6 +365,8 @@ pub enum Response {
     Keys(Vec<KeyRecord>),
     KeyRevoked(KeyRecord),
     Audit(Vec<AuditEntry>),
+    /// A change's plan and the fingerprint that confirms it ([`Request::Plan`]).
+    Planned(PlannedView),
 }
 
 impl Response {
@@ -272,6 +385,7 @@ impl Response {
             },
             Response::Diff(p) if p.unobserved() => 3,
             Response::Diff(p) => u8::from(!p.steps.is_empty() || p.has_problems()),
+            Response::Planned(p) => u8::from(p.plan.has_problems()),
             Response::Outcome(o) => u8::from(!o.converged),
             _ => 0,
         }
@@ -412,6 +526,9 @@ pub struct Ctx {
     pub retention: AuditRetention,
     /// The operator's configuration: the endpoints and key variables manifests may name.
     pub config: Arc<crate::config::Config>,
+    /// How the audit names the action, when the front end names it itself (MCP: `mcp:deploy`,
+    /// the tool); otherwise the request's [`Request::op`].
+    pub action: Option<String>,
 }
 
 impl Ctx {
@@ -446,6 +563,7 @@ impl Ctx {
             caller,
             retention: AuditRetention::default(),
             config,
+            action: None,
         }
     }
 
@@ -464,7 +582,8 @@ impl Ctx {
     }
 
     fn entry(&self, req: &Request) -> AuditEntry {
-        let mut entry = AuditEntry::new(reconcile::now_ms(), &self.caller, req.op());
+        let action = self.action.as_deref().unwrap_or(req.op());
+        let mut entry = AuditEntry::new(reconcile::now_ms(), &self.caller, action);
         entry.project = req.project().map(str::to_string);
         entry.environment = req.environment().map(str::to_string);
         entry
@@ -491,6 +610,16 @@ impl Ctx {
                 .ok_or_else(|| Error::busy("codeb is stopping; nothing was done")),
         }
     }
+}
+
+/// Records in the audit log that a front end refused `req` for `ctx.caller` before it reached a
+/// use case (an MCP confirmation that was not made for it, say), with `reason`.
+pub fn record_refusal(ctx: &Ctx, req: &Request, reason: &str) {
+    let mut entry = ctx.entry(req);
+    entry.outcome = auth::Outcome::Failed {
+        message: format!("refused: {reason}"),
+    };
+    ctx.record(entry);
 }
 
 /// Checks whether `ctx.caller` may make `req` (its permissions, for the project it names),
@@ -564,6 +693,7 @@ fn targets(req: &Request) -> Vec<String> {
         Request::Audit {
             project: Some(p), ..
         } => vec![p.clone()],
+        Request::Plan { change } | Request::Guarded { change, .. } => targets(&change.request()),
         _ => vec![],
     }
 }
@@ -594,23 +724,28 @@ async fn run(ctx: &Ctx, req: Request) -> Result<Response> {
                 confirm,
                 projects: prune_projects.into_iter().collect(),
             });
-            apply(ctx, &manifests, dry_run, prune.as_ref())
+            apply(ctx, &manifests, dry_run, prune.as_ref(), None)
                 .await
-                .map(Response::Apply)
+                .map(|(view, _)| Response::Apply(view))
         }
+        Request::Plan { change } => plan_change(ctx, change).await.map(Response::Planned),
+        Request::Guarded {
+            change,
+            fingerprint,
+        } => run_guarded(ctx, change, &fingerprint).await,
         Request::Diff { manifests } => diff(ctx, &manifests).await.map(Response::Diff),
         Request::Get { what } => get(ctx, what),
         Request::Describe { project } => describe(ctx, &project).map(Response::Project),
         Request::Promote {
             project,
             environment,
-        } => switch(ctx, EnvKey::new(project, environment), false)
+        } => switch(ctx, EnvKey::new(project, environment), false, None)
             .await
             .map(Response::Outcome),
         Request::Rollback {
             project,
             environment,
-        } => switch(ctx, EnvKey::new(project, environment), true)
+        } => switch(ctx, EnvKey::new(project, environment), true, None)
             .await
             .map(Response::Outcome),
         Request::Delete {
@@ -624,7 +759,7 @@ async fn run(ctx: &Ctx, req: Request) -> Result<Response> {
             project,
             environment,
             image,
-        } => deploy(ctx, EnvKey::new(project, environment), &image)
+        } => deploy(ctx, EnvKey::new(project, environment), &image, None)
             .await
             .map(Response::Outcome),
         Request::Logs {
@@ -682,6 +817,136 @@ async fn run(ctx: &Ctx, req: Request) -> Result<Response> {
 
 /// The most audit entries one request returns.
 pub const MAX_AUDIT_ENTRIES: usize = 10_000;
+
+/// The prune of a change: only the named projects' environments (a confirmed plan names what it
+/// may remove, so no count is needed; see [`Prune`]).
+fn change_prune(prune: bool, projects: Vec<String>) -> Result<Option<Prune>> {
+    if !prune {
+        return Ok(None);
+    }
+    if projects.is_empty() {
+        return Err(Error::invalid(
+            "a planned prune names the projects whose environments it may remove (prune_projects)",
+        ));
+    }
+    Ok(Some(Prune {
+        projects: projects.into_iter().collect(),
+        ..Prune::default()
+    }))
+}
+
+/// [`Request::Plan`]: the change's plan as a dry run computes it, and its fingerprint.
+async fn plan_change(ctx: &Ctx, change: Change) -> Result<PlannedView> {
+    match change {
+        Change::Deploy {
+            project,
+            environment,
+            image,
+        } => plan_deploy(ctx, EnvKey::new(project, environment), &image).await,
+        Change::Promote {
+            project,
+            environment,
+        } => plan_switch(ctx, EnvKey::new(project, environment), false).await,
+        Change::Rollback {
+            project,
+            environment,
+        } => plan_switch(ctx, EnvKey::new(project, environment), true).await,
+        Change::Apply {
+            manifests,
+            prune,
+            prune_projects,
+        } => {
+            let prune = change_prune(prune, prune_projects)?;
+            let (view, keys) = apply(ctx, &manifests, true, prune.as_ref(), None).await?;
+            planned(ctx, view.plan, keys)
+        }
+    }
+}
+
+/// [`Request::Guarded`]: the change, carried out only if its fingerprint still holds.
+async fn run_guarded(ctx: &Ctx, change: Change, expected: &str) -> Result<Response> {
+    let expect = Some(expected);
+    match change {
+        Change::Deploy {
+            project,
+            environment,
+            image,
+        } => deploy(ctx, EnvKey::new(project, environment), &image, expect)
+            .await
+            .map(Response::Outcome),
+        Change::Promote {
+            project,
+            environment,
+        } => switch(ctx, EnvKey::new(project, environment), false, expect)
+            .await
+            .map(Response::Outcome),
+        Change::Rollback {
+            project,
+            environment,
+        } => switch(ctx, EnvKey::new(project, environment), true, expect)
+            .await
+            .map(Response::Outcome),
+        Change::Apply {
+            manifests,
+            prune,
+            prune_projects,
+        } => {
+            let prune = change_prune(prune, prune_projects)?;
+            apply(ctx, &manifests, false, prune.as_ref(), expect)
+                .await
+                .map(|(view, _)| Response::Apply(view))
+        }
+    }
+}
+
+/// A plan with the fingerprint of the state it was computed from.
+fn planned(ctx: &Ctx, plan: PlanView, keys: Vec<EnvKey>) -> Result<PlannedView> {
+    Ok(PlannedView {
+        fingerprint: fingerprint(&plan, &ctx.store, &keys)?,
+        environments: keys.iter().map(EnvKey::to_string).collect(),
+        plan,
+    })
+}
+
+/// The fingerprint of the state a plan was computed from: the plan as shown (its steps and
+/// notes), and, for each environment it concerns, the record's generation (bumped by every
+/// write, untouched while the loop finds nothing to do) and its release override. Equal
+/// fingerprints: the same plan from the same records. No env value is hashed (a release's is
+/// covered by the generation), so a fingerprint tells nothing about one.
+///
+/// 128 bits of SHA-256, hex.
+fn fingerprint(plan: &PlanView, store: &Store, keys: &[EnvKey]) -> Result<String> {
+    use sha2::{Digest, Sha256};
+    let overrides = store.overrides()?;
+    let mut h = Sha256::new();
+    h.update(serde_json::to_vec(plan).expect("plans serialize"));
+    for key in keys {
+        let generation = store.env(key)?.map(|r| r.generation);
+        let part = (key.to_string(), generation, overrides.get(key));
+        h.update(serde_json::to_vec(&part).expect("records serialize"));
+    }
+    Ok(h.finalize()[..16]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect())
+}
+
+/// Refuses a guarded change whose state no longer has the fingerprint its plan was shown with.
+fn check_fingerprint(
+    expected: &str,
+    plan: &PlanView,
+    store: &Store,
+    keys: &[EnvKey],
+) -> Result<()> {
+    if fingerprint(plan, store, keys)? == expected {
+        return Ok(());
+    }
+    let what: Vec<String> = keys.iter().map(EnvKey::to_string).collect();
+    Err(Error::conflict(format!(
+        "{} changed since the plan was made (a deploy, a promote or the loop acted on it); nothing was done: plan again",
+        if what.is_empty() { "the state".to_string() } else { what.join(", ") }
+    )))
+}
 
 fn key_error(e: crate::store::KeyError) -> Error {
     match e {
@@ -754,12 +1019,15 @@ fn connect_or_invalid<'a>(
     Ok(backends)
 }
 
+/// Applies manifests (or plans it, `dry_run`); with `expect`, only if the state under the claim
+/// still has that fingerprint. Returns the view and the environments it concerns.
 async fn apply(
     ctx: &Ctx,
     sources: &[Source],
     dry_run: bool,
     prune: Option<&Prune>,
-) -> Result<ApplyView> {
+    expect: Option<&str>,
+) -> Result<(ApplyView, Vec<EnvKey>)> {
     let store = &ctx.store;
     let declared = load_unheld(ctx, sources)?;
     let remove = match prune {
@@ -786,6 +1054,18 @@ async fn apply(
         let zones = managed(&zones).map(Work::Zone);
         ctx.claim(hosts.chain(envs).chain(zones).collect()).await?
     };
+    let keys: Vec<EnvKey> = declared.envs.keys().chain(&remove).cloned().collect();
+    if let Some(expected) = expect {
+        let d = effective(store, &declared, true)?;
+        let backends = connect_or_invalid(ctx, d.hosts.values(), zones.values())?;
+        let target = Target {
+            desired: &d,
+            remove: remove.clone(),
+            dry_run: true,
+        };
+        let dry = reconcile::converge(target, store, &backends, &HttpProber::new()).await?;
+        check_fingerprint(expected, &PlanView::from(&dry.first_plan), store, &keys)?;
+    }
     let d = effective(store, &declared, dry_run)?;
     let backends = connect_or_invalid(ctx, d.hosts.values(), zones.values())?;
     if !dry_run {
@@ -814,12 +1094,13 @@ async fn apply(
         .as_ref()
         .map(|daemon| daemon.apply_notes(&declared))
         .unwrap_or_default();
-    Ok(ApplyView {
+    let view = ApplyView {
         dry_run,
         plan: PlanView::from(&outcome.first_plan),
         outcome: (!dry_run).then(|| OutcomeView::from(&outcome)),
         daemon_notes,
-    })
+    };
+    Ok((view, keys))
 }
 
 async fn diff(ctx: &Ctx, sources: &[Source]) -> Result<PlanView> {
@@ -1204,7 +1485,21 @@ async fn observe_recorded(ctx: &Ctx, key: &EnvKey) -> Result<(RecordedEnv, plan:
     Ok(((rec, host, backends), observed))
 }
 
-async fn switch(ctx: &Ctx, key: EnvKey, rollback: bool) -> Result<OutcomeView> {
+/// The plan of a promote (or a rollback) of `key`, without the claim: nothing is run or recorded.
+async fn plan_switch(ctx: &Ctx, key: EnvKey, rollback: bool) -> Result<PlannedView> {
+    let ((rec, host, _), observed) = observe_recorded(ctx, &key).await?;
+    let p = switch_plan(&rec, &host, &observed, rollback)?;
+    planned(ctx, PlanView::from(&p), vec![key])
+}
+
+/// Promotes (or rolls back) `key`; with `expect`, only if the state under the claim still has
+/// that fingerprint.
+async fn switch(
+    ctx: &Ctx,
+    key: EnvKey,
+    rollback: bool,
+    expect: Option<&str>,
+) -> Result<OutcomeView> {
     let _claim = ctx.claim(vec![Work::Env(key.clone())]).await?;
     let store = &ctx.store;
     let (rec, host, backends) = recorded_env(ctx, &key)?;
@@ -1232,25 +1527,15 @@ async fn switch(ctx: &Ctx, key: EnvKey, rollback: bool) -> Result<OutcomeView> {
         (None, _) => (reconcile::observe(&backends).await, None),
     };
     reconcile::record_switch_modes(store, &observed)?;
-    let view = match observed.hosts.get(&host.name) {
-        Some(obs @ HostObservation::Reachable { .. }) => obs.view().expect("reachable"),
-        Some(HostObservation::Unreachable { error }) => {
-            return Err(Error::unavailable(format!("host {}: {error}", host.name)))
-        }
-        None => {
-            return Err(Error::unavailable(format!(
-                "host {} was not observed",
-                host.name
-            )))
-        }
-    };
-    let now = reconcile::now_ms();
-    let p = if rollback {
-        plan::plan_rollback(&rec, &host, view, now)
-    } else {
-        plan::plan_promote(&rec, &host, view, now)
-    };
-    let p = p.map_err(|e| Error::new(Code::Failed, e.to_string()))?;
+    let p = switch_plan(&rec, &host, &observed, rollback)?;
+    if let Some(expected) = expect {
+        check_fingerprint(
+            expected,
+            &PlanView::from(&p),
+            store,
+            std::slice::from_ref(&key),
+        )?;
+    }
     let report = reconcile::execute(&p, store, &backends, &HttpProber::new()).await?;
     // Kept for the next switch when this one changed only records and kernel rules: Podman's
     // containers and Caddy's routes are then as observed.
@@ -1271,6 +1556,34 @@ async fn switch(ctx: &Ctx, key: EnvKey, rollback: bool) -> Result<OutcomeView> {
             .put(key, &host.name, at, epoch, store.journal_seq()?, parts);
     }
     Ok(outcome(report, vec![]))
+}
+
+/// The switch's plan from one environment's observation.
+fn switch_plan(
+    rec: &crate::model::EnvRecord,
+    host: &crate::model::HostRef,
+    observed: &plan::Observed,
+    rollback: bool,
+) -> Result<plan::Plan> {
+    let view = match observed.hosts.get(&host.name) {
+        Some(obs @ HostObservation::Reachable { .. }) => obs.view().expect("reachable"),
+        Some(HostObservation::Unreachable { error }) => {
+            return Err(Error::unavailable(format!("host {}: {error}", host.name)))
+        }
+        None => {
+            return Err(Error::unavailable(format!(
+                "host {} was not observed",
+                host.name
+            )))
+        }
+    };
+    let now = reconcile::now_ms();
+    let p = if rollback {
+        plan::plan_rollback(rec, host, view, now)
+    } else {
+        plan::plan_promote(rec, host, view, now)
+    };
+    p.map_err(|e| Error::new(Code::Failed, e.to_string()))
 }
 
 fn count_observation(observation: &'static str) {
@@ -1318,17 +1631,27 @@ fn check_image_allowed(host: &crate::model::HostRef, image: &str) -> Result<()> 
     )))
 }
 
-async fn deploy(ctx: &Ctx, key: EnvKey, image: &str) -> Result<OutcomeView> {
+/// What a deploy of an image to one environment converges: its declared spec with the image laid
+/// over as a release override, its host, and the zones of its hostname.
+struct DeployTarget {
+    desired: Desired,
+    /// The override to record (`None`: the manifests' own image, and any override is dropped).
+    over: Option<Override>,
+    /// What the deploy claims from the loop.
+    works: Vec<Work>,
+}
+
+fn deploy_target(ctx: &Ctx, key: &EnvKey, image: &str) -> Result<DeployTarget> {
     check_image(image)?;
     let store = &ctx.store;
     // The watched manifests are what the daemon keeps in force; otherwise the last declared spec.
     let watched = ctx
         .daemon
         .as_ref()
-        .and_then(|d| d.watched.borrow().envs.get(&key).cloned());
+        .and_then(|d| d.watched.borrow().envs.get(key).cloned());
     let declared = match watched {
         Some(env) => env,
-        None => store.declared(&key)?.ok_or_else(|| {
+        None => store.declared(key)?.ok_or_else(|| {
             Error::not_found(format!(
                 "no declared environment {key}: apply its manifests first (see `codeb get projects`)"
             ))
@@ -1345,7 +1668,6 @@ async fn deploy(ctx: &Ctx, key: EnvKey, image: &str) -> Result<OutcomeView> {
         .into_iter()
         .chain(managed(&zones).map(Work::Zone))
         .collect();
-    let claim = ctx.claim(works).await?;
     // The manifests' own image: no override is needed, and any is dropped.
     let over = (declared.release.image != image).then(|| Override {
         image: image.to_string(),
@@ -1353,20 +1675,55 @@ async fn deploy(ctx: &Ctx, key: EnvKey, image: &str) -> Result<OutcomeView> {
         by: ctx.caller.label(),
         at_ms: reconcile::now_ms(),
     });
-    store.set_override(&key, over.as_ref())?;
     let env = match &over {
         Some(o) => overridden(&declared, o).expect("made from this declaration"),
         None => declared,
     };
-    let d = Desired {
-        hosts: BTreeMap::from([(host.name.clone(), host)]),
-        envs: BTreeMap::from([(key.clone(), env)]),
-        zones: zones.clone(),
+    Ok(DeployTarget {
+        desired: Desired {
+            hosts: BTreeMap::from([(host.name.clone(), host)]),
+            envs: BTreeMap::from([(key.clone(), env)]),
+            zones,
+        },
+        over,
+        works,
+    })
+}
+
+/// The plan of a deploy, as a dry run computes it without the claim: nothing is run or recorded.
+async fn plan_deploy(ctx: &Ctx, key: EnvKey, image: &str) -> Result<PlannedView> {
+    let t = deploy_target(ctx, &key, image)?;
+    let plan = deploy_plan(ctx, &t.desired).await?;
+    planned(ctx, plan, vec![key])
+}
+
+async fn deploy_plan(ctx: &Ctx, d: &Desired) -> Result<PlanView> {
+    let backends = connect_or_invalid(ctx, d.hosts.values(), d.zones.values())?;
+    let target = Target {
+        desired: d,
+        remove: vec![],
+        dry_run: true,
     };
-    let backends = connect_or_invalid(ctx, d.hosts.values(), zones.values())?;
+    let dry = reconcile::converge(target, &ctx.store, &backends, &HttpProber::new()).await?;
+    Ok(PlanView::from(&dry.first_plan))
+}
+
+/// Deploys `image` to `key`; with `expect`, only if the state under the claim still has that
+/// fingerprint.
+async fn deploy(ctx: &Ctx, key: EnvKey, image: &str, expect: Option<&str>) -> Result<OutcomeView> {
+    let store = &ctx.store;
+    let t = deploy_target(ctx, &key, image)?;
+    let claim = ctx.claim(t.works.clone()).await?;
+    if let Some(expected) = expect {
+        let plan = deploy_plan(ctx, &t.desired).await?;
+        check_fingerprint(expected, &plan, store, std::slice::from_ref(&key))?;
+    }
+    store.set_override(&key, t.over.as_ref())?;
+    let d = &t.desired;
+    let backends = connect_or_invalid(ctx, d.hosts.values(), d.zones.values())?;
     let result = reconcile::converge(
         Target {
-            desired: &d,
+            desired: d,
             remove: vec![],
             dry_run: false,
         },
@@ -1482,6 +1839,70 @@ mod tests {
             outcome: None,
             daemon_notes: Vec::new(),
         })
+    }
+
+    #[test]
+    fn a_fingerprint_changes_with_the_plan_a_record_write_or_an_override_and_only_then() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let key = EnvKey::new("shop", "production");
+        let keys = std::slice::from_ref(&key);
+        let plan = plan_view(&["deploy web"], &[]);
+        let none = fingerprint(&plan, &store, keys).unwrap();
+        assert_eq!(none.len(), 32);
+        assert_eq!(fingerprint(&plan, &store, keys).unwrap(), none, "stable");
+        assert_ne!(
+            fingerprint(&plan_view(&["deploy api"], &[]), &store, keys).unwrap(),
+            none,
+            "another plan"
+        );
+        assert_ne!(
+            fingerprint(&plan_view(&["deploy web"], &[(true, false)]), &store, keys).unwrap(),
+            none,
+            "a note more"
+        );
+        let rec = EnvRecord::new(key.clone(), "app".into(), "shop.test".into(), 20000);
+        let rec = store.put_env(rec, None).unwrap();
+        let first = fingerprint(&plan, &store, keys).unwrap();
+        assert_ne!(first, none, "recorded");
+        store.put_env(rec.clone(), Some(rec.generation)).unwrap();
+        let second = fingerprint(&plan, &store, keys).unwrap();
+        assert_ne!(second, first, "written again, even unchanged");
+        let over = Override {
+            image: "app:v3".into(),
+            manifest_image: "app:v1".into(),
+            by: "key 0123456789ab".into(),
+            at_ms: 1,
+        };
+        store.set_override(&key, Some(&over)).unwrap();
+        assert_ne!(
+            fingerprint(&plan, &store, keys).unwrap(),
+            second,
+            "an override"
+        );
+        let stale = check_fingerprint(&second, &plan, &store, keys).unwrap_err();
+        assert_eq!(stale.code, Code::Conflict);
+        assert!(
+            stale.message.contains("shop/production changed")
+                && stale.message.contains("plan again"),
+            "{}",
+            stale.message
+        );
+    }
+
+    #[test]
+    fn a_planned_prune_names_the_projects_it_may_remove() {
+        let refused = change_prune(true, vec![]).unwrap_err();
+        assert_eq!(refused.code, Code::Invalid);
+        assert!(
+            refused.message.contains("prune_projects"),
+            "{}",
+            refused.message
+        );
+        assert_eq!(change_prune(false, vec![]).unwrap(), None);
+        let p = change_prune(true, vec!["b".into()]).unwrap().unwrap();
+        assert_eq!(p.projects, BTreeSet::from(["b".to_string()]));
+        assert_eq!((p.allow_empty, p.confirm), (false, None));
     }
 
     #[test]

@@ -63,6 +63,32 @@ impl PlanView {
     }
 }
 
+/// As `codeb diff` prints it: a step per line, then the notes (`!` marks a problem).
+impl std::fmt::Display for PlanView {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for step in &self.steps {
+            writeln!(f, "  {step}")?;
+        }
+        for note in &self.notes {
+            let mark = if note.problem { "!" } else { "·" };
+            writeln!(f, "{mark} {}", note.text)?;
+        }
+        Ok(())
+    }
+}
+
+/// A change's plan and the fingerprint of the state it was computed from: a change confirmed with
+/// this fingerprint runs only while the state still has it (`service::Request::Guarded`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PlannedView {
+    pub plan: PlanView,
+    /// 32 hex digits; no secret goes into it.
+    pub fingerprint: String,
+    /// The environments the change concerns (`project/environment`).
+    pub environments: Vec<String>,
+}
+
 /// A step that failed, and why.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct FailureView {
@@ -95,6 +121,28 @@ impl From<&Outcome> for OutcomeView {
                 .collect(),
             notes: o.notes.iter().map(NoteView::from).collect(),
             converged: o.converged(),
+        }
+    }
+}
+
+/// As the CLI prints it: `✓` per executed step, `✗` per failure, the notes, then whether it
+/// converged.
+impl std::fmt::Display for OutcomeView {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for step in &self.executed {
+            writeln!(f, "✓ {step}")?;
+        }
+        for failure in &self.failures {
+            writeln!(f, "✗ {}: {}", failure.step, failure.error)?;
+        }
+        for note in &self.notes {
+            let mark = if note.problem { "!" } else { "·" };
+            writeln!(f, "{mark} {}", note.text)?;
+        }
+        match (self.converged, self.executed.is_empty()) {
+            (true, true) => writeln!(f, "converged: nothing to do"),
+            (true, false) => writeln!(f, "converged"),
+            (false, _) => writeln!(f, "not converged"),
         }
     }
 }

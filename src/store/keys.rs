@@ -20,6 +20,10 @@ use crate::auth::{parse_key, HmacSecret, IssuedKey, KeyRecord, KeyTag, NewKey, R
 /// The name of the HMAC secret in [`AUTH_SECRET`].
 const HMAC_SECRET: &str = "key-hmac";
 
+/// The name of the secret that signs MCP plan ids (`mcp::confirm`), in [`AUTH_SECRET`]: its own,
+/// so that nothing signed with it can pass for a key's tag.
+const PLAN_SECRET: &str = "mcp-plan-hmac";
+
 /// How stale a recorded "last used" may be. A commit (and its fsync, a few ms) per request
 /// would cost more than the request; a minute is as precise as anyone reads "last used".
 pub const LAST_USED_RESOLUTION_MS: u64 = 60_000;
@@ -135,6 +139,41 @@ impl Store {
         }
         txn.commit().map_err(storage)?;
         Ok(out)
+    }
+
+    /// The secret that signs MCP plan ids, made on first use and kept (a plan id stays good
+    /// across a daemon restart). Nothing answers it to anyone.
+    ///
+    /// # Errors
+    /// `Store`; `Random` when the OS gives no random bytes.
+    pub(crate) fn plan_secret(&self) -> Result<HmacSecret, KeyError> {
+        {
+            let txn = self.db.begin_read().map_err(storage)?;
+            let secrets = txn.open_table(AUTH_SECRET).map_err(storage)?;
+            if let Some(v) = secrets.get(PLAN_SECRET).map_err(storage)? {
+                return Ok(decode(PLAN_SECRET, v.value())?);
+            }
+        }
+        let txn = self.db.begin_write().map_err(storage)?;
+        let secret = {
+            let mut secrets = txn.open_table(AUTH_SECRET).map_err(storage)?;
+            let stored = secrets.get(PLAN_SECRET).map_err(storage)?;
+            match stored {
+                // Made by another request between the two transactions.
+                Some(v) => decode::<HmacSecret>(PLAN_SECRET, v.value())?,
+                None => {
+                    drop(stored);
+                    let s = HmacSecret::generate().map_err(KeyError::Random)?;
+                    let bytes = serde_json::to_vec(&s).expect("secrets serialize");
+                    secrets
+                        .insert(PLAN_SECRET, bytes.as_slice())
+                        .map_err(storage)?;
+                    s
+                }
+            }
+        };
+        txn.commit().map_err(storage)?;
+        Ok(secret)
     }
 
     /// Every key, oldest first (for `key list`: records only, never a key or its tag).
@@ -383,6 +422,17 @@ mod tests {
         assert_eq!(secret_of(&store), before, "stable across reopening");
         assert_eq!(store.verify_key(key.expose(), 0).unwrap(), rec);
         assert_eq!(store.keys().unwrap().len(), 2);
+    }
+
+    #[test]
+    fn the_plan_secret_is_made_once_and_survives_reopening_the_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let first = store.plan_secret().unwrap().sign(&[b"x"]);
+        assert_eq!(store.plan_secret().unwrap().sign(&[b"x"]), first);
+        drop(store);
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(store.plan_secret().unwrap().sign(&[b"x"]), first);
     }
 
     #[test]

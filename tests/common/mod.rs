@@ -734,3 +734,63 @@ impl Sandbox {
             .to_string()
     }
 }
+
+/// Reads one HTTP/1.1 answer with a `content-length` from `stream`: (status line and headers
+/// in lower case, body); `None` when the connection closes first.
+pub fn read_answer(stream: &mut std::net::TcpStream) -> Option<(String, String)> {
+    use std::io::Read;
+    let mut buf = Vec::new();
+    let mut byte = [0u8; 1];
+    while !buf.ends_with(b"\r\n\r\n") {
+        match stream.read(&mut byte) {
+            Ok(1) => buf.push(byte[0]),
+            _ => return None,
+        }
+    }
+    let head = String::from_utf8_lossy(&buf).to_lowercase();
+    let length: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .map_or(0, |v| v.trim().parse().unwrap());
+    let mut body = vec![0u8; length];
+    stream.read_exact(&mut body).ok()?;
+    Some((head, String::from_utf8_lossy(&body).into_owned()))
+}
+
+/// Announces a 5 MiB body to `path`, sends a little over the 4 MiB limit, and reads the answer:
+/// (status line and headers in lower case, body), and the connection, open still. It accepts
+/// JSON and event streams, as MCP's `/mcp` requires (the API's routes ignore `Accept`).
+pub fn over_the_limit_on(
+    serve: &ServeProcess,
+    path: &str,
+    key: &str,
+    content_type: &str,
+) -> (String, String, std::net::TcpStream) {
+    use std::io::Write;
+    let mut stream = std::net::TcpStream::connect(&serve.addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    write!(
+        stream,
+        "POST {path} HTTP/1.1\r\nHost: {}\r\nX-API-Key: {key}\r\nContent-Type: {content_type}\r\nAccept: application/json, text/event-stream\r\nContent-Length: {}\r\n\r\n",
+        serve.addr,
+        5 << 20
+    )
+    .unwrap();
+    stream
+        .write_all(&vec![b'x'; (4 << 20) + (64 << 10)])
+        .unwrap();
+    let (head, body) = read_answer(&mut stream).expect("an answer");
+    (head, body, stream)
+}
+
+pub fn over_the_limit(
+    serve: &ServeProcess,
+    path: &str,
+    key: &str,
+    content_type: &str,
+) -> (String, String) {
+    let (head, body, _) = over_the_limit_on(serve, path, key, content_type);
+    (head, body)
+}
