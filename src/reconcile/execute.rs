@@ -222,6 +222,7 @@ async fn run<R: Runtime, P: Proxy, K: Kernel, D: Dns, H: Prober>(
                     log_tail: Vec::new(),
                 }
             })?;
+            let container = &with_env(store, container)?;
             match (replace, aside) {
                 // The old container keeps running under another name until the plan after the
                 // switch removes it: the new one does not wait for its removal.
@@ -236,9 +237,12 @@ async fn run<R: Runtime, P: Proxy, K: Kernel, D: Dns, H: Prober>(
         }
         Action::Recreate {
             container, replace, ..
-        } => run_container(b, container, replace.as_deref())
-            .await
-            .map_err(backend),
+        } => {
+            let container = &with_env(store, container)?;
+            run_container(b, container, replace.as_deref())
+                .await
+                .map_err(backend)
+        }
         Action::Start { container, .. } => b.runtime.start(container).await.map_err(backend),
         Action::Stop { container, .. } => b.runtime.stop(container).await.map_err(backend),
         Action::AwaitHealthy {
@@ -489,6 +493,26 @@ fn or_root(path: &str) -> &str {
     } else {
         path
     }
+}
+
+/// The container with its env values: the inline ones (in memory, or sealed in the store by
+/// digest), then the pinned stored version's over them (stored wins). Decrypted here, right
+/// before the container is created, and nowhere earlier: the plan holds only where they are.
+fn with_env(
+    store: &Store,
+    spec: &crate::model::writes::ContainerSpec,
+) -> Result<crate::model::writes::ContainerSpec> {
+    let source = &spec.env_source;
+    let Some(key) = &source.key else {
+        return Ok(spec.clone());
+    };
+    let mut values = store.inline_values(key, &source.inline)?;
+    if let Some(v) = source.version {
+        values.0.extend(store.open_env(key, v)?.0);
+    }
+    let mut out = spec.clone();
+    out.env = values;
+    Ok(out)
 }
 
 async fn run_container<R: Runtime, P: Proxy, K>(

@@ -1,5 +1,5 @@
 //! The embedded store (redb): environment records, recorded hosts, how each host was last seen
-//! to switch traffic, and the journal.
+//! to switch traffic, the journal, and the env versions, sealed ([`secrets`]).
 //!
 //! One process owns a store at a time (an exclusive lock file beside the database). Every record
 //! write is guarded by the generation the caller last read, so that a plan computed from an older
@@ -13,6 +13,7 @@ mod declared;
 pub mod dir;
 mod journal;
 mod keys;
+pub mod secrets;
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -116,6 +117,10 @@ pub struct Store {
     db: Database,
     _lock: File,
     recorded: Cache,
+    /// The state directory (where the env key file is looked for).
+    dir: PathBuf,
+    /// The env keyring, once read (see [`secrets`]).
+    keyring: std::sync::OnceLock<std::sync::Arc<secrets::Keyring>>,
 }
 
 /// The last [`Recorded`] read, decoded, with the write version it was read at. The daemon answers
@@ -171,6 +176,9 @@ impl Store {
                 && txn.open_table(KEYS).is_ok()
                 && txn.open_table(AUTH_SECRET).is_ok()
                 && txn.open_table(AUDIT).is_ok()
+                && txn.open_table(secrets::ENV_VERSIONS).is_ok()
+                && txn.open_table(secrets::ENV_INLINE).is_ok()
+                && txn.open_table(secrets::ENV_META).is_ok()
         });
         if !exist {
             let txn = db.begin_write().map_err(storage)?;
@@ -184,12 +192,17 @@ impl Store {
             txn.open_table(KEYS).map_err(storage)?;
             txn.open_table(AUTH_SECRET).map_err(storage)?;
             txn.open_table(AUDIT).map_err(storage)?;
+            txn.open_table(secrets::ENV_VERSIONS).map_err(storage)?;
+            txn.open_table(secrets::ENV_INLINE).map_err(storage)?;
+            txn.open_table(secrets::ENV_META).map_err(storage)?;
             txn.commit().map_err(storage)?;
         }
         Ok(Store {
             db,
             _lock: lock,
             recorded: Cache::default(),
+            dir: dir.to_path_buf(),
+            keyring: std::sync::OnceLock::new(),
         })
     }
 
