@@ -15,7 +15,7 @@ pub mod backoff;
 pub mod connect;
 pub mod controller;
 mod execute;
-mod fault;
+pub(crate) mod fault;
 #[cfg(test)]
 mod fixtures;
 pub mod health;

@@ -625,6 +625,7 @@ impl Store {
                 .insert(version_id(key, version).as_str(), bytes.as_slice())
                 .map_err(db)?;
         }
+        crate::reconcile::fault::before_env_commit();
         txn.commit().map_err(db)?;
         Ok(stored)
     }
