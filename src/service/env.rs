@@ -339,7 +339,9 @@ pub(super) async fn change(
             if view.kept.len() == 1 { "it" } else { "them" },
         ));
     }
-    if next == current {
+    // A restore always writes its version, even one equal to the latest: after a rollback the
+    // latest version is held (rolled away from), and a restore is how a person asks for it again.
+    if next == current && !matches!(change, Change::Restore(_)) {
         view.notes.push(match current_version {
             Some(v) => format!("nothing changed: {key} stays at env version {v}"),
             None => format!("nothing changed: {key} has no stored env"),
