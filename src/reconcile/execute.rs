@@ -210,6 +210,8 @@ async fn run<R: Runtime, P: Proxy, K: Kernel, D: Dns, H: Prober>(
             health_timeout_ms,
             ..
         } => {
+            // The values first: without them (a missing key) nothing is recorded or created.
+            let container = &with_env(store, container)?;
             let now = now_ms();
             update(&|rec| {
                 *rec.slot_mut(*slot) = SlotRecord {
@@ -222,7 +224,6 @@ async fn run<R: Runtime, P: Proxy, K: Kernel, D: Dns, H: Prober>(
                     log_tail: Vec::new(),
                 }
             })?;
-            let container = &with_env(store, container)?;
             match (replace, aside) {
                 // The old container keeps running under another name until the plan after the
                 // switch removes it: the new one does not wait for its removal.

@@ -256,7 +256,8 @@ impl Keyring {
         self.seal(aad, &plain)
     }
 
-    fn open_values(&self, aad: &str, s: &Sealed) -> Option<EnvValues> {
+    /// Opens a set of values sealed for `aad`; `None` when it does not authenticate.
+    pub fn open_values(&self, aad: &str, s: &Sealed) -> Option<EnvValues> {
         let plain = self.open(aad, s)?;
         serde_json::from_slice(&plain).ok().map(EnvValues)
     }
