@@ -6,14 +6,16 @@ cd "$ROOT"
 if ! command -v cargo >/dev/null && [[ -x ${CARGO_HOME:-$HOME/.cargo}/bin/cargo ]]; then
   export PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"
 fi
-# BENCH_STACK_UP=0: use the stack CODEB_STACK_DIR names as it runs (started, with its images, by
-# whoever owns it): on a machine shared with another stack, starting one here would collide.
+# BENCH_STACK_UP=0: use a stack that runs already, its variables exported (`eval "$(deploy/stack.sh
+# env)"` by whoever owns it): on a machine shared with another stack, starting one here would collide.
 if [[ ${BENCH_STACK_UP:-1} != 0 ]]; then
   ./deploy/stack.sh up >&2
   ./deploy/stack.sh images >&2
+  stack_env=$(./deploy/stack.sh env)
+  eval "$stack_env"
+else
+  : "${CODEB_TEST_HTTP:?BENCH_STACK_UP=0 needs the stack variables exported (deploy/stack.sh env)}"
 fi
-stack_env=$(./deploy/stack.sh env)
-eval "$stack_env"
 cargo build --release --quiet
 CODEB="${CARGO_TARGET_DIR:-$ROOT/target}/release/codeb"
 WORK=$(mktemp -d /tmp/codeb-bench.XXXXXX)

@@ -581,6 +581,25 @@ mod tests {
     }
 
     #[test]
+    fn a_legacy_record_with_plaintext_env_keeps_its_hash_and_the_bound_release_differs_once() {
+        // Recorded by a codeb older than the env store: the container it labels is recognised...
+        let old: Release = serde_json::from_str(
+            r#"{"image":"localhost/app:v1","command":["httpd"],"env":{"A":"1"},"port":8080}"#,
+        )
+        .unwrap();
+        assert_eq!(old.hash(), "effba14e66784977");
+        // ...and the desired release, bound to its keyed digest, is another one: the next apply
+        // redeploys once, and its record holds no value.
+        let bound = old.clone().with_inline_env(old.env.bind("d".into()));
+        assert_ne!(bound.hash(), old.hash());
+        let json = serde_json::to_string(&bound).unwrap();
+        assert!(!json.contains("\"A\":\"1\""), "{json}");
+        let back: Release = serde_json::from_str(&json).unwrap();
+        assert_eq!(back.hash(), bound.hash(), "read back, it hashes the same");
+        assert_eq!(back, bound);
+    }
+
+    #[test]
     fn route_ids_of_different_keys_never_collide() {
         let a = EnvKey::new("a-b", "c");
         let b = EnvKey::new("a", "b-c");
