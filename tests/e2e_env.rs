@@ -70,6 +70,25 @@ impl Drop for Cleanup<'_> {
     }
 }
 
+/// This project's routes in Caddy's config (`@id`s starting `codeb-{name}_`), as JSON text.
+fn project_routes(sb: &Sandbox, name: &str) -> Vec<String> {
+    let config: serde_json::Value =
+        reqwest::blocking::get(format!("{}/config/", sb.stack.caddy_admin))
+            .and_then(|r| r.json())
+            .expect("Caddy's config as JSON");
+    let prefix = format!("codeb-{name}_");
+    let mut out: Vec<String> = config["apps"]["http"]["servers"]
+        .as_object()
+        .into_iter()
+        .flat_map(|servers| servers.values())
+        .flat_map(|server| server["routes"].as_array().cloned().unwrap_or_default())
+        .filter(|r| r["@id"].as_str().is_some_and(|id| id.starts_with(&prefix)))
+        .map(|r| r.to_string())
+        .collect();
+    out.sort();
+    out
+}
+
 fn contains(hay: &[u8], needle: &str) -> bool {
     hay.windows(needle.len()).any(|w| w == needle.as_bytes())
 }
@@ -237,24 +256,31 @@ fn an_env_change_rolls_out_blue_green_under_load_and_rollback_restores_the_previ
     assert_kernel_mode(&sb);
     let first = active(&sb, &name)["slot"].clone();
 
-    // Caddy's config must not change during the change (the kernel switches; each Caddy reload
-    // closes idle keep-alive connections): a difference here that is not this project's is
-    // another test's write to the shared Caddy, named in the failure.
+    // This project's Caddy routes must not change during the change (the kernel switches; each
+    // Caddy reload closes idle keep-alive connections). Other tests share this Caddy: a reload of
+    // theirs is named in a failure, not taken for ours.
+    let routes_before = project_routes(&sb, &name);
+    assert_eq!(
+        routes_before.len(),
+        3,
+        "the hostname and both previews: {routes_before:?}"
+    );
     let caddy_before = caddy_config(&sb.stack.caddy_admin);
     let load = Load::start(&sb.stack.http, &host, "/", 8);
     std::thread::sleep(Duration::from_millis(300));
     ok(&sb, &["env", "set", &name, "MODE=two"]);
     std::thread::sleep(Duration::from_millis(300));
     let report = load.stop();
-    let caddy_changed = caddy_config(&sb.stack.caddy_admin) != caddy_before;
+    let foreign_reload = caddy_config(&sb.stack.caddy_admin) != caddy_before;
     assert!(
         report.socket_errors().is_empty(),
-        "{} (Caddy's config changed meanwhile: {caddy_changed})",
+        "{} (Caddy's config was changed meanwhile: {foreign_reload})",
         report.describe()
     );
-    assert!(
-        !caddy_changed,
-        "an env change of a live environment reloads no Caddy config"
+    assert_eq!(
+        project_routes(&sb, &name),
+        routes_before,
+        "an env change of a live environment changes none of its Caddy routes"
     );
     assert!(report.non_2xx().is_empty(), "{}", report.describe());
     assert!(report.total() > 100, "{}", report.describe());

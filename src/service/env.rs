@@ -364,7 +364,15 @@ pub(super) async fn change(
         (Some(env), Some((host, zones))) if env.env_from.is_stored() => {
             let outcome = super::roll_out(ctx, &key, env, host, zones).await;
             drop(claim);
-            view.rollout = Some(outcome?);
+            view.rollout = Some(outcome.map_err(|e| {
+                Error::new(
+                    e.code,
+                    format!(
+                        "{key} env version {} is stored, but its rollout did not run: {} (the next apply or resync rolls it out)",
+                        stored.version, e.message
+                    ),
+                )
+            })?);
         }
         (Some(_), _) => view.notes.push(format!(
             "{key} declares `envFrom: none`: its containers do not get the stored env"
