@@ -117,11 +117,17 @@ fn a_canary_set_with_env_set_reaches_the_container_and_appears_nowhere_else() {
     let name = unique("envc");
     let _cleanup = Cleanup(&sb, name.clone());
     let canary = format!("canary-{}-5ecret", name.replace('-', ""));
-    // The manifest names TOKEN too: the stored value wins.
+    // The manifest names TOKEN too: the stored value wins. Its inline values are sealed in the
+    // store as well: no record holds them (the inline canary is looked for as the stored one).
+    let inline_canary = format!("inline-{}-c4nary", name.replace('-', ""));
     let dir = deployed(
         &sb,
         &name,
-        &[("GREETING", "hello"), ("TOKEN", "inline-default")],
+        &[
+            ("GREETING", "hello"),
+            ("TOKEN", "inline-default"),
+            ("INLINE_CANARY", inline_canary.as_str()),
+        ],
     );
     let dir_s = dir.to_str().unwrap();
     let mut seen: Vec<(String, Vec<u8>)> = Vec::new();
@@ -160,6 +166,7 @@ fn a_canary_set_with_env_set_reaches_the_container_and_appears_nowhere_else() {
         "hello",
         "inline env still there"
     );
+    assert_eq!(serving(&sb, &name, "INLINE_CANARY").0, inline_canary);
     assert_eq!(
         sb.get(&format!("{name}.codeb.test"), "/"),
         (200, "v1".into())
@@ -237,7 +244,7 @@ fn a_canary_set_with_env_set_reaches_the_container_and_appears_nowhere_else() {
 
     let leaks: Vec<&String> = seen
         .iter()
-        .filter(|(_, bytes)| contains(bytes, &canary))
+        .filter(|(_, bytes)| contains(bytes, &canary) || contains(bytes, &inline_canary))
         .map(|(what, _)| what)
         .collect();
     assert!(leaks.is_empty(), "the canary leaked into: {leaks:?}");
