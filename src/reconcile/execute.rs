@@ -210,8 +210,9 @@ async fn run<R: Runtime, P: Proxy, K: Kernel, D: Dns, H: Prober>(
             health_timeout_ms,
             ..
         } => {
-            // The values first: without them (a missing key) nothing is recorded or created.
-            let container = &with_env(store, container)?;
+            // Without the env key nothing is recorded or created (the values are decrypted later,
+            // right before the create call).
+            env_key_ready(store, container)?;
             let now = now_ms();
             update(&|rec| {
                 *rec.slot_mut(*slot) = SlotRecord {
@@ -229,20 +230,16 @@ async fn run<R: Runtime, P: Proxy, K: Kernel, D: Dns, H: Prober>(
                 // switch removes it: the new one does not wait for its removal.
                 (Some(old), Some(name)) => {
                     b.runtime.rename(old, name).await.map_err(backend)?;
-                    run_container(b, container, None).await.map_err(backend)
+                    run_container(b, store, host, container, None).await
                 }
-                _ => run_container(b, container, replace.as_deref())
-                    .await
-                    .map_err(backend),
+                _ => run_container(b, store, host, container, replace.as_deref()).await,
             }
         }
         Action::Recreate {
             container, replace, ..
         } => {
-            let container = &with_env(store, container)?;
-            run_container(b, container, replace.as_deref())
-                .await
-                .map_err(backend)
+            env_key_ready(store, container)?;
+            run_container(b, store, host, container, replace.as_deref()).await
         }
         Action::Start { container, .. } => b.runtime.start(container).await.map_err(backend),
         Action::Stop { container, .. } => b.runtime.stop(container).await.map_err(backend),
@@ -496,9 +493,20 @@ fn or_root(path: &str) -> &str {
     }
 }
 
+/// Whether the env key a container's values need can be read (a missing or wrong key is an error
+/// naming the file), checked before a step records or removes anything.
+fn env_key_ready(store: &Store, spec: &crate::model::writes::ContainerSpec) -> Result<()> {
+    let s = &spec.env_source;
+    if s.key.is_some() && (s.version.is_some() || s.inline.digest().is_some()) {
+        store.keyring(s.inline.values().is_some())?;
+    }
+    Ok(())
+}
+
 /// The container with its env values: the inline ones (in memory, or sealed in the store by
-/// digest), then the pinned stored version's over them (stored wins). Decrypted here, right
-/// before the container is created, and nowhere earlier: the plan holds only where they are.
+/// digest), then the pinned stored version's over them (stored wins). Called by
+/// [`run_container`] right before the create call, and nowhere else: the plan holds only where
+/// the values are.
 fn with_env(
     store: &Store,
     spec: &crate::model::writes::ContainerSpec,
@@ -518,16 +526,29 @@ fn with_env(
 
 async fn run_container<R: Runtime, P: Proxy, K>(
     b: &HostBackends<R, P, K>,
+    store: &Store,
+    host: &str,
     spec: &crate::model::writes::ContainerSpec,
     replace: Option<&str>,
-) -> crate::backend::Result<()> {
+) -> Result<()> {
+    let backend = |source| Error::Backend {
+        host: host.to_string(),
+        source,
+    };
     if let Some(old) = replace {
-        b.runtime.remove(old).await?;
+        b.runtime.remove(old).await.map_err(backend)?;
     }
-    b.runtime.ensure_network(&spec.network).await?;
-    b.runtime.ensure_image(&spec.image).await?;
-    let id = b.runtime.create(spec).await?;
-    b.runtime.start(&id).await
+    b.runtime
+        .ensure_network(&spec.network)
+        .await
+        .map_err(backend)?;
+    b.runtime.ensure_image(&spec.image).await.map_err(backend)?;
+    // Decrypted here, for the create call alone: the values are dropped with `with_values`.
+    let id = {
+        let with_values = with_env(store, spec)?;
+        b.runtime.create(&with_values).await.map_err(backend)?
+    };
+    b.runtime.start(&id).await.map_err(backend)
 }
 
 #[cfg(test)]
