@@ -456,23 +456,25 @@ impl Store {
             }
         };
         let ring = Keyring::from_master(&master, path.clone());
-        let txn = self.db.begin_write().map_err(db)?;
-        {
-            let mut meta = txn.open_table(ENV_META).map_err(db)?;
-            let stored = meta
-                .get(KEY_CHECK)
-                .map_err(db)?
-                .map(|v| String::from_utf8_lossy(v.value()).into_owned());
-            match stored {
-                Some(c) if c != ring.check() => return Err(EnvError::WrongKey { path }),
-                Some(_) => {}
-                None => {
-                    meta.insert(KEY_CHECK, ring.check().as_bytes())
-                        .map_err(db)?;
-                }
+        // Read first: a check that is there costs no write (a dry run writes nothing).
+        let stored = {
+            let txn = self.db.begin_read().map_err(db)?;
+            let meta = txn.open_table(ENV_META).map_err(db)?;
+            let v = meta.get(KEY_CHECK).map_err(db)?;
+            v.map(|v| String::from_utf8_lossy(v.value()).into_owned())
+        };
+        match stored {
+            Some(c) if c != ring.check() => return Err(EnvError::WrongKey { path }),
+            Some(_) => {}
+            None => {
+                let txn = self.db.begin_write().map_err(db)?;
+                txn.open_table(ENV_META)
+                    .map_err(db)?
+                    .insert(KEY_CHECK, ring.check().as_bytes())
+                    .map_err(db)?;
+                txn.commit().map_err(db)?;
             }
         }
-        txn.commit().map_err(db)?;
         let ring = Arc::new(ring);
         Ok(Some(self.keyring.get_or_init(|| ring).clone()))
     }
