@@ -672,4 +672,121 @@ mod tests {
         );
         assert!(counts().calls[0].1 > before.calls[0].1, "a Podman error");
     }
+
+    /// Converges `myapp` to `release` on a fresh world over `fake`'s store.
+    async fn converge_release(fake: &Fake, release: crate::model::Release) -> Outcome {
+        let mut e = env("myapp");
+        e.release = release;
+        let backends: Backends<World, World, World> = Backends::hosts(BTreeMap::from([(
+            "app".to_string(),
+            fake_host(&fake.world),
+        )]));
+        let target = Target {
+            desired: &desired([e]),
+            remove: vec![],
+            dry_run: false,
+        };
+        let prober = FakeProber(vec![fake.world.clone()]);
+        converge(target, &fake.store, &backends, &prober)
+            .await
+            .unwrap()
+    }
+
+    /// A release of `app:v1` with this inline env, bound, pinned to `version`.
+    fn with_env(
+        fake: &Fake,
+        inline: &[(&str, &str)],
+        version: Option<u64>,
+    ) -> crate::model::Release {
+        let key = crate::model::EnvKey::new("myapp", "production");
+        let values = inline
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let r = crate::model::Release::new("app:v1", None, values, 8080);
+        let bound = fake.store.bind_inline(&key, &r.env, false).unwrap();
+        r.with_inline_env(bound).with_env_version(version)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_container_gets_its_pinned_version_over_its_inline_env_and_the_plan_holds_neither()
+    {
+        let fake = Fake::new();
+        let key = crate::model::EnvKey::new("myapp", "production");
+        let stored = crate::model::vars::EnvValues(BTreeMap::from([(
+            "TOKEN".to_string(),
+            "stored-s3cret".to_string(),
+        )]));
+        fake.store
+            .put_env_version(&key, None, &stored, "test", 1, None)
+            .unwrap();
+        let release = with_env(
+            &fake,
+            &[("TOKEN", "inline"), ("MODE", "inline-mode")],
+            Some(1),
+        );
+        let out = converge_release(&fake, release).await;
+        assert!(out.converged(), "{:?}", out.failures);
+        let plan = format!("{:?} {:?}", out.first_plan, out.executed);
+        assert!(
+            !plan.contains("s3cret") && !plan.contains("inline-mode"),
+            "{plan}"
+        );
+        let world = fake.world.state();
+        let (_, spec) = world
+            .containers
+            .values()
+            .find(|(c, _)| c.name == "myapp-production-blue")
+            .expect("the blue container");
+        assert_eq!(
+            spec.env.0["TOKEN"], "stored-s3cret",
+            "the stored value wins"
+        );
+        assert_eq!(spec.env.0["MODE"], "inline-mode");
+        assert!(
+            !format!("{spec:?}").contains("s3cret"),
+            "Debug shows names only"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn without_the_env_key_a_deploy_fails_before_it_records_or_creates_anything() {
+        let fake = Fake::new();
+        let key = crate::model::EnvKey::new("myapp", "production");
+        let one = crate::model::vars::EnvValues(BTreeMap::from([("A".into(), "1".into())]));
+        fake.store
+            .put_env_version(&key, None, &one, "test", 1, None)
+            .unwrap();
+        let dir = fake._dir.path().to_path_buf();
+        // A store reopened without its key file: the version is sealed under a key it lacks.
+        std::fs::remove_file(dir.join("env.key")).unwrap();
+        let reopened = Fake {
+            world: fake.world.clone(),
+            store: {
+                drop(fake.store);
+                Store::open(&dir).unwrap()
+            },
+            _dir: fake._dir,
+        };
+        let release = crate::model::Release::new("app:v1", None, BTreeMap::new(), 8080)
+            .with_env_version(Some(1));
+        let out = converge_release(&reopened, release).await;
+        assert!(
+            matches!(out.failures.first().map(|f| &f.error), Some(Error::Env(_))),
+            "{:?}",
+            out.failures
+        );
+        assert!(out.failures[0].error.to_string().contains("env.key"));
+        assert!(
+            reopened.world.state().containers.is_empty(),
+            "nothing created"
+        );
+        let rec = reopened.store.env(&key).unwrap();
+        assert!(
+            rec.is_none_or(
+                |r| r.blue.state == SlotState::Empty && r.green.state == SlotState::Empty
+            ),
+            "nothing recorded as deploying"
+        );
+    }
 }
