@@ -95,6 +95,7 @@ fn world(n: usize) -> (Desired, Observed, Recorded) {
                 health_timeout: Duration::from_secs(60),
                 promotion: Promotion::Auto,
                 grace_period: Duration::from_secs(3600),
+                env_from: Default::default(),
             },
         );
         // Ports are recorded per key; the benchmark gives every key its own pair (wrapping is fine

@@ -6,6 +6,7 @@
 //! ```yaml
 //! # <state dir>/config.yaml, or the file --config / CODEB_CONFIG names
 //! keyVariables: [PDNS_API_KEY]          # exact names, or one `*` as a wildcard: PDNS_*
+//! protectedEnv: [DATABASE_URL, POSTGRES_USER, POSTGRES_PASSWORD, REDIS_URL]   # the default
 //! endpoints:
 //!   powerdns: [loopback, "http://10.0.0.2:8081"]
 //!   podman: [unix, loopback, "tcp://10.0.0.5:8888"]
@@ -43,6 +44,14 @@ const MAX_BYTES: u64 = 64 * 1024;
 /// The key variables allowed without a configuration: the stack and the examples export
 /// `PDNS_API_KEY`; a CI's `GITHUB_TOKEN`, `AWS_*` or `NPM_TOKEN` are not among them.
 const DEFAULT_KEY_VARIABLES: [&str; 2] = ["PDNS_*", "CODEB_*"];
+/// The env keys only an admin changes, with `--protected` (`codeb env`), and no manifest sets:
+/// those of the platform codeb replaces, which its data services fill.
+pub const DEFAULT_PROTECTED_ENV: [&str; 4] = [
+    "DATABASE_URL",
+    "POSTGRES_USER",
+    "POSTGRES_PASSWORD",
+    "REDIS_URL",
+];
 
 /// A configuration file codeb cannot use: invalid input (exit 2). Nothing in it is a secret, but
 /// its values are not echoed either, only the field and what is expected.
@@ -80,6 +89,7 @@ pub struct Refused(pub String);
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 struct File {
     key_variables: Option<Vec<String>>,
+    protected_env: Option<Vec<String>>,
     #[serde(default)]
     endpoints: FileEndpoints,
 }
@@ -146,6 +156,7 @@ pub struct Config {
     loaded: bool,
     key_variables: Vec<String>,
     endpoints: BTreeMap<&'static str, (Vec<String>, Vec<Allowed>)>,
+    protected_env: Vec<String>,
 }
 
 impl Config {
@@ -182,6 +193,17 @@ impl Config {
                 )));
             }
         }
+        let protected_env = match file.protected_env {
+            Some(v) => v,
+            None => DEFAULT_PROTECTED_ENV.map(String::from).to_vec(),
+        };
+        for (i, p) in protected_env.iter().enumerate() {
+            if !crate::service::env::is_key_name(p) {
+                return Err(invalid(format!(
+                    "protectedEnv[{i}] is not an env variable name (letters, digits and `_`, not starting with a digit)"
+                )));
+            }
+        }
         let mut endpoints = BTreeMap::new();
         let e = file.endpoints;
         for (kind, listed) in [
@@ -214,7 +236,18 @@ impl Config {
             loaded,
             key_variables,
             endpoints,
+            protected_env,
         })
+    }
+
+    /// The protected env keys (`protectedEnv`, default [`DEFAULT_PROTECTED_ENV`]).
+    pub fn protected_env(&self) -> &[String] {
+        &self.protected_env
+    }
+
+    /// The file read, or the one that would be.
+    pub fn path(&self) -> &Path {
+        &self.path
     }
 
     /// Loads the file `explicit` names (`--config`, [`ENV`]; it must exist), or else

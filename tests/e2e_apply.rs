@@ -245,7 +245,8 @@ fn env_values_never_appear_in_output() {
     let sb = Sandbox::new();
     let name = unique("secret");
     let mut p = ProjectYaml::new(&name, "localhost/codeb-test-app:v1");
-    p.env = &[("DATABASE_URL", "postgres://u:hunter2-secret@db/x")];
+    // Not a protected key (DATABASE_URL is: a manifest may not set it, see tests/cli_env.rs).
+    p.env = &[("SESSION_SECRET", "postgres://u:hunter2-secret@db/x")];
     let dir = sb.write(&[p]);
     let outs = [
         sb.codeb(&["apply", "--dry-run", "-f", dir.to_str().unwrap()]),
@@ -258,7 +259,7 @@ fn env_values_never_appear_in_output() {
         assert!(!text(out).contains("hunter2"), "{}", text(out));
     }
     assert!(
-        text(&outs[3]).contains("DATABASE_URL"),
+        text(&outs[3]).contains("SESSION_SECRET"),
         "env keys are shown, values hidden"
     );
     cleanup(&sb, &name);

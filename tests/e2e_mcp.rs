@@ -546,6 +546,7 @@ fn valid_args(tool: &str, sb: &Sandbox, project: &str) -> Value {
         "logs" => json!({"project": project, "lines": 1}),
         "plan" => json!({"project": project, "image": APP_V2}),
         "audit" => json!({"project": project}),
+        "env" => json!({"project": project}),
         "deploy" => json!({"project": project, "image": APP_V2}),
         "promote" | "rollback" => json!({"project": project}),
         "apply" => json!({"manifests": yaml}),
@@ -802,8 +803,25 @@ fn a_canary_secret_in_a_manifest_appears_in_no_mcp_answer_nor_audit_entry() {
     assert!(!done.error, "{done:?}");
     let (_, done) = dev.plan_then_confirm("promote", json!({"project": name}));
     assert!(!done.error, "{done:?}");
+    // A stored secret too (set through the daemon's socket, rolled out): two versions to diff.
+    let stored = format!("canary-stored-{nanos:x}");
+    for value in [format!("{stored}-1"), stored.clone()] {
+        let out = sb.codeb(&["env", "set", &name, &format!("STORED_CANARY={value}")]);
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    }
+    let env = dev.call("env", json!({"project": name}));
+    assert!(
+        env.text.contains("STORED_CANARY"),
+        "names are shown: {env:?}"
+    );
     for mcp in [&admin, &dev] {
         for (tool, args) in [
+            ("env", json!({"project": name})),
+            ("env", json!({"project": name, "view": "history"})),
+            (
+                "env",
+                json!({"project": name, "view": "diff", "from": 1, "to": 2}),
+            ),
             ("list_projects", json!({})),
             ("health", json!({})),
             ("describe_project", json!({"project": name})),
@@ -858,7 +876,7 @@ fn a_canary_secret_in_a_manifest_appears_in_no_mcp_answer_nor_audit_entry() {
     assert!(a.error, "{a:?}");
 
     let seen = format!("{}\n{}", admin.seen(), dev.seen());
-    for secret in [&canary, &posted_canary] {
+    for secret in [&canary, &posted_canary, &stored] {
         let in_answers = seen.matches(secret.as_str()).count();
         // The one place a canary may come back is the "invalid arguments" echo of a value the
         // caller sent itself in a wrong place; never a value of a manifest's env.
@@ -912,6 +930,17 @@ fn bad_input_is_answered_with_tool_or_protocol_errors_and_bad_names_bodies_and_k
         ("list_projects", json!({"all": true}), "unknown field"),
         ("plan", json!({"project": "x"}), "either manifests"),
         ("audit", json!({"limit": 100000}), "limit"),
+        ("env", json!({"project": "x", "view": "diff"}), "give both"),
+        (
+            "env",
+            json!({"project": "x", "from": 1}),
+            "view `diff` only",
+        ),
+        (
+            "env",
+            json!({"project": "x", "view": "values"}),
+            "unknown variant",
+        ),
         (
             "logs",
             json!({"project": "x", "lines": 1001}),

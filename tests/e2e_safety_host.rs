@@ -79,13 +79,16 @@ fn finding_3_the_state_dir_is_private_an_unsafe_one_is_refused_and_none_is_guess
     assert_eq!(mode(&redb), 0o600);
     assert_eq!(mode(&lock_file), 0o600);
     assert!(
-        std::fs::read(&redb)
+        !std::fs::read(&redb)
             .unwrap()
             .windows(15)
             .any(|w| w == b"f3-canary-value"),
-        "the env value is in the store (encrypting it is another issue)"
+        "the env value is sealed in the store (docs/env.md), never in plaintext"
     );
+    let key_file = state.join("env.key");
+    assert_eq!(mode(&key_file), 0o600, "the env key, made under umask 000");
     assert!(!nobody_reads(&redb), "another local user cannot read it");
+    assert!(!nobody_reads(&key_file), "nor the key it is sealed under");
 
     // A state directory an earlier codeb left 0755 with a 0644 store: tightened, with a warning.
     chmod(&state, 0o755);

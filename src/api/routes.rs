@@ -14,6 +14,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use std::collections::BTreeMap;
 use utoipa::{IntoParams, OpenApi, ToSchema};
 
 use super::auth::{route, Authed};
@@ -22,7 +23,8 @@ use super::{Api, HealthView, TargetHealth, BODY_LIMIT, BODY_TIMEOUT};
 use crate::auth::{AuditEntry, KeyRecord, Permission};
 use crate::model::Slot;
 use crate::service::view::{
-    ApplyView, EnvView, FailureView, HostRow, LogsView, NoteView, OutcomeView, OverrideView,
+    ApplyView, EnvChangeView, EnvDiffView, EnvExportView, EnvHistoryRow, EnvListRow, EnvListView,
+    EnvValueView, EnvView, FailureView, HostRow, LogsView, NoteView, OutcomeView, OverrideView,
     PlanView, ProjectRow, ProjectView, SlotRow, SlotView,
 };
 use crate::service::{self, Ctx, GetWhat, Request as Req, Response as Res, MAX_LOG_LINES};
@@ -81,6 +83,51 @@ pub const ROUTES: &[Route] = &[
     r("POST", "/api/v1/plan", Some(Permission::Read)),
     r("POST", "/api/v1/apply", Some(Permission::Apply)),
     r("GET", "/api/v1/audit", Some(Permission::AuditRead)),
+    r(
+        "GET",
+        "/api/v1/projects/{project}/environments/{environment}/env",
+        Some(Permission::EnvList),
+    ),
+    r(
+        "PUT",
+        "/api/v1/projects/{project}/environments/{environment}/env",
+        Some(Permission::EnvWrite),
+    ),
+    r(
+        "POST",
+        "/api/v1/projects/{project}/environments/{environment}/env/unset",
+        Some(Permission::EnvWrite),
+    ),
+    r(
+        "POST",
+        "/api/v1/projects/{project}/environments/{environment}/env/import",
+        Some(Permission::EnvWrite),
+    ),
+    r(
+        "POST",
+        "/api/v1/projects/{project}/environments/{environment}/env/restore",
+        Some(Permission::EnvWrite),
+    ),
+    r(
+        "GET",
+        "/api/v1/projects/{project}/environments/{environment}/env/history",
+        Some(Permission::EnvList),
+    ),
+    r(
+        "GET",
+        "/api/v1/projects/{project}/environments/{environment}/env/diff",
+        Some(Permission::EnvList),
+    ),
+    r(
+        "POST",
+        "/api/v1/projects/{project}/environments/{environment}/env/get",
+        Some(Permission::EnvRead),
+    ),
+    r(
+        "POST",
+        "/api/v1/projects/{project}/environments/{environment}/env/export",
+        Some(Permission::EnvRead),
+    ),
     r("POST", "/api/tool", None),
 ];
 
@@ -127,6 +174,38 @@ pub fn router(api: Api) -> Router {
         .route("/api/v1/plan", post(plan))
         .route("/api/v1/apply", post(apply))
         .route("/api/v1/audit", get(audit))
+        .route(
+            "/api/v1/projects/{project}/environments/{environment}/env",
+            get(env_list).put(env_set),
+        )
+        .route(
+            "/api/v1/projects/{project}/environments/{environment}/env/unset",
+            post(env_unset),
+        )
+        .route(
+            "/api/v1/projects/{project}/environments/{environment}/env/import",
+            post(env_import),
+        )
+        .route(
+            "/api/v1/projects/{project}/environments/{environment}/env/restore",
+            post(env_restore),
+        )
+        .route(
+            "/api/v1/projects/{project}/environments/{environment}/env/history",
+            get(env_history),
+        )
+        .route(
+            "/api/v1/projects/{project}/environments/{environment}/env/diff",
+            get(env_diff),
+        )
+        .route(
+            "/api/v1/projects/{project}/environments/{environment}/env/get",
+            post(env_get),
+        )
+        .route(
+            "/api/v1/projects/{project}/environments/{environment}/env/export",
+            post(env_export),
+        )
         .route("/api/tool", post(tool))
         .route("/mcp", axum::routing::any(crate::mcp::http::handle))
         .route_layer(axum::middleware::from_fn(count))
@@ -206,8 +285,16 @@ fn answer(res: Res) -> Response {
         Res::Keys(v) => Json(v).into_response(),
         Res::KeyRevoked(v) => Json(v).into_response(),
         Res::Planned(v) => Json(v).into_response(),
-        // Keys are made with the CLI only; never answered over HTTP.
-        Res::KeyCreated { .. } => ApiError::new(500, "failed", "unexpected result").into_response(),
+        Res::EnvChanged(v) => Json(v).into_response(),
+        Res::EnvList(v) => Json(v).into_response(),
+        Res::EnvValue(v) => Json(v).into_response(),
+        Res::EnvExport(v) => Json(v).into_response(),
+        Res::EnvHistory(v) => Json(v).into_response(),
+        Res::EnvDiff(v) => Json(v).into_response(),
+        // Keys are made with the CLI only, and backups are written by it; never over HTTP.
+        Res::KeyCreated { .. } | Res::EnvBackup(_) => {
+            ApiError::new(500, "failed", "unexpected result").into_response()
+        }
     }
 }
 
@@ -732,14 +819,290 @@ fn outcome(res: Res) -> (bool, Value) {
     }
 }
 
+/// `PUT .../env`: set variables (merged into the latest version).
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EnvSetBody {
+    /// Names and values, e.g. `{"API_TOKEN": "..."}`.
+    pub vars: BTreeMap<String, String>,
+    /// Change protected keys too (needs `env-protected`, an admin's).
+    #[serde(default)]
+    pub protected: bool,
+}
+
+/// `POST .../env/unset`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EnvUnsetBody {
+    pub keys: Vec<String>,
+    #[serde(default)]
+    pub protected: bool,
+}
+
+/// `POST .../env/import`: a dotenv file's text replaces the env (protected keys aside).
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EnvImportBody {
+    /// The file's name, for errors (`file:line`); default `<request>`.
+    #[serde(default)]
+    pub name: Option<String>,
+    pub text: String,
+    #[serde(default)]
+    pub protected: bool,
+}
+
+/// `POST .../env/restore`: a new version equal to `version`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EnvRestoreBody {
+    pub version: u64,
+    #[serde(default)]
+    pub protected: bool,
+}
+
+/// `POST .../env/get`: one value (a POST, so that no value is ever a cached GET's).
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EnvGetBody {
+    pub key: String,
+}
+
+/// `GET .../env/diff` parameters.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct EnvDiffQuery {
+    pub from: u64,
+    pub to: u64,
+}
+
+/// Authorizes `req` (its body not read yet), then builds it from the body.
+async fn env_change<B: serde::de::DeserializeOwned>(
+    api: &Api,
+    c: crate::auth::Caller,
+    probe: Req,
+    body: Result<Bytes, BytesRejection>,
+    make: impl FnOnce(B) -> Req,
+) -> Result<Response, ApiError> {
+    api.authorize(&c, &probe)?;
+    let parsed: B = json_body(body)?;
+    Ok(answer(api.call(c, make(parsed)).await?))
+}
+
+#[utoipa::path(get, path = "/api/v1/projects/{project}/environments/{environment}/env", tag = "env",
+    security(("key" = []), ("bearer" = [])),
+    params(("project" = String, Path), ("environment" = String, Path)),
+    responses((status = 200, body = EnvListView), (status = 403, body = ApiError)))]
+async fn env_list(
+    State(api): State<Api>,
+    Authed(c): Authed,
+    Path((project, environment)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    let req = Req::EnvList {
+        project,
+        environment,
+    };
+    Ok(answer(api.call(c, req).await?))
+}
+
+#[utoipa::path(put, path = "/api/v1/projects/{project}/environments/{environment}/env", tag = "env",
+    security(("key" = []), ("bearer" = [])),
+    params(("project" = String, Path), ("environment" = String, Path)), request_body = EnvSetBody,
+    responses((status = 200, body = EnvChangeView), (status = 400, body = ApiError), (status = 403, body = ApiError),
+              (status = 409, body = ApiError)))]
+async fn env_set(
+    State(api): State<Api>,
+    Authed(c): Authed,
+    Path((project, environment)): Path<(String, String)>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let probe = Req::EnvSet {
+        project: project.clone(),
+        environment: environment.clone(),
+        vars: Default::default(),
+        protected: false,
+    };
+    env_change(&api, c, probe, body, |b: EnvSetBody| Req::EnvSet {
+        project,
+        environment,
+        vars: crate::model::vars::EnvValues(b.vars),
+        protected: b.protected,
+    })
+    .await
+}
+
+#[utoipa::path(post, path = "/api/v1/projects/{project}/environments/{environment}/env/unset", tag = "env",
+    security(("key" = []), ("bearer" = [])),
+    params(("project" = String, Path), ("environment" = String, Path)), request_body = EnvUnsetBody,
+    responses((status = 200, body = EnvChangeView), (status = 400, body = ApiError), (status = 403, body = ApiError)))]
+async fn env_unset(
+    State(api): State<Api>,
+    Authed(c): Authed,
+    Path((project, environment)): Path<(String, String)>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let probe = Req::EnvUnset {
+        project: project.clone(),
+        environment: environment.clone(),
+        keys: vec![],
+        protected: false,
+    };
+    env_change(&api, c, probe, body, |b: EnvUnsetBody| Req::EnvUnset {
+        project,
+        environment,
+        keys: b.keys,
+        protected: b.protected,
+    })
+    .await
+}
+
+#[utoipa::path(post, path = "/api/v1/projects/{project}/environments/{environment}/env/import", tag = "env",
+    security(("key" = []), ("bearer" = [])),
+    params(("project" = String, Path), ("environment" = String, Path)), request_body = EnvImportBody,
+    responses((status = 200, body = EnvChangeView), (status = 400, body = ApiError), (status = 403, body = ApiError)))]
+async fn env_import(
+    State(api): State<Api>,
+    Authed(c): Authed,
+    Path((project, environment)): Path<(String, String)>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let probe = Req::EnvImport {
+        project: project.clone(),
+        environment: environment.clone(),
+        file: service::EnvFile {
+            name: String::new(),
+            text: Default::default(),
+        },
+        protected: false,
+    };
+    env_change(&api, c, probe, body, |b: EnvImportBody| Req::EnvImport {
+        project,
+        environment,
+        file: service::EnvFile {
+            name: b.name.unwrap_or_else(|| "<request>".into()),
+            text: crate::model::vars::SecretText(b.text),
+        },
+        protected: b.protected,
+    })
+    .await
+}
+
+#[utoipa::path(post, path = "/api/v1/projects/{project}/environments/{environment}/env/restore", tag = "env",
+    security(("key" = []), ("bearer" = [])),
+    params(("project" = String, Path), ("environment" = String, Path)), request_body = EnvRestoreBody,
+    responses((status = 200, body = EnvChangeView), (status = 400, body = ApiError), (status = 403, body = ApiError),
+              (status = 404, body = ApiError)))]
+async fn env_restore(
+    State(api): State<Api>,
+    Authed(c): Authed,
+    Path((project, environment)): Path<(String, String)>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let probe = Req::EnvRestore {
+        project: project.clone(),
+        environment: environment.clone(),
+        version: 0,
+        protected: false,
+    };
+    env_change(&api, c, probe, body, |b: EnvRestoreBody| Req::EnvRestore {
+        project,
+        environment,
+        version: b.version,
+        protected: b.protected,
+    })
+    .await
+}
+
+#[utoipa::path(get, path = "/api/v1/projects/{project}/environments/{environment}/env/history", tag = "env",
+    security(("key" = []), ("bearer" = [])),
+    params(("project" = String, Path), ("environment" = String, Path)),
+    responses((status = 200, body = Vec<EnvHistoryRow>), (status = 403, body = ApiError)))]
+async fn env_history(
+    State(api): State<Api>,
+    Authed(c): Authed,
+    Path((project, environment)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    let req = Req::EnvHistory {
+        project,
+        environment,
+    };
+    Ok(answer(api.call(c, req).await?))
+}
+
+#[utoipa::path(get, path = "/api/v1/projects/{project}/environments/{environment}/env/diff", tag = "env",
+    security(("key" = []), ("bearer" = [])),
+    params(("project" = String, Path), ("environment" = String, Path), EnvDiffQuery),
+    responses((status = 200, body = EnvDiffView), (status = 403, body = ApiError), (status = 404, body = ApiError)))]
+async fn env_diff(
+    State(api): State<Api>,
+    Authed(c): Authed,
+    Path((project, environment)): Path<(String, String)>,
+    query: Result<Query<EnvDiffQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let mut req = Req::EnvDiff {
+        project,
+        environment,
+        from: 0,
+        to: 0,
+    };
+    api.authorize(&c, &req)?;
+    let Query(q) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    if let Req::EnvDiff { from, to, .. } = &mut req {
+        (*from, *to) = (q.from, q.to);
+    }
+    Ok(answer(api.call(c, req).await?))
+}
+
+#[utoipa::path(post, path = "/api/v1/projects/{project}/environments/{environment}/env/get", tag = "env",
+    security(("key" = []), ("bearer" = [])),
+    params(("project" = String, Path), ("environment" = String, Path)), request_body = EnvGetBody,
+    responses((status = 200, body = EnvValueView), (status = 403, body = ApiError), (status = 404, body = ApiError)))]
+async fn env_get(
+    State(api): State<Api>,
+    Authed(c): Authed,
+    Path((project, environment)): Path<(String, String)>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let probe = Req::EnvGet {
+        project: project.clone(),
+        environment: environment.clone(),
+        key: String::new(),
+    };
+    env_change(&api, c, probe, body, |b: EnvGetBody| Req::EnvGet {
+        project,
+        environment,
+        key: b.key,
+    })
+    .await
+}
+
+#[utoipa::path(post, path = "/api/v1/projects/{project}/environments/{environment}/env/export", tag = "env",
+    security(("key" = []), ("bearer" = [])),
+    params(("project" = String, Path), ("environment" = String, Path)),
+    responses((status = 200, body = EnvExportView), (status = 403, body = ApiError), (status = 404, body = ApiError)))]
+async fn env_export(
+    State(api): State<Api>,
+    Authed(c): Authed,
+    Path((project, environment)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    let req = Req::EnvExport {
+        project,
+        environment,
+    };
+    Ok(answer(api.call(c, req).await?))
+}
+
 #[derive(OpenApi)]
 #[openapi(
     info(title = "codeb", description = "The control plane of codeb: deploy, promote and roll back web apps on Podman hosts."),
     paths(health, metrics, openapi_json, projects, project, delete_project, slots, hosts, deploy, promote,
-          rollback, logs, plan, apply, audit, tool),
+          rollback, logs, plan, apply, audit, env_list, env_set, env_unset, env_import, env_restore,
+          env_history, env_diff, env_get, env_export, tool),
     components(schemas(ApiError, ErrorBody, HealthView, TargetHealth, ProjectRow, SlotRow, HostRow, ProjectView,
                        EnvView, SlotView, OverrideView, OutcomeView, FailureView, NoteView, PlanView, ApplyView,
-                       LogsView, AuditEntry, KeyRecord, DeployBody, ToolBody, ToolAnswer)),
+                       LogsView, AuditEntry, KeyRecord, DeployBody, ToolBody, ToolAnswer, EnvChangeView,
+                       EnvListView, EnvListRow, EnvValueView, EnvExportView, EnvHistoryRow, EnvDiffView,
+                       EnvSetBody, EnvUnsetBody, EnvImportBody, EnvRestoreBody, EnvGetBody)),
     modifiers(&Security),
 )]
 struct Doc;

@@ -1,8 +1,9 @@
 //! Roles, permissions and the one decision: may this caller do this, to this project?
 //!
 //! The roles are those of the platform codeb replaces: an admin does everything; a developer
-//! reads, deploys, promotes and rolls back (within its projects when its key names some), but
-//! sees no env values and changes no keys, hosts, zones or manifests; a viewer only reads.
+//! reads, deploys, promotes and rolls back (within its projects when its key names some), lists
+//! env names and writes env values except protected keys, but sees no env values and changes no
+//! keys, hosts, zones or manifests; a viewer only reads (nothing of env).
 //! Because each role holds every permission of the roles below it, the table is one column:
 //! the least role that holds each permission ([`Permission::least_role`]). Should a role ever
 //! hold a permission that a higher role lacks, that column becomes a matrix; the tests iterate
@@ -83,10 +84,16 @@ pub enum Permission {
     Prune,
     /// Delete an environment or a project and everything codeb runs for it.
     Delete,
-    /// Read env values (secrets, often).
+    /// List a project's env: names, keyed digests, versions, history and diffs; never values.
+    EnvList,
+    /// Read env values (secrets, often): `env get`, `env export`, `env backup`.
     EnvRead,
-    /// Set or remove env values.
+    /// Set, unset, import and restore env values, except protected keys (those are kept as
+    /// stored, and the answer says so). A developer's: the platform codeb replaces let developers
+    /// upload env files whose protected keys were kept.
     EnvWrite,
+    /// Set or remove protected env keys (`DATABASE_URL`, ...), with an explicit `--protected`.
+    EnvProtected,
     /// Add, change or remove hosts.
     HostsWrite,
     /// Add, change or remove DNS zones.
@@ -98,7 +105,7 @@ pub enum Permission {
 }
 
 impl Permission {
-    pub const ALL: [Permission; 14] = [
+    pub const ALL: [Permission; 16] = [
         Permission::Read,
         Permission::Logs,
         Permission::Deploy,
@@ -107,8 +114,10 @@ impl Permission {
         Permission::Apply,
         Permission::Prune,
         Permission::Delete,
+        Permission::EnvList,
         Permission::EnvRead,
         Permission::EnvWrite,
+        Permission::EnvProtected,
         Permission::HostsWrite,
         Permission::ZonesWrite,
         Permission::KeysManage,
@@ -125,8 +134,10 @@ impl Permission {
             Permission::Apply => "apply",
             Permission::Prune => "prune",
             Permission::Delete => "delete",
+            Permission::EnvList => "env-list",
             Permission::EnvRead => "env-read",
             Permission::EnvWrite => "env-write",
+            Permission::EnvProtected => "env-protected",
             Permission::HostsWrite => "hosts-write",
             Permission::ZonesWrite => "zones-write",
             Permission::KeysManage => "keys-manage",
@@ -142,12 +153,14 @@ impl Permission {
             | Permission::Deploy
             | Permission::Promote
             | Permission::Rollback
+            | Permission::EnvList
+            | Permission::EnvWrite
             | Permission::AuditRead => Role::Developer,
             Permission::Apply
             | Permission::Prune
             | Permission::Delete
             | Permission::EnvRead
-            | Permission::EnvWrite
+            | Permission::EnvProtected
             | Permission::HostsWrite
             | Permission::ZonesWrite
             | Permission::KeysManage => Role::Admin,
@@ -395,7 +408,7 @@ mod tests {
     fn every_permission_and_role_matches_the_platform_matrix() {
         use Permission::*;
         // Columns: admin, developer, viewer. Written once, here; `allows` must agree.
-        let expected: [(Permission, [bool; 3]); 14] = [
+        let expected: [(Permission, [bool; 3]); 16] = [
             (Read, [true, true, true]),
             (Logs, [true, true, false]),
             (Deploy, [true, true, false]),
@@ -404,8 +417,10 @@ mod tests {
             (Apply, [true, false, false]),
             (Prune, [true, false, false]),
             (Delete, [true, false, false]),
+            (EnvList, [true, true, false]),
             (EnvRead, [true, false, false]),
-            (EnvWrite, [true, false, false]),
+            (EnvWrite, [true, true, false]),
+            (EnvProtected, [true, false, false]),
             (HostsWrite, [true, false, false]),
             (ZonesWrite, [true, false, false]),
             (KeysManage, [true, false, false]),

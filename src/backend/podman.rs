@@ -857,7 +857,7 @@ fn create_body(spec: &ContainerSpec) -> ContainerCreateBody {
     ContainerCreateBody {
         image: Some(spec.image.clone()),
         cmd: spec.command.clone(),
-        env: Some(spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect()),
+        env: Some(spec.env.0.iter().map(|(k, v)| format!("{k}={v}")).collect()),
         labels: Some(
             spec.labels
                 .iter()
@@ -1481,7 +1481,8 @@ mod tests {
             name: "web-prod-blue".into(),
             image: "localhost/app:v1".into(),
             command: None,
-            env: BTreeMap::from([("A".into(), "1".into())]),
+            env: crate::model::vars::EnvValues(BTreeMap::from([("A".into(), "1".into())])),
+            env_source: Default::default(),
             labels: BTreeMap::from([(LABEL_PROJECT.into(), "web".into())]),
             container_port: 8080,
             host_ip: "127.0.0.1".into(),

@@ -132,10 +132,17 @@ fn operator_config(
 
 /// Runs a one-shot command: a request, its answer, its rendering.
 async fn client(state_dir: &Path, config: Option<&Path>, command: Command) -> anyhow::Result<u8> {
+    let backup_to = match &command {
+        Command::Env(super::EnvCommand::Backup { to, .. }) => Some(to.clone()),
+        _ => None,
+    };
     let (request, format) = request(command)?;
     let response = call(state_dir, config, request)
         .await?
         .map_err(Failure::from)?;
+    if let (Some(dir), service::Response::EnvBackup(b)) = (&backup_to, &response) {
+        write_backup(dir, &b.backup.0)?;
+    }
     let mut out = Vec::new();
     output::render(&response, format, &mut out)?;
     std::io::stdout().write_all(&out)?;
@@ -328,6 +335,7 @@ fn request(command: Command) -> anyhow::Result<(Request, Format)> {
             },
             output.output,
         ),
+        Command::Env(e) => env_request(e)?,
         Command::Logs {
             project,
             env,
@@ -346,6 +354,190 @@ fn request(command: Command) -> anyhow::Result<(Request, Format)> {
             },
             output.output,
         ),
+    })
+}
+
+/// The file `codeb env backup` writes in its directory.
+pub const BACKUP_FILE: &str = "codeb-env-backup.json";
+/// The largest dotenv file read (values are at most 64 KiB each; the service names that limit).
+const MAX_DOTENV_BYTES: u64 = 16 << 20;
+
+/// Writes a backup into `dir` (created 0700), as a 0600 file replaced atomically.
+fn write_backup(dir: &Path, text: &str) -> anyhow::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|e| Failure::unconverged(format!("creating {}: {e}", dir.display())))?;
+    let tmp = dir.join(format!(".{BACKUP_FILE}.tmp"));
+    let write = || -> std::io::Result<()> {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        f.write_all(text.as_bytes())?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, dir.join(BACKUP_FILE))
+    };
+    write().map_err(|e| {
+        Failure::unconverged(format!("writing {}: {e}", dir.join(BACKUP_FILE).display())).into()
+    })
+}
+
+/// Reads a text file a command names (`-`: standard input), at most `max` bytes.
+fn read_text(path: &Path, max: u64, what: &str) -> anyhow::Result<(String, String)> {
+    use std::io::Read;
+    let (name, mut reader): (String, Box<dyn Read>) = if path.as_os_str() == "-" {
+        ("<stdin>".into(), Box::new(std::io::stdin()))
+    } else {
+        let f = std::fs::File::open(path)
+            .map_err(|e| Failure::invalid(format!("{}: {e}", path.display())))?;
+        (path.display().to_string(), Box::new(f))
+    };
+    let mut bytes = Vec::new();
+    reader
+        .by_ref()
+        .take(max + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| Failure::invalid(format!("{name}: {e}")))?;
+    if bytes.len() as u64 > max {
+        return Err(Failure::invalid(format!(
+            "{name}: larger than {} MiB, too large for {what}",
+            max >> 20
+        ))
+        .into());
+    }
+    let text = String::from_utf8(bytes)
+        .map_err(|_| Failure::invalid(format!("{name}: not UTF-8 text")))?;
+    Ok((name, text))
+}
+
+/// The request of an `env` command.
+fn env_request(command: super::EnvCommand) -> anyhow::Result<(Request, Format)> {
+    use super::EnvCommand as E;
+    Ok(match command {
+        E::Set {
+            target,
+            vars,
+            protected,
+            output,
+        } => (
+            Request::EnvSet {
+                project: target.project,
+                environment: target.env,
+                vars: service::env::parse_assignments(&vars).map_err(Failure::from)?,
+                protected,
+            },
+            output.output,
+        ),
+        E::Unset {
+            target,
+            keys,
+            protected,
+            output,
+        } => (
+            Request::EnvUnset {
+                project: target.project,
+                environment: target.env,
+                keys,
+                protected,
+            },
+            output.output,
+        ),
+        E::Import {
+            target,
+            file,
+            protected,
+            output,
+        } => {
+            let (name, text) = read_text(&file, MAX_DOTENV_BYTES, "a dotenv file")?;
+            (
+                Request::EnvImport {
+                    project: target.project,
+                    environment: target.env,
+                    file: service::EnvFile {
+                        name,
+                        text: crate::model::vars::SecretText(text),
+                    },
+                    protected,
+                },
+                output.output,
+            )
+        }
+        E::List { target, output } => (
+            Request::EnvList {
+                project: target.project,
+                environment: target.env,
+            },
+            output.output,
+        ),
+        E::Get {
+            target,
+            key,
+            output,
+        } => (
+            Request::EnvGet {
+                project: target.project,
+                environment: target.env,
+                key,
+            },
+            output.output,
+        ),
+        E::Export { target, output } => (
+            Request::EnvExport {
+                project: target.project,
+                environment: target.env,
+            },
+            output.output,
+        ),
+        E::History { target, output } => (
+            Request::EnvHistory {
+                project: target.project,
+                environment: target.env,
+            },
+            output.output,
+        ),
+        E::Diff {
+            target,
+            from,
+            to,
+            output,
+        } => (
+            Request::EnvDiff {
+                project: target.project,
+                environment: target.env,
+                from,
+                to,
+            },
+            output.output,
+        ),
+        E::Restore {
+            target,
+            version,
+            protected,
+            output,
+        } => (
+            Request::EnvRestore {
+                project: target.project,
+                environment: target.env,
+                version,
+                protected,
+            },
+            output.output,
+        ),
+        E::Backup { output, .. } => (Request::EnvBackup, output.output),
+        E::RestoreBackup { from, output } => {
+            let (_, text) = read_text(&from.join(BACKUP_FILE), 1 << 30, "an env backup")?;
+            (
+                Request::EnvRestoreBackup {
+                    backup: crate::model::vars::SecretText(text),
+                },
+                output.output,
+            )
+        }
     })
 }
 

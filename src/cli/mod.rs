@@ -158,6 +158,10 @@ pub enum Command {
     /// Manage hosts: take one over from another codeb.
     #[command(subcommand)]
     Host(HostCommand),
+    /// A project environment's stored env: versioned, encrypted at rest; every change is a new
+    /// release rolled out blue/green, and a rollback restores the env with the image.
+    #[command(subcommand)]
+    Env(EnvCommand),
     /// Show the audit log: every change and every refused request, newest last.
     #[command(
         after_help = "Examples:\n  codeb audit --since 1h\n  codeb audit --project myapp -o json"
@@ -261,6 +265,135 @@ pub enum KeyCommand {
     /// Revoke a key by its id (see `codeb key list`).
     Revoke {
         id: String,
+        #[command(flatten)]
+        output: Output,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct EnvTarget {
+    pub project: String,
+    #[arg(long, default_value = "production")]
+    pub env: String,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum EnvCommand {
+    /// Set variables: a new env version, rolled out as a new release.
+    #[command(
+        after_help = "Examples:\n  codeb env set myapp API_TOKEN=abc123 FEATURE_X=on\n  codeb env set myapp --env staging LOG_LEVEL=debug\n  codeb env set myapp --protected DATABASE_URL=postgres://…   # admin only\n\nProtected keys (DATABASE_URL, POSTGRES_USER, POSTGRES_PASSWORD, REDIS_URL by default) are kept\nas stored unless an admin passes --protected; the answer names the keys kept."
+    )]
+    Set {
+        #[command(flatten)]
+        target: EnvTarget,
+        /// `KEY=VALUE` (the value may be empty).
+        #[arg(required = true, value_name = "KEY=VALUE")]
+        vars: Vec<String>,
+        /// Change protected keys too (admin).
+        #[arg(long)]
+        protected: bool,
+        #[command(flatten)]
+        output: Output,
+    },
+    /// Remove variables: a new env version, rolled out.
+    #[command(after_help = "Example:\n  codeb env unset myapp FEATURE_X")]
+    Unset {
+        #[command(flatten)]
+        target: EnvTarget,
+        #[arg(required = true, value_name = "KEY")]
+        keys: Vec<String>,
+        #[arg(long)]
+        protected: bool,
+        #[command(flatten)]
+        output: Output,
+    },
+    /// Replace the env with a dotenv file's (KEY=VALUE lines, `export`, quotes, # comments);
+    /// protected keys are kept unless an admin passes --protected.
+    #[command(
+        after_help = "Examples:\n  codeb env import myapp production.env\n  codeb env import myapp --env staging - < staging.env"
+    )]
+    Import {
+        #[command(flatten)]
+        target: EnvTarget,
+        /// The dotenv file, or `-` for standard input.
+        file: PathBuf,
+        #[arg(long)]
+        protected: bool,
+        #[command(flatten)]
+        output: Output,
+    },
+    /// List the latest version's names and keyed digests (never values).
+    #[command(
+        after_help = "Examples:\n  codeb env list myapp\n  codeb env list myapp --env staging -o json"
+    )]
+    List {
+        #[command(flatten)]
+        target: EnvTarget,
+        #[command(flatten)]
+        output: Output,
+    },
+    /// Print one value (admin; audited).
+    #[command(after_help = "Example:\n  codeb env get myapp API_TOKEN")]
+    Get {
+        #[command(flatten)]
+        target: EnvTarget,
+        key: String,
+        #[command(flatten)]
+        output: Output,
+    },
+    /// Print the latest version as dotenv text (admin; audited).
+    #[command(after_help = "Example:\n  codeb env export myapp > myapp.env")]
+    Export {
+        #[command(flatten)]
+        target: EnvTarget,
+        #[command(flatten)]
+        output: Output,
+    },
+    /// Every version: when, who, which names were added, changed or removed.
+    #[command(after_help = "Example:\n  codeb env history myapp -o json")]
+    History {
+        #[command(flatten)]
+        target: EnvTarget,
+        #[command(flatten)]
+        output: Output,
+    },
+    /// Which names differ between two versions (names only).
+    #[command(after_help = "Example:\n  codeb env diff myapp 3 5")]
+    Diff {
+        #[command(flatten)]
+        target: EnvTarget,
+        from: u64,
+        to: u64,
+        #[command(flatten)]
+        output: Output,
+    },
+    /// Write a new version equal to version N (history is never rewritten), rolled out.
+    #[command(after_help = "Example:\n  codeb env restore myapp --version 3")]
+    Restore {
+        #[command(flatten)]
+        target: EnvTarget,
+        #[arg(long)]
+        version: u64,
+        #[arg(long)]
+        protected: bool,
+        #[command(flatten)]
+        output: Output,
+    },
+    /// Write every project's env versions, still encrypted, to DIR/codeb-env-backup.json (the
+    /// key is not in it: keep env.key's own backup elsewhere).
+    #[command(after_help = "Example:\n  codeb env backup --to /mnt/backup/codeb")]
+    Backup {
+        #[arg(long, value_name = "DIR")]
+        to: PathBuf,
+        #[command(flatten)]
+        output: Output,
+    },
+    /// Bring env versions back from DIR/codeb-env-backup.json into a store that has none (with
+    /// the same env key in place).
+    #[command(after_help = "Example:\n  codeb env restore-backup --from /mnt/backup/codeb")]
+    RestoreBackup {
+        #[arg(long, value_name = "DIR")]
+        from: PathBuf,
         #[command(flatten)]
         output: Output,
     },

@@ -30,6 +30,17 @@ pub fn render(response: &Response, format: Format, out: &mut dyn Write) -> anyho
             Response::KeyRevoked(v) => data(out, v, format),
             Response::Audit(v) => data(out, v, format),
             Response::Planned(v) => data(out, v, format),
+            Response::EnvChanged(v) => data(out, v, format),
+            Response::EnvList(v) => data(out, v, format),
+            Response::EnvValue(v) => data(out, v, format),
+            Response::EnvExport(v) => data(out, v, format),
+            Response::EnvHistory(v) => data(out, v, format),
+            Response::EnvDiff(v) => data(out, v, format),
+            Response::EnvBackup(v) => data(
+                out,
+                &serde_json::json!({"versions": v.versions, "environments": v.environments}),
+                format,
+            ),
         };
     }
     match response {
@@ -111,6 +122,99 @@ pub fn render(response: &Response, format: Format, out: &mut dyn Write) -> anyho
         ),
         Response::KeyRevoked(k) => {
             writeln!(out, "key {} revoked", k.id)?;
+            Ok(())
+        }
+        Response::EnvChanged(v) => env_changed(v, out),
+        Response::EnvList(v) => {
+            match v.version {
+                Some(n) => writeln!(
+                    out,
+                    "{}/{} env version {n} (values hidden; digests are keyed)",
+                    v.project, v.environment
+                )?,
+                None => writeln!(out, "{}/{} has no stored env", v.project, v.environment)?,
+            }
+            if v.vars.is_empty() {
+                return Ok(());
+            }
+            emit(
+                out,
+                &v.vars,
+                format,
+                &["NAME", "DIGEST", "PROTECTED"],
+                |r| {
+                    vec![
+                        r.name.clone(),
+                        r.digest.clone(),
+                        if r.protected { "yes" } else { "-" }.into(),
+                    ]
+                },
+            )
+        }
+        Response::EnvValue(v) => {
+            writeln!(out, "{}", v.value.0)?;
+            Ok(())
+        }
+        Response::EnvExport(v) => {
+            write!(out, "{}", v.text.0)?;
+            Ok(())
+        }
+        Response::EnvHistory(rows) => emit(
+            out,
+            rows,
+            format,
+            &["VERSION", "TIME", "BY", "ADDED", "CHANGED", "REMOVED"],
+            |r| {
+                let names = |n: &[String]| {
+                    if n.is_empty() {
+                        "-".to_string()
+                    } else {
+                        n.join(",")
+                    }
+                };
+                let version = match r.restored_from {
+                    Some(f) => format!("{} (= {f})", r.version),
+                    None => r.version.to_string(),
+                };
+                vec![
+                    version,
+                    rfc3339(r.at_ms).to_string(),
+                    r.by.clone(),
+                    names(&r.added),
+                    names(&r.changed),
+                    names(&r.removed),
+                ]
+            },
+        ),
+        Response::EnvDiff(d) => {
+            writeln!(
+                out,
+                "{}/{} env {} → {} (names only)",
+                d.project, d.environment, d.from, d.to
+            )?;
+            for n in &d.added {
+                writeln!(out, "+ {n}")?;
+            }
+            for n in &d.changed {
+                writeln!(out, "~ {n}")?;
+            }
+            for n in &d.removed {
+                writeln!(out, "- {n}")?;
+            }
+            if d.added.is_empty() && d.changed.is_empty() && d.removed.is_empty() {
+                writeln!(out, "no difference")?;
+            }
+            Ok(())
+        }
+        Response::EnvBackup(b) => {
+            writeln!(
+                out,
+                "{} env versions of {} environment{} ({}), still encrypted",
+                b.versions,
+                b.environments.len(),
+                if b.environments.len() == 1 { "" } else { "s" },
+                b.environments.join(", ")
+            )?;
             Ok(())
         }
         Response::Audit(entries) => emit(
@@ -307,6 +411,9 @@ fn describe(p: &ProjectView, out: &mut dyn Write) -> anyhow::Result<()> {
                     s.env_names.join(", ")
                 )?;
             }
+            if let Some(v) = s.env_version {
+                writeln!(out, "    Env version: {v} (codeb env history)")?;
+            }
             if let Some(h) = &s.last_health {
                 writeln!(out, "    Health:  {h}")?;
             }
@@ -329,6 +436,39 @@ fn describe(p: &ProjectView, out: &mut dyn Write) -> anyhow::Result<()> {
     }
     for step in &p.interrupted {
         writeln!(out, "  interrupted: {step}")?;
+    }
+    Ok(())
+}
+
+fn env_changed(v: &crate::service::view::EnvChangeView, out: &mut dyn Write) -> anyhow::Result<()> {
+    let key = format!("{}/{}", v.project, v.environment);
+    if let Some(n) = v.version {
+        let mut parts = Vec::new();
+        for (what, names) in [
+            ("added", &v.added),
+            ("changed", &v.changed),
+            ("removed", &v.removed),
+        ] {
+            if !names.is_empty() {
+                parts.push(format!("{what} {}", names.join(", ")));
+            }
+        }
+        writeln!(
+            out,
+            "{key} env version {n} ({}): {}",
+            v.op,
+            if parts.is_empty() {
+                "no name changed".to_string()
+            } else {
+                parts.join("; ")
+            }
+        )?;
+    }
+    for note in &v.notes {
+        writeln!(out, "· {note}")?;
+    }
+    if let Some(o) = &v.rollout {
+        outcome(o, out)?;
     }
     Ok(())
 }

@@ -61,7 +61,9 @@ pub async fn load(paths: &[PathBuf], guard: &Guard) -> Result<Desired, String> {
     let loaded = tokio::task::spawn_blocking(move || crate::spec::load_paths(&paths))
         .await
         .map_err(|e| format!("the loader failed: {e}"))?;
-    let d = desired(&loaded.map_err(|e| e.to_string())?);
+    let m = loaded.map_err(|e| e.to_string())?;
+    crate::spec::check_protected(&m, guard.operator.protected_env()).map_err(|e| e.to_string())?;
+    let d = desired(&m);
     guard.check(&d)?;
     Ok(d)
 }

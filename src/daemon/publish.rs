@@ -179,6 +179,7 @@ mod tests {
                 health_timeout: Duration::from_secs(5),
                 promotion: Promotion::Auto,
                 grace_period: Duration::from_secs(60),
+                env_from: Default::default(),
             },
         );
         d

@@ -3,8 +3,9 @@
 //!
 //! The table names each tool's permissions; `service` enforces them (the same decision as the HTTP
 //! API's), and the tests check every tool × role against [`crate::auth::allows`]. Few tools, short
-//! descriptions: the whole `tools/list` answer is 5,978 bytes, about 1,500 tokens
-//! (`benches/mcp.sh`), within an agent's context next to its work; under 12 KB is a test.
+//! descriptions: the whole `tools/list` answer is 6,868 bytes, about 1,700 tokens (the unit test
+//! below prints it; `benches/mcp.sh`), within an agent's context next to its work; under 12 KB is
+//! a test.
 //!
 //! Results are compact JSON or the CLI's text; never an env value (views hold names only), a key
 //! or a backend credential (hosts are shown by name, address and switch mode).
@@ -87,6 +88,13 @@ pub const TOOLS: &[ToolSpec] = &[
         effect: READ,
         description: "Recent audit entries (who changed what, or was refused) for the projects you may see, newest last.",
         schema: schema::<AuditArgs>,
+    },
+    ToolSpec {
+        name: "env",
+        permissions: &[Permission::EnvList],
+        effect: READ,
+        description: "An environment's stored env variables: names, short keyed digests and version; or its history, or which names differ between two versions. Never a value.",
+        schema: schema::<EnvArgs>,
     },
     ToolSpec {
         name: "health",
@@ -225,6 +233,7 @@ async fn dispatch(
         "logs" => logs(ctx, parse(args)?).await,
         "plan" => plan(ctx, parse(args)?).await,
         "audit" => audit(ctx, parse(args)?).await,
+        "env" => env(ctx, parse(args)?).await,
         "health" => {
             parse::<NoArgs>(args)?;
             health_of(ctx, health).await
@@ -411,6 +420,28 @@ struct AuditArgs {
     /// Default 20.
     #[schemars(range(min = 1, max = 200))]
     limit: Option<usize>,
+}
+
+#[derive(Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+struct EnvArgs {
+    project: String,
+    /// Default: production.
+    environment: Option<String>,
+    /// `list` (default), `history`, or `diff` (with `from` and `to`).
+    view: Option<EnvView>,
+    /// For diff: the older version.
+    from: Option<u64>,
+    /// For diff: the newer version.
+    to: Option<u64>,
+}
+
+#[derive(Deserialize, JsonSchema, Clone, Copy)]
+#[serde(rename_all = "lowercase")]
+enum EnvView {
+    List,
+    History,
+    Diff,
 }
 
 #[derive(Deserialize, JsonSchema)]
@@ -703,6 +734,41 @@ async fn audit(ctx: &Ctx, a: AuditArgs) -> Result<CallToolResult, Fail> {
     }
 }
 
+/// Names, digests, versions and which names changed: the env service's views, which hold no value.
+async fn env(ctx: &Ctx, a: EnvArgs) -> Result<CallToolResult, Fail> {
+    let (project, environment) = (a.project, a.environment.unwrap_or_else(production));
+    let req = match (a.view.unwrap_or(EnvView::List), a.from, a.to) {
+        (EnvView::List, None, None) => Request::EnvList {
+            project,
+            environment,
+        },
+        (EnvView::History, None, None) => Request::EnvHistory {
+            project,
+            environment,
+        },
+        (EnvView::Diff, Some(from), Some(to)) => Request::EnvDiff {
+            project,
+            environment,
+            from,
+            to,
+        },
+        (EnvView::Diff, _, _) => {
+            return Err(Fail::Args("diff: give both `from` and `to`".into()));
+        }
+        _ => {
+            return Err(Fail::Args(
+                "`from` and `to` go with view `diff` only".into(),
+            ))
+        }
+    };
+    match run(ctx, req).await? {
+        Response::EnvList(v) => Ok(json_text(&v)),
+        Response::EnvHistory(v) => Ok(json_text(&v)),
+        Response::EnvDiff(v) => Ok(json_text(&v)),
+        other => Err(unexpected(other)),
+    }
+}
+
 async fn health_of(ctx: &Ctx, health: Option<&HealthSource>) -> Result<CallToolResult, Fail> {
     let hosts = match run(
         ctx,
@@ -928,6 +994,7 @@ mod tests {
         let bytes = serde_json::to_vec(&json!({ "tools": tools }))
             .unwrap()
             .len();
+        eprintln!("tools/list: {} tools, {bytes} bytes", tools.len());
         assert!(bytes < 12 * 1024, "tools/list is {bytes} bytes");
     }
 

@@ -80,6 +80,7 @@ pub fn desired(m: &Manifests) -> Desired {
                         spec::Promotion::Auto => Promotion::Auto,
                     },
                     grace_period: e.grace_period,
+                    env_from: e.env_from,
                 },
             );
         }
@@ -95,9 +96,16 @@ pub fn overridden(env: &DesiredEnv, over: &Override) -> Option<DesiredEnv> {
     }
     let r = &env.release;
     Some(DesiredEnv {
-        release: Release::new(over.image.clone(), r.command.clone(), r.env.clone(), r.port)
-            .with_confinement(r.confinement.clone())
-            .with_stop_timeout(r.stop_timeout_secs),
+        release: Release::new(
+            over.image.clone(),
+            r.command.clone(),
+            BTreeMap::new(),
+            r.port,
+        )
+        .with_inline_env(r.env.clone())
+        .with_env_version(r.env_version)
+        .with_confinement(r.confinement.clone())
+        .with_stop_timeout(r.stop_timeout_secs),
         ..env.clone()
     })
 }
@@ -134,6 +142,7 @@ mod tests {
             health_timeout: Duration::from_secs(5),
             promotion: Promotion::Auto,
             grace_period: Duration::from_secs(60),
+            env_from: Default::default(),
         }
     }
 

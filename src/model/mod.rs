@@ -12,6 +12,7 @@ pub mod dns;
 pub mod observed;
 pub mod ownership;
 pub mod ports;
+pub mod vars;
 pub mod writes;
 
 use std::collections::BTreeMap;
@@ -173,8 +174,13 @@ impl fmt::Display for EnvKey {
 pub struct Release {
     pub image: String,
     pub command: Option<Vec<String>>,
-    /// Secret-bearing: never printed, only hashed and handed to the runtime.
-    pub env: BTreeMap<String, String>,
+    /// The manifest's inline `env:`: recorded as names and a keyed digest, never values (see
+    /// [`vars::InlineEnv`]).
+    pub env: vars::InlineEnv,
+    /// The stored env version this release runs with (`codeb env`; `None`: none, as with
+    /// `envFrom: none` or before any `codeb env set`). Rollback runs the version its slot pinned.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub env_version: Option<u64>,
     pub port: u16,
     /// Limits and privileges of its container; absent in records of a codeb that knew none
     /// (they read as the defaults).
@@ -197,6 +203,7 @@ impl PartialEq for Release {
         self.image == other.image
             && self.command == other.command
             && self.env == other.env
+            && self.env_version == other.env_version
             && self.port == other.port
             && self.confinement == other.confinement
             && self.stop_timeout_secs == other.stop_timeout_secs
@@ -223,7 +230,8 @@ impl Release {
         Release {
             image: image.into(),
             command,
-            env,
+            env: vars::InlineEnv::unbound(env),
+            env_version: None,
             port,
             confinement: Confinement::default(),
             stop_timeout_secs: default_stop_timeout_secs(),
@@ -235,6 +243,24 @@ impl Release {
     pub fn with_stop_timeout(self, stop_timeout_secs: u32) -> Self {
         Release {
             stop_timeout_secs,
+            hash: Default::default(),
+            ..self
+        }
+    }
+
+    /// The release with this inline env (bound or not).
+    pub fn with_inline_env(self, env: vars::InlineEnv) -> Self {
+        Release {
+            env,
+            hash: Default::default(),
+            ..self
+        }
+    }
+
+    /// The release pinned to this stored env version.
+    pub fn with_env_version(self, env_version: Option<u64>) -> Self {
+        Release {
+            env_version,
             hash: Default::default(),
             ..self
         }
@@ -262,12 +288,8 @@ impl Release {
                 }
             }
             h.update([0]);
-            for (k, v) in &self.env {
-                h.update(k.as_bytes());
-                h.update([2]);
-                h.update(v.as_bytes());
-                h.update([3]);
-            }
+            // Keyed once bound: the label on a container lets nobody test a guess of a value.
+            self.env.hash_into(&mut h);
             h.update(self.port.to_be_bytes());
             self.confinement.hash_into(&mut h);
             // Nothing for the default: a release hashes as it did before codeb knew stop
@@ -275,6 +297,11 @@ impl Release {
             if self.stop_timeout_secs != default_stop_timeout_secs() {
                 h.update([7]);
                 h.update(self.stop_timeout_secs.to_be_bytes());
+            }
+            // Nothing without a stored version: a release hashes as before the env store.
+            if let Some(v) = self.env_version {
+                h.update([8]);
+                h.update(v.to_be_bytes());
             }
             const HEX: &[u8; 16] = b"0123456789abcdef";
             h.finalize()
@@ -355,6 +382,10 @@ pub struct DesiredEnv {
     pub health_timeout: Duration,
     pub promotion: Promotion,
     pub grace_period: Duration,
+    /// Whether releases pin the stored env's latest version (`envFrom`); absent in specs
+    /// recorded before it existed (they read as `stored`, the default).
+    #[serde(default)]
+    pub env_from: crate::spec::EnvFrom,
 }
 
 impl DesiredEnv {
@@ -489,8 +520,14 @@ mod tests {
     #[test]
     fn release_hash_changes_with_every_field() {
         let base = release("app:v1");
-        let mut env = base.clone();
-        env.env.insert("A".into(), "1".into());
+        let env = Release::new(
+            "app:v1",
+            None,
+            BTreeMap::from([("A".into(), "1".into())]),
+            8080,
+        );
+        let pinned = base.clone().with_env_version(Some(1));
+        let keyed = env.clone().with_inline_env(env.env.bind("d1".into()));
         let mut cmd = base.clone();
         cmd.command = Some(vec!["x".into()]);
         let mut port = base.clone();
@@ -509,6 +546,8 @@ mod tests {
             port.hash(),
             limited.hash(),
             patient.hash(),
+            pinned.hash(),
+            keyed.hash(),
         ];
         let unique: std::collections::BTreeSet<_> = hashes.iter().collect();
         assert_eq!(unique.len(), hashes.len());
@@ -539,6 +578,25 @@ mod tests {
             old, r,
             "a recorded release without a confinement reads as the defaults"
         );
+    }
+
+    #[test]
+    fn a_legacy_record_with_plaintext_env_keeps_its_hash_and_the_bound_release_differs_once() {
+        // Recorded by a codeb older than the env store: the container it labels is recognised...
+        let old: Release = serde_json::from_str(
+            r#"{"image":"localhost/app:v1","command":["httpd"],"env":{"A":"1"},"port":8080}"#,
+        )
+        .unwrap();
+        assert_eq!(old.hash(), "effba14e66784977");
+        // ...and the desired release, bound to its keyed digest, is another one: the next apply
+        // redeploys once, and its record holds no value.
+        let bound = old.clone().with_inline_env(old.env.bind("d".into()));
+        assert_ne!(bound.hash(), old.hash());
+        let json = serde_json::to_string(&bound).unwrap();
+        assert!(!json.contains("\"A\":\"1\""), "{json}");
+        let back: Release = serde_json::from_str(&json).unwrap();
+        assert_eq!(back.hash(), bound.hash(), "read back, it hashes the same");
+        assert_eq!(back, bound);
     }
 
     #[test]

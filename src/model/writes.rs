@@ -24,7 +24,11 @@ pub struct ContainerSpec {
     pub image: String,
     /// Replaces the image's CMD when set.
     pub command: Option<Vec<String>>,
-    pub env: BTreeMap<String, String>,
+    /// The values the container gets: empty in a plan; filled by the executor from
+    /// `env_source` right before the container is created. `Debug` shows names only.
+    pub env: super::vars::EnvValues,
+    /// The stored version and inline env the values come from.
+    pub env_source: super::vars::EnvSource,
     /// Includes the ownership labels above.
     pub labels: BTreeMap<String, String>,
     /// The TCP port the app listens on inside the container.

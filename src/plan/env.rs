@@ -649,7 +649,12 @@ pub fn container_spec(
         name: d.key.container_name(slot),
         image: release.image.clone(),
         command: release.command.clone(),
-        env: release.env.clone(),
+        env: Default::default(),
+        env_source: crate::model::vars::EnvSource {
+            key: Some(d.key.clone()),
+            version: release.env_version,
+            inline: release.env.clone(),
+        },
         labels,
         container_port: release.port,
         host_ip: host.publish_address.clone(),

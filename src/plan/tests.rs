@@ -41,6 +41,7 @@ pub(crate) fn env(project: &str) -> DesiredEnv {
         health_timeout: Duration::from_secs(5),
         promotion: Promotion::Auto,
         grace_period: Duration::from_secs(3600),
+        env_from: Default::default(),
     }
 }
 
@@ -55,9 +56,11 @@ impl EnvExt for DesiredEnv {
         self.release = Release::new(
             image,
             self.release.command.clone(),
-            self.release.env.clone(),
+            Default::default(),
             self.release.port,
-        );
+        )
+        .with_inline_env(self.release.env.clone())
+        .with_env_version(self.release.env_version);
         self
     }
     fn manual(mut self) -> Self {
@@ -414,7 +417,8 @@ async fn drift_is_repaired_and_foreign_objects_are_never_touched() {
         name: "not-ours".into(),
         image: "x".into(),
         command: None,
-        env: BTreeMap::new(),
+        env: Default::default(),
+        env_source: Default::default(),
         labels: BTreeMap::new(),
         container_port: 1,
         host_ip: "127.0.0.1".into(),

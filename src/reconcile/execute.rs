@@ -426,6 +426,9 @@ async fn run<R: Runtime, P: Proxy, K: Kernel, D: Dns, H: Prober>(
             health_timeout_ms,
             ..
         } => {
+            // Without the env key nothing is recorded or created (the values are decrypted later,
+            // right before the create call).
+            env_key_ready(store, container)?;
             let now = now_ms();
             update(&|rec| {
                 *rec.slot_mut(*slot) = SlotRecord {
@@ -443,18 +446,17 @@ async fn run<R: Runtime, P: Proxy, K: Kernel, D: Dns, H: Prober>(
                 // switch removes it: the new one does not wait for its removal.
                 (Some(old), Some(name)) => {
                     b.runtime.rename(old, name).await.map_err(backend)?;
-                    run_container(b, container, None).await.map_err(backend)
+                    run_container(b, store, host, container, None).await
                 }
-                _ => run_container(b, container, replace.as_deref())
-                    .await
-                    .map_err(backend),
+                _ => run_container(b, store, host, container, replace.as_deref()).await,
             }
         }
         Action::Recreate {
             container, replace, ..
-        } => run_container(b, container, replace.as_deref())
-            .await
-            .map_err(backend),
+        } => {
+            env_key_ready(store, container)?;
+            run_container(b, store, host, container, replace.as_deref()).await
+        }
         Action::Start { container, .. } => b.runtime.start(container).await.map_err(backend),
         Action::Stop { container, .. } => b.runtime.stop(container).await.map_err(backend),
         Action::AwaitHealthy {
@@ -693,18 +695,62 @@ fn or_root(path: &str) -> &str {
     }
 }
 
+/// Whether the env key a container's values need can be read (a missing or wrong key is an error
+/// naming the file), checked before a step records or removes anything.
+fn env_key_ready(store: &Store, spec: &crate::model::writes::ContainerSpec) -> Result<()> {
+    let s = &spec.env_source;
+    if s.key.is_some() && (s.version.is_some() || s.inline.digest().is_some()) {
+        store.keyring(s.inline.values().is_some())?;
+    }
+    Ok(())
+}
+
+/// The container with its env values: the inline ones (in memory, or sealed in the store by
+/// digest), then the pinned stored version's over them (stored wins). Called by
+/// [`run_container`] right before the create call, and nowhere else: the plan holds only where
+/// the values are.
+fn with_env(
+    store: &Store,
+    spec: &crate::model::writes::ContainerSpec,
+) -> Result<crate::model::writes::ContainerSpec> {
+    let source = &spec.env_source;
+    let Some(key) = &source.key else {
+        return Ok(spec.clone());
+    };
+    let mut values = store.inline_values(key, &source.inline)?;
+    if let Some(v) = source.version {
+        values.0.extend(store.open_env(key, v)?.0);
+    }
+    let mut out = spec.clone();
+    out.env = values;
+    Ok(out)
+}
+
 async fn run_container<R: Runtime, P: Proxy, K>(
     b: &HostBackends<R, P, K>,
+    store: &Store,
+    host: &str,
     spec: &crate::model::writes::ContainerSpec,
     replace: Option<&str>,
-) -> crate::backend::Result<()> {
+) -> Result<()> {
+    let backend = |source| Error::Backend {
+        host: host.to_string(),
+        source,
+    };
     if let Some(old) = replace {
-        b.runtime.remove(old).await?;
+        b.runtime.remove(old).await.map_err(backend)?;
     }
-    b.runtime.ensure_network(&spec.network).await?;
-    b.runtime.ensure_image(&spec.image).await?;
-    let id = b.runtime.create(spec).await?;
-    b.runtime.start(&id).await
+    b.runtime
+        .ensure_network(&spec.network)
+        .await
+        .map_err(backend)?;
+    b.runtime.ensure_image(&spec.image).await.map_err(backend)?;
+    // Decrypted here, for the create call alone: the values are dropped with `with_values`.
+    let id = {
+        let with_values = with_env(store, spec)?;
+        b.runtime.create(&with_values).await.map_err(backend)?
+    };
+    b.runtime.start(&id).await.map_err(backend)
 }
 
 #[cfg(test)]
@@ -856,5 +902,122 @@ mod tests {
             out.failures
         );
         assert!(counts().calls[0].1 > before.calls[0].1, "a Podman error");
+    }
+
+    /// Converges `myapp` to `release` on a fresh world over `fake`'s store.
+    async fn converge_release(fake: &Fake, release: crate::model::Release) -> Outcome {
+        let mut e = env("myapp");
+        e.release = release;
+        let backends: Backends<World, World, World> = Backends::hosts(BTreeMap::from([(
+            "app".to_string(),
+            fake_host(&fake.world),
+        )]));
+        let target = Target {
+            desired: &desired([e]),
+            remove: vec![],
+            dry_run: false,
+        };
+        let prober = FakeProber(vec![fake.world.clone()]);
+        converge(target, &fake.store, &backends, &prober)
+            .await
+            .unwrap()
+    }
+
+    /// A release of `app:v1` with this inline env, bound, pinned to `version`.
+    fn with_env(
+        fake: &Fake,
+        inline: &[(&str, &str)],
+        version: Option<u64>,
+    ) -> crate::model::Release {
+        let key = crate::model::EnvKey::new("myapp", "production");
+        let values = inline
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let r = crate::model::Release::new("app:v1", None, values, 8080);
+        let bound = fake.store.bind_inline(&key, &r.env, false).unwrap();
+        r.with_inline_env(bound).with_env_version(version)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_container_gets_its_pinned_version_over_its_inline_env_and_the_plan_holds_neither()
+    {
+        let fake = Fake::new();
+        let key = crate::model::EnvKey::new("myapp", "production");
+        let stored = crate::model::vars::EnvValues(BTreeMap::from([(
+            "TOKEN".to_string(),
+            "stored-s3cret".to_string(),
+        )]));
+        fake.store
+            .put_env_version(&key, None, &stored, "test", 1, None)
+            .unwrap();
+        let release = with_env(
+            &fake,
+            &[("TOKEN", "inline"), ("MODE", "inline-mode")],
+            Some(1),
+        );
+        let out = converge_release(&fake, release).await;
+        assert!(out.converged(), "{:?}", out.failures);
+        let plan = format!("{:?} {:?}", out.first_plan, out.executed);
+        assert!(
+            !plan.contains("s3cret") && !plan.contains("inline-mode"),
+            "{plan}"
+        );
+        let world = fake.world.state();
+        let (_, spec) = world
+            .containers
+            .values()
+            .find(|(c, _)| c.name == "myapp-production-blue")
+            .expect("the blue container");
+        assert_eq!(
+            spec.env.0["TOKEN"], "stored-s3cret",
+            "the stored value wins"
+        );
+        assert_eq!(spec.env.0["MODE"], "inline-mode");
+        assert!(
+            !format!("{spec:?}").contains("s3cret"),
+            "Debug shows names only"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn without_the_env_key_a_deploy_fails_before_it_records_or_creates_anything() {
+        let fake = Fake::new();
+        let key = crate::model::EnvKey::new("myapp", "production");
+        let one = crate::model::vars::EnvValues(BTreeMap::from([("A".into(), "1".into())]));
+        fake.store
+            .put_env_version(&key, None, &one, "test", 1, None)
+            .unwrap();
+        let dir = fake._dir.path().to_path_buf();
+        // A store reopened without its key file: the version is sealed under a key it lacks.
+        std::fs::remove_file(dir.join("env.key")).unwrap();
+        let reopened = Fake {
+            world: fake.world.clone(),
+            store: {
+                drop(fake.store);
+                Store::open(&dir).unwrap()
+            },
+            _dir: fake._dir,
+        };
+        let release = crate::model::Release::new("app:v1", None, BTreeMap::new(), 8080)
+            .with_env_version(Some(1));
+        let out = converge_release(&reopened, release).await;
+        assert!(
+            matches!(out.failures.first().map(|f| &f.error), Some(Error::Env(_))),
+            "{:?}",
+            out.failures
+        );
+        assert!(out.failures[0].error.to_string().contains("env.key"));
+        assert!(
+            reopened.world.state().containers.is_empty(),
+            "nothing created"
+        );
+        let rec = reopened.store.env(&key).unwrap();
+        assert!(
+            rec.is_none_or(
+                |r| r.blue.state == SlotState::Empty && r.green.state == SlotState::Empty
+            ),
+            "nothing recorded as deploying"
+        );
     }
 }

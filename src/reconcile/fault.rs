@@ -30,3 +30,18 @@ pub fn journal_written() {
         }
     }
 }
+
+/// Called by the env store right before it commits a new env version: with
+/// `CODEB_FAULT_KILL_BEFORE_ENV_COMMIT=1` the process is killed there, so a test sees that an
+/// uncommitted version leaves the store as it was.
+pub fn before_env_commit() {
+    static ON: OnceLock<bool> = OnceLock::new();
+    if *ON.get_or_init(|| std::env::var_os("CODEB_FAULT_KILL_BEFORE_ENV_COMMIT").is_some()) {
+        let _ = std::process::Command::new("kill")
+            .args(["-KILL", &std::process::id().to_string()])
+            .status();
+        loop {
+            std::thread::park();
+        }
+    }
+}

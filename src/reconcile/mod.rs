@@ -15,7 +15,7 @@ pub mod backoff;
 pub mod connect;
 pub mod controller;
 mod execute;
-mod fault;
+pub(crate) mod fault;
 #[cfg(test)]
 mod fixtures;
 pub mod health;
@@ -82,6 +82,9 @@ pub enum Error {
     MissingRecord { key: EnvKey },
     #[error("host {host} is not connected")]
     UnknownHost { host: String },
+    /// The container's env could not be read (its key file, a sealed version): a person acts.
+    #[error(transparent)]
+    Env(#[from] crate::store::secrets::EnvError),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -98,6 +101,8 @@ impl Error {
             | Error::DnsChanged { .. }
             | Error::MissingRecord { .. } => true,
             Error::UnknownZone { .. } | Error::UnknownHost { .. } => false,
+            // A key file comes back when a person puts it back; a resync then finds it.
+            Error::Env(_) => false,
         }
     }
 }

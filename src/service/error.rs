@@ -102,3 +102,17 @@ impl From<crate::reconcile::Error> for Error {
         Error::failed(crate::backend::error_chain(&e))
     }
 }
+
+impl From<crate::store::secrets::EnvError> for Error {
+    fn from(e: crate::store::secrets::EnvError) -> Self {
+        use crate::store::secrets::EnvError as E;
+        let message = crate::backend::error_chain(&e);
+        match &e {
+            _ if e.is_key_problem() => Error::invalid(message),
+            E::NoVersion { .. } => Error::not_found(message),
+            E::BadBackup(_) | E::NotEmpty(_) => Error::invalid(message),
+            E::Moved { .. } => Error::busy(message),
+            _ => Error::failed(message),
+        }
+    }
+}

@@ -10,6 +10,7 @@
 //! Must not: read a file a request names (manifests arrive as [`Source`] texts), print, or make a
 //! decision the planner makes.
 
+pub mod env;
 pub mod error;
 pub mod view;
 pub mod warm;
@@ -29,6 +30,7 @@ use crate::auth::{self, AuditEntry, AuditRetention, Caller, KeyRecord, Permissio
 use crate::backend::Runtime;
 use crate::model::desired::{desired, overlay, overridden};
 use crate::model::dns::ZoneRef;
+use crate::model::vars::{EnvValues, SecretText};
 use crate::model::{Desired, EnvKey, Override, Slot};
 use crate::plan::{self, HostObservation, Note};
 use crate::reconcile::connect::{connect, connect_zones};
@@ -150,6 +152,72 @@ pub enum Request {
         change: Change,
         fingerprint: String,
     },
+    /// Set variables of an environment's stored env (a new version, rolled out).
+    EnvSet {
+        project: String,
+        environment: String,
+        vars: EnvValues,
+        /// Change protected keys too (needs `env-protected`).
+        #[serde(default)]
+        protected: bool,
+    },
+    /// Remove variables (a new version, rolled out).
+    EnvUnset {
+        project: String,
+        environment: String,
+        keys: Vec<String>,
+        #[serde(default)]
+        protected: bool,
+    },
+    /// Replace the env with a dotenv file's (protected keys aside; a new version, rolled out).
+    EnvImport {
+        project: String,
+        environment: String,
+        file: EnvFile,
+        #[serde(default)]
+        protected: bool,
+    },
+    /// The latest version's names and keyed digests.
+    EnvList {
+        project: String,
+        environment: String,
+    },
+    /// One value (audited).
+    EnvGet {
+        project: String,
+        environment: String,
+        key: String,
+    },
+    /// Every value as dotenv text (audited).
+    EnvExport {
+        project: String,
+        environment: String,
+    },
+    EnvHistory {
+        project: String,
+        environment: String,
+    },
+    /// Which names differ between two versions.
+    EnvDiff {
+        project: String,
+        environment: String,
+        from: u64,
+        to: u64,
+    },
+    /// A new version equal to `version` (history is never rewritten), rolled out.
+    EnvRestore {
+        project: String,
+        environment: String,
+        version: u64,
+        #[serde(default)]
+        protected: bool,
+    },
+    /// Every environment's versions, still sealed (the CLI writes them to a directory).
+    EnvBackup,
+    /// Versions from a backup, into a store that has none.
+    EnvRestoreBackup {
+        backup: SecretText,
+    },
 }
 
 /// A change that can be planned first and carried out later, unchanged: what MCP's two-step
@@ -225,6 +293,13 @@ impl Change {
     }
 }
 
+/// A dotenv file as a client read it: its name (for errors) and its text.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EnvFile {
+    pub name: String,
+    pub text: SecretText,
+}
+
 fn default_lines() -> usize {
     100
 }
@@ -248,7 +323,16 @@ impl Request {
             | Request::Promote { project, .. }
             | Request::Rollback { project, .. }
             | Request::Deploy { project, .. }
-            | Request::Logs { project, .. } => Some(project),
+            | Request::Logs { project, .. }
+            | Request::EnvSet { project, .. }
+            | Request::EnvUnset { project, .. }
+            | Request::EnvImport { project, .. }
+            | Request::EnvList { project, .. }
+            | Request::EnvGet { project, .. }
+            | Request::EnvExport { project, .. }
+            | Request::EnvHistory { project, .. }
+            | Request::EnvDiff { project, .. }
+            | Request::EnvRestore { project, .. } => Some(project),
             _ => None,
         }
     }
@@ -265,7 +349,16 @@ impl Request {
             Request::Promote { environment, .. }
             | Request::Rollback { environment, .. }
             | Request::Deploy { environment, .. }
-            | Request::Logs { environment, .. } => Some(environment),
+            | Request::Logs { environment, .. }
+            | Request::EnvSet { environment, .. }
+            | Request::EnvUnset { environment, .. }
+            | Request::EnvImport { environment, .. }
+            | Request::EnvList { environment, .. }
+            | Request::EnvGet { environment, .. }
+            | Request::EnvExport { environment, .. }
+            | Request::EnvHistory { environment, .. }
+            | Request::EnvDiff { environment, .. }
+            | Request::EnvRestore { environment, .. } => Some(environment),
             _ => None,
         }
     }
@@ -299,6 +392,17 @@ impl Request {
                 Change::Apply { prune: true, .. } => "apply --prune",
                 other => other.request().op(),
             },
+            Request::EnvSet { .. } => "env set",
+            Request::EnvUnset { .. } => "env unset",
+            Request::EnvImport { .. } => "env import",
+            Request::EnvList { .. } => "env list",
+            Request::EnvGet { .. } => "env get",
+            Request::EnvExport { .. } => "env export",
+            Request::EnvHistory { .. } => "env history",
+            Request::EnvDiff { .. } => "env diff",
+            Request::EnvRestore { .. } => "env restore",
+            Request::EnvBackup => "env backup",
+            Request::EnvRestoreBackup { .. } => "env restore-backup",
         }
     }
 
@@ -324,6 +428,25 @@ impl Request {
             Request::Audit { .. } => vec![Permission::AuditRead],
             Request::Plan { .. } => vec![Permission::Read],
             Request::Guarded { change, .. } => change.request().permissions(),
+            Request::EnvSet { protected, .. }
+            | Request::EnvUnset { protected, .. }
+            | Request::EnvImport { protected, .. }
+            | Request::EnvRestore { protected, .. } => {
+                let mut p = vec![Permission::EnvWrite];
+                if *protected {
+                    p.push(Permission::EnvProtected);
+                }
+                p
+            }
+            Request::EnvList { .. } | Request::EnvHistory { .. } | Request::EnvDiff { .. } => {
+                vec![Permission::EnvList]
+            }
+            Request::EnvGet { .. } | Request::EnvExport { .. } | Request::EnvBackup => {
+                vec![Permission::EnvRead]
+            }
+            Request::EnvRestoreBackup { .. } => {
+                vec![Permission::EnvWrite, Permission::EnvProtected]
+            }
         }
     }
 
@@ -338,9 +461,24 @@ impl Request {
             | Request::KeyCreate { .. }
             | Request::KeyRevoke { .. }
             | Request::HostAdopt { .. }
-            | Request::Guarded { .. } => true,
+            | Request::Guarded { .. }
+            | Request::EnvSet { .. }
+            | Request::EnvUnset { .. }
+            | Request::EnvImport { .. }
+            | Request::EnvRestore { .. }
+            | Request::EnvRestoreBackup { .. } => true,
             _ => false,
         }
+    }
+
+    /// Whether the request is audited whatever its outcome: every change, and every read of env
+    /// values.
+    pub fn audited(&self) -> bool {
+        self.changes()
+            || matches!(
+                self,
+                Request::EnvGet { .. } | Request::EnvExport { .. } | Request::EnvBackup
+            )
     }
 }
 
@@ -367,6 +505,14 @@ pub enum Response {
     Audit(Vec<AuditEntry>),
     /// A change's plan and the fingerprint that confirms it ([`Request::Plan`]).
     Planned(PlannedView),
+    EnvChanged(view::EnvChangeView),
+    EnvList(view::EnvListView),
+    EnvValue(view::EnvValueView),
+    EnvExport(view::EnvExportView),
+    EnvHistory(Vec<view::EnvHistoryRow>),
+    EnvDiff(view::EnvDiffView),
+    /// `env backup` and `env restore-backup`.
+    EnvBackup(view::EnvBackupView),
 }
 
 impl Response {
@@ -387,6 +533,7 @@ impl Response {
             Response::Diff(p) => u8::from(!p.steps.is_empty() || p.has_problems()),
             Response::Planned(p) => u8::from(p.plan.has_problems()),
             Response::Outcome(o) => u8::from(!o.converged),
+            Response::EnvChanged(v) => u8::from(!env::change_converged(v)),
             _ => 0,
         }
     }
@@ -648,7 +795,7 @@ pub async fn call(ctx: &Ctx, req: Request) -> Result<Response> {
             ctx.authorize(&req, Some(&project))?;
         }
     }
-    let changes = req.changes();
+    let changes = req.audited();
     let entry = ctx.entry(&req);
     let result = run(ctx, req).await;
     if changes {
@@ -663,6 +810,9 @@ pub async fn call(ctx: &Ctx, req: Request) -> Result<Response> {
                 }
                 if let Response::KeyCreated { record, .. } | Response::KeyRevoked(record) = r {
                     entry.steps = vec![format!("key {} ({})", record.id, record.role)];
+                }
+                if let Some(steps) = env::audit_steps(r) {
+                    entry.steps = steps;
                 }
             }
             Err(e) => {
@@ -811,6 +961,85 @@ async fn run(ctx: &Ctx, req: Request) -> Result<Response> {
                 scope,
             };
             Ok(Response::Audit(ctx.store.audit_entries(&filter)?))
+        }
+        Request::EnvSet {
+            project,
+            environment,
+            vars,
+            protected,
+        } => {
+            for (i, (k, v)) in vars.0.iter().enumerate() {
+                env::check_var(&format!("variable {}", i + 1), k, v)?;
+            }
+            let key = EnvKey::new(project, environment);
+            env::change(ctx, key, env::Change::Set(vars), protected)
+                .await
+                .map(Response::EnvChanged)
+        }
+        Request::EnvUnset {
+            project,
+            environment,
+            keys,
+            protected,
+        } => env::change(
+            ctx,
+            EnvKey::new(project, environment),
+            env::Change::Unset(keys),
+            protected,
+        )
+        .await
+        .map(Response::EnvChanged),
+        Request::EnvImport {
+            project,
+            environment,
+            file,
+            protected,
+        } => {
+            let vars = env::parse_dotenv(&file.name, &file.text.0)?;
+            let key = EnvKey::new(project, environment);
+            env::change(ctx, key, env::Change::Import(vars), protected)
+                .await
+                .map(Response::EnvChanged)
+        }
+        Request::EnvRestore {
+            project,
+            environment,
+            version,
+            protected,
+        } => env::change(
+            ctx,
+            EnvKey::new(project, environment),
+            env::Change::Restore(version),
+            protected,
+        )
+        .await
+        .map(Response::EnvChanged),
+        Request::EnvList {
+            project,
+            environment,
+        } => env::list(ctx, &EnvKey::new(project, environment)).map(Response::EnvList),
+        Request::EnvGet {
+            project,
+            environment,
+            key,
+        } => env::get(ctx, &EnvKey::new(project, environment), &key).map(Response::EnvValue),
+        Request::EnvExport {
+            project,
+            environment,
+        } => env::export(ctx, &EnvKey::new(project, environment)).map(Response::EnvExport),
+        Request::EnvHistory {
+            project,
+            environment,
+        } => env::history(ctx, &EnvKey::new(project, environment)).map(Response::EnvHistory),
+        Request::EnvDiff {
+            project,
+            environment,
+            from,
+            to,
+        } => env::diff(ctx, &EnvKey::new(project, environment), from, to).map(Response::EnvDiff),
+        Request::EnvBackup => env::backup(ctx).map(Response::EnvBackup),
+        Request::EnvRestoreBackup { backup } => {
+            env::restore_backup(ctx, &backup).map(Response::EnvBackup)
         }
     }
 }
@@ -962,6 +1191,8 @@ fn key_error(e: crate::store::KeyError) -> Error {
 /// configuration; any error is `Invalid` with nothing applied.
 fn load(ctx: &Ctx, sources: &[Source]) -> Result<Desired> {
     let m = crate::spec::load_sources(sources).map_err(|e| Error::invalid(e.to_string()))?;
+    crate::spec::check_protected(&m, ctx.config.protected_env())
+        .map_err(|e| Error::invalid(e.to_string()))?;
     allowed(&ctx.config, desired(&m))
 }
 
@@ -988,18 +1219,23 @@ fn load_unheld(ctx: &Ctx, sources: &[Source]) -> Result<Desired> {
         host: &r.host,
     });
     crate::spec::check_recorded(&m, held).map_err(|e| Error::invalid(e.to_string()))?;
+    crate::spec::check_protected(&m, ctx.config.protected_env())
+        .map_err(|e| Error::invalid(e.to_string()))?;
     allowed(&ctx.config, desired(&m))
 }
 
-/// The manifests' desired state with the overrides that hold laid over; overrides the manifests
-/// superseded are forgotten (unless `dry`: a dry run writes nothing).
+/// The manifests' desired state with the overrides that hold laid over, bound to the env store
+/// (each release pins its environment's latest stored env version, its inline env by keyed
+/// digest: see [`env::bind`]); overrides the manifests superseded are forgotten (unless `dry`: a
+/// dry run writes nothing).
 pub fn effective(store: &Store, declared: &Desired, dry: bool) -> Result<Desired> {
-    let (d, superseded) = overlay(declared, &store.overrides()?);
+    let (mut d, superseded) = overlay(declared, &store.overrides()?);
     if !dry {
         for key in superseded {
             store.set_override(&key, None)?;
         }
     }
+    env::bind(store, &mut d, dry)?;
     Ok(d)
 }
 
@@ -1631,9 +1867,87 @@ fn check_image_allowed(host: &crate::model::HostRef, image: &str) -> Result<()> 
     )))
 }
 
+/// The declared spec of an environment: the watched manifests' inside the daemon (it keeps them
+/// in force), else the last one applied.
+fn declared_env(ctx: &Ctx, key: &EnvKey) -> Result<Option<crate::model::DesiredEnv>> {
+    let watched = ctx
+        .daemon
+        .as_ref()
+        .and_then(|d| d.watched.borrow().envs.get(key).cloned());
+    match watched {
+        Some(env) => Ok(Some(env)),
+        None => Ok(ctx.store.declared(key)?),
+    }
+}
+
+/// What a rollout of `declared` works on: its host, its zones, and the works it claims.
+fn rollout_scope(
+    ctx: &Ctx,
+    declared: &crate::model::DesiredEnv,
+) -> Result<(crate::model::HostRef, BTreeMap<String, ZoneRef>, Vec<Work>)> {
+    let recorded = ctx.store.load()?;
+    let host = recorded.hosts.get(&declared.host).cloned().ok_or_else(|| {
+        Error::failed(format!(
+            "host {} of {} is not recorded",
+            declared.host, declared.key
+        ))
+    })?;
+    let zones = plan::dns::zones_for([declared.hostname.as_str()], &recorded.zones);
+    let works = [
+        Work::Host(host.name.clone()),
+        Work::Env(declared.key.clone()),
+    ]
+    .into_iter()
+    .chain(managed(&zones).map(Work::Zone))
+    .collect();
+    Ok((host, zones, works))
+}
+
+/// Rolls one environment's declared spec out through the blue/green path, with its override
+/// laid over and bound to the env store (its latest version), under the caller's claim. The
+/// daemon's loop is handed the new desired state before this returns, whatever the outcome, so
+/// that the claim is dropped only after the loop knows (else it could plan from the old state
+/// between the rollout and the hand-over).
+async fn roll_out(
+    ctx: &Ctx,
+    key: &EnvKey,
+    declared: crate::model::DesiredEnv,
+    host: crate::model::HostRef,
+    zones: BTreeMap<String, ZoneRef>,
+) -> Result<OutcomeView> {
+    let store = &ctx.store;
+    let d = Desired {
+        hosts: BTreeMap::from([(host.name.clone(), host)]),
+        envs: BTreeMap::from([(key.clone(), declared)]),
+        zones: zones.clone(),
+    };
+    let d = effective(store, &d, false)?;
+    let backends = connect_or_invalid(ctx, d.hosts.values(), zones.values())?;
+    let result = reconcile::converge(
+        Target {
+            desired: &d,
+            remove: vec![],
+            dry_run: false,
+        },
+        store,
+        &backends,
+        &HttpProber::new(),
+    )
+    .await;
+    if let Some(daemon) = &ctx.daemon {
+        daemon.publish(store)?;
+    }
+    Ok(OutcomeView::from(&result?))
+}
+
 /// What a deploy of an image to one environment converges: its declared spec with the image laid
 /// over as a release override, its host, and the zones of its hostname.
 struct DeployTarget {
+    /// The environment as declared (the manifests' image).
+    declared: crate::model::DesiredEnv,
+    host: crate::model::HostRef,
+    zones: BTreeMap<String, ZoneRef>,
+    /// The declared spec with the image laid over, on its host: what the deploy converges.
     desired: Desired,
     /// The override to record (`None`: the manifests' own image, and any override is dropped).
     over: Option<Override>,
@@ -1643,31 +1957,14 @@ struct DeployTarget {
 
 fn deploy_target(ctx: &Ctx, key: &EnvKey, image: &str) -> Result<DeployTarget> {
     check_image(image)?;
-    let store = &ctx.store;
     // The watched manifests are what the daemon keeps in force; otherwise the last declared spec.
-    let watched = ctx
-        .daemon
-        .as_ref()
-        .and_then(|d| d.watched.borrow().envs.get(key).cloned());
-    let declared = match watched {
-        Some(env) => env,
-        None => store.declared(key)?.ok_or_else(|| {
-            Error::not_found(format!(
-                "no declared environment {key}: apply its manifests first (see `codeb get projects`)"
-            ))
-        })?,
-    };
-    let recorded = store.load()?;
-    let host =
-        recorded.hosts.get(&declared.host).cloned().ok_or_else(|| {
-            Error::failed(format!("host {} of {key} is not recorded", declared.host))
-        })?;
+    let declared = declared_env(ctx, key)?.ok_or_else(|| {
+        Error::not_found(format!(
+            "no declared environment {key}: apply its manifests first (see `codeb get projects`)"
+        ))
+    })?;
+    let (host, zones, works) = rollout_scope(ctx, &declared)?;
     check_image_allowed(&host, image)?;
-    let zones = plan::dns::zones_for([declared.hostname.as_str()], &recorded.zones);
-    let works = [Work::Host(host.name.clone()), Work::Env(key.clone())]
-        .into_iter()
-        .chain(managed(&zones).map(Work::Zone))
-        .collect();
     // The manifests' own image: no override is needed, and any is dropped.
     let over = (declared.release.image != image).then(|| Override {
         image: image.to_string(),
@@ -1677,14 +1974,18 @@ fn deploy_target(ctx: &Ctx, key: &EnvKey, image: &str) -> Result<DeployTarget> {
     });
     let env = match &over {
         Some(o) => overridden(&declared, o).expect("made from this declaration"),
-        None => declared,
+        None => declared.clone(),
+    };
+    let desired = Desired {
+        hosts: BTreeMap::from([(host.name.clone(), host.clone())]),
+        envs: BTreeMap::from([(key.clone(), env)]),
+        zones: zones.clone(),
     };
     Ok(DeployTarget {
-        desired: Desired {
-            hosts: BTreeMap::from([(host.name.clone(), host)]),
-            envs: BTreeMap::from([(key.clone(), env)]),
-            zones,
-        },
+        declared,
+        host,
+        zones,
+        desired,
         over,
         works,
     })
@@ -1697,10 +1998,13 @@ async fn plan_deploy(ctx: &Ctx, key: EnvKey, image: &str) -> Result<PlannedView>
     planned(ctx, plan, vec![key])
 }
 
+/// The dry run of a deploy of `d` (bound to the env store as the rollout will be).
 async fn deploy_plan(ctx: &Ctx, d: &Desired) -> Result<PlanView> {
+    let mut d = d.clone();
+    env::bind(&ctx.store, &mut d, true)?;
     let backends = connect_or_invalid(ctx, d.hosts.values(), d.zones.values())?;
     let target = Target {
-        desired: d,
+        desired: &d,
         remove: vec![],
         dry_run: true,
     };
@@ -1719,25 +2023,10 @@ async fn deploy(ctx: &Ctx, key: EnvKey, image: &str, expect: Option<&str>) -> Re
         check_fingerprint(expected, &plan, store, std::slice::from_ref(&key))?;
     }
     store.set_override(&key, t.over.as_ref())?;
-    let d = &t.desired;
-    let backends = connect_or_invalid(ctx, d.hosts.values(), d.zones.values())?;
-    let result = reconcile::converge(
-        Target {
-            desired: d,
-            remove: vec![],
-            dry_run: false,
-        },
-        store,
-        &backends,
-        &HttpProber::new(),
-    )
-    .await;
     // The loop keeps the override in force from now on, whatever the rollout's outcome.
-    if let Some(daemon) = &ctx.daemon {
-        daemon.publish(store)?;
-    }
+    let result = roll_out(ctx, &key, t.declared, t.host, t.zones).await;
     drop(claim);
-    Ok(OutcomeView::from(&result?))
+    result
 }
 
 /// Replaces control characters (escape sequences, carriage returns) in application output, so a

@@ -184,6 +184,9 @@ pub struct SlotRow {
     pub state: String,
     pub image: Option<String>,
     pub release: Option<String>,
+    /// The stored env version the slot's release runs with; none: no stored env.
+    #[serde(default)]
+    pub env_version: Option<u64>,
     pub port: u16,
     pub container: String,
     pub preview_url: String,
@@ -241,6 +244,7 @@ pub fn slot_rows(r: &Recorded) -> Vec<SlotRow> {
                 state: s.state.to_string(),
                 image: s.release.as_ref().map(|r| r.image.clone()),
                 release: s.hash().map(str::to_string),
+                env_version: s.release.as_ref().and_then(|r| r.env_version),
                 port: slot.port(e.base_port),
                 container: e.key.container_name(slot),
                 preview_url: format!(
@@ -281,8 +285,11 @@ pub struct SlotView {
     pub state: String,
     pub image: Option<String>,
     pub release: Option<String>,
-    /// The names of the release's environment variables; never their values.
+    /// The names of the release's inline environment variables; never their values.
     pub env_names: Vec<String>,
+    /// The stored env version the release runs with (`codeb env history`); none: no stored env.
+    #[serde(default)]
+    pub env_version: Option<u64>,
     pub last_health: Option<String>,
     pub log_tail: Vec<String>,
 }
@@ -350,8 +357,9 @@ impl EnvView {
                         env_names: s
                             .release
                             .as_ref()
-                            .map(|r| r.env.keys().cloned().collect())
+                            .map(|r| r.env.names().to_vec())
                             .unwrap_or_default(),
+                        env_version: s.release.as_ref().and_then(|r| r.env_version),
                         last_health: s.last_health.clone(),
                         log_tail: s.log_tail.clone(),
                     }
@@ -394,4 +402,112 @@ pub struct LogsView {
     pub container: String,
     /// Application output: untrusted text, control characters replaced.
     pub lines: Vec<String>,
+}
+
+/// The result of an env change (`set`, `unset`, `import`, `restore`): names only.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EnvChangeView {
+    pub project: String,
+    pub environment: String,
+    /// `set`, `unset`, `import` or `restore`.
+    pub op: String,
+    /// The version written; none when nothing changed.
+    pub version: Option<u64>,
+    /// The version before.
+    pub previous: Option<u64>,
+    pub added: Vec<String>,
+    pub changed: Vec<String>,
+    pub removed: Vec<String>,
+    /// Protected keys the request named whose stored value was kept (it needs an admin with
+    /// `--protected`).
+    pub kept: Vec<String>,
+    /// The release it rolled out (absent when the environment is not declared or nothing
+    /// changed).
+    pub rollout: Option<OutcomeView>,
+    pub notes: Vec<String>,
+}
+
+/// One variable of `env list`: its name and the keyed digest of its value.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EnvListRow {
+    pub name: String,
+    /// 12 hex digits of an HMAC of the value under the env key: equal digests, equal values.
+    pub digest: String,
+    /// Only an admin with `--protected` changes it.
+    pub protected: bool,
+}
+
+/// `env list`: the latest version's names and digests; never values.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EnvListView {
+    pub project: String,
+    pub environment: String,
+    pub version: Option<u64>,
+    pub vars: Vec<EnvListRow>,
+}
+
+/// `env get`: one value (admin only, audited).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EnvValueView {
+    pub project: String,
+    pub environment: String,
+    pub version: u64,
+    pub key: String,
+    #[schema(value_type = String)]
+    pub value: crate::model::vars::SecretText,
+}
+
+/// `env export`: the latest version as dotenv text (admin only, audited).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EnvExportView {
+    pub project: String,
+    pub environment: String,
+    pub version: u64,
+    #[schema(value_type = String)]
+    pub text: crate::model::vars::SecretText,
+}
+
+/// One version of `env history`: who, when, which names changed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EnvHistoryRow {
+    pub project: String,
+    pub environment: String,
+    pub version: u64,
+    pub at_ms: u64,
+    pub by: String,
+    pub added: Vec<String>,
+    pub changed: Vec<String>,
+    pub removed: Vec<String>,
+    /// The version a restore copied.
+    pub restored_from: Option<u64>,
+}
+
+/// `env diff V1 V2`: names only.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EnvDiffView {
+    pub project: String,
+    pub environment: String,
+    pub from: u64,
+    pub to: u64,
+    pub added: Vec<String>,
+    pub changed: Vec<String>,
+    pub removed: Vec<String>,
+}
+
+/// `env backup` / `env restore-backup`: what was written or read. The backup text holds sealed
+/// values only (and no key); the CLI writes it to the directory named.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EnvBackupView {
+    pub versions: usize,
+    pub environments: Vec<String>,
+    #[schema(value_type = String)]
+    pub backup: crate::model::vars::SecretText,
 }

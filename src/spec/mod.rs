@@ -27,4 +27,4 @@ pub use load::{
 };
 pub use types::*;
 pub(crate) use validate::is_dns_name;
-pub use validate::{check_recorded, RecordedEnv};
+pub use validate::{check_protected, check_recorded, RecordedEnv};

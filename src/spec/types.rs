@@ -304,9 +304,15 @@ pub struct EnvironmentSpec {
     /// Replaces the image's command.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub command: Option<Vec<String>>,
-    /// Environment variables. Values are never printed by codeb.
+    /// Environment variables that are not secret (they are in git). Values are never printed by
+    /// codeb. Secrets belong in the stored env (`codeb env set`), whose value wins when both name
+    /// a key; a protected key (`DATABASE_URL`, ...) may not be written here.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub env: BTreeMap<String, String>,
+    /// `stored` (the default): the containers also get the project environment's stored env
+    /// (`codeb env`), pinned per release; `none`: only the inline `env:`.
+    #[serde(default, skip_serializing_if = "EnvFrom::is_stored")]
+    pub env_from: EnvFrom,
     /// How a new slot is probed before it may serve.
     #[serde(default)]
     pub health_check: HealthCheck,
@@ -368,6 +374,24 @@ impl Default for HealthCheck {
             path: default_health_path(),
             timeout: default_health_timeout(),
         }
+    }
+}
+
+/// Where an environment's containers take env values from besides the inline `env:`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum EnvFrom {
+    /// The stored env of the project environment (`codeb env set`), its latest version at each
+    /// release.
+    #[default]
+    Stored,
+    /// None: the inline `env:` only.
+    None,
+}
+
+impl EnvFrom {
+    pub fn is_stored(&self) -> bool {
+        *self == EnvFrom::Stored
     }
 }
 
@@ -460,6 +484,8 @@ pub struct EnvOrigins {
     pub name: Origin,
     /// Its `hostname` value, or its name when the hostname is the default.
     pub hostname: Origin,
+    /// Each inline `env:` key (for the check against the operator's protected keys).
+    pub env_keys: BTreeMap<String, Origin>,
 }
 
 impl Manifests {

@@ -113,7 +113,56 @@ fn env_origins(doc: &Document, env_name: &str) -> EnvOrigins {
         Some(_) => doc.value_origin(&["spec", "environments", env_name, "hostname"]),
         None => name.clone(),
     };
-    EnvOrigins { name, hostname }
+    let env_keys = match &doc.spec {
+        Spec::Project(p) => p
+            .environments
+            .get(env_name)
+            .map(|e| {
+                e.env
+                    .keys()
+                    .map(|k| {
+                        let at = doc.key_origin(&["spec", "environments", env_name, "env", k]);
+                        (k.clone(), at)
+                    })
+                    .collect()
+            })
+            .unwrap_or_default(),
+        _ => BTreeMap::new(),
+    };
+    EnvOrigins {
+        name,
+        hostname,
+        env_keys,
+    }
+}
+
+/// Refuses an inline `env:` value for a protected key (`protected`: the operator's list, see
+/// `config`): those are set through `codeb env set --protected` only, so a manifest (which a
+/// developer may write) cannot replace a database password.
+///
+/// # Errors
+/// One error per such key, at its file:line:column, naming the key, never its value.
+pub fn check_protected(manifests: &Manifests, protected: &[String]) -> Result<(), Errors> {
+    let mut errors = Vec::new();
+    for ((project, env), origins) in &manifests.env_origins {
+        for (key, at) in &origins.env_keys {
+            if protected.iter().any(|p| p == key) {
+                errors.push(Error::new(
+                    at.clone(),
+                    format!(
+                        "`{}` is a protected env key ({project}/{env}): it is set with `codeb env set {project} --env {env} --protected {}=...` by an admin, never in a manifest; remove it from `env:`",
+                        quote(key),
+                        quote(key)
+                    ),
+                ));
+            }
+        }
+    }
+    errors.sort_by(|a, b| a.origin().cmp(b.origin()));
+    match Errors::from_vec(errors) {
+        None => Ok(()),
+        Some(errors) => Err(errors),
+    }
 }
 
 fn check_name(doc: &Document, errors: &mut Vec<Error>) {

@@ -13,11 +13,25 @@ use crate::model::{DesiredEnv, EnvKey, Override};
 use redb::ReadableDatabase;
 
 impl Store {
-    /// Records the declared spec of these environments; writes only what changed.
-    pub fn put_declared<'a>(&self, envs: impl IntoIterator<Item = &'a DesiredEnv>) -> Result<()> {
-        let items: Vec<(String, &DesiredEnv)> =
-            envs.into_iter().map(|e| (e.key.store_key(), e)).collect();
-        self.put_changed(DECLARED, items.iter().map(|(k, e)| (k.as_str(), *e)))
+    /// Records the declared spec of these environments; writes only what changed. Their inline
+    /// env is bound first (sealed in the store, its digest recorded): no value is written here.
+    ///
+    /// # Errors
+    /// A store error, or an env key error (binding needs the key).
+    pub fn put_declared<'a>(
+        &self,
+        envs: impl IntoIterator<Item = &'a DesiredEnv>,
+    ) -> Result<(), super::secrets::EnvError> {
+        let mut bound: Vec<(String, DesiredEnv)> = Vec::new();
+        for e in envs {
+            let mut e = e.clone();
+            if e.release.env.is_unbound() {
+                let inline = self.bind_inline(&e.key, &e.release.env, false)?;
+                e.release = e.release.clone().with_inline_env(inline);
+            }
+            bound.push((e.key.store_key(), e));
+        }
+        Ok(self.put_changed(DECLARED, bound.iter().map(|(k, e)| (k.as_str(), e)))?)
     }
 
     /// The last declared spec of an environment.

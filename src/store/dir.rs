@@ -28,7 +28,8 @@ pub const DIR_MODE: u32 = 0o700;
 /// The mode of each file in it.
 pub const FILE_MODE: u32 = 0o600;
 /// What codeb keeps in a state directory: a directory holding only these may be tightened.
-const OWN_FILES: [&str; 4] = [
+const OWN_FILES: [&str; 5] = [
+    "env.key",
     "codeb.redb",
     "codeb.lock",
     "codeb.sock",

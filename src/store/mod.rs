@@ -1,5 +1,5 @@
 //! The embedded store (redb): environment records, recorded hosts, how each host was last seen
-//! to switch traffic, and the journal.
+//! to switch traffic, the journal, and the env versions, sealed ([`secrets`]).
 //!
 //! One process owns a store at a time (an exclusive lock file beside the database). Every record
 //! write is guarded by the generation the caller last read, so that a plan computed from an older
@@ -13,6 +13,7 @@ mod declared;
 pub mod dir;
 mod journal;
 mod keys;
+pub mod secrets;
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -121,7 +122,10 @@ pub struct Store {
     db: Database,
     _lock: File,
     recorded: Cache,
+    /// The state directory (where the env key file is looked for).
     dir: PathBuf,
+    /// The env keyring, once read (see [`secrets`]).
+    keyring: std::sync::OnceLock<std::sync::Arc<secrets::Keyring>>,
 }
 
 /// The last [`Recorded`] read, decoded, with the write version it was read at. The daemon answers
@@ -180,6 +184,9 @@ impl Store {
                 && txn
                     .open_table(META)
                     .is_ok_and(|t| t.get(OWNER_ID).is_ok_and(|v| v.is_some()))
+                && txn.open_table(secrets::ENV_VERSIONS).is_ok()
+                && txn.open_table(secrets::ENV_INLINE).is_ok()
+                && txn.open_table(secrets::ENV_META).is_ok()
         });
         if !exist {
             let txn = db.begin_write().map_err(storage)?;
@@ -202,6 +209,9 @@ impl Store {
                     meta.insert(OWNER_ID, hex.as_bytes()).map_err(storage)?;
                 }
             }
+            txn.open_table(secrets::ENV_VERSIONS).map_err(storage)?;
+            txn.open_table(secrets::ENV_INLINE).map_err(storage)?;
+            txn.open_table(secrets::ENV_META).map_err(storage)?;
             txn.commit().map_err(storage)?;
         }
         Ok(Store {
@@ -209,6 +219,7 @@ impl Store {
             _lock: lock,
             recorded: Cache::default(),
             dir: dir.to_path_buf(),
+            keyring: std::sync::OnceLock::new(),
         })
     }
 

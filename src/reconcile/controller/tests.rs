@@ -38,6 +38,7 @@ fn env(project: &str, image: &str) -> DesiredEnv {
         health_timeout: Duration::from_secs(2),
         promotion: Promotion::Auto,
         grace_period: Duration::from_secs(3600),
+        env_from: Default::default(),
     }
 }
 
