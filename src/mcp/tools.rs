@@ -1014,7 +1014,10 @@ mod tests {
             let changing = spec.permissions.iter().any(|p| {
                 !matches!(
                     p,
-                    Permission::Read | Permission::Logs | Permission::AuditRead
+                    Permission::Read
+                        | Permission::Logs
+                        | Permission::AuditRead
+                        | Permission::EnvList
                 )
             });
             assert_eq!(changing, !read, "{}", t.name);
