@@ -266,7 +266,14 @@ async fn run_records<H: Prober>(
     };
     if let Action::Switch { to, url, .. } = &step.action {
         // Health-gated: the slot answers now, or traffic does not move.
-        if let Err(last) = prober.probe(url).await {
+        let started = std::time::Instant::now();
+        let probed = prober.probe(url).await;
+        tracing::debug!(
+            url = %url,
+            elapsed_ms = started.elapsed().as_secs_f64() * 1000.0,
+            "switch probed its target"
+        );
+        if let Err(last) = probed {
             let error = Error::NotHealthy {
                 slot: *to,
                 url: url.clone(),
@@ -304,7 +311,12 @@ async fn run_records<H: Prober>(
         )),
         None => None,
     };
+    let started = std::time::Instant::now();
     journal.commit(w)?;
+    tracing::debug!(
+        elapsed_ms = started.elapsed().as_secs_f64() * 1000.0,
+        "records committed"
+    );
     journal.ahead = ahead;
     *gens = written;
     Ok(())

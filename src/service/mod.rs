@@ -1823,7 +1823,7 @@ fn switch_plan(
 }
 
 fn count_observation(observation: &'static str) {
-    tracing::debug!(observation, "switch observed its host");
+    tracing::debug!(observation, "switch observes its host");
     crate::metrics::metrics()
         .switch_observations
         .get_or_create(&crate::metrics::ObservationLabels { observation })
