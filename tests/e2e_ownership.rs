@@ -130,3 +130,58 @@ fn a_malformed_codeb_instance_is_invalid_input_and_changes_nothing() {
     }
     assert!(containers(&name).is_empty());
 }
+
+#[test]
+fn delete_host_forgets_a_host_no_project_runs_on_and_releases_its_owner_mark() {
+    let _l = lock();
+    let sb = Sandbox::new();
+    let name = unique("lasthost");
+    let dir = sb.write(&[ProjectYaml::new(&name, "localhost/codeb-test-app:v1")]);
+    let out = sb.apply(&dir);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let marked = || {
+        podman(&["volume", "exists", "codeb-owner"])
+            .status
+            .success()
+    };
+    assert!(marked(), "the first apply marks the host");
+
+    // Still in use: refused, naming what runs there; nothing forgotten.
+    let out = sb.codeb(&["delete", "host", "local"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        text(&out).contains(&format!("{name}/production")),
+        "{}",
+        text(&out)
+    );
+    assert!(marked());
+    // Unknown hosts and a wrong kind are usage errors.
+    let out = sb.codeb(&["delete", "host", "nowhere"]);
+    assert_ne!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(
+        text(&out).contains("no Host nowhere is recorded"),
+        "{}",
+        text(&out)
+    );
+
+    let out = sb.codeb(&["delete", "project", &name]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let out = sb.codeb(&["delete", "host", "local"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(
+        text(&out).contains("release this codeb's owner mark"),
+        "{}",
+        text(&out)
+    );
+    assert!(!marked(), "the mark is released");
+    let out = sb.codeb(&["get", "hosts", "-o", "json"]);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "[]",
+        "{}",
+        text(&out)
+    );
+    // The audit names it.
+    let out = sb.codeb(&["audit", "-o", "json"]);
+    assert!(text(&out).contains("delete host"), "{}", text(&out));
+}

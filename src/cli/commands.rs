@@ -263,17 +263,18 @@ fn request(command: Command) -> anyhow::Result<(Request, Format)> {
             output,
         } => {
             let request = match (what, name, paths.is_empty()) {
-                (Some(_), Some(name), true) => Request::Delete {
+                (Some(super::DeleteWhat::Project), Some(name), true) => Request::Delete {
                     projects: vec![name],
                     manifests: vec![],
                 },
+                (Some(super::DeleteWhat::Host), Some(host), true) => Request::HostDelete { host },
                 (None, None, false) => Request::Delete {
                     projects: vec![],
                     manifests: manifests(&paths)?,
                 },
                 _ => {
                     return Err(Failure::invalid(
-                        "use `codeb delete project NAME` or `codeb delete -f PATH…`",
+                        "use `codeb delete project NAME`, `codeb delete host NAME` or `codeb delete -f PATH…`",
                     )
                     .into())
                 }

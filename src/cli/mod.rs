@@ -208,11 +208,14 @@ pub enum Command {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
-    /// Remove a project's containers, routes and records.
+    /// Remove a project's containers, routes and records, or forget a host no project runs on.
+    #[command(
+        after_help = "Examples:\n  codeb delete project shop\n  codeb delete -f manifests/\n  codeb delete host old-box     # no project left on it; releases its owner mark"
+    )]
     Delete {
-        /// `project`, followed by its name; or use -f.
+        /// `project` or `host`, followed by its name; or use -f.
         #[arg(value_enum)]
-        what: Option<DescribeWhat>,
+        what: Option<DeleteWhat>,
         name: Option<String>,
         /// Delete the projects these manifests declare.
         #[arg(short = 'f', long = "filename", value_name = "PATH")]
@@ -478,6 +481,13 @@ pub enum GetWhat {
 #[derive(Debug, Clone, Copy, ValueEnum)]
 pub enum DescribeWhat {
     Project,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum DeleteWhat {
+    Project,
+    /// A recorded Host no project runs on (its owner mark is released).
+    Host,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]

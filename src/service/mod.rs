@@ -131,6 +131,10 @@ pub enum Request {
     HostAdopt {
         host: String,
     },
+    /// Forget a recorded host that no environment runs on, releasing this codeb's owner mark.
+    HostDelete {
+        host: String,
+    },
     /// Audit entries, newest last, within what the caller may see.
     Audit {
         #[serde(default)]
@@ -380,6 +384,7 @@ impl Request {
             Request::KeyList => "key list",
             Request::KeyRevoke { .. } => "key revoke",
             Request::HostAdopt { .. } => "host adopt",
+            Request::HostDelete { .. } => "delete host",
             Request::Audit { .. } => "audit",
             Request::Plan { change } => match change {
                 Change::Deploy { .. } => "plan deploy",
@@ -424,7 +429,9 @@ impl Request {
             Request::KeyCreate { .. } | Request::KeyList | Request::KeyRevoke { .. } => {
                 vec![Permission::KeysManage]
             }
-            Request::HostAdopt { .. } => vec![Permission::HostsWrite],
+            Request::HostAdopt { .. } | Request::HostDelete { .. } => {
+                vec![Permission::HostsWrite]
+            }
             Request::Audit { .. } => vec![Permission::AuditRead],
             Request::Plan { .. } => vec![Permission::Read],
             Request::Guarded { change, .. } => change.request().permissions(),
@@ -461,6 +468,7 @@ impl Request {
             | Request::KeyCreate { .. }
             | Request::KeyRevoke { .. }
             | Request::HostAdopt { .. }
+            | Request::HostDelete { .. }
             | Request::Guarded { .. }
             | Request::EnvSet { .. }
             | Request::EnvUnset { .. }
@@ -905,6 +913,7 @@ async fn run(ctx: &Ctx, req: Request) -> Result<Response> {
             .await
             .map(Response::Outcome),
         Request::HostAdopt { host } => adopt(ctx, &host).await.map(Response::Outcome),
+        Request::HostDelete { host } => delete_host(ctx, &host).await.map(Response::Outcome),
         Request::Deploy {
             project,
             environment,
@@ -1686,6 +1695,87 @@ async fn adopt(ctx: &Ctx, name: &str) -> Result<OutcomeView> {
         "host {name}: mark the host as owned by {owner} (was {was})"
     ));
     Ok(view)
+}
+
+/// Forgets the recorded host `name`, which no recorded or declared environment may still run on,
+/// and releases its owner mark when it is this codeb's (another's is left as it is). Nothing is
+/// forgotten when the host cannot be reached: its mark would stay behind.
+async fn delete_host(ctx: &Ctx, name: &str) -> Result<OutcomeView> {
+    let _claim = ctx.claim(vec![Work::Host(name.to_string())]).await?;
+    let recorded = ctx.store.recorded()?;
+    let host = recorded.hosts.get(name).cloned().ok_or_else(|| {
+        Error::not_found(format!(
+            "no Host {name} is recorded (see `codeb get hosts`)"
+        ))
+    })?;
+    let mut users: BTreeSet<String> = recorded
+        .envs
+        .values()
+        .filter(|r| r.host == name)
+        .map(|r| r.key.to_string())
+        .collect();
+    if let Some(d) = &ctx.daemon {
+        let watched = d.watched.borrow();
+        if watched.hosts.contains_key(name) {
+            return Err(Error::invalid(format!(
+                "Host {name} is declared in the watched manifests ({}): remove it there first",
+                d.dir()
+            )));
+        }
+        users.extend(
+            watched
+                .envs
+                .values()
+                .filter(|e| e.host == name)
+                .map(|e| e.key.to_string()),
+        );
+    }
+    if !users.is_empty() {
+        let names: Vec<String> = users.into_iter().collect();
+        return Err(Error::invalid(format!(
+            "Host {name} still runs {}: delete them first (`codeb delete project NAME`)",
+            names.join(", ")
+        )));
+    }
+    let owner =
+        crate::reconcile::connect::owner(&ctx.store).map_err(|e| Error::invalid(e.to_string()))?;
+    let backends = connect_or_invalid(ctx, [&host], [])?;
+    let b = backends
+        .hosts
+        .get(name)
+        .ok_or_else(|| Error::failed(format!("host {name}: no client")))?;
+    let unavailable = |e: crate::backend::Error| {
+        Error::unavailable(format!(
+            "host {name}: {}; nothing was forgotten",
+            crate::backend::error_chain(&e)
+        ))
+    };
+    let mark = b.runtime.owner().await.map_err(unavailable)?;
+    let mut executed = Vec::new();
+    match mark {
+        Some(o) if o.id == owner.id => {
+            b.runtime.unmark_owner().await.map_err(unavailable)?;
+            executed.push(format!("host {name}: release this codeb's owner mark"));
+        }
+        Some(o) => executed.push(format!(
+            "host {name}: its owner mark is another codeb's ({o}): left as it is"
+        )),
+        None => {}
+    }
+    ctx.store.delete_host(name)?;
+    if let Some(d) = &ctx.daemon {
+        d.clients
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(name);
+    }
+    executed.push(format!("host {name}: forget the recorded host"));
+    Ok(OutcomeView {
+        executed,
+        failures: vec![],
+        notes: vec![],
+        converged: true,
+    })
 }
 
 /// A recorded environment, its host and the host's clients.

@@ -332,6 +332,20 @@ impl Store {
         })
     }
 
+    /// Forgets a recorded host (and how it was last seen to switch traffic).
+    pub fn delete_host(&self, name: &str) -> Result<()> {
+        let txn = self.db.begin_write().map_err(storage)?;
+        txn.open_table(HOSTS)
+            .map_err(storage)?
+            .remove(name)
+            .map_err(storage)?;
+        txn.open_table(SWITCH_MODES)
+            .map_err(storage)?
+            .remove(name)
+            .map_err(storage)?;
+        self.commit_records(txn)
+    }
+
     /// Records the hosts the manifests name (so that `delete` works without manifests). Writes only
     /// what changed.
     pub fn put_hosts<'a>(&self, hosts: impl IntoIterator<Item = &'a HostRef>) -> Result<()> {
