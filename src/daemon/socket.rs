@@ -86,14 +86,18 @@ pub async fn forward(state_dir: &Path, req: &Request) -> Result<Answer, Error> {
 /// The caller holds the store's lock, so no other daemon serves this directory and a socket file
 /// found there is a stale one (a daemon that was killed); it is replaced.
 pub fn bind(state_dir: &Path) -> std::io::Result<UnixListener> {
+    bind_private(&state_dir.join(SOCKET))
+}
+
+/// Binds a unix socket at `path`, mode 0600, replacing a stale file there (see [`bind`]).
+pub fn bind_private(path: &Path) -> std::io::Result<UnixListener> {
     use std::os::unix::fs::PermissionsExt;
-    let path = state_dir.join(SOCKET);
-    match std::fs::remove_file(&path) {
+    match std::fs::remove_file(path) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
         _ => {}
     }
-    let listener = UnixListener::bind(&path)?;
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+    let listener = UnixListener::bind(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
     Ok(listener)
 }
 

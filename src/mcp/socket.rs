@@ -57,15 +57,7 @@ pub enum Error {
 /// Binds the daemon's MCP socket in `state_dir`, mode 0600, replacing a stale one (the caller
 /// holds the store's lock, as for `codeb.sock`).
 pub fn bind(state_dir: &Path) -> std::io::Result<UnixListener> {
-    use std::os::unix::fs::PermissionsExt;
-    let path = state_dir.join(SOCKET);
-    match std::fs::remove_file(&path) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
-        _ => {}
-    }
-    let listener = UnixListener::bind(&path)?;
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
-    Ok(listener)
+    crate::daemon::socket::bind_private(&state_dir.join(SOCKET))
 }
 
 /// Serves MCP on each connection until `shutdown`, as the connection's user.
