@@ -188,38 +188,6 @@ impl Drop for Mcp {
     }
 }
 
-/// Deletes these projects when dropped (after the daemon, declared before it).
-struct Cleanup<'a>(&'a Sandbox, Vec<String>);
-
-impl Drop for Cleanup<'_> {
-    fn drop(&mut self) {
-        for name in &self.1 {
-            cleanup(self.0, name);
-        }
-    }
-}
-
-/// One request through Caddy answers `body` (bounded at 1 s).
-fn serves(sb: &Sandbox, host: &str, body: &str) -> bool {
-    http_get_within(&sb.stack.http, host, "/", Duration::from_secs(1)).1 == body
-}
-
-/// A manual-promotion project.
-fn manual<'a>(name: &'a str, image: &'a str) -> ProjectYaml<'a> {
-    let mut p = ProjectYaml::new(name, image);
-    p.promotion = "manual";
-    p
-}
-
-/// The manifests' head and these projects as one YAML text.
-fn manifests(sb: &Sandbox, projects: &[ProjectYaml]) -> String {
-    let mut text = sb.stack.host_yaml();
-    for p in projects {
-        text.push_str(&p.render());
-    }
-    text
-}
-
 /// `codeb audit -o json` (the CLI, an admin), as JSON.
 fn audit(sb: &Sandbox) -> Vec<Value> {
     let out = sb.codeb(&["audit", "--limit", "10000", "-o", "json"]);

@@ -139,33 +139,6 @@ impl Client {
     }
 }
 
-/// Deletes these projects when dropped, whichever way the test ends. Declare it before the
-/// daemon: dropped after it, so the delete runs on the store once the daemon has gone (a daemon
-/// refuses to delete what its manifests declare).
-struct Cleanup<'a>(&'a Sandbox, Vec<String>);
-
-impl Drop for Cleanup<'_> {
-    fn drop(&mut self) {
-        for name in &self.1 {
-            cleanup(self.0, name);
-        }
-    }
-}
-
-/// One request through Caddy answers `body` (bounded at 1 s: see e2e_watch).
-fn serves(sb: &Sandbox, host: &str, body: &str) -> bool {
-    http_get_within(&sb.stack.http, host, "/", Duration::from_secs(1)).1 == body
-}
-
-/// The manifests' head and these projects as one YAML text.
-fn manifests(sb: &Sandbox, projects: &[ProjectYaml]) -> String {
-    let mut text = sb.stack.host_yaml();
-    for p in projects {
-        text.push_str(&p.render());
-    }
-    text
-}
-
 /// The slot rows of `project` from `GET /api/v1/slots`.
 fn slots_of(api: &Client, key: &str, project: &str) -> Vec<Value> {
     let slots = api.get("/api/v1/slots", Some(key));
@@ -197,13 +170,6 @@ fn environment(api: &Client, key: &str, project: &str) -> Value {
 fn with_env<'a>(name: &'a str, image: &'a str, env: &'a [(&'a str, &'a str)]) -> ProjectYaml<'a> {
     let mut p = ProjectYaml::new(name, image);
     p.env = env;
-    p
-}
-
-/// A manual-promotion project.
-fn manual<'a>(name: &'a str, image: &'a str) -> ProjectYaml<'a> {
-    let mut p = ProjectYaml::new(name, image);
-    p.promotion = "manual";
     p
 }
 

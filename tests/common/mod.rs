@@ -263,6 +263,35 @@ pub fn serves(sb: &Sandbox, host: &str, body: &str) -> bool {
     http_get_within(&sb.stack.http, host, "/", Duration::from_secs(1)).1 == body
 }
 
+/// Deletes these projects when dropped, whichever way the test ends. Declare it before a daemon:
+/// dropped after it, so the delete runs on the store once the daemon has gone (a daemon refuses to
+/// delete what its manifests declare).
+pub struct Cleanup<'a>(pub &'a Sandbox, pub Vec<String>);
+
+impl Drop for Cleanup<'_> {
+    fn drop(&mut self) {
+        for name in &self.1 {
+            cleanup(self.0, name);
+        }
+    }
+}
+
+/// A project with manual promotion.
+pub fn manual<'a>(name: &'a str, image: &'a str) -> ProjectYaml<'a> {
+    let mut p = ProjectYaml::new(name, image);
+    p.promotion = "manual";
+    p
+}
+
+/// The manifests' head (the stack's Host and Zone) and these projects as one YAML text.
+pub fn manifests(sb: &Sandbox, projects: &[ProjectYaml]) -> String {
+    let mut text = sb.stack.host_yaml();
+    for p in projects {
+        text.push_str(&p.render());
+    }
+    text
+}
+
 /// Polls `f` until it returns true or `within` passes.
 pub fn eventually(within: Duration, mut f: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + within;
