@@ -14,8 +14,8 @@ mod keys;
 mod roles;
 
 pub use audit::{AuditEntry, AuditRetention, AuditScope, Outcome};
+pub(crate) use keys::{hex, HmacSecret, KeyTag};
 pub use keys::{parse_key, IssuedKey, KeyRecord, NewKey, ParsedKey, Rejection, KEY_PREFIX};
-pub(crate) use keys::{HmacSecret, KeyTag};
 pub use roles::{
     allows, audit_scope, authorize, Caller, Denied, DenyReason, Permission, Role, UnknownName, Who,
 };

@@ -205,7 +205,7 @@ impl Store {
                 if meta.get(OWNER_ID).map_err(storage)?.is_none() {
                     let mut id = [0u8; 16];
                     getrandom::fill(&mut id).expect("the OS gives random bytes");
-                    let hex: String = id.iter().map(|b| format!("{b:02x}")).collect();
+                    let hex = crate::auth::hex(&id);
                     meta.insert(OWNER_ID, hex.as_bytes()).map_err(storage)?;
                 }
             }

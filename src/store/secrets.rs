@@ -36,6 +36,7 @@ use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 
 use super::{decode, storage, Store};
+use crate::auth::hex;
 use crate::model::vars::{EnvValues, InlineEnv};
 use crate::model::EnvKey;
 
@@ -140,16 +141,6 @@ fn hmac(key: &[u8], parts: &[&[u8]]) -> [u8; 32] {
         mac.update(p);
     }
     mac.finalize().into_bytes().into()
-}
-
-fn hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        s.push(DIGITS[usize::from(b >> 4)] as char);
-        s.push(DIGITS[usize::from(b & 15)] as char);
-    }
-    s
 }
 
 fn unhex(s: &str) -> Option<Vec<u8>> {
