@@ -208,3 +208,58 @@ pub trait Dns: Send + Sync {
         changes: &[RrsetChange],
     ) -> impl Future<Output = Result<(), Error>> + Send;
 }
+
+/// One shared PostgreSQL server, driven as the admin role a Host declares.
+///
+/// Names are quoted identifiers; every call is one connection's short sequence of statements and
+/// is idempotent.
+pub trait Postgres: Send + Sync {
+    /// Where the server is, for messages (never with the password).
+    fn endpoint(&self) -> &str;
+    /// The roles and databases of these environments as they exist, codeb's or not (two catalog
+    /// queries for all of them). An environment with nothing of its names reads as the default.
+    fn observe(
+        &self,
+        names: &[crate::model::data::PgNames],
+    ) -> impl Future<Output = Result<Vec<crate::model::data::ObservedDatabase>, Error>> + Send;
+    /// Converges one environment to `write`: the owner role (`NOLOGIN`, the mark as comment), its
+    /// database (owned by it; `CONNECT` and `TEMP` revoked from `PUBLIC`), the login role
+    /// `write.login` (`LOGIN`, `password`, member of the owner, acting as it, the limits) and the
+    /// other login's settings but not its password. Also revokes `CONNECT` on the `postgres`
+    /// database from `PUBLIC` (granting it to the admin role first). Refuses (conflict) a role or
+    /// database of these names that does not carry `write.mark`'s owner.
+    fn ensure(
+        &self,
+        write: &crate::model::data::DatabaseWrite,
+        password: &crate::model::vars::SecretText,
+    ) -> impl Future<Output = Result<(), Error>> + Send;
+    /// Makes a login role unable to log in (`NOLOGIN`, no password); a missing role is fine.
+    fn disable_login(&self, role: &str) -> impl Future<Output = Result<(), Error>> + Send;
+    /// Drops the database (terminating its connections) and the three roles; missing ones are fine.
+    fn drop_database(
+        &self,
+        names: &crate::model::data::PgNames,
+    ) -> impl Future<Output = Result<(), Error>> + Send;
+}
+
+/// One shared Redis server, driven as the admin user a Host declares.
+pub trait Cache: Send + Sync {
+    fn endpoint(&self) -> &str;
+    /// These ACL users as they exist (`None`: no such user), codeb's or not.
+    fn observe(
+        &self,
+        users: &[String],
+    ) -> impl Future<Output = Result<Vec<Option<crate::model::data::ObservedCacheUser>>, Error>> + Send;
+    /// `ACL SETUSER user reset` with `passwords` and `write.rules()`, in one command (the user
+    /// never exists half-set), then `ACL SAVE` when the server has an ACL file.
+    fn ensure(
+        &self,
+        write: &crate::model::data::CacheWrite,
+        passwords: &[crate::model::vars::SecretText],
+    ) -> impl Future<Output = Result<(), Error>> + Send;
+    /// Deletes the user and every key under its prefix; a missing user is fine.
+    fn drop_cache(
+        &self,
+        names: &crate::model::data::CacheNames,
+    ) -> impl Future<Output = Result<(), Error>> + Send;
+}

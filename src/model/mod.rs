@@ -7,6 +7,7 @@
 //! adapters convert to these types, never the other way round.
 
 pub mod confinement;
+pub mod data;
 pub mod desired;
 pub mod dns;
 pub mod observed;
