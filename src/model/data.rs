@@ -47,6 +47,27 @@ pub struct RedisRef {
     pub app_host: Option<String>,
 }
 
+/// Where and how often a Host's databases and caches are backed up (`spec.backups`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackupPolicy {
+    /// The destination directory (the backup host's mount): one subdirectory per backup, each
+    /// with a manifest of its files, their SHA-256 and size.
+    pub dir: String,
+    /// `pg_dump` (custom format) of each project database: daily, 7 kept, by default.
+    pub database: Schedule,
+    /// A dump of each project's Redis keys: hourly, 24 kept, by default.
+    pub cache: Schedule,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Schedule {
+    /// How often, in seconds.
+    pub every_secs: u64,
+    /// How many backups of one environment are kept (older ones are deleted after a new one is
+    /// written and verified).
+    pub keep: u32,
+}
+
 /// What becomes of an environment's data when the environment is removed (deleted or pruned).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
