@@ -80,6 +80,35 @@ pub enum OnDelete {
     Drop,
 }
 
+/// What an environment asks of its Host's data services.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DataWants {
+    /// A database in the Host's PostgreSQL.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub database: bool,
+    /// An ACL user in the Host's Redis.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub cache: bool,
+    #[serde(default, skip_serializing_if = "OnDelete::is_retain")]
+    pub on_delete: OnDelete,
+}
+
+impl DataWants {
+    pub fn is_none(&self) -> bool {
+        !self.database && !self.cache
+    }
+
+    pub fn is_default(&self) -> bool {
+        *self == DataWants::default()
+    }
+}
+
+impl OnDelete {
+    pub fn is_retain(&self) -> bool {
+        *self == OnDelete::Retain
+    }
+}
+
 /// PostgreSQL's limit on identifiers, in bytes.
 pub const PG_NAME_MAX: usize = 63;
 
