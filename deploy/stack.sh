@@ -1073,6 +1073,44 @@ EOF
   chmod 755 "$dir/app/run"
   import_image localhost/codeb-test-unhealthy:v1 "$dir" \
     'CMD ["/app/run"]' 'EXPOSE 8080' 'ENV PATH=/bin' 'LABEL codeb.test.version=v1'
+
+  # The data app (issue #17's tests): the same httpd, plus the host's psql and redis-cli with the
+  # shared libraries they load (from ldd, at the same paths), and two CGIs that use what codeb hands
+  # an app. /cgi-bin/db creates its table if missing, inserts a row and prints the row count
+  # (DATABASE_URL); /cgi-bin/cache INCRs ${REDIS_PREFIX}hits and prints it (REDIS_URL). Errors are
+  # printed in the body (status 200 still), so a test sees what the client said.
+  dir="$work/data"
+  make_rootfs "$dir"
+  local bin lib
+  for bin in "$PG_BIN/psql" "$(command -v redis-cli)"; do
+    cp -L "$bin" "$dir/bin/"
+    while read -r lib; do
+      mkdir -p "$dir$(dirname "$lib")"
+      cp -L "$lib" "$dir$lib"
+    done < <(ldd "$bin" | awk '$2 == "=>" && $3 ~ /^\// { print $3 } $1 ~ /^\// { print $1 }')
+  done
+  printf 'data' >"$dir/www/index.html"
+  printf 'ok' >"$dir/www/health"
+  cat >"$dir/www/cgi-bin/db" <<'EOF'
+#!/bin/sh
+printf 'Content-Type: text/plain\r\n\r\n'
+PGCONNECT_TIMEOUT=5 PGOPTIONS='-c client_min_messages=warning' psql "$DATABASE_URL" -X -q -At -v ON_ERROR_STOP=1 \
+  -c 'CREATE TABLE IF NOT EXISTS hits (id serial PRIMARY KEY, at timestamptz NOT NULL DEFAULT now())' \
+  -c 'INSERT INTO hits DEFAULT VALUES' -c 'SELECT count(*) FROM hits' 2>&1 | tr -d '\n'
+EOF
+  cat >"$dir/www/cgi-bin/cache" <<'EOF'
+#!/bin/sh
+printf 'Content-Type: text/plain\r\n\r\n'
+timeout 5 redis-cli -u "$REDIS_URL" --no-auth-warning INCR "${REDIS_PREFIX}hits" 2>&1 | tr -d '\n'
+EOF
+  cat >"$dir/app/run" <<'EOF'
+#!/bin/sh
+echo "codeb-test-data listening on :8080"
+exec httpd -f -p 8080 -h /www
+EOF
+  chmod 755 "$dir/www/cgi-bin/db" "$dir/www/cgi-bin/cache" "$dir/app/run"
+  import_image localhost/codeb-test-data:v1 "$dir" \
+    'CMD ["/app/run"]' 'EXPOSE 8080' 'ENV PATH=/bin' 'LABEL codeb.test.version=v1'
 }
 
 main() {
