@@ -369,9 +369,9 @@ mod tests {
         assert_ne!(a.database, b.database);
         assert_eq!(a.database, "a-b_c");
         assert_eq!(a.logins[1], "a-b_c_2");
-        let long = PgNames::of(&EnvKey::new(&"p".repeat(63), &"e".repeat(63)));
+        let long = PgNames::of(&EnvKey::new("p".repeat(63), "e".repeat(63)));
         assert!(long.logins[0].len() <= PG_NAME_MAX, "{}", long.logins[0]);
-        let other = PgNames::of(&EnvKey::new(&"p".repeat(63), &"e".repeat(62)));
+        let other = PgNames::of(&EnvKey::new("p".repeat(63), "e".repeat(62)));
         assert_ne!(long.database, other.database);
         assert_eq!(
             CacheNames::of(&EnvKey::new("shop", "staging")).user,
