@@ -9,10 +9,11 @@
 //!
 //! # Server facts this relies on (Redis 7.0.15, measured on deploy/stack.sh's server)
 //! - `ACL SETUSER u reset …` replaces the whole user in one command: it never exists half-set.
-//!   It does not drop the user's open connections, which keep the permissions they had.
+//!   Every rule of `CacheWrite::rules` is accepted (names and container commands such as
+//!   `-function`, which denies every `FUNCTION` subcommand).
 //! - `ACL SAVE` answers an error when the server has no `aclfile` ("This Redis instance is not
 //!   configured to use an ACL file…"): the users then live until the server restarts.
-//! - `ACL DELUSER` closes the user's open connections.
+//! - `ACL DELUSER` closes the user's open connections (`tests/redis_adapter.rs`).
 //! - `ACL GETUSER` answers `flags`, `passwords` (their SHA-256s), `commands` (one string, with the
 //!   rules folded: what `-@dangerous` already denies is not repeated), `keys` and `channels` (one
 //!   string each, patterns separated by spaces), `selectors`; or nil for no such user.
