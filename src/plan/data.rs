@@ -126,6 +126,82 @@ impl DataStep {
     }
 }
 
+/// As `codeb diff` prints it; never a password, only which stored env version holds it.
+impl std::fmt::Display for DataStep {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let at = |server: &str| {
+            crate::model::data::url_host(server)
+                .unwrap_or(server)
+                .to_string()
+        };
+        let creds = |version: &Option<u64>| match version {
+            Some(v) => format!("credentials in env v{v}"),
+            None => "credentials generated on apply".to_string(),
+        };
+        match self {
+            DataStep::EnsureDatabase {
+                key,
+                server,
+                write,
+                version,
+                ..
+            } => write!(
+                f,
+                "{key}: ensure database \"{}\" and login \"{}\" in PostgreSQL at {} ({})",
+                write.names.database,
+                write.names.logins[write.login],
+                at(server),
+                creds(version)
+            ),
+            DataStep::EnsureCache {
+                key,
+                server,
+                write,
+                version,
+                ..
+            } => write!(
+                f,
+                "{key}: ensure Redis user {} (keys and channels {}*) at {} ({})",
+                write.names.user,
+                write.names.prefix,
+                at(server),
+                creds(version)
+            ),
+            DataStep::DropDatabase {
+                key, server, names, ..
+            } => write!(
+                f,
+                "{key}: DROP database \"{}\" and its roles in PostgreSQL at {} (onDelete: drop; \
+                 destructive)",
+                names.database,
+                at(server)
+            ),
+            DataStep::DropCache {
+                key, server, names, ..
+            } => write!(
+                f,
+                "{key}: DELETE Redis user {} and every key under {} at {} (onDelete: drop; \
+                 destructive)",
+                names.user,
+                names.prefix,
+                at(server)
+            ),
+            DataStep::Forget {
+                key,
+                database,
+                cache,
+            } => {
+                let what = match (database, cache) {
+                    (true, true) => "database and cache",
+                    (true, false) => "database",
+                    _ => "cache",
+                };
+                write!(f, "{key}: forget the record of its {what}")
+            }
+        }
+    }
+}
+
 /// Something the user must know about an environment's data.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DataNote {
@@ -250,9 +326,13 @@ fn role_converged(
     let has = |s: String| role.settings.contains(&s);
     role.connection_limit == limits.connections as i32
         && role.member_of.iter().any(|m| m == owner)
-        && has(format!("statement_timeout={}", limits.statement_timeout_ms))
+        && has(format!("role={owner}"))
         && has(format!(
-            "idle_in_transaction_session_timeout={}",
+            "statement_timeout={}ms",
+            limits.statement_timeout_ms
+        ))
+        && has(format!(
+            "idle_in_transaction_session_timeout={}ms",
             limits.idle_in_transaction_ms
         ))
 }

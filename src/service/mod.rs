@@ -10,6 +10,7 @@
 //! Must not: read a file a request names (manifests arrive as [`Source`] texts), print, or make a
 //! decision the planner makes.
 
+pub mod data;
 pub mod env;
 pub mod error;
 pub mod view;
@@ -1244,6 +1245,7 @@ pub fn effective(store: &Store, declared: &Desired, dry: bool) -> Result<Desired
             store.set_override(&key, None)?;
         }
     }
+    data::credentials(store, &d, dry)?;
     env::bind(store, &mut d, dry)?;
     Ok(d)
 }
@@ -1316,9 +1318,12 @@ async fn apply(
     if !dry_run {
         store.put_declared(declared.envs.values())?;
     }
+    // Databases and caches first: a release whose data is not ready waits.
+    let data = data::converge(store, &d, &remove, dry_run).await?;
+    let ready = data::without_blocked(&d, &data);
     let outcome = reconcile::converge(
         Target {
-            desired: &d,
+            desired: &ready,
             remove: remove.clone(),
             dry_run,
         },
@@ -1339,12 +1344,16 @@ async fn apply(
         .as_ref()
         .map(|daemon| daemon.apply_notes(&declared))
         .unwrap_or_default();
-    let view = ApplyView {
+    let mut view = ApplyView {
         dry_run,
         plan: PlanView::from(&outcome.first_plan),
         outcome: (!dry_run).then(|| OutcomeView::from(&outcome)),
         daemon_notes,
     };
+    data::add_to_plan(&mut view.plan, &data);
+    if let Some(o) = view.outcome.as_mut() {
+        data::add_to_outcome(o, &data);
+    }
     Ok((view, keys))
 }
 
@@ -1352,9 +1361,14 @@ async fn diff(ctx: &Ctx, sources: &[Source]) -> Result<PlanView> {
     let declared = load(ctx, sources)?;
     let d = effective(&ctx.store, &declared, true)?;
     let backends = connect_or_invalid(ctx, d.hosts.values(), d.zones.values())?;
-    let observed = reconcile::observe(&backends).await;
+    let (observed, data) = tokio::join!(
+        reconcile::observe(&backends),
+        data::converge(&ctx.store, &d, &[], true)
+    );
     let p = plan::plan(&d, &observed, &ctx.store.load()?, &[], reconcile::now_ms());
-    Ok(PlanView::from(&p))
+    let mut view = PlanView::from(&p);
+    data::add_to_plan(&mut view, &data?);
+    Ok(view)
 }
 
 fn get(ctx: &Ctx, what: GetWhat) -> Result<Response> {
@@ -1584,6 +1598,8 @@ async fn delete(ctx: &Ctx, names: Vec<String>, sources: &[Source]) -> Result<Out
         .filter(|k| store.env(k).is_ok_and(|r| r.is_none()))
         .cloned()
         .collect();
+    // Their databases and caches go as their onDelete says, read from what was declared.
+    let data = data::converge(store, &Desired::default(), &gone, false).await?;
     store.forget_declared(&gone)?;
     drop(claim);
     // A name the deleted environments held may be wanted by another one: its zone looks.
@@ -1592,7 +1608,9 @@ async fn delete(ctx: &Ctx, names: Vec<String>, sources: &[Source]) -> Result<Out
             daemon.controller.trigger(Work::Zone(zone), Duration::ZERO);
         }
     }
-    Ok(outcome(report, p.notes))
+    let mut view = outcome(report, p.notes);
+    data::add_to_outcome(&mut view, &data);
+    Ok(view)
 }
 
 /// Deletes what the hosts hold of `projects` by codeb's marks when the store records none of
@@ -2013,9 +2031,10 @@ async fn roll_out(
     };
     let d = effective(store, &d, false)?;
     let backends = connect_or_invalid(ctx, d.hosts.values(), zones.values())?;
+    let data = data::converge(store, &d, &[], false).await?;
     let result = reconcile::converge(
         Target {
-            desired: &d,
+            desired: &data::without_blocked(&d, &data),
             remove: vec![],
             dry_run: false,
         },
@@ -2027,7 +2046,9 @@ async fn roll_out(
     if let Some(daemon) = &ctx.daemon {
         daemon.publish(store)?;
     }
-    Ok(OutcomeView::from(&result?))
+    let mut view = OutcomeView::from(&result?);
+    data::add_to_outcome(&mut view, &data);
+    Ok(view)
 }
 
 /// What a deploy of an image to one environment converges: its declared spec with the image laid

@@ -42,9 +42,10 @@ fn role(comment: Option<String>, login: bool) -> ObservedRole {
         connection_limit: if login { l.connections as i32 } else { -1 },
         settings: if login {
             vec![
-                format!("statement_timeout={}", l.statement_timeout_ms),
+                "role=shop_production".to_string(),
+                format!("statement_timeout={}ms", l.statement_timeout_ms),
                 format!(
-                    "idle_in_transaction_session_timeout={}",
+                    "idle_in_transaction_session_timeout={}ms",
                     l.idle_in_transaction_ms
                 ),
             ]
