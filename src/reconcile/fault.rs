@@ -45,3 +45,25 @@ pub fn before_env_commit() {
         }
     }
 }
+
+/// Called after every commit of an env version or of the data catalog (credentials and what codeb
+/// created in PostgreSQL and Redis): with `CODEB_FAULT_KILL_AFTER_DATA=N` the process is killed
+/// right after the N-th, so a test can stop provisioning and rotations at each of their writes.
+pub fn data_written() {
+    static WRITES: AtomicU64 = AtomicU64::new(0);
+    static LIMIT: OnceLock<Option<u64>> = OnceLock::new();
+    let limit = *LIMIT.get_or_init(|| {
+        std::env::var("CODEB_FAULT_KILL_AFTER_DATA")
+            .ok()
+            .and_then(|v| v.parse().ok())
+    });
+    let n = WRITES.fetch_add(1, Ordering::Relaxed) + 1;
+    if limit == Some(n) {
+        let _ = std::process::Command::new("kill")
+            .args(["-KILL", &std::process::id().to_string()])
+            .status();
+        loop {
+            std::thread::park();
+        }
+    }
+}

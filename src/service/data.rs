@@ -193,6 +193,13 @@ pub async fn converge(
     Ok(crate::reconcile::data::converge(store, &owner.id, &hosts, &wanted, dry_run).await?)
 }
 
+/// `first` followed by `second`, a pass after the containers changed: its steps and failures are
+/// added (its plan, computed after the first pass's, is not shown again).
+pub fn then(first: &mut DataOutcome, second: DataOutcome) {
+    first.executed.extend(second.executed);
+    first.failures.extend(second.failures);
+}
+
 /// `d` without the environments whose data is not ready: their releases wait (their running
 /// slots are left as they are).
 pub fn without_blocked(d: &Desired, data: &DataOutcome) -> Desired {

@@ -1341,7 +1341,7 @@ async fn apply(
         store.put_declared(declared.envs.values())?;
     }
     // Databases and caches first: a release whose data is not ready waits.
-    let data = data::converge(store, &d, &remove, dry_run).await?;
+    let mut data = data::converge(store, &d, &remove, dry_run).await?;
     let ready = data::without_blocked(&d, &data);
     let outcome = reconcile::converge(
         Target {
@@ -1354,6 +1354,10 @@ async fn apply(
         &HttpProber::new(),
     )
     .await?;
+    if !dry_run && !outcome.executed.is_empty() {
+        // Slots changed: credentials only a replaced slot ran are retired now, not next time.
+        data::then(&mut data, data::converge(store, &d, &[], false).await?);
+    }
     if !dry_run && !remove.is_empty() {
         let gone: Vec<EnvKey> = remove
             .into_iter()
@@ -2057,7 +2061,7 @@ async fn roll_out(
     };
     let d = effective(store, &d, false)?;
     let backends = connect_or_invalid(ctx, d.hosts.values(), zones.values())?;
-    let data = data::converge(store, &d, &[], false).await?;
+    let mut data = data::converge(store, &d, &[], false).await?;
     let result = reconcile::converge(
         Target {
             desired: &data::without_blocked(&d, &data),
@@ -2072,7 +2076,11 @@ async fn roll_out(
     if let Some(daemon) = &ctx.daemon {
         daemon.publish(store)?;
     }
-    let mut view = OutcomeView::from(&result?);
+    let result = result?;
+    if !result.executed.is_empty() {
+        data::then(&mut data, data::converge(store, &d, &[], false).await?);
+    }
+    let mut view = OutcomeView::from(&result);
     data::add_to_outcome(&mut view, &data);
     Ok(view)
 }

@@ -50,6 +50,8 @@ impl Store {
                 }
             }
         }
-        self.commit_records(txn)
+        self.commit_records(txn)?;
+        crate::reconcile::fault::data_written();
+        Ok(())
     }
 }

@@ -621,6 +621,7 @@ impl Store {
         }
         crate::reconcile::fault::before_env_commit();
         txn.commit().map_err(db)?;
+        crate::reconcile::fault::data_written();
         Ok(stored)
     }
 
