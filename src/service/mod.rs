@@ -462,9 +462,11 @@ impl Request {
             Request::EnvGet { .. } | Request::EnvExport { .. } | Request::EnvBackup => {
                 vec![Permission::EnvRead]
             }
-            Request::EnvRestoreBackup { .. } | Request::DbRotate { .. } => {
+            Request::EnvRestoreBackup { .. } => {
                 vec![Permission::EnvWrite, Permission::EnvProtected]
             }
+            // It writes protected keys only.
+            Request::DbRotate { .. } => vec![Permission::EnvProtected],
         }
     }
 
