@@ -43,6 +43,9 @@ fn host() -> HostRef {
         tls: codeb::spec::Tls::Off,
         publish_address: "127.0.0.1".into(),
         image_allow: vec![],
+        postgres: None,
+        redis: None,
+        backups: None,
     }
 }
 
@@ -96,6 +99,7 @@ fn world(n: usize) -> (Desired, Observed, Recorded) {
                 promotion: Promotion::Auto,
                 grace_period: Duration::from_secs(3600),
                 env_from: Default::default(),
+                data: Default::default(),
             },
         );
         // Ports are recorded per key; the benchmark gives every key its own pair (wrapping is fine

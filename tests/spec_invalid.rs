@@ -41,7 +41,7 @@ fn an_unknown_field_lists_the_fields_and_suggests_the_closest() {
         12,
         7,
         "unknown field `prot` in `spec.environments.production`; expected one of `image`, `port`, \
-         `command`, `env`, `envFrom`, `healthCheck`, `promotion`, `gracePeriod`, `stopTimeout`, `hostname`, `resources` (did you mean `port`?)",
+         `command`, `env`, `envFrom`, `healthCheck`, `promotion`, `gracePeriod`, `stopTimeout`, `hostname`, `resources`, `database`, `cache`, `onDelete` (did you mean `port`?)",
     );
 }
 
@@ -194,4 +194,30 @@ fn the_whole_directory_reports_every_file_in_order() {
             "no error from {name}:\n{errors}"
         );
     }
+}
+
+#[test]
+fn a_database_needs_its_host_to_declare_postgres() {
+    assert_one_error(
+        "database-without-postgres.yaml",
+        28,
+        17,
+        "`database: postgres` but Host `local` (at manifests/invalid/database-without-postgres.yaml:5:9) \
+         declares no `postgres`: add `spec.postgres` to the Host",
+    );
+}
+
+#[test]
+fn an_admin_password_in_a_url_is_refused_and_never_echoed() {
+    let errors = load("password-in-url.yaml");
+    let text = errors.to_string();
+    assert!(!text.contains("hunter2"), "the password is echoed: {text}");
+    assert_eq!(errors.len(), 1, "{text}");
+    assert!(
+        text.starts_with(
+            "manifests/invalid/password-in-url.yaml:12:10: invalid postgres url (not shown"
+        ),
+        "{text}"
+    );
+    assert!(text.contains("`passwordEnv`"), "{text}");
 }

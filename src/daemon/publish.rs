@@ -164,6 +164,9 @@ mod tests {
                     tls: crate::spec::Tls::Off,
                     publish_address: "127.0.0.1".into(),
                     image_allow: vec![],
+                    postgres: None,
+                    redis: None,
+                    backups: None,
                 },
             );
         }
@@ -180,6 +183,7 @@ mod tests {
                 promotion: Promotion::Auto,
                 grace_period: Duration::from_secs(60),
                 env_from: Default::default(),
+                data: Default::default(),
             },
         );
         d

@@ -80,6 +80,35 @@ pub enum OnDelete {
     Drop,
 }
 
+/// What an environment asks of its Host's data services.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DataWants {
+    /// A database in the Host's PostgreSQL.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub database: bool,
+    /// An ACL user in the Host's Redis.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub cache: bool,
+    #[serde(default, skip_serializing_if = "OnDelete::is_retain")]
+    pub on_delete: OnDelete,
+}
+
+impl DataWants {
+    pub fn is_none(&self) -> bool {
+        !self.database && !self.cache
+    }
+
+    pub fn is_default(&self) -> bool {
+        *self == DataWants::default()
+    }
+}
+
+impl OnDelete {
+    pub fn is_retain(&self) -> bool {
+        *self == OnDelete::Retain
+    }
+}
+
 /// PostgreSQL's limit on identifiers, in bytes.
 pub const PG_NAME_MAX: usize = 63;
 
@@ -369,9 +398,9 @@ mod tests {
         assert_ne!(a.database, b.database);
         assert_eq!(a.database, "a-b_c");
         assert_eq!(a.logins[1], "a-b_c_2");
-        let long = PgNames::of(&EnvKey::new(&"p".repeat(63), &"e".repeat(63)));
+        let long = PgNames::of(&EnvKey::new("p".repeat(63), "e".repeat(63)));
         assert!(long.logins[0].len() <= PG_NAME_MAX, "{}", long.logins[0]);
-        let other = PgNames::of(&EnvKey::new(&"p".repeat(63), &"e".repeat(62)));
+        let other = PgNames::of(&EnvKey::new("p".repeat(63), "e".repeat(62)));
         assert_ne!(long.database, other.database);
         assert_eq!(
             CacheNames::of(&EnvKey::new("shop", "staging")).user,

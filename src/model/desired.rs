@@ -1,5 +1,6 @@
 //! From validated manifests to the desired state the planner reads.
 
+use super::data::{BackupPolicy, DataWants, OnDelete, PostgresRef, RedisRef, Schedule};
 use super::dns::{PowerDnsRef, ZoneRef};
 use std::collections::BTreeMap;
 
@@ -38,6 +39,39 @@ pub fn host_ref(name: &str, h: &spec::HostSpec) -> HostRef {
         tls: h.caddy.tls,
         publish_address: h.publish_address.clone(),
         image_allow: h.containers.images.allow.clone(),
+        postgres: h.postgres.as_ref().map(|p| PostgresRef {
+            url: p.url.clone(),
+            password_env: p.password_env.clone(),
+            app_host: p.app_host.clone(),
+        }),
+        redis: h.redis.as_ref().map(|r| RedisRef {
+            url: r.url.clone(),
+            password_env: r.password_env.clone(),
+            app_host: r.app_host.clone(),
+        }),
+        backups: h.backups.as_ref().map(|b| {
+            let schedule = |s: &spec::ScheduleSpec| Schedule {
+                every_secs: s.every.as_secs(),
+                keep: s.keep,
+            };
+            BackupPolicy {
+                dir: b.dir.clone(),
+                database: schedule(&b.database),
+                cache: schedule(&b.cache),
+            }
+        }),
+    }
+}
+
+/// What an environment asks of its Host's data services.
+pub fn data_wants(e: &spec::EnvironmentSpec) -> DataWants {
+    DataWants {
+        database: e.database.is_some(),
+        cache: e.cache.is_some(),
+        on_delete: match e.on_delete {
+            spec::OnDeleteSpec::Retain => OnDelete::Retain,
+            spec::OnDeleteSpec::Drop => OnDelete::Drop,
+        },
     }
 }
 
@@ -81,6 +115,7 @@ pub fn desired(m: &Manifests) -> Desired {
                     },
                     grace_period: e.grace_period,
                     env_from: e.env_from,
+                    data: data_wants(e),
                 },
             );
         }
@@ -143,6 +178,7 @@ mod tests {
             promotion: Promotion::Auto,
             grace_period: Duration::from_secs(60),
             env_from: Default::default(),
+            data: Default::default(),
         }
     }
 

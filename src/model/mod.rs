@@ -368,6 +368,15 @@ pub struct HostRef {
     /// `deploy` of an image refuses what an apply would.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub image_allow: Vec<String>,
+    /// The shared PostgreSQL of the Host's environments (`spec.postgres`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub postgres: Option<data::PostgresRef>,
+    /// The shared Redis of the Host's environments (`spec.redis`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redis: Option<data::RedisRef>,
+    /// Where the Host's databases and caches are backed up (`spec.backups`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backups: Option<data::BackupPolicy>,
 }
 
 /// One project environment as the manifests want it. Recorded as declared (see
@@ -387,6 +396,9 @@ pub struct DesiredEnv {
     /// recorded before it existed (they read as `stored`, the default).
     #[serde(default)]
     pub env_from: crate::spec::EnvFrom,
+    /// Its database and cache (`database:`, `cache:`, `onDelete:`).
+    #[serde(default, skip_serializing_if = "data::DataWants::is_default")]
+    pub data: data::DataWants,
 }
 
 impl DesiredEnv {

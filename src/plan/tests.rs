@@ -22,6 +22,9 @@ pub(crate) fn host() -> HostRef {
         tls: crate::spec::Tls::Off,
         publish_address: "127.0.0.1".into(),
         image_allow: vec![],
+        postgres: None,
+        redis: None,
+        backups: None,
     }
 }
 
@@ -42,6 +45,7 @@ pub(crate) fn env(project: &str) -> DesiredEnv {
         promotion: Promotion::Auto,
         grace_period: Duration::from_secs(3600),
         env_from: Default::default(),
+        data: Default::default(),
     }
 }
 

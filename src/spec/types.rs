@@ -40,6 +40,104 @@ pub struct HostSpec {
     // Boxed: most of a Host's size, which would size every document.
     #[serde(default, skip_serializing_if = "is_default_policy")]
     pub containers: Box<ContainerPolicy>,
+    /// The shared PostgreSQL whose databases this Host's environments get (`database: postgres`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub postgres: Option<Box<DataServerSpec>>,
+    /// The shared Redis whose ACL users this Host's environments get (`cache: redis`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redis: Option<Box<DataServerSpec>>,
+    /// Where this Host's databases and caches are backed up, and how often.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backups: Option<Box<BackupsSpec>>,
+}
+
+/// `spec.postgres` or `spec.redis` of a Host: a shared server codeb administers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DataServerSpec {
+    /// The admin connection, without a password: `postgres://codeb_admin@127.0.0.1:5432/postgres`
+    /// or `redis://127.0.0.1:6379` (Redis's admin user is `default` unless the URL names one).
+    pub url: String,
+    /// The name of the environment variable that holds the admin password, e.g.
+    /// `PG_ADMIN_PASSWORD`. The password itself never goes in a manifest.
+    pub password_env: String,
+    /// `host:port` written into apps' URLs, when containers reach the server elsewhere than codeb
+    /// does (e.g. the bridge's gateway `10.89.0.1:5432`). Default: the admin URL's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub app_host: Option<String>,
+}
+
+/// `spec.backups` of a Host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct BackupsSpec {
+    /// The destination directory, an absolute path (the backup host's mount).
+    pub dir: String,
+    /// Logical dumps of each database: `{every: 24h, keep: 7}` by default.
+    #[serde(default = "default_database_schedule")]
+    pub database: ScheduleSpec,
+    /// Dumps of each cache's keys: `{every: 1h, keep: 24}` by default.
+    #[serde(default = "default_cache_schedule")]
+    pub cache: ScheduleSpec,
+}
+
+/// How often a kind of backup runs and how many are kept per environment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ScheduleSpec {
+    /// e.g. `24h`, `1h`; at least `1m`.
+    #[serde(with = "humantime_serde")]
+    #[schemars(with = "String")]
+    pub every: Duration,
+    /// 1 to 1000.
+    pub keep: u32,
+}
+
+fn default_database_schedule() -> ScheduleSpec {
+    ScheduleSpec {
+        every: Duration::from_secs(24 * 3600),
+        keep: 7,
+    }
+}
+
+fn default_cache_schedule() -> ScheduleSpec {
+    ScheduleSpec {
+        every: Duration::from_secs(3600),
+        keep: 24,
+    }
+}
+
+/// `database:` of an environment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum DatabaseKind {
+    /// A database and roles of its own in the Host's `postgres`.
+    Postgres,
+}
+
+/// `cache:` of an environment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum CacheKind {
+    /// An ACL user of its own, confined to its key prefix, in the Host's `redis`.
+    Redis,
+}
+
+/// `onDelete:` of an environment: what becomes of its database and cache when it is removed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum OnDeleteSpec {
+    /// They stay (the default).
+    #[default]
+    Retain,
+    /// They are dropped with the environment (shown in `diff` as destructive).
+    Drop,
+}
+
+impl OnDeleteSpec {
+    pub fn is_retain(&self) -> bool {
+        *self == OnDeleteSpec::Retain
+    }
 }
 
 /// `spec.containers` of a Host, set by its admin: what every container of every project on it
@@ -338,6 +436,18 @@ pub struct EnvironmentSpec {
     /// `containers.resources` value; none may be over its `containers.maxResources`.
     #[serde(default, skip_serializing_if = "Resources::is_empty")]
     pub resources: Resources,
+    /// `postgres`: a database of its own in the Host's `postgres`; its `DATABASE_URL`,
+    /// `POSTGRES_USER` and `POSTGRES_PASSWORD` become protected keys of the stored env.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub database: Option<DatabaseKind>,
+    /// `redis`: an ACL user of its own in the Host's `redis`; its `REDIS_URL` and `REDIS_PREFIX`
+    /// become protected keys of the stored env.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache: Option<CacheKind>,
+    /// What becomes of the database and cache when the environment is removed: `retain` (the
+    /// default) or `drop`.
+    #[serde(default, skip_serializing_if = "OnDeleteSpec::is_retain")]
+    pub on_delete: OnDeleteSpec,
 }
 
 /// The HTTP health check of a slot: it passes on a 2xx or 3xx answer.

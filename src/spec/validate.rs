@@ -241,6 +241,138 @@ fn check_host(doc: &Document, host: &HostSpec, errors: &mut Vec<Error>) {
         ));
     }
     check_container_policy(doc, &host.containers, errors);
+    check_data_servers(doc, host, errors);
+}
+
+/// A Host's `postgres`, `redis` and `backups`: URLs without passwords, the password's variable
+/// name, an app address, an absolute backup directory and schedules in range.
+fn check_data_servers(doc: &Document, host: &HostSpec, errors: &mut Vec<Error>) {
+    let errors = std::cell::RefCell::new(errors);
+    let invalid_at = |origin: Origin, message: String| {
+        errors.borrow_mut().push(Error::new(origin, message));
+    };
+    let invalid = |path: &[&str], what: &str, value: &str, expected: &str| {
+        let message = format!("invalid {what} {}: {expected}", doc.show(path, value));
+        invalid_at(doc.value_origin(path), message);
+    };
+    let servers = [
+        (
+            "postgres",
+            host.postgres.as_deref(),
+            "postgres://",
+            "`postgres://codeb_admin@127.0.0.1:5432/postgres`",
+        ),
+        (
+            "redis",
+            host.redis.as_deref(),
+            "redis://",
+            "`redis://127.0.0.1:6379`",
+        ),
+    ];
+    for (field, server, scheme, example) in servers {
+        let Some(server) = server else { continue };
+        let url_path = ["spec", field, "url"];
+        let url_problem = match data_url_problem(&server.url, scheme) {
+            // The URL holds a secret: it is not shown.
+            Some(UrlProblem::Password) => Some(format!(
+                "invalid {field} url (not shown: it holds a password): give the NAME of a \
+                 variable holding the password in `passwordEnv`, e.g. {example}"
+            )),
+            Some(UrlProblem::Other(problem)) => Some(format!(
+                "invalid {field} url {}: {problem}, e.g. {example}",
+                doc.show(&url_path, &server.url)
+            )),
+            None => None,
+        };
+        if let Some(message) = url_problem {
+            invalid_at(doc.value_origin(&url_path), message);
+        }
+        if !is_env_name(&server.password_env) {
+            invalid(
+                &["spec", field, "passwordEnv"],
+                "passwordEnv",
+                &server.password_env,
+                "expected the NAME of an environment variable (letters, digits and `_`, not \
+                 starting with a digit), e.g. `PG_ADMIN_PASSWORD`; the password itself never \
+                 goes in a manifest",
+            );
+        }
+        if let Some(app) = &server.app_host {
+            if !is_host_port(app) {
+                invalid(
+                    &["spec", field, "appHost"],
+                    "appHost",
+                    app,
+                    "expected `host:port`, e.g. `10.89.0.1:5432`",
+                );
+            }
+        }
+    }
+    let Some(backups) = &host.backups else { return };
+    if !backups.dir.starts_with('/')
+        || backups.dir.contains(['\0', '\n'])
+        || backups.dir.len() > 4096
+    {
+        invalid(
+            &["spec", "backups", "dir"],
+            "backup dir",
+            &backups.dir,
+            "expected an absolute path, e.g. `/srv/backups/codeb`",
+        );
+    }
+    for (field, schedule) in [("database", &backups.database), ("cache", &backups.cache)] {
+        if schedule.every < Duration::from_secs(60)
+            || schedule.every > Duration::from_secs(366 * 86_400)
+        {
+            let written = humantime::format_duration(schedule.every).to_string();
+            invalid(
+                &["spec", "backups", field, "every"],
+                "backup interval",
+                &written,
+                "expected `1m` to `366d`, e.g. `24h`",
+            );
+        }
+        if schedule.keep == 0 || schedule.keep > 1000 {
+            invalid(
+                &["spec", "backups", field, "keep"],
+                "keep",
+                &schedule.keep.to_string(),
+                "expected how many backups to keep per environment, 1 to 1000",
+            );
+        }
+    }
+}
+
+enum UrlProblem {
+    Password,
+    Other(&'static str),
+}
+
+/// What is wrong with an admin URL of a data server, if anything.
+fn data_url_problem(url: &str, scheme: &str) -> Option<UrlProblem> {
+    let Some(rest) = url.strip_prefix(scheme) else {
+        return Some(UrlProblem::Other("expected the scheme it names"));
+    };
+    if url.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Some(UrlProblem::Other("expected no spaces"));
+    }
+    let authority = rest.split(['/', '?']).next().unwrap_or_default();
+    let host = match authority.rsplit_once('@') {
+        Some((user, host)) => {
+            if user.contains(':') {
+                return Some(UrlProblem::Password);
+            }
+            if user.is_empty() {
+                return Some(UrlProblem::Other("expected a user name before `@`"));
+            }
+            host
+        }
+        None => authority,
+    };
+    if !is_host_port(host) {
+        return Some(UrlProblem::Other("expected `host:port` after the scheme"));
+    }
+    None
 }
 
 /// A Host's `containers`: quantities parse and are in range, its defaults are within its
@@ -539,6 +671,39 @@ fn check_project(doc: &Document, project: &ProjectSpec, errors: &mut Vec<Error>)
             "every removal of a container waits this long for the app before SIGKILL; e.g. `30s`",
             &mut fail,
         );
+        if (env.database.is_some() || env.cache.is_some()) && !env.env_from.is_stored() {
+            let field = if env.database.is_some() {
+                "database"
+            } else {
+                "cache"
+            };
+            fail(
+                doc.value_origin(&path(&["envFrom"])),
+                format!(
+                    "`envFrom: none` with `{field}`: the credentials codeb generates reach the \
+                     containers through the stored env; remove `envFrom: none`"
+                ),
+            );
+        }
+        let derived = crate::model::data::DATABASE_KEYS
+            .iter()
+            .filter(|_| env.database.is_some())
+            .chain(
+                crate::model::data::CACHE_KEYS
+                    .iter()
+                    .filter(|_| env.cache.is_some()),
+            );
+        for key in derived {
+            if env.env.contains_key(*key) {
+                fail(
+                    doc.key_origin(&["spec", "environments", name, "env", key]),
+                    format!(
+                        "`{key}` is derived by codeb from `database`/`cache` (a protected key \
+                         of the stored env): remove it from `env`"
+                    ),
+                );
+            }
+        }
         for key in env.env.keys() {
             if !is_env_name(key) {
                 fail(
@@ -595,6 +760,7 @@ fn check_references(documents: &[Document], manifests: &Manifests, errors: &mut 
                 manifests.zones.keys().collect::<Vec<_>>(),
             ),
         ];
+        check_data_references(doc, project, manifests, errors);
         for (field, kind, name, defined) in refs {
             if defined.contains(&name) {
                 continue;
@@ -613,6 +779,46 @@ fn check_references(documents: &[Document], manifests: &Manifests, errors: &mut 
                     did_you_mean(name, &names)
                 ),
             ));
+        }
+    }
+}
+
+/// An environment's `database` and `cache` are served by its Host.
+fn check_data_references(
+    doc: &Document,
+    project: &ProjectSpec,
+    manifests: &Manifests,
+    errors: &mut Vec<Error>,
+) {
+    let Some(host) = manifests.hosts.get(&project.host) else {
+        return; // reported as an unknown host
+    };
+    for (name, env) in &project.environments {
+        let wants = [
+            (
+                "database",
+                env.database.is_some(),
+                host.spec.postgres.is_some(),
+                "postgres",
+            ),
+            (
+                "cache",
+                env.cache.is_some(),
+                host.spec.redis.is_some(),
+                "redis",
+            ),
+        ];
+        for (field, wanted, served, server) in wants {
+            if wanted && !served {
+                errors.push(Error::new(
+                    doc.value_origin(&["spec", "environments", name, field]),
+                    format!(
+                        "`{field}: {server}` but Host `{}` (at {}) declares no `{server}`: add \
+                         `spec.{server}` to the Host",
+                        project.host, host.origin
+                    ),
+                ));
+            }
         }
     }
 }

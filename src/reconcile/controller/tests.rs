@@ -25,6 +25,9 @@ fn host() -> HostRef {
         tls: crate::spec::Tls::Off,
         publish_address: "127.0.0.1".into(),
         image_allow: vec![],
+        postgres: None,
+        redis: None,
+        backups: None,
     }
 }
 
@@ -39,6 +42,7 @@ fn env(project: &str, image: &str) -> DesiredEnv {
         promotion: Promotion::Auto,
         grace_period: Duration::from_secs(3600),
         env_from: Default::default(),
+        data: Default::default(),
     }
 }
 
