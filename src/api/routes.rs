@@ -291,6 +291,9 @@ fn answer(res: Res) -> Response {
         Res::EnvExport(v) => Json(v).into_response(),
         Res::EnvHistory(v) => Json(v).into_response(),
         Res::EnvDiff(v) => Json(v).into_response(),
+        Res::BackupRun(v) => Json(v).into_response(),
+        Res::Backups(v) => Json(v).into_response(),
+        Res::Restored(v) => Json(v).into_response(),
         // Keys are made with the CLI only, and backups are written by it; never over HTTP.
         Res::KeyCreated { .. } | Res::EnvBackup(_) => {
             ApiError::new(500, "failed", "unexpected result").into_response()
