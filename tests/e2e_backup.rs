@@ -521,3 +521,214 @@ async fn retention_keeps_the_newest_keep_backups() {
         .await
         .unwrap();
 }
+
+/// The front ends' path: `backup run`, `backup list` and `restore` as service requests, finding
+/// the Host's `postgres`, `redis` and `backups` from the environment's recorded host; and the
+/// schedule's `due`.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_service_backs_up_lists_and_restores_through_the_recorded_host() {
+    use codeb::service::{self, Request, Response};
+    use std::sync::Arc;
+
+    let state = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let p = project("svc");
+    let key = EnvKey::new(&p, "production");
+    let yaml = format!(
+        r#"apiVersion: codeb.kr/v1
+kind: Host
+metadata:
+  name: local
+spec:
+  address: 127.0.0.1
+  podman: unix:///run/codeb-stack/podman.sock
+  caddy:
+    admin: http://127.0.0.1:12019
+  postgres: {{url: "{}", passwordEnv: PG_ADMIN_PASSWORD}}
+  redis: {{url: "{}", passwordEnv: REDIS_ADMIN_PASSWORD}}
+  backups:
+    dir: {}
+    database: {{every: 24h, keep: 2}}
+---
+apiVersion: codeb.kr/v1
+kind: Zone
+metadata:
+  name: codeb.test
+---
+apiVersion: codeb.kr/v1
+kind: Project
+metadata:
+  name: {p}
+spec:
+  host: local
+  zone: codeb.test
+  environments:
+    production:
+      image: localhost/codeb-test-app:v1
+      port: 8080
+      database: postgres
+      cache: redis
+"#,
+        env("CODEB_TEST_PG_URL"),
+        env("CODEB_TEST_REDIS_URL"),
+        dir.path().display()
+    );
+    let manifests = codeb::spec::load_sources(&[codeb::spec::Source {
+        name: "backup.yaml".into(),
+        text: yaml,
+    }])
+    .unwrap_or_else(|e| panic!("{e}"));
+    let desired = codeb::model::desired::desired(&manifests);
+    let store = Arc::new(codeb::store::Store::open(state.path()).unwrap());
+    store.put_hosts(desired.hosts.values()).unwrap();
+    store.put_declared(desired.envs.values()).unwrap();
+    for e in desired.envs.values() {
+        let rec =
+            codeb::model::EnvRecord::new(e.key.clone(), e.host.clone(), e.hostname.clone(), 21000);
+        store.put_env(rec, None).unwrap();
+    }
+    let config_path = state.path().join("config.yaml");
+    let config = codeb::config::Config::parse(
+        &config_path,
+        "keyVariables: [PG_ADMIN_PASSWORD, REDIS_ADMIN_PASSWORD]\n",
+    )
+    .unwrap();
+    let ctx = service::Ctx::local(
+        store.clone(),
+        codeb::auth::Caller::internal(),
+        Arc::new(config),
+    );
+
+    let mut cleanup = Cleanup {
+        databases: vec![],
+        roles: vec![],
+    };
+    let names = provision(&key, &mut cleanup).await;
+    let mut c = redis_conn().await;
+    let cache_key = format!("{}k", CacheNames::of(&key).prefix);
+    redis::cmd("SET")
+        .arg(&cache_key)
+        .arg("v")
+        .query_async::<()>(&mut c)
+        .await
+        .unwrap();
+
+    assert_eq!(
+        service::backup::due(&store, SystemTime::now())
+            .unwrap()
+            .len(),
+        2,
+        "nothing backed up yet: both kinds are due"
+    );
+    let run = service::call(
+        &ctx,
+        Request::BackupRun {
+            project: p.clone(),
+            environment: None,
+            kind: None,
+        },
+    )
+    .await
+    .unwrap();
+    let Response::BackupRun(made) = run else {
+        panic!("{run:?}")
+    };
+    assert!(made.failed.is_empty(), "{:?}", made.failed);
+    assert_eq!(made.made.len(), 2);
+    assert!(service::backup::due(&store, SystemTime::now())
+        .unwrap()
+        .is_empty());
+    let later = SystemTime::now() + Duration::from_secs(3601);
+    let due: Vec<Kind> = service::backup::due(&store, later)
+        .unwrap()
+        .into_iter()
+        .map(|(_, k)| k)
+        .collect();
+    assert_eq!(
+        due,
+        [Kind::Cache],
+        "the cache is hourly, the database daily"
+    );
+
+    let list = service::call(
+        &ctx,
+        Request::BackupList {
+            project: p.clone(),
+            environment: None,
+            verify: true,
+        },
+    )
+    .await
+    .unwrap();
+    let Response::Backups(rows) = list else {
+        panic!("{list:?}")
+    };
+    assert_eq!(rows.len(), 2);
+    assert!(rows.iter().all(|r| r.check == "verified"), "{rows:?}");
+    let db_id = rows
+        .iter()
+        .find(|r| r.kind == "database")
+        .unwrap()
+        .id
+        .clone();
+    let cache_id = rows.iter().find(|r| r.kind == "cache").unwrap().id.clone();
+    assert_eq!(rows.iter().find(|r| r.kind == "cache").unwrap().items, 1);
+
+    let target = format!("{}_svc", names.database);
+    cleanup.databases.push(target.clone());
+    let restored = service::call(
+        &ctx,
+        Request::Restore {
+            project: p.clone(),
+            environment: None,
+            from: db_id.clone(),
+            to_database: Some(target.clone()),
+            replace_keys: false,
+        },
+    )
+    .await
+    .unwrap();
+    let Response::Restored(r) = restored else {
+        panic!("{restored:?}")
+    };
+    assert_eq!(r.database.as_deref(), Some(target.as_str()));
+    assert_eq!(r.tables.len(), 4);
+    assert!(r.tables.iter().all(|t| t.expected == t.actual));
+
+    let refused = service::call(
+        &ctx,
+        Request::Restore {
+            project: p.clone(),
+            environment: None,
+            from: cache_id.clone(),
+            to_database: None,
+            replace_keys: false,
+        },
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(refused.code, service::Code::Invalid);
+    assert!(
+        refused.message.contains("--replace-keys"),
+        "{}",
+        refused.message
+    );
+    let unknown = service::call(
+        &ctx,
+        Request::Restore {
+            project: p.clone(),
+            environment: None,
+            from: "20200101T000000Z-database".into(),
+            to_database: None,
+            replace_keys: false,
+        },
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(unknown.code, service::Code::NotFound, "{}", unknown.message);
+    redis::cmd("DEL")
+        .arg(&cache_key)
+        .query_async::<()>(&mut c)
+        .await
+        .unwrap();
+}

@@ -98,9 +98,10 @@ fn password(config: &Config, host: &str, what: &str, var: &str) -> Result<Secret
 }
 
 fn pg_admin(config: &Config, host: &HostRef) -> Result<PgAdmin> {
-    let p = host.postgres.as_ref().ok_or_else(|| {
-        Error::invalid(format!("Host {} declares no spec.postgres", host.name))
-    })?;
+    let p = host
+        .postgres
+        .as_ref()
+        .ok_or_else(|| Error::invalid(format!("Host {} declares no spec.postgres", host.name)))?;
     Ok(PgAdmin {
         url: p.url.clone(),
         password: password(config, &host.name, "postgres", &p.password_env)?,
@@ -360,9 +361,7 @@ pub fn due(store: &Store, now: SystemTime) -> Result<Vec<(Target, Kind)>> {
                 Kind::Database => policy.database.every_secs,
                 Kind::Cache => policy.cache.every_secs,
             };
-            let newest = d
-                .newest(&t.key.project, &t.key.env, kind)
-                .map_err(error)?;
+            let newest = d.newest(&t.key.project, &t.key.env, kind).map_err(error)?;
             if backup::manifest::due(newest, Duration::from_secs(every), now) {
                 out.push((t.clone(), kind));
             }
