@@ -731,4 +731,44 @@ spec:
         .query_async::<()>(&mut c)
         .await
         .unwrap();
+
+    // The env store's sealed versions go to the same destination, on the database schedule.
+    assert_eq!(
+        service::backup::env_due(&store, SystemTime::now())
+            .unwrap()
+            .len(),
+        1
+    );
+    let env_backup = codeb::backup::env_store(&store, &Dest::new(dir.path()), 7, SystemTime::now())
+        .await
+        .unwrap();
+    assert_eq!(env_backup.manifest.kind, Kind::Env);
+    let file = dir
+        .path()
+        .join("_codeb/env")
+        .join(&env_backup.manifest.id)
+        .join("codeb-env-backup.json");
+    let text = std::fs::read_to_string(&file).unwrap();
+    assert!(text.contains("codeb-env-backup-v1"), "{text}");
+    assert!(service::backup::env_due(&store, SystemTime::now())
+        .unwrap()
+        .is_empty());
+    let e = service::call(
+        &ctx,
+        Request::Restore {
+            project: p.clone(),
+            environment: None,
+            from: env_backup.manifest.id.clone(),
+            to_database: None,
+            replace_keys: false,
+        },
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(e.code, service::Code::Invalid, "{}", e.message);
+    assert!(
+        e.message.contains("codeb env restore-backup"),
+        "{}",
+        e.message
+    );
 }

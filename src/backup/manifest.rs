@@ -23,15 +23,23 @@ pub enum Kind {
     Database,
     /// The environment's Redis keys.
     Cache,
+    /// The env store's versions, still sealed (what `codeb env backup` writes), of every project:
+    /// kept under [`ENV_STORE`].
+    Env,
 }
 
+/// The `{project}/{env}` directory of env-store backups: `_codeb/env` (a project name is a DNS
+/// label, never `_codeb`).
+pub const ENV_STORE: (&str, &str) = ("_codeb", "env");
+
 impl Kind {
-    pub const ALL: [Kind; 2] = [Kind::Database, Kind::Cache];
+    pub const ALL: [Kind; 3] = [Kind::Database, Kind::Cache, Kind::Env];
 
     pub const fn as_str(self) -> &'static str {
         match self {
             Kind::Database => "database",
             Kind::Cache => "cache",
+            Kind::Env => "env",
         }
     }
 
@@ -40,6 +48,8 @@ impl Kind {
         match self {
             Kind::Database => "database.dump",
             Kind::Cache => "cache.keys",
+            // The name `codeb env restore-backup --from DIR` reads.
+            Kind::Env => "codeb-env-backup.json",
         }
     }
 }
@@ -56,7 +66,10 @@ impl std::str::FromStr for Kind {
         match s {
             "database" => Ok(Kind::Database),
             "cache" => Ok(Kind::Cache),
-            other => Err(format!("unknown backup kind {other:?} (database or cache)")),
+            "env" => Ok(Kind::Env),
+            other => Err(format!(
+                "unknown backup kind {other:?} (database, cache or env)"
+            )),
         }
     }
 }
@@ -93,7 +106,7 @@ pub struct Manifest {
     /// was taken of.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tables: Option<BTreeMap<String, u64>>,
-    /// Cache: how many keys the file holds.
+    /// Cache: how many keys the file holds; env: how many versions.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub keys: Option<u64>,
 }

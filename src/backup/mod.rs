@@ -11,6 +11,9 @@
 //! - [`cache`]: one environment's Redis keys (`SCAN` + `DUMP` + `PTTL`) in a length-prefixed file,
 //!   and their restore (`RESTORE … REPLACE`) into the environment's own prefix.
 //!
+//! - [`env_store`]: the env store's sealed versions (`codeb env backup`'s file) into the same
+//!   destination, under `_codeb/env/`.
+//!
 //! Must not: decide when to back up (the daemon's schedule and `codeb backup run` do, through
 //! [`manifest::due`]), read a password from anywhere but what the caller hands over, or put a
 //! password into an argument vector, a file or a message (`pg_dump` and `pg_restore` get it in
@@ -20,6 +23,8 @@ pub mod cache;
 pub mod dest;
 pub mod manifest;
 pub mod postgres;
+
+use std::time::{Instant, SystemTime};
 
 use std::path::PathBuf;
 
@@ -118,4 +123,44 @@ pub struct Done {
     pub elapsed_ms: u64,
     /// The ids retention deleted after it.
     pub deleted: Vec<String>,
+}
+
+/// Writes the env store's versions, still sealed (never the key), as `codeb env backup` does,
+/// into `dest` under [`manifest::ENV_STORE`]; verifies it; keeps the newest `keep`. Restored with
+/// `codeb env restore-backup --from {that backup's directory}`.
+///
+/// # Errors
+/// [`Error::Io`], or the store's error as [`Error::Refused`].
+pub async fn env_store(
+    store: &crate::store::Store,
+    dest: &Dest,
+    keep: u32,
+    now: SystemTime,
+) -> Result<Done> {
+    let start = Instant::now();
+    let b = store
+        .env_backup()
+        .map_err(|e| Error::Refused(format!("reading the env store: {e}")))?;
+    let versions = b.versions.len() as u64;
+    let text = serde_json::to_vec_pretty(&b).expect("backups serialize");
+    let (project, env) = manifest::ENV_STORE;
+    let staging = dest.stage(project, env, Kind::Env, now)?;
+    let path = staging.file(Kind::Env.file());
+    std::fs::write(&path, &text).map_err(Error::io(&path))?;
+    let m = Manifest {
+        format: manifest::FORMAT,
+        id: staging.id.clone(),
+        kind: Kind::Env,
+        project: project.into(),
+        env: env.into(),
+        source: "env store".into(),
+        created: manifest::rfc3339(now),
+        codeb_version: env!("CARGO_PKG_VERSION").to_string(),
+        server_version: None,
+        files: Vec::new(),
+        tables: None,
+        keys: Some(versions),
+    };
+    let key = crate::model::EnvKey::new(project, env);
+    postgres::finish(dest, &key, staging, m, &[Kind::Env.file()], keep, start).await
 }

@@ -8,7 +8,8 @@
 //! down runs at its first tick after it is back, and a backup made by `codeb backup run` counts.
 //! A failure is logged and counted (`codeb_backups{result="error"}`) and that backup is tried
 //! again after a backoff (1 min, doubling, at most 1 h; reset by a success), never in a tight
-//! loop. A stop cancels a backup in flight: `pg_dump` is killed and its temporary directory
+//! loop. The env store's sealed versions (what `codeb env backup` writes) go to each backup
+//! directory too, on the database schedule, under `_codeb/env/`. A stop cancels a backup in flight: `pg_dump` is killed and its temporary directory
 //! removed.
 
 use std::collections::HashMap;
@@ -56,6 +57,7 @@ pub async fn run(store: Arc<Store>, config: Arc<Config>, shutdown: CancellationT
                 continue;
             }
         };
+        env_store(&store, &shutdown, &mut failing).await;
         for (target, kind) in due {
             let id = (target.key.clone(), kind);
             if failing.get(&id).is_some_and(|(_, at)| Instant::now() < *at) {
@@ -98,6 +100,54 @@ pub async fn run(store: Arc<Store>, config: Arc<Config>, shutdown: CancellationT
                     warn!(env = %target.key, %kind, error = %e, failures = n,
                         retry_s = again.as_secs(), "scheduled backup failed");
                 }
+            }
+        }
+    }
+}
+
+/// The env store's sealed versions into each backup directory, when due.
+async fn env_store(
+    store: &Store,
+    shutdown: &CancellationToken,
+    failing: &mut HashMap<(EnvKey, Kind), (u32, Instant)>,
+) {
+    let due = match service::backup::env_due(store, SystemTime::now()) {
+        Ok(due) => due,
+        Err(e) => {
+            warn!(error = %e, "backup schedule: cannot list the env-store backups that are due");
+            return;
+        }
+    };
+    // No env version stored yet: nothing to keep.
+    if due.is_empty() || store.env_backup().is_ok_and(|b| b.versions.is_empty()) {
+        return;
+    }
+    let (p, e) = crate::backup::manifest::ENV_STORE;
+    let id = (EnvKey::new(p, e), Kind::Env);
+    if failing.get(&id).is_some_and(|(_, at)| Instant::now() < *at) {
+        return;
+    }
+    for (dest, keep) in due {
+        let result = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            r = crate::backup::env_store(store, &dest, keep, SystemTime::now()) => r,
+        };
+        let labels = |result| BackupLabels {
+            kind: "env",
+            result,
+        };
+        match result {
+            Ok(done) => {
+                failing.remove(&id);
+                metrics().backups.get_or_create(&labels("ok")).inc();
+                info!(dir = %dest.root.display(), id = %done.manifest.id,
+                    versions = done.manifest.keys.unwrap_or(0), "scheduled env-store backup made");
+            }
+            Err(err) => {
+                let n = failing.get(&id).map_or(1, |(n, _)| n + 1);
+                failing.insert(id.clone(), (n, Instant::now() + backoff(n)));
+                metrics().backups.get_or_create(&labels("error")).inc();
+                warn!(dir = %dest.root.display(), error = %err, "scheduled env-store backup failed");
             }
         }
     }

@@ -148,6 +148,7 @@ pub async fn backup_one(
             let admin = redis_admin(config, &t.host)?;
             backup::cache::backup(&admin, &dest, &t.key, policy.cache.keep, now).await
         }
+        Kind::Env => return Err(Error::invalid("env-store backups have no environment")),
     }
     .map_err(error)?;
     Ok(BackupMade {
@@ -270,6 +271,11 @@ pub async fn restore(
             "{from:?} is not a backup id (as `codeb backup list` shows them: 20261207T121500Z-database)"
         )));
     };
+    if kind == Kind::Env {
+        return Err(Error::invalid(format!(
+            "{from} is an env-store backup: restore it with `codeb env restore-backup --from DIR` (DIR: that backup's directory, under _codeb/env/)"
+        )));
+    }
     let targets = targets(&ctx.store, Some(project), env)?;
     if targets.is_empty() {
         return Err(no_env(project, env));
@@ -307,6 +313,7 @@ pub async fn restore(
         elapsed_ms: 0,
     };
     match kind {
+        Kind::Env => unreachable!("refused above"),
         Kind::Database => {
             if replace_keys {
                 return Err(Error::invalid(
@@ -358,13 +365,35 @@ pub fn due(store: &Store, now: SystemTime) -> Result<Vec<(Target, Kind)>> {
         };
         for kind in t.kinds(None) {
             let every = match kind {
-                Kind::Database => policy.database.every_secs,
+                Kind::Database | Kind::Env => policy.database.every_secs,
                 Kind::Cache => policy.cache.every_secs,
             };
             let newest = d.newest(&t.key.project, &t.key.env, kind).map_err(error)?;
             if backup::manifest::due(newest, Duration::from_secs(every), now) {
                 out.push((t.clone(), kind));
             }
+        }
+    }
+    Ok(out)
+}
+
+/// The env-store backups the schedule owes now: one per distinct backup directory of the recorded
+/// Hosts whose newest env-store backup is at least the database schedule's `every` old (daily by
+/// default), when the store holds any env version.
+pub fn env_due(store: &Store, now: SystemTime) -> Result<Vec<(Dest, u32)>> {
+    let mut out: Vec<(Dest, u32)> = Vec::new();
+    for host in store.load()?.hosts.values() {
+        let Ok((d, policy)) = dest(host) else {
+            continue;
+        };
+        if out.iter().any(|(o, _)| *o == d) {
+            continue;
+        }
+        let (p, e) = backup::manifest::ENV_STORE;
+        let newest = d.newest(p, e, Kind::Env).map_err(error)?;
+        let every = Duration::from_secs(policy.database.every_secs);
+        if backup::manifest::due(newest, every, now) {
+            out.push((d, policy.database.keep));
         }
     }
     Ok(out)
