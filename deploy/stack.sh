@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The local stack that codeb's integration tests run against: a Podman API service, Caddy (admin API
-# only) and PowerDNS (gsqlite3 + HTTP API), each a plain process whose config, data, log and pid file
-# live under one state directory. Nothing under /etc is changed, and stacks (one per state dir) share
+# only), PowerDNS (gsqlite3 + HTTP API), PostgreSQL 15 and Redis 7, each a plain process whose config,
+# data, log and pid file live under one state directory. Nothing under /etc is changed, and stacks (one per state dir) share
 # no store, lock or config with each other or with the machine's own Podman. Two things rootful
 # Podman 4.3 shares machine-wide whatever the config: netavark's IPAM db and aardvark-dns under
 # /run/containers/networks (on purpose: network namespaces are shared), and the default network's
@@ -10,22 +10,25 @@
 # Usage: deploy/stack.sh up | down [--purge] | env | status | restart-caddy | stop SERVICE | images | reap
 #
 #   up             install missing Debian packages, start whatever is not running and healthy, then
-#                  wait (bounded) until all three answer. A second `up` is a no-op in well under 1 s.
-#   down           stop the three services; containers they started keep running. `--purge` also
+#                  wait (bounded) until all answer. PostgreSQL and Redis start after the network
+#                  codeb-main exists, since they also listen on its gateway address (for containers).
+#                  A second `up` is a no-op in about a second.
+#   down           stop the five services; containers they started keep running. `--purge` also
 #                  removes every container, image and network of this stack and the state directory.
 #   env            print `export` lines for the tests: eval "$(deploy/stack.sh env)"
 #   status         print each service and whether it answers; exit 1 if one does not.
 #   restart-caddy  kill Caddy and start it again from the base config (which has no routes), so tests
 #                  can prove that codeb notices and pushes its routes again.
-#   stop SERVICE   stop one service (podman, caddy or pdns) and leave the others running, so tests can
+#   stop SERVICE   stop one service (podman, caddy, pdns, postgres or redis) and leave the others running, so tests can
 #                  prove that codeb carries on without it and recovers; `up` starts it again.
 #   images         build the test images into this stack's Podman store (no registry is reachable).
 #   reap           (run by `up` for other stacks) if this stack's Podman is not running, remove its
 #                  containers and their networking, which would catch the next stack's traffic.
 #
 # State dir: $CODEB_STACK_DIR, default <repo root>/.codeb-stack. Ports (defaults): Caddy admin 12019,
-# codeb's HTTP server 18080, PowerDNS DNS 15353 and API 18081; override with CODEB_STACK_CADDY_ADMIN_PORT,
-# CODEB_STACK_HTTP_PORT, CODEB_STACK_PDNS_DNS_PORT, CODEB_STACK_PDNS_API_PORT (and the Podman subnets
+# codeb's HTTP server 18080, PowerDNS DNS 15353 and API 18081, PostgreSQL 15432, Redis 16379; override
+# with CODEB_STACK_CADDY_ADMIN_PORT, CODEB_STACK_HTTP_PORT, CODEB_STACK_PDNS_DNS_PORT,
+# CODEB_STACK_PDNS_API_PORT, CODEB_STACK_PG_PORT, CODEB_STACK_REDIS_PORT (and the Podman subnets
 # with CODEB_STACK_SUBNET, CODEB_STACK_SUBNET_POOL) on the first `up`; the state dir remembers them.
 # Exit status: 0 success, 1 failure, 2 bad usage. Progress goes to stderr, so `env` can be evaluated.
 set -euo pipefail
@@ -46,7 +49,8 @@ readonly STACK_DIR="${STACK_DIR%/}"
 # SUBNET_POOL is where networks that codeb creates get their /24s.
 readonly SETTINGS_FILE="$STACK_DIR/settings.env"
 declare -A SETTINGS=([CADDY_ADMIN_PORT]=12019 [HTTP_PORT]=18080 [PDNS_DNS_PORT]=15353
-  [PDNS_API_PORT]=18081 [SUBNET]=10.89.50.0/24 [SUBNET_POOL]=10.89.56.0/21)
+  [PDNS_API_PORT]=18081 [PG_PORT]=15432 [REDIS_PORT]=16379 [SUBNET]=10.89.50.0/24
+  [SUBNET_POOL]=10.89.56.0/21)
 load_settings() {
   local key value env
   if [[ -f $SETTINGS_FILE ]]; then
@@ -71,6 +75,8 @@ readonly CADDY_ADMIN_ADDR="127.0.0.1:${SETTINGS[CADDY_ADMIN_PORT]}"
 readonly CODEB_HTTP_ADDR="127.0.0.1:${SETTINGS[HTTP_PORT]}"
 readonly PDNS_DNS_PORT=${SETTINGS[PDNS_DNS_PORT]}
 readonly PDNS_API_PORT=${SETTINGS[PDNS_API_PORT]}
+readonly PG_PORT=${SETTINGS[PG_PORT]}
+readonly REDIS_PORT=${SETTINGS[REDIS_PORT]}
 readonly PODMAN_SUBNET=${SETTINGS[SUBNET]}
 readonly PODMAN_SUBNET_POOL=${SETTINGS[SUBNET_POOL]}
 # How long `up` waits for a started service to answer. Cold start measured at 0.2-0.3 s; 20 s is the bound
@@ -81,10 +87,17 @@ readonly STOP_TIMEOUT_S=10
 
 # runc is listed explicitly: otherwise apt satisfies podman's `crun | runc` with crun, which cannot
 # start containers on these machines.
+# postgresql-15 brings psql, pg_dump and pg_restore; redis-server brings redis-cli (redis-tools).
 readonly PACKAGES=(podman runc netavark aardvark-dns catatonit iptables nftables busybox-static caddy
-  pdns-server pdns-backend-sqlite3 sqlite3 dnsutils curl hey wrk strace)
-readonly SERVICES=(podman caddy pdns)
-PDNS_API_KEY="" # read from $PDNS_KEY_FILE by ensure_api_key
+  pdns-server pdns-backend-sqlite3 sqlite3 dnsutils curl hey wrk strace postgresql-15 redis-server
+  redis-tools)
+# In start order. The data services come last and start in a second round, once codeb-main (whose
+# gateway address they listen on) exists: see cmd_up.
+readonly SERVICES=(podman caddy pdns postgres redis)
+readonly DATA_SERVICES=(postgres redis)
+PDNS_API_KEY=""         # read from $PDNS_KEY_FILE by ensure_api_key
+PG_ADMIN_PASSWORD=""    # read from $PG_PASSWORD_FILE by load_data_secrets
+REDIS_ADMIN_PASSWORD="" # read from $REDIS_PASSWORD_FILE by load_data_secrets
 
 readonly PODMAN_DIR="$STACK_DIR/podman"
 readonly PODMAN_SOCK="$PODMAN_DIR/podman.sock"
@@ -96,6 +109,27 @@ readonly PDNS_DIR="$STACK_DIR/pdns"
 readonly PDNS_DB="$PDNS_DIR/pdns.sqlite3"
 readonly PDNS_KEY_FILE="$PDNS_DIR/api-key"
 readonly PDNS_SCHEMA=/usr/share/pdns-backend-sqlite3/schema/schema.sqlite3.sql
+# PostgreSQL: the configs (root's, readable) beside the cluster (the postgres user's, 0700), which
+# initdb creates once. The admin is the superuser codeb_admin; its password is generated once.
+readonly PG_BIN=/usr/lib/postgresql/15/bin
+readonly PG_DIR="$STACK_DIR/postgres"
+readonly PG_DATA="$PG_DIR/data"
+readonly PG_CONF="$PG_DIR/postgresql.conf"
+readonly PG_HBA="$PG_DIR/pg_hba.conf"
+readonly PG_ADMIN=codeb_admin
+readonly SECRETS_DIR="$STACK_DIR/secrets"
+readonly PG_PASSWORD_FILE="$SECRETS_DIR/pg-admin-password"
+# Redis: runs as the redis user; its data dir (append-only file) and ACL file are the redis user's.
+readonly REDIS_DIR="$STACK_DIR/redis"
+readonly REDIS_CONF="$REDIS_DIR/redis.conf"
+# The ACL file sits in the data dir: `ACL SAVE` writes a temporary file beside it.
+readonly REDIS_ACL="$REDIS_DIR/data/users.acl"
+readonly REDIS_PASSWORD_FILE="$SECRETS_DIR/redis-admin-password"
+# A container that stays on codeb-main, so that its bridge (and the gateway address the data services
+# listen on) exists while no app runs: netavark creates the bridge with the first container on the
+# network and deletes it with the last one, and a server cannot bind an address that is not there.
+readonly ANCHOR=codeb-stack-bridge
+readonly ANCHOR_IMAGE=localhost/codeb-stack-bridge:v1
 readonly LOG_DIR="$STACK_DIR/logs"
 readonly RUN_DIR="$STACK_DIR/run"
 # Marks a directory as a stack dir: `down --purge` refuses to delete a directory without it.
@@ -181,16 +215,27 @@ write_file() { # path mode content
   mv -f "$path.tmp" "$path"
 }
 
+# A random secret (48 hex digits, so it needs no quoting in a URL or a config), generated once into
+# <file>, mode 0600.
+ensure_secret() { # file
+  local file=$1
+  [[ -s $file ]] && return 0
+  mkdir -p "$(dirname "$file")"
+  (
+    umask 077
+    od -An -N24 -tx1 /dev/urandom | tr -d ' \n' >"$file.tmp"
+  )
+  mv -f "$file.tmp" "$file"
+}
+
 ensure_api_key() {
-  if [[ ! -s $PDNS_KEY_FILE ]]; then
-    mkdir -p "$PDNS_DIR"
-    (
-      umask 077
-      od -An -N24 -tx1 /dev/urandom | tr -d ' \n' >"$PDNS_KEY_FILE.tmp"
-    )
-    mv -f "$PDNS_KEY_FILE.tmp" "$PDNS_KEY_FILE"
-  fi
+  ensure_secret "$PDNS_KEY_FILE"
   PDNS_API_KEY=$(<"$PDNS_KEY_FILE")
+}
+
+load_data_secrets() {
+  [[ ! -s $PG_PASSWORD_FILE ]] || PG_ADMIN_PASSWORD=$(<"$PG_PASSWORD_FILE")
+  [[ ! -s $REDIS_PASSWORD_FILE ]] || REDIS_ADMIN_PASSWORD=$(<"$REDIS_PASSWORD_FILE")
 }
 
 write_configs() {
@@ -204,6 +249,10 @@ write_configs() {
     "$STACK_DIR/tmp"
   touch "$MARKER"
   ensure_api_key
+  mkdir -p -m 700 "$SECRETS_DIR"
+  ensure_secret "$PG_PASSWORD_FILE"
+  ensure_secret "$REDIS_PASSWORD_FILE"
+  load_data_secrets
   local key settings=""
   for key in "${!SETTINGS[@]}"; do settings+="$key=${SETTINGS[$key]}"$'\n'; done
   write_file "$SETTINGS_FILE" 644 "$(sort <<<"${settings%$'\n'}")"
@@ -285,11 +334,125 @@ EOF
   fi
 }
 
+# The gateway address and the subnet of codeb-main ("10.89.56.1 10.89.56.0/24"), from Podman's
+# network config (the CLI reads it without the service); fails when the network does not exist.
+codeb_network() {
+  local line
+  while read -r line; do
+    if [[ $line =~ ^[0-9]+(\.[0-9]+){3}\ [0-9]+(\.[0-9]+){3}/[0-9]+$ ]]; then
+      printf '%s' "$line"
+      return 0
+    fi
+  done < <(podman_cli network inspect codeb-main \
+    --format '{{range .Subnets}}{{.Gateway}} {{.Subnet}}{{"\n"}}{{end}}' 2>/dev/null)
+  return 1
+}
+
+# The configs of PostgreSQL and Redis, which name codeb-main's gateway: written once the network
+# exists (cmd_up), and the cluster initialised on the first run.
+#
+# Both listen on 127.0.0.1 (codeb, the tests) and on the gateway (containers on codeb-main), nowhere
+# else; PostgreSQL accepts scram-sha-256 logins from loopback and that subnet only, and no Unix socket
+# (the machine's /var/run/postgresql is not this stack's). Redis persists with an append-only file in
+# its data dir (keys survive a restart, as PostgreSQL's rows do) and no RDB snapshots (`save ""`),
+# and keeps its users in an ACL file, so that `ACL SAVE` persists the users codeb creates; the
+# default user is the admin, its password stored there as a SHA-256.
+write_data_configs() {
+  local net gw subnet
+  net=$(codeb_network) || die "the network codeb-main does not exist; PostgreSQL and Redis listen on its gateway"
+  read -r gw subnet <<<"$net"
+  mkdir -p "$PG_DIR" "$REDIS_DIR"
+  # The postgres and redis users reach their dirs through the state dir's parents.
+  local user dir
+  for user in postgres redis; do
+    dir=$PG_DIR
+    [[ $user == redis ]] && dir=$REDIS_DIR
+    runuser -u "$user" -- test -x "$dir" ||
+      die "the $user user cannot reach $dir: every parent directory must be searchable (o+x)"
+  done
+
+  write_file "$PG_CONF" 644 "$(
+    cat <<EOF
+# Written by deploy/stack.sh; edits are overwritten. The cluster's own postgresql.conf is not read.
+data_directory = '$PG_DATA'
+hba_file = '$PG_HBA'
+ident_file = '$PG_DATA/pg_ident.conf'
+listen_addresses = '127.0.0.1,$gw'
+port = $PG_PORT
+unix_socket_directories = ''
+max_connections = 200
+shared_buffers = 32MB
+dynamic_shared_memory_type = posix
+password_encryption = scram-sha-256
+logging_collector = off
+log_line_prefix = '%m [%p] %q%u@%d '
+timezone = 'UTC'
+log_timezone = 'UTC'
+EOF
+  )"
+  write_file "$PG_HBA" 644 "$(
+    cat <<EOF
+# Written by deploy/stack.sh; edits are overwritten. Password logins from loopback and codeb-main only.
+# TYPE  DATABASE  USER  ADDRESS        METHOD
+host    all       all   127.0.0.1/32   scram-sha-256
+host    all       all   $subnet  scram-sha-256
+EOF
+  )"
+  if [[ ! -s $PG_DATA/PG_VERSION ]]; then
+    # initdb into an empty directory aside, renamed when complete: an interrupted run never leaves a
+    # half-made cluster. --pwfile must be readable by postgres: a copy of its own, removed after.
+    local tmp="$PG_DIR/data.new" log="$LOG_DIR/postgres.log"
+    rm -rf "$tmp" "$PG_DIR/initdb.pw"
+    install -d -o postgres -g postgres -m 700 "$tmp"
+    install -o postgres -g postgres -m 600 "$PG_PASSWORD_FILE" "$PG_DIR/initdb.pw"
+    say "initialising the PostgreSQL cluster in $PG_DATA"
+    if ! runuser -u postgres -- "$PG_BIN/initdb" -D "$tmp" -U "$PG_ADMIN" --pwfile="$PG_DIR/initdb.pw" \
+      --auth=scram-sha-256 -E UTF8 --locale=C.UTF-8 >>"$log" 2>&1 9>&-; then
+      rm -f "$PG_DIR/initdb.pw"
+      fail_service postgres "initdb failed"
+      die "cannot initialise PostgreSQL (log: $log)"
+    fi
+    rm -f "$PG_DIR/initdb.pw"
+    mv "$tmp" "$PG_DATA"
+  fi
+
+  install -d -o redis -g redis -m 700 "$REDIS_DIR/data"
+  write_file "$REDIS_CONF" 644 "$(
+    cat <<EOF
+# Written by deploy/stack.sh; edits are overwritten. No secret here: the users are in the ACL file.
+bind 127.0.0.1 $gw
+port $REDIS_PORT
+protected-mode yes
+daemonize no
+# Keeps the command line naming this file, which is how the stack recognises its process.
+set-proc-title no
+logfile ""
+dir $REDIS_DIR/data
+aclfile $REDIS_ACL
+save ""
+appendonly yes
+appendfsync everysec
+EOF
+  )"
+  if [[ ! -s $REDIS_ACL ]]; then
+    local hash
+    hash=$(printf '%s' "$REDIS_ADMIN_PASSWORD" | sha256sum | cut -c1-64)
+    (
+      umask 077
+      printf 'user default on #%s ~* &* +@all\n' "$hash" >"$REDIS_ACL.tmp"
+    )
+    chown redis:redis "$REDIS_ACL.tmp"
+    mv -f "$REDIS_ACL.tmp" "$REDIS_ACL"
+  fi
+}
+
 config_files() {
   case $1 in
   podman) echo "$CONTAINERS_CONF_FILE $STORAGE_CONF_FILE" ;;
   caddy) echo "$CADDY_CONFIG" ;;
   pdns) echo "$PDNS_DIR/pdns.conf" ;;
+  postgres) echo "$PG_CONF $PG_HBA" ;;
+  redis) echo "$REDIS_CONF" ;;
   esac
 }
 
@@ -329,6 +492,15 @@ probe() { # name: succeeds when the service answers its API
     curl -sf -o /dev/null --max-time 2 -H "X-API-Key: $PDNS_API_KEY" \
       "http://127.0.0.1:$PDNS_API_PORT/api/v1/servers/localhost"
     ;;
+  # The admin logs in (a wrong password is a failed probe, not a healthy server).
+  postgres)
+    [[ "$(PGPASSWORD=$PG_ADMIN_PASSWORD PGCONNECT_TIMEOUT=2 psql -X -w -At -h 127.0.0.1 -p "$PG_PORT" \
+      -U "$PG_ADMIN" -d postgres -c 'select 1' 2>/dev/null)" == 1 ]]
+    ;;
+  redis)
+    [[ "$(REDISCLI_AUTH=$REDIS_ADMIN_PASSWORD timeout 3 redis-cli -h 127.0.0.1 -p "$REDIS_PORT" \
+      ping 2>/dev/null)" == PONG ]]
+    ;;
   esac
 }
 
@@ -354,6 +526,23 @@ start_service() {
   pdns)
     setsid pdns_server --config-dir="$PDNS_DIR" </dev/null >>"$log" 2>&1 9>&- &
     ;;
+  # pg_ctl starts the postmaster in a session of its own and waits (bounded) until it accepts
+  # connections; its pid is the first line of postmaster.pid. A failed start leaves no pid, which
+  # wait_healthy reports with the log's tail. The log is appended to by the postgres user.
+  postgres)
+    chown postgres "$log"
+    runuser -u postgres -- "$PG_BIN/pg_ctl" -D "$PG_DATA" -o "-c config_file=$PG_CONF" -l "$log" \
+      -w -t "$START_TIMEOUT_S" start </dev/null >>"$log" 2>&1 9>&- || true
+    pid=$(head -n1 "$PG_DATA/postmaster.pid" 2>/dev/null || true)
+    printf '%s\n' "$pid" >"$RUN_DIR/$name.pid"
+    config_hash "$name" >"$RUN_DIR/$name.config-hash"
+    return 0
+    ;;
+  # As the redis user; setpriv execs (no fork), so $! is redis-server's pid.
+  redis)
+    setsid setpriv --reuid=redis --regid=redis --init-groups redis-server "$REDIS_CONF" \
+      </dev/null >>"$log" 2>&1 9>&- &
+    ;;
   esac
   pid=$!
   printf '%s\n' "$pid" >"$RUN_DIR/$name.pid"
@@ -362,14 +551,18 @@ start_service() {
 
 stop_service() {
   local name=$1 pid deadline killed=0
+  # PostgreSQL's SIGTERM is a smart shutdown, which waits for every client to leave; SIGINT is the
+  # fast one (pg_ctl stop -m fast): clients are disconnected and the cluster shuts down cleanly.
+  local signal=TERM
+  [[ $name == postgres ]] && signal=INT
   if pid=$(service_pid "$name"); then
     say "stopping $name (pid $pid)"
-    kill -TERM "$pid" 2>/dev/null || true
+    kill -"$signal" "$pid" 2>/dev/null || true
     deadline=$(($(now_us) + STOP_TIMEOUT_S * 1000000))
     while service_pid "$name" >/dev/null; do
       if (($(now_us) > deadline)); then
         ((killed == 0)) || die "$name (pid $pid) survived SIGKILL for 5 s"
-        say "$name did not exit ${STOP_TIMEOUT_S}s after SIGTERM; sending SIGKILL"
+        say "$name did not exit ${STOP_TIMEOUT_S}s after SIG$signal; sending SIGKILL"
         kill -KILL "$pid" 2>/dev/null || true
         killed=1
         deadline=$(($(now_us) + 5000000))
@@ -421,6 +614,16 @@ wait_healthy() {
 check_port_free() {
   local name=$1
   [[ $name == podman ]] && return 0 # the socket is inside our own state dir
+  # PostgreSQL and Redis do not speak HTTP: any accepted TCP connection means the port is taken.
+  if [[ $name == postgres || $name == redis ]]; then
+    local port=$PG_PORT
+    [[ $name == redis ]] && port=$REDIS_PORT
+    if timeout 1 bash -c ": </dev/tcp/127.0.0.1/$port" 2>/dev/null; then
+      die "$name: 127.0.0.1:$port is already served by a process that is not this stack's" \
+        "(state dir $STACK_DIR). Stop it, or run 'down' in the stack dir that owns it."
+    fi
+    return 0
+  fi
   # Any HTTP answer at all (curl exits 0) means the port is taken.
   if curl -s -o /dev/null --max-time 1 "$(service_url "$name")"; then
     die "$name: $(service_url "$name") is already served by a process that is not this stack's" \
@@ -433,6 +636,8 @@ service_url() {
   podman) echo "unix://$PODMAN_SOCK" ;;
   caddy) echo "http://$CADDY_ADMIN_ADDR" ;;
   pdns) echo "http://127.0.0.1:$PDNS_API_PORT" ;;
+  postgres) echo "postgres://$PG_ADMIN@127.0.0.1:$PG_PORT/postgres" ;;
+  redis) echo "redis://127.0.0.1:$REDIS_PORT" ;;
   esac
 }
 
@@ -440,7 +645,7 @@ service_url() {
 # Subcommands
 
 cmd_up() {
-  local name to_start=() recorded
+  local name base=() started=0
   [[ $EUID -eq 0 ]] || die "up needs root (rootful Podman, apt)"
   take_lock
   ensure_packages
@@ -448,6 +653,32 @@ cmd_up() {
   register_stack
   reap_dead_stacks
   for name in "${SERVICES[@]}"; do
+    [[ " ${DATA_SERVICES[*]} " == *" $name "* ]] || base+=("$name")
+  done
+  # All port conflicts first (the data services' too, when not running), so a refused start leaves
+  # nothing half started.
+  for name in "${DATA_SERVICES[@]}"; do
+    service_pid "$name" >/dev/null || check_port_free "$name"
+  done
+  up_services "${base[@]}"
+  # PostgreSQL and Redis listen on codeb-main's gateway: the network, its bridge and their configs
+  # (which name the gateway) come first.
+  ensure_codeb_network
+  ensure_bridge_anchor
+  write_data_configs
+  up_services "${DATA_SERVICES[@]}"
+  if ((started == 0)); then
+    say "stack is up, nothing to do (state dir $STACK_DIR)"
+  else
+    say "stack is up (state dir $STACK_DIR)"
+  fi
+}
+
+# Starts those of the named services that are not running and answering with their current config,
+# and waits until they answer. Counts the services it started in the caller's `started`.
+up_services() {
+  local name to_start=() recorded
+  for name in "$@"; do
     if service_pid "$name" >/dev/null; then
       recorded=$(cat "$RUN_DIR/$name.config-hash" 2>/dev/null || true)
       if [[ $recorded != "$(config_hash "$name")" ]]; then
@@ -463,20 +694,52 @@ cmd_up() {
     fi
     to_start+=("$name")
   done
-  if ((${#to_start[@]} == 0)); then
-    ensure_codeb_network
-    say "stack is up, nothing to do (state dir $STACK_DIR)"
-    return 0
-  fi
-  # All conflicts first, so a refused start leaves nothing half started.
+  ((${#to_start[@]} > 0)) || return 0
   for name in "${to_start[@]}"; do check_port_free "$name"; done
   for name in "${to_start[@]}"; do
     say "starting $name"
     start_service "$name"
   done
   wait_healthy "${to_start[@]}"
-  ensure_codeb_network
-  say "stack is up (state dir $STACK_DIR)"
+  started=$((started + ${#to_start[@]}))
+}
+
+# Keeps one container (an unlabelled busybox sleeping, so codeb sees it as foreign and never touches
+# it) on codeb-main, so that its bridge and gateway address exist while no app runs: netavark creates
+# the bridge with the first container on a network and deletes it with the last, and PostgreSQL and
+# Redis cannot bind an address that is not there (nor get it back when it returns after they
+# started). Waits (bounded) until the bridge carries the gateway address.
+ensure_bridge_anchor() {
+  local state gw bridge deadline
+  state=$(podman_cli container inspect --format '{{.State.Status}}' "$ANCHOR" 2>/dev/null || true)
+  case $state in
+  running) ;;
+  "")
+    if ! podman_cli image exists "$ANCHOR_IMAGE"; then
+      local dir
+      dir=$(mktemp -d "$STACK_DIR/tmp/anchor.XXXXXX")
+      cleanup_actions+=("rm -rf '$dir'")
+      make_rootfs "$dir/rootfs"
+      import_image "$ANCHOR_IMAGE" "$dir/rootfs" 'CMD ["/bin/sleep", "2147483647"]' 'ENV PATH=/bin'
+    fi
+    podman_cli run -d --name "$ANCHOR" --network codeb-main --init --restart always \
+      "$ANCHOR_IMAGE" >>"$LOG_DIR/podman.log" 2>&1 9>&- ||
+      die "cannot start the container $ANCHOR on codeb-main (see $LOG_DIR/podman.log)"
+    say "started $ANCHOR, which keeps codeb-main's bridge up"
+    ;;
+  *)
+    podman_cli start "$ANCHOR" >>"$LOG_DIR/podman.log" 2>&1 9>&- ||
+      die "cannot start the container $ANCHOR (see $LOG_DIR/podman.log)"
+    ;;
+  esac
+  gw=$(codeb_network) || die "the network codeb-main has no IPv4 subnet"
+  gw=${gw%% *}
+  bridge=$(podman_cli network inspect codeb-main --format '{{.NetworkInterface}}')
+  deadline=$(($(now_us) + 5000000))
+  until ip -4 -o addr show dev "$bridge" 2>/dev/null | grep -q " inet $gw/"; do
+    (($(now_us) < deadline)) || die "the bridge $bridge of codeb-main has no address $gw"
+    sleep 0.05
+  done
 }
 
 # codeb creates its network `codeb-main` when missing, and Podman would name its bridge podman1 in
@@ -634,11 +897,17 @@ cmd_down() {
 }
 
 # CODEB_INSTANCE: every state directory that tests and benches make is the one owner of this stack's
-# host (codeb marks a host with its owner and refuses a host another owner marked).
+# host (codeb marks a host with its owner and refuses a host another owner marked). The *_APP_HOST
+# variables (where containers on codeb-main reach PostgreSQL and Redis: the gateway) are printed once
+# the network exists (after the first `up`).
 cmd_env() {
   take_lock
   write_configs
-  local var
+  local var gw app=()
+  if gw=$(codeb_network); then
+    gw=${gw%% *}
+    app=("CODEB_TEST_PG_APP_HOST=$gw:$PG_PORT" "CODEB_TEST_REDIS_APP_HOST=$gw:$REDIS_PORT")
+  fi
   for var in \
     "CODEB_STACK_DIR=$STACK_DIR" \
     "CODEB_INSTANCE=codeb-stack" \
@@ -649,7 +918,12 @@ cmd_env() {
     "CODEB_TEST_PDNS_DNS=127.0.0.1:$PDNS_DNS_PORT" \
     "PDNS_API_KEY=$PDNS_API_KEY" \
     "CONTAINERS_CONF=$CONTAINERS_CONF_FILE" \
-    "CONTAINERS_STORAGE_CONF=$STORAGE_CONF_FILE"; do
+    "CONTAINERS_STORAGE_CONF=$STORAGE_CONF_FILE" \
+    "CODEB_TEST_PG_URL=$(service_url postgres)" \
+    "PG_ADMIN_PASSWORD=$PG_ADMIN_PASSWORD" \
+    "CODEB_TEST_REDIS_URL=$(service_url redis)" \
+    "REDIS_ADMIN_PASSWORD=$REDIS_ADMIN_PASSWORD" \
+    "${app[@]}"; do
     printf 'export %s=%q\n' "${var%%=*}" "${var#*=}"
   done
 }
@@ -657,17 +931,18 @@ cmd_env() {
 cmd_status() {
   local name pid all=0
   [[ -s $PDNS_KEY_FILE ]] && PDNS_API_KEY=$(<"$PDNS_KEY_FILE")
+  load_data_secrets
   for name in "${SERVICES[@]}"; do
     if pid=$(service_pid "$name"); then
       if probe "$name"; then
-        printf '%-7s healthy    pid %-8s %s\n' "$name" "$pid" "$(service_url "$name")"
+        printf '%-8s healthy    pid %-8s %s\n' "$name" "$pid" "$(service_url "$name")"
       else
-        printf '%-7s UNHEALTHY  pid %-8s %s (log: %s)\n' "$name" "$pid" "$(service_url "$name")" \
+        printf '%-8s UNHEALTHY  pid %-8s %s (log: %s)\n' "$name" "$pid" "$(service_url "$name")" \
           "$LOG_DIR/$name.log"
         all=1
       fi
     else
-      printf '%-7s STOPPED    %-12s %s\n' "$name" "" "$(service_url "$name")"
+      printf '%-8s STOPPED    %-12s %s\n' "$name" "" "$(service_url "$name")"
       all=1
     fi
   done
@@ -797,6 +1072,44 @@ exec httpd -f -p 8080 -h /www
 EOF
   chmod 755 "$dir/app/run"
   import_image localhost/codeb-test-unhealthy:v1 "$dir" \
+    'CMD ["/app/run"]' 'EXPOSE 8080' 'ENV PATH=/bin' 'LABEL codeb.test.version=v1'
+
+  # The data app (issue #17's tests): the same httpd, plus the host's psql and redis-cli with the
+  # shared libraries they load (from ldd, at the same paths), and two CGIs that use what codeb hands
+  # an app. /cgi-bin/db creates its table if missing, inserts a row and prints the row count
+  # (DATABASE_URL); /cgi-bin/cache INCRs ${REDIS_PREFIX}hits and prints it (REDIS_URL). Errors are
+  # printed in the body (status 200 still), so a test sees what the client said.
+  dir="$work/data"
+  make_rootfs "$dir"
+  local bin lib
+  for bin in "$PG_BIN/psql" "$(command -v redis-cli)"; do
+    cp -L "$bin" "$dir/bin/"
+    while read -r lib; do
+      mkdir -p "$dir$(dirname "$lib")"
+      cp -L "$lib" "$dir$lib"
+    done < <(ldd "$bin" | awk '$2 == "=>" && $3 ~ /^\// { print $3 } $1 ~ /^\// { print $1 }')
+  done
+  printf 'data' >"$dir/www/index.html"
+  printf 'ok' >"$dir/www/health"
+  cat >"$dir/www/cgi-bin/db" <<'EOF'
+#!/bin/sh
+printf 'Content-Type: text/plain\r\n\r\n'
+PGCONNECT_TIMEOUT=5 PGOPTIONS='-c client_min_messages=warning' psql "$DATABASE_URL" -X -q -At -v ON_ERROR_STOP=1 \
+  -c 'CREATE TABLE IF NOT EXISTS hits (id serial PRIMARY KEY, at timestamptz NOT NULL DEFAULT now())' \
+  -c 'INSERT INTO hits DEFAULT VALUES' -c 'SELECT count(*) FROM hits' 2>&1 | tr -d '\n'
+EOF
+  cat >"$dir/www/cgi-bin/cache" <<'EOF'
+#!/bin/sh
+printf 'Content-Type: text/plain\r\n\r\n'
+timeout 5 redis-cli -u "$REDIS_URL" --no-auth-warning INCR "${REDIS_PREFIX}hits" 2>&1 | tr -d '\n'
+EOF
+  cat >"$dir/app/run" <<'EOF'
+#!/bin/sh
+echo "codeb-test-data listening on :8080"
+exec httpd -f -p 8080 -h /www
+EOF
+  chmod 755 "$dir/www/cgi-bin/db" "$dir/www/cgi-bin/cache" "$dir/app/run"
+  import_image localhost/codeb-test-data:v1 "$dir" \
     'CMD ["/app/run"]' 'EXPOSE 8080' 'ENV PATH=/bin' 'LABEL codeb.test.version=v1'
 }
 

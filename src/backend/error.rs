@@ -18,6 +18,10 @@ pub enum Backend {
     /// The kernel's NAT rules (nf_tables).
     Kernel,
     PowerDns,
+    /// A shared PostgreSQL server (project databases).
+    Postgres,
+    /// A shared Redis server (project caches).
+    Redis,
 }
 
 impl fmt::Display for Backend {
@@ -27,6 +31,8 @@ impl fmt::Display for Backend {
             Backend::Caddy => "Caddy",
             Backend::Kernel => "kernel NAT rules",
             Backend::PowerDns => "PowerDNS",
+            Backend::Postgres => "PostgreSQL",
+            Backend::Redis => "Redis",
         })
     }
 }
@@ -44,6 +50,11 @@ pub enum ErrorKind {
     /// This backend cannot be managed from this process at all (the kernel's NAT rules without
     /// CAP_NET_ADMIN or nf_tables): not an outage, the caller takes another path.
     Unsupported { reason: String },
+    /// A foreign object (one without codeb's mark, or with another owner's) holds a name codeb
+    /// needs: like [`ErrorKind::Permanent`], retrying cannot help until someone removes or
+    /// renames it, but it is a finding about the server's content, not an outage, so a caller can
+    /// report it as a problem of the environment. `name` is the object's name.
+    Conflict { name: String },
 }
 
 impl ErrorKind {

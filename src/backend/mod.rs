@@ -14,7 +14,9 @@ mod error;
 pub mod fake;
 pub mod netfilter;
 pub mod podman;
+pub mod postgres;
 pub mod powerdns;
+pub mod redis;
 
 use std::future::Future;
 use std::net::{Ipv4Addr, SocketAddrV4};
@@ -225,8 +227,9 @@ pub trait Postgres: Send + Sync {
     /// Converges one environment to `write`: the owner role (`NOLOGIN`, the mark as comment), its
     /// database (owned by it; `CONNECT` and `TEMP` revoked from `PUBLIC`), the login role
     /// `write.login` (`LOGIN`, `password`, member of the owner, acting as it, the limits) and the
-    /// other login's settings but not its password. Also revokes `CONNECT` on the `postgres`
-    /// database from `PUBLIC` (granting it to the admin role first). Refuses (conflict) a role or
+    /// other login's settings but not its password. Also revokes `CONNECT` and `TEMP` on the
+    /// `postgres` and `template1` databases from `PUBLIC` (granting them to the admin role first
+    /// unless it is a superuser). Refuses (conflict) a role or
     /// database of these names that does not carry `write.mark`'s owner.
     fn ensure(
         &self,

@@ -363,6 +363,32 @@ pub fn redis_url(app_host: &str, user: &str, password: &str) -> String {
     format!("redis://{}:{}@{app_host}", encode(user), encode(password))
 }
 
+/// The password of a `redis://USER:PASSWORD@HOST` URL, decoded.
+pub fn redis_password(url: &str) -> Option<String> {
+    let rest = url.strip_prefix("redis://")?;
+    let (userinfo, _) = rest.split(['/', '?']).next()?.rsplit_once('@')?;
+    let (_, password) = userinfo.split_once(':')?;
+    decode(password)
+}
+
+/// Reverses [`encode`]; `None` for a malformed escape or text that is not UTF-8.
+fn decode(s: &str) -> Option<String> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = s.get(i + 1..i + 3)?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
 /// Percent-encodes everything but RFC 3986's unreserved characters.
 fn encode(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
@@ -429,5 +455,7 @@ mod tests {
             Some("127.0.0.1:5432")
         );
         assert_eq!(url_host("redis://127.0.0.1:6379"), Some("127.0.0.1:6379"));
+        let r = redis_url("10.0.0.1:6379", "codeb.a.b", "p@ss/w:rd%");
+        assert_eq!(redis_password(&r).as_deref(), Some("p@ss/w:rd%"));
     }
 }

@@ -13,6 +13,7 @@
 //! containers go.
 
 pub mod api;
+pub mod data;
 mod display;
 pub mod dns;
 mod env;

@@ -14,6 +14,7 @@
 pub mod backoff;
 pub mod connect;
 pub mod controller;
+pub mod data;
 mod execute;
 pub(crate) mod fault;
 #[cfg(test)]

@@ -11,6 +11,7 @@
 //! decision the planner makes.
 
 pub mod backup;
+pub mod data;
 pub mod env;
 pub mod error;
 pub mod view;
@@ -217,6 +218,13 @@ pub enum Request {
         #[serde(default)]
         protected: bool,
     },
+    /// New credentials for the environment's database and cache: a new env version (the other
+    /// login role, new passwords), rolled out blue/green; the old ones stay valid while a slot
+    /// runs them.
+    DbRotate {
+        project: String,
+        environment: String,
+    },
     /// Every environment's versions, still sealed (the CLI writes them to a directory).
     EnvBackup,
     /// Versions from a backup, into a store that has none.
@@ -368,6 +376,7 @@ impl Request {
             | Request::EnvHistory { project, .. }
             | Request::EnvDiff { project, .. }
             | Request::EnvRestore { project, .. }
+            | Request::DbRotate { project, .. }
             | Request::BackupRun { project, .. }
             | Request::BackupList { project, .. }
             | Request::Restore { project, .. } => Some(project),
@@ -396,7 +405,8 @@ impl Request {
             | Request::EnvExport { environment, .. }
             | Request::EnvHistory { environment, .. }
             | Request::EnvDiff { environment, .. }
-            | Request::EnvRestore { environment, .. } => Some(environment),
+            | Request::EnvRestore { environment, .. }
+            | Request::DbRotate { environment, .. } => Some(environment),
             Request::BackupRun { environment, .. }
             | Request::BackupList { environment, .. }
             | Request::Restore { environment, .. } => environment.as_deref(),
@@ -443,6 +453,7 @@ impl Request {
             Request::EnvHistory { .. } => "env history",
             Request::EnvDiff { .. } => "env diff",
             Request::EnvRestore { .. } => "env restore",
+            Request::DbRotate { .. } => "db rotate",
             Request::EnvBackup => "env backup",
             Request::EnvRestoreBackup { .. } => "env restore-backup",
             Request::BackupRun { .. } => "backup run",
@@ -491,7 +502,7 @@ impl Request {
             Request::EnvGet { .. } | Request::EnvExport { .. } | Request::EnvBackup => {
                 vec![Permission::EnvRead]
             }
-            Request::EnvRestoreBackup { .. } => {
+            Request::EnvRestoreBackup { .. } | Request::DbRotate { .. } => {
                 vec![Permission::EnvWrite, Permission::EnvProtected]
             }
             Request::BackupRun { .. } | Request::BackupList { .. } => vec![Permission::Backup],
@@ -517,6 +528,7 @@ impl Request {
             | Request::EnvImport { .. }
             | Request::EnvRestore { .. }
             | Request::EnvRestoreBackup { .. }
+            | Request::DbRotate { .. }
             | Request::BackupRun { .. }
             | Request::Restore { .. } => true,
             _ => false,
@@ -1094,6 +1106,17 @@ async fn run(ctx: &Ctx, req: Request) -> Result<Response> {
             from,
             to,
         } => env::diff(ctx, &EnvKey::new(project, environment), from, to).map(Response::EnvDiff),
+        Request::DbRotate {
+            project,
+            environment,
+        } => env::change(
+            ctx,
+            EnvKey::new(project, environment),
+            env::Change::Rotate,
+            true,
+        )
+        .await
+        .map(Response::EnvChanged),
         Request::EnvBackup => env::backup(ctx).map(Response::EnvBackup),
         Request::EnvRestoreBackup { backup } => {
             env::restore_backup(ctx, &backup).map(Response::EnvBackup)
@@ -1322,6 +1345,7 @@ pub fn effective(store: &Store, declared: &Desired, dry: bool) -> Result<Desired
             store.set_override(&key, None)?;
         }
     }
+    data::credentials(store, &d, dry)?;
     env::bind(store, &mut d, dry)?;
     Ok(d)
 }
@@ -1394,9 +1418,12 @@ async fn apply(
     if !dry_run {
         store.put_declared(declared.envs.values())?;
     }
+    // Databases and caches first: a release whose data is not ready waits.
+    let data = data::converge(store, &d, &remove, dry_run).await?;
+    let ready = data::without_blocked(&d, &data);
     let outcome = reconcile::converge(
         Target {
-            desired: &d,
+            desired: &ready,
             remove: remove.clone(),
             dry_run,
         },
@@ -1417,12 +1444,16 @@ async fn apply(
         .as_ref()
         .map(|daemon| daemon.apply_notes(&declared))
         .unwrap_or_default();
-    let view = ApplyView {
+    let mut view = ApplyView {
         dry_run,
         plan: PlanView::from(&outcome.first_plan),
         outcome: (!dry_run).then(|| OutcomeView::from(&outcome)),
         daemon_notes,
     };
+    data::add_to_plan(&mut view.plan, &data);
+    if let Some(o) = view.outcome.as_mut() {
+        data::add_to_outcome(o, &data);
+    }
     Ok((view, keys))
 }
 
@@ -1430,9 +1461,14 @@ async fn diff(ctx: &Ctx, sources: &[Source]) -> Result<PlanView> {
     let declared = load(ctx, sources)?;
     let d = effective(&ctx.store, &declared, true)?;
     let backends = connect_or_invalid(ctx, d.hosts.values(), d.zones.values())?;
-    let observed = reconcile::observe(&backends).await;
+    let (observed, data) = tokio::join!(
+        reconcile::observe(&backends),
+        data::converge(&ctx.store, &d, &[], true)
+    );
     let p = plan::plan(&d, &observed, &ctx.store.load()?, &[], reconcile::now_ms());
-    Ok(PlanView::from(&p))
+    let mut view = PlanView::from(&p);
+    data::add_to_plan(&mut view, &data?);
+    Ok(view)
 }
 
 fn get(ctx: &Ctx, what: GetWhat) -> Result<Response> {
@@ -1662,6 +1698,8 @@ async fn delete(ctx: &Ctx, names: Vec<String>, sources: &[Source]) -> Result<Out
         .filter(|k| store.env(k).is_ok_and(|r| r.is_none()))
         .cloned()
         .collect();
+    // Their databases and caches go as their onDelete says, read from what was declared.
+    let data = data::converge(store, &Desired::default(), &gone, false).await?;
     store.forget_declared(&gone)?;
     drop(claim);
     // A name the deleted environments held may be wanted by another one: its zone looks.
@@ -1670,7 +1708,9 @@ async fn delete(ctx: &Ctx, names: Vec<String>, sources: &[Source]) -> Result<Out
             daemon.controller.trigger(Work::Zone(zone), Duration::ZERO);
         }
     }
-    Ok(outcome(report, p.notes))
+    let mut view = outcome(report, p.notes);
+    data::add_to_outcome(&mut view, &data);
+    Ok(view)
 }
 
 /// Deletes what the hosts hold of `projects` by codeb's marks when the store records none of
@@ -2091,9 +2131,10 @@ async fn roll_out(
     };
     let d = effective(store, &d, false)?;
     let backends = connect_or_invalid(ctx, d.hosts.values(), zones.values())?;
+    let data = data::converge(store, &d, &[], false).await?;
     let result = reconcile::converge(
         Target {
-            desired: &d,
+            desired: &data::without_blocked(&d, &data),
             remove: vec![],
             dry_run: false,
         },
@@ -2105,7 +2146,9 @@ async fn roll_out(
     if let Some(daemon) = &ctx.daemon {
         daemon.publish(store)?;
     }
-    Ok(OutcomeView::from(&result?))
+    let mut view = OutcomeView::from(&result?);
+    data::add_to_outcome(&mut view, &data);
+    Ok(view)
 }
 
 /// What a deploy of an image to one environment converges: its declared spec with the image laid

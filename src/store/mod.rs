@@ -9,6 +9,7 @@
 //! No backend calls and no planning here.
 
 mod audit;
+mod data;
 mod declared;
 pub mod dir;
 mod journal;
@@ -52,6 +53,8 @@ const OWNER_ID: &str = "owner-id";
 const DECLARED: TableDefinition<&str, &[u8]> = TableDefinition::new("declared");
 /// Release overrides set by `deploy`, by store key.
 const OVERRIDES: TableDefinition<&str, &[u8]> = TableDefinition::new("overrides");
+/// What codeb created in each environment's data services (see [`crate::model::data::DataRecord`]).
+const DATA: TableDefinition<&str, &[u8]> = TableDefinition::new("data");
 
 /// A host's switch mode as recorded, with the reason for a fallback.
 pub type SwitchModes = BTreeMap<String, (SwitchMode, Option<String>)>;
@@ -178,6 +181,7 @@ impl Store {
                 && txn.open_table(SWITCH_MODES).is_ok()
                 && txn.open_table(DECLARED).is_ok()
                 && txn.open_table(OVERRIDES).is_ok()
+                && txn.open_table(DATA).is_ok()
                 && txn.open_table(KEYS).is_ok()
                 && txn.open_table(AUTH_SECRET).is_ok()
                 && txn.open_table(AUDIT).is_ok()
@@ -197,6 +201,7 @@ impl Store {
             txn.open_table(SWITCH_MODES).map_err(storage)?;
             txn.open_table(DECLARED).map_err(storage)?;
             txn.open_table(OVERRIDES).map_err(storage)?;
+            txn.open_table(DATA).map_err(storage)?;
             txn.open_table(KEYS).map_err(storage)?;
             txn.open_table(AUTH_SECRET).map_err(storage)?;
             txn.open_table(AUDIT).map_err(storage)?;
