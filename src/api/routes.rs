@@ -23,10 +23,10 @@ use super::{Api, HealthView, TargetHealth, BODY_LIMIT, BODY_TIMEOUT};
 use crate::auth::{AuditEntry, KeyRecord, Permission};
 use crate::model::Slot;
 use crate::service::view::{
-    ApplyView, BackupFailed, BackupMade, BackupRow, BackupRunView, EnvChangeView, EnvDiffView,
-    EnvExportView, EnvHistoryRow, EnvListRow, EnvListView, EnvValueView, EnvView, FailureView,
-    HostRow, LogsView, NoteView, OutcomeView, OverrideView, PlanView, ProjectRow, ProjectView,
-    RestoreView, SlotRow, SlotView, TableCheck,
+    ApplyView, BackupFailed, BackupMade, BackupRow, BackupRunView, CacheView, DatabaseView,
+    EnvChangeView, EnvDiffView, EnvExportView, EnvHistoryRow, EnvListRow, EnvListView,
+    EnvValueView, EnvView, FailureView, HostRow, LogsView, NoteView, OutcomeView, OverrideView,
+    PlanView, ProjectRow, ProjectView, RestoreView, SlotRow, SlotView, TableCheck,
 };
 use crate::service::{self, Ctx, GetWhat, Request as Req, Response as Res, MAX_LOG_LINES};
 use crate::spec::Source;
@@ -1267,7 +1267,7 @@ async fn env_export(
           rollback, logs, plan, apply, audit, env_list, env_set, env_unset, env_import, env_restore, db_rotate,
           env_history, env_diff, env_get, env_export, backup_list, backup_run, restore, tool),
     components(schemas(ApiError, ErrorBody, HealthView, TargetHealth, ProjectRow, SlotRow, HostRow, ProjectView,
-                       EnvView, SlotView, OverrideView, OutcomeView, FailureView, NoteView, PlanView, ApplyView,
+                       EnvView, SlotView, OverrideView, DatabaseView, CacheView, OutcomeView, FailureView, NoteView, PlanView, ApplyView,
                        LogsView, AuditEntry, KeyRecord, DeployBody, ToolBody, ToolAnswer, EnvChangeView,
                        EnvListView, EnvListRow, EnvValueView, EnvExportView, EnvHistoryRow, EnvDiffView,
                        EnvSetBody, EnvUnsetBody, EnvImportBody, EnvRestoreBody, EnvGetBody,

@@ -1494,11 +1494,15 @@ fn describe(ctx: &Ctx, project: &str) -> Result<ProjectView> {
     let store = &ctx.store;
     let r = store.load()?;
     let overrides = store.overrides()?;
+    let data = store.data_records()?;
     let environments: Vec<view::EnvView> = r
         .envs
         .values()
         .filter(|e| e.key.project == project)
-        .map(|e| view::EnvView::new(e, r.hosts.get(&e.host), overrides.get(&e.key)))
+        .map(|e| {
+            view::EnvView::new(e, r.hosts.get(&e.host), overrides.get(&e.key))
+                .with_data(data.get(&e.key))
+        })
         .collect();
     if environments.is_empty() {
         return Err(no_project(project));
