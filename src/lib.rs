@@ -8,6 +8,7 @@
 pub mod api;
 pub mod auth;
 pub mod backend;
+pub mod backup;
 pub mod cli;
 pub mod config;
 pub mod daemon;

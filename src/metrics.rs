@@ -29,6 +29,14 @@ pub struct KindLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BackupLabels {
+    /// `database` or `cache`.
+    pub kind: &'static str,
+    /// `ok` or `error`.
+    pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct BackendLabels {
     /// `podman`, `caddy`, `kernel` or `powerdns`.
     pub backend: &'static str,
@@ -68,6 +76,9 @@ pub struct Metrics {
     pub health_check_failures: Counter,
     pub api_requests: Family<ApiLabels, Counter>,
     pub api_seconds: Histograms<RouteLabels>,
+    /// Scheduled backups, by kind and result.
+    pub backups: Family<BackupLabels, Counter>,
+    pub backup_seconds: Histograms<KindLabels>,
 }
 
 /// Reconciles take from 1 ms (converged) to minutes (a health check waiting): 1 ms × 4ⁿ.
@@ -96,6 +107,8 @@ impl Metrics {
             health_check_failures: Counter::default(),
             api_requests: Family::default(),
             api_seconds: Family::new_with_constructor(fast),
+            backups: Family::default(),
+            backup_seconds: Family::new_with_constructor(slow),
         };
         registry.register(
             "build",
@@ -148,6 +161,16 @@ impl Metrics {
             "api_request_duration_seconds",
             "HTTP API request time, by route",
             m.api_seconds.clone(),
+        );
+        registry.register(
+            "backups",
+            "Scheduled backups made or failed, by kind and result",
+            m.backups.clone(),
+        );
+        registry.register(
+            "backup_duration_seconds",
+            "How long a scheduled backup took, by kind",
+            m.backup_seconds.clone(),
         );
         Metrics { registry, ..m }
     }

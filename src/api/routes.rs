@@ -23,9 +23,10 @@ use super::{Api, HealthView, TargetHealth, BODY_LIMIT, BODY_TIMEOUT};
 use crate::auth::{AuditEntry, KeyRecord, Permission};
 use crate::model::Slot;
 use crate::service::view::{
-    ApplyView, CacheView, DatabaseView, EnvChangeView, EnvDiffView, EnvExportView, EnvHistoryRow,
-    EnvListRow, EnvListView, EnvValueView, EnvView, FailureView, HostRow, LogsView, NoteView,
-    OutcomeView, OverrideView, PlanView, ProjectRow, ProjectView, SlotRow, SlotView,
+    ApplyView, BackupFailed, BackupMade, BackupRow, BackupRunView, CacheView, DatabaseView,
+    EnvChangeView, EnvDiffView, EnvExportView, EnvHistoryRow, EnvListRow, EnvListView,
+    EnvValueView, EnvView, FailureView, HostRow, LogsView, NoteView, OutcomeView, OverrideView,
+    PlanView, ProjectRow, ProjectView, RestoreView, SlotRow, SlotView, TableCheck,
 };
 use crate::service::{self, Ctx, GetWhat, Request as Req, Response as Res, MAX_LOG_LINES};
 use crate::spec::Source;
@@ -133,6 +134,21 @@ pub const ROUTES: &[Route] = &[
         "/api/v1/projects/{project}/environments/{environment}/env/export",
         Some(Permission::EnvRead),
     ),
+    r(
+        "GET",
+        "/api/v1/projects/{project}/backups",
+        Some(Permission::Backup),
+    ),
+    r(
+        "POST",
+        "/api/v1/projects/{project}/backups",
+        Some(Permission::Backup),
+    ),
+    r(
+        "POST",
+        "/api/v1/projects/{project}/restore",
+        Some(Permission::Restore),
+    ),
     r("POST", "/api/tool", None),
 ];
 
@@ -159,6 +175,11 @@ pub fn router(api: Api) -> Router {
             get(project).delete(delete_project),
         )
         .route("/api/v1/slots", get(slots))
+        .route(
+            "/api/v1/projects/{project}/backups",
+            get(backup_list).post(backup_run),
+        )
+        .route("/api/v1/projects/{project}/restore", post(restore))
         .route("/api/v1/hosts", get(hosts))
         .route(
             "/api/v1/projects/{project}/environments/{environment}/deploy",
@@ -300,6 +321,9 @@ fn answer(res: Res) -> Response {
         Res::EnvExport(v) => Json(v).into_response(),
         Res::EnvHistory(v) => Json(v).into_response(),
         Res::EnvDiff(v) => Json(v).into_response(),
+        Res::BackupRun(v) => Json(v).into_response(),
+        Res::Backups(v) => Json(v).into_response(),
+        Res::Restored(v) => Json(v).into_response(),
         // Keys are made with the CLI only, and backups are written by it; never over HTTP.
         Res::KeyCreated { .. } | Res::EnvBackup(_) => {
             ApiError::new(500, "failed", "unexpected result").into_response()
@@ -902,6 +926,124 @@ pub struct EnvDiffQuery {
     pub to: u64,
 }
 
+/// `GET .../backups`: one environment's, or all; `verify` re-reads every file's SHA-256.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct BackupListQuery {
+    pub environment: Option<String>,
+    #[serde(default)]
+    pub verify: bool,
+}
+
+/// `POST .../backups`: back up now (one environment's, or all; one kind, or both).
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BackupRunBody {
+    #[serde(default)]
+    pub environment: Option<String>,
+    /// `database` or `cache`; none: both.
+    #[serde(default)]
+    pub kind: Option<String>,
+}
+
+/// `POST .../restore`: a backup into a new database, or a cache's keys back (`replaceKeys`).
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RestoreBody {
+    pub from: String,
+    #[serde(default)]
+    pub environment: Option<String>,
+    #[serde(default)]
+    pub to_database: Option<String>,
+    #[serde(default)]
+    pub replace_keys: bool,
+}
+
+#[utoipa::path(get, path = "/api/v1/projects/{project}/backups", tag = "backups",
+    security(("key" = []), ("bearer" = [])),
+    params(("project" = String, Path), BackupListQuery),
+    responses((status = 200, body = Vec<BackupRow>), (status = 403, body = ApiError), (status = 404, body = ApiError)))]
+async fn backup_list(
+    State(api): State<Api>,
+    Authed(c): Authed,
+    Path(project): Path<String>,
+    query: Result<Query<BackupListQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let probe = Req::BackupList {
+        project: project.clone(),
+        environment: None,
+        verify: false,
+    };
+    api.authorize(&c, &probe)?;
+    let Query(q) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let req = Req::BackupList {
+        project,
+        environment: q.environment,
+        verify: q.verify,
+    };
+    Ok(answer(api.call(c, req).await?))
+}
+
+#[utoipa::path(post, path = "/api/v1/projects/{project}/backups", tag = "backups",
+    security(("key" = []), ("bearer" = [])),
+    params(("project" = String, Path)), request_body = BackupRunBody,
+    responses((status = 200, body = BackupRunView), (status = 400, body = ApiError), (status = 403, body = ApiError),
+              (status = 404, body = ApiError)))]
+async fn backup_run(
+    State(api): State<Api>,
+    Authed(c): Authed,
+    Path(project): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let probe = Req::BackupRun {
+        project: project.clone(),
+        environment: None,
+        kind: None,
+    };
+    api.authorize(&c, &probe)?;
+    let b: BackupRunBody = json_body(body)?;
+    let kind = b
+        .kind
+        .map(|k| k.parse::<crate::backup::Kind>())
+        .transpose()
+        .map_err(ApiError::bad_request)?;
+    let req = Req::BackupRun {
+        project,
+        environment: b.environment,
+        kind,
+    };
+    Ok(answer(api.call(c, req).await?))
+}
+
+#[utoipa::path(post, path = "/api/v1/projects/{project}/restore", tag = "backups",
+    security(("key" = []), ("bearer" = [])),
+    params(("project" = String, Path)), request_body = RestoreBody,
+    responses((status = 200, body = RestoreView), (status = 400, body = ApiError), (status = 403, body = ApiError),
+              (status = 404, body = ApiError)))]
+async fn restore(
+    State(api): State<Api>,
+    Authed(c): Authed,
+    Path(project): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let probe = Req::Restore {
+        project: project.clone(),
+        environment: None,
+        from: String::new(),
+        to_database: None,
+        replace_keys: false,
+    };
+    env_change(&api, c, probe, body, |b: RestoreBody| Req::Restore {
+        project,
+        environment: b.environment,
+        from: b.from,
+        to_database: b.to_database,
+        replace_keys: b.replace_keys,
+    })
+    .await
+}
+
 /// Authorizes `req` (its body not read yet), then builds it from the body.
 async fn env_change<B: serde::de::DeserializeOwned>(
     api: &Api,
@@ -1123,12 +1265,14 @@ async fn env_export(
     info(title = "codeb", description = "The control plane of codeb: deploy, promote and roll back web apps on Podman hosts."),
     paths(health, metrics, openapi_json, projects, project, delete_project, slots, hosts, deploy, promote,
           rollback, logs, plan, apply, audit, env_list, env_set, env_unset, env_import, env_restore, db_rotate,
-          env_history, env_diff, env_get, env_export, tool),
+          env_history, env_diff, env_get, env_export, backup_list, backup_run, restore, tool),
     components(schemas(ApiError, ErrorBody, HealthView, TargetHealth, ProjectRow, SlotRow, HostRow, ProjectView,
                        EnvView, SlotView, OverrideView, DatabaseView, CacheView, OutcomeView, FailureView, NoteView, PlanView, ApplyView,
                        LogsView, AuditEntry, KeyRecord, DeployBody, ToolBody, ToolAnswer, EnvChangeView,
                        EnvListView, EnvListRow, EnvValueView, EnvExportView, EnvHistoryRow, EnvDiffView,
-                       EnvSetBody, EnvUnsetBody, EnvImportBody, EnvRestoreBody, EnvGetBody)),
+                       EnvSetBody, EnvUnsetBody, EnvImportBody, EnvRestoreBody, EnvGetBody,
+                       BackupRow, BackupRunView, BackupMade, BackupFailed, RestoreView, TableCheck,
+                       BackupRunBody, RestoreBody)),
     modifiers(&Security),
 )]
 struct Doc;

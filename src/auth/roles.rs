@@ -102,10 +102,15 @@ pub enum Permission {
     KeysManage,
     /// Read the audit log (a developer only its projects' entries: see [`audit_scope`]).
     AuditRead,
+    /// List a project's backups and run one now (`backup list`, `backup run`). A developer's:
+    /// a backup changes no data, and the files stay on the backup destination.
+    Backup,
+    /// Restore a backup (`restore`): a new database, or a cache's keys written over live ones.
+    Restore,
 }
 
 impl Permission {
-    pub const ALL: [Permission; 16] = [
+    pub const ALL: [Permission; 18] = [
         Permission::Read,
         Permission::Logs,
         Permission::Deploy,
@@ -122,6 +127,8 @@ impl Permission {
         Permission::ZonesWrite,
         Permission::KeysManage,
         Permission::AuditRead,
+        Permission::Backup,
+        Permission::Restore,
     ];
 
     pub const fn as_str(self) -> &'static str {
@@ -142,6 +149,8 @@ impl Permission {
             Permission::ZonesWrite => "zones-write",
             Permission::KeysManage => "keys-manage",
             Permission::AuditRead => "audit-read",
+            Permission::Backup => "backup",
+            Permission::Restore => "restore",
         }
     }
 
@@ -155,7 +164,8 @@ impl Permission {
             | Permission::Rollback
             | Permission::EnvList
             | Permission::EnvWrite
-            | Permission::AuditRead => Role::Developer,
+            | Permission::AuditRead
+            | Permission::Backup => Role::Developer,
             Permission::Apply
             | Permission::Prune
             | Permission::Delete
@@ -163,7 +173,8 @@ impl Permission {
             | Permission::EnvProtected
             | Permission::HostsWrite
             | Permission::ZonesWrite
-            | Permission::KeysManage => Role::Admin,
+            | Permission::KeysManage
+            | Permission::Restore => Role::Admin,
         }
     }
 
@@ -408,7 +419,7 @@ mod tests {
     fn every_permission_and_role_matches_the_platform_matrix() {
         use Permission::*;
         // Columns: admin, developer, viewer. Written once, here; `allows` must agree.
-        let expected: [(Permission, [bool; 3]); 16] = [
+        let expected: [(Permission, [bool; 3]); 18] = [
             (Read, [true, true, true]),
             (Logs, [true, true, false]),
             (Deploy, [true, true, false]),
@@ -425,6 +436,8 @@ mod tests {
             (ZonesWrite, [true, false, false]),
             (KeysManage, [true, false, false]),
             (AuditRead, [true, true, false]),
+            (Backup, [true, true, false]),
+            (Restore, [true, false, false]),
         ];
         assert_eq!(
             expected.map(|(p, _)| p),

@@ -337,6 +337,54 @@ fn request(command: Command) -> anyhow::Result<(Request, Format)> {
             output.output,
         ),
         Command::Env(e) => env_request(e)?,
+        Command::Backup(super::BackupCommand::Run {
+            project,
+            env,
+            database,
+            cache,
+            output,
+        }) => (
+            Request::BackupRun {
+                project,
+                environment: env,
+                kind: match (database, cache) {
+                    (true, _) => Some(crate::backup::Kind::Database),
+                    (_, true) => Some(crate::backup::Kind::Cache),
+                    _ => None,
+                },
+            },
+            output.output,
+        ),
+        Command::Backup(super::BackupCommand::List {
+            project,
+            env,
+            verify,
+            output,
+        }) => (
+            Request::BackupList {
+                project,
+                environment: env,
+                verify,
+            },
+            output.output,
+        ),
+        Command::Restore {
+            project,
+            env,
+            from,
+            to_database,
+            replace_keys,
+            output,
+        } => (
+            Request::Restore {
+                project,
+                environment: env,
+                from,
+                to_database,
+                replace_keys,
+            },
+            output.output,
+        ),
         Command::Db(super::DbCommand::Rotate { target, output }) => (
             Request::DbRotate {
                 project: target.project,

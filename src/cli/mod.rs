@@ -162,6 +162,32 @@ pub enum Command {
     /// release rolled out blue/green, and a rollback restores the env with the image.
     #[command(subcommand)]
     Env(EnvCommand),
+    /// Back up a project's databases and caches now, or list its backups (see docs/backups.md).
+    #[command(subcommand)]
+    Backup(BackupCommand),
+    /// Restore a backup: a database into a new database (never the live one), its row counts
+    /// checked against the backup's; a cache's keys back under the environment's prefix, only
+    /// with --replace-keys (admin; audited).
+    #[command(
+        after_help = "Examples:\n  codeb restore myapp --from 20261207T121500Z-database\n  codeb restore myapp --env staging --from 20261207T121500Z-database --to-database myapp_staging_copy\n  codeb restore myapp --from 20261207T120000Z-cache --replace-keys"
+    )]
+    Restore {
+        project: String,
+        /// The environment (by default: the one that has a backup of this id).
+        #[arg(long)]
+        env: Option<String>,
+        /// The backup's id, as `codeb backup list` shows it.
+        #[arg(long, value_name = "ID")]
+        from: String,
+        /// The new database's name (default: DATABASE_restore_TIME); never an existing one.
+        #[arg(long, value_name = "NAME")]
+        to_database: Option<String>,
+        /// For a cache backup: write its keys over the live ones under the environment's prefix.
+        #[arg(long)]
+        replace_keys: bool,
+        #[command(flatten)]
+        output: Output,
+    },
     /// A project environment's database and cache (`database: postgres`, `cache: redis`).
     #[command(subcommand)]
     Db(DbCommand),
@@ -281,6 +307,42 @@ pub struct EnvTarget {
     pub project: String,
     #[arg(long, default_value = "production")]
     pub env: String,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BackupCommand {
+    /// Back up the databases and caches of a project's environments now (retention then deletes
+    /// the oldest beyond the Host's keep).
+    #[command(
+        after_help = "Examples:\n  codeb backup run myapp\n  codeb backup run myapp --env staging --database"
+    )]
+    Run {
+        project: String,
+        #[arg(long)]
+        env: Option<String>,
+        /// Only the database.
+        #[arg(long, conflicts_with = "cache")]
+        database: bool,
+        /// Only the cache.
+        #[arg(long)]
+        cache: bool,
+        #[command(flatten)]
+        output: Output,
+    },
+    /// A project's backups: id, kind, time, size, rows or keys, and whether its files are intact.
+    #[command(
+        after_help = "Examples:\n  codeb backup list myapp\n  codeb backup list myapp --env staging --verify -o json"
+    )]
+    List {
+        project: String,
+        #[arg(long)]
+        env: Option<String>,
+        /// Read every file again and check its SHA-256 (otherwise only sizes are checked).
+        #[arg(long)]
+        verify: bool,
+        #[command(flatten)]
+        output: Output,
+    },
 }
 
 #[derive(Debug, Subcommand)]

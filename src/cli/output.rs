@@ -36,6 +36,9 @@ pub fn render(response: &Response, format: Format, out: &mut dyn Write) -> anyho
             Response::EnvExport(v) => data(out, v, format),
             Response::EnvHistory(v) => data(out, v, format),
             Response::EnvDiff(v) => data(out, v, format),
+            Response::BackupRun(v) => data(out, v, format),
+            Response::Backups(v) => data(out, v, format),
+            Response::Restored(v) => data(out, v, format),
             Response::EnvBackup(v) => data(
                 out,
                 &serde_json::json!({"versions": v.versions, "environments": v.environments}),
@@ -215,6 +218,88 @@ pub fn render(response: &Response, format: Format, out: &mut dyn Write) -> anyho
                 if b.environments.len() == 1 { "" } else { "s" },
                 b.environments.join(", ")
             )?;
+            Ok(())
+        }
+        Response::BackupRun(v) => {
+            for m in &v.made {
+                writeln!(
+                    out,
+                    "{}/{} {} backup {}: {} bytes, {} {} in {} ms{}",
+                    m.project,
+                    m.environment,
+                    m.kind,
+                    m.id,
+                    m.size,
+                    m.items,
+                    if m.kind == "cache" { "keys" } else { "rows" },
+                    m.elapsed_ms,
+                    if m.deleted.is_empty() {
+                        String::new()
+                    } else {
+                        format!("; retention deleted {}", m.deleted.join(", "))
+                    }
+                )?;
+            }
+            for f in &v.failed {
+                writeln!(
+                    out,
+                    "! {}/{} {} backup failed: {}",
+                    f.project, f.environment, f.kind, f.error
+                )?;
+            }
+            Ok(())
+        }
+        Response::Backups(rows) => emit(
+            out,
+            rows,
+            format,
+            &["ENV", "ID", "KIND", "CREATED", "SIZE", "ROWS/KEYS", "CHECK"],
+            |r| {
+                vec![
+                    r.environment.clone(),
+                    r.id.clone(),
+                    r.kind.clone(),
+                    r.created.clone(),
+                    r.size.to_string(),
+                    r.items.to_string(),
+                    match &r.problem {
+                        Some(p) => format!("problem: {p}"),
+                        None => r.check.clone(),
+                    },
+                ]
+            },
+        ),
+        Response::Restored(r) => {
+            match (&r.database, r.keys) {
+                (Some(db), _) => {
+                    writeln!(
+                        out,
+                        "restored {} of {}/{} into database {db} in {} ms; row counts match the backup's:",
+                        r.id, r.project, r.environment, r.elapsed_ms
+                    )?;
+                    let show = |n: Option<u64>| n.map_or("-".to_string(), |n| n.to_string());
+                    writeln!(out, "{:<40} {:>12} {:>12}", "TABLE", "EXPECTED", "ACTUAL")?;
+                    for t in &r.tables {
+                        writeln!(
+                            out,
+                            "{:<40} {:>12} {:>12}",
+                            t.table,
+                            show(t.expected),
+                            show(t.actual)
+                        )?;
+                    }
+                }
+                (None, Some((expected, restored))) => writeln!(
+                    out,
+                    "restored {} of {}/{}: {restored} of {expected} keys written under {} in {} ms",
+                    r.id,
+                    r.project,
+                    r.environment,
+                    r.prefix.as_deref().unwrap_or(""),
+                    r.elapsed_ms
+                )?,
+                (None, None) => writeln!(out, "restored {}", r.id)?,
+            }
             Ok(())
         }
         Response::Audit(entries) => emit(

@@ -18,6 +18,7 @@
 mod events;
 mod files;
 pub mod publish;
+pub mod schedule;
 pub mod socket;
 
 use std::path::PathBuf;
@@ -253,6 +254,11 @@ pub async fn run(args: Config) -> Result<(), Error> {
         shutdown.clone(),
     ));
     let pumps = tokio::spawn(events::run(handle.clone(), watched, shutdown.clone()));
+    tokio::spawn(schedule::run(
+        store.clone(),
+        args.operator.clone(),
+        shutdown.clone(),
+    ));
     tokio::spawn(signals(shutdown.clone()));
     info!(
         paths = %args.paths.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(","),

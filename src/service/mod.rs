@@ -10,6 +10,7 @@
 //! Must not: read a file a request names (manifests arrive as [`Source`] texts), print, or make a
 //! decision the planner makes.
 
+pub mod backup;
 pub mod data;
 pub mod env;
 pub mod error;
@@ -230,6 +231,36 @@ pub enum Request {
     EnvRestoreBackup {
         backup: SecretText,
     },
+    /// Back up the databases and caches of a project's environments (or one's) now.
+    BackupRun {
+        project: String,
+        #[serde(default)]
+        environment: Option<String>,
+        /// Only this kind (none: both).
+        #[serde(default)]
+        kind: Option<crate::backup::Kind>,
+    },
+    /// A project's backups.
+    BackupList {
+        project: String,
+        #[serde(default)]
+        environment: Option<String>,
+        /// Read every file's SHA-256 again (otherwise only sizes are checked).
+        #[serde(default)]
+        verify: bool,
+    },
+    /// Restore a backup: a database into a new database (verified by row counts), a cache's keys
+    /// back under the environment's prefix (only with `replace_keys`).
+    Restore {
+        project: String,
+        #[serde(default)]
+        environment: Option<String>,
+        from: String,
+        #[serde(default)]
+        to_database: Option<String>,
+        #[serde(default)]
+        replace_keys: bool,
+    },
 }
 
 /// A change that can be planned first and carried out later, unchanged: what MCP's two-step
@@ -345,7 +376,10 @@ impl Request {
             | Request::EnvHistory { project, .. }
             | Request::EnvDiff { project, .. }
             | Request::EnvRestore { project, .. }
-            | Request::DbRotate { project, .. } => Some(project),
+            | Request::DbRotate { project, .. }
+            | Request::BackupRun { project, .. }
+            | Request::BackupList { project, .. }
+            | Request::Restore { project, .. } => Some(project),
             _ => None,
         }
     }
@@ -373,6 +407,9 @@ impl Request {
             | Request::EnvDiff { environment, .. }
             | Request::EnvRestore { environment, .. }
             | Request::DbRotate { environment, .. } => Some(environment),
+            Request::BackupRun { environment, .. }
+            | Request::BackupList { environment, .. }
+            | Request::Restore { environment, .. } => environment.as_deref(),
             _ => None,
         }
     }
@@ -419,6 +456,9 @@ impl Request {
             Request::DbRotate { .. } => "db rotate",
             Request::EnvBackup => "env backup",
             Request::EnvRestoreBackup { .. } => "env restore-backup",
+            Request::BackupRun { .. } => "backup run",
+            Request::BackupList { .. } => "backup list",
+            Request::Restore { .. } => "restore",
         }
     }
 
@@ -467,6 +507,8 @@ impl Request {
             }
             // It writes protected keys only.
             Request::DbRotate { .. } => vec![Permission::EnvProtected],
+            Request::BackupRun { .. } | Request::BackupList { .. } => vec![Permission::Backup],
+            Request::Restore { .. } => vec![Permission::Restore],
         }
     }
 
@@ -488,7 +530,9 @@ impl Request {
             | Request::EnvImport { .. }
             | Request::EnvRestore { .. }
             | Request::EnvRestoreBackup { .. }
-            | Request::DbRotate { .. } => true,
+            | Request::DbRotate { .. }
+            | Request::BackupRun { .. }
+            | Request::Restore { .. } => true,
             _ => false,
         }
     }
@@ -535,6 +579,9 @@ pub enum Response {
     EnvDiff(view::EnvDiffView),
     /// `env backup` and `env restore-backup`.
     EnvBackup(view::EnvBackupView),
+    BackupRun(view::BackupRunView),
+    Backups(Vec<view::BackupRow>),
+    Restored(view::RestoreView),
 }
 
 impl Response {
@@ -556,6 +603,7 @@ impl Response {
             Response::Planned(p) => u8::from(p.plan.has_problems()),
             Response::Outcome(o) => u8::from(!o.converged),
             Response::EnvChanged(v) => u8::from(!env::change_converged(v)),
+            Response::BackupRun(v) => u8::from(!v.failed.is_empty()),
             _ => 0,
         }
     }
@@ -1075,6 +1123,36 @@ async fn run(ctx: &Ctx, req: Request) -> Result<Response> {
         Request::EnvRestoreBackup { backup } => {
             env::restore_backup(ctx, &backup).map(Response::EnvBackup)
         }
+        Request::BackupRun {
+            project,
+            environment,
+            kind,
+        } => backup::run(ctx, &project, environment.as_deref(), kind)
+            .await
+            .map(Response::BackupRun),
+        Request::BackupList {
+            project,
+            environment,
+            verify,
+        } => backup::list(ctx, &project, environment.as_deref(), verify)
+            .await
+            .map(Response::Backups),
+        Request::Restore {
+            project,
+            environment,
+            from,
+            to_database,
+            replace_keys,
+        } => backup::restore(
+            ctx,
+            &project,
+            environment.as_deref(),
+            &from,
+            to_database.as_deref(),
+            replace_keys,
+        )
+        .await
+        .map(Response::Restored),
     }
 }
 

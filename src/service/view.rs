@@ -571,3 +571,87 @@ pub struct EnvBackupView {
     #[schema(value_type = String)]
     pub backup: crate::model::vars::SecretText,
 }
+
+/// One backup of `backup list`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BackupRow {
+    pub project: String,
+    pub environment: String,
+    pub id: String,
+    /// `database` or `cache`.
+    pub kind: String,
+    /// RFC 3339 (empty when the manifest could not be read).
+    pub created: String,
+    /// Bytes of its files.
+    pub size: u64,
+    /// Database: rows over all tables; cache: keys.
+    pub items: u64,
+    /// `sizes` (every file there with its size: a listing's check), `verified` (every SHA-256
+    /// read again: `--verify`) or `problem`.
+    pub check: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub problem: Option<String>,
+}
+
+/// One backup `backup run` made.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BackupMade {
+    pub project: String,
+    pub environment: String,
+    pub id: String,
+    pub kind: String,
+    pub size: u64,
+    pub items: u64,
+    pub elapsed_ms: u64,
+    /// Older backups retention deleted after it.
+    pub deleted: Vec<String>,
+}
+
+/// One backup `backup run` could not make.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BackupFailed {
+    pub project: String,
+    pub environment: String,
+    pub kind: String,
+    pub error: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BackupRunView {
+    pub made: Vec<BackupMade>,
+    pub failed: Vec<BackupFailed>,
+}
+
+/// One table of a database restore: its rows in the backup and in the restored database.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TableCheck {
+    pub table: String,
+    pub expected: Option<u64>,
+    pub actual: Option<u64>,
+}
+
+/// What `restore` did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RestoreView {
+    pub project: String,
+    pub environment: String,
+    pub id: String,
+    pub kind: String,
+    /// Database: the new database.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub database: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tables: Vec<TableCheck>,
+    /// Cache: the prefix written under, and the keys in the backup and written.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keys: Option<(u64, u64)>,
+    pub elapsed_ms: u64,
+}
