@@ -23,9 +23,9 @@ use super::{Api, HealthView, TargetHealth, BODY_LIMIT, BODY_TIMEOUT};
 use crate::auth::{AuditEntry, KeyRecord, Permission};
 use crate::model::Slot;
 use crate::service::view::{
-    ApplyView, EnvChangeView, EnvDiffView, EnvExportView, EnvHistoryRow, EnvListRow, EnvListView,
-    EnvValueView, EnvView, FailureView, HostRow, LogsView, NoteView, OutcomeView, OverrideView,
-    PlanView, ProjectRow, ProjectView, SlotRow, SlotView,
+    ApplyView, CacheView, DatabaseView, EnvChangeView, EnvDiffView, EnvExportView, EnvHistoryRow,
+    EnvListRow, EnvListView, EnvValueView, EnvView, FailureView, HostRow, LogsView, NoteView,
+    OutcomeView, OverrideView, PlanView, ProjectRow, ProjectView, SlotRow, SlotView,
 };
 use crate::service::{self, Ctx, GetWhat, Request as Req, Response as Res, MAX_LOG_LINES};
 use crate::spec::Source;
@@ -109,6 +109,11 @@ pub const ROUTES: &[Route] = &[
         Some(Permission::EnvWrite),
     ),
     r(
+        "POST",
+        "/api/v1/projects/{project}/environments/{environment}/db/rotate",
+        Some(Permission::EnvProtected),
+    ),
+    r(
         "GET",
         "/api/v1/projects/{project}/environments/{environment}/env/history",
         Some(Permission::EnvList),
@@ -189,6 +194,10 @@ pub fn router(api: Api) -> Router {
         .route(
             "/api/v1/projects/{project}/environments/{environment}/env/restore",
             post(env_restore),
+        )
+        .route(
+            "/api/v1/projects/{project}/environments/{environment}/db/rotate",
+            post(db_rotate),
         )
         .route(
             "/api/v1/projects/{project}/environments/{environment}/env/history",
@@ -474,6 +483,23 @@ async fn promote(
     Path((project, environment)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
     let req = Req::Promote {
+        project,
+        environment,
+    };
+    Ok(answer(api.call(c, req).await?))
+}
+
+#[utoipa::path(post, path = "/api/v1/projects/{project}/environments/{environment}/db/rotate", tag = "env",
+    security(("key" = []), ("bearer" = [])),
+    params(("project" = String, Path), ("environment" = String, Path)),
+    responses((status = 200, body = EnvChangeView), (status = 400, body = ApiError), (status = 403, body = ApiError),
+              (status = 404, body = ApiError)))]
+async fn db_rotate(
+    State(api): State<Api>,
+    Authed(c): Authed,
+    Path((project, environment)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    let req = Req::DbRotate {
         project,
         environment,
     };
@@ -1096,10 +1122,10 @@ async fn env_export(
 #[openapi(
     info(title = "codeb", description = "The control plane of codeb: deploy, promote and roll back web apps on Podman hosts."),
     paths(health, metrics, openapi_json, projects, project, delete_project, slots, hosts, deploy, promote,
-          rollback, logs, plan, apply, audit, env_list, env_set, env_unset, env_import, env_restore,
+          rollback, logs, plan, apply, audit, env_list, env_set, env_unset, env_import, env_restore, db_rotate,
           env_history, env_diff, env_get, env_export, tool),
     components(schemas(ApiError, ErrorBody, HealthView, TargetHealth, ProjectRow, SlotRow, HostRow, ProjectView,
-                       EnvView, SlotView, OverrideView, OutcomeView, FailureView, NoteView, PlanView, ApplyView,
+                       EnvView, SlotView, OverrideView, DatabaseView, CacheView, OutcomeView, FailureView, NoteView, PlanView, ApplyView,
                        LogsView, AuditEntry, KeyRecord, DeployBody, ToolBody, ToolAnswer, EnvChangeView,
                        EnvListView, EnvListRow, EnvValueView, EnvExportView, EnvHistoryRow, EnvDiffView,
                        EnvSetBody, EnvUnsetBody, EnvImportBody, EnvRestoreBody, EnvGetBody)),

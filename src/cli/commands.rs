@@ -337,6 +337,13 @@ fn request(command: Command) -> anyhow::Result<(Request, Format)> {
             output.output,
         ),
         Command::Env(e) => env_request(e)?,
+        Command::Db(super::DbCommand::Rotate { target, output }) => (
+            Request::DbRotate {
+                project: target.project,
+                environment: target.env,
+            },
+            output.output,
+        ),
         Command::Logs {
             project,
             env,

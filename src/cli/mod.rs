@@ -162,6 +162,9 @@ pub enum Command {
     /// release rolled out blue/green, and a rollback restores the env with the image.
     #[command(subcommand)]
     Env(EnvCommand),
+    /// A project environment's database and cache (`database: postgres`, `cache: redis`).
+    #[command(subcommand)]
+    Db(DbCommand),
     /// Show the audit log: every change and every refused request, newest last.
     #[command(
         after_help = "Examples:\n  codeb audit --since 1h\n  codeb audit --project myapp -o json"
@@ -278,6 +281,22 @@ pub struct EnvTarget {
     pub project: String,
     #[arg(long, default_value = "production")]
     pub env: String,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DbCommand {
+    /// New credentials for the environment's database and cache (admin): the other login role
+    /// with a new password and a new Redis password, as a new env version rolled out blue/green.
+    /// The old ones keep working until no slot runs them (the grace slot retired).
+    #[command(
+        after_help = "Examples:\n  codeb db rotate myapp\n  codeb db rotate myapp --env staging"
+    )]
+    Rotate {
+        #[command(flatten)]
+        target: EnvTarget,
+        #[command(flatten)]
+        output: Output,
+    },
 }
 
 #[derive(Debug, Subcommand)]

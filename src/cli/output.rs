@@ -395,6 +395,30 @@ fn describe(p: &ProjectView, out: &mut dyn Write) -> anyhow::Result<()> {
                 o.manifest_image
             )?;
         }
+        if let Some(d) = &e.database {
+            writeln!(
+                out,
+                "  Database:  \"{}\" at {} (login {}; credentials in the stored env)",
+                d.database,
+                d.server,
+                if d.logins.is_empty() {
+                    "none set".to_string()
+                } else {
+                    d.logins.join(", ")
+                }
+            )?;
+        }
+        if let Some(c) = &e.cache {
+            writeln!(
+                out,
+                "  Cache:     Redis user {} at {}, keys {}* ({} password{})",
+                c.user,
+                c.server,
+                c.prefix,
+                c.passwords,
+                if c.passwords == 1 { "" } else { "s" }
+            )?;
+        }
         for s in &e.slots {
             writeln!(out, "  Slot {}:", s.slot)?;
             writeln!(out, "    State:   {}", s.state)?;

@@ -40,6 +40,17 @@ pub struct Credentials {
     pub database: Option<(usize, String)>,
     /// The digest of the cache password.
     pub cache: Option<String>,
+    /// Older versions that slots still run (a grace slot after a rotation): their passwords stay
+    /// valid until no slot runs them.
+    pub live: Vec<LiveCredentials>,
+}
+
+/// The credentials of an older env version a slot still runs.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LiveCredentials {
+    pub version: u64,
+    pub database: Option<(usize, String)>,
+    pub cache: Option<String>,
 }
 
 /// Everything planning one environment's data reads.
@@ -74,7 +85,8 @@ pub enum DataStep {
         version: Option<u64>,
         digest: Option<String>,
     },
-    /// Record the ACL user (intent) and converge it, with the password of version `version`.
+    /// Record the ACL user (intent) and converge it, with the password of version `version` and
+    /// those of the older versions slots still run (`also`), each with its digest.
     EnsureCache {
         key: EnvKey,
         host: String,
@@ -82,6 +94,16 @@ pub enum DataStep {
         write: CacheWrite,
         version: Option<u64>,
         digest: Option<String>,
+        also: Vec<(u64, String)>,
+    },
+    /// Make a login role no slot uses any more unable to log in (after a rotation, once the
+    /// grace slot that used it is gone).
+    DisableLogin {
+        key: EnvKey,
+        host: String,
+        server: String,
+        role: String,
+        login: usize,
     },
     /// Drop the database and its roles (onDelete: drop). Destructive.
     DropDatabase {
@@ -111,6 +133,7 @@ impl DataStep {
         match self {
             DataStep::EnsureDatabase { key, .. }
             | DataStep::EnsureCache { key, .. }
+            | DataStep::DisableLogin { key, .. }
             | DataStep::DropDatabase { key, .. }
             | DataStep::DropCache { key, .. }
             | DataStep::Forget { key, .. } => key,
@@ -166,6 +189,14 @@ impl std::fmt::Display for DataStep {
                 write.names.prefix,
                 at(server),
                 creds(version)
+            ),
+            DataStep::DisableLogin {
+                key, server, role, ..
+            } => write!(
+                f,
+                "{key}: disable login \"{role}\" in PostgreSQL at {} (no slot uses it since the \
+                 last rotation)",
+                at(server)
             ),
             DataStep::DropDatabase {
                 key, server, names, ..
@@ -438,6 +469,14 @@ fn plan_database(owner: &str, env: &DataEnv, limits: DatabaseLimits, plan: &mut 
                 && digest.is_some()
                 && r.applied[login] == digest
         });
+    let other = 1 - login;
+    let in_use = env
+        .credentials
+        .live
+        .iter()
+        .any(|l| l.database.as_ref().is_some_and(|(i, _)| *i == other));
+    let disable = !in_use && obs.logins[other].as_ref().is_some_and(|r| r.can_login);
+    let role = names.logins[other].clone();
     if !converged {
         plan.steps.push(DataStep::EnsureDatabase {
             key: key.clone(),
@@ -451,6 +490,15 @@ fn plan_database(owner: &str, env: &DataEnv, limits: DatabaseLimits, plan: &mut 
             },
             version: env.credentials.version,
             digest,
+        });
+    }
+    if disable {
+        plan.steps.push(DataStep::DisableLogin {
+            key: key.clone(),
+            host: env.host.clone(),
+            server: server.clone(),
+            role,
+            login: other,
         });
     }
 }
@@ -525,12 +573,29 @@ fn plan_cache(env: &DataEnv, plan: &mut DataPlan) {
         return;
     }
     let digest = env.credentials.cache.clone();
+    // The older versions' passwords that slots still run, once each, none equal to the latest.
+    let mut also: Vec<(u64, String)> = Vec::new();
+    for l in &env.credentials.live {
+        if let Some(d) = &l.cache {
+            if Some(d) != digest.as_ref() && !also.iter().any(|(_, x)| x == d) {
+                also.push((l.version, d.clone()));
+            }
+        }
+    }
+    let mut wanted: Vec<String> = digest
+        .iter()
+        .cloned()
+        .chain(also.iter().map(|(_, d)| d.clone()))
+        .collect();
+    wanted.sort();
     let prefix = format!("~{}*", names.prefix);
     let converged = user
         .as_ref()
-        .is_some_and(|u| u.enabled && u.passwords == 1 && u.keys == [prefix.clone()])
+        .is_some_and(|u| u.enabled && u.passwords == wanted.len() && u.keys == [prefix.clone()])
         && recorded.is_some_and(|r| {
-            digest.is_some() && r.applied == digest.iter().cloned().collect::<Vec<_>>()
+            let mut applied = r.applied.clone();
+            applied.sort();
+            digest.is_some() && applied == wanted
         });
     if !converged {
         plan.steps.push(DataStep::EnsureCache {
@@ -540,6 +605,7 @@ fn plan_cache(env: &DataEnv, plan: &mut DataPlan) {
             write: CacheWrite { names },
             version: env.credentials.version,
             digest,
+            also,
         });
     }
 }

@@ -1025,6 +1025,8 @@ async fn reconcile_env<R: Runtime, P: Proxy, K: Kernel, D: Dns, H: Prober>(
         one.envs.insert(key.clone(), d.clone());
     }
     let remove: Vec<EnvKey> = if prune { vec![key.clone()] } else { vec![] };
+    // Its database and cache first: its release waits while they are not ready.
+    reconcile_data(sh, key, &host, wanted, desired, executed).await?;
     // Zones matter to a removal only: a desired environment's records are its zones' work. As in
     // apply, a declared Zone overrides its record (one no longer managed is left alone).
     let recorded_zones = if prune {
@@ -1106,6 +1108,59 @@ async fn reconcile_env<R: Runtime, P: Proxy, K: Kernel, D: Dns, H: Prober>(
         }
     }
     Err(Error::NotConverged { rounds: MAX_ROUNDS })
+}
+
+/// One environment's database and cache (see [`super::data`]): converged before its containers,
+/// or dropped or kept as its `onDelete` says when it is pruned. Not ready (a conflict, a server
+/// down, a failed step) fails the key: a conflict waits for a person (the longest backoff), the
+/// rest is retried.
+async fn reconcile_data<H: Prober>(
+    sh: &Shared<H>,
+    key: &EnvKey,
+    host: &str,
+    wanted: Option<&crate::model::DesiredEnv>,
+    desired: &Desired,
+    executed: &mut Vec<String>,
+) -> Result<(), Error> {
+    let store = &sh.store;
+    let wants = wanted.map(|d| d.data).unwrap_or_default();
+    if wants.is_none()
+        && store
+            .data_record(key)
+            .map_err(super::Error::from)?
+            .is_none()
+    {
+        return Ok(());
+    }
+    let owner = super::connect::owner(store).map_err(|e| Error::StepFailed {
+        step: format!("{key}: databases and caches"),
+        error: e.to_string(),
+        retryable: false,
+    })?;
+    let mut hosts = store.hosts().map_err(super::Error::from)?;
+    hosts.extend(desired.hosts.clone());
+    let one = [super::data::Wanted {
+        key: key.clone(),
+        host: host.to_string(),
+        wants,
+    }];
+    let out = super::data::converge(store, &owner.id, &hosts, &one, false).await?;
+    executed.extend(out.executed.iter().cloned());
+    if let Some((step, error)) = out.failures.first() {
+        return Err(Error::StepFailed {
+            step: step.clone(),
+            error: error.clone(),
+            retryable: true,
+        });
+    }
+    if let Some(note) = out.plan.notes.iter().find(|n| n.blocks()) {
+        return Err(Error::StepFailed {
+            step: format!("{key}: databases and caches"),
+            error: note.to_string(),
+            retryable: matches!(note, plan::data::DataNote::Unreachable { .. }),
+        });
+    }
+    Ok(())
 }
 
 /// Executes `plan` until the daemon stops, adding what ran to `executed`; the first failed step is

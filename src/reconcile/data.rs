@@ -16,9 +16,10 @@ use crate::model::data::{
     redis_password, CacheNames, DataRecord, DataWants, DatabaseLimits, OnDelete, PgNames,
 };
 use crate::model::vars::SecretText;
-use crate::model::{EnvKey, HostRef};
+use crate::model::{EnvKey, HostRef, SlotState};
 use crate::plan::data::{
-    cache_intent, database_intent, plan_data, Credentials, DataEnv, DataPlan, DataStep, Seen,
+    cache_intent, database_intent, plan_data, Credentials, DataEnv, DataPlan, DataStep,
+    LiveCredentials, Seen,
 };
 use crate::store::Store;
 
@@ -269,28 +270,49 @@ async fn observe(
     Ok(envs)
 }
 
-/// The credentials the environment's latest stored env version holds, as digests.
+/// The credentials the environment's latest stored env version holds, as digests, and those of
+/// the older versions its slots still run (deploying, deployed, active or in grace).
 fn credentials(store: &Store, key: &EnvKey) -> Result<Credentials, super::Error> {
-    let Some(latest) = store.env_versions(key)?.pop() else {
+    let mut versions = store.env_versions(key)?;
+    let Some(latest) = versions.pop() else {
         return Ok(Credentials::default());
     };
     let Some(ring) = store.keyring(false)? else {
         return Ok(Credentials::default());
     };
     let names = PgNames::of(key);
-    let database = match (
-        latest.digests.get("POSTGRES_USER"),
-        latest.digests.get("POSTGRES_PASSWORD"),
+    let database = |v: &crate::store::secrets::StoredVersion| match (
+        v.digests.get("POSTGRES_USER"),
+        v.digests.get("POSTGRES_PASSWORD"),
     ) {
         (Some(user), Some(pw)) => (0..2)
             .find(|&i| ring.value_digest(key, "POSTGRES_USER", &names.logins[i]) == *user)
             .map(|i| (i, pw.clone())),
         _ => None,
     };
+    let running: BTreeSet<u64> = match store.env(key)? {
+        Some(rec) => [&rec.blue, &rec.green]
+            .into_iter()
+            .filter(|s| !matches!(s.state, SlotState::Empty | SlotState::Failed))
+            .filter_map(|s| s.release.as_ref()?.env_version)
+            .filter(|v| *v != latest.version)
+            .collect(),
+        None => BTreeSet::new(),
+    };
+    let live = versions
+        .iter()
+        .filter(|v| running.contains(&v.version))
+        .map(|v| LiveCredentials {
+            version: v.version,
+            database: database(v),
+            cache: v.digests.get("REDIS_URL").cloned(),
+        })
+        .collect();
     Ok(Credentials {
         version: Some(latest.version),
-        database,
+        database: database(&latest),
         cache: latest.digests.get("REDIS_URL").cloned(),
+        live,
     })
 }
 
@@ -339,6 +361,7 @@ async fn execute(store: &Store, servers: &Servers, step: &DataStep) -> Result<()
             write,
             version,
             digest,
+            also,
         } => {
             let redis = servers.redis(server)?;
             let (Some(version), Some(digest)) = (version, digest) else {
@@ -346,14 +369,21 @@ async fn execute(store: &Store, servers: &Servers, step: &DataStep) -> Result<()
                     "{key}: no credentials in its stored env; apply again"
                 ));
             };
-            let values = store.open_env(key, *version).map_err(|e| e.to_string())?;
-            let password = values
-                .0
-                .get("REDIS_URL")
-                .and_then(|u| redis_password(u))
-                .ok_or_else(|| {
-                    format!("{key}: env v{version} holds no REDIS_URL with a password")
-                })?;
+            let password = |version: u64| -> Result<SecretText, String> {
+                let values = store.open_env(key, version).map_err(|e| e.to_string())?;
+                values
+                    .0
+                    .get("REDIS_URL")
+                    .and_then(|u| redis_password(u))
+                    .map(SecretText)
+                    .ok_or_else(|| {
+                        format!("{key}: env v{version} holds no REDIS_URL with a password")
+                    })
+            };
+            let mut passwords = vec![password(*version)?];
+            for (v, _) in also {
+                passwords.push(password(*v)?);
+            }
             let mut rec = cache_intent(
                 store.data_record(key).map_err(store_err)?.as_ref(),
                 host,
@@ -362,11 +392,34 @@ async fn execute(store: &Store, servers: &Servers, step: &DataStep) -> Result<()
             );
             store.put_data_record(key, Some(&rec)).map_err(store_err)?;
             redis
-                .ensure(write, &[SecretText(password)])
+                .ensure(write, &passwords)
                 .await
                 .map_err(|e| crate::backend::error_chain(&e))?;
             if let Some(c) = rec.cache.as_mut() {
-                c.applied = vec![digest.clone()];
+                c.applied = std::iter::once(digest.clone())
+                    .chain(also.iter().map(|(_, d)| d.clone()))
+                    .collect();
+            }
+            store.put_data_record(key, Some(&rec)).map_err(store_err)
+        }
+        DataStep::DisableLogin {
+            key,
+            server,
+            role,
+            login,
+            ..
+        } => {
+            servers
+                .postgres(server)?
+                .disable_login(role)
+                .await
+                .map_err(|e| crate::backend::error_chain(&e))?;
+            let mut rec = store
+                .data_record(key)
+                .map_err(store_err)?
+                .unwrap_or_default();
+            if let Some(d) = rec.database.as_mut() {
+                d.applied[*login] = None;
             }
             store.put_data_record(key, Some(&rec)).map_err(store_err)
         }

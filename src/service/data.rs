@@ -77,6 +77,31 @@ pub fn derive(
     Ok(next)
 }
 
+/// `current` with new credentials: the other login role with a new password, a new cache
+/// password; the URLs derived anew. The old login and password stay valid while a slot runs the
+/// version that holds them (see `plan::data`).
+pub fn rotate(
+    key: &EnvKey,
+    wants: DataWants,
+    host: &HostRef,
+    current: &EnvValues,
+) -> Result<EnvValues> {
+    let names = PgNames::of(key);
+    let mut fresh = current.clone();
+    if wants.database {
+        let next = match current.0.get("POSTGRES_USER") {
+            Some(u) if *u == names.logins[0] => &names.logins[1],
+            _ => &names.logins[0],
+        };
+        fresh.0.insert("POSTGRES_USER".into(), next.clone());
+        fresh.0.insert("POSTGRES_PASSWORD".into(), generate()?);
+    }
+    if wants.cache {
+        fresh.0.remove("REDIS_URL");
+    }
+    derive(key, wants, host, &fresh)
+}
+
 /// Writes a new stored env version for every environment of `d` whose database or cache lacks
 /// its credentials (or whose URLs changed), before its release is bound to the latest version.
 /// Nothing when `dry` (a dry run shows the credentials as generated on apply).

@@ -218,6 +218,8 @@ pub enum Change {
     /// The whole set, as a dotenv file says (protected keys aside).
     Import(EnvValues),
     Restore(u64),
+    /// New credentials for the environment's database and cache (see `data::rotate`).
+    Rotate,
 }
 
 impl Change {
@@ -227,6 +229,7 @@ impl Change {
             Change::Unset(_) => "unset",
             Change::Import(_) => "import",
             Change::Restore(_) => "restore",
+            Change::Rotate => "rotate",
         }
     }
 }
@@ -311,6 +314,19 @@ pub(super) async fn change(
             named.extend(values.0.keys().cloned());
             named.extend(current.0.keys().cloned());
             (values, Some(*v))
+        }
+        Change::Rotate => {
+            let (env, (host, _)) = match (&declared, &host_zones) {
+                (Some(env), Some(hz)) if !env.data.is_none() => (env, hz),
+                _ => {
+                    return Err(Error::invalid(format!(
+                        "{key} declares no `database` or `cache`: there is nothing to rotate"
+                    )))
+                }
+            };
+            let next = super::data::rotate(&key, env.data, host, &current)?;
+            named.extend(next.0.keys().cloned());
+            (next, None)
         }
     };
     let may_protect = protected

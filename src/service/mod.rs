@@ -217,6 +217,13 @@ pub enum Request {
         #[serde(default)]
         protected: bool,
     },
+    /// New credentials for the environment's database and cache: a new env version (the other
+    /// login role, new passwords), rolled out blue/green; the old ones stay valid while a slot
+    /// runs them.
+    DbRotate {
+        project: String,
+        environment: String,
+    },
     /// Every environment's versions, still sealed (the CLI writes them to a directory).
     EnvBackup,
     /// Versions from a backup, into a store that has none.
@@ -337,7 +344,8 @@ impl Request {
             | Request::EnvExport { project, .. }
             | Request::EnvHistory { project, .. }
             | Request::EnvDiff { project, .. }
-            | Request::EnvRestore { project, .. } => Some(project),
+            | Request::EnvRestore { project, .. }
+            | Request::DbRotate { project, .. } => Some(project),
             _ => None,
         }
     }
@@ -363,7 +371,8 @@ impl Request {
             | Request::EnvExport { environment, .. }
             | Request::EnvHistory { environment, .. }
             | Request::EnvDiff { environment, .. }
-            | Request::EnvRestore { environment, .. } => Some(environment),
+            | Request::EnvRestore { environment, .. }
+            | Request::DbRotate { environment, .. } => Some(environment),
             _ => None,
         }
     }
@@ -407,6 +416,7 @@ impl Request {
             Request::EnvHistory { .. } => "env history",
             Request::EnvDiff { .. } => "env diff",
             Request::EnvRestore { .. } => "env restore",
+            Request::DbRotate { .. } => "db rotate",
             Request::EnvBackup => "env backup",
             Request::EnvRestoreBackup { .. } => "env restore-backup",
         }
@@ -452,7 +462,7 @@ impl Request {
             Request::EnvGet { .. } | Request::EnvExport { .. } | Request::EnvBackup => {
                 vec![Permission::EnvRead]
             }
-            Request::EnvRestoreBackup { .. } => {
+            Request::EnvRestoreBackup { .. } | Request::DbRotate { .. } => {
                 vec![Permission::EnvWrite, Permission::EnvProtected]
             }
         }
@@ -475,7 +485,8 @@ impl Request {
             | Request::EnvUnset { .. }
             | Request::EnvImport { .. }
             | Request::EnvRestore { .. }
-            | Request::EnvRestoreBackup { .. } => true,
+            | Request::EnvRestoreBackup { .. }
+            | Request::DbRotate { .. } => true,
             _ => false,
         }
     }
@@ -1047,6 +1058,17 @@ async fn run(ctx: &Ctx, req: Request) -> Result<Response> {
             from,
             to,
         } => env::diff(ctx, &EnvKey::new(project, environment), from, to).map(Response::EnvDiff),
+        Request::DbRotate {
+            project,
+            environment,
+        } => env::change(
+            ctx,
+            EnvKey::new(project, environment),
+            env::Change::Rotate,
+            true,
+        )
+        .await
+        .map(Response::EnvChanged),
         Request::EnvBackup => env::backup(ctx).map(Response::EnvBackup),
         Request::EnvRestoreBackup { backup } => {
             env::restore_backup(ctx, &backup).map(Response::EnvBackup)
@@ -1394,11 +1416,15 @@ fn describe(ctx: &Ctx, project: &str) -> Result<ProjectView> {
     let store = &ctx.store;
     let r = store.load()?;
     let overrides = store.overrides()?;
+    let data = store.data_records()?;
     let environments: Vec<view::EnvView> = r
         .envs
         .values()
         .filter(|e| e.key.project == project)
-        .map(|e| view::EnvView::new(e, r.hosts.get(&e.host), overrides.get(&e.key)))
+        .map(|e| {
+            view::EnvView::new(e, r.hosts.get(&e.host), overrides.get(&e.key))
+                .with_data(data.get(&e.key))
+        })
         .collect();
     if environments.is_empty() {
         return Err(no_project(project));

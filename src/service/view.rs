@@ -332,6 +332,64 @@ pub struct EnvView {
     /// Where the image comes from when it is not the manifests'.
     pub release_override: Option<OverrideView>,
     pub slots: Vec<SlotView>,
+    /// Its database, as codeb recorded it (`None`: none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub database: Option<DatabaseView>,
+    /// Its cache, as codeb recorded it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache: Option<CacheView>,
+}
+
+/// An environment's database: where, its names, and which logins hold applied credentials.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DatabaseView {
+    /// `host:port` of the server.
+    pub server: String,
+    pub database: String,
+    /// The login roles whose password codeb set (and has not disabled).
+    pub logins: Vec<String>,
+}
+
+/// An environment's cache.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CacheView {
+    pub server: String,
+    pub user: String,
+    pub prefix: String,
+    /// How many passwords the user holds (2 during a rotation).
+    pub passwords: usize,
+}
+
+impl EnvView {
+    /// With what codeb recorded of its database and cache.
+    pub fn with_data(mut self, rec: Option<&crate::model::data::DataRecord>) -> Self {
+        let host = |url: &str| crate::model::data::url_host(url).unwrap_or(url).to_string();
+        if let Some(d) = rec.and_then(|r| r.database.as_ref()) {
+            self.database = Some(DatabaseView {
+                server: host(&d.server),
+                database: d.names.database.clone(),
+                logins: d
+                    .names
+                    .logins
+                    .iter()
+                    .zip(&d.applied)
+                    .filter(|(_, a)| a.is_some())
+                    .map(|(l, _)| l.clone())
+                    .collect(),
+            });
+        }
+        if let Some(c) = rec.and_then(|r| r.cache.as_ref()) {
+            self.cache = Some(CacheView {
+                server: host(&c.server),
+                user: c.names.user.clone(),
+                prefix: c.names.prefix.clone(),
+                passwords: c.applied.len(),
+            });
+        }
+        self
+    }
 }
 
 impl EnvView {
@@ -345,6 +403,8 @@ impl EnvView {
             grace_period_ms: e.grace_period_ms,
             held: e.held.clone(),
             release_override: over.map(OverrideView::from),
+            database: None,
+            cache: None,
             slots: Slot::ALL
                 .into_iter()
                 .map(|slot| {

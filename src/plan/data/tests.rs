@@ -22,6 +22,7 @@ fn env(wants: DataWants) -> DataEnv {
             version: Some(3),
             database: Some((0, "pw-digest".into())),
             cache: Some("redis-digest".into()),
+            live: vec![],
         },
     }
 }
@@ -251,4 +252,47 @@ fn a_drop_never_touches_a_database_that_is_no_longer_codebs() {
         p.steps
     );
     assert!(matches!(&p.notes[..], [DataNote::Conflict { .. }]));
+}
+
+#[test]
+fn a_rotation_keeps_the_old_credentials_while_a_slot_runs_them_and_then_disables_them() {
+    // Rotated: the latest version uses login 1 and a new cache password; the grace slot runs v3.
+    let mut e = converged();
+    e.credentials = Credentials {
+        version: Some(4),
+        database: Some((1, "pw2".into())),
+        cache: Some("redis2".into()),
+        live: vec![LiveCredentials {
+            version: 3,
+            database: Some((0, "pw-digest".into())),
+            cache: Some("redis-digest".into()),
+        }],
+    };
+    let p = plan(e.clone());
+    let ensure = p.steps.iter().find_map(|s| match s {
+        DataStep::EnsureDatabase { write, .. } => Some(write.login),
+        _ => None,
+    });
+    assert_eq!(ensure, Some(1), "{:?}", p.steps);
+    assert!(
+        !p.steps
+            .iter()
+            .any(|s| matches!(s, DataStep::DisableLogin { .. })),
+        "the grace slot still uses login 0: {:?}",
+        p.steps
+    );
+    let also = p.steps.iter().find_map(|s| match s {
+        DataStep::EnsureCache { also, .. } => Some(also.clone()),
+        _ => None,
+    });
+    assert_eq!(also, Some(vec![(3, "redis-digest".to_string())]));
+
+    // The grace slot is gone: login 0 (observed able to log in) is disabled.
+    e.credentials.live.clear();
+    let p = plan(e);
+    assert!(
+        p.steps.iter().any(|s| matches!(s, DataStep::DisableLogin { login: 0, role, .. } if role == "shop_production_1")),
+        "{:?}",
+        p.steps
+    );
 }
