@@ -5,16 +5,19 @@
 //!
 //! ```yaml
 //! # <state dir>/config.yaml, or the file --config / CODEB_CONFIG names
-//! keyVariables: [PDNS_API_KEY]          # exact names, or one `*` as a wildcard: PDNS_*
+//! keyVariables: [PDNS_API_KEY, PG_ADMIN_PASSWORD]   # exact names, or one `*` as a wildcard: PDNS_*
 //! protectedEnv: [DATABASE_URL, POSTGRES_USER, POSTGRES_PASSWORD, REDIS_URL]   # the default
 //! endpoints:
 //!   powerdns: [loopback, "http://10.0.0.2:8081"]
 //!   podman: [unix, loopback, "tcp://10.0.0.5:8888"]
 //!   caddyAdmin: [loopback]
+//!   postgres: [loopback, "postgres://10.0.0.3:5432"]
+//!   redis: [loopback]
 //! ```
 //!
-//! Without a file (or a list left out of it), the defaults hold: key variables `PDNS_*` and
-//! `CODEB_*`; endpoints on this machine only (`loopback`, and `unix` sockets for Podman).
+//! Without a file (or a list left out of it), the defaults hold: key variables `PDNS_*`,
+//! `CODEB_*`, `PG_*` and `REDIS_*`; endpoints on this machine only (`loopback`, and `unix` sockets
+//! for Podman).
 //!
 //! Every transport codeb speaks to these APIs is plaintext (`http://`, `tcp://`), so an address
 //! off this machine is allowed only by its exact origin (`scheme://host:port`), never by a range
@@ -43,7 +46,7 @@ pub const ENV: &str = "CODEB_CONFIG";
 const MAX_BYTES: u64 = 64 * 1024;
 /// The key variables allowed without a configuration: the stack and the examples export
 /// `PDNS_API_KEY`; a CI's `GITHUB_TOKEN`, `AWS_*` or `NPM_TOKEN` are not among them.
-const DEFAULT_KEY_VARIABLES: [&str; 2] = ["PDNS_*", "CODEB_*"];
+const DEFAULT_KEY_VARIABLES: [&str; 4] = ["PDNS_*", "CODEB_*", "PG_*", "REDIS_*"];
 /// The env keys only an admin changes, with `--protected` (`codeb env`), and no manifest sets:
 /// those of the platform codeb replaces, which its data services fill.
 pub const DEFAULT_PROTECTED_ENV: [&str; 4] = [
@@ -100,6 +103,8 @@ struct FileEndpoints {
     powerdns: Option<Vec<String>>,
     podman: Option<Vec<String>>,
     caddy_admin: Option<Vec<String>>,
+    postgres: Option<Vec<String>>,
+    redis: Option<Vec<String>>,
 }
 
 /// What an endpoint list may hold.
@@ -121,6 +126,8 @@ enum Kind {
     PowerDns,
     Podman,
     CaddyAdmin,
+    Postgres,
+    Redis,
 }
 
 impl Kind {
@@ -129,6 +136,8 @@ impl Kind {
             Kind::PowerDns => "powerdns",
             Kind::Podman => "podman",
             Kind::CaddyAdmin => "caddyAdmin",
+            Kind::Postgres => "postgres",
+            Kind::Redis => "redis",
         }
     }
 
@@ -136,13 +145,17 @@ impl Kind {
         match self {
             Kind::Podman => "tcp",
             Kind::PowerDns | Kind::CaddyAdmin => "http",
+            Kind::Postgres => "postgres",
+            Kind::Redis => "redis",
         }
     }
 
     fn defaults(self) -> Vec<Allowed> {
         match self {
             Kind::Podman => vec![Allowed::Loopback, Allowed::Unix],
-            Kind::PowerDns | Kind::CaddyAdmin => vec![Allowed::Loopback],
+            Kind::PowerDns | Kind::CaddyAdmin | Kind::Postgres | Kind::Redis => {
+                vec![Allowed::Loopback]
+            }
         }
     }
 }
@@ -210,6 +223,8 @@ impl Config {
             (Kind::PowerDns, e.powerdns),
             (Kind::Podman, e.podman),
             (Kind::CaddyAdmin, e.caddy_admin),
+            (Kind::Postgres, e.postgres),
+            (Kind::Redis, e.redis),
         ] {
             let (texts, allowed) = match listed {
                 None => {
@@ -372,7 +387,33 @@ impl Config {
             "spec.caddy.admin",
             Kind::CaddyAdmin,
             &host.caddy_admin,
-        )
+        )?;
+        let servers = [
+            (
+                "postgres",
+                Kind::Postgres,
+                host.postgres.as_ref().map(|p| (&p.url, &p.password_env)),
+            ),
+            (
+                "redis",
+                Kind::Redis,
+                host.redis.as_ref().map(|r| (&r.url, &r.password_env)),
+            ),
+        ];
+        for (field, kind, server) in servers {
+            let Some((url, var)) = server else { continue };
+            if !self.allows_key_variable(var) {
+                return Err(Refused(format!(
+                    "{who}: spec.{field}.passwordEnv names {var}, a variable codeb's \
+                     configuration does not let a manifest read a password from (allowed: {}); \
+                     an operator allows it under `keyVariables` in {}",
+                    self.key_variables.join(", "),
+                    self.place()
+                )));
+            }
+            self.check_endpoint(&who, &format!("spec.{field}.url"), kind, url)?;
+        }
+        Ok(())
     }
 
     fn check_endpoint(
@@ -445,6 +486,7 @@ fn target(kind: Kind, endpoint: &str) -> Result<Target, String> {
             }
         }
         Kind::PowerDns | Kind::CaddyAdmin => endpoint.to_string(),
+        Kind::Postgres | Kind::Redis => return data_target(kind, endpoint),
     };
     let bad = || format!("is not a plain {}://HOST:PORT", kind.scheme());
     let parsed = Url::parse(&url).map_err(|_| bad())?;
@@ -460,22 +502,55 @@ fn target(kind: Kind, endpoint: &str) -> Result<Target, String> {
     let (Some(host), Some(port)) = (parsed.host_str(), parsed.port_or_known_default()) else {
         return Err(bad());
     };
-    // Loopback as the URL parser reads the host AND as written: a host such as `127.1` or
-    // `0x7f.1`, which the parser and a resolver may read differently, is not taken for loopback.
-    let written = authority_host(&url);
-    let loopback = if let Some(v6) = host.strip_prefix('[') {
+    let loopback = is_loopback_host(host, authority_host(&url));
+    Ok(Target::Net {
+        host: host.to_string(),
+        port,
+        loopback,
+    })
+}
+
+/// A data server's admin URL (`postgres://USER@HOST:PORT/DB`, `redis://[USER@]HOST:PORT`): its host
+/// and port, as its client dials them. A password in it is refused (it comes from its variable).
+fn data_target(kind: Kind, endpoint: &str) -> Result<Target, String> {
+    let bad = || format!("is not a plain {}://[USER@]HOST:PORT", kind.scheme());
+    let parsed = Url::parse(endpoint).map_err(|_| bad())?;
+    let scheme_ok = parsed.scheme() == kind.scheme()
+        || (kind == Kind::Postgres && parsed.scheme() == "postgresql");
+    if !scheme_ok
+        || parsed.password().is_some()
+        || parsed.query().is_some()
+        || parsed.fragment().is_some()
+    {
+        return Err(bad());
+    }
+    let host = parsed.host_str().ok_or_else(bad)?;
+    let port = parsed
+        .port()
+        .unwrap_or(if kind == Kind::Postgres { 5432 } else { 6379 });
+    let rest = endpoint.split_once("://").map_or(endpoint, |(_, r)| r);
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    let host_port = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let written = format!("x://{host_port}");
+    let written = authority_host(&written);
+    Ok(Target::Net {
+        host: host.to_string(),
+        port,
+        loopback: is_loopback_host(host, written),
+    })
+}
+
+/// Loopback as the URL parser reads the host AND as written: a host such as `127.1` or `0x7f.1`,
+/// which the parser and a resolver may read differently, is not taken for loopback.
+fn is_loopback_host(host: &str, written: &str) -> bool {
+    if let Some(v6) = host.strip_prefix('[') {
         let parsed = v6.trim_end_matches(']').parse::<Ipv6Addr>().ok();
         parsed.is_some_and(is_loopback_v6) && written.parse::<Ipv6Addr>().ok() == parsed
     } else if let Ok(v4) = host.parse::<Ipv4Addr>() {
         v4.is_loopback() && written.parse::<Ipv4Addr>() == Ok(v4)
     } else {
         host == "localhost" && written.eq_ignore_ascii_case("localhost")
-    };
-    Ok(Target::Net {
-        host: host.to_string(),
-        port,
-        loopback,
-    })
+    }
 }
 
 /// The host of an `http://` URL as written (without brackets).
@@ -842,5 +917,46 @@ mod tests {
             Config::load(None, dir.path()),
             Err(Error::TooLarge { .. })
         ));
+    }
+
+    #[test]
+    fn a_hosts_data_servers_are_checked_like_its_other_endpoints_and_their_password_variable() {
+        use crate::model::data::{PostgresRef, RedisRef};
+        let c = config("");
+        let mut h = host("unix:///run/podman/podman.sock", "http://127.0.0.1:2019");
+        h.postgres = Some(PostgresRef {
+            url: "postgres://codeb_admin@127.0.0.1:5432/postgres".into(),
+            password_env: "PG_ADMIN_PASSWORD".into(),
+            app_host: None,
+        });
+        h.redis = Some(RedisRef {
+            url: "redis://[::1]:6379".into(),
+            password_env: "REDIS_ADMIN_PASSWORD".into(),
+            app_host: None,
+        });
+        c.check_host(&h).unwrap();
+        let mut leak = h.clone();
+        leak.redis.as_mut().unwrap().password_env = "GITHUB_TOKEN".into();
+        let err = c.check_host(&leak).unwrap_err().to_string();
+        assert!(
+            err.contains("spec.redis.passwordEnv names GITHUB_TOKEN")
+                && err.contains("keyVariables"),
+            "{err}"
+        );
+        let mut far = h.clone();
+        far.postgres.as_mut().unwrap().url = "postgres://codeb_admin@10.0.0.3:5432/postgres".into();
+        let err = c.check_host(&far).unwrap_err().to_string();
+        assert!(
+            err.contains("endpoints.postgres") && err.contains("off this machine"),
+            "{err}"
+        );
+        let allowed = config("endpoints:\n  postgres: ['postgres://10.0.0.3:5432']\n");
+        allowed.check_host(&far).unwrap();
+        let mut tricky = h;
+        tricky.postgres.as_mut().unwrap().url = "postgres://a@127.1:5432/postgres".into();
+        assert!(
+            c.check_host(&tricky).is_err(),
+            "127.1 is not taken for loopback"
+        );
     }
 }

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 
 use super::view::{NoteView, OutcomeView, PlanView};
 use super::{Error, Result};
+use crate::config::Config;
 use crate::model::data::{
     database_url, redis_password, redis_url, url_host, CacheNames, DataWants, PgNames,
 };
@@ -136,11 +137,13 @@ pub fn credentials(store: &Store, d: &Desired, dry: bool) -> Result<()> {
     Ok(())
 }
 
-/// Every Host the store recorded, with `d`'s laid over: a removed environment's servers are
-/// found through its recorded Host.
-fn hosts(store: &Store, d: &Desired) -> Result<BTreeMap<String, HostRef>> {
+/// Every Host the store recorded, with `d`'s laid over (a removed environment's servers are
+/// found through its recorded Host), and only those whose data servers and password variables
+/// the operator's configuration allows: a Host it refuses contributes no server.
+fn hosts(store: &Store, config: &Config, d: &Desired) -> Result<BTreeMap<String, HostRef>> {
     let mut hosts = store.load()?.hosts;
     hosts.extend(d.hosts.iter().map(|(n, h)| (n.clone(), h.clone())));
+    hosts.retain(|_, h| config.check_host(h).is_ok());
     Ok(hosts)
 }
 
@@ -148,6 +151,7 @@ fn hosts(store: &Store, d: &Desired) -> Result<BTreeMap<String, HostRef>> {
 /// their `onDelete` says).
 pub async fn converge(
     store: &Store,
+    config: &Config,
     d: &Desired,
     removed: &[EnvKey],
     dry_run: bool,
@@ -189,7 +193,7 @@ pub async fn converge(
     }
     let owner =
         crate::reconcile::connect::owner(store).map_err(|e| Error::invalid(e.to_string()))?;
-    let hosts = hosts(store, d)?;
+    let hosts = hosts(store, config, d)?;
     Ok(crate::reconcile::data::converge(store, &owner.id, &hosts, &wanted, dry_run).await?)
 }
 

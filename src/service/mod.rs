@@ -1421,7 +1421,7 @@ async fn apply(
         store.put_declared(declared.envs.values())?;
     }
     // Databases and caches first: a release whose data is not ready waits.
-    let mut data = data::converge(store, &d, &remove, dry_run).await?;
+    let mut data = data::converge(store, &ctx.config, &d, &remove, dry_run).await?;
     let ready = data::without_blocked(&d, &data);
     let outcome = reconcile::converge(
         Target {
@@ -1436,7 +1436,10 @@ async fn apply(
     .await?;
     if !dry_run && !outcome.executed.is_empty() {
         // Slots changed: credentials only a replaced slot ran are retired now, not next time.
-        data::then(&mut data, data::converge(store, &d, &[], false).await?);
+        data::then(
+            &mut data,
+            data::converge(store, &ctx.config, &d, &[], false).await?,
+        );
     }
     if !dry_run && !remove.is_empty() {
         let gone: Vec<EnvKey> = remove
@@ -1469,7 +1472,7 @@ async fn diff(ctx: &Ctx, sources: &[Source]) -> Result<PlanView> {
     let backends = connect_or_invalid(ctx, d.hosts.values(), d.zones.values())?;
     let (observed, data) = tokio::join!(
         reconcile::observe(&backends),
-        data::converge(&ctx.store, &d, &[], true)
+        data::converge(&ctx.store, &ctx.config, &d, &[], true)
     );
     let p = plan::plan(&d, &observed, &ctx.store.load()?, &[], reconcile::now_ms());
     let mut view = PlanView::from(&p);
@@ -1709,7 +1712,7 @@ async fn delete(ctx: &Ctx, names: Vec<String>, sources: &[Source]) -> Result<Out
         .cloned()
         .collect();
     // Their databases and caches go as their onDelete says, read from what was declared.
-    let data = data::converge(store, &Desired::default(), &gone, false).await?;
+    let data = data::converge(store, &ctx.config, &Desired::default(), &gone, false).await?;
     store.forget_declared(&gone)?;
     drop(claim);
     // A name the deleted environments held may be wanted by another one: its zone looks.
@@ -2141,7 +2144,7 @@ async fn roll_out(
     };
     let d = effective(store, &d, false)?;
     let backends = connect_or_invalid(ctx, d.hosts.values(), zones.values())?;
-    let mut data = data::converge(store, &d, &[], false).await?;
+    let mut data = data::converge(store, &ctx.config, &d, &[], false).await?;
     let result = reconcile::converge(
         Target {
             desired: &data::without_blocked(&d, &data),
@@ -2158,7 +2161,10 @@ async fn roll_out(
     }
     let result = result?;
     if !result.executed.is_empty() {
-        data::then(&mut data, data::converge(store, &d, &[], false).await?);
+        data::then(
+            &mut data,
+            data::converge(store, &ctx.config, &d, &[], false).await?,
+        );
     }
     let mut view = OutcomeView::from(&result);
     data::add_to_outcome(&mut view, &data);
