@@ -67,8 +67,9 @@ fn roles(base: &str) -> Vec<(String, bool)> {
 /// when it is a number (the app reached its database or cache with its injected credentials),
 /// else `Err` with what it answered.
 fn number(http: &str, host: &str, path: &str) -> Result<String, String> {
+    // Generous: a slow answer on a loaded machine is not a failed one (a CGI starts psql).
     let client = reqwest::blocking::Client::builder()
-        .timeout(Duration::from_secs(5))
+        .timeout(Duration::from_secs(20))
         .no_proxy()
         .build()
         .unwrap();
@@ -80,7 +81,15 @@ fn number(http: &str, host: &str, path: &str) -> Result<String, String> {
     match answer {
         Ok((200, body)) if !body.is_empty() && body.bytes().all(|b| b.is_ascii_digit()) => Ok(body),
         Ok((status, body)) => Err(format!("{path}: {status} {body}")),
-        Err(e) => Err(format!("{path}: {e}")),
+        Err(e) => {
+            let mut text = format!("{path}: {e}");
+            let mut cause = std::error::Error::source(&e);
+            while let Some(c) = cause {
+                text.push_str(&format!(": {c}"));
+                cause = c.source();
+            }
+            Err(text)
+        }
     }
 }
 
