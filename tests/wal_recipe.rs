@@ -34,10 +34,15 @@ const BATCH_A_LAST: i64 = 150;
 const BATCH_B_LAST: i64 = 200;
 
 fn runuser() -> &'static str {
-    ["/usr/sbin/runuser", "/sbin/runuser", "/usr/bin/runuser", "/bin/runuser"]
-        .into_iter()
-        .find(|p| Path::new(p).exists())
-        .expect("runuser (util-linux) is missing: the cluster runs as the postgres user through it")
+    [
+        "/usr/sbin/runuser",
+        "/sbin/runuser",
+        "/usr/bin/runuser",
+        "/bin/runuser",
+    ]
+    .into_iter()
+    .find(|p| Path::new(p).exists())
+    .expect("runuser (util-linux) is missing: the cluster runs as the postgres user through it")
 }
 
 fn bin(name: &str) -> String {
@@ -368,11 +373,7 @@ fn pitr_recipe_recovers_to_the_noted_time() {
         .unwrap_or_else(|| panic!("no .backup file archived: {:?}", archived(&c)));
     // The doc's retention rule: everything before the oldest kept base backup may go.
     let before = archived(&c).len();
-    as_postgres(
-        c.dir(),
-        &bin("pg_archivecleanup"),
-        &[archive, &backup_file],
-    );
+    as_postgres(c.dir(), &bin("pg_archivecleanup"), &[archive, &backup_file]);
     let kept = &backup_file[..24];
     assert!(
         archived(&c).iter().all(|n| n.as_str() >= kept),
