@@ -6,6 +6,10 @@
 //! document the schema refuses is one codeb refuses, and the other way round. The exceptions are
 //! the rules of [`CODEB_ONLY`], each named: a codeb error of one of them does not count as a
 //! refusal, and the test fails when a rule there is never seen (a stale exception).
+//!
+//! Not in the table, knowingly: codeb reads a quoted `ttl`, `keep` or `pids`, and a number or
+//! boolean written where text is expected (`image: 5`), by its text; the schema asks for the
+//! written type there (it accepts a quoted `port` and number or boolean `env` values, as codeb).
 
 use std::path::{Path, PathBuf};
 
