@@ -236,22 +236,36 @@ impl RedisAdmin {
     }
 
     async fn do_observe(&self, users: &[String]) -> Result<Vec<Option<ObservedCacheUser>>> {
+        if users.is_empty() {
+            return Ok(Vec::new());
+        }
         let mut con = self.connect("observe").await?;
-        let mut out = Vec::with_capacity(users.len());
+        // One pipeline: every user in one round trip, whatever their number.
+        let mut pipe = ::redis::pipe();
         for user in users {
-            let answer: Value = ::redis::cmd("ACL")
-                .arg("GETUSER")
-                .arg(user)
-                .query_async(&mut con)
-                .await
-                .map_err(self.command("ACL GETUSER"))?;
-            out.push(parse_getuser(&answer).map_err(|detail| Error::Malformed {
+            pipe.cmd("ACL").arg("GETUSER").arg(user);
+        }
+        let answers: Vec<Value> = pipe
+            .query_async(&mut con)
+            .await
+            .map_err(self.command("ACL GETUSER"))?;
+        if answers.len() != users.len() {
+            return Err(Error::Malformed {
                 endpoint: self.endpoint.clone(),
                 op: "ACL GETUSER",
-                detail,
-            })?);
+                detail: format!("{} answers to {} users", answers.len(), users.len()),
+            });
         }
-        Ok(out)
+        answers
+            .iter()
+            .map(|answer| {
+                parse_getuser(answer).map_err(|detail| Error::Malformed {
+                    endpoint: self.endpoint.clone(),
+                    op: "ACL GETUSER",
+                    detail,
+                })
+            })
+            .collect()
     }
 
     async fn do_ensure(&self, write: &CacheWrite, passwords: &[SecretText]) -> Result<()> {

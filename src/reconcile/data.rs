@@ -124,7 +124,13 @@ pub async fn converge(
         return Ok(DataOutcome::default());
     }
     let servers = Servers::connect(hosts.values());
+    let t = std::time::Instant::now();
     let envs = observe(store, &servers, hosts, &wanted, &records).await?;
+    tracing::debug!(
+        envs = envs.len(),
+        observe_us = t.elapsed().as_micros() as u64,
+        "data observed"
+    );
     let plan = plan_data(owner, &envs, DatabaseLimits::default());
     let mut out = DataOutcome {
         blocked: plan.blocked().cloned().collect(),
@@ -228,7 +234,12 @@ async fn observe(
         };
         (url.clone(), users.clone(), read)
     });
-    let (pg_seen, redis_seen) = tokio::join!(join_all(pg_reads), join_all(redis_reads));
+    let t = std::time::Instant::now();
+    let ((pg_seen, pg_us), (redis_seen, redis_us)) = tokio::join!(
+        async { (join_all(pg_reads).await, t.elapsed().as_micros() as u64) },
+        async { (join_all(redis_reads).await, t.elapsed().as_micros() as u64) }
+    );
+    tracing::debug!(pg_us, redis_us, "data servers read");
     let mut db_by: BTreeMap<(String, PgNames), Seen<_>> = BTreeMap::new();
     for (url, names, read) in pg_seen {
         match read {

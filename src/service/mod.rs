@@ -1347,8 +1347,15 @@ pub fn effective(store: &Store, declared: &Desired, dry: bool) -> Result<Desired
             store.set_override(&key, None)?;
         }
     }
+    let t = std::time::Instant::now();
     data::credentials(store, &d, dry)?;
+    let credentials = t.elapsed();
     env::bind(store, &mut d, dry)?;
+    tracing::debug!(
+        credentials_us = credentials.as_micros() as u64,
+        bind_us = (t.elapsed() - credentials).as_micros() as u64,
+        "desired state bound"
+    );
     Ok(d)
 }
 
