@@ -1,7 +1,8 @@
-//! Crash safety of databases and caches against the real PostgreSQL and Redis: provisioning and a
-//! credential rotation killed with SIGKILL after each of their writes (the credentials' env
-//! version, each record of intent and of applied credentials) are converged by the next apply,
-//! with no orphan role, and the app keeps a working password throughout a rotation.
+//! Databases and caches through crashes and under the daemon, against the real PostgreSQL and
+//! Redis: provisioning and a credential rotation killed with SIGKILL after each of their writes
+//! (the credentials' env version, each record of intent and of applied credentials) are converged
+//! by the next apply, with no orphan role, and the app keeps a working password throughout a
+//! rotation; `codeb watch` provisions a watched project's data before its release.
 
 mod common;
 
@@ -216,4 +217,28 @@ fn a_rotation_killed_after_each_write_converges_and_the_app_never_loses_its_pass
     let base = format!("{name}_production");
     let logins = roles(&base).into_iter().filter(|(_, l)| *l).count();
     assert!((1..=2).contains(&logins), "{:?}", roles(&base));
+}
+
+#[test]
+fn watch_provisions_a_watched_projects_database_and_cache_before_its_release() {
+    let _l = lock();
+    let sb = Sandbox::new();
+    let name = unique("dwatch");
+    // Declared first: dropped after the daemon, so the delete runs once it is gone.
+    let _cleanup = Cleanup(&sb, vec![name.clone()]);
+    let dir = write(&sb, &name);
+    let w = sb.watch(&dir, &[]);
+    assert!(
+        eventually(Duration::from_secs(60), || app_works(&sb, &name).is_ok()),
+        "{:?}\n{}",
+        app_works(&sb, &name),
+        w.log()
+    );
+    let base = format!("{name}_production");
+    let found: Vec<String> = roles(&base).into_iter().map(|(r, _)| r).collect();
+    assert_eq!(
+        found,
+        [base.clone(), format!("{base}_1"), format!("{base}_2")]
+    );
+    assert!(w.log().contains("ensure database"), "{}", w.log());
 }
