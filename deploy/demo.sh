@@ -25,7 +25,11 @@ for f in manifests/examples/*.yaml; do
   sed -e "s#unix:///run/codeb-stack/podman.sock#$CODEB_TEST_PODMAN#" \
     -e "s#http://127.0.0.1:12019#$CODEB_TEST_CADDY_ADMIN#" \
     -e "s#127.0.0.1:18080#$CODEB_TEST_HTTP#" \
-    -e "s#http://127.0.0.1:18081#$CODEB_TEST_PDNS_API#" "$f" >"$rendered/$(basename "$f")"
+    -e "s#http://127.0.0.1:18081#$CODEB_TEST_PDNS_API#" \
+    -e "s#postgres://codeb_admin@127.0.0.1:15432/postgres#$CODEB_TEST_PG_URL#" \
+    -e "s#redis://127.0.0.1:16379#$CODEB_TEST_REDIS_URL#" \
+    -e "s#10.89.0.1:15432#$CODEB_TEST_PG_APP_HOST#" \
+    -e "s#10.89.0.1:16379#$CODEB_TEST_REDIS_APP_HOST#" "$f" >"$rendered/$(basename "$f")"
 done
 
 "$codeb" apply -f "$rendered"
@@ -40,6 +44,9 @@ for p in json.load(sys.stdin):
     host = p["url"].split("://", 1)[1]
     print(f"  curl -H \"Host: {host}\" http://{http}/")
 ' "$CODEB_TEST_HTTP"
+echo "notes has a database and a cache of its own (credentials in its stored env, never printed):"
+echo "  curl -H \"Host: notes.codeb.test\" http://$CODEB_TEST_HTTP/cgi-bin/db      # a row count"
+echo "  curl -H \"Host: notes.codeb.test\" http://$CODEB_TEST_HTTP/cgi-bin/cache   # a hit count"
 echo
 echo "Names resolve through the stack's PowerDNS:"
 echo "  dig @${CODEB_TEST_PDNS_DNS%:*} -p ${CODEB_TEST_PDNS_DNS##*:} +short hello.codeb.test"

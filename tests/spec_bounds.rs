@@ -12,7 +12,7 @@ use std::time::Duration;
 use codeb::spec::limits::{MAX_DIRECTORY_ENTRIES, MAX_DOCUMENTS, MAX_FILES};
 use codeb::spec::{load_paths, load_sources, Errors, Manifests, Source};
 
-/// A valid manifest set (a Host, a Zone and two Projects).
+/// A valid manifest set (a Host, a Zone and three Projects).
 fn valid() -> String {
     std::fs::read_to_string("manifests/examples/stack.yaml").unwrap()
 }

@@ -11,13 +11,16 @@ fn the_example_stack_loads_with_its_defaults() {
     let m = load_paths(&[PathBuf::from("manifests/examples")]).unwrap();
     assert_eq!(m.hosts.keys().collect::<Vec<_>>(), ["local"]);
     assert_eq!(m.zones.keys().collect::<Vec<_>>(), ["codeb.test"]);
-    assert_eq!(m.projects.keys().collect::<Vec<_>>(), ["hello", "shop"]);
+    assert_eq!(
+        m.projects.keys().collect::<Vec<_>>(),
+        ["hello", "notes", "shop"]
+    );
     let local = &m.hosts["local"];
     assert_eq!(local.spec.caddy.tls, Tls::Off);
     assert_eq!(local.spec.publish_address, "127.0.0.1");
     assert_eq!(
         local.origin.to_string(),
-        "manifests/examples/stack.yaml:8:9"
+        "manifests/examples/stack.yaml:9:9"
     );
     let hello = &m.projects["hello"].spec.environments["staging"];
     assert_eq!(hello.promotion, Promotion::Auto);
@@ -261,7 +264,7 @@ fn a_symlink_loop_in_a_directory_is_read_once() {
 fn a_file_named_twice_is_read_once() {
     let path = PathBuf::from("manifests/examples/stack.yaml");
     let m = load_paths(&[path.clone(), PathBuf::from("manifests/examples"), path]).unwrap();
-    assert_eq!(m.projects.len(), 2);
+    assert_eq!(m.projects.len(), 3);
 }
 
 #[test]
