@@ -38,7 +38,7 @@ pub struct Cli {
     #[arg(long, global = true, env = "CODEB_STATE_DIR")]
     pub state_dir: Option<PathBuf>,
     /// codeb's own configuration: the key variables and endpoints manifests may name (default:
-    /// config.yaml in the state directory if it exists, else PDNS_*/CODEB_* and loopback only).
+    /// config.yaml in the state directory if it exists, else PDNS_*/CODEB_*/PG_*/REDIS_* and loopback only).
     #[arg(long, global = true, env = crate::config::ENV, value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// More logging (-v info, -vv debug, -vvv trace).
