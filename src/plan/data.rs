@@ -368,6 +368,27 @@ fn role_converged(
         ))
 }
 
+/// The server an environment wants something of, and what it showed; `None`, with a note, when
+/// its Host declares no such server or it could not be read.
+fn observed<'a, T>(
+    env: &DataEnv,
+    server: Option<&'a String>,
+    seen: Option<&'a Seen<T>>,
+    kind: &str,
+    plan: &mut DataPlan,
+) -> Option<(&'a String, &'a T)> {
+    let error = match (server, seen) {
+        (Some(server), Some(Seen::Observed(obs))) => return Some((server, obs)),
+        (Some(_), Some(Seen::Unreachable(error))) => error.clone(),
+        _ => format!("Host {} declares no {kind}", env.host),
+    };
+    plan.notes.push(DataNote::Unreachable {
+        key: env.key.clone(),
+        error,
+    });
+    None
+}
+
 fn plan_database(owner: &str, env: &DataEnv, limits: DatabaseLimits, plan: &mut DataPlan) {
     let key = &env.key;
     let names = PgNames::of(key);
@@ -429,22 +450,14 @@ fn plan_database(owner: &str, env: &DataEnv, limits: DatabaseLimits, plan: &mut 
         }
         return;
     }
-    let (Some(server), Some(seen)) = (&env.postgres, &env.database) else {
-        plan.notes.push(DataNote::Unreachable {
-            key: key.clone(),
-            error: format!("Host {} declares no postgres", env.host),
-        });
+    let Some((server, obs)) = observed(
+        env,
+        env.postgres.as_ref(),
+        env.database.as_ref(),
+        "postgres",
+        plan,
+    ) else {
         return;
-    };
-    let obs = match seen {
-        Seen::Observed(obs) => obs,
-        Seen::Unreachable(error) => {
-            plan.notes.push(DataNote::Unreachable {
-                key: key.clone(),
-                error: error.clone(),
-            });
-            return;
-        }
     };
     if let Some(what) = database_conflict(owner, key, &names, obs) {
         plan.notes.push(DataNote::Conflict {
@@ -543,22 +556,9 @@ fn plan_cache(env: &DataEnv, plan: &mut DataPlan) {
         }
         return;
     }
-    let (Some(server), Some(seen)) = (&env.redis, &env.cache) else {
-        plan.notes.push(DataNote::Unreachable {
-            key: key.clone(),
-            error: format!("Host {} declares no redis", env.host),
-        });
+    let Some((server, user)) = observed(env, env.redis.as_ref(), env.cache.as_ref(), "redis", plan)
+    else {
         return;
-    };
-    let user = match seen {
-        Seen::Observed(user) => user,
-        Seen::Unreachable(error) => {
-            plan.notes.push(DataNote::Unreachable {
-                key: key.clone(),
-                error: error.clone(),
-            });
-            return;
-        }
     };
     let mine = recorded.is_some_and(|r| r.server == *server && r.names == names);
     if user.is_some() && !mine {

@@ -240,36 +240,8 @@ async fn observe(
         async { (join_all(redis_reads).await, t.elapsed().as_micros() as u64) }
     );
     tracing::debug!(pg_us, redis_us, "data servers read");
-    let mut db_by: BTreeMap<(String, PgNames), Seen<_>> = BTreeMap::new();
-    for (url, names, read) in pg_seen {
-        match read {
-            Ok(obs) => {
-                for (n, o) in names.into_iter().zip(obs) {
-                    db_by.insert((url.clone(), n), Seen::Observed(o));
-                }
-            }
-            Err(e) => {
-                for n in names {
-                    db_by.insert((url.clone(), n), Seen::Unreachable(e.clone()));
-                }
-            }
-        }
-    }
-    let mut cache_by: BTreeMap<(String, String), Seen<_>> = BTreeMap::new();
-    for (url, users, read) in redis_seen {
-        match read {
-            Ok(obs) => {
-                for (u, o) in users.into_iter().zip(obs) {
-                    cache_by.insert((url.clone(), u), Seen::Observed(o));
-                }
-            }
-            Err(e) => {
-                for u in users {
-                    cache_by.insert((url.clone(), u), Seen::Unreachable(e.clone()));
-                }
-            }
-        }
-    }
+    let mut db_by = by_server(pg_seen);
+    let mut cache_by = by_server(redis_seen);
     for env in &mut envs {
         if let Some(url) = &env.postgres {
             env.database = db_by.remove(&(url.clone(), PgNames::of(&env.key)));
@@ -279,6 +251,29 @@ async fn observe(
         }
     }
     Ok(envs)
+}
+
+/// Each server's answer spread over the names it was asked about: `(server, name)` → what was
+/// seen (the server's error for every name when it could not be read).
+fn by_server<N: Ord, T>(
+    reads: Vec<(String, Vec<N>, Result<Vec<T>, String>)>,
+) -> BTreeMap<(String, N), Seen<T>> {
+    let mut out = BTreeMap::new();
+    for (url, names, read) in reads {
+        match read {
+            Ok(obs) => {
+                for (n, o) in names.into_iter().zip(obs) {
+                    out.insert((url.clone(), n), Seen::Observed(o));
+                }
+            }
+            Err(e) => {
+                for n in names {
+                    out.insert((url.clone(), n), Seen::Unreachable(e.clone()));
+                }
+            }
+        }
+    }
+    out
 }
 
 /// The credentials the environment's latest stored env version holds, as digests, and those of
