@@ -7,13 +7,14 @@
 //! spec and `tree` into located nodes; `diagnose` phrases YAML and type errors; `validate` checks
 //! the set; `resources` says what a Host's `containers` and an environment's `resources` mean
 //! (for validation and the model alike); `schema` derives the JSON Schemas in `crds-schema/`
-//! from `types`.
+//! from `types`, whose single-document rules are written as `patterns` beside the types.
 
 mod diagnose;
 mod document;
 pub mod error;
 pub mod limits;
 mod load;
+mod patterns;
 pub mod resources;
 pub mod schema;
 mod tree;

@@ -7,8 +7,10 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use schemars::JsonSchema;
+use schemars::{json_schema, JsonSchema, Schema, SchemaGenerator};
 use serde::{Deserialize, Serialize};
+
+use super::patterns;
 
 /// The only apiVersion codeb reads.
 pub const API_VERSION: &str = "codeb.kr/v1";
@@ -27,13 +29,16 @@ pub struct Metadata {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct HostSpec {
     /// Where the host is reached: an IPv4 or IPv6 address (DNS records point here).
+    #[schemars(regex(pattern = patterns::ip_address()))]
     pub address: String,
     /// Podman's Docker-compatible API: `unix:///path/podman.sock` or `tcp://host:port`.
+    #[schemars(regex(pattern = patterns::podman_endpoint()))]
     pub podman: String,
     /// Caddy on this host.
     pub caddy: CaddySpec,
     /// The address container ports are published on, and health checks dial.
     #[serde(default = "default_publish_address")]
+    #[schemars(regex(pattern = patterns::ip_address()))]
     pub publish_address: String,
     /// How the containers of this Host's projects are confined: limits, privileges and the images
     /// they may run. Omitted: codeb's defaults (see [`ContainerPolicy`]).
@@ -42,9 +47,11 @@ pub struct HostSpec {
     pub containers: Box<ContainerPolicy>,
     /// The shared PostgreSQL whose databases this Host's environments get (`database: postgres`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("allOf" = [{"properties": {"url": {"pattern": "^postgres://"}}}]))]
     pub postgres: Option<Box<DataServerSpec>>,
     /// The shared Redis whose ACL users this Host's environments get (`cache: redis`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("allOf" = [{"properties": {"url": {"pattern": "^redis://"}}}]))]
     pub redis: Option<Box<DataServerSpec>>,
     /// Where this Host's databases and caches are backed up, and how often.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -57,13 +64,16 @@ pub struct HostSpec {
 pub struct DataServerSpec {
     /// The admin connection, without a password: `postgres://codeb_admin@127.0.0.1:5432/postgres`
     /// or `redis://127.0.0.1:6379` (Redis's admin user is `default` unless the URL names one).
+    #[schemars(regex(pattern = patterns::data_url("(postgres|redis)")))]
     pub url: String,
     /// The name of the environment variable that holds the admin password, e.g.
     /// `PG_ADMIN_PASSWORD`. The password itself never goes in a manifest.
+    #[schemars(regex(pattern = patterns::ENV_NAME))]
     pub password_env: String,
     /// `host:port` written into apps' URLs, when containers reach the server elsewhere than codeb
     /// does (e.g. the bridge's gateway `10.89.0.1:5432`). Default: the admin URL's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = patterns::host_port()))]
     pub app_host: Option<String>,
 }
 
@@ -72,6 +82,7 @@ pub struct DataServerSpec {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct BackupsSpec {
     /// The destination directory, an absolute path (the backup host's mount).
+    #[schemars(regex(pattern = patterns::BACKUP_DIR), length(max = 4096))]
     pub dir: String,
     /// Logical dumps of each database: `{every: 24h, keep: 7}` by default.
     #[serde(default = "default_database_schedule")]
@@ -85,11 +96,12 @@ pub struct BackupsSpec {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ScheduleSpec {
-    /// e.g. `24h`, `1h`; at least `1m`.
+    /// e.g. `24h`, `1h`; `1m` to `366d`.
     #[serde(with = "humantime_serde")]
-    #[schemars(with = "String")]
+    #[schemars(with = "String", regex(pattern = patterns::duration()))]
     pub every: Duration,
     /// 1 to 1000.
+    #[schemars(range(min = 1, max = 1000))]
     pub keep: u32,
 }
 
@@ -165,6 +177,7 @@ pub struct ContainerPolicy {
     /// knows, e.g. `1000:1000`. Default: the image's user (often root, with only the kept
     /// capabilities).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = patterns::user()))]
     pub user: Option<String>,
     /// Changes to the capabilities kept. Every other capability is dropped.
     #[serde(default, skip_serializing_if = "Capabilities::is_empty")]
@@ -202,13 +215,40 @@ pub struct Resources {
     /// Memory, in bytes or with a binary suffix: `512Mi`, `1Gi` (`Ki`, `Mi`, `Gi`, `Ti`); at
     /// least `6Mi`. Swap is not added to it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "memory_schema")]
     pub memory: Option<Quantity>,
     /// CPUs, e.g. `0.5`, `1`, `2`; in hundredths, at least `0.01`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "cpus_schema")]
     pub cpus: Option<Quantity>,
     /// Processes and threads the container may hold at once (1-4194304): a fork bomb stops here.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 4_194_304))]
     pub pids: Option<u32>,
+}
+
+/// The schema of `memory`: a string as [`patterns::memory`] reads it, or a number of bytes, at
+/// least `6Mi`.
+fn memory_schema(_: &mut SchemaGenerator) -> Schema {
+    json_schema!({
+        "anyOf": [
+            { "type": "string", "pattern": patterns::memory() },
+            { "type": "integer", "minimum": super::resources::MIN_MEMORY_BYTES, "maximum": i64::MAX },
+            { "type": "null" },
+        ]
+    })
+}
+
+/// The schema of `cpus`: more than 0, at most two decimals (a YAML number's decimals are
+/// codeb's to check: `multipleOf: 0.01` fails on floats in editors).
+fn cpus_schema(_: &mut SchemaGenerator) -> Schema {
+    json_schema!({
+        "anyOf": [
+            { "type": "string", "pattern": patterns::CPUS },
+            { "type": "number", "exclusiveMinimum": 0, "maximum": 999_999.99 },
+            { "type": "null" },
+        ]
+    })
 }
 
 impl Resources {
@@ -285,10 +325,12 @@ pub const KEPT_CAPABILITIES: [&str; 7] = [
 pub struct Capabilities {
     /// Capabilities kept besides the defaults, e.g. `[NET_RAW]` for an app that pings.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(inner(regex(pattern = patterns::capability(false))))]
     pub add: Vec<String>,
     /// Default capabilities dropped too, e.g. `[CHOWN]`, or `[ALL]` to keep none (then only
     /// `add` is kept).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(inner(regex(pattern = patterns::capability(true))))]
     pub drop: Vec<String>,
 }
 
@@ -307,6 +349,7 @@ pub struct ImagePolicy {
     /// with its registry (`docker.io/library/nginx`, not `nginx`: a short name could resolve to
     /// any image on the host) and start with one of them. Empty (the default): any image.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(inner(regex(pattern = patterns::image_prefix())))]
     pub allow: Vec<String>,
 }
 
@@ -321,9 +364,11 @@ impl ImagePolicy {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CaddySpec {
     /// Caddy's admin API, `http://127.0.0.1:2019`.
+    #[schemars(regex(pattern = patterns::http_url(false)))]
     pub admin: String,
-    /// Where codeb's Caddy server listens.
+    /// Where codeb's Caddy server listens: `host:port` or `:port`, at least one.
     #[serde(default = "default_listen")]
+    #[schemars(length(min = 1), inner(regex(pattern = patterns::listen_address())))]
     pub listen: Vec<String>,
     /// `auto` (ACME), `internal` (Caddy's own CA) or `off` (plain HTTP).
     #[serde(default)]
@@ -352,6 +397,7 @@ pub struct ZoneSpec {
     pub powerdns: Option<PowerDnsSpec>,
     /// The TTL in seconds of the records codeb writes (1-2147483647).
     #[serde(default = "default_ttl")]
+    #[schemars(range(min = 1, max = 2_147_483_647))]
     pub ttl: u32,
 }
 
@@ -369,12 +415,15 @@ impl Default for ZoneSpec {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct PowerDnsSpec {
     /// The API's base URL, without a path: `http://127.0.0.1:8081`.
+    #[schemars(regex(pattern = patterns::http_url(true)))]
     pub api: String,
     /// The server id in `/api/v1/servers/{serverId}`.
     #[serde(default = "default_server_id")]
+    #[schemars(regex(pattern = patterns::SERVER_ID))]
     pub server_id: String,
     /// The name of the environment variable that holds the API key, e.g. `PDNS_API_KEY`. The key
     /// itself is never written in a manifest, and codeb never prints or stores it.
+    #[schemars(regex(pattern = patterns::ENV_NAME))]
     pub api_key_env: String,
 }
 
@@ -387,25 +436,35 @@ pub struct ProjectSpec {
     /// The `metadata.name` of a Zone.
     pub zone: String,
     /// Environment name (a DNS-1123 label) → its release. `production` and `staging` use the port
-    /// ranges 4000-4499 and 4500-4999; other names use 5000-5499.
+    /// ranges 4000-4499 and 4500-4999; other names use 5000-5499. At least one.
+    #[schemars(extend("propertyNames" = {"pattern": patterns::DNS_LABEL}, "minProperties" = 1))]
     pub environments: BTreeMap<String, EnvironmentSpec>,
 }
 
 /// One environment of a Project: what runs there and how it is rolled out.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schemars(transform = environment_rules)]
 pub struct EnvironmentSpec {
     /// The container image, e.g. `ghcr.io/acme/myapp:1.4.2`. Pulled only when not present locally.
+    #[schemars(regex(pattern = patterns::IMAGE))]
     pub image: String,
     /// The port the app listens on inside the container (1-65535).
+    #[schemars(schema_with = "port_schema")]
     pub port: u16,
-    /// Replaces the image's command.
+    /// Replaces the image's command (not empty).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1))]
     pub command: Option<Vec<String>>,
     /// Environment variables that are not secret (they are in git). Values are never printed by
     /// codeb. Secrets belong in the stored env (`codeb env set`), whose value wins when both name
     /// a key; a protected key (`DATABASE_URL`, ...) may not be written here.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(extend(
+        "propertyNames" = {"pattern": patterns::ENV_NAME},
+        // A YAML scalar's text is the value: `PORT: 8080` and `DEBUG: true` are strings.
+        "additionalProperties" = {"type": ["string", "number", "boolean"]},
+    ))]
     pub env: BTreeMap<String, String>,
     /// `stored` (the default): the containers also get the project environment's stored env
     /// (`codeb env`), pinned per release; `none`: only the inline `env:`.
@@ -419,18 +478,19 @@ pub struct EnvironmentSpec {
     pub promotion: Promotion,
     /// How long the previous slot is kept for rollback, e.g. `1h`, `30m`; at most `30d`.
     #[serde(default = "default_grace", with = "humantime_serde")]
-    #[schemars(with = "String")]
+    #[schemars(with = "String", regex(pattern = patterns::duration()))]
     pub grace_period: Duration,
     /// How long the app is given to finish after its stop signal (SIGTERM unless the image's
     /// `STOPSIGNAL` says otherwise) before SIGKILL, whenever codeb stops or removes one of its
     /// containers; whole seconds, `1s` to `5m`, default `10s`. A change is a new release.
     #[serde(default = "default_stop_timeout", with = "humantime_serde")]
-    #[schemars(with = "String")]
+    #[schemars(with = "String", regex(pattern = patterns::duration()))]
     pub stop_timeout: Duration,
     /// Default: `{project}.{zone}` for production, `{project}-{environment}.{zone}` otherwise.
     /// At most 247 characters, so that its preview hostnames (`blue.`, `green.` before it) are
     /// DNS names; unique across every applied environment.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = patterns::dns_name()), length(min = 1, max = 247))]
     pub hostname: Option<String>,
     /// Memory, CPUs and processes for each slot's container. A field left out is the Host's
     /// `containers.resources` value; none may be over its `containers.maxResources`.
@@ -454,14 +514,49 @@ pub struct EnvironmentSpec {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct HealthCheck {
-    /// The path probed, starting with `/`.
+    /// The path probed, starting with `/`, without spaces.
     #[serde(default = "default_health_path")]
+    #[schemars(regex(pattern = patterns::HEALTH_PATH))]
     pub path: String,
     /// How long a new slot may take to become healthy before it is `failed`, e.g. `60s`; at
     /// most `1h`.
     #[serde(default = "default_health_timeout", with = "humantime_serde")]
-    #[schemars(with = "String")]
+    #[schemars(with = "String", regex(pattern = patterns::duration()))]
     pub timeout: Duration,
+}
+
+/// The schema of `port`: 1-65535, as a number or quoted (codeb reads a scalar's text, so
+/// `port: "8080"` is the port 8080).
+fn port_schema(_: &mut SchemaGenerator) -> Schema {
+    json_schema!({
+        "anyOf": [
+            { "type": "integer", "minimum": 1, "maximum": 65535 },
+            { "type": "string", "pattern": format!("^{}$", patterns::PORT) },
+        ]
+    })
+}
+
+/// The rules of an environment between its fields: `database` or `cache` need the stored env
+/// (`envFrom` not `none`), and the keys codeb derives from them may not be in `env`.
+fn environment_rules(schema: &mut Schema) {
+    let derived = |field: &str, keys: &[&str]| {
+        serde_json::json!({
+            "if": { "required": [field], "properties": { field: { "type": "string" } } },
+            "then": {
+                "properties": {
+                    "envFrom": { "not": { "const": "none" } },
+                    "env": { "propertyNames": { "not": { "enum": keys } } },
+                },
+            },
+        })
+    };
+    schema.insert(
+        "allOf".into(),
+        serde_json::json!([
+            derived("database", &crate::model::data::DATABASE_KEYS),
+            derived("cache", &crate::model::data::CACHE_KEYS),
+        ]),
+    );
 }
 
 impl ProjectSpec {
