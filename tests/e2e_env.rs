@@ -631,7 +631,10 @@ fn diff_shows_each_changed_field_and_env_key_with_values_hidden_and_exits_1_then
     at(&format!("{env}: env NEW_KEY added (value hidden)\n"));
     assert!(!shown.contains("GREETING"), "unchanged: not shown\n{shown}");
     let first_step = shown.find("\n  ").expect("steps") + 1;
-    assert!(image < first_step, "the changes come before the steps\n{shown}");
+    assert!(
+        image < first_step,
+        "the changes come before the steps\n{shown}"
+    );
 
     let json = sb.codeb(&["diff", "-f", &dir_s, "-o", "json"]);
     assert_eq!(json.status.code(), Some(1), "{}", text(&json));
@@ -655,7 +658,11 @@ fn diff_shows_each_changed_field_and_env_key_with_values_hidden_and_exits_1_then
     assert_eq!(
         fields,
         vec![
-            ("image".into(), V1.into(), "localhost/codeb-test-app:v2".into()),
+            (
+                "image".into(),
+                V1.into(),
+                "localhost/codeb-test-app:v2".into()
+            ),
             ("envVersion".into(), serde_json::Value::Null, "1".into()),
             ("healthCheck.path".into(), "/health".into(), "/".into()),
             ("envFrom".into(), "none".into(), "stored".into()),
