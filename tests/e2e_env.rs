@@ -535,3 +535,167 @@ fn a_sigkill_during_the_rollout_of_an_env_change_is_converged_by_the_next_apply(
         );
     }
 }
+
+/// The manifests of `name` with this image, health path, inline env and `envFrom`.
+fn manifest(
+    sb: &Sandbox,
+    name: &str,
+    image: &str,
+    health: &str,
+    env: &[(&str, &str)],
+    env_from: &str,
+) -> std::path::PathBuf {
+    let mut p = ProjectYaml::new(name, image);
+    p.env = env;
+    let project = p
+        .render()
+        .replace(
+            "        path: /health\n",
+            &format!("        path: {health}\n"),
+        )
+        .replace(
+            "      promotion:",
+            &format!("      envFrom: {env_from}\n      promotion:"),
+        );
+    sb.save_text(&format!("{}{project}", sb.stack.host_yaml()))
+}
+
+/// Everything the store tells of `name`: its records and history, its env versions, the audit.
+fn records(sb: &Sandbox, name: &str) -> Vec<String> {
+    [
+        vec!["describe", "project", name, "-o", "json"],
+        vec!["env", "history", name, "-o", "json"],
+        vec!["get", "slots", "-o", "json"],
+    ]
+    .iter()
+    .map(|args| String::from_utf8_lossy(&ok(sb, args).stdout).into_owned())
+    .collect()
+}
+
+#[test]
+fn diff_shows_each_changed_field_and_env_key_with_values_hidden_and_exits_1_then_0_after_apply() {
+    let _l = lock();
+    let sb = Sandbox::new();
+    let name = unique("fdiff");
+    let _cleanup = Cleanup(&sb, name.clone());
+    let tag = name.replace('-', "");
+    let canary = format!("canary-{tag}-st0red");
+    let inline_old = format!("canary-{tag}-inl1ne");
+    let inline_new = format!("canary-{tag}-inl2ne");
+    // v1, its stored env not pinned (`envFrom: none`): an `env set` writes a version and rolls
+    // nothing out, so the manifests' switch to `stored` is what brings API_TOKEN in.
+    let dir = manifest(
+        &sb,
+        &name,
+        V1,
+        "/health",
+        &[("GREETING", "hello"), ("INLINE_TOKEN", &inline_old)],
+        "none",
+    );
+    let dir_s = dir.to_str().unwrap().to_string();
+    ok(&sb, &["apply", "-f", &dir_s]);
+    ok(&sb, &["env", "set", &name, &format!("API_TOKEN={canary}")]);
+    let converged = sb.codeb(&["diff", "-f", &dir_s]);
+    assert_eq!(converged.status.code(), Some(0), "{}", text(&converged));
+
+    manifest(
+        &sb,
+        &name,
+        "localhost/codeb-test-app:v2",
+        "/",
+        &[
+            ("GREETING", "hello"),
+            ("INLINE_TOKEN", &inline_new),
+            ("NEW_KEY", "x"),
+        ],
+        "stored",
+    );
+    let state = records(&sb, &name);
+    let diff = sb.codeb(&["diff", "-f", &dir_s]);
+    let shown = String::from_utf8_lossy(&diff.stdout).to_string();
+    assert_eq!(diff.status.code(), Some(1), "{}", text(&diff));
+    let at = |line: &str| {
+        shown
+            .find(line)
+            .unwrap_or_else(|| panic!("no {line:?} in:\n{shown}"))
+    };
+    let env = format!("{name}/production");
+    let image = at(&format!(
+        "{env}: image {V1} → localhost/codeb-test-app:v2\n"
+    ));
+    at(&format!("{env}: healthCheck.path /health → /\n"));
+    at(&format!("{env}: envFrom none → stored\n"));
+    at(&format!("{env}: envVersion (none) → 1\n"));
+    at(&format!("{env}: env API_TOKEN added (value hidden)\n"));
+    at(&format!("{env}: env INLINE_TOKEN changed (value hidden)\n"));
+    at(&format!("{env}: env NEW_KEY added (value hidden)\n"));
+    assert!(!shown.contains("GREETING"), "unchanged: not shown\n{shown}");
+    let first_step = shown.find("\n  ").expect("steps") + 1;
+    assert!(
+        image < first_step,
+        "the changes come before the steps\n{shown}"
+    );
+
+    let json = sb.codeb(&["diff", "-f", &dir_s, "-o", "json"]);
+    assert_eq!(json.status.code(), Some(1), "{}", text(&json));
+    let v: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    let changes = v["changes"].as_array().unwrap();
+    assert_eq!(changes.len(), 1, "{v}");
+    assert_eq!(changes[0]["environment"], env);
+    assert_eq!(changes[0]["change"], "changed");
+    let fields: Vec<(String, serde_json::Value, serde_json::Value)> = changes[0]["fields"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| {
+            (
+                f["field"].as_str().unwrap().to_string(),
+                f["from"].clone(),
+                f["to"].clone(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        fields,
+        vec![
+            (
+                "image".into(),
+                V1.into(),
+                "localhost/codeb-test-app:v2".into()
+            ),
+            ("envVersion".into(), serde_json::Value::Null, "1".into()),
+            ("healthCheck.path".into(), "/health".into(), "/".into()),
+            ("envFrom".into(), "none".into(), "stored".into()),
+        ],
+        "exactly those: {v}"
+    );
+    assert_eq!(
+        changes[0]["env"],
+        serde_json::json!([
+            {"name": "API_TOKEN", "change": "added"},
+            {"name": "INLINE_TOKEN", "change": "changed"},
+            {"name": "NEW_KEY", "change": "added"},
+        ])
+    );
+    assert!(!v["steps"].as_array().unwrap().is_empty(), "{v}");
+    for out in [&diff, &json] {
+        for secret in [&canary, &inline_old, &inline_new] {
+            assert!(
+                !contains(&out.stdout, secret) && !contains(&out.stderr, secret),
+                "a value shown: {}",
+                text(out)
+            );
+        }
+    }
+    // What the store holds, as codeb reads it, is as before (the redb file's bytes are not:
+    // any process that opens it, `get` too, rewrites its header).
+    assert_eq!(records(&sb, &name), state, "diff changed the store");
+
+    ok(&sb, &["apply", "-f", &dir_s]);
+    assert_eq!(serving(&sb, &name, "API_TOKEN"), (canary.clone(), Some(1)));
+    assert_eq!(serving(&sb, &name, "INLINE_TOKEN").0, inline_new);
+    let after = sb.codeb(&["diff", "-f", &dir_s, "-o", "json"]);
+    assert_eq!(after.status.code(), Some(0), "{}", text(&after));
+    let v: serde_json::Value = serde_json::from_slice(&after.stdout).unwrap();
+    assert_eq!(v["changes"], serde_json::json!([]), "{v}");
+}

@@ -56,6 +56,8 @@ pub fn render(response: &Response, format: Format, out: &mut dyn Write) -> anyho
                             out,
                             "nothing to do, yet not converged (see the notes marked !)"
                         )?;
+                    } else if !a.plan.changes.is_empty() {
+                        writeln!(out, "no step: apply records the changes above")?;
                     } else {
                         writeln!(out, "nothing to do")?;
                     }

@@ -180,6 +180,7 @@ mod tests {
             listener,
             |req: Request, uid: u32| async move {
                 Ok(Response::Diff(PlanView {
+                    changes: vec![],
                     steps: vec![format!("{} by {uid}", req.op())],
                     notes: vec![],
                 }))
@@ -194,6 +195,7 @@ mod tests {
         assert_eq!(
             answer,
             Ok(Response::Diff(PlanView {
+                changes: vec![],
                 steps: vec![format!("describe by {}", me.unwrap())],
                 notes: vec![],
             }))

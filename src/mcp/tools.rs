@@ -703,8 +703,10 @@ fn bounded(line: &str) -> std::borrow::Cow<'_, str> {
 
 /// A plan as `codeb diff` prints it, then how to confirm it.
 fn plan_text(p: &view::PlanView, confirm: Option<(&str, &str)>) -> String {
-    let mut out = if p.steps.is_empty() {
+    let mut out = if p.steps.is_empty() && p.changes.is_empty() {
         "Nothing to change.\n".to_string()
+    } else if p.steps.is_empty() {
+        "Changes (no step: apply records them):\n".to_string()
     } else {
         let n = p.steps.len();
         format!("Plan ({n} step{}):\n", if n == 1 { "" } else { "s" })

@@ -17,6 +17,7 @@ pub mod data;
 mod display;
 pub mod dns;
 mod env;
+pub mod fields;
 mod service;
 mod switch;
 

@@ -24,6 +24,7 @@ use super::{Ctx, Error, Result};
 use crate::auth::Permission;
 use crate::model::vars::{EnvValues, SecretText};
 use crate::model::{Desired, EnvKey};
+use crate::plan::fields;
 use crate::reconcile::controller::Work;
 use crate::store::secrets::{MAX_KEYS, MAX_VALUE_BYTES};
 use crate::store::Store;
@@ -209,6 +210,107 @@ pub fn bind(store: &Store, d: &mut Desired, dry: bool) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// What an apply changes in each environment of `d` and each of `remove`, field by field (see
+/// [`plan::fields`]), for `diff` and `apply`'s plan. Writes nothing (a dry run's answer).
+///
+/// Variables are compared by keyed digest per name: the stored versions' own digests, and for
+/// inline values (in memory for the manifests; opened from their sealed copy for a recorded
+/// release) the same keyed digest computed here. Values never leave this function, and digests
+/// stay in it too: the result holds names only.
+///
+/// # Errors
+/// A store error reading the records.
+pub fn field_changes(
+    store: &Store,
+    d: &Desired,
+    remove: &[EnvKey],
+) -> Result<Vec<fields::EnvChanges>> {
+    let recorded = store.load()?;
+    // The store's key; an ephemeral one where there is none yet (then nothing was sealed under a
+    // key, and both sides' inline values are in memory, digested alike here). `None`: the key
+    // does not open (its errors are reported by the commands that need it), so inline digests
+    // are unknown.
+    let ring = match store.keyring(false) {
+        Ok(Some(r)) => Some(r),
+        Ok(None) => {
+            let mut master = [0u8; 32];
+            getrandom::fill(&mut master).map_err(|e| Error::failed(e.to_string()))?;
+            Some(std::sync::Arc::new(
+                crate::store::secrets::Keyring::from_master(&master, Default::default()),
+            ))
+        }
+        Err(_) => None,
+    };
+    let ring = ring.as_deref();
+    let mut out = Vec::new();
+    for (key, want) in &d.envs {
+        let rec = recorded.envs.get(key);
+        let declared = match rec {
+            Some(_) => store.declared(key)?,
+            None => None,
+        };
+        let current = rec.map(|record| fields::Current {
+            record,
+            declared: declared.as_ref(),
+        });
+        let base = rec.and_then(|r| fields::base_release(r, Some(&want.release)));
+        let (from, to) = if rec.is_none() || fields::env_differs(base, &want.release) {
+            (
+                base.map(|b| env_digests(store, ring, key, b))
+                    .transpose()?
+                    .unwrap_or_default(),
+                env_digests(store, ring, key, &want.release)?,
+            )
+        } else {
+            Default::default()
+        };
+        out.extend(fields::env_changes(key, current, Some(want), &from, &to));
+    }
+    for key in remove.iter().filter(|k| !d.envs.contains_key(*k)) {
+        if let Some(record) = recorded.envs.get(key) {
+            let current = fields::Current {
+                record,
+                declared: None,
+            };
+            let none = fields::EnvDigests::new();
+            out.extend(fields::env_changes(key, Some(current), None, &none, &none));
+        }
+    }
+    Ok(out)
+}
+
+/// The variables a container of `release` gets, each with the keyed digest of its value: the
+/// inline env, then the pinned stored version over it (as the executor resolves them).
+fn env_digests(
+    store: &Store,
+    ring: Option<&crate::store::secrets::Keyring>,
+    key: &EnvKey,
+    release: &crate::model::Release,
+) -> Result<fields::EnvDigests> {
+    let mut out = fields::EnvDigests::new();
+    if !release.env.is_empty() {
+        let values = ring.and(store.peek_inline(key, &release.env));
+        for name in release.env.names() {
+            let digest = values
+                .as_ref()
+                .zip(ring)
+                .and_then(|(v, ring)| Some(ring.value_digest(key, name, v.0.get(name)?)));
+            out.insert(name.clone(), digest);
+        }
+    }
+    if let Some(v) = release.env_version {
+        // A version that is gone (versions are never deleted) leaves its names unknown.
+        if let Some(stored) = store
+            .env_versions(key)?
+            .into_iter()
+            .find(|s| s.version == v)
+        {
+            out.extend(stored.digests.into_iter().map(|(n, d)| (n, Some(d))));
+        }
+    }
+    Ok(out)
 }
 
 /// What a change does to the current values.
@@ -688,5 +790,128 @@ mod tests {
         for bad in ["", "1A", "A-B", "A B", "É", "A=B"] {
             assert!(!is_key_name(bad), "{bad}");
         }
+    }
+
+    fn files(dir: &std::path::Path) -> Vec<(std::path::PathBuf, Vec<u8>)> {
+        let mut out: Vec<_> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.is_file())
+            .map(|p| {
+                let bytes = std::fs::read(&p).unwrap();
+                (p, bytes)
+            })
+            .collect();
+        out.sort();
+        out
+    }
+
+    #[test]
+    fn field_changes_name_each_changed_variable_from_stored_and_sealed_inline_values_and_write_nothing(
+    ) {
+        use crate::model::{EnvRecord, Release, Slot, SlotRecord, SlotState};
+        use crate::plan::fields::{Kind, VarChange};
+        const CANARY: &str = "canary-svc-7e57-s3cret";
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let mut d = Desired::default();
+        let mut want = crate::plan::tests::env("hello");
+        let key = want.key.clone();
+        let vals = |pairs: &[(&str, &str)]| {
+            EnvValues(
+                pairs
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+            )
+        };
+        store
+            .put_env_version(
+                &key,
+                None,
+                &vals(&[("API_TOKEN", CANARY), ("KEEP", "k")]),
+                "t",
+                1,
+                None,
+            )
+            .unwrap();
+        let inline_old = crate::model::vars::InlineEnv::unbound(BTreeMap::from([
+            ("INLINE_A".to_string(), CANARY.to_string()),
+            ("INLINE_B".to_string(), "b".to_string()),
+        ]));
+        let bound = store.bind_inline(&key, &inline_old, false).unwrap();
+        // As read back from a record: names and digest, no values.
+        let bound: crate::model::vars::InlineEnv =
+            serde_json::from_str(&serde_json::to_string(&bound).unwrap()).unwrap();
+        assert!(bound.values().is_none());
+        let running = Release::new("localhost/app:v1", None, BTreeMap::new(), 8080)
+            .with_inline_env(bound)
+            .with_env_version(Some(1));
+        let mut rec = EnvRecord::new(key.clone(), want.host.clone(), want.hostname.clone(), 20000);
+        rec.active = Some(Slot::Blue);
+        rec.blue = SlotRecord {
+            state: SlotState::Active,
+            release: Some(running),
+            ..SlotRecord::default()
+        };
+        store.put_env(rec, None).unwrap();
+        store
+            .put_env_version(
+                &key,
+                Some(1),
+                &vals(&[
+                    ("API_TOKEN", &format!("{CANARY}-2")),
+                    ("KEEP", "k"),
+                    ("ADDED", "a"),
+                ]),
+                "t",
+                2,
+                None,
+            )
+            .unwrap();
+        want.release = Release::new(
+            "localhost/app:v2",
+            None,
+            BTreeMap::from([
+                ("INLINE_A".to_string(), format!("{CANARY}-3")),
+                ("INLINE_B".to_string(), "b".to_string()),
+            ]),
+            8080,
+        );
+        d.envs.insert(key.clone(), want);
+        bind(&store, &mut d, true).unwrap();
+        let before = files(dir.path());
+        let got = field_changes(&store, &d, &[]).unwrap();
+        assert_eq!(files(dir.path()), before, "a diff writes nothing");
+        assert_eq!(got.len(), 1);
+        let c = &got[0];
+        assert_eq!(c.kind, Kind::Changed);
+        let fields: Vec<(&str, Option<&str>, Option<&str>)> = c
+            .fields
+            .iter()
+            .map(|f| (f.name, f.from.as_deref(), f.to.as_deref()))
+            .collect();
+        assert_eq!(
+            fields,
+            vec![
+                ("image", Some("localhost/app:v1"), Some("localhost/app:v2")),
+                ("envVersion", Some("1"), Some("2")),
+            ]
+        );
+        let vars: Vec<(&str, VarChange)> =
+            c.vars.iter().map(|v| (v.name.as_str(), v.change)).collect();
+        assert_eq!(
+            vars,
+            vec![
+                ("ADDED", VarChange::Added),
+                ("API_TOKEN", VarChange::Changed),
+                ("INLINE_A", VarChange::Changed),
+            ],
+            "KEEP and INLINE_B kept their values"
+        );
+        let mut view = super::super::view::PlanView::default();
+        view.set_changes(&got);
+        let shown = format!("{view}{}{got:?}", serde_json::to_string(&view).unwrap());
+        assert!(!shown.contains(CANARY), "{shown}");
     }
 }

@@ -587,9 +587,10 @@ pub enum Response {
 impl Response {
     /// The CLI's exit code for this result (see `cli`'s table).
     ///
-    /// `diff` exits 0 only when converged: a plan with steps, or with a problem note and no step
-    /// (an environment moved to another host, a release that failed and is not retried, a DNS
-    /// name held by a foreign record), is not in sync, so a CI gate on `diff` must not pass it.
+    /// `diff` exits 0 only when converged: a plan with steps, with a field change and no step
+    /// (a health check path that apply only records), or with a problem note and no step (an
+    /// environment moved to another host, a release that failed and is not retried, a DNS name
+    /// held by a foreign record), is not in sync, so a CI gate on `diff` must not pass it.
     /// `apply --dry-run` exits as the apply would end before it runs anything: 1 when the plan
     /// already carries a problem, 0 otherwise (steps are what a dry run is for).
     pub fn exit_code(&self) -> u8 {
@@ -599,7 +600,7 @@ impl Response {
                 Some(o) => u8::from(!o.converged),
             },
             Response::Diff(p) if p.unobserved() => 3,
-            Response::Diff(p) => u8::from(!p.steps.is_empty() || p.has_problems()),
+            Response::Diff(p) => u8::from(!p.converged()),
             Response::Planned(p) => u8::from(p.plan.has_problems()),
             Response::Outcome(o) => u8::from(!o.converged),
             Response::EnvChanged(v) => u8::from(!env::change_converged(v)),
@@ -1260,7 +1261,9 @@ fn fingerprint(plan: &PlanView, store: &Store, keys: &[EnvKey]) -> Result<String
     use sha2::{Digest, Sha256};
     let overrides = store.overrides()?;
     let mut h = Sha256::new();
-    h.update(serde_json::to_vec(plan).expect("plans serialize"));
+    // Steps and notes: the field changes are read from the same records, and a confirmed apply
+    // checks against its plan's steps and notes.
+    h.update(serde_json::to_vec(&(&plan.steps, &plan.notes)).expect("plans serialize"));
     for key in keys {
         let generation = store.env(key)?.map(|r| r.generation);
         let part = (key.to_string(), generation, overrides.get(key));
@@ -1424,6 +1427,8 @@ async fn apply(
     }
     let d = effective(store, &declared, dry_run)?;
     let backends = connect_or_invalid(ctx, d.hosts.values(), zones.values())?;
+    // Before the declared specs are recorded: they are what the changes are compared with.
+    let changes = env::field_changes(store, &d, &remove)?;
     if !dry_run {
         store.put_declared(declared.envs.values())?;
     }
@@ -1467,6 +1472,7 @@ async fn apply(
         daemon_notes,
     };
     data::add_to_plan(&mut view.plan, &data);
+    view.plan.set_changes(&changes);
     if let Some(o) = view.outcome.as_mut() {
         data::add_to_outcome(o, &data);
     }
@@ -1484,6 +1490,7 @@ async fn diff(ctx: &Ctx, sources: &[Source]) -> Result<PlanView> {
     let p = plan::plan(&d, &observed, &ctx.store.load()?, &[], reconcile::now_ms());
     let mut view = PlanView::from(&p);
     data::add_to_plan(&mut view, &data?);
+    view.set_changes(&env::field_changes(&ctx.store, &d, &[])?);
     Ok(view)
 }
 
@@ -2347,6 +2354,7 @@ mod tests {
 
     fn plan_view(steps: &[&str], notes: &[(bool, bool)]) -> PlanView {
         PlanView {
+            changes: vec![],
             steps: steps.iter().map(|s| s.to_string()).collect(),
             notes: notes
                 .iter()
@@ -2433,7 +2441,7 @@ mod tests {
     }
 
     #[test]
-    fn diff_exits_1_for_a_plan_with_only_a_problem_note_and_0_only_when_converged() {
+    fn diff_exits_1_for_steps_a_field_change_or_a_problem_note_and_0_only_when_converged() {
         let diff = |steps: &[&str], notes: &[(bool, bool)]| {
             Response::Diff(plan_view(steps, notes)).exit_code()
         };
@@ -2442,6 +2450,27 @@ mod tests {
         assert_eq!(diff(&[], &[(true, false)]), 1, "a problem and no step");
         assert_eq!(diff(&["deploy web"], &[]), 1, "steps");
         assert_eq!(diff(&["deploy web"], &[(true, true)]), 3, "unobserved");
+        let mut changed = plan_view(&[], &[(false, false)]);
+        changed.changes.push(view::EnvChangesView {
+            environment: "web/production".into(),
+            change: view::ChangeKind::Changed,
+            fields: vec![view::FieldChangeView {
+                field: "healthCheck.path".into(),
+                from: Some("/".into()),
+                to: Some("/healthz".into()),
+            }],
+            env: vec![],
+        });
+        assert_eq!(
+            Response::Diff(changed.clone()).exit_code(),
+            1,
+            "a field change with no step (apply records it)"
+        );
+        assert_eq!(
+            dry_run(changed).exit_code(),
+            0,
+            "a dry run's changes are its purpose"
+        );
     }
 
     #[test]

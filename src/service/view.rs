@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use crate::model::{preview_hostname, EnvRecord, HostRef, Recorded, Slot};
-use crate::plan::{Note, Plan};
+use crate::plan::{fields, Note, Plan};
 use crate::reconcile::Outcome;
 use crate::spec::Tls;
 use crate::store::{Override, SwitchModes};
@@ -35,10 +35,141 @@ impl From<&Note> for NoteView {
     }
 }
 
-/// A plan as `codeb diff` prints it: steps in order, then notes.
+/// What becomes of an environment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ChangeKind {
+    /// Not recorded yet.
+    New,
+    Changed,
+    /// Recorded and no longer declared (pruned).
+    Removed,
+}
+
+/// One field of an environment, old → new.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct FieldChangeView {
+    /// As the manifest names it: `image`, `command`, `port`, `healthCheck.path`,
+    /// `healthCheck.timeout`, `promotion`, `gracePeriod`, `hostname`, `stopTimeout`,
+    /// `resources.memory`, `containers.user`, `envFrom`, `envVersion`, `database`, `cache`,
+    /// `onDelete`, …
+    pub field: String,
+    /// Absent: not set (or unknown) before.
+    pub from: Option<String>,
+    pub to: Option<String>,
+}
+
+/// What happens to an environment variable. `unknown`: its old value could not be read, so it
+/// may have changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum VarChangeKind {
+    Added,
+    Changed,
+    Removed,
+    Unknown,
+}
+
+/// One environment variable that changes: its name, never its value.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct VarChangeView {
+    pub name: String,
+    pub change: VarChangeKind,
+}
+
+/// What an apply changes in one environment, field by field.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EnvChangesView {
+    /// `project/environment`.
+    pub environment: String,
+    pub change: ChangeKind,
+    pub fields: Vec<FieldChangeView>,
+    /// The container's environment variables (inline `env:` and the stored env together, as
+    /// the container gets them), by name.
+    pub env: Vec<VarChangeView>,
+}
+
+impl From<&fields::EnvChanges> for EnvChangesView {
+    fn from(c: &fields::EnvChanges) -> Self {
+        EnvChangesView {
+            environment: c.key.to_string(),
+            change: match c.kind {
+                fields::Kind::New => ChangeKind::New,
+                fields::Kind::Changed => ChangeKind::Changed,
+                fields::Kind::Removed => ChangeKind::Removed,
+            },
+            fields: c
+                .fields
+                .iter()
+                .map(|f| FieldChangeView {
+                    field: f.name.to_string(),
+                    from: f.from.clone(),
+                    to: f.to.clone(),
+                })
+                .collect(),
+            env: c
+                .vars
+                .iter()
+                .map(|v| VarChangeView {
+                    name: v.name.clone(),
+                    change: match v.change {
+                        fields::VarChange::Added => VarChangeKind::Added,
+                        fields::VarChange::Changed => VarChangeKind::Changed,
+                        fields::VarChange::Removed => VarChangeKind::Removed,
+                        fields::VarChange::Unknown => VarChangeKind::Unknown,
+                    },
+                })
+                .collect(),
+        }
+    }
+}
+
+/// As `codeb diff` prints it: one line per field and per variable, `project/env: …`.
+impl std::fmt::Display for EnvChangesView {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let env = &self.environment;
+        match self.change {
+            ChangeKind::New => writeln!(f, "{env}: new environment")?,
+            ChangeKind::Removed => writeln!(f, "{env}: removed")?,
+            ChangeKind::Changed => {}
+        }
+        for c in &self.fields {
+            let to = c.to.as_deref().unwrap_or("(none)");
+            match (&c.from, self.change) {
+                (None, ChangeKind::New) => writeln!(f, "{env}: {} {to}", c.field)?,
+                (from, _) => writeln!(
+                    f,
+                    "{env}: {} {} → {to}",
+                    c.field,
+                    from.as_deref().unwrap_or("(none)")
+                )?,
+            }
+        }
+        for v in &self.env {
+            let what = match v.change {
+                VarChangeKind::Added => "added",
+                VarChangeKind::Changed => "changed",
+                VarChangeKind::Removed => "removed",
+                VarChangeKind::Unknown => "may have changed (its old value could not be read)",
+            };
+            writeln!(f, "{env}: env {} {what} (value hidden)", v.name)?;
+        }
+        Ok(())
+    }
+}
+
+/// A plan as `codeb diff` prints it: what changes per environment, the steps in order, then
+/// notes.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct PlanView {
+    /// Per environment, what changes field by field (names only for env variables). Absent
+    /// from an answer of a codeb that knew none.
+    #[serde(default)]
+    pub changes: Vec<EnvChangesView>,
     pub steps: Vec<String>,
     pub notes: Vec<NoteView>,
 }
@@ -46,6 +177,7 @@ pub struct PlanView {
 impl From<&Plan> for PlanView {
     fn from(p: &Plan) -> Self {
         PlanView {
+            changes: vec![],
             steps: p.steps.iter().map(|s| s.to_string()).collect(),
             notes: p.notes.iter().map(NoteView::from).collect(),
         }
@@ -53,8 +185,22 @@ impl From<&Plan> for PlanView {
 }
 
 impl PlanView {
+    /// Sets these environments' changes (the empty ones left out).
+    pub fn set_changes(&mut self, changes: &[fields::EnvChanges]) {
+        self.changes = changes
+            .iter()
+            .filter(|c| !c.is_empty())
+            .map(EnvChangesView::from)
+            .collect();
+    }
+
     pub fn unobserved(&self) -> bool {
         self.notes.iter().any(|n| n.unobserved)
+    }
+
+    /// Nothing to change: no field change, no step, no problem.
+    pub fn converged(&self) -> bool {
+        self.changes.is_empty() && self.steps.is_empty() && !self.has_problems()
     }
 
     /// A note says the desired state is not reached (an unobserved backend is one too).
@@ -63,9 +209,13 @@ impl PlanView {
     }
 }
 
-/// As `codeb diff` prints it: a step per line, then the notes (`!` marks a problem).
+/// As `codeb diff` prints it: the changes per environment, a step per line, then the notes (`!`
+/// marks a problem).
 impl std::fmt::Display for PlanView {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for c in &self.changes {
+            write!(f, "{c}")?;
+        }
         for step in &self.steps {
             writeln!(f, "  {step}")?;
         }

@@ -709,6 +709,26 @@ impl Store {
             })
     }
 
+    /// A release's inline values without writing anything (for `diff`): from memory, else
+    /// opened from the store by digest with the existing key. `None` when they are nowhere or
+    /// do not open (no key, no sealed copy, tampered).
+    pub fn peek_inline(&self, key: &EnvKey, inline: &InlineEnv) -> Option<EnvValues> {
+        if inline.is_empty() {
+            return Some(EnvValues::default());
+        }
+        if let Some(values) = inline.values() {
+            return Some(values.clone());
+        }
+        let digest = inline.digest()?;
+        let ring = self.keyring(false).ok().flatten()?;
+        let id = format!("{}{digest}", prefix(key));
+        let txn = self.db.begin_read().ok()?;
+        let table = txn.open_table(ENV_INLINE).ok()?;
+        let raw = table.get(id.as_str()).ok()??;
+        let sealed: Sealed = decode(&id, raw.value()).ok()?;
+        ring.open_values(&inline_aad(key, digest), &sealed)
+    }
+
     /// Everything sealed, for `codeb env backup` (still encrypted; never the key).
     pub fn env_backup(&self) -> Result<Backup> {
         let txn = self.db.begin_read().map_err(db)?;
