@@ -1415,15 +1415,20 @@ async fn apply(
     };
     let keys: Vec<EnvKey> = declared.envs.keys().chain(&remove).cloned().collect();
     if let Some(expected) = expect {
+        // The plan as the dry run showed it: data steps first, releases whose data is not ready
+        // left out.
         let d = effective(store, &declared, true)?;
         let backends = connect_or_invalid(ctx, d.hosts.values(), zones.values())?;
+        let data = data::converge(store, &ctx.config, &d, &remove, true).await?;
         let target = Target {
-            desired: &d,
+            desired: &data::without_blocked(&d, &data),
             remove: remove.clone(),
             dry_run: true,
         };
         let dry = reconcile::converge(target, store, &backends, &HttpProber::new()).await?;
-        check_fingerprint(expected, &PlanView::from(&dry.first_plan), store, &keys)?;
+        let mut view = PlanView::from(&dry.first_plan);
+        data::add_to_plan(&mut view, &data);
+        check_fingerprint(expected, &view, store, &keys)?;
     }
     let d = effective(store, &declared, dry_run)?;
     let backends = connect_or_invalid(ctx, d.hosts.values(), zones.values())?;
