@@ -253,11 +253,12 @@ async fn observe(
     Ok(envs)
 }
 
+/// One server's read: its URL, the names asked about, and its answer (one per name) or its error.
+type ServerRead<N, T> = (String, Vec<N>, Result<Vec<T>, String>);
+
 /// Each server's answer spread over the names it was asked about: `(server, name)` → what was
 /// seen (the server's error for every name when it could not be read).
-fn by_server<N: Ord, T>(
-    reads: Vec<(String, Vec<N>, Result<Vec<T>, String>)>,
-) -> BTreeMap<(String, N), Seen<T>> {
+fn by_server<N: Ord, T>(reads: Vec<ServerRead<N, T>>) -> BTreeMap<(String, N), Seen<T>> {
     let mut out = BTreeMap::new();
     for (url, names, read) in reads {
         match read {
