@@ -12,20 +12,8 @@ use std::time::Duration;
 
 use common::*;
 
-/// The stack's Host with its PostgreSQL and Redis, and the Zone.
-fn head(sb: &Sandbox) -> String {
-    format!(
-        "{}  postgres: {{url: \"{}\", passwordEnv: PG_ADMIN_PASSWORD, appHost: \"{}\"}}\n  redis: {{url: \"{}\", passwordEnv: REDIS_ADMIN_PASSWORD, appHost: \"{}\"}}\n---\napiVersion: codeb.kr/v1\nkind: Zone\nmetadata:\n  name: codeb.test\n",
-        sb.stack.host_doc("127.0.0.1"),
-        env("CODEB_TEST_PG_URL"),
-        env("CODEB_TEST_PG_APP_HOST"),
-        env("CODEB_TEST_REDIS_URL"),
-        env("CODEB_TEST_REDIS_APP_HOST"),
-    )
-}
-
 /// One project with a database and a cache, dropped with it.
-fn project(name: &str) -> String {
+pub fn project(name: &str) -> String {
     format!(
         "---\napiVersion: codeb.kr/v1\nkind: Project\nmetadata:\n  name: {name}\nspec:\n  host: local\n  zone: codeb.test\n  environments:\n    production:\n      image: localhost/codeb-test-data:v1\n      port: 8080\n      healthCheck: {{path: /health, timeout: 20s}}\n      promotion: auto\n      gracePeriod: 1h\n      database: postgres\n      cache: redis\n      onDelete: drop\n"
     )
@@ -36,7 +24,7 @@ fn write(sb: &Sandbox, name: &str) -> std::path::PathBuf {
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(
         dir.join("all.yaml"),
-        format!("{}{}", head(sb), project(name)),
+        format!("{}{}", sb.stack.data_host_yaml(), project(name)),
     )
     .unwrap();
     dir

@@ -1009,3 +1009,32 @@ fn bad_input_is_answered_with_tool_or_protocol_errors_and_bad_names_bodies_and_k
     );
     assert!(!mcp.call("list_projects", json!({})).error);
 }
+
+#[test]
+fn an_apply_with_a_database_and_a_cache_is_planned_then_confirmed() {
+    let _l = lock();
+    let sb = Sandbox::new();
+    let name = unique("mdata");
+    let _cleanup = Cleanup(&sb, vec![name.clone()]);
+    let dir = sb.save(&[]);
+    let serve = sb.serve(&dir, &[]);
+    let admin = Mcp::http(&serve, &sb.key(&["--role", "admin", "--name", "ops"]));
+    let text = format!(
+        "{}---\napiVersion: codeb.kr/v1\nkind: Project\nmetadata:\n  name: {name}\nspec:\n  host: local\n  zone: codeb.test\n  environments:\n    production:\n      image: localhost/codeb-test-data:v1\n      port: 8080\n      healthCheck: {{path: /health, timeout: 20s}}\n      promotion: auto\n      database: postgres\n      cache: redis\n      onDelete: drop\n",
+        sb.stack.data_host_yaml()
+    );
+    let (plan, applied) = admin.plan_then_confirm("apply", json!({"manifests": text}));
+    assert!(plan.text.contains("ensure database"), "{plan:?}");
+    assert!(
+        !applied.error,
+        "the plan with data steps is confirmed: {applied:?}"
+    );
+    let host = format!("{name}.codeb.test");
+    assert!(
+        eventually(START, || {
+            let (status, body) = http_get(&sb.stack.http, &host, "/cgi-bin/cache");
+            status == 200 && body.contains('1')
+        }),
+        "the app reaches its cache"
+    );
+}

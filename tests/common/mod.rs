@@ -52,6 +52,19 @@ impl Stack {
         )
     }
 
+    /// A Host document declaring the stack's PostgreSQL and Redis (`database: postgres`, `cache:
+    /// redis`), and the Zone.
+    pub fn data_host_yaml(&self) -> String {
+        format!(
+            "{}  postgres: {{url: \"{}\", passwordEnv: PG_ADMIN_PASSWORD, appHost: \"{}\"}}\n  redis: {{url: \"{}\", passwordEnv: REDIS_ADMIN_PASSWORD, appHost: \"{}\"}}\n---\napiVersion: codeb.kr/v1\nkind: Zone\nmetadata:\n  name: codeb.test\n",
+            self.host_doc("127.0.0.1"),
+            env("CODEB_TEST_PG_URL"),
+            env("CODEB_TEST_PG_APP_HOST"),
+            env("CODEB_TEST_REDIS_URL"),
+            env("CODEB_TEST_REDIS_APP_HOST"),
+        )
+    }
+
     /// The Host document alone, with this `address` (what DNS records point at).
     ///
     /// Containers publish on `CODEB_TEST_PUBLISH_ADDRESS` (default `127.0.0.1`): stacks of other
