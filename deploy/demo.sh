@@ -41,7 +41,7 @@ echo "Try (Caddy listens on $CODEB_TEST_HTTP):"
 import json, sys
 http = sys.argv[1]
 for p in json.load(sys.stdin):
-    host = p["url"].split("://", 1)[1]
+    host = p["url"].split("://", 1)[1].split(":")[0]
     print(f"  curl -H \"Host: {host}\" http://{http}/")
 ' "$CODEB_TEST_HTTP"
 echo "notes has a database and a cache of its own (credentials in its stored env, never printed):"

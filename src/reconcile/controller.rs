@@ -1137,8 +1137,10 @@ async fn reconcile_data<H: Prober>(
         error: e.to_string(),
         retryable: false,
     })?;
+    // Its own Host only: the one the operator's configuration let this loop connect to.
     let mut hosts = store.hosts().map_err(super::Error::from)?;
     hosts.extend(desired.hosts.clone());
+    hosts.retain(|name, _| name == host);
     let one = [super::data::Wanted {
         key: key.clone(),
         host: host.to_string(),

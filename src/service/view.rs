@@ -368,13 +368,32 @@ fn scheme(host: Option<&HostRef>) -> &'static str {
     }
 }
 
+/// A hostname's URL as it works: the Host's scheme, and the port Caddy listens on when it does
+/// not listen on the scheme's default (`http://hello.codeb.test:18080` on the test stack).
+pub fn url(host: Option<&HostRef>, hostname: &str) -> String {
+    let scheme = scheme(host);
+    let default = if scheme == "https" { 443 } else { 80 };
+    let ports: Vec<u16> = host
+        .map(|h| {
+            h.listen
+                .iter()
+                .filter_map(|l| l.rsplit_once(':')?.1.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    match ports.first() {
+        Some(port) if !ports.contains(&default) => format!("{scheme}://{hostname}:{port}"),
+        _ => format!("{scheme}://{hostname}"),
+    }
+}
+
 pub fn project_rows(r: &Recorded) -> Vec<ProjectRow> {
     r.envs
         .values()
         .map(|e| ProjectRow {
             project: e.key.project.clone(),
             environment: e.key.env.clone(),
-            url: format!("{}://{}", scheme(r.hosts.get(&e.host)), e.hostname),
+            url: url(r.hosts.get(&e.host), &e.hostname),
             active_slot: e.active,
             host: e.host.clone(),
             ports: format!("{}/{}", e.base_port, e.base_port + 1),
@@ -397,11 +416,7 @@ pub fn slot_rows(r: &Recorded) -> Vec<SlotRow> {
                 env_version: s.release.as_ref().and_then(|r| r.env_version),
                 port: slot.port(e.base_port),
                 container: e.key.container_name(slot),
-                preview_url: format!(
-                    "{}://{}",
-                    scheme(r.hosts.get(&e.host)),
-                    preview_hostname(&e.hostname, slot)
-                ),
+                preview_url: url(r.hosts.get(&e.host), &preview_hostname(&e.hostname, slot)),
             });
         }
     }
@@ -547,7 +562,7 @@ impl EnvView {
         EnvView {
             environment: e.key.env.clone(),
             host: e.host.clone(),
-            url: format!("{}://{}", scheme(host), e.hostname),
+            url: url(host, &e.hostname),
             base_port: e.base_port,
             active: e.active,
             grace_period_ms: e.grace_period_ms,
@@ -804,4 +819,22 @@ pub struct RestoreView {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub keys: Option<(u64, u64)>,
     pub elapsed_ms: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_carry_the_port_caddy_listens_on_unless_it_is_the_schemes_default() {
+        let mut h = crate::plan::tests::host();
+        assert_eq!(url(Some(&h), "a.test"), "http://a.test:18080");
+        h.listen = vec![":80".into(), ":443".into()];
+        assert_eq!(url(Some(&h), "a.test"), "http://a.test");
+        h.tls = Tls::Auto;
+        assert_eq!(url(Some(&h), "a.test"), "https://a.test");
+        h.listen = vec![":8443".into()];
+        assert_eq!(url(Some(&h), "a.test"), "https://a.test:8443");
+        assert_eq!(url(None, "a.test"), "https://a.test");
+    }
 }
