@@ -323,6 +323,31 @@ fn credentials(store: &Store, key: &EnvKey) -> Result<Credentials, super::Error>
     })
 }
 
+/// One value of a stored env version, opened right before the call that uses it.
+fn stored_value(store: &Store, key: &EnvKey, version: u64, name: &str) -> Result<String, String> {
+    let mut values = store.open_env(key, version).map_err(|e| e.to_string())?;
+    values
+        .0
+        .remove(name)
+        .ok_or_else(|| format!("{key}: env v{version} holds no {name}"))
+}
+
+/// Reads the environment's record, changes it and writes it back.
+fn update_record(
+    store: &Store,
+    key: &EnvKey,
+    change: impl FnOnce(&mut DataRecord),
+) -> Result<(), String> {
+    let mut rec = store
+        .data_record(key)
+        .map_err(|e| e.to_string())?
+        .unwrap_or_default();
+    change(&mut rec);
+    store
+        .put_data_record(key, Some(&rec))
+        .map_err(|e| e.to_string())
+}
+
 /// Carries one step out; the error names the server (never a password).
 async fn execute(store: &Store, servers: &Servers, step: &DataStep) -> Result<(), String> {
     let store_err = |e: crate::store::Error| e.to_string();
@@ -341,11 +366,7 @@ async fn execute(store: &Store, servers: &Servers, step: &DataStep) -> Result<()
                     "{key}: no credentials in its stored env; apply again"
                 ));
             };
-            let values = store.open_env(key, *version).map_err(|e| e.to_string())?;
-            let password = values
-                .0
-                .get("POSTGRES_PASSWORD")
-                .ok_or_else(|| format!("{key}: env v{version} holds no POSTGRES_PASSWORD"))?;
+            let password = stored_value(store, key, *version, "POSTGRES_PASSWORD")?;
             let mut rec = database_intent(
                 store.data_record(key).map_err(store_err)?.as_ref(),
                 host,
@@ -353,7 +374,7 @@ async fn execute(store: &Store, servers: &Servers, step: &DataStep) -> Result<()
                 write,
             );
             store.put_data_record(key, Some(&rec)).map_err(store_err)?;
-            pg.ensure(write, &SecretText(password.clone()))
+            pg.ensure(write, &SecretText(password))
                 .await
                 .map_err(|e| crate::backend::error_chain(&e))?;
             if let Some(d) = rec.database.as_mut() {
@@ -377,11 +398,7 @@ async fn execute(store: &Store, servers: &Servers, step: &DataStep) -> Result<()
                 ));
             };
             let password = |version: u64| -> Result<SecretText, String> {
-                let values = store.open_env(key, version).map_err(|e| e.to_string())?;
-                values
-                    .0
-                    .get("REDIS_URL")
-                    .and_then(|u| redis_password(u))
+                redis_password(&stored_value(store, key, version, "REDIS_URL")?)
                     .map(SecretText)
                     .ok_or_else(|| {
                         format!("{key}: env v{version} holds no REDIS_URL with a password")
@@ -421,14 +438,11 @@ async fn execute(store: &Store, servers: &Servers, step: &DataStep) -> Result<()
                 .disable_login(role)
                 .await
                 .map_err(|e| crate::backend::error_chain(&e))?;
-            let mut rec = store
-                .data_record(key)
-                .map_err(store_err)?
-                .unwrap_or_default();
-            if let Some(d) = rec.database.as_mut() {
-                d.applied[*login] = None;
-            }
-            store.put_data_record(key, Some(&rec)).map_err(store_err)
+            update_record(store, key, |rec| {
+                if let Some(d) = rec.database.as_mut() {
+                    d.applied[*login] = None;
+                }
+            })
         }
         DataStep::DropDatabase { server, names, .. } => servers
             .postgres(server)?
@@ -444,18 +458,13 @@ async fn execute(store: &Store, servers: &Servers, step: &DataStep) -> Result<()
             key,
             database,
             cache,
-        } => {
-            let mut rec = store
-                .data_record(key)
-                .map_err(store_err)?
-                .unwrap_or_default();
+        } => update_record(store, key, |rec| {
             if *database {
                 rec.database = None;
             }
             if *cache {
                 rec.cache = None;
             }
-            store.put_data_record(key, Some(&rec)).map_err(store_err)
-        }
+        }),
     }
 }
