@@ -3,6 +3,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
+use super::progress::Control;
 use super::{now_ms, Backends, Error, HostBackends, Prober, Result};
 use crate::backend::{Dns, Kernel, Proxy, Runtime};
 use crate::model::{EnvKey, SlotRecord, SlotState};
@@ -57,7 +58,10 @@ pub async fn execute<R: Runtime, P: Proxy, K: Kernel, D: Dns, H: Prober>(
     backends: &Backends<R, P, K, D>,
     prober: &H,
 ) -> Result<Report> {
-    execute_until(plan, store, backends, prober, &|| false).await
+    execute_with(plan, store, backends, prober, &Control::default(), &|| {
+        false
+    })
+    .await
 }
 
 /// As [`execute`], but starts no further step once `stop` returns true (the daemon is shutting
@@ -69,6 +73,20 @@ pub async fn execute_until<R: Runtime, P: Proxy, K: Kernel, D: Dns, H: Prober>(
     prober: &H,
     stop: &(dyn Fn() -> bool + Send + Sync),
 ) -> Result<Report> {
+    execute_with(plan, store, backends, prober, &Control::default(), stop).await
+}
+
+/// As [`execute_until`], reporting each step's start and end and each wait's state changes to
+/// `control.progress`, and starting no step (ending a health wait or a drain at once) once
+/// `control.deadline` has passed (see [`Control`]).
+pub async fn execute_with<R: Runtime, P: Proxy, K: Kernel, D: Dns, H: Prober>(
+    plan: &Plan,
+    store: &Store,
+    backends: &Backends<R, P, K, D>,
+    prober: &H,
+    control: &Control,
+    stop: &(dyn Fn() -> bool + Send + Sync),
+) -> Result<Report> {
     let mut report = Report::default();
     let mut failed: BTreeSet<EnvKey> = BTreeSet::new();
     // The generation each key's record is expected at: the plan's, then whatever our writes made it.
@@ -78,7 +96,7 @@ pub async fn execute_until<R: Runtime, P: Proxy, K: Kernel, D: Dns, H: Prober>(
     let mut dns_left: BTreeSet<EnvKey> = BTreeSet::new();
     let mut journal = Journal::new(store);
     for (i, step) in plan.steps.iter().enumerate() {
-        if stop() || blocked(step, &failed, &dns_left) {
+        if stop() || control.expired() || blocked(step, &failed, &dns_left) {
             journal.skip(plan, i);
             report.skipped += 1;
             continue;
@@ -90,22 +108,38 @@ pub async fn execute_until<R: Runtime, P: Proxy, K: Kernel, D: Dns, H: Prober>(
             .filter(|n| !blocked(n, &failed, &dns_left))
             .map(|n| (i + 1, n));
         let started = tokio::time::Instant::now();
+        control.progress.started(&text);
         let result = if records_only(&step.action) {
             run_records(step, &text, i, next, &mut journal, prober, &mut gens).await
         } else {
             let intent = journal.intent(i, step, &text)?;
             // Outside the step's backend time: a drain waits on connections (up to `DRAIN_MS`),
             // not on a backend, and would put every deploy in the histogram's top bucket.
-            drain_owed(step, backends).await;
-            let started = tokio::time::Instant::now();
-            let result = run(step, store, backends, prober, &mut gens).await;
+            let result = match drain_owed(step, &text, backends, control).await {
+                // Past the deadline: the step does not act (its slot's requests may still run).
+                Err(stopped) => Err(stopped),
+                Ok(()) => {
+                    let started = tokio::time::Instant::now();
+                    let result =
+                        run(step, &text, store, backends, prober, control, &mut gens).await;
+                    count(&step.action, started.elapsed(), &result);
+                    result
+                }
+            };
             journal.outcome(step, &text, intent, &result);
-            count(&step.action, started.elapsed(), &result);
             result
         };
         if records_only(&step.action) {
             count(&step.action, started.elapsed(), &result);
         }
+        control.progress.ended(
+            &text,
+            started.elapsed(),
+            result
+                .as_ref()
+                .err()
+                .map(|e| crate::backend::error_chain(e)),
+        );
         match result {
             Ok(()) => {
                 tracing::info!(step = %text, "done");
@@ -390,9 +424,11 @@ fn entry(
 
 async fn run<R: Runtime, P: Proxy, K: Kernel, D: Dns, H: Prober>(
     step: &Step,
+    text: &str,
     store: &Store,
     backends: &Backends<R, P, K, D>,
     prober: &H,
+    control: &Control,
     gens: &mut BTreeMap<EnvKey, Option<u64>>,
 ) -> Result<()> {
     if step.action.zone().is_some() {
@@ -485,6 +521,7 @@ async fn run<R: Runtime, P: Proxy, K: Kernel, D: Dns, H: Prober>(
             let mut last;
             // A direct probe's URL, once the container reports its address (stable for its life).
             let mut resolved: Option<String> = None;
+            let mut wait = control.progress.wait(text);
             loop {
                 let probed = match direct {
                     None => Some(url.clone()),
@@ -501,6 +538,7 @@ async fn run<R: Runtime, P: Proxy, K: Kernel, D: Dns, H: Prober>(
                 match &probed {
                     Some(probed) => match prober.probe(probed).await {
                         Ok(()) => {
+                            wait.state("passed");
                             let at = now_ms();
                             return update(&|rec| {
                                 let s = rec.slot_mut(*slot);
@@ -517,8 +555,19 @@ async fn run<R: Runtime, P: Proxy, K: Kernel, D: Dns, H: Prober>(
                     },
                     None => last = "the container has no address yet (not running)".to_string(),
                 }
+                wait.state(&last);
                 if tokio::time::Instant::now() >= deadline {
                     break;
+                }
+                if control.expired() {
+                    // Not a failed release: the slot stays deploying, its container running, and
+                    // the next apply resumes the check (`plan::env`, "resume a deploy").
+                    return Err(Error::Stopped {
+                        what: format!(
+                            "waiting for {slot} to answer on {url} after {:.1} s (last: {last}); it stays deploying and the next apply resumes its health check",
+                            started.elapsed().as_secs_f64()
+                        ),
+                    });
                 }
                 tokio::time::sleep(probe_interval(started.elapsed())).await;
             }
@@ -607,15 +656,28 @@ async fn run_dns<R, P, K, D: Dns>(action: &Action, backends: &Backends<R, P, K, 
 
 /// Drains the slot a `Deploy` replaces or a `Retire` removes, when it served traffic moments ago.
 /// An unknown host is left to the step, which fails on it.
-async fn drain_owed<R, P, K: Kernel, D>(step: &Step, backends: &Backends<R, P, K, D>) {
+///
+/// # Errors
+/// `Stopped` when the run's deadline passed before the drain ended: the step must not act.
+async fn drain_owed<R, P, K: Kernel, D>(
+    step: &Step,
+    text: &str,
+    backends: &Backends<R, P, K, D>,
+    control: &Control,
+) -> Result<()> {
     let (Action::Deploy { drain: Some(d), .. } | Action::Retire { drain: Some(d), .. }) =
         &step.action
     else {
-        return;
+        return Ok(());
     };
     if let Some(b) = backends.hosts.get(&step.host) {
-        drain(&b.kernel, d).await;
+        if !drain(&b.kernel, d, text, control).await {
+            return Err(Error::Stopped {
+                what: "draining the slot's open connections; nothing was changed".into(),
+            });
+        }
     }
+    Ok(())
 }
 
 /// The backend a step talks to, for its metrics; `None` for a step that touches only the store,
@@ -677,17 +739,30 @@ fn count(action: &Action, elapsed: Duration, result: &Result<()>) {
 ///
 /// Bounded by the deadline the planner set ([`plan::DRAIN_MS`] after the slot stopped serving).
 /// A kernel that cannot count (no privilege) makes it wait the whole period; a slot without a
-/// target (its container is not running) has nothing in flight.
-async fn drain<K: Kernel>(kernel: &K, d: &Drain) {
+/// target (its container is not running) has nothing in flight. Returns false when it stopped
+/// because `control`'s deadline passed.
+async fn drain<K: Kernel>(kernel: &K, d: &Drain, text: &str, control: &Control) -> bool {
     let Some(target) = d.target else {
-        return;
+        return true;
     };
     let started = tokio::time::Instant::now();
     let deadline = started + Duration::from_millis(d.until_ms.saturating_sub(now_ms()));
+    let mut wait = control.progress.wait(text);
     loop {
         let now = tokio::time::Instant::now();
-        if now >= deadline || kernel.open_connections(target).await == Some(0) {
+        if now >= deadline {
             break;
+        }
+        if control.expired() {
+            return false;
+        }
+        match kernel.open_connections(target).await {
+            Some(0) => break,
+            Some(n) => wait.state(&format!(
+                "draining: {n} connection{} open to {target}",
+                if n == 1 { "" } else { "s" }
+            )),
+            None => wait.state(&format!("draining {target}: open connections unknown")),
         }
         tokio::time::sleep(DRAIN_POLL.min(deadline - now)).await;
     }
@@ -696,6 +771,7 @@ async fn drain<K: Kernel>(kernel: &K, d: &Drain) {
         waited_ms = started.elapsed().as_millis() as u64,
         "drained"
     );
+    true
 }
 
 /// A health path, `/` when empty.
@@ -847,6 +923,110 @@ mod tests {
                 .await
                 .unwrap()
         }
+    }
+
+    impl Fake {
+        /// Applies `myapp` running `image` under `control`.
+        async fn apply_with(&self, image: &str, control: &crate::reconcile::Control) -> Outcome {
+            let mut e = env("myapp");
+            e.release = crate::model::Release::new(image, None, BTreeMap::new(), 8080);
+            let backends: Backends<World, World, World> = Backends::hosts(BTreeMap::from([(
+                "app".to_string(),
+                fake_host(&self.world),
+            )]));
+            let target = Target {
+                desired: &desired([e]),
+                remove: vec![],
+                dry_run: false,
+            };
+            let prober = FakeProber(vec![self.world.clone()]);
+            crate::reconcile::converge_with(target, &self.store, &backends, &prober, control)
+                .await
+                .unwrap()
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn each_step_is_reported_when_it_starts_and_ends_and_a_wait_once_per_state() {
+        use crate::reconcile::{Control, Event, Progress};
+        let fake = Fake::new();
+        let (progress, mut events) = Progress::channel();
+        let control = Control {
+            progress,
+            deadline: None,
+        };
+        let out = fake.apply_with("app:v1", &control).await;
+        assert!(out.converged(), "{:?}", out.failures);
+        drop(control);
+        let mut got = Vec::new();
+        while let Some(e) = events.recv().await {
+            got.push(e);
+        }
+        // Every executed step started, then ended, in order, with nothing between but its waits.
+        let mut open: Option<String> = None;
+        let mut ended = Vec::new();
+        for e in &got {
+            match e {
+                Event::StepStarted { step } => {
+                    assert!(open.is_none(), "{got:#?}");
+                    open = Some(step.clone());
+                }
+                Event::Waiting { step, .. } => assert_eq!(Some(step), open.as_ref()),
+                Event::StepEnded { step, error, .. } => {
+                    assert_eq!(Some(step), open.as_ref());
+                    assert_eq!(error, &None);
+                    ended.push(open.take().unwrap());
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(ended, out.executed);
+        let waits: Vec<&str> = got
+            .iter()
+            .filter_map(|e| match e {
+                Event::Waiting { state, .. } => Some(state.as_str()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(waits.last(), Some(&"passed"), "{got:#?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn past_the_deadline_a_health_wait_stops_its_slot_stays_deploying_and_the_next_run_resumes(
+    ) {
+        use crate::reconcile::{Control, Progress};
+        let fake = Fake::new();
+        let control = Control {
+            progress: Progress::none(),
+            deadline: Some(tokio::time::Instant::now() + Duration::from_secs(1)),
+        };
+        let out = fake.apply_with("app:unhealthy", &control).await;
+        assert!(out.timed_out && !out.converged(), "{out:?}");
+        assert!(
+            matches!(
+                out.failures.last().map(|f| &f.error),
+                Some(Error::Stopped { .. })
+            ),
+            "{:?}",
+            out.failures
+        );
+        let key = EnvKey::new("myapp", "production");
+        let rec = fake.store.env(&key).unwrap().unwrap();
+        assert_eq!(rec.blue.state, SlotState::Deploying, "{rec:?}");
+        assert!(fake.store.interrupted().unwrap().is_empty());
+        // The next run (no deadline) resumes the check rather than deploying again: here the
+        // release is unhealthy for good, so it fails, and only now is it marked so.
+        let creates = fake.world.state().containers.len();
+        let out = fake.apply("app:unhealthy").await;
+        assert!(!out.timed_out && !out.converged());
+        assert!(
+            !out.executed.iter().any(|s| s.contains("deploy ")),
+            "{:?}",
+            out.executed
+        );
+        assert_eq!(fake.world.state().containers.len(), creates);
+        let rec = fake.store.env(&key).unwrap().unwrap();
+        assert_eq!(rec.blue.state, SlotState::Failed);
     }
 
     #[tokio::test(start_paused = true)]

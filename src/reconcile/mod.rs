@@ -22,14 +22,16 @@ mod fixtures;
 pub mod health;
 mod observe;
 mod probe;
+pub mod progress;
 pub mod queue;
 
 use std::collections::BTreeMap;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-pub use execute::{execute, execute_until, Report, StepFailure};
+pub use execute::{execute, execute_until, execute_with, Report, StepFailure};
 pub use observe::{observe, observe_env, observe_env_parts, observe_env_warm, HostParts};
 pub use probe::{HttpProber, Prober};
+pub use progress::{Control, Event, Progress};
 
 use crate::backend::powerdns::PowerDns;
 use crate::backend::{Dns, Kernel, Proxy, Runtime};
@@ -86,6 +88,10 @@ pub enum Error {
     /// The container's env could not be read (its key file, a sealed version): a person acts.
     #[error(transparent)]
     Env(#[from] crate::store::secrets::EnvError),
+    /// The run's deadline (`apply --timeout`) passed while the step waited: see
+    /// [`progress::Control`] for what is left as it was.
+    #[error("stopped {what}: the run's --timeout was reached")]
+    Stopped { what: String },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -100,7 +106,8 @@ impl Error {
             Error::Unhealthy { .. }
             | Error::NotHealthy { .. }
             | Error::DnsChanged { .. }
-            | Error::MissingRecord { .. } => true,
+            | Error::MissingRecord { .. }
+            | Error::Stopped { .. } => true,
             Error::UnknownZone { .. } | Error::UnknownHost { .. } => false,
             // A key file comes back when a person puts it back; a resync then finds it.
             Error::Env(_) => false,
@@ -167,12 +174,14 @@ pub struct Outcome {
     pub notes: Vec<Note>,
     /// The first plan (what `--dry-run` shows).
     pub first_plan: Plan,
+    /// The deadline passed: the apply stopped between steps (or cut a wait short) with work left.
+    pub timed_out: bool,
 }
 
 impl Outcome {
-    /// Converged: no step failed and the last plan has no problem.
+    /// Converged: no step failed, the last plan has no problem, and the deadline did not stop it.
     pub fn converged(&self) -> bool {
-        self.failures.is_empty() && !self.notes.iter().any(Note::is_problem)
+        self.failures.is_empty() && !self.notes.iter().any(Note::is_problem) && !self.timed_out
     }
 }
 
@@ -201,6 +210,18 @@ pub async fn converge<R: Runtime, P: Proxy, K: Kernel, D: Dns, H: Prober>(
     backends: &Backends<R, P, K, D>,
     prober: &H,
 ) -> Result<Outcome> {
+    converge_with(target, store, backends, prober, &Control::default()).await
+}
+
+/// As [`converge`], reporting progress to `control.progress` and stopping at `control.deadline`
+/// (no further round or step; the outcome says `timed_out`).
+pub async fn converge_with<R: Runtime, P: Proxy, K: Kernel, D: Dns, H: Prober>(
+    target: Target<'_>,
+    store: &Store,
+    backends: &Backends<R, P, K, D>,
+    prober: &H,
+    control: &Control,
+) -> Result<Outcome> {
     let mut outcome = Outcome::default();
     let hosts: Vec<HostRef> = target.desired.hosts.values().cloned().collect();
     // A dry run writes nothing, not even what the manifests name.
@@ -211,6 +232,10 @@ pub async fn converge<R: Runtime, P: Proxy, K: Kernel, D: Dns, H: Prober>(
     // Zones whose write failed in this apply, with why: not planned again until the next apply.
     let mut failed_zones: BTreeMap<String, String> = BTreeMap::new();
     for round in 0..MAX_ROUNDS {
+        if !target.dry_run && control.expired() {
+            outcome.timed_out = true;
+            break;
+        }
         let recorded = store.load()?;
         let mut observed = observe(backends).await;
         if !target.dry_run {
@@ -239,7 +264,7 @@ pub async fn converge<R: Runtime, P: Proxy, K: Kernel, D: Dns, H: Prober>(
         if target.dry_run || plan.is_empty() {
             break;
         }
-        let report = execute(&plan, store, backends, prober).await?;
+        let report = execute_with(&plan, store, backends, prober, control, &|| false).await?;
         let progressed = !report.executed.is_empty();
         outcome.executed.extend(report.executed);
         // A zone whose write failed is not planned again in this apply (it would fail the same
@@ -258,6 +283,10 @@ pub async fn converge<R: Runtime, P: Proxy, K: Kernel, D: Dns, H: Prober>(
         }
         let failed = !report.failures.is_empty();
         outcome.failures.extend(report.failures);
+        if control.expired() {
+            outcome.timed_out = true;
+            break;
+        }
         // After a failure, plan again: a failed health check leaves work that follows from it (the
         // failed slot's preview route goes), and the planner never redeploys a failed release, so
         // this cannot loop hot. A round that failed without any step succeeding stops the apply (a
