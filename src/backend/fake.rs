@@ -301,6 +301,16 @@ impl Runtime for World {
     async fn logs_tail(&self, _id: &str, _lines: usize) -> super::Result<Vec<String>> {
         self.podman(false, |_| Ok(vec!["fake log line".to_string()]))
     }
+
+    fn logs_follow(
+        &self,
+        _id: &str,
+        _lines: usize,
+    ) -> futures_util::stream::BoxStream<'static, super::Result<String>> {
+        use futures_util::StreamExt;
+        let line = self.podman(false, |_| Ok("fake log line".to_string()));
+        futures_util::stream::iter([line]).boxed()
+    }
 }
 
 // Errors shaped like the real adapters' for the same situations.

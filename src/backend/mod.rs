@@ -129,6 +129,14 @@ pub trait Runtime: Send + Sync {
         id: &str,
         lines: usize,
     ) -> impl Future<Output = Result<Vec<String>, Error>> + Send;
+    /// The last `lines` lines of stdout+stderr (0: none), then each line the container writes,
+    /// as it writes it, until its log ends (the container stopped or was removed) or the stream
+    /// is dropped. Lines come whole (a partial line waits for its end, or for the log's end).
+    fn logs_follow(
+        &self,
+        id: &str,
+        lines: usize,
+    ) -> futures_util::stream::BoxStream<'static, Result<String, Error>>;
 }
 
 /// One Caddy, driven only through its admin API.

@@ -831,7 +831,65 @@ impl Runtime for Podman {
         all.drain(..excess);
         Ok(all)
     }
+
+    fn logs_follow(
+        &self,
+        id: &str,
+        lines: usize,
+    ) -> futures_util::stream::BoxStream<'static, super::Result<String>> {
+        use std::collections::VecDeque;
+        let op = format!("following the log of container {id}");
+        let docker = match self.docker() {
+            Ok(d) => d,
+            Err(e) => return futures_util::stream::iter([Err(e.into())]).boxed(),
+        };
+        // Podman 4.3 sends a followed log's response headers only with its first line, and
+        // bollard's timeout runs until the headers: a quiet container would time out.
+        let docker = docker.with_timeout(FOLLOW_TIMEOUT);
+        let options = LogsOptionsBuilder::default()
+            .follow(true)
+            .stdout(true)
+            .stderr(true)
+            .tail(&lines.to_string())
+            .build();
+        let frames = docker.logs(id, Some(options)).boxed();
+        let endpoint = self.endpoint.clone();
+        // (frames, assembler, lines ready, the log ended)
+        let state = (frames, LineAssembler::default(), VecDeque::new(), false);
+        futures_util::stream::unfold(state, move |(mut frames, mut asm, mut ready, mut ended)| {
+            let (op, endpoint) = (op.clone(), endpoint.clone());
+            async move {
+                loop {
+                    if let Some(line) = ready.pop_front() {
+                        return Some((Ok(line), (frames, asm, ready, ended)));
+                    }
+                    if ended {
+                        return None;
+                    }
+                    match frames.next().await {
+                        Some(Ok(frame)) => {
+                            asm.push(frame);
+                            ready.extend(asm.lines.drain(..));
+                        }
+                        Some(Err(e)) => {
+                            let e = from_bollard(&endpoint, &op, e);
+                            return Some((Err(e.into()), (frames, asm, ready, true)));
+                        }
+                        None => {
+                            ended = true;
+                            ready.extend(std::mem::take(&mut asm).finish());
+                        }
+                    }
+                }
+            }
+        })
+        .boxed()
+    }
 }
+
+/// How long a followed log may wait for its first line (see [`Podman::logs_follow`]): a day; a
+/// follow ends when its reader goes away, not on a clock.
+const FOLLOW_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
 
 /// The create request for `spec`.
 ///
