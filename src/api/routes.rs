@@ -574,6 +574,7 @@ async fn logs(
         environment,
         slot: q.slot,
         lines: q.lines.unwrap_or(100),
+        follow: false,
     };
     Ok(answer(api.call(c, req).await?))
 }
@@ -666,6 +667,7 @@ async fn apply(
             .filter(|p| !p.is_empty())
             .map(str::to_string)
             .collect(),
+        timeout_ms: None,
     };
     api.authorize(&c, &req)?;
     if let Req::Apply { manifests, .. } = &mut req {
@@ -830,6 +832,7 @@ async fn tool(
                 environment,
                 slot: body.slot,
                 lines: body.lines.unwrap_or(100).min(MAX_LOG_LINES),
+                follow: false,
             };
             match api.call(c, req).await? {
                 Res::Logs(l) => (true, serde_json::to_value(l).expect("views serialize")),

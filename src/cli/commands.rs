@@ -10,9 +10,10 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use super::{default_state_dir, output, Cli, Command, Failure, Format, NO_STATE_DIR};
+use super::{default_state_dir, output, progress, Cli, Command, Failure, Format, NO_STATE_DIR};
 use crate::auth::Caller;
 use crate::daemon::{self, socket};
+use crate::reconcile;
 use crate::service::{self, Ctx, GetWhat, Request};
 use crate::spec::Source;
 use crate::store::Store;
@@ -69,7 +70,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
                 host: s.publish_on,
             }),
         ),
-        command => return client(&state_dir, cli.config.as_deref(), command).await,
+        command => return client(&state_dir, cli.config.as_deref(), command, cli.progress).await,
     };
     let operator = operator_config(cli.config.as_deref(), &state_dir)?;
     daemon::run(daemon::Config {
@@ -130,16 +131,57 @@ fn operator_config(
         .map_err(|e| Failure::invalid(crate::backend::error_chain(&e)).into())
 }
 
-/// Runs a one-shot command: a request, its answer, its rendering.
-async fn client(state_dir: &Path, config: Option<&Path>, command: Command) -> anyhow::Result<u8> {
+/// Runs a one-shot command: a request, its answer, its rendering; its progress events rendered
+/// while it runs (`cli::progress`).
+async fn client(
+    state_dir: &Path,
+    config: Option<&Path>,
+    command: Command,
+    shown: progress::Choice,
+) -> anyhow::Result<u8> {
     let backup_to = match &command {
         Command::Env(super::EnvCommand::Backup { to, .. }) => Some(to.clone()),
         _ => None,
     };
     let (request, format) = request(command)?;
-    let response = call(state_dir, config, request)
-        .await?
-        .map_err(Failure::from)?;
+    let follow = matches!(request, Request::Logs { follow: true, .. });
+    let (sink, events) = reconcile::Progress::channel();
+    let renderer = tokio::spawn(progress::render(events, shown, format));
+    let answer = call(state_dir, config, request, sink);
+    let answer = if follow {
+        // Ctrl-C ends a follow quietly; it is not an error.
+        tokio::select! {
+            answer = answer => answer,
+            _ = tokio::signal::ctrl_c() => return Ok(0),
+        }
+    } else {
+        answer.await
+    };
+    // Every sender is gone with the request: the renderer ends once it printed the last event.
+    let end = renderer.await.unwrap_or(progress::End::Drained);
+    if follow {
+        // The lines went out as they came. A closed pipe ends a follow quietly, as does the end
+        // of the container's log.
+        if end == progress::End::StdoutClosed {
+            return Ok(0);
+        }
+        return match answer {
+            Ok(Ok(service::Response::Logs(l))) => {
+                if shown != progress::Choice::None {
+                    eprintln!(
+                        "· the log of {} ended (the container stopped or was removed)",
+                        l.container
+                    );
+                }
+                Ok(0)
+            }
+            Ok(Ok(_)) => Ok(0),
+            Ok(Err(e)) => Err(Failure::from(e).into()),
+            Err(e) if matches!(e.downcast_ref(), Some(socket::Error::ReaderGone)) => Ok(0),
+            Err(e) => Err(e),
+        };
+    }
+    let response = answer?.map_err(Failure::from)?;
     if let (Some(dir), service::Response::EnvBackup(b)) = (&backup_to, &response) {
         write_backup(dir, &b.backup.0)?;
     }
@@ -155,15 +197,17 @@ async fn call(
     state_dir: &Path,
     config: Option<&Path>,
     request: Request,
+    progress: reconcile::Progress,
 ) -> anyhow::Result<socket::Answer> {
     match Store::open(state_dir) {
         Ok(store) => {
             let config = operator_config(config, state_dir)?;
-            let ctx = Ctx::local(Arc::new(store), Caller::cli(uid()), config);
+            let ctx =
+                Ctx::local(Arc::new(store), Caller::cli(uid()), config).with_progress(progress);
             Ok(service::call(&ctx, request).await)
         }
         Err(held @ crate::store::Error::Locked { .. }) => {
-            match socket::forward(state_dir, &request).await {
+            match socket::forward_with(state_dir, &request, &progress).await {
                 Ok(answer) => Ok(answer),
                 // Held by a one-shot command (an apply waiting on a health check), not a daemon.
                 Err(socket::Error::NoDaemon { .. }) => {
@@ -203,6 +247,7 @@ fn request(command: Command) -> anyhow::Result<(Request, Format)> {
             allow_empty,
             confirm,
             prune_projects,
+            timeout,
             output,
         } => (
             Request::Apply {
@@ -212,6 +257,7 @@ fn request(command: Command) -> anyhow::Result<(Request, Format)> {
                 allow_empty,
                 confirm,
                 prune_projects,
+                timeout_ms: timeout.map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
             },
             output.output,
         ),
@@ -396,17 +442,20 @@ fn request(command: Command) -> anyhow::Result<(Request, Format)> {
             project,
             env,
             slot,
-            lines,
+            tail,
+            follow,
             output,
         } => (
             Request::Logs {
                 project,
                 environment: env,
-                slot: slot.map(|s| match s {
-                    super::SlotArg::Blue => crate::model::Slot::Blue,
-                    super::SlotArg::Green => crate::model::Slot::Green,
+                slot: slot.and_then(|s| match s {
+                    super::SlotArg::Blue => Some(crate::model::Slot::Blue),
+                    super::SlotArg::Green => Some(crate::model::Slot::Green),
+                    super::SlotArg::Active => None,
                 }),
-                lines,
+                lines: tail,
+                follow,
             },
             output.output,
         ),

@@ -8,10 +8,12 @@
 //! own; for `diff`: there are changes or problems; for `apply --dry-run`: the plan carries a
 //! problem); 2 invalid input or usage (including a Zone's unset API key
 //! variable, a key variable or endpoint codeb's configuration does not allow, an unconfirmed prune,
-//! a refused or missing state directory), nothing applied; 3 (`diff` only) a host or zone could not be observed.
+//! a refused or missing state directory), nothing applied; 3 (`diff` only) a host or zone could not be observed;
+//! 4 `apply --timeout` was reached (stopped between steps; the next apply resumes).
 
 mod commands;
 mod output;
+mod progress;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -27,6 +29,8 @@ const EXIT_CODES: &str = "Exit codes:
   2  invalid input or usage (an unconfirmed prune, a refused state directory, a key variable or
      endpoint codeb's configuration does not allow); nothing was applied
   3  diff only: a host or a zone could not be observed
+  4  apply --timeout was reached: codeb stopped between steps (or cut a health wait short,
+     leaving the slot deploying) with work left; the next apply resumes it
 While `codeb watch` runs, other commands are answered by it, with the same exit codes.
 `codeb watch` exits 0 after SIGTERM or SIGINT, 2 when the manifests are invalid at start.";
 
@@ -47,6 +51,10 @@ pub struct Cli {
     /// Log line format (logs go to stderr).
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+    /// Live progress of apply, deploy, promote, rollback and delete, on stderr: a spinner on a
+    /// terminal, else one line per step start, wait state change and step end.
+    #[arg(long, global = true, value_enum, env = "CODEB_PROGRESS", default_value_t = progress::Choice::Auto)]
+    pub progress: progress::Choice,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -79,6 +87,11 @@ pub enum Command {
         /// With --prune: only this project's environments may be removed (repeat for several).
         #[arg(long = "prune-project", value_name = "NAME", requires = "prune")]
         prune_projects: Vec<String>,
+        /// Bound the whole run (e.g. 5m): past it no step starts and a health wait stops, the
+        /// slot left deploying; exit 4. The next apply resumes. A step still acting 10 s later
+        /// is abandoned as a crash would leave it.
+        #[arg(long, value_name = "DURATION", value_parser = parse_timeout)]
+        timeout: Option<Duration>,
         #[command(flatten)]
         output: Output,
     },
@@ -207,19 +220,28 @@ pub enum Command {
         #[command(flatten)]
         output: Output,
     },
-    /// Print a slot's recent log lines (the active slot's by default).
+    /// Print a slot's recent log lines (the active slot's by default); with -f, then follow it.
     #[command(
-        after_help = "Examples:\n  codeb logs myapp\n  codeb logs myapp --env staging --slot green --lines 20 -o json"
+        after_help = "Examples:\n  codeb logs myapp\n  codeb logs myapp -f --tail 0\n  codeb logs myapp --env staging --slot green --tail 20 -o json\n\nControl characters in the app's output are replaced (U+FFFD). -f ends quietly (exit 0) on\nCtrl-C or a closed pipe, and when the container's log ends (it stopped or was replaced)."
     )]
     Logs {
         project: String,
         #[arg(long, default_value = "production")]
         env: String,
+        /// blue, green, or active (the default).
         #[arg(long, value_enum)]
         slot: Option<SlotArg>,
-        /// How many lines (at most 1000).
-        #[arg(long, default_value_t = 100)]
-        lines: usize,
+        /// How many past lines (at most 1000; with -f, 0 prints only new ones).
+        #[arg(
+            long = "tail",
+            visible_alias = "lines",
+            value_name = "N",
+            default_value_t = 100
+        )]
+        tail: usize,
+        /// Keep printing the lines the container writes, until interrupted.
+        #[arg(short, long)]
+        follow: bool,
         #[command(flatten)]
         output: Output,
     },
@@ -502,6 +524,17 @@ pub struct Output {
 pub enum SlotArg {
     Blue,
     Green,
+    /// The slot serving the hostname.
+    Active,
+}
+
+/// `--timeout`: a humantime duration, not zero.
+fn parse_timeout(text: &str) -> Result<Duration, String> {
+    match humantime::parse_duration(text) {
+        Ok(d) if d.is_zero() => Err("must be longer than 0 s".into()),
+        Ok(d) => Ok(d),
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 #[derive(Debug, Args)]

@@ -232,11 +232,12 @@ pub async fn run(args: Config) -> Result<(), Error> {
     if published_on.is_none() {
         tokio::spawn(publish::unpublish(handle.clone(), loaded.clone()));
     }
-    let server = tokio::spawn(socket::serve(
+    let server = tokio::spawn(socket::serve_streaming(
         listener,
-        move |req, uid| {
+        move |req, uid, progress| {
             let ctx = Ctx {
                 caller: Caller::cli(uid),
+                progress,
                 ..ctx.clone()
             };
             async move { service::call(&ctx, req).await }

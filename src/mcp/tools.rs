@@ -632,6 +632,7 @@ async fn logs(ctx: &Ctx, a: LogsArgs) -> Result<CallToolResult, Fail> {
             SlotArg::Green => Slot::Green,
         }),
         lines: a.lines.unwrap_or(50),
+        follow: false,
     };
     let l = match run(ctx, req).await? {
         Response::Logs(l) => l,

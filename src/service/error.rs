@@ -28,6 +28,9 @@ pub enum Code {
     Unavailable,
     /// Anything else that stopped the request (the store failed). Exit 1, HTTP 500.
     Failed,
+    /// `apply --timeout` was reached and a step still acting well after it was abandoned, as a
+    /// crash would leave it (the journal shows it interrupted). Exit 4, HTTP 504.
+    TimedOut,
 }
 
 /// A use case's failure. Nothing was half-applied: a request fails before it acts, or its
@@ -74,6 +77,7 @@ impl Error {
         match self.code {
             Code::Invalid | Code::NotFound | Code::Unauthorized | Code::Forbidden => 2,
             Code::Busy | Code::Conflict | Code::Unavailable | Code::Failed => 1,
+            Code::TimedOut => super::TIMED_OUT,
         }
     }
 
@@ -87,6 +91,7 @@ impl Error {
             Code::Busy | Code::Conflict => 409,
             Code::Failed => 500,
             Code::Unavailable => 503,
+            Code::TimedOut => 504,
         }
     }
 }

@@ -72,6 +72,11 @@ pub enum Request {
         /// With `prune`, only these projects' environments may be removed (none named: any).
         #[serde(default)]
         prune_projects: Vec<String>,
+        /// Bounds the whole run (`apply --timeout`): past it no step starts and a health wait
+        /// stops (the outcome says `timedOut`, exit 4); a step still acting [`HARD_STOP_MS`]
+        /// later is abandoned (`Code::TimedOut`). None: unbounded.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        timeout_ms: Option<u64>,
     },
     /// What apply would change.
     Diff {
@@ -104,7 +109,10 @@ pub enum Request {
         environment: String,
         image: String,
     },
-    /// A slot's log tail (the active slot's when none is named).
+    /// A slot's log tail (the active slot's when none is named); with `follow`, then every line
+    /// it writes, as [`reconcile::Event::Log`] progress events, until the container's log ends or
+    /// the client goes away (only a client that streams may follow: the CLI, or the daemon's
+    /// socket).
     Logs {
         project: String,
         environment: String,
@@ -112,6 +120,8 @@ pub enum Request {
         slot: Option<Slot>,
         #[serde(default = "default_lines")]
         lines: usize,
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        follow: bool,
     },
     /// Create an API key; its text is in the answer, and nowhere else ever.
     KeyCreate {
@@ -331,6 +341,7 @@ impl Change {
                 allow_empty: false,
                 confirm: None,
                 prune_projects,
+                timeout_ms: None,
             },
         }
     }
@@ -349,6 +360,10 @@ fn default_lines() -> usize {
 
 /// The most log lines one request returns.
 pub const MAX_LOG_LINES: usize = 1000;
+/// How long after an `apply --timeout` deadline a step still acting (a Podman call, an image
+/// pull) may run before the request abandons it, as a crash would (the journal shows the step
+/// interrupted and the next apply re-plans it): the whole run ends within its timeout plus this.
+pub const HARD_STOP_MS: u64 = 10_000;
 /// The longest image reference accepted (registries allow 255 for the name plus a tag or digest).
 const MAX_IMAGE_LEN: usize = 512;
 
@@ -410,6 +425,18 @@ impl Request {
             Request::BackupRun { environment, .. }
             | Request::BackupList { environment, .. }
             | Request::Restore { environment, .. } => environment.as_deref(),
+            _ => None,
+        }
+    }
+
+    /// The bound of the request's whole run (`apply --timeout`), when it has one.
+    pub fn timeout(&self) -> Option<Duration> {
+        match self {
+            Request::Apply {
+                timeout_ms: Some(ms),
+                dry_run: false,
+                ..
+            } => Some(Duration::from_millis(*ms)),
             _ => None,
         }
     }
@@ -597,11 +624,13 @@ impl Response {
         match self {
             Response::Apply(a) => match &a.outcome {
                 None => u8::from(a.plan.has_problems()),
+                Some(o) if o.timed_out => TIMED_OUT,
                 Some(o) => u8::from(!o.converged),
             },
             Response::Diff(p) if p.unobserved() => 3,
             Response::Diff(p) => u8::from(!p.converged()),
             Response::Planned(p) => u8::from(p.plan.has_problems()),
+            Response::Outcome(o) if o.timed_out => TIMED_OUT,
             Response::Outcome(o) => u8::from(!o.converged),
             Response::EnvChanged(v) => u8::from(!env::change_converged(v)),
             Response::BackupRun(v) => u8::from(!v.failed.is_empty()),
@@ -617,6 +646,9 @@ impl Response {
         }
     }
 }
+
+/// The exit code of a run that `--timeout` stopped (`Code::TimedOut` too).
+pub const TIMED_OUT: u8 = 4;
 
 /// The daemon's part of a context: the loop that keeps the hosts converged, and the manifests it
 /// keeps in force.
@@ -747,6 +779,12 @@ pub struct Ctx {
     /// How the audit names the action, when the front end names it itself (MCP: `mcp:deploy`,
     /// the tool); otherwise the request's [`Request::op`].
     pub action: Option<String>,
+    /// Where the executor reports the steps and waits of this request as they happen (the CLI
+    /// renders them; through the daemon they travel over its socket). The HTTP API and MCP give
+    /// none.
+    pub progress: reconcile::Progress,
+    /// After this, no step starts (set from `apply --timeout` for the request's run).
+    pub deadline: Option<tokio::time::Instant>,
 }
 
 impl Ctx {
@@ -782,6 +820,21 @@ impl Ctx {
             retention: AuditRetention::default(),
             config,
             action: None,
+            progress: reconcile::Progress::none(),
+            deadline: None,
+        }
+    }
+
+    /// This context reporting into `progress`.
+    pub fn with_progress(self, progress: reconcile::Progress) -> Ctx {
+        Ctx { progress, ..self }
+    }
+
+    /// What the executor is given: this request's progress sink and deadline.
+    fn control(&self) -> reconcile::Control {
+        reconcile::Control {
+            progress: self.progress.clone(),
+            deadline: self.deadline,
         }
     }
 
@@ -868,7 +921,10 @@ pub async fn call(ctx: &Ctx, req: Request) -> Result<Response> {
     }
     let changes = req.audited();
     let entry = ctx.entry(&req);
-    let result = run(ctx, req).await;
+    let result = match req.timeout() {
+        None => run(ctx, req).await,
+        Some(timeout) => bounded(ctx, req, timeout).await,
+    };
     if changes {
         let mut entry = entry;
         match &result {
@@ -930,6 +986,36 @@ fn steps(r: &Response) -> Vec<String> {
     }
 }
 
+/// Runs a request bounded by `timeout` (see [`Request::Apply`]'s `timeout_ms`): the executor
+/// stops at the deadline between steps; a step still acting [`HARD_STOP_MS`] later is abandoned.
+async fn bounded(ctx: &Ctx, req: Request, timeout: Duration) -> Result<Response> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let ctx = Ctx {
+        deadline: Some(deadline),
+        ..ctx.clone()
+    };
+    let hard = deadline + Duration::from_millis(HARD_STOP_MS);
+    match tokio::time::timeout_at(hard, run(&ctx, req)).await {
+        Ok(result) => result,
+        Err(_) => {
+            let text = humantime::format_duration(timeout);
+            ctx.progress.emit(reconcile::Event::Note {
+                message: format!(
+                    "--timeout {text} reached, and a step went on for {} s more: abandoned",
+                    HARD_STOP_MS / 1000
+                ),
+            });
+            Err(Error::new(
+                Code::TimedOut,
+                format!(
+                    "--timeout {text} reached: a step still acting {} s later was abandoned, as a crash would leave it (the journal shows it interrupted; the next apply observes and resumes)",
+                    HARD_STOP_MS / 1000
+                ),
+            ))
+        }
+    }
+}
+
 async fn run(ctx: &Ctx, req: Request) -> Result<Response> {
     match req {
         Request::Apply {
@@ -939,6 +1025,7 @@ async fn run(ctx: &Ctx, req: Request) -> Result<Response> {
             allow_empty,
             confirm,
             prune_projects,
+            timeout_ms: _,
         } => {
             let prune = prune.then(|| Prune {
                 allow_empty,
@@ -989,7 +1076,8 @@ async fn run(ctx: &Ctx, req: Request) -> Result<Response> {
             environment,
             slot,
             lines,
-        } => logs(ctx, EnvKey::new(project, environment), slot, lines)
+            follow,
+        } => logs(ctx, EnvKey::new(project, environment), slot, lines, follow)
             .await
             .map(Response::Logs),
         Request::KeyCreate {
@@ -1440,7 +1528,7 @@ async fn apply(
     // Databases and caches first: a release whose data is not ready waits.
     let mut data = data::converge(store, &ctx.config, &d, &remove, dry_run).await?;
     let ready = data::without_blocked(&d, &data);
-    let outcome = reconcile::converge(
+    let outcome = reconcile::converge_with(
         Target {
             desired: &ready,
             remove: remove.clone(),
@@ -1449,6 +1537,7 @@ async fn apply(
         store,
         &backends,
         &HttpProber::new(),
+        &ctx.control(),
     )
     .await?;
     if !dry_run && !outcome.executed.is_empty() {
@@ -1724,7 +1813,15 @@ async fn delete(ctx: &Ctx, names: Vec<String>, sources: &[Source]) -> Result<Out
     // Planned from the records as they are now that the keys are held.
     let recorded = store.load()?;
     let p = plan::plan_delete(&keys, &observed, &recorded);
-    let report = reconcile::execute(&p, store, &backends, &HttpProber::new()).await?;
+    let report = reconcile::execute_with(
+        &p,
+        store,
+        &backends,
+        &HttpProber::new(),
+        &ctx.control(),
+        &|| false,
+    )
+    .await?;
     let gone: Vec<EnvKey> = keys
         .iter()
         .filter(|k| store.env(k).is_ok_and(|r| r.is_none()))
@@ -1793,7 +1890,15 @@ async fn delete_unrecorded(
         recorded.envs.insert(rec.key.clone(), rec);
     }
     let p = plan::plan_delete(&keys, &observed, &recorded);
-    let report = reconcile::execute(&p, store, &backends, &HttpProber::new()).await?;
+    let report = reconcile::execute_with(
+        &p,
+        store,
+        &backends,
+        &HttpProber::new(),
+        &ctx.control(),
+        &|| false,
+    )
+    .await?;
     let mut notes = p.notes;
     notes.push(plan::Note::Unrecorded { keys });
     Ok(outcome(report, notes))
@@ -1831,6 +1936,7 @@ async fn adopt(ctx: &Ctx, name: &str) -> Result<OutcomeView> {
         failures: vec![],
         notes: vec![],
         converged: true,
+        timed_out: false,
     };
     if before.as_ref().is_some_and(|o| o.id == owner.id) {
         return Ok(view);
@@ -1925,6 +2031,7 @@ async fn delete_host(ctx: &Ctx, name: &str) -> Result<OutcomeView> {
         failures: vec![],
         notes: vec![],
         converged: true,
+        timed_out: false,
     })
 }
 
@@ -2012,7 +2119,15 @@ async fn switch(
             std::slice::from_ref(&key),
         )?;
     }
-    let report = reconcile::execute(&p, store, &backends, &HttpProber::new()).await?;
+    let report = reconcile::execute_with(
+        &p,
+        store,
+        &backends,
+        &HttpProber::new(),
+        &ctx.control(),
+        &|| false,
+    )
+    .await?;
     // Kept for the next switch when this one changed only records and kernel rules: Podman's
     // containers and Caddy's routes are then as observed.
     let only_rules = p.steps.iter().all(|s| {
@@ -2164,7 +2279,7 @@ async fn roll_out(
     let d = effective(store, &d, false)?;
     let backends = connect_or_invalid(ctx, d.hosts.values(), zones.values())?;
     let mut data = data::converge(store, &ctx.config, &d, &[], false).await?;
-    let result = reconcile::converge(
+    let result = reconcile::converge_with(
         Target {
             desired: &data::without_blocked(&d, &data),
             remove: vec![],
@@ -2173,6 +2288,7 @@ async fn roll_out(
         store,
         &backends,
         &HttpProber::new(),
+        &ctx.control(),
     )
     .await;
     if let Some(daemon) = &ctx.daemon {
@@ -2293,11 +2409,24 @@ pub fn sanitize(line: &str) -> String {
         .collect()
 }
 
-async fn logs(ctx: &Ctx, key: EnvKey, slot: Option<Slot>, lines: usize) -> Result<LogsView> {
-    if lines == 0 || lines > MAX_LOG_LINES {
+async fn logs(
+    ctx: &Ctx,
+    key: EnvKey,
+    slot: Option<Slot>,
+    lines: usize,
+    follow: bool,
+) -> Result<LogsView> {
+    // A follow may start with no line of the past (`--tail 0`); a tail needs one.
+    let least = usize::from(!follow);
+    if lines < least || lines > MAX_LOG_LINES {
         return Err(Error::invalid(format!(
-            "lines: must be between 1 and {MAX_LOG_LINES}"
+            "lines: must be between {least} and {MAX_LOG_LINES}"
         )));
+    }
+    if follow && !ctx.progress.streams() {
+        return Err(Error::invalid(
+            "follow: only a client that streams can follow a log (the CLI, `codeb logs -f`); ask for a bounded tail instead",
+        ));
     }
     let ((rec, host, backends), observed) = observe_recorded(ctx, &key).await?;
     let slot = slot.or(rec.active).ok_or_else(|| {
@@ -2313,10 +2442,36 @@ async fn logs(ctx: &Ctx, key: EnvKey, slot: Option<Slot>, lines: usize) -> Resul
         .and_then(|v| v.containers.iter().find(|c| c.name == name).cloned())
         .ok_or_else(|| Error::not_found(format!("{key}: no container in slot {slot}")))?;
     let runtime = &backends.hosts[&host.name].runtime;
-    let tail = runtime
-        .logs_tail(&container.id, lines)
-        .await
-        .map_err(|e| Error::unavailable(format!("host {}: {e}", host.name)))?;
+    let unavailable =
+        |e: crate::backend::Error| Error::unavailable(format!("host {}: {e}", host.name));
+    let tail = if follow {
+        use futures_util::StreamExt;
+        let mut stream = runtime.logs_follow(&container.id, lines);
+        loop {
+            // The reader may go away while the container is quiet: no line would tell.
+            let line = tokio::select! {
+                line = stream.next() => line,
+                () = ctx.progress.closed() => break,
+            };
+            let Some(line) = line else { break };
+            let line = sanitize(&line.map_err(unavailable)?);
+            if ctx
+                .progress
+                .send(reconcile::Event::Log { line })
+                .await
+                .is_err()
+            {
+                break; // the reader went away (Ctrl-C, a closed pipe): nothing left to do
+            }
+        }
+        // Every line went out as an event.
+        Vec::new()
+    } else {
+        runtime
+            .logs_tail(&container.id, lines)
+            .await
+            .map_err(unavailable)?
+    };
     Ok(LogsView {
         project: key.project.clone(),
         environment: key.env.clone(),

@@ -255,6 +255,10 @@ pub struct OutcomeView {
     pub notes: Vec<NoteView>,
     /// No step failed and no note is a problem.
     pub converged: bool,
+    /// `apply --timeout` was reached: codeb stopped between steps (or cut a wait short) with work
+    /// left, which the next apply resumes (exit 4).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub timed_out: bool,
 }
 
 impl From<&Outcome> for OutcomeView {
@@ -271,6 +275,7 @@ impl From<&Outcome> for OutcomeView {
                 .collect(),
             notes: o.notes.iter().map(NoteView::from).collect(),
             converged: o.converged(),
+            timed_out: o.timed_out,
         }
     }
 }
@@ -288,6 +293,12 @@ impl std::fmt::Display for OutcomeView {
         for note in &self.notes {
             let mark = if note.problem { "!" } else { "·" };
             writeln!(f, "{mark} {}", note.text)?;
+        }
+        if self.timed_out {
+            writeln!(
+                f,
+                "! stopped: --timeout was reached with work left (the next apply resumes it)"
+            )?;
         }
         match (self.converged, self.executed.is_empty()) {
             (true, true) => writeln!(f, "converged: nothing to do"),
