@@ -22,7 +22,7 @@ use common::*;
 const SLOW: &str = r#"      command: ["/bin/sh", "-c", "mv /www/health /tmp/health; (sleep 3; httpd -f -p 8080 -h /www) & sleep 6; mv /tmp/health /www/health; wait"]
 "#;
 
-/// Refused for 12 s, then healthy: longer than the `--timeout` of the test that uses it.
+/// `HTTP 404` for 12 s, then healthy: longer than the `--timeout` of the test that uses it.
 const SLOWER: &str = r#"      command: ["/bin/sh", "-c", "mv /www/health /tmp/health; httpd -f -p 8080 -h /www & sleep 12; mv /tmp/health /www/health; wait"]
 "#;
 

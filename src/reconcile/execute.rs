@@ -149,7 +149,12 @@ pub async fn execute_with<R: Runtime, P: Proxy, K: Kernel, D: Dns, H: Prober>(
                 return Err(Error::Store(e));
             }
             Err(error) => {
-                tracing::warn!(step = %text, error = %error, "failed");
+                if matches!(error, Error::Stopped { .. }) {
+                    // Asked for (`--timeout`): what was left is in the answer, not a failure to log.
+                    tracing::info!(step = %text, error = %error, "stopped");
+                } else {
+                    tracing::warn!(step = %text, error = %error, "failed");
+                }
                 if let Some(k) = &step.key {
                     failed.insert(k.clone());
                 }
