@@ -115,6 +115,26 @@ pub async fn converge(
     wanted: &[Wanted],
     dry_run: bool,
 ) -> Result<DataOutcome, super::Error> {
+    converge_with(
+        store,
+        owner,
+        hosts,
+        wanted,
+        dry_run,
+        &super::Progress::none(),
+    )
+    .await
+}
+
+/// As [`converge`], reporting each step's start and end to `progress`.
+pub async fn converge_with(
+    store: &Store,
+    owner: &str,
+    hosts: &BTreeMap<String, HostRef>,
+    wanted: &[Wanted],
+    dry_run: bool,
+    progress: &super::Progress,
+) -> Result<DataOutcome, super::Error> {
     let records = store.data_records()?;
     let wanted: Vec<&Wanted> = wanted
         .iter()
@@ -141,10 +161,15 @@ pub async fn converge(
             if out.blocked.contains(step.key()) {
                 continue;
             }
-            match execute(store, &servers, step).await {
-                Ok(()) => out.executed.push(step.to_string()),
+            let text = step.to_string();
+            let started = std::time::Instant::now();
+            progress.started(&text);
+            let result = execute(store, &servers, step).await;
+            progress.ended(&text, started.elapsed(), result.as_ref().err().cloned());
+            match result {
+                Ok(()) => out.executed.push(text),
                 Err(e) => {
-                    out.failures.push((step.to_string(), e));
+                    out.failures.push((text, e));
                     out.blocked.insert(step.key().clone());
                 }
             }

@@ -14,6 +14,7 @@ use crate::model::vars::EnvValues;
 use crate::model::{Desired, EnvKey, HostRef};
 use crate::plan::data::DataNote;
 use crate::reconcile::data::{DataOutcome, Wanted};
+use crate::reconcile::Progress;
 use crate::store::Store;
 
 /// Who writes the credential versions, as `env history` shows it.
@@ -156,6 +157,18 @@ pub async fn converge(
     removed: &[EnvKey],
     dry_run: bool,
 ) -> Result<DataOutcome> {
+    converge_with(store, config, d, removed, dry_run, &Progress::none()).await
+}
+
+/// As [`converge`], reporting each data step's start and end to `progress`.
+pub async fn converge_with(
+    store: &Store,
+    config: &Config,
+    d: &Desired,
+    removed: &[EnvKey],
+    dry_run: bool,
+    progress: &Progress,
+) -> Result<DataOutcome> {
     let mut wanted: Vec<Wanted> = d
         .envs
         .values()
@@ -194,7 +207,10 @@ pub async fn converge(
     let owner =
         crate::reconcile::connect::owner(store).map_err(|e| Error::invalid(e.to_string()))?;
     let hosts = hosts(store, config, d)?;
-    Ok(crate::reconcile::data::converge(store, &owner.id, &hosts, &wanted, dry_run).await?)
+    Ok(
+        crate::reconcile::data::converge_with(store, &owner.id, &hosts, &wanted, dry_run, progress)
+            .await?,
+    )
 }
 
 /// `first` followed by `second`, a pass after the containers changed: its steps and failures are

@@ -1526,7 +1526,8 @@ async fn apply(
         store.put_declared(declared.envs.values())?;
     }
     // Databases and caches first: a release whose data is not ready waits.
-    let mut data = data::converge(store, &ctx.config, &d, &remove, dry_run).await?;
+    let mut data =
+        data::converge_with(store, &ctx.config, &d, &remove, dry_run, &ctx.progress).await?;
     let ready = data::without_blocked(&d, &data);
     let outcome = reconcile::converge_with(
         Target {
@@ -1544,7 +1545,7 @@ async fn apply(
         // Slots changed: credentials only a replaced slot ran are retired now, not next time.
         data::then(
             &mut data,
-            data::converge(store, &ctx.config, &d, &[], false).await?,
+            data::converge_with(store, &ctx.config, &d, &[], false, &ctx.progress).await?,
         );
     }
     if !dry_run && !remove.is_empty() {
@@ -1828,7 +1829,15 @@ async fn delete(ctx: &Ctx, names: Vec<String>, sources: &[Source]) -> Result<Out
         .cloned()
         .collect();
     // Their databases and caches go as their onDelete says, read from what was declared.
-    let data = data::converge(store, &ctx.config, &Desired::default(), &gone, false).await?;
+    let data = data::converge_with(
+        store,
+        &ctx.config,
+        &Desired::default(),
+        &gone,
+        false,
+        &ctx.progress,
+    )
+    .await?;
     store.forget_declared(&gone)?;
     drop(claim);
     // A name the deleted environments held may be wanted by another one: its zone looks.
@@ -2278,7 +2287,7 @@ async fn roll_out(
     };
     let d = effective(store, &d, false)?;
     let backends = connect_or_invalid(ctx, d.hosts.values(), zones.values())?;
-    let mut data = data::converge(store, &ctx.config, &d, &[], false).await?;
+    let mut data = data::converge_with(store, &ctx.config, &d, &[], false, &ctx.progress).await?;
     let result = reconcile::converge_with(
         Target {
             desired: &data::without_blocked(&d, &data),
@@ -2298,7 +2307,7 @@ async fn roll_out(
     if !result.executed.is_empty() {
         data::then(
             &mut data,
-            data::converge(store, &ctx.config, &d, &[], false).await?,
+            data::converge_with(store, &ctx.config, &d, &[], false, &ctx.progress).await?,
         );
     }
     let mut view = OutcomeView::from(&result);
