@@ -301,10 +301,15 @@ impl Kernel for Netfilter {
         let route_localnet = route_localnet_path(bridge)
             .and_then(|p| std::fs::read_to_string(p).ok())
             .is_some_and(|v| v.trim() == "1");
+        // 3: NET_ADDR_SET, an address set by user space (1 is random, 0 taken from a port).
+        let mac_pinned = sys_class_net(bridge, "addr_assign_type")
+            .and_then(|p| std::fs::read_to_string(p).ok())
+            .is_some_and(|v| v.trim() == "3");
         ObservedLoopback {
             masquerade: count(&masquerade_chain(), masquerade_rule(bridge)),
             guard: count(&guard_chain(), guard_rule(bridge)),
             route_localnet,
+            mac_pinned,
         }
     }
 
@@ -326,6 +331,10 @@ impl Kernel for Netfilter {
         if !ops.is_empty() {
             let what = format!("the loopback rules of {}", write.bridge);
             self.commit(what, ops).await?;
+        }
+        if !o.mac_pinned {
+            self.supported()?;
+            pin_mac(&write.bridge).await?;
         }
         if !o.route_localnet {
             self.supported()?;
@@ -553,12 +562,47 @@ pub fn loopback_ops(write: &LoopbackWrite, extra: &[(String, u64)]) -> Vec<Op> {
 /// `/proc/sys/net/ipv4/conf/BRIDGE/route_localnet`, for a name the kernel could have given an
 /// interface (no path separator, at most 15 bytes).
 fn route_localnet_path(bridge: &str) -> Option<std::path::PathBuf> {
-    let ok = !bridge.is_empty()
-        && bridge.len() < 16
-        && !bridge.contains('/')
-        && bridge != "."
-        && bridge != "..";
-    ok.then(|| format!("/proc/sys/net/ipv4/conf/{bridge}/route_localnet").into())
+    is_interface_name(bridge)
+        .then(|| format!("/proc/sys/net/ipv4/conf/{bridge}/route_localnet").into())
+}
+
+/// `/sys/class/net/{bridge}/{file}`, for an interface name.
+fn sys_class_net(bridge: &str, file: &str) -> Option<std::path::PathBuf> {
+    is_interface_name(bridge).then(|| format!("/sys/class/net/{bridge}/{file}").into())
+}
+
+fn is_interface_name(name: &str) -> bool {
+    !name.is_empty() && name.len() < 16 && !name.contains('/') && name != "." && name != ".."
+}
+
+/// Pins `bridge`'s MAC address to the one it has now (see [`ObservedLoopback::mac_pinned`]).
+async fn pin_mac(bridge: &str) -> super::Result<()> {
+    let read = |file: &str| {
+        let path = sys_class_net(bridge, file).ok_or_else(|| Error::Unsupported {
+            reason: format!("{bridge:?} is not an interface name"),
+        })?;
+        std::fs::read_to_string(&path).map_err(|e| Error::from_io(format!("{}", path.display()), e))
+    };
+    let index: i32 = read("ifindex")?
+        .trim()
+        .parse()
+        .map_err(|_| Error::Unsupported {
+            reason: format!("{bridge} has no interface index"),
+        })?;
+    let text = read("address")?;
+    let bytes: Vec<u8> = text
+        .trim()
+        .split(':')
+        .filter_map(|b| u8::from_str_radix(b, 16).ok())
+        .collect();
+    let mac: [u8; 6] = bytes.try_into().map_err(|_| Error::Unsupported {
+        reason: format!("{bridge}'s address {:?} is not a MAC address", text.trim()),
+    })?;
+    tokio::task::spawn_blocking(move || netlink::set_link_address(index, mac))
+        .await
+        .map_err(|e| Error::from_io(format!("pinning {bridge}'s MAC"), std::io::Error::other(e)))?
+        .map_err(|e| Error::from_io(format!("pinning {bridge}'s MAC address"), e))?;
+    Ok(())
 }
 
 /// `meta l4proto tcp`.
