@@ -24,6 +24,7 @@ const NLA_F_NESTED: u16 = 0x8000;
 const NLA_TYPE_MASK: u16 = 0x3fff;
 
 const MSG_NEWTABLE: u16 = 0;
+const MSG_DELTABLE: u16 = 2;
 const MSG_NEWCHAIN: u16 = 3;
 const MSG_GETCHAIN: u16 = 4;
 const MSG_DELCHAIN: u16 = 5;
@@ -527,6 +528,33 @@ fn be32(v: &[u8]) -> Option<u32> {
 fn string(v: &[u8]) -> String {
     let v = v.split(|b| *b == 0).next().unwrap_or_default();
     String::from_utf8_lossy(v).into_owned()
+}
+
+/// Whether a notification of nf_tables' multicast group changes the base chains `chains` of
+/// `table` (a rule added to or deleted from one, the chain deleted) or deletes the table: what a
+/// `nft flush ruleset`, or someone editing codeb's guard, sends.
+pub fn touches(kind: u16, body: &[u8], table: &str, chains: &[&str]) -> bool {
+    let Some(a) = body.get(4..).map(attrs) else {
+        return false;
+    };
+    // The table is attribute 1 of tables, chains and rules alike.
+    if get(&a, TABLE_NAME).map(string).as_deref() != Some(table) {
+        return false;
+    }
+    let named = |attr: u16| {
+        get(&a, attr)
+            .map(string)
+            .is_some_and(|c| chains.contains(&c.as_str()))
+    };
+    if kind == nft_type(MSG_DELTABLE) {
+        true
+    } else if kind == nft_type(MSG_DELCHAIN) {
+        named(CHAIN_NAME)
+    } else if kind == nft_type(MSG_DELRULE) || kind == nft_type(MSG_NEWRULE) {
+        named(RULE_CHAIN)
+    } else {
+        false
+    }
 }
 
 /// The table of a `NEWCHAIN` or `NEWRULE` message (the same attribute number in both), skipping
