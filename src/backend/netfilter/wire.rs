@@ -712,6 +712,51 @@ mod tests {
         &w.buf[16..]
     }
 
+    /// What the daemon's ruleset monitor reacts to: a change of codeb's guard or masquerade chain
+    /// (a rule deleted or added, the chain deleted) or its table deleted; not a switch's rules.
+    #[test]
+    fn a_change_of_the_guard_chains_is_told_from_a_switch_and_from_other_tables() {
+        let decide = |table: &str, ops: &[Op]| -> Vec<bool> {
+            let mut w = Writer::default();
+            w.batch(1, table, ops);
+            replies(&w.buf)
+                .iter()
+                .map(|r| touches(r.kind, r.body, "codeb", &["input", "postrouting"]))
+                .collect()
+        };
+        let del = |chain: &str| Op::DelRule {
+            chain: chain.into(),
+            handle: 7,
+        };
+        // Batch begin and end frame the ops.
+        assert_eq!(
+            decide("codeb", &[del("input"), del("CODEB-7f000001-4051")]),
+            [false, true, false, false]
+        );
+        assert_eq!(
+            decide("codeb", &[Op::DelChain("postrouting".into())]),
+            [false, true, false]
+        );
+        assert_eq!(
+            decide("codeb", &[Op::DelChain("CODEB-7f000001".into())]),
+            [false, false, false]
+        );
+        assert_eq!(decide("other", &[del("input")]), [false, false, false]);
+        // A table deletion, as the kernel announces it: table name only.
+        let mut msg = Vec::new();
+        let mut body = vec![2u8, 0, 0, 0];
+        body.extend_from_slice(&10u16.to_ne_bytes());
+        body.extend_from_slice(&1u16.to_ne_bytes());
+        body.extend_from_slice(b"codeb\0\0\0");
+        msg.extend_from_slice(&((16 + body.len()) as u32).to_ne_bytes());
+        msg.extend_from_slice(&nft_type(MSG_DELTABLE).to_ne_bytes());
+        msg.extend_from_slice(&[0; 10]);
+        msg.extend_from_slice(&body);
+        let r = &replies(&msg)[0];
+        assert!(touches(r.kind, r.body, "codeb", &["input"]));
+        assert!(!touches(r.kind, r.body, "other", &["input"]));
+    }
+
     #[test]
     fn a_rule_reads_back_as_it_was_written() {
         let exprs = vec![
@@ -864,6 +909,7 @@ mod tests {
                     let _ = table_of(r.body);
                     let _ = chain(r.body);
                     let _ = rule(r.body);
+                    let _ = touches(r.kind, r.body, "codeb", &["input"]);
                 }
                 let _ = chain(&bytes);
                 let _ = rule(&bytes);
@@ -887,6 +933,7 @@ mod tests {
                 for r in replies(&msg) {
                     let _ = chain(r.body);
                     let _ = rule(r.body);
+                    let _ = touches(r.kind, r.body, "codeb", &["input", "postrouting"]);
                 }
             }
         }
