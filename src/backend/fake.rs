@@ -459,6 +459,13 @@ impl Kernel for World {
         })
     }
 
+    async fn loopback_off(&self, _bridge: &str) -> super::Result<()> {
+        self.kernel(true, |s| {
+            s.loopback.route_localnet = false;
+            Ok(())
+        })
+    }
+
     async fn hook(&self, write: &HookWrite) -> super::Result<()> {
         self.kernel(true, |s| {
             let rules = s.rules_on(write.gateway);

@@ -362,6 +362,19 @@ impl Kernel for Netfilter {
         Ok(())
     }
 
+    async fn loopback_off(&self, bridge: &str) -> super::Result<()> {
+        self.supported()?;
+        let path = route_localnet_path(bridge).ok_or_else(|| Error::Unsupported {
+            reason: format!("{bridge:?} is not an interface name"),
+        })?;
+        match tokio::fs::write(&path, "0").await {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            other => other.map_err(|e| Error::from_io(format!("{}", path.display()), e))?,
+        }
+        guarded().remove(bridge);
+        Ok(())
+    }
+
     async fn hook(&self, write: &HookWrite) -> super::Result<()> {
         let extra = if write.hooks > 1 {
             let rules = self.read().await?.rules;

@@ -109,6 +109,10 @@ impl fmt::Display for Step {
                 "hook codeb's addresses on {} into the kernel's nat output",
                 h.gateway
             ),
+            Action::LoopbackOff { bridge } => write!(
+                f,
+                "turn route_localnet off on {bridge} (no slot port is published on loopback)"
+            ),
             Action::Loopback(w) => write!(
                 f,
                 "let loopback connections reach containers on {} (masquerade, guard, route_localnet, pinned bridge MAC)",
