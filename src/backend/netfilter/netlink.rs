@@ -19,6 +19,15 @@ const RECEIVE_TIMEOUT: Duration = Duration::from_secs(5);
 /// The kernel never puts more than 32 KiB in one dump datagram.
 const BUFFER: usize = 64 * 1024;
 
+/// A raw netlink socket of `protocol` (the kernel binds it on the first send).
+fn raw(protocol: i32) -> io::Result<socket2::Socket> {
+    socket2::Socket::new(
+        socket2::Domain::from(AF_NETLINK),
+        socket2::Type::RAW,
+        Some(socket2::Protocol::from(protocol)),
+    )
+}
+
 /// A netlink socket to nfnetlink.
 #[derive(Debug)]
 pub struct Socket {
@@ -43,11 +52,7 @@ impl From<io::Error> for Refused {
 impl Socket {
     /// Opens a socket (the kernel binds it on the first send).
     pub fn open() -> io::Result<Socket> {
-        let inner = socket2::Socket::new(
-            socket2::Domain::from(AF_NETLINK),
-            socket2::Type::RAW,
-            Some(socket2::Protocol::from(NETLINK_NETFILTER)),
-        )?;
+        let inner = raw(NETLINK_NETFILTER)?;
         inner.set_read_timeout(Some(RECEIVE_TIMEOUT))?;
         Ok(Socket { inner, seq: 1 })
     }
@@ -199,11 +204,7 @@ impl Monitor {
     /// `EPERM` without `CAP_NET_ADMIN`; whatever else the kernel refuses.
     pub fn open() -> io::Result<Monitor> {
         use std::os::fd::AsRawFd;
-        let inner = socket2::Socket::new(
-            socket2::Domain::from(AF_NETLINK),
-            socket2::Type::RAW,
-            Some(socket2::Protocol::from(NETLINK_NETFILTER)),
-        )?;
+        let inner = raw(NETLINK_NETFILTER)?;
         let fd = inner.as_raw_fd();
         // SAFETY: a zeroed sockaddr_nl is a valid one (pid 0: the kernel picks; no groups), and
         // `fd` is the socket just opened, alive for both calls.
@@ -281,11 +282,7 @@ const REQUEST_ACK: u16 = 0x1 | 0x4;
 /// # Errors
 /// The kernel's refusal (`EPERM` without `CAP_NET_ADMIN`, `ENODEV` for a gone interface).
 pub fn set_link_address(index: i32, mac: [u8; 6]) -> io::Result<()> {
-    let inner = socket2::Socket::new(
-        socket2::Domain::from(AF_NETLINK),
-        socket2::Type::RAW,
-        Some(socket2::Protocol::from(NETLINK_ROUTE)),
-    )?;
+    let inner = raw(NETLINK_ROUTE)?;
     inner.set_read_timeout(Some(RECEIVE_TIMEOUT))?;
     let msg = set_link_address_message(1, index, mac);
     let sent = inner.send(&msg)?;
