@@ -463,7 +463,15 @@ impl Kernel for World {
                 masquerade: 1,
                 guard: 1,
                 route_localnet: true,
+                mac_pinned: true,
             };
+            Ok(())
+        })
+    }
+
+    async fn loopback_off(&self, _bridge: &str) -> super::Result<()> {
+        self.kernel(true, |s| {
+            s.loopback.route_localnet = false;
             Ok(())
         })
     }

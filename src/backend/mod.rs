@@ -190,6 +190,8 @@ pub trait Kernel: Send + Sync {
     /// Applies a [`LoopbackWrite`]: the rules in one transaction, then `route_localnet`.
     fn set_loopback(&self, write: &LoopbackWrite)
         -> impl Future<Output = Result<(), Error>> + Send;
+    /// Turns `route_localnet` off on `bridge` (a missing bridge has nothing to turn off).
+    fn loopback_off(&self, bridge: &str) -> impl Future<Output = Result<(), Error>> + Send;
     /// Applies a [`HookWrite`] in one transaction.
     fn hook(&self, write: &HookWrite) -> impl Future<Output = Result<(), Error>> + Send;
     /// Applies a [`ServiceWrite`] in one transaction: at no instant does the service address

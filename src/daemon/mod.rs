@@ -18,6 +18,7 @@
 mod events;
 mod files;
 pub mod publish;
+mod ruleset;
 pub mod schedule;
 pub mod socket;
 
@@ -96,7 +97,12 @@ pub async fn run(args: Config) -> Result<(), Error> {
             )
         }
     };
-    let store = Arc::new(Store::open(&state_dir).map_err(|e| {
+    let what = if args.listen.is_some() {
+        "codeb serve"
+    } else {
+        "codeb watch"
+    };
+    let store = Arc::new(Store::open_as(&state_dir, what).map_err(|e| {
         let message = format!(
             "opening the store in {}: {}",
             state_dir.display(),
@@ -252,6 +258,11 @@ pub async fn run(args: Config) -> Result<(), Error> {
         },
         daemon.clone(),
         watched_tx,
+        shutdown.clone(),
+    ));
+    tokio::spawn(ruleset::run(
+        handle.clone(),
+        watched.clone(),
         shutdown.clone(),
     ));
     let pumps = tokio::spawn(events::run(handle.clone(), watched, shutdown.clone()));

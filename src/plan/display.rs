@@ -109,9 +109,13 @@ impl fmt::Display for Step {
                 "hook codeb's addresses on {} into the kernel's nat output",
                 h.gateway
             ),
+            Action::LoopbackOff { bridge } => write!(
+                f,
+                "turn route_localnet off on {bridge} (no slot port is published on loopback)"
+            ),
             Action::Loopback(w) => write!(
                 f,
-                "let loopback connections reach containers on {} (masquerade, guard, route_localnet)",
+                "let loopback connections reach containers on {} (masquerade, guard, route_localnet, pinned bridge MAC)",
                 w.bridge
             ),
             Action::SetService(w) => {

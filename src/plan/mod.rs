@@ -231,6 +231,11 @@ pub enum Action {
     HookServices(HookWrite),
     /// Set up what a loopback address needs to lead to containers on codeb's bridge.
     Loopback(LoopbackWrite),
+    /// Turn `route_localnet` off on codeb's bridge: no slot port is published on loopback any more,
+    /// so nothing needs it (the guard's rules stay; they drop nothing legitimate).
+    LoopbackOff {
+        bridge: String,
+    },
     /// Record that the hostname moves to `to` after one passing probe of `url`; `from` goes to
     /// grace. The traffic follows with the `SetService` or route step after it.
     Switch {
@@ -459,6 +464,14 @@ fn plan_on(
                 if let Some(hook) = service::publish_hook_diff(p) {
                     plan.steps.push(host_step(Action::HookServices(hook)));
                 }
+            }
+        } else if let Some(p) = view.kernel.published(host) {
+            // Nothing of the manifests runs here and no slot port is published any more (a
+            // recorded environment of another manifest set would still have its rules).
+            if p.loopback.route_localnet && p.services.services.is_empty() {
+                plan.steps.push(host_step(Action::LoopbackOff {
+                    bridge: p.bridge.clone(),
+                }));
             }
         }
         hosts.insert(
