@@ -265,12 +265,12 @@ where
     let (read, mut write) = stream.into_split();
     let mut line = String::new();
     let mut read = BufReader::new(read.take(MAX_REQUEST));
-    let read_request = match read.read_line(&mut line).await {
+    let got = match read.read_line(&mut line).await {
         Ok(_) => read_request(&line),
         Err(e) => Read::Legacy(Err(e.to_string())),
     };
     let invalid = crate::service::Error::invalid;
-    let out = match read_request {
+    let mut out = match got {
         Read::Legacy(req) => {
             let response = match req {
                 Ok(req) => {
@@ -290,7 +290,6 @@ where
             }
         }
     };
-    let mut out = out;
     out.push(b'\n');
     if let Err(e) = write.write_all(&out).await {
         debug!(error = %e, "client went away before its answer");
