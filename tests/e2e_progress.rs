@@ -516,7 +516,48 @@ fn logs_follow_gets_a_line_written_after_it_started_locally_and_through_codeb_wa
     let get = sb.codeb(&["get", "slots"]);
     assert_eq!(get.status.code(), Some(0), "{}", text(&get));
     drop(w);
-    cleanup(&sb, &name);
+
+    // A follow ends by itself, exit 0, when its container goes (here: the project is deleted).
+    let mut child = Command::new(env!("CARGO_BIN_EXE_codeb"))
+        .arg("--state-dir")
+        .arg(sb.state())
+        .args(["logs", &name, "-f", "--tail", "1"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (out, err) = (Timeline::default(), Timeline::default());
+    let readers = [
+        out.record(child.stdout.take().unwrap()),
+        err.record(child.stderr.take().unwrap()),
+    ];
+    assert!(
+        eventually(Duration::from_secs(10), || !out.text().is_empty()),
+        "the tail: {}",
+        err.text()
+    );
+    let delete = sb.codeb(&["delete", "project", &name]);
+    assert_eq!(delete.status.code(), Some(0), "{}", text(&delete));
+    assert!(
+        eventually(Duration::from_secs(20), || child
+            .try_wait()
+            .unwrap()
+            .is_some()),
+        "the follow ended with its container: {}",
+        err.text()
+    );
+    let status = child.wait().unwrap();
+    for r in readers {
+        r.join().unwrap();
+    }
+    assert_eq!(status.code(), Some(0), "{}", err.text());
+    assert!(
+        err.text()
+            .contains(&format!("the log of {name}-production-blue ended")),
+        "{}",
+        err.text()
+    );
 }
 
 /// The slot a `logs` request can name: blue, green or active; `--lines` still works for `--tail`.

@@ -246,10 +246,18 @@ async fn read(
             return Err(Failure::invalid(e.to_string()).into())
         }
         // A store that needs a writer first (a repair after a crash, tables of a newer codeb):
-        // opened for writing when nothing holds it.
+        // opened for writing when nothing holds it, then, repaired, read beside any writer like
+        // every read (a followed log would otherwise hold the store for as long as it follows).
         Err(crate::store::Error::Open { .. }) => {
-            Store::open_as(state_dir, &format!("codeb {}", request.op()))
-                .map_err(|e| open_failure(state_dir, e))?
+            let writer = Store::open_as(state_dir, &format!("codeb {}", request.op()))
+                .map_err(|e| open_failure(state_dir, e))?;
+            match Store::open_read_only(state_dir) {
+                Ok(reader) => {
+                    drop(writer);
+                    reader
+                }
+                Err(_) => writer,
+            }
         }
         Err(e) => return Err(open_failure(state_dir, e)),
     };
