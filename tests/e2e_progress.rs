@@ -44,6 +44,29 @@ fn write_dir(sb: &Sandbox, dir: &str, text: &str) -> std::path::PathBuf {
     dir
 }
 
+/// A child killed and reaped when dropped, so that a failing test leaves no `logs -f` behind.
+struct Reaped(std::process::Child);
+
+impl std::ops::Deref for Reaped {
+    type Target = std::process::Child;
+    fn deref(&self) -> &std::process::Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Reaped {
+    fn deref_mut(&mut self) -> &mut std::process::Child {
+        &mut self.0
+    }
+}
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// What a child wrote, chunk by chunk, with when each chunk arrived.
 #[derive(Clone, Default)]
 struct Timeline(Arc<Mutex<Vec<(Instant, String)>>>);
@@ -190,6 +213,7 @@ fn progress_arrives_on_a_terminal_while_a_slow_health_check_waits() {
     let _l = lock();
     let sb = Sandbox::new();
     let name = unique("prog-tty");
+    let _cleanup = Cleanup(&sb, vec![name.clone()]);
     let dir = write_dir(
         &sb,
         "manifests",
@@ -254,7 +278,6 @@ fn progress_arrives_on_a_terminal_while_a_slow_health_check_waits() {
         shown.first(&format!("✓ {step} (")).is_some(),
         "the step's end line with its duration:\n{log}"
     );
-    cleanup(&sb, &name);
 }
 
 #[test]
@@ -262,6 +285,7 @@ fn without_a_terminal_each_state_change_is_one_line_on_stderr_and_stdout_stays_j
     let _l = lock();
     let sb = Sandbox::new();
     let name = unique("prog-plain");
+    let _cleanup = Cleanup(&sb, vec![name.clone()]);
     let dir = write_dir(
         &sb,
         "manifests",
@@ -289,7 +313,6 @@ fn without_a_terminal_each_state_change_is_one_line_on_stderr_and_stdout_stays_j
     let again = sb.codeb(&["apply", "-f", dir.to_str().unwrap(), "--progress", "none"]);
     assert_eq!(again.status.code(), Some(0), "{}", text(&again));
     assert!(again.stderr.is_empty(), "{}", text(&again));
-    cleanup(&sb, &name);
 }
 
 #[test]
@@ -297,6 +320,7 @@ fn apply_timeout_stops_with_exit_4_leaves_the_slot_deploying_and_the_next_apply_
     let _l = lock();
     let sb = Sandbox::new();
     let name = unique("prog-timeout");
+    let _cleanup = Cleanup(&sb, vec![name.clone()]);
     let dir = write_dir(
         &sb,
         "manifests",
@@ -339,7 +363,6 @@ fn apply_timeout_stops_with_exit_4_leaves_the_slot_deploying_and_the_next_apply_
         sb.get(&format!("{name}.codeb.test"), "/"),
         (200, "v1".to_string())
     );
-    cleanup(&sb, &name);
 }
 
 /// Waits until `codeb watch` answers on its socket.
@@ -359,6 +382,7 @@ fn the_same_progress_arrives_when_codeb_watch_answers() {
     let _l = lock();
     let sb = Sandbox::new();
     let name = unique("prog-daemon");
+    let _cleanup = Cleanup(&sb, vec![name.clone()]);
     // The daemon watches the Host alone; the project is applied through its socket.
     let watched = write_dir(&sb, "watched", &sb.stack.host_yaml());
     let w = sb.watch(&watched, &["--resync", "10m"]);
@@ -379,7 +403,6 @@ fn the_same_progress_arrives_when_codeb_watch_answers() {
     );
     assert_plain_progress(&err, &name, "blue", ended, start);
     drop(w);
-    cleanup(&sb, &name);
 }
 
 /// `podman exec CONTAINER sh -c SCRIPT`: writes to the app's stdout through PID 1's.
@@ -392,15 +415,17 @@ fn exec(container: &str, script: &str) {
 /// into the app's stdout once the tail arrived, and checks that it arrives with the escape
 /// replaced; then Ctrl-C ends it with exit 0. Returns how long the line took.
 fn follow_then_interrupt(sb: &Sandbox, name: &str, mark: &str) -> Duration {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_codeb"))
-        .arg("--state-dir")
-        .arg(sb.state())
-        .args(["logs", name, "-f", "--tail", "5"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = Reaped(
+        Command::new(env!("CARGO_BIN_EXE_codeb"))
+            .arg("--state-dir")
+            .arg(sb.state())
+            .args(["logs", name, "-f", "--tail", "5"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
     let (out, err) = (Timeline::default(), Timeline::default());
     let readers = [
         out.record(child.stdout.take().unwrap()),
@@ -467,13 +492,15 @@ fn follow_into_a_closed_pipe(sb: &Sandbox, name: &str) {
         env!("CARGO_BIN_EXE_codeb"),
         sb.state().display()
     );
-    let mut child = Command::new("bash")
-        .args(["-c", &script])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = Reaped(
+        Command::new("bash")
+            .args(["-c", &script])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
     let out = Timeline::default();
     let reader = out.record(child.stdout.take().unwrap());
     let container = format!("{name}-production-blue");
@@ -497,6 +524,7 @@ fn logs_follow_gets_a_line_written_after_it_started_locally_and_through_codeb_wa
     let _l = lock();
     let sb = Sandbox::new();
     let name = unique("prog-logs");
+    let _cleanup = Cleanup(&sb, vec![name.clone()]);
     // The image's own command: it prints a start-up line, then httpd.
     let dir = sb.write(&[ProjectYaml::new(&name, "localhost/codeb-test-app:v1")]);
     let out = sb.apply(&dir);
@@ -518,15 +546,17 @@ fn logs_follow_gets_a_line_written_after_it_started_locally_and_through_codeb_wa
     drop(w);
 
     // A follow ends by itself, exit 0, when its container goes (here: the project is deleted).
-    let mut child = Command::new(env!("CARGO_BIN_EXE_codeb"))
-        .arg("--state-dir")
-        .arg(sb.state())
-        .args(["logs", &name, "-f", "--tail", "1"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = Reaped(
+        Command::new(env!("CARGO_BIN_EXE_codeb"))
+            .arg("--state-dir")
+            .arg(sb.state())
+            .args(["logs", &name, "-f", "--tail", "1"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
     let (out, err) = (Timeline::default(), Timeline::default());
     let readers = [
         out.record(child.stdout.take().unwrap()),
@@ -566,6 +596,7 @@ fn logs_tail_takes_tail_or_lines_and_slot_active() {
     let _l = lock();
     let sb = Sandbox::new();
     let name = unique("prog-tail");
+    let _cleanup = Cleanup(&sb, vec![name.clone()]);
     let dir = sb.write(&[ProjectYaml::new(&name, "localhost/codeb-test-app:v1")]);
     assert_eq!(sb.apply(&dir).status.code(), Some(0));
     for args in [
@@ -580,5 +611,4 @@ fn logs_tail_takes_tail_or_lines_and_slot_active() {
         assert_eq!(stdout.lines().count(), 1, "{stdout}");
         assert!(stdout.contains("listening on :8080"), "{stdout}");
     }
-    cleanup(&sb, &name);
 }
