@@ -317,7 +317,8 @@ async fn codeb_routes_reach_their_backends_and_foreign_routes_stay_untouched() {
         observed,
         ObservedProxy {
             server: Some(spec.clone()),
-            routes: vec![]
+            routes: vec![],
+            ..ObservedProxy::default()
         }
     );
 
@@ -397,7 +398,8 @@ async fn codeb_routes_reach_their_backends_and_foreign_routes_stay_untouched() {
         observed,
         ObservedProxy {
             server: Some(spec.clone()),
-            routes: vec![one.clone(), two.clone()]
+            routes: vec![one.clone(), two.clone()],
+            ..ObservedProxy::default()
         }
     );
 
@@ -472,7 +474,8 @@ async fn codeb_routes_reach_their_backends_and_foreign_routes_stay_untouched() {
         observed,
         ObservedProxy {
             server: Some(moved),
-            routes: vec![one_on_b]
+            routes: vec![one_on_b],
+            ..ObservedProxy::default()
         }
     );
 
@@ -536,7 +539,8 @@ async fn internal_tls_serves_codeb_routes_with_certificates_from_codebs_own_ca()
         observed,
         ObservedProxy {
             server: Some(spec.clone()),
-            routes: vec![]
+            routes: vec![],
+            ..ObservedProxy::default()
         }
     );
 
@@ -604,7 +608,8 @@ async fn internal_tls_serves_codeb_routes_with_certificates_from_codebs_own_ca()
         observed,
         ObservedProxy {
             server: Some(off),
-            routes: vec![secure]
+            routes: vec![secure],
+            ..ObservedProxy::default()
         }
     );
 

@@ -245,6 +245,7 @@ spec:
     admin: http://127.0.0.1:2019
     listen: [":8443", "127.0.0.1:18080"]
     tls: internal
+    accessLog: false
   containers:
     resources: {memory: 256Mi, cpus: 0.5, pids: 128}
     maxResources: {memory: 2Gi, cpus: 2, pids: 1024}
@@ -847,6 +848,16 @@ fn mutations() -> Vec<(String, Change, Codeb)> {
         ),
         // Structure.
         ("unknown field", Set(p("prot"), json!(80)), Refuses),
+        (
+            "accessLog that is not a boolean",
+            Set("/0/spec/caddy/accessLog", json!("sometimes")),
+            Refuses,
+        ),
+        (
+            "an access log path in a manifest",
+            Set("/0/spec/caddy/accessLogFile", json!("/etc/cron.d/x")),
+            Refuses,
+        ),
         (
             "unknown top-level field",
             Set("/2/specs", json!({})),
