@@ -47,8 +47,8 @@
 //!   by default, through lumberjack): a file Caddy cannot write is not refused by the admin API;
 //!   each entry then logs `write error: …` to Caddy's own log. Caddy creates missing directories.
 //! - Access entries also reach every logger that does not exclude them, Caddy's `default` (its
-//!   own log, stderr) included; `Authorization`, `Cookie` and `Set-Cookie` header values are
-//!   logged empty, the URI with its query string.
+//!   own log, stderr) included; the `Authorization` and `Cookie` request headers are logged with
+//!   empty values, the URI with its query string.
 
 use backon::{ExponentialBuilder, Retryable};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -93,9 +93,9 @@ const MAX_ERROR_BODY: usize = 512;
 ///
 /// Worth a retry (see [`Error::is_retryable`]): [`Error::Unreachable`] and [`Error::Timeout`]
 /// (Caddy restarting), [`Error::MissingServer`], and [`Error::Api`] with status 404, 409, 412 or
-/// 5xx: those mean the config
-/// changed between the caller's observation and this write (an id vanished after a Caddy restart
-/// with `persist: false`, a key appeared or disappeared), so a new observe and plan will succeed.
+/// 5xx: those mean the config changed between the caller's observation and this write (an id
+/// vanished after a Caddy restart with `persist: false`, a key appeared or disappeared), so a new
+/// observe and plan will succeed.
 /// Not worth a retry until something changes: [`Error::InvalidEndpoint`], [`Error::InvalidName`],
 /// [`Error::Client`], [`Error::Rejected`] (Caddy refused the resulting config), other
 /// [`Error::Api`] statuses (403: the admin API refuses this origin) and [`Error::Malformed`].
