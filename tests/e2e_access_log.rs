@@ -52,10 +52,13 @@ fn request(sb: &Sandbox, method: reqwest::Method, host: &str) -> u16 {
         .unwrap_or_else(|e| panic!("request to {host}: {e}"))
 }
 
-/// The access log entries of `file` for `host`, each a JSON object.
+/// The access log entries of `file` for `host`, each a JSON object. A line Caddy is still
+/// writing (no newline yet) is not read.
 fn entries(file: &Path, host: &str) -> Vec<Value> {
     let text = std::fs::read_to_string(file).unwrap_or_default();
-    text.lines()
+    let complete = text.rsplit_once('\n').map_or("", |(lines, _)| lines);
+    complete
+        .lines()
         .map(|l| serde_json::from_str::<Value>(l).unwrap_or_else(|e| panic!("{e}: {l}")))
         .filter(|e| e["request"]["host"] == host)
         .collect()

@@ -133,7 +133,7 @@ fn a_mistake_in_a_spec_before_its_kind_is_reported_where_it_is_written() {
         "kind-after-spec.yaml",
         10,
         3,
-        "unknown field `tll` in `spec`; expected one of `powerdns`, `ttl` (did you mean `ttl`?)",
+        "unknown field `tll` in `spec`; expected one of `powerdns`, `ttl`, `externalHostnames` (did you mean `ttl`?)",
     );
 }
 
