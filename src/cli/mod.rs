@@ -617,7 +617,18 @@ pub fn exit_code(e: &anyhow::Error) -> u8 {
 
 /// The whole program: parse, run, print the error chain, exit.
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        // Usage errors (exit 2) as JSON too when JSON logs were asked for; help and version
+        // output, and text logs, as clap prints them.
+        Err(e) if e.use_stderr() && json_logs_asked(std::env::args_os()) => {
+            let code = u8::try_from(e.exit_code()).unwrap_or(2);
+            eprintln!("{}", json_error(&e.render().to_string(), code));
+            return ExitCode::from(code);
+        }
+        Err(e) => e.exit(),
+    };
+    let log_format = cli.log_format;
     // A daemon's log is its only output: one line per reconcile at the default level.
     let verbose = match cli.command {
         Command::Watch(_) | Command::Serve(_) => cli.verbose.max(1),
@@ -639,10 +650,40 @@ pub fn main() -> ExitCode {
     match runtime.block_on(commands::run(cli)) {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::from(exit_code(&e))
+            let code = exit_code(&e);
+            match log_format {
+                LogFormat::Text => eprintln!("error: {e:#}"),
+                LogFormat::Json => eprintln!("{}", json_error(&format!("{e:#}"), code)),
+            }
+            ExitCode::from(code)
         }
     }
+}
+
+/// Whether the command line asks for JSON logs (`--log-format json` or `--log-format=json`),
+/// read from the raw arguments when clap could not parse them.
+fn json_logs_asked(args: impl IntoIterator<Item = std::ffi::OsString>) -> bool {
+    let args: Vec<String> = args
+        .into_iter()
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
+    args.iter().any(|a| a == "--log-format=json")
+        || args
+            .windows(2)
+            .any(|w| w[0] == "--log-format" && w[1] == "json")
+}
+
+/// An error as one JSON object, shaped as the JSON log lines are (`timestamp`, `level`,
+/// `fields.message`, `target`), with the exit code beside the message.
+fn json_error(message: &str, code: u8) -> String {
+    let now = humantime::format_rfc3339_micros(std::time::SystemTime::now()).to_string();
+    serde_json::json!({
+        "timestamp": now,
+        "level": "ERROR",
+        "fields": { "message": message.trim_end(), "exit_code": code },
+        "target": "codeb",
+    })
+    .to_string()
 }
 
 fn init_logging(verbose: u8, format: LogFormat) {
