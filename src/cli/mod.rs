@@ -83,28 +83,42 @@ pub enum Command {
         output: Output,
     },
     /// Show what apply would change (exit 0: in sync, 1: changes or problems, 2+: error).
+    #[command(
+        after_help = "Examples:\n  codeb diff -f manifests/\n  codeb diff -f manifests/ -o json     # the field changes and steps as data\n  git show HEAD:app.yaml | codeb diff -f -   # in CI on a pull request: exit 1 fails the job"
+    )]
     Diff {
         #[command(flatten)]
         files: Files,
         #[command(flatten)]
         output: Output,
     },
-    /// List projects, slots or hosts from the store.
+    /// List projects, slots or hosts from the store (singular or plural), or one by name.
+    #[command(
+        after_help = "Examples:\n  codeb get projects\n  codeb get project shop -o json   # one project's environments\n  codeb get slots shop             # the slots of project shop\n  codeb get host local -o yaml\n\nWith a NAME that matches nothing: exit 2."
+    )]
     Get {
         #[arg(value_enum)]
         what: GetWhat,
+        /// Only this project (projects, slots) or host (hosts).
+        name: Option<String>,
         #[arg(short, long, value_enum, default_value_t = Format::Table)]
         output: Format,
     },
     /// Show a project's slots, history, health results and failed log tails.
+    #[command(
+        after_help = "Examples:\n  codeb describe shop\n  codeb describe project shop -o yaml"
+    )]
     Describe {
-        #[arg(value_enum)]
-        what: DescribeWhat,
-        name: String,
+        /// `[project] NAME`: the word `project` may be left out.
+        #[arg(num_args = 1..=2, required = true, value_name = "[project] NAME")]
+        args: Vec<String>,
         #[command(flatten)]
         output: Output,
     },
     /// Switch an environment's hostname to its deployed slot.
+    #[command(
+        after_help = "Examples:\n  codeb promote shop\n  codeb promote shop --env staging -o json"
+    )]
     Promote {
         project: String,
         #[arg(long, default_value = "production")]
@@ -122,6 +136,9 @@ pub enum Command {
     },
     /// Keep the hosts converged to a directory of manifests until SIGTERM: apply at start, then
     /// on every saved change, container event and resync.
+    #[command(
+        after_help = "Examples:\n  codeb watch -f /etc/codeb/manifests\n  codeb watch -f manifests/ --resync 30s --prune"
+    )]
     Watch(WatchArgs),
     /// `codeb watch` plus the HTTP API (API keys, roles, audit) on a loopback address.
     #[command(
@@ -153,17 +170,29 @@ pub enum Command {
         server: Option<String>,
     },
     /// Create, list and revoke API keys for `codeb serve`.
-    #[command(subcommand)]
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  codeb key create --role developer --name ci --project shop\n  codeb key list -o json\n  codeb key revoke 3f9a0c1d2e4b"
+    )]
     Key(KeyCommand),
     /// Manage hosts: take one over from another codeb.
-    #[command(subcommand)]
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  codeb host adopt local\n  codeb delete host old-box"
+    )]
     Host(HostCommand),
     /// A project environment's stored env: versioned, encrypted at rest; every change is a new
     /// release rolled out blue/green, and a rollback restores the env with the image.
-    #[command(subcommand)]
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  codeb env set shop API_TOKEN=…   # a new version, rolled out blue/green\n  codeb env list shop --env staging\n  codeb env history shop"
+    )]
     Env(EnvCommand),
     /// Back up a project's databases and caches now, or list its backups (see docs/backups.md).
-    #[command(subcommand)]
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  codeb backup run shop\n  codeb backup list shop -o json"
+    )]
     Backup(BackupCommand),
     /// Restore a backup: a database into a new database (never the live one), its row counts
     /// checked against the backup's; a cache's keys back under the environment's prefix, only
@@ -189,7 +218,10 @@ pub enum Command {
         output: Output,
     },
     /// A project environment's database and cache (`database: postgres`, `cache: redis`).
-    #[command(subcommand)]
+    #[command(
+        subcommand,
+        after_help = "Example:\n  codeb db rotate shop --env staging"
+    )]
     Db(DbCommand),
     /// Show the audit log: every change and every refused request, newest last.
     #[command(
@@ -290,11 +322,13 @@ pub enum KeyCommand {
         output: Output,
     },
     /// List keys (never their text).
+    #[command(after_help = "Examples:\n  codeb key list\n  codeb key list -o json")]
     List {
         #[command(flatten)]
         output: Output,
     },
     /// Revoke a key by its id (see `codeb key list`).
+    #[command(after_help = "Example:\n  codeb key revoke 3f9a0c1d2e4b")]
     Revoke {
         id: String,
         #[command(flatten)]
@@ -554,14 +588,12 @@ pub struct Files {
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
 pub enum GetWhat {
+    #[value(alias = "project")]
     Projects,
+    #[value(alias = "slot")]
     Slots,
+    #[value(alias = "host")]
     Hosts,
-}
-
-#[derive(Debug, Clone, Copy, ValueEnum)]
-pub enum DescribeWhat {
-    Project,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
