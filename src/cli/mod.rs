@@ -60,6 +60,9 @@ pub enum LogFormat {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Validate manifests, then converge the hosts to them.
+    #[command(
+        after_help = "Examples:\n  codeb apply -f manifests/\n  codeb apply -f manifests/ --dry-run -o json\n  codeb apply -f manifests/ --prune --prune-project old-shop"
+    )]
     Apply {
         #[command(flatten)]
         files: Files,
@@ -127,6 +130,9 @@ pub enum Command {
         output: Output,
     },
     /// Switch an environment's hostname back to its grace slot, starting nothing.
+    #[command(
+        after_help = "Examples:\n  codeb rollback shop\n  codeb rollback shop --env staging -o json"
+    )]
     Rollback {
         project: String,
         #[arg(long, default_value = "production")]
@@ -763,6 +769,31 @@ pub const NO_STATE_DIR: &str = "no state directory: set --state-dir or CODEB_STA
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// kubectl habits: every command's help ends with examples.
+    #[test]
+    fn every_command_has_examples_in_its_help() {
+        fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for sub in cmd.get_subcommands() {
+                let path = format!("{path} {}", sub.get_name());
+                let after = sub.get_after_help().map(|h| h.to_string());
+                if !after.is_some_and(|h| h.contains("Example")) {
+                    missing.push(path.clone());
+                }
+                walk(sub, &path, missing);
+            }
+        }
+        let mut missing = Vec::new();
+        walk(
+            &<Cli as clap::CommandFactory>::command(),
+            "codeb",
+            &mut missing,
+        );
+        assert!(
+            missing.is_empty(),
+            "no examples in the help of: {missing:?}"
+        );
+    }
 
     #[test]
     fn the_state_dir_is_xdg_state_home_then_home_and_never_the_working_directory() {
