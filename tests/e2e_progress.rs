@@ -347,9 +347,21 @@ fn apply_timeout_stops_with_exit_4_leaves_the_slot_deploying_and_the_next_apply_
     assert_eq!(before.len(), 1, "{before:?}");
     assert_eq!(before[0].2, "running", "{before:?}");
 
-    // The next apply resumes the health check of the same container: no new deploy.
-    let out = sb.apply(&dir);
+    // The next apply resumes the health check of the same container: no new deploy. Under
+    // --log-format json its progress on stderr is JSON log lines like the rest of stderr.
+    let out = sb.codeb(&["apply", "-f", dir.to_str().unwrap(), "--log-format", "json"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let events: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stderr)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    assert!(
+        events
+            .iter()
+            .any(|e| e["fields"]["progress"]["type"] == "waiting"
+                && e["fields"]["progress"]["state"] == "passed"),
+        "{events:#?}"
+    );
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(!stdout.contains(": deploy "), "{stdout}");
     assert!(stdout.contains("wait until blue is healthy"), "{stdout}");

@@ -70,7 +70,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
                 host: s.publish_on,
             }),
         ),
-        command => return client(&state_dir, cli.config.as_deref(), command, cli.progress).await,
+        command => {
+            let shown = progress::Style {
+                choice: cli.progress,
+                json: matches!(cli.log_format, super::LogFormat::Json),
+            };
+            return client(&state_dir, cli.config.as_deref(), command, shown).await;
+        }
     };
     let operator = operator_config(cli.config.as_deref(), &state_dir)?;
     daemon::run(daemon::Config {
@@ -137,10 +143,16 @@ async fn client(
     state_dir: &Path,
     config: Option<&Path>,
     command: Command,
-    shown: progress::Choice,
+    shown: progress::Style,
 ) -> anyhow::Result<u8> {
     let backup_to = match &command {
         Command::Env(super::EnvCommand::Backup { to, .. }) => Some(to.clone()),
+        _ => None,
+    };
+    let named = match &command {
+        Command::Get {
+            name: Some(name), ..
+        } => Some(name.clone()),
         _ => None,
     };
     let (request, format) = request(command)?;
@@ -167,12 +179,13 @@ async fn client(
         }
         return match answer {
             Ok(Ok(service::Response::Logs(l))) => {
-                if shown != progress::Choice::None {
-                    eprintln!(
-                        "· the log of {} ended (the container stopped or was removed)",
+                progress::note(
+                    shown,
+                    &format!(
+                        "the log of {} ended (the container stopped or was removed)",
                         l.container
-                    );
-                }
+                    ),
+                );
                 Ok(0)
             }
             Ok(Ok(_)) => Ok(0),
@@ -181,7 +194,10 @@ async fn client(
             Err(e) => Err(e),
         };
     }
-    let response = answer?.map_err(Failure::from)?;
+    let mut response = answer?.map_err(Failure::from)?;
+    if let Some(name) = named {
+        only_named(&mut response, &name)?;
+    }
     if let (Some(dir), service::Response::EnvBackup(b)) = (&backup_to, &response) {
         write_backup(dir, &b.backup.0)?;
     }
@@ -189,6 +205,30 @@ async fn client(
     output::render(&response, format, &mut out)?;
     std::io::stdout().write_all(&out)?;
     Ok(response.exit_code())
+}
+
+/// Keeps the rows of a `get` answer that `name` names (a project's, or a host); none is an error,
+/// exit 2, as for a project `describe` does not know.
+fn only_named(response: &mut service::Response, name: &str) -> Result<(), Failure> {
+    let (kind, left) = match response {
+        service::Response::Projects(rows) => {
+            rows.retain(|r| r.project == name);
+            ("project", rows.len())
+        }
+        service::Response::Slots(rows) => {
+            rows.retain(|r| r.project == name);
+            ("project", rows.len())
+        }
+        service::Response::Hosts(rows) => {
+            rows.retain(|r| r.name == name);
+            ("host", rows.len())
+        }
+        _ => return Ok(()),
+    };
+    if left == 0 {
+        return Err(Failure::invalid(format!("no {kind} `{name}` is recorded")));
+    }
+    Ok(())
 }
 
 /// Runs `request` on the store of `state_dir` under the operator's configuration, or in the
@@ -327,7 +367,7 @@ fn request(command: Command) -> anyhow::Result<(Request, Format)> {
             },
             output.output,
         ),
-        Command::Get { what, output } => (
+        Command::Get { what, output, .. } => (
             Request::Get {
                 what: match what {
                     super::GetWhat::Projects => GetWhat::Projects,
@@ -337,8 +377,19 @@ fn request(command: Command) -> anyhow::Result<(Request, Format)> {
             },
             output,
         ),
-        Command::Describe { name, output, .. } => {
-            (Request::Describe { project: name }, output.output)
+        Command::Describe { args, output } => {
+            let project = match args.as_slice() {
+                [name] => name.clone(),
+                [kind, name] if kind == "project" || kind == "projects" => name.clone(),
+                [kind, _] => {
+                    return Err(Failure::invalid(format!(
+                        "codeb describes projects only, not `{kind}`: codeb describe [project] NAME"
+                    ))
+                    .into())
+                }
+                _ => unreachable!("clap takes one or two"),
+            };
+            (Request::Describe { project }, output.output)
         }
         Command::Promote {
             project,

@@ -4,8 +4,10 @@
 //! On a terminal (stderr is a TTY) a step's start is a line, and under it a spinner with its
 //! elapsed time and what it waits on (a health check's last answer), replaced by the step's end
 //! line with its duration. Elsewhere (CI, a pipe, a file) every event is one plain line: a step's start, each
-//! change of what it waits on, its end with its duration. stdout carries only the command's
-//! answer, so `-o json` stays pure data; `--progress none` prints no progress at all.
+//! change of what it waits on, its end with its duration. Under `--log-format json` each event
+//! is a JSON log line instead (the same shape as codeb's log lines, the event under `fields`), so
+//! that stderr stays JSON. stdout carries only the command's answer, so `-o json` stays pure
+//! data; `--progress none` prints no progress at all.
 //!
 //! Must not: decide anything, or write to stdout anything but log lines.
 
@@ -28,11 +30,19 @@ pub enum Choice {
     None,
 }
 
+/// How progress is shown: `--progress`, and whether stderr carries JSON log lines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Style {
+    pub choice: Choice,
+    pub json: bool,
+}
+
 /// How this run renders progress.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Mode {
     Spinner,
     Plain,
+    Json,
     Off,
 }
 
@@ -46,9 +56,10 @@ pub enum End {
 }
 
 /// Renders `events` until every sender is gone (or stdout closes), log lines in `format`.
-pub async fn render(mut events: mpsc::Receiver<Event>, choice: Choice, format: Format) -> End {
-    let mode = match choice {
+pub async fn render(mut events: mpsc::Receiver<Event>, style: Style, format: Format) -> End {
+    let mode = match style.choice {
         Choice::None => Mode::Off,
+        _ if style.json => Mode::Json,
         Choice::Plain => Mode::Plain,
         Choice::Auto if std::io::stderr().is_terminal() => Mode::Spinner,
         Choice::Auto => Mode::Plain,
@@ -67,6 +78,9 @@ pub async fn render(mut events: mpsc::Receiver<Event>, choice: Choice, format: F
                 // A closed stderr is no reason to stop the request.
                 let _ = writeln!(std::io::stderr().lock(), "{}", plain(&event));
             }
+            Mode::Json => {
+                let _ = writeln!(std::io::stderr().lock(), "{}", json_line(&event));
+            }
             Mode::Spinner => spin(&mut spinner, &event),
         }
     }
@@ -74,6 +88,22 @@ pub async fn render(mut events: mpsc::Receiver<Event>, choice: Choice, format: F
         bar.finish_and_clear();
     }
     End::Drained
+}
+
+/// A note on stderr after the request, as progress is shown (none with `--progress none`).
+pub fn note(style: Style, message: &str) {
+    let event = Event::Note {
+        message: message.to_string(),
+    };
+    let line = match style {
+        Style {
+            choice: Choice::None,
+            ..
+        } => return,
+        Style { json: true, .. } => json_line(&event),
+        _ => format!("· {message}"),
+    };
+    let _ = writeln!(std::io::stderr().lock(), "{line}");
 }
 
 /// One log line on stdout, flushed (a follow's reader sees it at once).
@@ -111,6 +141,19 @@ fn plain(event: &Event) -> String {
         Event::Note { message } => format!("! {message}"),
         Event::Log { line } => line.clone(),
     }
+}
+
+/// An event as a JSON log line: codeb's log line shape (`timestamp`, `level`, `fields`, `target`),
+/// with the plain line as `message` and the event itself beside it.
+fn json_line(event: &Event) -> String {
+    let now = humantime::format_rfc3339_micros(std::time::SystemTime::now()).to_string();
+    serde_json::json!({
+        "timestamp": now,
+        "level": "INFO",
+        "fields": { "message": plain(event), "progress": event },
+        "target": "codeb::progress",
+    })
+    .to_string()
 }
 
 /// `0.31 s`, `8.2 s`, `95 s`.
@@ -167,6 +210,22 @@ fn spin(spinner: &mut Option<indicatif::ProgressBar>, event: &Event) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn under_json_logs_an_event_is_a_json_log_line_with_the_event_beside_its_message() {
+        let event = Event::Waiting {
+            step: "s".into(),
+            state: "HTTP 404".into(),
+            elapsed_ms: 3_000,
+        };
+        let line: serde_json::Value = serde_json::from_str(&json_line(&event)).unwrap();
+        assert_eq!(line["level"], "INFO");
+        assert_eq!(line["fields"]["message"], "  … HTTP 404 (after 3.0 s)");
+        assert_eq!(
+            serde_json::from_value::<Event>(line["fields"]["progress"].clone()).unwrap(),
+            event
+        );
+    }
 
     #[test]
     fn plain_lines_say_what_started_what_it_waits_on_and_how_long_it_took() {

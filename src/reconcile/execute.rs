@@ -469,6 +469,11 @@ async fn run<R: Runtime, P: Proxy, K: Kernel, D: Dns, H: Prober>(
             None => Ok(()),
         },
         Action::EnsureServer(spec) => b.proxy.ensure_server(spec).await.map_err(backend),
+        Action::EnsureAccessLog(log) => b
+            .proxy
+            .ensure_access_log(SERVER_NAME, log.as_ref())
+            .await
+            .map_err(backend),
         Action::Deploy {
             slot,
             release,
@@ -705,6 +710,7 @@ fn backend_of(action: &Action) -> Option<&'static str> {
         | Action::RemoveContainer { .. } => Some("podman"),
         Action::MarkHost => Some("podman"),
         Action::EnsureServer(_)
+        | Action::EnsureAccessLog(_)
         | Action::AddRoute(_)
         | Action::ReplaceRoute(_)
         | Action::DeleteRoute { .. } => Some("caddy"),
