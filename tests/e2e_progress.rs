@@ -1,10 +1,10 @@
 //! Live progress and followed logs against the real Podman and Caddy (issue #16): while a slow
 //! health check waits, the step's start and its wait states arrive seconds before the apply ends,
 //! on a terminal (a pty, through `script`) as a spinner and elsewhere as one line per state change;
-//! `apply --timeout` stops with exit 4 and the next apply resumes; the same progress arrives when
-//! `codeb watch` answers; `logs -f` receives a line the app writes after it started, control
-//! characters replaced, and ends quietly on Ctrl-C and on a closed pipe, locally and through the
-//! daemon.
+//! `apply --timeout` stops with exit 4 and the next apply resumes, and bounds a run whose Podman
+//! never answers; the same progress arrives when `codeb watch` answers; `logs -f` receives a line
+//! the app writes after it started, control characters replaced, and ends quietly on Ctrl-C, on a
+//! closed pipe and when its container goes, locally and through the daemon.
 //!
 //! The slow app is the test image under a shell that hides `/health` and starts httpd late: no
 //! answer (connection refused) for 3 s, then `HTTP 404` for 3 s, then healthy.
@@ -375,6 +375,45 @@ fn apply_timeout_stops_with_exit_4_leaves_the_slot_deploying_and_the_next_apply_
         sb.get(&format!("{name}.codeb.test"), "/"),
         (200, "v1".to_string())
     );
+}
+
+#[test]
+fn apply_timeout_bounds_a_run_whose_backend_never_answers() {
+    let _l = lock();
+    let sb = Sandbox::new();
+    let name = unique("prog-hang");
+    // A Podman that accepts connections and never answers: the observation waits on it (its
+    // client gives up only after 30 s), so no step starts and the run is abandoned at the bound.
+    let socket = sb.dir.path().join("silent-podman.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+    let held = std::thread::spawn(move || {
+        let mut kept = Vec::new();
+        for stream in listener.incoming().take(8).flatten() {
+            kept.push(stream);
+        }
+        kept
+    });
+    let text = manifest(&sb, &name, "localhost/codeb-test-app:v1", "").replace(
+        &format!("podman: {}", sb.stack.podman),
+        &format!("podman: unix://{}", socket.display()),
+    );
+    assert!(text.contains("silent-podman.sock"), "{text}");
+    let dir = write_dir(&sb, "manifests", &text);
+    let start = Instant::now();
+    let (code, ended, out, err) = run_timed(
+        &sb,
+        &["apply", "-f", dir.to_str().unwrap(), "--timeout", "1s"],
+    );
+    let took = ended.duration_since(start);
+    eprintln!("took {took:?}\n{}{}", out.text(), err.text());
+    assert_eq!(code, Some(4), "{}\n{}", out.text(), err.text());
+    assert!(
+        (Duration::from_secs(11)..Duration::from_secs(15)).contains(&took),
+        "the timeout and 10 s: {took:?}"
+    );
+    assert!(err.text().contains("was abandoned"), "{}", err.text());
+    assert!(containers(&name).is_empty());
+    drop(held);
 }
 
 /// Waits until `codeb watch` answers on its socket.

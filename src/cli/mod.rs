@@ -92,7 +92,7 @@ pub enum Command {
         prune_projects: Vec<String>,
         /// Bound the whole run (e.g. 5m): past it no step starts and a health wait stops, the
         /// slot left deploying; exit 4. The next apply resumes. A step still acting 10 s later
-        /// is abandoned as a crash would leave it.
+        /// (or a host that does not answer) is abandoned as a crash would leave it.
         #[arg(long, value_name = "DURATION", value_parser = parse_timeout)]
         timeout: Option<Duration>,
         #[command(flatten)]

@@ -1028,17 +1028,16 @@ async fn bounded(ctx: &Ctx, req: Request, timeout: Duration) -> Result<Response>
         Ok(result) => result,
         Err(_) => {
             let text = humantime::format_duration(timeout);
+            let late = HARD_STOP_MS / 1000;
             ctx.progress.emit(reconcile::Event::Note {
                 message: format!(
-                    "--timeout {text} reached, and a step went on for {} s more: abandoned",
-                    HARD_STOP_MS / 1000
+                    "--timeout {text} reached, and the run was still busy {late} s later: abandoned"
                 ),
             });
             Err(Error::new(
                 Code::TimedOut,
                 format!(
-                    "--timeout {text} reached: a step still acting {} s later was abandoned, as a crash would leave it (the journal shows it interrupted; the next apply observes and resumes)",
-                    HARD_STOP_MS / 1000
+                    "--timeout {text} reached: the run, still busy {late} s later (a step acting, or a host observed, that did not answer), was abandoned as a crash would leave it (a step in flight shows as interrupted in the journal; the next apply observes and resumes)"
                 ),
             ))
         }
