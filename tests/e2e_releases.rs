@@ -389,3 +389,64 @@ fn rollback_to_n_through_codeb_serve_holds_across_resyncs_with_the_roles_of_roll
         "{audit}"
     );
 }
+
+#[test]
+fn a_rollback_to_killed_around_its_env_and_override_commit_leaves_both_or_neither() {
+    let _l = lock();
+    let sb = Sandbox::new();
+    let name = unique("relkill");
+    let _cleanup = Cleanup(&sb, vec![name.clone()]);
+    let host = format!("{name}.codeb.test");
+    let apply = |image: &str| {
+        let dir = sb.write(&[ProjectYaml::new(&name, image)]);
+        sb.apply(&dir)
+    };
+    // 1: v1; 2: v1 with env 1 (red); 3: v2 with env 1; 4: v2 with env 2 (blue). 2 is in no slot.
+    assert_eq!(apply(V1).status.code(), Some(0));
+    ok(&sb, &["env", "set", &name, "COLOR=red"]);
+    assert_eq!(apply(V2).status.code(), Some(0));
+    ok(&sb, &["env", "set", &name, "COLOR=blue"]);
+    assert_eq!(row(&releases(&sb, &name), 2)["state"], "replaced");
+    let versions = |sb: &Sandbox| {
+        let out = ok(sb, &["env", "history", &name, "-o", "json"]);
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        v.as_array().unwrap().len()
+    };
+
+    // Killed right before the commit: neither the env version nor the override is written.
+    let killed = sb.codeb_env(
+        &["rollback", &name, "--to", "2"],
+        &[("CODEB_FAULT_KILL_BEFORE_ENV_COMMIT", "1")],
+    );
+    assert_eq!(killed.status.code(), None, "killed: {}", text(&killed));
+    assert_eq!(versions(&sb), 2);
+    let again = apply(V2);
+    assert_eq!(again.status.code(), Some(0), "{}", text(&again));
+    assert!(
+        String::from_utf8_lossy(&again.stdout).contains("nothing to do"),
+        "{}",
+        text(&again)
+    );
+    assert_eq!(sb.get(&host, "/").1, "v2");
+    assert_eq!(serving_env(&sb, &name, "COLOR"), "blue");
+
+    // Killed right after it, before the rollout: both are written, and the next apply finishes
+    // the rollback (v1 with the env of release 2), rather than v2 with it or v1 without it.
+    let killed = sb.codeb_env(
+        &["rollback", &name, "--to", "2"],
+        &[("CODEB_FAULT_KILL_AFTER_DATA", "1")],
+    );
+    assert_eq!(killed.status.code(), None, "killed: {}", text(&killed));
+    assert_eq!(versions(&sb), 3);
+    assert_eq!(sb.get(&host, "/").1, "v2", "nothing rolled out yet");
+    let finish = apply(V2);
+    assert_eq!(finish.status.code(), Some(0), "{}", text(&finish));
+    assert_eq!(sb.get(&host, "/").1, "v1");
+    assert_eq!(serving_env(&sb, &name, "COLOR"), "red");
+    let rows = releases(&sb, &name);
+    assert_eq!(
+        (rows[0]["number"].as_u64(), rows[0]["envVersion"].as_u64()),
+        (Some(5), Some(3)),
+        "{rows:?}"
+    );
+}

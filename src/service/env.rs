@@ -527,23 +527,26 @@ pub(super) fn rollback_values(
 }
 
 /// Writes the env `rollback --to` restores (see [`rollback_values`]) as a new version, restored
-/// from `version`, by the caller; the caller holds the environment's claim. `None`: nothing to
-/// write.
+/// from `version`, by the caller, and the release override `over`, in one transaction; the
+/// caller holds the environment's claim. `None`: the env needs no new version, and nothing was
+/// written (the override is the caller's to set).
 pub(super) fn restore_for_rollback(
     ctx: &Ctx,
     key: &EnvKey,
     version: u64,
+    over: Option<&crate::model::Override>,
 ) -> Result<Option<crate::store::secrets::StoredVersion>> {
     let (latest, Some(next)) = rollback_values(ctx, key, version)? else {
         return Ok(None);
     };
-    let stored = ctx.store.put_env_version(
+    let stored = ctx.store.restore_env_version_with_override(
         key,
         latest,
         &next,
         &ctx.caller.label(),
         crate::reconcile::now_ms(),
-        Some(version),
+        version,
+        over,
     )?;
     Ok(Some(stored))
 }

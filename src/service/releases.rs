@@ -272,26 +272,34 @@ async fn redeploy(
         let plan = dry_plan(ctx, &key, &t, entry).await?;
         super::check_fingerprint(expected, &plan, store, std::slice::from_ref(&key))?;
     }
+    // The env version and the override are written at once (one transaction), or the override
+    // alone when the env stays: a kill in between cannot leave one without the other.
     let mut notes = Vec::new();
-    match env_to_restore(&t.declared, entry) {
-        Some(v) => match super::env::restore_for_rollback(ctx, &key, v)? {
-            Some(stored) => notes.push(format!(
-                "env version {v} restored as version {} (protected keys kept as they are)",
-                stored.version
-            )),
-            None => notes.push(format!("the stored env already equals version {v}")),
-        },
-        None if t.declared.env_from.is_stored() => {
-            if let Some(latest) = store.latest_env_version(&key)? {
-                notes.push(format!(
-                    "release {} ran without a stored env: the stored env stays at version {latest}",
-                    entry.number
-                ));
+    let restored = match env_to_restore(&t.declared, entry) {
+        Some(v) => super::env::restore_for_rollback(ctx, &key, v, t.over.as_ref())?
+            .map(|stored| (v, stored.version)),
+        None => None,
+    };
+    match (restored, env_to_restore(&t.declared, entry)) {
+        (Some((v, new)), _) => notes.push(format!(
+            "env version {v} restored as version {new} (protected keys kept as they are)"
+        )),
+        (None, restore) => {
+            store.set_override(&key, t.over.as_ref())?;
+            match restore {
+                Some(v) => notes.push(format!("the stored env already equals version {v}")),
+                None if t.declared.env_from.is_stored() => {
+                    if let Some(latest) = store.latest_env_version(&key)? {
+                        notes.push(format!(
+                            "release {} ran without a stored env: the stored env stays at version {latest}",
+                            entry.number
+                        ));
+                    }
+                }
+                None => {}
             }
         }
-        None => {}
     }
-    store.set_override(&key, t.over.as_ref())?;
     if let Some(o) = &t.over {
         notes.push(format!(
             "{key} runs {} as a release override (as `codeb deploy` sets one) until the manifests name another image than {}",
