@@ -1,5 +1,6 @@
-//! The embedded store (redb): environment records, recorded hosts, how each host was last seen
-//! to switch traffic, the journal, and the env versions, sealed ([`secrets`]).
+//! The embedded store (redb): environment records and their release histories ([`releases`]),
+//! recorded hosts, how each host was last seen to switch traffic, the journal, and the env
+//! versions, sealed ([`secrets`]).
 //!
 //! One process owns a store at a time (an exclusive lock file beside the database). Every record
 //! write is guarded by the generation the caller last read, so that a plan computed from an older
