@@ -166,6 +166,7 @@ fn world(n: usize) -> (Desired, Observed, Recorded) {
                             masquerade: 1,
                             guard: 1,
                             route_localnet: true,
+                            mac_pinned: true,
                         },
                     })),
                 },

@@ -36,8 +36,11 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 readonly ROOT
 STACK_DIR="${CODEB_STACK_DIR:-$ROOT/.codeb-stack}"
-# Pid files and health checks compare against this path, so it must be absolute and unique.
+# Pid files and health checks compare against this path, so it must be absolute and unique: a
+# symlink to a stack's dir (a git worktree's .codeb-stack pointing at the main checkout's) names
+# that same stack, not a stopped one beside it.
 [[ $STACK_DIR == /* ]] || STACK_DIR="$PWD/$STACK_DIR"
+STACK_DIR="$(realpath -m -- "$STACK_DIR")"
 readonly STACK_DIR="${STACK_DIR%/}"
 
 # Addresses and subnets. Only loopback may be targeted on the test machines. CODEB_STACK_HTTP_PORT is

@@ -1,5 +1,5 @@
-//! Commands about codeb itself, which need no store, no daemon and no stack: `version` and
-//! `completion`.
+//! Commands that need no store, no daemon and no stack: `version` and `completion`, and reads
+//! against a state directory that holds no store.
 
 use std::process::{Command, Output};
 
@@ -73,4 +73,50 @@ fn zsh_and_fish_scripts_are_printed_and_an_unknown_shell_is_a_usage_error() {
     assert!(stdout(&fish).contains("complete -c codeb"), "{fish:?}");
     let tcsh = codeb(&["completion", "tcsh"]);
     assert_eq!(tcsh.status.code(), Some(2), "{tcsh:?}");
+}
+
+/// A read against a state directory that holds no store (a mistyped `CODEB_STATE_DIR`) says so,
+/// exit 2, and creates nothing; a `diff` plans against nothing recorded, creating nothing either.
+#[test]
+fn a_read_of_a_state_directory_without_a_store_says_so_and_creates_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("mistyped");
+    let state_s = state.to_str().unwrap();
+    for args in [
+        vec!["get", "projects"],
+        vec!["get", "slots", "-o", "json"],
+        vec!["describe", "project", "shop"],
+        vec!["audit"],
+    ] {
+        let mut all = vec!["--state-dir", state_s];
+        all.extend(args.iter().copied());
+        let out = codeb(&all);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {out:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("there is no codeb store in") && err.contains("mistyped"),
+            "{args:?}: {err}"
+        );
+        assert!(!state.exists(), "{args:?} created the state directory");
+    }
+    let manifests = dir.path().join("m.yaml");
+    std::fs::write(
+        &manifests,
+        "apiVersion: codeb.kr/v1\nkind: Host\nmetadata:\n  name: local\nspec:\n  address: 127.0.0.1\n  podman: unix:///nonexistent/podman.sock\n  caddy:\n    admin: http://127.0.0.1:1\n",
+    )
+    .unwrap();
+    let out = codeb(&[
+        "--state-dir",
+        state_s,
+        "diff",
+        "-f",
+        manifests.to_str().unwrap(),
+    ]);
+    // Planned (the unreachable host makes it exit 3, unobserved), not refused for the store.
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("Podman is unreachable"),
+        "{out:?}"
+    );
+    assert!(!state.exists(), "diff created the state directory");
 }

@@ -336,9 +336,8 @@ fn recorded(sb: &Sandbox, name: &str) -> Vec<String> {
 }
 
 /// A dry run and a diff record nothing: not the hosts or zones they name, not how a host switches,
-/// not a journal line. (Compared as codeb reads the store back, not byte for byte: redb rewrites
-/// its allocator state in the file whenever a database opened for writing closes, so even a
-/// `get` changes the file's bytes; measured with md5sum.)
+/// not a journal line; the store's file is byte-identical after them (they, and `get`, open it
+/// read-only: a database opened for writing rewrites its allocator state when it closes).
 #[test]
 fn a_dry_run_and_a_diff_record_nothing() {
     let _l = lock();
@@ -359,6 +358,8 @@ fn a_dry_run_and_a_diff_record_nothing() {
         ),
         &[ProjectYaml::new(&name, "localhost/codeb-test-app:v2")],
     );
+    let file = sb.state().join("codeb.redb");
+    let bytes = std::fs::read(&file).unwrap();
     let dry = sb.codeb(&["apply", "--dry-run", "-f", changed.to_str().unwrap()]);
     assert_eq!(dry.status.code(), Some(0), "{}", text(&dry));
     assert!(
@@ -368,10 +369,82 @@ fn a_dry_run_and_a_diff_record_nothing() {
     );
     let diff = sb.codeb(&["diff", "-f", changed.to_str().unwrap()]);
     assert_eq!(diff.status.code(), Some(1), "{}", text(&diff));
+    assert!(
+        std::fs::read(&file).unwrap() == bytes,
+        "a dry run or a diff changed the store's file"
+    );
     assert_eq!(
         recorded(&sb, &name),
         before,
         "a dry run or a diff recorded something"
     );
     cleanup(&sb, &name);
+}
+
+/// Reads never wait for writes: while a one-shot `apply` holds the store, waiting on a health
+/// check, `get`, `describe`, `diff` and `apply --dry-run` are answered from a read-only open of the
+/// store, and a change (`promote`) is refused at once, naming what holds the store.
+#[test]
+fn reads_are_answered_while_an_apply_waits_on_a_health_check_and_a_change_is_refused_naming_it() {
+    let _l = lock();
+    let sb = Sandbox::new();
+    let up = unique("reader");
+    let slow = unique("waiting");
+    let out = sb.apply(&sb.write(&[ProjectYaml::new(&up, "localhost/codeb-test-app:v1")]));
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    // Never healthy: the apply waits its whole health timeout.
+    let mut waiting = ProjectYaml::new(&slow, "localhost/codeb-test-unhealthy:v1");
+    waiting.timeout = "12s";
+    let dir = sb.write(&[
+        ProjectYaml::new(&up, "localhost/codeb-test-app:v1"),
+        waiting,
+    ]);
+    let dir_s = dir.to_str().unwrap();
+    let mut apply = std::process::Command::new(env!("CARGO_BIN_EXE_codeb"))
+        .arg("--state-dir")
+        .arg(sb.state())
+        .args(["apply", "-f", dir_s])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The apply holds the store and its new container runs (so it waits on the health check).
+    let waits = eventually(Duration::from_secs(10), || {
+        std::fs::read_to_string(sb.state().join("codeb.lock"))
+            .is_ok_and(|t| t.contains("codeb apply"))
+            && !containers(&slow).is_empty()
+    });
+    assert!(waits, "the apply never got to its health check");
+
+    let slots = sb.codeb(&["get", "slots", "-o", "json"]);
+    assert_eq!(slots.status.code(), Some(0), "{}", text(&slots));
+    assert!(
+        String::from_utf8_lossy(&slots.stdout).contains(&up),
+        "{}",
+        text(&slots)
+    );
+    let describe = sb.codeb(&["describe", "project", &up]);
+    assert_eq!(describe.status.code(), Some(0), "{}", text(&describe));
+    let diff = sb.codeb(&["diff", "-f", dir_s]);
+    assert_eq!(diff.status.code(), Some(1), "{}", text(&diff));
+    let dry = sb.codeb(&["apply", "--dry-run", "-f", dir_s]);
+    assert_eq!(dry.status.code(), Some(0), "{}", text(&dry));
+    let promote = sb.codeb(&["promote", &up]);
+    assert_eq!(promote.status.code(), Some(1), "{}", text(&promote));
+    let refusal = String::from_utf8_lossy(&promote.stderr);
+    assert!(
+        refusal.contains("`codeb apply` (pid ")
+            && refusal.contains(&apply.id().to_string())
+            && refusal.contains("nothing was done"),
+        "{}",
+        text(&promote)
+    );
+    assert!(
+        apply.try_wait().unwrap().is_none(),
+        "the apply ended before the reads: they proved nothing"
+    );
+    let done = apply.wait_with_output().unwrap();
+    assert_eq!(done.status.code(), Some(1), "{}", text(&done));
+    cleanup(&sb, &slow);
+    cleanup(&sb, &up);
 }

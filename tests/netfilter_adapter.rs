@@ -370,3 +370,87 @@ async fn nft_reads_codebs_rules_as_written_and_drift_is_observed_and_repaired() 
         }
     );
 }
+
+/// Runs `ip` with `args`; panics when it fails.
+fn ip(args: &[&str]) {
+    let out = std::process::Command::new("ip")
+        .args(args)
+        .output()
+        .expect("ip runs");
+    assert!(
+        out.status.success(),
+        "ip {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Deletes the run's links whatever happens (a bridge's ports go with their veth peers).
+struct Links(Vec<String>);
+
+impl Drop for Links {
+    fn drop(&mut self) {
+        for link in &self.0 {
+            let _ = std::process::Command::new("ip")
+                .args(["link", "del", link])
+                .output();
+        }
+    }
+}
+
+fn sys_net(link: &str, file: &str) -> String {
+    std::fs::read_to_string(format!("/sys/class/net/{link}/{file}"))
+        .unwrap()
+        .trim()
+        .to_string()
+}
+
+/// A Linux bridge takes the lowest MAC of its ports unless one was set on it, so each container
+/// joining or leaving codeb's bridge changed the gateway's MAC under the others' ARP caches (their
+/// connections to PostgreSQL on the gateway stalled 5 s). codeb's loopback plumbing pins it: after
+/// it, a port with a lower MAC joins and the bridge keeps its address.
+#[tokio::test]
+async fn a_bridge_mac_is_pinned_so_that_a_port_with_a_lower_mac_does_not_change_it() {
+    use codeb::model::observed::ObservedLoopback;
+    use codeb::model::writes::LoopbackWrite;
+    let id = std::process::id() % 100_000;
+    let bridge = format!("cbpin{id}");
+    let (a, a_peer, b, b_peer) = (
+        format!("cbpa{id}"),
+        format!("cbpA{id}"),
+        format!("cbpb{id}"),
+        format!("cbpB{id}"),
+    );
+    let _links = Links(vec![bridge.clone(), a.clone(), b.clone()]);
+    ip(&["link", "add", "name", &bridge, "type", "bridge"]);
+    ip(&["link", "add", &a, "type", "veth", "peer", "name", &a_peer]);
+    ip(&["link", "set", "dev", &a, "address", "02:00:00:00:00:02"]);
+    ip(&["link", "set", "dev", &a, "master", &bridge]);
+    // Unpinned, the bridge follows its port: the problem.
+    assert_eq!(sys_net(&bridge, "address"), "02:00:00:00:00:02");
+    let nf = Netfilter::new();
+    let table = nf.read().await.expect("root and nf_tables");
+    let observed = nf.loopback(&table, &bridge);
+    assert!(!observed.mac_pinned, "{observed:?}");
+    // Only the pin is missing (the rules and route_localnet observed in place): only it is written.
+    nf.set_loopback(&LoopbackWrite {
+        bridge: bridge.clone(),
+        observed: ObservedLoopback {
+            masquerade: 1,
+            guard: 1,
+            route_localnet: true,
+            mac_pinned: false,
+        },
+    })
+    .await
+    .unwrap();
+    assert_eq!(sys_net(&bridge, "addr_assign_type"), "3");
+    assert!(nf.loopback(&nf.read().await.unwrap(), &bridge).mac_pinned);
+    let pinned = sys_net(&bridge, "address");
+    assert_eq!(pinned, "02:00:00:00:00:02", "pinned to the address it had");
+    ip(&["link", "add", &b, "type", "veth", "peer", "name", &b_peer]);
+    ip(&["link", "set", "dev", &b, "address", "02:00:00:00:00:01"]);
+    ip(&["link", "set", "dev", &b, "master", &bridge]);
+    assert_eq!(sys_net(&bridge, "address"), pinned);
+    ip(&["link", "del", &a]);
+    assert_eq!(sys_net(&bridge, "address"), pinned);
+}

@@ -72,11 +72,62 @@ fn an_explicit_hostname_replaces_the_default() {
         "{HOST_AND_ZONE}---\n{}",
         project(
             "web",
-            "production: {image: a, port: 80, hostname: www.example.com}"
+            "production: {image: a, port: 80, hostname: www.codeb.test}"
         )
     );
     let m = load_str("t.yaml", &text).unwrap();
-    assert_eq!(m.hostname("web", "production").unwrap(), "www.example.com");
+    assert_eq!(m.hostname("web", "production").unwrap(), "www.codeb.test");
+}
+
+/// A project may not take traffic for any name it likes: a hostname outside its zone needs the
+/// Zone's grant (`externalHostnames`: an exact name, or `*.` and a parent for the names under it).
+#[test]
+fn a_hostname_outside_its_zone_needs_the_zones_grant() {
+    let with = |grants: &str, hostname: &str| {
+        let zone = HOST_AND_ZONE.replace(
+            "metadata: {name: codeb.test}",
+            &format!("metadata: {{name: codeb.test}}\nspec: {{externalHostnames: [{grants}]}}"),
+        );
+        format!(
+            "{zone}---\n{}",
+            project(
+                "web",
+                &format!("production: {{image: a, port: 80, hostname: {hostname}}}")
+            )
+        )
+    };
+    let err = load_str("t.yaml", &with("", "www.example.com")).unwrap_err();
+    let text = err.to_string();
+    assert!(
+        text.contains("t.yaml:18:48: hostname `www.example.com` is outside zone `codeb.test`")
+            && text.contains("`externalHostnames` of the Zone at t.yaml:"),
+        "{text}"
+    );
+    for (grants, hostname) in [
+        ("www.example.com", "www.example.com"),
+        ("'*.example.com'", "www.example.com"),
+        ("'*.example.com'", "a.b.example.com"),
+        ("other.org, '*.example.com'", "shop.example.com"),
+    ] {
+        let m = load_str("t.yaml", &with(grants, hostname))
+            .unwrap_or_else(|e| panic!("{grants} / {hostname}: {e}"));
+        assert_eq!(m.hostname("web", "production").unwrap(), hostname);
+    }
+    for (grants, hostname) in [
+        ("'*.example.com'", "example.com"),
+        ("'*.example.com'", "wwwexample.com"),
+        ("www.example.com", "api.example.com"),
+    ] {
+        assert!(
+            load_str("t.yaml", &with(grants, hostname)).is_err(),
+            "{grants} granted {hostname}"
+        );
+    }
+    let bad = load_str("t.yaml", &with("'*.'", "www.codeb.test")).unwrap_err();
+    assert!(
+        bad.to_string().contains("invalid external hostname `*.`"),
+        "{bad}"
+    );
 }
 
 #[test]

@@ -48,6 +48,10 @@ const CODEB_ONLY: &[(&str, &str)] = &[
         "`database`/`cache` need the Host's `postgres`/`redis`",
         "declares no `",
     ),
+    (
+        "a hostname outside its Project's zone is one the Zone grants",
+        "is outside zone `",
+    ),
     // Single-document, not expressible in JSON Schema.
     (
         "`kind` comes before `spec` (key order)",
@@ -534,14 +538,19 @@ fn mutations() -> Vec<(String, Change, Codeb)> {
             Set(
                 p("hostname"),
                 json!(format!(
-                    "{}.{}.{}.{}",
+                    "{}.{}.{}.{}.codeb.test",
                     "a".repeat(62),
                     "a".repeat(62),
                     "a".repeat(62),
-                    "a".repeat(58)
+                    "a".repeat(47)
                 )),
             ),
             Accepts,
+        ),
+        (
+            "hostname outside the zone, not granted",
+            Set(p("hostname"), json!("www.example.com")),
+            RefusesAlone,
         ),
         (
             "hostname of the other environment",

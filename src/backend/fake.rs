@@ -453,6 +453,7 @@ impl Kernel for World {
                 masquerade: 1,
                 guard: 1,
                 route_localnet: true,
+                mac_pinned: true,
             };
             Ok(())
         })

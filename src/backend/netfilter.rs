@@ -22,9 +22,13 @@
 //! on codeb's bridge `B`, the table also holds:
 //! - the base chain `postrouting` (`type nat hook postrouting priority srcnat - 1`), one rule per
 //!   bridge: `oifname B ip saddr 127.0.0.0/8 masquerade`;
-//! - the base chain `input` (`type filter hook input priority filter`), one rule per bridge:
-//!   `iifname B ip daddr 127.0.0.0/8 ct status ! dnat drop` (with `route_localnet`, which codeb
-//!   turns on for `B` alone, a container could otherwise reach the host's loopback services).
+//! - the base chain `input` (`type filter hook input priority filter`), the guard, three rules per
+//!   bridge: `iifname B ip daddr 127.0.0.0/8 ct state invalid,untracked drop`, `iifname B ip daddr
+//!   127.0.0.0/8 ct status ! dnat drop` and `iifname B ip saddr 127.0.0.0/8 drop` (with
+//!   `route_localnet`, which codeb turns on for `B` alone, a container could otherwise reach the
+//!   host's loopback services). The first is what makes the guard fail closed: a `ct status`
+//!   expression does not match a packet conntrack has no entry for (untracked, invalid), so the
+//!   second alone let those through.
 //!
 //! Nothing outside this table is ever written, flushed or deleted: rules of Podman (netavark's
 //! iptables chains), of the distribution or of the user live in other tables. The base chain and
@@ -301,31 +305,48 @@ impl Kernel for Netfilter {
         let route_localnet = route_localnet_path(bridge)
             .and_then(|p| std::fs::read_to_string(p).ok())
             .is_some_and(|v| v.trim() == "1");
+        // 3: NET_ADDR_SET, an address set by user space (1 is random, 0 taken from a port).
+        let mac_pinned = sys_class_net(bridge, "addr_assign_type")
+            .and_then(|p| std::fs::read_to_string(p).ok())
+            .is_some_and(|v| v.trim() == "3");
+        // The guard is in place once each of its rules is, once.
+        let guards: Vec<usize> = guard_rules(bridge)
+            .into_iter()
+            .map(|(rule, _)| count(&guard_chain(), rule))
+            .collect();
+        let guard = if guards.contains(&0) {
+            0
+        } else {
+            guards.into_iter().max().unwrap_or(0)
+        };
         ObservedLoopback {
             masquerade: count(&masquerade_chain(), masquerade_rule(bridge)),
-            guard: count(&guard_chain(), guard_rule(bridge)),
+            guard,
             route_localnet,
+            mac_pinned,
         }
     }
 
     async fn set_loopback(&self, write: &LoopbackWrite) -> super::Result<()> {
         let o = &write.observed;
-        let extra = if o.masquerade > 1 || o.guard > 1 {
+        // Rules are added and deleted one by one: what is there is read first.
+        let ops = if o.masquerade != 1 || o.guard != 1 {
             let rules = self.read().await?.rules;
-            let (m, g) = (masquerade_rule(&write.bridge), guard_rule(&write.bridge));
-            let mut extra: Vec<(String, u64)> = Vec::new();
-            for (chain, exprs) in [(MASQUERADE_CHAIN, m), (GUARD_CHAIN, g)] {
-                let found = handles(&rules, chain, |r| r.exprs == exprs);
-                extra.extend(found.into_iter().skip(1).map(|h| (chain.to_string(), h)));
-            }
-            extra
+            let found: Vec<Vec<u64>> = loopback_rules(&write.bridge)
+                .iter()
+                .map(|r| handles(&rules, r.chain, |l| l.exprs == r.exprs))
+                .collect();
+            loopback_ops(&write.bridge, &found)
         } else {
             Vec::new()
         };
-        let ops = loopback_ops(write, &extra);
         if !ops.is_empty() {
             let what = format!("the loopback rules of {}", write.bridge);
             self.commit(what, ops).await?;
+        }
+        if !o.mac_pinned {
+            self.supported()?;
+            pin_mac(&write.bridge).await?;
         }
         if !o.route_localnet {
             self.supported()?;
@@ -490,75 +511,170 @@ fn masquerade_rule(bridge: &str) -> Vec<Expr> {
     e
 }
 
-/// `iifname BRIDGE ip daddr 127.0.0.0/8 ct status & dnat == 0 drop`: with `route_localnet` on
-/// the bridge, a container could send packets to the host's loopback services; only the answers
-/// of connections codeb translated may come in that way.
-fn guard_rule(bridge: &str) -> Vec<Expr> {
-    let mut e = interface_is(wire::META_IIFNAME, bridge).to_vec();
-    e.extend(loopback_net(16));
-    e.extend([
-        Expr::Ct {
-            dreg: wire::REG_1,
-            key: wire::CT_STATUS,
-        },
-        Expr::Bitwise {
-            sreg: wire::REG_1,
-            dreg: wire::REG_1,
-            mask: wire::IPS_DST_NAT.to_ne_bytes().to_vec(),
-            xor: vec![0; 4],
-        },
-        Expr::Cmp {
-            sreg: wire::REG_1,
-            op: wire::CMP_EQ,
-            data: vec![0; 4],
-        },
-        Expr::Drop,
-    ]);
-    e
+/// The guard's rules for `bridge`, each with what its comment names. With `route_localnet` on the
+/// bridge, a container could send packets to the host's loopback services; only the answers of
+/// connections codeb translated may come in that way:
+/// - `iifname BRIDGE ip daddr 127.0.0.0/8 ct state invalid,untracked drop`: a packet conntrack
+///   has no entry for (a `ct status` expression does not match it, so the next rule would let it
+///   pass);
+/// - `iifname BRIDGE ip daddr 127.0.0.0/8 ct status & dnat == 0 drop`: any packet of a flow codeb
+///   did not translate;
+/// - `iifname BRIDGE ip saddr 127.0.0.0/8 drop`: a loopback source from the bridge is forged.
+fn guard_rules(bridge: &str) -> Vec<(Vec<Expr>, &'static str)> {
+    let to_loopback = || {
+        let mut e = interface_is(wire::META_IIFNAME, bridge).to_vec();
+        e.extend(loopback_net(16));
+        e
+    };
+    let ct_masked = |key: u32, mask: u32, op: u32| {
+        [
+            Expr::Ct {
+                dreg: wire::REG_1,
+                key,
+            },
+            Expr::Bitwise {
+                sreg: wire::REG_1,
+                dreg: wire::REG_1,
+                mask: mask.to_ne_bytes().to_vec(),
+                xor: vec![0; 4],
+            },
+            Expr::Cmp {
+                sreg: wire::REG_1,
+                op,
+                data: vec![0; 4],
+            },
+        ]
+    };
+    let mut untracked = to_loopback();
+    untracked.extend(ct_masked(
+        wire::CT_STATE,
+        wire::CT_STATE_INVALID | wire::CT_STATE_UNTRACKED,
+        wire::CMP_NEQ,
+    ));
+    untracked.push(Expr::Drop);
+    let mut untranslated = to_loopback();
+    untranslated.extend(ct_masked(wire::CT_STATUS, wire::IPS_DST_NAT, wire::CMP_EQ));
+    untranslated.push(Expr::Drop);
+    let mut forged = interface_is(wire::META_IIFNAME, bridge).to_vec();
+    forged.extend(loopback_net(12));
+    forged.push(Expr::Drop);
+    vec![
+        (untracked, "guard untracked"),
+        (untranslated, "guard"),
+        (forged, "guard source"),
+    ]
 }
 
-/// The transaction of a [`LoopbackWrite`]'s rules: the chains where missing, each rule added when
-/// there is none, and duplicates (their `extra` handles, by chain) deleted.
-pub fn loopback_ops(write: &LoopbackWrite, extra: &[(String, u64)]) -> Vec<Op> {
-    let o = &write.observed;
+/// One rule of a bridge's loopback plumbing: its chain, expressions and comment.
+struct LoopbackRule {
+    chain: &'static str,
+    def: ChainDef,
+    exprs: Vec<Expr>,
+    comment: String,
+}
+
+/// Every rule of `bridge`'s loopback plumbing: the masquerade, then the guard's.
+fn loopback_rules(bridge: &str) -> Vec<LoopbackRule> {
+    let mut rules = vec![LoopbackRule {
+        chain: MASQUERADE_CHAIN,
+        def: masquerade_chain(),
+        exprs: masquerade_rule(bridge),
+        comment: format!("codeb loopback {bridge}"),
+    }];
+    rules.extend(
+        guard_rules(bridge)
+            .into_iter()
+            .map(|(exprs, what)| LoopbackRule {
+                chain: GUARD_CHAIN,
+                def: guard_chain(),
+                exprs,
+                comment: format!("codeb loopback {what} {bridge}"),
+            }),
+    );
+    rules
+}
+
+/// The transaction that brings `bridge`'s loopback rules to one each, from the handles `found` of
+/// each (in [`loopback_rules`]' order): the table and a chain where a rule is missing, the missing
+/// rules, and duplicates deleted.
+pub fn loopback_ops(bridge: &str, found: &[Vec<u64>]) -> Vec<Op> {
+    let rules = loopback_rules(bridge);
     let mut ops = Vec::new();
-    if o.masquerade == 0 || o.guard == 0 {
+    let missing: Vec<&LoopbackRule> = rules
+        .iter()
+        .zip(found)
+        .filter(|(_, f)| f.is_empty())
+        .map(|(r, _)| r)
+        .collect();
+    if !missing.is_empty() {
         ops.push(Op::AddTable);
     }
-    if o.masquerade == 0 {
-        ops.push(Op::AddChain(masquerade_chain()));
+    let mut chains: Vec<&str> = Vec::new();
+    for rule in missing {
+        if !chains.contains(&rule.chain) {
+            chains.push(rule.chain);
+            ops.push(Op::AddChain(rule.def.clone()));
+        }
         ops.push(Op::AddRule {
-            chain: MASQUERADE_CHAIN.into(),
-            exprs: masquerade_rule(&write.bridge),
-            comment: Some(format!("codeb loopback {}", write.bridge)),
+            chain: rule.chain.into(),
+            exprs: rule.exprs.clone(),
+            comment: Some(rule.comment.clone()),
             first: false,
         });
     }
-    if o.guard == 0 {
-        ops.push(Op::AddChain(guard_chain()));
-        ops.push(Op::AddRule {
-            chain: GUARD_CHAIN.into(),
-            exprs: guard_rule(&write.bridge),
-            comment: Some(format!("codeb loopback guard {}", write.bridge)),
-            first: false,
-        });
+    for (rule, handles) in rules.iter().zip(found) {
+        ops.extend(handles.iter().skip(1).map(|h| Op::DelRule {
+            chain: rule.chain.into(),
+            handle: *h,
+        }));
     }
-    ops.extend(extra.iter().map(|(chain, handle)| Op::DelRule {
-        chain: chain.clone(),
-        handle: *handle,
-    }));
     ops
 }
 
 /// `/proc/sys/net/ipv4/conf/BRIDGE/route_localnet`, for a name the kernel could have given an
 /// interface (no path separator, at most 15 bytes).
 fn route_localnet_path(bridge: &str) -> Option<std::path::PathBuf> {
-    let ok = !bridge.is_empty()
-        && bridge.len() < 16
-        && !bridge.contains('/')
-        && bridge != "."
-        && bridge != "..";
-    ok.then(|| format!("/proc/sys/net/ipv4/conf/{bridge}/route_localnet").into())
+    is_interface_name(bridge)
+        .then(|| format!("/proc/sys/net/ipv4/conf/{bridge}/route_localnet").into())
+}
+
+/// `/sys/class/net/{bridge}/{file}`, for an interface name.
+fn sys_class_net(bridge: &str, file: &str) -> Option<std::path::PathBuf> {
+    is_interface_name(bridge).then(|| format!("/sys/class/net/{bridge}/{file}").into())
+}
+
+fn is_interface_name(name: &str) -> bool {
+    !name.is_empty() && name.len() < 16 && !name.contains('/') && name != "." && name != ".."
+}
+
+/// Pins `bridge`'s MAC address to the one it has now (see [`ObservedLoopback::mac_pinned`]).
+async fn pin_mac(bridge: &str) -> super::Result<()> {
+    let read = |file: &str| {
+        let path = sys_class_net(bridge, file).ok_or_else(|| Error::Unsupported {
+            reason: format!("{bridge:?} is not an interface name"),
+        })?;
+        std::fs::read_to_string(&path).map_err(|e| Error::from_io(format!("{}", path.display()), e))
+    };
+    let index: i32 = read("ifindex")?
+        .trim()
+        .parse()
+        .map_err(|_| Error::Unsupported {
+            reason: format!("{bridge} has no interface index"),
+        })?;
+    let text = read("address")?;
+    let bytes: Vec<u8> = text
+        .trim()
+        .split(':')
+        .filter_map(|b| u8::from_str_radix(b, 16).ok())
+        .collect();
+    let mac: [u8; 6] = bytes.try_into().map_err(|_| Error::Unsupported {
+        reason: format!("{bridge}'s address {:?} is not a MAC address", text.trim()),
+    })?;
+    tokio::task::spawn_blocking(move || netlink::set_link_address(index, mac))
+        .await
+        .map_err(|e| Error::from_io(format!("pinning {bridge}'s MAC"), std::io::Error::other(e)))?
+        .map_err(|e| Error::from_io(format!("pinning {bridge}'s MAC address"), e))?;
+    Ok(())
 }
 
 /// `meta l4proto tcp`.

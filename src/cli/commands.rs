@@ -156,31 +156,82 @@ async fn call(
     config: Option<&Path>,
     request: Request,
 ) -> anyhow::Result<socket::Answer> {
-    match Store::open(state_dir) {
-        Ok(store) => {
-            let config = operator_config(config, state_dir)?;
-            let ctx = Ctx::local(Arc::new(store), Caller::cli(uid()), config);
-            Ok(service::call(&ctx, request).await)
-        }
+    if request.reads_only() {
+        return read(state_dir, config, request).await;
+    }
+    match Store::open_as(state_dir, &format!("codeb {}", request.op())) {
+        Ok(store) => local(Arc::new(store), state_dir, config, request).await,
         Err(held @ crate::store::Error::Locked { .. }) => {
             match socket::forward(state_dir, &request).await {
                 Ok(answer) => Ok(answer),
-                // Held by a one-shot command (an apply waiting on a health check), not a daemon.
-                Err(socket::Error::NoDaemon { .. }) => {
-                    Err(Failure::unconverged(held.to_string()).into())
-                }
+                // Held by a one-shot command (an apply waiting on a health check), not a daemon:
+                // no queue to wait in, so the change is refused, naming who holds the store.
+                Err(socket::Error::NoDaemon { .. }) => Err(Failure::unconverged(format!(
+                    "{held}; nothing was done: run it again when that ends (codeb watch or serve queue changes instead of refusing them)"
+                ))
+                .into()),
                 Err(other) => Err(other.into()),
             }
         }
-        Err(e) if e.is_refused_dir() => Err(Failure::invalid(format!(
-            "opening the store in {}: {e}",
-            state_dir.display()
-        ))
-        .into()),
-        Err(e) => {
-            Err(anyhow::Error::new(e)
-                .context(format!("opening the store in {}", state_dir.display())))
+        Err(e) => Err(open_failure(state_dir, e)),
+    }
+}
+
+/// Runs a request that only reads: in the daemon when one holds the store (its view, its kept
+/// clients), else on a read-only open of the store, beside whatever holds it and writing nothing.
+async fn read(
+    state_dir: &Path,
+    config: Option<&Path>,
+    request: Request,
+) -> anyhow::Result<socket::Answer> {
+    match socket::forward(state_dir, &request).await {
+        Err(socket::Error::NoDaemon { .. }) => {}
+        answered => return answered.map_err(Into::into),
+    }
+    let store = match Store::open_read_only(state_dir) {
+        Ok(store) => store,
+        // Before the first apply a plan is made against nothing recorded, creating nothing.
+        Err(crate::store::Error::NoStore { .. }) if request.plans_only() => {
+            tracing::info!(
+                state_dir = %state_dir.display(),
+                "no codeb store here yet: planning as if nothing were recorded"
+            );
+            Store::empty(state_dir).map_err(|e| open_failure(state_dir, e))?
         }
+        Err(e @ crate::store::Error::NoStore { .. }) => {
+            return Err(Failure::invalid(e.to_string()).into())
+        }
+        // A store that needs a writer first (a repair after a crash, tables of a newer codeb):
+        // opened for writing when nothing holds it.
+        Err(crate::store::Error::Open { .. }) => {
+            Store::open_as(state_dir, &format!("codeb {}", request.op()))
+                .map_err(|e| open_failure(state_dir, e))?
+        }
+        Err(e) => return Err(open_failure(state_dir, e)),
+    };
+    local(Arc::new(store), state_dir, config, request).await
+}
+
+/// Runs `request` in this process on `store`.
+async fn local(
+    store: Arc<Store>,
+    state_dir: &Path,
+    config: Option<&Path>,
+    request: Request,
+) -> anyhow::Result<socket::Answer> {
+    let config = operator_config(config, state_dir)?;
+    let ctx = Ctx::local(store, Caller::cli(uid()), config);
+    Ok(service::call(&ctx, request).await)
+}
+
+/// The error of a store that cannot be opened: a refused state directory is invalid input.
+fn open_failure(state_dir: &Path, e: crate::store::Error) -> anyhow::Error {
+    match e {
+        held @ crate::store::Error::Locked { .. } => Failure::unconverged(held.to_string()).into(),
+        e if e.is_refused_dir() => {
+            Failure::invalid(format!("opening the store in {}: {e}", state_dir.display())).into()
+        }
+        e => anyhow::Error::new(e).context(format!("opening the store in {}", state_dir.display())),
     }
 }
 

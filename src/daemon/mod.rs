@@ -96,7 +96,12 @@ pub async fn run(args: Config) -> Result<(), Error> {
             )
         }
     };
-    let store = Arc::new(Store::open(&state_dir).map_err(|e| {
+    let what = if args.listen.is_some() {
+        "codeb serve"
+    } else {
+        "codeb watch"
+    };
+    let store = Arc::new(Store::open_as(&state_dir, what).map_err(|e| {
         let message = format!(
             "opening the store in {}: {}",
             state_dir.display(),

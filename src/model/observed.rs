@@ -97,6 +97,11 @@ pub struct ObservedLoopback {
     /// codeb's guard rules for the bridge (1 when in place).
     pub guard: usize,
     pub route_localnet: bool,
+    /// The bridge's MAC address is set (pinned), not taken from its ports: a Linux bridge takes
+    /// the lowest MAC of its ports unless one was set, so each container joining or leaving would
+    /// change the gateway's MAC under the other containers' ARP caches, and their new connections
+    /// to a service on the gateway (PostgreSQL, Redis) stall for seconds.
+    pub mac_pinned: bool,
 }
 
 /// codeb's NAT rules for the service addresses on one gateway, as observed.

@@ -111,7 +111,7 @@ impl fmt::Display for Step {
             ),
             Action::Loopback(w) => write!(
                 f,
-                "let loopback connections reach containers on {} (masquerade, guard, route_localnet)",
+                "let loopback connections reach containers on {} (masquerade, guard, route_localnet, pinned bridge MAC)",
                 w.bridge
             ),
             Action::SetService(w) => {

@@ -153,7 +153,7 @@ pub fn publish_hook_diff(p: &Published) -> Option<HookWrite> {
 /// The loopback plumbing a host's kernel-published slot ports lack.
 pub fn loopback_diff(p: &Published) -> Option<LoopbackWrite> {
     let l = &p.loopback;
-    let converged = l.masquerade == 1 && l.guard == 1 && l.route_localnet;
+    let converged = l.masquerade == 1 && l.guard == 1 && l.route_localnet && l.mac_pinned;
     (!converged).then(|| LoopbackWrite {
         bridge: p.bridge.clone(),
         observed: l.clone(),

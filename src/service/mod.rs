@@ -557,6 +557,36 @@ impl Request {
         }
     }
 
+    /// Whether the request only reads the store (and the hosts): a process that does not hold the
+    /// store answers it from a read-only open, beside an `apply` that holds it, and leaves the
+    /// store's file byte-identical. Reads of env values are not among them: they are audited.
+    pub fn reads_only(&self) -> bool {
+        matches!(
+            self,
+            Request::Apply { dry_run: true, .. }
+                | Request::Diff { .. }
+                | Request::Get { .. }
+                | Request::Describe { .. }
+                | Request::Releases { .. }
+                | Request::Logs { .. }
+                | Request::KeyList
+                | Request::Audit { .. }
+                | Request::EnvList { .. }
+                | Request::EnvHistory { .. }
+                | Request::EnvDiff { .. }
+                | Request::BackupList { .. }
+        )
+    }
+
+    /// Whether the request plans manifests against the store (`diff`, `apply --dry-run`): with no
+    /// store yet, it plans against nothing recorded rather than failing.
+    pub fn plans_only(&self) -> bool {
+        matches!(
+            self,
+            Request::Apply { dry_run: true, .. } | Request::Diff { .. }
+        )
+    }
+
     /// Whether the request is audited whatever its outcome: every change, and every read of env
     /// values.
     pub fn audited(&self) -> bool {

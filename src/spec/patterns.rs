@@ -42,6 +42,11 @@ pub fn dns_name() -> String {
     format!("^{NAME_LABEL}(\\.{NAME_LABEL})*$")
 }
 
+/// A hostname a Zone grants outside itself: a DNS name, or `*.` and one.
+pub fn hostname_grant() -> String {
+    format!("^(\\*\\.)?{NAME_LABEL}(\\.{NAME_LABEL})*$")
+}
+
 /// A duration as humantime reads it (`1h`, `90s`, `1h 30m`, `1.5h`): numbers, each followed by
 /// a unit. Its bounds are codeb's alone (see the field's description).
 pub fn duration() -> String {

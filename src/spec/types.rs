@@ -399,6 +399,14 @@ pub struct ZoneSpec {
     #[serde(default = "default_ttl")]
     #[schemars(range(min = 1, max = 2_147_483_647))]
     pub ttl: u32,
+    /// Hostnames outside this zone that projects naming it may serve: an exact name
+    /// (`shop.example.com`) or `*.example.com` for every name under that one. A project hostname
+    /// outside its zone and not granted here is refused: the Zone is its DNS owner's document, so
+    /// only that owner lets a project take traffic for a name elsewhere. codeb writes no record for
+    /// such a name (point it at the Host where its DNS is kept).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(inner(regex(pattern = patterns::hostname_grant())))]
+    pub external_hostnames: Vec<String>,
 }
 
 impl Default for ZoneSpec {
@@ -406,7 +414,22 @@ impl Default for ZoneSpec {
         Self {
             powerdns: None,
             ttl: default_ttl(),
+            external_hostnames: Vec::new(),
         }
+    }
+}
+
+impl ZoneSpec {
+    /// Whether `hostname`, outside the zone, is granted by `externalHostnames`.
+    pub fn grants(&self, hostname: &str) -> bool {
+        self.external_hostnames
+            .iter()
+            .any(|g| match g.strip_prefix("*.") {
+                Some(parent) => hostname
+                    .strip_suffix(parent)
+                    .is_some_and(|head| head.len() > 1 && head.ends_with('.')),
+                None => g == hostname,
+            })
     }
 }
 

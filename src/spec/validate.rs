@@ -90,6 +90,7 @@ pub(crate) fn validate(documents: Vec<Document>, complete: bool) -> Result<Manif
     if complete {
         check_references(&checked, &manifests, &mut errors);
         check_confinement(&checked, &manifests, &mut errors);
+        check_zone_consent(&checked, &manifests, &mut errors);
     }
     check_hostnames(&checked, &mut errors);
     check_container_names(&checked, &mut errors);
@@ -526,6 +527,18 @@ fn check_zone(doc: &Document, zone: &ZoneSpec, errors: &mut Vec<Error>) {
             "expected seconds from 1 to 2147483647, e.g. `300`",
         );
     }
+    for (i, grant) in zone.external_hostnames.iter().enumerate() {
+        let name = grant.strip_prefix("*.").unwrap_or(grant);
+        if !is_dns_name(name) {
+            let index = i.to_string();
+            invalid(
+                &["spec", "externalHostnames", &index],
+                "external hostname",
+                grant,
+                "expected a lowercase DNS name, or `*.` and one, e.g. `shop.example.com` or `*.example.com`",
+            );
+        }
+    }
     let Some(pdns) = &zone.powerdns else {
         return;
     };
@@ -928,6 +941,41 @@ fn max_origin(host: &Document, policy: &ContainerPolicy, field: &str) -> String 
         "codeb's default, as the Host at {} sets no `containers.maxResources.{field}`",
         host.name_origin
     )
+}
+
+/// A hostname outside its project's zone is one the Zone grants (`externalHostnames`): a project
+/// may not take traffic for any name it likes (another tenant's, codeb's own API hostname).
+fn check_zone_consent(documents: &[Document], manifests: &Manifests, errors: &mut Vec<Error>) {
+    for doc in documents {
+        let Spec::Project(project) = &doc.spec else {
+            continue;
+        };
+        let Some(zone) = manifests.zones.get(&project.zone) else {
+            continue;
+        };
+        for (env_name, env) in &project.environments {
+            let Some(hostname) = &env.hostname else {
+                continue;
+            };
+            // An invalid name is reported by itself.
+            if !is_dns_name(hostname)
+                || crate::model::dns::in_zone(hostname, &project.zone)
+                || zone.spec.grants(hostname)
+            {
+                continue;
+            }
+            let path = ["spec", "environments", env_name, "hostname"];
+            errors.push(Error::new(
+                doc.value_origin(&path),
+                format!(
+                    "hostname {} is outside zone `{}`: a project serves a name outside its zone only when its Zone grants it (add it, or `*.` and its parent, to `externalHostnames` of the Zone at {})",
+                    doc.show(&path, hostname),
+                    quote(&project.zone),
+                    zone.origin
+                ),
+            ));
+        }
+    }
 }
 
 /// Every hostname, explicit or default, is served by one environment only.

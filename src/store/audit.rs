@@ -5,7 +5,7 @@
 //! pops from the front while the log is over its count or its first entry is over its age,
 //! which costs the entries it removes (usually none or one), never a scan.
 
-use redb::{ReadableDatabase, ReadableTable, ReadableTableMetadata};
+use redb::{ReadableTable, ReadableTableMetadata};
 use serde::Deserialize;
 
 use super::{decode, storage, Result, Store, AUDIT};

@@ -6,7 +6,6 @@ use std::collections::BTreeMap;
 use super::{decode, read_all, storage, Result, Store, DATA};
 use crate::model::data::DataRecord;
 use crate::model::EnvKey;
-use redb::ReadableDatabase;
 
 impl Store {
     /// Every environment's record.

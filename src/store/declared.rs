@@ -10,7 +10,6 @@ use std::collections::BTreeMap;
 
 use super::{decode, read_all, storage, Result, Store, DECLARED, OVERRIDES};
 use crate::model::{DesiredEnv, EnvKey, Override};
-use redb::ReadableDatabase;
 
 impl Store {
     /// Records the declared spec of these environments; writes only what changed. Their inline

@@ -11,7 +11,7 @@
 
 use std::collections::BTreeMap;
 
-use redb::{ReadableDatabase, ReadableTable};
+use redb::ReadableTable;
 use serde::{Deserialize, Serialize};
 
 use super::{decode, read_all, storage, Error, Store, AUTH_SECRET, KEYS};

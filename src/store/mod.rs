@@ -22,7 +22,7 @@ use std::collections::BTreeMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{ConcurrencyMode, Database, ReadOnlyDatabase, ReadableTable, TableDefinition};
 
 pub use crate::model::Override;
 pub use audit::AuditFilter;
@@ -84,8 +84,14 @@ pub enum Error {
     /// An existing state directory readable by others that holds other files than codeb's.
     #[error("{path} is readable by group or others (mode {mode:04o}) and holds other files than codeb's: codeb keeps secrets in its state directory and closes it to its owner, which it will not do to a shared directory; give codeb a directory of its own (--state-dir or CODEB_STATE_DIR), or `chmod 700 {path}`")]
     Shared { path: PathBuf, mode: u32 },
-    #[error("the store in {path} is in use by another codeb process (is `codeb watch` running?)")]
-    Locked { path: PathBuf },
+    #[error("the store in {path} is in use by {holder}")]
+    Locked {
+        path: PathBuf,
+        holder: HolderOrUnknown,
+    },
+    /// A read-only request on a state directory without a store (a mistyped `CODEB_STATE_DIR`).
+    #[error("there is no codeb store in {path}: nothing was ever applied with this state directory (is --state-dir or CODEB_STATE_DIR right?)")]
+    NoStore { path: PathBuf },
     #[error("cannot open the store {path}")]
     Open {
         path: PathBuf,
@@ -119,14 +125,163 @@ impl Error {
     }
 }
 
+/// Whether every table of this version of codeb exists (a store written by an older version may
+/// lack some: a writer creates them, a reader cannot).
+fn tables_exist(txn: &redb::ReadTransaction) -> bool {
+    txn.open_table(ENVS).is_ok()
+        && txn.open_table(HOSTS).is_ok()
+        && txn.open_table(JOURNAL).is_ok()
+        && txn.open_table(ZONES).is_ok()
+        && txn.open_table(SWITCH_MODES).is_ok()
+        && txn.open_table(DECLARED).is_ok()
+        && txn.open_table(OVERRIDES).is_ok()
+        && txn.open_table(DATA).is_ok()
+        && txn.open_table(KEYS).is_ok()
+        && txn.open_table(AUTH_SECRET).is_ok()
+        && txn.open_table(AUDIT).is_ok()
+        && txn
+            .open_table(META)
+            .is_ok_and(|t| t.get(OWNER_ID).is_ok_and(|v| v.is_some()))
+        && txn.open_table(secrets::ENV_VERSIONS).is_ok()
+        && txn.open_table(secrets::ENV_INLINE).is_ok()
+        && txn.open_table(secrets::ENV_META).is_ok()
+        && txn.open_table(releases::RELEASES).is_ok()
+}
+
+/// Creates every table, and the store's owner id, in one commit.
+fn create_tables(db: &Database) -> Result<()> {
+    let txn = db.begin_write().map_err(storage)?;
+    txn.open_table(ENVS).map_err(storage)?;
+    txn.open_table(HOSTS).map_err(storage)?;
+    txn.open_table(JOURNAL).map_err(storage)?;
+    txn.open_table(ZONES).map_err(storage)?;
+    txn.open_table(SWITCH_MODES).map_err(storage)?;
+    txn.open_table(DECLARED).map_err(storage)?;
+    txn.open_table(OVERRIDES).map_err(storage)?;
+    txn.open_table(DATA).map_err(storage)?;
+    txn.open_table(KEYS).map_err(storage)?;
+    txn.open_table(AUTH_SECRET).map_err(storage)?;
+    txn.open_table(AUDIT).map_err(storage)?;
+    {
+        let mut meta = txn.open_table(META).map_err(storage)?;
+        if meta.get(OWNER_ID).map_err(storage)?.is_none() {
+            let mut id = [0u8; 16];
+            getrandom::fill(&mut id).expect("the OS gives random bytes");
+            let hex = crate::auth::hex(&id);
+            meta.insert(OWNER_ID, hex.as_bytes()).map_err(storage)?;
+        }
+    }
+    txn.open_table(secrets::ENV_VERSIONS).map_err(storage)?;
+    txn.open_table(secrets::ENV_INLINE).map_err(storage)?;
+    txn.open_table(secrets::ENV_META).map_err(storage)?;
+    txn.open_table(releases::RELEASES).map_err(storage)?;
+    txn.commit().map_err(storage)?;
+    Ok(())
+}
+
 fn storage(e: impl Into<redb::Error>) -> Error {
     Error::Storage(Box::new(e.into()))
 }
 
+/// The database of a store: written by the one process that holds the store's lock, read by any
+/// other (redb's `SingleWriter` mode: readers in other processes share the file with the writer and
+/// see its commits, so a `get` is answered while an `apply` waits on a health check).
+enum Db {
+    Writable(Database),
+    ReadOnly(ReadOnlyDatabase),
+}
+
+/// A write attempted on a store opened read-only: a request that was judged to write nothing
+/// did write (a bug), told apart from a storage failure.
+#[derive(Debug)]
+enum BeginWrite {
+    Txn(redb::TransactionError),
+    ReadOnly,
+}
+
+impl From<BeginWrite> for redb::Error {
+    fn from(e: BeginWrite) -> Self {
+        match e {
+            BeginWrite::Txn(e) => e.into(),
+            BeginWrite::ReadOnly => redb::Error::Io(std::io::Error::new(
+                std::io::ErrorKind::ReadOnlyFilesystem,
+                "this codeb process opened the store read-only (it answers a read while another process holds the store) and cannot change it",
+            )),
+        }
+    }
+}
+
+impl Db {
+    fn begin_read(&self) -> Result<redb::ReadTransaction, redb::TransactionError> {
+        use redb::ReadableDatabase;
+        match self {
+            Db::Writable(db) => db.begin_read(),
+            Db::ReadOnly(db) => db.begin_read(),
+        }
+    }
+
+    fn begin_write(&self) -> Result<redb::WriteTransaction, BeginWrite> {
+        match self {
+            Db::Writable(db) => db.begin_write().map_err(BeginWrite::Txn),
+            Db::ReadOnly(_) => Err(BeginWrite::ReadOnly),
+        }
+    }
+}
+
+/// The process that holds a store, as it wrote itself into the lock file: named in the refusal
+/// another process gets.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Holder {
+    /// What it runs: `codeb apply`, `codeb serve`, ... (never its arguments: `env set` carries values).
+    pub what: String,
+    pub pid: u32,
+    /// Since when (Unix ms).
+    pub since_ms: u64,
+}
+
+impl Holder {
+    /// The holder recorded in `dir`'s lock file, if it is readable.
+    fn read(dir: &Path) -> Option<Holder> {
+        let text = std::fs::read_to_string(dir.join(LOCK_FILE)).ok()?;
+        serde_json::from_str(text.trim()).ok()
+    }
+}
+
+impl std::fmt::Display for Holder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let since = std::time::UNIX_EPOCH + std::time::Duration::from_millis(self.since_ms);
+        write!(
+            f,
+            "`{}` (pid {}, since {})",
+            self.what,
+            self.pid,
+            humantime::format_rfc3339_seconds(since)
+        )
+    }
+}
+
+/// How a refusal names a holder that wrote nothing readable (a codeb before holders were recorded).
+impl std::fmt::Display for HolderOrUnknown {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.0 {
+            Some(h) => h.fmt(f),
+            None => f.write_str("another codeb process (is `codeb watch` running?)"),
+        }
+    }
+}
+
+/// [`Holder`], when the lock file named one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HolderOrUnknown(pub Option<Holder>);
+
+const LOCK_FILE: &str = "codeb.lock";
+const DB_FILE: &str = "codeb.redb";
+
 /// The store of one state directory.
 pub struct Store {
-    db: Database,
-    _lock: File,
+    db: Db,
+    /// The lock held while the store is open for writing (none for a read-only one).
+    _lock: Option<File>,
     recorded: Cache,
     /// The state directory (where the env key file is looked for).
     dir: PathBuf,
@@ -159,14 +314,36 @@ impl Store {
     /// file in it belongs to another user or may be written by others; `Shared` when `dir` is
     /// readable by others and holds more than codeb's files (it is not tightened).
     pub fn open(dir: &Path) -> Result<Store> {
+        Self::open_as(dir, "codeb")
+    }
+
+    /// Opens the store for writing as [`open`](Self::open) does, recording `what` (`codeb apply`)
+    /// in its lock file so that another process is told who holds it.
+    ///
+    /// # Errors
+    /// As [`open`](Self::open); `Locked` names the holder.
+    pub fn open_as(dir: &Path, what: &str) -> Result<Store> {
+        use std::io::{Seek, Write};
         dir::prepare(dir)?;
-        let lock = dir::open_private(&dir.join("codeb.lock"))?;
+        let mut lock = dir::open_private(&dir.join(LOCK_FILE))?;
         if lock.try_lock().is_err() {
             return Err(Error::Locked {
                 path: dir.to_path_buf(),
+                holder: HolderOrUnknown(Holder::read(dir)),
             });
         }
-        let path = dir.join("codeb.redb");
+        let holder = Holder {
+            what: what.to_string(),
+            pid: std::process::id(),
+            since_ms: crate::reconcile::now_ms(),
+        };
+        let text = serde_json::to_string(&holder).expect("a holder serializes");
+        // Best effort: the lock is what excludes; the text only names the holder.
+        let _ = lock
+            .set_len(0)
+            .and_then(|()| lock.rewind())
+            .and_then(|()| lock.write_all(format!("{text}\n").as_bytes()));
+        let path = dir.join(DB_FILE);
         let open_error = |source| Error::Open {
             path: path.clone(),
             source: Box::new(source),
@@ -174,66 +351,98 @@ impl Store {
         // redb would create the file with the umask's mode: it gets the file opened 0600 instead.
         let file = dir::open_private(&path)?;
         let db = redb::backends::FileBackend::new(file)
-            .and_then(|backend| Database::builder().create_with_backend(backend))
+            .and_then(|backend| {
+                Database::builder()
+                    .set_concurrency_mode(ConcurrencyMode::SingleWriter)
+                    .create_with_backend(backend)
+            })
             .map_err(open_error)?;
         // Tables are created once; every later open only reads (a write would cost a commit, and
         // its fsync, on every command).
-        let exist = db.begin_read().is_ok_and(|txn| {
-            txn.open_table(ENVS).is_ok()
-                && txn.open_table(HOSTS).is_ok()
-                && txn.open_table(JOURNAL).is_ok()
-                && txn.open_table(ZONES).is_ok()
-                && txn.open_table(SWITCH_MODES).is_ok()
-                && txn.open_table(DECLARED).is_ok()
-                && txn.open_table(OVERRIDES).is_ok()
-                && txn.open_table(DATA).is_ok()
-                && txn.open_table(KEYS).is_ok()
-                && txn.open_table(AUTH_SECRET).is_ok()
-                && txn.open_table(AUDIT).is_ok()
-                && txn
-                    .open_table(META)
-                    .is_ok_and(|t| t.get(OWNER_ID).is_ok_and(|v| v.is_some()))
-                && txn.open_table(secrets::ENV_VERSIONS).is_ok()
-                && txn.open_table(secrets::ENV_INLINE).is_ok()
-                && txn.open_table(secrets::ENV_META).is_ok()
-                && txn.open_table(releases::RELEASES).is_ok()
-        });
+        let exist = {
+            use redb::ReadableDatabase;
+            db.begin_read().is_ok_and(|txn| tables_exist(&txn))
+        };
         if !exist {
-            let txn = db.begin_write().map_err(storage)?;
-            txn.open_table(ENVS).map_err(storage)?;
-            txn.open_table(HOSTS).map_err(storage)?;
-            txn.open_table(JOURNAL).map_err(storage)?;
-            txn.open_table(ZONES).map_err(storage)?;
-            txn.open_table(SWITCH_MODES).map_err(storage)?;
-            txn.open_table(DECLARED).map_err(storage)?;
-            txn.open_table(OVERRIDES).map_err(storage)?;
-            txn.open_table(DATA).map_err(storage)?;
-            txn.open_table(KEYS).map_err(storage)?;
-            txn.open_table(AUTH_SECRET).map_err(storage)?;
-            txn.open_table(AUDIT).map_err(storage)?;
-            {
-                let mut meta = txn.open_table(META).map_err(storage)?;
-                if meta.get(OWNER_ID).map_err(storage)?.is_none() {
-                    let mut id = [0u8; 16];
-                    getrandom::fill(&mut id).expect("the OS gives random bytes");
-                    let hex = crate::auth::hex(&id);
-                    meta.insert(OWNER_ID, hex.as_bytes()).map_err(storage)?;
-                }
-            }
-            txn.open_table(secrets::ENV_VERSIONS).map_err(storage)?;
-            txn.open_table(secrets::ENV_INLINE).map_err(storage)?;
-            txn.open_table(secrets::ENV_META).map_err(storage)?;
-            txn.open_table(releases::RELEASES).map_err(storage)?;
-            txn.commit().map_err(storage)?;
+            create_tables(&db)?;
         }
         Ok(Store {
-            db,
-            _lock: lock,
+            db: Db::Writable(db),
+            _lock: Some(lock),
             recorded: Cache::default(),
             dir: dir.to_path_buf(),
             keyring: std::sync::OnceLock::new(),
             actors: Default::default(),
         })
+    }
+
+    /// Opens the store of `dir` to read it, taking no lock and writing nothing anywhere (the file
+    /// stays byte-identical), beside the process that may hold it for writing.
+    ///
+    /// # Errors
+    /// `NoStore` when `dir` holds no store; `Foreign` or `Writable` as [`open`](Self::open);
+    /// `Open` when the file cannot be read as it is (it needs a repair after a crash, or tables of
+    /// this version of codeb that only a writer creates: [`open`](Self::open) it instead).
+    pub fn open_read_only(dir: &Path) -> Result<Store> {
+        let path = dir.join(DB_FILE);
+        if !path.exists() {
+            return Err(Error::NoStore {
+                path: dir.to_path_buf(),
+            });
+        }
+        dir::check_existing(dir)?;
+        dir::check_existing(&path)?;
+        let open_error = |source| Error::Open {
+            path: path.clone(),
+            source: Box::new(source),
+        };
+        let db = Database::builder()
+            .set_concurrency_mode(ConcurrencyMode::SingleWriter)
+            .open_read_only(&path)
+            .map_err(open_error)?;
+        let complete = {
+            use redb::ReadableDatabase;
+            db.begin_read().is_ok_and(|txn| tables_exist(&txn))
+        };
+        if !complete {
+            return Err(open_error(redb::DatabaseError::UpgradeRequired(0)));
+        }
+        Ok(Store {
+            db: Db::ReadOnly(db),
+            _lock: None,
+            recorded: Cache::default(),
+            dir: dir.to_path_buf(),
+            keyring: std::sync::OnceLock::new(),
+            actors: Default::default(),
+        })
+    }
+
+    /// A store that records nothing, in memory, for `dir` (where no store exists yet): what a
+    /// `diff` plans against before the first apply, creating nothing on disk.
+    ///
+    /// # Errors
+    /// `Storage` when memory cannot be had.
+    pub fn empty(dir: &Path) -> Result<Store> {
+        let db = Database::builder()
+            .create_with_backend(redb::backends::InMemoryBackend::new())
+            .map_err(|source| Error::Open {
+                path: dir.to_path_buf(),
+                source: Box::new(source),
+            })?;
+        create_tables(&db)?;
+        Ok(Store {
+            db: Db::Writable(db),
+            _lock: None,
+            recorded: Cache::default(),
+            dir: dir.to_path_buf(),
+            keyring: std::sync::OnceLock::new(),
+            actors: Default::default(),
+        })
+    }
+
+    /// Whether this store was opened read-only ([`open_read_only`](Self::open_read_only)).
+    pub fn is_read_only(&self) -> bool {
+        matches!(self.db, Db::ReadOnly(_))
     }
 
     /// The state directory.

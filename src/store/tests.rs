@@ -50,10 +50,65 @@ fn records_survive_reopening_the_store() {
 }
 
 #[test]
-fn a_second_process_cannot_open_a_held_store() {
+fn a_second_process_cannot_open_a_held_store_and_is_told_who_holds_it() {
     let dir = tempfile::tempdir().unwrap();
-    let _held = Store::open(dir.path()).unwrap();
-    assert!(matches!(Store::open(dir.path()), Err(Error::Locked { .. })));
+    let _held = Store::open_as(dir.path(), "codeb apply").unwrap();
+    let err = match Store::open(dir.path()) {
+        Err(e @ Error::Locked { .. }) => e,
+        other => panic!("expected Locked, got {:?}", other.map(|_| ())),
+    };
+    let Error::Locked {
+        holder: HolderOrUnknown(Some(holder)),
+        ..
+    } = &err
+    else {
+        panic!("the holder is not named: {err}");
+    };
+    assert_eq!(holder.what, "codeb apply");
+    assert_eq!(holder.pid, std::process::id());
+    let message = err.to_string();
+    assert!(
+        message.contains("`codeb apply` (pid ") && message.contains(" since 20"),
+        "{message}"
+    );
+}
+
+#[test]
+fn a_read_only_open_reads_beside_the_writer_and_changes_no_byte() {
+    let dir = tempfile::tempdir().unwrap();
+    assert!(matches!(
+        Store::open_read_only(dir.path()),
+        Err(Error::NoStore { .. })
+    ));
+    let writer = Store::open_as(dir.path(), "codeb apply").unwrap();
+    writer.put_env(record("a"), None).unwrap();
+    let file = dir.path().join(DB_FILE);
+    let before = std::fs::read(&file).unwrap();
+    let reader = Store::open_read_only(dir.path()).unwrap();
+    assert!(reader.is_read_only());
+    assert_eq!(reader.load().unwrap().envs.len(), 1);
+    let err = reader.put_env(record("b"), None).unwrap_err();
+    assert!(err.to_string().contains("store I/O failed"), "{err}");
+    assert!(
+        crate::backend::error_chain(&err).contains("opened the store read-only"),
+        "{}",
+        crate::backend::error_chain(&err)
+    );
+    drop(reader);
+    assert_eq!(std::fs::read(&file).unwrap(), before, "a reader wrote");
+    // The writer goes on writing, and a new reader sees it.
+    writer.put_env(record("c"), None).unwrap();
+    let reader = Store::open_read_only(dir.path()).unwrap();
+    assert_eq!(reader.load().unwrap().envs.len(), 2);
+}
+
+#[test]
+fn an_empty_store_records_nothing_and_creates_nothing_on_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("state");
+    let store = Store::empty(&missing).unwrap();
+    assert!(store.load().unwrap().envs.is_empty());
+    assert!(!missing.exists());
 }
 
 #[test]

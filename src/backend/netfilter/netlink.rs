@@ -177,3 +177,88 @@ impl Socket {
         refused.map_or(Ok(()), Err)
     }
 }
+
+/// `NETLINK_ROUTE`, `RTM_SETLINK`, `IFLA_ADDRESS`, and the flags of one acknowledged request.
+const NETLINK_ROUTE: i32 = 0;
+const RTM_SETLINK: u16 = 19;
+const IFLA_ADDRESS: u16 = 1;
+const REQUEST_ACK: u16 = 0x1 | 0x4;
+
+/// Sets the hardware address of the interface of index `index` (an `RTM_SETLINK` with
+/// `IFLA_ADDRESS`). Setting a bridge's address to the one it has pins it: the kernel marks it set
+/// by user space (`addr_assign_type` 3) and no longer takes the lowest address of its ports.
+///
+/// # Errors
+/// The kernel's refusal (`EPERM` without `CAP_NET_ADMIN`, `ENODEV` for a gone interface).
+pub fn set_link_address(index: i32, mac: [u8; 6]) -> io::Result<()> {
+    let inner = socket2::Socket::new(
+        socket2::Domain::from(AF_NETLINK),
+        socket2::Type::RAW,
+        Some(socket2::Protocol::from(NETLINK_ROUTE)),
+    )?;
+    inner.set_read_timeout(Some(RECEIVE_TIMEOUT))?;
+    let msg = set_link_address_message(1, index, mac);
+    let sent = inner.send(&msg)?;
+    if sent != msg.len() {
+        return Err(io::Error::other("netlink took part of the request"));
+    }
+    let mut buf = vec![0u8; 4096];
+    loop {
+        let n = loop {
+            match (&inner).read(&mut buf) {
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                other => break other?,
+            }
+        };
+        for reply in wire::replies(&buf[..n]) {
+            if reply.seq == 1 && reply.kind == NLMSG_ERROR {
+                return match wire::error_code(reply.body) {
+                    0 => Ok(()),
+                    code => Err(io::Error::from_raw_os_error(code)),
+                };
+            }
+        }
+    }
+}
+
+/// The request [`set_link_address`] sends: a netlink header, an `ifinfomsg` naming the interface
+/// by index, and one `IFLA_ADDRESS` attribute (padded to 4 bytes).
+fn set_link_address_message(seq: u32, index: i32, mac: [u8; 6]) -> Vec<u8> {
+    let attr_len: u16 = 4 + 6;
+    let len: u32 = 16 + 16 + 12;
+    let mut m = Vec::with_capacity(len as usize);
+    m.extend_from_slice(&len.to_ne_bytes());
+    m.extend_from_slice(&RTM_SETLINK.to_ne_bytes());
+    m.extend_from_slice(&REQUEST_ACK.to_ne_bytes());
+    m.extend_from_slice(&seq.to_ne_bytes());
+    m.extend_from_slice(&0u32.to_ne_bytes());
+    // ifinfomsg: family AF_UNSPEC, pad, type, index, flags, change.
+    m.extend_from_slice(&[0, 0, 0, 0]);
+    m.extend_from_slice(&index.to_ne_bytes());
+    m.extend_from_slice(&0u32.to_ne_bytes());
+    m.extend_from_slice(&0u32.to_ne_bytes());
+    m.extend_from_slice(&attr_len.to_ne_bytes());
+    m.extend_from_slice(&IFLA_ADDRESS.to_ne_bytes());
+    m.extend_from_slice(&mac);
+    m.extend_from_slice(&[0, 0]);
+    m
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_set_link_address_request_is_laid_out_as_rtnetlink_reads_it() {
+        let m = set_link_address_message(7, 42, [0x02, 0xab, 0xcd, 0xef, 0x01, 0x23]);
+        assert_eq!(m.len(), 44);
+        assert_eq!(u32::from_ne_bytes(m[0..4].try_into().unwrap()), 44);
+        assert_eq!(u16::from_ne_bytes(m[4..6].try_into().unwrap()), 19);
+        assert_eq!(u16::from_ne_bytes(m[6..8].try_into().unwrap()), 0x5);
+        assert_eq!(u32::from_ne_bytes(m[8..12].try_into().unwrap()), 7);
+        assert_eq!(i32::from_ne_bytes(m[20..24].try_into().unwrap()), 42);
+        assert_eq!(u16::from_ne_bytes(m[32..34].try_into().unwrap()), 10);
+        assert_eq!(u16::from_ne_bytes(m[34..36].try_into().unwrap()), 1);
+        assert_eq!(&m[36..42], &[0x02, 0xab, 0xcd, 0xef, 0x01, 0x23]);
+    }
+}

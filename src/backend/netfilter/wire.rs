@@ -72,8 +72,14 @@ pub const META_L4PROTO: u32 = 16;
 /// `NFT_CT_STATUS`, and its `IPS_DST_NAT` bit (host byte order, as the kernel loads it).
 pub const CT_STATUS: u32 = 2;
 pub const IPS_DST_NAT: u32 = 1 << 5;
-/// `NFT_CMP_EQ`.
+/// `NFT_CT_STATE`, and its `invalid` and `untracked` bits (`NF_CT_STATE_INVALID_BIT`,
+/// `NF_CT_STATE_UNTRACKED_BIT`), which the kernel sets when a packet has no conntrack entry.
+pub const CT_STATE: u32 = 0;
+pub const CT_STATE_INVALID: u32 = 1;
+pub const CT_STATE_UNTRACKED: u32 = 1 << 6;
+/// `NFT_CMP_EQ`, `NFT_CMP_NEQ`.
 pub const CMP_EQ: u32 = 0;
+pub const CMP_NEQ: u32 = 1;
 /// `NFT_NAT_DNAT`.
 pub const NAT_DNAT: u32 = 1;
 /// `NF_NAT_RANGE_MAP_IPS | NF_NAT_RANGE_PROTO_SPECIFIED`: what the kernel sets for a DNAT to an
