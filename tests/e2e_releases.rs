@@ -450,3 +450,53 @@ fn a_rollback_to_killed_around_its_env_and_override_commit_leaves_both_or_neithe
         "{rows:?}"
     );
 }
+
+#[test]
+fn with_manual_promotion_a_rollback_to_n_serves_n_once_healthy_and_a_waiting_release_is_refused() {
+    let _l = lock();
+    let sb = Sandbox::new();
+    let name = unique("relman");
+    let _cleanup = Cleanup(&sb, vec![name.clone()]);
+    let host = format!("{name}.codeb.test");
+    let apply = |image: &str| {
+        let dir = sb.write(&[manual(&name, image)]);
+        ok(&sb, &["apply", "-f", dir.to_str().unwrap()]);
+    };
+    // 1: v1 serving; 2: v2 deployed and promoted; 3: v3 deployed into v1's slot, waiting.
+    apply(V1);
+    apply(V2);
+    ok(&sb, &["promote", &name]);
+    apply(V3);
+    assert_eq!(
+        summary(&releases(&sb, &name)),
+        vec![
+            (3, V3.into(), "deployed".into()),
+            (2, V2.into(), "active".into()),
+            (1, V1.into(), "replaced".into()),
+        ]
+    );
+    // A release waiting for promotion is not a rollback's: refused, pointing at promote.
+    let waiting = sb.codeb(&["rollback", &name, "--to", "3"]);
+    assert_eq!(waiting.status.code(), Some(2), "{}", text(&waiting));
+    assert!(
+        String::from_utf8_lossy(&waiting.stderr).contains("codeb promote"),
+        "{}",
+        text(&waiting)
+    );
+    assert_eq!(sb.get(&host, "/").1, "v2");
+    // Release 1 in no slot: deployed into the idle slot (replacing the waiting 3) and promoted as
+    // soon as it is healthy, though the environment's promotion is manual.
+    ok(&sb, &["rollback", &name, "--to", "1"]);
+    assert_eq!(sb.get(&host, "/"), (200, "v1".to_string()));
+    let rows = releases(&sb, &name);
+    assert_eq!(
+        summary(&rows),
+        vec![
+            (4, V1.into(), "active".into()),
+            (3, V3.into(), "replaced".into()),
+            (2, V2.into(), "grace".into()),
+            (1, V1.into(), "replaced".into()),
+        ]
+    );
+    assert_eq!(rows[0]["rollbackOf"], 1);
+}
