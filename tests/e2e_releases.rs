@@ -363,6 +363,17 @@ fn rollback_to_n_through_codeb_serve_holds_across_resyncs_with_the_roles_of_roll
     let (status, body) = send(reqwest::Method::POST, "/rollback", &developer, None);
     assert_eq!(status, 200, "{body}");
     assert_eq!(sb.get(&host, "/").1, "v3");
+    // And the original platform's tool takes `to`: release 4 is the grace slot's now.
+    let tool = http
+        .post(serve.url("/api/tool"))
+        .header("X-API-Key", &developer)
+        .json(&json!({"tool": "rollback", "project": name, "to": 4}))
+        .send()
+        .unwrap();
+    assert_eq!(tool.status().as_u16(), 200);
+    let answer: Value = tool.json().unwrap();
+    assert_eq!(answer["ok"], true, "{answer}");
+    assert_eq!(sb.get(&host, "/").1, "v1");
 
     // Both rollbacks are in the audit log with the key.
     let audit = ok(&sb, &["audit", "--project", &name, "-o", "json"]);
