@@ -14,11 +14,11 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 
 use codeb::model::dns::{PowerDnsRef, ZoneRef};
 use codeb::model::observed::{
-    ObservedContainer, ObservedLoopback, ObservedProxy, ObservedService, ObservedServices,
-    ObservedZone, ServiceRule,
+    ObservedAccessLog, ObservedContainer, ObservedLoopback, ObservedProxy, ObservedService,
+    ObservedServices, ObservedZone, ServiceRule,
 };
 use codeb::model::ownership::{LABEL_ENVIRONMENT, LABEL_PROJECT, LABEL_RELEASE, LABEL_SLOT};
-use codeb::model::writes::{RrsetChange, ServiceTarget};
+use codeb::model::writes::{AccessLog, RrsetChange, ServiceTarget};
 use codeb::model::{
     Desired, DesiredEnv, EnvKey, EnvRecord, HostRef, Promotion, Recorded, Release, Slot,
     SlotRecord, SlotState,
@@ -46,6 +46,7 @@ fn host() -> HostRef {
         postgres: None,
         redis: None,
         backups: None,
+        access_log: Some(AccessLog::default_for("app")),
     }
 }
 
@@ -76,6 +77,7 @@ fn world(n: usize) -> (Desired, Observed, Recorded) {
     let mut proxy = ObservedProxy {
         server: Some(server_spec(&h)),
         routes: Vec::new(),
+        access_log: ObservedAccessLog::Is(AccessLog::default_for("app")),
     };
     let mut services = ObservedServices {
         chain: true,

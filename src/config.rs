@@ -13,11 +13,23 @@
 //!   caddyAdmin: [loopback]
 //!   postgres: [loopback, "postgres://10.0.0.3:5432"]
 //!   redis: [loopback]
+//! accessLogs:                 # Caddy's access log of codeb's server, per Host (the defaults)
+//!   enabled: true             # false: off on every Host, whatever the manifests say
+//!   dir: /var/log/caddy       # on each Host's Caddy machine: DIR/codeb-HOST.access.log
+//!   files: {edge: /srv/log/edge-access.log}   # a Host's own file instead
+//!   rollSizeMb: 100           # Caddy starts a new file at this size
+//!   rollKeep: 10              # and keeps this many rolled files
 //! ```
 //!
 //! Without a file (or a list left out of it), the defaults hold: key variables `PDNS_*`,
 //! `CODEB_*`, `PG_*` and `REDIS_*`; endpoints on this machine only (`loopback`, and `unix` sockets
-//! for Podman).
+//! for Podman); access logs on, in `/var/log/caddy`.
+//!
+//! Where Caddy writes a Host's access log is also the operator's: Caddy opens that file as the
+//! user it runs as and appends request lines whose text clients choose, so a path a manifest
+//! could name would let a manifest author have Caddy write into any file of the Host (a cron
+//! table, an `authorized_keys`). A manifest only turns its Host's access log off
+//! (`caddy.accessLog: false`).
 //!
 //! Every transport codeb speaks to these APIs is plaintext (`http://`, `tcp://`), so an address
 //! off this machine is allowed only by its exact origin (`scheme://host:port`), never by a range
@@ -36,6 +48,7 @@ use reqwest::Url;
 use serde::Deserialize;
 
 use crate::model::dns::ZoneRef;
+use crate::model::writes::AccessLog;
 use crate::model::{Desired, HostRef};
 
 /// The file looked for in the state directory when neither `--config` nor [`ENV`] names one.
@@ -95,7 +108,37 @@ struct File {
     protected_env: Option<Vec<String>>,
     #[serde(default)]
     endpoints: FileEndpoints,
+    #[serde(default)]
+    access_logs: FileAccessLogs,
 }
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct FileAccessLogs {
+    enabled: Option<bool>,
+    dir: Option<String>,
+    files: Option<BTreeMap<String, String>>,
+    roll_size_mb: Option<u32>,
+    roll_keep: Option<u32>,
+}
+
+/// Where and how Caddy writes each Host's access log (`accessLogs`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct AccessLogs {
+    enabled: bool,
+    dir: String,
+    /// A Host's own file, by Host name.
+    files: BTreeMap<String, String>,
+    roll_size_mb: u32,
+    roll_keep: u32,
+}
+
+/// The largest `rollSizeMb`: 100 GiB per file is already past any log a host keeps.
+const MAX_ROLL_SIZE_MB: u32 = 100 * 1024;
+/// The most rolled files kept.
+const MAX_ROLL_KEEP: u32 = 1000;
+/// The longest path accepted (Linux's `PATH_MAX`).
+const MAX_PATH: usize = 4096;
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
@@ -170,6 +213,7 @@ pub struct Config {
     key_variables: Vec<String>,
     endpoints: BTreeMap<&'static str, (Vec<String>, Vec<Allowed>)>,
     protected_env: Vec<String>,
+    access_logs: AccessLogs,
 }
 
 impl Config {
@@ -246,13 +290,37 @@ impl Config {
             };
             endpoints.insert(kind.key(), (texts, allowed));
         }
+        let access_logs = access_logs(file.access_logs).map_err(invalid)?;
         Ok(Config {
             path,
             loaded,
             key_variables,
             endpoints,
             protected_env,
+            access_logs,
         })
+    }
+
+    /// Places every Host's access log where this configuration says (`accessLogs`): its file
+    /// (`files`, else `dir`/codeb-HOST.access.log) and its rolling, or off when `enabled: false`.
+    /// A Host whose manifest turned it off stays off. Called on every desired state read from
+    /// manifests, before anything is planned.
+    pub fn place_access_logs(&self, d: &mut Desired) {
+        let a = &self.access_logs;
+        for (name, host) in &mut d.hosts {
+            if host.access_log.is_none() {
+                continue;
+            }
+            host.access_log = a.enabled.then(|| AccessLog {
+                file: a
+                    .files
+                    .get(name)
+                    .cloned()
+                    .unwrap_or_else(|| AccessLog::file_in(&a.dir, name)),
+                roll_size_mb: a.roll_size_mb,
+                roll_keep: a.roll_keep,
+            });
+        }
     }
 
     /// The protected env keys (`protectedEnv`, default [`DEFAULT_PROTECTED_ENV`]).
@@ -565,6 +633,60 @@ fn authority_host(url: &str) -> &str {
 
 fn is_loopback_v6(a: Ipv6Addr) -> bool {
     a.is_loopback() || a.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
+}
+
+/// `accessLogs` as written, checked, with the defaults for what it leaves out.
+fn access_logs(f: FileAccessLogs) -> Result<AccessLogs, String> {
+    let dir = f.dir.unwrap_or_else(|| AccessLog::DEFAULT_DIR.to_string());
+    check_log_path(&dir).map_err(|why| format!("accessLogs.dir {why}"))?;
+    let files = f.files.unwrap_or_default();
+    for (host, file) in &files {
+        if !crate::spec::is_dns_label(host) {
+            return Err(format!(
+                "accessLogs.files: {:?} is not a Host name (a DNS label: lowercase letters, digits and `-`)",
+                host
+            ));
+        }
+        check_log_path(file).map_err(|why| format!("accessLogs.files.{host} {why}"))?;
+        if file.ends_with('/') {
+            return Err(format!(
+                "accessLogs.files.{host} is a directory; expected a file"
+            ));
+        }
+    }
+    let roll_size_mb = f.roll_size_mb.unwrap_or(AccessLog::DEFAULT_ROLL_SIZE_MB);
+    if !(1..=MAX_ROLL_SIZE_MB).contains(&roll_size_mb) {
+        return Err(format!(
+            "accessLogs.rollSizeMb: expected 1 to {MAX_ROLL_SIZE_MB}"
+        ));
+    }
+    let roll_keep = f.roll_keep.unwrap_or(AccessLog::DEFAULT_ROLL_KEEP);
+    if !(1..=MAX_ROLL_KEEP).contains(&roll_keep) {
+        return Err(format!(
+            "accessLogs.rollKeep: expected 1 to {MAX_ROLL_KEEP}"
+        ));
+    }
+    Ok(AccessLogs {
+        enabled: f.enabled.unwrap_or(true),
+        dir,
+        files,
+        roll_size_mb,
+        roll_keep,
+    })
+}
+
+/// A path Caddy is to write an access log at: absolute, without `.` or `..` steps, printable.
+fn check_log_path(path: &str) -> Result<(), &'static str> {
+    if !path.starts_with('/') {
+        return Err("is not an absolute path");
+    }
+    if path.len() > MAX_PATH || path.chars().any(char::is_control) {
+        return Err("is not a usable path (too long, or a control character)");
+    }
+    if path.split('/').any(|step| step == "." || step == "..") {
+        return Err("has a `.` or `..` step; expected a plain absolute path");
+    }
+    Ok(())
 }
 
 /// Parses one entry of an endpoint list.
@@ -958,5 +1080,110 @@ mod tests {
             c.check_host(&tricky).is_err(),
             "127.1 is not taken for loopback"
         );
+    }
+
+    /// Two Hosts with their access logs on and one a manifest turned off, placed by `c`.
+    fn placed(c: &Config) -> BTreeMap<String, Option<AccessLog>> {
+        let mut d = Desired::default();
+        for (name, on) in [("edge", true), ("web", true), ("quiet", false)] {
+            let h = HostRef {
+                name: name.into(),
+                access_log: on.then(|| AccessLog::default_for(name)),
+                ..crate::plan::tests::host()
+            };
+            d.hosts.insert(name.into(), h);
+        }
+        c.place_access_logs(&mut d);
+        d.hosts
+            .into_iter()
+            .map(|(n, h)| (n, h.access_log))
+            .collect()
+    }
+
+    #[test]
+    fn access_logs_go_to_var_log_caddy_per_host_by_default_and_where_the_operator_says() {
+        let by_default = placed(&Config::defaults("/s/config.yaml"));
+        assert_eq!(by_default["web"], Some(AccessLog::default_for("web")));
+        assert_eq!(
+            by_default["edge"].as_ref().unwrap().file,
+            "/var/log/caddy/codeb-edge.access.log"
+        );
+        assert_eq!(
+            by_default["quiet"], None,
+            "a manifest's `accessLog: false` holds"
+        );
+
+        let c = config(
+            "accessLogs:\n  dir: /srv/logs/\n  files: {edge: /data/edge.log}\n  rollSizeMb: 5\n  rollKeep: 3\n",
+        );
+        let logs = placed(&c);
+        let log = |file: &str| {
+            Some(AccessLog {
+                file: file.into(),
+                roll_size_mb: 5,
+                roll_keep: 3,
+            })
+        };
+        assert_eq!(logs["web"], log("/srv/logs/codeb-web.access.log"));
+        assert_eq!(logs["edge"], log("/data/edge.log"));
+        assert_eq!(
+            logs["quiet"], None,
+            "the operator places a log, never turns it on"
+        );
+
+        let off = placed(&config("accessLogs: {enabled: false}\n"));
+        assert!(off.values().all(Option::is_none), "{off:?}");
+    }
+
+    #[test]
+    fn an_access_log_path_that_is_relative_climbs_or_is_not_text_is_refused() {
+        let bad = [
+            (
+                "accessLogs: {dir: logs}\n",
+                "accessLogs.dir is not an absolute path",
+            ),
+            (
+                "accessLogs: {dir: /var/log/../../etc}\n",
+                "accessLogs.dir has a `.` or `..` step",
+            ),
+            (
+                "accessLogs: {dir: \"/var/log/\\ncaddy\"}\n",
+                "accessLogs.dir is not a usable path",
+            ),
+            (
+                "accessLogs: {files: {web: ./web.log}}\n",
+                "accessLogs.files.web is not an absolute path",
+            ),
+            (
+                "accessLogs: {files: {web: /var/log/}}\n",
+                "accessLogs.files.web is a directory",
+            ),
+            (
+                "accessLogs: {files: {Web: /l/web.log}}\n",
+                "\"Web\" is not a Host name",
+            ),
+            (
+                "accessLogs: {files: {../x: /l/web.log}}\n",
+                "is not a Host name",
+            ),
+            (
+                "accessLogs: {rollSizeMb: 0}\n",
+                "accessLogs.rollSizeMb: expected 1 to",
+            ),
+            (
+                "accessLogs: {rollKeep: 0}\n",
+                "accessLogs.rollKeep: expected 1 to",
+            ),
+            ("accessLogs: {file: /l/x.log}\n", "unknown field `file`"),
+        ];
+        for (text, message) in bad {
+            let err = Config::parse(Path::new("/c.yaml"), text)
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.starts_with("codeb's configuration /c.yaml: ") && err.contains(message),
+                "{text}: {err}"
+            );
+        }
     }
 }

@@ -1,5 +1,5 @@
 //! The Caddy adapter against a real Caddy: routes codeb writes carry real requests to real
-//! backends, and nothing that is not codeb's is touched.
+//! backends, its access log records them, and nothing that is not codeb's is touched.
 //!
 //! Needs `CODEB_TEST_CADDY_ADMIN` (e.g. `http://127.0.0.1:12019`): a Caddy with no apps,
 //! `persist: false`, started by `deploy/stack.sh up` or by hand with
@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 
 use codeb::backend::caddy::{Caddy, Error};
 use codeb::backend::Proxy;
-use codeb::model::observed::ObservedProxy;
-use codeb::model::writes::{Route, ServerSpec, TlsMode};
+use codeb::model::observed::{ObservedAccessLog, ObservedProxy};
+use codeb::model::writes::{AccessLog, Route, ServerSpec, TlsMode};
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
@@ -114,6 +114,17 @@ impl Admin {
         assert!(
             status.is_success(),
             "POST {path}: {status} {}",
+            response.text().await.unwrap()
+        );
+    }
+
+    async fn put(&self, path: &str, body: &Value) {
+        let url = format!("{}{path}", self.base);
+        let response = self.send(|| self.client.put(&url).json(body), false).await;
+        let status = response.status();
+        assert!(
+            status.is_success(),
+            "PUT {path}: {status} {}",
             response.text().await.unwrap()
         );
     }
@@ -317,7 +328,8 @@ async fn codeb_routes_reach_their_backends_and_foreign_routes_stay_untouched() {
         observed,
         ObservedProxy {
             server: Some(spec.clone()),
-            routes: vec![]
+            routes: vec![],
+            ..ObservedProxy::default()
         }
     );
 
@@ -397,7 +409,8 @@ async fn codeb_routes_reach_their_backends_and_foreign_routes_stay_untouched() {
         observed,
         ObservedProxy {
             server: Some(spec.clone()),
-            routes: vec![one.clone(), two.clone()]
+            routes: vec![one.clone(), two.clone()],
+            ..ObservedProxy::default()
         }
     );
 
@@ -472,7 +485,8 @@ async fn codeb_routes_reach_their_backends_and_foreign_routes_stay_untouched() {
         observed,
         ObservedProxy {
             server: Some(moved),
-            routes: vec![one_on_b]
+            routes: vec![one_on_b],
+            ..ObservedProxy::default()
         }
     );
 
@@ -536,7 +550,8 @@ async fn internal_tls_serves_codeb_routes_with_certificates_from_codebs_own_ca()
         observed,
         ObservedProxy {
             server: Some(spec.clone()),
-            routes: vec![]
+            routes: vec![],
+            ..ObservedProxy::default()
         }
     );
 
@@ -604,7 +619,8 @@ async fn internal_tls_serves_codeb_routes_with_certificates_from_codebs_own_ca()
         observed,
         ObservedProxy {
             server: Some(off),
-            routes: vec![secure]
+            routes: vec![secure],
+            ..ObservedProxy::default()
         }
     );
 
@@ -649,4 +665,140 @@ async fn an_unreachable_admin_api_is_a_retryable_error_naming_the_url() {
         );
     }
     println!("{}", caddy.observe("codeb").await.unwrap_err());
+}
+
+/// The entries of an access log file for `host`, each a JSON object. A line Caddy is still
+/// writing (no newline yet) is not read.
+fn log_entries(file: &std::path::Path, host: &str) -> Vec<Value> {
+    let text = std::fs::read_to_string(file).unwrap_or_default();
+    let complete = text.rsplit_once('\n').map_or("", |(lines, _)| lines);
+    complete
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .filter(|e| e["request"]["host"] == host)
+        .collect()
+}
+
+/// Waits (at most 5 s) until `file` holds an entry for `host` with `status`.
+async fn logged(file: &std::path::Path, host: &str, status: u16) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline {
+        if log_entries(file, host)
+            .iter()
+            .any(|e| e["status"] == status)
+        {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    false
+}
+
+#[tokio::test]
+async fn codebs_access_log_is_written_once_logs_each_request_and_leaves_other_loggers_alone() {
+    let admin_url = admin_url();
+    let _caddy_lock = CADDY.lock().await;
+    let admin = Admin::new(&admin_url);
+    admin.reset().await;
+
+    let caddy = Caddy::new(&admin_url).unwrap();
+    let pid = std::process::id();
+    let name = format!("{TEST_SERVER_PREFIX}{pid}-log");
+    let server_path = format!("/config/apps/http/servers/{name}");
+    let logger_path = format!("/config/logging/logs/{name}-access");
+    let port = free_port();
+    let spec = ServerSpec {
+        name: name.clone(),
+        listen: vec![format!("127.0.0.1:{port}")],
+        tls: TlsMode::Off,
+    };
+    let foreign_path = format!("/config/logging/logs/{TEST_SERVER_PREFIX}{pid}-foreign");
+    let foreign =
+        json!({ "writer": { "output": "discard" }, "include": ["http.log.access.elsewhere"] });
+    admin.put(&foreign_path, &foreign).await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("made-by-caddy").join("access.log");
+    let log = AccessLog {
+        file: file.to_str().unwrap().to_string(),
+        roll_size_mb: 1,
+        roll_keep: 2,
+    };
+
+    // Without its server, an access log is refused before any write, and worth a retry (the
+    // next round creates the server first).
+    let refused = caddy
+        .ensure_access_log(&name, Some(&log))
+        .await
+        .unwrap_err();
+    assert!(refused.retryable(), "{refused}");
+    assert_eq!(caddy.writes(), 0);
+
+    caddy.ensure_server(&spec).await.unwrap();
+    caddy.ensure_access_log(&name, Some(&log)).await.unwrap();
+    assert_eq!(
+        caddy.writes(),
+        3,
+        "the server, then codeb's logger and the server's logs"
+    );
+    assert_eq!(
+        caddy.observe(&name).await.unwrap().access_log,
+        ObservedAccessLog::Is(log.clone())
+    );
+    caddy.ensure_access_log(&name, Some(&log)).await.unwrap();
+    assert_eq!(caddy.writes(), 3, "a converged access log gets no write");
+
+    let ok = backend("ok").await;
+    caddy
+        .add_route(&name, &route("codeb-log-ok", &["ok.test"], ok))
+        .await
+        .unwrap();
+    let closed = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    caddy
+        .add_route(&name, &route("codeb-log-gone", &["gone.test"], closed))
+        .await
+        .unwrap();
+    assert_eq!(
+        through_caddy(port, "ok.test").await,
+        (200, "ok".to_string())
+    );
+    assert_eq!(through_caddy(port, "gone.test").await.0, 502);
+    assert!(
+        logged(&file, "ok.test", 200).await,
+        "{:?}",
+        log_entries(&file, "ok.test")
+    );
+    assert!(
+        logged(&file, "gone.test", 502).await,
+        "{:?}",
+        log_entries(&file, "gone.test")
+    );
+    assert_eq!(admin.get_json(&foreign_path).await, foreign);
+
+    // Moved: one write, of the logger alone.
+    let moved = AccessLog {
+        file: dir.path().join("moved.log").to_str().unwrap().to_string(),
+        ..log.clone()
+    };
+    let before = caddy.writes();
+    caddy.ensure_access_log(&name, Some(&moved)).await.unwrap();
+    assert_eq!(caddy.writes(), before + 1);
+
+    // Off: the server's `logs`, then codeb's logger; the foreign logger is as it was.
+    caddy.ensure_access_log(&name, None).await.unwrap();
+    assert_eq!(caddy.writes(), before + 3);
+    assert_eq!(admin.get_json(&logger_path).await, Value::Null);
+    assert_eq!(
+        admin.get_json(&format!("{server_path}/logs")).await,
+        Value::Null
+    );
+    assert_eq!(
+        caddy.observe(&name).await.unwrap().access_log,
+        ObservedAccessLog::Absent
+    );
+    caddy.ensure_access_log(&name, None).await.unwrap();
+    assert_eq!(caddy.writes(), before + 3, "nothing left to remove");
+    assert_eq!(admin.get_json(&foreign_path).await, foreign);
+
+    admin.delete(&foreign_path).await;
+    admin.delete(&server_path).await;
 }

@@ -120,3 +120,44 @@ fn a_read_of_a_state_directory_without_a_store_says_so_and_creates_nothing() {
     );
     assert!(!state.exists(), "diff created the state directory");
 }
+
+/// Under `--log-format json` an error is one JSON object on stderr (as the log lines are), with
+/// its message and exit code: a run's error and a usage error alike.
+#[test]
+fn errors_are_json_objects_under_json_logs() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("none");
+    for (args, needle) in [
+        (
+            vec![
+                "--log-format",
+                "json",
+                "--state-dir",
+                state.to_str().unwrap(),
+                "get",
+                "projects",
+            ],
+            "there is no codeb store in",
+        ),
+        (
+            vec!["--log-format=json", "get", "nothing"],
+            "invalid value 'nothing'",
+        ),
+    ] {
+        let out = codeb(&args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {out:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let lines: Vec<&str> = stderr.lines().collect();
+        assert_eq!(lines.len(), 1, "{stderr}");
+        let v: serde_json::Value = serde_json::from_str(lines[0]).unwrap();
+        assert_eq!(v["level"], "ERROR", "{v}");
+        assert_eq!(v["fields"]["exit_code"], 2, "{v}");
+        assert!(
+            v["fields"]["message"].as_str().unwrap().contains(needle),
+            "{v}"
+        );
+    }
+    // Text logs: the text error as before.
+    let out = codeb(&["--state-dir", state.to_str().unwrap(), "get", "projects"]);
+    assert!(String::from_utf8_lossy(&out.stderr).starts_with("error: there is no codeb store"));
+}

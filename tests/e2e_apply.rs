@@ -455,3 +455,58 @@ fn reads_are_answered_while_an_apply_waits_on_a_health_check_and_a_change_is_ref
     cleanup(&sb, &slow);
     cleanup(&sb, &up);
 }
+
+/// kubectl habits: `get` takes singular or plural and a NAME (nothing matching is exit 2), and
+/// `describe` may leave out the word `project`.
+#[test]
+fn get_takes_a_name_in_singular_or_plural_and_describe_needs_no_kind_word() {
+    let _l = lock();
+    let sb = Sandbox::new();
+    let (one, other) = (unique("named"), unique("other"));
+    let dir = sb.write(&[
+        ProjectYaml::new(&one, "localhost/codeb-test-app:v1"),
+        ProjectYaml::new(&other, "localhost/codeb-test-app:v1"),
+    ]);
+    let out = sb.apply(&dir);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let rows = |args: &[&str]| -> Vec<serde_json::Value> {
+        let mut all = args.to_vec();
+        all.extend(["-o", "json"]);
+        let out = sb.codeb(&all);
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {}", text(&out));
+        serde_json::from_slice::<Vec<serde_json::Value>>(&out.stdout).unwrap()
+    };
+    let plural = rows(&["get", "projects"]);
+    assert!(plural.iter().any(|r| r["project"] == one.as_str()));
+    assert!(plural.iter().any(|r| r["project"] == other.as_str()));
+    for args in [["get", "project", &one], ["get", "projects", &one]] {
+        let named = rows(&args);
+        assert!(!named.is_empty());
+        assert!(
+            named.iter().all(|r| r["project"] == one.as_str()),
+            "{named:?}"
+        );
+    }
+    let slots = rows(&["get", "slot", &one]);
+    assert!(!slots.is_empty() && slots.iter().all(|r| r["project"] == one.as_str()));
+    let hosts = rows(&["get", "host", "local"]);
+    assert_eq!(hosts.len(), 1, "{hosts:?}");
+    let missing = sb.codeb(&["get", "project", "no-such-project"]);
+    assert_eq!(missing.status.code(), Some(2), "{}", text(&missing));
+    assert!(text(&missing).contains("no project `no-such-project` is recorded"));
+
+    let short = sb.codeb(&["describe", &one, "-o", "json"]);
+    assert_eq!(short.status.code(), Some(0), "{}", text(&short));
+    let long = sb.codeb(&["describe", "project", &one, "-o", "json"]);
+    assert_eq!(long.status.code(), Some(0), "{}", text(&long));
+    let (short, long): (serde_json::Value, serde_json::Value) = (
+        serde_json::from_slice(&short.stdout).unwrap(),
+        serde_json::from_slice(&long.stdout).unwrap(),
+    );
+    assert_eq!(short["project"], long["project"]);
+    assert_eq!(short["project"], one.as_str(), "{short}");
+    let wrong = sb.codeb(&["describe", "host", "local"]);
+    assert_eq!(wrong.status.code(), Some(2), "{}", text(&wrong));
+    cleanup(&sb, &one);
+    cleanup(&sb, &other);
+}

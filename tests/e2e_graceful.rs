@@ -157,3 +157,89 @@ fn a_retired_slot_is_stopped_with_sigterm_after_the_switch() {
     );
     cleanup(&sb, &name);
 }
+
+/// Issue #16's number: a delete under load fails no request until the hostname is gone from
+/// Caddy. Four clients send GET after GET, each on a fresh connection, through Caddy; every
+/// answer is the app's (`v1`) until the route is gone, then Caddy's answer for a hostname it does
+/// not route (200, empty body), never a 502 or a socket error in between, and never the app again.
+#[test]
+fn a_delete_under_load_fails_no_request_until_the_hostname_is_gone() {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::Arc;
+    let _l = lock();
+    let sb = Sandbox::new();
+    let name = unique("delload");
+    let host = format!("{name}.codeb.test");
+    let http = sb.stack.http.clone();
+    let mut manifest = sb.stack.host_yaml();
+    manifest.push_str(&ProjectYaml::new(&name, "localhost/codeb-test-app:v1").render());
+    manifest.push_str(TRAPPING);
+    let dir = sb.save_text(&manifest);
+    let out = sb.apply(&dir);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_kernel_mode(&sb);
+
+    let started = Instant::now();
+    let stop = Arc::new(AtomicBool::new(false));
+    // Answers so far: the app's, and the unknown hostname's.
+    let counts = Arc::new([AtomicUsize::new(0), AtomicUsize::new(0)]);
+    let clients: Vec<_> = (0..4)
+        .map(|_| {
+            let (http, host, stop, counts) =
+                (http.clone(), host.clone(), stop.clone(), counts.clone());
+            std::thread::spawn(move || {
+                let mut seen = Vec::new();
+                while !stop.load(Ordering::Relaxed) {
+                    let at = started.elapsed();
+                    let answer = fresh_get(&http, &host, "/")
+                        .unwrap_or_else(|e| (0, format!("socket error: {e}")));
+                    match (answer.0, answer.1.as_str()) {
+                        (200, "v1") => counts[0].fetch_add(1, Ordering::Relaxed),
+                        (200, "") => counts[1].fetch_add(1, Ordering::Relaxed),
+                        _ => 0,
+                    };
+                    seen.push((at, answer));
+                }
+                seen
+            })
+        })
+        .collect();
+    assert!(
+        eventually(Duration::from_secs(10), || counts[0]
+            .load(Ordering::Relaxed)
+            >= 40),
+        "the load never got going"
+    );
+    let t = Instant::now();
+    let out = sb.codeb(&["delete", "project", &name]);
+    let took = t.elapsed();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    // Load on after the delete, until the unknown hostname's answer is common.
+    let before = counts[1].load(Ordering::Relaxed);
+    assert!(eventually(Duration::from_secs(10), || {
+        counts[1].load(Ordering::Relaxed) >= before + 40
+    }));
+    stop.store(true, Ordering::Relaxed);
+    let mut served = 0;
+    let mut gone = 0;
+    let mut failed = Vec::new();
+    for client in clients {
+        let mut was_gone = false;
+        for (at, (status, body)) in client.join().unwrap() {
+            match (status, body.as_str()) {
+                (200, "v1") if !was_gone => served += 1,
+                (200, "") => {
+                    was_gone = true;
+                    gone += 1;
+                }
+                other => failed.push(format!("{at:?}: {other:?}")),
+            }
+        }
+    }
+    eprintln!(
+        "delete under load: {served} served, then {gone} answered as an unknown hostname; {} failed; the delete took {took:?}",
+        failed.len()
+    );
+    assert!(failed.is_empty(), "{failed:?}");
+    assert!(served > 0 && gone > 0, "{served} served, {gone} gone");
+}

@@ -175,3 +175,54 @@ fn binary_garbage_is_refused_with_its_position() {
         )
     );
 }
+
+#[test]
+fn an_alias_bomb_inside_a_spec_before_its_kind_is_refused() {
+    let text = PROJECT
+        .replace("kind: Project\n", "")
+        .replace("port: 80}", "port: 80, command: *a9}")
+        + "kind: Project\n";
+    let bomb = alias_bomb();
+    let anchors = bomb.split("apiVersion").next().unwrap();
+    let errors = refused(
+        "alias bomb in a spec before its kind",
+        &format!("{anchors}{text}"),
+        Duration::from_secs(2),
+    );
+    assert_message(&errors, "input refused: ");
+}
+
+/// A spec before its `kind` is read a second time, once per kind: a file of the most documents,
+/// every one with `kind` last and of all three kinds, costs at most four reads of it.
+#[test]
+fn the_most_documents_with_kind_last_load_in_bounded_time() {
+    let stream = |kind_last: bool| {
+        let doc = |kind: &str, name: String, spec: String| {
+            let (before, after) = if kind_last {
+                (String::new(), format!("kind: {kind}\n"))
+            } else {
+                (format!("kind: {kind}\n"), String::new())
+            };
+            format!("apiVersion: codeb.kr/v1\n{before}metadata: {{name: {name}}}\nspec: {spec}\n{after}")
+        };
+        let mut docs = Vec::new();
+        for i in 0..333 {
+            docs.push(doc("Host", format!("h{i}"), "{address: 127.0.0.1, podman: 'unix:///run/p.sock', caddy: {admin: 'http://127.0.0.1:2019'}}".into()));
+            docs.push(doc("Zone", format!("z{i}.test"), "{ttl: 60}".into()));
+            docs.push(doc("Project", format!("p{i}"), format!("{{host: h{i}, zone: z{i}.test, environments: {{production: {{image: a, port: 80}}}}}}")));
+        }
+        docs.join("---\n")
+    };
+    let time = |text: &str| {
+        let start = Instant::now();
+        let m = load_str("many.yaml", text).expect("valid");
+        assert_eq!(
+            (m.hosts.len(), m.zones.len(), m.projects.len()),
+            (333, 333, 333)
+        );
+        start.elapsed()
+    };
+    let (last, first) = (time(&stream(true)), time(&stream(false)));
+    eprintln!("999 documents: kind last {last:?}, kind first {first:?}");
+    assert!(last < Duration::from_secs(10), "{last:?}");
+}

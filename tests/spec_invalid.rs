@@ -128,12 +128,12 @@ fn a_duration_without_unit_shows_the_expected_format() {
 }
 
 #[test]
-fn a_spec_before_its_kind_is_reported_at_the_spec() {
+fn a_mistake_in_a_spec_before_its_kind_is_reported_where_it_is_written() {
     assert_one_error(
         "kind-after-spec.yaml",
-        5,
-        1,
-        "`kind` must come before `spec`",
+        10,
+        3,
+        "unknown field `tll` in `spec`; expected one of `powerdns`, `ttl`, `externalHostnames` (did you mean `ttl`?)",
     );
 }
 

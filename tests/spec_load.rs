@@ -382,3 +382,115 @@ fn a_hostname_that_is_another_environments_preview_hostname_is_refused() {
         "{errors}"
     );
 }
+
+/// The three documents of a stack with `kind` written last (`spec` before it), or first.
+fn stack_with_kind(last: bool) -> String {
+    let docs = [
+        (
+            "Host",
+            "metadata: {name: local}\nspec:\n  address: 127.0.0.1\n  podman: 'unix:///run/p.sock'\n  caddy: {admin: 'http://127.0.0.1:2019', tls: off}\n",
+        ),
+        ("Zone", "metadata: {name: codeb.test}\nspec: {ttl: 120}\n"),
+        (
+            "Project",
+            "spec:\n  host: local\n  zone: codeb.test\n  environments:\n    production: {image: a, port: 80}\nmetadata: {name: web}\n",
+        ),
+    ];
+    docs.iter()
+        .map(|(kind, body)| {
+            if last {
+                format!("apiVersion: codeb.kr/v1\n{body}kind: {kind}\n")
+            } else {
+                format!("kind: {kind}\napiVersion: codeb.kr/v1\n{body}")
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("---\n")
+}
+
+#[test]
+fn kind_may_come_after_spec_in_every_kind_of_document() {
+    let last = load_str("t.yaml", &stack_with_kind(true)).unwrap();
+    let first = load_str("t.yaml", &stack_with_kind(false)).unwrap();
+    assert_eq!(last.hosts["local"].spec, first.hosts["local"].spec);
+    assert_eq!(last.hosts["local"].spec.caddy.tls, Tls::Off);
+    assert_eq!(
+        last.zones["codeb.test"].spec,
+        first.zones["codeb.test"].spec
+    );
+    assert_eq!(last.zones["codeb.test"].spec.ttl, 120);
+    assert_eq!(last.projects["web"].spec, first.projects["web"].spec);
+    // Origins are where the names are written, whichever order the keys are in.
+    assert_eq!(last.hosts["local"].origin.to_string(), "t.yaml:2:18");
+}
+
+#[test]
+fn mistakes_in_specs_before_their_kind_are_reported_where_they_are_written() {
+    // Line by line: a Host whose `spec` has a value of the wrong type, a valid Zone in the usual
+    // order, a Project whose `spec` has an unknown field deep inside, and a Project whose port is
+    // out of range (a check after loading, located through the node tree), each `kind` last.
+    let text = "\
+apiVersion: codeb.kr/v1
+metadata: {name: local}
+spec:
+  address: 127.0.0.1
+  podman: 'unix:///run/p.sock'
+  caddy:
+    admin: 'http://127.0.0.1:2019'
+    listen: 80
+kind: Host
+---
+apiVersion: codeb.kr/v1
+kind: Zone
+metadata: {name: codeb.test}
+---
+apiVersion: codeb.kr/v1
+metadata: {name: web}
+spec:
+  host: local
+  zone: codeb.test
+  environments:
+    production:
+      image: a
+      port: 80
+      healthCheck: {path: /health, timout: 5s}
+kind: Project
+---
+spec:
+  host: local
+  zone: codeb.test
+  environments:
+    production: {image: a, port: 0}
+apiVersion: codeb.kr/v1
+metadata: {name: api}
+kind: Project
+";
+    let errors = load_str("t.yaml", text).unwrap_err();
+    let messages: Vec<String> = errors.to_string().lines().map(str::to_string).collect();
+    let expected = [
+        "t.yaml:8:13: invalid `spec.caddy.listen`: expected a list, found",
+        "t.yaml:24:36: unknown field `timout` in `spec.environments.production.healthCheck`",
+        "t.yaml:31:34: invalid port 0: expected an integer 1-65535",
+    ];
+    assert_eq!(messages.len(), expected.len(), "{errors}");
+    for (message, expected) in messages.iter().zip(expected) {
+        assert!(
+            message.starts_with(expected),
+            "{message}\ndoes not start with\n{expected}"
+        );
+    }
+}
+
+#[test]
+fn a_spec_before_a_kind_codeb_does_not_read_is_not_read() {
+    let text =
+        "apiVersion: codeb.kr/v1\nmetadata: {name: x}\nspec: {anything: [1, 2]}\nkind: Hots\n";
+    let errors = load_str("t.yaml", text).unwrap_err();
+    assert_eq!(errors.len(), 1, "{errors}");
+    assert!(
+        errors
+            .to_string()
+            .starts_with("t.yaml:4:7: unknown kind `Hots`; expected one of Host, Zone, Project (did you mean `Host`?)"),
+        "{errors}"
+    );
+}

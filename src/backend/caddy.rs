@@ -19,6 +19,12 @@
 //!   automation policy with `@id` [`TLS_POLICY_ID`], which issues from that CA. The CA is codeb's
 //!   own rather than Caddy's shared `local` one so that no setting another user of this Caddy relies
 //!   on is changed.
+//! - While its access log is on: the logger `logging.logs.codeb-access` ([`access_logger`]), which
+//!   takes only the entries of the access logger `http.log.access.codeb-access` and writes them as
+//!   JSON to a file, and the server's `logs` key naming it. No other logger (Caddy's `default`
+//!   included) and nothing else under `logging` is read for a decision or written: the logger is
+//!   written at its own path, never by replacing `logging`. With the access log off, a `logs` key
+//!   of the server that is not exactly codeb's is left as it is.
 //!
 //! # Admin API facts this relies on (Caddy 2.6.2, measured)
 //! - `GET` of a key under a missing parent answers `400 {"error":"invalid traversal path at: …"}`;
@@ -35,6 +41,14 @@
 //! - The `ETag` of a `GET` comes as an HTTP trailer, which reqwest does not expose, so writes are
 //!   not guarded with `If-Match`; instead no write here ever carries data that was read (routes are
 //!   never rewritten when the server's settings change).
+//! - A `PUT` of `/config/logging/logs/NAME` creates `logging` and `logging.logs` when missing or
+//!   `null`, and `GET` answers the logger as written (keys sorted).
+//! - A file logger's file is opened at its first entry, not when the config loads (rolling is on
+//!   by default, through lumberjack): a file Caddy cannot write is not refused by the admin API;
+//!   each entry then logs `write error: …` to Caddy's own log. Caddy creates missing directories.
+//! - Access entries also reach every logger that does not exclude them, Caddy's `default` (its
+//!   own log, stderr) included; the `Authorization` and `Cookie` request headers are logged with
+//!   empty values, the URI with its query string.
 
 use backon::{ExponentialBuilder, Retryable};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -43,9 +57,17 @@ use std::time::{Duration, Instant};
 use reqwest::{Method, StatusCode, Url};
 use serde_json::{json, Map, Value};
 
-use crate::model::observed::ObservedProxy;
+use crate::model::observed::{ObservedAccessLog, ObservedProxy};
 use crate::model::ownership::ROUTE_ID_PREFIX;
-use crate::model::writes::{Route, ServerSpec, TlsMode};
+use crate::model::writes::{AccessLog, Route, ServerSpec, TlsMode};
+
+/// codeb's logger of `server`'s access log in Caddy's `logging.logs` (`codeb-access` for
+/// codeb's server `codeb`), which is also the access logger name the server's `logs` sends
+/// entries to (`http.log.access.codeb-access`). One per server: a server name is codeb's, so its
+/// logger's is too.
+pub fn access_logger(server: &str) -> String {
+    format!("{server}-access")
+}
 
 /// `@id` of the TLS automation policy that makes Caddy's internal CA issue codeb's certificates.
 ///
@@ -70,9 +92,10 @@ const MAX_ERROR_BODY: usize = 512;
 /// Errors of the Caddy adapter.
 ///
 /// Worth a retry (see [`Error::is_retryable`]): [`Error::Unreachable`] and [`Error::Timeout`]
-/// (Caddy restarting), and [`Error::Api`] with status 404, 409, 412 or 5xx: those mean the config
-/// changed between the caller's observation and this write (an id vanished after a Caddy restart
-/// with `persist: false`, a key appeared or disappeared), so a new observe and plan will succeed.
+/// (Caddy restarting), [`Error::MissingServer`], and [`Error::Api`] with status 404, 409, 412 or
+/// 5xx: those mean the config changed between the caller's observation and this write (an id
+/// vanished after a Caddy restart with `persist: false`, a key appeared or disappeared), so a new
+/// observe and plan will succeed.
 /// Not worth a retry until something changes: [`Error::InvalidEndpoint`], [`Error::InvalidName`],
 /// [`Error::Client`], [`Error::Rejected`] (Caddy refused the resulting config), other
 /// [`Error::Api`] statuses (403: the admin API refuses this origin) and [`Error::Malformed`].
@@ -132,6 +155,14 @@ pub enum Error {
         op: String,
         detail: String,
     },
+    /// codeb's server is not there for a change that needs it (Caddy restarted since it was
+    /// observed): the next observe and plan create it first.
+    #[error("codeb's server {server:?} is not in Caddy at {admin} (restarted?): {op} needs it")]
+    MissingServer {
+        admin: String,
+        op: String,
+        server: String,
+    },
 }
 
 impl Error {
@@ -139,7 +170,7 @@ impl Error {
     /// fresh observe and plan). See the enum's documentation for the reasons per variant.
     pub fn is_retryable(&self) -> bool {
         match self {
-            Error::Unreachable { .. } | Error::Timeout { .. } => true,
+            Error::Unreachable { .. } | Error::Timeout { .. } | Error::MissingServer { .. } => true,
             Error::Api { status, .. } => matches!(status, 404 | 409 | 412) || *status >= 500,
             Error::InvalidEndpoint { .. }
             | Error::InvalidName { .. }
@@ -356,22 +387,21 @@ impl Caddy {
 }
 
 impl super::Proxy for Caddy {
-    /// One `GET` of the server. A missing server (or missing `apps`, `apps.http`, …, as after a
-    /// restart with `persist: false`) is `server: None` with no routes.
+    /// One `GET` of the whole config (`/config/`), which holds both the server and codeb's
+    /// logger under `logging`: one read per observation, as when only the server was read (the
+    /// server is most of a codeb host's config). A missing server (or missing `apps`,
+    /// `apps.http`, …, as after a restart with `persist: false`) is `server: None` with no routes.
     ///
     /// # Errors
     /// [`Error::Malformed`] when the server is not a JSON object; transport and API errors.
     async fn observe(&self, server: &str) -> super::Result<ObservedProxy> {
         check_server_name(server)?;
-        let path = server_path(server);
-        let (status, value, body) = self.get_json(&path).await?;
-        if status == StatusCode::NOT_FOUND || (!status.is_success() && is_missing_parent(&body)) {
-            return Ok(ObservedProxy::default());
-        }
+        let path = CONFIG_PATH;
+        let (status, config, body) = self.get_json(path).await?;
         if !status.is_success() {
             return Err(self.api_error(&format!("GET {path}"), status, &body).into());
         }
-        Ok(observed_from_json(server, &value)
+        Ok(observed_from_config(server, &config)
             .map_err(|detail| self.malformed(&format!("GET {path}"), detail))?)
     }
 
@@ -400,6 +430,43 @@ impl super::Proxy for Caddy {
         let writes = server_writes(&apps, spec)
             .map_err(|detail| self.malformed("GET /config/apps", detail))?;
         for write in &writes {
+            self.write(write).await?;
+        }
+        Ok(())
+    }
+
+    /// One `GET` of the whole config, then only the writes that differ (none when the access
+    /// log is already as wanted, or off and absent): with a log, codeb's logger
+    /// ([`access_logger`]) first, then the server's `logs` naming it, so that the server never
+    /// sends entries to a logger that is not there yet; without, the server's `logs` (only when it
+    /// is exactly codeb's), then the logger.
+    ///
+    /// # Guarantees
+    /// At most two reloads. Nothing under `logging` but codeb's logger is written, and nothing of
+    /// the server but its `logs`.
+    ///
+    /// # Errors
+    /// [`Error::MissingServer`] when a log is wanted and the server is not there.
+    async fn ensure_access_log(&self, server: &str, log: Option<&AccessLog>) -> super::Result<()> {
+        check_server_name(server)?;
+        let op = format!("GET {CONFIG_PATH}");
+        let (status, config, body) = self.get_json(CONFIG_PATH).await?;
+        if !status.is_success() {
+            return Err(self.api_error(&op, status, &body).into());
+        }
+        let has_server = matches!(
+            config.pointer(&format!("/apps/http/servers/{server}")),
+            Some(Value::Object(_))
+        );
+        if log.is_some() && !has_server {
+            return Err(Error::MissingServer {
+                admin: self.admin.clone(),
+                op: "writing its access log".to_string(),
+                server: server.to_string(),
+            }
+            .into());
+        }
+        for write in &access_log_writes(&config, server, log) {
             self.write(write).await?;
         }
         Ok(())
@@ -470,6 +537,9 @@ impl Write {
     }
 }
 
+/// The whole config: what an observation reads.
+const CONFIG_PATH: &str = "/config/";
+
 fn server_path(server: &str) -> String {
     format!("/config/apps/http/servers/{server}")
 }
@@ -535,11 +605,6 @@ fn caddy_error_message(body: &str) -> String {
         end -= 1;
     }
     format!("{}…", &message[..end])
-}
-
-/// A `GET` under a parent that does not exist (no `apps`, no `apps.http`, …).
-fn is_missing_parent(body: &str) -> bool {
-    caddy_error_message(body).starts_with("invalid traversal path")
 }
 
 /// `/id/X` for an id Caddy does not know: 404 in Caddy 2.6, 500 in some other versions.
@@ -668,7 +733,90 @@ fn server_json(spec: &ServerSpec) -> Value {
     Value::Object(server)
 }
 
-/// What `observe` returns for the JSON at `apps.http.servers.{name}`.
+/// What `observe` returns for the whole config (`/config/`): the server at
+/// `apps.http.servers.{name}` and codeb's access log.
+fn observed_from_config(name: &str, config: &Value) -> Result<ObservedProxy, String> {
+    let server = config
+        .pointer(&format!("/apps/http/servers/{name}"))
+        .unwrap_or(&Value::Null);
+    let mut observed = observed_from_json(name, server)?;
+    observed.access_log = access_log_from_config(name, config);
+    Ok(observed)
+}
+
+/// The logger codeb writes for `server`'s access log `log` at `logging.logs.{server}-access`:
+/// JSON lines of the server's access entries only, to the file, rolled by Caddy.
+pub fn logger_json(server: &str, log: &AccessLog) -> Value {
+    json!({
+        "writer": {
+            "output": "file",
+            "filename": log.file,
+            "roll_size_mb": log.roll_size_mb,
+            "roll_keep": log.roll_keep,
+        },
+        "encoder": { "format": "json" },
+        "include": [format!("http.log.access.{}", access_logger(server))],
+    })
+}
+
+/// The `logs` of `server` that sends its access entries to codeb's logger.
+fn server_logs_json(server: &str) -> Value {
+    json!({ "default_logger_name": access_logger(server) })
+}
+
+/// The access log `logger` of `server` describes, when it is exactly what [`logger_json`] writes.
+fn access_log_from_json(server: &str, logger: &Value) -> Option<AccessLog> {
+    let writer = logger.get("writer")?;
+    let number = |key: &str| writer.get(key)?.as_u64()?.try_into().ok();
+    let log = AccessLog {
+        file: writer.get("filename")?.as_str()?.to_string(),
+        roll_size_mb: number("roll_size_mb")?,
+        roll_keep: number("roll_keep")?,
+    };
+    (logger_json(server, &log) == *logger).then_some(log)
+}
+
+/// codeb's access log in `config`: its logger and the `logs` of server `name`.
+fn access_log_from_config(name: &str, config: &Value) -> ObservedAccessLog {
+    let logger = config
+        .pointer(&format!("/logging/logs/{}", access_logger(name)))
+        .filter(|l| !l.is_null());
+    let logs = config.pointer(&format!("/apps/http/servers/{name}/logs"));
+    match (logger, logs == Some(&server_logs_json(name))) {
+        (None, false) => ObservedAccessLog::Absent,
+        (Some(logger), true) => match access_log_from_json(name, logger) {
+            Some(log) => ObservedAccessLog::Is(log),
+            None => ObservedAccessLog::Other,
+        },
+        _ => ObservedAccessLog::Other,
+    }
+}
+
+/// The ordered writes that make `config` hold codeb's access log `log` for server `name`, or
+/// none of it (`None`); empty when it already does. See [`Caddy::ensure_access_log`].
+fn access_log_writes(config: &Value, name: &str, log: Option<&AccessLog>) -> Vec<Write> {
+    let logger_path = format!("/config/logging/logs/{}", access_logger(name));
+    let logger = config.pointer(&format!("/logging/logs/{}", access_logger(name)));
+    let logs_path = format!("{}/logs", server_path(name));
+    let logs = config.pointer(&format!("/apps/http/servers/{name}/logs"));
+    let mut writes = Vec::new();
+    match log {
+        Some(log) => {
+            writes.extend(set_key(logger_path, logger, Some(logger_json(name, log))));
+            writes.extend(set_key(logs_path, logs, Some(server_logs_json(name))));
+        }
+        None => {
+            // A `logs` of the server that codeb did not write is the operator's.
+            if logs == Some(&server_logs_json(name)) {
+                writes.extend(set_key(logs_path, logs, None));
+            }
+            writes.extend(set_key(logger_path, logger, None));
+        }
+    }
+    writes
+}
+
+/// What `observe` returns for the JSON at `apps.http.servers.{name}` (the access log aside).
 fn observed_from_json(name: &str, value: &Value) -> Result<ObservedProxy, String> {
     let server = match value {
         Value::Null => return Ok(ObservedProxy::default()),
@@ -703,6 +851,7 @@ fn observed_from_json(name: &str, value: &Value) -> Result<ObservedProxy, String
             tls: tls_mode_of(server),
         }),
         routes,
+        access_log: ObservedAccessLog::Absent,
     })
 }
 
@@ -984,7 +1133,7 @@ mod tests {
                 observed,
                 ObservedProxy {
                     server: Some(spec(mode)),
-                    routes: vec![]
+                    ..ObservedProxy::default()
                 },
                 "{mode:?}"
             );
@@ -1233,6 +1382,190 @@ mod tests {
         assert_eq!(server_writes(&apps, &spec(TlsMode::Off)).unwrap(), vec![]);
     }
 
+    fn log(file: &str) -> AccessLog {
+        AccessLog {
+            file: file.to_string(),
+            roll_size_mb: 100,
+            roll_keep: 10,
+        }
+    }
+
+    /// A config with codeb's server (with `logs` if given), codeb's logger (if given), and a
+    /// foreign logger and default logger beside it.
+    fn config_with(logs: Option<Value>, logger: Option<Value>) -> Value {
+        let mut server = server_json(&spec(TlsMode::Off));
+        if let Some(logs) = logs {
+            server["logs"] = logs;
+        }
+        let mut loggers = json!({
+            "default": { "exclude": ["http.log.access.other"] },
+            "other": { "writer": { "output": "file", "filename": "/var/log/other.log" }, "include": ["http.log.access.other"] },
+        });
+        if let Some(logger) = logger {
+            loggers["codeb-access"] = logger;
+        }
+        json!({
+            "apps": { "http": { "servers": { "codeb": server, "other": { "listen": [":8080"], "logs": { "default_logger_name": "other" } } } } },
+            "logging": { "logs": loggers },
+        })
+    }
+
+    #[test]
+    fn codebs_logger_takes_only_its_servers_access_entries_as_json_to_the_file() {
+        assert_eq!(
+            logger_json("codeb", &log("/var/log/caddy/codeb-local.access.log")),
+            json!({
+                "writer": { "output": "file", "filename": "/var/log/caddy/codeb-local.access.log", "roll_size_mb": 100, "roll_keep": 10 },
+                "encoder": { "format": "json" },
+                "include": ["http.log.access.codeb-access"],
+            })
+        );
+        assert_eq!(
+            server_logs_json("codeb"),
+            json!({ "default_logger_name": "codeb-access" })
+        );
+    }
+
+    #[test]
+    fn the_access_log_is_observed_from_the_one_read_of_the_whole_config() {
+        let ours = log("/l/codeb-a.access.log");
+        let logs = Some(server_logs_json("codeb"));
+        let logger = Some(logger_json("codeb", &ours));
+        let observed = |config: &Value| observed_from_config("codeb", config).unwrap();
+        let both = observed(&config_with(logs.clone(), logger.clone()));
+        assert_eq!(both.access_log, ObservedAccessLog::Is(ours.clone()));
+        assert_eq!(both.server, Some(spec(TlsMode::Off)));
+        assert_eq!(
+            observed(&config_with(None, None)).access_log,
+            ObservedAccessLog::Absent
+        );
+        // A `logs` naming another logger is not codeb's: absent.
+        let foreign = Some(json!({ "default_logger_name": "ops" }));
+        assert_eq!(
+            observed(&config_with(foreign.clone(), None)).access_log,
+            ObservedAccessLog::Absent
+        );
+        // Half there, or changed by hand: other.
+        let mut edited = logger_json("codeb", &ours);
+        edited["level"] = json!("ERROR");
+        for (logs, logger) in [
+            (logs.clone(), None),
+            (None, logger.clone()),
+            (foreign, logger.clone()),
+            (logs.clone(), Some(edited)),
+            (
+                logs.clone(),
+                Some(json!({ "writer": { "output": "stderr" } })),
+            ),
+            (
+                Some(json!({ "default_logger_name": "codeb-access", "skip_hosts": ["a"] })),
+                logger,
+            ),
+        ] {
+            assert_eq!(
+                observed(&config_with(logs.clone(), logger.clone())).access_log,
+                ObservedAccessLog::Other,
+                "{logs:?} {logger:?}"
+            );
+        }
+        // No config at all, as a Caddy started with none.
+        assert_eq!(observed(&Value::Null), ObservedProxy::default());
+    }
+
+    #[test]
+    fn an_access_log_is_written_logger_first_then_the_servers_logs() {
+        let wanted = log("/var/log/caddy/codeb-local.access.log");
+        let put_logger = write(
+            Method::PUT,
+            "/config/logging/logs/codeb-access",
+            Some(logger_json("codeb", &wanted)),
+        );
+        let put_logs = write(
+            Method::PUT,
+            "/config/apps/http/servers/codeb/logs",
+            Some(server_logs_json("codeb")),
+        );
+        assert_eq!(
+            access_log_writes(&config_with(None, None), "codeb", Some(&wanted)),
+            vec![put_logger.clone(), put_logs.clone()]
+        );
+        // Without any `logging`: the PUT creates it.
+        let bare = json!({ "apps": { "http": { "servers": { "codeb": server_json(&spec(TlsMode::Off)) } } } });
+        assert_eq!(
+            access_log_writes(&bare, "codeb", Some(&wanted)),
+            vec![put_logger, put_logs]
+        );
+    }
+
+    #[test]
+    fn an_access_log_in_place_gets_no_write_and_a_moved_one_only_its_logger() {
+        let wanted = log("/var/log/caddy/codeb-local.access.log");
+        let config = config_with(
+            Some(server_logs_json("codeb")),
+            Some(logger_json("codeb", &wanted)),
+        );
+        assert_eq!(access_log_writes(&config, "codeb", Some(&wanted)), vec![]);
+        let moved = log("/srv/log/local.log");
+        assert_eq!(
+            access_log_writes(&config, "codeb", Some(&moved)),
+            vec![write(
+                Method::PATCH,
+                "/config/logging/logs/codeb-access",
+                Some(logger_json("codeb", &moved))
+            )]
+        );
+    }
+
+    #[test]
+    fn a_foreign_logs_key_of_codebs_server_is_replaced_while_on_and_left_while_off() {
+        let wanted = log("/l/a.log");
+        let foreign = json!({ "default_logger_name": "ops" });
+        let config = config_with(Some(foreign), None);
+        assert_eq!(
+            access_log_writes(&config, "codeb", Some(&wanted)),
+            vec![
+                write(
+                    Method::PUT,
+                    "/config/logging/logs/codeb-access",
+                    Some(logger_json("codeb", &wanted))
+                ),
+                write(
+                    Method::PATCH,
+                    "/config/apps/http/servers/codeb/logs",
+                    Some(server_logs_json("codeb"))
+                ),
+            ]
+        );
+        assert_eq!(access_log_writes(&config, "codeb", None), vec![]);
+    }
+
+    #[test]
+    fn an_access_log_turned_off_removes_the_servers_logs_then_codebs_logger_only() {
+        let config = config_with(
+            Some(server_logs_json("codeb")),
+            Some(logger_json("codeb", &log("/l/a.log"))),
+        );
+        let writes = access_log_writes(&config, "codeb", None);
+        assert_eq!(
+            writes,
+            vec![
+                write(Method::DELETE, "/config/apps/http/servers/codeb/logs", None),
+                write(Method::DELETE, "/config/logging/logs/codeb-access", None),
+            ]
+        );
+        // Never a write to `logging` as a whole, the default logger or another logger.
+        for w in &writes {
+            assert!(
+                w.path.ends_with("/codeb-access") || w.path.ends_with("/codeb/logs"),
+                "{w:?}"
+            );
+        }
+        assert_eq!(
+            access_log_writes(&config_with(None, None), "codeb", None),
+            vec![]
+        );
+    }
+
     #[test]
     fn caddys_refusal_to_load_a_config_is_a_rejection_that_is_not_retried() {
         let caddy = Caddy::new("http://127.0.0.1:2019").unwrap();
@@ -1276,14 +1609,6 @@ mod tests {
             StatusCode::NOT_FOUND,
             r#"{"error":"something else"}"#
         ));
-    }
-
-    #[test]
-    fn a_get_under_a_missing_parent_is_recognised() {
-        assert!(is_missing_parent(
-            r#"{"error":"invalid traversal path at: config/apps/http"}"#
-        ));
-        assert!(!is_missing_parent(r#"{"error":"host not allowed"}"#));
     }
 
     #[test]

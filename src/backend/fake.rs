@@ -11,12 +11,13 @@ use std::sync::{Arc, Mutex};
 
 use super::{caddy, netfilter, podman, powerdns, Kernel, Proxy, Runtime};
 use crate::model::observed::{
-    NetworkInfo, ObservedContainer, ObservedLoopback, ObservedProxy, ObservedService,
-    ObservedServices, ObservedZone, ServiceRule,
+    NetworkInfo, ObservedAccessLog, ObservedContainer, ObservedLoopback, ObservedProxy,
+    ObservedService, ObservedServices, ObservedZone, ServiceRule,
 };
 use crate::model::ownership::{LABEL_PROJECT, ROUTE_ID_PREFIX};
 use crate::model::writes::{
-    ContainerSpec, HookWrite, LoopbackWrite, Route, Rrset, RrsetChange, ServerSpec, ServiceWrite,
+    AccessLog, ContainerSpec, HookWrite, LoopbackWrite, Route, Rrset, RrsetChange, ServerSpec,
+    ServiceWrite,
 };
 
 /// The gateway of the fake host's network: service addresses are `FAKE_GATEWAY:base_port`.
@@ -28,6 +29,8 @@ pub const FAKE_BRIDGE: &str = "fake0";
 pub struct State {
     pub containers: BTreeMap<String, (ObservedContainer, ContainerSpec)>,
     pub server: Option<ServerSpec>,
+    /// codeb's access log as last written (its logger and the server's `logs`).
+    pub access_log: Option<AccessLog>,
     /// Every route of codeb's server, including foreign ones (only `codeb-` ones are observed).
     pub routes: Vec<Route>,
     pub mutations: usize,
@@ -347,6 +350,13 @@ fn find<'a>(
 impl Proxy for World {
     async fn observe(&self, _server: &str) -> super::Result<ObservedProxy> {
         self.caddy(false, |s| ObservedProxy {
+            // As in Caddy, the server's `logs` goes with the server: a logger without it is
+            // codeb's access log half there.
+            access_log: match (&s.server, &s.access_log) {
+                (_, None) => ObservedAccessLog::Absent,
+                (Some(_), Some(log)) => ObservedAccessLog::Is(log.clone()),
+                (None, Some(_)) => ObservedAccessLog::Other,
+            },
             server: s.server.clone(),
             routes: s
                 .routes
@@ -359,6 +369,10 @@ impl Proxy for World {
 
     async fn ensure_server(&self, spec: &ServerSpec) -> super::Result<()> {
         self.caddy(true, |s| s.server = Some(spec.clone()))
+    }
+
+    async fn ensure_access_log(&self, _server: &str, log: Option<&AccessLog>) -> super::Result<()> {
+        self.caddy(true, |s| s.access_log = log.cloned())
     }
 
     async fn add_route(&self, _server: &str, route: &Route) -> super::Result<()> {
@@ -455,6 +469,13 @@ impl Kernel for World {
                 route_localnet: true,
                 mac_pinned: true,
             };
+            Ok(())
+        })
+    }
+
+    async fn loopback_off(&self, _bridge: &str) -> super::Result<()> {
+        self.kernel(true, |s| {
+            s.loopback.route_localnet = false;
             Ok(())
         })
     }

@@ -26,7 +26,8 @@ use crate::model::observed::{
     ObservedZone, Owner,
 };
 use crate::model::writes::{
-    ContainerSpec, HookWrite, LoopbackWrite, Route, RrsetChange, ServerSpec, ServiceWrite,
+    AccessLog, ContainerSpec, HookWrite, LoopbackWrite, Route, RrsetChange, ServerSpec,
+    ServiceWrite,
 };
 
 pub use error::{Backend, Error, ErrorKind, Result};
@@ -137,6 +138,14 @@ pub trait Proxy: Send + Sync {
     /// Creates codeb's server (with no routes) when missing, or replaces its listen/TLS settings
     /// while keeping its routes.
     fn ensure_server(&self, spec: &ServerSpec) -> impl Future<Output = Result<(), Error>> + Send;
+    /// Makes codeb's access log of `server` what `log` says (`None`: removes it), writing only
+    /// what differs: codeb's own logger, then the server's `logs` naming it. Nothing else of
+    /// Caddy's logging is touched. The server must exist.
+    fn ensure_access_log(
+        &self,
+        server: &str,
+        log: Option<&AccessLog>,
+    ) -> impl Future<Output = Result<(), Error>> + Send;
     /// Appends a route to codeb's server.
     fn add_route(
         &self,
@@ -182,6 +191,8 @@ pub trait Kernel: Send + Sync {
     /// Applies a [`LoopbackWrite`]: the rules in one transaction, then `route_localnet`.
     fn set_loopback(&self, write: &LoopbackWrite)
         -> impl Future<Output = Result<(), Error>> + Send;
+    /// Turns `route_localnet` off on `bridge` (a missing bridge has nothing to turn off).
+    fn loopback_off(&self, bridge: &str) -> impl Future<Output = Result<(), Error>> + Send;
     /// Applies a [`HookWrite`] in one transaction.
     fn hook(&self, write: &HookWrite) -> impl Future<Output = Result<(), Error>> + Send;
     /// Applies a [`ServiceWrite`] in one transaction: at no instant does the service address

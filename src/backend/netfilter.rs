@@ -302,9 +302,10 @@ impl Kernel for Netfilter {
                 0
             }
         };
-        let route_localnet = route_localnet_path(bridge)
-            .and_then(|p| std::fs::read_to_string(p).ok())
-            .is_some_and(|v| v.trim() == "1");
+        let route_localnet = route_localnet_on(bridge);
+        if route_localnet {
+            guarded().insert(bridge.to_string());
+        }
         // 3: NET_ADDR_SET, an address set by user space (1 is random, 0 taken from a port).
         let mac_pinned = sys_class_net(bridge, "addr_assign_type")
             .and_then(|p| std::fs::read_to_string(p).ok())
@@ -353,10 +354,24 @@ impl Kernel for Netfilter {
             let path = route_localnet_path(&write.bridge).ok_or_else(|| Error::Unsupported {
                 reason: format!("{:?} is not an interface name", write.bridge),
             })?;
+            guarded().insert(write.bridge.clone());
             tokio::fs::write(&path, "1")
                 .await
                 .map_err(|e| Error::from_io(format!("{}", path.display()), e))?;
         }
+        Ok(())
+    }
+
+    async fn loopback_off(&self, bridge: &str) -> super::Result<()> {
+        self.supported()?;
+        let path = route_localnet_path(bridge).ok_or_else(|| Error::Unsupported {
+            reason: format!("{bridge:?} is not an interface name"),
+        })?;
+        match tokio::fs::write(&path, "0").await {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            other => other.map_err(|e| Error::from_io(format!("{}", path.display()), e))?,
+        }
+        guarded().remove(bridge);
         Ok(())
     }
 
@@ -636,6 +651,89 @@ pub fn loopback_ops(bridge: &str, found: &[Vec<u64>]) -> Vec<Op> {
 fn route_localnet_path(bridge: &str) -> Option<std::path::PathBuf> {
     is_interface_name(bridge)
         .then(|| format!("/proc/sys/net/ipv4/conf/{bridge}/route_localnet").into())
+}
+
+fn route_localnet_on(bridge: &str) -> bool {
+    route_localnet_path(bridge)
+        .and_then(|p| std::fs::read_to_string(p).ok())
+        .is_some_and(|v| v.trim() == "1")
+}
+
+/// The bridges this process saw or turned `route_localnet` on for: those [`fail_closed`] checks.
+fn guarded() -> std::sync::MutexGuard<'static, std::collections::BTreeSet<String>> {
+    static GUARDED: Mutex<std::collections::BTreeSet<String>> =
+        Mutex::new(std::collections::BTreeSet::new());
+    GUARDED.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Turns `route_localnet` off on every bridge codeb turned it on for whose guard is no longer in
+/// place (a `nft flush ruleset`, a rule of it deleted), so that containers cannot reach the host's
+/// loopback services until a reconcile puts the guard back (and `route_localnet` on after it).
+/// Returns the bridges it turned it off for. Blocking: a netlink dump and a few small files.
+///
+/// # Errors
+/// Reading codeb's table or writing a setting failed (the table being gone is no error).
+pub fn fail_closed() -> io::Result<Vec<String>> {
+    let bridges: Vec<String> = guarded().iter().cloned().collect();
+    if bridges.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut socket = netlink::Socket::open()?;
+    let chains = socket.chains(TABLE)?;
+    let rules = match socket.rules(TABLE) {
+        Ok(rules) => rules,
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Vec::new(),
+        Err(e) => return Err(e),
+    };
+    let hooked = chains.contains(&guard_chain());
+    let mut reset = Vec::new();
+    for bridge in bridges {
+        let in_place = hooked
+            && guard_rules(&bridge).iter().all(|(exprs, _)| {
+                rules
+                    .iter()
+                    .any(|r| r.chain == GUARD_CHAIN && r.exprs == *exprs)
+            });
+        if in_place || !route_localnet_on(&bridge) {
+            continue;
+        }
+        if let Some(path) = route_localnet_path(&bridge) {
+            std::fs::write(path, "0")?;
+            reset.push(bridge);
+        }
+    }
+    Ok(reset)
+}
+
+/// Notifications of changes to codeb's table that concern the loopback guard (see
+/// [`netlink::Monitor`]).
+#[derive(Debug)]
+pub struct RulesetMonitor {
+    inner: netlink::Monitor,
+    buf: Vec<u8>,
+}
+
+impl RulesetMonitor {
+    /// Subscribes to nf_tables' ruleset notifications (needs `CAP_NET_ADMIN`).
+    ///
+    /// # Errors
+    /// The kernel refused the subscription.
+    pub fn open() -> io::Result<RulesetMonitor> {
+        Ok(RulesetMonitor {
+            inner: netlink::Monitor::open()?,
+            buf: vec![0u8; 64 * 1024],
+        })
+    }
+
+    /// Blocks up to a second: `Some(true)` when codeb's guard or masquerade chain (or its table)
+    /// was changed, or notifications were lost; `Some(false)` for other changes; `None` for none.
+    ///
+    /// # Errors
+    /// The socket failed.
+    pub fn wait(&mut self) -> io::Result<Option<bool>> {
+        self.inner
+            .wait(&mut self.buf, TABLE, &[GUARD_CHAIN, MASQUERADE_CHAIN])
+    }
 }
 
 /// `/sys/class/net/{bridge}/{file}`, for an interface name.

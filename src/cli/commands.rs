@@ -136,10 +136,19 @@ async fn client(state_dir: &Path, config: Option<&Path>, command: Command) -> an
         Command::Env(super::EnvCommand::Backup { to, .. }) => Some(to.clone()),
         _ => None,
     };
+    let named = match &command {
+        Command::Get {
+            name: Some(name), ..
+        } => Some(name.clone()),
+        _ => None,
+    };
     let (request, format) = request(command)?;
-    let response = call(state_dir, config, request)
+    let mut response = call(state_dir, config, request)
         .await?
         .map_err(Failure::from)?;
+    if let Some(name) = named {
+        only_named(&mut response, &name)?;
+    }
     if let (Some(dir), service::Response::EnvBackup(b)) = (&backup_to, &response) {
         write_backup(dir, &b.backup.0)?;
     }
@@ -147,6 +156,30 @@ async fn client(state_dir: &Path, config: Option<&Path>, command: Command) -> an
     output::render(&response, format, &mut out)?;
     std::io::stdout().write_all(&out)?;
     Ok(response.exit_code())
+}
+
+/// Keeps the rows of a `get` answer that `name` names (a project's, or a host); none is an error,
+/// exit 2, as for a project `describe` does not know.
+fn only_named(response: &mut service::Response, name: &str) -> Result<(), Failure> {
+    let (kind, left) = match response {
+        service::Response::Projects(rows) => {
+            rows.retain(|r| r.project == name);
+            ("project", rows.len())
+        }
+        service::Response::Slots(rows) => {
+            rows.retain(|r| r.project == name);
+            ("project", rows.len())
+        }
+        service::Response::Hosts(rows) => {
+            rows.retain(|r| r.name == name);
+            ("host", rows.len())
+        }
+        _ => return Ok(()),
+    };
+    if left == 0 {
+        return Err(Failure::invalid(format!("no {kind} `{name}` is recorded")));
+    }
+    Ok(())
 }
 
 /// Runs `request` on the store of `state_dir` under the operator's configuration, or in the
@@ -272,7 +305,7 @@ fn request(command: Command) -> anyhow::Result<(Request, Format)> {
             },
             output.output,
         ),
-        Command::Get { what, output } => (
+        Command::Get { what, output, .. } => (
             Request::Get {
                 what: match what {
                     super::GetWhat::Projects => GetWhat::Projects,
@@ -282,8 +315,19 @@ fn request(command: Command) -> anyhow::Result<(Request, Format)> {
             },
             output,
         ),
-        Command::Describe { name, output, .. } => {
-            (Request::Describe { project: name }, output.output)
+        Command::Describe { args, output } => {
+            let project = match args.as_slice() {
+                [name] => name.clone(),
+                [kind, name] if kind == "project" || kind == "projects" => name.clone(),
+                [kind, _] => {
+                    return Err(Failure::invalid(format!(
+                        "codeb describes projects only, not `{kind}`: codeb describe [project] NAME"
+                    ))
+                    .into())
+                }
+                _ => unreachable!("clap takes one or two"),
+            };
+            (Request::Describe { project }, output.output)
         }
         Command::Promote {
             project,

@@ -60,6 +60,9 @@ pub enum LogFormat {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Validate manifests, then converge the hosts to them.
+    #[command(
+        after_help = "Examples:\n  codeb apply -f manifests/\n  codeb apply -f manifests/ --dry-run -o json\n  codeb apply -f manifests/ --prune --prune-project old-shop"
+    )]
     Apply {
         #[command(flatten)]
         files: Files,
@@ -83,28 +86,42 @@ pub enum Command {
         output: Output,
     },
     /// Show what apply would change (exit 0: in sync, 1: changes or problems, 2+: error).
+    #[command(
+        after_help = "Examples:\n  codeb diff -f manifests/\n  codeb diff -f manifests/ -o json     # the field changes and steps as data\n  git show HEAD:app.yaml | codeb diff -f -   # in CI on a pull request: exit 1 fails the job"
+    )]
     Diff {
         #[command(flatten)]
         files: Files,
         #[command(flatten)]
         output: Output,
     },
-    /// List projects, slots or hosts from the store.
+    /// List projects, slots or hosts from the store (singular or plural), or one by name.
+    #[command(
+        after_help = "Examples:\n  codeb get projects\n  codeb get project shop -o json   # one project's environments\n  codeb get slots shop             # the slots of project shop\n  codeb get host local -o yaml\n\nWith a NAME that matches nothing: exit 2."
+    )]
     Get {
         #[arg(value_enum)]
         what: GetWhat,
+        /// Only this project (projects, slots) or host (hosts).
+        name: Option<String>,
         #[arg(short, long, value_enum, default_value_t = Format::Table)]
         output: Format,
     },
     /// Show a project's slots, history, health results and failed log tails.
+    #[command(
+        after_help = "Examples:\n  codeb describe shop\n  codeb describe project shop -o yaml"
+    )]
     Describe {
-        #[arg(value_enum)]
-        what: DescribeWhat,
-        name: String,
+        /// `[project] NAME`: the word `project` may be left out.
+        #[arg(num_args = 1..=2, required = true, value_name = "[project] NAME")]
+        args: Vec<String>,
         #[command(flatten)]
         output: Output,
     },
     /// Switch an environment's hostname to its deployed slot.
+    #[command(
+        after_help = "Examples:\n  codeb promote shop\n  codeb promote shop --env staging -o json"
+    )]
     Promote {
         project: String,
         #[arg(long, default_value = "production")]
@@ -116,7 +133,7 @@ pub enum Command {
     /// back to release N of `codeb releases` (rolled out again blue/green, with its env version,
     /// when it is in no slot any more).
     #[command(
-        after_help = "Examples:\n  codeb rollback shop                 # the grace slot serves again, at once\n  codeb releases shop                 # numbered releases, newest first\n  codeb rollback shop --to 12         # release 12 serves again (a new release, marked rollback of 12)\n\nExit 2 when release N is not in the history (or never passed its health check); 1 when its\nrollout fails its health check (the serving release stays)."
+        after_help = "Examples:\n  codeb rollback shop                 # the grace slot serves again, at once\n  codeb releases shop                 # numbered releases, newest first\n  codeb rollback shop --to 12         # release 12 serves again (a new release, marked rollback of 12)\n  codeb rollback shop --env staging -o json\n\nExit 2 when release N is not in the history (or never passed its health check); 1 when its\nrollout fails its health check (the serving release stays)."
     )]
     Rollback {
         project: String,
@@ -142,6 +159,9 @@ pub enum Command {
     },
     /// Keep the hosts converged to a directory of manifests until SIGTERM: apply at start, then
     /// on every saved change, container event and resync.
+    #[command(
+        after_help = "Examples:\n  codeb watch -f /etc/codeb/manifests\n  codeb watch -f manifests/ --resync 30s --prune"
+    )]
     Watch(WatchArgs),
     /// `codeb watch` plus the HTTP API (API keys, roles, audit) on a loopback address.
     #[command(
@@ -173,17 +193,29 @@ pub enum Command {
         server: Option<String>,
     },
     /// Create, list and revoke API keys for `codeb serve`.
-    #[command(subcommand)]
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  codeb key create --role developer --name ci --project shop\n  codeb key list -o json\n  codeb key revoke 3f9a0c1d2e4b"
+    )]
     Key(KeyCommand),
     /// Manage hosts: take one over from another codeb.
-    #[command(subcommand)]
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  codeb host adopt local\n  codeb delete host old-box"
+    )]
     Host(HostCommand),
     /// A project environment's stored env: versioned, encrypted at rest; every change is a new
     /// release rolled out blue/green, and a rollback restores the env with the image.
-    #[command(subcommand)]
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  codeb env set shop API_TOKEN=…   # a new version, rolled out blue/green\n  codeb env list shop --env staging\n  codeb env history shop"
+    )]
     Env(EnvCommand),
     /// Back up a project's databases and caches now, or list its backups (see docs/backups.md).
-    #[command(subcommand)]
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  codeb backup run shop\n  codeb backup list shop -o json"
+    )]
     Backup(BackupCommand),
     /// Restore a backup: a database into a new database (never the live one), its row counts
     /// checked against the backup's; a cache's keys back under the environment's prefix, only
@@ -209,7 +241,10 @@ pub enum Command {
         output: Output,
     },
     /// A project environment's database and cache (`database: postgres`, `cache: redis`).
-    #[command(subcommand)]
+    #[command(
+        subcommand,
+        after_help = "Example:\n  codeb db rotate shop --env staging"
+    )]
     Db(DbCommand),
     /// Show the audit log: every change and every refused request, newest last.
     #[command(
@@ -310,11 +345,13 @@ pub enum KeyCommand {
         output: Output,
     },
     /// List keys (never their text).
+    #[command(after_help = "Examples:\n  codeb key list\n  codeb key list -o json")]
     List {
         #[command(flatten)]
         output: Output,
     },
     /// Revoke a key by its id (see `codeb key list`).
+    #[command(after_help = "Example:\n  codeb key revoke 3f9a0c1d2e4b")]
     Revoke {
         id: String,
         #[command(flatten)]
@@ -574,14 +611,12 @@ pub struct Files {
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
 pub enum GetWhat {
+    #[value(alias = "project")]
     Projects,
+    #[value(alias = "slot")]
     Slots,
+    #[value(alias = "host")]
     Hosts,
-}
-
-#[derive(Debug, Clone, Copy, ValueEnum)]
-pub enum DescribeWhat {
-    Project,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
@@ -637,7 +672,18 @@ pub fn exit_code(e: &anyhow::Error) -> u8 {
 
 /// The whole program: parse, run, print the error chain, exit.
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        // Usage errors (exit 2) as JSON too when JSON logs were asked for; help and version
+        // output, and text logs, as clap prints them.
+        Err(e) if e.use_stderr() && json_logs_asked(std::env::args_os()) => {
+            let code = u8::try_from(e.exit_code()).unwrap_or(2);
+            eprintln!("{}", json_error(&e.render().to_string(), code));
+            return ExitCode::from(code);
+        }
+        Err(e) => e.exit(),
+    };
+    let log_format = cli.log_format;
     // A daemon's log is its only output: one line per reconcile at the default level.
     let verbose = match cli.command {
         Command::Watch(_) | Command::Serve(_) => cli.verbose.max(1),
@@ -659,10 +705,40 @@ pub fn main() -> ExitCode {
     match runtime.block_on(commands::run(cli)) {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::from(exit_code(&e))
+            let code = exit_code(&e);
+            match log_format {
+                LogFormat::Text => eprintln!("error: {e:#}"),
+                LogFormat::Json => eprintln!("{}", json_error(&format!("{e:#}"), code)),
+            }
+            ExitCode::from(code)
         }
     }
+}
+
+/// Whether the command line asks for JSON logs (`--log-format json` or `--log-format=json`),
+/// read from the raw arguments when clap could not parse them.
+fn json_logs_asked(args: impl IntoIterator<Item = std::ffi::OsString>) -> bool {
+    let args: Vec<String> = args
+        .into_iter()
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
+    args.iter().any(|a| a == "--log-format=json")
+        || args
+            .windows(2)
+            .any(|w| w[0] == "--log-format" && w[1] == "json")
+}
+
+/// An error as one JSON object, shaped as the JSON log lines are (`timestamp`, `level`,
+/// `fields.message`, `target`), with the exit code beside the message.
+fn json_error(message: &str, code: u8) -> String {
+    let now = humantime::format_rfc3339_micros(std::time::SystemTime::now()).to_string();
+    serde_json::json!({
+        "timestamp": now,
+        "level": "ERROR",
+        "fields": { "message": message.trim_end(), "exit_code": code },
+        "target": "codeb",
+    })
+    .to_string()
 }
 
 fn init_logging(verbose: u8, format: LogFormat) {
@@ -710,6 +786,31 @@ pub const NO_STATE_DIR: &str = "no state directory: set --state-dir or CODEB_STA
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// kubectl habits: every command's help ends with examples.
+    #[test]
+    fn every_command_has_examples_in_its_help() {
+        fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for sub in cmd.get_subcommands() {
+                let path = format!("{path} {}", sub.get_name());
+                let after = sub.get_after_help().map(|h| h.to_string());
+                if !after.is_some_and(|h| h.contains("Example")) {
+                    missing.push(path.clone());
+                }
+                walk(sub, &path, missing);
+            }
+        }
+        let mut missing = Vec::new();
+        walk(
+            &<Cli as clap::CommandFactory>::command(),
+            "codeb",
+            &mut missing,
+        );
+        assert!(
+            missing.is_empty(),
+            "no examples in the help of: {missing:?}"
+        );
+    }
 
     #[test]
     fn the_state_dir_is_xdg_state_home_then_home_and_never_the_working_directory() {

@@ -63,8 +63,9 @@ pub async fn load(paths: &[PathBuf], guard: &Guard) -> Result<Desired, String> {
         .map_err(|e| format!("the loader failed: {e}"))?;
     let m = loaded.map_err(|e| e.to_string())?;
     crate::spec::check_protected(&m, guard.operator.protected_env()).map_err(|e| e.to_string())?;
-    let d = desired(&m);
+    let mut d = desired(&m);
     guard.check(&d)?;
+    guard.operator.place_access_logs(&mut d);
     Ok(d)
 }
 

@@ -18,6 +18,7 @@
 mod events;
 mod files;
 pub mod publish;
+mod ruleset;
 pub mod schedule;
 pub mod socket;
 
@@ -263,6 +264,11 @@ pub async fn run(args: Config) -> Result<(), Error> {
         },
         daemon.clone(),
         watched_tx,
+        shutdown.clone(),
+    ));
+    tokio::spawn(ruleset::run(
+        handle.clone(),
+        watched.clone(),
         shutdown.clone(),
     ));
     let pumps = tokio::spawn(events::run(handle.clone(), watched, shutdown.clone()));

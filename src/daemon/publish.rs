@@ -167,6 +167,7 @@ mod tests {
                     postgres: None,
                     redis: None,
                     backups: None,
+                    access_log: None,
                 },
             );
         }

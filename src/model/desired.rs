@@ -60,6 +60,10 @@ pub fn host_ref(name: &str, h: &spec::HostSpec) -> HostRef {
                 cache: schedule(&b.cache),
             }
         }),
+        access_log: h
+            .caddy
+            .access_log
+            .then(|| super::writes::AccessLog::default_for(name)),
     }
 }
 

@@ -378,6 +378,13 @@ pub struct HostRef {
     /// Where the Host's databases and caches are backed up (`spec.backups`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backups: Option<data::BackupPolicy>,
+    /// codeb's access log in the Host's Caddy; `None`: off (the manifest's `caddy.accessLog:
+    /// false`, or the operator's `accessLogs.enabled: false`). Read from the manifests alone it is
+    /// in [`writes::AccessLog::DEFAULT_DIR`]; the operator's configuration places it
+    /// (`crate::config::Config::place_access_logs`) before anything is planned. Absent in hosts
+    /// recorded before codeb wrote access logs: off until the next apply records it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access_log: Option<writes::AccessLog>,
 }
 
 /// One project environment as the manifests want it. Recorded as declared (see

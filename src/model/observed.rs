@@ -1,4 +1,4 @@
-//! What the backends report: codeb's containers, its Caddy server and routes, its NAT rules and
+//! What the backends report: codeb's containers, its Caddy server, routes and access log, its NAT rules and
 //! loopback plumbing, and a zone's rrsets, as plain data.
 //!
 //! Adapters convert their wire answers into these types at their edge; `plan` diffs them against
@@ -12,7 +12,7 @@ use std::net::Ipv4Addr;
 
 #[cfg(doc)]
 use super::ownership::{DNS_ACCOUNT, LABEL_PROJECT, ROUTE_ID_PREFIX};
-use super::writes::{Route, Rrset, ServerSpec, ServiceTarget};
+use super::writes::{AccessLog, Route, Rrset, ServerSpec, ServiceTarget};
 
 /// A codeb-owned container as Podman reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -43,6 +43,22 @@ pub struct ObservedProxy {
     /// whose shape is not the one codeb writes is still listed (with what could be read) so that the
     /// diff replaces it.
     pub routes: Vec<Route>,
+    /// codeb's access log: its logger and the server's `logs` naming it.
+    pub access_log: ObservedAccessLog,
+}
+
+/// codeb's access log in one Caddy, as observed: its own logger (`logging.logs.codeb-access`)
+/// and its server's `logs`, which sends the server's access entries to that logger.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum ObservedAccessLog {
+    /// Neither is there (a `logs` of the server naming another logger is not codeb's).
+    #[default]
+    Absent,
+    /// Both are there, exactly as codeb writes them.
+    Is(AccessLog),
+    /// Some of it is there, not as codeb writes it (changed by hand, or half written): the diff
+    /// writes it again, or removes it.
+    Other,
 }
 
 /// The codeb instance that owns a host.

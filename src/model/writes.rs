@@ -1,5 +1,5 @@
-//! What codeb asks the backends to create or change: a container, its Caddy server and routes,
-//! a change of NAT rules, a zone's rrsets.
+//! What codeb asks the backends to create or change: a container, its Caddy server, routes and
+//! access log, a change of NAT rules, a zone's rrsets.
 //!
 //! `plan` computes these values (pure); the executor hands each one to one adapter call. A
 //! [`Route`], a [`ServerSpec`], a [`ServiceTarget`] and an [`Rrset`] are also what an observation
@@ -67,6 +67,50 @@ pub struct ServerSpec {
     pub name: String,
     pub listen: Vec<String>,
     pub tls: TlsMode,
+}
+
+/// codeb's access log in a Host's Caddy: every request to codeb's server, one JSON line each
+/// (Caddy's access log entry: `request.host`, `request.uri`, `status`, `duration`, …), in a file
+/// on the Caddy's machine that Caddy rolls by size.
+///
+/// Where it is comes from the operator's configuration (`accessLogs`, see `crate::config`), never
+/// from a manifest: Caddy opens the file as the user it runs as (often root), and request lines
+/// are text a client chooses, so a manifest's path would let its author have Caddy append to any
+/// file of that machine.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AccessLog {
+    /// An absolute path on the Caddy's machine.
+    pub file: String,
+    /// Caddy starts a new file when the current one reaches this many megabytes.
+    pub roll_size_mb: u32,
+    /// How many rolled files Caddy keeps (gzipped).
+    pub roll_keep: u32,
+}
+
+impl AccessLog {
+    /// Where a Host's access log goes unless the operator says otherwise: the directory Debian's
+    /// `caddy` package creates for Caddy's logs, owned by the `caddy` user its service runs as.
+    pub const DEFAULT_DIR: &'static str = "/var/log/caddy";
+    /// Caddy's own default roll size.
+    pub const DEFAULT_ROLL_SIZE_MB: u32 = 100;
+    /// Caddy's own default number of rolled files.
+    pub const DEFAULT_ROLL_KEEP: u32 = 10;
+
+    /// The file of `host`'s access log in `dir`: `codeb-HOST.access.log`. A Host's name is a
+    /// DNS label (letters, digits, `-`), so it cannot leave `dir`.
+    pub fn file_in(dir: &str, host: &str) -> String {
+        format!("{}/codeb-{host}.access.log", dir.trim_end_matches('/'))
+    }
+
+    /// The default access log of `host`: [`AccessLog::DEFAULT_DIR`], rolled as Caddy would.
+    pub fn default_for(host: &str) -> AccessLog {
+        AccessLog {
+            file: AccessLog::file_in(AccessLog::DEFAULT_DIR, host),
+            roll_size_mb: AccessLog::DEFAULT_ROLL_SIZE_MB,
+            roll_keep: AccessLog::DEFAULT_ROLL_KEEP,
+        }
+    }
 }
 
 /// One codeb route: requests for `hosts` go to `upstream`.

@@ -82,6 +82,7 @@ mod tests {
         let empty = ObservedProxy {
             server: None,
             routes: vec![],
+            ..ObservedProxy::default()
         };
         assert_eq!(
             plan_api_route(&empty, &server(), Some(&wanted)),
@@ -94,6 +95,7 @@ mod tests {
         let converged = ObservedProxy {
             server: Some(server()),
             routes: vec![wanted.clone()],
+            ..ObservedProxy::default()
         };
         assert!(plan_api_route(&converged, &server(), Some(&wanted)).is_empty());
         assert_eq!(
@@ -106,6 +108,7 @@ mod tests {
         let drifted = ObservedProxy {
             server: Some(server()),
             routes: vec![edited],
+            ..ObservedProxy::default()
         };
         assert_eq!(
             plan_api_route(&drifted, &server(), Some(&wanted)),

@@ -4,7 +4,7 @@
 
 use std::fmt;
 
-use super::{Action, DnsChange, Note, Plan, Step};
+use super::{Action, DnsChange, Note, Plan, Step, SERVER_NAME};
 use crate::model::dns::OWNER_PREFIX;
 use crate::model::writes::{Rrset, RrsetChange, TlsMode};
 
@@ -31,6 +31,14 @@ impl fmt::Display for Step {
                     s.name,
                     s.listen.join(", ")
                 )
+            }
+            Action::EnsureAccessLog(Some(log)) => write!(
+                f,
+                "write Caddy's access log of server `{SERVER_NAME}` to {} (JSON, rolled at {} MB, {} kept)",
+                log.file, log.roll_size_mb, log.roll_keep
+            ),
+            Action::EnsureAccessLog(None) => {
+                write!(f, "remove codeb's Caddy access log")
             }
             Action::Register(r) => write!(
                 f,
@@ -108,6 +116,10 @@ impl fmt::Display for Step {
                 f,
                 "hook codeb's addresses on {} into the kernel's nat output",
                 h.gateway
+            ),
+            Action::LoopbackOff { bridge } => write!(
+                f,
+                "turn route_localnet off on {bridge} (no slot port is published on loopback)"
             ),
             Action::Loopback(w) => write!(
                 f,

@@ -27,14 +27,14 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 use smallvec::SmallVec;
 
 use crate::model::observed::{
-    ObservedContainer, ObservedLoopback, ObservedProxy, ObservedServices,
+    ObservedAccessLog, ObservedContainer, ObservedLoopback, ObservedProxy, ObservedServices,
 };
 use crate::model::ownership::{
     belongs_to, LABEL_ENVIRONMENT, LABEL_PORT, LABEL_PROJECT, ROUTE_ID_PREFIX,
 };
 use crate::model::ports::PortSet;
 use crate::model::writes::{
-    ContainerSpec, HookWrite, LoopbackWrite, Route, ServerSpec, ServiceWrite, TlsMode,
+    AccessLog, ContainerSpec, HookWrite, LoopbackWrite, Route, ServerSpec, ServiceWrite, TlsMode,
 };
 use crate::model::{
     Desired, DesiredEnv, EnvKey, EnvRecord, HostRef, Recorded, Release, Slot, SwitchMode,
@@ -181,6 +181,9 @@ pub enum Action {
     MarkHost,
     /// Create codeb's Caddy server, or correct its listen/TLS settings.
     EnsureServer(ServerSpec),
+    /// Write codeb's access log in Caddy as this (its logger, then the server's `logs` naming it),
+    /// or remove it (`None`). After [`Action::EnsureServer`]: the server must exist.
+    EnsureAccessLog(Option<AccessLog>),
     /// Create or update the environment's record (port allocation, hostname, grace period).
     Register(Box<EnvRecord>),
     /// Record the slot as deploying this release, remove `replace` (or, with `aside`, rename it
@@ -231,6 +234,11 @@ pub enum Action {
     HookServices(HookWrite),
     /// Set up what a loopback address needs to lead to containers on codeb's bridge.
     Loopback(LoopbackWrite),
+    /// Turn `route_localnet` off on codeb's bridge: no slot port is published on loopback any more,
+    /// so nothing needs it (the guard's rules stay; they drop nothing legitimate).
+    LoopbackOff {
+        bridge: String,
+    },
     /// Record that the hostname moves to `to` after one passing probe of `url`; `from` goes to
     /// grace. The traffic follows with the `SetService` or route step after it.
     Switch {
@@ -448,6 +456,9 @@ fn plan_on(
         if view.proxy.server.as_ref() != Some(&server) {
             plan.steps.push(host_step(Action::EnsureServer(server)));
         }
+        if let Some(write) = access_log_diff(&view.proxy.access_log, host.access_log.as_ref()) {
+            plan.steps.push(host_step(Action::EnsureAccessLog(write)));
+        }
         if desired.envs.values().any(|d| d.host == *host_name) {
             if let Some(hook) = service::hook_diff(view.kernel) {
                 plan.steps.push(host_step(Action::HookServices(hook)));
@@ -459,6 +470,14 @@ fn plan_on(
                 if let Some(hook) = service::publish_hook_diff(p) {
                     plan.steps.push(host_step(Action::HookServices(hook)));
                 }
+            }
+        } else if let Some(p) = view.kernel.published(host) {
+            // Nothing of the manifests runs here and no slot port is published any more (a
+            // recorded environment of another manifest set would still have its rules).
+            if p.loopback.route_localnet && p.services.services.is_empty() {
+                plan.steps.push(host_step(Action::LoopbackOff {
+                    bridge: p.bridge.clone(),
+                }));
             }
         }
         hosts.insert(
@@ -847,6 +866,19 @@ pub fn server_spec(host: &HostRef) -> ServerSpec {
             Tls::Internal => TlsMode::Internal,
             Tls::Off => TlsMode::Off,
         },
+    }
+}
+
+/// The write that brings codeb's access log in a Caddy from `observed` to `wanted` (`None`: off),
+/// if one is needed: none when it is already exactly as wanted, or off and absent.
+pub fn access_log_diff(
+    observed: &ObservedAccessLog,
+    wanted: Option<&AccessLog>,
+) -> Option<Option<AccessLog>> {
+    match (observed, wanted) {
+        (ObservedAccessLog::Is(is), Some(wanted)) if is == wanted => None,
+        (ObservedAccessLog::Absent, None) => None,
+        (_, wanted) => Some(wanted.cloned()),
     }
 }
 

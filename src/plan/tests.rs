@@ -25,6 +25,7 @@ pub(crate) fn host() -> HostRef {
         postgres: None,
         redis: None,
         backups: None,
+        access_log: Some(crate::model::writes::AccessLog::default_for("app")),
     }
 }
 
@@ -219,6 +220,97 @@ async fn a_converged_system_gets_no_mutating_call() {
     assert!(out.converged());
     assert!(out.executed.is_empty(), "{:?}", out.executed);
     assert_eq!(f.world.mutations(), before);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_access_log_follows_a_restarted_server_moves_in_one_write_and_is_removed_once_when_off()
+{
+    use crate::model::writes::AccessLog;
+    let f = Fixture::new();
+    let mut d = desired([env("a")]);
+    let out = f.apply(&d).await;
+    assert!(out.converged());
+    assert!(
+        out.executed.iter().any(|s| s
+            == "host app: write Caddy's access log of server `codeb` to \
+                /var/log/caddy/codeb-app.access.log (JSON, rolled at 100 MB, 10 kept)"),
+        "{:?}",
+        out.executed
+    );
+    assert_eq!(
+        f.world.state().access_log,
+        Some(AccessLog::default_for("app"))
+    );
+
+    // A Caddy restart loses the server and its `logs`: the server comes first, then the log.
+    f.world.state().server = None;
+    let observed = reconcile::observe(&f.backends).await;
+    let plan = plan(&d, &observed, &f.store.load().unwrap(), &[], 0);
+    let host_actions: Vec<&Action> = plan
+        .steps
+        .iter()
+        .filter(|s| s.key.is_none())
+        .map(|s| &s.action)
+        .collect();
+    assert!(
+        matches!(
+            host_actions[..],
+            [
+                Action::EnsureServer(_),
+                Action::EnsureAccessLog(Some(_)),
+                ..
+            ]
+        ),
+        "{host_actions:?}"
+    );
+    assert!(f.apply(&d).await.converged());
+
+    // Moved by the operator's configuration: one write, then none.
+    let moved = AccessLog {
+        file: "/srv/log/app.log".into(),
+        roll_size_mb: 5,
+        roll_keep: 2,
+    };
+    d.hosts.get_mut("app").unwrap().access_log = Some(moved.clone());
+    let before = f.world.mutations();
+    assert!(f.apply(&d).await.converged());
+    assert_eq!(f.world.mutations(), before + 1);
+    assert_eq!(f.world.state().access_log, Some(moved));
+    assert!(f.replan(&d).await.is_empty());
+
+    // Off: removed once, then nothing is planned for it.
+    d.hosts.get_mut("app").unwrap().access_log = None;
+    let out = f.apply(&d).await;
+    assert!(out.converged());
+    assert_eq!(
+        out.executed,
+        ["host app: remove codeb's Caddy access log"],
+        "{:?}",
+        out.executed
+    );
+    assert_eq!(f.world.state().access_log, None);
+    assert!(f.replan(&d).await.is_empty());
+}
+
+#[test]
+fn the_access_log_diff_writes_only_what_differs() {
+    use crate::model::observed::ObservedAccessLog::{Absent, Is, Other};
+    use crate::model::writes::AccessLog;
+    let a = AccessLog::default_for("app");
+    let b = AccessLog {
+        roll_keep: 3,
+        ..a.clone()
+    };
+    assert_eq!(access_log_diff(&Is(a.clone()), Some(&a)), None);
+    assert_eq!(access_log_diff(&Absent, None), None);
+    assert_eq!(
+        access_log_diff(&Is(b.clone()), Some(&a)),
+        Some(Some(a.clone()))
+    );
+    assert_eq!(access_log_diff(&Absent, Some(&a)), Some(Some(a.clone())));
+    assert_eq!(access_log_diff(&Other, Some(&a)), Some(Some(a.clone())));
+    assert_eq!(access_log_diff(&Is(b), None), Some(None));
+    assert_eq!(access_log_diff(&Other, None), Some(None));
 }
 
 #[tokio::test(start_paused = true)]

@@ -428,6 +428,11 @@ async fn run<R: Runtime, P: Proxy, K: Kernel, D: Dns, H: Prober>(
             None => Ok(()),
         },
         Action::EnsureServer(spec) => b.proxy.ensure_server(spec).await.map_err(backend),
+        Action::EnsureAccessLog(log) => b
+            .proxy
+            .ensure_access_log(SERVER_NAME, log.as_ref())
+            .await
+            .map_err(backend),
         Action::Deploy {
             slot,
             release,
@@ -550,6 +555,7 @@ async fn run<R: Runtime, P: Proxy, K: Kernel, D: Dns, H: Prober>(
         }
         Action::HookServices(write) => b.kernel.hook(write).await.map_err(backend),
         Action::Loopback(write) => b.kernel.set_loopback(write).await.map_err(backend),
+        Action::LoopbackOff { bridge } => b.kernel.loopback_off(bridge).await.map_err(backend),
         Action::SetService(write) => {
             let started = std::time::Instant::now();
             b.kernel.set_service(write).await.map_err(backend)?;
@@ -637,10 +643,14 @@ fn backend_of(action: &Action) -> Option<&'static str> {
         | Action::RemoveContainer { .. } => Some("podman"),
         Action::MarkHost => Some("podman"),
         Action::EnsureServer(_)
+        | Action::EnsureAccessLog(_)
         | Action::AddRoute(_)
         | Action::ReplaceRoute(_)
         | Action::DeleteRoute { .. } => Some("caddy"),
-        Action::HookServices(_) | Action::Loopback(_) | Action::SetService(_) => Some("kernel"),
+        Action::HookServices(_)
+        | Action::Loopback(_)
+        | Action::LoopbackOff { .. }
+        | Action::SetService(_) => Some("kernel"),
         Action::EnsureZone { .. } | Action::DnsPatch { .. } => Some("powerdns"),
     }
 }
@@ -847,6 +857,48 @@ mod tests {
                 .await
                 .unwrap()
         }
+    }
+
+    /// `route_localnet` is on only while slot ports are published on loopback: once the last
+    /// environment is gone, the next round turns it off, and the one after does nothing.
+    #[tokio::test(start_paused = true)]
+    async fn route_localnet_is_turned_off_once_no_slot_port_is_published() {
+        let fake = Fake::new();
+        assert!(fake.apply("app:v1").await.converged());
+        assert!(fake.world.state().loopback.route_localnet);
+        let backends: Backends<World, World, World> = Backends::hosts(BTreeMap::from([(
+            "app".to_string(),
+            fake_host(&fake.world),
+        )]));
+        let prober = FakeProber(vec![fake.world.clone()]);
+        let round = |remove: Vec<EnvKey>| {
+            let (store, backends, prober) = (&fake.store, &backends, &prober);
+            async move {
+                let target = Target {
+                    desired: &desired([]),
+                    remove,
+                    dry_run: false,
+                };
+                converge(target, store, backends, prober).await.unwrap()
+            }
+        };
+        let deleted = round(vec![EnvKey::new("myapp", "production")]).await;
+        assert!(deleted.converged(), "{:?}", deleted.failures);
+        assert!(
+            !fake.world.state().loopback.route_localnet,
+            "{:?}",
+            deleted.executed
+        );
+        assert!(
+            deleted
+                .executed
+                .iter()
+                .any(|s| s.contains("turn route_localnet off on")),
+            "{:?}",
+            deleted.executed
+        );
+        let quiet = round(vec![]).await;
+        assert!(quiet.executed.is_empty(), "{:?}", quiet.executed);
     }
 
     #[tokio::test(start_paused = true)]

@@ -1410,11 +1410,13 @@ fn load(ctx: &Ctx, sources: &[Source]) -> Result<Desired> {
     allowed(&ctx.config, desired(&m))
 }
 
-/// `d`, when the operator's configuration allows every endpoint and key variable it names.
-fn allowed(config: &crate::config::Config, d: Desired) -> Result<Desired> {
+/// `d`, when the operator's configuration allows every endpoint and key variable it names, with
+/// its Hosts' access logs where the configuration places them.
+fn allowed(config: &crate::config::Config, mut d: Desired) -> Result<Desired> {
     config
         .check_desired(&d)
         .map_err(|e| Error::invalid(e.to_string()))?;
+    config.place_access_logs(&mut d);
     Ok(d)
 }
 

@@ -1,10 +1,14 @@
-//! One manifest document (`apiVersion`, `kind`, `metadata`, `spec`), read in a single pass.
+//! One manifest document (`apiVersion`, `kind`, `metadata`, `spec`), its keys in any order.
 //!
 //! An internally tagged enum would make serde buffer the document and lose every error location.
-//! Instead a map visitor reads the keys in order and, on reaching `spec`, already knows the kind
-//! and deserializes the spec straight into `HostSpec`, `ZoneSpec` or `ProjectSpec`, so
-//! serde-saphyr's locations of unknown fields and wrong values stay exact. That requires `kind`
-//! to come before `spec`.
+//! Instead a map visitor reads the keys in order and, on reaching `spec`, when it already knows
+//! the kind, deserializes the spec straight into `HostSpec`, `ZoneSpec` or `ProjectSpec`, so
+//! serde-saphyr's locations of unknown fields and wrong values stay exact. A YAML mapping has no
+//! order, so `kind` may also come after `spec`: the visitor then skips the spec and marks the
+//! document [`RawDocument::deferred_kind`], and the loader reads that document a second time as
+//! [`SpecOf`] its kind, whose visitor reads `spec` straight into the kind's type. The locations
+//! stay exact either way (the second read is of the same text); only a document whose `kind`
+//! comes last costs a second read, of its file's documents up to it, per kind.
 //!
 //! Mistakes this visitor finds itself (wrong apiVersion, unknown kind, unknown top-level key)
 //! are not raised with `de::Error::custom`, which serde-saphyr reports without a location; they
@@ -81,6 +85,11 @@ pub(crate) struct RawDocument {
     name: Option<Spanned<String>>,
     spec: Option<Spec>,
     spec_seen: bool,
+    /// `spec` came before `kind` and was skipped: the loader reads it again as the kind
+    /// (see [`RawDocument::deferred_kind`]).
+    spec_deferred: bool,
+    /// A wrong `apiVersion` or an unknown `kind` was found: the spec is not read.
+    unreadable: bool,
     problems: Vec<Problem>,
 }
 
@@ -150,6 +159,19 @@ pub(crate) fn origin(file: &str, location: Location) -> Origin {
 const TOP_LEVEL_KEYS: [&str; 4] = ["apiVersion", "kind", "metadata", "spec"];
 
 impl RawDocument {
+    /// The kind to read this document's spec as in a second read ([`SpecOf`]): `spec` came
+    /// before `kind`, and the kind is one codeb reads with an `apiVersion` it reads. `None`
+    /// otherwise (the spec was read, or is not to be).
+    pub(crate) fn deferred_kind(&self) -> Option<Kind> {
+        self.kind.filter(|_| self.spec_deferred && !self.unreadable)
+    }
+
+    /// Sets the spec a second read found (see [`RawDocument::deferred_kind`]).
+    pub(crate) fn set_deferred_spec(&mut self, spec: Spec) {
+        self.spec = Some(spec);
+        self.spec_deferred = false;
+    }
+
     /// Records a problem; past [`MAX_PROBLEMS_PER_DOCUMENT`] they are dropped, so a document of
     /// 100,000 unknown keys costs no more than one of 20.
     fn problem(&mut self, location: Location, message: impl FnOnce() -> String) {
@@ -196,6 +218,13 @@ impl RawDocument {
                 _ => raw.problem(start, || format!("missing `spec` of the {kind}")),
             }
         }
+        // The loader fills a deferred spec or reports the second read's error instead of this
+        // document; never silently drop a document whose spec was not read.
+        if raw.deferred_kind().is_some() {
+            raw.problem(start, || {
+                "internal error: the spec before `kind` was not read again".to_string()
+            });
+        }
         match raw {
             RawDocument {
                 problems,
@@ -240,15 +269,13 @@ impl<'de> Visitor<'de> for DocumentVisitor {
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<RawDocument, A::Error> {
         let mut doc = RawDocument::default();
-        // The spec is only read when the document is one codeb understands.
-        let mut readable = true;
         while let Some(key) = map.next_key::<Spanned<String>>()? {
             match key.value.as_str() {
                 "apiVersion" => {
                     doc.api_version_seen = true;
                     let v: Spanned<String> = map.next_value()?;
                     if v.value != API_VERSION {
-                        readable = false;
+                        doc.unreadable = true;
                         doc.problem(v.referenced, || {
                             format!(
                                 "unsupported apiVersion {}; expected `{API_VERSION}`",
@@ -262,7 +289,7 @@ impl<'de> Visitor<'de> for DocumentVisitor {
                     let v: Spanned<String> = map.next_value()?;
                     doc.kind = Kind::parse(&v.value);
                     if doc.kind.is_none() {
-                        readable = false;
+                        doc.unreadable = true;
                         doc.problem(v.referenced, || {
                             format!(
                                 "unknown kind {}; expected one of {}{}",
@@ -279,22 +306,14 @@ impl<'de> Visitor<'de> for DocumentVisitor {
                 }
                 "spec" => {
                     doc.spec_seen = true;
-                    match (doc.kind, readable) {
-                        (Some(Kind::Host), true) => doc.spec = Some(Spec::Host(map.next_value()?)),
-                        (Some(Kind::Zone), true) => {
-                            let spec: Option<ZoneSpec> = map.next_value()?;
-                            doc.spec = Some(Spec::Zone(spec.unwrap_or_default()));
-                        }
-                        (Some(Kind::Project), true) => {
-                            doc.spec = Some(Spec::Project(map.next_value()?))
-                        }
-                        (None, true) => {
+                    match (doc.kind, doc.unreadable) {
+                        (Some(kind), false) => doc.spec = Some(next_spec(&mut map, kind)?),
+                        // `kind` comes later (or never): read again once it is known.
+                        (None, false) => {
                             map.next_value::<IgnoredAny>()?;
-                            doc.problem(key.referenced, || {
-                                "`kind` must come before `spec`".to_string()
-                            });
+                            doc.spec_deferred = true;
                         }
-                        (_, false) => {
+                        (_, true) => {
                             map.next_value::<IgnoredAny>()?;
                         }
                     }
@@ -313,6 +332,52 @@ impl<'de> Visitor<'de> for DocumentVisitor {
             }
         }
         Ok(doc)
+    }
+}
+
+/// The next value of `map`, read as the spec of `kind`. A Zone's spec may be `null`.
+fn next_spec<'de, A: MapAccess<'de>>(map: &mut A, kind: Kind) -> Result<Spec, A::Error> {
+    Ok(match kind {
+        Kind::Host => Spec::Host(map.next_value()?),
+        Kind::Zone => Spec::Zone(map.next_value::<Option<ZoneSpec>>()?.unwrap_or_default()),
+        Kind::Project => Spec::Project(map.next_value()?),
+    })
+}
+
+/// The second read of a document whose `spec` came before its `kind` (see
+/// [`RawDocument::deferred_kind`]): its `spec` read as the kind at `Kind::ALL[KIND]`, every other
+/// key skipped (the first read checked them). `None` when there is no `spec`.
+///
+/// A type per kind, rather than a kind passed in: serde-saphyr reads a stream's documents into
+/// a `DeserializeOwned` type, so the kind is in the type. Its errors carry serde-saphyr's
+/// locations, as the first read's do.
+pub(crate) struct SpecOf<const KIND: usize>(pub Option<Spec>);
+
+impl<'de, const KIND: usize> Deserialize<'de> for SpecOf<KIND> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_map(SpecOfVisitor::<KIND>)
+    }
+}
+
+struct SpecOfVisitor<const KIND: usize>;
+
+impl<'de, const KIND: usize> Visitor<'de> for SpecOfVisitor<KIND> {
+    type Value = SpecOf<KIND>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a manifest: a mapping with apiVersion, kind, metadata and spec")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<SpecOf<KIND>, A::Error> {
+        let mut spec = None;
+        while let Some(key) = map.next_key::<String>()? {
+            if key == "spec" && spec.is_none() {
+                spec = Some(next_spec(&mut map, Kind::ALL[KIND])?);
+            } else {
+                map.next_value::<IgnoredAny>()?;
+            }
+        }
+        Ok(SpecOf(spec))
     }
 }
 
@@ -374,10 +439,34 @@ mod tests {
     }
 
     #[test]
-    fn a_spec_before_its_kind_is_reported_at_the_spec() {
-        let problems = read("apiVersion: codeb.kr/v1\nspec: {}\nkind: Zone\nmetadata: {name: z}\n")
-            .unwrap_err();
-        assert_eq!(problems, ["2:1: `kind` must come before `spec`"]);
+    fn a_spec_before_its_kind_is_deferred_to_a_read_as_that_kind() {
+        let text = "apiVersion: codeb.kr/v1\nspec: {ttl: 60}\nkind: Zone\nmetadata: {name: z}\n";
+        let doc: Spanned<RawDocument> = serde_saphyr::from_str(text).unwrap();
+        assert_eq!(doc.value.deferred_kind(), Some(Kind::Zone));
+        let SpecOf(spec) = serde_saphyr::from_str::<SpecOf<1>>(text).unwrap();
+        assert!(matches!(spec, Some(Spec::Zone(z)) if z.ttl == 60));
+    }
+
+    #[test]
+    fn a_spec_before_a_wrong_api_version_or_an_unknown_kind_is_not_read_again() {
+        for text in [
+            "spec: {x: 1}\napiVersion: v1\nkind: Zone\nmetadata: {name: z}\n",
+            "spec: {x: 1}\napiVersion: codeb.kr/v1\nkind: Zome\nmetadata: {name: z}\n",
+        ] {
+            let doc: Spanned<RawDocument> = serde_saphyr::from_str(text).unwrap();
+            assert_eq!(doc.value.deferred_kind(), None, "{text}");
+            assert_eq!(read(text).unwrap_err().len(), 1, "{text}");
+        }
+    }
+
+    #[test]
+    fn a_spec_without_any_kind_is_reported_as_a_missing_kind_only() {
+        let problems =
+            read("apiVersion: codeb.kr/v1\nspec: {}\nmetadata: {name: z}\n").unwrap_err();
+        assert_eq!(
+            problems,
+            ["1:1: missing `kind`; expected one of Host, Zone, Project"]
+        );
     }
 
     #[test]

@@ -31,7 +31,7 @@ use std::path::{Path, PathBuf};
 use serde_saphyr::Spanned;
 
 use super::diagnose::yaml_error;
-use super::document::{origin, Document, RawDocument};
+use super::document::{origin, Document, Kind, RawDocument, Spec, SpecOf};
 use super::error::{quote, Error, Errors};
 use super::limits::{
     self, MAX_DIRECTORY_ENTRIES, MAX_DOCUMENTS, MAX_DOCUMENTS_PER_FILE, MAX_ERRORS, MAX_FILES,
@@ -383,6 +383,7 @@ impl Loader {
             );
         }
         self.document_count += docs.len();
+        read_deferred_specs(text, &mut docs);
         // The second pass, for the origins of fields; documents align with the first pass, as
         // both skip the same empty documents and recover from the same errors.
         let trees = documents::<Tree>(text, docs.len());
@@ -453,6 +454,58 @@ fn documents<T: serde::de::DeserializeOwned>(
     serde_saphyr::read_with_options::<_, T>(&mut reader, limits::options())
         .take(max)
         .collect()
+}
+
+/// Reads again, as their kind, the specs of the documents whose `spec` came before `kind` (see
+/// [`RawDocument::deferred_kind`]): one more read of the stream, up to the last such document,
+/// per kind that has one. A document whose second read fails becomes that error, located as any
+/// error of a first read.
+fn read_deferred_specs(text: &str, docs: &mut [Result<Spanned<RawDocument>, serde_saphyr::Error>]) {
+    for kind in Kind::ALL {
+        let wanted: Vec<usize> = docs
+            .iter()
+            .enumerate()
+            .filter(|(_, d)| matches!(d, Ok(d) if d.value.deferred_kind() == Some(kind)))
+            .map(|(i, _)| i)
+            .collect();
+        let Some(&last) = wanted.last() else {
+            continue;
+        };
+        // Both reads skip the same empty documents and recover from the same errors, so the
+        // documents align, as the tree pass's do.
+        let mut specs = specs_of(kind, text, last + 1);
+        for i in wanted {
+            let read = specs.get_mut(i).map(|r| std::mem::replace(r, Ok(None)));
+            match read {
+                Some(Ok(Some(spec))) => {
+                    if let Ok(doc) = &mut docs[i] {
+                        doc.value.set_deferred_spec(spec);
+                    }
+                }
+                Some(Err(e)) => docs[i] = Err(e),
+                // The second read disagrees with the first; `finish` reports the document.
+                Some(Ok(None)) | None => {}
+            }
+        }
+    }
+}
+
+/// The first `max` documents of a YAML stream, each read as [`SpecOf`] `kind`.
+fn specs_of(kind: Kind, text: &str, max: usize) -> Vec<Result<Option<Spec>, serde_saphyr::Error>> {
+    fn read<const K: usize>(
+        text: &str,
+        max: usize,
+    ) -> Vec<Result<Option<Spec>, serde_saphyr::Error>> {
+        documents::<SpecOf<K>>(text, max)
+            .into_iter()
+            .map(|r| r.map(|SpecOf(spec)| spec))
+            .collect()
+    }
+    match kind {
+        Kind::Host => read::<0>(text, max),
+        Kind::Zone => read::<1>(text, max),
+        Kind::Project => read::<2>(text, max),
+    }
 }
 
 /// A manifest file found below a directory.

@@ -27,5 +27,5 @@ pub use load::{
     load_paths, load_paths_with_stdin, load_sources, load_str, read_sources, Source, STDIN_LABEL,
 };
 pub use types::*;
-pub(crate) use validate::is_dns_name;
 pub use validate::{check_protected, check_recorded, RecordedEnv};
+pub(crate) use validate::{is_dns_label, is_dns_name};

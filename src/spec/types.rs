@@ -373,6 +373,12 @@ pub struct CaddySpec {
     /// `auto` (ACME), `internal` (Caddy's own CA) or `off` (plain HTTP).
     #[serde(default)]
     pub tls: Tls,
+    /// Whether Caddy writes an access log of codeb's server on this Host: one JSON line per
+    /// request, with its hostname and status. On by default. Where the file is and how it is
+    /// rolled is the operator's to say (`accessLogs` in codeb's configuration), never a
+    /// manifest's: by default `/var/log/caddy/codeb-HOST.access.log` on the Caddy's machine.
+    #[serde(default = "yes", skip_serializing_if = "is_true")]
+    pub access_log: bool,
 }
 
 /// TLS mode of codeb's Caddy server.

@@ -19,6 +19,15 @@ const RECEIVE_TIMEOUT: Duration = Duration::from_secs(5);
 /// The kernel never puts more than 32 KiB in one dump datagram.
 const BUFFER: usize = 64 * 1024;
 
+/// A raw netlink socket of `protocol` (the kernel binds it on the first send).
+fn raw(protocol: i32) -> io::Result<socket2::Socket> {
+    socket2::Socket::new(
+        socket2::Domain::from(AF_NETLINK),
+        socket2::Type::RAW,
+        Some(socket2::Protocol::from(protocol)),
+    )
+}
+
 /// A netlink socket to nfnetlink.
 #[derive(Debug)]
 pub struct Socket {
@@ -43,11 +52,7 @@ impl From<io::Error> for Refused {
 impl Socket {
     /// Opens a socket (the kernel binds it on the first send).
     pub fn open() -> io::Result<Socket> {
-        let inner = socket2::Socket::new(
-            socket2::Domain::from(AF_NETLINK),
-            socket2::Type::RAW,
-            Some(socket2::Protocol::from(NETLINK_NETFILTER)),
-        )?;
+        let inner = raw(NETLINK_NETFILTER)?;
         inner.set_read_timeout(Some(RECEIVE_TIMEOUT))?;
         Ok(Socket { inner, seq: 1 })
     }
@@ -178,6 +183,92 @@ impl Socket {
     }
 }
 
+/// `NFNLGRP_NFTABLES`: the multicast group nf_tables announces every ruleset change in;
+/// `SOL_NETLINK`, `NETLINK_ADD_MEMBERSHIP`.
+const NFNLGRP_NFTABLES: u32 = 7;
+const SOL_NETLINK: i32 = 270;
+const NETLINK_ADD_MEMBERSHIP: i32 = 1;
+/// How long [`Monitor::wait`] blocks before it returns to let its caller check for shutdown.
+const MONITOR_TICK: Duration = Duration::from_secs(1);
+
+/// A socket subscribed to nf_tables' ruleset notifications (needs `CAP_NET_ADMIN`).
+#[derive(Debug)]
+pub struct Monitor {
+    inner: socket2::Socket,
+}
+
+impl Monitor {
+    /// Opens a socket and joins `NFNLGRP_NFTABLES`.
+    ///
+    /// # Errors
+    /// `EPERM` without `CAP_NET_ADMIN`; whatever else the kernel refuses.
+    pub fn open() -> io::Result<Monitor> {
+        use std::os::fd::AsRawFd;
+        let inner = raw(NETLINK_NETFILTER)?;
+        let fd = inner.as_raw_fd();
+        // SAFETY: a zeroed sockaddr_nl is a valid one (pid 0: the kernel picks; no groups), and
+        // `fd` is the socket just opened, alive for both calls.
+        let bound = unsafe {
+            let mut addr: libc::sockaddr_nl = std::mem::zeroed();
+            addr.nl_family = AF_NETLINK as libc::sa_family_t;
+            libc::bind(
+                fd,
+                std::ptr::addr_of!(addr).cast(),
+                std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t,
+            )
+        };
+        if bound != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let group = NFNLGRP_NFTABLES;
+        // SAFETY: `group` is a u32 that outlives the call, its size given.
+        let joined = unsafe {
+            libc::setsockopt(
+                fd,
+                SOL_NETLINK,
+                NETLINK_ADD_MEMBERSHIP,
+                std::ptr::addr_of!(group).cast(),
+                std::mem::size_of::<u32>() as libc::socklen_t,
+            )
+        };
+        if joined != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        inner.set_read_timeout(Some(MONITOR_TICK))?;
+        Ok(Monitor { inner })
+    }
+
+    /// Waits up to a second for notifications. `Some(true)` when one changed the base chains
+    /// `chains` of `table` or deleted it (see [`wire::touches`]), or when notifications were lost
+    /// (the socket overran: whatever happened is unknown); `Some(false)` for others; `None` when
+    /// nothing came.
+    ///
+    /// # Errors
+    /// The socket failed.
+    pub fn wait(&self, buf: &mut [u8], table: &str, chains: &[&str]) -> io::Result<Option<bool>> {
+        let n = match (&self.inner).read(buf) {
+            Ok(n) => n,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock
+                        | io::ErrorKind::TimedOut
+                        | io::ErrorKind::Interrupted
+                ) =>
+            {
+                return Ok(None)
+            }
+            Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => return Ok(Some(true)),
+            Err(e) => return Err(e),
+        };
+        Ok(Some(
+            wire::replies(&buf[..n])
+                .iter()
+                .any(|r| wire::touches(r.kind, r.body, table, chains)),
+        ))
+    }
+}
+
 /// `NETLINK_ROUTE`, `RTM_SETLINK`, `IFLA_ADDRESS`, and the flags of one acknowledged request.
 const NETLINK_ROUTE: i32 = 0;
 const RTM_SETLINK: u16 = 19;
@@ -191,11 +282,7 @@ const REQUEST_ACK: u16 = 0x1 | 0x4;
 /// # Errors
 /// The kernel's refusal (`EPERM` without `CAP_NET_ADMIN`, `ENODEV` for a gone interface).
 pub fn set_link_address(index: i32, mac: [u8; 6]) -> io::Result<()> {
-    let inner = socket2::Socket::new(
-        socket2::Domain::from(AF_NETLINK),
-        socket2::Type::RAW,
-        Some(socket2::Protocol::from(NETLINK_ROUTE)),
-    )?;
+    let inner = raw(NETLINK_ROUTE)?;
     inner.set_read_timeout(Some(RECEIVE_TIMEOUT))?;
     let msg = set_link_address_message(1, index, mac);
     let sent = inner.send(&msg)?;

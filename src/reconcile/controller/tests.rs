@@ -28,6 +28,7 @@ fn host() -> HostRef {
         postgres: None,
         redis: None,
         backups: None,
+        access_log: Some(crate::model::writes::AccessLog::default_for("app")),
     }
 }
 
