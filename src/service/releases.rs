@@ -275,28 +275,32 @@ async fn redeploy(
     // The env version and the override are written at once (one transaction), or the override
     // alone when the env stays: a kill in between cannot leave one without the other.
     let mut notes = Vec::new();
-    let restored = match env_to_restore(&t.declared, entry) {
-        Some(v) => super::env::restore_for_rollback(ctx, &key, v, t.over.as_ref())?
-            .map(|stored| (v, stored.version)),
+    let restore = env_to_restore(&t.declared, entry);
+    let restored = match restore {
+        Some(v) => super::env::restore_for_rollback(ctx, &key, v, t.over.as_ref())?,
         None => None,
     };
-    match (restored, env_to_restore(&t.declared, entry)) {
-        (Some((v, new)), _) => notes.push(format!(
-            "env version {v} restored as version {new} (protected keys kept as they are)"
+    match (restore, restored) {
+        (Some(v), Some(stored)) => notes.push(format!(
+            "env version {v} restored as version {} (protected keys kept as they are)",
+            stored.version
         )),
-        (None, restore) => {
+        (restore, _) => {
             store.set_override(&key, t.over.as_ref())?;
-            match restore {
-                Some(v) => notes.push(format!("the stored env already equals version {v}")),
-                None if t.declared.env_from.is_stored() => {
-                    if let Some(latest) = store.latest_env_version(&key)? {
-                        notes.push(format!(
-                            "release {} ran without a stored env: the stored env stays at version {latest}",
-                            entry.number
-                        ));
-                    }
-                }
-                None => {}
+            if let Some(v) = restore {
+                notes.push(format!("the stored env already equals version {v}"));
+            } else if let Some(latest) = t
+                .declared
+                .env_from
+                .is_stored()
+                .then(|| store.latest_env_version(&key))
+                .transpose()?
+                .flatten()
+            {
+                notes.push(format!(
+                    "release {} ran without a stored env: the stored env stays at version {latest}",
+                    entry.number
+                ));
             }
         }
     }
