@@ -3,7 +3,7 @@
 //!
 //! The table names each tool's permissions; `service` enforces them (the same decision as the HTTP
 //! API's), and the tests check every tool × role against [`crate::auth::allows`]. Few tools, short
-//! descriptions: the whole `tools/list` answer is 6,868 bytes, about 1,700 tokens (the unit test
+//! descriptions: the whole `tools/list` answer is 7,708 bytes, about 1,900 tokens (the unit test
 //! below prints it; `benches/mcp.sh`), within an agent's context next to its work; under 12 KB is
 //! a test.
 //!
