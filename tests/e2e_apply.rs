@@ -425,6 +425,13 @@ fn reads_are_answered_while_an_apply_waits_on_a_health_check_and_a_change_is_ref
     );
     let describe = sb.codeb(&["describe", "project", &up]);
     assert_eq!(describe.status.code(), Some(0), "{}", text(&describe));
+    let releases = sb.codeb(&["releases", &up, "-o", "json"]);
+    assert_eq!(releases.status.code(), Some(0), "{}", text(&releases));
+    assert!(
+        String::from_utf8_lossy(&releases.stdout).contains("\"active\""),
+        "{}",
+        text(&releases)
+    );
     let diff = sb.codeb(&["diff", "-f", dir_s]);
     assert_eq!(diff.status.code(), Some(1), "{}", text(&diff));
     let dry = sb.codeb(&["apply", "--dry-run", "-f", dir_s]);

@@ -514,7 +514,7 @@ fn valid_args(tool: &str, sb: &Sandbox, project: &str) -> Value {
         "logs" => json!({"project": project, "lines": 1}),
         "plan" => json!({"project": project, "image": APP_V2}),
         "audit" => json!({"project": project}),
-        "env" => json!({"project": project}),
+        "env" | "releases" => json!({"project": project}),
         "deploy" => json!({"project": project, "image": APP_V2}),
         "promote" | "rollback" => json!({"project": project}),
         "apply" => json!({"manifests": yaml}),

@@ -26,7 +26,7 @@ use crate::service::view::{
     ApplyView, BackupFailed, BackupMade, BackupRow, BackupRunView, CacheView, DatabaseView,
     EnvChangeView, EnvDiffView, EnvExportView, EnvHistoryRow, EnvListRow, EnvListView,
     EnvValueView, EnvView, FailureView, HostRow, LogsView, NoteView, OutcomeView, OverrideView,
-    PlanView, ProjectRow, ProjectView, RestoreView, SlotRow, SlotView, TableCheck,
+    PlanView, ProjectRow, ProjectView, ReleaseRow, RestoreView, SlotRow, SlotView, TableCheck,
 };
 use crate::service::{self, Ctx, GetWhat, Request as Req, Response as Res, MAX_LOG_LINES};
 use crate::spec::Source;
@@ -75,6 +75,11 @@ pub const ROUTES: &[Route] = &[
         "POST",
         "/api/v1/projects/{project}/environments/{environment}/rollback",
         Some(Permission::Rollback),
+    ),
+    r(
+        "GET",
+        "/api/v1/projects/{project}/environments/{environment}/releases",
+        Some(Permission::Read),
     ),
     r(
         "GET",
@@ -194,6 +199,10 @@ pub fn router(api: Api) -> Router {
             post(rollback),
         )
         .route(
+            "/api/v1/projects/{project}/environments/{environment}/releases",
+            get(releases),
+        )
+        .route(
             "/api/v1/projects/{project}/environments/{environment}/logs",
             get(logs),
         )
@@ -310,6 +319,7 @@ fn answer(res: Res) -> Response {
         Res::Hosts(v) => Json(v).into_response(),
         Res::Project(v) => Json(v).into_response(),
         Res::Outcome(v) => Json(v).into_response(),
+        Res::Releases(v) => Json(v).into_response(),
         Res::Logs(v) => Json(v).into_response(),
         Res::Audit(v) => Json(v).into_response(),
         Res::Keys(v) => Json(v).into_response(),
@@ -530,16 +540,55 @@ async fn db_rotate(
     Ok(answer(api.call(c, req).await?))
 }
 
+/// `POST .../rollback`: no body (or `{}`) switches back to the grace slot at once; `to` rolls
+/// back to that release of `GET .../releases`.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RollbackBody {
+    /// The release number to roll back to: rolled out again blue/green (with its env version)
+    /// when it is in no slot any more, the plain rollback when it is the grace slot's.
+    pub to: Option<u64>,
+}
+
 #[utoipa::path(post, path = "/api/v1/projects/{project}/environments/{environment}/rollback", tag = "environments",
     security(("key" = []), ("bearer" = [])),
-    params(("project" = String, Path), ("environment" = String, Path)),
-    responses((status = 200, body = OutcomeView), (status = 403, body = ApiError), (status = 404, body = ApiError)))]
+    params(("project" = String, Path), ("environment" = String, Path)), request_body = Option<RollbackBody>,
+    responses((status = 200, body = OutcomeView), (status = 400, body = ApiError), (status = 403, body = ApiError),
+              (status = 404, body = ApiError), (status = 409, body = ApiError)))]
 async fn rollback(
     State(api): State<Api>,
     Authed(c): Authed,
     Path((project, environment)): Path<(String, String)>,
+    body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let req = Req::Rollback {
+    let mut req = Req::Rollback {
+        project,
+        environment,
+        to: None,
+    };
+    api.authorize(&c, &req)?;
+    // No body is the plain rollback, as before the body existed.
+    let bytes = body_bytes(body)?;
+    if !bytes.iter().all(u8::is_ascii_whitespace) {
+        let RollbackBody { to: n } = json_body(Ok(bytes))?;
+        if let Req::Rollback { to, .. } = &mut req {
+            *to = n;
+        }
+    }
+    Ok(answer(api.call(c, req).await?))
+}
+
+#[utoipa::path(get, path = "/api/v1/projects/{project}/environments/{environment}/releases", tag = "environments",
+    security(("key" = []), ("bearer" = [])),
+    params(("project" = String, Path), ("environment" = String, Path)),
+    responses((status = 200, body = Vec<ReleaseRow>, description = "Newest first; the last 100 are kept"),
+              (status = 403, body = ApiError), (status = 404, body = ApiError)))]
+async fn releases(
+    State(api): State<Api>,
+    Authed(c): Authed,
+    Path((project, environment)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    let req = Req::Releases {
         project,
         environment,
     };
@@ -716,6 +765,8 @@ pub struct ToolBody {
     pub environment: Option<String>,
     /// For `deploy`.
     pub image: Option<String>,
+    /// For `rollback`: the release number to roll back to (see `GET .../releases`).
+    pub to: Option<u64>,
     /// For `logs`: `blue` or `green` (default: the active slot).
     #[schema(value_type = Option<String>)]
     pub slot: Option<Slot>,
@@ -822,6 +873,7 @@ async fn tool(
                 Req::Rollback {
                     project: project()?,
                     environment,
+                    to: body.to,
                 },
             )
             .await?,
@@ -1267,7 +1319,7 @@ async fn env_export(
 #[openapi(
     info(title = "codeb", description = "The control plane of codeb: deploy, promote and roll back web apps on Podman hosts."),
     paths(health, metrics, openapi_json, projects, project, delete_project, slots, hosts, deploy, promote,
-          rollback, logs, plan, apply, audit, env_list, env_set, env_unset, env_import, env_restore, db_rotate,
+          rollback, releases, logs, plan, apply, audit, env_list, env_set, env_unset, env_import, env_restore, db_rotate,
           env_history, env_diff, env_get, env_export, backup_list, backup_run, restore, tool),
     components(schemas(ApiError, ErrorBody, HealthView, TargetHealth, ProjectRow, SlotRow, HostRow, ProjectView,
                        EnvView, SlotView, OverrideView, DatabaseView, CacheView, OutcomeView, FailureView, NoteView, PlanView, ApplyView,
@@ -1275,7 +1327,7 @@ async fn env_export(
                        EnvListView, EnvListRow, EnvValueView, EnvExportView, EnvHistoryRow, EnvDiffView,
                        EnvSetBody, EnvUnsetBody, EnvImportBody, EnvRestoreBody, EnvGetBody,
                        BackupRow, BackupRunView, BackupMade, BackupFailed, RestoreView, TableCheck,
-                       BackupRunBody, RestoreBody)),
+                       BackupRunBody, RestoreBody, RollbackBody, ReleaseRow)),
     modifiers(&Security),
 )]
 struct Doc;

@@ -405,9 +405,22 @@ fn request(command: Command) -> anyhow::Result<(Request, Format)> {
         Command::Rollback {
             project,
             env,
+            to,
             output,
         } => (
             Request::Rollback {
+                project,
+                environment: env,
+                to,
+            },
+            output.output,
+        ),
+        Command::Releases {
+            project,
+            env,
+            output,
+        } => (
+            Request::Releases {
                 project,
                 environment: env,
             },

@@ -142,11 +142,28 @@ pub enum Command {
         #[command(flatten)]
         output: Output,
     },
-    /// Switch an environment's hostname back to its grace slot, starting nothing.
+    /// Switch an environment's hostname back to its grace slot, starting nothing; with --to N,
+    /// back to release N of `codeb releases` (rolled out again blue/green, with its env version,
+    /// when it is in no slot any more).
     #[command(
-        after_help = "Examples:\n  codeb rollback shop\n  codeb rollback shop --env staging -o json"
+        after_help = "Examples:\n  codeb rollback shop                 # the grace slot serves again, at once\n  codeb releases shop                 # numbered releases, newest first\n  codeb rollback shop --to 12         # release 12 serves again (a new release, marked rollback of 12)\n  codeb rollback shop --env staging -o json\n\nExit 2 when release N is not in the history (or never passed its health check); 1 when its\nrollout fails its health check (the serving release stays)."
     )]
     Rollback {
+        project: String,
+        #[arg(long, default_value = "production")]
+        env: String,
+        /// The release number to roll back to (see `codeb releases`).
+        #[arg(long, value_name = "N")]
+        to: Option<u64>,
+        #[command(flatten)]
+        output: Output,
+    },
+    /// List an environment's releases, newest first: number, image, env version, state (or how
+    /// it ended), who deployed it and when. The last 100 per environment are kept.
+    #[command(
+        after_help = "Examples:\n  codeb releases shop\n  codeb releases shop --env staging -o json"
+    )]
+    Releases {
         project: String,
         #[arg(long, default_value = "production")]
         env: String,

@@ -20,6 +20,7 @@ pub fn render(response: &Response, format: Format, out: &mut dyn Write) -> anyho
             Response::Hosts(v) => data(out, v, format),
             Response::Project(v) => data(out, v, format),
             Response::Outcome(v) => data(out, v, format),
+            Response::Releases(v) => data(out, v, format),
             Response::Logs(v) => data(out, v, format),
             Response::KeyCreated { key, record } => data(
                 out,
@@ -164,6 +165,28 @@ pub fn render(response: &Response, format: Format, out: &mut dyn Write) -> anyho
             write!(out, "{}", v.text.0)?;
             Ok(())
         }
+        Response::Releases(rows) => emit(
+            out,
+            rows,
+            format,
+            &[
+                "RELEASE", "IMAGE", "ENV", "SLOT", "STATE", "SINCE", "DEPLOYED", "BY", "NOTE",
+            ],
+            |r| {
+                vec![
+                    r.number.to_string(),
+                    r.image.clone(),
+                    r.env_version.map_or("-".into(), |v| v.to_string()),
+                    r.slot.to_string(),
+                    r.state.clone(),
+                    rfc3339(r.since_ms).to_string(),
+                    rfc3339(r.at_ms).to_string(),
+                    r.by.clone(),
+                    r.rollback_of
+                        .map_or(String::new(), |n| format!("rollback of {n}")),
+                ]
+            },
+        ),
         Response::EnvHistory(rows) => emit(
             out,
             rows,

@@ -114,6 +114,13 @@ pub async fn run(args: Config) -> Result<(), Error> {
             Error::failed(message)
         }
     })?);
+    // What the loop rolls out from the watched manifests is the daemon's in the release history;
+    // a request's rollout is its caller's.
+    store.set_default_actor(if args.listen.is_some() {
+        "codeb serve"
+    } else {
+        "codeb watch"
+    });
     // The guard is the one gate of the daemon's manifests: the Hosts that the event pumps and
     // `--publish` connect to come from manifests it passed, so the operator's configuration
     // allowed their endpoints (the loop's connectors and the service check again).

@@ -198,6 +198,31 @@ mod tests {
     }
 
     #[test]
+    fn a_rollback_id_is_bound_to_its_release_number_and_a_plain_rollback_to_none() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let me = key("aaaaaaaaaaaa");
+        let to = |n: Option<u64>| Change::Rollback {
+            project: "app".into(),
+            environment: "production".into(),
+            to: n,
+        };
+        let id = issue(&store, "rollback", &to(Some(1)), &me, FP).unwrap();
+        assert_eq!(
+            verify(&store, "rollback", &to(Some(1)), &me, &id).unwrap(),
+            FP
+        );
+        for other in [to(Some(2)), to(None)] {
+            assert!(matches!(
+                verify(&store, "rollback", &other, &me, &id),
+                Err(Refused::NotThisPlan { .. })
+            ));
+        }
+        // A plain rollback's change serializes as before `to` existed: ids issued then still hold.
+        assert!(!serde_json::to_string(&to(None)).unwrap().contains("\"to\""));
+    }
+
+    #[test]
     fn malformed_ids_are_refused_before_any_signature_is_computed() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();

@@ -3,7 +3,7 @@
 //!
 //! The table names each tool's permissions; `service` enforces them (the same decision as the HTTP
 //! API's), and the tests check every tool × role against [`crate::auth::allows`]. Few tools, short
-//! descriptions: the whole `tools/list` answer is 6,868 bytes, about 1,700 tokens (the unit test
+//! descriptions: the whole `tools/list` answer is 7,708 bytes, about 1,900 tokens (the unit test
 //! below prints it; `benches/mcp.sh`), within an agent's context next to its work; under 12 KB is
 //! a test.
 //!
@@ -97,6 +97,13 @@ pub const TOOLS: &[ToolSpec] = &[
         schema: schema::<EnvArgs>,
     },
     ToolSpec {
+        name: "releases",
+        permissions: &[Permission::Read],
+        effect: READ,
+        description: "An environment's numbered releases, newest first: image, env version, state or how it ended, who deployed it and when. rollback with `to` returns to one.",
+        schema: schema::<ReleasesArgs>,
+    },
+    ToolSpec {
         name: "health",
         permissions: &[Permission::Read],
         effect: READ,
@@ -130,8 +137,8 @@ pub const TOOLS: &[ToolSpec] = &[
             destructive: true,
             idempotent: false,
         },
-        description: "Switch an environment's traffic back to the previous release, starting nothing. Without plan_id: the plan and a plan_id; with it: carried out.",
-        schema: schema::<SwitchArgs>,
+        description: "Switch an environment's traffic back to the previous release, starting nothing; with `to`, back to that release number (rolled out again if no slot holds it). Without plan_id: the plan and a plan_id; with it: carried out.",
+        schema: schema::<RollbackArgs>,
     },
     ToolSpec {
         name: "apply",
@@ -247,22 +254,24 @@ async fn dispatch(
             };
             two_step(spec, ctx, change, a.plan_id).await
         }
-        "promote" | "rollback" => {
+        "promote" => {
             let a: SwitchArgs = parse(args)?;
-            let (project, environment) = (a.project, a.environment.unwrap_or_else(production));
-            let change = if spec.name == "promote" {
-                Change::Promote {
-                    project,
-                    environment,
-                }
-            } else {
-                Change::Rollback {
-                    project,
-                    environment,
-                }
+            let change = Change::Promote {
+                project: a.project,
+                environment: a.environment.unwrap_or_else(production),
             };
             two_step(spec, ctx, change, a.plan_id).await
         }
+        "rollback" => {
+            let a: RollbackArgs = parse(args)?;
+            let change = Change::Rollback {
+                project: a.project,
+                environment: a.environment.unwrap_or_else(production),
+                to: a.to,
+            };
+            two_step(spec, ctx, change, a.plan_id).await
+        }
+        "releases" => releases(ctx, parse(args)?).await,
         "apply" => {
             let a: ApplyArgs = parse(args)?;
             let change = Change::Apply {
@@ -464,6 +473,30 @@ struct SwitchArgs {
     environment: Option<String>,
     /// From the previous call's plan.
     plan_id: Option<String>,
+}
+
+#[derive(Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+struct RollbackArgs {
+    project: String,
+    /// Default: production.
+    environment: Option<String>,
+    /// A release number from the releases tool; none: the grace slot's.
+    #[schemars(range(min = 1))]
+    to: Option<u64>,
+    /// From the previous call's plan.
+    plan_id: Option<String>,
+}
+
+#[derive(Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+struct ReleasesArgs {
+    project: String,
+    /// Default: production.
+    environment: Option<String>,
+    /// Default 20, the newest.
+    #[schemars(range(min = 1, max = 100))]
+    limit: Option<usize>,
 }
 
 #[derive(Deserialize, JsonSchema)]
@@ -768,6 +801,25 @@ async fn env(ctx: &Ctx, a: EnvArgs) -> Result<CallToolResult, Fail> {
         Response::EnvList(v) => Ok(json_text(&v)),
         Response::EnvHistory(v) => Ok(json_text(&v)),
         Response::EnvDiff(v) => Ok(json_text(&v)),
+        other => Err(unexpected(other)),
+    }
+}
+
+/// The newest releases, as the API's `GET .../releases` rows.
+async fn releases(ctx: &Ctx, a: ReleasesArgs) -> Result<CallToolResult, Fail> {
+    let limit = a.limit.unwrap_or(20);
+    if !(1..=100).contains(&limit) {
+        return Err(Fail::Args("limit: must be between 1 and 100".into()));
+    }
+    let req = Request::Releases {
+        project: a.project,
+        environment: a.environment.unwrap_or_else(production),
+    };
+    match run(ctx, req).await? {
+        Response::Releases(mut rows) => {
+            rows.truncate(limit);
+            Ok(json_text(&rows))
+        }
         other => Err(unexpected(other)),
     }
 }

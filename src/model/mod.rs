@@ -1,7 +1,7 @@
 //! The domain model shared by `plan`, `store`, `reconcile` and the backend adapters: slots, their
 //! states, releases, desired environments and what is recorded about them; what the backends
-//! report ([`observed`]) and are asked to write ([`writes`]); and the marks that say what is
-//! codeb's ([`ownership`]).
+//! report ([`observed`]) and are asked to write ([`writes`]); the marks that say what is
+//! codeb's ([`ownership`]); and each environment's release history ([`releases`]).
 //!
 //! Plain data only: no I/O, no clock, no backend types. Nothing here imports `backend`: the
 //! adapters convert to these types, never the other way round.
@@ -13,6 +13,7 @@ pub mod dns;
 pub mod observed;
 pub mod ownership;
 pub mod ports;
+pub mod releases;
 pub mod vars;
 pub mod writes;
 

@@ -503,6 +503,54 @@ pub(super) async fn change(
     Ok(view)
 }
 
+/// What `rollback --to` makes of the stored env: the values of `version` (the version the
+/// release rolled back to ran with), the protected keys kept as they are now whoever asks (a
+/// rollback never brings back credentials a rotation retired). `None` when the latest version
+/// already holds exactly these values: nothing to write. Also returns the latest version.
+///
+/// # Errors
+/// A key error, or `NotFound` when `version` does not exist.
+pub(super) fn rollback_values(
+    ctx: &Ctx,
+    key: &EnvKey,
+    version: u64,
+) -> Result<(Option<u64>, Option<EnvValues>)> {
+    let store = &ctx.store;
+    let latest = store.latest_env_version(key)?;
+    let current = match latest {
+        Some(v) => store.open_env(key, v)?,
+        None => EnvValues::default(),
+    };
+    let values = store.open_env(key, version)?;
+    let (next, _) = protect(&current, values, ctx.config.protected_env(), false);
+    Ok((latest, (next != current).then_some(next)))
+}
+
+/// Writes the env `rollback --to` restores (see [`rollback_values`]) as a new version, restored
+/// from `version`, by the caller, and the release override `over`, in one transaction; the
+/// caller holds the environment's claim. `None`: the env needs no new version, and nothing was
+/// written (the override is the caller's to set).
+pub(super) fn restore_for_rollback(
+    ctx: &Ctx,
+    key: &EnvKey,
+    version: u64,
+    over: Option<&crate::model::Override>,
+) -> Result<Option<crate::store::secrets::StoredVersion>> {
+    let (latest, Some(next)) = rollback_values(ctx, key, version)? else {
+        return Ok(None);
+    };
+    let stored = ctx.store.restore_env_version_with_override(
+        key,
+        latest,
+        &next,
+        &ctx.caller.label(),
+        crate::reconcile::now_ms(),
+        version,
+        over,
+    )?;
+    Ok(Some(stored))
+}
+
 fn rows(key: &EnvKey, v: &crate::store::secrets::StoredVersion) -> EnvHistoryRow {
     EnvHistoryRow {
         project: key.project.clone(),

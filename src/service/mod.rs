@@ -14,6 +14,7 @@ pub mod backup;
 pub mod data;
 pub mod env;
 pub mod error;
+pub mod releases;
 pub mod view;
 pub mod warm;
 
@@ -92,7 +93,16 @@ pub enum Request {
         project: String,
         environment: String,
     },
+    /// Back to the grace slot at once; with `to`, back to release `to` of the environment's
+    /// history (see [`releases`]).
     Rollback {
+        project: String,
+        environment: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        to: Option<u64>,
+    },
+    /// An environment's release history, newest first.
+    Releases {
         project: String,
         environment: String,
     },
@@ -290,6 +300,8 @@ pub enum Change {
     Rollback {
         project: String,
         environment: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        to: Option<u64>,
     },
     /// Apply manifests; with `prune`, remove the recorded environments of `prune_projects`
     /// (at least one: a confirmed plan names what it removes) that they do not declare.
@@ -326,9 +338,11 @@ impl Change {
             Change::Rollback {
                 project,
                 environment,
+                to,
             } => Request::Rollback {
                 project,
                 environment,
+                to,
             },
             Change::Apply {
                 manifests,
@@ -380,6 +394,7 @@ impl Request {
             Request::Describe { project }
             | Request::Promote { project, .. }
             | Request::Rollback { project, .. }
+            | Request::Releases { project, .. }
             | Request::Deploy { project, .. }
             | Request::Logs { project, .. }
             | Request::EnvSet { project, .. }
@@ -410,6 +425,7 @@ impl Request {
             },
             Request::Promote { environment, .. }
             | Request::Rollback { environment, .. }
+            | Request::Releases { environment, .. }
             | Request::Deploy { environment, .. }
             | Request::Logs { environment, .. }
             | Request::EnvSet { environment, .. }
@@ -450,7 +466,9 @@ impl Request {
             Request::Get { .. } => "get",
             Request::Describe { .. } => "describe",
             Request::Promote { .. } => "promote",
+            Request::Rollback { to: Some(_), .. } => "rollback --to",
             Request::Rollback { .. } => "rollback",
+            Request::Releases { .. } => "releases",
             Request::Delete { .. } => "delete",
             Request::Deploy { .. } => "deploy",
             Request::Logs { .. } => "logs",
@@ -463,6 +481,7 @@ impl Request {
             Request::Plan { change } => match change {
                 Change::Deploy { .. } => "plan deploy",
                 Change::Promote { .. } => "plan promote",
+                Change::Rollback { to: Some(_), .. } => "plan rollback --to",
                 Change::Rollback { .. } => "plan rollback",
                 Change::Apply { prune: true, .. } => "plan apply --prune",
                 Change::Apply { .. } => "plan apply",
@@ -496,7 +515,8 @@ impl Request {
             Request::Apply { dry_run: true, .. }
             | Request::Diff { .. }
             | Request::Get { .. }
-            | Request::Describe { .. } => vec![Permission::Read],
+            | Request::Describe { .. }
+            | Request::Releases { .. } => vec![Permission::Read],
             Request::Apply { prune: true, .. } => vec![Permission::Apply, Permission::Prune],
             Request::Apply { .. } => vec![Permission::Apply],
             Request::Promote { .. } => vec![Permission::Promote],
@@ -574,6 +594,7 @@ impl Request {
                 | Request::Diff { .. }
                 | Request::Get { .. }
                 | Request::Describe { .. }
+                | Request::Releases { .. }
                 | Request::Logs { .. }
                 | Request::KeyList
                 | Request::Audit { .. }
@@ -616,6 +637,8 @@ pub enum Response {
     Project(ProjectView),
     /// Promote, rollback, delete and deploy: what was executed.
     Outcome(OutcomeView),
+    /// An environment's release history, newest first.
+    Releases(Vec<view::ReleaseRow>),
     Logs(LogsView),
     /// The new key's text (shown this once) and its record.
     KeyCreated {
@@ -898,18 +921,39 @@ impl Ctx {
     }
 
     /// In the daemon, waits until no reconcile runs on `works` and holds them off until the guard
-    /// drops. Outside it nothing else runs: no claim.
-    async fn claim(&self, works: Vec<Work>) -> Result<Option<ClaimGuard>> {
-        match &self.daemon {
-            None => Ok(None),
-            Some(d) => d
-                .controller
-                .claim(works)
-                .await
-                .map(Some)
-                .ok_or_else(|| Error::busy("codeb is stopping; nothing was done")),
-        }
+    /// drops. Outside it nothing else runs: no claim. Either way, releases that start in the
+    /// claimed environments until then are the caller's (their history names them).
+    async fn claim(&self, works: Vec<Work>) -> Result<Claimed> {
+        let claim = match &self.daemon {
+            None => None,
+            Some(d) => Some(
+                d.controller
+                    .claim(works.clone())
+                    .await
+                    .ok_or_else(|| Error::busy("codeb is stopping; nothing was done"))?,
+            ),
+        };
+        let envs = works.into_iter().filter_map(|w| match w {
+            Work::Env(key) => Some(key),
+            _ => None,
+        });
+        let actor = self.store.act_as(
+            envs,
+            &crate::model::releases::Actor::new(self.caller.label()),
+        );
+        Ok(Claimed {
+            _actor: actor,
+            _claim: claim,
+        })
     }
+}
+
+/// What [`Ctx::claim`] holds: the work claimed from the loop, and who acts on its environments.
+/// Dropped, both are given back (the actor first: nothing writes the records while the claim
+/// still holds).
+pub(crate) struct Claimed {
+    _actor: crate::store::ActorGuard,
+    _claim: Option<ClaimGuard>,
 }
 
 /// Records in the audit log that a front end refused `req` for `ctx.caller` before it reached a
@@ -1081,9 +1125,21 @@ async fn run(ctx: &Ctx, req: Request) -> Result<Response> {
         Request::Rollback {
             project,
             environment,
+            to: None,
         } => switch(ctx, EnvKey::new(project, environment), true, None)
             .await
             .map(Response::Outcome),
+        Request::Rollback {
+            project,
+            environment,
+            to: Some(n),
+        } => releases::rollback_to(ctx, EnvKey::new(project, environment), n, None)
+            .await
+            .map(Response::Outcome),
+        Request::Releases {
+            project,
+            environment,
+        } => releases::list(ctx, &EnvKey::new(project, environment)).map(Response::Releases),
         Request::Delete {
             projects,
             manifests,
@@ -1308,7 +1364,13 @@ async fn plan_change(ctx: &Ctx, change: Change) -> Result<PlannedView> {
         Change::Rollback {
             project,
             environment,
+            to: None,
         } => plan_switch(ctx, EnvKey::new(project, environment), true).await,
+        Change::Rollback {
+            project,
+            environment,
+            to: Some(n),
+        } => releases::plan_rollback_to(ctx, EnvKey::new(project, environment), n).await,
         Change::Apply {
             manifests,
             prune,
@@ -1341,7 +1403,15 @@ async fn run_guarded(ctx: &Ctx, change: Change, expected: &str) -> Result<Respon
         Change::Rollback {
             project,
             environment,
+            to: None,
         } => switch(ctx, EnvKey::new(project, environment), true, expect)
+            .await
+            .map(Response::Outcome),
+        Change::Rollback {
+            project,
+            environment,
+            to: Some(n),
+        } => releases::rollback_to(ctx, EnvKey::new(project, environment), n, expect)
             .await
             .map(Response::Outcome),
         Change::Apply {
@@ -1529,7 +1599,7 @@ async fn apply(
         let hosts = declared.hosts.keys().cloned().map(Work::Host);
         let envs = declared.envs.keys().chain(&remove).cloned().map(Work::Env);
         let zones = managed(&zones).map(Work::Zone);
-        ctx.claim(hosts.chain(envs).chain(zones).collect()).await?
+        Some(ctx.claim(hosts.chain(envs).chain(zones).collect()).await?)
     };
     let keys: Vec<EnvKey> = declared.envs.keys().chain(&remove).cloned().collect();
     if let Some(expected) = expect {
@@ -2407,9 +2477,14 @@ async fn plan_deploy(ctx: &Ctx, key: EnvKey, image: &str) -> Result<PlannedView>
 async fn deploy_plan(ctx: &Ctx, d: &Desired) -> Result<PlanView> {
     let mut d = d.clone();
     env::bind(&ctx.store, &mut d, true)?;
+    dry_plan(ctx, &d).await
+}
+
+/// The first plan of converging `d` (bound to the env store already), as a dry run computes it.
+async fn dry_plan(ctx: &Ctx, d: &Desired) -> Result<PlanView> {
     let backends = connect_or_invalid(ctx, d.hosts.values(), d.zones.values())?;
     let target = Target {
-        desired: &d,
+        desired: d,
         remove: vec![],
         dry_run: true,
     };

@@ -353,6 +353,58 @@ pub struct SlotRow {
     pub preview_url: String,
 }
 
+/// One release of `codeb releases` (newest first).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ReleaseRow {
+    pub project: String,
+    pub environment: String,
+    /// 1, 2, 3… per environment, never reused: what `rollback --to` names.
+    pub number: u64,
+    pub image: String,
+    /// The stored env version it ran with; none: no stored env.
+    pub env_version: Option<u64>,
+    /// The release's hash (the container label `codeb.release`).
+    pub release: String,
+    /// The slot it was deployed into.
+    #[schema(value_type = String)]
+    pub slot: Slot,
+    /// `deploying`, `deployed`, `active`, `grace`; or how it ended: `retired`, `failed`,
+    /// `replaced`.
+    pub state: String,
+    /// Who started it (`cli (uid 0)`, `key 3f9a… (ci)`, `codeb watch`; `unknown` for one that ran
+    /// before codeb kept a history).
+    pub by: String,
+    /// When it was deployed (unix ms).
+    pub at_ms: u64,
+    /// When it entered its state (unix ms).
+    pub since_ms: u64,
+    /// When it ended (unix ms), once it is retired, failed or replaced.
+    pub ended_at_ms: Option<u64>,
+    /// The release `rollback --to` rolled out again, when this one is such a rollback.
+    pub rollback_of: Option<u64>,
+}
+
+impl ReleaseRow {
+    pub fn new(key: &crate::model::EnvKey, e: &crate::model::releases::ReleaseEntry) -> Self {
+        ReleaseRow {
+            project: key.project.clone(),
+            environment: key.env.clone(),
+            number: e.number,
+            image: e.image.clone(),
+            env_version: e.env_version,
+            release: e.hash.clone(),
+            slot: e.slot,
+            state: e.state.to_string(),
+            by: e.by.clone(),
+            at_ms: e.at_ms,
+            since_ms: e.since_ms,
+            ended_at_ms: e.state.ended().then_some(e.since_ms),
+            rollback_of: e.rollback_of,
+        }
+    }
+}
+
 /// One row of `get hosts`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]

@@ -1,5 +1,6 @@
-//! The embedded store (redb): environment records, recorded hosts, how each host was last seen
-//! to switch traffic, the journal, and the env versions, sealed ([`secrets`]).
+//! The embedded store (redb): environment records and their release histories ([`releases`]),
+//! recorded hosts, how each host was last seen to switch traffic, the journal, and the env
+//! versions, sealed ([`secrets`]).
 //!
 //! One process owns a store at a time (an exclusive lock file beside the database). Every record
 //! write is guarded by the generation the caller last read, so that a plan computed from an older
@@ -14,6 +15,7 @@ mod declared;
 pub mod dir;
 mod journal;
 mod keys;
+mod releases;
 pub mod secrets;
 
 use std::collections::BTreeMap;
@@ -26,6 +28,7 @@ pub use crate::model::Override;
 pub use audit::AuditFilter;
 pub use journal::{JournalEntry, Phase};
 pub use keys::{KeyError, LAST_USED_RESOLUTION_MS};
+pub use releases::ActorGuard;
 
 use crate::model::dns::ZoneRef;
 use crate::model::{EnvKey, EnvRecord, HostRef, Recorded, SwitchMode};
@@ -142,6 +145,7 @@ fn tables_exist(txn: &redb::ReadTransaction) -> bool {
         && txn.open_table(secrets::ENV_VERSIONS).is_ok()
         && txn.open_table(secrets::ENV_INLINE).is_ok()
         && txn.open_table(secrets::ENV_META).is_ok()
+        && txn.open_table(releases::RELEASES).is_ok()
 }
 
 /// Creates every table, and the store's owner id, in one commit.
@@ -170,6 +174,7 @@ fn create_tables(db: &Database) -> Result<()> {
     txn.open_table(secrets::ENV_VERSIONS).map_err(storage)?;
     txn.open_table(secrets::ENV_INLINE).map_err(storage)?;
     txn.open_table(secrets::ENV_META).map_err(storage)?;
+    txn.open_table(releases::RELEASES).map_err(storage)?;
     txn.commit().map_err(storage)?;
     Ok(())
 }
@@ -282,6 +287,8 @@ pub struct Store {
     dir: PathBuf,
     /// The env keyring, once read (see [`secrets`]).
     keyring: std::sync::OnceLock<std::sync::Arc<secrets::Keyring>>,
+    /// Who starts the releases of each environment now (see [`releases`]).
+    actors: std::sync::Mutex<releases::Actors>,
 }
 
 /// The last [`Recorded`] read, decoded, with the write version it was read at. The daemon answers
@@ -365,6 +372,7 @@ impl Store {
             recorded: Cache::default(),
             dir: dir.to_path_buf(),
             keyring: std::sync::OnceLock::new(),
+            actors: Default::default(),
         })
     }
 
@@ -405,6 +413,7 @@ impl Store {
             recorded: Cache::default(),
             dir: dir.to_path_buf(),
             keyring: std::sync::OnceLock::new(),
+            actors: Default::default(),
         })
     }
 
@@ -427,6 +436,7 @@ impl Store {
             recorded: Cache::default(),
             dir: dir.to_path_buf(),
             keyring: std::sync::OnceLock::new(),
+            actors: Default::default(),
         })
     }
 
@@ -682,11 +692,13 @@ impl Writer<'_> {
         v.map(|v| decode(&sk, v.value())).transpose()
     }
 
-    /// As [`Store::put_env`], inside this transaction.
+    /// As [`Store::put_env`], inside this transaction; the environment's release history
+    /// follows the write (see [`releases`]).
     pub fn put_env(&mut self, mut rec: EnvRecord, expected: Option<u64>) -> Result<EnvRecord> {
         let sk = rec.key.store_key();
         let mut table = self.txn.open_table(ENVS).map_err(storage)?;
-        let found = generation(&table, &sk)?;
+        let before = stored(&table, &sk)?;
+        let found = before.as_ref().map(|r| r.generation);
         if found != expected {
             return Err(Error::Conflict {
                 key: sk,
@@ -699,15 +711,18 @@ impl Writer<'_> {
         table
             .insert(sk.as_str(), bytes.as_slice())
             .map_err(storage)?;
+        drop(table);
+        releases::follow(self.store, &self.txn, &rec.key, before.as_ref(), Some(&rec))?;
         self.records = true;
         Ok(rec)
     }
 
-    /// As [`Store::delete_env`], inside this transaction.
+    /// As [`Store::delete_env`], inside this transaction; the environment's release history goes
+    /// with it.
     pub fn delete_env(&mut self, key: &EnvKey, expected: Option<u64>) -> Result<()> {
         let sk = key.store_key();
         let mut table = self.txn.open_table(ENVS).map_err(storage)?;
-        let found = generation(&table, &sk)?;
+        let found = stored(&table, &sk)?.map(|r| r.generation);
         if found.is_some() && found != expected {
             return Err(Error::Conflict {
                 key: sk,
@@ -716,6 +731,8 @@ impl Writer<'_> {
             });
         }
         table.remove(sk.as_str()).map_err(storage)?;
+        drop(table);
+        releases::follow(self.store, &self.txn, key, None, None)?;
         self.records = true;
         Ok(())
     }
@@ -738,10 +755,10 @@ impl Writer<'_> {
     }
 }
 
-/// The generation of the record stored under `sk`, if any.
-fn generation(table: &redb::Table<&str, &[u8]>, sk: &str) -> Result<Option<u64>> {
+/// The record stored under `sk`, if any.
+fn stored(table: &redb::Table<&str, &[u8]>, sk: &str) -> Result<Option<EnvRecord>> {
     match table.get(sk).map_err(storage)? {
-        Some(v) => Ok(Some(decode::<EnvRecord>(sk, v.value())?.generation)),
+        Some(v) => Ok(Some(decode::<EnvRecord>(sk, v.value())?)),
         None => Ok(None),
     }
 }

@@ -554,6 +554,51 @@ impl Store {
         at_ms: u64,
         restored_from: Option<u64>,
     ) -> Result<StoredVersion> {
+        self.write_env_version(key, expected, values, by, at_ms, restored_from, None)
+    }
+
+    /// As [`Store::put_env_version`] restoring `restored_from`, and the environment's release
+    /// override set to `over` (`None`: removed) in the same transaction: what `rollback --to N`
+    /// writes before its rollout, so that a process killed in between leaves both or neither
+    /// (never N's env under another image, or N's image under another env, for the next apply to
+    /// roll out).
+    ///
+    /// # Errors
+    /// As [`Store::put_env_version`].
+    #[allow(clippy::too_many_arguments)]
+    pub fn restore_env_version_with_override(
+        &self,
+        key: &EnvKey,
+        expected: Option<u64>,
+        values: &EnvValues,
+        by: &str,
+        at_ms: u64,
+        restored_from: u64,
+        over: Option<&crate::model::Override>,
+    ) -> Result<StoredVersion> {
+        self.write_env_version(
+            key,
+            expected,
+            values,
+            by,
+            at_ms,
+            Some(restored_from),
+            Some(over),
+        )
+    }
+
+    /// Writes the next version; with `over`, sets (or removes) the release override too.
+    #[allow(clippy::too_many_arguments)]
+    fn write_env_version(
+        &self,
+        key: &EnvKey,
+        expected: Option<u64>,
+        values: &EnvValues,
+        by: &str,
+        at_ms: u64,
+        restored_from: Option<u64>,
+        over: Option<Option<&crate::model::Override>>,
+    ) -> Result<StoredVersion> {
         let ring = self
             .keyring(true)?
             .expect("keyring(true) creates a missing key");
@@ -618,6 +663,19 @@ impl Store {
             table
                 .insert(version_id(key, version).as_str(), bytes.as_slice())
                 .map_err(db)?;
+        }
+        if let Some(over) = over {
+            let mut table = txn.open_table(super::OVERRIDES).map_err(db)?;
+            let sk = key.store_key();
+            match over {
+                Some(o) => {
+                    let bytes = serde_json::to_vec(o).expect("overrides serialize");
+                    table.insert(sk.as_str(), bytes.as_slice()).map_err(db)?;
+                }
+                None => {
+                    table.remove(sk.as_str()).map_err(db)?;
+                }
+            };
         }
         crate::reconcile::fault::before_env_commit();
         txn.commit().map_err(db)?;

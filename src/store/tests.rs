@@ -188,3 +188,76 @@ fn the_records_are_decoded_once_per_change_and_a_read_after_a_write_sees_it() {
         .unwrap();
     assert!(std::sync::Arc::ptr_eq(&before, &store.recorded().unwrap()));
 }
+
+/// A record whose blue slot runs `image` in `state`.
+fn running(rec: &EnvRecord, state: crate::model::SlotState, image: &str) -> EnvRecord {
+    let mut r = rec.clone();
+    r.blue = crate::model::SlotRecord {
+        state,
+        release: Some(crate::model::Release::new(
+            image,
+            None,
+            Default::default(),
+            8080,
+        )),
+        since_ms: 1,
+        ..Default::default()
+    };
+    r
+}
+
+#[test]
+fn the_release_history_follows_record_writes_by_their_actor_and_goes_with_the_record() {
+    use crate::model::releases::{Actor, ReleaseState, KEEP};
+    use crate::model::SlotState;
+    let dir = tempfile::tempdir().unwrap();
+    let store = std::sync::Arc::new(Store::open(dir.path()).unwrap());
+    let key = EnvKey::new("a", "production");
+    let rec = store.put_env(record("a"), None).unwrap();
+    assert!(store.releases(&key).unwrap().entries.is_empty(), "no slot");
+    let rec = {
+        let _ann = store.act_as([key.clone()], &Actor::new("ann"));
+        store
+            .put_env(running(&rec, SlotState::Active, "app:v1"), Some(1))
+            .unwrap()
+    };
+    // Not ann's any more: the default actor's.
+    let mut rec = store
+        .put_env(running(&rec, SlotState::Active, "app:v2"), Some(2))
+        .unwrap();
+    let h = store.releases(&key).unwrap();
+    let seen: Vec<(u64, &str, ReleaseState)> = h
+        .entries
+        .iter()
+        .map(|e| (e.number, e.by.as_str(), e.state))
+        .collect();
+    assert_eq!(
+        seen,
+        vec![
+            (1, "ann", ReleaseState::Replaced),
+            (2, "codeb", ReleaseState::Active)
+        ]
+    );
+    // A write that changes no slot leaves the history's row as it was.
+    let mut renamed = rec.clone();
+    renamed.hostname = "b.example".into();
+    rec = store.put_env(renamed, Some(rec.generation)).unwrap();
+    assert_eq!(store.releases(&key).unwrap(), h);
+    // Bounded: a hundred and fifty more releases keep the last hundred, numbered on.
+    store.set_default_actor("codeb watch");
+    for i in 0..150 {
+        let next = running(&rec, SlotState::Active, &format!("app:x{i}"));
+        rec = store.put_env(next, Some(rec.generation)).unwrap();
+    }
+    let h = store.releases(&key).unwrap();
+    assert_eq!(h.entries.len(), KEEP);
+    assert_eq!(h.entries.last().unwrap().number, 152);
+    assert_eq!(h.entries.last().unwrap().by, "codeb watch");
+    // A refused write records nothing.
+    assert!(store
+        .put_env(running(&rec, SlotState::Grace, "app:zz"), Some(1))
+        .is_err());
+    assert_eq!(store.releases(&key).unwrap(), h);
+    store.delete_env(&key, Some(rec.generation)).unwrap();
+    assert!(store.releases(&key).unwrap().entries.is_empty());
+}
