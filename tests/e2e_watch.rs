@@ -28,6 +28,12 @@ fn a_saved_image_change_goes_live_and_a_broken_save_removes_nothing() {
         "{}",
         w.log()
     );
+    // `codeb version` names the daemon's build beside its own.
+    let out = sb.codeb(&["version", "-o", "json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["daemon"]["version"], v["version"], "{v}");
+    assert_eq!(v["daemon"]["commit"], v["commit"], "{v}");
     sb.save(&[ProjectYaml::new(&name, "localhost/codeb-test-app:v2")]);
     assert!(
         eventually(Duration::from_secs(10), || serves(&sb, &host, "v2")),
@@ -35,6 +41,10 @@ fn a_saved_image_change_goes_live_and_a_broken_save_removes_nothing() {
         w.log()
     );
     drop(w);
+    // With no daemon, only its own.
+    let out = sb.codeb(&["version", "-o", "json"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(v.get("daemon").is_none(), "{v}");
 
     // With resyncs every 2 s, a typo saved over the good manifests: reported with file and
     // line, nothing removed, however many resyncs read it again.

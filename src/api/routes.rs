@@ -323,6 +323,7 @@ fn answer(res: Res) -> Response {
         Res::Logs(v) => Json(v).into_response(),
         Res::Audit(v) => Json(v).into_response(),
         Res::Keys(v) => Json(v).into_response(),
+        Res::Version(v) => Json(v).into_response(),
         Res::KeyRevoked(v) => Json(v).into_response(),
         Res::Planned(v) => Json(v).into_response(),
         Res::EnvChanged(v) => Json(v).into_response(),

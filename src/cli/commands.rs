@@ -22,7 +22,10 @@ use crate::store::Store;
 pub async fn run(cli: Cli) -> anyhow::Result<u8> {
     // Commands about codeb itself need no store.
     match &cli.command {
-        Command::Version { output } => return version(output.output),
+        Command::Version { output } => {
+            let state_dir = cli.state_dir.clone().or_else(default_state_dir);
+            return version(state_dir.as_deref(), output.output).await;
+        }
         Command::Completion { shell } => {
             let mut cmd = <Cli as clap::CommandFactory>::command();
             clap_complete::generate(*shell, &mut cmd, "codeb", &mut std::io::stdout());
@@ -99,26 +102,50 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
 /// Where `codeb mcp --server` finds its API key (never on the command line, where `ps` shows it).
 const API_KEY_VAR: &str = "CODEB_API_KEY";
 
-/// This build of codeb (the daemon's own version is not asked for yet).
+/// This build of codeb, and the daemon's when one answers on the state directory's socket.
 #[derive(serde::Serialize)]
 #[serde(rename_all = "camelCase")]
-struct VersionView {
-    version: &'static str,
-    commit: &'static str,
-    commit_date: &'static str,
+struct VersionsView {
+    #[serde(flatten)]
+    client: service::view::VersionView,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    daemon: Option<service::view::VersionView>,
 }
 
-fn version(format: Format) -> anyhow::Result<u8> {
-    let v = VersionView {
-        version: env!("CARGO_PKG_VERSION"),
-        commit: env!("CODEB_GIT_COMMIT"),
-        commit_date: env!("CODEB_GIT_DATE"),
+async fn version(state_dir: Option<&Path>, format: Format) -> anyhow::Result<u8> {
+    let client = service::view::VersionView::this_build();
+    // A daemon that answers at once names its build; none, or one that does not know the
+    // request (an older codeb), is left out.
+    let daemon = match state_dir {
+        Some(dir) => tokio::time::timeout(
+            std::time::Duration::from_secs(2),
+            socket::forward(dir, &Request::Version),
+        )
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .and_then(Result::ok)
+        .and_then(|r| match r {
+            service::Response::Version(v) => Some(v),
+            _ => None,
+        }),
+        None => None,
     };
+    let v = VersionsView { client, daemon };
     let text = match format {
-        Format::Table => format!(
-            "codeb {} (commit {}, {})\n",
-            v.version, v.commit, v.commit_date
-        ),
+        Format::Table => {
+            let line = |who: &str, v: &service::view::VersionView| {
+                format!(
+                    "{who}codeb {} (commit {}, {})\n",
+                    v.version, v.commit, v.commit_date
+                )
+            };
+            let mut text = line("", &v.client);
+            if let Some(d) = &v.daemon {
+                text.push_str(&line("daemon: ", d));
+            }
+            text
+        }
         Format::Json => format!("{}\n", serde_json::to_string_pretty(&v)?),
         Format::Yaml => serde_saphyr::to_string(&v)?,
     };

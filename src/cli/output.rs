@@ -28,6 +28,7 @@ pub fn render(response: &Response, format: Format, out: &mut dyn Write) -> anyho
                 format,
             ),
             Response::Keys(v) => data(out, v, format),
+            Response::Version(v) => data(out, v, format),
             Response::KeyRevoked(v) => data(out, v, format),
             Response::Audit(v) => data(out, v, format),
             Response::Planned(v) => data(out, v, format),
@@ -93,6 +94,14 @@ pub fn render(response: &Response, format: Format, out: &mut dyn Write) -> anyho
                 out,
                 "· key {} ({}) created; this is the only time its text is shown: store it now",
                 record.id, record.role
+            )?;
+            Ok(())
+        }
+        Response::Version(v) => {
+            writeln!(
+                out,
+                "codeb {} (commit {}, {})",
+                v.version, v.commit, v.commit_date
             )?;
             Ok(())
         }

@@ -146,6 +146,8 @@ pub enum Request {
         expires_in_ms: Option<u64>,
     },
     KeyList,
+    /// The answering codeb's version (a daemon's, to `codeb version`).
+    Version,
     KeyRevoke {
         id: String,
     },
@@ -474,6 +476,7 @@ impl Request {
             Request::Logs { .. } => "logs",
             Request::KeyCreate { .. } => "key create",
             Request::KeyList => "key list",
+            Request::Version => "version",
             Request::KeyRevoke { .. } => "key revoke",
             Request::HostAdopt { .. } => "host adopt",
             Request::HostDelete { .. } => "delete host",
@@ -516,7 +519,8 @@ impl Request {
             | Request::Diff { .. }
             | Request::Get { .. }
             | Request::Describe { .. }
-            | Request::Releases { .. } => vec![Permission::Read],
+            | Request::Releases { .. }
+            | Request::Version => vec![Permission::Read],
             Request::Apply { prune: true, .. } => vec![Permission::Apply, Permission::Prune],
             Request::Apply { .. } => vec![Permission::Apply],
             Request::Promote { .. } => vec![Permission::Promote],
@@ -597,6 +601,7 @@ impl Request {
                 | Request::Releases { .. }
                 | Request::Logs { .. }
                 | Request::KeyList
+                | Request::Version
                 | Request::Audit { .. }
                 | Request::EnvList { .. }
                 | Request::EnvHistory { .. }
@@ -646,6 +651,7 @@ pub enum Response {
         record: KeyRecord,
     },
     Keys(Vec<KeyRecord>),
+    Version(view::VersionView),
     KeyRevoked(KeyRecord),
     Audit(Vec<AuditEntry>),
     /// A change's plan and the fingerprint that confirms it ([`Request::Plan`]).
@@ -1186,6 +1192,7 @@ async fn run(ctx: &Ctx, req: Request) -> Result<Response> {
             })
         }
         Request::KeyList => Ok(Response::Keys(ctx.store.keys()?)),
+        Request::Version => Ok(Response::Version(view::VersionView::this_build())),
         Request::KeyRevoke { id } => ctx
             .store
             .revoke_key(&id, reconcile::now_ms())

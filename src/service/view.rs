@@ -321,6 +321,26 @@ pub struct ApplyView {
     pub daemon_notes: Vec<String>,
 }
 
+/// A codeb build: its version, the git commit it is built from and that commit's date.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct VersionView {
+    pub version: String,
+    pub commit: String,
+    pub commit_date: String,
+}
+
+impl VersionView {
+    /// This process's build.
+    pub fn this_build() -> VersionView {
+        VersionView {
+            version: env!("CARGO_PKG_VERSION").into(),
+            commit: env!("CODEB_GIT_COMMIT").into(),
+            commit_date: env!("CODEB_GIT_DATE").into(),
+        }
+    }
+}
+
 /// One row of `get projects`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
