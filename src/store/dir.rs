@@ -132,20 +132,6 @@ pub fn open_private(path: &Path) -> Result<File> {
     Ok(file)
 }
 
-/// Checks an existing directory or file for a reader, changing nothing: a foreign-owned or
-/// group- or world-writable one is refused (as [`prepare`] refuses it); one only readable by
-/// others is read as it is (its writer tightens it).
-///
-/// # Errors
-/// `Foreign` or `Writable`; `CreateDir` when `path` cannot be looked at.
-pub fn check_existing(path: &Path) -> Result<()> {
-    let meta = std::fs::metadata(path).map_err(|source| Error::CreateDir {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    judge(path, &meta, FILE_MODE).map(drop)
-}
-
 /// Whether `dir` holds nothing but what codeb puts in a state directory.
 fn holds_only_codeb_files(dir: &Path) -> std::io::Result<bool> {
     for entry in std::fs::read_dir(dir)? {

@@ -376,8 +376,9 @@ impl Store {
         })
     }
 
-    /// Opens the store of `dir` to read it, taking no lock and writing nothing anywhere (the file
-    /// stays byte-identical), beside the process that may hold it for writing.
+    /// Opens the store of `dir` to read it, taking no lock and writing nothing into it (the file
+    /// stays byte-identical; a directory or file readable by others is still made private, as by
+    /// [`open`](Self::open)), beside the process that may hold it for writing.
     ///
     /// # Errors
     /// `NoStore` when `dir` holds no store; `Foreign` or `Writable` as [`open`](Self::open);
@@ -390,8 +391,10 @@ impl Store {
                 path: dir.to_path_buf(),
             });
         }
-        dir::check_existing(dir)?;
-        dir::check_existing(&path)?;
+        // As a writer would: an unsafe directory or file is refused, and one only others may
+        // read is closed to them (its modes change; the store's content does not).
+        dir::prepare(dir)?;
+        drop(dir::open_private(&path)?);
         let open_error = |source| Error::Open {
             path: path.clone(),
             source: Box::new(source),
