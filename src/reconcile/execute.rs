@@ -922,21 +922,16 @@ mod tests {
 
         /// Applies `myapp` running `image`, as `codeb apply` would.
         async fn apply(&self, image: &str) -> Outcome {
-            let mut e = env("myapp");
-            e.release = crate::model::Release::new(image, None, BTreeMap::new(), 8080);
-            let backends: Backends<World, World, World> = Backends::hosts(BTreeMap::from([(
+            self.apply_with(image, &crate::reconcile::Control::default())
+                .await
+        }
+
+        /// The fake host `app`'s clients.
+        fn backends(&self) -> Backends<World, World, World> {
+            Backends::hosts(BTreeMap::from([(
                 "app".to_string(),
                 fake_host(&self.world),
-            )]));
-            let target = Target {
-                desired: &desired([e]),
-                remove: vec![],
-                dry_run: false,
-            };
-            let prober = FakeProber(vec![self.world.clone()]);
-            converge(target, &self.store, &backends, &prober)
-                .await
-                .unwrap()
+            )]))
         }
     }
 
@@ -945,10 +940,7 @@ mod tests {
         async fn apply_with(&self, image: &str, control: &crate::reconcile::Control) -> Outcome {
             let mut e = env("myapp");
             e.release = crate::model::Release::new(image, None, BTreeMap::new(), 8080);
-            let backends: Backends<World, World, World> = Backends::hosts(BTreeMap::from([(
-                "app".to_string(),
-                fake_host(&self.world),
-            )]));
+            let backends = self.backends();
             let target = Target {
                 desired: &desired([e]),
                 remove: vec![],
@@ -1051,10 +1043,7 @@ mod tests {
         let fake = Fake::new();
         assert!(fake.apply("app:v1").await.converged());
         assert!(fake.world.state().loopback.route_localnet);
-        let backends: Backends<World, World, World> = Backends::hosts(BTreeMap::from([(
-            "app".to_string(),
-            fake_host(&fake.world),
-        )]));
+        let backends = fake.backends();
         let prober = FakeProber(vec![fake.world.clone()]);
         let round = |remove: Vec<EnvKey>| {
             let (store, backends, prober) = (&fake.store, &backends, &prober);
