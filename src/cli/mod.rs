@@ -740,12 +740,22 @@ pub fn main() -> ExitCode {
         Err(e) => {
             let code = exit_code(&e);
             match log_format {
-                LogFormat::Text => eprintln!("error: {e:#}"),
+                // A name echoed from the command line or a backend may hold terminal escapes:
+                // each line is printed with its control characters replaced.
+                LogFormat::Text => eprintln!("error: {}", printable(&format!("{e:#}"))),
                 LogFormat::Json => eprintln!("{}", json_error(&format!("{e:#}"), code)),
             }
             ExitCode::from(code)
         }
     }
+}
+
+/// `text` with the control characters of each line replaced (its line breaks kept).
+fn printable(text: &str) -> String {
+    text.split('\n')
+        .map(crate::service::sanitize)
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// Whether the command line asks for JSON logs (`--log-format json` or `--log-format=json`),
@@ -819,6 +829,14 @@ pub const NO_STATE_DIR: &str = "no state directory: set --state-dir or CODEB_STA
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_error_reaches_the_terminal_without_its_escapes_and_with_its_lines() {
+        assert_eq!(
+            printable("no project `x\u{1b}[31mred` is recorded\n  caused by: \r!"),
+            "no project `x\u{fffd}[31mred` is recorded\n  caused by: \u{fffd}!"
+        );
+    }
 
     /// kubectl habits: every command's help ends with examples.
     #[test]
