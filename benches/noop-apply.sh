@@ -2,7 +2,13 @@
 # A no-op apply reads each backend with a constant number of calls, however many projects. Times the
 # no-op apply of 1 project and of 30 (median of RUNS each, alternating) on the same host, and Podman's
 # own list call for context: Podman's list costs about 1 ms per container on this machine, so the
-# host's container count, not codeb's project count, sets most of a no-op apply's time.
+# host's container count, not codeb's project count, sets most of a no-op apply's time. codeb's own
+# share of a no-op apply is its wall time minus that one list call (timed beside it, same host).
+#
+# CODEB_BEFORE=/path/to/an/older/codeb: afterwards, the same 30-project no-op apply with that binary
+# against the same host (its own state directory and projects, staging ports 4500-4999), alternating
+# with this build's, for a before/after ratio in one run. Each build's set is deployed and deleted in
+# turn: an older codeb would rewrite the newer one's host-wide kernel rules (the loopback guard).
 source "$(dirname "$0")/lib.sh"
 RUNS=${RUNS:-15}
 
@@ -43,5 +49,38 @@ echo "no-op apply, 1 project, 31 containers on the host: ${one} µs"
 echo "no-op apply, 30 projects, same host:               ${thirty} µs"
 awk -v a="$one" -v b="$thirty" 'BEGIN {printf "ratio 30/1 on the same host: %.2f (target <= 1.5)\n", b/a}'
 awk -v a="$alone" -v b="$thirty" 'BEGIN {printf "ratio 30/1 against 1 alone:  %.2f (Podman list grows with containers)\n", b/a}'
+awk -v a="$alone" -v al="$alone_list" -v b="$thirty" -v bl="$full_list" 'BEGIN {
+  printf "codeb own share (no-op apply minus the list call): 1 project alone %d µs, 30 projects %d µs: ratio %.2f (target <= 1.5)\n", a-al, b-bl, (b-bl)/(a-al)}'
 for i in $(seq 1 30); do CODEB_STATE_DIR="$WORK/state30" "$CODEB" delete project "noop30-$i" >/dev/null; done
 CODEB_STATE_DIR="$WORK/state1" "$CODEB" delete project noop1-1 >/dev/null
+
+if [[ -n ${CODEB_BEFORE-} ]]; then
+  # set_with BIN STATE ENV: the 30-project set, applied by BIN until converged.
+  set_with() {
+    local bin=$1 state=$2 env=$3 dir="$WORK/before-$3" i
+    mkdir -p "$dir"
+    { host_yaml; for i in $(seq 1 30); do project_yaml "noopb-$i" localhost/codeb-test-app:v1 | sed "s/^    production:/    $env:/"; done; } >"$dir/all.yaml"
+    CODEB_STATE_DIR="$state" "$bin" apply -f "$dir" >/dev/null
+    CODEB_STATE_DIR="$state" "$bin" apply -f "$dir" | grep -q "nothing to do" || { echo "$bin did not converge" >&2; exit 1; }
+  }
+  time_with() { # BIN STATE ENV: one no-op apply, µs
+    local t0; t0=$(now_ns)
+    CODEB_STATE_DIR="$2" "$1" apply -f "$WORK/before-$3" >/dev/null
+    echo $((($(now_ns) - t0) / 1000))
+  }
+  measure() { # BIN STATE ENV: median of RUNS no-op applies, then the set deleted
+    set_with "$@"
+    local m; m=$(for i in $(seq 1 "$RUNS"); do time_with "$@"; done | median)
+    for i in $(seq 1 30); do CODEB_STATE_DIR="$2" "$1" delete project "noopb-$i" >/dev/null; done
+    echo "$m"
+  }
+  # Twice each, alternating, so that neither build has the machine's better minutes.
+  before1=$(measure "$CODEB_BEFORE" "$WORK/state-before" staging)
+  after1=$(measure "$CODEB" "$WORK/state-after" staging)
+  before2=$(measure "$CODEB_BEFORE" "$WORK/state-before" staging)
+  after2=$(measure "$CODEB" "$WORK/state-after" staging)
+  before=$(printf '%s\n%s\n' "$before1" "$before2" | median)
+  after=$(printf '%s\n%s\n' "$after1" "$after2" | median)
+  echo "no-op apply, 30 projects: before ($("$CODEB_BEFORE" version 2>/dev/null | head -n 1)) ${before} µs ($before1, $before2), this build ${after} µs ($after1, $after2)"
+  awk -v a="$before" -v b="$after" 'BEGIN {printf "ratio after/before: %.2f\n", b/a}'
+fi

@@ -43,7 +43,7 @@ use crate::model::{
 pub use dns::{DnsChange, ZoneObservation};
 pub use env::{container_spec, plan_env, route_diff, routes, switch as switch_record, DRAIN_MS};
 pub use service::{service_address, service_diff};
-pub use switch::{plan_promote, plan_rollback, SwitchError};
+pub use switch::{plan_promote, plan_rollback, probe_ahead, SwitchError};
 
 /// The name of codeb's HTTP server in every Caddy.
 pub const SERVER_NAME: &str = "codeb";

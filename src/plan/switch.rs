@@ -33,7 +33,39 @@ pub fn plan_promote(
     view: HostView<'_>,
     now_ms: u64,
 ) -> Result<Plan, SwitchError> {
+    let (to, hold) = target(rec, false)?;
+    plan_switch(rec, host, view, to, hold, now_ms)
+}
+
+/// Rollback: switch the hostname back to the grace slot, without starting anything. The slot rolled
+/// away from goes to grace, and its release is held: apply does not promote it again.
+pub fn plan_rollback(
+    rec: &EnvRecord,
+    host: &HostRef,
+    view: HostView<'_>,
+    now_ms: u64,
+) -> Result<Plan, SwitchError> {
+    let (to, hold) = target(rec, true)?;
+    plan_switch(rec, host, view, to, hold, now_ms)
+}
+
+/// The slot a promote (or a rollback) moves the hostname to, and the release a rollback holds.
+fn target(rec: &EnvRecord, rollback: bool) -> Result<(Slot, Option<String>), SwitchError> {
     let idle = |s: &Slot| Some(*s) != rec.active;
+    if rollback {
+        let to = Slot::ALL
+            .into_iter()
+            .filter(idle)
+            .find(|s| rec.slot(*s).state == SlotState::Grace)
+            .ok_or_else(|| SwitchError::NothingToRollBack {
+                key: rec.key.to_string(),
+            })?;
+        let hold = rec
+            .active
+            .and_then(|a| rec.slot(a).hash())
+            .map(str::to_string);
+        return Ok((to, hold));
+    }
     let deployed = Slot::ALL
         .into_iter()
         .filter(idle)
@@ -50,28 +82,26 @@ pub fn plan_promote(
         .ok_or_else(|| SwitchError::NothingToPromote {
             key: rec.key.to_string(),
         })?;
-    plan_switch(rec, host, view, to, None, now_ms)
+    Ok((to, None))
 }
 
-/// Rollback: switch the hostname back to the grace slot, without starting anything. The slot rolled
-/// away from goes to grace, and its release is held: apply does not promote it again.
-pub fn plan_rollback(
+/// The URL a switch's health gate will probe where codeb publishes slot ports (kernel mode): the
+/// target container's own address, known from the record and the containers alone. A daemon
+/// that kept the containers from an earlier observation starts this probe while it reads the
+/// kernel's table and plans; the executor uses its answer only if the plan's [`Action::Switch`]
+/// names the same URL. `None` when there is nothing to switch to or the target does not run.
+pub fn probe_ahead(
     rec: &EnvRecord,
-    host: &HostRef,
-    view: HostView<'_>,
-    now_ms: u64,
-) -> Result<Plan, SwitchError> {
-    let to = Slot::ALL
-        .into_iter()
-        .find(|s| Some(*s) != rec.active && rec.slot(*s).state == SlotState::Grace)
-        .ok_or_else(|| SwitchError::NothingToRollBack {
-            key: rec.key.to_string(),
-        })?;
-    let hold = rec
-        .active
-        .and_then(|a| rec.slot(a).hash())
-        .map(str::to_string);
-    plan_switch(rec, host, view, to, hold, now_ms)
+    containers: &[ObservedContainer],
+    rollback: bool,
+) -> Option<String> {
+    let (to, _) = target(rec, rollback).ok()?;
+    let name = rec.key.container_name(to);
+    let c = containers
+        .iter()
+        .find(|c| c.name == name && belongs_to(c, &rec.key));
+    let target = slot_target(rec, to, c)?;
+    Some(super::env::direct_url(target, &rec.slot(to).health_path))
 }
 
 fn plan_switch(

@@ -467,6 +467,32 @@ async fn an_unhealthy_release_fails_and_the_active_slot_keeps_serving() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_switchs_probe_started_ahead_is_the_url_its_plan_probes() {
+    let f = Fixture::new();
+    f.apply(&desired([env("myapp").manual()])).await;
+    f.apply(&desired([env("myapp").manual().image("app:v2")]))
+        .await;
+    let rec = f.record("myapp");
+    let observed = reconcile::observe(&f.backends).await;
+    let view = observed.hosts["app"].view().unwrap();
+    assert!(view.kernel.published(&host()).is_some());
+    let switch_url = |p: &Plan| {
+        p.steps.iter().find_map(|s| match &s.action {
+            Action::Switch { url, .. } => Some(url.clone()),
+            _ => None,
+        })
+    };
+    let p = plan_promote(&rec, &host(), view, reconcile::now_ms()).unwrap();
+    let ahead = crate::plan::probe_ahead(&rec, view.containers, false);
+    assert!(ahead.is_some());
+    assert_eq!(ahead, switch_url(&p));
+    // Nothing in grace yet: no rollback, so nothing to probe ahead.
+    assert_eq!(crate::plan::probe_ahead(&rec, view.containers, true), None);
+    // Without its container, nothing is probed ahead (the plan then refuses the switch).
+    assert_eq!(crate::plan::probe_ahead(&rec, &[], false), None);
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_rollback_holds_until_the_manifests_name_another_release() {
     let f = Fixture::new();
     f.apply(&desired([env("myapp")])).await;
@@ -1104,6 +1130,19 @@ mod kernel_properties {
                             } else {
                                 plan_promote(&rec, &host(), view, now)
                             };
+                            // The probe a warm switch starts ahead is the one its plan asks for.
+                            let ahead = crate::plan::probe_ahead(
+                                &rec,
+                                view.containers,
+                                matches!(op, Op::Rollback),
+                            );
+                            if let (Ok(p), Some(_)) = (&p, view.kernel.published(&host())) {
+                                let url = p.steps.iter().find_map(|s| match &s.action {
+                                    Action::Switch { url, .. } => Some(url.clone()),
+                                    _ => None,
+                                });
+                                assert_eq!(ahead, url, "{rec:?}");
+                            }
                             match p {
                                 Ok(p) => {
                                     let r = reconcile::execute(&p, &f.store, &f.backends, &f.prober)

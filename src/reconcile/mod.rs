@@ -30,7 +30,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 pub use execute::{execute, execute_until, execute_with, Report, StepFailure};
 pub use observe::{observe, observe_env, observe_env_parts, observe_env_warm, HostParts};
-pub use probe::{HttpProber, Prober};
+pub use probe::{Ahead, HttpProber, Prober};
 pub use progress::{Control, Event, Progress};
 
 use crate::backend::powerdns::PowerDns;

@@ -2211,19 +2211,27 @@ async fn switch(
         Some(d) => d.warm.get(&key, &host.name, epoch, store)?,
         None => None,
     };
-    let (observed, parts) = match (backends.hosts.get(&host.name), kept) {
+    let (observed, parts, prober) = match (backends.hosts.get(&host.name), kept) {
         (Some(b), Some((parts, at))) => {
             count_observation("warm");
+            // The target's address is known from the kept containers: its health probe runs
+            // while the kernel's table is read and the plan made.
+            let ahead = plan::probe_ahead(&rec, &parts.containers, rollback);
+            let prober = reconcile::Ahead::new(HttpProber::new(), ahead);
             let observed = reconcile::observe_env_warm(&host.name, b, parts.clone()).await;
-            (observed, Some((parts, at)))
+            (observed, Some((parts, at)), prober)
         }
         (Some(b), None) => {
             count_observation("fresh");
             let at = std::time::Instant::now();
             let (observed, parts) = reconcile::observe_env_parts(&host.name, b, &key).await;
-            (observed, parts.map(|p| (p, at)))
+            let prober = reconcile::Ahead::new(HttpProber::new(), None);
+            (observed, parts.map(|p| (p, at)), prober)
         }
-        (None, _) => (reconcile::observe(&backends).await, None),
+        (None, _) => {
+            let prober = reconcile::Ahead::new(HttpProber::new(), None);
+            (reconcile::observe(&backends).await, None, prober)
+        }
     };
     reconcile::record_switch_modes(store, &observed)?;
     let p = switch_plan(&rec, &host, &observed, rollback)?;
@@ -2235,15 +2243,8 @@ async fn switch(
             std::slice::from_ref(&key),
         )?;
     }
-    let report = reconcile::execute_with(
-        &p,
-        store,
-        &backends,
-        &HttpProber::new(),
-        &ctx.control(),
-        &|| false,
-    )
-    .await?;
+    let report =
+        reconcile::execute_with(&p, store, &backends, &prober, &ctx.control(), &|| false).await?;
     // Kept for the next switch when this one changed only records and kernel rules: Podman's
     // containers and Caddy's routes are then as observed.
     let only_rules = p.steps.iter().all(|s| {
