@@ -130,6 +130,59 @@ fn a_hostname_outside_its_zone_needs_the_zones_grant() {
     );
 }
 
+/// A team's project may not place itself on any Host of the manifest set: a Host that lists
+/// `projects` admits only those (exact names, or a prefix and `*`).
+#[test]
+fn a_project_runs_only_on_a_host_that_admits_it() {
+    let with = |grants: &str, name: &str| {
+        let host = HOST_AND_ZONE.replace(
+            "caddy: {admin: 'http://127.0.0.1:2019'}}",
+            &format!("caddy: {{admin: 'http://127.0.0.1:2019'}}, projects: [{grants}]}}"),
+        );
+        format!(
+            "{host}---\n{}",
+            project(name, "production: {image: a, port: 80}")
+        )
+    };
+    let err = load_str("t.yaml", &with("shop, 'team-a-*'", "web")).unwrap_err();
+    let text = err.to_string();
+    assert!(
+        text.contains("t.yaml:14:9: project `web` may not run on Host `local`")
+            && text.contains("admits only `shop`, `team-a-*`")
+            && text.contains("`projects` of the Host at t.yaml:"),
+        "{text}"
+    );
+    for (grants, name) in [
+        ("shop", "shop"),
+        ("'team-a-*'", "team-a-web"),
+        ("web, 'x*'", "web"),
+    ] {
+        let m = load_str("t.yaml", &with(grants, name))
+            .unwrap_or_else(|e| panic!("{grants} / {name}: {e}"));
+        assert!(m.projects.contains_key(name));
+    }
+    for (grants, name) in [
+        ("'team-a-*'", "team-b-web"),
+        ("shop", "shopping"),
+        ("", "web"),
+    ] {
+        assert!(
+            load_str("t.yaml", &with(grants, name)).is_err(),
+            "{grants} admitted {name}"
+        );
+    }
+    let none = load_str("t.yaml", &with("", "web")).unwrap_err();
+    assert!(none.to_string().contains("admits no project"), "{none}");
+    let bad = load_str("t.yaml", &with("'*'", "web")).unwrap_err();
+    assert!(bad.to_string().contains("invalid project `*`"), "{bad}");
+    // Without `projects`, any project.
+    let any = format!(
+        "{HOST_AND_ZONE}---\n{}",
+        project("web", "production: {image: a, port: 80}")
+    );
+    assert!(load_str("t.yaml", &any).is_ok());
+}
+
 #[test]
 fn a_directory_is_read_recursively_in_name_order_and_only_yaml() {
     let dir = tempfile::tempdir().unwrap();

@@ -54,6 +54,10 @@ const CODEB_ONLY: &[(&str, &str)] = &[
         "a hostname outside its Project's zone is one the Zone grants",
         "is outside zone `",
     ),
+    (
+        "a project runs on a Host that admits it",
+        "may not run on Host `",
+    ),
     // Single-document, not expressible in JSON Schema.
     (
         "a default hostname fits DNS (built from three values)",
@@ -623,6 +627,21 @@ fn mutations() -> Vec<(String, Change, Codeb)> {
             Refuses,
         ),
         // Host.
+        (
+            "host admitting other projects only",
+            Set("/0/spec/projects", json!(["web", "team-a-*"])),
+            RefusesAlone,
+        ),
+        (
+            "host admitting the project by a prefix",
+            Set("/0/spec/projects", json!(["sh*"])),
+            Accepts,
+        ),
+        (
+            "host projects `*` alone",
+            Set("/0/spec/projects", json!(["*"])),
+            Refuses,
+        ),
         (
             "address not an IP",
             Set("/0/spec/address", json!("example.com")),

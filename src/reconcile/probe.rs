@@ -69,8 +69,11 @@ impl Prober for HttpProber {
 /// (once); any other URL is probed afresh. Dropping the prober aborts a probe nobody asked for.
 pub struct Ahead<P> {
     inner: P,
-    started: std::sync::Mutex<Option<(String, tokio::task::JoinHandle<Result<(), String>>)>>,
+    started: std::sync::Mutex<Option<(String, Probing)>>,
 }
+
+/// A probe running on its own task.
+type Probing = tokio::task::JoinHandle<Result<(), String>>;
 
 impl<P: Prober + Clone + 'static> Ahead<P> {
     /// Starts probing `url` now, when there is one.
@@ -89,7 +92,7 @@ impl<P: Prober + Clone + 'static> Ahead<P> {
 }
 
 impl<P> Ahead<P> {
-    fn take(&self, url: &str) -> Option<tokio::task::JoinHandle<Result<(), String>>> {
+    fn take(&self, url: &str) -> Option<Probing> {
         let mut started = self
             .started
             .lock()

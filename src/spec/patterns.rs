@@ -47,6 +47,11 @@ pub fn hostname_grant() -> String {
     format!("^(\\*\\.)?{NAME_LABEL}(\\.{NAME_LABEL})*$")
 }
 
+/// A project a Host admits: a project name ([`DNS_LABEL`]), or a prefix of one and `*`.
+pub fn project_grant() -> String {
+    "^([a-z]([-a-z0-9]{0,61}[a-z0-9])?|[a-z][-a-z0-9]{0,62}\\*)$".to_string()
+}
+
 /// A duration as humantime reads it (`1h`, `90s`, `1h 30m`, `1.5h`): numbers, each followed by
 /// a unit. Its bounds are codeb's alone (see the field's description).
 pub fn duration() -> String {

@@ -56,6 +56,25 @@ pub struct HostSpec {
     /// Where this Host's databases and caches are backed up, and how often.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backups: Option<Box<BackupsSpec>>,
+    /// The projects that may run on this Host: exact names (`shop`), or a prefix and `*`
+    /// (`team-a-*`). Omitted: any project. A project naming this Host that is not listed is
+    /// refused: the Host is its operator's document, so only that operator lets a team's project
+    /// onto it (as a Zone grants hostnames outside itself).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(inner(regex(pattern = patterns::project_grant())))]
+    pub projects: Option<Vec<String>>,
+}
+
+impl HostSpec {
+    /// Whether `project` may run on this Host (see [`HostSpec::projects`]).
+    pub fn admits(&self, project: &str) -> bool {
+        self.projects.as_ref().is_none_or(|grants| {
+            grants.iter().any(|g| match g.strip_suffix('*') {
+                Some(prefix) => project.starts_with(prefix),
+                None => g == project,
+            })
+        })
+    }
 }
 
 /// `spec.postgres` or `spec.redis` of a Host: a shared server codeb administers.

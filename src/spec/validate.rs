@@ -91,6 +91,7 @@ pub(crate) fn validate(documents: Vec<Document>, complete: bool) -> Result<Manif
         check_references(&checked, &manifests, &mut errors);
         check_confinement(&checked, &manifests, &mut errors);
         check_zone_consent(&checked, &manifests, &mut errors);
+        check_host_consent(&checked, &manifests, &mut errors);
     }
     check_hostnames(&checked, &mut errors);
     check_container_names(&checked, &mut errors);
@@ -235,6 +236,16 @@ fn check_host(doc: &Document, host: &HostSpec, errors: &mut Vec<Error>) {
             );
         }
     }
+    for (i, grant) in host.projects.iter().flatten().enumerate() {
+        if !is_project_grant(grant) {
+            invalid(
+                &["spec", "projects", &i.to_string()],
+                "project",
+                grant,
+                "expected a project name, or a prefix of one and `*`, e.g. `shop` or `team-a-*`",
+            );
+        }
+    }
     if host.caddy.listen.is_empty() {
         errors.push(Error::new(
             doc.value_origin(&["spec", "caddy", "listen"]),
@@ -243,6 +254,20 @@ fn check_host(doc: &Document, host: &HostSpec, errors: &mut Vec<Error>) {
     }
     check_container_policy(doc, &host.containers, errors);
     check_data_servers(doc, host, errors);
+}
+
+/// A project name, or a prefix of one (letters, digits, `-`, starting with a letter) and `*`.
+fn is_project_grant(s: &str) -> bool {
+    match s.strip_suffix('*') {
+        Some(prefix) => {
+            (1..=63).contains(&prefix.len())
+                && prefix.starts_with(|c: char| c.is_ascii_lowercase())
+                && prefix
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        }
+        None => is_dns_label(s),
+    }
 }
 
 /// A Host's `postgres`, `redis` and `backups`: URLs without passwords, the password's variable
@@ -975,6 +1000,44 @@ fn check_zone_consent(documents: &[Document], manifests: &Manifests, errors: &mu
                 ),
             ));
         }
+    }
+}
+
+/// A project runs on a Host that admits it (`projects` of the Host): a team's project may not
+/// place itself on any Host of the manifest set (the storage host, another team's).
+fn check_host_consent(documents: &[Document], manifests: &Manifests, errors: &mut Vec<Error>) {
+    for doc in documents {
+        let Spec::Project(project) = &doc.spec else {
+            continue;
+        };
+        let Some(host) = manifests.hosts.get(&project.host) else {
+            continue;
+        };
+        if host.spec.admits(&doc.name) {
+            continue;
+        }
+        let path = ["spec", "host"];
+        let grants: Vec<String> = host
+            .spec
+            .projects
+            .iter()
+            .flatten()
+            .map(|g| format!("`{g}`"))
+            .collect();
+        let admitted = if grants.is_empty() {
+            "no project".to_string()
+        } else {
+            format!("only {}", grants.join(", "))
+        };
+        errors.push(Error::new(
+            doc.value_origin(&path),
+            format!(
+                "project `{}` may not run on Host {}: the Host admits {admitted} (add the project, or a prefix of its name and `*`, to `projects` of the Host at {})",
+                doc.name,
+                doc.show(&path, &project.host),
+                host.origin
+            ),
+        ));
     }
 }
 
