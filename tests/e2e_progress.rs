@@ -462,15 +462,17 @@ fn exec(container: &str, script: &str) {
     assert!(out.status.success(), "{}", text(&out));
 }
 
-/// Follows `name`'s log (`codeb logs NAME -f --tail 5`), writes a line with an escape sequence
-/// into the app's stdout once the tail arrived, and checks that it arrives with the escape
-/// replaced; then Ctrl-C ends it with exit 0. Returns how long the line took.
-fn follow_then_interrupt(sb: &Sandbox, name: &str, mark: &str) -> Duration {
+/// `codeb logs NAME -f --tail TAIL` started, its stdout and stderr recorded as they arrive.
+fn follow(
+    sb: &Sandbox,
+    name: &str,
+    tail: &str,
+) -> (Reaped, Timeline, Timeline, [std::thread::JoinHandle<()>; 2]) {
     let mut child = Reaped(
         Command::new(env!("CARGO_BIN_EXE_codeb"))
             .arg("--state-dir")
             .arg(sb.state())
-            .args(["logs", name, "-f", "--tail", "5"])
+            .args(["logs", name, "-f", "--tail", tail])
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -482,6 +484,14 @@ fn follow_then_interrupt(sb: &Sandbox, name: &str, mark: &str) -> Duration {
         out.record(child.stdout.take().unwrap()),
         err.record(child.stderr.take().unwrap()),
     ];
+    (child, out, err, readers)
+}
+
+/// Follows `name`'s log (`codeb logs NAME -f --tail 5`), writes a line with an escape sequence
+/// into the app's stdout once the tail arrived, and checks that it arrives with the escape
+/// replaced; then Ctrl-C ends it with exit 0. Returns how long the line took.
+fn follow_then_interrupt(sb: &Sandbox, name: &str, mark: &str) -> Duration {
+    let (mut child, out, err, readers) = follow(sb, name, "5");
     // The tail first: the app's start-up line, written before `logs -f` started.
     assert!(
         eventually(Duration::from_secs(10), || out
@@ -597,22 +607,7 @@ fn logs_follow_gets_a_line_written_after_it_started_locally_and_through_codeb_wa
     drop(w);
 
     // A follow ends by itself, exit 0, when its container goes (here: the project is deleted).
-    let mut child = Reaped(
-        Command::new(env!("CARGO_BIN_EXE_codeb"))
-            .arg("--state-dir")
-            .arg(sb.state())
-            .args(["logs", &name, "-f", "--tail", "1"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap(),
-    );
-    let (out, err) = (Timeline::default(), Timeline::default());
-    let readers = [
-        out.record(child.stdout.take().unwrap()),
-        err.record(child.stderr.take().unwrap()),
-    ];
+    let (mut child, out, err, readers) = follow(&sb, &name, "1");
     assert!(
         eventually(Duration::from_secs(10), || !out.text().is_empty()),
         "the tail: {}",
