@@ -185,3 +185,192 @@ fn delete_host_forgets_a_host_no_project_runs_on_and_releases_its_owner_mark() {
     let out = sb.codeb(&["audit", "-o", "json"]);
     assert!(text(&out).contains("delete host"), "{}", text(&out));
 }
+
+/// The slot port of `project`'s blue slot, as `sb`'s store records it.
+fn blue_port(sb: &Sandbox, project: &str) -> u64 {
+    sb.slots()
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["project"] == project && s["slot"] == "blue")
+        .and_then(|s| s["port"].as_u64())
+        .unwrap_or_else(|| panic!("no blue slot of {project} in {}", sb.slots()))
+}
+
+#[test]
+fn finding_1_a_fresh_state_dir_adopts_what_the_host_runs_without_a_redeploy() {
+    let _l = lock();
+    let (first, fresh) = (Sandbox::new(), Sandbox::new());
+    let name = unique("adopt");
+    let host = format!("{name}.codeb.test");
+    let v1 = [ProjectYaml::new(&name, "localhost/codeb-test-app:v1")];
+    let _cleanup = Cleanup(&first, vec![name.clone()]);
+    let out = first.apply(&first.write(&v1));
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let (ids, port) = (containers(&name), blue_port(&first, &name));
+
+    // The same codeb instance on a state directory that records nothing (lost, or restored from
+    // before the project existed): the plan adopts what runs, and says so.
+    let dir = fresh.write(&v1);
+    let out = fresh.codeb(&["diff", "-f", dir.to_str().unwrap()]);
+    let shown = text(&out);
+    assert!(
+        shown.contains(&format!(
+            "{name}/production: adopt what the host holds by codeb's marks: blue active localhost/codeb-test-app:v1"
+        )) && shown.contains(&format!("ports {port}/{}", port + 1)),
+        "{shown}"
+    );
+    assert!(!shown.contains("deploy "), "nothing is deployed: {shown}");
+
+    // Applied while the hostname is asked through Caddy all along: not one request fails.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let poller = {
+        let (stop, http, host) = (stop.clone(), fresh.stack.http.clone(), host.clone());
+        std::thread::spawn(move || {
+            let mut answers = Vec::new();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) || answers.len() < 20 {
+                answers.push(http_get(&http, &host, "/"));
+            }
+            answers
+        })
+    };
+    let out = fresh.apply(&dir);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let answers = poller.join().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(
+        text(&out).contains("adopt what the host holds"),
+        "{}",
+        text(&out)
+    );
+    let failed: Vec<_> = answers.iter().filter(|a| a.0 != 200).collect();
+    assert!(
+        failed.is_empty(),
+        "{} of {} requests failed: {failed:?}",
+        failed.len(),
+        answers.len()
+    );
+    assert_eq!(containers(&name), ids, "the same containers run");
+    assert_eq!(blue_port(&fresh, &name), port, "on the same ports");
+    assert_eq!(fresh.slot_state(&name, "blue"), "active");
+
+    // Converged: the next plan is empty.
+    let out = fresh.codeb(&["diff", "-f", dir.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(
+        !text(&out).contains(&format!("{name}/production: ")),
+        "{}",
+        text(&out)
+    );
+
+    // The adopted environment is this state directory's now: a new release, rollback, promote.
+    let out = fresh.apply(&fresh.write(&[ProjectYaml::new(&name, "localhost/codeb-test-app:v2")]));
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(fresh.get(&host, "/"), (200, "v2".to_string()));
+    let out = fresh.codeb(&["rollback", &name]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(fresh.get(&host, "/"), (200, "v1".to_string()));
+    let out = fresh.codeb(&["promote", &name]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(fresh.get(&host, "/"), (200, "v2".to_string()));
+
+    let out = fresh.codeb(&["delete", "project", &name]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(containers(&name).is_empty(), "{:?}", containers(&name));
+    let out = first.codeb(&["delete", "project", &name]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(
+        !nat_rules().contains(&format!("codeb {name}/")),
+        "{}",
+        nat_rules()
+    );
+}
+
+#[test]
+fn finding_1_a_fresh_state_dir_names_what_no_manifest_declares_and_prune_removes_it() {
+    let _l = lock();
+    let (first, fresh) = (Sandbox::new(), Sandbox::new());
+    let kept = unique("adoptkeep");
+    let (a, b) = (format!("{kept}-a"), format!("{kept}-b"));
+    let image = "localhost/codeb-test-app:v1";
+    let all = [
+        ProjectYaml::new(&kept, image),
+        ProjectYaml::new(&a, image),
+        ProjectYaml::new(&b, image),
+    ];
+    let _cleanup = Cleanup(&first, vec![kept.clone(), a.clone(), b.clone()]);
+    let out = first.apply(&first.write(&all));
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+
+    // A fresh state directory whose manifests name one of the three: the other two are named,
+    // not touched.
+    let dir = fresh.write(&[ProjectYaml::new(&kept, image)]);
+    for verb in ["diff", "apply"] {
+        let out = fresh.codeb(&[verb, "-f", dir.to_str().unwrap()]);
+        // Other projects on the shared stack (the same instance) may be named beside them.
+        let note = text(&out)
+            .lines()
+            .find(|l| l.contains("held on host local by codeb's marks, in no manifest"))
+            .map(str::to_string)
+            .unwrap_or_else(|| panic!("{verb}: {}", text(&out)));
+        for name in [&a, &b] {
+            assert!(
+                note.contains(&format!("{name}/production")),
+                "{verb}: {note}"
+            );
+        }
+        assert!(!note.contains(&format!("{kept}/")), "{verb}: {note}");
+        assert!(note.contains("`codeb apply --prune`"), "{verb}: {note}");
+    }
+    assert_eq!(containers(&a).len(), 1);
+    assert_eq!(
+        first.get(&format!("{b}.codeb.test"), "/"),
+        (200, "v1".to_string())
+    );
+
+    // --prune removes them through the prune guard: more than one project needs the count (here
+    // at least two: other engineers' projects on the shared stack would be counted too, which is
+    // what the guard is for), or the projects named.
+    let prune = ["apply", "-f", dir.to_str().unwrap(), "--prune"];
+    let out = fresh.codeb(&prune);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        text(&out).contains("--confirm=") && text(&out).contains(&a) && text(&out).contains(&b),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(containers(&a).len(), 1, "nothing was removed unconfirmed");
+    let only = ["--prune-project", a.as_str(), "--prune-project", b.as_str()];
+    let out = fresh.codeb(&[&prune[..], &only[..]].concat());
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    for gone in [&a, &b] {
+        assert!(
+            containers(gone).is_empty(),
+            "{gone}: {:?}",
+            containers(gone)
+        );
+        assert!(
+            !caddy_config(&first.stack.caddy_admin).contains(&format!("codeb-{gone}_")),
+            "{gone}'s routes are gone"
+        );
+        assert!(
+            !nat_rules().contains(&format!("codeb {gone}/")),
+            "{}",
+            nat_rules()
+        );
+    }
+    // The kept project was adopted, untouched, and nothing is left to say.
+    assert_eq!(containers(&kept).len(), 1);
+    assert_eq!(
+        fresh.get(&format!("{kept}.codeb.test"), "/"),
+        (200, "v1".to_string())
+    );
+    let out = fresh.codeb(&["diff", "-f", dir.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    for name in [&kept, &a, &b] {
+        assert!(!text(&out).contains(&format!("{name}/")), "{}", text(&out));
+    }
+
+    let out = fresh.codeb(&["delete", "project", &kept]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+}

@@ -192,6 +192,12 @@ pub struct Release {
     /// records of a codeb that knew none (they read as the default, 10).
     #[serde(default = "default_stop_timeout_secs")]
     pub stop_timeout_secs: u32,
+    /// Set on a release known only from its container's labels: adopted by a state directory
+    /// that did not deploy it (see `plan::Action::Adopt`), running another release than the
+    /// manifests name. Its hash is the label's, which its other fields (the image aside, the rest
+    /// defaults) cannot reproduce; its container is never recreated from it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub adopted: Option<String>,
     #[serde(skip)]
     hash: std::sync::OnceLock<String>,
 }
@@ -209,6 +215,7 @@ impl PartialEq for Release {
             && self.port == other.port
             && self.confinement == other.confinement
             && self.stop_timeout_secs == other.stop_timeout_secs
+            && self.adopted == other.adopted
     }
 }
 
@@ -237,7 +244,17 @@ impl Release {
             port,
             confinement: Confinement::default(),
             stop_timeout_secs: default_stop_timeout_secs(),
+            adopted: None,
             hash: Default::default(),
+        }
+    }
+
+    /// A release known only by what its host shows: its container's image and `codeb.release`
+    /// label (the field of the same name), and the port codeb's rules lead to in it.
+    pub fn adopted(image: impl Into<String>, hash: impl Into<String>, port: u16) -> Self {
+        Release {
+            adopted: Some(hash.into()),
+            ..Release::new(image, None, BTreeMap::new(), port)
         }
     }
 
@@ -279,6 +296,9 @@ impl Release {
 
     /// A short, stable hash of every field (the container label `codeb.release`).
     pub fn hash(&self) -> &str {
+        if let Some(label) = &self.adopted {
+            return label;
+        }
         self.hash.get_or_init(|| {
             let mut h = Sha256::new();
             h.update(self.image.as_bytes());

@@ -47,6 +47,39 @@ impl fmt::Display for Step {
                 r.base_port,
                 r.base_port + 1
             ),
+            Action::Adopt(a) => {
+                let r = &a.record;
+                write!(f, "adopt what the host holds by codeb's marks:")?;
+                let mut any = false;
+                for slot in crate::model::Slot::ALL {
+                    let sr = r.slot(slot);
+                    if let Some(release) = &sr.release {
+                        let sep = if any { "," } else { "" };
+                        write!(
+                            f,
+                            "{sep} {slot} {} {} (release {})",
+                            sr.state,
+                            release.image,
+                            release.hash()
+                        )?;
+                        any = true;
+                    }
+                }
+                if !any {
+                    write!(f, " no container")?;
+                }
+                let n = |n: usize, what: &str| format!("{n} {what}{}", if n == 1 { "" } else { "s" });
+                write!(
+                    f,
+                    "; ports {}/{}, hostname {}; {}, {}, {}",
+                    r.base_port,
+                    r.base_port + 1,
+                    r.hostname,
+                    n(a.routes, "route"),
+                    n(a.rules, "kernel rule"),
+                    n(a.records, "DNS record"),
+                )
+            }
             Action::Deploy {
                 slot,
                 release,
@@ -253,6 +286,12 @@ impl fmt::Display for Note {
             Note::Unrecorded { keys } => {
                 let names: Vec<String> = keys.iter().map(|k| k.to_string()).collect();
                 write!(f, "{} {} not recorded in this state directory: removed as found on the hosts by codeb's marks (their DNS records, if any, are left)", names.join(", "), if keys.len() == 1 { "was" } else { "were" })
+            }
+            Note::Undeclared { host, keys } => {
+                let names: Vec<String> = keys.iter().map(|k| k.to_string()).collect();
+                let projects: std::collections::BTreeSet<&str> = keys.iter().map(|k| k.project.as_str()).collect();
+                let projects: Vec<&str> = projects.into_iter().collect();
+                write!(f, "{} {} held on host {host} by codeb's marks, in no manifest and not recorded in this state directory: left as {}; `codeb delete project {}` or `codeb apply --prune` removes {}", names.join(", "), if keys.len() == 1 { "is" } else { "are" }, if keys.len() == 1 { "it is" } else { "they are" }, projects.join("`, `codeb delete project "), if keys.len() == 1 { "it" } else { "them" })
             }
             Note::HostMoved { key, from, to } => write!(f, "{key}: recorded on host {from}, manifests say {to}; moving is not supported (delete the project first)"),
         }

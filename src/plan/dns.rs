@@ -81,6 +81,21 @@ fn owner(key: &EnvKey) -> Owner<'_> {
     (key.project.as_str(), key.env.as_str())
 }
 
+/// How many rrsets of the observed zones carry `key`'s mark (for an adoption's line).
+pub fn marked_rrsets(key: &EnvKey, observed: &Observed) -> usize {
+    let mine = owner(key);
+    observed
+        .zones
+        .values()
+        .filter_map(|z| match z {
+            ZoneObservation::Present(z) => Some(z),
+            _ => None,
+        })
+        .flat_map(|z| &z.rrsets)
+        .filter(|r| r.mark.as_deref().and_then(owner_of) == Some(mine))
+        .count()
+}
+
 /// Everything DNS planning reads.
 struct Input<'a> {
     zones: &'a BTreeMap<String, ZoneRef>,

@@ -22,7 +22,8 @@ use crate::model::{
 /// slot. Thirty seconds covers ordinary request timeouts; longer requests are cut.
 pub const DRAIN_MS: u64 = 30_000;
 
-/// Plans one environment. `rec` is what the store holds (`None` for a new environment);
+/// Plans one environment. `rec` is what the store holds (`None` for a new environment, or one
+/// `adopted` by the plan's step before: its record as the host holds it);
 /// `containers` and `routes` are the observed ones of this key; `taken` collects allocated ports so
 /// that two new environments never get the same pair.
 ///
@@ -34,6 +35,7 @@ pub fn plan_env(
     host: &HostRef,
     kernel: &KernelObservation,
     rec: Option<&EnvRecord>,
+    adopted: Option<&EnvRecord>,
     containers: &[&ObservedContainer],
     routes: &[&Route],
     taken: &mut super::LazyPorts<'_>,
@@ -50,7 +52,7 @@ pub fn plan_env(
     let grace_ms = millis(d.grace_period);
 
     // The record as it will be once this plan has run: later decisions build on it.
-    let mut proj: Cow<'_, EnvRecord> = match rec {
+    let mut proj: Cow<'_, EnvRecord> = match rec.or(adopted) {
         Some(r) => Cow::Borrowed(r),
         None => {
             let taken = taken.get();
@@ -68,7 +70,8 @@ pub fn plan_env(
             ))
         }
     };
-    if rec.is_none() || proj.hostname != d.hostname || proj.grace_period_ms != grace_ms {
+    if rec.or(adopted).is_none() || proj.hostname != d.hostname || proj.grace_period_ms != grace_ms
+    {
         let p = proj.to_mut();
         p.hostname = d.hostname.clone();
         p.grace_period_ms = grace_ms;
@@ -172,6 +175,9 @@ pub fn plan_env(
                             }));
                         }
                     }
+                    // A release known by its label only cannot be rebuilt: its slot is left as it
+                    // is (the release decision moves traffic to the manifests' release).
+                    _ if release.adopted.is_some() => {}
                     _ => {
                         pending.push(slot);
                         let spec =

@@ -12,6 +12,7 @@
 //! independent of them, and a deleted project's names stop resolving before its routes and
 //! containers go.
 
+mod adopt;
 pub mod api;
 pub mod data;
 mod display;
@@ -186,6 +187,10 @@ pub enum Action {
     EnsureAccessLog(Option<AccessLog>),
     /// Create or update the environment's record (port allocation, hostname, grace period).
     Register(Box<EnvRecord>),
+    /// Record an environment the store has no record of, as its host holds it by codeb's marks
+    /// (a fresh or restored state directory): its ports, hostname, active slot and the releases
+    /// its containers run. Writes the record only; nothing on the host changes.
+    Adopt(Box<Adoption>),
     /// Record the slot as deploying this release, remove `replace` (or, with `aside`, rename it
     /// to that name and leave it running: its removal comes after the switch), create and start
     /// the container.
@@ -291,6 +296,16 @@ impl Action {
     }
 }
 
+/// What an [`Action::Adopt`] records, and what it was read from (for the plan's line).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Adoption {
+    pub record: EnvRecord,
+    /// The environment's routes, kernel rules and marked DNS rrsets found.
+    pub routes: usize,
+    pub rules: usize,
+    pub records: usize,
+}
+
 /// A health probe of a container's own address, found when the probe runs: `http://{its
 /// address}:{port}{path}`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -351,6 +366,10 @@ pub enum Note {
     /// `delete` removed environments the store did not record, found by codeb's marks on the
     /// hosts; their DNS records (if any) are left, since no record says in which zone.
     Unrecorded { keys: Vec<EnvKey> },
+    /// The host holds these environments by codeb's marks, and neither the manifests nor the
+    /// store know them (a fresh state directory, or manifests that no longer name them): left as
+    /// they are; `codeb delete project NAME` or `apply --prune` removes them. Converged.
+    Undeclared { host: String, keys: Vec<EnvKey> },
 }
 
 impl Note {
@@ -362,6 +381,7 @@ impl Note {
                 | Note::Held { .. }
                 | Note::NoZone { .. }
                 | Note::Unrecorded { .. }
+                | Note::Undeclared { .. }
         )
     }
 
@@ -505,7 +525,37 @@ fn plan_on(
             }
             let k = (d.key.project.as_str(), d.key.env.as_str());
             let (cs, rs) = (gather(containers, &k), gather(routes, &k));
-            plan_env(d, host, kernel, rec, &cs, &rs, taken, now_ms, out);
+            // No record, but the host may hold it by codeb's marks: adopted as it runs, not
+            // deployed again beside itself on other ports.
+            let adopted = rec.is_none().then(|| {
+                let records = dns::marked_rrsets(&d.key, observed);
+                adopt::adoption(d, host, kernel, &cs, &rs, records, now_ms)
+            });
+            let adopted = adopted.flatten().map(|a| {
+                // Its ports stay taken for the environments allocated after it.
+                let ports = taken.get();
+                ports.insert(a.record.base_port);
+                ports.insert(a.record.base_port + 1);
+                out.steps.push(Step {
+                    host: d.host.clone(),
+                    key: Some(d.key.clone()),
+                    generation: None,
+                    action: Action::Adopt(Box::new(a.clone())),
+                });
+                a.record
+            });
+            plan_env(
+                d,
+                host,
+                kernel,
+                rec,
+                adopted.as_ref(),
+                &cs,
+                &rs,
+                taken,
+                now_ms,
+                out,
+            );
         };
     // The environments from `from` on (to the end, or up to `to`), merge-joined with their records
     // (both maps are ordered by key), so that planning stays linear and touches each record once.
@@ -579,8 +629,23 @@ fn plan_on(
     if !done {
         plan_range(None, None, false, &mut taken, &mut plan);
     }
+    // A pruned environment the store does not record is removed as the hosts hold it (the
+    // service found it there by codeb's marks: see [`undeclared`]).
+    let unrecorded: Vec<&EnvKey> = prune
+        .iter()
+        .filter(|k| !recorded.envs.contains_key(*k))
+        .collect();
+    let found = if unrecorded.is_empty() {
+        Vec::new()
+    } else {
+        held(observed, recorded, |k| unrecorded.contains(&k))
+    };
     for key in prune {
-        if let Some(rec) = recorded.envs.get(key) {
+        let rec = recorded
+            .envs
+            .get(key)
+            .or_else(|| found.iter().find(|r| r.key == *key));
+        if let Some(rec) = rec {
             let host = desired
                 .hosts
                 .get(&rec.host)
@@ -623,11 +688,45 @@ pub fn orphans(
     observed: &Observed,
     recorded: &Recorded,
 ) -> Vec<EnvRecord> {
+    held(observed, recorded, |k| projects.contains(&k.project))
+}
+
+/// The environments the manifests' hosts hold by codeb's marks that neither `desired` nor the
+/// store knows, nor `remove` removes: one note per host naming them (see [`Note::Undeclared`]).
+/// Computed for an apply or a diff of the whole manifests, not in [`plan`]: the daemon plans one
+/// environment at a time, and every other one would look undeclared there.
+pub fn undeclared(
+    desired: &Desired,
+    observed: &Observed,
+    recorded: &Recorded,
+    remove: &[EnvKey],
+) -> Vec<Note> {
+    let found = held(observed, recorded, |k| {
+        !desired.envs.contains_key(k) && !remove.contains(k)
+    });
+    let mut by_host: BTreeMap<String, Vec<EnvKey>> = BTreeMap::new();
+    for rec in found {
+        if desired.hosts.contains_key(&rec.host) {
+            by_host.entry(rec.host).or_default().push(rec.key);
+        }
+    }
+    by_host
+        .into_iter()
+        .map(|(host, keys)| Note::Undeclared { host, keys })
+        .collect()
+}
+
+/// As [`orphans`], for the keys `wanted` accepts.
+fn held(
+    observed: &Observed,
+    recorded: &Recorded,
+    wanted: impl Fn(&EnvKey) -> bool,
+) -> Vec<EnvRecord> {
     let mut found: BTreeMap<EnvKey, EnvRecord> = BTreeMap::new();
     for (host, obs) in &observed.hosts {
         let Some(view) = obs.view() else { continue };
         let mut note = |key: EnvKey, hostname: Option<&str>, base: Option<u16>| {
-            if !projects.contains(&key.project) || recorded.envs.contains_key(&key) {
+            if !wanted(&key) || recorded.envs.contains_key(&key) {
                 return;
             }
             let rec = found

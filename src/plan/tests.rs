@@ -96,8 +96,12 @@ pub(super) struct Fixture {
 
 impl Fixture {
     fn new() -> Self {
+        Fixture::on(World::new())
+    }
+
+    /// A fixture with a store of its own (a fresh state directory) on this world.
+    fn on(world: World) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let world = World::new();
         Fixture {
             store: Store::open(dir.path()).unwrap(),
             backends: Backends::hosts(BTreeMap::from([(
@@ -1340,4 +1344,113 @@ async fn a_plan_made_on_threads_is_the_plan_one_thread_makes() {
         assert_eq!(one, many, "{threads} threads");
     }
     assert!(one.steps.len() > n, "{}", one.steps.len());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_fresh_store_adopts_what_the_host_runs_and_changes_nothing_there() {
+    let f = Fixture::new();
+    f.v1_active_v2_in_grace().await;
+    let before = f.record("myapp");
+    let fresh = Fixture::on(f.world.clone());
+    let d = desired([env("myapp").image("app:v2")]);
+
+    // One step, shown: green serves v2 (the manifests' release), blue keeps v1 for a rollback.
+    let p = fresh.replan(&d).await;
+    let [step] = &p.steps[..] else {
+        panic!("one adoption step: {p}")
+    };
+    let Action::Adopt(a) = &step.action else {
+        panic!("{p}")
+    };
+    let r = &a.record;
+    assert_eq!(r.base_port, before.base_port);
+    assert_eq!(r.hostname, before.hostname);
+    assert_eq!(r.active, Some(Slot::Green));
+    assert_eq!(r.green.state, SlotState::Active);
+    assert_eq!(
+        r.green.release, before.green.release,
+        "the manifests' release"
+    );
+    assert_eq!(r.blue.state, SlotState::Grace);
+    assert_eq!(r.blue.hash(), before.blue.hash(), "known by its label");
+    let shown = p.to_string();
+    assert!(
+        shown.contains("adopt what the host holds by codeb's marks: blue grace app:v1")
+            && shown.contains("green active app:v2")
+            && shown.contains(&format!("ports {}/", before.base_port)),
+        "{shown}"
+    );
+
+    let writes = f.world.mutations();
+    assert!(fresh.apply(&d).await.converged());
+    assert_eq!(f.world.mutations(), writes, "nothing on the host changed");
+    assert!(fresh.replan(&d).await.is_empty());
+    // A rollback to the slot known by its label only works from the fresh store.
+    let report = fresh.switch("myapp", true).await;
+    assert!(report.failures.is_empty(), "{:?}", report.failures);
+    assert_eq!(f.serving("myapp").as_deref(), Some("app:v1"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_fresh_store_never_reallocates_the_ports_of_an_adopted_environment() {
+    let f = Fixture::new();
+    assert!(f.apply(&desired([env("ab")])).await.converged());
+    let taken = f.record("ab").base_port;
+    let fresh = Fixture::on(f.world.clone());
+    // `ba` prefers the same base as `ab`: the adopted pair stays `ab`'s.
+    let d = desired([env("ab"), env("ba")]);
+    assert!(fresh.apply(&d).await.converged());
+    assert_eq!(fresh.record("ab").base_port, taken);
+    assert!(fresh.record("ba").base_port.abs_diff(taken) >= 2);
+    assert!(fresh.replan(&d).await.is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn what_the_host_holds_that_nothing_declares_is_named_and_only_a_prune_removes_it() {
+    let f = Fixture::new();
+    assert!(f.apply(&desired([env("a"), env("b")])).await.converged());
+    let fresh = Fixture::on(f.world.clone());
+    let d = desired([env("a")]);
+    let observed = reconcile::observe(&fresh.backends).await;
+    let recorded = fresh.store.load().unwrap();
+    let notes = undeclared(&d, &observed, &recorded, &[]);
+    assert_eq!(
+        notes,
+        vec![Note::Undeclared {
+            host: "app".into(),
+            keys: vec![EnvKey::new("b", "production")]
+        }]
+    );
+    assert!(notes[0].to_string().contains("`codeb delete project b`"));
+    let p = plan(&d, &observed, &recorded, &[], reconcile::now_ms());
+    assert!(
+        p.steps
+            .iter()
+            .all(|s| s.key != Some(EnvKey::new("b", "production"))),
+        "not declared, not pruned: untouched: {p}"
+    );
+
+    // Pruned, it goes as the host holds it, with no record to go by.
+    let prune = [EnvKey::new("b", "production")];
+    assert!(undeclared(&d, &observed, &recorded, &prune).is_empty());
+    let out = reconcile::converge(
+        Target {
+            desired: &d,
+            remove: prune.to_vec(),
+            dry_run: false,
+        },
+        &fresh.store,
+        &fresh.backends,
+        &fresh.prober,
+    )
+    .await
+    .unwrap();
+    assert!(out.converged(), "{:?}", out.failures);
+    let s = f.world.state();
+    assert!(s
+        .containers
+        .values()
+        .all(|(c, _)| !c.name.starts_with("b-")));
+    assert!(s.routes.iter().all(|r| !r.id.starts_with("codeb-b_")));
+    assert!(s.routes.iter().any(|r| r.id.starts_with("codeb-a_")));
 }

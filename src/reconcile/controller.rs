@@ -916,14 +916,17 @@ async fn sleep_until(at: Option<Instant>) {
 }
 
 /// True for a step that belongs to the host rather than to one environment: a host step with no
-/// key (codeb's Caddy server, the kernel's hook), or the registration of a new environment (it
-/// allocates ports). A zone's step has no key either, but it is its zone's work, never the host's:
+/// key (codeb's Caddy server, the kernel's hook), or the registration or adoption of an
+/// environment the store has no record of (it allocates or takes ports). A zone's step has no key either, but it is its zone's work, never the host's:
 /// counted as the host's, a pruned environment whose records are still in a zone went back and
 /// forth between its reconcile and the host's sweep without end.
 fn host_wide(step: &Step) -> bool {
     step.action.zone().is_none()
         && (step.key.is_none()
-            || (matches!(step.action, plan::Action::Register(_)) && step.generation.is_none()))
+            || (matches!(
+                step.action,
+                plan::Action::Register(_) | plan::Action::Adopt(_)
+            ) && step.generation.is_none()))
 }
 
 /// When the next grace period of `rec` ends, if one runs: the slot is retired then, not at the

@@ -185,6 +185,7 @@ fn records_only(action: &Action) -> bool {
     matches!(
         action,
         Action::Register(_)
+            | Action::Adopt(_)
             | Action::Switch { .. }
             | Action::Forget
             | Action::Retire {
@@ -368,10 +369,15 @@ fn write_records(
     w: &mut crate::store::Writer<'_>,
     gens: &mut BTreeMap<EnvKey, Option<u64>>,
 ) -> Result<()> {
-    if let Action::Register(rec) = &step.action {
+    let whole = match &step.action {
+        Action::Register(rec) => Some(&**rec),
+        Action::Adopt(a) => Some(&a.record),
+        _ => None,
+    };
+    if let Some(rec) = whole {
         let key = rec.key.clone();
         let expected = *gens.entry(key.clone()).or_insert(step.generation);
-        let written = w.put_env((**rec).clone(), expected)?;
+        let written = w.put_env(rec.clone(), expected)?;
         gens.insert(key, Some(written.generation));
         return Ok(());
     }
@@ -634,7 +640,7 @@ async fn run<R: Runtime, P: Proxy, K: Kernel, D: Dns, H: Prober>(
         }
         Action::RemoveContainer { id, .. } => b.runtime.remove(id).await.map_err(backend),
         Action::EnsureZone { .. } | Action::DnsPatch { .. } => unreachable!("run_dns runs these"),
-        Action::Register(_) | Action::Switch { .. } | Action::Forget => {
+        Action::Register(_) | Action::Adopt(_) | Action::Switch { .. } | Action::Forget => {
             unreachable!("run_records runs these")
         }
     }
@@ -696,6 +702,7 @@ async fn drain_owed<R, P, K: Kernel, D>(
 fn backend_of(action: &Action) -> Option<&'static str> {
     match action {
         Action::Register(_)
+        | Action::Adopt(_)
         | Action::Forget
         | Action::AwaitHealthy { .. }
         | Action::Switch { .. }

@@ -231,6 +231,7 @@ pub async fn converge_with<R: Runtime, P: Proxy, K: Kernel, D: Dns, H: Prober>(
     }
     // Zones whose write failed in this apply, with why: not planned again until the next apply.
     let mut failed_zones: BTreeMap<String, String> = BTreeMap::new();
+    let mut held: Vec<Note> = Vec::new();
     for round in 0..MAX_ROUNDS {
         if !target.dry_run && control.expired() {
             outcome.timed_out = true;
@@ -258,9 +259,14 @@ pub async fn converge_with<R: Runtime, P: Proxy, K: Kernel, D: Dns, H: Prober>(
             now_ms(),
         );
         if round == 0 {
+            // What the hosts hold that nothing here declares or records is named, never touched
+            // (the rounds change none of it: it is left, or pruned in `remove`).
+            held = plan::undeclared(target.desired, &observed, &recorded, &target.remove);
             outcome.first_plan = plan.clone();
+            outcome.first_plan.notes.extend(held.iter().cloned());
         }
         outcome.notes = plan.notes.clone();
+        outcome.notes.extend(held.iter().cloned());
         if target.dry_run || plan.is_empty() {
             break;
         }

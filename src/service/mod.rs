@@ -1586,7 +1586,22 @@ async fn apply(
     let declared = load_unheld(ctx, sources)?;
     let remove = match prune {
         Some(p) => {
-            let remove = p.prunable(&declared, &store.load()?)?;
+            let mut remove = p.prunable(&declared, &store.load()?)?;
+            // What the manifests' hosts hold by codeb's marks that neither they nor the store
+            // know goes too (a fresh state directory's prune): found here so that the count to
+            // confirm and the daemon's refusal see it; the planner removes it as observed.
+            if !declared.hosts.is_empty() {
+                let backends = connect_or_invalid(ctx, declared.hosts.values(), [])?;
+                let observed = reconcile::observe(&backends).await;
+                let recorded = store.load()?;
+                for note in plan::undeclared(&declared, &observed, &recorded, &remove) {
+                    if let plan::Note::Undeclared { keys, .. } = note {
+                        remove.extend(keys.into_iter().filter(|k| p.selects(k)));
+                    }
+                }
+                remove.sort();
+                remove.dedup();
+            }
             // A dry run changes nothing: its plan shows what would go, unconfirmed. What the
             // daemon keeps in force is refused first: no confirmation makes that prune right.
             if !dry_run {
@@ -1689,7 +1704,10 @@ async fn diff(ctx: &Ctx, sources: &[Source]) -> Result<PlanView> {
         reconcile::observe(&backends),
         data::converge(&ctx.store, &ctx.config, &d, &[], true)
     );
-    let p = plan::plan(&d, &observed, &ctx.store.load()?, &[], reconcile::now_ms());
+    let recorded = ctx.store.load()?;
+    let mut p = plan::plan(&d, &observed, &recorded, &[], reconcile::now_ms());
+    p.notes
+        .extend(plan::undeclared(&d, &observed, &recorded, &[]));
     let mut view = PlanView::from(&p);
     data::add_to_plan(&mut view, &data?);
     view.set_changes(&env::field_changes(&ctx.store, &d, &[])?);
@@ -1793,7 +1811,7 @@ impl Prune {
             .envs
             .keys()
             .filter(|k| !d.envs.contains_key(*k))
-            .filter(|k| self.projects.is_empty() || self.projects.contains(&k.project))
+            .filter(|k| self.selects(k))
             .cloned()
             .collect();
         if d.envs.is_empty() && !remove.is_empty() && !self.allow_empty {
@@ -1803,6 +1821,11 @@ impl Prune {
             )));
         }
         Ok(remove)
+    }
+
+    /// Whether the prune may remove `key` (no project named: any).
+    fn selects(&self, key: &EnvKey) -> bool {
+        self.projects.is_empty() || self.projects.contains(&key.project)
     }
 
     /// Whether removing `remove` is confirmed (see [`Prune`]).
