@@ -221,6 +221,11 @@ fn finding_1_a_fresh_state_dir_adopts_what_the_host_runs_without_a_redeploy() {
         "{shown}"
     );
     assert!(!shown.contains("deploy "), "nothing is deployed: {shown}");
+    // Compared with what the host runs: neither new nor changed.
+    assert!(
+        !shown.contains(&format!("{name}/production: new environment")),
+        "{shown}"
+    );
 
     // Applied while the hostname is asked through Caddy all along: not one request fails.
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));

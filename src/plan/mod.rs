@@ -296,6 +296,17 @@ impl Action {
     }
 }
 
+/// The records a plan's [`Action::Adopt`] steps write, by environment.
+pub fn adoptions(plan: &Plan) -> BTreeMap<EnvKey, EnvRecord> {
+    plan.steps
+        .iter()
+        .filter_map(|s| match &s.action {
+            Action::Adopt(a) => Some((a.record.key.clone(), a.record.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
 /// What an [`Action::Adopt`] records, and what it was read from (for the plan's line).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Adoption {

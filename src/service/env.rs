@@ -227,7 +227,22 @@ pub fn field_changes(
     d: &Desired,
     remove: &[EnvKey],
 ) -> Result<Vec<fields::EnvChanges>> {
-    let recorded = store.load()?;
+    field_changes_from(store, &store.load()?, d, remove, &BTreeMap::new())
+}
+
+/// As [`field_changes`], against `recorded` (the records before an apply), with the records the
+/// plan adopts (`adopted`: environments the host runs and the store did not record) compared as
+/// if recorded: an adopted environment is not a new one.
+///
+/// # Errors
+/// A store error reading the declared specs.
+pub fn field_changes_from(
+    store: &Store,
+    recorded: &crate::model::Recorded,
+    d: &Desired,
+    remove: &[EnvKey],
+    adopted: &BTreeMap<EnvKey, crate::model::EnvRecord>,
+) -> Result<Vec<fields::EnvChanges>> {
     // The store's key; an ephemeral one where there is none yet (then nothing was sealed under a
     // key, and both sides' inline values are in memory, digested alike here). `None`: the key
     // does not open (its errors are reported by the commands that need it), so inline digests
@@ -246,11 +261,11 @@ pub fn field_changes(
     let ring = ring.as_deref();
     let mut out = Vec::new();
     for (key, want) in &d.envs {
-        let rec = recorded.envs.get(key);
-        let declared = match rec {
+        let declared = match recorded.envs.get(key) {
             Some(_) => store.declared(key)?,
             None => None,
         };
+        let rec = recorded.envs.get(key).or_else(|| adopted.get(key));
         let current = rec.map(|record| fields::Current {
             record,
             declared: declared.as_ref(),

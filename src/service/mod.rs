@@ -1643,7 +1643,8 @@ async fn apply(
     let d = effective(store, &declared, dry_run)?;
     let backends = connect_or_invalid(ctx, d.hosts.values(), zones.values())?;
     // Before the declared specs are recorded: they are what the changes are compared with.
-    let changes = env::field_changes(store, &d, &remove)?;
+    let before = store.load()?;
+    let mut changes = env::field_changes_from(store, &before, &d, &remove, &BTreeMap::new())?;
     if !dry_run {
         store.put_declared(declared.envs.values())?;
     }
@@ -1682,6 +1683,27 @@ async fn apply(
         .as_ref()
         .map(|daemon| daemon.apply_notes(&declared))
         .unwrap_or_default();
+    // An environment the plan adopted is compared with what the host ran, not as a new one.
+    let adopted = plan::adoptions(&outcome.first_plan);
+    if !adopted.is_empty() {
+        let only = Desired {
+            envs: d
+                .envs
+                .iter()
+                .filter(|(k, _)| adopted.contains_key(*k))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+            ..Desired::default()
+        };
+        changes.retain(|c| !adopted.contains_key(&c.key));
+        changes.extend(env::field_changes_from(
+            store,
+            &before,
+            &only,
+            &[],
+            &adopted,
+        )?);
+    }
     let mut view = ApplyView {
         dry_run,
         plan: PlanView::from(&outcome.first_plan),
@@ -1710,7 +1732,13 @@ async fn diff(ctx: &Ctx, sources: &[Source]) -> Result<PlanView> {
         .extend(plan::undeclared(&d, &observed, &recorded, &[]));
     let mut view = PlanView::from(&p);
     data::add_to_plan(&mut view, &data?);
-    view.set_changes(&env::field_changes(&ctx.store, &d, &[])?);
+    view.set_changes(&env::field_changes_from(
+        &ctx.store,
+        &recorded,
+        &d,
+        &[],
+        &plan::adoptions(&p),
+    )?);
     Ok(view)
 }
 
