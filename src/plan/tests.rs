@@ -1532,6 +1532,17 @@ async fn finding_1_a_kernel_runs_slot_port_rules_are_removed_before_a_caddy_mode
         .position(|s| matches!(s.action, Action::Deploy { .. }))
         .expect("v3 deploys");
     assert!(removals.iter().all(|i| *i < deploy), "{plan}");
+    // Blue's v1 container, published by no Podman, is not repaired first: the deploy replaces it
+    // (a recreation would only take the name v3's container needs). Green's is.
+    let recreated: Vec<Slot> = plan
+        .steps
+        .iter()
+        .filter_map(|s| match s.action {
+            Action::Recreate { slot, .. } => Some(slot),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(recreated, [Slot::Green], "{plan}");
 
     // Carried out: without the removal, the leftover rule led v3's probe to blue's old address.
     f.world.state().kernel_fallback = Some("CODEB_SWITCH=caddy-admin".into());
