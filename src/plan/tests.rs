@@ -1470,6 +1470,15 @@ async fn finding_1_a_host_without_its_network_yet_is_in_kernel_mode_from_the_fir
     let view = observed.hosts["app"].view().unwrap();
     assert_eq!(view.kernel, &KernelObservation::NoNetwork);
     assert_eq!(view.kernel.mode(), crate::model::SwitchMode::Kernel);
+    // `get hosts` says why there are no service addresses yet.
+    reconcile::record_switch_modes(&f.store, &observed).unwrap();
+    assert_eq!(
+        f.store.switch_modes().unwrap()["app"],
+        (
+            crate::model::SwitchMode::Kernel,
+            Some(NO_NETWORK_YET.into())
+        )
+    );
     // The network first, and nothing of the environment: it is planned in kernel mode once the
     // network's gateway is known, never deployed through Podman's publication first.
     let p = plan(&d, &observed, &f.store.load().unwrap(), &[], 0);
