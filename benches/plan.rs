@@ -169,6 +169,7 @@ fn world(n: usize) -> (Desired, Observed, Recorded) {
                             guard: 1,
                             route_localnet: true,
                             mac_pinned: true,
+                            bridge_missing: false,
                         },
                     })),
                 },

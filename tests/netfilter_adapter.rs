@@ -439,6 +439,7 @@ async fn a_bridge_mac_is_pinned_so_that_a_port_with_a_lower_mac_does_not_change_
             guard: 1,
             route_localnet: true,
             mac_pinned: false,
+            bridge_missing: false,
         },
     })
     .await

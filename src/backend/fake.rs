@@ -54,6 +54,11 @@ pub struct State {
     pub open: BTreeMap<SocketAddrV4, usize>,
     /// The host's owner mark.
     pub owner: Option<crate::model::observed::Owner>,
+    /// Set: codeb switches through Caddy although it may read and change the rules (as with
+    /// `CODEB_SWITCH=caddy-admin`).
+    pub kernel_fallback: Option<String>,
+    /// Set: codeb's network does not exist yet (a fresh host); `ensure_network` creates it.
+    pub no_network: bool,
 }
 
 /// A fake host; clones share state.
@@ -191,8 +196,8 @@ impl Runtime for World {
     }
 
     async fn network_gateway(&self, _name: &str) -> super::Result<Option<NetworkInfo>> {
-        self.podman(false, |_| {
-            Ok(Some(NetworkInfo {
+        self.podman(false, |s| {
+            Ok((!s.no_network).then(|| NetworkInfo {
                 gateway: FAKE_GATEWAY,
                 bridge: FAKE_BRIDGE.into(),
             }))
@@ -218,7 +223,11 @@ impl Runtime for World {
     }
 
     async fn ensure_network(&self, _name: &str) -> super::Result<bool> {
-        self.podman(false, |_| Ok(false))
+        let missing = self.state().no_network;
+        self.podman(missing, |s| {
+            s.no_network = false;
+            Ok(missing)
+        })
     }
 
     async fn ensure_image(&self, _image: &str) -> super::Result<()> {
@@ -463,6 +472,10 @@ impl Kernel for World {
         })
     }
 
+    fn fallback(&self) -> Option<String> {
+        self.state().kernel_fallback.clone()
+    }
+
     fn loopback(&self, table: &FakeTable, bridge: &str) -> ObservedLoopback {
         if bridge == FAKE_BRIDGE {
             table.2.clone()
@@ -478,6 +491,7 @@ impl Kernel for World {
                 guard: 1,
                 route_localnet: true,
                 mac_pinned: true,
+                bridge_missing: false,
             };
             Ok(())
         })

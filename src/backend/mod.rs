@@ -194,6 +194,20 @@ pub trait Kernel: Send + Sync {
     /// slots are published on), from a [`Kernel::read`]. An address that is not one of this
     /// machine is [`ErrorKind::Unsupported`].
     fn services(&self, table: &Self::Table, gateway: Ipv4Addr) -> Result<ObservedServices, Error>;
+    /// Whether codeb's network `net` is this machine's (its gateway an address here, or its
+    /// bridge not created yet by a local Podman): then its service addresses are managed here.
+    ///
+    /// # Errors
+    /// [`ErrorKind::Unsupported`] when it is not (a rootless or remote Podman).
+    fn local(&self, net: &NetworkInfo) -> Result<(), Error> {
+        let _ = net;
+        Ok(())
+    }
+    /// Why this host switches through Caddy although its rules can be read and changed here (the
+    /// operator asked for it): its rules are then observed for what a kernel-mode run left.
+    fn fallback(&self) -> Option<String> {
+        None
+    }
     /// codeb's loopback plumbing for `bridge`, from a [`Kernel::read`] and the bridge's settings.
     fn loopback(&self, table: &Self::Table, bridge: &str) -> ObservedLoopback;
     /// Applies a [`LoopbackWrite`]: the rules in one transaction, then `route_localnet`.

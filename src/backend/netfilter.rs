@@ -65,7 +65,9 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use self::wire::{ChainDef, Expr, Hook, ListedRule, Op};
 use super::Kernel;
-use crate::model::observed::{ObservedLoopback, ObservedService, ObservedServices, ServiceRule};
+use crate::model::observed::{
+    NetworkInfo, ObservedLoopback, ObservedService, ObservedServices, ServiceRule,
+};
 use crate::model::writes::{HookWrite, LoopbackWrite, ServiceTarget, ServiceWrite};
 
 /// codeb's table, in the `ip` family.
@@ -152,6 +154,10 @@ impl From<Error> for super::Error {
 #[derive(Debug)]
 pub struct Netfilter {
     unsupported: Option<String>,
+    /// Why codeb switches through Caddy on this host although it may read and change this
+    /// machine's rules (`CODEB_SWITCH=caddy-admin`): the rules stay readable and removable, so
+    /// that what a kernel-mode run left (a slot port's DNAT rule) is observed and removed.
+    fallback: Option<String>,
     /// The host's containers run on this machine, so its conntrack tells their open connections.
     local: bool,
     /// The socket of the last call that succeeded, kept for the next one. Closing a netlink
@@ -174,8 +180,18 @@ impl Netfilter {
     pub fn new() -> Netfilter {
         Netfilter {
             unsupported: None,
+            fallback: None,
             local: true,
             socket: Default::default(),
+        }
+    }
+
+    /// This machine's netfilter on a host that switches through Caddy all the same (`reason`):
+    /// codeb's rules are read and its leftovers removed, no switch is made with them.
+    pub fn fallback(reason: impl Into<String>) -> Netfilter {
+        Netfilter {
+            fallback: Some(reason.into()),
+            ..Netfilter::new()
         }
     }
 
@@ -185,6 +201,7 @@ impl Netfilter {
     pub fn unsupported(reason: impl Into<String>, local: bool) -> Netfilter {
         Netfilter {
             unsupported: Some(reason.into()),
+            fallback: None,
             local,
             socket: Default::default(),
         }
@@ -284,8 +301,19 @@ impl Kernel for Netfilter {
     }
 
     fn services(&self, table: &Ruleset, gateway: Ipv4Addr) -> super::Result<ObservedServices> {
-        is_local(gateway)?;
+        self.supported()?;
         Ok(parse(table, gateway))
+    }
+
+    fn local(&self, net: &NetworkInfo) -> super::Result<()> {
+        self.supported()?;
+        let bound = std::net::UdpSocket::bind(SocketAddrV4::new(net.gateway, 0));
+        let present = sys_class_net(&net.bridge, "").is_some_and(|p| p.exists());
+        Ok(locality(net, bound.err(), present)?)
+    }
+
+    fn fallback(&self) -> Option<String> {
+        self.fallback.clone()
     }
 
     fn loopback(&self, table: &Ruleset, bridge: &str) -> ObservedLoopback {
@@ -325,6 +353,7 @@ impl Kernel for Netfilter {
             guard,
             route_localnet,
             mac_pinned,
+            bridge_missing: !sys_class_net(bridge, "").is_some_and(|p| p.exists()),
         }
     }
 
@@ -429,17 +458,34 @@ fn handles(rules: &[ListedRule], chain: &str, pick: impl Fn(&ListedRule) -> bool
         .collect()
 }
 
-/// A service address must be an address of this machine: binding a socket to it (no port, no
-/// listen) tells, without any traffic.
-fn is_local(gateway: Ipv4Addr) -> Result<()> {
-    std::net::UdpSocket::bind(SocketAddrV4::new(gateway, 0))
-        .map(drop)
-        .map_err(|e| Error::Unsupported {
-            reason: format!(
-                "the network's gateway {gateway} is not an address of this machine ({e}): a \
-                 rootless or remote Podman"
+/// Whether codeb's network `net` is this machine's, so that its gateway holds service addresses
+/// codeb's rules can publish: a property of the host's configuration, not of whether a container
+/// runs. `bind`: why binding a socket to the gateway failed (`None`: it is an address here);
+/// `bridge_present`: the network's bridge interface exists here.
+///
+/// Measured on Podman 4.3 (netavark): a network just created, with no container yet, has its
+/// bridge named in its configuration (`network_interface`) but no such interface, and its gateway
+/// cannot be bound (EADDRNOTAVAIL); both appear when the first container starts. So a bridge that
+/// does not exist yet on a local, rootful Podman (checked when connecting: a unix socket owned by
+/// root) is this machine's bridge to come, not a sign of a remote one: kernel mode from the first
+/// apply. Only a bridge that exists without the gateway on it (another network namespace's
+/// Podman, a rootless one) is not this machine's.
+pub fn locality(net: &NetworkInfo, bind: Option<io::Error>, bridge_present: bool) -> Result<()> {
+    match bind {
+        None => Ok(()),
+        Some(_) if !bridge_present && is_interface_name(&net.bridge) => Ok(()),
+        Some(e) => {
+            Err(Error::Unsupported {
+                reason: format!(
+                "the network's gateway {} is not an address of this machine ({e}) although its \
+                 bridge {} {}: a rootless or remote Podman",
+                net.gateway,
+                if net.bridge.is_empty() { "(unnamed)" } else { &net.bridge },
+                if bridge_present { "exists" } else { "is not named" },
             ),
-        })
+            })
+        }
+    }
 }
 
 /// `CODEB-0a599001` for 10.89.144.1.
@@ -1315,12 +1361,39 @@ ipv4     2 udp      17 20 src=10.89.144.2 dst=10.89.144.1 sport=8080 dport=53 sr
     }
 
     #[test]
-    fn a_gateway_that_is_not_an_address_of_this_machine_is_unsupported() {
-        // TEST-NET-1 (RFC 5737) is never assigned to a machine.
-        assert!(matches!(
-            is_local(Ipv4Addr::new(192, 0, 2, 1)),
-            Err(Error::Unsupported { .. })
-        ));
-        assert!(is_local(Ipv4Addr::LOCALHOST).is_ok());
+    fn a_gateway_that_is_not_an_address_of_this_machine_is_unsupported_unless_its_bridge_is_to_come(
+    ) {
+        let n = Netfilter::new();
+        // TEST-NET-1 (RFC 5737) is never assigned to a machine; `lo` always exists.
+        let test_net = Ipv4Addr::new(192, 0, 2, 1);
+        let on = |gateway, bridge: &str| NetworkInfo {
+            gateway,
+            bridge: bridge.into(),
+        };
+        let err = n.local(&on(test_net, "lo")).unwrap_err();
+        assert!(
+            matches!(err.kind(), crate::backend::ErrorKind::Unsupported { .. }),
+            "{err}"
+        );
+        assert!(n.local(&on(Ipv4Addr::LOCALHOST, "lo")).is_ok());
+        assert!(n.local(&on(test_net, "cbnotyet0")).is_ok());
+    }
+
+    #[test]
+    fn finding_1_a_network_whose_bridge_is_not_up_yet_is_this_machines_and_a_foreign_one_is_not() {
+        let net = |bridge: &str| NetworkInfo {
+            gateway: Ipv4Addr::new(10, 89, 57, 1),
+            bridge: bridge.into(),
+        };
+        let not_here = || Some(io::Error::from_raw_os_error(libc::EADDRNOTAVAIL));
+        // Bound: an address here, whatever the bridge.
+        assert!(locality(&net("podman1"), None, true).is_ok());
+        // A fresh network on a local Podman: no bridge yet, so no gateway yet either.
+        assert!(locality(&net("podman1"), not_here(), false).is_ok());
+        // A bridge that exists without the gateway on it, or no bridge named: not this machine's.
+        let err = locality(&net("podman1"), not_here(), true).unwrap_err();
+        assert!(matches!(err, Error::Unsupported { .. }), "{err}");
+        assert!(err.to_string().contains("10.89.57.1"), "{err}");
+        assert!(locality(&net(""), not_here(), false).is_err());
     }
 }

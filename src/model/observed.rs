@@ -118,6 +118,10 @@ pub struct ObservedLoopback {
     /// change the gateway's MAC under the other containers' ARP caches, and their new connections
     /// to a service on the gateway (PostgreSQL, Redis) stall for seconds.
     pub mac_pinned: bool,
+    /// The bridge's interface does not exist yet: netavark creates it when the first container on
+    /// the network starts, so a fresh host is in kernel mode before it has a bridge. Nothing can be
+    /// set on it until then (no `route_localnet`, no MAC); the plumbing follows in the round after.
+    pub bridge_missing: bool,
 }
 
 /// codeb's NAT rules for the service addresses on one gateway, as observed.

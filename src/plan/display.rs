@@ -19,6 +19,11 @@ impl fmt::Display for Step {
         }
         match &self.action {
             Action::MarkHost => write!(f, "mark the host as owned by this codeb"),
+            Action::EnsureNetwork { name } => write!(
+                f,
+                "create the Podman network {name} (kernel mode: its gateway holds the service \
+                 addresses; the environments are planned once it exists)"
+            ),
             Action::EnsureServer(s) => {
                 let tls = match s.tls {
                     TlsMode::Auto => "auto",

@@ -43,6 +43,8 @@ pub fn plan_env(
     plan: &mut Plan,
 ) {
     let generation = rec.map(|r| r.generation);
+    // Where this environment's steps begin (a deploy drops a repair of its own target slot).
+    let first_step = plan.steps.len();
     let step = |action| Step {
         host: d.host.clone(),
         key: Some(d.key.clone()),
@@ -78,6 +80,19 @@ pub fn plan_env(
         plan.steps.push(step(Action::Register(Box::new(p.clone()))));
     }
 
+    // Switching through Caddy, where a kernel-mode run left this environment's slot port rules:
+    // they would catch `127.0.0.1:{slot port}` before Podman's publication does (a health probe
+    // or a route then meets the old container's address), so they go before anything deploys.
+    if let KernelObservation::Unavailable {
+        leftover: Some(p), ..
+    } = kernel
+    {
+        plan.steps.extend(
+            super::service::publication_removals(&proj, p)
+                .into_iter()
+                .map(|w| step(Action::SetService(w))),
+        );
+    }
     // Where codeb's kernel rules publish slot ports, containers publish none: a new release starts
     // beside the container it replaces, which is set aside and removed after the switch.
     let published = kernel.published(host);
@@ -126,10 +141,13 @@ pub fn plan_env(
         }
     }
     // A container that Podman does not publish is reachable on its slot port only through codeb's
-    // kernel rules: without them it is recreated with Podman publishing it.
+    // kernel rules: without them it is recreated with Podman publishing it. Where the rules
+    // publish, one that Podman publishes (a Caddy-mode run's) is recreated without: the rule must
+    // be the port's one publisher, or whichever NAT hook runs first decides where it leads.
     let base_port = proj.base_port;
-    let reachable = |c: &ObservedContainer, slot: Slot| {
-        published.is_some() || c.host_port == Some(slot.port(base_port))
+    let reachable = |c: &ObservedContainer, slot: Slot| match published {
+        Some(_) => c.host_port.is_none(),
+        None => c.host_port == Some(slot.port(base_port)),
     };
 
     // Slots whose container this plan creates, starts or replaces: their address is not known
@@ -279,6 +297,16 @@ pub fn plan_env(
             }
             None => {
                 let target = active.map(Slot::other).unwrap_or(Slot::Blue);
+                // The deploy replaces the target slot's container: a repair of it planned above
+                // (recreated after a mode change, say) would only take the name the new release
+                // needs.
+                let mine = plan.steps.split_off(first_step);
+                plan.steps.extend(mine.into_iter().filter(|s| {
+                    !matches!(
+                        s.action,
+                        Action::Recreate { slot, .. } | Action::Start { slot, .. } if slot == target
+                    )
+                }));
                 pending.push(target);
                 let spec = container_spec(d, host, &proj, target, &d.release, published.is_none());
                 let name = spec.name.clone();

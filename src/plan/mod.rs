@@ -107,9 +107,22 @@ pub enum KernelObservation {
         /// them, not Podman.
         publish: Option<Box<Published>>,
     },
-    /// The rules cannot be managed (no privilege, no nf_tables, rootless or remote Podman, or no
-    /// network yet): hostname routes dial the active slot, and a switch is a Caddy config change.
-    Unavailable { reason: String },
+    /// Kernel mode on a host whose network does not exist yet (a fresh host): the plan creates
+    /// the network first, and the kernel-mode steps follow in the next round, once its gateway is
+    /// known. Never a Caddy-mode deploy first: the mode is the host's configuration's, whether or
+    /// not a container runs.
+    NoNetwork,
+    /// The rules cannot be managed (no privilege, no nf_tables, rootless or remote Podman, or
+    /// `CODEB_SWITCH=caddy-admin`): hostname routes dial the active slot, and a switch is a Caddy
+    /// config change.
+    Unavailable {
+        reason: String,
+        /// codeb's rules on the host's publish address, where codeb may still read and change this
+        /// machine's rules (switching through Caddy was asked for): a kernel-mode run's slot port
+        /// rule would catch the slot's port before Podman's, so each environment's are removed
+        /// before it deploys.
+        leftover: Option<Box<Published>>,
+    },
 }
 
 /// Slot ports published by codeb's kernel rules: `address:slot_port` leads to the slot's
@@ -139,7 +152,7 @@ impl KernelObservation {
 
     pub fn mode(&self) -> SwitchMode {
         match self {
-            KernelObservation::Managed { .. } => SwitchMode::Kernel,
+            KernelObservation::Managed { .. } | KernelObservation::NoNetwork => SwitchMode::Kernel,
             KernelObservation::Unavailable { .. } => SwitchMode::CaddyAdmin,
         }
     }
@@ -148,10 +161,16 @@ impl KernelObservation {
     pub fn reason(&self) -> Option<&str> {
         match self {
             KernelObservation::Managed { .. } => None,
-            KernelObservation::Unavailable { reason } => Some(reason),
+            KernelObservation::NoNetwork => Some(NO_NETWORK_YET),
+            KernelObservation::Unavailable { reason, .. } => Some(reason),
         }
     }
 }
+
+/// Why a host in kernel mode has no service addresses yet (`get hosts` shows it).
+pub const NO_NETWORK_YET: &str =
+    "the network codeb-main does not exist yet: the first apply creates it, then publishes with \
+     kernel rules";
 
 /// Every host's and managed zone's observation, keyed by Host name and zone.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -180,6 +199,11 @@ pub enum Action {
     /// Mark the host as this codeb's (see [`crate::model::ownership::OWNER_VOLUME`]): before
     /// anything else changes on a host that carries no mark.
     MarkHost,
+    /// Create codeb's Podman network (kernel mode on a fresh host: its gateway, where service
+    /// addresses live, is known once it exists; its bridge comes up with the first container).
+    EnsureNetwork {
+        name: String,
+    },
     /// Create codeb's Caddy server, or correct its listen/TLS settings.
     EnsureServer(ServerSpec),
     /// Write codeb's access log in Caddy as this (its logger, then the server's `logs` naming it),
@@ -489,6 +513,16 @@ fn plan_on(
         }
         if let Some(write) = access_log_diff(&view.proxy.access_log, host.access_log.as_ref()) {
             plan.steps.push(host_step(Action::EnsureAccessLog(write)));
+        }
+        if *view.kernel == KernelObservation::NoNetwork {
+            // Its environments are planned in the next round, in kernel mode, once the network's
+            // gateway is known: a deploy now would publish through Podman, then be redone.
+            if desired.envs.values().any(|d| d.host == *host_name) {
+                plan.steps.push(host_step(Action::EnsureNetwork {
+                    name: NETWORK.to_string(),
+                }));
+            }
+            continue;
         }
         if desired.envs.values().any(|d| d.host == *host_name) {
             if let Some(hook) = service::hook_diff(view.kernel) {
@@ -819,8 +853,13 @@ fn plan_removal(rec: &EnvRecord, view: HostView<'_>, plan: &mut Plan) {
     if let Some(write) = service::removal(rec, kernel) {
         plan.steps.push(step(Action::SetService(write)));
     }
+    // The slot ports codeb's rules publish, or that a kernel-mode run left where codeb now
+    // switches through Caddy.
     if let KernelObservation::Managed {
         publish: Some(p), ..
+    }
+    | KernelObservation::Unavailable {
+        leftover: Some(p), ..
     } = kernel
     {
         for write in service::publication_removals(rec, p) {

@@ -22,7 +22,7 @@ pub fn service_address(kernel: &KernelObservation, rec: &EnvRecord) -> Option<So
         KernelObservation::Managed { gateway, .. } => {
             Some(SocketAddrV4::new(*gateway, rec.base_port))
         }
-        KernelObservation::Unavailable { .. } => None,
+        KernelObservation::Unavailable { .. } | KernelObservation::NoNetwork => None,
     }
 }
 
@@ -154,7 +154,9 @@ pub fn publish_hook_diff(p: &Published) -> Option<HookWrite> {
 pub fn loopback_diff(p: &Published) -> Option<LoopbackWrite> {
     let l = &p.loopback;
     let converged = l.masquerade == 1 && l.guard == 1 && l.route_localnet && l.mac_pinned;
-    (!converged).then(|| LoopbackWrite {
+    // A bridge not created yet takes no setting: the first container brings it up (its deploy
+    // probes the container itself), and the plumbing follows in the next round.
+    (!converged && !l.bridge_missing).then(|| LoopbackWrite {
         bridge: p.bridge.clone(),
         observed: l.clone(),
     })
@@ -338,6 +340,7 @@ mod tests {
     fn a_host_without_kernel_management_gets_no_service_address() {
         let k = KernelObservation::Unavailable {
             reason: "not root".into(),
+            leftover: None,
         };
         let rec = record(Some(Slot::Blue));
         assert_eq!(service_address(&k, &rec), None);

@@ -637,6 +637,7 @@ fn a_host_without_an_owner_mark_is_marked_before_anything_else_and_a_marked_one_
                 proxy: Default::default(),
                 kernel: KernelObservation::Unavailable {
                     reason: "test".into(),
+                    leftover: None,
                 },
                 owner,
             },
@@ -680,6 +681,7 @@ fn two_new_environments_never_share_a_port_pair() {
                 proxy: Default::default(),
                 kernel: KernelObservation::Unavailable {
                     reason: "test".into(),
+                    leftover: None,
                 },
                 owner: Default::default(),
             },
@@ -713,6 +715,7 @@ fn the_printed_plan_never_shows_an_env_value() {
                 proxy: Default::default(),
                 kernel: KernelObservation::Unavailable {
                     reason: "test".into(),
+                    leftover: None,
                 },
                 owner: Default::default(),
             },
@@ -1453,4 +1456,142 @@ async fn what_the_host_holds_that_nothing_declares_is_named_and_only_a_prune_rem
         .all(|(c, _)| !c.name.starts_with("b-")));
     assert!(s.routes.iter().all(|r| !r.id.starts_with("codeb-b_")));
     assert!(s.routes.iter().any(|r| r.id.starts_with("codeb-a_")));
+}
+
+// Finding 1 of the issue, the switch mode: a property of the host, and each mode removes what the
+// other left.
+
+#[tokio::test(start_paused = true)]
+async fn finding_1_a_host_without_its_network_yet_is_in_kernel_mode_from_the_first_apply() {
+    let f = Fixture::new();
+    f.world.state().no_network = true;
+    let d = desired([env("myapp")]);
+    let observed = reconcile::observe(&f.backends).await;
+    let view = observed.hosts["app"].view().unwrap();
+    assert_eq!(view.kernel, &KernelObservation::NoNetwork);
+    assert_eq!(view.kernel.mode(), crate::model::SwitchMode::Kernel);
+    // `get hosts` says why there are no service addresses yet.
+    reconcile::record_switch_modes(&f.store, &observed).unwrap();
+    assert_eq!(
+        f.store.switch_modes().unwrap()["app"],
+        (
+            crate::model::SwitchMode::Kernel,
+            Some(NO_NETWORK_YET.into())
+        )
+    );
+    // The network first, and nothing of the environment: it is planned in kernel mode once the
+    // network's gateway is known, never deployed through Podman's publication first.
+    let p = plan(&d, &observed, &f.store.load().unwrap(), &[], 0);
+    assert!(
+        p.steps.iter().any(|s| s.action
+            == Action::EnsureNetwork {
+                name: NETWORK.into()
+            }),
+        "{p}"
+    );
+    assert!(p.steps.iter().all(|s| s.key.is_none()), "{p}");
+
+    let out = f.apply(&d).await;
+    assert!(out.converged(), "{:?}", out.failures);
+    assert!(
+        f.world
+            .state()
+            .containers
+            .values()
+            .all(|(_, spec)| !spec.publish),
+        "no container was ever published by Podman"
+    );
+    assert_eq!(
+        f.store.switch_modes().unwrap()["app"].0,
+        crate::model::SwitchMode::Kernel
+    );
+    assert_eq!(f.serving("myapp").as_deref(), Some("app:v1"));
+    assert!(f.replan(&d).await.is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn finding_1_a_kernel_runs_slot_port_rules_are_removed_before_a_caddy_mode_deploy() {
+    let f = Fixture::new();
+    f.v1_active_v2_in_grace().await;
+    let mut observed = reconcile::observe(&f.backends).await;
+    let Some(HostObservation::Reachable { kernel, .. }) = observed.hosts.get_mut("app") else {
+        panic!("reachable");
+    };
+    let KernelObservation::Managed {
+        publish: Some(p), ..
+    } = kernel.clone()
+    else {
+        panic!("kernel-published: {kernel:?}");
+    };
+    assert_eq!(p.services.services.len(), 2, "both slot ports have a rule");
+    // The same host, now switching through Caddy (`CODEB_SWITCH=caddy-admin`).
+    *kernel = KernelObservation::Unavailable {
+        reason: "CODEB_SWITCH=caddy-admin".into(),
+        leftover: Some(p),
+    };
+    let d3 = desired([env("myapp").image("app:v3")]);
+    let plan = plan(&d3, &observed, &f.store.load().unwrap(), &[], 0);
+    let removals: Vec<usize> = (0..plan.steps.len())
+        .filter(|i| matches!(&plan.steps[*i].action, Action::SetService(w) if w.target.is_none()))
+        .collect();
+    assert_eq!(removals.len(), 2, "{plan}");
+    let deploy = plan
+        .steps
+        .iter()
+        .position(|s| matches!(s.action, Action::Deploy { .. }))
+        .expect("v3 deploys");
+    assert!(removals.iter().all(|i| *i < deploy), "{plan}");
+    // Blue's v1 container, published by no Podman, is not repaired first: the deploy replaces it
+    // (a recreation would only take the name v3's container needs). Green's is.
+    let recreated: Vec<Slot> = plan
+        .steps
+        .iter()
+        .filter_map(|s| match s.action {
+            Action::Recreate { slot, .. } => Some(slot),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(recreated, [Slot::Green], "{plan}");
+
+    // Carried out: without the removal, the leftover rule led v3's probe to blue's old address.
+    f.world.state().kernel_fallback = Some("CODEB_SWITCH=caddy-admin".into());
+    let out = f.apply(&d3).await;
+    assert!(out.converged(), "{:?} {:?}", out.failures, out.notes);
+    assert!(f.world.state().published.services.is_empty());
+    assert_eq!(f.serving("myapp").as_deref(), Some("app:v3"));
+    assert_eq!(
+        f.store.switch_modes().unwrap()["app"].0,
+        crate::model::SwitchMode::CaddyAdmin
+    );
+    assert!(f.replan(&d3).await.is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn finding_1_a_container_podman_publishes_is_recreated_without_in_kernel_mode() {
+    let f = Fixture::new();
+    let d = desired([env("myapp")]);
+    assert!(f.apply(&d).await.converged());
+    // As a Caddy-mode run left it: Podman publishes the slot's port.
+    let base = f.record("myapp").base_port;
+    for (c, spec) in f.world.state().containers.values_mut() {
+        c.host_port = Some(base);
+        spec.publish = true;
+    }
+    let p = f.replan(&d).await;
+    assert!(
+        p.steps.iter().any(|s| matches!(
+            &s.action,
+            Action::Recreate { slot: Slot::Blue, container, replace: Some(_) } if !container.publish
+        )),
+        "{p}"
+    );
+    assert!(f.apply(&d).await.converged());
+    assert!(f
+        .world
+        .state()
+        .containers
+        .values()
+        .all(|(c, spec)| !spec.publish && c.host_port.is_none()));
+    assert_eq!(f.serving("myapp").as_deref(), Some("app:v1"));
+    assert!(f.replan(&d).await.is_empty());
 }

@@ -87,8 +87,9 @@ pub fn connect<'a>(
             Podman::connect(&h.podman).map_err(|e| Invalid(format!("host {}: {e}", h.name)))?;
         let proxy =
             Caddy::new(&h.caddy_admin).map_err(|e| Invalid(format!("host {}: {e}", h.name)))?;
-        let kernel = match local_kernel(h) {
-            Ok(()) => Netfilter::new(),
+        let kernel = match local_kernel(h, socket_owner(&h.podman)) {
+            Ok(None) => Netfilter::new(),
+            Ok(Some(forced)) => Netfilter::fallback(forced),
             Err((reason, local)) => Netfilter::unsupported(reason, local),
         };
         out.insert(
@@ -143,15 +144,26 @@ fn missing_key(zone: &ZoneRef, var: &str, what: &str) -> Invalid {
     ))
 }
 
+/// The uid owning a unix socket's file (`None` for another transport, or a socket not there
+/// yet: Podman is then unreachable, which observing says).
+fn socket_owner(endpoint: &str) -> Option<u32> {
+    use std::os::unix::fs::MetadataExt;
+    let path = endpoint.strip_prefix("unix://")?;
+    std::fs::metadata(path).ok().map(|m| m.uid())
+}
+
 /// codeb can manage a host's NAT rules only from that host: the Podman it drives is on this
-/// machine (a unix socket) and so is the Caddy that dials service addresses (a loopback admin
-/// address). Privilege and the network's gateway are checked when observing. The error says why
-/// not, and whether the host's containers are on this machine all the same.
-fn local_kernel(h: &HostRef) -> Result<(), (String, bool)> {
+/// machine and rootful (a unix socket owned by root: `owner`), and so is the Caddy that dials
+/// service addresses (a loopback admin address). These are the host's configuration, so the
+/// switch mode is decided from them from the first apply, whether or not a container runs yet;
+/// privilege and nf_tables show at the first read, the network's locality when observing (see
+/// [`crate::backend::netfilter::locality`]).
+///
+/// `Ok(None)`: kernel mode. `Ok(Some(reason))`: the host could be, but `CODEB_SWITCH=caddy-admin`
+/// asks for Caddy; codeb still reads its rules there and removes what a kernel-mode run left.
+/// `Err((reason, local))`: why not, and whether the host's containers are on this machine.
+fn local_kernel(h: &HostRef, owner: Option<u32>) -> Result<Option<String>, (String, bool)> {
     let local_podman = h.podman.starts_with("unix://");
-    if std::env::var(SWITCH_ENV).is_ok_and(|v| v == "caddy-admin") {
-        return Err((format!("{SWITCH_ENV}=caddy-admin"), local_podman));
-    }
     if !local_podman {
         return Err((
             format!(
@@ -161,29 +173,43 @@ fn local_kernel(h: &HostRef) -> Result<(), (String, bool)> {
             false,
         ));
     }
+    if let Some(uid) = owner.filter(|uid| *uid != 0) {
+        // A rootless Podman's bridge lives in its own network namespace: its gateway is never an
+        // address of this machine, and codeb's rules here would catch nothing of it.
+        return Err((
+            format!(
+                "Podman at {} is rootless (its socket belongs to uid {uid})",
+                h.podman
+            ),
+            true,
+        ));
+    }
     let admin_host = h
         .caddy_admin
         .split("://")
         .nth(1)
         .and_then(|rest| rest.rsplit_once(':'))
         .map(|(host, _)| host.trim_matches(['[', ']']));
-    match admin_host {
-        Some("localhost" | "::1") => Ok(()),
-        Some(ip)
-            if ip
-                .parse::<std::net::Ipv4Addr>()
-                .is_ok_and(|a| a.is_loopback()) =>
-        {
-            Ok(())
-        }
-        _ => Err((
+    let loopback = match admin_host {
+        Some("localhost" | "::1") => true,
+        Some(ip) => ip
+            .parse::<std::net::Ipv4Addr>()
+            .is_ok_and(|a| a.is_loopback()),
+        None => false,
+    };
+    if !loopback {
+        return Err((
             format!(
                 "Caddy's admin API at {} is not on this machine's loopback",
                 h.caddy_admin
             ),
             true,
-        )),
+        ));
     }
+    if std::env::var(SWITCH_ENV).is_ok_and(|v| v == "caddy-admin") {
+        return Ok(Some(format!("{SWITCH_ENV}=caddy-admin")));
+    }
+    Ok(None)
 }
 
 #[cfg(test)]
@@ -238,10 +264,22 @@ mod tests {
     }
 
     #[test]
-    fn only_a_local_podman_and_caddy_get_kernel_switching() {
-        assert!(local_kernel(&host("unix:///run/podman.sock", "http://127.0.0.1:2019")).is_ok());
-        assert!(local_kernel(&host("unix:///run/podman.sock", "http://localhost:2019")).is_ok());
-        assert!(local_kernel(&host("tcp://10.0.0.5:8888", "http://127.0.0.1:2019")).is_err());
-        assert!(local_kernel(&host("unix:///run/podman.sock", "http://10.0.0.5:2019")).is_err());
+    fn only_a_local_rootful_podman_and_caddy_get_kernel_switching() {
+        let local = host("unix:///run/podman.sock", "http://127.0.0.1:2019");
+        assert_eq!(local_kernel(&local, Some(0)), Ok(None));
+        assert_eq!(
+            local_kernel(&local, None),
+            Ok(None),
+            "a socket not there yet"
+        );
+        let by_name = host("unix:///run/podman.sock", "http://localhost:2019");
+        assert_eq!(local_kernel(&by_name, Some(0)), Ok(None));
+        let remote = host("tcp://10.0.0.5:8888", "http://127.0.0.1:2019");
+        assert!(local_kernel(&remote, None).is_err());
+        let far_caddy = host("unix:///run/podman.sock", "http://10.0.0.5:2019");
+        assert!(local_kernel(&far_caddy, Some(0)).is_err());
+        let (reason, on_this_machine) = local_kernel(&local, Some(1000)).unwrap_err();
+        assert!(reason.contains("rootless"), "{reason}");
+        assert!(on_this_machine);
     }
 }

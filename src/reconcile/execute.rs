@@ -474,6 +474,12 @@ async fn run<R: Runtime, P: Proxy, K: Kernel, D: Dns, H: Prober>(
             Some(owner) => b.runtime.mark_owner(owner).await.map_err(backend),
             None => Ok(()),
         },
+        Action::EnsureNetwork { name } => b
+            .runtime
+            .ensure_network(name)
+            .await
+            .map(drop)
+            .map_err(backend),
         Action::EnsureServer(spec) => b.proxy.ensure_server(spec).await.map_err(backend),
         Action::EnsureAccessLog(log) => b
             .proxy
@@ -715,7 +721,7 @@ fn backend_of(action: &Action) -> Option<&'static str> {
         | Action::Stop { .. }
         | Action::Retire { .. }
         | Action::RemoveContainer { .. } => Some("podman"),
-        Action::MarkHost => Some("podman"),
+        Action::MarkHost | Action::EnsureNetwork { .. } => Some("podman"),
         Action::EnsureServer(_)
         | Action::EnsureAccessLog(_)
         | Action::AddRoute(_)

@@ -106,6 +106,22 @@ fn published<R, P, K: Kernel>(
     })
 }
 
+/// codeb's rules on the host's loopback publish address, on a host that switches through Caddy:
+/// what a kernel-mode run left there.
+fn leftover<R, P, K: Kernel>(
+    b: &HostBackends<R, P, K>,
+    table: &K::Table,
+    net: Option<&crate::model::observed::NetworkInfo>,
+) -> Option<Published> {
+    let address = b.publish.filter(|a| a.is_loopback())?;
+    Some(Published {
+        address,
+        bridge: net.map(|n| n.bridge.clone()).unwrap_or_default(),
+        services: b.kernel.services(table, address).ok()?,
+        loopback: Default::default(),
+    })
+}
+
 async fn observe_host<R: Runtime, P: Proxy, K: Kernel>(
     b: &HostBackends<R, P, K>,
     list: impl std::future::Future<
@@ -183,26 +199,36 @@ fn assemble<R: Runtime, P: Proxy, K: Kernel>(
         owner,
     } = parts;
     let unreachable = |error| HostObservation::Unreachable { error };
-    let kernel = match (gateway, table) {
-        (None, _) => Ok(KernelObservation::Unavailable {
-            reason: format!("the network {NETWORK} does not exist yet"),
+    let kernel = match (b.kernel.fallback(), gateway, table) {
+        // Caddy was asked for, on a host whose rules are this machine's: they are read all the
+        // same, for what a kernel-mode run left on the publish address.
+        (Some(reason), net, table) => Ok(KernelObservation::Unavailable {
+            reason,
+            leftover: table
+                .ok()
+                .and_then(|t| leftover(b, &t, net.as_ref()))
+                .map(Box::new),
         }),
-        (Some(_), Err(e)) => Err(e),
-        (Some(net), Ok(table)) => {
-            b.kernel
-                .services(&table, net.gateway)
-                .map(|services| KernelObservation::Managed {
-                    gateway: net.gateway,
-                    services,
-                    publish: published(b, &table, &net).map(Box::new),
-                })
-        }
+        (None, _, Err(e)) => Err(e),
+        // The mode is the host's configuration's (a local rootful Podman, a local Caddy, the
+        // rules readable: all known by now), not whether a container made the network yet.
+        (None, None, Ok(_)) => Ok(KernelObservation::NoNetwork),
+        (None, Some(net), Ok(table)) => b
+            .kernel
+            .local(&net)
+            .and_then(|()| b.kernel.services(&table, net.gateway))
+            .map(|services| KernelObservation::Managed {
+                gateway: net.gateway,
+                services,
+                publish: published(b, &table, &net).map(Box::new),
+            }),
     };
     let kernel = match kernel {
         Ok(kernel) => kernel,
         Err(e) => match e.kind() {
             ErrorKind::Unsupported { reason } => KernelObservation::Unavailable {
                 reason: reason.clone(),
+                leftover: None,
             },
             // A kernel that cannot be read now is not a reason to fall back to Caddy: that would
             // rewrite every hostname route, and back again on the next observation.

@@ -615,6 +615,7 @@ fn a_dry_run_plan_shows_dns_changes_and_never_a_key() {
                 proxy: Default::default(),
                 kernel: crate::plan::KernelObservation::Unavailable {
                     reason: "test".into(),
+                    leftover: None,
                 },
                 owner: Default::default(),
             },
