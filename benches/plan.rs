@@ -171,6 +171,7 @@ fn world(n: usize) -> (Desired, Observed, Recorded) {
                             mac_pinned: true,
                         },
                     })),
+                    isolated: true,
                 },
                 owner: Default::default(),
             },

@@ -194,6 +194,10 @@ pub trait Kernel: Send + Sync {
     /// slots are published on), from a [`Kernel::read`]. An address that is not one of this
     /// machine is [`ErrorKind::Unsupported`].
     fn services(&self, table: &Self::Table, gateway: Ipv4Addr) -> Result<ObservedServices, Error>;
+    /// codeb's tenant isolation is in place, from a [`Kernel::read`].
+    fn isolated(&self, table: &Self::Table) -> bool;
+    /// Puts codeb's tenant isolation in place in one transaction, from whatever is there.
+    fn isolate(&self) -> impl Future<Output = Result<(), Error>> + Send;
     /// codeb's loopback plumbing for `bridge`, from a [`Kernel::read`] and the bridge's settings.
     fn loopback(&self, table: &Self::Table, bridge: &str) -> ObservedLoopback;
     /// Applies a [`LoopbackWrite`]: the rules in one transaction, then `route_localnet`.
