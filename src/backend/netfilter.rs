@@ -30,7 +30,20 @@
 //!   expression does not match a packet conntrack has no entry for (untracked, invalid), so the
 //!   second alone let those through.
 //!
-//! Nothing outside this table is ever written, flushed or deleted: rules of Podman (netavark's
+//! # And the table `bridge codeb`: tenant isolation
+//! Frames between two ports of a bridge (container to container) never reach the `ip` family's
+//! hooks (without `br_netfilter`), so the isolation of tenants lives in the `bridge` family: a
+//! base chain `forward` (`type filter hook forward priority 0`, policy accept) with exactly two
+//! rules, `ether saddr 0a:cb:00:00:00:00/16 drop` and `ether daddr 0a:cb:00:00:00:00/16 drop`
+//! (source, then destination MAC starting with `0a:cb`, the prefix of the MAC codeb gives every container it creates:
+//! [`crate::model::ownership::tenant_mac`]). No rule names a container, an address or a
+//! bridge (this kernel has no `meta ibrname`: `NFT_BRIDGE_META` is not built), so restarts,
+//! deploys and removals never change the table; a container that is not codeb's (another MAC)
+//! passes as before, except to and from codeb's. It is written whole (table and chain created
+//! where missing, chain flushed, both rules) in one transaction, and stays when the last project
+//! goes (it drops nothing but frames of codeb's containers).
+//!
+//! Nothing outside these tables is ever written, flushed or deleted: rules of Podman (netavark's
 //! iptables chains), of the distribution or of the user live in other tables. The base chain and
 //! a gateway's dispatch chain stay when the last environment goes (another state directory may
 //! share the gateway); `deploy/stack.sh down --purge` removes them with the stack's network.
@@ -779,15 +792,15 @@ fn isolation_chain() -> ChainDef {
 }
 
 /// The isolation's rules, in order, each with its comment:
-/// - `ether saddr & ff:ff:00:00:00:00 == 0a:cb:00:00:00:00 drop`: a frame a tenant container sends
-///   to another port of its bridge (another container, any project, any protocol, ARP included);
-/// - `ether daddr & ff:ff:00:00:00:00 == 0a:cb:00:00:00:00 drop`: a frame another port (a
-///   container codeb did not create) sends to a tenant container.
+/// - `ether saddr 0a:cb:00:00:00:00/16 drop`: a frame a tenant container sends to another port of
+///   its bridge (another container, any project, any protocol, ARP included);
+/// - `ether daddr 0a:cb:00:00:00:00/16 drop`: a frame another port (a container codeb did not
+///   create) sends to a tenant container.
 ///
-/// Written as a 2-byte payload compared with [`TENANT_MAC_PREFIX`], which is what `nft` prints as
-/// `@ll,48,16 0x0acb` and `@ll,0,16 0x0acb`. Frames between a container and the host (the
-/// gateway: Caddy's and codeb's connections, PostgreSQL and Redis, DNS, and the way out through
-/// the masquerade) go through the bridge's input and output hooks, never `forward`.
+/// Each is a 2-byte payload of the Ethernet header compared with [`TENANT_MAC_PREFIX`]. Frames
+/// between a container and the host (the gateway: Caddy's and codeb's connections, PostgreSQL
+/// and Redis, DNS, and the way out through the masquerade) go through the bridge's input and
+/// output hooks, never `forward`.
 fn isolation_rules() -> Vec<(Vec<Expr>, &'static str)> {
     let prefix = |offset: u32| {
         vec![
@@ -1492,7 +1505,7 @@ ipv4     2 udp      17 20 src=10.89.144.2 dst=10.89.144.1 sport=8080 dport=53 sr
             data: vec![0x0a, 0xcc],
         };
         assert!(!isolation_matches(&changed));
-        // `@ll,48,16 0x0acb` (the source MAC's first two bytes), then `@ll,0,16` (the destination's).
+        // The source MAC's first two bytes (offset 6), then the destination's (offset 0).
         assert!(matches!(
             listed[0].exprs[0],
             Expr::Payload {
