@@ -502,3 +502,46 @@ impl<const N: usize> Drop for Delete<'_, N> {
         }
     }
 }
+
+#[test]
+fn finding_10_with_codeb_watch_running_a_deleted_isolation_table_is_back_at_once() {
+    let _l = lock();
+    let sb = Sandbox::new();
+    let (a, b) = (unique("iso-wa"), unique("iso-wb"));
+    let _delete = Delete(&sb, [a.clone(), b.clone()]);
+    apply_two(&sb, &a, &b, "{pids: 64}");
+    assert_kernel_mode(&sb);
+    let table = isolation_table().expect("the table bridge codeb");
+    let dir = sb.dir.path().join("manifests");
+    let watch = sb.watch(&dir, &["--resync", "1h"]);
+    assert!(
+        watch.wait_log(Duration::from_secs(20), "swept"),
+        "{}",
+        watch.log()
+    );
+
+    // The daemon hears the table go (nf_tables' ruleset notifications) and sweeps: no resync for
+    // an hour, so only the notification can bring it back this fast.
+    let deleted = Instant::now();
+    let out = Command::new("nft")
+        .args(["delete", "table", "bridge", "codeb"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let restored = eventually(Duration::from_secs(5), || {
+        isolation_table().as_deref() == Some(table.as_str())
+    });
+    let took = deleted.elapsed();
+    assert!(restored, "not put back within 5 s\n{}", watch.log());
+    eprintln!(
+        "isolation restored {} ms after its table was deleted",
+        took.as_millis()
+    );
+    assert!(took < Duration::from_secs(2), "{took:?}\n{}", watch.log());
+    let (from, to) = (
+        format!("{a}-production-blue"),
+        format!("{b}-production-blue"),
+    );
+    assert_isolated(&sb, &from, &b, &to);
+    drop(watch);
+}
