@@ -172,6 +172,7 @@ fn world(n: usize) -> (Desired, Observed, Recorded) {
                             bridge_missing: false,
                         },
                     })),
+                    isolated: true,
                 },
                 owner: Default::default(),
             },

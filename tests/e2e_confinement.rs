@@ -4,8 +4,11 @@
 //! CPU and pids limits of its Host's defaults or its environment's `resources`; a fork bomb inside
 //! one stops at its pids limit while Caddy keeps serving another project; an image outside the
 //! Host's allow-list and resources over the Host's maximum are refused at validation (exit 2,
-//! `file:line:column`), and `deploy` refuses such an image too. (Network isolation between
-//! projects is not covered here.)
+//! `file:line:column`), and `deploy` refuses such an image too. A project's container cannot open
+//! a TCP connection to another project's container nor send it a UDP datagram, while it still
+//! reaches the gateway's services and Caddy still reaches every slot, across a restart that moves
+//! the container to a new address (codeb's table `bridge codeb`, keyed on the MAC codeb gives each
+//! container; see docs/kernel-switch.md).
 
 mod common;
 
@@ -13,6 +16,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use common::kernel::{assert_kernel_mode, container_ip, inspect as inspect_format};
 use common::*;
 
 /// The Host's confinement in these tests: defaults below codeb's own (so that a test sees the
@@ -309,4 +313,235 @@ fn finding_10_resources_over_the_hosts_maximum_are_refused_with_exit_2_where_the
         assert!(said.contains(&expected), "{expected}\n{said}");
     }
     assert!(containers(&name).is_empty(), "nothing was created");
+}
+
+/// `sh -c SCRIPT` inside `container`: what it printed on stdout.
+fn exec_sh(container: &str, script: &str) -> String {
+    let out = podman(&["exec", container, "/bin/sh", "-c", script]);
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// An HTTP/1.0 GET of `ip:8080/` from inside `container` with busybox `nc` (which waits 2 s for
+/// the connection): the answer, or what `nc` said.
+fn fetch_from(container: &str, ip: &str) -> String {
+    exec_sh(
+        container,
+        &format!("printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 2 {ip} 8080 2>&1"),
+    )
+}
+
+/// `Udp: NoPorts` of `container`'s network namespace: the datagrams that reached it for a port
+/// nothing listens on.
+fn udp_no_ports(container: &str) -> u64 {
+    let snmp = exec_sh(container, "cat /proc/net/snmp");
+    let mut udp = snmp.lines().filter(|l| l.starts_with("Udp:"));
+    let (names, values) = (udp.next().unwrap(), udp.next().unwrap());
+    let at = names
+        .split_whitespace()
+        .position(|n| n == "NoPorts")
+        .unwrap();
+    values.split_whitespace().nth(at).unwrap().parse().unwrap()
+}
+
+/// Sends UDP datagrams from inside `container` to `ip:5514` (busybox `tftp` sends its request
+/// and repeats it; no listener there, so each that arrives counts in [`udp_no_ports`]).
+fn udp_from(container: &str, ip: &str) {
+    exec_sh(
+        container,
+        &format!("timeout 1 tftp -g -r x -l /tmp/x {ip} 5514 2>&1; true"),
+    );
+}
+
+/// Polls `f` up to 2 s for a condition (datagrams are counted as they arrive).
+fn within_2s(mut f: impl FnMut() -> bool) -> bool {
+    eventually(Duration::from_secs(2), &mut f)
+}
+
+/// From `from` (a container of one project): the gateway's services and its own slot answer,
+/// and `to` (another project's container, which Caddy still reaches through `to_project`'s
+/// hostname) neither accepts a TCP connection nor receives a UDP datagram; a datagram from the
+/// host does reach it (the counter works).
+fn assert_isolated(sb: &Sandbox, from: &str, to_project: &str, to: &str) {
+    let target = container_ip(to);
+    let own = container_ip(from);
+    // Control: the path out of `from` works where it is allowed. Redis on the gateway answers
+    // (asking for a password is an answer), and its own slot serves.
+    let (gw, port) = env("CODEB_TEST_REDIS_APP_HOST")
+        .rsplit_once(':')
+        .map(|(h, p)| (h.to_string(), p.to_string()))
+        .unwrap();
+    let said = exec_sh(
+        from,
+        &format!("printf 'PING\\r\\n' | nc -w 2 {gw} {port} 2>&1"),
+    );
+    assert!(
+        said.starts_with("+PONG") || said.starts_with("-NOAUTH"),
+        "{from} must reach Redis on the gateway {gw}:{port}: {said:?}"
+    );
+    assert!(
+        fetch_from(from, &own).trim_end().ends_with("v1"),
+        "{from}'s own slot"
+    );
+    // Caddy (and so codeb's rules) still reach the other project's slot.
+    assert_eq!(
+        sb.get(&format!("{to_project}.codeb.test"), "/"),
+        (200, "v1".into())
+    );
+
+    let said = fetch_from(from, &target);
+    assert!(
+        !said.contains("v1") && said.contains("timed out"),
+        "{from} must not reach {to} at {target}:8080: {said:?}"
+    );
+
+    let before = udp_no_ports(to);
+    udp_from(from, &target);
+    assert!(
+        !within_2s(|| udp_no_ports(to) > before),
+        "a UDP datagram from {from} reached {to}"
+    );
+    let socket = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
+    socket.send_to(b"x", format!("{target}:5514")).unwrap();
+    assert!(
+        within_2s(|| udp_no_ports(to) > before),
+        "a UDP datagram from the host must reach {to}: the count does not move"
+    );
+}
+
+/// The table `bridge codeb` as `nft` prints it (reading only), or `None` when it is missing.
+fn isolation_table() -> Option<String> {
+    let out = Command::new("nft")
+        .args(["list", "table", "bridge", "codeb"])
+        .output()
+        .expect("nft runs");
+    out.status
+        .success()
+        .then(|| String::from_utf8(out.stdout).unwrap())
+}
+
+#[test]
+fn finding_10_a_project_cannot_reach_another_projects_container_but_reaches_its_services() {
+    let _l = lock();
+    let sb = Sandbox::new();
+    let (a, b) = (unique("iso-a"), unique("iso-b"));
+    let _delete = Delete(&sb, [a.clone(), b.clone()]);
+    apply_two(&sb, &a, &b, "{pids: 64}");
+    assert_kernel_mode(&sb);
+    let (from, to) = (
+        format!("{a}-production-blue"),
+        format!("{b}-production-blue"),
+    );
+    let mac = |c: &str| {
+        inspect_format(
+            c,
+            "{{range .NetworkSettings.Networks}}{{.MacAddress}}{{end}}",
+        )
+    };
+    for c in [&from, &to] {
+        assert!(mac(c).starts_with("0a:cb:"), "{c}: {}", mac(c));
+    }
+    let table = isolation_table().expect("the table bridge codeb");
+    assert!(table.contains("hook forward"), "{table}");
+    assert_isolated(&sb, &from, &b, &to);
+    assert_isolated(&sb, &to, &a, &from);
+
+    // A restart by hand draws a new address (Podman 4.3) and keeps the MAC: the isolation needs
+    // no change (the apply that re-points the service address writes nothing else to it).
+    let (ip, mac_before) = (container_ip(&to), mac(&to));
+    let out = podman(&["restart", &to]);
+    assert!(out.status.success(), "{}", text(&out));
+    eprintln!("restart: {ip} -> {}", container_ip(&to));
+    assert_eq!(mac(&to), mac_before, "the MAC survives the restart");
+    let dir = sb.dir.path().join("manifests");
+    let diff = sb.codeb(&["diff", "-f", dir.to_str().unwrap()]);
+    assert!(!text(&diff).contains("isolate"), "{}", text(&diff));
+    let out = sb.apply(&dir);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(isolation_table().as_deref(), Some(table.as_str()));
+    assert_isolated(&sb, &from, &b, &to);
+
+    // Without the table (removed by hand) the same probe reaches the other project: it is the
+    // isolation that stops it. `diff` shows the step; the next apply puts it back.
+    let out = Command::new("nft")
+        .args(["delete", "table", "bridge", "codeb"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    // (Within seconds: `from`'s failed ARP lookups of `to` must be retried first.)
+    let target = container_ip(&to);
+    let started = Instant::now();
+    assert!(
+        eventually(Duration::from_secs(15), || fetch_from(&from, &target)
+            .trim_end()
+            .ends_with("v1")),
+        "without the isolation {from} reaches {to}"
+    );
+    eprintln!("without the table: reached after {:?}", started.elapsed());
+    let diff = sb.codeb(&["diff", "-f", dir.to_str().unwrap()]);
+    assert!(
+        text(&diff).contains("isolate codeb's containers from each other"),
+        "{}",
+        text(&diff)
+    );
+    let out = sb.apply(&dir);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(isolation_table().as_deref(), Some(table.as_str()));
+    assert_isolated(&sb, &from, &b, &to);
+
+    drop(_delete);
+    assert!(containers(&a).is_empty() && containers(&b).is_empty());
+}
+
+/// Deletes these projects when dropped, also when an assertion failed.
+struct Delete<'a, const N: usize>(&'a Sandbox, [String; N]);
+
+impl<const N: usize> Drop for Delete<'_, N> {
+    fn drop(&mut self) {
+        for project in &self.1 {
+            cleanup(self.0, project);
+        }
+    }
+}
+
+#[test]
+fn finding_10_with_codeb_watch_running_a_deleted_isolation_table_is_back_at_once() {
+    let _l = lock();
+    let sb = Sandbox::new();
+    let (a, b) = (unique("iso-wa"), unique("iso-wb"));
+    let _delete = Delete(&sb, [a.clone(), b.clone()]);
+    apply_two(&sb, &a, &b, "{pids: 64}");
+    assert_kernel_mode(&sb);
+    let table = isolation_table().expect("the table bridge codeb");
+    let dir = sb.dir.path().join("manifests");
+    let watch = sb.watch(&dir, &["--resync", "1h"]);
+    assert!(
+        watch.wait_log(Duration::from_secs(20), "swept"),
+        "{}",
+        watch.log()
+    );
+
+    // The daemon hears the table go (nf_tables' ruleset notifications) and sweeps: no resync for
+    // an hour, so only the notification can bring it back this fast.
+    let deleted = Instant::now();
+    let out = Command::new("nft")
+        .args(["delete", "table", "bridge", "codeb"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let restored = eventually(Duration::from_secs(5), || {
+        isolation_table().as_deref() == Some(table.as_str())
+    });
+    let took = deleted.elapsed();
+    assert!(restored, "not put back within 5 s\n{}", watch.log());
+    eprintln!(
+        "isolation restored {} ms after its table was deleted",
+        took.as_millis()
+    );
+    assert!(took < Duration::from_secs(2), "{took:?}\n{}", watch.log());
+    let (from, to) = (
+        format!("{a}-production-blue"),
+        format!("{b}-production-blue"),
+    );
+    assert_isolated(&sb, &from, &b, &to);
+    drop(watch);
 }

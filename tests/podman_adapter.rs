@@ -183,6 +183,7 @@ async fn a_container_lives_through_create_start_list_stop_and_remove() {
         host_port: port,
         publish: true,
         network: NETWORK.to_owned(),
+        mac: Some(codeb::model::ownership::tenant_mac(&name)),
         confinement: Default::default(),
         stop_timeout_secs: 10,
     };
@@ -205,6 +206,20 @@ async fn a_container_lives_through_create_start_list_stop_and_remove() {
     let observed = find(&listed, &name).expect("the new container is listed");
     assert_eq!(observed.id, id);
     assert!(observed.running, "{observed:?}");
+    // The MAC codeb set at create is the container's on its network.
+    let mac = std::process::Command::new("podman")
+        .args([
+            "inspect",
+            "--format",
+            "{{range .NetworkSettings.Networks}}{{.MacAddress}}{{end}}",
+            &name,
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&mac.stdout).trim(),
+        codeb::model::ownership::tenant_mac(&name)
+    );
     // Listing one environment reports its container alone, as the full list does.
     let env = podman
         .list_env(&codeb::model::EnvKey::new(name.clone(), "test"))
@@ -315,6 +330,7 @@ async fn creating_on_a_missing_network_is_not_found() {
         host_port: free_port(),
         publish: true,
         network: unique("codeb-test-missing-net"),
+        mac: None,
         confinement: Default::default(),
         stop_timeout_secs: 10,
     };
@@ -411,6 +427,7 @@ async fn listing_never_fails_while_a_container_exits_and_restarts() {
         host_port: free_port(),
         publish: true,
         network: NETWORK.to_owned(),
+        mac: None,
         confinement: Default::default(),
         stop_timeout_secs: 10,
     };
@@ -507,6 +524,7 @@ async fn removing_a_container_that_records_no_grace_period_still_sends_sigterm_a
         host_port: free_port(),
         publish: false,
         network: NETWORK.to_owned(),
+        mac: None,
         confinement: Default::default(),
         stop_timeout_secs: 0,
     };

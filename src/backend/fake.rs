@@ -45,6 +45,8 @@ pub struct State {
     /// codeb's NAT rules on the loopback address slots are published on (any `127.x`).
     pub published: ObservedServices,
     pub loopback: ObservedLoopback,
+    /// codeb's tenant isolation is in place.
+    pub isolated: bool,
     /// Set: the kernel cannot be managed (as without root); codeb falls back to Caddy.
     pub kernel_unsupported: Option<String>,
     /// Config changes of Caddy (each one a reload) and of the NAT rules, counted apart.
@@ -438,9 +440,9 @@ impl World {
     }
 }
 
-/// One read of the fake kernel: the rules on [`FAKE_GATEWAY`], on the loopback address, and the
-/// loopback plumbing.
-pub type FakeTable = (ObservedServices, ObservedServices, ObservedLoopback);
+/// One read of the fake kernel: the rules on [`FAKE_GATEWAY`], on the loopback address, the
+/// loopback plumbing, and whether the tenant isolation is in place.
+pub type FakeTable = (ObservedServices, ObservedServices, ObservedLoopback, bool);
 
 impl State {
     /// The rules on `address`: the gateway's, or the loopback publication's.
@@ -458,7 +460,12 @@ impl Kernel for World {
 
     async fn read(&self) -> super::Result<FakeTable> {
         self.kernel(false, |s| {
-            Ok((s.nat.clone(), s.published.clone(), s.loopback.clone()))
+            Ok((
+                s.nat.clone(),
+                s.published.clone(),
+                s.loopback.clone(),
+                s.isolated,
+            ))
         })
     }
 
@@ -474,6 +481,17 @@ impl Kernel for World {
 
     fn fallback(&self) -> Option<String> {
         self.state().kernel_fallback.clone()
+    }
+
+    fn isolated(&self, table: &FakeTable) -> bool {
+        table.3
+    }
+
+    async fn isolate(&self) -> super::Result<()> {
+        self.kernel(true, |s| {
+            s.isolated = true;
+            Ok(())
+        })
     }
 
     fn loopback(&self, table: &FakeTable, bridge: &str) -> ObservedLoopback {

@@ -208,6 +208,10 @@ pub trait Kernel: Send + Sync {
     fn fallback(&self) -> Option<String> {
         None
     }
+    /// codeb's tenant isolation is in place, from a [`Kernel::read`].
+    fn isolated(&self, table: &Self::Table) -> bool;
+    /// Puts codeb's tenant isolation in place in one transaction, from whatever is there.
+    fn isolate(&self) -> impl Future<Output = Result<(), Error>> + Send;
     /// codeb's loopback plumbing for `bridge`, from a [`Kernel::read`] and the bridge's settings.
     fn loopback(&self, table: &Self::Table, bridge: &str) -> ObservedLoopback;
     /// Applies a [`LoopbackWrite`]: the rules in one transaction, then `route_localnet`.

@@ -30,7 +30,20 @@
 //!   expression does not match a packet conntrack has no entry for (untracked, invalid), so the
 //!   second alone let those through.
 //!
-//! Nothing outside this table is ever written, flushed or deleted: rules of Podman (netavark's
+//! # And the table `bridge codeb`: tenant isolation
+//! Frames between two ports of a bridge (container to container) never reach the `ip` family's
+//! hooks (without `br_netfilter`), so the isolation of tenants lives in the `bridge` family: a
+//! base chain `forward` (`type filter hook forward priority 0`, policy accept) with exactly two
+//! rules, `ether saddr 0a:cb:00:00:00:00/16 drop` and `ether daddr 0a:cb:00:00:00:00/16 drop`
+//! (source, then destination MAC starting with `0a:cb`, the prefix of the MAC codeb gives every container it creates:
+//! [`crate::model::ownership::tenant_mac`]). No rule names a container, an address or a
+//! bridge (this kernel has no `meta ibrname`: `NFT_BRIDGE_META` is not built), so restarts,
+//! deploys and removals never change the table; a container that is not codeb's (another MAC)
+//! passes as before, except to and from codeb's. It is written whole (table and chain created
+//! where missing, chain flushed, both rules) in one transaction, and stays when the last project
+//! goes (it drops nothing but frames of codeb's containers).
+//!
+//! Nothing outside these tables is ever written, flushed or deleted: rules of Podman (netavark's
 //! iptables chains), of the distribution or of the user live in other tables. The base chain and
 //! a gateway's dispatch chain stay when the last environment goes (another state directory may
 //! share the gateway); `deploy/stack.sh down --purge` removes them with the stack's network.
@@ -68,6 +81,7 @@ use super::Kernel;
 use crate::model::observed::{
     NetworkInfo, ObservedLoopback, ObservedService, ObservedServices, ServiceRule,
 };
+use crate::model::ownership::TENANT_MAC_PREFIX;
 use crate::model::writes::{HookWrite, LoopbackWrite, ServiceTarget, ServiceWrite};
 
 /// codeb's table, in the `ip` family.
@@ -79,6 +93,9 @@ pub const PRIORITY: i32 = -101;
 /// codeb's nat chain at `postrouting` and filter chain at `input`, for loopback publication.
 pub const MASQUERADE_CHAIN: &str = "postrouting";
 pub const GUARD_CHAIN: &str = "input";
+/// codeb's filter chain at the bridge family's `forward` hook, in the table `bridge codeb`: the
+/// tenant isolation.
+pub const ISOLATION_CHAIN: &str = "forward";
 /// Prefix of every other chain codeb owns.
 pub const CHAIN_PREFIX: &str = "CODEB-";
 /// The comment of a gateway's rule in the base chain.
@@ -167,11 +184,13 @@ pub struct Netfilter {
     socket: Arc<Mutex<Option<netlink::Socket>>>,
 }
 
-/// codeb's table as one read found it: its chains, and its rules in each chain's order.
+/// codeb's table as one read found it: its chains, and its rules in each chain's order; and
+/// whether its tenant isolation (the table `bridge codeb`) is in place.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Ruleset {
     pub chains: Vec<ChainDef>,
     pub rules: Vec<ListedRule>,
+    pub isolated: bool,
 }
 
 impl Netfilter {
@@ -247,13 +266,18 @@ impl Netfilter {
         })
     }
 
-    /// Commits `ops` as one transaction; `what` names it in an error.
+    /// Commits `ops` on codeb's table `ip codeb` as one transaction; `what` names it in an error.
     async fn commit(&self, what: String, ops: Vec<Op>) -> Result<()> {
+        self.commit_in(wire::FAMILY_IPV4, what, ops).await
+    }
+
+    /// Commits `ops` on codeb's table of `family` as one transaction.
+    async fn commit_in(&self, family: u8, what: String, ops: Vec<Op>) -> Result<()> {
         let started = std::time::Instant::now();
         let count = ops.len();
         let described = what.clone();
         self.with_socket(move |s| {
-            s.transact(TABLE, &ops).map_err(|refused| {
+            s.transact(family, TABLE, &ops).map_err(|refused| {
                 let op = refused.op.and_then(|i| ops.get(i));
                 let what = match op {
                     Some(op) => format!("{what} at `{}`", describe(op)),
@@ -295,7 +319,13 @@ impl Kernel for Netfilter {
                 let rules = s
                     .rules(TABLE)
                     .map_err(|e| Error::from_io(format!("the rules of table ip {TABLE}"), e))?;
-                Ok(Ruleset { chains, rules })
+                let isolated = isolation_in_place(s)
+                    .map_err(|e| Error::from_io(format!("the rules of table bridge {TABLE}"), e))?;
+                Ok(Ruleset {
+                    chains,
+                    rules,
+                    isolated,
+                })
             })
             .await?)
     }
@@ -314,6 +344,20 @@ impl Kernel for Netfilter {
 
     fn fallback(&self) -> Option<String> {
         self.fallback.clone()
+    }
+
+    fn isolated(&self, table: &Ruleset) -> bool {
+        table.isolated
+    }
+
+    async fn isolate(&self) -> super::Result<()> {
+        Ok(self
+            .commit_in(
+                wire::FAMILY_BRIDGE,
+                format!("the tenant isolation (table bridge {TABLE})"),
+                isolation_ops(),
+            )
+            .await?)
     }
 
     fn loopback(&self, table: &Ruleset, bridge: &str) -> ObservedLoopback {
@@ -777,9 +821,101 @@ impl RulesetMonitor {
     /// # Errors
     /// The socket failed.
     pub fn wait(&mut self) -> io::Result<Option<bool>> {
-        self.inner
-            .wait(&mut self.buf, TABLE, &[GUARD_CHAIN, MASQUERADE_CHAIN])
+        // `touches` matches the table by name in any family: `bridge codeb`'s chain is the
+        // isolation's, `ip codeb` has none of that name.
+        self.inner.wait(
+            &mut self.buf,
+            TABLE,
+            &[GUARD_CHAIN, MASQUERADE_CHAIN, ISOLATION_CHAIN],
+        )
     }
+}
+
+/// codeb's base chain in the table `bridge codeb`: frames a bridge forwards from one port to
+/// another (container to container), at the bridge family's filter priority.
+fn isolation_chain() -> ChainDef {
+    base(ISOLATION_CHAIN, wire::HOOK_BRIDGE_FORWARD, 0, "filter")
+}
+
+/// The isolation's rules, in order, each with its comment:
+/// - `ether saddr 0a:cb:00:00:00:00/16 drop`: a frame a tenant container sends to another port of
+///   its bridge (another container, any project, any protocol, ARP included);
+/// - `ether daddr 0a:cb:00:00:00:00/16 drop`: a frame another port (a container codeb did not
+///   create) sends to a tenant container.
+///
+/// Each is a 2-byte payload of the Ethernet header compared with [`TENANT_MAC_PREFIX`]. Frames
+/// between a container and the host (the gateway: Caddy's and codeb's connections, PostgreSQL
+/// and Redis, DNS, and the way out through the masquerade) go through the bridge's input and
+/// output hooks, never `forward`.
+fn isolation_rules() -> Vec<(Vec<Expr>, &'static str)> {
+    let prefix = |offset: u32| {
+        vec![
+            Expr::Payload {
+                dreg: wire::REG_1,
+                base: wire::BASE_LINK,
+                offset,
+                len: 2,
+            },
+            Expr::Cmp {
+                sreg: wire::REG_1,
+                op: wire::CMP_EQ,
+                data: TENANT_MAC_PREFIX.to_vec(),
+            },
+            Expr::Drop,
+        ]
+    };
+    vec![
+        (prefix(6), "codeb tenant isolation: from a tenant"),
+        (prefix(0), "codeb tenant isolation: to a tenant"),
+    ]
+}
+
+/// The transaction that puts the isolation in place from whatever the table `bridge codeb` holds:
+/// the table and its chain created where missing, the chain flushed and its rules added. One
+/// transaction: at no instant of it are the rules missing where they were in place.
+pub fn isolation_ops() -> Vec<Op> {
+    let mut ops = vec![
+        Op::AddTable,
+        Op::AddChain(isolation_chain()),
+        Op::Flush(ISOLATION_CHAIN.into()),
+    ];
+    ops.extend(
+        isolation_rules()
+            .into_iter()
+            .map(|(exprs, comment)| Op::AddRule {
+                chain: ISOLATION_CHAIN.into(),
+                exprs,
+                comment: Some(comment.into()),
+                first: false,
+            }),
+    );
+    ops
+}
+
+/// True when the table `bridge codeb` holds codeb's base chain at `forward` with exactly its
+/// isolation rules, in order (a missing table is not an error: the isolation is not in place).
+fn isolation_in_place(s: &mut netlink::Socket) -> io::Result<bool> {
+    let chains = s.chains_in(wire::FAMILY_BRIDGE, TABLE)?;
+    if !chains.contains(&isolation_chain()) {
+        return Ok(false);
+    }
+    let rules = match s.rules_in(wire::FAMILY_BRIDGE, TABLE) {
+        Ok(rules) => rules,
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(false),
+        Err(e) => return Err(e),
+    };
+    Ok(isolation_matches(&rules))
+}
+
+/// The rules of `bridge codeb`'s base chain are exactly codeb's isolation rules, in order.
+pub fn isolation_matches(rules: &[ListedRule]) -> bool {
+    let found: Vec<&Vec<Expr>> = rules
+        .iter()
+        .filter(|r| r.chain == ISOLATION_CHAIN)
+        .map(|r| &r.exprs)
+        .collect();
+    let wanted = isolation_rules();
+    found.len() == wanted.len() && found.iter().zip(&wanted).all(|(f, (w, _))| *f == w)
 }
 
 /// `/sys/class/net/{bridge}/{file}`, for an interface name.
@@ -984,7 +1120,7 @@ pub fn service_ops(write: &ServiceWrite, extra: &[u64]) -> Vec<Op> {
 /// An op as a person reads it, for errors.
 fn describe(op: &Op) -> String {
     match op {
-        Op::AddTable => format!("add table ip {TABLE}"),
+        Op::AddTable => format!("add table {TABLE}"),
         Op::AddChain(c) => format!("add chain {}", c.name),
         Op::DelChain(c) => format!("delete chain {c}"),
         Op::AddRule { chain, .. } => format!("add rule to {chain}"),
@@ -1159,6 +1295,7 @@ mod tests {
                     Some("codeb other/production"),
                 ),
             ],
+            isolated: false,
         }
     }
 
@@ -1395,5 +1532,70 @@ ipv4     2 udp      17 20 src=10.89.144.2 dst=10.89.144.1 sport=8080 dport=53 sr
         assert!(matches!(err, Error::Unsupported { .. }), "{err}");
         assert!(err.to_string().contains("10.89.57.1"), "{err}");
         assert!(locality(&net(""), not_here(), false).is_err());
+    }
+
+    /// The isolation is one transaction in the bridge family that converges from any state (the
+    /// table and chain created where missing, the chain flushed, then its two rules), and what it
+    /// writes, as the kernel would list it, is recognised as in place; a rule missing, changed or
+    /// added by hand is not.
+    #[test]
+    fn the_isolation_is_written_whole_and_reads_back_as_in_place() {
+        let ops = isolation_ops();
+        assert_eq!(ops[0], Op::AddTable);
+        assert_eq!(ops[1], Op::AddChain(isolation_chain()));
+        assert_eq!(ops[2], Op::Flush(ISOLATION_CHAIN.into()));
+        assert_eq!(ops.len(), 5);
+        let mut w = wire::Writer::default();
+        w.batch(1, wire::FAMILY_BRIDGE, TABLE, &ops);
+        let replies = wire::replies(&w.buf);
+        // Every message of the transaction (between the batch's begin and end) is in the bridge
+        // family: byte 0 of the nf_tables header.
+        assert!(replies[1..replies.len() - 1]
+            .iter()
+            .all(|r| r.body[0] == wire::FAMILY_BRIDGE));
+        // As the kernel lists them: with a handle (`NFTA_RULE_HANDLE`, 3) after what was sent.
+        let listed: Vec<ListedRule> = replies
+            .iter()
+            .filter(|r| wire::is_rule(r.kind))
+            .filter_map(|r| {
+                let mut body = r.body.to_vec();
+                body.extend_from_slice(&12u16.to_ne_bytes());
+                body.extend_from_slice(&3u16.to_ne_bytes());
+                body.extend_from_slice(&7u64.to_be_bytes());
+                wire::rule(&body)
+            })
+            .collect();
+        assert_eq!(listed.len(), 2);
+        assert!(isolation_matches(&listed));
+        assert!(!isolation_matches(&listed[..1]));
+        let mut doubled = listed.clone();
+        doubled.push(listed[0].clone());
+        assert!(!isolation_matches(&doubled));
+        let mut changed = listed.clone();
+        changed[1].exprs[1] = Expr::Cmp {
+            sreg: wire::REG_1,
+            op: wire::CMP_EQ,
+            data: vec![0x0a, 0xcc],
+        };
+        assert!(!isolation_matches(&changed));
+        // The source MAC's first two bytes (offset 6), then the destination's (offset 0).
+        assert!(matches!(
+            listed[0].exprs[0],
+            Expr::Payload {
+                base: wire::BASE_LINK,
+                offset: 6,
+                len: 2,
+                ..
+            }
+        ));
+        assert!(matches!(
+            listed[1].exprs[0],
+            Expr::Payload {
+                base: wire::BASE_LINK,
+                offset: 0,
+                len: 2,
+                ..
+            }
+        ));
     }
 }

@@ -954,7 +954,12 @@ fn create_body(spec: &ContainerSpec) -> ContainerCreateBody {
         networking_config: Some(NetworkingConfig {
             endpoints_config: Some(HashMap::from([(
                 spec.network.clone(),
-                EndpointSettings::default(),
+                // Podman 4.3 takes the endpoint's MAC (the top-level `MacAddress` was ignored:
+                // measured) and keeps it across `podman restart`.
+                EndpointSettings {
+                    mac_address: spec.mac.clone(),
+                    ..Default::default()
+                },
             )])),
         }),
         ..Default::default()
@@ -1547,6 +1552,7 @@ mod tests {
             host_port: 18080,
             publish: true,
             network: "codeb-main".into(),
+            mac: Some("0a:cb:01:02:03:04".into()),
             confinement: Default::default(),
             stop_timeout_secs: 10,
         };
@@ -1588,7 +1594,10 @@ mod tests {
         );
         assert_eq!(body["HostConfig"]["ReadonlyRootfs"], false);
         assert!(body.get("User").is_none(), "the image's user by default");
-        assert!(body["NetworkingConfig"]["EndpointsConfig"]["codeb-main"].is_object());
+        assert_eq!(
+            body["NetworkingConfig"]["EndpointsConfig"]["codeb-main"]["MacAddress"],
+            "0a:cb:01:02:03:04"
+        );
         assert!(
             body.get("Cmd").is_none(),
             "the image's CMD is kept when no command is given"

@@ -42,6 +42,10 @@ pub struct ContainerSpec {
     pub publish: bool,
     /// The network the container joins (`codeb-main`).
     pub network: String,
+    /// Its MAC address on that network, set at create so that it survives restarts
+    /// ([`super::ownership::tenant_mac`]: what codeb's tenant isolation recognises); `None` lets
+    /// Podman draw one (a new one at each start).
+    pub mac: Option<String>,
     /// Its limits and privileges (the release's).
     pub confinement: Confinement,
     /// Seconds between its stop signal and SIGKILL (the release's), recorded on the container:

@@ -155,6 +155,10 @@ impl fmt::Display for Step {
                 "hook codeb's addresses on {} into the kernel's nat output",
                 h.gateway
             ),
+            Action::Isolate => write!(
+                f,
+                "isolate codeb's containers from each other (nf_tables table bridge codeb)"
+            ),
             Action::LoopbackOff { bridge } => write!(
                 f,
                 "turn route_localnet off on {bridge} (no slot port is published on loopback)"

@@ -9,7 +9,8 @@ use super::service::{publication_diff, service_address, service_diff, slot_targe
 use super::{Action, DirectProbe, Drain, KernelObservation, Note, Plan, Step, NETWORK};
 use crate::model::observed::ObservedContainer;
 use crate::model::ownership::{
-    LABEL_ENVIRONMENT, LABEL_PORT, LABEL_PROJECT, LABEL_RELEASE, LABEL_SLOT, ROUTE_ID_PREFIX,
+    tenant_mac, LABEL_ENVIRONMENT, LABEL_PORT, LABEL_PROJECT, LABEL_RELEASE, LABEL_SLOT,
+    ROUTE_ID_PREFIX,
 };
 use crate::model::writes::{ContainerSpec, Route};
 use crate::model::{
@@ -679,8 +680,9 @@ pub fn container_spec(
         (LABEL_RELEASE.to_string(), release.hash().to_string()),
         (LABEL_PORT.to_string(), slot.port(rec.base_port).to_string()),
     ]);
+    let name = d.key.container_name(slot);
     ContainerSpec {
-        name: d.key.container_name(slot),
+        name: name.clone(),
         image: release.image.clone(),
         command: release.command.clone(),
         env: Default::default(),
@@ -695,6 +697,7 @@ pub fn container_spec(
         host_port: slot.port(rec.base_port),
         publish,
         network: NETWORK.to_string(),
+        mac: Some(tenant_mac(&name)),
         confinement: release.confinement.clone(),
         stop_timeout_secs: release.stop_timeout_secs,
     }

@@ -106,6 +106,9 @@ pub enum KernelObservation {
         /// Set where the host publishes slot ports on a loopback address: codeb's rules publish
         /// them, not Podman.
         publish: Option<Box<Published>>,
+        /// codeb's tenant isolation (the table `bridge codeb`: no frame between a container codeb
+        /// created and another port of a bridge) is in place, exactly as codeb writes it.
+        isolated: bool,
     },
     /// Kernel mode on a host whose network does not exist yet (a fresh host): the plan creates
     /// the network first, and the kernel-mode steps follow in the next round, once its gateway is
@@ -263,6 +266,10 @@ pub enum Action {
     HookServices(HookWrite),
     /// Set up what a loopback address needs to lead to containers on codeb's bridge.
     Loopback(LoopbackWrite),
+    /// Put codeb's tenant isolation in place (missing, or changed by someone else): containers
+    /// codeb created exchange no frame with any other container, so that one project cannot
+    /// reach another's. A host step, before any container is created.
+    Isolate,
     /// Turn `route_localnet` off on codeb's bridge: no slot port is published on loopback any more,
     /// so nothing needs it (the guard's rules stay; they drop nothing legitimate).
     LoopbackOff {
@@ -525,6 +532,12 @@ fn plan_on(
             continue;
         }
         if desired.envs.values().any(|d| d.host == *host_name) {
+            if let KernelObservation::Managed {
+                isolated: false, ..
+            } = view.kernel
+            {
+                plan.steps.push(host_step(Action::Isolate));
+            }
             if let Some(hook) = service::hook_diff(view.kernel) {
                 plan.steps.push(host_step(Action::HookServices(hook)));
             }

@@ -276,6 +276,7 @@ mod tests {
             gateway: GW,
             services,
             publish: None,
+            isolated: true,
         }
     }
 
@@ -327,6 +328,7 @@ mod tests {
             gateway: GW,
             services: ObservedServices::default(),
             publish: None,
+            isolated: true,
         };
         let w = service_diff(&record(Some(Slot::Blue)), &empty, targets).unwrap();
         assert_eq!(w.dispatch, 0);

@@ -362,6 +362,54 @@ async fn promote_switches_and_the_previous_slot_enters_grace() {
     assert!(f.replan(&d2).await.is_empty());
 }
 
+/// Issue 13, finding 10: the tenant isolation is a host step planned from what is observed, before
+/// any container is created; a converged host does not write it again; removed by someone else,
+/// it is put back by the next apply, and nothing else is written.
+#[tokio::test(start_paused = true)]
+async fn the_tenant_isolation_comes_before_the_first_container_and_back_when_removed() {
+    let f = Fixture::new();
+    let d = desired([env("myapp")]);
+    let first = f.replan(&d).await;
+    let isolate = first
+        .steps
+        .iter()
+        .position(|s| matches!(s.action, Action::Isolate))
+        .expect("an isolation step");
+    let deploy = first
+        .steps
+        .iter()
+        .position(|s| matches!(s.action, Action::Deploy { .. }))
+        .expect("a deploy");
+    assert!(isolate < deploy, "{:?}", first.steps);
+    assert!(first.steps[isolate].key.is_none(), "a host step");
+    assert!(f.apply(&d).await.converged());
+    assert!(f.world.state().isolated);
+    assert!(f.replan(&d).await.is_empty());
+
+    f.world.state().isolated = false;
+    let again = f.replan(&d).await;
+    assert_eq!(again.steps.len(), 1, "{:?}", again.steps);
+    assert!(matches!(again.steps[0].action, Action::Isolate));
+    assert!(f.apply(&d).await.converged());
+    assert!(f.world.state().isolated);
+}
+
+/// Every container codeb creates carries its tenant MAC (what the isolation recognises), a
+/// function of its name.
+#[tokio::test(start_paused = true)]
+async fn every_container_codeb_creates_carries_its_tenant_mac() {
+    let f = Fixture::new();
+    f.apply(&desired([env("myapp")])).await;
+    let s = f.world.state();
+    assert!(!s.containers.is_empty());
+    for (_, spec) in s.containers.values() {
+        assert_eq!(
+            spec.mac.as_deref(),
+            Some(crate::model::ownership::tenant_mac(&spec.name).as_str())
+        );
+    }
+}
+
 #[tokio::test(start_paused = true)]
 async fn promote_and_rollback_write_one_rule_and_never_a_route() {
     let f = Fixture::new();
@@ -551,6 +599,7 @@ async fn drift_is_repaired_and_foreign_objects_are_never_touched() {
         host_port: 9,
         publish: true,
         network: "other".into(),
+        mac: None,
         confinement: Default::default(),
         stop_timeout_secs: 10,
     };

@@ -621,6 +621,7 @@ async fn run<R: Runtime, P: Proxy, K: Kernel, D: Dns, H: Prober>(
         }
         Action::HookServices(write) => b.kernel.hook(write).await.map_err(backend),
         Action::Loopback(write) => b.kernel.set_loopback(write).await.map_err(backend),
+        Action::Isolate => b.kernel.isolate().await.map_err(backend),
         Action::LoopbackOff { bridge } => b.kernel.loopback_off(bridge).await.map_err(backend),
         Action::SetService(write) => {
             let started = std::time::Instant::now();
@@ -729,6 +730,7 @@ fn backend_of(action: &Action) -> Option<&'static str> {
         | Action::DeleteRoute { .. } => Some("caddy"),
         Action::HookServices(_)
         | Action::Loopback(_)
+        | Action::Isolate
         | Action::LoopbackOff { .. }
         | Action::SetService(_) => Some("kernel"),
         Action::EnsureZone { .. } | Action::DnsPatch { .. } => Some("powerdns"),

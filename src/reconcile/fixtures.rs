@@ -43,6 +43,7 @@ pub fn hold_name(world: &World, name: &str) {
         host_port: 1,
         publish: true,
         network: "other".into(),
+        mac: None,
         confinement: Default::default(),
         stop_timeout_secs: 10,
     };

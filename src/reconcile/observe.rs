@@ -221,6 +221,7 @@ fn assemble<R: Runtime, P: Proxy, K: Kernel>(
                 gateway: net.gateway,
                 services,
                 publish: published(b, &table, &net).map(Box::new),
+                isolated: b.kernel.isolated(&table),
             }),
     };
     let kernel = match kernel {

@@ -125,10 +125,15 @@ impl Socket {
         result.map(|()| out)
     }
 
-    /// Every chain of `table`.
+    /// Every chain of `table` in the `ip` family.
     pub fn chains(&mut self, table: &str) -> io::Result<Vec<ChainDef>> {
+        self.chains_in(wire::FAMILY_IPV4, table)
+    }
+
+    /// Every chain of `table` in `family`.
+    pub fn chains_in(&mut self, family: u8, table: &str) -> io::Result<Vec<ChainDef>> {
         self.dump(
-            |w, seq| w.dump_chains(seq),
+            |w, seq| w.dump_chains(seq, family),
             |r| {
                 (wire::is_chain(r.kind) && wire::table_of(r.body).as_deref() == Some(table))
                     .then(|| wire::chain(r.body))
@@ -137,10 +142,15 @@ impl Socket {
         )
     }
 
-    /// Every rule of `table`, in each chain's order.
+    /// Every rule of `table` in the `ip` family, in each chain's order.
     pub fn rules(&mut self, table: &str) -> io::Result<Vec<ListedRule>> {
+        self.rules_in(wire::FAMILY_IPV4, table)
+    }
+
+    /// Every rule of `table` in `family`, in each chain's order.
+    pub fn rules_in(&mut self, family: u8, table: &str) -> io::Result<Vec<ListedRule>> {
         self.dump(
-            |w, seq| w.dump_rules(seq, table),
+            |w, seq| w.dump_rules(seq, family, table),
             |r| wire::is_rule(r.kind).then(|| wire::rule(r.body)).flatten(),
         )
     }
@@ -149,13 +159,13 @@ impl Socket {
     ///
     /// # Errors
     /// The op the kernel refused first, with its errno.
-    pub fn transact(&mut self, table: &str, ops: &[Op]) -> Result<(), Refused> {
+    pub fn transact(&mut self, family: u8, table: &str, ops: &[Op]) -> Result<(), Refused> {
         if ops.is_empty() {
             return Ok(());
         }
         let first = self.next_seq(ops.len() as u32 + 2);
         let mut w = Writer::default();
-        let acked = w.batch(first, table, ops);
+        let acked = w.batch(first, family, table, ops);
         self.send(&w.buf)?;
         let mut waiting = acked.len();
         let mut refused = None;

@@ -10,8 +10,11 @@
 const SUBSYS_NFTABLES: u16 = 10;
 const NFNL_MSG_BATCH_BEGIN: u16 = 16;
 const NFNL_MSG_BATCH_END: u16 = 17;
-/// `NFPROTO_IPV4`: codeb's table is in the `ip` family.
+/// `NFPROTO_IPV4`: codeb's NAT and guard table is in the `ip` family.
 pub const FAMILY_IPV4: u8 = 2;
+/// `NFPROTO_BRIDGE`: codeb's tenant isolation sees frames between the ports of a bridge, which
+/// never reach the `ip` family's hooks (unless `br_netfilter` is loaded, which codeb does not need).
+pub const FAMILY_BRIDGE: u8 = 7;
 
 pub const NLMSG_ERROR: u16 = 2;
 pub const NLMSG_DONE: u16 = 3;
@@ -58,12 +61,17 @@ const VERDICT_CHAIN: u16 = 2;
 pub const HOOK_LOCAL_IN: u32 = 1;
 pub const HOOK_LOCAL_OUT: u32 = 3;
 pub const HOOK_POST_ROUTING: u32 = 4;
+/// `NF_BR_FORWARD`: a frame the bridge forwards from one of its ports to another (once per
+/// egress port of a flood).
+pub const HOOK_BRIDGE_FORWARD: u32 = 2;
 /// `NF_ACCEPT`, a base chain's policy; `NF_DROP`, a verdict.
 const NF_ACCEPT: u32 = 1;
 const NF_DROP: u32 = 0;
 /// `NFT_JUMP`.
 pub const VERDICT_JUMP: i32 = -3;
-/// `NFT_PAYLOAD_NETWORK_HEADER`, `NFT_PAYLOAD_TRANSPORT_HEADER`.
+/// `NFT_PAYLOAD_LL_HEADER` (the Ethernet header), `NFT_PAYLOAD_NETWORK_HEADER`,
+/// `NFT_PAYLOAD_TRANSPORT_HEADER`.
+pub const BASE_LINK: u32 = 0;
 pub const BASE_NETWORK: u32 = 1;
 pub const BASE_TRANSPORT: u32 = 2;
 /// `NFT_META_IIFNAME`, `NFT_META_OIFNAME`, `NFT_META_L4PROTO`.
@@ -295,25 +303,25 @@ impl Writer {
         self.buf[start..start + 2].copy_from_slice(&len.to_ne_bytes());
     }
 
-    /// A dump request of every chain of the `ip` family (the kernel filters chains by family only).
-    pub fn dump_chains(&mut self, seq: u32) {
+    /// A dump request of every chain of `family` (the kernel filters chains by family only).
+    pub fn dump_chains(&mut self, seq: u32, family: u8) {
         let m = self.begin(
             nft_type(MSG_GETCHAIN),
             NLM_F_REQUEST | NLM_F_DUMP,
             seq,
-            FAMILY_IPV4,
+            family,
             0,
         );
         self.end(m);
     }
 
-    /// A dump request of the rules of one table.
-    pub fn dump_rules(&mut self, seq: u32, table: &str) {
+    /// A dump request of the rules of one table of `family`.
+    pub fn dump_rules(&mut self, seq: u32, family: u8, table: &str) {
         let m = self.begin(
             nft_type(MSG_GETRULE),
             NLM_F_REQUEST | NLM_F_DUMP,
             seq,
-            FAMILY_IPV4,
+            family,
             0,
         );
         self.str(RULE_TABLE, table);
@@ -322,7 +330,7 @@ impl Writer {
 
     /// One transaction: the ops between a batch's begin and end, each acknowledged. Returns the
     /// sequence numbers that get an acknowledgement, in order.
-    pub fn batch(&mut self, first_seq: u32, table: &str, ops: &[Op]) -> Vec<u32> {
+    pub fn batch(&mut self, first_seq: u32, family: u8, table: &str, ops: &[Op]) -> Vec<u32> {
         let mut seq = first_seq;
         let b = self.begin(NFNL_MSG_BATCH_BEGIN, NLM_F_REQUEST, seq, 0, SUBSYS_NFTABLES);
         self.end(b);
@@ -330,7 +338,7 @@ impl Writer {
         for op in ops {
             seq += 1;
             acked.push(seq);
-            self.op(seq, table, op);
+            self.op(seq, family, table, op);
         }
         seq += 1;
         let e = self.begin(NFNL_MSG_BATCH_END, NLM_F_REQUEST, seq, 0, SUBSYS_NFTABLES);
@@ -338,9 +346,8 @@ impl Writer {
         acked
     }
 
-    fn op(&mut self, seq: u32, table: &str, op: &Op) {
+    fn op(&mut self, seq: u32, f: u8, table: &str, op: &Op) {
         let ack = NLM_F_REQUEST | NLM_F_ACK;
-        let f = FAMILY_IPV4;
         match op {
             Op::AddTable => {
                 let m = self.begin(nft_type(MSG_NEWTABLE), ack | NLM_F_CREATE, seq, f, 0);
@@ -718,7 +725,7 @@ mod tests {
     fn a_change_of_the_guard_chains_is_told_from_a_switch_and_from_other_tables() {
         let decide = |table: &str, ops: &[Op]| -> Vec<bool> {
             let mut w = Writer::default();
-            w.batch(1, table, ops);
+            w.batch(1, FAMILY_IPV4, table, ops);
             replies(&w.buf)
                 .iter()
                 .map(|r| touches(r.kind, r.body, "codeb", &["input", "postrouting"]))
@@ -803,6 +810,7 @@ mod tests {
         let mut w = Writer::default();
         w.op(
             7,
+            FAMILY_IPV4,
             "codeb",
             &Op::AddRule {
                 chain: "output".into(),
@@ -841,7 +849,7 @@ mod tests {
                 kind: "nat".into(),
             }),
         };
-        w.op(1, "codeb", &Op::AddChain(def.clone()));
+        w.op(1, FAMILY_IPV4, "codeb", &Op::AddChain(def.clone()));
         assert_eq!(chain(body(&w)), Some(def));
     }
 
@@ -862,6 +870,7 @@ mod tests {
         let mut w = Writer::default();
         let acked = w.batch(
             100,
+            FAMILY_IPV4,
             "codeb",
             &[
                 Op::AddTable,
