@@ -226,3 +226,121 @@ fn a_host_whose_link_is_down_fails_new_connections_and_kept_ones_within_seconds(
     );
     assert!(Path::new(&h2.known_hosts).exists());
 }
+
+/// `codeb agent --stdio` on host 1 over ssh, as a session of JSON lines.
+struct Agent {
+    child: std::process::Child,
+    /// `None` once closed (the agent then sees the end of its input).
+    input: Option<std::process::ChildStdin>,
+    output: std::io::BufReader<std::process::ChildStdout>,
+}
+
+impl Agent {
+    fn start(host: &Host) -> Agent {
+        let mut child = Command::new("ssh")
+            .args(host.ssh_args(&host.known_hosts))
+            .arg(format!("root@{}", host.address))
+            .arg(format!("{} agent --stdio", env!("CARGO_BIN_EXE_codeb")))
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn ssh codeb agent");
+        let input = child.stdin.take();
+        let output = std::io::BufReader::new(child.stdout.take().unwrap());
+        Agent {
+            child,
+            input,
+            output,
+        }
+    }
+
+    fn send(&mut self, line: &str) {
+        use std::io::Write;
+        let input = self.input.as_mut().unwrap();
+        writeln!(input, "{line}").unwrap();
+        input.flush().unwrap();
+    }
+
+    fn recv(&mut self) -> serde_json::Value {
+        use std::io::BufRead;
+        let mut line = String::new();
+        self.output.read_line(&mut line).unwrap();
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line:?}"))
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn the_agent_over_ssh_forwards_allowed_requests_and_refuses_the_rest_and_other_versions() {
+    let _l = lock();
+    let h1 = Host::get(1);
+    let version = env!("CARGO_PKG_VERSION");
+
+    let mut agent = Agent::start(&h1);
+    let hello = agent.recv();
+    assert_eq!(hello["hello"]["version"], version, "{hello}");
+    agent.send(&format!(
+        r#"{{"hello":{{"protocol":1,"version":"{version}"}}}}"#
+    ));
+    agent.send(r#"{"id":1,"target":"podman","method":"GET","path":"/v4.0.0/libpod/_ping"}"#);
+    let ping = agent.recv();
+    assert_eq!(
+        (ping["id"].as_u64(), ping["status"].as_u64()),
+        (Some(1), Some(200)),
+        "{ping}"
+    );
+    assert_eq!(ping["body"], "OK");
+    agent.send(r#"{"id":2,"target":"caddy","method":"GET","path":"/config/apps/http/servers/harness/listen"}"#);
+    let listen = agent.recv();
+    assert_eq!(listen["status"], 200, "{listen}");
+    assert_eq!(listen["body"].as_str().unwrap().trim(), r#"[":80"]"#);
+    agent.send(r#"{"id":3,"target":"podman","method":"POST","path":"/v1.41/containers/x/exec","body":"{}"}"#);
+    let refused = agent.recv();
+    assert!(
+        refused["error"].as_str().unwrap().contains("not allowed"),
+        "{refused}"
+    );
+    agent.send(r#"{"id":4,"target":"caddy","method":"POST","path":"/load","body":"{}"}"#);
+    assert!(agent.recv()["error"]
+        .as_str()
+        .unwrap()
+        .contains("not allowed"));
+
+    // A round trip through the kept session (ssh, the agent, the host's Podman).
+    let mut times = Vec::new();
+    for id in 10..110 {
+        let t0 = Instant::now();
+        agent.send(&format!(
+            r#"{{"id":{id},"target":"podman","method":"GET","path":"/_ping"}}"#
+        ));
+        assert_eq!(agent.recv()["status"], 200);
+        times.push(t0.elapsed());
+    }
+    times.sort();
+    eprintln!(
+        "agent over ssh, _ping: p50 {:?}, p95 {:?}",
+        times[50], times[95]
+    );
+    drop(agent);
+
+    // Another version: refused with both named, exit 2, nothing served.
+    let mut other = Agent::start(&h1);
+    other.recv();
+    other.send(r#"{"hello":{"protocol":1,"version":"0.0.0-elsewhere"}}"#);
+    other.send(r#"{"id":1,"target":"podman","method":"GET","path":"/_ping"}"#);
+    let error = other.recv();
+    let text = error["error"].as_str().unwrap_or_default();
+    assert!(
+        text.contains(version) && text.contains("0.0.0-elsewhere"),
+        "{error}"
+    );
+    other.input = None;
+    let status = other.child.wait().unwrap();
+    assert_eq!(status.code(), Some(2));
+}
