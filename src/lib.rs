@@ -5,6 +5,7 @@
 //! every front end shares; `daemon` owns the store, the loop and the listeners; `cli` is a client
 //! and a renderer of the service's views.
 
+pub mod agent;
 pub mod api;
 pub mod auth;
 pub mod backend;

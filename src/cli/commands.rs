@@ -31,6 +31,20 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
             clap_complete::generate(*shell, &mut cmd, "codeb", &mut std::io::stdout());
             return Ok(0);
         }
+        Command::Agent {
+            podman_socket,
+            caddy_admin,
+            ..
+        } => {
+            let endpoints = crate::agent::Endpoints {
+                podman_socket: podman_socket.clone(),
+                caddy_admin: caddy_admin.clone(),
+            };
+            // Blocking stdin/stdout I/O, one request at a time: off the runtime's workers.
+            return Ok(
+                tokio::task::spawn_blocking(move || crate::agent::run_stdio(&endpoints)).await?,
+            );
+        }
         _ => {}
     }
     if let Command::Mcp {
@@ -364,7 +378,10 @@ fn uid() -> u32 {
 fn request(command: Command) -> anyhow::Result<(Request, Format)> {
     Ok(match command {
         Command::Watch(_) | Command::Serve(_) => unreachable!("the daemon is run, not requested"),
-        Command::Version { .. } | Command::Completion { .. } | Command::Mcp { .. } => {
+        Command::Version { .. }
+        | Command::Completion { .. }
+        | Command::Mcp { .. }
+        | Command::Agent { .. } => {
             unreachable!("answered by `run` without a request")
         }
         Command::Apply {

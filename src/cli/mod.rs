@@ -306,6 +306,25 @@ pub enum Command {
         #[command(flatten)]
         output: Output,
     },
+    /// The far end of codeb's SSH transport to a remote host (docs/multi-host.md): JSON lines on
+    /// stdin/stdout, forwarding only allow-listed requests to this host's Podman and Caddy admin.
+    /// Not for people: codeb runs it as `ssh HOST codeb agent --stdio`. Hidden until remote Hosts
+    /// use it.
+    #[command(
+        hide = true,
+        after_help = "Examples:\n  ssh root@host codeb agent --stdio    # what codeb runs on a remote host"
+    )]
+    Agent {
+        /// Speak the protocol on stdin/stdout (the only mode).
+        #[arg(long, required = true)]
+        stdio: bool,
+        /// This host's Podman API socket.
+        #[arg(long, value_name = "PATH", default_value = "/run/podman/podman.sock")]
+        podman_socket: PathBuf,
+        /// This host's Caddy admin API (loopback).
+        #[arg(long, value_name = "HOST:PORT", default_value = "127.0.0.1:2019")]
+        caddy_admin: String,
+    },
     /// Print a shell completion script.
     #[command(
         after_help = "Examples:\n  source <(codeb completion bash)\n  codeb completion zsh > \"${fpath[1]}/_codeb\"\n  codeb completion fish > ~/.config/fish/completions/codeb.fish"

@@ -4,6 +4,7 @@
 //! own. A missing stack is a loud failure, never a skip.
 #![allow(dead_code)]
 
+pub mod hosts;
 pub mod kernel;
 pub mod load;
 

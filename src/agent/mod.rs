@@ -1,0 +1,411 @@
+//! `codeb agent --stdio`: the far end of codeb's transport to a remote host (issue #18,
+//! docs/multi-host.md). codeb runs it over SSH (`ssh host codeb agent --stdio`) and speaks JSON
+//! lines with it on stdin/stdout: a hello each way (same protocol and same codeb version, or the
+//! session ends naming both), then one request per line, one response per line, in order.
+//!
+//! The agent forwards only allow-listed HTTP requests: to the host's Podman socket, the calls
+//! codeb's Podman adapter makes; to Caddy's admin API on the host's loopback, codeb's own paths
+//! and reads of the config. It never runs a command, opens a file or reaches another address.
+//! Every line is bounded (a longer one ends the session: the agent never buffers without bound),
+//! and so is every answer. Kernel rules and streaming answers (events, followed logs) are not
+//! offered yet. It must not decide anything: what to ask is codeb's business.
+//!
+//! Blocking std I/O on purpose: one session serves one client, one request at a time.
+
+use std::io::{BufRead, Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// The wire protocol's version; a change of any type below bumps it.
+pub const PROTOCOL: u32 = 1;
+/// The longest line either side may send, newline included. A Podman create or a Caddy route is a
+/// few KiB; 1 MiB leaves room and still bounds what a session can make the agent hold.
+pub const MAX_LINE: usize = 1 << 20;
+/// The largest answer body the agent forwards (a container list of a busy host is ~100 KiB).
+pub const MAX_BODY: usize = 4 << 20;
+/// A backend that accepts a request and never answers is given up on after this; codeb has its
+/// own, shorter, deadline per request (docs/multi-host.md).
+const BACKEND_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The first line each side sends.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Hello {
+    pub protocol: u32,
+    pub version: String,
+}
+
+impl Hello {
+    /// This build's hello.
+    pub fn ours() -> Hello {
+        Hello {
+            protocol: PROTOCOL,
+            version: env!("CARGO_PKG_VERSION").to_string(),
+        }
+    }
+}
+
+/// Where a request goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Target {
+    Podman,
+    Caddy,
+}
+
+/// One request line.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Request {
+    pub id: u64,
+    pub target: Target,
+    pub method: String,
+    /// Path and query, starting with `/`.
+    pub path: String,
+    /// A JSON body as text, sent with `Content-Type: application/json`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body: Option<String>,
+}
+
+/// One response line: the backend's status and body, or why the agent did not forward it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Response {
+    pub id: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<u16>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// Why a session ended early. None is worth a retry on the same session; a new session after
+/// `Io` may work (the connection dropped).
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("the client's hello is missing or malformed: {0}")]
+    BadHello(String),
+    #[error("this agent is codeb {agent} (protocol {agent_protocol}), the client is codeb {client} (protocol {client_protocol}): run the same codeb version on both ends")]
+    VersionMismatch {
+        agent: String,
+        agent_protocol: u32,
+        client: String,
+        client_protocol: u32,
+    },
+    #[error("a line longer than {MAX_LINE} bytes")]
+    LineTooLong,
+    #[error("reading or writing the session: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// The host's endpoints the agent forwards to.
+#[derive(Debug, Clone)]
+pub struct Endpoints {
+    pub podman_socket: PathBuf,
+    /// `127.0.0.1:2019`: Caddy's admin API, on the host's loopback only.
+    pub caddy_admin: String,
+}
+
+/// Serves one session: the hellos, then requests until the client closes its side.
+///
+/// # Errors
+/// A bad or different-version hello (after answering it with an error line), an over-long line,
+/// or a failed read or write. A request that is malformed, refused or fails at the backend is an
+/// error *line*, and the session goes on.
+pub fn serve(
+    input: &mut impl BufRead,
+    output: &mut impl Write,
+    endpoints: &Endpoints,
+) -> Result<(), Error> {
+    write_line(output, &serde_json::json!({ "hello": Hello::ours() }))?;
+    let Some(line) = read_line(input)? else {
+        return Ok(());
+    };
+    let theirs = serde_json::from_slice::<HelloLine>(&line)
+        .map_err(|e| Error::BadHello(e.to_string()))?
+        .hello;
+    let ours = Hello::ours();
+    if theirs != ours {
+        let e = Error::VersionMismatch {
+            agent: ours.version,
+            agent_protocol: ours.protocol,
+            client: theirs.version,
+            client_protocol: theirs.protocol,
+        };
+        write_line(output, &serde_json::json!({ "error": e.to_string() }))?;
+        return Err(e);
+    }
+    while let Some(line) = read_line(input)? {
+        let response = match serde_json::from_slice::<Request>(&line) {
+            Ok(request) => handle(&request, endpoints),
+            Err(e) => Response {
+                id: 0,
+                status: None,
+                body: None,
+                error: Some(format!("malformed request: {e}")),
+            },
+        };
+        write_line(output, &response)?;
+    }
+    Ok(())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HelloLine {
+    hello: Hello,
+}
+
+fn handle(request: &Request, endpoints: &Endpoints) -> Response {
+    let refused = |error: String| Response {
+        id: request.id,
+        status: None,
+        body: None,
+        error: Some(error),
+    };
+    if let Err(why) = allowed(request.target, &request.method, &request.path) {
+        return refused(why);
+    }
+    match forward(request, endpoints) {
+        Ok((status, body)) => Response {
+            id: request.id,
+            status: Some(status),
+            body: Some(body),
+            error: None,
+        },
+        Err(e) => refused(e),
+    }
+}
+
+/// Podman's calls, as `METHOD path` with the API version prefix (`/v4.0.0/libpod`, `/v1.41`)
+/// removed; `*` is one path segment, `**` one or more (image names hold slashes).
+const PODMAN_ALLOWED: &[(&str, &str)] = &[
+    ("GET", "/_ping"),
+    ("HEAD", "/_ping"),
+    ("GET", "/version"),
+    ("GET", "/info"),
+    ("GET", "/containers/json"),
+    ("POST", "/containers/create"),
+    ("GET", "/containers/*/json"),
+    ("POST", "/containers/*/start"),
+    ("POST", "/containers/*/stop"),
+    ("POST", "/containers/*/rename"),
+    ("DELETE", "/containers/*"),
+    ("GET", "/containers/*/logs"),
+    ("GET", "/images/**/json"),
+    ("POST", "/images/create"),
+    ("POST", "/images/pull"),
+    ("GET", "/networks/json"),
+    ("GET", "/networks/*/json"),
+    ("GET", "/networks/*"),
+    ("POST", "/networks/create"),
+    ("POST", "/volumes/create"),
+    ("GET", "/volumes/*/json"),
+    ("GET", "/volumes/*"),
+    ("DELETE", "/volumes/*"),
+];
+
+/// Caddy admin prefixes codeb's adapter writes under (every method); reads of the whole config.
+const CADDY_WRITABLE: &[&str] = &[
+    "/config/apps/http/servers/codeb",
+    "/config/apps/pki/certificate_authorities/codeb",
+    "/config/apps/tls/automation/policies",
+    "/config/logging/logs/codeb-access",
+    "/id/codeb-",
+];
+
+/// Whether the agent forwards this request; the refusal says what was refused.
+pub fn allowed(target: Target, method: &str, path: &str) -> Result<(), String> {
+    let refuse = || {
+        Err(format!(
+            "not allowed by the agent: {target:?} {method} {path}"
+        ))
+    };
+    let (route, _query) = path.split_once('?').unwrap_or((path, ""));
+    // No traversal, no encoded slashes or dots, nothing a backend could read as another path.
+    let clean = route.starts_with('/')
+        && !route.contains("//")
+        && route.split('/').all(|s| s != "." && s != "..")
+        && route
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"/-_.:@+%".contains(&b))
+        && !route.to_ascii_lowercase().contains("%2e")
+        && !route.to_ascii_lowercase().contains("%2f");
+    if !clean {
+        return refuse();
+    }
+    match target {
+        Target::Podman => {
+            let route = strip_api_version(route);
+            let ok = PODMAN_ALLOWED
+                .iter()
+                .any(|(m, pattern)| *m == method && matches(pattern, route));
+            if ok {
+                Ok(())
+            } else {
+                refuse()
+            }
+        }
+        Target::Caddy => {
+            let write = ["GET", "POST", "PUT", "PATCH", "DELETE"].contains(&method)
+                && CADDY_WRITABLE.iter().any(|p| route.starts_with(p));
+            let read = method == "GET" && (route == "/config/" || route.starts_with("/config/"));
+            if write || read {
+                Ok(())
+            } else {
+                refuse()
+            }
+        }
+    }
+}
+
+/// `/v4.0.0/libpod/x` and `/v1.41/x` → `/x`.
+fn strip_api_version(route: &str) -> &str {
+    let mut rest = route;
+    if let Some(after) = route.strip_prefix("/v") {
+        let end = after.find('/').unwrap_or(after.len());
+        if end > 0
+            && after[..end]
+                .bytes()
+                .all(|b| b.is_ascii_digit() || b == b'.')
+        {
+            rest = &after[end..];
+        }
+    }
+    rest.strip_prefix("/libpod").unwrap_or(rest)
+}
+
+fn matches(pattern: &str, route: &str) -> bool {
+    let p: Vec<&str> = pattern.split('/').collect();
+    let r: Vec<&str> = route.split('/').collect();
+    match p.iter().position(|s| *s == "**") {
+        None => {
+            p.len() == r.len()
+                && p.iter()
+                    .zip(&r)
+                    .all(|(p, r)| *p == *r || (*p == "*" && !r.is_empty()))
+        }
+        Some(i) => {
+            let tail = p.len() - i - 1;
+            r.len() > i + tail
+                && p[..i].iter().zip(&r[..i]).all(|(p, r)| p == r)
+                && p[i + 1..]
+                    .iter()
+                    .zip(&r[r.len() - tail..])
+                    .all(|(p, r)| p == r)
+                && r[i..r.len() - tail].iter().all(|s| !s.is_empty())
+        }
+    }
+}
+
+/// One HTTP/1.0 exchange: a 1.0 request makes the Go servers (Podman, Caddy) answer with the body
+/// up to the close, never chunked, so reading to EOF is the whole answer.
+fn forward(request: &Request, endpoints: &Endpoints) -> Result<(u16, String), String> {
+    let (mut stream, host): (Box<dyn ReadWrite>, &str) = match request.target {
+        Target::Podman => {
+            let s = UnixStream::connect(&endpoints.podman_socket)
+                .map_err(|e| format!("Podman at {}: {e}", endpoints.podman_socket.display()))?;
+            s.set_read_timeout(Some(BACKEND_TIMEOUT)).ok();
+            (Box::new(s), "d")
+        }
+        Target::Caddy => {
+            let s = std::net::TcpStream::connect(&endpoints.caddy_admin)
+                .map_err(|e| format!("Caddy admin at {}: {e}", endpoints.caddy_admin))?;
+            s.set_read_timeout(Some(BACKEND_TIMEOUT)).ok();
+            // Caddy's admin API checks the Host header against its own address.
+            (Box::new(s), endpoints.caddy_admin.as_str())
+        }
+    };
+    let body = request.body.as_deref().unwrap_or("");
+    let mut head = format!(
+        "{} {} HTTP/1.0\r\nHost: {host}\r\nContent-Length: {}\r\n",
+        request.method,
+        request.path,
+        body.len()
+    );
+    if request.body.is_some() {
+        head.push_str("Content-Type: application/json\r\n");
+    }
+    head.push_str("\r\n");
+    let io = |e: std::io::Error| format!("{:?} backend: {e}", request.target);
+    stream.write_all(head.as_bytes()).map_err(io)?;
+    stream.write_all(body.as_bytes()).map_err(io)?;
+    let mut answer = Vec::new();
+    stream
+        .take(MAX_BODY as u64 + 64 * 1024)
+        .read_to_end(&mut answer)
+        .map_err(io)?;
+    parse_answer(&answer)
+}
+
+trait ReadWrite: Read + Write {}
+impl<T: Read + Write> ReadWrite for T {}
+
+fn parse_answer(answer: &[u8]) -> Result<(u16, String), String> {
+    let split = answer
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or("the backend's answer has no end of headers")?;
+    let head = String::from_utf8_lossy(&answer[..split]);
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| format!("no status in the backend's answer: {head:.80}"))?;
+    let body = &answer[split + 4..];
+    if body.len() > MAX_BODY {
+        return Err(format!("the backend's answer is over {MAX_BODY} bytes"));
+    }
+    Ok((status, String::from_utf8_lossy(body).into_owned()))
+}
+
+/// One line without its newline; `None` at the end of input. A line over [`MAX_LINE`] is an error
+/// as soon as that many bytes arrived without a newline (never buffered further).
+pub fn read_line(input: &mut impl BufRead) -> Result<Option<Vec<u8>>, Error> {
+    let mut line = Vec::new();
+    let n = input.take(MAX_LINE as u64).read_until(b'\n', &mut line)?;
+    if n == 0 {
+        return Ok(None);
+    }
+    if line.last() == Some(&b'\n') {
+        line.pop();
+        return Ok(Some(line));
+    }
+    if line.len() > MAX_LINE - 1 {
+        return Err(Error::LineTooLong);
+    }
+    Ok(Some(line)) // the last line, without a newline
+}
+
+fn write_line(output: &mut impl Write, value: &impl Serialize) -> Result<(), Error> {
+    let mut line = serde_json::to_vec(value).map_err(std::io::Error::other)?;
+    line.push(b'\n');
+    output.write_all(&line)?;
+    output.flush()?;
+    Ok(())
+}
+
+/// `codeb agent --stdio`: serves stdin/stdout until the client closes; exit 0, or 2 for a refused
+/// hello or an over-long line (the client's mistake), 1 for a broken session.
+pub fn run_stdio(endpoints: &Endpoints) -> u8 {
+    let stdin = std::io::stdin();
+    let mut input = stdin.lock();
+    let mut output = std::io::stdout().lock();
+    match serve(&mut input, &mut output, endpoints) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("codeb agent: {e}");
+            match e {
+                Error::Io(_) => 1,
+                _ => 2,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,217 @@
+//! The agent's protocol against in-memory streams and a fake Podman on a Unix socket.
+
+use std::io::{BufRead, BufReader, Cursor, Read, Write};
+use std::os::unix::net::UnixListener;
+
+use super::*;
+
+fn endpoints(sock: PathBuf) -> Endpoints {
+    Endpoints {
+        podman_socket: sock,
+        // A port nothing listens on: Caddy requests fail at connect, which is an error line.
+        caddy_admin: "127.0.0.1:9".into(),
+    }
+}
+
+fn hello_line(version: &str, protocol: u32) -> String {
+    format!(r#"{{"hello":{{"protocol":{protocol},"version":"{version}"}}}}"#)
+}
+
+/// Runs a session over `input`; returns the agent's result and its output lines.
+fn session(input: &str, endpoints: &Endpoints) -> (Result<(), Error>, Vec<serde_json::Value>) {
+    let mut out = Vec::new();
+    let result = serve(&mut Cursor::new(input.as_bytes()), &mut out, endpoints);
+    let lines = String::from_utf8(out)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    (result, lines)
+}
+
+#[test]
+fn a_client_of_another_codeb_version_is_refused_naming_both_versions() {
+    let ep = endpoints("/nonexistent".into());
+    let input = format!("{}\n", hello_line("0.0.1-other", PROTOCOL));
+    let (result, lines) = session(&input, &ep);
+    assert!(matches!(result, Err(Error::VersionMismatch { .. })));
+    assert_eq!(lines[0]["hello"]["version"], env!("CARGO_PKG_VERSION"));
+    let error = lines[1]["error"].as_str().unwrap();
+    assert!(error.contains("0.0.1-other"), "{error}");
+    assert!(error.contains(env!("CARGO_PKG_VERSION")), "{error}");
+    assert_eq!(lines.len(), 2, "nothing is served after a refused hello");
+}
+
+#[test]
+fn a_request_before_the_hello_is_refused() {
+    let ep = endpoints("/nonexistent".into());
+    let input = r#"{"id":1,"target":"podman","method":"GET","path":"/_ping"}"#.to_string() + "\n";
+    let (result, _) = session(&input, &ep);
+    assert!(matches!(result, Err(Error::BadHello(_))), "{result:?}");
+}
+
+#[test]
+fn a_line_longer_than_the_bound_ends_the_session_without_buffering_it() {
+    let mut input = Cursor::new(vec![b'x'; MAX_LINE + 10]);
+    assert!(matches!(read_line(&mut input), Err(Error::LineTooLong)));
+    let mut exact = Cursor::new([vec![b'x'; MAX_LINE - 1], vec![b'\n']].concat());
+    assert_eq!(read_line(&mut exact).unwrap().unwrap().len(), MAX_LINE - 1);
+}
+
+#[test]
+fn only_the_podman_calls_codeb_makes_are_forwarded() {
+    for (method, path) in [
+        ("GET", "/v4.0.0/libpod/_ping"),
+        ("GET", "/_ping"),
+        ("GET", "/v1.41/containers/json?all=true&filters=%7B%7D"),
+        ("POST", "/v4.0.0/libpod/containers/create"),
+        ("POST", "/v1.41/containers/shop-blue/start"),
+        ("DELETE", "/v1.41/containers/abc123?force=true"),
+        ("GET", "/v1.41/images/localhost/codeb-test-app:v1/json"),
+        ("GET", "/v1.41/containers/abc/logs?tail=50"),
+    ] {
+        assert_eq!(
+            allowed(Target::Podman, method, path),
+            Ok(()),
+            "{method} {path}"
+        );
+    }
+    for (method, path) in [
+        ("POST", "/v1.41/containers/abc/exec"),
+        ("POST", "/v4.0.0/libpod/exec/abc/start"),
+        ("POST", "/v1.41/containers/abc/attach"),
+        ("POST", "/v1.41/build"),
+        ("GET", "/v1.41/containers/../../etc/passwd"),
+        ("GET", "/v1.41/containers/%2e%2e/json"),
+        ("GET", "/v1.41/images//json"),
+        ("PUT", "/v1.41/containers/abc/archive?path=/"),
+        ("GET", "_ping"),
+        ("GET", "/_ping\r\nX-Injected: 1"),
+    ] {
+        assert!(
+            allowed(Target::Podman, method, path).is_err(),
+            "{method} {path} allowed"
+        );
+    }
+}
+
+#[test]
+fn caddy_is_written_only_under_codebs_own_paths_and_read_anywhere_in_its_config() {
+    assert_eq!(allowed(Target::Caddy, "GET", "/config/"), Ok(()));
+    assert_eq!(
+        allowed(Target::Caddy, "GET", "/config/apps/http/servers"),
+        Ok(())
+    );
+    assert_eq!(
+        allowed(
+            Target::Caddy,
+            "POST",
+            "/config/apps/http/servers/codeb/routes"
+        ),
+        Ok(())
+    );
+    assert_eq!(
+        allowed(Target::Caddy, "DELETE", "/id/codeb-shop-production"),
+        Ok(())
+    );
+    for (method, path) in [
+        ("POST", "/load"),
+        ("POST", "/stop"),
+        ("DELETE", "/config/"),
+        ("POST", "/config/apps/http/servers/other/routes"),
+        ("DELETE", "/id/foreign-route"),
+        ("PATCH", "/config/admin"),
+        ("GET", "/pki/ca/local"),
+    ] {
+        assert!(
+            allowed(Target::Caddy, method, path).is_err(),
+            "{method} {path} allowed"
+        );
+    }
+}
+
+/// A fake Podman: answers each connection once with `answer`, after reading its request, which
+/// it sends back on the channel.
+fn fake_podman(
+    dir: &std::path::Path,
+    answer: &'static str,
+) -> (PathBuf, std::sync::mpsc::Receiver<String>) {
+    let sock = dir.join("podman.sock");
+    let listener = UnixListener::bind(&sock).unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let mut conn = conn.unwrap();
+            let mut reader = BufReader::new(conn.try_clone().unwrap());
+            let mut request = String::new();
+            let mut length = 0;
+            loop {
+                let mut line = String::new();
+                reader.read_line(&mut line).unwrap();
+                if let Some(v) = line.strip_prefix("Content-Length: ") {
+                    length = v.trim().parse().unwrap();
+                }
+                request.push_str(&line);
+                if line == "\r\n" {
+                    break;
+                }
+            }
+            let mut body = vec![0; length];
+            reader.read_exact(&mut body).unwrap();
+            request.push_str(&String::from_utf8(body).unwrap());
+            conn.write_all(answer.as_bytes()).unwrap();
+            let _ = tx.send(request);
+        }
+    });
+    (sock, rx)
+}
+
+#[test]
+fn an_allowed_request_is_forwarded_and_a_refused_one_never_reaches_podman() {
+    let dir = tempfile::tempdir().unwrap();
+    let (sock, requests) = fake_podman(
+        dir.path(),
+        "HTTP/1.0 201 Created\r\nContent-Type: application/json\r\n\r\n{\"Id\":\"abc\"}",
+    );
+    let ep = endpoints(sock);
+    let ours = Hello::ours();
+    let input = [
+        hello_line(&ours.version, ours.protocol),
+        r#"{"id":7,"target":"podman","method":"POST","path":"/v4.0.0/libpod/containers/create","body":"{\"name\":\"x\"}"}"#.into(),
+        r#"{"id":8,"target":"podman","method":"POST","path":"/v1.41/containers/x/exec","body":"{}"}"#.into(),
+        r#"{"id":9,"target":"caddy","method":"GET","path":"/config/"}"#.into(),
+        "not json".into(),
+    ]
+    .join("\n");
+    let (result, lines) = session(&input, &ep);
+    result.unwrap();
+    assert_eq!(lines.len(), 5, "{lines:?}");
+    assert_eq!(lines[1]["id"], 7);
+    assert_eq!(lines[1]["status"], 201);
+    assert_eq!(lines[1]["body"], "{\"Id\":\"abc\"}");
+    let forwarded = requests.recv().unwrap();
+    assert!(
+        forwarded.starts_with("POST /v4.0.0/libpod/containers/create HTTP/1.0\r\n"),
+        "{forwarded}"
+    );
+    assert!(
+        forwarded.ends_with("\r\n\r\n{\"name\":\"x\"}"),
+        "{forwarded}"
+    );
+
+    assert_eq!(lines[2]["id"], 8);
+    assert!(lines[2]["error"].as_str().unwrap().contains("not allowed"));
+    assert!(
+        requests.try_recv().is_err(),
+        "the refused request reached Podman"
+    );
+    assert_eq!(lines[3]["id"], 9);
+    assert!(lines[3]["error"]
+        .as_str()
+        .unwrap()
+        .contains("Caddy admin at 127.0.0.1:9"));
+    assert!(lines[4]["error"]
+        .as_str()
+        .unwrap()
+        .starts_with("malformed request"));
+}

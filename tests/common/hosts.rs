@@ -1,0 +1,219 @@
+//! The simulated remote hosts of `deploy/hosts.sh` (issue #18), as the tests reach them: only
+//! through each host's sshd, with the harness's client key and a known_hosts file that pins the
+//! host's key. Nothing here enters a host's namespaces; the one exception is [`Host::set_link`],
+//! which plays the network (a cable pulled), not the operator.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
+
+use super::{env, eventually};
+
+/// One host of the harness, from the `CODEB_HOST_N_*` variables of `deploy/hosts.sh env`.
+pub struct Host {
+    pub n: u32,
+    /// The netns's name (`cbh1`), for [`Host::set_link`].
+    pub name: String,
+    /// `10.250.N.2`: sshd on :22 and Caddy's server on :80 answer there.
+    pub address: String,
+    pub key: PathBuf,
+    pub known_hosts: PathBuf,
+    /// Inside the host: `/run/podman/podman.sock`.
+    pub podman_sock: String,
+    /// Inside the host: `http://127.0.0.1:2019`.
+    pub caddy_admin: String,
+}
+
+impl Host {
+    /// Host `n`; a missing harness is a loud failure, never a skip.
+    pub fn get(n: u32) -> Host {
+        let var = |key: &str| {
+            std::env::var(format!("CODEB_HOST_{n}_{key}")).unwrap_or_else(|_| {
+                panic!("CODEB_HOST_{n}_{key} is not set: start the hosts with `deploy/hosts.sh up 2` and run `eval \"$(deploy/hosts.sh env)\"` (deploy/test.sh does both)")
+            })
+        };
+        Host {
+            n,
+            name: var("NAME"),
+            address: var("ADDRESS"),
+            key: var("SSH_KEY").into(),
+            known_hosts: var("KNOWN_HOSTS").into(),
+            podman_sock: var("PODMAN_SOCK"),
+            caddy_admin: var("CADDY_ADMIN"),
+        }
+    }
+
+    /// The client options every connection uses: no config file, no agent, no prompt, the host's
+    /// key pinned (a changed key is refused, an unknown one too), and keep-alives, because an open
+    /// connection over a silent partition otherwise hangs forever (measured in ENVIRONMENT.md).
+    pub fn ssh_args(&self, known_hosts: &Path) -> Vec<String> {
+        [
+            "-F",
+            "/dev/null",
+            "-i",
+            &self.key.to_string_lossy(),
+            "-o",
+            &format!("UserKnownHostsFile={}", known_hosts.display()),
+            "-o",
+            "StrictHostKeyChecking=yes",
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "ConnectTimeout=5",
+            "-o",
+            "ServerAliveInterval=1",
+            "-o",
+            "ServerAliveCountMax=3",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    }
+
+    /// Runs `command` on the host over ssh, with this known_hosts file.
+    pub fn ssh_with(&self, known_hosts: &Path, command: &str) -> Output {
+        Command::new("ssh")
+            .args(self.ssh_args(known_hosts))
+            .arg(format!("root@{}", self.address))
+            .arg(command)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run ssh")
+    }
+
+    pub fn ssh(&self, command: &str) -> Output {
+        self.ssh_with(&self.known_hosts, command)
+    }
+
+    /// A kept ssh connection forwarding the local Unix socket `local` to `remote` on the host (a
+    /// Unix socket path or `127.0.0.1:PORT`), ready when this returns.
+    pub fn forward(&self, local: &Path, remote: &str) -> Forward {
+        let child = Command::new("ssh")
+            .args(self.ssh_args(&self.known_hosts))
+            .args([
+                "-N",
+                "-o",
+                "ExitOnForwardFailure=yes",
+                "-o",
+                "StreamLocalBindUnlink=yes",
+            ])
+            .arg("-L")
+            .arg(format!("{}:{remote}", local.display()))
+            .arg(format!("root@{}", self.address))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn ssh -L");
+        // Caddy's admin API refuses a Host header other than its own address.
+        let authority = if remote.starts_with('/') { "d" } else { remote };
+        let mut forward = Forward {
+            child,
+            local: local.to_path_buf(),
+            authority: authority.to_string(),
+        };
+        let ready = eventually(Duration::from_secs(10), || {
+            std::os::unix::net::UnixStream::connect(local).is_ok()
+                || forward.child.try_wait().ok().flatten().is_some()
+        });
+        if !ready || forward.child.try_wait().ok().flatten().is_some() {
+            let out = stderr_of(&mut forward.child);
+            panic!(
+                "ssh -L {} to host {} did not come up: {out}",
+                local.display(),
+                self.n
+            );
+        }
+        forward
+    }
+
+    /// Takes the host end of the host's veth down or up: a silent partition (no RST, no FIN).
+    pub fn set_link(&self, up: bool) {
+        let out = Command::new("ip")
+            .args(["-n", &self.name, "link", "set", &format!("{}-h", self.name)])
+            .arg(if up { "up" } else { "down" })
+            .output()
+            .expect("run ip");
+        assert!(out.status.success(), "ip link set: {}", super::text(&out));
+    }
+}
+
+/// A running `ssh -N -L`; killed when dropped.
+pub struct Forward {
+    pub child: Child,
+    pub local: PathBuf,
+    /// The URL's host, so the Host header is what the far end expects.
+    pub authority: String,
+}
+
+impl Forward {
+    /// `curl --unix-socket` through the forward: (HTTP status, body); status 0 when curl failed.
+    pub fn request(&self, method: &str, path: &str, body: Option<&str>) -> (u16, String) {
+        unix_request_to(&self.local, &self.authority, method, path, body)
+    }
+}
+
+impl Drop for Forward {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.local);
+    }
+}
+
+/// The stderr of an ssh that exited (killed first if not), for a failure message.
+fn stderr_of(child: &mut Child) -> String {
+    use std::io::Read;
+    let _ = child.kill();
+    let _ = child.wait();
+    let mut err = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        let _ = e.read_to_string(&mut err);
+    }
+    err
+}
+
+/// One HTTP request over a Unix socket with curl (bounded at 10 s): (status, body), status 0 and
+/// curl's error when it failed.
+pub fn unix_request(sock: &Path, method: &str, path: &str, body: Option<&str>) -> (u16, String) {
+    unix_request_to(sock, "d", method, path, body)
+}
+
+/// As [`unix_request`], with this Host header (the URL's authority).
+pub fn unix_request_to(
+    sock: &Path,
+    authority: &str,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+) -> (u16, String) {
+    let mut cmd = Command::new("curl");
+    cmd.args(["-sS", "--max-time", "10", "--unix-socket"])
+        .arg(sock)
+        .args(["-X", method, "-w", "\n%{http_code}"]);
+    if let Some(body) = body {
+        cmd.args([
+            "-H",
+            "Content-Type: application/json",
+            "--data-binary",
+            body,
+        ]);
+    }
+    let out = cmd
+        .arg(format!("http://{authority}{path}"))
+        .output()
+        .expect("run curl");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let (body, code) = stdout.rsplit_once('\n').unwrap_or(("", ""));
+    match code.trim().parse() {
+        Ok(code) if out.status.success() => (code, body.to_string()),
+        _ => (0, String::from_utf8_lossy(&out.stderr).into_owned()),
+    }
+}
+
+/// The root namespace's view of `CODEB_TEST_PODMAN` (the stack's socket path).
+pub fn stack_podman_sock() -> PathBuf {
+    env("CODEB_TEST_PODMAN")
+        .trim_start_matches("unix://")
+        .into()
+}
