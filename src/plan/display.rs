@@ -300,7 +300,7 @@ impl fmt::Display for Note {
                 let names: Vec<String> = keys.iter().map(|k| k.to_string()).collect();
                 let projects: std::collections::BTreeSet<&str> = keys.iter().map(|k| k.project.as_str()).collect();
                 let projects: Vec<&str> = projects.into_iter().collect();
-                write!(f, "{} {} held on host {host} by codeb's marks, in no manifest and not recorded in this state directory: left as {}; `codeb delete project {}` or `codeb apply --prune` removes {}", names.join(", "), if keys.len() == 1 { "is" } else { "are" }, if keys.len() == 1 { "it is" } else { "they are" }, projects.join("`, `codeb delete project "), if keys.len() == 1 { "it" } else { "them" })
+                write!(f, "{} {} held on host {host} by codeb's marks, in no manifest and not recorded in this state directory: left as {}; `codeb delete project {}` or `codeb apply --prune --prune-project {}` removes {}", names.join(", "), if keys.len() == 1 { "is" } else { "are" }, if keys.len() == 1 { "it is" } else { "they are" }, projects.join("`, `codeb delete project "), projects.join(" --prune-project "), if keys.len() == 1 { "it" } else { "them" })
             }
             Note::HostMoved { key, from, to } => write!(f, "{key}: recorded on host {from}, manifests say {to}; moving is not supported (delete the project first)"),
         }

@@ -410,7 +410,7 @@ pub enum Note {
     Unrecorded { keys: Vec<EnvKey> },
     /// The host holds these environments by codeb's marks, and neither the manifests nor the
     /// store know them (a fresh state directory, or manifests that no longer name them): left as
-    /// they are; `codeb delete project NAME` or `apply --prune` removes them. Converged.
+    /// they are; `codeb delete project NAME` or `apply --prune --prune-project NAME` removes them. Converged.
     Undeclared { host: String, keys: Vec<EnvKey> },
 }
 

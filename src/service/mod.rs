@@ -1588,9 +1588,11 @@ async fn apply(
         Some(p) => {
             let mut remove = p.prunable(&declared, &store.load()?)?;
             // What the manifests' hosts hold by codeb's marks that neither they nor the store
-            // know goes too (a fresh state directory's prune): found here so that the count to
+            // know goes too when its project is named (`--prune-project`: a fresh state
+            // directory's prune of what it was shown), never by a prune that names none: other
+            // state directories of the same codeb may run it. Found here so that the count to
             // confirm and the daemon's refusal see it; the planner removes it as observed.
-            if !declared.hosts.is_empty() {
+            if !declared.hosts.is_empty() && !p.projects.is_empty() {
                 let backends = connect_or_invalid(ctx, declared.hosts.values(), [])?;
                 let observed = reconcile::observe(&backends).await;
                 let recorded = store.load()?;
