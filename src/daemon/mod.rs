@@ -102,7 +102,7 @@ pub async fn run(args: Config) -> Result<(), Error> {
     } else {
         "codeb watch"
     };
-    let store = Arc::new(Store::open_as(&state_dir, what).map_err(|e| {
+    let store = Arc::new(Store::open_daemon(&state_dir, what).map_err(|e| {
         let message = format!(
             "opening the store in {}: {}",
             state_dir.display(),

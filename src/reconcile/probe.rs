@@ -51,6 +51,83 @@ impl Default for HttpProber {
 
 impl Prober for HttpProber {
     async fn probe(&self, url: &str) -> Result<(), String> {
+        // Every probe codeb plans dials an address (a container's, or a published port): one
+        // HTTP/1.1 exchange on one fresh connection, through hyper alone. reqwest's client adds
+        // its connector and pool around the same exchange (0.7-2.3 ms a probe on this machine
+        // against 0.25 ms for the exchange itself), which a switch waits for.
+        match direct(url) {
+            Some((addr, path)) => exchange(addr, path).await,
+            None => self.via_reqwest(url).await,
+        }
+    }
+}
+
+/// The address and path of an `http://IP:PORT/path` URL (no user info): what a probe dials.
+fn direct(url: &str) -> Option<(std::net::SocketAddr, String)> {
+    let parsed = reqwest::Url::parse(url).ok()?;
+    if parsed.scheme() != "http" || !parsed.username().is_empty() || parsed.password().is_some() {
+        return None;
+    }
+    let ip: std::net::IpAddr = parsed
+        .host_str()?
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .parse()
+        .ok()?;
+    let port = parsed.port_or_known_default()?;
+    let path = match parsed.query() {
+        Some(q) => format!("{}?{q}", parsed.path()),
+        None => parsed.path().to_string(),
+    };
+    Some((std::net::SocketAddr::new(ip, port), path))
+}
+
+/// One GET of `path` on a fresh connection to `addr`: connected within 1 s, answered within 2 s
+/// in all (as the reqwest client's timeouts), no redirect followed, the body never read.
+async fn exchange(addr: std::net::SocketAddr, path: String) -> Result<(), String> {
+    let started = tokio::time::Instant::now();
+    let stream =
+        match tokio::time::timeout(Duration::from_secs(1), tokio::net::TcpStream::connect(addr))
+            .await
+        {
+            Ok(Ok(s)) => s,
+            Ok(Err(_)) => return Err("connection refused".into()),
+            Err(_) => return Err("timed out".into()),
+        };
+    let _ = stream.set_nodelay(true);
+    let rest = Duration::from_secs(2).saturating_sub(started.elapsed());
+    let answer = tokio::time::timeout(rest, async move {
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                .await
+                .map_err(|e| e.to_string())?;
+        // The connection runs on its own task: it ends once the answer is in and the sender
+        // dropped, or with the connection (then the request fails with its error).
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        let request = hyper::Request::get(path)
+            .header(hyper::header::HOST, addr.to_string())
+            .header(hyper::header::USER_AGENT, "codeb-probe")
+            .body(String::new())
+            .map_err(|e| e.to_string())?;
+        sender
+            .send_request(request)
+            .await
+            .map(|r| r.status())
+            .map_err(|e| e.to_string())
+    })
+    .await;
+    match answer {
+        Ok(Ok(status)) if status.is_success() || status.is_redirection() => Ok(()),
+        Ok(Ok(status)) => Err(format!("HTTP {}", status.as_u16())),
+        Ok(Err(e)) => Err(e),
+        Err(_) => Err("timed out".into()),
+    }
+}
+
+impl HttpProber {
+    async fn via_reqwest(&self, url: &str) -> Result<(), String> {
         match self.client.get(url).send().await {
             Ok(r) if r.status().is_success() || r.status().is_redirection() => Ok(()),
             Ok(r) => Err(format!("HTTP {}", r.status().as_u16())),
@@ -133,7 +210,7 @@ mod tests {
     use std::io::{Read, Write};
     use std::net::TcpListener;
     use std::sync::atomic::{AtomicUsize, Ordering};
-    use std::sync::Arc;
+    use std::sync::{Arc, Mutex};
 
     /// A server on 127.0.0.1 answering `answer` to every request; counts its connections.
     fn server(answer: String) -> (String, Arc<AtomicUsize>) {
@@ -201,5 +278,65 @@ mod tests {
         let url = format!("http://{bad}/health");
         let prober = Ahead::new(HttpProber::new(), Some(url.clone()));
         assert_eq!(prober.probe(&url).await, Err("HTTP 404".into()));
+    }
+
+    #[tokio::test]
+    async fn a_refused_connection_and_a_silent_server_say_so() {
+        let closed = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = closed.local_addr().unwrap();
+        drop(closed);
+        let prober = HttpProber::new();
+        assert_eq!(
+            prober.probe(&format!("http://{addr}/health")).await,
+            Err("connection refused".into())
+        );
+        // Accepts, never answers: the 2 s bound.
+        let silent = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = silent.local_addr().unwrap();
+        assert_eq!(
+            prober.probe(&format!("http://{addr}/health")).await,
+            Err("timed out".into())
+        );
+        drop(silent);
+    }
+
+    #[tokio::test]
+    async fn a_probe_by_address_sends_one_get_of_its_path_and_query_and_a_name_goes_through_reqwest(
+    ) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen = Arc::new(Mutex::new(Vec::<String>::new()));
+        let heads = seen.clone();
+        std::thread::spawn(move || {
+            for mut s in listener.incoming().flatten() {
+                let mut buf = [0u8; 4096];
+                let n = s.read(&mut buf).unwrap_or(0);
+                heads
+                    .lock()
+                    .unwrap()
+                    .push(String::from_utf8_lossy(&buf[..n]).to_string());
+                let _ = s.write_all(b"HTTP/1.1 204 No Content\r\n\r\n");
+            }
+        });
+        let prober = HttpProber::new();
+        assert_eq!(
+            prober.probe(&format!("http://{addr}/health?x=1")).await,
+            Ok(())
+        );
+        let head = seen.lock().unwrap()[0].clone();
+        assert!(head.starts_with("GET /health?x=1 HTTP/1.1\r\n"), "{head}");
+        assert!(
+            head.to_ascii_lowercase()
+                .contains(&format!("host: {addr}\r\n")),
+            "{head}"
+        );
+        // Not an address: the reqwest client (same rules), here resolving localhost.
+        let port = addr.port();
+        assert_eq!(direct(&format!("http://localhost:{port}/h")), None);
+        assert_eq!(
+            prober.probe(&format!("http://localhost:{port}/h")).await,
+            Ok(())
+        );
+        assert_eq!(seen.lock().unwrap().len(), 2);
     }
 }

@@ -323,6 +323,35 @@ impl Store {
     /// # Errors
     /// As [`open`](Self::open); `Locked` names the holder.
     pub fn open_as(dir: &Path, what: &str) -> Result<Store> {
+        Self::open_with(dir, what, ConcurrencyMode::SingleWriter)
+    }
+
+    /// Opens the store for `codeb watch`/`serve`: as [`open_as`](Self::open_as), but with no
+    /// other process reading the file beside it. Every other command reaches a running daemon
+    /// through its socket, reads included, so nothing needs to share the file; and a commit that
+    /// no other process may follow is redb's one-phase commit, one `fdatasync` instead of two
+    /// (with the file locks around each): a switch waits for one commit before its kernel
+    /// write. A command that opened the file read-only before the daemon started (it found no
+    /// daemon) is waited for, up to 5 s.
+    ///
+    /// # Errors
+    /// As [`open_as`](Self::open_as); `Open` when a reader still holds the file after 5 s.
+    pub fn open_daemon(dir: &Path, what: &str) -> Result<Store> {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        loop {
+            match Self::open_with(dir, what, ConcurrencyMode::ExclusiveWriter) {
+                Err(Error::Open { source, .. })
+                    if matches!(*source, redb::DatabaseError::DatabaseAlreadyOpen)
+                        && std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                other => return other,
+            }
+        }
+    }
+
+    fn open_with(dir: &Path, what: &str, mode: ConcurrencyMode) -> Result<Store> {
         use std::io::{Seek, Write};
         dir::prepare(dir)?;
         let mut lock = dir::open_private(&dir.join(LOCK_FILE))?;
@@ -353,7 +382,7 @@ impl Store {
         let db = redb::backends::FileBackend::new(file)
             .and_then(|backend| {
                 Database::builder()
-                    .set_concurrency_mode(ConcurrencyMode::SingleWriter)
+                    .set_concurrency_mode(mode)
                     .create_with_backend(backend)
             })
             .map_err(open_error)?;

@@ -73,6 +73,46 @@ fn a_second_process_cannot_open_a_held_store_and_is_told_who_holds_it() {
     );
 }
 
+/// The daemon's store is its alone (every other command reaches it through the socket), so its
+/// commits are one-phase: it waits for a reader that opened the file before it started, and a
+/// read-only open beside it is refused rather than followed.
+#[test]
+fn the_daemon_waits_for_an_earlier_reader_and_then_keeps_the_file_to_itself() {
+    let dir = tempfile::tempdir().unwrap();
+    Store::open_as(dir.path(), "codeb apply")
+        .unwrap()
+        .put_env(record("a"), None)
+        .unwrap();
+    let reader = Store::open_read_only(dir.path()).unwrap();
+    let started = std::time::Instant::now();
+    let release = std::thread::spawn(move || {
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        drop(reader);
+    });
+    let daemon = Store::open_daemon(dir.path(), "codeb serve").unwrap();
+    assert!(
+        started.elapsed() >= std::time::Duration::from_millis(150),
+        "opened beside the reader"
+    );
+    release.join().unwrap();
+    assert_eq!(daemon.load().unwrap().envs.len(), 1);
+    daemon.put_env(record("b"), None).unwrap();
+    assert!(matches!(
+        Store::open_read_only(dir.path()),
+        Err(Error::Open { .. })
+    ));
+    drop(daemon);
+    assert_eq!(
+        Store::open_read_only(dir.path())
+            .unwrap()
+            .load()
+            .unwrap()
+            .envs
+            .len(),
+        2
+    );
+}
+
 #[test]
 fn a_read_only_open_reads_beside_the_writer_and_changes_no_byte() {
     let dir = tempfile::tempdir().unwrap();
