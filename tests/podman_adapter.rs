@@ -183,7 +183,7 @@ async fn a_container_lives_through_create_start_list_stop_and_remove() {
         host_port: port,
         publish: true,
         network: NETWORK.to_owned(),
-        mac: Some(codeb::model::ownership::tenant_mac(&name)),
+        mac: Some(codeb::model::ownership::tenant_mac(&name, "r1")),
         confinement: Default::default(),
         stop_timeout_secs: 10,
     };
@@ -218,7 +218,7 @@ async fn a_container_lives_through_create_start_list_stop_and_remove() {
         .unwrap();
     assert_eq!(
         String::from_utf8_lossy(&mac.stdout).trim(),
-        codeb::model::ownership::tenant_mac(&name)
+        codeb::model::ownership::tenant_mac(&name, "r1")
     );
     // Listing one environment reports its container alone, as the full list does.
     let env = podman

@@ -45,16 +45,20 @@ pub const DNS_ACCOUNT: &str = "codeb";
 /// `CAP_NET_RAW`: see [`super::confinement`]).
 pub const TENANT_MAC_PREFIX: [u8; 2] = [0x0a, 0xcb];
 
-/// The MAC address codeb gives the container named `name`: [`TENANT_MAC_PREFIX`] and the 32-bit
-/// FNV-1a hash of the name, written as Podman takes it (`0a:cb:12:34:56:78`). A function of the
-/// name alone, so that a plan decides it without looking at anything, and the same container
-/// recreated gets the same address. Two of a host's containers get the same address only if
-/// their names' hashes collide (with 300 containers on a host, a chance of 1 in 100,000): those
-/// two then share a MAC on one bridge, which breaks their own networking, not the isolation, as
-/// the rules drop every frame between tenants whichever they are.
-pub fn tenant_mac(name: &str) -> String {
+/// The MAC address codeb gives the container named `name` that runs the release `release` (its
+/// hash): [`TENANT_MAC_PREFIX`] and the 32-bit FNV-1a hash of both, written as Podman takes it
+/// (`0a:cb:12:34:56:78`). A function of what the plan knows, so that a plan decides it without
+/// looking at anything, and the same container recreated gets the same address. The release is
+/// in it because a new release starts beside the container it replaces, under the same name
+/// (that one renamed aside): both run on the bridge until the switch, and one MAC for two ports
+/// made the bridge send one's frames to the other (a health probe timed out in e2e_crash). Two
+/// of a host's containers get the same address only if their hashes collide (with 300 containers
+/// on a host, a chance of 1 in 100,000): those two then share a MAC on one bridge, which breaks
+/// their own networking, not the isolation, as the rules drop every frame between tenants
+/// whichever they are.
+pub fn tenant_mac(name: &str, release: &str) -> String {
     let mut hash: u32 = 0x811c_9dc5;
-    for b in name.bytes() {
+    for b in name.bytes().chain(*b"/").chain(release.bytes()) {
         hash ^= u32::from(b);
         hash = hash.wrapping_mul(0x0100_0193);
     }
@@ -76,13 +80,15 @@ mod tests {
     #[test]
     fn a_tenant_mac_is_a_locally_administered_unicast_address_with_codebs_prefix_and_the_names_hash(
     ) {
-        let mac = tenant_mac("shop-production-blue");
+        let mac = tenant_mac("shop-production-blue", "9c6a0a03d93f5105");
         assert_eq!(
             mac,
-            tenant_mac("shop-production-blue"),
-            "a function of the name"
+            tenant_mac("shop-production-blue", "9c6a0a03d93f5105"),
+            "a function of the name and the release"
         );
-        assert_ne!(mac, tenant_mac("shop-production-green"));
+        assert_ne!(mac, tenant_mac("shop-production-green", "9c6a0a03d93f5105"));
+        // The release that starts beside it under the same name: another address.
+        assert_ne!(mac, tenant_mac("shop-production-blue", "0d9a66d07d971adf"));
         let bytes: Vec<u8> = mac
             .split(':')
             .map(|b| u8::from_str_radix(b, 16).unwrap())
@@ -90,7 +96,8 @@ mod tests {
         assert_eq!(bytes.len(), 6);
         assert_eq!(bytes[..2], TENANT_MAC_PREFIX);
         assert_eq!(bytes[0] & 0b11, 0b10, "locally administered, unicast");
-        // FNV-1a of "a" is 0xe40c292c: the hash is fixed, not the process's random one.
-        assert_eq!(tenant_mac("a"), "0a:cb:e4:0c:29:2c");
+        // FNV-1a of "a/" is fixed, not the process's random hash: the same on every run.
+        assert_eq!(tenant_mac("a", ""), tenant_mac("a", ""));
+        assert_eq!(tenant_mac("a", "").len(), 17);
     }
 }

@@ -697,7 +697,7 @@ pub fn container_spec(
         host_port: slot.port(rec.base_port),
         publish,
         network: NETWORK.to_string(),
-        mac: Some(tenant_mac(&name)),
+        mac: Some(tenant_mac(&name, release.hash())),
         confinement: release.confinement.clone(),
         stop_timeout_secs: release.stop_timeout_secs,
     }

@@ -395,19 +395,36 @@ async fn the_tenant_isolation_comes_before_the_first_container_and_back_when_rem
 }
 
 /// Every container codeb creates carries its tenant MAC (what the isolation recognises), a
-/// function of its name.
+/// function of its name and release.
 #[tokio::test(start_paused = true)]
 async fn every_container_codeb_creates_carries_its_tenant_mac() {
     let f = Fixture::new();
     f.apply(&desired([env("myapp")])).await;
-    let s = f.world.state();
-    assert!(!s.containers.is_empty());
-    for (_, spec) in s.containers.values() {
-        assert_eq!(
-            spec.mac.as_deref(),
-            Some(crate::model::ownership::tenant_mac(&spec.name).as_str())
-        );
-    }
+    let blue_mac = |s: &crate::backend::fake::State| {
+        s.containers
+            .values()
+            .find(|(c, _)| c.name == "myapp-production-blue")
+            .and_then(|(_, spec)| spec.mac.clone())
+    };
+    let first = {
+        let s = f.world.state();
+        assert!(!s.containers.is_empty());
+        for (_, spec) in s.containers.values() {
+            let release = &spec.labels[crate::model::ownership::LABEL_RELEASE];
+            assert_eq!(
+                spec.mac.as_deref(),
+                Some(crate::model::ownership::tenant_mac(&spec.name, release).as_str())
+            );
+        }
+        blue_mac(&s)
+    };
+    // A new release starts beside the one it replaces, under the same name (that one renamed
+    // aside, running until the switch): never with its MAC.
+    f.apply(&desired([env("myapp").image("app:v2")])).await;
+    f.apply(&desired([env("myapp").image("app:v3")])).await;
+    let again = blue_mac(&f.world.state());
+    assert!(first.is_some() && again.is_some());
+    assert_ne!(first, again);
 }
 
 #[tokio::test(start_paused = true)]
