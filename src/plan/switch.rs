@@ -85,6 +85,18 @@ fn target(rec: &EnvRecord, rollback: bool) -> Result<(Slot, Option<String>), Swi
     Ok((to, None))
 }
 
+/// The container of `rec`'s `slot` among `containers`, by its name and codeb's marks.
+fn slot_container<'a>(
+    rec: &EnvRecord,
+    containers: &'a [ObservedContainer],
+    slot: Slot,
+) -> Option<&'a ObservedContainer> {
+    let name = rec.key.container_name(slot);
+    containers
+        .iter()
+        .find(|c| c.name == name && belongs_to(c, &rec.key))
+}
+
 /// The URL a switch's health gate will probe where codeb publishes slot ports (kernel mode): the
 /// target container's own address, known from the record and the containers alone. A daemon
 /// that kept the containers from an earlier observation starts this probe while it reads the
@@ -96,11 +108,7 @@ pub fn probe_ahead(
     rollback: bool,
 ) -> Option<String> {
     let (to, _) = target(rec, rollback).ok()?;
-    let name = rec.key.container_name(to);
-    let c = containers
-        .iter()
-        .find(|c| c.name == name && belongs_to(c, &rec.key));
-    let target = slot_target(rec, to, c)?;
+    let target = slot_target(rec, to, slot_container(rec, containers, to))?;
     Some(super::env::direct_url(target, &rec.slot(to).health_path))
 }
 
@@ -129,12 +137,7 @@ fn plan_switch(
             ..step(Action::HookServices(hook))
         });
     }
-    let container = |slot: Slot| -> Option<&ObservedContainer> {
-        let name = rec.key.container_name(slot);
-        view.containers
-            .iter()
-            .find(|c| c.name == name && belongs_to(c, &rec.key))
-    };
+    let container = |slot: Slot| slot_container(rec, view.containers, slot);
     // Where codeb publishes slot ports, the probe goes to the container the rule will lead to.
     let url = match (
         view.kernel.published(host),
