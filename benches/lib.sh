@@ -14,8 +14,14 @@ if [[ ${CODEB_BENCH_STACK_UP:-1} != 0 ]]; then
 fi
 stack_env=$(./deploy/stack.sh env)
 eval "$stack_env"
-cargo build --release --quiet
-CODEB="${CARGO_TARGET_DIR:-$ROOT/target}/release/codeb"
+# CODEB_BIN=/path/to/codeb: time that build instead of building this checkout (and, in
+# switch.sh, the poller already built beside it).
+if [[ -n ${CODEB_BIN-} ]]; then
+  CODEB=$CODEB_BIN
+else
+  cargo build --release --quiet
+  CODEB="${CARGO_TARGET_DIR:-$ROOT/target}/release/codeb"
+fi
 WORK=$(mktemp -d /tmp/codeb-bench.XXXXXX)
 STATE="$WORK/state"
 export CODEB_STATE_DIR="$STATE"

@@ -10,7 +10,7 @@
 # run without switches, and per switch:
 #   command  wall time of `codeb promote|rollback` (release build);
 #   switch   from the command's start until the sending of the first request that the new slot
-#            answered, polled with fresh connections (bash's /dev/tcp, ~1-2 ms apart);
+#            answered, polled with fresh connections one after another (examples/switch_poller.rs);
 #   answered the same until that request's answer came;
 #   write    the data-path change alone as codeb logs it: the nf_tables transaction (kernel mode) or
 #            the Caddy admin PATCH (caddy-admin mode).
@@ -45,41 +45,17 @@ http_port=${CODEB_TEST_HTTP##*:}
 # Timestamps are ${EPOCHREALTIME/./} (µs), read in place: a `$(...)` forks a subshell (0.5-1 ms
 # here), which would sit between a timestamp and what it times, and slow the poller.
 
-# One GET on a fresh connection into the global `body` (empty on a connection error, which is
-# counted in `poll_errors`). Bash builtins only: no process per request.
-body=""
-poll_errors=0
-fresh_get() { # host
-  local line=""
-  body=""
-  if ! exec 3<>"/dev/tcp/127.0.0.1/$http_port" 2>/dev/null; then
-    poll_errors=$((poll_errors + 1))
-    return
-  fi
-  printf 'GET / HTTP/1.1\r\nHost: %s\r\nConnection: close\r\n\r\n' "$1" >&3
-  while IFS= read -r -u 3 line 2>/dev/null || [[ -n $line ]]; do
-    body=$line
-    line=""
-  done
-  [[ $body == v* ]] || poll_errors=$((poll_errors + 1))
-  exec 3>&-
-}
-
-# Polls until the hostname answers `want`; prints when the first request that got it was sent
-# and when its answer came (µs), or "timeout timeout", and the number of fresh connections that
-# failed meanwhile. The previous request got the old slot, so the rule changed between the two
-# sendings: the sending time is an upper bound of the switch, at most one poll (~1-2 ms) late.
+# The poller (examples/switch_poller.rs): GETs through Caddy on a fresh connection each, one after
+# another, until the hostname answers `want`; prints when the first request that got it was sent
+# and when its answer came (µs, as $EPOCHREALTIME), or "timeout timeout", and the number of fresh
+# connections that failed meanwhile. The previous request got the old slot, so the rule changed
+# between the two requests' dials: the sending time is within one poll (~1 ms) of the switch. Not
+# bash's /dev/tcp: bash reads a socket a byte per syscall, work that on two cores slowed the switch
+# it timed.
+POLLER="${CARGO_TARGET_DIR:-$ROOT/target}/release/examples/switch_poller"
+[[ -n ${CODEB_BIN-} && -x $POLLER ]] || cargo build --release --quiet --example switch_poller
 poll_until() { # host want
-  local deadline=$((${EPOCHREALTIME/./} + POLL_TIMEOUT_US)) sent
-  while ((${EPOCHREALTIME/./} < deadline)); do
-    sent=${EPOCHREALTIME/./}
-    fresh_get "$1"
-    if [[ $body == "$2" ]]; then
-      printf '%s %s %s\n' "$sent" "${EPOCHREALTIME/./}" "$poll_errors"
-      return
-    fi
-  done
-  printf 'timeout timeout %s\n' "$poll_errors"
+  "$POLLER" "127.0.0.1:$http_port" "$1" "$2" "$POLL_TIMEOUT_US"
 }
 
 # p50, p99 and max of the numbers on stdin (one per line, in ms).
@@ -125,7 +101,9 @@ run_switches() { # count phase
     if [[ $mode == api ]]; then
       printf 'POST /api/v1/projects/%s/environments/production/%s HTTP/1.1\r\nHost: %s\r\nX-API-Key: %s\r\nContent-Length: 0\r\nConnection: close\r\n\r\n' \
         "$name" "$verb" "$listen" "$key" >&4
-      out=$(timeout 10 cat <&4) || true
+      # The answer read by a builtin: no process started while the daemon switches.
+      out=""
+      IFS= read -r -d '' -t 10 out <&4 || true
       exec 4>&-
       [[ $out == *'"converged":true'* ]] || {
         ok=0

@@ -61,6 +61,9 @@ pub struct State {
     pub kernel_fallback: Option<String>,
     /// Set: codeb's network does not exist yet (a fresh host); `ensure_network` creates it.
     pub no_network: bool,
+    /// Set: writes of a service address's rule on [`FAKE_GATEWAY`] are refused (as nf_tables
+    /// refusing a transaction); other rules are written.
+    pub refuse_services: bool,
 }
 
 /// A fake host; clones share state.
@@ -534,6 +537,9 @@ impl Kernel for World {
     /// Like an nf_tables transaction: all or nothing, and a dispatch rule needs the dispatch chain.
     async fn set_service(&self, write: &ServiceWrite) -> super::Result<()> {
         self.kernel(true, |s| {
+            if s.refuse_services && !write.gateway.is_loopback() {
+                return Err(no_chain(write));
+            }
             let rules = s.rules_on(write.gateway);
             match &write.target {
                 Some(t) => {

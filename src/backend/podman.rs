@@ -468,6 +468,7 @@ impl Podman {
             API_VERSION.minor_version,
             percent_encode(filters)
         );
+        let started = Instant::now();
         let response = self
             .http
             .get(url)
@@ -482,6 +483,13 @@ impl Podman {
         if !status.is_success() {
             return Err(from_status(OP, status.as_u16(), server_message(&body)));
         }
+        // Podman's share of an observation (the request until its whole answer): what a no-op
+        // apply cannot avoid, read off this line by benches/noop-apply.sh.
+        debug!(
+            elapsed_us = started.elapsed().as_micros() as u64,
+            bytes = body.len(),
+            "podman listed containers"
+        );
         let listed: Vec<ListedContainer> =
             serde_json::from_slice(&body).map_err(|e| Error::Decode {
                 op: OP.to_owned(),

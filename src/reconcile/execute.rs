@@ -96,6 +96,8 @@ pub async fn execute_with<R: Runtime, P: Proxy, K: Kernel, D: Dns, H: Prober>(
     let mut dns_left: BTreeSet<EnvKey> = BTreeSet::new();
     let mut journal = Journal::new(store);
     for (i, step) in plan.steps.iter().enumerate() {
+        // A switch whose rule was written by the step before this one: its records now.
+        journal.settle(i, &mut gens)?;
         if stop() || control.expired() || blocked(step, &failed, &dns_left) {
             journal.skip(plan, i);
             report.skipped += 1;
@@ -109,7 +111,9 @@ pub async fn execute_with<R: Runtime, P: Proxy, K: Kernel, D: Dns, H: Prober>(
             .map(|n| (i + 1, n));
         let started = tokio::time::Instant::now();
         control.progress.started(&text);
-        let result = if records_only(&step.action) {
+        let result = if let Some(rule) = next.filter(|(_, n)| moves_traffic(step, n)) {
+            run_switch(step, &text, i, rule, &mut journal, prober).await
+        } else if records_only(&step.action) {
             run_records(step, &text, i, next, &mut journal, prober, &mut gens).await
         } else {
             let intent = journal.intent(i, step, &text)?;
@@ -127,6 +131,9 @@ pub async fn execute_with<R: Runtime, P: Proxy, K: Kernel, D: Dns, H: Prober>(
                 }
             };
             journal.outcome(step, &text, intent, &result);
+            if result.is_ok() {
+                journal.rule_written(i);
+            }
             result
         };
         if records_only(&step.action) {
@@ -158,6 +165,10 @@ pub async fn execute_with<R: Runtime, P: Proxy, K: Kernel, D: Dns, H: Prober>(
                 if let Some(k) = &step.key {
                     failed.insert(k.clone());
                 }
+                // A switch whose rule failed did not happen: its records stay (see `settle`).
+                if let Some(d) = journal.deferred.as_ref().filter(|d| d.after == i) {
+                    report.executed.retain(|t| *t != d.text);
+                }
                 dns_left.extend(deleted_owners(&step.action));
                 report.failures.push(StepFailure {
                     step: text,
@@ -167,8 +178,79 @@ pub async fn execute_with<R: Runtime, P: Proxy, K: Kernel, D: Dns, H: Prober>(
             }
         }
     }
+    journal.settle(plan.steps.len(), &mut gens)?;
     journal.flush()?;
     Ok(report)
+}
+
+/// Whether `next` is the kernel rule that moves `step`'s switch's traffic: the pair
+/// [`run_switch`] runs, with the switch's records written after the rule.
+fn moves_traffic(step: &Step, next: &Step) -> bool {
+    matches!(step.action, Action::Switch { .. })
+        && matches!(next.action, Action::SetService(_))
+        && next.key == step.key
+        && next.host == step.host
+}
+
+/// A switch whose traffic moves with the kernel rule of the next step (`rule`): one commit of both
+/// intents, made while the health probe started ahead is still out (see [`super::Ahead`]), then the
+/// probe's answer; the rule is written by the next step at once, and the switch's records and
+/// outcome are committed after it ([`Journal::settle`]). So a promote's kernel write waits for
+/// the probe or the commit, whichever is later, instead of the probe and then the commit.
+///
+/// A kill between the rule and the records leaves both steps interrupted, the record naming the
+/// slot that served before and the rule leading to the probed one; the next reconcile re-plans
+/// from that, and writes the rule back to the recorded slot: never traffic to a slot no probe
+/// passed, never a record claiming a switch no rule made.
+async fn run_switch<H: Prober>(
+    step: &Step,
+    text: &str,
+    i: usize,
+    (j, rule): (usize, &Step),
+    journal: &mut Journal<'_>,
+    prober: &H,
+) -> Result<()> {
+    let Action::Switch { to, url, .. } = &step.action else {
+        unreachable!("run_switch runs switches")
+    };
+    let mut w = journal.begin()?;
+    let intent = match journal.take_ahead(i) {
+        Some(seq) => seq,
+        None => w.journal(entry(step, Phase::Intent, text, None, None))?,
+    };
+    let rule_intent = w.journal(entry(rule, Phase::Intent, &rule.to_string(), None, None))?;
+    let started = std::time::Instant::now();
+    journal.commit(w)?;
+    tracing::debug!(
+        elapsed_ms = started.elapsed().as_secs_f64() * 1000.0,
+        "switch intents committed"
+    );
+    journal.ahead = Some((j, rule_intent));
+    // Health-gated: the slot answers now, or traffic does not move.
+    let started = std::time::Instant::now();
+    let probed = prober.probe(url).await;
+    tracing::debug!(
+        url = %url,
+        elapsed_ms = started.elapsed().as_secs_f64() * 1000.0,
+        "switch probed its target"
+    );
+    if let Err(last) = probed {
+        let result = Err(Error::NotHealthy {
+            slot: *to,
+            url: url.clone(),
+            last,
+        });
+        journal.outcome(step, text, intent, &result);
+        return result;
+    }
+    journal.deferred = Some(Deferred {
+        after: j,
+        step: step.clone(),
+        text: text.to_string(),
+        intent,
+        rule_written: false,
+    });
+    Ok(())
 }
 
 /// Whether `step` is skipped: an earlier step of its key failed, or it forgets an environment
@@ -203,13 +285,26 @@ fn records_only(action: &Action) -> bool {
 /// step acted and before its outcome was committed leaves the step as interrupted, which the next
 /// reconcile re-plans from what it observes, exactly as for a step killed while it acted. A step
 /// that only writes records commits its intent, its records, its outcome and the next step's
-/// intent in one transaction: a promote's kernel write comes one commit after its health probe.
+/// intent in one transaction. A switch followed by its kernel rule commits both intents while its
+/// probe is out, and its records after the rule ([`run_switch`]).
 struct Journal<'s> {
     store: &'s Store,
     /// Outcomes not yet committed.
     owed: Vec<JournalEntry>,
     /// A step whose intent a record-only step committed ahead: its index and the intent's seq.
     ahead: Option<(usize, u64)>,
+    /// A switch whose records wait for its kernel rule (see [`run_switch`]).
+    deferred: Option<Deferred>,
+}
+
+/// A probed switch whose records are written once the step `after` (its rule) has run.
+struct Deferred {
+    after: usize,
+    step: Step,
+    text: String,
+    intent: u64,
+    /// The rule ran and succeeded.
+    rule_written: bool,
 }
 
 impl<'s> Journal<'s> {
@@ -218,7 +313,48 @@ impl<'s> Journal<'s> {
             store,
             owed: Vec::new(),
             ahead: None,
+            deferred: None,
         }
+    }
+
+    /// Step `i` ran and succeeded: when it is a deferred switch's rule, traffic moved.
+    fn rule_written(&mut self, i: usize) {
+        if let Some(d) = self.deferred.as_mut().filter(|d| d.after == i) {
+            d.rule_written = true;
+        }
+    }
+
+    /// Before step `i`: commits, with the owed outcomes, the outcome of a switch whose rule (a
+    /// step before `i`) has run or was skipped, and its records when the rule was written. A rule
+    /// that failed or did not start leaves the records as they were (the slot that served still
+    /// does) and the switch failed.
+    ///
+    /// # Errors
+    /// The store's, and a record that moved since the plan (`Conflict`): the execution stops with
+    /// both steps interrupted, for the next reconcile to re-plan.
+    fn settle(&mut self, i: usize, gens: &mut BTreeMap<EnvKey, Option<u64>>) -> Result<()> {
+        if !self.deferred.as_ref().is_some_and(|d| d.after < i) {
+            return Ok(());
+        }
+        let d = self.deferred.take().expect("checked");
+        let mut w = self.begin()?;
+        let mut written = gens.clone();
+        if d.rule_written {
+            write_records(&d.step, &mut w, &mut written)?;
+            w.journal(entry(&d.step, Phase::Done, &d.text, Some(d.intent), None))?;
+        } else {
+            let message = "its kernel rule was not written: traffic did not move".to_string();
+            w.journal(entry(
+                &d.step,
+                Phase::Failed,
+                &d.text,
+                Some(d.intent),
+                Some(message),
+            ))?;
+        }
+        self.commit(w)?;
+        *gens = written;
+        Ok(())
     }
 
     /// A transaction that starts with the owed outcomes (they stay owed until it commits).
@@ -1133,6 +1269,74 @@ mod tests {
         let since = fake.store.journaled_since(seq).unwrap();
         assert_eq!(since, all[all.len() - since.len()..].to_vec());
         assert!(since.iter().any(|e| e.phase == Phase::Failed), "{since:#?}");
+    }
+
+    /// A switch followed by its kernel rule: both intents in one commit, the rule's outcome, then
+    /// the switch's records and outcome (written after the rule), every intent closed once.
+    #[tokio::test(start_paused = true)]
+    async fn a_switch_s_records_are_committed_after_its_kernel_rule_both_intents_before() {
+        let fake = Fake::new();
+        assert!(fake.apply("app:v1").await.converged());
+        let all = assert_each_intent_closed_once(&fake.store);
+        let intent = |what: &str| {
+            all.iter()
+                .find(|e| e.phase == Phase::Intent && e.step.contains(what))
+                .unwrap_or_else(|| panic!("no intent of {what}: {all:#?}"))
+        };
+        let done = |intent: &JournalEntry| {
+            all.iter()
+                .find(|e| e.intent == Some(intent.seq) && e.phase == Phase::Done)
+                .unwrap_or_else(|| panic!("{intent:?} not done: {all:#?}"))
+                .seq
+        };
+        let switch = intent("switch traffic to");
+        let rule = intent("service address");
+        assert_eq!(
+            rule.seq,
+            switch.seq + 1,
+            "the rule's intent with the switch's: {all:#?}"
+        );
+        assert!(done(rule) < done(switch), "{all:#?}");
+        let rec = fake
+            .store
+            .env(&EnvKey::new("myapp", "production"))
+            .unwrap()
+            .unwrap();
+        assert!(rec.active.is_some(), "{rec:?}");
+    }
+
+    /// A switch whose kernel rule is refused did not happen: the record still names the slot that
+    /// serves, the switch's outcome is a failure, and the answer does not list it as executed.
+    #[tokio::test(start_paused = true)]
+    async fn a_switch_whose_kernel_rule_is_refused_leaves_the_record_on_the_serving_slot() {
+        let fake = Fake::new();
+        assert!(fake.apply("app:v1").await.converged());
+        let key = EnvKey::new("myapp", "production");
+        let before = fake.store.env(&key).unwrap().unwrap();
+        fake.world.state().refuse_services = true;
+        let out = fake.apply("app:v2").await;
+        assert!(!out.converged(), "{:?}", out.executed);
+        assert!(
+            !out.executed.iter().any(|s| s.contains("switch traffic to")),
+            "{:?}",
+            out.executed
+        );
+        let after = fake.store.env(&key).unwrap().unwrap();
+        assert_eq!(after.active, before.active, "{after:?}");
+        let all = assert_each_intent_closed_once(&fake.store);
+        let switch = all
+            .iter()
+            .rev()
+            .find(|e| e.phase == Phase::Intent && e.step.contains("switch traffic to"))
+            .unwrap();
+        let outcome = all.iter().find(|e| e.intent == Some(switch.seq)).unwrap();
+        assert_eq!(outcome.phase, Phase::Failed, "{outcome:?}");
+
+        // Once the kernel takes it again, the next apply promotes.
+        fake.world.state().refuse_services = false;
+        assert!(fake.apply("app:v2").await.converged());
+        let now = fake.store.env(&key).unwrap().unwrap();
+        assert_ne!(now.active, before.active, "{now:?}");
     }
 
     #[tokio::test(start_paused = true)]

@@ -1004,7 +1004,9 @@ pub async fn call(ctx: &Ctx, req: Request) -> Result<Response> {
         None => run(ctx, req).await,
         Some(timeout) => bounded(ctx, req, timeout).await,
     };
-    if changes {
+    // An apply that found nothing to do changed nothing: no entry (a no-op apply writes nothing;
+    // `codeb watch`'s resyncs are not requests either).
+    if changes && !result.as_ref().is_ok_and(changed_nothing) {
         let mut entry = entry;
         match &result {
             Ok(r) => {
@@ -1055,6 +1057,24 @@ fn targets(req: &Request) -> Vec<String> {
 }
 
 /// The executed steps a result reports, for the audit.
+/// An apply that planned no step, found no field to change and executed nothing, converged.
+fn changed_nothing(r: &Response) -> bool {
+    match r {
+        Response::Apply(ApplyView {
+            dry_run: false,
+            plan,
+            outcome: Some(o),
+            ..
+        }) => {
+            plan.steps.is_empty()
+                && plan.changes.is_empty()
+                && o.executed.is_empty()
+                && r.exit_code() == 0
+        }
+        _ => false,
+    }
+}
+
 fn steps(r: &Response) -> Vec<String> {
     match r {
         Response::Apply(ApplyView {
