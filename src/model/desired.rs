@@ -118,7 +118,7 @@ pub fn desired(m: &Manifests) -> Desired {
                         spec::Promotion::Auto => Promotion::Auto,
                     },
                     grace_period: e.grace_period,
-                    migration_grace: crate::model::DEFAULT_MIGRATION_GRACE,
+                    migration_grace: e.migration_grace,
                     env_from: e.env_from,
                     data: data_wants(e),
                 },

@@ -241,7 +241,7 @@ fn fmt_migration(
         Some(r) => format!("release {} ({}, serving on {from})", r.hash(), r.image),
         None => "the manifests' release".to_string(),
     };
-    let grace = humantime::format_duration(std::time::Duration::from_millis(m.grace_ms));
+    let grace = super::fields::duration(std::time::Duration::from_millis(m.grace_ms));
     write!(
         f,
         "migrate from host {from} to host {to}, in phases (each recorded before it acts):"

@@ -263,7 +263,7 @@ async fn diff_shows_every_phase_before_anything_starts_and_changes_nothing() {
         ),
         format!("2. a's route for {HOSTNAME} forwards to b's Caddy at {B_ADDRESS}:18080"),
         format!("3. DNS records of {HOSTNAME} name b's address (managed zones: TTL at most 60 s"),
-        "4. grace on a for 2days: it keeps the forwarding route and its serving container, stopped"
+        "4. grace on a for 48h: it keeps the forwarding route and its serving container, stopped"
             .to_string(),
         "5. then a's routes, kernel rules and containers of it are removed".to_string(),
     ] {
