@@ -220,6 +220,13 @@ impl fmt::Display for Step {
                 Ok(())
             }
             Action::MigrateFinish => write!(f, "migration: done, forget the source's record"),
+            Action::MigrateAbort(r) => write!(
+                f,
+                "migration: abort, the environment stays on host {} (ports {}/{})",
+                r.host,
+                r.base_port,
+                r.base_port + 1
+            ),
             Action::EnsureZone { .. } | Action::DnsPatch { .. } => {
                 unreachable!("zone steps are written by fmt_zone_step")
             }

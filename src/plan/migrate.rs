@@ -36,6 +36,9 @@ pub(super) enum Decision<'a> {
     Begin(Step),
     /// Migrating: the target is planned (with this release while it deploys), then the source.
     Migrating(&'a Migration),
+    /// The manifests name the source again while the target still deploys (nothing moved yet):
+    /// the target's part is removed and the record returns to the source.
+    Abort(&'a Migration),
     /// Not planned, with this note.
     Refuse(Note),
 }
@@ -58,12 +61,15 @@ pub(super) fn decide<'a>(
     };
     match rec.migration.as_deref() {
         Some(m) if rec.host == d.host => Decision::Migrating(m),
+        Some(m) if d.host == m.source.host && m.phase == MigrationPhase::Deploying => {
+            Decision::Abort(m)
+        }
         Some(m) => refuse(
             &m.source.host,
             format!(
-                "it is migrating from {} to {}; a change of host during a migration is not built \
-                 yet (put `host: {}` back and let it finish)",
-                m.source.host, rec.host, rec.host
+                "it is migrating from {} to {} (phase {}); a change of host once traffic moves is \
+                 not built yet (put `host: {}` back and let it finish)",
+                m.source.host, rec.host, m.phase, rec.host
             ),
         ),
         None if rec.host == d.host => Decision::Stay,
@@ -122,6 +128,22 @@ fn begin(d: &DesiredEnv, rec: &EnvRecord, base: u16, forward: String, now_ms: u6
             forward,
         },
     }
+}
+
+/// Aborts a migration whose target still deploys: what the target holds of the environment goes
+/// (its routes, kernel rules and containers), then the record returns to the source as it was.
+/// Nothing of the source was touched in `Deploying`, and its DNS records still name it.
+pub(super) fn plan_abort(rec: &EnvRecord, m: &Migration, observed: &Observed, out: &mut Plan) {
+    let Some(view) = reachable(&rec.host, observed, out) else {
+        return; // nothing is forgotten of what could not be seen
+    };
+    super::plan_removal_on(rec, view, out);
+    out.steps.push(Step {
+        host: m.source.host.clone(),
+        key: Some(rec.key.clone()),
+        generation: Some(rec.generation),
+        action: Action::MigrateAbort(Box::new(m.source.clone())),
+    });
 }
 
 /// The desired environment the target is planned with: while it deploys, with the release that

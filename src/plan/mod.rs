@@ -340,6 +340,9 @@ pub enum Action {
     },
     /// The source is cleaned up: the migration's record goes. Writes the record only.
     MigrateFinish,
+    /// A migration aborted while its target deployed: the record becomes the source's again
+    /// (this one, whole), after the target's part was removed. Writes the record only.
+    MigrateAbort(Box<EnvRecord>),
 }
 
 impl Action {
@@ -623,6 +626,7 @@ fn plan_on(
                     migrate::Decision::Stay => {}
                     migrate::Decision::Begin(step) => return out.steps.push(step),
                     migrate::Decision::Refuse(note) => return out.notes.push(note),
+                    migrate::Decision::Abort(m) => return migrate::plan_abort(r, m, observed, out),
                     migrate::Decision::Migrating(m) => migration = Some((r, m)),
                 }
             }

@@ -196,6 +196,7 @@ fn records_only(action: &Action) -> bool {
             | Action::MigrateBegin { .. }
             | Action::MigratePhase(_)
             | Action::MigrateFinish
+            | Action::MigrateAbort(_)
     )
 }
 
@@ -376,6 +377,7 @@ fn write_records(
         Action::Register(rec) => Some(&**rec),
         Action::Adopt(a) => Some(&a.record),
         Action::MigrateBegin { record, .. } => Some(&**record),
+        Action::MigrateAbort(record) => Some(&**record),
         _ => None,
     };
     if let Some(rec) = whole {
@@ -702,7 +704,8 @@ async fn run<R: Runtime, P: Proxy, K: Kernel, D: Dns, H: Prober>(
         | Action::Forget
         | Action::MigrateBegin { .. }
         | Action::MigratePhase(_)
-        | Action::MigrateFinish => {
+        | Action::MigrateFinish
+        | Action::MigrateAbort(_) => {
             unreachable!("run_records runs these")
         }
     }
@@ -773,7 +776,8 @@ fn backend_of(action: &Action) -> Option<&'static str> {
         }
         | Action::MigrateBegin { .. }
         | Action::MigratePhase(_)
-        | Action::MigrateFinish => None,
+        | Action::MigrateFinish
+        | Action::MigrateAbort(_) => None,
         Action::Deploy { .. }
         | Action::Recreate { .. }
         | Action::Start { .. }
