@@ -529,6 +529,45 @@ async fn naming_the_source_again_while_the_target_deploys_aborts_and_leaves_the_
     );
 }
 
+#[tokio::test(start_paused = true)]
+async fn in_the_grace_period_the_source_is_held_as_recorded_whatever_happened_to_it() {
+    let f = Two::new();
+    f.on_a().await;
+    let d = desired_on("b", "app:v1");
+    f.run(&d, now(), &mut |_| {}).await;
+    let phase = f.record().migration.map(|m| m.phase);
+    assert_eq!(phase, Some(MigrationPhase::Grace));
+    // By hand on `a`: the forwarding route removed, the kept container started again.
+    f.a.state().routes.retain(|r| r.id != key().route_id());
+    let kept =
+        f.a.state()
+            .containers
+            .values()
+            .find(|(c, _)| crate::model::ownership::belongs_to(c, &key()))
+            .map(|(c, _)| c.id.clone())
+            .unwrap();
+    crate::backend::Runtime::start(&f.a, &kept).await.unwrap();
+    let p = f.plan(&d, now()).await;
+    assert!(
+        p.steps.iter().any(|s| s.host == "a"
+            && matches!(&s.action, Action::MigrateForward { add: true, .. })),
+        "{p}"
+    );
+    assert!(
+        p.steps.iter().any(|s| s.host == "a"
+            && matches!(&s.action, Action::Stop { container, .. } if *container == kept)),
+        "{p}"
+    );
+    f.run(&d, now(), &mut |_| {}).await;
+    assert_eq!(f.via("a").as_deref(), Some("app:v1"), "forwarded again");
+    assert!(f.a.state().containers.values().all(|(c, _)| !c.running));
+    assert_eq!(
+        f.record().migration.map(|m| m.phase),
+        phase,
+        "still in grace"
+    );
+}
+
 /// The end state of a whole migration (grace included), for the crash test: the record's host,
 /// what `b` serves, what `a` still holds, the hostname's record, and whether it finished.
 type EndState = (
@@ -583,4 +622,51 @@ async fn a_crash_after_every_journal_commit_of_a_migration_converges_to_the_same
         assert_eq!(end_state(&f), reference, "after a crash at commit {n}");
     }
     assert!(crashes > 10, "a migration commits at every step: {crashes}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_crash_after_every_journal_commit_of_an_abort_converges_to_the_source_as_it_was() {
+    let (to_b, back) = (desired_on("b", "app:v1"), desired_on("a", "app:v1"));
+    // `a` serving, a migration begun and `b` deploying.
+    let deploying = || async {
+        let f = Two::new();
+        f.on_a().await;
+        while held_by(&f.b).0 == 0 {
+            f.round(&to_b).await;
+        }
+        f
+    };
+    let before = {
+        let f = deploying().await;
+        let source = f.record().migration.unwrap().source;
+        (source.host, source.base_port, source.active)
+    };
+    let mut crashes = 0;
+    for n in 1.. {
+        let mut f = deploying().await;
+        crate::reconcile::fault::crash_after(Some(n));
+        let crashed = std::panic::AssertUnwindSafe(f.run(&back, now(), &mut |_| {}))
+            .catch_unwind()
+            .await
+            .is_err();
+        crate::reconcile::fault::crash_after(None);
+        if !crashed {
+            break;
+        }
+        crashes += 1;
+        f.reopen();
+        let last = f.run(&back, now(), &mut |_| {}).await;
+        assert!(!last.has_problems(), "after a crash at commit {n}: {last}");
+        let rec = f.record();
+        assert!(rec.migration.is_none(), "after a crash at commit {n}");
+        assert_eq!(
+            (rec.host, rec.base_port, rec.active),
+            before,
+            "after a crash at commit {n}"
+        );
+        assert_eq!(held_by(&f.b), (0, 0), "after a crash at commit {n}");
+        assert_eq!(f.a.serving(HOSTNAME).as_deref(), Some("app:v1"));
+        assert_eq!(f.dns_record(), Some((A_ADDRESS.to_string(), 300)));
+    }
+    assert!(crashes > 2, "an abort commits at every step: {crashes}");
 }
