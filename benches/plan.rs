@@ -100,6 +100,7 @@ fn world(n: usize) -> (Desired, Observed, Recorded) {
                 health_timeout: Duration::from_secs(60),
                 promotion: Promotion::Auto,
                 grace_period: Duration::from_secs(3600),
+                migration_grace: codeb::model::DEFAULT_MIGRATION_GRACE,
                 env_from: Default::default(),
                 data: Default::default(),
             },

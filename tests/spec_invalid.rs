@@ -41,7 +41,7 @@ fn an_unknown_field_lists_the_fields_and_suggests_the_closest() {
         12,
         7,
         "unknown field `prot` in `spec.environments.production`; expected one of `image`, `port`, \
-         `command`, `env`, `envFrom`, `healthCheck`, `promotion`, `gracePeriod`, `stopTimeout`, `hostname`, `resources`, `database`, `cache`, `onDelete` (did you mean `port`?)",
+         `command`, `env`, `envFrom`, `healthCheck`, `promotion`, `gracePeriod`, `migrationGrace`, `stopTimeout`, `hostname`, `resources`, `database`, `cache`, `onDelete` (did you mean `port`?)",
     );
 }
 

@@ -183,6 +183,7 @@ mod tests {
                 health_timeout: Duration::from_secs(5),
                 promotion: Promotion::Auto,
                 grace_period: Duration::from_secs(60),
+                migration_grace: crate::model::DEFAULT_MIGRATION_GRACE,
                 env_from: Default::default(),
                 data: Default::default(),
             },

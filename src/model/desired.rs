@@ -118,6 +118,7 @@ pub fn desired(m: &Manifests) -> Desired {
                         spec::Promotion::Auto => Promotion::Auto,
                     },
                     grace_period: e.grace_period,
+                    migration_grace: e.migration_grace,
                     env_from: e.env_from,
                     data: data_wants(e),
                 },
@@ -181,6 +182,7 @@ mod tests {
             health_timeout: Duration::from_secs(5),
             promotion: Promotion::Auto,
             grace_period: Duration::from_secs(60),
+            migration_grace: crate::model::DEFAULT_MIGRATION_GRACE,
             env_from: Default::default(),
             data: Default::default(),
         }

@@ -420,6 +420,11 @@ pub struct DesiredEnv {
     pub health_timeout: Duration,
     pub promotion: Promotion,
     pub grace_period: Duration,
+    /// How long the host the environment leaves in a migration keeps its forwarding route and
+    /// its stopped slot for a rollback (`migrationGrace`); absent in specs recorded before it
+    /// existed (they read as the default, 48 hours).
+    #[serde(default = "default_migration_grace")]
+    pub migration_grace: Duration,
     /// Whether releases pin the stored env's latest version (`envFrom`); absent in specs
     /// recorded before it existed (they read as `stored`, the default).
     #[serde(default)]
@@ -427,6 +432,14 @@ pub struct DesiredEnv {
     /// Its database and cache (`database:`, `cache:`, `onDelete:`).
     #[serde(default, skip_serializing_if = "data::DataWants::is_default")]
     pub data: data::DataWants,
+}
+
+/// A migration's grace period unless the manifests say otherwise: the original platform's 48
+/// hours.
+pub const DEFAULT_MIGRATION_GRACE: Duration = Duration::from_secs(48 * 3600);
+
+fn default_migration_grace() -> Duration {
+    DEFAULT_MIGRATION_GRACE
 }
 
 impl DesiredEnv {
@@ -508,6 +521,80 @@ pub struct EnvRecord {
     pub green: SlotRecord,
     /// Bumped by every write; a plan's steps carry the generation they were computed from.
     pub generation: u64,
+    /// Set while the environment moves to `host` from another host (see [`Migration`]); absent
+    /// in records of a codeb that knew no migration.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub migration: Option<Box<Migration>>,
+}
+
+/// A move of an environment to the host its record names (`EnvRecord::host`, the target) from
+/// the one it ran on (`source.host`), recorded when it begins and advanced phase by phase, each
+/// phase written before the step that acts on it (see docs/multi-host.md, "Migration").
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Migration {
+    /// The environment's record on the host it leaves, as it was when the migration began: its
+    /// ports, slots and active slot, which stay there until the cleanup (the planner removes
+    /// them from it).
+    pub source: EnvRecord,
+    pub phase: MigrationPhase,
+    /// When `phase` was entered (unix ms): the grace period counts from the entry into `Grace`.
+    pub since_ms: u64,
+    /// How long the source keeps its forwarding route and its stopped slot after the DNS moved.
+    pub grace_ms: u64,
+}
+
+impl Migration {
+    /// The release the target starts with: the one that served on the source (`None` when
+    /// nothing served there, or when its release is known by its label only and cannot be
+    /// rebuilt: the manifests' release is deployed then).
+    pub fn release(&self) -> Option<&Release> {
+        let active = self.source.active?;
+        self.source
+            .slot(active)
+            .release
+            .as_ref()
+            .filter(|r| r.adopted.is_none())
+    }
+
+    /// When the grace period ends (meaningful in `Grace`).
+    pub fn grace_ends_ms(&self) -> u64 {
+        self.since_ms.saturating_add(self.grace_ms)
+    }
+}
+
+/// The recorded phases of a migration; each one's completion is read from what is observed,
+/// never from the journal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MigrationPhase {
+    /// The target deploys the source's serving release and health-checks it (the ordinary
+    /// first deploy, on ports allocated for the target). DNS still names the source, its TTL
+    /// lowered.
+    Deploying,
+    /// The source's hostname route forwards to the target's Caddy.
+    Forwarding,
+    /// The DNS records name the target's address (TTL still lowered).
+    Dns,
+    /// The source keeps the forwarding route and its serving slot's container, stopped, until
+    /// the grace period ends; then it is cleaned up and the migration record goes. DNS TTL back.
+    Grace,
+}
+
+impl MigrationPhase {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MigrationPhase::Deploying => "deploying",
+            MigrationPhase::Forwarding => "forwarding",
+            MigrationPhase::Dns => "dns",
+            MigrationPhase::Grace => "grace",
+        }
+    }
+}
+
+impl fmt::Display for MigrationPhase {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 impl EnvRecord {
@@ -523,6 +610,7 @@ impl EnvRecord {
             blue: SlotRecord::default(),
             green: SlotRecord::default(),
             generation: 0,
+            migration: None,
         }
     }
 

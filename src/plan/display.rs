@@ -204,11 +204,82 @@ impl fmt::Display for Step {
             }
             Action::RemoveContainer { name, .. } => write!(f, "remove container {name}"),
             Action::Forget => write!(f, "forget its record"),
+            Action::MigrateBegin { record, forward } => fmt_migration(record, forward, f),
+            Action::MigrateForward { route, .. } => write!(
+                f,
+                "migration: forward {} on this host to {} (the target's Caddy)",
+                route.hosts.join(", "),
+                route.upstream
+            ),
+            Action::MigratePhase(phase) => write!(f, "migration: record phase {phase}"),
+            Action::MigrateGrace { container } => {
+                write!(f, "migration: begin the grace period on this host")?;
+                if container.is_some() {
+                    write!(f, " (stop the serving container, kept for a rollback)")?;
+                }
+                Ok(())
+            }
+            Action::MigrateFinish => write!(f, "migration: done, forget the source's record"),
+            Action::MigrateAbort(r) => write!(
+                f,
+                "migration: abort, the environment stays on host {} (ports {}/{})",
+                r.host,
+                r.base_port,
+                r.base_port + 1
+            ),
             Action::EnsureZone { .. } | Action::DnsPatch { .. } => {
                 unreachable!("zone steps are written by fmt_zone_step")
             }
         }
     }
+}
+
+/// The start of a migration, with every phase it goes through.
+fn fmt_migration(
+    record: &crate::model::EnvRecord,
+    forward: &str,
+    f: &mut fmt::Formatter<'_>,
+) -> fmt::Result {
+    let Some(m) = record.migration.as_deref() else {
+        return write!(f, "migrate (no migration recorded)");
+    };
+    let (from, to) = (&m.source.host, &record.host);
+    let release = match m.release() {
+        Some(r) => format!("release {} ({}, serving on {from})", r.hash(), r.image),
+        None => "the manifests' release".to_string(),
+    };
+    let grace = super::fields::duration(std::time::Duration::from_millis(m.grace_ms));
+    write!(
+        f,
+        "migrate from host {from} to host {to}, in phases (each recorded before it acts):"
+    )?;
+    write!(
+        f,
+        "\n      1. deploy {release} on {to} (ports {}/{}) and health-check it there",
+        record.base_port,
+        record.base_port + 1
+    )?;
+    write!(
+        f,
+        "\n      2. {from}'s route for {} forwards to {to}'s Caddy at {forward}",
+        record.hostname
+    )?;
+    write!(
+        f,
+        "\n      3. DNS records of {} name {to}'s address (managed zones: TTL at most {} s from \
+         the start until the grace period)",
+        record.hostname,
+        super::migrate::MIGRATION_TTL
+    )?;
+    write!(
+        f,
+        "\n      4. grace on {from} for {grace}: it keeps the forwarding route and its serving \
+         container, stopped"
+    )?;
+    write!(
+        f,
+        "\n      5. then {from}'s routes, kernel rules and containers of it are removed"
+    )
 }
 
 /// A zone's step: `zone codeb.kr: change 3 rrsets in one PATCH`, then one line per change.
@@ -302,7 +373,11 @@ impl fmt::Display for Note {
                 let projects: Vec<&str> = projects.into_iter().collect();
                 write!(f, "{} {} held on host {host} by codeb's marks, in no manifest and not recorded in this state directory: left as {}; `codeb delete project {}` or `codeb apply --prune --prune-project {}` removes {}", names.join(", "), if keys.len() == 1 { "is" } else { "are" }, if keys.len() == 1 { "it is" } else { "they are" }, projects.join("`, `codeb delete project "), projects.join(" --prune-project "), if keys.len() == 1 { "it" } else { "them" })
             }
-            Note::HostMoved { key, from, to } => write!(f, "{key}: recorded on host {from}, manifests say {to}; moving is not supported (delete the project first)"),
+            Note::HostMoved { key, from, to, reason } => write!(f, "{key}: recorded on host {from}, manifests say {to}; not moved: {reason}"),
+            Note::MigrationGrace { key, from, until_ms } => {
+                let until = std::time::UNIX_EPOCH + std::time::Duration::from_millis(*until_ms);
+                write!(f, "{key}: migrated from host {from}, which keeps a forwarding route and a stopped slot until {} (then it is cleaned up)", humantime::format_rfc3339_seconds(until))
+            }
         }
     }
 }

@@ -62,6 +62,8 @@ struct WantedEnv<'a> {
     /// The Host address in the form PowerDNS answers with (RFC 5952 for IPv6), so that a
     /// converged record compares equal.
     content: &'a str,
+    /// Lowered during a migration (see [`lowered_ttl`]).
+    lowered: bool,
 }
 
 /// One rrset an environment calls for.
@@ -71,6 +73,31 @@ struct Want<'a> {
     name: String,
     rtype: &'static str,
     content: &'a str,
+    lowered: bool,
+}
+
+/// The TTL of a want in a zone whose TTL is `ttl`.
+fn want_ttl(w: &Want<'_>, ttl: u32) -> u32 {
+    if w.lowered {
+        ttl.min(super::migrate::MIGRATION_TTL)
+    } else {
+        ttl
+    }
+}
+
+/// Which host's address an environment's records name, and whether their TTL is lowered: the
+/// recorded host until a migration's `Dns` phase, then the target; lowered from the migration's
+/// start until its grace period.
+fn serving_host<'a>(d: &'a DesiredEnv, recorded: &'a Recorded) -> (&'a str, bool) {
+    use crate::model::MigrationPhase;
+    match recorded.envs.get(&d.key) {
+        None => (&d.host, false),
+        Some(r) => match r.migration.as_deref() {
+            None => (&r.host, false),
+            Some(m) if m.phase < MigrationPhase::Dns => (&m.source.host, true),
+            Some(m) => (&r.host, m.phase < MigrationPhase::Grace),
+        },
+    }
 }
 
 /// An environment as `(project, environment)`, borrowed: how ownership marks are compared without
@@ -130,9 +157,11 @@ pub fn plan_apply(
     }
     // Per host, once: Host addresses are validated IPs; an unparsable one gets no record rather
     // than a bad one.
-    let records: BTreeMap<&str, (&'static str, String)> = desired
+    // Recorded Hosts too: a migration's source may no longer be declared.
+    let records: BTreeMap<&str, (&'static str, String)> = recorded
         .hosts
         .iter()
+        .chain(desired.hosts.iter())
         .filter_map(|(name, h)| {
             let ip = h.address.parse::<IpAddr>().ok()?;
             let rtype = if ip.is_ipv4() { "A" } else { "AAAA" };
@@ -143,12 +172,14 @@ pub fn plan_apply(
         .envs
         .values()
         .filter_map(|d| {
-            let (rtype, content) = records.get(d.host.as_str())?;
+            let (host, lowered) = serving_host(d, recorded);
+            let (rtype, content) = records.get(host)?;
             Some(WantedEnv {
                 key: &d.key,
                 hostname: &d.hostname,
                 rtype,
                 content,
+                lowered,
             })
         })
         .collect();
@@ -475,6 +506,7 @@ fn wants_by_zone<'a>(input: &Input<'a>, plan: &mut Plan) -> BTreeMap<&'a str, Ve
                     name,
                     rtype: w.rtype,
                     content: w.content,
+                    lowered: w.lowered,
                 });
             }
         };
@@ -568,8 +600,9 @@ fn diff(
         let writing = claim.filter(|(_, w)| !conflicted.contains(&owner(w.key)));
         if let Some((c, w)) = writing {
             let was = n.rrsets().find(|r| r.rtype == w.rtype);
-            if !was.is_some_and(|r| converged(r, w, z.zone.ttl)) {
-                writes.push((c, replace(w, z.zone.ttl, was)));
+            let ttl = want_ttl(w, z.zone.ttl);
+            if !was.is_some_and(|r| converged(r, w, ttl)) {
+                writes.push((c, replace(w, ttl, was)));
             }
         }
         for r in n.rrsets() {

@@ -302,6 +302,14 @@ fn fields(current: Option<Current<'_>>, base: Option<&Release>, d: &DesiredEnv) 
             was(&|x| env_from(x.env_from), env_from(EnvFrom::default())),
             Some(env_from(d.env_from)),
         );
+        push(
+            "migrationGrace",
+            was(
+                &|x| duration(x.migration_grace),
+                duration(crate::model::DEFAULT_MIGRATION_GRACE),
+            ),
+            Some(duration(d.migration_grace)),
+        );
         data(&mut push, declared.map(|x| x.data), d.data);
     }
     out
@@ -379,7 +387,7 @@ fn secs(s: u32) -> String {
 }
 
 /// `5s`, `1500ms`, `1h`, `90m`: as a manifest would write it.
-fn duration(d: Duration) -> String {
+pub(crate) fn duration(d: Duration) -> String {
     let ms = d.as_millis();
     if !ms.is_multiple_of(1000) {
         return format!("{ms}ms");
@@ -498,6 +506,10 @@ mod tests {
             (
                 Box::new(|d| d.grace_period = Duration::from_secs(90)),
                 field("gracePeriod", "1h", "90s"),
+            ),
+            (
+                Box::new(|d| d.migration_grace = Duration::from_secs(3600)),
+                field("migrationGrace", "48h", "1h"),
             ),
             (
                 Box::new(|d| d.hostname = "hello.other.test".into()),

@@ -19,6 +19,7 @@ mod display;
 pub mod dns;
 mod env;
 pub mod fields;
+pub mod migrate;
 mod service;
 mod switch;
 
@@ -38,7 +39,8 @@ use crate::model::writes::{
     AccessLog, ContainerSpec, HookWrite, LoopbackWrite, Route, ServerSpec, ServiceWrite, TlsMode,
 };
 use crate::model::{
-    Desired, DesiredEnv, EnvKey, EnvRecord, HostRef, Recorded, Release, Slot, SwitchMode,
+    Desired, DesiredEnv, EnvKey, EnvRecord, HostRef, MigrationPhase, Recorded, Release, Slot,
+    SwitchMode,
 };
 
 pub use dns::{DnsChange, ZoneObservation};
@@ -315,6 +317,32 @@ pub enum Action {
         zone: String,
         changes: Vec<DnsChange>,
     },
+    /// Record that the environment moves to the host this record names (see
+    /// [`crate::model::Migration`]): the whole record, on fresh ports with no slot yet, holding
+    /// the source's record. Writes the record only.
+    MigrateBegin {
+        record: Box<EnvRecord>,
+        /// Where the source's route will forward to (the target's Caddy), for the plan's lines.
+        forward: String,
+    },
+    /// On the source host: record the migration as forwarding, then point the hostname's route
+    /// at the target's Caddy (added when `add`, else replaced).
+    MigrateForward {
+        route: Route,
+        add: bool,
+    },
+    /// Record that the migration entered this phase (only ever forward). Writes the record only.
+    MigratePhase(MigrationPhase),
+    /// On the source host: record the migration's grace period as begun, then stop the serving
+    /// slot's container (kept for a rollback until the grace period ends).
+    MigrateGrace {
+        container: Option<String>,
+    },
+    /// The source is cleaned up: the migration's record goes. Writes the record only.
+    MigrateFinish,
+    /// A migration aborted while its target deployed: the record becomes the source's again
+    /// (this one, whole), after the target's part was removed. Writes the record only.
+    MigrateAbort(Box<EnvRecord>),
 }
 
 impl Action {
@@ -386,11 +414,20 @@ pub enum Note {
     Unreachable { host: String, error: String },
     /// No free port pair is left in the environment's range.
     NoPorts { key: EnvKey },
-    /// The environment is recorded on another host; moving is not supported.
+    /// The manifests name another host than the one the environment is recorded on, and the
+    /// migration cannot begin or go on, for `reason`.
     HostMoved {
         key: EnvKey,
         from: String,
         to: String,
+        reason: String,
+    },
+    /// A migration's source keeps its forwarding route and its stopped slot until `until_ms`,
+    /// then is cleaned up. Converged.
+    MigrationGrace {
+        key: EnvKey,
+        from: String,
+        until_ms: u64,
     },
     /// A managed zone could not be observed; its DNS was not planned. The message names the
     /// endpoint.
@@ -424,6 +461,7 @@ impl Note {
                 | Note::NoZone { .. }
                 | Note::Unrecorded { .. }
                 | Note::Undeclared { .. }
+                | Note::MigrationGrace { .. }
         )
     }
 
@@ -494,6 +532,13 @@ fn plan_on(
 ) -> Plan {
     let mut plan = Plan::default();
     dns::plan_apply(desired, observed, recorded, prune, &mut plan);
+    let dns_pending = migrate::dns_pending(&plan, desired, recorded);
+    let source = migrate::Source {
+        desired,
+        recorded,
+        observed,
+        dns_pending: &dns_pending,
+    };
     let mut taken = LazyPorts {
         set: None,
         recorded,
@@ -573,14 +618,24 @@ fn plan_on(
             let Some((host, (containers, routes), kernel)) = hosts.get(d.host.as_str()) else {
                 return; // unreachable: noted above
             };
-            if let Some(rec) = rec.filter(|r| r.host != d.host) {
-                out.notes.push(Note::HostMoved {
-                    key: d.key.clone(),
-                    from: rec.host.clone(),
-                    to: d.host.clone(),
-                });
-                return;
+            // A migration: its start is one step of its own; once begun, the target is planned
+            // as always (with the source's serving release while it deploys), then the source.
+            let mut migration = None;
+            if let Some(r) = rec {
+                match migrate::decide(d, r, desired, taken, now_ms) {
+                    migrate::Decision::Stay => {}
+                    migrate::Decision::Begin(step) => return out.steps.push(step),
+                    migrate::Decision::Refuse(note) => return out.notes.push(note),
+                    migrate::Decision::Abort(m) => return migrate::plan_abort(r, m, observed, out),
+                    migrate::Decision::Migrating(m) => migration = Some((r, m)),
+                }
             }
+            let target = match migration {
+                Some((_, m)) => migrate::target_desired(d, m),
+                None => std::borrow::Cow::Borrowed(d),
+            };
+            let d = target.as_ref();
+            let (steps_before, notes_before) = (out.steps.len(), out.notes.len());
             let k = (d.key.project.as_str(), d.key.env.as_str());
             let (cs, rs) = (gather(containers, &k), gather(routes, &k));
             // No record, but the host may hold it by codeb's marks: adopted as it runs, not
@@ -614,6 +669,11 @@ fn plan_on(
                 now_ms,
                 out,
             );
+            if let Some((r, m)) = migration {
+                let converged = out.steps.len() == steps_before
+                    && !out.notes[notes_before..].iter().any(Note::is_problem);
+                migrate::plan_source(d, r, m, converged, &source, now_ms, out);
+            }
         };
     // The environments from `from` on (to the end, or up to `to`), merge-joined with their records
     // (both maps are ordered by key), so that planning stays linear and touches each record once.
@@ -709,7 +769,9 @@ fn plan_on(
                 .get(&rec.host)
                 .or_else(|| recorded.hosts.get(&rec.host));
             if let Some(view) = host.and_then(|_| reachable(&rec.host, observed, &mut plan)) {
-                plan_removal(rec, view, &mut plan);
+                if remove_source(rec, observed, &mut plan) {
+                    plan_removal(rec, view, &mut plan);
+                }
             }
         }
     }
@@ -729,7 +791,9 @@ pub fn plan_delete(keys: &[EnvKey], observed: &Observed, recorded: &Recorded) ->
     for key in keys {
         if let Some(rec) = recorded.envs.get(key) {
             if let Some(view) = reachable(&rec.host, observed, &mut plan) {
-                plan_removal(rec, view, &mut plan);
+                if remove_source(rec, observed, &mut plan) {
+                    plan_removal(rec, view, &mut plan);
+                }
             }
         }
     }
@@ -845,6 +909,17 @@ fn held(
 }
 
 fn plan_removal(rec: &EnvRecord, view: HostView<'_>, plan: &mut Plan) {
+    plan_removal_on(rec, view, plan);
+    plan.steps.push(Step {
+        host: rec.host.clone(),
+        key: Some(rec.key.clone()),
+        generation: Some(rec.generation),
+        action: Action::Forget,
+    });
+}
+
+/// The removal of what `rec`'s host holds of it: routes, kernel rules, containers (not its record).
+fn plan_removal_on(rec: &EnvRecord, view: HostView<'_>, plan: &mut Plan) {
     let HostView {
         containers,
         proxy,
@@ -885,7 +960,22 @@ fn plan_removal(rec: &EnvRecord, view: HostView<'_>, plan: &mut Plan) {
             name: c.name.clone(),
         }));
     }
-    plan.steps.push(step(Action::Forget));
+}
+
+/// A migrating environment that is removed: what its source holds goes first (its record is the
+/// migration's, forgotten with the environment's). False when the source cannot be observed: the
+/// record stays, so that a later delete still finds the source.
+fn remove_source(rec: &EnvRecord, observed: &Observed, plan: &mut Plan) -> bool {
+    let Some(m) = rec.migration.as_deref() else {
+        return true;
+    };
+    let Some(view) = reachable(&m.source.host, observed, plan) else {
+        return false;
+    };
+    let mut source = m.source.clone();
+    source.generation = rec.generation;
+    plan_removal_on(&source, view, plan);
+    true
 }
 
 fn reachable<'a>(host: &str, observed: &'a Observed, plan: &mut Plan) -> Option<HostView<'a>> {
@@ -1079,10 +1169,17 @@ impl LazyPorts<'_> {
     pub fn get(&mut self) -> &mut PortSet {
         let (recorded, observed) = (self.recorded, self.observed);
         self.set.get_or_insert_with(|| {
+            // A migration's source keeps its ports until it is cleaned up.
             let mut taken: PortSet = recorded
                 .envs
                 .values()
-                .flat_map(|r| [r.base_port, r.base_port + 1])
+                .flat_map(|r| {
+                    let source = r.migration.as_ref().map(|m| m.source.base_port);
+                    [Some(r.base_port), source]
+                        .into_iter()
+                        .flatten()
+                        .flat_map(|b| [b, b + 1])
+                })
                 .collect();
             for obs in observed.hosts.values() {
                 if let HostObservation::Reachable { containers, .. } = obs {

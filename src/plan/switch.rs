@@ -22,6 +22,16 @@ pub enum SwitchError {
     NothingToRollBack { key: String },
     #[error("{key}: {slot}'s container is not running; `codeb apply` repairs it first")]
     NotRunning { key: String, slot: Slot },
+    #[error(
+        "{key}: it is migrating from host {from} to {to} (phase {phase}); a rollback during a \
+         migration (traffic back to {from}) is not built yet: nothing was changed"
+    )]
+    Migrating {
+        key: String,
+        from: String,
+        to: String,
+        phase: crate::model::MigrationPhase,
+    },
 }
 
 /// Promote: switch the hostname to the deployed slot; after a rollback, to the slot rolled away
@@ -45,6 +55,14 @@ pub fn plan_rollback(
     view: HostView<'_>,
     now_ms: u64,
 ) -> Result<Plan, SwitchError> {
+    if let Some(m) = rec.migration.as_deref() {
+        return Err(SwitchError::Migrating {
+            key: rec.key.to_string(),
+            from: m.source.host.clone(),
+            to: rec.host.clone(),
+            phase: m.phase,
+        });
+    }
     let (to, hold) = target(rec, true)?;
     plan_switch(rec, host, view, to, hold, now_ms)
 }

@@ -45,6 +45,7 @@ pub(crate) fn env(project: &str) -> DesiredEnv {
         health_timeout: Duration::from_secs(5),
         promotion: Promotion::Auto,
         grace_period: Duration::from_secs(3600),
+        migration_grace: crate::model::DEFAULT_MIGRATION_GRACE,
         env_from: Default::default(),
         data: Default::default(),
     }

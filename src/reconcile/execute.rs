@@ -275,6 +275,10 @@ fn records_only(action: &Action) -> bool {
                 drain: None,
                 ..
             }
+            | Action::MigrateBegin { .. }
+            | Action::MigratePhase(_)
+            | Action::MigrateFinish
+            | Action::MigrateAbort(_)
     )
 }
 
@@ -508,6 +512,8 @@ fn write_records(
     let whole = match &step.action {
         Action::Register(rec) => Some(&**rec),
         Action::Adopt(a) => Some(&a.record),
+        Action::MigrateBegin { record, .. } => Some(&**record),
+        Action::MigrateAbort(record) => Some(&**record),
         _ => None,
     };
     if let Some(rec) = whole {
@@ -530,10 +536,31 @@ fn write_records(
             plan::switch_record(&mut rec, *to, hold.clone(), now_ms())
         }
         Action::Retire { slot, .. } => *rec.slot_mut(*slot) = SlotRecord::default(),
+        Action::MigratePhase(phase) => enter_phase(&mut rec, *phase, now_ms())?,
+        Action::MigrateFinish => rec.migration = None,
         _ => unreachable!("not a record-only step"),
     }
     let written = w.put_env(rec, expected)?;
     gens.insert(key, Some(written.generation));
+    Ok(())
+}
+
+/// Moves `rec`'s migration into `phase` (never back: a phase already passed is left as it is).
+fn enter_phase(
+    rec: &mut crate::model::EnvRecord,
+    phase: crate::model::MigrationPhase,
+    now: u64,
+) -> Result<()> {
+    let m = rec
+        .migration
+        .as_deref_mut()
+        .ok_or_else(|| Error::MissingRecord {
+            key: rec.key.clone(),
+        })?;
+    if m.phase < phase {
+        m.phase = phase;
+        m.since_ms = now;
+    }
     Ok(())
 }
 
@@ -782,8 +809,39 @@ async fn run<R: Runtime, P: Proxy, K: Kernel, D: Dns, H: Prober>(
             update(&|rec| *rec.slot_mut(*slot) = SlotRecord::default())
         }
         Action::RemoveContainer { id, .. } => b.runtime.remove(id).await.map_err(backend),
+        // Record intent, then act: the phase is written before the source's route changes.
+        Action::MigrateForward { route, add } => {
+            // The write is guarded by the plan's generation, whose record is migrating: a record
+            // without a migration fails the write as a conflict before this runs.
+            let now = now_ms();
+            update(&|rec| {
+                let _ = enter_phase(rec, crate::model::MigrationPhase::Forwarding, now);
+            })?;
+            if *add {
+                b.proxy.add_route(SERVER_NAME, route).await.map_err(backend)
+            } else {
+                b.proxy.replace_route(route).await.map_err(backend)
+            }
+        }
+        Action::MigrateGrace { container } => {
+            let now = now_ms();
+            update(&|rec| {
+                let _ = enter_phase(rec, crate::model::MigrationPhase::Grace, now);
+            })?;
+            match container {
+                Some(c) => b.runtime.stop(c).await.map_err(backend),
+                None => Ok(()),
+            }
+        }
         Action::EnsureZone { .. } | Action::DnsPatch { .. } => unreachable!("run_dns runs these"),
-        Action::Register(_) | Action::Adopt(_) | Action::Switch { .. } | Action::Forget => {
+        Action::Register(_)
+        | Action::Adopt(_)
+        | Action::Switch { .. }
+        | Action::Forget
+        | Action::MigrateBegin { .. }
+        | Action::MigratePhase(_)
+        | Action::MigrateFinish
+        | Action::MigrateAbort(_) => {
             unreachable!("run_records runs these")
         }
     }
@@ -851,19 +909,26 @@ fn backend_of(action: &Action) -> Option<&'static str> {
         | Action::Switch { .. }
         | Action::Retire {
             container: None, ..
-        } => None,
+        }
+        | Action::MigrateBegin { .. }
+        | Action::MigratePhase(_)
+        | Action::MigrateFinish
+        | Action::MigrateAbort(_) => None,
         Action::Deploy { .. }
         | Action::Recreate { .. }
         | Action::Start { .. }
         | Action::Stop { .. }
         | Action::Retire { .. }
         | Action::RemoveContainer { .. } => Some("podman"),
-        Action::MarkHost | Action::EnsureNetwork { .. } => Some("podman"),
+        Action::MarkHost | Action::EnsureNetwork { .. } | Action::MigrateGrace { .. } => {
+            Some("podman")
+        }
         Action::EnsureServer(_)
         | Action::EnsureAccessLog(_)
         | Action::AddRoute(_)
         | Action::ReplaceRoute(_)
-        | Action::DeleteRoute { .. } => Some("caddy"),
+        | Action::DeleteRoute { .. }
+        | Action::MigrateForward { .. } => Some("caddy"),
         Action::HookServices(_)
         | Action::Loopback(_)
         | Action::Isolate

@@ -17,8 +17,30 @@ fn limit() -> Option<u64> {
     })
 }
 
+#[cfg(test)]
+thread_local! {
+    static CRASH_AFTER: std::cell::Cell<Option<u64>> = const { std::cell::Cell::new(None) };
+}
+
+/// For in-process crash tests against the fake backends (whose state a real SIGKILL would take
+/// with it): the `n`-th journal commit from now on this thread panics right after it committed,
+/// so that the executor stops exactly where a `kill -9` would have stopped it (the store holds
+/// what was committed, the fake hosts what was done). `None` turns it off.
+#[cfg(test)]
+pub fn crash_after(n: Option<u64>) {
+    CRASH_AFTER.set(n);
+}
+
 /// Called after every journal commit.
 pub fn journal_written() {
+    #[cfg(test)]
+    if let Some(n) = CRASH_AFTER.get() {
+        if n <= 1 {
+            CRASH_AFTER.set(None);
+            panic!("fault: crash right after a journal commit");
+        }
+        CRASH_AFTER.set(Some(n - 1));
+    }
     let n = WRITES.fetch_add(1, Ordering::Relaxed) + 1;
     if limit() == Some(n) {
         // A real SIGKILL (not abort or exit): no destructor, no flush, exactly like `kill -9`.

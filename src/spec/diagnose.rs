@@ -233,7 +233,7 @@ fn value_message(
                 found.unwrap_or("another type")
             ),
         },
-        ("gracePeriod" | "timeout", Some(t)) => {
+        ("gracePeriod" | "migrationGrace" | "timeout", Some(t)) => {
             let reason = match humantime::parse_duration(t) {
                 Err(e) => format!(" ({e})"),
                 Ok(_) => String::new(),

@@ -528,6 +528,12 @@ pub struct EnvironmentSpec {
     #[serde(default = "default_grace", with = "humantime_serde")]
     #[schemars(with = "String", regex(pattern = patterns::duration()))]
     pub grace_period: Duration,
+    /// When the environment moves to another Host (its `host:` changed): how long the Host it
+    /// leaves keeps a route forwarding to the new one and its stopped slot, after the DNS records
+    /// moved, e.g. `48h`; at most `30d`, default `48h`.
+    #[serde(default = "default_migration_grace", with = "humantime_serde")]
+    #[schemars(with = "String", regex(pattern = patterns::duration()))]
+    pub migration_grace: Duration,
     /// How long the app is given to finish after its stop signal (SIGTERM unless the image's
     /// `STOPSIGNAL` says otherwise) before SIGKILL, whenever codeb stops or removes one of its
     /// containers; whole seconds, `1s` to `5m`, default `10s`. A change is a new release.
@@ -680,6 +686,9 @@ fn default_stop_timeout() -> Duration {
 }
 fn default_grace() -> Duration {
     Duration::from_secs(3600)
+}
+fn default_migration_grace() -> Duration {
+    crate::model::DEFAULT_MIGRATION_GRACE
 }
 fn default_health_path() -> String {
     "/".to_string()

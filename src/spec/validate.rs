@@ -689,6 +689,16 @@ fn check_project(doc: &Document, project: &ProjectSpec, errors: &mut Vec<Error>)
             "the previous slot is kept this long for a rollback; e.g. `1h`",
             &mut fail,
         );
+        check_maximum(
+            doc,
+            &path(&["migrationGrace"]),
+            env.migration_grace,
+            (MAX_GRACE_PERIOD, "`30d`"),
+            "migration grace period",
+            "the Host an environment leaves keeps its forwarding route and stopped slot this long; \
+             e.g. `48h`",
+            &mut fail,
+        );
         if env.stop_timeout.is_zero() || env.stop_timeout.subsec_nanos() != 0 {
             let written = humantime::format_duration(env.stop_timeout).to_string();
             fail(
@@ -1531,6 +1541,21 @@ metadata: {name: codeb.test}
              is kept this long for a rollback; e.g. `1h`)"
         );
         manifests(&[project("a", "production", ", gracePeriod: 30d")]);
+    }
+
+    #[test]
+    fn a_migration_grace_over_30_days_is_refused_and_48h_is_the_default() {
+        let text = errors(&[project("a", "production", ", migrationGrace: 31d")]);
+        assert!(
+            text.contains("invalid migration grace period `31d`: expected at most `30d`"),
+            "{text}"
+        );
+        let m = manifests(&[project("a", "production", ", migrationGrace: 30d")]);
+        let e = &m.projects["a"].spec.environments["production"];
+        assert_eq!(e.migration_grace, Duration::from_secs(30 * 24 * 3600));
+        let m = manifests(&[project("a", "production", "")]);
+        let e = &m.projects["a"].spec.environments["production"];
+        assert_eq!(e.migration_grace, crate::model::DEFAULT_MIGRATION_GRACE);
     }
 
     #[test]

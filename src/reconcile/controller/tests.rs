@@ -42,6 +42,7 @@ fn env(project: &str, image: &str) -> DesiredEnv {
         health_timeout: Duration::from_secs(2),
         promotion: Promotion::Auto,
         grace_period: Duration::from_secs(3600),
+        migration_grace: crate::model::DEFAULT_MIGRATION_GRACE,
         env_from: Default::default(),
         data: Default::default(),
     }
