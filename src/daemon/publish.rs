@@ -168,6 +168,7 @@ mod tests {
                     redis: None,
                     backups: None,
                     access_log: None,
+                    ssh: None,
                 },
             );
         }
