@@ -304,3 +304,156 @@ fn an_ssh_target_the_configuration_does_not_list_is_refused_before_any_connectio
     );
     assert!(project_containers(&h1, &name).is_empty());
 }
+
+/// The session's own behaviour over real ssh to host 1, with agents that end or lie on purpose:
+/// a script in a directory the host sees (it shares the machine's filesystem) that runs before
+/// or instead of codeb's agent. They only read from the host, so they take no lock.
+mod session {
+    use super::*;
+    use codeb::agent::Target;
+    use codeb::backend::remote::{Error, Session};
+    use codeb::model::SshRef;
+
+    fn ssh(h: &Host, agent: &Path) -> SshRef {
+        SshRef {
+            target: format!("root@{}", h.address),
+            port: None,
+            identity_file: Some(h.key.display().to_string()),
+            known_hosts: Some(h.known_hosts.display().to_string()),
+            agent: agent.display().to_string(),
+        }
+    }
+
+    fn script(dir: &Path, name: &str, body: &str) -> PathBuf {
+        use std::os::unix::fs::PermissionsExt;
+        let path = dir.join(name);
+        std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        path
+    }
+
+    fn session(h: &Host, agent: &Path) -> Session {
+        Session::new(
+            "far",
+            &ssh(h, agent),
+            &h.podman_sock,
+            h.caddy_admin.trim_start_matches("http://"),
+        )
+    }
+
+    fn ping(s: &Session) -> impl std::future::Future<Output = Result<(u16, String), Error>> + '_ {
+        s.request(Target::Podman, "GET", "/v4.0.0/libpod/_ping", None)
+    }
+
+    #[tokio::test]
+    async fn a_session_that_ended_is_opened_again_at_the_next_request() {
+        let h1 = Host::get(1);
+        let dir = tempfile::tempdir().unwrap();
+        // Each session serves one request: the agent sees the end of its input after it.
+        let agent = script(
+            dir.path(),
+            "one-request",
+            &format!("head -n 2 | exec {} \"$@\"", env!("CARGO_BIN_EXE_codeb")),
+        );
+        let s = session(&h1, &agent);
+        assert_eq!(ping(&s).await.unwrap(), (200, "OK".to_string()));
+        let ended = tokio::time::timeout(Duration::from_secs(10), async {
+            while s.connected().await {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await;
+        assert!(ended.is_ok(), "the session never noticed its agent ended");
+        assert_eq!(ping(&s).await.unwrap(), (200, "OK".to_string()));
+        // Several requests at once on one session: each gets its own answer.
+        let s = session(&h1, Path::new(env!("CARGO_BIN_EXE_codeb")));
+        let (a, b, c) = tokio::join!(
+            ping(&s),
+            s.request(
+                Target::Caddy,
+                "GET",
+                "/config/apps/http/servers/harness/listen",
+                None
+            ),
+            s.request(
+                Target::Podman,
+                "POST",
+                "/v1.41/containers/x/exec",
+                Some("{}".into())
+            ),
+        );
+        assert_eq!(a.unwrap(), (200, "OK".to_string()));
+        assert_eq!(b.unwrap().1.trim(), r#"[":80"]"#);
+        let refused = c.unwrap_err().to_string();
+        assert!(
+            refused.contains("host far") && refused.contains("not allowed by the agent"),
+            "{refused}"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_agent_of_another_version_is_refused_naming_the_host_and_both_versions() {
+        let h1 = Host::get(1);
+        let dir = tempfile::tempdir().unwrap();
+        let agent = script(
+            dir.path(),
+            "old-agent",
+            r#"echo '{"hello":{"protocol":1,"version":"0.0.0-elsewhere"}}'; cat >/dev/null"#,
+        );
+        let e = ping(&session(&h1, &agent)).await.unwrap_err();
+        assert!(matches!(e, Error::Version { .. }), "{e}");
+        let text = e.to_string();
+        assert!(
+            text.contains("host far")
+                && text.contains("0.0.0-elsewhere")
+                && text.contains(env!("CARGO_PKG_VERSION")),
+            "{text}"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_agent_that_never_answers_is_given_up_on_at_the_deadline() {
+        let h1 = Host::get(1);
+        let dir = tempfile::tempdir().unwrap();
+        let hello = format!(
+            r#"{{"hello":{{"protocol":{},"version":"{}"}}}}"#,
+            codeb::agent::PROTOCOL,
+            env!("CARGO_PKG_VERSION")
+        );
+        let agent = script(
+            dir.path(),
+            "mute",
+            &format!("echo '{hello}'; cat >/dev/null"),
+        );
+        let s = session(&h1, &agent).with_deadline(Duration::from_millis(500));
+        let t0 = std::time::Instant::now();
+        let e = ping(&s).await.unwrap_err();
+        assert!(matches!(e, Error::Timeout { .. }), "{e}");
+        assert!(e.to_string().contains("host far"), "{e}");
+        // The connect (one ssh key exchange) and the deadline; never an endless wait.
+        assert!(t0.elapsed() < Duration::from_secs(8), "{:?}", t0.elapsed());
+    }
+
+    #[tokio::test]
+    async fn a_missing_agent_and_a_refused_key_are_named() {
+        let h1 = Host::get(1);
+        let e = ping(&session(&h1, Path::new("/nonexistent/codeb")))
+            .await
+            .unwrap_err();
+        assert!(matches!(e, Error::NoAgent { .. }), "{e}");
+        let dir = tempfile::tempdir().unwrap();
+        let stranger = dir.path().join("stranger");
+        let out = Command::new("ssh-keygen")
+            .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+            .arg(&stranger)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", text(&out));
+        let mut creds = ssh(&h1, Path::new(env!("CARGO_BIN_EXE_codeb")));
+        creds.identity_file = Some(stranger.display().to_string());
+        let s = Session::new("far", &creds, &h1.podman_sock, "127.0.0.1:2019");
+        let e = ping(&s).await.unwrap_err();
+        assert!(matches!(e, Error::Credential { .. }), "{e}");
+        assert!(e.to_string().contains("host far"), "{e}");
+    }
+}

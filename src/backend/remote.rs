@@ -95,7 +95,7 @@ pub enum Error {
     Timeout {
         host: String,
         target: String,
-        secs: u64,
+        secs: f64,
     },
     #[error("host {host}: the agent on {target}: {message}")]
     Agent {
@@ -115,6 +115,7 @@ pub struct Session {
     command: String,
     live: tokio::sync::Mutex<Option<Arc<Live>>>,
     failed: Mutex<Option<(tokio::time::Instant, Error)>>,
+    deadline: Duration,
 }
 
 /// A running ssh child past the hellos.
@@ -166,7 +167,14 @@ impl Session {
             ),
             live: tokio::sync::Mutex::new(None),
             failed: Mutex::new(None),
+            deadline: REQUEST_DEADLINE,
         }
+    }
+
+    /// The same session with another per-request deadline (default [`REQUEST_DEADLINE`]).
+    pub fn with_deadline(mut self, deadline: Duration) -> Session {
+        self.deadline = deadline;
+        self
     }
 
     /// The ssh command line, without the agent's command.
@@ -261,7 +269,7 @@ impl Session {
         if let Err(e) = written {
             live.close(format!("writing to ssh: {e}"), |d| self.lost(d));
         }
-        let answer = match tokio::time::timeout(REQUEST_DEADLINE, rx).await {
+        let answer = match tokio::time::timeout(self.deadline, rx).await {
             Ok(Ok(answer)) => answer?,
             Ok(Err(_)) => return Err(self.lost("the session ended".into())),
             Err(_) => {
@@ -272,7 +280,7 @@ impl Session {
                 return Err(Error::Timeout {
                     host: self.host.clone(),
                     target: self.ssh.display(),
-                    secs: REQUEST_DEADLINE.as_secs(),
+                    secs: self.deadline.as_secs_f64(),
                 });
             }
         };
