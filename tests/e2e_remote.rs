@@ -228,6 +228,46 @@ fn a_project_applied_to_a_remote_host_over_ssh_runs_and_serves_there_and_is_dele
     );
 }
 
+#[test]
+fn codeb_watch_converges_a_remote_host_over_one_kept_session() {
+    let _l = lock();
+    let h1 = Host::get(1);
+    let sb = sandbox(&h1);
+    let name = unique("rm-watch");
+    let hostname = format!("{name}.codeb.test");
+    let dir = sb.write_docs(
+        &host_doc(&h1, &h1.known_hosts),
+        &[ProjectYaml::new(&name, "localhost/codeb-test-app:v1")],
+    );
+    let _cleanup = OnHost {
+        sb: &sb,
+        host: &h1,
+        project: name.clone(),
+    };
+    let mut watch = sb.watch(&dir, &["--resync", "1s"]);
+    assert!(
+        eventually(Duration::from_secs(30), || front(&h1, &hostname)
+            == (200, "v1".to_string())),
+        "codeb watch never served the project on host 1: {}",
+        watch.log()
+    );
+    // Several resyncs of the host, each observing it through the agent: one ssh session.
+    assert!(
+        watch.wait_sweeps(3, Duration::from_secs(20)),
+        "{}",
+        watch.log()
+    );
+    assert_eq!(watch.count("agent session open"), 1, "{}", watch.log());
+    assert_eq!(
+        watch.count("no container events from a remote host yet"),
+        1,
+        "{}",
+        watch.log()
+    );
+    assert!(watch.terminate(Duration::from_secs(15)).is_some());
+    assert_eq!(project_containers(&h1, &name).len(), 1);
+}
+
 /// A known_hosts file holding another key for the host's address.
 fn impostor_known_hosts(dir: &Path, address: &str) -> PathBuf {
     let key = dir.join("impostor");

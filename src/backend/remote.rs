@@ -423,7 +423,7 @@ impl Session {
             closed: Mutex::new(None),
             _child: Mutex::new(child),
         });
-        tracing::debug!(host = %self.host, target = %self.ssh.display(), "agent session open");
+        tracing::info!(host = %self.host, target = %self.ssh.display(), "agent session open");
         let reader = Reader {
             live: Arc::downgrade(&live),
             host: self.host.clone(),
