@@ -29,7 +29,7 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, ChildStdin, ChildStdout};
 use tokio::sync::oneshot;
 
-use crate::agent::{Hello, Request, Response, Target, MAX_LINE};
+use crate::agent::{Hello, Request, Response, Target, MAX_BODY, MAX_LINE};
 use crate::model::SshRef;
 
 /// How long a new session may take to say hello: ssh's `ConnectTimeout=5` for the TCP connect,
@@ -41,6 +41,10 @@ pub const REQUEST_DEADLINE: Duration = Duration::from_secs(45);
 /// A failed connect is the answer for this long: the requests of one observation (four at once)
 /// get its error instead of each running ssh again; the next use after it tries anew.
 const FAILED_CONNECT_HOLD: Duration = Duration::from_secs(2);
+/// The longest answer line read from the agent: its bodies are bounded at [`MAX_BODY`], and JSON
+/// escaping (a `"` becomes `\"`) can about double one, so a request's line bound would cut a big
+/// container list.
+const MAX_ANSWER_LINE: usize = 2 * MAX_BODY + 64 * 1024;
 /// How much of ssh's stderr is kept for a failure's message.
 const STDERR_TAIL: usize = 4096;
 
@@ -545,19 +549,19 @@ impl Reader {
     }
 }
 
-/// One line, bounded by the agent's [`MAX_LINE`]; `None` at the end of the output.
+/// One line, bounded by [`MAX_ANSWER_LINE`]; `None` at the end of the output.
 async fn read_line(input: &mut BufReader<ChildStdout>) -> std::io::Result<Option<Vec<u8>>> {
     let mut line = Vec::new();
     let n = (&mut *input)
-        .take(MAX_LINE as u64)
+        .take(MAX_ANSWER_LINE as u64)
         .read_until(b'\n', &mut line)
         .await?;
     if n == 0 {
         return Ok(None);
     }
-    if line.last() != Some(&b'\n') && line.len() >= MAX_LINE {
+    if line.last() != Some(&b'\n') && line.len() >= MAX_ANSWER_LINE {
         return Err(std::io::Error::other(format!(
-            "a line longer than {MAX_LINE} bytes"
+            "a line longer than {MAX_ANSWER_LINE} bytes"
         )));
     }
     if line.last() == Some(&b'\n') {
@@ -669,8 +673,14 @@ impl Relay {
 
 async fn serve(listener: tokio::net::UnixListener, session: Arc<Session>, target: Target) {
     loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            continue;
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                // Out of descriptors, say: not a reason to spin.
+                tracing::warn!(error = %e, "relay accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
         };
         let session = session.clone();
         tokio::spawn(async move {
