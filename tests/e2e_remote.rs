@@ -120,10 +120,25 @@ struct OnHost<'a> {
 impl Drop for OnHost<'_> {
     fn drop(&mut self) {
         let _ = self.sb.codeb(&["delete", "project", &self.project]);
-        let _ = self.host.ssh(&format!(
-            "for c in $(podman ps -aq --filter label=codeb.project={p}); do podman rm -f -t 0 $c; done >/dev/null 2>&1; true",
+        // Through the host's APIs (its podman CLI would need the host's own configuration).
+        let out = self.host.ssh(&format!(
+            r#"S={sock}; A={admin}
+for id in $(curl -s --unix-socket $S "http://d/v4.0.0/libpod/containers/json?all=true&filters=%7B%22label%22%3A%5B%22codeb.project%3D{p}%22%5D%7D" | grep -o '"Id":"[0-9a-f]*"' | cut -d'"' -f4); do
+  curl -s -X DELETE --unix-socket $S "http://d/v4.0.0/libpod/containers/$id?force=true&timeout=0" >/dev/null
+done
+for r in $(curl -s $A/config/apps/http/servers/codeb/routes | grep -o '"@id":"codeb-{p}_[^"]*"' | cut -d'"' -f4); do
+  curl -s -X DELETE $A/id/$r >/dev/null
+done
+true"#,
+            sock = self.host.podman_sock,
+            admin = self.host.caddy_admin,
             p = self.project
         ));
+        assert!(
+            out.status.success() || std::thread::panicking(),
+            "cleanup on host 1: {}",
+            text(&out)
+        );
     }
 }
 
@@ -323,6 +338,17 @@ fn a_changed_host_key_is_refused_naming_the_host_and_nothing_there_is_removed() 
     // Nothing on the host was removed or changed because it could not be observed.
     assert_eq!(project_containers(&h1, &name), running);
     assert_eq!(front(&h1, &hostname), (200, "v1".to_string()));
+
+    // The pinned key again: the host is observed and found converged.
+    let dir = sb.write_docs(&host_doc(&h1, &h1.known_hosts), &project);
+    let out = apply(&sb, &dir);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("nothing to do"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(project_containers(&h1, &name), running);
 }
 
 #[test]
