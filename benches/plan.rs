@@ -47,6 +47,7 @@ fn host() -> HostRef {
         redis: None,
         backups: None,
         access_log: Some(AccessLog::default_for("app")),
+        ssh: None,
     }
 }
 

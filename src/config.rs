@@ -13,6 +13,7 @@
 //!   caddyAdmin: [loopback]
 //!   postgres: [loopback, "postgres://10.0.0.3:5432"]
 //!   redis: [loopback]
+//!   ssh: ["root@203.0.113.10", "deploy@10.0.0.6:2222"]   # remote Hosts' `spec.ssh` (none by default)
 //! accessLogs:                 # Caddy's access log of codeb's server, per Host (the defaults)
 //!   enabled: true             # false: off on every Host, whatever the manifests say
 //!   dir: /var/log/caddy       # on each Host's Caddy machine: DIR/codeb-HOST.access.log
@@ -23,7 +24,13 @@
 //!
 //! Without a file (or a list left out of it), the defaults hold: key variables `PDNS_*`,
 //! `CODEB_*`, `PG_*` and `REDIS_*`; endpoints on this machine only (`loopback`, and `unix` sockets
-//! for Podman); access logs on, in `/var/log/caddy`.
+//! for Podman), no remote Host (`ssh` is empty); access logs on, in `/var/log/caddy`.
+//!
+//! A remote Host (`spec.ssh`) is reached over SSH, never in the clear, but which machines codeb
+//! logs into with the operator's key is still the operator's decision: its `[user@]host[:port]`
+//! must be listed under `endpoints.ssh` (an entry without a user allows any user, without a port
+//! port 22 or ssh's default). Its `podman` and `caddy.admin` are then endpoints as seen on that
+//! host, checked against the same lists (a unix socket and loopback, by default, are that host's).
 //!
 //! Where Caddy writes a Host's access log is also the operator's: Caddy opens that file as the
 //! user it runs as and appends request lines whose text clients choose, so a path a manifest
@@ -148,6 +155,7 @@ struct FileEndpoints {
     caddy_admin: Option<Vec<String>>,
     postgres: Option<Vec<String>>,
     redis: Option<Vec<String>>,
+    ssh: Option<Vec<String>>,
 }
 
 /// What an endpoint list may hold.
@@ -161,6 +169,13 @@ enum Allowed {
     UnixPath(String),
     /// This host and port, as the URL parser normalizes them.
     Origin { host: String, port: u16 },
+    /// An SSH target (`endpoints.ssh`): this host, as this user (any when `None`), on this port
+    /// (22 or ssh's default when `None`).
+    Ssh {
+        user: Option<String>,
+        host: String,
+        port: Option<u16>,
+    },
 }
 
 /// The three kinds of endpoint a manifest names, with their field and their configuration list.
@@ -171,6 +186,7 @@ enum Kind {
     CaddyAdmin,
     Postgres,
     Redis,
+    Ssh,
 }
 
 impl Kind {
@@ -181,6 +197,7 @@ impl Kind {
             Kind::CaddyAdmin => "caddyAdmin",
             Kind::Postgres => "postgres",
             Kind::Redis => "redis",
+            Kind::Ssh => "ssh",
         }
     }
 
@@ -190,6 +207,7 @@ impl Kind {
             Kind::PowerDns | Kind::CaddyAdmin => "http",
             Kind::Postgres => "postgres",
             Kind::Redis => "redis",
+            Kind::Ssh => "ssh",
         }
     }
 
@@ -199,6 +217,7 @@ impl Kind {
             Kind::PowerDns | Kind::CaddyAdmin | Kind::Postgres | Kind::Redis => {
                 vec![Allowed::Loopback]
             }
+            Kind::Ssh => vec![],
         }
     }
 }
@@ -269,6 +288,7 @@ impl Config {
             (Kind::CaddyAdmin, e.caddy_admin),
             (Kind::Postgres, e.postgres),
             (Kind::Redis, e.redis),
+            (Kind::Ssh, e.ssh),
         ] {
             let (texts, allowed) = match listed {
                 None => {
@@ -443,12 +463,15 @@ impl Config {
         d.zones.values().try_for_each(|z| self.check_zone(z))
     }
 
-    /// Checks a Host's Podman endpoint and Caddy admin API.
+    /// Checks a Host's SSH target (a remote Host), Podman endpoint and Caddy admin API.
     ///
     /// # Errors
     /// [`Refused`] naming the Host, the endpoint and where to allow it.
     pub fn check_host(&self, host: &HostRef) -> Result<(), Refused> {
         let who = format!("Host {}", host.name);
+        if let Some(ssh) = &host.ssh {
+            self.check_ssh(&who, ssh)?;
+        }
         self.check_endpoint(&who, "spec.podman", Kind::Podman, &host.podman)?;
         self.check_endpoint(
             &who,
@@ -482,6 +505,41 @@ impl Config {
             self.check_endpoint(&who, &format!("spec.{field}.url"), kind, url)?;
         }
         Ok(())
+    }
+
+    fn check_ssh(&self, who: &str, ssh: &crate::model::SshRef) -> Result<(), Refused> {
+        let (texts, allowed) = &self.endpoints[Kind::Ssh.key()];
+        let (user, host) = match ssh.target.split_once('@') {
+            Some((u, h)) => (Some(u), h),
+            None => (None, ssh.target.as_str()),
+        };
+        let port = |p: Option<u16>| p.unwrap_or(22);
+        let ok = allowed.iter().any(|a| match a {
+            Allowed::Ssh {
+                user: u,
+                host: h,
+                port: p,
+            } => {
+                h.eq_ignore_ascii_case(host)
+                    && u.as_deref().is_none_or(|u| Some(u) == user)
+                    && port(*p) == port(ssh.port)
+            }
+            _ => false,
+        });
+        if ok {
+            return Ok(());
+        }
+        Err(Refused(format!(
+            "{who}: spec.ssh {} is not an SSH target codeb's configuration allows (allowed: {}); \
+             an operator allows it under `endpoints.ssh` in {}",
+            ssh.display(),
+            if texts.is_empty() {
+                "none".to_string()
+            } else {
+                texts.join(", ")
+            },
+            self.place()
+        )))
     }
 
     fn check_endpoint(
@@ -555,6 +613,7 @@ fn target(kind: Kind, endpoint: &str) -> Result<Target, String> {
         }
         Kind::PowerDns | Kind::CaddyAdmin => endpoint.to_string(),
         Kind::Postgres | Kind::Redis => return data_target(kind, endpoint),
+        Kind::Ssh => return Err("is not an SSH target".into()),
     };
     let bad = || format!("is not a plain {}://HOST:PORT", kind.scheme());
     let parsed = Url::parse(&url).map_err(|_| bad())?;
@@ -691,6 +750,10 @@ fn check_log_path(path: &str) -> Result<(), &'static str> {
 
 /// Parses one entry of an endpoint list.
 fn allowed_entry(kind: Kind, text: &str) -> Result<Allowed, String> {
+    if kind == Kind::Ssh {
+        return ssh_entry(text)
+            .ok_or_else(|| "expected `[user@]host[:port]`, e.g. `root@203.0.113.10`".into());
+    }
     match text {
         "loopback" => return Ok(Allowed::Loopback),
         "unix" if kind == Kind::Podman => return Ok(Allowed::Unix),
@@ -725,6 +788,29 @@ fn allowed_entry(kind: Kind, text: &str) -> Result<Allowed, String> {
     }
 }
 
+/// `[user@]host[:port]` of `endpoints.ssh`.
+fn ssh_entry(text: &str) -> Option<Allowed> {
+    let (user, rest) = match text.split_once('@') {
+        Some((u, r)) => (Some(u), r),
+        None => (None, text),
+    };
+    let (host, port) = match rest.rsplit_once(':') {
+        Some((h, p)) => (h, Some(p.parse::<u16>().ok().filter(|p| *p > 0)?)),
+        None => (rest, None),
+    };
+    let word = |s: &str| {
+        !s.is_empty()
+            && !s.starts_with('-')
+            && s.chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+    };
+    (user.is_none_or(word) && word(host)).then(|| Allowed::Ssh {
+        user: user.map(str::to_string),
+        host: host.to_ascii_lowercase(),
+        port,
+    })
+}
+
 /// How an entry is shown in a refusal.
 fn show(a: &Allowed) -> String {
     match a {
@@ -732,6 +818,11 @@ fn show(a: &Allowed) -> String {
         Allowed::Unix => "unix".into(),
         Allowed::UnixPath(p) => format!("unix://{p}"),
         Allowed::Origin { host, port } => format!("{host}:{port}"),
+        Allowed::Ssh { user, host, port } => format!(
+            "{}{host}{}",
+            user.as_ref().map(|u| format!("{u}@")).unwrap_or_default(),
+            port.map(|p| format!(":{p}")).unwrap_or_default()
+        ),
     }
 }
 
@@ -783,6 +874,62 @@ mod tests {
 
     fn config(text: &str) -> Config {
         Config::parse(Path::new("/etc/codeb/config.yaml"), text).unwrap()
+    }
+
+    fn remote(target: &str, port: Option<u16>) -> HostRef {
+        HostRef {
+            ssh: Some(crate::model::SshRef {
+                target: target.into(),
+                port,
+                identity_file: None,
+                known_hosts: None,
+                agent: "codeb".into(),
+            }),
+            ..host("unix:///run/podman/podman.sock", "http://127.0.0.1:2019")
+        }
+    }
+
+    #[test]
+    fn a_remote_host_needs_its_ssh_target_listed_by_the_operator() {
+        let none = Config::defaults("/s/config.yaml");
+        let err = none
+            .check_host(&remote("root@10.0.0.2", None))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("Host web: spec.ssh root@10.0.0.2 is not an SSH target")
+                && err.contains("(allowed: none)")
+                && err.contains("endpoints.ssh"),
+            "{err}"
+        );
+        let c = config("endpoints:\n  ssh: [\"root@10.0.0.2\", \"edge.example:2222\"]\n");
+        c.check_host(&remote("root@10.0.0.2", None)).unwrap();
+        c.check_host(&remote("root@10.0.0.2", Some(22))).unwrap();
+        c.check_host(&remote("deploy@edge.example", Some(2222)))
+            .unwrap();
+        c.check_host(&remote("edge.example", Some(2222))).unwrap();
+        for (target, port) in [
+            ("deploy@10.0.0.2", None),
+            ("root@10.0.0.2", Some(2222)),
+            ("root@10.0.0.3", None),
+            ("edge.example", None),
+        ] {
+            assert!(
+                c.check_host(&remote(target, port)).is_err(),
+                "{target} {port:?} allowed"
+            );
+        }
+        // The remote endpoints still go through their own lists.
+        let mut far = remote("root@10.0.0.2", None);
+        far.podman = "tcp://10.0.0.9:8888".into();
+        assert!(c.check_host(&far).is_err());
+        for bad in ["-oProxyCommand=x", "root@", "a b", "root@10.0.0.2:0"] {
+            let text = format!("endpoints:\n  ssh: [\"{bad}\"]\n");
+            assert!(
+                Config::parse(Path::new("/c.yaml"), &text).is_err(),
+                "{bad} accepted"
+            );
+        }
     }
 
     #[test]

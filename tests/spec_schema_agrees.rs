@@ -80,6 +80,10 @@ const CODEB_ONLY: &[(&str, &str)] = &[
         "expected more than 0",
     ),
     ("a backup interval is 1m to 366d", "expected `1m` to `366d`"),
+    (
+        "a Host with `ssh` has a unix socket, a loopback Caddy admin and a publish address that is not loopback",
+        "of a Host with `ssh`",
+    ),
 ];
 
 /// The rule of [`CODEB_ONLY`] an error message belongs to, if any.
@@ -342,7 +346,83 @@ fn mutations() -> Vec<(String, Change, Codeb)> {
     use Codeb::*;
     let long = |n: usize| json!("a".repeat(n));
     let p = |field: &str| format!("{ENV}/{field}").leak() as &'static str;
+    // A remote Host beside the others, with one field of its `ssh` (or what `ssh` constrains)
+    // changed.
+    let remote = |ssh: Value, publish: &str, admin: &str| {
+        Append(json!({
+            "apiVersion": "codeb.kr/v1",
+            "kind": "Host",
+            "metadata": {"name": "far"},
+            "spec": {
+                "address": "203.0.113.20",
+                "podman": "unix:///run/podman/podman.sock",
+                "publishAddress": publish,
+                "caddy": {"admin": admin},
+                "ssh": ssh,
+            },
+        }))
+    };
+    let ssh_with = |key: &str, value: Value| {
+        let mut ssh = json!({
+            "target": "root@203.0.113.20",
+            "port": 2222,
+            "identityFile": "/etc/codeb/id_ed25519",
+            "knownHosts": "/etc/codeb/known_hosts",
+            "agent": "/usr/local/bin/codeb",
+        });
+        ssh[key] = value;
+        ssh
+    };
+    let far = |key: &str, value: Value| {
+        remote(
+            ssh_with(key, value),
+            "203.0.113.20",
+            "http://127.0.0.1:2019",
+        )
+    };
     let rows: Vec<(&str, Change, Codeb)> = vec![
+        // A remote Host.
+        ("a remote host", far("agent", json!("codeb")), Accepts),
+        (
+            "ssh target starting with -",
+            far("target", json!("-oProxyCommand=x")),
+            Refuses,
+        ),
+        (
+            "ssh target with a space",
+            far("target", json!("root@a b")),
+            Refuses,
+        ),
+        ("ssh port 0", far("port", json!(0)), Refuses),
+        (
+            "ssh identityFile relative",
+            far("identityFile", json!("id_ed25519")),
+            Refuses,
+        ),
+        (
+            "ssh agent with a shell word",
+            far("agent", json!("codeb; rm -rf /")),
+            Refuses,
+        ),
+        ("ssh unknown field", far("user", json!("root")), Refuses),
+        (
+            "ssh host publishing on loopback",
+            remote(
+                ssh_with("port", json!(22)),
+                "127.0.0.1",
+                "http://127.0.0.1:2019",
+            ),
+            RefusesAlone,
+        ),
+        (
+            "ssh host with a Caddy admin off its loopback",
+            remote(
+                ssh_with("port", json!(22)),
+                "203.0.113.20",
+                "http://203.0.113.20:2019",
+            ),
+            RefusesAlone,
+        ),
         // Names.
         (
             "project name with a capital",

@@ -10,7 +10,10 @@
 //! and so is every answer. Kernel rules and streaming answers (events, followed logs) are not
 //! offered yet. It must not decide anything: what to ask is codeb's business.
 //!
-//! Blocking std I/O on purpose: one session serves one client, one request at a time.
+//! Blocking std I/O on purpose: one session serves one client. Requests are served at once, each
+//! on a thread of its own (at most [`MAX_IN_FLIGHT`]), and each answer carries its request's id:
+//! answers may come in another order than the requests, so that a slow call (a container stop
+//! waiting out its timeout) holds back no read of the same host.
 
 use std::io::{BufRead, Read, Write};
 use std::os::unix::net::UnixStream;
@@ -26,6 +29,9 @@ pub const PROTOCOL: u32 = 1;
 pub const MAX_LINE: usize = 1 << 20;
 /// The largest answer body the agent forwards (a container list of a busy host is ~100 KiB).
 pub const MAX_BODY: usize = 4 << 20;
+/// Requests of one session served at once; the next waits for one of them to end. codeb's
+/// observation of a host makes four at once, a daemon's reconciles of several environments more.
+pub const MAX_IN_FLIGHT: usize = 16;
 /// A backend that accepts a request and never answers is given up on after this; codeb has its
 /// own, shorter, deadline per request (docs/multi-host.md).
 const BACKEND_TIMEOUT: Duration = Duration::from_secs(60);
@@ -118,7 +124,7 @@ pub struct Endpoints {
 /// error *line*, and the session goes on.
 pub fn serve(
     input: &mut impl BufRead,
-    output: &mut impl Write,
+    output: &mut (impl Write + Send),
     endpoints: &Endpoints,
 ) -> Result<(), Error> {
     write_line(output, &serde_json::json!({ "hello": Hello::ours() }))?;
@@ -139,19 +145,40 @@ pub fn serve(
         write_line(output, &serde_json::json!({ "error": e.to_string() }))?;
         return Err(e);
     }
-    while let Some(line) = read_line(input)? {
-        let response = match serde_json::from_slice::<Request>(&line) {
-            Ok(request) => handle(&request, endpoints),
-            Err(e) => Response {
-                id: 0,
-                status: None,
-                body: None,
-                error: Some(format!("malformed request: {e}")),
-            },
-        };
-        write_line(output, &response)?;
-    }
-    Ok(())
+    let output = std::sync::Mutex::new(output);
+    let in_flight = (std::sync::Mutex::new(0usize), std::sync::Condvar::new());
+    // Every thread is joined before this returns: the answers of requests in flight when the
+    // client closed its side are still written.
+    std::thread::scope(|scope| {
+        while let Some(line) = read_line(input)? {
+            {
+                let mut n = in_flight.0.lock().unwrap_or_else(|e| e.into_inner());
+                while *n >= MAX_IN_FLIGHT {
+                    n = in_flight.1.wait(n).unwrap_or_else(|e| e.into_inner());
+                }
+                *n += 1;
+            }
+            let (output, in_flight) = (&output, &in_flight);
+            scope.spawn(move || {
+                let response = match serde_json::from_slice::<Request>(&line) {
+                    Ok(request) => handle(&request, endpoints),
+                    Err(e) => Response {
+                        id: 0,
+                        status: None,
+                        body: None,
+                        error: Some(format!("malformed request: {e}")),
+                    },
+                };
+                // A client that went away is seen by the reading side (the end of its input).
+                let mut out = output.lock().unwrap_or_else(|e| e.into_inner());
+                let _ = write_line(&mut **out, &response);
+                drop(out);
+                *in_flight.0.lock().unwrap_or_else(|e| e.into_inner()) -= 1;
+                in_flight.1.notify_one();
+            });
+        }
+        Ok(())
+    })
 }
 
 #[derive(Deserialize)]
@@ -394,7 +421,8 @@ fn write_line(output: &mut impl Write, value: &impl Serialize) -> Result<(), Err
 pub fn run_stdio(endpoints: &Endpoints) -> u8 {
     let stdin = std::io::stdin();
     let mut input = stdin.lock();
-    let mut output = std::io::stdout().lock();
+    // `Stdout`, not its lock: answers are written from the request threads.
+    let mut output = std::io::stdout();
     match serve(&mut input, &mut output, endpoints) {
         Ok(()) => 0,
         Err(e) => {

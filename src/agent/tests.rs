@@ -183,9 +183,12 @@ fn an_allowed_request_is_forwarded_and_a_refused_one_never_reaches_podman() {
         "not json".into(),
     ]
     .join("\n");
-    let (result, lines) = session(&input, &ep);
+    let (result, mut lines) = session(&input, &ep);
     result.unwrap();
     assert_eq!(lines.len(), 5, "{lines:?}");
+    // Requests are served at once: the answers come in any order, each with its id.
+    lines[1..].sort_by_key(|l| l["id"].as_u64());
+    let lines: Vec<_> = [&lines[..1], &lines[2..], &lines[1..2]].concat();
     assert_eq!(lines[1]["id"], 7);
     assert_eq!(lines[1]["status"], 201);
     assert_eq!(lines[1]["body"], "{\"Id\":\"abc\"}");
@@ -214,4 +217,33 @@ fn an_allowed_request_is_forwarded_and_a_refused_one_never_reaches_podman() {
         .as_str()
         .unwrap()
         .starts_with("malformed request"));
+}
+
+#[test]
+fn a_slow_request_holds_back_no_other_and_every_answer_is_written_before_the_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("slow.sock");
+    let listener = UnixListener::bind(&sock).unwrap();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let mut conn = conn.unwrap();
+            let mut head = [0u8; 256];
+            let _ = conn.read(&mut head);
+            // Long past the fast request's answer (an error at connect, microseconds).
+            std::thread::sleep(std::time::Duration::from_millis(500));
+            let _ = conn.write_all(b"HTTP/1.0 200 OK\r\n\r\nOK");
+        }
+    });
+    let ours = Hello::ours();
+    let input = [
+        hello_line(&ours.version, ours.protocol),
+        r#"{"id":1,"target":"podman","method":"GET","path":"/_ping"}"#.into(),
+        r#"{"id":2,"target":"caddy","method":"GET","path":"/config/"}"#.into(),
+    ]
+    .join("\n");
+    let (result, lines) = session(&input, &endpoints(sock));
+    result.unwrap();
+    let ids: Vec<_> = lines[1..].iter().map(|l| l["id"].as_u64()).collect();
+    assert_eq!(ids, [Some(2), Some(1)], "{lines:?}");
+    assert_eq!(lines[2]["body"], "OK");
 }

@@ -210,6 +210,20 @@ impl Caddy {
     /// query or credentials (Caddy's admin API over HTTPS needs client certificates, which codeb
     /// does not support).
     pub fn new(admin: &str) -> Result<Caddy> {
+        Caddy::build(admin, None)
+    }
+
+    /// A client for the admin API at `admin` as seen on a remote host, reached through the local
+    /// unix socket `relay` (see [`crate::backend::remote`]): requests carry `admin`'s URL, so
+    /// paths and messages are the same as for a local Caddy. Makes no request.
+    ///
+    /// # Errors
+    /// As [`Caddy::new`].
+    pub fn through(admin: &str, relay: &std::path::Path) -> Result<Caddy> {
+        Caddy::build(admin, Some(relay))
+    }
+
+    fn build(admin: &str, relay: Option<&std::path::Path>) -> Result<Caddy> {
         let invalid = |reason: &str| Error::InvalidEndpoint {
             endpoint: admin.to_string(),
             reason: reason.to_string(),
@@ -232,7 +246,11 @@ impl Caddy {
         if !base.username().is_empty() || base.password().is_some() {
             return Err(invalid("credentials in the URL are not supported"));
         }
-        let client = crate::backend::http_client()
+        let mut client = crate::backend::http_client();
+        if let Some(relay) = relay {
+            client = client.unix_socket(relay);
+        }
+        let client = client
             .connect_timeout(CONNECT_TIMEOUT)
             .timeout(REQUEST_TIMEOUT)
             // The admin API is on the Caddy's own host; an HTTP(S)_PROXY meant for the internet

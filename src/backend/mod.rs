@@ -17,6 +17,7 @@ pub mod podman;
 pub mod postgres;
 pub mod powerdns;
 pub mod redis;
+pub mod remote;
 
 use std::future::Future;
 use std::net::{Ipv4Addr, SocketAddrV4};

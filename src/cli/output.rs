@@ -401,7 +401,14 @@ pub fn render(response: &Response, format: Format, out: &mut dyn Write) -> anyho
             rows,
             format,
             &[
-                "NAME", "ADDRESS", "PODMAN", "CADDY", "LISTEN", "TLS", "SWITCH",
+                "NAME",
+                "ADDRESS",
+                "PODMAN",
+                "CADDY",
+                "LISTEN",
+                "TLS",
+                "SWITCH",
+                "TRANSPORT",
             ],
             |h| {
                 vec![
@@ -412,6 +419,7 @@ pub fn render(response: &Response, format: Format, out: &mut dyn Write) -> anyho
                     h.listen.clone(),
                     h.tls.clone(),
                     h.switch.clone(),
+                    h.transport.clone(),
                 ]
             },
         ),

@@ -134,6 +134,11 @@ async fn pump(
     watched: watch::Receiver<Arc<Desired>>,
     shutdown: CancellationToken,
 ) {
+    if let Some(ssh) = &host.ssh {
+        // Its `podman` is a socket on that host: connecting here would watch this machine's.
+        info!(host = %host.name, target = %ssh.display(), "no container events from a remote host yet (the agent does not stream); resyncs repair it");
+        return;
+    }
     let podman = match Podman::connect(&host.podman) {
         Ok(p) => p,
         Err(e) => {

@@ -157,10 +157,12 @@ pub async fn run(args: Config) -> Result<(), Error> {
     let (for_hosts, for_zones) = (operator.clone(), operator.clone());
     let owner =
         crate::reconcile::connect::owner(&store).map_err(|e| Error::invalid(e.to_string()))?;
+    let relay_dir = store.dir().to_path_buf();
     let connect: Connectors<Podman, Caddy, Netfilter, PowerDns> = Connectors {
         host: Box::new(move |host| {
-            let mut backends = crate::reconcile::connect::connect([host], &for_hosts, &owner)
-                .map_err(|e| e.to_string())?;
+            let mut backends =
+                crate::reconcile::connect::connect([host], &for_hosts, &owner, &relay_dir)
+                    .map_err(|e| e.to_string())?;
             backends
                 .hosts
                 .remove(&host.name)

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::backend::caddy::Caddy;
 use crate::backend::Proxy;
@@ -110,6 +110,12 @@ async fn round(
     loop_handle: &Handle,
 ) -> bool {
     let host = &h.name;
+    if h.ssh.is_some() {
+        // Its Caddy is reached through the agent, and would dial codeb's API on that host's
+        // loopback, not this machine's: the API is published on local Hosts only.
+        debug!(%host, "the API is not published through a remote host's Caddy");
+        return true;
+    }
     let caddy = match Caddy::new(&h.caddy_admin) {
         Ok(c) => c,
         Err(e) => {
@@ -168,6 +174,7 @@ mod tests {
                     redis: None,
                     backups: None,
                     access_log: None,
+                    ssh: None,
                 },
             );
         }

@@ -64,6 +64,13 @@ pub fn host_ref(name: &str, h: &spec::HostSpec) -> HostRef {
             .caddy
             .access_log
             .then(|| super::writes::AccessLog::default_for(name)),
+        ssh: h.ssh.as_ref().map(|s| super::SshRef {
+            target: s.target.clone(),
+            port: s.port,
+            identity_file: s.identity_file.clone(),
+            known_hosts: s.known_hosts.clone(),
+            agent: s.agent.clone(),
+        }),
     }
 }
 

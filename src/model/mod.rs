@@ -405,6 +405,35 @@ pub struct HostRef {
     /// recorded before codeb wrote access logs: off until the next apply records it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub access_log: Option<writes::AccessLog>,
+    /// A remote Host's SSH transport (`spec.ssh`): `podman` and `caddy_admin` are then as seen on
+    /// that host. Absent: the Host is the machine codeb runs on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ssh: Option<SshRef>,
+}
+
+/// How codeb reaches a remote Host: `ssh [-p PORT] [-i IDENTITY] [-o UserKnownHostsFile=…]
+/// TARGET AGENT agent --stdio …` (see `backend::remote`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct SshRef {
+    pub target: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity_file: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub known_hosts: Option<String>,
+    pub agent: String,
+}
+
+impl SshRef {
+    /// `target` with its port when one is set: `root@10.0.0.2:2222`, as messages and
+    /// `get hosts` name the transport.
+    pub fn display(&self) -> String {
+        match self.port {
+            Some(p) => format!("{}:{p}", self.target),
+            None => self.target.clone(),
+        }
+    }
 }
 
 /// One project environment as the manifests want it. Recorded as declared (see

@@ -26,6 +26,7 @@ pub(crate) fn host() -> HostRef {
         redis: None,
         backups: None,
         access_log: Some(crate::model::writes::AccessLog::default_for("app")),
+        ssh: None,
     }
 }
 

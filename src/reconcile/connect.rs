@@ -67,15 +67,23 @@ pub fn owner(store: &crate::store::Store) -> Result<Owner, Invalid> {
     })
 }
 
-/// Clients for each host. Connecting makes no request.
+/// Why a remote Host switches through Caddy's admin API, as `get hosts` and the plan say.
+pub const REMOTE_KERNEL: &str =
+    "remote host: the kernel switch through the agent is not built yet (caddy-admin)";
+
+/// Clients for each host. Connecting makes no request: a remote Host (`spec.ssh`) gets its
+/// relay's unix sockets under `state_dir/remote/HOST` (see [`crate::backend::remote`]), and its
+/// ssh session opens at the first request.
 ///
 /// # Errors
-/// Exit 2 when `config` does not allow a Host's Podman or Caddy endpoint (checked for every host
-/// before any client is built), or an endpoint is malformed (caught earlier by validation).
+/// Exit 2 when `config` does not allow a Host's SSH target, Podman or Caddy endpoint (checked for
+/// every host before any client is built), an endpoint is malformed (caught earlier by
+/// validation), or a remote Host's relay cannot be made.
 pub fn connect<'a>(
     hosts: impl IntoIterator<Item = &'a HostRef>,
     config: &Config,
     owner: &Owner,
+    state_dir: &std::path::Path,
 ) -> Result<Real, Invalid> {
     let hosts: Vec<&HostRef> = hosts.into_iter().collect();
     for h in &hosts {
@@ -83,10 +91,28 @@ pub fn connect<'a>(
     }
     let mut out = BTreeMap::new();
     for h in hosts {
-        let runtime =
-            Podman::connect(&h.podman).map_err(|e| Invalid(format!("host {}: {e}", h.name)))?;
-        let proxy =
-            Caddy::new(&h.caddy_admin).map_err(|e| Invalid(format!("host {}: {e}", h.name)))?;
+        let invalid = |e: &dyn std::fmt::Display| Invalid(format!("host {}: {e}", h.name));
+        let (runtime, proxy) = match &h.ssh {
+            None => (
+                Podman::connect(&h.podman).map_err(|e| invalid(&e))?,
+                Caddy::new(&h.caddy_admin).map_err(|e| invalid(&e))?,
+            ),
+            Some(ssh) => {
+                let (socket, admin) = remote_endpoints(h).ok_or_else(|| {
+                    invalid(&"with spec.ssh, podman must be unix:///PATH and caddy.admin http://LOOPBACK:PORT")
+                })?;
+                let relay =
+                    crate::backend::remote::relay_for(state_dir, &h.name, ssh, socket, admin)
+                        .map_err(|e| {
+                            invalid(&format!("the local relay to {}: {e}", ssh.display()))
+                        })?;
+                let through = format!("unix://{}", relay.podman.display());
+                (
+                    Podman::connect(&through).map_err(|e| invalid(&e))?,
+                    Caddy::through(&h.caddy_admin, &relay.caddy).map_err(|e| invalid(&e))?,
+                )
+            }
+        };
         let kernel = match local_kernel(h, socket_owner(&h.podman)) {
             Ok(None) => Netfilter::new(),
             Ok(Some(forced)) => Netfilter::fallback(forced),
@@ -144,6 +170,13 @@ fn missing_key(zone: &ZoneRef, var: &str, what: &str) -> Invalid {
     ))
 }
 
+/// A remote Host's Podman socket and Caddy admin `HOST:PORT`, as the agent takes them.
+fn remote_endpoints(h: &HostRef) -> Option<(&str, &str)> {
+    let socket = h.podman.strip_prefix("unix://")?;
+    let admin = h.caddy_admin.strip_prefix("http://")?.trim_end_matches('/');
+    Some((socket, admin))
+}
+
 /// The uid owning a unix socket's file (`None` for another transport, or a socket not there
 /// yet: Podman is then unreachable, which observing says).
 fn socket_owner(endpoint: &str) -> Option<u32> {
@@ -163,6 +196,9 @@ fn socket_owner(endpoint: &str) -> Option<u32> {
 /// asks for Caddy; codeb still reads its rules there and removes what a kernel-mode run left.
 /// `Err((reason, local))`: why not, and whether the host's containers are on this machine.
 fn local_kernel(h: &HostRef, owner: Option<u32>) -> Result<Option<String>, (String, bool)> {
+    if h.ssh.is_some() {
+        return Err((REMOTE_KERNEL.to_string(), false));
+    }
     let local_podman = h.podman.starts_with("unix://");
     if !local_podman {
         return Err((
@@ -256,6 +292,7 @@ mod tests {
                 id: "test".into(),
                 name: "test".into(),
             },
+            std::path::Path::new("/nonexistent"),
         )
         .err()
         .unwrap()

@@ -1586,8 +1586,8 @@ fn connect_or_invalid<'a>(
 ) -> Result<crate::reconcile::connect::Real> {
     let owner =
         crate::reconcile::connect::owner(&ctx.store).map_err(|e| Error::invalid(e.to_string()))?;
-    let mut backends =
-        connect(hosts, &ctx.config, &owner).map_err(|e| Error::invalid(e.to_string()))?;
+    let mut backends = connect(hosts, &ctx.config, &owner, ctx.store.dir())
+        .map_err(|e| Error::invalid(e.to_string()))?;
     backends.zones =
         connect_zones(zones, &ctx.config).map_err(|e| Error::invalid(e.to_string()))?;
     Ok(backends)

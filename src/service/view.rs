@@ -442,6 +442,10 @@ pub struct HostRow {
     /// Why the host falls back to `caddy-admin`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub switch_reason: Option<String>,
+    /// How codeb reaches the host: `local` (this machine), or `ssh TARGET` (a remote Host, through
+    /// `codeb agent --stdio`).
+    #[serde(default)]
+    pub transport: String,
 }
 
 fn scheme(host: Option<&HostRef>) -> &'static str {
@@ -520,6 +524,10 @@ pub fn host_rows(r: &Recorded, modes: &SwitchModes) -> Vec<HostRow> {
                 .get(&h.name)
                 .map_or("-".into(), |(m, _)| m.to_string()),
             switch_reason: modes.get(&h.name).and_then(|(_, r)| r.clone()),
+            transport: h
+                .ssh
+                .as_ref()
+                .map_or("local".into(), |s| format!("ssh {}", s.display())),
         })
         .collect()
 }

@@ -30,6 +30,19 @@ pub const IMAGE: &str = "^\\S+$";
 /// A health check path: starts with `/`, no whitespace.
 pub const HEALTH_PATH: &str = "^/\\S*$";
 
+/// `spec.ssh.target` of a Host: `[user@]host`, letters, digits, `.`, `-` and `_` (nothing a
+/// shell or ssh could read as an option: it does not start with `-`).
+pub const SSH_TARGET: &str =
+    "^([A-Za-z0-9_][A-Za-z0-9._-]{0,31}@)?[A-Za-z0-9][A-Za-z0-9.-]{0,252}$";
+
+/// `spec.ssh.identityFile` and `knownHosts`: an absolute path of letters, digits, `.`, `_`, `-`
+/// and `/`.
+pub const SSH_PATH: &str = "^/[A-Za-z0-9._/-]{0,4095}$";
+
+/// `spec.ssh.agent`: `codeb` or an absolute path of letters, digits, `.`, `_`, `-` and `/` (it
+/// becomes part of the command line sshd hands the remote shell).
+pub const SSH_AGENT: &str = "^(codeb|/[A-Za-z0-9._/-]{0,4095})$";
+
 /// A backup directory: absolute, without NUL or newline.
 pub const BACKUP_DIR: &str = "^/[^\\u0000\\n]*$";
 

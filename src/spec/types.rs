@@ -31,9 +31,16 @@ pub struct HostSpec {
     /// Where the host is reached: an IPv4 or IPv6 address (DNS records point here).
     #[schemars(regex(pattern = patterns::ip_address()))]
     pub address: String,
-    /// Podman's Docker-compatible API: `unix:///path/podman.sock` or `tcp://host:port`.
+    /// Podman's Docker-compatible API: `unix:///path/podman.sock` or `tcp://host:port`. With
+    /// `ssh`, the socket on the remote host (`unix:///run/podman/podman.sock`).
     #[schemars(regex(pattern = patterns::podman_endpoint()))]
     pub podman: String,
+    /// A remote host: codeb runs `codeb agent --stdio` there over SSH, one kept connection, and
+    /// reaches `podman` and `caddy.admin` through it, as they are seen on that host. Omitted: the
+    /// host is the machine codeb runs on. The target must be allowed by codeb's configuration
+    /// (`endpoints.ssh`), as every other endpoint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ssh: Option<SshSpec>,
     /// Caddy on this host.
     pub caddy: CaddySpec,
     /// The address container ports are published on, and health checks dial.
@@ -75,6 +82,35 @@ impl HostSpec {
             })
         })
     }
+}
+
+/// `spec.ssh` of a Host: how codeb reaches a remote host (docs/multi-host.md).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SshSpec {
+    /// `[user@]host` as ssh takes it: `root@203.0.113.10`. Letters, digits, `.`, `-`, `_` and
+    /// one `@`; an IP address or a name.
+    #[schemars(regex(pattern = patterns::SSH_TARGET))]
+    pub target: String,
+    /// sshd's port (default: ssh's own, 22 or what the operator's ssh config says).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: Option<u16>,
+    /// The private key ssh offers (`-i`), an absolute path on codeb's machine. Omitted: ssh's
+    /// own (the operator's ssh config, agent or default keys).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = patterns::SSH_PATH))]
+    pub identity_file: Option<String>,
+    /// A known_hosts file that pins the host's key (`UserKnownHostsFile`), an absolute path on
+    /// codeb's machine. Omitted: ssh's own. An unknown or changed key is always refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = patterns::SSH_PATH))]
+    pub known_hosts: Option<String>,
+    /// The codeb binary on the remote host, run as `AGENT agent --stdio`: `codeb` (found on the
+    /// PATH there) or an absolute path. It must be the same codeb version as this one.
+    #[serde(default = "default_agent")]
+    #[schemars(regex(pattern = patterns::SSH_AGENT))]
+    pub agent: String,
 }
 
 /// `spec.postgres` or `spec.redis` of a Host: a shared server codeb administers.
@@ -674,6 +710,9 @@ fn is_true(b: &bool) -> bool {
 }
 fn is_false(b: &bool) -> bool {
     !*b
+}
+fn default_agent() -> String {
+    "codeb".to_string()
 }
 fn default_publish_address() -> String {
     "127.0.0.1".to_string()

@@ -254,6 +254,121 @@ fn check_host(doc: &Document, host: &HostSpec, errors: &mut Vec<Error>) {
     }
     check_container_policy(doc, &host.containers, errors);
     check_data_servers(doc, host, errors);
+    check_ssh(doc, host, errors);
+}
+
+/// A remote Host's `ssh` block, and what `ssh` asks of its other endpoints: the agent reaches
+/// only a unix socket and a loopback Caddy admin on its host, and health probes still dial the
+/// publish address from codeb's machine, so it cannot be a loopback address (it would probe this
+/// machine, not the host).
+fn check_ssh(doc: &Document, host: &HostSpec, errors: &mut Vec<Error>) {
+    let Some(ssh) = &host.ssh else { return };
+    let mut invalid = |path: &[&str], what: &str, value: &str, expected: &str| {
+        let message = format!("invalid {what} {}: {expected}", doc.show(path, value));
+        errors.push(Error::new(doc.value_origin(path), message));
+    };
+    if !is_ssh_target(&ssh.target) {
+        invalid(
+            &["spec", "ssh", "target"],
+            "ssh target",
+            &ssh.target,
+            "expected `[user@]host` (letters, digits, `.`, `-`, `_`), e.g. `root@203.0.113.10`",
+        );
+    }
+    if ssh.port == Some(0) {
+        invalid(
+            &["spec", "ssh", "port"],
+            "ssh port",
+            "0",
+            "expected 1 to 65535",
+        );
+    }
+    for (field, value) in [
+        ("identityFile", &ssh.identity_file),
+        ("knownHosts", &ssh.known_hosts),
+    ] {
+        if let Some(path) = value.as_deref().filter(|p| !is_ssh_path(p)) {
+            invalid(
+                &["spec", "ssh", field],
+                field,
+                path,
+                "expected an absolute path of letters, digits, `.`, `_`, `-` and `/` on codeb's machine",
+            );
+        }
+    }
+    if ssh.agent != "codeb" && !is_ssh_path(&ssh.agent) {
+        invalid(
+            &["spec", "ssh", "agent"],
+            "agent",
+            &ssh.agent,
+            "expected `codeb` or an absolute path of letters, digits, `.`, `_`, `-` and `/`, e.g. `/usr/local/bin/codeb`",
+        );
+    }
+    let socket = host.podman.strip_prefix("unix://");
+    if is_podman_endpoint(&host.podman) && !socket.is_some_and(is_ssh_path) {
+        invalid(
+            &["spec", "podman"],
+            "podman endpoint of a Host with `ssh`",
+            &host.podman,
+            "expected the Podman socket on that host, `unix:///run/podman/podman.sock` (the agent reaches a unix socket only)",
+        );
+    }
+    if is_http_url(&host.caddy.admin) && remote_admin(&host.caddy.admin).is_none() {
+        invalid(
+            &["spec", "caddy", "admin"],
+            "caddy admin of a Host with `ssh`",
+            &host.caddy.admin,
+            "expected Caddy's admin API on that host's loopback, `http://127.0.0.1:2019` (the agent reaches nothing else)",
+        );
+    }
+    if host
+        .publish_address
+        .parse::<IpAddr>()
+        .is_ok_and(|a| a.is_loopback())
+    {
+        invalid(
+            &["spec", "publishAddress"],
+            "publishAddress of a Host with `ssh`",
+            &host.publish_address,
+            "expected an address of that host codeb's machine reaches, e.g. its `address`: health checks dial it from here (a loopback address would be this machine's)",
+        );
+    }
+}
+
+/// `http://127.0.0.1:2019` → `127.0.0.1:2019`: a loopback IP and a port, what the agent dials.
+pub(crate) fn remote_admin(url: &str) -> Option<String> {
+    let authority = url.strip_prefix("http://")?.trim_end_matches('/');
+    let (ip, port) = authority.rsplit_once(':')?;
+    let ip: IpAddr = ip.trim_matches(['[', ']']).parse().ok()?;
+    (ip.is_loopback() && is_port(port)).then(|| authority.to_string())
+}
+
+/// `[user@]host`: see `patterns::SSH_TARGET`.
+fn is_ssh_target(s: &str) -> bool {
+    let (user, host) = match s.split_once('@') {
+        Some((u, h)) => (Some(u), h),
+        None => (None, s),
+    };
+    let user_ok = user.is_none_or(|u| {
+        (1..=32).contains(&u.len())
+            && !u.starts_with(['.', '-'])
+            && u.chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+    });
+    user_ok
+        && (1..=253).contains(&host.len())
+        && host.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && host
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-'))
+}
+
+/// An absolute path of `[A-Za-z0-9._/-]`: see `patterns::SSH_PATH`.
+fn is_ssh_path(s: &str) -> bool {
+    s.starts_with('/')
+        && s.len() <= 4096
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '/'))
 }
 
 /// A project name, or a prefix of one (letters, digits, `-`, starting with a letter) and `*`.
@@ -1799,6 +1914,41 @@ metadata: {name: codeb.test}
         assert!(!is_env_name("1X"));
         assert!(!is_env_name("A-B"));
         assert!(!is_env_name(""));
+    }
+
+    #[test]
+    fn a_remote_host_is_refused_at_each_field_ssh_cannot_carry() {
+        let host = |ssh: &str, podman: &str, admin: &str, publish: &str| {
+            format!(
+                "apiVersion: codeb.kr/v1\nkind: Host\nmetadata: {{name: far}}\nspec:\n  address: 10.0.0.2\n  podman: '{podman}'\n  ssh: {ssh}\n  caddy: {{admin: '{admin}'}}\n  publishAddress: {publish}\n"
+            )
+        };
+        let good = host(
+            "{target: root@10.0.0.2, knownHosts: /k/known, agent: /usr/local/bin/codeb}",
+            "unix:///run/podman/podman.sock",
+            "http://127.0.0.1:2019",
+            "10.0.0.2",
+        );
+        let m = load_str("h.yaml", &good).unwrap();
+        let ssh = m.hosts["far"].spec.ssh.clone().unwrap();
+        assert_eq!(ssh.known_hosts.as_deref(), Some("/k/known"));
+        let bad = host(
+            "{target: '-oProxyCommand=x', identityFile: 'k', agent: 'codeb; rm -rf /'}",
+            "tcp://10.0.0.2:8888",
+            "http://10.0.0.2:2019",
+            "127.0.0.1",
+        );
+        let text = load_str("h.yaml", &bad).unwrap_err().to_string();
+        for expected in [
+            "h.yaml:7:17: invalid ssh target `-oProxyCommand=x`",
+            "invalid identityFile `k`",
+            "invalid agent `codeb; rm -rf /`",
+            "h.yaml:6:11: invalid podman endpoint of a Host with `ssh`",
+            "invalid caddy admin of a Host with `ssh` `http://10.0.0.2:2019`",
+            "h.yaml:9:19: invalid publishAddress of a Host with `ssh` `127.0.0.1`",
+        ] {
+            assert!(text.contains(expected), "{expected}\n{text}");
+        }
     }
 
     #[test]

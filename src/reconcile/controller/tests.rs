@@ -29,6 +29,7 @@ fn host() -> HostRef {
         redis: None,
         backups: None,
         access_log: Some(crate::model::writes::AccessLog::default_for("app")),
+        ssh: None,
     }
 }
 
