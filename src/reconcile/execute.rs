@@ -213,7 +213,12 @@ async fn run_switch<H: Prober>(
     let Action::Switch { to, url, .. } = &step.action else {
         unreachable!("run_switch runs switches")
     };
+    let begun = std::time::Instant::now();
     let mut w = journal.begin()?;
+    tracing::debug!(
+        elapsed_ms = begun.elapsed().as_secs_f64() * 1000.0,
+        "switch began its transaction"
+    );
     let intent = match journal.take_ahead(i) {
         Some(seq) => seq,
         None => w.journal(entry(step, Phase::Intent, text, None, None))?,
@@ -337,7 +342,7 @@ impl<'s> Journal<'s> {
     /// The store's, and a record that moved since the plan (`Conflict`): the execution stops with
     /// both steps interrupted, for the next reconcile to re-plan.
     fn settle(&mut self, i: usize, gens: &mut BTreeMap<EnvKey, Option<u64>>) -> Result<()> {
-        if !self.deferred.as_ref().is_some_and(|d| d.after < i) {
+        if self.deferred.as_ref().is_none_or(|d| d.after >= i) {
             return Ok(());
         }
         let d = self.deferred.take().expect("checked");

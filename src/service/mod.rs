@@ -2291,7 +2291,12 @@ async fn switch(
             // while the kernel's table is read and the plan made.
             let ahead = plan::probe_ahead(&rec, &parts.containers, rollback);
             let prober = reconcile::Ahead::new(HttpProber::new(), ahead);
+            let started = std::time::Instant::now();
             let observed = reconcile::observe_env_warm(&host.name, b, parts.clone()).await;
+            tracing::debug!(
+                elapsed_ms = started.elapsed().as_secs_f64() * 1000.0,
+                "switch read the kernel's table"
+            );
             (observed, Some((parts, at)), prober)
         }
         (Some(b), None) => {
@@ -2308,6 +2313,7 @@ async fn switch(
     };
     reconcile::record_switch_modes(store, &observed)?;
     let p = switch_plan(&rec, &host, &observed, rollback)?;
+    tracing::debug!(steps = p.steps.len(), "switch planned");
     if let Some(expected) = expect {
         check_fingerprint(
             expected,
