@@ -191,6 +191,13 @@ pub trait Kernel: Send + Sync {
     /// # Errors
     /// As [`Kernel::observe`], but only those that do not depend on the gateway.
     fn read(&self) -> impl Future<Output = Result<Self::Table, Error>> + Send;
+    /// As [`Kernel::read`], for a switch: only what its plan reads (the NAT rules and their
+    /// hook), not the tenant isolation, which a switch neither plans nor changes; the table then
+    /// answers [`Kernel::isolated`] with `true` (not looked at). A warm switch reads the kernel on
+    /// its way to the rule it writes, so every dump left out is time before traffic moves.
+    fn read_for_switch(&self) -> impl Future<Output = Result<Self::Table, Error>> + Send {
+        self.read()
+    }
     /// codeb's rules for the addresses on `gateway` (a service gateway, or the loopback address
     /// slots are published on), from a [`Kernel::read`]. An address that is not one of this
     /// machine is [`ErrorKind::Unsupported`].

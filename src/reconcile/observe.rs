@@ -71,13 +71,14 @@ pub async fn observe_env_parts<R: Runtime, P: Proxy, K: Kernel>(
 }
 
 /// As [`observe_env`], from `parts` an earlier observation read and the kernel's rules as they are
-/// now: one read of codeb's nf_tables table.
+/// now: one read of codeb's nf_tables table, as a switch needs it ([`Kernel::read_for_switch`]:
+/// only a switch plans from this).
 pub async fn observe_env_warm<R: Runtime, P: Proxy, K: Kernel>(
     host: &str,
     b: &HostBackends<R, P, K>,
     parts: HostParts,
 ) -> Observed {
-    let table = b.kernel.read().await;
+    let table = b.kernel.read_for_switch().await;
     one_host(host, assemble(b, parts, table))
 }
 
