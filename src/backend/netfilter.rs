@@ -319,41 +319,11 @@ impl Kernel for Netfilter {
     type Table = Ruleset;
 
     async fn read(&self) -> super::Result<Ruleset> {
-        Ok(self
-            .with_socket(|s| {
-                let chains = s
-                    .chains(TABLE)
-                    .map_err(|e| Error::from_io("the list of chains", e))?;
-                let rules = s
-                    .rules(TABLE)
-                    .map_err(|e| Error::from_io(format!("the rules of table ip {TABLE}"), e))?;
-                let isolated = isolation_in_place(s)
-                    .map_err(|e| Error::from_io(format!("the rules of table bridge {TABLE}"), e))?;
-                Ok(Ruleset {
-                    chains,
-                    rules,
-                    isolated,
-                })
-            })
-            .await?)
+        Ok(self.with_socket(|s| read_table(s, true)).await?)
     }
 
     async fn read_for_switch(&self) -> super::Result<Ruleset> {
-        Ok(self
-            .with_socket(|s| {
-                let chains = s
-                    .chains(TABLE)
-                    .map_err(|e| Error::from_io("the list of chains", e))?;
-                let rules = s
-                    .rules(TABLE)
-                    .map_err(|e| Error::from_io(format!("the rules of table ip {TABLE}"), e))?;
-                Ok(Ruleset {
-                    chains,
-                    rules,
-                    isolated: true,
-                })
-            })
-            .await?)
+        Ok(self.with_socket(|s| read_table(s, false)).await?)
     }
 
     fn services(&self, table: &Ruleset, gateway: Ipv4Addr) -> super::Result<ObservedServices> {
@@ -920,6 +890,25 @@ pub fn isolation_ops() -> Vec<Op> {
 
 /// True when the table `bridge codeb` holds codeb's base chain at `forward` with exactly its
 /// isolation rules, in order (a missing table is not an error: the isolation is not in place).
+/// codeb's chains and rules of `ip codeb`, and with `isolation` whether the isolation table is in
+/// place (else taken as in place: not looked at).
+fn read_table(s: &mut netlink::Socket, isolation: bool) -> Result<Ruleset> {
+    let chains = s
+        .chains(TABLE)
+        .map_err(|e| Error::from_io("the list of chains", e))?;
+    let rules = s
+        .rules(TABLE)
+        .map_err(|e| Error::from_io(format!("the rules of table ip {TABLE}"), e))?;
+    let isolated = !isolation
+        || isolation_in_place(s)
+            .map_err(|e| Error::from_io(format!("the rules of table bridge {TABLE}"), e))?;
+    Ok(Ruleset {
+        chains,
+        rules,
+        isolated,
+    })
+}
+
 fn isolation_in_place(s: &mut netlink::Socket) -> io::Result<bool> {
     let chains = s.chains_in(wire::FAMILY_BRIDGE, TABLE)?;
     if !chains.contains(&isolation_chain()) {

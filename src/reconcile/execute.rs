@@ -231,20 +231,8 @@ async fn run_switch<H: Prober>(
         "switch intents committed"
     );
     journal.ahead = Some((j, rule_intent));
-    // Health-gated: the slot answers now, or traffic does not move.
-    let started = std::time::Instant::now();
-    let probed = prober.probe(url).await;
-    tracing::debug!(
-        url = %url,
-        elapsed_ms = started.elapsed().as_secs_f64() * 1000.0,
-        "switch probed its target"
-    );
-    if let Err(last) = probed {
-        let result = Err(Error::NotHealthy {
-            slot: *to,
-            url: url.clone(),
-            last,
-        });
+    if let Err(error) = gate(prober, *to, url).await {
+        let result = Err(error);
         journal.outcome(step, text, intent, &result);
         return result;
     }
@@ -450,20 +438,7 @@ async fn run_records<H: Prober>(
         result
     };
     if let Action::Switch { to, url, .. } = &step.action {
-        // Health-gated: the slot answers now, or traffic does not move.
-        let started = std::time::Instant::now();
-        let probed = prober.probe(url).await;
-        tracing::debug!(
-            url = %url,
-            elapsed_ms = started.elapsed().as_secs_f64() * 1000.0,
-            "switch probed its target"
-        );
-        if let Err(last) = probed {
-            let error = Error::NotHealthy {
-                slot: *to,
-                url: url.clone(),
-                last,
-            };
+        if let Err(error) = gate(prober, *to, url).await {
             return fail(journal, error);
         }
     }
@@ -505,6 +480,22 @@ async fn run_records<H: Prober>(
     journal.ahead = ahead;
     *gens = written;
     Ok(())
+}
+
+/// A switch's health gate: the slot `to` answers at `url` now, or traffic does not move.
+async fn gate<H: Prober>(prober: &H, to: crate::model::Slot, url: &str) -> Result<()> {
+    let started = std::time::Instant::now();
+    let probed = prober.probe(url).await;
+    tracing::debug!(
+        url = %url,
+        elapsed_ms = started.elapsed().as_secs_f64() * 1000.0,
+        "switch probed its target"
+    );
+    probed.map_err(|last| Error::NotHealthy {
+        slot: to,
+        url: url.to_string(),
+        last,
+    })
 }
 
 /// The records a record-only step writes, into `w`, with `gens` advanced to the generations
