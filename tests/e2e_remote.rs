@@ -1,6 +1,6 @@
 //! A remote Host end to end (issue #18): codeb in the root namespace deploys a project onto host 1
 //! of `deploy/hosts.sh` through `ssh … codeb agent --stdio` only, with its own relay sockets in
-//! the state directory. The app then answers through host 1's Caddy on 10.250.1.2:80, its
+//! the state directory. The app then answers through host 1's Caddy on 10.250.1.2:8088, its
 //! container is in host 1's Podman and not in the root stack's, a second apply changes nothing
 //! there, a known_hosts with another key for the host is refused naming the Host (and nothing is
 //! removed because the host could not be observed), an SSH target the operator's configuration
@@ -15,6 +15,11 @@ use std::time::Duration;
 
 use common::hosts::{stack_podman_sock, unix_request, Host};
 use common::{eventually, http_get_within, lock, text, unique, ProjectYaml, Sandbox};
+
+/// The port of codeb's Caddy server on host 1's address: not 80, where the harness's own server
+/// listens on every address (`tests/hosts_harness.rs` routes there), since a server bound to the
+/// host's address takes that port's connections from the wildcard one, and stays after the tests.
+const CODEB_PORT: u16 = 8088;
 
 /// The Host of this test: host 1 of the harness, reached over ssh with the harness's key and
 /// the known_hosts file `known`, its Caddy server on the host's address.
@@ -34,7 +39,7 @@ spec:
     agent: {agent}
   caddy:
     admin: {admin}
-    listen: [\"{addr}:80\"]
+    listen: [\"{addr}:{CODEB_PORT}\"]
     tls: off
     accessLog: false
   publishAddress: \"{addr}\"
@@ -148,7 +153,7 @@ fn apply(sb: &Sandbox, dir: &Path) -> std::process::Output {
 
 fn front(h: &Host, hostname: &str) -> (u16, String) {
     http_get_within(
-        &format!("{}:80", h.address),
+        &format!("{}:{CODEB_PORT}", h.address),
         hostname,
         "/",
         Duration::from_secs(2),
@@ -180,7 +185,7 @@ fn a_project_applied_to_a_remote_host_over_ssh_runs_and_serves_there_and_is_dele
             last = front(&h1, &hostname);
             last == (200, "v1".to_string())
         }),
-        "{}:80 with Host {hostname} never answered v1: {last:?}",
+        "{}:{CODEB_PORT} with Host {hostname} never answered v1: {last:?}",
         h1.address
     );
 
