@@ -81,7 +81,7 @@ const CODEB_ONLY: &[(&str, &str)] = &[
     ),
     ("a backup interval is 1m to 366d", "expected `1m` to `366d`"),
     (
-        "a Host with `ssh` has a unix socket, a loopback Caddy admin and a publish address that is not loopback",
+        "a Host with `ssh` has a unix socket and a loopback Caddy admin",
         "of a Host with `ssh`",
     ),
 ];
@@ -406,13 +406,13 @@ fn mutations() -> Vec<(String, Change, Codeb)> {
         ),
         ("ssh unknown field", far("user", json!("root")), Refuses),
         (
-            "ssh host publishing on loopback",
+            "ssh host publishing on its loopback (probed there by its agent)",
             remote(
                 ssh_with("port", json!(22)),
                 "127.0.0.1",
                 "http://127.0.0.1:2019",
             ),
-            RefusesAlone,
+            Accepts,
         ),
         (
             "ssh host with a Caddy admin off its loopback",

@@ -6,9 +6,12 @@
 //! The agent forwards only allow-listed HTTP requests: to the host's Podman socket, the calls
 //! codeb's Podman adapter makes; to Caddy's admin API on the host's loopback, codeb's own paths
 //! and reads of the config. It never runs a command, opens a file or reaches another address.
-//! Every line is bounded (a longer one ends the session: the agent never buffers without bound),
-//! and so is every answer. Kernel rules and streaming answers (events, followed logs) are not
-//! offered yet. It must not decide anything: what to ask is codeb's business.
+//! Kernel requests are typed ops on codeb's own nf_tables tables, run with codeb's netfilter
+//! adapter in the host's network namespace ([`KernelOp`]); probes are one bounded GET from the
+//! host to a slot on it ([`probe`]). Every line is bounded (a longer one ends the session: the
+//! agent never buffers without bound), and so is every answer. Streaming answers (events,
+//! followed logs) are not offered yet. It must not decide anything: what to ask is codeb's
+//! business.
 //!
 //! Blocking std I/O on purpose: one session serves one client. Requests are served at once, each
 //! on a thread of its own (at most [`MAX_IN_FLIGHT`]), and each answer carries its request's id:
@@ -22,8 +25,13 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-/// The wire protocol's version; a change of any type below bumps it.
-pub const PROTOCOL: u32 = 1;
+pub use crate::backend::netfilter::agent::{KernelAnswer, KernelOp};
+
+mod probe;
+pub use probe::{probe, probe_target};
+
+/// The wire protocol's version; a change of any type below bumps it. 2: kernel ops and probes.
+pub const PROTOCOL: u32 = 2;
 /// The longest line either side may send, newline included. A Podman create or a Caddy route is a
 /// few KiB; 1 MiB leaves room and still bounds what a session can make the agent hold.
 pub const MAX_LINE: usize = 1 << 20;
@@ -60,6 +68,12 @@ impl Hello {
 pub enum Target {
     Podman,
     Caddy,
+    /// codeb's nf_tables tables on the host: `kernel` holds the op, the answer's body its
+    /// [`KernelAnswer`] as JSON.
+    Kernel,
+    /// A health probe made from the host: `method` `GET`, `path` the probe's URL
+    /// (`http://IP:PORT/path`); the answer's status is the slot's (see [`probe`]).
+    Probe,
 }
 
 /// One request line.
@@ -68,12 +82,17 @@ pub enum Target {
 pub struct Request {
     pub id: u64,
     pub target: Target,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub method: String,
-    /// Path and query, starting with `/`.
+    /// Path and query, starting with `/` (a probe: its URL).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub path: String,
     /// A JSON body as text, sent with `Content-Type: application/json`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub body: Option<String>,
+    /// The kernel op of a [`Target::Kernel`] request, and of no other.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kernel: Option<KernelOp>,
 }
 
 /// One response line: the backend's status and body, or why the agent did not forward it.
@@ -194,6 +213,41 @@ fn handle(request: &Request, endpoints: &Endpoints) -> Response {
         body: None,
         error: Some(error),
     };
+    match (request.target, &request.kernel) {
+        (Target::Kernel, Some(op)) if request.method.is_empty() && request.path.is_empty() => {
+            let answer = crate::backend::netfilter::agent::serve(op, &endpoints.podman_socket);
+            return Response {
+                id: request.id,
+                status: Some(200),
+                body: Some(serde_json::to_string(&answer).expect("an answer serializes")),
+                error: None,
+            };
+        }
+        (Target::Kernel, _) => {
+            return refused("not allowed by the agent: a kernel request is one typed op".into())
+        }
+        (_, Some(_)) => {
+            return refused("not allowed by the agent: a kernel op outside a kernel request".into())
+        }
+        (Target::Probe, None) => {
+            if request.method != "GET" || request.body.is_some() {
+                return refused(format!(
+                    "not allowed by the agent: a probe is one GET without a body, not {}",
+                    request.method
+                ));
+            }
+            return match probe(&request.path) {
+                Ok(status) => Response {
+                    id: request.id,
+                    status: Some(status),
+                    body: Some(String::new()),
+                    error: None,
+                },
+                Err(e) => refused(e),
+            };
+        }
+        _ => {}
+    }
     if let Err(why) = allowed(request.target, &request.method, &request.path) {
         return refused(why);
     }
@@ -277,6 +331,7 @@ pub fn allowed(target: Target, method: &str, path: &str) -> Result<(), String> {
                 refuse()
             }
         }
+        Target::Kernel | Target::Probe => refuse(),
         Target::Caddy => {
             let write = ["GET", "POST", "PUT", "PATCH", "DELETE"].contains(&method)
                 && CADDY_WRITABLE.iter().any(|p| route.starts_with(p));
@@ -333,6 +388,7 @@ fn matches(pattern: &str, route: &str) -> bool {
 /// up to the close, never chunked, so reading to EOF is the whole answer.
 fn forward(request: &Request, endpoints: &Endpoints) -> Result<(u16, String), String> {
     let (mut stream, host): (Box<dyn ReadWrite>, &str) = match request.target {
+        Target::Kernel | Target::Probe => return Err("not an HTTP backend".into()),
         Target::Podman => {
             let s = UnixStream::connect(&endpoints.podman_socket)
                 .map_err(|e| format!("Podman at {}: {e}", endpoints.podman_socket.display()))?;

@@ -247,3 +247,138 @@ fn a_slow_request_holds_back_no_other_and_every_answer_is_written_before_the_end
     assert_eq!(ids, [Some(2), Some(1)], "{lines:?}");
     assert_eq!(lines[2]["body"], "OK");
 }
+
+/// Kernel requests are one typed op each, checked before anything runs: an op out of bounds is
+/// answered `refused` (nothing reaches the kernel, whatever the agent's privilege), raw text or
+/// an unknown op does not read, and an op never rides on a Podman or Caddy request, nor a
+/// method or path on a kernel one.
+#[test]
+fn kernel_requests_are_typed_ops_within_bounds_and_nothing_else() {
+    let ep = endpoints("/nonexistent".into());
+    let ours = Hello::ours();
+    let service = |label: &str, port: u16| {
+        format!(
+            r#"{{"setService":{{"gateway":"10.89.0.1","port":{port},"target":{{"to":"10.89.0.5:8080","label":"{label}"}},"dispatch":1}}}}"#
+        )
+    };
+    let input = [
+        hello_line(&ours.version, ours.protocol),
+        format!(
+            r#"{{"id":1,"target":"kernel","kernel":{}}}"#,
+            service("shop/production", 0)
+        ),
+        format!(
+            r#"{{"id":2,"target":"kernel","kernel":{}}}"#,
+            service("x\\\" ; flush ruleset", 4051)
+        ),
+        r#"{"id":3,"target":"kernel","kernel":{"nft":"flush ruleset"}}"#.into(),
+        r#"{"id":4,"target":"kernel","kernel":{"loopbackOff":{"bridge":"../../etc"}}}"#.into(),
+        r#"{"id":5,"target":"podman","method":"GET","path":"/_ping","kernel":"isolate"}"#.into(),
+        r#"{"id":6,"target":"kernel","method":"GET","path":"/","kernel":"isolate"}"#.into(),
+        r#"{"id":7,"target":"kernel"}"#.into(),
+    ]
+    .join("\n");
+    let (result, mut lines) = session(&input, &ep);
+    result.unwrap();
+    lines.remove(0);
+    lines.sort_by_key(|l| l["id"].as_u64());
+    let by_id = |id: u64| {
+        lines
+            .iter()
+            .find(|l| l["id"] == id)
+            .unwrap_or_else(|| panic!("no answer {id}: {lines:?}"))
+    };
+    for (id, names) in [(1, "port 0"), (2, "labelled"), (4, "not an interface name")] {
+        let body = by_id(id)["body"].as_str().unwrap_or_default();
+        let answer: KernelAnswer = serde_json::from_str(body).unwrap();
+        assert!(
+            matches!(&answer, KernelAnswer::Refused(t) if t.starts_with("not allowed by the agent") && t.contains(names)),
+            "{id}: {answer:?}"
+        );
+    }
+    // Raw nft text is no op: the line does not read as a request at all.
+    let unreadable = lines.iter().find(|l| l["id"] == 0).unwrap();
+    assert!(unreadable["error"]
+        .as_str()
+        .unwrap()
+        .starts_with("malformed request"));
+    for id in [5, 6, 7] {
+        let error = by_id(id)["error"].as_str().unwrap_or_default();
+        assert!(
+            error.starts_with("not allowed by the agent"),
+            "{id}: {error}"
+        );
+    }
+}
+
+/// A probe is one GET by IP to an address on the host, with codeb's prober's rules: a 3xx is the
+/// slot's answer and is never followed; a name, another scheme, a method, a body or an address
+/// beyond the host is refused before any connection.
+#[test]
+fn a_probe_is_one_get_to_an_address_on_the_host_and_follows_no_redirect() {
+    use std::net::TcpListener;
+    let elsewhere = TcpListener::bind("127.0.0.1:0").unwrap();
+    let followed = elsewhere.local_addr().unwrap();
+    elsewhere.set_nonblocking(true).unwrap();
+    let slot = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = slot.local_addr().unwrap();
+    let heads = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let seen = heads.clone();
+    std::thread::spawn(move || {
+        for mut s in slot.incoming().flatten() {
+            let mut buf = [0u8; 2048];
+            let n = s.read(&mut buf).unwrap_or(0);
+            seen.lock()
+                .unwrap()
+                .push(String::from_utf8_lossy(&buf[..n]).into_owned());
+            let _ = write!(
+                s,
+                "HTTP/1.1 302 Found\r\nLocation: http://{followed}/\r\nContent-Length: 0\r\n\r\n"
+            );
+        }
+    });
+    assert_eq!(probe(&format!("http://{addr}/health?x=1")), Ok(302));
+    let head = heads.lock().unwrap()[0].clone();
+    assert!(head.starts_with("GET /health?x=1 HTTP/1.1\r\n"), "{head}");
+    assert!(elsewhere.accept().is_err(), "the redirect was followed");
+    let closed = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    assert_eq!(
+        probe(&format!("http://{closed}/")),
+        Err("connection refused".into())
+    );
+    for (url, names) in [
+        ("http://localhost:80/", "IPv4:PORT"),
+        ("http://user@127.0.0.1:80/", "IPv4:PORT"),
+        ("https://127.0.0.1:443/", "http://"),
+        ("http://127.0.0.1:80/a b", "printable"),
+        // TEST-NET-3 (RFC 5737): on no host's loopback, address or bridge.
+        ("http://203.0.113.9:80/", "not on this host"),
+    ] {
+        let refused = probe(url).unwrap_err();
+        assert!(
+            refused.starts_with("not allowed by the agent") && refused.contains(names),
+            "{url}: {refused}"
+        );
+    }
+    // Through a session: a probe is a GET without a body.
+    let ours = Hello::ours();
+    let input = [
+        hello_line(&ours.version, ours.protocol),
+        format!(r#"{{"id":1,"target":"probe","method":"GET","path":"http://{addr}/"}}"#),
+        format!(r#"{{"id":2,"target":"probe","method":"POST","path":"http://{addr}/"}}"#),
+    ]
+    .join("\n");
+    let (result, mut lines) = session(&input, &endpoints("/nonexistent".into()));
+    result.unwrap();
+    lines.remove(0);
+    lines.sort_by_key(|l| l["id"].as_u64());
+    assert_eq!(lines[0]["status"], 302, "{lines:?}");
+    assert!(lines[1]["error"]
+        .as_str()
+        .unwrap()
+        .starts_with("not allowed by the agent"));
+    assert_eq!(heads.lock().unwrap().len(), 2, "the POST was not sent");
+}

@@ -207,8 +207,10 @@ pub trait Kernel: Send + Sync {
     ///
     /// # Errors
     /// [`ErrorKind::Unsupported`] when it is not (a rootless or remote Podman).
-    fn local(&self, net: &NetworkInfo) -> Result<(), Error> {
-        let _ = net;
+    ///
+    /// A remote host's is answered from the facts its agent read there with `table`.
+    fn local(&self, table: &Self::Table, net: &NetworkInfo) -> Result<(), Error> {
+        let _ = (table, net);
         Ok(())
     }
     /// Why this host switches through Caddy although its rules can be read and changed here (the

@@ -69,6 +69,7 @@
 //! - Only locally generated connections are translated (`output`): the data path is Caddy on this
 //!   host, and nothing arriving from outside can reach a service address by accident.
 
+pub mod agent;
 mod netlink;
 pub mod wire;
 
@@ -185,12 +186,179 @@ pub struct Netfilter {
 }
 
 /// codeb's table as one read found it: its chains, and its rules in each chain's order; and
-/// whether its tenant isolation (the table `bridge codeb`) is in place.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// whether its tenant isolation (the table `bridge codeb`) is in place. A remote host's read (by
+/// its agent, [`agent`]) also carries the host's network facts, gathered there in the same call:
+/// what [`Kernel::local`] and [`Kernel::loopback`] read from this machine for a local host.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Ruleset {
     pub chains: Vec<ChainDef>,
     pub rules: Vec<ListedRule>,
     pub isolated: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub facts: Option<HostFacts>,
+}
+
+/// A host's network as its agent found it, for the checks a local host makes on this machine:
+/// its IPv4 addresses (a gateway among them is "bindable": the network is the host's), its links,
+/// and per bridge what codeb's loopback plumbing reads (`route_localnet`, the MAC pinned).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HostFacts {
+    pub addresses: Vec<Ipv4Addr>,
+    pub links: Vec<String>,
+    pub bridges: std::collections::BTreeMap<String, BridgeFacts>,
+}
+
+/// One bridge's settings that codeb's loopback plumbing reads.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BridgeFacts {
+    pub route_localnet: bool,
+    pub mac_pinned: bool,
+}
+
+/// The most links or addresses a host's facts carry (a host of 1,000 containers has about as
+/// many veth links): what an agent answers stays bounded.
+pub const MAX_FACTS: usize = 4096;
+
+/// This machine's (this network namespace's) network facts: what an agent answers with a read.
+pub fn host_facts() -> HostFacts {
+    let mut links: Vec<String> = std::fs::read_dir("/sys/class/net")
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| e.file_name().into_string().ok())
+                .filter(|n| is_interface_name(n))
+                .take(MAX_FACTS)
+                .collect()
+        })
+        .unwrap_or_default();
+    links.sort();
+    let bridges = links
+        .iter()
+        .filter(|l| sys_class_net(l, "bridge").is_some_and(|p| p.exists()))
+        .map(|l| {
+            let facts = BridgeFacts {
+                route_localnet: route_localnet_on(l),
+                mac_pinned: mac_pinned(l),
+            };
+            if facts.route_localnet {
+                guarded().insert(l.clone());
+            }
+            (l.clone(), facts)
+        })
+        .collect();
+    HostFacts {
+        addresses: ipv4_addresses(),
+        links,
+        bridges,
+    }
+}
+
+/// The IPv4 addresses of this network namespace's interfaces.
+fn ipv4_addresses() -> Vec<Ipv4Addr> {
+    let mut out: Vec<Ipv4Addr> = interface_addresses().into_iter().map(|a| a.1).collect();
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// Each IPv4 address of this network namespace's interfaces: (interface, address, netmask).
+pub fn interface_addresses() -> Vec<(String, Ipv4Addr, Ipv4Addr)> {
+    let mut out = Vec::new();
+    let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs fills `head` with a list freed below by freeifaddrs; an entry's address
+    // and netmask are read only when they are AF_INET sockaddrs, its name as a C string.
+    unsafe {
+        if libc::getifaddrs(&mut head) != 0 {
+            return out;
+        }
+        let v4 = |sa: *const libc::sockaddr| {
+            (!sa.is_null() && i32::from((*sa).sa_family) == libc::AF_INET).then(|| {
+                let sin = &*(sa as *const libc::sockaddr_in);
+                Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr))
+            })
+        };
+        let mut cur = head;
+        while !cur.is_null() && out.len() < MAX_FACTS {
+            let entry = &*cur;
+            if let Some(addr) = v4(entry.ifa_addr) {
+                let mask = v4(entry.ifa_netmask).unwrap_or(Ipv4Addr::BROADCAST);
+                let name = if entry.ifa_name.is_null() {
+                    String::new()
+                } else {
+                    std::ffi::CStr::from_ptr(entry.ifa_name)
+                        .to_string_lossy()
+                        .into_owned()
+                };
+                out.push((name, addr, mask));
+            }
+            cur = entry.ifa_next;
+        }
+        libc::freeifaddrs(head);
+    }
+    out
+}
+
+/// Whether a health probe from this host may dial `ip`: a loopback address (a slot port
+/// published there), one of the host's own addresses (a port Podman published), or an address on
+/// one of its bridges' subnets (a container). Nothing beyond the host.
+pub fn probe_reaches(ip: Ipv4Addr) -> bool {
+    if ip.is_loopback() {
+        return true;
+    }
+    interface_addresses().iter().any(|(name, addr, mask)| {
+        let net = |a: Ipv4Addr| u32::from(a) & u32::from(*mask);
+        *addr == ip
+            || (net(*addr) == net(ip) && sys_class_net(name, "bridge").is_some_and(|p| p.exists()))
+    })
+}
+
+/// 3: NET_ADDR_SET, an address set by user space (1 is random, 0 taken from a port).
+fn mac_pinned(bridge: &str) -> bool {
+    sys_class_net(bridge, "addr_assign_type")
+        .and_then(|p| std::fs::read_to_string(p).ok())
+        .is_some_and(|v| v.trim() == "3")
+}
+
+/// codeb's loopback plumbing for `bridge` in `table`, with the bridge's settings as read
+/// (`None`: the bridge does not exist).
+pub fn loopback_in(
+    table: &Ruleset,
+    bridge: &str,
+    settings: Option<BridgeFacts>,
+) -> ObservedLoopback {
+    let count = |chain: &ChainDef, exprs: Vec<Expr>| {
+        let hooked = table.chains.contains(chain);
+        let n = table
+            .rules
+            .iter()
+            .filter(|r| r.chain == chain.name && r.exprs == exprs)
+            .count();
+        if hooked {
+            n
+        } else {
+            0
+        }
+    };
+    // The guard is in place once each of its rules is, once.
+    let guards: Vec<usize> = guard_rules(bridge)
+        .into_iter()
+        .map(|(rule, _)| count(&guard_chain(), rule))
+        .collect();
+    let guard = if guards.contains(&0) {
+        0
+    } else {
+        guards.into_iter().max().unwrap_or(0)
+    };
+    let settings_or_default = settings.unwrap_or_default();
+    ObservedLoopback {
+        masquerade: count(&masquerade_chain(), masquerade_rule(bridge)),
+        guard,
+        route_localnet: settings_or_default.route_localnet,
+        mac_pinned: settings_or_default.mac_pinned,
+        bridge_missing: settings.is_none(),
+    }
 }
 
 impl Netfilter {
@@ -331,7 +499,7 @@ impl Kernel for Netfilter {
         Ok(parse(table, gateway))
     }
 
-    fn local(&self, net: &NetworkInfo) -> super::Result<()> {
+    fn local(&self, _table: &Ruleset, net: &NetworkInfo) -> super::Result<()> {
         self.supported()?;
         let bound = std::net::UdpSocket::bind(SocketAddrV4::new(net.gateway, 0));
         let present = sys_class_net(&net.bridge, "").is_some_and(|p| p.exists());
@@ -357,44 +525,16 @@ impl Kernel for Netfilter {
     }
 
     fn loopback(&self, table: &Ruleset, bridge: &str) -> ObservedLoopback {
-        let count = |chain: &ChainDef, exprs: Vec<Expr>| {
-            let hooked = table.chains.contains(chain);
-            let n = table
-                .rules
-                .iter()
-                .filter(|r| r.chain == chain.name && r.exprs == exprs)
-                .count();
-            if hooked {
-                n
-            } else {
-                0
-            }
-        };
+        let present = sys_class_net(bridge, "").is_some_and(|p| p.exists());
         let route_localnet = route_localnet_on(bridge);
         if route_localnet {
             guarded().insert(bridge.to_string());
         }
-        // 3: NET_ADDR_SET, an address set by user space (1 is random, 0 taken from a port).
-        let mac_pinned = sys_class_net(bridge, "addr_assign_type")
-            .and_then(|p| std::fs::read_to_string(p).ok())
-            .is_some_and(|v| v.trim() == "3");
-        // The guard is in place once each of its rules is, once.
-        let guards: Vec<usize> = guard_rules(bridge)
-            .into_iter()
-            .map(|(rule, _)| count(&guard_chain(), rule))
-            .collect();
-        let guard = if guards.contains(&0) {
-            0
-        } else {
-            guards.into_iter().max().unwrap_or(0)
-        };
-        ObservedLoopback {
-            masquerade: count(&masquerade_chain(), masquerade_rule(bridge)),
-            guard,
+        let settings = BridgeFacts {
             route_localnet,
-            mac_pinned,
-            bridge_missing: !sys_class_net(bridge, "").is_some_and(|p| p.exists()),
-        }
+            mac_pinned: mac_pinned(bridge),
+        };
+        loopback_in(table, bridge, present.then_some(settings))
     }
 
     async fn set_loopback(&self, write: &LoopbackWrite) -> super::Result<()> {
@@ -486,6 +626,105 @@ impl Kernel for Netfilter {
         }
         let text = tokio::fs::read_to_string(CONNTRACK).await.ok()?;
         Some(count_open(&text, target))
+    }
+}
+
+/// A host's kernel: this machine's netfilter, or a remote host's through its agent. One type
+/// for the daemon's and the commands' backends; both read into a [`Ruleset`].
+pub enum HostKernel {
+    Local(Netfilter),
+    Remote(agent::AgentKernel),
+}
+
+impl Kernel for HostKernel {
+    type Table = Ruleset;
+
+    async fn read(&self) -> super::Result<Ruleset> {
+        match self {
+            HostKernel::Local(k) => k.read().await,
+            HostKernel::Remote(k) => k.read().await,
+        }
+    }
+
+    async fn read_for_switch(&self) -> super::Result<Ruleset> {
+        match self {
+            HostKernel::Local(k) => k.read_for_switch().await,
+            HostKernel::Remote(k) => k.read_for_switch().await,
+        }
+    }
+
+    fn services(&self, table: &Ruleset, gateway: Ipv4Addr) -> super::Result<ObservedServices> {
+        match self {
+            HostKernel::Local(k) => k.services(table, gateway),
+            HostKernel::Remote(k) => k.services(table, gateway),
+        }
+    }
+
+    fn local(&self, table: &Ruleset, net: &NetworkInfo) -> super::Result<()> {
+        match self {
+            HostKernel::Local(k) => k.local(table, net),
+            HostKernel::Remote(k) => k.local(table, net),
+        }
+    }
+
+    fn fallback(&self) -> Option<String> {
+        match self {
+            HostKernel::Local(k) => k.fallback(),
+            HostKernel::Remote(k) => k.fallback(),
+        }
+    }
+
+    fn isolated(&self, table: &Ruleset) -> bool {
+        table.isolated
+    }
+
+    async fn isolate(&self) -> super::Result<()> {
+        match self {
+            HostKernel::Local(k) => k.isolate().await,
+            HostKernel::Remote(k) => k.isolate().await,
+        }
+    }
+
+    fn loopback(&self, table: &Ruleset, bridge: &str) -> ObservedLoopback {
+        match self {
+            HostKernel::Local(k) => k.loopback(table, bridge),
+            HostKernel::Remote(k) => k.loopback(table, bridge),
+        }
+    }
+
+    async fn set_loopback(&self, write: &LoopbackWrite) -> super::Result<()> {
+        match self {
+            HostKernel::Local(k) => k.set_loopback(write).await,
+            HostKernel::Remote(k) => k.set_loopback(write).await,
+        }
+    }
+
+    async fn loopback_off(&self, bridge: &str) -> super::Result<()> {
+        match self {
+            HostKernel::Local(k) => k.loopback_off(bridge).await,
+            HostKernel::Remote(k) => k.loopback_off(bridge).await,
+        }
+    }
+
+    async fn hook(&self, write: &HookWrite) -> super::Result<()> {
+        match self {
+            HostKernel::Local(k) => k.hook(write).await,
+            HostKernel::Remote(k) => k.hook(write).await,
+        }
+    }
+
+    async fn set_service(&self, write: &ServiceWrite) -> super::Result<()> {
+        match self {
+            HostKernel::Local(k) => k.set_service(write).await,
+            HostKernel::Remote(k) => k.set_service(write).await,
+        }
+    }
+
+    async fn open_connections(&self, target: SocketAddrV4) -> Option<usize> {
+        match self {
+            HostKernel::Local(k) => k.open_connections(target).await,
+            HostKernel::Remote(k) => k.open_connections(target).await,
+        }
     }
 }
 
@@ -906,6 +1145,7 @@ fn read_table(s: &mut netlink::Socket, isolation: bool) -> Result<Ruleset> {
         chains,
         rules,
         isolated,
+        facts: None,
     })
 }
 
@@ -1311,6 +1551,7 @@ mod tests {
                 ),
             ],
             isolated: false,
+            facts: None,
         }
     }
 
@@ -1522,13 +1763,19 @@ ipv4     2 udp      17 20 src=10.89.144.2 dst=10.89.144.1 sport=8080 dport=53 sr
             gateway,
             bridge: bridge.into(),
         };
-        let err = n.local(&on(test_net, "lo")).unwrap_err();
+        let err = n
+            .local(&Ruleset::default(), &on(test_net, "lo"))
+            .unwrap_err();
         assert!(
             matches!(err.kind(), crate::backend::ErrorKind::Unsupported { .. }),
             "{err}"
         );
-        assert!(n.local(&on(Ipv4Addr::LOCALHOST, "lo")).is_ok());
-        assert!(n.local(&on(test_net, "cbnotyet0")).is_ok());
+        assert!(n
+            .local(&Ruleset::default(), &on(Ipv4Addr::LOCALHOST, "lo"))
+            .is_ok());
+        assert!(n
+            .local(&Ruleset::default(), &on(test_net, "cbnotyet0"))
+            .is_ok());
     }
 
     #[test]

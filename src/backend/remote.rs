@@ -29,7 +29,7 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, ChildStdin, ChildStdout};
 use tokio::sync::oneshot;
 
-use crate::agent::{Hello, Request, Response, Target, MAX_BODY, MAX_LINE};
+use crate::agent::{Hello, KernelAnswer, KernelOp, Request, Response, Target, MAX_BODY, MAX_LINE};
 use crate::model::SshRef;
 
 /// How long a new session may take to say hello: ssh's `ConnectTimeout=5` for the TCP connect,
@@ -230,6 +230,44 @@ impl Session {
         path: &str,
         body: Option<String>,
     ) -> Result<(u16, String)> {
+        self.send(target, method, path, body, None).await
+    }
+
+    /// The Host this session reaches.
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+
+    /// One kernel op, run by the agent in the host's network namespace.
+    ///
+    /// # Errors
+    /// As [`Session::request`]; an answer that does not read as a [`KernelAnswer`].
+    pub async fn kernel(&self, op: KernelOp) -> Result<KernelAnswer> {
+        let (_, body) = self.send(Target::Kernel, "", "", None, Some(op)).await?;
+        serde_json::from_str(&body)
+            .map_err(|e| self.agent_error(format!("a kernel answer that does not read: {e}")))
+    }
+
+    /// A health probe of `url` made from the host by its agent: `Ok` on a 2xx or 3xx answer,
+    /// else what came back, worded as codeb's own prober words it (`connection refused`, `timed
+    /// out`, `HTTP 503`), or why the session failed.
+    pub async fn probe(&self, url: &str) -> std::result::Result<(), String> {
+        match self.send(Target::Probe, "GET", url, None, None).await {
+            Ok((status, _)) if (200..400).contains(&status) => Ok(()),
+            Ok((status, _)) => Err(format!("HTTP {status}")),
+            Err(Error::Agent { message, .. }) => Err(message),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    async fn send(
+        &self,
+        target: Target,
+        method: &str,
+        path: &str,
+        body: Option<String>,
+        kernel: Option<KernelOp>,
+    ) -> Result<(u16, String)> {
         let live = self.live().await?;
         let id = live.next.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
@@ -251,6 +289,7 @@ impl Session {
             method: method.to_string(),
             path: path.to_string(),
             body,
+            kernel,
         };
         let mut line = serde_json::to_vec(&request).expect("a request serializes");
         line.push(b'\n');

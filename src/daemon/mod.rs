@@ -32,7 +32,7 @@ use tracing::{info, warn};
 
 use crate::auth::Caller;
 use crate::backend::caddy::Caddy;
-use crate::backend::netfilter::Netfilter;
+use crate::backend::netfilter::HostKernel;
 use crate::backend::podman::Podman;
 use crate::backend::powerdns::PowerDns;
 use crate::reconcile::controller::{Connectors, Controller};
@@ -158,7 +158,7 @@ pub async fn run(args: Config) -> Result<(), Error> {
     let owner =
         crate::reconcile::connect::owner(&store).map_err(|e| Error::invalid(e.to_string()))?;
     let relay_dir = store.dir().to_path_buf();
-    let connect: Connectors<Podman, Caddy, Netfilter, PowerDns> = Connectors {
+    let connect: Connectors<Podman, Caddy, HostKernel, PowerDns> = Connectors {
         host: Box::new(move |host| {
             let mut backends =
                 crate::reconcile::connect::connect([host], &for_hosts, &owner, &relay_dir)

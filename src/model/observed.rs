@@ -93,7 +93,7 @@ pub enum OwnerMark {
 }
 
 /// codeb's network on a host.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct NetworkInfo {
     /// The bridge's address on the host: where service addresses live.
     pub gateway: Ipv4Addr,
@@ -106,7 +106,7 @@ pub struct NetworkInfo {
 /// the container answers it only once it is masqueraded to the bridge's address; the guard drops
 /// anything arriving from the bridge for a loopback address that codeb did not translate (with
 /// `route_localnet` on, a container could otherwise reach the host's loopback services).
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 pub struct ObservedLoopback {
     /// codeb's masquerade rules for the bridge (1 when in place).
     pub masquerade: usize,

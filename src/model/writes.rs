@@ -132,7 +132,7 @@ pub struct Route {
 }
 
 /// Where a service address leads: a container's address and port.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ServiceTarget {
     pub to: SocketAddrV4,
     /// `project/environment`, kept in the rule's comment for people reading `nft list ruleset`.
@@ -141,7 +141,7 @@ pub struct ServiceTarget {
 
 /// One atomic change to a service address: its chain is replaced whole (or removed), and its
 /// dispatch rule is brought to exactly one (or none).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ServiceWrite {
     pub gateway: Ipv4Addr,
     pub port: u16,
@@ -154,7 +154,7 @@ pub struct ServiceWrite {
 /// Creates an address's dispatch chain and its rule in codeb's base chain at nat `output`,
 /// whichever is missing (the address is a gateway, or the loopback address slot ports are
 /// published on).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct HookWrite {
     pub gateway: Ipv4Addr,
     /// The dispatch chain exists already.
@@ -165,7 +165,7 @@ pub struct HookWrite {
 
 /// Brings a bridge's loopback plumbing to one masquerade rule, one guard rule and
 /// `route_localnet` on, from what was observed.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct LoopbackWrite {
     pub bridge: String,
     pub observed: ObservedLoopback,

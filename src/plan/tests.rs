@@ -114,6 +114,7 @@ impl Fixture {
                     kernel: world.clone(),
                     publish: Some(std::net::Ipv4Addr::LOCALHOST),
                     owner: None,
+                    agent: None,
                 },
             )])),
             prober: FakeProber(vec![world.clone()]),

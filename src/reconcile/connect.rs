@@ -7,7 +7,8 @@ use std::collections::BTreeMap;
 
 use super::{Backends, HostBackends};
 use crate::backend::caddy::Caddy;
-use crate::backend::netfilter::Netfilter;
+use crate::backend::netfilter::agent::AgentKernel;
+use crate::backend::netfilter::{HostKernel, Netfilter};
 use crate::backend::podman::Podman;
 use crate::backend::powerdns::PowerDns;
 use crate::config::Config;
@@ -15,7 +16,7 @@ use crate::model::dns::ZoneRef;
 use crate::model::observed::Owner;
 use crate::model::HostRef;
 
-pub type Real = Backends<Podman, Caddy, Netfilter, PowerDns>;
+pub type Real = Backends<Podman, Caddy, HostKernel, PowerDns>;
 
 /// An endpoint that cannot become a client or that the configuration does not allow, or a Zone
 /// whose key variable is unset or not allowed: invalid input (exit 2, HTTP 400). The message
@@ -67,10 +68,6 @@ pub fn owner(store: &crate::store::Store) -> Result<Owner, Invalid> {
     })
 }
 
-/// Why a remote Host switches through Caddy's admin API, as `get hosts` and the plan say.
-pub const REMOTE_KERNEL: &str =
-    "remote host: the kernel switch through the agent is not built yet (caddy-admin)";
-
 /// Clients for each host. Connecting makes no request: a remote Host (`spec.ssh`) gets its
 /// relay's unix sockets under `state_dir/remote/HOST` (see [`crate::backend::remote`]), and its
 /// ssh session opens at the first request.
@@ -92,10 +89,16 @@ pub fn connect<'a>(
     let mut out = BTreeMap::new();
     for h in hosts {
         let invalid = |e: &dyn std::fmt::Display| Invalid(format!("host {}: {e}", h.name));
-        let (runtime, proxy) = match &h.ssh {
+        let (runtime, proxy, kernel, agent) = match &h.ssh {
             None => (
                 Podman::connect(&h.podman).map_err(|e| invalid(&e))?,
                 Caddy::new(&h.caddy_admin).map_err(|e| invalid(&e))?,
+                HostKernel::Local(match local_kernel(h, socket_owner(&h.podman)) {
+                    Ok(None) => Netfilter::new(),
+                    Ok(Some(forced)) => Netfilter::fallback(forced),
+                    Err((reason, local)) => Netfilter::unsupported(reason, local),
+                }),
+                None,
             ),
             Some(ssh) => {
                 let (socket, admin) = remote_endpoints(h).ok_or_else(|| {
@@ -107,16 +110,19 @@ pub fn connect<'a>(
                             invalid(&format!("the local relay to {}: {e}", ssh.display()))
                         })?;
                 let through = format!("unix://{}", relay.podman.display());
+                let session = relay.session().clone();
+                // The agent decides what it can on the host (root, nf_tables, a rootful Podman,
+                // the network there); only the operator's request for Caddy is known here.
+                let forced = std::env::var(SWITCH_ENV)
+                    .is_ok_and(|v| v == "caddy-admin")
+                    .then(|| format!("{SWITCH_ENV}=caddy-admin"));
                 (
                     Podman::connect(&through).map_err(|e| invalid(&e))?,
                     Caddy::through(&h.caddy_admin, &relay.caddy).map_err(|e| invalid(&e))?,
+                    HostKernel::Remote(AgentKernel::new(session.clone(), forced)),
+                    Some(session),
                 )
             }
-        };
-        let kernel = match local_kernel(h, socket_owner(&h.podman)) {
-            Ok(None) => Netfilter::new(),
-            Ok(Some(forced)) => Netfilter::fallback(forced),
-            Err((reason, local)) => Netfilter::unsupported(reason, local),
         };
         out.insert(
             h.name.clone(),
@@ -126,6 +132,7 @@ pub fn connect<'a>(
                 kernel,
                 publish: h.publish_address.parse().ok(),
                 owner: Some(owner.clone()),
+                agent,
             },
         );
     }
@@ -196,9 +203,6 @@ fn socket_owner(endpoint: &str) -> Option<u32> {
 /// asks for Caddy; codeb still reads its rules there and removes what a kernel-mode run left.
 /// `Err((reason, local))`: why not, and whether the host's containers are on this machine.
 fn local_kernel(h: &HostRef, owner: Option<u32>) -> Result<Option<String>, (String, bool)> {
-    if h.ssh.is_some() {
-        return Err((REMOTE_KERNEL.to_string(), false));
-    }
     let local_podman = h.podman.starts_with("unix://");
     if !local_podman {
         return Err((

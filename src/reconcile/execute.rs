@@ -112,9 +112,19 @@ pub async fn execute_with<R: Runtime, P: Proxy, K: Kernel, D: Dns, H: Prober>(
         let started = tokio::time::Instant::now();
         control.progress.started(&text);
         let result = if let Some(rule) = next.filter(|(_, n)| moves_traffic(step, n)) {
-            run_switch(step, &text, i, rule, &mut journal, prober).await
+            run_switch(
+                step,
+                &text,
+                i,
+                rule,
+                &mut journal,
+                prober,
+                agent(backends, step),
+            )
+            .await
         } else if records_only(&step.action) {
-            run_records(step, &text, i, next, &mut journal, prober, &mut gens).await
+            let agent = agent(backends, step);
+            run_records(step, &text, i, next, &mut journal, prober, agent, &mut gens).await
         } else {
             let intent = journal.intent(i, step, &text)?;
             // Outside the step's backend time: a drain waits on connections (up to `DRAIN_MS`),
@@ -183,6 +193,17 @@ pub async fn execute_with<R: Runtime, P: Proxy, K: Kernel, D: Dns, H: Prober>(
     Ok(report)
 }
 
+/// The agent of the step's host, where its probes are made (a remote host), or `None`.
+fn agent<'a, R, P, K, D>(
+    backends: &'a Backends<R, P, K, D>,
+    step: &Step,
+) -> Option<&'a super::probe::Agent> {
+    backends
+        .hosts
+        .get(&step.host)
+        .and_then(|b| b.agent.as_ref())
+}
+
 /// Whether `next` is the kernel rule that moves `step`'s switch's traffic: the pair
 /// [`run_switch`] runs, with the switch's records written after the rule.
 fn moves_traffic(step: &Step, next: &Step) -> bool {
@@ -209,6 +230,7 @@ async fn run_switch<H: Prober>(
     (j, rule): (usize, &Step),
     journal: &mut Journal<'_>,
     prober: &H,
+    agent: Option<&super::probe::Agent>,
 ) -> Result<()> {
     let Action::Switch { to, url, .. } = &step.action else {
         unreachable!("run_switch runs switches")
@@ -231,7 +253,7 @@ async fn run_switch<H: Prober>(
         "switch intents committed"
     );
     journal.ahead = Some((j, rule_intent));
-    if let Err(error) = gate(prober, *to, url).await {
+    if let Err(error) = gate(prober, agent, *to, url).await {
         let result = Err(error);
         journal.outcome(step, text, intent, &result);
         return result;
@@ -429,6 +451,7 @@ async fn run_records<H: Prober>(
     next: Option<(usize, &Step)>,
     journal: &mut Journal<'_>,
     prober: &H,
+    agent: Option<&super::probe::Agent>,
     gens: &mut BTreeMap<EnvKey, Option<u64>>,
 ) -> Result<()> {
     let fail = |journal: &mut Journal<'_>, error: Error| -> Result<()> {
@@ -438,7 +461,7 @@ async fn run_records<H: Prober>(
         result
     };
     if let Action::Switch { to, url, .. } = &step.action {
-        if let Err(error) = gate(prober, *to, url).await {
+        if let Err(error) = gate(prober, agent, *to, url).await {
             return fail(journal, error);
         }
     }
@@ -483,9 +506,14 @@ async fn run_records<H: Prober>(
 }
 
 /// A switch's health gate: the slot `to` answers at `url` now, or traffic does not move.
-async fn gate<H: Prober>(prober: &H, to: crate::model::Slot, url: &str) -> Result<()> {
+async fn gate<H: Prober>(
+    prober: &H,
+    agent: Option<&super::probe::Agent>,
+    to: crate::model::Slot,
+    url: &str,
+) -> Result<()> {
     let started = std::time::Instant::now();
-    let probed = prober.probe(url).await;
+    let probed = prober.probe_on(agent, url).await;
     tracing::debug!(
         url = %url,
         elapsed_ms = started.elapsed().as_secs_f64() * 1000.0,
@@ -717,7 +745,7 @@ async fn run<R: Runtime, P: Proxy, K: Kernel, D: Dns, H: Prober>(
                     }
                 };
                 match &probed {
-                    Some(probed) => match prober.probe(probed).await {
+                    Some(probed) => match prober.probe_on(b.agent.as_ref(), probed).await {
                         Ok(()) => {
                             wait.state("passed");
                             let at = now_ms();

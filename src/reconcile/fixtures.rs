@@ -15,6 +15,7 @@ pub fn fake_host(world: &World) -> HostBackends<World, World, World> {
         kernel: world.clone(),
         publish: Some(std::net::Ipv4Addr::LOCALHOST),
         owner: None,
+        agent: None,
     }
 }
 

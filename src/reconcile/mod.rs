@@ -126,6 +126,9 @@ pub struct HostBackends<R, P, K> {
     pub publish: Option<std::net::Ipv4Addr>,
     /// The owner this codeb marks the host with and expects on it; `None`: not checked (fakes).
     pub owner: Option<crate::model::observed::Owner>,
+    /// A remote host's agent session: its health probes are made there, where the slots are
+    /// (see [`Prober::probe_on`]). `None`: a local host, probed from this machine.
+    pub agent: Option<std::sync::Arc<crate::backend::remote::Session>>,
 }
 
 /// Every connected host, by name, and every connected managed zone, by domain.

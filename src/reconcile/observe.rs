@@ -216,7 +216,7 @@ fn assemble<R: Runtime, P: Proxy, K: Kernel>(
         (None, None, Ok(_)) => Ok(KernelObservation::NoNetwork),
         (None, Some(net), Ok(table)) => b
             .kernel
-            .local(&net)
+            .local(&table, &net)
             .and_then(|()| b.kernel.services(&table, net.gateway))
             .map(|services| KernelObservation::Managed {
                 gateway: net.gateway,

@@ -10,10 +10,29 @@
 use std::future::Future;
 use std::time::Duration;
 
+/// The agent session of a remote host, where its probes are made.
+pub type Agent = std::sync::Arc<crate::backend::remote::Session>;
+
 /// Probes a slot's health URL once.
 pub trait Prober: Send + Sync {
     /// `Ok` on a 2xx/3xx answer; `Err` says what came back instead (never a body).
     fn probe(&self, url: &str) -> impl Future<Output = Result<(), String>> + Send;
+
+    /// As [`Prober::probe`], from the host the slot runs on: a remote host's slot (a container
+    /// address, a port published on the host's loopback) is reached by its agent there, with the
+    /// same rules (`agent::probe`); a local host's (`agent` `None`) from here.
+    fn probe_on(
+        &self,
+        agent: Option<&Agent>,
+        url: &str,
+    ) -> impl Future<Output = Result<(), String>> + Send {
+        async move {
+            match agent {
+                Some(agent) => agent.probe(url).await,
+                None => self.probe(url).await,
+            }
+        }
+    }
 }
 
 /// The real prober: no proxy, no redirect followed (a 3xx passes as it is).
@@ -153,12 +172,13 @@ pub struct Ahead<P> {
 type Probing = tokio::task::JoinHandle<Result<(), String>>;
 
 impl<P: Prober + Clone + 'static> Ahead<P> {
-    /// Starts probing `url` now, when there is one.
-    pub fn new(inner: P, url: Option<String>) -> Self {
+    /// Starts probing `url` now, when there is one: from the host's agent when it has one (a
+    /// remote host), as the executor will ask for it ([`Prober::probe_on`]).
+    pub fn new(inner: P, url: Option<String>, agent: Option<Agent>) -> Self {
         let started = url.map(|url| {
             let prober = inner.clone();
             let probed = url.clone();
-            let task = tokio::spawn(async move { prober.probe(&probed).await });
+            let task = tokio::spawn(async move { prober.probe_on(agent.as_ref(), &probed).await });
             (url, task)
         });
         Self {
@@ -195,11 +215,15 @@ impl<P> Drop for Ahead<P> {
 
 impl<P: Prober> Prober for Ahead<P> {
     async fn probe(&self, url: &str) -> Result<(), String> {
+        self.probe_on(None, url).await
+    }
+
+    async fn probe_on(&self, agent: Option<&Agent>, url: &str) -> Result<(), String> {
         match self.take(url) {
             Some(task) => task
                 .await
                 .unwrap_or_else(|e| Err(format!("the probe did not finish: {e}"))),
-            None => self.inner.probe(url).await,
+            None => self.inner.probe_on(agent, url).await,
         }
     }
 }
@@ -255,7 +279,7 @@ mod tests {
         let (ok, seen) = server("HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n".into());
         let (bad, _) = server("HTTP/1.1 503 Unavailable\r\nContent-Length: 0\r\n\r\n".into());
         let url = format!("http://{ok}/health");
-        let prober = Ahead::new(HttpProber::new(), Some(url.clone()));
+        let prober = Ahead::new(HttpProber::new(), Some(url.clone()), None);
         // Another URL is probed afresh, not answered by the probe started ahead.
         assert_eq!(
             prober.probe(&format!("http://{bad}/health")).await,
@@ -276,7 +300,7 @@ mod tests {
     async fn a_probe_started_ahead_keeps_its_failure() {
         let (bad, _) = server("HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n".into());
         let url = format!("http://{bad}/health");
-        let prober = Ahead::new(HttpProber::new(), Some(url.clone()));
+        let prober = Ahead::new(HttpProber::new(), Some(url.clone()), None);
         assert_eq!(prober.probe(&url).await, Err("HTTP 404".into()));
     }
 

@@ -2290,7 +2290,7 @@ async fn switch(
             // The target's address is known from the kept containers: its health probe runs
             // while the kernel's table is read and the plan made.
             let ahead = plan::probe_ahead(&rec, &parts.containers, rollback);
-            let prober = reconcile::Ahead::new(HttpProber::new(), ahead);
+            let prober = reconcile::Ahead::new(HttpProber::new(), ahead, b.agent.clone());
             let started = std::time::Instant::now();
             let observed = reconcile::observe_env_warm(&host.name, b, parts.clone()).await;
             tracing::debug!(
@@ -2303,11 +2303,11 @@ async fn switch(
             count_observation("fresh");
             let at = std::time::Instant::now();
             let (observed, parts) = reconcile::observe_env_parts(&host.name, b, &key).await;
-            let prober = reconcile::Ahead::new(HttpProber::new(), None);
+            let prober = reconcile::Ahead::new(HttpProber::new(), None, None);
             (observed, parts.map(|p| (p, at)), prober)
         }
         (None, _) => {
-            let prober = reconcile::Ahead::new(HttpProber::new(), None);
+            let prober = reconcile::Ahead::new(HttpProber::new(), None, None);
             (reconcile::observe(&backends).await, None, prober)
         }
     };

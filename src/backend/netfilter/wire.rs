@@ -102,7 +102,7 @@ pub const REG_2: u32 = 2;
 const UDATA_COMMENT: u8 = 0;
 
 /// One expression of a rule, as far as codeb reads them. Equal expressions encode to equal bytes.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Expr {
     /// Loads `len` bytes at `offset` of a header into a register.
     Payload {
@@ -140,7 +140,7 @@ pub enum Expr {
 }
 
 /// A rule of codeb's table as the kernel lists it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ListedRule {
     pub chain: String,
     pub handle: u64,
@@ -150,14 +150,14 @@ pub struct ListedRule {
 }
 
 /// A chain's definition: a base chain has a hook.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ChainDef {
     pub name: String,
     pub hook: Option<Hook>,
 }
 
 /// Where a base chain is attached.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Hook {
     /// `NF_INET_*`.
     pub num: u32,

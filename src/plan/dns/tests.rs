@@ -94,6 +94,7 @@ impl Fixture {
                 kernel: world.clone(),
                 publish: Some(std::net::Ipv4Addr::LOCALHOST),
                 owner: None,
+                agent: None,
             },
         )]));
         backends.zones.insert(ZONE.into(), dns.clone());

@@ -72,6 +72,7 @@ fn fake(world: &World) -> HostBackends<World, World, World> {
         kernel: world.clone(),
         publish: Some(std::net::Ipv4Addr::LOCALHOST),
         owner: None,
+        agent: None,
     }
 }
 
