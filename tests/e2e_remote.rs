@@ -1,7 +1,7 @@
 //! A remote Host end to end (issue #18): codeb in the root namespace deploys a project onto host 1
 //! of `deploy/hosts.sh` through `ssh … codeb agent --stdio` only, with its own relay sockets in
 //! the state directory. The app then answers through host 1's Caddy on 10.250.1.2:8088, its
-//! container is in host 1's Podman and not in the root stack's, a second apply changes nothing
+//! container is in host 1's Podman and not in the root stack's, the host switches in its own kernel, a second apply changes nothing
 //! there, a known_hosts with another key for the host is refused naming the Host (and nothing is
 //! removed because the host could not be observed), an SSH target the operator's configuration
 //! does not list is refused before any connection, and `delete project` removes it from host 1.
@@ -205,7 +205,8 @@ fn a_project_applied_to_a_remote_host_over_ssh_runs_and_serves_there_and_is_dele
         "the root stack runs the remote host's project"
     );
 
-    // `get hosts`: reached over ssh, switched through Caddy's admin API, and why.
+    // `get hosts`: reached over ssh, switched in the host's kernel by its agent (the fallback to
+    // Caddy's admin API is tests/e2e_remote_kernel.rs's).
     let hosts = sb.codeb(&["get", "hosts", "-o", "json"]);
     assert_eq!(hosts.status.code(), Some(0), "{}", text(&hosts));
     let hosts: serde_json::Value = serde_json::from_slice(&hosts.stdout).unwrap();
@@ -216,13 +217,7 @@ fn a_project_applied_to_a_remote_host_over_ssh_runs_and_serves_there_and_is_dele
         format!("ssh root@{}", h1.address),
         "{row}"
     );
-    assert_eq!(row["switch"], "caddy-admin", "{row}");
-    assert!(
-        row["switchReason"]
-            .as_str()
-            .is_some_and(|r| r.contains("remote host")),
-        "{row}"
-    );
+    assert_eq!(row["switch"], "kernel", "{row}");
 
     // A second apply changes nothing on the host: same containers, same Caddy config.
     let caddy_before = host_caddy(&h1);

@@ -1,0 +1,404 @@
+//! The kernel switch on a remote Host (issue #18): codeb in the root namespace deploys a project
+//! onto host 4 of `deploy/hosts.sh` through `ssh … codeb agent --stdio`, and the agent runs
+//! codeb's own netfilter code in host 4's network namespace. `get hosts` says `kernel`; the app
+//! answers through host 4's Caddy on 10.250.4.2:8089, whose route dials the service address on
+//! host 4's bridge; the slot port is published on host 4's loopback by a rule of codeb's table
+//! there; promote and rollback under a keep-alive load through host 4's Caddy fail no request and
+//! never change its config; the rules are in host 4's `ip codeb` table and not in the root
+//! namespace's; a second apply changes nothing; `delete` removes rules, routes and containers
+//! from host 4. Needs the stack's env and `deploy/hosts.sh up 4`'s (host 4 only).
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use common::hosts::Host;
+use common::load::{fresh_get, Load};
+use common::{eventually, http_get_within, lock, text, unique, ProjectYaml, Sandbox};
+
+/// The port of codeb's Caddy server on host 4's address: not 80, where the harness's own server
+/// listens on every address (a server bound to the host's address would take that port's
+/// connections from the wildcard one), and not e2e_remote's 8088.
+const CODEB_PORT: u16 = 8089;
+/// Promote/rollback cycles under load (each is two switches).
+const CYCLES: usize = 5;
+/// Keep-alive clients through host 4's Caddy.
+const WORKERS: usize = 4;
+
+/// Host 4 as a remote Host publishing slot ports on its own loopback (the agent probes there).
+fn host_doc(h: &Host) -> String {
+    format!(
+        "apiVersion: codeb.kr/v1
+kind: Host
+metadata:
+  name: local
+spec:
+  address: \"{addr}\"
+  podman: unix://{sock}
+  ssh:
+    target: root@{addr}
+    identityFile: {key}
+    knownHosts: {known}
+    agent: {agent}
+  caddy:
+    admin: {admin}
+    listen: [\"{addr}:{CODEB_PORT}\"]
+    tls: off
+    accessLog: false
+  publishAddress: \"127.0.0.1\"
+---
+apiVersion: codeb.kr/v1
+kind: Zone
+metadata:
+  name: codeb.test
+",
+        addr = h.address,
+        sock = h.podman_sock,
+        key = h.key.display(),
+        known = h.known_hosts.display(),
+        agent = env!("CARGO_BIN_EXE_codeb"),
+        admin = h.caddy_admin,
+    )
+}
+
+/// A sandbox whose configuration lets manifests reach host 4 over ssh.
+fn sandbox(h: &Host) -> Sandbox {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    let sb = Sandbox::new();
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(sb.state())
+        .unwrap();
+    let config = sb.state().join("config.yaml");
+    std::fs::write(
+        &config,
+        format!("endpoints:\n  ssh: [\"root@{}\"]\n", h.address),
+    )
+    .unwrap();
+    std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o600)).unwrap();
+    sb
+}
+
+/// Runs `command` on host 4, which must succeed; its stdout.
+fn on_host(h: &Host, command: &str) -> String {
+    let out = h.ssh(command);
+    assert!(out.status.success(), "{command} on host 4: {}", text(&out));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// codeb's table in host 4's network namespace, as `nft` prints it there (empty when missing).
+fn host_rules(h: &Host) -> String {
+    on_host(h, "nft list table ip codeb 2>/dev/null || true")
+}
+
+/// codeb's table in the root namespace (empty when missing).
+fn root_rules() -> String {
+    let out = Command::new("nft")
+        .args(["list", "table", "ip", "codeb"])
+        .output()
+        .expect("nft runs");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The chains of `rules` holding a rule with this exact comment, and each one's DNAT target.
+fn chains_with(rules: &str, comment: &str) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let mut chain = String::new();
+    let quoted = format!("comment \"{comment}\"");
+    for line in rules.lines().map(str::trim) {
+        if let Some(name) = line.strip_prefix("chain ") {
+            chain = name.trim_end_matches(" {").to_string();
+        } else if line.ends_with(&quoted) {
+            let to = line
+                .split("dnat to ")
+                .nth(1)
+                .and_then(|t| t.split(' ').next())
+                .unwrap_or_default();
+            out.push((chain.clone(), to.to_string()));
+        }
+    }
+    out
+}
+
+/// Host 4's Caddy config of codeb's server.
+fn host_caddy(h: &Host) -> String {
+    on_host(
+        h,
+        &format!("curl -s {}/config/apps/http/servers/codeb", h.caddy_admin),
+    )
+}
+
+/// The address of a container on host 4.
+fn host_container_ip(h: &Host, name: &str) -> String {
+    let json = on_host(
+        h,
+        &format!(
+            "curl -sf --unix-socket {} http://d/v4.0.0/libpod/containers/{name}/json",
+            h.podman_sock
+        ),
+    );
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    v["NetworkSettings"]["Networks"]["codeb-main"]["IPAddress"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// Host 4's containers of `project`.
+fn project_containers(h: &Host, project: &str) -> Vec<String> {
+    let json = on_host(
+        h,
+        &format!(
+            "curl -sf --unix-socket {} 'http://d/v4.0.0/libpod/containers/json?all=true'",
+            h.podman_sock
+        ),
+    );
+    let list: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let mut names: Vec<String> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["Labels"]["codeb.project"] == project)
+        .map(|c| c["Names"][0].as_str().unwrap_or_default().to_string())
+        .collect();
+    names.sort();
+    names
+}
+
+/// Loads `image` into host 4's Podman from the root stack's, unless it is there (the harness
+/// loads v1 only): saved through the stack's socket, loaded through ssh's stdin.
+fn ensure_image(h: &Host, image: &str) {
+    let enc = image.replace('/', "%2F");
+    let have = h.ssh(&format!(
+        "curl -sf --unix-socket {} http://d/v4.0.0/libpod/images/{enc}/json",
+        h.podman_sock
+    ));
+    if have.status.success() {
+        return;
+    }
+    let saved = Command::new("curl")
+        .args(["-sf", "--max-time", "60", "--unix-socket"])
+        .arg(common::hosts::stack_podman_sock())
+        .arg(format!(
+            "http://d/v4.0.0/libpod/images/{enc}/get?format=docker-archive"
+        ))
+        .output()
+        .expect("curl runs");
+    assert!(saved.status.success(), "save {image}: {}", text(&saved));
+    let mut load = Command::new("ssh")
+        .args(h.ssh_args(&h.known_hosts))
+        .arg(format!("root@{}", h.address))
+        .arg(format!(
+            "curl -sf --max-time 60 -X POST -H 'Content-Type: application/x-tar' --data-binary @- --unix-socket {} http://d/v4.0.0/libpod/images/load",
+            h.podman_sock
+        ))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("ssh runs");
+    {
+        use std::io::Write;
+        let mut stdin = load.stdin.take().unwrap();
+        stdin.write_all(&saved.stdout).unwrap();
+    }
+    let out = load.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "load {image} into host 4: {}",
+        text(&out)
+    );
+}
+
+/// Removes the project from host 4 however the test ends: through codeb, then whatever is left
+/// through ssh (containers by label, codeb's routes naming it).
+struct OnHost<'a> {
+    sb: &'a Sandbox,
+    host: &'a Host,
+    project: String,
+}
+
+impl Drop for OnHost<'_> {
+    fn drop(&mut self) {
+        let _ = self.sb.codeb(&["delete", "project", &self.project]);
+        let out = self.host.ssh(&format!(
+            r#"S={sock}; A={admin}
+for id in $(curl -s --unix-socket $S "http://d/v4.0.0/libpod/containers/json?all=true&filters=%7B%22label%22%3A%5B%22codeb.project%3D{p}%22%5D%7D" | grep -o '"Id":"[0-9a-f]*"' | cut -d'"' -f4); do
+  curl -s -X DELETE --unix-socket $S "http://d/v4.0.0/libpod/containers/$id?force=true&timeout=0" >/dev/null
+done
+for r in $(curl -s $A/config/apps/http/servers/codeb/routes | grep -o '"@id":"codeb-{p}_[^"]*"' | cut -d'"' -f4); do
+  curl -s -X DELETE $A/id/$r >/dev/null
+done
+true"#,
+            sock = self.host.podman_sock,
+            admin = self.host.caddy_admin,
+            p = self.project
+        ));
+        assert!(
+            out.status.success() || std::thread::panicking(),
+            "cleanup on host 4: {}",
+            text(&out)
+        );
+    }
+}
+
+fn apply(sb: &Sandbox, dir: &Path) -> std::process::Output {
+    sb.codeb(&["apply", "-f", dir.to_str().unwrap(), "--progress", "none"])
+}
+
+fn front_addr(h: &Host) -> String {
+    format!("{}:{CODEB_PORT}", h.address)
+}
+
+#[test]
+fn a_remote_host_switches_in_its_own_kernel_with_no_failed_request_and_is_cleaned_up_there() {
+    let _l = lock();
+    let h4 = Host::get(4);
+    ensure_image(&h4, "localhost/codeb-test-app:v2");
+    let sb = sandbox(&h4);
+    let name = unique("rk-app");
+    let hostname = format!("{name}.codeb.test");
+    let head = host_doc(&h4);
+    let mut p = ProjectYaml::new(&name, "localhost/codeb-test-app:v1");
+    p.promotion = "manual";
+    let dir = sb.write_docs(&head, &[p]);
+    let _cleanup = OnHost {
+        sb: &sb,
+        host: &h4,
+        project: name.clone(),
+    };
+
+    let out = apply(&sb, &dir);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let front = front_addr(&h4);
+    let mut last = (0, String::new());
+    assert!(
+        eventually(Duration::from_secs(10), || {
+            last = http_get_within(&front, &hostname, "/", Duration::from_secs(2));
+            last == (200, "v1".to_string())
+        }),
+        "{front} with Host {hostname} never answered v1: {last:?}"
+    );
+
+    // `get hosts`: reached over ssh, switched in the kernel (the agent's).
+    let hosts = sb.codeb(&["get", "hosts", "-o", "json"]);
+    assert_eq!(hosts.status.code(), Some(0), "{}", text(&hosts));
+    let hosts: serde_json::Value = serde_json::from_slice(&hosts.stdout).unwrap();
+    eprintln!("get hosts: {hosts}");
+    assert_eq!(hosts[0]["transport"], format!("ssh root@{}", h4.address));
+    assert_eq!(hosts[0]["switch"], "kernel", "{hosts}");
+
+    // The route dials a service address on host 4's bridge; codeb's table there maps it to blue,
+    // and publishes blue's slot port on host 4's loopback. The root namespace has neither.
+    let label = format!("{name}/production");
+    let blue = format!(
+        "{}:8080",
+        host_container_ip(&h4, &format!("{name}-production-blue"))
+    );
+    let rules = host_rules(&h4);
+    let service = chains_with(&rules, &format!("codeb {label}"));
+    assert_eq!(service.len(), 1, "{rules}");
+    assert_eq!(service[0].1, blue, "{rules}");
+    let caddy = host_caddy(&h4);
+    let dial_port = service[0].0.rsplit('-').next().unwrap();
+    assert!(
+        caddy.contains(&format!(":{dial_port}\"")),
+        "the route dials the service address: {caddy}"
+    );
+    let published = chains_with(&rules, &format!("codeb {label}/blue"));
+    assert_eq!(published.len(), 1, "{rules}");
+    assert!(published[0].0.starts_with("CODEB-7f000001-"), "{rules}");
+    let slot_port = published[0].0.rsplit('-').next().unwrap().to_string();
+    assert_eq!(
+        on_host(
+            &h4,
+            &format!("curl -s --max-time 2 http://127.0.0.1:{slot_port}/")
+        )
+        .trim(),
+        "v1",
+        "the slot port on host 4's loopback"
+    );
+    let root = root_rules();
+    assert!(
+        !root.contains(&format!("codeb {label}")),
+        "the remote host's rule is in the root namespace's table: {root}"
+    );
+
+    // v2 deployed beside it (manual promotion: green waits).
+    let mut p = ProjectYaml::new(&name, "localhost/codeb-test-app:v2");
+    p.promotion = "manual";
+    let dir = sb.write_docs(&head, &[p]);
+    let out = apply(&sb, &dir);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(sb.slot_state(&name, "green"), "deployed");
+    let green = format!(
+        "{}:8080",
+        host_container_ip(&h4, &format!("{name}-production-green"))
+    );
+    let caddy_before = host_caddy(&h4);
+
+    // Promote, then rollbacks back and forth, under keep-alive load through host 4's Caddy.
+    let load = Load::start(&front, &hostname, "/", WORKERS);
+    std::thread::sleep(Duration::from_millis(200));
+    for i in 0..CYCLES * 2 {
+        let (verb, want, target) = match (i, i % 2) {
+            (0, _) => ("promote", "v2", &green),
+            (_, 0) => ("rollback", "v2", &green),
+            _ => ("rollback", "v1", &blue),
+        };
+        let out = sb.codeb(&[verb, &name]);
+        assert_eq!(out.status.code(), Some(0), "switch {i}: {}", text(&out));
+        assert_eq!(
+            fresh_get(&front, &hostname, "/").unwrap(),
+            (200, want.to_string()),
+            "switch {i}: a new connection reaches the new slot once the command returned"
+        );
+        let now = chains_with(&host_rules(&h4), &format!("codeb {label}"));
+        assert_eq!(
+            now,
+            vec![(service[0].0.clone(), target.clone())],
+            "switch {i}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let report = load.stop();
+    eprintln!("{} switches on host 4: {}", CYCLES * 2, report.describe());
+    assert!(report.socket_errors().is_empty(), "{}", report.describe());
+    assert!(report.non_2xx().is_empty(), "{}", report.describe());
+    assert!(report.count_body("v1") > 10 && report.count_body("v2") > 10);
+    assert_eq!(
+        host_caddy(&h4),
+        caddy_before,
+        "promote and rollback must not change host 4's Caddy config"
+    );
+    assert!(!root_rules().contains(&format!("codeb {label}")));
+
+    // A second apply changes nothing on the host: same containers, rules and Caddy config.
+    let (rules_before, containers_before) = (host_rules(&h4), project_containers(&h4, &name));
+    let again = apply(&sb, &dir);
+    assert_eq!(again.status.code(), Some(0), "{}", text(&again));
+    assert!(
+        String::from_utf8_lossy(&again.stdout).contains("nothing to do"),
+        "{}",
+        text(&again)
+    );
+    assert_eq!(host_rules(&h4), rules_before);
+    assert_eq!(project_containers(&h4, &name), containers_before);
+    assert_eq!(host_caddy(&h4), caddy_before);
+
+    // Delete: rules, routes and containers gone from host 4.
+    let out = sb.codeb(&["delete", "project", &name, "--progress", "none"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(project_containers(&h4, &name).is_empty());
+    let rules = host_rules(&h4);
+    assert!(!rules.contains(&format!("codeb {label}")), "{rules}");
+    assert!(!host_caddy(&h4).contains(&format!("codeb-{name}_")));
+    assert!(
+        eventually(Duration::from_secs(10), || {
+            http_get_within(&front, &hostname, "/", Duration::from_secs(1)).1 != "v1"
+        }),
+        "host 4's Caddy still serves the deleted project"
+    );
+}
