@@ -402,3 +402,66 @@ fn a_remote_host_switches_in_its_own_kernel_with_no_failed_request_and_is_cleane
         "host 4's Caddy still serves the deleted project"
     );
 }
+
+/// The fallback stays: with `CODEB_SWITCH=caddy-admin` host 4 switches through its Caddy's admin
+/// API, `get hosts` says so and why, Podman publishes the slot port on host 4's loopback (probed
+/// there by the agent), and codeb writes no rule of the project in host 4's table.
+#[test]
+fn a_remote_host_asked_to_switch_through_caddy_does_so_and_says_why() {
+    let _l = lock();
+    let h4 = Host::get(4);
+    ensure_image(&h4, "localhost/codeb-test-app:v2");
+    let sb = sandbox(&h4);
+    let name = unique("rk-cad");
+    let hostname = format!("{name}.codeb.test");
+    let head = host_doc(&h4);
+    let caddy_mode = [("CODEB_SWITCH", "caddy-admin")];
+    let _cleanup = OnHost {
+        sb: &sb,
+        host: &h4,
+        project: name.clone(),
+    };
+    let front = front_addr(&h4);
+    for image in ["localhost/codeb-test-app:v1", "localhost/codeb-test-app:v2"] {
+        let mut p = ProjectYaml::new(&name, image);
+        p.promotion = "manual";
+        let dir = sb.write_docs(&head, &[p]);
+        let out = sb.codeb_env(
+            &["apply", "-f", dir.to_str().unwrap(), "--progress", "none"],
+            &caddy_mode,
+        );
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    }
+    let hosts = sb.codeb_env(&["get", "hosts", "-o", "json"], &caddy_mode);
+    let hosts: serde_json::Value = serde_json::from_slice(&hosts.stdout).unwrap();
+    assert_eq!(hosts[0]["switch"], "caddy-admin", "{hosts}");
+    assert!(
+        hosts[0]["switchReason"]
+            .as_str()
+            .is_some_and(|r| r.contains("CODEB_SWITCH=caddy-admin")),
+        "{hosts}"
+    );
+    assert_eq!(
+        http_get_within(&front, &hostname, "/", Duration::from_secs(2)),
+        (200, "v1".to_string())
+    );
+    let out = sb.codeb_env(&["promote", &name], &caddy_mode);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(
+        eventually(Duration::from_secs(5), || {
+            http_get_within(&front, &hostname, "/", Duration::from_secs(2)).1 == "v2"
+        }),
+        "the promote through host 4's Caddy never served v2"
+    );
+    let rules = host_rules(&h4);
+    assert!(
+        !rules.contains(&format!("codeb {name}/")),
+        "a rule of a caddy-admin project: {rules}"
+    );
+    let out = sb.codeb_env(
+        &["delete", "project", &name, "--progress", "none"],
+        &caddy_mode,
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(project_containers(&h4, &name).is_empty());
+}
