@@ -286,7 +286,8 @@ fn the_agent_over_ssh_forwards_allowed_requests_and_refuses_the_rest_and_other_v
     let hello = agent.recv();
     assert_eq!(hello["hello"]["version"], version, "{hello}");
     agent.send(&format!(
-        r#"{{"hello":{{"protocol":1,"version":"{version}"}}}}"#
+        r#"{{"hello":{{"protocol":{},"version":"{version}"}}}}"#,
+        codeb::agent::PROTOCOL
     ));
     agent.send(r#"{"id":1,"target":"podman","method":"GET","path":"/v4.0.0/libpod/_ping"}"#);
     let ping = agent.recv();
