@@ -181,11 +181,12 @@ async fn finding_1_a_fresh_network_whose_bridge_is_not_up_yet_decides_kernel_mod
     );
     // The decision is the host's configuration's: kernel mode all the same.
     let kernel = codeb::backend::netfilter::Netfilter::new();
-    kernel.local(&info).unwrap();
+    let table = codeb::backend::netfilter::Ruleset::default();
+    kernel.local(&table, &info).unwrap();
     // And a gateway that is no address here behind a bridge that exists is not this machine's.
     let foreign = codeb::model::observed::NetworkInfo {
         bridge: "lo".into(),
         ..info
     };
-    assert!(kernel.local(&foreign).is_err());
+    assert!(kernel.local(&table, &foreign).is_err());
 }

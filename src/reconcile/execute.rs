@@ -123,8 +123,8 @@ pub async fn execute_with<R: Runtime, P: Proxy, K: Kernel, D: Dns, H: Prober>(
             )
             .await
         } else if records_only(&step.action) {
-            let agent = agent(backends, step);
-            run_records(step, &text, i, next, &mut journal, prober, agent, &mut gens).await
+            let probe = (prober, agent(backends, step));
+            run_records(step, &text, i, next, &mut journal, probe, &mut gens).await
         } else {
             let intent = journal.intent(i, step, &text)?;
             // Outside the step's backend time: a drain waits on connections (up to `DRAIN_MS`),
@@ -450,8 +450,7 @@ async fn run_records<H: Prober>(
     i: usize,
     next: Option<(usize, &Step)>,
     journal: &mut Journal<'_>,
-    prober: &H,
-    agent: Option<&super::probe::Agent>,
+    (prober, agent): (&H, Option<&super::probe::Agent>),
     gens: &mut BTreeMap<EnvKey, Option<u64>>,
 ) -> Result<()> {
     let fail = |journal: &mut Journal<'_>, error: Error| -> Result<()> {
