@@ -465,3 +465,67 @@ fn a_remote_host_asked_to_switch_through_caddy_does_so_and_says_why() {
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     assert!(project_containers(&h4, &name).is_empty());
 }
+
+/// codeb's loopback guard on a remote host fails closed while a daemon's session is open: a
+/// `nft flush chain ip codeb input` on host 4 (the guard gone, `route_localnet` still on) makes
+/// the agent turn `route_localnet` off on host 4's bridge at once, not at the daemon's next
+/// resync (an hour away here); the next apply puts the guard back and `route_localnet` on.
+#[test]
+fn a_remote_hosts_loopback_guard_removed_by_hand_fails_closed_while_a_session_is_open() {
+    let _l = lock();
+    let h4 = Host::get(4);
+    let sb = sandbox(&h4);
+    let name = unique("rk-guard");
+    let hostname = format!("{name}.codeb.test");
+    let dir = sb.write_docs(
+        &host_doc(&h4),
+        &[ProjectYaml::new(&name, "localhost/codeb-test-app:v1")],
+    );
+    let _cleanup = OnHost {
+        sb: &sb,
+        host: &h4,
+        project: name.clone(),
+    };
+    let front = front_addr(&h4);
+    let mut watch = sb.watch(&dir, &["--resync", "1h"]);
+    assert!(
+        eventually(Duration::from_secs(30), || http_get_within(
+            &front,
+            &hostname,
+            "/",
+            Duration::from_secs(1)
+        )
+        .1 == "v1"),
+        "codeb watch never served the project on host 4: {}",
+        watch.log()
+    );
+    // The bridge codeb masquerades loopback connections onto (codeb-main's, on host 4).
+    let rules = host_rules(&h4);
+    let bridge = rules
+        .lines()
+        .find(|l| l.contains("masquerade"))
+        .and_then(|l| l.split("oifname \"").nth(1))
+        .and_then(|l| l.split('"').next())
+        .unwrap_or_else(|| panic!("no masquerade rule on host 4: {rules}"))
+        .to_string();
+    let route_localnet = || {
+        on_host(
+            &h4,
+            &format!("cat /proc/sys/net/ipv4/conf/{bridge}/route_localnet"),
+        )
+        .trim()
+        .to_string()
+    };
+    assert_eq!(route_localnet(), "1");
+    on_host(&h4, "nft flush chain ip codeb input");
+    assert!(
+        eventually(Duration::from_secs(3), || route_localnet() == "0"),
+        "route_localnet stayed on without the guard on host 4: {}",
+        host_rules(&h4)
+    );
+    assert!(watch.terminate(Duration::from_secs(15)).is_some());
+    let out = apply(&sb, &dir);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(route_localnet(), "1", "{}", text(&out));
+    assert!(host_rules(&h4).contains("ct status ! dnat drop"));
+}

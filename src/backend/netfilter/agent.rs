@@ -140,6 +140,7 @@ pub fn serve(op: &KernelOp, podman_socket: &std::path::Path) -> KernelAnswer {
     if let Some(reason) = rootless(podman_socket) {
         return KernelAnswer::Unsupported(reason);
     }
+    watch_guard();
     let n = netfilter();
     let answer = runtime().block_on(async {
         match op {
@@ -172,6 +173,40 @@ pub fn serve(op: &KernelOp, podman_socket: &std::path::Path) -> KernelAnswer {
         }
         _ => KernelAnswer::Refused(crate::backend::error_chain(&e)),
     })
+}
+
+/// From the session's first kernel op until it ends, the agent fails closed as the daemon does
+/// on codeb's own machine (`daemon::ruleset`): when someone changes codeb's loopback guard, its
+/// masquerade, the isolation or a whole table on the host (a `nft flush ruleset`), it turns
+/// `route_localnet` off at once on each bridge whose guard is gone, so that no container reaches
+/// the host's loopback services through it; the next reconcile of the host puts the guard back
+/// and `route_localnet` on after it. One thread, blocked on nf_tables' notifications (a second at
+/// most per wait); none where the kernel refuses the subscription (then no rule of codeb's can
+/// exist either).
+fn watch_guard() {
+    static STARTED: OnceLock<()> = OnceLock::new();
+    STARTED.get_or_init(|| {
+        let Ok(mut monitor) = super::RulesetMonitor::open() else {
+            return;
+        };
+        std::thread::spawn(move || loop {
+            match monitor.wait() {
+                Ok(Some(true)) => match super::fail_closed() {
+                    Ok(reset) if !reset.is_empty() => eprintln!(
+                        "codeb agent: codeb's loopback guard was removed: route_localnet is off on {} until it is back",
+                        reset.join(", ")
+                    ),
+                    Ok(_) => {}
+                    Err(e) => eprintln!("codeb agent: cannot check codeb's loopback guard: {e}"),
+                },
+                Ok(_) => {}
+                Err(e) => {
+                    eprintln!("codeb agent: nf_tables notifications stopped: {e}");
+                    return;
+                }
+            }
+        });
+    });
 }
 
 /// Why the host's Podman is not one whose bridge is in this namespace: its socket belongs to
