@@ -529,3 +529,61 @@ fn a_remote_hosts_loopback_guard_removed_by_hand_fails_closed_while_a_session_is
     assert_eq!(route_localnet(), "1", "{}", text(&out));
     assert!(host_rules(&h4).contains("ct status ! dnat drop"));
 }
+
+/// Draining on a remote host counts the old slot's connections in host 4's conntrack, through the
+/// agent: with a zero grace period, the apply after a promote retires blue only once its request
+/// in flight (2 s) has finished, and that request is answered by blue.
+#[test]
+fn a_remote_slot_is_retired_only_after_its_requests_in_flight_finish() {
+    let _l = lock();
+    let h4 = Host::get(4);
+    ensure_image(&h4, "localhost/codeb-test-app:v2");
+    let sb = sandbox(&h4);
+    let name = unique("rk-drain");
+    let hostname = format!("{name}.codeb.test");
+    let head = host_doc(&h4);
+    let _cleanup = OnHost {
+        sb: &sb,
+        host: &h4,
+        project: name.clone(),
+    };
+    let mut dir = std::path::PathBuf::new();
+    for image in ["localhost/codeb-test-app:v1", "localhost/codeb-test-app:v2"] {
+        let mut p = ProjectYaml::new(&name, image);
+        p.promotion = "manual";
+        p.grace = "0s";
+        dir = sb.write_docs(&head, &[p]);
+        let out = apply(&sb, &dir);
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    }
+    let front = front_addr(&h4);
+    let started = std::time::Instant::now();
+    let slow = common::load::InFlight::start(&front, &hostname, "/cgi-bin/slow");
+    // Not a stand-in for a condition: the request must be in flight when the switch happens.
+    std::thread::sleep(Duration::from_millis(300));
+    let out = sb.codeb(&["promote", &name]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let left = Duration::from_secs(2).saturating_sub(started.elapsed());
+    let t = std::time::Instant::now();
+    let out = apply(&sb, &dir);
+    let took = t.elapsed();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("retire blue"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(slow.join().unwrap(), (200, "slow-v1".to_string()));
+    eprintln!("apply took {took:?}; the slow request had {left:?} left");
+    if left > Duration::from_millis(500) {
+        assert!(
+            took >= left - Duration::from_millis(300),
+            "the retire waited for the request ({took:?}, {left:?} left)"
+        );
+    }
+    assert!(took < Duration::from_secs(20), "{took:?}");
+    assert_eq!(
+        project_containers(&h4, &name),
+        vec![format!("{name}-production-green")]
+    );
+}
