@@ -29,6 +29,11 @@ const WORKERS: usize = 4;
 
 /// Host 4 as a remote Host publishing slot ports on its own loopback (the agent probes there).
 fn host_doc(h: &Host) -> String {
+    host_doc_with(h, env!("CARGO_BIN_EXE_codeb"))
+}
+
+/// As [`host_doc`], with this agent command on host 4.
+fn host_doc_with(h: &Host, agent: &str) -> String {
     format!(
         "apiVersion: codeb.kr/v1
 kind: Host
@@ -58,7 +63,6 @@ metadata:
         sock = h.podman_sock,
         key = h.key.display(),
         known = h.known_hosts.display(),
-        agent = env!("CARGO_BIN_EXE_codeb"),
         admin = h.caddy_admin,
     )
 }
@@ -586,4 +590,55 @@ fn a_remote_slot_is_retired_only_after_its_requests_in_flight_finish() {
         project_containers(&h4, &name),
         vec![format!("{name}-production-green")]
     );
+}
+
+/// An agent that cannot manage host 4's rules (root, but without `CAP_NET_ADMIN`: its netlink
+/// read is refused) makes the host switch through Caddy, with the agent's reason in `get hosts`;
+/// the project still deploys, is probed by the agent and serves, and no rule of it is written.
+#[test]
+fn a_remote_host_whose_agent_cannot_manage_its_rules_switches_through_caddy_and_says_why() {
+    use std::os::unix::fs::PermissionsExt;
+    let _l = lock();
+    let h4 = Host::get(4);
+    let sb = sandbox(&h4);
+    let agent = sb.dir.path().join("agent-without-net-admin");
+    std::fs::write(
+        &agent,
+        format!(
+            "#!/bin/sh\nexec setpriv --bounding-set -net_admin -- {} \"$@\"\n",
+            env!("CARGO_BIN_EXE_codeb")
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&agent, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let name = unique("rk-nocap");
+    let hostname = format!("{name}.codeb.test");
+    let dir = sb.write_docs(
+        &host_doc_with(&h4, agent.to_str().unwrap()),
+        &[ProjectYaml::new(&name, "localhost/codeb-test-app:v1")],
+    );
+    let _cleanup = OnHost {
+        sb: &sb,
+        host: &h4,
+        project: name.clone(),
+    };
+    let out = apply(&sb, &dir);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let hosts = sb.codeb(&["get", "hosts", "-o", "json"]);
+    let hosts: serde_json::Value = serde_json::from_slice(&hosts.stdout).unwrap();
+    assert_eq!(hosts[0]["switch"], "caddy-admin", "{hosts}");
+    let reason = hosts[0]["switchReason"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains("on the host") && reason.contains("CAP_NET_ADMIN"),
+        "{hosts}"
+    );
+    assert_eq!(
+        http_get_within(&front_addr(&h4), &hostname, "/", Duration::from_secs(2)),
+        (200, "v1".to_string())
+    );
+    let rules = host_rules(&h4);
+    assert!(!rules.contains(&format!("codeb {name}/")), "{rules}");
+    let out = sb.codeb(&["delete", "project", &name, "--progress", "none"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(project_containers(&h4, &name).is_empty());
 }
