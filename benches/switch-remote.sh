@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Promote/rollback on a remote Host (issue #18): host N of deploy/hosts.sh (default 4) switched in
-# its own kernel by its agent, each switch requested from a warm `codeb serve` over HTTP, as
-# benches/switch.sh's api mode does locally, and timed from the root namespace through host N's
+# its own kernel by its agent, each switch requested over HTTP from a running `codeb serve` (its
+# ssh session to the agent kept), as benches/switch.sh's api mode does locally, and timed from the root namespace through host N's
 # Caddy (examples/switch_poller.rs: fresh connections one after another to 10.250.N.2:PORT).
 #
 # Usage: benches/switch-remote.sh [SWITCHES]   (default 40, idle; then as many under `hey -c 8`
@@ -150,7 +150,7 @@ report() { # phase
   printf '    answered: %s\n' "$(stats <"$WORK/$1.answered")"
 }
 
-# Two switches first: the daemon's kept observation (warm) exists from the second on.
+# Two switches first, not counted: the daemon's first requests open the session.
 switches 2 warmup
 lines_before=$(wc -l <"$WORK/serve.log")
 switches "$SWITCHES" idle
@@ -167,7 +167,7 @@ rule() { # from to: the agent's rule round trips logged between these lines of s
     grep -o '"elapsed_ms":[0-9.]*' | cut -d: -f2 | stats
 }
 
-printf '\n== remote host %d (%s), kernel mode through its agent, %d switches per phase from a warm codeb serve\n' "$N" "$ADDR" "$SWITCHES"
+printf '\n== remote host %d (%s), kernel mode through its agent, %d switches per phase through codeb serve\n' "$N" "$ADDR" "$SWITCHES"
 printf '  idle:\n'
 report idle
 printf '    rule:     %s\n' "$(rule "$lines_before" "$lines_idle")"
