@@ -1152,6 +1152,15 @@ async fn run(ctx: &Ctx, req: Request) -> Result<Response> {
             project,
             environment,
             to: None,
+        } if migrating(ctx, &EnvKey::new(project.clone(), environment.clone()))? => {
+            migrate_rollback(ctx, EnvKey::new(project, environment))
+                .await
+                .map(Response::Outcome)
+        }
+        Request::Rollback {
+            project,
+            environment,
+            to: None,
         } => switch(ctx, EnvKey::new(project, environment), true, None)
             .await
             .map(Response::Outcome),
@@ -2343,6 +2352,87 @@ async fn switch(
             .put(key, &host.name, at, epoch, store.journal_seq()?, parts);
     }
     Ok(outcome(report, vec![]))
+}
+
+/// Whether `key`'s record holds a migration (a rollback then moves it back to its source).
+fn migrating(ctx: &Ctx, key: &EnvKey) -> Result<bool> {
+    Ok(ctx
+        .store
+        .env(key)?
+        .is_some_and(|r| r.migration.is_some() && r.rolled_back.is_none()))
+}
+
+/// `codeb rollback` during a migration: records the intent first (one journaled step writes the
+/// record back on the source, marked rolled back, holding a migration back from the target; see
+/// [`plan::migrate::rollback_record`]), then converges both hosts from the recorded state and the
+/// declared spec. Killed anywhere after that write, the next `apply` (or `rollback`: refused as
+/// already rolled back) goes on from the record.
+async fn migrate_rollback(ctx: &Ctx, key: EnvKey) -> Result<OutcomeView> {
+    let _claim = ctx.claim(vec![Work::Env(key.clone())]).await?;
+    let store = &ctx.store;
+    let rec = store
+        .env(&key)?
+        .ok_or_else(|| Error::not_found(format!("no recorded environment {key}")))?;
+    let back = plan::migrate::rollback_record(&rec, &ctx.caller.label(), reconcile::now_ms())
+        .map_err(|e| Error::new(Code::Failed, e))?;
+    let declared = declared_env(ctx, &key)?.ok_or_else(|| {
+        Error::not_found(format!(
+            "no declared environment {key}: apply its manifests first"
+        ))
+    })?;
+    let recorded = store.load()?;
+    let mut hosts = BTreeMap::new();
+    for name in [&back.host, &rec.host] {
+        let host = recorded
+            .hosts
+            .get(name)
+            .cloned()
+            .ok_or_else(|| Error::failed(format!("host {name} of {key} is not recorded")))?;
+        hosts.insert(name.clone(), host);
+    }
+    let zones = plan::dns::zones_for([declared.hostname.as_str()], &recorded.zones);
+    let d = Desired {
+        hosts,
+        envs: BTreeMap::from([(key.clone(), declared)]),
+        zones,
+    };
+    let d = effective(store, &d, false)?;
+    let backends = connect_or_invalid(ctx, d.hosts.values(), d.zones.values())?;
+    let intent = plan::Plan {
+        steps: vec![plan::Step {
+            host: back.host.clone(),
+            key: Some(key.clone()),
+            generation: Some(rec.generation),
+            action: plan::Action::MigrateRollback(Box::new(back)),
+        }],
+        notes: vec![],
+    };
+    let prober = HttpProber::new();
+    let report =
+        reconcile::execute_with(&intent, store, &backends, &prober, &ctx.control(), &|| {
+            false
+        })
+        .await?;
+    if !report.failures.is_empty() {
+        return Ok(outcome(report, vec![]));
+    }
+    let mut result = reconcile::converge_with(
+        Target {
+            desired: &d,
+            remove: vec![],
+            dry_run: false,
+        },
+        store,
+        &backends,
+        &prober,
+        &ctx.control(),
+    )
+    .await?;
+    result.executed.splice(0..0, report.executed);
+    if let Some(daemon) = &ctx.daemon {
+        daemon.publish(store)?;
+    }
+    Ok(OutcomeView::from(&result))
 }
 
 /// The switch's plan from one environment's observation.
