@@ -168,3 +168,105 @@ fn a_project_moves_from_host_a_to_host_b_under_load_with_zero_failed_requests() 
     eprintln!("through B: {summary_b} (B first served at {first_b:?})");
     assert!(failed_b.is_empty(), "through B: {summary_b}");
 }
+
+#[test]
+fn a_rollback_in_grace_moves_traffic_back_to_host_a_with_zero_failed_requests() {
+    let _l = lock();
+    let zone = format!("{}.test", unique("mgr"));
+    let pair = Pair::new(&zone);
+    let name = unique("mg-back");
+    let hostname = pair.hostname(&name);
+    struct Clean<'a>(&'a Pair, &'a str);
+    impl Drop for Clean<'_> {
+        fn drop(&mut self) {
+            self.0.cleanup(self.1);
+        }
+    }
+    let _clean = Clean(&pair, &name);
+    let (a_addr, b_addr) = (pair.a.address.clone(), pair.b.address.clone());
+    let via_a = format!("{a_addr}:{PORT}");
+    let via_b = format!("{b_addr}:{PORT}");
+    let grace = Duration::from_secs(15);
+
+    pair.converge(&pair.write(&name, "a", "15s"), 4);
+    let load_a = Hammer::start(&via_a, &hostname, 2);
+    let load_b = Hammer::start(&via_b, &hostname, 2);
+    // Moved to B: in grace, A forwards and keeps its container stopped.
+    let dir = pair.write(&name, "b", "15s");
+    pair.converge(&dir, 8);
+    assert_eq!(pair.dig(&hostname).0, vec![b_addr.clone()]);
+    assert_eq!(containers_on(&pair.a, &name)[0].1, "exited");
+
+    // Rolled back during the grace period.
+    let t = Instant::now();
+    let out = pair.sb.codeb(&["rollback", &name, "--progress", "none"]);
+    let all = common::text(&out);
+    eprintln!("rollback ({:?}): {all}", t.elapsed());
+    assert_eq!(out.status.code(), Some(0), "{all}");
+    // A serves itself again (its kept container, running), B forwards to A, DNS names A.
+    let a_cs = containers_on(&pair.a, &name);
+    assert!(a_cs.len() == 1 && a_cs[0].1 == "running", "{a_cs:?}");
+    let a_routes = routes_on(&pair.a, &name);
+    assert!(
+        !a_routes.is_empty() && a_routes.iter().all(|r| r.1.len() == 1 && r.1[0] != via_b),
+        "A's routes dial A's own slot: {a_routes:?}"
+    );
+    let b_routes = routes_on(&pair.b, &name);
+    assert!(
+        b_routes.len() == 1 && b_routes[0].1 == vec![via_a.clone()],
+        "B's only route forwards to A: {b_routes:?}"
+    );
+    assert_eq!(pair.dig(&hostname), (vec![a_addr.clone()], Some(ZONE_TTL)));
+
+    // The manifests still say `host: b`: not acted on, and diff and apply say why.
+    let diff = pair.sb.codeb(&["diff", "-f", dir.to_str().unwrap()]);
+    let text = common::text(&diff);
+    assert!(
+        text.contains(&format!("rolled back to host a from host b by")),
+        "diff does not show the rollback mark: {text}"
+    );
+    let again = pair.apply(&dir, &[]);
+    assert_eq!(again.status.code(), Some(0), "{}", common::text(&again));
+    assert!(
+        String::from_utf8_lossy(&again.stdout).contains("nothing to do"),
+        "{}",
+        common::text(&again)
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    // B's client until B's cleanup (after which B has no route for the hostname).
+    let hits_b = load_b.stop();
+
+    // After B's grace, B holds nothing; A still serves.
+    let mut last = String::new();
+    let cleaned = eventually(grace + Duration::from_secs(20), || {
+        let out = pair.apply(&dir, &[]);
+        last = common::text(&out);
+        assert_eq!(out.status.code(), Some(0), "{last}");
+        let done = !last.contains("keeps a forwarding route");
+        if !done {
+            std::thread::sleep(Duration::from_secs(1));
+        }
+        done
+    });
+    assert!(cleaned, "B's grace period never ended: {last}");
+    let hits_a = load_a.stop();
+    assert!(
+        containers_on(&pair.b, &name).is_empty(),
+        "B keeps a container"
+    );
+    assert!(routes_on(&pair.b, &name).is_empty(), "B keeps a route");
+    assert_eq!(pair.dig(&hostname), (vec![a_addr.clone()], Some(ZONE_TTL)));
+    assert!(last.contains("rolled back to host a"), "{last}");
+
+    let (failed_a, summary_a) = failures(&hits_a, Duration::ZERO);
+    eprintln!("through A: {summary_a}");
+    assert!(failed_a.is_empty(), "through A: {summary_a}");
+    let first_b = hits_b
+        .iter()
+        .find(|h| h.status == 200 && h.body == "v1")
+        .map(|h| h.at)
+        .expect("B never served the hostname");
+    let (failed_b, summary_b) = failures(&hits_b, first_b);
+    eprintln!("through B: {summary_b} (B first served at {first_b:?})");
+    assert!(failed_b.is_empty(), "through B: {summary_b}");
+}
