@@ -13,9 +13,6 @@ use std::time::{Duration, Instant};
 use common::migrate::*;
 use common::{eventually, http_get_within, lock, unique};
 
-/// `(addresses, ttl)` as the DNS watch saw them, for messages.
-type Answers = Vec<(Duration, Vec<String>, Option<u32>)>;
-
 /// The distinct DNS answers must go A → B, each (address, TTL) state in this order, never back.
 fn assert_dns_moves(seen: &Answers, a: &str, b: &str, restored: bool) {
     let rank = |(addrs, ttl): (&Vec<String>, &Option<u32>)| -> Option<u32> {
@@ -222,8 +219,15 @@ fn a_rollback_in_grace_moves_traffic_back_to_host_a_with_zero_failed_requests() 
     let diff = pair.sb.codeb(&["diff", "-f", dir.to_str().unwrap()]);
     let text = common::text(&diff);
     assert!(
-        text.contains(&format!("rolled back to host a from host b by")),
+        text.contains("rolled back to host a from host b by"),
         "diff does not show the rollback mark: {text}"
+    );
+    let described = pair.sb.codeb(&["describe", &name]);
+    let text = common::text(&described);
+    assert!(
+        text.contains("Rolled back: rolled back to host a from host b by")
+            && text.contains("Migrating: from host b to host a, phase grace"),
+        "describe does not show the rollback: {text}"
     );
     let again = pair.apply(&dir, &[]);
     assert_eq!(again.status.code(), Some(0), "{}", common::text(&again));

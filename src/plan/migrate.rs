@@ -483,7 +483,7 @@ pub fn rollback_record(rec: &EnvRecord, by: &str, now_ms: u64) -> Result<EnvReco
 /// host now: the mark goes, and `d` is planned as it is), or `None` (no mark).
 pub(super) enum Mark {
     None,
-    Pinned(DesiredEnv, Note),
+    Pinned(Box<DesiredEnv>, Note),
     Clear(Step),
 }
 
@@ -500,10 +500,10 @@ pub(super) fn mark(d: &DesiredEnv, rec: &EnvRecord) -> Mark {
             at_ms: m.at_ms,
         };
         return Mark::Pinned(
-            DesiredEnv {
+            Box::new(DesiredEnv {
                 host: rec.host.clone(),
                 ..d.clone()
-            },
+            }),
             note,
         );
     }

@@ -639,7 +639,7 @@ fn plan_on(
                 migrate::Mark::None => d,
                 migrate::Mark::Pinned(p, note) => {
                     out.notes.push(note);
-                    pinned = p;
+                    pinned = *p;
                     &pinned
                 }
                 migrate::Mark::Clear(step) => {

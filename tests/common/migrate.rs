@@ -433,11 +433,14 @@ pub fn failures(hits: &[Hit], from: Duration) -> (Vec<&Hit>, String) {
     (failed, s)
 }
 
+/// Distinct DNS answers in order: when first seen, the addresses, the TTL.
+pub type Answers = Vec<(Duration, Vec<String>, Option<u32>)>;
+
 /// A thread digging `name` every 50 ms: the distinct (addresses, TTL) answers in order, each with
 /// when it was first seen.
 pub struct DigWatch {
     stop: Arc<AtomicBool>,
-    handle: JoinHandle<Vec<(Duration, Vec<String>, Option<u32>)>>,
+    handle: JoinHandle<Answers>,
 }
 
 impl DigWatch {
@@ -451,7 +454,7 @@ impl DigWatch {
             stop.clone(),
         );
         let handle = std::thread::spawn(move || {
-            let mut seen: Vec<(Duration, Vec<String>, Option<u32>)> = Vec::new();
+            let mut seen: Answers = Vec::new();
             while !flag.load(Ordering::Relaxed) {
                 let out = std::process::Command::new("dig")
                     .args([
@@ -488,7 +491,7 @@ impl DigWatch {
         DigWatch { stop, handle }
     }
 
-    pub fn stop(self) -> Vec<(Duration, Vec<String>, Option<u32>)> {
+    pub fn stop(self) -> Answers {
         self.stop.store(true, Ordering::Relaxed);
         self.handle.join().expect("dig thread")
     }
