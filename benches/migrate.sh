@@ -94,6 +94,7 @@ converge() { # until "nothing to do"; prints nothing
 now_ms() { echo $((${EPOCHREALTIME/./} / 1000)); }
 
 printf '%-6s %10s %10s %10s %10s %10s %10s\n' run apply_ms deploying forwarding dns total rollback
+# Not in a pipeline: `projects` must be this shell's, for the cleanup.
 for i in $(seq "$runs"); do
   p="mgb$$-$i"
   projects+=("$p")
@@ -127,7 +128,8 @@ dns = at("migration: record phase dns")
 grace = at("migration: begin the grace period")
 print(f"{run:<6} {t1 - t0:>10} {forward - begin:>10} {dns - forward:>10} {grace - dns:>10} {grace - t0:>10} {rollback:>10}")
 PY
-done | tee "$work/rows"
+done >"$work/rows"
+cat "$work/rows"
 python3 - "$work/rows" <<'PY'
 import statistics, sys
 rows = [l.split() for l in open(sys.argv[1]) if l.strip()]

@@ -16,28 +16,6 @@ use std::time::Duration;
 use common::migrate::*;
 use common::{lock, text, unique};
 
-/// Writes the manifests with `names[i]` on `on(i)`.
-fn write_all(
-    pair: &Pair,
-    names: &[String],
-    on: &dyn Fn(usize) -> &'static str,
-) -> std::path::PathBuf {
-    let mut text = String::new();
-    for (i, name) in names.iter().enumerate() {
-        let one = std::fs::read_to_string(pair.write(name, on(i), "1h").join("all.yaml")).unwrap();
-        if i == 0 {
-            text.push_str(&one);
-        } else {
-            // Only the project document of the others.
-            let at = one
-                .rfind("---\napiVersion: codeb.kr/v1\nkind: Project")
-                .unwrap();
-            text.push_str(&one[at..]);
-        }
-    }
-    pair.sb.save_text(&text)
-}
-
 /// The end state of a migration of `name` in its grace period, with nothing left over.
 fn assert_migrated(pair: &Pair, name: &str, context: &str) {
     let hostname = pair.hostname(name);
@@ -131,14 +109,14 @@ fn a_migration_killed_at_every_journal_write_converges_on_the_next_apply() {
     let _clean = Clean(&pair, &names);
 
     // Every project on A, in one apply.
-    let dir = write_all(&pair, &names, &|_| "a");
+    let dir = pair.write_many(&names, &|_| "a");
     pair.converge(&dir, 4);
 
     let mut killed = 0;
     for (i, name) in names.iter().enumerate() {
         let n = points[i];
         // Projects before this one are on B (migrated), this one moves now, the rest stay on A.
-        let dir = write_all(&pair, &names, &|j| if j <= i { "b" } else { "a" });
+        let dir = pair.write_many(&names, &|j| if j <= i { "b" } else { "a" });
         let first = Command::new(env!("CARGO_BIN_EXE_codeb"))
             .arg("--state-dir")
             .arg(pair.sb.state())

@@ -2356,25 +2356,35 @@ async fn switch(
 
 /// Whether `key`'s record holds a migration (a rollback then moves it back to its source).
 fn migrating(ctx: &Ctx, key: &EnvKey) -> Result<bool> {
-    Ok(ctx
-        .store
-        .env(key)?
-        .is_some_and(|r| r.migration.is_some() && r.rolled_back.is_none()))
+    Ok(ctx.store.env(key)?.is_some_and(|r| r.migration.is_some()))
 }
 
 /// `codeb rollback` during a migration: records the intent first (one journaled step writes the
 /// record back on the source, marked rolled back, holding a migration back from the target; see
 /// [`plan::migrate::rollback_record`]), then converges both hosts from the recorded state and the
-/// declared spec. Killed anywhere after that write, the next `apply` (or `rollback`: refused as
-/// already rolled back) goes on from the record.
+/// declared spec. Killed anywhere after that write, the next `apply` or `rollback` goes on from
+/// the record (a rollback of an environment already moving back writes nothing and resumes).
 async fn migrate_rollback(ctx: &Ctx, key: EnvKey) -> Result<OutcomeView> {
     let _claim = ctx.claim(vec![Work::Env(key.clone())]).await?;
     let store = &ctx.store;
     let rec = store
         .env(&key)?
         .ok_or_else(|| Error::not_found(format!("no recorded environment {key}")))?;
-    let back = plan::migrate::rollback_record(&rec, &ctx.caller.label(), reconcile::now_ms())
-        .map_err(|e| Error::new(Code::Failed, e))?;
+    // Already rolled back and still moving back (a rollback killed after its intent): resumed.
+    let resume = rec.rolled_back.is_some() && rec.migration.is_some();
+    let back = if resume {
+        None
+    } else {
+        Some(
+            plan::migrate::rollback_record(&rec, &ctx.caller.label(), reconcile::now_ms())
+                .map_err(|e| Error::new(Code::Failed, e))?,
+        )
+    };
+    let (to, from) = match (&back, rec.migration.as_deref()) {
+        (Some(b), _) => (b.host.clone(), rec.host.clone()),
+        (None, Some(m)) => (rec.host.clone(), m.source.host.clone()),
+        (None, None) => unreachable!("resume needs a migration"),
+    };
     let declared = declared_env(ctx, &key)?.ok_or_else(|| {
         Error::not_found(format!(
             "no declared environment {key}: apply its manifests first"
@@ -2382,7 +2392,7 @@ async fn migrate_rollback(ctx: &Ctx, key: EnvKey) -> Result<OutcomeView> {
     })?;
     let recorded = store.load()?;
     let mut hosts = BTreeMap::new();
-    for name in [&back.host, &rec.host] {
+    for name in [&to, &from] {
         let host = recorded
             .hosts
             .get(name)
@@ -2399,12 +2409,15 @@ async fn migrate_rollback(ctx: &Ctx, key: EnvKey) -> Result<OutcomeView> {
     let d = effective(store, &d, false)?;
     let backends = connect_or_invalid(ctx, d.hosts.values(), d.zones.values())?;
     let intent = plan::Plan {
-        steps: vec![plan::Step {
-            host: back.host.clone(),
-            key: Some(key.clone()),
-            generation: Some(rec.generation),
-            action: plan::Action::MigrateRollback(Box::new(back)),
-        }],
+        steps: back
+            .into_iter()
+            .map(|back| plan::Step {
+                host: to.clone(),
+                key: Some(key.clone()),
+                generation: Some(rec.generation),
+                action: plan::Action::MigrateRollback(Box::new(back)),
+            })
+            .collect(),
         notes: vec![],
     };
     let prober = HttpProber::new();
