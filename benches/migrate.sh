@@ -27,7 +27,7 @@ zone="mgbench-$$.test"
 pdns() { curl -sf -H "X-API-Key: $PDNS_API_KEY" -H 'Content-Type: application/json' "$@"; }
 cleanup() {
   for p in "${projects[@]-}"; do
-    [[ -n $p ]] && "$codeb" --state-dir "$work/state" delete project "$p" --progress none >/dev/null 2>&1 || true
+    [[ -n $p ]] && "$codeb" --state-dir "$work/state" delete project "$p" --progress none >"$work/del" 2>&1 || { echo "cleanup: delete project $p failed:" >&2; cat "$work/del" >&2; }
   done
   pdns -X DELETE "$CODEB_TEST_PDNS_API/api/v1/servers/localhost/zones/$zone." >/dev/null 2>&1 || true
   rm -rf "$work"

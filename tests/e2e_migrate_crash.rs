@@ -5,6 +5,8 @@
 //! serving slot's container only, stopped (kept for the grace period), and the hostname route
 //! only, forwarding to B's Caddy; every DNS record of the project names B with the zone's TTL.
 //!
+//! Then `delete project` of the last one, in its grace period, removes it from both hosts.
+//!
 //! The projects are deployed on A together first (one apply), so that each kill point costs only
 //! its migration. Needs the stack's env and `deploy/hosts.sh up 2`'s.
 
@@ -138,6 +140,18 @@ fn a_migration_killed_at_every_journal_write_converges_on_the_next_apply() {
         }
         killed += 1;
     }
+    // `delete project` of an environment in its migration's grace period removes both hosts'
+    // parts (it connects to the source too), and its records.
+    let last = &names[killed];
+    let out = pair
+        .sb
+        .codeb(&["delete", "project", last, "--progress", "none"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    for h in [&pair.a, &pair.b] {
+        assert!(containers_on(h, last).is_empty(), "host {}: {last}", h.n);
+        assert!(routes_on(h, last).is_empty(), "host {}: {last}", h.n);
+    }
+    assert!(pair.dig(&pair.hostname(last)).0.is_empty());
     assert!(
         killed >= points.iter().filter(|n| **n <= 16).count(),
         "a migration has at least sixteen journal writes: every point up to 16 kills ({killed})"

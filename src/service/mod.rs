@@ -1989,10 +1989,13 @@ async fn delete(ctx: &Ctx, names: Vec<String>, sources: &[Source]) -> Result<Out
     let claim = ctx
         .claim(works.chain(managed(&zones).map(Work::Zone)).collect())
         .await?;
+    // A migrating environment is on two hosts: its record's and its migration's source.
     let hosts: BTreeSet<&String> = keys
         .iter()
         .filter_map(|k| recorded.envs.get(k))
-        .map(|r| &r.host)
+        .flat_map(|r| {
+            std::iter::once(&r.host).chain(r.migration.as_deref().map(|m| &m.source.host))
+        })
         .collect();
     let backends = connect_or_invalid(
         ctx,
