@@ -522,6 +522,12 @@ fn describe(p: &ProjectView, out: &mut dyn Write) -> anyhow::Result<()> {
                 o.manifest_image
             )?;
         }
+        if let Some(m) = &e.migration {
+            writeln!(out, "  Migrating: {m}")?;
+        }
+        if let Some(r) = &e.rolled_back {
+            writeln!(out, "  Rolled back: {r}")?;
+        }
         if let Some(d) = &e.database {
             writeln!(
                 out,

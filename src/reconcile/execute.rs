@@ -272,6 +272,8 @@ fn records_only(action: &Action) -> bool {
             | Action::MigratePhase(_)
             | Action::MigrateFinish
             | Action::MigrateAbort(_)
+            | Action::MigrateRollback(_)
+            | Action::ClearRolledBack
     )
 }
 
@@ -510,6 +512,7 @@ fn write_records(
         Action::Adopt(a) => Some(&a.record),
         Action::MigrateBegin { record, .. } => Some(&**record),
         Action::MigrateAbort(record) => Some(&**record),
+        Action::MigrateRollback(record) => Some(&**record),
         _ => None,
     };
     if let Some(rec) = whole {
@@ -534,6 +537,7 @@ fn write_records(
         Action::Retire { slot, .. } => *rec.slot_mut(*slot) = SlotRecord::default(),
         Action::MigratePhase(phase) => enter_phase(&mut rec, *phase, now_ms())?,
         Action::MigrateFinish => rec.migration = None,
+        Action::ClearRolledBack => rec.rolled_back = None,
         _ => unreachable!("not a record-only step"),
     }
     let written = w.put_env(rec, expected)?;
@@ -837,7 +841,9 @@ async fn run<R: Runtime, P: Proxy, K: Kernel, D: Dns, H: Prober>(
         | Action::MigrateBegin { .. }
         | Action::MigratePhase(_)
         | Action::MigrateFinish
-        | Action::MigrateAbort(_) => {
+        | Action::MigrateAbort(_)
+        | Action::MigrateRollback(_)
+        | Action::ClearRolledBack => {
             unreachable!("run_records runs these")
         }
     }
@@ -909,7 +915,9 @@ fn backend_of(action: &Action) -> Option<&'static str> {
         | Action::MigrateBegin { .. }
         | Action::MigratePhase(_)
         | Action::MigrateFinish
-        | Action::MigrateAbort(_) => None,
+        | Action::MigrateAbort(_)
+        | Action::MigrateRollback(_)
+        | Action::ClearRolledBack => None,
         Action::Deploy { .. }
         | Action::Recreate { .. }
         | Action::Start { .. }

@@ -572,6 +572,11 @@ impl From<&Override> for OverrideView {
     }
 }
 
+fn rfc3339(ms: u64) -> String {
+    humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms))
+        .to_string()
+}
+
 /// One environment in `describe`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
@@ -587,6 +592,13 @@ pub struct EnvView {
     pub held: Option<String>,
     /// Where the image comes from when it is not the manifests'.
     pub release_override: Option<OverrideView>,
+    /// A migration in progress: from which host, its phase and since when.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub migration: Option<String>,
+    /// Set by `codeb rollback` during a migration: back on `host` from another, by whom and
+    /// when; the manifests' host rolled away from is not acted on until they name another.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rolled_back: Option<String>,
     pub slots: Vec<SlotView>,
     /// Its database, as codeb recorded it (`None`: none).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -659,6 +671,25 @@ impl EnvView {
             grace_period_ms: e.grace_period_ms,
             held: e.held.clone(),
             release_override: over.map(OverrideView::from),
+            migration: e.migration.as_deref().map(|m| {
+                format!(
+                    "from host {} to host {}, phase {} since {}",
+                    m.source.host,
+                    e.host,
+                    m.phase,
+                    rfc3339(m.since_ms)
+                )
+            }),
+            rolled_back: e.rolled_back.as_ref().map(|m| {
+                format!(
+                    "rolled back to host {} from host {} by {} at {}; change `host:` in the \
+                     manifests",
+                    e.host,
+                    m.from,
+                    m.by,
+                    rfc3339(m.at_ms)
+                )
+            }),
             database: None,
             cache: None,
             slots: Slot::ALL

@@ -127,7 +127,8 @@ impl Host {
         forward
     }
 
-    /// Takes the host end of the host's veth down or up: a silent partition (no RST, no FIN).
+    /// Takes the host end of the host's veth down or up: a silent partition (no RST, no FIN). Up
+    /// also restores the host's route to the other hosts, which the kernel removed with the link.
     pub fn set_link(&self, up: bool) {
         let out = Command::new("ip")
             .args(["-n", &self.name, "link", "set", &format!("{}-h", self.name)])
@@ -135,6 +136,21 @@ impl Host {
             .output()
             .expect("run ip");
         assert!(out.status.success(), "ip link set: {}", super::text(&out));
+        if up {
+            // The kernel dropped the route to the other hosts with the link; the host's network
+            // configuration puts it back when the link comes up (as `deploy/hosts.sh up` does).
+            let n = self.n;
+            let out = Command::new("ip")
+                .args(["-n", &self.name, "route", "replace", "10.250.0.0/16", "via"])
+                .arg(format!("10.250.{n}.1"))
+                .output()
+                .expect("run ip");
+            assert!(
+                out.status.success(),
+                "ip route replace: {}",
+                super::text(&out)
+            );
+        }
     }
 }
 
