@@ -248,14 +248,22 @@ fn apply(sb: &Sandbox, dir: &Path) -> std::process::Output {
 
 /// `get hosts -o json`, by host name.
 fn get_hosts(sb: &Sandbox) -> serde_json::Map<String, serde_json::Value> {
+    try_get_hosts(sb).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// As [`get_hosts`]; `Err` when the command failed (a daemon not answering on its socket yet).
+fn try_get_hosts(sb: &Sandbox) -> Result<serde_json::Map<String, serde_json::Value>, String> {
     let out = sb.codeb(&["get", "hosts", "-o", "json"]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    if out.status.code() != Some(0) {
+        return Err(text(&out));
+    }
     let rows: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    rows.as_array()
+    Ok(rows
+        .as_array()
         .unwrap()
         .iter()
         .map(|r| (r["name"].as_str().unwrap().to_string(), r.clone()))
-        .collect()
+        .collect())
 }
 
 #[test]
@@ -359,5 +367,193 @@ fn ten_projects_on_three_hosts_converge_in_one_apply_each_served_and_named_by_it
             row["caddyVersion"].as_str().is_some_and(|v| !v.is_empty()),
             "{row}"
         );
+    }
+}
+
+/// Puts host 3's link back up however the test ends.
+struct LinkUp<'a>(&'a Host);
+
+impl Drop for LinkUp<'_> {
+    fn drop(&mut self) {
+        self.0.set_link(true);
+    }
+}
+
+/// The ids of host 3's containers of these projects, as its Podman lists them through `fwd`.
+fn ids_through(fwd: &common::hosts::Forward, projects: &[&str]) -> Option<Vec<String>> {
+    let (code, body) = fwd.request("GET", "/v4.0.0/libpod/containers/json?all=true", None);
+    if code != 200 {
+        return None;
+    }
+    let list: serde_json::Value = serde_json::from_str(&body).ok()?;
+    let mut ids: Vec<String> = list
+        .as_array()?
+        .iter()
+        .filter(|c| {
+            c["Labels"]["codeb.project"]
+                .as_str()
+                .is_some_and(|p| projects.contains(&p))
+        })
+        .filter_map(|c| c["Id"].as_str().map(str::to_string))
+        .collect();
+    ids.sort();
+    Some(ids)
+}
+
+#[test]
+fn a_host_partitioned_mid_apply_is_unknown_keeps_what_runs_and_converges_within_one_backoff_step() {
+    let _l = lock();
+    let fleet = Fleet::new("flp", &[2, 2, 2]);
+    let h3 = &fleet.hosts[2];
+    let on3: Vec<&str> = fleet
+        .projects
+        .iter()
+        .filter(|p| p.host == 2)
+        .map(|p| p.name.as_str())
+        .collect();
+    let dir = fleet.write("localhost/codeb-test-app:v1");
+    let out = apply(&fleet.sb, &dir);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let v1_on3: Vec<String> = containers(h3, &on3).into_iter().map(|c| c.2).collect();
+    assert_eq!(v1_on3.len(), 2, "{v1_on3:?}");
+
+    // v2 everywhere; host 3's link goes down as soon as its first v2 container exists (the
+    // deploy's create answered: its start, or its health check, is in flight).
+    let dir = fleet.write("localhost/codeb-test-app:v2");
+    let socks = tempfile::tempdir().unwrap();
+    let fwd = h3.forward(&socks.path().join("podman.sock"), &h3.podman_sock);
+    let link = LinkUp(h3);
+    let applying = std::process::Command::new(env!("CARGO_BIN_EXE_codeb"))
+        .arg("--state-dir")
+        .arg(fleet.sb.state())
+        .args(["apply", "-f", dir.to_str().unwrap(), "--progress", "none"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deploying = eventually(Duration::from_secs(30), || {
+        ids_through(&fwd, &on3).is_some_and(|ids| ids.len() > v1_on3.len())
+    });
+    if !deploying {
+        let out = applying.wait_with_output().unwrap();
+        panic!(
+            "host 3 never got a v2 container: {:?} {}",
+            ids_through(&fwd, &on3),
+            text(&out)
+        );
+    }
+    h3.set_link(false);
+    let down_at = Instant::now();
+    drop(fwd);
+    let out = applying.wait_with_output().unwrap();
+    let all = text(&out);
+    eprintln!(
+        "apply with host 3 partitioned ({:?} after the link went down): {all}",
+        down_at.elapsed()
+    );
+    assert_ne!(out.status.code(), Some(0), "{all}");
+    assert!(
+        all.contains("fl-h3"),
+        "the apply does not name host 3: {all}"
+    );
+    // Hosts 1 and 2 converged all the same.
+    for p in fleet.projects.iter().filter(|p| p.host != 2) {
+        assert_eq!(fleet.front(p), (200, "v2".to_string()), "{}: {all}", p.name);
+    }
+
+    // The loop, with host 3 still cut off: `get hosts` says Unknown, since when and why.
+    let mut watch = fleet.sb.watch(&dir, &["--resync", "1s"]);
+    // Not before it holds the store: a read open at its start would keep it from opening it.
+    assert!(
+        watch.wait_log(Duration::from_secs(20), "swept"),
+        "{}",
+        watch.log()
+    );
+    let mut row = serde_json::Value::Null;
+    let unknown = eventually(Duration::from_secs(30), || {
+        let Ok(hosts) = try_get_hosts(&fleet.sb) else {
+            return false;
+        };
+        row = hosts["fl-h3"].clone();
+        row["reachable"] == "Unknown"
+            && hosts["fl-h1"]["reachable"] == "yes"
+            && hosts["fl-h2"]["reachable"] == "yes"
+    });
+    assert!(unknown, "host 3 never Unknown: {row} {}", watch.log());
+    eprintln!("get hosts, host 3 partitioned: {row}");
+    let since = row["unknownSinceMs"].as_u64().expect("since when");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    assert!(since <= now && now - since < 60_000, "{row}");
+    assert!(
+        row["lastError"]
+            .as_str()
+            .is_some_and(|e| e.contains("fl-h3") || e.contains("10.250.3.2")),
+        "{row}"
+    );
+    let table = fleet.sb.codeb(&["get", "hosts"]);
+    assert_eq!(
+        table.status.code(),
+        Some(0),
+        "{} {}",
+        text(&table),
+        watch.log()
+    );
+    let table = String::from_utf8_lossy(&table.stdout).into_owned();
+    eprintln!("{table}");
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with("fl-h3") && l.contains("Unknown since")),
+        "{table}"
+    );
+    // A few more tries of host 3 while it is cut off: nothing is planned for it.
+    assert!(
+        watch.wait_sweeps(3, Duration::from_secs(20)),
+        "{}",
+        watch.log()
+    );
+
+    // The link back: nothing on host 3 was removed, and it converges within one backoff step.
+    drop(link);
+    let up_at = Instant::now();
+    // ssh answers again once ARP does (a second or two).
+    assert!(
+        eventually(Duration::from_secs(15), || h3.ssh("true").status.success()),
+        "host 3 unreachable after its link came back"
+    );
+    let on_host: Vec<String> = containers(h3, &on3).into_iter().map(|c| c.2).collect();
+    for id in &v1_on3 {
+        assert!(
+            on_host.contains(id),
+            "host 3's v1 container {id} was removed: {on_host:?}"
+        );
+    }
+    let bound = codeb::reconcile::backoff::MAX_DELAY * 2 + Duration::from_secs(15);
+    let converged = eventually(bound, || {
+        fleet
+            .projects
+            .iter()
+            .filter(|p| p.host == 2)
+            .all(|p| fleet.front(p) == (200, "v2".to_string()))
+    });
+    eprintln!(
+        "host 3 converged {:?} after its link came back",
+        up_at.elapsed()
+    );
+    assert!(
+        converged,
+        "host 3 not converged within {bound:?} of its link coming back: {}",
+        watch.log()
+    );
+    let hosts = get_hosts(&fleet.sb);
+    assert_eq!(hosts["fl-h3"]["reachable"], "yes", "{:?}", hosts["fl-h3"]);
+    assert!(watch.terminate(Duration::from_secs(15)).is_some());
+    // The v1 containers are still there (their grace period is an hour).
+    let on_host: Vec<String> = containers(h3, &on3).into_iter().map(|c| c.2).collect();
+    for id in &v1_on3 {
+        assert!(on_host.contains(id), "{id} removed: {on_host:?}");
     }
 }

@@ -412,17 +412,17 @@ pub fn render(response: &Response, format: Format, out: &mut dyn Write) -> anyho
                 "CADDY",
                 "LISTEN",
                 "TLS",
+                "LAST ERROR",
             ],
             |h| {
-                let reachable = match (h.unknown_since_ms, &h.last_error) {
-                    (Some(since), error) => format!(
-                        "Unknown since {}{}",
+                let reachable = match h.unknown_since_ms {
+                    Some(since) => format!(
+                        "Unknown since {}",
                         humantime::format_rfc3339_seconds(
                             std::time::UNIX_EPOCH + std::time::Duration::from_millis(since)
                         ),
-                        error.as_ref().map(|e| format!(": {e}")).unwrap_or_default()
                     ),
-                    (None, _) => h.reachable.clone(),
+                    None => h.reachable.clone(),
                 };
                 vec![
                     h.name.clone(),
@@ -436,6 +436,7 @@ pub fn render(response: &Response, format: Format, out: &mut dyn Write) -> anyho
                     h.caddy_version.clone().unwrap_or_else(|| "-".into()),
                     h.listen.clone(),
                     h.tls.clone(),
+                    h.last_error.clone().unwrap_or_else(|| "-".into()),
                 ]
             },
         ),

@@ -851,8 +851,15 @@ async fn run<R: Runtime, P: Proxy, K: Kernel, D: Dns, H: Prober>(
                 }
                 tokio::time::sleep(probe_interval(started.elapsed())).await;
             }
-            // Keep the container for inspection, stopped, with its log tail recorded.
-            let _ = b.runtime.stop(container).await;
+            // Keep the container for inspection, stopped, with its log tail recorded. A host that
+            // cannot be reached to stop it (a partition: the probes failed for the same reason)
+            // says nothing about the release: the step fails like a crash, the slot stays
+            // deploying, and the next reconcile resumes its health check once the host is back.
+            if let Err(e) = b.runtime.stop(container).await {
+                if e.retryable() {
+                    return Err(backend(e));
+                }
+            }
             let tail = b
                 .runtime
                 .logs_tail(container, LOG_TAIL)
