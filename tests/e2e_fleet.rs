@@ -128,18 +128,32 @@ impl Fleet {
         format!("{}.{}", p.name, self.zone)
     }
 
-    /// The manifests: the three Hosts, the Zone, each project on its host running `image`.
+    /// The manifests: the three Hosts (labelled `role: app`), the Zone, each project on its host
+    /// running `image` and requiring `role: app` of it.
     fn write(&self, image: &str) -> PathBuf {
-        let mut head: String = self.hosts.iter().map(|h| host_doc(h, "")).collect();
+        self.write_with(image, |_, doc| doc)
+    }
+
+    /// As [`Fleet::write`], each project's document passed through `edit` first.
+    fn write_with(&self, image: &str, edit: impl Fn(&Placed, String) -> String) -> PathBuf {
+        let mut head: String = self
+            .hosts
+            .iter()
+            .map(|h| host_doc(h, "  labels:\n    role: app\n"))
+            .collect();
         head.push_str(&managed_zone(&self.zone, &self.pdns.api, "PDNS_API_KEY"));
         let mut text = head;
         for p in &self.projects {
             let mut y = ProjectYaml::new(&p.name, image);
             y.zone = &self.zone;
-            text.push_str(&y.render().replace(
+            let doc = y.render().replace(
                 "  host: local\n",
-                &format!("  host: fl-h{}\n", self.hosts[p.host].n),
-            ));
+                &format!(
+                    "  host: fl-h{}\n  hostSelector: {{role: app}}\n",
+                    self.hosts[p.host].n
+                ),
+            );
+            text.push_str(&edit(p, doc));
         }
         let dir = self.sb.dir.path().join("manifests");
         std::fs::create_dir_all(&dir).unwrap();
@@ -347,6 +361,48 @@ fn ten_projects_on_three_hosts_converge_in_one_apply_each_served_and_named_by_it
         serial,
         "the zone was written"
     );
+    assert_eq!(fleet.sb.slots(), slots, "the store's slots changed");
+
+    // Bad input, refused before anything is observed (exit 2, file:line:column), nothing changed:
+    // a project moved to a Host that does not exist, and one whose Host lacks a label it needs.
+    let first = &fleet.projects[0];
+    let moved = fleet.write_with("localhost/codeb-test-app:v1", |p, doc| {
+        if p.name == first.name {
+            doc.replace("  host: fl-h1\n", "  host: fl-h9\n")
+        } else {
+            doc
+        }
+    });
+    let out = apply(&fleet.sb, &moved);
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{all}");
+    assert!(
+        all.contains("all.yaml:")
+            && all.contains(
+                "unknown host `fl-h9`: no Host with this name (defined: fl-h1, fl-h2, fl-h3)"
+            ),
+        "{all}"
+    );
+    let needs_db = fleet.write_with("localhost/codeb-test-app:v1", |p, doc| {
+        if p.name == first.name {
+            doc.replace("hostSelector: {role: app}", "hostSelector: {role: db}")
+        } else {
+            doc
+        }
+    });
+    let out = apply(&fleet.sb, &needs_db);
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{all}");
+    assert!(
+        all.contains("all.yaml:")
+            && all.contains("spec.hostSelector requires the label `role: db` but Host `fl-h1`")
+            && all.contains("(it has `role: app`)"),
+        "{all}"
+    );
+    for (h, (on, caddy)) in fleet.hosts.iter().zip(&before) {
+        assert_eq!(&containers(h, &names), on, "host {}'s containers", h.n);
+        assert_eq!(&caddy_config(h), caddy, "host {}'s Caddy config", h.n);
+    }
     assert_eq!(fleet.sb.slots(), slots, "the store's slots changed");
 
     // `get hosts`: the three, reachable over ssh, each with its environments.
