@@ -613,3 +613,139 @@ fn a_host_partitioned_mid_apply_is_unknown_keeps_what_runs_and_converges_within_
         assert!(on_host.contains(id), "{id} removed: {on_host:?}");
     }
 }
+
+/// A key pair host `h` does not accept, and a known_hosts file pinning another key for it.
+fn strangers(dir: &Path, h: &Host) -> (PathBuf, PathBuf) {
+    let mut made = Vec::new();
+    for name in ["stranger", "impostor"] {
+        let key = dir.join(name);
+        let out = std::process::Command::new("ssh-keygen")
+            .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+            .arg(&key)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", text(&out));
+        made.push(key);
+    }
+    let public = std::fs::read_to_string(made[1].with_extension("pub")).unwrap();
+    let public: Vec<&str> = public.split_whitespace().take(2).collect();
+    let known = dir.join("known_hosts");
+    std::fs::write(&known, format!("{} {}\n", h.address, public.join(" "))).unwrap();
+    (made.remove(0), known)
+}
+
+/// Bad input that only the host can refuse: a Host whose address answers nothing, and a Host
+/// whose identityFile it does not accept. Each is a clear error naming the Host (apply exits 1:
+/// not converged, as for any host that cannot be observed; 2 is for what validation refuses),
+/// and holds back nothing else: the other hosts' projects converge in the same apply.
+#[test]
+fn an_unreachable_address_and_a_refused_credential_name_their_host_and_hold_back_nothing_else() {
+    let _l = lock();
+    let fleet = Fleet::new("flb", &[1, 1, 1]);
+    let keys = tempfile::tempdir().unwrap();
+    let h3 = &fleet.hosts[2];
+    let (stranger, _) = strangers(keys.path(), h3);
+    // Host 3 with a key it refuses; a fourth Host at an address nothing answers (the harness
+    // routes 10.250.0.0/16 nowhere but to its hosts).
+    let dead = "10.250.99.2";
+    let dir = fleet.write_with("localhost/codeb-test-app:v1", |_, doc| doc);
+    let text_of = std::fs::read_to_string(dir.join("all.yaml")).unwrap();
+    let text_of = text_of.replace(
+        &format!(
+            "identityFile: {}\n    knownHosts: {}",
+            h3.key.display(),
+            h3.known_hosts.display()
+        ),
+        &format!(
+            "identityFile: {}\n    knownHosts: {}",
+            stranger.display(),
+            h3.known_hosts.display()
+        ),
+    );
+    assert!(text_of.contains(&stranger.display().to_string()));
+    let dead_host = host_doc(&fleet.hosts[0], "")
+        .replace("name: fl-h1", "name: fl-dead")
+        .replace(&fleet.hosts[0].address, dead);
+    let mut dead_project = ProjectYaml::new("flb-dead-app", "localhost/codeb-test-app:v1");
+    dead_project.zone = &fleet.zone;
+    let dead_project = dead_project
+        .render()
+        .replace("  host: local\n", "  host: fl-dead\n");
+    std::fs::write(
+        dir.join("all.yaml"),
+        format!("{text_of}{dead_host}{dead_project}"),
+    )
+    .unwrap();
+    let config = fleet.sb.state().join("config.yaml");
+    let allowed = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(
+        &config,
+        allowed.replace("ssh: [", &format!("ssh: [\"root@{dead}\", ")),
+    )
+    .unwrap();
+
+    let t0 = Instant::now();
+    let out = apply(&fleet.sb, &dir);
+    let all = text(&out);
+    eprintln!(
+        "apply with a dead Host and a refused key ({:?}): {all}",
+        t0.elapsed()
+    );
+    assert_eq!(out.status.code(), Some(1), "{all}");
+    assert!(
+        all.contains("host fl-dead") && all.contains(&format!("root@{dead}")),
+        "the dead Host is not named: {all}"
+    );
+    assert!(
+        all.contains("host fl-h3") && all.contains("no credential it accepts"),
+        "the refused credential is not named: {all}"
+    );
+    // Hosts 1 and 2 converged in the same apply.
+    for p in fleet.projects.iter().filter(|p| p.host != 2) {
+        assert_eq!(fleet.front(p), (200, "v1".to_string()), "{}: {all}", p.name);
+    }
+    // Nothing was recorded of what could not be reached, and `get hosts` says so.
+    let hosts = get_hosts(&fleet.sb);
+    assert!(!hosts.contains_key("fl-dead"), "{hosts:?}");
+    assert!(!hosts.contains_key("fl-h3"), "{hosts:?}");
+}
+
+/// A Host recorded by a good apply keeps that record through an apply whose `knownHosts` pins
+/// another key (refused, naming the Host): a later `delete` without manifests still reaches it.
+#[test]
+fn a_failed_apply_with_a_wrong_known_hosts_keeps_the_record_a_later_delete_needs() {
+    let _l = lock();
+    let fleet = Fleet::new("flk", &[0, 0, 1]);
+    let h3 = &fleet.hosts[2];
+    let p = &fleet.projects[0];
+    let dir = fleet.write("localhost/codeb-test-app:v1");
+    let out = apply(&fleet.sb, &dir);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(fleet.front(p), (200, "v1".to_string()));
+
+    let keys = tempfile::tempdir().unwrap();
+    let (_, impostor) = strangers(keys.path(), h3);
+    let text_of = std::fs::read_to_string(dir.join("all.yaml")).unwrap();
+    std::fs::write(
+        dir.join("all.yaml"),
+        text_of.replace(
+            &h3.known_hosts.display().to_string(),
+            &impostor.display().to_string(),
+        ),
+    )
+    .unwrap();
+    let out = apply(&fleet.sb, &dir);
+    let all = text(&out);
+    assert_ne!(out.status.code(), Some(0), "{all}");
+    assert!(
+        all.contains("host fl-h3") && all.contains("known_hosts pins"),
+        "{all}"
+    );
+
+    // Without manifests: the recorded Host (with the pinned key that works) is used.
+    let out = fleet
+        .sb
+        .codeb(&["delete", "project", &p.name, "--progress", "none"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(containers(h3, &[p.name.as_str()]).is_empty());
+}
