@@ -725,10 +725,23 @@ fn an_unreachable_address_and_a_refused_credential_name_their_host_and_hold_back
     for p in fleet.projects.iter().filter(|p| p.host != 2) {
         assert_eq!(fleet.front(p), (200, "v1".to_string()), "{}: {all}", p.name);
     }
-    // Nothing was recorded of what could not be reached, and `get hosts` says so.
+    // `get hosts` shows both Unknown, with why; the others reachable.
     let hosts = get_hosts(&fleet.sb);
-    assert!(!hosts.contains_key("fl-dead"), "{hosts:?}");
-    assert!(!hosts.contains_key("fl-h3"), "{hosts:?}");
+    for (name, why) in [
+        ("fl-dead", "cannot reach"),
+        ("fl-h3", "no credential it accepts"),
+    ] {
+        let row = &hosts[name];
+        assert_eq!(row["reachable"], "Unknown", "{row}");
+        assert!(row["unknownSinceMs"].as_u64().is_some(), "{row}");
+        assert!(
+            row["lastError"]
+                .as_str()
+                .is_some_and(|e| e.contains(&format!("host {name}")) && e.contains(why)),
+            "{row}"
+        );
+    }
+    assert_eq!(hosts["fl-h1"]["reachable"], "yes");
 }
 
 /// A Host recorded by a good apply keeps that record through an apply whose `knownHosts` pins

@@ -303,19 +303,23 @@ pub async fn converge_with<R: Runtime, P: Proxy, K: Kernel, D: Dns, H: Prober>(
     Ok(outcome)
 }
 
-/// Records the declared Hosts that were observed (so that `delete` and `get` work without the
-/// manifests), as declared; written only on a change. A Host that could not be observed keeps
-/// its record as it was: a declaration that cannot reach it (a `knownHosts` pinning another key,
-/// a wrong address or credential) never replaces the one a later `delete` needs to reach it.
+/// Records the declared Hosts (so that `delete` and `get` work without the manifests), as
+/// declared; written only on a change. A recorded Host that could not be observed keeps its
+/// record as it was: a declaration that cannot reach it (a `knownHosts` pinning another key, a
+/// wrong address or credential) never replaces the one a later `delete` needs to reach it. A
+/// Host not recorded yet is recorded whether or not it answered (`get hosts` then shows it
+/// `Unknown`, and `host adopt` finds a host another codeb owns).
 pub fn record_hosts(store: &Store, desired: &Desired, observed: &plan::Observed) -> Result<()> {
+    let recorded = store.hosts()?;
     let seen: Vec<&HostRef> = desired
         .hosts
         .values()
         .filter(|h| {
-            observed
-                .hosts
-                .get(&h.name)
-                .is_some_and(|o| o.view().is_some())
+            !recorded.contains_key(&h.name)
+                || observed
+                    .hosts
+                    .get(&h.name)
+                    .is_some_and(|o| o.view().is_some())
         })
         .collect();
     store.put_hosts(seen)?;
