@@ -70,8 +70,12 @@ for set in remote local; do
   t0=$(now_ns)
   CODEB_STATE_DIR="$state" "$CODEB" apply -f "$WORK/$set" >/dev/null || true
   echo "first apply of $N projects ($set): $(ms_since "$t0") ms" >&2
-  CODEB_STATE_DIR="$state" "$CODEB" apply -f "$WORK/$set" | grep -q "nothing to do" ||
-    { echo "the $set set did not converge" >&2; exit 1; }
+  # Converged when an apply has nothing to do (a kernel-mode switch may leave one step for the
+  # next round, and the shared stack's other users may move things meanwhile).
+  for try in 1 2 3 4; do
+    CODEB_STATE_DIR="$state" "$CODEB" apply -f "$WORK/$set" | grep -q "nothing to do" && break
+    [[ $try == 4 ]] && { echo "the $set set did not converge" >&2; exit 1; }
+  done
 done
 
 noop_us() { # SET: one no-op apply, µs (it must say "nothing to do")
@@ -86,10 +90,31 @@ remote=""; localset=""
 for i in $(seq 1 "$RUNS"); do remote+="$(noop_us remote) "; localset+="$(noop_us local) "; done
 remote=$(tr ' ' '\n' <<<"$remote" | grep . | median)
 localset=$(tr ' ' '\n' <<<"$localset" | grep . | median)
+# The same through a running `codeb watch` per set: its kept ssh sessions (one per host, opened
+# once) serve the apply, so no key exchange is paid per command.
+pids=()
+for set in remote local; do
+  CODEB_STATE_DIR="$WORK/$set-state" "$CODEB" watch -f "$WORK/$set" --resync 600s 2>"$WORK/$set-watch.log" &
+  pids+=($!)
+done
+for set in remote local; do
+  for i in $(seq 1 100); do [[ -S "$WORK/$set-state/codeb.sock" ]] && break; sleep 0.1; done
+done
+sleep 3 # the watchers' first sweeps
+noop_us remote >/dev/null; noop_us local >/dev/null
+dremote=""; dlocal=""
+for i in $(seq 1 "$RUNS"); do dremote+="$(noop_us remote) "; dlocal+="$(noop_us local) "; done
+dremote=$(tr ' ' '\n' <<<"$dremote" | grep . | median)
+dlocal=$(tr ' ' '\n' <<<"$dlocal" | grep . | median)
+kill "${pids[@]}"; wait "${pids[@]}" 2>/dev/null || true
+
 t0=$(now_ns)
 CODEB_STATE_DIR="$remote_state" "$CODEB" get hosts
 echo "get hosts (3 remote hosts, a new process: 3 ssh sessions opened at once): $(ms_since "$t0") ms"
 echo "no-op apply, $N projects on 3 remote hosts: ${remote} µs (median of $RUNS)"
 echo "no-op apply, $N projects on 1 local host:   ${localset} µs (median of $RUNS)"
 awk -v r="$remote" -v l="$localset" 'BEGIN {printf "ratio remote/local: %.2f\n", r/l}'
+echo "through codeb watch (kept sessions), $N projects on 3 remote hosts: ${dremote} µs (median of $RUNS)"
+echo "through codeb watch, $N projects on 1 local host:                   ${dlocal} µs (median of $RUNS)"
+awk -v r="$dremote" -v l="$dlocal" 'BEGIN {printf "ratio remote/local through the daemon: %.2f\n", r/l}'
 echo "load average: $(cut -d' ' -f1-3 /proc/loadavg)"
