@@ -23,6 +23,8 @@ fn probe_interval(since_start: Duration) -> Duration {
         Duration::from_millis(100)
     }
 }
+/// How often a failing health check asks whether its host still answers (one Podman `_ping`).
+const HOST_CHECK: Duration = Duration::from_secs(1);
 /// Lines of a failed slot's log kept for `describe`.
 const LOG_TAIL: usize = 20;
 /// How often a draining slot's open connections are counted: reading conntrack is cheap, and a
@@ -802,6 +804,10 @@ async fn run<R: Runtime, P: Proxy, K: Kernel, D: Dns, H: Prober>(
             // A direct probe's URL, once the container reports its address (stable for its life).
             let mut resolved: Option<String> = None;
             let mut wait = control.progress.wait(text);
+            // While the probes fail, whether the host still answers, once a second: a host cut
+            // off (a silent partition, seen by ssh's keep-alives within seconds) ends the wait
+            // like a crash instead of waiting out the timeout and failing a release it never saw.
+            let mut reached = tokio::time::Instant::now();
             loop {
                 let probed = match direct {
                     None => Some(url.clone()),
@@ -838,6 +844,14 @@ async fn run<R: Runtime, P: Proxy, K: Kernel, D: Dns, H: Prober>(
                 wait.state(&last);
                 if tokio::time::Instant::now() >= deadline {
                     break;
+                }
+                if reached.elapsed() >= HOST_CHECK {
+                    if let Err(e) = b.runtime.ping().await {
+                        if e.retryable() {
+                            return Err(backend(e));
+                        }
+                    }
+                    reached = tokio::time::Instant::now();
                 }
                 if control.expired() {
                     // Not a failed release: the slot stays deploying, its container running, and
@@ -1737,5 +1751,77 @@ mod tests {
             .map(|l| l.steps.iter().map(|s| s.host.as_str()).collect())
             .collect();
         assert_eq!(hosts, [vec!["a"], vec!["b", "c", "c", "b"]]);
+    }
+
+    /// A prober that cuts the host off (its Podman stops answering) at its first probe, and
+    /// never passes: as a partition seen from codeb's machine.
+    struct CutOff(World);
+
+    impl crate::reconcile::Prober for CutOff {
+        async fn probe(&self, _url: &str) -> Result<(), String> {
+            self.0.state().podman_down = true;
+            Err("connect timed out".into())
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_host_cut_off_during_a_health_check_fails_the_step_like_a_crash_not_the_release() {
+        let fake = Fake::new();
+        let backends = fake.backends();
+        // The release `Fake::apply("app:v1")` applies, so that the second apply resumes it.
+        let mut e = env("myapp");
+        e.release = crate::model::Release::new("app:v1", None, BTreeMap::new(), 8080);
+        let d = desired([e]);
+        let target = Target {
+            desired: &d,
+            remove: vec![],
+            dry_run: false,
+        };
+        let started = tokio::time::Instant::now();
+        let out = converge(target, &fake.store, &backends, &CutOff(fake.world.clone()))
+            .await
+            .unwrap();
+        // Seen at the first check of the host (a second), not at the 5 s health timeout.
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "{:?}",
+            started.elapsed()
+        );
+        let failure = &out.failures[0];
+        assert!(
+            matches!(failure.error, Error::Backend { .. }) && failure.error.retryable(),
+            "{:?}",
+            out.failures
+        );
+        let rec = fake
+            .store
+            .env(&EnvKey::new("myapp", "production"))
+            .unwrap()
+            .unwrap();
+        let deploying = [rec.blue.state, rec.green.state]
+            .iter()
+            .any(|s| *s == SlotState::Deploying);
+        assert!(deploying, "the slot must stay deploying: {rec:?}");
+        assert!(
+            [rec.blue.state, rec.green.state]
+                .iter()
+                .all(|s| *s != SlotState::Failed),
+            "no release is failed: {rec:?}"
+        );
+        // Back: the next apply resumes the health check (no new container) and promotes.
+        fake.world.state().podman_down = false;
+        let containers = fake.world.state().containers.len();
+        let out = fake.apply("app:v1").await;
+        assert!(out.converged(), "{:?} {:?}", out.failures, out.notes);
+        assert_eq!(
+            fake.world.state().containers.len(),
+            containers,
+            "{:?}",
+            out.executed
+        );
+        assert_eq!(
+            fake.world.serving("myapp.example.test").as_deref(),
+            Some("app:v1")
+        );
     }
 }
