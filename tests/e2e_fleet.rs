@@ -533,6 +533,13 @@ fn a_host_partitioned_mid_apply_is_unknown_keeps_what_runs_and_converges_within_
         all.contains("fl-h3"),
         "the apply does not name host 3: {all}"
     );
+    // Seen within seconds (ssh's keep-alives, then a connect that finds no route), not at the
+    // 15 s health timeout of the check that was in flight.
+    assert!(
+        down_at.elapsed() < Duration::from_secs(13),
+        "the partition took {:?} to end the apply: {all}",
+        down_at.elapsed()
+    );
     // Hosts 1 and 2 converged all the same.
     for p in fleet.projects.iter().filter(|p| p.host != 2) {
         assert_eq!(fleet.front(p), (200, "v2".to_string()), "{}: {all}", p.name);
