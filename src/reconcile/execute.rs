@@ -1798,14 +1798,10 @@ mod tests {
             .env(&EnvKey::new("myapp", "production"))
             .unwrap()
             .unwrap();
-        let deploying = [rec.blue.state, rec.green.state]
-            .iter()
-            .any(|s| *s == SlotState::Deploying);
+        let deploying = [rec.blue.state, rec.green.state].contains(&SlotState::Deploying);
         assert!(deploying, "the slot must stay deploying: {rec:?}");
         assert!(
-            [rec.blue.state, rec.green.state]
-                .iter()
-                .all(|s| *s != SlotState::Failed),
+            ![rec.blue.state, rec.green.state].contains(&SlotState::Failed),
             "no release is failed: {rec:?}"
         );
         // Back: the next apply resumes the health check (no new container) and promotes.
