@@ -9,6 +9,10 @@
 //!   unreachable, hosts 1 and 2 converge, nothing on host 3 is removed; `codeb watch` running
 //!   meanwhile shows host 3 `Unknown` in `get hosts` (since when, the last error), and once the
 //!   link is back host 3 converges within one step of the backoff.
+//! - Bad input: a project moved to a Host that does not exist, or whose Host lacks a label its
+//!   `hostSelector` requires, is refused (exit 2, file:line:column); a Host at an address nothing
+//!   answers and a Host whose key is refused are named (exit 1) and hold back no other host; an
+//!   apply with a wrong `knownHosts` keeps the Host's record that a later `delete` needs.
 //!
 //! Only host 3's link is ever taken down (other suites use hosts 1 and 2 meanwhile), and it is
 //! always put back up by a guard. Needs the stack's env and `deploy/hosts.sh up 3`'s (or more).
