@@ -36,7 +36,7 @@
 #
 # State dir: $CODEB_HOSTS_DIR, default <repo root>/.codeb-hosts, registered in /var/lib/codeb-hosts/
 # so that a crashed run can still be found and removed. Netns names: $CODEB_HOSTS_PREFIX (default cbh).
-# Images: $CODEB_HOSTS_IMAGES (space separated, default localhost/codeb-test-app:v1), saved from the
+# Images: $CODEB_HOSTS_IMAGES (space separated, default localhost/codeb-test-app:v1 and :v2), saved from the
 # Podman at $CODEB_TEST_PODMAN (the root stack's: eval "$(deploy/stack.sh env)" first; without it this
 # script asks deploy/stack.sh env). Saving only reads that store; nothing of the root stack changes.
 # Exit status: 0 success, 1 failure, 2 bad usage. Progress goes to stderr, so `env` can be evaluated.
@@ -54,7 +54,7 @@ HOSTS_DIR="${CODEB_HOSTS_DIR:-$ROOT/.codeb-hosts}"
 HOSTS_DIR="$(realpath -m -- "$HOSTS_DIR")"
 readonly HOSTS_DIR="${HOSTS_DIR%/}"
 readonly PREFIX="${CODEB_HOSTS_PREFIX:-cbh}"
-readonly IMAGES="${CODEB_HOSTS_IMAGES:-localhost/codeb-test-app:v1}"
+readonly IMAGES="${CODEB_HOSTS_IMAGES:-localhost/codeb-test-app:v1 localhost/codeb-test-app:v2}"
 readonly MARKER="$HOSTS_DIR/.codeb-hosts-dir"
 readonly REGISTRY_DIR=/var/lib/codeb-hosts
 readonly CLIENT_KEY="$HOSTS_DIR/client/id_ed25519"

@@ -5,7 +5,8 @@
 //!
 //! The agent forwards only allow-listed HTTP requests: to the host's Podman socket, the calls
 //! codeb's Podman adapter makes; to Caddy's admin API on the host's loopback, codeb's own paths
-//! and reads of the config. It never runs a command, opens a file or reaches another address.
+//! and reads of the config. It never opens a file or reaches another address, and runs one fixed
+//! command only (`caddy version`, for `get hosts`: Caddy's admin API does not say its version).
 //! Every line is bounded (a longer one ends the session: the agent never buffers without bound),
 //! and so is every answer. Kernel rules and streaming answers (events, followed logs) are not
 //! offered yet. It must not decide anything: what to ask is codeb's business.
@@ -60,7 +61,16 @@ impl Hello {
 pub enum Target {
     Podman,
     Caddy,
+    /// The agent itself: `GET /ping` (answered at once: the session's round trip, for `get
+    /// hosts`) and `GET /caddy-version` (`caddy version` on the host: Caddy's admin API does not
+    /// say it). Nothing else.
+    Agent,
 }
+
+/// The agent's own requests ([`Target::Agent`]), all `GET`.
+pub const AGENT_PATHS: &[&str] = &["/ping", "/caddy-version"];
+/// How long `caddy version` may take on the host.
+const CADDY_VERSION_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// One request line.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -197,7 +207,11 @@ fn handle(request: &Request, endpoints: &Endpoints) -> Response {
     if let Err(why) = allowed(request.target, &request.method, &request.path) {
         return refused(why);
     }
-    match forward(request, endpoints) {
+    let answer = match request.target {
+        Target::Agent => own(&request.path),
+        _ => forward(request, endpoints),
+    };
+    match answer {
         Ok((status, body)) => Response {
             id: request.id,
             status: Some(status),
@@ -277,6 +291,13 @@ pub fn allowed(target: Target, method: &str, path: &str) -> Result<(), String> {
                 refuse()
             }
         }
+        Target::Agent => {
+            if method == "GET" && AGENT_PATHS.contains(&route) {
+                Ok(())
+            } else {
+                refuse()
+            }
+        }
         Target::Caddy => {
             let write = ["GET", "POST", "PUT", "PATCH", "DELETE"].contains(&method)
                 && CADDY_WRITABLE.iter().any(|p| route.starts_with(p));
@@ -329,6 +350,52 @@ fn matches(pattern: &str, route: &str) -> bool {
     }
 }
 
+/// The agent's own answers ([`Target::Agent`]): a pong, or the first line of `caddy version`
+/// (the `caddy` on the agent's PATH, a fixed command line with nothing of the request in it,
+/// bounded by [`CADDY_VERSION_TIMEOUT`]).
+fn own(path: &str) -> Result<(u16, String), String> {
+    match path {
+        "/ping" => Ok((200, "pong".into())),
+        "/caddy-version" => caddy_version().map(|v| (200, v)),
+        other => Err(format!("not an agent request: {other}")),
+    }
+}
+
+/// The first line of `caddy version` on this machine (`v2.6.2 h1:…` → `v2.6.2`).
+pub fn caddy_version() -> Result<String, String> {
+    let mut child = std::process::Command::new("caddy")
+        .arg("version")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .map_err(|e| format!("running `caddy version`: {e}"))?;
+    let started = std::time::Instant::now();
+    loop {
+        match child.try_wait() {
+            Ok(Some(_)) => break,
+            Ok(None) if started.elapsed() < CADDY_VERSION_TIMEOUT => {
+                std::thread::sleep(Duration::from_millis(10))
+            }
+            _ => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(format!(
+                    "`caddy version` did not answer within {CADDY_VERSION_TIMEOUT:?}"
+                ));
+            }
+        }
+    }
+    let mut out = String::new();
+    if let Some(o) = child.stdout.take() {
+        let _ = o.take(4096).read_to_string(&mut out);
+    }
+    out.split_whitespace()
+        .next()
+        .map(str::to_string)
+        .ok_or_else(|| "`caddy version` said nothing".to_string())
+}
+
 /// One HTTP/1.0 exchange: a 1.0 request makes the Go servers (Podman, Caddy) answer with the body
 /// up to the close, never chunked, so reading to EOF is the whole answer.
 fn forward(request: &Request, endpoints: &Endpoints) -> Result<(u16, String), String> {
@@ -346,6 +413,7 @@ fn forward(request: &Request, endpoints: &Endpoints) -> Result<(u16, String), St
             // Caddy's admin API checks the Host header against its own address.
             (Box::new(s), endpoints.caddy_admin.as_str())
         }
+        Target::Agent => return own(&request.path),
     };
     let body = request.body.as_deref().unwrap_or("");
     let mut head = format!(

@@ -14,6 +14,7 @@ pub mod backup;
 pub mod data;
 pub mod env;
 pub mod error;
+pub mod hosts;
 pub mod releases;
 pub mod view;
 pub mod warm;
@@ -1140,6 +1141,9 @@ async fn run(ctx: &Ctx, req: Request) -> Result<Response> {
             fingerprint,
         } => run_guarded(ctx, change, &fingerprint).await,
         Request::Diff { manifests } => diff(ctx, &manifests).await.map(Response::Diff),
+        Request::Get {
+            what: GetWhat::Hosts,
+        } => get_hosts(ctx).await,
         Request::Get { what } => get(ctx, what),
         Request::Describe { project } => describe(ctx, &project).map(Response::Project),
         Request::Promote {
@@ -1790,6 +1794,15 @@ fn get(ctx: &Ctx, what: GetWhat) -> Result<Response> {
         }
         GetWhat::Hosts => Response::Hosts(view::host_rows(&r, &ctx.store.switch_modes()?)),
     })
+}
+
+/// `get hosts`: the recorded hosts, each asked now (see [`hosts`]).
+async fn get_hosts(ctx: &Ctx) -> Result<Response> {
+    let r = ctx.store.recorded()?;
+    let mut rows = view::host_rows(&r, &ctx.store.switch_modes()?);
+    let refs: Vec<&crate::model::HostRef> = r.hosts.values().collect();
+    hosts::fill(ctx, &refs, &mut rows).await;
+    Ok(Response::Hosts(rows))
 }
 
 fn describe(ctx: &Ctx, project: &str) -> Result<ProjectView> {

@@ -446,6 +446,30 @@ pub struct HostRow {
     /// `codeb agent --stdio`).
     #[serde(default)]
     pub transport: String,
+    /// `yes` when the host answered (its Podman, its Caddy, and for a remote Host the session);
+    /// `Unknown` when it could not be observed: nothing is planned or removed there meanwhile.
+    /// `-` when not asked.
+    #[serde(default)]
+    pub reachable: String,
+    /// Since when the host has been `Unknown`, in milliseconds since the Unix epoch (inside a
+    /// daemon, its loop's first failure; outside one, this check).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unknown_since_ms: Option<u64>,
+    /// Why the host is `Unknown`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+    /// The round trip of codeb's connection to the host, in microseconds: for a remote Host the
+    /// agent's `ping` over the kept ssh session, for a local one Podman's `_ping`.
+    #[serde(default)]
+    pub rtt_us: Option<u64>,
+    /// The project environments recorded on the host.
+    #[serde(default)]
+    pub environments: usize,
+    #[serde(default)]
+    pub podman_version: Option<String>,
+    /// `caddy version` on the host (Caddy's admin API does not say it).
+    #[serde(default)]
+    pub caddy_version: Option<String>,
 }
 
 fn scheme(host: Option<&HostRef>) -> &'static str {
@@ -528,6 +552,13 @@ pub fn host_rows(r: &Recorded, modes: &SwitchModes) -> Vec<HostRow> {
                 .ssh
                 .as_ref()
                 .map_or("local".into(), |s| format!("ssh {}", s.display())),
+            reachable: "-".into(),
+            unknown_since_ms: None,
+            last_error: None,
+            rtt_us: None,
+            environments: r.envs.values().filter(|e| e.host == h.name).count(),
+            podman_version: None,
+            caddy_version: None,
         })
         .collect()
 }

@@ -29,7 +29,7 @@ impl Host {
     pub fn get(n: u32) -> Host {
         let var = |key: &str| {
             std::env::var(format!("CODEB_HOST_{n}_{key}")).unwrap_or_else(|_| {
-                panic!("CODEB_HOST_{n}_{key} is not set: start the hosts with `deploy/hosts.sh up 2` and run `eval \"$(deploy/hosts.sh env)\"` (deploy/test.sh does both)")
+                panic!("CODEB_HOST_{n}_{key} is not set: start the hosts with `deploy/hosts.sh up 4` and run `eval \"$(deploy/hosts.sh env)\"` (deploy/test.sh does both)")
             })
         };
         Host {
