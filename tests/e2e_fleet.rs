@@ -30,6 +30,17 @@ use common::{
 /// codeb's Caddy server on each host's address (not :80, the harness's own server).
 const CODEB_PORT: u16 = 8088;
 
+/// The tests of this file run one at a time: the partition test takes host 3's link down, which
+/// every other test here also deploys to (run beside it, their health gates on host 3 time out).
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Holds [`ONE_AT_A_TIME`] for a test (a test that failed while holding it does not stop the next).
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    ONE_AT_A_TIME
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// The Host document of harness host `h`, named `fl-hN`, with these `metadata.labels`.
 fn host_doc(h: &Host, labels: &str) -> String {
     format!(
@@ -297,6 +308,7 @@ fn try_get_hosts(sb: &Sandbox) -> Result<serde_json::Map<String, serde_json::Val
 
 #[test]
 fn ten_projects_on_three_hosts_converge_in_one_apply_each_served_and_named_by_its_own_host() {
+    let _one = one_at_a_time();
     let _l = lock();
     let fleet = Fleet::new("fl", &[4, 3, 3]);
     let dir = fleet.write("localhost/codeb-test-app:v1");
@@ -483,6 +495,7 @@ fn ids_through(fwd: &common::hosts::Forward, projects: &[&str]) -> Option<Vec<St
 
 #[test]
 fn a_host_partitioned_mid_apply_is_unknown_keeps_what_runs_and_converges_within_one_backoff_step() {
+    let _one = one_at_a_time();
     let _l = lock();
     let fleet = Fleet::new("flp", &[2, 2, 2]);
     let h3 = &fleet.hosts[2];
@@ -672,6 +685,7 @@ fn strangers(dir: &Path, h: &Host) -> (PathBuf, PathBuf) {
 /// and holds back nothing else: the other hosts' projects converge in the same apply.
 #[test]
 fn an_unreachable_address_and_a_refused_credential_name_their_host_and_hold_back_nothing_else() {
+    let _one = one_at_a_time();
     let _l = lock();
     let fleet = Fleet::new("flb", &[1, 1, 1]);
     let keys = tempfile::tempdir().unwrap();
@@ -759,6 +773,7 @@ fn an_unreachable_address_and_a_refused_credential_name_their_host_and_hold_back
 /// another key (refused, naming the Host): a later `delete` without manifests still reaches it.
 #[test]
 fn a_failed_apply_with_a_wrong_known_hosts_keeps_the_record_a_later_delete_needs() {
+    let _one = one_at_a_time();
     let _l = lock();
     let fleet = Fleet::new("flk", &[0, 0, 1]);
     let h3 = &fleet.hosts[2];

@@ -585,10 +585,25 @@ async fn run_records<H: Prober>(
     Ok(())
 }
 
+/// Probes a switch's gate makes at most before it refuses: one probe that fails is asked again
+/// (a probe lost to a stalled moment, a busy host's agent), so that a healthy slot is not refused
+/// for it; a slot that fails every one is refused. A healthy switch makes one.
+const GATE_TRIES: u32 = 3;
+/// The pause before a gate's next probe.
+const GATE_PAUSE: std::time::Duration = std::time::Duration::from_millis(200);
+
 /// A switch's health gate: the slot `to` answers at `url` now, or traffic does not move.
 async fn gate<H: Prober>(prober: &H, to: crate::model::Slot, url: &str) -> Result<()> {
     let started = std::time::Instant::now();
-    let probed = prober.probe(url).await;
+    let mut probed = prober.probe(url).await;
+    for _ in 1..GATE_TRIES {
+        if probed.is_ok() {
+            break;
+        }
+        tracing::debug!(url = %url, error = ?probed, "switch probe failed, asked again");
+        tokio::time::sleep(GATE_PAUSE).await;
+        probed = prober.probe(url).await;
+    }
     tracing::debug!(
         url = %url,
         elapsed_ms = started.elapsed().as_secs_f64() * 1000.0,
