@@ -570,7 +570,10 @@ teardown_host() { # n
   done
   # Deleting the netns (no process holds it any more) destroys both ends of the veth.
   if ip netns list | grep -qx "$name\( (id: [0-9]*)\)\?"; then ip netns del "$name"; fi
-  if ip link show "$name-r" >/dev/null 2>&1; then ip link del "$name-r"; fi
+  # The netns's deletion takes the veth with it a moment later: gone either way is done.
+  if ip link show "$name-r" >/dev/null 2>&1; then
+    ip link del "$name-r" 2>/dev/null || ! ip link show "$name-r" >/dev/null 2>&1
+  fi
 }
 
 # ---------------------------------------------------------------------------------------------------
