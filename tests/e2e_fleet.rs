@@ -44,33 +44,8 @@ fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
 /// The Host document of harness host `h`, named `fl-hN`, with these `metadata.labels`.
 fn host_doc(h: &Host, labels: &str) -> String {
     format!(
-        "---
-apiVersion: codeb.kr/v1
-kind: Host
-metadata:
-  name: fl-h{n}
-{labels}spec:
-  address: \"{addr}\"
-  podman: unix://{sock}
-  ssh:
-    target: root@{addr}
-    identityFile: {key}
-    knownHosts: {known}
-    agent: {agent}
-  caddy:
-    admin: {admin}
-    listen: [\"{addr}:{CODEB_PORT}\"]
-    tls: off
-    accessLog: false
-  publishAddress: \"{addr}\"
-",
-        n = h.n,
-        addr = h.address,
-        sock = h.podman_sock,
-        key = h.key.display(),
-        known = h.known_hosts.display(),
-        agent = env!("CARGO_BIN_EXE_codeb"),
-        admin = h.caddy_admin,
+        "---\n{}",
+        h.doc(&format!("fl-h{}", h.n), &h.known_hosts, labels, CODEB_PORT)
     )
 }
 

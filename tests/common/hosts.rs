@@ -25,6 +25,39 @@ pub struct Host {
 }
 
 impl Host {
+    /// A remote Host document for this host, reached over ssh with the harness's key, pinned by
+    /// `known_hosts`, codeb's Caddy server on `address:port`; `labels` is inserted as written
+    /// under `metadata` (empty, or `  labels:\n    role: app\n`). No `---` around it.
+    pub fn doc(&self, name: &str, known_hosts: &Path, labels: &str, port: u16) -> String {
+        format!(
+            "apiVersion: codeb.kr/v1
+kind: Host
+metadata:
+  name: {name}
+{labels}spec:
+  address: \"{addr}\"
+  podman: unix://{sock}
+  ssh:
+    target: root@{addr}
+    identityFile: {key}
+    knownHosts: {known}
+    agent: {agent}
+  caddy:
+    admin: {admin}
+    listen: [\"{addr}:{port}\"]
+    tls: off
+    accessLog: false
+  publishAddress: \"{addr}\"
+",
+            addr = self.address,
+            sock = self.podman_sock,
+            key = self.key.display(),
+            known = known_hosts.display(),
+            agent = env!("CARGO_BIN_EXE_codeb"),
+            admin = self.caddy_admin,
+        )
+    }
+
     /// Host `n`; a missing harness is a loud failure, never a skip.
     pub fn get(n: u32) -> Host {
         let var = |key: &str| {

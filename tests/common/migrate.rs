@@ -201,34 +201,7 @@ pub fn pdns_busy(output: &str) -> bool {
 
 /// The Host document of `h`, named `name`, reached over ssh, its Caddy on `address:PORT`.
 pub fn host_doc(name: &str, h: &Host) -> String {
-    format!(
-        "apiVersion: codeb.kr/v1
-kind: Host
-metadata:
-  name: {name}
-spec:
-  address: \"{addr}\"
-  podman: unix://{sock}
-  ssh:
-    target: root@{addr}
-    identityFile: {key}
-    knownHosts: {known}
-    agent: {agent}
-  caddy:
-    admin: {admin}
-    listen: [\"{addr}:{PORT}\"]
-    tls: off
-    accessLog: false
-  publishAddress: \"{addr}\"
----
-",
-        addr = h.address,
-        sock = h.podman_sock,
-        key = h.key.display(),
-        known = h.known_hosts.display(),
-        agent = env!("CARGO_BIN_EXE_codeb"),
-        admin = h.caddy_admin,
-    )
+    format!("{}---\n", h.doc(name, &h.known_hosts, "", PORT))
 }
 
 /// A shell script for the host that removes `project`'s containers and codeb's routes naming it.
