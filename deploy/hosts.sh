@@ -3,7 +3,8 @@
 # on this one machine. Host N is
 #   - a named network namespace ${PREFIX}N with a veth pair: root end ${PREFIX}N-r 10.250.N.1/24,
 #     host end ${PREFIX}N-h 10.250.N.2/24 (its own loopback, links and nf_tables; no default route,
-#     so nothing in it reaches beyond the root end);
+#     only a route to 10.250.0.0/16 via the root end, so the hosts reach each other's addresses
+#     through the root namespace as servers on one network do, and nothing beyond it);
 #   - one long-lived init process (`sleep infinity`) in that netns and in a private mount namespace
 #     with a tmpfs on /run and a sysfs of its own links; every service below is entered into both;
 #   - its own rootful Podman API service on /run/podman/podman.sock (in the private /run), with its
@@ -18,7 +19,7 @@
 #   up N          make hosts 1..N (1 <= N <= 9) and start whatever is not running, wait (bounded) until
 #                 every service answers (ssh included), then load the test images into each host's
 #                 Podman (from the root stack's Podman, see below). Hosts above N are removed. A second
-#                 `up N` is a no-op apart from the health checks.
+#                 `up N` is a no-op apart from the health checks and ensuring the host-to-host routes.
 #   down          remove every host: its containers (through its Podman), its processes (every process
 #                 of its mount namespace and their descendants, so also after a crash of Podman), its
 #                 netns and veth, the `unreachable 10.250.0.0/16` route. `--purge` also removes the state
@@ -35,7 +36,7 @@
 #
 # State dir: $CODEB_HOSTS_DIR, default <repo root>/.codeb-hosts, registered in /var/lib/codeb-hosts/
 # so that a crashed run can still be found and removed. Netns names: $CODEB_HOSTS_PREFIX (default cbh).
-# Images: $CODEB_HOSTS_IMAGES (space separated, default localhost/codeb-test-app:v1), saved from the
+# Images: $CODEB_HOSTS_IMAGES (space separated, default localhost/codeb-test-app:v1 and :v2), saved from the
 # Podman at $CODEB_TEST_PODMAN (the root stack's: eval "$(deploy/stack.sh env)" first; without it this
 # script asks deploy/stack.sh env). Saving only reads that store; nothing of the root stack changes.
 # Exit status: 0 success, 1 failure, 2 bad usage. Progress goes to stderr, so `env` can be evaluated.
@@ -53,7 +54,7 @@ HOSTS_DIR="${CODEB_HOSTS_DIR:-$ROOT/.codeb-hosts}"
 HOSTS_DIR="$(realpath -m -- "$HOSTS_DIR")"
 readonly HOSTS_DIR="${HOSTS_DIR%/}"
 readonly PREFIX="${CODEB_HOSTS_PREFIX:-cbh}"
-readonly IMAGES="${CODEB_HOSTS_IMAGES:-localhost/codeb-test-app:v1}"
+readonly IMAGES="${CODEB_HOSTS_IMAGES:-localhost/codeb-test-app:v1 localhost/codeb-test-app:v2}"
 readonly MARKER="$HOSTS_DIR/.codeb-hosts-dir"
 readonly REGISTRY_DIR=/var/lib/codeb-hosts
 readonly CLIENT_KEY="$HOSTS_DIR/client/id_ed25519"
@@ -313,6 +314,30 @@ ensure_unreachable_route() {
   touch "$HOSTS_DIR/unreachable-route"
 }
 
+# Host to host: each host routes the hosts' /16 via its root end, and the root namespace forwards
+# between the veths (a migration's source Caddy dials the target's; issue #18). The root namespace
+# must forward IPv4; where its FORWARD policy is not ACCEPT, one rule accepts the /16 to the /16.
+# Nothing else of the root namespace's firewall is touched.
+readonly FORWARD_COMMENT=codeb-hosts-forward
+ensure_host_forwarding() {
+  if [[ $(sysctl -n net.ipv4.ip_forward) != 1 ]]; then
+    sysctl -qw net.ipv4.ip_forward=1
+    touch "$HOSTS_DIR/ip-forward-set"
+  fi
+  if command -v iptables >/dev/null && ! iptables -S FORWARD 2>/dev/null | grep -qx -- '-P FORWARD ACCEPT'; then
+    iptables -C FORWARD -s "$HOSTS_NET" -d "$HOSTS_NET" -m comment --comment "$FORWARD_COMMENT" -j ACCEPT 2>/dev/null ||
+      iptables -I FORWARD -s "$HOSTS_NET" -d "$HOSTS_NET" -m comment --comment "$FORWARD_COMMENT" -j ACCEPT
+  fi
+}
+
+remove_host_forwarding() {
+  while command -v iptables >/dev/null && iptables -D FORWARD -s "$HOSTS_NET" -d "$HOSTS_NET" -m comment --comment "$FORWARD_COMMENT" -j ACCEPT 2>/dev/null; do :; done
+  if [[ -e $HOSTS_DIR/ip-forward-set ]]; then
+    sysctl -qw net.ipv4.ip_forward=0 || true
+    rm -f "$HOSTS_DIR/ip-forward-set"
+  fi
+}
+
 ensure_netns() { # n
   local n=$1 name
   name=$(host_name "$n")
@@ -327,6 +352,7 @@ ensure_netns() { # n
   ip -n "$name" addr replace "$(host_addr "$n")/24" dev "$name-h"
   ip -n "$name" link set "$name-h" up
   ip -n "$name" link set lo up
+  ip -n "$name" route replace "$HOSTS_NET" via "$(root_addr "$n")" dev "$name-h"
 }
 
 # The init: entered into the netns, unshares a private mount namespace, mounts a tmpfs on /run (and
@@ -544,7 +570,10 @@ teardown_host() { # n
   done
   # Deleting the netns (no process holds it any more) destroys both ends of the veth.
   if ip netns list | grep -qx "$name\( (id: [0-9]*)\)\?"; then ip netns del "$name"; fi
-  if ip link show "$name-r" >/dev/null 2>&1; then ip link del "$name-r"; fi
+  # The netns's deletion takes the veth with it a moment later: gone either way is done.
+  if ip link show "$name-r" >/dev/null 2>&1; then
+    ip link del "$name-r" 2>/dev/null || ! ip link show "$name-r" >/dev/null 2>&1
+  fi
 }
 
 # ---------------------------------------------------------------------------------------------------
@@ -574,6 +603,7 @@ cmd_up() { # n
     }
   done
   ensure_unreachable_route
+  ensure_host_forwarding
   for ((n = 1; n <= count; n++)); do
     write_host_configs "$n"
     ensure_netns "$n"
@@ -637,6 +667,7 @@ cmd_down() {
     ip route del unreachable "$HOSTS_NET" metric "$UNREACHABLE_METRIC" 2>/dev/null || true
     rm -f "$HOSTS_DIR/unreachable-route"
   fi
+  remove_host_forwarding
   ((purge)) || return 0
   [[ -e $MARKER ]] || die "$HOSTS_DIR has no $MARKER; refusing to delete it"
   local mnt

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The project's test command; CI runs it through .ci/run. It brings the local stack up (Podman, Caddy,
-# PowerDNS: see deploy/stack.sh), builds the test images, starts two simulated remote hosts
+# PowerDNS: see deploy/stack.sh), builds the test images, starts four simulated remote hosts
 # (deploy/hosts.sh), exports the stack's and the hosts' addresses, then checks
 # formatting and lints and runs every test. Integration tests read the CODEB_TEST_* variables; when
 # the stack cannot start, this script stops here with the service's log tail, so no test is skipped
@@ -22,10 +22,11 @@ step "test images"
 # Assigned first, then evaluated: `eval "$(...)"` would ignore a failing `env`.
 stack_env=$(./deploy/stack.sh env)
 eval "$stack_env"
-# Two simulated remote hosts (issue #18; tests/hosts_harness.rs), after the images: each loads the
+# Four simulated remote hosts (issue #18: tests/hosts_harness.rs and e2e_remote.rs use 1-2, e2e_fleet.rs
+# 1-3 and takes only host 3's link down, another suite uses host 4), after the images: each loads the
 # test image from the stack's Podman. Fresh: ~4 s; already up: ~3 s (health checks over ssh).
 step "hosts up"
-./deploy/hosts.sh up 2
+./deploy/hosts.sh up 4
 hosts_env=$(./deploy/hosts.sh env)
 eval "$hosts_env"
 

@@ -330,7 +330,27 @@ fn recorded(sb: &Sandbox, name: &str) -> Vec<String> {
     .map(|args| {
         let out = sb.codeb(args);
         assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-        String::from_utf8(out.stdout).unwrap()
+        let answer = String::from_utf8(out.stdout).unwrap();
+        if args[1] != "hosts" {
+            return answer;
+        }
+        // `get hosts` also says what each host answers now (its round trip varies): only what
+        // is recorded is compared.
+        let mut hosts: serde_json::Value = serde_json::from_str(&answer).unwrap();
+        for h in hosts.as_array_mut().unwrap() {
+            let h = h.as_object_mut().unwrap();
+            for live in [
+                "reachable",
+                "unknownSinceMs",
+                "lastError",
+                "rttUs",
+                "podmanVersion",
+                "caddyVersion",
+            ] {
+                h.remove(live);
+            }
+        }
+        hosts.to_string()
     })
     .collect()
 }

@@ -25,36 +25,13 @@ const CODEB_PORT: u16 = 8088;
 /// the known_hosts file `known`, its Caddy server on the host's address.
 fn host_doc(h: &Host, known: &Path) -> String {
     format!(
-        "apiVersion: codeb.kr/v1
-kind: Host
-metadata:
-  name: local
-spec:
-  address: \"{addr}\"
-  podman: unix://{sock}
-  ssh:
-    target: root@{addr}
-    identityFile: {key}
-    knownHosts: {known}
-    agent: {agent}
-  caddy:
-    admin: {admin}
-    listen: [\"{addr}:{CODEB_PORT}\"]
-    tls: off
-    accessLog: false
-  publishAddress: \"{addr}\"
----
+        "{}---
 apiVersion: codeb.kr/v1
 kind: Zone
 metadata:
   name: codeb.test
 ",
-        addr = h.address,
-        sock = h.podman_sock,
-        key = h.key.display(),
-        known = known.display(),
-        agent = env!("CARGO_BIN_EXE_codeb"),
-        admin = h.caddy_admin,
+        h.doc("local", known, "", CODEB_PORT)
     )
 }
 

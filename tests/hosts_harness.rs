@@ -3,7 +3,8 @@
 //! Podman answers and runs the test image, its Caddy routes to it on 10.250.1.2:80, no other
 //! Podman (host 2's, the root stack's) sees that container, a changed host key is refused, and a
 //! host whose link is down fails a new connection within seconds while a kept connection notices by
-//! its keep-alives. Needs `deploy/hosts.sh up 2` (deploy/test.sh runs it) and the stack's env.
+//! its keep-alives. The hosts share one network (host 2 reaches host 1's address through the root
+//! namespace, as servers on one LAN do) but nothing of their state. Needs `deploy/hosts.sh up 2` (deploy/test.sh runs it) and the stack's env.
 
 mod common;
 
@@ -130,6 +131,19 @@ fn a_container_run_on_host_one_through_ssh_serves_through_its_caddy_and_no_other
         Duration::from_secs(2),
     );
     assert_ne!(other.1, "v1", "host 2's Caddy served host 1's app");
+
+    // Separate state, one network: from inside host 2 (a migration's source dialing its target),
+    // host 1's address answers through the root namespace, and its Caddy serves host 1's app.
+    let out = h2.ssh(&format!(
+        "curl -sS --max-time 5 -H 'Host: {hostname}' http://{}:80/",
+        h1.address
+    ));
+    assert!(
+        out.status.success() && String::from_utf8_lossy(&out.stdout) == "v1",
+        "host 2 does not reach host 1's Caddy at {}:80: {}",
+        h1.address,
+        text(&out)
+    );
 }
 
 #[test]

@@ -221,3 +221,27 @@ fn an_admin_password_in_a_url_is_refused_and_never_echoed() {
     );
     assert!(text.contains("`passwordEnv`"), "{text}");
 }
+
+#[test]
+fn a_host_selector_its_host_does_not_meet_names_the_label_and_the_host() {
+    assert_one_error(
+        "host-selector-unmet.yaml",
+        26,
+        11,
+        "spec.hostSelector requires the label `role: app` but Host `edge` (at \
+         manifests/invalid/host-selector-unmet.yaml:5:9) does not carry it (it has `role: \
+         edge`): add it to the Host's metadata.labels, or put the project on a Host that has it",
+    );
+}
+
+#[test]
+fn a_label_key_that_kubernetes_would_refuse_is_refused() {
+    assert_one_error(
+        "bad-label.yaml",
+        7,
+        5,
+        "invalid label key `server role` in metadata.labels: expected an optional DNS-subdomain \
+         prefix and `/`, then at most 63 letters, digits, `-`, `_` or `.`, starting and ending \
+         with a letter or digit (e.g. `role`)",
+    );
+}

@@ -58,6 +58,10 @@ const CODEB_ONLY: &[(&str, &str)] = &[
         "a project runs on a Host that admits it",
         "may not run on Host `",
     ),
+    (
+        "a Project's hostSelector is met by its Host's labels",
+        "spec.hostSelector requires the label",
+    ),
     // Single-document, not expressible in JSON Schema.
     (
         "a default hostname fits DNS (built from three values)",

@@ -5,7 +5,8 @@
 //!
 //! The agent forwards only allow-listed HTTP requests: to the host's Podman socket, the calls
 //! codeb's Podman adapter makes; to Caddy's admin API on the host's loopback, codeb's own paths
-//! and reads of the config. It never runs a command, opens a file or reaches another address.
+//! and reads of the config. It never opens a file or reaches another address, and runs one fixed
+//! command only (`caddy version`, for `get hosts`: Caddy's admin API does not say its version).
 //! Kernel requests are typed ops on codeb's own nf_tables tables, run with codeb's netfilter
 //! adapter in the host's network namespace ([`KernelOp`]); probes are one bounded GET from the
 //! host to a slot on it ([`probe`]). Every line is bounded (a longer one ends the session: the
@@ -74,7 +75,16 @@ pub enum Target {
     /// A health probe made from the host: `method` `GET`, `path` the probe's URL
     /// (`http://IP:PORT/path`); the answer's status is the slot's (see [`probe`]).
     Probe,
+    /// The agent itself: `GET /ping` (answered at once: the session's round trip, for `get
+    /// hosts`) and `GET /caddy-version` (`caddy version` on the host: Caddy's admin API does not
+    /// say it). Nothing else.
+    Agent,
 }
+
+/// The agent's own requests ([`Target::Agent`]), all `GET`.
+pub const AGENT_PATHS: &[&str] = &["/ping", "/caddy-version"];
+/// How long `caddy version` may take on the host.
+const CADDY_VERSION_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// One request line.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -251,7 +261,11 @@ fn handle(request: &Request, endpoints: &Endpoints) -> Response {
     if let Err(why) = allowed(request.target, &request.method, &request.path) {
         return refused(why);
     }
-    match forward(request, endpoints) {
+    let answer = match request.target {
+        Target::Agent => own(&request.path),
+        _ => forward(request, endpoints),
+    };
+    match answer {
         Ok((status, body)) => Response {
             id: request.id,
             status: Some(status),
@@ -332,6 +346,13 @@ pub fn allowed(target: Target, method: &str, path: &str) -> Result<(), String> {
             }
         }
         Target::Kernel | Target::Probe => refuse(),
+        Target::Agent => {
+            if method == "GET" && AGENT_PATHS.contains(&route) {
+                Ok(())
+            } else {
+                refuse()
+            }
+        }
         Target::Caddy => {
             let write = ["GET", "POST", "PUT", "PATCH", "DELETE"].contains(&method)
                 && CADDY_WRITABLE.iter().any(|p| route.starts_with(p));
@@ -384,6 +405,52 @@ fn matches(pattern: &str, route: &str) -> bool {
     }
 }
 
+/// The agent's own answers ([`Target::Agent`]): a pong, or the first line of `caddy version`
+/// (the `caddy` on the agent's PATH, a fixed command line with nothing of the request in it,
+/// bounded by [`CADDY_VERSION_TIMEOUT`]).
+fn own(path: &str) -> Result<(u16, String), String> {
+    match path {
+        "/ping" => Ok((200, "pong".into())),
+        "/caddy-version" => caddy_version().map(|v| (200, v)),
+        other => Err(format!("not an agent request: {other}")),
+    }
+}
+
+/// The first line of `caddy version` on this machine (`v2.6.2 h1:…` → `v2.6.2`).
+pub fn caddy_version() -> Result<String, String> {
+    let mut child = std::process::Command::new("caddy")
+        .arg("version")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .map_err(|e| format!("running `caddy version`: {e}"))?;
+    let started = std::time::Instant::now();
+    loop {
+        match child.try_wait() {
+            Ok(Some(_)) => break,
+            Ok(None) if started.elapsed() < CADDY_VERSION_TIMEOUT => {
+                std::thread::sleep(Duration::from_millis(10))
+            }
+            _ => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(format!(
+                    "`caddy version` did not answer within {CADDY_VERSION_TIMEOUT:?}"
+                ));
+            }
+        }
+    }
+    let mut out = String::new();
+    if let Some(o) = child.stdout.take() {
+        let _ = o.take(4096).read_to_string(&mut out);
+    }
+    out.split_whitespace()
+        .next()
+        .map(str::to_string)
+        .ok_or_else(|| "`caddy version` said nothing".to_string())
+}
+
 /// One HTTP/1.0 exchange: a 1.0 request makes the Go servers (Podman, Caddy) answer with the body
 /// up to the close, never chunked, so reading to EOF is the whole answer.
 fn forward(request: &Request, endpoints: &Endpoints) -> Result<(u16, String), String> {
@@ -402,6 +469,7 @@ fn forward(request: &Request, endpoints: &Endpoints) -> Result<(u16, String), St
             // Caddy's admin API checks the Host header against its own address.
             (Box::new(s), endpoints.caddy_admin.as_str())
         }
+        Target::Agent => return own(&request.path),
     };
     let body = request.body.as_deref().unwrap_or("");
     let mut head = format!(

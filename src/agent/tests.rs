@@ -382,3 +382,25 @@ fn a_probe_is_one_get_to_an_address_on_the_host_and_follows_no_redirect() {
         .starts_with("not allowed by the agent"));
     assert_eq!(heads.lock().unwrap().len(), 2, "the POST was not sent");
 }
+
+#[test]
+fn the_agent_answers_its_own_ping_and_version_and_nothing_else_of_its_own() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = format!(
+        "{}\n{}\n{}\n",
+        hello_line(env!("CARGO_PKG_VERSION"), PROTOCOL),
+        r#"{"id":1,"target":"agent","method":"GET","path":"/ping"}"#,
+        r#"{"id":2,"target":"agent","method":"GET","path":"/exec"}"#,
+    );
+    let (result, lines) = session(&input, &endpoints(dir.path().join("none.sock")));
+    result.unwrap();
+    let by_id = |id: u64| lines.iter().find(|l| l["id"] == id).unwrap().clone();
+    assert_eq!(by_id(1)["status"], 200);
+    assert_eq!(by_id(1)["body"], "pong");
+    assert!(by_id(2)["error"]
+        .as_str()
+        .unwrap()
+        .contains("not allowed by the agent"));
+    assert_eq!(allowed(Target::Agent, "GET", "/caddy-version"), Ok(()));
+    assert!(allowed(Target::Agent, "POST", "/ping").is_err());
+}

@@ -502,6 +502,18 @@ impl Podman {
     }
 }
 
+impl Podman {
+    /// The Podman service's version (`GET /version`), for `get hosts`.
+    pub async fn version(&self) -> super::Result<String> {
+        let v = self
+            .docker()?
+            .version()
+            .await
+            .map_err(|e| self.err("version", e))?;
+        Ok(v.version.unwrap_or_else(|| "?".into()))
+    }
+}
+
 impl Runtime for Podman {
     async fn ping(&self) -> super::Result<()> {
         self.docker()?

@@ -403,23 +403,40 @@ pub fn render(response: &Response, format: Format, out: &mut dyn Write) -> anyho
             &[
                 "NAME",
                 "ADDRESS",
+                "REACHABLE",
+                "SWITCH",
+                "TRANSPORT",
+                "RTT",
+                "ENVS",
                 "PODMAN",
                 "CADDY",
                 "LISTEN",
                 "TLS",
-                "SWITCH",
-                "TRANSPORT",
+                "LAST ERROR",
             ],
             |h| {
+                let reachable = match h.unknown_since_ms {
+                    Some(since) => format!(
+                        "Unknown since {}",
+                        humantime::format_rfc3339_seconds(
+                            std::time::UNIX_EPOCH + std::time::Duration::from_millis(since)
+                        ),
+                    ),
+                    None => h.reachable.clone(),
+                };
                 vec![
                     h.name.clone(),
                     h.address.clone(),
-                    h.podman.clone(),
-                    h.caddy_admin.clone(),
-                    h.listen.clone(),
-                    h.tls.clone(),
+                    reachable,
                     h.switch.clone(),
                     h.transport.clone(),
+                    crate::service::hosts::rtt_text(h.rtt_us),
+                    h.environments.to_string(),
+                    h.podman_version.clone().unwrap_or_else(|| "-".into()),
+                    h.caddy_version.clone().unwrap_or_else(|| "-".into()),
+                    h.listen.clone(),
+                    h.tls.clone(),
+                    h.last_error.clone().unwrap_or_else(|| "-".into()),
                 ]
             },
         ),
@@ -521,6 +538,12 @@ fn describe(p: &ProjectView, out: &mut dyn Write) -> anyhow::Result<()> {
                 rfc3339(o.at_ms),
                 o.manifest_image
             )?;
+        }
+        if let Some(m) = &e.migration {
+            writeln!(out, "  Migrating: {m}")?;
+        }
+        if let Some(r) = &e.rolled_back {
+            writeln!(out, "  Rolled back: {r}")?;
         }
         if let Some(d) = &e.database {
             writeln!(

@@ -554,6 +554,21 @@ pub struct EnvRecord {
     /// in records of a codeb that knew no migration.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub migration: Option<Box<Migration>>,
+    /// Set by `codeb rollback` during a migration: the environment was moved back to `host`
+    /// from `from`, and the manifests' `host: FROM` is not acted on (no new migration) until
+    /// they name another host; then the mark goes. Like a release override, shown by `diff`
+    /// and `describe`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rolled_back: Option<RolledBack>,
+}
+
+/// Who moved an environment back to its host during a migration, from which host, and when.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RolledBack {
+    /// The host the migration was moving to (the manifests' host when it was rolled back).
+    pub from: String,
+    pub by: String,
+    pub at_ms: u64,
 }
 
 /// A move of an environment to the host its record names (`EnvRecord::host`, the target) from
@@ -640,6 +655,7 @@ impl EnvRecord {
             green: SlotRecord::default(),
             generation: 0,
             migration: None,
+            rolled_back: None,
         }
     }
 

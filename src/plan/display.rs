@@ -220,6 +220,18 @@ impl fmt::Display for Step {
                 Ok(())
             }
             Action::MigrateFinish => write!(f, "migration: done, forget the source's record"),
+            Action::MigrateRollback(r) => write!(
+                f,
+                "migration: roll back to host {} (its kept slot started and health-gated, then \
+                 its route serves locally; host {} forwards to it until its DNS moves back and \
+                 its grace period ends)",
+                r.host,
+                r.migration.as_ref().map_or("?", |m| m.source.host.as_str())
+            ),
+            Action::ClearRolledBack => write!(
+                f,
+                "forget the rollback mark (the manifests name another host now)"
+            ),
             Action::MigrateAbort(r) => write!(
                 f,
                 "migration: abort, the environment stays on host {} (ports {}/{})",
@@ -374,6 +386,16 @@ impl fmt::Display for Note {
                 write!(f, "{} {} held on host {host} by codeb's marks, in no manifest and not recorded in this state directory: left as {}; `codeb delete project {}` or `codeb apply --prune --prune-project {}` removes {}", names.join(", "), if keys.len() == 1 { "is" } else { "are" }, if keys.len() == 1 { "it is" } else { "they are" }, projects.join("`, `codeb delete project "), projects.join(" --prune-project "), if keys.len() == 1 { "it" } else { "them" })
             }
             Note::HostMoved { key, from, to, reason } => write!(f, "{key}: recorded on host {from}, manifests say {to}; not moved: {reason}"),
+            Note::RolledBack {
+                key,
+                to,
+                from,
+                by,
+                at_ms,
+            } => {
+                let at = std::time::UNIX_EPOCH + std::time::Duration::from_millis(*at_ms);
+                write!(f, "{key}: rolled back to host {to} from host {from} by {by} at {}; the manifests' `host: {from}` is not acted on: change `host:` in the manifests ({to} to keep it there, then another host to migrate again)", humantime::format_rfc3339_seconds(at))
+            }
             Note::MigrationGrace { key, from, until_ms } => {
                 let until = std::time::UNIX_EPOCH + std::time::Duration::from_millis(*until_ms);
                 write!(f, "{key}: migrated from host {from}, which keeps a forwarding route and a stopped slot until {} (then it is cleaned up)", humantime::format_rfc3339_seconds(until))

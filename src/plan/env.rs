@@ -641,7 +641,7 @@ fn deploy(
 
 /// `direct`: probe the container's own address (see [`Action::AwaitHealthy`]).
 #[allow(clippy::too_many_arguments)]
-fn await_healthy(
+pub(super) fn await_healthy(
     d: &DesiredEnv,
     host: &HostRef,
     rec: &EnvRecord,

@@ -417,6 +417,146 @@ pub(super) fn dns_pending(
     out
 }
 
+/// The record `codeb rollback` writes during a migration (record intent first: the rest is
+/// planned from it, level-triggered): the source's record again, its serving slot only (the
+/// other slot's container went with the grace period, or goes now), marked rolled back by `by`
+/// at `now_ms`, holding a migration back *from* the target in phase `Deploying`. The planner then
+/// starts the source's kept container and gates it on its health check before its route serves
+/// locally again, after which the target goes through the phases of any source: forwarding to
+/// the source's Caddy, DNS back to the source's address, its grace period (its container
+/// stopped, kept), its cleanup.
+///
+/// Refused (nothing written) while the target still deploys (nothing moved: putting `host:`
+/// back aborts it), for a migration that is itself a rollback, and when nothing served on the
+/// source.
+pub fn rollback_record(rec: &EnvRecord, by: &str, now_ms: u64) -> Result<EnvRecord, String> {
+    let key = &rec.key;
+    let m = rec
+        .migration
+        .as_deref()
+        .ok_or_else(|| format!("{key}: it is not migrating"))?;
+    if let Some(mark) = &rec.rolled_back {
+        return Err(format!(
+            "{key}: it was already rolled back to host {} from host {} (by {}); it is moving \
+             back (phase {}): nothing was changed",
+            rec.host, mark.from, mark.by, m.phase
+        ));
+    }
+    if m.phase == MigrationPhase::Deploying {
+        return Err(format!(
+            "{key}: the migration from host {} to host {} is still deploying and no traffic \
+             moved: put `host: {}` back in the manifests and apply to abort it (nothing was \
+             changed)",
+            m.source.host, rec.host, m.source.host
+        ));
+    }
+    let Some(active) = m.source.active else {
+        return Err(format!(
+            "{key}: nothing served on host {}, so there is nothing to roll back to",
+            m.source.host
+        ));
+    };
+    let mut back = m.source.clone();
+    for slot in crate::model::Slot::ALL {
+        if slot != active {
+            *back.slot_mut(slot) = crate::model::SlotRecord::default();
+        }
+    }
+    let mut target = rec.clone();
+    target.migration = None;
+    back.migration = Some(Box::new(Migration {
+        source: target,
+        phase: MigrationPhase::Deploying,
+        since_ms: now_ms,
+        grace_ms: m.grace_ms,
+    }));
+    back.rolled_back = Some(crate::model::RolledBack {
+        from: rec.host.clone(),
+        by: by.to_string(),
+        at_ms: now_ms,
+    });
+    Ok(back)
+}
+
+/// How a rollback mark bears on the manifests' `d`: `Pinned` (they still name the host rolled
+/// away from: planned on the recorded host instead, with a note), `Clear` (they name another
+/// host now: the mark goes, and `d` is planned as it is), or `None` (no mark).
+pub(super) enum Mark {
+    None,
+    Pinned(Box<DesiredEnv>, Note),
+    Clear(Step),
+}
+
+pub(super) fn mark(d: &DesiredEnv, rec: &EnvRecord) -> Mark {
+    let Some(m) = &rec.rolled_back else {
+        return Mark::None;
+    };
+    if d.host == m.from && rec.host != d.host {
+        let note = Note::RolledBack {
+            key: d.key.clone(),
+            to: rec.host.clone(),
+            from: m.from.clone(),
+            by: m.by.clone(),
+            at_ms: m.at_ms,
+        };
+        return Mark::Pinned(
+            Box::new(DesiredEnv {
+                host: rec.host.clone(),
+                ..d.clone()
+            }),
+            note,
+        );
+    }
+    Mark::Clear(Step {
+        host: rec.host.clone(),
+        key: Some(d.key.clone()),
+        generation: Some(rec.generation),
+        action: Action::ClearRolledBack,
+    })
+}
+
+/// While a rollback's migration deploys, the source's kept serving container is stopped: it is
+/// started and gated on its health check before anything else of the environment is planned
+/// (its route would otherwise serve locally before the app answers). `None` once it runs (or
+/// when it is gone: the ordinary plan recreates it).
+pub(super) fn restart_kept(
+    d: &DesiredEnv,
+    rec: &EnvRecord,
+    host: &HostRef,
+    containers: &[&crate::model::observed::ObservedContainer],
+    direct: bool,
+) -> Option<Vec<Action>> {
+    let m = rec.migration.as_deref()?;
+    if rec.rolled_back.is_none() || m.phase != MigrationPhase::Deploying {
+        return None;
+    }
+    let slot = rec.active?;
+    let release = rec.slot(slot).release.as_ref()?;
+    let name = rec.key.container_name(slot);
+    let c = containers
+        .iter()
+        .find(|c| c.name == name && belongs_to(c, &rec.key))?;
+    if c.running {
+        return None;
+    }
+    let mut gate =
+        super::env::await_healthy(d, host, rec, slot, c.id.clone(), release.hash(), direct);
+    if let Action::AwaitHealthy { url, .. } = &mut gate {
+        // The record's own health path: the kept release's, whatever the manifests say now.
+        let path = &rec.slot(slot).health_path;
+        if !path.is_empty() && !direct {
+            *url = super::env::health_url(host, rec, slot, path);
+        }
+    }
+    Some(vec![
+        Action::Start {
+            slot,
+            container: c.id.clone(),
+        },
+        gate,
+    ])
+}
+
 fn millis(d: std::time::Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }

@@ -343,6 +343,14 @@ pub enum Action {
     /// A migration aborted while its target deployed: the record becomes the source's again
     /// (this one, whole), after the target's part was removed. Writes the record only.
     MigrateAbort(Box<EnvRecord>),
+    /// `codeb rollback` during a migration: the record becomes the source's again (this one,
+    /// whole, marked rolled back), holding a migration back from the target (whose part goes
+    /// through forwarding, DNS and grace like any source's). Writes the record only; everything
+    /// else follows from the plan.
+    MigrateRollback(Box<EnvRecord>),
+    /// The manifests no longer name the host a rollback moved away from: its mark goes. Writes
+    /// the record only.
+    ClearRolledBack,
 }
 
 impl Action {
@@ -429,6 +437,15 @@ pub enum Note {
         from: String,
         until_ms: u64,
     },
+    /// `codeb rollback` moved the environment back to `to` from `from` during a migration: the
+    /// manifests' `host: FROM` is not acted on until they name another host. Converged.
+    RolledBack {
+        key: EnvKey,
+        to: String,
+        from: String,
+        by: String,
+        at_ms: u64,
+    },
     /// A managed zone could not be observed; its DNS was not planned. The message names the
     /// endpoint.
     ZoneUnreachable { zone: String, error: String },
@@ -462,6 +479,7 @@ impl Note {
                 | Note::Unrecorded { .. }
                 | Note::Undeclared { .. }
                 | Note::MigrationGrace { .. }
+                | Note::RolledBack { .. }
         )
     }
 
@@ -615,6 +633,20 @@ fn plan_on(
     // One environment's plan, from its record (`None`: new) and its host's observation.
     let plan_one =
         |d: &DesiredEnv, rec: Option<&EnvRecord>, taken: &mut LazyPorts<'_>, out: &mut Plan| {
+            // A rollback's mark: the manifests' host rolled away from is not acted on.
+            let pinned;
+            let d = match rec.map_or(migrate::Mark::None, |r| migrate::mark(d, r)) {
+                migrate::Mark::None => d,
+                migrate::Mark::Pinned(p, note) => {
+                    out.notes.push(note);
+                    pinned = *p;
+                    &pinned
+                }
+                migrate::Mark::Clear(step) => {
+                    out.steps.push(step);
+                    d
+                }
+            };
             let Some((host, (containers, routes), kernel)) = hosts.get(d.host.as_str()) else {
                 return; // unreachable: noted above
             };
@@ -638,6 +670,18 @@ fn plan_on(
             let (steps_before, notes_before) = (out.steps.len(), out.notes.len());
             let k = (d.key.project.as_str(), d.key.env.as_str());
             let (cs, rs) = (gather(containers, &k), gather(routes, &k));
+            if let Some(r) = rec {
+                let direct = kernel.published(host).is_some();
+                if let Some(actions) = migrate::restart_kept(d, r, host, &cs, direct) {
+                    out.steps.extend(actions.into_iter().map(|action| Step {
+                        host: d.host.clone(),
+                        key: Some(d.key.clone()),
+                        generation: Some(r.generation),
+                        action,
+                    }));
+                    return;
+                }
+            }
             // No record, but the host may hold it by codeb's marks: adopted as it runs, not
             // deployed again beside itself on other ports.
             let adopted = rec.is_none().then(|| {

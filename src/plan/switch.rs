@@ -23,8 +23,8 @@ pub enum SwitchError {
     #[error("{key}: {slot}'s container is not running; `codeb apply` repairs it first")]
     NotRunning { key: String, slot: Slot },
     #[error(
-        "{key}: it is migrating from host {from} to {to} (phase {phase}); a rollback during a \
-         migration (traffic back to {from}) is not built yet: nothing was changed"
+        "{key}: it is migrating from host {from} to {to} (phase {phase}): a rollback moves it \
+         back to {from} as a migration of its own (`codeb rollback`), not as a slot switch"
     )]
     Migrating {
         key: String,

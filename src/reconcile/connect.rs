@@ -177,6 +177,19 @@ fn missing_key(zone: &ZoneRef, var: &str, what: &str) -> Invalid {
     ))
 }
 
+/// The kept ssh session of a remote Host (the one its relay serves, made by [`connect`] if it
+/// was not yet); `None` for a local Host or one whose relay cannot be made.
+pub fn session(
+    h: &HostRef,
+    state_dir: &std::path::Path,
+) -> Option<std::sync::Arc<crate::backend::remote::Session>> {
+    let ssh = h.ssh.as_ref()?;
+    let (socket, admin) = remote_endpoints(h)?;
+    crate::backend::remote::relay_for(state_dir, &h.name, ssh, socket, admin)
+        .ok()
+        .map(|r| r.session().clone())
+}
+
 /// A remote Host's Podman socket and Caddy admin `HOST:PORT`, as the agent takes them.
 fn remote_endpoints(h: &HostRef) -> Option<(&str, &str)> {
     let socket = h.podman.strip_prefix("unix://")?;

@@ -1347,9 +1347,6 @@ async fn sweep<R: Runtime, P: Proxy, K: Kernel, D: Dns, H: Prober>(
     let backends = backends_of(sh, hosts, host)?;
     let mut mine = Desired::default();
     if let Some(h) = desired.hosts.get(host) {
-        store
-            .put_hosts([h])
-            .map_err(|e| Error::Reconcile(e.into()))?;
         mine.hosts.insert(host.to_string(), h.clone());
     }
     mine.envs = desired
@@ -1359,6 +1356,8 @@ async fn sweep<R: Runtime, P: Proxy, K: Kernel, D: Dns, H: Prober>(
         .map(|(k, d)| (k.clone(), d.clone()))
         .collect();
     let observed = observe_host(sh, host, backends).await?;
+    // Recorded once observed (see `super::record_hosts`).
+    super::record_hosts(store, &mine, &observed)?;
     // How the host switches traffic, for `get hosts` (written only when it changed).
     super::record_switch_modes(store, &observed)?;
     let recorded = store.load().map_err(super::Error::from)?;

@@ -3,6 +3,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
+use futures_util::future::join_all;
+
 use super::progress::Control;
 use super::{now_ms, Backends, Error, HostBackends, Prober, Result};
 use crate::backend::{Dns, Kernel, Proxy, Runtime};
@@ -21,6 +23,8 @@ fn probe_interval(since_start: Duration) -> Duration {
         Duration::from_millis(100)
     }
 }
+/// How often a failing health check asks whether its host still answers (one Podman `_ping`).
+const HOST_CHECK: Duration = Duration::from_secs(1);
 /// Lines of a failed slot's log kept for `describe`.
 const LOG_TAIL: usize = 20;
 /// How often a draining slot's open connections are counted: reading conntrack is cheap, and a
@@ -87,13 +91,110 @@ pub async fn execute_with<R: Runtime, P: Proxy, K: Kernel, D: Dns, H: Prober>(
     control: &Control,
     stop: &(dyn Fn() -> bool + Send + Sync),
 ) -> Result<Report> {
+    let (zones, hosts) = lanes(plan);
+    // The zones' steps first (the planner puts them first; they are one write per zone): a
+    // `Forget` on a host waits for the zone write that deletes its records.
+    let (mut report, dns_left) = execute_lane(
+        &zones,
+        store,
+        backends,
+        prober,
+        control,
+        stop,
+        BTreeSet::new(),
+    )
+    .await?;
+    let runs = join_all(hosts.iter().map(|lane| {
+        execute_lane(
+            lane,
+            store,
+            backends,
+            prober,
+            control,
+            stop,
+            dns_left.clone(),
+        )
+    }))
+    .await;
+    let mut error = None;
+    for run in runs {
+        match run {
+            Ok((r, _)) => {
+                report.executed.extend(r.executed);
+                report.failures.extend(r.failures);
+                report.skipped += r.skipped;
+            }
+            Err(e) => {
+                error.get_or_insert(e);
+            }
+        }
+    }
+    match error {
+        Some(e) => Err(e),
+        None => Ok(report),
+    }
+}
+
+/// The plan's steps as lanes that may run at once: the zones' steps (one lane, run first), then
+/// one lane per host, in the plan's order within each. Hosts that share an environment (a
+/// migration has steps on its source and its target) share a lane, so a failed step still skips
+/// the rest of its environment's steps whatever host they act on.
+fn lanes(plan: &Plan) -> (Plan, Vec<Plan>) {
+    let mut zones = Plan::default();
+    // Union-find of host names through the keys whose steps act on several hosts.
+    let mut parent: BTreeMap<&str, &str> = BTreeMap::new();
+    fn root<'a>(parent: &BTreeMap<&'a str, &'a str>, mut h: &'a str) -> &'a str {
+        while let Some(&p) = parent.get(h).filter(|p| **p != h) {
+            h = p;
+        }
+        h
+    }
+    let mut key_host: BTreeMap<&EnvKey, &str> = BTreeMap::new();
+    for step in plan.steps.iter().filter(|s| !s.host.is_empty()) {
+        parent
+            .entry(step.host.as_str())
+            .or_insert(step.host.as_str());
+        if let Some(k) = &step.key {
+            let first = *key_host.entry(k).or_insert(step.host.as_str());
+            let (a, b) = (root(&parent, first), root(&parent, &step.host));
+            if a != b {
+                parent.insert(a.max(b), a.min(b));
+            }
+        }
+    }
+    let mut hosts: BTreeMap<&str, Plan> = BTreeMap::new();
+    for step in &plan.steps {
+        if step.host.is_empty() {
+            zones.steps.push(step.clone());
+        } else {
+            hosts
+                .entry(root(&parent, &step.host))
+                .or_default()
+                .steps
+                .push(step.clone());
+        }
+    }
+    (zones, hosts.into_values().collect())
+}
+
+/// One lane of [`execute_with`]: its steps in order, each key's steps skipped after one of them
+/// failed. `dns_left` are the environments whose records a failed zone write was to delete;
+/// returned with this lane's additions.
+async fn execute_lane<R: Runtime, P: Proxy, K: Kernel, D: Dns, H: Prober>(
+    plan: &Plan,
+    store: &Store,
+    backends: &Backends<R, P, K, D>,
+    prober: &H,
+    control: &Control,
+    stop: &(dyn Fn() -> bool + Send + Sync),
+    mut dns_left: BTreeSet<EnvKey>,
+) -> Result<(Report, BTreeSet<EnvKey>)> {
     let mut report = Report::default();
     let mut failed: BTreeSet<EnvKey> = BTreeSet::new();
     // The generation each key's record is expected at: the plan's, then whatever our writes made it.
     let mut gens: BTreeMap<EnvKey, Option<u64>> = BTreeMap::new();
     // Environments whose DNS records a failed zone write was to delete: their store record is kept
     // (their `Forget` skipped), so that a later delete or prune still finds those records.
-    let mut dns_left: BTreeSet<EnvKey> = BTreeSet::new();
     let mut journal = Journal::new(store);
     for (i, step) in plan.steps.iter().enumerate() {
         // A switch whose rule was written by the step before this one: its records now.
@@ -190,7 +291,7 @@ pub async fn execute_with<R: Runtime, P: Proxy, K: Kernel, D: Dns, H: Prober>(
     }
     journal.settle(plan.steps.len(), &mut gens)?;
     journal.flush()?;
-    Ok(report)
+    Ok((report, dns_left))
 }
 
 /// The agent of the step's host, where its probes are made (a remote host), or `None`.
@@ -294,6 +395,8 @@ fn records_only(action: &Action) -> bool {
             | Action::MigratePhase(_)
             | Action::MigrateFinish
             | Action::MigrateAbort(_)
+            | Action::MigrateRollback(_)
+            | Action::ClearRolledBack
     )
 }
 
@@ -504,6 +607,13 @@ async fn run_records<H: Prober>(
     Ok(())
 }
 
+/// Probes a switch's gate makes at most before it refuses: one probe that fails is asked again
+/// (a probe lost to a stalled moment, a busy host's agent), so that a healthy slot is not refused
+/// for it; a slot that fails every one is refused. A healthy switch makes one.
+const GATE_TRIES: u32 = 3;
+/// The pause before a gate's next probe.
+const GATE_PAUSE: std::time::Duration = std::time::Duration::from_millis(200);
+
 /// A switch's health gate: the slot `to` answers at `url` now, or traffic does not move.
 async fn gate<H: Prober>(
     prober: &H,
@@ -512,7 +622,15 @@ async fn gate<H: Prober>(
     url: &str,
 ) -> Result<()> {
     let started = std::time::Instant::now();
-    let probed = prober.probe_on(agent, url).await;
+    let mut probed = prober.probe_on(agent, url).await;
+    for _ in 1..GATE_TRIES {
+        if probed.is_ok() {
+            break;
+        }
+        tracing::debug!(url = %url, error = ?probed, "switch probe failed, asked again");
+        tokio::time::sleep(GATE_PAUSE).await;
+        probed = prober.probe_on(agent, url).await;
+    }
     tracing::debug!(
         url = %url,
         elapsed_ms = started.elapsed().as_secs_f64() * 1000.0,
@@ -537,6 +655,7 @@ fn write_records(
         Action::Adopt(a) => Some(&a.record),
         Action::MigrateBegin { record, .. } => Some(&**record),
         Action::MigrateAbort(record) => Some(&**record),
+        Action::MigrateRollback(record) => Some(&**record),
         _ => None,
     };
     if let Some(rec) = whole {
@@ -561,6 +680,7 @@ fn write_records(
         Action::Retire { slot, .. } => *rec.slot_mut(*slot) = SlotRecord::default(),
         Action::MigratePhase(phase) => enter_phase(&mut rec, *phase, now_ms())?,
         Action::MigrateFinish => rec.migration = None,
+        Action::ClearRolledBack => rec.rolled_back = None,
         _ => unreachable!("not a record-only step"),
     }
     let written = w.put_env(rec, expected)?;
@@ -730,6 +850,10 @@ async fn run<R: Runtime, P: Proxy, K: Kernel, D: Dns, H: Prober>(
             // A direct probe's URL, once the container reports its address (stable for its life).
             let mut resolved: Option<String> = None;
             let mut wait = control.progress.wait(text);
+            // While the probes fail, whether the host still answers, once a second: a host cut
+            // off (a silent partition, seen by ssh's keep-alives within seconds) ends the wait
+            // like a crash instead of waiting out the timeout and failing a release it never saw.
+            let mut reached = tokio::time::Instant::now();
             loop {
                 let probed = match direct {
                     None => Some(url.clone()),
@@ -767,6 +891,14 @@ async fn run<R: Runtime, P: Proxy, K: Kernel, D: Dns, H: Prober>(
                 if tokio::time::Instant::now() >= deadline {
                     break;
                 }
+                if reached.elapsed() >= HOST_CHECK {
+                    if let Err(e) = b.runtime.ping().await {
+                        if e.retryable() {
+                            return Err(backend(e));
+                        }
+                    }
+                    reached = tokio::time::Instant::now();
+                }
                 if control.expired() {
                     // Not a failed release: the slot stays deploying, its container running, and
                     // the next apply resumes the check (`plan::env`, "resume a deploy").
@@ -779,8 +911,15 @@ async fn run<R: Runtime, P: Proxy, K: Kernel, D: Dns, H: Prober>(
                 }
                 tokio::time::sleep(probe_interval(started.elapsed())).await;
             }
-            // Keep the container for inspection, stopped, with its log tail recorded.
-            let _ = b.runtime.stop(container).await;
+            // Keep the container for inspection, stopped, with its log tail recorded. A host that
+            // cannot be reached to stop it (a partition: the probes failed for the same reason)
+            // says nothing about the release: the step fails like a crash, the slot stays
+            // deploying, and the next reconcile resumes its health check once the host is back.
+            if let Err(e) = b.runtime.stop(container).await {
+                if e.retryable() {
+                    return Err(backend(e));
+                }
+            }
             let tail = b
                 .runtime
                 .logs_tail(container, LOG_TAIL)
@@ -864,7 +1003,9 @@ async fn run<R: Runtime, P: Proxy, K: Kernel, D: Dns, H: Prober>(
         | Action::MigrateBegin { .. }
         | Action::MigratePhase(_)
         | Action::MigrateFinish
-        | Action::MigrateAbort(_) => {
+        | Action::MigrateAbort(_)
+        | Action::MigrateRollback(_)
+        | Action::ClearRolledBack => {
             unreachable!("run_records runs these")
         }
     }
@@ -936,7 +1077,9 @@ fn backend_of(action: &Action) -> Option<&'static str> {
         | Action::MigrateBegin { .. }
         | Action::MigratePhase(_)
         | Action::MigrateFinish
-        | Action::MigrateAbort(_) => None,
+        | Action::MigrateAbort(_)
+        | Action::MigrateRollback(_)
+        | Action::ClearRolledBack => None,
         Action::Deploy { .. }
         | Action::Recreate { .. }
         | Action::Start { .. }
@@ -1563,6 +1706,168 @@ mod tests {
                 |r| r.blue.state == SlotState::Empty && r.green.state == SlotState::Empty
             ),
             "nothing recorded as deploying"
+        );
+    }
+
+    /// A prober whose first probe waits (up to 3 s) for a second probe to start meanwhile: with
+    /// hosts whose steps run one after the other, no other probe starts while one waits.
+    struct Rendezvous {
+        worlds: FakeProber,
+        calls: std::sync::atomic::AtomicUsize,
+        met: std::sync::atomic::AtomicBool,
+    }
+
+    impl crate::reconcile::Prober for Rendezvous {
+        async fn probe(&self, url: &str) -> Result<(), String> {
+            use std::sync::atomic::Ordering::SeqCst;
+            if self.calls.fetch_add(1, SeqCst) == 0 {
+                let started = std::time::Instant::now();
+                while started.elapsed() < Duration::from_secs(3) {
+                    if self.calls.load(SeqCst) >= 2 {
+                        self.met.store(true, SeqCst);
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            }
+            self.worlds.probe(url).await
+        }
+    }
+
+    #[tokio::test]
+    async fn the_steps_of_two_hosts_run_at_once_and_each_host_converges() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let (wa, wb) = (World::new(), World::new());
+        let mut hb = fake_host(&wb);
+        hb.publish = Some(std::net::Ipv4Addr::new(127, 0, 0, 2));
+        let backends: Backends<World, World, World> = Backends::hosts(BTreeMap::from([
+            ("a".to_string(), fake_host(&wa)),
+            ("b".to_string(), hb),
+        ]));
+        let mut d = desired([env("one"), env("two")]);
+        let mut host_b = d.hosts["app"].clone();
+        host_b.name = "b".into();
+        host_b.publish_address = "127.0.0.2".into();
+        let mut host_a = d.hosts.remove("app").unwrap();
+        host_a.name = "a".into();
+        d.hosts = BTreeMap::from([("a".into(), host_a), ("b".into(), host_b)]);
+        for (e, h) in d.envs.values_mut().zip(["a", "b"]) {
+            e.host = h.into();
+        }
+        let prober = Rendezvous {
+            worlds: FakeProber(vec![wa.clone(), wb.clone()]),
+            calls: Default::default(),
+            met: Default::default(),
+        };
+        let target = Target {
+            desired: &d,
+            remove: vec![],
+            dry_run: false,
+        };
+        let out = converge(target, &store, &backends, &prober).await.unwrap();
+        assert!(out.converged(), "{:?} {:?}", out.failures, out.notes);
+        assert!(
+            prober.met.load(std::sync::atomic::Ordering::SeqCst),
+            "host b's health check never ran while host a's waited: the hosts ran one by one"
+        );
+        assert_eq!(wa.serving("one.example.test").as_deref(), Some("app:v1"));
+        assert_eq!(wb.serving("two.example.test").as_deref(), Some("app:v1"));
+    }
+
+    #[test]
+    fn a_migration_joins_its_two_hosts_in_one_lane_and_zones_go_first() {
+        let step = |host: &str, key: Option<&str>| Step {
+            host: host.into(),
+            key: key.map(|k| EnvKey::new(k, "production")),
+            generation: None,
+            action: Action::Forget,
+        };
+        let plan = Plan {
+            steps: vec![
+                step("", None),
+                step("a", Some("x")),
+                step("b", Some("y")),
+                step("c", Some("z")),
+                step("c", Some("y")),
+                step("b", None),
+            ],
+            notes: vec![],
+        };
+        let (zones, hosts) = lanes(&plan);
+        assert_eq!(zones.steps.len(), 1);
+        let hosts: Vec<Vec<&str>> = hosts
+            .iter()
+            .map(|l| l.steps.iter().map(|s| s.host.as_str()).collect())
+            .collect();
+        assert_eq!(hosts, [vec!["a"], vec!["b", "c", "c", "b"]]);
+    }
+
+    /// A prober that cuts the host off (its Podman stops answering) at its first probe, and
+    /// never passes: as a partition seen from codeb's machine.
+    struct CutOff(World);
+
+    impl crate::reconcile::Prober for CutOff {
+        async fn probe(&self, _url: &str) -> Result<(), String> {
+            self.0.state().podman_down = true;
+            Err("connect timed out".into())
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_host_cut_off_during_a_health_check_fails_the_step_like_a_crash_not_the_release() {
+        let fake = Fake::new();
+        let backends = fake.backends();
+        // The release `Fake::apply("app:v1")` applies, so that the second apply resumes it.
+        let mut e = env("myapp");
+        e.release = crate::model::Release::new("app:v1", None, BTreeMap::new(), 8080);
+        let d = desired([e]);
+        let target = Target {
+            desired: &d,
+            remove: vec![],
+            dry_run: false,
+        };
+        let started = tokio::time::Instant::now();
+        let out = converge(target, &fake.store, &backends, &CutOff(fake.world.clone()))
+            .await
+            .unwrap();
+        // Seen at the first check of the host (a second), not at the 5 s health timeout.
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "{:?}",
+            started.elapsed()
+        );
+        let failure = &out.failures[0];
+        assert!(
+            matches!(failure.error, Error::Backend { .. }) && failure.error.retryable(),
+            "{:?}",
+            out.failures
+        );
+        let rec = fake
+            .store
+            .env(&EnvKey::new("myapp", "production"))
+            .unwrap()
+            .unwrap();
+        let deploying = [rec.blue.state, rec.green.state].contains(&SlotState::Deploying);
+        assert!(deploying, "the slot must stay deploying: {rec:?}");
+        assert!(
+            ![rec.blue.state, rec.green.state].contains(&SlotState::Failed),
+            "no release is failed: {rec:?}"
+        );
+        // Back: the next apply resumes the health check (no new container) and promotes.
+        fake.world.state().podman_down = false;
+        let containers = fake.world.state().containers.len();
+        let out = fake.apply("app:v1").await;
+        assert!(out.converged(), "{:?} {:?}", out.failures, out.notes);
+        assert_eq!(
+            fake.world.state().containers.len(),
+            containers,
+            "{:?}",
+            out.executed
+        );
+        assert_eq!(
+            fake.world.serving("myapp.example.test").as_deref(),
+            Some("app:v1")
         );
     }
 }

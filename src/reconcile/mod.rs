@@ -226,10 +226,8 @@ pub async fn converge_with<R: Runtime, P: Proxy, K: Kernel, D: Dns, H: Prober>(
     control: &Control,
 ) -> Result<Outcome> {
     let mut outcome = Outcome::default();
-    let hosts: Vec<HostRef> = target.desired.hosts.values().cloned().collect();
     // A dry run writes nothing, not even what the manifests name.
     if !target.dry_run {
-        store.put_hosts(&hosts)?;
         store.put_zones(target.desired.zones.values())?;
     }
     // Zones whose write failed in this apply, with why: not planned again until the next apply.
@@ -243,6 +241,7 @@ pub async fn converge_with<R: Runtime, P: Proxy, K: Kernel, D: Dns, H: Prober>(
         let recorded = store.load()?;
         let mut observed = observe(backends).await;
         if !target.dry_run {
+            record_hosts(store, target.desired, &observed)?;
             record_switch_modes(store, &observed)?;
         }
         for (zone, error) in &failed_zones {
@@ -305,6 +304,29 @@ pub async fn converge_with<R: Runtime, P: Proxy, K: Kernel, D: Dns, H: Prober>(
         }
     }
     Ok(outcome)
+}
+
+/// Records the declared Hosts (so that `delete` and `get` work without the manifests), as
+/// declared; written only on a change. A recorded Host that could not be observed keeps its
+/// record as it was: a declaration that cannot reach it (a `knownHosts` pinning another key, a
+/// wrong address or credential) never replaces the one a later `delete` needs to reach it. A
+/// Host not recorded yet is recorded whether or not it answered (`get hosts` then shows it
+/// `Unknown`, and `host adopt` finds a host another codeb owns).
+pub fn record_hosts(store: &Store, desired: &Desired, observed: &plan::Observed) -> Result<()> {
+    let recorded = store.hosts()?;
+    let seen: Vec<&HostRef> = desired
+        .hosts
+        .values()
+        .filter(|h| {
+            !recorded.contains_key(&h.name)
+                || observed
+                    .hosts
+                    .get(&h.name)
+                    .is_some_and(|o| o.view().is_some())
+        })
+        .collect();
+    store.put_hosts(seen)?;
+    Ok(())
 }
 
 /// Records how each observed host switches traffic, for `get hosts` (written only on a change).

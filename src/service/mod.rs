@@ -14,6 +14,7 @@ pub mod backup;
 pub mod data;
 pub mod env;
 pub mod error;
+pub mod hosts;
 pub mod releases;
 pub mod view;
 pub mod warm;
@@ -1140,6 +1141,9 @@ async fn run(ctx: &Ctx, req: Request) -> Result<Response> {
             fingerprint,
         } => run_guarded(ctx, change, &fingerprint).await,
         Request::Diff { manifests } => diff(ctx, &manifests).await.map(Response::Diff),
+        Request::Get {
+            what: GetWhat::Hosts,
+        } => get_hosts(ctx).await,
         Request::Get { what } => get(ctx, what),
         Request::Describe { project } => describe(ctx, &project).map(Response::Project),
         Request::Promote {
@@ -1148,6 +1152,15 @@ async fn run(ctx: &Ctx, req: Request) -> Result<Response> {
         } => switch(ctx, EnvKey::new(project, environment), false, None)
             .await
             .map(Response::Outcome),
+        Request::Rollback {
+            project,
+            environment,
+            to: None,
+        } if migrating(ctx, &EnvKey::new(project.clone(), environment.clone()))? => {
+            migrate_rollback(ctx, EnvKey::new(project, environment))
+                .await
+                .map(Response::Outcome)
+        }
         Request::Rollback {
             project,
             environment,
@@ -1783,6 +1796,15 @@ fn get(ctx: &Ctx, what: GetWhat) -> Result<Response> {
     })
 }
 
+/// `get hosts`: the recorded hosts, each asked now (see [`hosts`]).
+async fn get_hosts(ctx: &Ctx) -> Result<Response> {
+    let r = ctx.store.recorded()?;
+    let mut rows = view::host_rows(&r, &ctx.store.switch_modes()?);
+    let refs: Vec<&crate::model::HostRef> = r.hosts.values().collect();
+    hosts::fill(ctx, &refs, &mut rows).await;
+    Ok(Response::Hosts(rows))
+}
+
 fn describe(ctx: &Ctx, project: &str) -> Result<ProjectView> {
     let store = &ctx.store;
     let r = store.load()?;
@@ -1980,10 +2002,13 @@ async fn delete(ctx: &Ctx, names: Vec<String>, sources: &[Source]) -> Result<Out
     let claim = ctx
         .claim(works.chain(managed(&zones).map(Work::Zone)).collect())
         .await?;
+    // A migrating environment is on two hosts: its record's and its migration's source.
     let hosts: BTreeSet<&String> = keys
         .iter()
         .filter_map(|k| recorded.envs.get(k))
-        .map(|r| &r.host)
+        .flat_map(|r| {
+            std::iter::once(&r.host).chain(r.migration.as_deref().map(|m| &m.source.host))
+        })
         .collect();
     let backends = connect_or_invalid(
         ctx,
@@ -2343,6 +2368,100 @@ async fn switch(
             .put(key, &host.name, at, epoch, store.journal_seq()?, parts);
     }
     Ok(outcome(report, vec![]))
+}
+
+/// Whether `key`'s record holds a migration (a rollback then moves it back to its source).
+fn migrating(ctx: &Ctx, key: &EnvKey) -> Result<bool> {
+    Ok(ctx.store.env(key)?.is_some_and(|r| r.migration.is_some()))
+}
+
+/// `codeb rollback` during a migration: records the intent first (one journaled step writes the
+/// record back on the source, marked rolled back, holding a migration back from the target; see
+/// [`plan::migrate::rollback_record`]), then converges both hosts from the recorded state and the
+/// declared spec. Killed anywhere after that write, the next `apply` or `rollback` goes on from
+/// the record (a rollback of an environment already moving back writes nothing and resumes).
+async fn migrate_rollback(ctx: &Ctx, key: EnvKey) -> Result<OutcomeView> {
+    let _claim = ctx.claim(vec![Work::Env(key.clone())]).await?;
+    let store = &ctx.store;
+    let rec = store
+        .env(&key)?
+        .ok_or_else(|| Error::not_found(format!("no recorded environment {key}")))?;
+    // Already rolled back and still moving back (a rollback killed after its intent): resumed.
+    let resume = rec.rolled_back.is_some() && rec.migration.is_some();
+    let back = if resume {
+        None
+    } else {
+        Some(
+            plan::migrate::rollback_record(&rec, &ctx.caller.label(), reconcile::now_ms())
+                .map_err(|e| Error::new(Code::Failed, e))?,
+        )
+    };
+    let (to, from) = match (&back, rec.migration.as_deref()) {
+        (Some(b), _) => (b.host.clone(), rec.host.clone()),
+        (None, Some(m)) => (rec.host.clone(), m.source.host.clone()),
+        (None, None) => unreachable!("resume needs a migration"),
+    };
+    let declared = declared_env(ctx, &key)?.ok_or_else(|| {
+        Error::not_found(format!(
+            "no declared environment {key}: apply its manifests first"
+        ))
+    })?;
+    let recorded = store.load()?;
+    let mut hosts = BTreeMap::new();
+    for name in [&to, &from] {
+        let host = recorded
+            .hosts
+            .get(name)
+            .cloned()
+            .ok_or_else(|| Error::failed(format!("host {name} of {key} is not recorded")))?;
+        hosts.insert(name.clone(), host);
+    }
+    let zones = plan::dns::zones_for([declared.hostname.as_str()], &recorded.zones);
+    let d = Desired {
+        hosts,
+        envs: BTreeMap::from([(key.clone(), declared)]),
+        zones,
+    };
+    let d = effective(store, &d, false)?;
+    let backends = connect_or_invalid(ctx, d.hosts.values(), d.zones.values())?;
+    let intent = plan::Plan {
+        steps: back
+            .into_iter()
+            .map(|back| plan::Step {
+                host: to.clone(),
+                key: Some(key.clone()),
+                generation: Some(rec.generation),
+                action: plan::Action::MigrateRollback(Box::new(back)),
+            })
+            .collect(),
+        notes: vec![],
+    };
+    let prober = HttpProber::new();
+    let report =
+        reconcile::execute_with(&intent, store, &backends, &prober, &ctx.control(), &|| {
+            false
+        })
+        .await?;
+    if !report.failures.is_empty() {
+        return Ok(outcome(report, vec![]));
+    }
+    let mut result = reconcile::converge_with(
+        Target {
+            desired: &d,
+            remove: vec![],
+            dry_run: false,
+        },
+        store,
+        &backends,
+        &prober,
+        &ctx.control(),
+    )
+    .await?;
+    result.executed.splice(0..0, report.executed);
+    if let Some(daemon) = &ctx.daemon {
+        daemon.publish(store)?;
+    }
+    Ok(OutcomeView::from(&result))
 }
 
 /// The switch's plan from one environment's observation.

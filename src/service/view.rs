@@ -446,6 +446,30 @@ pub struct HostRow {
     /// `codeb agent --stdio`).
     #[serde(default)]
     pub transport: String,
+    /// `yes` when the host answered (its Podman, its Caddy, and for a remote Host the session);
+    /// `Unknown` when it could not be observed: nothing is planned or removed there meanwhile.
+    /// `-` when not asked.
+    #[serde(default)]
+    pub reachable: String,
+    /// Since when the host has been `Unknown`, in milliseconds since the Unix epoch (inside a
+    /// daemon, its loop's first failure; outside one, this check).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unknown_since_ms: Option<u64>,
+    /// Why the host is `Unknown`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+    /// The round trip of codeb's connection to the host, in microseconds: for a remote Host the
+    /// agent's `ping` over the kept ssh session, for a local one Podman's `_ping`.
+    #[serde(default)]
+    pub rtt_us: Option<u64>,
+    /// The project environments recorded on the host.
+    #[serde(default)]
+    pub environments: usize,
+    #[serde(default)]
+    pub podman_version: Option<String>,
+    /// `caddy version` on the host (Caddy's admin API does not say it).
+    #[serde(default)]
+    pub caddy_version: Option<String>,
 }
 
 fn scheme(host: Option<&HostRef>) -> &'static str {
@@ -528,6 +552,13 @@ pub fn host_rows(r: &Recorded, modes: &SwitchModes) -> Vec<HostRow> {
                 .ssh
                 .as_ref()
                 .map_or("local".into(), |s| format!("ssh {}", s.display())),
+            reachable: "-".into(),
+            unknown_since_ms: None,
+            last_error: None,
+            rtt_us: None,
+            environments: r.envs.values().filter(|e| e.host == h.name).count(),
+            podman_version: None,
+            caddy_version: None,
         })
         .collect()
 }
@@ -572,6 +603,11 @@ impl From<&Override> for OverrideView {
     }
 }
 
+fn rfc3339(ms: u64) -> String {
+    humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms))
+        .to_string()
+}
+
 /// One environment in `describe`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
@@ -587,6 +623,13 @@ pub struct EnvView {
     pub held: Option<String>,
     /// Where the image comes from when it is not the manifests'.
     pub release_override: Option<OverrideView>,
+    /// A migration in progress: from which host, its phase and since when.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub migration: Option<String>,
+    /// Set by `codeb rollback` during a migration: back on `host` from another, by whom and
+    /// when; the manifests' host rolled away from is not acted on until they name another.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rolled_back: Option<String>,
     pub slots: Vec<SlotView>,
     /// Its database, as codeb recorded it (`None`: none).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -659,6 +702,25 @@ impl EnvView {
             grace_period_ms: e.grace_period_ms,
             held: e.held.clone(),
             release_override: over.map(OverrideView::from),
+            migration: e.migration.as_deref().map(|m| {
+                format!(
+                    "from host {} to host {}, phase {} since {}",
+                    m.source.host,
+                    e.host,
+                    m.phase,
+                    rfc3339(m.since_ms)
+                )
+            }),
+            rolled_back: e.rolled_back.as_ref().map(|m| {
+                format!(
+                    "rolled back to host {} from host {} by {} at {}; change `host:` in the \
+                     manifests",
+                    e.host,
+                    m.from,
+                    m.by,
+                    rfc3339(m.at_ms)
+                )
+            }),
             database: None,
             cache: None,
             slots: Slot::ALL

@@ -15,6 +15,7 @@
 //! are kept as [`Problem`]s with the `Spanned` location of the offending key or value, and the
 //! rest of the document is still read. No I/O, no cross-document checks.
 
+use std::collections::BTreeMap;
 use std::fmt;
 
 use serde::de::{Deserialize, Deserializer, IgnoredAny, MapAccess, Visitor};
@@ -83,6 +84,7 @@ pub(crate) struct RawDocument {
     kind_seen: bool,
     kind: Option<Kind>,
     name: Option<Spanned<String>>,
+    labels: BTreeMap<String, String>,
     spec: Option<Spec>,
     spec_seen: bool,
     /// `spec` came before `kind` and was skipped: the loader reads it again as the kind
@@ -101,6 +103,8 @@ pub(crate) struct Document {
     pub name: String,
     /// Where `metadata.name`'s value is.
     pub name_origin: Origin,
+    /// `metadata.labels`.
+    pub labels: BTreeMap<String, String>,
     pub spec: Spec,
     pub file: String,
     pub tree: Tree,
@@ -231,11 +235,13 @@ impl RawDocument {
                 kind: Some(kind),
                 name: Some(name),
                 spec: Some(spec),
+                labels,
                 ..
             } if problems.is_empty() => Ok(Document {
                 kind,
                 name_origin: origin(file, name.referenced),
                 name: name.value,
+                labels,
                 spec,
                 file: file.to_string(),
                 tree,
@@ -250,6 +256,8 @@ impl RawDocument {
 #[serde(deny_unknown_fields)]
 struct RawMetadata {
     name: Spanned<String>,
+    #[serde(default)]
+    labels: BTreeMap<String, String>,
 }
 
 impl<'de> Deserialize<'de> for RawDocument {
@@ -303,6 +311,7 @@ impl<'de> Visitor<'de> for DocumentVisitor {
                 "metadata" => {
                     let m: RawMetadata = map.next_value()?;
                     doc.name = Some(m.name);
+                    doc.labels = m.labels;
                 }
                 "spec" => {
                     doc.spec_seen = true;

@@ -11,6 +11,14 @@ use super::resources::CAPABILITIES;
 /// A DNS-1123 label that starts with a letter: `metadata.name` of a Host or a Project and
 /// environment names (`validate::is_dns_label`).
 pub const DNS_LABEL: &str = "^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$";
+/// A label key of `metadata.labels` (and of a Project's `spec.hostSelector`), as Kubernetes
+/// spells them: an optional DNS-subdomain prefix and `/`, then a name of at most 63 letters,
+/// digits, `-`, `_` and `.`, starting and ending with a letter or digit (`role`,
+/// `codeb.kr/zone`).
+pub const LABEL_KEY: &str = "^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$";
+/// A label value: empty, or at most 63 letters, digits, `-`, `_` and `.`, starting and ending
+/// with a letter or digit.
+pub const LABEL_VALUE: &str = "^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?$";
 
 /// One label of a lowercase DNS name (`validate::is_dns_name`): it may start with a digit.
 const NAME_LABEL: &str = "[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?";

@@ -22,6 +22,15 @@ pub struct Metadata {
     /// A DNS-1123 label: lowercase letters, digits and `-`, starting with a letter, ending with a
     /// letter or digit, at most 63 characters. A Zone's name is its DNS domain, e.g. `codeb.test`.
     pub name: String,
+    /// Labels, as in Kubernetes: `role: app`. A Project may require labels of its Host
+    /// (`spec.hostSelector`). Keys: an optional DNS-subdomain prefix and `/`, then at most 63
+    /// letters, digits, `-`, `_` and `.`; values: at most 63 of the same, or empty.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(extend(
+        "propertyNames" = {"pattern": patterns::LABEL_KEY, "maxLength": 317},
+        "additionalProperties" = {"type": "string", "pattern": patterns::LABEL_VALUE}
+    ))]
+    pub labels: BTreeMap<String, String>,
 }
 
 /// `kind: Host`: a server codeb manages.
@@ -517,6 +526,15 @@ pub struct PowerDnsSpec {
 pub struct ProjectSpec {
     /// The `metadata.name` of a Host.
     pub host: String,
+    /// Labels the Host must carry (its `metadata.labels`), as a Pod's `nodeSelector`: each key
+    /// with exactly this value. A Host without them is refused at validation, naming the label.
+    /// E.g. `{role: app}` for the original platform's app servers.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(extend(
+        "propertyNames" = {"pattern": patterns::LABEL_KEY, "maxLength": 317},
+        "additionalProperties" = {"type": "string", "pattern": patterns::LABEL_VALUE}
+    ))]
+    pub host_selector: BTreeMap<String, String>,
     /// The `metadata.name` of a Zone.
     pub zone: String,
     /// Environment name (a DNS-1123 label) → its release. `production` and `staging` use the port
@@ -761,6 +779,8 @@ impl std::fmt::Display for Origin {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Named<T> {
     pub name: String,
+    /// `metadata.labels`.
+    pub labels: BTreeMap<String, String>,
     /// Where the document's `metadata.name` value is.
     pub origin: Origin,
     pub spec: T,

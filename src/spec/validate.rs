@@ -44,6 +44,7 @@ pub(crate) fn validate(documents: Vec<Document>, complete: bool) -> Result<Manif
     let mut checked = Vec::new();
     for doc in documents {
         check_name(&doc, &mut errors);
+        check_labels(&doc, &mut errors);
         match &doc.spec {
             Spec::Host(host) => check_host(&doc, host, &mut errors),
             Spec::Zone(zone) => check_zone(&doc, zone, &mut errors),
@@ -61,17 +62,33 @@ pub(crate) fn validate(documents: Vec<Document>, complete: bool) -> Result<Manif
             continue;
         }
         origins.insert((doc.kind, doc.name.clone()), doc.name_origin.clone());
-        let (name, origin) = (doc.name.clone(), doc.name_origin.clone());
+        let (name, origin, labels) = (
+            doc.name.clone(),
+            doc.name_origin.clone(),
+            doc.labels.clone(),
+        );
         match doc.spec.clone() {
             Spec::Host(spec) => {
-                manifests
-                    .hosts
-                    .insert(name.clone(), Named { name, origin, spec });
+                manifests.hosts.insert(
+                    name.clone(),
+                    Named {
+                        name,
+                        labels,
+                        origin,
+                        spec,
+                    },
+                );
             }
             Spec::Zone(spec) => {
-                manifests
-                    .zones
-                    .insert(name.clone(), Named { name, origin, spec });
+                manifests.zones.insert(
+                    name.clone(),
+                    Named {
+                        name,
+                        labels,
+                        origin,
+                        spec,
+                    },
+                );
             }
             Spec::Project(spec) => {
                 for env_name in spec.environments.keys() {
@@ -80,9 +97,15 @@ pub(crate) fn validate(documents: Vec<Document>, complete: bool) -> Result<Manif
                         env_origins(&doc, env_name),
                     );
                 }
-                manifests
-                    .projects
-                    .insert(name.clone(), Named { name, origin, spec });
+                manifests.projects.insert(
+                    name.clone(),
+                    Named {
+                        name,
+                        labels,
+                        origin,
+                        spec,
+                    },
+                );
             }
         }
         checked.push(doc);
@@ -911,6 +934,7 @@ fn check_references(documents: &[Document], manifests: &Manifests, errors: &mut 
             ),
         ];
         check_data_references(doc, project, manifests, errors);
+        check_host_selector(doc, project, manifests, errors);
         for (field, kind, name, defined) in refs {
             if defined.contains(&name) {
                 continue;
@@ -929,6 +953,111 @@ fn check_references(documents: &[Document], manifests: &Manifests, errors: &mut 
                     did_you_mean(name, &names)
                 ),
             ));
+        }
+    }
+}
+
+/// A Project's `spec.hostSelector`: its Host carries each label with that value.
+fn check_host_selector(
+    doc: &Document,
+    project: &ProjectSpec,
+    manifests: &Manifests,
+    errors: &mut Vec<Error>,
+) {
+    let Some(host) = manifests.hosts.get(&project.host) else {
+        return; // reported as an unknown host
+    };
+    for (key, want) in &project.host_selector {
+        let has = host.labels.get(key);
+        if has == Some(want) {
+            continue;
+        }
+        let found = match has {
+            Some(v) => format!("it has `{}: {}`", quote(key), quote(v)),
+            None if host.labels.is_empty() => "it has no labels".to_string(),
+            None => format!(
+                "its labels: {}",
+                host.labels
+                    .iter()
+                    .map(|(k, v)| format!("{}: {}", quote(k), quote(v)))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        };
+        errors.push(Error::new(
+            doc.value_origin(&["spec", "hostSelector", key]),
+            format!(
+                "spec.hostSelector requires the label `{}: {}` but Host `{}` (at {}) does not carry it ({found}): add it to the Host's metadata.labels, or put the project on a Host that has it",
+                quote(key),
+                quote(want),
+                project.host,
+                host.origin
+            ),
+        ));
+    }
+}
+
+/// Label keys and values (`metadata.labels`, `spec.hostSelector`) are as Kubernetes spells them.
+fn check_labels(doc: &Document, errors: &mut Vec<Error>) {
+    // `patterns::LABEL_KEY` and `patterns::LABEL_VALUE`, by hand.
+    fn name_ok(s: &str) -> bool {
+        let b = s.as_bytes();
+        (1..=63).contains(&b.len())
+            && b[0].is_ascii_alphanumeric()
+            && b[b.len() - 1].is_ascii_alphanumeric()
+            && b.iter()
+                .all(|c| c.is_ascii_alphanumeric() || b"-_.".contains(c))
+    }
+    fn key_ok(k: &str) -> bool {
+        match k.split_once('/') {
+            None => name_ok(k),
+            Some((prefix, name)) => {
+                prefix.len() <= 253
+                    && prefix.split('.').all(|l| {
+                        let b = l.as_bytes();
+                        !b.is_empty()
+                            && b[0].is_ascii_alphanumeric()
+                            && b[b.len() - 1].is_ascii_alphanumeric()
+                            && b.iter()
+                                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+                    })
+                    && name_ok(name)
+            }
+        }
+    }
+    let selector = match &doc.spec {
+        Spec::Project(p) => Some(&p.host_selector),
+        _ => None,
+    };
+    let maps = [
+        (["metadata", "labels"], Some(&doc.labels)),
+        (["spec", "hostSelector"], selector),
+    ];
+    for (path, map) in maps {
+        for (key, value) in map.into_iter().flatten() {
+            let at = [path[0], path[1], key.as_str()];
+            if !key_ok(key) {
+                errors.push(Error::new(
+                    doc.key_origin(&at),
+                    format!(
+                        "invalid label key `{}` in {}.{}: expected an optional DNS-subdomain prefix and `/`, then at most 63 letters, digits, `-`, `_` or `.`, starting and ending with a letter or digit (e.g. `role`)",
+                        quote(key),
+                        path[0],
+                        path[1]
+                    ),
+                ));
+            } else if !(value.is_empty() || name_ok(value)) {
+                errors.push(Error::new(
+                    doc.value_origin(&at),
+                    format!(
+                        "invalid label value `{}` for `{}` in {}.{}: expected at most 63 letters, digits, `-`, `_` or `.`, starting and ending with a letter or digit, or empty",
+                        quote(value),
+                        quote(key),
+                        path[0],
+                        path[1]
+                    ),
+                ));
+            }
         }
     }
 }

@@ -25,11 +25,44 @@ pub struct Host {
 }
 
 impl Host {
+    /// A remote Host document for this host, reached over ssh with the harness's key, pinned by
+    /// `known_hosts`, codeb's Caddy server on `address:port`; `labels` is inserted as written
+    /// under `metadata` (empty, or `  labels:\n    role: app\n`). No `---` around it.
+    pub fn doc(&self, name: &str, known_hosts: &Path, labels: &str, port: u16) -> String {
+        format!(
+            "apiVersion: codeb.kr/v1
+kind: Host
+metadata:
+  name: {name}
+{labels}spec:
+  address: \"{addr}\"
+  podman: unix://{sock}
+  ssh:
+    target: root@{addr}
+    identityFile: {key}
+    knownHosts: {known}
+    agent: {agent}
+  caddy:
+    admin: {admin}
+    listen: [\"{addr}:{port}\"]
+    tls: off
+    accessLog: false
+  publishAddress: \"{addr}\"
+",
+            addr = self.address,
+            sock = self.podman_sock,
+            key = self.key.display(),
+            known = known_hosts.display(),
+            agent = env!("CARGO_BIN_EXE_codeb"),
+            admin = self.caddy_admin,
+        )
+    }
+
     /// Host `n`; a missing harness is a loud failure, never a skip.
     pub fn get(n: u32) -> Host {
         let var = |key: &str| {
             std::env::var(format!("CODEB_HOST_{n}_{key}")).unwrap_or_else(|_| {
-                panic!("CODEB_HOST_{n}_{key} is not set: start the hosts with `deploy/hosts.sh up 2` and run `eval \"$(deploy/hosts.sh env)\"` (deploy/test.sh does both)")
+                panic!("CODEB_HOST_{n}_{key} is not set: start the hosts with `deploy/hosts.sh up 4` and run `eval \"$(deploy/hosts.sh env)\"` (deploy/test.sh does both)")
             })
         };
         Host {
@@ -127,7 +160,8 @@ impl Host {
         forward
     }
 
-    /// Takes the host end of the host's veth down or up: a silent partition (no RST, no FIN).
+    /// Takes the host end of the host's veth down or up: a silent partition (no RST, no FIN). Up
+    /// also restores the host's route to the other hosts, which the kernel removed with the link.
     pub fn set_link(&self, up: bool) {
         let out = Command::new("ip")
             .args(["-n", &self.name, "link", "set", &format!("{}-h", self.name)])
@@ -135,6 +169,21 @@ impl Host {
             .output()
             .expect("run ip");
         assert!(out.status.success(), "ip link set: {}", super::text(&out));
+        if up {
+            // The kernel dropped the route to the other hosts with the link; the host's network
+            // configuration puts it back when the link comes up (as `deploy/hosts.sh up` does).
+            let n = self.n;
+            let out = Command::new("ip")
+                .args(["-n", &self.name, "route", "replace", "10.250.0.0/16", "via"])
+                .arg(format!("10.250.{n}.1"))
+                .output()
+                .expect("run ip");
+            assert!(
+                out.status.success(),
+                "ip route replace: {}",
+                super::text(&out)
+            );
+        }
     }
 }
 

@@ -7,6 +7,7 @@
 pub mod hosts;
 pub mod kernel;
 pub mod load;
+pub mod migrate;
 
 use std::io::{Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};

@@ -182,7 +182,18 @@ impl Two {
     /// What a client sent to `host`'s Caddy gets: `a` serves it itself or forwards it to `b`.
     fn via(&self, host: &str) -> Option<String> {
         let forward = forward_upstream(&named("b", B_ADDRESS)).unwrap();
+        let back = forward_upstream(&named("a", A_ADDRESS)).unwrap();
         match host {
+            // After a rollback, `b` forwards to `a`.
+            "b" if self
+                .b
+                .state()
+                .routes
+                .iter()
+                .any(|r| r.id == key().route_id() && r.upstream == back) =>
+            {
+                self.a.serving(HOSTNAME)
+            }
             "a" => {
                 let upstream = self
                     .a
@@ -463,7 +474,10 @@ async fn a_host_change_during_a_migration_a_rollback_and_an_env_with_data_are_re
         matches!(err, crate::plan::SwitchError::Migrating { .. }),
         "{err}"
     );
-    assert!(err.to_string().contains("not built yet"), "{err}");
+    assert!(
+        err.to_string().contains("as a migration of its own"),
+        "{err}"
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -670,4 +684,163 @@ async fn a_crash_after_every_journal_commit_of_an_abort_converges_to_the_source_
         assert_eq!(f.dns_record(), Some((A_ADDRESS.to_string(), 300)));
     }
     assert!(crashes > 2, "an abort commits at every step: {crashes}");
+}
+
+/// `codeb rollback`'s first step: the record back on `a`, marked, holding a migration from `b`.
+async fn roll_back(f: &Two) {
+    let rec = f.record();
+    let back = rollback_record(&rec, "alice", now()).unwrap();
+    let p = Plan {
+        steps: vec![Step {
+            host: "a".into(),
+            key: Some(key()),
+            generation: Some(rec.generation),
+            action: Action::MigrateRollback(Box::new(back)),
+        }],
+        notes: vec![],
+    };
+    let report = reconcile::execute(&p, f.store(), &f.backends, &f.prober)
+        .await
+        .unwrap();
+    assert!(report.failures.is_empty(), "{:?}", report.failures);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_rollback_in_grace_moves_traffic_back_and_the_manifests_host_waits_until_changed() {
+    let f = Two::new();
+    f.on_a().await;
+    let d = desired_on("b", "app:v1");
+    f.run(&d, now(), &mut |_| {}).await;
+    let rec = f.record();
+    assert_eq!(rec.migration.as_ref().unwrap().phase, MigrationPhase::Grace);
+    assert!(f.a.state().containers.values().all(|(c, _)| !c.running));
+
+    roll_back(&f).await;
+    let rec = f.record();
+    assert_eq!(rec.host, "a");
+    let mark = rec.rolled_back.clone().expect("marked");
+    assert_eq!((mark.from.as_str(), mark.by.as_str()), ("b", "alice"));
+    // Every round: a client by DNS, one sent to `a` and one sent to `b` are all served; `a`'s
+    // route never dials its container before it runs (the kept one is started and gated first).
+    let mut check = |f: &Two| {
+        for (who, got) in [("dns", f.by_dns()), ("a", f.via("a")), ("b", f.via("b"))] {
+            assert_eq!(got.as_deref(), Some("app:v1"), "via {who}");
+        }
+    };
+    let p = f.run(&d, now(), &mut check).await;
+    assert!(!p.has_problems(), "{p}");
+    assert!(
+        p.notes.iter().any(|n| matches!(n, Note::RolledBack { .. })),
+        "{p}"
+    );
+    assert!(
+        p.to_string()
+            .contains("rolled back to host a from host b by alice"),
+        "{p}"
+    );
+    // `a` serves itself again, the records name it; `b` forwards in its own grace period.
+    assert_eq!(f.a.serving(HOSTNAME).as_deref(), Some("app:v1"));
+    assert_eq!(f.dns_record(), Some((A_ADDRESS.to_string(), 300)));
+    let m = f.record().migration.unwrap();
+    assert_eq!(
+        (m.source.host.as_str(), m.phase),
+        ("b", MigrationPhase::Grace)
+    );
+
+    // After `b`'s grace: `b` holds nothing, the record is `a`'s, the mark stays.
+    let later = now() + 49 * HOUR_MS;
+    f.run(&d, later, &mut |f: &Two| {
+        for (who, got) in [("dns", f.by_dns()), ("a", f.via("a"))] {
+            assert_eq!(got.as_deref(), Some("app:v1"), "via {who}");
+        }
+    })
+    .await;
+    assert_eq!(held_by(&f.b), (0, 0));
+    let rec = f.record();
+    assert!(rec.migration.is_none() && rec.rolled_back.is_some());
+    // The manifests still say `b`: nothing is planned (no new migration), the note says why.
+    let p = f.plan(&d, later).await;
+    assert!(p.is_empty(), "{p}");
+    assert!(
+        p.notes.iter().any(|n| matches!(n, Note::RolledBack { .. })),
+        "{p}"
+    );
+    // They name `a`: the mark goes. Then `b` again: a new migration begins.
+    f.run(&desired_on("a", "app:v1"), later, &mut |_| {}).await;
+    assert!(f.record().rolled_back.is_none());
+    let p = f.plan(&d, later).await;
+    assert!(
+        p.steps
+            .iter()
+            .any(|s| matches!(s.action, Action::MigrateBegin { .. })),
+        "{p}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_rollback_is_refused_while_the_target_deploys_and_once_rolled_back() {
+    let f = Two::new();
+    f.on_a().await;
+    let d = desired_on("b", "app:v1");
+    f.round(&d).await; // begun: deploying
+    let e = rollback_record(&f.record(), "alice", now()).unwrap_err();
+    assert!(
+        e.contains("still deploying") && e.contains("host: a"),
+        "{e}"
+    );
+    f.run(&d, now(), &mut |_| {}).await;
+    roll_back(&f).await;
+    let e = rollback_record(&f.record(), "bob", now()).unwrap_err();
+    assert!(
+        e.contains("already rolled back") && e.contains("alice"),
+        "{e}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_crash_after_every_journal_commit_of_a_rollback_converges_to_the_source() {
+    let d = desired_on("b", "app:v1");
+    let later = now() + 49 * HOUR_MS;
+    let in_grace = || async {
+        let f = Two::new();
+        f.on_a().await;
+        f.run(&d, now(), &mut |_| {}).await;
+        roll_back(&f).await;
+        f
+    };
+    let mut crashes = 0;
+    for n in 1.. {
+        let mut f = in_grace().await;
+        crate::reconcile::fault::crash_after(Some(n));
+        let crashed = std::panic::AssertUnwindSafe(f.run(&d, later, &mut |_| {}))
+            .catch_unwind()
+            .await
+            .is_err();
+        crate::reconcile::fault::crash_after(None);
+        if !crashed {
+            break;
+        }
+        crashes += 1;
+        f.reopen();
+        let last = f.run(&d, later, &mut |_| {}).await;
+        assert!(!last.has_problems(), "after a crash at commit {n}: {last}");
+        let rec = f.record();
+        assert_eq!(rec.host, "a", "after a crash at commit {n}");
+        assert!(
+            rec.migration.is_none() && rec.rolled_back.is_some(),
+            "after a crash at commit {n}"
+        );
+        assert_eq!(held_by(&f.b), (0, 0), "after a crash at commit {n}");
+        assert_eq!(
+            f.a.serving(HOSTNAME).as_deref(),
+            Some("app:v1"),
+            "after a crash at commit {n}"
+        );
+        assert_eq!(
+            f.dns_record(),
+            Some((A_ADDRESS.to_string(), 300)),
+            "after a crash at commit {n}"
+        );
+    }
+    assert!(crashes > 5, "a rollback commits at every step: {crashes}");
 }
