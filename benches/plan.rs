@@ -175,6 +175,7 @@ fn world(n: usize) -> (Desired, Observed, Recorded) {
                         },
                     })),
                     isolated: true,
+                    bridge: None,
                 },
                 owner: Default::default(),
             },

@@ -525,6 +525,13 @@ impl Kernel for World {
         })
     }
 
+    async fn pin_mac(&self, _bridge: &str) -> super::Result<()> {
+        self.kernel(true, |s| {
+            s.loopback.mac_pinned = true;
+            Ok(())
+        })
+    }
+
     async fn hook(&self, write: &HookWrite) -> super::Result<()> {
         self.kernel(true, |s| {
             let rules = s.rules_on(write.gateway);

@@ -229,6 +229,9 @@ pub trait Kernel: Send + Sync {
         -> impl Future<Output = Result<(), Error>> + Send;
     /// Turns `route_localnet` off on `bridge` (a missing bridge has nothing to turn off).
     fn loopback_off(&self, bridge: &str) -> impl Future<Output = Result<(), Error>> + Send;
+    /// Pins `bridge`'s MAC address to the one it has now (see
+    /// [`ObservedLoopback::mac_pinned`]); a missing bridge has nothing to pin.
+    fn pin_mac(&self, bridge: &str) -> impl Future<Output = Result<(), Error>> + Send;
     /// Applies a [`HookWrite`] in one transaction.
     fn hook(&self, write: &HookWrite) -> impl Future<Output = Result<(), Error>> + Send;
     /// Applies a [`ServiceWrite`] in one transaction: at no instant does the service address

@@ -584,6 +584,14 @@ impl Kernel for Netfilter {
         Ok(())
     }
 
+    async fn pin_mac(&self, bridge: &str) -> super::Result<()> {
+        self.supported()?;
+        if !sys_class_net(bridge, "").is_some_and(|p| p.exists()) {
+            return Ok(()); // no container has brought it up (or all left): nothing to pin
+        }
+        pin_mac(bridge).await
+    }
+
     async fn hook(&self, write: &HookWrite) -> super::Result<()> {
         let extra = if write.hooks > 1 {
             let rules = self.read().await?.rules;
@@ -703,6 +711,13 @@ impl Kernel for HostKernel {
         match self {
             HostKernel::Local(k) => k.loopback_off(bridge).await,
             HostKernel::Remote(k) => k.loopback_off(bridge).await,
+        }
+    }
+
+    async fn pin_mac(&self, bridge: &str) -> super::Result<()> {
+        match self {
+            HostKernel::Local(k) => k.pin_mac(bridge).await,
+            HostKernel::Remote(k) => k.pin_mac(bridge).await,
         }
     }
 

@@ -159,6 +159,10 @@ impl fmt::Display for Step {
                 f,
                 "isolate codeb's containers from each other (nf_tables table bridge codeb)"
             ),
+            Action::PinMac { bridge } => write!(
+                f,
+                "pin {bridge}'s MAC address (a container joining or leaving would change the gateway's MAC under the others' ARP caches)"
+            ),
             Action::LoopbackOff { bridge } => write!(
                 f,
                 "turn route_localnet off on {bridge} (no slot port is published on loopback)"

@@ -111,6 +111,8 @@ pub enum KernelObservation {
         /// codeb's tenant isolation (the table `bridge codeb`: no frame between a container codeb
         /// created and another port of a bridge) is in place, exactly as codeb writes it.
         isolated: bool,
+        /// codeb's network's bridge (`None` when Podman does not name it).
+        bridge: Option<ObservedBridge>,
     },
     /// Kernel mode on a host whose network does not exist yet (a fresh host): the plan creates
     /// the network first, and the kernel-mode steps follow in the next round, once its gateway is
@@ -128,6 +130,23 @@ pub enum KernelObservation {
         /// before it deploys.
         leftover: Option<Box<Published>>,
     },
+}
+
+/// codeb's network's bridge on a kernel-mode host, for its MAC: a Linux bridge takes the lowest
+/// MAC of its ports unless one was set, so a container joining or leaving changes the gateway's
+/// MAC under the other containers' ARP caches, and their answers to the host (a health probe,
+/// Caddy's requests, anything through a DNAT rule) go to a MAC nobody has until the cache expires:
+/// seconds to a minute of timeouts. Measured on the remote hosts of `deploy/hosts.sh`: of ten
+/// projects deployed in one apply, the switch gate of one timed out twice after its deploy's
+/// health check had passed. So codeb pins it (see [`ObservedLoopback::mac_pinned`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObservedBridge {
+    /// The interface's name (`podman1`).
+    pub name: String,
+    /// The interface exists: netavark creates it with the first container on the network and
+    /// removes it with the last.
+    pub present: bool,
+    pub mac_pinned: bool,
 }
 
 /// Slot ports published by codeb's kernel rules: `address:slot_port` leads to the slot's
@@ -275,6 +294,12 @@ pub enum Action {
     /// Turn `route_localnet` off on codeb's bridge: no slot port is published on loopback any more,
     /// so nothing needs it (the guard's rules stay; they drop nothing legitimate).
     LoopbackOff {
+        bridge: String,
+    },
+    /// Pin the MAC address of codeb's bridge to the one it has (see [`ObservedBridge`]): right
+    /// after the first container of the plan on a host whose bridge is not pinned, before the
+    /// next joins (which would change it), or as a host step where no container starts.
+    PinMac {
         bridge: String,
     },
     /// Record that the hostname moves to `to` after one passing probe of `url`; `from` goes to
@@ -564,6 +589,7 @@ fn plan_on(
     };
     // Per host: its observation indexed by key, codeb's Caddy server and the kernel's hook.
     let mut hosts: BTreeMap<&str, (&HostRef, Index<'_>, &KernelObservation)> = BTreeMap::new();
+    let mut unpinned: Vec<(String, &ObservedBridge)> = Vec::new();
     for (host_name, host) in &desired.hosts {
         let Some(view) = reachable(host_name, observed, &mut plan) else {
             continue;
@@ -603,6 +629,9 @@ fn plan_on(
             }
             if let Some(hook) = service::hook_diff(view.kernel) {
                 plan.steps.push(host_step(Action::HookServices(hook)));
+            }
+            if let Some(bridge) = service::unpinned_bridge(view.kernel, host) {
+                unpinned.push((host_name.clone(), bridge));
             }
             if let Some(p) = view.kernel.published(host) {
                 if let Some(write) = service::loopback_diff(p) {
@@ -791,6 +820,9 @@ fn plan_on(
     if !done {
         plan_range(None, None, false, &mut taken, &mut plan);
     }
+    for (host, bridge) in unpinned {
+        pin_bridge(&mut plan, host, bridge);
+    }
     // A pruned environment the store does not record is removed as the hosts hold it (the
     // service found it there by codeb's marks: see [`undeclared`]).
     let unrecorded: Vec<&EnvKey> = prune
@@ -825,6 +857,32 @@ fn plan_on(
         dns::keep_unplanned_records(&mut plan, &zones, recorded, observed);
     }
     plan
+}
+
+/// Pins `bridge`'s MAC on `host`: right after the plan's first step there that starts a container
+/// (the bridge exists from then on, and the next container would change its MAC), else at once
+/// where the bridge exists.
+fn pin_bridge(plan: &mut Plan, host: String, bridge: &ObservedBridge) {
+    let first = plan.steps.iter().position(|s| {
+        s.host == host
+            && matches!(
+                s.action,
+                Action::Deploy { .. } | Action::Recreate { .. } | Action::Start { .. }
+            )
+    });
+    let step = Step {
+        host,
+        key: None,
+        generation: None,
+        action: Action::PinMac {
+            bridge: bridge.name.clone(),
+        },
+    };
+    match first {
+        Some(i) => plan.steps.insert(i + 1, step),
+        None if bridge.present => plan.steps.push(step),
+        None => {}
+    }
 }
 
 /// Plans the removal of environments: their DNS records, their routes, their service addresses,

@@ -150,6 +150,23 @@ pub fn publish_hook_diff(p: &Published) -> Option<HookWrite> {
     hook_of(&p.services, p.address)
 }
 
+/// codeb's bridge on `host` when its MAC is not pinned and no loopback write will pin it (that
+/// write pins it, where slot ports are published on loopback and the bridge exists).
+pub fn unpinned_bridge<'a>(
+    kernel: &'a KernelObservation,
+    host: &crate::model::HostRef,
+) -> Option<&'a super::ObservedBridge> {
+    let KernelObservation::Managed {
+        bridge: Some(bridge),
+        ..
+    } = kernel
+    else {
+        return None;
+    };
+    let by_loopback = bridge.present && kernel.published(host).is_some();
+    (!bridge.mac_pinned && !by_loopback).then_some(bridge)
+}
+
 /// The loopback plumbing a host's kernel-published slot ports lack.
 pub fn loopback_diff(p: &Published) -> Option<LoopbackWrite> {
     let l = &p.loopback;
@@ -277,6 +294,7 @@ mod tests {
             services,
             publish: None,
             isolated: true,
+            bridge: None,
         }
     }
 
@@ -329,6 +347,7 @@ mod tests {
             services: ObservedServices::default(),
             publish: None,
             isolated: true,
+            bridge: None,
         };
         let w = service_diff(&record(Some(Slot::Blue)), &empty, targets).unwrap();
         assert_eq!(w.dispatch, 0);

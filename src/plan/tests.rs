@@ -1664,3 +1664,96 @@ async fn finding_1_a_container_podman_publishes_is_recreated_without_in_kernel_m
     assert_eq!(f.serving("myapp").as_deref(), Some("app:v1"));
     assert!(f.replan(&d).await.is_empty());
 }
+
+/// A kernel-mode host that does not publish slot ports on loopback (a remote Host publishing on
+/// its own address) still gets its bridge's MAC pinned: right after the first container starts
+/// (before the next one joins and changes it), or at once where the bridge exists; a pinned
+/// bridge is left alone.
+#[tokio::test(start_paused = true)]
+async fn the_bridge_mac_is_pinned_after_the_first_container_starts_on_it() {
+    let f = Fixture::new();
+    let d = desired([env("myapp"), env("other")]);
+    let with_bridge = |observed: &mut Observed, present: bool, mac_pinned: bool| {
+        let Some(HostObservation::Reachable { kernel, .. }) = observed.hosts.get_mut("app") else {
+            panic!("reachable");
+        };
+        let KernelObservation::Managed {
+            publish, bridge, ..
+        } = kernel
+        else {
+            panic!("kernel mode: {kernel:?}");
+        };
+        *publish = None;
+        *bridge = Some(ObservedBridge {
+            name: "podman1".into(),
+            present,
+            mac_pinned,
+        });
+    };
+    let pins = |p: &Plan| {
+        p.steps
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| matches!(&s.action, Action::PinMac { bridge } if bridge == "podman1"))
+            .map(|(i, s)| (i, s.key.clone()))
+            .collect::<Vec<_>>()
+    };
+    // No bridge yet: pinned right after the first deploy, once.
+    let mut observed = reconcile::observe(&f.backends).await;
+    with_bridge(&mut observed, false, false);
+    let p = plan(&d, &observed, &f.store.load().unwrap(), &[], 0);
+    let first_deploy = p
+        .steps
+        .iter()
+        .position(|s| matches!(s.action, Action::Deploy { .. }))
+        .expect("deploys");
+    assert_eq!(pins(&p), [(first_deploy + 1, None)], "{p}");
+    assert!(
+        p.steps[first_deploy + 2..]
+            .iter()
+            .any(|s| matches!(s.action, Action::Deploy { .. })),
+        "the second deploy comes after the pin: {p}"
+    );
+    // Deployed (with ports Podman must now publish: recreated), the bridge there but not pinned:
+    // after the first recreation, which joins the bridge again.
+    assert!(f.apply(&d).await.converged());
+    let mut observed = reconcile::observe(&f.backends).await;
+    with_bridge(&mut observed, true, false);
+    let p = plan(&d, &observed, &f.store.load().unwrap(), &[], 0);
+    let first = p
+        .steps
+        .iter()
+        .position(|s| matches!(s.action, Action::Recreate { .. }))
+        .expect("recreations");
+    assert_eq!(pins(&p), [(first + 1, None)], "{p}");
+    // Pinned: nothing.
+    with_bridge(&mut observed, true, true);
+    let p = plan(&d, &observed, &f.store.load().unwrap(), &[], 0);
+    assert!(pins(&p).is_empty(), "{p}");
+    // Where no container starts: a host step at once if the bridge exists, else nothing.
+    let bridge = |present| ObservedBridge {
+        name: "podman1".into(),
+        present,
+        mac_pinned: false,
+    };
+    let mut none_start = Plan::default();
+    pin_bridge(&mut none_start, "app".into(), &bridge(false));
+    assert!(none_start.steps.is_empty());
+    pin_bridge(&mut none_start, "app".into(), &bridge(true));
+    assert_eq!(pins(&none_start), [(0, None)]);
+    // Where slot ports are published on loopback and the bridge exists, the loopback write pins
+    // it (its own step), not this one.
+    let mut observed = reconcile::observe(&f.backends).await;
+    if let Some(HostObservation::Reachable {
+        kernel: KernelObservation::Managed { bridge, .. },
+        ..
+    }) = observed.hosts.get_mut("app")
+    {
+        *bridge = Some(ObservedBridge {
+            name: "podman1".into(),
+            present: true,
+            mac_pinned: false,
+        });
+    }
+    assert!(pins(&plan(&d, &observed, &f.store.load().unwrap(), &[], 0)).is_empty());
+}

@@ -948,6 +948,7 @@ async fn run<R: Runtime, P: Proxy, K: Kernel, D: Dns, H: Prober>(
         Action::Loopback(write) => b.kernel.set_loopback(write).await.map_err(backend),
         Action::Isolate => b.kernel.isolate().await.map_err(backend),
         Action::LoopbackOff { bridge } => b.kernel.loopback_off(bridge).await.map_err(backend),
+        Action::PinMac { bridge } => b.kernel.pin_mac(bridge).await.map_err(backend),
         Action::SetService(write) => {
             let started = std::time::Instant::now();
             b.kernel.set_service(write).await.map_err(backend)?;
@@ -1099,6 +1100,7 @@ fn backend_of(action: &Action) -> Option<&'static str> {
         | Action::Loopback(_)
         | Action::Isolate
         | Action::LoopbackOff { .. }
+        | Action::PinMac { .. }
         | Action::SetService(_) => Some("kernel"),
         Action::EnsureZone { .. } | Action::DnsPatch { .. } => Some("powerdns"),
     }

@@ -223,6 +223,14 @@ fn assemble<R: Runtime, P: Proxy, K: Kernel>(
                 services,
                 publish: published(b, &table, &net).map(Box::new),
                 isolated: b.kernel.isolated(&table),
+                bridge: (!net.bridge.is_empty()).then(|| {
+                    let l = b.kernel.loopback(&table, &net.bridge);
+                    crate::plan::ObservedBridge {
+                        name: net.bridge.clone(),
+                        present: !l.bridge_missing,
+                        mac_pinned: l.mac_pinned,
+                    }
+                }),
             }),
     };
     let kernel = match kernel {

@@ -246,6 +246,31 @@ pub fn containers_on(h: &Host, project: &str) -> Vec<(String, String)> {
 }
 
 /// codeb's routes of `project` on `h`'s Caddy: `(id, upstream dials)`.
+/// Whether `routes` are a host serving `project` itself, in kernel mode: the hostname route and one
+/// preview route, each dialing one address; the hostname route the host's service address (not
+/// the other host's Caddy, `forward`), the preview route its slot's port on `h`'s address.
+pub fn serve_themselves(
+    h: &Host,
+    project: &str,
+    routes: &[(String, Vec<String>)],
+    forward: &str,
+) -> bool {
+    let hostname_route = format!("codeb-{project}_production");
+    let one = |id: &str| {
+        routes
+            .iter()
+            .find(|r| r.0 == id)
+            .filter(|r| r.1.len() == 1)
+            .map(|r| r.1[0].clone())
+    };
+    let preview = ["blue", "green"]
+        .into_iter()
+        .find_map(|s| one(&format!("{hostname_route}_{s}")));
+    routes.len() == 2
+        && one(&hostname_route).is_some_and(|d| d != forward)
+        && preview.is_some_and(|d| d.starts_with(&format!("{}:", h.address)))
+}
+
 pub fn routes_on(h: &Host, project: &str) -> Vec<(String, Vec<String>)> {
     let out = h.ssh(&format!(
         "curl -s {}/config/apps/http/servers/codeb/routes",

@@ -35,6 +35,9 @@ pub enum KernelOp {
     LoopbackOff {
         bridge: String,
     },
+    PinMac {
+        bridge: String,
+    },
     Isolate,
     OpenConnections {
         target: SocketAddrV4,
@@ -128,6 +131,16 @@ pub fn check(op: &KernelOp) -> Result<(), String> {
             Ok(())
         }
         KernelOp::LoopbackOff { bridge: b } => bridge(b),
+        KernelOp::PinMac { bridge: b } => {
+            bridge(b)?;
+            // A bridge only, never the host's uplink or loopback; a missing one has nothing to
+            // pin (the deploy that would have brought it up failed).
+            let exists = |file| super::sys_class_net(b, file).is_some_and(|p| p.exists());
+            if exists("") && !exists("bridge") {
+                return Err(format!("{b} is not a bridge on this host"));
+            }
+            Ok(())
+        }
     }
 }
 
@@ -161,6 +174,7 @@ pub fn serve(op: &KernelOp, podman_socket: &std::path::Path) -> KernelAnswer {
             KernelOp::LoopbackOff { bridge } => {
                 n.loopback_off(bridge).await.map(|()| KernelAnswer::Done)
             }
+            KernelOp::PinMac { bridge } => n.pin_mac(bridge).await.map(|()| KernelAnswer::Done),
             KernelOp::Isolate => n.isolate().await.map(|()| KernelAnswer::Done),
             KernelOp::OpenConnections { target } => {
                 Ok(KernelAnswer::Connections(n.open_connections(*target).await))
@@ -377,6 +391,13 @@ impl Kernel for AgentKernel {
         .await
     }
 
+    async fn pin_mac(&self, bridge: &str) -> BackendResult<()> {
+        self.done(KernelOp::PinMac {
+            bridge: bridge.to_string(),
+        })
+        .await
+    }
+
     async fn hook(&self, write: &HookWrite) -> BackendResult<()> {
         self.done(KernelOp::Hook(write.clone())).await
     }
@@ -421,6 +442,9 @@ mod tests {
     fn only_codeb_shaped_ops_within_bounds_are_run() {
         assert_eq!(check(&service("shop/production", 4051, 1)), Ok(()));
         assert_eq!(check(&KernelOp::Read { isolation: true }), Ok(()));
+        // A bridge that does not exist (yet, or any more) has nothing to pin: not refused.
+        let pin = |b: &str| KernelOp::PinMac { bridge: b.into() };
+        assert_eq!(check(&pin("cbnone0")), Ok(()));
         for (op, names) in [
             (service("shop/production", 0, 1), "port 0"),
             (service("shop/production", 4051, 65), "over 64"),
@@ -453,6 +477,9 @@ mod tests {
                 }),
                 "not a bridge",
             ),
+            // Never the MAC of the host's loopback or uplink.
+            (pin("lo"), "not a bridge"),
+            (pin("../../etc"), "not an interface name"),
         ] {
             let refused = check(&op).unwrap_err();
             assert!(refused.contains(names), "{op:?}: {refused}");
