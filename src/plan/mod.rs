@@ -860,8 +860,9 @@ fn plan_on(
 }
 
 /// Pins `bridge`'s MAC on `host`: right after the plan's first step there that starts a container
-/// (the bridge exists from then on, and the next container would change its MAC), else at once
-/// where the bridge exists.
+/// (the bridge exists from then on, and the next container would change its MAC), as a step of
+/// that environment (the daemon's reconcile of one environment carries it out with its deploy),
+/// else at once, as a host step, where the bridge exists.
 fn pin_bridge(plan: &mut Plan, host: String, bridge: &ObservedBridge) {
     let first = plan.steps.iter().position(|s| {
         s.host == host
@@ -870,17 +871,26 @@ fn pin_bridge(plan: &mut Plan, host: String, bridge: &ObservedBridge) {
                 Action::Deploy { .. } | Action::Recreate { .. } | Action::Start { .. }
             )
     });
-    let step = Step {
-        host,
-        key: None,
-        generation: None,
-        action: Action::PinMac {
-            bridge: bridge.name.clone(),
-        },
+    let action = Action::PinMac {
+        bridge: bridge.name.clone(),
     };
     match first {
-        Some(i) => plan.steps.insert(i + 1, step),
-        None if bridge.present => plan.steps.push(step),
+        Some(i) => {
+            let after = &plan.steps[i];
+            let step = Step {
+                host,
+                key: after.key.clone(),
+                generation: after.generation,
+                action,
+            };
+            plan.steps.insert(i + 1, step);
+        }
+        None if bridge.present => plan.steps.push(Step {
+            host,
+            key: None,
+            generation: None,
+            action,
+        }),
         None => {}
     }
 }

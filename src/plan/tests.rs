@@ -1707,7 +1707,10 @@ async fn the_bridge_mac_is_pinned_after_the_first_container_starts_on_it() {
         .iter()
         .position(|s| matches!(s.action, Action::Deploy { .. }))
         .expect("deploys");
-    assert_eq!(pins(&p), [(first_deploy + 1, None)], "{p}");
+    // A step of the deployed environment's: the daemon's reconcile of it carries it out.
+    let key = p.steps[first_deploy].key.clone();
+    assert!(key.is_some());
+    assert_eq!(pins(&p), [(first_deploy + 1, key)], "{p}");
     assert!(
         p.steps[first_deploy + 2..]
             .iter()
@@ -1725,7 +1728,7 @@ async fn the_bridge_mac_is_pinned_after_the_first_container_starts_on_it() {
         .iter()
         .position(|s| matches!(s.action, Action::Recreate { .. }))
         .expect("recreations");
-    assert_eq!(pins(&p), [(first + 1, None)], "{p}");
+    assert_eq!(pins(&p), [(first + 1, p.steps[first].key.clone())], "{p}");
     // Pinned: nothing.
     with_bridge(&mut observed, true, true);
     let p = plan(&d, &observed, &f.store.load().unwrap(), &[], 0);
