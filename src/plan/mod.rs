@@ -112,7 +112,7 @@ pub enum KernelObservation {
         /// created and another port of a bridge) is in place, exactly as codeb writes it.
         isolated: bool,
         /// codeb's network's bridge (`None` when Podman does not name it).
-        bridge: Option<ObservedBridge>,
+        bridge: Option<Box<ObservedBridge>>,
     },
     /// Kernel mode on a host whose network does not exist yet (a fresh host): the plan creates
     /// the network first, and the kernel-mode steps follow in the next round, once its gateway is

@@ -164,7 +164,7 @@ pub fn unpinned_bridge<'a>(
         return None;
     };
     let by_loopback = bridge.present && kernel.published(host).is_some();
-    (!bridge.mac_pinned && !by_loopback).then_some(bridge)
+    (!bridge.mac_pinned && !by_loopback).then_some(&**bridge)
 }
 
 /// The loopback plumbing a host's kernel-published slot ports lack.

@@ -1684,11 +1684,11 @@ async fn the_bridge_mac_is_pinned_after_the_first_container_starts_on_it() {
             panic!("kernel mode: {kernel:?}");
         };
         *publish = None;
-        *bridge = Some(ObservedBridge {
+        *bridge = Some(Box::new(ObservedBridge {
             name: "podman1".into(),
             present,
             mac_pinned,
-        });
+        }));
     };
     let pins = |p: &Plan| {
         p.steps
@@ -1752,11 +1752,11 @@ async fn the_bridge_mac_is_pinned_after_the_first_container_starts_on_it() {
         ..
     }) = observed.hosts.get_mut("app")
     {
-        *bridge = Some(ObservedBridge {
+        *bridge = Some(Box::new(ObservedBridge {
             name: "podman1".into(),
             present: true,
             mac_pinned: false,
-        });
+        }));
     }
     assert!(pins(&plan(&d, &observed, &f.store.load().unwrap(), &[], 0)).is_empty());
 }

@@ -225,11 +225,11 @@ fn assemble<R: Runtime, P: Proxy, K: Kernel>(
                 isolated: b.kernel.isolated(&table),
                 bridge: (!net.bridge.is_empty()).then(|| {
                     let l = b.kernel.loopback(&table, &net.bridge);
-                    crate::plan::ObservedBridge {
+                    Box::new(crate::plan::ObservedBridge {
                         name: net.bridge.clone(),
                         present: !l.bridge_missing,
                         mac_pinned: l.mac_pinned,
-                    }
+                    })
                 }),
             }),
     };
