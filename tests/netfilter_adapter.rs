@@ -18,8 +18,14 @@ use codeb::model::writes::{HookWrite, ServiceTarget, ServiceWrite};
 
 /// A loopback gateway no other run uses: 127.99.x.y from the process id.
 fn gateway() -> Ipv4Addr {
+    gateway_in(99)
+}
+
+/// 127.`net`.x.y from the process id: two runs of this file at once (two worktrees' test runs on
+/// one machine) never share a gateway, whose chains are named after it.
+fn gateway_in(net: u8) -> Ipv4Addr {
     let pid = std::process::id();
-    Ipv4Addr::new(127, 99, (pid >> 8) as u8, (pid as u8).max(1))
+    Ipv4Addr::new(127, net, (pid >> 8) as u8, (pid as u8).max(1))
 }
 
 /// Runs `nft` with a script on stdin; panics when it fails.
@@ -249,7 +255,7 @@ async fn a_service_address_is_created_switched_atomically_read_back_and_removed(
 
 #[tokio::test]
 async fn a_failing_transaction_changes_nothing() {
-    let gw = Ipv4Addr::new(127, 98, (std::process::id() >> 8) as u8, 1);
+    let gw = gateway_in(98);
     let _cleanup = Cleanup(gw);
     let nf = Netfilter::new();
     let (a, _) = listener();
@@ -271,7 +277,7 @@ async fn a_failing_transaction_changes_nothing() {
 
 #[tokio::test]
 async fn nft_reads_codebs_rules_as_written_and_drift_is_observed_and_repaired() {
-    let gw = Ipv4Addr::new(127, 97, (std::process::id() >> 8) as u8, 1);
+    let gw = gateway_in(97);
     let _cleanup = Cleanup(gw);
     let nf = Netfilter::new();
     let (a, _) = listener();

@@ -95,15 +95,14 @@ fn published<R, P, K: Kernel>(
     b: &HostBackends<R, P, K>,
     table: &K::Table,
     net: &crate::model::observed::NetworkInfo,
+    loopback: Option<&crate::model::observed::ObservedLoopback>,
 ) -> Option<Published> {
-    let address = b
-        .publish
-        .filter(|a| a.is_loopback() && !net.bridge.is_empty())?;
+    let address = b.publish.filter(|a| a.is_loopback())?;
     Some(Published {
         address,
         bridge: net.bridge.clone(),
         services: b.kernel.services(table, address).ok()?,
-        loopback: b.kernel.loopback(table, &net.bridge),
+        loopback: loopback?.clone(),
     })
 }
 
@@ -218,19 +217,23 @@ fn assemble<R: Runtime, P: Proxy, K: Kernel>(
             .kernel
             .local(&table, &net)
             .and_then(|()| b.kernel.services(&table, net.gateway))
-            .map(|services| KernelObservation::Managed {
-                gateway: net.gateway,
-                services,
-                publish: published(b, &table, &net).map(Box::new),
-                isolated: b.kernel.isolated(&table),
-                bridge: (!net.bridge.is_empty()).then(|| {
-                    let l = b.kernel.loopback(&table, &net.bridge);
-                    Box::new(crate::plan::ObservedBridge {
-                        name: net.bridge.clone(),
-                        present: !l.bridge_missing,
-                        mac_pinned: l.mac_pinned,
-                    })
-                }),
+            .map(|services| {
+                // The bridge's settings, read once for the loopback plumbing and the MAC.
+                let loopback =
+                    (!net.bridge.is_empty()).then(|| b.kernel.loopback(&table, &net.bridge));
+                KernelObservation::Managed {
+                    gateway: net.gateway,
+                    services,
+                    publish: published(b, &table, &net, loopback.as_ref()).map(Box::new),
+                    isolated: b.kernel.isolated(&table),
+                    bridge: loopback.map(|l| {
+                        Box::new(crate::plan::ObservedBridge {
+                            name: net.bridge.clone(),
+                            present: !l.bridge_missing,
+                            mac_pinned: l.mac_pinned,
+                        })
+                    }),
+                }
             }),
     };
     let kernel = match kernel {
