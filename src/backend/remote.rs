@@ -15,9 +15,11 @@
 //! code, their errors and their tests the same for local and remote hosts; the cost is one
 //! local socket hop (microseconds) beside the SSH round trip.
 //!
-//! Not carried yet, and refused here with a message that says so: answers that stream (Podman's
-//! events, followed logs) and binary answers (container logs), which need the agent to stream
-//! lines with the request's id. Must not: decide anything, or reach anything but its session.
+//! Podman's events, the one answer the agent streams (lines with the request's id, protocol 3),
+//! leave the relay as a chunked body, so bollard reads them as from a local socket
+//! ([`Session::stream`]). Not carried yet, and refused here with a message that says so: container
+//! logs (binary, and followed ones stream). Must not: decide anything, or reach anything but its
+//! session.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -709,23 +711,19 @@ impl Reader {
                             let id = answer.id;
                             let mut pending =
                                 live.pending.lock().unwrap_or_else(PoisonError::into_inner);
-                            match pending.get(&id) {
+                            match pending.remove(&id) {
+                                // Kept while its consumer keeps up: one gone or too far
+                                // behind loses its stream (its sender dropped: it sees the end).
                                 Some(Waiting::Stream(tx)) if answer.more => {
-                                    // A consumer gone or too far behind loses its stream (its
-                                    // sender dropped: it sees the end).
-                                    if tx.try_send(Ok(answer)).is_err() {
-                                        pending.remove(&id);
-                                    }
+                                    let kept = tx.try_send(Ok(answer)).is_ok().then_some(tx);
+                                    pending.extend(kept.map(|tx| (id, Waiting::Stream(tx))));
                                 }
-                                Some(_) => match pending.remove(&id) {
-                                    Some(Waiting::One(tx)) => {
-                                        let _ = tx.send(Ok(answer));
-                                    }
-                                    Some(Waiting::Stream(tx)) => {
-                                        let _ = tx.try_send(Ok(answer));
-                                    }
-                                    None => {}
-                                },
+                                Some(Waiting::Stream(tx)) => {
+                                    let _ = tx.try_send(Ok(answer));
+                                }
+                                Some(Waiting::One(tx)) => {
+                                    let _ = tx.send(Ok(answer));
+                                }
                                 None => {}
                             }
                         }
