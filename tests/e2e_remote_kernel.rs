@@ -6,7 +6,9 @@
 //! there; promote and rollback under a keep-alive load through host 4's Caddy fail no request and
 //! never change its config; the rules are in host 4's `ip codeb` table and not in the root
 //! namespace's; a second apply changes nothing; `delete` removes rules, routes and containers
-//! from host 4. Needs the stack's env and `deploy/hosts.sh up 4`'s (host 4 only).
+//! from host 4. Under `codeb watch`, a container of host 4 restarted by its policy or by hand is
+//! followed within seconds through the agent's event stream, also after a partition. Needs the
+//! stack's env and `deploy/hosts.sh up 4`'s (host 4 only).
 
 mod common;
 
@@ -675,8 +677,9 @@ fn now_ns() -> u128 {
 /// container is restarted by hand (`podman restart`: Podman 4.3 gives it a new address; the
 /// policy's restart kept it on host 4, measured); each time, within a few seconds host 4's table
 /// points at the container's address and its Caddy serves again, and nothing fails after that.
-/// The failed requests through host 4's Caddy and the re-point delays are printed
-/// (`-- --nocapture`).
+/// Then a silent partition of host 4: the stream ends within seconds and comes back with the
+/// link, and the next restart is followed again. The failed requests through host 4's Caddy and
+/// the re-point delays are printed (`-- --nocapture`).
 #[test]
 fn a_remote_container_restarted_by_its_policy_gets_its_traffic_back_from_the_event_stream() {
     let _l = lock();
