@@ -6,7 +6,9 @@
 //! there; promote and rollback under a keep-alive load through host 4's Caddy fail no request and
 //! never change its config; the rules are in host 4's `ip codeb` table and not in the root
 //! namespace's; a second apply changes nothing; `delete` removes rules, routes and containers
-//! from host 4. Needs the stack's env and `deploy/hosts.sh up 4`'s (host 4 only).
+//! from host 4. Under `codeb watch`, a container of host 4 restarted by its policy or by hand is
+//! followed within seconds through the agent's event stream, also after a partition. Needs the
+//! stack's env and `deploy/hosts.sh up 4`'s (host 4 only).
 
 mod common;
 
@@ -641,4 +643,298 @@ fn a_remote_host_whose_agent_cannot_manage_its_rules_switches_through_caddy_and_
     let out = sb.codeb(&["delete", "project", &name, "--progress", "none"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     assert!(project_containers(&h4, &name).is_empty());
+}
+
+/// `(StartedAt in ns, restart count, running)` of a container on host 4, as its Podman says.
+fn host_started(h: &Host, name: &str) -> (u128, u64, bool) {
+    let line = on_host(
+        h,
+        &format!(
+            "podman --remote --url unix://{} inspect --format '{{{{.State.StartedAt.UnixNano}}}} {{{{.RestartCount}}}} {{{{.State.Running}}}}' {name}",
+            h.podman_sock
+        ),
+    );
+    let mut f = line.split_whitespace();
+    (
+        f.next().unwrap().parse().unwrap(),
+        f.next().unwrap().parse().unwrap(),
+        f.next() == Some("true"),
+    )
+}
+
+/// Wall-clock nanoseconds since the epoch: Podman's `StartedAt` on host 4 is on this clock (the
+/// simulated hosts are network namespaces of this machine).
+fn now_ns() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos()
+}
+
+/// On a remote host the daemon follows Podman's events through the agent's stream, as on a
+/// local one: under `codeb watch --resync 1h` (so only an event can act), the app's process in
+/// the slot's container on host 4 is killed and the restart policy brings it back, then the
+/// container is restarted by hand (`podman restart`: Podman 4.3 gives it a new address; the
+/// policy's restart kept it on host 4, measured); each time, within a few seconds host 4's table
+/// points at the container's address and its Caddy serves again, and nothing fails after that.
+/// Then a silent partition of host 4: the stream ends within seconds and comes back with the
+/// link, and the next restart is followed again. The failed requests through host 4's Caddy and
+/// the re-point delays are printed (`-- --nocapture`).
+#[test]
+fn a_remote_container_restarted_by_its_policy_gets_its_traffic_back_from_the_event_stream() {
+    let _l = lock();
+    let h4 = Host::get(4);
+    let sb = sandbox(&h4);
+    let name = unique("rk-ev");
+    let hostname = format!("{name}.codeb.test");
+    let dir = sb.write_docs(
+        &host_doc(&h4),
+        &[ProjectYaml::new(&name, "localhost/codeb-test-app:v1")],
+    );
+    // Declared before the daemon: dropped (killed) first, it cannot deploy the project again.
+    let _cleanup = OnHost {
+        sb: &sb,
+        host: &h4,
+        project: name.clone(),
+    };
+    let w = sb.watch(&dir, &["--resync", "1h"]);
+    let front = front_addr(&h4);
+    assert!(
+        eventually(Duration::from_secs(60), || {
+            http_get_within(&front, &hostname, "/", Duration::from_secs(1)) == (200, "v1".into())
+        }),
+        "host 4's Caddy never served v1:\n{}",
+        w.log()
+    );
+    assert!(
+        w.wait_log(Duration::from_secs(20), "watching container events"),
+        "no event stream from host 4:\n{}",
+        w.log()
+    );
+    let label = format!("codeb {name}/production");
+    let container = format!("{name}-production-blue");
+    assert_eq!(
+        chains_with(&host_rules(&h4), &label)[0].1,
+        format!("{}:8080", host_container_ip(&h4, &container))
+    );
+
+    let poller = Poller::start(&front, &hostname);
+    std::thread::sleep(Duration::from_millis(300));
+    let mut episodes = Vec::new();
+    for what in ["app killed, restarted by its policy", "podman restart"] {
+        let ip_before = host_container_ip(&h4, &container);
+        let (_, count, _) = host_started(&h4, &container);
+        let down_at = now_ns();
+        let podman = format!("podman --remote --url unix://{}", h4.podman_sock);
+        // The exec session may end with the container: its own exit status is not the point.
+        let _ = match what {
+            "podman restart" => h4.ssh(&format!("{podman} restart -t 1 {container}")),
+            _ => h4.ssh(&format!(
+                "{podman} exec {container} sh -c 'kill -KILL $(pidof httpd)'"
+            )),
+        };
+        let mut back_at = 0;
+        assert!(
+            eventually(Duration::from_secs(15), || {
+                let (at, n, running) = host_started(&h4, &container);
+                back_at = at;
+                running && (n > count || at > down_at)
+            }),
+            "{what}: {container} did not run again on host 4"
+        );
+        let ip_after = host_container_ip(&h4, &container);
+        let want = vec![(
+            chains_with(&host_rules(&h4), &label)[0].0.clone(),
+            format!("{ip_after}:8080"),
+        )];
+        let mut repointed_at = 0;
+        assert!(
+            eventually(Duration::from_secs(5), || {
+                repointed_at = now_ns();
+                chains_with(&host_rules(&h4), &label) == want
+            }),
+            "{what}: host 4's rule does not follow {container} to {ip_after} within 5 s:\n{}\n{}",
+            host_rules(&h4),
+            w.log()
+        );
+        assert!(
+            eventually(Duration::from_secs(5), || {
+                http_get_within(&front, &hostname, "/", Duration::from_secs(1))
+                    == (200, "v1".into())
+            }),
+            "{what}: host 4's Caddy does not serve again"
+        );
+        let served_at = now_ns();
+        // Long enough to see that nothing fails once it is back.
+        std::thread::sleep(Duration::from_millis(1500));
+        episodes.push((
+            what,
+            ip_before,
+            ip_after,
+            down_at,
+            back_at,
+            repointed_at,
+            served_at,
+        ));
+    }
+    let end = now_ns();
+    let samples = poller.stop();
+    let ms = |ns: u128| ns as f64 / 1e6;
+    let mut lines = String::new();
+    for (i, (what, before, after, down_at, back_at, repointed_at, served_at)) in
+        episodes.iter().enumerate()
+    {
+        let until = episodes.get(i + 1).map_or(end, |e| e.3);
+        let in_window: Vec<&(u128, bool)> = samples
+            .iter()
+            .filter(|(at, _)| (*down_at..until).contains(at))
+            .collect();
+        let failed = |from: u128, to: u128| {
+            in_window
+                .iter()
+                .filter(|(at, ok)| !ok && (from..to).contains(at))
+                .count()
+        };
+        // The client's first success after the container ran again: when host 4 served again.
+        let first_ok = in_window
+            .iter()
+            .find(|(at, ok)| *ok && *at >= *back_at)
+            .map_or(*served_at, |(at, _)| *at);
+        lines.push_str(&format!(
+            "{what}: {before} -> {after}, down {:.0} ms; the client through host 4's Caddy was served \
+             again {:.0} ms after the container ran again (the rule seen re-pointed at most \
+             {:.0} ms after, polled over ssh); {} requests: {} failed while down, {} after it \
+             ran again, {} after the first success\n",
+            ms(back_at.saturating_sub(*down_at)),
+            ms(first_ok.saturating_sub(*back_at)),
+            ms(repointed_at.saturating_sub(*back_at)),
+            in_window.len(),
+            failed(*down_at, *back_at),
+            failed(*back_at, first_ok),
+            failed(first_ok.max(*served_at), until),
+        ));
+        assert_eq!(
+            failed(first_ok.max(*served_at), until),
+            0,
+            "{what}: failures after it was back\n{lines}"
+        );
+    }
+    eprintln!("{lines}");
+    // `podman restart` moved the address (Podman 4.3), and the rule followed (checked above).
+    let moved = &episodes[1];
+    assert_ne!(
+        moved.1, moved.2,
+        "podman restart kept the address:\n{lines}"
+    );
+    let log = w.log();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("container event") && l.contains("action=start")),
+        "the daemon did not act on host 4's start event:\n{log}"
+    );
+    assert!(samples.iter().filter(|(_, ok)| *ok).count() > 10, "{lines}");
+
+    // A silent partition of host 4 ends the stream within seconds (ssh's keep-alives end the
+    // session: the follower does not hang on it), and once the link is back the follower
+    // reconnects over a new session and follows the next restart again.
+    let _link = LinkUp(&h4);
+    h4.set_link(false);
+    let cut = std::time::Instant::now();
+    assert!(
+        eventually(Duration::from_secs(20), || {
+            let log = w.log();
+            log.contains("container event stream failed")
+                || log.contains("container event stream ended")
+        }),
+        "the event stream outlived host 4's partition:\n{}",
+        w.log()
+    );
+    let ended_in = cut.elapsed();
+    std::thread::sleep(Duration::from_secs(2));
+    h4.set_link(true);
+    let up = std::time::Instant::now();
+    assert!(
+        eventually(Duration::from_secs(60), || w
+            .count("watching container events")
+            >= 2),
+        "the event stream did not come back after the partition:\n{}",
+        w.log()
+    );
+    let back_in = up.elapsed();
+    let restarted = now_ns();
+    let _ = h4.ssh(&format!(
+        "podman --remote --url unix://{} restart -t 1 {container}",
+        h4.podman_sock
+    ));
+    let ip = host_container_ip(&h4, &container);
+    let want = format!("{ip}:8080");
+    assert!(
+        eventually(Duration::from_secs(5), || {
+            chains_with(&host_rules(&h4), &label)
+                .first()
+                .is_some_and(|(_, to)| *to == want)
+        }),
+        "after the partition, host 4's rule does not follow {container} to {ip}:\n{}",
+        w.log()
+    );
+    eprintln!(
+        "partition: the stream ended {:.1} s after the link went down, was open again {:.1} s \
+         after it came back; the next restart re-pointed within {:.0} ms of the command",
+        ended_in.as_secs_f64(),
+        back_in.as_secs_f64(),
+        (now_ns() - restarted) as f64 / 1e6
+    );
+}
+
+/// Puts host 4's link back up however the test ends.
+struct LinkUp<'a>(&'a Host);
+
+impl Drop for LinkUp<'_> {
+    fn drop(&mut self) {
+        self.0.set_link(true);
+    }
+}
+
+/// A client polling host 4's Caddy, each request on a fresh connection with a short timeout (a
+/// rule to an address nobody holds leaves a connection hanging: the poll goes on meanwhile), as
+/// tests/e2e_restart.rs does locally. Every request: when it went out (ns), and whether it was
+/// answered `v1`.
+struct Poller {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<Vec<(u128, bool)>>>,
+}
+
+impl Poller {
+    fn start(addr: &str, host: &str) -> Poller {
+        use std::sync::atomic::Ordering;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (addr, host, flag) = (addr.to_string(), host.to_string(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            let mut samples = Vec::new();
+            // Bounded whatever the test does: it never runs this long.
+            let give_up = now_ns() + Duration::from_secs(300).as_nanos();
+            while !flag.load(Ordering::Relaxed) && now_ns() < give_up {
+                let at = now_ns();
+                let answer = http_get_within(&addr, &host, "/", Duration::from_millis(500));
+                samples.push((at, answer == (200, "v1".to_string())));
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            samples
+        });
+        Poller {
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    fn stop(mut self) -> Vec<(u128, bool)> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.thread.take().expect("once").join().expect("poller")
+    }
+}
+
+impl Drop for Poller {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
 }

@@ -10,9 +10,11 @@
 //! Kernel requests are typed ops on codeb's own nf_tables tables, run with codeb's netfilter
 //! adapter in the host's network namespace ([`KernelOp`]); probes are one bounded GET from the
 //! host to a slot on it ([`probe`]). Every line is bounded (a longer one ends the session: the
-//! agent never buffers without bound), and so is every answer. Streaming answers (events,
-//! followed logs) are not offered yet. It must not decide anything: what to ask is codeb's
-//! business.
+//! agent never buffers without bound), and so is every answer. One answer streams: Podman's
+//! container events, for the daemon's event follower (`GET …/events` with codeb's fixed filters
+//! and nothing else, see [`allowed`]): a head line, one line per event, an end line, all with the
+//! request's id ([`Response::more`]); the client ends it with `DELETE /streams/ID`. Followed logs
+//! are not offered. It must not decide anything: what to ask is codeb's business.
 //!
 //! Blocking std I/O on purpose: one session serves one client. Requests are served at once, each
 //! on a thread of its own (at most [`MAX_IN_FLIGHT`]), and each answer carries its request's id:
@@ -29,10 +31,12 @@ use serde::{Deserialize, Serialize};
 pub use crate::backend::netfilter::agent::{KernelAnswer, KernelOp};
 
 mod probe;
+mod stream;
 pub use probe::{probe, probe_target};
 
 /// The wire protocol's version; a change of any type below bumps it. 2: kernel ops and probes.
-pub const PROTOCOL: u32 = 2;
+/// 3: the event stream ([`Response::more`], `DELETE /streams/ID`).
+pub const PROTOCOL: u32 = 3;
 /// The longest line either side may send, newline included. A Podman create or a Caddy route is a
 /// few KiB; 1 MiB leaves room and still bounds what a session can make the agent hold.
 pub const MAX_LINE: usize = 1 << 20;
@@ -81,8 +85,18 @@ pub enum Target {
     Agent,
 }
 
-/// The agent's own requests ([`Target::Agent`]), all `GET`.
+/// The agent's own requests ([`Target::Agent`]), all `GET`; and `DELETE /streams/ID`, which ends
+/// the event stream of request `ID`.
 pub const AGENT_PATHS: &[&str] = &["/ping", "/caddy-version"];
+/// Event streams of one session open at once: the daemon follows one per host, and a second
+/// covers its reconnect while the first one's end is under way. Each holds a thread.
+pub const MAX_STREAMS: usize = 2;
+/// The longest event line forwarded: a container's event carries its labels (codeb's are a few
+/// hundred bytes; Podman's own ~1 KiB). A longer one ends the stream with an error.
+pub const MAX_EVENT_LINE: usize = 64 * 1024;
+/// How often a stream that waits for Podman's next event looks whether it was cancelled or the
+/// session ended: the longest a thread outlives its stream.
+const STREAM_POLL: Duration = Duration::from_millis(500);
 /// How long `caddy version` may take on the host.
 const CADDY_VERSION_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -116,6 +130,11 @@ pub struct Response {
     pub body: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// A line of a stream, more to come: the head (`status`, no body), then one per event (the
+    /// event's JSON in `body`). The stream's last line has `more` false: `error`, or `status`
+    /// 200 when Podman ended it. A stream Podman refused is one ordinary answer.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub more: bool,
 }
 
 /// Why a session ended early. None is worth a retry on the same session; a new session after
@@ -176,37 +195,50 @@ pub fn serve(
     }
     let output = std::sync::Mutex::new(output);
     let in_flight = (std::sync::Mutex::new(0usize), std::sync::Condvar::new());
+    let streams = stream::Streams::default();
     // Every thread is joined before this returns: the answers of requests in flight when the
-    // client closed its side are still written.
+    // client closed its side are still written, and open streams see the end and stop.
     std::thread::scope(|scope| {
-        while let Some(line) = read_line(input)? {
-            {
-                let mut n = in_flight.0.lock().unwrap_or_else(|e| e.into_inner());
-                while *n >= MAX_IN_FLIGHT {
-                    n = in_flight.1.wait(n).unwrap_or_else(|e| e.into_inner());
+        let read = (|| {
+            while let Some(line) = read_line(input)? {
+                {
+                    let mut n = in_flight.0.lock().unwrap_or_else(|e| e.into_inner());
+                    while *n >= MAX_IN_FLIGHT {
+                        n = in_flight.1.wait(n).unwrap_or_else(|e| e.into_inner());
+                    }
+                    *n += 1;
                 }
-                *n += 1;
+                let (output, in_flight, streams) = (&output, &in_flight, &streams);
+                scope.spawn(move || {
+                    // A client that went away is seen by the reading side (the end of its input).
+                    let emit = |response: &Response| {
+                        let mut out = output.lock().unwrap_or_else(|e| e.into_inner());
+                        let _ = write_line(&mut **out, response);
+                    };
+                    match serde_json::from_slice::<Request>(&line) {
+                        Ok(request) if stream::is_stream(&request) => {
+                            stream::events(&request, endpoints, streams, &emit)
+                        }
+                        Ok(request) if stream::is_cancel(&request) => {
+                            emit(&stream::cancel(&request, streams))
+                        }
+                        Ok(request) => emit(&handle(&request, endpoints)),
+                        Err(e) => emit(&Response {
+                            id: 0,
+                            status: None,
+                            body: None,
+                            error: Some(format!("malformed request: {e}")),
+                            more: false,
+                        }),
+                    }
+                    *in_flight.0.lock().unwrap_or_else(|e| e.into_inner()) -= 1;
+                    in_flight.1.notify_one();
+                });
             }
-            let (output, in_flight) = (&output, &in_flight);
-            scope.spawn(move || {
-                let response = match serde_json::from_slice::<Request>(&line) {
-                    Ok(request) => handle(&request, endpoints),
-                    Err(e) => Response {
-                        id: 0,
-                        status: None,
-                        body: None,
-                        error: Some(format!("malformed request: {e}")),
-                    },
-                };
-                // A client that went away is seen by the reading side (the end of its input).
-                let mut out = output.lock().unwrap_or_else(|e| e.into_inner());
-                let _ = write_line(&mut **out, &response);
-                drop(out);
-                *in_flight.0.lock().unwrap_or_else(|e| e.into_inner()) -= 1;
-                in_flight.1.notify_one();
-            });
-        }
-        Ok(())
+            Ok(())
+        })();
+        streams.close();
+        read
     })
 }
 
@@ -222,6 +254,7 @@ fn handle(request: &Request, endpoints: &Endpoints) -> Response {
         status: None,
         body: None,
         error: Some(error),
+        more: false,
     };
     match (request.target, &request.kernel) {
         (Target::Kernel, Some(op)) if request.method.is_empty() && request.path.is_empty() => {
@@ -231,6 +264,7 @@ fn handle(request: &Request, endpoints: &Endpoints) -> Response {
                 status: Some(200),
                 body: Some(serde_json::to_string(&answer).expect("an answer serializes")),
                 error: None,
+                more: false,
             };
         }
         (Target::Kernel, _) => {
@@ -252,6 +286,7 @@ fn handle(request: &Request, endpoints: &Endpoints) -> Response {
                     status: Some(status),
                     body: Some(String::new()),
                     error: None,
+                    more: false,
                 },
                 Err(e) => refused(e),
             };
@@ -271,6 +306,7 @@ fn handle(request: &Request, endpoints: &Endpoints) -> Response {
             status: Some(status),
             body: Some(body),
             error: None,
+            more: false,
         },
         Err(e) => refused(e),
     }
@@ -320,7 +356,7 @@ pub fn allowed(target: Target, method: &str, path: &str) -> Result<(), String> {
             "not allowed by the agent: {target:?} {method} {path}"
         ))
     };
-    let (route, _query) = path.split_once('?').unwrap_or((path, ""));
+    let (route, query) = path.split_once('?').unwrap_or((path, ""));
     // No traversal, no encoded slashes or dots, nothing a backend could read as another path.
     let clean = route.starts_with('/')
         && !route.contains("//")
@@ -336,6 +372,14 @@ pub fn allowed(target: Target, method: &str, path: &str) -> Result<(), String> {
     match target {
         Target::Podman => {
             let route = strip_api_version(route);
+            if route == "/events" {
+                // The one streaming answer: codeb's own filters, and no other parameter.
+                return if method == "GET" && stream::fixed_query(query) {
+                    Ok(())
+                } else {
+                    refuse()
+                };
+            }
             let ok = PODMAN_ALLOWED
                 .iter()
                 .any(|(m, pattern)| *m == method && matches(pattern, route));
@@ -347,7 +391,9 @@ pub fn allowed(target: Target, method: &str, path: &str) -> Result<(), String> {
         }
         Target::Kernel | Target::Probe => refuse(),
         Target::Agent => {
-            if method == "GET" && AGENT_PATHS.contains(&route) {
+            let own = method == "GET" && AGENT_PATHS.contains(&route);
+            if own || (method == "DELETE" && path == route && stream::cancelled_id(route).is_some())
+            {
                 Ok(())
             } else {
                 refuse()

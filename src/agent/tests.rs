@@ -404,3 +404,290 @@ fn the_agent_answers_its_own_ping_and_version_and_nothing_else_of_its_own() {
     assert_eq!(allowed(Target::Agent, "GET", "/caddy-version"), Ok(()));
     assert!(allowed(Target::Agent, "POST", "/ping").is_err());
 }
+
+/// `filters=` codeb's event filters, URL-encoded as bollard sends them.
+fn events_path(filters: &str) -> String {
+    let encoded: String = filters
+        .bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect();
+    format!("/v1.41/events?filters={encoded}")
+}
+
+const OUR_FILTERS: &str =
+    r#"{"type":["container","volume"],"event":["died","remove","start","create"]}"#;
+
+#[test]
+fn the_event_stream_is_reachable_with_codebs_own_filters_only() {
+    let ours = events_path(OUR_FILTERS);
+    assert_eq!(allowed(Target::Podman, "GET", &ours), Ok(()));
+    // The lists in another order, as a HashMap serializes them.
+    let reordered = events_path(
+        r#"{"event":["start","create","died","remove"],"type":["volume","container"]}"#,
+    );
+    assert_eq!(allowed(Target::Podman, "GET", &reordered), Ok(()));
+    assert_eq!(
+        allowed(
+            Target::Podman,
+            "GET",
+            &reordered.replace("/v1.41/", "/v4.0.0/libpod/")
+        ),
+        Ok(())
+    );
+    for path in [
+        "/v1.41/events".to_string(),
+        format!("{ours}&since=0"),
+        format!("{ours}&until=1"),
+        events_path(
+            r#"{"type":["container","volume","image"],"event":["died","remove","start","create"]}"#,
+        ),
+        events_path(r#"{"type":["container"],"event":["died","remove","start","create"]}"#),
+        events_path(
+            r#"{"type":["container","volume"],"event":["died","remove","start","create","exec"]}"#,
+        ),
+        events_path(
+            r#"{"type":["container","volume"],"event":["died","remove","start","create"],"label":["x"]}"#,
+        ),
+        ours.replace("filters=%7B", "filters=%ZZ"),
+        ours.replace("/events", "/events/"),
+    ] {
+        assert!(allowed(Target::Podman, "GET", &path).is_err(), "{path}");
+    }
+    assert!(allowed(Target::Podman, "POST", &ours).is_err());
+    // A stream's end is the agent's own `DELETE /streams/ID`, and nothing like it.
+    assert_eq!(allowed(Target::Agent, "DELETE", "/streams/12"), Ok(()));
+    for path in [
+        "/streams/",
+        "/streams/x",
+        "/streams/1/2",
+        "/streams/1?x=1",
+        "/ping",
+    ] {
+        assert!(allowed(Target::Agent, "DELETE", path).is_err(), "{path}");
+    }
+    assert!(allowed(Target::Agent, "GET", "/streams/12").is_err());
+}
+
+/// A fake Podman events endpoint: answers each connection with `head`, then each of `lines`,
+/// then holds the connection open until the client closes it (`hold`) or closes it at once.
+fn fake_events(
+    dir: &std::path::Path,
+    head: &'static str,
+    lines: Vec<String>,
+    hold: bool,
+) -> (PathBuf, std::sync::mpsc::Receiver<String>) {
+    let sock = dir.join("events.sock");
+    let listener = UnixListener::bind(&sock).unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let mut conn = conn.unwrap();
+            let lines = lines.clone();
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(conn.try_clone().unwrap());
+                let mut request = String::new();
+                loop {
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).unwrap() == 0 || line == "\r\n" {
+                        break;
+                    }
+                    request.push_str(&line);
+                }
+                let _ = tx.send(request);
+                conn.write_all(head.as_bytes()).unwrap();
+                for l in &lines {
+                    if conn.write_all(l.as_bytes()).is_err() {
+                        return;
+                    }
+                }
+                if hold {
+                    // Until the agent closes its side.
+                    let _ = reader.read_to_end(&mut Vec::new());
+                }
+            });
+        }
+    });
+    (sock, rx)
+}
+
+/// A session kept open: the client's side to write requests to, its answers as they come, and the
+/// agent's result when the client closes.
+struct Live {
+    to_agent: std::os::unix::net::UnixStream,
+    answers: std::sync::mpsc::Receiver<serde_json::Value>,
+    agent: std::thread::JoinHandle<Result<(), Error>>,
+}
+
+impl Live {
+    fn start(endpoints: Endpoints) -> Live {
+        let (to_agent, agent_in) = std::os::unix::net::UnixStream::pair().unwrap();
+        let (agent_out, from_agent) = std::os::unix::net::UnixStream::pair().unwrap();
+        let agent = std::thread::spawn(move || {
+            let mut output = agent_out;
+            serve(&mut BufReader::new(agent_in), &mut output, &endpoints)
+        });
+        let (tx, answers) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(from_agent).lines() {
+                let Ok(line) = line else { return };
+                if tx.send(serde_json::from_str(&line).unwrap()).is_err() {
+                    return;
+                }
+            }
+        });
+        let mut live = Live {
+            to_agent,
+            answers,
+            agent,
+        };
+        let ours = Hello::ours();
+        live.send(&hello_line(&ours.version, ours.protocol));
+        assert!(live.next()["hello"].is_object());
+        live
+    }
+
+    fn send(&mut self, line: &str) {
+        self.to_agent
+            .write_all(format!("{line}\n").as_bytes())
+            .unwrap();
+    }
+
+    fn next(&self) -> serde_json::Value {
+        self.answers
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .expect("an answer within 10 s")
+    }
+
+    fn stream_request(&mut self, id: u64) {
+        let path = events_path(OUR_FILTERS);
+        self.send(&format!(
+            r#"{{"id":{id},"target":"podman","method":"GET","path":"{path}"}}"#
+        ));
+    }
+
+    /// Closes the client's side; the agent's result (it must end: no stream outlives it).
+    fn close(self) -> Result<(), Error> {
+        self.to_agent.shutdown(std::net::Shutdown::Write).unwrap();
+        self.agent.join().unwrap()
+    }
+}
+
+const EVENTS_HEAD: &str = "HTTP/1.0 200 OK\r\nContent-Type: application/json\r\n\r\n";
+
+#[test]
+fn podmans_events_stream_as_lines_with_the_requests_id_until_podman_ends_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let events: Vec<String> = (0..3)
+        .map(|i| format!("{{\"Type\":\"container\",\"Action\":\"start\",\"n\":{i}}}\n"))
+        .collect();
+    let (sock, requests) = fake_events(dir.path(), EVENTS_HEAD, events, false);
+    let mut live = Live::start(endpoints(sock));
+    live.stream_request(5);
+    let head = live.next();
+    assert_eq!(
+        (head["id"].as_u64(), head["status"].as_u64()),
+        (Some(5), Some(200))
+    );
+    assert_eq!(head["more"], true);
+    for i in 0..3 {
+        let line = live.next();
+        assert_eq!(line["id"], 5);
+        assert_eq!(line["more"], true);
+        let event: serde_json::Value =
+            serde_json::from_str(line["body"].as_str().unwrap()).unwrap();
+        assert_eq!(event["n"], i);
+    }
+    let end = live.next();
+    assert_eq!(end["id"], 5);
+    assert_eq!(end["status"], 200);
+    assert!(end.get("more").is_none(), "{end}");
+    // Forwarded as asked (checked), with nothing added.
+    let forwarded = requests.recv().unwrap();
+    assert!(
+        forwarded.starts_with(&format!("GET {} HTTP/1.0\r\n", events_path(OUR_FILTERS))),
+        "{forwarded}"
+    );
+    live.close().unwrap();
+}
+
+#[test]
+fn an_event_line_over_the_bound_ends_its_stream_with_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let long = format!("{}\n", "x".repeat(MAX_EVENT_LINE + 10));
+    let (sock, _) = fake_events(dir.path(), EVENTS_HEAD, vec![long], true);
+    let mut live = Live::start(endpoints(sock));
+    live.stream_request(1);
+    assert_eq!(live.next()["more"], true);
+    let end = live.next();
+    assert!(
+        end["error"].as_str().unwrap().contains("event line over"),
+        "{end}"
+    );
+    live.close().unwrap();
+}
+
+#[test]
+fn a_refused_stream_is_one_answer_and_never_reaches_podman() {
+    let dir = tempfile::tempdir().unwrap();
+    let (sock, requests) = fake_events(dir.path(), EVENTS_HEAD, vec![], true);
+    let mut live = Live::start(endpoints(sock));
+    live.send(r#"{"id":3,"target":"podman","method":"GET","path":"/v1.41/events?since=0"}"#);
+    let answer = live.next();
+    assert_eq!(answer["id"], 3);
+    assert!(
+        answer["error"].as_str().unwrap().contains("not allowed"),
+        "{answer}"
+    );
+    assert!(answer.get("more").is_none());
+    live.close().unwrap();
+    assert!(
+        requests.try_recv().is_err(),
+        "the refused stream reached Podman"
+    );
+}
+
+#[test]
+fn streams_are_bounded_end_when_cancelled_and_never_outlive_the_session() {
+    let dir = tempfile::tempdir().unwrap();
+    let (sock, _) = fake_events(dir.path(), EVENTS_HEAD, vec![], true);
+    let mut live = Live::start(endpoints(sock));
+    for id in 1..=MAX_STREAMS as u64 {
+        live.stream_request(id);
+        assert_eq!(live.next()["more"], true);
+    }
+    live.stream_request(99);
+    let refused = live.next();
+    assert_eq!(refused["id"], 99);
+    assert!(
+        refused["error"].as_str().unwrap().contains("at most"),
+        "{refused}"
+    );
+    // Requests are still served beside the open streams.
+    live.send(r#"{"id":50,"target":"agent","method":"GET","path":"/ping"}"#);
+    assert_eq!(live.next()["body"], "pong");
+    // The client ends stream 1: its end line, and the cancel's answer, in either order.
+    live.send(r#"{"id":51,"target":"agent","method":"DELETE","path":"/streams/1"}"#);
+    let mut two = [live.next(), live.next()];
+    two.sort_by_key(|l| l["id"].as_u64());
+    assert_eq!(
+        (two[0]["id"].as_u64(), two[0]["status"].as_u64()),
+        (Some(1), Some(200))
+    );
+    assert!(two[0].get("more").is_none());
+    assert_eq!(
+        (two[1]["id"].as_u64(), two[1]["status"].as_u64()),
+        (Some(51), Some(200))
+    );
+    // Its place is free again.
+    live.stream_request(7);
+    assert_eq!(live.next()["more"], true);
+    // The client goes away with streams 2 and 7 open: the agent ends them and returns.
+    live.close().unwrap();
+}

@@ -309,6 +309,14 @@ pub struct ContainerEvent {
     pub volume: bool,
 }
 
+/// The filters of codeb's event stream, and the only ones a remote host's agent lets through
+/// (src/agent): container events, and volume events (the owner mark is a volume: its `create`
+/// and `remove`), of these kinds only.
+pub const EVENT_FILTERS: &[(&str, &[&str])] = &[
+    ("type", &["container", "volume"]),
+    ("event", &["died", "remove", "start", "create"]),
+];
+
 impl Podman {
     /// Every `die`, `remove` and `start` event of a container, as it happens (Podman delivers
     /// them up to ~250 ms late). A restart by the restart policy is `die`, `restart`, `init`,
@@ -323,19 +331,10 @@ impl Podman {
         &self,
     ) -> Result<impl futures_util::Stream<Item = Result<ContainerEvent>> + Send + 'static> {
         use bollard::query_parameters::EventsOptionsBuilder;
-        // Volume events too: the owner mark is a volume (its `create` and `remove`).
-        let filters = HashMap::from([
-            (
-                "type".to_owned(),
-                vec!["container".to_owned(), "volume".to_owned()],
-            ),
-            (
-                "event".to_owned(),
-                ["died", "remove", "start", "create"]
-                    .map(str::to_owned)
-                    .to_vec(),
-            ),
-        ]);
+        let filters: HashMap<String, Vec<String>> = EVENT_FILTERS
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.iter().map(|s| s.to_string()).collect()))
+            .collect();
         let options = EventsOptionsBuilder::default().filters(&filters).build();
         let endpoint = self.endpoint.clone();
         Ok(self.docker()?.events(Some(options)).map(move |item| {

@@ -15,9 +15,11 @@
 //! code, their errors and their tests the same for local and remote hosts; the cost is one
 //! local socket hop (microseconds) beside the SSH round trip.
 //!
-//! Not carried yet, and refused here with a message that says so: answers that stream (Podman's
-//! events, followed logs) and binary answers (container logs), which need the agent to stream
-//! lines with the request's id. Must not: decide anything, or reach anything but its session.
+//! Podman's events, the one answer the agent streams (lines with the request's id, protocol 3),
+//! leave the relay as a chunked body, so bollard reads them as from a local socket
+//! ([`Session::stream`]). Not carried yet, and refused here with a message that says so: container
+//! logs (binary, and followed ones stream). Must not: decide anything, or reach anything but its
+//! session.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -122,10 +124,22 @@ pub struct Session {
     deadline: Duration,
 }
 
+/// A request waiting for its answer: one line, or the lines of a stream.
+enum Waiting {
+    One(oneshot::Sender<Result<Response>>),
+    /// Bounded: a consumer [`STREAM_BUFFER`] lines behind loses its stream (it ends, and the
+    /// daemon's follower reconnects and re-observes), so the reader never waits on it.
+    Stream(tokio::sync::mpsc::Sender<Result<Response>>),
+}
+
+/// Lines of a stream held for a consumer that has not read them yet. A restart burst is four
+/// events; a host's whole deploy a few dozen.
+const STREAM_BUFFER: usize = 1024;
+
 /// A running ssh child past the hellos.
 struct Live {
     stdin: tokio::sync::Mutex<ChildStdin>,
-    pending: Mutex<HashMap<u64, oneshot::Sender<Result<Response>>>>,
+    pending: Mutex<HashMap<u64, Waiting>>,
     next: AtomicU64,
     /// Set (with why) once the session ended; no request is sent on it after.
     closed: Mutex<Option<String>>,
@@ -152,8 +166,15 @@ impl Live {
             .unwrap_or_else(PoisonError::into_inner)
             .drain()
             .collect();
-        for (_, tx) in waiting {
-            let _ = tx.send(Err(error(why.clone())));
+        for (_, waiting) in waiting {
+            match waiting {
+                Waiting::One(tx) => {
+                    let _ = tx.send(Err(error(why.clone())));
+                }
+                Waiting::Stream(tx) => {
+                    let _ = tx.try_send(Err(error(why.clone())));
+                }
+            }
         }
     }
 }
@@ -269,49 +290,16 @@ impl Session {
         kernel: Option<KernelOp>,
     ) -> Result<(u16, String)> {
         let live = self.live().await?;
-        let id = live.next.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
-        live.pending
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(id, tx);
-        // Closed between `live()` and the insert: the close drained before this was there.
-        if let Some(why) = live.closed() {
-            live.pending
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .remove(&id);
-            return Err(self.lost(why));
-        }
         let request = Request {
-            id,
+            id: 0,
             target,
             method: method.to_string(),
             path: path.to_string(),
             body,
             kernel,
         };
-        let mut line = serde_json::to_vec(&request).expect("a request serializes");
-        line.push(b'\n');
-        if line.len() > MAX_LINE {
-            live.pending
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .remove(&id);
-            return Err(self.agent_error(format!(
-                "the request is over the agent's {MAX_LINE}-byte line bound"
-            )));
-        }
-        let written = {
-            let mut stdin = live.stdin.lock().await;
-            match stdin.write_all(&line).await {
-                Ok(()) => stdin.flush().await,
-                Err(e) => Err(e),
-            }
-        };
-        if let Err(e) = written {
-            live.close(format!("writing to ssh: {e}"), |d| self.lost(d));
-        }
+        let id = self.start(&live, Waiting::One(tx), request).await?;
         let answer = match tokio::time::timeout(self.deadline, rx).await {
             Ok(Ok(answer)) => answer?,
             Ok(Err(_)) => return Err(self.lost("the session ended".into())),
@@ -330,6 +318,87 @@ impl Session {
         match (answer.status, answer.error) {
             (_, Some(message)) => Err(self.agent_error(message)),
             (Some(status), None) => Ok((status, answer.body.unwrap_or_default())),
+            (None, None) => Err(self.agent_error("an answer with neither status nor error".into())),
+        }
+    }
+
+    /// Registers `waiting` under a new id and writes `request` with it on `live`.
+    async fn start(&self, live: &Arc<Live>, waiting: Waiting, mut request: Request) -> Result<u64> {
+        let id = live.next.fetch_add(1, Ordering::Relaxed);
+        request.id = id;
+        live.pending
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(id, waiting);
+        // Closed between `live()` and the insert: the close drained before this was there.
+        if let Some(why) = live.closed() {
+            live.pending
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .remove(&id);
+            return Err(self.lost(why));
+        }
+        let mut line = serde_json::to_vec(&request).expect("a request serializes");
+        line.push(b'\n');
+        if line.len() > MAX_LINE {
+            live.pending
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .remove(&id);
+            return Err(self.agent_error(format!(
+                "the request is over the agent's {MAX_LINE}-byte line bound"
+            )));
+        }
+        if let Err(e) = write(live, &line).await {
+            live.close(format!("writing to ssh: {e}"), |d| self.lost(d));
+        }
+        Ok(id)
+    }
+
+    /// A `GET` whose answer may stream (Podman's events, the one the agent streams): the whole
+    /// answer when it does not (a refusal, Podman's error), else its status and its lines.
+    ///
+    /// # Errors
+    /// As [`Session::request`], for the answer's head; what ends the stream later (the session
+    /// ended, the agent's error) is the stream's last item.
+    pub async fn stream(&self, target: Target, path: &str) -> Result<Streamed> {
+        let live = self.live().await?;
+        let (tx, rx) = tokio::sync::mpsc::channel(STREAM_BUFFER);
+        let request = Request {
+            id: 0,
+            target,
+            method: "GET".into(),
+            path: path.to_string(),
+            body: None,
+            kernel: None,
+        };
+        let id = self.start(&live, Waiting::Stream(tx), request).await?;
+        let mut lines = Lines {
+            rx,
+            live: live.clone(),
+            id,
+            ended: false,
+            host: self.host.clone(),
+            target: self.ssh.display(),
+        };
+        let head = match tokio::time::timeout(self.deadline, lines.rx.recv()).await {
+            Ok(Some(head)) => head?,
+            Ok(None) => return Err(self.lost("the session ended".into())),
+            Err(_) => {
+                return Err(Error::Timeout {
+                    host: self.host.clone(),
+                    target: self.ssh.display(),
+                    secs: self.deadline.as_secs_f64(),
+                })
+            }
+        };
+        if head.more {
+            return Ok(Streamed::Lines(head.status.unwrap_or(200), lines));
+        }
+        lines.ended = true;
+        match (head.status, head.error) {
+            (_, Some(message)) => Err(self.agent_error(message)),
+            (Some(status), None) => Ok(Streamed::Whole(status, head.body.unwrap_or_default())),
             (None, None) => Err(self.agent_error("an answer with neither status nor error".into())),
         }
     }
@@ -531,6 +600,95 @@ impl Session {
     }
 }
 
+async fn write(live: &Live, line: &[u8]) -> std::io::Result<()> {
+    let mut stdin = live.stdin.lock().await;
+    stdin.write_all(line).await?;
+    stdin.flush().await
+}
+
+/// The answer of [`Session::stream`].
+pub enum Streamed {
+    /// A whole answer: the agent's or Podman's refusal.
+    Whole(u16, String),
+    /// A stream: its status, and its lines.
+    Lines(u16, Lines),
+}
+
+/// The lines of a stream. Dropped before its end, it asks the agent to end it.
+pub struct Lines {
+    rx: tokio::sync::mpsc::Receiver<Result<Response>>,
+    live: Arc<Live>,
+    id: u64,
+    ended: bool,
+    host: String,
+    target: String,
+}
+
+impl Lines {
+    /// The next line; `None` after the end, which is `Err` when the stream did not end cleanly
+    /// (the session ended, the agent's error, a consumer that fell behind).
+    pub async fn next(&mut self) -> Option<Result<String>> {
+        if self.ended {
+            return None;
+        }
+        let lost = |detail: String| Error::Lost {
+            host: self.host.clone(),
+            target: self.target.clone(),
+            detail,
+        };
+        let item = match self.rx.recv().await {
+            Some(Ok(line)) if line.more => return Some(Ok(line.body.unwrap_or_default())),
+            Some(Ok(end)) => match end.error {
+                Some(message) => Err(Error::Agent {
+                    host: self.host.clone(),
+                    target: self.target.clone(),
+                    message,
+                }),
+                None => {
+                    self.ended = true;
+                    return None;
+                }
+            },
+            Some(Err(e)) => Err(e),
+            None => Err(lost(format!(
+                "the stream fell {STREAM_BUFFER} lines behind"
+            ))),
+        };
+        self.ended = true;
+        Some(item)
+    }
+}
+
+impl Drop for Lines {
+    fn drop(&mut self) {
+        self.live
+            .pending
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&self.id);
+        if self.ended || self.live.closed().is_some() {
+            return;
+        }
+        // Its answer (200, or 404 when the end crossed it) finds no one waiting: dropped.
+        let cancel = Request {
+            id: self.live.next.fetch_add(1, Ordering::Relaxed),
+            target: Target::Agent,
+            method: "DELETE".into(),
+            path: format!("/streams/{}", self.id),
+            body: None,
+            kernel: None,
+        };
+        let mut line = serde_json::to_vec(&cancel).expect("a request serializes");
+        line.push(b'\n');
+        let live = self.live.clone();
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                let _ = write(&live, &line).await;
+            });
+        }
+    }
+}
+
 /// Reads the agent's answers and hands each to its request; ends the session at the end of
 /// its output (the agent or ssh exited: a dropped connection, keep-alives that gave up).
 struct Reader {
@@ -550,13 +708,23 @@ impl Reader {
                     };
                     match serde_json::from_slice::<Response>(&line) {
                         Ok(answer) => {
-                            let waiting = live
-                                .pending
-                                .lock()
-                                .unwrap_or_else(PoisonError::into_inner)
-                                .remove(&answer.id);
-                            if let Some(tx) = waiting {
-                                let _ = tx.send(Ok(answer));
+                            let id = answer.id;
+                            let mut pending =
+                                live.pending.lock().unwrap_or_else(PoisonError::into_inner);
+                            match pending.remove(&id) {
+                                // Kept while its consumer keeps up: one gone or too far
+                                // behind loses its stream (its sender dropped: it sees the end).
+                                Some(Waiting::Stream(tx)) if answer.more => {
+                                    let kept = tx.try_send(Ok(answer)).is_ok().then_some(tx);
+                                    pending.extend(kept.map(|tx| (id, Waiting::Stream(tx))));
+                                }
+                                Some(Waiting::Stream(tx)) => {
+                                    let _ = tx.try_send(Ok(answer));
+                                }
+                                Some(Waiting::One(tx)) => {
+                                    let _ = tx.send(Ok(answer));
+                                }
+                                None => {}
                             }
                         }
                         Err(e) => break format!("an answer that does not read: {e}"),
@@ -734,7 +902,7 @@ async fn serve(listener: tokio::net::UnixListener, session: Arc<Session>, target
     }
 }
 
-type Body = http_body_util::Full<hyper::body::Bytes>;
+type Body = http_body_util::combinators::UnsyncBoxBody<hyper::body::Bytes, std::io::Error>;
 
 /// One HTTP request from an adapter, as one agent request.
 async fn relay(
@@ -751,6 +919,13 @@ async fn relay(
         .unwrap_or_else(|| "/".into());
     if let Some(why) = not_carried(target, &path) {
         return answer(501, &error_body(&format!("host {}: {why}", session.host)));
+    }
+    if streams(target, &path) {
+        return match session.stream(target, &path).await {
+            Ok(Streamed::Whole(status, body)) => answer(status, &body),
+            Ok(Streamed::Lines(status, lines)) => stream_answer(status, lines),
+            Err(e) => answer(502, &error_body(&e.to_string())),
+        };
     }
     let limited = http_body_util::Limited::new(req.into_body(), MAX_LINE - 4096);
     let body = match limited.collect().await {
@@ -776,12 +951,37 @@ async fn relay(
     }
 }
 
-/// What the agent cannot carry yet: streaming and binary answers.
+/// What the agent cannot carry yet: container logs (binary, and followed ones stream).
 fn not_carried(target: Target, path: &str) -> Option<&'static str> {
     let route = path.split('?').next().unwrap_or(path);
-    (target == Target::Podman && (route.ends_with("/events") || route.ends_with("/logs"))).then_some(
-        "Podman's events and container logs of a remote host are not carried yet (the agent answers with whole text bodies, not streams)",
+    (target == Target::Podman && route.ends_with("/logs")).then_some(
+        "container logs of a remote host are not carried yet (the agent answers with whole text bodies, and streams only Podman's events)",
     )
+}
+
+/// Whether the answer streams: Podman's events (the agent checks the query).
+fn streams(target: Target, path: &str) -> bool {
+    let route = path.split('?').next().unwrap_or(path);
+    target == Target::Podman && route.ends_with("/events")
+}
+
+/// A streamed answer as a chunked HTTP body, one event line per chunk. How the stream ended
+/// badly (the session ended) is the body's error: hyper aborts the connection, and the adapter
+/// sees its stream fail, not a clean end.
+fn stream_answer(status: u16, lines: Lines) -> hyper::Response<Body> {
+    use http_body_util::BodyExt;
+    let chunks = futures_util::stream::unfold(lines, |mut lines| async move {
+        let item = lines.next().await?;
+        let frame = item
+            .map(|line| hyper::body::Frame::data(hyper::body::Bytes::from(line + "\n")))
+            .map_err(std::io::Error::other);
+        Some((frame, lines))
+    });
+    hyper::Response::builder()
+        .status(status)
+        .header("content-type", "application/json")
+        .body(http_body_util::StreamBody::new(chunks).boxed_unsync())
+        .unwrap_or_else(|_| answer(502, &error_body("the host answered an invalid status")))
 }
 
 /// Podman's and Caddy's error shape: `{"message": …}` (bollard shows `message`).
@@ -802,15 +1002,20 @@ fn answer(status: u16, body: &str) -> hyper::Response<Body> {
                 "text/plain; charset=utf-8"
             },
         )
-        .body(Body::from(body.to_string()))
+        .body(full(body.to_string()))
         .unwrap_or_else(|_| {
             hyper::Response::builder()
                 .status(502)
-                .body(Body::from(error_body(
-                    "the host answered an invalid status",
-                )))
+                .body(full(error_body("the host answered an invalid status")))
                 .expect("a plain response builds")
         })
+}
+
+fn full(body: String) -> Body {
+    use http_body_util::BodyExt;
+    http_body_util::Full::new(hyper::body::Bytes::from(body))
+        .map_err(|never| match never {})
+        .boxed_unsync()
 }
 
 /// Each relay by its directory, with the settings it was made for.
@@ -904,8 +1109,10 @@ mod tests {
     }
 
     #[test]
-    fn streams_and_binary_answers_are_refused_for_now_and_the_rest_is_carried() {
-        assert!(not_carried(Target::Podman, "/v4.0.0/libpod/events?filters=x").is_some());
+    fn logs_are_refused_for_now_events_stream_and_the_rest_is_carried() {
+        assert!(not_carried(Target::Podman, "/v1.41/events?filters=x").is_none());
+        assert!(streams(Target::Podman, "/v1.41/events?filters=x"));
+        assert!(!streams(Target::Podman, "/v1.41/containers/json"));
         assert!(not_carried(Target::Podman, "/v1.41/containers/abc/logs?follow=true").is_some());
         assert!(not_carried(Target::Podman, "/v1.41/containers/json?all=true").is_none());
         assert!(not_carried(Target::Caddy, "/config/").is_none());

@@ -4,11 +4,16 @@
 //! policy after a crash, a `podman restart` or `podman start` by hand) schedules one at once,
 //! since it may run on a new address that codeb's kernel rules must follow (docs/kernel-switch.md).
 //!
-//! One stream per host, reconnected with backoff when it ends (Podman restarted, or down). Events
-//! sent while no stream was open are lost, so every (re)connect also schedules a sweep of the host:
-//! level-triggered, it finds whatever changed meanwhile.
+//! One stream per host, reconnected with backoff when it ends (Podman restarted, or down; for a
+//! remote host also its session ended: ssh's keep-alives end one over a silent partition within
+//! about 4 s, so a partition does not hang the follower). Events sent while no stream was open
+//! are lost, so every (re)connect also schedules a sweep of the host: level-triggered, it finds
+//! whatever changed meanwhile. A remote host's events come through its agent (docs/multi-host.md):
+//! the Podman adapter reads them from the local relay of the host's kept session, as from a
+//! local socket.
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,8 +28,8 @@ use tracing::{debug, info, warn};
 use crate::backend::podman::{ContainerEvent, Podman};
 use crate::backend::{Runtime, LABEL_ENVIRONMENT, LABEL_PROJECT};
 use crate::model::{Desired, EnvKey, HostRef};
-use crate::reconcile::backoff;
 use crate::reconcile::controller::{Expected, Handle, Work};
+use crate::reconcile::{backoff, connect};
 
 /// How long after a `remove` event its environment runs: enough to make one reconcile of a burst.
 const REMOVE_DELAY: Duration = Duration::from_millis(100);
@@ -52,6 +57,7 @@ const HEALTHY_STREAM: Duration = Duration::from_secs(60);
 pub async fn run(
     handle: Handle,
     mut watched: watch::Receiver<Arc<Desired>>,
+    state_dir: PathBuf,
     shutdown: CancellationToken,
 ) {
     let mut pumps: BTreeMap<String, (HostRef, JoinHandle<()>)> = BTreeMap::new();
@@ -68,6 +74,7 @@ pub async fn run(
             pumps.entry(name).or_insert_with(|| {
                 let task = tokio::spawn(pump(
                     host.clone(),
+                    state_dir.clone(),
                     handle.clone(),
                     watched.clone(),
                     shutdown.clone(),
@@ -130,16 +137,20 @@ fn trigger_of(
 
 async fn pump(
     host: HostRef,
+    state_dir: PathBuf,
     handle: Handle,
     watched: watch::Receiver<Arc<Desired>>,
     shutdown: CancellationToken,
 ) {
-    if let Some(ssh) = &host.ssh {
-        // Its `podman` is a socket on that host: connecting here would watch this machine's.
-        info!(host = %host.name, target = %ssh.display(), "no container events from a remote host yet (the agent does not stream); resyncs repair it");
-        return;
-    }
-    let podman = match Podman::connect(&host.podman) {
+    // A remote host's `podman` is a socket on that host: its relay here reaches it.
+    let endpoint = match connect::podman_endpoint(&host, &state_dir) {
+        Ok(e) => e,
+        Err(e) => {
+            warn!(host = %host.name, error = %e, "no container events from this host; resyncs still repair it");
+            return;
+        }
+    };
+    let podman = match Podman::connect(&endpoint) {
         Ok(p) => p,
         Err(e) => {
             warn!(host = %host.name, error = %e, "no container events from this host; resyncs still repair it");

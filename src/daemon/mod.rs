@@ -274,7 +274,12 @@ pub async fn run(args: Config) -> Result<(), Error> {
         watched.clone(),
         shutdown.clone(),
     ));
-    let pumps = tokio::spawn(events::run(handle.clone(), watched, shutdown.clone()));
+    let pumps = tokio::spawn(events::run(
+        handle.clone(),
+        watched,
+        state_dir.clone(),
+        shutdown.clone(),
+    ));
     tokio::spawn(schedule::run(
         store.clone(),
         args.operator.clone(),

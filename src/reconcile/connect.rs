@@ -190,6 +190,22 @@ pub fn session(
         .map(|r| r.session().clone())
 }
 
+/// Where codeb's Podman adapter reaches Host `h`: its own endpoint, or for a remote Host the
+/// local relay of its kept session (made if it was not yet), which carries Podman's events too.
+///
+/// # Errors
+/// A remote Host whose endpoints the agent cannot take, or whose relay cannot be made.
+pub fn podman_endpoint(h: &HostRef, state_dir: &std::path::Path) -> Result<String, String> {
+    let Some(ssh) = &h.ssh else {
+        return Ok(h.podman.clone());
+    };
+    let (socket, admin) = remote_endpoints(h)
+        .ok_or("with spec.ssh, podman must be unix:///PATH and caddy.admin http://LOOPBACK:PORT")?;
+    crate::backend::remote::relay_for(state_dir, &h.name, ssh, socket, admin)
+        .map(|r| format!("unix://{}", r.podman.display()))
+        .map_err(|e| format!("the local relay to {}: {e}", ssh.display()))
+}
+
 /// A remote Host's Podman socket and Caddy admin `HOST:PORT`, as the agent takes them.
 fn remote_endpoints(h: &HostRef) -> Option<(&str, &str)> {
     let socket = h.podman.strip_prefix("unix://")?;
