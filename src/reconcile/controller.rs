@@ -638,7 +638,7 @@ where
                         name.clone(),
                         Arc::new(Backends {
                             hosts: BTreeMap::new(),
-                            zones: BTreeMap::from([(name.clone(), dns)]),
+                            zones: BTreeMap::from([(name.clone(), Arc::new(dns))]),
                         }),
                     );
                 }

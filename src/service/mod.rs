@@ -1601,8 +1601,11 @@ fn connect_or_invalid<'a>(
         crate::reconcile::connect::owner(&ctx.store).map_err(|e| Error::invalid(e.to_string()))?;
     let mut backends = connect(hosts, &ctx.config, &owner, ctx.store.dir())
         .map_err(|e| Error::invalid(e.to_string()))?;
-    backends.zones =
-        connect_zones(zones, &ctx.config).map_err(|e| Error::invalid(e.to_string()))?;
+    backends.zones = connect_zones(zones, &ctx.config)
+        .map_err(|e| Error::invalid(e.to_string()))?
+        .into_iter()
+        .map(|(z, d)| (z, std::sync::Arc::new(d)))
+        .collect();
     Ok(backends)
 }
 
