@@ -2463,6 +2463,9 @@ async fn migrate_rollback(ctx: &Ctx, key: EnvKey) -> Result<OutcomeView> {
     result.executed.splice(0..0, report.executed);
     if let Some(daemon) = &ctx.daemon {
         daemon.publish(store)?;
+        // The loop takes the environment over once the claim is given back: it carries the move
+        // back on and cleans the other host up at the end of its grace period.
+        daemon.controller.trigger(Work::Env(key), Duration::ZERO);
     }
     Ok(OutcomeView::from(&result))
 }
