@@ -359,3 +359,81 @@ fn watch_alone_migrates_when_the_manifest_host_changes_and_cleans_a_up_after_the
     assert!(failed.is_empty(), "through A: {summary}");
     assert!(w.terminate(Duration::from_secs(15)).is_some());
 }
+
+/// A rollback in the grace period of a migration the daemon made, sent to the running `codeb
+/// watch` (the CLI goes through its socket), with no `apply` anywhere: the loop moves it back (A
+/// serves, `dig` names A) and cleans B up after B's grace period, the manifests still saying
+/// `host: b`.
+#[test]
+fn watch_alone_carries_a_rollback_in_grace_back_and_cleans_b_up_after_its_grace() {
+    let _l = lock();
+    let zone = format!("{}.test", unique("mgwr"));
+    let pair = Pair::new(&zone);
+    let name = unique("mg-wback");
+    let hostname = pair.hostname(&name);
+    struct Clean<'a>(&'a Pair, &'a str);
+    impl Drop for Clean<'_> {
+        fn drop(&mut self) {
+            self.0.cleanup(self.1);
+        }
+    }
+    let _clean = Clean(&pair, &name);
+    let (a_addr, b_addr) = (pair.a.address.clone(), pair.b.address.clone());
+    let via_a = format!("{a_addr}:{PORT}");
+    let via_b = format!("{b_addr}:{PORT}");
+    let serves = |via: &str| {
+        http_get_within(via, &hostname, "/", Duration::from_secs(2)) == (200, "v1".to_string())
+    };
+    let dir = pair.write(&name, "a", "10s");
+    let mut w = pair.sb.watch(&dir, &["--resync", "1h"]);
+    assert!(
+        eventually(Duration::from_secs(90), || serves(&via_a)),
+        "A never served the project: {}",
+        w.log()
+    );
+    pair.write(&name, "b", "10s");
+    // In A's grace period: A forwards to B and keeps its container stopped, DNS names B.
+    assert!(
+        eventually(Duration::from_secs(60), || {
+            let routes = routes_on(&pair.a, &name);
+            let cs = containers_on(&pair.a, &name);
+            routes.len() == 1
+                && routes[0].1 == vec![via_b.clone()]
+                && cs.len() == 1
+                && cs[0].1 == "exited"
+                && pair.dig(&hostname) == (vec![b_addr.clone()], Some(ZONE_TTL))
+        }),
+        "never in A's grace period: {}",
+        w.log()
+    );
+    let t0 = Instant::now();
+    let out = pair.sb.codeb(&["rollback", &name, "--progress", "none"]);
+    let all = common::text(&out);
+    eprintln!("rollback through the daemon ({:?}): {all}", t0.elapsed());
+    assert_eq!(out.status.code(), Some(0), "{all}");
+    assert!(
+        eventually(Duration::from_secs(30), || serves(&via_a)
+            && pair.dig(&hostname) == (vec![a_addr.clone()], Some(ZONE_TTL))),
+        "A does not serve, or DNS does not name A: {}",
+        w.log()
+    );
+    // B's grace period (10 s) ends on the loop's timer: B is cleaned up then.
+    assert!(
+        eventually(Duration::from_secs(60), || containers_on(&pair.b, &name)
+            .is_empty()
+            && routes_on(&pair.b, &name).is_empty()),
+        "B still holds the project: containers {:?}, routes {:?}\n{}",
+        containers_on(&pair.b, &name),
+        routes_on(&pair.b, &name),
+        w.log()
+    );
+    eprintln!("B empty {:?} after the rollback", t0.elapsed());
+    assert!(serves(&via_a));
+    let a_cs = containers_on(&pair.a, &name);
+    assert!(
+        a_cs.len() == 1 && a_cs[0].1 == "running",
+        "A runs one container: {a_cs:?}"
+    );
+    assert_eq!(pair.dig(&hostname), (vec![a_addr.clone()], Some(ZONE_TTL)));
+    assert!(w.terminate(Duration::from_secs(15)).is_some());
+}
