@@ -1071,15 +1071,15 @@ async fn reconcile_env<R: Runtime, P: Proxy, K: Kernel, D: Dns, H: Prober>(
     } else {
         BTreeMap::new()
     };
-    let its_zones: Vec<String> = if moving {
-        let hostname = wanted.map_or(rec.hostname.as_str(), |d| d.hostname.as_str());
-        one.zones = plan::dns::zones_for([hostname], &desired.zones);
-        one.zones.keys().cloned().collect()
-    } else {
+    if let Some(d) = wanted.filter(|_| moving) {
+        one.zones = plan::dns::zones_for([d.hostname.as_str()], &desired.zones);
+    }
+    let its_zones: BTreeSet<String> =
         plan::dns::zones_for([rec.hostname.as_str()], &recorded_zones)
             .into_keys()
-            .collect()
-    };
+            .chain(one.zones.keys().cloned())
+            .collect();
+    let its_zones: Vec<String> = its_zones.into_iter().collect();
     let mut recorded = Recorded {
         zones: recorded_zones,
         ..Recorded::default()

@@ -59,13 +59,17 @@ struct Two {
 }
 
 fn start_two(d: Arc<Desired>) -> Two {
+    start_two_with(d, false)
+}
+
+fn start_two_with(d: Arc<Desired>, prune: bool) -> Two {
     let (a, b) = (World::new(), World::new());
     // Distinct container addresses: a probe answered by the wrong host's container would hide
     // a failure.
     b.state().next_id = 1000;
     let h = start_with(
         d,
-        false,
+        prune,
         a.clone(),
         BTreeMap::from([("b".into(), b.clone())]),
     );
@@ -268,5 +272,31 @@ async fn after_a_rollback_in_grace_the_loop_moves_back_and_cleans_b_up_at_its_gr
         (t.a.mutations(), t.b.mutations(), t.h.dns.writes()),
         (writes_a, writes_b, dns)
     );
+    t.h.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_environment_pruned_in_its_migrations_grace_leaves_both_hosts_and_the_zone() {
+    let t = start_two_with(on("a"), true);
+    t.on_a().await;
+    t.h.handle.set_desired(on("b"));
+    t.h.until(10 * SEC, "in its grace period", |_| {
+        t.phase() == Some(MigrationPhase::Grace) && t.dns() == Some((B_ADDRESS.into(), 300))
+    })
+    .await;
+    let mut none = (*on("b")).clone();
+    none.envs.clear();
+    t.h.handle.set_desired(Arc::new(none));
+    t.h.until(
+        10 * SEC,
+        "gone from both hosts, the zone and the store",
+        |_| {
+            Two::held(&t.a) == (0, 0)
+                && Two::held(&t.b) == (0, 0)
+                && t.dns().is_none()
+                && t.h.store.env(&key()).unwrap().is_none()
+        },
+    )
+    .await;
     t.h.stop().await;
 }
