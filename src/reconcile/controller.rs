@@ -31,7 +31,7 @@
 //! host (forwarding, its grace period, its cleanup) and wait for what the target and the zone hold,
 //! so its reconcile observes both hosts and its zones and executes with both hosts' clients, and
 //! the end of its grace period requeues it; the daemon then carries a migration (or a rollback's
-//! way back) through to the cleanup without an `apply` (see [`reconcile_env`]).
+//! way back) through to the cleanup without an `apply` (see `reconcile_env`).
 //!
 //! Must not: hold a lock across an `.await`, run two reconciles of one key at once, or make a
 //! decision the planner should make.
