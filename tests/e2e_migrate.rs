@@ -274,3 +274,166 @@ fn a_rollback_in_grace_moves_traffic_back_to_host_a_with_zero_failed_requests() 
     eprintln!("through B: {summary_b} (B first served at {first_b:?})");
     assert!(failed_b.is_empty(), "through B: {summary_b}");
 }
+
+/// `codeb watch` carries the migration alone (issue #18's daemon gap): with a resync of an hour,
+/// only the file watch and the loop's own timers act. The manifest's `host:` is changed on disk
+/// from a to b; no `codeb apply` runs at any point. Polled, never slept: B serves, DNS names B,
+/// and once the (short) grace period has ended A holds nothing of the project; a client through
+/// A's Caddy meanwhile gets no failed request until A's cleanup.
+#[test]
+fn watch_alone_migrates_when_the_manifest_host_changes_and_cleans_a_up_after_the_grace() {
+    let _l = lock();
+    let zone = format!("{}.test", unique("mgw"));
+    let pair = Pair::new(&zone);
+    let name = unique("mg-watch");
+    let hostname = pair.hostname(&name);
+    struct Clean<'a>(&'a Pair, &'a str);
+    impl Drop for Clean<'_> {
+        fn drop(&mut self) {
+            self.0.cleanup(self.1);
+        }
+    }
+    let _clean = Clean(&pair, &name);
+    let (a_addr, b_addr) = (pair.a.address.clone(), pair.b.address.clone());
+    let via_a = format!("{a_addr}:{PORT}");
+    let via_b = format!("{b_addr}:{PORT}");
+    let serves = |via: &str| {
+        http_get_within(via, &hostname, "/", Duration::from_secs(2)) == (200, "v1".to_string())
+    };
+
+    // The daemon deploys it on A itself (its start is an apply of the manifests as they are).
+    let dir = pair.write(&name, "a", "5s");
+    let mut w = pair.sb.watch(&dir, &["--resync", "1h"]);
+    assert!(
+        eventually(Duration::from_secs(90), || serves(&via_a)
+            && pair.dig(&hostname) == (vec![a_addr.clone()], Some(ZONE_TTL))),
+        "A never served the project, or DNS never named A: {}",
+        w.log()
+    );
+    let load_a = Hammer::start(&via_a, &hostname, 1);
+
+    // Only the file changes.
+    let t0 = Instant::now();
+    pair.write(&name, "b", "5s");
+    assert!(
+        eventually(Duration::from_secs(90), || serves(&via_b)
+            && pair.dig(&hostname).0 == vec![b_addr.clone()]),
+        "B never served, or DNS never named B: {}",
+        w.log()
+    );
+    let moved = t0.elapsed();
+    assert!(serves(&via_a), "A does not forward to B");
+    // The grace period (5 s from its start) ends on the loop's timer: A is cleaned up then.
+    assert!(
+        eventually(Duration::from_secs(60), || containers_on(&pair.a, &name)
+            .is_empty()
+            && routes_on(&pair.a, &name).is_empty()),
+        "A still holds the project: containers {:?}, routes {:?}\n{}",
+        containers_on(&pair.a, &name),
+        routes_on(&pair.a, &name),
+        w.log()
+    );
+    let cleaned = t0.elapsed();
+    let hits_a = load_a.stop();
+    eprintln!(
+        "B serves and DNS names B {moved:?} after the file changed; A empty after {cleaned:?}"
+    );
+    assert!(serves(&via_b));
+    assert_eq!(pair.dig(&hostname), (vec![b_addr.clone()], Some(ZONE_TTL)));
+    let b_cs = containers_on(&pair.b, &name);
+    assert!(
+        b_cs.len() == 1 && b_cs[0].1 == "running",
+        "B runs one container: {b_cs:?}"
+    );
+    // Through A, from before the move until A's route went (a request after that gets Caddy's
+    // own answer, not the app's): zero failures up to the last answer with the app's body.
+    let last = hits_a
+        .iter()
+        .rev()
+        .find(|h| h.status == 200 && h.body == "v1")
+        .map(|h| h.at)
+        .expect("A never answered");
+    let until: Vec<_> = hits_a.into_iter().filter(|h| h.at <= last).collect();
+    let (failed, summary) = failures(&until, Duration::ZERO);
+    eprintln!("through A: {summary}");
+    assert!(failed.is_empty(), "through A: {summary}");
+    assert!(w.terminate(Duration::from_secs(15)).is_some());
+}
+
+/// A rollback in the grace period of a migration the daemon made, sent to the running `codeb
+/// watch` (the CLI goes through its socket), with no `apply` anywhere: the loop moves it back (A
+/// serves, `dig` names A) and cleans B up after B's grace period, the manifests still saying
+/// `host: b`.
+#[test]
+fn watch_alone_carries_a_rollback_in_grace_back_and_cleans_b_up_after_its_grace() {
+    let _l = lock();
+    let zone = format!("{}.test", unique("mgwr"));
+    let pair = Pair::new(&zone);
+    let name = unique("mg-wback");
+    let hostname = pair.hostname(&name);
+    struct Clean<'a>(&'a Pair, &'a str);
+    impl Drop for Clean<'_> {
+        fn drop(&mut self) {
+            self.0.cleanup(self.1);
+        }
+    }
+    let _clean = Clean(&pair, &name);
+    let (a_addr, b_addr) = (pair.a.address.clone(), pair.b.address.clone());
+    let via_a = format!("{a_addr}:{PORT}");
+    let via_b = format!("{b_addr}:{PORT}");
+    let serves = |via: &str| {
+        http_get_within(via, &hostname, "/", Duration::from_secs(2)) == (200, "v1".to_string())
+    };
+    let dir = pair.write(&name, "a", "10s");
+    let mut w = pair.sb.watch(&dir, &["--resync", "1h"]);
+    assert!(
+        eventually(Duration::from_secs(90), || serves(&via_a)),
+        "A never served the project: {}",
+        w.log()
+    );
+    pair.write(&name, "b", "10s");
+    // In A's grace period: A forwards to B and keeps its container stopped, DNS names B.
+    assert!(
+        eventually(Duration::from_secs(60), || {
+            let routes = routes_on(&pair.a, &name);
+            let cs = containers_on(&pair.a, &name);
+            routes.len() == 1
+                && routes[0].1 == vec![via_b.clone()]
+                && cs.len() == 1
+                && cs[0].1 == "exited"
+                && pair.dig(&hostname) == (vec![b_addr.clone()], Some(ZONE_TTL))
+        }),
+        "never in A's grace period: {}",
+        w.log()
+    );
+    let t0 = Instant::now();
+    let out = pair.sb.codeb(&["rollback", &name, "--progress", "none"]);
+    let all = common::text(&out);
+    eprintln!("rollback through the daemon ({:?}): {all}", t0.elapsed());
+    assert_eq!(out.status.code(), Some(0), "{all}");
+    assert!(
+        eventually(Duration::from_secs(30), || serves(&via_a)
+            && pair.dig(&hostname) == (vec![a_addr.clone()], Some(ZONE_TTL))),
+        "A does not serve, or DNS does not name A: {}",
+        w.log()
+    );
+    // B's grace period (10 s) ends on the loop's timer: B is cleaned up then.
+    assert!(
+        eventually(Duration::from_secs(60), || containers_on(&pair.b, &name)
+            .is_empty()
+            && routes_on(&pair.b, &name).is_empty()),
+        "B still holds the project: containers {:?}, routes {:?}\n{}",
+        containers_on(&pair.b, &name),
+        routes_on(&pair.b, &name),
+        w.log()
+    );
+    eprintln!("B empty {:?} after the rollback", t0.elapsed());
+    assert!(serves(&via_a));
+    let a_cs = containers_on(&pair.a, &name);
+    assert!(
+        a_cs.len() == 1 && a_cs[0].1 == "running",
+        "A runs one container: {a_cs:?}"
+    );
+    assert_eq!(pair.dig(&hostname), (vec![a_addr.clone()], Some(ZONE_TTL)));
+    assert!(w.terminate(Duration::from_secs(15)).is_some());
+}

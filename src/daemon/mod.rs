@@ -166,6 +166,7 @@ pub async fn run(args: Config) -> Result<(), Error> {
             backends
                 .hosts
                 .remove(&host.name)
+                .and_then(std::sync::Arc::into_inner)
                 .ok_or_else(|| "no backends".to_string())
         }),
         zone: Box::new(move |zone| {

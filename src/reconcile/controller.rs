@@ -27,6 +27,12 @@
 //! routes, hands its records to the zone's reconcile, and forgets the environment only once no
 //! zone holds a record of it (the zone's reconcile runs it again when it removed them).
 //!
+//! Why a moving environment is observed on two hosts: a migration's phases act on its source
+//! host (forwarding, its grace period, its cleanup) and wait for what the target and the zone hold,
+//! so its reconcile observes both hosts and its zones and executes with both hosts' clients, and
+//! the end of its grace period requeues it; the daemon then carries a migration (or a rollback's
+//! way back) through to the cleanup without an `apply` (see `reconcile_env`).
+//!
 //! Must not: hold a lock across an `.await`, run two reconciles of one key at once, or make a
 //! decision the planner should make.
 
@@ -48,7 +54,9 @@ use super::queue::{Claim, Queue, Ticket};
 use super::{execute_until, observe, Backends, HostBackends, Prober, MAX_ROUNDS};
 use crate::backend::{Dns, Kernel, Proxy, Runtime};
 use crate::model::dns::ZoneRef;
-use crate::model::{Desired, EnvKey, EnvRecord, HostRef, Recorded, Slot, SlotState};
+use crate::model::{
+    Desired, DesiredEnv, EnvKey, EnvRecord, HostRef, MigrationPhase, Recorded, Slot, SlotState,
+};
 use crate::plan::{self, HostObservation, Note, Plan, Step, ZoneObservation};
 use crate::store::Store;
 
@@ -638,7 +646,7 @@ where
                         name.clone(),
                         Arc::new(Backends {
                             hosts: BTreeMap::new(),
-                            zones: BTreeMap::from([(name.clone(), dns)]),
+                            zones: BTreeMap::from([(name.clone(), Arc::new(dns))]),
                         }),
                     );
                 }
@@ -917,30 +925,37 @@ async fn sleep_until(at: Option<Instant>) {
 
 /// True for a step that belongs to the host rather than to one environment: a host step with no
 /// key (codeb's Caddy server, the kernel's hook), or the registration or adoption of an
-/// environment the store has no record of (it allocates or takes ports). A zone's step has no key either, but it is its zone's work, never the host's:
+/// environment the store has no record of, or the start of a migration (each allocates or takes
+/// ports on the host). A zone's step has no key either, but it is its zone's work, never the host's:
 /// counted as the host's, a pruned environment whose records are still in a zone went back and
 /// forth between its reconcile and the host's sweep without end.
 fn host_wide(step: &Step) -> bool {
     step.action.zone().is_none()
         && (step.key.is_none()
+            || matches!(step.action, plan::Action::MigrateBegin { .. })
             || (matches!(
                 step.action,
                 plan::Action::Register(_) | plan::Action::Adopt(_)
             ) && step.generation.is_none()))
 }
 
-/// When the next grace period of `rec` ends, if one runs: the slot is retired then, not at the
-/// next resync. One millisecond late, so the planner's `since + grace <= now` holds.
+/// When the next grace period of `rec` ends, if one runs: a slot's (the slot is retired then) or
+/// a migration's (its source is cleaned up then), not at the next resync. One millisecond late,
+/// so the planner's `since + grace <= now` holds.
 fn next_grace_end(rec: &EnvRecord, now_ms: u64) -> Option<Duration> {
-    Slot::ALL
+    let slots = Slot::ALL
         .into_iter()
         .map(|s| rec.slot(s))
         .filter(|s| s.state == SlotState::Grace)
-        .map(|s| {
-            s.since_ms
-                .saturating_add(rec.grace_period_ms)
-                .saturating_sub(now_ms)
-        })
+        .map(|s| s.since_ms.saturating_add(rec.grace_period_ms));
+    let migration = rec
+        .migration
+        .as_deref()
+        .filter(|m| m.phase == MigrationPhase::Grace)
+        .map(|m| m.grace_ends_ms());
+    slots
+        .chain(migration)
+        .map(|end| end.saturating_sub(now_ms))
         .min()
         .map(|ms| Duration::from_millis(ms + 1))
 }
@@ -988,7 +1003,17 @@ fn unreachable(host: &str, observed: &plan::Observed) -> Option<Error> {
 }
 
 /// One environment: observe its host, plan the environment alone, execute; again until a plan is
-/// empty. Host-wide work found on the way is handed to the host's sweep.
+/// empty. Host-wide work found on the way is handed to the sweep of the host it is on.
+///
+/// An environment that moves between hosts (see [`scope`]: a migration in progress, a rollback's
+/// mark, or manifests naming another host than its record) is observed on both hosts and in the
+/// zones holding its names, planned with both, and executed with both hosts' clients, journaled as
+/// `apply` does: the planner's migration phases need the source's routes and containers and the
+/// zone's records. Its start (`MigrateBegin`, which allocates the target's ports) is the target
+/// host's sweep's, like a registration. Its DNS writes stay the zone's (handed over before any
+/// other step, so that each phase's records are written before the next phase acts, as apply
+/// orders them; the zone's reconcile runs it again once it wrote them). A converged plan requeues
+/// it at the end of its grace period, so that the source is cleaned up then, not at a resync.
 ///
 /// A pruned environment also observes the zones holding its names. Their records are the zone's
 /// reconcile's to remove (handed over); its record is forgotten only once they are gone, so that
@@ -1017,9 +1042,22 @@ async fn reconcile_env<R: Runtime, P: Proxy, K: Kernel, D: Dns, H: Prober>(
     if wanted.is_none() && !prune {
         return Ok(Action::new("not-declared"));
     }
-    let host = wanted.map_or(rec.host.clone(), |d| d.host.clone());
-    let backends = backends_of(sh, hosts, &host)?;
-    // The environment alone, on its host.
+    let (host, others) = scope(&rec, wanted);
+    let moving = !others.is_empty();
+    let own = backends_of(sh, hosts, &host)?;
+    // A moving environment's hosts, joined into one set of clients (shared, not connected again).
+    let joined;
+    let backends: &Backends<R, P, K, D> = if moving {
+        let mut parts = vec![own.as_ref()];
+        for h in &others {
+            parts.push(backends_of(sh, hosts, h)?.as_ref());
+        }
+        joined = Backends::joined(parts);
+        &joined
+    } else {
+        own
+    };
+    // The environment alone, on the host it is planned on.
     let mut one = Desired::default();
     if let Some(h) = desired.hosts.get(&host) {
         one.hosts.insert(host.clone(), h.clone());
@@ -1030,8 +1068,8 @@ async fn reconcile_env<R: Runtime, P: Proxy, K: Kernel, D: Dns, H: Prober>(
     let remove: Vec<EnvKey> = if prune { vec![key.clone()] } else { vec![] };
     // Its database and cache first: its release waits while they are not ready.
     reconcile_data(sh, key, &host, wanted, desired, executed).await?;
-    // Zones matter to a removal only: a desired environment's records are its zones' work. As in
-    // apply, a declared Zone overrides its record (one no longer managed is left alone).
+    // Zones matter to a removal, and to a move (its phases wait for its records). As in apply, a
+    // declared Zone overrides its record (one no longer managed is left alone).
     let recorded_zones = if prune {
         let mut zones = store.load().map_err(super::Error::from)?.zones;
         zones.extend(desired.zones.clone());
@@ -1039,9 +1077,15 @@ async fn reconcile_env<R: Runtime, P: Proxy, K: Kernel, D: Dns, H: Prober>(
     } else {
         BTreeMap::new()
     };
-    let its_zones: Vec<String> = plan::dns::zones_for([rec.hostname.as_str()], &recorded_zones)
-        .into_keys()
-        .collect();
+    if let Some(d) = wanted.filter(|_| moving) {
+        one.zones = plan::dns::zones_for([d.hostname.as_str()], &desired.zones);
+    }
+    let its_zones: BTreeSet<String> =
+        plan::dns::zones_for([rec.hostname.as_str()], &recorded_zones)
+            .into_keys()
+            .chain(one.zones.keys().cloned())
+            .collect();
+    let its_zones: Vec<String> = its_zones.into_iter().collect();
     let mut recorded = Recorded {
         zones: recorded_zones,
         ..Recorded::default()
@@ -1054,13 +1098,34 @@ async fn reconcile_env<R: Runtime, P: Proxy, K: Kernel, D: Dns, H: Prober>(
             .map(|r| (key.clone(), r))
             .into_iter()
             .collect();
-        let mut observed = observe_host(sh, &host, backends).await?;
+        let mut observed = observe(backends).await;
+        // The host it is planned on must answer; the other one of a move is planned around (its
+        // part waits, noted), and fails the key once the rest has converged.
+        let mut elsewhere = None;
+        for h in std::iter::once(&host).chain(&others) {
+            let error = unreachable(h, &observed);
+            sh.saw(Subject::Host(h.clone()), error.as_ref());
+            match error {
+                Some(e) if *h == host => return Err(e),
+                Some(e) => elsewhere = elsewhere.or(Some(e)),
+                None => {}
+            }
+        }
         observe_zones(&its_zones, zones, &mut observed).await;
         let now = (sh.clock)();
         let mut plan = plan::plan(&one, &observed, &recorded, &remove, now);
-        if plan.steps.iter().any(host_wide) {
+        let wide: BTreeSet<String> = plan
+            .steps
+            .iter()
+            .filter(|s| host_wide(s))
+            .map(|s| s.host.clone())
+            .collect();
+        if !wide.is_empty() {
             return Ok(Action {
-                schedule: vec![(Work::Host(host), Duration::ZERO)],
+                schedule: wide
+                    .into_iter()
+                    .map(|h| (Work::Host(h), Duration::ZERO))
+                    .collect(),
                 ..Action::new("handed-to-host")
             });
         }
@@ -1075,7 +1140,7 @@ async fn reconcile_env<R: Runtime, P: Proxy, K: Kernel, D: Dns, H: Prober>(
             plan.steps
                 .retain(|s| s.action.zone().is_none() && !matches!(s.action, plan::Action::Forget));
         }
-        if plan.is_empty() {
+        if plan.is_empty() || (moving && !dns.is_empty()) {
             if !dns.is_empty() {
                 return Ok(Action {
                     schedule: dns
@@ -1088,6 +1153,9 @@ async fn reconcile_env<R: Runtime, P: Proxy, K: Kernel, D: Dns, H: Prober>(
             if let Some(e) = plan.notes.iter().find_map(zone_unreachable) {
                 return Err(e); // the record is kept until its zone can be read
             }
+            if let Some(e) = elsewhere {
+                return Err(e);
+            }
             let problems: Vec<String> = plan
                 .notes
                 .iter()
@@ -1095,8 +1163,15 @@ async fn reconcile_env<R: Runtime, P: Proxy, K: Kernel, D: Dns, H: Prober>(
                 .map(|n| n.to_string())
                 .collect();
             let requeue_after = recorded.envs.get(key).and_then(|r| next_grace_end(r, now));
+            // The other host of a move is swept after it: what it no longer holds may leave
+            // host-wide work there (no slot port published on its loopback any more).
+            let schedule = others
+                .into_iter()
+                .map(|h| (Work::Host(h), Duration::ZERO))
+                .collect();
             return Ok(Action {
                 requeue_after,
+                schedule,
                 problems,
                 ..Action::new(if prune { "pruned" } else { "converged" })
             });
@@ -1111,6 +1186,25 @@ async fn reconcile_env<R: Runtime, P: Proxy, K: Kernel, D: Dns, H: Prober>(
         }
     }
     Err(Error::NotConverged { rounds: MAX_ROUNDS })
+}
+
+/// The hosts one environment's reconcile acts on: the one it is planned on, and the others it
+/// must observe. Planned on the manifests' host (on its recorded one when it is pruned, or while
+/// a rollback's mark holds it there because the manifests still name the host rolled away from:
+/// see [`plan::migrate::mark`]). The others: its record's host and its migration's source, when
+/// they differ from that one (a move begins, goes on, is aborted or is rolled back).
+fn scope(rec: &EnvRecord, wanted: Option<&DesiredEnv>) -> (String, BTreeSet<String>) {
+    let host = match (wanted, &rec.rolled_back) {
+        (None, _) => rec.host.clone(),
+        (Some(d), Some(mark)) if d.host == mark.from && rec.host != d.host => rec.host.clone(),
+        (Some(d), _) => d.host.clone(),
+    };
+    let others = std::iter::once(&rec.host)
+        .chain(rec.migration.as_deref().map(|m| &m.source.host))
+        .filter(|h| **h != host)
+        .cloned()
+        .collect();
+    (host, others)
 }
 
 /// One environment's database and cache (see [`super::data`]): converged before its containers,
@@ -1195,7 +1289,8 @@ async fn run<R: Runtime, P: Proxy, K: Kernel, D: Dns, H: Prober>(
 /// One managed zone: observe it (and the zones its conflicts depend on, see
 /// [`plan::dns::zone_scope`]), plan it with every desired environment, write it in one PATCH;
 /// again until a plan is empty. Pruned environments whose records it removed are scheduled, so
-/// that they are forgotten.
+/// that they are forgotten, and migrating ones whose records it wrote, so that their next phase
+/// goes on.
 ///
 /// # Errors
 /// The zone cannot be read or written: the key backs off, and nothing else waits for it.
@@ -1230,6 +1325,7 @@ async fn reconcile_zone<R: Runtime, P: Proxy, K: Kernel, D: Dns, H: Prober>(
         return Err(e);
     };
     let mut forget: BTreeSet<EnvKey> = BTreeSet::new();
+    let mut moving: BTreeSet<EnvKey> = BTreeSet::new();
     for round in 0..MAX_ROUNDS {
         if round > 0 {
             recorded = store.load().map_err(super::Error::from)?;
@@ -1266,6 +1362,7 @@ async fn reconcile_zone<R: Runtime, P: Proxy, K: Kernel, D: Dns, H: Prober>(
             return Ok(Action {
                 schedule: forget
                     .into_iter()
+                    .chain(moving)
                     .map(|k| (Work::Env(k), Duration::ZERO))
                     .collect(),
                 problems: plan.notes.iter().map(|n| n.to_string()).collect(),
@@ -1280,6 +1377,14 @@ async fn reconcile_zone<R: Runtime, P: Proxy, K: Kernel, D: Dns, H: Prober>(
                 .iter()
                 .flat_map(|s| super::execute::deleted_owners(&s.action))
                 .filter(|k| prune.contains(k)),
+        );
+        // A migrating environment waits for its records to follow its phase: it runs again once
+        // they are written.
+        moving.extend(
+            plan.steps
+                .iter()
+                .flat_map(|s| super::execute::written_owners(&s.action))
+                .filter(|k| recorded.envs.get(k).is_some_and(|r| r.migration.is_some())),
         );
         run(sh, &plan, backends, executed).await?;
     }

@@ -720,6 +720,22 @@ pub(super) fn deleted_owners(action: &Action) -> Vec<EnvKey> {
         .collect()
 }
 
+/// The environments whose rrsets a zone's step writes or deletes (by the marks it writes, or of
+/// the rrsets it deletes).
+pub(super) fn written_owners(action: &Action) -> Vec<EnvKey> {
+    let Action::DnsPatch { changes, .. } = action else {
+        return Vec::new();
+    };
+    changes
+        .iter()
+        .filter_map(|c| match &c.change {
+            crate::model::writes::RrsetChange::Replace(r) => r.mark.as_deref(),
+            crate::model::writes::RrsetChange::Delete { .. } => c.was.as_ref()?.mark.as_deref(),
+        })
+        .filter_map(crate::model::dns::parse_owner)
+        .collect()
+}
+
 fn entry(
     step: &Step,
     phase: Phase,

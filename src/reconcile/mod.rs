@@ -26,6 +26,7 @@ pub mod progress;
 pub mod queue;
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 pub use execute::{execute, execute_until, execute_with, Report, StepFailure};
@@ -132,18 +133,47 @@ pub struct HostBackends<R, P, K> {
 }
 
 /// Every connected host, by name, and every connected managed zone, by domain.
+///
+/// Each client is shared (`Arc`), so that the daemon, which keeps one `Backends` per host and per
+/// zone, can put together the few that one reconcile needs (a migrating environment's two hosts
+/// and its zones: [`Backends::joined`]) without connecting again.
 pub struct Backends<R, P, K, D = PowerDns> {
-    pub hosts: BTreeMap<String, HostBackends<R, P, K>>,
-    pub zones: BTreeMap<String, D>,
+    pub hosts: BTreeMap<String, Arc<HostBackends<R, P, K>>>,
+    pub zones: BTreeMap<String, Arc<D>>,
 }
 
 impl<R, P, K, D> Backends<R, P, K, D> {
     /// Hosts only: no zone is observed, planned or written.
     pub fn hosts(hosts: BTreeMap<String, HostBackends<R, P, K>>) -> Self {
         Backends {
-            hosts,
+            hosts: hosts.into_iter().map(|(n, b)| (n, Arc::new(b))).collect(),
             zones: BTreeMap::new(),
         }
+    }
+
+    /// Adds a managed zone's client.
+    pub fn with_zone(mut self, zone: impl Into<String>, dns: D) -> Self {
+        self.zones.insert(zone.into(), Arc::new(dns));
+        self
+    }
+
+    /// The hosts and zones of every one of `parts`, sharing their clients (the last part wins
+    /// a name held twice).
+    pub fn joined<'a>(parts: impl IntoIterator<Item = &'a Self>) -> Self
+    where
+        Self: 'a,
+    {
+        let mut out = Backends {
+            hosts: BTreeMap::new(),
+            zones: BTreeMap::new(),
+        };
+        for p in parts {
+            out.hosts
+                .extend(p.hosts.iter().map(|(n, b)| (n.clone(), b.clone())));
+            out.zones
+                .extend(p.zones.iter().map(|(n, d)| (n.clone(), d.clone())));
+        }
+        out
     }
 }
 

@@ -20,7 +20,7 @@ pub async fn observe<R: Runtime, P: Proxy, K: Kernel, D: Dns>(
     let zone_reads = backends
         .zones
         .iter()
-        .map(|(name, dns)| async move { (name.clone(), observe_zone(name, dns).await) });
+        .map(|(name, dns)| async move { (name.clone(), observe_zone(name, dns.as_ref()).await) });
     let (hosts, zones) = tokio::join!(join_all(reads), join_all(zone_reads));
     Observed {
         hosts: hosts.into_iter().collect(),

@@ -1601,8 +1601,11 @@ fn connect_or_invalid<'a>(
         crate::reconcile::connect::owner(&ctx.store).map_err(|e| Error::invalid(e.to_string()))?;
     let mut backends = connect(hosts, &ctx.config, &owner, ctx.store.dir())
         .map_err(|e| Error::invalid(e.to_string()))?;
-    backends.zones =
-        connect_zones(zones, &ctx.config).map_err(|e| Error::invalid(e.to_string()))?;
+    backends.zones = connect_zones(zones, &ctx.config)
+        .map_err(|e| Error::invalid(e.to_string()))?
+        .into_iter()
+        .map(|(z, d)| (z, std::sync::Arc::new(d)))
+        .collect();
     Ok(backends)
 }
 
@@ -2460,6 +2463,9 @@ async fn migrate_rollback(ctx: &Ctx, key: EnvKey) -> Result<OutcomeView> {
     result.executed.splice(0..0, report.executed);
     if let Some(daemon) = &ctx.daemon {
         daemon.publish(store)?;
+        // The loop takes the environment over once the claim is given back: it carries the move
+        // back on and cleans the other host up at the end of its grace period.
+        daemon.controller.trigger(Work::Env(key), Duration::ZERO);
     }
     Ok(OutcomeView::from(&result))
 }

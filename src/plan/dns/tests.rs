@@ -97,7 +97,7 @@ impl Fixture {
                 agent: None,
             },
         )]));
-        backends.zones.insert(ZONE.into(), dns.clone());
+        backends = backends.with_zone(ZONE, dns.clone());
         Fixture {
             store: Store::open(dir.path()).unwrap(),
             prober: FakeProber(vec![world.clone()]),

@@ -97,7 +97,7 @@ impl Two {
             ("a".to_string(), fake(&a)),
             ("b".to_string(), fake(&b)),
         ]));
-        backends.zones.insert(ZONE.into(), dns.clone());
+        backends = backends.with_zone(ZONE, dns.clone());
         let dir = tempfile::tempdir().unwrap();
         Two {
             prober: FakeProber(vec![b.clone(), a.clone()]),

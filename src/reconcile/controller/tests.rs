@@ -106,13 +106,27 @@ struct Harness {
 }
 
 fn start(d: Arc<Desired>, prune: bool) -> Harness {
+    start_with(d, prune, World::new(), BTreeMap::new())
+}
+
+/// As [`start`], every host being `world` but those named in `others`.
+fn start_with(
+    d: Arc<Desired>,
+    prune: bool,
+    world: World,
+    others: BTreeMap<String, World>,
+) -> Harness {
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(Store::open(dir.path()).unwrap());
-    let world = World::new();
     let dns = FakeDns::new();
     let (w, z) = (world.clone(), dns.clone());
+    let mut worlds: Vec<World> = others.values().cloned().collect();
+    worlds.push(world.clone());
     let connect: Connectors<World, World, World, FakeDns> = Connectors {
-        host: Box::new(move |_| Ok(crate::reconcile::fixtures::fake_host(&w))),
+        host: Box::new(move |h| {
+            let on = others.get(&h.name).unwrap_or(&w);
+            Ok(crate::reconcile::fixtures::fake_host(on))
+        }),
         zone: Box::new(move |_| Ok(z.clone())),
     };
     // The planner's clock follows tokio's, so a paused test moves grace periods too.
@@ -124,7 +138,7 @@ fn start(d: Arc<Desired>, prune: bool) -> Harness {
         clock: clock.clone(),
         shutdown_grace: Duration::from_secs(8),
     };
-    let prober = FakeProber(vec![world.clone()]);
+    let prober = FakeProber(worlds);
     let c = Controller::new(d, store.clone(), prober, connect, config).unwrap();
     let handle = c.handle();
     let shutdown = CancellationToken::new();
@@ -861,3 +875,5 @@ fn containers_codeb_stops_removes_or_starts_are_expected_and_others_are_not() {
         assert!(!e.started_by_codeb("app", "c3", "a-production-blue"));
     });
 }
+
+mod migrate;
