@@ -22,7 +22,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use common::hosts::Host;
+use common::hosts::{ssh_sandbox, Host};
 use common::{
     eventually, http_get_within, lock, managed_zone, text, unique, Pdns, ProjectYaml, Sandbox,
 };
@@ -49,28 +49,6 @@ fn host_doc(h: &Host, labels: &str) -> String {
     )
 }
 
-/// A sandbox whose configuration lets manifests reach these hosts over ssh.
-fn sandbox(hosts: &[Host]) -> Sandbox {
-    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
-    let sb = Sandbox::new();
-    std::fs::DirBuilder::new()
-        .mode(0o700)
-        .create(sb.state())
-        .unwrap();
-    let config = sb.state().join("config.yaml");
-    let targets: Vec<String> = hosts
-        .iter()
-        .map(|h| format!("\"root@{}\"", h.address))
-        .collect();
-    std::fs::write(
-        &config,
-        format!("endpoints:\n  ssh: [{}]\n", targets.join(", ")),
-    )
-    .unwrap();
-    std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o600)).unwrap();
-    sb
-}
-
 /// One project of the fleet: its name and the index of its host in the fleet's hosts.
 struct Placed {
     name: String,
@@ -91,7 +69,7 @@ struct Fleet {
 impl Fleet {
     fn new(prefix: &str, per_host: &[usize]) -> Fleet {
         let hosts: Vec<Host> = (1..=3).map(Host::get).collect();
-        let sb = sandbox(&hosts);
+        let sb = ssh_sandbox(&hosts.iter().collect::<Vec<_>>());
         let zone = format!("{}.test", unique(&format!("{prefix}z")));
         // One unique stem, a letter per project: `fl-481478-133a`, `fl-481478-133b`, ...
         let stem = unique(prefix);

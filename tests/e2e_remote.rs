@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use common::hosts::{stack_podman_sock, unix_request, Host};
+use common::hosts::{ssh_sandbox, stack_podman_sock, unix_request, Host, OnHost};
 use common::{eventually, http_get_within, lock, text, unique, ProjectYaml, Sandbox};
 
 /// The port of codeb's Caddy server on host 1's address: not 80, where the harness's own server
@@ -33,24 +33,6 @@ metadata:
 ",
         h.doc("local", known, "", CODEB_PORT)
     )
-}
-
-/// A sandbox whose configuration lets manifests reach host 1 over ssh (and nothing else remote).
-fn sandbox(h: &Host) -> Sandbox {
-    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
-    let sb = Sandbox::new();
-    std::fs::DirBuilder::new()
-        .mode(0o700)
-        .create(sb.state())
-        .unwrap();
-    let config = sb.state().join("config.yaml");
-    std::fs::write(
-        &config,
-        format!("endpoints:\n  ssh: [\"root@{}\"]\n", h.address),
-    )
-    .unwrap();
-    std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o600)).unwrap();
-    sb
 }
 
 /// Host 1's containers (all of them), as its Podman lists them, through ssh.
@@ -91,39 +73,6 @@ fn host_caddy(h: &Host) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// Removes the project from host 1 however the test ends: through codeb, then whatever is left
-/// through ssh (containers by the project's label, codeb's routes naming it).
-struct OnHost<'a> {
-    sb: &'a Sandbox,
-    host: &'a Host,
-    project: String,
-}
-
-impl Drop for OnHost<'_> {
-    fn drop(&mut self) {
-        let _ = self.sb.codeb(&["delete", "project", &self.project]);
-        // Through the host's APIs (its podman CLI would need the host's own configuration).
-        let out = self.host.ssh(&format!(
-            r#"S={sock}; A={admin}
-for id in $(curl -s --unix-socket $S "http://d/v4.0.0/libpod/containers/json?all=true&filters=%7B%22label%22%3A%5B%22codeb.project%3D{p}%22%5D%7D" | grep -o '"Id":"[0-9a-f]*"' | cut -d'"' -f4); do
-  curl -s -X DELETE --unix-socket $S "http://d/v4.0.0/libpod/containers/$id?force=true&timeout=0" >/dev/null
-done
-for r in $(curl -s $A/config/apps/http/servers/codeb/routes | grep -o '"@id":"codeb-{p}_[^"]*"' | cut -d'"' -f4); do
-  curl -s -X DELETE $A/id/$r >/dev/null
-done
-true"#,
-            sock = self.host.podman_sock,
-            admin = self.host.caddy_admin,
-            p = self.project
-        ));
-        assert!(
-            out.status.success() || std::thread::panicking(),
-            "cleanup on host 1: {}",
-            text(&out)
-        );
-    }
-}
-
 fn apply(sb: &Sandbox, dir: &Path) -> std::process::Output {
     sb.codeb(&["apply", "-f", dir.to_str().unwrap(), "--progress", "none"])
 }
@@ -141,7 +90,7 @@ fn front(h: &Host, hostname: &str) -> (u16, String) {
 fn a_project_applied_to_a_remote_host_over_ssh_runs_and_serves_there_and_is_deleted_there() {
     let _l = lock();
     let h1 = Host::get(1);
-    let sb = sandbox(&h1);
+    let sb = ssh_sandbox(&[&h1]);
     let name = unique("rm-app");
     let hostname = format!("{name}.codeb.test");
     let dir = sb.write_docs(
@@ -224,7 +173,7 @@ fn a_project_applied_to_a_remote_host_over_ssh_runs_and_serves_there_and_is_dele
 fn codeb_watch_converges_a_remote_host_over_one_kept_session() {
     let _l = lock();
     let h1 = Host::get(1);
-    let sb = sandbox(&h1);
+    let sb = ssh_sandbox(&[&h1]);
     let name = unique("rm-watch");
     let hostname = format!("{name}.codeb.test");
     let dir = sb.write_docs(
@@ -281,7 +230,7 @@ fn impostor_known_hosts(dir: &Path, address: &str) -> PathBuf {
 fn a_changed_host_key_is_refused_naming_the_host_and_nothing_there_is_removed() {
     let _l = lock();
     let h1 = Host::get(1);
-    let sb = sandbox(&h1);
+    let sb = ssh_sandbox(&[&h1]);
     let name = unique("rm-key");
     let hostname = format!("{name}.codeb.test");
     let project = [ProjectYaml::new(&name, "localhost/codeb-test-app:v1")];

@@ -16,7 +16,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use common::hosts::Host;
+use common::hosts::{ssh_sandbox, Host, OnHost};
 use common::load::{fresh_get, Load};
 use common::{eventually, http_get_within, lock, text, unique, ProjectYaml, Sandbox};
 
@@ -37,54 +37,9 @@ fn host_doc(h: &Host) -> String {
 /// As [`host_doc`], with this agent command on host 4.
 fn host_doc_with(h: &Host, agent: &str) -> String {
     format!(
-        "apiVersion: codeb.kr/v1
-kind: Host
-metadata:
-  name: local
-spec:
-  address: \"{addr}\"
-  podman: unix://{sock}
-  ssh:
-    target: root@{addr}
-    identityFile: {key}
-    knownHosts: {known}
-    agent: {agent}
-  caddy:
-    admin: {admin}
-    listen: [\"{addr}:{CODEB_PORT}\"]
-    tls: off
-    accessLog: false
-  publishAddress: \"127.0.0.1\"
----
-apiVersion: codeb.kr/v1
-kind: Zone
-metadata:
-  name: codeb.test
-",
-        addr = h.address,
-        sock = h.podman_sock,
-        key = h.key.display(),
-        known = h.known_hosts.display(),
-        admin = h.caddy_admin,
+        "{}---\napiVersion: codeb.kr/v1\nkind: Zone\nmetadata:\n  name: codeb.test\n",
+        h.doc_with("local", &h.known_hosts, "", CODEB_PORT, "127.0.0.1", agent)
     )
-}
-
-/// A sandbox whose configuration lets manifests reach host 4 over ssh.
-fn sandbox(h: &Host) -> Sandbox {
-    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
-    let sb = Sandbox::new();
-    std::fs::DirBuilder::new()
-        .mode(0o700)
-        .create(sb.state())
-        .unwrap();
-    let config = sb.state().join("config.yaml");
-    std::fs::write(
-        &config,
-        format!("endpoints:\n  ssh: [\"root@{}\"]\n", h.address),
-    )
-    .unwrap();
-    std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o600)).unwrap();
-    sb
 }
 
 /// Runs `command` on host 4, which must succeed; its stdout.
@@ -218,38 +173,6 @@ fn ensure_image(h: &Host, image: &str) {
     );
 }
 
-/// Removes the project from host 4 however the test ends: through codeb, then whatever is left
-/// through ssh (containers by label, codeb's routes naming it).
-struct OnHost<'a> {
-    sb: &'a Sandbox,
-    host: &'a Host,
-    project: String,
-}
-
-impl Drop for OnHost<'_> {
-    fn drop(&mut self) {
-        let _ = self.sb.codeb(&["delete", "project", &self.project]);
-        let out = self.host.ssh(&format!(
-            r#"S={sock}; A={admin}
-for id in $(curl -s --unix-socket $S "http://d/v4.0.0/libpod/containers/json?all=true&filters=%7B%22label%22%3A%5B%22codeb.project%3D{p}%22%5D%7D" | grep -o '"Id":"[0-9a-f]*"' | cut -d'"' -f4); do
-  curl -s -X DELETE --unix-socket $S "http://d/v4.0.0/libpod/containers/$id?force=true&timeout=0" >/dev/null
-done
-for r in $(curl -s $A/config/apps/http/servers/codeb/routes | grep -o '"@id":"codeb-{p}_[^"]*"' | cut -d'"' -f4); do
-  curl -s -X DELETE $A/id/$r >/dev/null
-done
-true"#,
-            sock = self.host.podman_sock,
-            admin = self.host.caddy_admin,
-            p = self.project
-        ));
-        assert!(
-            out.status.success() || std::thread::panicking(),
-            "cleanup on host 4: {}",
-            text(&out)
-        );
-    }
-}
-
 fn apply(sb: &Sandbox, dir: &Path) -> std::process::Output {
     sb.codeb(&["apply", "-f", dir.to_str().unwrap(), "--progress", "none"])
 }
@@ -263,7 +186,7 @@ fn a_remote_host_switches_in_its_own_kernel_with_no_failed_request_and_is_cleane
     let _l = lock();
     let h4 = Host::get(4);
     ensure_image(&h4, "localhost/codeb-test-app:v2");
-    let sb = sandbox(&h4);
+    let sb = ssh_sandbox(&[&h4]);
     let name = unique("rk-app");
     let hostname = format!("{name}.codeb.test");
     let head = host_doc(&h4);
@@ -417,7 +340,7 @@ fn a_remote_host_asked_to_switch_through_caddy_does_so_and_says_why() {
     let _l = lock();
     let h4 = Host::get(4);
     ensure_image(&h4, "localhost/codeb-test-app:v2");
-    let sb = sandbox(&h4);
+    let sb = ssh_sandbox(&[&h4]);
     let name = unique("rk-cad");
     let hostname = format!("{name}.codeb.test");
     let head = host_doc(&h4);
@@ -480,7 +403,7 @@ fn a_remote_host_asked_to_switch_through_caddy_does_so_and_says_why() {
 fn a_remote_hosts_loopback_guard_removed_by_hand_fails_closed_while_a_session_is_open() {
     let _l = lock();
     let h4 = Host::get(4);
-    let sb = sandbox(&h4);
+    let sb = ssh_sandbox(&[&h4]);
     let name = unique("rk-guard");
     let hostname = format!("{name}.codeb.test");
     let dir = sb.write_docs(
@@ -544,7 +467,7 @@ fn a_remote_slot_is_retired_only_after_its_requests_in_flight_finish() {
     let _l = lock();
     let h4 = Host::get(4);
     ensure_image(&h4, "localhost/codeb-test-app:v2");
-    let sb = sandbox(&h4);
+    let sb = ssh_sandbox(&[&h4]);
     let name = unique("rk-drain");
     let hostname = format!("{name}.codeb.test");
     let head = host_doc(&h4);
@@ -602,7 +525,7 @@ fn a_remote_host_whose_agent_cannot_manage_its_rules_switches_through_caddy_and_
     use std::os::unix::fs::PermissionsExt;
     let _l = lock();
     let h4 = Host::get(4);
-    let sb = sandbox(&h4);
+    let sb = ssh_sandbox(&[&h4]);
     let agent = sb.dir.path().join("agent-without-net-admin");
     std::fs::write(
         &agent,
@@ -684,7 +607,7 @@ fn now_ns() -> u128 {
 fn a_remote_container_restarted_by_its_policy_gets_its_traffic_back_from_the_event_stream() {
     let _l = lock();
     let h4 = Host::get(4);
-    let sb = sandbox(&h4);
+    let sb = ssh_sandbox(&[&h4]);
     let name = unique("rk-ev");
     let hostname = format!("{name}.codeb.test");
     let dir = sb.write_docs(

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
-use super::{env, eventually};
+use super::{env, eventually, text, Sandbox};
 
 /// One host of the harness, from the `CODEB_HOST_N_*` variables of `deploy/hosts.sh env`.
 pub struct Host {
@@ -29,6 +29,27 @@ impl Host {
     /// `known_hosts`, codeb's Caddy server on `address:port`; `labels` is inserted as written
     /// under `metadata` (empty, or `  labels:\n    role: app\n`). No `---` around it.
     pub fn doc(&self, name: &str, known_hosts: &Path, labels: &str, port: u16) -> String {
+        self.doc_with(
+            name,
+            known_hosts,
+            labels,
+            port,
+            &self.address,
+            env!("CARGO_BIN_EXE_codeb"),
+        )
+    }
+
+    /// As [`Host::doc`], with slot ports published on `publish` and `agent` as the command run
+    /// over ssh.
+    pub fn doc_with(
+        &self,
+        name: &str,
+        known_hosts: &Path,
+        labels: &str,
+        port: u16,
+        publish: &str,
+        agent: &str,
+    ) -> String {
         format!(
             "apiVersion: codeb.kr/v1
 kind: Host
@@ -47,13 +68,12 @@ metadata:
     listen: [\"{addr}:{port}\"]
     tls: off
     accessLog: false
-  publishAddress: \"{addr}\"
+  publishAddress: \"{publish}\"
 ",
             addr = self.address,
             sock = self.podman_sock,
             key = self.key.display(),
             known = known_hosts.display(),
-            agent = env!("CARGO_BIN_EXE_codeb"),
             admin = self.caddy_admin,
         )
     }
@@ -265,4 +285,61 @@ pub fn stack_podman_sock() -> PathBuf {
     env("CODEB_TEST_PODMAN")
         .trim_start_matches("unix://")
         .into()
+}
+
+/// A sandbox whose configuration lets manifests reach these hosts over ssh (and nothing else
+/// remote).
+pub fn ssh_sandbox(hosts: &[&Host]) -> Sandbox {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    let sb = Sandbox::new();
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(sb.state())
+        .unwrap();
+    let config = sb.state().join("config.yaml");
+    let targets: Vec<String> = hosts
+        .iter()
+        .map(|h| format!("\"root@{}\"", h.address))
+        .collect();
+    std::fs::write(
+        &config,
+        format!("endpoints:\n  ssh: [{}]\n", targets.join(", ")),
+    )
+    .unwrap();
+    std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o600)).unwrap();
+    sb
+}
+
+/// Removes `project` from `host` however the test ends: through codeb, then whatever is left
+/// through ssh (containers by the project's label, codeb's routes naming it).
+pub struct OnHost<'a> {
+    pub sb: &'a Sandbox,
+    pub host: &'a Host,
+    pub project: String,
+}
+
+impl Drop for OnHost<'_> {
+    fn drop(&mut self) {
+        let _ = self.sb.codeb(&["delete", "project", &self.project]);
+        // Through the host's APIs (its podman CLI would need the host's own configuration).
+        let out = self.host.ssh(&format!(
+            r#"S={sock}; A={admin}
+for id in $(curl -s --unix-socket $S "http://d/v4.0.0/libpod/containers/json?all=true&filters=%7B%22label%22%3A%5B%22codeb.project%3D{p}%22%5D%7D" | grep -o '"Id":"[0-9a-f]*"' | cut -d'"' -f4); do
+  curl -s -X DELETE --unix-socket $S "http://d/v4.0.0/libpod/containers/$id?force=true&timeout=0" >/dev/null
+done
+for r in $(curl -s $A/config/apps/http/servers/codeb/routes | grep -o '"@id":"codeb-{p}_[^"]*"' | cut -d'"' -f4); do
+  curl -s -X DELETE $A/id/$r >/dev/null
+done
+true"#,
+            sock = self.host.podman_sock,
+            admin = self.host.caddy_admin,
+            p = self.project
+        ));
+        assert!(
+            out.status.success() || std::thread::panicking(),
+            "cleanup on host {}: {}",
+            self.host.n,
+            text(&out)
+        );
+    }
 }

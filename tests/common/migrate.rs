@@ -34,23 +34,8 @@ impl Pair {
     /// Hosts 1 (`a`) and 2 (`b`), a sandbox whose configuration allows both ssh targets, and an
     /// empty zone `zone` in the stack's PowerDNS.
     pub fn new(zone: &str) -> Pair {
-        use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
         let (a, b) = (Host::get(1), Host::get(2));
-        let sb = Sandbox::new();
-        std::fs::DirBuilder::new()
-            .mode(0o700)
-            .create(sb.state())
-            .unwrap();
-        let config = sb.state().join("config.yaml");
-        std::fs::write(
-            &config,
-            format!(
-                "endpoints:\n  ssh: [\"root@{}\", \"root@{}\"]\n",
-                a.address, b.address
-            ),
-        )
-        .unwrap();
-        std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let sb = super::hosts::ssh_sandbox(&[&a, &b]);
         let pdns = Pdns::get();
         pdns.delete_zone(zone);
         pdns.create_zone(zone, serde_json::json!([]));
