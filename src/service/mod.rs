@@ -1554,7 +1554,7 @@ fn allowed(config: &crate::config::Config, mut d: Desired) -> Result<Desired> {
 fn load_unheld(ctx: &Ctx, sources: &[Source]) -> Result<Desired> {
     let store = &ctx.store;
     let m = crate::spec::load_sources(sources).map_err(|e| Error::invalid(e.to_string()))?;
-    let recorded = store.load()?;
+    let recorded = store.recorded()?;
     let held = recorded.envs.values().map(|r| crate::spec::RecordedEnv {
         project: &r.key.project,
         environment: &r.key.env,
@@ -1678,7 +1678,7 @@ async fn apply(
     let d = effective(store, &declared, dry_run)?;
     let backends = connect_or_invalid(ctx, d.hosts.values(), zones.values())?;
     // Before the declared specs are recorded: they are what the changes are compared with.
-    let before = store.load()?;
+    let before = store.recorded()?;
     let mut changes = env::field_changes_from(store, &before, &d, &remove, &BTreeMap::new())?;
     if !dry_run {
         store.put_declared(declared.envs.values())?;
