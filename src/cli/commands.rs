@@ -196,11 +196,12 @@ async fn client(
         } => Some(name.clone()),
         _ => None,
     };
-    let (request, format) = request(command)?;
+    let mut loaded = None;
+    let (request, format) = request(command, &mut loaded)?;
     let follow = matches!(request, Request::Logs { follow: true, .. });
     let (sink, events) = reconcile::Progress::channel();
     let renderer = tokio::spawn(progress::render(events, shown, format));
-    let answer = call(state_dir, config, request, sink);
+    let answer = call(state_dir, config, request, sink, loaded);
     let answer = if follow {
         // Ctrl-C ends a follow quietly; it is not an error.
         tokio::select! {
@@ -279,12 +280,23 @@ async fn call(
     config: Option<&Path>,
     request: Request,
     progress: reconcile::Progress,
+    loaded: Option<service::Loaded>,
 ) -> anyhow::Result<socket::Answer> {
     if request.reads_only() {
-        return read(state_dir, config, request, progress).await;
+        return read(state_dir, config, request, progress, loaded).await;
     }
     match Store::open_as(state_dir, &format!("codeb {}", request.op())) {
-        Ok(store) => local(Arc::new(store), state_dir, config, request, progress).await,
+        Ok(store) => {
+            local(
+                Arc::new(store),
+                state_dir,
+                config,
+                request,
+                progress,
+                loaded,
+            )
+            .await
+        }
         Err(held @ crate::store::Error::Locked { .. }) => {
             match socket::forward_with(state_dir, &request, &progress).await {
                 Ok(answer) => Ok(answer),
@@ -308,6 +320,7 @@ async fn read(
     config: Option<&Path>,
     request: Request,
     progress: reconcile::Progress,
+    loaded: Option<service::Loaded>,
 ) -> anyhow::Result<socket::Answer> {
     match socket::forward_with(state_dir, &request, &progress).await {
         Err(socket::Error::NoDaemon { .. }) => {}
@@ -342,19 +355,30 @@ async fn read(
         }
         Err(e) => return Err(open_failure(state_dir, e)),
     };
-    local(Arc::new(store), state_dir, config, request, progress).await
+    local(
+        Arc::new(store),
+        state_dir,
+        config,
+        request,
+        progress,
+        loaded,
+    )
+    .await
 }
 
-/// Runs `request` in this process on `store`.
+/// Runs `request` in this process on `store`, with the manifests loaded from its sources.
 async fn local(
     store: Arc<Store>,
     state_dir: &Path,
     config: Option<&Path>,
     request: Request,
     progress: reconcile::Progress,
+    loaded: Option<service::Loaded>,
 ) -> anyhow::Result<socket::Answer> {
     let config = operator_config(config, state_dir)?;
-    let ctx = Ctx::local(store, Caller::cli(uid()), config).with_progress(progress);
+    let ctx = Ctx::local(store, Caller::cli(uid()), config)
+        .with_progress(progress)
+        .with_loaded(loaded);
     Ok(service::call(&ctx, request).await)
 }
 
@@ -375,7 +399,12 @@ fn uid() -> u32 {
 }
 
 /// The request a command makes, and how its answer is printed.
-fn request(command: Command) -> anyhow::Result<(Request, Format)> {
+///
+/// `loaded`: the manifests the request's sources hold, when it carries some (see [`manifests`]).
+fn request(
+    command: Command,
+    loaded: &mut Option<service::Loaded>,
+) -> anyhow::Result<(Request, Format)> {
     Ok(match command {
         Command::Watch(_) | Command::Serve(_) => unreachable!("the daemon is run, not requested"),
         Command::Version { .. }
@@ -395,7 +424,7 @@ fn request(command: Command) -> anyhow::Result<(Request, Format)> {
             output,
         } => (
             Request::Apply {
-                manifests: manifests(&files.paths)?,
+                manifests: manifests(&files.paths, loaded)?,
                 dry_run,
                 prune,
                 allow_empty,
@@ -407,7 +436,7 @@ fn request(command: Command) -> anyhow::Result<(Request, Format)> {
         ),
         Command::Diff { files, output } => (
             Request::Diff {
-                manifests: manifests(&files.paths)?,
+                manifests: manifests(&files.paths, loaded)?,
             },
             output.output,
         ),
@@ -484,7 +513,7 @@ fn request(command: Command) -> anyhow::Result<(Request, Format)> {
                 (Some(super::DeleteWhat::Host), Some(host), true) => Request::HostDelete { host },
                 (None, None, false) => Request::Delete {
                     projects: vec![],
-                    manifests: manifests(&paths)?,
+                    manifests: manifests(&paths, loaded)?,
                 },
                 _ => {
                     return Err(Failure::invalid(
@@ -816,9 +845,19 @@ fn env_request(command: super::EnvCommand) -> anyhow::Result<(Request, Format)> 
 
 /// Reads the manifests `paths` name (`-`: standard input) and validates them here, so that a
 /// mistake is exit 2 with file:line:column before anything else happens.
-fn manifests(paths: &[PathBuf]) -> anyhow::Result<Vec<Source>> {
+/// The sources of `paths`, loaded here first: a mistake is refused before the store is opened or
+/// a daemon asked. What loaded is kept in `loaded`, for the request when it runs in this process.
+fn manifests(
+    paths: &[PathBuf],
+    loaded: &mut Option<service::Loaded>,
+) -> anyhow::Result<Vec<Source>> {
     let sources =
         crate::spec::read_sources(paths, None).map_err(|e| Failure::invalid(e.to_string()))?;
-    crate::spec::load_sources(&sources).map_err(|e| Failure::invalid(e.to_string()))?;
+    let manifests =
+        crate::spec::load_sources(&sources).map_err(|e| Failure::invalid(e.to_string()))?;
+    *loaded = Some(service::Loaded {
+        sources: sources.clone(),
+        manifests,
+    });
     Ok(sources)
 }

@@ -268,7 +268,7 @@ pub async fn converge_with<R: Runtime, P: Proxy, K: Kernel, D: Dns, H: Prober>(
             outcome.timed_out = true;
             break;
         }
-        let recorded = store.load()?;
+        let recorded = store.recorded()?;
         let mut observed = observe(backends).await;
         if !target.dry_run {
             record_hosts(store, target.desired, &observed)?;

@@ -142,7 +142,7 @@ pub fn credentials(store: &Store, d: &Desired, dry: bool) -> Result<()> {
 /// found through its recorded Host), and only those whose data servers and password variables
 /// the operator's configuration allows: a Host it refuses contributes no server.
 fn hosts(store: &Store, config: &Config, d: &Desired) -> Result<BTreeMap<String, HostRef>> {
-    let mut hosts = store.load()?.hosts;
+    let mut hosts = store.recorded()?.hosts.clone();
     hosts.extend(d.hosts.iter().map(|(n, h)| (n.clone(), h.clone())));
     hosts.retain(|_, h| config.check_host(h).is_ok());
     Ok(hosts)

@@ -191,13 +191,16 @@ pub fn parse_assignments(args: &[String]) -> Result<EnvValues> {
 /// # Errors
 /// A key error (`Invalid`: a person must put the key back), or the store's.
 pub fn bind(store: &Store, d: &mut Desired, dry: bool) -> Result<()> {
+    // One read of the env versions for every environment (none is written while binding).
+    let versions = store.latest_env_versions(
+        d.envs
+            .values()
+            .filter(|e| e.env_from.is_stored())
+            .map(|e| &e.key),
+    )?;
     for env in d.envs.values_mut() {
         let inline = store.bind_inline(&env.key, &env.release.env, dry)?;
-        let version = if env.env_from.is_stored() {
-            store.latest_env_version(&env.key)?
-        } else {
-            None
-        };
+        let version = versions.get(&env.key).copied().flatten();
         if inline != env.release.env
             || inline.digest() != env.release.env.digest()
             || version != env.release.env_version
@@ -227,7 +230,8 @@ pub fn field_changes(
     d: &Desired,
     remove: &[EnvKey],
 ) -> Result<Vec<fields::EnvChanges>> {
-    field_changes_from(store, &store.load()?, d, remove, &BTreeMap::new())
+    let recorded = store.recorded()?;
+    field_changes_from(store, &recorded, d, remove, &BTreeMap::new())
 }
 
 /// As [`field_changes`], against `recorded` (the records before an apply), with the records the
@@ -259,12 +263,12 @@ pub fn field_changes_from(
         Err(_) => None,
     };
     let ring = ring.as_deref();
+    // The declared specs of the recorded environments, in one read.
+    let mut declared_of =
+        store.declared_of(d.envs.keys().filter(|k| recorded.envs.contains_key(*k)))?;
     let mut out = Vec::new();
     for (key, want) in &d.envs {
-        let declared = match recorded.envs.get(key) {
-            Some(_) => store.declared(key)?,
-            None => None,
-        };
+        let declared = declared_of.remove(key);
         let rec = recorded.envs.get(key).or_else(|| adopted.get(key));
         let current = rec.map(|record| fields::Current {
             record,

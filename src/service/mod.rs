@@ -844,6 +844,19 @@ pub struct Ctx {
     pub progress: reconcile::Progress,
     /// After this, no step starts (set from `apply --timeout` for the request's run).
     pub deadline: Option<tokio::time::Instant>,
+    /// Manifests the client loaded from the sources it sends (see [`Loaded`]).
+    pub loaded: Option<Arc<Loaded>>,
+}
+
+/// Manifests a one-shot command loaded, and validated, from the sources of its request before it
+/// opened the store (it refuses a mistake first): the request run in the same process takes them
+/// instead of loading the same text again. Loading is a pure function of the sources' text (no
+/// I/O, no clock, nothing stored), so they are what a load here would give; they are taken only
+/// when the request's sources are these, byte for byte.
+#[derive(Debug)]
+pub struct Loaded {
+    pub sources: Vec<Source>,
+    pub manifests: crate::spec::Manifests,
 }
 
 impl Ctx {
@@ -881,6 +894,30 @@ impl Ctx {
             action: None,
             progress: reconcile::Progress::none(),
             deadline: None,
+            loaded: None,
+        }
+    }
+
+    /// This context with the manifests its client loaded from the request's sources.
+    pub fn with_loaded(self, loaded: Option<Loaded>) -> Ctx {
+        Ctx {
+            loaded: loaded.map(Arc::new),
+            ..self
+        }
+    }
+
+    /// The manifests of `sources`, loaded and validated: the client's (see [`Loaded`]) when it
+    /// loaded these very sources, else loaded here.
+    ///
+    /// # Errors
+    /// As [`crate::spec::load_sources`].
+    fn load_sources(
+        &self,
+        sources: &[Source],
+    ) -> Result<crate::spec::Manifests, crate::spec::Errors> {
+        match self.loaded.as_deref() {
+            Some(loaded) if loaded.sources == sources => Ok(loaded.manifests.clone()),
+            _ => crate::spec::load_sources(sources),
         }
     }
 
@@ -1531,7 +1568,9 @@ fn key_error(e: crate::store::KeyError) -> Error {
 /// Loads and validates manifests, and checks their Hosts and Zones against the operator's
 /// configuration; any error is `Invalid` with nothing applied.
 fn load(ctx: &Ctx, sources: &[Source]) -> Result<Desired> {
-    let m = crate::spec::load_sources(sources).map_err(|e| Error::invalid(e.to_string()))?;
+    let m = ctx
+        .load_sources(sources)
+        .map_err(|e| Error::invalid(e.to_string()))?;
     crate::spec::check_protected(&m, ctx.config.protected_env())
         .map_err(|e| Error::invalid(e.to_string()))?;
     allowed(&ctx.config, desired(&m))
@@ -1553,8 +1592,10 @@ fn allowed(config: &crate::config::Config, mut d: Desired) -> Result<Desired> {
 /// [`crate::spec::check_recorded`]).
 fn load_unheld(ctx: &Ctx, sources: &[Source]) -> Result<Desired> {
     let store = &ctx.store;
-    let m = crate::spec::load_sources(sources).map_err(|e| Error::invalid(e.to_string()))?;
-    let recorded = store.load()?;
+    let m = ctx
+        .load_sources(sources)
+        .map_err(|e| Error::invalid(e.to_string()))?;
+    let recorded = store.recorded()?;
     let held = recorded.envs.values().map(|r| crate::spec::RecordedEnv {
         project: &r.key.project,
         environment: &r.key.env,
@@ -1681,7 +1722,7 @@ async fn apply(
     let d = effective(store, &declared, dry_run)?;
     let backends = connect_or_invalid(ctx, d.hosts.values(), zones.values())?;
     // Before the declared specs are recorded: they are what the changes are compared with.
-    let before = store.load()?;
+    let before = store.recorded()?;
     let mut changes = env::field_changes_from(store, &before, &d, &remove, &BTreeMap::new())?;
     if !dry_run {
         store.put_declared(declared.envs.values())?;
@@ -2811,6 +2852,35 @@ async fn logs(
 mod tests {
     use super::*;
     use crate::model::{EnvRecord, Recorded};
+
+    #[test]
+    fn the_clients_manifests_are_taken_only_for_the_very_sources_it_loaded() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(dir.path()).unwrap());
+        let config = crate::config::Config::defaults(dir.path().join("config.yaml"));
+        let zone = |name: &str| Source {
+            name: "m.yaml".into(),
+            text: format!("apiVersion: codeb.kr/v1\nkind: Zone\nmetadata: {{name: {name}}}\n"),
+        };
+        let sources = vec![zone("a.test")];
+        let mut loaded = crate::spec::load_sources(&sources).unwrap();
+        // Marked, to tell the client's load from one made here.
+        loaded
+            .zones
+            .get_mut("a.test")
+            .unwrap()
+            .labels
+            .insert("by".into(), "client".into());
+        let ctx = Ctx::local(store, Caller::cli(0), Arc::new(config)).with_loaded(Some(Loaded {
+            sources: sources.clone(),
+            manifests: loaded,
+        }));
+        let taken = ctx.load_sources(&sources).unwrap();
+        assert_eq!(taken.zones["a.test"].labels["by"], "client");
+        let other = vec![zone("b.test")];
+        let fresh = ctx.load_sources(&other).unwrap();
+        assert!(fresh.zones.contains_key("b.test") && !fresh.zones.contains_key("a.test"));
+    }
 
     /// Manifests declaring these projects' production environments.
     fn declaring(projects: &[&str]) -> Desired {

@@ -23,7 +23,7 @@ use serde_saphyr::{Location, Spanned};
 
 use super::error::{did_you_mean, one_of, quote};
 use super::limits::MAX_PROBLEMS_PER_DOCUMENT;
-use super::tree::{Path, Seg, Tree};
+use super::tree::{DocTree, Path, Seg};
 use super::types::{HostSpec, Origin, ProjectSpec, ZoneSpec, API_VERSION};
 
 /// The kinds of document codeb reads.
@@ -96,7 +96,7 @@ pub(crate) struct RawDocument {
 }
 
 /// A document that was read completely: its kind, name and typed spec, with its located node
-/// tree for the origins of its fields.
+/// tree for the origins of its fields (parsed when one is first asked for).
 #[derive(Debug, Clone)]
 pub(crate) struct Document {
     pub kind: Kind,
@@ -107,25 +107,30 @@ pub(crate) struct Document {
     pub labels: BTreeMap<String, String>,
     pub spec: Spec,
     pub file: String,
-    pub tree: Tree,
+    pub tree: DocTree,
 }
 
 impl Document {
     /// Where the value at `path` (e.g. `["spec", "host"]`) is, or its nearest ancestor.
     pub(crate) fn value_origin(&self, path: &[&str]) -> Origin {
-        origin(&self.file, self.tree.value_location(path))
+        origin(&self.file, self.tree.get().value_location(path))
     }
 
     /// Where the key at the end of `path` is.
     pub(crate) fn key_origin(&self, path: &[&str]) -> Origin {
-        origin(&self.file, self.tree.key_location(path))
+        origin(&self.file, self.tree.get().key_location(path))
     }
 
     /// The text written at `path`, quoted for a message (`timeout: 100y` shows `` `100y` ``), or
     /// `fallback` quoted when it is not a scalar there; a placeholder when it may be a secret.
     pub(crate) fn show_written(&self, path: &[&str], fallback: &str) -> String {
         let tree_path = Path(path.iter().map(|s| Seg::Key(s.to_string())).collect());
-        let written = self.tree.scalar(&tree_path).unwrap_or(fallback).to_string();
+        let written = self
+            .tree
+            .get()
+            .scalar(&tree_path)
+            .unwrap_or(fallback)
+            .to_string();
         self.show(path, &written)
     }
 
@@ -133,7 +138,7 @@ impl Document {
     /// secret (an alias of an `env` value).
     pub(crate) fn show(&self, path: &[&str], value: &str) -> String {
         let path = Path(path.iter().map(|s| Seg::Key(s.to_string())).collect());
-        if self.tree.is_secret(&path) {
+        if self.tree.get().is_secret(&path) {
             "(value not shown)".to_string()
         } else {
             format!("`{}`", quote(value))
@@ -194,7 +199,7 @@ impl RawDocument {
     pub(crate) fn finish(
         doc: Spanned<RawDocument>,
         file: &str,
-        tree: Tree,
+        tree: DocTree,
     ) -> Result<Document, Vec<Problem>> {
         let start = doc.referenced;
         let mut raw = doc.value;
@@ -396,8 +401,8 @@ mod tests {
 
     fn read(yaml: &str) -> Result<Document, Vec<String>> {
         let doc: Spanned<RawDocument> = serde_saphyr::from_str(yaml).unwrap();
-        let tree: Tree = serde_saphyr::from_str(yaml).unwrap();
-        RawDocument::finish(doc, "f.yaml", tree).map_err(|problems| {
+        let tree: super::super::tree::Tree = serde_saphyr::from_str(yaml).unwrap();
+        RawDocument::finish(doc, "f.yaml", DocTree::of(tree)).map_err(|problems| {
             problems
                 .into_iter()
                 .map(|p| {

@@ -25,8 +25,8 @@ pub const MAX_DOCUMENTS_PER_FILE: usize = 1_000;
 /// projects is a few hundred; without a bound, a directory of many small files (or a request of
 /// many empty sources, which the byte limits do not count) costs an open and a parse each.
 pub const MAX_FILES: usize = 1_000;
-/// Documents in all inputs of one load together: each becomes a typed spec and a node tree kept
-/// until validation ends, so the per-file limit times [`MAX_FILES`] (a million) is too many. A
+/// Documents in all inputs of one load together: each becomes a typed spec and (when an origin
+/// is asked for) a node tree kept until validation ends, so the per-file limit times [`MAX_FILES`] (a million) is too many. A
 /// thousand Projects with their Hosts and Zones is about 1,000 documents.
 pub const MAX_DOCUMENTS: usize = 10_000;
 /// Directory entries examined while looking for manifests below the directories given (every

@@ -2,7 +2,8 @@
 //!
 //! Each input is a multi-document YAML stream, read in two passes: the first deserializes every
 //! document into its typed spec (exact error locations), the second into a located node
-//! [`Tree`] kept as the side table of origins for validation and error messages. A mistake in one
+//! [`Tree`](super::tree::Tree) kept as the side table of origins for validation and error
+//! messages. The second is made only when an origin is asked for (see [`Trees`]). A mistake in one
 //! document does not stop the others; a syntax error ends its file. Inputs are bounded by
 //! [`limits`] before and while they are read: each file's size, all inputs' bytes, the number of
 //! files, of directory entries examined and of documents. The only I/O is reading the inputs.
@@ -37,7 +38,7 @@ use super::limits::{
     self, MAX_DIRECTORY_ENTRIES, MAX_DOCUMENTS, MAX_DOCUMENTS_PER_FILE, MAX_ERRORS, MAX_FILES,
     MAX_FILE_BYTES, MAX_TOTAL_BYTES,
 };
-use super::tree::{Node, Tree};
+use super::tree::{DocTree, Trees};
 use super::types::{Manifests, Origin};
 use super::validate::validate;
 
@@ -384,18 +385,14 @@ impl Loader {
         }
         self.document_count += docs.len();
         read_deferred_specs(text, &mut docs);
-        // The second pass, for the origins of fields; documents align with the first pass, as
-        // both skip the same empty documents and recover from the same errors.
-        let trees = documents::<Tree>(text, docs.len());
+        // The second pass, for the origins of fields, is made when an origin is first asked for:
+        // an error here, or a mistake validation finds (see `Trees`).
+        let trees = Trees::new(text, docs.len());
         for (i, doc) in docs.into_iter().enumerate() {
-            let tree = trees.get(i).and_then(|t| t.as_ref().ok());
             match doc {
-                Err(e) => self.push(yaml_error(label, &e, tree)),
+                Err(e) => self.push(yaml_error(label, &e, trees.get(i))),
                 Ok(doc) => {
-                    let start = doc.referenced;
-                    let tree = tree.cloned().unwrap_or(Tree {
-                        root: Spanned::new(Node::Null, start, start),
-                    });
+                    let tree = DocTree::new(trees.clone(), i, doc.referenced);
                     match RawDocument::finish(doc, label, tree) {
                         Ok(document) => self.documents.push(document),
                         Err(problems) => {
@@ -450,7 +447,7 @@ impl Loader {
 /// A stream whose documents all read well (the usual case) is read from the string at once, which
 /// costs about half of the reader's buffered decoding; any error reads it again through the
 /// reader, whose per-document recovery then says what the error is and where, as it would have.
-fn documents<T: serde::de::DeserializeOwned>(
+pub(super) fn documents<T: serde::de::DeserializeOwned>(
     text: &str,
     max: usize,
 ) -> Vec<Result<T, serde_saphyr::Error>> {
@@ -687,5 +684,23 @@ impl Walk {
             );
             self.errors.push(Error::file(&self.shown, message));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SET: &str = "apiVersion: codeb.kr/v1\nkind: Host\nmetadata: {name: h}\nspec:\n  address: 127.0.0.1\n  podman: unix:///run/podman.sock\n  caddy: {admin: \"http://127.0.0.1:2019\", listen: [\":80\"]}\n---\napiVersion: codeb.kr/v1\nkind: Zone\nmetadata: {name: z.test}\n---\napiVersion: codeb.kr/v1\nkind: Project\nmetadata: {name: p}\nspec:\n  host: h\n  zone: z.test\n  environments:\n    production:\n      image: localhost/app:v1\n      port: 8080\n      env: {A: x}\n";
+
+    #[test]
+    fn a_set_without_mistakes_is_parsed_once_and_its_origins_found_when_asked() {
+        let m = load_str("m.yaml", SET).unwrap();
+        let origins = &m.env_origins[&("p".to_string(), "production".to_string())];
+        assert!(!origins.tree.trees().parsed());
+        assert_eq!(origins.name().to_string(), "m.yaml:20:5");
+        assert_eq!(origins.hostname().to_string(), "m.yaml:20:5");
+        assert_eq!(origins.env_key("A").to_string(), "m.yaml:23:13");
+        assert!(origins.tree.trees().parsed());
     }
 }

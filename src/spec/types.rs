@@ -10,7 +10,9 @@ use std::time::Duration;
 use schemars::{json_schema, JsonSchema, Schema, SchemaGenerator};
 use serde::{Deserialize, Serialize};
 
+use super::document::origin;
 use super::patterns;
+use super::tree::DocTree;
 
 /// The only apiVersion codeb reads.
 pub const API_VERSION: &str = "codeb.kr/v1";
@@ -798,15 +800,39 @@ pub struct Manifests {
     pub env_origins: BTreeMap<(String, String), EnvOrigins>,
 }
 
-/// Where one environment of a Project was written.
+/// Where one environment of a Project was written, found when asked: from its document's located
+/// tree, which is parsed on the first ask (a set applied without a mistake never asks).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EnvOrigins {
+    pub(crate) file: String,
+    pub(crate) tree: DocTree,
     /// The environment's name (its key under `environments`).
-    pub name: Origin,
+    pub(crate) env: String,
+    /// Whether it has a `hostname`.
+    pub(crate) explicit_hostname: bool,
+}
+
+impl EnvOrigins {
+    /// The environment's name (its key under `environments`).
+    pub fn name(&self) -> Origin {
+        let path = ["spec", "environments", self.env.as_str()];
+        origin(&self.file, self.tree.get().key_location(&path))
+    }
+
     /// Its `hostname` value, or its name when the hostname is the default.
-    pub hostname: Origin,
-    /// Each inline `env:` key (for the check against the operator's protected keys).
-    pub env_keys: BTreeMap<String, Origin>,
+    pub fn hostname(&self) -> Origin {
+        if !self.explicit_hostname {
+            return self.name();
+        }
+        let path = ["spec", "environments", self.env.as_str(), "hostname"];
+        origin(&self.file, self.tree.get().value_location(&path))
+    }
+
+    /// Its inline `env:` key `key` (for the check against the operator's protected keys).
+    pub fn env_key(&self, key: &str) -> Origin {
+        let path = ["spec", "environments", self.env.as_str(), "env", key];
+        origin(&self.file, self.tree.get().key_location(&path))
+    }
 }
 
 impl Manifests {

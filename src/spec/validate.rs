@@ -125,39 +125,20 @@ pub(crate) fn validate(documents: Vec<Document>, complete: bool) -> Result<Manif
     }
 }
 
+/// Where environment `env_name` of `doc` was written: found when asked, from the document's tree.
 fn env_origins(doc: &Document, env_name: &str) -> EnvOrigins {
-    let name = doc.key_origin(&["spec", "environments", env_name]);
-    let explicit = match &doc.spec {
+    let explicit_hostname = match &doc.spec {
         Spec::Project(p) => p
             .environments
             .get(env_name)
-            .and_then(|e| e.hostname.as_ref()),
-        _ => None,
-    };
-    let hostname = match explicit {
-        Some(_) => doc.value_origin(&["spec", "environments", env_name, "hostname"]),
-        None => name.clone(),
-    };
-    let env_keys = match &doc.spec {
-        Spec::Project(p) => p
-            .environments
-            .get(env_name)
-            .map(|e| {
-                e.env
-                    .keys()
-                    .map(|k| {
-                        let at = doc.key_origin(&["spec", "environments", env_name, "env", k]);
-                        (k.clone(), at)
-                    })
-                    .collect()
-            })
-            .unwrap_or_default(),
-        _ => BTreeMap::new(),
+            .is_some_and(|e| e.hostname.is_some()),
+        _ => false,
     };
     EnvOrigins {
-        name,
-        hostname,
-        env_keys,
+        file: doc.file.clone(),
+        tree: doc.tree.clone(),
+        env: env_name.to_string(),
+        explicit_hostname,
     }
 }
 
@@ -170,10 +151,15 @@ fn env_origins(doc: &Document, env_name: &str) -> EnvOrigins {
 pub fn check_protected(manifests: &Manifests, protected: &[String]) -> Result<(), Errors> {
     let mut errors = Vec::new();
     for ((project, env), origins) in &manifests.env_origins {
-        for (key, at) in &origins.env_keys {
+        let keys = manifests
+            .projects
+            .get(project)
+            .and_then(|p| p.spec.environments.get(env))
+            .map(|e| e.env.keys());
+        for key in keys.into_iter().flatten() {
             if protected.iter().any(|p| p == key) {
                 errors.push(Error::new(
-                    at.clone(),
+                    origins.env_key(key),
                     format!(
                         "`{}` is a protected env key ({project}/{env}): it is set with `codeb env set {project} --env {env} --protected {}=...` by an admin, never in a manifest; remove it from `env:`",
                         quote(key),
@@ -1282,30 +1268,58 @@ fn check_host_consent(documents: &[Document], manifests: &Manifests, errors: &mu
     }
 }
 
+/// Where an environment's hostname is written (its `hostname` value, or its name when the
+/// hostname is the default), found only when a message needs it: origins come from the document's
+/// tree, which a set without mistakes never parses.
+struct HostnameAt<'a> {
+    doc: &'a Document,
+    env_name: &'a str,
+    explicit: bool,
+}
+
+impl HostnameAt<'_> {
+    fn origin(&self) -> Origin {
+        if self.explicit {
+            self.doc
+                .value_origin(&["spec", "environments", self.env_name, "hostname"])
+        } else {
+            self.doc
+                .key_origin(&["spec", "environments", self.env_name])
+        }
+    }
+
+    /// `hostname` quoted for a message (or a placeholder, see [`Document::show`]).
+    fn shown(&self, hostname: &str) -> String {
+        if self.explicit {
+            self.doc.show(
+                &["spec", "environments", self.env_name, "hostname"],
+                hostname,
+            )
+        } else {
+            format!("`{}`", quote(hostname))
+        }
+    }
+}
+
 /// Every hostname, explicit or default, is served by one environment only.
 fn check_hostnames(documents: &[Document], errors: &mut Vec<Error>) {
-    let mut used: BTreeMap<String, (String, Origin)> = BTreeMap::new();
+    let mut used: BTreeMap<String, (String, HostnameAt)> = BTreeMap::new();
     for doc in documents {
         let Spec::Project(project) = &doc.spec else {
             continue;
         };
         for (env_name, env) in &project.environments {
             let hostname = project.hostname(&doc.name, env_name).unwrap_or_default();
-            let (origin, shown) = match env.hostname {
-                Some(_) => {
-                    let path = ["spec", "environments", env_name, "hostname"];
-                    (doc.value_origin(&path), doc.show(&path, &hostname))
-                }
-                None => (
-                    doc.key_origin(&["spec", "environments", env_name]),
-                    format!("`{}`", quote(&hostname)),
-                ),
+            let at = HostnameAt {
+                doc,
+                env_name,
+                explicit: env.hostname.is_some(),
             };
             // Invalid names are reported by themselves; with valid ones, only the length can fail.
             let names_valid = is_dns_label(&doc.name) && is_dns_label(env_name);
             if env.hostname.is_none() && names_valid && !is_dns_name(&hostname) {
                 errors.push(Error::new(
-                    origin.clone(),
+                    at.origin(),
                     format!(
                         "the default hostname `{}` is too long for DNS (a label over 63 or a name over 253 characters); set `hostname`",
                         quote(&hostname)
@@ -1315,6 +1329,7 @@ fn check_hostnames(documents: &[Document], errors: &mut Vec<Error>) {
             // A valid name may still be too long once `green.` is put before it: PowerDNS then
             // refuses the zone's one PATCH, for every project in the zone.
             if is_dns_name(&hostname) && !is_dns_name(&format!("green.{hostname}")) {
+                let shown = at.shown(&hostname);
                 let (what, hint) = match env.hostname {
                     Some(_) => (format!("hostname {shown}"), ""),
                     None => (
@@ -1323,7 +1338,7 @@ fn check_hostnames(documents: &[Document], errors: &mut Vec<Error>) {
                     ),
                 };
                 errors.push(Error::new(
-                    origin.clone(),
+                    at.origin(),
                     format!(
                         "{what} is too long for its preview hostnames: `green.` before its {} \
                          characters is over DNS's 253; expected at most {MAX_PREVIEWED_HOSTNAME} \
@@ -1333,16 +1348,18 @@ fn check_hostnames(documents: &[Document], errors: &mut Vec<Error>) {
                 ));
             }
             let owner = format!("{}/{}", doc.name, env_name);
-            if let Some((first, first_origin)) = used.get(&hostname) {
+            if let Some((first, first_at)) = used.get(&hostname) {
                 errors.push(Error::new(
-                    origin,
+                    at.origin(),
                     format!(
-                        "hostname {shown} of {} is already used by {first} at {first_origin}; each hostname routes to one environment",
-                        quote(&owner)
+                        "hostname {} of {} is already used by {first} at {}; each hostname routes to one environment",
+                        at.shown(&hostname),
+                        quote(&owner),
+                        first_at.origin()
                     ),
                 ));
             } else {
-                used.insert(hostname, (owner, origin));
+                used.insert(hostname, (owner, at));
             }
         }
     }
@@ -1351,8 +1368,11 @@ fn check_hostnames(documents: &[Document], errors: &mut Vec<Error>) {
 
 /// A hostname must not be another environment's preview hostname (`{slot}.{hostname}`): both
 /// would want the same Caddy host and the same DNS record.
-fn check_preview_collisions(used: &BTreeMap<String, (String, Origin)>, errors: &mut Vec<Error>) {
-    for (hostname, (owner, origin)) in used {
+fn check_preview_collisions(
+    used: &BTreeMap<String, (String, HostnameAt)>,
+    errors: &mut Vec<Error>,
+) {
+    for (hostname, (owner, at)) in used {
         for slot in ["blue", "green"] {
             let Some(base) = hostname
                 .strip_prefix(slot)
@@ -1360,13 +1380,14 @@ fn check_preview_collisions(used: &BTreeMap<String, (String, Origin)>, errors: &
             else {
                 continue;
             };
-            if let Some((other, other_origin)) = used.get(base).filter(|(o, _)| o != owner) {
+            if let Some((other, other_at)) = used.get(base).filter(|(o, _)| o != owner) {
                 errors.push(Error::new(
-                    origin.clone(),
+                    at.origin(),
                     format!(
-                        "hostname `{}` of {} is the {slot} preview hostname of {other} at {other_origin}; each hostname routes to one environment",
+                        "hostname `{}` of {} is the {slot} preview hostname of {other} at {}; each hostname routes to one environment",
                         quote(hostname),
-                        quote(owner)
+                        quote(owner),
+                        other_at.origin()
                     ),
                 ));
             }
@@ -1380,26 +1401,29 @@ fn check_preview_collisions(used: &BTreeMap<String, (String, Origin)>, errors: &
 /// `a-b-c-blue`, and the second would fail at every apply. The slot suffixes differ, so two
 /// names are equal exactly when their `{project}-{environment}` stems are.
 fn check_container_names(documents: &[Document], errors: &mut Vec<Error>) {
-    let mut used: BTreeMap<String, (String, Origin)> = BTreeMap::new();
+    // The first environment to need each stem, and its document: its origin is found only when a
+    // second one needs the stem too.
+    let mut used: BTreeMap<String, (&Document, &str)> = BTreeMap::new();
     for doc in documents {
         let Spec::Project(project) = &doc.spec else {
             continue;
         };
         for env_name in project.environments.keys() {
             let stem = container_stem(&doc.name, env_name);
-            let origin = doc.key_origin(&["spec", "environments", env_name]);
-            if let Some((first, first_origin)) = used.get(&stem) {
+            if let Some(&(first_doc, first_env)) = used.get(&stem) {
                 errors.push(Error::new(
-                    origin,
+                    doc.key_origin(&["spec", "environments", env_name]),
                     format!(
-                        "{} needs the container names {}, as {first} at {first_origin} does; \
+                        "{} needs the container names {}, as {} at {} does; \
                          {CONTAINER_NAME_RULE}: rename one of the projects or environments",
                         env_owner(&doc.name, env_name),
                         container_names(&stem),
+                        env_owner(&first_doc.name, first_env),
+                        first_doc.key_origin(&["spec", "environments", first_env]),
                     ),
                 ));
             } else {
-                used.insert(stem, (env_owner(&doc.name, env_name), origin));
+                used.insert(stem, (doc, env_name));
             }
         }
     }
@@ -1474,7 +1498,6 @@ pub fn check_recorded<'a>(
         manifests
             .env_origins
             .get(&(project.to_string(), env.to_string()))
-            .cloned()
     };
     let free = |r: &RecordedEnv| {
         format!(
@@ -1497,7 +1520,7 @@ pub fn check_recorded<'a>(
         if let Some(&(project, env)) = stems.get(&stem) {
             if let Some(o) = origins(project, env) {
                 errors.push(Error::new(
-                    o.name,
+                    o.name(),
                     format!(
                         "{} needs the container names {}, which {holder} holds; \
                          {CONTAINER_NAME_RULE}: rename this project or environment, or {}",
@@ -1532,7 +1555,7 @@ pub fn check_recorded<'a>(
                 (None, Some(slot)) => format!("the {slot} preview hostname"),
             };
             errors.push(Error::new(
-                o.hostname,
+                o.hostname(),
                 format!(
                     "the {ours} of {} is {what} of {holder}; each hostname routes to one \
                      environment: choose another hostname, or {}",

@@ -42,6 +42,24 @@ impl Store {
         v.map(|v| decode(&sk, v.value())).transpose()
     }
 
+    /// The last declared spec of each of `keys` that has one, read in one transaction (see
+    /// [`Store::declared`]).
+    pub fn declared_of<'a>(
+        &self,
+        keys: impl IntoIterator<Item = &'a EnvKey>,
+    ) -> Result<BTreeMap<EnvKey, DesiredEnv>> {
+        let txn = self.db.begin_read().map_err(storage)?;
+        let table = txn.open_table(DECLARED).map_err(storage)?;
+        let mut out = BTreeMap::new();
+        for key in keys {
+            let sk = key.store_key();
+            if let Some(v) = table.get(sk.as_str()).map_err(storage)? {
+                out.insert(key.clone(), decode(&sk, v.value())?);
+            }
+        }
+        Ok(out)
+    }
+
     /// Every override, by environment.
     pub fn overrides(&self) -> Result<BTreeMap<EnvKey, Override>> {
         let txn = self.db.begin_read().map_err(storage)?;

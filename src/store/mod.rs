@@ -625,6 +625,10 @@ impl Store {
 
     /// Writes the `(name, value)` pairs whose stored value differs, in one transaction; none when
     /// nothing changed (no commit, no fsync).
+    ///
+    /// Each value is encoded and compared with the stored bytes first: equal bytes are an equal
+    /// value, and only a stored value whose bytes differ is decoded to compare (an older
+    /// encoding of the same value is not rewritten). Rows of other names are not read.
     fn put_changed<'a, T>(
         &self,
         def: TableDefinition<&str, &[u8]>,
@@ -633,19 +637,29 @@ impl Store {
     where
         T: serde::Serialize + serde::de::DeserializeOwned + PartialEq + 'a,
     {
-        let current: BTreeMap<String, T> = read_all(&self.db.begin_read().map_err(storage)?, def)?;
-        let changed: Vec<(&str, &T)> = items
-            .into_iter()
-            .filter(|(name, v)| current.get(*name) != Some(*v))
-            .collect();
+        let mut changed: Vec<(&str, Vec<u8>)> = Vec::new();
+        {
+            let txn = self.db.begin_read().map_err(storage)?;
+            let table = txn.open_table(def).map_err(storage)?;
+            for (name, v) in items {
+                let bytes = serde_json::to_vec(v).expect("records serialize");
+                let same = match table.get(name).map_err(storage)? {
+                    None => false,
+                    Some(s) if s.value() == bytes.as_slice() => true,
+                    Some(s) => decode::<T>(name, s.value())? == *v,
+                };
+                if !same {
+                    changed.push((name, bytes));
+                }
+            }
+        }
         if changed.is_empty() {
             return Ok(());
         }
         let txn = self.db.begin_write().map_err(storage)?;
         {
             let mut table = txn.open_table(def).map_err(storage)?;
-            for (name, v) in changed {
-                let bytes = serde_json::to_vec(v).expect("records serialize");
+            for (name, bytes) in changed {
                 table.insert(name, bytes.as_slice()).map_err(storage)?;
             }
         }

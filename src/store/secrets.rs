@@ -493,6 +493,20 @@ impl Store {
         latest(&table, key)
     }
 
+    /// The latest env version of each of `keys`, as [`Store::latest_env_version`] answers, read in
+    /// one transaction (an apply asks for every environment it declares; a read transaction per
+    /// environment cost more than the reads).
+    pub fn latest_env_versions<'a>(
+        &self,
+        keys: impl IntoIterator<Item = &'a EnvKey>,
+    ) -> Result<BTreeMap<EnvKey, Option<u64>>> {
+        let txn = self.db.begin_read().map_err(db)?;
+        let table = txn.open_table(ENV_VERSIONS).map_err(db)?;
+        keys.into_iter()
+            .map(|key| Ok((key.clone(), latest(&table, key)?)))
+            .collect()
+    }
+
     /// Every environment that has env versions.
     pub fn env_keys(&self) -> Result<Vec<EnvKey>> {
         let txn = self.db.begin_read().map_err(db)?;
