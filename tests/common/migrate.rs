@@ -230,7 +230,6 @@ pub fn containers_on(h: &Host, project: &str) -> Vec<(String, String)> {
     found
 }
 
-/// codeb's routes of `project` on `h`'s Caddy: `(id, upstream dials)`.
 /// Whether `routes` are a host serving `project` itself, in kernel mode: the hostname route and one
 /// preview route, each dialing one address; the hostname route the host's service address (not
 /// the other host's Caddy, `forward`), the preview route its slot's port on `h`'s address.
@@ -256,6 +255,7 @@ pub fn serve_themselves(
         && preview.is_some_and(|d| d.starts_with(&format!("{}:", h.address)))
 }
 
+/// codeb's routes of `project` on `h`'s Caddy: `(id, upstream dials)`.
 pub fn routes_on(h: &Host, project: &str) -> Vec<(String, Vec<String>)> {
     let out = h.ssh(&format!(
         "curl -s {}/config/apps/http/servers/codeb/routes",
